@@ -1,0 +1,124 @@
+/*
+ * kn_internal.h — what the engine's own files share and users never see: storage,
+ * graph nodes, the helpers every op uses to check its inputs, make its output and
+ * record itself for backward.
+ *
+ * How an op is written (see ops_unary.c for the pattern):
+ *   1. check inputs with the kn__check_* helpers (they set the error message),
+ *   2. make the output with kn__empty_raw (not registered with any scope yet),
+ *   3. compute it with a kernel from kernels/cpu,
+ *   4. if kn__needs_grad(inputs), make a node (kn__node_new), save what backward needs
+ *      (kn__node_save) and attach it (kn__node_attach),
+ *   5. return kn__result(out), which hands the reference to the innermost scope.
+ * A backward function receives grad_output and writes grad_inputs[i] for each input i
+ * with node->inputs[i].needs_grad. It runs inside a scope and with grad mode off, so it
+ * may use the public ops freely; the engine reduces broadcast gradients to each input's
+ * shape itself.
+ */
+#ifndef KN_INTERNAL_H
+#define KN_INTERNAL_H
+
+#include "kn.h"
+#include "../kernels/cpu/kn_cpu.h"
+
+#include <stdarg.h>
+
+struct kn_storage {
+    void *data;
+    size_t nbytes;
+    int refcount;
+    kn_device device;
+};
+
+typedef struct kn_node_input {
+    kn_node *node;   /* the input's grad_fn (one reference), or NULL */
+    kn_tensor *leaf; /* the input itself when it is a leaf requiring grad (one reference) */
+    bool needs_grad;
+    kn_dtype dtype;
+    int ndim;
+    int64_t shape[KN_MAX_DIMS];
+} kn_node_input;
+
+typedef kn_status (*kn_backward_fn)(kn_node *node, kn_tensor *grad_output,
+                                    kn_tensor **grad_inputs);
+
+#define KN_NODE_MAX_SAVED 8
+#define KN_NODE_MAX_ARGS 16
+
+struct kn_node {
+    int refcount;
+    const char *name; /* the op, for error messages: "mul", "conv2d", ... */
+    kn_backward_fn backward;
+    int n_inputs;
+    kn_node_input *inputs;
+    int n_saved;
+    kn_tensor *saved[KN_NODE_MAX_SAVED]; /* detached handles, released after backward */
+    bool saved_freed;                    /* backward ran without retain_graph */
+    int64_t iargs[KN_NODE_MAX_ARGS];     /* op parameters: dims, strides, ... */
+    double fargs[KN_NODE_MAX_ARGS];      /* op parameters: scalars */
+    void *extra;                         /* op-owned data freed with extra_free */
+    void (*extra_free)(void *extra);
+    kn_tensor *retain_target; /* weak: the output when it retains its grad */
+    /* backward bookkeeping */
+    int64_t out_shape[KN_MAX_DIMS];
+    int out_ndim;
+    kn_dtype out_dtype;
+    kn_tensor *pending_grad;
+    int dependencies;
+    uint64_t visit_mark;
+};
+
+/* ---- errors ---------------------------------------------------------------------- */
+/* Sets the thread-local error (printf-style) and returns status. */
+kn_status kn__error(kn_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, returning NULL for use in `return kn__error_null(...)`. */
+void *kn__error_null(kn_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Formats a tensor's shape into a per-thread rotating buffer (valid for a few calls). */
+const char *kn__shape(const kn_tensor *t);
+const char *kn__shape_of(const int64_t *shape, int ndim);
+
+/* ---- memory ---------------------------------------------------------------------- */
+void *kn__alloc(size_t nbytes); /* caching; 64-byte aligned; NULL on failure */
+void kn__free(void *ptr, size_t nbytes);
+kn_storage *kn__storage_new(size_t nbytes, kn_device device); /* refcount 1 */
+void kn__storage_release(kn_storage *s);
+
+/* ---- tensors --------------------------------------------------------------------- */
+/* A new contiguous tensor that is not registered with a scope (refcount 1). */
+kn_tensor *kn__empty_raw(const int64_t *shape, int ndim, kn_dtype dtype, kn_device device);
+/* A new handle on t's storage with the given geometry, no history, unregistered. */
+kn_tensor *kn__view_raw(kn_tensor *t, const int64_t *shape, const int64_t *strides, int ndim,
+                        int64_t offset);
+/* Hands out's reference to the innermost scope, if any. Returns out. NULL-safe. */
+kn_tensor *kn__result(kn_tensor *out);
+void kn__contiguous_strides(const int64_t *shape, int ndim, int64_t *strides);
+void *kn__data_ptr(const kn_tensor *t); /* address of the first element */
+/* Normalises a possibly negative dim for a tensor of rank ndim; error names op. */
+bool kn__wrap_dim(int *dim, int ndim, const char *op);
+bool kn__same_shape(const kn_tensor *a, const kn_tensor *b);
+
+/* ---- checks (set the error and return false) ------------------------------------- */
+bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n); /* non-NULL, one device */
+bool kn__check_float(const char *op, const kn_tensor *t);
+bool kn__check_int64(const char *op, const kn_tensor *t, const char *what);
+/* Broadcast shape of a and b into out/out_ndim; error names both shapes. */
+bool kn__broadcast_shapes(const char *op, const int64_t *a, int a_ndim, const int64_t *b,
+                          int b_ndim, int64_t *out, int *out_ndim);
+
+/* ---- autograd -------------------------------------------------------------------- */
+bool kn__needs_grad(kn_tensor *const *inputs, int n);
+/* A node for an op over inputs (refcount 1). Records which inputs need grad. */
+kn_node *kn__node_new(const char *name, kn_backward_fn backward, kn_tensor *const *inputs,
+                      int n_inputs);
+/* Saves a detached handle of t (NULL allowed: saves NULL). */
+void kn__node_save(kn_node *node, kn_tensor *t);
+/* out->grad_fn = node (takes the node's reference), out->requires_grad = true. */
+void kn__node_attach(kn_tensor *out, kn_node *node);
+void kn__node_release(kn_node *node);
+/* Sums grad over broadcast dims so it has the given shape (used by the engine). */
+kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim);
+
+/* ---- thread-local grad mode ------------------------------------------------------ */
+extern _Thread_local int kn__no_grad_depth;
+
+#endif

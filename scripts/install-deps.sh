@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# install-deps.sh — installs the Debian packages Kiln builds and tests with, and only
+# those that are missing (so a machine that has them is never touched).
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config libopenblas-dev libcriterion-dev
+          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=()
+[ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -q
+"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

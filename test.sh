@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# test.sh — installs what is missing, builds and runs every test through ctest.
+#   ./test.sh           Release build in build/, the default suite
+#   ./test.sh --asan    AddressSanitizer + UBSan (leaks included) build in build-asan/
+#   ./test.sh --full    also the long end-to-end runs (ctest label "full")
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode=release
+full=0
+for arg in "$@"; do
+    case "$arg" in
+    --asan) mode=asan ;;
+    --full) full=1 ;;
+    -h | --help)
+        sed -n '2,5p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown option '$arg' (expected --asan or --full)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+./scripts/install-deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+if [ "$mode" = asan ]; then
+    build=build-asan
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    # OpenBLAS's own threads are not what we test here; one keeps ASan fast.
+    export OPENBLAS_NUM_THREADS=1
+else
+    build=build
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build "$build" -j "$jobs"
+
+label_args=(-LE full)
+[ "$full" = 1 ] && label_args=()
+cd "$build"
+ctest --output-on-failure "${label_args[@]}"

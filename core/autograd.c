@@ -177,10 +177,7 @@ void kn__node_release(kn_node *node)
         kn__free(n->inputs, sizeof(kn_node_input) * (size_t)(n->n_inputs ? n->n_inputs : 1));
         kn__free(n, sizeof *n);
     }
-    releasing = false;
-    free(release_stack);
-    release_stack = NULL;
-    release_capacity = 0;
+    releasing = false; /* the stack's buffer stays for the next release */
 }
 
 /* ---- backward --------------------------------------------------------------------- */

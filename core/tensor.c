@@ -182,7 +182,7 @@ kn_tensor *kn__empty_raw(const int64_t *shape, int ndim, kn_dtype dtype, kn_devi
         return NULL;
     }
     t->ndim = ndim;
-    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
     kn__contiguous_strides(shape, ndim, t->strides);
     t->dtype = dtype;
     t->device = device;
@@ -196,8 +196,10 @@ kn_tensor *kn__view_raw(kn_tensor *t, const int64_t *shape, const int64_t *strid
     kn_tensor *v = handle_new();
     if (!v) return NULL;
     v->ndim = ndim;
-    memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
-    memcpy(v->strides, strides, sizeof(int64_t) * (size_t)ndim);
+    if (ndim) {
+        memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
+        memcpy(v->strides, strides, sizeof(int64_t) * (size_t)ndim);
+    }
     v->offset = offset;
     v->dtype = t->dtype;
     v->device = t->device;
@@ -237,6 +239,8 @@ typedef struct scope {
     size_t count, capacity;
 } scope;
 
+/* Scope slots and their item buffers are kept for reuse (per thread), so a training
+ * loop that opens and closes a scope each step does not call malloc for it. */
 static _Thread_local scope *scopes;
 static _Thread_local int scope_count, scope_capacity;
 
@@ -246,25 +250,22 @@ void kn_scope_begin(void)
         int capacity = scope_capacity ? scope_capacity * 2 : 8;
         scope *grown = realloc(scopes, sizeof(scope) * (size_t)capacity);
         if (!grown) abort(); /* cannot record the scope: nothing sensible to return */
+        for (int i = scope_capacity; i < capacity; i++) grown[i] = (scope){0};
         scopes = grown;
         scope_capacity = capacity;
     }
-    scopes[scope_count++] = (scope){0};
+    scopes[scope_count++].count = 0;
 }
 
 void kn_scope_end(void)
 {
     if (scope_count == 0) return;
     scope *s = &scopes[scope_count - 1];
-    /* Release newest first: outputs before the inputs they were made from. */
+    /* Release newest first: outputs before the inputs they were made from. A release
+     * may autorelease nothing (ops never run here), so s stays valid. */
     for (size_t i = s->count; i-- > 0;) kn_release(s->items[i]);
-    free(s->items);
+    s->count = 0;
     scope_count--;
-    if (scope_count == 0) {
-        free(scopes);
-        scopes = NULL;
-        scope_capacity = 0;
-    }
 }
 
 int kn_scope_depth(void) { return scope_count; }

@@ -42,4 +42,21 @@ cmake --build "$build" -j "$jobs"
 label_args=(-LE full)
 [ "$full" = 1 ] && label_args=()
 cd "$build"
-ctest --output-on-failure "${label_args[@]}"
+if [ "$mode" != asan ]; then
+    ctest --output-on-failure "${label_args[@]}"
+    exit
+fi
+# Criterion runs each test in a child process and may count it as passed even when
+# the sanitizer reports at the child's exit, so the sanitizer reports themselves are
+# what fails this mode: the full log is kept and searched.
+log=ctest-asan.log
+status=0
+ctest -V "${label_args[@]}" >"$log" 2>&1 || status=$?
+grep -E "^[0-9]+/[0-9]+ Test|tests passed|tests failed|Total Test time" "$log" || true
+if grep -nE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$log"; then
+    echo "test.sh --asan: sanitizer reports above (full log: $build/$log)" >&2
+    exit 1
+fi
+[ "$status" -eq 0 ] || grep -E -B4 "\[FAIL\]" "$log" || true
+[ "$status" -eq 0 ] || echo "test.sh --asan: ctest failed (full log: $build/$log)" >&2
+exit "$status"

@@ -1,0 +1,497 @@
+/*
+ * ops_conv.c — kn_conv2d (im2col + GEMM, with stride, padding, dilation and groups)
+ * and 2-D max / average pooling, forward and backward.
+ *
+ * Convolution goes image by image: unfold one image into columns [C*kH*kW, H'*W'],
+ * then per group out_g = W_g · col_g straight into the output, with the batch split
+ * over the engine's threads (one column buffer each). A 1x1, stride-1, unpadded
+ * convolution needs no unfolding: the input already is the column matrix.
+ */
+#include "kn_internal.h"
+#include "../kernels/cpu/kn_cpu_linalg.h"
+
+#include <string.h>
+
+typedef struct conv_plan {
+    kn_cpu_conv_geometry g;
+    int64_t n, c, o, groups, cg, og, k, l; /* k = cg*kH*kW columns rows per group */
+    bool direct;                           /* 1x1 stride 1 unpadded: no im2col */
+} conv_plan;
+
+static kn_tensor *dense(kn_tensor *t)
+{
+    if (kn_is_contiguous(t)) return kn_retain(t);
+    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, KN_FLOAT32, t->device);
+    if (!out) return NULL;
+    kn_cpu_operand dst = {kn__data_ptr(out), {0}}, src = {kn__data_ptr(t), {0}};
+    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)t->ndim);
+    memcpy(src.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
+    kn_cpu_copy(t->shape, t->ndim, sizeof(float), dst, src);
+    return out;
+}
+
+/* Sets the error and evaluates to false. */
+#define FAIL(...) (kn__error(__VA_ARGS__), false)
+
+static int or_default(int value, int fallback)
+{
+    return value ? value : fallback;
+}
+
+static bool conv_setup(kn_tensor *x, kn_tensor *w, kn_tensor *bias, kn_conv2d_args args,
+                       conv_plan *p)
+{
+    if (x->ndim != 4)
+        return FAIL(KN_ERR_SHAPE, "conv2d: expected a 4-D input [N, C, H, W], got %s",
+                    kn__shape(x));
+    if (w->ndim != 4)
+        return FAIL(KN_ERR_SHAPE, "conv2d: expected a 4-D weight [O, C/groups, kH, kW], got %s",
+                    kn__shape(w));
+    int stride[2], pad[2], dil[2], groups = or_default(args.groups, 1);
+    for (int i = 0; i < 2; i++) {
+        stride[i] = or_default(args.stride[i], 1);
+        dil[i] = or_default(args.dilation[i], 1);
+        pad[i] = args.padding[i];
+        if (stride[i] < 0 || dil[i] < 0 || pad[i] < 0)
+            return FAIL(KN_ERR_VALUE,
+                        "conv2d: stride (%d, %d), padding (%d, %d) and dilation (%d, %d) "
+                        "must not be negative",
+                        args.stride[0], args.stride[1], args.padding[0], args.padding[1],
+                        args.dilation[0], args.dilation[1]);
+    }
+    if (groups < 0) return FAIL(KN_ERR_VALUE, "conv2d: groups must be positive, got %d", groups);
+    int64_t c = x->shape[1], o = w->shape[0];
+    if (c % groups || o % groups)
+        return FAIL(KN_ERR_VALUE,
+                    "conv2d: groups=%d must divide both the input channels (%lld, input "
+                    "%s) and the output channels (%lld, weight %s)",
+                    groups, (long long)c, kn__shape(x), (long long)o, kn__shape(w));
+    if (w->shape[1] * groups != c)
+        return FAIL(KN_ERR_SHAPE,
+                    "conv2d: input %s has %lld channels but weight %s expects %lld "
+                    "(%lld per group x groups=%d)",
+                    kn__shape(x), (long long)c, kn__shape(w), (long long)(w->shape[1] * groups),
+                    (long long)w->shape[1], groups);
+    if (bias && (bias->ndim != 1 || bias->shape[0] != o))
+        return FAIL(KN_ERR_SHAPE, "conv2d: bias %s does not match weight %s (expected [%lld])",
+                    kn__shape(bias), kn__shape(w), (long long)o);
+    kn_cpu_conv_geometry *g = &p->g;
+    *g = (kn_cpu_conv_geometry){.channels = c,
+                                .height = x->shape[2],
+                                .width = x->shape[3],
+                                .kernel_h = w->shape[2],
+                                .kernel_w = w->shape[3],
+                                .stride_h = stride[0],
+                                .stride_w = stride[1],
+                                .pad_h = pad[0],
+                                .pad_w = pad[1],
+                                .dilation_h = dil[0],
+                                .dilation_w = dil[1]};
+    int64_t eff_h = (g->kernel_h - 1) * dil[0] + 1, eff_w = (g->kernel_w - 1) * dil[1] + 1;
+    int64_t in_h = g->height + 2 * pad[0], in_w = g->width + 2 * pad[1];
+    if (eff_h > in_h || eff_w > in_w)
+        return FAIL(KN_ERR_SHAPE,
+                    "conv2d: kernel %lldx%lld (%lldx%lld with dilation) is larger than "
+                    "the padded input %lldx%lld (input %s, padding (%d, %d))",
+                    (long long)g->kernel_h, (long long)g->kernel_w, (long long)eff_h,
+                    (long long)eff_w, (long long)in_h, (long long)in_w, kn__shape(x), pad[0],
+                    pad[1]);
+    g->out_h = (in_h - eff_h) / stride[0] + 1;
+    g->out_w = (in_w - eff_w) / stride[1] + 1;
+    p->n = x->shape[0];
+    p->c = c;
+    p->o = o;
+    p->groups = groups;
+    p->cg = c / groups;
+    p->og = o / groups;
+    p->k = p->cg * g->kernel_h * g->kernel_w;
+    p->l = g->out_h * g->out_w;
+    p->direct = g->kernel_h == 1 && g->kernel_w == 1 && stride[0] == 1 && stride[1] == 1 &&
+                pad[0] == 0 && pad[1] == 0;
+    return true;
+}
+
+/* ---- the per-image work, parallel over slices of the batch ------------------------
+ * Each slice (one per thread) unfolds its images one at a time into its own column
+ * buffer and runs single-threaded GEMMs on them; weight gradients are summed per slice
+ * and the slices' partial sums added at the end. With one slice (one thread or one
+ * image), OpenBLAS threads the GEMMs itself instead. */
+
+typedef struct conv_job {
+    const conv_plan *p;
+    int64_t slices;
+    const float *x, *w, *bias, *gout;
+    float *out, *gx, *gw_parts; /* gw_parts: slices x [O, K] */
+    float *buffers;             /* slices x 2 column buffers */
+    int64_t buffer_floats;      /* per column buffer */
+} conv_job;
+
+/* The column matrix [C*kH*kW, L] (row stride L) of image i: the input itself when no
+ * unfolding is needed. */
+static const float *image_cols(const conv_plan *p, const float *x, int64_t i, float *buf)
+{
+    const float *image = x + i * p->c * p->g.height * p->g.width;
+    if (p->direct) return image;
+    kn_cpu_im2col(&p->g, image, 1, buf, p->l);
+    return buf;
+}
+
+static void slice_bounds(const conv_job *job, int64_t s, int64_t *begin, int64_t *end)
+{
+    *begin = job->p->n * s / job->slices;
+    *end = job->p->n * (s + 1) / job->slices;
+}
+
+static void forward_slices(void *context, int64_t s0, int64_t s1)
+{
+    const conv_job *job = context;
+    const conv_plan *p = job->p;
+    for (int64_t s = s0; s < s1; s++) {
+        float *buf = job->buffers + s * 2 * job->buffer_floats;
+        int64_t begin, end;
+        slice_bounds(job, s, &begin, &end);
+        for (int64_t i = begin; i < end; i++) {
+            const float *col = image_cols(p, job->x, i, buf);
+            float *out = job->out + i * p->o * p->l;
+            if (job->bias)
+                for (int64_t oc = 0; oc < p->o; oc++)
+                    for (int64_t j = 0; j < p->l; j++) out[oc * p->l + j] = job->bias[oc];
+            for (int64_t gi = 0; gi < p->groups; gi++)
+                kn_cpu_gemm(false, false, p->og, p->l, p->k, 1.f, job->w + gi * p->og * p->k, p->k,
+                            col + gi * p->k * p->l, p->l, job->bias ? 1.f : 0.f,
+                            out + gi * p->og * p->l, p->l);
+        }
+    }
+}
+
+static void backward_slices(void *context, int64_t s0, int64_t s1)
+{
+    const conv_job *job = context;
+    const conv_plan *p = job->p;
+    for (int64_t s = s0; s < s1; s++) {
+        float *buf = job->buffers + s * 2 * job->buffer_floats, *dbuf = buf + job->buffer_floats;
+        float *gw = job->gw_parts ? job->gw_parts + s * p->o * p->k : NULL;
+        int64_t begin, end;
+        slice_bounds(job, s, &begin, &end);
+        for (int64_t i = begin; i < end; i++) {
+            const float *g = job->gout + i * p->o * p->l;
+            if (gw) {
+                const float *col = image_cols(p, job->x, i, buf);
+                for (int64_t gi = 0; gi < p->groups; gi++) /* gW_g += g_g · col_gᵀ */
+                    kn_cpu_gemm(false, true, p->og, p->k, p->l, 1.f, g + gi * p->og * p->l, p->l,
+                                col + gi * p->k * p->l, p->l, i == begin ? 0.f : 1.f,
+                                gw + gi * p->og * p->k, p->k);
+            }
+            if (!job->gx) continue;
+            float *gx = job->gx + i * p->c * p->g.height * p->g.width;
+            float *dcol = p->direct ? gx : dbuf; /* dL/dcol = W_gᵀ · g_g, then folded back */
+            for (int64_t gi = 0; gi < p->groups; gi++)
+                kn_cpu_gemm(true, false, p->k, p->l, p->og, 1.f, job->w + gi * p->og * p->k, p->k,
+                            g + gi * p->og * p->l, p->l, 0.f, dcol + gi * p->k * p->l, p->l);
+            if (!p->direct) kn_cpu_col2im(&p->g, dcol, p->l, 1, gx);
+        }
+    }
+}
+
+/* Runs fn over slices of the batch with per-slice buffers; false when out of memory. */
+static bool run_slices(conv_job *job, kn_cpu_range_fn fn, bool weight_parts)
+{
+    const conv_plan *p = job->p;
+    int64_t threads = kn_cpu_get_num_threads();
+    job->slices = p->n < threads ? p->n : threads;
+    if (job->slices < 1) return true;
+    job->buffer_floats = p->direct ? 0 : p->c * p->g.kernel_h * p->g.kernel_w * p->l;
+    size_t buffer_bytes = sizeof(float) * (size_t)(job->slices * 2 * job->buffer_floats);
+    size_t parts_bytes = weight_parts ? sizeof(float) * (size_t)(job->slices * p->o * p->k) : 0;
+    job->buffers = buffer_bytes ? kn__alloc(buffer_bytes) : NULL;
+    job->gw_parts = parts_bytes ? kn__alloc(parts_bytes) : NULL;
+    if ((buffer_bytes && !job->buffers) || (parts_bytes && !job->gw_parts)) {
+        if (job->buffers) kn__free(job->buffers, buffer_bytes);
+        if (job->gw_parts) kn__free(job->gw_parts, parts_bytes);
+        kn__error(KN_ERR_MEMORY, "conv2d: out of memory for %zu bytes of columns", buffer_bytes);
+        return false;
+    }
+    if (job->slices > 1) {
+        int blas_threads = kn_cpu_blas_single_threaded();
+        kn_cpu_parallel_for(job->slices, 1, fn, job);
+        kn_cpu_blas_restore(blas_threads);
+    } else {
+        fn(job, 0, 1);
+    }
+    if (job->buffers) kn__free(job->buffers, buffer_bytes);
+    job->buffers = NULL;
+    return true;
+}
+
+static bool conv_forward(const conv_plan *p, const float *x, const float *w, const float *bias,
+                         float *out)
+{
+    conv_job job = {.p = p, .x = x, .w = w, .bias = bias, .out = out};
+    return run_slices(&job, forward_slices, false);
+}
+
+static bool conv_backward_buffers(const conv_plan *p, const float *x, const float *w,
+                                  const float *gout, float *gx, float *gw, float *gb)
+{
+    int64_t l = p->l;
+    if (gb) {
+        memset(gb, 0, sizeof(float) * (size_t)p->o);
+        for (int64_t i = 0; i < p->n; i++)
+            for (int64_t oc = 0; oc < p->o; oc++) {
+                const float *s = gout + (i * p->o + oc) * l;
+                float sum = 0.f;
+                for (int64_t j = 0; j < l; j++) sum += s[j];
+                gb[oc] += sum;
+            }
+    }
+    if (!gx && !gw) return true;
+    conv_job job = {.p = p, .x = x, .w = w, .gout = gout, .gx = gx};
+    if (!run_slices(&job, backward_slices, gw != NULL)) return false;
+    if (gw) {
+        int64_t size = p->o * p->k;
+        memset(gw, 0, sizeof(float) * (size_t)size);
+        for (int64_t s = 0; s < job.slices; s++)
+            kn_cpu_sum_rows(job.gw_parts + s * size, 1, size, size, gw, true);
+        if (job.gw_parts) kn__free(job.gw_parts, sizeof(float) * (size_t)(job.slices * size));
+    }
+    return true;
+}
+
+static void plan_to_node(const conv_plan *p, kn_node *node)
+{
+    const kn_cpu_conv_geometry *g = &p->g;
+    int64_t values[] = {g->stride_h,   g->stride_w,   g->pad_h, g->pad_w,
+                        g->dilation_h, g->dilation_w, p->groups};
+    memcpy(node->iargs, values, sizeof values);
+}
+
+static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *x = node->saved[0], *w = node->saved[1];
+    kn_conv2d_args args = {{(int)node->iargs[0], (int)node->iargs[1]},
+                           {(int)node->iargs[2], (int)node->iargs[3]},
+                           {(int)node->iargs[4], (int)node->iargs[5]},
+                           (int)node->iargs[6]};
+    conv_plan p;
+    if (!conv_setup(x, w, NULL, args, &p)) return kn_last_status();
+    bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
+    bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
+    kn_tensor *xd = kn__result(dense(x)), *wd = kn__result(dense(w));
+    kn_tensor *gd = kn__result(dense(grad));
+    if (!xd || !wd || !gd) return kn_last_status();
+    kn_tensor *gx = need_x ? kn__result(kn__empty_raw(x->shape, 4, KN_FLOAT32, x->device)) : NULL;
+    kn_tensor *gw = need_w ? kn__result(kn__empty_raw(w->shape, 4, KN_FLOAT32, w->device)) : NULL;
+    kn_tensor *gb = need_b ? kn__result(kn__empty_raw(&p.o, 1, KN_FLOAT32, w->device)) : NULL;
+    if ((need_x && !gx) || (need_w && !gw) || (need_b && !gb)) return kn_last_status();
+    if (!conv_backward_buffers(&p, kn__data_ptr(xd), kn__data_ptr(wd), kn__data_ptr(gd),
+                               gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
+                               gb ? kn__data_ptr(gb) : NULL))
+        return kn_last_status();
+    grads[0] = gx;
+    grads[1] = gw;
+    if (need_b) grads[2] = gb;
+    return KN_OK;
+}
+
+kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d_args args)
+{
+    kn_tensor *inputs[3] = {x, weight, bias};
+    int n_inputs = bias ? 3 : 2;
+    if (!kn__check_inputs("conv2d", inputs, n_inputs)) return NULL;
+    if (!kn__check_float("conv2d", x) || !kn__check_float("conv2d", weight) ||
+        (bias && !kn__check_float("conv2d", bias)))
+        return NULL;
+    conv_plan p;
+    if (!conv_setup(x, weight, bias, args, &p)) return NULL;
+    int64_t shape[4] = {p.n, p.o, p.g.out_h, p.g.out_w};
+    kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
+    kn_tensor *xd = dense(x), *wd = dense(weight), *bd = bias ? dense(bias) : NULL;
+    bool ok = out && xd && wd && (!bias || bd);
+    if (ok)
+        ok = conv_forward(&p, kn__data_ptr(xd), kn__data_ptr(wd), bd ? kn__data_ptr(bd) : NULL,
+                          kn__data_ptr(out));
+    kn_release(xd);
+    kn_release(wd);
+    kn_release(bd);
+    if (!ok) {
+        kn_release(out);
+        return NULL;
+    }
+    if (kn__needs_grad(inputs, n_inputs)) {
+        kn_node *node = kn__node_new("conv2d", conv2d_backward, inputs, n_inputs);
+        if (!node) {
+            kn_release(out);
+            return NULL;
+        }
+        plan_to_node(&p, node);
+        kn__node_save(node, x);
+        kn__node_save(node, weight);
+        kn__node_attach(out, node);
+    }
+    return kn__result(out);
+}
+
+/* ---- pooling --------------------------------------------------------------------- */
+
+/* PyTorch's pooling_output_shape: floor (or ceil) division, and in ceil mode the last
+ * window must start inside the input or left padding. */
+static int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil,
+                             bool ceil_mode)
+{
+    int64_t num = in + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+    int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
+    if (ceil_mode && (out - 1) * stride >= in + pad) out--;
+    return out;
+}
+
+static bool pool_setup(const char *op, kn_tensor *x, kn_pool2d_args args, bool is_max,
+                       kn_cpu_pool_geometry *g)
+{
+    if (x->ndim != 3 && x->ndim != 4)
+        return FAIL(KN_ERR_SHAPE, "%s: expected a 3-D [C, H, W] or 4-D [N, C, H, W] input, got %s",
+                    op, kn__shape(x));
+    int k[2], s[2], pad[2], dil[2];
+    for (int i = 0; i < 2; i++) {
+        k[i] = args.kernel_size[i];
+        s[i] = or_default(args.stride[i], k[i]);
+        pad[i] = args.padding[i];
+        dil[i] = is_max ? or_default(args.dilation[i], 1) : 1;
+    }
+    if (k[0] <= 0 || k[1] <= 0 || s[0] <= 0 || s[1] <= 0 || dil[0] <= 0 || dil[1] <= 0)
+        return FAIL(KN_ERR_VALUE,
+                    "%s: kernel_size (%d, %d), stride (%d, %d) and dilation (%d, %d) must be "
+                    "positive",
+                    op, k[0], k[1], s[0], s[1], dil[0], dil[1]);
+    if (pad[0] < 0 || pad[1] < 0 || pad[0] > k[0] / 2 || pad[1] > k[1] / 2)
+        return FAIL(KN_ERR_VALUE,
+                    "%s: padding (%d, %d) must be between 0 and half the kernel size (%d, %d)", op,
+                    pad[0], pad[1], k[0], k[1]);
+    int64_t h = x->shape[x->ndim - 2], w = x->shape[x->ndim - 1];
+    *g = (kn_cpu_pool_geometry){
+        .planes = kn_numel(x) / (h * w > 0 ? h * w : 1),
+        .height = h,
+        .width = w,
+        .out_h = pool_out_size(h, k[0], pad[0], s[0], dil[0], args.ceil_mode),
+        .out_w = pool_out_size(w, k[1], pad[1], s[1], dil[1], args.ceil_mode),
+        .kernel_h = k[0],
+        .kernel_w = k[1],
+        .stride_h = s[0],
+        .stride_w = s[1],
+        .pad_h = pad[0],
+        .pad_w = pad[1],
+        .dilation_h = dil[0],
+        .dilation_w = dil[1],
+        .exclude_padding = args.exclude_padding_from_count};
+    if (g->out_h < 1 || g->out_w < 1)
+        return FAIL(KN_ERR_SHAPE,
+                    "%s: input %s is too small for kernel (%d, %d) with padding (%d, %d) and "
+                    "dilation (%d, %d): output would be %lldx%lld",
+                    op, kn__shape(x), k[0], k[1], pad[0], pad[1], dil[0], dil[1],
+                    (long long)g->out_h, (long long)g->out_w);
+    return true;
+}
+
+static void geometry_to_node(const kn_cpu_pool_geometry *g, kn_node *node)
+{
+    int64_t values[] = {g->planes,   g->height,     g->width,      g->out_h,          g->out_w,
+                        g->kernel_h, g->kernel_w,   g->stride_h,   g->stride_w,       g->pad_h,
+                        g->pad_w,    g->dilation_h, g->dilation_w, g->exclude_padding};
+    memcpy(node->iargs, values, sizeof values);
+}
+
+static kn_cpu_pool_geometry geometry_from_node(const kn_node *node)
+{
+    const int64_t *v = node->iargs;
+    return (kn_cpu_pool_geometry){v[0], v[1], v[2], v[3],  v[4],  v[5],  v[6],
+                                  v[7], v[8], v[9], v[10], v[11], v[12], v[13] != 0};
+}
+
+static kn_tensor *pool_output(kn_tensor *x, const kn_cpu_pool_geometry *g, kn_dtype dtype)
+{
+    int64_t shape[4];
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    shape[x->ndim - 2] = g->out_h;
+    shape[x->ndim - 1] = g->out_w;
+    return kn__empty_raw(shape, x->ndim, dtype, x->device);
+}
+
+static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_cpu_pool_geometry g = geometry_from_node(node);
+    kn_node_input *in = &node->inputs[0];
+    kn_tensor *gd = kn__result(dense(grad));
+    kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
+    if (!gd || !gx) return kn_last_status();
+    kn_cpu_max_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
+                               kn__data_ptr(gx));
+    grads[0] = gx;
+    return KN_OK;
+}
+
+kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
+{
+    kn_cpu_pool_geometry g;
+    if (!kn__check_inputs("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
+        !pool_setup("max_pool2d", x, args, true, &g))
+        return NULL;
+    kn_tensor *xd = dense(x), *out = pool_output(x, &g, KN_FLOAT32);
+    kn_tensor *indices = pool_output(x, &g, KN_INT64);
+    if (xd && out && indices)
+        kn_cpu_max_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
+    kn_release(xd);
+    if (!xd || !out || !indices) {
+        kn_release(out);
+        kn_release(indices);
+        return NULL;
+    }
+    if (kn__needs_grad(&x, 1)) {
+        kn_node *node = kn__node_new("max_pool2d", max_pool2d_backward, &x, 1);
+        if (!node) {
+            kn_release(out);
+            kn_release(indices);
+            return NULL;
+        }
+        geometry_to_node(&g, node);
+        kn__node_save(node, indices);
+        kn__node_attach(out, node);
+    }
+    kn_release(indices);
+    return kn__result(out);
+}
+
+static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_cpu_pool_geometry g = geometry_from_node(node);
+    kn_node_input *in = &node->inputs[0];
+    kn_tensor *gd = kn__result(dense(grad));
+    kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
+    if (!gd || !gx) return kn_last_status();
+    kn_cpu_avg_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(gx));
+    grads[0] = gx;
+    return KN_OK;
+}
+
+kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
+{
+    kn_cpu_pool_geometry g;
+    if (!kn__check_inputs("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
+        !pool_setup("avg_pool2d", x, args, false, &g))
+        return NULL;
+    kn_tensor *xd = dense(x), *out = pool_output(x, &g, KN_FLOAT32);
+    if (xd && out) kn_cpu_avg_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out));
+    kn_release(xd);
+    if (!xd || !out) {
+        kn_release(out);
+        return NULL;
+    }
+    if (kn__needs_grad(&x, 1)) {
+        kn_node *node = kn__node_new("avg_pool2d", avg_pool2d_backward, &x, 1);
+        if (!node) {
+            kn_release(out);
+            return NULL;
+        }
+        geometry_to_node(&g, node);
+        kn__node_attach(out, node);
+    }
+    return kn__result(out);
+}

@@ -1,0 +1,68 @@
+/*
+ * kn_cpu_linalg.h — raw CPU kernels for the linear-algebra and spatial ops: the GEMM
+ * wrapper over OpenBLAS, im2col/col2im for convolution, and 2-D max/avg pooling.
+ * Buffers only: no tensors, no autograd. All matrices are row-major float32.
+ */
+#ifndef KN_CPU_LINALG_H
+#define KN_CPU_LINALG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ---- gemm.c ---------------------------------------------------------------------- */
+/* C[m, n] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T as trans_x says; A is
+ * [m, k] (or [k, m] when trans_a) with row stride lda, likewise B. beta == 0 ignores C's
+ * old contents (NaNs included). k == 0 gives beta * C. */
+void kn_cpu_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                 int64_t ldc);
+/* Dot product of two strided vectors. */
+float kn_cpu_dot(int64_t n, const float *x, int64_t incx, const float *y, int64_t incy);
+/* Makes OpenBLAS single-threaded (for a parallel region whose tasks each call GEMM) and
+ * returns the previous thread count for kn_cpu_blas_restore. */
+int kn_cpu_blas_single_threaded(void);
+void kn_cpu_blas_restore(int previous);
+/* Fills each of the m rows of c (row stride ldc) with the n values of row. */
+void kn_cpu_fill_rows(float *c, int64_t m, int64_t n, int64_t ldc, const float *row);
+/* out[j] (+)= sum_i x[i, j] over m rows of x (row stride ldx); accumulate adds to out. */
+void kn_cpu_sum_rows(const float *x, int64_t m, int64_t n, int64_t ldx, float *out,
+                     bool accumulate);
+
+/* ---- conv.c ---------------------------------------------------------------------- */
+typedef struct kn_cpu_conv_geometry {
+    int64_t channels, height, width; /* one image's input */
+    int64_t kernel_h, kernel_w;
+    int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    int64_t out_h, out_w;
+} kn_cpu_conv_geometry;
+
+/* Unfolds images [count, C, H, W] (contiguous) into col rows (c, ki, kj) and columns
+ * (image, oh, ow): col[(c*kH + ki)*kW + kj][i*L + l] with L = out_h*out_w and row
+ * stride ld (>= count*L). Parallel over (image, channel). */
+void kn_cpu_im2col(const kn_cpu_conv_geometry *g, const float *images, int64_t count, float *col,
+                   int64_t ld);
+/* The adjoint: adds col (layout as above) back into images [count, C, H, W]
+ * (overwritten, not accumulated). Parallel over (image, channel). */
+void kn_cpu_col2im(const kn_cpu_conv_geometry *g, const float *col, int64_t ld, int64_t count,
+                   float *images);
+
+/* ---- pool.c ---------------------------------------------------------------------- */
+typedef struct kn_cpu_pool_geometry {
+    int64_t planes; /* N * C */
+    int64_t height, width, out_h, out_w;
+    int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    bool exclude_padding; /* avg: divide by the in-image count */
+} kn_cpu_pool_geometry;
+
+/* out and indices [planes, out_h, out_w]; indices hold h*W + w of each max (first max
+ * on ties; NaN propagates). */
+void kn_cpu_max_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *out,
+                       int64_t *indices);
+/* grad_in [planes, H, W] is overwritten. */
+void kn_cpu_max_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
+                                const int64_t *indices, float *grad_in);
+void kn_cpu_avg_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *out);
+void kn_cpu_avg_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
+                                float *grad_in);
+
+#endif

@@ -1,0 +1,365 @@
+/*
+ * test_conv.c — kn_conv2d, kn_max_pool2d and kn_avg_pool2d: values against PyTorch
+ * 1.13, every conv code path (wide GEMM, image by image, 1x1 without unfolding,
+ * chunked batches) against a naive reference, gradient checks including stride,
+ * padding, dilation, groups, ceil_mode and padding in pools, and error messages.
+ */
+#include "kn_test.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Expected values computed with torch (see each name's shape comment). */
+static const float CONV_BASIC[] = {
+    2.734375, 0.53125,   2.046875,  -0.578125, -1.1875,   -2.59375,  0,        1.8125,
+    2.828125, 2.6875,    1.578125,  -0.328125, -1.140625, 0.171875,  0.6875,   3.03125,
+    1.421875, 3.53125,   -1.1875,   -2.59375,  -3.46875,  -2.375,    -2.1875,  -1.46875,
+    1.578125, -0.328125, -1.703125, -2.640625, -2.953125, -2.734375, 1.421875, 3.53125,
+    1.65625,  -1.3125,   -2.125,    -2.40625}; /* [2, 3, 2, 3] */
+static const float CONV_ARGS[] = {
+    -0.734375, -0.703125, -0.5625,   -0.625,    -0.6875,   -0.75,     0.25,      -0.984375,
+    0.515625,  -0.046875, -0.1875,   -1.390625, -1.59375,  -1.265625, -1.46875,  -1.671875,
+    -1.46875,  -1.53125,  -1.484375, -1.625,    1.078125,  0.609375,  -1.453125, -1.390625,
+    -1.59375,  -1.28125,  -1.34375,  -1.65625,  -1.453125, -2.4375,   -2.15625,  -1.875,
+    -1.59375,  -2.109375, -1.046875, -1.234375, -0.171875, 0.078125,  -1.234375, -0.921875,
+    -1.9375,   -1.625,    -1.3125,   -0.96875,  -0.90625,  0.9375,    1.1875,    2.609375,
+    0.796875,  1.90625,   -1.234375, -0.921875, -1.15625,  -1.09375,  0.5,       0.34375,
+    1.4375,    1.265625,  1.09375,   0.921875,  0.75,      1.296875,  1.28125,   -1.203125,
+    -0.828125, -2.703125, -1.078125, -1.3125,   -0.21875,  -0.453125, 0.40625,   0.328125,
+    0.859375,  0.703125,  0.125,     -1.703125, -1.40625,  -2.703125, -1.078125, -0.6875,
+    0.5625,    -0.59375,  -0.578125, -1.046875, -0.875,    -0.703125, -0.53125,  -0.359375,
+    0.796875,  0.953125,  2.265625,  0.90625,   1.984375,  0.140625,  0.15625,   -0.359375,
+    -0.34375,  0.515625,  0.5625,    1.296875,  1.265625,  0.609375,  1.6875,    0.375,
+    1.984375,  0.140625,  0.90625,   0.421875}; /* [1, 4, 3, 9] */
+static const float CONV_1X1[] = {
+    0.234375,  0.09375,  0.21875,   0.078125, -0.0625,   -0.203125, 0.515625, 0.65625,   -0.53125,
+    -0.390625, -0.25,    -0.109375, 0.09375,  0.21875,   0.078125,  -0.0625,  -0.203125, -0.34375,
+    0.65625,   -0.53125, -0.390625, -0.25,    -0.109375, 0.03125}; /* [2, 2, 2, 3] */
+static const float MAXP_CEIL[] = {
+    1,     0.75,  0.375, 0.625, 0.25,  1,     0.125, 0.75, 0.5,
+    0.625, 0.875, 1,     0.75,  0.875, 0.625, -0.25, 1,    0.125}; /* [1, 2, 3, 3] */
+static const float MAXP_PAD[] = {
+    0,    1,     0.75,  0.625, 0.75,  -0.25,  0.625, 1,     0.75, 0.875, 1, 0.875, 0.625,
+    0.75, 0.625, 0.75,  1,     0.375, -0.375, 0.625, 0.875, 1,    0.875, 1, 0.75,  0.875,
+    0.75, 1,     0.625, 1,     0.25,  0.875,  1,     0.875, 1,    0}; /* [1, 2, 3, 6] */
+static const float AVGP_CEIL[] = {-0.03125, 0.15625, -0.1875,  0.03125, -0.3125,  0.40625, -0.1875,
+                                  0,        0.1875,  -0.40625, 0.3125,  -0.03125, 0.1875,  -0.15625,
+                                  0.03125,  -0.5625, 0.6875,   -0.1875}; /* [1, 2, 3, 3] */
+static const float AVGP_PAD[] = {-0.013888889,  0.013888889,
+                                 -0.0972222239, 0.0416666679,
+                                 0.0694444478,  -0.138888896,
+                                 0.166666672,   0.0416666679,
+                                 0.027777778,   -0.0416666679,
+                                 0.0833333358,  0.25,
+                                 -0.180555552,  0,
+                                 0.125,         -0.0833333358,
+                                 0.055555556,   -0.0416666679,
+                                 0.027777778,   -0.145833328,
+                                 -0.138888896,  0.180555552,
+                                 0.0694444478,  0.125}; /* [1, 2, 3, 4] */
+static const float AVGP_EXCL[] = {
+    -0.03125,     0.020833334, -0.145833328, 0.125,         0.104166664, -0.138888896, 0.166666672,
+    0.0833333358, 0.0625,      -0.0625,      0.125,         0.75,        -0.40625,     0,
+    0.1875,       -0.25,       0.0833333358, -0.0416666679, 0.027777778, -0.291666657, -0.3125,
+    0.270833343,  0.104166664, 0.375};                         /* [1, 2, 3, 4] */
+static const float MAXP_NAN[] = {3, NAN};                      /* [1, 1, 1, 2] */
+static const float MAXP_NAN_S1[] = {3, 3, NAN};                /* [1, 1, 1, 3] */
+static const float MAXP_NAN_GRAD[] = {0, 2, 0, 1, 0, 0, 0, 0}; /* [1, 1, 2, 4] */
+
+/* The inputs the PyTorch script used: ((i * seed + 3) % 17 - 8) / 8, exact in float. */
+static kn_tensor *seq(const int64_t *shape, int ndim, int seed)
+{
+    kn_tensor *t = kn_empty(shape, ndim, KN_FLOAT32);
+    float *p = kn_data_f32(t);
+    for (int64_t i = 0; i < kn_numel(t); i++) p[i] = (float)((i * seed + 3) % 17 - 8) / 8.f;
+    return t;
+}
+
+static void check_shape(const kn_tensor *t, const int64_t *shape, int ndim)
+{
+    cr_assert_not_null(t, "%s", kn_last_error());
+    cr_assert_eq(t->ndim, ndim, "rank %d, expected %d", t->ndim, ndim);
+    for (int i = 0; i < ndim; i++)
+        cr_assert_eq(t->shape[i], shape[i], "dim %d is %lld, expected %lld", i,
+                     (long long)t->shape[i], (long long)shape[i]);
+}
+
+#define ASSERT_VALUES(t, want)                                                                     \
+    do {                                                                                           \
+        char m_[256];                                                                              \
+        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5, 1e-6,  \
+                                m_, sizeof m_),                                                    \
+                  "%s", m_);                                                                       \
+    } while (0)
+
+#define CONV(...) ((kn_conv2d_args){__VA_ARGS__})
+#define POOL(...) ((kn_pool2d_args){__VA_ARGS__})
+
+Test(conv2d, values_match_torch)
+{
+    kn_scope_begin();
+    kn_tensor *y = kn_conv2d(seq(KN_SHAPE(2, 2, 4, 5), 1), seq(KN_SHAPE(3, 2, 3, 3), 2),
+                             seq(KN_SHAPE(3), 3), CONV(.groups = 1));
+    check_shape(y, KN_SHAPE(2, 3, 2, 3));
+    ASSERT_VALUES(y, CONV_BASIC);
+    kn_conv2d_args args = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {1, 2}, .groups = 2};
+    y = kn_conv2d(seq(KN_SHAPE(1, 4, 6, 7), 1), seq(KN_SHAPE(4, 2, 3, 2), 2), seq(KN_SHAPE(4), 3),
+                  args);
+    check_shape(y, KN_SHAPE(1, 4, 3, 9));
+    ASSERT_VALUES(y, CONV_ARGS);
+    y = kn_conv2d(seq(KN_SHAPE(2, 3, 2, 3), 1), seq(KN_SHAPE(2, 3, 1, 1), 2), NULL,
+                  CONV(.groups = 1));
+    check_shape(y, KN_SHAPE(2, 2, 2, 3));
+    ASSERT_VALUES(y, CONV_1X1);
+    /* a non-contiguous input: the same values through a double transpose */
+    kn_tensor *x =
+        kn_transpose(kn_contiguous(kn_transpose(seq(KN_SHAPE(2, 2, 4, 5), 1), 2, 3)), 2, 3);
+    cr_assert(!kn_is_contiguous(x));
+    ASSERT_VALUES(
+        kn_conv2d(x, seq(KN_SHAPE(3, 2, 3, 3), 2), seq(KN_SHAPE(3), 3), CONV(.groups = 1)),
+        CONV_BASIC);
+    kn_scope_end();
+}
+
+/* Naive double-precision convolution of contiguous tensors. */
+static kn_tensor *reference_conv(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_conv2d_args a)
+{
+    int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t o = w->shape[0], cg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
+    int sh = a.stride[0] ? a.stride[0] : 1, sw = a.stride[1] ? a.stride[1] : 1;
+    int dh = a.dilation[0] ? a.dilation[0] : 1, dw = a.dilation[1] ? a.dilation[1] : 1;
+    int ph = a.padding[0], pw = a.padding[1], groups = a.groups ? a.groups : 1;
+    int64_t oh = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    int64_t ow = (wd + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    kn_tensor *y = kn_empty(KN_SHAPE(n, o, oh, ow), KN_FLOAT32);
+    const float *xv = kn_data_f32(x), *wv = kn_data_f32(w), *bv = b ? kn_data_f32(b) : NULL;
+    float *yv = kn_data_f32(y);
+    int64_t og = o / groups;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t oc = 0; oc < o; oc++)
+            for (int64_t r = 0; r < oh; r++)
+                for (int64_t s = 0; s < ow; s++) {
+                    double sum = bv ? bv[oc] : 0;
+                    for (int64_t q = 0; q < cg; q++) {
+                        int64_t ic = (oc / og) * cg + q;
+                        (void)c;
+                        for (int64_t u = 0; u < kh; u++)
+                            for (int64_t v = 0; v < kw; v++) {
+                                int64_t ih = r * sh - ph + u * dh, iw = s * sw - pw + v * dw;
+                                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                                sum += (double)xv[((i * c + ic) * h + ih) * wd + iw] *
+                                       wv[((oc * cg + q) * kh + u) * kw + v];
+                            }
+                    }
+                    yv[((i * o + oc) * oh + r) * ow + s] = (float)sum;
+                }
+    return y;
+}
+
+static void check_conv_path(const int64_t *xs, int xn, const int64_t *ws, int wn, bool bias,
+                            kn_conv2d_args a)
+{
+    (void)xn;
+    (void)wn;
+    kn_scope_begin();
+    kn_tensor *x = kn_test_uniform(xs, 4, -1, 1, 11), *w = kn_test_uniform(ws, 4, -1, 1, 12);
+    kn_tensor *b = bias ? kn_test_uniform(&ws[0], 1, -1, 1, 13) : NULL;
+    kn_tensor *want = reference_conv(x, w, b, a), *got = kn_conv2d(x, w, b, a);
+    check_shape(got, want->shape, 4);
+    int64_t n = kn_numel(want);
+    float *values = malloc(sizeof(float) * (size_t)n);
+    kn_copy_to_floats(want, values);
+    char msg[256];
+    cr_assert(kn_test_close(got, values, n, 1e-4, 1e-4, msg, sizeof msg), "%s", msg);
+    free(values);
+    kn_scope_end();
+}
+
+Test(conv2d, every_code_path_matches_reference)
+{
+    /* small maps: the whole batch in one wide GEMM per group */
+    check_conv_path(KN_SHAPE(3, 4, 9, 8), KN_SHAPE(6, 2, 3, 2), true,
+                    CONV(.stride = {2, 1}, .padding = {1, 1}, .dilation = {2, 1}, .groups = 2));
+    /* large maps: image by image */
+    check_conv_path(KN_SHAPE(2, 3, 30, 30), KN_SHAPE(4, 3, 3, 3), true, CONV(.padding = {1, 1}));
+    check_conv_path(KN_SHAPE(2, 4, 26, 25), KN_SHAPE(8, 1, 3, 3), false,
+                    CONV(.padding = {1, 0}, .groups = 4));
+    /* 1x1: no unfolding */
+    check_conv_path(KN_SHAPE(2, 4, 5, 6), KN_SHAPE(6, 2, 1, 1), true, CONV(.groups = 2));
+    check_conv_path(KN_SHAPE(2, 4, 30, 30), KN_SHAPE(5, 4, 1, 1), false, CONV(.groups = 1));
+    /* strided 1x1 still unfolds */
+    check_conv_path(KN_SHAPE(2, 3, 7, 7), KN_SHAPE(2, 3, 1, 1), true, CONV(.stride = {2, 2}));
+    /* a batch that does not split evenly over the threads */
+    check_conv_path(KN_SHAPE(5, 16, 128, 128), KN_SHAPE(4, 16, 3, 3), true,
+                    CONV(.padding = {1, 1}));
+}
+
+typedef struct conv_case {
+    kn_conv2d_args args;
+    bool transpose_input;
+} conv_case;
+
+static kn_tensor *conv_fn(kn_tensor **in, void *context)
+{
+    const conv_case *c = context;
+    kn_tensor *x = c->transpose_input ? kn_transpose(in[0], 2, 3) : in[0];
+    return kn_conv2d(x, in[1], in[2], c->args);
+}
+
+static void gradcheck_conv(const int64_t *xs, int xn, const int64_t *ws, int wn, bool bias,
+                           conv_case c, int max_elements)
+{
+    (void)xn;
+    (void)wn;
+    kn_scope_begin();
+    kn_tensor *in[3] = {kn_set_requires_grad(kn_test_uniform(xs, 4, -1, 1, 1), true),
+                        kn_set_requires_grad(kn_test_uniform(ws, 4, -1, 1, 2), true),
+                        bias ? kn_set_requires_grad(kn_test_uniform(ws, 1, -1, 1, 3), true) : NULL};
+    char msg[512];
+    cr_assert(
+        kn_test_gradcheck(conv_fn, in, 3, &c, 1e-3, 2e-2, 2e-3, max_elements, msg, sizeof msg),
+        "%s", msg);
+    kn_scope_end();
+}
+
+Test(conv2d, gradcheck)
+{
+    gradcheck_conv(KN_SHAPE(2, 2, 5, 6), KN_SHAPE(3, 2, 3, 3), true,
+                   (conv_case){CONV(.groups = 1), false}, 0);
+    gradcheck_conv(
+        KN_SHAPE(2, 4, 7, 6), KN_SHAPE(4, 2, 3, 2), true,
+        (conv_case){CONV(.stride = {2, 1}, .padding = {1, 1}, .dilation = {2, 1}, .groups = 2),
+                    false},
+        0);
+    gradcheck_conv(KN_SHAPE(1, 3, 6, 5), KN_SHAPE(2, 3, 2, 2), false,
+                   (conv_case){CONV(.stride = {2, 2}, .padding = {1, 1}), true}, 0);
+    gradcheck_conv(KN_SHAPE(2, 4, 3, 4), KN_SHAPE(6, 2, 1, 1), true,
+                   (conv_case){CONV(.groups = 2), false}, 0);
+    /* image-by-image path (24x24 outputs) */
+    gradcheck_conv(KN_SHAPE(2, 2, 24, 24), KN_SHAPE(3, 2, 3, 3), true,
+                   (conv_case){CONV(.padding = {1, 1}), false}, 60);
+}
+
+Test(conv2d, errors_name_the_shapes)
+{
+    kn_scope_begin();
+    kn_tensor *w = kn_ones(KN_SHAPE(4, 3, 3, 3), KN_FLOAT32);
+    cr_assert_null(kn_conv2d(kn_ones(KN_SHAPE(3, 28, 28), KN_FLOAT32), w, NULL, CONV(.groups = 1)));
+    cr_assert_str_eq(kn_last_error(), "conv2d: expected a 4-D input [N, C, H, W], got [3, 28, 28]");
+    cr_assert_null(
+        kn_conv2d(kn_ones(KN_SHAPE(1, 2, 8, 8), KN_FLOAT32), w, NULL, CONV(.groups = 1)));
+    cr_assert(strstr(kn_last_error(), "[1, 2, 8, 8] has 2 channels") &&
+                  strstr(kn_last_error(), "[4, 3, 3, 3] expects 3"),
+              "%s", kn_last_error());
+    cr_assert_null(
+        kn_conv2d(kn_ones(KN_SHAPE(1, 3, 2, 8), KN_FLOAT32), w, NULL, CONV(.groups = 1)));
+    cr_assert(strstr(kn_last_error(), "larger than the padded input 2x8"), "%s", kn_last_error());
+    cr_assert_not_null(
+        kn_conv2d(kn_ones(KN_SHAPE(1, 3, 2, 8), KN_FLOAT32), w, NULL, CONV(.padding = {1, 0})));
+    cr_assert_null(kn_conv2d(kn_ones(KN_SHAPE(1, 6, 8, 8), KN_FLOAT32),
+                             kn_ones(KN_SHAPE(4, 3, 3, 3), KN_FLOAT32), NULL, CONV(.groups = 4)));
+    cr_assert(strstr(kn_last_error(), "groups=4 must divide"), "%s", kn_last_error());
+    cr_assert_null(kn_conv2d(kn_ones(KN_SHAPE(1, 3, 8, 8), KN_FLOAT32), w,
+                             kn_ones(KN_SHAPE(3), KN_FLOAT32), CONV(.groups = 1)));
+    cr_assert(strstr(kn_last_error(), "bias [3]"), "%s", kn_last_error());
+    cr_assert_null(
+        kn_conv2d(kn_ones(KN_SHAPE(1, 3, 8, 8), KN_FLOAT32), w, NULL, CONV(.stride = {-1, 1})));
+    cr_assert(strstr(kn_last_error(), "negative"), "%s", kn_last_error());
+    kn_scope_end();
+}
+
+/* ---- pooling --------------------------------------------------------------------- */
+
+Test(pool2d, values_match_torch)
+{
+    kn_scope_begin();
+    kn_tensor *x = seq(KN_SHAPE(1, 2, 5, 6), 5);
+    kn_tensor *y = kn_max_pool2d(x, POOL(.kernel_size = {2, 2}, .ceil_mode = true));
+    check_shape(y, KN_SHAPE(1, 2, 3, 3));
+    ASSERT_VALUES(y, MAXP_CEIL);
+    y = kn_max_pool2d(
+        x, POOL(.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}, .dilation = {1, 2}));
+    check_shape(y, KN_SHAPE(1, 2, 3, 6));
+    ASSERT_VALUES(y, MAXP_PAD);
+    y = kn_avg_pool2d(x, POOL(.kernel_size = {2, 2}, .ceil_mode = true));
+    check_shape(y, KN_SHAPE(1, 2, 3, 3));
+    ASSERT_VALUES(y, AVGP_CEIL);
+    kn_pool2d_args padded = {
+        .kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+    y = kn_avg_pool2d(x, padded);
+    check_shape(y, KN_SHAPE(1, 2, 3, 4));
+    ASSERT_VALUES(y, AVGP_PAD);
+    padded.exclude_padding_from_count = true;
+    ASSERT_VALUES(kn_avg_pool2d(x, padded), AVGP_EXCL);
+    /* 3-D input [C, H, W] and a non-contiguous one */
+    check_shape(
+        kn_max_pool2d(seq(KN_SHAPE(2, 5, 6), 5), POOL(.kernel_size = {2, 2}, .ceil_mode = true)),
+        KN_SHAPE(2, 3, 3));
+    kn_tensor *xt = kn_transpose(kn_contiguous(kn_transpose(x, 2, 3)), 2, 3);
+    ASSERT_VALUES(kn_max_pool2d(xt, POOL(.kernel_size = {2, 2}, .ceil_mode = true)), MAXP_CEIL);
+    kn_scope_end();
+}
+
+Test(pool2d, max_ties_pick_the_first_and_nan_propagates)
+{
+    kn_scope_begin();
+    float data[] = {1, 3, 3, NAN, 3, 0, 2, 5};
+    kn_tensor *x = kn_set_requires_grad(kn_from_floats(data, KN_SHAPE(1, 1, 2, 4)), true);
+    ASSERT_VALUES(kn_max_pool2d(x, POOL(.kernel_size = {2, 2})), MAXP_NAN);
+    kn_tensor *y = kn_max_pool2d(x, POOL(.kernel_size = {2, 2}, .stride = {1, 1}));
+    ASSERT_VALUES(y, MAXP_NAN_S1);
+    cr_assert_eq(kn_backward(y, kn_ones_like(y), false), KN_OK, "%s", kn_last_error());
+    ASSERT_VALUES(x->grad, MAXP_NAN_GRAD);
+    kn_scope_end();
+}
+
+static kn_tensor *max_pool_fn(kn_tensor **in, void *context)
+{
+    return kn_max_pool2d(in[0], *(kn_pool2d_args *)context);
+}
+
+static kn_tensor *avg_pool_fn(kn_tensor **in, void *context)
+{
+    return kn_avg_pool2d(in[0], *(kn_pool2d_args *)context);
+}
+
+Test(pool2d, gradcheck)
+{
+    kn_scope_begin();
+    kn_tensor *x = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(2, 2, 7, 6), -1, 1, 9), true);
+    kn_pool2d_args cases[] = {
+        {.kernel_size = {2, 2}},
+        {.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}, .dilation = {1, 2}},
+        {.kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 0}, .ceil_mode = true},
+        {.kernel_size = {3, 3},
+         .stride = {2, 2},
+         .padding = {1, 1},
+         .ceil_mode = true,
+         .exclude_padding_from_count = true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        KN_ASSERT_GRADCHECK(max_pool_fn, &x, 1, &cases[i]);
+        KN_ASSERT_GRADCHECK(avg_pool_fn, &x, 1, &cases[i]);
+    }
+    kn_scope_end();
+}
+
+Test(pool2d, errors)
+{
+    kn_scope_begin();
+    kn_tensor *x = kn_ones(KN_SHAPE(1, 1, 4, 4), KN_FLOAT32);
+    cr_assert_null(kn_max_pool2d(x, POOL(.kernel_size = {3, 3}, .padding = {2, 0})));
+    cr_assert(strstr(kn_last_error(), "max_pool2d: padding (2, 0)") &&
+                  strstr(kn_last_error(), "half the kernel size (3, 3)"),
+              "%s", kn_last_error());
+    cr_assert_null(kn_avg_pool2d(x, POOL(.kernel_size = {5, 5})));
+    cr_assert(strstr(kn_last_error(), "avg_pool2d: input [1, 1, 4, 4] is too small"), "%s",
+              kn_last_error());
+    cr_assert_null(kn_max_pool2d(kn_ones(KN_SHAPE(4, 4), KN_FLOAT32), POOL(.kernel_size = {2, 2})));
+    cr_assert(strstr(kn_last_error(), "got [4, 4]"), "%s", kn_last_error());
+    cr_assert_null(kn_avg_pool2d(x, POOL(.kernel_size = {0, 2})));
+    cr_assert(strstr(kn_last_error(), "must be positive"), "%s", kn_last_error());
+    kn_scope_end();
+}

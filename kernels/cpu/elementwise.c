@@ -119,28 +119,7 @@ static void setup(iteration *it, const int64_t *shape, int ndim, int nops,
 
 /* ---- math helpers --------------------------------------------------------------------- */
 
-/* expf by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial; branch-free so
- * loops over it vectorise. Matches libm to ~2 ulp; saturates like expf. */
-static inline float fast_expf(float x)
-{
-    x = x > 88.7f ? 88.7f : x;
-    x = x < -103.9f ? -103.9f : x;
-    float k = __builtin_roundf(x * 1.44269504088896341f);
-    float r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    float p = 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    /* 2^k by halves so k down to -150 stays representable */
-    int ki = (int)k;
-    int k1 = ki / 2, k2 = ki - k1;
-    union { float f; int32_t i; } s1 = {.i = (k1 + 127) << 23}, s2 = {.i = (k2 + 127) << 23};
-    return p * s1.f * s2.f;
-}
+static inline float fast_expf(float x) { return kn_cpu_expf_inline(x); }
 
 float kn_cpu_expf(float x) { return fast_expf(x); }
 

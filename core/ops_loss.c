@@ -1,0 +1,573 @@
+/*
+ * ops_loss.c — the losses: mse, cross entropy (fused log_softmax + nll with label
+ * smoothing and ignore_index), nll on log-probabilities, and binary cross entropy with
+ * logits. Each has a fused forward and a fused backward; reduction mean/sum/none.
+ */
+#include "kn_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LANES 16
+
+/* expf by range reduction and a degree-6 polynomial (as kernels/cpu/elementwise.c),
+ * inlined here so the softmax loops vectorise; ~2 ulp, NaN propagates. */
+static inline float exp_fast(float x)
+{
+    x = x > 88.7f ? 88.7f : x;
+    x = x < -103.9f ? -103.9f : x;
+    /* round to nearest by the 1.5 * 2^23 trick: roundf would be a libm call */
+    float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+    float r = x - k * 0.693145751953125f;
+    r = r - k * 1.428606765330187045e-06f;
+    float p = 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    int ki = (int)k;
+    int k1 = ki / 2, k2 = ki - k1;
+    union { float f; uint32_t i; } s1 = {.i = (uint32_t)(k1 + 127) << 23},
+                                    s2 = {.i = (uint32_t)(k2 + 127) << 23};
+    return p * s1.f * s2.f;
+}
+
+/* log(1 + y) for y in [0, 1] as 2 atanh(y / (2 + y)): the series in s = y / (2 + y)
+ * <= 1/3 converges to float precision in 8 terms, stays exact for tiny y, and
+ * vectorises (log1pf is a libm call). */
+static inline float log1p_unit(float y)
+{
+    float s = y / (2.f + y), s2 = s * s;
+    float p = 1.f / 15.f;
+    p = p * s2 + 1.f / 13.f;
+    p = p * s2 + 1.f / 11.f;
+    p = p * s2 + 1.f / 9.f;
+    p = p * s2 + 1.f / 7.f;
+    p = p * s2 + 1.f / 5.f;
+    p = p * s2 + 1.f / 3.f;
+    p = p * s2 + 1.f;
+    return 2.f * s * p;
+}
+
+/* One reference (unregistered) to a contiguous tensor with t's values. */
+static kn_tensor *dense(kn_tensor *t)
+{
+    if (!t || kn_is_contiguous(t)) return kn_retain(t);
+    kn_tensor *copy = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
+    if (!copy) return NULL;
+    kn_cpu_operand out = {kn__data_ptr(copy), {0}}, in = {kn__data_ptr(t), {0}};
+    for (int d = 0; d < t->ndim; d++) {
+        out.strides[d] = copy->strides[d];
+        in.strides[d] = t->strides[d];
+    }
+    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), out, in);
+    return copy;
+}
+
+static float *f32(kn_tensor *t) { return t ? (float *)kn__data_ptr(t) : NULL; }
+static int64_t *i64(kn_tensor *t) { return (int64_t *)kn__data_ptr(t); }
+
+static bool check_reduction(const char *op, kn_reduction reduction)
+{
+    if (reduction == KN_REDUCTION_MEAN || reduction == KN_REDUCTION_SUM ||
+        reduction == KN_REDUCTION_NONE)
+        return true;
+    kn__error(KN_ERR_VALUE, "%s: reduction %d is not one of mean (0), sum (1), none (2)", op,
+              (int)reduction);
+    return false;
+}
+
+/* Sums n floats in double, lanes kept apart so the loop vectorises. */
+CLONES static double sum_f64(const float *x, int64_t n)
+{
+    double acc[8] = {0}, total = 0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += x[i + k];
+    for (; i < n; i++) total += x[i];
+    for (int k = 0; k < 8; k++) total += acc[k];
+    return total;
+}
+
+/* The result of a loss from per-element values (an unregistered tensor of the input's
+ * shape, consumed): itself for none, else a 0-d sum or mean over `count`. */
+static kn_tensor *reduce_losses(kn_tensor *losses, kn_reduction reduction, double count)
+{
+    if (reduction == KN_REDUCTION_NONE) return losses;
+    int64_t no_dims[1] = {0}; /* a 0-d shape, but never a NULL pointer */
+    kn_tensor *out = kn__empty_raw(no_dims, 0, KN_FLOAT32, losses->device);
+    if (!out) {
+        kn_release(losses);
+        return NULL;
+    }
+    double total = sum_f64(f32(losses), kn_numel(losses));
+    f32(out)[0] = (float)(reduction == KN_REDUCTION_MEAN ? total / count : total);
+    kn_release(losses);
+    return out;
+}
+
+/* The gradient of a reduced loss as (per-element grad pointer or NULL, scalar factor):
+ * for none every element has its own upstream gradient, else one scalar. */
+typedef struct upstream {
+    kn_tensor *dense; /* for none: the contiguous upstream gradient */
+    float scalar;
+} upstream;
+
+static bool get_upstream(kn_tensor *grad, kn_reduction reduction, double count, upstream *u)
+{
+    u->dense = NULL;
+    u->scalar = 1.f;
+    if (reduction == KN_REDUCTION_NONE) {
+        u->dense = dense(grad);
+        return u->dense != NULL;
+    }
+    double g = *f32(grad);
+    u->scalar = (float)(reduction == KN_REDUCTION_MEAN ? g / count : g);
+    return true;
+}
+
+/* ---- elementwise losses: mse, bce with logits -------------------------------------------- */
+
+typedef enum { LOSS_MSE, LOSS_BCE } pointwise_kind;
+
+typedef struct pointwise_ctx {
+    pointwise_kind kind;
+    const float *x, *t, *g;
+    float *out, *dx, *dt;
+    float scale;
+} pointwise_ctx;
+
+CLONES static void pointwise_forward_range(void *arg, int64_t begin, int64_t end)
+{
+    const pointwise_ctx *c = arg;
+    const float *x = c->x, *t = c->t;
+    float *out = c->out;
+    if (c->kind == LOSS_MSE) {
+        for (int64_t i = begin; i < end; i++) out[i] = (x[i] - t[i]) * (x[i] - t[i]);
+    } else {
+        /* max(x, 0) - x*t + log(1 + exp(-|x|)): never overflows */
+        for (int64_t i = begin; i < end; i++)
+            out[i] = (x[i] > 0.f ? x[i] : 0.f) - x[i] * t[i] + log1p_unit(exp_fast(-fabsf(x[i])));
+    }
+}
+
+/* Each loop comes in two versions, per-element upstream gradient g or one scalar: left
+ * to the compiler, g ? g[i] : 1 becomes masked loads from a NULL g, which are slow. */
+#define UPSTREAM_LOOP(expr)                                                                    \
+    do {                                                                                       \
+        if (g)                                                                                 \
+            for (int64_t i = begin; i < end; i++) out[i] = (expr) * (g[i] * scale);            \
+        else                                                                                   \
+            for (int64_t i = begin; i < end; i++) out[i] = (expr) * scale;                     \
+    } while (0)
+
+static inline float sigmoid_fast(float x)
+{
+    return 1.f / (1.f + exp_fast(-x)); /* exp_fast saturates: never inf/inf */
+}
+
+CLONES static void pointwise_backward_range(void *arg, int64_t begin, int64_t end)
+{
+    const pointwise_ctx *c = arg;
+    const float *x = c->x, *t = c->t, *g = c->g;
+    float scale = c->scale;
+    float *out = c->dx;
+    if (out && c->kind == LOSS_MSE) UPSTREAM_LOOP(2.f * (x[i] - t[i]));
+    if (out && c->kind == LOSS_BCE) UPSTREAM_LOOP(sigmoid_fast(x[i]) - t[i]);
+    out = c->dt;
+    if (out && c->kind == LOSS_MSE) UPSTREAM_LOOP(-2.f * (x[i] - t[i]));
+    if (out && c->kind == LOSS_BCE) UPSTREAM_LOOP(-x[i]);
+}
+
+/* saved: input, target (contiguous); iargs: kind, reduction */
+static kn_status pointwise_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *x = node->saved[0], *t = node->saved[1];
+    kn_reduction reduction = (kn_reduction)node->iargs[1];
+    int64_t n = kn_numel(x);
+    upstream u;
+    if (!get_upstream(grad, reduction, (double)n, &u)) return kn_last_status();
+    kn_tensor *dx = node->inputs[0].needs_grad
+                        ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
+    kn_tensor *dt = node->inputs[1].needs_grad
+                        ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
+    if ((node->inputs[0].needs_grad && !dx) || (node->inputs[1].needs_grad && !dt)) {
+        kn_release(dx);
+        kn_release(dt);
+        kn_release(u.dense);
+        return kn_last_status();
+    }
+    pointwise_ctx c = {(pointwise_kind)node->iargs[0], f32(x), f32(t), f32(u.dense), NULL,
+                       f32(dx), f32(dt), u.scalar};
+    kn_cpu_parallel_for(n, KN_CPU_GRAIN_ELEMENTWISE / 4, pointwise_backward_range, &c);
+    kn_release(u.dense);
+    grads[0] = kn__result(dx);
+    grads[1] = kn__result(dt);
+    return KN_OK;
+}
+
+static kn_tensor *pointwise_loss(const char *name, pointwise_kind kind, kn_tensor *input,
+                                 kn_tensor *target, kn_reduction reduction)
+{
+    kn_tensor *inputs[2] = {input, target};
+    if (!kn__check_inputs(name, inputs, 2) || !kn__check_float(name, input) ||
+        !kn__check_float(name, target) || !check_reduction(name, reduction))
+        return NULL;
+    if (!kn__same_shape(input, target))
+        return kn__error_null(KN_ERR_SHAPE,
+                              "%s: target of shape %s does not match input of shape %s", name,
+                              kn__shape(target), kn__shape(input));
+    kn_tensor *x = dense(input), *t = dense(target);
+    kn_tensor *losses = kn__empty_raw(input->shape, input->ndim, KN_FLOAT32, input->device);
+    if (!x || !t || !losses) {
+        kn_release(x);
+        kn_release(t);
+        kn_release(losses);
+        return NULL;
+    }
+    int64_t n = kn_numel(input);
+    pointwise_ctx c = {kind, f32(x), f32(t), NULL, f32(losses), NULL, NULL, 1.f};
+    kn_cpu_parallel_for(n, KN_CPU_GRAIN_ELEMENTWISE / 4, pointwise_forward_range, &c);
+    kn_tensor *out = reduce_losses(losses, reduction, (double)n);
+    if (out && kn__needs_grad(inputs, 2)) {
+        kn_node *node = kn__node_new(name, pointwise_backward, inputs, 2);
+        if (!node) {
+            kn_release(out);
+            out = NULL;
+        } else {
+            kn__node_save(node, x);
+            kn__node_save(node, t);
+            node->iargs[0] = kind;
+            node->iargs[1] = reduction;
+            kn__node_attach(out, node);
+        }
+    }
+    kn_release(x);
+    kn_release(t);
+    return kn__result(out);
+}
+
+kn_tensor *kn_mse_loss(kn_tensor *input, kn_tensor *target, kn_reduction reduction)
+{
+    return pointwise_loss("mse_loss", LOSS_MSE, input, target, reduction);
+}
+
+kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *target,
+                                               kn_reduction reduction)
+{
+    return pointwise_loss("binary_cross_entropy_with_logits", LOSS_BCE, logits, target,
+                          reduction);
+}
+
+/* ---- class-index losses: cross entropy, nll ---------------------------------------------- */
+
+/* Input [N, C, d...] (or [C] unbatched) viewed as [N, C, S]; target [N, d...] (or []). */
+typedef struct class_dims {
+    int64_t n, c, s;
+    int64_t count; /* targets that are not ignore_index */
+} class_dims;
+
+static bool check_class_target(const char *op, kn_tensor *input, kn_tensor *target,
+                               int64_t ignore_index, class_dims *dims)
+{
+    if (!kn__check_float(op, input) || !kn__check_int64(op, target, "target")) return false;
+    if (input->ndim < 1) {
+        kn__error(KN_ERR_SHAPE, "%s: expected input of shape [N, C, ...] or [C], got %s", op,
+                  kn__shape(input));
+        return false;
+    }
+    int64_t want[KN_MAX_DIMS];
+    int want_ndim = 0;
+    if (input->ndim == 1) {
+        *dims = (class_dims){1, input->shape[0], 1, 0};
+    } else {
+        *dims = (class_dims){input->shape[0], input->shape[1], 1, 0};
+        want[want_ndim++] = input->shape[0];
+        for (int d = 2; d < input->ndim; d++) {
+            dims->s *= input->shape[d];
+            want[want_ndim++] = input->shape[d];
+        }
+    }
+    bool same = target->ndim == want_ndim;
+    for (int d = 0; same && d < want_ndim; d++) same = target->shape[d] == want[d];
+    if (!same) {
+        kn__error(KN_ERR_SHAPE,
+                  "%s: target of shape %s does not match input of shape %s (expected target "
+                  "shape %s)",
+                  op, kn__shape(target), kn__shape(input), kn__shape_of(want, want_ndim));
+        return false;
+    }
+    const int64_t *t = i64(target);
+    int64_t n = kn_numel(target);
+    for (int64_t i = 0; i < n; i++) {
+        if (t[i] == ignore_index) continue;
+        if (t[i] < 0 || t[i] >= dims->c) {
+            kn__error(KN_ERR_VALUE,
+                      "%s: target %lld is out of bounds for %lld classes (expected 0..%lld or "
+                      "ignore_index %lld)",
+                      op, (long long)t[i], (long long)dims->c, (long long)dims->c - 1,
+                      (long long)ignore_index);
+            return false;
+        }
+        dims->count++;
+    }
+    return true;
+}
+
+typedef struct ce_ctx {
+    const float *x, *g;
+    const int64_t *t;
+    float *loss, *lse, *dx;
+    int64_t c, s, ignore;
+    float smoothing, scale;
+} ce_ctx;
+
+/* The row of position (n, s) of [N, C, S] starts at n*C*S + s with class stride S. */
+CLONES static void ce_forward_range(void *arg, int64_t begin, int64_t end)
+{
+    const ce_ctx *k = arg;
+    int64_t c = k->c, s = k->s;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t t = k->t[i];
+        const float *x = k->x + (i / s) * c * s + i % s;
+        float m = -INFINITY, sum_x = 0.f;
+        float lse;
+        if (s == 1) {
+            float acc_m[LANES], acc[LANES] = {0}, acc_x[LANES] = {0};
+            for (int l = 0; l < LANES; l++) acc_m[l] = -INFINITY;
+            int64_t j = 0;
+            for (; j + LANES <= c; j += LANES)
+                for (int l = 0; l < LANES; l++) acc_m[l] = x[j + l] > acc_m[l] ? x[j + l] : acc_m[l];
+            for (; j < c; j++) m = fmaxf(m, x[j]);
+            for (int l = 0; l < LANES; l++) m = fmaxf(m, acc_m[l]);
+            float sum = 0.f;
+            for (j = 0; j + LANES <= c; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    acc[l] += exp_fast(x[j + l] - m);
+                    acc_x[l] += x[j + l];
+                }
+            for (; j < c; j++) {
+                sum += exp_fast(x[j] - m);
+                sum_x += x[j];
+            }
+            for (int l = 0; l < LANES; l++) {
+                sum += acc[l];
+                sum_x += acc_x[l];
+            }
+            lse = m + logf(sum);
+        } else {
+            for (int64_t j = 0; j < c; j++) m = fmaxf(m, x[j * s]);
+            float sum = 0.f;
+            for (int64_t j = 0; j < c; j++) {
+                sum += exp_fast(x[j * s] - m);
+                sum_x += x[j * s];
+            }
+            lse = m + logf(sum);
+        }
+        /* the max skips NaN: put it back so a NaN logit makes the loss NaN, as in PyTorch. */
+        if (isnan(sum_x)) lse = NAN;
+        k->lse[i] = lse;
+        if (t == k->ignore) {
+            k->loss[i] = 0.f;
+            continue;
+        }
+        float nll = lse - x[t * s];
+        float smooth = (float)c * lse - sum_x; /* sum over classes of -log p */
+        k->loss[i] = (1.f - k->smoothing) * nll + k->smoothing / (float)c * smooth;
+    }
+}
+
+/* d loss_i / d x_c = p_c - (1 - eps) [c == t] - eps / C, times the upstream gradient. */
+CLONES static void ce_backward_range(void *arg, int64_t begin, int64_t end)
+{
+    const ce_ctx *k = arg;
+    int64_t c = k->c, s = k->s;
+    float off = k->smoothing / (float)c, on = 1.f - k->smoothing;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t t = k->t[i];
+        int64_t base = (i / s) * c * s + i % s;
+        const float *x = k->x + base;
+        float *dx = k->dx + base;
+        if (t == k->ignore) {
+            for (int64_t j = 0; j < c; j++) dx[j * s] = 0.f;
+            continue;
+        }
+        float g = k->g ? k->g[i] * k->scale : k->scale, lse = k->lse[i];
+        if (s == 1)
+            for (int64_t j = 0; j < c; j++) dx[j] = (exp_fast(x[j] - lse) - off) * g;
+        else
+            for (int64_t j = 0; j < c; j++) dx[j * s] = (exp_fast(x[j * s] - lse) - off) * g;
+        dx[t * s] -= on * g;
+    }
+}
+
+static int64_t row_grain(int64_t c)
+{
+    int64_t g = KN_CPU_GRAIN_ELEMENTWISE / 8 / (c > 0 ? c : 1);
+    return g > 0 ? g : 1;
+}
+
+/* saved: logits, target (contiguous), lse; iargs: c, s, ignore, reduction, count;
+ * fargs: label_smoothing */
+static kn_status cross_entropy_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *x = node->saved[0], *target = node->saved[1], *lse = node->saved[2];
+    upstream u;
+    if (!get_upstream(grad, (kn_reduction)node->iargs[3], (double)node->iargs[4], &u))
+        return kn_last_status();
+    kn_tensor *dx = kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device);
+    if (!dx) {
+        kn_release(u.dense);
+        return kn_last_status();
+    }
+    ce_ctx k = {.x = f32(x), .g = f32(u.dense), .t = i64(target), .lse = f32(lse),
+                .dx = f32(dx), .c = node->iargs[0], .s = node->iargs[1], .ignore = node->iargs[2],
+                .smoothing = (float)node->fargs[0], .scale = u.scalar};
+    kn_cpu_parallel_for(kn_numel(target), row_grain(k.c), ce_backward_range, &k);
+    kn_release(u.dense);
+    grads[0] = kn__result(dx);
+    return KN_OK;
+}
+
+kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction reduction,
+                            int64_t ignore_index, double label_smoothing)
+{
+    kn_tensor *inputs[2] = {logits, target};
+    class_dims dims;
+    if (!kn__check_inputs("cross_entropy", inputs, 2) ||
+        !check_reduction("cross_entropy", reduction) ||
+        !check_class_target("cross_entropy", logits, target, ignore_index, &dims))
+        return NULL;
+    if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0))
+        return kn__error_null(KN_ERR_VALUE,
+                              "cross_entropy: label_smoothing must be between 0.0 and 1.0, got %g",
+                              label_smoothing);
+    kn_tensor *x = dense(logits), *t = dense(target);
+    kn_tensor *losses = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, logits->device);
+    kn_tensor *lse = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, logits->device);
+    if (!x || !t || !losses || !lse) {
+        kn_release(x);
+        kn_release(t);
+        kn_release(losses);
+        kn_release(lse);
+        return NULL;
+    }
+    ce_ctx k = {.x = f32(x), .t = i64(t), .loss = f32(losses), .lse = f32(lse), .c = dims.c,
+                .s = dims.s, .ignore = ignore_index, .smoothing = (float)label_smoothing};
+    if (dims.c > 0) kn_cpu_parallel_for(kn_numel(t), row_grain(dims.c), ce_forward_range, &k);
+    kn_tensor *out = reduce_losses(losses, reduction, (double)dims.count);
+    if (out && kn__needs_grad(inputs, 2)) {
+        kn_node *node = kn__node_new("cross_entropy", cross_entropy_backward, inputs, 2);
+        if (!node) {
+            kn_release(out);
+            out = NULL;
+        } else {
+            node->inputs[1].needs_grad = false;
+            kn__node_save(node, x);
+            kn__node_save(node, t);
+            kn__node_save(node, lse);
+            node->iargs[0] = dims.c;
+            node->iargs[1] = dims.s;
+            node->iargs[2] = ignore_index;
+            node->iargs[3] = reduction;
+            node->iargs[4] = dims.count;
+            node->fargs[0] = label_smoothing;
+            kn__node_attach(out, node);
+        }
+    }
+    kn_release(x);
+    kn_release(t);
+    kn_release(lse);
+    return kn__result(out);
+}
+
+/* saved: target (contiguous); iargs: c, s, ignore, reduction, count */
+static kn_status nll_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *target = node->saved[0];
+    kn_node_input *in = &node->inputs[0];
+    int64_t c = node->iargs[0], s = node->iargs[1], ignore = node->iargs[2];
+    upstream u;
+    if (!get_upstream(grad, (kn_reduction)node->iargs[3], (double)node->iargs[4], &u))
+        return kn_last_status();
+    kn_tensor *dx = kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device);
+    if (!dx) {
+        kn_release(u.dense);
+        return kn_last_status();
+    }
+    float *d = f32(dx);
+    const float *g = f32(u.dense);
+    const int64_t *t = i64(target);
+    memset(d, 0, sizeof(float) * (size_t)kn_numel(dx));
+    int64_t n = kn_numel(target);
+    for (int64_t i = 0; i < n; i++) {
+        if (t[i] == ignore) continue;
+        d[(i / s) * c * s + i % s + t[i] * s] = -(g ? g[i] * u.scalar : u.scalar);
+    }
+    kn_release(u.dense);
+    grads[0] = kn__result(dx);
+    return KN_OK;
+}
+
+kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction reduction,
+                       int64_t ignore_index)
+{
+    kn_tensor *inputs[2] = {log_probs, target};
+    class_dims dims;
+    if (!kn__check_inputs("nll_loss", inputs, 2) || !check_reduction("nll_loss", reduction) ||
+        !check_class_target("nll_loss", log_probs, target, ignore_index, &dims))
+        return NULL;
+    kn_tensor *t = dense(target);
+    kn_tensor *losses = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, log_probs->device);
+    if (!t || !losses) {
+        kn_release(t);
+        kn_release(losses);
+        return NULL;
+    }
+    const int64_t *tv = i64(t);
+    float *loss = f32(losses);
+    const float *lp = kn__data_ptr(log_probs);
+    int64_t n = kn_numel(t), s = dims.s;
+    /* Strided reads: one element per position, no need to copy the whole input. */
+    for (int64_t i = 0; i < n; i++) {
+        if (tv[i] == ignore_index) {
+            loss[i] = 0.f;
+            continue;
+        }
+        int64_t offset;
+        if (log_probs->ndim == 1) {
+            offset = tv[i] * log_probs->strides[0];
+        } else {
+            int64_t rest = i % s;
+            offset = (i / s) * log_probs->strides[0] + tv[i] * log_probs->strides[1];
+            for (int d = log_probs->ndim - 1; d >= 2; d--) {
+                offset += (rest % log_probs->shape[d]) * log_probs->strides[d];
+                rest /= log_probs->shape[d];
+            }
+        }
+        loss[i] = -lp[offset];
+    }
+    kn_tensor *out = reduce_losses(losses, reduction, (double)dims.count);
+    if (out && kn__needs_grad(inputs, 2)) {
+        kn_node *node = kn__node_new("nll_loss", nll_backward, inputs, 2);
+        if (!node) {
+            kn_release(out);
+            out = NULL;
+        } else {
+            node->inputs[1].needs_grad = false;
+            kn__node_save(node, t);
+            node->iargs[0] = dims.c;
+            node->iargs[1] = dims.s;
+            node->iargs[2] = ignore_index;
+            node->iargs[3] = reduction;
+            node->iargs[4] = dims.count;
+            kn__node_attach(out, node);
+        }
+    }
+    kn_release(t);
+    return kn__result(out);
+}

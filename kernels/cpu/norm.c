@@ -1,0 +1,354 @@
+/*
+ * norm.c — layer norm and batch norm kernels (forward statistics, normalisation and the
+ * fused analytic backward) over contiguous float32 buffers.
+ *
+ * Reductions keep several independent accumulators (lanes) so the compiler can
+ * vectorise them without reassociating a single sum. Layer norm rows are short, so
+ * float lanes suffice; batch norm reduces up to N*H*W values per channel, so its
+ * sums are kept in double.
+ */
+#include "kn_cpu.h"
+#include "kn_cpu_norm.h"
+
+#include <math.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LANES 16
+#define DLANES 8
+
+static int64_t grain_for(int64_t work_per_item)
+{
+    int64_t g = KN_CPU_GRAIN_ELEMENTWISE / (work_per_item > 0 ? work_per_item : 1);
+    return g > 0 ? g : 1;
+}
+
+/* ---- layer norm ------------------------------------------------------------------------ */
+
+typedef struct ln_ctx {
+    const float *x, *weight, *bias, *dy, *mean, *rstd;
+    float *y, *mean_out, *rstd_out, *dx, *dweight, *dbias;
+    int64_t rows, cols;
+    float eps;
+} ln_ctx;
+
+static inline float lane_sum(const float *acc)
+{
+    float s = 0.f;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
+CLONES static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ln_ctx *c = arg;
+    int64_t n = c->cols;
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = c->x + r * n;
+        float *y = c->y + r * n;
+        float acc[LANES] = {0};
+        int64_t j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int k = 0; k < LANES; k++) acc[k] += x[j + k];
+        float sum = lane_sum(acc);
+        for (; j < n; j++) sum += x[j];
+        float m = sum / (float)n;
+        float acc2[LANES] = {0};
+        for (j = 0; j + LANES <= n; j += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float d = x[j + k] - m;
+                acc2[k] += d * d;
+            }
+        float sq = lane_sum(acc2);
+        for (; j < n; j++) sq += (x[j] - m) * (x[j] - m);
+        float rs = 1.f / sqrtf(sq / (float)n + c->eps);
+        c->mean_out[r] = m;
+        c->rstd_out[r] = rs;
+        const float *w = c->weight, *b = c->bias;
+        if (w && b)
+            for (j = 0; j < n; j++) y[j] = (x[j] - m) * rs * w[j] + b[j];
+        else if (w)
+            for (j = 0; j < n; j++) y[j] = (x[j] - m) * rs * w[j];
+        else if (b)
+            for (j = 0; j < n; j++) y[j] = (x[j] - m) * rs + b[j];
+        else
+            for (j = 0; j < n; j++) y[j] = (x[j] - m) * rs;
+    }
+}
+
+void kn_cpu_layer_norm_forward(const float *x, const float *weight, const float *bias, float *y,
+                               float *mean, float *rstd, int64_t rows, int64_t cols, float eps)
+{
+    ln_ctx c = {.x = x, .weight = weight, .bias = bias, .y = y, .mean_out = mean,
+                .rstd_out = rstd, .rows = rows, .cols = cols, .eps = eps};
+    kn_cpu_parallel_for(rows, grain_for(cols), ln_forward_rows, &c);
+}
+
+/* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * weight. */
+CLONES static void ln_backward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ln_ctx *c = arg;
+    int64_t n = c->cols;
+    const float *w = c->weight;
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = c->x + r * n, *dy = c->dy + r * n;
+        float *dx = c->dx + r * n;
+        float m = c->mean[r], rs = c->rstd[r];
+        float acc_g[LANES] = {0}, acc_gx[LANES] = {0};
+        float sum_g = 0.f, sum_gx = 0.f;
+        int64_t j = 0;
+        /* two versions: `w ? dy*w : dy` in one loop would become masked loads from NULL */
+        if (w) {
+            for (; j + LANES <= n; j += LANES)
+                for (int k = 0; k < LANES; k++) {
+                    float g = dy[j + k] * w[j + k];
+                    acc_g[k] += g;
+                    acc_gx[k] += g * (x[j + k] - m);
+                }
+            for (; j < n; j++) {
+                sum_g += dy[j] * w[j];
+                sum_gx += dy[j] * w[j] * (x[j] - m);
+            }
+        } else {
+            for (; j + LANES <= n; j += LANES)
+                for (int k = 0; k < LANES; k++) {
+                    acc_g[k] += dy[j + k];
+                    acc_gx[k] += dy[j + k] * (x[j + k] - m);
+                }
+            for (; j < n; j++) {
+                sum_g += dy[j];
+                sum_gx += dy[j] * (x[j] - m);
+            }
+        }
+        sum_g += lane_sum(acc_g);
+        sum_gx = (sum_gx + lane_sum(acc_gx)) * rs;
+        float a = sum_g / (float)n, b = sum_gx / (float)n;
+        if (w)
+            for (j = 0; j < n; j++) dx[j] = rs * (dy[j] * w[j] - a - (x[j] - m) * rs * b);
+        else
+            for (j = 0; j < n; j++) dx[j] = rs * (dy[j] - a - (x[j] - m) * rs * b);
+    }
+}
+
+/* Column chunks: every thread owns its columns of dweight and dbias. */
+CLONES static void ln_param_cols(void *arg, int64_t begin, int64_t end)
+{
+    const ln_ctx *c = arg;
+    int64_t n = c->cols, len = end - begin;
+    float *dw = c->dweight ? c->dweight + begin : NULL;
+    float *db = c->dbias ? c->dbias + begin : NULL;
+    if (dw) memset(dw, 0, sizeof(float) * (size_t)len);
+    if (db) memset(db, 0, sizeof(float) * (size_t)len);
+    for (int64_t r = 0; r < c->rows; r++) {
+        const float *x = c->x + r * n + begin, *dy = c->dy + r * n + begin;
+        float m = c->mean[r], rs = c->rstd[r];
+        if (dw && db)
+            for (int64_t j = 0; j < len; j++) {
+                dw[j] += dy[j] * (x[j] - m) * rs;
+                db[j] += dy[j];
+            }
+        else if (dw)
+            for (int64_t j = 0; j < len; j++) dw[j] += dy[j] * (x[j] - m) * rs;
+        else
+            for (int64_t j = 0; j < len; j++) db[j] += dy[j];
+    }
+}
+
+void kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *mean,
+                                const float *rstd, const float *weight, float *dx, float *dweight,
+                                float *dbias, int64_t rows, int64_t cols)
+{
+    ln_ctx c = {.x = x, .weight = weight, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx,
+                .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols};
+    if (dx) kn_cpu_parallel_for(rows, grain_for(cols), ln_backward_rows, &c);
+    if (dweight || dbias) {
+        if (rows == 0) {
+            if (dweight) memset(dweight, 0, sizeof(float) * (size_t)cols);
+            if (dbias) memset(dbias, 0, sizeof(float) * (size_t)cols);
+            return;
+        }
+        int64_t grain = grain_for(rows);
+        kn_cpu_parallel_for(cols, grain < 16 ? 16 : grain, ln_param_cols, &c);
+    }
+}
+
+/* ---- batch norm ------------------------------------------------------------------------ */
+
+typedef struct bn_ctx {
+    const float *x, *dy, *mean_f;
+    const float *u, *v, *p, *q, *r;
+    float *out;
+    double *out1, *out2;
+    int64_t n, c, s;
+} bn_ctx;
+
+static inline double dlane_sum(const double *acc)
+{
+    double s = 0;
+    for (int k = 0; k < DLANES; k++) s += acc[k];
+    return s;
+}
+
+/* Sums of d = x - K and d*d per channel, K the channel's first value: the shift keeps
+ * the one-pass variance exact enough even for data far from zero. */
+CLONES static void bn_stats_channels(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    for (int64_t ch = begin; ch < end; ch++) {
+        float shift = b->x[ch * b->s];
+        double a1[DLANES] = {0}, a2[DLANES] = {0};
+        double s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < b->n; i++) {
+            const float *x = b->x + (i * b->c + ch) * b->s;
+            int64_t j = 0;
+            for (; j + DLANES <= b->s; j += DLANES)
+                for (int k = 0; k < DLANES; k++) {
+                    double d = (double)x[j + k] - shift;
+                    a1[k] += d;
+                    a2[k] += d * d;
+                }
+            for (; j < b->s; j++) {
+                double d = (double)x[j] - shift;
+                s1 += d;
+                s2 += d * d;
+            }
+        }
+        b->out1[ch] = s1 + dlane_sum(a1); /* shifted sums: the caller finishes them */
+        b->out2[ch] = s2 + dlane_sum(a2);
+    }
+}
+
+CLONES static void bn_stats_cols(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    double *s1 = b->out1, *s2 = b->out2;
+    const float *x0 = b->x;
+    for (int64_t ch = begin; ch < end; ch++) s1[ch] = s2[ch] = 0;
+    for (int64_t i = 0; i < b->n; i++) {
+        const float *x = b->x + i * b->c;
+        for (int64_t ch = begin; ch < end; ch++) {
+            double d = (double)x[ch] - x0[ch];
+            s1[ch] += d;
+            s2[ch] += d * d;
+        }
+    }
+}
+
+void kn_cpu_batch_norm_stats(const float *x, int64_t n, int64_t c, int64_t s, double *mean,
+                             double *var)
+{
+    bn_ctx b = {.x = x, .n = n, .c = c, .s = s, .out1 = mean, .out2 = var};
+    if (s == 1) {
+        int64_t grain = grain_for(n);
+        kn_cpu_parallel_for(c, grain < 16 ? 16 : grain, bn_stats_cols, &b);
+    } else {
+        kn_cpu_parallel_for(c, grain_for(n * s), bn_stats_channels, &b);
+    }
+    double count = (double)(n * s);
+    for (int64_t ch = 0; ch < c; ch++) {
+        double shifted_mean = mean[ch] / count;
+        double v = var[ch] / count - shifted_mean * shifted_mean;
+        mean[ch] = shifted_mean + (double)x[ch * s];
+        var[ch] = v > 0 ? v : 0;
+    }
+}
+
+CLONES static void bn_grad_channels(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    for (int64_t ch = begin; ch < end; ch++) {
+        float m = b->mean_f[ch];
+        double a1[DLANES] = {0}, a2[DLANES] = {0};
+        double s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < b->n; i++) {
+            int64_t base = (i * b->c + ch) * b->s;
+            const float *x = b->x + base, *dy = b->dy + base;
+            int64_t j = 0;
+            for (; j + DLANES <= b->s; j += DLANES)
+                for (int k = 0; k < DLANES; k++) {
+                    a1[k] += dy[j + k];
+                    a2[k] += (double)dy[j + k] * (x[j + k] - m);
+                }
+            for (; j < b->s; j++) {
+                s1 += dy[j];
+                s2 += (double)dy[j] * (x[j] - m);
+            }
+        }
+        b->out1[ch] = s1 + dlane_sum(a1);
+        b->out2[ch] = s2 + dlane_sum(a2);
+    }
+}
+
+CLONES static void bn_grad_cols(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    double *s1 = b->out1, *s2 = b->out2;
+    for (int64_t ch = begin; ch < end; ch++) s1[ch] = s2[ch] = 0;
+    for (int64_t i = 0; i < b->n; i++) {
+        const float *x = b->x + i * b->c, *dy = b->dy + i * b->c;
+        for (int64_t ch = begin; ch < end; ch++) {
+            s1[ch] += dy[ch];
+            s2[ch] += (double)dy[ch] * (x[ch] - b->mean_f[ch]);
+        }
+    }
+}
+
+void kn_cpu_batch_norm_grad_sums(const float *dy, const float *x, const float *mean, int64_t n,
+                                 int64_t c, int64_t s, double *sum_dy, double *sum_dyx)
+{
+    bn_ctx b = {.x = x, .dy = dy, .mean_f = mean, .n = n, .c = c, .s = s, .out1 = sum_dy,
+                .out2 = sum_dyx};
+    if (s == 1) {
+        int64_t grain = grain_for(n);
+        kn_cpu_parallel_for(c, grain < 16 ? 16 : grain, bn_grad_cols, &b);
+    } else {
+        kn_cpu_parallel_for(c, grain_for(n * s), bn_grad_channels, &b);
+    }
+}
+
+/* Blocks of s elements share one channel (s > 1), or rows of c channels (s == 1). */
+CLONES static void bn_affine_blocks(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    int64_t s = b->s;
+    for (int64_t blk = begin; blk < end; blk++) {
+        int64_t ch = blk % b->c;
+        const float *u = b->u ? b->u + blk * s : NULL, *v = b->v ? b->v + blk * s : NULL;
+        float *out = b->out + blk * s;
+        const float *p = b->p + ch, *q = b->q + ch, *r = b->r + ch, *m = b->mean_f + ch;
+        if (u && v)
+            for (int64_t j = 0; j < s; j++) out[j] = p[0] * u[j] + q[0] * (v[j] - m[0]) + r[0];
+        else if (u)
+            for (int64_t j = 0; j < s; j++) out[j] = p[0] * u[j] + r[0];
+        else
+            for (int64_t j = 0; j < s; j++) out[j] = q[0] * (v[j] - m[0]) + r[0];
+    }
+}
+
+CLONES static void bn_affine_rows(void *arg, int64_t begin, int64_t end)
+{
+    const bn_ctx *b = arg;
+    int64_t c = b->c;
+    const float *p = b->p, *q = b->q, *r = b->r, *m = b->mean_f;
+    for (int64_t i = begin; i < end; i++) {
+        const float *u = b->u ? b->u + i * c : NULL, *v = b->v ? b->v + i * c : NULL;
+        float *out = b->out + i * c;
+        if (u && v)
+            for (int64_t ch = 0; ch < c; ch++)
+                out[ch] = p[ch] * u[ch] + q[ch] * (v[ch] - m[ch]) + r[ch];
+        else if (u)
+            for (int64_t ch = 0; ch < c; ch++) out[ch] = p[ch] * u[ch] + r[ch];
+        else
+            for (int64_t ch = 0; ch < c; ch++) out[ch] = q[ch] * (v[ch] - m[ch]) + r[ch];
+    }
+}
+
+void kn_cpu_batch_norm_affine(const float *u, const float *v, const float *p, const float *q,
+                              const float *center, const float *r, float *out, int64_t n,
+                              int64_t c, int64_t s)
+{
+    bn_ctx b = {.u = u, .v = v, .p = p, .q = q, .r = r, .mean_f = center, .out = out, .n = n,
+                .c = c, .s = s};
+    if (s == 1) kn_cpu_parallel_for(n, grain_for(c), bn_affine_rows, &b);
+    else kn_cpu_parallel_for(n * c, grain_for(s), bn_affine_blocks, &b);
+}

@@ -29,7 +29,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 if [ "$mode" = asan ]; then
     build=build-asan
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
-    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
+    # allocator_may_return_null: huge sizes must come back as errors, as without ASan
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     # OpenBLAS's own threads are not what we test here; one keeps ASan fast.
     export OPENBLAS_NUM_THREADS=1

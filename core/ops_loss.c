@@ -12,29 +12,8 @@
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define LANES 16
 
-/* expf by range reduction and a degree-6 polynomial (as kernels/cpu/elementwise.c),
- * inlined here so the softmax loops vectorise; ~2 ulp, NaN propagates. */
-static inline float exp_fast(float x)
-{
-    x = x > 88.7f ? 88.7f : x;
-    x = x < -103.9f ? -103.9f : x;
-    /* round to nearest by the 1.5 * 2^23 trick: roundf would be a libm call */
-    float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    float r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    float p = 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    int ki = (int)k;
-    int k1 = ki / 2, k2 = ki - k1;
-    union { float f; uint32_t i; } s1 = {.i = (uint32_t)(k1 + 127) << 23},
-                                    s2 = {.i = (uint32_t)(k2 + 127) << 23};
-    return p * s1.f * s2.f;
-}
+/* The shared vectorisable exp (kernels/cpu/kn_cpu.h): inlined so the loops below vectorise. */
+#define exp_fast kn_cpu_expf_inline
 
 /* log(1 + y) for y in [0, 1] as 2 atanh(y / (2 + y)): the series in s = y / (2 + y)
  * <= 1/3 converges to float precision in 8 terms, stays exact for tiny y, and

@@ -85,17 +85,19 @@ void kn_cpu_where(const int64_t *shape, int ndim, kn_cpu_operand out, kn_cpu_ope
 void kn_cpu_copy(const int64_t *shape, int ndim, size_t elem_size, kn_cpu_operand out,
                  kn_cpu_operand in);
 /* Vectorisable expf used by exp and softmax (max relative error ~2 ulp).
- * Range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial, branch-free so loops
+ * Range reduction to [-ln2/2, ln2/2] and a degree-7 polynomial, branch-free so loops
  * over it vectorise (rounding by the 1.5*2^23 trick, not a libm call); saturates like
- * expf and propagates NaN. */
+ * expf (0 below -103.9, as masked logits need) and propagates NaN. */
 static inline float kn_cpu_expf_inline(float x)
 {
+    bool underflow = x < -103.9f; /* exp is below the smallest denormal: exactly 0 */
     x = x > 88.7f ? 88.7f : x;
-    x = x < -103.9f ? -103.9f : x;
+    x = underflow ? -103.9f : x;
     float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
     float r = x - k * 0.693145751953125f;
     r = r - k * 1.428606765330187045e-06f;
-    float p = 1.f / 720.f;
+    float p = 1.f / 5040.f;
+    p = p * r + 1.f / 720.f;
     p = p * r + 1.f / 120.f;
     p = p * r + 1.f / 24.f;
     p = p * r + 1.f / 6.f;
@@ -109,7 +111,7 @@ static inline float kn_cpu_expf_inline(float x)
         float f;
         uint32_t i;
     } s1 = {.i = (uint32_t)(k1 + 127) << 23}, s2 = {.i = (uint32_t)(k2 + 127) << 23};
-    return p * s1.f * s2.f;
+    return underflow ? 0.f : p * s1.f * s2.f;
 }
 float kn_cpu_expf(float x);
 

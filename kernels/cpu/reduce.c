@@ -60,11 +60,8 @@ VINLINE float hsum(vf v)
     return s;
 }
 
-/* kn_cpu_expf's polynomial (elementwise.c), vector and scalar. Copied because it must be
- * inlined for the loops to vectorise and a call across files is not. Two changes: the
- * rounding does not call roundf (the 1.5 * 2^23 trick, exact for |x log2 e| < 2^22), and
- * below -103.9 the result is an exact 0 (kn_cpu_expf gives the smallest denormal), so
- * masked logits get 0 as in PyTorch. NaN stays NaN. */
+/* kn_cpu_expf_inline (kn_cpu.h) written with GCC vector types, 8 lanes at a time, for
+ * the loops the compiler does not vectorise by itself; same polynomial and results. */
 VINLINE vf vexp(vf x)
 {
     vi under = x < -103.9f;
@@ -73,7 +70,8 @@ VINLINE vf vexp(vf x)
     vf k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
     vf r = x - k * 0.693145751953125f;
     r = r - k * 1.428606765330187045e-06f;
-    vf p = splat(1.f / 720.f);
+    vf p = splat(1.f / 5040.f);
+    p = p * r + 1.f / 720.f;
     p = p * r + 1.f / 120.f;
     p = p * r + 1.f / 24.f;
     p = p * r + 1.f / 6.f;
@@ -88,27 +86,7 @@ VINLINE vf vexp(vf x)
     return vselect(under, splat(0.f), p * s1 * s2);
 }
 
-static inline float fast_expf(float x)
-{
-    bool under = x < -103.9f;
-    x = x > 88.7f ? 88.7f : x;
-    x = under ? -103.9f : x;
-    float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    float r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    float p = 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    int32_t ki = (int32_t)k;
-    int32_t k1 = ki >> 1, k2 = ki - k1;
-    union { float f; uint32_t i; } s1 = {.i = (uint32_t)(k1 + 127) << 23},
-                                   s2 = {.i = (uint32_t)(k2 + 127) << 23};
-    return under ? 0.f : p * s1.f * s2.f;
-}
+static inline float fast_expf(float x) { return kn_cpu_expf_inline(x); }
 
 /* ---- contiguous row sums ---------------------------------------------------------- */
 

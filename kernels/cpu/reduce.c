@@ -35,14 +35,14 @@ static int64_t grain_for(int64_t per_task, int64_t elements)
  * GCC's vector extensions: the row loops are reductions (and exp has selects) that the
  * auto-vectoriser leaves scalar without -ffast-math, so they are written 8 lanes at a
  * time. Each target clone compiles them to its own instructions (2 x SSE by default). */
-#define W 8
+#define W 16
 /* The helpers taking and returning vectors are always inlined, so no call ever crosses
  * the ABI that -Wpsabi warns about. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #define VINLINE static inline __attribute__((always_inline))
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
 
 VINLINE vf load(const float *p)
 {
@@ -51,7 +51,7 @@ VINLINE vf load(const float *p)
     return v;
 }
 VINLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
-VINLINE vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+VINLINE vf splat(float x) { return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 VINLINE vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 VINLINE float hsum(vf v)
 {

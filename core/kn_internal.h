@@ -86,6 +86,16 @@ void kn__storage_release(kn_storage *s);
 /* ---- tensors --------------------------------------------------------------------- */
 /* A new contiguous tensor that is not registered with a scope (refcount 1). */
 kn_tensor *kn__empty_raw(const int64_t *shape, int ndim, kn_dtype dtype, kn_device device);
+/* One reference, not registered with a scope, to a contiguous tensor with t's values:
+ * t itself (retained) when it is already contiguous, else a copy (any dtype). NULL
+ * (error set) on failure or when t is NULL. */
+kn_tensor *kn__contiguous_raw(kn_tensor *t);
+/* Same, but always a new copy, even of a contiguous t: its strides are then exactly
+ * kn__contiguous_strides, which kn_is_contiguous does not promise (size-1 and empty
+ * dims may have any stride), for callers that check the layout itself (BLAS). */
+kn_tensor *kn__copy_raw(kn_tensor *t);
+/* t as a kernel operand: its first element and its own strides. */
+kn_cpu_operand kn__operand(const kn_tensor *t);
 /* A new handle on t's storage with the given geometry, no history, unregistered. */
 kn_tensor *kn__view_raw(kn_tensor *t, const int64_t *shape, const int64_t *strides, int ndim,
                         int64_t offset);

@@ -18,18 +18,6 @@ typedef struct conv_plan {
     bool direct;                           /* 1x1 stride 1 unpadded: no im2col */
 } conv_plan;
 
-static kn_tensor *dense(kn_tensor *t)
-{
-    if (kn_is_contiguous(t)) return kn_retain(t);
-    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, KN_FLOAT32, t->device);
-    if (!out) return NULL;
-    kn_cpu_operand dst = {kn__data_ptr(out), {0}}, src = {kn__data_ptr(t), {0}};
-    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)t->ndim);
-    memcpy(src.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
-    kn_cpu_copy(t->shape, t->ndim, sizeof(float), dst, src);
-    return out;
-}
-
 /* Sets the error and evaluates to false. */
 #define FAIL(...) (kn__error(__VA_ARGS__), false)
 
@@ -276,8 +264,8 @@ static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     if (!conv_setup(x, w, NULL, args, &p)) return kn_last_status();
     bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
     bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
-    kn_tensor *xd = kn__result(dense(x)), *wd = kn__result(dense(w));
-    kn_tensor *gd = kn__result(dense(grad));
+    kn_tensor *xd = kn__result(kn__contiguous_raw(x)), *wd = kn__result(kn__contiguous_raw(w));
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     if (!xd || !wd || !gd) return kn_last_status();
     kn_tensor *gx = need_x ? kn__result(kn__empty_raw(x->shape, 4, KN_FLOAT32, x->device)) : NULL;
     kn_tensor *gw = need_w ? kn__result(kn__empty_raw(w->shape, 4, KN_FLOAT32, w->device)) : NULL;
@@ -305,7 +293,8 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
     if (!conv_setup(x, weight, bias, args, &p)) return NULL;
     int64_t shape[4] = {p.n, p.o, p.g.out_h, p.g.out_w};
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
-    kn_tensor *xd = dense(x), *wd = dense(weight), *bd = bias ? dense(bias) : NULL;
+    kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
+    kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
     bool ok = out && xd && wd && (!bias || bd);
     if (ok)
         ok = conv_forward(&p, kn__data_ptr(xd), kn__data_ptr(wd), bd ? kn__data_ptr(bd) : NULL,
@@ -419,7 +408,7 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 {
     kn_cpu_pool_geometry g = geometry_from_node(node);
     kn_node_input *in = &node->inputs[0];
-    kn_tensor *gd = kn__result(dense(grad));
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
     kn_cpu_max_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
@@ -434,7 +423,7 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
     if (!kn__check_inputs("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
         !pool_setup("max_pool2d", x, args, true, &g))
         return NULL;
-    kn_tensor *xd = dense(x), *out = pool_output(x, &g, KN_FLOAT32);
+    kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     kn_tensor *indices = pool_output(x, &g, KN_INT64);
     if (xd && out && indices)
         kn_cpu_max_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
@@ -463,7 +452,7 @@ static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 {
     kn_cpu_pool_geometry g = geometry_from_node(node);
     kn_node_input *in = &node->inputs[0];
-    kn_tensor *gd = kn__result(dense(grad));
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
     kn_cpu_avg_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(gx));
@@ -477,7 +466,7 @@ kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
     if (!kn__check_inputs("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
         !pool_setup("avg_pool2d", x, args, false, &g))
         return NULL;
-    kn_tensor *xd = dense(x), *out = pool_output(x, &g, KN_FLOAT32);
+    kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     if (xd && out) kn_cpu_avg_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out));
     kn_release(xd);
     if (!xd || !out) {

@@ -32,21 +32,6 @@ static inline float log1p_unit(float y)
     return 2.f * s * p;
 }
 
-/* One reference (unregistered) to a contiguous tensor with t's values. */
-static kn_tensor *dense(kn_tensor *t)
-{
-    if (!t || kn_is_contiguous(t)) return kn_retain(t);
-    kn_tensor *copy = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
-    if (!copy) return NULL;
-    kn_cpu_operand out = {kn__data_ptr(copy), {0}}, in = {kn__data_ptr(t), {0}};
-    for (int d = 0; d < t->ndim; d++) {
-        out.strides[d] = copy->strides[d];
-        in.strides[d] = t->strides[d];
-    }
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), out, in);
-    return copy;
-}
-
 static float *f32(kn_tensor *t) { return t ? (float *)kn__data_ptr(t) : NULL; }
 static int64_t *i64(kn_tensor *t) { return (int64_t *)kn__data_ptr(t); }
 
@@ -101,7 +86,7 @@ static bool get_upstream(kn_tensor *grad, kn_reduction reduction, double count, 
     u->dense = NULL;
     u->scalar = 1.f;
     if (reduction == KN_REDUCTION_NONE) {
-        u->dense = dense(grad);
+        u->dense = kn__contiguous_raw(grad);
         return u->dense != NULL;
     }
     double g = *f32(grad);
@@ -200,7 +185,7 @@ static kn_tensor *pointwise_loss(const char *name, pointwise_kind kind, kn_tenso
         return kn__error_null(KN_ERR_SHAPE,
                               "%s: target of shape %s does not match input of shape %s", name,
                               kn__shape(target), kn__shape(input));
-    kn_tensor *x = dense(input), *t = dense(target);
+    kn_tensor *x = kn__contiguous_raw(input), *t = kn__contiguous_raw(target);
     kn_tensor *losses = kn__empty_raw(input->shape, input->ndim, KN_FLOAT32, input->device);
     if (!x || !t || !losses) {
         kn_release(x);
@@ -425,7 +410,7 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
         return kn__error_null(KN_ERR_VALUE,
                               "cross_entropy: label_smoothing must be between 0.0 and 1.0, got %g",
                               label_smoothing);
-    kn_tensor *x = dense(logits), *t = dense(target);
+    kn_tensor *x = kn__contiguous_raw(logits), *t = kn__contiguous_raw(target);
     kn_tensor *losses = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, logits->device);
     kn_tensor *lse = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, logits->device);
     if (!x || !t || !losses || !lse) {
@@ -500,7 +485,7 @@ kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction red
     if (!kn__check_inputs("nll_loss", inputs, 2) || !check_reduction("nll_loss", reduction) ||
         !check_class_target("nll_loss", log_probs, target, ignore_index, &dims))
         return NULL;
-    kn_tensor *t = dense(target);
+    kn_tensor *t = kn__contiguous_raw(target);
     kn_tensor *losses = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, log_probs->device);
     if (!t || !losses) {
         kn_release(t);

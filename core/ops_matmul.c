@@ -41,18 +41,6 @@ static bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, bool
     return false;
 }
 
-/* A raw contiguous copy of t (refcount 1, no scope, no history). */
-static kn_tensor *dense_copy(kn_tensor *t)
-{
-    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, KN_FLOAT32, t->device);
-    if (!out) return NULL;
-    kn_cpu_operand dst = {kn__data_ptr(out), {0}}, src = {kn__data_ptr(t), {0}};
-    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)t->ndim);
-    memcpy(src.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
-    kn_cpu_copy(t->shape, t->ndim, sizeof(float), dst, src);
-    return out;
-}
-
 /* t viewed as a [rows, last] matrix, its leading dims folded into rows, when the
  * strides allow that and BLAS takes the result. */
 static bool fold_matrix(const kn_tensor *t, int64_t *rows, int64_t *cols, blas_mat *m)
@@ -77,12 +65,12 @@ static bool fold_matrix(const kn_tensor *t, int64_t *rows, int64_t *cols, blas_m
     return blas_layout(*rows, *cols, rs, cs, &m->trans, &m->ld);
 }
 
-/* fold_matrix, or a dense copy of t folded (held in *copy, which the caller releases). */
+/* fold_matrix, or a contiguous copy of t folded (held in *copy, which the caller releases). */
 static bool fold_or_copy(kn_tensor *t, int64_t *rows, int64_t *cols, blas_mat *m, kn_tensor **copy)
 {
     *copy = NULL;
     if (fold_matrix(t, rows, cols, m)) return true;
-    *copy = dense_copy(t);
+    *copy = kn__copy_raw(t);
     return *copy && fold_matrix(*copy, rows, cols, m);
 }
 
@@ -221,7 +209,7 @@ static kn_tensor *fold_rows(kn_tensor *t)
     blas_mat m;
     kn_tensor *src = t, *copy = NULL;
     if (!fold_matrix(t, &rows, &cols, &m) || m.trans) {
-        copy = dense_copy(t);
+        copy = kn__copy_raw(t);
         if (!copy) return NULL;
         kn__result(copy);
         src = copy;
@@ -323,14 +311,14 @@ static kn_tensor *matmul_forward(kn_tensor *a, kn_tensor *b)
     kn_tensor *a_copy = NULL, *b_copy = NULL;
     if (!blas_layout(p.m, p.k, pa.strides[pa.ndim - 2], pa.strides[pa.ndim - 1], &p.a_trans,
                      &p.lda)) {
-        a_copy = dense_copy(a);
+        a_copy = kn__copy_raw(a);
         if (!a_copy) goto fail;
         pa = promote(a_copy, true);
         blas_layout(p.m, p.k, pa.strides[pa.ndim - 2], pa.strides[pa.ndim - 1], &p.a_trans, &p.lda);
     }
     if (!blas_layout(p.k, p.n, pb.strides[pb.ndim - 2], pb.strides[pb.ndim - 1], &p.b_trans,
                      &p.ldb)) {
-        b_copy = dense_copy(b);
+        b_copy = kn__copy_raw(b);
         if (!b_copy) goto fail;
         pb = promote(b_copy, false);
         blas_layout(p.k, p.n, pb.strides[pb.ndim - 2], pb.strides[pb.ndim - 1], &p.b_trans, &p.ldb);
@@ -389,7 +377,7 @@ static kn_status linear_backward(kn_node *node, kn_tensor *g, kn_tensor **grads)
     blas_mat gm, xm;
     kn_tensor *g_copy = NULL, *x_copy = NULL;
     if (!fold_matrix(g, &rows, &out_f, &gm) || gm.trans) { /* row sums need g row-major */
-        g_copy = dense_copy(g);
+        g_copy = kn__copy_raw(g);
         if (!g_copy) return kn_last_status();
         kn__result(g_copy);
         fold_matrix(g_copy, &rows, &out_f, &gm);
@@ -454,7 +442,7 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
     kn_tensor *x_copy = NULL, *w_copy = NULL;
     /* B = Wᵀ, an [in, out] matrix with strides (W.s1, W.s0). */
     if (!blas_layout(in_f, out_f, weight->strides[1], weight->strides[0], &w_trans, &ldw)) {
-        w_copy = dense_copy(weight);
+        w_copy = kn__copy_raw(weight);
         if (!w_copy) return NULL;
         blas_layout(in_f, out_f, w_copy->strides[1], w_copy->strides[0], &w_trans, &ldw);
     }

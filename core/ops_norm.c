@@ -9,22 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* One reference (unregistered) to a contiguous tensor with t's values: t itself when
- * it is already contiguous, else a copy. NULL stays NULL. */
-static kn_tensor *dense(kn_tensor *t)
-{
-    if (!t || kn_is_contiguous(t)) return kn_retain(t);
-    kn_tensor *copy = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
-    if (!copy) return NULL;
-    kn_cpu_operand out = {kn__data_ptr(copy), {0}}, in = {kn__data_ptr(t), {0}};
-    for (int d = 0; d < t->ndim; d++) {
-        out.strides[d] = copy->strides[d];
-        in.strides[d] = t->strides[d];
-    }
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), out, in);
-    return copy;
-}
-
 static float *f32(kn_tensor *t) { return t ? (float *)kn__data_ptr(t) : NULL; }
 
 static void release_all(kn_tensor **ts, int n)
@@ -40,8 +24,8 @@ static kn_status layer_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *x = node->saved[0], *weight = node->saved[1];
     kn_tensor *mean = node->saved[2], *rstd = node->saved[3];
     int64_t rows = node->iargs[0], cols = node->iargs[1];
-    kn_tensor *dy = dense(grad);
-    kn_tensor *weight_d = dense(weight);
+    kn_tensor *dy = kn__contiguous_raw(grad);
+    kn_tensor *weight_d = weight ? kn__contiguous_raw(weight) : NULL;
     if (!dy || (weight && !weight_d)) {
         kn_release(dy);
         kn_release(weight_d);
@@ -106,7 +90,9 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
     for (int d = 0; d < normalized_ndim; d++) cols *= norm_shape[d];
     int64_t rows = cols ? kn_numel(x) / cols : 0;
 
-    kn_tensor *xd = dense(x), *wd = dense(weight), *bd = dense(bias);
+    kn_tensor *xd = kn__contiguous_raw(x);
+    kn_tensor *wd = weight ? kn__contiguous_raw(weight) : NULL;
+    kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
     kn_tensor *out = kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device);
     kn_tensor *mean = kn__empty_raw(&rows, 1, KN_FLOAT32, x->device);
     kn_tensor *rstd = kn__empty_raw(&rows, 1, KN_FLOAT32, x->device);
@@ -152,7 +138,7 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     const float *mean = f32(node->saved[2]), *rstd = f32(node->saved[3]);
     int64_t n = node->iargs[0], c = node->iargs[1], s = node->iargs[2];
     bool training = node->iargs[3] != 0;
-    kn_tensor *dy = dense(grad);
+    kn_tensor *dy = kn__contiguous_raw(grad);
     double *sums = malloc(sizeof(double) * 2 * (size_t)(c ? c : 1));
     float *coef = malloc(sizeof(float) * 3 * (size_t)(c ? c : 1));
     kn_tensor *dx = NULL, *dw = NULL, *db = NULL;
@@ -286,7 +272,7 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
 
     int64_t c = dims.c;
     int64_t cshape[1] = {c};
-    kn_tensor *xd = dense(x);
+    kn_tensor *xd = kn__contiguous_raw(x);
     kn_tensor *out = kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device);
     kn_tensor *mean_t = kn__empty_raw(cshape, 1, KN_FLOAT32, x->device);
     kn_tensor *rstd_t = kn__empty_raw(cshape, 1, KN_FLOAT32, x->device);

@@ -129,9 +129,7 @@ static bool plan_reduce(kn_tensor *a, const bool *reduced, reduce_plan *p)
         }
     kn_tensor *copy = kn__empty_raw(shape, n, KN_FLOAT32, a->device);
     if (!copy) return false;
-    kn_cpu_operand dst = {kn__data_ptr(copy), {0}};
-    memcpy(dst.strides, copy->strides, sizeof(int64_t) * (size_t)n);
-    kn_cpu_copy(shape, n, sizeof(float), dst, src);
+    kn_cpu_copy(shape, n, sizeof(float), kn__operand(copy), src);
     p->copy = copy;
     p->data = kn__data_ptr(copy);
     return true;
@@ -156,23 +154,8 @@ static kn_tensor *spread_grad(kn_tensor *grad, const kn_node_input *in, int64_t 
                               kn__shape(grad), kn__shape_of(in->shape, in->ndim));
     kn_tensor *out = kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device);
     if (!out) return NULL;
-    kn_cpu_operand dst = {kn__data_ptr(out), {0}};
-    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)in->ndim);
-    kn_cpu_unary(scale == 1.0 ? KN_UNARY_COPY : KN_UNARY_MUL_SCALAR, in->shape, in->ndim, dst,
-                 src, (float)scale, 0.f);
-    return kn__result(out);
-}
-
-/* t itself when contiguous, else a contiguous copy handed to the scope (backward only). */
-static kn_tensor *dense(kn_tensor *t)
-{
-    if (kn_is_contiguous(t)) return t;
-    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
-    if (!out) return NULL;
-    kn_cpu_operand dst = {kn__data_ptr(out), {0}}, src = {kn__data_ptr(t), {0}};
-    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)t->ndim);
-    memcpy(src.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), dst, src);
+    kn_cpu_unary(scale == 1.0 ? KN_UNARY_COPY : KN_UNARY_MUL_SCALAR, in->shape, in->ndim,
+                 kn__operand(out), src, (float)scale, 0.f);
     return kn__result(out);
 }
 
@@ -262,7 +245,7 @@ static kn_status select_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
 {
     const kn_node_input *in = &node->inputs[0];
     int dim = (int)node->iargs[0];
-    kn_tensor *g = dense(grad);
+    kn_tensor *g = kn__result(kn__contiguous_raw(grad)); /* backward runs in a scope */
     kn_tensor *index = node->saved[0];
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!g || !gx) return kn_last_status();
@@ -352,7 +335,7 @@ kn_tensor *kn_argmax(kn_tensor *a, int dim, bool keepdim)
  * (every NaN when the result is NaN). */
 static kn_status extreme_all_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
-    kn_tensor *x = dense(node->saved[0]);
+    kn_tensor *x = kn__result(kn__contiguous_raw(node->saved[0]));
     if (!x) return kn_last_status();
     kn_tensor *gx = kn__result(kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, grad->device));
     if (!gx) return kn_last_status();

@@ -6,23 +6,6 @@
 #include "kn_internal.h"
 #include "kn_cpu_reduce.h"
 
-#include <string.h>
-
-/* t itself when contiguous, else a contiguous copy; *owned says which. */
-static kn_tensor *dense(kn_tensor *t, bool *owned)
-{
-    *owned = false;
-    if (kn_is_contiguous(t)) return t;
-    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
-    if (!out) return NULL;
-    kn_cpu_operand dst = {kn__data_ptr(out), {0}}, src = {kn__data_ptr(t), {0}};
-    memcpy(dst.strides, out->strides, sizeof(int64_t) * (size_t)t->ndim);
-    memcpy(src.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), dst, src);
-    *owned = true;
-    return out;
-}
-
 static void split_at(const kn_tensor *t, int dim, int64_t *outer, int64_t *size, int64_t *inner)
 {
     *outer = *inner = *size = 1;
@@ -36,10 +19,8 @@ static void split_at(const kn_tensor *t, int dim, int64_t *outer, int64_t *size,
 static kn_status softmax_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
     kn_tensor *y = node->saved[0];
-    bool owned;
-    kn_tensor *g = dense(grad, &owned);
+    kn_tensor *g = kn__result(kn__contiguous_raw(grad)); /* backward runs in a scope */
     if (!g) return kn_last_status();
-    if (owned) kn__result(g);
     kn_tensor *gx = kn__empty_raw(y->shape, y->ndim, KN_FLOAT32, y->device);
     if (!gx) return kn_last_status();
     int64_t outer, size, inner;
@@ -54,18 +35,17 @@ static kn_tensor *softmax_op(const char *op, kn_tensor *a, int dim, bool log)
 {
     if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (!kn__wrap_dim(&dim, a->ndim, op)) return NULL;
-    bool owned;
-    kn_tensor *x = dense(a, &owned);
+    kn_tensor *x = kn__contiguous_raw(a);
     if (!x) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
     if (!out) {
-        if (owned) kn_release(x);
+        kn_release(x);
         return NULL;
     }
     int64_t outer, size, inner;
     split_at(a, dim, &outer, &size, &inner);
     kn_cpu_softmax(kn_data_f32(x), kn_data_f32(out), outer, size, inner, log);
-    if (owned) kn_release(x);
+    kn_release(x);
     if (kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(op, softmax_backward, &a, 1);
         if (!node) {

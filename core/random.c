@@ -80,7 +80,8 @@ static inline uint64_t next_u64(kn_generator *g)
 static inline float uniform_float(kn_generator *g, float low, float high)
 {
     float x = (float)(next_u32(g) & 0xffffffu) * (1.0f / 16777216.0f);
-    return x * (high - low) + low;
+    /* torch's kernel is compiled with FMA contraction: one rounding, not two */
+    return fmaf(x, high - low, low);
 }
 
 static inline double uniform_double(kn_generator *g)

@@ -213,6 +213,32 @@ void *kn__data_ptr(const kn_tensor *t)
     return (char *)t->storage->data + t->offset * (int64_t)kn_dtype_size(t->dtype);
 }
 
+kn_cpu_operand kn__operand(const kn_tensor *t)
+{
+    kn_cpu_operand o = {kn__data_ptr(t), {0}};
+    if (t->ndim) memcpy(o.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
+    return o;
+}
+
+kn_tensor *kn__copy_raw(kn_tensor *t)
+{
+    if (!t) {
+        /* Keep the message of the error that produced the NULL, if any. */
+        if (kn_last_status() == KN_OK) kn__error(KN_ERR_NULL, "copy: tensor is NULL");
+        return NULL;
+    }
+    kn_tensor *copy = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
+    if (!copy) return NULL;
+    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), kn__operand(copy), kn__operand(t));
+    return copy;
+}
+
+kn_tensor *kn__contiguous_raw(kn_tensor *t)
+{
+    if (t && kn_is_contiguous(t)) return kn_retain(t);
+    return kn__copy_raw(t);
+}
+
 kn_tensor *kn_retain(kn_tensor *t)
 {
     if (t) __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
@@ -439,10 +465,9 @@ static kn_status copy_out(const kn_tensor *t, void *dst, kn_dtype want, const ch
     if (t->dtype != want)
         return kn__error(KN_ERR_DTYPE, "%s: tensor is %s, expected %s", op, kn_dtype_name(t->dtype),
                          kn_dtype_name(want));
-    kn_cpu_operand out = {dst, {0}}, in = {kn__data_ptr(t), {0}};
+    kn_cpu_operand out = {dst, {0}};
     kn__contiguous_strides(t->shape, t->ndim, out.strides);
-    memcpy(in.strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(want), out, in);
+    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(want), out, kn__operand(t));
     return KN_OK;
 }
 

@@ -68,58 +68,33 @@ static const float MAXP_NAN[] = {3, NAN};                      /* [1, 1, 1, 2] *
 static const float MAXP_NAN_S1[] = {3, 3, NAN};                /* [1, 1, 1, 3] */
 static const float MAXP_NAN_GRAD[] = {0, 2, 0, 1, 0, 0, 0, 0}; /* [1, 1, 2, 4] */
 
-/* The inputs the PyTorch script used: ((i * seed + 3) % 17 - 8) / 8, exact in float. */
-static kn_tensor *seq(const int64_t *shape, int ndim, int seed)
-{
-    kn_tensor *t = kn_empty(shape, ndim, KN_FLOAT32);
-    float *p = kn_data_f32(t);
-    for (int64_t i = 0; i < kn_numel(t); i++) p[i] = (float)((i * seed + 3) % 17 - 8) / 8.f;
-    return t;
-}
-
-static void check_shape(const kn_tensor *t, const int64_t *shape, int ndim)
-{
-    cr_assert_not_null(t, "%s", kn_last_error());
-    cr_assert_eq(t->ndim, ndim, "rank %d, expected %d", t->ndim, ndim);
-    for (int i = 0; i < ndim; i++)
-        cr_assert_eq(t->shape[i], shape[i], "dim %d is %lld, expected %lld", i,
-                     (long long)t->shape[i], (long long)shape[i]);
-}
-
-#define ASSERT_VALUES(t, want)                                                                     \
-    do {                                                                                           \
-        char m_[256];                                                                              \
-        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5, 1e-6,  \
-                                m_, sizeof m_),                                                    \
-                  "%s", m_);                                                                       \
-    } while (0)
-
 #define CONV(...) ((kn_conv2d_args){__VA_ARGS__})
 #define POOL(...) ((kn_pool2d_args){__VA_ARGS__})
 
 Test(conv2d, values_match_torch)
 {
     kn_scope_begin();
-    kn_tensor *y = kn_conv2d(seq(KN_SHAPE(2, 2, 4, 5), 1), seq(KN_SHAPE(3, 2, 3, 3), 2),
-                             seq(KN_SHAPE(3), 3), CONV(.groups = 1));
-    check_shape(y, KN_SHAPE(2, 3, 2, 3));
-    ASSERT_VALUES(y, CONV_BASIC);
+    kn_tensor *y =
+        kn_conv2d(kn_test_seq(KN_SHAPE(2, 2, 4, 5), 1), kn_test_seq(KN_SHAPE(3, 2, 3, 3), 2),
+                  kn_test_seq(KN_SHAPE(3), 3), CONV(.groups = 1));
+    KN_ASSERT_SHAPE(y, KN_SHAPE(2, 3, 2, 3));
+    KN_ASSERT_VALUES(y, CONV_BASIC);
     kn_conv2d_args args = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {1, 2}, .groups = 2};
-    y = kn_conv2d(seq(KN_SHAPE(1, 4, 6, 7), 1), seq(KN_SHAPE(4, 2, 3, 2), 2), seq(KN_SHAPE(4), 3),
-                  args);
-    check_shape(y, KN_SHAPE(1, 4, 3, 9));
-    ASSERT_VALUES(y, CONV_ARGS);
-    y = kn_conv2d(seq(KN_SHAPE(2, 3, 2, 3), 1), seq(KN_SHAPE(2, 3, 1, 1), 2), NULL,
+    y = kn_conv2d(kn_test_seq(KN_SHAPE(1, 4, 6, 7), 1), kn_test_seq(KN_SHAPE(4, 2, 3, 2), 2),
+                  kn_test_seq(KN_SHAPE(4), 3), args);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(1, 4, 3, 9));
+    KN_ASSERT_VALUES(y, CONV_ARGS);
+    y = kn_conv2d(kn_test_seq(KN_SHAPE(2, 3, 2, 3), 1), kn_test_seq(KN_SHAPE(2, 3, 1, 1), 2), NULL,
                   CONV(.groups = 1));
-    check_shape(y, KN_SHAPE(2, 2, 2, 3));
-    ASSERT_VALUES(y, CONV_1X1);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(2, 2, 2, 3));
+    KN_ASSERT_VALUES(y, CONV_1X1);
     /* a non-contiguous input: the same values through a double transpose */
     kn_tensor *x =
-        kn_transpose(kn_contiguous(kn_transpose(seq(KN_SHAPE(2, 2, 4, 5), 1), 2, 3)), 2, 3);
+        kn_transpose(kn_contiguous(kn_transpose(kn_test_seq(KN_SHAPE(2, 2, 4, 5), 1), 2, 3)), 2, 3);
     cr_assert(!kn_is_contiguous(x));
-    ASSERT_VALUES(
-        kn_conv2d(x, seq(KN_SHAPE(3, 2, 3, 3), 2), seq(KN_SHAPE(3), 3), CONV(.groups = 1)),
-        CONV_BASIC);
+    KN_ASSERT_VALUES(kn_conv2d(x, kn_test_seq(KN_SHAPE(3, 2, 3, 3), 2), kn_test_seq(KN_SHAPE(3), 3),
+                               CONV(.groups = 1)),
+                     CONV_BASIC);
     kn_scope_end();
 }
 
@@ -167,7 +142,7 @@ static void check_conv_path(const int64_t *xs, int xn, const int64_t *ws, int wn
     kn_tensor *x = kn_test_uniform(xs, 4, -1, 1, 11), *w = kn_test_uniform(ws, 4, -1, 1, 12);
     kn_tensor *b = bias ? kn_test_uniform(&ws[0], 1, -1, 1, 13) : NULL;
     kn_tensor *want = reference_conv(x, w, b, a), *got = kn_conv2d(x, w, b, a);
-    check_shape(got, want->shape, 4);
+    KN_ASSERT_SHAPE(got, want->shape, 4);
     int64_t n = kn_numel(want);
     float *values = malloc(sizeof(float) * (size_t)n);
     kn_copy_to_floats(want, values);
@@ -275,30 +250,30 @@ Test(conv2d, errors_name_the_shapes)
 Test(pool2d, values_match_torch)
 {
     kn_scope_begin();
-    kn_tensor *x = seq(KN_SHAPE(1, 2, 5, 6), 5);
+    kn_tensor *x = kn_test_seq(KN_SHAPE(1, 2, 5, 6), 5);
     kn_tensor *y = kn_max_pool2d(x, POOL(.kernel_size = {2, 2}, .ceil_mode = true));
-    check_shape(y, KN_SHAPE(1, 2, 3, 3));
-    ASSERT_VALUES(y, MAXP_CEIL);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(1, 2, 3, 3));
+    KN_ASSERT_VALUES(y, MAXP_CEIL);
     y = kn_max_pool2d(
         x, POOL(.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}, .dilation = {1, 2}));
-    check_shape(y, KN_SHAPE(1, 2, 3, 6));
-    ASSERT_VALUES(y, MAXP_PAD);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(1, 2, 3, 6));
+    KN_ASSERT_VALUES(y, MAXP_PAD);
     y = kn_avg_pool2d(x, POOL(.kernel_size = {2, 2}, .ceil_mode = true));
-    check_shape(y, KN_SHAPE(1, 2, 3, 3));
-    ASSERT_VALUES(y, AVGP_CEIL);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(1, 2, 3, 3));
+    KN_ASSERT_VALUES(y, AVGP_CEIL);
     kn_pool2d_args padded = {
         .kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
     y = kn_avg_pool2d(x, padded);
-    check_shape(y, KN_SHAPE(1, 2, 3, 4));
-    ASSERT_VALUES(y, AVGP_PAD);
+    KN_ASSERT_SHAPE(y, KN_SHAPE(1, 2, 3, 4));
+    KN_ASSERT_VALUES(y, AVGP_PAD);
     padded.exclude_padding_from_count = true;
-    ASSERT_VALUES(kn_avg_pool2d(x, padded), AVGP_EXCL);
+    KN_ASSERT_VALUES(kn_avg_pool2d(x, padded), AVGP_EXCL);
     /* 3-D input [C, H, W] and a non-contiguous one */
-    check_shape(
-        kn_max_pool2d(seq(KN_SHAPE(2, 5, 6), 5), POOL(.kernel_size = {2, 2}, .ceil_mode = true)),
-        KN_SHAPE(2, 3, 3));
+    KN_ASSERT_SHAPE(kn_max_pool2d(kn_test_seq(KN_SHAPE(2, 5, 6), 5),
+                                  POOL(.kernel_size = {2, 2}, .ceil_mode = true)),
+                    KN_SHAPE(2, 3, 3));
     kn_tensor *xt = kn_transpose(kn_contiguous(kn_transpose(x, 2, 3)), 2, 3);
-    ASSERT_VALUES(kn_max_pool2d(xt, POOL(.kernel_size = {2, 2}, .ceil_mode = true)), MAXP_CEIL);
+    KN_ASSERT_VALUES(kn_max_pool2d(xt, POOL(.kernel_size = {2, 2}, .ceil_mode = true)), MAXP_CEIL);
     kn_scope_end();
 }
 
@@ -307,11 +282,11 @@ Test(pool2d, max_ties_pick_the_first_and_nan_propagates)
     kn_scope_begin();
     float data[] = {1, 3, 3, NAN, 3, 0, 2, 5};
     kn_tensor *x = kn_set_requires_grad(kn_from_floats(data, KN_SHAPE(1, 1, 2, 4)), true);
-    ASSERT_VALUES(kn_max_pool2d(x, POOL(.kernel_size = {2, 2})), MAXP_NAN);
+    KN_ASSERT_VALUES(kn_max_pool2d(x, POOL(.kernel_size = {2, 2})), MAXP_NAN);
     kn_tensor *y = kn_max_pool2d(x, POOL(.kernel_size = {2, 2}, .stride = {1, 1}));
-    ASSERT_VALUES(y, MAXP_NAN_S1);
+    KN_ASSERT_VALUES(y, MAXP_NAN_S1);
     cr_assert_eq(kn_backward(y, kn_ones_like(y), false), KN_OK, "%s", kn_last_error());
-    ASSERT_VALUES(x->grad, MAXP_NAN_GRAD);
+    KN_ASSERT_VALUES(x->grad, MAXP_NAN_GRAD);
     kn_scope_end();
 }
 

@@ -45,87 +45,62 @@ static const float LIN_WT[] = {-0.703125, -0.234375, 0.765625,  0.703125, 0.6406
                                -0.328125, -0.421875, 0.015625,  0.453125, 0.890625,
                                0.046875,  -0.609375, -0.734375, 0.203125, 1.140625}; /* [3, 5] */
 
-/* The inputs the PyTorch script used: ((i * seed + 3) % 17 - 8) / 8, exact in float. */
-static kn_tensor *seq(const int64_t *shape, int ndim, int seed)
-{
-    kn_tensor *t = kn_empty(shape, ndim, KN_FLOAT32);
-    float *p = kn_data_f32(t);
-    for (int64_t i = 0; i < kn_numel(t); i++) p[i] = (float)((i * seed + 3) % 17 - 8) / 8.f;
-    return t;
-}
-
-static void check_shape(const kn_tensor *t, const int64_t *shape, int ndim)
-{
-    cr_assert_not_null(t, "%s", kn_last_error());
-    cr_assert_eq(t->ndim, ndim, "rank %d, expected %d", t->ndim, ndim);
-    for (int i = 0; i < ndim; i++)
-        cr_assert_eq(t->shape[i], shape[i], "dim %d is %lld, expected %lld", i,
-                     (long long)t->shape[i], (long long)shape[i]);
-}
-
-#define ASSERT_VALUES(t, want)                                                                     \
-    do {                                                                                           \
-        char m_[256];                                                                              \
-        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5, 1e-6,  \
-                                m_, sizeof m_),                                                    \
-                  "%s", m_);                                                                       \
-    } while (0)
-
 Test(matmul, every_rank_combination_matches_torch)
 {
     kn_scope_begin();
-    kn_tensor *d = kn_matmul(seq(KN_SHAPE(4), 1), seq(KN_SHAPE(4), 2));
-    check_shape(d, NULL, 0);
-    ASSERT_VALUES(d, MM_DOT);
-    kn_tensor *mv = kn_matmul(seq(KN_SHAPE(3, 4), 1), seq(KN_SHAPE(4), 2));
-    check_shape(mv, KN_SHAPE(3));
-    ASSERT_VALUES(mv, MM_MV);
-    kn_tensor *vm = kn_matmul(seq(KN_SHAPE(4), 1), seq(KN_SHAPE(4, 5), 2));
-    check_shape(vm, KN_SHAPE(5));
-    ASSERT_VALUES(vm, MM_VM);
-    kn_tensor *mm = kn_matmul(seq(KN_SHAPE(3, 4), 1), seq(KN_SHAPE(4, 5), 2));
-    check_shape(mm, KN_SHAPE(3, 5));
-    ASSERT_VALUES(mm, MM_MM);
-    kn_tensor *b3 = kn_matmul(seq(KN_SHAPE(2, 3, 4), 1), seq(KN_SHAPE(4, 5), 2));
-    check_shape(b3, KN_SHAPE(2, 3, 5));
-    ASSERT_VALUES(b3, MM_B3_2);
-    kn_tensor *bc = kn_matmul(seq(KN_SHAPE(2, 1, 3, 4), 1), seq(KN_SHAPE(3, 4, 2), 2));
-    check_shape(bc, KN_SHAPE(2, 3, 3, 2));
-    ASSERT_VALUES(bc, MM_BCAST);
-    kn_tensor *vb = kn_matmul(seq(KN_SHAPE(4), 1), seq(KN_SHAPE(2, 4, 5), 2));
-    check_shape(vb, KN_SHAPE(2, 5));
-    ASSERT_VALUES(vb, MM_V_B);
-    kn_tensor *bv = kn_matmul(seq(KN_SHAPE(2, 3, 4), 1), seq(KN_SHAPE(4), 2));
-    check_shape(bv, KN_SHAPE(2, 3));
-    ASSERT_VALUES(bv, MM_B_V);
+    kn_tensor *d = kn_matmul(kn_test_seq(KN_SHAPE(4), 1), kn_test_seq(KN_SHAPE(4), 2));
+    KN_ASSERT_SHAPE(d, NULL, 0);
+    KN_ASSERT_VALUES(d, MM_DOT);
+    kn_tensor *mv = kn_matmul(kn_test_seq(KN_SHAPE(3, 4), 1), kn_test_seq(KN_SHAPE(4), 2));
+    KN_ASSERT_SHAPE(mv, KN_SHAPE(3));
+    KN_ASSERT_VALUES(mv, MM_MV);
+    kn_tensor *vm = kn_matmul(kn_test_seq(KN_SHAPE(4), 1), kn_test_seq(KN_SHAPE(4, 5), 2));
+    KN_ASSERT_SHAPE(vm, KN_SHAPE(5));
+    KN_ASSERT_VALUES(vm, MM_VM);
+    kn_tensor *mm = kn_matmul(kn_test_seq(KN_SHAPE(3, 4), 1), kn_test_seq(KN_SHAPE(4, 5), 2));
+    KN_ASSERT_SHAPE(mm, KN_SHAPE(3, 5));
+    KN_ASSERT_VALUES(mm, MM_MM);
+    kn_tensor *b3 = kn_matmul(kn_test_seq(KN_SHAPE(2, 3, 4), 1), kn_test_seq(KN_SHAPE(4, 5), 2));
+    KN_ASSERT_SHAPE(b3, KN_SHAPE(2, 3, 5));
+    KN_ASSERT_VALUES(b3, MM_B3_2);
+    kn_tensor *bc =
+        kn_matmul(kn_test_seq(KN_SHAPE(2, 1, 3, 4), 1), kn_test_seq(KN_SHAPE(3, 4, 2), 2));
+    KN_ASSERT_SHAPE(bc, KN_SHAPE(2, 3, 3, 2));
+    KN_ASSERT_VALUES(bc, MM_BCAST);
+    kn_tensor *vb = kn_matmul(kn_test_seq(KN_SHAPE(4), 1), kn_test_seq(KN_SHAPE(2, 4, 5), 2));
+    KN_ASSERT_SHAPE(vb, KN_SHAPE(2, 5));
+    KN_ASSERT_VALUES(vb, MM_V_B);
+    kn_tensor *bv = kn_matmul(kn_test_seq(KN_SHAPE(2, 3, 4), 1), kn_test_seq(KN_SHAPE(4), 2));
+    KN_ASSERT_SHAPE(bv, KN_SHAPE(2, 3));
+    KN_ASSERT_VALUES(bv, MM_B_V);
     kn_scope_end();
 }
 
 Test(matmul, transposed_and_strided_operands)
 {
     kn_scope_begin();
-    kn_tensor *at = kn_transpose(seq(KN_SHAPE(4, 3), 1), 0, 1);
-    kn_tensor *bt = kn_transpose(seq(KN_SHAPE(5, 4), 2), 0, 1);
+    kn_tensor *at = kn_transpose(kn_test_seq(KN_SHAPE(4, 3), 1), 0, 1);
+    kn_tensor *bt = kn_transpose(kn_test_seq(KN_SHAPE(5, 4), 2), 0, 1);
     cr_assert(!kn_is_contiguous(at) && !kn_is_contiguous(bt));
-    ASSERT_VALUES(kn_matmul(at, bt), MM_TT);
+    KN_ASSERT_VALUES(kn_matmul(at, bt), MM_TT);
     /* every other column: strides (8, 2) are no BLAS layout, so this takes the copy */
-    kn_tensor *stepped = kn_slice(seq(KN_SHAPE(3, 8), 1), 1, 0, 8, 2);
+    kn_tensor *stepped = kn_slice(kn_test_seq(KN_SHAPE(3, 8), 1), 1, 0, 8, 2);
     cr_assert_not_null(stepped, "%s", kn_last_error());
-    ASSERT_VALUES(kn_matmul(stepped, seq(KN_SHAPE(4, 5), 2)), MM_STEP);
+    KN_ASSERT_VALUES(kn_matmul(stepped, kn_test_seq(KN_SHAPE(4, 5), 2)), MM_STEP);
     /* a broadcast (stride-0) batch and vector */
-    kn_tensor *eb = kn_expand(seq(KN_SHAPE(1, 4, 5), 2), KN_SHAPE(2, 4, 5));
-    kn_tensor *got = kn_matmul(kn_expand(seq(KN_SHAPE(1, 3, 4), 1), KN_SHAPE(2, 3, 4)), eb);
-    check_shape(got, KN_SHAPE(2, 3, 5));
+    kn_tensor *eb = kn_expand(kn_test_seq(KN_SHAPE(1, 4, 5), 2), KN_SHAPE(2, 4, 5));
+    kn_tensor *got = kn_matmul(kn_expand(kn_test_seq(KN_SHAPE(1, 3, 4), 1), KN_SHAPE(2, 3, 4)), eb);
+    KN_ASSERT_SHAPE(got, KN_SHAPE(2, 3, 5));
     float twice[30];
     memcpy(twice, MM_MM, sizeof MM_MM);
     memcpy(twice + 15, MM_MM, sizeof MM_MM);
-    ASSERT_VALUES(got, twice);
+    KN_ASSERT_VALUES(got, twice);
     kn_tensor *ones = kn_expand(kn_ones(KN_SHAPE(1), KN_FLOAT32), KN_SHAPE(4));
-    kn_tensor *sum_rows = kn_matmul(seq(KN_SHAPE(3, 4), 1), ones);
-    kn_tensor *want = kn_sum(seq(KN_SHAPE(3, 4), 1), KN_DIMS(1), false);
+    kn_tensor *sum_rows = kn_matmul(kn_test_seq(KN_SHAPE(3, 4), 1), ones);
+    kn_tensor *want = kn_sum(kn_test_seq(KN_SHAPE(3, 4), 1), KN_DIMS(1), false);
     float expected[3];
     kn_copy_to_floats(want, expected);
-    ASSERT_VALUES(sum_rows, expected);
+    KN_ASSERT_VALUES(sum_rows, expected);
     kn_scope_end();
 }
 
@@ -150,7 +125,7 @@ static void check_against_reference(int64_t batches, bool b_shared, int64_t m, i
     kn_tensor *b = b_shared ? kn_test_uniform(KN_SHAPE(k, n), -1, 1, 8)
                             : kn_test_uniform(KN_SHAPE(batches, k, n), -1, 1, 8);
     kn_tensor *c = kn_matmul(a, b);
-    check_shape(c, KN_SHAPE(batches, m, n));
+    KN_ASSERT_SHAPE(c, KN_SHAPE(batches, m, n));
     float *want = malloc(sizeof(float) * (size_t)(batches * m * n));
     reference_bmm(kn_data_f32(a), kn_data_f32(b), want, batches, b_shared, m, k, n);
     char msg[256];
@@ -172,9 +147,9 @@ Test(matmul, empty_dimensions)
     kn_scope_begin();
     kn_tensor *z =
         kn_matmul(kn_ones(KN_SHAPE(3, 0), KN_FLOAT32), kn_ones(KN_SHAPE(0, 2), KN_FLOAT32));
-    check_shape(z, KN_SHAPE(3, 2));
-    ASSERT_VALUES(z, ((float[]){0, 0, 0, 0, 0, 0}));
-    check_shape(
+    KN_ASSERT_SHAPE(z, KN_SHAPE(3, 2));
+    KN_ASSERT_VALUES(z, ((float[]){0, 0, 0, 0, 0, 0}));
+    KN_ASSERT_SHAPE(
         kn_matmul(kn_ones(KN_SHAPE(0, 3, 4), KN_FLOAT32), kn_ones(KN_SHAPE(4, 2), KN_FLOAT32)),
         KN_SHAPE(0, 3, 2));
     kn_scope_end();
@@ -249,22 +224,25 @@ Test(matmul, gradcheck_every_rank_combination)
 Test(linear, values_match_torch)
 {
     kn_scope_begin();
-    kn_tensor *y =
-        kn_linear(seq(KN_SHAPE(2, 3, 4), 1), seq(KN_SHAPE(5, 4), 2), seq(KN_SHAPE(5), 3));
-    check_shape(y, KN_SHAPE(2, 3, 5));
-    ASSERT_VALUES(y, LIN_3D);
-    kn_tensor *v = kn_linear(seq(KN_SHAPE(4), 1), seq(KN_SHAPE(5, 4), 2), NULL);
-    check_shape(v, KN_SHAPE(5));
-    ASSERT_VALUES(v, LIN_1D);
-    kn_tensor *wt = kn_transpose(seq(KN_SHAPE(4, 5), 2), 0, 1);
-    ASSERT_VALUES(kn_linear(seq(KN_SHAPE(3, 4), 1), wt, seq(KN_SHAPE(5), 3)), LIN_WT);
+    kn_tensor *y = kn_linear(kn_test_seq(KN_SHAPE(2, 3, 4), 1), kn_test_seq(KN_SHAPE(5, 4), 2),
+                             kn_test_seq(KN_SHAPE(5), 3));
+    KN_ASSERT_SHAPE(y, KN_SHAPE(2, 3, 5));
+    KN_ASSERT_VALUES(y, LIN_3D);
+    kn_tensor *v = kn_linear(kn_test_seq(KN_SHAPE(4), 1), kn_test_seq(KN_SHAPE(5, 4), 2), NULL);
+    KN_ASSERT_SHAPE(v, KN_SHAPE(5));
+    KN_ASSERT_VALUES(v, LIN_1D);
+    kn_tensor *wt = kn_transpose(kn_test_seq(KN_SHAPE(4, 5), 2), 0, 1);
+    KN_ASSERT_VALUES(kn_linear(kn_test_seq(KN_SHAPE(3, 4), 1), wt, kn_test_seq(KN_SHAPE(5), 3)),
+                     LIN_WT);
     /* a transposed input: strides (1, 3) go to BLAS as a transposed operand */
-    kn_tensor *xt = kn_transpose(seq(KN_SHAPE(4, 3), 1), 0, 1);
+    kn_tensor *xt = kn_transpose(kn_test_seq(KN_SHAPE(4, 3), 1), 0, 1);
     kn_tensor *via_matmul =
-        kn_add(kn_matmul(xt, kn_transpose(seq(KN_SHAPE(5, 4), 2), 0, 1)), seq(KN_SHAPE(5), 3));
+        kn_add(kn_matmul(xt, kn_transpose(kn_test_seq(KN_SHAPE(5, 4), 2), 0, 1)),
+               kn_test_seq(KN_SHAPE(5), 3));
     float want[15];
     kn_copy_to_floats(via_matmul, want);
-    ASSERT_VALUES(kn_linear(xt, seq(KN_SHAPE(5, 4), 2), seq(KN_SHAPE(5), 3)), want);
+    KN_ASSERT_VALUES(kn_linear(xt, kn_test_seq(KN_SHAPE(5, 4), 2), kn_test_seq(KN_SHAPE(5), 3)),
+                     want);
     kn_scope_end();
 }
 
@@ -300,20 +278,20 @@ Test(linear, gradcheck)
 Test(linear, bias_gradient_is_row_sum_and_expanded_grads_work)
 {
     kn_scope_begin();
-    kn_tensor *x = kn_set_requires_grad(seq(KN_SHAPE(3, 2), 1), true);
-    kn_tensor *w = kn_set_requires_grad(seq(KN_SHAPE(4, 2), 2), true);
+    kn_tensor *x = kn_set_requires_grad(kn_test_seq(KN_SHAPE(3, 2), 1), true);
+    kn_tensor *w = kn_set_requires_grad(kn_test_seq(KN_SHAPE(4, 2), 2), true);
     kn_tensor *b = kn_set_requires_grad(kn_zeros(KN_SHAPE(4), KN_FLOAT32), true);
     /* sum_all's gradient reaches linear as an expanded (stride-0) tensor */
     cr_assert_eq(kn_backward(kn_sum_all(kn_linear(x, w, b)), NULL, false), KN_OK, "%s",
                  kn_last_error());
-    ASSERT_VALUES(b->grad, ((float[]){3, 3, 3, 3}));
+    KN_ASSERT_VALUES(b->grad, ((float[]){3, 3, 3, 3}));
     float gx[6], gw[8], *wv = kn_data_f32(w), *xv = kn_data_f32(x);
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 2; j++) gx[i * 2 + j] = wv[j] + wv[2 + j] + wv[4 + j] + wv[6 + j];
     for (int o = 0; o < 4; o++)
         for (int j = 0; j < 2; j++) gw[o * 2 + j] = xv[j] + xv[2 + j] + xv[4 + j];
-    ASSERT_VALUES(x->grad, gx);
-    ASSERT_VALUES(w->grad, gw);
+    KN_ASSERT_VALUES(x->grad, gx);
+    KN_ASSERT_VALUES(w->grad, gw);
     kn_scope_end();
 }
 

@@ -3,59 +3,27 @@
  * transposed inputs, large and masked logits, long rows, gradients and errors.
  */
 #include "kn_test.h"
-#include "kn_internal.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
 
-#define ASSERT_CLOSE(t, ...)                                                                   \
-    do {                                                                                       \
-        const float want__[] = __VA_ARGS__;                                                    \
-        char msg__[256];                                                                       \
-        cr_assert_not_null((t), "%s", kn_last_error());                                        \
-        cr_assert_eq(kn_numel(t), (int64_t)(sizeof want__ / sizeof *want__));                  \
-        cr_assert(kn_test_close((t), want__, (int64_t)(sizeof want__ / sizeof *want__), 1e-5,  \
-                                1e-6, msg__, sizeof msg__),                                    \
-                  "%s", msg__);                                                                \
-    } while (0)
-
-/* x[i] = 3 sin(1.3 i), shape [2, 3, 4] */
-static const float X[] = {0.0f, 2.890674591064453f, 1.5465041399002075f, -2.063298463821411f,
-    -2.6503639221191406f, 0.645359992980957f, 2.9956300258636475f, 0.9572950601577759f,
-    -2.4834794998168945f, -2.2859506607055664f, 1.2605011463165283f, 2.9603159427642822f,
-    0.32326096296310425f, -2.78737211227417f, -1.8144984245300293f, 1.816619634628296f,
-    2.7863857746124268f, -0.3259097933769226f, -2.9607467651367188f, -1.2580827474594116f,
-    2.287675380706787f, 2.4819836616516113f, -0.9598199129104614f, -2.9954850673675537f};
-
-/* A 0-d tensor (kn_from_floats with a non-NULL shape pointer and rank 0). */
-static kn_tensor *scalar(float v) { return kn_from_floats(&v, (const int64_t[]){1}, 0); }
-
-static kn_tensor *x234(void) { return kn_from_floats(X, KN_SHAPE(2, 3, 4)); }
-
-static kn_tensor *transposed(kn_tensor *t, int d0, int d1)
-{
-    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
-    memcpy(shape, t->shape, sizeof shape);
-    memcpy(strides, t->strides, sizeof strides);
-    shape[d0] = t->shape[d1], shape[d1] = t->shape[d0];
-    strides[d0] = t->strides[d1], strides[d1] = t->strides[d0];
-    return kn_autorelease(kn__view_raw(t, shape, strides, t->ndim, t->offset));
-}
+/* x[i] = 3 sin(1.3 i), shape [2, 3, 4]: no ties, values of both signs. */
+static kn_tensor *x234(void) { return kn_test_sin24(KN_SHAPE(2, 3, 4)); }
 
 Test(softmax, last_dim)
 {
     kn_scope_begin();
     kn_tensor *y = kn_softmax(x234(), 2);
     cr_assert_eq(y->ndim, 3);
-    ASSERT_CLOSE(y, {0.04196828976273537f, 0.7556580305099487f, 0.197042316198349f,
+    KN_ASSERT_CLOSE(y, {0.04196828976273537f, 0.7556580305099487f, 0.197042316198349f,
         0.005331411957740784f, 0.0028733029030263424f, 0.07757043093442917f, 0.813589870929718f,
         0.10596633702516556f, 0.0036257803440093994f, 0.00441760802641511f, 0.15324683487415314f,
         0.8387097716331482f, 0.1781097948551178f, 0.007938841357827187f, 0.021002482622861862f,
         0.7929489016532898f, 0.9387823343276978f, 0.041774578392505646f, 0.0029965192079544067f,
         0.016446541994810104f, 0.4427877366542816f, 0.5377526879310608f, 0.017211802303791046f,
         0.002247751224786043f});
-    ASSERT_CLOSE(kn_log_softmax(x234(), -1), {-3.1708409786224365f, -0.280166357755661f,
+    KN_ASSERT_CLOSE(kn_log_softmax(x234(), -1), {-3.1708409786224365f, -0.280166357755661f,
         -1.624336838722229f, -5.2341389656066895f, -5.852293014526367f, -2.5565688610076904f,
         -0.20629887282848358f, -2.244633674621582f, -5.619685649871826f, -5.422156810760498f,
         -1.875705361366272f, -0.17589057981967926f, -1.7253551483154297f, -4.8359880447387695f,
@@ -68,14 +36,14 @@ Test(softmax, last_dim)
 Test(softmax, inner_dims)
 {
     kn_scope_begin();
-    ASSERT_CLOSE(kn_softmax(x234(), 1), {0.8664926290512085f, 0.8996517062187195f,
+    KN_ASSERT_CLOSE(kn_softmax(x234(), 1), {0.8664926290512085f, 0.8996517062187195f,
         0.16637136042118073f, 0.005764917936176062f, 0.06119647994637489f, 0.09526792168617249f,
         0.708640456199646f, 0.11820075660943985f, 0.07231084257364273f, 0.005080361384898424f,
         0.12498820573091507f, 0.8760343790054321f, 0.050321608781814575f, 0.004830621648579836f,
         0.27259501814842224f, 0.948465883731842f, 0.5908483266830444f, 0.05662425234913826f,
         0.08663802593946457f, 0.043822333216667175f, 0.358830064535141f, 0.9385451078414917f,
         0.6407669186592102f, 0.0077117192558944225f});
-    ASSERT_CLOSE(kn_log_softmax(x234(), 0), {-0.8677833676338196f, -0.0034143980592489243f,
+    KN_ASSERT_CLOSE(kn_log_softmax(x234(), 0), {-0.8677833676338196f, -0.0034143980592489243f,
         -0.034112025052309036f, -3.900360345840454f, -5.441093444824219f, -0.32106995582580566f,
         -0.0025858795270323753f, -0.1035599336028099f, -4.779589653015137f, -4.77639627456665f,
         -0.10307475179433823f, -0.0025874252896755934f, -0.5445224046707153f, -5.681461334228516f,
@@ -88,15 +56,15 @@ Test(softmax, inner_dims)
 Test(softmax, transposed_input)
 {
     kn_scope_begin();
-    kn_tensor *t = transposed(x234(), 0, 2); /* [4, 3, 2] */
-    ASSERT_CLOSE(kn_softmax(t, 1), {0.8664926290512085f, 0.050321608781814575f,
+    kn_tensor *t = kn_test_transposed(x234(), 0, 2); /* [4, 3, 2] */
+    KN_ASSERT_CLOSE(kn_softmax(t, 1), {0.8664926290512085f, 0.050321608781814575f,
         0.06119647994637489f, 0.5908483266830444f, 0.07231084257364273f, 0.358830064535141f,
         0.8996517062187195f, 0.004830621648579836f, 0.09526792168617249f, 0.05662425234913826f,
         0.005080361384898424f, 0.9385451078414917f, 0.16637136042118073f, 0.27259501814842224f,
         0.708640456199646f, 0.08663802593946457f, 0.12498820573091507f, 0.6407669186592102f,
         0.005764917936176062f, 0.948465883731842f, 0.11820075660943985f, 0.043822333216667175f,
         0.8760343790054321f, 0.0077117192558944225f});
-    ASSERT_CLOSE(kn_log_softmax(t, 2), {-0.8677833676338196f, -0.5445224046707153f,
+    KN_ASSERT_CLOSE(kn_log_softmax(t, 2), {-0.8677833676338196f, -0.5445224046707153f,
         -5.441093444824219f, -0.004344192799180746f, -4.779589653015137f, -0.008434861898422241f,
         -0.0034143980592489243f, -5.681461334228516f, -0.32106995582580566f, -1.29233980178833f,
         -4.77639627456665f, -0.008462049067020416f, -0.034112025052309036f, -3.3951144218444824f,
@@ -111,15 +79,16 @@ Test(softmax, stable_for_large_and_masked_logits)
     kn_scope_begin();
     float logits[] = {1000, 1001, 1002, -1000, -1001, -1002};
     kn_tensor *big = kn_from_floats(logits, KN_SHAPE(2, 3));
-    ASSERT_CLOSE(kn_softmax(big, 1), {0.09003057330846786f, 0.2447284758090973f,
+    KN_ASSERT_CLOSE(kn_softmax(big, 1), {0.09003057330846786f, 0.2447284758090973f,
         0.6652409434318542f, 0.6652409434318542f, 0.2447284758090973f, 0.09003057330846786f});
-    ASSERT_CLOSE(kn_log_softmax(big, 1), {-2.4076058864593506f, -1.4076058864593506f,
+    KN_ASSERT_CLOSE(kn_log_softmax(big, 1), {-2.4076058864593506f, -1.4076058864593506f,
         -0.40760594606399536f, -0.40760594606399536f, -1.4076058864593506f, -2.4076058864593506f});
     kn_tensor *mask = kn_from_floats((float[]){0, -INFINITY, 1}, KN_SHAPE(1, 3));
     kn_tensor *y = kn_softmax(mask, 1);
-    ASSERT_CLOSE(y, {0.2689414322376251f, 0.0f, 0.7310585975646973f});
+    KN_ASSERT_CLOSE(y, {0.2689414322376251f, 0.0f, 0.7310585975646973f});
     cr_assert_eq(kn_data_f32(y)[1], 0.f); /* exactly 0, as in PyTorch */
-    ASSERT_CLOSE(kn_log_softmax(mask, 1), {-1.31326162815094f, -INFINITY, -0.31326165795326233f});
+    KN_ASSERT_CLOSE(kn_log_softmax(mask, 1),
+                    {-1.31326162815094f, -INFINITY, -0.31326165795326233f});
     /* the same down columns (inner > 1, 8 columns: the vector path); column 0 is masked */
     float cols[24], want[24];
     const float col0[3] = {0.2689414322376251f, 0.0f, 0.7310585975646973f};
@@ -140,8 +109,8 @@ Test(softmax, stable_for_large_and_masked_logits)
 Test(softmax, scalar_and_empty)
 {
     kn_scope_begin();
-    ASSERT_CLOSE(kn_softmax(scalar(3.f), 0), {1.f});
-    ASSERT_CLOSE(kn_log_softmax(scalar(3.f), -1), {0.f});
+    KN_ASSERT_CLOSE(kn_softmax(kn_test_scalar(3.f), 0), {1.f});
+    KN_ASSERT_CLOSE(kn_log_softmax(kn_test_scalar(3.f), -1), {0.f});
     kn_tensor *e = kn_softmax(kn_zeros(KN_SHAPE(0, 4), KN_FLOAT32), 1);
     cr_assert_not_null(e, "%s", kn_last_error());
     cr_assert_eq(kn_numel(e), 0);
@@ -155,7 +124,7 @@ Test(softmax, long_rows_match_double_reference)
     const int rows = 64, n = 3000;
     kn_tensor *x = kn_test_uniform(KN_SHAPE(rows, n), -8.0, 8.0, 11);
     kn_tensor *y = kn_softmax(x, 1), *l = kn_log_softmax(x, 1);
-    kn_tensor *yc = kn_softmax(transposed(x, 0, 1), 0); /* column path */
+    kn_tensor *yc = kn_softmax(kn_test_transposed(x, 0, 1), 0); /* column path */
     const float *xd = kn_data_f32(x), *yd = kn_data_f32(y), *ld = kn_data_f32(l);
     const float *cd = kn_data_f32(yc);
     for (int r = 0; r < rows; r++) {
@@ -199,15 +168,15 @@ Test(softmax, backward_values_and_noncontiguous_grad)
     kn_tensor *x = kn_set_requires_grad(kn_from_floats((float[]){1, 2, 3}, KN_SHAPE(3)), true);
     kn_tensor *g = kn_from_floats((float[]){1, 0, 0}, KN_SHAPE(3));
     cr_assert_eq(kn_backward(kn_softmax(x, 0), g, false), KN_OK, "%s", kn_last_error());
-    ASSERT_CLOSE(x->grad, {0.08192507177591324f, -0.022033045068383217f, -0.05989202484488487f});
+    KN_ASSERT_CLOSE(x->grad, {0.08192507177591324f, -0.022033045068383217f, -0.05989202484488487f});
     kn_zero_grad(x);
     cr_assert_eq(kn_backward(kn_log_softmax(x, 0), g, false), KN_OK, "%s", kn_last_error());
-    ASSERT_CLOSE(x->grad, {0.9099694490432739f, -0.24472849071025848f, -0.665241003036499f});
+    KN_ASSERT_CLOSE(x->grad, {0.9099694490432739f, -0.24472849071025848f, -0.665241003036499f});
     /* a transposed gradient gives what its contiguous copy gives */
-    kn_tensor *a = kn_set_requires_grad(kn_from_floats(X, KN_SHAPE(4, 6)), true);
-    kn_tensor *gt = transposed(kn_from_floats(X, KN_SHAPE(6, 4)), 0, 1);
+    kn_tensor *a = kn_set_requires_grad(kn_test_sin24(KN_SHAPE(4, 6)), true);
+    kn_tensor *gt = kn_test_transposed(kn_test_sin24(KN_SHAPE(6, 4)), 0, 1);
     cr_assert_eq(kn_backward(kn_softmax(a, 1), gt, false), KN_OK, "%s", kn_last_error());
-    kn_tensor *b = kn_set_requires_grad(kn_from_floats(X, KN_SHAPE(4, 6)), true);
+    kn_tensor *b = kn_set_requires_grad(kn_test_sin24(KN_SHAPE(4, 6)), true);
     float dense[24];
     cr_assert_eq(kn_copy_to_floats(gt, dense), KN_OK);
     kn_tensor *gd = kn_from_floats(dense, KN_SHAPE(4, 6));

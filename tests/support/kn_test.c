@@ -1,6 +1,6 @@
 /*
- * kn_test.c — comparisons, golden fixture loading and finite-difference gradient
- * checks for the tests (see kn_test.h).
+ * kn_test.c — comparisons, golden fixture loading, finite-difference gradient checks
+ * and input makers for the tests (see kn_test.h).
  *
  * Fixture format (little-endian), written by tests/golden/generate.py:
  *   "KNGOLD1\n", uint32 count, then per entry:
@@ -8,6 +8,7 @@
  *   int64 shape[ndim], then numel elements of the dtype.
  */
 #include "kn_test.h"
+#include "kn_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -39,6 +40,27 @@ bool kn_test_close(const kn_tensor *t, const float *want, int64_t n, double rtol
         for (int d = t->ndim - 1; d >= 0; d--) {
             if (++index[d] < t->shape[d]) break;
             index[d] = 0;
+        }
+    }
+    return true;
+}
+
+bool kn_test_shape_is(const kn_tensor *t, const int64_t *shape, int ndim, char *message,
+                      size_t size)
+{
+    if (!t) {
+        snprintf(message, size, "tensor is NULL: %s", kn_last_error());
+        return false;
+    }
+    if (t->ndim != ndim) {
+        snprintf(message, size, "rank %d, expected %d", t->ndim, ndim);
+        return false;
+    }
+    for (int i = 0; i < ndim; i++) {
+        if (t->shape[i] != shape[i]) {
+            snprintf(message, size, "dim %d is %lld, expected %lld", i, (long long)t->shape[i],
+                     (long long)shape[i]);
+            return false;
         }
     }
     return true;
@@ -261,4 +283,46 @@ kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double hi
         p[i] = (float)(low + (high - low) * (double)(state >> 11) / 9007199254740992.0);
     }
     return t;
+}
+
+kn_tensor *kn_test_seq(const int64_t *shape, int ndim, int seed)
+{
+    kn_tensor *t = kn_empty(shape, ndim, KN_FLOAT32);
+    if (!t) return NULL;
+    float *p = kn_data_f32(t);
+    for (int64_t i = 0; i < kn_numel(t); i++) p[i] = (float)((i * seed + 3) % 17 - 8) / 8.f;
+    return t;
+}
+
+kn_tensor *kn_test_sin24(const int64_t *shape, int ndim)
+{
+    static const float values[24] = {
+        0.0f,                 2.890674591064453f,   1.5465041399002075f,  -2.063298463821411f,
+        -2.6503639221191406f, 0.645359992980957f,   2.9956300258636475f,  0.9572950601577759f,
+        -2.4834794998168945f, -2.2859506607055664f, 1.2605011463165283f,  2.9603159427642822f,
+        0.32326096296310425f, -2.78737211227417f,   -1.8144984245300293f, 1.816619634628296f,
+        2.7863857746124268f,  -0.3259097933769226f, -2.9607467651367188f, -1.2580827474594116f,
+        2.287675380706787f,   2.4819836616516113f,  -0.9598199129104614f, -2.9954850673675537f};
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    if (n != 24) {
+        fprintf(stderr, "kn_test_sin24: shape has %lld elements, expected 24\n", (long long)n);
+        return NULL;
+    }
+    return kn_from_floats(values, shape, ndim);
+}
+
+kn_tensor *kn_test_scalar(float value)
+{
+    return kn_from_floats(&value, (const int64_t[]){1}, 0);
+}
+
+kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1)
+{
+    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    memcpy(strides, t->strides, sizeof strides);
+    shape[d0] = t->shape[d1], shape[d1] = t->shape[d0];
+    strides[d0] = t->strides[d1], strides[d1] = t->strides[d0];
+    return kn_autorelease(kn__view_raw(t, shape, strides, t->ndim, t->offset));
 }

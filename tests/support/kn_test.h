@@ -1,7 +1,7 @@
 /*
  * kn_test.h — what the Criterion tests share: comparing a tensor with expected values
- * (llm.c's check_tensor), loading golden fixtures written by tests/golden/generate.py,
- * and finite-difference gradient checks.
+ * (llm.c's check_tensor) and shapes, loading golden fixtures written by
+ * tests/golden/generate.py, finite-difference gradient checks, and small input makers.
  */
 #ifndef KN_TEST_H
 #define KN_TEST_H
@@ -15,6 +15,37 @@
  * with the first bad index and values and returns false. NaNs match NaNs. */
 bool kn_test_close(const kn_tensor *t, const float *want, int64_t n, double rtol, double atol,
                    char *message, size_t size);
+
+/* Criterion assertions over kn_test_close with rtol 1e-5, atol 1e-6: KN_ASSERT_CLOSE
+ * takes the expected values as a braced list, KN_ASSERT_VALUES as a float array. */
+#define KN_ASSERT_CLOSE(t, ...)                                                                \
+    do {                                                                                       \
+        const float want__[] = __VA_ARGS__;                                                    \
+        char msg__[256];                                                                       \
+        cr_assert_not_null((t), "%s", kn_last_error());                                        \
+        cr_assert_eq(kn_numel(t), (int64_t)(sizeof want__ / sizeof *want__));                  \
+        cr_assert(kn_test_close((t), want__, (int64_t)(sizeof want__ / sizeof *want__), 1e-5,  \
+                                1e-6, msg__, sizeof msg__),                                    \
+                  "%s", msg__);                                                                \
+    } while (0)
+#define KN_ASSERT_VALUES(t, want)                                                              \
+    do {                                                                                       \
+        char msg__[256];                                                                       \
+        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5,    \
+                                1e-6, msg__, sizeof msg__),                                    \
+                  "%s", msg__);                                                                \
+    } while (0)
+
+/* Whether t (non-NULL) has exactly this shape; if not, fills message and returns false. */
+bool kn_test_shape_is(const kn_tensor *t, const int64_t *shape, int ndim, char *message,
+                      size_t size);
+/* KN_ASSERT_SHAPE(t, shape, ndim), or KN_ASSERT_SHAPE(t, KN_SHAPE(...)): variadic so that
+ * KN_SHAPE's two values count as the last two arguments. */
+#define KN_ASSERT_SHAPE(t, ...)                                                                \
+    do {                                                                                       \
+        char msg__[256];                                                                       \
+        cr_assert(kn_test_shape_is((t), __VA_ARGS__, msg__, sizeof msg__), "%s", msg__);       \
+    } while (0)
 
 /* Golden fixtures: a file tests/golden/data/NAME.bin holds named tensors. */
 typedef struct kn_golden kn_golden;
@@ -57,5 +88,16 @@ bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *co
 /* Deterministic test data: a float32 tensor of uniform(low, high) values from seed. */
 kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double high,
                            uint64_t seed);
+/* The inputs the PyTorch scripts for the conv and matmul expectations used:
+ * ((i * seed + 3) % 17 - 8) / 8 in row-major order, exact in float. */
+kn_tensor *kn_test_seq(const int64_t *shape, int ndim, int seed);
+/* The 24 values x[i] = 3 sin(1.3 i) (float32: no ties, both signs) that the PyTorch
+ * scripts for the reduce and softmax expectations used, in a shape of 24 elements. */
+kn_tensor *kn_test_sin24(const int64_t *shape, int ndim);
+/* A 0-d float32 tensor (kn_from_floats with a non-NULL shape pointer and rank 0). */
+kn_tensor *kn_test_scalar(float value);
+/* A view of t with dims d0 and d1 swapped, made with kn__view_raw rather than the view
+ * ops so that the op under test is the only one involved; handed to the open scope. */
+kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
 
 #endif

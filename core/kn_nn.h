@@ -38,7 +38,9 @@ typedef enum {
     KN_MODULE_EMBEDDING,
 } kn_module_kind;
 
-#define KN_MODULE_MAX_TENSORS 4 /* parameters + buffers of one layer */
+/* parameters + buffers of one layer: BatchNorm has weight, bias, running_mean,
+ * running_var and num_batches_tracked (an int64 scalar, as in PyTorch's state_dict) */
+#define KN_MODULE_MAX_TENSORS 5
 
 typedef struct kn_module kn_module;
 
@@ -96,6 +98,10 @@ kn_module *kn_tanh_new(void);
 kn_module *kn_sigmoid_new(void);
 kn_module *kn_softmax_new(int dim);
 kn_module *kn_dropout_new(double p);
+/* momentum < 0 stands for PyTorch's momentum=None (a cumulative average over the
+ * batches seen). track_running_stats false registers no buffers, as in PyTorch, and
+ * batch statistics are then used in eval mode too. BatchNorm1d takes [N, C] or
+ * [N, C, L], BatchNorm2d [N, C, H, W]. */
 kn_module *kn_batch_norm1d_new(int64_t num_features, double eps, double momentum, bool affine,
                                bool track_running_stats);
 kn_module *kn_batch_norm2d_new(int64_t num_features, double eps, double momentum, bool affine,
@@ -105,12 +111,16 @@ kn_module *kn_layer_norm_new(const int64_t *normalized_shape, int ndim, double e
 kn_module *kn_embedding_new(int64_t num_embeddings, int64_t embedding_dim, kn_generator *gen);
 
 void kn_module_free(kn_module *m); /* NULL-safe; frees children */
+/* The spec's name of a kind: "linear", "conv2d", "max_pool2d", "batch_norm1d", ... */
+const char *kn_module_kind_name(kn_module_kind kind);
 
 /* ---- use ------------------------------------------------------------------------- */
 kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x);
 void kn_module_train(kn_module *m, bool training); /* recursive, like module.train() */
 /* The output shape for an input of in_shape (no batch dim), computed without running
- * the layers; an error names the layer index and the shapes (used by spec validation). */
+ * the layers; an error names the layer index and the shapes (used by spec validation):
+ * "layer 7 (linear): expects a 1-D input of 1568 features, got [32, 7, 7] — add a
+ * flatten". Flatten/Softmax dims count the batch dim, as in torch. */
 kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, int in_ndim,
                                  int64_t *out_shape, int *out_ndim);
 
@@ -129,7 +139,8 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
 /* Moves every parameter and buffer to device (in place, like module.to()). */
 kn_status kn_module_to(kn_module *m, kn_device device);
 
-/* One-line summary per layer for logs, malloc'd; caller frees. */
+/* PyTorch's repr, one line per layer ("  (0): Conv2d(1, 16, kernel_size=(3, 3), ..."),
+ * malloc'd; caller frees. */
 char *kn_module_describe(const kn_module *m);
 
 /* ---- init, as torch.nn.init (in place, no grad) ---------------------------------- */
@@ -139,6 +150,8 @@ kn_status kn_init_uniform_(kn_tensor *t, double low, double high, kn_generator *
 int64_t kn_init_fan_in(const kn_tensor *weight);
 
 /* ---- an op needed by AdaptiveAvgPool2d ------------------------------------------- */
+/* x [N, C, H, W] or [C, H, W]; output cell i averages rows floor(i*H/out) up to
+ * ceil((i+1)*H/out) (and likewise for columns), as PyTorch does. Differentiable. */
 kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_width);
 
 #ifdef __cplusplus

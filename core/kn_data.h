@@ -6,8 +6,9 @@
  * from a generator seeded with a mix of the two, so a run is reproducible and a run
  * resumed at epoch e, batch b continues the very same sequence.
  *
- * Ownership: kn_dataset_new retains the tensors given; the caller frees the dataset
- * with kn_dataset_free. Batch tensors belong to the open scope (engine rule).
+ * Ownership: kn_dataset_new retains the tensors given (a strided tensor is copied to a
+ * contiguous one first, so that a batch is one memcpy per sample); the caller frees the
+ * dataset with kn_dataset_free. Batch tensors belong to the open scope (engine rule).
  */
 #ifndef KN_DATA_H
 #define KN_DATA_H
@@ -25,27 +26,33 @@ typedef struct kn_dataset {
     int64_t num_classes; /* 1 + the largest label */
 } kn_dataset;
 
-/* Checks shapes, dtypes, label range (>= 0) and finiteness of inputs (an error names the
- * first bad sample). */
+/* Checks shapes, dtypes, label range (>= 0), N >= 1 and finiteness of inputs (an error
+ * names the first bad sample and its value). CPU tensors only. */
 kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels);
 void kn_dataset_free(kn_dataset *ds);
 
-/* In place: x = x * scale, then per-channel (dim 1 of the samples, or the only channel)
- * (x - mean[c]) / std[c] when channels > 0. */
+/* In place (the inputs tensor given to kn_dataset_new sees it when it was contiguous):
+ * x = x * scale, then (x - mean[c]) / std[c] in float32 when channels > 0. channels == 1
+ * applies mean[0]/std[0] to every element ([N, H, W] images); channels > 1 needs
+ * inputs [N, channels, ...]. std must be > 0, scale finite and non-zero. */
 kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
                                const double *std, int channels);
 
-/* Splits off the last `fraction` of a seeded permutation as validation: *train and
- * *validation are new datasets (copies), caller frees both. */
+/* Splits off the last floor(fraction * N) samples of a seeded permutation as validation:
+ * *train and *validation are new datasets (copies, samples in their original order,
+ * both with ds->num_classes), caller frees both. Both parts must be non-empty. */
 kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed,
                            kn_dataset **train, kn_dataset **validation);
 
 /* The sample order of an epoch: an int64 tensor [N] (scope rule). shuffle false gives
- * 0..N-1. */
+ * 0..N-1; otherwise kn_randperm(count) from a fresh generator seeded with
+ * splitmix64(seed ^ splitmix64(epoch)). epoch >= 0. */
 kn_tensor *kn_epoch_order(int64_t count, uint64_t seed, int64_t epoch, bool shuffle);
 
-/* Batch b of an order (the last batch may be smaller unless drop_last): inputs and
- * labels gathered into new contiguous tensors (scope rule). */
+/* Batch b of an order (any 1-D int64 tensor of sample indices; the last batch is
+ * smaller when batch_size does not divide it; with drop_last, ask only for the first
+ * kn_batches_per_epoch(..., true) batches): inputs and labels gathered into new
+ * contiguous tensors (scope rule). */
 kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
                            int64_t batch_size, kn_tensor **inputs, kn_tensor **labels);
 int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last);
@@ -55,10 +62,13 @@ int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last);
  * tensor (images) or, with as_labels, an int64 tensor. Errors name the offending header
  * field or the size mismatch. */
 kn_tensor *kn_parse_idx(const void *bytes, size_t size, bool as_labels);
-/* NPY v1/v2/v3: little-endian <f4 <f8 <i8 <i4 |u1 |i1, C order. float32 or int64 out. */
+/* NPY v1/v2/v3: little-endian <f4 <f8 <i8 <i4 <i2 <u2 |u1 |i1, C order. float32 or int64
+ * out (labels must be 1-D and integral). */
 kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels);
 /* CSV with a header line: label_column names the label (integer) column, the rest are
- * float features. Errors name the line and column. *inputs float32 [N, F], *labels int64. */
+ * float features (strtod: "nan" parses, kn_dataset_new refuses it). Blank lines are
+ * skipped, ragged rows refused. Errors name the line and column. *inputs float32 [N, F],
+ * *labels int64 [N] (scope rule). */
 kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
                        kn_tensor **inputs, kn_tensor **labels);
 

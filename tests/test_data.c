@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define ASSERT_ERROR_HAS(text)                                                                 \
     cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'",              \
@@ -232,34 +231,35 @@ Test(batch, gathers_rows_in_order_with_a_short_last_batch)
     kn_scope_end();
 }
 
-Test(batch, batch_of_64_mnist_rows_takes_microseconds)
+/* Speed is measured by bench/, never asserted here; this checks that an epoch of
+ * batches visits every sample exactly once. */
+Test(batch, an_epoch_of_batches_covers_every_sample_once)
 {
     kn_scope_begin();
-    int64_t n = 10000;
-    kn_dataset *ds = kn_dataset_new(kn_zeros(KN_SHAPE(n, 28, 28), KN_FLOAT32),
-                                    kn_zeros(KN_SHAPE(n), KN_INT64));
+    int64_t n = 1000;
+    kn_tensor *inputs = kn_empty(KN_SHAPE(n, 2), KN_FLOAT32);
+    float *p = kn_data_f32(inputs);
+    for (int64_t i = 0; i < n; i++) p[2 * i] = p[2 * i + 1] = (float)i;
+    kn_dataset *ds = kn_dataset_new(inputs, kn_zeros(KN_SHAPE(n), KN_INT64));
     cr_assert_not_null(ds, "%s", kn_last_error());
-    kn_tensor *order = kn_epoch_order(n, 1, 0, true);
-    int64_t batches = kn_batches_per_epoch(n, 64, true);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kn_tensor *order = kn_epoch_order(n, 1, 3, true);
+    int64_t batches = kn_batches_per_epoch(n, 64, false);
+    cr_assert_eq(batches, 16);
+    static int seen[1000];
+    memset(seen, 0, sizeof seen);
     for (int64_t b = 0; b < batches; b++) {
         kn_scope_begin();
         kn_tensor *x, *y;
-        cr_assert_eq(kn_dataset_batch(ds, order, b, 64, &x, &y), KN_OK);
+        cr_assert_eq(kn_dataset_batch(ds, order, b, 64, &x, &y), KN_OK, "%s", kn_last_error());
+        cr_assert_eq(x->shape[0], b + 1 < batches ? 64 : n - 64 * 15);
+        const float *xp = kn_data_f32(x);
+        for (int64_t i = 0; i < x->shape[0]; i++) {
+            cr_assert_eq(xp[2 * i], xp[2 * i + 1]);
+            seen[(int)xp[2 * i]]++;
+        }
         kn_scope_end();
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double per_batch_us =
-        ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / 1e3 /
-        (double)batches;
-    /* ~200 KB of copies: about 20 us on a laptop-class machine; far below 1 ms */
-#ifdef KN_SANITIZE
-    double limit_us = 5000; /* unoptimised and instrumented */
-#else
-    double limit_us = 500;
-#endif
-    cr_assert_lt(per_batch_us, limit_us, "%.1f us per batch", per_batch_us);
+    for (int64_t i = 0; i < n; i++) cr_assert_eq(seen[i], 1, "sample %ld seen %d times", (long)i, seen[i]);
     kn_dataset_free(ds);
     kn_scope_end();
 }

@@ -64,6 +64,10 @@ typedef struct kapi_layer_spec {
     int64_t normalized_shape[KN_MAX_DIMS];
     int normalized_ndim;
     int64_t num_embeddings, embedding_dim;
+    bool inplace;             /* relu, leaky_relu, dropout: accepted, no effect */
+    /* linear in_features, conv2d in_channels, batch_norm num_features: inferred from
+     * the input; given_in_features is what the spec wrote (0: absent) and must agree */
+    int64_t in_features, given_in_features;
     /* inferred from input_shape (without the batch dim) */
     int64_t in_shape[KN_MAX_DIMS], out_shape[KN_MAX_DIMS];
     int in_ndim, out_ndim;
@@ -135,6 +139,12 @@ void kapi_job_spec_free(kapi_job_spec *spec);
 
 /* Loads a data source (gzip or plain files) into a dataset; errors name the file. */
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors);
+/* Makes a loaded dataset fit a model: inputs reshaped to [N, input_shape...] when the
+ * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]), and labels
+ * checked against a 1-D output's class count. Errors are reported at path `what`
+ * ("data.train"). Returns false with errors added. */
+bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
+                            kapi_errors *errors);
 /* Reads a whole file, gunzipping when it starts with gzip's magic. malloc'd. */
 void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors);
 

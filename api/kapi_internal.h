@@ -1,0 +1,69 @@
+/*
+ * kapi_internal.h — helpers shared by api/'s parsers (not part of the public contract):
+ * JSON paths, reading typed fields with precise errors, unknown and duplicate keys,
+ * did-you-mean suggestions, and the model parser that the job parser reuses for an
+ * inline "model".
+ */
+#ifndef KAPI_INTERNAL_H
+#define KAPI_INTERNAL_H
+
+#include "kapi.h"
+
+#include <cJSON.h>
+
+#define KAPI_PATH_MAX 160
+
+/* Field reads: 1 when present and valid (*out set), 0 when absent (*out untouched),
+ * -1 when present but invalid (an error was added). */
+#define KAPI_ABSENT 0
+#define KAPI_OK 1
+#define KAPI_BAD (-1)
+
+/* "prefix.key" ("key" for an empty prefix), "prefix[index]". */
+void kapi__path(char *out, const char *prefix, const char *key);
+void kapi__path_index(char *out, const char *prefix, int index);
+
+/* How a value is shown after "got": -2, 0.5, "abc", true, null, [3, 3, 3], an object. */
+void kapi__describe(const cJSON *value, char *buf, size_t size);
+/* A number written back shortest-first (%.15g, %.17g when that loses bits). */
+void kapi__format_number(double value, char *buf, size_t size);
+
+/* Parses a document that must be a JSON object; errors give line, column and byte of a
+ * syntax error. Returns NULL with an error added. */
+cJSON *kapi__parse_object(const char *json, size_t length, kapi_errors *errors);
+
+/* Every key of obj must be in allowed (NULL-terminated) and appear once; unknown keys
+ * get a did-you-mean or the list of allowed keys. Returns false when any was wrong. */
+bool kapi__check_fields(kapi_errors *errors, const cJSON *obj, const char *path,
+                        const char *const *allowed);
+/* The closest candidate within a small edit distance, or NULL. */
+const char *kapi__suggest(const char *given, const char *const *candidates);
+
+int kapi__get_int(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
+                  int64_t min, int64_t max, int64_t *out);
+/* An integer value (not a field): same rules, path given whole. */
+int kapi__int_value(kapi_errors *errors, const cJSON *value, const char *path, int64_t min,
+                    int64_t max, int64_t *out);
+int kapi__get_number(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
+                     double min, bool min_inclusive, double max, bool max_inclusive, double *out);
+int kapi__number_value(kapi_errors *errors, const cJSON *value, const char *path, double min,
+                       bool min_inclusive, double max, bool max_inclusive, double *out);
+int kapi__get_bool(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
+                   bool *out);
+/* A string of 1..out_size-1 bytes. */
+int kapi__get_string(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
+                     char *out, size_t out_size);
+/* Adds "required field missing: expected <what>" at prefix.key. */
+void kapi__missing(kapi_errors *errors, const char *prefix, const char *key, const char *what);
+
+/* Names of models, datasets, submissions: 1..127 of [A-Za-z0-9._-], starting with a
+ * letter or digit. Adds an error at path and returns false otherwise. */
+bool kapi__check_name(kapi_errors *errors, const char *path, const cJSON *value, char *out,
+                      size_t out_size);
+
+/* The model parser on an already-parsed object; paths start with prefix ("" or
+ * "model"). Returns NULL when it added errors. */
+kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefix,
+                                            kapi_errors *errors);
+
+#endif

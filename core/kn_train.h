@@ -89,6 +89,7 @@ typedef struct kn_train_summary {
     bool has_validation;
     kn_eval_result final_validation;
     bool stopped_early;
+    int64_t skipped_steps; /* non-finite steps skipped (skip_non_finite) */
 } kn_train_summary;
 
 kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config);

@@ -266,8 +266,8 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_UNARY_SQRT: UNARY_LOOP(sqrtf(x)); break;
     case KN_UNARY_ABS: UNARY_LOOP(fabsf(x)); break;
     case KN_UNARY_SIGN: UNARY_LOOP(x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f)); break;
-    case KN_UNARY_RELU: UNARY_LOOP(x > 0.f ? x : 0.f); break;
-    case KN_UNARY_LEAKY_RELU: UNARY_LOOP(x > 0.f ? x : x * alpha); break;
+    case KN_UNARY_RELU: UNARY_LOOP(x < 0.f ? 0.f : x); break; /* NaN stays NaN, as torch */
+    case KN_UNARY_LEAKY_RELU: UNARY_LOOP(x < 0.f ? x * alpha : x); break;
     case KN_UNARY_TANH: UNARY_LOOP(tanhf(x)); break;
     case KN_UNARY_SIGMOID: UNARY_LOOP(sigmoidf(x)); break;
     case KN_UNARY_GELU: UNARY_LOOP(gelu_exact(x)); break;

@@ -1,0 +1,91 @@
+"""bench/fmnist/torch_fmnist.py — the Fashion-MNIST recipes in plain PyTorch, for
+bench/fmnist/run.sh to compare with `kiln train`: the same data (the IDX files read with
+gzip + numpy, scaled by 1/255), default init, Adam lr 1e-3, batch 64, cross_entropy,
+1 epoch, 2 threads, a plain training loop (no DataLoader). Prints one JSON line:
+{"impl": "pytorch", "model", "steps", "train_seconds", "samples_per_second",
+ "test_loss", "test_accuracy"}. Training time excludes data loading and evaluation,
+as Kiln's does.
+
+usage: /usr/bin/python3 bench/fmnist/torch_fmnist.py mlp|cnn [--epochs N] [--threads N]
+"""
+import argparse
+import gzip
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path):
+    raw = gzip.open(path, "rb").read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(split):
+    x = read_idx(f"{DATA}/{split}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y = read_idx(f"{DATA}/{split}-labels-idx1-ubyte.gz").astype(np.int64)
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
+
+
+def model_for(name):
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(),
+                             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", choices=["mlp", "cnn"])
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    x_train, y_train = load("train")
+    x_test, y_test = load("t10k")
+    model = model_for(args.model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = 64
+    gen = torch.Generator().manual_seed(args.seed)
+    steps, samples, seconds = 0, 0, 0.0
+    for _ in range(args.epochs):
+        model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(x_train), generator=gen)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            xb, yb = x_train[idx], y_train[idx]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            steps += 1
+            samples += len(idx)
+        seconds += time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(x_test), 1000):
+            logits = model(x_test[i:i + 1000])
+            yb = y_test[i:i + 1000]
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    print(json.dumps({"impl": "pytorch", "model": args.model, "steps": steps,
+                      "train_seconds": seconds, "samples_per_second": samples / seconds,
+                      "test_loss": loss_sum / len(x_test),
+                      "test_accuracy": correct / len(x_test)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+/*
+ * test_train.c — the trainer: a tiny synthetic problem is learned, runs are
+ * deterministic, a run resumed from a mid-epoch checkpoint ends with the very same
+ * weights as an uninterrupted one (dropout included), non-finite losses name the step
+ * or are skipped, early stopping, and the losses from labels.
+ */
+#include "kn_data.h"
+#include "kn_nn.h"
+#include "kn_optim.h"
+#include "kn_test.h"
+#include "kn_train.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Three Gaussian blobs in 4-D, deterministic from seed: a dataset the caller frees. */
+static kn_dataset *blobs(int64_t n, uint64_t seed)
+{
+    kn_generator *gen = kn_generator_new(seed);
+    kn_tensor *x = kn_randn(KN_SHAPE(n, 4), gen);
+    kn_tensor *y = kn_zeros(KN_SHAPE(n), KN_INT64);
+    float *xd = kn_data_f32(x);
+    int64_t *yd = kn_data_i64(y);
+    for (int64_t i = 0; i < n; i++) {
+        yd[i] = i % 3;
+        xd[i * 4 + yd[i]] += 3.0f; /* class c is shifted along axis c */
+    }
+    kn_dataset *ds = kn_dataset_new(x, y);
+    kn_generator_free(gen);
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    return ds;
+}
+
+/* Linear(4, 16) ReLU [Dropout(0.2)] Linear(16, 3), initialised from seed. */
+static kn_module *small_model(uint64_t seed, bool dropout)
+{
+    kn_manual_seed(seed);
+    kn_module *m = kn_sequential_new();
+    cr_assert_eq(kn_sequential_append(m, kn_linear_new(4, 16, true, NULL)), KN_OK, "%s",
+                 kn_last_error());
+    cr_assert_eq(kn_sequential_append(m, kn_relu_new()), KN_OK);
+    if (dropout)
+        cr_assert_eq(kn_sequential_append(m, kn_dropout_new(0.2)), KN_OK);
+    cr_assert_eq(kn_sequential_append(m, kn_linear_new(16, 3, true, NULL)), KN_OK);
+    return m;
+}
+
+static kn_train_config small_config(void)
+{
+    kn_train_config c = kn_train_config_defaults();
+    c.optimizer.lr = 1e-2;
+    c.batch_size = 32;
+    c.epochs = 3;
+    c.seed = 7;
+    return c;
+}
+
+/* Records every step's loss. */
+typedef struct recorder {
+    double losses[512];
+    int n;
+    int evals;
+    /* for the resume and non-finite tests */
+    kn_trainer *trainer;
+    int64_t checkpoint_at;
+    const char *checkpoint_path;
+    int64_t poison_at;
+    kn_module *model;
+} recorder;
+
+static kn_status record_step(void *context, const kn_step_info *info)
+{
+    recorder *r = context;
+    if (r->n < 512)
+        r->losses[r->n++] = info->loss;
+    if (r->poison_at && info->step == r->poison_at) {
+        int n = 0;
+        kn_named_tensor *p = kn_module_parameters(r->model, &n);
+        /* the last bias: NaN reaches the logits whatever the activations do */
+        kn_no_grad_begin();
+        cr_assert_eq(kn_fill_(p[n - 1].tensor, NAN), KN_OK, "%s", kn_last_error());
+        kn_no_grad_end();
+        free(p);
+    }
+    return KN_OK;
+}
+
+static kn_status record_eval(void *context, const kn_eval_result *result)
+{
+    (void)result;
+    ((recorder *)context)->evals++;
+    return KN_OK;
+}
+
+/* Saves the checkpoint at r->checkpoint_at, then stops the run as a cancel would. */
+static kn_status checkpoint_and_stop(void *context, kn_trainer *trainer, int64_t step)
+{
+    recorder *r = context;
+    if (step != r->checkpoint_at)
+        return KN_OK;
+    kn_status st = kn_trainer_save_checkpoint(trainer, r->checkpoint_path);
+    cr_assert_eq(st, KN_OK, "%s", kn_last_error());
+    return KN_ERR_VALUE;
+}
+
+/* All parameters of m as one float array (malloc'd), *n gets the length. */
+static float *flat_params(kn_module *m, int64_t *n)
+{
+    int count = 0;
+    kn_named_tensor *p = kn_module_state_dict(m, &count);
+    int64_t total = 0;
+    for (int i = 0; i < count; i++)
+        total += kn_numel(p[i].tensor);
+    float *out = malloc((size_t)total * sizeof *out);
+    int64_t at = 0;
+    for (int i = 0; i < count; i++) {
+        cr_assert_eq(kn_copy_to_floats(p[i].tensor, out + at), KN_OK);
+        at += kn_numel(p[i].tensor);
+    }
+    free(p);
+    *n = total;
+    return out;
+}
+
+Test(train, tiny_problem_is_learned)
+{
+    kn_scope_begin();
+    kn_dataset *train = blobs(300, 1), *test = blobs(150, 2);
+    kn_module *m = small_model(0, false);
+    kn_train_config c = small_config();
+    c.epochs = 10;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    kn_eval_result before;
+    cr_assert_eq(kn_evaluate(m, test, c.loss, 64, &before), KN_OK, "%s", kn_last_error());
+    recorder r = {0};
+    kn_train_callbacks cb = {.context = &r, .on_step = record_step, .on_eval = record_eval};
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(t, train, test, &cb, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(s.steps, 10 * 10); /* 300 samples in batches of 32: 10 per epoch */
+    cr_assert_eq(s.epochs_completed, 10);
+    cr_assert_eq(r.evals, 10, "one evaluation per epoch, got %d", r.evals);
+    cr_assert(s.has_validation);
+    cr_assert_eq(s.final_validation.count, 150);
+    cr_assert_gt(s.final_validation.accuracy, 0.9, "accuracy %g", s.final_validation.accuracy);
+    cr_assert_lt(s.final_validation.loss, before.loss / 2, "loss %g -> %g", before.loss,
+                 s.final_validation.loss);
+    cr_assert_gt(s.samples_per_second, 0);
+    cr_assert(m->training, "the model is back in train mode after evaluation");
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_dataset_free(train);
+    kn_dataset_free(test);
+    kn_scope_end();
+}
+
+static void run_recorded(uint64_t init_seed, recorder *r, kn_train_config c, bool dropout)
+{
+    kn_dataset *train = blobs(100, 1);
+    kn_module *m = small_model(init_seed, dropout);
+    kn_trainer *t = kn_trainer_new(m, &c);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    kn_train_callbacks cb = {.context = r, .on_step = record_step};
+    cr_assert_eq(kn_trainer_run(t, train, NULL, &cb, NULL), KN_OK, "%s", kn_last_error());
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_dataset_free(train);
+}
+
+Test(train, same_seed_same_losses)
+{
+    kn_scope_begin();
+    recorder *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b), *d = calloc(1, sizeof *d);
+    kn_train_config c = small_config();
+    run_recorded(3, a, c, true);
+    run_recorded(3, b, c, true);
+    cr_assert_eq(a->n, 12); /* 100 samples, batches of 32: 4 per epoch, 3 epochs */
+    cr_assert_eq(memcmp(a->losses, b->losses, sizeof a->losses), 0, "losses differ");
+    c.seed = 8; /* another data order */
+    run_recorded(3, d, c, true);
+    cr_assert_neq(memcmp(a->losses, d->losses, sizeof a->losses), 0);
+    free(a);
+    free(b);
+    free(d);
+    kn_scope_end();
+}
+
+Test(train, resume_mid_epoch_gives_the_same_weights)
+{
+    kn_scope_begin();
+    char path[] = "/tmp/kiln_test_resume_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    kn_dataset *train = blobs(100, 1);
+    kn_train_config c = small_config();
+    c.checkpoint_every_steps = 6; /* step 6 is batch 2 of epoch 1 (4 batches an epoch) */
+
+    /* uninterrupted */
+    kn_module *a = small_model(5, true);
+    kn_trainer *ta = kn_trainer_new(a, &c);
+    cr_assert_eq(kn_trainer_run(ta, train, NULL, NULL, NULL), KN_OK, "%s", kn_last_error());
+
+    /* interrupted at step 6 */
+    kn_module *b = small_model(5, true);
+    kn_trainer *tb = kn_trainer_new(b, &c);
+    recorder r = {.checkpoint_at = 6, .checkpoint_path = path};
+    kn_train_callbacks cb = {.context = &r, .on_checkpoint = checkpoint_and_stop};
+    cr_assert_eq(kn_trainer_run(tb, train, NULL, &cb, NULL), KN_ERR_VALUE);
+    cr_assert_eq(kn_trainer_step(tb), 6);
+
+    /* resumed into a differently initialised model, with the generator moved on */
+    kn_module *d = small_model(99, true);
+    kn_manual_seed(1234);
+    kn_trainer *td = kn_trainer_new(d, &c);
+    cr_assert_eq(kn_trainer_load_checkpoint(td, path), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_trainer_step(td), 6);
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(td, train, NULL, NULL, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(s.steps, 12);
+
+    int64_t na, nd;
+    float *wa = flat_params(a, &na), *wd = flat_params(d, &nd);
+    cr_assert_eq(na, nd);
+    for (int64_t i = 0; i < na; i++)
+        cr_assert_eq(wa[i], wd[i], "weight %lld: %.9g vs %.9g", (long long)i, wa[i], wd[i]);
+    free(wa);
+    free(wd);
+    kn_trainer_free(ta);
+    kn_trainer_free(tb);
+    kn_trainer_free(td);
+    kn_module_free(a);
+    kn_module_free(b);
+    kn_module_free(d);
+    kn_dataset_free(train);
+    unlink(path);
+    kn_scope_end();
+}
+
+Test(train, non_finite_loss_names_the_step)
+{
+    kn_scope_begin();
+    kn_dataset *train = blobs(100, 1);
+    kn_module *m = small_model(0, false);
+    kn_train_config c = small_config();
+    kn_trainer *t = kn_trainer_new(m, &c);
+    recorder r = {.poison_at = 5, .model = m};
+    kn_train_callbacks cb = {.context = &r, .on_step = record_step};
+    cr_assert_neq(kn_trainer_run(t, train, NULL, &cb, NULL), KN_OK);
+    cr_assert_str_eq(kn_last_error(), "step 6: loss is nan");
+    kn_trainer_free(t);
+    kn_module_free(m);
+
+    /* skipped instead, and counted */
+    m = small_model(0, false);
+    c.skip_non_finite = true;
+    t = kn_trainer_new(m, &c);
+    recorder r2 = {.poison_at = 5, .model = m};
+    cb.context = &r2;
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(t, train, NULL, &cb, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(s.steps, 12);
+    cr_assert_eq(s.skipped_steps, 7);
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_dataset_free(train);
+    kn_scope_end();
+}
+
+Test(train, early_stopping_on_validation_loss)
+{
+    kn_scope_begin();
+    kn_dataset *train = blobs(100, 1), *val = blobs(60, 2);
+    kn_module *m = small_model(0, false);
+    kn_train_config c = small_config();
+    c.optimizer = kn_optimizer_defaults(KN_OPTIM_SGD);
+    c.optimizer.lr = 0; /* the loss never improves after the first evaluation */
+    c.eval_every_steps = 1;
+    c.early_stopping_patience = 2;
+    c.epochs = 5;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    recorder r = {0};
+    kn_train_callbacks cb = {.context = &r, .on_eval = record_eval};
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(t, train, val, &cb, &s), KN_OK, "%s", kn_last_error());
+    cr_assert(s.stopped_early);
+    cr_assert_eq(s.steps, 3);
+    cr_assert_eq(r.evals, 3);
+    kn_trainer_free(t);
+    kn_module_free(m);
+
+    /* a model that learns keeps going */
+    m = small_model(0, false);
+    c = small_config();
+    c.eval_every_steps = 2;
+    c.early_stopping_patience = 3;
+    t = kn_trainer_new(m, &c);
+    cr_assert_eq(kn_trainer_run(t, train, val, NULL, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_not(s.stopped_early);
+    cr_assert_eq(s.steps, 12);
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_dataset_free(train);
+    kn_dataset_free(val);
+    kn_scope_end();
+}
+
+Test(train, max_steps_and_bad_config)
+{
+    kn_scope_begin();
+    kn_dataset *train = blobs(100, 1);
+    kn_module *m = small_model(0, false);
+    kn_train_config c = small_config();
+    c.max_steps = 5;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(t, train, NULL, NULL, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(s.steps, 5);
+    cr_assert_eq(s.epochs_completed, 1);
+    kn_trainer_free(t);
+    c.batch_size = 0;
+    cr_assert_null(kn_trainer_new(m, &c));
+    cr_assert(strstr(kn_last_error(), "batch_size") != NULL, "%s", kn_last_error());
+    kn_module_free(m);
+    kn_dataset_free(train);
+    kn_scope_end();
+}
+
+Test(train, losses_from_labels)
+{
+    kn_scope_begin();
+    kn_tensor *logits = kn_from_floats((float[]){1, 2, 0, 0}, KN_SHAPE(2, 2));
+    kn_tensor *labels = kn_from_int64s((int64_t[]){1, 0}, KN_SHAPE(2));
+    /* torch: F.mse_loss(logits, one_hot) = (1 + 1 + 1 + 0) / 4 */
+    KN_ASSERT_CLOSE(kn_train_loss(KN_LOSS_MSE, logits, labels, 0), {0.75f});
+    /* torch: F.cross_entropy(torch.tensor([[1.,2],[0,0]]), torch.tensor([1,0])) */
+    KN_ASSERT_CLOSE(kn_train_loss(KN_LOSS_CROSS_ENTROPY, logits, labels, 0), {0.5032044053f});
+    /* torch: F.binary_cross_entropy_with_logits(logits, one_hot) */
+    KN_ASSERT_CLOSE(kn_train_loss(KN_LOSS_BCE_WITH_LOGITS, logits, labels, 0), {0.7066210508f});
+    kn_tensor *bad = kn_from_int64s((int64_t[]){1, 5}, KN_SHAPE(2));
+    cr_assert_null(kn_train_loss(KN_LOSS_MSE, logits, bad, 0));
+    cr_assert(strstr(kn_last_error(), "label 5") != NULL, "%s", kn_last_error());
+    kn_scope_end();
+}

@@ -3,8 +3,10 @@
 # those that are missing (so a machine that has them is never touched).
 set -euo pipefail
 
+# dataset-fashion-mnist: the data the examples, tests and benchmarks train on
+# (/usr/share/datasets/fashion-mnist/).
 packages=(build-essential cmake pkg-config libopenblas-dev libcriterion-dev
-          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev)
+          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev dataset-fashion-mnist)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

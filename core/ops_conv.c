@@ -5,7 +5,12 @@
  * Convolution goes image by image: unfold one image into columns [C*kH*kW, H'*W'],
  * then per group out_g = W_g · col_g straight into the output, with the batch split
  * over the engine's threads (one column buffer each). A 1x1, stride-1, unpadded
- * convolution needs no unfolding: the input already is the column matrix.
+ * convolution needs no unfolding: the input already is the column matrix. The bias
+ * gradient is a lane-parallel sum (kn_cpu_conv_bias_grad), not a serial chain.
+ *
+ * max_pool2d with a 2x2 window and stride 2 (no padding, no clipped window) takes the
+ * AVX-512 fast path of pool.c, which records each max as a byte (its place in the
+ * window) in place of an int64 index; node->iargs[14] says which form was saved.
  */
 #include "kn_internal.h"
 #include "../kernels/cpu/kn_cpu_linalg.h"
@@ -222,16 +227,7 @@ static bool conv_backward_buffers(const conv_plan *p, const float *x, const floa
                                   const float *gout, float *gx, float *gw, float *gb)
 {
     int64_t l = p->l;
-    if (gb) {
-        memset(gb, 0, sizeof(float) * (size_t)p->o);
-        for (int64_t i = 0; i < p->n; i++)
-            for (int64_t oc = 0; oc < p->o; oc++) {
-                const float *s = gout + (i * p->o + oc) * l;
-                float sum = 0.f;
-                for (int64_t j = 0; j < l; j++) sum += s[j];
-                gb[oc] += sum;
-            }
-    }
+    if (gb) kn_cpu_conv_bias_grad(gout, p->n, p->o, l, gb);
     if (!gx && !gw) return true;
     conv_job job = {.p = p, .x = x, .w = w, .gout = gout, .gx = gx};
     if (!run_slices(&job, backward_slices, gw != NULL)) return false;
@@ -411,8 +407,12 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
-    kn_cpu_max_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
-                               kn__data_ptr(gx));
+    if (node->iargs[14])
+        kn_cpu_max_pool2d_2x2_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
+                                       kn__data_ptr(gx));
+    else
+        kn_cpu_max_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
+                                   kn__data_ptr(gx));
     grads[0] = gx;
     return KN_OK;
 }
@@ -424,8 +424,15 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
         !pool_setup("max_pool2d", x, args, true, &g))
         return NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
-    kn_tensor *indices = pool_output(x, &g, KN_INT64);
-    if (xd && out && indices)
+    /* 2x2 stride 2 keeps each max's place in its window as one byte (packed eight to an
+     * int64 element of a tensor only backward reads) rather than an int64 index. */
+    bool two_by_two = kn_cpu_max_pool2d_is_2x2(&g);
+    int64_t packed = (g.planes * g.out_h * g.out_w + 7) / 8;
+    kn_tensor *indices = two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device)
+                                    : pool_output(x, &g, KN_INT64);
+    if (xd && out && indices && two_by_two)
+        kn_cpu_max_pool2d_2x2(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
+    else if (xd && out && indices)
         kn_cpu_max_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
     kn_release(xd);
     if (!xd || !out || !indices) {
@@ -441,6 +448,7 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
             return NULL;
         }
         geometry_to_node(&g, node);
+        node->iargs[14] = two_by_two;
         kn__node_save(node, indices);
         kn__node_attach(out, node);
     }

@@ -112,3 +112,23 @@ void kn_cpu_col2im(const kn_cpu_conv_geometry *g, const float *col, int64_t ld, 
     col_job job = {.g = g, .images_out = images, .col_in = col, .ld = ld};
     kn_cpu_parallel_for(count * g->channels, grain_items(g), col2im_range, &job);
 }
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+kn_cpu_conv_bias_grad(const float *grad, int64_t n, int64_t channels, int64_t l, float *gb)
+{
+    enum { LANES = 16 };
+    for (int64_t oc = 0; oc < channels; oc++) {
+        float acc[LANES] = {0};
+        float tail = 0.f;
+        for (int64_t i = 0; i < n; i++) {
+            const float *restrict s = grad + (i * channels + oc) * l;
+            int64_t j = 0;
+            for (; j + LANES <= l; j += LANES)
+                for (int k = 0; k < LANES; k++) acc[k] += s[j + k];
+            for (; j < l; j++) tail += s[j];
+        }
+        float sum = tail;
+        for (int k = 0; k < LANES; k++) sum += acc[k];
+        gb[oc] = sum;
+    }
+}

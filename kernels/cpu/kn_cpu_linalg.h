@@ -46,6 +46,12 @@ void kn_cpu_im2col(const kn_cpu_conv_geometry *g, const float *images, int64_t c
 void kn_cpu_col2im(const kn_cpu_conv_geometry *g, const float *col, int64_t ld, int64_t count,
                    float *images);
 
+/* Bias gradient of a convolution: gb[o] = sum over n and l of grad[n, o, l] for grad
+ * [n, channels, l] contiguous. Sums in 16 lanes (not one serial chain: that is ~4 cycles
+ * an element), so the rounding differs from a plain loop by float rounding only. */
+void kn_cpu_conv_bias_grad(const float *grad, int64_t n, int64_t channels, int64_t l,
+                           float *gb);
+
 /* ---- pool.c ---------------------------------------------------------------------- */
 typedef struct kn_cpu_pool_geometry {
     int64_t planes; /* N * C */
@@ -61,6 +67,15 @@ void kn_cpu_max_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *ou
 /* grad_in [planes, H, W] is overwritten. */
 void kn_cpu_max_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
                                 const int64_t *indices, float *grad_in);
+/* The common 2x2, stride 2, unpadded, undilated case with no clipped window
+ * (2*out_h <= H, 2*out_w <= W): which[i] is the max's place in its window, dh*2 + dw,
+ * one byte instead of an int64 index; ties, NaN and values match kn_cpu_max_pool2d. */
+bool kn_cpu_max_pool2d_is_2x2(const kn_cpu_pool_geometry *g);
+void kn_cpu_max_pool2d_2x2(const kn_cpu_pool_geometry *g, const float *in, float *out,
+                           uint8_t *which);
+/* grad_in [planes, H, W] is overwritten (no separate zero fill). */
+void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
+                                    const uint8_t *which, float *grad_in);
 void kn_cpu_avg_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *out);
 void kn_cpu_avg_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
                                 float *grad_in);

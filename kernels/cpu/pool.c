@@ -2,10 +2,15 @@
  * pool.c — 2-D max and average pooling over contiguous [planes, H, W] buffers, forward
  * and backward, parallel over planes. The window arithmetic (clipping, divisors, the
  * NaN and tie rules) follows PyTorch's CPU kernels so results match bit for bit.
+ * The 2x2 stride-2 case has its own kernels: AVX-512 with masked tails (the CNN's rows
+ * are 14 and 7 outputs, too short to vectorise otherwise) or a branch-free scalar loop,
+ * and byte positions instead of int64 indices; backward writes every element, so no
+ * zero fill first.
  */
 #include "kn_cpu.h"
 #include "kn_cpu_linalg.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
@@ -15,6 +20,8 @@ typedef struct pool_job {
     float *out;
     int64_t *indices;
     const int64_t *indices_in;
+    uint8_t *which;
+    const uint8_t *which_in;
 } pool_job;
 
 static int64_t plane_grain(const kn_cpu_pool_geometry *g)
@@ -98,6 +105,192 @@ void kn_cpu_max_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad
 {
     pool_job job = {.g = g, .in = grad_out, .out = grad_in, .indices_in = indices};
     kn_cpu_parallel_for(g->planes, plane_grain(g), max_backward_range, &job);
+}
+
+/* ---- 2x2 stride 2: the CNN's pooling, branch-free and vectorisable ---------------- */
+
+bool kn_cpu_max_pool2d_is_2x2(const kn_cpu_pool_geometry *g)
+{
+    return g->kernel_h == 2 && g->kernel_w == 2 && g->stride_h == 2 && g->stride_w == 2 &&
+           g->pad_h == 0 && g->pad_w == 0 && g->dilation_h == 1 && g->dilation_w == 1 &&
+           2 * g->out_h <= g->height && 2 * g->out_w <= g->width;
+}
+
+/* Work items are output rows (plane, oh), so even a few planes split evenly. */
+static int64_t row_grain(const kn_cpu_pool_geometry *g)
+{
+    int64_t grain = KN_CPU_GRAIN_ELEMENTWISE / (4 * g->out_w > 0 ? 4 * g->out_w : 1);
+    return grain > 0 ? grain : 1;
+}
+
+static void max_2x2_range_scalar(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    for (int64_t r = begin; r < end; r++) {
+        int64_t p = r / oh_n, oh = r % oh_n;
+        const float *restrict in0 = job->in + (p * H + 2 * oh) * W, *restrict in1 = in0 + W;
+        float *restrict out = job->out + r * ow_n;
+        uint8_t *restrict which = job->which + r * ow_n;
+        for (int64_t ow = 0; ow < ow_n; ow++) {
+            /* the scan order of max_range: (0,0), (0,1), (1,0), (1,1); a later element
+             * wins when greater or NaN. Integer masks, not ?: (which GCC turns into
+             * branches that mispredict on real data), and they vectorise. */
+            float a = in0[2 * ow], b = in0[2 * ow + 1], c = in1[2 * ow], d = in1[2 * ow + 1];
+            int32_t m1 = -(int32_t)((b > a) | (b != b));
+            float best = select_float(m1, b, a);
+            int32_t m2 = -(int32_t)((c > best) | (c != c));
+            best = select_float(m2, c, best);
+            int32_t m3 = -(int32_t)((d > best) | (d != d));
+            out[ow] = select_float(m3, d, best);
+            int32_t at = (m1 & 1);
+            at = (m2 & 2) | (~m2 & at);
+            at = (m3 & 3) | (~m3 & at);
+            which[ow] = (uint8_t)at;
+        }
+    }
+}
+
+
+/* AVX-512 versions: the CNN's rows are short (14 and 7 outputs), too short for GCC's
+ * vectoriser, so each row is one or two masked vectors: deinterleave even/odd columns
+ * with a two-source permute, compare-and-blend in the scan order of the scalar loop. */
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+AVX512 static inline __mmask16 tail_mask(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n > 0 ? n : 0)) - 1);
+}
+
+AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t r = begin; r < end; r++) {
+        int64_t p = r / oh_n, oh = r % oh_n;
+        const float *in0 = job->in + (p * H + 2 * oh) * W, *in1 = in0 + W;
+        float *out = job->out + r * ow_n;
+        uint8_t *which = job->which + r * ow_n;
+        for (int64_t ow = 0; ow < ow_n; ow += 16) {
+            int64_t left = 2 * (ow_n - ow);
+            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
+            __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
+            __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
+            __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
+            __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
+            __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
+            __m512 c = _mm512_permutex2var_ps(b0, even, b1), d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 best = a;
+            __m512i at = _mm512_setzero_si512();
+            __mmask16 k = _mm512_cmp_ps_mask(b, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, k, b);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
+            k = _mm512_cmp_ps_mask(c, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, k, c);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(2));
+            k = _mm512_cmp_ps_mask(d, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, k, d);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(3));
+            _mm512_mask_storeu_ps(out + ow, m, best);
+            _mm512_mask_cvtepi32_storeu_epi8(which + ow, m, at);
+        }
+    }
+}
+
+AVX512 static void max_2x2_backward_range_avx512(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
+                                            23);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    for (int64_t p = begin; p < end; p++) {
+        float *plane = job->out + p * H * W;
+        for (int64_t oh = 0; oh < oh_n; oh++) {
+            float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
+            const float *go = job->in + (p * oh_n + oh) * ow_n;
+            const uint8_t *which = job->which_in + (p * oh_n + oh) * ow_n;
+            for (int64_t ow = 0; ow < ow_n; ow += 16) {
+                int64_t left = 2 * (ow_n - ow);
+                __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
+                __m512 g = _mm512_maskz_loadu_ps(m, go + ow);
+                __m512i at = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, which + ow));
+                __m512 v0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
+                __m512 v1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
+                __m512 v2 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
+                __m512 v3 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
+                _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(v0, first, v1));
+                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v0, second, v1));
+                _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(v2, first, v3));
+                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v2, second, v3));
+            }
+            if (W > 2 * ow_n) {
+                gi0[W - 1] = 0.f;
+                gi1[W - 1] = 0.f;
+            }
+        }
+        if (H > 2 * oh_n)
+            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+    }
+}
+
+static bool have_avx512(void)
+{
+    static int cached = -1;
+    if (cached < 0)
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
+    return cached;
+}
+
+void kn_cpu_max_pool2d_2x2(const kn_cpu_pool_geometry *g, const float *in, float *out,
+                           uint8_t *which)
+{
+    pool_job job = {.g = g, .in = in, .out = out, .which = which};
+    kn_cpu_parallel_for(g->planes * g->out_h, row_grain(g),
+                        have_avx512() ? max_2x2_range_avx512 : max_2x2_range_scalar, &job);
+}
+
+/* Items are planes here: a plane's odd last row / column (floor mode) must be zeroed
+ * by whoever owns the plane. */
+static void max_2x2_backward_range_scalar(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    for (int64_t p = begin; p < end; p++) {
+        float *plane = job->out + p * H * W;
+        for (int64_t oh = 0; oh < oh_n; oh++) {
+            float *restrict gi0 = plane + 2 * oh * W, *restrict gi1 = gi0 + W;
+            const float *restrict go = job->in + (p * oh_n + oh) * ow_n;
+            const uint8_t *restrict which = job->which_in + (p * oh_n + oh) * ow_n;
+            for (int64_t ow = 0; ow < ow_n; ow++) {
+                float g = go[ow];
+                int32_t at = which[ow];
+                gi0[2 * ow] = select_float(-(int32_t)(at == 0), g, 0.f);
+                gi0[2 * ow + 1] = select_float(-(int32_t)(at == 1), g, 0.f);
+                gi1[2 * ow] = select_float(-(int32_t)(at == 2), g, 0.f);
+                gi1[2 * ow + 1] = select_float(-(int32_t)(at == 3), g, 0.f);
+            }
+            if (W > 2 * ow_n) {
+                gi0[W - 1] = 0.f;
+                gi1[W - 1] = 0.f;
+            }
+        }
+        if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+    }
+}
+
+void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
+                                    const uint8_t *which, float *grad_in)
+{
+    pool_job job = {.g = g, .in = grad_out, .out = grad_in, .which_in = which};
+    kn_cpu_parallel_for(g->planes, plane_grain(g),
+                        have_avx512() ? max_2x2_backward_range_avx512
+                                      : max_2x2_backward_range_scalar,
+                        &job);
 }
 
 /* The clipped window of output (oh, ow) and the divisor PyTorch uses for it; returns

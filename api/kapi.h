@@ -47,24 +47,24 @@ typedef struct kapi_layer_spec {
     kn_module_kind kind;
     const char *type; /* as written: "conv2d" */
     /* arguments (torch.nn's names), defaults filled */
-    int64_t out_features;     /* linear */
-    int64_t out_channels;     /* conv2d */
-    int kernel_size[2];       /* conv2d, pools */
-    kn_conv2d_args conv;      /* stride, padding, dilation, groups */
-    bool bias;                /* linear, conv2d (default true) */
+    int64_t out_features; /* linear */
+    int64_t out_channels; /* conv2d */
+    int kernel_size[2];   /* conv2d, pools */
+    kn_conv2d_args conv;  /* stride, padding, dilation, groups */
+    bool bias;            /* linear, conv2d (default true) */
     kn_pool2d_args pool;
-    int output_size[2];       /* adaptive_avg_pool2d */
-    int start_dim, end_dim;   /* flatten, counted with the batch dim as torch does */
-    int dim;                  /* softmax */
-    double negative_slope;    /* leaky_relu */
+    int output_size[2];     /* adaptive_avg_pool2d */
+    int start_dim, end_dim; /* flatten, counted with the batch dim as torch does */
+    int dim;                /* softmax */
+    double negative_slope;  /* leaky_relu */
     kn_gelu_approximation approximate;
-    double p;                 /* dropout */
-    double eps, momentum;     /* norms */
+    double p;             /* dropout */
+    double eps, momentum; /* norms */
     bool affine, track_running_stats, elementwise_affine;
     int64_t normalized_shape[KN_MAX_DIMS];
     int normalized_ndim;
     int64_t num_embeddings, embedding_dim;
-    bool inplace;             /* relu, leaky_relu, dropout: accepted, no effect */
+    bool inplace; /* relu, leaky_relu, dropout: accepted, no effect */
     /* linear in_features, conv2d in_channels, batch_norm num_features: inferred from
      * the input; given_in_features is what the spec wrote (0: absent) and must agree */
     int64_t in_features, given_in_features;
@@ -104,22 +104,22 @@ typedef enum { KAPI_FORMAT_IDX, KAPI_FORMAT_CSV, KAPI_FORMAT_NPY } kapi_data_for
 typedef struct kapi_data_source {
     bool present;
     kapi_data_format format;
-    char inputs_path[512]; /* idx/npy: "images"/"inputs"; csv: "path" */
-    char labels_path[512]; /* idx/npy: "labels" */
+    char inputs_path[512];  /* idx/npy: "images"/"inputs"; csv: "path" */
+    char labels_path[512];  /* idx/npy: "labels" */
     char label_column[128]; /* csv (default "label") */
 } kapi_data_source;
 
 typedef struct kapi_data_spec {
     kapi_data_source train, test;
-    char dataset[128];          /* by name (server) instead of train/test sources */
-    double validation_split;    /* 0: none */
-    double scale;               /* default 1 */
-    int channels;               /* normalisation channels, 0: none */
+    char dataset[128];       /* by name (server) instead of train/test sources */
+    double validation_split; /* 0: none */
+    double scale;            /* default 1 */
+    int channels;            /* normalisation channels, 0: none */
     double mean[16], std[16];
 } kapi_data_spec;
 
 typedef struct kapi_job_spec {
-    char model_name[128];  /* a model by reference ("model": "name") */
+    char model_name[128];   /* a model by reference ("model": "name") */
     kapi_model_spec *model; /* inline model, or NULL */
     kapi_data_spec data;
     kn_train_config train;
@@ -133,8 +133,8 @@ typedef struct kapi_job_parse_options {
     bool allow_paths; /* the CLI: data and weights may name local files */
 } kapi_job_parse_options;
 
-kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length,
-                                   kapi_job_parse_options options, kapi_errors *errors);
+kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_parse_options options,
+                                   kapi_errors *errors);
 void kapi_job_spec_free(kapi_job_spec *spec);
 
 /* Loads a data source (gzip or plain files) into a dataset; errors name the file. */

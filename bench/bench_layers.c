@@ -180,8 +180,8 @@ static bool train_step(void *context)
     kn_tensor *h = kn_max_pool2d(kn_relu(kn_conv2d(m->x, m->p[0], m->p[1], same)), pool);
     h = kn_max_pool2d(kn_relu(kn_conv2d(h, m->p[2], m->p[3], same)), pool);
     h = kn_relu(kn_linear(kn_flatten(h, 1, -1), m->p[4], m->p[5]));
-    kn_tensor *loss = kn_cross_entropy(kn_linear(h, m->p[6], m->p[7]), m->y,
-                                       KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
+    kn_tensor *loss = kn_cross_entropy(kn_linear(h, m->p[6], m->p[7]), m->y, KN_REDUCTION_MEAN,
+                                       KN_DEFAULT_IGNORE_INDEX, 0.0);
     bool ok = loss && kn_backward(loss, NULL, false) == KN_OK;
     kn_scope_end();
     return ok && kn_optimizer_step(m->opt) == KN_OK;
@@ -191,8 +191,8 @@ static void bench_step(void)
 {
     if (only && strcmp(only, "step")) return;
     model m = {0};
-    const int64_t shapes[8][4] = {{16, 1, 3, 3}, {16}, {32, 16, 3, 3}, {32},
-                                  {128, 1568},   {128}, {10, 128},     {10}};
+    const int64_t shapes[8][4] = {{16, 1, 3, 3}, {16},  {32, 16, 3, 3}, {32},
+                                  {128, 1568},   {128}, {10, 128},      {10}};
     const int ndims[8] = {4, 1, 4, 1, 2, 1, 2, 1};
     const double bounds[8] = {1 / 3., 1 / 3., 1 / 12., 1 / 12., 0.025, 0.025, 0.088, 0.088};
     for (int i = 0; i < 8; i++) m.p[i] = uniform(shapes[i], ndims[i], bounds[i], true);
@@ -225,8 +225,9 @@ static bool torch_round(int threads)
 {
     const char *dir = getenv("KILN_SOURCE_DIR");
     char command[1024];
-    snprintf(command, sizeof command, "/usr/bin/python3 %s/bench/bench_layers_torch.py --threads %d%s",
-             dir ? dir : ".", threads, quick ? " --quick" : "");
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 %s/bench/bench_layers_torch.py --threads %d%s", dir ? dir : ".",
+             threads, quick ? " --quick" : "");
     FILE *pipe = popen(command, "r");
     if (!pipe) return false;
     char name[64];
@@ -249,8 +250,7 @@ static void print_table(void)
         double k = r->n_kiln ? median(r->kiln, r->n_kiln) : -1;
         double t = r->n_torch ? median(r->torch, r->n_torch) : -1;
         printf("%-14s %12.1f %12.1f", r->name, k, t);
-        if (k > 0 && t > 0)
-            printf(" %10.2f", t / k);
+        if (k > 0 && t > 0) printf(" %10.2f", t / k);
         printf("\n");
         if (!strcmp(r->name, "step") && k > 0)
             printf("%-14s %12.0f %12.0f   samples/s (batch 64)\n", "step.samples", 64e6 / k,
@@ -284,7 +284,8 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--no-torch")) {
             with_torch = false;
         } else {
-            fprintf(stderr, "usage: %s [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]\n",
+            fprintf(stderr,
+                    "usage: %s [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]\n",
                     argv[0]);
             return 2;
         }

@@ -62,8 +62,8 @@ static double measure(bench_fn fn, void *context)
     return times[runs / 2];
 }
 
-static void report(const char *op, const char *impl, const char *size, double seconds,
-                   double work, const char *unit)
+static void report(const char *op, const char *impl, const char *size, double seconds, double work,
+                   const char *unit)
 {
     if (seconds < 0) {
         char escaped[512];

@@ -26,11 +26,9 @@ static void on_sigint(int sig)
 static int make_dirs(const char *dir)
 {
     char *path = strdup(dir);
-    if (!path)
-        return -1;
+    if (!path) return -1;
     for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
+        if (*p != '/') continue;
         *p = '\0';
         if (mkdir(path, 0777) != 0 && errno != EEXIST) {
             free(path);
@@ -46,8 +44,7 @@ static int make_dirs(const char *dir)
 static void print_json(cJSON *o)
 {
     char *text = cJSON_PrintUnformatted(o);
-    if (text)
-        printf("%s\n", text);
+    if (text) printf("%s\n", text);
     free(text);
     fflush(stdout);
 }
@@ -75,8 +72,7 @@ int kcli_train(const char *job_path, const kcli_options *options)
     kcli_job job;
     int rc = kcli_job_open(&job, job_path, true, true);
     kn_trainer *trainer = NULL;
-    if (rc != 0)
-        goto done;
+    if (rc != 0) goto done;
     if (options->out_dir && make_dirs(options->out_dir) != 0) {
         fprintf(stderr, "error: --out %s: %s\n", options->out_dir, strerror(errno));
         rc = KCLI_EXIT_RUNTIME;
@@ -135,8 +131,8 @@ int kcli_train(const char *job_path, const kcli_options *options)
         summary.final_validation.step == summary.steps) {
         test = summary.final_validation;
     } else if (has_test) {
-        st = kn_evaluate(job.model, job.test, job.spec->train.loss,
-                         job.spec->train.eval_batch_size, &test);
+        st = kn_evaluate(job.model, job.test, job.spec->train.loss, job.spec->train.eval_batch_size,
+                         &test);
         if (st != KN_OK) {
             fprintf(stderr, "error: evaluating data.test: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
@@ -184,8 +180,7 @@ int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *
 {
     kcli_job job;
     int rc = kcli_job_open(&job, job_path, false, true);
-    if (rc != 0)
-        goto done;
+    if (rc != 0) goto done;
     if (!job.test) {
         fprintf(stderr, "data.test: required field missing: kiln eval needs test data\n");
         rc = KCLI_EXIT_SPEC;
@@ -237,14 +232,13 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
         char *bytes = kapi_read_file(options->input, &size, &errors);
         if (bytes) {
             if (src.present && src.format == KAPI_FORMAT_CSV)
-                kn_parse_csv(bytes, size, src.label_column[0] ? src.label_column : "label",
-                             &inputs, &labels);
+                kn_parse_csv(bytes, size, src.label_column[0] ? src.label_column : "label", &inputs,
+                             &labels);
             else if (src.present && src.format == KAPI_FORMAT_NPY)
                 inputs = kn_parse_npy(bytes, size, false);
             else
                 inputs = kn_parse_idx(bytes, size, false);
-            if (!inputs)
-                fprintf(stderr, "--input %s: %s\n", options->input, kn_last_error());
+            if (!inputs) fprintf(stderr, "--input %s: %s\n", options->input, kn_last_error());
         }
         free(bytes);
     } else {
@@ -254,16 +248,14 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
             kn_dataset_free(ds);
         }
     }
-    if (errors.count)
-        kcli_print_errors(&errors);
+    if (errors.count) kcli_print_errors(&errors);
     kapi_errors_free(&errors);
     if (!inputs) {
         kn_release(labels);
         *rc = KCLI_EXIT_RUNTIME;
         return NULL;
     }
-    if (!labels)
-        labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
+    if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
     kn_dataset *ds = kn_dataset_new(inputs, labels);
     kn_release(inputs);
     kn_release(labels);
@@ -284,15 +276,13 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
 static int print_predictions(kn_tensor *probs, int64_t first, bool json)
 {
     kn_tensor *p = kn_contiguous(kn_to(probs, kn_cpu()));
-    if (!p)
-        return KCLI_EXIT_RUNTIME;
+    if (!p) return KCLI_EXIT_RUNTIME;
     int64_t n = p->shape[0], c = p->ndim == 2 ? p->shape[1] : 1;
     const float *v = kn_data_f32(p);
     for (int64_t i = 0; i < n; i++) {
         int64_t best = 0;
         for (int64_t k = 1; k < c; k++)
-            if (v[i * c + k] > v[i * c + best])
-                best = k;
+            if (v[i * c + k] > v[i * c + best]) best = k;
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "index", (double)(first + i));
@@ -302,13 +292,11 @@ static int print_predictions(kn_tensor *probs, int64_t first, bool json)
                 cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[i * c + k]));
             char *text = cJSON_PrintUnformatted(o);
             cJSON_Delete(o);
-            if (text)
-                printf("%s\n", text);
+            if (text) printf("%s\n", text);
             free(text);
         } else {
             printf("%lld\t%lld", (long long)(first + i), (long long)best);
-            for (int64_t k = 0; k < c; k++)
-                printf("\t%.4f", v[i * c + k]);
+            for (int64_t k = 0; k < c; k++) printf("\t%.4f", v[i * c + k]);
             printf("\n");
         }
     }
@@ -320,21 +308,18 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
     kcli_job job;
     kn_dataset *ds = NULL;
     int rc = kcli_job_open(&job, job_path, false, false);
-    if (rc != 0)
-        goto done;
+    if (rc != 0) goto done;
     if (kn_module_load_weights(job.model, checkpoint, true) != KN_OK) {
         fprintf(stderr, "error: %s\n", kn_last_error());
         rc = KCLI_EXIT_RUNTIME;
         goto done;
     }
     ds = predict_inputs(&job, options, &rc);
-    if (!ds)
-        goto done;
+    if (!ds) goto done;
     int64_t count = options->limit > 0 && options->limit < ds->count ? options->limit : ds->count;
     kn_module_train(job.model, false);
     kn_no_grad_begin();
-    if (!options->json)
-        printf("# index\tclass\tprobabilities...\n");
+    if (!options->json) printf("# index\tclass\tprobabilities...\n");
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
     const int64_t batch = 1000;
@@ -346,8 +331,8 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
             fprintf(stderr, "error: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
         } else {
-            kn_tensor *logits = kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n),
-                                                                    job.device));
+            kn_tensor *logits =
+                kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n), job.device));
             kn_tensor *probs = logits && logits->ndim == 2 ? kn_softmax(logits, 1) : logits;
             if (!probs) {
                 fprintf(stderr, "error: %s\n", kn_last_error());

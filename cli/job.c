@@ -16,16 +16,14 @@
 void kcli_print_errors(const kapi_errors *errors)
 {
     char *text = kapi_errors_to_text(errors);
-    if (text)
-        fprintf(stderr, "%s\n", text);
+    if (text) fprintf(stderr, "%s\n", text);
     free(text);
 }
 
 /* path relative to the job's folder when it does not exist as given. */
 static void resolve_path(char *path, size_t size, const char *job_dir)
 {
-    if (!path[0] || path[0] == '/' || access(path, F_OK) == 0)
-        return;
+    if (!path[0] || path[0] == '/' || access(path, F_OK) == 0) return;
     char *joined = kcli_join(job_dir, path);
     if (joined && access(joined, F_OK) == 0 && strlen(joined) < size)
         snprintf(path, size, "%s", joined);
@@ -34,8 +32,7 @@ static void resolve_path(char *path, size_t size, const char *job_dir)
 
 static void resolve_source(kapi_data_source *s, const char *job_dir)
 {
-    if (!s->present)
-        return;
+    if (!s->present) return;
     resolve_path(s->inputs_path, sizeof s->inputs_path, job_dir);
     resolve_path(s->labels_path, sizeof s->labels_path, job_dir);
 }
@@ -52,13 +49,11 @@ static int load_model_file(kcli_job *job, const char *job_dir)
     snprintf(candidates[3], sizeof candidates[3], "%s.json", in_dir ? in_dir : name);
     free(in_dir);
     for (int i = 0; i < 4; i++) {
-        if (access(candidates[i], R_OK) != 0)
-            continue;
+        if (access(candidates[i], R_OK) != 0) continue;
         kapi_errors errors = {0};
         size_t size = 0;
         char *text = kapi_read_file(candidates[i], &size, &errors);
-        if (text)
-            job->model_owned = kapi_model_spec_parse(text, size, &errors);
+        if (text) job->model_owned = kapi_model_spec_parse(text, size, &errors);
         free(text);
         if (!job->model_owned) {
             fprintf(stderr, "model %s:\n", candidates[i]);
@@ -70,8 +65,10 @@ static int load_model_file(kcli_job *job, const char *job_dir)
         job->model_spec = job->model_owned;
         return 0;
     }
-    fprintf(stderr, "model: no model file \"%s\" or \"%s.json\" (the command line reads a "
-            "model given by name from a file; or write the model inline)\n", name, name);
+    fprintf(stderr,
+            "model: no model file \"%s\" or \"%s.json\" (the command line reads a "
+            "model given by name from a file; or write the model inline)\n",
+            name, name);
     return KCLI_EXIT_SPEC;
 }
 
@@ -85,10 +82,8 @@ int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what)
     /* IDX images come as [N, 28, 28]; the model may want [N, 1, 28, 28] or [N, 784] */
     const kapi_model_spec *m = job->model_spec;
     int64_t want = 1, have = 1;
-    for (int i = 0; i < m->input_ndim; i++)
-        want *= m->input_shape[i];
-    for (int i = 1; i < ds->inputs->ndim; i++)
-        have *= ds->inputs->shape[i];
+    for (int i = 0; i < m->input_ndim; i++) want *= m->input_shape[i];
+    for (int i = 1; i < ds->inputs->ndim; i++) have *= ds->inputs->shape[i];
     char a[128], b[128];
     if (want != have) {
         fprintf(stderr, "%s: samples of shape %s do not fit the model's input_shape %s\n", what,
@@ -98,8 +93,7 @@ int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what)
     }
     int64_t shape[KN_MAX_DIMS + 1];
     shape[0] = ds->count;
-    for (int i = 0; i < m->input_ndim; i++)
-        shape[i + 1] = m->input_shape[i];
+    for (int i = 0; i < m->input_ndim; i++) shape[i + 1] = m->input_shape[i];
     kn_tensor *reshaped = kn_reshape(ds->inputs, shape, m->input_ndim + 1);
     if (!reshaped) {
         fprintf(stderr, "%s: %s\n", what, kn_last_error());
@@ -121,8 +115,7 @@ static int load_source(kcli_job *job, const kapi_data_source *src, const char *w
     kapi_errors errors = {0};
     *out = kapi_load_data_source(src, &errors);
     if (!*out) {
-        if (errors.count == 0)
-            fprintf(stderr, "%s: %s\n", what, kn_last_error());
+        if (errors.count == 0) fprintf(stderr, "%s: %s\n", what, kn_last_error());
         kcli_print_errors(&errors);
         kapi_errors_free(&errors);
         return KCLI_EXIT_RUNTIME;
@@ -140,8 +133,10 @@ static int choose_device(kcli_job *job)
         return 0;
     }
     if (kn_device_parse(name, &job->device) != KN_OK) {
-        fprintf(stderr, "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", got "
-                "\"%s\"\n", name);
+        fprintf(stderr,
+                "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", got "
+                "\"%s\"\n",
+                name);
         return KCLI_EXIT_SPEC;
     }
     if (!kn_device_available(job->device)) {
@@ -173,22 +168,18 @@ int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_te
     kapi_errors_free(&errors);
 
     char *copy = strdup(path);
-    if (!copy)
-        return KCLI_EXIT_RUNTIME;
+    if (!copy) return KCLI_EXIT_RUNTIME;
     const char *job_dir = dirname(copy);
     int rc = 0;
     job->model_spec = job->spec->model;
-    if (!job->model_spec)
-        rc = load_model_file(job, job_dir);
+    if (!job->model_spec) rc = load_model_file(job, job_dir);
     resolve_source(&job->spec->data.train, job_dir);
     resolve_source(&job->spec->data.test, job_dir);
     resolve_path(job->spec->init_weights, sizeof job->spec->init_weights, job_dir);
     resolve_path(job->spec->resume_from, sizeof job->spec->resume_from, job_dir);
     free(copy);
-    if (rc == 0)
-        rc = choose_device(job);
-    if (rc != 0)
-        return rc;
+    if (rc == 0) rc = choose_device(job);
+    if (rc != 0) return rc;
 
     /* the seed decides the initial weights, as torch.manual_seed before building */
     kn_manual_seed(job->spec->train.seed);
@@ -206,7 +197,7 @@ int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_te
     if (want_train) {
         if (!d->train.present) {
             fprintf(stderr, "data.train: required field missing: expected the training data "
-                    "(local files on the command line)\n");
+                            "(local files on the command line)\n");
             return KCLI_EXIT_SPEC;
         }
         rc = load_source(job, &d->train, "data.train", &job->train);
@@ -224,15 +215,13 @@ int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_te
     }
     if (rc == 0 && want_test && d->test.present)
         rc = load_source(job, &d->test, "data.test", &job->test);
-    if (rc == 0 && !job->validation)
-        job->validation = job->test; /* borrowed: freed as test */
+    if (rc == 0 && !job->validation) job->validation = job->test; /* borrowed: freed as test */
     return rc;
 }
 
 void kcli_job_close(kcli_job *job)
 {
-    if (job->validation && job->validation != job->test)
-        kn_dataset_free(job->validation);
+    if (job->validation && job->validation != job->test) kn_dataset_free(job->validation);
     kn_dataset_free(job->train);
     kn_dataset_free(job->test);
     kn_module_free(job->model);

@@ -19,10 +19,10 @@ typedef struct kcli_options {
     bool json;
     bool quiet;
     const char *out_dir;
-    const char *input;  /* predict */
-    int64_t limit;      /* predict: at most this many samples (0: all) */
-    int threads;        /* 0: KILN_NUM_THREADS or every core */
-    int64_t log_every;  /* plain progress lines every N steps */
+    const char *input; /* predict */
+    int64_t limit;     /* predict: at most this many samples (0: all) */
+    int threads;       /* 0: KILN_NUM_THREADS or every core */
+    int64_t log_every; /* plain progress lines every N steps */
 } kcli_options;
 
 /* A job ready to run: the spec, the model built and on its device, the data loaded,

@@ -51,8 +51,7 @@ static bool parse_count(const char *text, int64_t *out)
 {
     char *end = NULL;
     long long v = strtoll(text, &end, 10);
-    if (!text[0] || *end || v < 0)
-        return false;
+    if (!text[0] || *end || v < 0) return false;
     *out = v;
     return true;
 }
@@ -106,8 +105,7 @@ int kcli_validate(const char *path, const kcli_options *options)
     if (!model && !job) {
         if (options->json) {
             char *body = kapi_errors_to_json(&errors, "invalid_spec");
-            if (body)
-                printf("%s\n", body);
+            if (body) printf("%s\n", body);
             free(body);
         }
         kcli_print_errors(&errors);
@@ -128,8 +126,7 @@ int kcli_validate(const char *path, const kcli_options *options)
         if (o) {
             cJSON_AddStringToObject(o, "kind", job ? "job" : "model");
             char *out = cJSON_PrintUnformatted(o);
-            if (out)
-                printf("%s\n", out);
+            if (out) printf("%s\n", out);
             free(out);
             cJSON_Delete(o);
         } else {
@@ -139,8 +136,8 @@ int kcli_validate(const char *path, const kcli_options *options)
         char shape[128];
         printf("valid %s%s%s\n", job ? "job" : "model", m->name[0] ? ": " : "", m->name);
         printf("parameters: %lld\n", (long long)m->parameter_count);
-        printf("output shape: %s\n", kn_shape_str(m->output_shape, m->output_ndim, shape,
-                                                  sizeof shape));
+        printf("output shape: %s\n",
+               kn_shape_str(m->output_shape, m->output_ndim, shape, sizeof shape));
         printf("training memory estimate (batch %lld, %s): ", (long long)batch,
                kn_optimizer_kind_name(opt));
         print_memory(kapi_model_training_memory(m, batch, opt));
@@ -171,8 +168,7 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
             options.quiet = true;
         } else if (strcmp(a, "--out") == 0 || strcmp(a, "--input") == 0) {
-            if (!has_value)
-                return usage_error("%s needs a value", a);
+            if (!has_value) return usage_error("%s needs a value", a);
             *(strcmp(a, "--out") == 0 ? &options.out_dir : &options.input) = argv[++i];
         } else if (strcmp(a, "--threads") == 0 || strcmp(a, "--log-every") == 0 ||
                    strcmp(a, "--limit") == 0) {
@@ -200,8 +196,7 @@ int main(int argc, char **argv)
     }
     if (options.threads == 0 && getenv("KILN_NUM_THREADS"))
         options.threads = atoi(getenv("KILN_NUM_THREADS"));
-    if (options.threads > 0)
-        kn_set_num_threads(options.threads);
+    if (options.threads > 0) kn_set_num_threads(options.threads);
 
     const char *command = positional[0];
     struct {
@@ -209,16 +204,13 @@ int main(int argc, char **argv)
         int args;
     } commands[] = {{"train", 1}, {"eval", 2}, {"predict", 2}, {"validate", 1}};
     for (size_t c = 0; c < sizeof commands / sizeof *commands; c++) {
-        if (strcmp(command, commands[c].name) != 0)
-            continue;
+        if (strcmp(command, commands[c].name) != 0) continue;
         if (n_positional - 1 != commands[c].args)
             return usage_error(commands[c].args == 1 ? "%s takes one file"
                                                      : "%s takes CHECKPOINT JOB.json",
                                command);
-        if (strcmp(command, "train") == 0)
-            return kcli_train(positional[1], &options);
-        if (strcmp(command, "eval") == 0)
-            return kcli_eval(positional[1], positional[2], &options);
+        if (strcmp(command, "train") == 0) return kcli_train(positional[1], &options);
+        if (strcmp(command, "eval") == 0) return kcli_eval(positional[1], positional[2], &options);
         if (strcmp(command, "predict") == 0)
             return kcli_predict(positional[1], positional[2], &options);
         return kcli_validate(positional[1], &options);

@@ -25,8 +25,7 @@ char *kcli_join(const char *dir, const char *name)
     size_t n = strlen(dir) + strlen(name) + 2;
     char *path = malloc(n);
     if (path)
-        snprintf(path, n, "%s%s%s", dir, dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/",
-                 name);
+        snprintf(path, n, "%s%s%s", dir, dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", name);
     return path;
 }
 
@@ -70,45 +69,44 @@ static kn_status on_step(void *context, const kn_step_info *info)
     kcli_progress *p = context;
     if (p->interrupted && *p->interrupted)
         return KN_ERR_VALUE; /* the caller reports the interruption */
-    if (p->options->quiet)
-        return KN_OK;
+    if (p->options->quiet) return KN_OK;
     bool last = info->step >= info->total_steps;
-    int64_t epochs = info->batches_per_epoch > 0
-                         ? (info->total_steps + info->batches_per_epoch - 1) /
-                               info->batches_per_epoch
-                         : 1;
+    int64_t epochs =
+        info->batches_per_epoch > 0
+            ? (info->total_steps + info->batches_per_epoch - 1) / info->batches_per_epoch
+            : 1;
     double now = kcli_now();
     int64_t done = info->step - p->first_step;
-    double eta = done > 0 ? (now - p->start) / (double)done * (double)(info->total_steps -
-                                                                       info->step)
-                          : -1;
+    double eta =
+        done > 0 ? (now - p->start) / (double)done * (double)(info->total_steps - info->step) : -1;
     char eta_text[32];
     format_duration(eta, eta_text, sizeof eta_text);
     if (p->tty) {
-        if (!last && now - p->last_draw < 0.1)
-            return KN_OK;
+        if (!last && now - p->last_draw < 0.1) return KN_OK;
         p->last_draw = now;
         int width = 24;
         int filled = info->total_steps > 0
                          ? (int)((double)width * (double)info->step / (double)info->total_steps)
                          : 0;
         char bar[32];
-        for (int i = 0; i < width; i++)
-            bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+        for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
         bar[width] = '\0';
-        fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s] %lld/%lld loss %.4f %.0f samples/s "
-                "ETA %s%s", (long long)info->epoch + 1, (long long)epochs, bar,
-                (long long)info->step, (long long)info->total_steps, info->loss,
-                info->samples_per_second, eta_text, info->skipped ? " (skipped)" : "");
+        fprintf(stderr,
+                "\r\033[Kepoch %lld/%lld [%s] %lld/%lld loss %.4f %.0f samples/s "
+                "ETA %s%s",
+                (long long)info->epoch + 1, (long long)epochs, bar, (long long)info->step,
+                (long long)info->total_steps, info->loss, info->samples_per_second, eta_text,
+                info->skipped ? " (skipped)" : "");
         fflush(stderr);
         p->line_open = true;
     } else if (p->options->log_every > 0 &&
                (info->step % p->options->log_every == 0 || last || info->skipped)) {
-        fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3g %.0f samples/s "
-                "ETA %s%s\n", (long long)info->epoch + 1, (long long)epochs,
-                (long long)info->step, (long long)info->total_steps, info->loss, info->lr,
-                info->samples_per_second, eta_text,
-                info->skipped ? " (non-finite, skipped)" : "");
+        fprintf(stderr,
+                "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3g %.0f samples/s "
+                "ETA %s%s\n",
+                (long long)info->epoch + 1, (long long)epochs, (long long)info->step,
+                (long long)info->total_steps, info->loss, info->lr, info->samples_per_second,
+                eta_text, info->skipped ? " (non-finite, skipped)" : "");
         fflush(stderr);
     }
     return KN_OK;
@@ -127,8 +125,7 @@ static kn_status on_eval(void *context, const kn_eval_result *r)
         cJSON_AddNumberToObject(o, "count", (double)r->count);
         char *text = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
-        if (text)
-            printf("%s\n", text);
+        if (text) printf("%s\n", text);
         free(text);
         fflush(stdout);
     } else if (!p->options->quiet) {
@@ -143,18 +140,15 @@ static kn_status on_eval(void *context, const kn_eval_result *r)
 static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
 {
     kcli_progress *p = context;
-    if (!p->options->out_dir)
-        return KN_OK;
+    if (!p->options->out_dir) return KN_OK;
     char name[64];
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
     char *path = kcli_join(p->options->out_dir, name);
-    if (!path)
-        return KN_ERR_MEMORY;
+    if (!path) return KN_ERR_MEMORY;
     kn_status st = kn_trainer_save_checkpoint(trainer, path);
     if (st == KN_OK) {
         p->checkpoints_written++;
-        if (!p->options->quiet && !p->tty)
-            fprintf(stderr, "checkpoint %s\n", path);
+        if (!p->options->quiet && !p->tty) fprintf(stderr, "checkpoint %s\n", path);
     }
     free(path);
     return st;
@@ -162,7 +156,7 @@ static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
 
 kn_train_callbacks kcli_progress_callbacks(kcli_progress *p)
 {
-    kn_train_callbacks cb = {.context = p, .on_step = on_step, .on_eval = on_eval,
-                             .on_checkpoint = on_checkpoint};
+    kn_train_callbacks cb = {
+        .context = p, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
     return cb;
 }

@@ -17,16 +17,28 @@
 
 _Thread_local int kn__no_grad_depth;
 
-void kn_no_grad_begin(void) { kn__no_grad_depth++; }
+void kn_no_grad_begin(void)
+{
+    kn__no_grad_depth++;
+}
 void kn_no_grad_end(void)
 {
     if (kn__no_grad_depth > 0) kn__no_grad_depth--;
 }
-bool kn_is_grad_enabled(void) { return kn__no_grad_depth == 0; }
+bool kn_is_grad_enabled(void)
+{
+    return kn__no_grad_depth == 0;
+}
 
-bool kn_is_leaf(const kn_tensor *t) { return t && t->grad_fn == NULL; }
+bool kn_is_leaf(const kn_tensor *t)
+{
+    return t && t->grad_fn == NULL;
+}
 
-kn_tensor *kn_grad(const kn_tensor *t) { return t ? t->grad : NULL; }
+kn_tensor *kn_grad(const kn_tensor *t)
+{
+    return t ? t->grad : NULL;
+}
 
 void kn_zero_grad(kn_tensor *t)
 {
@@ -309,8 +321,10 @@ static kn_status call_backward(kn_node *node, kn_tensor *grad_output, bool retai
                 break;
             }
         }
-        if (in->leaf) status = accumulate_leaf(in->leaf, g);
-        else if (in->node) status = accumulate(&in->node->pending_grad, g);
+        if (in->leaf)
+            status = accumulate_leaf(in->leaf, g);
+        else if (in->node)
+            status = accumulate(&in->node->pending_grad, g);
     }
     kn_scope_end();
     if (grads != small) free(grads);
@@ -374,7 +388,8 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
     kn_status status = collect(t->grad_fn, &all, next_mark());
     if (status == KN_OK) {
         t->grad_fn->pending_grad = kn_retain(grad);
-        if (!list_push(&ready, t->grad_fn)) status = kn__error(KN_ERR_MEMORY, "backward: out of memory");
+        if (!list_push(&ready, t->grad_fn))
+            status = kn__error(KN_ERR_MEMORY, "backward: out of memory");
     }
     while (status == KN_OK && ready.count > 0) {
         kn_node *node = ready.items[--ready.count];
@@ -396,7 +411,8 @@ kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim)
 {
     int lead = grad->ndim - ndim;
     if (lead < 0)
-        return kn__error_null(KN_ERR_SHAPE, "backward: gradient of shape %s cannot be reduced to %s",
+        return kn__error_null(KN_ERR_SHAPE,
+                              "backward: gradient of shape %s cannot be reduced to %s",
                               kn__shape(grad), kn__shape_of(shape, ndim));
     int dims[KN_MAX_DIMS], count = 0;
     for (int i = 0; i < grad->ndim; i++)

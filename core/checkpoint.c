@@ -27,8 +27,7 @@ static char *hex_encode(const unsigned char *bytes, size_t n)
 {
     static const char digits[] = "0123456789abcdef";
     char *out = malloc(2 * n + 1);
-    if (!out)
-        return NULL;
+    if (!out) return NULL;
     for (size_t i = 0; i < n; i++) {
         out[2 * i] = digits[bytes[i] >> 4];
         out[2 * i + 1] = digits[bytes[i] & 15];
@@ -39,24 +38,19 @@ static char *hex_encode(const unsigned char *bytes, size_t n)
 
 static int hex_value(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
 /* Decodes exactly n bytes; false when the text is not 2n hex digits. */
 static bool hex_decode(const char *text, unsigned char *out, size_t n)
 {
-    if (strlen(text) != 2 * n)
-        return false;
+    if (strlen(text) != 2 * n) return false;
     for (size_t i = 0; i < n; i++) {
         int hi = hex_value(text[2 * i]), lo = hex_value(text[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return false;
+        if (hi < 0 || lo < 0) return false;
         out[i] = (unsigned char)(hi << 4 | lo);
     }
     return true;
@@ -71,12 +65,11 @@ static kn_status save_state(const kn_module *model, const char *path,
 {
     int n = 0;
     kn_named_tensor *state = kn_module_state_dict(model, &n);
-    if (!state && n > 0)
-        return kn__error(KN_ERR_MEMORY, "save %s: out of memory", path);
+    if (!state && n > 0) return kn__error(KN_ERR_MEMORY, "save %s: out of memory", path);
     int total = n + n_extra;
     const char **names = calloc(total > 0 ? (size_t)total : 1, sizeof *names);
     kn_tensor **tensors = calloc(total > 0 ? (size_t)total : 1, sizeof *tensors);
-    char (*extra_names)[96] = calloc(n_extra > 0 ? (size_t)n_extra : 1, sizeof *extra_names);
+    char(*extra_names)[96] = calloc(n_extra > 0 ? (size_t)n_extra : 1, sizeof *extra_names);
     kn_status st = KN_OK;
     if (!names || !tensors || !extra_names)
         st = kn__error(KN_ERR_MEMORY, "save %s: out of memory", path);
@@ -93,11 +86,9 @@ static kn_status save_state(const kn_module *model, const char *path,
             t = extra[i - n].tensor;
         }
         tensors[i] = kn_detach(kn_to(t, kn_cpu()));
-        if (!tensors[i])
-            st = kn_last_status() ? kn_last_status() : KN_ERR_NULL;
+        if (!tensors[i]) st = kn_last_status() ? kn_last_status() : KN_ERR_NULL;
     }
-    if (st == KN_OK)
-        st = kn_safetensors_save(path, names, tensors, total, meta, n_meta);
+    if (st == KN_OK) st = kn_safetensors_save(path, names, tensors, total, meta, n_meta);
     kn_scope_end();
     free(extra_names);
     free(tensors);
@@ -116,22 +107,18 @@ kn_status kn_module_save_weights(const kn_module *model, const char *path)
 }
 
 /* Loads the model entries of an open file (those not under "optimizer."). */
-static kn_status load_model_entries(kn_module *model, const kn_safetensors *file,
-                                    const char *path, bool strict)
+static kn_status load_model_entries(kn_module *model, const kn_safetensors *file, const char *path,
+                                    bool strict)
 {
-    kn_named_tensor *entries = calloc(file->count > 0 ? (size_t)file->count : 1,
-                                      sizeof *entries);
-    if (!entries)
-        return kn__error(KN_ERR_MEMORY, "load %s: out of memory", path);
+    kn_named_tensor *entries = calloc(file->count > 0 ? (size_t)file->count : 1, sizeof *entries);
+    if (!entries) return kn__error(KN_ERR_MEMORY, "load %s: out of memory", path);
     int n = 0;
     for (int i = 0; i < file->count; i++) {
         const char *name = file->entries[i].name;
-        if (strncmp(name, OPTIMIZER_PREFIX, strlen(OPTIMIZER_PREFIX)) == 0)
-            continue;
+        if (strncmp(name, OPTIMIZER_PREFIX, strlen(OPTIMIZER_PREFIX)) == 0) continue;
         if (strlen(name) >= sizeof entries[n].name) {
             free(entries);
-            return kn__error(KN_ERR_VALUE, "load %s: tensor name too long: %.60s...", path,
-                             name);
+            return kn__error(KN_ERR_VALUE, "load %s: tensor name too long: %.60s...", path, name);
         }
         snprintf(entries[n].name, sizeof entries[n].name, "%s", name);
         entries[n].tensor = file->entries[i].tensor;
@@ -152,8 +139,7 @@ kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict
     if (!model || !path)
         return kn__error(KN_ERR_NULL, "kn_module_load_weights: model and path are required");
     kn_safetensors *file = kn_safetensors_load(path);
-    if (!file)
-        return kn_last_status() ? kn_last_status() : KN_ERR_VALUE;
+    if (!file) return kn_last_status() ? kn_last_status() : KN_ERR_VALUE;
     kn_status st = load_model_entries(model, file, path, strict);
     kn_safetensors_free(file);
     return st;
@@ -167,16 +153,13 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
         return kn__error(KN_ERR_NULL, "kn_trainer_save_checkpoint: trainer and path are required");
     size_t state_size = kn_generator_state_size();
     unsigned char *state = malloc(state_size ? state_size : 1);
-    if (!state)
-        return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    if (!state) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
     kn_generator_get_state(kn_default_generator(), state);
     char *rng = hex_encode(state, state_size);
     free(state);
-    if (!rng)
-        return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    if (!rng) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
 
-    char step[32], epoch[32], batch[32], seed[32], skipped[32], batch_size[32], best[40],
-        bad[32];
+    char step[32], epoch[32], batch[32], seed[32], skipped[32], batch_size[32], best[40], bad[32];
     snprintf(step, sizeof step, "%" PRId64, t->step);
     snprintf(epoch, sizeof epoch, "%" PRId64, t->epoch);
     snprintf(batch, sizeof batch, "%" PRId64, t->batch_in_epoch);
@@ -222,8 +205,10 @@ static kn_status meta_int(const kn_safetensors *file, const char *path, const ch
     errno = 0;
     long long v = strtoll(text, &end, 10);
     if (errno || end == text || *end || v < 0)
-        return kn__error(KN_ERR_VALUE, "checkpoint %s: metadata \"%s\": expected a "
-                         "non-negative integer, got \"%.40s\"", path, key, text);
+        return kn__error(KN_ERR_VALUE,
+                         "checkpoint %s: metadata \"%s\": expected a "
+                         "non-negative integer, got \"%.40s\"",
+                         path, key, text);
     *out = v;
     return KN_OK;
 }
@@ -231,19 +216,19 @@ static kn_status meta_int(const kn_safetensors *file, const char *path, const ch
 static kn_status load_optimizer(kn_trainer *t, const kn_safetensors *file, const char *path)
 {
     size_t prefix = strlen(OPTIMIZER_PREFIX);
-    kn_optimizer_state_entry *entries = calloc(file->count > 0 ? (size_t)file->count : 1,
-                                               sizeof *entries);
-    if (!entries)
-        return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    kn_optimizer_state_entry *entries =
+        calloc(file->count > 0 ? (size_t)file->count : 1, sizeof *entries);
+    if (!entries) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
     int n = 0;
     for (int i = 0; i < file->count; i++) {
         const char *name = file->entries[i].name;
-        if (strncmp(name, OPTIMIZER_PREFIX, prefix) != 0)
-            continue;
+        if (strncmp(name, OPTIMIZER_PREFIX, prefix) != 0) continue;
         if (strlen(name + prefix) >= sizeof entries[n].name) {
             free(entries);
-            return kn__error(KN_ERR_VALUE, "checkpoint %s: optimizer entry name too long: "
-                             "%.60s", path, name);
+            return kn__error(KN_ERR_VALUE,
+                             "checkpoint %s: optimizer entry name too long: "
+                             "%.60s",
+                             path, name);
         }
         snprintf(entries[n].name, sizeof entries[n].name, "%s", name + prefix);
         entries[n].tensor = file->entries[i].tensor;
@@ -264,8 +249,7 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     if (!t || !path)
         return kn__error(KN_ERR_NULL, "kn_trainer_load_checkpoint: trainer and path are required");
     kn_safetensors *file = kn_safetensors_load(path);
-    if (!file)
-        return kn_last_status() ? kn_last_status() : KN_ERR_VALUE;
+    if (!file) return kn_last_status() ? kn_last_status() : KN_ERR_VALUE;
     kn_status st = KN_OK;
     const char *format = kn_safetensors_get_meta(file, "kiln_format");
     const char *opt_kind = kn_safetensors_get_meta(file, "optimizer");
@@ -274,52 +258,51 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     uint64_t seed = 0;
     int64_t step = 0, epoch = 0, batch = 0, skipped = 0, batch_size = 0, bad = 0;
     if (!format || strcmp(format, CHECKPOINT_FORMAT) != 0)
-        st = kn__error(KN_ERR_VALUE, "checkpoint %s: not a Kiln checkpoint (metadata "
+        st = kn__error(KN_ERR_VALUE,
+                       "checkpoint %s: not a Kiln checkpoint (metadata "
                        "kiln_format is \"%s\", expected \"%s\"); weights alone load with "
-                       "init_weights", path, format ? format : "", CHECKPOINT_FORMAT);
-    if (st == KN_OK)
-        st = meta_int(file, path, "step", &step);
-    if (st == KN_OK)
-        st = meta_int(file, path, "epoch", &epoch);
-    if (st == KN_OK)
-        st = meta_int(file, path, "batch_in_epoch", &batch);
+                       "init_weights",
+                       path, format ? format : "", CHECKPOINT_FORMAT);
+    if (st == KN_OK) st = meta_int(file, path, "step", &step);
+    if (st == KN_OK) st = meta_int(file, path, "epoch", &epoch);
+    if (st == KN_OK) st = meta_int(file, path, "batch_in_epoch", &batch);
     if (st == KN_OK) {
         const char *text = kn_safetensors_get_meta(file, "seed");
         char *end = NULL;
         errno = 0;
         seed = text ? strtoull(text, &end, 10) : 0;
         if (!text || errno || end == text || *end)
-            st = kn__error(KN_ERR_VALUE, "checkpoint %s: metadata \"seed\": expected an "
-                           "unsigned integer, got \"%.40s\"", path, text ? text : "(missing)");
+            st = kn__error(KN_ERR_VALUE,
+                           "checkpoint %s: metadata \"seed\": expected an "
+                           "unsigned integer, got \"%.40s\"",
+                           path, text ? text : "(missing)");
     }
-    if (st == KN_OK)
-        st = meta_int(file, path, "skipped_steps", &skipped);
-    if (st == KN_OK)
-        st = meta_int(file, path, "batch_size", &batch_size);
-    if (st == KN_OK)
-        st = meta_int(file, path, "evals_without_improvement", &bad);
+    if (st == KN_OK) st = meta_int(file, path, "skipped_steps", &skipped);
+    if (st == KN_OK) st = meta_int(file, path, "batch_size", &batch_size);
+    if (st == KN_OK) st = meta_int(file, path, "evals_without_improvement", &bad);
     if (st == KN_OK && batch_size != t->config.batch_size)
-        st = kn__error(KN_ERR_VALUE, "checkpoint %s: taken with batch_size %lld, the job has "
-                       "%lld; resuming needs the same batch size", path,
-                       (long long)batch_size, (long long)t->config.batch_size);
+        st = kn__error(KN_ERR_VALUE,
+                       "checkpoint %s: taken with batch_size %lld, the job has "
+                       "%lld; resuming needs the same batch size",
+                       path, (long long)batch_size, (long long)t->config.batch_size);
     if (st == KN_OK && opt_kind &&
         strcmp(opt_kind, kn_optimizer_kind_name(t->config.optimizer.kind)) != 0)
-        st = kn__error(KN_ERR_VALUE, "checkpoint %s: optimizer state is for %s, the job uses "
-                       "%s", path, opt_kind, kn_optimizer_kind_name(t->config.optimizer.kind));
+        st = kn__error(KN_ERR_VALUE,
+                       "checkpoint %s: optimizer state is for %s, the job uses "
+                       "%s",
+                       path, opt_kind, kn_optimizer_kind_name(t->config.optimizer.kind));
     size_t state_size = kn_generator_state_size();
     unsigned char *state = malloc(state_size ? state_size : 1);
-    if (st == KN_OK && !state)
-        st = kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    if (st == KN_OK && !state) st = kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
     if (st == KN_OK && (!rng || !hex_decode(rng, state, state_size)))
-        st = kn__error(KN_ERR_VALUE, "checkpoint %s: metadata \"rng_state\": expected %zu "
-                       "hex digits", path, 2 * state_size);
+        st = kn__error(KN_ERR_VALUE,
+                       "checkpoint %s: metadata \"rng_state\": expected %zu "
+                       "hex digits",
+                       path, 2 * state_size);
     /* nothing is changed until everything has been read and checked */
-    if (st == KN_OK)
-        st = load_model_entries(t->model, file, path, true);
-    if (st == KN_OK)
-        st = load_optimizer(t, file, path);
-    if (st == KN_OK)
-        st = kn_generator_set_state(kn_default_generator(), state, state_size);
+    if (st == KN_OK) st = load_model_entries(t->model, file, path, true);
+    if (st == KN_OK) st = load_optimizer(t, file, path);
+    if (st == KN_OK) st = kn_generator_set_state(kn_default_generator(), state, state_size);
     if (st == KN_OK) {
         t->step = step;
         t->epoch = epoch;
@@ -328,8 +311,7 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
         t->skipped_steps = skipped;
         t->evals_without_improvement = bad;
         t->best_val_loss = best ? strtod(best, NULL) : INFINITY;
-        if (isnan(t->best_val_loss))
-            t->best_val_loss = INFINITY;
+        if (isnan(t->best_val_loss)) t->best_val_loss = INFINITY;
     }
     free(state);
     kn_safetensors_free(file);

@@ -50,9 +50,10 @@ static bool check_grad(const char *op, kn_tensor *p, int i)
     kn_tensor *g = p->grad;
     if (g && (g->dtype != KN_FLOAT32 || g->device.type != KN_DEVICE_CPU)) {
         char dev[32];
-        kn__error(KN_ERR_DTYPE, "%s: the gradient of parameter %d must be float32 on the cpu, "
-                  "got %s on %s", op, i, kn_dtype_name(g->dtype),
-                  kn_device_str(g->device, dev, sizeof dev));
+        kn__error(KN_ERR_DTYPE,
+                  "%s: the gradient of parameter %d must be float32 on the cpu, "
+                  "got %s on %s",
+                  op, i, kn_dtype_name(g->dtype), kn_device_str(g->device, dev, sizeof dev));
         return false;
     }
     return true;

@@ -42,7 +42,10 @@ static int64_t row_elements(const kn_tensor *inputs)
     return n;
 }
 
-static const char *dtype_of(const kn_tensor *t) { return kn_dtype_name(t->dtype); }
+static const char *dtype_of(const kn_tensor *t)
+{
+    return kn_dtype_name(t->dtype);
+}
 
 /* Checks that nothing in data is NaN or infinite; names the first bad sample. */
 static kn_status check_finite(const float *data, int64_t count, int64_t row)
@@ -78,10 +81,9 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
         return kn__error_null(KN_ERR_SHAPE, "dataset: labels must be [N], got %s",
                               kn__shape(labels));
     if (labels->shape[0] != inputs->shape[0])
-        return kn__error_null(KN_ERR_SHAPE,
-                              "dataset: inputs have %lld samples %s but labels have %lld",
-                              (long long)inputs->shape[0], kn__shape(inputs),
-                              (long long)labels->shape[0]);
+        return kn__error_null(
+            KN_ERR_SHAPE, "dataset: inputs have %lld samples %s but labels have %lld",
+            (long long)inputs->shape[0], kn__shape(inputs), (long long)labels->shape[0]);
     if (inputs->shape[0] == 0) return kn__error_null(KN_ERR_SHAPE, "dataset: no samples");
 
     kn_tensor *x = kn__contiguous_raw(inputs);
@@ -129,8 +131,8 @@ void kn_dataset_free(kn_dataset *ds)
     free(ds);
 }
 
-kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
-                               const double *std, int channels)
+kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean, const double *std,
+                               int channels)
 {
     if (!ds) return kn__error(KN_ERR_NULL, "dataset_normalize: dataset is NULL");
     if (!isfinite(scale) || scale == 0)
@@ -211,11 +213,10 @@ static kn_dataset *subset(const kn_dataset *ds, const unsigned char *keep, unsig
     return out;
 }
 
-kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed,
-                           kn_dataset **train, kn_dataset **validation)
+kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed, kn_dataset **train,
+                           kn_dataset **validation)
 {
-    if (!ds || !train || !validation)
-        return kn__error(KN_ERR_NULL, "dataset_split: NULL argument");
+    if (!ds || !train || !validation) return kn__error(KN_ERR_NULL, "dataset_split: NULL argument");
     *train = *validation = NULL;
     if (!(fraction > 0 && fraction < 1))
         return kn__error(KN_ERR_VALUE, "dataset_split: fraction must be in (0, 1), got %g",
@@ -278,8 +279,10 @@ kn_tensor *kn_epoch_order(int64_t count, uint64_t seed, int64_t epoch, bool shuf
 int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last)
 {
     if (count < 0 || batch_size <= 0) {
-        kn__error(KN_ERR_VALUE, "batches_per_epoch: need count >= 0 and batch_size > 0, got %lld "
-                  "and %lld", (long long)count, (long long)batch_size);
+        kn__error(KN_ERR_VALUE,
+                  "batches_per_epoch: need count >= 0 and batch_size > 0, got %lld "
+                  "and %lld",
+                  (long long)count, (long long)batch_size);
         return 0;
     }
     return drop_last ? count / batch_size : (count + batch_size - 1) / batch_size;
@@ -292,8 +295,10 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
     *inputs = *labels = NULL;
     if (!ds || !order) return kn__error(KN_ERR_NULL, "dataset_batch: dataset or order is NULL");
     if (order->dtype != KN_INT64 || order->ndim != 1 || order->device.type != KN_DEVICE_CPU)
-        return kn__error(KN_ERR_DTYPE, "dataset_batch: order must be a 1-D int64 cpu tensor, "
-                         "got %s %s", dtype_of(order), kn__shape(order));
+        return kn__error(KN_ERR_DTYPE,
+                         "dataset_batch: order must be a 1-D int64 cpu tensor, "
+                         "got %s %s",
+                         dtype_of(order), kn__shape(order));
     if (batch_size <= 0)
         return kn__error(KN_ERR_VALUE, "dataset_batch: batch_size must be > 0, got %lld",
                          (long long)batch_size);

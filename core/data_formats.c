@@ -24,7 +24,10 @@ static size_t element_size(element_kind k)
     return sizes[k];
 }
 
-static bool element_is_float(element_kind k) { return k == EL_F32 || k == EL_F64; }
+static bool element_is_float(element_kind k)
+{
+    return k == EL_F32 || k == EL_F64;
+}
 
 /* Reads element i of an unaligned array, swapping bytes when big_endian. */
 static double read_element(const unsigned char *p, element_kind k, bool big_endian)
@@ -33,14 +36,40 @@ static double read_element(const unsigned char *p, element_kind k, bool big_endi
     size_t size = element_size(k);
     for (size_t j = 0; j < size; j++) b[j] = big_endian ? p[size - 1 - j] : p[j];
     switch (k) {
-    case EL_U8: return b[0];
-    case EL_I8: return (int8_t)b[0];
-    case EL_I16: { int16_t v; memcpy(&v, b, 2); return v; }
-    case EL_U16: { uint16_t v; memcpy(&v, b, 2); return v; }
-    case EL_I32: { int32_t v; memcpy(&v, b, 4); return v; }
-    case EL_I64: { int64_t v; memcpy(&v, b, 8); return (double)v; }
-    case EL_F32: { float v; memcpy(&v, b, 4); return v; }
-    case EL_F64: { double v; memcpy(&v, b, 8); return v; }
+    case EL_U8:
+        return b[0];
+    case EL_I8:
+        return (int8_t)b[0];
+    case EL_I16: {
+        int16_t v;
+        memcpy(&v, b, 2);
+        return v;
+    }
+    case EL_U16: {
+        uint16_t v;
+        memcpy(&v, b, 2);
+        return v;
+    }
+    case EL_I32: {
+        int32_t v;
+        memcpy(&v, b, 4);
+        return v;
+    }
+    case EL_I64: {
+        int64_t v;
+        memcpy(&v, b, 8);
+        return (double)v;
+    }
+    case EL_F32: {
+        float v;
+        memcpy(&v, b, 4);
+        return v;
+    }
+    case EL_F64: {
+        double v;
+        memcpy(&v, b, 8);
+        return v;
+    }
     }
     return 0;
 }
@@ -111,35 +140,56 @@ kn_tensor *kn_parse_idx(const void *bytes, size_t size, bool as_labels)
     const unsigned char *b = bytes;
     if (!b) return kn__error_null(KN_ERR_NULL, "idx: no data");
     if (size < 4)
-        return kn__error_null(KN_ERR_VALUE, "idx: file has %zu bytes, too short for the 4-byte "
-                              "magic number", size);
+        return kn__error_null(KN_ERR_VALUE,
+                              "idx: file has %zu bytes, too short for the 4-byte "
+                              "magic number",
+                              size);
     if (b[0] != 0 || b[1] != 0)
-        return kn__error_null(KN_ERR_VALUE, "idx: bad magic number 0x%02x%02x%02x%02x: must start "
+        return kn__error_null(KN_ERR_VALUE,
+                              "idx: bad magic number 0x%02x%02x%02x%02x: must start "
                               "with two zero bytes (is the file still gzip-compressed?)",
                               b[0], b[1], b[2], b[3]);
     element_kind k;
     switch (b[2]) {
-    case 0x08: k = EL_U8; break;
-    case 0x09: k = EL_I8; break;
-    case 0x0B: k = EL_I16; break;
-    case 0x0C: k = EL_I32; break;
-    case 0x0D: k = EL_F32; break;
-    case 0x0E: k = EL_F64; break;
+    case 0x08:
+        k = EL_U8;
+        break;
+    case 0x09:
+        k = EL_I8;
+        break;
+    case 0x0B:
+        k = EL_I16;
+        break;
+    case 0x0C:
+        k = EL_I32;
+        break;
+    case 0x0D:
+        k = EL_F32;
+        break;
+    case 0x0E:
+        k = EL_F64;
+        break;
     default:
-        return kn__error_null(KN_ERR_DTYPE, "idx: unknown data type 0x%02x in the magic number "
-                              "(expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)", b[2]);
+        return kn__error_null(KN_ERR_DTYPE,
+                              "idx: unknown data type 0x%02x in the magic number "
+                              "(expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)",
+                              b[2]);
     }
     int ndim = b[3];
     if (ndim < 1 || ndim > KN_MAX_DIMS)
-        return kn__error_null(KN_ERR_SHAPE, "idx: %d dimensions in the magic number, expected 1 "
-                              "to %d", ndim, KN_MAX_DIMS);
+        return kn__error_null(KN_ERR_SHAPE,
+                              "idx: %d dimensions in the magic number, expected 1 "
+                              "to %d",
+                              ndim, KN_MAX_DIMS);
     if (as_labels && ndim != 1)
         return kn__error_null(KN_ERR_SHAPE, "idx: labels must have 1 dimension, the file has %d",
                               ndim);
     size_t header = 4 + 4 * (size_t)ndim;
     if (size < header)
-        return kn__error_null(KN_ERR_VALUE, "idx: file has %zu bytes, too short for the header of "
-                              "%d dimension sizes (%zu bytes)", size, ndim, header);
+        return kn__error_null(KN_ERR_VALUE,
+                              "idx: file has %zu bytes, too short for the header of "
+                              "%d dimension sizes (%zu bytes)",
+                              size, ndim, header);
     int64_t shape[KN_MAX_DIMS];
     char dims[160];
     size_t used = 0;
@@ -156,8 +206,10 @@ kn_tensor *kn_parse_idx(const void *bytes, size_t size, bool as_labels)
     if (want < 0 || (uint64_t)want != have) {
         if (element_size(k) > 1)
             used += (size_t)snprintf(dims + used, sizeof dims - used, " x %zu", element_size(k));
-        return kn__error_null(KN_ERR_SHAPE, "idx: header says %s = %lld bytes of data, file has "
-                              "%zu", dims, (long long)want, have);
+        return kn__error_null(KN_ERR_SHAPE,
+                              "idx: header says %s = %lld bytes of data, file has "
+                              "%zu",
+                              dims, (long long)want, have);
     }
     return kn__result(convert(b + header, k, true, shape, ndim, as_labels, "idx"));
 }
@@ -256,9 +308,12 @@ static bool npy_header(const char *header, size_t len, char *descr, size_t descr
             if (!read_pystring(&c, descr, descr_size))
                 return npy_header_error("'descr' must be a string such as '<f4'", header, len);
         } else if (strcmp(key, "fortran_order") == 0) {
-            if (starts_with(&c, "False")) fortran = 0;
-            else if (starts_with(&c, "True")) fortran = 1;
-            else return npy_header_error("'fortran_order' must be True or False", header, len);
+            if (starts_with(&c, "False"))
+                fortran = 0;
+            else if (starts_with(&c, "True"))
+                fortran = 1;
+            else
+                return npy_header_error("'fortran_order' must be True or False", header, len);
         } else if (strcmp(key, "shape") == 0) {
             if (!read_shape(&c, shape, ndim))
                 return npy_header_error("'shape' must be a tuple of sizes", header, len);
@@ -274,7 +329,7 @@ static bool npy_header(const char *header, size_t len, char *descr, size_t descr
         return npy_header_error("missing 'descr', 'fortran_order' or 'shape'", header, len);
     if (fortran) {
         kn__error(KN_ERR_VALUE, "npy: fortran_order True is not supported (save a C order "
-                  "array, e.g. np.ascontiguousarray)");
+                                "array, e.g. np.ascontiguousarray)");
         return false;
     }
     return true;
@@ -285,8 +340,10 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
     const unsigned char *b = bytes;
     if (!b) return kn__error_null(KN_ERR_NULL, "npy: no data");
     if (size < 10 || memcmp(b, "\x93NUMPY", 6) != 0)
-        return kn__error_null(KN_ERR_VALUE, "npy: bad magic: the file must start with "
-                              "\"\\x93NUMPY\" (%zu bytes given)", size);
+        return kn__error_null(KN_ERR_VALUE,
+                              "npy: bad magic: the file must start with "
+                              "\"\\x93NUMPY\" (%zu bytes given)",
+                              size);
     int major = b[6];
     size_t len, start;
     if (major == 1) {
@@ -297,12 +354,16 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
         len = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
         start = 12;
     } else {
-        return kn__error_null(KN_ERR_VALUE, "npy: format version %d.%d is not supported "
-                              "(expected 1, 2 or 3)", major, b[7]);
+        return kn__error_null(KN_ERR_VALUE,
+                              "npy: format version %d.%d is not supported "
+                              "(expected 1, 2 or 3)",
+                              major, b[7]);
     }
     if (len > size - start)
-        return kn__error_null(KN_ERR_VALUE, "npy: header of %zu bytes but the file has only %zu "
-                              "after the magic", len, size - start);
+        return kn__error_null(KN_ERR_VALUE,
+                              "npy: header of %zu bytes but the file has only %zu "
+                              "after the magic",
+                              len, size - start);
     /* A NUL-terminated copy keeps strtoll inside the header whatever the file holds. */
     char *header = malloc(len + 1);
     if (!header) return kn__error_null(KN_ERR_MEMORY, "npy: out of memory");
@@ -324,18 +385,23 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (strcmp(descr, types[i].descr) == 0) found = (int)i;
     if (found < 0)
-        return kn__error_null(KN_ERR_DTYPE, "npy: dtype '%s' is not supported (expected "
-                              "little-endian '<f4', '<f8', '<i8', '<i4', '|u1' or '|i1')", descr);
+        return kn__error_null(KN_ERR_DTYPE,
+                              "npy: dtype '%s' is not supported (expected "
+                              "little-endian '<f4', '<f8', '<i8', '<i4', '|u1' or '|i1')",
+                              descr);
     if (as_labels && ndim != 1)
-        return kn__error_null(KN_ERR_SHAPE, "npy: labels must have 1 dimension, the file has "
-                              "shape %s", kn__shape_of(shape, ndim));
+        return kn__error_null(KN_ERR_SHAPE,
+                              "npy: labels must have 1 dimension, the file has "
+                              "shape %s",
+                              kn__shape_of(shape, ndim));
     element_kind k = types[found].kind;
     int64_t want = checked_bytes(shape, ndim, element_size(k));
     size_t have = size - start - len;
     if (want < 0 || (uint64_t)want != have)
-        return kn__error_null(KN_ERR_SHAPE, "npy: header says shape %s of '%s' = %lld bytes of "
-                              "data, file has %zu", kn__shape_of(shape, ndim), descr,
-                              (long long)want, have);
+        return kn__error_null(KN_ERR_SHAPE,
+                              "npy: header says shape %s of '%s' = %lld bytes of "
+                              "data, file has %zu",
+                              kn__shape_of(shape, ndim), descr, (long long)want, have);
     return kn__result(convert(b + start + len, k, false, shape, ndim, as_labels, "npy"));
 }
 
@@ -371,8 +437,8 @@ static int count_fields(const char *line)
     return n;
 }
 
-kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
-                       kn_tensor **inputs, kn_tensor **labels)
+kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, kn_tensor **inputs,
+                       kn_tensor **labels)
 {
     if (!inputs || !labels) return kn__error(KN_ERR_NULL, "csv: NULL output pointer");
     *inputs = *labels = NULL;
@@ -412,23 +478,27 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
         char cols[256];
         size_t used = 0;
         for (int j = 0; j < ncols && used < sizeof cols; j++)
-            used += (size_t)snprintf(cols + used, sizeof cols - used, j ? ", '%s'" : "'%s'",
-                                     names[j]);
-        status = kn__error(KN_ERR_VALUE, "csv line 1: no column named '%s' in the header "
-                           "(columns: %s)", label_column, cols);
+            used +=
+                (size_t)snprintf(cols + used, sizeof cols - used, j ? ", '%s'" : "'%s'", names[j]);
+        status = kn__error(KN_ERR_VALUE,
+                           "csv line 1: no column named '%s' in the header "
+                           "(columns: %s)",
+                           label_column, cols);
         goto done;
     }
     int nfeat = ncols - 1;
     if (nfeat < 1) {
-        status = kn__error(KN_ERR_SHAPE, "csv line 1: the header has only the label column '%s', "
-                           "no features", label_column);
+        status = kn__error(KN_ERR_SHAPE,
+                           "csv line 1: the header has only the label column '%s', "
+                           "no features",
+                           label_column);
         goto done;
     }
     x = malloc(sizeof *x * (size_t)nfeat * (size_t)line_count);
     y = malloc(sizeof *y * (size_t)line_count);
     if (!x || !y) {
-        status = kn__error(KN_ERR_MEMORY, "csv: out of memory for %lld lines",
-                           (long long)line_count);
+        status =
+            kn__error(KN_ERR_MEMORY, "csv: out of memory for %lld lines", (long long)line_count);
         goto done;
     }
     while ((line = next) != NULL) {
@@ -440,8 +510,10 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
         if (strspn(line, " \t") == len) continue; /* blank lines, typically the last one */
         int n = count_fields(line);
         if (n != ncols) {
-            status = kn__error(KN_ERR_SHAPE, "csv line %lld: expected %d fields as in the header, "
-                               "got %d", (long long)line_no, ncols, n);
+            status = kn__error(KN_ERR_SHAPE,
+                               "csv line %lld: expected %d fields as in the header, "
+                               "got %d",
+                               (long long)line_no, ncols, n);
             goto done;
         }
         split_fields(line, fields, ncols);
@@ -452,18 +524,20 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
             if (j == label) {
                 long long v = strtoll(fields[j], &end, 10);
                 if (end == fields[j] || *end || errno) {
-                    status = kn__error(KN_ERR_VALUE, "csv line %lld, column '%s': expected an "
-                                       "integer label, got '%.40s'", (long long)line_no,
-                                       names[j], fields[j]);
+                    status = kn__error(KN_ERR_VALUE,
+                                       "csv line %lld, column '%s': expected an "
+                                       "integer label, got '%.40s'",
+                                       (long long)line_no, names[j], fields[j]);
                     goto done;
                 }
                 y[rows] = v;
             } else {
                 double v = strtod(fields[j], &end);
                 if (end == fields[j] || *end) {
-                    status = kn__error(KN_ERR_VALUE, "csv line %lld, column '%s': expected a "
-                                       "number, got '%.40s'", (long long)line_no, names[j],
-                                       fields[j]);
+                    status = kn__error(KN_ERR_VALUE,
+                                       "csv line %lld, column '%s': expected a "
+                                       "number, got '%.40s'",
+                                       (long long)line_no, names[j], fields[j]);
                     goto done;
                 }
                 row[f++] = (float)v;

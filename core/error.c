@@ -10,8 +10,14 @@
 static _Thread_local char error_message[1024];
 static _Thread_local kn_status error_status;
 
-const char *kn_last_error(void) { return error_message; }
-kn_status kn_last_status(void) { return error_status; }
+const char *kn_last_error(void)
+{
+    return error_message;
+}
+kn_status kn_last_status(void)
+{
+    return error_status;
+}
 
 void kn_clear_error(void)
 {
@@ -49,8 +55,8 @@ char *kn_shape_str(const int64_t *shape, int ndim, char *buf, size_t size)
     if (size == 0) return buf;
     used += (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < ndim && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld",
-                                 (long long)shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (used < size) snprintf(buf + used, size - used, "]");
     return buf;
 }

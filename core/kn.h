@@ -71,7 +71,7 @@ typedef struct kn_tensor {
     int64_t offset; /* first element, in elements from the start of storage */
     kn_storage *storage;
     bool requires_grad;
-    bool retains_grad;     /* non-leaf that keeps its .grad (kn_retain_grad) */
+    bool retains_grad;      /* non-leaf that keeps its .grad (kn_retain_grad) */
     struct kn_tensor *grad; /* accumulated gradient, or NULL; owned by the tensor */
     kn_node *grad_fn;       /* the op that made this tensor, NULL for leaves */
     int refcount;
@@ -84,10 +84,10 @@ void kn_clear_error(void);
 
 /* ---- shapes ---------------------------------------------------------------------- */
 /* KN_SHAPE(2, 3) expands to the two arguments `shape, ndim` of a 2x3 shape. */
-#define KN_SHAPE(...)                                                                          \
+#define KN_SHAPE(...)                                                                              \
     (const int64_t[]){__VA_ARGS__}, (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
 /* KN_DIMS(0, 2) expands to `dims, ndims` for the reduction ops. */
-#define KN_DIMS(...)                                                                           \
+#define KN_DIMS(...)                                                                               \
     (const int[]){__VA_ARGS__}, (int)(sizeof((const int[]){__VA_ARGS__}) / sizeof(int))
 
 int64_t kn_numel(const kn_tensor *t);
@@ -112,8 +112,8 @@ kn_tensor *kn_empty(const int64_t *shape, int ndim, kn_dtype dtype);
 kn_tensor *kn_zeros(const int64_t *shape, int ndim, kn_dtype dtype);
 kn_tensor *kn_ones(const int64_t *shape, int ndim, kn_dtype dtype);
 kn_tensor *kn_full(const int64_t *shape, int ndim, double value, kn_dtype dtype);
-kn_tensor *kn_scalar(float value);   /* 0-d float32 */
-kn_tensor *kn_arange(int64_t n);     /* int64 0..n-1 */
+kn_tensor *kn_scalar(float value);                                              /* 0-d float32 */
+kn_tensor *kn_arange(int64_t n);                                                /* int64 0..n-1 */
 kn_tensor *kn_from_floats(const float *data, const int64_t *shape, int ndim);   /* copies */
 kn_tensor *kn_from_int64s(const int64_t *data, const int64_t *shape, int ndim); /* copies */
 kn_tensor *kn_empty_like(const kn_tensor *t);
@@ -134,9 +134,9 @@ kn_tensor *kn_autorelease(kn_tensor *t);
 int kn_scope_depth(void);
 
 /* ---- element access -------------------------------------------------------------- */
-float *kn_data_f32(kn_tensor *t);    /* pointer to the first element (CPU, float32) */
-int64_t *kn_data_i64(kn_tensor *t);  /* pointer to the first element (CPU, int64) */
-float kn_item(const kn_tensor *t);   /* one-element tensor as float (int64 converted) */
+float *kn_data_f32(kn_tensor *t);   /* pointer to the first element (CPU, float32) */
+int64_t *kn_data_i64(kn_tensor *t); /* pointer to the first element (CPU, int64) */
+float kn_item(const kn_tensor *t);  /* one-element tensor as float (int64 converted) */
 int64_t kn_item_i64(const kn_tensor *t);
 /* Value at a multi-index (honours strides); NAN / 0 on a bad index with an error set. */
 double kn_get(const kn_tensor *t, const int64_t *index);
@@ -154,8 +154,8 @@ void kn_print(const kn_tensor *t);
 typedef struct kn_generator kn_generator;
 kn_generator *kn_generator_new(uint64_t seed); /* caller frees with kn_generator_free */
 void kn_generator_free(kn_generator *gen);
-kn_generator *kn_default_generator(void);      /* process-wide, not thread-safe */
-void kn_manual_seed(uint64_t seed);            /* seeds the default generator */
+kn_generator *kn_default_generator(void); /* process-wide, not thread-safe */
+void kn_manual_seed(uint64_t seed);       /* seeds the default generator */
 void kn_generator_seed(kn_generator *gen, uint64_t seed);
 uint64_t kn_generator_initial_seed(const kn_generator *gen);
 /* The state as bytes, for checkpoints: size first, then copy out / in. */
@@ -181,9 +181,9 @@ kn_status kn_retain_grad(kn_tensor *t);
 kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph);
 /* t->grad: a borrowed pointer (owned by t), NULL before any backward. */
 kn_tensor *kn_grad(const kn_tensor *t);
-void kn_zero_grad(kn_tensor *t);     /* drops .grad (PyTorch's set_to_none) */
-kn_tensor *kn_detach(kn_tensor *t);  /* shares storage, no history */
-void kn_no_grad_begin(void);         /* nestable, thread-local */
+void kn_zero_grad(kn_tensor *t);    /* drops .grad (PyTorch's set_to_none) */
+kn_tensor *kn_detach(kn_tensor *t); /* shares storage, no history */
+void kn_no_grad_begin(void);        /* nestable, thread-local */
 void kn_no_grad_end(void);
 bool kn_is_grad_enabled(void);
 
@@ -278,7 +278,7 @@ typedef struct kn_pool2d_args {
     int kernel_size[2];
     int stride[2];
     int padding[2];
-    int dilation[2];                 /* max_pool2d only */
+    int dilation[2]; /* max_pool2d only */
     bool ceil_mode;
     bool exclude_padding_from_count; /* avg_pool2d: count_include_pad=False */
 } kn_pool2d_args;

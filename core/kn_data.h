@@ -35,14 +35,14 @@ void kn_dataset_free(kn_dataset *ds);
  * x = x * scale, then (x - mean[c]) / std[c] in float32 when channels > 0. channels == 1
  * applies mean[0]/std[0] to every element ([N, H, W] images); channels > 1 needs
  * inputs [N, channels, ...]. std must be > 0, scale finite and non-zero. */
-kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
-                               const double *std, int channels);
+kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean, const double *std,
+                               int channels);
 
 /* Splits off the last floor(fraction * N) samples of a seeded permutation as validation:
  * *train and *validation are new datasets (copies, samples in their original order,
  * both with ds->num_classes), caller frees both. Both parts must be non-empty. */
-kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed,
-                           kn_dataset **train, kn_dataset **validation);
+kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed, kn_dataset **train,
+                           kn_dataset **validation);
 
 /* The sample order of an epoch: an int64 tensor [N] (scope rule). shuffle false gives
  * 0..N-1; otherwise kn_randperm(count) from a fresh generator seeded with
@@ -69,8 +69,8 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels);
  * float features (strtod: "nan" parses, kn_dataset_new refuses it). Blank lines are
  * skipped, ragged rows refused. Errors name the line and column. *inputs float32 [N, F],
  * *labels int64 [N] (scope rule). */
-kn_status kn_parse_csv(const char *text, size_t size, const char *label_column,
-                       kn_tensor **inputs, kn_tensor **labels);
+kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, kn_tensor **inputs,
+                       kn_tensor **labels);
 
 #ifdef __cplusplus
 }

@@ -39,8 +39,7 @@ typedef struct kn_node_input {
     int64_t shape[KN_MAX_DIMS];
 } kn_node_input;
 
-typedef kn_status (*kn_backward_fn)(kn_node *node, kn_tensor *grad_output,
-                                    kn_tensor **grad_inputs);
+typedef kn_status (*kn_backward_fn)(kn_node *node, kn_tensor *grad_output, kn_tensor **grad_inputs);
 
 #define KN_NODE_MAX_SAVED 8
 #define KN_NODE_MAX_ARGS 16

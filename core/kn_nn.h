@@ -69,8 +69,8 @@ struct kn_module {
     kn_conv2d_args conv;
     int kernel_size[2];
     kn_pool2d_args pool;
-    int output_size[2];           /* adaptive pool */
-    int start_dim, end_dim, dim;  /* flatten; softmax dim */
+    int output_size[2];          /* adaptive pool */
+    int start_dim, end_dim, dim; /* flatten; softmax dim */
     double negative_slope, p, eps, momentum;
     kn_gelu_approximation approximate;
     int normalized_ndim;
@@ -83,8 +83,7 @@ struct kn_module {
 kn_module *kn_sequential_new(void);
 /* Appends child (the sequential takes ownership, also on failure). */
 kn_status kn_sequential_append(kn_module *sequential, kn_module *child);
-kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias,
-                         kn_generator *gen);
+kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias, kn_generator *gen);
 kn_module *kn_conv2d_new(int64_t in_channels, int64_t out_channels, const int kernel_size[2],
                          kn_conv2d_args args, bool bias, kn_generator *gen);
 kn_module *kn_max_pool2d_new(kn_pool2d_args args);

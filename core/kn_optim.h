@@ -64,7 +64,7 @@ typedef struct kn_optimizer kn_optimizer;
 kn_optimizer *kn_optimizer_new(kn_tensor *const *params, int count, kn_optimizer_options options);
 void kn_optimizer_free(kn_optimizer *opt);
 kn_status kn_optimizer_step(kn_optimizer *opt); /* skips parameters without .grad */
-void kn_optimizer_zero_grad(kn_optimizer *opt);  /* set_to_none, as torch 2.x */
+void kn_optimizer_zero_grad(kn_optimizer *opt); /* set_to_none, as torch 2.x */
 double kn_optimizer_get_lr(const kn_optimizer *opt);
 void kn_optimizer_set_lr(kn_optimizer *opt, double lr);
 int64_t kn_optimizer_step_count(const kn_optimizer *opt);
@@ -111,10 +111,10 @@ typedef enum {
 
 typedef struct kn_lr_schedule {
     kn_lr_schedule_kind kind;
-    int64_t step_size; /* step */
-    double gamma;      /* step */
-    int64_t t_max;     /* cosine, in steps */
-    double eta_min;    /* cosine */
+    int64_t step_size;    /* step */
+    double gamma;         /* step */
+    int64_t t_max;        /* cosine, in steps */
+    double eta_min;       /* cosine */
     int64_t warmup_steps; /* linear warmup from warmup_start_factor * lr, before the rest */
     double warmup_start_factor;
 } kn_lr_schedule;

@@ -47,9 +47,8 @@ const char *kn_safetensors_get_meta(const kn_safetensors *file, const char *key)
 
 /* Writes tensors (float32/int64, CPU, any strides) under names (unique, not
  * "__metadata__"), plus string metadata (unique keys). */
-kn_status kn_safetensors_save(const char *path, const char *const *names,
-                              kn_tensor *const *tensors, int count,
-                              const kn_safetensors_meta *metadata, int metadata_count);
+kn_status kn_safetensors_save(const char *path, const char *const *names, kn_tensor *const *tensors,
+                              int count, const kn_safetensors_meta *metadata, int metadata_count);
 
 #ifdef __cplusplus
 }

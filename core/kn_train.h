@@ -22,28 +22,28 @@ extern "C" {
 typedef enum {
     KN_LOSS_CROSS_ENTROPY,
     KN_LOSS_NLL,
-    KN_LOSS_MSE,                 /* against one-hot labels */
-    KN_LOSS_BCE_WITH_LOGITS,     /* against one-hot labels */
+    KN_LOSS_MSE,             /* against one-hot labels */
+    KN_LOSS_BCE_WITH_LOGITS, /* against one-hot labels */
 } kn_loss_kind;
 
 typedef struct kn_train_config {
     kn_loss_kind loss;
-    double label_smoothing;           /* cross_entropy */
+    double label_smoothing; /* cross_entropy */
     kn_optimizer_options optimizer;
     kn_lr_schedule lr_schedule;
-    int64_t batch_size;               /* > 0 */
-    int64_t epochs;                   /* used when max_steps == 0 */
-    int64_t max_steps;                /* 0: epochs decide */
+    int64_t batch_size; /* > 0 */
+    int64_t epochs;     /* used when max_steps == 0 */
+    int64_t max_steps;  /* 0: epochs decide */
     uint64_t seed;
-    bool shuffle;                     /* default true */
+    bool shuffle; /* default true */
     bool drop_last;
-    int64_t eval_every_steps;         /* 0: only at the end of each epoch */
-    int64_t eval_batch_size;          /* 0: 1000 */
-    int64_t checkpoint_every_steps;   /* 0: none during training */
-    double grad_clip_norm;            /* 0: no clipping */
-    bool skip_non_finite;             /* skip a step whose loss/grads are not finite */
-    int64_t early_stopping_patience;  /* evaluations without improvement; 0: off */
-    double early_stopping_min_delta;  /* on validation loss */
+    int64_t eval_every_steps;        /* 0: only at the end of each epoch */
+    int64_t eval_batch_size;         /* 0: 1000 */
+    int64_t checkpoint_every_steps;  /* 0: none during training */
+    double grad_clip_norm;           /* 0: no clipping */
+    bool skip_non_finite;            /* skip a step whose loss/grads are not finite */
+    int64_t early_stopping_patience; /* evaluations without improvement; 0: off */
+    double early_stopping_min_delta; /* on validation loss */
 } kn_train_config;
 
 /* Defaults as a user expects: cross_entropy, Adam(1e-3), batch 64, 1 epoch, seed 0,
@@ -51,16 +51,16 @@ typedef struct kn_train_config {
 kn_train_config kn_train_config_defaults(void);
 
 typedef struct kn_step_info {
-    int64_t step;         /* 1-based count of optimizer steps done */
-    int64_t total_steps;  /* planned */
-    int64_t epoch;        /* 0-based */
+    int64_t step;        /* 1-based count of optimizer steps done */
+    int64_t total_steps; /* planned */
+    int64_t epoch;       /* 0-based */
     int64_t batch_in_epoch;
     int64_t batches_per_epoch;
     double loss;
     double lr;
     double samples_per_second; /* since the run started */
     double elapsed_seconds;
-    bool skipped;              /* non-finite, skipped */
+    bool skipped; /* non-finite, skipped */
 } kn_step_info;
 
 typedef struct kn_eval_result {
@@ -96,16 +96,15 @@ kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config);
 void kn_trainer_free(kn_trainer *trainer);
 /* Runs until epochs/max_steps, early stopping, a callback's stop or an error (for a
  * non-finite loss the error names the step). validation may be NULL. */
-kn_status kn_trainer_run(kn_trainer *trainer, const kn_dataset *train,
-                         const kn_dataset *validation, const kn_train_callbacks *callbacks,
-                         kn_train_summary *summary);
+kn_status kn_trainer_run(kn_trainer *trainer, const kn_dataset *train, const kn_dataset *validation,
+                         const kn_train_callbacks *callbacks, kn_train_summary *summary);
 kn_module *kn_trainer_model(kn_trainer *trainer);
 kn_optimizer *kn_trainer_optimizer(kn_trainer *trainer);
 int64_t kn_trainer_step(const kn_trainer *trainer);
 
 /* Loss and accuracy of model over a dataset, in eval mode, without grad. */
-kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
-                      int64_t batch_size, kn_eval_result *result);
+kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
+                      kn_eval_result *result);
 /* The loss of a batch of logits against int64 labels (one-hot for mse/bce). */
 kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels,
                          double label_smoothing);

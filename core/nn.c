@@ -62,9 +62,8 @@ static kn_tensor *batch_norm_forward(kn_module *m, kn_tensor *x)
                               "BatchNorm1d: expected a 2-D [N, C] or 3-D [N, C, L] input, got %s",
                               kn__shape(x));
     if (m->kind == KN_MODULE_BATCH_NORM2D && x->ndim != 4)
-        return kn__error_null(KN_ERR_SHAPE,
-                              "BatchNorm2d: expected a 4-D [N, C, H, W] input, got %s",
-                              kn__shape(x));
+        return kn__error_null(
+            KN_ERR_SHAPE, "BatchNorm2d: expected a 4-D [N, C, H, W] input, got %s", kn__shape(x));
     if (x->shape[1] != m->in_features)
         return kn__error_null(KN_ERR_SHAPE, "%s: expected %lld channels in dim 1, got input %s",
                               m->type_name, (long long)m->in_features, kn__shape(x));
@@ -74,9 +73,9 @@ static kn_tensor *batch_norm_forward(kn_module *m, kn_tensor *x)
     if (update && m->momentum < 0) /* momentum=None: cumulative moving average */
         factor = 1.0 / (double)(kn_data_i64(count)[0] + 1);
     /* Batch statistics in training and whenever no running statistics are kept. */
-    kn_tensor *y = kn_batch_norm(x, own(m, "running_mean"), own(m, "running_var"),
-                                 own(m, "weight"), own(m, "bias"),
-                                 m->training || !m->track_running_stats, factor, m->eps);
+    kn_tensor *y =
+        kn_batch_norm(x, own(m, "running_mean"), own(m, "running_var"), own(m, "weight"),
+                      own(m, "bias"), m->training || !m->track_running_stats, factor, m->eps);
     if (y && update) kn_data_i64(count)[0] += 1;
     return y;
 }
@@ -85,8 +84,7 @@ static kn_tensor *layer_norm_forward(kn_module *m, kn_tensor *x)
 {
     int n = m->normalized_ndim;
     bool fits = x->ndim >= n;
-    for (int i = 0; fits && i < n; i++)
-        fits = x->shape[x->ndim - n + i] == m->normalized_shape[i];
+    for (int i = 0; fits && i < n; i++) fits = x->shape[x->ndim - n + i] == m->normalized_shape[i];
     if (!fits)
         return kn__error_null(KN_ERR_SHAPE,
                               "LayerNorm: normalized_shape is %s, so the input must end in those "
@@ -125,25 +123,41 @@ kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x)
         return NULL;
     }
     switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL: return sequential_forward(m, x);
-    case KN_MODULE_LINEAR: return kn_linear(x, own(m, "weight"), own(m, "bias"));
-    case KN_MODULE_CONV2D: return kn_conv2d(x, own(m, "weight"), own(m, "bias"), m->conv);
-    case KN_MODULE_MAX_POOL2D: return kn_max_pool2d(x, m->pool);
-    case KN_MODULE_AVG_POOL2D: return kn_avg_pool2d(x, m->pool);
+    case KN_MODULE_SEQUENTIAL:
+        return sequential_forward(m, x);
+    case KN_MODULE_LINEAR:
+        return kn_linear(x, own(m, "weight"), own(m, "bias"));
+    case KN_MODULE_CONV2D:
+        return kn_conv2d(x, own(m, "weight"), own(m, "bias"), m->conv);
+    case KN_MODULE_MAX_POOL2D:
+        return kn_max_pool2d(x, m->pool);
+    case KN_MODULE_AVG_POOL2D:
+        return kn_avg_pool2d(x, m->pool);
     case KN_MODULE_ADAPTIVE_AVG_POOL2D:
         return kn_adaptive_avg_pool2d(x, m->output_size[0], m->output_size[1]);
-    case KN_MODULE_FLATTEN: return kn_flatten(x, m->start_dim, m->end_dim);
-    case KN_MODULE_RELU: return kn_relu(x);
-    case KN_MODULE_LEAKY_RELU: return kn_leaky_relu(x, m->negative_slope);
-    case KN_MODULE_GELU: return kn_gelu(x, m->approximate);
-    case KN_MODULE_TANH: return kn_tanh(x);
-    case KN_MODULE_SIGMOID: return kn_sigmoid(x);
-    case KN_MODULE_SOFTMAX: return kn_softmax(x, m->dim);
-    case KN_MODULE_DROPOUT: return kn_dropout(x, m->p, m->training, m->dropout_generator);
+    case KN_MODULE_FLATTEN:
+        return kn_flatten(x, m->start_dim, m->end_dim);
+    case KN_MODULE_RELU:
+        return kn_relu(x);
+    case KN_MODULE_LEAKY_RELU:
+        return kn_leaky_relu(x, m->negative_slope);
+    case KN_MODULE_GELU:
+        return kn_gelu(x, m->approximate);
+    case KN_MODULE_TANH:
+        return kn_tanh(x);
+    case KN_MODULE_SIGMOID:
+        return kn_sigmoid(x);
+    case KN_MODULE_SOFTMAX:
+        return kn_softmax(x, m->dim);
+    case KN_MODULE_DROPOUT:
+        return kn_dropout(x, m->p, m->training, m->dropout_generator);
     case KN_MODULE_BATCH_NORM1D:
-    case KN_MODULE_BATCH_NORM2D: return batch_norm_forward(m, x);
-    case KN_MODULE_LAYER_NORM: return layer_norm_forward(m, x);
-    case KN_MODULE_EMBEDDING: return kn_embedding(own(m, "weight"), x);
+    case KN_MODULE_BATCH_NORM2D:
+        return batch_norm_forward(m, x);
+    case KN_MODULE_LAYER_NORM:
+        return layer_norm_forward(m, x);
+    case KN_MODULE_EMBEDDING:
+        return kn_embedding(own(m, "weight"), x);
     }
     return kn__error_null(KN_ERR_VALUE, "module_forward: unknown module kind %d", (int)m->kind);
 }
@@ -293,8 +307,8 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
                     e->name, kn__shape(e->tensor), kn__shape(dst));
         } else if (dst->dtype != e->tensor->dtype) {
             problem(&p, KN_ERR_DTYPE,
-                    "dtype mismatch for \"%s\": the checkpoint has %s, the model has %s",
-                    e->name, kn_dtype_name(e->tensor->dtype), kn_dtype_name(dst->dtype));
+                    "dtype mismatch for \"%s\": the checkpoint has %s, the model has %s", e->name,
+                    kn_dtype_name(e->tensor->dtype), kn_dtype_name(dst->dtype));
         }
     }
     for (int i = 0; strict && i < count; i++)

@@ -85,11 +85,11 @@ static kn_module *fail(kn_module *m)
     return NULL;
 }
 
-#define CHECK_POSITIVE(op, name, value)                                                        \
-    do {                                                                                       \
-        if ((value) <= 0)                                                                      \
-            return kn__error_null(KN_ERR_VALUE, "%s: %s must be positive, got %lld", op, name, \
-                                  (long long)(value));                                         \
+#define CHECK_POSITIVE(op, name, value)                                                            \
+    do {                                                                                           \
+        if ((value) <= 0)                                                                          \
+            return kn__error_null(KN_ERR_VALUE, "%s: %s must be positive, got %lld", op, name,     \
+                                  (long long)(value));                                             \
     } while (0)
 
 /* ---- constructors ------------------------------------------------------------------ */
@@ -125,8 +125,7 @@ kn_status kn_sequential_append(kn_module *sequential, kn_module *child)
     return KN_OK;
 }
 
-kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias,
-                         kn_generator *gen)
+kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias, kn_generator *gen)
 {
     CHECK_POSITIVE("Linear", "in_features", in_features);
     CHECK_POSITIVE("Linear", "out_features", out_features);
@@ -135,12 +134,11 @@ kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias,
     m->in_features = in_features;
     m->out_features = out_features;
     m->has_bias = bias;
-    kn_tensor *w = add_tensor(m, "weight", (int64_t[]){out_features, in_features}, 2,
-                              KN_FLOAT32, false, 0.0);
+    kn_tensor *w =
+        add_tensor(m, "weight", (int64_t[]){out_features, in_features}, 2, KN_FLOAT32, false, 0.0);
     if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return fail(m);
     if (bias) {
-        kn_tensor *b =
-            add_tensor(m, "bias", (int64_t[]){out_features}, 1, KN_FLOAT32, false, 0.0);
+        kn_tensor *b = add_tensor(m, "bias", (int64_t[]){out_features}, 1, KN_FLOAT32, false, 0.0);
         double bound = 1 / sqrt((double)in_features);
         if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return fail(m);
     }
@@ -185,8 +183,7 @@ kn_module *kn_conv2d_new(int64_t in_channels, int64_t out_channels, const int ke
     kn_tensor *w = add_tensor(m, "weight", shape, 4, KN_FLOAT32, false, 0.0);
     if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return fail(m);
     if (bias) {
-        kn_tensor *b =
-            add_tensor(m, "bias", (int64_t[]){out_channels}, 1, KN_FLOAT32, false, 0.0);
+        kn_tensor *b = add_tensor(m, "bias", (int64_t[]){out_channels}, 1, KN_FLOAT32, false, 0.0);
         double bound = 1 / sqrt((double)kn_init_fan_in(w));
         if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return fail(m);
     }
@@ -306,8 +303,7 @@ kn_module *kn_dropout_new(double p)
 }
 
 static kn_module *batch_norm_new(kn_module_kind kind, const char *op, int64_t num_features,
-                                 double eps, double momentum, bool affine,
-                                 bool track_running_stats)
+                                 double eps, double momentum, bool affine, bool track_running_stats)
 {
     CHECK_POSITIVE(op, "num_features", num_features);
     if (!(isfinite(eps) && eps >= 0) || !isfinite(momentum))

@@ -22,9 +22,10 @@ static int64_t div_floor(int64_t a, int64_t b)
 /* PyTorch's pooling_output_shape. */
 static int64_t pool_size(int64_t in, int k, int pad, int stride, int dilation, bool ceil_mode)
 {
-    int64_t out = div_floor(in + 2 * pad - (int64_t)dilation * (k - 1) - 1 +
-                                (ceil_mode ? stride - 1 : 0),
-                            stride) + 1;
+    int64_t out =
+        div_floor(in + 2 * pad - (int64_t)dilation * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0),
+                  stride) +
+        1;
     if (ceil_mode && (out - 1) * stride >= in + pad) out--;
     return out;
 }
@@ -82,9 +83,8 @@ static kn_status flatten_shape(const kn_module *m, const int64_t *in, int n, int
         return kn__error(KN_ERR_DIM, "start_dim %d comes after end_dim %d for an input %s",
                          m->start_dim, m->end_dim, kn__shape_of(in, n));
     if (start == 0)
-        return kn__error(KN_ERR_DIM,
-                         "start_dim 0 would merge the batch dim into the features; use "
-                         "start_dim >= 1");
+        return kn__error(KN_ERR_DIM, "start_dim 0 would merge the batch dim into the features; use "
+                                     "start_dim >= 1");
     int k = 0;
     for (int d = 1; d < start; d++) out[k++] = in[d - 1];
     int64_t product = 1;
@@ -122,18 +122,18 @@ static kn_status sequential_shape(const kn_module *m, const int64_t *in, int n, 
 }
 
 /* The message says what the layer expects and what it got, without the layer's name. */
-static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64_t *out,
-                             int *out_n)
+static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64_t *out, int *out_n)
 {
     const char *got = kn__shape_of(in, n);
     long long c = (long long)m->in_features;
     *out_n = n;
     switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL: return sequential_shape(m, in, n, out, out_n);
+    case KN_MODULE_SEQUENTIAL:
+        return sequential_shape(m, in, n, out, out_n);
     case KN_MODULE_LINEAR:
         if (n == 0 || in[n - 1] != m->in_features)
-            return kn__error(KN_ERR_SHAPE, "expects a 1-D input of %lld features, got %s%s", c,
-                             got, n > 1 ? " — add a flatten" : "");
+            return kn__error(KN_ERR_SHAPE, "expects a 1-D input of %lld features, got %s%s", c, got,
+                             n > 1 ? " — add a flatten" : "");
         memcpy(out, in, sizeof(int64_t) * (size_t)n);
         out[n - 1] = m->out_features;
         return KN_OK;
@@ -145,8 +145,10 @@ static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64
         return KN_OK;
     case KN_MODULE_MAX_POOL2D:
     case KN_MODULE_AVG_POOL2D:
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D: return spatial(m, in, n, out);
-    case KN_MODULE_FLATTEN: return flatten_shape(m, in, n, out, out_n);
+    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
+        return spatial(m, in, n, out);
+    case KN_MODULE_FLATTEN:
+        return flatten_shape(m, in, n, out, out_n);
     case KN_MODULE_SOFTMAX: {
         int dim = m->dim;
         if (!wrap(&dim, n + 1))
@@ -162,8 +164,8 @@ static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64
         break;
     case KN_MODULE_BATCH_NORM2D:
         if (n != 3 || in[0] != m->in_features)
-            return kn__error(KN_ERR_SHAPE,
-                             "expects a 3-D input [%lld, height, width], got %s", c, got);
+            return kn__error(KN_ERR_SHAPE, "expects a 3-D input [%lld, height, width], got %s", c,
+                             got);
         break;
     case KN_MODULE_LAYER_NORM: {
         int k = m->normalized_ndim;
@@ -181,7 +183,8 @@ static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64
         out[n] = m->out_features;
         *out_n = n + 1;
         return KN_OK;
-    default: break; /* elementwise: the shape is unchanged */
+    default:
+        break; /* elementwise: the shape is unchanged */
     }
     memcpy(out, in, sizeof(int64_t) * (size_t)n);
     return KN_OK;
@@ -193,8 +196,10 @@ kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, in
     if (!m || !out_shape || !out_ndim || (in_ndim > 0 && !in_shape))
         return kn__error(KN_ERR_NULL, "output_shape: a NULL argument");
     if (in_ndim < 0 || in_ndim >= KN_MAX_DIMS)
-        return kn__error(KN_ERR_SHAPE, "output_shape: an input has 0 to %d dims besides the "
-                         "batch dim, got %d", KN_MAX_DIMS - 1, in_ndim);
+        return kn__error(KN_ERR_SHAPE,
+                         "output_shape: an input has 0 to %d dims besides the "
+                         "batch dim, got %d",
+                         KN_MAX_DIMS - 1, in_ndim);
     for (int i = 0; i < in_ndim; i++)
         if (in_shape[i] < 0)
             return kn__error(KN_ERR_SHAPE, "output_shape: negative size in input shape %s",
@@ -243,8 +248,10 @@ static void append(text_buffer *b, const char *fmt, ...)
 /* torch prints an int for a square pair, a tuple otherwise (for pools, as given). */
 static void pair(text_buffer *b, const char *name, const int v[2], bool as_tuple)
 {
-    if (!as_tuple && v[0] == v[1]) append(b, "%s=%d", name, v[0]);
-    else append(b, "%s=(%d, %d)", name, v[0], v[1]);
+    if (!as_tuple && v[0] == v[1])
+        append(b, "%s=%d", name, v[0]);
+    else
+        append(b, "%s=(%d, %d)", name, v[0], v[1]);
 }
 
 static const char *py_bool(bool v)
@@ -298,19 +305,31 @@ static void describe(const kn_module *m, text_buffer *b, int indent)
             append(b, ", ceil_mode=%s", py_bool(p->ceil_mode));
         }
         break;
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D: pair(b, "output_size", m->output_size, false); break;
-    case KN_MODULE_FLATTEN: append(b, "start_dim=%d, end_dim=%d", m->start_dim, m->end_dim); break;
-    case KN_MODULE_LEAKY_RELU: append(b, "negative_slope=%g", m->negative_slope); break;
+    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
+        pair(b, "output_size", m->output_size, false);
+        break;
+    case KN_MODULE_FLATTEN:
+        append(b, "start_dim=%d, end_dim=%d", m->start_dim, m->end_dim);
+        break;
+    case KN_MODULE_LEAKY_RELU:
+        append(b, "negative_slope=%g", m->negative_slope);
+        break;
     case KN_MODULE_GELU:
         append(b, "approximate='%s'", m->approximate == KN_GELU_TANH ? "tanh" : "none");
         break;
-    case KN_MODULE_SOFTMAX: append(b, "dim=%d", m->dim); break;
-    case KN_MODULE_DROPOUT: append(b, "p=%g, inplace=False", m->p); break;
+    case KN_MODULE_SOFTMAX:
+        append(b, "dim=%d", m->dim);
+        break;
+    case KN_MODULE_DROPOUT:
+        append(b, "p=%g, inplace=False", m->p);
+        break;
     case KN_MODULE_BATCH_NORM1D:
     case KN_MODULE_BATCH_NORM2D:
         append(b, "%lld, eps=%g, ", (long long)m->in_features, m->eps);
-        if (m->momentum < 0) append(b, "momentum=None");
-        else append(b, "momentum=%g", m->momentum);
+        if (m->momentum < 0)
+            append(b, "momentum=None");
+        else
+            append(b, "momentum=%g", m->momentum);
         append(b, ", affine=%s, track_running_stats=%s", py_bool(m->affine),
                py_bool(m->track_running_stats));
         break;
@@ -318,13 +337,14 @@ static void describe(const kn_module *m, text_buffer *b, int indent)
         append(b, "(");
         for (int i = 0; i < m->normalized_ndim; i++)
             append(b, "%s%lld", i ? ", " : "", (long long)m->normalized_shape[i]);
-        append(b, "%s), eps=%g, elementwise_affine=%s", m->normalized_ndim == 1 ? "," : "",
-               m->eps, py_bool(m->affine));
+        append(b, "%s), eps=%g, elementwise_affine=%s", m->normalized_ndim == 1 ? "," : "", m->eps,
+               py_bool(m->affine));
         break;
     case KN_MODULE_EMBEDDING:
         append(b, "%lld, %lld", (long long)m->in_features, (long long)m->out_features);
         break;
-    default: break;
+    default:
+        break;
     }
     append(b, ")");
 }

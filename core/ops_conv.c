@@ -428,8 +428,8 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
      * int64 element of a tensor only backward reads) rather than an int64 index. */
     bool two_by_two = kn_cpu_max_pool2d_is_2x2(&g);
     int64_t packed = (g.planes * g.out_h * g.out_w + 7) / 8;
-    kn_tensor *indices = two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device)
-                                    : pool_output(x, &g, KN_INT64);
+    kn_tensor *indices =
+        two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : pool_output(x, &g, KN_INT64);
     if (xd && out && indices && two_by_two)
         kn_cpu_max_pool2d_2x2(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
     else if (xd && out && indices)

@@ -21,8 +21,8 @@ static kn_cpu_operand operand(const kn_tensor *t, const int64_t *shape, int ndim
 
 /* ---- binary ---------------------------------------------------------------------- */
 
-static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tensor *a,
-                                 kn_tensor *b, float alpha)
+static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b,
+                                 float alpha)
 {
     kn_tensor *inputs[2] = {a, b};
     if (!kn__check_inputs(name, inputs, 2)) return NULL;
@@ -79,8 +79,14 @@ static kn_tensor *add_like(const char *name, kn_tensor *a, kn_tensor *b, double 
     return kn__result(out);
 }
 
-kn_tensor *kn_add(kn_tensor *a, kn_tensor *b) { return add_like("add", a, b, 1.0); }
-kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b) { return add_like("sub", a, b, -1.0); }
+kn_tensor *kn_add(kn_tensor *a, kn_tensor *b)
+{
+    return add_like("add", a, b, 1.0);
+}
+kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b)
+{
+    return add_like("sub", a, b, -1.0);
+}
 
 static kn_tensor *mul_like(const char *name, kn_cpu_binary_op op, kn_backward_fn backward,
                            kn_tensor *a, kn_tensor *b)
@@ -101,17 +107,32 @@ static kn_tensor *mul_like(const char *name, kn_cpu_binary_op op, kn_backward_fn
     return kn__result(out);
 }
 
-kn_tensor *kn_mul(kn_tensor *a, kn_tensor *b) { return mul_like("mul", KN_BINARY_MUL, mul_backward, a, b); }
-kn_tensor *kn_div(kn_tensor *a, kn_tensor *b) { return mul_like("div", KN_BINARY_DIV, div_backward, a, b); }
+kn_tensor *kn_mul(kn_tensor *a, kn_tensor *b)
+{
+    return mul_like("mul", KN_BINARY_MUL, mul_backward, a, b);
+}
+kn_tensor *kn_div(kn_tensor *a, kn_tensor *b)
+{
+    return mul_like("div", KN_BINARY_DIV, div_backward, a, b);
+}
 
 static kn_tensor *compare(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b)
 {
     return kn__result(binary_forward(name, op, a, b, 0.f));
 }
 
-kn_tensor *kn_eq(kn_tensor *a, kn_tensor *b) { return compare("eq", KN_BINARY_EQ, a, b); }
-kn_tensor *kn_gt(kn_tensor *a, kn_tensor *b) { return compare("gt", KN_BINARY_GT, a, b); }
-kn_tensor *kn_lt(kn_tensor *a, kn_tensor *b) { return compare("lt", KN_BINARY_LT, a, b); }
+kn_tensor *kn_eq(kn_tensor *a, kn_tensor *b)
+{
+    return compare("eq", KN_BINARY_EQ, a, b);
+}
+kn_tensor *kn_gt(kn_tensor *a, kn_tensor *b)
+{
+    return compare("gt", KN_BINARY_GT, a, b);
+}
+kn_tensor *kn_lt(kn_tensor *a, kn_tensor *b)
+{
+    return compare("lt", KN_BINARY_LT, a, b);
+}
 
 /* ---- unary ----------------------------------------------------------------------- */
 
@@ -147,8 +168,8 @@ static kn_tensor *fused_backward(kn_cpu_binary_op op, kn_tensor *grad, kn_tensor
 {
     int64_t shape[KN_MAX_DIMS];
     int ndim;
-    if (!kn__broadcast_shapes("backward", grad->shape, grad->ndim, saved->shape, saved->ndim,
-                              shape, &ndim))
+    if (!kn__broadcast_shapes("backward", grad->shape, grad->ndim, saved->shape, saved->ndim, shape,
+                              &ndim))
         return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, grad->device);
     if (!out) return NULL;
@@ -157,12 +178,12 @@ static kn_tensor *fused_backward(kn_cpu_binary_op op, kn_tensor *grad, kn_tensor
     return kn__result(out);
 }
 
-#define FUSED_BACKWARD(fn_name, kernel)                                                        \
-    static kn_status fn_name(kn_node *node, kn_tensor *grad, kn_tensor **grads)                \
-    {                                                                                          \
-        grads[0] = fused_backward(kernel, grad, node->saved[0], (float)node->fargs[0],         \
-                                  (float)node->fargs[1]);                                      \
-        return grads[0] ? KN_OK : kn_last_status();                                            \
+#define FUSED_BACKWARD(fn_name, kernel)                                                            \
+    static kn_status fn_name(kn_node *node, kn_tensor *grad, kn_tensor **grads)                    \
+    {                                                                                              \
+        grads[0] = fused_backward(kernel, grad, node->saved[0], (float)node->fargs[0],             \
+                                  (float)node->fargs[1]);                                          \
+        return grads[0] ? KN_OK : kn_last_status();                                                \
     }
 
 FUSED_BACKWARD(relu_backward, KN_BINARY_RELU_BACKWARD)
@@ -224,14 +245,38 @@ static kn_status abs_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
     return KN_OK;
 }
 
-kn_tensor *kn_neg(kn_tensor *a) { return unary_op("neg", KN_UNARY_NEG, a, 0, 0, neg_backward, SAVE_NOTHING); }
-kn_tensor *kn_exp(kn_tensor *a) { return unary_op("exp", KN_UNARY_EXP, a, 0, 0, exp_backward, SAVE_OUTPUT); }
-kn_tensor *kn_log(kn_tensor *a) { return unary_op("log", KN_UNARY_LOG, a, 0, 0, log_backward, SAVE_INPUT); }
-kn_tensor *kn_sqrt(kn_tensor *a) { return unary_op("sqrt", KN_UNARY_SQRT, a, 0, 0, sqrt_backward, SAVE_OUTPUT); }
-kn_tensor *kn_abs(kn_tensor *a) { return unary_op("abs", KN_UNARY_ABS, a, 0, 0, abs_backward, SAVE_INPUT); }
-kn_tensor *kn_relu(kn_tensor *a) { return unary_op("relu", KN_UNARY_RELU, a, 0, 0, relu_backward, SAVE_OUTPUT); }
-kn_tensor *kn_tanh(kn_tensor *a) { return unary_op("tanh", KN_UNARY_TANH, a, 0, 0, tanh_backward, SAVE_OUTPUT); }
-kn_tensor *kn_sigmoid(kn_tensor *a) { return unary_op("sigmoid", KN_UNARY_SIGMOID, a, 0, 0, sigmoid_backward, SAVE_OUTPUT); }
+kn_tensor *kn_neg(kn_tensor *a)
+{
+    return unary_op("neg", KN_UNARY_NEG, a, 0, 0, neg_backward, SAVE_NOTHING);
+}
+kn_tensor *kn_exp(kn_tensor *a)
+{
+    return unary_op("exp", KN_UNARY_EXP, a, 0, 0, exp_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_log(kn_tensor *a)
+{
+    return unary_op("log", KN_UNARY_LOG, a, 0, 0, log_backward, SAVE_INPUT);
+}
+kn_tensor *kn_sqrt(kn_tensor *a)
+{
+    return unary_op("sqrt", KN_UNARY_SQRT, a, 0, 0, sqrt_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_abs(kn_tensor *a)
+{
+    return unary_op("abs", KN_UNARY_ABS, a, 0, 0, abs_backward, SAVE_INPUT);
+}
+kn_tensor *kn_relu(kn_tensor *a)
+{
+    return unary_op("relu", KN_UNARY_RELU, a, 0, 0, relu_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_tanh(kn_tensor *a)
+{
+    return unary_op("tanh", KN_UNARY_TANH, a, 0, 0, tanh_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_sigmoid(kn_tensor *a)
+{
+    return unary_op("sigmoid", KN_UNARY_SIGMOID, a, 0, 0, sigmoid_backward, SAVE_OUTPUT);
+}
 
 kn_tensor *kn_leaky_relu(kn_tensor *a, double negative_slope)
 {
@@ -350,8 +395,9 @@ static kn_status check_in_place(const char *name, kn_tensor *dst, kn_tensor *src
         if (!kn__broadcast_shapes(name, dst->shape, dst->ndim, src->shape, src->ndim, shape, &ndim))
             return kn_last_status();
         if (ndim != dst->ndim || memcmp(shape, dst->shape, sizeof(int64_t) * (size_t)ndim))
-            return kn__error(KN_ERR_SHAPE, "%s: source of shape %s does not broadcast to destination %s",
-                             name, kn__shape(src), kn__shape(dst));
+            return kn__error(KN_ERR_SHAPE,
+                             "%s: source of shape %s does not broadcast to destination %s", name,
+                             kn__shape(src), kn__shape(dst));
     }
     return KN_OK;
 }

@@ -32,8 +32,14 @@ static inline float log1p_unit(float y)
     return 2.f * s * p;
 }
 
-static float *f32(kn_tensor *t) { return t ? (float *)kn__data_ptr(t) : NULL; }
-static int64_t *i64(kn_tensor *t) { return (int64_t *)kn__data_ptr(t); }
+static float *f32(kn_tensor *t)
+{
+    return t ? (float *)kn__data_ptr(t) : NULL;
+}
+static int64_t *i64(kn_tensor *t)
+{
+    return (int64_t *)kn__data_ptr(t);
+}
 
 static bool check_reduction(const char *op, kn_reduction reduction)
 {
@@ -121,12 +127,12 @@ CLONES static void pointwise_forward_range(void *arg, int64_t begin, int64_t end
 
 /* Each loop comes in two versions, per-element upstream gradient g or one scalar: left
  * to the compiler, g ? g[i] : 1 becomes masked loads from a NULL g, which are slow. */
-#define UPSTREAM_LOOP(expr)                                                                    \
-    do {                                                                                       \
-        if (g)                                                                                 \
-            for (int64_t i = begin; i < end; i++) out[i] = (expr) * (g[i] * scale);            \
-        else                                                                                   \
-            for (int64_t i = begin; i < end; i++) out[i] = (expr) * scale;                     \
+#define UPSTREAM_LOOP(expr)                                                                        \
+    do {                                                                                           \
+        if (g)                                                                                     \
+            for (int64_t i = begin; i < end; i++) out[i] = (expr) * (g[i] * scale);                \
+        else                                                                                       \
+            for (int64_t i = begin; i < end; i++) out[i] = (expr)*scale;                           \
     } while (0)
 
 static inline float sigmoid_fast(float x)
@@ -155,18 +161,24 @@ static kn_status pointwise_backward(kn_node *node, kn_tensor *grad, kn_tensor **
     int64_t n = kn_numel(x);
     upstream u;
     if (!get_upstream(grad, reduction, (double)n, &u)) return kn_last_status();
-    kn_tensor *dx = node->inputs[0].needs_grad
-                        ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
-    kn_tensor *dt = node->inputs[1].needs_grad
-                        ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
+    kn_tensor *dx =
+        node->inputs[0].needs_grad ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
+    kn_tensor *dt =
+        node->inputs[1].needs_grad ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
     if ((node->inputs[0].needs_grad && !dx) || (node->inputs[1].needs_grad && !dt)) {
         kn_release(dx);
         kn_release(dt);
         kn_release(u.dense);
         return kn_last_status();
     }
-    pointwise_ctx c = {(pointwise_kind)node->iargs[0], f32(x), f32(t), f32(u.dense), NULL,
-                       f32(dx), f32(dt), u.scalar};
+    pointwise_ctx c = {(pointwise_kind)node->iargs[0],
+                       f32(x),
+                       f32(t),
+                       f32(u.dense),
+                       NULL,
+                       f32(dx),
+                       f32(dt),
+                       u.scalar};
     kn_cpu_parallel_for(n, KN_CPU_GRAIN_ELEMENTWISE / 4, pointwise_backward_range, &c);
     kn_release(u.dense);
     grads[0] = kn__result(dx);
@@ -223,8 +235,7 @@ kn_tensor *kn_mse_loss(kn_tensor *input, kn_tensor *target, kn_reduction reducti
 kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *target,
                                                kn_reduction reduction)
 {
-    return pointwise_loss("binary_cross_entropy_with_logits", LOSS_BCE, logits, target,
-                          reduction);
+    return pointwise_loss("binary_cross_entropy_with_logits", LOSS_BCE, logits, target, reduction);
 }
 
 /* ---- class-index losses: cross entropy, nll ---------------------------------------------- */
@@ -305,7 +316,8 @@ CLONES static void ce_forward_range(void *arg, int64_t begin, int64_t end)
             for (int l = 0; l < LANES; l++) acc_m[l] = -INFINITY;
             int64_t j = 0;
             for (; j + LANES <= c; j += LANES)
-                for (int l = 0; l < LANES; l++) acc_m[l] = x[j + l] > acc_m[l] ? x[j + l] : acc_m[l];
+                for (int l = 0; l < LANES; l++)
+                    acc_m[l] = x[j + l] > acc_m[l] ? x[j + l] : acc_m[l];
             for (; j < c; j++) m = fmaxf(m, x[j]);
             for (int l = 0; l < LANES; l++) m = fmaxf(m, acc_m[l]);
             float sum = 0.f;
@@ -388,9 +400,16 @@ static kn_status cross_entropy_backward(kn_node *node, kn_tensor *grad, kn_tenso
         kn_release(u.dense);
         return kn_last_status();
     }
-    ce_ctx k = {.x = f32(x), .g = f32(u.dense), .t = i64(target), .lse = f32(lse),
-                .dx = f32(dx), .c = node->iargs[0], .s = node->iargs[1], .ignore = node->iargs[2],
-                .smoothing = (float)node->fargs[0], .scale = u.scalar};
+    ce_ctx k = {.x = f32(x),
+                .g = f32(u.dense),
+                .t = i64(target),
+                .lse = f32(lse),
+                .dx = f32(dx),
+                .c = node->iargs[0],
+                .s = node->iargs[1],
+                .ignore = node->iargs[2],
+                .smoothing = (float)node->fargs[0],
+                .scale = u.scalar};
     kn_cpu_parallel_for(kn_numel(target), row_grain(k.c), ce_backward_range, &k);
     kn_release(u.dense);
     grads[0] = kn__result(dx);
@@ -420,8 +439,14 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
         kn_release(lse);
         return NULL;
     }
-    ce_ctx k = {.x = f32(x), .t = i64(t), .loss = f32(losses), .lse = f32(lse), .c = dims.c,
-                .s = dims.s, .ignore = ignore_index, .smoothing = (float)label_smoothing};
+    ce_ctx k = {.x = f32(x),
+                .t = i64(t),
+                .loss = f32(losses),
+                .lse = f32(lse),
+                .c = dims.c,
+                .s = dims.s,
+                .ignore = ignore_index,
+                .smoothing = (float)label_smoothing};
     if (dims.c > 0) kn_cpu_parallel_for(kn_numel(t), row_grain(dims.c), ce_forward_range, &k);
     kn_tensor *out = reduce_losses(losses, reduction, (double)dims.count);
     if (out && kn__needs_grad(inputs, 2)) {

@@ -9,7 +9,10 @@
 #include <math.h>
 #include <stdlib.h>
 
-static float *f32(kn_tensor *t) { return t ? (float *)kn__data_ptr(t) : NULL; }
+static float *f32(kn_tensor *t)
+{
+    return t ? (float *)kn__data_ptr(t) : NULL;
+}
 
 static void release_all(kn_tensor **ts, int n)
 {
@@ -55,16 +58,17 @@ static kn_status layer_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     return KN_OK;
 }
 
-static bool check_param(const char *op, const char *what, const kn_tensor *p,
-                        const int64_t *shape, int ndim, const kn_tensor *x)
+static bool check_param(const char *op, const char *what, const kn_tensor *p, const int64_t *shape,
+                        int ndim, const kn_tensor *x)
 {
     if (!p) return true;
     if (!kn__check_float(op, p)) return false;
     bool same = p->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = p->shape[d] == shape[d];
     if (!same)
-        kn__error(KN_ERR_SHAPE, "%s: %s of shape %s does not match the expected shape %s (input %s)",
-                  op, what, kn__shape(p), kn__shape_of(shape, ndim), kn__shape(x));
+        kn__error(KN_ERR_SHAPE,
+                  "%s: %s of shape %s does not match the expected shape %s (input %s)", op, what,
+                  kn__shape(p), kn__shape_of(shape, ndim), kn__shape(x));
     return same;
 }
 
@@ -144,12 +148,13 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *dx = NULL, *dw = NULL, *db = NULL;
     kn_status status = KN_OK;
     if (!dy || !sums || !coef) {
-        status = dy ? kn__error(KN_ERR_MEMORY, "batch_norm backward: out of memory")
-                    : kn_last_status();
+        status =
+            dy ? kn__error(KN_ERR_MEMORY, "batch_norm backward: out of memory") : kn_last_status();
         goto done;
     }
     double *sum_dy = sums, *sum_dyx = sums + c;
-    if (n * s > 0) kn_cpu_batch_norm_grad_sums(f32(dy), f32(x), mean, n, c, s, sum_dy, sum_dyx);
+    if (n * s > 0)
+        kn_cpu_batch_norm_grad_sums(f32(dy), f32(x), mean, n, c, s, sum_dy, sum_dyx);
     else
         for (int64_t ch = 0; ch < 2 * c; ch++) sums[ch] = 0;
     if (node->inputs[1].needs_grad || node->inputs[2].needs_grad) {
@@ -185,8 +190,8 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
             r[ch] = training ? (float)(-scale * sum_dy[ch] / count) : 0.f;
         }
         if (n * s > 0)
-            kn_cpu_batch_norm_affine(f32(dy), training ? f32(x) : NULL, p, q, mean, r, f32(dx),
-                                     n, c, s);
+            kn_cpu_batch_norm_affine(f32(dy), training ? f32(x) : NULL, p, q, mean, r, f32(dx), n,
+                                     c, s);
     }
 done:
     kn_release(dy);
@@ -290,7 +295,8 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     double *mean = stats, *var = stats + c;
     bool empty = dims.n * dims.s == 0;
     if (training) {
-        if (!empty) kn_cpu_batch_norm_stats(f32(xd), dims.n, c, dims.s, mean, var);
+        if (!empty)
+            kn_cpu_batch_norm_stats(f32(xd), dims.n, c, dims.s, mean, var);
         else
             for (int64_t ch = 0; ch < c; ch++) mean[ch] = var[ch] = NAN;
     } else {

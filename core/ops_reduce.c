@@ -43,8 +43,8 @@ static bool parse_dims(const char *op, const kn_tensor *a, const int *dims, int 
         int d = dims[k];
         if (!kn__wrap_dim(&d, a->ndim, op)) return false;
         if (seen[d]) {
-            kn__error(KN_ERR_DIM, "%s: dim %d appears multiple times in the list of dims %s", op,
-                      d, kn__shape(a));
+            kn__error(KN_ERR_DIM, "%s: dim %d appears multiple times in the list of dims %s", op, d,
+                      kn__shape(a));
             return false;
         }
         seen[d] = true;
@@ -58,8 +58,10 @@ static void output_shape(const kn_tensor *a, const bool *reduced, bool keepdim, 
 {
     *ndim = 0;
     for (int d = 0; d < a->ndim; d++) {
-        if (!reduced[d]) shape[(*ndim)++] = a->shape[d];
-        else if (keepdim) shape[(*ndim)++] = 1;
+        if (!reduced[d])
+            shape[(*ndim)++] = a->shape[d];
+        else if (keepdim)
+            shape[(*ndim)++] = 1;
     }
 }
 
@@ -95,8 +97,10 @@ static bool plan_in_place(kn_tensor *a, const bool *reduced, reduce_plan *p)
             if (d < last_kept) return false;
             last_kept = d;
             if (phase == 1) phase = 2;
-            if (phase == 2) p->inner *= a->shape[d];
-            else p->outer *= a->shape[d];
+            if (phase == 2)
+                p->inner *= a->shape[d];
+            else
+                p->outer *= a->shape[d];
         }
     }
     p->data = kn__data_ptr(a);
@@ -139,8 +143,8 @@ static bool plan_reduce(kn_tensor *a, const bool *reduced, reduce_plan *p)
 
 /* grad (the output's shape, keepdim or not) broadcast over the reduced dims of the
  * input's shape and scaled: a new contiguous tensor, handed to the scope. */
-static kn_tensor *spread_grad(kn_tensor *grad, const kn_node_input *in, int64_t mask,
-                              bool keepdim, double scale)
+static kn_tensor *spread_grad(kn_tensor *grad, const kn_node_input *in, int64_t mask, bool keepdim,
+                              double scale)
 {
     kn_cpu_operand src = {kn__data_ptr(grad), {0}};
     int g = 0;
@@ -181,8 +185,8 @@ static kn_status moment_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     return g ? KN_OK : kn_last_status();
 }
 
-static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int *dims,
-                            int ndims, int correction, bool keepdim)
+static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int *dims, int ndims,
+                            int correction, bool keepdim)
 {
     if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     bool reduced[KN_MAX_DIMS];
@@ -199,8 +203,10 @@ static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int
     }
     double n = (double)p.reduce;
     double divisor = kind == SUM ? 1.0 : kind == MEAN ? n : fmax(0.0, n - correction);
-    if (kind == VAR) kn_cpu_var(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
-    else kn_cpu_sum(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
+    if (kind == VAR)
+        kn_cpu_var(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
+    else
+        kn_cpu_sum(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
     kn_release(p.copy);
     if (kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(op, moment_backward, &a, 1);
@@ -235,8 +241,14 @@ kn_tensor *kn_var(kn_tensor *a, const int *dims, int ndims, int correction, bool
     return moment_op("var", VAR, a, dims, ndims, correction, keepdim);
 }
 
-kn_tensor *kn_sum_all(kn_tensor *a) { return moment_op("sum", SUM, a, NULL, 0, 0, false); }
-kn_tensor *kn_mean_all(kn_tensor *a) { return moment_op("mean", MEAN, a, NULL, 0, 0, false); }
+kn_tensor *kn_sum_all(kn_tensor *a)
+{
+    return moment_op("sum", SUM, a, NULL, 0, 0, false);
+}
+kn_tensor *kn_mean_all(kn_tensor *a)
+{
+    return moment_op("mean", MEAN, a, NULL, 0, 0, false);
+}
 
 /* ---- max / min along a dim ----------------------------------------------------------- */
 
@@ -285,8 +297,8 @@ static kn_tensor *select_op(const char *op, kn_tensor *a, int dim, bool keepdim,
     if (!plan_reduce(a, reduced, &p)) return NULL;
     bool grad = want_values && kn__needs_grad(&a, 1);
     kn_tensor *values = want_values ? kn__empty_raw(shape, ndim, KN_FLOAT32, a->device) : NULL;
-    kn_tensor *index = (indices || grad || !want_values)
-                           ? kn__empty_raw(shape, ndim, KN_INT64, a->device) : NULL;
+    kn_tensor *index =
+        (indices || grad || !want_values) ? kn__empty_raw(shape, ndim, KN_INT64, a->device) : NULL;
     if ((want_values && !values) || ((indices || grad || !want_values) && !index)) {
         kn_release(values);
         kn_release(index);
@@ -309,8 +321,10 @@ static kn_tensor *select_op(const char *op, kn_tensor *a, int dim, bool keepdim,
         kn__node_save(node, index);
         kn__node_attach(values, node);
     }
-    if (indices) *indices = kn__result(index);
-    else kn_release(index);
+    if (indices)
+        *indices = kn__result(index);
+    else
+        kn_release(index);
     return kn__result(values);
 }
 
@@ -384,5 +398,11 @@ static kn_tensor *extreme_all(const char *op, kn_tensor *a, bool is_min)
     return kn__result(out);
 }
 
-kn_tensor *kn_max_all(kn_tensor *a) { return extreme_all("max", a, false); }
-kn_tensor *kn_min_all(kn_tensor *a) { return extreme_all("min", a, true); }
+kn_tensor *kn_max_all(kn_tensor *a)
+{
+    return extreme_all("max", a, false);
+}
+kn_tensor *kn_min_all(kn_tensor *a)
+{
+    return extreme_all("min", a, true);
+}

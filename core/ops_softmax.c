@@ -10,9 +10,12 @@ static void split_at(const kn_tensor *t, int dim, int64_t *outer, int64_t *size,
 {
     *outer = *inner = *size = 1;
     for (int d = 0; d < t->ndim; d++) {
-        if (d < dim) *outer *= t->shape[d];
-        else if (d == dim) *size = t->shape[d];
-        else *inner *= t->shape[d];
+        if (d < dim)
+            *outer *= t->shape[d];
+        else if (d == dim)
+            *size = t->shape[d];
+        else
+            *inner *= t->shape[d];
     }
 }
 
@@ -60,5 +63,11 @@ static kn_tensor *softmax_op(const char *op, kn_tensor *a, int dim, bool log)
     return kn__result(out);
 }
 
-kn_tensor *kn_softmax(kn_tensor *a, int dim) { return softmax_op("softmax", a, dim, false); }
-kn_tensor *kn_log_softmax(kn_tensor *a, int dim) { return softmax_op("log_softmax", a, dim, true); }
+kn_tensor *kn_softmax(kn_tensor *a, int dim)
+{
+    return softmax_op("softmax", a, dim, false);
+}
+kn_tensor *kn_log_softmax(kn_tensor *a, int dim)
+{
+    return softmax_op("log_softmax", a, dim, true);
+}

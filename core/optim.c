@@ -45,10 +45,18 @@ kn_optimizer_options kn_optimizer_defaults(kn_optimizer_kind kind)
 {
     kn_optimizer_options o = {.kind = kind, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
     switch (kind) {
-    case KN_OPTIM_SGD: o.lr = 0.01; break;
-    case KN_OPTIM_ADAM: o.lr = 1e-3; break;
-    case KN_OPTIM_ADAMW: o.lr = 1e-3, o.weight_decay = 0.01; break;
-    case KN_OPTIM_RMSPROP: o.lr = 0.01, o.alpha = 0.99; break;
+    case KN_OPTIM_SGD:
+        o.lr = 0.01;
+        break;
+    case KN_OPTIM_ADAM:
+        o.lr = 1e-3;
+        break;
+    case KN_OPTIM_ADAMW:
+        o.lr = 1e-3, o.weight_decay = 0.01;
+        break;
+    case KN_OPTIM_RMSPROP:
+        o.lr = 0.01, o.alpha = 0.99;
+        break;
     }
     return o;
 }
@@ -56,10 +64,14 @@ kn_optimizer_options kn_optimizer_defaults(kn_optimizer_kind kind)
 const char *kn_optimizer_kind_name(kn_optimizer_kind kind)
 {
     switch (kind) {
-    case KN_OPTIM_SGD: return "sgd";
-    case KN_OPTIM_ADAM: return "adam";
-    case KN_OPTIM_ADAMW: return "adamw";
-    case KN_OPTIM_RMSPROP: return "rmsprop";
+    case KN_OPTIM_SGD:
+        return "sgd";
+    case KN_OPTIM_ADAM:
+        return "adam";
+    case KN_OPTIM_ADAMW:
+        return "adamw";
+    case KN_OPTIM_RMSPROP:
+        return "rmsprop";
     }
     return "unknown";
 }
@@ -67,7 +79,8 @@ const char *kn_optimizer_kind_name(kn_optimizer_kind kind)
 static bool slot_used(const kn_optimizer_options *o, int slot)
 {
     switch (o->kind) {
-    case KN_OPTIM_SGD: return slot == SLOT_MOMENTUM_BUFFER && o->momentum != 0;
+    case KN_OPTIM_SGD:
+        return slot == SLOT_MOMENTUM_BUFFER && o->momentum != 0;
     case KN_OPTIM_ADAM:
     case KN_OPTIM_ADAMW:
         return slot == SLOT_EXP_AVG || slot == SLOT_EXP_AVG_SQ ||
@@ -120,7 +133,8 @@ static bool check_options(const kn_optimizer_options *o)
         if (o->nesterov && (o->momentum <= 0 || o->dampening != 0)) {
             kn__error(KN_ERR_VALUE,
                       "sgd: nesterov requires momentum > 0 and dampening 0, got momentum %g and "
-                      "dampening %g", o->momentum, o->dampening);
+                      "dampening %g",
+                      o->momentum, o->dampening);
             return false;
         }
         return true;
@@ -149,9 +163,9 @@ static bool check_param(kn_tensor *const *params, int i)
         char dev[32];
         kn__error(KN_ERR_VALUE,
                   "optimizer: parameter %d must be a contiguous float32 CPU leaf tensor, got a "
-                  "%s%s%s %s tensor of shape %s", i, kn_is_contiguous(p) ? "" : "non-contiguous ",
-                  kn_is_leaf(p) ? "" : "non-leaf ", kn_dtype_name(p->dtype),
-                  kn_device_str(p->device, dev, sizeof dev), kn__shape(p));
+                  "%s%s%s %s tensor of shape %s",
+                  i, kn_is_contiguous(p) ? "" : "non-contiguous ", kn_is_leaf(p) ? "" : "non-leaf ",
+                  kn_dtype_name(p->dtype), kn_device_str(p->device, dev, sizeof dev), kn__shape(p));
         return false;
     }
     for (int j = 0; j < i; j++) {
@@ -250,7 +264,8 @@ static kn_status check_grad(const kn_optimizer *opt, int i)
     if (g->dtype != KN_FLOAT32 || g->device.type != KN_DEVICE_CPU || !kn__same_shape(p, g))
         return kn__error(KN_ERR_SHAPE,
                          "%s: the gradient of parameter %d must be a float32 CPU tensor of "
-                         "shape %s, got %s of shape %s", kn_optimizer_kind_name(opt->o.kind), i, kn__shape(p),
+                         "shape %s, got %s of shape %s",
+                         kn_optimizer_kind_name(opt->o.kind), i, kn__shape(p),
                          kn_dtype_name(g->dtype), kn__shape(g));
     return KN_OK;
 }
@@ -371,8 +386,10 @@ static bool read_step(const kn_optimizer_state_entry *e, int64_t *out)
             return true;
         }
     }
-    kn__error(KN_ERR_VALUE, "optimizer state: %s must be a one-element tensor holding a "
-              "non-negative integer", e->name);
+    kn__error(KN_ERR_VALUE,
+              "optimizer state: %s must be a one-element tensor holding a "
+              "non-negative integer",
+              e->name);
     return false;
 }
 
@@ -426,8 +443,10 @@ kn_status kn_optimizer_load_state(kn_optimizer *opt, const kn_optimizer_state_en
             continue;
         }
         if (!parse_entry(opt, e->name, &slot, &i)) {
-            status = kn__error(KN_ERR_VALUE, "optimizer state: unexpected entry '%s' for %s with "
-                               "%d parameters and these options", e->name, kind, n);
+            status = kn__error(KN_ERR_VALUE,
+                               "optimizer state: unexpected entry '%s' for %s with "
+                               "%d parameters and these options",
+                               e->name, kind, n);
             goto done;
         }
         if (slot < 0) {
@@ -438,9 +457,10 @@ kn_status kn_optimizer_load_state(kn_optimizer *opt, const kn_optimizer_state_en
         kn_tensor *t = e->tensor, *p = opt->params[i];
         if (!t || t->dtype != KN_FLOAT32 || t->device.type != KN_DEVICE_CPU ||
             !kn__same_shape(t, p)) {
-            status = kn__error(KN_ERR_SHAPE, "optimizer state: %s must be a float32 CPU tensor of "
-                               "shape %s like parameter %d, got %s of shape %s", e->name,
-                               kn__shape(p), i, t ? kn_dtype_name(t->dtype) : "NULL",
+            status = kn__error(KN_ERR_SHAPE,
+                               "optimizer state: %s must be a float32 CPU tensor of "
+                               "shape %s like parameter %d, got %s of shape %s",
+                               e->name, kn__shape(p), i, t ? kn_dtype_name(t->dtype) : "NULL",
                                t ? kn__shape(t) : "?");
             goto done;
         }
@@ -452,20 +472,25 @@ kn_status kn_optimizer_load_state(kn_optimizer *opt, const kn_optimizer_state_en
         for (int slot = 0; slot < SLOT_COUNT; slot++) {
             if (!slot_used(&opt->o, slot)) continue;
             used++;
-            if (found[i * SLOT_COUNT + slot]) present++;
-            else if (missing < 0) missing = slot;
+            if (found[i * SLOT_COUNT + slot])
+                present++;
+            else if (missing < 0)
+                missing = slot;
         }
         bool want_step = has_param_steps(&opt->o) && present > 0;
         if ((present > 0 && present < used) || (want_step && !has_step[i]) ||
             (has_step[i] && steps[i] > 0 && present == 0)) {
-            status = kn__error(KN_ERR_VALUE, "optimizer state: parameter %d has incomplete %s "
-                               "state: missing %s.%d", i, kind,
-                               missing >= 0 ? slot_names[missing] : "step", i);
+            status = kn__error(KN_ERR_VALUE,
+                               "optimizer state: parameter %d has incomplete %s "
+                               "state: missing %s.%d",
+                               i, kind, missing >= 0 ? slot_names[missing] : "step", i);
             goto done;
         }
         if (has_step[i] && steps[i] == 0 && present > 0) {
-            status = kn__error(KN_ERR_VALUE, "optimizer state: step.%d is 0 but parameter %d has "
-                               "state", i, i);
+            status = kn__error(KN_ERR_VALUE,
+                               "optimizer state: step.%d is 0 but parameter %d has "
+                               "state",
+                               i, i);
             goto done;
         }
         if (!has_param_steps(&opt->o)) steps[i] = present > 0 ? 1 : 0;

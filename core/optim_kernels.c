@@ -67,38 +67,50 @@ INLINE void sgd_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool mom, bool
     const float wdv = c->wd, mu = c->momentum, omd = c->one_minus_dampening, nlr = c->neg_lr;
     for (int64_t i = b; i < e; i++) {
         float d = g[i];
-        if (wd) d = FMA(wdv, p[i], d);                /* d_p = d_p.add(param, alpha=wd) */
+        if (wd) d = FMA(wdv, p[i], d); /* d_p = d_p.add(param, alpha=wd) */
         if (mom) {
             float bv = first ? d : FMA(omd, d, buf[i] * mu); /* buf.mul_(m).add_(d_p, 1-damp) */
             buf[i] = bv;
-            d = nest ? FMA(mu, bv, d) : bv;           /* d_p.add(buf, alpha=momentum) */
+            d = nest ? FMA(mu, bv, d) : bv; /* d_p.add(buf, alpha=momentum) */
         }
-        p[i] = FMA(nlr, d, p[i]);                     /* param.add_(d_p, alpha=-lr) */
+        p[i] = FMA(nlr, d, p[i]); /* param.add_(d_p, alpha=-lr) */
     }
 }
 
 CLONES static void sgd_range(void *arg, int64_t b, int64_t e)
 {
     const ctx *c = arg;
-#define SGD_MOM(wd)                                                                            \
-    do {                                                                                       \
-        if (!c->has_momentum) sgd_loop(c, b, e, wd, false, false, false);                      \
-        else if (c->first) sgd_loop(c, b, e, wd, true, true, c->nesterov);                     \
-        else if (c->nesterov) sgd_loop(c, b, e, wd, true, false, true);                        \
-        else sgd_loop(c, b, e, wd, true, false, false);                                        \
+#define SGD_MOM(wd)                                                                                \
+    do {                                                                                           \
+        if (!c->has_momentum)                                                                      \
+            sgd_loop(c, b, e, wd, false, false, false);                                            \
+        else if (c->first)                                                                         \
+            sgd_loop(c, b, e, wd, true, true, c->nesterov);                                        \
+        else if (c->nesterov)                                                                      \
+            sgd_loop(c, b, e, wd, true, false, true);                                              \
+        else                                                                                       \
+            sgd_loop(c, b, e, wd, true, false, false);                                             \
     } while (0)
-    if (c->has_wd) SGD_MOM(true);
-    else SGD_MOM(false);
+    if (c->has_wd)
+        SGD_MOM(true);
+    else
+        SGD_MOM(false);
 #undef SGD_MOM
 }
 
 void kn__optim_sgd(const kn__optim_args *a, int64_t n)
 {
     ctx c = {
-        .p = a->param, .g = a->grad, .buf = a->buf,
-        .neg_lr = (float)-a->lr, .wd = (float)a->weight_decay, .momentum = (float)a->momentum,
+        .p = a->param,
+        .g = a->grad,
+        .buf = a->buf,
+        .neg_lr = (float)-a->lr,
+        .wd = (float)a->weight_decay,
+        .momentum = (float)a->momentum,
         .one_minus_dampening = (float)(1 - a->dampening),
-        .has_wd = a->weight_decay != 0, .first = a->first, .nesterov = a->nesterov,
+        .has_wd = a->weight_decay != 0,
+        .first = a->first,
+        .nesterov = a->nesterov,
         .has_momentum = a->momentum != 0,
     };
     kn_cpu_parallel_for(n, GRAIN, sgd_range, &c);
@@ -127,7 +139,7 @@ INLINE void adam_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool decouple
             v[i] = vi;
             if (ams) {
                 float x = vmax[i];
-                x = (x > vi || x != x) ? x : vi;      /* torch.maximum propagates NaN */
+                x = (x > vi || x != x) ? x : vi; /* torch.maximum propagates NaN */
                 vmax[i] = x;
                 vi = x;
             }
@@ -137,9 +149,9 @@ INLINE void adam_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool decouple
         for (int64_t j = 0; j < n; j++) {
             int64_t i = i0 + j;
             float pi = p[i];
-            if (decoupled) pi = pi * decay;           /* param.mul_(1 - lr * weight_decay) */
+            if (decoupled) pi = pi * decay; /* param.mul_(1 - lr * weight_decay) */
             float denom = root[j] / bc2 + eps;
-            p[i] = pi + nss * m[i] / denom;           /* addcdiv_: p + (value * m) / denom */
+            p[i] = pi + nss * m[i] / denom; /* addcdiv_: p + (value * m) / denom */
         }
     }
 }
@@ -147,14 +159,19 @@ INLINE void adam_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool decouple
 CLONES static void adam_range(void *arg, int64_t b, int64_t e)
 {
     const ctx *c = arg;
-#define ADAM_AMS(wd, dec)                                                                      \
-    do {                                                                                       \
-        if (c->amsgrad) adam_loop(c, b, e, wd, dec, true);                                     \
-        else adam_loop(c, b, e, wd, dec, false);                                               \
+#define ADAM_AMS(wd, dec)                                                                          \
+    do {                                                                                           \
+        if (c->amsgrad)                                                                            \
+            adam_loop(c, b, e, wd, dec, true);                                                     \
+        else                                                                                       \
+            adam_loop(c, b, e, wd, dec, false);                                                    \
     } while (0)
-    if (c->decoupled) ADAM_AMS(false, true);
-    else if (c->has_wd) ADAM_AMS(true, false);
-    else ADAM_AMS(false, false);
+    if (c->decoupled)
+        ADAM_AMS(false, true);
+    else if (c->has_wd)
+        ADAM_AMS(true, false);
+    else
+        ADAM_AMS(false, false);
 #undef ADAM_AMS
 }
 
@@ -164,16 +181,22 @@ void kn__optim_adam(const kn__optim_args *a, int64_t n)
     double bias_correction1 = 1 - pow(a->beta1, step);
     double bias_correction2 = 1 - pow(a->beta2, step);
     ctx c = {
-        .p = a->param, .g = a->grad, .m = a->exp_avg, .v = a->exp_avg_sq,
+        .p = a->param,
+        .g = a->grad,
+        .m = a->exp_avg,
+        .v = a->exp_avg_sq,
         .vmax = a->max_exp_avg_sq,
         .wd = (float)a->weight_decay,
-        .beta1 = (float)a->beta1, .one_minus_beta1 = (float)(1 - a->beta1),
-        .beta2 = (float)a->beta2, .one_minus_beta2 = (float)(1 - a->beta2),
+        .beta1 = (float)a->beta1,
+        .one_minus_beta1 = (float)(1 - a->beta1),
+        .beta2 = (float)a->beta2,
+        .one_minus_beta2 = (float)(1 - a->beta2),
         .bc2_sqrt = (float)sqrt(bias_correction2),
         .neg_step_size = (float)-(a->lr / bias_correction1),
         .decay = (float)(1 - a->lr * a->weight_decay),
         .eps = (float)a->eps,
-        .has_wd = a->weight_decay != 0, .amsgrad = a->max_exp_avg_sq != NULL,
+        .has_wd = a->weight_decay != 0,
+        .amsgrad = a->max_exp_avg_sq != NULL,
         .decoupled = a->decoupled,
     };
     kn_cpu_parallel_for(n, GRAIN, adam_range, &c);
@@ -199,7 +222,7 @@ INLINE void rmsprop_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool cente
             if (centered) {
                 float a = FMA(oma, gi, ga[i] * al);
                 ga[i] = a;
-                s = FMA(-1.0f * a, a, s);             /* square_avg.addcmul(ga, ga, value=-1) */
+                s = FMA(-1.0f * a, a, s); /* square_avg.addcmul(ga, ga, value=-1) */
             }
             root[j] = s;
         }
@@ -207,14 +230,14 @@ INLINE void rmsprop_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool cente
         for (int64_t j = 0; j < n; j++) {
             int64_t i = i0 + j;
             float pi = p[i], gi = g[i];
-            if (wd) gi = FMA(wdv, pi, gi);            /* the same value as in the first pass */
+            if (wd) gi = FMA(wdv, pi, gi); /* the same value as in the first pass */
             float avg = root[j] + eps;
             if (mom) {
                 float bv = buf[i] * mu + 1.0f * gi / avg; /* buf.mul_(m).addcdiv_(g, avg) */
                 buf[i] = bv;
-                p[i] = FMA(nlr, bv, pi);              /* param.add_(buf, alpha=-lr) */
+                p[i] = FMA(nlr, bv, pi); /* param.add_(buf, alpha=-lr) */
             } else {
-                p[i] = pi + nlr * gi / avg;           /* param.addcdiv_(g, avg, value=-lr) */
+                p[i] = pi + nlr * gi / avg; /* param.addcdiv_(g, avg, value=-lr) */
             }
         }
     }
@@ -223,17 +246,23 @@ INLINE void rmsprop_loop(const ctx *c, int64_t b, int64_t e, bool wd, bool cente
 CLONES static void rmsprop_range(void *arg, int64_t b, int64_t e)
 {
     const ctx *c = arg;
-#define RMS_MOM(wd, cen)                                                                       \
-    do {                                                                                       \
-        if (c->has_momentum) rmsprop_loop(c, b, e, wd, cen, true);                             \
-        else rmsprop_loop(c, b, e, wd, cen, false);                                            \
+#define RMS_MOM(wd, cen)                                                                           \
+    do {                                                                                           \
+        if (c->has_momentum)                                                                       \
+            rmsprop_loop(c, b, e, wd, cen, true);                                                  \
+        else                                                                                       \
+            rmsprop_loop(c, b, e, wd, cen, false);                                                 \
     } while (0)
     if (c->has_wd) {
-        if (c->centered) RMS_MOM(true, true);
-        else RMS_MOM(true, false);
+        if (c->centered)
+            RMS_MOM(true, true);
+        else
+            RMS_MOM(true, false);
     } else {
-        if (c->centered) RMS_MOM(false, true);
-        else RMS_MOM(false, false);
+        if (c->centered)
+            RMS_MOM(false, true);
+        else
+            RMS_MOM(false, false);
     }
 #undef RMS_MOM
 }
@@ -241,10 +270,19 @@ CLONES static void rmsprop_range(void *arg, int64_t b, int64_t e)
 void kn__optim_rmsprop(const kn__optim_args *a, int64_t n)
 {
     ctx c = {
-        .p = a->param, .g = a->grad, .v = a->square_avg, .gavg = a->grad_avg, .buf = a->buf,
-        .neg_lr = (float)-a->lr, .wd = (float)a->weight_decay, .momentum = (float)a->momentum,
-        .alpha = (float)a->alpha, .one_minus_alpha = (float)(1 - a->alpha), .eps = (float)a->eps,
-        .has_wd = a->weight_decay != 0, .centered = a->grad_avg != NULL,
+        .p = a->param,
+        .g = a->grad,
+        .v = a->square_avg,
+        .gavg = a->grad_avg,
+        .buf = a->buf,
+        .neg_lr = (float)-a->lr,
+        .wd = (float)a->weight_decay,
+        .momentum = (float)a->momentum,
+        .alpha = (float)a->alpha,
+        .one_minus_alpha = (float)(1 - a->alpha),
+        .eps = (float)a->eps,
+        .has_wd = a->weight_decay != 0,
+        .centered = a->grad_avg != NULL,
         .has_momentum = a->momentum > 0,
     };
     kn_cpu_parallel_for(n, GRAIN, rmsprop_range, &c);

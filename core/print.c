@@ -50,7 +50,10 @@ static void text_add(text *s, const char *str, size_t n)
     s->data[s->length] = '\0';
 }
 
-static void text_puts(text *s, const char *str) { text_add(s, str, strlen(str)); }
+static void text_puts(text *s, const char *str)
+{
+    text_add(s, str, strlen(str));
+}
 
 static void text_spaces(text *s, int n)
 {
@@ -233,8 +236,8 @@ static void add_tensor(text *s, const kn_tensor *t, int dim, int64_t offset, int
 static void add_suffixes(text *s, char suffixes[][96], int count, int indent)
 {
     const char *last_newline = s->failed ? NULL : strrchr(s->data, '\n');
-    int64_t last_line = (int64_t)s->length -
-                        (last_newline ? (int64_t)(last_newline - s->data) : -1) + 1;
+    int64_t last_line =
+        (int64_t)s->length - (last_newline ? (int64_t)(last_newline - s->data) : -1) + 1;
     for (int i = 0; i < count; i++) {
         int64_t len = (int64_t)strlen(suffixes[i]);
         if (last_line + len + 2 > LINEWIDTH) {
@@ -278,7 +281,8 @@ static char *format_tensor(const kn_tensor *t)
         formatter f = make_formatter(t, summarize);
         add_tensor(&s, t, 0, t->offset, indent, summarize, &f);
     }
-    if (t->dtype != KN_FLOAT32) snprintf(suffixes[count++], 96, "dtype=%s", kn_dtype_name(t->dtype));
+    if (t->dtype != KN_FLOAT32)
+        snprintf(suffixes[count++], 96, "dtype=%s", kn_dtype_name(t->dtype));
     if (t->grad_fn)
         snprintf(suffixes[count++], 96, "grad_fn=<%s>",
                  t->grad_fn->name ? t->grad_fn->name : "unknown");
@@ -287,8 +291,10 @@ static char *format_tensor(const kn_tensor *t)
     add_suffixes(&s, suffixes, count, indent);
     if (s.failed) {
         free(s.data);
-        return kn__error_null(KN_ERR_MEMORY, "to_string: out of memory printing a tensor of "
-                                             "shape %s", kn__shape(t));
+        return kn__error_null(KN_ERR_MEMORY,
+                              "to_string: out of memory printing a tensor of "
+                              "shape %s",
+                              kn__shape(t));
     }
     return s.data;
 }
@@ -327,4 +333,7 @@ void kn_fprint(FILE *stream, const kn_tensor *t)
     free(str);
 }
 
-void kn_print(const kn_tensor *t) { kn_fprint(stdout, t); }
+void kn_print(const kn_tensor *t)
+{
+    kn_fprint(stdout, t);
+}

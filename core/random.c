@@ -117,7 +117,10 @@ kn_generator *kn_generator_new(uint64_t seed)
     return g;
 }
 
-void kn_generator_free(kn_generator *gen) { free(gen); }
+void kn_generator_free(kn_generator *gen)
+{
+    free(gen);
+}
 
 kn_generator *kn_default_generator(void)
 {
@@ -128,25 +131,40 @@ kn_generator *kn_default_generator(void)
     return &default_generator;
 }
 
-static kn_generator *resolve(kn_generator *gen) { return gen ? gen : kn_default_generator(); }
+static kn_generator *resolve(kn_generator *gen)
+{
+    return gen ? gen : kn_default_generator();
+}
 
-void kn_manual_seed(uint64_t seed) { mt_seed(kn_default_generator(), seed); }
+void kn_manual_seed(uint64_t seed)
+{
+    mt_seed(kn_default_generator(), seed);
+}
 
-void kn_generator_seed(kn_generator *gen, uint64_t seed) { mt_seed(resolve(gen), seed); }
+void kn_generator_seed(kn_generator *gen, uint64_t seed)
+{
+    mt_seed(resolve(gen), seed);
+}
 
 uint64_t kn_generator_initial_seed(const kn_generator *gen)
 {
     return gen ? gen->seed : kn_default_generator()->seed;
 }
 
-uint32_t kn_generator_next_u32(kn_generator *gen) { return next_u32(resolve(gen)); }
+uint32_t kn_generator_next_u32(kn_generator *gen)
+{
+    return next_u32(resolve(gen));
+}
 
 /* ---- state blobs ------------------------------------------------------------------ */
 
 /* magic, version, seed, mt words, index, has_normal, normal: fixed-size, native endian. */
 #define STATE_SIZE (4 + 4 + 8 + 4 * MT_N + 4 + 4 + 8)
 
-size_t kn_generator_state_size(void) { return STATE_SIZE; }
+size_t kn_generator_state_size(void)
+{
+    return STATE_SIZE;
+}
 
 void kn_generator_get_state(const kn_generator *gen, void *buffer)
 {
@@ -185,8 +203,10 @@ kn_status kn_generator_set_state(kn_generator *gen, const void *buffer, size_t s
         return kn__error(KN_ERR_VALUE, "generator_set_state: state version %u, expected %u",
                          version, STATE_VERSION);
     if (g.index > MT_N)
-        return kn__error(KN_ERR_VALUE, "generator_set_state: position %u is out of range "
-                                       "(0..%d)", g.index, MT_N);
+        return kn__error(KN_ERR_VALUE,
+                         "generator_set_state: position %u is out of range "
+                         "(0..%d)",
+                         g.index, MT_N);
     if (has_normal > 1 || (has_normal && !isfinite(g.normal)))
         return kn__error(KN_ERR_VALUE, "generator_set_state: corrupt cached normal sample");
     uint32_t any = 0;
@@ -231,8 +251,8 @@ static void normal_fill(kn_generator *g, float *data, int64_t n, float mean, flo
 }
 
 /* Fills n contiguous elements in stream order. */
-static void fill_contiguous(kn_generator *g, void *ptr, kn_dtype dtype, int64_t n,
-                            fill_args args, bool vector_normal)
+static void fill_contiguous(kn_generator *g, void *ptr, kn_dtype dtype, int64_t n, fill_args args,
+                            bool vector_normal)
 {
     if (dtype == KN_INT64) { /* only bernoulli_ reaches here with int64 */
         int64_t *data = ptr;
@@ -250,8 +270,7 @@ static void fill_contiguous(kn_generator *g, void *ptr, kn_dtype dtype, int64_t 
         if (vector_normal) {
             normal_fill(g, data, n, (float)args.a, (float)args.b);
         } else {
-            for (int64_t i = 0; i < n; i++)
-                data[i] = (float)(normal_double(g) * args.b + args.a);
+            for (int64_t i = 0; i < n; i++) data[i] = (float)(normal_double(g) * args.b + args.a);
         }
         break;
     case FILL_BERNOULLI:
@@ -316,16 +335,20 @@ static kn_status fill(const char *op, kn_tensor *t, fill_args args, kn_generator
 kn_status kn_uniform_(kn_tensor *t, double low, double high, kn_generator *gen)
 {
     if (t && !(isfinite(low) && isfinite(high) && low <= high))
-        return kn__error(KN_ERR_VALUE, "uniform_: expected a finite range with low <= high, "
-                                       "got [%g, %g)", low, high);
+        return kn__error(KN_ERR_VALUE,
+                         "uniform_: expected a finite range with low <= high, "
+                         "got [%g, %g)",
+                         low, high);
     return fill("uniform_", t, (fill_args){FILL_UNIFORM, low, high}, gen);
 }
 
 kn_status kn_normal_(kn_tensor *t, double mean, double std, kn_generator *gen)
 {
     if (t && !(isfinite(mean) && isfinite(std) && std >= 0))
-        return kn__error(KN_ERR_VALUE, "normal_: expected a finite mean and std >= 0, got "
-                                       "mean %g and std %g", mean, std);
+        return kn__error(KN_ERR_VALUE,
+                         "normal_: expected a finite mean and std >= 0, got "
+                         "mean %g and std %g",
+                         mean, std);
     return fill("normal_", t, (fill_args){FILL_NORMAL, mean, std}, gen);
 }
 
@@ -336,8 +359,8 @@ kn_status kn_bernoulli_(kn_tensor *t, double p, kn_generator *gen)
     return fill("bernoulli_", t, (fill_args){FILL_BERNOULLI, p, 0}, gen);
 }
 
-static kn_tensor *random_tensor(const int64_t *shape, int ndim, fill_args args,
-                                kn_generator *gen, const char *op)
+static kn_tensor *random_tensor(const int64_t *shape, int ndim, fill_args args, kn_generator *gen,
+                                const char *op)
 {
     kn_tensor *t = kn__empty_raw(shape, ndim, KN_FLOAT32, kn_cpu());
     if (!t) return NULL;
@@ -360,8 +383,8 @@ kn_tensor *kn_randn(const int64_t *shape, int ndim, kn_generator *gen)
 
 kn_tensor *kn_randperm(int64_t n, kn_generator *gen)
 {
-    if (n < 0) return kn__error_null(KN_ERR_VALUE, "randperm: n must be >= 0, got %lld",
-                                     (long long)n);
+    if (n < 0)
+        return kn__error_null(KN_ERR_VALUE, "randperm: n must be >= 0, got %lld", (long long)n);
     kn_tensor *t = kn__empty_raw((int64_t[]){n}, 1, KN_INT64, kn_cpu());
     if (!t) return NULL;
     kn_generator *g = resolve(gen);

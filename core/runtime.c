@@ -13,4 +13,7 @@ void kn_set_num_threads(int n)
     openblas_set_num_threads(kn_cpu_get_num_threads());
 }
 
-int kn_get_num_threads(void) { return kn_cpu_get_num_threads(); }
+int kn_get_num_threads(void)
+{
+    return kn_cpu_get_num_threads();
+}

@@ -48,8 +48,10 @@ typedef struct {
 
 static bool json_fail(json *j, const char *what)
 {
-    kn__error(KN_ERR_VALUE, "safetensors %s: header is not valid JSON: %s at byte %lld of the "
-              "header", j->file, what, (long long)(j->p - j->start));
+    kn__error(KN_ERR_VALUE,
+              "safetensors %s: header is not valid JSON: %s at byte %lld of the "
+              "header",
+              j->file, what, (long long)(j->p - j->start));
     return false;
 }
 
@@ -74,8 +76,10 @@ static int hex4(const char *p)
     int v = 0;
     for (int i = 0; i < 4; i++) {
         char c = p[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
     }
@@ -84,7 +88,10 @@ static int hex4(const char *p)
 
 static size_t put_utf8(char *out, unsigned cp)
 {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
     if (cp < 0x800) {
         out[0] = (char)(0xC0 | cp >> 6);
         out[1] = (char)(0x80 | (cp & 0x3F));
@@ -132,20 +139,37 @@ static char *json_string(json *j)
         char e = s[1];
         s += 2;
         switch (e) {
-        case '"': out[o++] = '"'; break;
-        case '\\': out[o++] = '\\'; break;
-        case '/': out[o++] = '/'; break;
-        case 'b': out[o++] = '\b'; break;
-        case 'f': out[o++] = '\f'; break;
-        case 'n': out[o++] = '\n'; break;
-        case 'r': out[o++] = '\r'; break;
-        case 't': out[o++] = '\t'; break;
+        case '"':
+            out[o++] = '"';
+            break;
+        case '\\':
+            out[o++] = '\\';
+            break;
+        case '/':
+            out[o++] = '/';
+            break;
+        case 'b':
+            out[o++] = '\b';
+            break;
+        case 'f':
+            out[o++] = '\f';
+            break;
+        case 'n':
+            out[o++] = '\n';
+            break;
+        case 'r':
+            out[o++] = '\r';
+            break;
+        case 't':
+            out[o++] = '\t';
+            break;
         case 'u': {
             int cp = j->p - s >= 4 ? hex4(s) : -1;
             if (cp >= 0) s += 4;
             if (cp >= 0xD800 && cp < 0xDC00) { /* a surrogate pair: \uD83D\uDE00 */
                 int lo = j->p - s >= 6 && s[0] == '\\' && s[1] == 'u' ? hex4(s + 2) : -1;
-                if (lo < 0xDC00 || lo > 0xDFFF) cp = -1;
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    cp = -1;
                 else {
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     s += 6;
@@ -201,15 +225,24 @@ static bool json_uint(json *j, uint64_t *out)
 
 /* The float kinds come first: is_float_dtype relies on it. */
 typedef enum {
-    ST_F32, ST_F64, ST_F16, ST_BF16, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL
+    ST_F32,
+    ST_F64,
+    ST_F16,
+    ST_BF16,
+    ST_I64,
+    ST_I32,
+    ST_I16,
+    ST_I8,
+    ST_U8,
+    ST_BOOL
 } st_dtype;
 
 static const struct {
     const char *name;
     st_dtype type;
     size_t size;
-} dtypes[] = {{"F32", ST_F32, 4}, {"F64", ST_F64, 8}, {"F16", ST_F16, 2}, {"BF16", ST_BF16, 2},
-              {"I64", ST_I64, 8}, {"I32", ST_I32, 4}, {"I16", ST_I16, 2}, {"I8", ST_I8, 1},
+} dtypes[] = {{"F32", ST_F32, 4}, {"F64", ST_F64, 8},  {"F16", ST_F16, 2}, {"BF16", ST_BF16, 2},
+              {"I64", ST_I64, 8}, {"I32", ST_I32, 4},  {"I16", ST_I16, 2}, {"I8", ST_I8, 1},
               {"U8", ST_U8, 1},   {"BOOL", ST_BOOL, 1}};
 
 static int find_dtype(const char *name)
@@ -219,7 +252,10 @@ static int find_dtype(const char *name)
     return -1;
 }
 
-static bool is_float_dtype(st_dtype t) { return t <= ST_BF16; }
+static bool is_float_dtype(st_dtype t)
+{
+    return t <= ST_BF16;
+}
 
 static float half_to_float(uint16_t h)
 {
@@ -255,9 +291,20 @@ static void convert(const unsigned char *src, st_dtype t, int64_t n, void *dst)
     for (int64_t i = 0; i < n; i++) {
         switch (t) {
         case ST_F32:
-        case ST_I64: break;
-        case ST_F64: { double v; memcpy(&v, src + 8 * i, 8); f[i] = (float)v; break; }
-        case ST_F16: { uint16_t v; memcpy(&v, src + 2 * i, 2); f[i] = half_to_float(v); break; }
+        case ST_I64:
+            break;
+        case ST_F64: {
+            double v;
+            memcpy(&v, src + 8 * i, 8);
+            f[i] = (float)v;
+            break;
+        }
+        case ST_F16: {
+            uint16_t v;
+            memcpy(&v, src + 2 * i, 2);
+            f[i] = half_to_float(v);
+            break;
+        }
         case ST_BF16: {
             uint16_t v;
             memcpy(&v, src + 2 * i, 2);
@@ -265,11 +312,27 @@ static void convert(const unsigned char *src, st_dtype t, int64_t n, void *dst)
             memcpy(&f[i], &bits, 4);
             break;
         }
-        case ST_I32: { int32_t v; memcpy(&v, src + 4 * i, 4); q[i] = v; break; }
-        case ST_I16: { int16_t v; memcpy(&v, src + 2 * i, 2); q[i] = v; break; }
-        case ST_I8: q[i] = (int8_t)src[i]; break;
-        case ST_U8: q[i] = src[i]; break;
-        case ST_BOOL: q[i] = src[i] != 0; break;
+        case ST_I32: {
+            int32_t v;
+            memcpy(&v, src + 4 * i, 4);
+            q[i] = v;
+            break;
+        }
+        case ST_I16: {
+            int16_t v;
+            memcpy(&v, src + 2 * i, 2);
+            q[i] = v;
+            break;
+        }
+        case ST_I8:
+            q[i] = (int8_t)src[i];
+            break;
+        case ST_U8:
+            q[i] = src[i];
+            break;
+        case ST_BOOL:
+            q[i] = src[i] != 0;
+            break;
         }
     }
 }
@@ -354,9 +417,10 @@ static bool parse_info(json *j, st_info *info)
             if (!d) return false;
             info->dtype = find_dtype(d);
             if (info->dtype < 0) {
-                kn__error(KN_ERR_DTYPE, "safetensors %s: tensor '%s' has dtype '%s', supported: "
-                          "F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL", j->file,
-                          info->name, d);
+                kn__error(KN_ERR_DTYPE,
+                          "safetensors %s: tensor '%s' has dtype '%s', supported: "
+                          "F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL",
+                          j->file, info->name, d);
                 free(d);
                 return false;
             }
@@ -370,8 +434,10 @@ static bool parse_info(json *j, st_info *info)
                 do {
                     uint64_t v;
                     if (info->ndim == KN_MAX_DIMS) {
-                        kn__error(KN_ERR_SHAPE, "safetensors %s: tensor '%s' has more than %d "
-                                  "dims", j->file, info->name, KN_MAX_DIMS);
+                        kn__error(KN_ERR_SHAPE,
+                                  "safetensors %s: tensor '%s' has more than %d "
+                                  "dims",
+                                  j->file, info->name, KN_MAX_DIMS);
                         return false;
                     }
                     if (!json_uint(j, &v)) return false;
@@ -397,7 +463,9 @@ static bool parse_info(json *j, st_info *info)
     if (!eat(j, '}')) return json_fail(j, "expected ',' or '}' in a tensor description");
     if (!have_dtype || !have_shape || !have_offsets) {
         kn__error(KN_ERR_VALUE, "safetensors %s: tensor '%s' lacks %s", j->file, info->name,
-                  !have_dtype ? "\"dtype\"" : !have_shape ? "\"shape\"" : "\"data_offsets\"");
+                  !have_dtype   ? "\"dtype\""
+                  : !have_shape ? "\"shape\""
+                                : "\"data_offsets\"");
         return false;
     }
     return true;
@@ -410,28 +478,31 @@ static bool check_infos(const char *file, st_info *infos, int n, uint64_t data_s
         st_info *t = &infos[i];
         for (int k = 0; k < i; k++)
             if (strcmp(infos[k].name, t->name) == 0) {
-                kn__error(KN_ERR_VALUE, "safetensors %s: tensor '%s' appears twice", file,
-                          t->name);
+                kn__error(KN_ERR_VALUE, "safetensors %s: tensor '%s' appears twice", file, t->name);
                 return false;
             }
         uint64_t bytes = dtypes[t->dtype].size;
         bool overflow = false;
         for (int d = 0; d < t->ndim; d++) {
             uint64_t s = (uint64_t)t->shape[d];
-            if (s != 0 && bytes > UINT64_MAX / s) overflow = true;
-            else bytes *= s;
+            if (s != 0 && bytes > UINT64_MAX / s)
+                overflow = true;
+            else
+                bytes *= s;
         }
         if (t->begin > t->end || t->end > data_size) {
-            kn__error(KN_ERR_VALUE, "safetensors %s: tensor '%s' has data_offsets [%llu, %llu] "
-                      "outside the %llu bytes of data", file, t->name,
-                      (unsigned long long)t->begin, (unsigned long long)t->end,
+            kn__error(KN_ERR_VALUE,
+                      "safetensors %s: tensor '%s' has data_offsets [%llu, %llu] "
+                      "outside the %llu bytes of data",
+                      file, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
                       (unsigned long long)data_size);
             return false;
         }
         if (overflow || bytes != t->end - t->begin) {
-            kn__error(KN_ERR_SHAPE, "safetensors %s: tensor '%s' is %s %s = %llu bytes but its "
-                      "data_offsets [%llu, %llu] span %llu", file, t->name,
-                      dtypes[t->dtype].name, kn__shape_of(t->shape, t->ndim),
+            kn__error(KN_ERR_SHAPE,
+                      "safetensors %s: tensor '%s' is %s %s = %llu bytes but its "
+                      "data_offsets [%llu, %llu] span %llu",
+                      file, t->name, dtypes[t->dtype].name, kn__shape_of(t->shape, t->ndim),
                       (unsigned long long)bytes, (unsigned long long)t->begin,
                       (unsigned long long)t->end, (unsigned long long)(t->end - t->begin));
             return false;
@@ -443,9 +514,10 @@ static bool check_infos(const char *file, st_info *infos, int n, uint64_t data_s
     qsort(sorted, (size_t)n, sizeof *sorted, compare_begin);
     for (int i = 1; i < n; i++) {
         if (sorted[i]->begin < sorted[i - 1]->end) {
-            kn__error(KN_ERR_VALUE, "safetensors %s: tensors '%s' [%llu, %llu] and '%s' [%llu, "
-                      "%llu] overlap", file, sorted[i - 1]->name,
-                      (unsigned long long)sorted[i - 1]->begin,
+            kn__error(KN_ERR_VALUE,
+                      "safetensors %s: tensors '%s' [%llu, %llu] and '%s' [%llu, "
+                      "%llu] overlap",
+                      file, sorted[i - 1]->name, (unsigned long long)sorted[i - 1]->begin,
                       (unsigned long long)sorted[i - 1]->end, sorted[i]->name,
                       (unsigned long long)sorted[i]->begin, (unsigned long long)sorted[i]->end);
             free(sorted);
@@ -460,14 +532,17 @@ static kn_safetensors *parse(const unsigned char *b, size_t size, const char *fi
 {
     if (!b) return kn__error_null(KN_ERR_NULL, "safetensors %s: no data", file);
     if (size < 8)
-        return kn__error_null(KN_ERR_VALUE, "safetensors %s: truncated: %zu bytes, the header "
-                              "length alone is 8", file, size);
+        return kn__error_null(KN_ERR_VALUE,
+                              "safetensors %s: truncated: %zu bytes, the header "
+                              "length alone is 8",
+                              file, size);
     uint64_t hlen;
     memcpy(&hlen, b, 8);
     if (hlen > size - 8 || hlen > MAX_HEADER)
-        return kn__error_null(KN_ERR_VALUE, "safetensors %s: header length %llu exceeds the %zu "
-                              "bytes after it (truncated or not a safetensors file)", file,
-                              (unsigned long long)hlen, size - 8);
+        return kn__error_null(KN_ERR_VALUE,
+                              "safetensors %s: header length %llu exceeds the %zu "
+                              "bytes after it (truncated or not a safetensors file)",
+                              file, (unsigned long long)hlen, size - 8);
     json j = {(const char *)b + 8, (const char *)b + 8 + hlen, (const char *)b + 8, file};
     uint64_t data_size = size - 8 - hlen;
     kn_safetensors *out = calloc(1, sizeof *out);
@@ -549,8 +624,9 @@ kn_safetensors *kn_safetensors_load(const char *path)
 {
     if (!path) return kn__error_null(KN_ERR_NULL, "safetensors: path is NULL");
     FILE *f = fopen(path, "rb");
-    if (!f) return kn__error_null(KN_ERR_VALUE, "safetensors %s: cannot open: %s", path,
-                                  strerror(errno));
+    if (!f)
+        return kn__error_null(KN_ERR_VALUE, "safetensors %s: cannot open: %s", path,
+                              strerror(errno));
     unsigned char *buf = NULL;
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -44,7 +44,10 @@ static void put(sbuf *s, const char *text, size_t n)
     s->data[s->len] = '\0';
 }
 
-static void puts_(sbuf *s, const char *text) { put(s, text, strlen(text)); }
+static void puts_(sbuf *s, const char *text)
+{
+    put(s, text, strlen(text));
+}
 
 static void put_uint(sbuf *s, uint64_t v)
 {
@@ -114,8 +117,10 @@ static kn_status check_args(const char *path, const char *const *names, kn_tenso
         if (!names[i] || !names[i][0])
             return kn__error(KN_ERR_VALUE, "safetensors_save %s: tensor %d has no name", path, i);
         if (strcmp(names[i], "__metadata__") == 0)
-            return kn__error(KN_ERR_VALUE, "safetensors_save %s: '__metadata__' is reserved and "
-                             "cannot name a tensor", path);
+            return kn__error(KN_ERR_VALUE,
+                             "safetensors_save %s: '__metadata__' is reserved and "
+                             "cannot name a tensor",
+                             path);
         if (!tensors[i])
             return kn__error(KN_ERR_NULL, "safetensors_save %s: tensor '%s' is NULL", path,
                              names[i]);
@@ -124,17 +129,23 @@ static kn_status check_args(const char *path, const char *const *names, kn_tenso
                              path, names[i]);
         for (int k = 0; k < i; k++)
             if (strcmp(names[k], names[i]) == 0)
-                return kn__error(KN_ERR_VALUE, "safetensors_save %s: tensor name '%s' appears "
-                                 "twice", path, names[i]);
+                return kn__error(KN_ERR_VALUE,
+                                 "safetensors_save %s: tensor name '%s' appears "
+                                 "twice",
+                                 path, names[i]);
     }
     for (int i = 0; i < metadata_count; i++) {
         if (!metadata[i].key || !metadata[i].value)
-            return kn__error(KN_ERR_NULL, "safetensors_save %s: metadata entry %d has a NULL key "
-                             "or value", path, i);
+            return kn__error(KN_ERR_NULL,
+                             "safetensors_save %s: metadata entry %d has a NULL key "
+                             "or value",
+                             path, i);
         for (int k = 0; k < i; k++)
             if (strcmp(metadata[k].key, metadata[i].key) == 0)
-                return kn__error(KN_ERR_VALUE, "safetensors_save %s: metadata key '%s' appears "
-                                 "twice", path, metadata[i].key);
+                return kn__error(KN_ERR_VALUE,
+                                 "safetensors_save %s: metadata key '%s' appears "
+                                 "twice",
+                                 path, metadata[i].key);
     }
     return KN_OK;
 }
@@ -175,9 +186,8 @@ static void build_header(sbuf *h, const save_item *items, int count,
     while (h->len % 8) puts_(h, " ");
 }
 
-kn_status kn_safetensors_save(const char *path, const char *const *names,
-                              kn_tensor *const *tensors, int count,
-                              const kn_safetensors_meta *metadata, int metadata_count)
+kn_status kn_safetensors_save(const char *path, const char *const *names, kn_tensor *const *tensors,
+                              int count, const kn_safetensors_meta *metadata, int metadata_count)
 {
     kn_status status = check_args(path, names, tensors, count, metadata, metadata_count);
     if (status != KN_OK) return status;
@@ -237,8 +247,10 @@ kn_status kn_safetensors_save(const char *path, const char *const *names,
         goto done;
     }
     if (sync_folder(path) != 0)
-        status = kn__error(KN_ERR_VALUE, "safetensors_save %s: written, but syncing its folder "
-                           "failed: %s", path, strerror(errno));
+        status = kn__error(KN_ERR_VALUE,
+                           "safetensors_save %s: written, but syncing its folder "
+                           "failed: %s",
+                           path, strerror(errno));
 done:
     for (int i = 0; i < count; i++) kn_release(items[i].tensor);
     free(items);

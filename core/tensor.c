@@ -10,8 +10,14 @@
 
 /* ---- shapes and dtypes ---------------------------------------------------------------- */
 
-size_t kn_dtype_size(kn_dtype dtype) { return dtype == KN_INT64 ? 8 : 4; }
-const char *kn_dtype_name(kn_dtype dtype) { return dtype == KN_INT64 ? "int64" : "float32"; }
+size_t kn_dtype_size(kn_dtype dtype)
+{
+    return dtype == KN_INT64 ? 8 : 4;
+}
+const char *kn_dtype_name(kn_dtype dtype)
+{
+    return dtype == KN_INT64 ? "int64" : "float32";
+}
 
 int64_t kn_numel(const kn_tensor *t)
 {
@@ -53,8 +59,9 @@ bool kn__wrap_dim(int *dim, int ndim, const char *op)
 {
     int rank = ndim > 0 ? ndim : 1; /* a 0-d tensor accepts dim 0 and -1, as in PyTorch */
     if (*dim < -rank || *dim >= rank) {
-        kn__error(KN_ERR_DIM, "%s: dim %d is out of range for a tensor of rank %d (expected %d..%d)",
-                  op, *dim, ndim, -rank, rank - 1);
+        kn__error(KN_ERR_DIM,
+                  "%s: dim %d is out of range for a tensor of rank %d (expected %d..%d)", op, *dim,
+                  ndim, -rank, rank - 1);
         return false;
     }
     if (*dim < 0) *dim += rank;
@@ -70,8 +77,8 @@ bool kn__broadcast_shapes(const char *op, const int64_t *a, int a_ndim, const in
         int64_t da = ai >= 0 ? a[ai] : 1, db = bi >= 0 ? b[bi] : 1;
         if (da != db && da != 1 && db != 1) {
             kn__error(KN_ERR_SHAPE,
-                      "%s: shapes %s and %s cannot be broadcast (size %lld vs %lld at dim %d)",
-                      op, kn__shape_of(a, a_ndim), kn__shape_of(b, b_ndim), (long long)da,
+                      "%s: shapes %s and %s cannot be broadcast (size %lld vs %lld at dim %d)", op,
+                      kn__shape_of(a, a_ndim), kn__shape_of(b, b_ndim), (long long)da,
                       (long long)db, i);
             return false;
         }
@@ -83,20 +90,30 @@ bool kn__broadcast_shapes(const char *op, const int64_t *a, int a_ndim, const in
 
 /* ---- devices ----------------------------------------------------------------------- */
 
-kn_device kn_cpu(void) { return (kn_device){KN_DEVICE_CPU, 0}; }
+kn_device kn_cpu(void)
+{
+    return (kn_device){KN_DEVICE_CPU, 0};
+}
 
-bool kn_device_equal(kn_device a, kn_device b) { return a.type == b.type && a.index == b.index; }
+bool kn_device_equal(kn_device a, kn_device b)
+{
+    return a.type == b.type && a.index == b.index;
+}
 
 const char *kn_device_str(kn_device device, char *buf, size_t size)
 {
-    if (device.type == KN_DEVICE_CPU) snprintf(buf, size, "cpu");
-    else snprintf(buf, size, "cuda:%d", device.index);
+    if (device.type == KN_DEVICE_CPU)
+        snprintf(buf, size, "cpu");
+    else
+        snprintf(buf, size, "cuda:%d", device.index);
     return buf;
 }
 
 kn_status kn_device_parse(const char *text, kn_device *out)
 {
-    if (!text) return kn__error(KN_ERR_VALUE, "device: expected \"cpu\", \"cuda\" or \"cuda:N\", got null");
+    if (!text)
+        return kn__error(KN_ERR_VALUE,
+                         "device: expected \"cpu\", \"cuda\" or \"cuda:N\", got null");
     if (strcmp(text, "cpu") == 0) {
         *out = kn_cpu();
         return KN_OK;
@@ -117,7 +134,10 @@ kn_status kn_device_parse(const char *text, kn_device *out)
                      text);
 }
 
-bool kn_device_available(kn_device device) { return device.type == KN_DEVICE_CPU; }
+bool kn_device_available(kn_device device)
+{
+    return device.type == KN_DEVICE_CPU;
+}
 
 kn_tensor *kn_to(kn_tensor *t, kn_device device)
 {
@@ -172,8 +192,9 @@ kn_tensor *kn__empty_raw(const int64_t *shape, int ndim, kn_dtype dtype, kn_devi
     kn_storage *storage = kn__storage_new(nbytes, device);
     if (!storage) {
         if (kn_last_status() == KN_ERR_MEMORY)
-            kn__error(KN_ERR_MEMORY, "out of memory allocating %zu bytes for a %s tensor of shape %s",
-                      nbytes, kn_dtype_name(dtype), kn__shape_of(shape, ndim));
+            kn__error(KN_ERR_MEMORY,
+                      "out of memory allocating %zu bytes for a %s tensor of shape %s", nbytes,
+                      kn_dtype_name(dtype), kn__shape_of(shape, ndim));
         return NULL;
     }
     kn_tensor *t = handle_new();
@@ -294,7 +315,10 @@ void kn_scope_end(void)
     scope_count--;
 }
 
-int kn_scope_depth(void) { return scope_count; }
+int kn_scope_depth(void)
+{
+    return scope_count;
+}
 
 kn_tensor *kn_autorelease(kn_tensor *t)
 {
@@ -311,7 +335,10 @@ kn_tensor *kn_autorelease(kn_tensor *t)
     return t;
 }
 
-kn_tensor *kn__result(kn_tensor *out) { return kn_autorelease(out); }
+kn_tensor *kn__result(kn_tensor *out)
+{
+    return kn_autorelease(out);
+}
 
 kn_tensor *kn_scope_escape(kn_tensor *t)
 {
@@ -354,11 +381,15 @@ kn_tensor *kn_ones(const int64_t *shape, int ndim, kn_dtype dtype)
     return kn_full(shape, ndim, 1.0, dtype);
 }
 
-kn_tensor *kn_scalar(float value) { return kn_full(NULL, 0, value, KN_FLOAT32); }
+kn_tensor *kn_scalar(float value)
+{
+    return kn_full(NULL, 0, value, KN_FLOAT32);
+}
 
 kn_tensor *kn_arange(int64_t n)
 {
-    if (n < 0) return kn__error_null(KN_ERR_VALUE, "arange: n must be >= 0, got %lld", (long long)n);
+    if (n < 0)
+        return kn__error_null(KN_ERR_VALUE, "arange: n must be >= 0, got %lld", (long long)n);
     kn_tensor *t = kn__empty_raw(&n, 1, KN_INT64, kn_cpu());
     if (!t) return NULL;
     int64_t *p = t->storage->data;
@@ -440,7 +471,8 @@ float kn_item(const kn_tensor *t)
 {
     if (!t) return NAN;
     if (kn_numel(t) != 1) {
-        kn__error(KN_ERR_SHAPE, "item: a tensor with %lld elements (shape %s) cannot be converted to a scalar",
+        kn__error(KN_ERR_SHAPE,
+                  "item: a tensor with %lld elements (shape %s) cannot be converted to a scalar",
                   (long long)kn_numel(t), kn__shape(t));
         return NAN;
     }
@@ -490,8 +522,7 @@ bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
     for (int i = 0; i < n; i++) {
         if (!inputs[i]) {
             /* Keep the message of the error that produced the NULL, if any. */
-            if (kn_last_status() == KN_OK)
-                kn__error(KN_ERR_NULL, "%s: input %d is NULL", op, i);
+            if (kn_last_status() == KN_OK) kn__error(KN_ERR_NULL, "%s: input %d is NULL", op, i);
             return false;
         }
         if (!first) {
@@ -499,10 +530,11 @@ bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
             first_index = i;
         } else if (!kn_device_equal(first->device, inputs[i]->device)) {
             char a[32], b[32];
-            kn__error(KN_ERR_DEVICE,
-                      "%s: expected all tensors on one device, got input %d on %s and input %d on %s",
-                      op, first_index, kn_device_str(first->device, a, sizeof a), i,
-                      kn_device_str(inputs[i]->device, b, sizeof b));
+            kn__error(
+                KN_ERR_DEVICE,
+                "%s: expected all tensors on one device, got input %d on %s and input %d on %s", op,
+                first_index, kn_device_str(first->device, a, sizeof a), i,
+                kn_device_str(inputs[i]->device, b, sizeof b));
             return false;
         }
     }

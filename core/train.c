@@ -42,17 +42,18 @@ static kn_status check_config(const kn_train_config *c)
         return kn__error(KN_ERR_VALUE, "batch_size: expected a positive integer, got %lld",
                          (long long)c->batch_size);
     if (c->epochs < 0 || (c->epochs == 0 && c->max_steps <= 0))
-        return kn__error(KN_ERR_VALUE, "epochs: expected a positive integer when max_steps "
-                         "is 0, got %lld", (long long)c->epochs);
+        return kn__error(KN_ERR_VALUE,
+                         "epochs: expected a positive integer when max_steps "
+                         "is 0, got %lld",
+                         (long long)c->epochs);
     if (c->max_steps < 0)
         return kn__error(KN_ERR_VALUE, "max_steps: expected >= 0, got %lld",
                          (long long)c->max_steps);
     if (c->eval_every_steps < 0 || c->eval_batch_size < 0 || c->checkpoint_every_steps < 0)
         return kn__error(KN_ERR_VALUE, "eval_every_steps, eval_batch_size and "
-                         "checkpoint_every_steps must be >= 0");
+                                       "checkpoint_every_steps must be >= 0");
     if (!(c->grad_clip_norm >= 0))
-        return kn__error(KN_ERR_VALUE, "grad_clip_norm: expected >= 0, got %g",
-                         c->grad_clip_norm);
+        return kn__error(KN_ERR_VALUE, "grad_clip_norm: expected >= 0, got %g", c->grad_clip_norm);
     if (c->early_stopping_patience < 0 || !(c->early_stopping_min_delta >= 0))
         return kn__error(KN_ERR_VALUE, "early stopping: patience and min_delta must be >= 0");
     if (!(c->label_smoothing >= 0 && c->label_smoothing <= 1))
@@ -65,15 +66,12 @@ kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config)
 {
     if (!model || !config)
         return kn__error_null(KN_ERR_NULL, "kn_trainer_new: model and config are required");
-    if (check_config(config) != KN_OK)
-        return NULL;
+    if (check_config(config) != KN_OK) return NULL;
     kn_trainer *t = calloc(1, sizeof *t);
-    if (!t)
-        return kn__error_null(KN_ERR_MEMORY, "kn_trainer_new: out of memory");
+    if (!t) return kn__error_null(KN_ERR_MEMORY, "kn_trainer_new: out of memory");
     t->model = model;
     t->config = *config;
-    if (t->config.eval_batch_size == 0)
-        t->config.eval_batch_size = 1000;
+    if (t->config.eval_batch_size == 0) t->config.eval_batch_size = 1000;
     t->best_val_loss = INFINITY;
     kn_named_tensor *named = kn_module_parameters(model, &t->n_params);
     if (!named && t->n_params > 0) {
@@ -86,8 +84,7 @@ kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config)
         free(t);
         return kn__error_null(KN_ERR_MEMORY, "kn_trainer_new: out of memory");
     }
-    for (int i = 0; i < t->n_params; i++)
-        t->params[i] = named[i].tensor;
+    for (int i = 0; i < t->n_params; i++) t->params[i] = named[i].tensor;
     free(named);
     t->optimizer = kn_optimizer_new(t->params, t->n_params, config->optimizer);
     if (!t->optimizer) {
@@ -100,16 +97,24 @@ kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config)
 
 void kn_trainer_free(kn_trainer *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     kn_optimizer_free(t->optimizer);
     free(t->params);
     free(t);
 }
 
-kn_module *kn_trainer_model(kn_trainer *t) { return t ? t->model : NULL; }
-kn_optimizer *kn_trainer_optimizer(kn_trainer *t) { return t ? t->optimizer : NULL; }
-int64_t kn_trainer_step(const kn_trainer *t) { return t ? t->step : 0; }
+kn_module *kn_trainer_model(kn_trainer *t)
+{
+    return t ? t->model : NULL;
+}
+kn_optimizer *kn_trainer_optimizer(kn_trainer *t)
+{
+    return t ? t->optimizer : NULL;
+}
+int64_t kn_trainer_step(const kn_trainer *t)
+{
+    return t ? t->step : 0;
+}
 
 /* ---- losses ------------------------------------------------------------------------ */
 
@@ -117,22 +122,25 @@ int64_t kn_trainer_step(const kn_trainer *t) { return t ? t->step : 0; }
 static kn_tensor *one_hot(kn_tensor *labels, const kn_tensor *logits)
 {
     if (logits->ndim != 2)
-        return kn__error_null(KN_ERR_SHAPE, "loss: expected logits [N, C] for one-hot "
-                              "targets, got %s", kn__shape(logits));
+        return kn__error_null(KN_ERR_SHAPE,
+                              "loss: expected logits [N, C] for one-hot "
+                              "targets, got %s",
+                              kn__shape(logits));
     int64_t n = logits->shape[0], c = logits->shape[1];
     if (labels->ndim != 1 || labels->shape[0] != n)
-        return kn__error_null(KN_ERR_SHAPE, "loss: expected labels [%lld], got %s",
-                              (long long)n, kn__shape(labels));
+        return kn__error_null(KN_ERR_SHAPE, "loss: expected labels [%lld], got %s", (long long)n,
+                              kn__shape(labels));
     kn_tensor *cpu_labels = kn_contiguous(kn_to(labels, kn_cpu()));
     kn_tensor *target = kn_zeros(KN_SHAPE(n, c), KN_FLOAT32);
-    if (!cpu_labels || !target)
-        return NULL;
+    if (!cpu_labels || !target) return NULL;
     const int64_t *l = kn_data_i64(cpu_labels);
     float *dst = kn_data_f32(target);
     for (int64_t i = 0; i < n; i++) {
         if (l[i] < 0 || l[i] >= c)
-            return kn__error_null(KN_ERR_VALUE, "loss: label %lld of sample %lld is outside "
-                                  "[0, %lld)", (long long)l[i], (long long)i, (long long)c);
+            return kn__error_null(KN_ERR_VALUE,
+                                  "loss: label %lld of sample %lld is outside "
+                                  "[0, %lld)",
+                                  (long long)l[i], (long long)i, (long long)c);
         dst[i * c + l[i]] = 1.0f;
     }
     return kn_to(target, logits->device);
@@ -141,8 +149,7 @@ static kn_tensor *one_hot(kn_tensor *labels, const kn_tensor *logits)
 kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels,
                          double label_smoothing)
 {
-    if (!logits || !labels)
-        return NULL;
+    if (!logits || !labels) return NULL;
     switch (loss) {
     case KN_LOSS_CROSS_ENTROPY:
         return kn_cross_entropy(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX,
@@ -171,34 +178,29 @@ static kn_device model_device(kn_module *model)
 
 /* Sums the loss (weighted by batch size) and correct predictions of one batch. */
 static kn_status eval_batch(kn_module *model, kn_tensor *x, kn_tensor *y, kn_loss_kind loss,
-                           double *loss_sum, int64_t *correct)
+                            double *loss_sum, int64_t *correct)
 {
     kn_tensor *logits = kn_module_forward(model, x);
     kn_tensor *l = kn_train_loss(loss, logits, y, 0.0);
-    if (!l)
-        return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
+    if (!l) return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
     *loss_sum += (double)kn_item(l) * (double)y->shape[0];
     if (logits->ndim == 2) {
         kn_tensor *pred = kn_contiguous(kn_to(kn_argmax(logits, 1, false), kn_cpu()));
         kn_tensor *yc = kn_contiguous(kn_to(y, kn_cpu()));
-        if (!pred || !yc)
-            return kn_last_status();
+        if (!pred || !yc) return kn_last_status();
         const int64_t *p = kn_data_i64(pred), *t = kn_data_i64(yc);
-        for (int64_t i = 0; i < y->shape[0]; i++)
-            *correct += p[i] == t[i];
+        for (int64_t i = 0; i < y->shape[0]; i++) *correct += p[i] == t[i];
     }
     return KN_OK;
 }
 
-kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
-                      int64_t batch_size, kn_eval_result *result)
+kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
+                      kn_eval_result *result)
 {
     if (!model || !ds || !result)
         return kn__error(KN_ERR_NULL, "kn_evaluate: model, dataset and result are required");
-    if (ds->count <= 0)
-        return kn__error(KN_ERR_VALUE, "evaluate: the dataset is empty");
-    if (batch_size <= 0)
-        batch_size = 1000;
+    if (ds->count <= 0) return kn__error(KN_ERR_VALUE, "evaluate: the dataset is empty");
+    if (batch_size <= 0) batch_size = 1000;
     bool was_training = model->training;
     kn_module_train(model, false);
     kn_no_grad_begin();
@@ -209,8 +211,7 @@ kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
     int64_t batches = kn_batches_per_epoch(ds->count, batch_size, false);
-    if (!order)
-        st = kn_last_status();
+    if (!order) st = kn_last_status();
     for (int64_t b = 0; st == KN_OK && b < batches; b++) {
         kn_scope_begin();
         kn_tensor *x = NULL, *y = NULL;
@@ -219,15 +220,13 @@ kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
             x = kn_to(x, device);
             y = kn_to(y, device);
         }
-        if (st == KN_OK)
-            st = eval_batch(model, x, y, loss, &loss_sum, &correct);
+        if (st == KN_OK) st = eval_batch(model, x, y, loss, &loss_sum, &correct);
         kn_scope_end();
     }
     kn_scope_end();
     kn_no_grad_end();
     kn_module_train(model, was_training);
-    if (st != KN_OK)
-        return st;
+    if (st != KN_OK) return st;
     memset(result, 0, sizeof *result);
     result->count = ds->count;
     result->loss = loss_sum / (double)ds->count;
@@ -256,8 +255,7 @@ static kn_status step_error(kn_status st, int64_t step_no)
 {
     char message[512];
     snprintf(message, sizeof message, "%s", kn_last_error());
-    return kn__error(st != KN_OK ? st : KN_ERR_NULL, "step %lld: %s", (long long)step_no,
-                     message);
+    return kn__error(st != KN_OK ? st : KN_ERR_NULL, "step %lld: %s", (long long)step_no, message);
 }
 
 static const char *non_finite_name(double v)
@@ -273,22 +271,18 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
     const kn_train_config *c = &t->config;
     int64_t step_no = t->step + 1; /* 1-based, as reported */
     *skipped = false;
-    kn_optimizer_set_lr(t->optimizer,
-                        kn_lr_at(&c->lr_schedule, c->optimizer.lr, t->step));
+    kn_optimizer_set_lr(t->optimizer, kn_lr_at(&c->lr_schedule, c->optimizer.lr, t->step));
     kn_optimizer_zero_grad(t->optimizer);
     kn_tensor *x = NULL, *y = NULL;
     kn_status st = kn_dataset_batch(rs->train, order, t->batch_in_epoch, c->batch_size, &x, &y);
-    if (st != KN_OK)
-        return step_error(st, step_no);
+    if (st != KN_OK) return step_error(st, step_no);
     if (rs->device.type != KN_DEVICE_CPU) {
         x = kn_to(x, rs->device);
         y = kn_to(y, rs->device);
     }
     rs->samples += y ? y->shape[0] : 0;
-    kn_tensor *loss = kn_train_loss(c->loss, kn_module_forward(t->model, x), y,
-                                    c->label_smoothing);
-    if (!loss)
-        return step_error(kn_last_status(), step_no);
+    kn_tensor *loss = kn_train_loss(c->loss, kn_module_forward(t->model, x), y, c->label_smoothing);
+    if (!loss) return step_error(kn_last_status(), step_no);
     double value = kn_item(loss);
     *loss_out = value;
     if (!isfinite(value)) {
@@ -300,14 +294,12 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
                          non_finite_name(value));
     }
     st = kn_backward(loss, NULL, false);
-    if (st != KN_OK)
-        return step_error(st, step_no);
+    if (st != KN_OK) return step_error(st, step_no);
     bool finite;
     double norm = 0;
     if (c->grad_clip_norm > 0) {
         st = kn_clip_grad_norm(t->params, t->n_params, c->grad_clip_norm, &norm);
-        if (st != KN_OK)
-            return st;
+        if (st != KN_OK) return st;
         finite = isfinite(norm);
     } else {
         finite = kn_grads_finite(t->params, t->n_params);
@@ -322,8 +314,7 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
                          (long long)step_no, value);
     }
     st = kn_optimizer_step(t->optimizer);
-    if (st != KN_OK)
-        return step_error(st, step_no);
+    if (st != KN_OK) return step_error(st, step_no);
     return KN_OK;
 }
 
@@ -332,10 +323,9 @@ static kn_status run_eval(run_state *rs, int64_t epoch)
 {
     kn_trainer *t = rs->t;
     kn_eval_result r;
-    kn_status st = kn_evaluate(t->model, rs->validation, t->config.loss,
-                               t->config.eval_batch_size, &r);
-    if (st != KN_OK)
-        return st;
+    kn_status st =
+        kn_evaluate(t->model, rs->validation, t->config.loss, t->config.eval_batch_size, &r);
+    if (st != KN_OK) return st;
     r.step = t->step;
     r.epoch = epoch;
     rs->last_eval_step = t->step;
@@ -349,16 +339,14 @@ static kn_status run_eval(run_state *rs, int64_t epoch)
             rs->stop_early = true;
         }
     }
-    if (rs->cb && rs->cb->on_eval)
-        return rs->cb->on_eval(rs->cb->context, &r);
+    if (rs->cb && rs->cb->on_eval) return rs->cb->on_eval(rs->cb->context, &r);
     return KN_OK;
 }
 
 static bool planned_done(const run_state *rs)
 {
     const kn_trainer *t = rs->t;
-    if (t->config.max_steps > 0)
-        return t->step >= t->config.max_steps;
+    if (t->config.max_steps > 0) return t->step >= t->config.max_steps;
     return t->epoch >= t->config.epochs;
 }
 
@@ -370,15 +358,19 @@ static kn_status after_batch(run_state *rs, double loss, bool skipped, double ru
     int64_t epoch = t->epoch;
     t->step++;
     t->batch_in_epoch++;
-    if (skipped)
-        t->skipped_steps++;
+    if (skipped) t->skipped_steps++;
     bool epoch_end = t->batch_in_epoch >= rs->bpe;
     kn_step_info info = {
-        .step = t->step, .total_steps = rs->total_steps, .epoch = epoch,
-        .batch_in_epoch = t->batch_in_epoch, .batches_per_epoch = rs->bpe, .loss = loss,
+        .step = t->step,
+        .total_steps = rs->total_steps,
+        .epoch = epoch,
+        .batch_in_epoch = t->batch_in_epoch,
+        .batches_per_epoch = rs->bpe,
+        .loss = loss,
         .lr = kn_optimizer_get_lr(t->optimizer),
         .samples_per_second = rs->train_seconds > 0 ? rs->samples / rs->train_seconds : 0,
-        .elapsed_seconds = now_seconds() - run_start, .skipped = skipped,
+        .elapsed_seconds = now_seconds() - run_start,
+        .skipped = skipped,
     };
     if (epoch_end) {
         t->epoch++;
@@ -386,13 +378,12 @@ static kn_status after_batch(run_state *rs, double loss, bool skipped, double ru
         rs->summary->epochs_completed++;
     }
     kn_status st = KN_OK;
-    if (rs->cb && rs->cb->on_step)
-        st = rs->cb->on_step(rs->cb->context, &info);
+    if (rs->cb && rs->cb->on_step) st = rs->cb->on_step(rs->cb->context, &info);
     if (st == KN_OK && rs->validation &&
         ((c->eval_every_steps > 0 && t->step % c->eval_every_steps == 0) || epoch_end))
         st = run_eval(rs, epoch);
-    if (st == KN_OK && c->checkpoint_every_steps > 0 && t->step % c->checkpoint_every_steps == 0
-        && rs->cb && rs->cb->on_checkpoint)
+    if (st == KN_OK && c->checkpoint_every_steps > 0 && t->step % c->checkpoint_every_steps == 0 &&
+        rs->cb && rs->cb->on_checkpoint)
         st = rs->cb->on_checkpoint(rs->cb->context, t, t->step);
     return st;
 }
@@ -401,14 +392,18 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
                          const kn_train_callbacks *callbacks, kn_train_summary *summary)
 {
     kn_train_summary local;
-    if (!summary)
-        summary = &local;
+    if (!summary) summary = &local;
     memset(summary, 0, sizeof *summary);
     if (!t || !train)
         return kn__error(KN_ERR_NULL, "kn_trainer_run: trainer and training data are required");
     const kn_train_config *c = &t->config;
-    run_state rs = {.t = t, .train = train, .validation = validation, .cb = callbacks,
-                    .summary = summary, .device = model_device(t->model), .last_eval_step = -1};
+    run_state rs = {.t = t,
+                    .train = train,
+                    .validation = validation,
+                    .cb = callbacks,
+                    .summary = summary,
+                    .device = model_device(t->model),
+                    .last_eval_step = -1};
     rs.bpe = kn_batches_per_epoch(train->count, c->batch_size, c->drop_last);
     if (rs.bpe <= 0)
         return kn__error(KN_ERR_VALUE, "train: %lld samples give no batch of %lld%s",
@@ -426,8 +421,7 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
     while (st == KN_OK && !rs.stop_early && !planned_done(&rs)) {
         kn_scope_begin();
         kn_tensor *order = kn_epoch_order(train->count, c->seed, t->epoch, c->shuffle);
-        if (!order)
-            st = kn_last_status() ? kn_last_status() : KN_ERR_NULL;
+        if (!order) st = kn_last_status() ? kn_last_status() : KN_ERR_NULL;
         int64_t epoch = t->epoch;
         while (st == KN_OK && !rs.stop_early && !planned_done(&rs) && t->epoch == epoch) {
             double loss = 0;
@@ -437,8 +431,7 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
             st = train_batch(&rs, order, &loss, &skipped);
             kn_scope_end();
             rs.train_seconds += now_seconds() - t0;
-            if (st == KN_OK)
-                st = after_batch(&rs, loss, skipped, run_start);
+            if (st == KN_OK) st = after_batch(&rs, loss, skipped, run_start);
         }
         kn_scope_end();
     }

@@ -27,7 +27,8 @@ Test(autograd, gradients_accumulate_until_zero_grad)
 {
     kn_scope_begin();
     kn_tensor *x = kn_set_requires_grad(kn_from_floats((float[]){1, 2}, KN_SHAPE(2)), true);
-    for (int i = 0; i < 3; i++) cr_assert_eq(kn_backward(kn_sum_all(kn_mul_scalar(x, 2)), NULL, false), KN_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(kn_backward(kn_sum_all(kn_mul_scalar(x, 2)), NULL, false), KN_OK);
     char msg[256];
     cr_assert(kn_test_close(x->grad, (float[]){6, 6}, 2, 0, 0, msg, sizeof msg), "%s", msg);
     kn_zero_grad(x);
@@ -41,7 +42,8 @@ Test(autograd, broadcast_gradient_is_reduced_to_input_shape)
     kn_tensor *a = kn_set_requires_grad(kn_ones(KN_SHAPE(2, 3), KN_FLOAT32), true);
     kn_tensor *b = kn_set_requires_grad(kn_from_floats((float[]){1, 2, 3}, KN_SHAPE(3)), true);
     kn_tensor *c = kn_set_requires_grad(kn_full(KN_SHAPE(2, 1), 2.0, KN_FLOAT32), true);
-    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(kn_add(a, b), c)), NULL, false), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(kn_add(a, b), c)), NULL, false), KN_OK, "%s",
+                 kn_last_error());
     char msg[256];
     cr_assert(kn_test_close(b->grad, (float[]){4, 4, 4}, 3, 0, 0, msg, sizeof msg), "%s", msg);
     cr_assert_eq(c->grad->ndim, 2);

@@ -157,8 +157,7 @@ Test(checkpoint, weights_errors_name_the_entry)
     cr_assert_neq(kn_trainer_load_checkpoint(t, path), KN_OK);
     cr_assert(strstr(kn_last_error(), "not a Kiln checkpoint") != NULL, "%s", kn_last_error());
     cr_assert_neq(kn_module_load_weights(m, "/nonexistent/w.safetensors", true), KN_OK);
-    cr_assert(strstr(kn_last_error(), "/nonexistent/w.safetensors") != NULL, "%s",
-              kn_last_error());
+    cr_assert(strstr(kn_last_error(), "/nonexistent/w.safetensors") != NULL, "%s", kn_last_error());
     kn_trainer_free(t);
     kn_module_free(m);
     kn_module_free(other);
@@ -218,8 +217,7 @@ Test(checkpoint, loads_into_pytorch_with_the_same_logits)
     cr_assert_not_null(logits, "%s", kn_last_error());
     const char *names[] = {"inputs", "logits"};
     kn_tensor *tensors[] = {inputs, kn_detach(logits)};
-    cr_assert_eq(kn_safetensors_save(io, names, tensors, 2, NULL, 0), KN_OK, "%s",
-                 kn_last_error());
+    cr_assert_eq(kn_safetensors_save(io, names, tensors, 2, NULL, 0), KN_OK, "%s", kn_last_error());
     FILE *f = fopen(script, "w");
     cr_assert_not_null(f);
     fputs(PY_CHECK, f);

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ASSERT_ERROR_HAS(text)                                                                 \
-    cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'",              \
-              kn_last_error(), (text))
+#define ASSERT_ERROR_HAS(text)                                                                     \
+    cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'", kn_last_error(),  \
+              (text))
 
 /* Inputs [n, 2, 2] with sample i filled by i + element/10; labels i % classes. */
 static kn_dataset *toy(int64_t n, int64_t classes)
@@ -23,8 +23,8 @@ static kn_dataset *toy(int64_t n, int64_t classes)
         for (int j = 0; j < 4; j++) x[i * 4 + j] = (float)i + (float)j / 10;
         y[i] = i % classes;
     }
-    kn_dataset *ds = kn_dataset_new(kn_from_floats(x, KN_SHAPE(n, 2, 2)),
-                                    kn_from_int64s(y, KN_SHAPE(n)));
+    kn_dataset *ds =
+        kn_dataset_new(kn_from_floats(x, KN_SHAPE(n, 2, 2)), kn_from_int64s(y, KN_SHAPE(n)));
     free(x);
     free(y);
     cr_assert_not_null(ds, "%s", kn_last_error());
@@ -74,8 +74,9 @@ Test(dataset, strided_inputs_are_made_contiguous)
     kn_dataset *ds = kn_dataset_new(xt, kn_from_int64s((int64_t[]){0, 1, 2}, KN_SHAPE(3)));
     cr_assert_not_null(ds, "%s", kn_last_error());
     kn_tensor *bx, *by;
-    cr_assert_eq(kn_dataset_batch(ds, kn_from_int64s((int64_t[]){2, 0}, KN_SHAPE(2)), 0, 2, &bx,
-                                  &by), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(
+        kn_dataset_batch(ds, kn_from_int64s((int64_t[]){2, 0}, KN_SHAPE(2)), 0, 2, &bx, &by), KN_OK,
+        "%s", kn_last_error());
     KN_ASSERT_CLOSE(bx, {3, 6, 1, 4});
     kn_dataset_free(ds);
     kn_scope_end();
@@ -87,11 +88,10 @@ Test(dataset, normalize_scales_then_standardises_per_channel)
     /* [2, 2 channels, 2]: x * 0.5 then (x - mean[c]) / std[c] */
     kn_tensor *x = kn_from_floats((float[]){2, 4, 6, 8, 10, 12, 14, 16}, KN_SHAPE(2, 2, 2));
     kn_dataset *ds = kn_dataset_new(x, kn_zeros(KN_SHAPE(2), KN_INT64));
-    cr_assert_eq(kn_dataset_normalize(ds, 0.5, (double[]){1, 2}, (double[]){2, 4}, 2), KN_OK,
-                 "%s", kn_last_error());
+    cr_assert_eq(kn_dataset_normalize(ds, 0.5, (double[]){1, 2}, (double[]){2, 4}, 2), KN_OK, "%s",
+                 kn_last_error());
     KN_ASSERT_CLOSE(ds->inputs, {0, 0.5f, 0.25f, 0.5f, 2, 2.5f, 1.25f, 1.5f});
-    cr_assert_neq(kn_dataset_normalize(ds, 1, (double[]){0, 0, 0}, (double[]){1, 1, 1}, 3),
-                  KN_OK);
+    cr_assert_neq(kn_dataset_normalize(ds, 1, (double[]){0, 0, 0}, (double[]){1, 1, 1}, 3), KN_OK);
     ASSERT_ERROR_HAS("3 channels of mean/std but inputs [2, 2, 2] have 2 in dim 1");
     cr_assert_neq(kn_dataset_normalize(ds, 1, (double[]){0, 0}, (double[]){1, 0}, 2), KN_OK);
     ASSERT_ERROR_HAS("std[1] must be > 0, got 0");
@@ -259,7 +259,8 @@ Test(batch, an_epoch_of_batches_covers_every_sample_once)
         }
         kn_scope_end();
     }
-    for (int64_t i = 0; i < n; i++) cr_assert_eq(seen[i], 1, "sample %ld seen %d times", (long)i, seen[i]);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert_eq(seen[i], 1, "sample %ld seen %d times", (long)i, seen[i]);
     kn_dataset_free(ds);
     kn_scope_end();
 }

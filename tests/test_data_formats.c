@@ -11,15 +11,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ASSERT_ERROR_HAS(text)                                                                 \
-    cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'",              \
-              kn_last_error(), (text))
+#define ASSERT_ERROR_HAS(text)                                                                     \
+    cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'", kn_last_error(),  \
+              (text))
 
 /* ---- IDX ------------------------------------------------------------------------------ */
 
 /* An IDX header (type, dims) followed by payload bytes, into buf; returns the size. */
-static size_t idx(unsigned char *buf, int type, const uint32_t *dims, int ndim,
-                  const void *payload, size_t payload_size)
+static size_t idx(unsigned char *buf, int type, const uint32_t *dims, int ndim, const void *payload,
+                  size_t payload_size)
 {
     buf[0] = buf[1] = 0;
     buf[2] = (unsigned char)type;
@@ -130,8 +130,8 @@ Test(idx, fashion_mnist_t10k)
         cr_skip_test("%s is not installed", dir);
     kn_scope_begin();
     size_t size;
-    unsigned char *bytes = gunzip("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
-                                  &size);
+    unsigned char *bytes =
+        gunzip("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", &size);
     cr_assert_not_null(bytes);
     kn_tensor *labels = kn_parse_idx(bytes, size, true);
     free(bytes);
@@ -207,8 +207,8 @@ Test(npy, parses_the_supported_dtypes)
     t = kn_parse_npy(buf, n, true);
     cr_assert_not_null(t, "%s", kn_last_error());
     cr_assert_eq(kn_data_i64(t)[0], (int64_t)1 << 60);
-    n = npy(buf, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }",
-            (int32_t[]){-7, 9}, 8);
+    n = npy(buf, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", (int32_t[]){-7, 9},
+            8);
     KN_ASSERT_CLOSE(kn_parse_npy(buf, n, true), {-7, 9});
     /* keys in another order, double quotes, an empty array */
     n = npy(buf, 1, "{\"shape\": (0, 4), \"fortran_order\": False, \"descr\": \"<f4\"}", NULL, 0);
@@ -308,8 +308,7 @@ Test(csv, nan_features_parse_but_the_dataset_refuses_them)
 {
     kn_scope_begin();
     kn_tensor *x, *y;
-    cr_assert_eq(csv("label,a,b\n0,1,2\n1,3,nan\n", "label", &x, &y), KN_OK, "%s",
-                 kn_last_error());
+    cr_assert_eq(csv("label,a,b\n0,1,2\n1,3,nan\n", "label", &x, &y), KN_OK, "%s", kn_last_error());
     cr_assert(isnan(kn_data_f32(x)[3]));
     cr_assert_null(kn_dataset_new(x, y));
     ASSERT_ERROR_HAS("inputs must be finite, sample 1 has nan at element 1");

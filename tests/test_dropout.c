@@ -9,10 +9,10 @@
 #include <math.h>
 #include <string.h>
 
-#define ASSERT_CLOSE(t, want, n, rtol, atol)                                                   \
-    do {                                                                                       \
-        char m_[512];                                                                          \
-        cr_assert(kn_test_close((t), (want), (n), (rtol), (atol), m_, sizeof m_), "%s", m_);   \
+#define ASSERT_CLOSE(t, want, n, rtol, atol)                                                       \
+    do {                                                                                           \
+        char m_[512];                                                                              \
+        cr_assert(kn_test_close((t), (want), (n), (rtol), (atol), m_, sizeof m_), "%s", m_);       \
     } while (0)
 
 static kn_tensor *arange12(void)
@@ -26,8 +26,8 @@ Test(dropout, matches_torch_for_a_seed)
 {
     kn_scope_begin();
     /* torch.manual_seed(7); F.dropout(torch.arange(1., 13.).reshape(3, 4), 0.4, True) */
-    static const float want[12] = {1.66666663f, 3.33333325f, 0, 0, 0, 0, 11.666666f, 13.333333f,
-                                   0, 0, 18.333332f, 20.0f};
+    static const float want[12] = {1.66666663f, 3.33333325f, 0, 0, 0,          0,
+                                   11.666666f,  13.333333f,  0, 0, 18.333332f, 20.0f};
     kn_manual_seed(7);
     kn_tensor *y = kn_dropout(arange12(), 0.4, true, NULL);
     cr_assert_not_null(y, "%s", kn_last_error());

@@ -20,19 +20,16 @@
 static double train_job(const char *job_path)
 {
     const char *images = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
-    if (access(images, R_OK) != 0)
-        cr_skip_test("Fashion-MNIST is not installed (%s)", images);
+    if (access(images, R_OK) != 0) cr_skip_test("Fashion-MNIST is not installed (%s)", images);
     char kiln[1024], command[4096];
     snprintf(kiln, sizeof kiln, "%s/kiln", KILN_BINARY_DIR);
-    cr_assert_eq(access(kiln, X_OK), 0, "%s is not built (cmake --build ... --target kiln)",
-                 kiln);
+    cr_assert_eq(access(kiln, X_OK), 0, "%s is not built (cmake --build ... --target kiln)", kiln);
     snprintf(command, sizeof command, "%s train %s --json --quiet --threads 2", kiln, job_path);
     FILE *p = popen(command, "r");
     cr_assert_not_null(p);
     char line[4096], summary[4096] = "";
     while (fgets(line, sizeof line, p))
-        if (strstr(line, "\"test_accuracy\""))
-            snprintf(summary, sizeof summary, "%s", line);
+        if (strstr(line, "\"test_accuracy\"")) snprintf(summary, sizeof summary, "%s", line);
     int rc = pclose(p);
     cr_assert_eq(rc, 0, "%s failed (%d)", command, rc);
     printf("%s: %s", job_path, summary);
@@ -76,7 +73,8 @@ Test(full_fmnist, cnn_five_epochs, .timeout = 3600)
     cr_assert_not_null(epochs, "%s has no \"epochs\": 1", source);
     FILE *out = fopen(target, "w");
     cr_assert_not_null(out);
-    fprintf(out, "%.*s\"epochs\": 5%s", (int)(epochs - text), text, epochs + strlen("\"epochs\": 1"));
+    fprintf(out, "%.*s\"epochs\": 5%s", (int)(epochs - text), text,
+            epochs + strlen("\"epochs\": 1"));
     fclose(out);
     double accuracy = train_job(target);
     cr_assert_geq(accuracy, 0.90, "CNN 5-epoch test accuracy %.4f < 0.90", accuracy);

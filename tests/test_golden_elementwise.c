@@ -37,13 +37,31 @@ static void binary_noncontig_case(const char *name, binary_fn op)
 
 /* Shapes: same [2,3]+[2,3]; bcast_row [2,3]+[3]; bcast_3d [2,1,4]*[3,1]; scalar0d
  * [2,3]+[] and []+[2,3]; noncontig base[3,2].t()+[2,3]. */
-#define BINARY_TESTS(op)                                                                       \
-    Test(golden_binary, op##_same) { binary_case(#op "_same", kn_##op); }                      \
-    Test(golden_binary, op##_bcast_row) { binary_case(#op "_bcast_row", kn_##op); }            \
-    Test(golden_binary, op##_bcast_3d) { binary_case(#op "_bcast_3d", kn_##op); }              \
-    Test(golden_binary, op##_scalar0d) { binary_case(#op "_scalar0d", kn_##op); }              \
-    Test(golden_binary, op##_scalar0d_left) { binary_case(#op "_scalar0d_left", kn_##op); }    \
-    Test(golden_binary, op##_noncontig) { binary_noncontig_case(#op "_noncontig", kn_##op); }
+#define BINARY_TESTS(op)                                                                           \
+    Test(golden_binary, op##_same)                                                                 \
+    {                                                                                              \
+        binary_case(#op "_same", kn_##op);                                                         \
+    }                                                                                              \
+    Test(golden_binary, op##_bcast_row)                                                            \
+    {                                                                                              \
+        binary_case(#op "_bcast_row", kn_##op);                                                    \
+    }                                                                                              \
+    Test(golden_binary, op##_bcast_3d)                                                             \
+    {                                                                                              \
+        binary_case(#op "_bcast_3d", kn_##op);                                                     \
+    }                                                                                              \
+    Test(golden_binary, op##_scalar0d)                                                             \
+    {                                                                                              \
+        binary_case(#op "_scalar0d", kn_##op);                                                     \
+    }                                                                                              \
+    Test(golden_binary, op##_scalar0d_left)                                                        \
+    {                                                                                              \
+        binary_case(#op "_scalar0d_left", kn_##op);                                                \
+    }                                                                                              \
+    Test(golden_binary, op##_noncontig)                                                            \
+    {                                                                                              \
+        binary_noncontig_case(#op "_noncontig", kn_##op);                                          \
+    }
 
 BINARY_TESTS(add)
 BINARY_TESTS(sub)
@@ -96,29 +114,29 @@ Test(golden_binary, mul_expanded)
 /* ---- unary ops ------------------------------------------------------------------------- */
 
 /* out = expr(a) on the fixture's leaf a. */
-#define UNARY_TEST(name, expr)                                                                 \
-    Test(golden_unary, name)                                                                   \
-    {                                                                                          \
-        GOLDEN_BEGIN(#name);                                                                   \
-        kn_tensor *a = golden_leaf(g, "a");                                                    \
-        kn_tensor *out = (expr);                                                               \
-        golden_check(g, out, "out", GOLDEN_TOL);                                               \
-        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                     \
-        GOLDEN_END();                                                                          \
+#define UNARY_TEST(name, expr)                                                                     \
+    Test(golden_unary, name)                                                                       \
+    {                                                                                              \
+        GOLDEN_BEGIN(#name);                                                                       \
+        kn_tensor *a = golden_leaf(g, "a");                                                        \
+        kn_tensor *out = (expr);                                                                   \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                         \
+        GOLDEN_END();                                                                              \
     }
 
 /* The same on a = base[:, 1::2] (base [3, 8], a strided view), gradient w.r.t. base. */
-#define UNARY_NONCONTIG_TEST(name, expr)                                                       \
-    Test(golden_unary, name##_noncontig)                                                       \
-    {                                                                                          \
-        GOLDEN_BEGIN(#name "_noncontig");                                                      \
-        kn_tensor *base = golden_leaf(g, "base");                                              \
-        kn_tensor *a = kn_slice(base, 1, 1, 8, 2);                                             \
-        cr_assert(a && !kn_is_contiguous(a), "%s", kn_last_error());                           \
-        kn_tensor *out = (expr);                                                               \
-        golden_check(g, out, "out", GOLDEN_TOL);                                               \
-        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                               \
-        GOLDEN_END();                                                                          \
+#define UNARY_NONCONTIG_TEST(name, expr)                                                           \
+    Test(golden_unary, name##_noncontig)                                                           \
+    {                                                                                              \
+        GOLDEN_BEGIN(#name "_noncontig");                                                          \
+        kn_tensor *base = golden_leaf(g, "base");                                                  \
+        kn_tensor *a = kn_slice(base, 1, 1, 8, 2);                                                 \
+        cr_assert(a && !kn_is_contiguous(a), "%s", kn_last_error());                               \
+        kn_tensor *out = (expr);                                                                   \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                                   \
+        GOLDEN_END();                                                                              \
     }
 
 /* Each op on a [3, 4] leaf and on the strided view. */
@@ -164,9 +182,18 @@ static void where_case(const char *name)
     GOLDEN_END();
 }
 
-Test(golden_where, same) { where_case("where_same"); }           /* int64 cond [2,3] */
-Test(golden_where, bcast) { where_case("where_bcast"); }         /* [2,1], [2,3], [3] */
-Test(golden_where, float_cond) { where_case("where_float_cond"); } /* cond -2/0 float */
+Test(golden_where, same)
+{
+    where_case("where_same");
+} /* int64 cond [2,3] */
+Test(golden_where, bcast)
+{
+    where_case("where_bcast");
+} /* [2,1], [2,3], [3] */
+Test(golden_where, float_cond)
+{
+    where_case("where_float_cond");
+} /* cond -2/0 float */
 
 static void compare_case(const char *name, binary_fn op)
 {
@@ -178,9 +205,18 @@ static void compare_case(const char *name, binary_fn op)
     GOLDEN_END();
 }
 
-Test(golden_compare, eq) { compare_case("eq", kn_eq); }
-Test(golden_compare, gt) { compare_case("gt", kn_gt); }
-Test(golden_compare, lt) { compare_case("lt", kn_lt); }
+Test(golden_compare, eq)
+{
+    compare_case("eq", kn_eq);
+}
+Test(golden_compare, gt)
+{
+    compare_case("gt", kn_gt);
+}
+Test(golden_compare, lt)
+{
+    compare_case("lt", kn_lt);
+}
 
 /* ---- in-place helpers (no autograd): "out" is dst after the call -------------------------- */
 
@@ -222,27 +258,27 @@ Test(golden_inplace, copy_)
 
 /* ---- softmax and log_softmax over a [2, 3, 4] tensor ------------------------------------ */
 
-#define SOFTMAX_TEST(op, tag, dim)                                                             \
-    Test(golden_softmax, op##_dim##tag)                                                        \
-    {                                                                                          \
-        GOLDEN_BEGIN(#op "_dim" #tag);                                                         \
-        kn_tensor *a = golden_leaf(g, "a");                                                    \
-        kn_tensor *out = kn_##op(a, dim);                                                      \
-        golden_check(g, out, "out", GOLDEN_TOL);                                               \
-        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                     \
-        GOLDEN_END();                                                                          \
+#define SOFTMAX_TEST(op, tag, dim)                                                                 \
+    Test(golden_softmax, op##_dim##tag)                                                            \
+    {                                                                                              \
+        GOLDEN_BEGIN(#op "_dim" #tag);                                                             \
+        kn_tensor *a = golden_leaf(g, "a");                                                        \
+        kn_tensor *out = kn_##op(a, dim);                                                          \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                         \
+        GOLDEN_END();                                                                              \
     }
 
 /* PyTorch: op(base.t(), dim) with base [4, 3]. */
-#define SOFTMAX_NONCONTIG_TEST(op, suffix, dim)                                                \
-    Test(golden_softmax, op##_noncontig##suffix)                                               \
-    {                                                                                          \
-        GOLDEN_BEGIN(#op "_noncontig" #suffix);                                                \
-        kn_tensor *base = golden_leaf(g, "base");                                              \
-        kn_tensor *out = kn_##op(kn_transpose(base, 0, 1), dim);                               \
-        golden_check(g, out, "out", GOLDEN_TOL);                                               \
-        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                               \
-        GOLDEN_END();                                                                          \
+#define SOFTMAX_NONCONTIG_TEST(op, suffix, dim)                                                    \
+    Test(golden_softmax, op##_noncontig##suffix)                                                   \
+    {                                                                                              \
+        GOLDEN_BEGIN(#op "_noncontig" #suffix);                                                    \
+        kn_tensor *base = golden_leaf(g, "base");                                                  \
+        kn_tensor *out = kn_##op(kn_transpose(base, 0, 1), dim);                                   \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                                   \
+        GOLDEN_END();                                                                              \
     }
 
 SOFTMAX_TEST(softmax, 0, 0)

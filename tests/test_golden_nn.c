@@ -19,15 +19,42 @@ static void matmul_case(const char *name)
     GOLDEN_END();
 }
 
-Test(golden_matmul, vec_vec) { matmul_case("matmul_1d_1d"); }         /* [4]·[4] -> [] */
-Test(golden_matmul, mat_vec) { matmul_case("matmul_2d_1d"); }         /* [3,4]·[4] */
-Test(golden_matmul, vec_mat) { matmul_case("matmul_1d_2d"); }         /* [4]·[4,5] */
-Test(golden_matmul, mat_mat) { matmul_case("matmul_2d_2d"); }         /* [3,4]·[4,5] */
-Test(golden_matmul, batched_3d_2d) { matmul_case("matmul_3d_2d"); }   /* [2,3,4]·[4,5] */
-Test(golden_matmul, batched_3d_3d) { matmul_case("matmul_3d_3d"); }   /* [2,3,4]·[2,4,5] */
-Test(golden_matmul, bcast_batch) { matmul_case("matmul_bcast_batch"); } /* [2,1,3,4]·[3,4,5] */
-Test(golden_matmul, vec_batched) { matmul_case("matmul_1d_3d"); }     /* [4]·[2,4,5] */
-Test(golden_matmul, bigger) { matmul_case("matmul_big"); }            /* [16,24]·[24,12] */
+Test(golden_matmul, vec_vec)
+{
+    matmul_case("matmul_1d_1d");
+} /* [4]·[4] -> [] */
+Test(golden_matmul, mat_vec)
+{
+    matmul_case("matmul_2d_1d");
+} /* [3,4]·[4] */
+Test(golden_matmul, vec_mat)
+{
+    matmul_case("matmul_1d_2d");
+} /* [4]·[4,5] */
+Test(golden_matmul, mat_mat)
+{
+    matmul_case("matmul_2d_2d");
+} /* [3,4]·[4,5] */
+Test(golden_matmul, batched_3d_2d)
+{
+    matmul_case("matmul_3d_2d");
+} /* [2,3,4]·[4,5] */
+Test(golden_matmul, batched_3d_3d)
+{
+    matmul_case("matmul_3d_3d");
+} /* [2,3,4]·[2,4,5] */
+Test(golden_matmul, bcast_batch)
+{
+    matmul_case("matmul_bcast_batch");
+} /* [2,1,3,4]·[3,4,5] */
+Test(golden_matmul, vec_batched)
+{
+    matmul_case("matmul_1d_3d");
+} /* [4]·[2,4,5] */
+Test(golden_matmul, bigger)
+{
+    matmul_case("matmul_big");
+} /* [16,24]·[24,12] */
 
 Test(golden_matmul, noncontig)
 {
@@ -81,10 +108,22 @@ static void linear_case(const char *name, bool noncontig)
     GOLDEN_END();
 }
 
-Test(golden_linear, bias) { linear_case("linear_bias", false); }       /* [3,4] -> [3,5] */
-Test(golden_linear, nobias) { linear_case("linear_nobias", false); }
-Test(golden_linear, input_3d) { linear_case("linear_3d", false); }     /* [2,3,4] -> [2,3,5] */
-Test(golden_linear, noncontig) { linear_case("linear_noncontig", true); } /* xbase [4,3].t() */
+Test(golden_linear, bias)
+{
+    linear_case("linear_bias", false);
+} /* [3,4] -> [3,5] */
+Test(golden_linear, nobias)
+{
+    linear_case("linear_nobias", false);
+}
+Test(golden_linear, input_3d)
+{
+    linear_case("linear_3d", false);
+} /* [2,3,4] -> [2,3,5] */
+Test(golden_linear, noncontig)
+{
+    linear_case("linear_noncontig", true);
+} /* xbase [4,3].t() */
 
 /* Tied weights: weight = wbase.t(), a transposed view of a [4, 5] leaf. */
 Test(golden_linear, transposed_weight)
@@ -115,7 +154,10 @@ static void conv_case(const char *name, kn_conv2d_args args)
     GOLDEN_END();
 }
 
-Test(golden_conv2d, plain) { conv_case("conv2d_plain", (kn_conv2d_args){0}); }
+Test(golden_conv2d, plain)
+{
+    conv_case("conv2d_plain", (kn_conv2d_args){0});
+}
 Test(golden_conv2d, stride2_pad1)
 {
     conv_case("conv2d_stride2_pad1", (kn_conv2d_args){.stride = {2, 2}, .padding = {1, 1}});
@@ -124,7 +166,10 @@ Test(golden_conv2d, dilation2)
 {
     conv_case("conv2d_dilation2", (kn_conv2d_args){.dilation = {2, 2}});
 }
-Test(golden_conv2d, groups2) { conv_case("conv2d_groups2", (kn_conv2d_args){.groups = 2}); }
+Test(golden_conv2d, groups2)
+{
+    conv_case("conv2d_groups2", (kn_conv2d_args){.groups = 2});
+}
 Test(golden_conv2d, nobias_asymmetric) /* 2x3 kernel, padding (1, 0) */
 {
     conv_case("conv2d_nobias", (kn_conv2d_args){.padding = {1, 0}});
@@ -139,8 +184,7 @@ Test(golden_conv2d, noncontig_input)
     kn_tensor *x = kn_permute(xbase, KN_DIMS(0, 3, 1, 2));
     kn_tensor *out = kn_conv2d(x, weight, bias, (kn_conv2d_args){.padding = {1, 1}});
     golden_check(g, out, "out", GOLDEN_CONV_TOL);
-    golden_backward(g, out, GOLDEN_CONV_TOL, "xbase", xbase, "weight", weight, "bias", bias,
-                    NULL);
+    golden_backward(g, out, GOLDEN_CONV_TOL, "xbase", xbase, "weight", weight, "bias", bias, NULL);
     GOLDEN_END();
 }
 
@@ -184,7 +228,9 @@ Test(golden_pool, avg_pad) /* count_include_pad=True: divisor 9 at the borders *
 Test(golden_pool, avg_pad_exclude) /* count_include_pad=False */
 {
     pool_case("avg_pool2d_pad_exclude", kn_avg_pool2d,
-              (kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1},
+              (kn_pool2d_args){.kernel_size = {3, 3},
+                               .stride = {2, 2},
+                               .padding = {1, 1},
                                .exclude_padding_from_count = true});
 }
 Test(golden_pool, avg_ceil) /* 5x5, kernel 2 stride 2 ceil_mode: last window is clipped */
@@ -195,8 +241,8 @@ Test(golden_pool, avg_ceil) /* 5x5, kernel 2 stride 2 ceil_mode: last window is 
 Test(golden_pool, avg_ceil_pad)
 {
     pool_case("avg_pool2d_ceil_pad", kn_avg_pool2d,
-              (kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1},
-                               .ceil_mode = true});
+              (kn_pool2d_args){
+                  .kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true});
 }
 
 /* Channels-last storage: x = xbase [1, 6, 6, 2] permuted to NCHW. */
@@ -217,9 +263,9 @@ Test(golden_pool, max_noncontig)
 }
 Test(golden_pool, avg_noncontig)
 {
-    pool_noncontig_case("avg_pool2d_noncontig", kn_avg_pool2d,
-                        (kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2},
-                                         .padding = {1, 1}});
+    pool_noncontig_case(
+        "avg_pool2d_noncontig", kn_avg_pool2d,
+        (kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1}});
 }
 
 /* ---- dropout (deterministic settings only; training with 0 < p < 1 draws from the RNG
@@ -275,9 +321,18 @@ static void layer_norm_case(const char *name, int normalized_ndim)
     GOLDEN_END();
 }
 
-Test(golden_layer_norm, affine) { layer_norm_case("layer_norm_affine", 1); }  /* over [4] */
-Test(golden_layer_norm, plain) { layer_norm_case("layer_norm_plain", 1); }
-Test(golden_layer_norm, two_dims) { layer_norm_case("layer_norm_2d_affine", 2); } /* [3, 4] */
+Test(golden_layer_norm, affine)
+{
+    layer_norm_case("layer_norm_affine", 1);
+} /* over [4] */
+Test(golden_layer_norm, plain)
+{
+    layer_norm_case("layer_norm_plain", 1);
+}
+Test(golden_layer_norm, two_dims)
+{
+    layer_norm_case("layer_norm_2d_affine", 2);
+} /* [3, 4] */
 
 Test(golden_layer_norm, noncontig) /* x = xbase [4, 3].t() */
 {
@@ -319,8 +374,14 @@ static void batch_norm_train_case(const char *name)
     GOLDEN_END();
 }
 
-Test(golden_batch_norm, train_4d) { batch_norm_train_case("batch_norm_train_4d"); } /* [4,3,2,2] */
-Test(golden_batch_norm, train_2d) { batch_norm_train_case("batch_norm_train_2d"); } /* [5,3] */
+Test(golden_batch_norm, train_4d)
+{
+    batch_norm_train_case("batch_norm_train_4d");
+} /* [4,3,2,2] */
+Test(golden_batch_norm, train_2d)
+{
+    batch_norm_train_case("batch_norm_train_2d");
+} /* [5,3] */
 
 /* Channels-last storage: x = xbase [2, 2, 3, 4] permuted to [2, 4, 2, 3]. */
 Test(golden_batch_norm, train_noncontig)

@@ -7,28 +7,28 @@
 #include "golden/golden_case.h"
 
 /* One case: out = expr(a) for a [2, 3, 4] leaf a. */
-#define REDUCE_TEST(suite, name, expr)                                                         \
-    Test(suite, name)                                                                          \
-    {                                                                                          \
-        GOLDEN_BEGIN(#name);                                                                   \
-        kn_tensor *a = golden_leaf(g, "a");                                                    \
-        kn_tensor *out = (expr);                                                               \
-        golden_check(g, out, "out", GOLDEN_TOL);                                           \
-        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                 \
-        GOLDEN_END();                                                                          \
+#define REDUCE_TEST(suite, name, expr)                                                             \
+    Test(suite, name)                                                                              \
+    {                                                                                              \
+        GOLDEN_BEGIN(#name);                                                                       \
+        kn_tensor *a = golden_leaf(g, "a");                                                        \
+        kn_tensor *out = (expr);                                                                   \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                         \
+        GOLDEN_END();                                                                              \
     }
 
 /* PyTorch: op(base.t(), ...) with base [4, 3]; gradient with respect to base. */
-#define REDUCE_NONCONTIG_TEST(suite, name, expr)                                               \
-    Test(suite, name)                                                                          \
-    {                                                                                          \
-        GOLDEN_BEGIN(#name);                                                                   \
-        kn_tensor *base = golden_leaf(g, "base");                                              \
-        kn_tensor *a = kn_transpose(base, 0, 1);                                               \
-        kn_tensor *out = (expr);                                                               \
-        golden_check(g, out, "out", GOLDEN_TOL);                                           \
-        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                           \
-        GOLDEN_END();                                                                          \
+#define REDUCE_NONCONTIG_TEST(suite, name, expr)                                                   \
+    Test(suite, name)                                                                              \
+    {                                                                                              \
+        GOLDEN_BEGIN(#name);                                                                       \
+        kn_tensor *base = golden_leaf(g, "base");                                                  \
+        kn_tensor *a = kn_transpose(base, 0, 1);                                                   \
+        kn_tensor *out = (expr);                                                                   \
+        golden_check(g, out, "out", GOLDEN_TOL);                                                   \
+        golden_backward(g, out, GOLDEN_TOL, "base", base, NULL);                                   \
+        GOLDEN_END();                                                                              \
     }
 
 REDUCE_TEST(golden_sum, sum_dim1, kn_sum(a, KN_DIMS(1), false))
@@ -85,8 +85,7 @@ Test(golden_mean, mean_slice) /* base[:, 1::2].mean(-1) */
 
 typedef kn_tensor *(*extremum_fn)(kn_tensor *, int, bool, kn_tensor **);
 
-static void extremum_case(const char *name, extremum_fn op, int dim, bool keepdim,
-                          bool noncontig)
+static void extremum_case(const char *name, extremum_fn op, int dim, bool keepdim, bool noncontig)
 {
     GOLDEN_BEGIN(name);
     kn_tensor *leaf = golden_leaf(g, noncontig ? "base" : "a");
@@ -101,14 +100,38 @@ static void extremum_case(const char *name, extremum_fn op, int dim, bool keepdi
     GOLDEN_END();
 }
 
-Test(golden_max, dim1) { extremum_case("max_dim1", kn_max, 1, false, false); }
-Test(golden_max, dim0) { extremum_case("max_dim0", kn_max, 0, false, false); }
-Test(golden_max, dimm1_keepdim) { extremum_case("max_dimm1_keepdim", kn_max, -1, true, false); }
-Test(golden_max, noncontig) { extremum_case("max_noncontig", kn_max, 1, false, true); }
-Test(golden_min, dim1) { extremum_case("min_dim1", kn_min, 1, false, false); }
-Test(golden_min, dim0) { extremum_case("min_dim0", kn_min, 0, false, false); }
-Test(golden_min, dimm1_keepdim) { extremum_case("min_dimm1_keepdim", kn_min, -1, true, false); }
-Test(golden_min, noncontig) { extremum_case("min_noncontig", kn_min, 1, false, true); }
+Test(golden_max, dim1)
+{
+    extremum_case("max_dim1", kn_max, 1, false, false);
+}
+Test(golden_max, dim0)
+{
+    extremum_case("max_dim0", kn_max, 0, false, false);
+}
+Test(golden_max, dimm1_keepdim)
+{
+    extremum_case("max_dimm1_keepdim", kn_max, -1, true, false);
+}
+Test(golden_max, noncontig)
+{
+    extremum_case("max_noncontig", kn_max, 1, false, true);
+}
+Test(golden_min, dim1)
+{
+    extremum_case("min_dim1", kn_min, 1, false, false);
+}
+Test(golden_min, dim0)
+{
+    extremum_case("min_dim0", kn_min, 0, false, false);
+}
+Test(golden_min, dimm1_keepdim)
+{
+    extremum_case("min_dimm1_keepdim", kn_min, -1, true, false);
+}
+Test(golden_min, noncontig)
+{
+    extremum_case("min_noncontig", kn_min, 1, false, true);
+}
 
 Test(golden_max, slice) /* max over dim 1 of base[:, 1::2] */
 {

@@ -7,34 +7,34 @@
 #include "golden/golden_case.h"
 
 /* out = expr(a) for the fixture's leaf a; views copy values, so exact comparisons. */
-#define VIEW_TEST(name, expr)                                                                  \
-    Test(golden_view, name)                                                                    \
-    {                                                                                          \
-        GOLDEN_BEGIN(#name);                                                                   \
-        kn_tensor *a = golden_leaf(g, "a");                                                    \
-        kn_tensor *out = (expr);                                                               \
-        golden_check(g, out, "out", GOLDEN_EXACT);                                             \
-        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                     \
-        GOLDEN_END();                                                                          \
+#define VIEW_TEST(name, expr)                                                                      \
+    Test(golden_view, name)                                                                        \
+    {                                                                                              \
+        GOLDEN_BEGIN(#name);                                                                       \
+        kn_tensor *a = golden_leaf(g, "a");                                                        \
+        kn_tensor *out = (expr);                                                                   \
+        golden_check(g, out, "out", GOLDEN_EXACT);                                                 \
+        golden_backward(g, out, GOLDEN_TOL, "a", a, NULL);                                         \
+        GOLDEN_END();                                                                              \
     }
 
-VIEW_TEST(view, kn_view(a, KN_SHAPE(3, 4)))                        /* [2, 6] */
-VIEW_TEST(reshape, kn_reshape(a, KN_SHAPE(4, -1)))                 /* [2, 3, 4] */
-VIEW_TEST(permute, kn_permute(a, KN_DIMS(2, 0, 1)))                /* [2, 3, 4] */
-VIEW_TEST(transpose, kn_transpose(a, 0, 2))                        /* [2, 3, 4] */
-VIEW_TEST(narrow, kn_narrow(a, 1, 1, 3))                           /* [4, 5] */
-VIEW_TEST(slice_step, kn_slice(a, 0, 1, 6, 2))                     /* [7, 3]: a[1:6:2] */
-VIEW_TEST(slice_step_dim1, kn_slice(a, 1, 0, 9, 3))                /* [2, 9]: a[:, 0:9:3] */
-VIEW_TEST(select, kn_select(a, 1, 2))                              /* [2, 3, 4] */
-VIEW_TEST(select_neg, kn_select(a, 0, -1))                         /* [3, 4] */
-VIEW_TEST(expand, kn_expand(a, KN_SHAPE(2, 3, 4)))                 /* [3, 1] */
-VIEW_TEST(expand_keep, kn_expand(a, KN_SHAPE(3, -1)))              /* [1, 4] */
-VIEW_TEST(squeeze, kn_squeeze(a, 1))                               /* [2, 1, 3] */
-VIEW_TEST(squeeze_all, kn_squeeze_all(a))                          /* [1, 3, 1, 2] */
-VIEW_TEST(unsqueeze, kn_unsqueeze(a, 1))                           /* [2, 3] */
-VIEW_TEST(unsqueeze_neg, kn_unsqueeze(a, -1))                      /* [2, 3] */
-VIEW_TEST(flatten, kn_flatten(a, 1, -1))                           /* [2, 3, 4] */
-VIEW_TEST(flatten_all, kn_flatten(a, 0, -1))                       /* [2, 3, 4] */
+VIEW_TEST(view, kn_view(a, KN_SHAPE(3, 4)))           /* [2, 6] */
+VIEW_TEST(reshape, kn_reshape(a, KN_SHAPE(4, -1)))    /* [2, 3, 4] */
+VIEW_TEST(permute, kn_permute(a, KN_DIMS(2, 0, 1)))   /* [2, 3, 4] */
+VIEW_TEST(transpose, kn_transpose(a, 0, 2))           /* [2, 3, 4] */
+VIEW_TEST(narrow, kn_narrow(a, 1, 1, 3))              /* [4, 5] */
+VIEW_TEST(slice_step, kn_slice(a, 0, 1, 6, 2))        /* [7, 3]: a[1:6:2] */
+VIEW_TEST(slice_step_dim1, kn_slice(a, 1, 0, 9, 3))   /* [2, 9]: a[:, 0:9:3] */
+VIEW_TEST(select, kn_select(a, 1, 2))                 /* [2, 3, 4] */
+VIEW_TEST(select_neg, kn_select(a, 0, -1))            /* [3, 4] */
+VIEW_TEST(expand, kn_expand(a, KN_SHAPE(2, 3, 4)))    /* [3, 1] */
+VIEW_TEST(expand_keep, kn_expand(a, KN_SHAPE(3, -1))) /* [1, 4] */
+VIEW_TEST(squeeze, kn_squeeze(a, 1))                  /* [2, 1, 3] */
+VIEW_TEST(squeeze_all, kn_squeeze_all(a))             /* [1, 3, 1, 2] */
+VIEW_TEST(unsqueeze, kn_unsqueeze(a, 1))              /* [2, 3] */
+VIEW_TEST(unsqueeze_neg, kn_unsqueeze(a, -1))         /* [2, 3] */
+VIEW_TEST(flatten, kn_flatten(a, 1, -1))              /* [2, 3, 4] */
+VIEW_TEST(flatten_all, kn_flatten(a, 0, -1))          /* [2, 3, 4] */
 
 /* A transposed input cannot be viewed as 1-D: reshape must copy (PyTorch: base.t()). */
 Test(golden_view, reshape_noncontig)
@@ -71,8 +71,8 @@ Test(golden_view, reshape_expanded)
 
 /* ---- joins ------------------------------------------------------------------------------ */
 
-static void join_case(const char *name, kn_tensor *(*op)(kn_tensor *const *, int, int),
-                      int count, int dim)
+static void join_case(const char *name, kn_tensor *(*op)(kn_tensor *const *, int, int), int count,
+                      int dim)
 {
     GOLDEN_BEGIN(name);
     kn_tensor *a = golden_leaf(g, "a"), *b = golden_leaf(g, "b");
@@ -87,12 +87,27 @@ static void join_case(const char *name, kn_tensor *(*op)(kn_tensor *const *, int
     GOLDEN_END();
 }
 
-Test(golden_join, cat_dim0) { join_case("cat_dim0", kn_cat, 3, 0); }       /* [2|1|3, 3] */
-Test(golden_join, cat_dim1) { join_case("cat_dim1", kn_cat, 3, 1); }       /* [2, 3|1|2] */
-Test(golden_join, stack_dim0) { join_case("stack_dim0", kn_stack, 3, 0); } /* 3 x [2, 3] */
-Test(golden_join, stack_dim2) { join_case("stack_dim2", kn_stack, 2, 2); } /* 2 x [2, 3] */
+Test(golden_join, cat_dim0)
+{
+    join_case("cat_dim0", kn_cat, 3, 0);
+} /* [2|1|3, 3] */
+Test(golden_join, cat_dim1)
+{
+    join_case("cat_dim1", kn_cat, 3, 1);
+} /* [2, 3|1|2] */
+Test(golden_join, stack_dim0)
+{
+    join_case("stack_dim0", kn_stack, 3, 0);
+} /* 3 x [2, 3] */
+Test(golden_join, stack_dim2)
+{
+    join_case("stack_dim2", kn_stack, 2, 2);
+} /* 2 x [2, 3] */
 
-Test(golden_join, cat_negdim) { join_case("cat_negdim", kn_cat, 2, -1); } /* [2, 3|2] */
+Test(golden_join, cat_negdim)
+{
+    join_case("cat_negdim", kn_cat, 2, -1);
+} /* [2, 3|2] */
 
 /* First part is abase [3, 2].t(): a strided input to the copy. */
 static void join_noncontig_case(const char *name, kn_tensor *(*op)(kn_tensor *const *, int, int),
@@ -107,8 +122,14 @@ static void join_noncontig_case(const char *name, kn_tensor *(*op)(kn_tensor *co
     GOLDEN_END();
 }
 
-Test(golden_join, cat_noncontig) { join_noncontig_case("cat_noncontig", kn_cat, 0); }
-Test(golden_join, stack_noncontig) { join_noncontig_case("stack_noncontig", kn_stack, 1); }
+Test(golden_join, cat_noncontig)
+{
+    join_noncontig_case("cat_noncontig", kn_cat, 0);
+}
+Test(golden_join, stack_noncontig)
+{
+    join_noncontig_case("stack_noncontig", kn_stack, 1);
+}
 
 /* ---- indexing (repeated indices: gradients accumulate) --------------------------------- */
 

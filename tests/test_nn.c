@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ASSERT_EXACT(t, want, n)                                                               \
-    do {                                                                                       \
-        char msg__[256];                                                                       \
-        cr_assert_not_null((t), "%s", kn_last_error());                                        \
-        cr_assert(kn_test_close((t), (want), (n), 0, 0, msg__, sizeof msg__), "%s", msg__); \
+#define ASSERT_EXACT(t, want, n)                                                                   \
+    do {                                                                                           \
+        char msg__[256];                                                                           \
+        cr_assert_not_null((t), "%s", kn_last_error());                                            \
+        cr_assert(kn_test_close((t), (want), (n), 0, 0, msg__, sizeof msg__), "%s", msg__);        \
     } while (0)
 
 #define ASSERT_OK(call) cr_assert_eq((call), KN_OK, "%s", kn_last_error())
@@ -75,9 +75,9 @@ Test(nn_init, linear_matches_torch)
     kn_manual_seed(0);
     kn_module *m = kn_linear_new(4, 3, true, NULL);
     cr_assert_not_null(m, "%s", kn_last_error());
-    const float w[] = {-0.00374341011f, 0.268221796f,  -0.411522567f, -0.367969513f,
-                       -0.192577183f,   0.134078681f,  -0.00990658998f, 0.396444738f,
-                       -0.0443720222f,  0.132306278f,  -0.151106536f, -0.0982826948f};
+    const float w[] = {-0.00374341011f, 0.268221796f, -0.411522567f,   -0.367969513f,
+                       -0.192577183f,   0.134078681f, -0.00990658998f, 0.396444738f,
+                       -0.0443720222f,  0.132306278f, -0.151106536f,   -0.0982826948f};
     const float b[] = {-0.477674246f, -0.331141055f, -0.20611155f};
     ASSERT_EXACT(param(m, "weight"), w, 12);
     ASSERT_EXACT(param(m, "bias"), b, 3);
@@ -93,7 +93,7 @@ Test(nn_init, conv2d_matches_torch)
     kn_manual_seed(0);
     kn_module *m = kn_conv2d_new(2, 3, (int[]){3, 3}, (kn_conv2d_args){0}, true, NULL);
     cr_assert_not_null(m, "%s", kn_last_error());
-    const float w[] = {-0.00176466047f, 0.126440972f,  -0.193993598f,  -0.173462495f,
+    const float w[] = {-0.00176466047f, 0.126440972f,  -0.193993598f,   -0.173462495f,
                        -0.0907817557f,  0.0632052943f, -0.00467001135f, 0.186885849f};
     const float b[] = {0.158035144f, -0.138782039f, 0.0439217091f};
     kn_tensor *weight = param(m, "weight");
@@ -145,14 +145,14 @@ Test(nn_init, embedding_matches_torch)
     kn_scope_begin();
     kn_manual_seed(0);
     kn_module *big = kn_embedding_new(5, 4, NULL); /* >= 16 elements: torch's vector path */
-    const float want_big[] = {-1.12583983f, -1.1523602f,  -0.250578582f, -0.433878809f,
-                              0.598839462f, -1.55509508f, -0.34136039f,  1.85300612f,
-                              0.468096405f, -0.157712445f, 1.44366014f,  0.266049415f,
-                              1.38936615f,  1.58633423f,  0.946298361f,  -0.843676746f,
-                              0.931826591f, 1.25900924f,  2.00498056f,   0.0537369028f};
+    const float want_big[] = {-1.12583983f, -1.1523602f,   -0.250578582f, -0.433878809f,
+                              0.598839462f, -1.55509508f,  -0.34136039f,  1.85300612f,
+                              0.468096405f, -0.157712445f, 1.44366014f,   0.266049415f,
+                              1.38936615f,  1.58633423f,   0.946298361f,  -0.843676746f,
+                              0.931826591f, 1.25900924f,   2.00498056f,   0.0537369028f};
     char msg[256];
-    cr_assert(kn_test_close(param(big, "weight"), want_big, 20, 1e-6, 1e-6, msg, sizeof msg),
-              "%s", msg);
+    cr_assert(kn_test_close(param(big, "weight"), want_big, 20, 1e-6, 1e-6, msg, sizeof msg), "%s",
+              msg);
     kn_manual_seed(0);
     kn_module *small = kn_embedding_new(3, 2, NULL);
     const float want_small[] = {1.54099607f,  -0.293428898f, -2.17878938f,
@@ -220,19 +220,19 @@ Test(nn_state, cnn_state_dict_names_count_and_repr)
     free(ps);
     cr_assert_eq(kn_module_parameter_count(m), 206922);
     char *repr = kn_module_describe(m);
-    cr_assert_str_eq(repr,
-        "Sequential(\n"
-        "  (0): Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))\n"
-        "  (1): ReLU()\n"
-        "  (2): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
-        "  (3): Conv2d(16, 32, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))\n"
-        "  (4): ReLU()\n"
-        "  (5): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
-        "  (6): Flatten(start_dim=1, end_dim=-1)\n"
-        "  (7): Linear(in_features=1568, out_features=128, bias=True)\n"
-        "  (8): ReLU()\n"
-        "  (9): Linear(in_features=128, out_features=10, bias=True)\n"
-        ")");
+    cr_assert_str_eq(
+        repr, "Sequential(\n"
+              "  (0): Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))\n"
+              "  (1): ReLU()\n"
+              "  (2): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
+              "  (3): Conv2d(16, 32, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))\n"
+              "  (4): ReLU()\n"
+              "  (5): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
+              "  (6): Flatten(start_dim=1, end_dim=-1)\n"
+              "  (7): Linear(in_features=1568, out_features=128, bias=True)\n"
+              "  (8): ReLU()\n"
+              "  (9): Linear(in_features=128, out_features=10, bias=True)\n"
+              ")");
     free(repr);
     kn_module_free(m);
     kn_scope_end();
@@ -246,8 +246,15 @@ Test(nn_state, buffers_are_in_state_dict_not_parameters)
     append(m, kn_batch_norm1d_new(4, 1e-5, 0.1, true, true));
     append(m, kn_dropout_new(0.5));
     append(m, kn_layer_norm_new((int64_t[]){4}, 1, 1e-5, true));
-    const char *want[] = {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                          "1.running_var", "1.num_batches_tracked", "3.weight", "3.bias"};
+    const char *want[] = {"0.weight",
+                          "0.bias",
+                          "1.weight",
+                          "1.bias",
+                          "1.running_mean",
+                          "1.running_var",
+                          "1.num_batches_tracked",
+                          "3.weight",
+                          "3.bias"};
     int n;
     kn_named_tensor *sd = kn_module_state_dict(m, &n);
     cr_assert_eq(n, 9);
@@ -262,7 +269,8 @@ Test(nn_state, buffers_are_in_state_dict_not_parameters)
     free(ps);
     cr_assert_eq(kn_module_parameter_count(m), 16 + 8 + 8);
     char *repr = kn_module_describe(m);
-    cr_assert_str_eq(repr,
+    cr_assert_str_eq(
+        repr,
         "Sequential(\n"
         "  (0): Linear(in_features=3, out_features=4, bias=True)\n"
         "  (1): BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)\n"
@@ -306,8 +314,8 @@ Test(nn_forward, small_model_matches_torch)
     append(m, kn_linear_new(8, 3, true, NULL));
     kn_tensor *x = kn_test_seq(KN_SHAPE(2, 1, 4, 4), 5);
     kn_tensor *y = kn_module_forward(m, x);
-    KN_ASSERT_CLOSE(y, {-0.441506803f, 0.199676543f, 0.0546582043f, -0.432268083f, 0.256018847f,
-                        0.112783119f});
+    KN_ASSERT_CLOSE(
+        y, {-0.441506803f, 0.199676543f, 0.0546582043f, -0.432268083f, 0.256018847f, 0.112783119f});
     ASSERT_OK(kn_backward(kn_sum_all(y), NULL, false));
     int n;
     kn_named_tensor *ps = kn_module_parameters(m, &n);
@@ -373,14 +381,15 @@ Test(nn_forward, batch_norm_train_eval_and_count)
     cr_assert_eq(kn_item_i64(param(bn, "num_batches_tracked")), 1);
     kn_module_train(bn, false);
     kn_tensor *y = kn_module_forward(bn, x);
-    KN_ASSERT_CLOSE(kn_narrow(kn_reshape(y, KN_SHAPE(-1)), 0, 0, 6),
-                    {-0.595824242f, 0.282232523f, -0.972134233f, -0.0940775126f, 0.783979237f,
-                     -0.470387548f});
+    KN_ASSERT_CLOSE(
+        kn_narrow(kn_reshape(y, KN_SHAPE(-1)), 0, 0, 6),
+        {-0.595824242f, 0.282232523f, -0.972134233f, -0.0940775126f, 0.783979237f, -0.470387548f});
     cr_assert_eq(kn_item_i64(param(bn, "num_batches_tracked")), 1); /* eval: unchanged */
     /* shapes */
     cr_assert_null(kn_module_forward(bn, kn_zeros(KN_SHAPE(2, 2, 3), KN_FLOAT32)));
     cr_assert(strstr(kn_last_error(), "BatchNorm2d: expected a 4-D [N, C, H, W] input, got "
-                                      "[2, 2, 3]"), "%s", kn_last_error());
+                                      "[2, 2, 3]"),
+              "%s", kn_last_error());
     kn_module *bn1 = kn_batch_norm1d_new(2, 1e-5, 0.1, true, true);
     cr_assert_not_null(kn_module_forward(bn1, kn_randn(KN_SHAPE(4, 2), NULL)));
     cr_assert_not_null(kn_module_forward(bn1, kn_randn(KN_SHAPE(4, 2, 3), NULL)));
@@ -468,7 +477,8 @@ Test(nn_load, round_trip_and_errors)
     extra[1].tensor = kn_zeros(KN_SHAPE(3), KN_FLOAT32);
     cr_assert_eq(kn_module_load_state_dict(b, extra, n, false), KN_ERR_SHAPE);
     cr_assert(strstr(kn_last_error(), "size mismatch for \"0.bias\": the checkpoint has shape "
-                                      "[3], the model has [2]"), "%s", kn_last_error());
+                                      "[3], the model has [2]"),
+              "%s", kn_last_error());
     ASSERT_EXACT(param(b, "0.bias"), before, 2);
     extra[1].tensor = kn_zeros(KN_SHAPE(2), KN_FLOAT32);
     extra[0].tensor = kn_zeros(KN_SHAPE(2, 3), KN_INT64);
@@ -561,8 +571,8 @@ Test(nn_shape, single_layers)
     cr_assert(n == 3 && out[0] == 2 && out[1] == 12 && out[2] == 5);
     kn_module_free(m);
 
-    m = kn_max_pool2d_new((kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2},
-                                           .ceil_mode = true});
+    m = kn_max_pool2d_new(
+        (kn_pool2d_args){.kernel_size = {3, 3}, .stride = {2, 2}, .ceil_mode = true});
     ASSERT_OK(kn_module_output_shape(m, KN_SHAPE(1, 6, 7), out, &n));
     cr_assert(n == 3 && out[1] == 3 && out[2] == 3, "%lld %lld", (long long)out[1],
               (long long)out[2]);
@@ -608,13 +618,41 @@ Test(nn_adaptive, values_and_gradient_match_torch)
     float g[12];
     for (int i = 0; i < 12; i++) g[i] = (float)i;
     ASSERT_OK(kn_backward(y, kn_from_floats(g, KN_SHAPE(1, 1, 3, 4)), false));
-    KN_ASSERT_CLOSE(kn_grad(x),
-                    {0, 0.166666672f, 0.166666672f, 0.5f, 0.333333343f, 1.08333337f, 0.75f,
-                     0.666666687f, 1.38888884f, 0.722222209f, 1.72222233f, 1, 2.91666651f,
-                     1.91666663f, 0.666666687f, 1.22222221f, 0.555555522f, 1.22222221f,
-                     0.666666687f, 1.83333325f, 1.16666663f, 2.66666675f, 4.72222233f,
-                     2.05555558f, 4.38888884f, 2.33333325f, 6.25f, 3.91666651f, 2, 3.5f, 1.5f,
-                     3.16666651f, 1.66666663f, 4.41666651f, 2.75f});
+    KN_ASSERT_CLOSE(kn_grad(x), {0,
+                                 0.166666672f,
+                                 0.166666672f,
+                                 0.5f,
+                                 0.333333343f,
+                                 1.08333337f,
+                                 0.75f,
+                                 0.666666687f,
+                                 1.38888884f,
+                                 0.722222209f,
+                                 1.72222233f,
+                                 1,
+                                 2.91666651f,
+                                 1.91666663f,
+                                 0.666666687f,
+                                 1.22222221f,
+                                 0.555555522f,
+                                 1.22222221f,
+                                 0.666666687f,
+                                 1.83333325f,
+                                 1.16666663f,
+                                 2.66666675f,
+                                 4.72222233f,
+                                 2.05555558f,
+                                 4.38888884f,
+                                 2.33333325f,
+                                 6.25f,
+                                 3.91666651f,
+                                 2,
+                                 3.5f,
+                                 1.5f,
+                                 3.16666651f,
+                                 1.66666663f,
+                                 4.41666651f,
+                                 2.75f});
     kn_scope_end();
 }
 

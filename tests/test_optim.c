@@ -36,41 +36,71 @@ static optim_case make_case(int k)
     optim_case c = {0};
     kn_optimizer_options o;
     switch (k) {
-    case 0: o = opts(KN_OPTIM_SGD), o.lr = 0.1;
-        c = (optim_case){"sgd_plain", o, {0}, optim_sgd_plain}; break;
-    case 1: o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9;
-        c = (optim_case){"sgd_momentum", o, {0}, optim_sgd_momentum}; break;
-    case 2: o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9, o.dampening = 0.1,
+    case 0:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.1;
+        c = (optim_case){"sgd_plain", o, {0}, optim_sgd_plain};
+        break;
+    case 1:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9;
+        c = (optim_case){"sgd_momentum", o, {0}, optim_sgd_momentum};
+        break;
+    case 2:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9, o.dampening = 0.1,
         o.weight_decay = 0.01;
-        c = (optim_case){"sgd_dampening_wd", o, {0}, optim_sgd_dampening_wd}; break;
-    case 3: o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.8, o.nesterov = true,
+        c = (optim_case){"sgd_dampening_wd", o, {0}, optim_sgd_dampening_wd};
+        break;
+    case 3:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.8, o.nesterov = true,
         o.weight_decay = 0.001;
-        c = (optim_case){"sgd_nesterov", o, {0}, optim_sgd_nesterov}; break;
-    case 4: o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9;
-        c = (optim_case){"sgd_skip", o, {0, 2, 2, 0}, optim_sgd_skip}; break;
-    case 5: o = opts(KN_OPTIM_ADAM);
-        c = (optim_case){"adam_default", o, {0}, optim_adam_default}; break;
-    case 6: o = opts(KN_OPTIM_ADAM), o.lr = 0.1;
-        c = (optim_case){"adam_lr", o, {0}, optim_adam_lr}; break;
-    case 7: o = opts(KN_OPTIM_ADAM), o.lr = 0.05, o.beta1 = 0.8, o.beta2 = 0.99, o.eps = 1e-6,
+        c = (optim_case){"sgd_nesterov", o, {0}, optim_sgd_nesterov};
+        break;
+    case 4:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9;
+        c = (optim_case){"sgd_skip", o, {0, 2, 2, 0}, optim_sgd_skip};
+        break;
+    case 5:
+        o = opts(KN_OPTIM_ADAM);
+        c = (optim_case){"adam_default", o, {0}, optim_adam_default};
+        break;
+    case 6:
+        o = opts(KN_OPTIM_ADAM), o.lr = 0.1;
+        c = (optim_case){"adam_lr", o, {0}, optim_adam_lr};
+        break;
+    case 7:
+        o = opts(KN_OPTIM_ADAM), o.lr = 0.05, o.beta1 = 0.8, o.beta2 = 0.99, o.eps = 1e-6,
         o.weight_decay = 0.1, o.amsgrad = true;
-        c = (optim_case){"adam_wd_amsgrad", o, {0}, optim_adam_wd_amsgrad}; break;
-    case 8: o = opts(KN_OPTIM_ADAM), o.lr = 0.1;
-        c = (optim_case){"adam_skip", o, {4, 2, 2, 0}, optim_adam_skip}; break;
-    case 9: o = opts(KN_OPTIM_ADAMW), o.lr = 0.05;
-        c = (optim_case){"adamw_default", o, {0}, optim_adamw_default}; break;
-    case 10: o = opts(KN_OPTIM_ADAMW), o.lr = 0.02, o.beta1 = 0.85, o.beta2 = 0.95,
-        o.weight_decay = 0.1, o.amsgrad = true;
-        c = (optim_case){"adamw_amsgrad", o, {0}, optim_adamw_amsgrad}; break;
-    case 11: o = opts(KN_OPTIM_RMSPROP);
-        c = (optim_case){"rmsprop_default", o, {0}, optim_rmsprop_default}; break;
-    case 12: o = opts(KN_OPTIM_RMSPROP), o.lr = 0.01, o.momentum = 0.9, o.eps = 1e-4;
-        c = (optim_case){"rmsprop_momentum", o, {0}, optim_rmsprop_momentum}; break;
-    case 13: o = opts(KN_OPTIM_RMSPROP), o.lr = 0.01, o.alpha = 0.9, o.centered = true,
-        o.momentum = 0.5, o.weight_decay = 0.01;
-        c = (optim_case){"rmsprop_centered", o, {0}, optim_rmsprop_centered}; break;
-    case 14: o = opts(KN_OPTIM_RMSPROP), o.lr = 0.02, o.centered = true;
-        c = (optim_case){"rmsprop_centered_plain", o, {0}, optim_rmsprop_centered_plain}; break;
+        c = (optim_case){"adam_wd_amsgrad", o, {0}, optim_adam_wd_amsgrad};
+        break;
+    case 8:
+        o = opts(KN_OPTIM_ADAM), o.lr = 0.1;
+        c = (optim_case){"adam_skip", o, {4, 2, 2, 0}, optim_adam_skip};
+        break;
+    case 9:
+        o = opts(KN_OPTIM_ADAMW), o.lr = 0.05;
+        c = (optim_case){"adamw_default", o, {0}, optim_adamw_default};
+        break;
+    case 10:
+        o = opts(KN_OPTIM_ADAMW), o.lr = 0.02, o.beta1 = 0.85, o.beta2 = 0.95, o.weight_decay = 0.1,
+        o.amsgrad = true;
+        c = (optim_case){"adamw_amsgrad", o, {0}, optim_adamw_amsgrad};
+        break;
+    case 11:
+        o = opts(KN_OPTIM_RMSPROP);
+        c = (optim_case){"rmsprop_default", o, {0}, optim_rmsprop_default};
+        break;
+    case 12:
+        o = opts(KN_OPTIM_RMSPROP), o.lr = 0.01, o.momentum = 0.9, o.eps = 1e-4;
+        c = (optim_case){"rmsprop_momentum", o, {0}, optim_rmsprop_momentum};
+        break;
+    case 13:
+        o = opts(KN_OPTIM_RMSPROP), o.lr = 0.01, o.alpha = 0.9, o.centered = true, o.momentum = 0.5,
+        o.weight_decay = 0.01;
+        c = (optim_case){"rmsprop_centered", o, {0}, optim_rmsprop_centered};
+        break;
+    case 14:
+        o = opts(KN_OPTIM_RMSPROP), o.lr = 0.02, o.centered = true;
+        c = (optim_case){"rmsprop_centered_plain", o, {0}, optim_rmsprop_centered_plain};
+        break;
     }
     return c;
 }
@@ -80,8 +110,8 @@ static optim_case make_case(int k)
 static void make_params(kn_tensor **params, const float *values)
 {
     for (int i = 0; i < NPARAMS; i++) {
-        params[i] = kn_set_requires_grad(
-            kn_from_floats(values + offsets[i], shapes[i], ndims[i]), true);
+        params[i] =
+            kn_set_requires_grad(kn_from_floats(values + offsets[i], shapes[i], ndims[i]), true);
         cr_assert_not_null(params[i], "%s", kn_last_error());
     }
 }
@@ -213,8 +243,9 @@ Test(optim, state_entries_are_named_like_torch)
     cr_assert_eq(kn_optimizer_step(opt), KN_OK);
     e = kn_optimizer_state(opt, &n);
     cr_assert_eq(n, 1 + 2 * 4);
-    const char *names[] = {"step", "step.0", "exp_avg.0", "exp_avg_sq.0", "max_exp_avg_sq.0",
-                           "step.2", "exp_avg.2", "exp_avg_sq.2", "max_exp_avg_sq.2"};
+    const char *names[] = {"step",         "step.0",           "exp_avg.0",
+                           "exp_avg_sq.0", "max_exp_avg_sq.0", "step.2",
+                           "exp_avg.2",    "exp_avg_sq.2",     "max_exp_avg_sq.2"};
     for (int i = 0; i < 9; i++) cr_assert(has_entry(e, n, names[i]), "missing %s", names[i]);
     cr_assert_eq(kn_item_i64(e[0].tensor), 1);
     cr_assert(e[2].tensor->ndim == 2 && e[2].tensor->shape[0] == 2 && e[2].tensor->shape[1] == 3);
@@ -237,7 +268,8 @@ Test(optim, load_state_errors_name_the_entry)
     kn_optimizer_state_entry bad_shape[] = {{"exp_avg.0", wrong}};
     cr_assert_neq(kn_optimizer_load_state(opt, bad_shape, 1), KN_OK);
     cr_assert(strstr(kn_last_error(), "exp_avg.0") && strstr(kn_last_error(), "[5]") &&
-              strstr(kn_last_error(), "[2, 3]"), "%s", kn_last_error());
+                  strstr(kn_last_error(), "[2, 3]"),
+              "%s", kn_last_error());
 
     kn_optimizer_state_entry unknown[] = {{"momentum_buffer.0", good}};
     cr_assert_neq(kn_optimizer_load_state(opt, unknown, 1), KN_OK);
@@ -266,8 +298,10 @@ Test(optim, load_state_errors_name_the_entry)
     cr_assert_eq(n, 1);
     free(e);
     /* a float32 step count is accepted */
-    kn_optimizer_state_entry ok[] = {{"exp_avg.0", good}, {"exp_avg_sq.0", good},
-                                     {"step.0", kn_test_scalar(3)}, {"step", kn_test_scalar(3)}};
+    kn_optimizer_state_entry ok[] = {{"exp_avg.0", good},
+                                     {"exp_avg_sq.0", good},
+                                     {"step.0", kn_test_scalar(3)},
+                                     {"step", kn_test_scalar(3)}};
     cr_assert_eq(kn_optimizer_load_state(opt, ok, 4), KN_OK, "%s", kn_last_error());
     cr_assert_eq(kn_optimizer_step_count(opt), 3);
     kn_optimizer_free(opt);
@@ -286,8 +320,8 @@ Test(optim, large_parameters_match_small_ones)
         kn_tensor *p = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(big), -1, 1, 7), true);
         kn_tensor *g = kn_test_uniform(KN_SHAPE(big), -1, 1, 8);
         /* the tail of the big one, where the last thread's chunk ends */
-        kn_tensor *q = kn_set_requires_grad(kn_clone(kn_narrow(kn_detach(p), 0, big - small,
-                                                               small)), true);
+        kn_tensor *q =
+            kn_set_requires_grad(kn_clone(kn_narrow(kn_detach(p), 0, big - small, small)), true);
         kn_tensor *h = kn_clone(kn_narrow(g, 0, big - small, small));
         kn_optimizer_options o = kn_optimizer_defaults(kinds[k]);
         o.momentum = kinds[k] == KN_OPTIM_ADAM ? 0 : 0.9;
@@ -388,8 +422,8 @@ Test(optim, invalid_parameters)
     cr_assert(strstr(kn_last_error(), "parameters 0 and 1"), "%s", kn_last_error());
     kn_tensor *ints = kn_arange(4);
     cr_assert_null(kn_optimizer_new(&ints, 1, o));
-    cr_assert(strstr(kn_last_error(), "parameter 0") && strstr(kn_last_error(), "int64"),
-              "%s", kn_last_error());
+    cr_assert(strstr(kn_last_error(), "parameter 0") && strstr(kn_last_error(), "int64"), "%s",
+              kn_last_error());
     kn_tensor *t = kn_test_transposed(p, 0, 1);
     cr_assert_null(kn_optimizer_new(&t, 1, o));
     cr_assert(strstr(kn_last_error(), "non-contiguous"), "%s", kn_last_error());
@@ -514,8 +548,8 @@ Test(optim, clip_and_finite_checks_handle_missing_and_bad_gradients)
     float g[40];
     for (int i = 0; i < 40; i++) g[i] = 3; /* norm 3 * sqrt(40) */
     kn_scope_begin();
-    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL,
-                             false), KN_OK);
+    cr_assert_eq(
+        kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL, false), KN_OK);
     kn_scope_end();
     cr_assert_eq(kn_clip_grad_norm(p, 2, 1.0, &total), KN_OK);
     cr_assert(fabs(total - 3 * sqrt(40.0)) < 1e-5, "%g", total);
@@ -524,8 +558,8 @@ Test(optim, clip_and_finite_checks_handle_missing_and_bad_gradients)
     kn_zero_grad(p[0]);
     g[37] = INFINITY;
     kn_scope_begin();
-    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL,
-                             false), KN_OK);
+    cr_assert_eq(
+        kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL, false), KN_OK);
     kn_scope_end();
     cr_assert(!kn_grads_finite(p, 2));
     cr_assert_eq(kn_clip_grad_norm(p, 2, 1.0, &total), KN_OK);
@@ -533,8 +567,8 @@ Test(optim, clip_and_finite_checks_handle_missing_and_bad_gradients)
     g[37] = NAN;
     kn_zero_grad(p[0]);
     kn_scope_begin();
-    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL,
-                             false), KN_OK);
+    cr_assert_eq(
+        kn_backward(kn_sum_all(kn_mul(p[0], kn_from_floats(g, KN_SHAPE(40)))), NULL, false), KN_OK);
     kn_scope_end();
     cr_assert(!kn_grads_finite(p, 2));
     cr_assert_neq(kn_clip_grad_norm(p, 2, -1.0, NULL), KN_OK);

@@ -15,14 +15,24 @@
 
 static void check_against_general(int64_t planes, int64_t h, int64_t w, unsigned seed)
 {
-    kn_cpu_pool_geometry g = {.planes = planes, .height = h, .width = w, .out_h = h / 2,
-                              .out_w = w / 2, .kernel_h = 2, .kernel_w = 2, .stride_h = 2,
-                              .stride_w = 2, .dilation_h = 1, .dilation_w = 1};
+    kn_cpu_pool_geometry g = {.planes = planes,
+                              .height = h,
+                              .width = w,
+                              .out_h = h / 2,
+                              .out_w = w / 2,
+                              .kernel_h = 2,
+                              .kernel_w = 2,
+                              .stride_h = 2,
+                              .stride_w = 2,
+                              .dilation_h = 1,
+                              .dilation_w = 1};
     cr_assert(kn_cpu_max_pool2d_is_2x2(&g));
     int64_t n_in = planes * h * w, n_out = planes * g.out_h * g.out_w;
     float *in = malloc(sizeof(float) * (size_t)n_in), *grad = malloc(sizeof(float) * (size_t)n_out);
-    float *out_a = malloc(sizeof(float) * (size_t)n_out), *out_b = malloc(sizeof(float) * (size_t)n_out);
-    float *gi_a = malloc(sizeof(float) * (size_t)n_in), *gi_b = malloc(sizeof(float) * (size_t)n_in);
+    float *out_a = malloc(sizeof(float) * (size_t)n_out),
+          *out_b = malloc(sizeof(float) * (size_t)n_out);
+    float *gi_a = malloc(sizeof(float) * (size_t)n_in),
+          *gi_b = malloc(sizeof(float) * (size_t)n_in);
     int64_t *indices = malloc(sizeof(int64_t) * (size_t)n_out);
     uint8_t *which = malloc((size_t)n_out);
     srand(seed);
@@ -58,19 +68,27 @@ static void check_against_general(int64_t planes, int64_t h, int64_t w, unsigned
 Test(pool_fast, matches_general_kernel)
 {
     kn_scope_begin();
-    check_against_general(3, 28, 28, 1);  /* the CNN's first pool, rows of 14 */
-    check_against_general(5, 14, 14, 2);  /* the second, rows of 7 */
-    check_against_general(2, 7, 9, 3);    /* odd: last row and column dropped */
-    check_against_general(2, 4, 70, 4);   /* rows longer than one vector */
-    check_against_general(64, 2, 2, 5);   /* one output per plane */
+    check_against_general(3, 28, 28, 1); /* the CNN's first pool, rows of 14 */
+    check_against_general(5, 14, 14, 2); /* the second, rows of 7 */
+    check_against_general(2, 7, 9, 3);   /* odd: last row and column dropped */
+    check_against_general(2, 4, 70, 4);  /* rows longer than one vector */
+    check_against_general(64, 2, 2, 5);  /* one output per plane */
     kn_scope_end();
 }
 
 Test(pool_fast, not_taken_when_windows_clip)
 {
-    kn_cpu_pool_geometry g = {.planes = 1, .height = 5, .width = 5, .out_h = 3, .out_w = 3,
-                              .kernel_h = 2, .kernel_w = 2, .stride_h = 2, .stride_w = 2,
-                              .dilation_h = 1, .dilation_w = 1};
+    kn_cpu_pool_geometry g = {.planes = 1,
+                              .height = 5,
+                              .width = 5,
+                              .out_h = 3,
+                              .out_w = 3,
+                              .kernel_h = 2,
+                              .kernel_w = 2,
+                              .stride_h = 2,
+                              .stride_w = 2,
+                              .dilation_h = 1,
+                              .dilation_w = 1};
     cr_assert_not(kn_cpu_max_pool2d_is_2x2(&g)); /* ceil mode: the last window clips */
     g.out_h = g.out_w = 2;
     g.pad_h = 1;

@@ -67,8 +67,7 @@ Test(print, scientific_and_non_finite)
     kn_scope_begin();
     check(kn_from_floats((float[]){1e-5f, 1.0f, 123.0f}, KN_SHAPE(3)),
           "tensor([1.0000e-05, 1.0000e+00, 1.2300e+02])");
-    check(kn_from_floats((float[]){1.0f, 1e9f}, KN_SHAPE(2)),
-          "tensor([1.0000e+00, 1.0000e+09])");
+    check(kn_from_floats((float[]){1.0f, 1e9f}, KN_SHAPE(2)), "tensor([1.0000e+00, 1.0000e+09])");
     check(kn_from_floats((float[]){1.5f, NAN, INFINITY, -INFINITY, 0.f}, KN_SHAPE(5)),
           "tensor([1.5000,    nan,    inf,   -inf, 0.0000])");
     check(kn_zeros(KN_SHAPE(3), KN_FLOAT32), "tensor([0., 0., 0.])");
@@ -110,12 +109,11 @@ Test(print, elision_above_1000_elements)
     free(ints);
     char *got = kn_to_string(t);
     cr_assert_not_null(got);
-    const char *head =
-        "tensor([[[   0,    1,    2,  ...,    7,    8,    9],\n"
-        "         [  10,   11,   12,  ...,   17,   18,   19],\n"
-        "         [  20,   21,   22,  ...,   27,   28,   29],\n"
-        "         ...,\n"
-        "         [  70,   71,   72,  ...,   77,   78,   79],\n";
+    const char *head = "tensor([[[   0,    1,    2,  ...,    7,    8,    9],\n"
+                       "         [  10,   11,   12,  ...,   17,   18,   19],\n"
+                       "         [  20,   21,   22,  ...,   27,   28,   29],\n"
+                       "         ...,\n"
+                       "         [  70,   71,   72,  ...,   77,   78,   79],\n";
     const char *middle = "         [ 290,  291,  292,  ...,  297,  298,  299]],\n\n        ...,\n\n"
                          "        [[2100, 2101, 2102,  ..., 2107, 2108, 2109],\n";
     const char *tail = "         [2390, 2391, 2392,  ..., 2397, 2398, 2399]]], dtype=int64)";

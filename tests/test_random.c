@@ -10,14 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ASSERT_CLOSE(t, want, rtol)                                                            \
-    do {                                                                                       \
-        char msg__[256];                                                                       \
-        kn_tensor *t__ = (t);                                                                  \
-        cr_assert_not_null(t__, "%s", kn_last_error());                                        \
-        cr_assert(kn_test_close(t__, (want), (int64_t)(sizeof(want) / sizeof(float)), (rtol),  \
-                                1e-6, msg__, sizeof msg__),                                    \
-                  "%s", msg__);                                                                \
+#define ASSERT_CLOSE(t, want, rtol)                                                                \
+    do {                                                                                           \
+        char msg__[256];                                                                           \
+        kn_tensor *t__ = (t);                                                                      \
+        cr_assert_not_null(t__, "%s", kn_last_error());                                            \
+        cr_assert(kn_test_close(t__, (want), (int64_t)(sizeof(want) / sizeof(float)), (rtol),      \
+                                1e-6, msg__, sizeof msg__),                                        \
+                  "%s", msg__);                                                                    \
     } while (0)
 
 Test(random, rand_matches_torch_manual_seed)
@@ -37,7 +37,7 @@ Test(random, uniform_range_matches_torch)
 {
     kn_scope_begin();
     /* torch.manual_seed(0); torch.empty(6).uniform_(-2, 3) */
-    static const float want[] = {0.48128294944763184f, 1.841109037399292f, -1.5576128959655762f,
+    static const float want[] = {0.48128294944763184f, 1.841109037399292f,    -1.5576128959655762f,
                                  -1.3398475646972656f, -0.46288591623306274f, 1.170393466949463f};
     kn_generator *g = kn_generator_new(0);
     kn_tensor *t = kn_empty(KN_SHAPE(6), KN_FLOAT32);
@@ -79,9 +79,9 @@ Test(random, non_contiguous_fill_in_memory_order)
     kn_scope_begin();
     /* torch.manual_seed(0); x = torch.empty(4, 3).t(); x.uniform_() */
     static const float want[] = {0.49625658988952637f, 0.13203048706054688f, 0.4900934100151062f,
-                                 0.6323062777519226f, 0.7682217955589294f, 0.30742281675338745f,
-                                 0.8964447379112244f, 0.3488934636116028f, 0.08847743272781372f,
-                                 0.6340786814689636f, 0.455627977848053f, 0.40171730518341064f};
+                                 0.6323062777519226f,  0.7682217955589294f,  0.30742281675338745f,
+                                 0.8964447379112244f,  0.3488934636116028f,  0.08847743272781372f,
+                                 0.6340786814689636f,  0.455627977848053f,   0.40171730518341064f};
     kn_tensor *x = kn_transpose(kn_empty(KN_SHAPE(4, 3), KN_FLOAT32), 0, 1);
     kn_manual_seed(0);
     cr_assert_eq(kn_uniform_(x, 0, 1, NULL), KN_OK, "%s", kn_last_error());
@@ -110,21 +110,21 @@ Test(random, randn_large_matches_torch_vector_path)
 {
     kn_scope_begin();
     /* torch.manual_seed(0); torch.randn(17): blocks of 16, last block recomputed */
-    static const float want17[] = {
-        -1.1258398294448853f, -1.6959311962127686f, 0.5666506290435791f,  0.7935083508491516f,
-        0.5988394618034363f,  -1.5550950765609741f, -0.3413603901863098f, 1.85300612449646f,
-        0.46809640526771545f, -0.5854975581169128f, -0.1733967512845993f, 0.18347793817520142f,
-        1.3893661499023438f,  1.586334228515625f,   0.946298360824585f,   -0.843676745891571f,
-        0.9318265914916992f};
+    static const float want17[] = {-1.1258398294448853f, -1.6959311962127686f, 0.5666506290435791f,
+                                   0.7935083508491516f,  0.5988394618034363f,  -1.5550950765609741f,
+                                   -0.3413603901863098f, 1.85300612449646f,    0.46809640526771545f,
+                                   -0.5854975581169128f, -0.1733967512845993f, 0.18347793817520142f,
+                                   1.3893661499023438f,  1.586334228515625f,   0.946298360824585f,
+                                   -0.843676745891571f,  0.9318265914916992f};
     kn_manual_seed(0);
     ASSERT_CLOSE(kn_randn(KN_SHAPE(17), NULL), want17, 1e-5);
     /* torch.manual_seed(7); torch.randn(2, 10) */
     static const float want20[] = {
-        -0.8201345205307007f, 0.39563116431236267f, 0.8989084959030151f, -1.3884038925170898f,
-        0.19844505190849304f, 0.7820726633071899f,  1.0391076803207397f, -0.7245107293128967f,
+        -0.8201345205307007f, 0.39563116431236267f, 0.8989084959030151f,   -1.3884038925170898f,
+        0.19844505190849304f, 0.7820726633071899f,  1.0391076803207397f,   -0.7245107293128967f,
         -0.8489086031913757f, -1.2169294357299805f, -0.08102158457040787f, 1.3614851236343384f,
-        -2.0614778995513916f, 0.6741006970405579f,  -1.3233457803726196f, -1.3597689867019653f,
-        -0.866701602935791f,  -0.5640066862106323f, -2.056462526321411f, -0.35672253370285034f};
+        -2.0614778995513916f, 0.6741006970405579f,  -1.3233457803726196f,  -1.3597689867019653f,
+        -0.866701602935791f,  -0.5640066862106323f, -2.056462526321411f,   -0.35672253370285034f};
     kn_manual_seed(7);
     ASSERT_CLOSE(kn_randn(KN_SHAPE(2, 10), NULL), want20, 1e-5);
     kn_scope_end();

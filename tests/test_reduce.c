@@ -11,31 +11,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ASSERT_SHAPE(t, ...)                                                                   \
-    do {                                                                                       \
-        const int64_t want__[] = {__VA_ARGS__};                                                \
-        int n__ = (int)(sizeof want__ / sizeof *want__);                                       \
-        cr_assert_not_null((t), "%s", kn_last_error());                                        \
-        cr_assert_eq((t)->ndim, n__, "rank %d, want %d", (t)->ndim, n__);                      \
-        for (int d__ = 0; d__ < n__; d__++) cr_assert_eq((t)->shape[d__], want__[d__]);        \
+#define ASSERT_SHAPE(t, ...)                                                                       \
+    do {                                                                                           \
+        const int64_t want__[] = {__VA_ARGS__};                                                    \
+        int n__ = (int)(sizeof want__ / sizeof *want__);                                           \
+        cr_assert_not_null((t), "%s", kn_last_error());                                            \
+        cr_assert_eq((t)->ndim, n__, "rank %d, want %d", (t)->ndim, n__);                          \
+        for (int d__ = 0; d__ < n__; d__++) cr_assert_eq((t)->shape[d__], want__[d__]);            \
     } while (0)
 
-#define ASSERT_INDICES(t, ...)                                                                 \
-    do {                                                                                       \
-        const int64_t want__[] = __VA_ARGS__;                                                  \
-        int64_t n__ = (int64_t)(sizeof want__ / sizeof *want__);                               \
-        cr_assert_not_null((t), "%s", kn_last_error());                                        \
-        cr_assert_eq((t)->dtype, KN_INT64);                                                    \
-        cr_assert_eq(kn_numel(t), n__);                                                        \
-        int64_t got__[64];                                                                     \
-        cr_assert_eq(kn_copy_to_int64s((t), got__), KN_OK);                                    \
-        for (int64_t k__ = 0; k__ < n__; k__++)                                                \
-            cr_assert_eq(got__[k__], want__[k__], "index %ld: %ld != %ld", (long)k__,          \
-                         (long)got__[k__], (long)want__[k__]);                                 \
+#define ASSERT_INDICES(t, ...)                                                                     \
+    do {                                                                                           \
+        const int64_t want__[] = __VA_ARGS__;                                                      \
+        int64_t n__ = (int64_t)(sizeof want__ / sizeof *want__);                                   \
+        cr_assert_not_null((t), "%s", kn_last_error());                                            \
+        cr_assert_eq((t)->dtype, KN_INT64);                                                        \
+        cr_assert_eq(kn_numel(t), n__);                                                            \
+        int64_t got__[64];                                                                         \
+        cr_assert_eq(kn_copy_to_int64s((t), got__), KN_OK);                                        \
+        for (int64_t k__ = 0; k__ < n__; k__++)                                                    \
+            cr_assert_eq(got__[k__], want__[k__], "index %ld: %ld != %ld", (long)k__,              \
+                         (long)got__[k__], (long)want__[k__]);                                     \
     } while (0)
 
 /* x[i] = 3 sin(1.3 i), shape [2, 3, 4]: no ties, values of both signs. */
-static kn_tensor *x234(void) { return kn_test_sin24(KN_SHAPE(2, 3, 4)); }
+static kn_tensor *x234(void)
+{
+    return kn_test_sin24(KN_SHAPE(2, 3, 4));
+}
 
 /* ---- forward values ------------------------------------------------------------------ */
 
@@ -207,9 +210,8 @@ Test(reduce, transposed_input)
     KN_ASSERT_CLOSE(kn_sum(t, KN_DIMS(0), false),
                     {2.37388014793396f, -2.461989641189575f, 1.9479211568832397f,
                      -1.758353590965271f, -0.5486130714416504f, 0.8143541812896729f});
-    KN_ASSERT_CLOSE(kn_sum(t, KN_DIMS(1, 2), false),
-                    {0.26347851753234863f, 0.6187856197357178f, 0.06757009029388428f,
-                     -0.5826356410980225f});
+    KN_ASSERT_CLOSE(kn_sum(t, KN_DIMS(1, 2), false), {0.26347851753234863f, 0.6187856197357178f,
+                                                      0.06757009029388428f, -0.5826356410980225f});
     KN_ASSERT_CLOSE(kn_sum(t, KN_DIMS(0, 2), false),
                     {-0.08810949325561523f, 0.18956756591796875f, 0.26574110984802246f});
     kn_tensor *index = NULL;
@@ -409,8 +411,8 @@ static kn_tensor *mean_all_fn(kn_tensor **in, void *c)
 }
 
 static const reduce_args CASES[] = {
-    {{1}, 1, 1, false}, {{0, 2}, 2, 0, true}, {{-1}, 1, 1, true}, {{0}, 0, 1, false},
-    {{2, 0}, 2, 1, false},
+    {{1}, 1, 1, false}, {{0, 2}, 2, 0, true},  {{-1}, 1, 1, true},
+    {{0}, 0, 1, false}, {{2, 0}, 2, 1, false},
 };
 
 Test(reduce, gradcheck_sum_mean_var)

@@ -125,9 +125,9 @@ Test(safetensors, empty_file_of_tensors_round_trips)
 Test(safetensors, reads_file_written_by_python)
 {
     kn_scope_begin();
-    kn_safetensors *file = kn_safetensors_load(KILN_SOURCE_DIR
-                                               "/tests/golden/data/safetensors_from_python"
-                                               ".safetensors");
+    kn_safetensors *file =
+        kn_safetensors_load(KILN_SOURCE_DIR "/tests/golden/data/safetensors_from_python"
+                                            ".safetensors");
     cr_assert_not_null(file, "%s", kn_last_error());
     cr_assert_eq(file->count, 9);
     KN_ASSERT_CLOSE(kn_safetensors_get(file, "weight"), {-0.5f, -0.25f, 0, 0.25f, 0.5f, 0.75f});
@@ -208,11 +208,11 @@ Test(safetensors, malformed_headers_are_refused)
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
                "data_offsets [8, 0]");
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-               "\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12,
-               "tensors 'a' [0, 8] and 'b' [4, 12] overlap");
+               "\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+               12, "tensors 'a' [0, 8] and 'b' [4, 12] overlap");
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-               "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
-               "tensor 'a' appears twice");
+               "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+               8, "tensor 'a' appears twice");
     expect_bad("{\"a\":{\"dtype\":\"C64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8,
                "tensor 'a' has dtype 'C64'");
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4,
@@ -226,7 +226,8 @@ Test(safetensors, malformed_headers_are_refused)
     expect_bad("{\"__metadata__\":{\"k\":1}}", 0, "__metadata__ value of 'k' must be a string");
     expect_bad("{\"a\\q\":1}", 0, "bad escape");
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
-               "\"data_offsets\":[0,4]}}", 4, "tensor 'a' is F32");
+               "\"data_offsets\":[0,4]}}",
+               4, "tensor 'a' is F32");
 
     unsigned char tiny[4] = {0};
     cr_assert_null(kn_safetensors_parse(tiny, sizeof tiny));
@@ -268,7 +269,8 @@ Test(safetensors, save_refuses_bad_arguments)
     kn_tensor *t = kn_ones(KN_SHAPE(1), KN_FLOAT32);
     kn_tensor *two[] = {t, t};
     cr_assert_neq(kn_safetensors_save("/nonexistent-dir/x.safetensors", (const char *[]){"w"}, &t,
-                                      1, NULL, 0), KN_OK);
+                                      1, NULL, 0),
+                  KN_OK);
     cr_assert(strstr(kn_last_error(), "/nonexistent-dir/x.safetensors"), "%s", kn_last_error());
     cr_assert_neq(kn_safetensors_save("/tmp/x", (const char *[]){"w", "w"}, two, 2, NULL, 0),
                   KN_OK);

@@ -180,7 +180,8 @@ Test(tensor, parallel_for_covers_each_index_once)
     for (int round = 0; round < 50; round++) {
         memset(hits, 0, sizeof hits);
         kn_cpu_parallel_for(1 << 18, 1000, fill_range, hits);
-        for (int i = 0; i < (1 << 18); i++) cr_assert_eq(hits[i], 1, "index %d hit %d times", i, hits[i]);
+        for (int i = 0; i < (1 << 18); i++)
+            cr_assert_eq(hits[i], 1, "index %d hit %d times", i, hits[i]);
     }
     kn_set_num_threads(1);
     memset(hits, 0, sizeof hits);

@@ -43,8 +43,7 @@ static kn_module *small_model(uint64_t seed, bool dropout)
     cr_assert_eq(kn_sequential_append(m, kn_linear_new(4, 16, true, NULL)), KN_OK, "%s",
                  kn_last_error());
     cr_assert_eq(kn_sequential_append(m, kn_relu_new()), KN_OK);
-    if (dropout)
-        cr_assert_eq(kn_sequential_append(m, kn_dropout_new(0.2)), KN_OK);
+    if (dropout) cr_assert_eq(kn_sequential_append(m, kn_dropout_new(0.2)), KN_OK);
     cr_assert_eq(kn_sequential_append(m, kn_linear_new(16, 3, true, NULL)), KN_OK);
     return m;
 }
@@ -75,8 +74,7 @@ typedef struct recorder {
 static kn_status record_step(void *context, const kn_step_info *info)
 {
     recorder *r = context;
-    if (r->n < 512)
-        r->losses[r->n++] = info->loss;
+    if (r->n < 512) r->losses[r->n++] = info->loss;
     if (r->poison_at && info->step == r->poison_at) {
         int n = 0;
         kn_named_tensor *p = kn_module_parameters(r->model, &n);
@@ -100,8 +98,7 @@ static kn_status record_eval(void *context, const kn_eval_result *result)
 static kn_status checkpoint_and_stop(void *context, kn_trainer *trainer, int64_t step)
 {
     recorder *r = context;
-    if (step != r->checkpoint_at)
-        return KN_OK;
+    if (step != r->checkpoint_at) return KN_OK;
     kn_status st = kn_trainer_save_checkpoint(trainer, r->checkpoint_path);
     cr_assert_eq(st, KN_OK, "%s", kn_last_error());
     return KN_ERR_VALUE;
@@ -113,8 +110,7 @@ static float *flat_params(kn_module *m, int64_t *n)
     int count = 0;
     kn_named_tensor *p = kn_module_state_dict(m, &count);
     int64_t total = 0;
-    for (int i = 0; i < count; i++)
-        total += kn_numel(p[i].tensor);
+    for (int i = 0; i < count; i++) total += kn_numel(p[i].tensor);
     float *out = malloc((size_t)total * sizeof *out);
     int64_t at = 0;
     for (int i = 0; i < count; i++) {

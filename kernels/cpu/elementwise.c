@@ -119,16 +119,28 @@ static void setup(iteration *it, const int64_t *shape, int ndim, int nops,
 
 /* ---- math helpers --------------------------------------------------------------------- */
 
-static inline float fast_expf(float x) { return kn_cpu_expf_inline(x); }
+static inline float fast_expf(float x)
+{
+    return kn_cpu_expf_inline(x);
+}
 
-float kn_cpu_expf(float x) { return fast_expf(x); }
+float kn_cpu_expf(float x)
+{
+    return fast_expf(x);
+}
 
-static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+static inline float sigmoidf(float x)
+{
+    return 1.f / (1.f + expf(-x));
+}
 
 #define SQRT1_2 0.70710678118654752440f
 #define SQRT2_PI 0.79788456080286535588f
 
-static inline float gelu_exact(float x) { return 0.5f * x * (1.f + erff(x * SQRT1_2)); }
+static inline float gelu_exact(float x)
+{
+    return 0.5f * x * (1.f + erff(x * SQRT1_2));
+}
 static inline float gelu_tanh(float x)
 {
     return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
@@ -158,31 +170,31 @@ typedef struct binary_context {
 } binary_context;
 
 /* One loop per op with fast paths for the stride patterns that matter. */
-#define BINARY_LOOP(EXPR)                                                                      \
-    do {                                                                                       \
-        if (so == 1 && sa == 1 && sb == 1) {                                                   \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float x = a[i], y = b[i];                                                      \
-                out[i] = (EXPR);                                                               \
-            }                                                                                  \
-        } else if (so == 1 && sa == 1 && sb == 0) {                                            \
-            float y = b[0];                                                                    \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float x = a[i];                                                                \
-                out[i] = (EXPR);                                                               \
-            }                                                                                  \
-        } else if (so == 1 && sa == 0 && sb == 1) {                                            \
-            float x = a[0];                                                                    \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float y = b[i];                                                                \
-                out[i] = (EXPR);                                                               \
-            }                                                                                  \
-        } else {                                                                               \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float x = a[i * sa], y = b[i * sb];                                            \
-                out[i * so] = (EXPR);                                                          \
-            }                                                                                  \
-        }                                                                                      \
+#define BINARY_LOOP(EXPR)                                                                          \
+    do {                                                                                           \
+        if (so == 1 && sa == 1 && sb == 1) {                                                       \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i], y = b[i];                                                          \
+                out[i] = (EXPR);                                                                   \
+            }                                                                                      \
+        } else if (so == 1 && sa == 1 && sb == 0) {                                                \
+            float y = b[0];                                                                        \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i];                                                                    \
+                out[i] = (EXPR);                                                                   \
+            }                                                                                      \
+        } else if (so == 1 && sa == 0 && sb == 1) {                                                \
+            float x = a[0];                                                                        \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float y = b[i];                                                                    \
+                out[i] = (EXPR);                                                                   \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i * sa], y = b[i * sb];                                                \
+                out[i * so] = (EXPR);                                                              \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
@@ -194,23 +206,56 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     int64_t so = strides[0] / 4, sa = strides[1] / 4, sb = strides[2] / 4;
     const float alpha = c->alpha, beta = c->beta;
     switch (c->op) {
-    case KN_BINARY_ADD: BINARY_LOOP(x + y); break;
-    case KN_BINARY_SUB: BINARY_LOOP(x - y); break;
-    case KN_BINARY_MUL: BINARY_LOOP(x * y); break;
-    case KN_BINARY_DIV: BINARY_LOOP(x / y); break;
-    case KN_BINARY_EQ: BINARY_LOOP(x == y ? 1.f : 0.f); break;
-    case KN_BINARY_GT: BINARY_LOOP(x > y ? 1.f : 0.f); break;
-    case KN_BINARY_LT: BINARY_LOOP(x < y ? 1.f : 0.f); break;
-    case KN_BINARY_ADD_SCALED: BINARY_LOOP(x + alpha * y); break;
-    case KN_BINARY_RELU_BACKWARD: BINARY_LOOP(y > 0.f ? x : 0.f); break;
-    case KN_BINARY_LEAKY_RELU_BACKWARD: BINARY_LOOP(y > 0.f ? x : x * alpha); break;
-    case KN_BINARY_TANH_BACKWARD: BINARY_LOOP(x * (1.f - y * y)); break;
-    case KN_BINARY_SIGMOID_BACKWARD: BINARY_LOOP(x * y * (1.f - y)); break;
-    case KN_BINARY_GELU_BACKWARD: BINARY_LOOP(x * gelu_exact_grad(y)); break;
-    case KN_BINARY_GELU_TANH_BACKWARD: BINARY_LOOP(x * gelu_tanh_grad(y)); break;
-    case KN_BINARY_POW_BACKWARD: BINARY_LOOP(x * alpha * powf(y, alpha - 1.f)); break;
-    case KN_BINARY_CLAMP_BACKWARD: BINARY_LOOP((y >= alpha && y <= beta) ? x : 0.f); break;
-    case KN_BINARY_COUNT: break;
+    case KN_BINARY_ADD:
+        BINARY_LOOP(x + y);
+        break;
+    case KN_BINARY_SUB:
+        BINARY_LOOP(x - y);
+        break;
+    case KN_BINARY_MUL:
+        BINARY_LOOP(x * y);
+        break;
+    case KN_BINARY_DIV:
+        BINARY_LOOP(x / y);
+        break;
+    case KN_BINARY_EQ:
+        BINARY_LOOP(x == y ? 1.f : 0.f);
+        break;
+    case KN_BINARY_GT:
+        BINARY_LOOP(x > y ? 1.f : 0.f);
+        break;
+    case KN_BINARY_LT:
+        BINARY_LOOP(x < y ? 1.f : 0.f);
+        break;
+    case KN_BINARY_ADD_SCALED:
+        BINARY_LOOP(x + alpha * y);
+        break;
+    case KN_BINARY_RELU_BACKWARD:
+        BINARY_LOOP(y > 0.f ? x : 0.f);
+        break;
+    case KN_BINARY_LEAKY_RELU_BACKWARD:
+        BINARY_LOOP(y > 0.f ? x : x * alpha);
+        break;
+    case KN_BINARY_TANH_BACKWARD:
+        BINARY_LOOP(x * (1.f - y * y));
+        break;
+    case KN_BINARY_SIGMOID_BACKWARD:
+        BINARY_LOOP(x * y * (1.f - y));
+        break;
+    case KN_BINARY_GELU_BACKWARD:
+        BINARY_LOOP(x * gelu_exact_grad(y));
+        break;
+    case KN_BINARY_GELU_TANH_BACKWARD:
+        BINARY_LOOP(x * gelu_tanh_grad(y));
+        break;
+    case KN_BINARY_POW_BACKWARD:
+        BINARY_LOOP(x * alpha * powf(y, alpha - 1.f));
+        break;
+    case KN_BINARY_CLAMP_BACKWARD:
+        BINARY_LOOP((y >= alpha && y <= beta) ? x : 0.f);
+        break;
+    case KN_BINARY_COUNT:
+        break;
     }
     (void)beta;
 }
@@ -235,19 +280,19 @@ typedef struct unary_context {
     float alpha, beta;
 } unary_context;
 
-#define UNARY_LOOP(EXPR)                                                                       \
-    do {                                                                                       \
-        if (so == 1 && sa == 1) {                                                              \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float x = a[i];                                                                \
-                out[i] = (EXPR);                                                               \
-            }                                                                                  \
-        } else {                                                                               \
-            for (int64_t i = 0; i < n; i++) {                                                  \
-                float x = a[i * sa];                                                           \
-                out[i * so] = (EXPR);                                                          \
-            }                                                                                  \
-        }                                                                                      \
+#define UNARY_LOOP(EXPR)                                                                           \
+    do {                                                                                           \
+        if (so == 1 && sa == 1) {                                                                  \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i];                                                                    \
+                out[i] = (EXPR);                                                                   \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i * sa];                                                               \
+                out[i * so] = (EXPR);                                                              \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
@@ -259,33 +304,71 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     int64_t so = strides[0] / 4, sa = strides[1] / 4;
     const float alpha = c->alpha, beta = c->beta;
     switch (c->op) {
-    case KN_UNARY_COPY: UNARY_LOOP(x); break;
-    case KN_UNARY_NEG: UNARY_LOOP(-x); break;
-    case KN_UNARY_EXP: UNARY_LOOP(fast_expf(x)); break;
-    case KN_UNARY_LOG: UNARY_LOOP(logf(x)); break;
-    case KN_UNARY_SQRT: UNARY_LOOP(sqrtf(x)); break;
-    case KN_UNARY_ABS: UNARY_LOOP(fabsf(x)); break;
-    case KN_UNARY_SIGN: UNARY_LOOP(x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f)); break;
-    case KN_UNARY_RELU: UNARY_LOOP(x < 0.f ? 0.f : x); break; /* NaN stays NaN, as torch */
-    case KN_UNARY_LEAKY_RELU: UNARY_LOOP(x < 0.f ? x * alpha : x); break;
-    case KN_UNARY_TANH: UNARY_LOOP(tanhf(x)); break;
-    case KN_UNARY_SIGMOID: UNARY_LOOP(sigmoidf(x)); break;
-    case KN_UNARY_GELU: UNARY_LOOP(gelu_exact(x)); break;
-    case KN_UNARY_GELU_TANH: UNARY_LOOP(gelu_tanh(x)); break;
-    case KN_UNARY_POW:
-        if (alpha == 2.f) UNARY_LOOP(x * x);
-        else if (alpha == 0.5f) UNARY_LOOP(sqrtf(x));
-        else if (alpha == 1.f) UNARY_LOOP(x);
-        else if (alpha == -1.f) UNARY_LOOP(1.f / x);
-        else UNARY_LOOP(powf(x, alpha));
+    case KN_UNARY_COPY:
+        UNARY_LOOP(x);
         break;
-    case KN_UNARY_CLAMP: UNARY_LOOP(isnan(x) ? x : (x < alpha ? alpha : (x > beta ? beta : x))); break;
-    case KN_UNARY_ADD_SCALAR: UNARY_LOOP(x + alpha); break;
-    case KN_UNARY_MUL_SCALAR: UNARY_LOOP(x * alpha); break;
+    case KN_UNARY_NEG:
+        UNARY_LOOP(-x);
+        break;
+    case KN_UNARY_EXP:
+        UNARY_LOOP(fast_expf(x));
+        break;
+    case KN_UNARY_LOG:
+        UNARY_LOOP(logf(x));
+        break;
+    case KN_UNARY_SQRT:
+        UNARY_LOOP(sqrtf(x));
+        break;
+    case KN_UNARY_ABS:
+        UNARY_LOOP(fabsf(x));
+        break;
+    case KN_UNARY_SIGN:
+        UNARY_LOOP(x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f));
+        break;
+    case KN_UNARY_RELU:
+        UNARY_LOOP(x < 0.f ? 0.f : x);
+        break; /* NaN stays NaN, as torch */
+    case KN_UNARY_LEAKY_RELU:
+        UNARY_LOOP(x < 0.f ? x * alpha : x);
+        break;
+    case KN_UNARY_TANH:
+        UNARY_LOOP(tanhf(x));
+        break;
+    case KN_UNARY_SIGMOID:
+        UNARY_LOOP(sigmoidf(x));
+        break;
+    case KN_UNARY_GELU:
+        UNARY_LOOP(gelu_exact(x));
+        break;
+    case KN_UNARY_GELU_TANH:
+        UNARY_LOOP(gelu_tanh(x));
+        break;
+    case KN_UNARY_POW:
+        if (alpha == 2.f)
+            UNARY_LOOP(x * x);
+        else if (alpha == 0.5f)
+            UNARY_LOOP(sqrtf(x));
+        else if (alpha == 1.f)
+            UNARY_LOOP(x);
+        else if (alpha == -1.f)
+            UNARY_LOOP(1.f / x);
+        else
+            UNARY_LOOP(powf(x, alpha));
+        break;
+    case KN_UNARY_CLAMP:
+        UNARY_LOOP(isnan(x) ? x : (x < alpha ? alpha : (x > beta ? beta : x)));
+        break;
+    case KN_UNARY_ADD_SCALAR:
+        UNARY_LOOP(x + alpha);
+        break;
+    case KN_UNARY_MUL_SCALAR:
+        UNARY_LOOP(x * alpha);
+        break;
     case KN_UNARY_FILL:
         for (int64_t i = 0; i < n; i++) out[i * so] = alpha;
         break;
-    case KN_UNARY_COUNT: break;
+    case KN_UNARY_COUNT:
+        break;
     }
     (void)beta;
 }
@@ -303,8 +386,8 @@ void kn_cpu_unary(kn_cpu_unary_op op, const int64_t *shape, int ndim, kn_cpu_ope
     it.context = &context;
     /* transcendental ops do more work per element: split them sooner */
     int64_t grain = (op == KN_UNARY_COPY || op == KN_UNARY_NEG || op == KN_UNARY_RELU ||
-                     op == KN_UNARY_ADD_SCALAR || op == KN_UNARY_MUL_SCALAR || op == KN_UNARY_FILL ||
-                     op == KN_UNARY_ABS)
+                     op == KN_UNARY_ADD_SCALAR || op == KN_UNARY_MUL_SCALAR ||
+                     op == KN_UNARY_FILL || op == KN_UNARY_ABS)
                         ? KN_CPU_GRAIN_ELEMENTWISE
                         : KN_CPU_GRAIN_ELEMENTWISE / 8;
     run(&it, shape, ndim, grain);
@@ -318,8 +401,8 @@ static void where_inner(void *arg, char **ptrs, const int64_t *strides, int64_t 
     for (int64_t i = 0; i < n; i++) {
         const char *c = ptrs[1] + i * strides[1];
         bool take_a = cond_is_int64 ? *(const int64_t *)c != 0 : *(const float *)c != 0.f;
-        *(float *)(ptrs[0] + i * strides[0]) =
-            take_a ? *(const float *)(ptrs[2] + i * strides[2]) : *(const float *)(ptrs[3] + i * strides[3]);
+        *(float *)(ptrs[0] + i * strides[0]) = take_a ? *(const float *)(ptrs[2] + i * strides[2])
+                                                      : *(const float *)(ptrs[3] + i * strides[3]);
     }
 }
 

@@ -31,7 +31,7 @@ typedef enum {
     KN_BINARY_EQ, /* 1.0f / 0.0f */
     KN_BINARY_GT,
     KN_BINARY_LT,
-    KN_BINARY_ADD_SCALED, /* a + alpha * b */
+    KN_BINARY_ADD_SCALED,          /* a + alpha * b */
     KN_BINARY_RELU_BACKWARD,       /* a = grad, b = input: grad * (input > 0) */
     KN_BINARY_LEAKY_RELU_BACKWARD, /* alpha = slope */
     KN_BINARY_TANH_BACKWARD,       /* b = output: grad * (1 - y*y) */

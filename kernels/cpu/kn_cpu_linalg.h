@@ -49,8 +49,7 @@ void kn_cpu_col2im(const kn_cpu_conv_geometry *g, const float *col, int64_t ld, 
 /* Bias gradient of a convolution: gb[o] = sum over n and l of grad[n, o, l] for grad
  * [n, channels, l] contiguous. Sums in 16 lanes (not one serial chain: that is ~4 cycles
  * an element), so the rounding differs from a plain loop by float rounding only. */
-void kn_cpu_conv_bias_grad(const float *grad, int64_t n, int64_t channels, int64_t l,
-                           float *gb);
+void kn_cpu_conv_bias_grad(const float *grad, int64_t n, int64_t channels, int64_t l, float *gb);
 
 /* ---- pool.c ---------------------------------------------------------------------- */
 typedef struct kn_cpu_pool_geometry {

@@ -25,7 +25,7 @@ void kn_cpu_batch_norm_grad_sums(const float *dy, const float *x, const float *m
  * (with p) or v (with q, center) may be NULL. Centering before scaling keeps data far
  * from zero exact. */
 void kn_cpu_batch_norm_affine(const float *u, const float *v, const float *p, const float *q,
-                              const float *center, const float *r, float *out, int64_t n,
-                              int64_t c, int64_t s);
+                              const float *center, const float *r, float *out, int64_t n, int64_t c,
+                              int64_t s);
 
 #endif

@@ -25,12 +25,11 @@ void kn_cpu_var(const float *x, float *out, int64_t outer, int64_t reduce, int64
 void kn_cpu_max(const float *x, float *values, int64_t *indices, int64_t outer, int64_t reduce,
                 int64_t inner, bool is_min);
 /* y = softmax (or log_softmax) of x over the reduce axis; y has x's layout. */
-void kn_cpu_softmax(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
-                    bool log);
+void kn_cpu_softmax(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner, bool log);
 /* gx from grad g and the forward output y:
  *   softmax:     gx = y * (g - sum(g * y))
  *   log_softmax: gx = g - exp(y) * sum(g)          */
-void kn_cpu_softmax_backward(const float *g, const float *y, float *gx, int64_t outer,
-                             int64_t dim, int64_t inner, bool log);
+void kn_cpu_softmax_backward(const float *g, const float *y, float *gx, int64_t outer, int64_t dim,
+                             int64_t inner, bool log);
 
 #endif

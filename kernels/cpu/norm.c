@@ -79,8 +79,15 @@ CLONES static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
 void kn_cpu_layer_norm_forward(const float *x, const float *weight, const float *bias, float *y,
                                float *mean, float *rstd, int64_t rows, int64_t cols, float eps)
 {
-    ln_ctx c = {.x = x, .weight = weight, .bias = bias, .y = y, .mean_out = mean,
-                .rstd_out = rstd, .rows = rows, .cols = cols, .eps = eps};
+    ln_ctx c = {.x = x,
+                .weight = weight,
+                .bias = bias,
+                .y = y,
+                .mean_out = mean,
+                .rstd_out = rstd,
+                .rows = rows,
+                .cols = cols,
+                .eps = eps};
     kn_cpu_parallel_for(rows, grain_for(cols), ln_forward_rows, &c);
 }
 
@@ -158,8 +165,16 @@ void kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *me
                                 const float *rstd, const float *weight, float *dx, float *dweight,
                                 float *dbias, int64_t rows, int64_t cols)
 {
-    ln_ctx c = {.x = x, .weight = weight, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx,
-                .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols};
+    ln_ctx c = {.x = x,
+                .weight = weight,
+                .dy = dy,
+                .mean = mean,
+                .rstd = rstd,
+                .dx = dx,
+                .dweight = dweight,
+                .dbias = dbias,
+                .rows = rows,
+                .cols = cols};
     if (dx) kn_cpu_parallel_for(rows, grain_for(cols), ln_backward_rows, &c);
     if (dweight || dbias) {
         if (rows == 0) {
@@ -296,8 +311,8 @@ CLONES static void bn_grad_cols(void *arg, int64_t begin, int64_t end)
 void kn_cpu_batch_norm_grad_sums(const float *dy, const float *x, const float *mean, int64_t n,
                                  int64_t c, int64_t s, double *sum_dy, double *sum_dyx)
 {
-    bn_ctx b = {.x = x, .dy = dy, .mean_f = mean, .n = n, .c = c, .s = s, .out1 = sum_dy,
-                .out2 = sum_dyx};
+    bn_ctx b = {
+        .x = x, .dy = dy, .mean_f = mean, .n = n, .c = c, .s = s, .out1 = sum_dy, .out2 = sum_dyx};
     if (s == 1) {
         int64_t grain = grain_for(n);
         kn_cpu_parallel_for(c, grain < 16 ? 16 : grain, bn_grad_cols, &b);
@@ -344,11 +359,21 @@ CLONES static void bn_affine_rows(void *arg, int64_t begin, int64_t end)
 }
 
 void kn_cpu_batch_norm_affine(const float *u, const float *v, const float *p, const float *q,
-                              const float *center, const float *r, float *out, int64_t n,
-                              int64_t c, int64_t s)
+                              const float *center, const float *r, float *out, int64_t n, int64_t c,
+                              int64_t s)
 {
-    bn_ctx b = {.u = u, .v = v, .p = p, .q = q, .r = r, .mean_f = center, .out = out, .n = n,
-                .c = c, .s = s};
-    if (s == 1) kn_cpu_parallel_for(n, grain_for(c), bn_affine_rows, &b);
-    else kn_cpu_parallel_for(n * c, grain_for(s), bn_affine_blocks, &b);
+    bn_ctx b = {.u = u,
+                .v = v,
+                .p = p,
+                .q = q,
+                .r = r,
+                .mean_f = center,
+                .out = out,
+                .n = n,
+                .c = c,
+                .s = s};
+    if (s == 1)
+        kn_cpu_parallel_for(n, grain_for(c), bn_affine_rows, &b);
+    else
+        kn_cpu_parallel_for(n * c, grain_for(s), bn_affine_blocks, &b);
 }

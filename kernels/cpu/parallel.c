@@ -25,12 +25,22 @@ typedef struct pool {
     void *context;
     int64_t n, chunk;
     int parts;
-    unsigned generation;  /* bumped per job; workers wait for a change */
-    int remaining;        /* parts not finished yet */
+    unsigned generation; /* bumped per job; workers wait for a change */
+    int remaining;       /* parts not finished yet */
 } pool;
 
-static pool the_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                        PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL, NULL, 0, 0, 0, 0, 0};
+static pool the_pool = {PTHREAD_MUTEX_INITIALIZER,
+                        PTHREAD_COND_INITIALIZER,
+                        PTHREAD_MUTEX_INITIALIZER,
+                        0,
+                        0,
+                        NULL,
+                        NULL,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0};
 static _Thread_local int worker_index = -1; /* >= 1 on workers */
 
 static void run_part(pool *p, int part)
@@ -96,7 +106,8 @@ static void ensure_workers(pool *p)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)(p->started + 1));
+        int failed =
+            pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)(p->started + 1));
         pthread_attr_destroy(&attr);
         if (failed) break;
         p->started++;

@@ -151,7 +151,6 @@ static void max_2x2_range_scalar(void *context, int64_t begin, int64_t end)
     }
 }
 
-
 /* AVX-512 versions: the CNN's rows are short (14 and 7 outputs), too short for GCC's
  * vectoriser, so each row is one or two masked vectors: deinterleave even/odd columns
  * with a two-source permute, compare-and-blend in the scan order of the scalar loop. */
@@ -166,8 +165,8 @@ AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t en
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                           28, 30);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int64_t r = begin; r < end; r++) {
         int64_t p = r / oh_n, oh = r % oh_n;
@@ -181,11 +180,14 @@ AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t en
             __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
             __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
             __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1), d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 a = _mm512_permutex2var_ps(t0, even, t1),
+                   b = _mm512_permutex2var_ps(t0, odd, t1);
+            __m512 c = _mm512_permutex2var_ps(b0, even, b1),
+                   d = _mm512_permutex2var_ps(b0, odd, b1);
             __m512 best = a;
             __m512i at = _mm512_setzero_si512();
-            __mmask16 k = _mm512_cmp_ps_mask(b, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+            __mmask16 k =
+                _mm512_cmp_ps_mask(b, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
             best = _mm512_mask_mov_ps(best, k, b);
             at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
             k = _mm512_cmp_ps_mask(c, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
@@ -204,8 +206,7 @@ AVX512 static void max_2x2_backward_range_avx512(void *context, int64_t begin, i
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
-                                            23);
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
     for (int64_t p = begin; p < end; p++) {
         float *plane = job->out + p * H * W;
@@ -218,14 +219,20 @@ AVX512 static void max_2x2_backward_range_avx512(void *context, int64_t begin, i
                 __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
                 __m512 g = _mm512_maskz_loadu_ps(m, go + ow);
                 __m512i at = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, which + ow));
-                __m512 v0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
-                __m512 v1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
-                __m512 v2 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
-                __m512 v3 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
+                __m512 v0 =
+                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
+                __m512 v1 =
+                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
+                __m512 v2 =
+                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
+                __m512 v3 =
+                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
                 _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(v0, first, v1));
-                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v0, second, v1));
+                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi,
+                                      _mm512_permutex2var_ps(v0, second, v1));
                 _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(v2, first, v3));
-                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v2, second, v3));
+                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi,
+                                      _mm512_permutex2var_ps(v2, second, v3));
             }
             if (W > 2 * ow_n) {
                 gi0[W - 1] = 0.f;
@@ -279,7 +286,8 @@ static void max_2x2_backward_range_scalar(void *context, int64_t begin, int64_t 
                 gi1[W - 1] = 0.f;
             }
         }
-        if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+        if (H > 2 * oh_n)
+            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
     }
 }
 
@@ -287,10 +295,9 @@ void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *
                                     const uint8_t *which, float *grad_in)
 {
     pool_job job = {.g = g, .in = grad_out, .out = grad_in, .which_in = which};
-    kn_cpu_parallel_for(g->planes, plane_grain(g),
-                        have_avx512() ? max_2x2_backward_range_avx512
-                                      : max_2x2_backward_range_scalar,
-                        &job);
+    kn_cpu_parallel_for(
+        g->planes, plane_grain(g),
+        have_avx512() ? max_2x2_backward_range_avx512 : max_2x2_backward_range_scalar, &job);
 }
 
 /* The clipped window of output (oh, ow) and the divisor PyTorch uses for it; returns

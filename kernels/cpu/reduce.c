@@ -24,7 +24,10 @@
 #define GRAIN 32768    /* elements of cheap work per task */
 #define GRAIN_EXP 8192 /* elements per task for work that calls exp */
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t min64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
 static int64_t grain_for(int64_t per_task, int64_t elements)
 {
     int64_t g = elements / (per_task > 0 ? per_task : 1);
@@ -50,9 +53,18 @@ VINLINE vf load(const float *p)
     memcpy(&v, p, sizeof v);
     return v;
 }
-VINLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
-VINLINE vf splat(float x) { return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-VINLINE vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+VINLINE void store(float *p, vf v)
+{
+    memcpy(p, &v, sizeof v);
+}
+VINLINE vf splat(float x)
+{
+    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+VINLINE vf vselect(vi mask, vf a, vf b)
+{
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
 VINLINE float hsum(vf v)
 {
     float s = 0.f;
@@ -86,33 +98,36 @@ VINLINE vf vexp(vf x)
     return vselect(under, splat(0.f), p * s1 * s2);
 }
 
-static inline float fast_expf(float x) { return kn_cpu_expf_inline(x); }
+static inline float fast_expf(float x)
+{
+    return kn_cpu_expf_inline(x);
+}
 
 /* ---- contiguous row sums ---------------------------------------------------------- */
 
 /* Sum of x (or of (x - c)^2) over n elements: two 8-float accumulators per BLOCK, the
  * block totals joined in double. */
-#define BLOCK_SUM(NAME, TERM)                                                                  \
-    CLONES static double NAME(const float *x, int64_t n, float c)                             \
-    {                                                                                          \
-        double total = 0.0;                                                                    \
-        vf cv = splat(c);                                                                      \
-        for (int64_t start = 0; start < n; start += BLOCK) {                                   \
-            int64_t m = min64(n - start, BLOCK);                                               \
-            const float *p = x + start;                                                        \
-            vf a0 = splat(0.f), a1 = splat(0.f);                                               \
-            int64_t i = 0;                                                                     \
-            for (; i + 2 * W <= m; i += 2 * W) {                                               \
-                vf v = load(p + i), u = load(p + i + W);                                       \
-                a0 += TERM(v, cv);                                                             \
-                a1 += TERM(u, cv);                                                             \
-            }                                                                                  \
-            float tail = 0.f;                                                                  \
-            for (; i < m; i++) tail += TERM(p[i], c);                                          \
-            total += (double)(hsum(a0 + a1) + tail);                                           \
-        }                                                                                      \
-        (void)cv;                                                                              \
-        return total;                                                                          \
+#define BLOCK_SUM(NAME, TERM)                                                                      \
+    CLONES static double NAME(const float *x, int64_t n, float c)                                  \
+    {                                                                                              \
+        double total = 0.0;                                                                        \
+        vf cv = splat(c);                                                                          \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                       \
+            int64_t m = min64(n - start, BLOCK);                                                   \
+            const float *p = x + start;                                                            \
+            vf a0 = splat(0.f), a1 = splat(0.f);                                                   \
+            int64_t i = 0;                                                                         \
+            for (; i + 2 * W <= m; i += 2 * W) {                                                   \
+                vf v = load(p + i), u = load(p + i + W);                                           \
+                a0 += TERM(v, cv);                                                                 \
+                a1 += TERM(u, cv);                                                                 \
+            }                                                                                      \
+            float tail = 0.f;                                                                      \
+            for (; i < m; i++) tail += TERM(p[i], c);                                              \
+            total += (double)(hsum(a0 + a1) + tail);                                               \
+        }                                                                                          \
+        (void)cv;                                                                                  \
+        return total;                                                                              \
     }
 
 #define PLAIN(v, c) (v)
@@ -157,8 +172,8 @@ typedef struct sum_job {
     int64_t outer, reduce, inner;
     double divisor;
     bool var;
-    int64_t chunks;    /* tasks per row when long rows are split (inner == 1) */
-    double *partials;  /* one per task when split */
+    int64_t chunks;      /* tasks per row when long rows are split (inner == 1) */
+    double *partials;    /* one per task when split */
     const double *means; /* per row, second pass of a split var */
 } sum_job;
 
@@ -219,8 +234,10 @@ static void split_rows(sum_job *j)
         for (int64_t o = 0; o < j->outer; o++) {
             double s = 0.0;
             for (int64_t c = 0; c < j->chunks; c++) s += partials[o * j->chunks + c];
-            if (j->var && pass == 0) means[o] = s / (double)j->reduce;
-            else j->out[o] = (float)(s / j->divisor);
+            if (j->var && pass == 0)
+                means[o] = s / (double)j->reduce;
+            else
+                j->out[o] = (float)(s / j->divisor);
         }
     }
     free(partials);
@@ -284,34 +301,34 @@ VINLINE int64_t find_first(const float *x, int64_t n, float value)
 /* Index of the first best element of a row: the best value by vector lanes, then a scan
  * for its first occurrence. A NaN wins (as in PyTorch); v * 0 flags NaN and inf lanes
  * cheaply, and only then do we look for a NaN. */
-#define ROW_BEST(NAME, BETTER)                                                                 \
-    CLONES static int64_t NAME(const float *x, int64_t n)                                     \
-    {                                                                                          \
-        float best = x[0], flag = 0.f;                                                         \
-        int64_t i = 0;                                                                         \
-        if (n >= 2 * W) {                                                                      \
-            vf acc = load(x), acc2 = load(x + W);                                              \
-            vf chk = acc * 0.f + acc2 * 0.f;                                                   \
-            for (i = 2 * W; i + 2 * W <= n; i += 2 * W) {                                      \
-                vf v = load(x + i), u = load(x + i + W);                                       \
-                acc = vselect(BETTER(v, acc), v, acc);                                         \
-                acc2 = vselect(BETTER(u, acc2), u, acc2);                                      \
-                chk += v * 0.f + u * 0.f;                                                      \
-            }                                                                                  \
-            acc = vselect(BETTER(acc2, acc), acc2, acc);                                       \
-            best = acc[0];                                                                     \
-            for (int k = 1; k < W; k++) best = (BETTER(acc[k], best)) ? acc[k] : best;         \
-            flag = hsum(chk);                                                                  \
-        }                                                                                      \
-        for (; i < n; i++) {                                                                   \
-            float v = x[i];                                                                    \
-            best = (BETTER(v, best)) ? v : best;                                               \
-            flag += v * 0.f;                                                                   \
-        }                                                                                      \
-        if (flag != 0.f) /* a NaN or an infinity somewhere */                                  \
-            for (int64_t k = 0; k < n; k++)                                                    \
-                if (isnan(x[k])) return k;                                                     \
-        return find_first(x, n, best);                                                         \
+#define ROW_BEST(NAME, BETTER)                                                                     \
+    CLONES static int64_t NAME(const float *x, int64_t n)                                          \
+    {                                                                                              \
+        float best = x[0], flag = 0.f;                                                             \
+        int64_t i = 0;                                                                             \
+        if (n >= 2 * W) {                                                                          \
+            vf acc = load(x), acc2 = load(x + W);                                                  \
+            vf chk = acc * 0.f + acc2 * 0.f;                                                       \
+            for (i = 2 * W; i + 2 * W <= n; i += 2 * W) {                                          \
+                vf v = load(x + i), u = load(x + i + W);                                           \
+                acc = vselect(BETTER(v, acc), v, acc);                                             \
+                acc2 = vselect(BETTER(u, acc2), u, acc2);                                          \
+                chk += v * 0.f + u * 0.f;                                                          \
+            }                                                                                      \
+            acc = vselect(BETTER(acc2, acc), acc2, acc);                                           \
+            best = acc[0];                                                                         \
+            for (int k = 1; k < W; k++) best = (BETTER(acc[k], best)) ? acc[k] : best;             \
+            flag = hsum(chk);                                                                      \
+        }                                                                                          \
+        for (; i < n; i++) {                                                                       \
+            float v = x[i];                                                                        \
+            best = (BETTER(v, best)) ? v : best;                                                   \
+            flag += v * 0.f;                                                                       \
+        }                                                                                          \
+        if (flag != 0.f) /* a NaN or an infinity somewhere */                                      \
+            for (int64_t k = 0; k < n; k++)                                                        \
+                if (isnan(x[k])) return k;                                                         \
+        return find_first(x, n, best);                                                             \
     }
 
 #define GREATER(a, b) ((a) > (b))
@@ -319,23 +336,23 @@ VINLINE int64_t find_first(const float *x, int64_t n, float value)
 ROW_BEST(row_argmax, GREATER)
 ROW_BEST(row_argmin, LESS)
 
-#define TILE_BEST(NAME, BETTER)                                                                \
-    CLONES static void NAME(const float *x, int64_t reduce, int64_t inner, int64_t w,          \
-                            float *best, int64_t *index)                                       \
-    {                                                                                          \
-        for (int64_t i = 0; i < w; i++) {                                                      \
-            best[i] = x[i];                                                                    \
-            index[i] = 0;                                                                      \
-        }                                                                                      \
-        for (int64_t r = 1; r < reduce; r++) {                                                 \
-            const float *row = x + r * inner;                                                  \
-            for (int64_t i = 0; i < w; i++) {                                                  \
-                float v = row[i], b = best[i];                                                 \
-                bool take = (BETTER(v, b)) || (v != v && b == b);                              \
-                best[i] = take ? v : b;                                                        \
-                index[i] = take ? r : index[i];                                                \
-            }                                                                                  \
-        }                                                                                      \
+#define TILE_BEST(NAME, BETTER)                                                                    \
+    CLONES static void NAME(const float *x, int64_t reduce, int64_t inner, int64_t w, float *best, \
+                            int64_t *index)                                                        \
+    {                                                                                              \
+        for (int64_t i = 0; i < w; i++) {                                                          \
+            best[i] = x[i];                                                                        \
+            index[i] = 0;                                                                          \
+        }                                                                                          \
+        for (int64_t r = 1; r < reduce; r++) {                                                     \
+            const float *row = x + r * inner;                                                      \
+            for (int64_t i = 0; i < w; i++) {                                                      \
+                float v = row[i], b = best[i];                                                     \
+                bool take = (BETTER(v, b)) || (v != v && b == b);                                  \
+                best[i] = take ? v : b;                                                            \
+                index[i] = take ? r : index[i];                                                    \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 TILE_BEST(tile_argmax, GREATER)
@@ -369,8 +386,10 @@ static void max_tile_task(void *arg, int64_t begin, int64_t end)
     for (int64_t t = begin; t < end; t++) {
         int64_t o = t / tiles, i0 = (t % tiles) * TILE, w = min64(TILE, j->inner - i0);
         const float *x = j->x + o * j->reduce * j->inner + i0;
-        if (j->is_min) tile_argmin(x, j->reduce, j->inner, w, best, index);
-        else tile_argmax(x, j->reduce, j->inner, w, best, index);
+        if (j->is_min)
+            tile_argmin(x, j->reduce, j->inner, w, best, index);
+        else
+            tile_argmax(x, j->reduce, j->inner, w, best, index);
         for (int64_t i = 0; i < w; i++) {
             if (j->values) j->values[o * j->inner + i0 + i] = best[i];
             if (j->indices) j->indices[o * j->inner + i0 + i] = index[i];
@@ -433,8 +452,8 @@ void kn_cpu_max(const float *x, float *values, int64_t *indices, int64_t outer, 
         return;
     }
     int64_t tiles = (inner + TILE - 1) / TILE;
-    kn_cpu_parallel_for(outer * tiles, grain_for(reduce * min64(inner, TILE), GRAIN),
-                        max_tile_task, &j);
+    kn_cpu_parallel_for(outer * tiles, grain_for(reduce * min64(inner, TILE), GRAIN), max_tile_task,
+                        &j);
 }
 
 /* ---- softmax ------------------------------------------------------------------------- */
@@ -632,8 +651,8 @@ void kn_cpu_softmax(const float *x, float *y, int64_t outer, int64_t dim, int64_
     run_softmax(softmax_task, &j);
 }
 
-void kn_cpu_softmax_backward(const float *g, const float *y, float *gx, int64_t outer,
-                             int64_t dim, int64_t inner, bool log)
+void kn_cpu_softmax_backward(const float *g, const float *y, float *gx, int64_t outer, int64_t dim,
+                             int64_t inner, bool log)
 {
     softmax_job j = {g, y, gx, outer, dim, inner, log};
     run_softmax(softmax_backward_task, &j);

@@ -31,16 +31,15 @@
 /* Integer results (indices, comparisons) must match exactly. */
 #define GOLDEN_EXACT 0.0, 0.0
 
-#define GOLDEN_BEGIN(name)                                                                     \
-    kn_scope_begin();                                                                          \
-    kn_golden *g = kn_golden_load(name);                                                       \
-    cr_assert_not_null(g, "fixture %s missing: run /usr/bin/python3 tests/golden/generate.py", \
-                       name)
+#define GOLDEN_BEGIN(name)                                                                         \
+    kn_scope_begin();                                                                              \
+    kn_golden *g = kn_golden_load(name);                                                           \
+    cr_assert_not_null(g, "fixture %s missing: run /usr/bin/python3 tests/golden/generate.py", name)
 
-#define GOLDEN_END()                                                                           \
-    do {                                                                                       \
-        kn_golden_free(g);                                                                     \
-        kn_scope_end();                                                                        \
+#define GOLDEN_END()                                                                               \
+    do {                                                                                           \
+        kn_golden_free(g);                                                                         \
+        kn_scope_end();                                                                            \
     } while (0)
 
 /* An input as stored (int64 stays int64, no grad). */
@@ -59,8 +58,8 @@ static inline kn_tensor *golden_leaf(kn_golden *g, const char *entry)
     return t;
 }
 
-static inline void golden_check(kn_golden *g, const kn_tensor *t, const char *entry,
-                                double rtol, double atol)
+static inline void golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol,
+                                double atol)
 {
     KN_ASSERT_GOLDEN(g, t, entry, rtol, atol);
 }

@@ -138,7 +138,10 @@ static golden_entry *find(kn_golden *g, const char *entry)
     return NULL;
 }
 
-bool kn_golden_has(kn_golden *g, const char *entry) { return find(g, entry) != NULL; }
+bool kn_golden_has(kn_golden *g, const char *entry)
+{
+    return find(g, entry) != NULL;
+}
 
 kn_tensor *kn_golden_tensor(kn_golden *g, const char *entry)
 {
@@ -151,8 +154,8 @@ kn_tensor *kn_golden_tensor(kn_golden *g, const char *entry)
     return kn_from_floats(e->data, e->shape, e->ndim);
 }
 
-bool kn_golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol,
-                     double atol, char *message, size_t size)
+bool kn_golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol, double atol,
+                     char *message, size_t size)
 {
     golden_entry *e = find(g, entry);
     if (!e) {
@@ -204,9 +207,8 @@ static double evaluate(kn_test_fn fn, kn_tensor **inputs, void *context, const f
     return value;
 }
 
-bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *context,
-                       double eps, double rtol, double atol, int max_elements, char *message,
-                       size_t size)
+bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *context, double eps,
+                       double rtol, double atol, int max_elements, char *message, size_t size)
 {
     bool ok = true;
     kn_scope_begin();
@@ -271,8 +273,7 @@ bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *co
     return ok;
 }
 
-kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double high,
-                           uint64_t seed)
+kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double high, uint64_t seed)
 {
     kn_tensor *t = kn_empty(shape, ndim, KN_FLOAT32);
     if (!t) return NULL;
@@ -296,13 +297,30 @@ kn_tensor *kn_test_seq(const int64_t *shape, int ndim, int seed)
 
 kn_tensor *kn_test_sin24(const int64_t *shape, int ndim)
 {
-    static const float values[24] = {
-        0.0f,                 2.890674591064453f,   1.5465041399002075f,  -2.063298463821411f,
-        -2.6503639221191406f, 0.645359992980957f,   2.9956300258636475f,  0.9572950601577759f,
-        -2.4834794998168945f, -2.2859506607055664f, 1.2605011463165283f,  2.9603159427642822f,
-        0.32326096296310425f, -2.78737211227417f,   -1.8144984245300293f, 1.816619634628296f,
-        2.7863857746124268f,  -0.3259097933769226f, -2.9607467651367188f, -1.2580827474594116f,
-        2.287675380706787f,   2.4819836616516113f,  -0.9598199129104614f, -2.9954850673675537f};
+    static const float values[24] = {0.0f,
+                                     2.890674591064453f,
+                                     1.5465041399002075f,
+                                     -2.063298463821411f,
+                                     -2.6503639221191406f,
+                                     0.645359992980957f,
+                                     2.9956300258636475f,
+                                     0.9572950601577759f,
+                                     -2.4834794998168945f,
+                                     -2.2859506607055664f,
+                                     1.2605011463165283f,
+                                     2.9603159427642822f,
+                                     0.32326096296310425f,
+                                     -2.78737211227417f,
+                                     -1.8144984245300293f,
+                                     1.816619634628296f,
+                                     2.7863857746124268f,
+                                     -0.3259097933769226f,
+                                     -2.9607467651367188f,
+                                     -1.2580827474594116f,
+                                     2.287675380706787f,
+                                     2.4819836616516113f,
+                                     -0.9598199129104614f,
+                                     -2.9954850673675537f};
     int64_t n = 1;
     for (int d = 0; d < ndim; d++) n *= shape[d];
     if (n != 24) {

@@ -18,22 +18,22 @@ bool kn_test_close(const kn_tensor *t, const float *want, int64_t n, double rtol
 
 /* Criterion assertions over kn_test_close with rtol 1e-5, atol 1e-6: KN_ASSERT_CLOSE
  * takes the expected values as a braced list, KN_ASSERT_VALUES as a float array. */
-#define KN_ASSERT_CLOSE(t, ...)                                                                \
-    do {                                                                                       \
-        const float want__[] = __VA_ARGS__;                                                    \
-        char msg__[256];                                                                       \
-        cr_assert_not_null((t), "%s", kn_last_error());                                        \
-        cr_assert_eq(kn_numel(t), (int64_t)(sizeof want__ / sizeof *want__));                  \
-        cr_assert(kn_test_close((t), want__, (int64_t)(sizeof want__ / sizeof *want__), 1e-5,  \
-                                1e-6, msg__, sizeof msg__),                                    \
-                  "%s", msg__);                                                                \
+#define KN_ASSERT_CLOSE(t, ...)                                                                    \
+    do {                                                                                           \
+        const float want__[] = __VA_ARGS__;                                                        \
+        char msg__[256];                                                                           \
+        cr_assert_not_null((t), "%s", kn_last_error());                                            \
+        cr_assert_eq(kn_numel(t), (int64_t)(sizeof want__ / sizeof *want__));                      \
+        cr_assert(kn_test_close((t), want__, (int64_t)(sizeof want__ / sizeof *want__), 1e-5,      \
+                                1e-6, msg__, sizeof msg__),                                        \
+                  "%s", msg__);                                                                    \
     } while (0)
-#define KN_ASSERT_VALUES(t, want)                                                              \
-    do {                                                                                       \
-        char msg__[256];                                                                       \
-        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5,    \
-                                1e-6, msg__, sizeof msg__),                                    \
-                  "%s", msg__);                                                                \
+#define KN_ASSERT_VALUES(t, want)                                                                  \
+    do {                                                                                           \
+        char msg__[256];                                                                           \
+        cr_assert(kn_test_close((t), (want), (int64_t)(sizeof(want) / sizeof(float)), 1e-5, 1e-6,  \
+                                msg__, sizeof msg__),                                              \
+                  "%s", msg__);                                                                    \
     } while (0)
 
 /* Whether t (non-NULL) has exactly this shape; if not, fills message and returns false. */
@@ -41,10 +41,10 @@ bool kn_test_shape_is(const kn_tensor *t, const int64_t *shape, int ndim, char *
                       size_t size);
 /* KN_ASSERT_SHAPE(t, shape, ndim), or KN_ASSERT_SHAPE(t, KN_SHAPE(...)): variadic so that
  * KN_SHAPE's two values count as the last two arguments. */
-#define KN_ASSERT_SHAPE(t, ...)                                                                \
-    do {                                                                                       \
-        char msg__[256];                                                                       \
-        cr_assert(kn_test_shape_is((t), __VA_ARGS__, msg__, sizeof msg__), "%s", msg__);       \
+#define KN_ASSERT_SHAPE(t, ...)                                                                    \
+    do {                                                                                           \
+        char msg__[256];                                                                           \
+        cr_assert(kn_test_shape_is((t), __VA_ARGS__, msg__, sizeof msg__), "%s", msg__);           \
     } while (0)
 
 /* Golden fixtures: a file tests/golden/data/NAME.bin holds named tensors. */
@@ -57,14 +57,14 @@ kn_tensor *kn_golden_tensor(kn_golden *g, const char *entry);
 bool kn_golden_has(kn_golden *g, const char *entry);
 
 /* Criterion assertion: t matches fixture entry within rtol/atol (default 1e-5/1e-6). */
-#define KN_ASSERT_GOLDEN(g, t, entry, rtol, atol)                                              \
-    do {                                                                                       \
-        char kn_msg__[512];                                                                    \
-        cr_assert(kn_golden_check((g), (t), (entry), (rtol), (atol), kn_msg__, sizeof kn_msg__), \
-                  "%s", kn_msg__);                                                             \
+#define KN_ASSERT_GOLDEN(g, t, entry, rtol, atol)                                                  \
+    do {                                                                                           \
+        char kn_msg__[512];                                                                        \
+        cr_assert(kn_golden_check((g), (t), (entry), (rtol), (atol), kn_msg__, sizeof kn_msg__),   \
+                  "%s", kn_msg__);                                                                 \
     } while (0)
-bool kn_golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol,
-                     double atol, char *message, size_t size);
+bool kn_golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol, double atol,
+                     char *message, size_t size);
 
 /* A function under gradient check: builds an output from the inputs. */
 typedef kn_tensor *(*kn_test_fn)(kn_tensor **inputs, void *context);
@@ -73,21 +73,19 @@ typedef kn_tensor *(*kn_test_fn)(kn_tensor **inputs, void *context);
  * compares d(sum(out * w))/d(input) from kn_backward with central differences (eps),
  * w a fixed pseudo-random weight. Checks up to max_elements elements per input
  * (0 = all). Returns false with a message naming the input, index and both values. */
-bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *context,
-                       double eps, double rtol, double atol, int max_elements, char *message,
-                       size_t size);
+bool kn_test_gradcheck(kn_test_fn fn, kn_tensor **inputs, int n_inputs, void *context, double eps,
+                       double rtol, double atol, int max_elements, char *message, size_t size);
 
-#define KN_ASSERT_GRADCHECK(fn, inputs, n, context)                                            \
-    do {                                                                                       \
-        char kn_msg__[512];                                                                    \
-        cr_assert(kn_test_gradcheck((fn), (inputs), (n), (context), 1e-3, 2e-2, 2e-3, 0,     \
-                                    kn_msg__, sizeof kn_msg__),                                \
-                  "%s", kn_msg__);                                                             \
+#define KN_ASSERT_GRADCHECK(fn, inputs, n, context)                                                \
+    do {                                                                                           \
+        char kn_msg__[512];                                                                        \
+        cr_assert(kn_test_gradcheck((fn), (inputs), (n), (context), 1e-3, 2e-2, 2e-3, 0, kn_msg__, \
+                                    sizeof kn_msg__),                                              \
+                  "%s", kn_msg__);                                                                 \
     } while (0)
 
 /* Deterministic test data: a float32 tensor of uniform(low, high) values from seed. */
-kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double high,
-                           uint64_t seed);
+kn_tensor *kn_test_uniform(const int64_t *shape, int ndim, double low, double high, uint64_t seed);
 /* The inputs the PyTorch scripts for the conv and matmul expectations used:
  * ((i * seed + 3) % 17 - 8) / 8 in row-major order, exact in float. */
 kn_tensor *kn_test_seq(const int64_t *shape, int ndim, int seed);

@@ -1,0 +1,210 @@
+/*
+ * kstore.h — Kiln's durable state in SQLite: models, datasets, jobs and their state
+ * machine, metrics series and checkpoints. Schema versioned with migrations.
+ *
+ * Threads: one kstore handle (one SQLite connection) per thread; open as many as there
+ * are threads on the same file. WAL mode; job-state and checkpoint commits use
+ * synchronous=FULL, metric batches NORMAL. Claiming a job uses BEGIN IMMEDIATE so two
+ * workers never take the same job.
+ *
+ * Errors: functions return KSTORE_OK or a code, with kstore_last_error(store) naming
+ * what failed. Strings and arrays returned to the caller are malloc'd and freed with
+ * the matching *_free / free().
+ */
+#ifndef KSTORE_H
+#define KSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    KSTORE_OK = 0,
+    KSTORE_NOT_FOUND,
+    KSTORE_CONFLICT, /* duplicate name, illegal state transition */
+    KSTORE_BUSY,     /* the database stayed locked past the timeout */
+    KSTORE_ERROR,    /* anything else: I/O, corruption, out of memory */
+} kstore_status;
+
+typedef struct kstore kstore;
+
+/* Opens (creating and migrating when needed) the database at path. NULL with *error
+ * (malloc'd message, caller frees) on failure. */
+kstore *kstore_open(const char *path, char **error);
+void kstore_close(kstore *store);
+const char *kstore_last_error(const kstore *store);
+int kstore_schema_version(kstore *store);
+
+/* ---- models ----------------------------------------------------------------------- */
+typedef struct kstore_model {
+    char name[128];
+    char *spec_json; /* the normalised spec */
+    int64_t parameter_count;
+    double created_at; /* unix seconds */
+} kstore_model;
+
+kstore_status kstore_model_put(kstore *store, const char *name, const char *spec_json,
+                               int64_t parameter_count); /* CONFLICT when it exists */
+kstore_status kstore_model_get(kstore *store, const char *name, kstore_model *out);
+kstore_status kstore_model_list(kstore *store, kstore_model **out, int *count);
+kstore_status kstore_model_delete(kstore *store, const char *name);
+void kstore_model_free(kstore_model *model); /* frees the strings inside, not model */
+void kstore_model_list_free(kstore_model *models, int count);
+
+/* ---- datasets ---------------------------------------------------------------------- */
+/* A dataset is a named set of files (train_images, train_labels, test_images, ...,
+ * or train_csv / test_csv ...) stored under the data directory; the store keeps the
+ * metadata and the relative paths. */
+typedef struct kstore_dataset_file {
+    char role[64];      /* "train_images", "train_labels", "test_images", "test_labels",
+                           "train", "test" (csv/npy/json) */
+    char format[16];    /* "idx", "csv", "npy", "json" */
+    char path[512];     /* relative to the data directory */
+    int64_t bytes;
+    int64_t samples;    /* as parsed at upload, -1 if unknown */
+} kstore_dataset_file;
+
+typedef struct kstore_dataset {
+    char name[128];
+    char *description;
+    double created_at;
+    int n_files;
+    kstore_dataset_file *files;
+} kstore_dataset;
+
+kstore_status kstore_dataset_create(kstore *store, const char *name, const char *description);
+kstore_status kstore_dataset_add_file(kstore *store, const char *name,
+                                      const kstore_dataset_file *file); /* replaces a role */
+kstore_status kstore_dataset_get(kstore *store, const char *name, kstore_dataset *out);
+kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *count);
+kstore_status kstore_dataset_delete(kstore *store, const char *name);
+void kstore_dataset_free(kstore_dataset *dataset);
+void kstore_dataset_list_free(kstore_dataset *datasets, int count);
+
+/* ---- jobs -------------------------------------------------------------------------- */
+typedef enum {
+    KSTORE_JOB_QUEUED,
+    KSTORE_JOB_RUNNING,
+    KSTORE_JOB_PAUSED,
+    KSTORE_JOB_SUCCEEDED,
+    KSTORE_JOB_FAILED,
+    KSTORE_JOB_CANCELED,
+} kstore_job_state;
+
+const char *kstore_job_state_name(kstore_job_state state); /* "queued", ... */
+bool kstore_job_state_parse(const char *name, kstore_job_state *out);
+
+typedef struct kstore_job {
+    char id[40];             /* "job_" + 16 hex digits */
+    kstore_job_state state;
+    int priority;            /* higher first; FIFO within a priority */
+    char model_name[128];
+    char dataset_name[128];
+    char submission_id[128]; /* "" when none */
+    char *spec_json;         /* the job spec as submitted (normalised) */
+    char device[32];
+    double created_at, started_at, finished_at, updated_at; /* 0 when not yet */
+    int64_t step, total_steps, epoch;
+    double samples_per_second;
+    double eta_seconds;      /* -1 unknown */
+    bool cancel_requested, pause_requested;
+    char error_code[48];     /* "" or invalid_spec, data_error, non_finite_loss, ... */
+    char *error_message;     /* NULL when none */
+    int64_t error_step;      /* -1 when none */
+    char *latest_metrics_json; /* {"loss": x, "val_accuracy": y, ...} or NULL */
+} kstore_job;
+
+/* Creates a queued job. With a submission_id that exists already, returns KSTORE_OK
+ * and fills *out with the existing job (idempotent retry); *created says which. */
+kstore_status kstore_job_create(kstore *store, const char *spec_json, const char *model_name,
+                                const char *dataset_name, const char *submission_id,
+                                const char *device, int priority, int64_t total_steps,
+                                kstore_job *out, bool *created);
+kstore_status kstore_job_get(kstore *store, const char *id, kstore_job *out);
+/* Filter by state (NULL: all), newest first, after a cursor (the id of the last job of
+ * the previous page, or NULL), at most limit. *next_cursor gets the cursor for the next
+ * page ("" when there is none). */
+kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, const char *cursor,
+                              int limit, kstore_job **out, int *count, char next_cursor[40]);
+void kstore_job_free(kstore_job *job); /* frees the strings inside */
+void kstore_job_list_free(kstore_job *jobs, int count);
+int64_t kstore_job_count(kstore *store, kstore_job_state state);
+
+/* Atomically claims the best queued job (priority, then age) for a worker: state
+ * becomes running, started_at set, device recorded. KSTORE_NOT_FOUND when none. */
+kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *out);
+/* Progress of a running job (no state change). */
+kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, int64_t epoch,
+                                  int64_t total_steps, double samples_per_second,
+                                  double eta_seconds, const char *latest_metrics_json);
+/* State transitions; CONFLICT (with the current state in the message) when illegal:
+ *   cancel: queued|paused -> canceled at once; running -> cancel_requested (the worker
+ *           finishes it: kstore_job_finish(canceled)).
+ *   pause:  queued -> paused; running -> pause_requested (the worker checkpoints and
+ *           calls kstore_job_set_paused).
+ *   resume: paused -> queued (its checkpoint makes it continue). */
+kstore_status kstore_job_cancel(kstore *store, const char *id, kstore_job *out);
+kstore_status kstore_job_pause(kstore *store, const char *id, kstore_job *out);
+kstore_status kstore_job_resume(kstore *store, const char *id, kstore_job *out);
+kstore_status kstore_job_set_paused(kstore *store, const char *id);
+/* Terminal states from the worker: succeeded, failed (with code/message/step), canceled. */
+kstore_status kstore_job_finish(kstore *store, const char *id, kstore_job_state state,
+                                const char *error_code, const char *error_message,
+                                int64_t error_step);
+/* At start-up: jobs left running by a crash or shutdown go back to queued (they resume
+ * from their last checkpoint). Returns how many. */
+int kstore_job_requeue_running(kstore *store);
+/* Reads the flags a worker polls between steps. */
+kstore_status kstore_job_flags(kstore *store, const char *id, bool *cancel_requested,
+                               bool *pause_requested);
+
+/* ---- metrics ----------------------------------------------------------------------- */
+typedef struct kstore_metric_point {
+    int64_t step;
+    double wall_time; /* unix seconds */
+    double value;     /* may be NaN or +-inf */
+} kstore_metric_point;
+
+/* Inserts points of one series; a (job, name, step) that exists is replaced, never
+ * duplicated (a resumed job re-reporting a step). One transaction per call. */
+kstore_status kstore_metrics_append(kstore *store, const char *job_id, const char *name,
+                                    const kstore_metric_point *points, int count);
+/* Points with step > after_step, ascending. When max_points > 0 and there are more,
+ * downsamples keeping the first, the last, and each bucket's min and max (in step
+ * order). *out malloc'd. */
+kstore_status kstore_metrics_query(kstore *store, const char *job_id, const char *name,
+                                   int64_t after_step, int max_points,
+                                   kstore_metric_point **out, int *count);
+/* The names of a job's series (malloc'd array of malloc'd strings). */
+kstore_status kstore_metrics_names(kstore *store, const char *job_id, char ***names,
+                                   int *count);
+void kstore_strings_free(char **strings, int count);
+
+/* ---- checkpoints ------------------------------------------------------------------- */
+typedef struct kstore_checkpoint {
+    char job_id[40];
+    int64_t step;
+    char kind[16];  /* "checkpoint" or "final" (weights only) */
+    char path[512]; /* relative to the data directory */
+    int64_t bytes;
+    double created_at;
+} kstore_checkpoint;
+
+kstore_status kstore_checkpoint_add(kstore *store, const kstore_checkpoint *checkpoint);
+kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_checkpoint **out,
+                                     int *count);
+/* The newest checkpoint of a kind ("checkpoint" to resume, "final" for weights). */
+kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const char *kind,
+                                       kstore_checkpoint *out);
+/* Succeeded jobs of a model, newest first (the inference "versions"). */
+kstore_status kstore_model_versions(kstore *store, const char *model_name, char (**job_ids)[40],
+                                    int *count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

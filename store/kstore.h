@@ -2,14 +2,19 @@
  * kstore.h — Kiln's durable state in SQLite: models, datasets, jobs and their state
  * machine, metrics series and checkpoints. Schema versioned with migrations.
  *
- * Threads: one kstore handle (one SQLite connection) per thread; open as many as there
- * are threads on the same file. WAL mode; job-state and checkpoint commits use
- * synchronous=FULL, metric batches NORMAL. Claiming a job uses BEGIN IMMEDIATE so two
- * workers never take the same job.
+ * Threads: one kstore handle (one SQLite connection, opened without SQLite's mutex) per
+ * thread; open as many as there are threads on the same file. A handle may move to
+ * another thread but must never be used by two at once. WAL mode; job-state and
+ * checkpoint commits use synchronous=FULL, metric batches and progress NORMAL.
+ * Claiming a job uses BEGIN IMMEDIATE so two workers never take the same job.
  *
  * Errors: functions return KSTORE_OK or a code, with kstore_last_error(store) naming
- * what failed. Strings and arrays returned to the caller are malloc'd and freed with
- * the matching *_free / free().
+ * what failed (valid until the next call on that handle). A name longer than its fixed
+ * field below is refused with KSTORE_ERROR rather than truncated. Strings and arrays
+ * returned to the caller are malloc'd and freed with the matching *_free / free().
+ *
+ * Schema: the table schema_migrations lists the versioned steps applied (store.c); an
+ * open applies the missing ones and refuses a database newer than the build.
  */
 #ifndef KSTORE_H
 #define KSTORE_H
@@ -120,6 +125,8 @@ typedef struct kstore_job {
 
 /* Creates a queued job. With a submission_id that exists already, returns KSTORE_OK
  * and fills *out with the existing job (idempotent retry); *created says which. */
+/* An existing submission_id returns that job whatever the other arguments: the retry
+ * is assumed to carry the same spec. */
 kstore_status kstore_job_create(kstore *store, const char *spec_json, const char *model_name,
                                 const char *dataset_name, const char *submission_id,
                                 const char *device, int priority, int64_t total_steps,
@@ -127,17 +134,19 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
 kstore_status kstore_job_get(kstore *store, const char *id, kstore_job *out);
 /* Filter by state (NULL: all), newest first, after a cursor (the id of the last job of
  * the previous page, or NULL), at most limit. *next_cursor gets the cursor for the next
- * page ("" when there is none). */
+ * page ("" when there is none; next_cursor may be the cursor's own buffer). limit <= 0
+ * means 100, and at most 1000 are returned. A cursor that names no job: NOT_FOUND. */
 kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, const char *cursor,
                               int limit, kstore_job **out, int *count, char next_cursor[40]);
 void kstore_job_free(kstore_job *job); /* frees the strings inside */
 void kstore_job_list_free(kstore_job *jobs, int count);
-int64_t kstore_job_count(kstore *store, kstore_job_state state);
+int64_t kstore_job_count(kstore *store, kstore_job_state state); /* -1 on error */
 
 /* Atomically claims the best queued job (priority, then age) for a worker: state
  * becomes running, started_at set, device recorded. KSTORE_NOT_FOUND when none. */
 kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *out);
-/* Progress of a running job (no state change). */
+/* Progress of a running job (no state change; CONFLICT when not running).
+ * latest_metrics_json NULL keeps the previous one. */
 kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, int64_t epoch,
                                   int64_t total_steps, double samples_per_second,
                                   double eta_seconds, const char *latest_metrics_json);
@@ -146,17 +155,23 @@ kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, i
  *           finishes it: kstore_job_finish(canceled)).
  *   pause:  queued -> paused; running -> pause_requested (the worker checkpoints and
  *           calls kstore_job_set_paused).
- *   resume: paused -> queued (its checkpoint makes it continue). */
+ *   resume: paused -> queued (its checkpoint makes it continue); running with a pending
+ *           pause -> the pause request is withdrawn.
+ *   set_paused (worker): running -> paused; with a cancel requested meanwhile -> canceled.
+ * out may be NULL. */
 kstore_status kstore_job_cancel(kstore *store, const char *id, kstore_job *out);
 kstore_status kstore_job_pause(kstore *store, const char *id, kstore_job *out);
 kstore_status kstore_job_resume(kstore *store, const char *id, kstore_job *out);
 kstore_status kstore_job_set_paused(kstore *store, const char *id);
-/* Terminal states from the worker: succeeded, failed (with code/message/step), canceled. */
+/* Terminal states from the worker: succeeded, failed (with code/message/step), canceled.
+ * Only a running job finishes (CONFLICT otherwise); a non-terminal state is an ERROR. */
 kstore_status kstore_job_finish(kstore *store, const char *id, kstore_job_state state,
                                 const char *error_code, const char *error_message,
                                 int64_t error_step);
 /* At start-up: jobs left running by a crash or shutdown go back to queued (they resume
- * from their last checkpoint). Returns how many. */
+ * from their last checkpoint; step and progress are kept). One with a pending cancel
+ * becomes canceled and one with a pending pause becomes paused. Returns how many jobs
+ * left the running state, -1 on error. */
 int kstore_job_requeue_running(kstore *store);
 /* Reads the flags a worker polls between steps. */
 kstore_status kstore_job_flags(kstore *store, const char *id, bool *cancel_requested,
@@ -170,12 +185,20 @@ typedef struct kstore_metric_point {
 } kstore_metric_point;
 
 /* Inserts points of one series; a (job, name, step) that exists is replaced, never
- * duplicated (a resumed job re-reporting a step). One transaction per call. */
+ * duplicated (a resumed job re-reporting a step). One transaction per call, committed
+ * with synchronous=NORMAL. NaN and +-inf are stored faithfully (SQLite would turn NaN
+ * into NULL: the value column is NULL and a marker column says which non-finite value
+ * it was) and read back as such. */
 kstore_status kstore_metrics_append(kstore *store, const char *job_id, const char *name,
                                     const kstore_metric_point *points, int count);
 /* Points with step > after_step, ascending. When max_points > 0 and there are more,
  * downsamples keeping the first, the last, and each bucket's min and max (in step
- * order). *out malloc'd. */
+ * order). *out malloc'd.
+ * Downsampling: the points between the first and the last are cut into
+ * B = (max_points - 2) / 2 contiguous buckets, bucket b holding interior indices
+ * [b*m/B, (b+1)*m/B) of the m = count - 2; each gives its min and max (once when the
+ * same point); NaN ranks above every value so a diverging run stays visible.
+ * max_points 1 keeps only the last point, 2 and 3 the first and last. */
 kstore_status kstore_metrics_query(kstore *store, const char *job_id, const char *name,
                                    int64_t after_step, int max_points,
                                    kstore_metric_point **out, int *count);
@@ -194,13 +217,15 @@ typedef struct kstore_checkpoint {
     double created_at;
 } kstore_checkpoint;
 
+/* A (job, kind, step) added again replaces the old row. created_at 0 means now. */
 kstore_status kstore_checkpoint_add(kstore *store, const kstore_checkpoint *checkpoint);
 kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_checkpoint **out,
                                      int *count);
 /* The newest checkpoint of a kind ("checkpoint" to resume, "final" for weights). */
 kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const char *kind,
                                        kstore_checkpoint *out);
-/* Succeeded jobs of a model, newest first (the inference "versions"). */
+/* Succeeded jobs of a model, newest (last finished) first: the inference "versions".
+ * *job_ids malloc'd (free()). */
 kstore_status kstore_model_versions(kstore *store, const char *model_name, char (**job_ids)[40],
                                     int *count);
 

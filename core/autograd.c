@@ -159,9 +159,17 @@ static _Thread_local kn_node **release_stack;
 static _Thread_local size_t release_count, release_capacity;
 static _Thread_local bool releasing;
 
+void kn__autograd_free_thread_buffers(void)
+{
+    free(release_stack);
+    release_stack = NULL;
+    release_count = release_capacity = 0;
+}
+
 static void push_release(kn_node *node)
 {
     if (release_count == release_capacity) {
+        if (!release_stack) kn__register_thread_buffers();
         size_t capacity = release_capacity ? release_capacity * 2 : 64;
         kn_node **grown = realloc(release_stack, sizeof(kn_node *) * capacity);
         if (!grown) abort();

@@ -130,4 +130,9 @@ kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim);
 /* ---- thread-local grad mode ------------------------------------------------------ */
 extern _Thread_local int kn__no_grad_depth;
 
+/* Per-thread engine buffers (scopes, the autograd release stack) are freed at thread
+ * exit once registered (tensor.c). */
+void kn__register_thread_buffers(void);
+void kn__autograd_free_thread_buffers(void);
+
 #endif

@@ -5,6 +5,7 @@
 #include "kn_internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -291,10 +292,38 @@ typedef struct scope {
 static _Thread_local scope *scopes;
 static _Thread_local int scope_count, scope_capacity;
 
+/* The per-thread buffers are freed when a thread that used them exits (server workers,
+ * HTTP threads): a key whose destructor runs while the thread's TLS is still valid. */
+static pthread_key_t thread_buffers_key;
+static pthread_once_t thread_buffers_once = PTHREAD_ONCE_INIT;
+
+static void free_thread_buffers(void *unused)
+{
+    (void)unused;
+    for (int i = 0; i < scope_capacity; i++) free(scopes[i].items);
+    free(scopes);
+    scopes = NULL;
+    scope_count = scope_capacity = 0;
+    kn__autograd_free_thread_buffers();
+}
+
+static void make_thread_buffers_key(void)
+{
+    pthread_key_create(&thread_buffers_key, free_thread_buffers);
+}
+
+void kn__register_thread_buffers(void)
+{
+    pthread_once(&thread_buffers_once, make_thread_buffers_key);
+    if (!pthread_getspecific(thread_buffers_key))
+        pthread_setspecific(thread_buffers_key, (void *)1);
+}
+
 void kn_scope_begin(void)
 {
     if (scope_count == scope_capacity) {
         int capacity = scope_capacity ? scope_capacity * 2 : 8;
+        if (!scopes) kn__register_thread_buffers();
         scope *grown = realloc(scopes, sizeof(scope) * (size_t)capacity);
         if (!grown) abort(); /* cannot record the scope: nothing sensible to return */
         for (int i = scope_capacity; i < capacity; i++) grown[i] = (scope){0};

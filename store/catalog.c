@@ -407,6 +407,30 @@ kstore_status kstore_checkpoint_add(kstore *store, const kstore_checkpoint *chec
     return kstore__run(s, st, "adding a checkpoint");
 }
 
+kstore_status kstore_checkpoint_delete(kstore *store, const char *job_id, const char *kind,
+                                       int64_t step)
+{
+    kstore *s = store;
+    kstore_status status = kstore__sync(s, SYNC_FULL);
+    if (status)
+        return status;
+    sqlite3_stmt *st = kstore__stmt(s, ST_CHECKPOINT_DELETE,
+                                    "DELETE FROM checkpoints WHERE job_id = ? AND kind = ?"
+                                    " AND step = ?");
+    if (!st)
+        return KSTORE_ERROR;
+    sqlite3_bind_text(st, 1, job_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, kind ? kind : "checkpoint", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, step);
+    status = kstore__run(s, st, "deleting a checkpoint");
+    if (status == KSTORE_OK && sqlite3_changes(s->db) == 0) {
+        kstore__set_error(s, "job %s has no %s at step %lld", job_id,
+                          kind ? kind : "checkpoint", (long long)step);
+        return KSTORE_NOT_FOUND;
+    }
+    return status;
+}
+
 #define CHECKPOINT_COLUMNS "job_id, kind, step, path, bytes, created_at"
 
 static void row_to_checkpoint(sqlite3_stmt *st, kstore_checkpoint *out)

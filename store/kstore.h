@@ -221,6 +221,9 @@ typedef struct kstore_checkpoint {
 kstore_status kstore_checkpoint_add(kstore *store, const kstore_checkpoint *checkpoint);
 kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_checkpoint **out,
                                      int *count);
+/* Forgets one checkpoint row (the caller removes the file). NOT_FOUND when absent. */
+kstore_status kstore_checkpoint_delete(kstore *store, const char *job_id, const char *kind,
+                                       int64_t step);
 /* The newest checkpoint of a kind ("checkpoint" to resume, "final" for weights). */
 kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const char *kind,
                                        kstore_checkpoint *out);

@@ -1,0 +1,185 @@
+/*
+ * auth.c — who may talk to kilnd. A page in a browser can reach a localhost port, so
+ * every request's Host must name this server (its listen address, localhost or
+ * 127.0.0.1 with the port, or an allowed origin's host) and an Origin, when sent, must
+ * be one of those as http://host:port or listed in --allowed-origins: otherwise 403
+ * (DNS rebinding and cross-site requests stop here). With --token-file, every route but
+ * /v2/health/... also needs "Authorization: Bearer <token>", compared in constant time.
+ */
+#define _GNU_SOURCE /* asprintf */
+#include "ksrv_http.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *fail(const char *fmt, const char *a, const char *b)
+{
+    char *message = NULL;
+    if (asprintf(&message, fmt, a, b) < 0) message = NULL;
+    return message;
+}
+
+bool ksrv_auth_load(ksrv_server *server, char **error)
+{
+    server->token[0] = '\0';
+    const char *path = server->config.token_file;
+    if (!path[0]) return true;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        *error = fail("--token-file %s: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return false;
+    }
+    if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+        close(fd);
+        char mode[16];
+        snprintf(mode, sizeof mode, "%04o", (unsigned)(st.st_mode & 07777));
+        *error = fail("--token-file %s has mode %s: it must be a regular file readable only by "
+                      "its owner (chmod 600)", path, mode);
+        return false;
+    }
+    char buffer[sizeof server->token + 2];
+    ssize_t n = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (n < 0) {
+        *error = fail("--token-file %s: %s", path, strerror(errno));
+        return false;
+    }
+    buffer[n] = '\0';
+    /* one line: the token; trailing whitespace (an editor's newline) is not part of it */
+    while (n > 0 && (buffer[n - 1] == '\n' || buffer[n - 1] == '\r' || buffer[n - 1] == ' ' ||
+                     buffer[n - 1] == '\t'))
+        buffer[--n] = '\0';
+    if (n == 0 || (size_t)n >= sizeof server->token || strpbrk(buffer, " \t\r\n")) {
+        *error = fail("--token-file %s: expected one token of 1 to 255 characters without "
+                      "spaces%s", path, "");
+        return false;
+    }
+    memcpy(server->token, buffer, (size_t)n + 1);
+    return true;
+}
+
+/* Constant time in the length of the token we hold: no early exit on a mismatch. */
+static bool same_token(const char *given, const char *expected)
+{
+    size_t given_length = strlen(given), expected_length = strlen(expected);
+    unsigned char diff = given_length != expected_length;
+    for (size_t i = 0; i < expected_length; i++)
+        diff |= (unsigned char)expected[i] ^ (unsigned char)(i < given_length ? given[i] : 0);
+    return diff == 0;
+}
+
+static bool wildcard_listen(const ksrv_server *server)
+{
+    const char *a = server->config.listen_address;
+    return !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
+}
+
+/* host:port forms that name this server. */
+static bool host_is_ours(const ksrv_server *server, const char *host, size_t length)
+{
+    char candidate[128];
+    const char *names[] = {server->config.listen_address, "localhost", "127.0.0.1", "[::1]"};
+    for (int i = 0; i < 4; i++) {
+        bool v6 = strchr(names[i], ':') && names[i][0] != '[';
+        snprintf(candidate, sizeof candidate, v6 ? "[%s]:%d" : "%s:%d", names[i], server->port);
+        if (strlen(candidate) == length && !strncasecmp(candidate, host, length)) return true;
+    }
+    return false;
+}
+
+/* Is origin (scheme://host[:port]) in --allowed-origins? */
+static bool origin_listed(const ksrv_server *server, const char *origin, size_t length)
+{
+    const char *list = server->config.allowed_origins;
+    while (*list) {
+        while (*list == ',' || *list == ' ') list++;
+        size_t n = strcspn(list, ", ");
+        while (n > 0 && list[n - 1] == '/') n--;
+        if (n && n == length && !strncasecmp(list, origin, length)) return true;
+        list += strcspn(list, ",");
+    }
+    return false;
+}
+
+/* The Host of any allowed origin also addresses us (a reverse proxy in front). */
+static bool host_of_allowed_origin(const ksrv_server *server, const char *host)
+{
+    const char *list = server->config.allowed_origins;
+    while (*list) {
+        while (*list == ',' || *list == ' ') list++;
+        size_t n = strcspn(list, ", ");
+        const char *scheme_end = memmem(list, n, "://", 3);
+        if (scheme_end) {
+            const char *h = scheme_end + 3;
+            size_t hn = n - (size_t)(h - list);
+            while (hn > 0 && h[hn - 1] == '/') hn--;
+            if (hn && strlen(host) == hn && !strncasecmp(h, host, hn)) return true;
+        }
+        list += strcspn(list, ",");
+    }
+    return false;
+}
+
+static bool origin_allowed(const ksrv_server *server, const char *origin, const char *host)
+{
+    size_t length = strlen(origin);
+    while (length > 0 && origin[length - 1] == '/') length--;
+    if (origin_listed(server, origin, length)) return true;
+    if (length > 7 && !strncasecmp(origin, "http://", 7)) {
+        if (host_is_ours(server, origin + 7, length - 7)) return true;
+        /* listening on every address: a same-origin page (Origin == Host) is ours */
+        if (wildcard_listen(server) && host && strlen(host) == length - 7 &&
+            !strncasecmp(origin + 7, host, length - 7))
+            return true;
+    }
+    return false;
+}
+
+const char *ksrv_auth_cors_origin(ksrv_server *server, struct MHD_Connection *connection)
+{
+    const char *origin = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Origin");
+    const char *host = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Host");
+    return origin && origin_allowed(server, origin, host) ? origin : NULL;
+}
+
+bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    struct MHD_Connection *c = request->connection;
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    /* HTTP/1.0 clients may omit Host; browsers always send it */
+    if (host && !wildcard_listen(server) && !host_is_ours(server, host, strlen(host)) &&
+        !host_of_allowed_origin(server, host)) {
+        ksrv_respond_error(response, 403, "forbidden_host", NULL,
+                           "Host \"%.100s\" does not name this server", host);
+        return false;
+    }
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (origin && !origin_allowed(server, origin, host)) {
+        ksrv_respond_error(response, 403, "forbidden_origin", NULL,
+                           "Origin \"%.100s\" is not allowed (see --allowed-origins)", origin);
+        return false;
+    }
+    if (!server->token[0] || !strncmp(request->path, "/v2/health/", 11)) return true;
+    /* a preflight carries no credentials; the request that follows it must */
+    if (!strcmp(request->method, "OPTIONS") && origin) return true;
+    const char *authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                            MHD_HTTP_HEADER_AUTHORIZATION);
+    if (authorization && !strncasecmp(authorization, "Bearer ", 7)) {
+        const char *token = authorization + 7;
+        while (*token == ' ') token++;
+        if (same_token(token, server->token)) return true;
+    }
+    ksrv_respond_error(response, 401, "unauthorized", NULL,
+                       "this server needs \"Authorization: Bearer <token>\"");
+    snprintf(response->header_name, sizeof response->header_name, "WWW-Authenticate");
+    snprintf(response->header_value, sizeof response->header_value, "Bearer");
+    return false;
+}

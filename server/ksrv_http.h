@@ -1,0 +1,42 @@
+/*
+ * ksrv_http.h — what kilnd's HTTP files (http.c, auth.c, server.c, routes_v1*.c) share
+ * beyond ksrv.h: the daemon's start/stop, the access checks, the request counters, and
+ * small helpers of the v1 routes. Owned by the HTTP side; not part of the helper contract.
+ */
+#ifndef KSRV_HTTP_H
+#define KSRV_HTTP_H
+
+#include "ksrv.h"
+
+#include <microhttpd.h>
+
+/* Starts libmicrohttpd on config.listen_address:port; server->port gets the bound port. */
+bool ksrv_http_start(ksrv_server *server, char **error);
+void ksrv_http_stop(ksrv_server *server);
+
+/* Reads --token-file into server->token; refuses a file others can read or write. */
+bool ksrv_auth_load(ksrv_server *server, char **error);
+/* Host/Origin (403) and bearer token (401) checks; false with the error response set. */
+bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *response);
+/* The Origin to echo in Access-Control-Allow-Origin, or NULL (not allowed or absent). */
+const char *ksrv_auth_cors_origin(ksrv_server *server, struct MHD_Connection *connection);
+
+/* Counts one request for GET /metrics. */
+void ksrv_stats_count(ksrv_stats *stats, const char *route, int status);
+
+/* Now in unix seconds (wall clock) and a monotonic clock for durations. */
+double ksrv_now(void);
+double ksrv_monotonic(void);
+
+/* mkdir -p with mode for the folders it creates. */
+bool ksrv_mkdirs(const char *path, mode_t mode);
+
+/* Maps a store status to an HTTP error response (404 with what, 409, 503, 500). */
+void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_status status,
+                              const char *what);
+/* The thread store or a 500 response; NULL when it failed. */
+kstore *ksrv_store_or_500(ksrv_server *server, ksrv_response *response);
+/* Names of models and datasets: 1-128 of [A-Za-z0-9._-], not starting with '.'. */
+bool ksrv_valid_name(const char *name);
+
+#endif

@@ -1,0 +1,26 @@
+/*
+ * routes_v1.h — helpers shared by the v1 route files (routes_v1*.c).
+ */
+#ifndef KSRV_ROUTES_V1_H
+#define KSRV_ROUTES_V1_H
+
+#include "ksrv.h"
+
+#include "kapi.h"
+
+/* 400 (or status) with {"error": {"code", "message", "path", "details": [...]}}; paths
+ * get prefix ("model") in front. */
+void ksrv_respond_validation(ksrv_response *response, int status, const char *code,
+                             const kapi_errors *errors, const char *prefix);
+/* Optional query parameters; false after a 400 response when present and invalid. */
+bool ksrv_query_int(const ksrv_request *request, ksrv_response *response, const char *name,
+                    long long min, long long max, long long *out);
+bool ksrv_query_bool(const ksrv_request *request, ksrv_response *response, const char *name,
+                     bool *out);
+
+/* 1 (with the job's id) when a queued, running or paused job names this model or
+ * dataset, 0 when none, -1 on a store error. */
+int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
+                          char job_id[40]);
+
+#endif

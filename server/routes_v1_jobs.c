@@ -1,0 +1,527 @@
+/*
+ * routes_v1_jobs.c — jobs: submit (queue bound, idempotent submission_id), list, get,
+ * cancel/pause/resume, metrics series for dashboards, checkpoints and weights.
+ *
+ * Non-finite numbers have no JSON form: wherever a metric value is not finite it is
+ * written as one of the strings "NaN", "Infinity" or "-Infinity" (never null), so a
+ * diverging loss stays visible.
+ */
+#include "ksrv_http.h"
+#include "routes_v1.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QUEUE_FULL_RETRY_AFTER "30"
+
+static cJSON *number(double v)
+{
+    if (isnan(v)) return cJSON_CreateString("NaN");
+    if (isinf(v)) return cJSON_CreateString(v > 0 ? "Infinity" : "-Infinity");
+    return cJSON_CreateNumber(v);
+}
+
+static cJSON *time_or_null(double t)
+{
+    return t > 0 ? cJSON_CreateNumber(t) : cJSON_CreateNull();
+}
+
+static cJSON *job_json(const kstore_job *j)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "state", kstore_job_state_name(j->state));
+    cJSON_AddStringToObject(o, "model", j->model_name);
+    cJSON_AddStringToObject(o, "dataset", j->dataset_name);
+    if (j->submission_id[0]) cJSON_AddStringToObject(o, "submission_id", j->submission_id);
+    cJSON_AddNumberToObject(o, "priority", j->priority);
+    cJSON_AddStringToObject(o, "device", j->device);
+    cJSON *progress = cJSON_AddObjectToObject(o, "progress");
+    cJSON_AddNumberToObject(progress, "step", (double)j->step);
+    cJSON_AddNumberToObject(progress, "total_steps", (double)j->total_steps);
+    cJSON_AddNumberToObject(progress, "epoch", (double)j->epoch);
+    cJSON_AddItemToObject(o, "samples_per_second", number(j->samples_per_second));
+    cJSON_AddItemToObject(o, "eta_seconds", j->eta_seconds >= 0 ? number(j->eta_seconds)
+                                                                : cJSON_CreateNull());
+    cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
+    cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
+    cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
+    cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
+    cJSON_AddItemToObject(o, "created_at", time_or_null(j->created_at));
+    cJSON_AddItemToObject(o, "started_at", time_or_null(j->started_at));
+    cJSON_AddItemToObject(o, "finished_at", time_or_null(j->finished_at));
+    cJSON_AddItemToObject(o, "updated_at", time_or_null(j->updated_at));
+    if (j->error_code[0]) {
+        cJSON *e = cJSON_AddObjectToObject(o, "error");
+        cJSON_AddStringToObject(e, "code", j->error_code);
+        cJSON_AddStringToObject(e, "message", j->error_message ? j->error_message : "");
+        cJSON_AddItemToObject(e, "step", j->error_step >= 0 ? cJSON_CreateNumber(
+                                                                  (double)j->error_step)
+                                                            : cJSON_CreateNull());
+    }
+    return o;
+}
+
+/* The job of the path ({id}) or a 404/500 response. */
+static bool load_job(kstore *store, ksrv_request *request, ksrv_response *response, kstore_job *j)
+{
+    memset(j, 0, sizeof *j);
+    kstore_status s = kstore_job_get(store, request->params[0], j);
+    if (s == KSTORE_OK) return true;
+    if (s == KSTORE_NOT_FOUND)
+        ksrv_respond_error(response, 404, "not_found", NULL, "no job %s", request->params[0]);
+    else
+        ksrv_respond_store_error(response, store, s, "job");
+    return false;
+}
+
+/* ---- submit ------------------------------------------------------------------------- */
+/* Does the dataset have what training reads, and how many training samples? */
+static bool dataset_ready(const kstore_dataset *d, int64_t *train_samples)
+{
+    bool table = false, inputs = false, labels = false;
+    *train_samples = -1;
+    for (int i = 0; i < d->n_files; i++) {
+        const char *role = d->files[i].role;
+        if (!strcmp(role, "train") || !strcmp(role, "train_csv")) {
+            table = true;
+            *train_samples = d->files[i].samples;
+        } else if (!strcmp(role, "train_images") || !strcmp(role, "train_inputs")) {
+            inputs = true;
+        } else if (!strcmp(role, "train_labels")) {
+            labels = true;
+            *train_samples = d->files[i].samples;
+        }
+    }
+    return table || (inputs && labels);
+}
+
+static int64_t estimate_total_steps(const kapi_job_spec *spec, int64_t samples)
+{
+    const kn_train_config *t = &spec->train;
+    if (t->max_steps > 0) return t->max_steps;
+    if (samples <= 0 || t->batch_size <= 0) return 0;
+    int64_t n = samples - (int64_t)floor(spec->data.validation_split * (double)samples);
+    int64_t per_epoch = t->drop_last ? n / t->batch_size : (n + t->batch_size - 1) / t->batch_size;
+    return per_epoch * t->epochs;
+}
+
+void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    long long priority = 0;
+    if (!ksrv_query_int(request, response, "priority", -1000000, 1000000, &priority)) return;
+    cJSON *root = ksrv_parse_body(request, response);
+    if (!root) return;
+    kapi_errors errors = {0};
+    kapi_job_parse_options options = {.allow_paths = false};
+    kapi_job_spec *spec = kapi_job_spec_parse(request->body, request->body_length, options,
+                                              &errors);
+    kstore *store = spec ? ksrv_store_or_500(server, response) : NULL;
+    kstore_model model;
+    kstore_dataset dataset;
+    memset(&model, 0, sizeof model);
+    memset(&dataset, 0, sizeof dataset);
+    char *spec_json = NULL;
+    if (!spec) {
+        ksrv_respond_validation(response, 400, "invalid_spec", &errors, "");
+        goto done;
+    }
+    if (!store) goto done;
+    if (spec->model_name[0]) {
+        kstore_status s = kstore_model_get(store, spec->model_name, &model);
+        if (s == KSTORE_NOT_FOUND) {
+            ksrv_respond_error(response, 404, "model_not_found", "model",
+                               "model: no model named \"%s\" (POST /v1/models first)",
+                               spec->model_name);
+            goto done;
+        }
+        if (s != KSTORE_OK) {
+            ksrv_respond_store_error(response, store, s, "model");
+            goto done;
+        }
+    }
+    if (!spec->data.dataset[0]) {
+        ksrv_respond_error(response, 400, "invalid_spec", "data.dataset",
+                           "data.dataset: the server trains on uploaded datasets, by name");
+        goto done;
+    }
+    kstore_status s = kstore_dataset_get(store, spec->data.dataset, &dataset);
+    if (s == KSTORE_NOT_FOUND) {
+        ksrv_respond_error(response, 404, "dataset_not_found", "data.dataset",
+                           "data.dataset: no dataset named \"%s\"", spec->data.dataset);
+        goto done;
+    }
+    if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "dataset");
+        goto done;
+    }
+    int64_t samples = -1;
+    if (!dataset_ready(&dataset, &samples)) {
+        ksrv_respond_error(response, 400, "dataset_incomplete", "data.dataset",
+                           "data.dataset: dataset %s has no training data yet (upload train, "
+                           "or train_images and train_labels)", dataset.name);
+        goto done;
+    }
+    if (kstore_job_count(store, KSTORE_JOB_QUEUED) >= server->config.queue_capacity) {
+        ksrv_respond_error(response, 503, "queue_full", NULL,
+                           "the queue holds %d jobs, its capacity: retry later",
+                           server->config.queue_capacity);
+        snprintf(response->header_name, sizeof response->header_name, "Retry-After");
+        snprintf(response->header_value, sizeof response->header_value,
+                 QUEUE_FULL_RETRY_AFTER);
+        goto done;
+    }
+    spec_json = cJSON_PrintUnformatted(root);
+    const char *model_name = spec->model_name[0] ? spec->model_name
+                             : spec->model         ? spec->model->name
+                                                   : "";
+    kstore_job job;
+    memset(&job, 0, sizeof job);
+    bool created = false;
+    s = spec_json ? kstore_job_create(store, spec_json, model_name, spec->data.dataset,
+                                      spec->submission_id[0] ? spec->submission_id : NULL,
+                                      spec->device, (int)priority,
+                                      estimate_total_steps(spec, samples), &job, &created)
+                  : KSTORE_ERROR;
+    if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "job");
+        goto done;
+    }
+    if (created) {
+        ksrv_log(KSRV_LOG_INFO, "job %s queued (model %s, dataset %s)", job.id, model_name,
+                 spec->data.dataset);
+        cJSON *out = cJSON_CreateObject();
+        cJSON_AddStringToObject(out, "id", job.id);
+        cJSON_AddStringToObject(out, "state", kstore_job_state_name(job.state));
+        ksrv_respond_json(response, 202, out);
+        if (server->workers) ksrv_workers_notify(server->workers);
+    } else {
+        /* a retried submission: the job it made the first time */
+        ksrv_respond_json(response, 200, job_json(&job));
+    }
+    kstore_job_free(&job);
+done:
+    free(spec_json);
+    kstore_model_free(&model);
+    kstore_dataset_free(&dataset);
+    kapi_job_spec_free(spec);
+    kapi_errors_free(&errors);
+    cJSON_Delete(root);
+}
+
+/* ---- list and get ------------------------------------------------------------------- */
+void ksrv_handle_jobs_list(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    long long limit = 100;
+    if (!ksrv_query_int(request, response, "limit", 1, 1000, &limit)) return;
+    const char *state_name = ksrv_query(request, "state");
+    kstore_job_state state;
+    if (state_name && !kstore_job_state_parse(state_name, &state)) {
+        ksrv_respond_error(response, 400, "invalid_query", "state",
+                           "state: expected queued, running, paused, succeeded, failed or "
+                           "canceled, got \"%.40s\"", state_name);
+        return;
+    }
+    const char *cursor = ksrv_query(request, "cursor");
+    kstore *store = ksrv_store_or_500(server, response);
+    if (!store) return;
+    kstore_job *jobs = NULL;
+    int n = 0;
+    char next[40] = "";
+    kstore_status s = kstore_job_list(store, state_name ? &state : NULL,
+                                      cursor && cursor[0] ? cursor : NULL, (int)limit, &jobs, &n,
+                                      next);
+    if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "jobs");
+        return;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *array = cJSON_AddArrayToObject(root, "jobs");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(array, job_json(&jobs[i]));
+    cJSON_AddItemToObject(root, "next_cursor", next[0] ? cJSON_CreateString(next)
+                                                       : cJSON_CreateNull());
+    kstore_job_list_free(jobs, n);
+    ksrv_respond_json(response, 200, root);
+}
+
+void ksrv_handle_jobs_get(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    kstore *store = ksrv_store_or_500(server, response);
+    kstore_job j;
+    if (!store || !load_job(store, request, response, &j)) return;
+    ksrv_respond_json(response, 200, job_json(&j));
+    kstore_job_free(&j);
+}
+
+/* ---- transitions -------------------------------------------------------------------- */
+typedef kstore_status (*transition)(kstore *, const char *, kstore_job *);
+
+static void change(ksrv_server *server, ksrv_request *request, ksrv_response *response,
+                   transition fn, const char *verb)
+{
+    kstore *store = ksrv_store_or_500(server, response);
+    if (!store) return;
+    kstore_job j;
+    memset(&j, 0, sizeof j);
+    kstore_status s = fn(store, request->params[0], &j);
+    if (s == KSTORE_OK) {
+        ksrv_log(KSRV_LOG_INFO, "job %s: %s -> %s%s", j.id, verb, kstore_job_state_name(j.state),
+                 j.cancel_requested || j.pause_requested ? " (requested)" : "");
+        ksrv_respond_json(response, 200, job_json(&j));
+        if (server->workers && !strcmp(verb, "resume")) ksrv_workers_notify(server->workers);
+    } else if (s == KSTORE_CONFLICT) {
+        kstore_job now;
+        const char *state = "unknown";
+        memset(&now, 0, sizeof now);
+        if (kstore_job_get(store, request->params[0], &now) == KSTORE_OK)
+            state = kstore_job_state_name(now.state);
+        cJSON *root = cJSON_CreateObject();
+        cJSON *e = cJSON_AddObjectToObject(root, "error");
+        cJSON_AddStringToObject(e, "code", "illegal_transition");
+        char message[200];
+        snprintf(message, sizeof message, "cannot %s a job that is %s", verb, state);
+        cJSON_AddStringToObject(e, "message", message);
+        cJSON_AddStringToObject(e, "state", state);
+        ksrv_respond_json(response, 409, root);
+        kstore_job_free(&now);
+    } else if (s == KSTORE_NOT_FOUND) {
+        ksrv_respond_error(response, 404, "not_found", NULL, "no job %s", request->params[0]);
+    } else {
+        ksrv_respond_store_error(response, store, s, "job");
+    }
+    kstore_job_free(&j);
+}
+
+void ksrv_handle_jobs_cancel(ksrv_server *s, ksrv_request *q, ksrv_response *r)
+{
+    change(s, q, r, kstore_job_cancel, "cancel");
+}
+
+void ksrv_handle_jobs_pause(ksrv_server *s, ksrv_request *q, ksrv_response *r)
+{
+    change(s, q, r, kstore_job_pause, "pause");
+}
+
+void ksrv_handle_jobs_resume(ksrv_server *s, ksrv_request *q, ksrv_response *r)
+{
+    change(s, q, r, kstore_job_resume, "resume");
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+typedef struct buffer {
+    char *data;
+    size_t length, capacity;
+    bool failed;
+} buffer;
+
+static void put(buffer *b, const char *text, size_t n)
+{
+    if (b->failed) return;
+    if (b->length + n + 1 > b->capacity) {
+        size_t capacity = (b->length + n + 1) * 2;
+        char *grown = realloc(b->data, capacity);
+        if (!grown) {
+            b->failed = true;
+            return;
+        }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->length, text, n);
+    b->length += n;
+    b->data[b->length] = '\0';
+}
+
+static void put_value(buffer *b, double v)
+{
+    char text[40];
+    int n = isnan(v)   ? snprintf(text, sizeof text, "\"NaN\"")
+            : isinf(v) ? snprintf(text, sizeof text, v > 0 ? "\"Infinity\"" : "\"-Infinity\"")
+                       : snprintf(text, sizeof text, "%.9g", v);
+    put(b, text, (size_t)n);
+}
+
+static void put_string(buffer *b, const char *s)
+{
+    cJSON *j = cJSON_CreateString(s);
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (text) put(b, text, strlen(text));
+    else b->failed = true;
+    free(text);
+    cJSON_Delete(j);
+}
+
+/* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
+void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    long long after_step = -1, max_points = 0;
+    if (!ksrv_query_int(request, response, "after_step", -1, (long long)1 << 62, &after_step) ||
+        !ksrv_query_int(request, response, "max_points", 0, 1000000, &max_points))
+        return;
+    kstore *store = ksrv_store_or_500(server, response);
+    kstore_job j;
+    if (!store || !load_job(store, request, response, &j)) return;
+    kstore_job_free(&j);
+
+    char **names = NULL;
+    int n_names = 0;
+    const char *wanted = ksrv_query(request, "names");
+    if (wanted && wanted[0]) {
+        char *copy = strdup(wanted);
+        names = calloc(strlen(wanted) / 2 + 2, sizeof *names);
+        for (char *save = NULL, *t = copy && names ? strtok_r(copy, ",", &save) : NULL; t;
+             t = strtok_r(NULL, ",", &save))
+            if (t[0]) names[n_names++] = strdup(t);
+        free(copy);
+    } else if (kstore_metrics_names(store, request->params[0], &names, &n_names) != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, KSTORE_ERROR, "metrics");
+        return;
+    }
+    buffer b = {0};
+    put(&b, "{\"job_id\":", 10);
+    put_string(&b, request->params[0]);
+    put(&b, ",\"series\":{", 11);
+    for (int i = 0; i < n_names && !b.failed; i++) {
+        if (!names[i]) continue;
+        kstore_metric_point *points = NULL;
+        int count = 0;
+        if (kstore_metrics_query(store, request->params[0], names[i], after_step, (int)max_points,
+                                 &points, &count) != KSTORE_OK) {
+            b.failed = true;
+            break;
+        }
+        if (i) put(&b, ",", 1);
+        put_string(&b, names[i]);
+        put(&b, ":[", 2);
+        for (int k = 0; k < count; k++) {
+            char text[64];
+            int len = snprintf(text, sizeof text, "%s[%lld,%.3f,", k ? "," : "",
+                               (long long)points[k].step, points[k].wall_time);
+            put(&b, text, (size_t)len);
+            put_value(&b, points[k].value);
+            put(&b, "]", 1);
+        }
+        put(&b, "]", 1);
+        free(points);
+    }
+    put(&b, "}}", 2);
+    kstore_strings_free(names, n_names);
+    if (b.failed) {
+        free(b.data);
+        ksrv_respond_store_error(response, store, KSTORE_ERROR, "metrics");
+        return;
+    }
+    response->status = 200;
+    response->body = b.data;
+}
+
+/* ---- checkpoints and weights ------------------------------------------------------------ */
+void ksrv_handle_jobs_checkpoints(ksrv_server *server, ksrv_request *request,
+                                  ksrv_response *response)
+{
+    kstore *store = ksrv_store_or_500(server, response);
+    kstore_job j;
+    if (!store || !load_job(store, request, response, &j)) return;
+    kstore_job_free(&j);
+    kstore_checkpoint *list = NULL;
+    int n = 0;
+    kstore_status s = kstore_checkpoint_list(store, request->params[0], &list, &n);
+    if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "checkpoints");
+        return;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "job_id", request->params[0]);
+    cJSON *array = cJSON_AddArrayToObject(root, "checkpoints");
+    for (int i = 0; i < n; i++) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "step", (double)list[i].step);
+        cJSON_AddStringToObject(c, "kind", list[i].kind);
+        cJSON_AddNumberToObject(c, "bytes", (double)list[i].bytes);
+        cJSON_AddNumberToObject(c, "created_at", list[i].created_at);
+        char url[200];
+        if (!strcmp(list[i].kind, "final"))
+            snprintf(url, sizeof url, "/v1/jobs/%s/weights", list[i].job_id);
+        else
+            snprintf(url, sizeof url, "/v1/jobs/%s/checkpoints/%lld", list[i].job_id,
+                     (long long)list[i].step);
+        cJSON_AddStringToObject(c, "url", url);
+        cJSON_AddItemToArray(array, c);
+    }
+    free(list);
+    ksrv_respond_json(response, 200, root);
+}
+
+static void send_file(ksrv_server *server, ksrv_response *response, const kstore_checkpoint *c,
+                      const char *filename)
+{
+    char path[700];
+    if (!ksrv_data_path(server, c->path, path, sizeof path)) {
+        ksrv_respond_error(response, 500, "internal", NULL, "checkpoint path too long");
+        return;
+    }
+    response->status = 200;
+    response->file_path = strdup(path);
+    response->content_type = "application/octet-stream";
+    snprintf(response->header_name, sizeof response->header_name, "Content-Disposition");
+    snprintf(response->header_value, sizeof response->header_value,
+             "attachment; filename=\"%s\"", filename);
+}
+
+void ksrv_handle_jobs_checkpoint_download(ksrv_server *server, ksrv_request *request,
+                                          ksrv_response *response)
+{
+    char *end;
+    long long step = strtoll(request->params[1], &end, 10);
+    if (*end || step < 0) {
+        ksrv_respond_error(response, 400, "invalid_value", "step",
+                           "step: expected a non-negative integer, got \"%.40s\"",
+                           request->params[1]);
+        return;
+    }
+    kstore *store = ksrv_store_or_500(server, response);
+    if (!store) return;
+    kstore_checkpoint *list = NULL;
+    int n = 0;
+    kstore_status s = kstore_checkpoint_list(store, request->params[0], &list, &n);
+    if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "checkpoints");
+        return;
+    }
+    int found = -1;
+    for (int i = 0; i < n; i++)
+        if (list[i].step == step && strcmp(list[i].kind, "final") != 0) found = i;
+    if (found < 0) {
+        ksrv_respond_error(response, 404, "not_found", NULL, "job %s has no checkpoint at step %lld",
+                           request->params[0], step);
+    } else {
+        char filename[120];
+        snprintf(filename, sizeof filename, "%s-step%lld.safetensors", list[found].job_id, step);
+        send_file(server, response, &list[found], filename);
+    }
+    free(list);
+}
+
+void ksrv_handle_jobs_weights(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+{
+    kstore *store = ksrv_store_or_500(server, response);
+    kstore_job j;
+    if (!store || !load_job(store, request, response, &j)) return;
+    kstore_checkpoint c;
+    memset(&c, 0, sizeof c);
+    kstore_status s = kstore_checkpoint_latest(store, j.id, "final", &c);
+    if (s == KSTORE_NOT_FOUND) {
+        ksrv_respond_error(response, 404, "no_weights", NULL,
+                           "job %s is %s: final weights exist once it has succeeded", j.id,
+                           kstore_job_state_name(j.state));
+    } else if (s != KSTORE_OK) {
+        ksrv_respond_store_error(response, store, s, "weights");
+    } else {
+        char filename[120];
+        snprintf(filename, sizeof filename, "%s.safetensors", j.id);
+        send_file(server, response, &c, filename);
+    }
+    kstore_job_free(&j);
+}

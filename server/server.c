@@ -1,0 +1,178 @@
+/*
+ * server.c — kilnd's lifetime: ksrv_start makes the data directory (0700) and its
+ * folders, migrates the store, requeues jobs a crash or shutdown left running, loads the
+ * token, starts the workers, the model cache and the HTTP daemon; ksrv_stop undoes it in
+ * the reverse order (HTTP first so no new job arrives while the workers checkpoint).
+ * Also the per-thread store handles and paths under the data directory.
+ */
+#define _GNU_SOURCE /* asprintf */
+#include "ksrv_http.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* How long ksrv_stop gives the workers to checkpoint: SIGTERM must exit within 10 s. */
+#define STOP_TIMEOUT_SECONDS 8.0
+
+bool ksrv_mkdirs(const char *path, mode_t mode)
+{
+    char buffer[600];
+    if (snprintf(buffer, sizeof buffer, "%s", path) >= (int)sizeof buffer) return false;
+    for (char *p = buffer + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buffer, mode) != 0 && errno != EEXIST) return false;
+        *p = '/';
+    }
+    if (mkdir(buffer, mode) != 0 && errno != EEXIST) return false;
+    struct stat st;
+    return stat(buffer, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool ksrv_data_path(const ksrv_server *server, const char *relative, char *out, size_t size)
+{
+    int n = snprintf(out, size, "%s/%s", server->config.data_dir, relative);
+    return n >= 0 && (size_t)n < size;
+}
+
+/* ---- one store handle per thread ------------------------------------------------------ */
+typedef struct thread_store {
+    kstore *store;
+    char db_path[600];
+} thread_store;
+
+static pthread_key_t store_key;
+static pthread_once_t store_key_once = PTHREAD_ONCE_INIT;
+
+static void thread_store_free(void *value)
+{
+    thread_store *ts = value;
+    kstore_close(ts->store);
+    free(ts);
+}
+
+static void make_store_key(void)
+{
+    pthread_key_create(&store_key, thread_store_free);
+}
+
+kstore *ksrv_thread_store(ksrv_server *server)
+{
+    pthread_once(&store_key_once, make_store_key);
+    thread_store *ts = pthread_getspecific(store_key);
+    /* a long-lived thread may have served an earlier server (tests start several) */
+    if (ts && strcmp(ts->db_path, server->db_path) != 0) {
+        pthread_setspecific(store_key, NULL);
+        thread_store_free(ts);
+        ts = NULL;
+    }
+    if (ts) return ts->store;
+    ts = calloc(1, sizeof *ts);
+    if (!ts) return NULL;
+    char *error = NULL;
+    ts->store = kstore_open(server->db_path, &error);
+    if (!ts->store) {
+        ksrv_log(KSRV_LOG_ERROR, "cannot open the store %s: %s", server->db_path,
+                 error ? error : "unknown error");
+        free(error);
+        free(ts);
+        return NULL;
+    }
+    snprintf(ts->db_path, sizeof ts->db_path, "%s", server->db_path);
+    pthread_setspecific(store_key, ts);
+    return ts->store;
+}
+
+/* ---- start and stop ------------------------------------------------------------------- */
+static ksrv_server *start_failed(ksrv_server *server, char **error, char *message)
+{
+    if (error) *error = message;
+    else free(message);
+    ksrv_stop(server);
+    return NULL;
+}
+
+static char *message(const char *fmt, const char *a, const char *b)
+{
+    char *text = NULL;
+    if (asprintf(&text, fmt, a, b) < 0) text = NULL;
+    return text;
+}
+
+ksrv_server *ksrv_start(const ksrv_config *config, char **error)
+{
+    if (error) *error = NULL;
+    ksrv_server *server = calloc(1, sizeof *server);
+    if (!server) return NULL;
+    server->config = *config;
+    pthread_mutex_init(&server->stats.lock, NULL);
+    server->started_at = ksrv_now();
+    ksrv_log_set_level(config->log_level);
+
+    static const char *const folders[] = {"", "datasets", "jobs", "tmp"};
+    for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++) {
+        char path[600];
+        if (!ksrv_data_path(server, folders[i], path, sizeof path) || !ksrv_mkdirs(path, 0700))
+            return start_failed(server, error, message("cannot create the data directory %s: %s",
+                                                       path, strerror(errno)));
+    }
+    if (!ksrv_data_path(server, "kiln.db", server->db_path, sizeof server->db_path))
+        return start_failed(server, error, message("--data-dir %s: path too long%s",
+                                                   config->data_dir, ""));
+    char *problem = NULL;
+    if (!ksrv_auth_load(server, &problem)) return start_failed(server, error, problem);
+
+    /* opening migrates; a crash or shutdown may have left jobs running */
+    kstore *store = kstore_open(server->db_path, &problem);
+    if (!store) {
+        char *text = message("cannot open the store %s: %s", server->db_path,
+                             problem ? problem : "unknown error");
+        free(problem);
+        return start_failed(server, error, text);
+    }
+    int requeued = kstore_job_requeue_running(store);
+    kstore_close(store);
+    if (requeued > 0)
+        ksrv_log(KSRV_LOG_INFO, "%d job%s left running requeued: they resume from their "
+                 "last checkpoint", requeued, requeued == 1 ? "" : "s");
+
+    server->models = ksrv_model_cache_new(server);
+    if (!server->models)
+        return start_failed(server, error, message("cannot create the model cache%s%s", "", ""));
+    if (config->workers > 0) {
+        server->workers = ksrv_workers_start(server, &problem);
+        if (!server->workers)
+            return start_failed(server, error, problem ? problem
+                                               : message("cannot start the workers%s%s", "", ""));
+    }
+    if (!ksrv_http_start(server, &problem)) return start_failed(server, error, problem);
+    if (server->token[0] == '\0' && strcmp(config->listen_address, "127.0.0.1") &&
+        strcmp(config->listen_address, "::1"))
+        ksrv_log(KSRV_LOG_WARN, "listening on %s without --token-file: anyone who can reach "
+                 "this address can drive kilnd", config->listen_address);
+    return server;
+}
+
+void ksrv_stop(ksrv_server *server)
+{
+    if (!server) return;
+    server->stopping = 1;
+    ksrv_http_stop(server);
+    if (server->workers) ksrv_workers_stop(server->workers, STOP_TIMEOUT_SECONDS);
+    server->workers = NULL;
+    if (server->models) ksrv_model_cache_free(server->models);
+    server->models = NULL;
+    pthread_mutex_destroy(&server->stats.lock);
+    /* this thread's handle (if it opened one) must not outlive the server's files */
+    pthread_once(&store_key_once, make_store_key);
+    thread_store *ts = pthread_getspecific(store_key);
+    if (ts && !strcmp(ts->db_path, server->db_path)) {
+        pthread_setspecific(store_key, NULL);
+        thread_store_free(ts);
+    }
+    free(server);
+}

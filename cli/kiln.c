@@ -5,6 +5,7 @@
  * spec error (printed as "path: message" lines).
  */
 #include "kcli.h"
+#include "kclient.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -154,11 +155,12 @@ int main(int argc, char **argv)
     kcli_options options = {.log_every = 100};
     const char *positional[3] = {0};
     int n_positional = 0;
+    if (argc > 1 && kcli_is_client_command(argv[1])) return kcli_client_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0) {
-            fputs(USAGE, stdout);
+            printf("%s\n%s", USAGE, KCLI_CLIENT_USAGE);
             return 0;
         } else if (strcmp(a, "--version") == 0) {
             printf("kiln %s\n", KN_VERSION);

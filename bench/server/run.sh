@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# bench/server/run.sh — kilnd under wrk on loopback, three targets side by side in one run:
+#   live     GET /v2/health/live                         (the ceiling: routing + a tiny body)
+#   metrics  GET /v1/jobs/{id}/metrics?names=loss        (a finished job with 10,000 points)
+#   infer    POST /v2/models/bench-mlp/infer             (one sample through a small MLP)
+# Prints requests/s, p50/p99 latency, errors and kilnd's RSS before and after each run.
+#   bench/server/run.sh                 60 s per target, 2 wrk threads, 16 connections
+#   DURATION=10 CONNECTIONS=64 bench/server/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-60}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-16}
+FMNIST=/usr/share/datasets/fashion-mnist
+
+./scripts/install-deps.sh
+if ! command -v wrk >/dev/null; then
+    echo "bench/server: installing wrk"
+    sudo_cmd=()
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q wrk ||
+        { "${sudo_cmd[@]}" apt-get update -q && "${sudo_cmd[@]}" apt-get install -y -q wrk; }
+fi
+
+build=build-bench
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target kilnd kiln >/dev/null
+
+work=$(mktemp -d /tmp/kiln-bench-server-XXXXXX)
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Port 0: kilnd picks a free one and logs "listening on http://ADDR:PORT".
+"$build/kilnd" --listen 127.0.0.1 --port 0 --data-dir "$work/data" --log-level info \
+    >"$work/kilnd.log" 2>&1 &
+pid=$!
+url=
+for _ in $(seq 100); do
+    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$work/kilnd.log" | head -1 |
+          sed 's/listening on //') || true
+    [ -n "$url" ] && curl -fs "$url/v2/health/live" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+[ -n "$url" ] || { cat "$work/kilnd.log"; echo "kilnd did not start" >&2; exit 1; }
+echo "kilnd at $url (log: per-request lines go to $work/kilnd.log)"
+
+# A small MLP trained for 10,000 steps of batch 1: a 10,000-point loss series.
+"$build/kiln" upload bench --url "$url" \
+    --train-images "$FMNIST/train-images-idx3-ubyte.gz" \
+    --train-labels "$FMNIST/train-labels-idx1-ubyte.gz" >/dev/null
+curl -fs -X POST "$url/v1/models" -H 'Content-Type: application/json' --data-binary \
+    '{"name": "bench-mlp", "input_shape": [1, 28, 28], "layers": [{"type": "flatten"},
+      {"type": "linear", "out_features": 32}, {"type": "relu"},
+      {"type": "linear", "out_features": 10}]}' >/dev/null
+cat >"$work/job.json" <<'JSON'
+{"model": "bench-mlp", "data": {"dataset": "bench", "scale": 0.00392156862745098},
+ "optimizer": {"type": "sgd", "lr": 0.01}, "batch_size": 1, "max_steps": 10000, "seed": 0}
+JSON
+echo "training bench-mlp for 10,000 steps (batch 1) to fill a metrics series..."
+"$build/kiln" submit "$work/job.json" --url "$url" --follow 2>/dev/null | tail -1
+job=$("$build/kiln" jobs --url "$url" --state succeeded --json | head -1 |
+      grep -o '"id":"[^"]*"' | cut -d'"' -f4)
+points=$(curl -fs "$url/v1/jobs/$job/metrics?names=loss" | grep -o '\],\[' | wc -l)
+echo "job $job: $((points + 1)) loss points"
+
+# One sample, shape [1, 784] (the model takes [1, 28, 28]; the element counts agree).
+awk 'BEGIN { printf "{\"inputs\": [{\"name\": \"input\", \"shape\": [1, 784], "
+             printf "\"datatype\": \"FP32\", \"data\": ["
+             for (i = 0; i < 784; i++) printf "%s%.3f", (i ? "," : ""), (i % 97) / 97
+             printf "]}]}" }' >"$work/infer.json"
+cat >"$work/infer.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$work/infer.json")
+wrk.body = f:read("*a")
+f:close()
+LUA
+curl -fs -X POST "$url/v2/models/bench-mlp/infer" -H 'Content-Type: application/json' \
+    --data-binary "@$work/infer.json" >/dev/null || { echo "inference failed" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$pid/status"; }
+
+# run NAME URL [wrk args...]: one wrk run; appends a row to $work/results.
+run() {
+    local name=$1 target=$2
+    shift 2
+    local before after out
+    before=$(rss_kib)
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$target")
+    after=$(rss_kib)
+    echo "$out" >"$work/wrk-$name.txt"
+    local rps p50 p99 non2xx socket
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+    p50=$(echo "$out" | awk '$1 == "50%" { print $2 }')
+    p99=$(echo "$out" | awk '$1 == "99%" { print $2 }')
+    non2xx=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ { print $NF }')
+    socket=$(echo "$out" | awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }')
+    printf "%-8s %12s %10s %10s %8s %12s %12s\n" "$name" "$rps" "$p50" "$p99" \
+        "$(( ${non2xx:-0} + ${socket:-0} ))" "$((before / 1024)) MiB" "$((after / 1024)) MiB" \
+        >>"$work/results"
+    echo "  $name: $rps req/s"
+}
+
+echo "wrk: $THREADS threads, $CONNECTIONS connections, ${DURATION} s per target"
+: >"$work/results"
+run live "$url/v2/health/live"
+run metrics "$url/v1/jobs/$job/metrics?names=loss"
+run infer "$url/v2/models/bench-mlp/infer" -s "$work/infer.lua"
+
+echo
+printf "%-8s %12s %10s %10s %8s %12s %12s\n" target "requests/s" p50 p99 errors "RSS start" "RSS end"
+cat "$work/results"
+live=$(awk '$1 == "live" { print $2 }' "$work/results")
+metrics=$(awk '$1 == "metrics" { print $2 }' "$work/results")
+awk -v m="$metrics" -v l="$live" 'BEGIN {
+    printf "\nmetrics at %.1f%% of the ceiling (target >= 50%%)\n", 100 * m / l }'

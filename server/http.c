@@ -52,6 +52,9 @@ static const route ROUTES[] = {
     {"GET", "/v1/jobs/{id}/checkpoints", ksrv_handle_jobs_checkpoints, BODY_NONE},
     {"GET", "/v1/jobs/{id}/checkpoints/{step}", ksrv_handle_jobs_checkpoint_download, BODY_NONE},
     {"GET", "/v1/jobs/{id}/weights", ksrv_handle_jobs_weights, BODY_NONE},
+    {"GET", "/v1/jobs/{id}/events", ksrv_handle_jobs_events, BODY_NONE},
+    {"GET", "/", ksrv_handle_web_index, BODY_NONE},
+    {"GET", "/ui/{file}", ksrv_handle_web_asset, BODY_NONE},
     {"GET", "/v2/health/live", ksrv_handle_v2_live, BODY_NONE},
     {"GET", "/v2/health/ready", ksrv_handle_v2_ready, BODY_NONE},
     {"GET", "/v2/models/{name}", ksrv_handle_v2_model, BODY_NONE},
@@ -309,8 +312,8 @@ static enum MHD_Result send_response(ksrv_server *server, request_state *state,
                                      ksrv_response *r)
 {
     struct MHD_Connection *connection = state->request.connection;
-    struct MHD_Response *response = NULL;
-    if (r->file_path) {
+    struct MHD_Response *response = r->prepared;
+    if (!response && r->file_path) {
         int fd = open(r->file_path, O_RDONLY | O_CLOEXEC);
         struct stat st;
         if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
@@ -323,8 +326,8 @@ static enum MHD_Result send_response(ksrv_server *server, request_state *state,
     }
     if (!response) {
         if (!r->body) ksrv_respond_error(r, 500, "internal", NULL, "the handler gave no response");
-        response = MHD_create_response_from_buffer(strlen(r->body), r->body,
-                                                   MHD_RESPMEM_MUST_FREE);
+        size_t length = r->body_length ? r->body_length : strlen(r->body);
+        response = MHD_create_response_from_buffer(length, r->body, MHD_RESPMEM_MUST_FREE);
         if (!response) return MHD_NO;
         r->body = NULL; /* MHD owns it now */
     }

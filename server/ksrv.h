@@ -27,7 +27,7 @@ typedef struct ksrv_config {
     char data_dir[512];          /* --data-dir / KILND_DATA_DIR, default ./data */
     int workers;                 /* --workers / KILND_WORKERS, default 1 */
     char devices[128];           /* --devices / KILND_DEVICES: "cpu", "cuda:0,cuda:1", ... */
-    int http_threads;            /* --http-threads, default 4 */
+    int http_threads;            /* --http-threads, default 8 */
     size_t max_body_bytes;       /* --max-body-bytes: JSON bodies, default 16 MiB */
     size_t max_upload_bytes;     /* --max-upload-bytes: dataset files, default 2 GiB */
     int queue_capacity;          /* --queue-capacity: queued jobs before 503, default 1000 */
@@ -109,9 +109,13 @@ typedef struct ksrv_request {
 typedef struct ksrv_response {
     int status;
     char *body;              /* malloc'd, owned by the response */
+    size_t body_length;      /* bytes of body; 0 means strlen(body) (JSON text) */
     const char *content_type; /* default application/json */
     char *file_path;         /* stream this file instead of body (malloc'd) */
     char header_name[64], header_value[256]; /* one extra header (Retry-After, ...) */
+    /* A libmicrohttpd response the handler built itself (event streams, embedded
+     * files): queued as it is, with status and the headers above; http.c destroys it. */
+    struct MHD_Response *prepared;
 } ksrv_response;
 
 /* Query parameter (NULL when absent). */
@@ -155,6 +159,11 @@ void ksrv_handle_jobs_checkpoints(ksrv_server *, ksrv_request *, ksrv_response *
 /* GET /v1/jobs/{id}/checkpoints/{step} and /v1/jobs/{id}/weights: safetensors files */
 void ksrv_handle_jobs_checkpoint_download(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_jobs_weights(ksrv_server *, ksrv_request *, ksrv_response *);
+/* GET /v1/jobs/{id}/events: server-sent events (server/events.c) */
+void ksrv_handle_jobs_events(ksrv_server *, ksrv_request *, ksrv_response *);
+/* The embedded dashboard (server/routes_web.c): GET / and GET /ui/{file} */
+void ksrv_handle_web_index(ksrv_server *, ksrv_request *, ksrv_response *);
+void ksrv_handle_web_asset(ksrv_server *, ksrv_request *, ksrv_response *);
 /* Open Inference Protocol v2 */
 void ksrv_handle_v2_live(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_v2_ready(ksrv_server *, ksrv_request *, ksrv_response *);
@@ -176,6 +185,13 @@ int ksrv_workers_busy(ksrv_workers *workers);
 /* ---- the inference cache (server/inference.c) ---------------------------------------- */
 ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server);
 void ksrv_model_cache_free(ksrv_model_cache *cache);
+
+/* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
+/* A malloc'd copy of the cached body for key (NUL-terminated; *size gets its length,
+ * which may include NUL bytes for compressed bodies), or NULL. */
+char *ksrv_metrics_cache_get(const char *key, size_t *size);
+void ksrv_metrics_cache_put(const char *key, const char *body, size_t size);
+void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
 
 /* ---- files under the data directory ---------------------------------------------------- */
 /* data_dir + "/" + relative, into out (size bytes); false when it does not fit. */

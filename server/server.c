@@ -165,6 +165,7 @@ void ksrv_stop(ksrv_server *server)
     if (server->workers) ksrv_workers_stop(server->workers, STOP_TIMEOUT_SECONDS);
     server->workers = NULL;
     if (server->models) ksrv_model_cache_free(server->models);
+    ksrv_metrics_cache_clear();
     server->models = NULL;
     pthread_mutex_destroy(&server->stats.lock);
     /* this thread's handle (if it opened one) must not outlive the server's files */

@@ -17,6 +17,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <zlib.h>
 
 static harness H;
 
@@ -236,6 +237,36 @@ Test(server_api, end_to_end)
     m = h_json(&H, "GET", path, NULL, 200);
     cr_assert_eq(check_steps(h_series(m, "loss"), &last), 4, "after_step=60: steps 61..64");
     cJSON_Delete(m);
+    /* A finished job's answer is cached: the same bytes again, and gzip when asked. */
+    snprintf(path, sizeof path, "/v1/jobs/%s/metrics?names=loss", id);
+    khttp_response plain1 = h_request(&H, "GET", path, NULL);
+    khttp_response plain2 = h_request(&H, "GET", path, NULL);
+    cr_assert_eq(plain1.status, 200);
+    cr_assert_eq(plain2.body_length, plain1.body_length);
+    cr_assert_eq(memcmp(plain1.body, plain2.body, plain1.body_length), 0);
+    khttp_request gz_request = {.method = "GET", .base_url = H.url, .path = path,
+                                .token = H.token, .extra_headers = "Accept-Encoding: gzip\r\n"};
+    khttp_response gz = {0};
+    char error[256]; /* also used by the downloads below */
+    cr_assert(khttp_do(&gz_request, &gz, error, sizeof error), "%s", error);
+    cr_assert_eq(gz.status, 200);
+    cr_assert_lt(gz.body_length, plain1.body_length, "gzip body is not smaller");
+    char *inflated = malloc(plain1.body_length + 1);
+    uLongf inflated_length = (uLongf)plain1.body_length + 1;
+    z_stream z = {0};
+    cr_assert_eq(inflateInit2(&z, 15 + 16), Z_OK);
+    z.next_in = (Bytef *)gz.body;
+    z.avail_in = (uInt)gz.body_length;
+    z.next_out = (Bytef *)inflated;
+    z.avail_out = (uInt)inflated_length;
+    cr_assert_eq(inflate(&z, Z_FINISH), Z_STREAM_END);
+    cr_assert_eq(z.total_out, plain1.body_length);
+    cr_assert_eq(memcmp(inflated, plain1.body, plain1.body_length), 0);
+    inflateEnd(&z);
+    free(inflated);
+    khttp_response_free(&gz);
+    khttp_response_free(&plain1);
+    khttp_response_free(&plain2);
     snprintf(path, sizeof path, "/v1/jobs/%s/metrics?names=loss&max_points=10", id);
     m = h_json(&H, "GET", path, NULL, 200);
     int kept = check_steps(h_series(m, "loss"), &last);
@@ -262,7 +293,6 @@ Test(server_api, end_to_end)
     snprintf(path, sizeof path, "/v1/jobs/%s/weights", id);
     khttp_request wr = {.method = "GET", .base_url = H.url, .path = path, .out_file = weights};
     khttp_response resp;
-    char error[256];
     cr_assert(khttp_do(&wr, &resp, error, sizeof error), "%s", error);
     cr_assert_eq(resp.status, 200);
     khttp_response_free(&resp);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/server/run.sh — kilnd under wrk on loopback, three targets side by side in one run:
 #   live     GET /v2/health/live                         (the ceiling: routing + a tiny body)
-#   metrics  GET /v1/jobs/{id}/metrics?names=loss        (a finished job with 10,000 points)
+#   metrics  GET /v1/jobs/{id}/metrics?names=loss        (a finished job with 10,000 points,
+#            asked with Accept-Encoding: gzip as a browser does; metrics-plain without it)
 #   infer    POST /v2/models/bench-mlp/infer             (one sample through a small MLP)
 # Prints requests/s, p50/p99 latency, errors and kilnd's RSS before and after each run.
 #   bench/server/run.sh                 60 s per target, 2 wrk threads, 16 connections
@@ -100,7 +101,7 @@ run() {
     p99=$(echo "$out" | awk '$1 == "99%" { print $2 }')
     non2xx=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ { print $NF }')
     socket=$(echo "$out" | awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }')
-    printf "%-8s %12s %10s %10s %8s %12s %12s\n" "$name" "$rps" "$p50" "$p99" \
+    printf "%-14s %12s %10s %10s %8s %12s %12s\n" "$name" "$rps" "$p50" "$p99" \
         "$(( ${non2xx:-0} + ${socket:-0} ))" "$((before / 1024)) MiB" "$((after / 1024)) MiB" \
         >>"$work/results"
     echo "  $name: $rps req/s"
@@ -109,11 +110,13 @@ run() {
 echo "wrk: $THREADS threads, $CONNECTIONS connections, ${DURATION} s per target"
 : >"$work/results"
 run live "$url/v2/health/live"
-run metrics "$url/v1/jobs/$job/metrics?names=loss"
+# a dashboard (a browser) sends Accept-Encoding: gzip; the plain variant is shown too
+run metrics "$url/v1/jobs/$job/metrics?names=loss" -H "Accept-Encoding: gzip"
+run metrics-plain "$url/v1/jobs/$job/metrics?names=loss"
 run infer "$url/v2/models/bench-mlp/infer" -s "$work/infer.lua"
 
 echo
-printf "%-8s %12s %10s %10s %8s %12s %12s\n" target "requests/s" p50 p99 errors "RSS start" "RSS end"
+printf "%-14s %12s %10s %10s %8s %12s %12s\n" target "requests/s" p50 p99 errors "RSS start" "RSS end"
 cat "$work/results"
 live=$(awk '$1 == "live" { print $2 }' "$work/results")
 metrics=$(awk '$1 == "metrics" { print $2 }' "$work/results")

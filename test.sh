@@ -24,6 +24,9 @@ for arg in "$@"; do
 done
 
 ./scripts/install-deps.sh
+# chromium and the pinned npm packages for the dashboard and its browser tests; a
+# failure here (no network) leaves those tests to skip, saying why
+./scripts/install-web-deps.sh || echo "test.sh: web dependencies unavailable; browser tests will skip" >&2
 
 jobs=$(nproc 2>/dev/null || echo 2)
 if [ "$mode" = asan ]; then

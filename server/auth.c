@@ -168,6 +168,11 @@ bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *
         return false;
     }
     if (!server->token[0] || !strncmp(request->path, "/v2/health/", 11)) return true;
+    /* The dashboard's page and static files hold no data and a browser cannot attach a
+     * token when opening a page; every API call the page makes still needs the token. */
+    if (!strcmp(request->method, "GET") &&
+        (!strcmp(request->path, "/") || !strncmp(request->path, "/ui/", 4)))
+        return true;
     /* a preflight carries no credentials; the request that follows it must */
     if (!strcmp(request->method, "OPTIONS") && origin) return true;
     const char *authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND,

@@ -20,7 +20,7 @@ void ksrv_config_defaults(ksrv_config *config)
     snprintf(config->data_dir, sizeof config->data_dir, "./data");
     config->workers = 1;
     snprintf(config->devices, sizeof config->devices, "cpu");
-    config->http_threads = 4;
+    config->http_threads = 8; /* event streams hold a thread up to 0.1 s per poll */
     config->max_body_bytes = (size_t)16 << 20;
     config->max_upload_bytes = (size_t)2 << 30;
     config->queue_capacity = 1000;

@@ -211,7 +211,7 @@ H_FN khttp_response h_request(harness *h, const char *method, const char *path, 
 
 /* A request whose answer must have this status; returns the parsed JSON body (caller
  * deletes; NULL for a body that is not JSON). */
-static cJSON *h_json(harness *h, const char *method, const char *path, const char *body,
+H_FN cJSON *h_json(harness *h, const char *method, const char *path, const char *body,
                      int want_status)
 {
     khttp_response r = h_request(h, method, path, body);
@@ -230,14 +230,14 @@ H_FN double h_number(const cJSON *o, const char *name)
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
-static const char *h_string(const cJSON *o, const char *name)
+H_FN const char *h_string(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
 /* Polls GET /v1/jobs/{id} until a terminal state or the timeout; returns the job. */
-static cJSON *h_wait_job(harness *h, const char *id, double timeout_seconds)
+H_FN cJSON *h_wait_job(harness *h, const char *id, double timeout_seconds)
 {
     char path[128];
     snprintf(path, sizeof path, "/v1/jobs/%s", id);
@@ -256,7 +256,7 @@ static cJSON *h_wait_job(harness *h, const char *id, double timeout_seconds)
 }
 
 /* The [[step, wall_time, value], ...] of series `name` in a metrics answer. */
-static const cJSON *h_series(const cJSON *doc, const char *name)
+H_FN const cJSON *h_series(const cJSON *doc, const char *name)
 {
     const cJSON *series = cJSON_GetObjectItemCaseSensitive(doc, "series");
     if (cJSON_IsObject(series)) return cJSON_GetObjectItemCaseSensitive(series, name);

@@ -1,0 +1,171 @@
+// dashboard.test.mjs — the dashboard in a real browser (Debian's chromium, headless,
+// driven by playwright-core) against a running kilnd. Run by
+// tests/test_browser_dashboard.c:  node dashboard.test.mjs <kilnd url> <artifacts dir> [big job id]
+// Checks: the jobs table lists a running job; its loss curve appears and grows (points
+// counted before and after); its state turns to succeeded; the cancel button cancels a
+// second job; the submit form shows a validation error at the right field; the
+// inference panel shows probabilities; no console errors. Writes jobs.png and job.png
+// and prints the time to first paint of a job page with 100,000 points per series.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+const [url, artifacts, bigJob] = process.argv.slice(2);
+if (!url || !artifacts) { console.error('usage: dashboard.test.mjs URL ARTIFACTS [BIG_JOB]'); process.exit(2); }
+mkdirSync(artifacts, { recursive: true });
+const CHROMIUM = process.env.KILN_CHROMIUM || '/usr/bin/chromium';
+const deadline = Date.now() + 150_000;
+
+function check(ok, what) {
+  if (!ok) throw new Error('check failed: ' + what);
+  console.log('ok - ' + what);
+}
+
+async function call(method, path, body) {
+  const r = await fetch(url + path, { method, headers: { 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json().catch(() => null);
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
+// A tiny synthetic image dataset: which quadrant of an 8x8 image is bright (4 classes).
+function quads(n, seed) {
+  let s = seed;
+  const rand = () => ((s = (s * 1664525 + 1013904223) >>> 0) >>> 27);
+  const inputs = [], labels = [];
+  for (let i = 0; i < n; i++) {
+    const label = i % 4, image = [];
+    for (let y = 0; y < 8; y++) {
+      const row = [];
+      for (let x = 0; x < 8; x++) row.push(((y >= 4) * 2 + (x >= 4)) === label ? 160 + rand() * 3 : rand());
+      image.push(row);
+    }
+    inputs.push([image]);
+    labels.push(label);
+  }
+  return { inputs, labels };
+}
+
+async function setup() {
+  await call('POST', '/v1/datasets', { name: 'quads' });
+  await call('POST', '/v1/datasets/quads/files/train?format=json', quads(512, 7));
+  await call('POST', '/v1/datasets/quads/files/test?format=json', quads(128, 8));
+  await call('POST', '/v1/models', { name: 'quads', input_shape: [1, 8, 8], layers: [
+    { type: 'flatten' }, { type: 'linear', out_features: 256 }, { type: 'relu' },
+    { type: 'linear', out_features: 256 }, { type: 'relu' }, { type: 'linear', out_features: 4 }] });
+  const spec = (steps) => ({ model: 'quads', data: { dataset: 'quads', scale: 1 / 255, validation_split: 0.25 },
+    optimizer: { type: 'adam', lr: 0.002 }, batch_size: 16, max_steps: steps,
+    validation: { every_steps: 250 }, checkpoint_every_steps: 1000 });
+  const steps = Number(process.env.KILN_DASHBOARD_STEPS || 6000);
+  const a = await call('POST', '/v1/jobs', spec(steps));
+  const b = await call('POST', '/v1/jobs', spec(steps)); // queued behind a: one worker
+  return { a: a.id, b: b.id };
+}
+
+const consoleErrors = [];
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'] });
+let failed = false;
+try {
+  const jobs = await setup();
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  // The validation request answers 400 on purpose; Chrome logs every 4xx it fetches.
+  let expected400 = 0;
+  page.on('response', (r) => { if (r.status() === 400 && r.url().includes('validate_only=true')) expected400++; });
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push('page error: ' + e.message));
+
+  // jobs table lists the running job
+  await page.goto(url + '/#/jobs');
+  await page.waitForSelector(`tr[data-job="${jobs.a}"]`);
+  check(true, 'the jobs table lists the job');
+
+  // its curve appears and grows
+  await page.goto(url + '/#/job/' + jobs.a);
+  const points = () => page.$eval('[data-chart="loss"]', (e) => Number(e.dataset.points)).catch(() => 0);
+  await page.waitForFunction(() => Number(document.querySelector('[data-chart="loss"]')?.dataset.points) > 0);
+  const before = await points();
+  await page.waitForFunction((n) => Number(document.querySelector('[data-chart="loss"]').dataset.points) > n,
+    before, { timeout: 20_000 });
+  const after = await points();
+  check(after > before, `the loss curve grows live (${before} -> ${after} points)`);
+  check(await page.$('[data-chart="loss"] canvas') !== null, 'the loss chart is drawn (uPlot canvas)');
+
+  await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'succeeded',
+    null, { timeout: Math.max(1000, deadline - Date.now() - 60_000) });
+  check(true, 'the job page shows succeeded');
+  await page.waitForSelector('#checkpoints a[href$="/weights"]');
+  check(true, 'the checkpoints table links the final weights');
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: artifacts + '/job.png', fullPage: true });
+
+  // cancel the second job from the table
+  await page.goto(url + '/#/jobs');
+  const row = `tr[data-job="${jobs.b}"]`;
+  await page.waitForSelector(row);
+  await page.click(`${row} button[data-action="cancel"]:not([disabled])`);
+  await page.waitForFunction((sel) => document.querySelector(sel + ' .badge')?.textContent.startsWith('cancel'),
+    row);
+  await page.waitForFunction((sel) => document.querySelector(sel + ' .badge')?.textContent === 'canceled', row);
+  check(true, 'the cancel button cancels the second job');
+  await page.screenshot({ path: artifacts + '/jobs.png', fullPage: true });
+
+  // a broken spec: the error appears at its field
+  await page.goto(url + '/#/submit');
+  const broken = { model: 'quads', data: { dataset: 'quads' }, optimizer: { type: 'adam', lr: -1 }, batch_size: 16 };
+  await page.fill('#spec', JSON.stringify(broken, null, 2));
+  await page.click('#validate');
+  await page.waitForSelector('[data-path="optimizer.lr"] .field-error');
+  const message = await page.textContent('[data-path="optimizer.lr"] .field-error');
+  check(/-1|≥ 0|>= 0/.test(message), `the validation error shows at optimizer.lr ("${message.trim()}")`);
+
+  // inference: draw in the top-left quadrant, probabilities appear
+  await page.goto(url + '/#/infer?job=' + jobs.a);
+  await page.waitForSelector('#draw');
+  const box = await (await page.$('#draw')).boundingBox();
+  await page.mouse.move(box.x + 30, box.y + 30);
+  await page.mouse.down();
+  for (const [x, y] of [[110, 30], [110, 110], [30, 110], [30, 30], [90, 60]])
+    await page.mouse.move(box.x + x, box.y + y, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForSelector('#probs .row');
+  const rows = await page.$$eval('#probs .row', (r) => r.map((e) => e.textContent));
+  const total = rows.reduce((s, t) => s + parseFloat(t.split(/\s+/).pop() || t.match(/([\d.]+)%/)[1]), 0);
+  check(rows.length === 4, `the inference panel shows 4 class probabilities (${rows.join(' | ')})`);
+  check(Math.abs(await page.$$eval('#probs .row .num', (n) => n.reduce((s, e) => s + parseFloat(e.textContent), 0)) - 100) < 1,
+    'the probabilities add up to 100%');
+  void total;
+
+  // first paint of a job page with 100,000 points per series
+  if (bigJob) {
+    const fresh = await context.newPage();
+    fresh.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    const t0 = Date.now();
+    await fresh.goto(url + '/#/job/' + bigJob);
+    await fresh.waitForFunction(() => {
+      const c = document.querySelectorAll('[data-chart] canvas');
+      return c.length >= 3 && [...document.querySelectorAll('[data-chart]')].every((e) => Number(e.dataset.points) > 0);
+    }, null, { timeout: 30_000 });
+    await fresh.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    const ms = Date.now() - t0;
+    const shown = await fresh.$eval('[data-chart="loss"]', (e) => e.dataset.points);
+    console.log(`first paint of a job page with 100,000 points per series: ${ms} ms ` +
+      `(the loss chart holds ${shown} points after the server's max_points downsampling)`);
+    await fresh.screenshot({ path: artifacts + '/job-100k.png', fullPage: true });
+    await fresh.close();
+  }
+
+  const unexpected = consoleErrors.filter((t) => !(expected400 > 0 &&
+    /Failed to load resource: the server responded with a status of 400/.test(t)));
+  check(unexpected.length === 0, 'no console errors' + (unexpected.length ? ': ' + unexpected.join(' || ') : ''));
+} catch (e) {
+  failed = true;
+  console.error('FAIL: ' + (e && e.stack || e));
+  if (consoleErrors.length) console.error('console errors: ' + consoleErrors.join(' || '));
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,127 @@
+// infer.js — try a trained model: pick a succeeded job (a version of its model), give
+// it an input — drawn on a canvas (downsampled to the model's height x width) for image
+// models, typed numbers otherwise — and see the class probabilities as bars
+// (POST /v2/models/{model}/versions/{job}/infer with "parameters": {"softmax": true}).
+// The job's preprocessing (data.scale, data.normalize) is applied here, as in training.
+import { api, el, errorText } from './api.js';
+
+export function inferView(root, params) {
+  const select = el('select', { id: 'infer-job' });
+  const inputBox = el('div', { id: 'infer-input' });
+  const probs = el('div', { class: 'probs', id: 'probs' });
+  const message = el('div', { class: 'muted', id: 'infer-message' });
+  const predict = el('button', { id: 'predict', class: 'primary', onclick: () => run() }, 'Predict');
+  root.append(el('h1', {}, 'Try a model'),
+    el('div', { class: 'toolbar' }, el('label', {}, 'Succeeded job ', select), predict, message),
+    el('div', { class: 'split' }, inputBox, probs));
+
+  let current = null; // {job, model, shape, inputName, prep, getInput}
+  let stopped = false;
+
+  async function load() {
+    const r = await api('GET', '/v1/jobs?state=succeeded&limit=200');
+    if (stopped) return;
+    if (!r.ok) { message.textContent = errorText(r); return; }
+    if (!r.data.jobs.length) { message.textContent = 'No succeeded job yet.'; return; }
+    select.replaceChildren(...r.data.jobs.map((j) => el('option', { value: j.id },
+      `${j.model} · ${j.id}`)));
+    const wanted = params.get('job');
+    if (wanted && r.data.jobs.some((j) => j.id === wanted)) select.value = wanted;
+    choose();
+  }
+  select.addEventListener('change', choose);
+
+  async function choose() {
+    const id = select.value;
+    probs.replaceChildren();
+    const j = await api('GET', `/v1/jobs/${id}`);
+    if (!j.ok) { message.textContent = errorText(j); return; }
+    const spec = j.data.spec || {};
+    let modelSpec = typeof spec.model === 'object' ? spec.model : null;
+    if (!modelSpec) {
+      const m = await api('GET', `/v1/models/${encodeURIComponent(j.data.model)}`);
+      modelSpec = m.ok ? m.data.spec : null;
+    }
+    const meta = await api('GET', `/v2/models/${encodeURIComponent(j.data.model)}`);
+    const inputName = meta.ok && meta.data.inputs && meta.data.inputs[0] ? meta.data.inputs[0].name : 'input';
+    const shape = (modelSpec && modelSpec.input_shape) ||
+      (meta.ok ? meta.data.inputs[0].shape.slice(1) : [1]);
+    const data = spec.data || {};
+    current = { id, model: j.data.model, shape, inputName,
+      prep: { scale: data.scale ?? 1, mean: data.normalize?.mean, std: data.normalize?.std } };
+    message.textContent = `input ${JSON.stringify(shape)}`;
+    if (shape.length >= 2) imageInput(shape); else vectorInput(shape);
+  }
+
+  function imageInput(shape) {
+    const h = shape[shape.length - 2], w = shape[shape.length - 1];
+    const channels = shape.length === 3 ? shape[0] : 1;
+    const size = 280;
+    const canvas = el('canvas', { class: 'draw', id: 'draw', width: size, height: size });
+    const small = el('canvas', { width: w, height: h, id: 'draw-small',
+      style: `width:${w * 4}px;height:${h * 4}px;image-rendering:pixelated;border:1px solid #888` });
+    const ctx = canvas.getContext('2d');
+    ctx.fillStyle = '#000';
+    ctx.fillRect(0, 0, size, size);
+    ctx.strokeStyle = '#fff';
+    ctx.lineWidth = size / 12;
+    ctx.lineCap = ctx.lineJoin = 'round';
+    let drawing = false;
+    const at = (e) => { const b = canvas.getBoundingClientRect(); return [e.clientX - b.left, e.clientY - b.top]; };
+    canvas.addEventListener('pointerdown', (e) => { drawing = true; ctx.beginPath(); ctx.moveTo(...at(e)); });
+    canvas.addEventListener('pointermove', (e) => { if (drawing) { ctx.lineTo(...at(e)); ctx.stroke(); } });
+    const up = () => { if (drawing) { drawing = false; run(); } };
+    canvas.addEventListener('pointerup', up);
+    canvas.addEventListener('pointerleave', up);
+    const clear = el('button', { onclick: () => { ctx.fillRect(0, 0, size, size); probs.replaceChildren(); } }, 'Clear');
+    inputBox.replaceChildren(el('div', {}, canvas), el('div', { class: 'toolbar' }, clear,
+      el('span', { class: 'muted' }, `drawn, sent as ${w}x${h}:`), small));
+    current.getInput = () => {
+      const sctx = small.getContext('2d', { willReadFrequently: true });
+      sctx.imageSmoothingEnabled = true;
+      sctx.imageSmoothingQuality = 'high';
+      sctx.drawImage(canvas, 0, 0, w, h);
+      const pixels = sctx.getImageData(0, 0, w, h).data;
+      const out = [];
+      for (let c = 0; c < channels; c++)
+        for (let i = 0; i < w * h; i++) out.push(channels === 3 ? pixels[i * 4 + c] : pixels[i * 4]);
+      return out;
+    };
+  }
+
+  function vectorInput(shape) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const text = el('textarea', { id: 'vector', style: 'min-height:80px' });
+    text.value = new Array(n).fill(0).join(', ');
+    inputBox.replaceChildren(el('div', { class: 'muted' }, `${n} numbers, comma-separated`), text);
+    current.getInput = () => text.value.split(/[\s,]+/).filter(Boolean).map(Number);
+  }
+
+  async function run() {
+    if (!current || !current.getInput) return;
+    const raw = current.getInput();
+    const { scale, mean, std } = current.prep;
+    const channels = current.shape.length === 3 ? current.shape[0] : 1;
+    const per = raw.length / channels;
+    const data = raw.map((v, i) => {
+      let x = v * scale;
+      const c = Math.floor(i / per);
+      if (mean && std) x = (x - mean[Math.min(c, mean.length - 1)]) / std[Math.min(c, std.length - 1)];
+      return x;
+    });
+    const body = { id: 'dashboard', parameters: { softmax: true },
+      inputs: [{ name: current.inputName, datatype: 'FP32', shape: [1, ...current.shape], data }] };
+    const r = await api('POST', `/v2/models/${encodeURIComponent(current.model)}/versions/${current.id}/infer`, body);
+    if (!r.ok) { message.textContent = errorText(r); return; }
+    const out = r.data.outputs[0].data;
+    const best = out.indexOf(Math.max(...out));
+    probs.replaceChildren(el('h2', {}, `Predicted class ${best}`), ...out.map((p, i) =>
+      el('div', { class: 'row' + (i === best ? ' top' : ''), 'data-class': i },
+        el('span', { class: 'label' }, String(i)),
+        el('div', { class: 'pbar', style: `width:${Math.max(1, p * 300).toFixed(0)}px` }),
+        el('span', { class: 'num' }, (p * 100).toFixed(1) + '%'))));
+  }
+
+  load();
+  return () => { stopped = true; };
+}

@@ -1,0 +1,178 @@
+// job.js — one job: its curves growing live (the event stream, or polling with
+// after_step when streaming fails), smoothing and log axis controls, its state and
+// error, checkpoints with download links, and its spec.
+import { api, download, el, errorText, fmtBytes, fmtDuration, fmtNum, getToken, jobEvents,
+  num, terminal } from './api.js';
+import { chartsAvailable, color, groupOf, GROUP_TITLES, LineChart, Series } from './chart.js';
+
+// The first load asks the server for at most this many points per series (min/max
+// buckets), so a run of 100,000 steps paints as fast as a short one.
+const INITIAL_POINTS = 2000;
+
+export function jobView(root, id) {
+  const series = new Map();    // name -> Series
+  const charts = new Map();    // group -> LineChart
+  const checkpoints = new Map();
+  let job = null, stream = null, pollTimer = null, stopped = false, dirty = false, frame = 0;
+  const options = { smoothing: Number(localStorage.getItem('kiln.smoothing') || 0.6), log: false };
+
+  const title = el('h1', {}, 'Job ', el('span', { id: 'job-id' }, id), ' ',
+    el('span', { class: 'badge', id: 'job-state' }, '…'));
+  const info = el('div', { class: 'kv', id: 'job-info' });
+  const errorBox = el('div', { class: 'error-box', id: 'job-error', hidden: true });
+  const slider = el('input', { type: 'range', min: 0, max: 0.99, step: 0.01, id: 'smoothing',
+    value: options.smoothing });
+  const sliderValue = el('span', {}, options.smoothing.toFixed(2));
+  slider.addEventListener('input', () => {
+    options.smoothing = Number(slider.value);
+    sliderValue.textContent = options.smoothing.toFixed(2);
+    localStorage.setItem('kiln.smoothing', slider.value);
+    for (const c of charts.values()) c.setOptions(options);
+    schedule();
+  });
+  const logBox = el('input', { type: 'checkbox', id: 'log-axis', onchange: () => {
+    options.log = logBox.checked;
+    for (const c of charts.values()) c.setOptions(options);
+    schedule();
+  } });
+  const buttons = el('span', {},
+    ...['pause', 'resume', 'cancel'].map((verb) => el('button', { 'data-action': verb,
+      onclick: async () => {
+        const r = await api('POST', `/v1/jobs/${id}/${verb}`);
+        if (!r.ok) showError(errorText(r)); else showJob(Object.assign({}, job, r.data));
+      } }, verb[0].toUpperCase() + verb.slice(1))));
+  const liveNote = el('span', { class: 'muted', id: 'live' });
+  const chartBox = el('div', { class: 'charts', id: 'charts' });
+  const ckptBody = el('tbody');
+  const specPre = el('pre', { id: 'job-spec' });
+  const noCharts = chartsAvailable() ? '' : el('div', { class: 'note' },
+    'This kilnd was built without the chart library (npm was missing): curves are not drawn.');
+  root.append(title, info, errorBox,
+    el('div', { class: 'toolbar' }, buttons,
+      el('label', {}, 'Smoothing ', slider, ' ', sliderValue),
+      el('label', {}, logBox, ' log scale'),
+      el('a', { href: '#/compare?ids=' + id }, 'Compare…'),
+      el('a', { href: '#/infer?job=' + id }, 'Try it…'), liveNote),
+    noCharts, chartBox,
+    el('h2', {}, 'Checkpoints'),
+    el('table', { id: 'checkpoints' }, el('thead', {}, el('tr', {},
+      el('th', {}, 'Step'), el('th', {}, 'Kind'), el('th', {}, 'Size'), el('th', {}, 'Download'))), ckptBody),
+    el('h2', {}, 'Spec'), specPre);
+
+  function showError(text) {
+    errorBox.hidden = false;
+    errorBox.textContent = text;
+  }
+
+  function showJob(j) {
+    job = j;
+    const badge = document.getElementById('job-state') || title.querySelector('.badge');
+    badge.className = 'badge ' + j.state;
+    badge.textContent = j.state;
+    const p = j.progress || { step: j.step, total_steps: j.total_steps, epoch: j.epoch };
+    const m = j.metrics || {};
+    const rows = [['Model', j.model], ['Dataset', j.dataset], ['Device', j.device],
+      ['Step', `${p.step} / ${p.total_steps || '?'} (epoch ${p.epoch})`],
+      ['ETA', j.state === 'running' ? fmtDuration(j.eta_seconds) : ''],
+      ['Samples/s', fmtNum(j.samples_per_second, 3)],
+      ...Object.entries(m).map(([k, v]) => [k, fmtNum(v)])];
+    info.replaceChildren(...rows.filter((r) => r[1] != null && r[1] !== undefined)
+      .flatMap(([k, v]) => [el('span', { class: 'muted' }, k), el('span', { 'data-key': k }, String(v))]));
+    if (j.error) showError(`${j.error.code} at step ${j.error.step ?? '?'}: ${j.error.message}`);
+    const [pause, resume, cancel] = buttons.querySelectorAll('button');
+    pause.disabled = !['queued', 'running'].includes(j.state) || j.pause_requested;
+    resume.disabled = !(j.state === 'paused' || j.pause_requested);
+    cancel.disabled = terminal(j.state) || j.cancel_requested;
+    if (j.spec && !specPre.textContent) specPre.textContent = JSON.stringify(j.spec, null, 2);
+  }
+
+  function addCheckpoint(c) {
+    const key = c.kind + ':' + c.step;
+    if (checkpoints.has(key)) return;
+    checkpoints.set(key, c);
+    const name = c.kind === 'final' ? `${id}.safetensors` : `${id}-step${c.step}.safetensors`;
+    const link = el('a', { href: c.url, download: name }, name);
+    // a plain link cannot carry the token: fetch it and hand over a blob instead
+    link.addEventListener('click', (e) => { if (getToken()) { e.preventDefault(); download(c.url, name); } });
+    const tr = el('tr', { 'data-step': c.step }, el('td', { class: 'num' }, String(c.step)),
+      el('td', {}, c.kind), el('td', { class: 'num' }, fmtBytes(c.bytes)), el('td', {}, link));
+    const after = [...ckptBody.children].find((r) => Number(r.dataset.step) > c.step);
+    ckptBody.insertBefore(tr, after || null);
+  }
+
+  function addPoints(all) {
+    for (const [name, points] of Object.entries(all)) {
+      let s = series.get(name);
+      if (!s) {
+        series.set(name, (s = new Series()));
+        const group = groupOf(name);
+        let chart = charts.get(group);
+        if (!chart) {
+          charts.set(group, (chart = new LineChart(chartBox, GROUP_TITLES[group] || name, group)));
+          chart.setOptions(options);
+        }
+        const names = [...series.keys()].filter((n) => groupOf(n) === group).sort();
+        chart.setLines(names.map((n, i) => ({ label: n, series: series.get(n), color: color(i) })));
+      }
+      s.append(points, num);
+    }
+    schedule();
+  }
+
+  // Redraws at most once per animation frame, however fast events come.
+  function schedule() {
+    if (dirty) return;
+    dirty = true;
+    frame = requestAnimationFrame(() => {
+      dirty = false;
+      for (const c of charts.values()) c.redraw();
+    });
+  }
+
+  const lastStep = () => Math.max(-1, ...[...series.values()].map((s) => s.last));
+
+  async function poll() {
+    // the fallback: state, new points after the last step, checkpoints, every second
+    const [j, m, c] = await Promise.all([api('GET', `/v1/jobs/${id}`),
+      api('GET', `/v1/jobs/${id}/metrics?after_step=${lastStep()}&max_points=${INITIAL_POINTS}`),
+      api('GET', `/v1/jobs/${id}/checkpoints`)]);
+    if (stopped) return;
+    if (j.ok) showJob(j.data);
+    if (m.ok) addPoints(m.data.series);
+    if (c.ok) c.data.checkpoints.forEach(addCheckpoint);
+    if (!(j.ok && terminal(j.data.state))) pollTimer = setTimeout(poll, 1000);
+  }
+
+  async function start() {
+    const [j, m, c] = await Promise.all([api('GET', `/v1/jobs/${id}`),
+      api('GET', `/v1/jobs/${id}/metrics?max_points=${INITIAL_POINTS}`),
+      api('GET', `/v1/jobs/${id}/checkpoints`)]);
+    if (stopped) return;
+    if (!j.ok) { showError(errorText(j)); return; }
+    showJob(j.data);
+    if (m.ok) addPoints(m.data.series);
+    if (c.ok) c.data.checkpoints.forEach(addCheckpoint);
+    if (terminal(j.data.state)) return;
+    liveNote.textContent = 'live';
+    stream = jobEvents(id, lastStep(), {
+      metrics: (d) => addPoints(d.series),
+      state: (s) => showJob(Object.assign({}, job, s, { progress: { step: s.step,
+        total_steps: s.total_steps, epoch: s.epoch } })),
+      checkpoint: addCheckpoint,
+      end: () => { liveNote.textContent = ''; },
+      fail: () => { liveNote.textContent = 'polling'; stream = null; poll(); },
+    });
+  }
+
+  const onResize = () => { for (const c of charts.values()) c.resize(); };
+  window.addEventListener('resize', onResize);
+  start();
+  return () => {
+    stopped = true;
+    if (stream) stream.close();
+    clearTimeout(pollTimer);
+    cancelAnimationFrame(frame);
+    window.removeEventListener('resize', onResize);
+    for (const c of charts.values()) c.destroy();
+  };
+}

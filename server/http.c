@@ -42,6 +42,7 @@ static const route ROUTES[] = {
     {"PUT", "/v1/datasets/{name}/files/{role}", ksrv_handle_datasets_upload, BODY_UPLOAD},
     /* POST too: curl --data-binary posts; small JSON arrays come the same way */
     {"POST", "/v1/datasets/{name}/files/{role}", ksrv_handle_datasets_upload, BODY_UPLOAD},
+    {"GET", "/v1/datasets/{name}/samples", ksrv_handle_datasets_samples, BODY_NONE},
     {"POST", "/v1/jobs", ksrv_handle_jobs_create, BODY_JSON},
     {"GET", "/v1/jobs", ksrv_handle_jobs_list, BODY_NONE},
     {"GET", "/v1/jobs/{id}", ksrv_handle_jobs_get, BODY_NONE},

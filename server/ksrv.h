@@ -148,6 +148,11 @@ void ksrv_handle_datasets_get(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_datasets_delete(ksrv_server *, ksrv_request *, ksrv_response *);
 /* PUT /v1/datasets/{name}/files/{role}?format=idx — a streamed upload (upload_path). */
 void ksrv_handle_datasets_upload(ksrv_server *, ksrv_request *, ksrv_response *);
+/* GET /v1/datasets/{name}/samples?split=test&offset=0&limit=16 (server/routes_samples.c):
+ * a page of samples as stored, from parsed splits cached in memory (a small bound). */
+void ksrv_handle_datasets_samples(ksrv_server *, ksrv_request *, ksrv_response *);
+/* Frees the parsed splits cached by the samples route (ksrv_stop). */
+void ksrv_samples_cache_clear(void);
 void ksrv_handle_jobs_create(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_jobs_list(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_jobs_get(ksrv_server *, ksrv_request *, ksrv_response *);

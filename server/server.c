@@ -166,6 +166,7 @@ void ksrv_stop(ksrv_server *server)
     server->workers = NULL;
     if (server->models) ksrv_model_cache_free(server->models);
     ksrv_metrics_cache_clear();
+    ksrv_samples_cache_clear();
     server->models = NULL;
     pthread_mutex_destroy(&server->stats.lock);
     /* this thread's handle (if it opened one) must not outlive the server's files */

@@ -4,8 +4,10 @@
  * finished job of 100,000 metric points per series (written through kstore before
  * kilnd starts), then runs tests/browser/dashboard.test.mjs (playwright-core driving
  * Debian's chromium headless) against it. Screenshots go to KILN_BINARY_DIR/artifacts/.
- * Skips with a message when node, chromium or tests/browser/node_modules is missing
- * (scripts/install-web-deps.sh installs them).
+ * A second, shorter case starts kilnd with --token-file (mode 0600) and runs the
+ * script's token flow (KILN_DASHBOARD_TOKEN). Both stop kilnd cleanly and fail on any
+ * sanitizer report in its log. Skips with a message when node, chromium or
+ * tests/browser/node_modules is missing (scripts/install-web-deps.sh installs them).
  */
 #include "server_harness.h"
 
@@ -66,7 +68,8 @@ static void write_big_job(const char *data_dir, char id[40])
     kstore_close(store);
 }
 
-Test(browser, dashboard, .fini = teardown, .timeout = 240)
+/* Skips the test when the browser side is missing. */
+static void need_browser(void)
 {
     const char *chromium = getenv("KILN_CHROMIUM") ? getenv("KILN_CHROMIUM") : "/usr/bin/chromium";
     char modules[1024];
@@ -78,18 +81,16 @@ Test(browser, dashboard, .fini = teardown, .timeout = 240)
         cr_skip_test("%s is missing (scripts/install-web-deps.sh installs chromium)", chromium);
     if (access(modules, R_OK) != 0)
         cr_skip_test("%s is missing (npm ci in tests/browser)", modules);
+}
 
-    h_make_root(&H);
-    char big[40];
-    write_big_job(H.data_dir, big);
-    const char *extra[] = {"--workers", "1", NULL};
-    h_start(&H, extra);
-
+/* Runs the script (env: extra environment, "" for none), echoing its output. */
+static void run_script(const char *env, const char *big)
+{
     char artifacts[1024], command[4096];
     snprintf(artifacts, sizeof artifacts, "%s/artifacts", KILN_BINARY_DIR);
     snprintf(command, sizeof command,
-             "cd '%s/tests/browser' && timeout 200 node dashboard.test.mjs '%s' '%s' '%s' 2>&1",
-             KILN_SOURCE_DIR, H.url, artifacts, big);
+             "cd '%s/tests/browser' && %s timeout 200 node dashboard.test.mjs '%s' '%s' '%s' 2>&1",
+             KILN_SOURCE_DIR, env, H.url, artifacts, big);
     fflush(NULL);
     FILE *p = popen(command, "r");
     cr_assert_not_null(p);
@@ -98,4 +99,50 @@ Test(browser, dashboard, .fini = teardown, .timeout = 240)
     int status = pclose(p);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "the browser test failed (status %d); kilnd's log: %s", status, H.log_path);
+}
+
+/* Stops kilnd with SIGTERM and fails on a sanitizer report in its log. */
+static void stop_and_check_log(void)
+{
+    int status = h_signal_wait(&H, SIGTERM);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kilnd exit status %d", status);
+    FILE *f = fopen(H.log_path, "r");
+    cr_assert_not_null(f);
+    char line[4096];
+    bool clean = true;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "Sanitizer") || strstr(line, "runtime error:")) clean = false;
+    fclose(f);
+    cr_expect(clean, "kilnd's log has a sanitizer report (%s)", H.log_path);
+}
+
+Test(browser, dashboard, .fini = teardown, .timeout = 240)
+{
+    need_browser();
+    h_make_root(&H);
+    char big[40];
+    write_big_job(H.data_dir, big);
+    const char *extra[] = {"--workers", "1", NULL};
+    h_start(&H, extra);
+    run_script("", big);
+    stop_and_check_log();
+}
+
+Test(browser, token, .fini = teardown, .timeout = 120)
+{
+    need_browser();
+    h_make_root(&H);
+    char token_path[400];
+    snprintf(token_path, sizeof token_path, "%s/token", H.root);
+    snprintf(H.token, sizeof H.token, "kiln-browser-%d-%ld", (int)getpid(), (long)time(NULL));
+    int fd = open(token_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, H.token, strlen(H.token)), (ssize_t)strlen(H.token));
+    close(fd);
+    const char *extra[] = {"--workers", "1", "--token-file", token_path, NULL};
+    h_start(&H, extra);
+    char env[256];
+    snprintf(env, sizeof env, "KILN_DASHBOARD_TOKEN='%s'", H.token);
+    run_script(env, "");
+    stop_and_check_log();
 }

@@ -15,6 +15,8 @@ function headers(extra) {
 
 let onConnection = () => {};
 export const watchConnection = (fn) => { onConnection = fn; };
+let onUnauthorized = () => {};
+export const watchUnauthorized = (fn) => { onUnauthorized = fn; };
 
 // Resolves to {ok, status, data}; never throws (a network failure is status 0).
 export async function api(method, path, body) {
@@ -28,6 +30,7 @@ export async function api(method, path, body) {
     return { ok: false, status: 0, data: { error: { code: 'network', message: String(e) } } };
   }
   onConnection(response.status !== 401);
+  if (response.status === 401) onUnauthorized();
   let data = null;
   const text = await response.text();
   try { data = text ? JSON.parse(text) : null; } catch { data = { text }; }

@@ -1,9 +1,14 @@
 // infer.js — try a trained model: pick a succeeded job (a version of its model), give
 // it an input — drawn on a canvas (downsampled to the model's height x width) for image
-// models, typed numbers otherwise — and see the class probabilities as bars
+// models, typed numbers otherwise — or pick one of its dataset's test samples (a strip
+// of thumbnails from GET /v1/datasets/{name}/samples; the true label is shown next to
+// the prediction) — and see the class probabilities as bars
 // (POST /v2/models/{model}/versions/{job}/infer with "parameters": {"softmax": true}).
-// The job's preprocessing (data.scale, data.normalize) is applied here, as in training.
+// The job's preprocessing (data.scale, data.normalize from its spec) is applied here to
+// drawn and picked inputs alike, as training applied it.
 import { api, el, errorText } from './api.js';
+
+const SAMPLES = 16;
 
 export function inferView(root, params) {
   const select = el('select', { id: 'infer-job' });
@@ -11,12 +16,15 @@ export function inferView(root, params) {
   const probs = el('div', { class: 'probs', id: 'probs' });
   const message = el('div', { class: 'muted', id: 'infer-message' });
   const predict = el('button', { id: 'predict', class: 'primary', onclick: () => run() }, 'Predict');
+  const strip = el('div', { class: 'samples', id: 'samples' });
+  const stripTitle = el('h2', { hidden: true }, 'Pick a test image');
   root.append(el('h1', {}, 'Try a model'),
     el('div', { class: 'toolbar' }, el('label', {}, 'Succeeded job ', select), predict, message),
+    stripTitle, strip,
     el('div', { class: 'split' }, inputBox, probs));
 
   let current = null; // {job, model, shape, inputName, prep, getInput}
-  let stopped = false;
+  let stopped = false, chosen = 0;
 
   async function load() {
     const r = await api('GET', '/v1/jobs?state=succeeded&limit=200');
@@ -32,9 +40,12 @@ export function inferView(root, params) {
   select.addEventListener('change', choose);
 
   async function choose() {
-    const id = select.value;
+    const id = select.value, seq = ++chosen;
     probs.replaceChildren();
+    strip.replaceChildren();
+    stripTitle.hidden = true;
     const j = await api('GET', `/v1/jobs/${id}`);
+    if (stopped || seq !== chosen) return;
     if (!j.ok) { message.textContent = errorText(j); return; }
     const spec = j.data.spec || {};
     let modelSpec = typeof spec.model === 'object' ? spec.model : null;
@@ -43,6 +54,7 @@ export function inferView(root, params) {
       modelSpec = m.ok ? m.data.spec : null;
     }
     const meta = await api('GET', `/v2/models/${encodeURIComponent(j.data.model)}`);
+    if (stopped || seq !== chosen) return;
     const inputName = meta.ok && meta.data.inputs && meta.data.inputs[0] ? meta.data.inputs[0].name : 'input';
     const shape = (modelSpec && modelSpec.input_shape) ||
       (meta.ok ? meta.data.inputs[0].shape.slice(1) : [1]);
@@ -51,6 +63,63 @@ export function inferView(root, params) {
       prep: { scale: data.scale ?? 1, mean: data.normalize?.mean, std: data.normalize?.std } };
     message.textContent = `input ${JSON.stringify(shape)}`;
     if (shape.length >= 2) imageInput(shape); else vectorInput(shape);
+    loadSamples(j.data.dataset || data.dataset, seq);
+  }
+
+  // The strip of samples: the dataset's test split (its training split when it has
+  // none), asked for only when the dataset lists the files, so no request fails.
+  async function loadSamples(dataset, seq) {
+    if (!dataset) return;
+    const d = await api('GET', `/v1/datasets/${encodeURIComponent(dataset)}`);
+    if (stopped || seq !== chosen || !d.ok) return;
+    const roles = (d.data.files || []).map((f) => f.role);
+    const split = roles.some((r) => r.startsWith('test')) ? 'test' :
+      roles.some((r) => r.startsWith('train')) ? 'train' : null;
+    if (!split) return;
+    const r = await api('GET', `/v1/datasets/${encodeURIComponent(dataset)}/samples` +
+      `?split=${split}&offset=0&limit=${SAMPLES}`);
+    if (stopped || seq !== chosen) return;
+    if (!r.ok) { message.textContent = 'samples: ' + errorText(r); return; }
+    const size = current.shape.reduce((a, b) => a * b, 1);
+    const samples = r.data.samples.filter((s) => s.data.length === size);
+    if (!samples.length) return;
+    stripTitle.textContent = `Pick a ${split} image (${dataset}, ${r.data.total} samples)`;
+    stripTitle.hidden = false;
+    strip.replaceChildren(...samples.map((sample) => {
+      const thumb = current.shape.length >= 2 ? thumbnail(sample.data, current.shape) :
+        el('button', {}, `#${sample.index}`);
+      thumb.dataset.index = sample.index;
+      thumb.dataset.label = sample.label;
+      thumb.title = `#${sample.index}, label ${sample.label}`;
+      thumb.addEventListener('click', () => {
+        strip.querySelectorAll('.picked').forEach((e) => e.classList.remove('picked'));
+        thumb.classList.add('picked');
+        run(sample);
+      });
+      return thumb;
+    }));
+  }
+
+  // A sample drawn at its own resolution (CSS scales it up), its values stretched to
+  // 0..255 whatever their stored range: grey for one channel, RGB for three.
+  function thumbnail(values, shape) {
+    const h = shape[shape.length - 2], w = shape[shape.length - 1];
+    const channels = shape.length === 3 ? shape[0] : 1;
+    const canvas = el('canvas', { width: w, height: h });
+    let lo = Infinity, hi = -Infinity;
+    for (const v of values) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    const k = hi > lo ? 255 / (hi - lo) : 0;
+    const ctx = canvas.getContext('2d');
+    const image = ctx.createImageData(w, h);
+    for (let i = 0; i < w * h; i++) {
+      for (let c = 0; c < 3; c++) {
+        const v = values[(channels === 3 ? c : 0) * w * h + i];
+        image.data[i * 4 + c] = (v - lo) * k;
+      }
+      image.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(image, 0, 0);
+    return canvas;
   }
 
   function imageInput(shape) {
@@ -97,9 +166,11 @@ export function inferView(root, params) {
     current.getInput = () => text.value.split(/[\s,]+/).filter(Boolean).map(Number);
   }
 
-  async function run() {
-    if (!current || !current.getInput) return;
-    const raw = current.getInput();
+  // sample: a picked {index, label, data} (values as stored); none: the drawn input.
+  async function run(sample) {
+    if (!current || !(sample || current.getInput)) return;
+    if (!sample) strip.querySelectorAll('.picked').forEach((e) => e.classList.remove('picked'));
+    const raw = sample ? sample.data : current.getInput();
     const { scale, mean, std } = current.prep;
     const channels = current.shape.length === 3 ? current.shape[0] : 1;
     const per = raw.length / channels;
@@ -115,7 +186,11 @@ export function inferView(root, params) {
     if (!r.ok) { message.textContent = errorText(r); return; }
     const out = r.data.outputs[0].data;
     const best = out.indexOf(Math.max(...out));
-    probs.replaceChildren(el('h2', {}, `Predicted class ${best}`), ...out.map((p, i) =>
+    const truth = sample ? el('div', { id: 'true-label', 'data-label': sample.label,
+      class: sample.label === best ? 'ok' : 'bad' },
+    `True label ${sample.label} (sample #${sample.index}) — ` +
+      (sample.label === best ? 'correct' : 'wrong')) : null;
+    probs.replaceChildren(el('h2', {}, `Predicted class ${best}`), truth, ...out.map((p, i) =>
       el('div', { class: 'row' + (i === best ? ' top' : ''), 'data-class': i },
         el('span', { class: 'label' }, String(i)),
         el('div', { class: 'pbar', style: `width:${Math.max(1, p * 300).toFixed(0)}px` }),

@@ -140,6 +140,7 @@ export function jobView(root, id) {
     if (j.ok) showJob(j.data);
     if (m.ok) addPoints(m.data.series);
     if (c.ok) c.data.checkpoints.forEach(addCheckpoint);
+    if (j.status === 401) return; // entering the token re-routes and starts again
     if (!(j.ok && terminal(j.data.state))) pollTimer = setTimeout(poll, 1000);
   }
 

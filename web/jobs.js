@@ -84,6 +84,7 @@ export function jobsView(root, params) {
     clearTimeout(timer);
     const r = await api('GET', '/v1/jobs?limit=500' + (filter ? '&state=' + filter : ''));
     if (stopped) return;
+    if (r.status === 401) return; // no polling without the token: entering it re-routes
     if (!r.ok) {
       message.textContent = errorText(r);
     } else {

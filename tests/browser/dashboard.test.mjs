@@ -7,13 +7,14 @@
 // inference panel shows probabilities; no console errors. Writes jobs.png and job.png
 // and prints the time to first paint of a job page with 100,000 points per series.
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 
 const [url, artifacts, bigJob] = process.argv.slice(2);
 if (!url || !artifacts) { console.error('usage: dashboard.test.mjs URL ARTIFACTS [BIG_JOB]'); process.exit(2); }
 mkdirSync(artifacts, { recursive: true });
 const CHROMIUM = process.env.KILN_CHROMIUM || '/usr/bin/chromium';
 const deadline = Date.now() + 150_000;
+const TOKEN = process.env.KILN_DASHBOARD_TOKEN || '';
 
 function check(ok, what) {
   if (!ok) throw new Error('check failed: ' + what);
@@ -21,7 +22,9 @@ function check(ok, what) {
 }
 
 async function call(method, path, body) {
-  const r = await fetch(url + path, { method, headers: { 'Content-Type': 'application/json' },
+  const headers = { 'Content-Type': 'application/json' };
+  if (TOKEN) headers.Authorization = 'Bearer ' + TOKEN;
+  const r = await fetch(url + path, { method, headers,
     body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await r.json().catch(() => null);
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(data)}`);
@@ -46,7 +49,7 @@ function quads(n, seed) {
   return { inputs, labels };
 }
 
-async function setup() {
+async function setup(nJobs = 2) {
   await call('POST', '/v1/datasets', { name: 'quads' });
   await call('POST', '/v1/datasets/quads/files/train?format=json', quads(512, 7));
   await call('POST', '/v1/datasets/quads/files/test?format=json', quads(128, 8));
@@ -56,28 +59,19 @@ async function setup() {
   const spec = (steps) => ({ model: 'quads', data: { dataset: 'quads', scale: 1 / 255, validation_split: 0.25 },
     optimizer: { type: 'adam', lr: 0.002 }, batch_size: 16, max_steps: steps,
     validation: { every_steps: 250 }, checkpoint_every_steps: 1000 });
-  const steps = Number(process.env.KILN_DASHBOARD_STEPS || 6000);
+  const steps = Number(process.env.KILN_DASHBOARD_STEPS || (nJobs === 2 ? 6000 : 3000));
   const a = await call('POST', '/v1/jobs', spec(steps));
+  if (nJobs === 1) return { a: a.id };
   const b = await call('POST', '/v1/jobs', spec(steps)); // queued behind a: one worker
   return { a: a.id, b: b.id };
 }
 
-const consoleErrors = [];
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'] });
-let failed = false;
-try {
+// The full run: the first job runs while the page watches, the second is canceled.
+async function mainFlow(context, page) {
   const jobs = await setup();
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(30_000);
   // The validation request answers 400 on purpose; Chrome logs every 4xx it fetches.
   let expected400 = 0;
   page.on('response', (r) => { if (r.status() === 400 && r.url().includes('validate_only=true')) expected400++; });
-  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-  page.on('pageerror', (e) => consoleErrors.push('page error: ' + e.message));
-
   // jobs table lists the running job
   await page.goto(url + '/#/jobs');
   await page.waitForSelector(`tr[data-job="${jobs.a}"]`);
@@ -133,11 +127,23 @@ try {
   await page.mouse.up();
   await page.waitForSelector('#probs .row');
   const rows = await page.$$eval('#probs .row', (r) => r.map((e) => e.textContent));
-  const total = rows.reduce((s, t) => s + parseFloat(t.split(/\s+/).pop() || t.match(/([\d.]+)%/)[1]), 0);
   check(rows.length === 4, `the inference panel shows 4 class probabilities (${rows.join(' | ')})`);
   check(Math.abs(await page.$$eval('#probs .row .num', (n) => n.reduce((s, e) => s + parseFloat(e.textContent), 0)) - 100) < 1,
     'the probabilities add up to 100%');
-  void total;
+
+  // pick a test image: its probabilities and its true label
+  await page.waitForSelector('#samples canvas');
+  const thumbs = await page.$$('#samples canvas');
+  check(thumbs.length === 16, `the strip shows 16 test images (${thumbs.length})`);
+  const label = Number(await thumbs[5].getAttribute('data-label'));
+  await thumbs[5].click();
+  await page.waitForSelector('#true-label');
+  const truth = await page.textContent('#true-label');
+  const picked = await page.$$eval('#probs .row .num', (n) => n.map((e) => parseFloat(e.textContent)));
+  check(picked.length === 4 && Math.abs(picked.reduce((a, b) => a + b, 0) - 100) < 1 &&
+    Number(await page.getAttribute('#true-label', 'data-label')) === label,
+    `a picked test image shows probabilities (${picked.join('% ')}%) and its true label ("${truth}")`);
+  check(picked.indexOf(Math.max(...picked)) === label, 'the trained model classifies the picked image right');
 
   // first paint of a job page with 100,000 points per series
   if (bigJob) {
@@ -158,8 +164,74 @@ try {
     await fresh.close();
   }
 
-  const unexpected = consoleErrors.filter((t) => !(expected400 > 0 &&
-    /Failed to load resource: the server responded with a status of 400/.test(t)));
+  return (t) => expected400 > 0 && /Failed to load resource: the server responded with a status of 400/.test(t);
+}
+
+// The token run: everything the page asks for once the token is entered must carry it.
+async function tokenFlow(page) {
+  const jobs = await setup(1);
+  // paused at once (or within a few steps), so its page opens a live stream whatever the
+  // machine's speed; the page's Resume button (a POST with the token) lets it finish
+  await call('POST', `/v1/jobs/${jobs.a}/pause`);
+  let refused = 0, entered = false, refusedAfter = 0, eventsWithToken = 0;
+  page.on('response', (r) => { if (r.status() === 401) { if (entered) refusedAfter++; else refused++; } });
+  page.on('request', (r) => {
+    if (r.url().includes('/events') && r.headers().authorization === 'Bearer ' + TOKEN) eventsWithToken++;
+  });
+  await page.goto(url + '/#/jobs');
+  await page.waitForSelector('#token-note');
+  check(refused >= 1 && !(await page.$(`tr[data-job="${jobs.a}"]`)),
+    'without the token the page loads and asks for it');
+  await page.waitForTimeout(1200); // a refused jobs list is not polled again
+  check(refused === 1, `no polling while the token is missing (${refused} refused request)`);
+
+  entered = true;
+  await page.fill('#token', TOKEN);
+  await page.press('#token', 'Enter');
+  await page.waitForSelector(`tr[data-job="${jobs.a}"]`);
+  check(true, 'after entering the token the jobs list loads');
+
+  await page.goto(url + '/#/job/' + jobs.a);
+  await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'paused');
+  const points = () => page.$eval('[data-chart="loss"]', (e) => Number(e.dataset.points)).catch(() => 0);
+  const before = await points();
+  await page.click('button[data-action="resume"]:not([disabled])');
+  await page.waitForFunction((n) => Number(document.querySelector('[data-chart="loss"]')?.dataset.points) > n,
+    before);
+  check(await page.$('[data-chart="loss"] canvas') !== null,
+    `the job page's loss curve appears and grows after Resume (${before} -> ${await points()} points)`);
+  await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'succeeded',
+    null, { timeout: Math.max(1000, deadline - Date.now() - 30_000) });
+  check(eventsWithToken > 0 && await page.textContent('#live') !== 'polling',
+    `the event stream was read with the token (${eventsWithToken} requests), no polling`);
+
+  const link = await page.waitForSelector('#checkpoints a[href$="/weights"]');
+  const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  const saved = artifacts + '/token-weights.safetensors';
+  await download.saveAs(saved);
+  const bytes = statSync(saved).size;
+  const header = Number(readFileSync(saved).readBigUInt64LE(0));
+  unlinkSync(saved);
+  check(bytes > 1000 && header > 0 && header < bytes,
+    `the final weights download with the token (${bytes} bytes of safetensors)`);
+  check(refusedAfter === 0, `no request refused once the token was entered (${refusedAfter})`);
+  // Chrome logs every refused fetch: the one made before the token was entered is expected
+  return (t, i) => i < refused && /status of 401/.test(t);
+}
+
+const consoleErrors = [];
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'] });
+let failed = false;
+try {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push('page error: ' + e.message));
+  const expected = TOKEN ? await tokenFlow(page) : await mainFlow(context, page);
+  const unexpected = consoleErrors.filter((t, i) => !expected(t, i));
   check(unexpected.length === 0, 'no console errors' + (unexpected.length ? ': ' + unexpected.join(' || ') : ''));
 } catch (e) {
   failed = true;

@@ -138,17 +138,20 @@ kn_alloc_stats kn_get_alloc_stats(void)
 
 kn_storage *kn__storage_new(size_t nbytes, kn_device device)
 {
-    if (device.type != KN_DEVICE_CPU) {
-        char name[32];
-        return kn__error_null(KN_ERR_DEVICE, "device %s is not available in this build",
-                              kn_device_str(device, name, sizeof name));
-    }
     kn_storage *s = kn__alloc(sizeof *s);
     if (!s) return kn__error_null(KN_ERR_MEMORY, "out of memory allocating a storage");
-    s->data = kn__alloc(nbytes);
-    if (!s->data) {
-        kn__free(s, sizeof *s);
-        return kn__error_null(KN_ERR_MEMORY, "out of memory allocating %zu bytes", nbytes);
+    if (device.type != KN_DEVICE_CPU) { /* the CUDA module's caching allocator */
+        s->data = kn__device_alloc(device, nbytes);
+        if (!s->data) {
+            kn__free(s, sizeof *s);
+            return NULL;
+        }
+    } else {
+        s->data = kn__alloc(nbytes);
+        if (!s->data) {
+            kn__free(s, sizeof *s);
+            return kn__error_null(KN_ERR_MEMORY, "out of memory allocating %zu bytes", nbytes);
+        }
     }
     s->nbytes = nbytes;
     s->refcount = 1;
@@ -160,6 +163,9 @@ void kn__storage_release(kn_storage *s)
 {
     if (!s) return;
     if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
-    kn__free(s->data, s->nbytes);
+    if (s->device.type != KN_DEVICE_CPU)
+        kn__device_free(s->device, s->data, s->nbytes);
+    else
+        kn__free(s->data, s->nbytes);
     kn__free(s, sizeof *s);
 }

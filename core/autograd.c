@@ -376,7 +376,7 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
                              "outputs, got shape %s — pass an explicit gradient",
                              kn__shape(t));
         }
-        grad = kn_ones(t->shape, t->ndim, KN_FLOAT32);
+        grad = kn_ones_like(t); /* on t's device */
     } else if (!kn__same_shape(grad, t)) {
         kn_scope_end();
         return kn__error(KN_ERR_SHAPE, "backward: gradient of shape %s does not match output %s",
@@ -422,6 +422,7 @@ kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim)
         return kn__error_null(KN_ERR_SHAPE,
                               "backward: gradient of shape %s cannot be reduced to %s",
                               kn__shape(grad), kn__shape_of(shape, ndim));
+    if (grad->device.type != KN_DEVICE_CPU) return kn__device_sum_to_shape(grad, shape, ndim);
     int dims[KN_MAX_DIMS], count = 0;
     for (int i = 0; i < grad->ndim; i++)
         if (i < lead || (shape[i - lead] == 1 && grad->shape[i] != 1)) dims[count++] = i;

@@ -97,6 +97,13 @@ const char *kn_dtype_name(kn_dtype dtype); /* "float32", "int64" */
 /* Writes "[2, 3]" into buf (always NUL-terminated); returns buf. */
 char *kn_shape_str(const int64_t *shape, int ndim, char *buf, size_t size);
 
+typedef struct kn_alloc_stats {
+    uint64_t system_allocs; /* calls that reached the system allocator */
+    uint64_t cache_hits;    /* allocations served from the cache */
+    uint64_t bytes_in_use;
+    uint64_t bytes_cached;
+} kn_alloc_stats;
+
 /* ---- devices --------------------------------------------------------------------- */
 kn_device kn_cpu(void);
 /* Parses "cpu", "cuda", "cuda:N". Returns KN_ERR_VALUE on anything else. */
@@ -104,8 +111,20 @@ kn_status kn_device_parse(const char *text, kn_device *out);
 const char *kn_device_str(kn_device device, char *buf, size_t size);
 bool kn_device_available(kn_device device);
 bool kn_device_equal(kn_device a, kn_device b);
-/* A tensor on `device`: t itself (a new reference) when already there, else a copy. */
+/* A tensor on `device`: t itself (a new reference) when already there, else a copy
+ * (differentiable: the gradient goes back to t's device). */
 kn_tensor *kn_to(kn_tensor *t, kn_device device);
+/* CUDA devices usable now (0 without the CUDA module, a driver or a GPU). The module,
+ * libkiln_cuda.so, is loaded on first use: $KILN_CUDA_MODULE, else next to the
+ * executable, else the build folder. */
+int kn_cuda_device_count(void);
+/* Why CUDA is not available ("no CUDA device: ..."), or how many devices there are. */
+const char *kn_cuda_status(void);
+/* Waits for the work queued on a CUDA device (ops run asynchronously there). */
+kn_status kn_cuda_synchronize(int device);
+/* The device allocator's counters (system_allocs counts cudaMalloc calls). */
+kn_status kn_cuda_get_alloc_stats(int device, kn_alloc_stats *out);
+kn_status kn_cuda_empty_cache(void); /* cached device blocks back to CUDA */
 
 /* ---- creation (all return one reference, see the ownership rule) ---------------- */
 kn_tensor *kn_empty(const int64_t *shape, int ndim, kn_dtype dtype);
@@ -134,6 +153,8 @@ kn_tensor *kn_autorelease(kn_tensor *t);
 int kn_scope_depth(void);
 
 /* ---- element access -------------------------------------------------------------- */
+/* Pointers to the first element of a CPU tensor; NULL (error set) for other devices:
+ * kn_to(t, kn_cpu()) first. The accessors below work on any device. */
 float *kn_data_f32(kn_tensor *t);   /* pointer to the first element (CPU, float32) */
 int64_t *kn_data_i64(kn_tensor *t); /* pointer to the first element (CPU, int64) */
 float kn_item(const kn_tensor *t);  /* one-element tensor as float (int64 converted) */
@@ -314,12 +335,6 @@ kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *tar
 void kn_set_num_threads(int n); /* the engine's pool and OpenBLAS; <= 0 means all cores */
 int kn_get_num_threads(void);
 
-typedef struct kn_alloc_stats {
-    uint64_t system_allocs; /* calls that reached the system allocator */
-    uint64_t cache_hits;    /* allocations served from the cache */
-    uint64_t bytes_in_use;
-    uint64_t bytes_cached;
-} kn_alloc_stats;
 kn_alloc_stats kn_get_alloc_stats(void);
 void kn_empty_cache(void); /* returns cached blocks to the system */
 

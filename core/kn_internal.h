@@ -107,12 +107,43 @@ bool kn__wrap_dim(int *dim, int ndim, const char *op);
 bool kn__same_shape(const kn_tensor *a, const kn_tensor *b);
 
 /* ---- checks (set the error and return false) ------------------------------------- */
-bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n); /* non-NULL, one device */
+/* Non-NULL, all on one device, and that device the CPU: an op without a CUDA path
+ * refuses CUDA tensors here, before touching their data ("<op>: not implemented on
+ * cuda in this build"). */
+bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n);
+/* Same, for ops that have a CUDA path (they dispatch through the kn__kernel_* below). */
+bool kn__check_inputs_cuda_ok(const char *op, kn_tensor *const *inputs, int n);
 bool kn__check_float(const char *op, const kn_tensor *t);
 bool kn__check_int64(const char *op, const kn_tensor *t, const char *what);
 /* Broadcast shape of a and b into out/out_ndim; error names both shapes. */
 bool kn__broadcast_shapes(const char *op, const int64_t *a, int a_ndim, const int64_t *b,
                           int b_ndim, int64_t *out, int *out_ndim);
+
+/* ---- devices (device.c) ------------------------------------------------------------ */
+/* Device memory from the CUDA module's caching allocator; NULL with the error set. */
+void *kn__device_alloc(kn_device device, size_t nbytes);
+void kn__device_free(kn_device device, void *ptr, size_t nbytes);
+/* The elementwise kernels on the CPU or on a CUDA device; an error (set) when the device
+ * is not available or the kernel fails. Operands point into memory on that device. */
+kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+                            kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
+                            float beta);
+kn_status kn__kernel_unary(kn_device device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+                           kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta);
+kn_status kn__kernel_copy(kn_device device, const int64_t *shape, int ndim, size_t elem_size,
+                          kn_cpu_operand out, kn_cpu_operand in);
+/* out = *value (elem_size bytes read from host memory) everywhere. */
+kn_status kn__kernel_fill(kn_device device, const int64_t *shape, int ndim, size_t elem_size,
+                          kn_cpu_operand out, const void *value);
+/* Row-major batched SGEMM on a CUDA device (cuBLAS). */
+kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                           int64_t k, float alpha, const float *a, int64_t lda, int64_t stride_a,
+                           const float *b, int64_t ldb, int64_t stride_b, float beta, float *c,
+                           int64_t ldc, int64_t stride_c, int64_t batch);
+/* nbytes from a CUDA tensor's storage, starting at its element `element`, to host dst. */
+kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes);
+/* kn__sum_to_shape for a gradient on a CUDA device. */
+kn_tensor *kn__device_sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim);
 
 /* ---- autograd -------------------------------------------------------------------- */
 bool kn__needs_grad(kn_tensor *const *inputs, int n);

@@ -68,6 +68,9 @@ static kn_tensor *batch_norm_forward(kn_module *m, kn_tensor *x)
         return kn__error_null(KN_ERR_SHAPE, "%s: expected %lld channels in dim 1, got input %s",
                               m->type_name, (long long)m->in_features, kn__shape(x));
     kn_tensor *count = own(m, "num_batches_tracked");
+    if (count && count->device.type != KN_DEVICE_CPU)
+        return kn__error_null(KN_ERR_DEVICE, "%s: not implemented on cuda in this build",
+                              m->type_name);
     bool update = m->training && m->track_running_stats;
     double factor = m->momentum;
     if (update && m->momentum < 0) /* momentum=None: cumulative moving average */

@@ -25,7 +25,7 @@ static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tenso
                                  float alpha)
 {
     kn_tensor *inputs[2] = {a, b};
-    if (!kn__check_inputs(name, inputs, 2)) return NULL;
+    if (!kn__check_inputs_cuda_ok(name, inputs, 2)) return NULL;
     if (!kn__check_float(name, a) || !kn__check_float(name, b)) return NULL;
     int64_t shape[KN_MAX_DIMS];
     int ndim;
@@ -33,8 +33,11 @@ static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tenso
         return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
-    kn_cpu_binary(op, shape, ndim, operand(out, shape, ndim), operand(a, shape, ndim),
-                  operand(b, shape, ndim), alpha, 0.f);
+    if (kn__kernel_binary(a->device, op, shape, ndim, operand(out, shape, ndim),
+                          operand(a, shape, ndim), operand(b, shape, ndim), alpha, 0.f) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
     return out;
 }
 
@@ -142,11 +145,14 @@ typedef enum { SAVE_NOTHING, SAVE_INPUT, SAVE_OUTPUT } unary_save;
 static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, float alpha,
                            float beta, kn_backward_fn backward, unary_save save)
 {
-    if (!kn__check_inputs(name, &a, 1) || !kn__check_float(name, a)) return NULL;
+    if (!kn__check_inputs_cuda_ok(name, &a, 1) || !kn__check_float(name, a)) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
-    kn_cpu_unary(op, a->shape, a->ndim, operand(out, a->shape, a->ndim),
-                 operand(a, a->shape, a->ndim), alpha, beta);
+    if (kn__kernel_unary(a->device, op, a->shape, a->ndim, operand(out, a->shape, a->ndim),
+                         operand(a, a->shape, a->ndim), alpha, beta) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
     if (backward && kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(name, backward, &a, 1);
         if (!node) {
@@ -173,8 +179,12 @@ static kn_tensor *fused_backward(kn_cpu_binary_op op, kn_tensor *grad, kn_tensor
         return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, grad->device);
     if (!out) return NULL;
-    kn_cpu_binary(op, shape, ndim, operand(out, shape, ndim), operand(grad, shape, ndim),
-                  operand(saved, shape, ndim), alpha, beta);
+    if (kn__kernel_binary(grad->device, op, shape, ndim, operand(out, shape, ndim),
+                          operand(grad, shape, ndim), operand(saved, shape, ndim), alpha,
+                          beta) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
     return kn__result(out);
 }
 
@@ -239,9 +249,12 @@ static kn_status abs_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
     kn_tensor *x = node->saved[0];
     kn_tensor *sign = kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device);
     if (!sign) return kn_last_status();
-    kn_cpu_unary(KN_UNARY_SIGN, x->shape, x->ndim, operand(sign, x->shape, x->ndim),
-                 operand(x, x->shape, x->ndim), 0.f, 0.f);
-    grads[0] = kn_mul(grad, kn__result(sign));
+    kn__result(sign);
+    kn_status status =
+        kn__kernel_unary(x->device, KN_UNARY_SIGN, x->shape, x->ndim,
+                         operand(sign, x->shape, x->ndim), operand(x, x->shape, x->ndim), 0.f, 0.f);
+    if (status != KN_OK) return status;
+    grads[0] = kn_mul(grad, sign);
     return KN_OK;
 }
 
@@ -324,11 +337,14 @@ static kn_status clone_backward(kn_node *node, kn_tensor *grad, kn_tensor **grad
 
 kn_tensor *kn_clone(kn_tensor *t)
 {
-    if (!kn__check_inputs("clone", &t, 1)) return NULL;
+    if (!kn__check_inputs_cuda_ok("clone", &t, 1)) return NULL;
     kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
     if (!out) return NULL;
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), operand(out, t->shape, t->ndim),
-                operand(t, t->shape, t->ndim));
+    if (kn__kernel_copy(t->device, t->shape, t->ndim, kn_dtype_size(t->dtype),
+                        operand(out, t->shape, t->ndim), operand(t, t->shape, t->ndim)) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
     if (kn__needs_grad(&t, 1)) {
         kn_node *node = kn__node_new("clone", clone_backward, &t, 1);
         if (!node) {
@@ -383,7 +399,7 @@ kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
 static kn_status check_in_place(const char *name, kn_tensor *dst, kn_tensor *src)
 {
     kn_tensor *inputs[2] = {dst, src};
-    if (!kn__check_inputs(name, inputs, src ? 2 : 1)) return kn_last_status();
+    if (!kn__check_inputs_cuda_ok(name, inputs, src ? 2 : 1)) return kn_last_status();
     if (dst->requires_grad && !dst->grad_fn && kn_is_grad_enabled())
         return kn__error(KN_ERR_AUTOGRAD,
                          "%s: a leaf tensor that requires grad (shape %s) is used in an in-place "
@@ -408,9 +424,8 @@ kn_status kn_add_(kn_tensor *dst, kn_tensor *src, double alpha)
     if (status != KN_OK) return status;
     if (!kn__check_float("add_", dst) || !kn__check_float("add_", src)) return kn_last_status();
     kn_cpu_operand d = operand(dst, dst->shape, dst->ndim);
-    kn_cpu_binary(KN_BINARY_ADD_SCALED, dst->shape, dst->ndim, d, d,
-                  operand(src, dst->shape, dst->ndim), (float)alpha, 0.f);
-    return KN_OK;
+    return kn__kernel_binary(dst->device, KN_BINARY_ADD_SCALED, dst->shape, dst->ndim, d, d,
+                             operand(src, dst->shape, dst->ndim), (float)alpha, 0.f);
 }
 
 kn_status kn_mul_scalar_(kn_tensor *dst, double value)
@@ -419,8 +434,8 @@ kn_status kn_mul_scalar_(kn_tensor *dst, double value)
     if (status != KN_OK) return status;
     if (!kn__check_float("mul_scalar_", dst)) return kn_last_status();
     kn_cpu_operand d = operand(dst, dst->shape, dst->ndim);
-    kn_cpu_unary(KN_UNARY_MUL_SCALAR, dst->shape, dst->ndim, d, d, (float)value, 0.f);
-    return KN_OK;
+    return kn__kernel_unary(dst->device, KN_UNARY_MUL_SCALAR, dst->shape, dst->ndim, d, d,
+                            (float)value, 0.f);
 }
 
 kn_status kn_fill_(kn_tensor *dst, double value)
@@ -429,23 +444,32 @@ kn_status kn_fill_(kn_tensor *dst, double value)
     if (status != KN_OK) return status;
     if (dst->dtype == KN_INT64) {
         int64_t fill = (int64_t)value;
-        kn_cpu_operand source = {&fill, {0}}; /* all-zero strides: one value everywhere */
-        kn_cpu_copy(dst->shape, dst->ndim, 8, operand(dst, dst->shape, dst->ndim), source);
-        return KN_OK;
+        return kn__kernel_fill(dst->device, dst->shape, dst->ndim, 8,
+                               operand(dst, dst->shape, dst->ndim), &fill);
     }
     kn_cpu_operand d = operand(dst, dst->shape, dst->ndim);
-    kn_cpu_unary(KN_UNARY_FILL, dst->shape, dst->ndim, d, d, (float)value, 0.f);
-    return KN_OK;
+    return kn__kernel_unary(dst->device, KN_UNARY_FILL, dst->shape, dst->ndim, d, d, (float)value,
+                            0.f);
 }
 
 kn_status kn_copy_(kn_tensor *dst, kn_tensor *src)
 {
+    if (dst && src && !kn_device_equal(dst->device, src->device)) {
+        /* across devices: src moved to dst's device first, as torch's copy_ does */
+        kn_scope_begin();
+        kn_no_grad_begin();
+        kn_tensor *moved = kn_to(src, dst->device);
+        kn_no_grad_end();
+        kn_status status = moved ? kn_copy_(dst, moved) : kn_last_status();
+        kn_scope_end();
+        return status;
+    }
     kn_status status = check_in_place("copy_", dst, src);
     if (status != KN_OK) return status;
     if (dst->dtype != src->dtype)
         return kn__error(KN_ERR_DTYPE, "copy_: source is %s but destination is %s",
                          kn_dtype_name(src->dtype), kn_dtype_name(dst->dtype));
-    kn_cpu_copy(dst->shape, dst->ndim, kn_dtype_size(dst->dtype),
-                operand(dst, dst->shape, dst->ndim), operand(src, dst->shape, dst->ndim));
-    return KN_OK;
+    return kn__kernel_copy(dst->device, dst->shape, dst->ndim, kn_dtype_size(dst->dtype),
+                           operand(dst, dst->shape, dst->ndim),
+                           operand(src, dst->shape, dst->ndim));
 }

@@ -163,6 +163,85 @@ static void run_matmul(matmul_plan *p, const promoted *a, int64_t batches, bool 
     }
 }
 
+/* ---- matmul on a CUDA device (cuBLAS) --------------------------------------------- */
+
+/* The one stride that steps through the flattened batch, when the batch strides allow
+ * it (nested, or all 0 for a broadcast operand). */
+static bool single_stride(const matmul_plan *p, const int64_t *bstrides, int64_t *stride)
+{
+    int64_t expected = -1;
+    *stride = 0;
+    for (int d = p->batch_ndim - 1; d >= 0; d--) {
+        if (p->batch_shape[d] == 1) continue;
+        if (expected >= 0 && bstrides[d] != expected) return false;
+        if (expected < 0) *stride = bstrides[d];
+        expected = bstrides[d] * p->batch_shape[d];
+    }
+    return true;
+}
+
+/* src's [rows, cols] matrices over the whole broadcast batch as one contiguous copy
+ * (for batch strides cuBLAS cannot step through). Unregistered, NULL on error. */
+static kn_tensor *expand_copy(kn_tensor *src, const promoted *pp, const matmul_plan *p,
+                              const int64_t *bstrides, int64_t rows, int64_t cols)
+{
+    int ndim = p->batch_ndim + 2;
+    if (ndim > KN_MAX_DIMS)
+        return kn__error_null(KN_ERR_SHAPE, "matmul: %d batch dims are more than cuda takes here",
+                              p->batch_ndim);
+    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
+    memcpy(shape, p->batch_shape, sizeof(int64_t) * (size_t)p->batch_ndim);
+    memcpy(strides, bstrides, sizeof(int64_t) * (size_t)p->batch_ndim);
+    shape[ndim - 2] = rows;
+    shape[ndim - 1] = cols;
+    strides[ndim - 2] = pp->strides[pp->ndim - 2];
+    strides[ndim - 1] = pp->strides[pp->ndim - 1];
+    kn_tensor *view = kn__view_raw(src, shape, strides, ndim, src->offset);
+    if (!view) return NULL;
+    kn_tensor *copy = kn__copy_raw(view);
+    kn_release(view);
+    return copy;
+}
+
+/* Runs the plan on out's CUDA device: one GEMM when a's batch folds into its rows,
+ * else one strided-batched GEMM (copying an operand whose batch does not stride). */
+static kn_status run_matmul_cuda(matmul_plan *p, const promoted *pa, const promoted *pb,
+                                 kn_tensor *a, kn_tensor *b, int64_t batches, bool b_single,
+                                 kn_tensor *out)
+{
+    if (batches == 1 || (b_single && !p->a_trans && batch_folds(pa, p)))
+        return kn__kernel_sgemm(out->device, p->a_trans, p->b_trans, p->m * batches, p->n, p->k,
+                                1.f, p->a, p->lda, 0, p->b, p->ldb, 0, 0.f, p->c, p->n, 0, 1);
+    int64_t stride_a, stride_b;
+    kn_tensor *a_copy = NULL, *b_copy = NULL;
+    if (!single_stride(p, p->a_bstrides, &stride_a)) {
+        a_copy = expand_copy(a, pa, p, p->a_bstrides, p->m, p->k);
+        if (!a_copy) return kn_last_status();
+        p->a = kn__data_ptr(a_copy);
+        p->a_trans = false;
+        p->lda = p->k;
+        stride_a = p->m * p->k;
+    }
+    if (!single_stride(p, p->b_bstrides, &stride_b)) {
+        b_copy = expand_copy(b, pb, p, p->b_bstrides, p->k, p->n);
+        if (!b_copy) {
+            kn_release(a_copy);
+            return kn_last_status();
+        }
+        p->b = kn__data_ptr(b_copy);
+        p->b_trans = false;
+        p->ldb = p->n;
+        stride_b = p->k * p->n;
+    }
+    kn_status status =
+        kn__kernel_sgemm(out->device, p->a_trans, p->b_trans, p->m, p->n, p->k, 1.f, p->a, p->lda,
+                         stride_a, p->b, p->ldb, stride_b, 0.f, p->c, p->n, p->m * p->n, batches);
+    /* the copies go back to the cache now; stream order keeps them intact for the GEMM */
+    kn_release(a_copy);
+    kn_release(b_copy);
+    return status;
+}
+
 static kn_tensor *insert_unit_dim(kn_tensor *t, int at)
 {
     int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
@@ -260,7 +339,7 @@ static kn_status matmul_backward(kn_node *node, kn_tensor *g, kn_tensor **grads)
 
 static kn_tensor *matmul_forward(kn_tensor *a, kn_tensor *b)
 {
-    if (a->ndim == 1 && b->ndim == 1) {
+    if (a->ndim == 1 && b->ndim == 1 && a->device.type == KN_DEVICE_CPU) {
         if (a->shape[0] != b->shape[0])
             return kn__error_null(KN_ERR_SHAPE,
                                   "matmul: 1-D tensors of shapes %s and %s have different sizes "
@@ -331,6 +410,16 @@ static kn_tensor *matmul_forward(kn_tensor *a, kn_tensor *b)
     p.a = kn__data_ptr(a_copy ? a_copy : a);
     p.b = kn__data_ptr(b_copy ? b_copy : b);
     p.c = kn__data_ptr(out);
+    if (out->device.type != KN_DEVICE_CPU) {
+        kn_status status = batches > 0
+                               ? run_matmul_cuda(&p, &pa, &pb, a_copy ? a_copy : a,
+                                                 b_copy ? b_copy : b, batches, b_batches == 1, out)
+                               : KN_OK;
+        if (status != KN_OK) goto fail;
+        kn_release(a_copy);
+        kn_release(b_copy);
+        return out;
+    }
     if (batches > 0) run_matmul(&p, &pa, batches, b_batches == 1);
     kn_release(a_copy);
     kn_release(b_copy);
@@ -345,7 +434,7 @@ fail:
 kn_tensor *kn_matmul(kn_tensor *a, kn_tensor *b)
 {
     kn_tensor *inputs[2] = {a, b};
-    if (!kn__check_inputs("matmul", inputs, 2)) return NULL;
+    if (!kn__check_inputs_cuda_ok("matmul", inputs, 2)) return NULL;
     if (!kn__check_float("matmul", a) || !kn__check_float("matmul", b)) return NULL;
     if (a->ndim == 0 || b->ndim == 0)
         return kn__error_null(KN_ERR_SHAPE,
@@ -419,7 +508,7 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
 {
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
-    if (!kn__check_inputs("linear", inputs, n_inputs)) return NULL;
+    if (!kn__check_inputs_cuda_ok("linear", inputs, n_inputs)) return NULL;
     if (!kn__check_float("linear", x) || !kn__check_float("linear", weight) ||
         (bias && !kn__check_float("linear", bias)))
         return NULL;
@@ -436,6 +525,18 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
         return kn__error_null(KN_ERR_SHAPE,
                               "linear: bias %s does not match weight %s (expected [%lld])",
                               kn__shape(bias), kn__shape(weight), (long long)out_f);
+    if (x->device.type != KN_DEVICE_CPU) {
+        /* x·Wᵀ through cuBLAS (Wᵀ is a view), + bias broadcast; autograd composes the
+         * backward from matmul, transpose and add. */
+        kn_scope_begin();
+        kn_tensor *y = kn_matmul(x, kn_transpose(weight, 0, 1));
+        if (y && bias) y = kn_add(y, bias);
+        if (!y) {
+            kn_scope_end();
+            return NULL;
+        }
+        return kn_scope_escape(y);
+    }
     bool w_trans = false;
     int64_t ldw = 1, rows, cols;
     blas_mat xm;

@@ -135,21 +135,6 @@ kn_status kn_device_parse(const char *text, kn_device *out)
                      text);
 }
 
-bool kn_device_available(kn_device device)
-{
-    return device.type == KN_DEVICE_CPU;
-}
-
-kn_tensor *kn_to(kn_tensor *t, kn_device device)
-{
-    if (!t) return NULL;
-    if (kn_device_equal(t->device, device)) return kn__result(kn_retain(t));
-    char name[32];
-    return kn__error_null(KN_ERR_DEVICE,
-                          "to: device %s is not available (this build has the CPU device only)",
-                          kn_device_str(device, name, sizeof name));
-}
-
 /* ---- handles ------------------------------------------------------------------------ */
 
 static kn_tensor *handle_new(void)
@@ -192,7 +177,12 @@ kn_tensor *kn__empty_raw(const int64_t *shape, int ndim, kn_dtype dtype, kn_devi
     size_t nbytes = (size_t)numel * kn_dtype_size(dtype);
     kn_storage *storage = kn__storage_new(nbytes, device);
     if (!storage) {
-        if (kn_last_status() == KN_ERR_MEMORY)
+        if (kn_last_status() == KN_ERR_MEMORY && device.type != KN_DEVICE_CPU) {
+            char reason[512], name[32];
+            snprintf(reason, sizeof reason, "%s", kn_last_error());
+            kn__error(KN_ERR_MEMORY, "%s tensor of shape %s on %s: %s", kn_dtype_name(dtype),
+                      kn__shape_of(shape, ndim), kn_device_str(device, name, sizeof name), reason);
+        } else if (kn_last_status() == KN_ERR_MEMORY)
             kn__error(KN_ERR_MEMORY,
                       "out of memory allocating %zu bytes for a %s tensor of shape %s", nbytes,
                       kn_dtype_name(dtype), kn__shape_of(shape, ndim));
@@ -251,7 +241,11 @@ kn_tensor *kn__copy_raw(kn_tensor *t)
     }
     kn_tensor *copy = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
     if (!copy) return NULL;
-    kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(t->dtype), kn__operand(copy), kn__operand(t));
+    if (kn__kernel_copy(t->device, t->shape, t->ndim, kn_dtype_size(t->dtype), kn__operand(copy),
+                        kn__operand(t)) != KN_OK) {
+        kn_release(copy);
+        return NULL;
+    }
     return copy;
 }
 
@@ -448,19 +442,46 @@ kn_tensor *kn_empty_like(const kn_tensor *t)
     return kn__result(kn__empty_raw(t->shape, t->ndim, t->dtype, t->device));
 }
 
-kn_tensor *kn_zeros_like(const kn_tensor *t)
+/* A tensor like t (shape, dtype, device) filled with value. */
+static kn_tensor *full_like(const kn_tensor *t, double value)
 {
     if (!t) return NULL;
-    return kn_zeros(t->shape, t->ndim, t->dtype);
+    if (t->device.type == KN_DEVICE_CPU) return kn_full(t->shape, t->ndim, value, t->dtype);
+    kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
+    if (!out) return NULL;
+    float f = (float)value;
+    int64_t i = (int64_t)value;
+    if (kn__kernel_fill(out->device, out->shape, out->ndim, kn_dtype_size(out->dtype),
+                        kn__operand(out),
+                        t->dtype == KN_INT64 ? (void *)&i : (void *)&f) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
+    return kn__result(out);
+}
+
+kn_tensor *kn_zeros_like(const kn_tensor *t)
+{
+    return full_like(t, 0.0);
 }
 
 kn_tensor *kn_ones_like(const kn_tensor *t)
 {
-    if (!t) return NULL;
-    return kn_ones(t->shape, t->ndim, t->dtype);
+    return full_like(t, 1.0);
 }
 
 /* ---- element access --------------------------------------------------------------- */
+
+static bool check_cpu_data(const char *op, const kn_tensor *t)
+{
+    if (t->device.type == KN_DEVICE_CPU) return true;
+    char name[32];
+    kn__error(KN_ERR_DEVICE,
+              "%s: tensor of shape %s is on %s; its data is not addressable from the cpu "
+              "(copy it with kn_to(t, kn_cpu()) first)",
+              op, kn__shape(t), kn_device_str(t->device, name, sizeof name));
+    return false;
+}
 
 float *kn_data_f32(kn_tensor *t)
 {
@@ -468,6 +489,7 @@ float *kn_data_f32(kn_tensor *t)
     if (t->dtype != KN_FLOAT32)
         return kn__error_null(KN_ERR_DTYPE, "data_f32: tensor is %s, expected float32",
                               kn_dtype_name(t->dtype));
+    if (!check_cpu_data("data_f32", t)) return NULL;
     return kn__data_ptr(t);
 }
 
@@ -477,6 +499,7 @@ int64_t *kn_data_i64(kn_tensor *t)
     if (t->dtype != KN_INT64)
         return kn__error_null(KN_ERR_DTYPE, "data_i64: tensor is %s, expected int64",
                               kn_dtype_name(t->dtype));
+    if (!check_cpu_data("data_i64", t)) return NULL;
     return kn__data_ptr(t);
 }
 
@@ -491,6 +514,14 @@ double kn_get(const kn_tensor *t, const int64_t *index)
             return NAN;
         }
         offset += index[i] * t->strides[i];
+    }
+    if (t->device.type != KN_DEVICE_CPU) { /* one element through the host */
+        union {
+            float f;
+            int64_t i;
+        } value;
+        if (kn__copy_to_host(t, offset, &value, kn_dtype_size(t->dtype)) != KN_OK) return NAN;
+        return t->dtype == KN_INT64 ? (double)value.i : value.f;
     }
     if (t->dtype == KN_INT64) return (double)((const int64_t *)kn__data_ptr(t))[offset];
     return ((const float *)kn__data_ptr(t))[offset];
@@ -516,6 +547,11 @@ int64_t kn_item_i64(const kn_tensor *t)
         return 0;
     }
     int64_t zeros[KN_MAX_DIMS] = {0};
+    if (t->dtype == KN_INT64 && t->device.type != KN_DEVICE_CPU) {
+        int64_t value = 0;
+        kn__copy_to_host(t, 0, &value, sizeof value);
+        return value;
+    }
     if (t->dtype == KN_INT64) return ((const int64_t *)kn__data_ptr(t))[0];
     return (int64_t)kn_get(t, zeros);
 }
@@ -526,6 +562,14 @@ static kn_status copy_out(const kn_tensor *t, void *dst, kn_dtype want, const ch
     if (t->dtype != want)
         return kn__error(KN_ERR_DTYPE, "%s: tensor is %s, expected %s", op, kn_dtype_name(t->dtype),
                          kn_dtype_name(want));
+    if (t->device.type != KN_DEVICE_CPU) { /* contiguous on the device, then one copy */
+        kn_tensor *c = kn__contiguous_raw((kn_tensor *)t);
+        if (!c) return kn_last_status();
+        kn_status status =
+            kn__copy_to_host(c, 0, dst, (size_t)kn_numel(t) * kn_dtype_size(t->dtype));
+        kn_release(c);
+        return status;
+    }
     kn_cpu_operand out = {dst, {0}};
     kn__contiguous_strides(t->shape, t->ndim, out.strides);
     kn_cpu_copy(t->shape, t->ndim, kn_dtype_size(want), out, kn__operand(t));
@@ -544,7 +588,7 @@ kn_status kn_copy_to_int64s(const kn_tensor *t, int64_t *dst)
 
 /* ---- checks ------------------------------------------------------------------------ */
 
-bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
+static bool check_inputs(const char *op, kn_tensor *const *inputs, int n, bool cuda_ok)
 {
     const kn_tensor *first = NULL;
     int first_index = 0;
@@ -567,7 +611,21 @@ bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
             return false;
         }
     }
+    if (first && first->device.type != KN_DEVICE_CPU && !cuda_ok) {
+        kn__error(KN_ERR_DEVICE, "%s: not implemented on cuda in this build", op);
+        return false;
+    }
     return true;
+}
+
+bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
+{
+    return check_inputs(op, inputs, n, false);
+}
+
+bool kn__check_inputs_cuda_ok(const char *op, kn_tensor *const *inputs, int n)
+{
+    return check_inputs(op, inputs, n, true);
 }
 
 bool kn__check_float(const char *op, const kn_tensor *t)

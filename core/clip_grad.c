@@ -1,8 +1,12 @@
 /*
  * clip_grad.c — torch.nn.utils.clip_grad_norm_ (L2, error_if_nonfinite=False) and the
  * finiteness check of gradients that the trainer uses to stop or skip a step.
+ *
+ * Gradients on a CUDA device are reduced there (sum of squares in double, a finiteness
+ * flag; kernels/cuda/optim.cu), each wait returning one number, and scaled there.
  */
 #include "kn_optim.h"
+#include "kn_cuda_train_core.h"
 #include "kn_internal.h"
 
 #include <math.h>
@@ -48,14 +52,15 @@ static bool check_grad(const char *op, kn_tensor *p, int i)
         return false;
     }
     kn_tensor *g = p->grad;
-    if (g && (g->dtype != KN_FLOAT32 || g->device.type != KN_DEVICE_CPU)) {
+    if (g && (g->dtype != KN_FLOAT32 || !kn_device_available(g->device))) {
         char dev[32];
         kn__error(KN_ERR_DTYPE,
-                  "%s: the gradient of parameter %d must be float32 on the cpu, "
+                  "%s: the gradient of parameter %d must be float32 on an available device, "
                   "got %s on %s",
                   op, i, kn_dtype_name(g->dtype), kn_device_str(g->device, dev, sizeof dev));
         return false;
     }
+    if (g && g->device.type == KN_DEVICE_CUDA && !kn__cuda_train(g->device, op)) return false;
     return true;
 }
 
@@ -77,7 +82,20 @@ kn_status kn_clip_grad_norm(kn_tensor *const *params, int count, double max_norm
         if (!g) continue;
         kn_tensor *c = kn__contiguous_raw(g);
         if (!c) return kn_last_status();
-        float norm = (float)sqrt(sum_squares(kn__data_ptr(c), kn_numel(c)));
+        double squares = 0;
+        if (c->device.type == KN_DEVICE_CUDA) {
+            const kn_cuda_train *t = kn__cuda_train(c->device, "clip_grad_norm");
+            kn_status s = t ? kn__cuda_status(t->sum_squares(c->device.index, kn__data_ptr(c),
+                                                             kn_numel(c), &squares))
+                            : kn_last_status();
+            if (s != KN_OK) {
+                kn_release(c);
+                return s;
+            }
+        } else {
+            squares = sum_squares(kn__data_ptr(c), kn_numel(c));
+        }
+        float norm = (float)sqrt(squares);
         kn_release(c);
         sum += (double)norm * (double)norm;
     }
@@ -91,7 +109,7 @@ kn_status kn_clip_grad_norm(kn_tensor *const *params, int count, double max_norm
     for (int i = 0; i < count; i++) {
         kn_tensor *g = params[i]->grad;
         if (!g) continue;
-        if (kn_is_contiguous(g)) {
+        if (kn_is_contiguous(g) && g->device.type == KN_DEVICE_CPU) {
             scale(kn__data_ptr(g), kn_numel(g), coef);
         } else {
             kn_status s = kn_mul_scalar_(g, coef);
@@ -106,10 +124,19 @@ bool kn_grads_finite(kn_tensor *const *params, int count)
     for (int i = 0; i < count; i++) {
         if (!params || !params[i] || !params[i]->grad) continue;
         kn_tensor *g = params[i]->grad;
-        if (g->dtype != KN_FLOAT32 || g->device.type != KN_DEVICE_CPU) continue;
+        if (g->dtype != KN_FLOAT32 || !kn_device_available(g->device)) continue;
         kn_tensor *c = kn__contiguous_raw(g);
         if (!c) return false;
-        bool ok = all_finite(kn__data_ptr(c), kn_numel(c));
+        bool ok = true;
+        if (c->device.type == KN_DEVICE_CUDA) {
+            const kn_cuda_train *t = kn__cuda_train(c->device, "grads_finite");
+            /* a device that cannot answer counts as not finite: the step is skipped */
+            if (!t || kn__cuda_status(t->all_finite(c->device.index, kn__data_ptr(c), kn_numel(c),
+                                                    &ok)) != KN_OK)
+                ok = false;
+        } else {
+            ok = all_finite(kn__data_ptr(c), kn_numel(c));
+        }
         kn_release(c);
         if (!ok) return false;
     }

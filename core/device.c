@@ -11,6 +11,7 @@
  */
 #include "kn_internal.h"
 #include "kn_cuda_backend.h"
+#include "kn_cuda_reduce_ops.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -33,6 +34,9 @@ static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static const kn_cuda_backend *cuda; /* NULL unless loaded with at least one device */
 static int cuda_devices;
 static char cuda_reason[1024]; /* why cuda is not available, or what is there */
+static const kn_cuda_reduce *cuda_reduce; /* reductions, softmax, losses (or NULL) */
+const void *kn__cuda_conv_table; /* kn_cuda_conv_v1's table (kn_cuda_conv.h), or NULL */
+const void *kn__cuda_train_table; /* kn_cuda_train_v1's table (kn_cuda_train.h), or NULL */
 
 static void *open_module(char *error, size_t size)
 {
@@ -96,8 +100,18 @@ static void load_cuda(void)
                  message ? message : "cudaGetDeviceCount says 0");
         return; /* the module stays loaded: unloading the CUDA runtime is not safe */
     }
+    const void *(*conv_entry)(void);
+    *(void **)&conv_entry = dlsym(handle, "kn_cuda_conv_v1");
+    kn__cuda_conv_table = conv_entry ? conv_entry() : NULL;
+    *(void **)&conv_entry = dlsym(handle, "kn_cuda_train_v1");
+    kn__cuda_train_table = conv_entry ? conv_entry() : NULL;
     cuda = backend;
     cuda_devices = count;
+    kn_cuda_reduce_fn reduce_entry;
+    *(void **)&reduce_entry = dlsym(handle, KN_CUDA_REDUCE_SYMBOL);
+    const kn_cuda_reduce *reduce = reduce_entry ? reduce_entry() : NULL;
+    if (reduce && reduce->abi == KN_CUDA_REDUCE_ABI && reduce->size == sizeof(kn_cuda_reduce))
+        cuda_reduce = reduce;
     snprintf(cuda_reason, sizeof cuda_reason, "%d CUDA device%s", count, count == 1 ? "" : "s");
 }
 
@@ -149,6 +163,20 @@ static kn_status module_error(const char *message)
     if (!message) return KN_OK;
     kn_status status = strncmp(message, "out of memory", 13) == 0 ? KN_ERR_MEMORY : KN_ERR_DEVICE;
     return kn__error(status, "%s", message);
+}
+
+const kn_cuda_reduce *kn__cuda_reduce(kn_device device, const char *op)
+{
+    if (!backend_for(device, op)) return NULL;
+    if (!cuda_reduce)
+        kn__error(KN_ERR_DEVICE, "%s: the CUDA module " MODULE_NAME " has no %s", op,
+                  KN_CUDA_REDUCE_SYMBOL);
+    return cuda_reduce;
+}
+
+kn_status kn__cuda_error(const char *message)
+{
+    return module_error(message);
 }
 
 kn_status kn_cuda_synchronize(int device)

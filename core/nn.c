@@ -337,17 +337,28 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
     return kn__error(p.status, "load_state_dict: %s", p.text);
 }
 
-/* Every tensor slot of m and its children, for moving them in place. */
+/* Whether kn_module_to moves m's tensor i. BatchNorm's num_batches_tracked stays on the
+ * CPU: it is a host-side counter (the forward reads it for momentum=None and adds 1),
+ * and keeping it there saves a device round trip per step; the state dict and
+ * checkpoints name and save it as before. */
+static bool moves(const kn_module *m, int i)
+{
+    return strcmp(m->tensor_names[i], "num_batches_tracked") != 0;
+}
+
+/* Every tensor slot of m and its children that moves, for moving them in place. */
 static int count_tensors(const kn_module *m)
 {
-    int n = m->n_tensors;
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++) n += moves(m, i);
     for (int i = 0; i < m->n_children; i++) n += count_tensors(m->children[i]);
     return n;
 }
 
 static void gather_slots(kn_module *m, kn_tensor ***slots, int *n)
 {
-    for (int i = 0; i < m->n_tensors; i++) slots[(*n)++] = &m->tensors[i];
+    for (int i = 0; i < m->n_tensors; i++)
+        if (moves(m, i)) slots[(*n)++] = &m->tensors[i];
     for (int i = 0; i < m->n_children; i++) gather_slots(m->children[i], slots, n);
 }
 

@@ -2,8 +2,10 @@
  * ops_adaptive_pool.c — kn_adaptive_avg_pool2d, forward and backward. Output cell i
  * covers input rows floor(i*H/oh) .. ceil((i+1)*H/oh) (exclusive), PyTorch's start/end
  * rule, so windows may overlap or differ in size when H is not a multiple of oh.
+ * On a CUDA device the module's kernels (kernels/cuda/conv.cu) do the same.
  */
 #include "kn_internal.h"
+#include "kn_cuda_conv_ops.h"
 
 #include <string.h>
 
@@ -75,14 +77,24 @@ static kn_status adaptive_backward(kn_node *node, kn_tensor *grad, kn_tensor **g
     kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
-    pool_backward(&d, kn__data_ptr(gd), kn__data_ptr(gx));
+    if (grad->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be =
+            kn__conv_backend(grad->device, "adaptive_avg_pool2d backward");
+        if (!be) return kn_last_status();
+        kn_status status = kn__conv_status(
+            be->adaptive_avg_pool2d_backward(grad->device.index, d.planes, d.h, d.w, d.oh, d.ow,
+                                             kn__data_ptr(gd), kn__data_ptr(gx)));
+        if (status != KN_OK) return status;
+    } else {
+        pool_backward(&d, kn__data_ptr(gd), kn__data_ptr(gx));
+    }
     grads[0] = gx;
     return KN_OK;
 }
 
 kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_width)
 {
-    if (!kn__check_inputs("adaptive_avg_pool2d", &x, 1) ||
+    if (!kn__check_inputs_cuda_ok("adaptive_avg_pool2d", &x, 1) ||
         !kn__check_float("adaptive_avg_pool2d", x))
         return NULL;
     if (x->ndim != 3 && x->ndim != 4)
@@ -106,11 +118,21 @@ kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_wi
     shape[x->ndim - 2] = output_height;
     shape[x->ndim - 1] = output_width;
     plane_dims d = dims_of(x->shape, x->ndim, output_height, output_width);
+    bool on_cuda = x->device.type != KN_DEVICE_CPU;
+    const kn_cuda_conv_backend *be =
+        on_cuda ? kn__conv_backend(x->device, "adaptive_avg_pool2d") : NULL;
+    if (on_cuda && !be) return NULL;
     kn_tensor *xd = kn__contiguous_raw(x);
     kn_tensor *out = kn__empty_raw(shape, x->ndim, KN_FLOAT32, x->device);
-    if (xd && out && kn_numel(out) > 0) pool_forward(&d, kn__data_ptr(xd), kn__data_ptr(out));
+    bool ok = xd && out;
+    if (ok && on_cuda)
+        ok =
+            kn__conv_status(be->adaptive_avg_pool2d(x->device.index, d.planes, d.h, d.w, d.oh, d.ow,
+                                                    kn__data_ptr(xd), kn__data_ptr(out))) == KN_OK;
+    else if (ok && kn_numel(out) > 0)
+        pool_forward(&d, kn__data_ptr(xd), kn__data_ptr(out));
     kn_release(xd);
-    if (!xd || !out) {
+    if (!ok) {
         kn_release(out);
         return NULL;
     }

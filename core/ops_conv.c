@@ -11,8 +11,15 @@
  * max_pool2d with a 2x2 window and stride 2 (no padding, no clipped window) takes the
  * AVX-512 fast path of pool.c, which records each max as a byte (its place in the
  * window) in place of an int64 index; node->iargs[14] says which form was saved.
+ *
+ * On a CUDA device the same ops run on the module's kernels (kernels/cuda/conv.cu):
+ * convolution unfolds chunks of images at once (at most CUDA_COL_BYTES of columns) and
+ * runs one strided-batched cuBLAS GEMM per group; backward transposes the output
+ * gradient to [O, images*L] so the weight gradient and the column gradient are one
+ * GEMM per group and chunk. Pooling always keeps int64 indices there.
  */
 #include "kn_internal.h"
+#include "kn_cuda_conv_ops.h"
 #include "../kernels/cpu/kn_cpu_linalg.h"
 
 #include <string.h>
@@ -241,6 +248,120 @@ static bool conv_backward_buffers(const conv_plan *p, const float *x, const floa
     return true;
 }
 
+/* ---- convolution on a CUDA device ------------------------------------------------- */
+
+#define CUDA_COL_BYTES ((size_t)256 << 20)
+
+/* Images per chunk: as many as keep one column buffer within CUDA_COL_BYTES. */
+static int64_t cuda_chunk(const conv_plan *p)
+{
+    int64_t per_image = p->c * p->g.kernel_h * p->g.kernel_w * p->l;
+    int64_t chunk = (int64_t)(CUDA_COL_BYTES / sizeof(float)) / (per_image > 0 ? per_image : 1);
+    if (chunk > p->n) chunk = p->n;
+    return chunk > 0 ? chunk : 1;
+}
+
+/* A scratch float buffer on device (a tensor of the open scope), or NULL (error set). */
+static float *cuda_scratch(kn_device device, int64_t floats)
+{
+    if (floats < 1) floats = 1;
+    kn_tensor *t = kn__result(kn__empty_raw(&floats, 1, KN_FLOAT32, device));
+    return t ? kn__data_ptr(t) : NULL;
+}
+
+static bool conv_forward_cuda(const conv_plan *p, kn_device dev, const float *x, const float *w,
+                              const float *bias, float *out)
+{
+    const kn_cuda_conv_backend *be = kn__conv_backend(dev, "conv2d");
+    if (!be) return false;
+    if (p->n == 0 || p->o == 0 || p->l == 0) return true;
+    int64_t shape[3] = {p->n, p->o, p->l};
+    if (bias) { /* out[n, o, :] = bias[o], then the GEMMs add to it */
+        kn_cpu_operand o = {out, {p->o * p->l, p->l, 1}}, b = {(void *)bias, {0, 1, 0}};
+        if (kn__kernel_copy(dev, shape, 3, sizeof(float), o, b) != KN_OK) return false;
+    }
+    int64_t chunk = cuda_chunk(p), rows = p->c * p->g.kernel_h * p->g.kernel_w;
+    int64_t image = p->c * p->g.height * p->g.width;
+    kn_scope_begin();
+    float *col = cuda_scratch(dev, rows * chunk * p->l);
+    bool ok = col != NULL;
+    for (int64_t i0 = 0; ok && i0 < p->n; i0 += chunk) {
+        int64_t count = p->n - i0 < chunk ? p->n - i0 : chunk, ld = count * p->l;
+        ok = kn__conv_status(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) == KN_OK;
+        for (int64_t gi = 0; ok && gi < p->groups; gi++) /* out_g = W_g · col_g, per image */
+            ok = kn__kernel_sgemm(dev, false, false, p->og, p->l, p->k, 1.f, w + gi * p->og * p->k,
+                                  p->k, 0, col + gi * p->k * ld, ld, p->l, bias ? 1.f : 0.f,
+                                  out + i0 * p->o * p->l + gi * p->og * p->l, p->l, p->o * p->l,
+                                  count) == KN_OK;
+    }
+    kn_scope_end();
+    return ok;
+}
+
+static bool cuda_zero(kn_device dev, float *p, int64_t n)
+{
+    float zero = 0.f;
+    kn_cpu_operand dst = {p, {1}};
+    return n <= 0 || kn__kernel_fill(dev, &n, 1, sizeof(float), dst, &zero) == KN_OK;
+}
+
+/* gx, gw and gb (each optional) from gout [N, O, L] (contiguous) on a CUDA device. */
+static bool conv_backward_cuda(const conv_plan *p, kn_device dev, const float *x, const float *w,
+                               kn_tensor *gout, float *gx, float *gw, float *gb)
+{
+    const kn_cuda_conv_backend *be = kn__conv_backend(dev, "conv2d backward");
+    if (!be) return false;
+    int64_t rows = p->c * p->g.kernel_h * p->g.kernel_w, image = p->c * p->g.height * p->g.width;
+    bool ok = true;
+    kn_scope_begin();
+    if (gb) { /* gb[o] = sum over n and l of gout[n, o, l] */
+        int64_t ones[4] = {1, p->o, 1, 1};
+        kn_tensor *sum = kn__device_sum_to_shape(gout, ones, 4); /* in the scope */
+        kn_cpu_operand dst = {gb, {1}}, src = {sum ? kn__data_ptr(sum) : NULL, {1}};
+        ok = sum && kn__kernel_copy(dev, &p->o, 1, sizeof(float), dst, src) == KN_OK;
+    }
+    bool empty = p->n == 0 || p->l == 0; /* no products: zero gradients */
+    if (ok && gw && empty) ok = cuda_zero(dev, gw, p->o * p->k);
+    if (ok && gx && empty) ok = cuda_zero(dev, gx, p->n * image);
+    if (!ok || (!gx && !gw) || empty) {
+        kn_scope_end();
+        return ok;
+    }
+    const float *g = kn__data_ptr(gout);
+    int64_t chunk = cuda_chunk(p);
+    float *col = gw ? cuda_scratch(dev, rows * chunk * p->l) : NULL;
+    float *dcol = gx ? cuda_scratch(dev, rows * chunk * p->l) : NULL;
+    float *gt = cuda_scratch(dev, p->o * chunk * p->l);
+    ok = (!gw || col) && (!gx || dcol) && gt;
+    for (int64_t i0 = 0; ok && i0 < p->n; i0 += chunk) {
+        int64_t count = p->n - i0 < chunk ? p->n - i0 : chunk, ld = count * p->l;
+        /* gt[o, i*L + l] = gout[i0 + i, o, l] */
+        int64_t shape[3] = {count, p->o, p->l};
+        kn_cpu_operand dst = {gt, {p->l, ld, 1}};
+        kn_cpu_operand src = {(void *)(g + i0 * p->o * p->l), {p->o * p->l, p->l, 1}};
+        ok = kn__kernel_copy(dev, shape, 3, sizeof(float), dst, src) == KN_OK;
+        if (ok && gw) { /* gW_g (+)= gt_g · col_gᵀ */
+            ok = kn__conv_status(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) ==
+                 KN_OK;
+            for (int64_t gi = 0; ok && gi < p->groups; gi++)
+                ok = kn__kernel_sgemm(dev, false, true, p->og, p->k, ld, 1.f, gt + gi * p->og * ld,
+                                      ld, 0, col + gi * p->k * ld, ld, 0, i0 == 0 ? 0.f : 1.f,
+                                      gw + gi * p->og * p->k, p->k, 0, 1) == KN_OK;
+        }
+        if (ok && gx) { /* dcol_g = W_gᵀ · gt_g, folded back into the images */
+            for (int64_t gi = 0; ok && gi < p->groups; gi++)
+                ok = kn__kernel_sgemm(dev, true, false, p->k, ld, p->og, 1.f, w + gi * p->og * p->k,
+                                      p->k, 0, gt + gi * p->og * ld, ld, 0, 0.f,
+                                      dcol + gi * p->k * ld, ld, 0, 1) == KN_OK;
+            if (ok)
+                ok = kn__conv_status(
+                         be->col2im(dev.index, &p->g, dcol, ld, count, gx + i0 * image)) == KN_OK;
+        }
+    }
+    kn_scope_end();
+    return ok;
+}
+
 static void plan_to_node(const conv_plan *p, kn_node *node)
 {
     const kn_cpu_conv_geometry *g = &p->g;
@@ -267,9 +388,14 @@ static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     kn_tensor *gw = need_w ? kn__result(kn__empty_raw(w->shape, 4, KN_FLOAT32, w->device)) : NULL;
     kn_tensor *gb = need_b ? kn__result(kn__empty_raw(&p.o, 1, KN_FLOAT32, w->device)) : NULL;
     if ((need_x && !gx) || (need_w && !gw) || (need_b && !gb)) return kn_last_status();
-    if (!conv_backward_buffers(&p, kn__data_ptr(xd), kn__data_ptr(wd), kn__data_ptr(gd),
-                               gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
-                               gb ? kn__data_ptr(gb) : NULL))
+    if (grad->device.type != KN_DEVICE_CPU) {
+        if (!conv_backward_cuda(&p, grad->device, kn__data_ptr(xd), kn__data_ptr(wd), gd,
+                                gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
+                                gb ? kn__data_ptr(gb) : NULL))
+            return kn_last_status();
+    } else if (!conv_backward_buffers(&p, kn__data_ptr(xd), kn__data_ptr(wd), kn__data_ptr(gd),
+                                      gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
+                                      gb ? kn__data_ptr(gb) : NULL))
         return kn_last_status();
     grads[0] = gx;
     grads[1] = gw;
@@ -281,18 +407,22 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
 {
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
-    if (!kn__check_inputs("conv2d", inputs, n_inputs)) return NULL;
+    if (!kn__check_inputs_cuda_ok("conv2d", inputs, n_inputs)) return NULL;
     if (!kn__check_float("conv2d", x) || !kn__check_float("conv2d", weight) ||
         (bias && !kn__check_float("conv2d", bias)))
         return NULL;
     conv_plan p;
     if (!conv_setup(x, weight, bias, args, &p)) return NULL;
+    if (x->device.type != KN_DEVICE_CPU && !kn__conv_backend(x->device, "conv2d")) return NULL;
     int64_t shape[4] = {p.n, p.o, p.g.out_h, p.g.out_w};
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
     kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
     bool ok = out && xd && wd && (!bias || bd);
-    if (ok)
+    if (ok && x->device.type != KN_DEVICE_CPU)
+        ok = conv_forward_cuda(&p, x->device, kn__data_ptr(xd), kn__data_ptr(wd),
+                               bd ? kn__data_ptr(bd) : NULL, kn__data_ptr(out));
+    else if (ok)
         ok = conv_forward(&p, kn__data_ptr(xd), kn__data_ptr(wd), bd ? kn__data_ptr(bd) : NULL,
                           kn__data_ptr(out));
     kn_release(xd);
@@ -407,7 +537,14 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
-    if (node->iargs[14])
+    if (grad->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "max_pool2d backward");
+        if (!be) return kn_last_status();
+        kn_status status = kn__conv_status(
+            be->max_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd),
+                                    kn__data_ptr(node->saved[0]), kn__data_ptr(gx)));
+        if (status != KN_OK) return status;
+    } else if (node->iargs[14])
         kn_cpu_max_pool2d_2x2_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
                                        kn__data_ptr(gx));
     else
@@ -420,22 +557,29 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
 {
     kn_cpu_pool_geometry g;
-    if (!kn__check_inputs("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
+    if (!kn__check_inputs_cuda_ok("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
         !pool_setup("max_pool2d", x, args, true, &g))
         return NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     /* 2x2 stride 2 keeps each max's place in its window as one byte (packed eight to an
      * int64 element of a tensor only backward reads) rather than an int64 index. */
-    bool two_by_two = kn_cpu_max_pool2d_is_2x2(&g);
+    bool on_cuda = x->device.type != KN_DEVICE_CPU;
+    bool two_by_two = !on_cuda && kn_cpu_max_pool2d_is_2x2(&g);
+    const kn_cuda_conv_backend *be = on_cuda ? kn__conv_backend(x->device, "max_pool2d") : NULL;
+    if (on_cuda && !be) return NULL;
     int64_t packed = (g.planes * g.out_h * g.out_w + 7) / 8;
     kn_tensor *indices =
         two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : pool_output(x, &g, KN_INT64);
-    if (xd && out && indices && two_by_two)
+    bool ok = xd && out && indices;
+    if (ok && on_cuda)
+        ok = kn__conv_status(be->max_pool2d(x->device.index, &g, kn__data_ptr(xd),
+                                            kn__data_ptr(out), kn__data_ptr(indices))) == KN_OK;
+    else if (ok && two_by_two)
         kn_cpu_max_pool2d_2x2(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
-    else if (xd && out && indices)
+    else if (ok)
         kn_cpu_max_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
     kn_release(xd);
-    if (!xd || !out || !indices) {
+    if (!ok) {
         kn_release(out);
         kn_release(indices);
         return NULL;
@@ -463,7 +607,15 @@ static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
-    kn_cpu_avg_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(gx));
+    if (grad->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "avg_pool2d backward");
+        if (!be) return kn_last_status();
+        kn_status status = kn__conv_status(
+            be->avg_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd), kn__data_ptr(gx)));
+        if (status != KN_OK) return status;
+    } else {
+        kn_cpu_avg_pool2d_backward(&g, kn__data_ptr(gd), kn__data_ptr(gx));
+    }
     grads[0] = gx;
     return KN_OK;
 }
@@ -471,13 +623,21 @@ static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
 {
     kn_cpu_pool_geometry g;
-    if (!kn__check_inputs("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
+    if (!kn__check_inputs_cuda_ok("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
         !pool_setup("avg_pool2d", x, args, false, &g))
         return NULL;
+    bool on_cuda = x->device.type != KN_DEVICE_CPU;
+    const kn_cuda_conv_backend *be = on_cuda ? kn__conv_backend(x->device, "avg_pool2d") : NULL;
+    if (on_cuda && !be) return NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
-    if (xd && out) kn_cpu_avg_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out));
+    bool ok = xd && out;
+    if (ok && on_cuda)
+        ok = kn__conv_status(
+                 be->avg_pool2d(x->device.index, &g, kn__data_ptr(xd), kn__data_ptr(out))) == KN_OK;
+    else if (ok)
+        kn_cpu_avg_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out));
     kn_release(xd);
-    if (!xd || !out) {
+    if (!ok) {
         kn_release(out);
         return NULL;
     }

@@ -4,6 +4,7 @@
  * use. Each op: shape rule, forward through kernels/cpu/elementwise.c, backward.
  */
 #include "kn_internal.h"
+#include "kn_cuda_conv_ops.h"
 
 #include <math.h>
 #include <string.h>
@@ -362,6 +363,7 @@ static kn_status where_backward(kn_node *node, kn_tensor *grad, kn_tensor **grad
 {
     kn_tensor *cond = node->saved[0];
     kn_tensor *zero = kn_zeros(NULL, 0, KN_FLOAT32);
+    if (zero && grad->device.type != KN_DEVICE_CPU) zero = kn_to(zero, grad->device);
     if (node->inputs[1].needs_grad) grads[1] = kn_where(cond, grad, zero);
     if (node->inputs[2].needs_grad) grads[2] = kn_where(cond, zero, grad);
     return KN_OK;
@@ -370,17 +372,29 @@ static kn_status where_backward(kn_node *node, kn_tensor *grad, kn_tensor **grad
 kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
 {
     kn_tensor *inputs[3] = {cond, a, b};
-    if (!kn__check_inputs("where", inputs, 3)) return NULL;
+    if (!kn__check_inputs_cuda_ok("where", inputs, 3)) return NULL;
     if (!kn__check_float("where", a) || !kn__check_float("where", b)) return NULL;
     int64_t shape[KN_MAX_DIMS], ab[KN_MAX_DIMS];
     int ndim, ab_ndim;
     if (!kn__broadcast_shapes("where", a->shape, a->ndim, b->shape, b->ndim, ab, &ab_ndim) ||
         !kn__broadcast_shapes("where", cond->shape, cond->ndim, ab, ab_ndim, shape, &ndim))
         return NULL;
+    const kn_cuda_conv_backend *be = NULL;
+    if (a->device.type != KN_DEVICE_CPU && !(be = kn__conv_backend(a->device, "where")))
+        return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
-    kn_cpu_where(shape, ndim, operand(out, shape, ndim), operand(cond, shape, ndim),
-                 cond->dtype == KN_INT64, operand(a, shape, ndim), operand(b, shape, ndim));
+    if (be) {
+        if (kn__conv_status(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
+                                      operand(cond, shape, ndim), cond->dtype == KN_INT64,
+                                      operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
+            kn_release(out);
+            return NULL;
+        }
+    } else {
+        kn_cpu_where(shape, ndim, operand(out, shape, ndim), operand(cond, shape, ndim),
+                     cond->dtype == KN_INT64, operand(a, shape, ndim), operand(b, shape, ndim));
+    }
     if (kn__needs_grad(inputs, 3)) {
         kn_node *node = kn__node_new("where", where_backward, inputs, 3);
         if (!node) {

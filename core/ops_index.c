@@ -3,8 +3,13 @@
  * index_select, gather and embedding. Forward copies through kernels/cpu (gather.c
  * for the indexed ones); backward narrows / selects the gradient (cat, stack) or
  * scatter-adds it (index_select, gather, embedding).
+ *
+ * On a CUDA device the copies go through the device's strided copy and the indexed
+ * kernels of kernels/cuda/index.cu; the index is checked on the host first (copied
+ * back), so an out-of-range index fails with the same message as on the CPU.
  */
 #include "kn_internal.h"
+#include "kn_cuda_conv_ops.h"
 #include "../kernels/cpu/kn_cpu_gather.h"
 
 #include <string.h>
@@ -13,6 +18,7 @@
 static kn_tensor *contiguous_raw(kn_tensor *t)
 {
     if (kn_is_contiguous(t)) return kn_retain(t);
+    if (t->device.type != KN_DEVICE_CPU) return kn__contiguous_raw(t);
     kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
     if (!out) return NULL;
     kn_cpu_copy_to_contiguous(t->shape, t->ndim, kn_dtype_size(t->dtype), kn__data_ptr(out),
@@ -25,13 +31,22 @@ static kn_tensor *zeros_for(const kn_node_input *in, kn_device device)
 {
     kn_tensor *z = kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, device);
     if (!z) return NULL;
-    if (z->storage->nbytes) memset(z->storage->data, 0, z->storage->nbytes);
+    if (device.type != KN_DEVICE_CPU) {
+        float zero = 0.f;
+        if (kn__kernel_fill(device, z->shape, z->ndim, sizeof(float), kn__operand(z), &zero) !=
+            KN_OK) {
+            kn_release(z);
+            return NULL;
+        }
+    } else if (z->storage->nbytes) {
+        memset(z->storage->data, 0, z->storage->nbytes);
+    }
     return kn__result(z);
 }
 
 /* Copies src into the part of out that starts at `start` along dim; with drop, src
  * lacks dim (stack), else src's size along dim is the part's length (cat). */
-static void copy_into(kn_tensor *out, int dim, int64_t start, bool drop, kn_tensor *src)
+static kn_status copy_into(kn_tensor *out, int dim, int64_t start, bool drop, kn_tensor *src)
 {
     size_t es = kn_dtype_size(out->dtype);
     kn_cpu_operand o = {(char *)kn__data_ptr(out) + (size_t)(start * out->strides[dim]) * es, {0}};
@@ -39,7 +54,7 @@ static void copy_into(kn_tensor *out, int dim, int64_t start, bool drop, kn_tens
     for (int d = 0, k = 0; d < out->ndim; d++)
         if (!(drop && d == dim)) o.strides[k++] = out->strides[d];
     memcpy(in.strides, src->strides, sizeof(int64_t) * (size_t)src->ndim);
-    kn_cpu_copy(src->shape, src->ndim, es, o, in);
+    return kn__kernel_copy(out->device, src->shape, src->ndim, es, o, in);
 }
 
 static bool check_list(const char *op, kn_tensor *const *tensors, int count)
@@ -48,7 +63,7 @@ static bool check_list(const char *op, kn_tensor *const *tensors, int count)
         kn__error(KN_ERR_VALUE, "%s: expected a non-empty list of tensors, got %d", op, count);
         return false;
     }
-    if (!kn__check_inputs(op, tensors, count)) return false;
+    if (!kn__check_inputs_cuda_ok(op, tensors, count)) return false;
     for (int i = 1; i < count; i++)
         if (tensors[i]->dtype != tensors[0]->dtype) {
             kn__error(KN_ERR_DTYPE,
@@ -113,7 +128,10 @@ kn_tensor *kn_cat(kn_tensor *const *tensors, int count, int dim)
     if (!out) return NULL;
     int64_t start = 0;
     for (int i = 0; i < count; i++) {
-        copy_into(out, dim, start, false, tensors[i]);
+        if (copy_into(out, dim, start, false, tensors[i]) != KN_OK) {
+            kn_release(out);
+            return NULL;
+        }
         start += tensors[i]->shape[dim];
     }
     if (!record_list(out, tensors, count, "cat", cat_backward, dim)) {
@@ -151,7 +169,11 @@ kn_tensor *kn_stack(kn_tensor *const *tensors, int count, int dim)
     for (int d = 0, s = 0; d <= first->ndim; d++) shape[d] = d == dim ? count : first->shape[s++];
     kn_tensor *out = kn__empty_raw(shape, first->ndim + 1, first->dtype, first->device);
     if (!out) return NULL;
-    for (int i = 0; i < count; i++) copy_into(out, dim, i, true, tensors[i]);
+    for (int i = 0; i < count; i++)
+        if (copy_into(out, dim, i, true, tensors[i]) != KN_OK) {
+            kn_release(out);
+            return NULL;
+        }
     if (!record_list(out, tensors, count, "stack", stack_backward, dim)) {
         kn_release(out);
         return NULL;
@@ -168,17 +190,35 @@ static kn_tensor *checked_index(const char *op, kn_tensor *index, int64_t size, 
     if (!kn__check_int64(op, index, "index")) return NULL;
     kn_tensor *idx = contiguous_raw(index);
     if (!idx) return NULL;
-    const int64_t *p = kn__data_ptr(idx);
     int64_t n = kn_numel(idx);
+    const int64_t *p = kn__data_ptr(idx);
+    int64_t *host = NULL;
+    size_t host_bytes = sizeof(int64_t) * (size_t)n;
+    if (idx->device.type != KN_DEVICE_CPU && n > 0) { /* checked here, on a copy */
+        host = kn__alloc(host_bytes);
+        if (!host) {
+            kn__error(KN_ERR_MEMORY, "%s: out of memory for %zu bytes of indices", op, host_bytes);
+            kn_release(idx);
+            return NULL;
+        }
+        if (kn__copy_to_host(idx, 0, host, host_bytes) != KN_OK) {
+            kn__free(host, host_bytes);
+            kn_release(idx);
+            return NULL;
+        }
+        p = host;
+    }
     for (int64_t i = 0; i < n; i++)
         if (p[i] < 0 || p[i] >= size) {
             kn__error(KN_ERR_VALUE,
                       "%s: index %lld (at position %lld) is out of range for %s "
                       "of size %lld (input shape %s)",
                       op, (long long)p[i], (long long)i, what, (long long)size, kn__shape(t));
+            if (host) kn__free(host, host_bytes);
             kn_release(idx);
             return NULL;
         }
+    if (host) kn__free(host, host_bytes);
     return idx;
 }
 
@@ -190,6 +230,15 @@ static kn_tensor *index_add_backward(const kn_node_input *in, kn_tensor *grad, k
     kn_tensor *grad_in = zeros_for(in, grad->device);
     kn_tensor *g = grad_in ? contiguous_raw(grad) : NULL;
     if (!g) return NULL;
+    if (grad->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "index_select backward");
+        kn_status status = be ? kn__conv_status(be->index_add(
+                                    grad->device.index, kn__data_ptr(grad_in), kn__data_ptr(g),
+                                    kn__data_ptr(index), kn_numel(index), outer, in_size, inner))
+                              : kn_last_status();
+        kn_release(g);
+        return status == KN_OK ? grad_in : NULL;
+    }
     kn_cpu_index_add(kn__data_ptr(grad_in), kn__data_ptr(g), kn__data_ptr(index), kn_numel(index),
                      outer, in_size, inner);
     kn_release(g);
@@ -228,8 +277,22 @@ static kn_tensor *select_rows(const char *name, kn_tensor *t, int dim, kn_tensor
     }
     int64_t outer, inner, size = t->ndim ? t->shape[dim] : 1;
     split_at(t->shape, t->ndim, dim, &outer, &inner);
-    kn_cpu_index_select(kn_dtype_size(t->dtype), kn__data_ptr(out), kn__data_ptr(src),
-                        kn__data_ptr(idx), kn_numel(idx), outer, size, inner);
+    if (t->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(t->device, name);
+        kn_status status =
+            be ? kn__conv_status(be->index_select(
+                     t->device.index, kn_dtype_size(t->dtype), kn__data_ptr(out), kn__data_ptr(src),
+                     kn__data_ptr(idx), kn_numel(idx), outer, size, inner))
+               : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(src);
+            kn_release(out);
+            return NULL;
+        }
+    } else {
+        kn_cpu_index_select(kn_dtype_size(t->dtype), kn__data_ptr(out), kn__data_ptr(src),
+                            kn__data_ptr(idx), kn_numel(idx), outer, size, inner);
+    }
     kn_release(src);
     kn_tensor *inputs[2] = {t, index_input};
     if (kn__needs_grad(inputs, 2)) {
@@ -248,7 +311,7 @@ static kn_tensor *select_rows(const char *name, kn_tensor *t, int dim, kn_tensor
 kn_tensor *kn_index_select(kn_tensor *t, int dim, kn_tensor *index)
 {
     kn_tensor *inputs[2] = {t, index};
-    if (!kn__check_inputs("index_select", inputs, 2) ||
+    if (!kn__check_inputs_cuda_ok("index_select", inputs, 2) ||
         !kn__wrap_dim(&dim, t->ndim, "index_select"))
         return NULL;
     if (index->ndim > 1)
@@ -282,8 +345,8 @@ static kn_status embedding_backward(kn_node *node, kn_tensor *grad, kn_tensor **
 kn_tensor *kn_embedding(kn_tensor *weight, kn_tensor *indices)
 {
     kn_tensor *inputs[2] = {weight, indices};
-    if (!kn__check_inputs("embedding", inputs, 2) || !kn__check_float("embedding", weight) ||
-        !kn__check_int64("embedding", indices, "indices"))
+    if (!kn__check_inputs_cuda_ok("embedding", inputs, 2) ||
+        !kn__check_float("embedding", weight) || !kn__check_int64("embedding", indices, "indices"))
         return NULL;
     if (weight->ndim != 2)
         return kn__error_null(KN_ERR_SHAPE,
@@ -328,6 +391,16 @@ static kn_status gather_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     int64_t in_shape[KN_MAX_DIMS], in_strides[KN_MAX_DIMS];
     int ndim = as_rank1(grad, shape, grad_strides); /* grad has the index's shape */
     as_rank1(grad_in, in_shape, in_strides);
+    if (grad->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "gather backward");
+        if (!be) return kn_last_status();
+        kn_status status = kn__conv_status(be->scatter_add(
+            grad->device.index, shape, ndim, (int)node->iargs[0], kn__data_ptr(grad_in), in_strides,
+            kn__data_ptr(grad), grad_strides, kn__data_ptr(index)));
+        if (status != KN_OK) return status;
+        grads[0] = grad_in;
+        return KN_OK;
+    }
     kn_cpu_scatter_add(shape, ndim, (int)node->iargs[0], kn__data_ptr(grad_in), in_strides,
                        kn__data_ptr(grad), grad_strides, kn__data_ptr(index));
     grads[0] = grad_in;
@@ -337,7 +410,7 @@ static kn_status gather_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
 kn_tensor *kn_gather(kn_tensor *t, int dim, kn_tensor *index)
 {
     kn_tensor *inputs[2] = {t, index};
-    if (!kn__check_inputs("gather", inputs, 2) || !kn__wrap_dim(&dim, t->ndim, "gather") ||
+    if (!kn__check_inputs_cuda_ok("gather", inputs, 2) || !kn__wrap_dim(&dim, t->ndim, "gather") ||
         !kn__check_int64("gather", index, "index"))
         return NULL;
     if (index->ndim != t->ndim)
@@ -363,8 +436,19 @@ kn_tensor *kn_gather(kn_tensor *t, int dim, kn_tensor *index)
     int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS], in_shape[KN_MAX_DIMS];
     int ndim = as_rank1(index, shape, strides);
     as_rank1(t, in_shape, strides);
-    kn_cpu_gather(kn_dtype_size(t->dtype), shape, ndim, dim, kn__data_ptr(out), kn__data_ptr(t),
-                  strides, kn__data_ptr(idx));
+    if (t->device.type != KN_DEVICE_CPU) {
+        const kn_cuda_conv_backend *be = kn__conv_backend(t->device, "gather");
+        if (!be || kn__conv_status(be->gather(t->device.index, kn_dtype_size(t->dtype), shape, ndim,
+                                              dim, kn__data_ptr(out), kn__data_ptr(t), strides,
+                                              kn__data_ptr(idx))) != KN_OK) {
+            kn_release(idx);
+            kn_release(out);
+            return NULL;
+        }
+    } else {
+        kn_cpu_gather(kn_dtype_size(t->dtype), shape, ndim, dim, kn__data_ptr(out), kn__data_ptr(t),
+                      strides, kn__data_ptr(idx));
+    }
     if (kn__needs_grad(inputs, 2)) {
         kn_node *node = kn__node_new("gather", gather_backward, inputs, 2);
         if (!node) {

@@ -2,8 +2,12 @@
  * ops_loss.c — the losses: mse, cross entropy (fused log_softmax + nll with label
  * smoothing and ignore_index), nll on log-probabilities, and binary cross entropy with
  * logits. Each has a fused forward and a fused backward; reduction mean/sum/none.
+ * CUDA tensors run the same formulas on the CUDA module's kernels (kernels/cuda/loss.cu);
+ * their class targets are checked on the device, and only the count and the first bad
+ * position come back to the host.
  */
 #include "kn_internal.h"
+#include "kn_cuda_reduce_ops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -41,6 +45,11 @@ static int64_t *i64(kn_tensor *t)
     return (int64_t *)kn__data_ptr(t);
 }
 
+static bool on_cuda(const kn_tensor *t)
+{
+    return t->device.type == KN_DEVICE_CUDA;
+}
+
 static bool check_reduction(const char *op, kn_reduction reduction)
 {
     if (reduction == KN_REDUCTION_MEAN || reduction == KN_REDUCTION_SUM ||
@@ -74,6 +83,19 @@ static kn_tensor *reduce_losses(kn_tensor *losses, kn_reduction reduction, doubl
         kn_release(losses);
         return NULL;
     }
+    if (on_cuda(losses)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(losses->device, "loss");
+        double divisor = reduction == KN_REDUCTION_MEAN ? count : 1.0;
+        kn_status status = r ? kn__cuda_error(r->sum(losses->device.index, f32(losses), f32(out), 1,
+                                                     kn_numel(losses), 1, divisor, false))
+                             : kn_last_status();
+        kn_release(losses);
+        if (status != KN_OK) {
+            kn_release(out);
+            return NULL;
+        }
+        return out;
+    }
     double total = sum_f64(f32(losses), kn_numel(losses));
     f32(out)[0] = (float)(reduction == KN_REDUCTION_MEAN ? total / count : total);
     kn_release(losses);
@@ -95,9 +117,20 @@ static bool get_upstream(kn_tensor *grad, kn_reduction reduction, double count, 
         u->dense = kn__contiguous_raw(grad);
         return u->dense != NULL;
     }
+    if (on_cuda(grad)) return true; /* read on the device: see cuda_upstream */
     double g = *f32(grad);
     u->scalar = (float)(reduction == KN_REDUCTION_MEAN ? g / count : g);
     return true;
+}
+
+/* The upstream gradient as the CUDA kernels take it: per element, or the 0-d grad's value
+ * over the reduction's divisor, read on the device (no copy back). */
+static kn_cuda_upstream cuda_upstream(kn_tensor *grad, kn_reduction reduction, double count,
+                                      const upstream *u)
+{
+    if (u->dense) return (kn_cuda_upstream){f32(u->dense), true, 1.0};
+    return (kn_cuda_upstream){kn__data_ptr(grad), false,
+                              reduction == KN_REDUCTION_MEAN ? count : 1.0};
 }
 
 /* ---- elementwise losses: mse, bce with logits -------------------------------------------- */
@@ -171,6 +204,18 @@ static kn_status pointwise_backward(kn_node *node, kn_tensor *grad, kn_tensor **
         kn_release(u.dense);
         return kn_last_status();
     }
+    if (on_cuda(x)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(x->device, node->name);
+        kn_status status =
+            r ? kn__cuda_error(r->pointwise_loss_backward(
+                    x->device.index, (kn_cuda_loss_kind)node->iargs[0], f32(x), f32(t), f32(dx),
+                    f32(dt), n, cuda_upstream(grad, reduction, (double)n, &u)))
+              : kn_last_status();
+        kn_release(u.dense);
+        grads[0] = kn__result(dx);
+        grads[1] = kn__result(dt);
+        return status;
+    }
     pointwise_ctx c = {(pointwise_kind)node->iargs[0],
                        f32(x),
                        f32(t),
@@ -190,9 +235,10 @@ static kn_tensor *pointwise_loss(const char *name, pointwise_kind kind, kn_tenso
                                  kn_tensor *target, kn_reduction reduction)
 {
     kn_tensor *inputs[2] = {input, target};
-    if (!kn__check_inputs(name, inputs, 2) || !kn__check_float(name, input) ||
+    if (!kn__check_inputs_cuda_ok(name, inputs, 2) || !kn__check_float(name, input) ||
         !kn__check_float(name, target) || !check_reduction(name, reduction))
         return NULL;
+    if (on_cuda(input) && !kn__cuda_reduce(input->device, name)) return NULL;
     if (!kn__same_shape(input, target))
         return kn__error_null(KN_ERR_SHAPE,
                               "%s: target of shape %s does not match input of shape %s", name,
@@ -206,8 +252,22 @@ static kn_tensor *pointwise_loss(const char *name, pointwise_kind kind, kn_tenso
         return NULL;
     }
     int64_t n = kn_numel(input);
-    pointwise_ctx c = {kind, f32(x), f32(t), NULL, f32(losses), NULL, NULL, 1.f};
-    kn_cpu_parallel_for(n, KN_CPU_GRAIN_ELEMENTWISE / 4, pointwise_forward_range, &c);
+    if (on_cuda(input)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(input->device, name);
+        kn_status status =
+            r ? kn__cuda_error(r->pointwise_loss(input->device.index, (kn_cuda_loss_kind)kind,
+                                                 f32(x), f32(t), f32(losses), n))
+              : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(x);
+            kn_release(t);
+            kn_release(losses);
+            return NULL;
+        }
+    } else {
+        pointwise_ctx c = {kind, f32(x), f32(t), NULL, f32(losses), NULL, NULL, 1.f};
+        kn_cpu_parallel_for(n, KN_CPU_GRAIN_ELEMENTWISE / 4, pointwise_forward_range, &c);
+    }
     kn_tensor *out = reduce_losses(losses, reduction, (double)n);
     if (out && kn__needs_grad(inputs, 2)) {
         kn_node *node = kn__node_new(name, pointwise_backward, inputs, 2);
@@ -246,6 +306,42 @@ typedef struct class_dims {
     int64_t count; /* targets that are not ignore_index */
 } class_dims;
 
+static bool bad_target(const char *op, int64_t value, int64_t c, int64_t ignore_index)
+{
+    kn__error(KN_ERR_VALUE,
+              "%s: target %lld is out of bounds for %lld classes (expected 0..%lld or "
+              "ignore_index %lld)",
+              op, (long long)value, (long long)c, (long long)c - 1, (long long)ignore_index);
+    return false;
+}
+
+/* The targets of a CUDA tensor checked on the device: the count and the first bad
+ * position (and its value) come back. */
+static bool check_cuda_targets(const char *op, kn_tensor *target, int64_t ignore_index,
+                               class_dims *dims)
+{
+    const kn_cuda_reduce *r = kn__cuda_reduce(target->device, op);
+    if (!r) return false;
+    int64_t two[1] = {2}, result[2] = {0, 0};
+    kn_tensor *t = kn__contiguous_raw(target);
+    kn_tensor *scratch = kn__empty_raw(two, 1, KN_INT64, target->device);
+    int64_t n = kn_numel(target);
+    kn_status status = t && scratch
+                           ? kn__cuda_error(r->check_targets(target->device.index, i64(t), n,
+                                                             dims->c, ignore_index, i64(scratch)))
+                           : kn_last_status();
+    if (status == KN_OK) status = kn__copy_to_host(scratch, 0, result, sizeof result);
+    int64_t value = 0;
+    if (status == KN_OK && result[1] < n)
+        status = kn__copy_to_host(t, result[1], &value, sizeof value);
+    kn_release(t);
+    kn_release(scratch);
+    if (status != KN_OK) return false;
+    if (result[1] < n) return bad_target(op, value, dims->c, ignore_index);
+    dims->count = result[0];
+    return true;
+}
+
 static bool check_class_target(const char *op, kn_tensor *input, kn_tensor *target,
                                int64_t ignore_index, class_dims *dims)
 {
@@ -276,18 +372,12 @@ static bool check_class_target(const char *op, kn_tensor *input, kn_tensor *targ
                   op, kn__shape(target), kn__shape(input), kn__shape_of(want, want_ndim));
         return false;
     }
+    if (on_cuda(target)) return check_cuda_targets(op, target, ignore_index, dims);
     const int64_t *t = i64(target);
     int64_t n = kn_numel(target);
     for (int64_t i = 0; i < n; i++) {
         if (t[i] == ignore_index) continue;
-        if (t[i] < 0 || t[i] >= dims->c) {
-            kn__error(KN_ERR_VALUE,
-                      "%s: target %lld is out of bounds for %lld classes (expected 0..%lld or "
-                      "ignore_index %lld)",
-                      op, (long long)t[i], (long long)dims->c, (long long)dims->c - 1,
-                      (long long)ignore_index);
-            return false;
-        }
+        if (t[i] < 0 || t[i] >= dims->c) return bad_target(op, t[i], dims->c, ignore_index);
         dims->count++;
     }
     return true;
@@ -400,6 +490,18 @@ static kn_status cross_entropy_backward(kn_node *node, kn_tensor *grad, kn_tenso
         kn_release(u.dense);
         return kn_last_status();
     }
+    if (on_cuda(x)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(x->device, node->name);
+        kn_status status =
+            r ? kn__cuda_error(r->cross_entropy_backward(
+                    x->device.index, f32(x), i64(target), f32(lse), f32(dx), kn_numel(target),
+                    node->iargs[0], node->iargs[1], node->iargs[2], (float)node->fargs[0],
+                    cuda_upstream(grad, (kn_reduction)node->iargs[3], (double)node->iargs[4], &u)))
+              : kn_last_status();
+        kn_release(u.dense);
+        grads[0] = kn__result(dx);
+        return status;
+    }
     ce_ctx k = {.x = f32(x),
                 .g = f32(u.dense),
                 .t = i64(target),
@@ -421,8 +523,9 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
 {
     kn_tensor *inputs[2] = {logits, target};
     class_dims dims;
-    if (!kn__check_inputs("cross_entropy", inputs, 2) ||
+    if (!kn__check_inputs_cuda_ok("cross_entropy", inputs, 2) ||
         !check_reduction("cross_entropy", reduction) ||
+        (on_cuda(logits) && !kn__cuda_reduce(logits->device, "cross_entropy")) ||
         !check_class_target("cross_entropy", logits, target, ignore_index, &dims))
         return NULL;
     if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0))
@@ -447,7 +550,23 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
                 .s = dims.s,
                 .ignore = ignore_index,
                 .smoothing = (float)label_smoothing};
-    if (dims.c > 0) kn_cpu_parallel_for(kn_numel(t), row_grain(dims.c), ce_forward_range, &k);
+    if (on_cuda(logits)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(logits->device, "cross_entropy");
+        kn_status status =
+            r ? kn__cuda_error(r->cross_entropy(logits->device.index, f32(x), i64(t), f32(losses),
+                                                f32(lse), kn_numel(t), dims.c, dims.s, ignore_index,
+                                                (float)label_smoothing))
+              : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(x);
+            kn_release(t);
+            kn_release(losses);
+            kn_release(lse);
+            return NULL;
+        }
+    } else if (dims.c > 0) {
+        kn_cpu_parallel_for(kn_numel(t), row_grain(dims.c), ce_forward_range, &k);
+    }
     kn_tensor *out = reduce_losses(losses, reduction, (double)dims.count);
     if (out && kn__needs_grad(inputs, 2)) {
         kn_node *node = kn__node_new("cross_entropy", cross_entropy_backward, inputs, 2);
@@ -488,6 +607,17 @@ static kn_status nll_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
         kn_release(u.dense);
         return kn_last_status();
     }
+    if (on_cuda(dx)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(dx->device, node->name);
+        kn_status status =
+            r ? kn__cuda_error(r->nll_backward(
+                    dx->device.index, i64(target), f32(dx), kn_numel(target), c, s, ignore,
+                    cuda_upstream(grad, (kn_reduction)node->iargs[3], (double)node->iargs[4], &u)))
+              : kn_last_status();
+        kn_release(u.dense);
+        grads[0] = kn__result(dx);
+        return status;
+    }
     float *d = f32(dx);
     const float *g = f32(u.dense);
     const int64_t *t = i64(target);
@@ -507,7 +637,9 @@ kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction red
 {
     kn_tensor *inputs[2] = {log_probs, target};
     class_dims dims;
-    if (!kn__check_inputs("nll_loss", inputs, 2) || !check_reduction("nll_loss", reduction) ||
+    if (!kn__check_inputs_cuda_ok("nll_loss", inputs, 2) ||
+        !check_reduction("nll_loss", reduction) ||
+        (on_cuda(log_probs) && !kn__cuda_reduce(log_probs->device, "nll_loss")) ||
         !check_class_target("nll_loss", log_probs, target, ignore_index, &dims))
         return NULL;
     kn_tensor *t = kn__contiguous_raw(target);
@@ -517,28 +649,43 @@ kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction red
         kn_release(losses);
         return NULL;
     }
-    const int64_t *tv = i64(t);
-    float *loss = f32(losses);
-    const float *lp = kn__data_ptr(log_probs);
-    int64_t n = kn_numel(t), s = dims.s;
-    /* Strided reads: one element per position, no need to copy the whole input. */
-    for (int64_t i = 0; i < n; i++) {
-        if (tv[i] == ignore_index) {
-            loss[i] = 0.f;
-            continue;
+    if (on_cuda(log_probs)) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(log_probs->device, "nll_loss");
+        kn_tensor *lp = r ? kn__contiguous_raw(log_probs) : NULL;
+        kn_status status =
+            lp ? kn__cuda_error(r->nll(log_probs->device.index, f32(lp), i64(t), f32(losses),
+                                       kn_numel(t), dims.c, dims.s, ignore_index))
+               : kn_last_status();
+        kn_release(lp);
+        if (status != KN_OK) {
+            kn_release(t);
+            kn_release(losses);
+            return NULL;
         }
-        int64_t offset;
-        if (log_probs->ndim == 1) {
-            offset = tv[i] * log_probs->strides[0];
-        } else {
-            int64_t rest = i % s;
-            offset = (i / s) * log_probs->strides[0] + tv[i] * log_probs->strides[1];
-            for (int d = log_probs->ndim - 1; d >= 2; d--) {
-                offset += (rest % log_probs->shape[d]) * log_probs->strides[d];
-                rest /= log_probs->shape[d];
+    } else {
+        const int64_t *tv = i64(t);
+        float *loss = f32(losses);
+        const float *lp = kn__data_ptr(log_probs);
+        int64_t n = kn_numel(t), s = dims.s;
+        /* Strided reads: one element per position, no need to copy the whole input. */
+        for (int64_t i = 0; i < n; i++) {
+            if (tv[i] == ignore_index) {
+                loss[i] = 0.f;
+                continue;
             }
+            int64_t offset;
+            if (log_probs->ndim == 1) {
+                offset = tv[i] * log_probs->strides[0];
+            } else {
+                int64_t rest = i % s;
+                offset = (i / s) * log_probs->strides[0] + tv[i] * log_probs->strides[1];
+                for (int d = log_probs->ndim - 1; d >= 2; d--) {
+                    offset += (rest % log_probs->shape[d]) * log_probs->strides[d];
+                    rest /= log_probs->shape[d];
+                }
+            }
+            loss[i] = -lp[offset];
         }
-        loss[i] = -lp[offset];
     }
     kn_tensor *out = reduce_losses(losses, reduction, (double)dims.count);
     if (out && kn__needs_grad(inputs, 2)) {

@@ -2,12 +2,62 @@
  * ops_norm.c — kn_layer_norm and kn_batch_norm: shape checks, the fused forward through
  * kernels/cpu/norm.c (saving the statistics), the running-statistics update of batch
  * norm, and the fused analytic backward for input, weight and bias.
+ *
+ * On a CUDA device the same steps run in the module's kernels (kernels/cuda/norm.cu,
+ * through the training table): batch norm's running statistics are updated on the
+ * device, so a training step never waits for the GPU here.
  */
 #include "kn_internal.h"
+#include "kn_cuda_train_core.h"
 #include "../kernels/cpu/kn_cpu_norm.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* ---- the CUDA training table (kn_cuda_train_core.h) ------------------------------------ */
+
+extern const void *kn__cuda_train_table; /* device.c */
+
+const kn_cuda_train *kn__cuda_train(kn_device device, const char *op)
+{
+    char name[32];
+    kn_device_str(device, name, sizeof name);
+    if (device.type != KN_DEVICE_CUDA)
+        return kn__error_null(KN_ERR_DEVICE, "%s: %s is not a CUDA device", op, name);
+    if (!kn_device_available(device))
+        return kn__error_null(KN_ERR_DEVICE, "%s: device %s is not available (%s)", op, name,
+                              kn_cuda_status());
+    const kn_cuda_train *t = kn__cuda_train_table;
+    if (!t || t->size != sizeof(kn_cuda_train))
+        return kn__error_null(KN_ERR_DEVICE,
+                              "%s: the CUDA module has no training kernels matching this build "
+                              "(kn_cuda_train_v1)",
+                              op);
+    return t;
+}
+
+kn_status kn__cuda_status(const char *message)
+{
+    if (!message) return KN_OK;
+    kn_status status = strncmp(message, "out of memory", 13) == 0 ? KN_ERR_MEMORY : KN_ERR_DEVICE;
+    return kn__error(status, "%s", message);
+}
+
+kn_cuda_fvec kn__cuda_fvec(kn_tensor *t)
+{
+    kn_cuda_fvec v = {NULL, 0};
+    if (t) {
+        v.ptr = kn__data_ptr(t);
+        v.stride = t->ndim > 0 ? t->strides[0] : 0;
+    }
+    return v;
+}
+
+static bool is_cuda(const kn_tensor *t)
+{
+    return t->device.type == KN_DEVICE_CUDA;
+}
 
 static float *f32(kn_tensor *t)
 {
@@ -42,9 +92,15 @@ static kn_status layer_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
         db = kn__empty_raw(node->inputs[2].shape, node->inputs[2].ndim, KN_FLOAT32, x->device);
     bool failed = (node->inputs[0].needs_grad && !dx) || (node->inputs[1].needs_grad && !dw) ||
                   (node->inputs[2].needs_grad && !db);
-    if (!failed)
+    if (!failed && is_cuda(x)) {
+        const kn_cuda_train *t = kn__cuda_train(x->device, "layer_norm backward");
+        failed = !t || kn__cuda_status(t->layer_norm_backward(
+                           x->device.index, f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d),
+                           f32(dx), f32(dw), f32(db), rows, cols)) != KN_OK;
+    } else if (!failed) {
         kn_cpu_layer_norm_backward(f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d), f32(dx),
                                    f32(dw), f32(db), rows, cols);
+    }
     kn_release(dy);
     kn_release(weight_d);
     if (failed) {
@@ -79,8 +135,11 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
     int count = 1;
     if (weight) present[count++] = weight;
     if (bias) present[count++] = bias;
-    if (!kn__check_inputs("layer_norm", present, count) || !kn__check_float("layer_norm", x))
+    if (!kn__check_inputs_cuda_ok("layer_norm", present, count) ||
+        !kn__check_float("layer_norm", x))
         return NULL;
+    const kn_cuda_train *cuda = NULL;
+    if (is_cuda(x) && !(cuda = kn__cuda_train(x->device, "layer_norm"))) return NULL;
     if (normalized_ndim < 1 || normalized_ndim > x->ndim)
         return kn__error_null(KN_ERR_DIM,
                               "layer_norm: normalized_ndim %d is out of range for input of shape "
@@ -105,9 +164,17 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
         release_all(all, 6);
         return NULL;
     }
-    if (cols > 0)
+    if (cols > 0 && cuda) {
+        if (kn__cuda_status(cuda->layer_norm_forward(x->device.index, f32(xd), f32(wd), f32(bd),
+                                                     f32(out), f32(mean), f32(rstd), rows, cols,
+                                                     (float)eps)) != KN_OK) {
+            release_all(all, 6);
+            return NULL;
+        }
+    } else if (cols > 0) {
         kn_cpu_layer_norm_forward(f32(xd), f32(wd), f32(bd), f32(out), f32(mean), f32(rstd), rows,
                                   cols, (float)eps);
+    }
     kn_tensor *inputs[3] = {x, weight, bias};
     if (kn__needs_grad(inputs, 3)) {
         kn_node *node = kn__node_new("layer_norm", layer_norm_backward, inputs, 3);
@@ -136,8 +203,43 @@ typedef struct bn_dims {
 
 /* saved: x (contiguous), weight, mean, rstd (per channel: batch stats when training,
  * running stats in eval); iargs: n, c, s, training */
+static kn_status batch_norm_backward_cuda(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *x = node->saved[0], *weight = node->saved[1];
+    int64_t n = node->iargs[0], c = node->iargs[1], s = node->iargs[2];
+    int64_t shape[1] = {c};
+    const kn_cuda_train *t = kn__cuda_train(x->device, "batch_norm backward");
+    if (!t) return kn_last_status();
+    kn_tensor *dy = kn__contiguous_raw(grad);
+    kn_tensor *dx =
+        node->inputs[0].needs_grad ? kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device) : NULL;
+    kn_tensor *dw =
+        node->inputs[1].needs_grad ? kn__empty_raw(shape, 1, KN_FLOAT32, x->device) : NULL;
+    kn_tensor *db =
+        node->inputs[2].needs_grad ? kn__empty_raw(shape, 1, KN_FLOAT32, x->device) : NULL;
+    kn_status status = KN_OK;
+    if (!dy || (node->inputs[0].needs_grad && !dx) || (node->inputs[1].needs_grad && !dw) ||
+        (node->inputs[2].needs_grad && !db))
+        status = kn_last_status();
+    else
+        status = kn__cuda_status(t->batch_norm_backward(
+            x->device.index, f32(dy), f32(x), f32(node->saved[2]), f32(node->saved[3]),
+            kn__cuda_fvec(weight), n, c, s, node->iargs[3] != 0, f32(dx), f32(dw), f32(db)));
+    kn_release(dy);
+    if (status != KN_OK) {
+        kn_tensor *all[3] = {dx, dw, db};
+        release_all(all, 3);
+        return status;
+    }
+    grads[0] = kn__result(dx);
+    grads[1] = kn__result(dw);
+    grads[2] = kn__result(db);
+    return KN_OK;
+}
+
 static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
+    if (is_cuda(node->saved[0])) return batch_norm_backward_cuda(node, grad, grads);
     kn_tensor *x = node->saved[0], *weight = node->saved[1];
     const float *mean = f32(node->saved[2]), *rstd = f32(node->saved[3]);
     int64_t n = node->iargs[0], c = node->iargs[1], s = node->iargs[2];
@@ -242,6 +344,55 @@ static void update_running(kn_tensor *running_mean, kn_tensor *running_var, cons
     }
 }
 
+/* The history of out = all[1] (all: xd, out, mean_t, rstd_t, released here). */
+static kn_tensor *batch_norm_finish(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, bool training,
+                                    bn_dims dims, kn_tensor **all)
+{
+    kn_tensor *out = all[1];
+    kn_tensor *inputs[3] = {x, weight, bias};
+    if (kn__needs_grad(inputs, 3)) {
+        kn_node *node = kn__node_new("batch_norm", batch_norm_backward, inputs, 3);
+        if (!node) {
+            release_all(all, 4);
+            return NULL;
+        }
+        kn__node_save(node, all[0]);
+        kn__node_save(node, weight);
+        kn__node_save(node, all[2]);
+        kn__node_save(node, all[3]);
+        node->iargs[0] = dims.n;
+        node->iargs[1] = dims.c;
+        node->iargs[2] = dims.s;
+        node->iargs[3] = training;
+        kn__node_attach(out, node);
+    }
+    all[1] = NULL; /* out is the result */
+    release_all(all, 4);
+    return kn__result(out);
+}
+
+/* kn_batch_norm on a CUDA device, the inputs checked: statistics, output and the running
+ * statistics' update all in the module. */
+static kn_tensor *batch_norm_cuda(const kn_cuda_train *cuda, kn_tensor *x, kn_tensor *running_mean,
+                                  kn_tensor *running_var, kn_tensor *weight, kn_tensor *bias,
+                                  bool training, double momentum, double eps, bn_dims dims)
+{
+    int64_t cshape[1] = {dims.c};
+    kn_tensor *all[4] = {kn__contiguous_raw(x),
+                         kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device),
+                         kn__empty_raw(cshape, 1, KN_FLOAT32, x->device),
+                         kn__empty_raw(cshape, 1, KN_FLOAT32, x->device)};
+    if (!all[0] || !all[1] || !all[2] || !all[3] ||
+        kn__cuda_status(cuda->batch_norm_forward(
+            x->device.index, f32(all[0]), dims.n, dims.c, dims.s, training, momentum, eps,
+            kn__cuda_fvec(running_mean), kn__cuda_fvec(running_var), kn__cuda_fvec(weight),
+            kn__cuda_fvec(bias), f32(all[1]), f32(all[2]), f32(all[3]))) != KN_OK) {
+        release_all(all, 4);
+        return NULL;
+    }
+    return batch_norm_finish(x, weight, bias, training, dims, all);
+}
+
 kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *running_var,
                          kn_tensor *weight, kn_tensor *bias, bool training, double momentum,
                          double eps)
@@ -251,8 +402,11 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     int count = 1;
     for (int i = 0; i < 4; i++)
         if (optional[i]) present[count++] = optional[i];
-    if (!kn__check_inputs("batch_norm", present, count) || !kn__check_float("batch_norm", x))
+    if (!kn__check_inputs_cuda_ok("batch_norm", present, count) ||
+        !kn__check_float("batch_norm", x))
         return NULL;
+    const kn_cuda_train *cuda = NULL;
+    if (is_cuda(x) && !(cuda = kn__cuda_train(x->device, "batch_norm"))) return NULL;
     if (x->ndim < 2)
         return kn__error_null(KN_ERR_SHAPE,
                               "batch_norm: expected an input of shape [N, C, ...] with at least 2 "
@@ -275,6 +429,9 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
                               "evaluation mode (input %s)",
                               kn__shape(x));
 
+    if (cuda)
+        return batch_norm_cuda(cuda, x, running_mean, running_var, weight, bias, training, momentum,
+                               eps, dims);
     int64_t c = dims.c;
     int64_t cshape[1] = {c};
     kn_tensor *xd = kn__contiguous_raw(x);
@@ -323,24 +480,5 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     free(stats);
     free(coef);
 
-    kn_tensor *inputs[3] = {x, weight, bias};
-    if (kn__needs_grad(inputs, 3)) {
-        kn_node *node = kn__node_new("batch_norm", batch_norm_backward, inputs, 3);
-        if (!node) {
-            release_all(all, 4);
-            return NULL;
-        }
-        kn__node_save(node, xd);
-        kn__node_save(node, weight);
-        kn__node_save(node, mean_t);
-        kn__node_save(node, rstd_t);
-        node->iargs[0] = dims.n;
-        node->iargs[1] = c;
-        node->iargs[2] = dims.s;
-        node->iargs[3] = training;
-        kn__node_attach(out, node);
-    }
-    all[1] = NULL; /* out is the result */
-    release_all(all, 4);
-    return kn__result(out);
+    return batch_norm_finish(x, weight, bias, training, dims, all);
 }

@@ -6,14 +6,27 @@
  * kernels in kernels/cpu/reduce.c. When the input's memory already has that form —
  * contiguous, or a permutation of contiguous (a transposed view) whose reduced dims
  * are adjacent in memory — the kernel reads it in place; otherwise the reduced dims
- * are moved last in one copy.
+ * are moved last in one copy. CUDA tensors take the same plan, and the kernels of the
+ * CUDA module's kn_cuda_reduce table (kernels/cuda/reduce.cu) in place of the CPU's.
  */
 #include "kn_internal.h"
 #include "kn_cpu_reduce.h"
+#include "kn_cuda_reduce_ops.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+static bool on_cuda(const kn_tensor *t)
+{
+    return t->device.type == KN_DEVICE_CUDA;
+}
+
+/* The CUDA table for t's device, or NULL with the error set naming op. */
+static const kn_cuda_reduce *cuda_table(const kn_tensor *t, const char *op)
+{
+    return kn__cuda_reduce(t->device, op);
+}
 
 /* ---- planning ------------------------------------------------------------------------ */
 
@@ -133,7 +146,10 @@ static bool plan_reduce(kn_tensor *a, const bool *reduced, reduce_plan *p)
         }
     kn_tensor *copy = kn__empty_raw(shape, n, KN_FLOAT32, a->device);
     if (!copy) return false;
-    kn_cpu_copy(shape, n, sizeof(float), kn__operand(copy), src);
+    if (kn__kernel_copy(a->device, shape, n, sizeof(float), kn__operand(copy), src) != KN_OK) {
+        kn_release(copy);
+        return false;
+    }
     p->copy = copy;
     p->data = kn__data_ptr(copy);
     return true;
@@ -158,8 +174,11 @@ static kn_tensor *spread_grad(kn_tensor *grad, const kn_node_input *in, int64_t 
                               kn__shape(grad), kn__shape_of(in->shape, in->ndim));
     kn_tensor *out = kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device);
     if (!out) return NULL;
-    kn_cpu_unary(scale == 1.0 ? KN_UNARY_COPY : KN_UNARY_MUL_SCALAR, in->shape, in->ndim,
-                 kn__operand(out), src, (float)scale, 0.f);
+    if (kn__kernel_unary(grad->device, scale == 1.0 ? KN_UNARY_COPY : KN_UNARY_MUL_SCALAR,
+                         in->shape, in->ndim, kn__operand(out), src, (float)scale, 0.f) != KN_OK) {
+        kn_release(out);
+        return NULL;
+    }
     return kn__result(out);
 }
 
@@ -188,7 +207,8 @@ static kn_status moment_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
 static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int *dims, int ndims,
                             int correction, bool keepdim)
 {
-    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     bool reduced[KN_MAX_DIMS];
     if (!parse_dims(op, a, dims, ndims, reduced)) return NULL;
     int64_t shape[KN_MAX_DIMS];
@@ -203,10 +223,22 @@ static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int
     }
     double n = (double)p.reduce;
     double divisor = kind == SUM ? 1.0 : kind == MEAN ? n : fmax(0.0, n - correction);
-    if (kind == VAR)
+    if (on_cuda(a)) {
+        const kn_cuda_reduce *r = cuda_table(a, op);
+        kn_status status =
+            r ? kn__cuda_error(r->sum(a->device.index, p.data, kn__data_ptr(out), p.outer, p.reduce,
+                                      p.inner, divisor, kind == VAR))
+              : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(p.copy);
+            kn_release(out);
+            return NULL;
+        }
+    } else if (kind == VAR) {
         kn_cpu_var(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
-    else
+    } else {
         kn_cpu_sum(p.data, kn_data_f32(out), p.outer, p.reduce, p.inner, divisor);
+    }
     kn_release(p.copy);
     if (kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(op, moment_backward, &a, 1);
@@ -266,6 +298,14 @@ static kn_status select_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
         if (d < dim) outer *= in->shape[d];
         if (d > dim) inner *= in->shape[d];
     }
+    if (on_cuda(grad)) {
+        const kn_cuda_reduce *r = cuda_table(grad, node->name);
+        if (!r) return kn_last_status();
+        grads[0] = gx;
+        return kn__cuda_error(r->select_backward(grad->device.index, kn__data_ptr(g),
+                                                 kn__data_ptr(index), kn__data_ptr(gx), outer,
+                                                 reduce, inner));
+    }
     float *out = kn_data_f32(gx);
     const float *gd = kn_data_f32(g);
     const int64_t *id = kn_data_i64(index);
@@ -282,7 +322,8 @@ static kn_tensor *select_op(const char *op, kn_tensor *a, int dim, bool keepdim,
                             kn_tensor **indices, bool is_min, bool want_values)
 {
     if (indices) *indices = NULL;
-    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     if (!kn__wrap_dim(&dim, a->ndim, op)) return NULL;
     if (a->ndim > 0 && a->shape[dim] == 0)
         return kn__error_null(KN_ERR_SHAPE,
@@ -305,8 +346,23 @@ static kn_tensor *select_op(const char *op, kn_tensor *a, int dim, bool keepdim,
         kn_release(p.copy);
         return NULL;
     }
-    kn_cpu_max(p.data, values ? kn_data_f32(values) : NULL, index ? kn_data_i64(index) : NULL,
-               p.outer, p.reduce, p.inner, is_min);
+    if (on_cuda(a)) {
+        const kn_cuda_reduce *r = cuda_table(a, op);
+        kn_status status = r ? kn__cuda_error(r->max(a->device.index, p.data,
+                                                     values ? (float *)kn__data_ptr(values) : NULL,
+                                                     index ? (int64_t *)kn__data_ptr(index) : NULL,
+                                                     p.outer, p.reduce, p.inner, is_min))
+                             : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(values);
+            kn_release(index);
+            kn_release(p.copy);
+            return NULL;
+        }
+    } else {
+        kn_cpu_max(p.data, values ? kn_data_f32(values) : NULL, index ? kn_data_i64(index) : NULL,
+                   p.outer, p.reduce, p.inner, is_min);
+    }
     kn_release(p.copy);
     if (!want_values) return kn__result(index);
     if (grad) {
@@ -353,6 +409,16 @@ static kn_status extreme_all_backward(kn_node *node, kn_tensor *grad, kn_tensor 
     if (!x) return kn_last_status();
     kn_tensor *gx = kn__result(kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, grad->device));
     if (!gx) return kn_last_status();
+    if (on_cuda(x)) {
+        const kn_cuda_reduce *r = cuda_table(x, node->name);
+        int64_t one[1] = {1};
+        kn_tensor *scratch = kn__result(kn__empty_raw(one, 1, KN_INT64, x->device));
+        if (!r || !scratch) return kn_last_status();
+        grads[0] = gx;
+        return kn__cuda_error(r->extreme_all_backward(
+            x->device.index, kn__data_ptr(x), kn_numel(x), kn__data_ptr(node->saved[1]),
+            kn__data_ptr(grad), kn__data_ptr(gx), kn__data_ptr(scratch)));
+    }
     float v = kn_item(node->saved[1]), g = kn_item(grad);
     const float *xd = kn_data_f32(x);
     float *out = kn_data_f32(gx);
@@ -367,7 +433,8 @@ static kn_status extreme_all_backward(kn_node *node, kn_tensor *grad, kn_tensor 
 
 static kn_tensor *extreme_all(const char *op, kn_tensor *a, bool is_min)
 {
-    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     if (kn_numel(a) == 0)
         return kn__error_null(KN_ERR_SHAPE,
                               "%s: cannot reduce a tensor with no elements (shape %s); "
@@ -383,7 +450,20 @@ static kn_tensor *extreme_all(const char *op, kn_tensor *a, bool is_min)
         kn_release(p.copy);
         return NULL;
     }
-    kn_cpu_max(p.data, kn_data_f32(out), NULL, 1, p.outer * p.reduce * p.inner, 1, is_min);
+    if (on_cuda(a)) {
+        const kn_cuda_reduce *r = cuda_table(a, op);
+        kn_status status =
+            r ? kn__cuda_error(r->max(a->device.index, p.data, kn__data_ptr(out), NULL, 1,
+                                      p.outer * p.reduce * p.inner, 1, is_min))
+              : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(p.copy);
+            kn_release(out);
+            return NULL;
+        }
+    } else {
+        kn_cpu_max(p.data, kn_data_f32(out), NULL, 1, p.outer * p.reduce * p.inner, 1, is_min);
+    }
     kn_release(p.copy);
     if (kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(op, extreme_all_backward, &a, 1);

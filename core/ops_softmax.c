@@ -2,9 +2,12 @@
  * ops_softmax.c — softmax and log_softmax over any dim, with backward. The input is
  * seen as [outer, dim, inner] (a contiguous copy first if it is not contiguous); the
  * kernels in kernels/cpu/reduce.c are numerically stable (the row max is subtracted).
+ * CUDA tensors run the same decomposition on the CUDA module's fused kernels
+ * (kernels/cuda/reduce.cu).
  */
 #include "kn_internal.h"
 #include "kn_cpu_reduce.h"
+#include "kn_cuda_reduce_ops.h"
 
 static void split_at(const kn_tensor *t, int dim, int64_t *outer, int64_t *size, int64_t *inner)
 {
@@ -28,16 +31,24 @@ static kn_status softmax_backward(kn_node *node, kn_tensor *grad, kn_tensor **gr
     if (!gx) return kn_last_status();
     int64_t outer, size, inner;
     split_at(y, (int)node->iargs[0], &outer, &size, &inner);
+    grads[0] = kn__result(gx);
+    if (y->device.type == KN_DEVICE_CUDA) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(y->device, node->name);
+        if (!r) return kn_last_status();
+        return kn__cuda_error(r->softmax_backward(y->device.index, kn__data_ptr(g), kn__data_ptr(y),
+                                                  kn__data_ptr(gx), outer, size, inner,
+                                                  node->iargs[1]));
+    }
     kn_cpu_softmax_backward(kn_data_f32(g), kn_data_f32(y), kn_data_f32(gx), outer, size, inner,
                             node->iargs[1]);
-    grads[0] = kn__result(gx);
     return KN_OK;
 }
 
 static kn_tensor *softmax_op(const char *op, kn_tensor *a, int dim, bool log)
 {
-    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (!kn__wrap_dim(&dim, a->ndim, op)) return NULL;
+    if (a->device.type == KN_DEVICE_CUDA && !kn__cuda_reduce(a->device, op)) return NULL;
     kn_tensor *x = kn__contiguous_raw(a);
     if (!x) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
@@ -47,7 +58,20 @@ static kn_tensor *softmax_op(const char *op, kn_tensor *a, int dim, bool log)
     }
     int64_t outer, size, inner;
     split_at(a, dim, &outer, &size, &inner);
-    kn_cpu_softmax(kn_data_f32(x), kn_data_f32(out), outer, size, inner, log);
+    if (a->device.type == KN_DEVICE_CUDA) {
+        const kn_cuda_reduce *r = kn__cuda_reduce(a->device, op);
+        kn_status status =
+            r ? kn__cuda_error(r->softmax(a->device.index, kn__data_ptr(x), kn__data_ptr(out),
+                                          outer, size, inner, log))
+              : kn_last_status();
+        if (status != KN_OK) {
+            kn_release(x);
+            kn_release(out);
+            return NULL;
+        }
+    } else {
+        kn_cpu_softmax(kn_data_f32(x), kn_data_f32(out), outer, size, inner, log);
+    }
     kn_release(x);
     if (kn__needs_grad(&a, 1)) {
         kn_node *node = kn__node_new(op, softmax_backward, &a, 1);

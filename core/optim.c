@@ -7,9 +7,15 @@
  * The arithmetic follows torch.optim 1.13's single-tensor (foreach=False) code paths op
  * for op in float32, with every Python scalar rounded to float as torch's CPU kernels
  * do, so the same recipe gives the same parameters up to FMA contraction (~1 ulp).
+ *
+ * Parameters on a CUDA device keep their state on that device and step there, one fused
+ * kernel per parameter with the same arithmetic (kernels/cuda/optim.cu). The state that
+ * kn_optimizer_state hands out lives on the parameters' devices; loading accepts state
+ * from any device and copies it to the parameter's.
  */
 #include "kn_optim.h"
 #include "kn_internal.h"
+#include "kn_cuda_train_core.h"
 #include "optim_kernels.h"
 
 #include <math.h>
@@ -158,11 +164,12 @@ static bool check_param(kn_tensor *const *params, int i)
         kn__error(KN_ERR_NULL, "optimizer: parameter %d is NULL", i);
         return false;
     }
-    if (p->dtype != KN_FLOAT32 || p->device.type != KN_DEVICE_CPU || !kn_is_contiguous(p) ||
+    if (p->dtype != KN_FLOAT32 || !kn_device_available(p->device) || !kn_is_contiguous(p) ||
         !kn_is_leaf(p)) {
         char dev[32];
         kn__error(KN_ERR_VALUE,
-                  "optimizer: parameter %d must be a contiguous float32 CPU leaf tensor, got a "
+                  "optimizer: parameter %d must be a contiguous float32 leaf tensor on an "
+                  "available device, got a "
                   "%s%s%s %s tensor of shape %s",
                   i, kn_is_contiguous(p) ? "" : "non-contiguous ", kn_is_leaf(p) ? "" : "non-leaf ",
                   kn_dtype_name(p->dtype), kn_device_str(p->device, dev, sizeof dev), kn__shape(p));
@@ -247,7 +254,18 @@ const kn_optimizer_options *kn_optimizer_options_of(const kn_optimizer *opt)
 static kn_tensor *state_zeros(const kn_tensor *like)
 {
     kn_tensor *t = kn__empty_raw(like->shape, like->ndim, KN_FLOAT32, like->device);
-    if (t) memset(kn__data_ptr(t), 0, sizeof(float) * (size_t)kn_numel(t));
+    if (!t) return NULL;
+    if (t->device.type == KN_DEVICE_CPU) {
+        memset(kn__data_ptr(t), 0, sizeof(float) * (size_t)kn_numel(t));
+        return t;
+    }
+    float zero = 0.f;
+    kn_cpu_operand o = {kn__data_ptr(t), {0}};
+    for (int d = 0; d < t->ndim; d++) o.strides[d] = t->strides[d];
+    if (kn__kernel_fill(t->device, t->shape, t->ndim, sizeof zero, o, &zero) != KN_OK) {
+        kn_release(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -261,12 +279,18 @@ static kn_status check_grad(const kn_optimizer *opt, int i)
 {
     kn_tensor *p = opt->params[i], *g = p->grad;
     if (!g) return KN_OK;
-    if (g->dtype != KN_FLOAT32 || g->device.type != KN_DEVICE_CPU || !kn__same_shape(p, g))
+    if (g->dtype != KN_FLOAT32 || !kn_device_equal(g->device, p->device) || !kn__same_shape(p, g)) {
+        char dev[32], gdev[32];
         return kn__error(KN_ERR_SHAPE,
-                         "%s: the gradient of parameter %d must be a float32 CPU tensor of "
-                         "shape %s, got %s of shape %s",
-                         kn_optimizer_kind_name(opt->o.kind), i, kn__shape(p),
-                         kn_dtype_name(g->dtype), kn__shape(g));
+                         "%s: the gradient of parameter %d must be a float32 tensor on %s of "
+                         "shape %s, got %s on %s of shape %s",
+                         kn_optimizer_kind_name(opt->o.kind), i,
+                         kn_device_str(p->device, dev, sizeof dev), kn__shape(p),
+                         kn_dtype_name(g->dtype), kn_device_str(g->device, gdev, sizeof gdev),
+                         kn__shape(g));
+    }
+    if (p->device.type == KN_DEVICE_CUDA && !kn__cuda_train(p->device, "optimizer_step"))
+        return kn_last_status();
     return KN_OK;
 }
 
@@ -293,6 +317,12 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
         if (!p->grad) continue;
         kn_tensor *g = kn__contiguous_raw(p->grad);
         if (!g) return kn_last_status();
+        const kn_cuda_train *cuda = NULL;
+        kn_status status = KN_OK;
+        if (p->device.type == KN_DEVICE_CUDA && !(cuda = kn__cuda_train(p->device, "step"))) {
+            kn_release(g);
+            return kn_last_status();
+        }
         int64_t step = ++opt->steps[i];
         kn__optim_args a = {
             .param = kn__data_ptr(p),
@@ -307,7 +337,10 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.first = step == 1;
             a.dampening = o->dampening;
             a.nesterov = o->nesterov;
-            kn__optim_sgd(&a, kn_numel(p));
+            if (cuda)
+                status = kn__cuda_status(cuda->optim_sgd(p->device.index, &a, kn_numel(p)));
+            else
+                kn__optim_sgd(&a, kn_numel(p));
             break;
         case KN_OPTIM_ADAM:
         case KN_OPTIM_ADAMW:
@@ -319,7 +352,10 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.eps = o->eps;
             a.step = step;
             a.decoupled = o->kind == KN_OPTIM_ADAMW;
-            kn__optim_adam(&a, kn_numel(p));
+            if (cuda)
+                status = kn__cuda_status(cuda->optim_adam(p->device.index, &a, kn_numel(p)));
+            else
+                kn__optim_adam(&a, kn_numel(p));
             break;
         case KN_OPTIM_RMSPROP:
             a.square_avg = slot_data(opt, i, SLOT_SQUARE_AVG);
@@ -327,10 +363,14 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.buf = slot_data(opt, i, SLOT_MOMENTUM_BUFFER);
             a.alpha = o->alpha;
             a.eps = o->eps;
-            kn__optim_rmsprop(&a, kn_numel(p));
+            if (cuda)
+                status = kn__cuda_status(cuda->optim_rmsprop(p->device.index, &a, kn_numel(p)));
+            else
+                kn__optim_rmsprop(&a, kn_numel(p));
             break;
         }
         kn_release(g);
+        if (status != KN_OK) return status; /* a CUDA launch failed: the device is in trouble */
     }
     return KN_OK;
 }
@@ -455,10 +495,9 @@ kn_status kn_optimizer_load_state(kn_optimizer *opt, const kn_optimizer_state_en
             continue;
         }
         kn_tensor *t = e->tensor, *p = opt->params[i];
-        if (!t || t->dtype != KN_FLOAT32 || t->device.type != KN_DEVICE_CPU ||
-            !kn__same_shape(t, p)) {
+        if (!t || t->dtype != KN_FLOAT32 || !kn__same_shape(t, p)) {
             status = kn__error(KN_ERR_SHAPE,
-                               "optimizer state: %s must be a float32 CPU tensor of "
+                               "optimizer state: %s must be a float32 tensor of "
                                "shape %s like parameter %d, got %s of shape %s",
                                e->name, kn__shape(p), i, t ? kn_dtype_name(t->dtype) : "NULL",
                                t ? kn__shape(t) : "?");
@@ -497,6 +536,7 @@ kn_status kn_optimizer_load_state(kn_optimizer *opt, const kn_optimizer_state_en
     }
     for (int k = 0; k < n * SLOT_COUNT; k++) {
         if (!found[k]) continue;
+        /* kn_copy_ moves state saved on another device to the parameter's */
         if (!(fresh[k] = state_zeros(opt->params[k / SLOT_COUNT])) ||
             kn_copy_(fresh[k], found[k]->tensor) != KN_OK)
             goto fail;

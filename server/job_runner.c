@@ -392,12 +392,24 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
     return ds;
 }
 
-/* The device the job runs on, or false after writing device_unavailable. */
+/* The device the job runs on, or false after writing device_unavailable. "auto" is the
+ * worker's GPU when it has one, else cuda:0 when this machine has a CUDA device, else
+ * the CPU; "cuda" without an index is the worker's GPU when it has one. */
 static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worker,
                           kn_device *out)
 {
     const char *name = spec->device[0] ? spec->device : "cpu";
+    bool worker_gpu = worker.type == KN_DEVICE_CUDA && kn_device_available(worker);
     if (!strcmp(name, "auto")) {
+        if (worker_gpu)
+            *out = worker;
+        else if (kn_cuda_device_count() > 0)
+            *out = (kn_device){KN_DEVICE_CUDA, 0};
+        else
+            *out = kn_cpu();
+        return true;
+    }
+    if (!strcmp(name, "cuda") && worker_gpu) {
         *out = worker;
         return true;
     }
@@ -545,7 +557,10 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     if (device.type != KN_DEVICE_CPU && kn_module_to(model, device) != KN_OK) {
-        outcome = fail(r, "device_unavailable", -1, "device: %s", kn_last_error());
+        /* CUDA out of memory (the message gives the sizes) is the job's, not the device's */
+        const char *code =
+            kn_last_status() == KN_ERR_MEMORY ? "out_of_memory" : "device_unavailable";
+        outcome = fail(r, code, -1, "device: %s", kn_last_error());
         goto done;
     }
     train = load_split(r, spec, model_spec, &train_source, "data.train");

@@ -78,8 +78,11 @@ Test(cuda, to_an_unavailable_device_says_why)
     kn_scope_end();
 }
 
-Test(cuda, ops_without_a_cuda_path_refuse_cuda_tensors)
+/* Fake CUDA handles point at host memory: only meaningful (and only safe) where no
+ * device exists, so that no kernel can ever be launched on them. */
+Test(cuda, fake_cuda_tensors_are_refused_without_a_device)
 {
+    if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
     kn_tensor *a = kn_ones(KN_SHAPE(2, 3), KN_FLOAT32);
     kn_tensor *b = fake_cuda(a);
@@ -87,29 +90,22 @@ Test(cuda, ops_without_a_cuda_path_refuse_cuda_tensors)
         const char *name;
         kn_tensor *result;
     } cases[] = {
-        {"softmax", kn_softmax(b, 1)},
-        {"sum", kn_sum_all(b)},
-        {"max", kn_max(b, 1, false, NULL)},
-        {"where", kn_where(b, b, b)},
-        {"cat", kn_cat((kn_tensor *[]){b, b}, 2, 0)},
-        {"mse_loss", kn_mse_loss(b, b, KN_REDUCTION_MEAN)},
         {"layer_norm", kn_layer_norm(b, 1, NULL, NULL, 1e-5)},
         {"dropout", kn_dropout(b, 0.5, true, NULL)},
+        {"softmax", kn_softmax(b, 1)},
+        {"sum", kn_sum_all(b)},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cr_assert_null(cases[i].result, "%s accepted a cuda tensor", cases[i].name);
+        cr_assert_eq(kn_last_status(), KN_ERR_DEVICE, "%s: %s", cases[i].name, kn_last_error());
     }
-    /* the message names the op and says what is missing */
-    cr_assert_null(kn_log_softmax(b, 1));
-    cr_assert_eq(kn_last_status(), KN_ERR_DEVICE);
-    cr_assert_str_eq(kn_last_error(), "log_softmax: not implemented on cuda in this build");
     cr_assert_null(kn_data_f32(b));
     cr_assert(strstr(kn_last_error(), "cuda:0"), "%s", kn_last_error());
-    /* a cpu tensor next to a cuda one: both devices named, as before */
+    /* a cpu tensor next to a cuda one: both devices named */
     cr_assert_null(kn_mul(a, b));
     cr_assert(strstr(kn_last_error(), "cpu") && strstr(kn_last_error(), "cuda:0"), "%s",
               kn_last_error());
-    /* the optimizer keeps to cpu parameters */
+    /* an optimizer over parameters on an unavailable device refuses them */
     kn_tensor *p = kn_set_requires_grad(fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)), true);
     cr_assert_null(kn_optimizer_new(&p, 1, kn_optimizer_defaults(KN_OPTIM_SGD)));
     kn_scope_end();

@@ -1,0 +1,48 @@
+/*
+ * kn_cuda_reduce_internal.h — what reduce.cu and loss.cu share inside the CUDA module:
+ * launch sizing, the launch check, and the entries of the kn_cuda_reduce table.
+ */
+#ifndef KN_CUDA_REDUCE_INTERNAL_H
+#define KN_CUDA_REDUCE_INTERNAL_H
+
+#include "kn_cuda_reduce.h"
+
+/* Blocks for items at per_block items a block, at least 1, capped (loops grid-stride). */
+unsigned kn_cuda_blocks_for(int64_t items, int per_block);
+/* The launch error of the last kernel, naming op, or NULL. */
+const char *kn_cuda_finish(const char *op);
+
+const char *kn_cuda_reduce_sum(int device, const float *x, float *out, int64_t outer,
+                               int64_t reduce, int64_t inner, double divisor, bool var);
+const char *kn_cuda_reduce_max(int device, const float *x, float *values, int64_t *indices,
+                               int64_t outer, int64_t reduce, int64_t inner, bool is_min);
+const char *kn_cuda_reduce_select_backward(int device, const float *g, const int64_t *index,
+                                           float *gx, int64_t outer, int64_t reduce, int64_t inner);
+const char *kn_cuda_reduce_extreme_all_backward(int device, const float *x, int64_t n,
+                                                const float *value, const float *g, float *gx,
+                                                int64_t *scratch);
+const char *kn_cuda_softmax(int device, const float *x, float *y, int64_t outer, int64_t dim,
+                            int64_t inner, bool log);
+const char *kn_cuda_softmax_backward(int device, const float *g, const float *y, float *gx,
+                                     int64_t outer, int64_t dim, int64_t inner, bool log);
+
+const char *kn_cuda_check_targets(int device, const int64_t *t, int64_t n, int64_t c,
+                                  int64_t ignore, int64_t *result);
+const char *kn_cuda_cross_entropy(int device, const float *x, const int64_t *t, float *loss,
+                                  float *lse, int64_t n, int64_t c, int64_t s, int64_t ignore,
+                                  float smoothing);
+const char *kn_cuda_cross_entropy_backward(int device, const float *x, const int64_t *t,
+                                           const float *lse, float *dx, int64_t n, int64_t c,
+                                           int64_t s, int64_t ignore, float smoothing,
+                                           kn_cuda_upstream up);
+const char *kn_cuda_nll(int device, const float *lp, const int64_t *t, float *loss, int64_t n,
+                        int64_t c, int64_t s, int64_t ignore);
+const char *kn_cuda_nll_backward(int device, const int64_t *t, float *dx, int64_t n, int64_t c,
+                                 int64_t s, int64_t ignore, kn_cuda_upstream up);
+const char *kn_cuda_pointwise_loss(int device, kn_cuda_loss_kind kind, const float *x,
+                                   const float *t, float *out, int64_t n);
+const char *kn_cuda_pointwise_loss_backward(int device, kn_cuda_loss_kind kind, const float *x,
+                                            const float *t, float *dx, float *dt, int64_t n,
+                                            kn_cuda_upstream up);
+
+#endif

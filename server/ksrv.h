@@ -192,9 +192,10 @@ ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server);
 void ksrv_model_cache_free(ksrv_model_cache *cache);
 
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
-/* A malloc'd copy of the cached body for key (NUL-terminated; *size gets its length,
- * which may include NUL bytes for compressed bodies), or NULL. */
-char *ksrv_metrics_cache_get(const char *key, size_t *size);
+/* The cached body for key, shared: *data and *size stay valid until the returned handle
+ * is given to ksrv_metrics_cache_release. NULL when not cached. */
+void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size);
+void ksrv_metrics_cache_release(void *handle);
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size);
 void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
 

@@ -14,10 +14,17 @@
 #define CACHE_ENTRIES 32
 #define CACHE_MAX_BYTES ((size_t)64 << 20)
 
+/* A body shared by the cache and the responses being sent from it: freed when the
+ * last of them lets go, so a hit costs no copy of a body that may be 100s of KB. */
+typedef struct blob {
+    int references;
+    size_t size;
+    char data[];
+} blob;
+
 typedef struct entry {
     char *key;
-    char *body;
-    size_t size;
+    blob *body;
     uint64_t used; /* LRU clock */
 } entry;
 
@@ -26,41 +33,51 @@ static entry entries[CACHE_ENTRIES];
 static size_t cached_bytes;
 static uint64_t clock_now;
 
-char *ksrv_metrics_cache_get(const char *key, size_t *size)
+void ksrv_metrics_cache_release(void *handle)
 {
-    char *copy = NULL;
+    blob *b = handle;
+    if (b && __atomic_sub_fetch(&b->references, 1, __ATOMIC_ACQ_REL) == 0) free(b);
+}
+
+void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size)
+{
+    blob *found = NULL;
     pthread_mutex_lock(&cache_lock);
     for (int i = 0; i < CACHE_ENTRIES; i++) {
         if (!entries[i].key || strcmp(entries[i].key, key) != 0) continue;
         entries[i].used = ++clock_now;
-        copy = malloc(entries[i].size + 1);
-        if (copy) memcpy(copy, entries[i].body, entries[i].size + 1);
-        *size = entries[i].size;
+        found = entries[i].body;
+        __atomic_add_fetch(&found->references, 1, __ATOMIC_ACQ_REL);
+        *data = found->data;
+        *size = found->size;
         break;
     }
     pthread_mutex_unlock(&cache_lock);
-    return copy;
+    return found;
 }
 
 static void drop(entry *e)
 {
-    cached_bytes -= e->size;
+    cached_bytes -= e->body->size;
     free(e->key);
-    free(e->body);
+    ksrv_metrics_cache_release(e->body);
     memset(e, 0, sizeof *e);
 }
 
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size)
 {
     if (size > CACHE_MAX_BYTES / 4) return; /* one huge series would evict everything */
-    char *key_copy = strdup(key), *body_copy = malloc(size + 1);
-    if (!key_copy || !body_copy) {
+    char *key_copy = strdup(key);
+    blob *copy = malloc(sizeof(blob) + size + 1);
+    if (!key_copy || !copy) {
         free(key_copy);
-        free(body_copy);
+        free(copy);
         return;
     }
-    memcpy(body_copy, body, size);
-    body_copy[size] = '\0';
+    copy->references = 1; /* the cache's */
+    copy->size = size;
+    memcpy(copy->data, body, size);
+    copy->data[size] = '\0';
     pthread_mutex_lock(&cache_lock);
     for (int i = 0; i < CACHE_ENTRIES; i++)
         if (entries[i].key && strcmp(entries[i].key, key) == 0) drop(&entries[i]);
@@ -74,7 +91,7 @@ void ksrv_metrics_cache_put(const char *key, const char *body, size_t size)
             }
         }
         if (free_slot >= 0 && cached_bytes + size <= CACHE_MAX_BYTES) {
-            entries[free_slot] = (entry){key_copy, body_copy, size, ++clock_now};
+            entries[free_slot] = (entry){key_copy, copy, ++clock_now};
             cached_bytes += size;
             break;
         }

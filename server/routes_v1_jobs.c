@@ -372,11 +372,12 @@ static void put_string(buffer *b, const char *s)
 }
 
 /* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
-/* gzip of text (malloc'd, *size bytes), or NULL. */
+/* gzip of text (malloc'd, *size bytes), or NULL. The strongest level: a finished job's answer
+ * is compressed once and sent many times. */
 static char *gzip_text(const char *text, size_t length, size_t *size)
 {
     z_stream z = {0};
-    if (deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return NULL;
+    if (deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 9, Z_DEFAULT_STRATEGY) != Z_OK) return NULL;
     size_t capacity = deflateBound(&z, (uLong)length) + 1;
     char *out = malloc(capacity);
     if (!out) {
@@ -396,6 +397,30 @@ static char *gzip_text(const char *text, size_t length, size_t *size)
     }
     out[*size] = '\0';
     return out;
+}
+
+static void release_shared(void *handle) { ksrv_metrics_cache_release(handle); }
+
+/* Answers from the cache without copying the body: MHD sends the shared bytes and lets
+ * go of them when done. False when key is not cached. */
+static bool respond_shared(ksrv_response *response, const char *key, bool gzip)
+{
+    const char *data;
+    size_t size;
+    void *handle = ksrv_metrics_cache_acquire(key, &data, &size);
+    if (!handle) return false;
+    response->prepared = MHD_create_response_from_buffer_with_free_callback_cls(
+        size, (void *)data, release_shared, handle);
+    if (!response->prepared) {
+        ksrv_metrics_cache_release(handle);
+        return false;
+    }
+    response->status = 200;
+    if (gzip) {
+        snprintf(response->header_name, sizeof response->header_name, "Content-Encoding");
+        snprintf(response->header_value, sizeof response->header_value, "gzip");
+    }
+    return true;
 }
 
 static void respond_cached(ksrv_response *response, char *body, size_t size, bool gzip)
@@ -428,14 +453,7 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     bool keyed = key_length > 0 && (size_t)key_length < sizeof key;
     /* Only finished jobs are cached and jobs are never deleted, so a hit needs no
      * look-up of the job. */
-    if (keyed) {
-        size_t size = 0;
-        char *cached = ksrv_metrics_cache_get(key, &size);
-        if (cached) {
-            respond_cached(response, cached, size, accepts_gzip);
-            return;
-        }
-    }
+    if (keyed && respond_shared(response, key, accepts_gzip)) return;
     kstore *store = ksrv_store_or_500(server, response);
     kstore_job j;
     if (!store || !load_job(store, request, response, &j)) return;

@@ -12,31 +12,12 @@
 #include "kn_nn.h"
 #include "kn_optim.h"
 #include "kn_test.h"
+#include "kn_test_cuda.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const kn_device cuda0 = {KN_DEVICE_CUDA, 0};
-
-static void need_cuda(void)
-{
-    if (kn_cuda_device_count() > 0) return;
-    const char *status = kn_cuda_status();
-    if (strncmp(status, "no CUDA device", 14) == 0)
-        cr_skip_test("%s", status);
-    else
-        cr_skip_test("no CUDA device: %s", status);
-}
-
-/* A handle that claims cuda:0 over CPU storage, to exercise the checks (never read). */
-static kn_tensor *fake_cuda(kn_tensor *a)
-{
-    kn_tensor *b = kn_autorelease(kn__view_raw(a, a->shape, a->strides, a->ndim, a->offset));
-    b->device = cuda0;
-    return b;
-}
 
 /* ---- everywhere ---------------------------------------------------------------------- */
 
@@ -47,7 +28,7 @@ Test(cuda, status_and_availability_agree)
     cr_assert(kn_device_available(kn_cpu()));
     cr_assert(!kn_device_available((kn_device){KN_DEVICE_CUDA, 1000}));
     int count = kn_cuda_device_count();
-    cr_assert_eq(kn_device_available(cuda0), count > 0, "%s", status);
+    cr_assert_eq(kn_device_available(kn_test_cuda0), count > 0, "%s", status);
     if (count == 0)
         cr_assert(strstr(status, "no CUDA device") || strstr(status, "libkiln_cuda.so"), "%s",
                   status);
@@ -57,8 +38,9 @@ Test(cuda, to_an_unavailable_device_says_why)
 {
     kn_scope_begin();
     kn_tensor *t = kn_ones(KN_SHAPE(2, 2), KN_FLOAT32);
-    kn_device missing =
-        kn_cuda_device_count() > 0 ? (kn_device){KN_DEVICE_CUDA, kn_cuda_device_count()} : cuda0;
+    kn_device missing = kn_cuda_device_count() > 0
+                            ? (kn_device){KN_DEVICE_CUDA, kn_cuda_device_count()}
+                            : kn_test_cuda0;
     char name[32], expected[64];
     kn_device_str(missing, name, sizeof name);
     snprintf(expected, sizeof expected, "to: device %s is not available (", name);
@@ -85,7 +67,7 @@ Test(cuda, fake_cuda_tensors_are_refused_without_a_device)
     if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
     kn_tensor *a = kn_ones(KN_SHAPE(2, 3), KN_FLOAT32);
-    kn_tensor *b = fake_cuda(a);
+    kn_tensor *b = kn_test_fake_cuda(a);
     struct {
         const char *name;
         kn_tensor *result;
@@ -106,7 +88,7 @@ Test(cuda, fake_cuda_tensors_are_refused_without_a_device)
     cr_assert(strstr(kn_last_error(), "cpu") && strstr(kn_last_error(), "cuda:0"), "%s",
               kn_last_error());
     /* an optimizer over parameters on an unavailable device refuses them */
-    kn_tensor *p = kn_set_requires_grad(fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)), true);
+    kn_tensor *p = kn_set_requires_grad(kn_test_fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)), true);
     cr_assert_null(kn_optimizer_new(&p, 1, kn_optimizer_defaults(KN_OPTIM_SGD)));
     kn_scope_end();
 }
@@ -115,7 +97,7 @@ Test(cuda, ops_with_a_cuda_path_fail_cleanly_without_a_device)
 {
     if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
-    kn_tensor *b = fake_cuda(kn_ones(KN_SHAPE(2, 3), KN_FLOAT32));
+    kn_tensor *b = kn_test_fake_cuda(kn_ones(KN_SHAPE(2, 3), KN_FLOAT32));
     cr_assert_null(kn_add(b, b));
     cr_assert_eq(kn_last_status(), KN_ERR_DEVICE);
     cr_assert(strstr(kn_last_error(), "cuda:0 is not available"), "%s", kn_last_error());
@@ -130,42 +112,11 @@ Test(cuda, ops_with_a_cuda_path_fail_cleanly_without_a_device)
 
 /* ---- with a device: CUDA against the CPU -------------------------------------------- */
 
-static kn_tensor *randn(const int64_t *shape, int ndim, uint64_t seed)
-{
-    kn_generator *g = kn_generator_new(seed);
-    kn_tensor *t = kn_randn(shape, ndim, g);
-    kn_generator_free(g);
-    return t;
-}
-
-static void assert_close(const char *what, kn_tensor *cpu, kn_tensor *gpu, double rtol, double atol)
-{
-    cr_assert_not_null(cpu, "%s (cpu): %s", what, kn_last_error());
-    cr_assert_not_null(gpu, "%s (cuda): %s", what, kn_last_error());
-    cr_assert_eq(gpu->device.type, KN_DEVICE_CUDA, "%s: result not on cuda", what);
-    cr_assert(kn__same_shape(cpu, gpu), "%s: shapes %s vs %s", what, kn__shape(cpu),
-              kn__shape(gpu));
-    int64_t n = kn_numel(cpu);
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    float *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    cr_assert_eq(kn_copy_to_floats(cpu, x), KN_OK);
-    cr_assert_eq(kn_copy_to_floats(gpu, y), KN_OK, "%s: %s", what, kn_last_error());
-    for (int64_t i = 0; i < n; i++) {
-        double diff = fabs((double)x[i] - (double)y[i]);
-        if (isnan(x[i]) && isnan(y[i])) continue;
-        cr_assert(diff <= atol + rtol * fabs((double)x[i]),
-                  "%s: element %lld is %.9g on the cpu and %.9g on cuda", what, (long long)i, x[i],
-                  y[i]);
-    }
-    free(x);
-    free(y);
-}
-
 /* Leaves on each device holding the same values. */
 static void twin(kn_tensor *host, kn_tensor **cpu, kn_tensor **gpu)
 {
     *cpu = kn_set_requires_grad(kn_clone(host), true);
-    *gpu = kn_set_requires_grad(kn_to(host, cuda0), true);
+    *gpu = kn_set_requires_grad(kn_to(host, kn_test_cuda0), true);
     cr_assert_not_null(*gpu, "%s", kn_last_error());
 }
 
@@ -209,7 +160,7 @@ static kn_tensor *clone(kn_tensor *a)
 
 Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     struct {
         const char *name;
         unary_fn fn;
@@ -235,19 +186,19 @@ Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
     };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         kn_scope_begin();
-        kn_tensor *host = randn(KN_SHAPE(3, 5, 7), 10 + i);
+        kn_tensor *host = kn_test_randn(KN_SHAPE(3, 5, 7), 10 + i);
         if (ops[i].positive) host = kn_add_scalar(kn_abs(host), 0.1);
         /* a non-contiguous input too: the kernels take strides */
         kn_tensor *x_cpu, *x_gpu;
         twin(host, &x_cpu, &x_gpu);
-        kn_tensor *g = randn(KN_SHAPE(7, 5, 3), 99);
+        kn_tensor *g = kn_test_randn(KN_SHAPE(7, 5, 3), 99);
         kn_tensor *y_cpu = ops[i].fn(kn_permute(x_cpu, KN_DIMS(2, 1, 0)));
         kn_tensor *y_gpu = ops[i].fn(kn_permute(x_gpu, KN_DIMS(2, 1, 0)));
-        assert_close(ops[i].name, y_cpu, y_gpu, 1e-5, 1e-6);
+        kn_test_assert_close_cuda(ops[i].name, y_cpu, y_gpu, 1e-5, 1e-6);
         cr_assert_eq(kn_backward(y_cpu, g, false), KN_OK, "%s", kn_last_error());
-        cr_assert_eq(kn_backward(y_gpu, kn_to(g, cuda0), false), KN_OK, "%s: %s", ops[i].name,
-                     kn_last_error());
-        assert_close(ops[i].name, kn_grad(x_cpu), kn_grad(x_gpu), 1e-5, 1e-6);
+        cr_assert_eq(kn_backward(y_gpu, kn_to(g, kn_test_cuda0), false), KN_OK, "%s: %s",
+                     ops[i].name, kn_last_error());
+        kn_test_assert_close_cuda(ops[i].name, kn_grad(x_cpu), kn_grad(x_gpu), 1e-5, 1e-6);
         kn_scope_end();
     }
 }
@@ -256,39 +207,40 @@ typedef kn_tensor *(*binary_fn)(kn_tensor *, kn_tensor *);
 
 Test(cuda, binary_ops_broadcast_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     struct {
         const char *name;
         binary_fn fn;
     } ops[] = {{"add", kn_add}, {"sub", kn_sub}, {"mul", kn_mul}, {"div", kn_div}};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         kn_scope_begin();
-        kn_tensor *ha = randn(KN_SHAPE(4, 1, 5), 1), *hb = randn(KN_SHAPE(3, 5), 2);
+        kn_tensor *ha = kn_test_randn(KN_SHAPE(4, 1, 5), 1), *hb = kn_test_randn(KN_SHAPE(3, 5), 2);
         if (ops[i].fn == kn_div) hb = kn_add_scalar(kn_abs(hb), 0.5);
         kn_tensor *a_cpu, *a_gpu, *b_cpu, *b_gpu;
         twin(ha, &a_cpu, &a_gpu);
         twin(hb, &b_cpu, &b_gpu);
         kn_tensor *y_cpu = ops[i].fn(a_cpu, b_cpu), *y_gpu = ops[i].fn(a_gpu, b_gpu);
-        assert_close(ops[i].name, y_cpu, y_gpu, 1e-5, 1e-6);
-        kn_tensor *g = randn(KN_SHAPE(4, 3, 5), 3);
+        kn_test_assert_close_cuda(ops[i].name, y_cpu, y_gpu, 1e-5, 1e-6);
+        kn_tensor *g = kn_test_randn(KN_SHAPE(4, 3, 5), 3);
         cr_assert_eq(kn_backward(y_cpu, g, false), KN_OK);
-        cr_assert_eq(kn_backward(y_gpu, kn_to(g, cuda0), false), KN_OK, "%s", kn_last_error());
-        assert_close("grad a", kn_grad(a_cpu), kn_grad(a_gpu), 1e-5, 1e-6);
-        assert_close("grad b", kn_grad(b_cpu), kn_grad(b_gpu), 1e-5, 1e-6);
+        cr_assert_eq(kn_backward(y_gpu, kn_to(g, kn_test_cuda0), false), KN_OK, "%s",
+                     kn_last_error());
+        kn_test_assert_close_cuda("grad a", kn_grad(a_cpu), kn_grad(a_gpu), 1e-5, 1e-6);
+        kn_test_assert_close_cuda("grad b", kn_grad(b_cpu), kn_grad(b_gpu), 1e-5, 1e-6);
         kn_scope_end();
     }
     kn_scope_begin(); /* comparisons share the kernel */
-    kn_tensor *a = randn(KN_SHAPE(6), 4), *b = kn_scalar(0.f);
-    kn_tensor *ga = kn_to(a, cuda0), *gb = kn_to(b, cuda0);
-    assert_close("gt", kn_gt(a, b), kn_gt(ga, gb), 0, 0);
-    assert_close("lt", kn_lt(a, b), kn_lt(ga, gb), 0, 0);
-    assert_close("eq", kn_eq(a, a), kn_eq(ga, ga), 0, 0);
+    kn_tensor *a = kn_test_randn(KN_SHAPE(6), 4), *b = kn_scalar(0.f);
+    kn_tensor *ga = kn_to(a, kn_test_cuda0), *gb = kn_to(b, kn_test_cuda0);
+    kn_test_assert_close_cuda("gt", kn_gt(a, b), kn_gt(ga, gb), 0, 0);
+    kn_test_assert_close_cuda("lt", kn_lt(a, b), kn_lt(ga, gb), 0, 0);
+    kn_test_assert_close_cuda("eq", kn_eq(a, a), kn_eq(ga, ga), 0, 0);
     kn_scope_end();
 }
 
 Test(cuda, matmul_and_linear_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     struct {
         int64_t a[4], b[4];
         int an, bn;
@@ -306,8 +258,8 @@ Test(cuda, matmul_and_linear_forward_and_backward_match_the_cpu)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         kn_scope_begin();
-        kn_tensor *ha = randn(cases[i].a, cases[i].an, 20 + i);
-        kn_tensor *hb = randn(cases[i].b, cases[i].bn, 40 + i);
+        kn_tensor *ha = kn_test_randn(cases[i].a, cases[i].an, 20 + i);
+        kn_tensor *hb = kn_test_randn(cases[i].b, cases[i].bn, 40 + i);
         kn_tensor *a_cpu, *a_gpu, *b_cpu, *b_gpu;
         twin(ha, &a_cpu, &a_gpu);
         twin(hb, &b_cpu, &b_gpu);
@@ -316,61 +268,61 @@ Test(cuda, matmul_and_linear_forward_and_backward_match_the_cpu)
         kn_tensor *y_cpu = kn_matmul(a_cpu, bc), *y_gpu = kn_matmul(a_gpu, bg);
         char what[32];
         snprintf(what, sizeof what, "matmul case %zu", i);
-        assert_close(what, y_cpu, y_gpu, 1e-4, 1e-4);
-        kn_tensor *g = randn(y_cpu->shape, y_cpu->ndim, 60 + i);
+        kn_test_assert_close_cuda(what, y_cpu, y_gpu, 1e-4, 1e-4);
+        kn_tensor *g = kn_test_randn(y_cpu->shape, y_cpu->ndim, 60 + i);
         cr_assert_eq(kn_backward(y_cpu, g, false), KN_OK);
-        cr_assert_eq(kn_backward(y_gpu, kn_to(g, cuda0), false), KN_OK, "%s: %s", what,
+        cr_assert_eq(kn_backward(y_gpu, kn_to(g, kn_test_cuda0), false), KN_OK, "%s: %s", what,
                      kn_last_error());
-        assert_close(what, kn_grad(a_cpu), kn_grad(a_gpu), 1e-4, 1e-4);
-        assert_close(what, kn_grad(b_cpu), kn_grad(b_gpu), 1e-4, 1e-4);
+        kn_test_assert_close_cuda(what, kn_grad(a_cpu), kn_grad(a_gpu), 1e-4, 1e-4);
+        kn_test_assert_close_cuda(what, kn_grad(b_cpu), kn_grad(b_gpu), 1e-4, 1e-4);
         kn_scope_end();
     }
     kn_scope_begin();
     kn_tensor *x_cpu, *x_gpu, *w_cpu, *w_gpu, *b_cpu, *b_gpu;
-    twin(randn(KN_SHAPE(4, 6, 16), 7), &x_cpu, &x_gpu);
-    twin(randn(KN_SHAPE(8, 16), 8), &w_cpu, &w_gpu);
-    twin(randn(KN_SHAPE(8), 9), &b_cpu, &b_gpu);
+    twin(kn_test_randn(KN_SHAPE(4, 6, 16), 7), &x_cpu, &x_gpu);
+    twin(kn_test_randn(KN_SHAPE(8, 16), 8), &w_cpu, &w_gpu);
+    twin(kn_test_randn(KN_SHAPE(8), 9), &b_cpu, &b_gpu);
     kn_tensor *y_cpu = kn_linear(x_cpu, w_cpu, b_cpu), *y_gpu = kn_linear(x_gpu, w_gpu, b_gpu);
-    assert_close("linear", y_cpu, y_gpu, 1e-4, 1e-4);
-    kn_tensor *g = randn(KN_SHAPE(4, 6, 8), 10);
+    kn_test_assert_close_cuda("linear", y_cpu, y_gpu, 1e-4, 1e-4);
+    kn_tensor *g = kn_test_randn(KN_SHAPE(4, 6, 8), 10);
     cr_assert_eq(kn_backward(y_cpu, g, false), KN_OK);
-    cr_assert_eq(kn_backward(y_gpu, kn_to(g, cuda0), false), KN_OK, "%s", kn_last_error());
-    assert_close("linear grad x", kn_grad(x_cpu), kn_grad(x_gpu), 1e-4, 1e-4);
-    assert_close("linear grad w", kn_grad(w_cpu), kn_grad(w_gpu), 1e-4, 1e-4);
-    assert_close("linear grad b", kn_grad(b_cpu), kn_grad(b_gpu), 1e-4, 1e-4);
+    cr_assert_eq(kn_backward(y_gpu, kn_to(g, kn_test_cuda0), false), KN_OK, "%s", kn_last_error());
+    kn_test_assert_close_cuda("linear grad x", kn_grad(x_cpu), kn_grad(x_gpu), 1e-4, 1e-4);
+    kn_test_assert_close_cuda("linear grad w", kn_grad(w_cpu), kn_grad(w_gpu), 1e-4, 1e-4);
+    kn_test_assert_close_cuda("linear grad b", kn_grad(b_cpu), kn_grad(b_gpu), 1e-4, 1e-4);
     kn_scope_end();
 }
 
 Test(cuda, in_place_ops_and_copies_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *h = randn(KN_SHAPE(5, 6), 11), *s = randn(KN_SHAPE(6), 12);
-    kn_tensor *c = kn_clone(h), *g = kn_to(h, cuda0), *gs = kn_to(s, cuda0);
+    kn_tensor *h = kn_test_randn(KN_SHAPE(5, 6), 11), *s = kn_test_randn(KN_SHAPE(6), 12);
+    kn_tensor *c = kn_clone(h), *g = kn_to(h, kn_test_cuda0), *gs = kn_to(s, kn_test_cuda0);
     cr_assert_eq(kn_add_(c, s, 0.5), KN_OK);
     cr_assert_eq(kn_add_(g, gs, 0.5), KN_OK, "%s", kn_last_error());
-    assert_close("add_", c, g, 1e-5, 1e-6);
+    kn_test_assert_close_cuda("add_", c, g, 1e-5, 1e-6);
     cr_assert_eq(kn_mul_scalar_(kn_transpose(c, 0, 1), 3.0), KN_OK);
     cr_assert_eq(kn_mul_scalar_(kn_transpose(g, 0, 1), 3.0), KN_OK);
-    assert_close("mul_scalar_", c, g, 1e-5, 1e-6);
+    kn_test_assert_close_cuda("mul_scalar_", c, g, 1e-5, 1e-6);
     cr_assert_eq(kn_copy_(kn_narrow(c, 0, 1, 2), kn_narrow(h, 0, 3, 2)), KN_OK);
     cr_assert_eq(kn_copy_(kn_narrow(g, 0, 1, 2), kn_narrow(h, 0, 3, 2)), KN_OK, "%s",
                  kn_last_error()); /* across devices */
-    assert_close("copy_", c, g, 0, 0);
+    kn_test_assert_close_cuda("copy_", c, g, 0, 0);
     cr_assert_eq(kn_fill_(kn_select(c, 1, 2), 4.0), KN_OK);
     cr_assert_eq(kn_fill_(kn_select(g, 1, 2), 4.0), KN_OK);
-    assert_close("fill_", c, g, 0, 0);
-    assert_close("contiguous", kn_contiguous(kn_transpose(c, 0, 1)),
-                 kn_contiguous(kn_transpose(g, 0, 1)), 0, 0);
-    assert_close("reshape", kn_reshape(kn_transpose(c, 0, 1), KN_SHAPE(30)),
-                 kn_reshape(kn_transpose(g, 0, 1), KN_SHAPE(30)), 0, 0);
-    assert_close("ones_like", kn_ones_like(c), kn_ones_like(g), 0, 0);
+    kn_test_assert_close_cuda("fill_", c, g, 0, 0);
+    kn_test_assert_close_cuda("contiguous", kn_contiguous(kn_transpose(c, 0, 1)),
+                              kn_contiguous(kn_transpose(g, 0, 1)), 0, 0);
+    kn_test_assert_close_cuda("reshape", kn_reshape(kn_transpose(c, 0, 1), KN_SHAPE(30)),
+                              kn_reshape(kn_transpose(g, 0, 1), KN_SHAPE(30)), 0, 0);
+    kn_test_assert_close_cuda("ones_like", kn_ones_like(c), kn_ones_like(g), 0, 0);
     /* random fills draw on the cpu: the same stream of numbers on either device */
-    kn_tensor *rc = kn_zeros(KN_SHAPE(4, 4), KN_FLOAT32), *r = kn_to(rc, cuda0);
+    kn_tensor *rc = kn_zeros(KN_SHAPE(4, 4), KN_FLOAT32), *r = kn_to(rc, kn_test_cuda0);
     kn_generator *g1 = kn_generator_new(5), *g2 = kn_generator_new(5);
     cr_assert_eq(kn_normal_(rc, 0, 1, g1), KN_OK);
     cr_assert_eq(kn_normal_(r, 0, 1, g2), KN_OK, "%s", kn_last_error());
-    assert_close("normal_", rc, r, 0, 0);
+    kn_test_assert_close_cuda("normal_", rc, r, 0, 0);
     kn_generator_free(g1);
     kn_generator_free(g2);
     kn_scope_end();
@@ -378,21 +330,21 @@ Test(cuda, in_place_ops_and_copies_match_the_cpu)
 
 Test(cuda, moves_round_trip_and_element_access)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *h = randn(KN_SHAPE(3, 4, 5), 13);
-    kn_tensor *back = kn_to(kn_to(kn_transpose(h, 0, 2), cuda0), kn_cpu());
+    kn_tensor *h = kn_test_randn(KN_SHAPE(3, 4, 5), 13);
+    kn_tensor *back = kn_to(kn_to(kn_transpose(h, 0, 2), kn_test_cuda0), kn_cpu());
     cr_assert_not_null(back, "%s", kn_last_error());
     cr_assert_eq(back->device.type, KN_DEVICE_CPU);
     kn_tensor *expected = kn_contiguous(kn_transpose(h, 0, 2));
     cr_assert_eq(memcmp(kn_data_f32(back), kn_data_f32(expected), sizeof(float) * 60), 0);
-    kn_tensor *ids = kn_to(kn_arange(10), cuda0);
+    kn_tensor *ids = kn_to(kn_arange(10), kn_test_cuda0);
     cr_assert_eq(ids->dtype, KN_INT64);
     cr_assert_eq(kn_item_i64(kn_select(ids, 0, 7)), 7);
     int64_t values[10];
     cr_assert_eq(kn_copy_to_int64s(kn_slice(ids, 0, 0, 10, 3), values), KN_OK);
     cr_assert_eq(values[3], 9);
-    kn_tensor *g = kn_to(h, cuda0);
+    kn_tensor *g = kn_to(h, kn_test_cuda0);
     cr_assert_float_eq(kn_get(g, (int64_t[]){2, 1, 3}), kn_get(h, (int64_t[]){2, 1, 3}), 0);
     cr_assert_float_eq(kn_item(kn_select(kn_select(kn_select(g, 0, 1), 0, 2), 0, 4)),
                        kn_get(h, (int64_t[]){1, 2, 4}), 0);
@@ -401,11 +353,11 @@ Test(cuda, moves_round_trip_and_element_access)
     free(text);
     if (kn_cuda_device_count() > 1) {
         kn_tensor *other = kn_to(g, (kn_device){KN_DEVICE_CUDA, 1});
-        assert_close("cuda:1", h, kn_to(other, cuda0), 0, 0);
+        kn_test_assert_close_cuda("cuda:1", h, kn_to(other, kn_test_cuda0), 0, 0);
     }
     /* a gradient through to() goes back to the source device */
     kn_tensor *leaf = kn_set_requires_grad(kn_clone(h), true);
-    kn_tensor *y = kn_mul_scalar(kn_to(leaf, cuda0), 2.0);
+    kn_tensor *y = kn_mul_scalar(kn_to(leaf, kn_test_cuda0), 2.0);
     cr_assert_eq(kn_backward(y, kn_ones_like(y), false), KN_OK, "%s", kn_last_error());
     cr_assert_eq(kn_grad(leaf)->device.type, KN_DEVICE_CPU);
     cr_assert_float_eq(kn_get(kn_grad(leaf), (int64_t[]){0, 0, 0}), 2.f, 0);
@@ -414,9 +366,9 @@ Test(cuda, moves_round_trip_and_element_access)
 
 Test(cuda, out_of_memory_is_an_error_with_sizes)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *one = kn_to(kn_ones(KN_SHAPE(1, 1), KN_FLOAT32), cuda0);
+    kn_tensor *one = kn_to(kn_ones(KN_SHAPE(1, 1), KN_FLOAT32), kn_test_cuda0);
     kn_tensor *huge = kn_contiguous(kn_expand(one, KN_SHAPE(1 << 20, 1 << 20)));
     cr_assert_null(huge);
     cr_assert_eq(kn_last_status(), KN_ERR_MEMORY, "%s", kn_last_error());
@@ -429,9 +381,10 @@ Test(cuda, out_of_memory_is_an_error_with_sizes)
 
 Test(cuda, allocator_reaches_a_steady_state)
 {
-    need_cuda();
-    kn_tensor *w = kn_set_requires_grad(kn_to(randn(KN_SHAPE(32, 64), 14), cuda0), true);
-    kn_tensor *x = kn_to(randn(KN_SHAPE(16, 64), 15), cuda0);
+    kn_test_need_cuda();
+    kn_tensor *w =
+        kn_set_requires_grad(kn_to(kn_test_randn(KN_SHAPE(32, 64), 14), kn_test_cuda0), true);
+    kn_tensor *x = kn_to(kn_test_randn(KN_SHAPE(16, 64), 15), kn_test_cuda0);
     kn_alloc_stats warm = {0}, after = {0};
     for (int step = 0; step < 50; step++) {
         if (step == 5) {

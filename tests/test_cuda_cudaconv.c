@@ -13,31 +13,12 @@
 #include "kn_internal.h"
 #include "kn_nn.h"
 #include "kn_test.h"
+#include "kn_test_cuda.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const kn_device cuda0 = {KN_DEVICE_CUDA, 0};
-
-static void need_cuda(void)
-{
-    if (kn_cuda_device_count() > 0) return;
-    const char *status = kn_cuda_status();
-    if (strncmp(status, "no CUDA device", 14) == 0)
-        cr_skip_test("%s", status);
-    else
-        cr_skip_test("no CUDA device: %s", status);
-}
-
-/* A handle that claims cuda:0 over CPU storage, to exercise the checks (never read). */
-static kn_tensor *fake_cuda(kn_tensor *a)
-{
-    kn_tensor *b = kn_autorelease(kn__view_raw(a, a->shape, a->strides, a->ndim, a->offset));
-    b->device = cuda0;
-    return b;
-}
 
 /* ---- everywhere ---------------------------------------------------------------------- */
 
@@ -45,11 +26,11 @@ Test(cuda_conv, ops_fail_cleanly_on_cuda_without_a_device)
 {
     if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
-    kn_tensor *x = fake_cuda(kn_ones(KN_SHAPE(1, 2, 4, 4), KN_FLOAT32));
-    kn_tensor *w = fake_cuda(kn_ones(KN_SHAPE(3, 2, 3, 3), KN_FLOAT32));
-    kn_tensor *v = fake_cuda(kn_ones(KN_SHAPE(4, 3), KN_FLOAT32));
-    kn_tensor *idx = fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
-    kn_tensor *idx2 = fake_cuda(kn_zeros(KN_SHAPE(4, 3), KN_INT64));
+    kn_tensor *x = kn_test_fake_cuda(kn_ones(KN_SHAPE(1, 2, 4, 4), KN_FLOAT32));
+    kn_tensor *w = kn_test_fake_cuda(kn_ones(KN_SHAPE(3, 2, 3, 3), KN_FLOAT32));
+    kn_tensor *v = kn_test_fake_cuda(kn_ones(KN_SHAPE(4, 3), KN_FLOAT32));
+    kn_tensor *idx = kn_test_fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
+    kn_tensor *idx2 = kn_test_fake_cuda(kn_zeros(KN_SHAPE(4, 3), KN_INT64));
     kn_pool2d_args pool = {.kernel_size = {2, 2}};
     struct {
         const char *name;
@@ -84,13 +65,13 @@ Test(cuda_conv, mixed_devices_name_both)
 {
     kn_scope_begin();
     kn_tensor *x = kn_ones(KN_SHAPE(1, 2, 4, 4), KN_FLOAT32);
-    kn_tensor *w = fake_cuda(kn_ones(KN_SHAPE(3, 2, 3, 3), KN_FLOAT32));
+    kn_tensor *w = kn_test_fake_cuda(kn_ones(KN_SHAPE(3, 2, 3, 3), KN_FLOAT32));
     cr_assert_null(kn_conv2d(x, w, NULL, (kn_conv2d_args){.groups = 1}));
     cr_assert_eq(kn_last_status(), KN_ERR_DEVICE);
     cr_assert(strstr(kn_last_error(), "cpu") && strstr(kn_last_error(), "cuda:0"), "%s",
               kn_last_error());
     kn_tensor *v = kn_ones(KN_SHAPE(4, 3), KN_FLOAT32);
-    kn_tensor *idx = fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
+    kn_tensor *idx = kn_test_fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
     cr_assert_null(kn_index_select(v, 0, idx));
     cr_assert(strstr(kn_last_error(), "cpu") && strstr(kn_last_error(), "cuda:0"), "%s",
               kn_last_error());
@@ -98,41 +79,6 @@ Test(cuda_conv, mixed_devices_name_both)
 }
 
 /* ---- with a device: CUDA against the CPU -------------------------------------------- */
-
-static kn_tensor *randn(const int64_t *shape, int ndim, uint64_t seed)
-{
-    kn_generator *g = kn_generator_new(seed);
-    kn_tensor *t = kn_randn(shape, ndim, g);
-    kn_generator_free(g);
-    return t;
-}
-
-static void assert_close(const char *what, kn_tensor *cpu, kn_tensor *gpu, double rtol, double atol)
-{
-    cr_assert_not_null(cpu, "%s (cpu): %s", what, kn_last_error());
-    cr_assert_not_null(gpu, "%s (cuda): %s", what, kn_last_error());
-    cr_assert_eq(gpu->device.type, KN_DEVICE_CUDA, "%s: result not on cuda", what);
-    cr_assert(kn__same_shape(cpu, gpu), "%s: shapes %s vs %s", what, kn__shape(cpu),
-              kn__shape(gpu));
-    cr_assert_eq(gpu->dtype, KN_FLOAT32, "%s", what);
-    kn_tensor *c = cpu, *g = kn_to(gpu, kn_cpu());
-    cr_assert_not_null(c, "%s: %s", what, kn_last_error());
-    cr_assert_not_null(g, "%s: %s", what, kn_last_error());
-    int64_t n = kn_numel(cpu);
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    float *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    cr_assert_eq(kn_copy_to_floats(c, x), KN_OK, "%s: %s", what, kn_last_error());
-    cr_assert_eq(kn_copy_to_floats(g, y), KN_OK, "%s: %s", what, kn_last_error());
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(x[i]) && isnan(y[i])) continue;
-        double diff = fabs((double)x[i] - (double)y[i]);
-        cr_assert(diff <= atol + rtol * fabs((double)x[i]),
-                  "%s: element %lld is %.9g on the cpu and %.9g on cuda", what, (long long)i, x[i],
-                  y[i]);
-    }
-    free(x);
-    free(y);
-}
 
 #define MAX_IN 4
 
@@ -152,22 +98,22 @@ static void check_op(const char *what, kn_tensor **host, int n, op_fn fn, const 
     for (int i = 0; i < n; i++) {
         leaf[i] = host[i]->dtype == KN_FLOAT32 && !(no_grad_inputs & (1u << i));
         cpu[i] = leaf[i] ? kn_set_requires_grad(kn_clone(host[i]), true) : host[i];
-        gpu[i] = kn_to(host[i], cuda0);
+        gpu[i] = kn_to(host[i], kn_test_cuda0);
         cr_assert_not_null(gpu[i], "%s: %s", what, kn_last_error());
         if (leaf[i]) kn_set_requires_grad(gpu[i], true);
     }
     kn_tensor *y_cpu = fn(cpu, ctx), *y_gpu = fn(gpu, ctx);
-    assert_close(what, y_cpu, y_gpu, rtol, atol);
+    kn_test_assert_close_cuda(what, y_cpu, y_gpu, rtol, atol);
     if (y_cpu->dtype == KN_FLOAT32 && y_cpu->requires_grad) {
-        kn_tensor *g = randn(y_cpu->shape, y_cpu->ndim, 99);
+        kn_tensor *g = kn_test_randn(y_cpu->shape, y_cpu->ndim, 99);
         cr_assert_eq(kn_backward(y_cpu, g, false), KN_OK, "%s: %s", what, kn_last_error());
-        cr_assert_eq(kn_backward(y_gpu, kn_to(g, cuda0), false), KN_OK, "%s: %s", what,
+        cr_assert_eq(kn_backward(y_gpu, kn_to(g, kn_test_cuda0), false), KN_OK, "%s: %s", what,
                      kn_last_error());
         for (int i = 0; i < n; i++) {
             if (!leaf[i]) continue;
             char name[128];
             snprintf(name, sizeof name, "%s: grad of input %d", what, i);
-            assert_close(name, kn_grad(cpu[i]), kn_grad(gpu[i]), grad_rtol, grad_atol);
+            kn_test_assert_close_cuda(name, kn_grad(cpu[i]), kn_grad(gpu[i]), grad_rtol, grad_atol);
         }
     }
     kn_scope_end();
@@ -184,7 +130,7 @@ static kn_tensor *conv_nobias_op(kn_tensor **in, const void *ctx)
 
 Test(cuda_conv, conv2d_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     struct {
         int64_t n, c, h, w, o, kh, kw;
         kn_conv2d_args args;
@@ -201,9 +147,9 @@ Test(cuda_conv, conv2d_forward_and_backward_match_the_cpu)
         kn_scope_begin();
         int g = cases[i].args.groups ? cases[i].args.groups : 1;
         kn_tensor *in[3] = {
-            randn(KN_SHAPE(cases[i].n, cases[i].c, cases[i].h, cases[i].w), 10 + i),
-            randn(KN_SHAPE(cases[i].o, cases[i].c / g, cases[i].kh, cases[i].kw), 20 + i),
-            randn(KN_SHAPE(cases[i].o), 30 + i)};
+            kn_test_randn(KN_SHAPE(cases[i].n, cases[i].c, cases[i].h, cases[i].w), 10 + i),
+            kn_test_randn(KN_SHAPE(cases[i].o, cases[i].c / g, cases[i].kh, cases[i].kw), 20 + i),
+            kn_test_randn(KN_SHAPE(cases[i].o), 30 + i)};
         char what[64];
         snprintf(what, sizeof what, "conv2d case %zu", i);
         if (cases[i].bias)
@@ -230,7 +176,7 @@ static kn_tensor *adaptive_op(kn_tensor **in, const void *ctx)
 
 Test(cuda_conv, pooling_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_pool2d_args cases[] = {
         {.kernel_size = {2, 2}},
         {.kernel_size = {3, 3}, .stride = {2, 2}, .padding = {1, 1}},
@@ -245,7 +191,7 @@ Test(cuda_conv, pooling_forward_and_backward_match_the_cpu)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         kn_scope_begin();
-        kn_tensor *x = randn(KN_SHAPE(2, 3, 9, 8), 40 + i);
+        kn_tensor *x = kn_test_randn(KN_SHAPE(2, 3, 9, 8), 40 + i);
         char what[64];
         snprintf(what, sizeof what, "max_pool2d case %zu", i);
         check_op(what, &x, 1, max_pool_op, &cases[i], 0, 0, 1e-5, 1e-6);
@@ -256,7 +202,7 @@ Test(cuda_conv, pooling_forward_and_backward_match_the_cpu)
         kn_scope_end();
     }
     kn_scope_begin();
-    kn_tensor *x3 = randn(KN_SHAPE(3, 10, 7), 50);
+    kn_tensor *x3 = kn_test_randn(KN_SHAPE(3, 10, 7), 50);
     kn_pool2d_args two = {.kernel_size = {2, 2}};
     check_op("max_pool2d 3-D", &x3, 1, max_pool_op, &two, 0, 0, 1e-5, 1e-6);
     int sizes[][2] = {{1, 1}, {3, 3}, {4, 5}, {10, 7}, {7, 3}};
@@ -270,7 +216,7 @@ Test(cuda_conv, pooling_forward_and_backward_match_the_cpu)
 
 Test(cuda_conv, max_pool2d_ties_and_nan_follow_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     float data[] = {1, 1, 2, 2, 1, 1, 2, 2, NAN, 0, 5, NAN, 3, NAN, 5, 5};
     kn_tensor *x = kn_from_floats(data, KN_SHAPE(1, 1, 4, 4));
@@ -293,9 +239,9 @@ static kn_tensor *where_op(kn_tensor **in, const void *ctx)
 
 Test(cuda_conv, where_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *a = randn(KN_SHAPE(4, 5), 60), *b = randn(KN_SHAPE(5), 61);
+    kn_tensor *a = kn_test_randn(KN_SHAPE(4, 5), 60), *b = kn_test_randn(KN_SHAPE(5), 61);
     float cf[] = {1, 0, -2, 0};
     int64_t ci[] = {0, 3, 0, 0, -1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 9};
     kn_tensor *in[3] = {kn_from_floats(cf, KN_SHAPE(4, 1)), a, b};
@@ -320,19 +266,19 @@ static kn_tensor *stack_op(kn_tensor **in, const void *ctx)
 
 Test(cuda_conv, cat_and_stack_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     for (int dim = 0; dim < 3; dim++) {
         int64_t s1[3] = {2, 3, 4}, s2[3] = {2, 3, 4};
         s1[dim] = 1;
         s2[dim] = 5;
-        kn_tensor *in[3] = {randn(KN_SHAPE(2, 3, 4), 70), randn(s1, 3, 71),
-                            randn(KN_SHAPE(s2[0], s2[2], s2[1]), 72)};
+        kn_tensor *in[3] = {kn_test_randn(KN_SHAPE(2, 3, 4), 70), kn_test_randn(s1, 3, 71),
+                            kn_test_randn(KN_SHAPE(s2[0], s2[2], s2[1]), 72)};
         char what[64];
         snprintf(what, sizeof what, "cat dim %d", dim);
         check_op(what, in, 3, cat_op, &dim, 0, 0, 0, 0);
-        kn_tensor *same[3] = {randn(KN_SHAPE(2, 3), 73), randn(KN_SHAPE(2, 3), 74),
-                              kn_transpose(randn(KN_SHAPE(3, 2), 75), 0, 1)};
+        kn_tensor *same[3] = {kn_test_randn(KN_SHAPE(2, 3), 73), kn_test_randn(KN_SHAPE(2, 3), 74),
+                              kn_transpose(kn_test_randn(KN_SHAPE(3, 2), 75), 0, 1)};
         snprintf(what, sizeof what, "stack dim %d", dim);
         check_op(what, same, 3, stack_op, &dim, 0, 0, 0, 0);
     }
@@ -359,23 +305,23 @@ static kn_tensor *embedding_op(kn_tensor **in, const void *ctx)
 
 Test(cuda_conv, indexing_forward_and_backward_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     int64_t rows[] = {0, 3, 3, 1, 4, 0, 2};
     kn_tensor *idx = kn_from_int64s(rows, KN_SHAPE(7));
-    kn_tensor *t = randn(KN_SHAPE(5, 6, 5), 80);
+    kn_tensor *t = kn_test_randn(KN_SHAPE(5, 6, 5), 80);
     for (int dim = 0; dim < 3; dim++) {
         kn_tensor *in[2] = {t, idx};
         char what[64];
         snprintf(what, sizeof what, "index_select dim %d", dim);
         check_op(what, in, 2, index_select_op, &dim, 0, 0, 1e-5, 1e-6);
     }
-    kn_tensor *emb[2] = {randn(KN_SHAPE(5, 8), 81),
+    kn_tensor *emb[2] = {kn_test_randn(KN_SHAPE(5, 8), 81),
                          kn_reshape(kn_slice(idx, 0, 0, 6, 1), KN_SHAPE(2, 3))};
     check_op("embedding", emb, 2, embedding_op, NULL, 0, 0, 1e-5, 1e-6);
     int64_t g[12] = {0, 4, 2, 2, 1, 0, 3, 3, 3, 4, 0, 1};
     kn_tensor *gidx = kn_from_int64s(g, KN_SHAPE(3, 4));
-    kn_tensor *src = randn(KN_SHAPE(5, 5), 82);
+    kn_tensor *src = kn_test_randn(KN_SHAPE(5, 5), 82);
     int dim0 = 0, dim1 = 1;
     kn_tensor *gin[2] = {src, gidx};
     check_op("gather dim 0", gin, 2, gather_op, &dim0, 0, 0, 1e-5, 1e-6);
@@ -386,12 +332,12 @@ Test(cuda_conv, indexing_forward_and_backward_match_the_cpu)
 
 Test(cuda_conv, out_of_range_indices_fail_as_on_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     int64_t bad[] = {0, 2, 7, 1};
     kn_tensor *idx = kn_from_int64s(bad, KN_SHAPE(4));
-    kn_tensor *t = randn(KN_SHAPE(5, 3), 90);
-    kn_tensor *idx_gpu = kn_to(idx, cuda0), *t_gpu = kn_to(t, cuda0);
+    kn_tensor *t = kn_test_randn(KN_SHAPE(5, 3), 90);
+    kn_tensor *idx_gpu = kn_to(idx, kn_test_cuda0), *t_gpu = kn_to(t, kn_test_cuda0);
     cr_assert_not_null(t_gpu, "%s", kn_last_error());
     char expected[512];
     cr_assert_null(kn_index_select(t, 0, idx));
@@ -407,7 +353,7 @@ Test(cuda_conv, out_of_range_indices_fail_as_on_the_cpu)
     kn_tensor *gidx = kn_from_int64s(neg, KN_SHAPE(2, 3));
     cr_assert_null(kn_gather(t, 0, gidx));
     snprintf(expected, sizeof expected, "%s", kn_last_error());
-    cr_assert_null(kn_gather(t_gpu, 0, kn_to(gidx, cuda0)));
+    cr_assert_null(kn_gather(t_gpu, 0, kn_to(gidx, kn_test_cuda0)));
     cr_assert_str_eq(kn_last_error(), expected);
     kn_scope_end();
 }

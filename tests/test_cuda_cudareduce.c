@@ -13,31 +13,12 @@
  */
 #include "kn_internal.h"
 #include "kn_test.h"
+#include "kn_test_cuda.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const kn_device cuda0 = {KN_DEVICE_CUDA, 0};
-
-static void need_cuda(void)
-{
-    if (kn_cuda_device_count() > 0) return;
-    const char *status = kn_cuda_status();
-    if (strncmp(status, "no CUDA device", 14) == 0)
-        cr_skip_test("%s", status);
-    else
-        cr_skip_test("no CUDA device: %s", status);
-}
-
-/* A handle that claims cuda:0 over CPU storage, to exercise the checks (never read). */
-static kn_tensor *fake_cuda(kn_tensor *a)
-{
-    kn_tensor *b = kn_autorelease(kn__view_raw(a, a->shape, a->strides, a->ndim, a->offset));
-    b->device = cuda0;
-    return b;
-}
 
 /* ---- everywhere ---------------------------------------------------------------------- */
 
@@ -45,8 +26,8 @@ Test(cuda_reduce, ops_fail_cleanly_naming_the_op_without_a_device)
 {
     if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
-    kn_tensor *b = fake_cuda(kn_ones(KN_SHAPE(2, 3), KN_FLOAT32));
-    kn_tensor *t = fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
+    kn_tensor *b = kn_test_fake_cuda(kn_ones(KN_SHAPE(2, 3), KN_FLOAT32));
+    kn_tensor *t = kn_test_fake_cuda(kn_zeros(KN_SHAPE(2), KN_INT64));
     struct {
         const char *name;
         kn_tensor *result;
@@ -85,41 +66,6 @@ Test(cuda_reduce, ops_fail_cleanly_naming_the_op_without_a_device)
 
 /* ---- with a device ------------------------------------------------------------------- */
 
-static kn_tensor *randn(const int64_t *shape, int ndim, uint64_t seed)
-{
-    kn_generator *g = kn_generator_new(seed);
-    kn_tensor *t = kn_randn(shape, ndim, g);
-    kn_generator_free(g);
-    return t;
-}
-
-static void assert_close(const char *what, kn_tensor *cpu, kn_tensor *gpu, double rtol, double atol)
-{
-    cr_assert_not_null(cpu, "%s (cpu): %s", what, kn_last_error());
-    cr_assert_not_null(gpu, "%s (cuda): %s", what, kn_last_error());
-    cr_assert_eq(gpu->device.type, KN_DEVICE_CUDA, "%s: result not on cuda", what);
-    cr_assert(kn__same_shape(cpu, gpu), "%s: shapes %s vs %s", what, kn__shape(cpu),
-              kn__shape(gpu));
-    int64_t n = kn_numel(cpu);
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    float *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    cr_assert_eq(kn_copy_to_floats(cpu, x), KN_OK);
-    cr_assert_eq(kn_copy_to_floats(gpu, y), KN_OK, "%s: %s", what, kn_last_error());
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(x[i]) || isnan(y[i])) {
-            cr_assert(isnan(x[i]) && isnan(y[i]), "%s: element %lld is %g on the cpu, %g on cuda",
-                      what, (long long)i, x[i], y[i]);
-            continue;
-        }
-        double diff = fabs((double)x[i] - (double)y[i]);
-        cr_assert(diff <= atol + rtol * fabs((double)x[i]),
-                  "%s: element %lld is %.9g on the cpu and %.9g on cuda", what, (long long)i, x[i],
-                  y[i]);
-    }
-    free(x);
-    free(y);
-}
-
 static void assert_same_indices(const char *what, kn_tensor *cpu, kn_tensor *gpu)
 {
     cr_assert_not_null(gpu, "%s (cuda): %s", what, kn_last_error());
@@ -141,19 +87,19 @@ static void check_op(const char *what, op_fn f, void *arg, kn_tensor *host, doub
 {
     kn_scope_begin();
     kn_tensor *xc = kn_set_requires_grad(kn_clone(host), true);
-    kn_tensor *xg = kn_set_requires_grad(kn_to(host, cuda0), true);
+    kn_tensor *xg = kn_set_requires_grad(kn_to(host, kn_test_cuda0), true);
     cr_assert_not_null(xg, "%s", kn_last_error());
     kn_tensor *yc = f(xc, arg), *yg = f(xg, arg);
-    assert_close(what, yc, yg, rtol, atol);
-    kn_tensor *w = randn(yc->shape, yc->ndim, 99);
+    kn_test_assert_close_cuda(what, yc, yg, rtol, atol);
+    kn_tensor *w = kn_test_randn(yc->shape, yc->ndim, 99);
     kn_tensor *lc = kn_sum_all(kn_mul(yc, w));
-    kn_tensor *lg = kn_sum_all(kn_mul(yg, kn_to(w, cuda0)));
+    kn_tensor *lg = kn_sum_all(kn_mul(yg, kn_to(w, kn_test_cuda0)));
     cr_assert_not_null(lg, "%s backward: %s", what, kn_last_error());
     cr_assert_eq(kn_backward(lc, NULL, false), KN_OK, "%s", kn_last_error());
     cr_assert_eq(kn_backward(lg, NULL, false), KN_OK, "%s: %s", what, kn_last_error());
     char name[128];
     snprintf(name, sizeof name, "%s backward", what);
-    assert_close(name, kn_grad(xc), kn_grad(xg), rtol, atol);
+    kn_test_assert_close_cuda(name, kn_grad(xc), kn_grad(xg), rtol, atol);
     kn_scope_end();
 }
 
@@ -186,9 +132,9 @@ static kn_tensor *do_transposed_sum(kn_tensor *x, void *arg)
 
 Test(cuda_reduce, sum_mean_var_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *x = randn(KN_SHAPE(5, 37, 9), 1);
+    kn_tensor *x = kn_test_randn(KN_SHAPE(5, 37, 9), 1);
     dims_arg cases[] = {
         {{1}, 1, false, 0},     {{0, 2}, 2, true, 1},
         {{2}, 1, false, 1},     {{0}, 0, false, 0}, /* all */
@@ -202,27 +148,27 @@ Test(cuda_reduce, sum_mean_var_match_the_cpu)
     }
     /* long rows and few of them; a long column reduction */
     dims_arg last = {{1}, 1, false, 1}, first = {{0}, 1, false, 1};
-    kn_tensor *wide = randn(KN_SHAPE(3, 300001), 2);
+    kn_tensor *wide = kn_test_randn(KN_SHAPE(3, 300001), 2);
     check_op("sum of long rows", do_sum, &last, wide, 1e-5, 1e-4);
     check_op("var of long rows", do_var, &last, wide, 1e-5, 1e-5);
-    kn_tensor *tall = randn(KN_SHAPE(20001, 70), 3);
+    kn_tensor *tall = kn_test_randn(KN_SHAPE(20001, 70), 3);
     check_op("mean of long columns", do_mean, &first, tall, 1e-5, 1e-5);
     /* empty reductions: 0 for sum, NaN for mean and var */
     kn_tensor *empty = kn_zeros(KN_SHAPE(4, 0), KN_FLOAT32);
-    kn_tensor *eg = kn_to(empty, cuda0);
-    assert_close("empty sum", kn_sum(empty, (int[]){1}, 1, false), kn_sum(eg, (int[]){1}, 1, false),
-                 0, 0);
-    assert_close("empty mean", kn_mean(empty, (int[]){1}, 1, false),
-                 kn_mean(eg, (int[]){1}, 1, false), 0, 0);
-    assert_close("empty var", kn_var(empty, (int[]){1}, 1, 1, false),
-                 kn_var(eg, (int[]){1}, 1, 1, false), 0, 0);
+    kn_tensor *eg = kn_to(empty, kn_test_cuda0);
+    kn_test_assert_close_cuda("empty sum", kn_sum(empty, (int[]){1}, 1, false),
+                              kn_sum(eg, (int[]){1}, 1, false), 0, 0);
+    kn_test_assert_close_cuda("empty mean", kn_mean(empty, (int[]){1}, 1, false),
+                              kn_mean(eg, (int[]){1}, 1, false), 0, 0);
+    kn_test_assert_close_cuda("empty var", kn_var(empty, (int[]){1}, 1, 1, false),
+                              kn_var(eg, (int[]){1}, 1, 1, false), 0, 0);
     kn_scope_end();
 }
 
 /* Values with many ties and a few NaNs. */
 static kn_tensor *tied(const int64_t *shape, int ndim, bool nans)
 {
-    kn_tensor *x = randn(shape, ndim, 7);
+    kn_tensor *x = kn_test_randn(shape, ndim, 7);
     float *d = kn_data_f32(x);
     for (int64_t i = 0; i < kn_numel(x); i++) d[i] = floorf(d[i] * 2.f);
     if (nans)
@@ -232,15 +178,16 @@ static kn_tensor *tied(const int64_t *shape, int ndim, bool nans)
 
 static void check_select(const char *what, kn_tensor *x, int dim, bool keepdim)
 {
-    kn_tensor *xg = kn_to(x, cuda0);
+    kn_tensor *xg = kn_to(x, kn_test_cuda0);
     for (int is_min = 0; is_min < 2; is_min++) {
         kn_tensor *ic, *ig;
         kn_tensor *vc = is_min ? kn_min(x, dim, keepdim, &ic) : kn_max(x, dim, keepdim, &ic);
         kn_tensor *vg = is_min ? kn_min(xg, dim, keepdim, &ig) : kn_max(xg, dim, keepdim, &ig);
-        assert_close(what, vc, vg, 0, 0);
+        kn_test_assert_close_cuda(what, vc, vg, 0, 0);
         assert_same_indices(what, ic, ig);
-        assert_close(is_min ? "min_all" : "max_all", is_min ? kn_min_all(x) : kn_max_all(x),
-                     is_min ? kn_min_all(xg) : kn_max_all(xg), 0, 0);
+        kn_test_assert_close_cuda(is_min ? "min_all" : "max_all",
+                                  is_min ? kn_min_all(x) : kn_max_all(x),
+                                  is_min ? kn_min_all(xg) : kn_max_all(xg), 0, 0);
     }
     assert_same_indices("argmax", kn_argmax(x, dim, keepdim), kn_argmax(xg, dim, keepdim));
 }
@@ -259,7 +206,7 @@ static kn_tensor *do_select(kn_tensor *x, void *arg)
 
 Test(cuda_reduce, max_min_argmax_match_the_cpu_with_ties_and_nans)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     for (int nans = 0; nans < 2; nans++) {
         kn_tensor *x = tied(KN_SHAPE(6, 33, 11), nans);
@@ -285,21 +232,22 @@ static kn_tensor *do_softmax(kn_tensor *x, void *arg)
 
 Test(cuda_reduce, softmax_and_log_softmax_match_the_cpu_on_every_dim)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
-    kn_tensor *x = kn_mul_scalar(randn(KN_SHAPE(4, 19, 7), 11), 3.0);
+    kn_tensor *x = kn_mul_scalar(kn_test_randn(KN_SHAPE(4, 19, 7), 11), 3.0);
     for (int dim = 0; dim < 3; dim++) {
         int log_dim = -dim - 1;
         check_op("softmax", do_softmax, &dim, x, 1e-4, 1e-6);
         check_op("log_softmax", do_softmax, &log_dim, x, 1e-4, 1e-5);
     }
     int last = 1, log_last = -2;
-    kn_tensor *wide = kn_mul_scalar(randn(KN_SHAPE(3, 5000), 12), 10.0); /* block per row */
+    kn_tensor *wide = kn_mul_scalar(kn_test_randn(KN_SHAPE(3, 5000), 12), 10.0); /* block per row */
     check_op("softmax of long rows", do_softmax, &last, wide, 1e-4, 1e-6);
     check_op("log_softmax of long rows", do_softmax, &log_last, wide, 1e-4, 1e-4);
     /* a row of -inf gives NaN on both */
     kn_tensor *inf = kn_full(KN_SHAPE(2, 3), -INFINITY, KN_FLOAT32);
-    assert_close("softmax of -inf", kn_softmax(inf, 1), kn_softmax(kn_to(inf, cuda0), 1), 0, 0);
+    kn_test_assert_close_cuda("softmax of -inf", kn_softmax(inf, 1),
+                              kn_softmax(kn_to(inf, kn_test_cuda0), 1), 0, 0);
     kn_scope_end();
 }
 
@@ -338,7 +286,7 @@ static kn_tensor *class_targets(const int64_t *shape, int ndim, int64_t c, int64
 
 Test(cuda_reduce, losses_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     kn_reduction reductions[] = {KN_REDUCTION_MEAN, KN_REDUCTION_SUM, KN_REDUCTION_NONE};
     struct {
@@ -347,7 +295,7 @@ Test(cuda_reduce, losses_match_the_cpu)
         int64_t c;
     } shapes[] = {{{64, 10}, 2, 10}, {{6, 5, 13}, 3, 5}, {{3, 1500}, 2, 1500}, {{7}, 1, 7}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
-        kn_tensor *x = kn_mul_scalar(randn(shapes[k].shape, shapes[k].ndim, 20 + k), 2.0);
+        kn_tensor *x = kn_mul_scalar(kn_test_randn(shapes[k].shape, shapes[k].ndim, 20 + k), 2.0);
         int64_t tshape[2];
         int tndim = 0;
         if (shapes[k].ndim >= 2) tshape[tndim++] = shapes[k].shape[0];
@@ -358,35 +306,40 @@ Test(cuda_reduce, losses_match_the_cpu)
             for (int kind = 0; kind < 2; kind++)
                 for (int s = 0; s < 2; s++) {
                     if (kind == 1 && s == 1) continue;
-                    loss_arg a = {kind, reductions[r], -100, s ? 0.1 : 0.0, t, kn_to(t, cuda0)};
+                    loss_arg a = {kind, reductions[r],          -100, s ? 0.1 : 0.0,
+                                  t,    kn_to(t, kn_test_cuda0)};
                     check_op(kind ? "nll_loss" : "cross_entropy", do_loss, &a, x, 1e-4, 1e-5);
                 }
     }
     /* every target ignored: a mean of 0 / 0 is NaN on both */
-    kn_tensor *x = randn(KN_SHAPE(4, 3), 30);
+    kn_tensor *x = kn_test_randn(KN_SHAPE(4, 3), 30);
     kn_tensor *all = kn_full(KN_SHAPE(4), -100, KN_INT64);
-    assert_close(
-        "cross_entropy all ignored", kn_cross_entropy(x, all, KN_REDUCTION_MEAN, -100, 0.0),
-        kn_cross_entropy(kn_to(x, cuda0), kn_to(all, cuda0), KN_REDUCTION_MEAN, -100, 0.0), 0, 0);
+    kn_test_assert_close_cuda("cross_entropy all ignored",
+                              kn_cross_entropy(x, all, KN_REDUCTION_MEAN, -100, 0.0),
+                              kn_cross_entropy(kn_to(x, kn_test_cuda0), kn_to(all, kn_test_cuda0),
+                                               KN_REDUCTION_MEAN, -100, 0.0),
+                              0, 0);
     /* an out-of-range target is the same error */
     kn_tensor *bad = kn_from_int64s((int64_t[]){0, 1, 9, 2}, KN_SHAPE(4));
-    cr_assert_null(
-        kn_cross_entropy(kn_to(x, cuda0), kn_to(bad, cuda0), KN_REDUCTION_MEAN, -100, 0.0));
+    cr_assert_null(kn_cross_entropy(kn_to(x, kn_test_cuda0), kn_to(bad, kn_test_cuda0),
+                                    KN_REDUCTION_MEAN, -100, 0.0));
     cr_assert(strstr(kn_last_error(), "target 9 is out of bounds for 3 classes"), "%s",
               kn_last_error());
     /* a NaN logit makes its loss NaN */
     kn_tensor *nan = kn_clone(x);
     kn_data_f32(nan)[4] = NAN;
     kn_tensor *t = kn_from_int64s((int64_t[]){0, 1, 2, 0}, KN_SHAPE(4));
-    assert_close(
-        "cross_entropy with a NaN logit", kn_cross_entropy(nan, t, KN_REDUCTION_NONE, -100, 0.0),
-        kn_cross_entropy(kn_to(nan, cuda0), kn_to(t, cuda0), KN_REDUCTION_NONE, -100, 0.0), 0, 0);
+    kn_test_assert_close_cuda("cross_entropy with a NaN logit",
+                              kn_cross_entropy(nan, t, KN_REDUCTION_NONE, -100, 0.0),
+                              kn_cross_entropy(kn_to(nan, kn_test_cuda0), kn_to(t, kn_test_cuda0),
+                                               KN_REDUCTION_NONE, -100, 0.0),
+                              0, 0);
     /* mse and bce with logits */
-    kn_tensor *p = kn_mul_scalar(randn(KN_SHAPE(9, 31), 40), 4.0);
-    kn_tensor *target = kn_sigmoid(randn(KN_SHAPE(9, 31), 41));
+    kn_tensor *p = kn_mul_scalar(kn_test_randn(KN_SHAPE(9, 31), 40), 4.0);
+    kn_tensor *target = kn_sigmoid(kn_test_randn(KN_SHAPE(9, 31), 41));
     for (int r = 0; r < 3; r++)
         for (int kind = 2; kind < 4; kind++) {
-            loss_arg a = {kind, reductions[r], 0, 0.0, target, kn_to(target, cuda0)};
+            loss_arg a = {kind, reductions[r], 0, 0.0, target, kn_to(target, kn_test_cuda0)};
             check_op(kind == 2 ? "mse_loss" : "bce_with_logits", do_loss, &a, p, 1e-4, 1e-5);
         }
     kn_scope_end();

@@ -14,31 +14,12 @@
 #include "kn_nn.h"
 #include "kn_optim.h"
 #include "kn_test.h"
+#include "kn_test_cuda.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const kn_device cuda0 = {KN_DEVICE_CUDA, 0};
-
-static void need_cuda(void)
-{
-    if (kn_cuda_device_count() > 0) return;
-    const char *status = kn_cuda_status();
-    if (strncmp(status, "no CUDA device", 14) == 0)
-        cr_skip_test("%s", status);
-    else
-        cr_skip_test("no CUDA device: %s", status);
-}
-
-/* A handle that claims cuda:0 over CPU storage, to exercise the checks (never read). */
-static kn_tensor *fake_cuda(kn_tensor *a)
-{
-    kn_tensor *b = kn_autorelease(kn__view_raw(a, a->shape, a->strides, a->ndim, a->offset));
-    b->device = cuda0;
-    return b;
-}
 
 /* ---- everywhere ---------------------------------------------------------------------- */
 
@@ -53,8 +34,8 @@ Test(cudatrain, training_ops_fail_cleanly_without_a_device)
 {
     if (kn_cuda_device_count() > 0) cr_skip_test("a CUDA device is present");
     kn_scope_begin();
-    kn_tensor *x = fake_cuda(kn_ones(KN_SHAPE(4, 3), KN_FLOAT32));
-    kn_tensor *c = fake_cuda(kn_ones(KN_SHAPE(3), KN_FLOAT32));
+    kn_tensor *x = kn_test_fake_cuda(kn_ones(KN_SHAPE(4, 3), KN_FLOAT32));
+    kn_tensor *c = kn_test_fake_cuda(kn_ones(KN_SHAPE(3), KN_FLOAT32));
     cr_assert_null(kn_layer_norm(x, 1, NULL, NULL, 1e-5));
     assert_unavailable("layer_norm", "layer_norm");
     cr_assert_null(kn_batch_norm(x, c, c, c, c, true, 0.1, 1e-5));
@@ -69,13 +50,13 @@ Test(cudatrain, training_ops_fail_cleanly_without_a_device)
               kn_last_error());
 
     /* optimizers take parameters on available devices only */
-    kn_tensor *p = kn_set_requires_grad(fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)), true);
+    kn_tensor *p = kn_set_requires_grad(kn_test_fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)), true);
     cr_assert_null(kn_optimizer_new(&p, 1, kn_optimizer_defaults(KN_OPTIM_ADAM)));
     cr_assert(strstr(kn_last_error(), "available device"), "%s", kn_last_error());
 
     /* clipping refuses, and the finiteness check skips, gradients it cannot read */
     kn_tensor *q = kn_ones(KN_SHAPE(2), KN_FLOAT32);
-    q->grad = kn_retain(fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)));
+    q->grad = kn_retain(kn_test_fake_cuda(kn_ones(KN_SHAPE(2), KN_FLOAT32)));
     double norm = 0;
     cr_assert_neq(kn_clip_grad_norm(&q, 1, 1.0, &norm), KN_OK);
     cr_assert(strstr(kn_last_error(), "cuda:0"), "%s", kn_last_error());
@@ -102,42 +83,11 @@ Test(cudatrain, module_to_the_cpu_keeps_the_batch_count_and_names)
 
 /* ---- with a device: CUDA against the CPU -------------------------------------------- */
 
-static kn_tensor *randn(const int64_t *shape, int ndim, uint64_t seed)
-{
-    kn_generator *g = kn_generator_new(seed);
-    kn_tensor *t = kn_randn(shape, ndim, g);
-    kn_generator_free(g);
-    return t;
-}
-
-static void assert_close(const char *what, kn_tensor *cpu, kn_tensor *gpu, double rtol, double atol)
-{
-    cr_assert_not_null(cpu, "%s (cpu): %s", what, kn_last_error());
-    cr_assert_not_null(gpu, "%s (cuda): %s", what, kn_last_error());
-    cr_assert_eq(gpu->device.type, KN_DEVICE_CUDA, "%s: not on cuda", what);
-    cr_assert(kn__same_shape(cpu, gpu), "%s: shapes %s vs %s", what, kn__shape(cpu),
-              kn__shape(gpu));
-    int64_t n = kn_numel(cpu);
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    float *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    cr_assert_eq(kn_copy_to_floats(cpu, x), KN_OK);
-    cr_assert_eq(kn_copy_to_floats(gpu, y), KN_OK, "%s: %s", what, kn_last_error());
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(x[i]) && isnan(y[i])) continue;
-        double diff = fabs((double)x[i] - (double)y[i]);
-        cr_assert(diff <= atol + rtol * fabs((double)x[i]),
-                  "%s: element %lld is %.9g on the cpu and %.9g on cuda", what, (long long)i, x[i],
-                  y[i]);
-    }
-    free(x);
-    free(y);
-}
-
 /* Leaves on each device holding the same values. */
 static void twin(kn_tensor *host, kn_tensor **cpu, kn_tensor **gpu)
 {
     *cpu = kn_set_requires_grad(kn_clone(host), true);
-    *gpu = kn_set_requires_grad(kn_to(host, cuda0), true);
+    *gpu = kn_set_requires_grad(kn_to(host, kn_test_cuda0), true);
     cr_assert_not_null(*gpu, "%s", kn_last_error());
 }
 
@@ -150,26 +100,26 @@ static void backward_weighted(kn_tensor *y, kn_tensor *r)
 
 Test(cudatrain, layer_norm_matches_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     const int64_t shapes[][3] = {{4, 5, 7}, {3, 1, 1000}, {2, 600, 3}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         kn_tensor *xc, *xg, *wc, *wg, *bc, *bg;
-        twin(randn(shapes[k], 3, 1 + k), &xc, &xg);
-        twin(randn(shapes[k] + 2, 1, 11 + k), &wc, &wg);
-        twin(randn(shapes[k] + 2, 1, 21 + k), &bc, &bg);
+        twin(kn_test_randn(shapes[k], 3, 1 + k), &xc, &xg);
+        twin(kn_test_randn(shapes[k] + 2, 1, 11 + k), &wc, &wg);
+        twin(kn_test_randn(shapes[k] + 2, 1, 21 + k), &bc, &bg);
         kn_tensor *yc = kn_layer_norm(xc, 1, wc, bc, 1e-5);
         kn_tensor *yg = kn_layer_norm(xg, 1, wg, bg, 1e-5);
-        assert_close("layer_norm", yc, yg, 1e-4, 1e-5);
-        kn_tensor *r = randn(shapes[k], 3, 31 + k);
+        kn_test_assert_close_cuda("layer_norm", yc, yg, 1e-4, 1e-5);
+        kn_tensor *r = kn_test_randn(shapes[k], 3, 31 + k);
         backward_weighted(yc, r);
         backward_weighted(yg, r);
-        assert_close("layer_norm dx", xc->grad, xg->grad, 1e-4, 1e-4);
-        assert_close("layer_norm dweight", wc->grad, wg->grad, 1e-4, 1e-4);
-        assert_close("layer_norm dbias", bc->grad, bg->grad, 1e-4, 1e-4);
+        kn_test_assert_close_cuda("layer_norm dx", xc->grad, xg->grad, 1e-4, 1e-4);
+        kn_test_assert_close_cuda("layer_norm dweight", wc->grad, wg->grad, 1e-4, 1e-4);
+        kn_test_assert_close_cuda("layer_norm dbias", bc->grad, bg->grad, 1e-4, 1e-4);
         /* without affine parameters */
-        assert_close("layer_norm (no affine)", kn_layer_norm(xc, 2, NULL, NULL, 1e-5),
-                     kn_layer_norm(xg, 2, NULL, NULL, 1e-5), 1e-4, 1e-5);
+        kn_test_assert_close_cuda("layer_norm (no affine)", kn_layer_norm(xc, 2, NULL, NULL, 1e-5),
+                                  kn_layer_norm(xg, 2, NULL, NULL, 1e-5), 1e-4, 1e-5);
     }
     kn_scope_end();
 }
@@ -178,37 +128,38 @@ static void batch_norm_case(const int64_t *shape, int ndim, uint64_t seed)
 {
     int64_t c = shape[1];
     kn_tensor *xc, *xg, *wc, *wg, *bc, *bg;
-    twin(kn_add_scalar(randn(shape, ndim, seed), 3.0), &xc, &xg);
-    twin(randn(&c, 1, seed + 1), &wc, &wg);
-    twin(randn(&c, 1, seed + 2), &bc, &bg);
-    kn_tensor *rm_c = randn(&c, 1, seed + 3), *rv_c = kn_add_scalar(kn_rand(&c, 1, NULL), 0.5);
-    kn_tensor *rm_g = kn_to(rm_c, cuda0), *rv_g = kn_to(rv_c, cuda0);
+    twin(kn_add_scalar(kn_test_randn(shape, ndim, seed), 3.0), &xc, &xg);
+    twin(kn_test_randn(&c, 1, seed + 1), &wc, &wg);
+    twin(kn_test_randn(&c, 1, seed + 2), &bc, &bg);
+    kn_tensor *rm_c = kn_test_randn(&c, 1, seed + 3),
+              *rv_c = kn_add_scalar(kn_rand(&c, 1, NULL), 0.5);
+    kn_tensor *rm_g = kn_to(rm_c, kn_test_cuda0), *rv_g = kn_to(rv_c, kn_test_cuda0);
     /* training: batch statistics, running statistics updated on the device */
     kn_tensor *yc = kn_batch_norm(xc, rm_c, rv_c, wc, bc, true, 0.1, 1e-5);
     kn_tensor *yg = kn_batch_norm(xg, rm_g, rv_g, wg, bg, true, 0.1, 1e-5);
-    assert_close("batch_norm", yc, yg, 1e-4, 1e-5);
-    assert_close("batch_norm running_mean", rm_c, rm_g, 1e-5, 1e-6);
-    assert_close("batch_norm running_var", rv_c, rv_g, 1e-5, 1e-6);
-    kn_tensor *r = randn(shape, ndim, seed + 4);
+    kn_test_assert_close_cuda("batch_norm", yc, yg, 1e-4, 1e-5);
+    kn_test_assert_close_cuda("batch_norm running_mean", rm_c, rm_g, 1e-5, 1e-6);
+    kn_test_assert_close_cuda("batch_norm running_var", rv_c, rv_g, 1e-5, 1e-6);
+    kn_tensor *r = kn_test_randn(shape, ndim, seed + 4);
     backward_weighted(yc, r);
     backward_weighted(yg, r);
-    assert_close("batch_norm dx", xc->grad, xg->grad, 1e-4, 1e-4);
-    assert_close("batch_norm dweight", wc->grad, wg->grad, 1e-4, 1e-4);
-    assert_close("batch_norm dbias", bc->grad, bg->grad, 1e-4, 1e-4);
+    kn_test_assert_close_cuda("batch_norm dx", xc->grad, xg->grad, 1e-4, 1e-4);
+    kn_test_assert_close_cuda("batch_norm dweight", wc->grad, wg->grad, 1e-4, 1e-4);
+    kn_test_assert_close_cuda("batch_norm dbias", bc->grad, bg->grad, 1e-4, 1e-4);
     /* eval: the running statistics */
     kn_zero_grad(xc);
     kn_zero_grad(xg);
     yc = kn_batch_norm(xc, rm_c, rv_c, wc, bc, false, 0.1, 1e-5);
     yg = kn_batch_norm(xg, rm_g, rv_g, wg, bg, false, 0.1, 1e-5);
-    assert_close("batch_norm eval", yc, yg, 1e-4, 1e-5);
+    kn_test_assert_close_cuda("batch_norm eval", yc, yg, 1e-4, 1e-5);
     backward_weighted(yc, r);
     backward_weighted(yg, r);
-    assert_close("batch_norm eval dx", xc->grad, xg->grad, 1e-4, 1e-4);
+    kn_test_assert_close_cuda("batch_norm eval dx", xc->grad, xg->grad, 1e-4, 1e-4);
 }
 
 Test(cudatrain, batch_norm_matches_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     batch_norm_case((const int64_t[]){8, 6}, 2, 100);
     batch_norm_case((const int64_t[]){4, 3, 5, 5}, 4, 200);
@@ -218,7 +169,7 @@ Test(cudatrain, batch_norm_matches_the_cpu)
 
 Test(cudatrain, dropout_masks_are_the_same_on_both_devices)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     kn_tensor *x = kn_add_scalar(kn_rand(KN_SHAPE(17, 33), NULL), 0.5); /* no zeros */
     kn_tensor *xc, *xg;
@@ -226,17 +177,17 @@ Test(cudatrain, dropout_masks_are_the_same_on_both_devices)
     kn_generator *gc = kn_generator_new(7), *gg = kn_generator_new(7);
     kn_tensor *yc = kn_dropout(xc, 0.3, true, gc);
     kn_tensor *yg = kn_dropout(xg, 0.3, true, gg);
-    assert_close("dropout", yc, yg, 0, 0);
+    kn_test_assert_close_cuda("dropout", yc, yg, 0, 0);
     /* the generators moved alike */
     kn_tensor *nc = kn_rand(KN_SHAPE(4), gc), *ng = kn_rand(KN_SHAPE(4), gg);
     for (int64_t i = 0; i < 4; i++)
         cr_assert_eq(kn_data_f32(nc)[i], kn_data_f32(ng)[i], "generator draws differ");
     kn_generator_free(gc);
     kn_generator_free(gg);
-    kn_tensor *r = randn(KN_SHAPE(17, 33), 5);
+    kn_tensor *r = kn_test_randn(KN_SHAPE(17, 33), 5);
     backward_weighted(yc, r);
     backward_weighted(yg, r);
-    assert_close("dropout dx", xc->grad, xg->grad, 0, 0);
+    kn_test_assert_close_cuda("dropout dx", xc->grad, xg->grad, 0, 0);
     kn_scope_end();
 }
 
@@ -245,26 +196,26 @@ static void optimizer_case(const char *what, kn_optimizer_options o)
 {
     const int64_t shape[2] = {37, 129};
     kn_tensor *pc, *pg;
-    twin(randn(shape, 2, 40), &pc, &pg);
+    twin(kn_test_randn(shape, 2, 40), &pc, &pg);
     kn_optimizer *oc = kn_optimizer_new(&pc, 1, o), *og = kn_optimizer_new(&pg, 1, o);
     cr_assert(oc && og, "%s: %s", what, kn_last_error());
     for (int step = 0; step < 4; step++) {
-        kn_tensor *g = randn(shape, 2, 50 + step);
+        kn_tensor *g = kn_test_randn(shape, 2, 50 + step);
         kn_zero_grad(pc);
         kn_zero_grad(pg);
         pc->grad = kn_retain(kn_clone(g));
-        pg->grad = kn_retain(kn_to(g, cuda0));
+        pg->grad = kn_retain(kn_to(g, kn_test_cuda0));
         cr_assert_eq(kn_optimizer_step(oc), KN_OK, "%s: %s", what, kn_last_error());
         cr_assert_eq(kn_optimizer_step(og), KN_OK, "%s: %s", what, kn_last_error());
     }
-    assert_close(what, pc, pg, 1e-6, 1e-7);
+    kn_test_assert_close_cuda(what, pc, pg, 1e-6, 1e-7);
     /* the state too (on the parameter's device) */
     int nc = 0, ng = 0;
     kn_optimizer_state_entry *ec = kn_optimizer_state(oc, &nc), *eg = kn_optimizer_state(og, &ng);
     cr_assert_eq(nc, ng);
     for (int i = 0; i < nc; i++)
         if (ec[i].tensor->dtype == KN_FLOAT32)
-            assert_close(ec[i].name, ec[i].tensor, eg[i].tensor, 1e-6, 1e-7);
+            kn_test_assert_close_cuda(ec[i].name, ec[i].tensor, eg[i].tensor, 1e-6, 1e-7);
     /* and the CPU's state loads into the CUDA optimizer */
     cr_assert_eq(kn_optimizer_load_state(og, ec, nc), KN_OK, "%s", kn_last_error());
     free(ec);
@@ -275,7 +226,7 @@ static void optimizer_case(const char *what, kn_optimizer_options o)
 
 Test(cudatrain, optimizer_steps_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     kn_optimizer_options o = kn_optimizer_defaults(KN_OPTIM_SGD);
     o.lr = 0.1;
@@ -301,21 +252,22 @@ Test(cudatrain, optimizer_steps_match_the_cpu)
 
 Test(cudatrain, clip_grad_norm_and_finiteness_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_scope_begin();
     kn_tensor *pc[2], *pg[2];
     const int64_t sizes[2] = {1000, 300001};
     for (int i = 0; i < 2; i++) {
-        twin(randn(&sizes[i], 1, 60 + i), &pc[i], &pg[i]);
-        kn_tensor *g = randn(&sizes[i], 1, 70 + i);
+        twin(kn_test_randn(&sizes[i], 1, 60 + i), &pc[i], &pg[i]);
+        kn_tensor *g = kn_test_randn(&sizes[i], 1, 70 + i);
         pc[i]->grad = kn_retain(kn_clone(g));
-        pg[i]->grad = kn_retain(kn_to(g, cuda0));
+        pg[i]->grad = kn_retain(kn_to(g, kn_test_cuda0));
     }
     double nc = 0, ng = 0;
     cr_assert_eq(kn_clip_grad_norm(pc, 2, 1.0, &nc), KN_OK);
     cr_assert_eq(kn_clip_grad_norm(pg, 2, 1.0, &ng), KN_OK, "%s", kn_last_error());
     cr_assert(fabs(nc - ng) <= 1e-5 * nc, "norm %.9g on the cpu, %.9g on cuda", nc, ng);
-    for (int i = 0; i < 2; i++) assert_close("clipped grad", pc[i]->grad, pg[i]->grad, 1e-5, 1e-8);
+    for (int i = 0; i < 2; i++)
+        kn_test_assert_close_cuda("clipped grad", pc[i]->grad, pg[i]->grad, 1e-5, 1e-8);
     cr_assert(kn_grads_finite(pg, 2));
     cr_assert_eq(kn_fill_(kn_select(pg[1]->grad, 0, 123456), NAN), KN_OK);
     cr_assert(!kn_grads_finite(pg, 2));
@@ -364,7 +316,7 @@ static void train(kn_module *m, kn_device device, const int64_t *xshape, int xnd
     cr_assert_not_null(opt, "%s", kn_last_error());
     for (int s = 0; s < steps; s++) {
         kn_scope_begin();
-        kn_tensor *x = kn_to(randn(xshape, xndim, 1000 + (uint64_t)(s % 7)), device);
+        kn_tensor *x = kn_to(kn_test_randn(xshape, xndim, 1000 + (uint64_t)(s % 7)), device);
         kn_tensor *y = kn_full(KN_SHAPE(xshape[0]), 0, KN_INT64);
         for (int64_t i = 0; i < xshape[0]; i++) kn_data_i64(y)[i] = (i * 3 + s) % 5;
         y = kn_to(y, device);
@@ -395,7 +347,7 @@ static void compare_models(kn_module *cpu, kn_module *gpu)
             continue;
         }
         cr_assert_eq(sg[i].tensor->requires_grad, sc[i].tensor->requires_grad, "%s", sg[i].name);
-        assert_close(sg[i].name, sc[i].tensor, sg[i].tensor, 1e-4, 1e-4);
+        kn_test_assert_close_cuda(sg[i].name, sc[i].tensor, sg[i].tensor, 1e-4, 1e-4);
     }
     free(sc);
     free(sg);
@@ -404,17 +356,17 @@ static void compare_models(kn_module *cpu, kn_module *gpu)
 static void train_both(kn_module *(*make)(uint64_t), const int64_t *xshape, int xndim)
 {
     kn_module *mc = make(9), *mg = make(9);
-    cr_assert_eq(kn_module_to(mg, cuda0), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_module_to(mg, kn_test_cuda0), KN_OK, "%s", kn_last_error());
     train(mc, kn_cpu(), xshape, xndim, 5);
-    train(mg, cuda0, xshape, xndim, 5);
+    train(mg, kn_test_cuda0, xshape, xndim, 5);
     compare_models(mc, mg);
     /* eval mode: the running statistics on the device */
     kn_module_train(mc, false);
     kn_module_train(mg, false);
     kn_scope_begin();
-    kn_tensor *x = randn(xshape, xndim, 77);
-    assert_close("eval forward", kn_module_forward(mc, x), kn_module_forward(mg, kn_to(x, cuda0)),
-                 1e-4, 1e-4);
+    kn_tensor *x = kn_test_randn(xshape, xndim, 77);
+    kn_test_assert_close_cuda("eval forward", kn_module_forward(mc, x),
+                              kn_module_forward(mg, kn_to(x, kn_test_cuda0)), 1e-4, 1e-4);
     kn_scope_end();
     kn_module_free(mc);
     kn_module_free(mg);
@@ -422,27 +374,27 @@ static void train_both(kn_module *(*make)(uint64_t), const int64_t *xshape, int 
 
 Test(cudatrain, mlp_training_steps_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     train_both(mlp, (const int64_t[]){16, 20}, 2);
 }
 
 Test(cudatrain, cnn_training_steps_match_the_cpu)
 {
-    need_cuda();
+    kn_test_need_cuda();
     train_both(cnn, (const int64_t[]){8, 1, 10, 10}, 4);
 }
 
 Test(cudatrain, device_memory_stays_flat_over_1000_steps)
 {
-    need_cuda();
+    kn_test_need_cuda();
     kn_module *m = mlp(3);
-    cr_assert_eq(kn_module_to(m, cuda0), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_module_to(m, kn_test_cuda0), KN_OK, "%s", kn_last_error());
     const int64_t xshape[2] = {32, 20};
-    train(m, cuda0, xshape, 2, 10);
+    train(m, kn_test_cuda0, xshape, 2, 10);
     cr_assert_eq(kn_cuda_synchronize(0), KN_OK);
     kn_alloc_stats before, after;
     cr_assert_eq(kn_cuda_get_alloc_stats(0, &before), KN_OK);
-    train(m, cuda0, xshape, 2, 1000);
+    train(m, kn_test_cuda0, xshape, 2, 1000);
     cr_assert_eq(kn_cuda_synchronize(0), KN_OK);
     cr_assert_eq(kn_cuda_get_alloc_stats(0, &after), KN_OK);
     /* the optimizer's state is made anew by each train(): the same sizes again */

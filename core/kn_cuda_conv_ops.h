@@ -26,9 +26,9 @@ static inline const kn_cuda_conv_backend *kn__conv_backend(kn_device device, con
     }
     const kn_cuda_conv_backend *b = kn__cuda_conv_table;
     if (!b || b->abi != KN_CUDA_CONV_ABI || b->size != sizeof(kn_cuda_conv_backend)) {
-        kn__error(KN_ERR_DEVICE, "%s: not implemented on cuda in this build (%s)", op,
-                  b ? "the CUDA module's kn_cuda_conv_v1 does not match"
-                    : "the CUDA module has no kn_cuda_conv_v1");
+        kn__error(KN_ERR_DEVICE, "%s: the CUDA module is from another build (%s)", op,
+                  b ? "its kn_cuda_conv_v1 table has another version"
+                    : "it has no kn_cuda_conv_v1 table");
         return NULL;
     }
     return b;

@@ -107,12 +107,9 @@ bool kn__wrap_dim(int *dim, int ndim, const char *op);
 bool kn__same_shape(const kn_tensor *a, const kn_tensor *b);
 
 /* ---- checks (set the error and return false) ------------------------------------- */
-/* Non-NULL, all on one device, and that device the CPU: an op without a CUDA path
- * refuses CUDA tensors here, before touching their data ("<op>: not implemented on
- * cuda in this build"). */
+/* Non-NULL and all on one device (errors name both devices). Every op has a CPU and a
+ * CUDA path; an unavailable device is reported by the dispatch (kn__kernel_* below). */
 bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n);
-/* Same, for ops that have a CUDA path (they dispatch through the kn__kernel_* below). */
-bool kn__check_inputs_cuda_ok(const char *op, kn_tensor *const *inputs, int n);
 bool kn__check_float(const char *op, const kn_tensor *t);
 bool kn__check_int64(const char *op, const kn_tensor *t, const char *what);
 /* Broadcast shape of a and b into out/out_ndim; error names both shapes. */

@@ -69,7 +69,9 @@ static kn_tensor *batch_norm_forward(kn_module *m, kn_tensor *x)
                               m->type_name, (long long)m->in_features, kn__shape(x));
     kn_tensor *count = own(m, "num_batches_tracked");
     if (count && count->device.type != KN_DEVICE_CPU)
-        return kn__error_null(KN_ERR_DEVICE, "%s: not implemented on cuda in this build",
+        return kn__error_null(KN_ERR_DEVICE,
+                              "%s: num_batches_tracked must stay on the cpu (kn_module_to keeps "
+                              "it there), got it on another device",
                               m->type_name);
     bool update = m->training && m->track_running_stats;
     double factor = m->momentum;

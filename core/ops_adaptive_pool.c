@@ -94,7 +94,7 @@ static kn_status adaptive_backward(kn_node *node, kn_tensor *grad, kn_tensor **g
 
 kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_width)
 {
-    if (!kn__check_inputs_cuda_ok("adaptive_avg_pool2d", &x, 1) ||
+    if (!kn__check_inputs("adaptive_avg_pool2d", &x, 1) ||
         !kn__check_float("adaptive_avg_pool2d", x))
         return NULL;
     if (x->ndim != 3 && x->ndim != 4)

@@ -407,7 +407,7 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
 {
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
-    if (!kn__check_inputs_cuda_ok("conv2d", inputs, n_inputs)) return NULL;
+    if (!kn__check_inputs("conv2d", inputs, n_inputs)) return NULL;
     if (!kn__check_float("conv2d", x) || !kn__check_float("conv2d", weight) ||
         (bias && !kn__check_float("conv2d", bias)))
         return NULL;
@@ -557,7 +557,7 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
 {
     kn_cpu_pool_geometry g;
-    if (!kn__check_inputs_cuda_ok("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
+    if (!kn__check_inputs("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
         !pool_setup("max_pool2d", x, args, true, &g))
         return NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
@@ -623,7 +623,7 @@ static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
 kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
 {
     kn_cpu_pool_geometry g;
-    if (!kn__check_inputs_cuda_ok("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
+    if (!kn__check_inputs("avg_pool2d", &x, 1) || !kn__check_float("avg_pool2d", x) ||
         !pool_setup("avg_pool2d", x, args, false, &g))
         return NULL;
     bool on_cuda = x->device.type != KN_DEVICE_CPU;

@@ -25,7 +25,7 @@ static kn_status dropout_backward(kn_node *node, kn_tensor *grad, kn_tensor **gr
 
 kn_tensor *kn_dropout(kn_tensor *x, double p, bool training, kn_generator *gen)
 {
-    if (!kn__check_inputs_cuda_ok("dropout", &x, 1) || !kn__check_float("dropout", x)) return NULL;
+    if (!kn__check_inputs("dropout", &x, 1) || !kn__check_float("dropout", x)) return NULL;
     if (!(p >= 0.0 && p <= 1.0))
         return kn__error_null(KN_ERR_VALUE,
                               "dropout: probability p has to be between 0 and 1, but got %g", p);

@@ -26,7 +26,7 @@ static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tenso
                                  float alpha)
 {
     kn_tensor *inputs[2] = {a, b};
-    if (!kn__check_inputs_cuda_ok(name, inputs, 2)) return NULL;
+    if (!kn__check_inputs(name, inputs, 2)) return NULL;
     if (!kn__check_float(name, a) || !kn__check_float(name, b)) return NULL;
     int64_t shape[KN_MAX_DIMS];
     int ndim;
@@ -146,7 +146,7 @@ typedef enum { SAVE_NOTHING, SAVE_INPUT, SAVE_OUTPUT } unary_save;
 static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, float alpha,
                            float beta, kn_backward_fn backward, unary_save save)
 {
-    if (!kn__check_inputs_cuda_ok(name, &a, 1) || !kn__check_float(name, a)) return NULL;
+    if (!kn__check_inputs(name, &a, 1) || !kn__check_float(name, a)) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
     if (kn__kernel_unary(a->device, op, a->shape, a->ndim, operand(out, a->shape, a->ndim),
@@ -338,7 +338,7 @@ static kn_status clone_backward(kn_node *node, kn_tensor *grad, kn_tensor **grad
 
 kn_tensor *kn_clone(kn_tensor *t)
 {
-    if (!kn__check_inputs_cuda_ok("clone", &t, 1)) return NULL;
+    if (!kn__check_inputs("clone", &t, 1)) return NULL;
     kn_tensor *out = kn__empty_raw(t->shape, t->ndim, t->dtype, t->device);
     if (!out) return NULL;
     if (kn__kernel_copy(t->device, t->shape, t->ndim, kn_dtype_size(t->dtype),
@@ -372,7 +372,7 @@ static kn_status where_backward(kn_node *node, kn_tensor *grad, kn_tensor **grad
 kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
 {
     kn_tensor *inputs[3] = {cond, a, b};
-    if (!kn__check_inputs_cuda_ok("where", inputs, 3)) return NULL;
+    if (!kn__check_inputs("where", inputs, 3)) return NULL;
     if (!kn__check_float("where", a) || !kn__check_float("where", b)) return NULL;
     int64_t shape[KN_MAX_DIMS], ab[KN_MAX_DIMS];
     int ndim, ab_ndim;
@@ -413,7 +413,7 @@ kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
 static kn_status check_in_place(const char *name, kn_tensor *dst, kn_tensor *src)
 {
     kn_tensor *inputs[2] = {dst, src};
-    if (!kn__check_inputs_cuda_ok(name, inputs, src ? 2 : 1)) return kn_last_status();
+    if (!kn__check_inputs(name, inputs, src ? 2 : 1)) return kn_last_status();
     if (dst->requires_grad && !dst->grad_fn && kn_is_grad_enabled())
         return kn__error(KN_ERR_AUTOGRAD,
                          "%s: a leaf tensor that requires grad (shape %s) is used in an in-place "

@@ -63,7 +63,7 @@ static bool check_list(const char *op, kn_tensor *const *tensors, int count)
         kn__error(KN_ERR_VALUE, "%s: expected a non-empty list of tensors, got %d", op, count);
         return false;
     }
-    if (!kn__check_inputs_cuda_ok(op, tensors, count)) return false;
+    if (!kn__check_inputs(op, tensors, count)) return false;
     for (int i = 1; i < count; i++)
         if (tensors[i]->dtype != tensors[0]->dtype) {
             kn__error(KN_ERR_DTYPE,
@@ -311,7 +311,7 @@ static kn_tensor *select_rows(const char *name, kn_tensor *t, int dim, kn_tensor
 kn_tensor *kn_index_select(kn_tensor *t, int dim, kn_tensor *index)
 {
     kn_tensor *inputs[2] = {t, index};
-    if (!kn__check_inputs_cuda_ok("index_select", inputs, 2) ||
+    if (!kn__check_inputs("index_select", inputs, 2) ||
         !kn__wrap_dim(&dim, t->ndim, "index_select"))
         return NULL;
     if (index->ndim > 1)
@@ -345,7 +345,7 @@ static kn_status embedding_backward(kn_node *node, kn_tensor *grad, kn_tensor **
 kn_tensor *kn_embedding(kn_tensor *weight, kn_tensor *indices)
 {
     kn_tensor *inputs[2] = {weight, indices};
-    if (!kn__check_inputs_cuda_ok("embedding", inputs, 2) ||
+    if (!kn__check_inputs("embedding", inputs, 2) ||
         !kn__check_float("embedding", weight) || !kn__check_int64("embedding", indices, "indices"))
         return NULL;
     if (weight->ndim != 2)
@@ -410,7 +410,7 @@ static kn_status gather_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
 kn_tensor *kn_gather(kn_tensor *t, int dim, kn_tensor *index)
 {
     kn_tensor *inputs[2] = {t, index};
-    if (!kn__check_inputs_cuda_ok("gather", inputs, 2) || !kn__wrap_dim(&dim, t->ndim, "gather") ||
+    if (!kn__check_inputs("gather", inputs, 2) || !kn__wrap_dim(&dim, t->ndim, "gather") ||
         !kn__check_int64("gather", index, "index"))
         return NULL;
     if (index->ndim != t->ndim)

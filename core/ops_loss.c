@@ -235,7 +235,7 @@ static kn_tensor *pointwise_loss(const char *name, pointwise_kind kind, kn_tenso
                                  kn_tensor *target, kn_reduction reduction)
 {
     kn_tensor *inputs[2] = {input, target};
-    if (!kn__check_inputs_cuda_ok(name, inputs, 2) || !kn__check_float(name, input) ||
+    if (!kn__check_inputs(name, inputs, 2) || !kn__check_float(name, input) ||
         !kn__check_float(name, target) || !check_reduction(name, reduction))
         return NULL;
     if (on_cuda(input) && !kn__cuda_reduce(input->device, name)) return NULL;
@@ -523,7 +523,7 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
 {
     kn_tensor *inputs[2] = {logits, target};
     class_dims dims;
-    if (!kn__check_inputs_cuda_ok("cross_entropy", inputs, 2) ||
+    if (!kn__check_inputs("cross_entropy", inputs, 2) ||
         !check_reduction("cross_entropy", reduction) ||
         (on_cuda(logits) && !kn__cuda_reduce(logits->device, "cross_entropy")) ||
         !check_class_target("cross_entropy", logits, target, ignore_index, &dims))
@@ -637,7 +637,7 @@ kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction red
 {
     kn_tensor *inputs[2] = {log_probs, target};
     class_dims dims;
-    if (!kn__check_inputs_cuda_ok("nll_loss", inputs, 2) ||
+    if (!kn__check_inputs("nll_loss", inputs, 2) ||
         !check_reduction("nll_loss", reduction) ||
         (on_cuda(log_probs) && !kn__cuda_reduce(log_probs->device, "nll_loss")) ||
         !check_class_target("nll_loss", log_probs, target, ignore_index, &dims))

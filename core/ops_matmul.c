@@ -434,7 +434,7 @@ fail:
 kn_tensor *kn_matmul(kn_tensor *a, kn_tensor *b)
 {
     kn_tensor *inputs[2] = {a, b};
-    if (!kn__check_inputs_cuda_ok("matmul", inputs, 2)) return NULL;
+    if (!kn__check_inputs("matmul", inputs, 2)) return NULL;
     if (!kn__check_float("matmul", a) || !kn__check_float("matmul", b)) return NULL;
     if (a->ndim == 0 || b->ndim == 0)
         return kn__error_null(KN_ERR_SHAPE,
@@ -508,7 +508,7 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
 {
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
-    if (!kn__check_inputs_cuda_ok("linear", inputs, n_inputs)) return NULL;
+    if (!kn__check_inputs("linear", inputs, n_inputs)) return NULL;
     if (!kn__check_float("linear", x) || !kn__check_float("linear", weight) ||
         (bias && !kn__check_float("linear", bias)))
         return NULL;

@@ -135,7 +135,7 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
     int count = 1;
     if (weight) present[count++] = weight;
     if (bias) present[count++] = bias;
-    if (!kn__check_inputs_cuda_ok("layer_norm", present, count) ||
+    if (!kn__check_inputs("layer_norm", present, count) ||
         !kn__check_float("layer_norm", x))
         return NULL;
     const kn_cuda_train *cuda = NULL;
@@ -402,7 +402,7 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     int count = 1;
     for (int i = 0; i < 4; i++)
         if (optional[i]) present[count++] = optional[i];
-    if (!kn__check_inputs_cuda_ok("batch_norm", present, count) ||
+    if (!kn__check_inputs("batch_norm", present, count) ||
         !kn__check_float("batch_norm", x))
         return NULL;
     const kn_cuda_train *cuda = NULL;

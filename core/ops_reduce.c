@@ -207,7 +207,7 @@ static kn_status moment_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
 static kn_tensor *moment_op(const char *op, moment kind, kn_tensor *a, const int *dims, int ndims,
                             int correction, bool keepdim)
 {
-    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     bool reduced[KN_MAX_DIMS];
     if (!parse_dims(op, a, dims, ndims, reduced)) return NULL;
@@ -322,7 +322,7 @@ static kn_tensor *select_op(const char *op, kn_tensor *a, int dim, bool keepdim,
                             kn_tensor **indices, bool is_min, bool want_values)
 {
     if (indices) *indices = NULL;
-    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     if (!kn__wrap_dim(&dim, a->ndim, op)) return NULL;
     if (a->ndim > 0 && a->shape[dim] == 0)
@@ -433,7 +433,7 @@ static kn_status extreme_all_backward(kn_node *node, kn_tensor *grad, kn_tensor 
 
 static kn_tensor *extreme_all(const char *op, kn_tensor *a, bool is_min)
 {
-    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (on_cuda(a) && !cuda_table(a, op)) return NULL;
     if (kn_numel(a) == 0)
         return kn__error_null(KN_ERR_SHAPE,

@@ -140,7 +140,7 @@ static bool view_strides(const kn_tensor *t, const int64_t *shape, int ndim, int
 
 kn_tensor *kn_view(kn_tensor *t, const int64_t *shape, int ndim)
 {
-    if (!kn__check_inputs_cuda_ok("view", &t, 1)) return NULL;
+    if (!kn__check_inputs("view", &t, 1)) return NULL;
     int64_t resolved[KN_MAX_DIMS], strides[KN_MAX_DIMS];
     if (!infer_shape("view", t, shape, ndim, resolved)) return NULL;
     if (!view_strides(t, resolved, ndim, strides))
@@ -156,7 +156,7 @@ kn_tensor *kn_view(kn_tensor *t, const int64_t *shape, int ndim)
 
 kn_tensor *kn_reshape(kn_tensor *t, const int64_t *shape, int ndim)
 {
-    if (!kn__check_inputs_cuda_ok("reshape", &t, 1)) return NULL;
+    if (!kn__check_inputs("reshape", &t, 1)) return NULL;
     int64_t resolved[KN_MAX_DIMS], strides[KN_MAX_DIMS];
     if (!infer_shape("reshape", t, shape, ndim, resolved)) return NULL;
     kn_tensor *out = view_strides(t, resolved, ndim, strides)
@@ -167,7 +167,7 @@ kn_tensor *kn_reshape(kn_tensor *t, const int64_t *shape, int ndim)
 
 kn_tensor *kn_flatten(kn_tensor *t, int start_dim, int end_dim)
 {
-    if (!kn__check_inputs_cuda_ok("flatten", &t, 1)) return NULL;
+    if (!kn__check_inputs("flatten", &t, 1)) return NULL;
     if (!kn__wrap_dim(&start_dim, t->ndim, "flatten") ||
         !kn__wrap_dim(&end_dim, t->ndim, "flatten"))
         return NULL;
@@ -198,7 +198,7 @@ static kn_status permute_backward(kn_node *node, kn_tensor *grad, kn_tensor **gr
 
 kn_tensor *kn_permute(kn_tensor *t, const int *dims, int ndims)
 {
-    if (!kn__check_inputs_cuda_ok("permute", &t, 1)) return NULL;
+    if (!kn__check_inputs("permute", &t, 1)) return NULL;
     int64_t wrapped[KN_MAX_DIMS], shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
     bool seen[KN_MAX_DIMS] = {false};
     if (ndims != t->ndim || (ndims > 0 && !dims))
@@ -224,7 +224,7 @@ kn_tensor *kn_permute(kn_tensor *t, const int *dims, int ndims)
 
 kn_tensor *kn_transpose(kn_tensor *t, int dim0, int dim1)
 {
-    if (!kn__check_inputs_cuda_ok("transpose", &t, 1)) return NULL;
+    if (!kn__check_inputs("transpose", &t, 1)) return NULL;
     if (!kn__wrap_dim(&dim0, t->ndim, "transpose") || !kn__wrap_dim(&dim1, t->ndim, "transpose"))
         return NULL;
     int dims[KN_MAX_DIMS];
@@ -299,7 +299,7 @@ static bool check_not_scalar(const char *op, const kn_tensor *t)
 
 kn_tensor *kn_narrow(kn_tensor *t, int dim, int64_t start, int64_t length)
 {
-    if (!kn__check_inputs_cuda_ok("narrow", &t, 1) || !check_not_scalar("narrow", t) ||
+    if (!kn__check_inputs("narrow", &t, 1) || !check_not_scalar("narrow", t) ||
         !kn__wrap_dim(&dim, t->ndim, "narrow"))
         return NULL;
     int64_t size = t->shape[dim];
@@ -328,7 +328,7 @@ static int64_t clamp_bound(int64_t bound, int64_t size)
 
 kn_tensor *kn_slice(kn_tensor *t, int dim, int64_t start, int64_t end, int64_t step)
 {
-    if (!kn__check_inputs_cuda_ok("slice", &t, 1) || !check_not_scalar("slice", t) ||
+    if (!kn__check_inputs("slice", &t, 1) || !check_not_scalar("slice", t) ||
         !kn__wrap_dim(&dim, t->ndim, "slice"))
         return NULL;
     if (step <= 0)
@@ -343,7 +343,7 @@ kn_tensor *kn_slice(kn_tensor *t, int dim, int64_t start, int64_t end, int64_t s
 
 kn_tensor *kn_select(kn_tensor *t, int dim, int64_t index)
 {
-    if (!kn__check_inputs_cuda_ok("select", &t, 1) || !check_not_scalar("select", t) ||
+    if (!kn__check_inputs("select", &t, 1) || !check_not_scalar("select", t) ||
         !kn__wrap_dim(&dim, t->ndim, "select"))
         return NULL;
     int64_t size = t->shape[dim];
@@ -361,7 +361,7 @@ kn_tensor *kn_select(kn_tensor *t, int dim, int64_t index)
 
 kn_tensor *kn_expand(kn_tensor *t, const int64_t *shape, int ndim)
 {
-    if (!kn__check_inputs_cuda_ok("expand", &t, 1)) return NULL;
+    if (!kn__check_inputs("expand", &t, 1)) return NULL;
     if (ndim < t->ndim || ndim > KN_MAX_DIMS || (ndim > 0 && !shape))
         return kn__error_null(KN_ERR_SHAPE,
                               "expand: the number of sizes (%d) must be at least the input's "
@@ -419,20 +419,20 @@ static kn_tensor *drop_ones(kn_tensor *t, const char *name, int only_dim)
 
 kn_tensor *kn_squeeze(kn_tensor *t, int dim)
 {
-    if (!kn__check_inputs_cuda_ok("squeeze", &t, 1) || !kn__wrap_dim(&dim, t->ndim, "squeeze"))
+    if (!kn__check_inputs("squeeze", &t, 1) || !kn__wrap_dim(&dim, t->ndim, "squeeze"))
         return NULL;
     return drop_ones(t, "squeeze", t->ndim == 0 ? 0 : dim);
 }
 
 kn_tensor *kn_squeeze_all(kn_tensor *t)
 {
-    if (!kn__check_inputs_cuda_ok("squeeze_all", &t, 1)) return NULL;
+    if (!kn__check_inputs("squeeze_all", &t, 1)) return NULL;
     return drop_ones(t, "squeeze_all", -1);
 }
 
 kn_tensor *kn_unsqueeze(kn_tensor *t, int dim)
 {
-    if (!kn__check_inputs_cuda_ok("unsqueeze", &t, 1) ||
+    if (!kn__check_inputs("unsqueeze", &t, 1) ||
         !kn__wrap_dim(&dim, t->ndim + 1, "unsqueeze"))
         return NULL;
     if (t->ndim >= KN_MAX_DIMS)
@@ -457,7 +457,7 @@ kn_tensor *kn_unsqueeze(kn_tensor *t, int dim)
 
 kn_tensor *kn_contiguous(kn_tensor *t)
 {
-    if (!kn__check_inputs_cuda_ok("contiguous", &t, 1)) return NULL;
+    if (!kn__check_inputs("contiguous", &t, 1)) return NULL;
     if (kn_is_contiguous(t)) return kn__result(kn_retain(t));
     return record(copy_raw(t, t->shape, t->ndim), t, "contiguous", identity_backward, NULL, 0);
 }

@@ -46,7 +46,7 @@ static kn_status softmax_backward(kn_node *node, kn_tensor *grad, kn_tensor **gr
 
 static kn_tensor *softmax_op(const char *op, kn_tensor *a, int dim, bool log)
 {
-    if (!kn__check_inputs_cuda_ok(op, &a, 1) || !kn__check_float(op, a)) return NULL;
+    if (!kn__check_inputs(op, &a, 1) || !kn__check_float(op, a)) return NULL;
     if (!kn__wrap_dim(&dim, a->ndim, op)) return NULL;
     if (a->device.type == KN_DEVICE_CUDA && !kn__cuda_reduce(a->device, op)) return NULL;
     kn_tensor *x = kn__contiguous_raw(a);

@@ -300,7 +300,7 @@ static void memory_order(const kn_tensor *t, int64_t *shape, int64_t *strides)
 static kn_status fill(const char *op, kn_tensor *t, fill_args args, kn_generator *gen)
 {
     /* other devices draw on the cpu and copy over (below) */
-    if (!kn__check_inputs_cuda_ok(op, &t, 1)) return kn_last_status();
+    if (!kn__check_inputs(op, &t, 1)) return kn_last_status();
     if (args.kind != FILL_BERNOULLI && !kn__check_float(op, t)) return kn_last_status();
     kn_generator *g = resolve(gen);
     int64_t n = kn_numel(t);

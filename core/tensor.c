@@ -588,7 +588,7 @@ kn_status kn_copy_to_int64s(const kn_tensor *t, int64_t *dst)
 
 /* ---- checks ------------------------------------------------------------------------ */
 
-static bool check_inputs(const char *op, kn_tensor *const *inputs, int n, bool cuda_ok)
+bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
 {
     const kn_tensor *first = NULL;
     int first_index = 0;
@@ -611,21 +611,7 @@ static bool check_inputs(const char *op, kn_tensor *const *inputs, int n, bool c
             return false;
         }
     }
-    if (first && first->device.type != KN_DEVICE_CPU && !cuda_ok) {
-        kn__error(KN_ERR_DEVICE, "%s: not implemented on cuda in this build", op);
-        return false;
-    }
     return true;
-}
-
-bool kn__check_inputs(const char *op, kn_tensor *const *inputs, int n)
-{
-    return check_inputs(op, inputs, n, false);
-}
-
-bool kn__check_inputs_cuda_ok(const char *op, kn_tensor *const *inputs, int n)
-{
-    return check_inputs(op, inputs, n, true);
 }
 
 bool kn__check_float(const char *op, const kn_tensor *t)

@@ -36,6 +36,17 @@ void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_sta
                               const char *what);
 /* The thread store or a 500 response; NULL when it failed. */
 kstore *ksrv_store_or_500(ksrv_server *server, ksrv_response *response);
+/* A growing text buffer (server/text.c). Zero-initialise; data is NUL-terminated and
+ * malloc'd (hand it to a response or free it); failed says an allocation failed. */
+typedef struct ksrv_text {
+    char *data;
+    size_t length, capacity;
+    bool failed;
+} ksrv_text;
+void ksrv_text_put(ksrv_text *t, const char *bytes, size_t n);
+void ksrv_text_printf(ksrv_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ksrv_text_json_string(ksrv_text *t, const char *s); /* s as a JSON string literal */
+
 /* Names of models and datasets: 1-128 of [A-Za-z0-9._-], not starting with '.'. */
 bool ksrv_valid_name(const char *name);
 

@@ -16,7 +16,6 @@
 #include "kn_data.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +30,8 @@ typedef struct entry {
     char key[2048];
     kn_dataset *ds;
     size_t bytes;
-    int refs;          /* requests reading ds now: it is freed when the last one ends */
-    bool evicted;      /* out of the table; freed by the last reader */
+    int refs;           /* requests reading ds now: it is freed when the last one ends */
+    bool evicted;       /* out of the table; freed by the last reader */
     unsigned long used; /* LRU clock */
 } entry;
 
@@ -145,8 +144,7 @@ void ksrv_samples_cache_clear(void)
 /* The source of split from the dataset's files, as the workers read them, and the
  * cache key (absolute paths, sizes, mtimes). false with the response set. */
 static bool split_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
-                         kapi_data_source *out, char *key, size_t key_size,
-                         ksrv_response *response)
+                         kapi_data_source *out, char *key, size_t key_size, ksrv_response *response)
 {
     memset(out, 0, sizeof *out);
     size_t n = strlen(split), used = (size_t)snprintf(key, key_size, "%s", split);
@@ -161,18 +159,23 @@ static bool split_source(ksrv_server *server, const kstore_dataset *ds, const ch
         else if (!strcmp(rest, "_labels"))
             target = out->labels_path;
         if (!target) continue;
-        if (!strcmp(f->format, "idx")) out->format = KAPI_FORMAT_IDX;
-        else if (!strcmp(f->format, "npy")) out->format = KAPI_FORMAT_NPY;
-        else if (!strcmp(f->format, "csv")) out->format = KAPI_FORMAT_CSV;
+        if (!strcmp(f->format, "idx"))
+            out->format = KAPI_FORMAT_IDX;
+        else if (!strcmp(f->format, "npy"))
+            out->format = KAPI_FORMAT_NPY;
+        else if (!strcmp(f->format, "csv"))
+            out->format = KAPI_FORMAT_CSV;
         else {
             ksrv_respond_error(response, 422, "invalid_data", NULL,
-                               "dataset %s: file %s has format %s, which cannot be read",
-                               ds->name, f->role, f->format);
+                               "dataset %s: file %s has format %s, which cannot be read", ds->name,
+                               f->role, f->format);
             return false;
         }
         if (!ksrv_data_path(server, f->path, target, sizeof out->inputs_path)) {
-            ksrv_respond_error(response, 500, "internal", NULL, "dataset %s: file %s: path too "
-                               "long", ds->name, f->role);
+            ksrv_respond_error(response, 500, "internal", NULL,
+                               "dataset %s: file %s: path too "
+                               "long",
+                               ds->name, f->role);
             return false;
         }
         struct stat st;
@@ -185,8 +188,8 @@ static bool split_source(ksrv_server *server, const kstore_dataset *ds, const ch
         out->present = true;
     }
     if (!out->present) {
-        ksrv_respond_error(response, 404, "split_not_found", "split",
-                           "dataset %s has no %s files", ds->name, split);
+        ksrv_respond_error(response, 404, "split_not_found", "split", "dataset %s has no %s files",
+                           ds->name, split);
         return false;
     }
     if (out->format != KAPI_FORMAT_CSV && (!out->inputs_path[0] || !out->labels_path[0])) {
@@ -195,19 +198,18 @@ static bool split_source(ksrv_server *server, const kstore_dataset *ds, const ch
                            ds->name, split, split, split, split);
         return false;
     }
-    if (out->format == KAPI_FORMAT_CSV) snprintf(out->label_column, sizeof out->label_column,
-                                                 "label");
+    if (out->format == KAPI_FORMAT_CSV)
+        snprintf(out->label_column, sizeof out->label_column, "label");
     if (used >= key_size) {
-        ksrv_respond_error(response, 500, "internal", NULL, "dataset %s: too many files",
-                           ds->name);
+        ksrv_respond_error(response, 500, "internal", NULL, "dataset %s: too many files", ds->name);
         return false;
     }
     return true;
 }
 
 /* The parsed split, cached or parsed now; NULL with the response set. */
-static entry *load_split(ksrv_server *server, kstore *store, const char *name,
-                         const char *split, ksrv_response *response)
+static entry *load_split(ksrv_server *server, kstore *store, const char *name, const char *split,
+                         ksrv_response *response)
 {
     kstore_dataset ds;
     memset(&ds, 0, sizeof ds);
@@ -228,9 +230,10 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name,
     kn_dataset *parsed = kapi_load_data_source(&source, &errors);
     if (!parsed) {
         /* the message names a file under the data directory: say which split instead */
-        ksrv_respond_error(response, 422, "invalid_data", "split", "dataset %s: the %s split "
-                           "cannot be read: %s", name, split,
-                           errors.count ? errors.items[0].message : "unknown error");
+        ksrv_respond_error(response, 422, "invalid_data", "split",
+                           "dataset %s: the %s split "
+                           "cannot be read: %s",
+                           name, split, errors.count ? errors.items[0].message : "unknown error");
         kapi_errors_free(&errors);
         return NULL;
     }
@@ -250,55 +253,12 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name,
 }
 
 /* ---- the response ----------------------------------------------------------------------- */
-typedef struct text {
-    char *data;
-    size_t length, capacity;
-    bool failed;
-} text;
-
-static void append(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void append(text *t, const char *fmt, ...)
+static void append_float(ksrv_text *t, float v)
 {
-    if (t->failed) return;
-    for (;;) {
-        va_list args;
-        va_start(args, fmt);
-        int n = vsnprintf(t->data + t->length, t->capacity - t->length, fmt, args);
-        va_end(args);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < t->capacity - t->length) {
-            t->length += (size_t)n;
-            return;
-        }
-        size_t capacity = (t->capacity + (size_t)n + 1) * 2;
-        char *grown = realloc(t->data, capacity);
-        if (!grown) {
-            t->failed = true;
-            return;
-        }
-        t->data = grown, t->capacity = capacity;
-    }
-}
-
-/* A float32 that survives the round trip ("%.9g"); non-finite values as null (JSON has
- * none; kn_dataset_new refuses them anyway). */
-static void append_float(text *t, float v)
-{
-    if (isfinite(v)) append(t, "%.9g", (double)v);
-    else append(t, "null");
-}
-
-static void json_string(text *t, const char *s)
-{
-    cJSON *str = cJSON_CreateString(s);
-    char *printed = str ? cJSON_PrintUnformatted(str) : NULL;
-    if (printed) append(t, "%s", printed);
-    else t->failed = true;
-    free(printed);
-    cJSON_Delete(str);
+    if (isfinite(v))
+        ksrv_text_printf(t, "%.9g", (double)v);
+    else
+        ksrv_text_printf(t, "null");
 }
 
 void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
@@ -317,8 +277,7 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
         !ksrv_query_int(request, response, "limit", 1, MAX_LIMIT, &limit))
         return;
     if (!ksrv_valid_name(name)) {
-        ksrv_respond_error(response, 404, "not_found", NULL, "no dataset named \"%.128s\"",
-                           name);
+        ksrv_respond_error(response, 404, "not_found", NULL, "no dataset named \"%.128s\"", name);
         return;
     }
     kstore *store = ksrv_store_or_500(server, response);
@@ -335,25 +294,25 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
     const float *x = kn_data_f32(inputs);
     const int64_t *y = kn_data_i64(ds->labels);
 
-    text t = {0};
-    append(&t, "{\"dataset\":");
-    json_string(&t, name);
-    append(&t, ",\"split\":\"%s\",\"total\":%lld,\"offset\":%lld,\"shape\":[", split,
-           (long long)ds->count, (long long)first);
+    ksrv_text t = {0};
+    ksrv_text_printf(&t, "{\"dataset\":");
+    ksrv_text_json_string(&t, name);
+    ksrv_text_printf(&t, ",\"split\":\"%s\",\"total\":%lld,\"offset\":%lld,\"shape\":[", split,
+                     (long long)ds->count, (long long)first);
     for (int d = 1; d < inputs->ndim; d++)
-        append(&t, "%s%lld", d > 1 ? "," : "", (long long)inputs->shape[d]);
-    append(&t, "],\"samples\":[");
+        ksrv_text_printf(&t, "%s%lld", d > 1 ? "," : "", (long long)inputs->shape[d]);
+    ksrv_text_printf(&t, "],\"samples\":[");
     for (int64_t i = first; i < last && !t.failed; i++) {
-        append(&t, "%s{\"index\":%lld,\"label\":%lld,\"data\":[", i > first ? "," : "",
-               (long long)i, (long long)y[i]);
+        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":%lld,\"data\":[", i > first ? "," : "",
+                         (long long)i, (long long)y[i]);
         const float *sample = x + i * per;
         for (int64_t k = 0; k < per; k++) {
-            if (k) append(&t, ",");
+            if (k) ksrv_text_printf(&t, ",");
             append_float(&t, sample[k]);
         }
-        append(&t, "]}");
+        ksrv_text_printf(&t, "]}");
     }
-    append(&t, "]}");
+    ksrv_text_printf(&t, "]}");
     cache_release(e);
     if (t.failed) {
         free(t.data);

@@ -14,7 +14,6 @@
 #include "kapi.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,8 +111,10 @@ bool ksrv_query_bool(const ksrv_request *request, ksrv_response *response, const
 {
     const char *text = ksrv_query(request, name);
     if (!text) return true;
-    if (!strcmp(text, "true") || !strcmp(text, "1") || !text[0]) *out = true;
-    else if (!strcmp(text, "false") || !strcmp(text, "0")) *out = false;
+    if (!strcmp(text, "true") || !strcmp(text, "1") || !text[0])
+        *out = true;
+    else if (!strcmp(text, "false") || !strcmp(text, "0"))
+        *out = false;
     else {
         ksrv_respond_error(response, 400, "invalid_query", name,
                            "query parameter %s: expected true or false, got \"%.60s\"", name, text);
@@ -141,107 +142,81 @@ void ksrv_handle_health(ksrv_server *server, ksrv_request *request, ksrv_respons
     cJSON_AddNumberToObject(workers, "total", server->workers ? server->config.workers : 0);
     cJSON_AddNumberToObject(workers, "busy",
                             server->workers ? ksrv_workers_busy(server->workers) : 0);
-    cJSON_AddNumberToObject(root, "queue_depth", (double)kstore_job_count(store, KSTORE_JOB_QUEUED));
+    cJSON_AddNumberToObject(root, "queue_depth",
+                            (double)kstore_job_count(store, KSTORE_JOB_QUEUED));
     cJSON_AddNumberToObject(root, "queue_capacity", server->config.queue_capacity);
     ksrv_respond_json(response, 200, root);
 }
 
 /* ---- GET /metrics ------------------------------------------------------------------ */
-typedef struct text {
-    char *data;
-    size_t length, capacity;
-    bool failed;
-} text;
-
-static void add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add(text *t, const char *fmt, ...)
-{
-    if (t->failed) return;
-    for (;;) {
-        va_list args;
-        va_start(args, fmt);
-        int n = vsnprintf(t->data + t->length, t->capacity - t->length, fmt, args);
-        va_end(args);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < t->capacity - t->length) {
-            t->length += (size_t)n;
-            return;
-        }
-        size_t capacity = (t->capacity + (size_t)n + 1) * 2;
-        char *grown = realloc(t->data, capacity);
-        if (!grown) {
-            t->failed = true;
-            return;
-        }
-        t->data = grown;
-        t->capacity = capacity;
-    }
-}
-
 void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     (void)request;
     kstore *store = ksrv_store_or_500(server, response);
     if (!store) return;
-    text t = {.data = malloc(4096), .capacity = 4096};
+    ksrv_text t = {0};
+    ksrv_text_put(&t, "", 0);
     if (!t.data) {
         ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
         return;
     }
     t.data[0] = '\0';
-    add(&t, "# HELP kilnd_http_requests_total HTTP requests by route pattern and status.\n"
-            "# TYPE kilnd_http_requests_total counter\n");
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_http_requests_total HTTP requests by route pattern and status.\n"
+                     "# TYPE kilnd_http_requests_total counter\n");
     ksrv_stats *s = &server->stats;
     pthread_mutex_lock(&s->lock);
     for (int i = 0; i < s->n_requests; i++)
-        add(&t, "kilnd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-            s->requests[i].route, s->requests[i].status,
-            (unsigned long long)s->requests[i].count);
+        ksrv_text_printf(&t, "kilnd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+                         s->requests[i].route, s->requests[i].status,
+                         (unsigned long long)s->requests[i].count);
     uint64_t buckets[12], count = s->infer_count;
     double sum = s->infer_sum;
     memcpy(buckets, s->infer_buckets, sizeof buckets);
     pthread_mutex_unlock(&s->lock);
 
-    add(&t, "# HELP kilnd_jobs Jobs by state.\n# TYPE kilnd_jobs gauge\n");
+    ksrv_text_printf(&t, "# HELP kilnd_jobs Jobs by state.\n# TYPE kilnd_jobs gauge\n");
     for (int state = KSTORE_JOB_QUEUED; state <= KSTORE_JOB_CANCELED; state++)
-        add(&t, "kilnd_jobs{state=\"%s\"} %lld\n", kstore_job_state_name(state),
-            (long long)kstore_job_count(store, state));
-    add(&t, "# HELP kilnd_queue_depth Queued jobs.\n# TYPE kilnd_queue_depth gauge\n"
-            "kilnd_queue_depth %lld\n", (long long)kstore_job_count(store, KSTORE_JOB_QUEUED));
+        ksrv_text_printf(&t, "kilnd_jobs{state=\"%s\"} %lld\n", kstore_job_state_name(state),
+                         (long long)kstore_job_count(store, state));
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_queue_depth Queued jobs.\n# TYPE kilnd_queue_depth gauge\n"
+                     "kilnd_queue_depth %lld\n",
+                     (long long)kstore_job_count(store, KSTORE_JOB_QUEUED));
 
     /* samples/s of running jobs, read from the store (the workers write progress there) */
-    add(&t, "# HELP kilnd_job_samples_per_second Training throughput of running jobs.\n"
-            "# TYPE kilnd_job_samples_per_second gauge\n");
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_job_samples_per_second Training throughput of running jobs.\n"
+                     "# TYPE kilnd_job_samples_per_second gauge\n");
     kstore_job_state running = KSTORE_JOB_RUNNING;
     kstore_job *jobs = NULL;
     int n = 0;
     char next[40];
     if (kstore_job_list(store, &running, NULL, 1000, &jobs, &n, next) == KSTORE_OK) {
         for (int i = 0; i < n; i++)
-            add(&t, "kilnd_job_samples_per_second{job=\"%s\",device=\"%s\"} %.6g\n", jobs[i].id,
-                jobs[i].device, isfinite(jobs[i].samples_per_second) ? jobs[i].samples_per_second
-                                                                     : 0.0);
+            ksrv_text_printf(&t, "kilnd_job_samples_per_second{job=\"%s\",device=\"%s\"} %.6g\n",
+                             jobs[i].id, jobs[i].device,
+                             isfinite(jobs[i].samples_per_second) ? jobs[i].samples_per_second
+                                                                  : 0.0);
         kstore_job_list_free(jobs, n);
     }
 
     static const double bounds[11] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                       0.1,   0.25,   0.5,   1.0,  10.0};
-    add(&t, "# HELP kilnd_inference_latency_seconds Inference request latency.\n"
-            "# TYPE kilnd_inference_latency_seconds histogram\n");
+    ksrv_text_printf(&t, "# HELP kilnd_inference_latency_seconds Inference request latency.\n"
+                         "# TYPE kilnd_inference_latency_seconds histogram\n");
     /* the buckets hold per-bucket counts; Prometheus wants them cumulative */
     uint64_t cumulative = 0;
     for (int i = 0; i < 11; i++) {
         cumulative += buckets[i];
-        add(&t, "kilnd_inference_latency_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
-            (unsigned long long)cumulative);
+        ksrv_text_printf(&t, "kilnd_inference_latency_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+                         (unsigned long long)cumulative);
     }
-    add(&t, "kilnd_inference_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
-            "kilnd_inference_latency_seconds_sum %.9g\n"
-            "kilnd_inference_latency_seconds_count %llu\n",
-        (unsigned long long)count, sum, (unsigned long long)count);
+    ksrv_text_printf(&t,
+                     "kilnd_inference_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+                     "kilnd_inference_latency_seconds_sum %.9g\n"
+                     "kilnd_inference_latency_seconds_count %llu\n",
+                     (unsigned long long)count, sum, (unsigned long long)count);
     if (t.failed) {
         free(t.data);
         ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
@@ -264,8 +239,7 @@ static cJSON *model_json(const kstore_model *m)
     return o;
 }
 
-void ksrv_handle_models_create(ksrv_server *server, ksrv_request *request,
-                               ksrv_response *response)
+void ksrv_handle_models_create(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     bool validate_only = false;
     long long batch_size = 64;
@@ -309,10 +283,9 @@ void ksrv_handle_models_create(ksrv_server *server, ksrv_request *request,
     }
     kstore *store = ksrv_store_or_500(server, response);
     char *normalised = cJSON_PrintUnformatted(root);
-    kstore_status status = store && normalised
-                               ? kstore_model_put(store, spec->name, normalised,
-                                                  spec->parameter_count)
-                               : KSTORE_ERROR;
+    kstore_status status =
+        store && normalised ? kstore_model_put(store, spec->name, normalised, spec->parameter_count)
+                            : KSTORE_ERROR;
     if (status == KSTORE_CONFLICT)
         ksrv_respond_error(response, 409, "already_exists", "name",
                            "a model named \"%s\" exists (delete it first)", spec->name);
@@ -370,8 +343,7 @@ void ksrv_handle_models_get(ksrv_server *server, ksrv_request *request, ksrv_res
     kstore_model_free(&m);
 }
 
-int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
-                          char job_id[40])
+int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40])
 {
     static const kstore_job_state active[] = {KSTORE_JOB_QUEUED, KSTORE_JOB_RUNNING,
                                               KSTORE_JOB_PAUSED};
@@ -400,8 +372,7 @@ int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
     return 0;
 }
 
-void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request,
-                               ksrv_response *response)
+void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     kstore *store = ksrv_store_or_500(server, response);
     if (!store) return;

@@ -45,8 +45,8 @@ static cJSON *job_json(const kstore_job *j)
     cJSON_AddNumberToObject(progress, "total_steps", (double)j->total_steps);
     cJSON_AddNumberToObject(progress, "epoch", (double)j->epoch);
     cJSON_AddItemToObject(o, "samples_per_second", number(j->samples_per_second));
-    cJSON_AddItemToObject(o, "eta_seconds", j->eta_seconds >= 0 ? number(j->eta_seconds)
-                                                                : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "eta_seconds",
+                          j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
@@ -59,9 +59,9 @@ static cJSON *job_json(const kstore_job *j)
         cJSON *e = cJSON_AddObjectToObject(o, "error");
         cJSON_AddStringToObject(e, "code", j->error_code);
         cJSON_AddStringToObject(e, "message", j->error_message ? j->error_message : "");
-        cJSON_AddItemToObject(e, "step", j->error_step >= 0 ? cJSON_CreateNumber(
-                                                                  (double)j->error_step)
-                                                            : cJSON_CreateNull());
+        cJSON_AddItemToObject(e, "step",
+                              j->error_step >= 0 ? cJSON_CreateNumber((double)j->error_step)
+                                                 : cJSON_CreateNull());
     }
     return o;
 }
@@ -121,8 +121,8 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     if (!root) return;
     kapi_errors errors = {0};
     kapi_job_parse_options options = {.allow_paths = false};
-    kapi_job_spec *spec = kapi_job_spec_parse(request->body, request->body_length, options,
-                                              &errors);
+    kapi_job_spec *spec =
+        kapi_job_spec_parse(request->body, request->body_length, options, &errors);
     kstore *store = spec ? ksrv_store_or_500(server, response) : NULL;
     kstore_model model;
     kstore_dataset dataset;
@@ -166,7 +166,8 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     if (!dataset_ready(&dataset, &samples)) {
         ksrv_respond_error(response, 400, "dataset_incomplete", "data.dataset",
                            "data.dataset: dataset %s has no training data yet (upload train, "
-                           "or train_images and train_labels)", dataset.name);
+                           "or train_images and train_labels)",
+                           dataset.name);
         goto done;
     }
     if (validate_only) {
@@ -183,22 +184,21 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
                            "the queue holds %d jobs, its capacity: retry later",
                            server->config.queue_capacity);
         snprintf(response->header_name, sizeof response->header_name, "Retry-After");
-        snprintf(response->header_value, sizeof response->header_value,
-                 QUEUE_FULL_RETRY_AFTER);
+        snprintf(response->header_value, sizeof response->header_value, QUEUE_FULL_RETRY_AFTER);
         goto done;
     }
     spec_json = cJSON_PrintUnformatted(root);
     const char *model_name = spec->model_name[0] ? spec->model_name
-                             : spec->model         ? spec->model->name
-                                                   : "";
+                             : spec->model       ? spec->model->name
+                                                 : "";
     kstore_job job;
     memset(&job, 0, sizeof job);
     bool created = false;
-    s = spec_json ? kstore_job_create(store, spec_json, model_name, spec->data.dataset,
-                                      spec->submission_id[0] ? spec->submission_id : NULL,
-                                      spec->device, (int)priority,
-                                      estimate_total_steps(spec, samples), &job, &created)
-                  : KSTORE_ERROR;
+    s = spec_json
+            ? kstore_job_create(store, spec_json, model_name, spec->data.dataset,
+                                spec->submission_id[0] ? spec->submission_id : NULL, spec->device,
+                                (int)priority, estimate_total_steps(spec, samples), &job, &created)
+            : KSTORE_ERROR;
     if (s != KSTORE_OK) {
         ksrv_respond_store_error(response, store, s, "job");
         goto done;
@@ -235,7 +235,8 @@ void ksrv_handle_jobs_list(ksrv_server *server, ksrv_request *request, ksrv_resp
     if (state_name && !kstore_job_state_parse(state_name, &state)) {
         ksrv_respond_error(response, 400, "invalid_query", "state",
                            "state: expected queued, running, paused, succeeded, failed or "
-                           "canceled, got \"%.40s\"", state_name);
+                           "canceled, got \"%.40s\"",
+                           state_name);
         return;
     }
     const char *cursor = ksrv_query(request, "cursor");
@@ -244,9 +245,9 @@ void ksrv_handle_jobs_list(ksrv_server *server, ksrv_request *request, ksrv_resp
     kstore_job *jobs = NULL;
     int n = 0;
     char next[40] = "";
-    kstore_status s = kstore_job_list(store, state_name ? &state : NULL,
-                                      cursor && cursor[0] ? cursor : NULL, (int)limit, &jobs, &n,
-                                      next);
+    kstore_status s =
+        kstore_job_list(store, state_name ? &state : NULL, cursor && cursor[0] ? cursor : NULL,
+                        (int)limit, &jobs, &n, next);
     if (s != KSTORE_OK) {
         ksrv_respond_store_error(response, store, s, "jobs");
         return;
@@ -254,8 +255,8 @@ void ksrv_handle_jobs_list(ksrv_server *server, ksrv_request *request, ksrv_resp
     cJSON *root = cJSON_CreateObject();
     cJSON *array = cJSON_AddArrayToObject(root, "jobs");
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(array, job_json(&jobs[i]));
-    cJSON_AddItemToObject(root, "next_cursor", next[0] ? cJSON_CreateString(next)
-                                                       : cJSON_CreateNull());
+    cJSON_AddItemToObject(root, "next_cursor",
+                          next[0] ? cJSON_CreateString(next) : cJSON_CreateNull());
     kstore_job_list_free(jobs, n);
     ksrv_respond_json(response, 200, root);
 }
@@ -328,47 +329,13 @@ void ksrv_handle_jobs_resume(ksrv_server *s, ksrv_request *q, ksrv_response *r)
 }
 
 /* ---- metrics ------------------------------------------------------------------------ */
-typedef struct buffer {
-    char *data;
-    size_t length, capacity;
-    bool failed;
-} buffer;
-
-static void put(buffer *b, const char *text, size_t n)
-{
-    if (b->failed) return;
-    if (b->length + n + 1 > b->capacity) {
-        size_t capacity = (b->length + n + 1) * 2;
-        char *grown = realloc(b->data, capacity);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->capacity = capacity;
-    }
-    memcpy(b->data + b->length, text, n);
-    b->length += n;
-    b->data[b->length] = '\0';
-}
-
-static void put_value(buffer *b, double v)
+static void put_value(ksrv_text *b, double v)
 {
     char text[40];
     int n = isnan(v)   ? snprintf(text, sizeof text, "\"NaN\"")
             : isinf(v) ? snprintf(text, sizeof text, v > 0 ? "\"Infinity\"" : "\"-Infinity\"")
                        : snprintf(text, sizeof text, "%.9g", v);
-    put(b, text, (size_t)n);
-}
-
-static void put_string(buffer *b, const char *s)
-{
-    cJSON *j = cJSON_CreateString(s);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
-    if (text) put(b, text, strlen(text));
-    else b->failed = true;
-    free(text);
-    cJSON_Delete(j);
+    ksrv_text_put(b, text, (size_t)n);
 }
 
 /* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
@@ -399,7 +366,10 @@ static char *gzip_text(const char *text, size_t length, size_t *size)
     return out;
 }
 
-static void release_shared(void *handle) { ksrv_metrics_cache_release(handle); }
+static void release_shared(void *handle)
+{
+    ksrv_metrics_cache_release(handle);
+}
 
 /* Answers from the cache without copying the body: MHD sends the shared bytes and lets
  * go of them when done. False when key is not cached. */
@@ -477,10 +447,10 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
         ksrv_respond_store_error(response, store, KSTORE_ERROR, "metrics");
         return;
     }
-    buffer b = {0};
-    put(&b, "{\"job_id\":", 10);
-    put_string(&b, request->params[0]);
-    put(&b, ",\"series\":{", 11);
+    ksrv_text b = {0};
+    ksrv_text_put(&b, "{\"job_id\":", 10);
+    ksrv_text_json_string(&b, request->params[0]);
+    ksrv_text_put(&b, ",\"series\":{", 11);
     for (int i = 0; i < n_names && !b.failed; i++) {
         if (!names[i]) continue;
         kstore_metric_point *points = NULL;
@@ -490,21 +460,21 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
             b.failed = true;
             break;
         }
-        if (i) put(&b, ",", 1);
-        put_string(&b, names[i]);
-        put(&b, ":[", 2);
+        if (i) ksrv_text_put(&b, ",", 1);
+        ksrv_text_json_string(&b, names[i]);
+        ksrv_text_put(&b, ":[", 2);
         for (int k = 0; k < count; k++) {
             char text[64];
             int len = snprintf(text, sizeof text, "%s[%lld,%.3f,", k ? "," : "",
                                (long long)points[k].step, points[k].wall_time);
-            put(&b, text, (size_t)len);
+            ksrv_text_put(&b, text, (size_t)len);
             put_value(&b, points[k].value);
-            put(&b, "]", 1);
+            ksrv_text_put(&b, "]", 1);
         }
-        put(&b, "]", 1);
+        ksrv_text_put(&b, "]", 1);
         free(points);
     }
-    put(&b, "}}", 2);
+    ksrv_text_put(&b, "}}", 2);
     kstore_strings_free(names, n_names);
     if (b.failed) {
         free(b.data);
@@ -577,8 +547,8 @@ static void send_file(ksrv_server *server, ksrv_response *response, const kstore
     response->file_path = strdup(path);
     response->content_type = "application/octet-stream";
     snprintf(response->header_name, sizeof response->header_name, "Content-Disposition");
-    snprintf(response->header_value, sizeof response->header_value,
-             "attachment; filename=\"%s\"", filename);
+    snprintf(response->header_value, sizeof response->header_value, "attachment; filename=\"%s\"",
+             filename);
 }
 
 void ksrv_handle_jobs_checkpoint_download(ksrv_server *server, ksrv_request *request,
@@ -605,8 +575,8 @@ void ksrv_handle_jobs_checkpoint_download(ksrv_server *server, ksrv_request *req
     for (int i = 0; i < n; i++)
         if (list[i].step == step && strcmp(list[i].kind, "final") != 0) found = i;
     if (found < 0) {
-        ksrv_respond_error(response, 404, "not_found", NULL, "job %s has no checkpoint at step %lld",
-                           request->params[0], step);
+        ksrv_respond_error(response, 404, "not_found", NULL,
+                           "job %s has no checkpoint at step %lld", request->params[0], step);
     } else {
         char filename[120];
         snprintf(filename, sizeof filename, "%s-step%lld.safetensors", list[found].job_id, step);

@@ -1,0 +1,68 @@
+/*
+ * text.c — a growing text buffer for the responses kilnd writes by hand (Prometheus
+ * text, long metric series, dataset samples) where building a cJSON tree per number
+ * would cost more than the numbers themselves. A failed allocation sticks: later
+ * appends do nothing and the caller answers 500 once at the end.
+ */
+#include "ksrv_http.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool reserve(ksrv_text *t, size_t more)
+{
+    if (t->failed) return false;
+    if (t->length + more + 1 <= t->capacity) return true;
+    size_t capacity = (t->length + more + 1) * 2;
+    if (capacity < 256) capacity = 256;
+    char *grown = realloc(t->data, capacity);
+    if (!grown) {
+        t->failed = true;
+        return false;
+    }
+    t->data = grown;
+    t->capacity = capacity;
+    return true;
+}
+
+void ksrv_text_put(ksrv_text *t, const char *bytes, size_t n)
+{
+    if (!reserve(t, n)) return;
+    memcpy(t->data + t->length, bytes, n);
+    t->length += n;
+    t->data[t->length] = '\0';
+}
+
+void ksrv_text_printf(ksrv_text *t, const char *fmt, ...)
+{
+    if (!reserve(t, 64)) return;
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(t->data + t->length, t->capacity - t->length, fmt, args);
+    va_end(args);
+    if (n < 0) {
+        t->failed = true;
+        return;
+    }
+    if ((size_t)n >= t->capacity - t->length) { /* did not fit: grow and print again */
+        if (!reserve(t, (size_t)n)) return;
+        va_start(args, fmt);
+        vsnprintf(t->data + t->length, t->capacity - t->length, fmt, args);
+        va_end(args);
+    }
+    t->length += (size_t)n;
+}
+
+void ksrv_text_json_string(ksrv_text *t, const char *s)
+{
+    cJSON *j = cJSON_CreateString(s);
+    char *printed = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (printed)
+        ksrv_text_put(t, printed, strlen(printed));
+    else
+        t->failed = true;
+    free(printed);
+    cJSON_Delete(j);
+}

@@ -46,6 +46,11 @@ typedef struct ksrv_text {
 void ksrv_text_put(ksrv_text *t, const char *bytes, size_t n);
 void ksrv_text_printf(ksrv_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ksrv_text_json_string(ksrv_text *t, const char *s); /* s as a JSON string literal */
+/* A finite number as the shortest decimal that reads back as the same value: a value
+ * that is exactly a float (losses, weights: the engine computes in float32) reads back
+ * as that float, any other double as that double. Returns the length written to out,
+ * NUL-terminated; out must hold 32 bytes. Non-finite values are the caller's to spell. */
+int ksrv_format_number(char out[32], double v);
 
 /* Names of models and datasets: 1-128 of [A-Za-z0-9._-], not starting with '.'. */
 bool ksrv_valid_name(const char *name);

@@ -255,8 +255,9 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
 /* ---- the response ----------------------------------------------------------------------- */
 static void append_float(ksrv_text *t, float v)
 {
+    char text[32];
     if (isfinite(v))
-        ksrv_text_printf(t, "%.9g", (double)v);
+        ksrv_text_put(t, text, (size_t)ksrv_format_number(text, v));
     else
         ksrv_text_printf(t, "null");
 }

@@ -6,6 +6,8 @@
  */
 #include "ksrv_http.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,4 +67,33 @@ void ksrv_text_json_string(ksrv_text *t, const char *s)
         t->failed = true;
     free(printed);
     cJSON_Delete(j);
+}
+
+/* The first precision that reads back, unless %g chose an exponent for a large whole
+ * number ("5.4768e+06") where the widest precision prints it plainly and shorter. */
+static int shortest(char out[32], double v, int from, int to, bool as_float)
+{
+    int n = 0, digits = from;
+    for (; digits <= to; digits++) {
+        n = snprintf(out, 32, "%.*g", digits, v);
+        if (as_float ? strtof(out, NULL) == (float)v : strtod(out, NULL) == v) break;
+    }
+    if (digits < to && strchr(out, 'e')) {
+        char widest[32];
+        int m = snprintf(widest, sizeof widest, "%.*g", to, v);
+        if (m < n) {
+            memcpy(out, widest, (size_t)m + 1);
+            n = m;
+        }
+    }
+    return n;
+}
+
+/* Why not "%.9g" for every float: 9 digits always round-trip a float, but most floats need
+ * 7 or 8, and a 10,000-point series sent again and again is mostly digits. */
+int ksrv_format_number(char out[32], double v)
+{
+    if (isfinite(v) && fabs(v) <= FLT_MAX && (double)(float)v == v)
+        return shortest(out, v, 6, 9, true);
+    return shortest(out, v, 15, 17, false);
 }

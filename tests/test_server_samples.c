@@ -7,12 +7,15 @@
  */
 #define _GNU_SOURCE
 #include "ksrv.h"
+#include "ksrv_http.h"
 
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ftw.h>
+#include <math.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,7 +78,8 @@ static reply http(const char *method, const char *path, const void *body, size_t
     char head[1024];
     int n = snprintf(head, sizeof head,
                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n", method, path, server->port, length);
+                     "Connection: close\r\n\r\n",
+                     method, path, server->port, length);
     cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
     if (length) cr_assert_eq(send(fd, body, length, MSG_NOSIGNAL), (ssize_t)length);
     size_t capacity = 1 << 16, used = 0;
@@ -115,8 +119,7 @@ static void expect_error(const char *path, int status, const char *code, const c
                      r.body);
     cr_expect(cJSON_IsString(cJSON_GetObjectItem(e, "message")));
     if (field)
-        cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(e, "path")), field, "%s",
-                         r.body);
+        cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(e, "path")), field, "%s", r.body);
     cJSON_Delete(j);
     free(r.head);
 }
@@ -222,4 +225,35 @@ Test(samples, errors)
     r = http("POST", "/v1/datasets/tiny/samples", "{}", 2);
     cr_expect_eq(r.status, 405, "%s", r.body);
     free(r.head);
+}
+
+/* Numbers in hand-written bodies: the shortest decimal that reads back as the same value,
+ * a float when the value is exactly a float, a double otherwise. */
+Test(server_text, shortest_numbers_read_back_exactly)
+{
+    char text[32];
+    cr_assert_str_eq((ksrv_format_number(text, 0.1f), text), "0.1");
+    cr_assert_str_eq((ksrv_format_number(text, 2.39263749f), text), "2.3926375");
+    cr_assert_str_eq((ksrv_format_number(text, 1.0), text), "1");
+    cr_assert_str_eq((ksrv_format_number(text, -3.5e-20f), text), "-3.5e-20");
+    cr_assert_str_eq((ksrv_format_number(text, 1.0 / 3.0), text), "0.3333333333333333");
+    cr_assert_str_eq((ksrv_format_number(text, 0.8408), text), "0.8408");
+    cr_assert_str_eq((ksrv_format_number(text, 1e300), text), "1e+300");
+    /* random floats and doubles over many magnitudes: exact round trip, never longer
+     * than the 9 significant digits a float needs at most */
+    uint32_t state = 12345;
+    for (int i = 0; i < 20000; i++) {
+        state = state * 1664525u + 1013904223u;
+        float f = ldexpf((float)(state >> 8) / 16777216.0f, (int)(state % 80) - 40);
+        if (i & 1) f = -f;
+        int n = ksrv_format_number(text, f);
+        cr_assert_eq(n, (int)strlen(text));
+        cr_assert_eq(strtof(text, NULL), f, "%.9g printed as %s", (double)f, text);
+        char nine[32];
+        cr_assert_leq(n, snprintf(nine, sizeof nine, "%.9g", (double)f), "%s longer than %s", text,
+                      nine);
+        double d = (double)f + (double)f * 1e-12;
+        ksrv_format_number(text, d);
+        cr_assert_eq(strtod(text, NULL), d, "%.17g printed as %s", d, text);
+    }
 }

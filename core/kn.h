@@ -334,6 +334,12 @@ kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *tar
 /* ---- runtime --------------------------------------------------------------------- */
 void kn_set_num_threads(int n); /* the engine's pool and OpenBLAS; <= 0 means all cores */
 int kn_get_num_threads(void);
+/* torch.backends.cuda.matmul.allow_tf32: whether the CUDA matrix products this thread
+ * issues (matmul, linear, the convolution GEMMs) may round their fp32 inputs to TF32
+ * on tensor cores (about 10 mantissa bits, much faster). Off by default. Per calling
+ * thread, so each of kilnd's workers follows its own job; the CPU ignores it. */
+void kn_set_allow_tf32(bool allow);
+bool kn_get_allow_tf32(void);
 
 kn_alloc_stats kn_get_alloc_stats(void);
 void kn_empty_cache(void); /* returns cached blocks to the system */

@@ -1,6 +1,6 @@
 /*
- * runtime.c — process-wide settings of the engine: how many threads its own pool and
- * OpenBLAS use.
+ * runtime.c — the engine's settings: how many threads its own pool and OpenBLAS use
+ * (process-wide), and whether CUDA products may use TF32 (per thread).
  */
 #include "kn_internal.h"
 
@@ -16,4 +16,18 @@ void kn_set_num_threads(int n)
 int kn_get_num_threads(void)
 {
     return kn_cpu_get_num_threads();
+}
+
+/* Per thread, not per process: kilnd runs one job per worker thread, and one job's
+ * choice must not change another's numbers. */
+static _Thread_local bool allow_tf32;
+
+void kn_set_allow_tf32(bool allow)
+{
+    allow_tf32 = allow;
+}
+
+bool kn_get_allow_tf32(void)
+{
+    return allow_tf32;
 }

@@ -4,9 +4,11 @@
  * torch.matmul (bench/bench_cuda_matmul_torch.py; bench/cuda/run.sh runs both and
  * prints the ratio).
  *
- * Usage: bench_cuda_matmul [--n N] [--iters I] [--device cuda:K]
+ * Usage: bench_cuda_matmul [--n N] [--iters I] [--device cuda:K] | --status
  * Prints one line: "kiln matmul n=N ms=<median ms> tflops=<TFLOP/s>", or a line starting
- * "skipped:" (exit 0) where no CUDA device is available.
+ * "skipped:" (exit 0) where no CUDA device is available. --status prints what the engine
+ * found ("cuda devices=N: <kn_cuda_status()>") and exits 1 when there is no device, so a
+ * script can ask whether to run the GPU benchmarks at all (bench/cuda/run.sh does).
  */
 #include "kn.h"
 
@@ -20,6 +22,14 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The engine's view of CUDA: how many devices, and what was loaded or why not. */
+static int print_status(void)
+{
+    int count = kn_cuda_device_count();
+    printf("cuda devices=%d: %s\n", count, kn_cuda_status());
+    return count > 0 ? 0 : 1;
 }
 
 static int compare_double(const void *a, const void *b)
@@ -40,8 +50,11 @@ int main(int argc, char **argv)
             iters = atoi(argv[++i]);
         else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
             device_name = argv[++i];
+        else if (strcmp(argv[i], "--status") == 0)
+            return print_status();
         else {
-            fprintf(stderr, "usage: %s [--n N] [--iters I] [--device cuda:K]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--n N] [--iters I] [--device cuda:K] | --status\n",
+                    argv[0]);
             return 2;
         }
     }

@@ -39,11 +39,14 @@ const char *kn_cuda_finish(const char *op)
 
 /* ---- block and warp reductions ------------------------------------------------------- */
 
+/* identity(): what a lane with nothing to contribute joins with (block_reduce's idle lanes). */
 struct add_op {
     template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+    template <typename T> __device__ static T identity() { return T(0); }
 };
 struct max_op { /* NaN-skipping, as the CPU's x > m ? x : m */
     __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+    template <typename T> __device__ static T identity() { return -INFINITY; }
 };
 
 template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op)
@@ -62,7 +65,9 @@ template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T *shar
     if (lane == 0) shared[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        T w = lane < warps ? shared[lane] : shared[0];
+        /* lanes past the last warp hold the identity: shared[0] again would be counted
+         * once per idle lane by a sum (8 warps of 256 threads: 25 times) */
+        T w = lane < warps ? shared[lane] : Op::template identity<T>();
         w = warp_reduce(w, op);
         if (lane == 0) shared[0] = w;
     }

@@ -364,6 +364,31 @@ Test(cuda, moves_round_trip_and_element_access)
     kn_scope_end();
 }
 
+/* kn_to between two devices copies from a temporary (the contiguous copy of a view) that
+ * goes back to cuda:0's cache at once; the next kernel on cuda:0 gets the same block and
+ * must not overwrite it while the copy to cuda:1 still reads it. */
+Test(cuda, a_copy_between_devices_is_done_before_its_source_is_reused)
+{
+    kn_test_need_cuda();
+    if (kn_cuda_device_count() < 2) cr_skip_test("needs two CUDA devices");
+    kn_scope_begin();
+    const kn_device cuda1 = {KN_DEVICE_CUDA, 1};
+    kn_tensor *ones = kn_to(kn_ones(KN_SHAPE(4096, 4096), KN_FLOAT32), kn_test_cuda0);
+    cr_assert_not_null(ones, "%s", kn_last_error());
+    for (int round = 0; round < 5; round++) {
+        kn_scope_begin();
+        kn_tensor *moved = kn_to(kn_transpose(ones, 0, 1), cuda1);
+        cr_assert_not_null(moved, "%s", kn_last_error());
+        /* same size class as the freed temporary: very likely the same block */
+        kn_tensor *other = kn_mul_scalar(ones, 3.0);
+        cr_assert_not_null(other, "%s", kn_last_error());
+        cr_assert_float_eq(kn_item(kn_max_all(moved)), 1.f, 0, "round %d", round);
+        cr_assert_float_eq(kn_item(kn_min_all(moved)), 1.f, 0, "round %d", round);
+        kn_scope_end();
+    }
+    kn_scope_end();
+}
+
 Test(cuda, out_of_memory_is_an_error_with_sizes)
 {
     kn_test_need_cuda();

@@ -329,8 +329,13 @@ static const char *backend_copy_d2d(int dst_device, void *dst, int src_device, c
         return error;
     if ((error = kn_cuda_check(cudaStreamSynchronize(dst_stream), "copy between devices")))
         return error;
-    return kn_cuda_check(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, dst_stream),
-                         "copy between devices");
+    error = kn_cuda_check(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, dst_stream),
+                          "copy between devices");
+    if (error) return error;
+    /* ...and waited for: nothing orders it with src_device's stream, where src (often a
+     * temporary that kn_to frees at once) may go back to the cache and be overwritten by
+     * the next kernel there while the copy still reads it. */
+    return kn_cuda_check(cudaStreamSynchronize(dst_stream), "copy between devices");
 }
 
 /* ---- SGEMM -------------------------------------------------------------------------- */

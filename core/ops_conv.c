@@ -560,13 +560,13 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
     if (!kn__check_inputs("max_pool2d", &x, 1) || !kn__check_float("max_pool2d", x) ||
         !pool_setup("max_pool2d", x, args, true, &g))
         return NULL;
-    kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     /* 2x2 stride 2 keeps each max's place in its window as one byte (packed eight to an
      * int64 element of a tensor only backward reads) rather than an int64 index. */
     bool on_cuda = x->device.type != KN_DEVICE_CPU;
     bool two_by_two = !on_cuda && kn_cpu_max_pool2d_is_2x2(&g);
     const kn_cuda_conv_backend *be = on_cuda ? kn__conv_backend(x->device, "max_pool2d") : NULL;
-    if (on_cuda && !be) return NULL;
+    if (on_cuda && !be) return NULL; /* before any allocation: nothing to release */
+    kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     int64_t packed = (g.planes * g.out_h * g.out_w + 7) / 8;
     kn_tensor *indices =
         two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : pool_output(x, &g, KN_INT64);

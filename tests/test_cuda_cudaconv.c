@@ -226,7 +226,9 @@ Test(cuda_conv, max_pool2d_ties_and_nan_follow_the_cpu)
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
         char what[64];
         snprintf(what, sizeof what, "max_pool2d ties/NaN case %zu", i);
-        check_op(what, &x, 1, max_pool_op, &args[i], 0, 0, 0, 1e-6);
+        /* backward as the header says (rtol 1e-5): case 2's windows overlap, and the
+         * atomic adds may round a sum of up to four gradients differently */
+        check_op(what, &x, 1, max_pool_op, &args[i], 0, 0, 1e-5, 1e-6);
     }
     kn_scope_end();
 }

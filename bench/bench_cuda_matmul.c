@@ -4,8 +4,10 @@
  * torch.matmul (bench/bench_cuda_matmul_torch.py; bench/cuda/run.sh runs both and
  * prints the ratio).
  *
- * Usage: bench_cuda_matmul [--n N] [--iters I] [--device cuda:K] | --status
- * Prints one line: "kiln matmul n=N ms=<median ms> tflops=<TFLOP/s>", or a line starting
+ * Usage: bench_cuda_matmul [--n N] [--iters I] [--device cuda:K] [--tf32] | --status
+ * fp32 throughout; --tf32 lets cuBLAS round the inputs to TF32 on tensor cores
+ * (kn_set_allow_tf32, as torch.backends.cuda.matmul.allow_tf32 = True).
+ * Prints one line: "kiln matmul n=N tf32=0|1 ms=<median ms> tflops=<TFLOP/s>", or a line starting
  * "skipped:" (exit 0) where no CUDA device is available. --status prints what the engine
  * found ("cuda devices=N: <kn_cuda_status()>") and exits 1 when there is no device, so a
  * script can ask whether to run the GPU benchmarks at all (bench/cuda/run.sh does).
@@ -43,6 +45,7 @@ int main(int argc, char **argv)
     int64_t n = 4096;
     int iters = 20;
     const char *device_name = "cuda:0";
+    bool tf32 = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--n") == 0 && i + 1 < argc)
             n = atoll(argv[++i]);
@@ -50,10 +53,12 @@ int main(int argc, char **argv)
             iters = atoi(argv[++i]);
         else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
             device_name = argv[++i];
+        else if (strcmp(argv[i], "--tf32") == 0)
+            tf32 = true;
         else if (strcmp(argv[i], "--status") == 0)
             return print_status();
         else {
-            fprintf(stderr, "usage: %s [--n N] [--iters I] [--device cuda:K] | --status\n",
+            fprintf(stderr, "usage: %s [--n N] [--iters I] [--device cuda:K] [--tf32] | --status\n",
                     argv[0]);
             return 2;
         }
@@ -71,6 +76,7 @@ int main(int argc, char **argv)
         printf("skipped: %s is not available (%s)\n", device_name, kn_cuda_status());
         return 0;
     }
+    kn_set_allow_tf32(tf32); /* per thread: this one issues every product */
     kn_generator *gen = kn_generator_new(0);
     kn_scope_begin();
     kn_tensor *a = kn_to(kn_randn((int64_t[]){n, n}, 2, gen), device);
@@ -96,8 +102,8 @@ int main(int argc, char **argv)
     }
     qsort(times, (size_t)iters, sizeof times[0], compare_double);
     double median = times[iters / 2];
-    printf("kiln matmul n=%lld ms=%.3f tflops=%.2f\n", (long long)n, median * 1e3,
-           2.0 * (double)n * (double)n * (double)n / median / 1e12);
+    printf("kiln matmul n=%lld tf32=%d ms=%.3f tflops=%.2f\n", (long long)n, tf32 ? 1 : 0,
+           median * 1e3, 2.0 * (double)n * (double)n * (double)n / median / 1e12);
     kn_scope_end();
     return 0;
 }

@@ -2,11 +2,17 @@
 bench/fmnist/run.sh to compare with `kiln train`: the same data (the IDX files read with
 gzip + numpy, scaled by 1/255), default init, Adam lr 1e-3, batch 64, cross_entropy,
 1 epoch, 2 threads, a plain training loop (no DataLoader). Prints one JSON line:
-{"impl": "pytorch", "model", "steps", "train_seconds", "samples_per_second",
- "test_loss", "test_accuracy"}. Training time excludes data loading and evaluation,
-as Kiln's does.
+{"impl": "pytorch", "model", "device", "steps", "train_seconds", "samples_per_second",
+ "test_loss", "test_accuracy"} (plus "device_name" and "tf32" on cuda). Training time
+excludes data loading and evaluation, as Kiln's does.
 
-usage: /usr/bin/python3 bench/fmnist/torch_fmnist.py mlp|cnn [--epochs N] [--threads N]
+On --device cuda the data tensors are moved to the GPU once, each epoch's order is a
+torch.randperm drawn on the GPU and batches are gathered there by indexing; TF32 is off
+for matmul and for cuDNN (whose default is on) so both sides do fp32 math, unless --tf32
+allows it on both; the clock is read after torch.cuda.synchronize().
+
+usage: python3 bench/fmnist/torch_fmnist.py mlp|cnn [--epochs N] [--threads N]
+           [--device cpu|cuda] [--batch N] [--data DIR] [--tf32] [--max-steps N]
 """
 import argparse
 import gzip
@@ -28,9 +34,9 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load(split):
-    x = read_idx(f"{DATA}/{split}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y = read_idx(f"{DATA}/{split}-labels-idx1-ubyte.gz").astype(np.int64)
+def load(data, split):
+    x = read_idx(f"{data}/{split}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y = read_idx(f"{data}/{split}-labels-idx1-ubyte.gz").astype(np.int64)
     return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
 
 
@@ -43,27 +49,58 @@ def model_for(name):
                          nn.Flatten(), nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
+def set_tf32(allow):
+    """fp32 math on both sides unless asked: matmul's TF32 is off by default, cuDNN's on."""
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+
+
+def clock(device):
+    """time.perf_counter() once the device has finished what was queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=["mlp", "cnn"])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--data", default=DATA, help="folder of the four *-ubyte.gz IDX files")
+    ap.add_argument("--tf32", action="store_true", help="cuda: allow TF32 (matmul and cuDNN)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x_train, y_train = load("train")
-    x_test, y_test = load("t10k")
-    model = model_for(args.model)
+    device = torch.device(args.device)
+    info = {}
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("torch_fmnist.py: torch sees no CUDA device")
+        set_tf32(args.tf32)
+        info = {"device_name": torch.cuda.get_device_name(device), "tf32": args.tf32}
+    x_train, y_train = load(args.data, "train")
+    x_test, y_test = load(args.data, "t10k")
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    x_test, y_test = x_test.to(device), y_test.to(device)
+    model = model_for(args.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch = 64
-    gen = torch.Generator().manual_seed(args.seed)
+    batch = args.batch
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     steps, samples, seconds = 0, 0, 0.0
     for _ in range(args.epochs):
+        if args.max_steps and steps >= args.max_steps:
+            break
         model.train()
-        start = time.perf_counter()
-        order = torch.randperm(len(x_train), generator=gen)
+        start = clock(device)
+        order = torch.randperm(len(x_train), generator=gen, device=device)
         for i in range(0, len(order), batch):
+            if args.max_steps and steps >= args.max_steps:
+                break
             idx = order[i:i + batch]
             xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad()
@@ -72,7 +109,7 @@ def main():
             opt.step()
             steps += 1
             samples += len(idx)
-        seconds += time.perf_counter() - start
+        seconds += clock(device) - start
     model.eval()
     with torch.no_grad():
         loss_sum, correct = 0.0, 0
@@ -81,7 +118,8 @@ def main():
             yb = y_test[i:i + 1000]
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()
-    print(json.dumps({"impl": "pytorch", "model": args.model, "steps": steps,
+    print(json.dumps({"impl": "pytorch", "model": args.model, "device": args.device, **info,
+                      "batch": batch, "steps": steps,
                       "train_seconds": seconds, "samples_per_second": samples / seconds,
                       "test_loss": loss_sum / len(x_test),
                       "test_accuracy": correct / len(x_test)}))

@@ -124,6 +124,7 @@ typedef struct kapi_job_spec {
     kapi_data_spec data;
     kn_train_config train;
     char device[32];        /* "cpu" (default), "cuda", "cuda:N", "auto" */
+    bool allow_tf32;        /* CUDA products may use TF32 (kn_set_allow_tf32); default off */
     char resume_from[512];  /* CLI: a checkpoint path */
     char init_weights[512]; /* CLI: safetensors weights to start from */
     char submission_id[128];

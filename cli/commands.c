@@ -72,7 +72,9 @@ int kcli_train(const char *job_path, const kcli_options *options)
     kcli_job job;
     int rc = kcli_job_open(&job, job_path, true, true);
     kn_trainer *trainer = NULL;
+    bool tf32_before = kn_get_allow_tf32(); /* the job's choice until it is done */
     if (rc != 0) goto done;
+    kn_set_allow_tf32(job.spec->allow_tf32);
     if (options->out_dir && make_dirs(options->out_dir) != 0) {
         fprintf(stderr, "error: --out %s: %s\n", options->out_dir, strerror(errno));
         rc = KCLI_EXIT_RUNTIME;
@@ -173,6 +175,7 @@ int kcli_train(const char *job_path, const kcli_options *options)
 done:
     kn_trainer_free(trainer);
     kcli_job_close(&job);
+    kn_set_allow_tf32(tf32_before);
     return rc;
 }
 

@@ -282,8 +282,10 @@ kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t
 {
     const kn_cuda_backend *be = backend_for(device, "matmul");
     if (!be) return kn_last_status();
-    return module_error(be->sgemm(device.index, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a,
-                                  b, ldb, stride_b, beta, c, ldc, stride_c, batch));
+    /* TF32 as the calling thread allows it (kn_set_allow_tf32) */
+    return module_error(be->sgemm(device.index, kn_get_allow_tf32(), trans_a, trans_b, m, n, k,
+                                  alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
+                                  batch));
 }
 
 kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes)

@@ -132,7 +132,7 @@ kn_status kn__kernel_copy(kn_device device, const int64_t *shape, int ndim, size
 /* out = *value (elem_size bytes read from host memory) everywhere. */
 kn_status kn__kernel_fill(kn_device device, const int64_t *shape, int ndim, size_t elem_size,
                           kn_cpu_operand out, const void *value);
-/* Row-major batched SGEMM on a CUDA device (cuBLAS). */
+/* Row-major batched SGEMM on a CUDA device (cuBLAS), TF32 when the thread allows it. */
 kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t m, int64_t n,
                            int64_t k, float alpha, const float *a, int64_t lda, int64_t stride_a,
                            const float *b, int64_t ldb, int64_t stride_b, float beta, float *c,

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 archs=90
-build=build-gpu
+build="build-gpu"
 jobs="$(nproc 2>/dev/null || echo 2)"
 data_src=/usr/share/datasets/fashion-mnist
 limit_mib=60
@@ -94,7 +94,7 @@ for f in "$pack/bin"/*; do
 done
 [ "$missing" = 0 ] || die "unresolved libraries (see above)"
 tar -C "$staging" -cJf "$pack/libs.tar.xz" .
-libs="$(cd "$staging" && ls | tr '\n' ' ')"
+libs="$(find "$staging" -type f -printf '%f\n' | sort | tr '\n' ' ')"
 
 # ---- data ---------------------------------------------------------------------------
 for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \

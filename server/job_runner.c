@@ -513,6 +513,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     bool have_dataset = false;
     kn_module *model = NULL;
     kn_dataset *train = NULL, *validation = NULL, *test = NULL;
+    bool tf32_before = kn_get_allow_tf32(); /* the job's choice, on this thread, until done */
 
     kapi_errors errors = {0};
     kapi_job_parse_options options = {.allow_paths = false};
@@ -523,6 +524,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail_errors(r, "invalid_spec", &errors);
         goto done;
     }
+    kn_set_allow_tf32(spec->allow_tf32);
     kn_device device;
     if (!choose_device(r, spec, worker_device, &device)) goto done;
     model_spec = resolve_model(r, spec, &model_owned);
@@ -643,5 +645,6 @@ done:
     if (model_owned) kapi_model_spec_free(model_spec);
     kapi_job_spec_free(spec);
     free(r);
+    kn_set_allow_tf32(tf32_before);
     return outcome;
 }

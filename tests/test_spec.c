@@ -324,6 +324,7 @@ Test(spec, job_fields_land_in_the_train_config)
     cr_expect_not(c->shuffle);
     cr_expect(c->drop_last);
     cr_expect_str_eq(job->device, "cuda:1");
+    cr_expect(job->allow_tf32);
     cr_expect_eq(c->eval_every_steps, 200);
     cr_expect_eq(c->eval_batch_size, 500);
     cr_expect_eq(c->checkpoint_every_steps, 250);
@@ -387,6 +388,7 @@ Test(spec, job_defaults_are_torchs)
     cr_expect_not(c->drop_last);
     cr_expect_eq(c->eval_batch_size, 1000);
     cr_expect_str_eq(job->device, "cpu");
+    cr_expect_not(job->allow_tf32, "TF32 is opt-in, as in torch");
     cr_expect_float_eq(job->data.scale, 1, 0);
     kapi_job_spec_free(job);
 

@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define KN_CUDA_BACKEND_ABI 1
+#define KN_CUDA_BACKEND_ABI 2 /* 2: sgemm takes allow_tf32 */
 #define KN_CUDA_BACKEND_SYMBOL "kn_cuda_backend_v1"
 
 typedef struct kn_cuda_alloc_stats {
@@ -80,11 +80,12 @@ typedef struct kn_cuda_backend {
 
     /* ---- row-major SGEMM through cuBLAS, batch of independent products ----
      * C_i = alpha * op(A_i) op(B_i) + beta * C_i, C_i m x n, A_i = a + i * stride_a, ...
-     * trans_a: the m x k matrix is stored transposed (k x m, leading dimension lda). */
-    const char *(*sgemm)(int device, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                         float alpha, const float *a, int64_t lda, int64_t stride_a, const float *b,
-                         int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
-                         int64_t stride_c, int64_t batch);
+     * trans_a: the m x k matrix is stored transposed (k x m, leading dimension lda).
+     * allow_tf32: tensor cores may round the inputs to TF32 (else plain fp32). */
+    const char *(*sgemm)(int device, bool allow_tf32, bool trans_a, bool trans_b, int64_t m,
+                         int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                         int64_t stride_a, const float *b, int64_t ldb, int64_t stride_b,
+                         float beta, float *c, int64_t ldc, int64_t stride_c, int64_t batch);
 } kn_cuda_backend;
 
 typedef const kn_cuda_backend *(*kn_cuda_backend_fn)(void);

@@ -1,7 +1,8 @@
 /*
  * runtime.cu — the CUDA module's runtime: device discovery, per-device streams and
  * cuBLAS handles, the caching device allocator, host/device copies, row-major SGEMM
- * through cuBLAS, and the one exported symbol, kn_cuda_backend_v1.
+ * through cuBLAS (fp32, or TF32 when the caller allows it), and the one exported
+ * symbol, kn_cuda_backend_v1.
  *
  * The allocator keeps freed blocks in per-device, per-size-class free lists (the
  * classes of core/alloc.c: 512-byte steps up to 4 KiB, then four classes per power of
@@ -115,7 +116,7 @@ const char *kn_cuda_enter(int device, const char *op, cudaStream_t *stream, cubl
         if (!error) {
             error = blas_check(cublasCreate(&d->blas), op);
             if (!error) error = blas_check(cublasSetStream(d->blas, d->stream), op);
-            /* fp32 products stay fp32 (no TF32) unless a caller asks otherwise */
+            /* fp32 products stay fp32: TF32 is asked for per call (backend_sgemm) */
             if (!error) error = blas_check(cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH), op);
             if (error) {
                 if (d->blas) cublasDestroy(d->blas);
@@ -340,8 +341,8 @@ static const char *backend_copy_d2d(int dst_device, void *dst, int src_device, c
 
 /* ---- SGEMM -------------------------------------------------------------------------- */
 
-static const char *backend_sgemm(int device, bool trans_a, bool trans_b, int64_t m, int64_t n,
-                                 int64_t k, float alpha, const float *a, int64_t lda,
+static const char *backend_sgemm(int device, bool allow_tf32, bool trans_a, bool trans_b, int64_t m,
+                                 int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                                  int64_t stride_a, const float *b, int64_t ldb, int64_t stride_b,
                                  float beta, float *c, int64_t ldc, int64_t stride_c, int64_t batch)
 {
@@ -372,14 +373,20 @@ static const char *backend_sgemm(int device, bool trans_a, bool trans_b, int64_t
     if (lda < min_lda) lda = min_lda; /* only when that dim is 1: the value is unused */
     if (ldb < min_ldb) ldb = min_ldb;
     if (ldc < n) ldc = n;
+    /* The handle is shared by every thread on the device, so TF32 is chosen per call by
+     * the compute type rather than by the handle's math mode (which stays
+     * CUBLAS_DEFAULT_MATH: CUBLAS_COMPUTE_32F is then plain fp32). */
+    cublasComputeType_t compute = allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     cublasStatus_t status;
     if (batch == 1)
-        status = cublasSgemm(blas, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b, (int)ldb, a,
-                             (int)lda, &beta, c, (int)ldc);
+        status = cublasGemmEx(blas, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
+                              (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
+                              compute, CUBLAS_GEMM_DEFAULT);
     else
-        status = cublasSgemmStridedBatched(blas, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b,
-                                           (int)ldb, stride_b, a, (int)lda, stride_a, &beta, c,
-                                           (int)ldc, stride_c, (int)batch);
+        status = cublasGemmStridedBatchedEx(blas, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b,
+                                            CUDA_R_32F, (int)ldb, stride_b, a, CUDA_R_32F, (int)lda,
+                                            stride_a, &beta, c, CUDA_R_32F, (int)ldc, stride_c,
+                                            (int)batch, compute, CUBLAS_GEMM_DEFAULT);
     if ((error = blas_check(status, "matmul"))) return error;
     return kn_cuda_check(cudaGetLastError(), "matmul");
 }

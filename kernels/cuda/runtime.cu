@@ -11,6 +11,7 @@
  * CUDA and the allocation tried once more before "out of memory" is reported.
  */
 #include "kn_cuda_internal.h"
+#include "kn_cuda_graph_internal.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -130,6 +131,7 @@ const char *kn_cuda_enter(int device, const char *op, cudaStream_t *stream, cubl
     if (error) return error;
     if (stream) *stream = d->stream;
     if (blas) *blas = d->blas;
+    kn_cuda_capture_redirect(device, stream, blas); /* a capturing thread's own (graph.cu) */
     return NULL;
 }
 
@@ -191,7 +193,14 @@ static const char *release_cache(device_state *d, const char *op)
     return error;
 }
 
-static const char *backend_alloc(int device, size_t nbytes, void **out)
+size_t kn_cuda_round_size(size_t nbytes)
+{
+    size_t rounded;
+    size_class(nbytes, &rounded);
+    return rounded;
+}
+
+const char *kn_cuda_cache_alloc(int device, size_t nbytes, void **out)
 {
     *out = NULL;
     const char *error = kn_cuda_enter(device, "alloc", NULL, NULL);
@@ -241,7 +250,7 @@ static const char *backend_alloc(int device, size_t nbytes, void **out)
     return NULL;
 }
 
-static void backend_free(int device, void *ptr, size_t nbytes)
+void kn_cuda_cache_free(int device, void *ptr, size_t nbytes)
 {
     if (!ptr || device < 0 || device >= KN_CUDA_MAX_DEVICES) return;
     size_t rounded;
@@ -267,6 +276,20 @@ static void backend_free(int device, void *ptr, size_t nbytes)
     d->free_lists[cls] = b;
     d->stats.bytes_cached += rounded;
     pthread_mutex_unlock(&d->lock);
+}
+
+/* While a thread captures a graph, its allocations come from the graph's pool, and a
+ * block that belongs to a pool goes back to it, never to the cache (graph.cu). */
+static const char *backend_alloc(int device, size_t nbytes, void **out)
+{
+    if (kn_cuda_pool_capturing(device)) return kn_cuda_pool_alloc(device, nbytes, out);
+    return kn_cuda_cache_alloc(device, nbytes, out);
+}
+
+static void backend_free(int device, void *ptr, size_t nbytes)
+{
+    if (!ptr || kn_cuda_pool_give(device, ptr, nbytes)) return;
+    kn_cuda_cache_free(device, ptr, nbytes);
 }
 
 static const char *backend_empty_cache(int device)

@@ -30,6 +30,7 @@ static const char *const JOB_FIELDS[] = {"model",
                                          "drop_last",
                                          "device",
                                          "allow_tf32",
+                                         "cuda_graph",
                                          "validation",
                                          "checkpoint_every_steps",
                                          "grad_clip_norm",
@@ -421,6 +422,7 @@ static void parse_training(kapi_errors *errors, const cJSON *root, kapi_job_spec
     const cJSON *device = cJSON_GetObjectItemCaseSensitive(root, "device");
     if (device) parse_device(errors, device, job->device, sizeof job->device);
     kapi__get_bool(errors, root, "allow_tf32", "", &job->allow_tf32);
+    kapi__get_bool(errors, root, "cuda_graph", "", &c->cuda_graph);
 
     const cJSON *validation = get_object(errors, root, "validation", "",
                                          "an object {\"every_steps\": N, \"batch_size\": N}", NULL);

@@ -160,6 +160,10 @@ int kcli_train(const char *job_path, const kcli_options *options)
         }
         cJSON_AddBoolToObject(o, "stopped_early", summary.stopped_early);
         cJSON_AddNumberToObject(o, "skipped_steps", (double)summary.skipped_steps);
+        if (summary.cuda_note[0]) {
+            cJSON_AddStringToObject(o, "cuda", summary.cuda_note);
+            cJSON_AddNumberToObject(o, "graph_steps", (double)summary.graph_steps);
+        }
         print_json(o);
         cJSON_Delete(o);
     } else {
@@ -168,6 +172,9 @@ int kcli_train(const char *job_path, const kcli_options *options)
                summary.stopped_early ? ", stopped early" : "");
         if (summary.skipped_steps)
             printf("skipped %lld non-finite steps\n", (long long)summary.skipped_steps);
+        if (summary.cuda_note[0])
+            printf("cuda: %s; %lld steps replayed from a graph\n", summary.cuda_note,
+                   (long long)summary.graph_steps);
         if (has_test)
             printf("test loss %.4f, accuracy %.4f (%lld samples)\n", test.loss, test.accuracy,
                    (long long)test.count);

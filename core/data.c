@@ -8,6 +8,7 @@
  */
 #include "kn_internal.h"
 #include "kn_data.h"
+#include "kn_train_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -288,11 +289,10 @@ int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last)
     return drop_last ? count / batch_size : (count + batch_size - 1) / batch_size;
 }
 
-kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                           int64_t batch_size, kn_tensor **inputs, kn_tensor **labels)
+/* Checks a batch request; *start and *n are the batch's first position and its rows. */
+static kn_status batch_range(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
+                             int64_t batch_size, int64_t *start, int64_t *n)
 {
-    if (!inputs || !labels) return kn__error(KN_ERR_NULL, "dataset_batch: NULL output pointer");
-    *inputs = *labels = NULL;
     if (!ds || !order) return kn__error(KN_ERR_NULL, "dataset_batch: dataset or order is NULL");
     if (order->dtype != KN_INT64 || order->ndim != 1 || order->device.type != KN_DEVICE_CPU)
         return kn__error(KN_ERR_DTYPE,
@@ -310,9 +310,41 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
                          (long long)batch_index, (long long)length,
                          (long long)kn_batches_per_epoch(length, batch_size, false),
                          (long long)batch_size);
-    int64_t start = batch_index * batch_size;
-    int64_t n = length - start < batch_size ? length - start : batch_size;
+    *start = batch_index * batch_size;
+    *n = length - *start < batch_size ? length - *start : batch_size;
+    return KN_OK;
+}
 
+/* Copies rows order[start .. start + n) of the dataset to dst and dst_labels. */
+static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t start, int64_t n,
+                             float *dst, int64_t *dst_labels)
+{
+    const int64_t *idx = (const int64_t *)order->storage->data + order->offset;
+    int64_t stride = order->strides[0];
+    int64_t row = row_elements(ds->inputs);
+    size_t row_bytes = (size_t)row * sizeof(float);
+    const float *src = kn__data_ptr(ds->inputs);
+    const int64_t *src_labels = kn__data_ptr(ds->labels);
+    for (int64_t j = 0; j < n; j++) {
+        int64_t i = idx[(start + j) * stride];
+        if (i < 0 || i >= ds->count)
+            return kn__error(KN_ERR_VALUE,
+                             "dataset_batch: order[%lld] = %lld is out of range for %lld samples",
+                             (long long)(start + j), (long long)i, (long long)ds->count);
+        memcpy(dst + j * row, src + i * row, row_bytes);
+        dst_labels[j] = src_labels[i];
+    }
+    return KN_OK;
+}
+
+kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
+                           int64_t batch_size, kn_tensor **inputs, kn_tensor **labels)
+{
+    if (!inputs || !labels) return kn__error(KN_ERR_NULL, "dataset_batch: NULL output pointer");
+    *inputs = *labels = NULL;
+    int64_t start, n;
+    kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
+    if (st != KN_OK) return st;
     int64_t shape[KN_MAX_DIMS];
     memcpy(shape, ds->inputs->shape, sizeof shape);
     shape[0] = n;
@@ -322,27 +354,23 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
         kn_release(x);
         return kn_last_status() ? kn_last_status() : KN_ERR_MEMORY;
     }
-    const int64_t *idx = (const int64_t *)order->storage->data + order->offset;
-    int64_t stride = order->strides[0];
-    int64_t row = row_elements(ds->inputs);
-    size_t row_bytes = (size_t)row * sizeof(float);
-    const float *src = kn__data_ptr(ds->inputs);
-    const int64_t *src_labels = kn__data_ptr(ds->labels);
-    float *dst = kn__data_ptr(x);
-    int64_t *dst_labels = kn__data_ptr(y);
-    for (int64_t j = 0; j < n; j++) {
-        int64_t i = idx[(start + j) * stride];
-        if (i < 0 || i >= ds->count) {
-            kn_release(x);
-            kn_release(y);
-            return kn__error(KN_ERR_VALUE,
-                             "dataset_batch: order[%lld] = %lld is out of range for %lld samples",
-                             (long long)(start + j), (long long)i, (long long)ds->count);
-        }
-        memcpy(dst + j * row, src + i * row, row_bytes);
-        dst_labels[j] = src_labels[i];
+    st = gather_rows(ds, order, start, n, kn__data_ptr(x), kn__data_ptr(y));
+    if (st != KN_OK) {
+        kn_release(x);
+        kn_release(y);
+        return st;
     }
     *inputs = kn__result(x);
     *labels = kn__result(y);
     return KN_OK;
+}
+
+kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
+                             int64_t batch_size, float *inputs, int64_t *labels, int64_t *rows)
+{
+    int64_t start, n;
+    kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
+    if (st == KN_OK) st = gather_rows(ds, order, start, n, inputs, labels);
+    *rows = st == KN_OK ? n : 0;
+    return st;
 }

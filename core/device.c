@@ -11,6 +11,7 @@
  */
 #include "kn_internal.h"
 #include "kn_cuda_backend.h"
+#include "kn_cuda_host_core.h"
 #include "kn_cuda_reduce_ops.h"
 
 #include <dlfcn.h>
@@ -33,10 +34,11 @@
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static const kn_cuda_backend *cuda; /* NULL unless loaded with at least one device */
 static int cuda_devices;
-static char cuda_reason[1024]; /* why cuda is not available, or what is there */
+static char cuda_reason[1024];            /* why cuda is not available, or what is there */
 static const kn_cuda_reduce *cuda_reduce; /* reductions, softmax, losses (or NULL) */
-const void *kn__cuda_conv_table; /* kn_cuda_conv_v1's table (kn_cuda_conv.h), or NULL */
-const void *kn__cuda_train_table; /* kn_cuda_train_v1's table (kn_cuda_train.h), or NULL */
+const void *kn__cuda_conv_table;          /* kn_cuda_conv_v1's table (kn_cuda_conv.h), or NULL */
+static const kn_cuda_host *cuda_host;     /* pinned memory, events, graphs (or NULL) */
+const void *kn__cuda_train_table;         /* kn_cuda_train_v1's table (kn_cuda_train.h), or NULL */
 
 static void *open_module(char *error, size_t size)
 {
@@ -105,6 +107,11 @@ static void load_cuda(void)
     kn__cuda_conv_table = conv_entry ? conv_entry() : NULL;
     *(void **)&conv_entry = dlsym(handle, "kn_cuda_train_v1");
     kn__cuda_train_table = conv_entry ? conv_entry() : NULL;
+    kn_cuda_host_fn host_entry;
+    *(void **)&host_entry = dlsym(handle, KN_CUDA_HOST_SYMBOL);
+    const kn_cuda_host *host = host_entry ? host_entry() : NULL;
+    if (host && host->abi == KN_CUDA_HOST_ABI && host->size == sizeof(kn_cuda_host))
+        cuda_host = host;
     cuda = backend;
     cuda_devices = count;
     kn_cuda_reduce_fn reduce_entry;
@@ -174,6 +181,33 @@ const kn_cuda_reduce *kn__cuda_reduce(kn_device device, const char *op)
     return cuda_reduce;
 }
 
+const kn_cuda_host *kn__cuda_host(kn_device device, const char *op)
+{
+    if (!backend_for(device, op)) return NULL;
+    if (!cuda_host)
+        kn__error(KN_ERR_DEVICE, "%s: the CUDA module " MODULE_NAME " has no %s", op,
+                  KN_CUDA_HOST_SYMBOL);
+    return cuda_host;
+}
+
+static __thread bool capturing;
+
+void kn__cuda_capture_mark(bool on)
+{
+    capturing = on;
+}
+
+bool kn__cuda_capturing(void)
+{
+    return capturing;
+}
+
+/* The refusal of kn__cuda_capture_mark's comment: set and returned by the callers. */
+static kn_status refuse_in_capture(const char *op, const char *why)
+{
+    return kn__error(KN_ERR_DEVICE, "%s: not allowed while a CUDA graph is captured (%s)", op, why);
+}
+
 kn_status kn__cuda_error(const char *message)
 {
     return module_error(message);
@@ -181,6 +215,7 @@ kn_status kn__cuda_error(const char *message)
 
 kn_status kn_cuda_synchronize(int device)
 {
+    if (capturing) return refuse_in_capture("synchronize", "it would wait for the device");
     const kn_cuda_backend *b = backend_for((kn_device){KN_DEVICE_CUDA, device}, "synchronize");
     if (!b) return kn_last_status();
     return module_error(b->synchronize(device));
@@ -290,6 +325,9 @@ kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t
 
 kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes)
 {
+    if (capturing)
+        return refuse_in_capture("copy to cpu", "reading a CUDA tensor on the host waits for "
+                                                "the device");
     const kn_cuda_backend *be = backend_for(t->device, "copy to cpu");
     if (!be) return kn_last_status();
     const char *src = (const char *)kn__data_ptr(t) + element * (int64_t)kn_dtype_size(t->dtype);
@@ -330,6 +368,11 @@ static kn_tensor *move(kn_tensor *t, kn_device device)
 {
     char name[32];
     kn_device_str(device, name, sizeof name);
+    if (capturing && t->device.type != device.type) {
+        refuse_in_capture("to", "a copy between the cpu and cuda would wait for the device or "
+                                "record a host address that is gone at replay");
+        return NULL;
+    }
     if (!kn_device_available(device)) {
         if (device.type == KN_DEVICE_CUDA && !cuda)
             return kn__error_null(KN_ERR_DEVICE, "to: device %s is not available (%s)", name,

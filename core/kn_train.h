@@ -44,6 +44,11 @@ typedef struct kn_train_config {
     bool skip_non_finite;            /* skip a step whose loss/grads are not finite */
     int64_t early_stopping_patience; /* evaluations without improvement; 0: off */
     double early_stopping_min_delta; /* on validation loss */
+    /* CUDA only (the CPU ignores it): once full batches have run eagerly twice, capture
+     * forward, loss and backward in a CUDA graph and replay it for later full batches
+     * (the optimizer steps after it); anything the graph cannot do runs eagerly. Off by
+     * default until it has been measured on a GPU. */
+    bool cuda_graph;
 } kn_train_config;
 
 /* Defaults as a user expects: cross_entropy, Adam(1e-3), batch 64, 1 epoch, seed 0,
@@ -90,6 +95,8 @@ typedef struct kn_train_summary {
     kn_eval_result final_validation;
     bool stopped_early;
     int64_t skipped_steps; /* non-finite steps skipped (skip_non_finite) */
+    int64_t graph_steps;   /* steps replayed from a CUDA graph (cuda_graph) */
+    char cuda_note[256];   /* CUDA runs: staging and graph, what happened ("" otherwise) */
 } kn_train_summary;
 
 kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config);

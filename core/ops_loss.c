@@ -8,6 +8,7 @@
  */
 #include "kn_internal.h"
 #include "kn_cuda_reduce_ops.h"
+#include "kn_cuda_host_core.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -320,6 +321,13 @@ static bool bad_target(const char *op, int64_t value, int64_t c, int64_t ignore_
 static bool check_cuda_targets(const char *op, kn_tensor *target, int64_t ignore_index,
                                class_dims *dims)
 {
+    /* Inside a CUDA graph capture the verdict cannot be read back (that waits for the
+     * device): the capturing trainer checks every replay's labels on the host to be in
+     * [0, C) (train_cuda.c), so none is ignore_index and the count is all of them. */
+    if (kn__cuda_capturing()) {
+        dims->count = kn_numel(target);
+        return true;
+    }
     const kn_cuda_reduce *r = kn__cuda_reduce(target->device, op);
     if (!r) return false;
     int64_t two[1] = {2}, result[2] = {0, 0};
@@ -637,8 +645,7 @@ kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction red
 {
     kn_tensor *inputs[2] = {log_probs, target};
     class_dims dims;
-    if (!kn__check_inputs("nll_loss", inputs, 2) ||
-        !check_reduction("nll_loss", reduction) ||
+    if (!kn__check_inputs("nll_loss", inputs, 2) || !check_reduction("nll_loss", reduction) ||
         (on_cuda(log_probs) && !kn__cuda_reduce(log_probs->device, "nll_loss")) ||
         !check_class_target("nll_loss", log_probs, target, ignore_index, &dims))
         return NULL;

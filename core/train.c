@@ -2,7 +2,8 @@
  * train.c — the training loop shared by the CLI and the server: batches in an order
  * fixed by (seed, epoch), forward, loss, backward, optional clipping, an optimizer step
  * at the scheduled learning rate, evaluation, early stopping and the callbacks. Also
- * kn_evaluate and kn_train_loss. Checkpoints are in checkpoint.c.
+ * kn_evaluate and kn_train_loss. Checkpoints are in checkpoint.c; on a CUDA device the
+ * staging of batches and the captured step are in train_cuda.c.
  */
 #include "kn_internal.h"
 #include "kn_train_internal.h"
@@ -242,6 +243,7 @@ typedef struct run_state {
     const kn_train_callbacks *cb;
     kn_train_summary *summary;
     kn_device device;
+    kn__train_cuda *cuda; /* CUDA: pinned staging and the graph (NULL: batches via kn_to) */
     int64_t bpe, total_steps;
     double train_seconds; /* batches only: evaluation and callbacks excluded */
     int64_t samples;
@@ -263,8 +265,24 @@ static const char *non_finite_name(double v)
     return isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
 }
 
-/* One batch: zero_grad, forward, loss, backward, clip, step. *skipped when the batch
- * was not finite and the config asks to skip such steps. */
+/* The batch on the model's device: through the staging ring on CUDA, else kn_to. */
+static kn_status load_batch(run_state *rs, kn_tensor *order, kn_tensor **x, kn_tensor **y)
+{
+    kn_trainer *t = rs->t;
+    if (rs->cuda) return kn__train_cuda_batch(rs->cuda, order, t->epoch, t->batch_in_epoch, x, y);
+    kn_status st =
+        kn_dataset_batch(rs->train, order, t->batch_in_epoch, t->config.batch_size, x, y);
+    if (st == KN_OK && rs->device.type != KN_DEVICE_CPU) {
+        *x = kn_to(*x, rs->device);
+        *y = kn_to(*y, rs->device);
+        if (!*x || !*y) st = kn_last_status();
+    }
+    return st;
+}
+
+/* One batch: zero_grad, forward, loss, backward, clip, step (on CUDA with cuda_graph,
+ * forward, loss and backward may be one replay of a captured graph instead). *skipped
+ * when the batch was not finite and the config asks to skip such steps. */
 static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, bool *skipped)
 {
     kn_trainer *t = rs->t;
@@ -272,18 +290,27 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
     int64_t step_no = t->step + 1; /* 1-based, as reported */
     *skipped = false;
     kn_optimizer_set_lr(t->optimizer, kn_lr_at(&c->lr_schedule, c->optimizer.lr, t->step));
-    kn_optimizer_zero_grad(t->optimizer);
-    kn_tensor *x = NULL, *y = NULL;
-    kn_status st = kn_dataset_batch(rs->train, order, t->batch_in_epoch, c->batch_size, &x, &y);
-    if (st != KN_OK) return step_error(st, step_no);
-    if (rs->device.type != KN_DEVICE_CPU) {
-        x = kn_to(x, rs->device);
-        y = kn_to(y, rs->device);
+    kn__graph_step g = {0};
+    kn_status st = KN_OK;
+    if (rs->cuda &&
+        (st = kn__train_cuda_graph_step(rs->cuda, order, t->epoch, t->batch_in_epoch, &g)) != KN_OK)
+        return step_error(st, step_no);
+    kn_tensor *loss = NULL;
+    double value;
+    if (g.ran) {
+        rs->samples += g.rows;
+        value = g.loss;
+    } else {
+        kn_optimizer_zero_grad(t->optimizer);
+        kn_tensor *x = NULL, *y = NULL;
+        if ((st = load_batch(rs, order, &x, &y)) != KN_OK) return step_error(st, step_no);
+        rs->samples += y->shape[0];
+        loss = kn_train_loss(c->loss, kn_module_forward(t->model, x), y, c->label_smoothing);
+        if (!loss) return step_error(kn_last_status(), step_no);
+        /* the host gathers the next batch while the device computes the loss */
+        kn__train_cuda_prefetch(rs->cuda, order, t->epoch, t->batch_in_epoch + 1);
+        value = kn_item(loss);
     }
-    rs->samples += y ? y->shape[0] : 0;
-    kn_tensor *loss = kn_train_loss(c->loss, kn_module_forward(t->model, x), y, c->label_smoothing);
-    if (!loss) return step_error(kn_last_status(), step_no);
-    double value = kn_item(loss);
     *loss_out = value;
     if (!isfinite(value)) {
         if (c->skip_non_finite) {
@@ -293,8 +320,7 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         return kn__error(KN_ERR_VALUE, "step %lld: loss is %s", (long long)step_no,
                          non_finite_name(value));
     }
-    st = kn_backward(loss, NULL, false);
-    if (st != KN_OK) return step_error(st, step_no);
+    if (!g.ran && (st = kn_backward(loss, NULL, false)) != KN_OK) return step_error(st, step_no);
     bool finite;
     double norm = 0;
     if (c->grad_clip_norm > 0) {
@@ -302,7 +328,8 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         if (st != KN_OK) return st;
         finite = isfinite(norm);
     } else {
-        finite = kn_grads_finite(t->params, t->n_params);
+        /* a replay computed the answer on the device with the loss */
+        finite = g.ran ? g.grads_finite : kn_grads_finite(t->params, t->n_params);
     }
     if (!finite) {
         if (c->skip_non_finite) {
@@ -316,6 +343,17 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
     st = kn_optimizer_step(t->optimizer);
     if (st != KN_OK) return step_error(st, step_no);
     return KN_OK;
+}
+
+/* CUDA work is queued: the time the device still needs for the steps counts as training
+ * time, so it is waited for before evaluation, a checkpoint or the end of the run. */
+static kn_status drain(run_state *rs)
+{
+    if (rs->device.type != KN_DEVICE_CUDA) return KN_OK;
+    double t0 = now_seconds();
+    kn_status st = kn_cuda_synchronize(rs->device.index);
+    rs->train_seconds += now_seconds() - t0;
+    return st;
 }
 
 /* Evaluates on the validation set, reports it and updates early stopping. */
@@ -379,12 +417,13 @@ static kn_status after_batch(run_state *rs, double loss, bool skipped, double ru
     }
     kn_status st = KN_OK;
     if (rs->cb && rs->cb->on_step) st = rs->cb->on_step(rs->cb->context, &info);
-    if (st == KN_OK && rs->validation &&
-        ((c->eval_every_steps > 0 && t->step % c->eval_every_steps == 0) || epoch_end))
-        st = run_eval(rs, epoch);
-    if (st == KN_OK && c->checkpoint_every_steps > 0 && t->step % c->checkpoint_every_steps == 0 &&
-        rs->cb && rs->cb->on_checkpoint)
-        st = rs->cb->on_checkpoint(rs->cb->context, t, t->step);
+    bool eval = rs->validation &&
+                ((c->eval_every_steps > 0 && t->step % c->eval_every_steps == 0) || epoch_end);
+    bool checkpoint = c->checkpoint_every_steps > 0 && t->step % c->checkpoint_every_steps == 0 &&
+                      rs->cb && rs->cb->on_checkpoint;
+    if (st == KN_OK && (eval || checkpoint)) st = drain(rs);
+    if (st == KN_OK && eval) st = run_eval(rs, epoch);
+    if (st == KN_OK && checkpoint) st = rs->cb->on_checkpoint(rs->cb->context, t, t->step);
     return st;
 }
 
@@ -416,6 +455,8 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
         t->batch_in_epoch = 0;
     }
     kn_module_train(t->model, true);
+    rs.cuda = kn__train_cuda_new(t, train, rs.device, rs.bpe, summary->cuda_note,
+                                 sizeof summary->cuda_note);
     double run_start = now_seconds();
     kn_status st = KN_OK;
     while (st == KN_OK && !rs.stop_early && !planned_done(&rs)) {
@@ -435,6 +476,10 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
         }
         kn_scope_end();
     }
+    kn_status drained = drain(&rs);
+    if (st == KN_OK) st = drained;
+    kn__train_cuda_free(rs.cuda, summary->cuda_note, sizeof summary->cuda_note,
+                        &summary->graph_steps);
     /* the final evaluation, unless the last step was just evaluated */
     if (st == KN_OK && validation && rs.last_eval_step != t->step)
         st = run_eval(&rs, t->epoch > 0 && t->batch_in_epoch == 0 ? t->epoch - 1 : t->epoch);

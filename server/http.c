@@ -337,6 +337,7 @@ static enum MHD_Result send_response(ksrv_server *server, request_state *state,
                                                       : "application/json";
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     if (r->header_name[0]) MHD_add_response_header(response, r->header_name, r->header_value);
+    if (r->varies_by_encoding) MHD_add_response_header(response, "Vary", "Accept-Encoding");
     const char *origin = ksrv_auth_cors_origin(server, connection);
     if (origin) {
         MHD_add_response_header(response, "Access-Control-Allow-Origin", origin);

@@ -113,6 +113,7 @@ typedef struct ksrv_response {
     const char *content_type; /* default application/json */
     char *file_path;         /* stream this file instead of body (malloc'd) */
     char header_name[64], header_value[256]; /* one extra header (Retry-After, ...) */
+    bool varies_by_encoding; /* the body depends on Accept-Encoding: say so to caches */
     /* A libmicrohttpd response the handler built itself (event streams, embedded
      * files): queued as it is, with status and the headers above; http.c destroys it. */
     struct MHD_Response *prepared;

@@ -417,6 +417,7 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     const char *encodings =
         MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "Accept-Encoding");
     bool accepts_gzip = encodings && strstr(encodings, "gzip");
+    response->varies_by_encoding = true;
     char key[512];
     int key_length = snprintf(key, sizeof key, "%s|%s|%lld|%lld|%s", request->params[0],
                               wanted_names ? wanted_names : "*", after_step, max_points,

@@ -396,7 +396,8 @@ static bool capture(kn__train_cuda *tc, staging_slot *s)
     int dev = tc->device.index;
     char why[400] = "";
     const char *error = NULL;
-    if (!tc->result) error = h->host_alloc(2 * sizeof(float), (void **)&tc->result);
+    if (!tc->result && !(error = h->host_alloc(2 * sizeof(float), (void **)&tc->result)))
+        tc->result[0] = tc->result[1] = 0.f; /* the flag stays 0 when no parameter has a grad */
     if (!error && !tc->result_event) error = h->event_new(dev, &tc->result_event);
     if (!error && !tc->pool) error = h->pool_new(dev, &tc->pool);
     if (!error && !tc->x_in) {

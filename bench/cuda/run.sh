@@ -73,12 +73,13 @@ bin="$work/bin"
 # KIT_KEEP_PACKED_LIBS=1 keeps them all (to try the packed copies on the build machine).
 ldconfig_bin="$(command -v ldconfig || echo /sbin/ldconfig)"
 if [ "${KIT_KEEP_PACKED_LIBS:-0}" = 0 ] && system_libs="$("$ldconfig_bin" -p 2>/dev/null)"; then
+    tab=$'\t' # ldconfig -p: "<TAB>libz.so.1 (libc6,x86-64) => /lib/.../libz.so.1"
     for f in "$work/lib"/*; do
         name="$(basename "$f")"
-        if grep -q "^[[:space:]]$name (" <<<"$system_libs"; then rm -f "$f"; fi
+        if grep -qF "$tab$name (libc6,x86-64" <<<"$system_libs"; then rm -f "$f"; fi
     done
 fi
-echo "packed libraries used: $(find "$work/lib" -type f -printf '%f ' | sort)" >>"$env_log"
+echo "packed libraries used: $(find "$work/lib" -type f -printf '%f\n' | sort | tr '\n' ' ')" >>"$env_log"
 
 # the Python with torch: $PYTHON, else the first python3 that imports it
 python=""

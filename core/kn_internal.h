@@ -137,6 +137,9 @@ kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t
                            int64_t k, float alpha, const float *a, int64_t lda, int64_t stride_a,
                            const float *b, int64_t ldb, int64_t stride_b, float beta, float *c,
                            int64_t ldc, int64_t stride_c, int64_t batch);
+/* kn_linear on a CUDA device (ops_linear_cuda.c), inputs already checked; the result
+ * belongs to the open scope, NULL with the error set. */
+kn_tensor *kn__linear_cuda(kn_tensor *x, kn_tensor *weight, kn_tensor *bias);
 /* nbytes from a CUDA tensor's storage, starting at its element `element`, to host dst. */
 kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes);
 /* kn__sum_to_shape for a gradient on a CUDA device. */

@@ -1,8 +1,9 @@
 /*
  * ops_matmul.c — kn_matmul (torch.matmul: dot, matrix-vector, matrix-matrix and
  * batched products with broadcast batch dims) and kn_linear (x·Wᵀ + b as one fused
- * GEMM), forward and backward. Operands go to BLAS as they are whenever their strides
- * allow it (row-major or transposed); only other layouts are copied.
+ * GEMM; on CUDA it is ops_linear_cuda.c's), forward and backward. Operands go to BLAS
+ * as they are whenever their strides allow it (row-major or transposed); only other
+ * layouts are copied.
  */
 #include "kn_internal.h"
 #include "../kernels/cpu/kn_cpu_linalg.h"
@@ -525,18 +526,8 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
         return kn__error_null(KN_ERR_SHAPE,
                               "linear: bias %s does not match weight %s (expected [%lld])",
                               kn__shape(bias), kn__shape(weight), (long long)out_f);
-    if (x->device.type != KN_DEVICE_CPU) {
-        /* x·Wᵀ through cuBLAS (Wᵀ is a view), + bias broadcast; autograd composes the
-         * backward from matmul, transpose and add. */
-        kn_scope_begin();
-        kn_tensor *y = kn_matmul(x, kn_transpose(weight, 0, 1));
-        if (y && bias) y = kn_add(y, bias);
-        if (!y) {
-            kn_scope_end();
-            return NULL;
-        }
-        return kn_scope_escape(y);
-    }
+    /* one cublasLt product with the bias in its epilogue (ops_linear_cuda.c) */
+    if (x->device.type != KN_DEVICE_CPU) return kn__linear_cuda(x, weight, bias);
     bool w_trans = false;
     int64_t ldw = 1, rows, cols;
     blas_mat xm;

@@ -342,7 +342,7 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
 {
     if (!inputs || !labels) return kn__error(KN_ERR_NULL, "dataset_batch: NULL output pointer");
     *inputs = *labels = NULL;
-    int64_t start, n;
+    int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
     if (st != KN_OK) return st;
     int64_t shape[KN_MAX_DIMS];
@@ -368,7 +368,7 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
                              int64_t batch_size, float *inputs, int64_t *labels, int64_t *rows)
 {
-    int64_t start, n;
+    int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
     if (st == KN_OK) st = gather_rows(ds, order, start, n, inputs, labels);
     *rows = st == KN_OK ? n : 0;

@@ -128,8 +128,8 @@ static kn_status linear_cuda_backward(kn_node *node, kn_tensor *g, kn_tensor **g
     kn_status st = KN_OK;
 
     if (need_x) { /* [rows, in] = g[rows, out] · W[out, in] */
-        bool w_row_major;
-        int64_t ldw;
+        bool w_row_major = true;
+        int64_t ldw = 0;
         kn_tensor *wc = kn__result(weight_operand(w, &w_row_major, &ldw));
         kn_tensor *gx = kn__result(kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, dev));
         if (!wc || !gx) return kn_last_status();
@@ -177,8 +177,8 @@ kn_tensor *kn__linear_cuda(kn_tensor *x, kn_tensor *weight, kn_tensor *bias)
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
     int64_t out_f = weight->shape[0], in_f = weight->shape[1], rows = leading_rows(x);
-    bool w_row_major;
-    int64_t ldw;
+    bool w_row_major = true;
+    int64_t ldw = 0;
     kn_tensor *xc = kn__contiguous_raw(x);
     kn_tensor *wc = xc ? weight_operand(weight, &w_row_major, &ldw) : NULL;
     /* the epilogue reads the bias as a contiguous vector */

@@ -273,7 +273,7 @@ static const char *lt_matmul(const char *op, int device, bool allow_tf32,
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if ((error = kn_cuda_check(cudaStreamIsCapturing(stream, &capture), op))) return error;
     bool capturing = capture != cudaStreamCaptureStatusNone;
-    lt_device *d;
+    lt_device *d = NULL;
     if ((error = lt_device_state(device, op, capturing, &d))) return error;
     void *workspace = capturing ? NULL : d->workspace;
     size_t workspace_bytes = capturing ? 0 : d->workspace_bytes;

@@ -9,8 +9,12 @@
  *
  * Shapes: rows (inner == 1, or few long strided rows) get a block per output with a
  * block reduction; otherwise one thread per (o, i) column walks r, so neighbouring
- * threads read neighbouring addresses. Softmax rows up to 1024 long get a warp each.
- * Every loop is grid-strided with int64 indices, so any size launches.
+ * threads read neighbouring addresses. When outputs are too few to fill the device with
+ * a block each (a whole-tensor sum or max, a mean loss: outer = inner = 1), each
+ * output's r range is cut into chunks, a block each, whose partials a second kernel
+ * joins: no atomics, and a cut that depends on the shape alone, so the same input gives
+ * the same bits on every run. Softmax rows up to 1024 long get a warp each. Every loop
+ * is grid-strided with int64 indices, so any size launches.
  */
 #include "kn_cuda_internal.h"
 #include "kn_cuda_reduce.h"
@@ -37,42 +41,38 @@ const char *kn_cuda_finish(const char *op)
     return kn_cuda_check(cudaGetLastError(), op);
 }
 
-/* ---- block and warp reductions ------------------------------------------------------- */
-
-/* identity(): what a lane with nothing to contribute joins with (block_reduce's idle lanes). */
-struct add_op {
-    template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
-    template <typename T> __device__ static T identity() { return T(0); }
-};
-struct max_op { /* NaN-skipping, as the CPU's x > m ? x : m */
-    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-    template <typename T> __device__ static T identity() { return -INFINITY; }
-};
-
-template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op)
+/* Through the exported table, so the scratch follows whatever alloc and free do (the
+ * graph pool while capturing) without reaching into runtime.cu. */
+const char *kn_cuda_scratch_alloc(int device, size_t nbytes, void **out)
 {
-    for (int offset = 16; offset > 0; offset >>= 1)
-        v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
+    return kn_cuda_backend_v1()->alloc(device, nbytes, out);
 }
 
-/* Every thread of the block gets the result; every thread must call it. */
-template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T *shared)
+void kn_cuda_scratch_free(int device, void *ptr, size_t nbytes)
 {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = warp_reduce(v, op);
-    __syncthreads(); /* shared may still be read from a previous call */
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        /* lanes past the last warp hold the identity: shared[0] again would be counted
-         * once per idle lane by a sum (8 warps of 256 threads: 25 times) */
-        T w = lane < warps ? shared[lane] : Op::template identity<T>();
-        w = warp_reduce(w, op);
-        if (lane == 0) shared[0] = w;
-    }
-    __syncthreads();
-    return shared[0];
+    kn_cuda_backend_v1()->free(device, ptr, nbytes);
+}
+
+/* ---- few outputs, long reductions: several blocks per output --------------------------- */
+
+#define SPLIT_TARGET 1024 /* blocks the first pass aims for: several per SM of an H100 */
+#define SPLIT_MIN 4096    /* elements a block takes at least (16 per thread) */
+
+typedef struct split {
+    int64_t chunks, len; /* output o's r range in chunks of len, the last maybe shorter */
+} split;
+
+/* Chunks per output, from the shape alone; chunks == 1: a block per output is enough. */
+static split split_for(int64_t outputs, int64_t reduce)
+{
+    split s = {1, reduce};
+    if (outputs >= SPLIT_TARGET / 2 || reduce < 2 * SPLIT_MIN) return s;
+    int64_t by_work = (reduce + SPLIT_MIN - 1) / SPLIT_MIN;
+    int64_t by_grid = (SPLIT_TARGET + outputs - 1) / outputs;
+    int64_t chunks = by_work < by_grid ? by_work : by_grid;
+    s.len = (reduce + chunks - 1) / chunks;
+    s.chunks = (reduce + s.len - 1) / s.len; /* no empty chunk */
+    return s;
 }
 
 /* ---- sum / mean / var ------------------------------------------------------------------ */
@@ -120,6 +120,80 @@ __global__ void sum_columns_kernel(const float *x, float *out, int64_t outer, in
     }
 }
 
+/* Block k = o * chunks + c: output o's elements r in chunk c, totalled in double, into
+ * partial[k]; centred on center[o] (var's second pass) when center is given. */
+__global__ void sum_chunks_kernel(const float *x, double *partial, int64_t outputs, int64_t reduce,
+                                  int64_t inner, split sp, const float *center)
+{
+    __shared__ double shared[32];
+    for (int64_t k = blockIdx.x; k < outputs * sp.chunks; k += gridDim.x) {
+        int64_t o = k / sp.chunks, begin = (k % sp.chunks) * sp.len;
+        int64_t end = begin + sp.len < reduce ? begin + sp.len : reduce;
+        const float *p = x + (o / inner) * reduce * inner + o % inner;
+        double s = 0.0;
+        if (center) {
+            float c = center[o];
+            for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
+                float d = p[r * inner] - c;
+                s += (double)(d * d);
+            }
+        } else {
+            for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x)
+                s += (double)p[r * inner];
+        }
+        s = block_reduce(s, add_op(), shared);
+        if (threadIdx.x == 0) partial[k] = s;
+    }
+}
+
+/* A block per output joins its chunks' partials: out[o] = total / divisor. */
+__global__ void sum_join_kernel(const double *partial, float *out, int64_t outputs, int64_t chunks,
+                                double divisor)
+{
+    __shared__ double shared[32];
+    for (int64_t o = blockIdx.x; o < outputs; o += gridDim.x) {
+        double s = 0.0;
+        for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) s += partial[o * chunks + c];
+        s = block_reduce(s, add_op(), shared);
+        if (threadIdx.x == 0) out[o] = (float)(s / divisor);
+    }
+}
+
+/* sum or var over chunks: the partials, then (var) the float means and the centred
+ * partials, then the result; the scratch goes back once the kernels are queued. */
+static const char *sum_split(int device, cudaStream_t stream, const char *op, const float *x,
+                             float *out, int64_t outputs, int64_t reduce, int64_t inner, split sp,
+                             double divisor, bool var)
+{
+    size_t partial_bytes = sizeof(double) * (size_t)(outputs * sp.chunks);
+    size_t bytes = partial_bytes + (var ? sizeof(float) * (size_t)outputs : 0);
+    void *scratch;
+    const char *error = kn_cuda_scratch_alloc(device, bytes, &scratch);
+    if (error) return error;
+    double *partial = (double *)scratch;
+    float *means = var ? (float *)((char *)scratch + partial_bytes) : NULL;
+    unsigned blocks = kn_cuda_blocks_for(outputs * sp.chunks, 1);
+    unsigned joins = kn_cuda_blocks_for(outputs, 1);
+    sum_chunks_kernel<<<blocks, THREADS, 0, stream>>>(x, partial, outputs, reduce, inner, sp, NULL);
+    if (!(error = kn_cuda_finish(op))) {
+        /* var's centre is the float mean, as the single-block kernel's */
+        sum_join_kernel<<<joins, THREADS, 0, stream>>>(partial, var ? means : out, outputs,
+                                                       sp.chunks, var ? (double)reduce : divisor);
+        error = kn_cuda_finish(op);
+    }
+    if (!error && var) {
+        sum_chunks_kernel<<<blocks, THREADS, 0, stream>>>(x, partial, outputs, reduce, inner, sp,
+                                                          means);
+        if (!(error = kn_cuda_finish(op))) {
+            sum_join_kernel<<<joins, THREADS, 0, stream>>>(partial, out, outputs, sp.chunks,
+                                                           divisor);
+            error = kn_cuda_finish(op);
+        }
+    }
+    kn_cuda_scratch_free(device, scratch, bytes);
+    return error;
+}
+
 __global__ void fill_f32_kernel(float *out, int64_t n, float value)
 {
     GRID_STRIDE(i, n) out[i] = value;
@@ -143,10 +217,13 @@ const char *kn_cuda_reduce_sum(int device, const float *x, float *out, int64_t o
                             (long long)reduce, (long long)inner);
     int64_t outputs = outer * inner;
     if (outputs == 0) return NULL;
+    split sp = split_for(outputs, reduce);
     if (reduce == 0) {
         float value = (float)((var ? (double)NAN : 0.0) / divisor);
         fill_f32_kernel<<<kn_cuda_blocks_for(outputs, THREADS), THREADS, 0, stream>>>(out, outputs,
                                                                                       value);
+    } else if (sp.chunks > 1) {
+        return sum_split(device, stream, op, x, out, outputs, reduce, inner, sp, divisor, var);
     } else if (use_rows(outer, reduce, inner)) {
         sum_rows_kernel<<<kn_cuda_blocks_for(outputs, 1), THREADS, 0, stream>>>(
             x, out, outer, reduce, inner, divisor, var);
@@ -235,6 +312,70 @@ __global__ void max_columns_kernel(const float *x, float *values, int64_t *indic
     }
 }
 
+/* Block k = o * chunks + c: the best of output o's chunk c (index -1 when empty). */
+__global__ void max_chunks_kernel(const float *x, float *pv, int64_t *pi, int64_t outputs,
+                                  int64_t reduce, int64_t inner, split sp, bool is_min)
+{
+    __shared__ float sv[32];
+    __shared__ int64_t si[32];
+    for (int64_t k = blockIdx.x; k < outputs * sp.chunks; k += gridDim.x) {
+        int64_t o = k / sp.chunks, begin = (k % sp.chunks) * sp.len;
+        int64_t end = begin + sp.len < reduce ? begin + sp.len : reduce;
+        const float *p = x + (o / inner) * reduce * inner + o % inner;
+        float bv = 0.f;
+        int64_t bi = -1;
+        for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
+            float v = p[r * inner];
+            if (beats(bv, bi, v, r, is_min)) bv = v, bi = r;
+        }
+        block_best(&bv, &bi, is_min, sv, si);
+        if (threadIdx.x == 0) pv[k] = bv, pi[k] = bi;
+    }
+}
+
+/* A block per output picks the best of its chunks' bests: beats() orders them by value,
+ * NaN and first index, so the order they are joined in does not matter. */
+__global__ void max_join_kernel(const float *pv, const int64_t *pi, float *values, int64_t *indices,
+                                int64_t outputs, int64_t chunks, bool is_min)
+{
+    __shared__ float sv[32];
+    __shared__ int64_t si[32];
+    for (int64_t o = blockIdx.x; o < outputs; o += gridDim.x) {
+        float bv = 0.f;
+        int64_t bi = -1;
+        for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x)
+            if (beats(bv, bi, pv[o * chunks + c], pi[o * chunks + c], is_min))
+                bv = pv[o * chunks + c], bi = pi[o * chunks + c];
+        block_best(&bv, &bi, is_min, sv, si);
+        if (threadIdx.x == 0) {
+            if (values) values[o] = bv;
+            if (indices) indices[o] = bi;
+        }
+    }
+}
+
+static const char *max_split(int device, cudaStream_t stream, const char *op, const float *x,
+                             float *values, int64_t *indices, int64_t outputs, int64_t reduce,
+                             int64_t inner, split sp, bool is_min)
+{
+    size_t n = (size_t)(outputs * sp.chunks);
+    size_t bytes = n * (sizeof(int64_t) + sizeof(float));
+    void *scratch;
+    const char *error = kn_cuda_scratch_alloc(device, bytes, &scratch);
+    if (error) return error;
+    int64_t *pi = (int64_t *)scratch; /* first: the alignment of int64 */
+    float *pv = (float *)(pi + n);
+    max_chunks_kernel<<<kn_cuda_blocks_for(outputs * sp.chunks, 1), THREADS, 0, stream>>>(
+        x, pv, pi, outputs, reduce, inner, sp, is_min);
+    if (!(error = kn_cuda_finish(op))) {
+        max_join_kernel<<<kn_cuda_blocks_for(outputs, 1), THREADS, 0, stream>>>(
+            pv, pi, values, indices, outputs, sp.chunks, is_min);
+        error = kn_cuda_finish(op);
+    }
+    kn_cuda_scratch_free(device, scratch, bytes);
+    return error;
+}
+
 const char *kn_cuda_reduce_max(int device, const float *x, float *values, int64_t *indices,
                                int64_t outer, int64_t reduce, int64_t inner, bool is_min)
 {
@@ -245,6 +386,10 @@ const char *kn_cuda_reduce_max(int device, const float *x, float *values, int64_
     if (outer < 0 || reduce < 0 || inner < 0) return kn_cuda_fail("%s: negative size", op);
     int64_t outputs = outer * inner;
     if (outputs == 0 || reduce == 0) return NULL;
+    split sp = split_for(outputs, reduce);
+    if (sp.chunks > 1)
+        return max_split(device, stream, op, x, values, indices, outputs, reduce, inner, sp,
+                         is_min);
     if (use_rows(outer, reduce, inner))
         max_rows_kernel<<<kn_cuda_blocks_for(outputs, 1), THREADS, 0, stream>>>(
             x, values, indices, outer, reduce, inner, is_min);

@@ -17,8 +17,10 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- everywhere ---------------------------------------------------------------------- */
 
@@ -375,5 +377,241 @@ Test(cuda_reduce, losses_match_the_cpu)
             loss_arg a = {kind, reductions[r], 0, 0.0, target, kn_to(target, kn_test_cuda0)};
             check_op(kind == 2 ? "mse_loss" : "bce_with_logits", do_loss, &a, p, 1e-4, 1e-5);
         }
+    kn_scope_end();
+}
+
+/* ---- the parallel sums: sum_to, whole-tensor sums and maxes ------------------------------
+ * sum_to (every broadcast backward: conv and linear bias gradients) runs a group or a
+ * thread per output and cuts few outputs into chunks; sum_all, max_all and whole losses
+ * cut their one output into chunks joined by a second kernel. Integer values in [-8, 8]
+ * make every partial exact in float and double, so there the CPU and CUDA agree to the
+ * bit in any order; normal values get the sums' tolerance. No float atomics anywhere, so
+ * a second run gives the same bits. */
+
+static kn_tensor *small_ints(const int64_t *shape, int ndim, uint64_t seed)
+{
+    kn_tensor *x = kn_test_randn(shape, ndim, seed);
+    float *d = kn_data_f32(x);
+    for (int64_t i = 0; i < kn_numel(x); i++) d[i] = fminf(8.f, fmaxf(-8.f, floorf(d[i] * 3.f)));
+    return x;
+}
+
+static void assert_same_bits(const char *what, kn_tensor *a, kn_tensor *b)
+{
+    cr_assert_not_null(a, "%s: %s", what, kn_last_error());
+    cr_assert_not_null(b, "%s (again): %s", what, kn_last_error());
+    int64_t n = kn_numel(a);
+    cr_assert_eq(n, kn_numel(b), "%s: sizes differ", what);
+    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1)),
+          *y = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    cr_assert_eq(kn_copy_to_floats(a, x), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_copy_to_floats(b, y), KN_OK, "%s", kn_last_error());
+    cr_assert(memcmp(x, y, sizeof(float) * (size_t)n) == 0, "%s: two runs differ", what);
+    free(x);
+    free(y);
+}
+
+/* g (a CPU tensor, or view of one) summed to shape on both devices by kn__sum_to_shape,
+ * as a backward does; view() makes the same view of the CUDA copy (NULL: none). */
+typedef kn_tensor *(*view_fn)(kn_tensor *t);
+
+static void check_sum_to(const char *what, kn_tensor *host, view_fn view, const int64_t *shape,
+                         int ndim, double rtol, double atol)
+{
+    kn_scope_begin();
+    kn_tensor *dev = kn_to(host, kn_test_cuda0);
+    cr_assert_not_null(dev, "%s: %s", what, kn_last_error());
+    kn_tensor *gc = view ? view(host) : host, *gg = view ? view(dev) : dev;
+    kn_tensor *c = kn__sum_to_shape(gc, shape, ndim);
+    kn_tensor *g = kn__sum_to_shape(gg, shape, ndim);
+    kn_test_assert_close_cuda(what, c, g, rtol, atol);
+    assert_same_bits(what, g, kn__sum_to_shape(gg, shape, ndim));
+    kn_scope_end();
+}
+
+static kn_tensor *channels_last(kn_tensor *t) /* [N, H, W, C] storage read as [N, C, H, W] */
+{
+    return kn_permute(t, (int[]){0, 3, 1, 2}, 4);
+}
+static kn_tensor *swap01(kn_tensor *t)
+{
+    return kn_transpose(t, 0, 1);
+}
+static kn_tensor *expand_middle(kn_tensor *t) /* [6, 1, 7] read as [6, 50, 7]: stride 0 */
+{
+    return kn_expand(t, KN_SHAPE(6, 50, 7));
+}
+
+Test(cuda_reduce, sum_to_matches_the_cpu_for_every_layout)
+{
+    kn_test_need_cuda();
+    kn_scope_begin();
+    int64_t none[1] = {0};
+    struct {
+        const char *what;
+        int64_t shape[4];
+        int ndim;
+        int64_t to[4];
+        int to_ndim;
+        view_fn view;
+        double atol; /* for normal values */
+    } cases[] = {
+        {"conv bias [64,16,28,28] -> [1,16,1,1]",
+         {64, 16, 28, 28},
+         4,
+         {1, 16, 1, 1},
+         4,
+         NULL,
+         1e-4},
+        {"conv bias, channels last", {64, 28, 28, 16}, 4, {1, 16, 1, 1}, 4, channels_last, 1e-4},
+        {"second conv bias [64,32,14,14]", {64, 32, 14, 14}, 4, {32, 1, 1}, 3, NULL, 1e-4},
+        {"linear bias [64,128] -> [128]", {64, 128}, 2, {128}, 1, NULL, 1e-5},
+        {"linear bias [8192,10] -> [10]", {8192, 10}, 2, {10}, 1, NULL, 1e-4},
+        {"leading dims dropped [2,64,128] -> [128]", {2, 64, 128}, 3, {128}, 1, NULL, 1e-5},
+        {"rows [1000,64] -> [1000,1]", {1000, 64}, 2, {1000, 1}, 2, NULL, 1e-5},
+        {"everything [1,1000000] -> []", {1, 1000000}, 2, {0}, 0, NULL, 1e-3},
+        {"nothing [3,1] -> [3,1]", {3, 1}, 2, {3, 1}, 2, NULL, 0},
+        {"middle dim [4,300,5] -> [4,1,5]", {4, 300, 5}, 3, {4, 1, 5}, 3, NULL, 1e-5},
+        {"outer dims [4,300,5] -> [300,1]", {4, 300, 5}, 3, {300, 1}, 2, NULL, 1e-5},
+        {"transposed [50,64,9] -> [1,50,9]", {50, 64, 9}, 3, {1, 50, 9}, 3, swap01, 1e-5},
+        {"transposed [50,64,9] -> [64,1,1]", {50, 64, 9}, 3, {64, 1, 1}, 3, swap01, 1e-5},
+        {"broadcast input [6,50,7] -> [1,50,1]", {6, 1, 7}, 3, {1, 50, 1}, 3, expand_middle, 1e-5},
+        {"broadcast input [6,50,7] -> [6,1,7]", {6, 1, 7}, 3, {6, 1, 7}, 3, expand_middle, 1e-5},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const int64_t *to = cases[i].to_ndim ? cases[i].to : none;
+        char what[160];
+        snprintf(what, sizeof what, "%s (integers)", cases[i].what);
+        check_sum_to(what, small_ints(cases[i].shape, cases[i].ndim, 50 + i), cases[i].view, to,
+                     cases[i].to_ndim, 0, 0);
+        check_sum_to(cases[i].what, kn_test_randn(cases[i].shape, cases[i].ndim, 70 + i),
+                     cases[i].view, to, cases[i].to_ndim, 1e-5, cases[i].atol);
+    }
+    /* an empty gradient sums to zeros */
+    check_sum_to("empty [0,5] -> [5]", kn_zeros(KN_SHAPE(0, 5), KN_FLOAT32), NULL, (int64_t[]){5},
+                 1, 0, 0);
+    /* through autograd: the bias of a broadcast add gets the summed gradient */
+    kn_tensor *x = kn_test_randn(KN_SHAPE(64, 16, 28, 28), 90);
+    kn_tensor *b = kn_test_randn(KN_SHAPE(1, 16, 1, 1), 91);
+    kn_tensor *w = kn_test_randn(KN_SHAPE(64, 16, 28, 28), 92);
+    kn_tensor *bc = kn_set_requires_grad(kn_clone(b), true);
+    kn_tensor *bg = kn_set_requires_grad(kn_to(b, kn_test_cuda0), true);
+    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(kn_add(x, bc), w)), NULL, false), KN_OK, "%s",
+                 kn_last_error());
+    cr_assert_eq(kn_backward(kn_sum_all(kn_mul(kn_add(kn_to(x, kn_test_cuda0), bg),
+                                               kn_to(w, kn_test_cuda0))),
+                             NULL, false),
+                 KN_OK, "%s", kn_last_error());
+    kn_test_assert_close_cuda("bias gradient of a broadcast add", kn_grad(bc), kn_grad(bg), 1e-5,
+                              1e-4);
+    kn_scope_end();
+}
+
+Test(cuda_reduce, whole_tensor_sum_and_max_match_the_cpu_at_every_size)
+{
+    kn_test_need_cuda();
+    const int64_t sizes[] = {1, 255, 256, 257, 1000000, 10000003};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        kn_scope_begin();
+        int64_t n = sizes[i];
+        char what[96];
+        /* exact: integers; ties for the max everywhere, so the first index must win */
+        kn_tensor *xi = small_ints(&n, 1, 200 + i), *gi = kn_to(xi, kn_test_cuda0);
+        cr_assert_not_null(gi, "%s", kn_last_error());
+        snprintf(what, sizeof what, "sum_all of %lld integers", (long long)n);
+        kn_test_assert_close_cuda(what, kn_sum_all(xi), kn_sum_all(gi), 0, 0);
+        assert_same_bits(what, kn_sum_all(gi), kn_sum_all(gi));
+        snprintf(what, sizeof what, "mean_all of %lld integers", (long long)n);
+        kn_test_assert_close_cuda(what, kn_mean_all(xi), kn_mean_all(gi), 0, 0);
+        snprintf(what, sizeof what, "max_all of %lld integers", (long long)n);
+        kn_test_assert_close_cuda(what, kn_max_all(xi), kn_max_all(gi), 0, 0);
+        snprintf(what, sizeof what, "min_all of %lld integers", (long long)n);
+        kn_test_assert_close_cuda(what, kn_min_all(xi), kn_min_all(gi), 0, 0);
+        snprintf(what, sizeof what, "argmax of %lld integers", (long long)n);
+        assert_same_indices(what, kn_argmax(xi, 0, false), kn_argmax(gi, 0, false));
+
+        /* normal values: the sums' tolerance (both total in double, in another order) */
+        kn_tensor *xr = kn_test_randn(&n, 1, 300 + i), *gr = kn_to(xr, kn_test_cuda0);
+        snprintf(what, sizeof what, "sum_all of %lld normals", (long long)n);
+        kn_test_assert_close_cuda(what, kn_sum_all(xr), kn_sum_all(gr), 1e-5, 1e-3);
+        assert_same_bits(what, kn_sum_all(gr), kn_sum_all(gr));
+        snprintf(what, sizeof what, "var of %lld normals", (long long)n);
+        if (n > 1)
+            kn_test_assert_close_cuda(what, kn_var(xr, (int[]){0}, 1, 1, false),
+                                      kn_var(gr, (int[]){0}, 1, 1, false), 1e-5, 1e-5);
+        snprintf(what, sizeof what, "max_all of %lld normals", (long long)n);
+        kn_test_assert_close_cuda(what, kn_max_all(xr), kn_max_all(gr), 0, 0);
+        snprintf(what, sizeof what, "mse_loss mean over %lld", (long long)n);
+        kn_tensor *zc = kn_zeros(&n, 1, KN_FLOAT32), *zg = kn_to(zc, kn_test_cuda0);
+        kn_test_assert_close_cuda(what, kn_mse_loss(xr, zc, KN_REDUCTION_MEAN),
+                                  kn_mse_loss(gr, zg, KN_REDUCTION_MEAN), 1e-4, 1e-5);
+
+        /* NaNs: the sum is NaN, the max is NaN and the first NaN's index wins */
+        if (n > 2) {
+            kn_tensor *xn = kn_clone(xi);
+            kn_data_f32(xn)[n / 2] = NAN;
+            kn_data_f32(xn)[n - 1] = NAN;
+            kn_tensor *gn = kn_to(xn, kn_test_cuda0);
+            snprintf(what, sizeof what, "sum_all of %lld with NaNs", (long long)n);
+            kn_test_assert_close_cuda(what, kn_sum_all(xn), kn_sum_all(gn), 0, 0);
+            snprintf(what, sizeof what, "max_all of %lld with NaNs", (long long)n);
+            kn_test_assert_close_cuda(what, kn_max_all(xn), kn_max_all(gn), 0, 0);
+            kn_test_assert_close_cuda(what, kn_min_all(xn), kn_min_all(gn), 0, 0);
+            snprintf(what, sizeof what, "argmax of %lld with NaNs", (long long)n);
+            assert_same_indices(what, kn_argmax(xn, 0, false), kn_argmax(gn, 0, false));
+        }
+        /* a 2-D tensor reduced whole goes the same way */
+        if (n == 1000000) {
+            kn_tensor *x2 = kn_reshape(xr, KN_SHAPE(1000, 1000));
+            kn_test_assert_close_cuda("sum_all of [1000,1000]", kn_sum_all(x2),
+                                      kn_sum_all(kn_to(x2, kn_test_cuda0)), 1e-5, 1e-3);
+            kn_test_assert_close_cuda(
+                "sum_all of a transposed [1000,1000]", kn_sum_all(kn_transpose(x2, 0, 1)),
+                kn_sum_all(kn_transpose(kn_to(x2, kn_test_cuda0), 0, 1)), 1e-5, 1e-3);
+        }
+        kn_scope_end();
+    }
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Not a check: how long the sums a training step leans on take, on stderr (run the
+ * binary itself to see it). */
+Test(cuda_reduce, sum_timings)
+{
+    kn_test_need_cuda();
+    kn_scope_begin();
+    kn_tensor *g = kn_to(kn_test_randn(KN_SHAPE(64, 16, 28, 28), 400), kn_test_cuda0);
+    kn_tensor *big = kn_to(kn_test_randn(KN_SHAPE(10000003), 401), kn_test_cuda0);
+    cr_assert_not_null(big, "%s", kn_last_error());
+    struct {
+        const char *what;
+        int kind;
+    } runs[] = {{"sum_to [64,16,28,28] -> [1,16,1,1]", 0},
+                {"sum_all of 10^7 + 3", 1},
+                {"max_all of 10^7 + 3", 2}};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        double best = 1e30;
+        for (int rep = 0; rep < 20; rep++) {
+            kn_scope_begin();
+            cr_assert_eq(kn_cuda_synchronize(0), KN_OK, "%s", kn_last_error());
+            double t0 = seconds_now();
+            kn_tensor *y = runs[r].kind == 0   ? kn__sum_to_shape(g, KN_SHAPE(1, 16, 1, 1))
+                           : runs[r].kind == 1 ? kn_sum_all(big)
+                                               : kn_max_all(big);
+            cr_assert_not_null(y, "%s: %s", runs[r].what, kn_last_error());
+            cr_assert_eq(kn_cuda_synchronize(0), KN_OK, "%s", kn_last_error());
+            double t = seconds_now() - t0;
+            if (t < best) best = t;
+            kn_scope_end();
+        }
+        fprintf(stderr, "timing: %s: %.1f us (best of 20, with the launch)\n", runs[r].what,
+                best * 1e6);
+    }
     kn_scope_end();
 }

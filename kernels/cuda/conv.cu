@@ -14,10 +14,6 @@
 
 #include <math.h>
 
-#define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 static unsigned grid_for(int64_t n)
 {
     int64_t b = (n + 255) / 256;

@@ -18,7 +18,12 @@ const char *kn_cuda_check(cudaError_t err, const char *op);
 /* Makes device current and hands out its stream (and cuBLAS handle when asked). */
 const char *kn_cuda_enter(int device, const char *op, cudaStream_t *stream, cublasHandle_t *blas);
 
-/* Kernels (elementwise.cu). */
+/* A grid-stride loop over [0, n): any grid size covers any n, and indices are 64-bit. */
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+/* Kernels (elementwise.cu; sum_to in sum_to.cu). */
 const char *kn_cuda_binary(int device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                            float beta);

@@ -16,10 +16,6 @@
 
 #define THREADS 256
 
-#define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 /* the upstream gradient of position i */
 __device__ __forceinline__ float upstream_at(const kn_cuda_upstream &up, int64_t i)
 {

@@ -26,10 +26,6 @@
 #define THREADS 256
 #define MAX_BLOCKS (1 << 20)
 
-#define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 unsigned kn_cuda_blocks_for(int64_t items, int per_block)
 {
     int64_t b = (items + per_block - 1) / per_block;

@@ -91,6 +91,9 @@ run() {
     local name=$1 target=$2
     shift 2
     local before after out
+    # kilnd logs a line per request: the previous target left hundreds of MB of log in
+    # the page cache, and its writeback would run during this target's measurement
+    sync
     before=$(rss_kib)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$target")
     after=$(rss_kib)

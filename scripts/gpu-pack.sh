@@ -39,6 +39,11 @@ for source in tests/test_cuda*.c; do
     name="$(basename "$source" .c)"
     cuda_tests+=("$name")
 done
+# the golden fixtures' CUDA twins (CMakeLists.txt builds one per tests/test_golden_*.c)
+for source in tests/test_golden_*.c; do
+    name="$(basename "$source" .c)"
+    cuda_tests+=("${name/test_golden_/test_cuda_golden_}")
+done
 [ ${#cuda_tests[@]} -gt 0 ] || die "no tests/test_cuda*.c"
 targets=(kiln kiln_cuda bench_cuda_matmul "${cuda_tests[@]}")
 

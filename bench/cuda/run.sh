@@ -24,6 +24,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
+# the golden tests (test_cuda_golden_*) read tests/golden/data from this checkout, not
+# from the build machine's path compiled into them
+export KILN_SOURCE_DIR="$root"
 kit="$root/.device"
 out="${OUT:-/tmp/kiln-kit-out}"
 deadline="${KIT_SECONDS:-480}"

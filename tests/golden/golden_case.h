@@ -10,11 +10,23 @@
  *     golden_check(g, out, "out", GOLDEN_TOL);
  *     golden_backward(g, out, GOLDEN_TOL, "a", a, "b", b, NULL);
  *     GOLDEN_END();                             frees g, closes the scope
+ *
+ * Built with KN_GOLDEN_CUDA (CMake makes test_cuda_golden_* from every test_golden_*.c),
+ * the same cases run on the GPU: each input is copied to cuda:0 as it is loaded, so the op
+ * and its backward run there; outputs and gradients must be on cuda and are copied back
+ * to be compared with PyTorch's (CPU) values. Without a device these tests skip, saying
+ * why. Tolerances are the per-op constants below on both devices: CUDA's expf/logf/tanhf
+ * are within 2 ulp (far inside 1e-5 relative), its reductions sum in another order
+ * (inside the same bounds for these sizes), cuBLAS without TF32 is fp32 like the CPU's
+ * BLAS. If a GPU run shows an op needing more, widen it here for CUDA only, with why.
  */
 #ifndef GOLDEN_CASE_H
 #define GOLDEN_CASE_H
 
 #include "kn_test.h"
+#ifdef KN_GOLDEN_CUDA
+#include "kn_test_cuda.h"
+#endif
 
 #include <criterion/criterion.h>
 #include <stdarg.h>
@@ -31,7 +43,14 @@
 /* Integer results (indices, comparisons) must match exactly. */
 #define GOLDEN_EXACT 0.0, 0.0
 
+#ifdef KN_GOLDEN_CUDA
+#define GOLDEN_NEED_DEVICE() kn_test_need_cuda()
+#else
+#define GOLDEN_NEED_DEVICE() ((void)0)
+#endif
+
 #define GOLDEN_BEGIN(name)                                                                         \
+    GOLDEN_NEED_DEVICE();                                                                          \
     kn_scope_begin();                                                                              \
     kn_golden *g = kn_golden_load(name);                                                           \
     cr_assert_not_null(g, "fixture %s missing: run /usr/bin/python3 tests/golden/generate.py", name)
@@ -47,7 +66,27 @@ static inline kn_tensor *golden_input(kn_golden *g, const char *entry)
 {
     kn_tensor *t = kn_golden_tensor(g, entry);
     cr_assert_not_null(t, "fixture entry '%s': %s", entry, kn_last_error());
+#ifdef KN_GOLDEN_CUDA
+    t = kn_to(t, kn_test_cuda0);
+    cr_assert_not_null(t, "fixture entry '%s' to cuda: %s", entry, kn_last_error());
+#endif
     return t;
+}
+
+/* What is compared with the fixture: t itself, or on CUDA its copy on the cpu once it is
+ * checked to be on cuda (an op that quietly ran elsewhere would otherwise pass). */
+static inline const kn_tensor *golden_host(const kn_tensor *t, const char *entry)
+{
+#ifdef KN_GOLDEN_CUDA
+    if (!t) return t;
+    cr_assert_eq(t->device.type, KN_DEVICE_CUDA, "%s: not on cuda", entry);
+    kn_tensor *host = kn_to(kn_detach((kn_tensor *)t), kn_cpu());
+    cr_assert_not_null(host, "%s back to the cpu: %s", entry, kn_last_error());
+    return host;
+#else
+    (void)entry;
+    return t;
+#endif
 }
 
 /* A float input that requires grad (PyTorch's leaf with requires_grad=True). */
@@ -61,7 +100,7 @@ static inline kn_tensor *golden_leaf(kn_golden *g, const char *entry)
 static inline void golden_check(kn_golden *g, const kn_tensor *t, const char *entry, double rtol,
                                 double atol)
 {
-    KN_ASSERT_GOLDEN(g, t, entry, rtol, atol);
+    KN_ASSERT_GOLDEN(g, golden_host(t, entry), entry, rtol, atol);
 }
 
 /* Backpropagates the fixture's grad_out from out, then compares each leaf's .grad with
@@ -82,7 +121,7 @@ static inline void golden_backward(kn_golden *g, kn_tensor *out, double rtol, do
         snprintf(entry, sizeof entry, "grad_%s", name);
         cr_assert(kn_golden_has(g, entry), "fixture has no %s", entry);
         cr_assert_not_null(leaf->grad, "%s has no .grad after backward", name);
-        KN_ASSERT_GOLDEN(g, leaf->grad, entry, rtol, atol);
+        KN_ASSERT_GOLDEN(g, golden_host(leaf->grad, entry), entry, rtol, atol);
     }
     va_end(args);
 }

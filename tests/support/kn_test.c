@@ -93,7 +93,11 @@ void kn_golden_free(kn_golden *g)
 kn_golden *kn_golden_load(const char *name)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/golden/data/%s.bin", KILN_SOURCE_DIR, name);
+    /* $KILN_SOURCE_DIR first: binaries built on one machine and run from another checkout
+     * (bench/cuda/run.sh on a GPU machine) find the fixtures there */
+    const char *root = getenv("KILN_SOURCE_DIR");
+    if (!root || !root[0]) root = KILN_SOURCE_DIR;
+    snprintf(path, sizeof path, "%s/tests/golden/data/%s.bin", root, name);
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "golden: cannot open %s\n", path);

@@ -184,7 +184,9 @@ for exe in "$bin"/test_cuda*; do
     while read -r t_name; do failing+=("$name: $t_name"); done < <(sed -n 's/^\[FAIL\] \([^:]*::[^:]*\):.*/\1/p' "$log")
     verdict=ok
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then verdict="timed out (${t}s)"
-    elif [ "$fail" -gt 0 ] || [ "$lost" -gt 0 ] || [ "$rc" != 0 ]; then verdict="FAILED (rc $rc)"; fi
+    elif [ "$fail" -gt 0 ] || [ "$lost" -gt 0 ] || [ "$rc" != 0 ]; then verdict="FAILED (rc $rc)"
+    # with a device, a skip is either a multi-GPU test or something wrong: look at each
+    elif [ "$has_gpu" = 1 ] && [ "$skip" -gt 0 ]; then verdict="ok, but $skip skipped: see tests.log"; fi
     row="$(printf '%-22s %5d %5d %5d %5d  %s' "$name" "$pass" "$fail" "$skip" "$lost" "$verdict")"
     test_rows+=("$row")
     say "tests: $row"

@@ -162,14 +162,21 @@ tests_log="$out/tests.log"
 : >"$tests_log"
 failing=()
 test_rows=()
-for exe in "$bin"/test_cuda*; do
+# The golden twins last: 242 cases, each a forked process that creates its own CUDA
+# context, so they take the longest; the engine's own device tests must not starve.
+for exe in $(ls "$bin"/test_cuda* | grep -v '/test_cuda_golden_') "$bin"/test_cuda_golden_*; do
     name="$(basename "$exe")"
     t="$(budget 75 300)"
     log="$work/$name.log"
+    # the golden cases are independent checks of values: 8 at a time (each its own
+    # process and CUDA context); the engine's tests one at a time, since some measure
+    # device memory
+    jobs=1
+    case "$name" in test_cuda_golden_*) jobs=8 ;; esac
     total="$(kenv "$exe" --list 2>/dev/null | awk '/^[^ ]+: [0-9]+ tests?$/ {n += $2} END {print n + 0}')"
     rc=0
     if [ "$t" -gt 0 ]; then
-        timeout -k 5 "$t" env LD_LIBRARY_PATH="$lib_path" "$exe" --jobs 1 --verbose --color=never \
+        timeout -k 5 "$t" env LD_LIBRARY_PATH="$lib_path" "$exe" --jobs "$jobs" --verbose --color=never \
             >"$log" 2>&1 || rc=$?
     else
         echo "not run: out of time" >"$log"
@@ -187,7 +194,7 @@ for exe in "$bin"/test_cuda*; do
     elif [ "$fail" -gt 0 ] || [ "$lost" -gt 0 ] || [ "$rc" != 0 ]; then verdict="FAILED (rc $rc)"
     # with a device, a skip is either a multi-GPU test or something wrong: look at each
     elif [ "$has_gpu" = 1 ] && [ "$skip" -gt 0 ]; then verdict="ok, but $skip skipped: see tests.log"; fi
-    row="$(printf '%-22s %5d %5d %5d %5d  %s' "$name" "$pass" "$fail" "$skip" "$lost" "$verdict")"
+    row="$(printf '%-30s %5d %5d %5d %5d  %s' "$name" "$pass" "$fail" "$skip" "$lost" "$verdict")"
     test_rows+=("$row")
     say "tests: $row"
 done
@@ -299,7 +306,7 @@ note "device: ${gpu_info:-none}"
 note "kit: $(head -1 "$kit/MANIFEST.txt" 2>/dev/null || echo 'no MANIFEST.txt')"
 note "kn_cuda_status: $status"
 note ""
-note "tests                   pass  fail  skip  lost  result"
+note "tests                           pass  fail  skip  lost  result"
 for r in "${test_rows[@]}"; do note "$r"; done
 for f in "${failing[@]:0:20}"; do note "  failing: $f"; done
 [ "${#failing[@]}" -le 20 ] || note "  ... and $((${#failing[@]} - 20)) more failing (tests.log)"

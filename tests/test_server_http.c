@@ -1,25 +1,22 @@
 /*
  * test_server_http.c — kilnd's HTTP side driven over real sockets: a server started
- * in-process on 127.0.0.1 (port 0, a temporary data directory, no workers) and a tiny
- * HTTP/1.1 client. Health, models, dataset uploads (IDX, gzip), job submission and its
+ * in-process on 127.0.0.1 (port 0, a temporary data directory, no workers) and the raw
+ * client of tests/support/kn_test_http.h. Health, models, dataset uploads (IDX, gzip), job submission and its
  * idempotent retry, 404/405/413, the bearer token, Host/Origin checks and strict JSON.
  */
 #define _GNU_SOURCE
 #include "ksrv.h"
+#include "kn_test_http.h"
 
 #include <criterion/criterion.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -68,66 +65,25 @@ static void teardown(void)
     nftw(data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* ---- a tiny HTTP/1.1 client ------------------------------------------------------------ */
-typedef struct reply {
-    int status;
-    char *head, *body;
-    size_t body_length;
-} reply;
+/* ---- requests (tests/support/kn_test_http.h) ------------------------------------------ */
+typedef kn_test_reply reply;
 
 static void reply_free(reply *r)
 {
-    free(r->head);
-    r->head = r->body = NULL;
+    kn_test_reply_free(r);
 }
 
 /* One request on a fresh connection ("Connection: close"); extra is raw header lines. */
 static reply http(const char *method, const char *path, const char *extra, const void *body,
                   size_t length)
 {
-    reply r = {0};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval timeout = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)server->port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
-    char head[2048], host[64] = "";
-    if (!extra || !strstr(extra, "Host:")) /* the default Host: ours */
-        snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", server->port);
-    int n = snprintf(head, sizeof head,
-                     "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                     method, path, host, extra ? extra : "", length);
-    cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
-    size_t sent = 0;
-    while (sent < length) {
-        ssize_t k = send(fd, (const char *)body + sent, length - sent, MSG_NOSIGNAL);
-        if (k <= 0) break; /* the server may answer early (413) and close */
-        sent += (size_t)k;
-    }
-    size_t capacity = 1 << 16, used = 0;
-    char *buffer = malloc(capacity);
-    for (int rounds = 0; rounds < 100000; rounds++) {
-        if (used + 1 >= capacity) buffer = realloc(buffer, capacity *= 2);
-        ssize_t k = recv(fd, buffer + used, capacity - used - 1, 0);
-        if (k <= 0) break;
-        used += (size_t)k;
-    }
-    close(fd);
-    buffer[used] = '\0';
-    r.head = buffer;
-    cr_assert(sscanf(buffer, "HTTP/1.1 %d", &r.status) == 1, "no status line in: %s", buffer);
-    char *split = strstr(buffer, "\r\n\r\n");
-    cr_assert_not_null(split);
-    *split = '\0';
-    r.body = split + 4;
-    r.body_length = used - (size_t)(r.body - buffer);
-    return r;
+    return kn_test_http(server->port, method, path, extra, body, length);
 }
 
-static reply get(const char *path) { return http("GET", path, NULL, NULL, 0); }
+static reply get(const char *path)
+{
+    return http("GET", path, NULL, NULL, 0);
+}
 
 static reply post(const char *path, const char *json)
 {
@@ -242,7 +198,8 @@ static unsigned char *idx_gz(int n, bool labels, size_t *size)
     raw[3] = labels ? 1 : 3;
     raw[7] = (unsigned char)n;
     if (!labels) raw[11] = 4, raw[15] = 4;
-    for (size_t i = labels ? 8 : 16; i < raw_size; i++) raw[i] = (unsigned char)(i % (labels ? 3 : 251));
+    for (size_t i = labels ? 8 : 16; i < raw_size; i++)
+        raw[i] = (unsigned char)(i % (labels ? 3 : 251));
     z_stream z = {0};
     cr_assert_eq(deflateInit2(&z, 6, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY), Z_OK);
     size_t capacity = deflateBound(&z, raw_size);
@@ -304,16 +261,17 @@ Test(http, datasets)
                  "invalid_role");
     expect_error(http("PUT", "/v1/datasets/tiny/files/test_images", NULL, "", 0), 400,
                  "missing_body");
-    expect_error(http("PUT", "/v1/datasets/tiny/files/test_images?format=zip", NULL, bad,
-                      sizeof bad), 400, "invalid_query");
+    expect_error(
+        http("PUT", "/v1/datasets/tiny/files/test_images?format=zip", NULL, bad, sizeof bad), 400,
+        "invalid_query");
     /* inline JSON arrays, and their errors */
     r = post("/v1/datasets/inline/files/test", "{\"inputs\": [[1, 2], [3, 4], [5, 6]], "
-                                                 "\"labels\": [0, 1, 1]}");
+                                               "\"labels\": [0, 1, 1]}");
     cr_expect_eq(r.status, 201, "%s", r.body);
     reply_free(&r);
     expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1, 2], [3]], "
-                                                          "\"labels\": [0, 1]}"), 400,
-                 "invalid_data");
+                                                        "\"labels\": [0, 1]}"),
+                 400, "invalid_data");
     expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [-1]}"),
                  400, "invalid_data");
 
@@ -384,7 +342,8 @@ Test(http, jobs)
     expect_error(post("/v1/jobs", "{\"model\": \"mlp\", \"data\": {\"dataset\": \"nope\"}}"), 404,
                  "dataset_not_found");
     expect_error(post("/v1/jobs", "{\"model\": \"mlp\", \"data\": {\"train\": {\"format\": \"csv\","
-                                  " \"path\": \"/etc/passwd\"}}}"), 400, "invalid_spec");
+                                  " \"path\": \"/etc/passwd\"}}}"),
+                 400, "invalid_spec");
     expect_error(get("/v1/jobs/job_0000000000000000"), 404, "not_found");
 }
 
@@ -424,7 +383,8 @@ Test(http, strict_json)
     cr_expect_eq(cJSON_GetObjectItem(e, "line")->valueint, 2);
     cJSON_Delete(j);
     reply_free(&r);
-    r = post("/v1/models", "{\"name\": \"a\", \"layers\": [{\"type\": \"relu\", \"type\": \"relu\"}]}");
+    r = post("/v1/models",
+             "{\"name\": \"a\", \"layers\": [{\"type\": \"relu\", \"type\": \"relu\"}]}");
     cr_expect_eq(r.status, 400);
     j = json_of(&r);
     cr_expect_str_eq(error_code(j), "duplicate_key");

@@ -8,21 +8,18 @@
 #define _GNU_SOURCE
 #include "ksrv.h"
 #include "ksrv_http.h"
+#include "kn_test_http.h"
 
 #include <criterion/criterion.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdint.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 static char data_dir[128];
@@ -58,47 +55,12 @@ static void teardown(void)
     nftw(data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* ---- a tiny HTTP/1.1 client (one request per connection) ------------------------------ */
-typedef struct reply {
-    int status;
-    char *head, *body;
-} reply;
+/* ---- requests (tests/support/kn_test_http.h) ------------------------------------------ */
+typedef kn_test_reply reply;
 
 static reply http(const char *method, const char *path, const void *body, size_t length)
 {
-    reply r = {0};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval timeout = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)server->port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
-    char head[1024];
-    int n = snprintf(head, sizeof head,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     method, path, server->port, length);
-    cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
-    if (length) cr_assert_eq(send(fd, body, length, MSG_NOSIGNAL), (ssize_t)length);
-    size_t capacity = 1 << 16, used = 0;
-    char *buffer = malloc(capacity);
-    for (int rounds = 0; rounds < 100000; rounds++) {
-        if (used + 1 >= capacity) buffer = realloc(buffer, capacity *= 2);
-        ssize_t k = recv(fd, buffer + used, capacity - used - 1, 0);
-        if (k <= 0) break;
-        used += (size_t)k;
-    }
-    close(fd);
-    buffer[used] = '\0';
-    r.head = buffer;
-    cr_assert(sscanf(buffer, "HTTP/1.1 %d", &r.status) == 1, "no status line in: %s", buffer);
-    char *split = strstr(buffer, "\r\n\r\n");
-    cr_assert_not_null(split);
-    *split = '\0';
-    r.body = split + 4;
-    return r;
+    return kn_test_http(server->port, method, path, NULL, body, length);
 }
 
 static cJSON *json_of(const reply *r)

@@ -1,0 +1,83 @@
+/*
+ * kn_test_http.h — a tiny raw HTTP/1.1 client for the tests that start kilnd in-process
+ * (tests/test_server_http.c, tests/test_server_samples.c): one request per connection to
+ * 127.0.0.1:port, any method, raw extra header lines and a body the server may refuse
+ * early (413) and close on. Raw on purpose: those tests send what a well-behaved client
+ * (cli/khttp.c) never would — a foreign Host, a body over the limit. Header-only because
+ * it uses Criterion's assertions.
+ */
+#ifndef KN_TEST_HTTP_H
+#define KN_TEST_HTTP_H
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+/* head and body point into one malloc'd buffer: kn_test_reply_free frees it. */
+typedef struct kn_test_reply {
+    int status;
+    char *head, *body;
+    size_t body_length;
+} kn_test_reply;
+
+static __attribute__((unused)) void kn_test_reply_free(kn_test_reply *r)
+{
+    free(r->head);
+    r->head = r->body = NULL;
+}
+
+/* extra: raw header lines ("Name: value\r\n"), or NULL; a Host line in it replaces ours. */
+static __attribute__((unused)) kn_test_reply kn_test_http(int port, const char *method,
+                                                          const char *path, const char *extra,
+                                                          const void *body, size_t length)
+{
+    kn_test_reply r = {0};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval timeout = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    char head[2048], host[64] = "";
+    if (!extra || !strstr(extra, "Host:")) /* the default Host: ours */
+        snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", port);
+    int n = snprintf(head, sizeof head,
+                     "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                     method, path, host, extra ? extra : "", length);
+    cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
+    size_t sent = 0;
+    while (sent < length) {
+        ssize_t k = send(fd, (const char *)body + sent, length - sent, MSG_NOSIGNAL);
+        if (k <= 0) break; /* the server may answer early (413) and close */
+        sent += (size_t)k;
+    }
+    size_t capacity = 1 << 16, used = 0;
+    char *buffer = malloc(capacity);
+    for (int rounds = 0; rounds < 100000; rounds++) {
+        if (used + 1 >= capacity) buffer = realloc(buffer, capacity *= 2);
+        ssize_t k = recv(fd, buffer + used, capacity - used - 1, 0);
+        if (k <= 0) break;
+        used += (size_t)k;
+    }
+    close(fd);
+    buffer[used] = '\0';
+    r.head = buffer;
+    cr_assert(sscanf(buffer, "HTTP/1.1 %d", &r.status) == 1, "no status line in: %s", buffer);
+    char *split = strstr(buffer, "\r\n\r\n");
+    cr_assert_not_null(split);
+    *split = '\0';
+    r.body = split + 4;
+    r.body_length = used - (size_t)(r.body - buffer);
+    return r;
+}
+
+#endif

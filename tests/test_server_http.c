@@ -1,8 +1,9 @@
 /*
  * test_server_http.c — kilnd's HTTP side driven over real sockets: a server started
  * in-process on 127.0.0.1 (port 0, a temporary data directory, no workers) and the raw
- * client of tests/support/kn_test_http.h. Health, models, dataset uploads (IDX, gzip), job submission and its
- * idempotent retry, 404/405/413, the bearer token, Host/Origin checks and strict JSON.
+ * client of tests/support/kn_test_http.h. Health, models, dataset uploads (IDX, gzip),
+ * job submission and its idempotent retry, 404/405/413, the bearer token, Host/Origin
+ * checks and strict JSON.
  */
 #define _GNU_SOURCE
 #include "ksrv.h"

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "kstore_impl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,12 +19,10 @@ static const char *column_text(sqlite3_stmt *st, int col)
 /* A growable array for list results. */
 static bool grow(void **items, int *cap, int n, size_t size)
 {
-    if (n < *cap)
-        return true;
+    if (n < *cap) return true;
     int grown = *cap ? *cap * 2 : 16;
     void *p = realloc(*items, (size_t)grown * size);
-    if (!p)
-        return false;
+    if (!p) return false;
     memset((char *)p + (size_t)*cap * size, 0, (size_t)(grown - *cap) * size);
     *items = p;
     *cap = grown;
@@ -37,26 +36,22 @@ kstore_status kstore_model_put(kstore *store, const char *name, const char *spec
 {
     kstore *s = store;
     kstore_status status = kstore__check_name(s, "a model's name", name, 128);
-    if (status)
-        return status;
+    if (status) return status;
     if (!spec_json) {
         kstore__set_error(s, "model %s has no spec", name);
         return KSTORE_ERROR;
     }
-    if ((status = kstore__sync(s, SYNC_FULL)))
-        return status;
+    if ((status = kstore__sync(s, SYNC_FULL))) return status;
     sqlite3_stmt *st = kstore__stmt(s, ST_MODEL_PUT,
                                     "INSERT INTO models (name, spec_json, parameter_count,"
                                     " created_at) VALUES (?, ?, ?, ?)");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, spec_json, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, parameter_count);
     sqlite3_bind_double(st, 4, kstore__now());
     status = kstore__run(s, st, "storing a model");
-    if (status == KSTORE_CONFLICT)
-        kstore__set_error(s, "a model named '%s' exists already", name);
+    if (status == KSTORE_CONFLICT) kstore__set_error(s, "a model named '%s' exists already", name);
     return status;
 }
 
@@ -77,8 +72,7 @@ kstore_status kstore_model_get(kstore *store, const char *name, kstore_model *ou
     sqlite3_stmt *st = kstore__stmt(s, ST_MODEL_GET,
                                     "SELECT name, spec_json, parameter_count, created_at"
                                     " FROM models WHERE name = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     kstore_status status = KSTORE_OK;
@@ -103,8 +97,7 @@ kstore_status kstore_model_list(kstore *store, kstore_model **out, int *count)
     sqlite3_stmt *st = kstore__stmt(s, ST_MODEL_LIST,
                                     "SELECT name, spec_json, parameter_count, created_at"
                                     " FROM models ORDER BY name");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     kstore_model *models = NULL;
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
@@ -116,8 +109,7 @@ kstore_status kstore_model_list(kstore *store, kstore_model **out, int *count)
         }
         n++;
     }
-    if (!status && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "listing models");
+    if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing models");
     sqlite3_reset(st);
     if (status) {
         kstore_model_list_free(models, n);
@@ -128,23 +120,29 @@ kstore_status kstore_model_list(kstore *store, kstore_model **out, int *count)
     return KSTORE_OK;
 }
 
-kstore_status kstore_model_delete(kstore *store, const char *name)
+/* Deletes the row called name from a catalog table (what: "model", "dataset"), committed
+ * with a full sync; KSTORE_NOT_FOUND naming it when there is none. */
+static kstore_status delete_named(kstore *s, int statement, const char *sql, const char *what,
+                                  const char *name)
 {
-    kstore *s = store;
     kstore_status status = kstore__sync(s, SYNC_FULL);
-    if (status)
-        return status;
-    sqlite3_stmt *st = kstore__stmt(s, ST_MODEL_DELETE, "DELETE FROM models WHERE name = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    if (status) return status;
+    sqlite3_stmt *st = kstore__stmt(s, statement, sql);
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
-    if ((status = kstore__run(s, st, "deleting a model")))
-        return status;
+    char doing[64];
+    snprintf(doing, sizeof doing, "deleting a %s", what);
+    if ((status = kstore__run(s, st, doing))) return status;
     if (sqlite3_changes(s->db) == 0) {
-        kstore__set_error(s, "no model named '%s'", name ? name : "");
+        kstore__set_error(s, "no %s named '%s'", what, name ? name : "");
         return KSTORE_NOT_FOUND;
     }
     return KSTORE_OK;
+}
+
+kstore_status kstore_model_delete(kstore *store, const char *name)
+{
+    return delete_named(store, ST_MODEL_DELETE, "DELETE FROM models WHERE name = ?", "model", name);
 }
 
 void kstore_model_free(kstore_model *model)
@@ -157,10 +155,8 @@ void kstore_model_free(kstore_model *model)
 
 void kstore_model_list_free(kstore_model *models, int count)
 {
-    if (!models)
-        return;
-    for (int i = 0; i < count; i++)
-        kstore_model_free(&models[i]);
+    if (!models) return;
+    for (int i = 0; i < count; i++) kstore_model_free(&models[i]);
     free(models);
 }
 
@@ -170,16 +166,13 @@ kstore_status kstore_dataset_create(kstore *store, const char *name, const char 
 {
     kstore *s = store;
     kstore_status status = kstore__check_name(s, "a dataset's name", name, 128);
-    if (status || (status = kstore__sync(s, SYNC_FULL)))
-        return status;
+    if (status || (status = kstore__sync(s, SYNC_FULL))) return status;
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_CREATE,
                                     "INSERT INTO datasets (name, description, created_at)"
                                     " VALUES (?, ?, ?)");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-    if (description)
-        sqlite3_bind_text(st, 2, description, -1, SQLITE_TRANSIENT);
+    if (description) sqlite3_bind_text(st, 2, description, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(st, 3, kstore__now());
     status = kstore__run(s, st, "creating a dataset");
     if (status == KSTORE_CONFLICT)
@@ -192,8 +185,7 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
 {
     kstore *s = store;
     kstore_status status = kstore__begin(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     /* The existence check and the write share one transaction, so a concurrent delete
      * cannot leave a file row behind (the foreign key would refuse it too). */
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_EXISTS, "SELECT 1 FROM datasets WHERE name = ?");
@@ -203,12 +195,11 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
     }
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
-    status = rc == SQLITE_ROW ? KSTORE_OK
+    status = rc == SQLITE_ROW    ? KSTORE_OK
              : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                  : kstore__db_fail(s, "reading a dataset");
     sqlite3_reset(st);
-    if (status == KSTORE_NOT_FOUND)
-        kstore__set_error(s, "no dataset named '%s'", name ? name : "");
+    if (status == KSTORE_NOT_FOUND) kstore__set_error(s, "no dataset named '%s'", name ? name : "");
     if (status) {
         kstore__rollback(s);
         return status;
@@ -238,8 +229,7 @@ static kstore_status load_files(kstore *s, kstore_dataset *d)
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_FILES,
                                     "SELECT role, format, path, bytes, samples"
                                     " FROM dataset_files WHERE dataset = ? ORDER BY role");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, d->name, -1, SQLITE_TRANSIENT);
     int cap = 0, rc;
     kstore_status status = KSTORE_OK;
@@ -256,8 +246,7 @@ static kstore_status load_files(kstore *s, kstore_dataset *d)
         f->bytes = sqlite3_column_int64(st, 3);
         f->samples = sqlite3_column_int64(st, 4);
     }
-    if (!status && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "reading dataset files");
+    if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "reading dataset files");
     sqlite3_reset(st);
     return status;
 }
@@ -283,8 +272,7 @@ kstore_status kstore_dataset_get(kstore *store, const char *name, kstore_dataset
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_GET,
                                     "SELECT name, description, created_at FROM datasets"
                                     " WHERE name = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     kstore_status status;
@@ -297,10 +285,8 @@ kstore_status kstore_dataset_get(kstore *store, const char *name, kstore_dataset
         status = kstore__db_fail(s, "reading a dataset");
     }
     sqlite3_reset(st);
-    if (!status)
-        status = load_files(s, out);
-    if (status)
-        kstore_dataset_free(out);
+    if (!status) status = load_files(s, out);
+    if (status) kstore_dataset_free(out);
     return status;
 }
 
@@ -312,8 +298,7 @@ kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *coun
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_LIST,
                                     "SELECT name, description, created_at FROM datasets"
                                     " ORDER BY name");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     kstore_dataset *list = NULL;
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
@@ -323,15 +308,12 @@ kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *coun
             status = KSTORE_ERROR;
             break;
         }
-        if ((status = row_to_dataset(s, st, &list[n++])))
-            break;
+        if ((status = row_to_dataset(s, st, &list[n++]))) break;
     }
-    if (!status && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "listing datasets");
+    if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing datasets");
     sqlite3_reset(st);
     /* Files are read after the list statement is reset: one statement at a time. */
-    for (int i = 0; !status && i < n; i++)
-        status = load_files(s, &list[i]);
+    for (int i = 0; !status && i < n; i++) status = load_files(s, &list[i]);
     if (status) {
         kstore_dataset_list_free(list, n);
         return status;
@@ -343,27 +325,14 @@ kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *coun
 
 kstore_status kstore_dataset_delete(kstore *store, const char *name)
 {
-    kstore *s = store;
-    kstore_status status = kstore__sync(s, SYNC_FULL);
-    if (status)
-        return status;
-    sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_DELETE, "DELETE FROM datasets WHERE name = ?");
-    if (!st)
-        return KSTORE_ERROR;
-    sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
-    if ((status = kstore__run(s, st, "deleting a dataset"))) /* its files go by cascade */
-        return status;
-    if (sqlite3_changes(s->db) == 0) {
-        kstore__set_error(s, "no dataset named '%s'", name ? name : "");
-        return KSTORE_NOT_FOUND;
-    }
-    return KSTORE_OK;
+    /* its files go by cascade */
+    return delete_named(store, ST_DATASET_DELETE, "DELETE FROM datasets WHERE name = ?", "dataset",
+                        name);
 }
 
 void kstore_dataset_free(kstore_dataset *dataset)
 {
-    if (!dataset)
-        return;
+    if (!dataset) return;
     free(dataset->description);
     free(dataset->files);
     dataset->description = NULL;
@@ -373,10 +342,8 @@ void kstore_dataset_free(kstore_dataset *dataset)
 
 void kstore_dataset_list_free(kstore_dataset *datasets, int count)
 {
-    if (!datasets)
-        return;
-    for (int i = 0; i < count; i++)
-        kstore_dataset_free(&datasets[i]);
+    if (!datasets) return;
+    for (int i = 0; i < count; i++) kstore_dataset_free(&datasets[i]);
     free(datasets);
 }
 
@@ -386,24 +353,21 @@ kstore_status kstore_checkpoint_add(kstore *store, const kstore_checkpoint *chec
 {
     kstore *s = store;
     kstore_status status = kstore__sync(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     /* Re-adding a (job, kind, step) replaces it: a resumed job may checkpoint a step
      * again. */
     sqlite3_stmt *st = kstore__stmt(s, ST_CHECKPOINT_ADD,
                                     "INSERT OR REPLACE INTO checkpoints"
                                     " (job_id, kind, step, path, bytes, created_at)"
                                     " VALUES (?, ?, ?, ?, ?, ?)");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, checkpoint->job_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, checkpoint->kind[0] ? checkpoint->kind : "checkpoint", -1,
                       SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, checkpoint->step);
     sqlite3_bind_text(st, 4, checkpoint->path, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 5, checkpoint->bytes);
-    sqlite3_bind_double(st, 6, checkpoint->created_at > 0 ? checkpoint->created_at
-                                                          : kstore__now());
+    sqlite3_bind_double(st, 6, checkpoint->created_at > 0 ? checkpoint->created_at : kstore__now());
     return kstore__run(s, st, "adding a checkpoint");
 }
 
@@ -412,20 +376,18 @@ kstore_status kstore_checkpoint_delete(kstore *store, const char *job_id, const 
 {
     kstore *s = store;
     kstore_status status = kstore__sync(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     sqlite3_stmt *st = kstore__stmt(s, ST_CHECKPOINT_DELETE,
                                     "DELETE FROM checkpoints WHERE job_id = ? AND kind = ?"
                                     " AND step = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, job_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, kind ? kind : "checkpoint", -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, step);
     status = kstore__run(s, st, "deleting a checkpoint");
     if (status == KSTORE_OK && sqlite3_changes(s->db) == 0) {
-        kstore__set_error(s, "job %s has no %s at step %lld", job_id,
-                          kind ? kind : "checkpoint", (long long)step);
+        kstore__set_error(s, "job %s has no %s at step %lld", job_id, kind ? kind : "checkpoint",
+                          (long long)step);
         return KSTORE_NOT_FOUND;
     }
     return status;
@@ -453,8 +415,7 @@ kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_c
     sqlite3_stmt *st = kstore__stmt(s, ST_CHECKPOINT_LIST,
                                     "SELECT " CHECKPOINT_COLUMNS " FROM checkpoints"
                                     " WHERE job_id = ? ORDER BY step, kind");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, job_id ? job_id : "", -1, SQLITE_TRANSIENT);
     kstore_checkpoint *list = NULL;
     int n = 0, cap = 0, rc;
@@ -467,8 +428,7 @@ kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_c
         }
         row_to_checkpoint(st, &list[n++]);
     }
-    if (!status && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "listing checkpoints");
+    if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing checkpoints");
     sqlite3_reset(st);
     if (status) {
         free(list);
@@ -487,8 +447,7 @@ kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const 
     sqlite3_stmt *st = kstore__stmt(s, ST_CHECKPOINT_LATEST,
                                     "SELECT " CHECKPOINT_COLUMNS " FROM checkpoints"
                                     " WHERE job_id = ? AND kind = ? ORDER BY step DESC LIMIT 1");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, job_id ? job_id : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, kind ? kind : "checkpoint", -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -496,8 +455,7 @@ kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const 
     if (rc == SQLITE_ROW) {
         row_to_checkpoint(st, out);
     } else if (rc == SQLITE_DONE) {
-        kstore__set_error(s, "job %s has no %s", job_id ? job_id : "",
-                          kind ? kind : "checkpoint");
+        kstore__set_error(s, "job %s has no %s", job_id ? job_id : "", kind ? kind : "checkpoint");
         status = KSTORE_NOT_FOUND;
     } else {
         status = kstore__db_fail(s, "reading a checkpoint");
@@ -515,8 +473,7 @@ kstore_status kstore_model_versions(kstore *store, const char *model_name, char 
     sqlite3_stmt *st = kstore__stmt(s, ST_MODEL_VERSIONS,
                                     "SELECT id FROM jobs WHERE model_name = ?"
                                     " AND state = 'succeeded' ORDER BY finished_at DESC, seq DESC");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, model_name ? model_name : "", -1, SQLITE_TRANSIENT);
     char(*ids)[40] = NULL;
     int n = 0, cap = 0, rc;
@@ -529,8 +486,7 @@ kstore_status kstore_model_versions(kstore *store, const char *model_name, char 
         }
         kstore__copy(ids[n++], 40, column_text(st, 0));
     }
-    if (!status && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "listing model versions");
+    if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing model versions");
     sqlite3_reset(st);
     if (status) {
         free(ids);

@@ -324,6 +324,8 @@ bool khttp_do(const khttp_request *r, khttp_response *response, char *error, siz
             snprintf(response->content_type, sizeof response->content_type, "%s", value);
         else if (strcasecmp(line, "Retry-After") == 0)
             snprintf(response->retry_after, sizeof response->retry_after, "%s", value);
+        else if (strcasecmp(line, "ETag") == 0)
+            snprintf(response->etag, sizeof response->etag, "%s", value);
     }
     sink s = {.cap = r->max_body_bytes ? r->max_body_bytes : (size_t)256 << 20};
     bool to_file = ok && r->out_file && response->status >= 200 && response->status < 300;

@@ -34,6 +34,7 @@ typedef struct khttp_response {
     size_t body_length;
     char content_type[128];
     char retry_after[32];
+    char etag[64]; /* the ETag header, quotes included; "" when absent */
 } khttp_response;
 
 /* Performs the request. Returns true when a response arrived (any status), false with

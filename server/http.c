@@ -173,7 +173,8 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body)
     if (!response->body) {
         /* out of memory while printing: a fixed body still says what happened */
         response->status = 500;
-        response->body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
+        response->body =
+            strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
     }
     response->content_type = "application/json";
 }
@@ -252,13 +253,14 @@ static bool find_duplicate(const cJSON *node, const char *where, char *path, siz
     return false;
 }
 
-static void syntax_error(ksrv_response *response, const char *body, size_t offset,
-                         const char *what)
+static void syntax_error(ksrv_response *response, const char *body, size_t offset, const char *what)
 {
     int line = 1, column = 1;
     for (size_t i = 0; i < offset; i++) {
-        if (body[i] == '\n') line++, column = 1;
-        else column++;
+        if (body[i] == '\n')
+            line++, column = 1;
+        else
+            column++;
     }
     cJSON *root = cJSON_CreateObject();
     cJSON *error = cJSON_AddObjectToObject(root, "error");
@@ -309,8 +311,7 @@ cJSON *ksrv_parse_body(const ksrv_request *request, ksrv_response *response)
 }
 
 /* ---- the libmicrohttpd callbacks ----------------------------------------------------- */
-static enum MHD_Result send_response(ksrv_server *server, request_state *state,
-                                     ksrv_response *r)
+static enum MHD_Result send_response(ksrv_server *server, request_state *state, ksrv_response *r)
 {
     struct MHD_Connection *connection = state->request.connection;
     struct MHD_Response *response = r->prepared;
@@ -333,11 +334,16 @@ static enum MHD_Result send_response(ksrv_server *server, request_state *state,
         r->body = NULL; /* MHD owns it now */
     }
     const char *type = r->file_path && !r->content_type ? "application/octet-stream"
-                       : r->content_type              ? r->content_type
-                                                      : "application/json";
+                       : r->content_type                ? r->content_type
+                                                        : "application/json";
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     if (r->header_name[0]) MHD_add_response_header(response, r->header_name, r->header_value);
     if (r->varies_by_encoding) MHD_add_response_header(response, "Vary", "Accept-Encoding");
+    if (r->etag[0]) {
+        MHD_add_response_header(response, "ETag", r->etag);
+        /* stored, but asked again each time: a 304 costs a round trip and no body */
+        MHD_add_response_header(response, "Cache-Control", "no-cache");
+    }
     const char *origin = ksrv_auth_cors_origin(server, connection);
     if (origin) {
         MHD_add_response_header(response, "Access-Control-Allow-Origin", origin);
@@ -370,8 +376,7 @@ static enum MHD_Result respond_now(ksrv_server *server, request_state *state, ks
 
 static bool open_upload(ksrv_server *server, request_state *state)
 {
-    if (!ksrv_data_path(server, "tmp/upload-XXXXXX", state->upload_path,
-                        sizeof state->upload_path))
+    if (!ksrv_data_path(server, "tmp/upload-XXXXXX", state->upload_path, sizeof state->upload_path))
         return false;
     state->upload_fd = mkostemp(state->upload_path, O_CLOEXEC);
     if (state->upload_fd < 0) {
@@ -390,8 +395,8 @@ static void take_chunk(ksrv_server *server, request_state *state, const char *da
     body_kind kind = state->route ? state->route->body : BODY_NONE;
     if (kind == BODY_NONE) return;
     size_t total = (kind == BODY_UPLOAD ? state->request.upload_bytes : state->body_length) + size;
-    size_t limit = kind == BODY_UPLOAD ? server->config.max_upload_bytes
-                                       : server->config.max_body_bytes;
+    size_t limit =
+        kind == BODY_UPLOAD ? server->config.max_upload_bytes : server->config.max_body_bytes;
     if (total > limit) {
         state->too_large = true;
         free(state->body);
@@ -438,8 +443,8 @@ static enum MHD_Result first_call(ksrv_server *server, request_state *state)
 
     bool path_known;
     char allow[64];
-    state->route = find_route(request->method, request->path, request, &path_known, allow,
-                              sizeof allow);
+    state->route =
+        find_route(request->method, request->path, request, &path_known, allow, sizeof allow);
     if (!state->route && !strcmp(request->method, "OPTIONS") && path_known) {
         /* a CORS preflight from an allowed origin (auth passed) */
         r.status = 204;
@@ -463,8 +468,8 @@ static enum MHD_Result first_call(ksrv_server *server, request_state *state)
         return respond_now(server, state, &r);
     }
     request->route = state->route->pattern;
-    const char *length_header = MHD_lookup_connection_value(
-        request->connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *length_header = MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND,
+                                                            MHD_HTTP_HEADER_CONTENT_LENGTH);
     unsigned long long declared = length_header ? strtoull(length_header, NULL, 10) : 0;
     size_t limit = state->route->body == BODY_UPLOAD ? server->config.max_upload_bytes
                                                      : server->config.max_body_bytes;
@@ -482,9 +487,8 @@ static enum MHD_Result first_call(ksrv_server *server, request_state *state)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     ksrv_server *server = cls;
@@ -516,8 +520,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
     if (state->too_large) {
         size_t limit = state->route->body == BODY_UPLOAD ? server->config.max_upload_bytes
                                                          : server->config.max_body_bytes;
-        ksrv_respond_error(&r, 413, "body_too_large", NULL, "the body is over the limit of %zu bytes",
-                           limit);
+        ksrv_respond_error(&r, 413, "body_too_large", NULL,
+                           "the body is over the limit of %zu bytes", limit);
     } else if (state->write_failed) {
         ksrv_respond_error(&r, 500, "internal", NULL, "cannot store the request body");
     } else {
@@ -587,26 +591,22 @@ bool ksrv_http_start(ksrv_server *server, char **error)
     }
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES) flags |= MHD_USE_EPOLL;
     server->daemon = MHD_start_daemon(
-        flags, (uint16_t)config->port, NULL, NULL, on_request, server,
-        MHD_OPTION_SOCK_ADDR, address,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)config->http_threads,
+        flags, (uint16_t)config->port, NULL, NULL, on_request, server, MHD_OPTION_SOCK_ADDR,
+        address, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)config->http_threads,
         /* MHD zeroes a connection's whole pool after every request: at 256 KB that memset
          * was a third of a small request's cost. 32 KB (MHD's default) holds any sane
          * header block; bodies are streamed to handlers in pieces, whatever this size. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-        MHD_OPTION_CONNECTION_LIMIT, 1024u,
-        MHD_OPTION_CONNECTION_TIMEOUT, 120u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
     if (!server->daemon) {
         if (asprintf(error, "cannot listen on %s:%d (in use, or not an address of this host?)",
                      config->listen_address, config->port) < 0)
             *error = NULL;
         return false;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(server->daemon,
-                                                           MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);
     server->port = info && info->port ? info->port : config->port;
     return true;
 }

@@ -114,6 +114,10 @@ typedef struct ksrv_response {
     char *file_path;         /* stream this file instead of body (malloc'd) */
     char header_name[64], header_value[256]; /* one extra header (Retry-After, ...) */
     bool varies_by_encoding; /* the body depends on Accept-Encoding: say so to caches */
+    /* A strong validator of a body that never changes (a finished job's metrics), quotes
+     * included: sent as ETag with Cache-Control: no-cache, so a browser asks again with
+     * If-None-Match and gets 304 without the body. Empty: neither header. */
+    char etag[24];
     /* A libmicrohttpd response the handler built itself (event streams, embedded
      * files): queued as it is, with status and the headers above; http.c destroys it. */
     struct MHD_Response *prepared;
@@ -194,10 +198,12 @@ void ksrv_model_cache_free(ksrv_model_cache *cache);
 
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
 /* The cached body for key, shared: *data and *size stay valid until the returned handle
- * is given to ksrv_metrics_cache_release. NULL when not cached. */
-void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size);
+ * is given to ksrv_metrics_cache_release; etag gets its entity tag. NULL when not cached. */
+void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size,
+                                 char etag[24]);
 void ksrv_metrics_cache_release(void *handle);
-void ksrv_metrics_cache_put(const char *key, const char *body, size_t size);
+/* Keeps a copy of body under key with its entity tag (see ksrv_response.etag). */
+void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag);
 void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
 
 /* ---- files under the data directory ---------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include "ksrv.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ typedef struct blob {
 typedef struct entry {
     char *key;
     blob *body;
+    char etag[24];
     uint64_t used; /* LRU clock */
 } entry;
 
@@ -39,7 +41,7 @@ void ksrv_metrics_cache_release(void *handle)
     if (b && __atomic_sub_fetch(&b->references, 1, __ATOMIC_ACQ_REL) == 0) free(b);
 }
 
-void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size)
+void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size, char etag[24])
 {
     blob *found = NULL;
     pthread_mutex_lock(&cache_lock);
@@ -50,6 +52,7 @@ void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *siz
         __atomic_add_fetch(&found->references, 1, __ATOMIC_ACQ_REL);
         *data = found->data;
         *size = found->size;
+        memcpy(etag, entries[i].etag, sizeof entries[i].etag);
         break;
     }
     pthread_mutex_unlock(&cache_lock);
@@ -64,7 +67,7 @@ static void drop(entry *e)
     memset(e, 0, sizeof *e);
 }
 
-void ksrv_metrics_cache_put(const char *key, const char *body, size_t size)
+void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag)
 {
     if (size > CACHE_MAX_BYTES / 4) return; /* one huge series would evict everything */
     char *key_copy = strdup(key);
@@ -91,7 +94,8 @@ void ksrv_metrics_cache_put(const char *key, const char *body, size_t size)
             }
         }
         if (free_slot >= 0 && cached_bytes + size <= CACHE_MAX_BYTES) {
-            entries[free_slot] = (entry){key_copy, copy, ++clock_now};
+            entries[free_slot] = (entry){.key = key_copy, .body = copy, .used = ++clock_now};
+            snprintf(entries[free_slot].etag, sizeof entries[free_slot].etag, "%s", etag);
             cached_bytes += size;
             break;
         }

@@ -371,14 +371,63 @@ static void release_shared(void *handle)
     ksrv_metrics_cache_release(handle);
 }
 
+/* The entity tag of a finished answer: FNV-1a over the bytes sent, so the gzip'd and the
+ * plain answer differ (a strong validator names one representation) and the same answer
+ * gets the same tag after a restart. */
+static void entity_tag(const char *data, size_t size, char etag[24])
+{
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < size; i++) hash = (hash ^ (unsigned char)data[i]) * 0x100000001b3ull;
+    snprintf(etag, 24, "\"%016llx\"", (unsigned long long)hash);
+}
+
+/* If-None-Match holds etag (or "*"): the client has this answer. Weak comparison, as
+ * RFC 9110 has it for If-None-Match: a W/ prefix is ignored. */
+static bool client_has(const char *if_none_match, const char *etag)
+{
+    if (!if_none_match || !etag[0]) return false;
+    size_t n = strlen(etag);
+    for (const char *p = if_none_match; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        if (*p == '*') return true;
+        if (p[0] == 'W' && p[1] == '/') p += 2;
+        if (!strncmp(p, etag, n) && (p[n] == '\0' || p[n] == ',' || p[n] == ' ' || p[n] == '\t'))
+            return true;
+        while (*p && *p != ',') p++;
+    }
+    return false;
+}
+
+/* 304: no body; the validator and Vary as the 200 would have them. */
+static void respond_not_modified(ksrv_response *response, const char *etag)
+{
+    response->status = 304;
+    response->body = strdup("");
+    snprintf(response->etag, sizeof response->etag, "%s", etag);
+}
+
+static void set_encoding(ksrv_response *response, bool gzip)
+{
+    if (!gzip) return;
+    snprintf(response->header_name, sizeof response->header_name, "Content-Encoding");
+    snprintf(response->header_value, sizeof response->header_value, "gzip");
+}
+
 /* Answers from the cache without copying the body: MHD sends the shared bytes and lets
  * go of them when done. False when key is not cached. */
-static bool respond_shared(ksrv_response *response, const char *key, bool gzip)
+static bool respond_shared(ksrv_response *response, const char *key, bool gzip,
+                           const char *if_none_match)
 {
     const char *data;
     size_t size;
-    void *handle = ksrv_metrics_cache_acquire(key, &data, &size);
+    char etag[24];
+    void *handle = ksrv_metrics_cache_acquire(key, &data, &size, etag);
     if (!handle) return false;
+    if (client_has(if_none_match, etag)) {
+        ksrv_metrics_cache_release(handle);
+        respond_not_modified(response, etag);
+        return true;
+    }
     response->prepared = MHD_create_response_from_buffer_with_free_callback_cls(
         size, (void *)data, release_shared, handle);
     if (!response->prepared) {
@@ -386,22 +435,29 @@ static bool respond_shared(ksrv_response *response, const char *key, bool gzip)
         return false;
     }
     response->status = 200;
-    if (gzip) {
-        snprintf(response->header_name, sizeof response->header_name, "Content-Encoding");
-        snprintf(response->header_value, sizeof response->header_value, "gzip");
-    }
+    memcpy(response->etag, etag, sizeof etag);
+    set_encoding(response, gzip);
     return true;
 }
 
-static void respond_cached(ksrv_response *response, char *body, size_t size, bool gzip)
+/* A finished answer computed now (key NULL: not to be cached), or 304 when the client
+ * has it. Takes body. */
+static void respond_final(ksrv_response *response, const char *key, char *body, size_t size,
+                          bool gzip, const char *if_none_match)
 {
+    char etag[24];
+    entity_tag(body, size, etag);
+    if (key) ksrv_metrics_cache_put(key, body, size, etag);
+    if (client_has(if_none_match, etag)) {
+        free(body);
+        respond_not_modified(response, etag);
+        return;
+    }
     response->status = 200;
     response->body = body;
     response->body_length = size;
-    if (gzip) {
-        snprintf(response->header_name, sizeof response->header_name, "Content-Encoding");
-        snprintf(response->header_value, sizeof response->header_value, "gzip");
-    }
+    memcpy(response->etag, etag, sizeof etag);
+    set_encoding(response, gzip);
 }
 
 /* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
@@ -417,6 +473,8 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     const char *encodings =
         MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "Accept-Encoding");
     bool accepts_gzip = encodings && strstr(encodings, "gzip");
+    const char *if_none_match =
+        MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "If-None-Match");
     response->varies_by_encoding = true;
     char key[512];
     int key_length = snprintf(key, sizeof key, "%s|%s|%lld|%lld|%s", request->params[0],
@@ -425,7 +483,7 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     bool keyed = key_length > 0 && (size_t)key_length < sizeof key;
     /* Only finished jobs are cached and jobs are never deleted, so a hit needs no
      * look-up of the job. */
-    if (keyed && respond_shared(response, key, accepts_gzip)) return;
+    if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) return;
     kstore *store = ksrv_store_or_500(server, response);
     kstore_job j;
     if (!store || !load_job(store, request, response, &j)) return;
@@ -485,19 +543,20 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     }
     response->status = 200;
     response->body = b.data;
+    response->body_length = b.length;
     if (!final) return;
+    response->body = NULL;
     if (gzip) {
         size_t size = 0;
         char *compressed = gzip_text(b.data, b.length, &size);
-        if (!compressed) { /* send it plain; nothing is cached */
+        if (compressed) {
+            free(b.data);
+            respond_final(response, key, compressed, size, true, if_none_match);
             return;
         }
-        ksrv_metrics_cache_put(key, compressed, size);
-        free(b.data);
-        respond_cached(response, compressed, size, true);
-        return;
+        /* could not compress: send it plain, and keep it away from the gzip key */
     }
-    ksrv_metrics_cache_put(key, b.data, b.length);
+    respond_final(response, gzip ? NULL : key, b.data, b.length, false, if_none_match);
 }
 
 /* ---- checkpoints and weights ------------------------------------------------------------ */

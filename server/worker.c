@@ -162,8 +162,8 @@ ksrv_workers *ksrv_workers_start(ksrv_server *server, char **error)
             kn_device cuda = {KN_DEVICE_CUDA, 0};
             w->device = kn_device_available(cuda) ? cuda : kn_cpu();
         } else if (kn_device_parse(name, &w->device) != KN_OK) {
-            *error = error_text("--devices: expected cpu, cuda, cuda:N or auto, got \"%s\"%s",
-                                name, "");
+            *error =
+                error_text("--devices: expected cpu, cuda, cuda:N or auto, got \"%s\"%s", name, "");
             break;
         } else if (!kn_device_available(w->device)) {
             *error = error_text("--devices: %s is not available on this machine%s", name, "");

@@ -16,22 +16,21 @@
 #include <string.h>
 #include <sys/random.h>
 
-#define JOB_COLUMNS                                                                          \
-    "id, state, priority, model_name, dataset_name, submission_id, spec_json, device, "     \
-    "created_at, started_at, finished_at, updated_at, step, total_steps, epoch, "           \
-    "samples_per_second, eta_seconds, cancel_requested, pause_requested, error_code, "      \
+#define JOB_COLUMNS                                                                                \
+    "id, state, priority, model_name, dataset_name, submission_id, spec_json, device, "            \
+    "created_at, started_at, finished_at, updated_at, step, total_steps, epoch, "                  \
+    "samples_per_second, eta_seconds, cancel_requested, pause_requested, error_code, "             \
     "error_message, error_step, latest_metrics_json, seq"
 
 #define LIST_DEFAULT_LIMIT 100
 #define LIST_MAX_LIMIT 1000
 
-static const char *const STATE_NAMES[] = {"queued", "running", "paused",
-                                          "succeeded", "failed", "canceled"};
+static const char *const STATE_NAMES[] = {"queued",    "running", "paused",
+                                          "succeeded", "failed",  "canceled"};
 
 const char *kstore_job_state_name(kstore_job_state state)
 {
-    if ((int)state < 0 || state > KSTORE_JOB_CANCELED)
-        return "unknown";
+    if ((int)state < 0 || state > KSTORE_JOB_CANCELED) return "unknown";
     return STATE_NAMES[state];
 }
 
@@ -102,8 +101,7 @@ static bool row_to_job(sqlite3_stmt *st, kstore_job *out)
 
 void kstore_job_free(kstore_job *job)
 {
-    if (!job)
-        return;
+    if (!job) return;
     free(job->spec_json);
     free(job->error_message);
     free(job->latest_metrics_json);
@@ -112,22 +110,20 @@ void kstore_job_free(kstore_job *job)
 
 void kstore_job_list_free(kstore_job *jobs, int count)
 {
-    if (!jobs)
-        return;
-    for (int i = 0; i < count; i++)
-        kstore_job_free(&jobs[i]);
+    if (!jobs) return;
+    for (int i = 0; i < count; i++) kstore_job_free(&jobs[i]);
     free(jobs);
 }
 
 /* Reads the job with the given id (by_submission: submission_id) into *out. */
 static kstore_status load_job(kstore *s, const char *key, bool by_submission, kstore_job *out)
 {
-    sqlite3_stmt *st = by_submission
-        ? kstore__stmt(s, ST_JOB_BY_SUBMISSION,
-                       "SELECT " JOB_COLUMNS " FROM jobs WHERE submission_id = ?")
-        : kstore__stmt(s, ST_JOB_BY_ID, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    sqlite3_stmt *st =
+        by_submission
+            ? kstore__stmt(s, ST_JOB_BY_SUBMISSION,
+                           "SELECT " JOB_COLUMNS " FROM jobs WHERE submission_id = ?")
+            : kstore__stmt(s, ST_JOB_BY_ID, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?");
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     kstore_status status = KSTORE_OK;
@@ -137,8 +133,7 @@ static kstore_status load_job(kstore *s, const char *key, bool by_submission, ks
             status = KSTORE_ERROR;
         }
     } else if (rc == SQLITE_DONE) {
-        kstore__set_error(s, "no job with %s '%s'", by_submission ? "submission_id" : "id",
-                          key);
+        kstore__set_error(s, "no job with %s '%s'", by_submission ? "submission_id" : "id", key);
         status = KSTORE_NOT_FOUND;
     } else {
         status = kstore__db_fail(s, "reading a job");
@@ -159,16 +154,15 @@ static kstore_status new_job_id(kstore *s, char id[40])
     size_t got = 0;
     while (got < sizeof bytes) {
         ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
             kstore__set_error(s, "getrandom: %s", strerror(errno));
             return KSTORE_ERROR;
         }
         got += (size_t)n;
     }
-    snprintf(id, 40, "job_%02x%02x%02x%02x%02x%02x%02x%02x", bytes[0], bytes[1], bytes[2],
-             bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]);
+    snprintf(id, 40, "job_%02x%02x%02x%02x%02x%02x%02x%02x", bytes[0], bytes[1], bytes[2], bytes[3],
+             bytes[4], bytes[5], bytes[6], bytes[7]);
     return KSTORE_OK;
 }
 
@@ -181,8 +175,7 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
     kstore_job scratch;
     kstore_job *job = out ? out : &scratch;
     memset(job, 0, sizeof *job);
-    if (created)
-        *created = false;
+    if (created) *created = false;
     if (!spec_json) {
         kstore__set_error(s, "a job needs a spec");
         return KSTORE_ERROR;
@@ -195,25 +188,21 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
         return KSTORE_ERROR;
     }
     kstore_status status = kstore__begin(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     if (submission_id && submission_id[0]) {
         status = load_job(s, submission_id, true, job);
         if (status == KSTORE_OK) { /* a retried submission: the job it made the first time */
             kstore__rollback(s);
-            if (!out)
-                kstore_job_free(job);
+            if (!out) kstore_job_free(job);
             return KSTORE_OK;
         }
-        if (status != KSTORE_NOT_FOUND)
-            goto fail;
+        if (status != KSTORE_NOT_FOUND) goto fail;
     }
     char id[40];
     double now = kstore__now();
     /* A collision of 64 random bits is all but impossible; retry anyway rather than fail. */
     for (int attempt = 0;; attempt++) {
-        if ((status = new_job_id(s, id)))
-            goto fail;
+        if ((status = new_job_id(s, id))) goto fail;
         sqlite3_stmt *st = kstore__stmt(
             s, ST_JOB_INSERT,
             "INSERT INTO jobs (id, state, priority, model_name, dataset_name, submission_id,"
@@ -233,15 +222,11 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
         sqlite3_bind_double(st, 8, now);
         sqlite3_bind_int64(st, 9, total_steps > 0 ? total_steps : 0);
         status = kstore__run(s, st, "creating a job");
-        if (status != KSTORE_CONFLICT || attempt >= 3)
-            break;
+        if (status != KSTORE_CONFLICT || attempt >= 3) break;
     }
-    if (status || (status = load_job(s, id, false, job)) || (status = kstore__commit(s)))
-        goto fail;
-    if (created)
-        *created = true;
-    if (!out)
-        kstore_job_free(job);
+    if (status || (status = load_job(s, id, false, job)) || (status = kstore__commit(s))) goto fail;
+    if (created) *created = true;
+    if (!out) kstore_job_free(job);
     return KSTORE_OK;
 fail:
     kstore__rollback(s);
@@ -256,46 +241,37 @@ kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, cons
     *out = NULL;
     *count = 0;
     char after[40] = ""; /* copied first: next_cursor may be the very buffer cursor is */
-    if (cursor)
-        kstore__copy(after, sizeof after, cursor);
+    if (cursor) kstore__copy(after, sizeof after, cursor);
     cursor = after;
-    if (next_cursor)
-        next_cursor[0] = '\0';
-    if (limit <= 0)
-        limit = LIST_DEFAULT_LIMIT;
-    if (limit > LIST_MAX_LIMIT)
-        limit = LIST_MAX_LIMIT;
+    if (next_cursor) next_cursor[0] = '\0';
+    if (limit <= 0) limit = LIST_DEFAULT_LIMIT;
+    if (limit > LIST_MAX_LIMIT) limit = LIST_MAX_LIMIT;
     int64_t before = INT64_MAX;
     if (cursor[0]) {
         sqlite3_stmt *st = kstore__stmt(s, ST_JOB_SEQ, "SELECT seq FROM jobs WHERE id = ?");
-        if (!st)
-            return KSTORE_ERROR;
+        if (!st) return KSTORE_ERROR;
         sqlite3_bind_text(st, 1, cursor, -1, SQLITE_TRANSIENT);
         int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            before = sqlite3_column_int64(st, 0);
-        kstore_status status = rc == SQLITE_ROW ? KSTORE_OK
+        if (rc == SQLITE_ROW) before = sqlite3_column_int64(st, 0);
+        kstore_status status = rc == SQLITE_ROW    ? KSTORE_OK
                                : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                                    : kstore__db_fail(s, "reading a cursor");
         sqlite3_reset(st);
         if (status == KSTORE_NOT_FOUND)
             kstore__set_error(s, "the cursor '%s' names no job", cursor);
-        if (status)
-            return status;
+        if (status) return status;
     }
-    sqlite3_stmt *st = state
-        ? kstore__stmt(s, ST_JOB_LIST_STATE,
-                       "SELECT " JOB_COLUMNS " FROM jobs WHERE state = ?3 AND seq < ?1"
-                       " ORDER BY seq DESC LIMIT ?2")
-        : kstore__stmt(s, ST_JOB_LIST_ALL,
-                       "SELECT " JOB_COLUMNS " FROM jobs WHERE seq < ?1"
-                       " ORDER BY seq DESC LIMIT ?2");
-    if (!st)
-        return KSTORE_ERROR;
+    sqlite3_stmt *st =
+        state ? kstore__stmt(s, ST_JOB_LIST_STATE,
+                             "SELECT " JOB_COLUMNS " FROM jobs WHERE state = ?3 AND seq < ?1"
+                             " ORDER BY seq DESC LIMIT ?2")
+              : kstore__stmt(s, ST_JOB_LIST_ALL,
+                             "SELECT " JOB_COLUMNS " FROM jobs WHERE seq < ?1"
+                             " ORDER BY seq DESC LIMIT ?2");
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_int64(st, 1, before);
     sqlite3_bind_int(st, 2, limit + 1); /* one more tells whether a next page exists */
-    if (state)
-        sqlite3_bind_text(st, 3, kstore_job_state_name(*state), -1, SQLITE_STATIC);
+    if (state) sqlite3_bind_text(st, 3, kstore_job_state_name(*state), -1, SQLITE_STATIC);
     kstore_job *jobs = calloc((size_t)limit, sizeof *jobs);
     if (!jobs) {
         sqlite3_reset(st);
@@ -306,8 +282,7 @@ kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, cons
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == limit) {
-            if (next_cursor)
-                kstore__copy(next_cursor, 40, jobs[n - 1].id);
+            if (next_cursor) kstore__copy(next_cursor, 40, jobs[n - 1].id);
             break;
         }
         if (!row_to_job(st, &jobs[n])) {
@@ -317,13 +292,11 @@ kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, cons
         }
         n++;
     }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        status = kstore__db_fail(s, "listing jobs");
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing jobs");
     sqlite3_reset(st);
     if (status) {
         kstore_job_list_free(jobs, n);
-        if (next_cursor)
-            next_cursor[0] = '\0';
+        if (next_cursor) next_cursor[0] = '\0';
         return status;
     }
     *out = jobs;
@@ -333,10 +306,9 @@ kstore_status kstore_job_list(kstore *store, const kstore_job_state *state, cons
 
 int64_t kstore_job_count(kstore *store, kstore_job_state state)
 {
-    sqlite3_stmt *st = kstore__stmt(store, ST_JOB_COUNT,
-                                    "SELECT count(*) FROM jobs WHERE state = ?");
-    if (!st)
-        return -1;
+    sqlite3_stmt *st =
+        kstore__stmt(store, ST_JOB_COUNT, "SELECT count(*) FROM jobs WHERE state = ?");
+    if (!st) return -1;
     sqlite3_bind_text(st, 1, kstore_job_state_name(state), -1, SQLITE_STATIC);
     int64_t n = -1;
     if (sqlite3_step(st) == SQLITE_ROW)
@@ -354,8 +326,7 @@ kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *ou
     /* BEGIN IMMEDIATE takes the write lock before reading, so the job read here cannot
      * be claimed by another connection before the UPDATE below. */
     kstore_status status = kstore__begin(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     sqlite3_stmt *st = kstore__stmt(s, ST_JOB_NEXT_QUEUED,
                                     "SELECT id FROM jobs WHERE state = 'queued'"
                                     " ORDER BY priority DESC, seq ASC LIMIT 1");
@@ -365,14 +336,12 @@ kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *ou
     }
     char id[40] = "";
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        kstore__copy(id, sizeof id, column_text(st, 0));
-    status = rc == SQLITE_ROW ? KSTORE_OK
+    if (rc == SQLITE_ROW) kstore__copy(id, sizeof id, column_text(st, 0));
+    status = rc == SQLITE_ROW    ? KSTORE_OK
              : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                  : kstore__db_fail(s, "finding a queued job");
     sqlite3_reset(st);
-    if (status == KSTORE_NOT_FOUND)
-        kstore__set_error(s, "no queued job");
+    if (status == KSTORE_NOT_FOUND) kstore__set_error(s, "no queued job");
     if (status) {
         kstore__rollback(s);
         return status;
@@ -403,15 +372,13 @@ kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, i
 {
     kstore *s = store;
     kstore_status status = kstore__sync(s, SYNC_NORMAL);
-    if (status)
-        return status;
+    if (status) return status;
     sqlite3_stmt *st = kstore__stmt(
         s, ST_JOB_PROGRESS,
         "UPDATE jobs SET step = ?2, epoch = ?3, total_steps = ?4, samples_per_second = ?5,"
         " eta_seconds = ?6, latest_metrics_json = coalesce(?7, latest_metrics_json),"
         " updated_at = ?8 WHERE id = ?1 AND state = 'running'");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, step);
     sqlite3_bind_int64(st, 3, epoch);
@@ -420,14 +387,11 @@ kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, i
     sqlite3_bind_double(st, 6, eta_seconds);
     bind_text_or_null(st, 7, latest_metrics_json);
     sqlite3_bind_double(st, 8, kstore__now());
-    if ((status = kstore__run(s, st, "recording progress")))
-        return status;
-    if (sqlite3_changes(s->db) == 1)
-        return KSTORE_OK;
+    if ((status = kstore__run(s, st, "recording progress"))) return status;
+    if (sqlite3_changes(s->db) == 1) return KSTORE_OK;
     kstore_job job;
     status = kstore_job_get(s, id, &job);
-    if (status)
-        return status;
+    if (status) return status;
     kstore__set_error(s, "job %s is %s, not running: no progress to record", id,
                       kstore_job_state_name(job.state));
     kstore_job_free(&job);
@@ -439,20 +403,18 @@ kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, i
 static kstore_status set_state(kstore *s, const char *id, kstore_job_state state,
                                bool cancel_requested, bool pause_requested)
 {
-    sqlite3_stmt *st = kstore__stmt(
-        s, ST_JOB_SET_STATE,
-        "UPDATE jobs SET state = ?2, cancel_requested = ?3, pause_requested = ?4,"
-        " updated_at = ?5, finished_at = coalesce(?6, finished_at) WHERE id = ?1");
-    if (!st)
-        return KSTORE_ERROR;
+    sqlite3_stmt *st =
+        kstore__stmt(s, ST_JOB_SET_STATE,
+                     "UPDATE jobs SET state = ?2, cancel_requested = ?3, pause_requested = ?4,"
+                     " updated_at = ?5, finished_at = coalesce(?6, finished_at) WHERE id = ?1");
+    if (!st) return KSTORE_ERROR;
     double now = kstore__now();
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, kstore_job_state_name(state), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 3, cancel_requested);
     sqlite3_bind_int(st, 4, pause_requested);
     sqlite3_bind_double(st, 5, now);
-    if (is_terminal(state))
-        sqlite3_bind_double(st, 6, now);
+    if (is_terminal(state)) sqlite3_bind_double(st, 6, now);
     return kstore__run(s, st, "changing a job's state");
 }
 
@@ -479,8 +441,10 @@ static kstore_status decide(kstore *s, transition_op op, const kstore_job *job,
             *pause = false;
             return KSTORE_OK;
         }
-        kstore__set_error(s, "job %s is %s: only a queued, running or paused job can be "
-                             "canceled", job->id, now);
+        kstore__set_error(s,
+                          "job %s is %s: only a queued, running or paused job can be "
+                          "canceled",
+                          job->id, now);
         return KSTORE_CONFLICT;
     case OP_PAUSE:
         if (job->state == KSTORE_JOB_QUEUED) {
@@ -521,8 +485,7 @@ static kstore_status decide(kstore *s, transition_op op, const kstore_job *job,
             *pause = false;
             return KSTORE_OK;
         }
-        kstore__set_error(s, "job %s is %s: only a running job can become paused", job->id,
-                          now);
+        kstore__set_error(s, "job %s is %s: only a running job can become paused", job->id, now);
         return KSTORE_CONFLICT;
     }
     return KSTORE_ERROR;
@@ -531,11 +494,9 @@ static kstore_status decide(kstore *s, transition_op op, const kstore_job *job,
 static kstore_status transition(kstore *s, const char *id, transition_op op, kstore_job *out)
 {
     kstore_job job;
-    if (out)
-        memset(out, 0, sizeof *out);
+    if (out) memset(out, 0, sizeof *out);
     kstore_status status = kstore__begin(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     if ((status = load_job(s, id ? id : "", false, &job))) {
         kstore__rollback(s);
         return status;
@@ -547,8 +508,7 @@ static kstore_status transition(kstore *s, const char *id, transition_op op, kst
     if (status || (status = set_state(s, id, state, cancel, pause)) ||
         (out && (status = load_job(s, id, false, out))) || (status = kstore__commit(s))) {
         kstore__rollback(s);
-        if (out)
-            kstore_job_free(out);
+        if (out) kstore_job_free(out);
         return status;
     }
     return KSTORE_OK;
@@ -584,8 +544,7 @@ kstore_status kstore_job_finish(kstore *store, const char *id, kstore_job_state 
         return KSTORE_ERROR;
     }
     kstore_status status = kstore__begin(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     kstore_job job;
     if ((status = load_job(s, id ? id : "", false, &job))) {
         kstore__rollback(s);
@@ -635,8 +594,7 @@ int kstore_job_requeue_running(kstore *store)
         " WHERE state = 'running' AND pause_requested",
         "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE state = 'running'",
     };
-    if (kstore__begin(s, SYNC_FULL))
-        return -1;
+    if (kstore__begin(s, SYNC_FULL)) return -1;
     double now = kstore__now();
     int total = 0;
     for (size_t i = 0; i < sizeof SQL / sizeof SQL[0]; i++) {
@@ -648,8 +606,7 @@ int kstore_job_requeue_running(kstore *store)
         }
         sqlite3_bind_double(st, 1, now);
         int rc = sqlite3_step(st);
-        if (rc != SQLITE_DONE)
-            kstore__db_fail(s, "requeueing running jobs");
+        if (rc != SQLITE_DONE) kstore__db_fail(s, "requeueing running jobs");
         sqlite3_finalize(st);
         if (rc != SQLITE_DONE) {
             kstore__rollback(s);
@@ -667,8 +624,7 @@ kstore_status kstore_job_flags(kstore *store, const char *id, bool *cancel_reque
     *cancel_requested = *pause_requested = false;
     sqlite3_stmt *st = kstore__stmt(
         s, ST_JOB_FLAGS, "SELECT cancel_requested, pause_requested FROM jobs WHERE id = ?");
-    if (!st)
-        return KSTORE_ERROR;
+    if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     kstore_status status = KSTORE_OK;

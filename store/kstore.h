@@ -65,12 +65,12 @@ void kstore_model_list_free(kstore_model *models, int count);
  * or train_csv / test_csv ...) stored under the data directory; the store keeps the
  * metadata and the relative paths. */
 typedef struct kstore_dataset_file {
-    char role[64];      /* "train_images", "train_labels", "test_images", "test_labels",
-                           "train", "test" (csv/npy/json) */
-    char format[16];    /* "idx", "csv", "npy", "json" */
-    char path[512];     /* relative to the data directory */
+    char role[64];   /* "train_images", "train_labels", "test_images", "test_labels",
+                        "train", "test" (csv/npy/json) */
+    char format[16]; /* "idx", "csv", "npy", "json" */
+    char path[512];  /* relative to the data directory */
     int64_t bytes;
-    int64_t samples;    /* as parsed at upload, -1 if unknown */
+    int64_t samples; /* as parsed at upload, -1 if unknown */
 } kstore_dataset_file;
 
 typedef struct kstore_dataset {
@@ -104,9 +104,9 @@ const char *kstore_job_state_name(kstore_job_state state); /* "queued", ... */
 bool kstore_job_state_parse(const char *name, kstore_job_state *out);
 
 typedef struct kstore_job {
-    char id[40];             /* "job_" + 16 hex digits */
+    char id[40]; /* "job_" + 16 hex digits */
     kstore_job_state state;
-    int priority;            /* higher first; FIFO within a priority */
+    int priority; /* higher first; FIFO within a priority */
     char model_name[128];
     char dataset_name[128];
     char submission_id[128]; /* "" when none */
@@ -115,11 +115,11 @@ typedef struct kstore_job {
     double created_at, started_at, finished_at, updated_at; /* 0 when not yet */
     int64_t step, total_steps, epoch;
     double samples_per_second;
-    double eta_seconds;      /* -1 unknown */
+    double eta_seconds; /* -1 unknown */
     bool cancel_requested, pause_requested;
-    char error_code[48];     /* "" or invalid_spec, data_error, non_finite_loss, ... */
-    char *error_message;     /* NULL when none */
-    int64_t error_step;      /* -1 when none */
+    char error_code[48];       /* "" or invalid_spec, data_error, non_finite_loss, ... */
+    char *error_message;       /* NULL when none */
+    int64_t error_step;        /* -1 when none */
     char *latest_metrics_json; /* {"loss": x, "val_accuracy": y, ...} or NULL */
 } kstore_job;
 
@@ -200,11 +200,10 @@ kstore_status kstore_metrics_append(kstore *store, const char *job_id, const cha
  * same point); NaN ranks above every value so a diverging run stays visible.
  * max_points 1 keeps only the last point, 2 and 3 the first and last. */
 kstore_status kstore_metrics_query(kstore *store, const char *job_id, const char *name,
-                                   int64_t after_step, int max_points,
-                                   kstore_metric_point **out, int *count);
-/* The names of a job's series (malloc'd array of malloc'd strings). */
-kstore_status kstore_metrics_names(kstore *store, const char *job_id, char ***names,
+                                   int64_t after_step, int max_points, kstore_metric_point **out,
                                    int *count);
+/* The names of a job's series (malloc'd array of malloc'd strings). */
+kstore_status kstore_metrics_names(kstore *store, const char *job_id, char ***names, int *count);
 void kstore_strings_free(char **strings, int count);
 
 /* ---- checkpoints ------------------------------------------------------------------- */

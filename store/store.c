@@ -143,16 +143,14 @@ kstore_status kstore__run(kstore *s, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     kstore_status status = KSTORE_OK;
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        status = kstore__db_fail(s, what);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) status = kstore__db_fail(s, what);
     sqlite3_reset(st);
     return status;
 }
 
 kstore_status kstore__sync(kstore *s, int level)
 {
-    if (s->sync == level)
-        return KSTORE_OK;
+    if (s->sync == level) return KSTORE_OK;
     const char *sql = level == SYNC_FULL ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
     if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK)
         return kstore__db_fail(s, "setting synchronous");
@@ -163,8 +161,7 @@ kstore_status kstore__sync(kstore *s, int level)
 kstore_status kstore__begin(kstore *s, int sync)
 {
     kstore_status status = kstore__sync(s, sync);
-    if (status)
-        return status;
+    if (status) return status;
     sqlite3_stmt *st = kstore__stmt(s, ST_BEGIN, "BEGIN IMMEDIATE");
     return st ? kstore__run(s, st, "beginning a transaction") : KSTORE_ERROR;
 }
@@ -177,8 +174,7 @@ kstore_status kstore__commit(kstore *s)
         return KSTORE_ERROR;
     }
     kstore_status status = kstore__run(s, st, "committing");
-    if (status)
-        kstore__rollback(s);
+    if (status) kstore__rollback(s);
     return status;
 }
 
@@ -207,8 +203,7 @@ void kstore__copy(char *dst, size_t cap, const char *src)
 
 char *kstore__dup_column(sqlite3_stmt *st, int col)
 {
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return NULL;
+    if (sqlite3_column_type(st, col) == SQLITE_NULL) return NULL;
     const char *text = (const char *)sqlite3_column_text(st, col);
     return strdup(text ? text : "");
 }
@@ -248,7 +243,7 @@ static int current_version(kstore *s)
 static kstore_status exec(kstore *s, const char *sql, const char *what)
 {
     return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? KSTORE_OK
-                                                                    : kstore__db_fail(s, what);
+                                                                   : kstore__db_fail(s, what);
 }
 
 /* Each step runs in its own BEGIN IMMEDIATE and re-reads the version inside it, so two
@@ -261,11 +256,9 @@ static kstore_status migrate(kstore *s)
                                 "  description TEXT NOT NULL,"
                                 "  applied_at REAL NOT NULL)",
                                 "creating the migrations table");
-    if (status)
-        return status;
+    if (status) return status;
     for (;;) {
-        if ((status = kstore__begin(s, SYNC_FULL)))
-            return status;
+        if ((status = kstore__begin(s, SYNC_FULL))) return status;
         int version = current_version(s);
         if (version < 0) {
             kstore__rollback(s);
@@ -273,12 +266,13 @@ static kstore_status migrate(kstore *s)
         }
         if (version > N_MIGRATIONS) {
             kstore__rollback(s);
-            kstore__set_error(s, "the database has schema version %d, newer than this build "
-                                 "knows (%d)", version, N_MIGRATIONS);
+            kstore__set_error(s,
+                              "the database has schema version %d, newer than this build "
+                              "knows (%d)",
+                              version, N_MIGRATIONS);
             return KSTORE_ERROR;
         }
-        if (version == N_MIGRATIONS)
-            return kstore__commit(s);
+        if (version == N_MIGRATIONS) return kstore__commit(s);
         int i = version; /* MIGRATIONS[i] has version i + 1 */
         char what[160];
         snprintf(what, sizeof what, "schema migration %d (%s)", MIGRATIONS[i].version,
@@ -309,8 +303,7 @@ static kstore_status migrate(kstore *s)
 static int journal_mode_cb(void *arg, int n, char **values, char **names)
 {
     (void)names;
-    if (n > 0 && values[0])
-        snprintf(arg, 16, "%s", values[0]);
+    if (n > 0 && values[0]) snprintf(arg, 16, "%s", values[0]);
     return 0;
 }
 
@@ -327,24 +320,20 @@ static kstore_status configure(kstore *s)
     }
     s->sync = 0;
     kstore_status status = kstore__sync(s, SYNC_FULL);
-    if (status)
-        return status;
+    if (status) return status;
     return exec(s, "PRAGMA foreign_keys=ON", "enabling foreign keys");
 }
 
 kstore *kstore_open(const char *path, char **error)
 {
-    if (error)
-        *error = NULL;
+    if (error) *error = NULL;
     if (!sqlite3_threadsafe()) {
-        if (error)
-            *error = strdup("SQLite was built without thread support");
+        if (error) *error = strdup("SQLite was built without thread support");
         return NULL;
     }
     kstore *s = calloc(1, sizeof *s);
     if (!s) {
-        if (error)
-            *error = strdup("out of memory opening the store");
+        if (error) *error = strdup("out of memory opening the store");
         return NULL;
     }
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
@@ -358,18 +347,15 @@ kstore *kstore_open(const char *path, char **error)
         snprintf(copy, sizeof copy, "%s", s->error);
         snprintf(s->error, sizeof s->error, "opening %.200s: %.300s", path, copy);
     }
-    if (error)
-        *error = strdup(s->error);
+    if (error) *error = strdup(s->error);
     kstore_close(s);
     return NULL;
 }
 
 void kstore_close(kstore *store)
 {
-    if (!store)
-        return;
-    for (int i = 0; i < ST_COUNT; i++)
-        sqlite3_finalize(store->stmts[i]);
+    if (!store) return;
+    for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(store->stmts[i]);
     sqlite3_close(store->db); /* every statement is finalized: this cannot be busy */
     free(store);
 }
@@ -386,9 +372,7 @@ int kstore_schema_version(kstore *store)
 
 void kstore_strings_free(char **strings, int count)
 {
-    if (!strings)
-        return;
-    for (int i = 0; i < count; i++)
-        free(strings[i]);
+    if (!strings) return;
+    for (int i = 0; i < count; i++) free(strings[i]);
     free(strings);
 }

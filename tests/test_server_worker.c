@@ -89,8 +89,8 @@ static int http(const char *method, const char *path, const char *body, char **o
     buf[len] = '\0';
     int status = -1;
     if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
-        fprintf(stderr, "http %s %s (port %d): no status in %zu bytes: %.200s (%s)\n", method,
-                path, server->port, len, buf, strerror(errno));
+        fprintf(stderr, "http %s %s (port %d): no status in %zu bytes: %.200s (%s)\n", method, path,
+                server->port, len, buf, strerror(errno));
     char *start = strstr(buf, "\r\n\r\n");
     *out = strdup(start ? start + 4 : "");
     free(buf);
@@ -218,8 +218,8 @@ static void submit(const char *spec, int64_t total, char id[40])
     kstore_job job;
     memset(&job, 0, sizeof job);
     bool created = false;
-    cr_assert_eq(kstore_job_create(store(), spec, "blobs-mlp", "blobs", NULL, "cpu", 0, total,
-                                   &job, &created),
+    cr_assert_eq(kstore_job_create(store(), spec, "blobs-mlp", "blobs", NULL, "cpu", 0, total, &job,
+                                   &created),
                  KSTORE_OK, "%s", kstore_last_error(store()));
     memcpy(id, job.id, 40);
     kstore_job_free(&job);
@@ -282,8 +282,7 @@ static const char *JOB_FMT =
     " \"batch_size\": 16, \"max_steps\": %d, \"seed\": 7, \"optimizer\": {\"type\": \"adam\","
     " \"lr\": 0.01}%s}";
 
-static void job_spec(char *out, size_t size, int steps, const char *data_extra,
-                     const char *extra)
+static void job_spec(char *out, size_t size, int steps, const char *data_extra, const char *extra)
 {
     snprintf(out, size, JOB_FMT, data_extra, steps, extra);
 }
@@ -328,7 +327,8 @@ static char *infer_body(const float *x, int64_t n, const char *extra)
 {
     size_t cap = 64 + (size_t)(n * FEATURES) * 20 + 200;
     char *body = malloc(cap);
-    int at = snprintf(body, cap, "{\"id\": \"req-1\", \"inputs\": [{\"name\": \"input\", "
+    int at = snprintf(body, cap,
+                      "{\"id\": \"req-1\", \"inputs\": [{\"name\": \"input\", "
                       "\"shape\": [%lld, %d], \"datatype\": \"FP32\", \"data\": [",
                       (long long)n, FEATURES);
     for (int64_t i = 0; i < n * FEATURES; i++)
@@ -358,8 +358,7 @@ Test(server_worker, trains_to_success_then_serves)
 
     kstore_metric_point *acc = NULL;
     int count = 0;
-    cr_assert_eq(kstore_metrics_query(store(), id, "test_accuracy", 0, 0, &acc, &count),
-                 KSTORE_OK);
+    cr_assert_eq(kstore_metrics_query(store(), id, "test_accuracy", 0, 0, &acc, &count), KSTORE_OK);
     /* every 100 steps and at each epoch's end (37.5 batches) */
     cr_assert_geq(count, 3, "evaluations: %d", count);
     for (int i = 1; i < count; i++) cr_assert_gt(acc[i].step, acc[i - 1].step);
@@ -374,8 +373,10 @@ Test(server_worker, trains_to_success_then_serves)
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", data_dir, cps[i].path);
         cr_assert_eq(access(path, R_OK), 0, "%s", path);
-        if (!strcmp(cps[i].kind, "final")) finals++;
-        else checkpoints++;
+        if (!strcmp(cps[i].kind, "final"))
+            finals++;
+        else
+            checkpoints++;
     }
     free(cps);
     cr_assert_eq(checkpoints, 3);
@@ -386,8 +387,7 @@ Test(server_worker, trains_to_success_then_serves)
     cJSON *meta = http_json("GET", "/v2/models/blobs-mlp", NULL, &status);
     cr_assert_eq(status, 200);
     cr_assert_str_eq(cJSON_GetObjectItem(meta, "platform")->valuestring, "kiln");
-    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "versions"), 0)->valuestring,
-                     id);
+    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "versions"), 0)->valuestring, id);
     cJSON *in = cJSON_GetArrayItem(cJSON_GetObjectItem(meta, "inputs"), 0);
     cJSON *shape = cJSON_GetObjectItem(in, "shape");
     cr_assert_eq(cJSON_GetArraySize(shape), 2);
@@ -406,8 +406,9 @@ Test(server_worker, trains_to_success_then_serves)
     for (int n = 1; n <= 4; n += 3) {
         char *body = infer_body(SAMPLE_X, n, "");
         char path[128];
-        snprintf(path, sizeof path, n == 1 ? "/v2/models/blobs-mlp/infer"
-                                           : "/v2/models/blobs-mlp/versions/%s/infer", id);
+        snprintf(path, sizeof path,
+                 n == 1 ? "/v2/models/blobs-mlp/infer" : "/v2/models/blobs-mlp/versions/%s/infer",
+                 id);
         cJSON *r = http_json("POST", path, body, &status);
         free(body);
         cr_assert_eq(status, 200);
@@ -424,8 +425,8 @@ Test(server_worker, trains_to_success_then_serves)
     cJSON *r = http_json("POST", "/v2/models/blobs-mlp/infer", body, &status);
     free(body);
     cr_assert_eq(status, 200);
-    cJSON *data = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "outputs"), 0),
-                                      "data");
+    cJSON *data =
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "outputs"), 0), "data");
     double sum = 0;
     for (int k = 0; k < CLASSES; k++) sum += cJSON_GetArrayItem(data, k)->valuedouble;
     cr_assert_float_eq(sum, 1.0, 1e-5);

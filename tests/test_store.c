@@ -225,8 +225,8 @@ Test(store, datasets_with_files)
 static void new_job(kstore *s, int priority, const char *submission, kstore_job *out)
 {
     bool created;
-    cr_assert_eq(kstore_job_create(s, "{\"epochs\":1}", "mlp", "blobs", submission, "cpu",
-                                   priority, 100, out, &created),
+    cr_assert_eq(kstore_job_create(s, "{\"epochs\":1}", "mlp", "blobs", submission, "cpu", priority,
+                                   100, out, &created),
                  KSTORE_OK, "%s", kstore_last_error(s));
 }
 
@@ -234,8 +234,9 @@ Test(store, job_create_and_idempotent_submission)
 {
     kstore_job a, b, c;
     bool created;
-    cr_assert_eq(kstore_job_create(S, "{\"x\":1}", "mlp", "blobs", "sub-1", "", 3, 500, &a,
-                                   &created), KSTORE_OK);
+    cr_assert_eq(
+        kstore_job_create(S, "{\"x\":1}", "mlp", "blobs", "sub-1", "", 3, 500, &a, &created),
+        KSTORE_OK);
     cr_assert(created);
     cr_assert_eq(strlen(a.id), 20);
     cr_assert_eq(strncmp(a.id, "job_", 4), 0);
@@ -256,8 +257,9 @@ Test(store, job_create_and_idempotent_submission)
     cr_assert_null(a.latest_metrics_json);
 
     /* The retry returns the same job and creates nothing. */
-    cr_assert_eq(kstore_job_create(S, "{\"x\":1}", "mlp", "blobs", "sub-1", "", 3, 500, &b,
-                                   &created), KSTORE_OK);
+    cr_assert_eq(
+        kstore_job_create(S, "{\"x\":1}", "mlp", "blobs", "sub-1", "", 3, 500, &b, &created),
+        KSTORE_OK);
     cr_assert_not(created);
     cr_assert_str_eq(b.id, a.id);
     cr_assert_eq(kstore_job_count(S, KSTORE_JOB_QUEUED), 1);
@@ -267,8 +269,7 @@ Test(store, job_create_and_idempotent_submission)
     cr_assert(created);
     cr_assert_str_neq(c.id, a.id);
     cr_assert_str_eq(c.submission_id, "");
-    cr_assert_eq(kstore_job_create(S, "{}", "mlp", "blobs", "", NULL, 0, 0, NULL, NULL),
-                 KSTORE_OK);
+    cr_assert_eq(kstore_job_create(S, "{}", "mlp", "blobs", "", NULL, 0, 0, NULL, NULL), KSTORE_OK);
     cr_assert_eq(kstore_job_count(S, KSTORE_JOB_QUEUED), 3);
 
     kstore_job g;
@@ -381,14 +382,12 @@ static void *claim_all(void *arg)
     for (int tries = 0; tries < 10 * CONCURRENT_JOBS; tries++) {
         kstore_job j;
         kstore_status st = kstore_job_claim(s, "cpu", &j);
-        if (st == KSTORE_NOT_FOUND)
-            break;
+        if (st == KSTORE_NOT_FOUND) break;
         if (st == KSTORE_BUSY) {
             c->busy++;
             continue;
         }
-        if (st != KSTORE_OK)
-            break;
+        if (st != KSTORE_OK) break;
         snprintf(c->ids[c->n++], 40, "%s", j.id);
         kstore_job_free(&j);
     }
@@ -411,15 +410,21 @@ Test(store, concurrent_claims_never_share_a_job)
     pthread_join(tb, NULL);
     cr_assert_eq(a.n + b.n, CONCURRENT_JOBS, "%d + %d (busy %d, %d)", a.n, b.n, a.busy, b.busy);
     for (int i = 0; i < a.n; i++)
-        for (int k = 0; k < b.n; k++)
-            cr_assert_str_neq(a.ids[i], b.ids[k]);
+        for (int k = 0; k < b.n; k++) cr_assert_str_neq(a.ids[i], b.ids[k]);
     cr_assert_eq(kstore_job_count(S, KSTORE_JOB_RUNNING), CONCURRENT_JOBS);
 }
 
 /* The base states a transition is tried from. */
 typedef enum {
-    B_QUEUED, B_RUNNING, B_RUNNING_CANCEL, B_RUNNING_PAUSE, B_PAUSED, B_SUCCEEDED, B_FAILED,
-    B_CANCELED, B_COUNT
+    B_QUEUED,
+    B_RUNNING,
+    B_RUNNING_CANCEL,
+    B_RUNNING_PAUSE,
+    B_PAUSED,
+    B_SUCCEEDED,
+    B_FAILED,
+    B_CANCELED,
+    B_COUNT
 } base;
 typedef enum { O_CANCEL, O_PAUSE, O_RESUME, O_SET_PAUSED, O_FINISH, O_COUNT } op;
 
@@ -430,8 +435,7 @@ static void job_in(base b, char id[40])
     new_job(S, 0, NULL, &j);
     snprintf(id, 40, "%s", j.id);
     kstore_job_free(&j);
-    if (b == B_QUEUED)
-        return;
+    if (b == B_QUEUED) return;
     if (b == B_PAUSED) {
         cr_assert_eq(kstore_job_pause(S, id, NULL), KSTORE_OK);
         return;
@@ -439,10 +443,8 @@ static void job_in(base b, char id[40])
     cr_assert_eq(kstore_job_claim(S, "cpu", &j), KSTORE_OK);
     cr_assert_str_eq(j.id, id);
     kstore_job_free(&j);
-    if (b == B_RUNNING_CANCEL)
-        cr_assert_eq(kstore_job_cancel(S, id, NULL), KSTORE_OK);
-    if (b == B_RUNNING_PAUSE)
-        cr_assert_eq(kstore_job_pause(S, id, NULL), KSTORE_OK);
+    if (b == B_RUNNING_CANCEL) cr_assert_eq(kstore_job_cancel(S, id, NULL), KSTORE_OK);
+    if (b == B_RUNNING_PAUSE) cr_assert_eq(kstore_job_pause(S, id, NULL), KSTORE_OK);
     if (b == B_SUCCEEDED)
         cr_assert_eq(kstore_job_finish(S, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1), KSTORE_OK);
     if (b == B_FAILED)
@@ -458,8 +460,14 @@ typedef struct {
     int cancel, pause;      /* flags after */
 } outcome;
 
-#define OK(st, c, p) {KSTORE_OK, KSTORE_JOB_##st, c, p}
-#define NO(st, c, p) {KSTORE_CONFLICT, KSTORE_JOB_##st, c, p}
+#define OK(st, c, p)                                                                               \
+    {                                                                                              \
+        KSTORE_OK, KSTORE_JOB_##st, c, p                                                           \
+    }
+#define NO(st, c, p)                                                                               \
+    {                                                                                              \
+        KSTORE_CONFLICT, KSTORE_JOB_##st, c, p                                                     \
+    }
 
 /* Every op from every base state: [base][op]; the ops in order are cancel, pause,
  * resume, set_paused and finish(succeeded). */
@@ -472,16 +480,16 @@ static const outcome TABLE[B_COUNT][O_COUNT] = {
     [B_RUNNING_CANCEL] = {OK(RUNNING, 1, 0), NO(RUNNING, 1, 0), NO(RUNNING, 1, 0),
                           OK(CANCELED, 0, 0), OK(SUCCEEDED, 0, 0)},
     /* a pending pause: cancel replaces it, resume withdraws it */
-    [B_RUNNING_PAUSE] = {OK(RUNNING, 1, 0), OK(RUNNING, 0, 1), OK(RUNNING, 0, 0),
-                         OK(PAUSED, 0, 0), OK(SUCCEEDED, 0, 0)},
+    [B_RUNNING_PAUSE] = {OK(RUNNING, 1, 0), OK(RUNNING, 0, 1), OK(RUNNING, 0, 0), OK(PAUSED, 0, 0),
+                         OK(SUCCEEDED, 0, 0)},
     [B_PAUSED] = {OK(CANCELED, 0, 0), NO(PAUSED, 0, 0), OK(QUEUED, 0, 0), NO(PAUSED, 0, 0),
                   NO(PAUSED, 0, 0)},
     [B_SUCCEEDED] = {NO(SUCCEEDED, 0, 0), NO(SUCCEEDED, 0, 0), NO(SUCCEEDED, 0, 0),
                      NO(SUCCEEDED, 0, 0), NO(SUCCEEDED, 0, 0)},
     [B_FAILED] = {NO(FAILED, 0, 0), NO(FAILED, 0, 0), NO(FAILED, 0, 0), NO(FAILED, 0, 0),
                   NO(FAILED, 0, 0)},
-    [B_CANCELED] = {NO(CANCELED, 0, 0), NO(CANCELED, 0, 0), NO(CANCELED, 0, 0),
-                    NO(CANCELED, 0, 0), NO(CANCELED, 0, 0)},
+    [B_CANCELED] = {NO(CANCELED, 0, 0), NO(CANCELED, 0, 0), NO(CANCELED, 0, 0), NO(CANCELED, 0, 0),
+                    NO(CANCELED, 0, 0)},
 };
 
 Test(store, every_transition)
@@ -496,20 +504,30 @@ Test(store, every_transition)
             kstore_job out = {0};
             kstore_status st;
             switch ((op)o) {
-            case O_CANCEL: st = kstore_job_cancel(S, id, &out); break;
-            case O_PAUSE: st = kstore_job_pause(S, id, &out); break;
-            case O_RESUME: st = kstore_job_resume(S, id, &out); break;
-            case O_SET_PAUSED: st = kstore_job_set_paused(S, id); break;
-            default: st = kstore_job_finish(S, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1); break;
+            case O_CANCEL:
+                st = kstore_job_cancel(S, id, &out);
+                break;
+            case O_PAUSE:
+                st = kstore_job_pause(S, id, &out);
+                break;
+            case O_RESUME:
+                st = kstore_job_resume(S, id, &out);
+                break;
+            case O_SET_PAUSED:
+                st = kstore_job_set_paused(S, id);
+                break;
+            default:
+                st = kstore_job_finish(S, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1);
+                break;
             }
             const outcome *want = &TABLE[b][o];
             cr_assert_eq(st, want->status, "base %d, %s: status %d (%s)", b, OP_NAMES[o], st,
                          kstore_last_error(S));
             if (st == KSTORE_CONFLICT) {
                 /* the message names the state the job is in */
-                cr_assert_not_null(strstr(kstore_last_error(S),
-                                          kstore_job_state_name(before.state)),
-                                   "%s", kstore_last_error(S));
+                cr_assert_not_null(
+                    strstr(kstore_last_error(S), kstore_job_state_name(before.state)), "%s",
+                    kstore_last_error(S));
                 cr_assert_null(out.spec_json);
             } else if (o <= O_RESUME) {
                 cr_assert_eq(out.state, want->state, "base %d, %s", b, OP_NAMES[o]);
@@ -544,8 +562,9 @@ Test(store, finish_failed_keeps_the_error)
 {
     char id[40];
     job_in(B_RUNNING, id);
-    cr_assert_eq(kstore_job_finish(S, id, KSTORE_JOB_FAILED, "non_finite_loss",
-                                   "loss became NaN", 42), KSTORE_OK);
+    cr_assert_eq(
+        kstore_job_finish(S, id, KSTORE_JOB_FAILED, "non_finite_loss", "loss became NaN", 42),
+        KSTORE_OK);
     kstore_job j;
     cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
     cr_assert_eq(j.state, KSTORE_JOB_FAILED);
@@ -602,16 +621,17 @@ Test(store, requeue_running)
     const struct {
         const char *id;
         kstore_job_state state;
-    } want[] = {{plain, KSTORE_JOB_QUEUED}, {canceling, KSTORE_JOB_CANCELED},
-                {pausing, KSTORE_JOB_PAUSED}, {done, KSTORE_JOB_SUCCEEDED},
+    } want[] = {{plain, KSTORE_JOB_QUEUED},
+                {canceling, KSTORE_JOB_CANCELED},
+                {pausing, KSTORE_JOB_PAUSED},
+                {done, KSTORE_JOB_SUCCEEDED},
                 {queued, KSTORE_JOB_QUEUED}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         kstore_job j;
         cr_assert_eq(kstore_job_get(S, want[i].id, &j), KSTORE_OK);
         cr_assert_eq(j.state, want[i].state, "%zu: %s", i, kstore_job_state_name(j.state));
         cr_assert(!j.cancel_requested && !j.pause_requested);
-        if (i == 0)
-            cr_assert_eq(j.step, 30); /* progress is kept: it resumes from its checkpoint */
+        if (i == 0) cr_assert_eq(j.step, 30); /* progress is kept: it resumes from its checkpoint */
         kstore_job_free(&j);
     }
     /* The requeued job is older than the queued one: it is claimed first. */
@@ -690,8 +710,7 @@ Test(store, metrics_non_finite_round_trip)
     const double values[] = {NAN, INFINITY, -INFINITY, 0.0, -0.0, 1e308, DBL_MIN, -2.5};
     const int n_values = (int)(sizeof values / sizeof values[0]);
     kstore_metric_point pts[8];
-    for (int i = 0; i < n_values; i++)
-        pts[i] = (kstore_metric_point){i, 1.7e9, values[i]};
+    for (int i = 0; i < n_values; i++) pts[i] = (kstore_metric_point){i, 1.7e9, values[i]};
     cr_assert_eq(kstore_metrics_append(S, "job_n", "loss", pts, n_values), KSTORE_OK);
     kstore_metric_point *p;
     int n;
@@ -700,8 +719,7 @@ Test(store, metrics_non_finite_round_trip)
     cr_assert(isnan(p[0].value));
     cr_assert(isinf(p[1].value) && p[1].value > 0);
     cr_assert(isinf(p[2].value) && p[2].value < 0);
-    for (int i = 3; i < n_values; i++)
-        cr_assert_eq(p[i].value, values[i], "%d: %g", i, p[i].value);
+    for (int i = 3; i < n_values; i++) cr_assert_eq(p[i].value, values[i], "%d: %g", i, p[i].value);
     free(p);
     /* Replacing a NaN by a finite value clears the marker. */
     pts[0].value = 1.25;
@@ -722,8 +740,7 @@ static double series_value(int64_t i)
 static bool has_point(const kstore_metric_point *p, int n, int64_t step, double value)
 {
     for (int i = 0; i < n; i++)
-        if (p[i].step == step)
-            return p[i].value == value || (isnan(value) && isnan(p[i].value));
+        if (p[i].step == step) return p[i].value == value || (isnan(value) && isnan(p[i].value));
     return false;
 }
 
@@ -751,8 +768,7 @@ Test(store, metrics_downsampling)
     const int budgets[] = {1, 2, 3, 4, 7, 100, 501, 9999, 10000, 20000};
     for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
         int max_points = budgets[b];
-        cr_assert_eq(kstore_metrics_query(S, "job_d", "loss", -1, max_points, &p, &n),
-                     KSTORE_OK);
+        cr_assert_eq(kstore_metrics_query(S, "job_d", "loss", -1, max_points, &p, &n), KSTORE_OK);
         cr_assert_leq(n, max_points, "max_points %d gave %d", max_points, n);
         if (max_points >= N) {
             cr_assert_eq(n, N);
@@ -760,12 +776,10 @@ Test(store, metrics_downsampling)
             continue;
         }
         cr_assert_eq(p[n - 1].step, N - 1); /* the last is always there */
-        if (max_points >= 2)
-            cr_assert_eq(p[0].step, 0);
+        if (max_points >= 2) cr_assert_eq(p[0].step, 0);
         for (int i = 0; i < n; i++) {
             cr_assert_eq(p[i].value, pts[p[i].step].value); /* only original points */
-            if (i)
-                cr_assert_gt(p[i].step, p[i - 1].step); /* in step order, no repeats */
+            if (i) cr_assert_gt(p[i].step, p[i - 1].step);  /* in step order, no repeats */
         }
         /* Each bucket's min and max is present (the documented bucketing). */
         int64_t m = N - 2, buckets = (max_points - 2) / 2;
@@ -773,10 +787,8 @@ Test(store, metrics_downsampling)
             int64_t lo = 1 + k * m / buckets, hi = 1 + (k + 1) * m / buckets;
             int64_t imin = lo, imax = lo;
             for (int64_t i = lo; i < hi; i++) {
-                if (pts[i].value < pts[imin].value)
-                    imin = i;
-                if (pts[i].value > pts[imax].value)
-                    imax = i;
+                if (pts[i].value < pts[imin].value) imin = i;
+                if (pts[i].value > pts[imax].value) imax = i;
             }
             cr_assert(has_point(p, n, imin, pts[imin].value), "bucket %ld min", (long)k);
             cr_assert(has_point(p, n, imax, pts[imax].value), "bucket %ld max", (long)k);

@@ -67,7 +67,8 @@ static void *worker_main(void *arg)
         kstore *store = ksrv_thread_store(server);
         kstore_job job;
         memset(&job, 0, sizeof job);
-        kstore_status s = store ? kstore_job_claim(store, w->device_name, &job) : KSTORE_ERROR;
+        kstore_status s =
+            store ? kstore_job_claim(store, w->device_name, NULL, &job) : KSTORE_ERROR;
         if (s == KSTORE_OK) {
             __atomic_add_fetch(&pool->busy, 1, __ATOMIC_RELAXED);
             ksrv_log(KSRV_LOG_INFO, "job %s: running on %s (worker %d)", job.id, w->device_name,

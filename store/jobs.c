@@ -1,8 +1,10 @@
 /*
  * jobs.c — jobs and their state machine: creation (idempotent by submission_id, which a
  * partial UNIQUE index guards), reading and cursor-paginated listing, claiming the best
- * queued job under BEGIN IMMEDIATE, progress, the cancel/pause/resume/finish
- * transitions and the start-up requeue of jobs a crash left running.
+ * queued job under BEGIN IMMEDIATE (only jobs whose requested device the claimer's
+ * filter takes: a worker claims the jobs meant for its device), progress, the
+ * cancel/pause/resume/finish transitions and the start-up requeue of jobs a crash left
+ * running.
  *
  * Every state change commits with synchronous=FULL; progress (no state change) commits
  * with NORMAL, as metric batches do.
@@ -20,7 +22,7 @@
     "id, state, priority, model_name, dataset_name, submission_id, spec_json, device, "            \
     "created_at, started_at, finished_at, updated_at, step, total_steps, epoch, "                  \
     "samples_per_second, eta_seconds, cancel_requested, pause_requested, error_code, "             \
-    "error_message, error_step, latest_metrics_json, seq"
+    "error_message, error_step, latest_metrics_json, seq, requested_device"
 
 #define LIST_DEFAULT_LIMIT 100
 #define LIST_MAX_LIMIT 1000
@@ -75,6 +77,7 @@ static bool row_to_job(sqlite3_stmt *st, kstore_job *out)
     kstore__copy(out->dataset_name, sizeof out->dataset_name, column_text(st, 4));
     kstore__copy(out->submission_id, sizeof out->submission_id, column_text(st, 5));
     kstore__copy(out->device, sizeof out->device, column_text(st, 7));
+    kstore__copy(out->requested_device, sizeof out->requested_device, column_text(st, 24));
     out->created_at = sqlite3_column_double(st, 8);
     out->started_at = sqlite3_column_double(st, 9); /* NULL reads as 0: "not yet" */
     out->finished_at = sqlite3_column_double(st, 10);
@@ -148,6 +151,25 @@ kstore_status kstore_job_get(kstore *store, const char *id, kstore_job *out)
     return load_job(store, id ? id : "", false, out);
 }
 
+/* A job's requested device as claims match it (the same rule as migration 4's backfill
+ * in store.c): nothing is "cpu", the spec's default; "cuda:01", which the spec allows
+ * and kn_device_parse reads as cuda:1, is "cuda:1", so the worker owning cuda:1 is the
+ * one meant for it; anything else as written. */
+static void requested_device(const char *device, char *out, size_t cap)
+{
+    if (!device || !device[0]) {
+        kstore__copy(out, cap, "cpu");
+        return;
+    }
+    const char *index = strncmp(device, "cuda:", 5) == 0 ? device + 5 : NULL;
+    if (index && index[0] && strspn(index, "0123456789") == strlen(index)) {
+        while (index[0] == '0' && index[1]) index++;
+        snprintf(out, cap, "cuda:%s", index);
+        return;
+    }
+    kstore__copy(out, cap, device);
+}
+
 static kstore_status new_job_id(kstore *s, char id[40])
 {
     unsigned char bytes[8];
@@ -198,7 +220,8 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
         }
         if (status != KSTORE_NOT_FOUND) goto fail;
     }
-    char id[40];
+    char id[40], requested[sizeof job->requested_device];
+    requested_device(device, requested, sizeof requested);
     double now = kstore__now();
     /* A collision of 64 random bits is all but impossible; retry anyway rather than fail. */
     for (int attempt = 0;; attempt++) {
@@ -206,8 +229,8 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
         sqlite3_stmt *st = kstore__stmt(
             s, ST_JOB_INSERT,
             "INSERT INTO jobs (id, state, priority, model_name, dataset_name, submission_id,"
-            " spec_json, device, created_at, updated_at, total_steps)"
-            " VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)");
+            " spec_json, device, created_at, updated_at, total_steps, requested_device)"
+            " VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)");
         if (!st) {
             status = KSTORE_ERROR;
             goto fail;
@@ -221,6 +244,7 @@ kstore_status kstore_job_create(kstore *store, const char *spec_json, const char
         sqlite3_bind_text(st, 7, device ? device : "", -1, SQLITE_TRANSIENT);
         sqlite3_bind_double(st, 8, now);
         sqlite3_bind_int64(st, 9, total_steps > 0 ? total_steps : 0);
+        sqlite3_bind_text(st, 10, requested, -1, SQLITE_TRANSIENT);
         status = kstore__run(s, st, "creating a job");
         if (status != KSTORE_CONFLICT || attempt >= 3) break;
     }
@@ -319,7 +343,84 @@ int64_t kstore_job_count(kstore *store, kstore_job_state state)
     return n;
 }
 
-kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *out)
+/* items (NULL entries skipped) as a JSON array of strings, malloc'd, for json_each():
+ * one cached statement then serves lists of any length. *out NULL when there are none. */
+static kstore_status json_strings(kstore *s, const char *const *items, int n, char **out)
+{
+    *out = NULL;
+    if (!items || n <= 0) return KSTORE_OK;
+    size_t cap = 3; /* "[", "]", NUL */
+    for (int i = 0; i < n; i++) cap += 3 + (items[i] ? 6 * strlen(items[i]) : 0);
+    char *json = malloc(cap);
+    if (!json) {
+        kstore__set_error(s, "out of memory claiming a job");
+        return KSTORE_ERROR;
+    }
+    size_t len = 0;
+    json[len++] = '[';
+    for (int i = 0; i < n; i++) {
+        if (!items[i]) continue;
+        if (len > 1) json[len++] = ',';
+        json[len++] = '"';
+        for (const unsigned char *c = (const unsigned char *)items[i]; *c; c++) {
+            if (*c == '"' || *c == '\\') {
+                json[len++] = '\\';
+                json[len++] = (char)*c;
+            } else if (*c < 0x20) {
+                len += (size_t)snprintf(json + len, cap - len, "\\u%04x", *c);
+            } else {
+                json[len++] = (char)*c;
+            }
+        }
+        json[len++] = '"';
+    }
+    json[len++] = ']';
+    json[len] = '\0';
+    *out = json;
+    return KSTORE_OK;
+}
+
+/* The id of the best queued job whose requested device is in accepts (a JSON array;
+ * NULL: any job) or, with pool, not in pool. Inside the caller's transaction. */
+static kstore_status select_next(kstore *s, const char *accepts, const char *pool, char id[40])
+{
+    /* jobs_queue_device (state, priority DESC, seq, requested_device) gives the order
+     * and the device without reading the rows passed over. */
+    sqlite3_stmt *st = kstore__stmt(
+        s, ST_JOB_NEXT_QUEUED,
+        "SELECT id FROM jobs WHERE state = 'queued'"
+        " AND (?1 IS NULL OR requested_device IN (SELECT value FROM json_each(?1))"
+        "      OR (?2 IS NOT NULL AND requested_device NOT IN (SELECT value FROM json_each(?2))))"
+        " ORDER BY priority DESC, seq ASC LIMIT 1");
+    if (!st) return KSTORE_ERROR;
+    bind_text_or_null(st, 1, accepts);
+    bind_text_or_null(st, 2, pool);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) kstore__copy(id, 40, column_text(st, 0));
+    kstore_status status = rc == SQLITE_ROW    ? KSTORE_OK
+                           : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
+                                               : kstore__db_fail(s, "finding a queued job");
+    sqlite3_reset(st);
+    if (status == KSTORE_NOT_FOUND)
+        kstore__set_error(s, accepts ? "no queued job that this claim takes" : "no queued job");
+    return status;
+}
+
+/* The id of the best queued job filter takes, inside the caller's transaction. */
+static kstore_status next_queued(kstore *s, const kstore_claim_filter *filter, char id[40])
+{
+    char *accepts = NULL, *pool = NULL;
+    kstore_status status = KSTORE_OK;
+    if (filter) status = json_strings(s, filter->accepts, filter->n_accepts, &accepts);
+    if (filter && !status) status = json_strings(s, filter->pool, filter->n_pool, &pool);
+    if (!status) status = select_next(s, accepts, pool, id);
+    free(accepts);
+    free(pool);
+    return status;
+}
+
+kstore_status kstore_job_claim(kstore *store, const char *device, const kstore_claim_filter *filter,
+                               kstore_job *out)
 {
     kstore *s = store;
     memset(out, 0, sizeof *out);
@@ -327,29 +428,15 @@ kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *ou
      * be claimed by another connection before the UPDATE below. */
     kstore_status status = kstore__begin(s, SYNC_FULL);
     if (status) return status;
-    sqlite3_stmt *st = kstore__stmt(s, ST_JOB_NEXT_QUEUED,
-                                    "SELECT id FROM jobs WHERE state = 'queued'"
-                                    " ORDER BY priority DESC, seq ASC LIMIT 1");
-    if (!st) {
-        kstore__rollback(s);
-        return KSTORE_ERROR;
-    }
     char id[40] = "";
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) kstore__copy(id, sizeof id, column_text(st, 0));
-    status = rc == SQLITE_ROW    ? KSTORE_OK
-             : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
-                                 : kstore__db_fail(s, "finding a queued job");
-    sqlite3_reset(st);
-    if (status == KSTORE_NOT_FOUND) kstore__set_error(s, "no queued job");
-    if (status) {
+    if ((status = next_queued(s, filter, id))) {
         kstore__rollback(s);
         return status;
     }
-    st = kstore__stmt(s, ST_JOB_CLAIM,
-                      "UPDATE jobs SET state = 'running', device = ?2,"
-                      " started_at = coalesce(started_at, ?3), updated_at = ?3,"
-                      " cancel_requested = 0, pause_requested = 0 WHERE id = ?1");
+    sqlite3_stmt *st = kstore__stmt(s, ST_JOB_CLAIM,
+                                    "UPDATE jobs SET state = 'running', device = ?2,"
+                                    " started_at = coalesce(started_at, ?3), updated_at = ?3,"
+                                    " cancel_requested = 0, pause_requested = 0 WHERE id = ?1");
     if (!st) {
         kstore__rollback(s);
         return KSTORE_ERROR;

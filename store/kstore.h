@@ -109,9 +109,10 @@ typedef struct kstore_job {
     int priority; /* higher first; FIFO within a priority */
     char model_name[128];
     char dataset_name[128];
-    char submission_id[128]; /* "" when none */
-    char *spec_json;         /* the job spec as submitted (normalised) */
-    char device[32];
+    char submission_id[128];   /* "" when none */
+    char *spec_json;           /* the job spec as submitted (normalised) */
+    char device[32];           /* as created; once claimed, the claiming worker's */
+    char requested_device[32]; /* what the job asked for: "cpu", "auto", "cuda", "cuda:N" */
     double created_at, started_at, finished_at, updated_at; /* 0 when not yet */
     int64_t step, total_steps, epoch;
     double samples_per_second;
@@ -126,7 +127,9 @@ typedef struct kstore_job {
 /* Creates a queued job. With a submission_id that exists already, returns KSTORE_OK
  * and fills *out with the existing job (idempotent retry); *created says which. */
 /* An existing submission_id returns that job whatever the other arguments: the retry
- * is assumed to carry the same spec. */
+ * is assumed to carry the same spec. device is the spec's "device": it becomes both
+ * device and requested_device, the latter as claims match it (NULL or "" is "cpu",
+ * "cuda:01" is "cuda:1", anything else as written). */
 kstore_status kstore_job_create(kstore *store, const char *spec_json, const char *model_name,
                                 const char *dataset_name, const char *submission_id,
                                 const char *device, int priority, int64_t total_steps,
@@ -142,9 +145,24 @@ void kstore_job_free(kstore_job *job); /* frees the strings inside */
 void kstore_job_list_free(kstore_job *jobs, int count);
 int64_t kstore_job_count(kstore *store, kstore_job_state state); /* -1 on error */
 
-/* Atomically claims the best queued job (priority, then age) for a worker: state
- * becomes running, started_at set, device recorded. KSTORE_NOT_FOUND when none. */
-kstore_status kstore_job_claim(kstore *store, const char *device, kstore_job *out);
+/* Which queued jobs a claim may take, by their requested_device. A job is taken when
+ * its requested device is in accepts, or when the list pool is given and it is not in
+ * pool: pool is every requested device some worker of the claimer's pool is meant for
+ * (accepts included), so a job meant for no worker (cuda:3 where no worker owns it) is
+ * every worker's: it reaches one, which runs it or fails it, rather than waiting forever. */
+typedef struct kstore_claim_filter {
+    const char *const *accepts;
+    int n_accepts; /* 0 (or accepts NULL): every job is taken */
+    const char *const *pool;
+    int n_pool; /* 0 (or pool NULL): only accepts are taken */
+} kstore_claim_filter;
+
+/* Atomically claims the best queued job (priority, then age) that filter takes, for a
+ * worker on device: state becomes running, started_at set, device recorded. A NULL
+ * filter takes any job. One BEGIN IMMEDIATE transaction: two claimers never take the
+ * same job. KSTORE_NOT_FOUND when there is none; the others stay queued. */
+kstore_status kstore_job_claim(kstore *store, const char *device, const kstore_claim_filter *filter,
+                               kstore_job *out);
 /* Progress of a running job (no state change; CONFLICT when not running).
  * latest_metrics_json NULL keeps the previous one. */
 kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, int64_t epoch,

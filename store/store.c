@@ -97,6 +97,26 @@ static const struct {
      "  bytes INTEGER NOT NULL,"
      "  created_at REAL NOT NULL,"
      "  PRIMARY KEY (job_id, kind, step)) WITHOUT ROWID;"},
+    {4, "jobs' requested device",
+     /* The device a job asked for, apart from device (which a claim overwrites with the
+      * worker's), so that a claim can pick only jobs meant for its worker in SQL. Old rows
+      * take it from their spec as jobs.c's requested_device() would: no or an empty
+      * "device" is "cpu", "cuda:01" is "cuda:1", anything else as written; a spec that is
+      * not JSON stays "cpu" (json_extract would fail the whole step). The queue index
+      * gains the column so the claim's filter reads it from the index, fetching only the
+      * row it takes; it replaces jobs_queue, its prefix. */
+     "ALTER TABLE jobs ADD COLUMN requested_device TEXT NOT NULL DEFAULT 'cpu';"
+     "UPDATE jobs SET requested_device = json_extract(spec_json, '$.device')"
+     "  WHERE CASE WHEN json_valid(spec_json)"
+     "             THEN json_type(spec_json, '$.device') = 'text'"
+     "                  AND json_extract(spec_json, '$.device') <> ''"
+     "             ELSE 0 END;"
+     "UPDATE jobs SET requested_device ="
+     "    'cuda:' || coalesce(nullif(ltrim(substr(requested_device, 6), '0'), ''), '0')"
+     "  WHERE requested_device GLOB 'cuda:0?*'"
+     "    AND substr(requested_device, 6) NOT GLOB '*[^0-9]*';"
+     "DROP INDEX jobs_queue;"
+     "CREATE INDEX jobs_queue_device ON jobs(state, priority DESC, seq, requested_device);"},
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 

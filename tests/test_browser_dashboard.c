@@ -43,7 +43,7 @@ static void write_big_job(const char *data_dir, char id[40])
                  KSTORE_OK);
     snprintf(id, 40, "%s", job.id);
     kstore_job_free(&job);
-    cr_assert_eq(kstore_job_claim(store, "cpu", &job), KSTORE_OK);
+    cr_assert_eq(kstore_job_claim(store, "cpu", NULL, &job), KSTORE_OK);
     kstore_job_free(&job);
     kstore_metric_point *points = malloc(BIG_POINTS * sizeof *points);
     cr_assert_not_null(points);

@@ -1,7 +1,9 @@
 /*
  * test_store.c — the SQLite store: opening and migrating (twice, and refusing a newer
  * schema), models, datasets and their files, jobs (idempotent submission, listing with
- * a state filter and cursor pages, claim order, concurrent claims from two handles,
+ * a state filter and cursor pages, claim order, claims that take only the jobs whose
+ * requested device a worker accepts (or no worker does), the migration that backfills the
+ * requested device of older jobs, concurrent claims from two handles,
  * every transition legal and illegal, requeue at start-up, flags, progress), metric
  * series (replace not duplicate, after_step, downsampling properties, NaN and inf),
  * checkpoints and model versions. Each test uses its own temporary directory.
@@ -351,7 +353,7 @@ Test(store, claim_order)
     const int expect[] = {1, 3, 4, 0, 2}; /* priority, then age */
     for (int i = 0; i < 5; i++) {
         kstore_job j;
-        cr_assert_eq(kstore_job_claim(S, "cpu:0", &j), KSTORE_OK);
+        cr_assert_eq(kstore_job_claim(S, "cpu:0", NULL, &j), KSTORE_OK);
         cr_assert_str_eq(j.id, ids[expect[i]]);
         cr_assert_eq(j.state, KSTORE_JOB_RUNNING);
         cr_assert_str_eq(j.device, "cpu:0");
@@ -359,7 +361,231 @@ Test(store, claim_order)
         kstore_job_free(&j);
     }
     kstore_job j;
-    cr_assert_eq(kstore_job_claim(S, "cpu:0", &j), KSTORE_NOT_FOUND);
+    cr_assert_eq(kstore_job_claim(S, "cpu:0", NULL, &j), KSTORE_NOT_FOUND);
+}
+
+/* ---- claims by requested device ---------------------------------------------------- */
+
+/* A queued job asking for device (as the spec's "device"); its id into id. */
+static void device_job(const char *device, int priority, char id[40])
+{
+    kstore_job j;
+    cr_assert_eq(kstore_job_create(S, "{}", "mlp", "blobs", NULL, device, priority, 1, &j, NULL),
+                 KSTORE_OK, "%s", kstore_last_error(S));
+    snprintf(id, 40, "%s", j.id);
+    kstore_job_free(&j);
+}
+
+/* Claims with filter and checks that it took job id. */
+static void claim_expect(const kstore_claim_filter *filter, const char *id)
+{
+    kstore_job j;
+    cr_assert_eq(kstore_job_claim(S, "w", filter, &j), KSTORE_OK, "%s", kstore_last_error(S));
+    cr_assert_str_eq(j.id, id, "took %s (asked for %s), expected %s", j.id, j.requested_device, id);
+    kstore_job_free(&j);
+}
+
+static kstore_job_state state_of(const char *id)
+{
+    kstore_job j;
+    cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+    kstore_job_state state = j.state;
+    kstore_job_free(&j);
+    return state;
+}
+
+Test(store, requested_device_as_created)
+{
+    static const char *const CASES[][2] = {
+        {NULL, "cpu"},         {"", "cpu"},           {"cpu", "cpu"},       {"auto", "auto"},
+        {"cuda", "cuda"},      {"cuda:0", "cuda:0"},  {"cuda:1", "cuda:1"}, {"cuda:10", "cuda:10"},
+        {"cuda:01", "cuda:1"}, {"cuda:00", "cuda:0"}, {"cuda:x", "cuda:x"}, {"cuda:", "cuda:"},
+    };
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        char id[40];
+        device_job(CASES[i][0], 0, id);
+        kstore_job j;
+        cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+        cr_assert_str_eq(j.requested_device, CASES[i][1], "device %s", CASES[i][0]);
+        /* device keeps what was given until a claim records the worker's */
+        cr_assert_str_eq(j.device, CASES[i][0] ? CASES[i][0] : "");
+        kstore_job_free(&j);
+    }
+}
+
+Test(store, claim_takes_only_accepted_devices)
+{
+    char cpu[40], gpu0[40], unset[40], any[40], gpu1[40], cuda[40];
+    device_job("cpu", 0, cpu);
+    device_job("cuda:0", 5, gpu0);
+    device_job("", 1, unset); /* the spec's default: cpu */
+    device_job("auto", 9, any);
+    device_job("cuda:1", 3, gpu1);
+    device_job("cuda", 9, cuda);
+
+    /* A CPU worker: the best of its own jobs, in priority then age order, skipping the
+     * better ones asked for elsewhere. */
+    const char *cpu_only[] = {"cpu"};
+    kstore_claim_filter f = {cpu_only, 1, NULL, 0};
+    claim_expect(&f, unset);
+    claim_expect(&f, cpu);
+    kstore_job j;
+    cr_assert_eq(kstore_job_claim(S, "w", &f, &j), KSTORE_NOT_FOUND);
+    cr_assert_not_null(strstr(kstore_last_error(S), "no queued job"), "%s", kstore_last_error(S));
+    cr_assert_eq(kstore_job_count(S, KSTORE_JOB_QUEUED), 4); /* the GPU jobs are untouched */
+    cr_assert_eq(state_of(gpu0), KSTORE_JOB_QUEUED);
+    cr_assert_eq(state_of(any), KSTORE_JOB_QUEUED);
+
+    /* A cuda:0 worker of a pool with a CPU worker: auto and cuda (priority 9, auto first
+     * by age), then its own; cuda:1 is in no worker's list, so it takes that too. */
+    const char *gpu_accepts[] = {"cuda:0", "cuda", "auto"};
+    const char *pool[] = {"cpu", "cuda:0", "cuda", "auto"};
+    kstore_claim_filter g = {gpu_accepts, 3, pool, 4};
+    claim_expect(&g, any);
+    claim_expect(&g, cuda);
+    claim_expect(&g, gpu0);
+    claim_expect(&g, gpu1);
+    cr_assert_eq(kstore_job_claim(S, "w", &g, &j), KSTORE_NOT_FOUND);
+    cr_assert_eq(kstore_job_count(S, KSTORE_JOB_QUEUED), 0);
+}
+
+Test(store, claim_filter_pool_and_any)
+{
+    char cpu[40], gpu1[40], odd[40];
+    device_job("cpu", 0, cpu);
+    device_job("cuda:1", 0, gpu1);
+    device_job("we\"ird\\", 0, odd); /* quoted into the JSON list the SQL reads */
+
+    /* A worker of a pool that serves cpu and cuda:1: the other job is nobody's, so its
+     * claim takes it while the cpu and cuda:1 jobs stay for their workers. */
+    const char *mine[] = {"cuda:0"};
+    const char *pool[] = {"cpu", "cuda:0", "cuda:1"};
+    kstore_claim_filter f = {mine, 1, pool, 3};
+    claim_expect(&f, odd);
+    kstore_job j;
+    cr_assert_eq(kstore_job_claim(S, "w", &f, &j), KSTORE_NOT_FOUND);
+
+    /* Names that need quoting match as written. */
+    char odd2[40];
+    device_job("we\"ird\\", 0, odd2);
+    const char *weird[] = {"we\"ird\\"};
+    kstore_claim_filter w = {weird, 1, NULL, 0};
+    claim_expect(&w, odd2);
+
+    /* No accept list: any job, whatever the pool says. */
+    kstore_claim_filter any = {NULL, 0, pool, 3};
+    claim_expect(&any, cpu);
+    claim_expect(&any, gpu1);
+    cr_assert_eq(kstore_job_claim(S, "w", &any, &j), KSTORE_NOT_FOUND);
+}
+
+/* The schema as migrations 1 to 3 made it (a released step never changes), to test the
+ * later steps on a database from before them. */
+static const char *const SCHEMA_V3 =
+    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+    "  applied_at REAL NOT NULL);"
+    "INSERT INTO schema_migrations VALUES (1, 'models and datasets', 0),"
+    "  (2, 'jobs', 0), (3, 'metrics and checkpoints', 0);"
+    "CREATE TABLE models (name TEXT PRIMARY KEY, spec_json TEXT NOT NULL,"
+    "  parameter_count INTEGER NOT NULL, created_at REAL NOT NULL);"
+    "CREATE TABLE datasets (name TEXT PRIMARY KEY, description TEXT, created_at REAL NOT NULL);"
+    "CREATE TABLE dataset_files ("
+    "  dataset TEXT NOT NULL REFERENCES datasets(name) ON DELETE CASCADE, role TEXT NOT NULL,"
+    "  format TEXT NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,"
+    "  samples INTEGER NOT NULL, PRIMARY KEY (dataset, role)) WITHOUT ROWID;"
+    "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+    "  state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'paused', 'succeeded',"
+    "                                       'failed', 'canceled')),"
+    "  priority INTEGER NOT NULL DEFAULT 0, model_name TEXT NOT NULL DEFAULT '',"
+    "  dataset_name TEXT NOT NULL DEFAULT '', submission_id TEXT, spec_json TEXT NOT NULL,"
+    "  device TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, started_at REAL,"
+    "  finished_at REAL, updated_at REAL NOT NULL, step INTEGER NOT NULL DEFAULT 0,"
+    "  total_steps INTEGER NOT NULL DEFAULT 0, epoch INTEGER NOT NULL DEFAULT 0,"
+    "  samples_per_second REAL NOT NULL DEFAULT 0, eta_seconds REAL NOT NULL DEFAULT -1,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0, pause_requested INTEGER NOT NULL DEFAULT 0,"
+    "  error_code TEXT NOT NULL DEFAULT '', error_message TEXT,"
+    "  error_step INTEGER NOT NULL DEFAULT -1, latest_metrics_json TEXT);"
+    "CREATE UNIQUE INDEX jobs_submission ON jobs(submission_id) WHERE submission_id IS NOT NULL;"
+    "CREATE INDEX jobs_queue ON jobs(state, priority DESC, seq);"
+    "CREATE INDEX jobs_state_seq ON jobs(state, seq);"
+    "CREATE INDEX jobs_model ON jobs(model_name, state);"
+    "CREATE TABLE metrics (job_id TEXT NOT NULL, name TEXT NOT NULL, step INTEGER NOT NULL,"
+    "  wall_time REAL NOT NULL, value REAL, special INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (job_id, name, step)) WITHOUT ROWID;"
+    "CREATE TABLE checkpoints (job_id TEXT NOT NULL, kind TEXT NOT NULL,"
+    "  step INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,"
+    "  created_at REAL NOT NULL, PRIMARY KEY (job_id, kind, step)) WITHOUT ROWID;";
+
+Test(store, migration_backfills_requested_device)
+{
+    kstore_close(S);
+    S = NULL;
+    char path[160];
+    const char *suffixes[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s%s", db_path, suffixes[i]);
+        unlink(path);
+    }
+    /* What each job's spec asked for, and what the step must make of it. */
+    static const char *const JOBS[][3] = {
+        {"job_a", "{\"model\": \"m\", \"device\": \"cuda:0\"}", "cuda:0"},
+        {"job_b", "{\"model\": \"m\"}", "cpu"},
+        {"job_c", "{\"device\": \"\"}", "cpu"},
+        {"job_d", "{\"device\": \"auto\"}", "auto"},
+        {"job_e", "{\"device\": \"cuda:01\"}", "cuda:1"},
+        {"job_f", "not json", "cpu"},
+        {"job_g", "{\"device\": 3}", "cpu"},
+        {"job_h", "[\"device\", \"cuda\"]", "cpu"},
+        {"job_i", "{\"data\": {\"device\": \"cuda\"}, \"device\": \"cuda\"}", "cuda"},
+    };
+    const int n_jobs = (int)(sizeof JOBS / sizeof JOBS[0]);
+    raw_exec(SCHEMA_V3);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "INSERT INTO jobs (id, state, spec_json, device, created_at,"
+                                    " updated_at) VALUES (?, 'queued', ?, 'cpu', 1, 1)",
+                                    -1, &st, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    for (int i = 0; i < n_jobs; i++) {
+        sqlite3_bind_text(st, 1, JOBS[i][0], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, JOBS[i][1], -1, SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(st), SQLITE_DONE, "%s", sqlite3_errmsg(db));
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    /* job_i was claimed before the upgrade: the worker's device is not what it asked */
+    cr_assert_eq(sqlite3_exec(db,
+                              "UPDATE jobs SET state = 'running', device = 'cuda:0'"
+                              " WHERE id = 'job_i'",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+
+    char *error = NULL;
+    S = kstore_open(db_path, &error);
+    cr_assert_not_null(S, "open: %s", error ? error : "?");
+    cr_assert_geq(kstore_schema_version(S), 4);
+    for (int i = 0; i < n_jobs; i++) {
+        kstore_job j;
+        cr_assert_eq(kstore_job_get(S, JOBS[i][0], &j), KSTORE_OK);
+        cr_assert_str_eq(j.requested_device, JOBS[i][2], "%s: %s", JOBS[i][0], JOBS[i][1]);
+        kstore_job_free(&j);
+    }
+    cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_queue_device'"), 1);
+    cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_queue'"), 0);
+
+    /* The claims use the backfilled column: a cuda:0 worker next to a CPU one gets job_a
+     * (and job_d, auto; job_e is cuda:1, which no worker of this pool owns). */
+    const char *mine[] = {"cuda:0", "cuda", "auto"};
+    const char *pool[] = {"cpu", "cuda:0", "cuda", "auto"};
+    kstore_claim_filter f = {mine, 3, pool, 4};
+    claim_expect(&f, "job_a");
+    claim_expect(&f, "job_d");
+    claim_expect(&f, "job_e");
+    kstore_job j;
+    cr_assert_eq(kstore_job_claim(S, "w", &f, &j), KSTORE_NOT_FOUND);
 }
 
 #define CONCURRENT_JOBS 120
@@ -381,7 +607,7 @@ static void *claim_all(void *arg)
     }
     for (int tries = 0; tries < 10 * CONCURRENT_JOBS; tries++) {
         kstore_job j;
-        kstore_status st = kstore_job_claim(s, "cpu", &j);
+        kstore_status st = kstore_job_claim(s, "cpu", NULL, &j);
         if (st == KSTORE_NOT_FOUND) break;
         if (st == KSTORE_BUSY) {
             c->busy++;
@@ -440,7 +666,7 @@ static void job_in(base b, char id[40])
         cr_assert_eq(kstore_job_pause(S, id, NULL), KSTORE_OK);
         return;
     }
-    cr_assert_eq(kstore_job_claim(S, "cpu", &j), KSTORE_OK);
+    cr_assert_eq(kstore_job_claim(S, "cpu", NULL, &j), KSTORE_OK);
     cr_assert_str_eq(j.id, id);
     kstore_job_free(&j);
     if (b == B_RUNNING_CANCEL) cr_assert_eq(kstore_job_cancel(S, id, NULL), KSTORE_OK);
@@ -581,7 +807,7 @@ Test(store, progress_and_flags)
     cr_assert_eq(kstore_job_progress(S, id, 1, 0, 10, 1, 1, NULL), KSTORE_CONFLICT);
     cr_assert_not_null(strstr(kstore_last_error(S), "queued"));
     kstore_job j;
-    cr_assert_eq(kstore_job_claim(S, "cpu", &j), KSTORE_OK);
+    cr_assert_eq(kstore_job_claim(S, "cpu", NULL, &j), KSTORE_OK);
     kstore_job_free(&j);
     cr_assert_eq(kstore_job_progress(S, id, 7, 1, 100, 250.5, 12.0, "{\"loss\":0.5}"), KSTORE_OK);
     cr_assert_eq(kstore_job_progress(S, id, 8, 1, 100, 251.0, 11.0, NULL), KSTORE_OK);
@@ -636,7 +862,7 @@ Test(store, requeue_running)
     }
     /* The requeued job is older than the queued one: it is claimed first. */
     kstore_job j;
-    cr_assert_eq(kstore_job_claim(S, "cpu", &j), KSTORE_OK);
+    cr_assert_eq(kstore_job_claim(S, "cpu", NULL, &j), KSTORE_OK);
     cr_assert_str_eq(j.id, plain);
     kstore_job_free(&j);
 }
@@ -868,7 +1094,7 @@ Test(store, model_versions)
                      KSTORE_OK);
         snprintf(ids[i], 40, "%s", j.id);
         kstore_job_free(&j);
-        cr_assert_eq(kstore_job_claim(S, "cpu", &j), KSTORE_OK);
+        cr_assert_eq(kstore_job_claim(S, "cpu", NULL, &j), KSTORE_OK);
         cr_assert_str_eq(j.id, ids[i]);
         kstore_job_free(&j);
         kstore_job_state end = i == 2 ? KSTORE_JOB_FAILED : KSTORE_JOB_SUCCEEDED;

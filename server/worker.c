@@ -1,9 +1,11 @@
 /*
  * worker.c — kilnd's job workers: config.workers threads, each owning one device from
- * config.devices (cycled; "auto" means the first available device, the CPU here). A
+ * config.devices (cycled; "auto" means cuda:0 when it is available, else the CPU). A
  * worker sleeps on a condition variable, woken by ksrv_workers_notify and every few
- * seconds, claims the best queued job from the store (kstore_job_claim: BEGIN
- * IMMEDIATE, so two workers never take the same job) and runs it (job_runner.c).
+ * seconds, claims the best queued job meant for its device from the store
+ * (kstore_job_claim: BEGIN IMMEDIATE, so two workers never take the same job) and runs
+ * it (job_runner.c). Which jobs each worker is meant for is decided once, when the pool
+ * starts, from the devices of the whole pool (worker.h says the rule).
  *
  * Stopping sets a flag the trainer's step callback sees: the running job checkpoints
  * and returns, staying "running" in the store so the next start requeues and resumes
@@ -12,6 +14,7 @@
  */
 #define _GNU_SOURCE /* pthread_timedjoin_np */
 #include "job_runner.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -28,6 +31,8 @@ typedef struct worker {
     int index;
     kn_device device;
     char device_name[32];
+    const char *accepts[KSRV_ACCEPTS_MAX]; /* literals or the pool's device names */
+    int n_accepts;
     pthread_t thread;
     bool started;
 } worker;
@@ -41,7 +46,82 @@ struct ksrv_workers {
     int busy; /* atomic */
     int n;
     worker *items;
+    const char *pool_accepts[MAX_WORKERS + 3]; /* what some worker is meant for */
+    int n_pool_accepts;
 };
+
+static bool is_gpu(const char *device)
+{
+    return strncmp(device, "cuda", 4) == 0;
+}
+
+static bool pool_has(const char *const *devices, int n, bool gpu)
+{
+    for (int i = 0; i < n; i++)
+        if (is_gpu(devices[i]) == gpu) return true;
+    return false;
+}
+
+int ksrv_worker_accepts(const char *const *devices, int n, int index,
+                        const char *out[KSRV_ACCEPTS_MAX])
+{
+    if (!devices || index < 0 || index >= n) return 0;
+    const char *own = devices[index];
+    int k = 0;
+    if (is_gpu(own)) {
+        out[k++] = own;
+        out[k++] = "cuda";
+        out[k++] = "auto";
+        /* with no CPU worker, CPU jobs would otherwise wait forever */
+        if (!pool_has(devices, n, false)) out[k++] = "cpu";
+    } else {
+        out[k++] = "cpu";
+        /* where a GPU worker exists, "auto" and "cuda" are its: the CPU would run them
+         * slower, or fail them, while the GPU sits idle */
+        if (!pool_has(devices, n, true)) {
+            out[k++] = "auto";
+            out[k++] = "cuda";
+        }
+    }
+    return k;
+}
+
+static bool listed(const char *const *list, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(list[i], name)) return true;
+    return false;
+}
+
+int ksrv_pool_accepts(const char *const *devices, int n, const char **out)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        const char *mine[KSRV_ACCEPTS_MAX];
+        int m = ksrv_worker_accepts(devices, n, i, mine);
+        for (int j = 0; j < m; j++)
+            if (!listed(out, k, mine[j])) out[k++] = mine[j];
+    }
+    return k;
+}
+
+/* Each worker's accept list and the pool's, from the resolved device names. */
+static void plan_claims(ksrv_workers *pool)
+{
+    const char *names[MAX_WORKERS];
+    for (int i = 0; i < pool->n; i++) names[i] = pool->items[i].device_name;
+    pool->n_pool_accepts = ksrv_pool_accepts(names, pool->n, pool->pool_accepts);
+    for (int i = 0; i < pool->n; i++) {
+        worker *w = &pool->items[i];
+        w->n_accepts = ksrv_worker_accepts(names, pool->n, i, w->accepts);
+        char list[160] = "";
+        for (int j = 0; j < w->n_accepts; j++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "",
+                     w->accepts[j]);
+        ksrv_log(KSRV_LOG_DEBUG, "worker %d on %s: claims jobs for %s, or for no worker's device",
+                 i, w->device_name, list);
+    }
+}
 
 static struct timespec deadline_in(clockid_t clock, double seconds)
 {
@@ -67,8 +147,10 @@ static void *worker_main(void *arg)
         kstore *store = ksrv_thread_store(server);
         kstore_job job;
         memset(&job, 0, sizeof job);
+        kstore_claim_filter filter = {w->accepts, w->n_accepts, pool->pool_accepts,
+                                      pool->n_pool_accepts};
         kstore_status s =
-            store ? kstore_job_claim(store, w->device_name, NULL, &job) : KSTORE_ERROR;
+            store ? kstore_job_claim(store, w->device_name, &filter, &job) : KSTORE_ERROR;
         if (s == KSTORE_OK) {
             __atomic_add_fetch(&pool->busy, 1, __ATOMIC_RELAXED);
             ksrv_log(KSRV_LOG_INFO, "job %s: running on %s (worker %d)", job.id, w->device_name,
@@ -176,6 +258,7 @@ ksrv_workers *ksrv_workers_start(ksrv_server *server, char **error)
         free_pool(pool);
         return NULL;
     }
+    plan_claims(pool);
     if (server->config.threads_per_worker > 0) /* process-wide: the engine pool, OpenBLAS */
         kn_set_num_threads(server->config.threads_per_worker);
     for (int i = 0; i < n; i++) {

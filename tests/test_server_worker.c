@@ -3,13 +3,16 @@
  * 127.0.0.1 (port 0) with a temporary data directory and one worker; a model and a
  * synthetic dataset (NPY files) put in the store; jobs queued and polled to their end
  * (success with unique increasing metric steps, checkpoints and final weights; cancel;
- * pause and resume; a cuda job on a machine without one; a restart mid-training that
- * resumes from the checkpoint), and the v2 inference routes over real HTTP (metadata,
+ * pause and resume; a cuda job on a machine without one; with a GPU, a cpu and a cuda:0
+ * worker each running only the jobs meant for it; a restart mid-training that resumes
+ * from the checkpoint), which jobs each worker of a pool claims (pure, and against a
+ * store), and the v2 inference routes over real HTTP (metadata,
  * single, batched and concurrent requests matching kn_module_forward, error cases).
  * Every wait is bounded in time.
  */
 #include "kapi.h"
 #include "ksrv.h"
+#include "worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -179,19 +182,26 @@ static void add_dataset(const char *name)
     }
 }
 
-static void start_server(int workers)
+/* A server with workers cycling over devices ("cpu,cuda:0"; NULL: the default, cpu). */
+static void start_server_on(int workers, const char *devices)
 {
     ksrv_config config;
     ksrv_config_defaults(&config);
     config.port = 0;
     snprintf(config.data_dir, sizeof config.data_dir, "%s", data_dir);
     config.workers = workers;
+    if (devices) snprintf(config.devices, sizeof config.devices, "%s", devices);
     config.checkpoint_every_steps = 100;
     config.threads_per_worker = 2;
     snprintf(config.log_level, sizeof config.log_level, "warn");
     char *error = NULL;
     server = ksrv_start(&config, &error);
     cr_assert(server, "ksrv_start: %s", error ? error : "?");
+}
+
+static void start_server(int workers)
+{
+    start_server_on(workers, NULL);
 }
 
 static void setup(void)
@@ -212,18 +222,24 @@ static void teardown(void)
     cr_assert_eq(system(cmd), 0);
 }
 
-/* Queues a job; its id into id. */
-static void submit(const char *spec, int64_t total, char id[40])
+/* Queues a job asking for device (as the server passes the spec's "device"); its id
+ * into id. */
+static void submit_on(const char *spec, const char *device, int64_t total, char id[40])
 {
     kstore_job job;
     memset(&job, 0, sizeof job);
     bool created = false;
-    cr_assert_eq(kstore_job_create(store(), spec, "blobs-mlp", "blobs", NULL, "cpu", 0, total, &job,
-                                   &created),
+    cr_assert_eq(kstore_job_create(store(), spec, "blobs-mlp", "blobs", NULL, device, 0, total,
+                                   &job, &created),
                  KSTORE_OK, "%s", kstore_last_error(store()));
     memcpy(id, job.id, 40);
     kstore_job_free(&job);
     ksrv_workers_notify(server->workers);
+}
+
+static void submit(const char *spec, int64_t total, char id[40])
+{
+    submit_on(spec, "cpu", total, id);
 }
 
 /* Polls until the job is in state (or the timeout); returns the job (free it). */
@@ -612,11 +628,167 @@ Test(server_worker, cuda_job_fails_when_unavailable)
     if (kn_device_available(cuda)) cr_skip_test("this machine has a GPU");
     char spec[1024], id[40];
     job_spec(spec, sizeof spec, 10, "", ", \"device\": \"cuda\"");
-    submit(spec, 10, id);
+    submit_on(spec, "cuda", 10, id);
+    /* the only worker is a CPU one and no worker owns a GPU: it is meant for cuda jobs
+     * too, so the job fails rather than waiting for a worker that will never come */
     kstore_job job = wait_state(id, KSTORE_JOB_FAILED, 20);
+    cr_assert_str_eq(job.requested_device, "cuda");
+    cr_assert_str_eq(job.device, "cpu");
     cr_assert_str_eq(job.error_code, "device_unavailable");
     cr_assert(job.error_message && strstr(job.error_message, "cuda"));
     kstore_job_free(&job);
+}
+
+/* With a GPU: a cpu worker and a cuda:0 worker, each given only the jobs meant for it. */
+Test(server_worker, mixed_pool_routes_jobs_by_device)
+{
+    kn_device cuda = {KN_DEVICE_CUDA, 0};
+    if (!kn_device_available(cuda)) cr_skip_test("needs a GPU (cuda:0)");
+    ksrv_stop(server);
+    start_server_on(2, "cpu,cuda:0");
+    static const char *const ASKED[] = {"cpu", "cuda", "", "cuda:0", "cpu", "auto"};
+    enum { N = sizeof ASKED / sizeof ASKED[0] };
+    char ids[N][40];
+    for (int i = 0; i < N; i++) {
+        char spec[1024], extra[64] = "";
+        if (ASKED[i][0]) snprintf(extra, sizeof extra, ", \"device\": \"%s\"", ASKED[i]);
+        job_spec(spec, sizeof spec, 20, "", extra);
+        submit_on(spec, ASKED[i], 20, ids[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        kstore_job job = wait_state(ids[i], KSTORE_JOB_SUCCEEDED, 60);
+        const char *expect = !ASKED[i][0] || !strcmp(ASKED[i], "cpu") ? "cpu" : "cuda:0";
+        cr_assert_str_eq(job.device, expect, "a job asking for \"%s\" ran on %s", ASKED[i],
+                         job.device);
+        kstore_job_free(&job);
+    }
+}
+
+/* ---- which jobs each worker claims (worker.h): pure, no server, no GPU ------------- */
+
+/* Whether the worker on pool[index] takes a job asking for requested, as its claims do
+ * (kstore_claim_filter): one in its list, or one in no worker's list. */
+static bool takes(const char *const *pool, int n, int index, const char *requested)
+{
+    const char *mine[KSRV_ACCEPTS_MAX], *all[64 + 3];
+    int m = ksrv_worker_accepts(pool, n, index, mine);
+    int k = ksrv_pool_accepts(pool, n, all);
+    for (int i = 0; i < m; i++)
+        if (!strcmp(mine[i], requested)) return true;
+    for (int i = 0; i < k; i++)
+        if (!strcmp(all[i], requested)) return false;
+    return true;
+}
+
+static const char *const ASKED_FOR[] = {"cpu", "auto", "cuda", "cuda:0", "cuda:1", "cuda:2"};
+#define N_ASKED ((int)(sizeof ASKED_FOR / sizeof ASKED_FOR[0]))
+
+/* What the worker on pool[index] takes of ASKED_FOR, space-separated. */
+static void taken(const char *const *pool, int n, int index, char *out, size_t size)
+{
+    out[0] = '\0';
+    for (int i = 0; i < N_ASKED; i++)
+        if (takes(pool, n, index, ASKED_FOR[i]))
+            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? " " : "",
+                     ASKED_FOR[i]);
+}
+
+#define ALL "cpu auto cuda cuda:0 cuda:1 cuda:2"
+
+Test(claim_rules, per_pool)
+{
+    static const struct {
+        const char *pool[3];
+        int n;
+        const char *expect[3]; /* per worker */
+    } CASES[] = {
+        {{"cpu"}, 1, {ALL}},
+        {{"cpu", "cpu"}, 2, {ALL, ALL}},
+        {{"cuda:0"}, 1, {ALL}},
+        /* cuda:1 and cuda:2 are nobody's: either worker takes them (and fails or runs them) */
+        {{"cpu", "cuda:0"}, 2, {"cpu cuda:1 cuda:2", "auto cuda cuda:0 cuda:1 cuda:2"}},
+        {{"cuda:0", "cuda:1"}, 2, {"cpu auto cuda cuda:0 cuda:2", "cpu auto cuda cuda:1 cuda:2"}},
+        /* jobs asking for cuda:0, which no worker owns, are not stranded */
+        {{"cpu", "cuda:1"}, 2, {"cpu cuda:0 cuda:2", "auto cuda cuda:0 cuda:1 cuda:2"}},
+        /* workers on the same device take the same jobs */
+        {{"cuda:0", "cpu", "cuda:0"},
+         3,
+         {"auto cuda cuda:0 cuda:1 cuda:2", "cpu cuda:1 cuda:2", "auto cuda cuda:0 cuda:1 cuda:2"}},
+    };
+    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++) {
+        for (int w = 0; w < CASES[c].n; w++) {
+            char got[128];
+            taken(CASES[c].pool, CASES[c].n, w, got, sizeof got);
+            cr_assert_str_eq(got, CASES[c].expect[w], "pool case %zu, worker %d (%s)", c, w,
+                             CASES[c].pool[w]);
+        }
+        /* every job reaches some worker */
+        for (int i = 0; i < N_ASKED; i++) {
+            bool someone = false;
+            for (int w = 0; w < CASES[c].n; w++)
+                someone = someone || takes(CASES[c].pool, CASES[c].n, w, ASKED_FOR[i]);
+            cr_assert(someone, "pool case %zu: nobody takes %s", c, ASKED_FOR[i]);
+        }
+    }
+}
+
+Test(claim_rules, lists)
+{
+    const char *pool[] = {"cpu", "cuda:0", "cuda:0"};
+    const char *mine[KSRV_ACCEPTS_MAX], *all[6];
+    cr_assert_eq(ksrv_worker_accepts(pool, 3, 0, mine), 1);
+    cr_assert_str_eq(mine[0], "cpu");
+    cr_assert_eq(ksrv_worker_accepts(pool, 3, 1, mine), 3);
+    cr_assert_eq(mine[0], pool[1]); /* the pool's own name, not a copy */
+    cr_assert_str_eq(mine[1], "cuda");
+    cr_assert_str_eq(mine[2], "auto");
+    cr_assert_eq(ksrv_pool_accepts(pool, 3, all), 4); /* cpu, cuda:0, cuda, auto: once each */
+    cr_assert_eq(ksrv_worker_accepts(pool, 3, 3, mine), 0);
+    cr_assert_eq(ksrv_worker_accepts(pool, 3, -1, mine), 0);
+}
+
+/* The lists as a worker hands them to the store: on a pool of a CPU and a cuda:1 worker,
+ * the CPU worker claims the cpu job and the one asking for cuda:0 (nobody's), best first,
+ * and leaves auto, cuda and cuda:1 to the GPU worker. */
+Test(claim_rules, claims_from_a_store)
+{
+    char dir[] = "/tmp/kiln-claims-XXXXXX", db[64];
+    cr_assert(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/kiln.db", dir);
+    char *error = NULL;
+    kstore *s = kstore_open(db, &error);
+    cr_assert(s, "%s", error ? error : "");
+    static const struct {
+        const char *device;
+        int priority;
+    } JOBS[] = {{"cuda:1", 9}, {"auto", 8}, {"cpu", 1}, {"cuda:0", 5}, {"cuda", 7}};
+    char ids[5][40];
+    for (int i = 0; i < 5; i++) {
+        kstore_job j;
+        cr_assert_eq(kstore_job_create(s, "{}", "m", "d", NULL, JOBS[i].device, JOBS[i].priority, 1,
+                                       &j, NULL),
+                     KSTORE_OK);
+        memcpy(ids[i], j.id, 40);
+        kstore_job_free(&j);
+    }
+    const char *pool[] = {"cpu", "cuda:1"};
+    const char *mine[KSRV_ACCEPTS_MAX], *all[5];
+    kstore_claim_filter cpu = {mine, ksrv_worker_accepts(pool, 2, 0, mine), all,
+                               ksrv_pool_accepts(pool, 2, all)};
+    const int expect[] = {3, 2}; /* cuda:0 (priority 5), then cpu (1) */
+    for (int i = 0; i < 2; i++) {
+        kstore_job j;
+        cr_assert_eq(kstore_job_claim(s, "cpu", &cpu, &j), KSTORE_OK, "%s", kstore_last_error(s));
+        cr_assert_str_eq(j.id, ids[expect[i]], "claimed the job asking for %s", j.requested_device);
+        kstore_job_free(&j);
+    }
+    kstore_job j;
+    cr_assert_eq(kstore_job_claim(s, "cpu", &cpu, &j), KSTORE_NOT_FOUND);
+    cr_assert_eq(kstore_job_count(s, KSTORE_JOB_QUEUED), 3);
+    kstore_close(s);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
 }
 
 Test(server_worker, bad_dataset_is_a_data_error)

@@ -40,6 +40,7 @@ static cJSON *job_json(const kstore_job *j)
     if (j->submission_id[0]) cJSON_AddStringToObject(o, "submission_id", j->submission_id);
     cJSON_AddNumberToObject(o, "priority", j->priority);
     cJSON_AddStringToObject(o, "device", j->device);
+    cJSON_AddStringToObject(o, "requested_device", j->requested_device);
     cJSON *progress = cJSON_AddObjectToObject(o, "progress");
     cJSON_AddNumberToObject(progress, "step", (double)j->step);
     cJSON_AddNumberToObject(progress, "total_steps", (double)j->total_steps);

@@ -224,6 +224,8 @@ Test(server_api, end_to_end)
     cr_assert_str_eq(h_string(job, "state"), "succeeded", "%s", cJSON_PrintUnformatted(job));
     cr_assert_eq(h_number(job, "step"), 64);
     cr_assert_eq(h_number(job, "total_steps"), 64);
+    cr_assert_str_eq(h_string(job, "requested_device"), "cpu", "no device in the spec: cpu");
+    cr_assert_str_eq(h_string(job, "device"), "cpu");
     cJSON_Delete(job);
 
     char path[256];

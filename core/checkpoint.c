@@ -147,6 +147,13 @@ kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict
 
 /* ---- checkpoints --------------------------------------------------------------------- */
 
+/* The generator whose state a checkpoint keeps: the run's (config.generator), else the
+ * process-wide default. */
+static kn_generator *run_generator(const kn_trainer *t)
+{
+    return t->config.generator ? t->config.generator : kn_default_generator();
+}
+
 kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
 {
     if (!t || !path)
@@ -154,7 +161,7 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
     size_t state_size = kn_generator_state_size();
     unsigned char *state = malloc(state_size ? state_size : 1);
     if (!state) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
-    kn_generator_get_state(kn_default_generator(), state);
+    kn_generator_get_state(run_generator(t), state);
     char *rng = hex_encode(state, state_size);
     free(state);
     if (!rng) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
@@ -302,7 +309,7 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     /* nothing is changed until everything has been read and checked */
     if (st == KN_OK) st = load_model_entries(t->model, file, path, true);
     if (st == KN_OK) st = load_optimizer(t, file, path);
-    if (st == KN_OK) st = kn_generator_set_state(kn_default_generator(), state, state_size);
+    if (st == KN_OK) st = kn_generator_set_state(run_generator(t), state, state_size);
     if (st == KN_OK) {
         t->step = step;
         t->epoch = epoch;

@@ -49,6 +49,12 @@ typedef struct kn_train_config {
      * (the optimizer steps after it); anything the graph cannot do runs eagerly. Off by
      * default until it has been measured on a GPU. */
     bool cuda_graph;
+    /* Borrowed (it must outlive the runs): the generator of the run's randomness. While
+     * kn_trainer_run runs, dropout modules without a generator of their own draw from
+     * it, and checkpoints save and restore its state. NULL: the process-wide default,
+     * as torch's global generator. Give each of several trainers that run at once its
+     * own: the default is not thread-safe. */
+    kn_generator *generator;
 } kn_train_config;
 
 /* Defaults as a user expects: cross_entropy, Adam(1e-3), batch 64, 1 epoch, seed 0,

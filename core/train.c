@@ -427,8 +427,8 @@ static kn_status after_batch(run_state *rs, double loss, bool skipped, double ru
     return st;
 }
 
-kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_dataset *validation,
-                         const kn_train_callbacks *callbacks, kn_train_summary *summary)
+static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *validation,
+                     const kn_train_callbacks *callbacks, kn_train_summary *summary)
 {
     kn_train_summary local;
     if (!summary) summary = &local;
@@ -488,5 +488,38 @@ kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_datase
     summary->samples_per_second = rs.train_seconds > 0 ? rs.samples / rs.train_seconds : 0;
     summary->stopped_early = rs.stop_early;
     summary->skipped_steps = t->skipped_steps;
+    return st;
+}
+
+/* Points the dropout modules of m that have no generator at gen, recording them in lent
+ * (up to capacity). Returns how many there are (capacity 0: only counts them). */
+static int lend_generator(kn_module *m, kn_generator *gen, kn_module **lent, int capacity, int n)
+{
+    if (!m) return n;
+    if (m->kind == KN_MODULE_DROPOUT && !m->dropout_generator) {
+        if (n < capacity) {
+            m->dropout_generator = gen;
+            lent[n] = m;
+        }
+        n++;
+    }
+    for (int i = 0; i < m->n_children; i++)
+        n = lend_generator(m->children[i], gen, lent, capacity, n);
+    return n;
+}
+
+kn_status kn_trainer_run(kn_trainer *t, const kn_dataset *train, const kn_dataset *validation,
+                         const kn_train_callbacks *callbacks, kn_train_summary *summary)
+{
+    if (!t || !t->config.generator) return run(t, train, validation, callbacks, summary);
+    /* the run's dropout draws from the run's generator, and only while it runs: the
+     * model may outlive the generator */
+    int n = lend_generator(t->model, NULL, NULL, 0, 0);
+    kn_module **lent = calloc((size_t)n + 1, sizeof *lent);
+    if (!lent) return kn__error(KN_ERR_MEMORY, "kn_trainer_run: out of memory");
+    n = lend_generator(t->model, t->config.generator, lent, n, 0);
+    kn_status st = run(t, train, validation, callbacks, summary);
+    for (int i = 0; i < n; i++) lent[i]->dropout_generator = NULL;
+    free(lent);
     return st;
 }

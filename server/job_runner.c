@@ -22,7 +22,6 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +34,6 @@
 #define FLUSH_STEPS 50
 #define POLL_SECONDS 0.2
 #define DEFAULT_CHECKPOINT_EVERY 500
-
-static pthread_mutex_t build_lock = PTHREAD_MUTEX_INITIALIZER;
 
 typedef enum { STOP_NONE, STOP_CANCEL, STOP_PAUSE, STOP_SHUTDOWN } stop_reason;
 
@@ -217,13 +214,12 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
     flush(r); /* the metrics up to the checkpoint are durable before it is */
     char name[64], rel[256], path[1024];
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
-    if (!job_file(r, name, rel, sizeof rel, path, sizeof path))
-        return KN_ERR_VALUE;
+    if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) return KN_ERR_VALUE;
     kn_status st = kn_trainer_save_checkpoint(trainer, path);
     if (st != KN_OK) return st;
     struct stat sb;
-    kstore_checkpoint c = {.step = step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1,
-                           .created_at = wall_now()};
+    kstore_checkpoint c = {
+        .step = step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
     snprintf(c.job_id, sizeof c.job_id, "%s", r->job->id);
     snprintf(c.kind, sizeof c.kind, "checkpoint");
     snprintf(c.path, sizeof c.path, "%s", rel);
@@ -250,8 +246,8 @@ static kn_status on_step(void *context, const kn_step_info *info)
     r->latest_lr = info->lr;
     double now = mono_now();
     int64_t done = info->step - r->first_step;
-    r->eta = done > 0 ? (now - r->start) / (double)done * (double)(info->total_steps - info->step)
-                      : -1;
+    r->eta =
+        done > 0 ? (now - r->start) / (double)done * (double)(info->total_steps - info->step) : -1;
     double wall = wall_now();
     r->loss[r->n_points] = (kstore_metric_point){info->step, wall, info->loss};
     r->lr[r->n_points] = (kstore_metric_point){info->step, wall, info->lr};
@@ -290,8 +286,8 @@ static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
     job_run *r = context;
     kn_status st = save_checkpoint(r, trainer, step);
     if (st != KN_OK) /* a missed checkpoint is not worth failing the job for */
-        ksrv_log(KSRV_LOG_WARN, "job %s: checkpoint at step %lld: %s", r->job->id,
-                 (long long)step, kn_last_error());
+        ksrv_log(KSRV_LOG_WARN, "job %s: checkpoint at step %lld: %s", r->job->id, (long long)step,
+                 kn_last_error());
     return KN_OK;
 }
 
@@ -305,8 +301,8 @@ static kapi_model_spec *resolve_model(job_run *r, const kapi_job_spec *spec, boo
     kstore_model m = {0};
     kstore_status s = kstore_model_get(r->store, spec->model_name, &m);
     if (s != KSTORE_OK) {
-        fail(r, "invalid_spec", -1, "model: %s", s == KSTORE_NOT_FOUND ? "no such model" :
-                                                   kstore_last_error(r->store));
+        fail(r, "invalid_spec", -1, "model: %s",
+             s == KSTORE_NOT_FOUND ? "no such model" : kstore_last_error(r->store));
         return NULL;
     }
     kapi_errors errors = {0};
@@ -342,8 +338,9 @@ static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *spl
         } else if (!strcmp(f->format, "csv")) {
             out->format = KAPI_FORMAT_CSV;
         } else {
-            fail(r, "data_error", -1, "dataset %s: file %s has format %s, which training cannot read",
-                 ds->name, f->role, f->format);
+            fail(r, "data_error", -1,
+                 "dataset %s: file %s has format %s, which training cannot read", ds->name, f->role,
+                 f->format);
             return false;
         }
         if (!ksrv_data_path(r->server, f->path, target, sizeof out->inputs_path)) {
@@ -352,14 +349,15 @@ static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *spl
         }
         out->present = true;
     }
-    if (out->present && out->format != KAPI_FORMAT_CSV && (!out->inputs_path[0] ||
-                                                           !out->labels_path[0])) {
-        fail(r, "data_error", -1, "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels",
-             ds->name, split, split, split, split);
+    if (out->present && out->format != KAPI_FORMAT_CSV &&
+        (!out->inputs_path[0] || !out->labels_path[0])) {
+        fail(r, "data_error", -1,
+             "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels", ds->name, split,
+             split, split, split);
         return false;
     }
-    if (out->format == KAPI_FORMAT_CSV) snprintf(out->label_column, sizeof out->label_column,
-                                                 "label");
+    if (out->format == KAPI_FORMAT_CSV)
+        snprintf(out->label_column, sizeof out->label_column, "label");
     return true;
 }
 
@@ -371,8 +369,7 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
     kn_dataset *ds = kapi_load_data_source(source, &errors);
     if (!ds) {
         if (errors.count == 0) kapi_errors_add(&errors, what, "%s", kn_last_error());
-        fail_errors(r, kn_last_status() == KN_ERR_MEMORY ? "out_of_memory" : "data_error",
-                    &errors);
+        fail_errors(r, kn_last_status() == KN_ERR_MEMORY ? "out_of_memory" : "data_error", &errors);
         kapi_errors_free(&errors);
         return NULL;
     }
@@ -395,8 +392,7 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
 /* The device the job runs on, or false after writing device_unavailable. "auto" is the
  * worker's GPU when it has one, else cuda:0 when this machine has a CUDA device, else
  * the CPU; "cuda" without an index is the worker's GPU when it has one. */
-static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worker,
-                          kn_device *out)
+static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worker, kn_device *out)
 {
     const char *name = spec->device[0] ? spec->device : "cpu";
     bool worker_gpu = worker.type == KN_DEVICE_CUDA && kn_device_available(worker);
@@ -414,8 +410,10 @@ static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worke
         return true;
     }
     if (kn_device_parse(name, out) != KN_OK) {
-        fail(r, "invalid_spec", -1, "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", "
-             "got \"%s\"", name);
+        fail(r, "invalid_spec", -1,
+             "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", "
+             "got \"%s\"",
+             name);
         return false;
     }
     if (!kn_device_available(*out)) {
@@ -447,8 +445,8 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
     if (kn_module_save_weights(model, path) != KN_OK)
         return fail(r, engine_code(), -1, "writing the weights: %s", kn_last_error());
     struct stat sb;
-    kstore_checkpoint c = {.step = r->step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1,
-                           .created_at = wall_now()};
+    kstore_checkpoint c = {
+        .step = r->step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
     snprintf(c.job_id, sizeof c.job_id, "%s", r->job->id);
     snprintf(c.kind, sizeof c.kind, "final");
     snprintf(c.path, sizeof c.path, "%s", rel);
@@ -456,8 +454,7 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
         return fail(r, "internal", -1, "recording the weights: %s", kstore_last_error(r->store));
     r->eta = 0;
     flush(r);
-    if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1) !=
-        KSTORE_OK)
+    if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1) != KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording success: %s", r->job->id,
                  kstore_last_error(r->store));
     else
@@ -503,8 +500,13 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
 {
     job_run *r = calloc(1, sizeof *r);
     if (!r) return KSRV_RUN_STOPPED; /* left running: retried at the next start */
-    *r = (job_run){.server = server, .store = store, .job = job, .stopping = stopping,
-                   .eval_prefix = "val", .eta = -1, .last_checkpoint_step = -1};
+    *r = (job_run){.server = server,
+                   .store = store,
+                   .job = job,
+                   .stopping = stopping,
+                   .eval_prefix = "val",
+                   .eta = -1,
+                   .last_checkpoint_step = -1};
     ksrv_run_outcome outcome = KSRV_RUN_FINISHED;
     kapi_job_spec *spec = NULL;
     kapi_model_spec *model_spec = NULL;
@@ -512,14 +514,15 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     kstore_dataset dataset = {0};
     bool have_dataset = false;
     kn_module *model = NULL;
+    kn_generator *generator = NULL;
     kn_dataset *train = NULL, *validation = NULL, *test = NULL;
     bool tf32_before = kn_get_allow_tf32(); /* the job's choice, on this thread, until done */
 
     kapi_errors errors = {0};
     kapi_job_parse_options options = {.allow_paths = false};
-    spec = job->spec_json ? kapi_job_spec_parse(job->spec_json, strlen(job->spec_json), options,
-                                                &errors)
-                          : NULL;
+    spec = job->spec_json
+               ? kapi_job_spec_parse(job->spec_json, strlen(job->spec_json), options, &errors)
+               : NULL;
     if (!spec) {
         outcome = fail_errors(r, "invalid_spec", &errors);
         goto done;
@@ -530,7 +533,8 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     model_spec = resolve_model(r, spec, &model_owned);
     if (!model_spec) goto done;
     if (!spec->data.dataset[0]) {
-        outcome = fail(r, "invalid_spec", -1, "data.dataset: the server trains on stored "
+        outcome = fail(r, "invalid_spec", -1,
+                       "data.dataset: the server trains on stored "
                        "datasets; upload one and name it here");
         goto done;
     }
@@ -550,10 +554,11 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
 
-    pthread_mutex_lock(&build_lock); /* the default generator decides the initial weights */
-    kn_manual_seed(spec->train.seed);
-    model = kapi_model_build(model_spec, NULL);
-    pthread_mutex_unlock(&build_lock);
+    /* The job's own generator, as torch.manual_seed(seed) before building: it decides
+     * the initial weights, then dropout's masks, and checkpoints keep its state. Each
+     * job has its own, so jobs on other workers neither race on nor perturb it. */
+    generator = kn_generator_new(spec->train.seed);
+    model = generator ? kapi_model_build(model_spec, generator) : NULL;
     if (!model) {
         outcome = fail(r, engine_code(), -1, "building the model: %s", kn_last_error());
         goto done;
@@ -589,6 +594,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     }
 
     kn_train_config config = spec->train;
+    config.generator = generator;
     if (config.checkpoint_every_steps <= 0)
         config.checkpoint_every_steps = server->config.checkpoint_every_steps > 0
                                             ? server->config.checkpoint_every_steps
@@ -603,13 +609,11 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         char path[1024];
         if (!ksrv_data_path(server, latest.path, path, sizeof path) ||
             kn_trainer_load_checkpoint(r->trainer, path) != KN_OK) {
-            outcome = fail(r, "internal", -1, "resuming from %s: %s", latest.path,
-                           kn_last_error());
+            outcome = fail(r, "internal", -1, "resuming from %s: %s", latest.path, kn_last_error());
             goto done;
         }
         r->last_checkpoint_step = latest.step;
-        ksrv_log(KSRV_LOG_INFO, "job %s: resuming from step %lld", job->id,
-                 (long long)latest.step);
+        ksrv_log(KSRV_LOG_INFO, "job %s: resuming from step %lld", job->id, (long long)latest.step);
     }
     if (*stopping) { /* shutdown began while loading: stay running, resume at start */
         outcome = KSRV_RUN_STOPPED;
@@ -622,11 +626,11 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
              model_spec->name[0] ? model_spec->name : "model", (long long)train->count,
              kn_device_str(device, device_name, sizeof device_name), (long long)r->first_step);
 
-    kn_train_callbacks callbacks = {.context = r, .on_step = on_step, .on_eval = on_eval,
-                                    .on_checkpoint = on_checkpoint};
+    kn_train_callbacks callbacks = {
+        .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
     kn_train_summary summary;
-    kn_status st = kn_trainer_run(r->trainer, train, validation ? validation : test, &callbacks,
-                                  &summary);
+    kn_status st =
+        kn_trainer_run(r->trainer, train, validation ? validation : test, &callbacks, &summary);
     if (st != KN_OK) {
         outcome = after_stop(r);
         goto done;
@@ -641,6 +645,7 @@ done:
     kn_dataset_free(validation);
     kn_dataset_free(test);
     kn_module_free(model);
+    kn_generator_free(generator);
     if (have_dataset) kstore_dataset_free(&dataset);
     if (model_owned) kapi_model_spec_free(model_spec);
     kapi_job_spec_free(spec);

@@ -1,7 +1,8 @@
 /*
  * test_train.c — the trainer: a tiny synthetic problem is learned, runs are
  * deterministic, a run resumed from a mid-epoch checkpoint ends with the very same
- * weights as an uninterrupted one (dropout included), non-finite losses name the step
+ * weights as an uninterrupted one (dropout included; also with the run's own generator,
+ * which concurrent runs keep apart), non-finite losses name the step
  * or are skipped, early stopping, and the losses from labels.
  */
 #include "kn_data.h"
@@ -12,6 +13,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,17 +37,24 @@ static kn_dataset *blobs(int64_t n, uint64_t seed)
     return ds;
 }
 
-/* Linear(4, 16) ReLU [Dropout(0.2)] Linear(16, 3), initialised from seed. */
-static kn_module *small_model(uint64_t seed, bool dropout)
+/* Linear(4, 16) ReLU [Dropout(0.2)] Linear(16, 3), initialised from gen (NULL: the
+ * default generator). */
+static kn_module *small_model_from(kn_generator *gen, bool dropout)
 {
-    kn_manual_seed(seed);
     kn_module *m = kn_sequential_new();
-    cr_assert_eq(kn_sequential_append(m, kn_linear_new(4, 16, true, NULL)), KN_OK, "%s",
+    cr_assert_eq(kn_sequential_append(m, kn_linear_new(4, 16, true, gen)), KN_OK, "%s",
                  kn_last_error());
     cr_assert_eq(kn_sequential_append(m, kn_relu_new()), KN_OK);
     if (dropout) cr_assert_eq(kn_sequential_append(m, kn_dropout_new(0.2)), KN_OK);
-    cr_assert_eq(kn_sequential_append(m, kn_linear_new(16, 3, true, NULL)), KN_OK);
+    cr_assert_eq(kn_sequential_append(m, kn_linear_new(16, 3, true, gen)), KN_OK);
     return m;
+}
+
+/* The same, initialised from the default generator seeded with seed. */
+static kn_module *small_model(uint64_t seed, bool dropout)
+{
+    kn_manual_seed(seed);
+    return small_model_from(NULL, dropout);
 }
 
 static kn_train_config small_config(void)
@@ -235,6 +244,145 @@ Test(train, resume_mid_epoch_gives_the_same_weights)
     kn_dataset_free(train);
     unlink(path);
     kn_scope_end();
+}
+
+/* The default generator's state, to see that a run with its own generator leaves it be. */
+static unsigned char *default_state(void)
+{
+    unsigned char *state = malloc(kn_generator_state_size());
+    kn_generator_get_state(kn_default_generator(), state);
+    return state;
+}
+
+Test(train, own_generator_is_the_runs_and_resumes)
+{
+    kn_scope_begin();
+    char path[] = "/tmp/kiln_test_resume_own_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    kn_dataset *train = blobs(100, 1);
+    kn_train_config c = small_config();
+    c.checkpoint_every_steps = 6;
+
+    /* uninterrupted: initialised and run from one generator, as kilnd runs a job; the
+     * same numbers as the default generator seeded alike (torch.manual_seed) */
+    kn_generator *ga = kn_generator_new(5);
+    kn_module *a = small_model_from(ga, true);
+    c.generator = ga;
+    kn_trainer *ta = kn_trainer_new(a, &c);
+    kn_manual_seed(77);
+    unsigned char *before = default_state();
+    cr_assert_eq(kn_trainer_run(ta, train, NULL, NULL, NULL), KN_OK, "%s", kn_last_error());
+    unsigned char *after = default_state();
+    cr_assert_eq(memcmp(before, after, kn_generator_state_size()), 0,
+                 "a run with its own generator drew from the default one");
+    cr_assert_null(a->children[2]->dropout_generator, "the dropout kept the run's generator");
+    kn_module *same = small_model(5, true);
+    c.generator = NULL;
+    kn_trainer *tsame = kn_trainer_new(same, &c);
+    cr_assert_eq(kn_trainer_run(tsame, train, NULL, NULL, NULL), KN_OK, "%s", kn_last_error());
+
+    /* interrupted at step 6, resumed with a generator seeded otherwise while the default
+     * one is drawn from in between: the checkpoint carries the run's generator */
+    kn_generator *gb = kn_generator_new(5), *gd = kn_generator_new(4321);
+    kn_module *b = small_model_from(gb, true);
+    c.generator = gb;
+    kn_trainer *tb = kn_trainer_new(b, &c);
+    recorder r = {.checkpoint_at = 6, .checkpoint_path = path};
+    kn_train_callbacks cb = {.context = &r, .on_checkpoint = checkpoint_and_stop};
+    cr_assert_eq(kn_trainer_run(tb, train, NULL, &cb, NULL), KN_ERR_VALUE);
+    kn_module *d = small_model_from(gd, true);
+    cr_assert_not_null(kn_rand(KN_SHAPE(1000), NULL)); /* the default generator moves on */
+    c.generator = gd;
+    kn_trainer *td = kn_trainer_new(d, &c);
+    cr_assert_eq(kn_trainer_load_checkpoint(td, path), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(kn_trainer_run(td, train, NULL, NULL, NULL), KN_OK, "%s", kn_last_error());
+
+    int64_t na, ns, nd;
+    float *wa = flat_params(a, &na), *ws = flat_params(same, &ns), *wd = flat_params(d, &nd);
+    cr_assert(na == ns && na == nd);
+    for (int64_t i = 0; i < na; i++) {
+        cr_assert_eq(wa[i], ws[i], "weight %lld: %.9g vs the default generator's %.9g",
+                     (long long)i, wa[i], ws[i]);
+        cr_assert_eq(wa[i], wd[i], "weight %lld: %.9g vs resumed %.9g", (long long)i, wa[i], wd[i]);
+    }
+    free(wa);
+    free(ws);
+    free(wd);
+    free(before);
+    free(after);
+    kn_trainer_free(ta);
+    kn_trainer_free(tsame);
+    kn_trainer_free(tb);
+    kn_trainer_free(td);
+    kn_module_free(a);
+    kn_module_free(same);
+    kn_module_free(b);
+    kn_module_free(d);
+    kn_generator_free(ga);
+    kn_generator_free(gb);
+    kn_generator_free(gd);
+    kn_dataset_free(train);
+    unlink(path);
+    kn_scope_end();
+}
+
+/* One run with dropout from its own generator, as a kilnd worker runs a job. */
+typedef struct concurrent_run {
+    uint64_t seed;
+    recorder *r;
+    kn_status status;
+} concurrent_run;
+
+static void *run_with_own_generator(void *arg)
+{
+    concurrent_run *run = arg;
+    kn_scope_begin();
+    kn_generator *gen = kn_generator_new(run->seed);
+    kn_dataset *train = blobs(100, 1);
+    kn_module *m = small_model_from(gen, true);
+    kn_train_config c = small_config();
+    c.generator = gen;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    kn_train_callbacks cb = {.context = run->r, .on_step = record_step};
+    run->status = t ? kn_trainer_run(t, train, NULL, &cb, NULL) : KN_ERR_NULL;
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_dataset_free(train);
+    kn_generator_free(gen);
+    kn_scope_end();
+    return NULL;
+}
+
+Test(train, runs_at_once_with_own_generators_match_runs_alone)
+{
+    recorder *alone[2], *together[2];
+    concurrent_run runs[2];
+    for (int i = 0; i < 2; i++) {
+        alone[i] = calloc(1, sizeof *alone[i]);
+        together[i] = calloc(1, sizeof *together[i]);
+        runs[i] = (concurrent_run){.seed = 11 + (uint64_t)i, .r = alone[i]};
+        run_with_own_generator(&runs[i]);
+        cr_assert_eq(runs[i].status, KN_OK);
+    }
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        runs[i] = (concurrent_run){.seed = 11 + (uint64_t)i, .r = together[i]};
+        cr_assert_eq(pthread_create(&threads[i], NULL, run_with_own_generator, &runs[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(runs[i].status, KN_OK, "run %d: %d", i, runs[i].status);
+        cr_assert_eq(together[i]->n, 12);
+        cr_assert_eq(memcmp(alone[i]->losses, together[i]->losses, sizeof alone[i]->losses), 0,
+                     "run %d: its dropout masks depended on the other run", i);
+    }
+    cr_assert_neq(memcmp(alone[0]->losses, alone[1]->losses, sizeof alone[0]->losses), 0);
+    for (int i = 0; i < 2; i++) {
+        free(alone[i]);
+        free(together[i]);
+    }
 }
 
 Test(train, non_finite_loss_names_the_step)

@@ -5,9 +5,12 @@
  * A model's versions are its succeeded jobs (newest first, the default); a version is
  * loaded from the job's spec and its final weights and kept in a small LRU cache keyed
  * by (model, version). Concurrent requests to one loaded version are batched: each
- * request enqueues its samples; one thread becomes the leader, waits up to ~1 ms for
- * more, stacks all inputs, runs one forward (eval mode, no grad) and hands each request
- * its rows; the others wait on a condition variable.
+ * request enqueues its samples; one thread becomes the leader, takes what is queued,
+ * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
+ * rows; the others wait on a condition variable, and those that arrived during the
+ * forward make the next batch. No request waits for others to come: a lone request runs
+ * at once, and under load the batches grow by themselves (Triton's dynamic batcher with
+ * no queue delay).
  *
  * Outputs are the model's raw outputs (logits for a classifier). A request-level
  * "parameters": {"softmax": true} turns each row of a [N, classes] output into
@@ -27,7 +30,6 @@
 #include <time.h>
 
 #define CACHE_CAPACITY 4
-#define BATCH_WAIT_SECONDS 0.001
 #define MAX_BATCH_SAMPLES 4096
 #define MAX_REQUEST_VALUES (64LL << 20)
 
@@ -35,12 +37,12 @@
  * are per bucket (not cumulative): the /metrics writer (routes_v1.c) uses the same
  * bounds and sums them. */
 static const double ksrv_infer_bucket_bounds[11] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                             0.1,   0.25,   0.5,   1,    10};
+                                                    0.1,   0.25,   0.5,   1,    10};
 
 typedef struct infer_request {
     const float *input;
-    int64_t n;      /* samples */
-    float *output;  /* n * out_numel, malloc'd by the leader */
+    int64_t n;     /* samples */
+    float *output; /* n * out_numel, malloc'd by the leader */
     char error[256];
     bool done;
     struct infer_request *next;
@@ -109,8 +111,7 @@ void ksrv_model_cache_free(ksrv_model_cache *cache)
 
 /* The model spec a version (a job) was trained with: inline, or the stored model it
  * named. NULL with a message. */
-static kapi_model_spec *version_spec(kstore *store, const char *version, char *error,
-                                     size_t size)
+static kapi_model_spec *version_spec(kstore *store, const char *version, char *error, size_t size)
 {
     kstore_job job;
     memset(&job, 0, sizeof job);
@@ -120,10 +121,9 @@ static kapi_model_spec *version_spec(kstore *store, const char *version, char *e
     }
     kapi_errors errors = {0};
     kapi_job_parse_options options = {.allow_paths = false};
-    kapi_job_spec *spec = job.spec_json ? kapi_job_spec_parse(job.spec_json,
-                                                              strlen(job.spec_json), options,
-                                                              &errors)
-                                        : NULL;
+    kapi_job_spec *spec =
+        job.spec_json ? kapi_job_spec_parse(job.spec_json, strlen(job.spec_json), options, &errors)
+                      : NULL;
     kapi_model_spec *model = NULL;
     if (spec && spec->model) {
         model = spec->model;
@@ -264,7 +264,8 @@ static void run_batch(cache_entry *e, infer_request *batch)
     } else {
         int64_t at = 0;
         for (infer_request *r = batch; r; r = r->next) {
-            memcpy(stacked + at * e->in_numel, r->input, (size_t)(r->n * e->in_numel) * sizeof(float));
+            memcpy(stacked + at * e->in_numel, r->input,
+                   (size_t)(r->n * e->in_numel) * sizeof(float));
             at += r->n;
         }
         int64_t shape[KN_MAX_DIMS + 1];
@@ -297,15 +298,28 @@ static void run_batch(cache_entry *e, infer_request *batch)
         free(stacked);
     }
     if (error[0])
-        for (infer_request *r = batch; r; r = r->next) snprintf(r->error, sizeof r->error, "%s", error);
+        for (infer_request *r = batch; r; r = r->next)
+            snprintf(r->error, sizeof r->error, "%s", error);
+}
+
+static void count_batch(ksrv_stats *stats, infer_request *batch)
+{
+    uint64_t requests = 0;
+    for (infer_request *r = batch; r; r = r->next) requests++;
+    pthread_mutex_lock(&stats->lock);
+    stats->infer_batches++;
+    stats->infer_batched_requests += requests;
+    pthread_mutex_unlock(&stats->lock);
 }
 
 /* Enqueues req and returns when it is done (by this thread as leader, or another). */
-static void infer_batched(cache_entry *e, infer_request *req)
+static void infer_batched(cache_entry *e, infer_request *req, ksrv_stats *stats)
 {
     pthread_mutex_lock(&e->lock);
-    if (e->tail) e->tail->next = req;
-    else e->head = req;
+    if (e->tail)
+        e->tail->next = req;
+    else
+        e->head = req;
     e->tail = req;
     while (!req->done) {
         if (e->leader) {
@@ -313,12 +327,7 @@ static void infer_batched(cache_entry *e, infer_request *req)
             continue;
         }
         e->leader = true;
-        /* give concurrent requests a moment to join the batch */
-        pthread_mutex_unlock(&e->lock);
-        struct timespec pause = {0, (long)(BATCH_WAIT_SECONDS * 1e9)};
-        nanosleep(&pause, NULL);
-        pthread_mutex_lock(&e->lock);
-        /* take requests up to MAX_BATCH_SAMPLES (at least one) */
+        /* take the queued requests up to MAX_BATCH_SAMPLES (at least one) */
         infer_request *batch = e->head, *last = batch;
         int64_t samples = batch->n;
         while (last->next && samples + last->next->n <= MAX_BATCH_SAMPLES) {
@@ -330,6 +339,7 @@ static void infer_batched(cache_entry *e, infer_request *req)
         last->next = NULL;
         pthread_mutex_unlock(&e->lock);
         run_batch(e, batch);
+        count_batch(stats, batch);
         pthread_mutex_lock(&e->lock);
         for (infer_request *r = batch, *next; r; r = next) {
             next = r->next;
@@ -345,8 +355,8 @@ static void infer_batched(cache_entry *e, infer_request *req)
 /* ---- versions ------------------------------------------------------------------------ */
 
 /* The version to serve (given, or the newest) into out; false with a 404 response. */
-static bool resolve_version(kstore *store, const char *model, const char *given,
-                            char out[40], int *n_versions, ksrv_response *response)
+static bool resolve_version(kstore *store, const char *model, const char *given, char out[40],
+                            int *n_versions, ksrv_response *response)
 {
     char(*ids)[40] = NULL;
     int count = 0;
@@ -363,8 +373,9 @@ static bool resolve_version(kstore *store, const char *model, const char *given,
                 memcpy(out, ids[i], 40);
                 ok = true;
             }
-        if (!ok) ksrv_respond_v2_error(response, 404, "unknown version \"%s\" of model \"%s\"", given,
-                                   model);
+        if (!ok)
+            ksrv_respond_v2_error(response, 404, "unknown version \"%s\" of model \"%s\"", given,
+                                  model);
     } else if (count > 0) {
         snprintf(out, 40, "%s", ids[0]);
         ok = true;
@@ -374,8 +385,10 @@ static bool resolve_version(kstore *store, const char *model, const char *given,
         bool exists = kstore_model_get(store, model, &m) == KSTORE_OK;
         kstore_model_free(&m);
         if (exists)
-            ksrv_respond_v2_error(response, 404, "model \"%s\" has no version yet: no job of it "
-                                  "has succeeded", model);
+            ksrv_respond_v2_error(response, 404,
+                                  "model \"%s\" has no version yet: no job of it "
+                                  "has succeeded",
+                                  model);
         else
             ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", model);
     }
@@ -463,8 +476,7 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
     ksrv_respond_json(response, 200, o);
 }
 
-void ksrv_handle_v2_model_ready(ksrv_server *server, ksrv_request *request,
-                                ksrv_response *response)
+void ksrv_handle_v2_model_ready(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     const char *name = request->params[0];
     kstore *store = store_or_500(server, response);
@@ -489,8 +501,8 @@ static bool parse_datatype(const char *name, dtype_class *out)
     static const struct {
         const char *name;
         dtype_class cls;
-    } types[] = {{"FP32", DT_FLOAT},  {"FP64", DT_FLOAT},  {"INT8", DT_INT},    {"INT16", DT_INT},
-                 {"INT32", DT_INT},   {"INT64", DT_INT},   {"UINT8", DT_UINT},  {"UINT16", DT_UINT},
+    } types[] = {{"FP32", DT_FLOAT},  {"FP64", DT_FLOAT}, {"INT8", DT_INT},   {"INT16", DT_INT},
+                 {"INT32", DT_INT},   {"INT64", DT_INT},  {"UINT8", DT_UINT}, {"UINT16", DT_UINT},
                  {"UINT32", DT_UINT}, {"UINT64", DT_UINT}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcmp(types[i].name, name)) {
@@ -510,9 +522,13 @@ static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, fl
         return true;
     }
     if (!cJSON_IsNumber(node)) {
-        snprintf(error, size, "inputs[0].data: expected numbers (flat or nested arrays), found "
-                 "a %s", cJSON_IsString(node) ? "string" : cJSON_IsBool(node) ? "boolean"
-                         : cJSON_IsNull(node) ? "null" : "object");
+        snprintf(error, size,
+                 "inputs[0].data: expected numbers (flat or nested arrays), found "
+                 "a %s",
+                 cJSON_IsString(node) ? "string"
+                 : cJSON_IsBool(node) ? "boolean"
+                 : cJSON_IsNull(node) ? "null"
+                                      : "object");
         return false;
     }
     double v = node->valuedouble;
@@ -601,7 +617,8 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
     const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(body, "inputs");
     if (!cJSON_IsArray(inputs) || cJSON_GetArraySize(inputs) != 1 ||
         !cJSON_IsObject(inputs->child)) {
-        snprintf(error, size, "inputs: expected an array with one input object (the model has "
+        snprintf(error, size,
+                 "inputs: expected an array with one input object (the model has "
                  "one input, \"input\")");
         return false;
     }
@@ -615,9 +632,10 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
     const cJSON *datatype = cJSON_GetObjectItemCaseSensitive(in, "datatype");
     dtype_class cls;
     if (!cJSON_IsString(datatype) || !parse_datatype(datatype->valuestring, &cls)) {
-        snprintf(error, size, "inputs[0].datatype: expected FP32 (or FP64, INT8..INT64, "
-                 "UINT8..UINT64), got %s", cJSON_IsString(datatype) ? datatype->valuestring
-                                                                     : "no string");
+        snprintf(error, size,
+                 "inputs[0].datatype: expected FP32 (or FP64, INT8..INT64, "
+                 "UINT8..UINT64), got %s",
+                 cJSON_IsString(datatype) ? datatype->valuestring : "no string");
         return false;
     }
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(in, "shape");
@@ -634,8 +652,10 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         dims[ndim++] = (int64_t)d->valuedouble;
     }
     if (!shape_ok) {
-        snprintf(error, size, "inputs[0].shape: expected an array of 1 to %d non-negative "
-                 "integers", KN_MAX_DIMS + 1);
+        snprintf(error, size,
+                 "inputs[0].shape: expected an array of 1 to %d non-negative "
+                 "integers",
+                 KN_MAX_DIMS + 1);
         return false;
     }
     char want[128], got[128];
@@ -657,8 +677,7 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
     int64_t need = p->n * e->in_numel, have = 0;
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(in, "data");
     if (!cJSON_IsArray(data)) {
-        snprintf(error, size, "inputs[0].data: expected an array of %lld numbers",
-                 (long long)need);
+        snprintf(error, size, "inputs[0].data: expected an array of %lld numbers", (long long)need);
         return false;
     }
     p->data = malloc((size_t)need * sizeof(float));
@@ -666,8 +685,7 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         snprintf(error, size, "out of memory");
         return false;
     }
-    if (!flatten(data, cls, datatype->valuestring, p->data, need, &have, error, size))
-        return false;
+    if (!flatten(data, cls, datatype->valuestring, p->data, need, &have, error, size)) return false;
     if (have != need) {
         snprintf(error, size, "inputs[0].data: shape %s needs %lld values, got %lld", got,
                  (long long)need, (long long)have);
@@ -693,7 +711,8 @@ static cJSON *infer_response(const cache_entry *e, const parsed_infer *p, float 
             for (int64_t k = 1; k < classes; k++) max = row[k] > max ? row[k] : max;
             double sum = 0;
             for (int64_t k = 0; k < classes; k++) sum += exp((double)(row[k] - max));
-            for (int64_t k = 0; k < classes; k++) row[k] = (float)(exp((double)(row[k] - max)) / sum);
+            for (int64_t k = 0; k < classes; k++)
+                row[k] = (float)(exp((double)(row[k] - max)) / sum);
         }
     }
     cJSON *o = cJSON_CreateObject();
@@ -766,7 +785,7 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
         ksrv_respond_v2_error(response, 400, "%s", error);
     } else {
         infer_request req = {.input = p.data, .n = p.n};
-        infer_batched(e, &req);
+        infer_batched(e, &req, &server->stats);
         if (req.error[0] || !req.output)
             ksrv_respond_v2_error(response, 500, "%s", req.error[0] ? req.error : "no output");
         else

@@ -22,20 +22,20 @@
 
 /* ---- configuration (flags and KILND_* environment variables) ------------------------ */
 typedef struct ksrv_config {
-    char listen_address[64];     /* --listen / KILND_LISTEN, default 127.0.0.1 */
-    int port;                    /* --port / KILND_PORT, default 8080; 0 picks a free one */
-    char data_dir[512];          /* --data-dir / KILND_DATA_DIR, default ./data */
-    int workers;                 /* --workers / KILND_WORKERS, default 1 */
-    char devices[128];           /* --devices / KILND_DEVICES: "cpu", "cuda:0,cuda:1", ... */
-    int http_threads;            /* --http-threads, default 8 */
-    size_t max_body_bytes;       /* --max-body-bytes: JSON bodies, default 16 MiB */
-    size_t max_upload_bytes;     /* --max-upload-bytes: dataset files, default 2 GiB */
-    int queue_capacity;          /* --queue-capacity: queued jobs before 503, default 1000 */
-    char log_level[16];          /* --log-level: error, warn, info (default), debug */
-    char token_file[512];        /* --token-file: 0600 file with the bearer token */
-    char allowed_origins[1024];  /* --allowed-origins: comma-separated extra origins */
-    int threads_per_worker;      /* --threads-per-worker: engine threads, default all cores */
-    int checkpoint_every_steps;  /* default for jobs that do not say, 0: 500 */
+    char listen_address[64];    /* --listen / KILND_LISTEN, default 127.0.0.1 */
+    int port;                   /* --port / KILND_PORT, default 8080; 0 picks a free one */
+    char data_dir[512];         /* --data-dir / KILND_DATA_DIR, default ./data */
+    int workers;                /* --workers / KILND_WORKERS, default 1 */
+    char devices[128];          /* --devices / KILND_DEVICES: "cpu", "cuda:0,cuda:1", ... */
+    int http_threads;           /* --http-threads, default 8 */
+    size_t max_body_bytes;      /* --max-body-bytes: JSON bodies, default 16 MiB */
+    size_t max_upload_bytes;    /* --max-upload-bytes: dataset files, default 2 GiB */
+    int queue_capacity;         /* --queue-capacity: queued jobs before 503, default 1000 */
+    char log_level[16];         /* --log-level: error, warn, info (default), debug */
+    char token_file[512];       /* --token-file: 0600 file with the bearer token */
+    char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
+    int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
+    int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
 } ksrv_config;
 
 void ksrv_config_defaults(ksrv_config *config);
@@ -66,13 +66,16 @@ typedef struct ksrv_stats {
     uint64_t infer_buckets[12];
     uint64_t infer_count;
     double infer_sum;
+    /* forward passes of the inference batcher and the requests they served: the mean
+     * batch is their ratio */
+    uint64_t infer_batches, infer_batched_requests;
 } ksrv_stats;
 
 typedef struct ksrv_server {
     ksrv_config config;
     char db_path[600];
-    char token[256];            /* "" when no token file */
-    int port;                   /* the bound port */
+    char token[256]; /* "" when no token file */
+    int port;        /* the bound port */
     struct MHD_Daemon *daemon;
     ksrv_workers *workers;
     ksrv_model_cache *models;
@@ -95,23 +98,23 @@ kstore *ksrv_thread_store(ksrv_server *server);
 
 typedef struct ksrv_request {
     const char *method;
-    const char *path;      /* without the query */
+    const char *path; /* without the query */
     struct MHD_Connection *connection;
-    const char *body;      /* NUL-terminated JSON body (NULL when none) */
+    const char *body; /* NUL-terminated JSON body (NULL when none) */
     size_t body_length;
     const char *upload_path; /* streamed uploads: the temporary file holding the body */
     size_t upload_bytes;
-    const char *route;     /* the route pattern that matched, for logs and metrics */
+    const char *route; /* the route pattern that matched, for logs and metrics */
     int n_params;
     char params[KSRV_MAX_PARAMS][160]; /* {name}/{id} path segments, in order */
 } ksrv_request;
 
 typedef struct ksrv_response {
     int status;
-    char *body;              /* malloc'd, owned by the response */
-    size_t body_length;      /* bytes of body; 0 means strlen(body) (JSON text) */
-    const char *content_type; /* default application/json */
-    char *file_path;         /* stream this file instead of body (malloc'd) */
+    char *body;                              /* malloc'd, owned by the response */
+    size_t body_length;                      /* bytes of body; 0 means strlen(body) (JSON text) */
+    const char *content_type;                /* default application/json */
+    char *file_path;                         /* stream this file instead of body (malloc'd) */
     char header_name[64], header_value[256]; /* one extra header (Retry-After, ...) */
     bool varies_by_encoding; /* the body depends on Accept-Encoding: say so to caches */
     /* A strong validator of a body that never changes (a finished job's metrics), quotes
@@ -138,8 +141,7 @@ void ksrv_respond_v2_error(ksrv_response *response, int status, const char *fmt,
 cJSON *ksrv_parse_body(const ksrv_request *request, ksrv_response *response);
 
 /* ---- route handlers (server/routes_*.c, server/inference.c) -------------------------- */
-typedef void (*ksrv_handler)(ksrv_server *server, ksrv_request *request,
-                             ksrv_response *response);
+typedef void (*ksrv_handler)(ksrv_server *server, ksrv_request *request, ksrv_response *response);
 
 void ksrv_handle_health(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_prometheus(ksrv_server *, ksrv_request *, ksrv_response *);
@@ -199,8 +201,7 @@ void ksrv_model_cache_free(ksrv_model_cache *cache);
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
 /* The cached body for key, shared: *data and *size stay valid until the returned handle
  * is given to ksrv_metrics_cache_release; etag gets its entity tag. NULL when not cached. */
-void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size,
-                                 char etag[24]);
+void *ksrv_metrics_cache_acquire(const char *key, const char **data, size_t *size, char etag[24]);
 void ksrv_metrics_cache_release(void *handle);
 /* Keeps a copy of body under key with its entity tag (see ksrv_response.etag). */
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag);

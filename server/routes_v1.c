@@ -171,6 +171,7 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                          s->requests[i].route, s->requests[i].status,
                          (unsigned long long)s->requests[i].count);
     uint64_t buckets[12], count = s->infer_count;
+    uint64_t batches = s->infer_batches, batched = s->infer_batched_requests;
     double sum = s->infer_sum;
     memcpy(buckets, s->infer_buckets, sizeof buckets);
     pthread_mutex_unlock(&s->lock);
@@ -217,6 +218,15 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                      "kilnd_inference_latency_seconds_sum %.9g\n"
                      "kilnd_inference_latency_seconds_count %llu\n",
                      (unsigned long long)count, sum, (unsigned long long)count);
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_inference_batches_total Forward passes of the inference "
+                     "batcher.\n# TYPE kilnd_inference_batches_total counter\n"
+                     "kilnd_inference_batches_total %llu\n"
+                     "# HELP kilnd_inference_batched_requests_total Inference requests those "
+                     "passes served (over batches: the mean batch).\n"
+                     "# TYPE kilnd_inference_batched_requests_total counter\n"
+                     "kilnd_inference_batched_requests_total %llu\n",
+                     (unsigned long long)batches, (unsigned long long)batched);
     if (t.failed) {
         free(t.data);
         ksrv_respond_error(response, 500, "internal", NULL, "out of memory");

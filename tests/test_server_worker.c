@@ -564,8 +564,22 @@ Test(server_worker, inference_errors_and_concurrency)
     }
     pthread_mutex_lock(&server->stats.lock);
     uint64_t count = server->stats.infer_count;
+    uint64_t batches = server->stats.infer_batches;
+    uint64_t batched = server->stats.infer_batched_requests;
     pthread_mutex_unlock(&server->stats.lock);
     cr_assert_geq(count, THREADS * 10);
+    /* every valid request went through one forward; a forward serves one or more */
+    cr_assert_geq(batched, THREADS * 10);
+    cr_assert(batches >= 1 && batches <= batched, "%llu batches for %llu requests",
+              (unsigned long long)batches, (unsigned long long)batched);
+    char *text = NULL;
+    cr_assert_eq(http("GET", "/metrics", NULL, &text), 200);
+    char line[96];
+    snprintf(line, sizeof line, "\nkilnd_inference_batched_requests_total %llu\n",
+             (unsigned long long)batched);
+    cr_assert(strstr(text, line), "/metrics lacks \"%s\"", line + 1);
+    cr_assert(strstr(text, "\nkilnd_inference_batches_total "));
+    free(text);
 }
 
 /* ---- control: cancel, pause/resume, device ------------------------------------------ */

@@ -9,6 +9,8 @@
  *                    each with its status and JSON error code; the daemon serves after.
  *   sigkill_resume:  kill -9 mid-training, restart on the same directory, the job
  *                    finishes with unique, increasing metric steps and its accuracy.
+ *   sigterm_checkpoints_and_resumes: SIGTERM mid-training exits 0 within 10 s with a
+ *                    checkpoint where the job was; after a restart it goes on from there.
  * The data: 8x8 images of 4 classes, class k bright in quadrant k, learnt in seconds.
  */
 #include "server_harness.h"
@@ -715,5 +717,70 @@ Test(server_api, sigkill_resume)
     double accuracy =
         cJSON_GetArrayItem(cJSON_GetArrayItem(acc, cJSON_GetArraySize(acc) - 1), 2)->valuedouble;
     cr_assert_geq(accuracy, 0.95, "test accuracy after the resume %.3f", accuracy);
+    cJSON_Delete(m);
+}
+
+/* SIGTERM mid-training: kilnd checkpoints the running job where it is and exits cleanly
+ * within 10 s; after a restart the job goes on from that step, not from its last
+ * periodic checkpoint (there is none: they are 100,000 steps apart). */
+Test(server_api, sigterm_checkpoints_and_resumes)
+{
+    h_start(&H, (const char *const[]){"--log-level", "warn", NULL});
+    write_dataset(&H);
+    upload_dataset(&H, "quads");
+    cJSON_Delete(h_json(&H, "POST", "/v1/models", BIG_MODEL, 201));
+    char id[64], path[256];
+    char *spec = job_spec("quads", ", \"max_steps\": 1000000, \"checkpoint_every_steps\": 100000");
+    submit(&H, spec, id);
+    free(spec);
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    double step = 0;
+    for (double t0 = h_now(); h_now() - t0 < 60 && step < 50; usleep(10000)) {
+        cJSON *job = h_json(&H, "GET", path, NULL, 200);
+        step = h_number(job, "step");
+        cJSON_Delete(job);
+    }
+    cr_assert_geq(step, 50, "the job did not get going");
+
+    double t0 = h_now();
+    int status = h_signal_wait(&H, SIGTERM);
+    double seconds = h_now() - t0;
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kilnd's exit status %d", status);
+    cr_assert_lt(seconds, 10.0, "SIGTERM took %.1f s (at most 10)", seconds);
+
+    h_start(&H, (const char *const[]){"--log-level", "warn", NULL});
+    snprintf(path, sizeof path, "/v1/jobs/%s/checkpoints", id);
+    cJSON *list = h_json(&H, "GET", path, NULL, 200);
+    double checkpoint = -1;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(list, "checkpoints"))
+    {
+        if (!strcmp(h_string(c, "kind"), "checkpoint") && h_number(c, "step") > checkpoint)
+            checkpoint = h_number(c, "step");
+    }
+    cJSON_Delete(list);
+    cr_assert_geq(checkpoint, step, "no checkpoint at or after step %.0f (newest %.0f)", step,
+                  checkpoint);
+    /* it resumes from there: wait for progress past it, then stop it for good */
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    double resumed = 0;
+    for (double t1 = h_now(); h_now() - t1 < 60 && resumed <= checkpoint + 5; usleep(10000)) {
+        cJSON *job = h_json(&H, "GET", path, NULL, 200);
+        resumed = h_number(job, "step");
+        cJSON_Delete(job);
+    }
+    cr_assert_gt(resumed, checkpoint + 5, "the job did not go on after the restart");
+    printf("sigterm: at step >= %.0f, exited in %.2f s, checkpoint at %.0f, on to %.0f\n", step,
+           seconds, checkpoint, resumed);
+    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
+    cJSON *job = h_wait_job(&H, id, 60);
+    cr_assert_str_eq(h_string(job, "state"), "canceled");
+    cJSON_Delete(job);
+    snprintf(path, sizeof path, "/v1/jobs/%s/metrics?names=loss", id);
+    cJSON *m = h_json(&H, "GET", path, NULL, 200);
+    int64_t last = 0;
+    int points = check_steps(h_series(m, "loss"), &last);
+    cr_assert_eq(points, last, "steps 1..%lld each once, %d points", (long long)last, points);
     cJSON_Delete(m);
 }

@@ -50,10 +50,18 @@ typedef struct option {
     long long min, max;
 } option;
 
-#define STR(f, e, field) {f, e, OPT_STRING, offsetof(ksrv_config, field), \
-                          sizeof(((ksrv_config *)0)->field), 0, 0}
-#define INT(f, e, field, lo, hi) {f, e, OPT_INT, offsetof(ksrv_config, field), 0, lo, hi}
-#define SIZE(f, e, field, lo) {f, e, OPT_SIZE, offsetof(ksrv_config, field), 0, lo, 0}
+#define STR(f, e, field)                                                                           \
+    {                                                                                              \
+        f, e, OPT_STRING, offsetof(ksrv_config, field), sizeof(((ksrv_config *)0)->field), 0, 0    \
+    }
+#define INT(f, e, field, lo, hi)                                                                   \
+    {                                                                                              \
+        f, e, OPT_INT, offsetof(ksrv_config, field), 0, lo, hi                                     \
+    }
+#define SIZE(f, e, field, lo)                                                                      \
+    {                                                                                              \
+        f, e, OPT_SIZE, offsetof(ksrv_config, field), 0, lo, 0                                     \
+    }
 
 static const option OPTIONS[] = {
     STR("--listen", "KILND_LISTEN", listen_address),
@@ -71,6 +79,7 @@ static const option OPTIONS[] = {
     INT("--threads-per-worker", "KILND_THREADS_PER_WORKER", threads_per_worker, 0, 4096),
     INT("--checkpoint-every-steps", "KILND_CHECKPOINT_EVERY_STEPS", checkpoint_every_steps, 1,
         1000000000),
+    SIZE("--max-job-memory", "KILND_MAX_JOB_MEMORY", max_job_memory, 0),
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
 
@@ -83,9 +92,12 @@ static bool parse_size(const char *text, unsigned long long *out)
     unsigned long long value = strtoull(text, &end, 10);
     if (errno || end == text) return false;
     unsigned shift = 0;
-    if (*end == 'K' || *end == 'k') shift = 10, end++;
-    else if (*end == 'M' || *end == 'm') shift = 20, end++;
-    else if (*end == 'G' || *end == 'g') shift = 30, end++;
+    if (*end == 'K' || *end == 'k')
+        shift = 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20, end++;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30, end++;
     if (*end) return false;
     if (shift && value > (~0ULL >> shift)) return false;
     *out = value << shift;
@@ -105,7 +117,8 @@ static char *apply(ksrv_config *config, const option *o, const char *name, const
         unsigned long long size;
         if (!parse_size(value, &size) || size < (unsigned long long)o->min)
             return format_error("%s: expected a byte count of at least %lld (K/M/G suffixes "
-                                "allowed), got \"%s\"", name, o->min, value);
+                                "allowed), got \"%s\"",
+                                name, o->min, value);
         *(size_t *)field = (size_t)size;
         return NULL;
     }
@@ -152,7 +165,8 @@ char *ksrv_config_parse(ksrv_config *config, int argc, char **argv, bool *show_h
         size_t name_length = eq ? (size_t)(eq - arg) : strlen(arg);
         const option *o = NULL;
         for (size_t k = 0; k < N_OPTIONS && !o; k++)
-            if (strlen(OPTIONS[k].flag) == name_length && !strncmp(OPTIONS[k].flag, arg, name_length))
+            if (strlen(OPTIONS[k].flag) == name_length &&
+                !strncmp(OPTIONS[k].flag, arg, name_length))
                 o = &OPTIONS[k];
         if (!o) return format_error("unknown option \"%s\" (see --help)", arg);
         const char *value = eq ? eq + 1 : NULL;

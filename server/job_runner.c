@@ -15,6 +15,7 @@
  * bit-reproducible). The data order is always reproducible (seed, epoch).
  */
 #include "job_runner.h"
+#include "job_memory.h"
 
 #include "kapi.h"
 #include "kn_train.h"
@@ -554,6 +555,18 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
 
+    /* Submission checked this, but the job may be older than the server's budget, and a
+     * model too big for the machine would not fail at its first malloc: it would get
+     * kilnd killed, and again at every restart as the job resumed. */
+    ksrv_job_memory need =
+        ksrv_job_memory_needed(spec, model_spec, -1, device.type == KN_DEVICE_CUDA);
+    char memory_message[512];
+    const char *memory_path = "";
+    if (!ksrv_job_fits_memory(need, server->job_memory_limit, spec, memory_message,
+                              sizeof memory_message, &memory_path)) {
+        outcome = fail(r, "out_of_memory", -1, "%s: %s", memory_path, memory_message);
+        goto done;
+    }
     /* The job's own generator, as torch.manual_seed(seed) before building: it decides
      * the initial weights, then dropout's masks, and checkpoints keep its state. Each
      * job has its own, so jobs on other workers neither race on nor perturb it. */

@@ -36,6 +36,7 @@ typedef struct ksrv_config {
     char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
     int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
+    size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
 } ksrv_config;
 
 void ksrv_config_defaults(ksrv_config *config);
@@ -81,6 +82,7 @@ typedef struct ksrv_server {
     ksrv_model_cache *models;
     ksrv_stats stats;
     double started_at;
+    int64_t job_memory_limit; /* bytes one job may use (job_memory.h) */
     volatile int stopping;
 } ksrv_server;
 

@@ -25,7 +25,7 @@ static const char HELP[] =
     "  --workers N                KILND_WORKERS            training worker threads (1)\n"
     "  --devices LIST             KILND_DEVICES            devices, cycled over the workers:\n"
     "                                                      cpu, cuda:0,cuda:1 ... (cpu)\n"
-    "  --http-threads N           KILND_HTTP_THREADS       HTTP thread pool size (4)\n"
+    "  --http-threads N           KILND_HTTP_THREADS       HTTP thread pool size (8)\n"
     "  --max-body-bytes N         KILND_MAX_BODY_BYTES     JSON body limit, K/M/G ok (16M)\n"
     "  --max-upload-bytes N       KILND_MAX_UPLOAD_BYTES   dataset file limit (2G)\n"
     "  --queue-capacity N         KILND_QUEUE_CAPACITY     queued jobs before 503 (1000)\n"
@@ -36,6 +36,9 @@ static const char HELP[] =
     "                                                      http://dash.local:3000\n"
     "  --threads-per-worker N     KILND_THREADS_PER_WORKER engine threads per worker (0: all)\n"
     "  --checkpoint-every-steps N KILND_CHECKPOINT_EVERY_STEPS  default checkpoint period (500)\n"
+    "  --max-job-memory N         KILND_MAX_JOB_MEMORY     memory one job may use, K/M/G ok;\n"
+    "                                                      bigger jobs are refused (0: 80% of\n"
+    "                                                      RAM or of the container's limit)\n"
     "  -h, --help                 this text\n"
     "\n"
     "Set --token-file before listening on any address other than 127.0.0.1.\n";

@@ -6,6 +6,7 @@
  * written as one of the strings "NaN", "Infinity" or "-Infinity" (never null), so a
  * diverging loss stays visible.
  */
+#include "job_memory.h"
 #include "ksrv_http.h"
 #include "routes_v1.h"
 
@@ -111,6 +112,35 @@ static int64_t estimate_total_steps(const kapi_job_spec *spec, int64_t samples)
     return per_epoch * t->epochs;
 }
 
+/* Whether the job fits this server's per-job memory (job_memory.h); false with the 400
+ * response set. need gets the estimate. A stored model's spec was valid when stored. */
+static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kstore_model *stored,
+                     int64_t samples, ksrv_response *response, ksrv_job_memory *need)
+{
+    memset(need, 0, sizeof *need);
+    kapi_model_spec *parsed = NULL;
+    const kapi_model_spec *model = spec->model;
+    if (!model && stored->spec_json) {
+        kapi_errors errors = {0};
+        parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
+        kapi_errors_free(&errors);
+        model = parsed;
+    }
+    if (!model) return true; /* nothing to estimate: the worker reports the spec */
+    /* where it will train, as choose_device decides: auto is a GPU when there is one */
+    const char *device = spec->device;
+    bool on_gpu =
+        !strncmp(device, "cuda", 4) || (!strcmp(device, "auto") && kn_cuda_device_count() > 0);
+    *need = ksrv_job_memory_needed(spec, model, samples, on_gpu);
+    kapi_model_spec_free(parsed);
+    char message[512];
+    const char *path = "";
+    if (ksrv_job_fits_memory(*need, server->job_memory_limit, spec, message, sizeof message, &path))
+        return true;
+    ksrv_respond_error(response, 400, "insufficient_memory", path, "%s: %s", path, message);
+    return false;
+}
+
 void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     long long priority = 0;
@@ -171,12 +201,16 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
                            dataset.name);
         goto done;
     }
+    ksrv_job_memory need;
+    if (!job_fits(server, spec, &model, samples, response, &need)) goto done;
     if (validate_only) {
         /* every check a submission gets, nothing queued (the dashboard's submit form) */
         cJSON *out = cJSON_CreateObject();
         cJSON_AddBoolToObject(out, "valid", true);
         cJSON_AddStringToObject(out, "dataset", spec->data.dataset);
         cJSON_AddNumberToObject(out, "total_steps", (double)estimate_total_steps(spec, samples));
+        cJSON_AddNumberToObject(out, "memory_bytes", (double)need.total);
+        cJSON_AddNumberToObject(out, "job_memory_limit_bytes", (double)server->job_memory_limit);
         ksrv_respond_json(response, 200, out);
         goto done;
     }

@@ -6,6 +6,7 @@
  * Also the per-thread store handles and paths under the data directory.
  */
 #define _GNU_SOURCE /* asprintf */
+#include "job_memory.h"
 #include "ksrv_http.h"
 
 #include <errno.h>
@@ -90,8 +91,10 @@ kstore *ksrv_thread_store(ksrv_server *server)
 /* ---- start and stop ------------------------------------------------------------------- */
 static ksrv_server *start_failed(ksrv_server *server, char **error, char *message)
 {
-    if (error) *error = message;
-    else free(message);
+    if (error)
+        *error = message;
+    else
+        free(message);
     ksrv_stop(server);
     return NULL;
 }
@@ -117,12 +120,13 @@ ksrv_server *ksrv_start(const ksrv_config *config, char **error)
     for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++) {
         char path[600];
         if (!ksrv_data_path(server, folders[i], path, sizeof path) || !ksrv_mkdirs(path, 0700))
-            return start_failed(server, error, message("cannot create the data directory %s: %s",
-                                                       path, strerror(errno)));
+            return start_failed(
+                server, error,
+                message("cannot create the data directory %s: %s", path, strerror(errno)));
     }
     if (!ksrv_data_path(server, "kiln.db", server->db_path, sizeof server->db_path))
-        return start_failed(server, error, message("--data-dir %s: path too long%s",
-                                                   config->data_dir, ""));
+        return start_failed(server, error,
+                            message("--data-dir %s: path too long%s", config->data_dir, ""));
     char *problem = NULL;
     if (!ksrv_auth_load(server, &problem)) return start_failed(server, error, problem);
 
@@ -137,23 +141,31 @@ ksrv_server *ksrv_start(const ksrv_config *config, char **error)
     int requeued = kstore_job_requeue_running(store);
     kstore_close(store);
     if (requeued > 0)
-        ksrv_log(KSRV_LOG_INFO, "%d job%s left running requeued: they resume from their "
-                 "last checkpoint", requeued, requeued == 1 ? "" : "s");
+        ksrv_log(KSRV_LOG_INFO,
+                 "%d job%s left running requeued: they resume from their "
+                 "last checkpoint",
+                 requeued, requeued == 1 ? "" : "s");
 
+    server->job_memory_limit = ksrv_job_memory_limit(config);
+    ksrv_log(KSRV_LOG_INFO, "a job may use %.1f GiB (%s); bigger ones are refused",
+             (double)server->job_memory_limit / (1 << 30),
+             config->max_job_memory ? "--max-job-memory" : "80% of this machine's memory");
     server->models = ksrv_model_cache_new(server);
     if (!server->models)
         return start_failed(server, error, message("cannot create the model cache%s%s", "", ""));
     if (config->workers > 0) {
         server->workers = ksrv_workers_start(server, &problem);
         if (!server->workers)
-            return start_failed(server, error, problem ? problem
-                                               : message("cannot start the workers%s%s", "", ""));
+            return start_failed(
+                server, error, problem ? problem : message("cannot start the workers%s%s", "", ""));
     }
     if (!ksrv_http_start(server, &problem)) return start_failed(server, error, problem);
     if (server->token[0] == '\0' && strcmp(config->listen_address, "127.0.0.1") &&
         strcmp(config->listen_address, "::1"))
-        ksrv_log(KSRV_LOG_WARN, "listening on %s without --token-file: anyone who can reach "
-                 "this address can drive kilnd", config->listen_address);
+        ksrv_log(KSRV_LOG_WARN,
+                 "listening on %s without --token-file: anyone who can reach "
+                 "this address can drive kilnd",
+                 config->listen_address);
     return server;
 }
 

@@ -6,6 +6,7 @@
  * checks and strict JSON.
  */
 #define _GNU_SOURCE
+#include "job_memory.h"
 #include "ksrv.h"
 #include "kn_test_http.h"
 
@@ -475,15 +476,20 @@ Test(config, flags_and_environment)
     ksrv_config_defaults(&config);
     setenv("KILND_WORKERS", "3", 1);
     setenv("KILND_PORT", "9000", 1);
-    char *argv[] = {"kilnd", "--port", "9001", "--max-body-bytes=2M", "--log-level", "debug"};
+    char *argv[] = {"kilnd", "--port",           "9001", "--max-body-bytes=2M", "--log-level",
+                    "debug", "--max-job-memory", "3G"};
     bool help = false;
-    char *error = ksrv_config_parse(&config, 6, argv, &help);
+    char *error = ksrv_config_parse(&config, 8, argv, &help);
     unsetenv("KILND_WORKERS");
     unsetenv("KILND_PORT");
     cr_assert_null(error, "%s", error);
     cr_expect_eq(config.workers, 3);
     cr_expect_eq(config.port, 9001);
     cr_expect_eq(config.max_body_bytes, (size_t)2 << 20);
+    cr_expect_eq(config.max_job_memory, (size_t)3 << 30);
+    cr_expect_eq(ksrv_job_memory_limit(&config), (int64_t)3 << 30, "the flag is the limit");
+    config.max_job_memory = 0; /* unset: most of what the machine has, and never nothing */
+    cr_expect_gt(ksrv_job_memory_limit(&config), (int64_t)64 << 20);
     cr_expect_str_eq(config.log_level, "debug");
     char *bad[] = {"kilnd", "--port", "70000"};
     error = ksrv_config_parse(&config, 3, bad, &help);

@@ -582,6 +582,66 @@ Test(server_worker, inference_errors_and_concurrency)
     free(text);
 }
 
+/* ---- the per-job memory budget --------------------------------------------------------- */
+
+/* POST /v1/jobs with body: its status, and the error's code and path (or ""). */
+static int post_job(const char *body, char code[64], char path[64])
+{
+    int status;
+    cJSON *r = http_json("POST", "/v1/jobs", body, &status);
+    const cJSON *e = cJSON_GetObjectItem(r, "error");
+    const cJSON *c = cJSON_GetObjectItem(e, "code"), *p = cJSON_GetObjectItem(e, "path");
+    snprintf(code, 64, "%s", cJSON_IsString(c) ? c->valuestring : "");
+    snprintf(path, 64, "%s", cJSON_IsString(p) ? p->valuestring : "");
+    cJSON_Delete(r);
+    return status;
+}
+
+Test(server_worker, jobs_over_the_memory_budget)
+{
+    server->job_memory_limit = (int64_t)2 << 20; /* as --max-job-memory 2M would set it */
+    char code[64], path[64];
+    /* 8 -> 200000 -> 3 with Adam: 2.6 M parameters, 41 MB of state */
+    int status = post_job("{\"model\": {\"name\": \"wide\", \"input_shape\": [8], \"layers\": "
+                          "[{\"type\": \"linear\", \"out_features\": 200000}, {\"type\": "
+                          "\"linear\", \"out_features\": 3}]}, \"data\": {\"dataset\": "
+                          "\"blobs\"}, \"max_steps\": 1}",
+                          code, path);
+    cr_assert_eq(status, 400);
+    cr_assert_str_eq(code, "insufficient_memory");
+    cr_assert_str_eq(path, "model");
+    /* the stored model fits; 100,000 samples a batch do not */
+    status = post_job("{\"model\": \"blobs-mlp\", \"data\": {\"dataset\": \"blobs\"}, "
+                      "\"batch_size\": 100000, \"max_steps\": 1}",
+                      code, path);
+    cr_assert_eq(status, 400);
+    cr_assert_str_eq(code, "insufficient_memory");
+    cr_assert_str_eq(path, "batch_size");
+    /* what fits is accepted, and validate_only says how much it needs of how much */
+    cJSON *v = http_json("POST", "/v1/jobs?validate_only=true",
+                         "{\"model\": \"blobs-mlp\", \"data\": {\"dataset\": \"blobs\"}, "
+                         "\"max_steps\": 1}",
+                         &status);
+    cr_assert_eq(status, 200);
+    double need = cJSON_GetObjectItem(v, "memory_bytes")->valuedouble;
+    cr_assert(need > 0 && need <= (double)(2 << 20), "memory_bytes %.0f", need);
+    cr_assert_eq(cJSON_GetObjectItem(v, "job_memory_limit_bytes")->valuedouble, (double)(2 << 20));
+    cJSON_Delete(v);
+
+    /* a job queued before the budget (here: straight into the store) fails cleanly when a
+     * worker takes it, instead of allocating what the machine does not have */
+    char id[40];
+    submit("{\"model\": \"blobs-mlp\", \"data\": {\"dataset\": \"blobs\"}, "
+           "\"batch_size\": 100000, \"max_steps\": 1}",
+           1, id);
+    kstore_job job = wait_state(id, KSTORE_JOB_FAILED, 30);
+    cr_assert_str_eq(job.error_code, "out_of_memory");
+    cr_assert(job.error_message && strstr(job.error_message, "batch_size") &&
+                  strstr(job.error_message, "--max-job-memory"),
+              "%s", job.error_message);
+    kstore_job_free(&job);
+}
+
 /* ---- control: cancel, pause/resume, device ------------------------------------------ */
 
 Test(server_worker, cancel_running_job)

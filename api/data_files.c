@@ -49,10 +49,11 @@ static void *read_plain(const char *path, size_t *size, kapi_errors *errors)
     return buffer;
 }
 
-/* Inflates every gzip member of in (cat a.gz b.gz is a valid gzip stream). */
-static void *gunzip(const char *path, const unsigned char *in, size_t in_size, size_t *size,
-                    kapi_errors *errors)
+/* Inflates every gzip member of bytes (cat a.gz b.gz is a valid gzip stream). */
+void *kapi_gunzip(const void *bytes, size_t in_size, const char *path, size_t *size,
+                  kapi_errors *errors)
 {
+    const unsigned char *in = bytes;
     z_stream z;
     memset(&z, 0, sizeof z);
     if (inflateInit2(&z, 15 + 16) != Z_OK) {
@@ -115,7 +116,7 @@ void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors)
     unsigned char *raw = read_plain(path, &raw_size, errors);
     if (!raw) return NULL;
     if (raw_size >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
-        void *out = gunzip(path, raw, raw_size, size, errors);
+        void *out = kapi_gunzip(raw, raw_size, path, size, errors);
         free(raw);
         return out;
     }

@@ -148,6 +148,11 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
                             kapi_errors *errors);
 /* Reads a whole file, gunzipping when it starts with gzip's magic. malloc'd. */
 void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors);
+/* What kapi_read_file does to a gzip file's bytes, in memory (uploads, fuzz targets):
+ * every member inflated into a malloc'd buffer of *size bytes. NULL with an error at
+ * path (the name used in messages) when the data is corrupt or truncated. */
+void *kapi_gunzip(const void *bytes, size_t in_size, const char *path, size_t *size,
+                  kapi_errors *errors);
 
 #ifdef __cplusplus
 }

@@ -106,9 +106,10 @@ kn_status kn_module_save_weights(const kn_module *model, const char *path)
     return save_state(model, path, NULL, 0, meta, 1);
 }
 
-/* Loads the model entries of an open file (those not under "optimizer."). */
+/* Loads the model entries of an open file (those not under "optimizer."), or with
+ * check_only only checks that they would load. */
 static kn_status load_model_entries(kn_module *model, const kn_safetensors *file, const char *path,
-                                    bool strict)
+                                    bool strict, bool check_only)
 {
     kn_named_tensor *entries = calloc(file->count > 0 ? (size_t)file->count : 1, sizeof *entries);
     if (!entries) return kn__error(KN_ERR_MEMORY, "load %s: out of memory", path);
@@ -124,7 +125,8 @@ static kn_status load_model_entries(kn_module *model, const kn_safetensors *file
         entries[n].tensor = file->entries[i].tensor;
         n++;
     }
-    kn_status st = kn_module_load_state_dict(model, entries, n, strict);
+    kn_status st = check_only ? kn__module_check_state_dict(model, entries, n, strict)
+                              : kn_module_load_state_dict(model, entries, n, strict);
     free(entries);
     if (st != KN_OK) {
         char message[512];
@@ -140,7 +142,7 @@ kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict
         return kn__error(KN_ERR_NULL, "kn_module_load_weights: model and path are required");
     kn_safetensors *file = kn_safetensors_load(path);
     if (!file) return kn_last_status() ? kn_last_status() : KN_ERR_VALUE;
-    kn_status st = load_model_entries(model, file, path, strict);
+    kn_status st = load_model_entries(model, file, path, strict, false);
     kn_safetensors_free(file);
     return st;
 }
@@ -306,9 +308,23 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
                        "checkpoint %s: metadata \"rng_state\": expected %zu "
                        "hex digits",
                        path, 2 * state_size);
-    /* nothing is changed until everything has been read and checked */
-    if (st == KN_OK) st = load_model_entries(t->model, file, path, true);
+    /* Nothing is changed until everything has been read and checked: the generator
+     * state and the model entries are checked first, and the optimizer's load, which
+     * checks its own, comes before the model's, so that only running out of memory can
+     * stop a load half done. */
+    if (st == KN_OK) {
+        kn_generator *scratch = kn_generator_new(0);
+        st = scratch ? kn_generator_set_state(scratch, state, state_size) : kn_last_status();
+        kn_generator_free(scratch);
+        if (st != KN_OK) {
+            char message[512];
+            snprintf(message, sizeof message, "%s", kn_last_error());
+            st = kn__error(st, "checkpoint %s: metadata \"rng_state\": %s", path, message);
+        }
+    }
+    if (st == KN_OK) st = load_model_entries(t->model, file, path, true, true);
     if (st == KN_OK) st = load_optimizer(t, file, path);
+    if (st == KN_OK) st = load_model_entries(t->model, file, path, true, false);
     if (st == KN_OK) st = kn_generator_set_state(run_generator(t), state, state_size);
     if (st == KN_OK) {
         t->step = step;

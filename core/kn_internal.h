@@ -116,6 +116,16 @@ bool kn__check_int64(const char *op, const kn_tensor *t, const char *what);
 bool kn__broadcast_shapes(const char *op, const int64_t *a, int a_ndim, const int64_t *b,
                           int b_ndim, int64_t *out, int *out_ndim);
 
+/* ---- modules (nn.c) ---------------------------------------------------------------- */
+/* The checks kn_module_load_state_dict makes, loading nothing: KN_OK, or the error the
+ * load would give. checkpoint.c checks a checkpoint's model entries with it before it
+ * changes anything. */
+struct kn_module;
+struct kn_named_tensor;
+kn_status kn__module_check_state_dict(const struct kn_module *m,
+                                      const struct kn_named_tensor *entries, int count,
+                                      bool strict);
+
 /* ---- devices (device.c) ------------------------------------------------------------ */
 /* Device memory from the CUDA module's caching allocator; NULL with the error set. */
 void *kn__device_alloc(kn_device device, size_t nbytes);

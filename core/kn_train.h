@@ -125,7 +125,8 @@ kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels
 /* Checkpoints (safetensors): model state under PyTorch's names, optimizer state under
  * "optimizer.<name>", and metadata step, epoch, batch_in_epoch, seed, rng state.
  * Written atomically. Loading restores all of it so kn_trainer_run resumes where the
- * checkpoint was taken. */
+ * checkpoint was taken; a checkpoint that is refused (corrupt, or not this model's or
+ * optimizer's) leaves the trainer, its model and its generator as they were. */
 kn_status kn_trainer_save_checkpoint(kn_trainer *trainer, const char *path);
 kn_status kn_trainer_load_checkpoint(kn_trainer *trainer, const char *path);
 /* Weights only (PyTorch state_dict names), e.g. to fine-tune from a PyTorch model. */

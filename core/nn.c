@@ -287,6 +287,55 @@ static const kn_named_tensor *find(const kn_named_tensor *entries, int count, co
     return NULL;
 }
 
+/* Every problem entries have as m's state dict (own_entries, n), into p. */
+static void check_entries(const kn_named_tensor *own_entries, int n, const kn_named_tensor *entries,
+                          int count, bool strict, problems *p)
+{
+    for (int i = 0; i < n; i++) {
+        const kn_named_tensor *e = find(entries, count, own_entries[i].name);
+        kn_tensor *dst = own_entries[i].tensor;
+        if (!e) {
+            if (strict)
+                problem(p, KN_ERR_VALUE, "missing key \"%s\" (shape %s)", own_entries[i].name,
+                        kn__shape(dst));
+        } else if (!e->tensor) {
+            problem(p, KN_ERR_NULL, "entry \"%s\" has no tensor", e->name);
+        } else if (!kn__same_shape(dst, e->tensor)) {
+            problem(p, KN_ERR_SHAPE,
+                    "size mismatch for \"%s\": the checkpoint has shape %s, the model has %s",
+                    e->name, kn__shape(e->tensor), kn__shape(dst));
+        } else if (dst->dtype != e->tensor->dtype) {
+            problem(p, KN_ERR_DTYPE,
+                    "dtype mismatch for \"%s\": the checkpoint has %s, the model has %s", e->name,
+                    kn_dtype_name(e->tensor->dtype), kn_dtype_name(dst->dtype));
+        }
+    }
+    for (int i = 0; strict && i < count; i++)
+        if (!find(own_entries, n, entries[i].name))
+            problem(p, KN_ERR_VALUE, "unexpected key \"%s\"", entries[i].name);
+}
+
+static kn_status problems_error(problems *p)
+{
+    if (p->left_out)
+        snprintf(p->text + p->length, sizeof p->text - p->length, "; and %d more", p->left_out);
+    return kn__error(p->status, "load_state_dict: %s", p->text);
+}
+
+kn_status kn__module_check_state_dict(const kn_module *m, const kn_named_tensor *entries, int count,
+                                      bool strict)
+{
+    if (!m || (count > 0 && !entries))
+        return kn__error(KN_ERR_NULL, "load_state_dict: %s is NULL", m ? "entries" : "module");
+    int n;
+    kn_named_tensor *own_entries = kn_module_state_dict(m, &n);
+    if (!own_entries) return kn_last_status();
+    problems p = {.status = KN_OK};
+    check_entries(own_entries, n, entries, count, strict, &p);
+    free(own_entries);
+    return p.count == 0 ? KN_OK : problems_error(&p);
+}
+
 kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries, int count,
                                     bool strict)
 {
@@ -297,28 +346,7 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
     if (!own_entries) return kn_last_status();
     problems p = {.status = KN_OK};
     /* Check everything first, so a failed load changes nothing. */
-    for (int i = 0; i < n; i++) {
-        const kn_named_tensor *e = find(entries, count, own_entries[i].name);
-        kn_tensor *dst = own_entries[i].tensor;
-        if (!e) {
-            if (strict)
-                problem(&p, KN_ERR_VALUE, "missing key \"%s\" (shape %s)", own_entries[i].name,
-                        kn__shape(dst));
-        } else if (!e->tensor) {
-            problem(&p, KN_ERR_NULL, "entry \"%s\" has no tensor", e->name);
-        } else if (!kn__same_shape(dst, e->tensor)) {
-            problem(&p, KN_ERR_SHAPE,
-                    "size mismatch for \"%s\": the checkpoint has shape %s, the model has %s",
-                    e->name, kn__shape(e->tensor), kn__shape(dst));
-        } else if (dst->dtype != e->tensor->dtype) {
-            problem(&p, KN_ERR_DTYPE,
-                    "dtype mismatch for \"%s\": the checkpoint has %s, the model has %s", e->name,
-                    kn_dtype_name(e->tensor->dtype), kn_dtype_name(dst->dtype));
-        }
-    }
-    for (int i = 0; strict && i < count; i++)
-        if (!find(own_entries, n, entries[i].name))
-            problem(&p, KN_ERR_VALUE, "unexpected key \"%s\"", entries[i].name);
+    check_entries(own_entries, n, entries, count, strict, &p);
     if (p.count == 0) {
         kn_status status = KN_OK;
         kn_no_grad_begin(); /* parameters are leaves that require grad */
@@ -333,10 +361,7 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
         }
     }
     free(own_entries);
-    if (p.count == 0) return KN_OK;
-    if (p.left_out)
-        snprintf(p.text + p.length, sizeof p.text - p.length, "; and %d more", p.left_out);
-    return kn__error(p.status, "load_state_dict: %s", p.text);
+    return p.count == 0 ? KN_OK : problems_error(&p);
 }
 
 /* Whether kn_module_to moves m's tensor i. BatchNorm's num_batches_tracked stays on the

@@ -153,17 +153,21 @@ static bool valid_shape(const char *op, const int64_t *shape, int ndim, int64_t 
                   KN_MAX_DIMS);
         return false;
     }
-    int64_t n = 1;
+    /* span, the product of the sizes other than 0, is what the strides reach: with a 0
+     * in the shape numel is 0, but [0, 2^32, 2^32, 2^32] would still overflow them */
+    int64_t n = 1, span = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
             kn__error(KN_ERR_SHAPE, "%s: size %lld at dim %d of shape %s is negative", op,
                       (long long)shape[i], i, kn__shape_of(shape, ndim));
             return false;
         }
-        if (shape[i] && n > INT64_MAX / 8 / shape[i]) {
+        int64_t size = shape[i] > 1 ? shape[i] : 1;
+        if (span > INT64_MAX / 8 / size) {
             kn__error(KN_ERR_MEMORY, "%s: shape %s is too large", op, kn__shape_of(shape, ndim));
             return false;
         }
+        span *= size;
         n *= shape[i];
     }
     *numel = n;

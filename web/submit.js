@@ -3,6 +3,14 @@
 // model's included) with each message shown at its field, then submitted.
 import { api, el, errorText } from './api.js';
 
+// 1536 -> "1.5 KiB", as kilnd's own messages write sizes
+function bytesText(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+  return `${u ? n.toFixed(1) : n} ${units[u]}`;
+}
+
 const TEMPLATE = {
   model: 'my-model',
   data: { dataset: 'my-dataset', validation_split: 0.1, scale: 1 / 255 },
@@ -87,7 +95,10 @@ export function submitView(root) {
     render(spec, []);
     if (!andSubmit) {
       result.className = 'ok-box';
-      result.textContent = `Valid: ${r.data.total_steps || '?'} steps on ${r.data.dataset}.`;
+      const memory = r.data.memory_bytes && r.data.job_memory_limit_bytes
+        ? ` It needs about ${bytesText(r.data.memory_bytes)} of the ${bytesText(r.data.job_memory_limit_bytes)} a job may use.`
+        : '';
+      result.textContent = `Valid: ${r.data.total_steps || '?'} steps on ${r.data.dataset}.${memory}`;
       return;
     }
     const s = await api('POST', '/v1/jobs', area.value);

@@ -315,17 +315,7 @@ static enum MHD_Result send_response(ksrv_server *server, request_state *state, 
 {
     struct MHD_Connection *connection = state->request.connection;
     struct MHD_Response *response = r->prepared;
-    if (!response && r->file_path) {
-        int fd = open(r->file_path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-            response = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
-            if (!response) close(fd);
-        } else {
-            if (fd >= 0) close(fd);
-            ksrv_respond_error(r, 404, "not_found", NULL, "the file is gone");
-        }
-    }
+    if (!response && r->file_path) response = ksrv_file_response(connection, r);
     if (!response) {
         if (!r->body) ksrv_respond_error(r, 500, "internal", NULL, "the handler gave no response");
         size_t length = r->body_length ? r->body_length : strlen(r->body);

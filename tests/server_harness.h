@@ -127,6 +127,25 @@ H_FN void h_start(harness *h, const char *const *extra)
     cr_assert_fail("kilnd did not answer /v2/health/live within 30 s (log %s)", h->log_path);
 }
 
+/* A whole file, malloc'd (NUL-terminated), *size its length; NULL when unreadable. */
+H_FN char *h_slurp(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *data = NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)n + 1)) &&
+        fread(data, 1, (size_t)n, f) == (size_t)n) {
+        data[n] = '\0';
+        *size = (size_t)n;
+    } else {
+        free(data);
+        data = NULL;
+    }
+    fclose(f);
+    return data;
+}
+
 /* Sends sig and waits for the exit (SIGKILL after 20 s). */
 H_FN int h_signal_wait(harness *h, int sig)
 {
@@ -212,7 +231,7 @@ H_FN khttp_response h_request(harness *h, const char *method, const char *path, 
 /* A request whose answer must have this status; returns the parsed JSON body (caller
  * deletes; NULL for a body that is not JSON). */
 H_FN cJSON *h_json(harness *h, const char *method, const char *path, const char *body,
-                     int want_status)
+                   int want_status)
 {
     khttp_response r = h_request(h, method, path, body);
     cr_assert_eq(r.status, want_status, "%s %s: status %d, want %d: %.500s %s", method, path,

@@ -53,10 +53,9 @@ static int parse_range(const char *header, int64_t size, int64_t *first, int64_t
     return 1;
 }
 
-/* If-None-Match names tag (or is "*"); weak comparison, as RFC 9110 has it there. */
-static bool tag_listed(const char *list, const char *tag)
+bool ksrv_etag_listed(const char *list, const char *tag)
 {
-    if (!list) return false;
+    if (!list || !tag[0]) return false;
     size_t n = strlen(tag);
     for (const char *p = list; *p;) {
         while (*p == ' ' || *p == '\t' || *p == ',') p++;
@@ -81,7 +80,7 @@ struct MHD_Response *ksrv_file_response(struct MHD_Connection *connection, ksrv_
     file_tag(&st, r->etag);
     const char *if_none_match =
         MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "If-None-Match");
-    if (tag_listed(if_none_match, r->etag)) {
+    if (ksrv_etag_listed(if_none_match, r->etag)) {
         close(fd);
         r->status = 304;
         return MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);

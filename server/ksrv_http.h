@@ -21,6 +21,9 @@ bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *
 /* The Origin to echo in Access-Control-Allow-Origin, or NULL (not allowed or absent). */
 const char *ksrv_auth_cors_origin(ksrv_server *server, struct MHD_Connection *connection);
 
+/* Whether an If-None-Match list names tag (or is "*"); weak comparison, as RFC 9110 has
+ * it for If-None-Match. False for a NULL list or an empty tag. (server/http_files.c) */
+bool ksrv_etag_listed(const char *list, const char *tag);
 /* The response for r->file_path (server/http_files.c): the file, or a range of it (206),
  * or 304 when If-None-Match names it, or 416; r's status and etag set. NULL with r's
  * error body set when the file is gone (or NULL, nothing set, when out of memory). */

@@ -416,23 +416,6 @@ static void entity_tag(const char *data, size_t size, char etag[24])
     snprintf(etag, 24, "\"%016llx\"", (unsigned long long)hash);
 }
 
-/* If-None-Match holds etag (or "*"): the client has this answer. Weak comparison, as
- * RFC 9110 has it for If-None-Match: a W/ prefix is ignored. */
-static bool client_has(const char *if_none_match, const char *etag)
-{
-    if (!if_none_match || !etag[0]) return false;
-    size_t n = strlen(etag);
-    for (const char *p = if_none_match; *p;) {
-        while (*p == ' ' || *p == '\t' || *p == ',') p++;
-        if (*p == '*') return true;
-        if (p[0] == 'W' && p[1] == '/') p += 2;
-        if (!strncmp(p, etag, n) && (p[n] == '\0' || p[n] == ',' || p[n] == ' ' || p[n] == '\t'))
-            return true;
-        while (*p && *p != ',') p++;
-    }
-    return false;
-}
-
 /* 304: no body; the validator and Vary as the 200 would have them. */
 static void respond_not_modified(ksrv_response *response, const char *etag)
 {
@@ -458,7 +441,7 @@ static bool respond_shared(ksrv_response *response, const char *key, bool gzip,
     char etag[24];
     void *handle = ksrv_metrics_cache_acquire(key, &data, &size, etag);
     if (!handle) return false;
-    if (client_has(if_none_match, etag)) {
+    if (ksrv_etag_listed(if_none_match, etag)) {
         ksrv_metrics_cache_release(handle);
         respond_not_modified(response, etag);
         return true;
@@ -483,7 +466,7 @@ static void respond_final(ksrv_response *response, const char *key, char *body, 
     char etag[24];
     entity_tag(body, size, etag);
     if (key) ksrv_metrics_cache_put(key, body, size, etag);
-    if (client_has(if_none_match, etag)) {
+    if (ksrv_etag_listed(if_none_match, etag)) {
         free(body);
         respond_not_modified(response, etag);
         return;

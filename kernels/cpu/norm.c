@@ -330,7 +330,9 @@ CLONES static void bn_affine_blocks(void *arg, int64_t begin, int64_t end)
         int64_t ch = blk % b->c;
         const float *u = b->u ? b->u + blk * s : NULL, *v = b->v ? b->v + blk * s : NULL;
         float *out = b->out + blk * s;
-        const float *p = b->p + ch, *q = b->q + ch, *r = b->r + ch, *m = b->mean_f + ch;
+        /* p is NULL without u, q and the centre without v: no offsets from NULL (UB) */
+        const float *p = u ? b->p + ch : NULL, *q = v ? b->q + ch : NULL;
+        const float *r = b->r + ch, *m = v ? b->mean_f + ch : NULL;
         if (u && v)
             for (int64_t j = 0; j < s; j++) out[j] = p[0] * u[j] + q[0] * (v[j] - m[0]) + r[0];
         else if (u)

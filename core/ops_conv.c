@@ -142,12 +142,19 @@ static void slice_bounds(const conv_job *job, int64_t s, int64_t *begin, int64_t
     *end = job->p->n * (s + 1) / job->slices;
 }
 
+/* Slice s's two column buffers; NULL for a direct convolution, which has none (an offset
+ * from NULL, even 0, is undefined behaviour). */
+static float *slice_buffer(const conv_job *job, int64_t s)
+{
+    return job->buffers ? job->buffers + s * 2 * job->buffer_floats : NULL;
+}
+
 static void forward_slices(void *context, int64_t s0, int64_t s1)
 {
     const conv_job *job = context;
     const conv_plan *p = job->p;
     for (int64_t s = s0; s < s1; s++) {
-        float *buf = job->buffers + s * 2 * job->buffer_floats;
+        float *buf = slice_buffer(job, s);
         int64_t begin, end;
         slice_bounds(job, s, &begin, &end);
         for (int64_t i = begin; i < end; i++) {
@@ -169,7 +176,7 @@ static void backward_slices(void *context, int64_t s0, int64_t s1)
     const conv_job *job = context;
     const conv_plan *p = job->p;
     for (int64_t s = s0; s < s1; s++) {
-        float *buf = job->buffers + s * 2 * job->buffer_floats, *dbuf = buf + job->buffer_floats;
+        float *buf = slice_buffer(job, s), *dbuf = buf ? buf + job->buffer_floats : NULL;
         float *gw = job->gw_parts ? job->gw_parts + s * p->o * p->k : NULL;
         int64_t begin, end;
         slice_bounds(job, s, &begin, &end);

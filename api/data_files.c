@@ -159,11 +159,15 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     } else {
         inputs = load_tensor(source->inputs_path, source->format, false, errors);
         labels = inputs ? load_tensor(source->labels_path, source->format, true, errors) : NULL;
-        blame = source->labels_path;
     }
     if (inputs && labels) {
         /* the dataset takes its own references; the scope drops ours */
         ds = kn_dataset_new(inputs, labels);
+        /* its messages say which side is wrong ("dataset: inputs must be finite ...",
+         * "dataset: labels must be >= 0 ..."): blame that file */
+        if (!ds && source->format != KAPI_FORMAT_CSV &&
+            strncmp(kn_last_error(), "dataset: inputs", 15) != 0)
+            blame = source->labels_path;
         if (!ds) kapi_errors_add(errors, blame, "%s", kn_last_error());
     }
     kn_scope_end();

@@ -363,6 +363,40 @@ static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *spl
 }
 
 /* Loads, normalises and shapes one split; NULL after writing the failure. */
+/* text with every occurrence of path replaced by label (into out). */
+static void replace_path(char *text, size_t size, const char *path, const char *label)
+{
+    size_t n = strlen(path);
+    char *at;
+    if (!n) return;
+    while ((at = strstr(text, path))) {
+        char rest[512];
+        snprintf(rest, sizeof rest, "%s", at + n);
+        snprintf(at, size - (size_t)(at - text), "%s%s", label, rest);
+    }
+}
+
+/* The engine names the files it read by their paths under the data directory: a user of
+ * the server knows them as a dataset's files, and the server's paths are not theirs to
+ * see. Each error is put at `what` ("data.train"), its file named "dataset/file". */
+static void name_files(kapi_errors *errors, const kapi_data_source *source, const char *dataset,
+                       const char *what)
+{
+    const char *paths[] = {source->inputs_path, source->labels_path};
+    for (int i = 0; i < errors->count; i++) {
+        kapi_error *e = &errors->items[i];
+        for (int k = 0; k < 2; k++) {
+            if (!paths[k][0]) continue;
+            const char *base = strrchr(paths[k], '/');
+            char label[128];
+            snprintf(label, sizeof label, "%.64s/%.60s", dataset, base ? base + 1 : paths[k]);
+            replace_path(e->message, sizeof e->message, paths[k], label);
+            if (!strcmp(e->path, paths[k]))
+                snprintf(e->path, sizeof e->path, "%.24s (%.120s)", what, label);
+        }
+    }
+}
+
 static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_model_spec *model,
                               const kapi_data_source *source, const char *what)
 {
@@ -370,6 +404,7 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
     kn_dataset *ds = kapi_load_data_source(source, &errors);
     if (!ds) {
         if (errors.count == 0) kapi_errors_add(&errors, what, "%s", kn_last_error());
+        name_files(&errors, source, spec->data.dataset, what);
         fail_errors(r, kn_last_status() == KN_ERR_MEMORY ? "out_of_memory" : "data_error", &errors);
         kapi_errors_free(&errors);
         return NULL;

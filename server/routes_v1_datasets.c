@@ -28,9 +28,17 @@
  * bigger ones only get their header checked. */
 #define FULL_CHECK_BYTES ((int64_t)256 << 20)
 
-static const char *const ROLES[] = {"train",        "test",         "train_csv",    "test_csv",
-                                    "train_images", "train_inputs", "train_labels", "test_images",
-                                    "test_inputs",  "test_labels",  NULL};
+static const char *const ROLES[] = {"train",
+                                    "test",
+                                    "train_csv",
+                                    "test_csv",
+                                    "train_images",
+                                    "train_inputs",
+                                    "train_labels",
+                                    "test_images",
+                                    "test_inputs",
+                                    "test_labels",
+                                    NULL};
 
 static bool known_role(const char *role)
 {
@@ -77,8 +85,10 @@ void ksrv_handle_datasets_create(ksrv_server *server, ksrv_request *request,
     if (!root) return;
     const cJSON *name = NULL, *description = NULL;
     for (const cJSON *c = root->child; c; c = c->next) {
-        if (!strcmp(c->string, "name")) name = c;
-        else if (!strcmp(c->string, "description")) description = c;
+        if (!strcmp(c->string, "name"))
+            name = c;
+        else if (!strcmp(c->string, "description"))
+            description = c;
         else {
             ksrv_respond_error(response, 400, "unknown_field", c->string,
                                "%s: unknown field (expected name, description)", c->string);
@@ -114,8 +124,7 @@ void ksrv_handle_datasets_create(ksrv_server *server, ksrv_request *request,
     cJSON_Delete(root);
 }
 
-void ksrv_handle_datasets_list(ksrv_server *server, ksrv_request *request,
-                               ksrv_response *response)
+void ksrv_handle_datasets_list(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     (void)request;
     kstore *store = ksrv_store_or_500(server, response);
@@ -134,8 +143,7 @@ void ksrv_handle_datasets_list(ksrv_server *server, ksrv_request *request,
     ksrv_respond_json(response, 200, root);
 }
 
-void ksrv_handle_datasets_get(ksrv_server *server, ksrv_request *request,
-                              ksrv_response *response)
+void ksrv_handle_datasets_get(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     kstore *store = ksrv_store_or_500(server, response);
     if (store) respond_dataset(response, store, request->params[0], 200);
@@ -168,10 +176,12 @@ void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
     char job_id[40] = "";
     int used = ksrv_active_job_using(store, NULL, name, job_id);
     if (used) {
-        if (used < 0) ksrv_respond_store_error(response, store, KSTORE_ERROR, "dataset");
+        if (used < 0)
+            ksrv_respond_store_error(response, store, KSTORE_ERROR, "dataset");
         else
             ksrv_respond_error(response, 409, "dataset_in_use", NULL,
-                               "dataset %s is used by job %s, which has not finished", name, job_id);
+                               "dataset %s is used by job %s, which has not finished", name,
+                               job_id);
         return;
     }
     kstore_status s = kstore_dataset_delete(store, name);
@@ -212,6 +222,27 @@ static const char *sniff(const unsigned char *head, int n, const char *content_t
     return "csv";
 }
 
+/* Inputs a model can train on are finite: a NaN or an infinity in a feature gives a NaN
+ * loss at the first batch that holds it. Said at upload, where the user can fix the file,
+ * naming the sample and the feature (for a CSV, the line too: the header is line 1). */
+static bool finite_inputs(kn_tensor *inputs, bool csv, char *message, size_t size)
+{
+    if (!inputs || inputs->dtype != KN_FLOAT32 || inputs->ndim < 1) return true;
+    int64_t total = kn_numel(inputs), per_sample = inputs->shape[0] ? total / inputs->shape[0] : 1;
+    const float *x = kn_data_f32(inputs);
+    for (int64_t i = 0; i < total; i++) {
+        if (isfinite(x[i])) continue;
+        char line[48] = "";
+        if (csv) snprintf(line, sizeof line, " (line %lld)", (long long)(i / per_sample + 2));
+        snprintf(message, size,
+                 "sample %lld%s has %g at feature %lld: training needs finite inputs (fill or "
+                 "drop missing values before uploading)",
+                 (long long)(i / per_sample), line, (double)x[i], (long long)(i % per_sample));
+        return false;
+    }
+    return true;
+}
+
 /* Checks the file with the engine's parsers; samples -1 when only the header was. */
 static bool check_file(const char *path, const char *format, bool labels, int64_t bytes,
                        int64_t *samples, char *message, size_t size)
@@ -240,21 +271,32 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
     bool ok = false;
     if (!strcmp(format, "csv")) {
         kn_tensor *inputs = NULL, *labels_t = NULL;
+        bool finite = true;
         if (kn_parse_csv(data, length, "label", &inputs, &labels_t) == KN_OK) {
             *samples = labels_t->shape[0];
-            ok = true;
+            ok = finite = finite_inputs(inputs, true, message, size);
         }
         kn_release(inputs);
         kn_release(labels_t);
+        if (!finite) {
+            free(data);
+            return false;
+        }
     } else {
         kn_tensor *t = !strcmp(format, "idx") ? kn_parse_idx(data, length, labels)
                                               : kn_parse_npy(data, length, labels);
+        bool finite = true;
         if (t) {
             *samples = t->ndim > 0 ? t->shape[0] : 1;
             ok = t->ndim > 0;
             if (!ok) kn_clear_error();
+            if (ok && !labels) ok = finite = finite_inputs(t, false, message, size);
         }
         kn_release(t);
+        if (!finite) {
+            free(data);
+            return false;
+        }
     }
     if (!ok) {
         const char *why = kn_last_error();
@@ -266,9 +308,9 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
 }
 
 /* Moves a checked file into the dataset's folder and records it. */
-static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *response,
-                      const char *name, const char *role, const char *format, const char *from,
-                      int64_t bytes, int64_t samples)
+static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *response, const char *name,
+                      const char *role, const char *format, const char *from, int64_t bytes,
+                      int64_t samples)
 {
     kstore_dataset_file file;
     memset(&file, 0, sizeof file);
@@ -363,10 +405,12 @@ static bool write_npy(const char *path, const char *descr, const int64_t *shape,
     for (int i = 0; i < ndim; i++) {
         size_t used = strlen(dims);
         snprintf(dims + used, sizeof dims - used, "%lld%s", (long long)shape[i],
-                 ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+                 ndim == 1      ? ","
+                 : i + 1 < ndim ? ", "
+                                : "");
     }
-    int n = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-                     descr, dims);
+    int n = snprintf(header, sizeof header,
+                     "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
     int total = 10 + n + 1;
     int pad = (64 - total % 64) % 64;
     FILE *f = fopen(path, "wb");
@@ -425,8 +469,10 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     int64_t *labels = NULL;
     const cJSON *inputs = NULL, *labels_json = NULL;
     for (const cJSON *c = root->child; c; c = c->next) {
-        if (!strcmp(c->string, "inputs")) inputs = c;
-        else if (!strcmp(c->string, "labels")) labels_json = c;
+        if (!strcmp(c->string, "inputs"))
+            inputs = c;
+        else if (!strcmp(c->string, "labels"))
+            labels_json = c;
         else {
             path = c->string;
             snprintf(message, sizeof message, "%s: unknown field (expected inputs, labels)",
@@ -518,7 +564,8 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
     if (!known_role(role)) {
         ksrv_respond_error(response, 400, "invalid_role", "role",
                            "unknown role %s (expected train, test, train_csv, test_csv, "
-                           "{train,test}_images, {train,test}_inputs, {train,test}_labels)", role);
+                           "{train,test}_images, {train,test}_inputs, {train,test}_labels)",
+                           role);
         return;
     }
     if (request->upload_bytes == 0) {
@@ -541,9 +588,9 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
     bool table = !strcmp(role, "train") || !strcmp(role, "test") || !strcmp(role, "train_csv") ||
                  !strcmp(role, "test_csv");
     if (strcmp(format, "json") && table != !strcmp(format, "csv")) {
-        ksrv_respond_error(response, 400, "invalid_role", "role",
-                           "%s data goes to %s, not %s", format,
-                           table ? "{train,test}_{images,inputs,labels}" : "train or test", role);
+        ksrv_respond_error(response, 400, "invalid_role", "role", "%s data goes to %s, not %s",
+                           format, table ? "{train,test}_{images,inputs,labels}" : "train or test",
+                           role);
         return;
     }
     kstore *store = ksrv_store_or_500(server, response);
@@ -556,8 +603,8 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
     bool labels = !strcmp(role + suffix, "_labels");
     int64_t samples = -1;
     char message[600];
-    if (!check_file(request->upload_path, format, labels, (int64_t)request->upload_bytes,
-                    &samples, message, sizeof message)) {
+    if (!check_file(request->upload_path, format, labels, (int64_t)request->upload_bytes, &samples,
+                    message, sizeof message)) {
         ksrv_respond_error(response, 400, "invalid_data", NULL, "%s", message);
         return;
     }

@@ -276,6 +276,12 @@ Test(http, datasets)
                  400, "invalid_data");
     expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [-1]}"),
                  400, "invalid_data");
+    /* a missing value in a CSV: refused at upload, naming the sample, line and feature */
+    const char *csv = "a,b,label\n1,2,0\nnan,3,1\n";
+    r = http("PUT", "/v1/datasets/holes/files/train", NULL, csv, strlen(csv));
+    cr_expect_eq(r.status, 400, "%s", r.body);
+    cr_expect(strstr(r.body, "sample 1 (line 3) has nan at feature 0"), "%s", r.body);
+    reply_free(&r);
 
     r = http("DELETE", "/v1/datasets/tiny", NULL, NULL, 0);
     cr_expect_eq(r.status, 200, "%s", r.body);

@@ -642,6 +642,56 @@ Test(server_worker, jobs_over_the_memory_budget)
     kstore_job_free(&job);
 }
 
+/* A dataset whose file holds a NaN (one too big to be checked whole at upload, or stored
+ * before uploads were checked) fails its job with data_error at data.train, naming the
+ * file by dataset and name, never by its path on the server. */
+Test(server_worker, non_finite_data_fails_without_server_paths)
+{
+    char dir[512], path[1024];
+    snprintf(dir, sizeof dir, "%s/datasets/holes", data_dir);
+    mkdir(dir, 0700);
+    cr_assert_eq(kstore_dataset_create(store(), "holes", "a NaN inside"), KSTORE_OK);
+    float in[4 * FEATURES] = {0};
+    in[FEATURES + 2] = NAN;
+    int64_t labels[4] = {0, 1, 2, 0};
+    const char *roles[] = {"train_inputs", "train_labels"};
+    for (int k = 0; k < 2; k++) {
+        kstore_dataset_file f = {.samples = 4};
+        snprintf(f.role, sizeof f.role, "%s", roles[k]);
+        snprintf(f.format, sizeof f.format, "npy");
+        snprintf(f.path, sizeof f.path, "datasets/holes/%s.npy", roles[k]);
+        snprintf(path, sizeof path, "%s/%s", data_dir, f.path);
+        if (k == 0)
+            write_npy(path, "<f4", (int64_t[]){4, FEATURES}, 2, in, sizeof in);
+        else
+            write_npy(path, "<i8", (int64_t[]){4}, 1, labels, sizeof labels);
+        struct stat sb;
+        stat(path, &sb);
+        f.bytes = sb.st_size;
+        cr_assert_eq(kstore_dataset_add_file(store(), "holes", &f), KSTORE_OK);
+    }
+    char id[40];
+    bool created = false;
+    kstore_job job;
+    memset(&job, 0, sizeof job);
+    cr_assert_eq(kstore_job_create(store(),
+                                   "{\"model\": \"blobs-mlp\", \"data\": {\"dataset\": "
+                                   "\"holes\"}, \"batch_size\": 2, \"max_steps\": 2}",
+                                   "blobs-mlp", "holes", NULL, "cpu", 0, 2, &job, &created),
+                 KSTORE_OK);
+    memcpy(id, job.id, sizeof id);
+    kstore_job_free(&job);
+    ksrv_workers_notify(server->workers);
+    job = wait_state(id, KSTORE_JOB_FAILED, 30);
+    cr_assert_str_eq(job.error_code, "data_error");
+    const char *message = job.error_message ? job.error_message : "";
+    cr_assert(strstr(message, "data.train") && strstr(message, "holes/train_inputs.npy") &&
+                  strstr(message, "finite"),
+              "%s", message);
+    cr_assert_null(strstr(message, data_dir), "the server's path shows: %s", message);
+    kstore_job_free(&job);
+}
+
 /* ---- control: cancel, pause/resume, device ------------------------------------------ */
 
 Test(server_worker, cancel_running_job)

@@ -73,6 +73,19 @@ static double wall_now(void)
 }
 
 /* Writes the failure and logs it. */
+/* Every occurrence of path in text replaced by label, in place (text holds size). */
+static void replace_path(char *text, size_t size, const char *path, const char *label)
+{
+    size_t n = strlen(path);
+    char *at;
+    if (!n) return;
+    while ((at = strstr(text, path))) {
+        char rest[1024];
+        snprintf(rest, sizeof rest, "%s", at + n);
+        snprintf(at, size - (size_t)(at - text), "%s%s", label, rest);
+    }
+}
+
 static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const char *fmt, ...)
@@ -83,6 +96,14 @@ static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const c
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     ksrv_log(KSRV_LOG_WARN, "job %s: failed (%s) %s", r->job->id, code, message);
+    /* engine messages name files by their paths: users see them relative to the data
+     * directory ("jobs/<id>/..."), not where the server keeps it */
+    char root[600];
+    if (ksrv_data_path(r->server, "", root, sizeof root) && root[0]) {
+        size_t n = strlen(root);
+        if (root[n - 1] != '/' && n + 1 < sizeof root) strcat(root, "/");
+        replace_path(message, sizeof message, root, "");
+    }
     if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_FAILED, code, message, step) !=
         KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording the failure: %s", r->job->id,
@@ -363,19 +384,6 @@ static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *spl
 }
 
 /* Loads, normalises and shapes one split; NULL after writing the failure. */
-/* text with every occurrence of path replaced by label (into out). */
-static void replace_path(char *text, size_t size, const char *path, const char *label)
-{
-    size_t n = strlen(path);
-    char *at;
-    if (!n) return;
-    while ((at = strstr(text, path))) {
-        char rest[512];
-        snprintf(rest, sizeof rest, "%s", at + n);
-        snprintf(at, size - (size_t)(at - text), "%s%s", label, rest);
-    }
-}
-
 /* The engine names the files it read by their paths under the data directory: a user of
  * the server knows them as a dataset's files, and the server's paths are not theirs to
  * see. Each error is put at `what` ("data.train"), its file named "dataset/file". */

@@ -449,8 +449,6 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
     if (!buf) return kn__error(KN_ERR_MEMORY, "csv: out of memory");
     memcpy(buf, text, size);
     buf[size] = '\0';
-    int64_t line_count = 1;
-    for (size_t i = 0; i < size; i++) line_count += buf[i] == '\n';
 
     kn_status status = KN_OK;
     char **fields = NULL, **names = NULL;
@@ -494,11 +492,16 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
                            label_column);
         goto done;
     }
-    x = malloc(sizeof *x * (size_t)nfeat * (size_t)line_count);
-    y = malloc(sizeof *y * (size_t)line_count);
+    /* Every row kept has ncols - 1 commas, so the commas after the header bound the rows.
+     * (Lines bound them too, but lines x columns can be the square of the text's size: a
+     * 90 KB file of 30,000 commas then 30,000 newlines asked for 3.6 GB.) */
+    int64_t max_rows = 0;
+    for (const char *c = next; c && *c; c++) max_rows += *c == ',';
+    max_rows /= ncols - 1;
+    x = malloc(sizeof *x * (size_t)nfeat * (size_t)(max_rows + 1));
+    y = malloc(sizeof *y * (size_t)(max_rows + 1));
     if (!x || !y) {
-        status =
-            kn__error(KN_ERR_MEMORY, "csv: out of memory for %lld lines", (long long)line_count);
+        status = kn__error(KN_ERR_MEMORY, "csv: out of memory for %lld rows", (long long)max_rows);
         goto done;
     }
     while ((line = next) != NULL) {

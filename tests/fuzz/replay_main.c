@@ -11,10 +11,11 @@
  * insertions, deletions, repeated chunks and splices with another corpus file, one to
  * four at a time.
  *
- * A crash, a failed FUZZ_CHECK, a sanitizer report or an input that runs longer than
- * -t seconds (default 10) ends the run with the input saved to ./fuzz-replay-crash (the
- * path is printed) for libFuzzer or -n 0 to reproduce. The summary names the slowest
- * input.
+ * A crash, a failed FUZZ_CHECK, a sanitizer report, an input that runs longer than -t
+ * seconds (default 10) or, under the sanitizers, makes one allocation over 2 GB (as
+ * libFuzzer's -malloc_limit_mb) ends the run with the input saved to
+ * ./fuzz-replay-crash (the path is printed) for libFuzzer or -n 0 to reproduce. The
+ * summary names the slowest input.
  */
 #include "fuzz.h"
 
@@ -89,9 +90,30 @@ static void on_alarm(int sig)
 }
 
 #if defined(__SANITIZE_ADDRESS__) || defined(KN_SANITIZE)
+#define HAVE_SANITIZER 1
 /* The sanitizers call this before they exit on a report. */
 void __sanitizer_set_death_callback(void (*callback)(void));
-#define HAVE_DEATH_CALLBACK 1
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+
+/* libFuzzer's -malloc_limit_mb: one allocation this large from an input of a few KB is a
+ * size taken from the input and not checked against it. */
+#define MALLOC_LIMIT ((size_t)2048 << 20)
+
+static void on_malloc(const volatile void *ptr, size_t size)
+{
+    static const char message[] = "\nfuzz replay: an input made one allocation of over 2 GB\n";
+    (void)ptr;
+    if (size <= MALLOC_LIMIT || !current) return;
+    if (write(2, message, sizeof message - 1) < 0) _exit(1);
+    save_current();
+    _exit(1);
+}
+
+static void on_free(const volatile void *ptr)
+{
+    (void)ptr; /* the sanitizers install the malloc hook only with a free hook */
+}
 #endif
 
 static void install_handlers(void)
@@ -99,8 +121,9 @@ static void install_handlers(void)
     int signals[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
     for (size_t i = 0; i < sizeof signals / sizeof *signals; i++) signal(signals[i], on_signal);
     signal(SIGALRM, on_alarm);
-#ifdef HAVE_DEATH_CALLBACK
+#ifdef HAVE_SANITIZER
     __sanitizer_set_death_callback(save_current);
+    __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
 #endif
 }
 

@@ -104,6 +104,14 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
                                   "dataset: labels must be >= 0, sample %lld has %lld",
                                   (long long)i, (long long)label[i]);
         }
+        if (label[i] == INT64_MAX) { /* num_classes, the largest label + 1, must fit */
+            kn_release(x);
+            kn_release(y);
+            return kn__error_null(KN_ERR_VALUE,
+                                  "dataset: labels must be < %lld (class indices), sample %lld "
+                                  "has %lld",
+                                  (long long)INT64_MAX, (long long)i, (long long)label[i]);
+        }
         if (label[i] > max_label) max_label = label[i];
     }
     if (check_finite(kn__data_ptr(x), count, row_elements(x)) != KN_OK) {

@@ -26,8 +26,8 @@ typedef struct kn_dataset {
     int64_t num_classes; /* 1 + the largest label */
 } kn_dataset;
 
-/* Checks shapes, dtypes, label range (>= 0), N >= 1 and finiteness of inputs (an error
- * names the first bad sample and its value). CPU tensors only. */
+/* Checks shapes, dtypes, label range (0 <= label < INT64_MAX), N >= 1 and finiteness of
+ * inputs (an error names the first bad sample and its value). CPU tensors only. */
 kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels);
 void kn_dataset_free(kn_dataset *ds);
 

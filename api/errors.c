@@ -2,7 +2,7 @@
  * errors.c — the validation error list every parser fills: one entry per problem with
  * the JSON path it concerns, and its renderings as text (CLI) and JSON (HTTP bodies).
  */
-#include "kapi.h"
+#include "kapi_internal.h"
 
 #include <cJSON.h>
 #include <stdarg.h>
@@ -26,6 +26,9 @@ void kapi_errors_add(kapi_errors *errors, const char *path, const char *fmt, ...
     va_start(args, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, args);
     va_end(args);
+    /* both may have been cut short; JSON bodies must stay valid UTF-8 */
+    kapi__utf8_trim(e->path);
+    kapi__utf8_trim(e->message);
 }
 
 void kapi_errors_free(kapi_errors *errors)

@@ -19,6 +19,10 @@
 #define KAPI_OK 1
 #define KAPI_BAD (-1)
 
+/* Cuts an incomplete UTF-8 sequence off the end of s, which a truncation to a fixed
+ * buffer can leave: messages that quote user input stay valid UTF-8 when it was. */
+void kapi__utf8_trim(char *s);
+
 /* "prefix.key" ("key" for an empty prefix), "prefix[index]". */
 void kapi__path(char *out, const char *prefix, const char *key);
 void kapi__path_index(char *out, const char *prefix, int index);

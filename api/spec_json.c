@@ -11,17 +11,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+void kapi__utf8_trim(char *s)
+{
+    size_t n = strlen(s), i = n;
+    while (i > 0 && n - i < 3 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) i--;
+    if (i == 0) return;
+    unsigned char lead = (unsigned char)s[i - 1];
+    size_t len = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    if (len > n - (i - 1)) s[i - 1] = '\0';
+}
+
 void kapi__path(char *out, const char *prefix, const char *key)
 {
     if (!prefix || !prefix[0])
         snprintf(out, KAPI_PATH_MAX, "%s", key);
     else
         snprintf(out, KAPI_PATH_MAX, "%s.%s", prefix, key);
+    kapi__utf8_trim(out); /* a long key may have been cut */
 }
 
 void kapi__path_index(char *out, const char *prefix, int index)
 {
     snprintf(out, KAPI_PATH_MAX, "%s[%d]", prefix ? prefix : "", index);
+    kapi__utf8_trim(out);
 }
 
 void kapi__format_number(double value, char *buf, size_t size)
@@ -45,8 +57,9 @@ static bool append(char *buf, size_t size, size_t *used, const char *text)
     if (*used + n + 1 > size) {
         size_t room = size - *used - 1;
         memcpy(buf + *used, text, room);
-        *used += room;
-        buf[*used] = '\0';
+        buf[*used + room] = '\0';
+        kapi__utf8_trim(buf); /* not half a character */
+        *used = strlen(buf);
         return false;
     }
     memcpy(buf + *used, text, n + 1);
@@ -65,7 +78,8 @@ static bool describe_into(const cJSON *v, char *buf, size_t size, size_t *used, 
         if (!append(buf, size, used, "\"")) return false;
         const unsigned char *s = (const unsigned char *)v->valuestring;
         for (int i = 0; s[i]; i++) {
-            if (i == 40) return append(buf, size, used, "...\"");
+            /* cut after 40 bytes, at the start of a character */
+            if (i >= 40 && (s[i] & 0xC0) != 0x80) return append(buf, size, used, "...\"");
             if (s[i] == '"' || s[i] == '\\')
                 snprintf(piece, sizeof piece, "\\%c", s[i]);
             else if (s[i] < 0x20 || s[i] == 0x7f)

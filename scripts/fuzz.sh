@@ -39,7 +39,7 @@ done
 build=build-fuzz
 CC=${CC:-clang} cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS=-O1 \
     -DKILN_FUZZ=ON -DKILN_CUDA=OFF >/dev/null
-cmake --build "$build" -j "$jobs" --target "${targets[@]/#/fuzz_}" >/dev/null
+cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target "${targets[@]/#/fuzz_}" >/dev/null
 mkdir -p "$build/artifacts" "$build/logs"
 
 # Sizes that are refused with an error must not be allocated first: a malloc above

@@ -339,29 +339,20 @@ kn_status kn__module_check_state_dict(const kn_module *m, const kn_named_tensor 
 kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries, int count,
                                     bool strict)
 {
-    if (!m || (count > 0 && !entries))
-        return kn__error(KN_ERR_NULL, "load_state_dict: %s is NULL", m ? "entries" : "module");
+    /* check everything first, so a failed load changes nothing */
+    kn_status status = kn__module_check_state_dict(m, entries, count, strict);
+    if (status != KN_OK) return status;
     int n;
     kn_named_tensor *own_entries = kn_module_state_dict(m, &n);
     if (!own_entries) return kn_last_status();
-    problems p = {.status = KN_OK};
-    /* Check everything first, so a failed load changes nothing. */
-    check_entries(own_entries, n, entries, count, strict, &p);
-    if (p.count == 0) {
-        kn_status status = KN_OK;
-        kn_no_grad_begin(); /* parameters are leaves that require grad */
-        for (int i = 0; i < n && status == KN_OK; i++) {
-            const kn_named_tensor *e = find(entries, count, own_entries[i].name);
-            if (e) status = kn_copy_(own_entries[i].tensor, e->tensor);
-        }
-        kn_no_grad_end();
-        if (status != KN_OK) {
-            free(own_entries);
-            return status;
-        }
+    kn_no_grad_begin(); /* parameters are leaves that require grad */
+    for (int i = 0; i < n && status == KN_OK; i++) {
+        const kn_named_tensor *e = find(entries, count, own_entries[i].name);
+        if (e) status = kn_copy_(own_entries[i].tensor, e->tensor);
     }
+    kn_no_grad_end();
     free(own_entries);
-    return p.count == 0 ? KN_OK : problems_error(&p);
+    return status;
 }
 
 /* Whether kn_module_to moves m's tensor i. BatchNorm's num_batches_tracked stays on the

@@ -47,6 +47,16 @@ void fuzz_check_dataset(kn_tensor *inputs, kn_tensor *labels);
 const uint8_t *fuzz_gunzip_if_gzip(const uint8_t *data, size_t size, size_t *out_size,
                                    void **owned);
 
+/* An array upload (IDX, NPY) as kilnd checks it: gunzipped when gzip, then parse()d as
+ * inputs (float32) and as labels (int64, 1-D); a parsed tensor must pass
+ * fuzz_check_tensor and fuzz_check_dataset, and check(t, data, size, as_labels) (the
+ * format's own invariants; may be NULL); a refusal must say why. */
+typedef kn_tensor *(*fuzz_array_parser)(const void *bytes, size_t size, bool as_labels);
+typedef void (*fuzz_array_check)(const kn_tensor *t, const uint8_t *data, size_t size,
+                                 bool as_labels);
+void fuzz_array_upload(const uint8_t *data, size_t size, fuzz_array_parser parse,
+                       fuzz_array_check check, const char *what);
+
 /* A model spec that parsed: shapes chain from layer to layer, the parameter count adds
  * up, the summary is valid JSON; when the model is small, it builds, counts the same
  * parameters and a forward pass gives [2, output_shape...]. */

@@ -364,3 +364,36 @@ void fuzz_state_free(fuzz_state *s)
     free(s->entries);
     free(s);
 }
+
+static void parse_array(const uint8_t *data, size_t size, bool as_labels, fuzz_array_parser parse,
+                        fuzz_array_check check, const char *what)
+{
+    kn_clear_error();
+    kn_scope_begin();
+    kn_tensor *t = parse(data, size, as_labels);
+    if (t) {
+        fuzz_check_tensor(t, as_labels ? KN_INT64 : KN_FLOAT32);
+        FUZZ_CHECK(!as_labels || t->ndim == 1, "labels with %d dims", t->ndim);
+        if (check) check(t, data, size, as_labels);
+        if (as_labels)
+            fuzz_check_dataset(NULL, t);
+        else if (t->ndim >= 2)
+            fuzz_check_dataset(t, NULL);
+    } else {
+        fuzz_check_kn_error(what);
+    }
+    kn_scope_end();
+}
+
+void fuzz_array_upload(const uint8_t *data, size_t size, fuzz_array_parser parse,
+                       fuzz_array_check check, const char *what)
+{
+    void *owned;
+    size_t plain_size;
+    const uint8_t *plain = fuzz_gunzip_if_gzip(data, size, &plain_size, &owned);
+    if (plain) {
+        parse_array(plain, plain_size, false, parse, check, what);
+        parse_array(plain, plain_size, true, parse, check, what);
+    }
+    free(owned);
+}

@@ -118,16 +118,30 @@ typedef struct kapi_data_spec {
     double mean[16], std[16];
 } kapi_data_spec;
 
+/* "distributed": {"processes": N, "devices": "cpu"|"cuda", "sync_batch_norm": bool,
+ * "bucket_cap_mb": x, "max_restarts": N}: one job across N processes (MPI; NCCL between
+ * GPUs, one per process). sync_batch_norm and bucket_cap_mb land in the job's train
+ * config. */
+typedef struct kapi_dist_spec {
+    int processes;    /* 0: one process (no "distributed") */
+    char devices[8];  /* "cpu" or "cuda" */
+    int max_restarts; /* kilnd: relaunches from the last checkpoint after a rank dies */
+} kapi_dist_spec;
+
+#define KAPI_MAX_PROCESSES 4096
+
 typedef struct kapi_job_spec {
     char model_name[128];   /* a model by reference ("model": "name") */
     kapi_model_spec *model; /* inline model, or NULL */
     kapi_data_spec data;
     kn_train_config train;
     char device[32];        /* "cpu" (default), "cuda", "cuda:N", "auto" */
+    bool device_given;      /* "device" was in the spec */
     bool allow_tf32;        /* CUDA products may use TF32 (kn_set_allow_tf32); default off */
     char resume_from[512];  /* CLI: a checkpoint path */
     char init_weights[512]; /* CLI: safetensors weights to start from */
     char submission_id[128];
+    kapi_dist_spec distributed;
 } kapi_job_spec;
 
 typedef struct kapi_job_parse_options {
@@ -137,6 +151,53 @@ typedef struct kapi_job_parse_options {
 kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_parse_options options,
                                    kapi_errors *errors);
 void kapi_job_spec_free(kapi_job_spec *spec);
+/* The checks a distributed job needs once its process count is known (the parse runs
+ * them; the CLI again after --processes): the global batch divides by the processes,
+ * one device per process. Returns false with errors added. */
+bool kapi_job_check_distributed(const kapi_job_spec *spec, kapi_errors *errors);
+
+/* ---- where distributed jobs run (dist_hosts.c) ---------------------------------------- */
+typedef struct kapi_host {
+    char name[256];
+    int slots;  /* processes it takes ("slots=N"; 1 when not given) */
+    int line;   /* in the hostfile */
+    bool local; /* this machine */
+} kapi_host;
+
+typedef struct kapi_hosts {
+    kapi_host *items;
+    int count;
+    int slots; /* the sum */
+    char path[512];
+} kapi_hosts;
+
+typedef enum { KAPI_HOSTS_OK, KAPI_HOSTS_INVALID, KAPI_HOSTS_UNREACHABLE } kapi_hosts_status;
+
+/* Reads an Open MPI hostfile ("HOST slots=N" lines, # comments) and checks that every
+ * host other than this machine resolves and answers on ssh's port within timeout_ms.
+ * The error names the file, the line and why. Free with kapi_hosts_free. */
+kapi_hosts_status kapi_hosts_load(const char *path, kapi_hosts *out, int timeout_ms, char *error,
+                                  size_t error_size);
+/* This machine alone, with that many slots. */
+kapi_hosts_status kapi_hosts_local(int slots, kapi_hosts *out);
+void kapi_hosts_free(kapi_hosts *hosts);
+bool kapi_hosts_all_local(const kapi_hosts *hosts);
+bool kapi_host_is_local(const char *host);
+/* Writes hosts as a hostfile mpirun reads. */
+bool kapi_hosts_write(const kapi_hosts *hosts, const char *path, char *error, size_t error_size);
+
+/* mpirun -np processes --hostfile hostfile [...] program...: the whole command line, a
+ * NULL-terminated malloc'd vector (kapi_argv_free), or NULL when out of memory. */
+typedef struct kapi_launch {
+    const char *mpirun; /* kn_dist_mpirun() */
+    int processes;
+    const char *hostfile;
+    bool oversubscribe;            /* more processes than slots (the CLI, when asked) */
+    const char *const *export_env; /* variables passed on to every rank when set */
+    const char *const *program;    /* NULL-terminated */
+} kapi_launch;
+char **kapi_mpirun_argv(const kapi_launch *launch);
+void kapi_argv_free(char **argv);
 
 /* Loads a data source (gzip or plain files) into a dataset; errors name the file. */
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors);

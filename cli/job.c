@@ -127,6 +127,13 @@ static int load_source(kcli_job *job, const kapi_data_source *src, const char *w
 static int choose_device(kcli_job *job)
 {
     const char *name = job->spec->device[0] ? job->spec->device : "cpu";
+    if (kcli_rank_device(job->spec, &job->device)) { /* a rank of a job with a GPU each */
+        if (kn_device_available(job->device)) return 0;
+        char device[32];
+        fprintf(stderr, "distributed.devices: this rank's device %s is not available (%s)\n",
+                kn_device_str(job->device, device, sizeof device), kn_cuda_status());
+        return KCLI_EXIT_RUNTIME;
+    }
     if (strcmp(name, "auto") == 0) {
         kn_device cuda = {KN_DEVICE_CUDA, 0};
         job->device = kn_device_available(cuda) ? cuda : kn_cpu();

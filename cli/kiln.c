@@ -6,6 +6,7 @@
  */
 #include "kcli.h"
 #include "kclient.h"
+#include "kn_dist.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -34,6 +35,11 @@ static const char USAGE[] =
     "  --threads N     CPU threads (default: $KILN_NUM_THREADS, else every core)\n"
     "  --log-every N   progress line every N steps when not on a terminal (default 100)\n"
     "  --quiet         no progress output\n"
+    "  --processes N   train: N processes through mpirun, data-parallel (MPI between CPU\n"
+    "                  processes; one GPU each with \"distributed\": {\"devices\": \"cuda\"})\n"
+    "  --hostfile F    train --processes: the machines, Open MPI's format (HOST slots=N);\n"
+    "                  default: this machine, a slot per core\n"
+    "  --events        train: --json plus one object per step and checkpoint\n"
     "  -h, --help      this help;  --version  the version\n"
     "\n"
     "A CHECKPOINT is a checkpoint or weights file (safetensors) written by kiln train\n"
@@ -167,6 +173,17 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--json") == 0) {
             options.json = true;
+        } else if (strcmp(a, "--events") == 0) {
+            options.json = options.events = true;
+        } else if (strcmp(a, "--hostfile") == 0) {
+            if (!has_value) return usage_error("%s needs a value", a);
+            options.hostfile = argv[++i];
+        } else if (strcmp(a, "--processes") == 0) {
+            int64_t v = 0;
+            if (!has_value || !parse_count(argv[i + 1], &v) || v < 1 || v > KAPI_MAX_PROCESSES)
+                return usage_error("%s needs an integer from 1 to 4096", a);
+            options.processes = (int)v;
+            i++;
         } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
             options.quiet = true;
         } else if (strcmp(a, "--out") == 0 || strcmp(a, "--input") == 0) {
@@ -211,6 +228,15 @@ int main(int argc, char **argv)
             return usage_error(commands[c].args == 1 ? "%s takes one file"
                                                      : "%s takes CHECKPOINT JOB.json",
                                command);
+        if ((options.processes || options.hostfile) && strcmp(command, "train") != 0)
+            return usage_error("--processes and --hostfile are for train, not %s", command);
+        if (strcmp(command, "train") == 0 && options.hostfile && !options.processes)
+            return usage_error("%s needs --processes N", "--hostfile");
+        if (strcmp(command, "train") == 0 && options.processes && kn_dist_launched())
+            return usage_error("%s: this process is already a rank of an mpirun job",
+                               "--processes");
+        if (strcmp(command, "train") == 0 && options.processes)
+            return kcli_train_launch(positional[1], &options, argc, argv);
         if (strcmp(command, "train") == 0) return kcli_train(positional[1], &options);
         if (strcmp(command, "eval") == 0) return kcli_eval(positional[1], positional[2], &options);
         if (strcmp(command, "predict") == 0)

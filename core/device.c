@@ -40,6 +40,7 @@ const void *kn__cuda_conv_table;          /* kn_cuda_conv_v1's table (kn_cuda_co
 static const kn_cuda_host *cuda_host;     /* pinned memory, events, graphs (or NULL) */
 const void *kn__cuda_train_table;         /* kn_cuda_train_v1's table (kn_cuda_train.h), or NULL */
 const void *kn__cuda_blaslt_table;        /* kn_cuda_blaslt_v1's (kn_cuda_blaslt.h), or NULL */
+const void *kn__cuda_nccl_table;          /* kn_cuda_nccl_v1's (kn_cuda_nccl.h), or NULL */
 
 static void *open_module(char *error, size_t size)
 {
@@ -110,6 +111,8 @@ static void load_cuda(void)
     kn__cuda_train_table = conv_entry ? conv_entry() : NULL;
     *(void **)&conv_entry = dlsym(handle, "kn_cuda_blaslt_v1");
     kn__cuda_blaslt_table = conv_entry ? conv_entry() : NULL;
+    *(void **)&conv_entry = dlsym(handle, "kn_cuda_nccl_v1");
+    kn__cuda_nccl_table = conv_entry ? conv_entry() : NULL;
     kn_cuda_host_fn host_entry;
     *(void **)&host_entry = dlsym(handle, KN_CUDA_HOST_SYMBOL);
     const kn_cuda_host *host = host_entry ? host_entry() : NULL;

@@ -53,6 +53,7 @@ typedef enum {
     KN_ERR_VALUE,    /* an argument value out of range */
     KN_ERR_MEMORY,   /* an allocation failed */
     KN_ERR_AUTOGRAD, /* misuse of autograd (freed graph, no grad_fn, ...) */
+    KN_ERR_DIST,     /* distributed runs: unavailable, or a collective failed (kn_dist.h) */
 } kn_status;
 
 typedef struct kn_storage kn_storage;

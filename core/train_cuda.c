@@ -130,6 +130,8 @@ static void decide_graph(kn__train_cuda *tc)
         snprintf(tc->note, sizeof tc->note, "pinned staging; no graph (cuda_graph is off)");
         return;
     }
+    /* a distributed step all-reduces its gradients between its nodes (dist_ddp.c) */
+    if (c->dist) return graph_off(tc, "distributed runs step eagerly");
     const char *why = host_bound_layer(tc->t->model);
     if (why) return graph_off(tc, why);
     if (c->loss != KN_LOSS_CROSS_ENTROPY && c->loss != KN_LOSS_NLL)
@@ -185,7 +187,7 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
     tc->train = train;
     tc->device = device;
     tc->h = h;
-    tc->batch_size = t->config.batch_size;
+    tc->batch_size = t->rank_batch_size > 0 ? t->rank_batch_size : t->config.batch_size;
     tc->row = row_elements(train);
     tc->bpe = batches_per_epoch;
     tc->last_slot = STAGING_SLOTS - 1;

@@ -4,9 +4,11 @@
 set -euo pipefail
 
 # dataset-fashion-mnist: the data the examples, tests and benchmarks train on
-# (/usr/share/datasets/fashion-mnist/).
+# (/usr/share/datasets/fashion-mnist/). openmpi-bin and libopenmpi-dev: distributed
+# training (mpirun starts the processes; MPI carries their collectives).
 packages=(build-essential cmake pkg-config libopenblas-dev libcriterion-dev
-          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev dataset-fashion-mnist)
+          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev dataset-fashion-mnist
+          openmpi-bin libopenmpi-dev)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

@@ -19,6 +19,7 @@
 
 #include "kn_dist.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -233,6 +234,46 @@ bool kcli_rank_device(const kapi_job_spec *spec, kn_device *device)
     return true;
 }
 
+/* {"event": "ranks", "backend", "ranks": [{"rank", "host", "pid", "device"}...]} from
+ * rank 0, gathered from every rank. */
+static int print_ranks(kcli_rank *r, const kcli_job *job)
+{
+    typedef struct {
+        int pid;
+        char host[64], device[32];
+    } whereabouts;
+    whereabouts mine = {.pid = (int)getpid()};
+    snprintf(mine.host, sizeof mine.host, "%s", kn_dist_host(r->dist));
+    kn_device_str(job->device, mine.device, sizeof mine.device);
+    whereabouts *all = calloc((size_t)r->world, sizeof *all);
+    if (!all || kn_dist_allgather(r->dist, &mine, all, sizeof mine) != KN_OK) {
+        fprintf(stderr, "error: %s\n", all ? kn_last_error() : "out of memory");
+        free(all);
+        return KCLI_EXIT_RUNTIME;
+    }
+    if (r->rank == 0) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "event", "ranks");
+        cJSON_AddStringToObject(o, "backend", kn_dist_backend(r->dist));
+        cJSON *ranks = cJSON_AddArrayToObject(o, "ranks");
+        for (int i = 0; i < r->world; i++) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "rank", i);
+            cJSON_AddStringToObject(x, "host", all[i].host);
+            cJSON_AddNumberToObject(x, "pid", all[i].pid);
+            cJSON_AddStringToObject(x, "device", all[i].device);
+            cJSON_AddItemToArray(ranks, x);
+        }
+        char *text = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (text) printf("%s\n", text);
+        free(text);
+        fflush(stdout);
+    }
+    free(all);
+    return 0;
+}
+
 int kcli_rank_join(kcli_rank *r, kcli_job *job, kcli_options *options, volatile int *stop)
 {
     memset(r, 0, sizeof *r);
@@ -278,16 +319,9 @@ int kcli_rank_join(kcli_rank *r, kcli_job *job, kcli_options *options, volatile 
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGUSR2, &sa, NULL);
-    /* every rank says where it runs: the launcher (kilnd) shows and supervises them */
-    if (events) {
-        char device[32];
-        printf("{\"event\":\"rank\",\"rank\":%d,\"world_size\":%d,\"host\":\"%s\",\"pid\":%d,"
-               "\"device\":\"%s\",\"backend\":\"%s\"}\n",
-               r->rank, r->world, kn_dist_host(r->dist), (int)getpid(),
-               kn_device_str(job->device, device, sizeof device), kn_dist_backend(r->dist));
-        fflush(stdout);
-    }
-    return 0;
+    /* where every rank runs, said by rank 0 (only rank 0 writes on stdout, so that its
+     * events reach the launcher whole): kilnd shows and supervises them */
+    return events ? print_ranks(r, job) : 0;
 }
 
 int kcli_rank_agree_stop(kcli_rank *r, int stop)

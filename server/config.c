@@ -80,6 +80,8 @@ static const option OPTIONS[] = {
     INT("--checkpoint-every-steps", "KILND_CHECKPOINT_EVERY_STEPS", checkpoint_every_steps, 1,
         1000000000),
     SIZE("--max-job-memory", "KILND_MAX_JOB_MEMORY", max_job_memory, 0),
+    STR("--hostfile", "KILND_HOSTFILE", hostfile),
+    STR("--kiln", "KILND_KILN", kiln_path),
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
 

@@ -15,6 +15,7 @@
  * bit-reproducible). The data order is always reproducible (seed, epoch).
  */
 #include "job_runner.h"
+#include "dist_launch.h"
 #include "job_memory.h"
 
 #include "kapi.h"
@@ -237,7 +238,10 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
     char name[64], rel[256], path[1024];
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
     if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) return KN_ERR_VALUE;
-    kn_status st = kn_trainer_save_checkpoint(trainer, path);
+    /* no trainer: a distributed job's rank 0 wrote the file (dist_launch.c) */
+    kn_status st = trainer ? kn_trainer_save_checkpoint(trainer, path)
+                           : access(path, R_OK) == 0 ? KN_OK
+                                                     : KN_ERR_VALUE;
     if (st != KN_OK) return st;
     struct stat sb;
     kstore_checkpoint c = {
@@ -286,7 +290,8 @@ static kn_status on_step(void *context, const kn_step_info *info)
     }
     if (r->stop == STOP_NONE) return KN_OK;
     flush(r);
-    if (r->stop != STOP_CANCEL && save_checkpoint(r, r->trainer, info->step) != KN_OK)
+    /* a distributed job's ranks checkpoint themselves when asked (no trainer here) */
+    if (r->stop != STOP_CANCEL && r->trainer && save_checkpoint(r, r->trainer, info->step) != KN_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: checkpoint at step %lld: %s", r->job->id,
                  (long long)info->step, kn_last_error());
     return KN_ERR_VALUE; /* stops kn_trainer_run; r->stop says why */
@@ -468,26 +473,21 @@ static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worke
     return true;
 }
 
-/* The end of a successful run: a test evaluation when the test set was not the
- * validation set, the final weights, the final metrics, succeeded. */
-static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_job_spec *spec,
-                                       const kn_dataset *test, bool test_was_validation)
+/* The end of a successful run whose final weights are in the job's model.safetensors:
+ * the test set's numbers (NULL: none apart from validation), the weights recorded, the
+ * final metrics, succeeded. */
+static ksrv_run_outcome record_success(job_run *r, const kn_eval_result *test)
 {
-    if (test && !test_was_validation) {
-        kn_eval_result e;
-        if (kn_evaluate(model, test, spec->train.loss, spec->train.eval_batch_size, &e) != KN_OK)
-            return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
+    if (test) {
         const char *prefix = r->eval_prefix;
         r->eval_prefix = "test";
-        add_metric(r, "loss", r->step, e.loss);
-        add_metric(r, "accuracy", r->step, e.accuracy);
+        add_metric(r, "loss", r->step, test->loss);
+        add_metric(r, "accuracy", r->step, test->accuracy);
         r->eval_prefix = prefix;
     }
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
         return fail(r, "internal", -1, "the data directory path is too long");
-    if (kn_module_save_weights(model, path) != KN_OK)
-        return fail(r, engine_code(), -1, "writing the weights: %s", kn_last_error());
     struct stat sb;
     kstore_checkpoint c = {
         .step = r->step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
@@ -505,6 +505,24 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
         ksrv_log(KSRV_LOG_INFO, "job %s: succeeded at step %lld (%.0f samples/s)", r->job->id,
                  (long long)r->step, r->samples_per_second);
     return KSRV_RUN_FINISHED;
+}
+
+/* The end of a local run: a test evaluation when the test set was not the validation
+ * set, the final weights written, then recorded. */
+static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_job_spec *spec,
+                                       const kn_dataset *test, bool test_was_validation)
+{
+    kn_eval_result e;
+    bool tested = test && !test_was_validation;
+    if (tested &&
+        kn_evaluate(model, test, spec->train.loss, spec->train.eval_batch_size, &e) != KN_OK)
+        return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
+    char rel[256], path[1024];
+    if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
+        return fail(r, "internal", -1, "the data directory path is too long");
+    if (kn_module_save_weights(model, path) != KN_OK)
+        return fail(r, engine_code(), -1, "writing the weights: %s", kn_last_error());
+    return record_success(r, tested ? &e : NULL);
 }
 
 /* After kn_trainer_run returned an error: why it stopped. */
@@ -537,6 +555,69 @@ static ksrv_run_outcome after_stop(job_run *r)
     const char *code = engine_code();
     if (strstr(message, "loss is") || strstr(message, "not finite")) code = "non_finite_loss";
     return fail(r, code, step, "%s", message);
+}
+
+/* ---- distributed jobs ----------------------------------------------------------------------
+ * The ranks train (dist_launch.c); this side records what rank 0 reports through the same
+ * callbacks a local trainer drives, and ends the job as a local run would. */
+static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
+                                        const kapi_data_source *train,
+                                        const kapi_data_source *test)
+{
+    kstore_model stored = {0};
+    if (!spec->model && kstore_model_get(r->store, spec->model_name, &stored) != KSTORE_OK)
+        return fail(r, "invalid_spec", -1, "model: no such model");
+    char error[256];
+    int every = r->server->config.checkpoint_every_steps > 0
+                    ? r->server->config.checkpoint_every_steps
+                    : DEFAULT_CHECKPOINT_EVERY;
+    cJSON *rank_spec = ksrv_dist_rank_spec(r->job->spec_json, spec->model ? NULL : stored.spec_json,
+                                           train, test, every, error, sizeof error);
+    kstore_model_free(&stored);
+    if (!rank_spec) return fail(r, "internal", -1, "%s", error);
+    if (!make_job_dir(r)) {
+        cJSON_Delete(rank_spec);
+        return fail(r, "internal", -1, "creating the job's folder: %s", strerror(errno));
+    }
+    kstore_checkpoint latest;
+    if (kstore_checkpoint_latest(r->store, r->job->id, "checkpoint", &latest) == KSTORE_OK)
+        r->last_checkpoint_step = r->first_step = r->step = latest.step;
+    r->start = r->last_flush = r->last_poll = mono_now();
+    ksrv_log(KSRV_LOG_INFO, "job %s: training on %d processes (%s) from step %lld", r->job->id,
+             spec->distributed.processes, spec->distributed.devices, (long long)r->first_step);
+    kn_train_callbacks callbacks = {
+        .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
+    ksrv_dist_job job = {.server = r->server,
+                         .store = r->store,
+                         .job = r->job,
+                         .spec = spec,
+                         .rank_spec = rank_spec,
+                         .callbacks = &callbacks,
+                         .stopping = r->stopping};
+    ksrv_dist_result result;
+    ksrv_dist_run(&job, &result);
+    cJSON_Delete(rank_spec);
+    switch (result.end) {
+    case KSRV_DIST_SUCCEEDED: {
+        r->step = result.steps;
+        kn_eval_result test_result = {.loss = result.test_loss, .accuracy = result.test_accuracy};
+        return record_success(r, result.has_test ? &test_result : NULL);
+    }
+    case KSRV_DIST_CANCELED:
+        r->stop = STOP_CANCEL;
+        break;
+    case KSRV_DIST_PAUSED:
+        r->stop = STOP_PAUSE;
+        break;
+    case KSRV_DIST_SHUTDOWN:
+        r->stop = STOP_SHUTDOWN;
+        break;
+    case KSRV_DIST_FAILED:
+        flush(r);
+        return fail(r, result.code, result.step, "%s", result.message);
+    }
+    flush(r);
+    return after_stop(r);
 }
 
 ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_job *job,
@@ -572,8 +653,9 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     kn_set_allow_tf32(spec->allow_tf32);
-    kn_device device;
-    if (!choose_device(r, spec, worker_device, &device)) goto done;
+    kn_device device = kn_cpu(); /* a distributed job's ranks choose their own */
+    if (spec->distributed.processes == 0 && !choose_device(r, spec, worker_device, &device))
+        goto done;
     model_spec = resolve_model(r, spec, &model_owned);
     if (!model_spec) goto done;
     if (!spec->data.dataset[0]) {
@@ -608,6 +690,10 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     if (!ksrv_job_fits_memory(need, server->job_memory_limit, spec, memory_message,
                               sizeof memory_message, &memory_path)) {
         outcome = fail(r, "out_of_memory", -1, "%s: %s", memory_path, memory_message);
+        goto done;
+    }
+    if (spec->distributed.processes > 0) { /* ranks of kiln train through mpirun */
+        outcome = run_distributed(r, spec, &train_source, &test_source);
         goto done;
     }
     /* The job's own generator, as torch.manual_seed(seed) before building: it decides

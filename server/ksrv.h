@@ -37,6 +37,8 @@ typedef struct ksrv_config {
     int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
     size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
+    char hostfile[512];         /* --hostfile: where distributed jobs run (Open MPI's format) */
+    char kiln_path[512];        /* --kiln: the program of a distributed job's ranks */
 } ksrv_config;
 
 void ksrv_config_defaults(ksrv_config *config);
@@ -52,6 +54,7 @@ void ksrv_log(ksrv_log_level level, const char *fmt, ...) __attribute__((format(
 /* ---- the server ------------------------------------------------------------------ */
 typedef struct ksrv_workers ksrv_workers;
 typedef struct ksrv_model_cache ksrv_model_cache;
+typedef struct ksrv_dist ksrv_dist;
 
 /* Counters for GET /metrics (atomics; read without locks). */
 typedef struct ksrv_stats {
@@ -83,6 +86,7 @@ typedef struct ksrv_server {
     ksrv_stats stats;
     double started_at;
     int64_t job_memory_limit; /* bytes one job may use (job_memory.h) */
+    ksrv_dist *dist;          /* distributed jobs: hosts, the ranks' program (dist_launch.h) */
     volatile int stopping;
 } ksrv_server;
 

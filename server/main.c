@@ -39,6 +39,12 @@ static const char HELP[] =
     "  --max-job-memory N         KILND_MAX_JOB_MEMORY     memory one job may use, K/M/G ok;\n"
     "                                                      bigger jobs are refused (0: 80% of\n"
     "                                                      RAM or of the container's limit)\n"
+    "  --hostfile FILE            KILND_HOSTFILE           machines for distributed jobs, Open\n"
+    "                                                      MPI's format (HOST slots=N); checked\n"
+    "                                                      at start (default: this machine, a\n"
+    "                                                      slot per core, or per GPU)\n"
+    "  --kiln PATH                KILND_KILN               the program distributed jobs' ranks\n"
+    "                                                      run (default: kiln beside kilnd)\n"
     "  -h, --help                 this text\n"
     "\n"
     "Set --token-file before listening on any address other than 127.0.0.1.\n";

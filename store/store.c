@@ -117,6 +117,10 @@ static const struct {
      "    AND substr(requested_device, 6) NOT GLOB '*[^0-9]*';"
      "DROP INDEX jobs_queue;"
      "CREATE INDEX jobs_queue_device ON jobs(state, priority DESC, seq, requested_device);"},
+    {5, "distributed jobs",
+     /* A distributed job's processes as its supervisor last saw them (JSON: world size,
+      * restarts, each rank's host, pid and samples/s); NULL for other jobs. */
+     "ALTER TABLE jobs ADD COLUMN distributed_json TEXT;"},
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# bench/ddp/run.sh — data-parallel scaling on one machine: the Fashion-MNIST CNN
+# (examples/fmnist-cnn.json) trained by `kiln train` with 1 process and with
+# `--processes 2` (MPI), one thread per process, and by PyTorch's DistributedDataParallel
+# (bench/ddp/torch_ddp.py: torch.distributed, gloo) with 1 and 2 processes on the same
+# recipe: global batch 64, Adam lr 1e-3, the same batches in the same order. Prints a
+# table: samples/s, scaling efficiency (2-process samples/s / 2x the 1-process's),
+# Kiln / PyTorch at the same process count, test accuracy, Kiln's communication wait,
+# and the machine's load average around each run (a busy machine skews the figures:
+# rerun on a quiet one). Raw output is kept in build-bench/ddp-*.
+#   usage: bench/ddp/run.sh [--epochs N] [--max-steps N] [--processes N] [--threads N]
+#            [--device cpu|cuda] [--batch N] [--data DIR] [--kiln PATH] [--out DIR]
+#            [--summary FILE]
+# --device cuda runs one GPU per process (NCCL on both sides); --summary appends one JSON
+# line per row to FILE. PyTorch comes from $PYTHON, else the first of python3,
+# /usr/bin/python3 that imports torch.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+usage="usage: $0 [--epochs N] [--max-steps N] [--processes N] [--threads N] [--device cpu|cuda]
+       [--batch N] [--data DIR] [--kiln PATH] [--out DIR] [--summary FILE]"
+epochs=1
+max_steps=0
+processes=2
+threads=1
+device=cpu
+batch=64
+data=/usr/share/datasets/fashion-mnist
+kiln=""
+build="build-bench"
+summary=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --epochs) epochs="$2"; shift 2 ;;
+        --max-steps) max_steps="$2"; shift 2 ;;
+        --processes) processes="$2"; shift 2 ;;
+        --threads) threads="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
+        --batch) batch="$2"; shift 2 ;;
+        --data) data="$2"; shift 2 ;;
+        --kiln) kiln="$2"; shift 2 ;;
+        --out) build="$2"; shift 2 ;;
+        --summary) summary="$2"; shift 2 ;;
+        *) echo "$usage" >&2; exit 2 ;;
+    esac
+done
+die() { echo "bench/ddp: $*" >&2; exit 1; }
+case "$device" in cpu | cuda) ;; *) die "--device must be cpu or cuda" ;; esac
+[ $((batch % processes)) = 0 ] || die "--batch $batch does not divide by --processes $processes"
+data="$(cd "$data" && pwd)" || die "--data $data: no such folder"
+command -v "${KILN_MPIRUN:-mpirun}" >/dev/null || die "mpirun is not installed (apt install openmpi-bin)"
+
+python=""
+for p in "${PYTHON:-}" python3 /usr/bin/python3; do
+    [ -n "$p" ] || continue
+    if "$p" -c 'import torch, torch.distributed' 2>/dev/null; then python="$p"; break; fi
+    [ -z "${PYTHON:-}" ] || die "\$PYTHON=$PYTHON cannot import torch.distributed"
+done
+[ -n "$python" ] || die "no python3 with torch (set \$PYTHON)"
+
+mkdir -p "$build"
+if [ -z "$kiln" ]; then
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKILN_SANITIZE=OFF >/dev/null
+    cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target kiln >/dev/null
+    kiln="$build/kiln"
+fi
+[ -x "$kiln" ] || die "--kiln $kiln is not an executable"
+# mpirun refuses root without these (a container's root is root too)
+[ "$(id -u)" != 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+# the example job with this run's data, batch, length and device
+job="$build/ddp-cnn.json"
+"$python" - examples/fmnist-cnn.json "$data" "$batch" "$epochs" "$max_steps" "$device" "$job" <<'PY'
+import json, sys
+
+src, data, batch, epochs, max_steps, device, out = sys.argv[1:]
+j = json.load(open(src))
+for split, prefix in (("train", "train"), ("test", "t10k")):
+    j["data"][split]["images"] = f"{data}/{prefix}-images-idx3-ubyte.gz"
+    j["data"][split]["labels"] = f"{data}/{prefix}-labels-idx1-ubyte.gz"
+j["batch_size"] = int(batch)
+if int(max_steps) > 0:
+    j.pop("epochs", None)
+    j["max_steps"] = int(max_steps)
+else:
+    j["epochs"] = int(epochs)
+if device == "cuda":
+    j["device"] = "cuda"
+json.dump(j, open(out, "w"), indent=1)
+PY
+"$kiln" validate "$job" >/dev/null || die "$kiln does not accept $job"
+
+load() { cut -d' ' -f1 /proc/loadavg; }
+run() { # tag, command...
+    local tag="$1"
+    shift
+    echo "bench/ddp: $tag ..." >&2
+    local before after
+    before=$(load)
+    "$@" >"$build/ddp-$tag.jsonl" 2>"$build/ddp-$tag.log" || {
+        tail -20 "$build/ddp-$tag.log" >&2
+        die "$tag failed"
+    }
+    after=$(load)
+    echo "{\"load_before\": $before, \"load_after\": $after}" >>"$build/ddp-$tag.jsonl"
+}
+
+torch_flags=(--threads "$threads" --epochs "$epochs" --batch "$batch" --device "$device" --data "$data")
+[ "$max_steps" = 0 ] || torch_flags+=(--max-steps "$max_steps")
+run kiln-1 "$kiln" train "$job" --json --quiet --threads "$threads"
+run kiln-"$processes" "$kiln" train "$job" --processes "$processes" --json --quiet --threads "$threads"
+run pytorch-1 "$python" bench/ddp/torch_ddp.py --processes 1 "${torch_flags[@]}"
+run pytorch-"$processes" "$python" bench/ddp/torch_ddp.py --processes "$processes" "${torch_flags[@]}"
+
+"$python" - "$build" "$processes" "$threads" "$epochs" "$max_steps" "$device" "$batch" \
+    "$summary" <<'PY'
+import json, os, sys
+
+build, n, threads, epochs, max_steps, device, batch, summary = sys.argv[1:]
+n = int(n)
+
+
+def result(tag):
+    rows = [json.loads(l) for l in open(f"{build}/ddp-{tag}.jsonl") if l.strip().startswith("{")]
+    r = [x for x in rows if "samples_per_second" in x][-1]
+    r.update([x for x in rows if "load_before" in x][-1])
+    return r
+
+
+k1, kn, t1, tn = (result(t) for t in ("kiln-1", f"kiln-{n}", "pytorch-1", f"pytorch-{n}"))
+eff_k = kn["samples_per_second"] / (n * k1["samples_per_second"])
+eff_t = tn["samples_per_second"] / (n * t1["samples_per_second"])
+length = f"{max_steps} steps" if int(max_steps) > 0 else f"{epochs} epoch(s)"
+link = "NCCL" if device == "cuda" else "MPI / gloo"
+print(f"Fashion-MNIST CNN, {length}, Adam lr 1e-3, global batch {batch}, "
+      f"{threads} thread(s) per process, {device} ({link}), {os.cpu_count()} cores")
+print(f"{'impl':12} {'procs':>5} {'samples/s':>10} {'efficiency':>10} {'vs pytorch':>10} "
+      f"{'test acc':>9} {'comm wait':>10} {'load 1m':>12}")
+rows = [("kiln", 1, k1, None, k1["samples_per_second"] / t1["samples_per_second"]),
+        ("kiln", n, kn, eff_k, kn["samples_per_second"] / tn["samples_per_second"]),
+        ("pytorch-ddp", 1, t1, None, None), ("pytorch-ddp", n, tn, eff_t, None)]
+for name, procs, r, eff, ratio in rows:
+    comm = r.get("communication_seconds")
+    print(f"{name:12} {procs:5d} {r['samples_per_second']:10.0f} "
+          f"{(f'{eff:.2f}' if eff is not None else ''):>10} "
+          f"{(f'{ratio:.2f}x' if ratio is not None else ''):>10} "
+          f"{r['test_accuracy']:9.4f} {(f'{comm:.2f} s' if comm is not None else ''):>10} "
+          f"{r['load_before']:5.2f}->{r['load_after']:<5.2f}")
+acc = kn["test_accuracy"] - k1["test_accuracy"]
+ratio = kn["samples_per_second"] / tn["samples_per_second"]
+print(f"targets: efficiency >= 0.85: {eff_k:.2f} ({'met' if eff_k >= 0.85 else 'NOT met'}); "
+      f"kiln {n} / pytorch {n} >= 3x: {ratio:.2f}x ({'met' if ratio >= 3 else 'NOT met'}); "
+      f"accuracy {n} vs 1 process within 0.5 points: {100 * acc:+.2f} "
+      f"({'met' if abs(acc) <= 0.005 else 'NOT met'})")
+if summary:
+    with open(summary, "a") as f:
+        for name, procs, r, eff, ratio in rows:
+            f.write(json.dumps({"impl": name, "processes": procs, "device": device,
+                                "batch": int(batch), "threads": int(threads),
+                                "samples_per_second": r["samples_per_second"],
+                                "efficiency": eff, "ratio_vs_pytorch": ratio,
+                                "test_accuracy": r["test_accuracy"],
+                                "communication_seconds": r.get("communication_seconds"),
+                                "load_before": r["load_before"],
+                                "load_after": r["load_after"]}) + "\n")
+PY

@@ -431,10 +431,24 @@ static void on_event(launch *l, const char *text)
 /* Whether a stderr line is Open MPI's own framing rather than something a rank said. */
 static bool mpi_noise(const char *line)
 {
-    return !line[0] || line[0] == '-' || line[0] == '[' || line[0] == '*' ||
-           !strncmp(line, "mpirun", 6) || !strncmp(line, "MPI_ABORT", 9) ||
-           !strncmp(line, "  ", 2) || strstr(line, "NOTE: invoking MPI_ABORT") ||
-           strstr(line, "You may or may not see output");
+    static const char *const framing[] = {"NOTE: invoking MPI_ABORT",
+                                          "You may or may not see output",
+                                          "Primary job",
+                                          "a non-zero exit code",
+                                          "Per user-direction",
+                                          "the job to be terminated",
+                                          "Process name:",
+                                          "Exit code:",
+                                          "SUMMARY: ",
+                                          "exited on signal",
+                                          "detected that one",
+                                          NULL};
+    if (!line[0] || strchr("-[*=#", line[0]) || !strncmp(line, "mpirun", 6) ||
+        !strncmp(line, "MPI_ABORT", 9) || !strncmp(line, "  ", 2))
+        return true;
+    for (int i = 0; framing[i]; i++)
+        if (strstr(line, framing[i])) return true;
+    return false;
 }
 
 /* A line of stderr (the ranks' and mpirun's, merged). */

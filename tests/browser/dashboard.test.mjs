@@ -160,6 +160,10 @@ async function mainFlow(context, page) {
     const shown = await fresh.$eval('[data-chart="loss"]', (e) => e.dataset.points);
     console.log(`first paint of a job page with 100,000 points per series: ${ms} ms ` +
       `(the loss chart holds ${shown} points after the server's max_points downsampling)`);
+    const processes = await fresh.textContent('[data-key="Processes"]');
+    const perRank = await fresh.textContent('[data-key="Per-rank samples/s"]');
+    check(/^2 × cpu \(mpi\), restarts 1\/2$/.test(processes) && /0: 2,?500 \(node1\), 1: 2,?400 \(node2\)/.test(perRank),
+      `a distributed job shows its world size ("${processes}") and each rank's samples/s ("${perRank}")`);
     await fresh.screenshot({ path: artifacts + '/job-100k.png', fullPage: true });
     await fresh.close();
   }

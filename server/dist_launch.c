@@ -819,6 +819,8 @@ static void explain_failure(launch *l, int status)
     if (code == 0 && !words[0]) words = "the ranks ended before finishing the job";
     fail(l, classify(words), "%s exited with status %d%s%s", where, code < 0 ? 1 : code,
          words[0] ? ": " : "", words);
+    long long step; /* the trainer's errors name their step */
+    if (sscanf(words, "step %lld:", &step) == 1) l->result->step = step;
 }
 
 /* ---- the run ------------------------------------------------------------------------------------

@@ -125,6 +125,21 @@ Test(dist, cnn_batch_norm_two_ranks_match_one)
     assert_equivalent("cnn.json");
 }
 
+/* NCCL: the MLP with one GPU per rank (the CUDA module's NCCL, bootstrapped over MPI). */
+Test(dist, mlp_two_gpus_match_one)
+{
+    if (kn_cuda_device_count() < 2)
+        cr_skip_test("NCCL equivalence needs 2 CUDA devices (%s)", kn_cuda_status());
+    write_text("gpu.json",
+               "{\"model\": {\"name\": \"mlp\", \"input_shape\": [64], \"layers\": ["
+               "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"out_features\": 32}, "
+               "{\"type\": \"relu\"}, {\"type\": \"linear\", \"out_features\": 4}]},"
+               " \"data\": {\"train\": {\"format\": \"npy\", \"inputs\": \"x.npy\", \"labels\": "
+               "\"y.npy\"}}, \"optimizer\": {\"type\": \"adam\", \"lr\": 0.002},"
+               " \"batch_size\": 32, \"max_steps\": 100, \"seed\": 5, \"device\": \"cuda\"}");
+    assert_equivalent("gpu.json");
+}
+
 /* The small transformer of the issue's equivalence test belongs here once graph models
  * (issue 12) can express one: a job like the two above with its model, through
  * assert_equivalent. There is deliberately no test for it until then. */

@@ -215,6 +215,32 @@ static cJSON *wait_relaunched(const char *id, const int old[2], int64_t step)
     }
 }
 
+/* A rank's own error (a loss gone to NaN): the job fails with its code and message. */
+Test(server_dist, a_rank_error_fails_the_job_with_its_message)
+{
+    start_with_data();
+    cJSON *created = h_json(&H, "POST", "/v1/jobs",
+                            "{\"model\": \"wide\", \"data\": {\"dataset\": \"toy\"}, "
+                            "\"optimizer\": {\"type\": \"sgd\", \"lr\": 1e30}, \"batch_size\": 64,"
+                            " \"max_steps\": 1000, \"distributed\": {\"processes\": 2}}",
+                            202);
+    char id[64];
+    snprintf(id, sizeof id, "%s", h_string(created, "id"));
+    cJSON_Delete(created);
+    cJSON *job = h_wait_job(&H, id, 120);
+    char *log = ranks_log(id);
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(job, "error");
+    cr_assert_str_eq(h_string(job, "state"), "failed", "%s", log);
+    cr_assert_str_eq(h_string(error, "code"), "non_finite_loss", "%s", h_string(error, "message"));
+    const char *message = h_string(error, "message");
+    cr_assert(strstr(message, "of 2 (pid ") && strstr(message, "exited with status 1: step ") &&
+                  strstr(message, ": loss is "),
+              "%s", message);
+    cr_assert_gt(h_number(error, "step"), 0);
+    cJSON_Delete(job);
+    free(log);
+}
+
 Test(server_dist, a_killed_rank_restarts_from_the_last_checkpoint)
 {
     start_with_data();

@@ -105,6 +105,18 @@ run() { # tag, command...
     echo "{\"load_before\": $before, \"load_after\": $after}" >>"$build/ddp-$tag.jsonl"
 }
 
+# the all-reduce alone, for the cost model: latency (4 bytes), the CNN's gradients, and
+# large buckets (bandwidth)
+mpicc=$(command -v mpicc || true)
+if [ -n "$mpicc" ] && [ "$device" = cpu ]; then
+    "$mpicc" -O2 bench/ddp/allreduce.c -o "$build/ddp-allreduce"
+    run allreduce "${KILN_MPIRUN:-mpirun}" -np "$processes" --bind-to none \
+        "$build/ddp-allreduce" 4 827688 16777216 67108864
+else
+    echo "bench/ddp: no mpicc (or --device cuda): the all-reduce is not measured alone" >&2
+    : >"$build/ddp-allreduce.jsonl"
+fi
+
 torch_flags=(--threads "$threads" --epochs "$epochs" --batch "$batch" --device "$device" --data "$data")
 [ "$max_steps" = 0 ] || torch_flags+=(--max-steps "$max_steps")
 run kiln-1 "$kiln" train "$job" --json --quiet --threads "$threads"
@@ -152,6 +164,50 @@ print(f"targets: efficiency >= 0.85: {eff_k:.2f} ({'met' if eff_k >= 0.85 else '
       f"kiln {n} / pytorch {n} >= 3x: {ratio:.2f}x ({'met' if ratio >= 3 else 'NOT met'}); "
       f"accuracy {n} vs 1 process within 0.5 points: {100 * acc:+.2f} "
       f"({'met' if abs(acc) <= 0.005 else 'NOT met'})")
+
+# ---- the cost model (docs/scaling.md) fitted to these figures --------------------------
+# step(N) = compute / N + exposed communication; a ring all-reduce of S bytes takes
+# 2(N-1) * alpha + 2(N-1)/N * S / beta. alpha and beta come from the all-reduce alone,
+# compute from the 1-process step; the 2-process run says how much of the all-reduce
+# the step did not hide.
+ar = [json.loads(l) for l in open(f"{build}/ddp-allreduce.jsonl") if l.strip().startswith('{"bytes"')]
+if ar:
+    lat = min(ar, key=lambda r: r["bytes"])
+    big = max(ar, key=lambda r: r["bytes"])
+    alpha = lat["seconds"] / (2 * (n - 1))
+    beta = big["bus_gb_per_s"] * 1e9
+    grad = next((r for r in ar if r["bytes"] == 827688), None)
+    t1 = int(batch) / k1["samples_per_second"]
+    tn = int(batch) / kn["samples_per_second"]
+    exposed = max(0.0, tn - t1 / n)
+    print(f"all-reduce on {n} ranks here: {lat['seconds'] * 1e6:.1f} us for 4 bytes "
+          f"(alpha {alpha * 1e6:.1f} us a ring step), "
+          + (f"{grad['seconds'] * 1e3:.2f} ms for the CNN's 828 KB of gradients, " if grad else "")
+          + f"{big['bus_gb_per_s']:.2f} GB/s bus bandwidth at {big['bytes'] >> 20} MB")
+    print(f"CNN step: {t1 * 1e3:.2f} ms on 1 process, {tn * 1e3:.2f} ms on {n}: "
+          f"{exposed * 1e3:.2f} ms of it not compute / {n} (Kiln waited "
+          f"{1e3 * (kn.get('communication_seconds') or 0) / max(kn.get('steps', 1), 1):.2f} ms a step)")
+
+    def predict(compute, size, ranks, link, latency):
+        comm = 2 * (ranks - 1) * latency + 2 * (ranks - 1) / ranks * size / link
+        per = compute / ranks
+        hidden = min(comm, per * 2 / 3)  # the backward pass (2/3 of a step) hides buckets
+        return per, comm, per / (per + comm), per / (per + comm - hidden)
+
+    # GPT-2 124M as llm.c trains it: 524,288 tokens a step, 6 x 124M flops a token, on
+    # processors of 100 TFLOP/s each (a GPU in bf16 at ~40% of its peak); fp32 gradients
+    gpt_params = 124_439_808
+    gpt_compute = 6 * gpt_params * 524_288 / 100e12
+    print(f"predicted (ring all-reduce, alpha 5 us a step on the network; efficiency without "
+          f"overlap / with the backward hiding buckets):")
+    print(f"{'model':10} {'ranks':>5} {'link':>9} {'compute/rank':>13} {'all-reduce':>11} "
+          f"{'efficiency':>17}")
+    for name, compute, size in (("cnn", t1, 827688), ("gpt-124m", gpt_compute, 4 * gpt_params)):
+        for ranks in (8, 64):
+            for link in (25e9, 200e9):
+                per, comm, eff0, eff1 = predict(compute, size, ranks, link, 5e-6)
+                print(f"{name:10} {ranks:5d} {link / 1e9:6.0f} GB/s {per * 1e3:10.3f} ms "
+                      f"{comm * 1e3:8.3f} ms {eff0:8.2f} / {eff1:.2f}")
 if summary:
     with open(summary, "a") as f:
         for name, procs, r, eff, ratio in rows:

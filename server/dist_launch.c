@@ -28,6 +28,7 @@
  */
 #define _GNU_SOURCE
 #include "dist_launch.h"
+#include "ksrv_http.h"
 
 #include "kn_dist.h"
 
@@ -62,20 +63,6 @@ struct ksrv_dist {
     char program[PATH_MAX];
     char unavailable[600]; /* why distributed jobs cannot run here, "" when they can */
 };
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- the server's side: hosts and programs ---------------------------------------------- */
 
@@ -640,7 +627,7 @@ static void request_stop(launch *l, ksrv_dist_end why)
 {
     if (l->requested != KSRV_DIST_SUCCEEDED) return;
     l->requested = why;
-    l->stop_sent_at = mono_now();
+    l->stop_sent_at = ksrv_monotonic();
     kill(l->pid, why == KSRV_DIST_CANCELED ? SIGUSR2 : SIGUSR1);
     ksrv_log(KSRV_LOG_INFO, "job %s: asking its %d ranks to %s", l->job->job->id, l->world,
              why == KSRV_DIST_CANCELED ? "stop" : "checkpoint and stop");
@@ -666,7 +653,7 @@ static void escalate(launch *l)
 {
     if (l->requested == KSRV_DIST_SUCCEEDED) return;
     double grace = l->requested == KSRV_DIST_SHUTDOWN ? SHUTDOWN_GRACE_SECONDS : STOP_GRACE_SECONDS;
-    double now = mono_now();
+    double now = ksrv_monotonic();
     if (!l->killed_at && now - l->stop_sent_at > grace) {
         ksrv_log(KSRV_LOG_WARN, "job %s: ranks did not stop within %.0f s: ending them",
                  l->job->job->id, grace);
@@ -706,9 +693,9 @@ static int supervise(launch *l, int out_fd, int err_fd)
         }
         if (!reaped && waitpid(l->pid, &status, WNOHANG) == l->pid) {
             reaped = true; /* ranks may hold the pipes a moment more: they die with mpirun */
-            reaped_at = mono_now();
+            reaped_at = ksrv_monotonic();
         }
-        double now = mono_now();
+        double now = ksrv_monotonic();
         if (!reaped && now - last_poll >= FLAGS_POLL_SECONDS) {
             last_poll = now;
             poll_requests(l);
@@ -932,7 +919,7 @@ static void end_leftovers(const kstore_job *job, const char *spec_path)
             kill(pids[i], SIGKILL);
             any = true;
         }
-    for (double t0 = mono_now(); any && mono_now() - t0 < 5;) {
+    for (double t0 = ksrv_monotonic(); any && ksrv_monotonic() - t0 < 5;) {
         any = false;
         for (int i = 0; i < n; i++) any |= pids[i] > 1 && runs_spec(pids[i], spec_path);
         if (any) usleep(20000);
@@ -1011,10 +998,10 @@ void ksrv_dist_run(const ksrv_dist_job *j, ksrv_dist_result *result)
         }
         l.last_step = resume_step;
         if (l.log && resume_step)
-            fprintf(l.log, "---- %.3f: %d ranks, resuming from step %lld\n", wall_now(), l.world,
+            fprintf(l.log, "---- %.3f: %d ranks, resuming from step %lld\n", ksrv_now(), l.world,
                     (long long)resume_step);
         else if (l.log)
-            fprintf(l.log, "---- %.3f: %d ranks\n", wall_now(), l.world);
+            fprintf(l.log, "---- %.3f: %d ranks\n", ksrv_now(), l.world);
         write_state(&l);
         if (!launch_once(&l, spec_path, hosts_path, out_dir)) break;
         if (result->end != KSRV_DIST_FAILED || l.requested != KSRV_DIST_SUCCEEDED) break;

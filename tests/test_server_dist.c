@@ -204,6 +204,17 @@ Test(server_dist, a_killed_rank_fails_the_job)
     free(log);
 }
 
+/* Cancels a running job and waits until it is canceled. */
+static void cancel_and_wait(const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
+    cJSON *job = h_wait_job(&H, id, 60);
+    cr_assert_str_eq(h_string(job, "state"), "canceled");
+    cJSON_Delete(job);
+}
+
 /* Waits until the job runs again (after a relaunch) past step; returns its JSON. */
 static cJSON *wait_relaunched(const char *id, const int old[2], int64_t step)
 {
@@ -244,7 +255,7 @@ Test(server_dist, a_rank_error_fails_the_job_with_its_message)
 Test(server_dist, a_killed_rank_restarts_from_the_last_checkpoint)
 {
     start_with_data();
-    char id[64], path[128];
+    char id[64];
     int pids[2];
     submit(", \"max_restarts\": 1", 1000000, id, sizeof id);
     wait_running(id, 30, pids); /* the checkpoint of step 20 is there */
@@ -258,11 +269,7 @@ Test(server_dist, a_killed_rank_restarts_from_the_last_checkpoint)
     cr_assert(strstr(log, "resuming from step "), "%s", log);
     cJSON_Delete(job);
     free(log);
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
-    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
-    job = h_wait_job(&H, id, 60);
-    cr_assert_str_eq(h_string(job, "state"), "canceled");
-    cJSON_Delete(job);
+    cancel_and_wait(id);
 }
 
 Test(server_dist, cancel_and_pause_reach_every_rank)
@@ -312,7 +319,7 @@ Test(server_dist, cancel_and_pause_reach_every_rank)
 Test(server_dist, kill_9_of_kilnd_leaves_no_rank_and_the_job_resumes)
 {
     start_with_data();
-    char id[64], path[128];
+    char id[64];
     int pids[2];
     submit("", 1000000, id, sizeof id);
     wait_running(id, 30, pids); /* the checkpoint of step 20 is there */
@@ -329,11 +336,7 @@ Test(server_dist, kill_9_of_kilnd_leaves_no_rank_and_the_job_resumes)
     cr_assert_eq(h_number(d, "restarts"), 0, "a kilnd restart is not a rank's failure");
     cJSON_Delete(job);
     free(log);
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
-    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
-    job = h_wait_job(&H, id, 60);
-    cr_assert_str_eq(h_string(job, "state"), "canceled");
-    cJSON_Delete(job);
+    cancel_and_wait(id);
 }
 
 static void assert_refused(const char *body, const char *path, const char *text)

@@ -50,44 +50,17 @@ case "$device" in cpu | cuda) ;; *) die "--device must be cpu or cuda" ;; esac
 data="$(cd "$data" && pwd)" || die "--data $data: no such folder"
 command -v "${KILN_MPIRUN:-mpirun}" >/dev/null || die "mpirun is not installed (apt install openmpi-bin)"
 
-python=""
-for p in "${PYTHON:-}" python3 /usr/bin/python3; do
-    [ -n "$p" ] || continue
-    if "$p" -c 'import torch, torch.distributed' 2>/dev/null; then python="$p"; break; fi
-    [ -z "${PYTHON:-}" ] || die "\$PYTHON=$PYTHON cannot import torch.distributed"
-done
-[ -n "$python" ] || die "no python3 with torch (set \$PYTHON)"
-
-mkdir -p "$build"
-if [ -z "$kiln" ]; then
-    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKILN_SANITIZE=OFF >/dev/null
-    cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target kiln >/dev/null
-    kiln="$build/kiln"
-fi
-[ -x "$kiln" ] || die "--kiln $kiln is not an executable"
+# the Python that has torch.distributed, and kiln (bench/common.sh)
+. bench/common.sh
+bench_python torch.distributed
+bench_kiln "$build" "$kiln"
 # mpirun refuses root without these (a container's root is root too)
 [ "$(id -u)" != 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 # the example job with this run's data, batch, length and device
 job="$build/ddp-cnn.json"
-"$python" - examples/fmnist-cnn.json "$data" "$batch" "$epochs" "$max_steps" "$device" "$job" <<'PY'
-import json, sys
-
-src, data, batch, epochs, max_steps, device, out = sys.argv[1:]
-j = json.load(open(src))
-for split, prefix in (("train", "train"), ("test", "t10k")):
-    j["data"][split]["images"] = f"{data}/{prefix}-images-idx3-ubyte.gz"
-    j["data"][split]["labels"] = f"{data}/{prefix}-labels-idx1-ubyte.gz"
-j["batch_size"] = int(batch)
-if int(max_steps) > 0:
-    j.pop("epochs", None)
-    j["max_steps"] = int(max_steps)
-else:
-    j["epochs"] = int(epochs)
-if device == "cuda":
-    j["device"] = "cuda"
-json.dump(j, open(out, "w"), indent=1)
-PY
+"$python" bench/fmnist/write_job.py examples/fmnist-cnn.json "$data" "$batch" "$device" \
+    "$epochs" "$max_steps" 0 '{}' "$job"
 "$kiln" validate "$job" >/dev/null || die "$kiln does not accept $job"
 
 load() { cut -d' ' -f1 /proc/loadavg; }

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fmnist"))
-from torch_fmnist import DATA, kiln_epoch_order, load, model_for  # noqa: E402
+from torch_fmnist import DATA, evaluate, kiln_epoch_order, load, model_for  # noqa: E402
 
 
 def shard(order, rank, world):
@@ -80,21 +80,12 @@ def run(rank, args, port):
     total = torch.tensor([float(samples)], device=device)
     dist.all_reduce(total)
     if rank == 0:
-        net = model.module.eval()
-        x_test, y_test = x_test.to(device), y_test.to(device)
-        with torch.no_grad():
-            loss_sum, correct = 0.0, 0
-            for i in range(0, len(x_test), 1000):
-                logits = net(x_test[i:i + 1000])
-                yb = y_test[i:i + 1000]
-                loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-                correct += (logits.argmax(1) == yb).sum().item()
+        test_loss, test_accuracy = evaluate(model.module, x_test.to(device), y_test.to(device))
         print(json.dumps({"impl": "pytorch-ddp", "processes": args.processes,
                           "backend": dist.get_backend(), "threads": args.threads,
                           "batch": args.batch, "steps": steps, "train_seconds": seconds,
                           "samples_per_second": total.item() / seconds,
-                          "test_loss": loss_sum / len(x_test),
-                          "test_accuracy": correct / len(x_test)}), flush=True)
+                          "test_loss": test_loss, "test_accuracy": test_accuracy}), flush=True)
     dist.destroy_process_group()
 
 

@@ -53,22 +53,10 @@ case "$device" in cpu | cuda) ;; *) die "--device must be cpu or cuda" ;; esac
 [ "$device" = cuda ] || [ "$tf32$cuda_graph" = 00 ] || die "--tf32 and --cuda-graph need --device cuda"
 data="$(cd "$data" && pwd)" || die "--data $data: no such folder"
 
-# the Python that has torch: $PYTHON, else the first that imports it
-python=""
-for p in "${PYTHON:-}" python3 /usr/bin/python3; do
-    [ -n "$p" ] || continue
-    if "$p" -c 'import torch' 2>/dev/null; then python="$p"; break; fi
-    [ -z "${PYTHON:-}" ] || die "\$PYTHON=$PYTHON cannot import torch"
-done
-[ -n "$python" ] || die "no python3 with torch (set \$PYTHON)"
-
-mkdir -p "$build"
-if [ -z "$kiln" ]; then
-    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKILN_SANITIZE=OFF >/dev/null
-    cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target kiln >/dev/null
-    kiln="$build/kiln"
-fi
-[ -x "$kiln" ] || die "--kiln $kiln is not an executable"
+# the Python that has torch, and kiln (bench/common.sh)
+. bench/common.sh
+bench_python torch
+bench_kiln "$build" "$kiln"
 
 # /usr/bin/time -v gives peak RSS; where it is missing (bare GPU machines) RSS shows "-"
 timed() {
@@ -84,28 +72,8 @@ timed() {
 
 # The example job with this run's data folder, batch, device, length and switches.
 write_job() { # model, extra JSON object merged in, output path
-    "$python" - "examples/fmnist-$1.json" "$data" "$batch" "$device" "$epochs" "$max_steps" \
-        "$tf32" "$2" "$3" <<'PY'
-import json, sys
-
-src, data, batch, device, epochs, max_steps, tf32, extra, out = sys.argv[1:]
-j = json.load(open(src))
-for split, prefix in (("train", "train"), ("test", "t10k")):
-    j["data"][split]["images"] = f"{data}/{prefix}-images-idx3-ubyte.gz"
-    j["data"][split]["labels"] = f"{data}/{prefix}-labels-idx1-ubyte.gz"
-j["batch_size"] = int(batch)
-if int(max_steps) > 0:
-    j.pop("epochs", None)
-    j["max_steps"] = int(max_steps)
-else:
-    j["epochs"] = int(epochs)
-if device != "cpu":
-    j["device"] = device
-if tf32 == "1":
-    j["allow_tf32"] = True
-j.update(json.loads(extra))
-json.dump(j, open(out, "w"), indent=1)
-PY
+    "$python" bench/fmnist/write_job.py "examples/fmnist-$1.json" "$data" "$batch" "$device" \
+        "$epochs" "$max_steps" "$tf32" "$2" "$3"
 }
 
 run_kiln() { # model, tag, extra JSON

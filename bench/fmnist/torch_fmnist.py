@@ -77,6 +77,19 @@ def kiln_epoch_order(count, seed, epoch):
     return torch.randperm(count, generator=gen)
 
 
+def evaluate(model, x, y):
+    """Mean cross-entropy and accuracy over (x, y), in batches of 1000, in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(x), 1000):
+            logits = model(x[i:i + 1000])
+            yb = y[i:i + 1000]
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=["mlp", "cnn"])
@@ -135,19 +148,11 @@ def main():
             steps += 1
             samples += len(idx)
         seconds += clock(device) - start
-    model.eval()
-    with torch.no_grad():
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(x_test), 1000):
-            logits = model(x_test[i:i + 1000])
-            yb = y_test[i:i + 1000]
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
+    test_loss, test_accuracy = evaluate(model, x_test, y_test)
     print(json.dumps({"impl": "pytorch", "model": args.model, "device": args.device, **info,
                       "batch": batch, "steps": steps,
                       "train_seconds": seconds, "samples_per_second": samples / seconds,
-                      "test_loss": loss_sum / len(x_test),
-                      "test_accuracy": correct / len(x_test)}))
+                      "test_loss": test_loss, "test_accuracy": test_accuracy}))
 
 
 if __name__ == "__main__":

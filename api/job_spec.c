@@ -491,8 +491,8 @@ bool kapi_job_check_distributed(const kapi_job_spec *job, kapi_errors *errors)
                         (long long)job->train.batch_size, d->processes);
     if (!strncmp(job->device, "cuda:", 5))
         kapi_errors_add(errors, "device",
-                        "a distributed job puts one process on each GPU: give \"cuda\" (or "
-                        "distributed.devices), not one device \"%s\"",
+                        "a distributed job puts each process on a GPU of its own: give "
+                        "\"cuda\" (process r takes cuda:r of its host), not \"%s\"",
                         job->device);
     else if (!strcmp(job->device, "cpu") && !strcmp(d->devices, "cuda") && job->device_given)
         kapi_errors_add(errors, "distributed.devices",

@@ -326,7 +326,7 @@ Test(dist, job_spec_distributed_fields)
     assert_refused(JOB_HEAD "\"distributed\": {\"processes\": 2, \"devices\": \"tpu\"}}", false,
                    "distributed.devices", "expected \"cpu\" or \"cuda\"");
     assert_refused(JOB_HEAD "\"device\": \"cuda:1\", \"distributed\": {\"processes\": 2}}", false,
-                   "device", "one process on each GPU");
+                   "device", "each process on a GPU of its own");
     assert_refused(JOB_HEAD "\"device\": \"cpu\", \"distributed\": {\"processes\": 2, \"devices\": "
                             "\"cuda\"}}",
                    false, "distributed.devices", "contradicts");

@@ -11,7 +11,7 @@
 #define _GNU_SOURCE
 #include "kapi.h"
 #include "kn_test_http.h"
-#include "ksrv.h"
+#include "kn_test_server.h"
 
 #include <cJSON.h>
 #include <criterion/criterion.h>
@@ -30,8 +30,9 @@
 #define SAMPLES 2
 #define THREADS 8
 
-static char data_dir[256];
-static ksrv_server *server;
+static kn_test_server T;
+static ksrv_server *server; /* T.server */
+#define data_dir T.config.data_dir
 
 typedef struct version {
     int model;
@@ -84,7 +85,7 @@ static void add_version(kstore *store, int m, uint64_t seed, char id[40])
     cr_assert_eq(kstore_job_claim(store, "cpu", NULL, &claimed), KSTORE_OK);
     memcpy(id, claimed.id, 40);
     kstore_job_free(&claimed);
-    char folder[512], path[600];
+    char folder[600], path[700];
     snprintf(folder, sizeof folder, "%s/jobs/%s", data_dir, id);
     cr_assert_eq(mkdir(folder, 0700), 0);
     snprintf(path, sizeof path, "%s/model.safetensors", folder);
@@ -103,7 +104,7 @@ static void add_version(kstore *store, int m, uint64_t seed, char id[40])
  * module and run forward here. */
 static void expect_from_download(version *v)
 {
-    char url[96], path[600];
+    char url[96], path[700];
     snprintf(url, sizeof url, "/v1/jobs/%s/weights", v->id);
     kn_test_reply r = kn_test_http(server->port, "GET", url, NULL, NULL, 0);
     cr_assert_eq(r.status, 200, "%s: %d", url, r.status);
@@ -128,20 +129,12 @@ static void expect_from_download(version *v)
 
 static void start(int entries, size_t bytes)
 {
-    snprintf(data_dir, sizeof data_dir, "/tmp/kiln-cache-XXXXXX");
-    cr_assert_not_null(mkdtemp(data_dir));
-    ksrv_config config;
-    ksrv_config_defaults(&config);
-    config.port = 0;
-    config.workers = 0;
-    config.http_threads = THREADS;
-    config.model_cache_entries = entries;
-    if (bytes) config.model_cache_bytes = bytes;
-    snprintf(config.data_dir, sizeof config.data_dir, "%s", data_dir);
-    snprintf(config.log_level, sizeof config.log_level, "error");
-    char *error = NULL;
-    server = ksrv_start(&config, &error);
-    cr_assert_not_null(server, "ksrv_start: %s", error ? error : "?");
+    kn_test_server_config(&T);
+    T.config.http_threads = THREADS;
+    T.config.model_cache_entries = entries;
+    if (bytes) T.config.model_cache_bytes = bytes;
+    kn_test_server_start(&T);
+    server = T.server;
     for (int i = 0; i < SAMPLES * FEATURES; i++) INPUT[i] = (float)((i * 7) % 11) * 0.25f - 1.2f;
 }
 
@@ -166,11 +159,8 @@ static void add_versions(int n_models, int n_versions)
 
 static void teardown(void)
 {
-    ksrv_stop(server);
+    kn_test_server_stop(&T);
     server = NULL;
-    char command[300];
-    snprintf(command, sizeof command, "rm -rf '%s'", data_dir);
-    cr_assert_eq(system(command), 0);
 }
 
 static char *infer_body(void)
@@ -306,16 +296,9 @@ Test(cache, byte_bound)
     }
     /* one version bigger than the whole bound is still served, then let go */
     ksrv_stop(server);
-    server = NULL;
-    ksrv_config config;
-    ksrv_config_defaults(&config);
-    config.port = 0;
-    config.workers = 0;
-    config.model_cache_bytes = 512;
-    snprintf(config.data_dir, sizeof config.data_dir, "%s", data_dir);
-    snprintf(config.log_level, sizeof config.log_level, "error");
-    server = ksrv_start(&config, NULL);
-    cr_assert_not_null(server);
+    T.config.model_cache_bytes = 512;
+    kn_test_server_start(&T);
+    server = T.server;
     ask(&versions[0], infer_body(), problem, sizeof problem);
     cr_assert_str_empty(problem, "%s", problem);
     cr_assert_eq(ksrv_model_cache_get_stats(server->models).entries, 0);

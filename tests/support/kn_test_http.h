@@ -53,13 +53,19 @@ static __attribute__((unused)) bool kn_test_http_try(int port, const char *metho
         close(fd);
         return false;
     }
-    char head[2048], host[64] = "";
+    char host[64] = "";
     if (!extra || !strstr(extra, "Host:")) /* the default Host: ours */
         snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", port);
-    int n = snprintf(head, sizeof head,
-                     "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                     method, path, host, extra ? extra : "", length);
-    if (send(fd, head, (size_t)n, MSG_NOSIGNAL) != n) {
+    size_t head_size = strlen(method) + strlen(path) + (extra ? strlen(extra) : 0) + 256;
+    char *head = malloc(head_size);
+    int n = head ? snprintf(head, head_size,
+                            "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: "
+                            "close\r\n\r\n",
+                            method, path, host, extra ? extra : "", length)
+                 : -1;
+    bool sent_head = n > 0 && send(fd, head, (size_t)n, MSG_NOSIGNAL) == n;
+    free(head);
+    if (!sent_head) {
         close(fd);
         return false;
     }

@@ -32,7 +32,6 @@
 
 static kn_test_server T;
 static ksrv_server *server; /* T.server */
-#define data_dir T.config.data_dir
 
 typedef struct version {
     int model;
@@ -70,34 +69,12 @@ static kn_module *build(int m, uint64_t seed)
 }
 
 /* A succeeded job of model m with its own weights: what a worker leaves behind. */
-static void add_version(kstore *store, int m, uint64_t seed, char id[40])
+static void add_version(int m, uint64_t seed, char id[40])
 {
-    char spec[256];
-    snprintf(spec, sizeof spec, "{\"model\": \"m%d\", \"data\": {\"dataset\": \"d\"}}", m);
-    char name[16];
+    char spec[512], name[16];
+    model_spec(m, spec, sizeof spec);
     snprintf(name, sizeof name, "m%d", m);
-    kstore_job job;
-    bool created;
-    cr_assert_eq(kstore_job_create(store, spec, name, "d", NULL, "cpu", 0, 1, &job, &created),
-                 KSTORE_OK, "%s", kstore_last_error(store));
-    kstore_job_free(&job);
-    kstore_job claimed;
-    cr_assert_eq(kstore_job_claim(store, "cpu", NULL, &claimed), KSTORE_OK);
-    memcpy(id, claimed.id, 40);
-    kstore_job_free(&claimed);
-    char folder[600], path[700];
-    snprintf(folder, sizeof folder, "%s/jobs/%s", data_dir, id);
-    cr_assert_eq(mkdir(folder, 0700), 0);
-    snprintf(path, sizeof path, "%s/model.safetensors", folder);
-    kn_module *module = build(m, seed);
-    cr_assert_eq(kn_module_save_weights(module, path), KN_OK, "%s", kn_last_error());
-    kn_module_free(module);
-    kstore_checkpoint c = {.step = 1, .bytes = 1};
-    snprintf(c.job_id, sizeof c.job_id, "%s", id);
-    snprintf(c.kind, sizeof c.kind, "final");
-    snprintf(c.path, sizeof c.path, "jobs/%s/model.safetensors", id);
-    cr_assert_eq(kstore_checkpoint_add(store, &c), KSTORE_OK);
-    cr_assert_eq(kstore_job_finish(store, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1), KSTORE_OK);
+    kn_test_server_add_version(&T, name, spec, seed, id);
 }
 
 /* The expected answer of a version: its weights downloaded over HTTP, loaded into a fresh
@@ -108,7 +85,7 @@ static void expect_from_download(version *v)
     snprintf(url, sizeof url, "/v1/jobs/%s/weights", v->id);
     kn_test_reply r = kn_test_http(server->port, "GET", url, NULL, NULL, 0);
     cr_assert_eq(r.status, 200, "%s: %d", url, r.status);
-    snprintf(path, sizeof path, "%s/downloaded.safetensors", data_dir);
+    snprintf(path, sizeof path, "%s/downloaded.safetensors", T.config.data_dir);
     FILE *f = fopen(path, "wb");
     cr_assert(f && fwrite(r.body, 1, r.body_length, f) == r.body_length);
     fclose(f);
@@ -151,7 +128,7 @@ static void add_versions(int n_models, int n_versions)
         for (int k = 0; k < n_versions; k++) {
             version *v = &versions[m * n_versions + k];
             v->model = m;
-            add_version(store, m, (uint64_t)(m * 1000 + k + 1), v->id);
+            add_version(m, (uint64_t)(m * 1000 + k + 1), v->id);
         }
     }
     for (int i = 0; i < n_models * n_versions; i++) expect_from_download(&versions[i]);
@@ -282,7 +259,7 @@ Test(cache, byte_bound)
     cr_assert_eq(kstore_model_put(store, "m9", spec, 1), KSTORE_OK);
     for (int k = 0; k < 5; k++) {
         versions[k].model = 9;
-        add_version(store, 9, (uint64_t)(k + 1), versions[k].id);
+        add_version(9, (uint64_t)(k + 1), versions[k].id);
         expect_from_download(&versions[k]);
     }
     char problem[512];

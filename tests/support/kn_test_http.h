@@ -34,12 +34,12 @@ static __attribute__((unused)) void kn_test_reply_free(kn_test_reply *r)
     r->head = r->body = NULL;
 }
 
-/* One request without assertions (for threads, where Criterion's cannot be used): false
- * with *r zeroed when the connection or the status line failed. extra: raw header lines
- * ("Name: value\r\n"), or NULL; a Host line in it replaces ours. */
-static __attribute__((unused)) bool kn_test_http_try(int port, const char *method, const char *path,
-                                                     const char *extra, const void *body,
-                                                     size_t length, kn_test_reply *r)
+/* Sends head (the request line and headers, as they are) and body on a fresh connection
+ * to 127.0.0.1:port and reads the answer to its end; false with *r zeroed when the
+ * connection or the status line failed. No assertions: usable from threads. */
+static __attribute__((unused)) bool kn_test_http_exchange(int port, const char *head,
+                                                          size_t head_length, const void *body,
+                                                          size_t length, kn_test_reply *r)
 {
     memset(r, 0, sizeof *r);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -49,23 +49,8 @@ static __attribute__((unused)) bool kn_test_http_try(int port, const char *metho
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return false;
-    }
-    char host[64] = "";
-    if (!extra || !strstr(extra, "Host:")) /* the default Host: ours */
-        snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", port);
-    size_t head_size = strlen(method) + strlen(path) + (extra ? strlen(extra) : 0) + 256;
-    char *head = malloc(head_size);
-    int n = head ? snprintf(head, head_size,
-                            "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: "
-                            "close\r\n\r\n",
-                            method, path, host, extra ? extra : "", length)
-                 : -1;
-    bool sent_head = n > 0 && send(fd, head, (size_t)n, MSG_NOSIGNAL) == n;
-    free(head);
-    if (!sent_head) {
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        send(fd, head, head_length, MSG_NOSIGNAL) != (ssize_t)head_length) {
         close(fd);
         return false;
     }
@@ -91,7 +76,7 @@ static __attribute__((unused)) bool kn_test_http_try(int port, const char *metho
     if (!buffer) return false;
     buffer[used] = '\0';
     char *split = strstr(buffer, "\r\n\r\n");
-    if (sscanf(buffer, "HTTP/1.1 %d", &r->status) != 1 || !split) {
+    if (sscanf(buffer, "HTTP/1.%*d %d", &r->status) != 1 || !split) {
         free(buffer);
         r->status = 0;
         return false;
@@ -101,6 +86,28 @@ static __attribute__((unused)) bool kn_test_http_try(int port, const char *metho
     r->body = split + 4;
     r->body_length = used - (size_t)(r->body - buffer);
     return true;
+}
+
+/* One request ("Connection: close") without assertions. extra: raw header lines
+ * ("Name: value\r\n"), or NULL; a Host line in it replaces ours. */
+static __attribute__((unused)) bool kn_test_http_try(int port, const char *method, const char *path,
+                                                     const char *extra, const void *body,
+                                                     size_t length, kn_test_reply *r)
+{
+    char host[64] = "";
+    if (!extra || !strstr(extra, "Host:")) /* the default Host: ours */
+        snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", port);
+    size_t head_size = strlen(method) + strlen(path) + (extra ? strlen(extra) : 0) + 256;
+    char *head = malloc(head_size);
+    int n = head ? snprintf(head, head_size,
+                            "%s %s HTTP/1.1\r\n%s%sContent-Length: %zu\r\nConnection: "
+                            "close\r\n\r\n",
+                            method, path, host, extra ? extra : "", length)
+                 : -1;
+    bool ok = n > 0 && kn_test_http_exchange(port, head, (size_t)n, body, length, r);
+    free(head);
+    if (!ok) memset(r, 0, sizeof *r);
+    return ok;
 }
 
 /* The same, asserting that an answer came. */

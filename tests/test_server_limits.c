@@ -55,22 +55,9 @@ static void teardown(void)
     kn_test_server_stop(&T);
 }
 
-/* A connection from source (an address of 127/8) to the server, non-blocking; -1 when the
- * connect failed at once. */
 static int connect_from(const char *source)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in from = {.sin_family = AF_INET};
-    inet_pton(AF_INET, source, &from.sin_addr);
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)T.server->port)};
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
-        (connect(fd, (struct sockaddr *)&to, sizeof to) != 0 && errno != EINPROGRESS)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return kn_test_connect_from(T.server->port, source);
 }
 
 /* Whether the server has closed fd (EOF or reset), waiting at most seconds. */

@@ -110,6 +110,24 @@ static __attribute__((unused)) bool kn_test_http_try(int port, const char *metho
     return ok;
 }
 
+/* A non-blocking connection to 127.0.0.1:port from source (an address of 127/8: the
+ * server sees another client than 127.0.0.1); -1 when the connect failed at once. */
+static __attribute__((unused)) int kn_test_connect_from(int port, const char *source)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    inet_pton(AF_INET, source, &from.sin_addr);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
+        (connect(fd, (struct sockaddr *)&to, sizeof to) != 0 && errno != EINPROGRESS)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* The same, asserting that an answer came. */
 static __attribute__((unused)) kn_test_reply kn_test_http(int port, const char *method,
                                                           const char *path, const char *extra,

@@ -56,16 +56,7 @@ static kn_module *build(int m, uint64_t seed)
 {
     char text[512];
     model_spec(m, text, sizeof text);
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(text, strlen(text), &errors);
-    cr_assert_not_null(spec);
-    kapi_errors_free(&errors);
-    kn_generator *gen = kn_generator_new(seed);
-    kn_module *module = kapi_model_build(spec, gen);
-    kn_generator_free(gen);
-    kapi_model_spec_free(spec);
-    cr_assert_not_null(module, "%s", kn_last_error());
-    return module;
+    return kn_test_build_model(text, seed);
 }
 
 /* A succeeded job of model m with its own weights: what a worker leaves behind. */

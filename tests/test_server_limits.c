@@ -60,6 +60,17 @@ static int connect_from(const char *source)
     return kn_test_connect_from(T.server->port, source);
 }
 
+/* A connection from 127.0.0.1, connected, that has sent head. */
+static int connect_and_send(const char *head, size_t length)
+{
+    int fd = connect_from("127.0.0.1");
+    cr_assert_geq(fd, 0);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    cr_assert_eq(poll(&p, 1, 2000), 1);
+    cr_assert_eq(send(fd, head, length, MSG_NOSIGNAL), (ssize_t)length);
+    return fd;
+}
+
 /* Whether the server has closed fd (EOF or reset), waiting at most seconds. */
 static bool closed_by_server(int fd, double seconds)
 {
@@ -129,8 +140,7 @@ Test(limits, idle_flood_leaves_health_answering)
 
 Test(limits, slowloris_is_cut_at_the_header_deadline)
 {
-    int fd = connect_from("127.0.0.1");
-    cr_assert_geq(fd, 0);
+    int fd = connect_and_send("", 0);
     char head[128];
     int n = snprintf(head, sizeof head,
                      "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Slow: ", T.server->port);
@@ -150,14 +160,10 @@ Test(limits, slowloris_is_cut_at_the_header_deadline)
 
 Test(limits, kept_alive_connection_is_cut_when_idle)
 {
-    int fd = connect_from("127.0.0.1");
-    cr_assert_geq(fd, 0);
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    cr_assert_eq(poll(&p, 1, 2000), 1);
     char head[128];
     int n = snprintf(head, sizeof head,
                      "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", T.server->port);
-    cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
+    int fd = connect_and_send(head, (size_t)n);
     char answer[2048];
     struct pollfd in = {.fd = fd, .events = POLLIN};
     cr_assert_eq(poll(&in, 1, 2000), 1);
@@ -173,16 +179,12 @@ Test(limits, slow_body_after_complete_headers_is_not_cut)
 {
     const char *body = "{\"name\": \"slow\", \"description\": \"sent slowly\"}";
     size_t length = strlen(body);
-    int fd = connect_from("127.0.0.1");
-    cr_assert_geq(fd, 0);
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    cr_assert_eq(poll(&p, 1, 2000), 1);
     char head[256];
     int n = snprintf(head, sizeof head,
                      "POST /v1/datasets HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      T.server->port, length);
-    cr_assert_eq(send(fd, head, (size_t)n, MSG_NOSIGNAL), n);
+    int fd = connect_and_send(head, (size_t)n);
     /* the body over 1.5 header timeouts */
     for (size_t i = 0; i < length; i++) {
         cr_assert_eq(send(fd, body + i, 1, MSG_NOSIGNAL), 1, "cut while sending the body");

@@ -62,6 +62,21 @@ static __attribute__((unused)) void kn_test_server_stop(kn_test_server *t)
     t->root[0] = '\0';
 }
 
+/* The module of a model spec (JSON text), initialised from seed. */
+static __attribute__((unused)) kn_module *kn_test_build_model(const char *model_json, uint64_t seed)
+{
+    kapi_errors errors = {0};
+    kapi_model_spec *model = kapi_model_spec_parse(model_json, strlen(model_json), &errors);
+    cr_assert_not_null(model, "the test's model spec");
+    kapi_errors_free(&errors);
+    kn_generator *gen = kn_generator_new(seed);
+    kn_module *module = kapi_model_build(model, gen);
+    kn_generator_free(gen);
+    kapi_model_spec_free(model);
+    cr_assert_not_null(module, "%s", kn_last_error());
+    return module;
+}
+
 /* A succeeded job of the stored model model_name (whose spec is model_json), with weights
  * initialised from seed in jobs/<id>/model.safetensors, as a worker leaves it: an
  * inference version. Its id into id. */
@@ -86,15 +101,7 @@ static __attribute__((unused)) void kn_test_server_add_version(kn_test_server *t
     snprintf(folder, sizeof folder, "%s/jobs/%s", t->config.data_dir, id);
     mkdir(folder, 0700);
     snprintf(path, sizeof path, "%s/model.safetensors", folder);
-    kapi_errors errors = {0};
-    kapi_model_spec *model = kapi_model_spec_parse(model_json, strlen(model_json), &errors);
-    cr_assert_not_null(model, "the test's model spec");
-    kapi_errors_free(&errors);
-    kn_generator *gen = kn_generator_new(seed);
-    kn_module *module = kapi_model_build(model, gen);
-    kn_generator_free(gen);
-    kapi_model_spec_free(model);
-    cr_assert_not_null(module, "%s", kn_last_error());
+    kn_module *module = kn_test_build_model(model_json, seed);
     cr_assert_eq(kn_module_save_weights(module, path), KN_OK, "%s", kn_last_error());
     kn_module_free(module);
     kstore_checkpoint c = {.step = 1, .bytes = 1};

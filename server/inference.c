@@ -3,8 +3,13 @@
  * model cache behind them.
  *
  * A model's versions are its succeeded jobs (newest first, the default); a version is
- * loaded from the job's spec and its final weights and kept in a small LRU cache keyed
- * by (model, version). Concurrent requests to one loaded version are batched: each
+ * loaded from the job's spec and its final weights and kept in an LRU cache keyed by
+ * (model, version), bounded in entries (--model-cache-entries) and in the bytes of their
+ * parameters and buffers (--model-cache-bytes). A request holds (pins) the entry it uses
+ * from the look-up to its answer: eviction takes only entries nobody holds, so the cache
+ * may run over its bounds while every entry is in use and shrinks back as they are let
+ * go (the last holder of an entry over the bounds frees it). Concurrent requests to one
+ * loaded version are batched: each
  * request enqueues its samples; one thread becomes the leader, takes what is queued,
  * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
  * rows; the others wait on a condition variable, and those that arrived during the
@@ -23,13 +28,13 @@
 #include "kapi.h"
 
 #include <cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define CACHE_CAPACITY 4
 #define MAX_BATCH_SAMPLES 4096
 #define MAX_REQUEST_VALUES (64LL << 20)
 
@@ -53,7 +58,8 @@ typedef struct cache_entry {
     kapi_model_spec *spec;
     kn_module *module;
     int64_t in_numel, out_numel;
-    int refs;
+    size_t bytes; /* parameters and buffers: what the byte bound counts */
+    int refs;     /* requests holding it (cache lock): never freed while > 0 */
     uint64_t last_used;
     /* batching */
     pthread_mutex_t lock;
@@ -68,6 +74,9 @@ struct ksrv_model_cache {
     pthread_mutex_t lock;
     cache_entry *entries;
     uint64_t clock;
+    int max_entries;
+    size_t max_bytes;
+    ksrv_model_cache_stats stats; /* entries and bytes held now, loads, evictions */
 };
 
 static double mono_now(void)
@@ -84,8 +93,19 @@ ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server)
     ksrv_model_cache *cache = calloc(1, sizeof *cache);
     if (!cache) return NULL;
     cache->server = server;
+    cache->max_entries =
+        server->config.model_cache_entries > 0 ? server->config.model_cache_entries : 4;
+    cache->max_bytes = server->config.model_cache_bytes;
     pthread_mutex_init(&cache->lock, NULL);
     return cache;
+}
+
+ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache)
+{
+    pthread_mutex_lock(&cache->lock);
+    ksrv_model_cache_stats stats = cache->stats;
+    pthread_mutex_unlock(&cache->lock);
+    return stats;
 }
 
 static void entry_free(cache_entry *e)
@@ -186,14 +206,52 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
     kn_module_train(e->module, false);
     e->in_numel = numel(e->spec->input_shape, e->spec->input_ndim);
     e->out_numel = numel(e->spec->output_shape, e->spec->output_ndim);
+    int n_state = 0;
+    kn_named_tensor *state = kn_module_state_dict(e->module, &n_state);
+    for (int i = 0; i < n_state; i++)
+        e->bytes += (size_t)kn_numel(state[i].tensor) * kn_dtype_size(state[i].tensor->dtype);
+    free(state);
     return e;
 fail:
     entry_free(e);
     return NULL;
 }
 
-/* The cached entry of (model, version), loaded when missing; the caller holds a
- * reference until entry_release. */
+static bool over_bounds(const ksrv_model_cache *cache)
+{
+    return cache->stats.entries > cache->max_entries ||
+           (cache->max_bytes > 0 && cache->stats.bytes > cache->max_bytes);
+}
+
+/* Unlinks least recently used entries that nobody holds while the cache is over its
+ * bounds; they go on *victims, for entry_free outside the lock. Cache lock held. */
+static void evict(ksrv_model_cache *cache, cache_entry **victims)
+{
+    while (over_bounds(cache)) {
+        cache_entry **victim = NULL;
+        for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
+            if ((*p)->refs == 0 && (!victim || (*p)->last_used < (*victim)->last_used)) victim = p;
+        if (!victim) return; /* every entry is in use: the last release shrinks it */
+        cache_entry *gone = *victim;
+        *victim = gone->next;
+        cache->stats.entries--;
+        cache->stats.bytes -= gone->bytes;
+        cache->stats.evictions++;
+        gone->next = *victims;
+        *victims = gone;
+    }
+}
+
+static void free_victims(cache_entry *victims)
+{
+    for (cache_entry *e = victims, *next; e; e = next) {
+        next = e->next;
+        entry_free(e);
+    }
+}
+
+/* The cached entry of (model, version), loaded when missing, held for the caller until
+ * entry_release: it is pinned (refs > 0) before anything can be evicted. */
 static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char *model,
                               const char *version, char *error, size_t size)
 {
@@ -211,42 +269,37 @@ static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char
     /* loading happens outside the lock; a racing load of the same version loses */
     cache_entry *loaded = entry_load(cache->server, store, model, version, error, size);
     if (!loaded) return NULL;
+    cache_entry *victims = NULL, *found = NULL;
     pthread_mutex_lock(&cache->lock);
-    cache_entry *found = NULL;
-    int count = 0;
-    for (cache_entry *e = cache->entries; e; e = e->next, count++)
+    for (cache_entry *e = cache->entries; e && !found; e = e->next)
         if (!strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
     if (found) {
-        entry_free(loaded);
+        loaded->next = victims; /* the duplicate is freed below, outside the lock */
+        victims = loaded;
         loaded = found;
     } else {
         loaded->next = cache->entries;
         cache->entries = loaded;
-        count++;
-        /* evict the least recently used entries nobody holds */
-        while (count > CACHE_CAPACITY) {
-            cache_entry **victim = NULL;
-            for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
-                if ((*p)->refs == 0 && (!victim || (*p)->last_used < (*victim)->last_used))
-                    victim = p;
-            if (!victim) break;
-            cache_entry *gone = *victim;
-            *victim = gone->next;
-            entry_free(gone);
-            count--;
-        }
+        cache->stats.entries++;
+        cache->stats.bytes += loaded->bytes;
+        cache->stats.loads++;
     }
-    loaded->refs++;
+    loaded->refs++; /* pinned before the eviction below can see it */
     loaded->last_used = ++cache->clock;
+    evict(cache, &victims);
     pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
     return loaded;
 }
 
 static void entry_release(ksrv_model_cache *cache, cache_entry *e)
 {
+    cache_entry *victims = NULL;
     pthread_mutex_lock(&cache->lock);
     e->refs--;
+    evict(cache, &victims); /* what was kept over the bounds while in use */
     pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
 }
 
 /* ---- batching --------------------------------------------------------------------- */
@@ -532,6 +585,19 @@ static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, fl
         return false;
     }
     double v = node->valuedouble;
+    /* the model computes in float32: 1e400 (read as infinity) and 1e39 (finite, but not
+     * as a float) would come back as null outputs */
+    if (!isfinite(v) || fabs(v) > FLT_MAX) {
+        snprintf(error, size,
+                 "inputs[0].data[%lld]: %s is not a finite float32 value (at most %g in "
+                 "magnitude)",
+                 (long long)*count,
+                 isnan(v)   ? "NaN"
+                 : isinf(v) ? "an infinity"
+                            : "a number",
+                 (double)FLT_MAX);
+        return false;
+    }
     if (cls != DT_FLOAT && v != floor(v)) {
         snprintf(error, size, "inputs[0].data: %s data must be integers, found %g", datatype, v);
         return false;
@@ -625,8 +691,10 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
     const cJSON *in = inputs->child;
     if (!only_keys(in, input_keys, 5, "inputs[0]", error, size)) return false;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
-    if (!cJSON_IsString(name)) {
-        snprintf(error, size, "inputs[0].name: expected a string (\"input\")");
+    if (!cJSON_IsString(name) || strcmp(name->valuestring, "input") != 0) {
+        snprintf(error, size, "inputs[0].name: the model has one input, named \"input\"%s%.60s%s",
+                 cJSON_IsString(name) ? ", got \"" : "",
+                 cJSON_IsString(name) ? name->valuestring : "", cJSON_IsString(name) ? "\"" : "");
         return false;
     }
     const cJSON *datatype = cJSON_GetObjectItemCaseSensitive(in, "datatype");

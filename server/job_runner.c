@@ -36,7 +36,13 @@
 #define POLL_SECONDS 0.2
 #define DEFAULT_CHECKPOINT_EVERY 500
 
-typedef enum { STOP_NONE, STOP_CANCEL, STOP_PAUSE, STOP_SHUTDOWN } stop_reason;
+typedef enum {
+    STOP_NONE,
+    STOP_CANCEL,
+    STOP_PAUSE,
+    STOP_SHUTDOWN,
+    STOP_CHECKPOINT_FAILED, /* the job fails: docs/job-spec.md says why */
+} stop_reason;
 
 typedef struct job_run {
     ksrv_server *server;
@@ -56,6 +62,7 @@ typedef struct job_run {
     int64_t last_checkpoint_step;
     stop_reason stop;
     bool store_failed;
+    char checkpoint_error[512]; /* why the last checkpoint could not be saved */
 } job_run;
 
 static double mono_now(void)
@@ -133,14 +140,16 @@ static bool job_file(job_run *r, const char *name, char *relative, size_t rsize,
     return n > 0 && (size_t)n < rsize && ksrv_data_path(r->server, relative, absolute, asize);
 }
 
+/* The job's folder, 0700 as the data directory: checkpoints hold the model's weights. */
 static bool make_job_dir(job_run *r)
 {
     char rel[128], path[1024];
     if (!ksrv_data_path(r->server, "jobs", path, sizeof path)) return false;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) return false;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) return false;
     snprintf(rel, sizeof rel, "jobs/%s", r->job->id);
     if (!ksrv_data_path(r->server, rel, path, sizeof path)) return false;
-    return mkdir(path, 0755) == 0 || errno == EEXIST;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) return false;
+    return chmod(path, 0700) == 0; /* one an older kilnd made 0755 */
 }
 
 /* ---- metrics and progress ---------------------------------------------------------- */
@@ -230,15 +239,24 @@ static void prune_checkpoints(job_run *r)
     free(list);
 }
 
+/* Saves and records a checkpoint; on failure r->checkpoint_error says why. */
 static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
 {
     if (step == r->last_checkpoint_step) return KN_OK;
     flush(r); /* the metrics up to the checkpoint are durable before it is */
     char name[64], rel[256], path[1024];
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
-    if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) return KN_ERR_VALUE;
+    if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) {
+        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "the path is too long");
+        return KN_ERR_VALUE;
+    }
     kn_status st = kn_trainer_save_checkpoint(trainer, path);
-    if (st != KN_OK) return st;
+    if (st != KN_OK) {
+        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "%s", kn_last_error());
+        unlink(path); /* a partial file is not a checkpoint */
+        return st;
+    }
+    chmod(path, 0600);
     struct stat sb;
     kstore_checkpoint c = {
         .step = step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
@@ -246,7 +264,9 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
     snprintf(c.kind, sizeof c.kind, "checkpoint");
     snprintf(c.path, sizeof c.path, "%s", rel);
     if (kstore_checkpoint_add(r->store, &c) != KSTORE_OK) {
-        store_warn(r, "recording a checkpoint");
+        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "recording it: %s",
+                 kstore_last_error(r->store));
+        unlink(path);
         return KN_ERR_VALUE;
     }
     r->last_checkpoint_step = step;
@@ -288,7 +308,7 @@ static kn_status on_step(void *context, const kn_step_info *info)
     flush(r);
     if (r->stop != STOP_CANCEL && save_checkpoint(r, r->trainer, info->step) != KN_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: checkpoint at step %lld: %s", r->job->id,
-                 (long long)info->step, kn_last_error());
+                 (long long)info->step, r->checkpoint_error);
     return KN_ERR_VALUE; /* stops kn_trainer_run; r->stop says why */
 }
 
@@ -303,14 +323,17 @@ static kn_status on_eval(void *context, const kn_eval_result *result)
     return KN_OK;
 }
 
+/* A checkpoint that cannot be written stops the job, which fails with checkpoint_failed
+ * at that step (after_stop): training on would look fine until a restart or a pause threw
+ * the unsaved steps away, and on a full disk the final weights would fail too, after all
+ * the compute. docs/job-spec.md gives the reasons to users. */
 static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
 {
     job_run *r = context;
-    kn_status st = save_checkpoint(r, trainer, step);
-    if (st != KN_OK) /* a missed checkpoint is not worth failing the job for */
-        ksrv_log(KSRV_LOG_WARN, "job %s: checkpoint at step %lld: %s", r->job->id, (long long)step,
-                 kn_last_error());
-    return KN_OK;
+    if (save_checkpoint(r, trainer, step) == KN_OK) return KN_OK;
+    r->stop = STOP_CHECKPOINT_FAILED;
+    r->step = step;
+    return KN_ERR_VALUE; /* stops kn_trainer_run */
 }
 
 /* ---- set-up ------------------------------------------------------------------------ */
@@ -486,8 +509,11 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
         return fail(r, "internal", -1, "the data directory path is too long");
-    if (kn_module_save_weights(model, path) != KN_OK)
-        return fail(r, engine_code(), -1, "writing the weights: %s", kn_last_error());
+    if (kn_module_save_weights(model, path) != KN_OK) {
+        unlink(path);
+        return fail(r, engine_code(), r->step, "writing the weights: %s", kn_last_error());
+    }
+    chmod(path, 0600);
     struct stat sb;
     kstore_checkpoint c = {
         .step = r->step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
@@ -526,6 +552,16 @@ static ksrv_run_outcome after_stop(job_run *r)
         ksrv_log(KSRV_LOG_INFO, "job %s: stopped at step %lld for shutdown (resumes at start)",
                  r->job->id, (long long)r->step);
         return KSRV_RUN_STOPPED;
+    case STOP_CHECKPOINT_FAILED: {
+        char last[64] = "no checkpoint was written";
+        if (r->last_checkpoint_step >= 0)
+            snprintf(last, sizeof last, "the last checkpoint is at step %lld",
+                     (long long)r->last_checkpoint_step);
+        return fail(r, "checkpoint_failed", r->step,
+                    "the checkpoint at step %lld could not be written: %s; training stopped "
+                    "rather than go on without one (%s)",
+                    (long long)r->step, r->checkpoint_error, last);
+    }
     default:
         break;
     }

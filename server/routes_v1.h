@@ -18,6 +18,12 @@ bool ksrv_query_int(const ksrv_request *request, ksrv_response *response, const 
 bool ksrv_query_bool(const ksrv_request *request, ksrv_response *response, const char *name,
                      bool *out);
 
+/* delete_named(store, name) (kstore_model_delete, ...), which must work on a full disk:
+ * when the disk refuses it, the space reserve is given up and it runs again. */
+kstore_status ksrv_store_delete(ksrv_server *server, kstore *store,
+                                kstore_status (*delete_named)(kstore *, const char *),
+                                const char *name);
+
 /* 1 (with the job's id) when a queued, running or paused job names this model or
  * dataset, 0 when none, -1 on a store error. */
 int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,

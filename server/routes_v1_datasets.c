@@ -5,10 +5,12 @@
  * streamed by http.c to a temporary file (never the whole body in memory), checks it
  * with the engine's parsers (IDX plain or gzip, CSV with a "label" column, NPY) to count
  * its samples, and moves it to data_dir/datasets/<name>/<role>.<format>. The dataset is
- * created on its first upload. A JSON body {"inputs": [[...]], "labels": [...]} (role
- * "train" or "test") is stored as the NPY pair <role>_inputs/<role>_labels. Roles are
- * what the workers read: train, test (CSV), {train,test}_{images,inputs,labels}.
- * Requests name datasets and roles only: no server path or URL is ever accepted.
+ * created with its first file, in the transaction that records it (an upload refused or
+ * cut off by a crash leaves no empty dataset). A delete removes the files before the
+ * record: on a full disk they are the room its commit needs. A JSON body {"inputs": [[...]],
+ * "labels": [...]} (role "train" or "test") is stored as the NPY pair <role>_inputs/<role>_labels.
+ * Roles are what the workers read: train, test (CSV), {train,test}_{images,inputs,labels}. Requests
+ * name datasets and roles only: no server path or URL is ever accepted.
  */
 #include "ksrv_http.h"
 #include "routes_v1.h"
@@ -184,12 +186,13 @@ void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
                                job_id);
         return;
     }
-    kstore_status s = kstore_dataset_delete(store, name);
+    /* the files first: on a full disk, they are the room the delete needs to commit */
+    if (ksrv_valid_name(name)) remove_dataset_files(server, name);
+    kstore_status s = ksrv_store_delete(server, store, kstore_dataset_delete, name);
     if (s != KSTORE_OK) {
         ksrv_respond_store_error(response, store, s, "dataset");
         return;
     }
-    if (ksrv_valid_name(name)) remove_dataset_files(server, name);
     ksrv_log(KSRV_LOG_INFO, "dataset %s deleted", name);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "deleted", name);
@@ -307,7 +310,8 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
     return ok;
 }
 
-/* Moves a checked file into the dataset's folder and records it. */
+/* Moves a checked file into the dataset's folder and records it (the dataset with it,
+ * when this is its first file). */
 static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *response, const char *name,
                       const char *role, const char *format, const char *from, int64_t bytes,
                       int64_t samples)
@@ -323,32 +327,16 @@ static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *respons
     snprintf(relative, sizeof relative, "datasets/%s", name);
     if (!ksrv_data_path(server, relative, folder, sizeof folder) || !ksrv_mkdirs(folder, 0700) ||
         !ksrv_data_path(server, file.path, target, sizeof target) || rename(from, target) != 0) {
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot store the file: %s",
-                           strerror(errno));
+        ksrv_respond_write_error(response, errno, "the file");
         return false;
     }
-    kstore_status s = kstore_dataset_add_file(store, name, &file);
+    kstore_status s = kstore_dataset_add_file_creating(store, name, &file);
     if (s != KSTORE_OK) {
         unlink(target);
         ksrv_respond_store_error(response, store, s, "dataset");
         return false;
     }
     return true;
-}
-
-static bool ensure_dataset(kstore *store, ksrv_response *response, const char *name)
-{
-    kstore_dataset d;
-    memset(&d, 0, sizeof d);
-    kstore_status s = kstore_dataset_get(store, name, &d);
-    if (s == KSTORE_OK) {
-        kstore_dataset_free(&d);
-        return true;
-    }
-    if (s == KSTORE_NOT_FOUND) s = kstore_dataset_create(store, name, "");
-    if (s == KSTORE_OK || s == KSTORE_CONFLICT) return true; /* a racing upload made it */
-    ksrv_respond_store_error(response, store, s, "dataset");
-    return false;
 }
 
 /* JSON arrays: nested numbers into a flat float buffer with their shape. */
@@ -526,12 +514,13 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     int fd1 = ok ? mkstemp(inputs_tmp) : -1, fd2 = ok ? mkstemp(labels_tmp) : -1;
     if (fd1 >= 0) close(fd1);
     if (fd2 >= 0) close(fd2);
+    errno = 0;
     ok = fd1 >= 0 && fd2 >= 0 &&
          write_npy(inputs_tmp, "<f4", f.shape, f.ndim, f.values, (size_t)f.count * sizeof(float)) &&
          write_npy(labels_tmp, "<i8", &n, 1, labels, (size_t)n * sizeof *labels);
     struct stat st1, st2;
     if (!ok || stat(inputs_tmp, &st1) || stat(labels_tmp, &st2)) {
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot write the data files");
+        ksrv_respond_write_error(response, errno, "the data files");
     } else if (keep_file(server, store, response, name, role, "npy", inputs_tmp, st1.st_size, n)) {
         snprintf(role, sizeof role, "%s_labels", split);
         if (keep_file(server, store, response, name, role, "npy", labels_tmp, st2.st_size, n)) {
@@ -594,7 +583,7 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
         return;
     }
     kstore *store = ksrv_store_or_500(server, response);
-    if (!store || !ensure_dataset(store, response, name)) return;
+    if (!store) return;
     if (!strcmp(format, "json")) {
         upload_json(server, store, request, response, name, role);
         return;

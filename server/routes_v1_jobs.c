@@ -10,6 +10,8 @@
 #include "ksrv_http.h"
 #include "routes_v1.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +84,16 @@ static bool load_job(kstore *store, ksrv_request *request, ksrv_response *respon
 }
 
 /* ---- submit ------------------------------------------------------------------------- */
+/* Whether two job specs (JSON texts) say the same: keys in any order, same values. */
+static bool same_spec(const char *stored, const char *given)
+{
+    cJSON *a = stored ? cJSON_Parse(stored) : NULL, *b = given ? cJSON_Parse(given) : NULL;
+    bool same = a && b && cJSON_Compare(a, b, true);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    return same;
+}
+
 /* Does the dataset have what training reads, and how many training samples? */
 static bool dataset_ready(const kstore_dataset *d, int64_t *train_samples)
 {
@@ -246,6 +258,20 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         cJSON_AddStringToObject(out, "state", kstore_job_state_name(job.state));
         ksrv_respond_json(response, 202, out);
         if (server->workers) ksrv_workers_notify(server->workers);
+    } else if (!same_spec(job.spec_json, spec_json)) {
+        /* the id names another submission: answering with its job would hide the mistake */
+        cJSON *out = cJSON_CreateObject();
+        cJSON *e = cJSON_AddObjectToObject(out, "error");
+        cJSON_AddStringToObject(e, "code", "conflict");
+        char message[400];
+        snprintf(message, sizeof message,
+                 "submission_id \"%s\" was given to job %s, whose spec differs: a retry "
+                 "sends the same spec; a new job needs a new submission_id",
+                 spec->submission_id, job.id);
+        cJSON_AddStringToObject(e, "message", message);
+        cJSON_AddStringToObject(e, "path", "submission_id");
+        cJSON_AddStringToObject(e, "job_id", job.id);
+        ksrv_respond_json(response, 409, out);
     } else {
         /* a retried submission: the job it made the first time */
         ksrv_respond_json(response, 200, job_json(&job));
@@ -478,6 +504,64 @@ static void respond_final(ksrv_response *response, const char *key, char *body, 
     set_encoding(response, gzip);
 }
 
+/* names=: at most this many distinct series per request (repeats count once). */
+#define MAX_METRIC_NAMES 64
+#define MAX_METRIC_NAME_LENGTH 128
+/* The most points one answer holds (about 35 bytes each): a longer history is read in
+ * pages (after_step) or downsampled (max_points). */
+#define MAX_ANSWER_POINTS 1000000
+/* the names joined by commas: never cut, so two lists never share a cache key */
+#define JOINED_NAMES_SIZE (MAX_METRIC_NAMES * (MAX_METRIC_NAME_LENGTH + 1) + 1)
+
+/* The distinct names of names= in their first order, into *out (malloc'd array of malloc'd
+ * strings, kstore_strings_free) and *joined ("a,b": the cache key's part); false with a
+ * 400 (or 500) response. */
+static bool parse_names(const char *wanted, char ***out, int *count, char joined[JOINED_NAMES_SIZE],
+                        ksrv_response *response)
+{
+    char **names = calloc(MAX_METRIC_NAMES, sizeof *names);
+    int n = 0;
+    joined[0] = '\0';
+    size_t used = 0;
+    if (!names) {
+        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+        return false;
+    }
+    for (const char *at = wanted; *at;) {
+        size_t length = strcspn(at, ",");
+        bool seen = length == 0;
+        for (int i = 0; i < n && !seen; i++)
+            seen = strlen(names[i]) == length && !memcmp(names[i], at, length);
+        if (!seen && (length > MAX_METRIC_NAME_LENGTH || n == MAX_METRIC_NAMES)) {
+            kstore_strings_free(names, n);
+            if (length > MAX_METRIC_NAME_LENGTH)
+                ksrv_respond_error(response, 400, "invalid_query", "names",
+                                   "names: a series name has at most %d characters",
+                                   MAX_METRIC_NAME_LENGTH);
+            else
+                ksrv_respond_error(response, 400, "invalid_query", "names",
+                                   "names: at most %d different series per request",
+                                   MAX_METRIC_NAMES);
+            return false;
+        }
+        if (!seen) {
+            if (!(names[n] = strndup(at, length))) {
+                kstore_strings_free(names, n);
+                ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+                return false;
+            }
+            used += (size_t)snprintf(joined + used, JOINED_NAMES_SIZE - used, "%s%s", n ? "," : "",
+                                     names[n]);
+            n++;
+        }
+        at += length;
+        if (*at == ',') at++;
+    }
+    *out = names;
+    *count = n;
+    return true;
+}
+
 /* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
 void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
@@ -485,7 +569,14 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     if (!ksrv_query_int(request, response, "after_step", -1, (long long)1 << 62, &after_step) ||
         !ksrv_query_int(request, response, "max_points", 0, 1000000, &max_points))
         return;
-    const char *wanted_names = ksrv_query(request, "names");
+    /* names=loss,loss,... once made one answer hold a series per repeat: repeats count once */
+    char **names = NULL;
+    int n_names = 0;
+    char joined[JOINED_NAMES_SIZE];
+    const char *wanted = ksrv_query(request, "names");
+    bool named = wanted && wanted[0];
+    if (named && !parse_names(wanted, &names, &n_names, joined, response)) return;
+    const char *wanted_names = named ? joined : NULL;
     /* Browsers ask for gzip; a 10,000-point series shrinks about fourfold. Only finished
      * jobs' (cached) answers are compressed: compressing live ones would cost each poll. */
     const char *encodings =
@@ -501,30 +592,27 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     bool keyed = key_length > 0 && (size_t)key_length < sizeof key;
     /* Only finished jobs are cached and jobs are never deleted, so a hit needs no
      * look-up of the job. */
-    if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) return;
+    if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) {
+        kstore_strings_free(names, n_names);
+        return;
+    }
     kstore *store = ksrv_store_or_500(server, response);
     kstore_job j;
-    if (!store || !load_job(store, request, response, &j)) return;
+    if (!store || !load_job(store, request, response, &j)) {
+        kstore_strings_free(names, n_names);
+        return;
+    }
     /* a finished job's series are final: its answers can be kept and sent again */
     bool final = keyed && (j.state == KSTORE_JOB_SUCCEEDED || j.state == KSTORE_JOB_FAILED ||
                            j.state == KSTORE_JOB_CANCELED);
     bool gzip = final && accepts_gzip;
     kstore_job_free(&j);
 
-    char **names = NULL;
-    int n_names = 0;
-    const char *wanted = ksrv_query(request, "names");
-    if (wanted && wanted[0]) {
-        char *copy = strdup(wanted);
-        names = calloc(strlen(wanted) / 2 + 2, sizeof *names);
-        for (char *save = NULL, *t = copy && names ? strtok_r(copy, ",", &save) : NULL; t;
-             t = strtok_r(NULL, ",", &save))
-            if (t[0]) names[n_names++] = strdup(t);
-        free(copy);
-    } else if (kstore_metrics_names(store, request->params[0], &names, &n_names) != KSTORE_OK) {
+    if (!named && kstore_metrics_names(store, request->params[0], &names, &n_names) != KSTORE_OK) {
         ksrv_respond_store_error(response, store, KSTORE_ERROR, "metrics");
         return;
     }
+    int64_t total_points = 0;
     ksrv_text b = {0};
     ksrv_text_put(&b, "{\"job_id\":", 10);
     ksrv_text_json_string(&b, request->params[0]);
@@ -537,6 +625,18 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
                                  &points, &count) != KSTORE_OK) {
             b.failed = true;
             break;
+        }
+        total_points += count;
+        if (total_points > MAX_ANSWER_POINTS) {
+            free(points);
+            free(b.data);
+            kstore_strings_free(names, n_names);
+            ksrv_respond_error(response, 400, "too_many_points", NULL,
+                               "the answer would hold more than %d points: ask for fewer "
+                               "names, a page at a time (after_step) or downsampled "
+                               "(max_points)",
+                               MAX_ANSWER_POINTS);
+            return;
         }
         if (i) ksrv_text_put(&b, ",", 1);
         ksrv_text_json_string(&b, names[i]);
@@ -634,10 +734,11 @@ void ksrv_handle_jobs_checkpoint_download(ksrv_server *server, ksrv_request *req
                                           ksrv_response *response)
 {
     char *end;
+    errno = 0;
     long long step = strtoll(request->params[1], &end, 10);
-    if (*end || step < 0) {
+    if (!request->params[1][0] || *end || step < 0 || errno == ERANGE) {
         ksrv_respond_error(response, 400, "invalid_value", "step",
-                           "step: expected a non-negative integer, got \"%.40s\"",
+                           "step: expected an integer in [0, %lld], got \"%.40s\"", LLONG_MAX,
                            request->params[1]);
         return;
     }

@@ -644,9 +644,9 @@ Test(server_api, bad_requests)
     char token_path[512];
     snprintf(token_path, sizeof token_path, "%s/token", H.root);
     int fd = open(token_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    cr_assert(fd >= 0 && write(fd, "s3cret-token\n", 13) == 13);
+    cr_assert(fd >= 0 && write(fd, "s3cret-token-0123\n", 18) == 18);
     close(fd);
-    snprintf(H.token, sizeof H.token, "s3cret-token");
+    snprintf(H.token, sizeof H.token, "s3cret-token-0123");
     h_start(&H, (const char *const[]){"--log-level", "error", "--token-file", token_path,
                                       "--max-body-bytes", "65536", NULL});
     write_dataset(&H);
@@ -677,7 +677,7 @@ Test(server_api, bad_requests)
     H.token[0] = '\0';
     cJSON_Delete(h_json(&H, "GET", "/v2/health/live", NULL, 200));
     cJSON_Delete(h_json(&H, "GET", "/v2/health/ready", NULL, 200));
-    snprintf(H.token, sizeof H.token, "s3cret-token");
+    snprintf(H.token, sizeof H.token, "s3cret-token-0123");
     static float x[N_TEST * PIXELS], logits[N_TEST * 4];
     infer(&H, "/v2/models/quads/infer", "input", 4, x, logits);
     cr_assert(!failures[0], "requests not answered as expected:\n%s", failures);

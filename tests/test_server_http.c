@@ -445,7 +445,7 @@ static void write_token(const char *path, mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     cr_assert_geq(fd, 0);
-    cr_assert_eq(write(fd, "s3cret-token\n", 13), 13);
+    cr_assert_eq(write(fd, "s3cret-token-0123\n", 18), 18);
     close(fd);
     chmod(path, mode);
 }
@@ -464,11 +464,11 @@ Test(http, token, .init = NULL, .fini = teardown)
     start(&config);
 
     expect_error(get("/v1/health"), 401, "unauthorized");
-    expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret-tokeN\r\n", NULL, 0), 401,
-                 "unauthorized");
+    expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret-token-012X\r\n", NULL, 0),
+                 401, "unauthorized");
     expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret\r\n", NULL, 0), 401,
                  "unauthorized");
-    reply r = http("GET", "/v1/health", "Authorization: Bearer s3cret-token\r\n", NULL, 0);
+    reply r = http("GET", "/v1/health", "Authorization: Bearer s3cret-token-0123\r\n", NULL, 0);
     cr_expect_eq(r.status, 200, "%s", r.body);
     reply_free(&r);
     r = get("/v2/health/live"); /* open without a token */

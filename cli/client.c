@@ -1,6 +1,6 @@
 /*
- * client.c — `kiln submit`, `kiln jobs`, `kiln cancel` and `kiln upload`: kilnd's API
- * driven from the command line over khttp.h. The URL comes from --url, $KILN_URL or
+ * client.c — `kiln submit`, `kiln jobs`, `kiln cancel`, `kiln upload` and `kiln health`:
+ * kilnd's API driven from the command line over khttp.h. The URL comes from --url, $KILN_URL or
  * http://127.0.0.1:8080; the bearer token from --token-file or $KILN_TOKEN. Error bodies
  * ({"error": {"code", "message", "path", "details"}}) are printed as "path: message".
  * Exit codes: 0 success, 1 a runtime error or a job that failed or was canceled, 2 a
@@ -30,6 +30,9 @@ const char KCLI_CLIENT_USAGE[] =
     "  upload NAME --train-images F --train-labels F [--test-images F --test-labels F]\n"
     "  upload NAME --train-csv F [--test-csv F]\n"
     "                                          create dataset NAME and stream the files\n"
+    "  health                                  is kilnd ready? (GET /v2/health/ready, no\n"
+    "                                          token needed): exit 0 ready, 1 stopping or\n"
+    "                                          unreachable (a container's HEALTHCHECK)\n"
     "  client options: --url URL (default $KILN_URL, else http://127.0.0.1:8080),\n"
     "                  --token-file F (default: the token in $KILN_TOKEN), --json\n";
 
@@ -52,7 +55,8 @@ static const char *FILE_ROLES[6] = {"train_images", "train_labels", "test_images
 bool kcli_is_client_command(const char *command)
 {
     return strcmp(command, "submit") == 0 || strcmp(command, "jobs") == 0 ||
-           strcmp(command, "cancel") == 0 || strcmp(command, "upload") == 0;
+           strcmp(command, "cancel") == 0 || strcmp(command, "upload") == 0 ||
+           strcmp(command, "health") == 0;
 }
 
 static int usage(const char *fmt, const char *arg)
@@ -489,6 +493,34 @@ static int upload(const client *c)
     return 0;
 }
 
+/* Exit 0 when kilnd answers that it is ready, 1 otherwise: never 2, which a container's
+ * HEALTHCHECK reserves. A short timeout, inside a HEALTHCHECK's usual 5 s. */
+static int health(const client *c)
+{
+    khttp_request q = {.method = "GET",
+                       .base_url = c->url,
+                       .path = "/v2/health/ready",
+                       .token = c->token,
+                       .timeout_seconds = 4};
+    khttp_response r;
+    char error[512];
+    if (!khttp_do(&q, &r, error, sizeof error)) {
+        fprintf(stderr, "kiln: %s is not reachable: %s\n", c->url, error);
+        return 1;
+    }
+    cJSON *doc = r.status == 200 ? cJSON_ParseWithLength(r.body, r.body_length) : NULL;
+    bool ready = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "ready"));
+    if (ready)
+        printf("%s ready\n", c->url);
+    else if (r.status == 200)
+        fprintf(stderr, "kiln: %s is not ready (stopping)\n", c->url);
+    else
+        print_error(&r);
+    cJSON_Delete(doc);
+    khttp_response_free(&r);
+    return ready ? 0 : 1;
+}
+
 int kcli_client_main(int argc, char **argv)
 {
     client c = {0};
@@ -534,12 +566,13 @@ int kcli_client_main(int argc, char **argv)
     } else if (getenv("KILN_TOKEN")) {
         snprintf(c.token, sizeof c.token, "%s", getenv("KILN_TOKEN"));
     }
-    int want = strcmp(command, "jobs") == 0 ? 0 : 1;
+    int want = strcmp(command, "jobs") == 0 || strcmp(command, "health") == 0 ? 0 : 1;
     if (c.n_positional != want)
         return usage(want ? "%s takes one argument" : "%s takes no argument", command);
     if (c.follow && strcmp(command, "submit") != 0) return usage("--follow is for submit%s", "");
     if (strcmp(command, "submit") == 0) return submit(&c);
     if (strcmp(command, "jobs") == 0) return list_jobs(&c);
     if (strcmp(command, "cancel") == 0) return cancel(&c);
+    if (strcmp(command, "health") == 0) return health(&c);
     return upload(&c);
 }

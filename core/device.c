@@ -7,7 +7,8 @@
  * from $KILN_CUDA_MODULE, else next to the running executable, else from the build
  * folder it was built in. A missing module, a missing CUDA driver or no device all
  * mean "cuda is not available"; the reason is kept for the error messages, and the
- * CPU device works as before.
+ * CPU device works as before. Without the driver (libcuda.so.1) the module is not even
+ * loaded: that answer takes a millisecond instead of seconds.
  */
 #include "kn_internal.h"
 #include "kn_cuda_backend.h"
@@ -78,6 +79,15 @@ static void *open_module(char *error, size_t size)
 
 static void load_cuda(void)
 {
+    /* No driver library, no device: the CUDA runtime opens this same soname by the same
+     * search, so say so at once instead of loading the module, the runtime and cuBLAS
+     * (seconds) to hear it from cudaGetDeviceCount. The handle stays open, as the
+     * runtime's would. */
+    if (!dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL)) {
+        snprintf(cuda_reason, sizeof cuda_reason,
+                 "no CUDA device: the CUDA driver library cannot be loaded (%s)", dlerror());
+        return;
+    }
     char error[768] = "";
     void *handle = open_module(error, sizeof error);
     if (!handle) {

@@ -474,6 +474,29 @@ Test(server_api, client_commands)
     cr_assert(strstr(out, "batch_size"), "the path is named: %s", out);
 }
 
+/* `kiln health` (the containers' HEALTHCHECK): no token needed even when kilnd has one,
+ * exit 0 while kilnd is up, 1 (never 2, which HEALTHCHECK reserves) once it is gone. */
+Test(server_api, health_command)
+{
+    h_make_root(&H);
+    char token_path[400], out[4096];
+    snprintf(token_path, sizeof token_path, "%s/token", H.root);
+    int fd = open(token_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "health-test-token\n", 18), 18);
+    close(fd);
+    h_start(&H, (const char *const[]){"--token-file", token_path, NULL});
+    cr_assert_eq(run_kiln("health", out, sizeof out), 0, "kiln health: %s", out);
+    cr_assert(strstr(out, "ready"), "%s", out);
+    cr_assert_eq(run_kiln("jobs", out, sizeof out), 2, "the API still needs the token: %s", out);
+    cr_assert_eq(run_kiln("health now", out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "takes no argument"), "%s", out);
+    int status = h_signal_wait(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kilnd exit status %d", status);
+    cr_assert_eq(run_kiln("health", out, sizeof out), 1, "kiln health with kilnd stopped: %s", out);
+    cr_assert(strstr(out, "not reachable"), "%s", out);
+}
+
 /* ---- bad requests ---------------------------------------------------------------------- */
 typedef struct bad_request {
     const char *method, *path; /* "{J}" in path: a succeeded job's id */

@@ -22,7 +22,7 @@ static kn_cpu_operand operand(const kn_tensor *t, const int64_t *shape, int ndim
 
 /* ---- binary ---------------------------------------------------------------------- */
 
-static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b,
+static kn_tensor *binary_forward(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b,
                                  float alpha)
 {
     kn_tensor *inputs[2] = {a, b};
@@ -92,7 +92,7 @@ kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b)
     return add_like("sub", a, b, -1.0);
 }
 
-static kn_tensor *mul_like(const char *name, kn_cpu_binary_op op, kn_backward_fn backward,
+static kn_tensor *mul_like(const char *name, kn_binary_op op, kn_backward_fn backward,
                            kn_tensor *a, kn_tensor *b)
 {
     kn_tensor *out = binary_forward(name, op, a, b, 0.f);
@@ -120,7 +120,7 @@ kn_tensor *kn_div(kn_tensor *a, kn_tensor *b)
     return mul_like("div", KN_BINARY_DIV, div_backward, a, b);
 }
 
-static kn_tensor *compare(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b)
+static kn_tensor *compare(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b)
 {
     return kn__result(binary_forward(name, op, a, b, 0.f));
 }
@@ -143,7 +143,7 @@ kn_tensor *kn_lt(kn_tensor *a, kn_tensor *b)
 /* What backward needs of a unary op: its input (x), its output (y), or neither. */
 typedef enum { SAVE_NOTHING, SAVE_INPUT, SAVE_OUTPUT } unary_save;
 
-static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, float alpha,
+static kn_tensor *unary_op(const char *name, kn_unary_op op, kn_tensor *a, float alpha,
                            float beta, kn_backward_fn backward, unary_save save)
 {
     if (!kn__check_inputs(name, &a, 1) || !kn__check_float(name, a)) return NULL;
@@ -170,7 +170,7 @@ static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, f
 }
 
 /* grad_input = op(grad, saved) with one of the fused backward kernels. */
-static kn_tensor *fused_backward(kn_cpu_binary_op op, kn_tensor *grad, kn_tensor *saved,
+static kn_tensor *fused_backward(kn_binary_op op, kn_tensor *grad, kn_tensor *saved,
                                  float alpha, float beta)
 {
     int64_t shape[KN_MAX_DIMS];

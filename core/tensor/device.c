@@ -263,7 +263,7 @@ void kn__device_free(kn_device device, void *ptr, size_t nbytes)
 
 /* ---- kernels: CPU or CUDA by device ------------------------------------------------- */
 
-kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_binary(kn_device device, kn_binary_op op, const int64_t *shape, int ndim,
                             kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                             float beta)
 {
@@ -276,7 +276,7 @@ kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t
     return module_error(be->binary(device.index, op, shape, ndim, out, a, b, alpha, beta));
 }
 
-kn_status kn__kernel_unary(kn_device device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_unary(kn_device device, kn_unary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta)
 {
     if (device.type == KN_DEVICE_CPU) {

@@ -165,7 +165,7 @@ static inline float gelu_tanh_grad(float x)
 /* ---- binary --------------------------------------------------------------------------- */
 
 typedef struct binary_context {
-    kn_cpu_binary_op op;
+    kn_binary_op op;
     float alpha, beta;
 } binary_context;
 
@@ -260,7 +260,7 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     (void)beta;
 }
 
-void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_binary(kn_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                    kn_cpu_operand a, kn_cpu_operand b, float alpha, float beta)
 {
     binary_context context = {op, alpha, beta};
@@ -276,7 +276,7 @@ void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_o
 /* ---- unary ---------------------------------------------------------------------------- */
 
 typedef struct unary_context {
-    kn_cpu_unary_op op;
+    kn_unary_op op;
     float alpha, beta;
 } unary_context;
 
@@ -373,7 +373,7 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     (void)beta;
 }
 
-void kn_cpu_unary(kn_cpu_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_unary(kn_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                   kn_cpu_operand a, float alpha, float beta)
 {
     unary_context context = {op, alpha, beta};

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../core/optim_kernels.h"
+#include "../cpu/kn_cpu_optim.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,11 +54,11 @@ typedef struct kn_cuda_train {
                                        int64_t n, int64_t c, int64_t s, bool training, float *dx,
                                        float *dweight, float *dbias);
 
-    /* kn__optim_sgd / _adam / _rmsprop on one parameter of n elements (device pointers
+    /* kn_cpu_optim_sgd / _adam / _rmsprop on one parameter of n elements (device pointers
      * in *a, the struct itself on the host). */
-    const char *(*optim_sgd)(int device, const kn__optim_args *a, int64_t n);
-    const char *(*optim_adam)(int device, const kn__optim_args *a, int64_t n);
-    const char *(*optim_rmsprop)(int device, const kn__optim_args *a, int64_t n);
+    const char *(*optim_sgd)(int device, const kn_cpu_optim_args *a, int64_t n);
+    const char *(*optim_adam)(int device, const kn_cpu_optim_args *a, int64_t n);
+    const char *(*optim_rmsprop)(int device, const kn_cpu_optim_args *a, int64_t n);
 
     /* Sum of squares of n contiguous floats in double (waits for the result). */
     const char *(*sum_squares)(int device, const float *x, int64_t n, double *host_out);

@@ -4,7 +4,7 @@
  * use. Each op: shape rule, forward through kernels/cpu/elementwise.c, backward.
  */
 #include "kn_internal.h"
-#include "kn_cuda_conv_ops.h"
+#include "kn_cuda.h"
 
 #include <math.h>
 #include <string.h>
@@ -380,12 +380,12 @@ kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
         !kn__broadcast_shapes("where", cond->shape, cond->ndim, ab, ab_ndim, shape, &ndim))
         return NULL;
     const kn_cuda_conv_backend *be = NULL;
-    if (a->device.type != KN_DEVICE_CPU && !(be = kn__conv_backend(a->device, "where")))
+    if (a->device.type != KN_DEVICE_CPU && !(be = kn__cuda_conv(a->device, "where")))
         return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
     if (be) {
-        if (kn__conv_status(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
+        if (kn__cuda_error(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
                                       operand(cond, shape, ndim), cond->dtype == KN_INT64,
                                       operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
             kn_release(out);

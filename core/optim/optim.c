@@ -15,7 +15,7 @@
  */
 #include "kn_optim.h"
 #include "kn_internal.h"
-#include "kn_cuda_train_core.h"
+#include "kn_cuda.h"
 #include "kn_cpu_optim.h"
 
 #include <math.h>
@@ -338,7 +338,7 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.dampening = o->dampening;
             a.nesterov = o->nesterov;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_sgd(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_sgd(p->device.index, &a, kn_numel(p)));
             else
                 kn_cpu_optim_sgd(&a, kn_numel(p));
             break;
@@ -353,7 +353,7 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.step = step;
             a.decoupled = o->kind == KN_OPTIM_ADAMW;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_adam(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_adam(p->device.index, &a, kn_numel(p)));
             else
                 kn_cpu_optim_adam(&a, kn_numel(p));
             break;
@@ -364,7 +364,7 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.alpha = o->alpha;
             a.eps = o->eps;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_rmsprop(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_rmsprop(p->device.index, &a, kn_numel(p)));
             else
                 kn_cpu_optim_rmsprop(&a, kn_numel(p));
             break;

@@ -34,8 +34,7 @@
  * in between, e.g. the partial batch, gives parameters gradients of its own), so the
  * eager optimizer step after a replay reads what the replay wrote.
  */
-#include "kn_cuda_host_core.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 #include "kn_internal.h"
 #include "kn_train_internal.h"
 

@@ -1,5 +1,5 @@
 /*
- * kn_cuda_backend.h — the contract between the engine (core/device.c) and the CUDA
+ * kn_cuda_backend.h — the contract between the engine (core/tensor/device.c) and the CUDA
  * module libkiln_cuda.so, which the engine loads at run time with dlopen so that the
  * same binaries run on machines without a GPU or a CUDA driver.
  *

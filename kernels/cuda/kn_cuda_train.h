@@ -1,8 +1,8 @@
 /*
  * kn_cuda_train.h — the CUDA module's second table, kn_cuda_train_v1: the kernels of
  * training that are not elementwise (layer norm and batch norm forward and backward, the
- * fused optimizer steps, and the reductions of gradient clipping). core/device.c
- * resolves it next to kn_cuda_backend_v1; core/kn_cuda_train_core.h hands it to the ops.
+ * fused optimizer steps, and the reductions of gradient clipping). core/tensor/device.c
+ * resolves it next to kn_cuda_backend_v1; core/kn_cuda.h hands it to the ops.
  *
  * As in kn_cuda_backend.h, pointers are device pointers unless named host, work runs on
  * the device's stream, and every function returns NULL or a message naming the op (one
@@ -21,6 +21,7 @@
 extern "C" {
 #endif
 
+#define KN_CUDA_TRAIN_ABI 1
 #define KN_CUDA_TRAIN_SYMBOL "kn_cuda_train_v1"
 
 /* A float32 vector with an element stride; ptr NULL when absent. */
@@ -30,6 +31,7 @@ typedef struct kn_cuda_fvec {
 } kn_cuda_fvec;
 
 typedef struct kn_cuda_train {
+    int abi;     /* KN_CUDA_TRAIN_ABI */
     size_t size; /* sizeof(kn_cuda_train) as the module was built */
 
     /* kn_cpu_layer_norm_forward / _backward semantics (contiguous rows x cols; weight

@@ -187,9 +187,10 @@ Test(spec, fmnist_cnn_shapes_and_parameters_match_torch)
         cr_expect_eq(spec->layers[i].parameter_count, params[i], "layer %d", i);
     }
     cr_assert_eq(spec->parameter_count, 206922); /* sum(p.numel()) in torch */
-    cr_assert_eq(spec->layers[3].in_features, 16);
-    cr_assert_eq(spec->layers[7].in_features, 1568);
-    cr_assert_eq(spec->layers[2].pool.stride[0], 2, "stride defaults to the kernel size");
+    cr_assert_eq(spec->layers[3].options.conv2d.in_channels, 16);
+    cr_assert_eq(spec->layers[7].options.linear.in_features, 1568);
+    cr_assert_eq(spec->layers[2].options.max_pool2d.stride[0], 2,
+                 "stride defaults to the kernel size");
     expect_shape(spec->output_shape, spec->output_ndim, "[10]", "output");
     /* weights + grads + 2 Adam states, input and 2x each activation, float32 */
     int64_t acts = 784 + 2 * (12544 * 2 + 3136 + 6272 * 2 + 1568 * 2 + 128 * 2 + 10);
@@ -225,9 +226,9 @@ Test(spec, other_models_match_torch)
     for (int i = 0; i < 17; i++)
         expect_shape(spec->layers[i].out_shape, spec->layers[i].out_ndim, zoo[i], "zoo layer");
     cr_expect_eq(spec->parameter_count, 4466);
-    cr_expect_eq(spec->layers[9].in_features, 96);
-    cr_expect(spec->layers[5].pool.exclude_padding_from_count);
-    cr_expect_eq(spec->layers[6].approximate, KN_GELU_TANH);
+    cr_expect_eq(spec->layers[9].options.batch_norm.num_features, 96);
+    cr_expect(!spec->layers[5].options.avg_pool2d.count_include_pad);
+    cr_expect_eq(spec->layers[6].options.gelu.approximate, KN_GELU_TANH);
     kapi_model_spec_free(spec);
 
     spec = parse_file("tests/specs/valid/model-sequence.json");

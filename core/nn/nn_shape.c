@@ -1,16 +1,75 @@
 /*
- * nn_shape.c — what can be said about a module without running it: the output shape for
- * an input shape (without the batch dim), with errors that name the layer and both
- * shapes for spec validation, and PyTorch's repr of the module for logs.
+ * nn_shape.c — what can be said about a module without running it: kn_layer_infer
+ * (each row's shape rule behind the checks every layer shares), the pieces of shape
+ * rules several rows use, kn_module_output_shape over a module's layers, and PyTorch's
+ * repr of a module for logs (torch's Module.__repr__ around each row's extra_repr).
  */
-#include "kn_internal.h"
-#include "kn_nn.h"
+#include "nn_internal.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- output shapes ---------------------------------------------------------------- */
+/* ---- pieces of shape rules ---------------------------------------------------------- */
+
+bool kn__shape_fail(kn_layer_shape *s, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->message, sizeof s->message, fmt, ap);
+    va_end(ap);
+    s->field = field;
+    return false;
+}
+
+bool kn__shape_infer(kn_layer_shape *s, const char *field, int64_t *value, int64_t inferred)
+{
+    if (*value == 0) *value = inferred;
+    if (*value == inferred) return true;
+    const kn_layer_io *in = &s->inputs[0];
+    return kn__shape_fail(s, field, "expected %lld (inferred from the input %s), got %lld",
+                          (long long)inferred, kn__shape_of(in->shape, in->ndim),
+                          (long long)*value);
+}
+
+bool kn__shape_image(kn_layer_shape *s)
+{
+    const kn_layer_io *in = &s->inputs[0];
+    if (in->ndim == 3) return true;
+    return kn__shape_fail(s, NULL, "expects a [channels, height, width] input, got %s%s",
+                          kn__shape_of(in->shape, in->ndim),
+                          in->ndim == 2 ? " — give input_shape a channel dim, e.g. [1, H, W]" : "");
+}
+
+const char *kn__shape_batched(const kn_layer_io *in, char *buf, size_t size)
+{
+    size_t used = (size_t)snprintf(buf, size, "[N");
+    for (int i = 0; i < in->ndim && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, ", %lld", (long long)in->shape[i]);
+    if (used < size) snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
+bool kn__shape_batched_dim(kn_layer_shape *s, const char *field, int64_t dim, int *out)
+{
+    const kn_layer_io *in = &s->inputs[0];
+    int rank = in->ndim + 1;
+    char shape[128];
+    if (dim < -rank || dim >= rank)
+        return kn__shape_fail(s, field,
+                              "expected an integer from %d to %d (the batched input %s has %d "
+                              "dims), got %lld",
+                              -rank, rank - 1, kn__shape_batched(in, shape, sizeof shape), rank,
+                              (long long)dim);
+    *out = (int)(dim < 0 ? dim + rank : dim);
+    if (*out == 0)
+        return kn__shape_fail(s, field,
+                              "dim %lld is the batch dim of the batched input %s: expected a dim "
+                              "from 1 to %d (or from %d to -1)",
+                              (long long)dim, kn__shape_batched(in, shape, sizeof shape), rank - 1,
+                              -(rank - 1));
+    return true;
+}
 
 /* Floor division, as PyTorch's div_rtn. */
 static int64_t div_floor(int64_t a, int64_t b)
@@ -20,174 +79,95 @@ static int64_t div_floor(int64_t a, int64_t b)
 }
 
 /* PyTorch's pooling_output_shape. */
-static int64_t pool_size(int64_t in, int k, int pad, int stride, int dilation, bool ceil_mode)
+static int64_t window_size(int64_t in, int k, int s, int p, int d, bool ceil_mode)
 {
-    int64_t out =
-        div_floor(in + 2 * pad - (int64_t)dilation * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0),
-                  stride) +
-        1;
-    if (ceil_mode && (out - 1) * stride >= in + pad) out--;
+    int64_t out = div_floor(in + 2 * p - (int64_t)d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+    if (ceil_mode && (out - 1) * s >= in + p) out--;
     return out;
 }
 
-static kn_status spatial(const kn_module *m, const int64_t *in, int n, int64_t *out)
+bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], const int padding[2],
+                      const int dilation[2], bool ceil_mode)
 {
-    if (n != 3)
-        return kn__error(KN_ERR_SHAPE, "expects a 3-D input [channels, height, width], got %s",
-                         kn__shape_of(in, n));
+    const int64_t *in = s->inputs[0].shape;
+    int64_t *out = s->output.shape;
     out[0] = in[0];
-    for (int i = 0; i < 2; i++) {
-        int64_t size;
-        if (m->kind == KN_MODULE_CONV2D) {
-            size = pool_size(in[1 + i], m->kernel_size[i], m->conv.padding[i], m->conv.stride[i],
-                             m->conv.dilation[i], false);
-        } else if (m->kind == KN_MODULE_ADAPTIVE_AVG_POOL2D) {
-            if (in[1 + i] == 0)
-                return kn__error(KN_ERR_SHAPE, "expects non-zero height and width, got %s",
-                                 kn__shape_of(in, n));
-            size = m->output_size[i];
-        } else {
-            size = pool_size(in[1 + i], m->pool.kernel_size[i], m->pool.padding[i],
-                             m->pool.stride[i], m->pool.dilation[i], m->pool.ceil_mode);
+    for (int i = 0; i < 2; i++)
+        out[1 + i] = window_size(in[1 + i], k[i], stride[i], padding[i], dilation[i], ceil_mode);
+    if (out[1] > 0 && out[2] > 0) return true;
+    char from[96];
+    kn_shape_str(in, 3, from, sizeof from);
+    return kn__shape_fail(s, NULL,
+                          "would output %s from the input %s: the input is too small for "
+                          "kernel_size [%d, %d] (stride [%d, %d], padding [%d, %d], dilation "
+                          "[%d, %d])",
+                          kn__shape_of(out, 3), from, k[0], k[1], stride[0], stride[1], padding[0],
+                          padding[1], dilation[0], dilation[1]);
+}
+
+/* ---- kn_layer_infer ------------------------------------------------------------------ */
+
+bool kn_layer_infer(kn_layer_shape *s)
+{
+    const kn_layer_type *row = s->type;
+    int least = row->min_inputs ? row->min_inputs : 1;
+    int most = row->max_inputs ? row->max_inputs : 1;
+    s->field = NULL;
+    s->message[0] = '\0';
+    s->parameter_count = 0;
+    s->buffer_bytes = 0;
+    if (s->n_inputs < least || s->n_inputs > most)
+        return kn__shape_fail(s, NULL, "takes %d to %d inputs, got %d", least, most, s->n_inputs);
+    for (int i = 0; i < s->n_inputs; i++)
+        if (s->inputs[i].dtype != row->input_dtype)
+            return kn__shape_fail(s, NULL, "expects %s inputs, got a %s input",
+                                  kn_dtype_name(row->input_dtype),
+                                  kn_dtype_name(s->inputs[i].dtype));
+    s->output = s->inputs[0];
+    s->output.dtype = KN_FLOAT32;
+    return row->shape ? row->shape(s) : true;
+}
+
+/* ---- kn_module_output_shape ---------------------------------------------------------- */
+
+/* out for in at m. A failure names where it happened: where (the layer, "layer 6
+ * (linear)" in a Sequential, NULL for the module asked about), then the argument. */
+static kn_status module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
+                              const char *where)
+{
+    if (m->kind == KN_MODULE_SEQUENTIAL) {
+        kn_layer_io current = *in;
+        for (int i = 0; i < m->n_children; i++) {
+            const kn_module *child = m->children[i];
+            char at[96];
+            snprintf(at, sizeof at, "layer %d (%s)", i, child->layer->name);
+            kn_layer_io next;
+            if (module_shape(child, &current, &next, at) != KN_OK) {
+                if (!where) return kn_last_status();
+                char message[512];
+                snprintf(message, sizeof message, "%s", kn_last_error());
+                return kn__error(kn_last_status(), "%s: %s", where, message);
+            }
+            current = next;
         }
-        if (size <= 0) {
-            const int *k = m->kind == KN_MODULE_CONV2D ? m->kernel_size : m->pool.kernel_size;
-            return kn__error(KN_ERR_SHAPE,
-                             "the input %s is too small for a %dx%d kernel (the output would "
-                             "be empty)",
-                             kn__shape_of(in, n), k[0], k[1]);
-        }
-        out[1 + i] = size;
-    }
-    return KN_OK;
-}
-
-/* dim counted with the batch dim, for a tensor of rank ndim; false if out of range. */
-static bool wrap(int *dim, int ndim)
-{
-    if (*dim < -ndim || *dim >= ndim) return false;
-    if (*dim < 0) *dim += ndim;
-    return true;
-}
-
-static kn_status flatten_shape(const kn_module *m, const int64_t *in, int n, int64_t *out,
-                               int *out_n)
-{
-    int start = m->start_dim, end = m->end_dim, full = n + 1;
-    if (!wrap(&start, full) || !wrap(&end, full))
-        return kn__error(KN_ERR_DIM,
-                         "start_dim %d or end_dim %d is out of range for an input %s (%d dims "
-                         "with the batch dim)",
-                         m->start_dim, m->end_dim, kn__shape_of(in, n), full);
-    if (start > end)
-        return kn__error(KN_ERR_DIM, "start_dim %d comes after end_dim %d for an input %s",
-                         m->start_dim, m->end_dim, kn__shape_of(in, n));
-    if (start == 0)
-        return kn__error(KN_ERR_DIM, "start_dim 0 would merge the batch dim into the features; use "
-                                     "start_dim >= 1");
-    int k = 0;
-    for (int d = 1; d < start; d++) out[k++] = in[d - 1];
-    int64_t product = 1;
-    for (int d = start; d <= end; d++) product *= in[d - 1];
-    out[k++] = product;
-    for (int d = end + 1; d < full; d++) out[k++] = in[d - 1];
-    *out_n = k;
-    return KN_OK;
-}
-
-static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64_t *out,
-                             int *out_n);
-
-static kn_status sequential_shape(const kn_module *m, const int64_t *in, int n, int64_t *out,
-                                  int *out_n)
-{
-    int64_t current[KN_MAX_DIMS];
-    int current_n = n;
-    memcpy(current, in, sizeof(int64_t) * (size_t)n);
-    for (int i = 0; i < m->n_children; i++) {
-        int64_t next[KN_MAX_DIMS];
-        int next_n = 0;
-        if (layer_shape(m->children[i], current, current_n, next, &next_n) != KN_OK) {
-            char message[512];
-            snprintf(message, sizeof message, "%s", kn_last_error());
-            return kn__error(kn_last_status(), "layer %d (%s): %s", i,
-                             kn_module_kind_name(m->children[i]->kind), message);
-        }
-        memcpy(current, next, sizeof(int64_t) * (size_t)next_n);
-        current_n = next_n;
-    }
-    memcpy(out, current, sizeof(int64_t) * (size_t)current_n);
-    *out_n = current_n;
-    return KN_OK;
-}
-
-/* The message says what the layer expects and what it got, without the layer's name. */
-static kn_status layer_shape(const kn_module *m, const int64_t *in, int n, int64_t *out, int *out_n)
-{
-    const char *got = kn__shape_of(in, n);
-    long long c = (long long)m->in_features;
-    *out_n = n;
-    switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL:
-        return sequential_shape(m, in, n, out, out_n);
-    case KN_MODULE_LINEAR:
-        if (n == 0 || in[n - 1] != m->in_features)
-            return kn__error(KN_ERR_SHAPE, "expects a 1-D input of %lld features, got %s%s", c, got,
-                             n > 1 ? " — add a flatten" : "");
-        memcpy(out, in, sizeof(int64_t) * (size_t)n);
-        out[n - 1] = m->out_features;
+        *out = current;
         return KN_OK;
-    case KN_MODULE_CONV2D:
-        if (n == 3 && in[0] != m->in_features)
-            return kn__error(KN_ERR_SHAPE, "expects %lld input channels, got %s", c, got);
-        if (spatial(m, in, n, out) != KN_OK) return kn_last_status();
-        out[0] = m->out_features;
+    }
+    kn_layer_options options = m->options; /* inference must not change the module */
+    kn_layer_shape s = {.type = m->layer, .options = &options, .inputs = in, .n_inputs = 1};
+    if (kn_layer_infer(&s)) {
+        *out = s.output;
         return KN_OK;
-    case KN_MODULE_MAX_POOL2D:
-    case KN_MODULE_AVG_POOL2D:
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
-        return spatial(m, in, n, out);
-    case KN_MODULE_FLATTEN:
-        return flatten_shape(m, in, n, out, out_n);
-    case KN_MODULE_SOFTMAX: {
-        int dim = m->dim;
-        if (!wrap(&dim, n + 1))
-            return kn__error(KN_ERR_DIM,
-                             "dim %d is out of range for an input %s (%d dims with the batch dim)",
-                             m->dim, got, n + 1);
-        break;
     }
-    case KN_MODULE_BATCH_NORM1D:
-        if ((n != 1 && n != 2) || in[0] != m->in_features)
-            return kn__error(KN_ERR_SHAPE, "expects an input [%lld] or [%lld, length], got %s", c,
-                             c, got);
-        break;
-    case KN_MODULE_BATCH_NORM2D:
-        if (n != 3 || in[0] != m->in_features)
-            return kn__error(KN_ERR_SHAPE, "expects a 3-D input [%lld, height, width], got %s", c,
-                             got);
-        break;
-    case KN_MODULE_LAYER_NORM: {
-        int k = m->normalized_ndim;
-        bool fits = n >= k;
-        for (int i = 0; fits && i < k; i++) fits = in[n - k + i] == m->normalized_shape[i];
-        if (!fits)
-            return kn__error(KN_ERR_SHAPE, "expects an input ending in %s, got %s",
-                             kn__shape_of(m->normalized_shape, k), got);
-        break;
-    }
-    case KN_MODULE_EMBEDDING:
-        if (n + 2 > KN_MAX_DIMS)
-            return kn__error(KN_ERR_SHAPE, "an input %s has too many dims for an embedding", got);
-        memcpy(out, in, sizeof(int64_t) * (size_t)n);
-        out[n] = m->out_features;
-        *out_n = n + 1;
-        return KN_OK;
-    default:
-        break; /* elementwise: the shape is unchanged */
-    }
-    memcpy(out, in, sizeof(int64_t) * (size_t)n);
-    return KN_OK;
+    return kn__error(KN_ERR_SHAPE, "%s: %s%s%s", where ? where : m->layer->name,
+                     s.field ? s.field : "", s.field ? ": " : "", s.message);
+}
+
+/* The dtype a module's input is: the first layer's. */
+static kn_dtype input_dtype(const kn_module *m)
+{
+    while (m->kind == KN_MODULE_SEQUENTIAL && m->n_children > 0) m = m->children[0];
+    return m->layer->input_dtype;
 }
 
 kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, int in_ndim,
@@ -204,15 +184,38 @@ kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, in
         if (in_shape[i] < 0)
             return kn__error(KN_ERR_SHAPE, "output_shape: negative size in input shape %s",
                              kn__shape_of(in_shape, in_ndim));
-    if (m->kind == KN_MODULE_SEQUENTIAL)
-        return sequential_shape(m, in_shape, in_ndim, out_shape, out_ndim);
-    if (layer_shape(m, in_shape, in_ndim, out_shape, out_ndim) == KN_OK) return KN_OK;
-    char message[512];
-    snprintf(message, sizeof message, "%s", kn_last_error());
-    return kn__error(kn_last_status(), "%s: %s", kn_module_kind_name(m->kind), message);
+    kn_layer_io in = {.ndim = in_ndim, .dtype = input_dtype(m)}, out;
+    memcpy(in.shape, in_shape, sizeof(int64_t) * (size_t)in_ndim);
+    if (module_shape(m, &in, &out, NULL) != KN_OK) return kn_last_status();
+    memcpy(out_shape, out.shape, sizeof(int64_t) * (size_t)out.ndim);
+    *out_ndim = out.ndim;
+    return KN_OK;
 }
 
 /* ---- repr ------------------------------------------------------------------------- */
+
+void kn__repr_add(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t used = strlen(buf);
+    if (used + 1 >= size) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+void kn__repr_pair(char *buf, size_t size, const char *name, const int v[2], bool as_tuple)
+{
+    if (!as_tuple && v[0] == v[1])
+        kn__repr_add(buf, size, "%s=%d", name, v[0]);
+    else
+        kn__repr_add(buf, size, "%s=(%d, %d)", name, v[0], v[1]);
+}
+
+const char *kn__py_bool(bool v)
+{
+    return v ? "True" : "False";
+}
 
 typedef struct {
     char *text;
@@ -245,108 +248,23 @@ static void append(text_buffer *b, const char *fmt, ...)
     b->length += (size_t)n;
 }
 
-/* torch prints an int for a square pair, a tuple otherwise (for pools, as given). */
-static void pair(text_buffer *b, const char *name, const int v[2], bool as_tuple)
-{
-    if (!as_tuple && v[0] == v[1])
-        append(b, "%s=%d", name, v[0]);
-    else
-        append(b, "%s=(%d, %d)", name, v[0], v[1]);
-}
-
-static const char *py_bool(bool v)
-{
-    return v ? "True" : "False";
-}
-
+/* torch's Module.__repr__: the class, then its extra_repr on one line when it has no
+ * children, else the extra_repr and "(name): child" lines indented. */
 static void describe(const kn_module *m, text_buffer *b, int indent)
 {
+    char extra[512] = "";
+    if (m->layer->describe) m->layer->describe(m, extra, sizeof extra);
     append(b, "%s(", m->type_name);
-    const kn_pool2d_args *p = &m->pool;
-    const kn_conv2d_args *cv = &m->conv;
-    switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL:
-        for (int i = 0; i < m->n_children; i++) {
-            append(b, "\n%*s(%d): ", indent + 2, "", i);
-            describe(m->children[i], b, indent + 2);
-        }
-        if (m->n_children) append(b, "\n%*s", indent, "");
-        break;
-    case KN_MODULE_LINEAR:
-        append(b, "in_features=%lld, out_features=%lld, bias=%s", (long long)m->in_features,
-               (long long)m->out_features, py_bool(m->has_bias));
-        break;
-    case KN_MODULE_CONV2D:
-        append(b, "%lld, %lld, ", (long long)m->in_features, (long long)m->out_features);
-        pair(b, "kernel_size", m->kernel_size, true);
-        append(b, ", ");
-        pair(b, "stride", cv->stride, true);
-        if (cv->padding[0] || cv->padding[1]) {
-            append(b, ", ");
-            pair(b, "padding", cv->padding, true);
-        }
-        if (cv->dilation[0] != 1 || cv->dilation[1] != 1) {
-            append(b, ", ");
-            pair(b, "dilation", cv->dilation, true);
-        }
-        if (cv->groups != 1) append(b, ", groups=%d", cv->groups);
-        if (!m->has_bias) append(b, ", bias=False");
-        break;
-    case KN_MODULE_MAX_POOL2D:
-    case KN_MODULE_AVG_POOL2D:
-        pair(b, "kernel_size", p->kernel_size, false);
-        append(b, ", ");
-        pair(b, "stride", p->stride, false);
-        append(b, ", ");
-        pair(b, "padding", p->padding, false);
-        if (m->kind == KN_MODULE_MAX_POOL2D) {
-            append(b, ", ");
-            pair(b, "dilation", p->dilation, false);
-            append(b, ", ceil_mode=%s", py_bool(p->ceil_mode));
-        }
-        break;
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
-        pair(b, "output_size", m->output_size, false);
-        break;
-    case KN_MODULE_FLATTEN:
-        append(b, "start_dim=%d, end_dim=%d", m->start_dim, m->end_dim);
-        break;
-    case KN_MODULE_LEAKY_RELU:
-        append(b, "negative_slope=%g", m->negative_slope);
-        break;
-    case KN_MODULE_GELU:
-        append(b, "approximate='%s'", m->approximate == KN_GELU_TANH ? "tanh" : "none");
-        break;
-    case KN_MODULE_SOFTMAX:
-        append(b, "dim=%d", m->dim);
-        break;
-    case KN_MODULE_DROPOUT:
-        append(b, "p=%g, inplace=False", m->p);
-        break;
-    case KN_MODULE_BATCH_NORM1D:
-    case KN_MODULE_BATCH_NORM2D:
-        append(b, "%lld, eps=%g, ", (long long)m->in_features, m->eps);
-        if (m->momentum < 0)
-            append(b, "momentum=None");
-        else
-            append(b, "momentum=%g", m->momentum);
-        append(b, ", affine=%s, track_running_stats=%s", py_bool(m->affine),
-               py_bool(m->track_running_stats));
-        break;
-    case KN_MODULE_LAYER_NORM:
-        append(b, "(");
-        for (int i = 0; i < m->normalized_ndim; i++)
-            append(b, "%s%lld", i ? ", " : "", (long long)m->normalized_shape[i]);
-        append(b, "%s), eps=%g, elementwise_affine=%s", m->normalized_ndim == 1 ? "," : "", m->eps,
-               py_bool(m->affine));
-        break;
-    case KN_MODULE_EMBEDDING:
-        append(b, "%lld, %lld", (long long)m->in_features, (long long)m->out_features);
-        break;
-    default:
-        break;
+    if (m->n_children == 0) {
+        append(b, "%s)", extra);
+        return;
     }
-    append(b, ")");
+    if (extra[0]) append(b, "\n%*s%s", indent + 2, "", extra);
+    for (int i = 0; i < m->n_children; i++) {
+        append(b, "\n%*s(%s): ", indent + 2, "", m->child_names[i]);
+        describe(m->children[i], b, indent + 2);
+    }
+    append(b, "\n%*s)", indent, "");
 }
 
 char *kn_module_describe(const kn_module *m)

@@ -604,8 +604,9 @@ Test(nn_shape, single_layers)
     kn_module_free(m);
 
     m = kn_layer_norm_new((int64_t[]){4}, 1, 1e-5, true);
-    assert_shape_error(m, KN_SHAPE(3, 5), "layer_norm: normalized_shape: expected the trailing dims "
-                                          "of the input [3, 5], got [4]");
+    assert_shape_error(m, KN_SHAPE(3, 5),
+                       "layer_norm: normalized_shape: expected the trailing dims "
+                       "of the input [3, 5], got [4]");
     kn_module_free(m);
 }
 

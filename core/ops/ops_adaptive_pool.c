@@ -126,8 +126,7 @@ kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_wi
     kn_tensor *out = kn__empty_raw(shape, x->ndim, KN_FLOAT32, x->device);
     bool ok = xd && out;
     if (ok && on_cuda)
-        ok =
-            kn__cuda_error(be->adaptive_avg_pool2d(x->device.index, d.planes, d.h, d.w, d.oh, d.ow,
+        ok = kn__cuda_error(be->adaptive_avg_pool2d(x->device.index, d.planes, d.h, d.w, d.oh, d.ow,
                                                     kn__data_ptr(xd), kn__data_ptr(out))) == KN_OK;
     else if (ok && kn_numel(out) > 0)
         pool_forward(&d, kn__data_ptr(xd), kn__data_ptr(out));

@@ -547,9 +547,9 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     if (grad->device.type != KN_DEVICE_CPU) {
         const kn_cuda_conv_backend *be = kn__cuda_conv(grad->device, "max_pool2d backward");
         if (!be) return kn_last_status();
-        kn_status status = kn__cuda_error(
-            be->max_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd),
-                                    kn__data_ptr(node->saved[0]), kn__data_ptr(gx)));
+        kn_status status =
+            kn__cuda_error(be->max_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd),
+                                                   kn__data_ptr(node->saved[0]), kn__data_ptr(gx)));
         if (status != KN_OK) return status;
     } else if (node->iargs[14])
         kn_cpu_max_pool2d_2x2_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
@@ -579,8 +579,8 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
         two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : pool_output(x, &g, KN_INT64);
     bool ok = xd && out && indices;
     if (ok && on_cuda)
-        ok = kn__cuda_error(be->max_pool2d(x->device.index, &g, kn__data_ptr(xd),
-                                            kn__data_ptr(out), kn__data_ptr(indices))) == KN_OK;
+        ok = kn__cuda_error(be->max_pool2d(x->device.index, &g, kn__data_ptr(xd), kn__data_ptr(out),
+                                           kn__data_ptr(indices))) == KN_OK;
     else if (ok && two_by_two)
         kn_cpu_max_pool2d_2x2(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
     else if (ok)

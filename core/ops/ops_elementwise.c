@@ -92,8 +92,8 @@ kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b)
     return add_like("sub", a, b, -1.0);
 }
 
-static kn_tensor *mul_like(const char *name, kn_binary_op op, kn_backward_fn backward,
-                           kn_tensor *a, kn_tensor *b)
+static kn_tensor *mul_like(const char *name, kn_binary_op op, kn_backward_fn backward, kn_tensor *a,
+                           kn_tensor *b)
 {
     kn_tensor *out = binary_forward(name, op, a, b, 0.f);
     if (!out) return NULL;
@@ -143,8 +143,8 @@ kn_tensor *kn_lt(kn_tensor *a, kn_tensor *b)
 /* What backward needs of a unary op: its input (x), its output (y), or neither. */
 typedef enum { SAVE_NOTHING, SAVE_INPUT, SAVE_OUTPUT } unary_save;
 
-static kn_tensor *unary_op(const char *name, kn_unary_op op, kn_tensor *a, float alpha,
-                           float beta, kn_backward_fn backward, unary_save save)
+static kn_tensor *unary_op(const char *name, kn_unary_op op, kn_tensor *a, float alpha, float beta,
+                           kn_backward_fn backward, unary_save save)
 {
     if (!kn__check_inputs(name, &a, 1) || !kn__check_float(name, a)) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
@@ -170,8 +170,8 @@ static kn_tensor *unary_op(const char *name, kn_unary_op op, kn_tensor *a, float
 }
 
 /* grad_input = op(grad, saved) with one of the fused backward kernels. */
-static kn_tensor *fused_backward(kn_binary_op op, kn_tensor *grad, kn_tensor *saved,
-                                 float alpha, float beta)
+static kn_tensor *fused_backward(kn_binary_op op, kn_tensor *grad, kn_tensor *saved, float alpha,
+                                 float beta)
 {
     int64_t shape[KN_MAX_DIMS];
     int ndim;
@@ -380,14 +380,13 @@ kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
         !kn__broadcast_shapes("where", cond->shape, cond->ndim, ab, ab_ndim, shape, &ndim))
         return NULL;
     const kn_cuda_conv_backend *be = NULL;
-    if (a->device.type != KN_DEVICE_CPU && !(be = kn__cuda_conv(a->device, "where")))
-        return NULL;
+    if (a->device.type != KN_DEVICE_CPU && !(be = kn__cuda_conv(a->device, "where"))) return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
     if (be) {
         if (kn__cuda_error(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
-                                      operand(cond, shape, ndim), cond->dtype == KN_INT64,
-                                      operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
+                                     operand(cond, shape, ndim), cond->dtype == KN_INT64,
+                                     operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
             kn_release(out);
             return NULL;
         }

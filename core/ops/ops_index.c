@@ -439,8 +439,8 @@ kn_tensor *kn_gather(kn_tensor *t, int dim, kn_tensor *index)
     if (t->device.type != KN_DEVICE_CPU) {
         const kn_cuda_conv_backend *be = kn__cuda_conv(t->device, "gather");
         if (!be || kn__cuda_error(be->gather(t->device.index, kn_dtype_size(t->dtype), shape, ndim,
-                                              dim, kn__data_ptr(out), kn__data_ptr(t), strides,
-                                              kn__data_ptr(idx))) != KN_OK) {
+                                             dim, kn__data_ptr(out), kn__data_ptr(t), strides,
+                                             kn__data_ptr(idx))) != KN_OK) {
             kn_release(idx);
             kn_release(out);
             return NULL;

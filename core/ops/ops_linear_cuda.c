@@ -6,9 +6,9 @@
  * (kernels/cuda/blaslt.cu). Backward: grad_x = g·W and grad_W = gᵀ·x through cuBLAS,
  * with the bias gradient (the column sums of g) reduced in grad_W's product by a
  * cublasLt epilogue when W needs a gradient. Where cublasLt has no algorithm for a
- * shape, the same results come from cuBLAS's sgemm: the bias copied into every row of y first and the product added to
- * it, the bias gradient summed on its own. Every product uses TF32 exactly when the
- * calling thread allows it (kn_set_allow_tf32).
+ * shape, the same results come from cuBLAS's sgemm: the bias copied into every row of y
+ * first and the product added to it, the bias gradient summed on its own. Every product
+ * uses TF32 exactly when the calling thread allows it (kn_set_allow_tf32).
  *
  * Operands: x (and g) are used as [rows, features] matrices when contiguous, else
  * copied; W as it is when row- or column-major, else copied.

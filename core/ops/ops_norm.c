@@ -138,8 +138,8 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
     }
     if (cols > 0 && cuda) {
         if (kn__cuda_error(cuda->layer_norm_forward(x->device.index, f32(xd), f32(wd), f32(bd),
-                                                     f32(out), f32(mean), f32(rstd), rows, cols,
-                                                     (float)eps)) != KN_OK) {
+                                                    f32(out), f32(mean), f32(rstd), rows, cols,
+                                                    (float)eps)) != KN_OK) {
             release_all(all, 6);
             return NULL;
         }
@@ -355,10 +355,10 @@ static kn_tensor *batch_norm_cuda(const kn_cuda_train *cuda, kn_tensor *x, kn_te
                          kn__empty_raw(cshape, 1, KN_FLOAT32, x->device),
                          kn__empty_raw(cshape, 1, KN_FLOAT32, x->device)};
     if (!all[0] || !all[1] || !all[2] || !all[3] ||
-        kn__cuda_error(cuda->batch_norm_forward(
-            x->device.index, f32(all[0]), dims.n, dims.c, dims.s, training, momentum, eps,
-            fvec(running_mean), fvec(running_var), fvec(weight),
-            fvec(bias), f32(all[1]), f32(all[2]), f32(all[3]))) != KN_OK) {
+        kn__cuda_error(cuda->batch_norm_forward(x->device.index, f32(all[0]), dims.n, dims.c,
+                                                dims.s, training, momentum, eps, fvec(running_mean),
+                                                fvec(running_var), fvec(weight), fvec(bias),
+                                                f32(all[1]), f32(all[2]), f32(all[3]))) != KN_OK) {
         release_all(all, 4);
         return NULL;
     }

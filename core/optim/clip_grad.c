@@ -86,7 +86,7 @@ kn_status kn_clip_grad_norm(kn_tensor *const *params, int count, double max_norm
         if (c->device.type == KN_DEVICE_CUDA) {
             const kn_cuda_train *t = kn__cuda_train(c->device, "clip_grad_norm");
             kn_status s = t ? kn__cuda_error(t->sum_squares(c->device.index, kn__data_ptr(c),
-                                                             kn_numel(c), &squares))
+                                                            kn_numel(c), &squares))
                             : kn_last_status();
             if (s != KN_OK) {
                 kn_release(c);
@@ -132,7 +132,7 @@ bool kn_grads_finite(kn_tensor *const *params, int count)
             const kn_cuda_train *t = kn__cuda_train(c->device, "grads_finite");
             /* a device that cannot answer counts as not finite: the step is skipped */
             if (!t || kn__cuda_error(t->all_finite(c->device.index, kn__data_ptr(c), kn_numel(c),
-                                                    &ok)) != KN_OK)
+                                                   &ok)) != KN_OK)
                 ok = false;
         } else {
             ok = all_finite(kn__data_ptr(c), kn_numel(c));

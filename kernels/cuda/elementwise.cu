@@ -221,8 +221,8 @@ __global__ void binary_kernel(geometry g, kn_binary_op op, float *out, const flo
     }
 }
 
-__global__ void unary_kernel(geometry g, kn_unary_op op, float *out, const float *a,
-                             float alpha, float beta)
+__global__ void unary_kernel(geometry g, kn_unary_op op, float *out, const float *a, float alpha,
+                             float beta)
 {
     GRID_STRIDE(i, g.numel)
     {

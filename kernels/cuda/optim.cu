@@ -292,10 +292,17 @@ extern "C" const char *kn_cuda_batch_norm_backward(int, const float *, const flo
                                                    float *, float *);
 
 static const kn_cuda_train train_table = {
-    KN_CUDA_TRAIN_ABI,          sizeof(kn_cuda_train),       kn_cuda_layer_norm_forward,
-    kn_cuda_layer_norm_backward, kn_cuda_batch_norm_forward, kn_cuda_batch_norm_backward,
-    optim_sgd,                  optim_adam,                  optim_rmsprop,
-    sum_squares,                all_finite,
+    KN_CUDA_TRAIN_ABI,
+    sizeof(kn_cuda_train),
+    kn_cuda_layer_norm_forward,
+    kn_cuda_layer_norm_backward,
+    kn_cuda_batch_norm_forward,
+    kn_cuda_batch_norm_backward,
+    optim_sgd,
+    optim_adam,
+    optim_rmsprop,
+    sum_squares,
+    all_finite,
 };
 
 extern "C" __attribute__((visibility("default"))) const kn_cuda_train *kn_cuda_train_v1(void)

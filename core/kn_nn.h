@@ -35,6 +35,7 @@ extern "C" {
     X(RELU, relu)                                                                                  \
     X(LEAKY_RELU, leaky_relu)                                                                      \
     X(GELU, gelu)                                                                                  \
+    X(SILU, silu)                                                                                  \
     X(TANH, tanh)                                                                                  \
     X(SIGMOID, sigmoid)                                                                            \
     X(SOFTMAX, softmax)                                                                            \
@@ -202,6 +203,7 @@ kn_module *kn_flatten_new(int start_dim, int end_dim); /* torch default: 1, -1 *
 kn_module *kn_relu_new(void);
 kn_module *kn_leaky_relu_new(double negative_slope);
 kn_module *kn_gelu_new(kn_gelu_approximation approximate);
+kn_module *kn_silu_new(void);
 kn_module *kn_tanh_new(void);
 kn_module *kn_sigmoid_new(void);
 kn_module *kn_softmax_new(int dim);

@@ -27,6 +27,7 @@ typedef enum {
     KN_BINARY_SIGMOID_BACKWARD,    /* b = output: grad * y * (1 - y) */
     KN_BINARY_GELU_BACKWARD,       /* b = input */
     KN_BINARY_GELU_TANH_BACKWARD,  /* b = input */
+    KN_BINARY_SILU_BACKWARD,       /* b = input: grad * s * (1 + x * (1 - s)), s = sigmoid(x) */
     KN_BINARY_POW_BACKWARD,        /* b = input: grad * alpha * x^(alpha-1) */
     KN_BINARY_CLAMP_BACKWARD,      /* b = input: grad where lo <= x <= hi (alpha, beta) */
     KN_BINARY_COUNT
@@ -46,6 +47,7 @@ typedef enum {
     KN_UNARY_SIGMOID,
     KN_UNARY_GELU,
     KN_UNARY_GELU_TANH,
+    KN_UNARY_SILU,       /* x * sigmoid(x) */
     KN_UNARY_POW,        /* alpha = exponent */
     KN_UNARY_CLAMP,      /* alpha = lo, beta = hi */
     KN_UNARY_ADD_SCALAR, /* alpha */

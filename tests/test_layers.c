@@ -6,6 +6,7 @@
  * inputs) behave, the CUDA-graph capture check reads the rows, and each pointwise
  * activation's op passes a finite-difference check.
  */
+#include "kapi.h"
 #include "kn_layer.h"
 #include "kn_test.h"
 #include "nn/nn_internal.h"
@@ -320,7 +321,8 @@ static kn_tensor *leaky_relu(kn_tensor *x)
 
 static const activation ACTIVATIONS[] = {
     {"relu", kn_relu},        {"leaky_relu", leaky_relu}, {"gelu", gelu_exact},
-    {"gelu_tanh", gelu_tanh}, {"tanh", kn_tanh},          {"sigmoid", kn_sigmoid},
+    {"gelu_tanh", gelu_tanh}, {"silu", kn_silu},          {"tanh", kn_tanh},
+    {"sigmoid", kn_sigmoid},
 };
 
 static kn_tensor *apply(kn_tensor **inputs, void *context)
@@ -336,5 +338,44 @@ Test(layers, activations_pass_finite_differences)
         kn_tensor *x = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(3, 7), -2.5, 2.5, 11), true);
         KN_ASSERT_GRADCHECK(apply, &x, 1, (void *)&ACTIVATIONS[i]);
     }
+    kn_scope_end();
+}
+
+/* ---- silu, the worked example of docs/adding-a-layer.md: spec to module to output ------- */
+
+Test(layers, silu_from_a_spec)
+{
+    kn_scope_begin();
+    const char *json = "{\"input_shape\": [4], \"layers\": [{\"type\": \"linear\", "
+                       "\"out_features\": 3}, {\"type\": \"silu\"}, {\"type\": \"silu\", "
+                       "\"inplace\": true}]}";
+    kapi_errors errors = {0};
+    kapi_model_spec *spec = kapi_model_spec_parse(json, strlen(json), &errors);
+    cr_assert_not_null(spec, "%s", errors.count ? errors.items[0].message : "");
+    cr_assert_eq(spec->layers[1].kind, KN_MODULE_SILU);
+    cr_assert_eq(spec->layers[2].out_shape[0], 3);
+    kn_module *m = kapi_model_build(spec, NULL);
+    cr_assert_not_null(m, "%s", kn_last_error());
+    char *repr = kn_module_describe(m);
+    cr_assert(strstr(repr, "(1): SiLU()\n  (2): SiLU()"), "%s", repr);
+    free(repr);
+    kn_tensor *x = kn_test_uniform(KN_SHAPE(2, 4), -3, 3, 5);
+    kn_tensor *h = kn_module_forward(m->children[0], x);
+    float v[6];
+    kn_copy_to_floats(h, v);
+    for (int i = 0; i < 6; i++) {
+        v[i] = v[i] / (1.f + expf(-v[i]));
+        v[i] = v[i] / (1.f + expf(-v[i]));
+    }
+    KN_ASSERT_VALUES(kn_module_forward(m, x), v);
+    kn_module_free(m);
+    kapi_model_spec_free(spec);
+    /* a silu takes no argument but inplace */
+    json = "{\"input_shape\": [4], \"layers\": [{\"type\": \"silu\", \"beta\": 1}]}";
+    cr_assert_null(kapi_model_spec_parse(json, strlen(json), &errors));
+    cr_assert_str_eq(errors.items[errors.count - 1].path, "layers[0].beta");
+    cr_assert_str_eq(errors.items[errors.count - 1].message,
+                     "unknown field (expected one of: type, inplace)");
+    kapi_errors_free(&errors);
     kn_scope_end();
 }

@@ -1,6 +1,6 @@
 /*
  * layer_activation.c — the layers that map each element (or each row, softmax) on its
- * own, so the output has the input's shape: ReLU, LeakyReLU, GELU, Tanh, Sigmoid,
+ * own, so the output has the input's shape: ReLU, SiLU, Tanh, Sigmoid, LeakyReLU, GELU,
  * Softmax, and Dropout. Their ops (forward and backward) are in core/ops.
  */
 #include "nn_internal.h"
@@ -67,6 +67,26 @@ const kn_layer_type kn__layer_sigmoid = {
 kn_module *kn_sigmoid_new(void)
 {
     return kn_module_new(KN_MODULE_SIGMOID, NULL, NULL);
+}
+
+static kn_tensor *silu_forward(kn_module *m, kn_tensor *const *x, int n)
+{
+    (void)m, (void)n;
+    return kn_silu(x[0]);
+}
+
+const kn_layer_type kn__layer_silu = {
+    .kind = KN_MODULE_SILU,
+    .name = "silu",
+    .torch_name = "SiLU",
+    .args = INPLACE_ARGS,
+    .capturable = true,
+    .forward = silu_forward,
+};
+
+kn_module *kn_silu_new(void)
+{
+    return kn_module_new(KN_MODULE_SILU, NULL, NULL);
 }
 
 /* ---- leaky_relu: nn.LeakyReLU(negative_slope=0.01, inplace=False) --------------------- */

@@ -203,6 +203,7 @@ FUSED_BACKWARD(tanh_backward, KN_BINARY_TANH_BACKWARD)
 FUSED_BACKWARD(sigmoid_backward, KN_BINARY_SIGMOID_BACKWARD)
 FUSED_BACKWARD(gelu_backward, KN_BINARY_GELU_BACKWARD)
 FUSED_BACKWARD(gelu_tanh_backward, KN_BINARY_GELU_TANH_BACKWARD)
+FUSED_BACKWARD(silu_backward, KN_BINARY_SILU_BACKWARD)
 FUSED_BACKWARD(pow_backward, KN_BINARY_POW_BACKWARD)
 FUSED_BACKWARD(clamp_backward, KN_BINARY_CLAMP_BACKWARD)
 
@@ -290,6 +291,10 @@ kn_tensor *kn_tanh(kn_tensor *a)
 kn_tensor *kn_sigmoid(kn_tensor *a)
 {
     return unary_op("sigmoid", KN_UNARY_SIGMOID, a, 0, 0, sigmoid_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_silu(kn_tensor *a)
+{
+    return unary_op("silu", KN_UNARY_SILU, a, 0, 0, silu_backward, SAVE_INPUT);
 }
 
 kn_tensor *kn_leaky_relu(kn_tensor *a, double negative_slope)

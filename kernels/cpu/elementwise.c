@@ -145,6 +145,16 @@ static inline float gelu_tanh(float x)
 {
     return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
 }
+/* torch's CPU formulas: x / (1 + exp(-x)), and its gradient from the same sigmoid */
+static inline float silu(float x)
+{
+    return x / (1.f + expf(-x));
+}
+static inline float silu_grad(float x)
+{
+    float s = 1.f / (1.f + expf(-x));
+    return s * (1.f + x * (1.f - s));
+}
 static inline float gelu_exact_grad(float x)
 {
     float cdf = 0.5f * (1.f + erff(x * SQRT1_2));
@@ -248,6 +258,9 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_BINARY_GELU_TANH_BACKWARD:
         BINARY_LOOP(x * gelu_tanh_grad(y));
         break;
+    case KN_BINARY_SILU_BACKWARD:
+        BINARY_LOOP(x * silu_grad(y));
+        break;
     case KN_BINARY_POW_BACKWARD:
         BINARY_LOOP(x * alpha * powf(y, alpha - 1.f));
         break;
@@ -342,6 +355,9 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
         break;
     case KN_UNARY_GELU_TANH:
         UNARY_LOOP(gelu_tanh(x));
+        break;
+    case KN_UNARY_SILU:
+        UNARY_LOOP(silu(x));
         break;
     case KN_UNARY_POW:
         if (alpha == 2.f)

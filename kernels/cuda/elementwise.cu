@@ -102,6 +102,15 @@ __device__ __forceinline__ float gelu_tanh(float x)
 {
     return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
 }
+__device__ __forceinline__ float silu(float x)
+{
+    return x / (1.f + expf(-x));
+}
+__device__ __forceinline__ float silu_grad(float x)
+{
+    float s = 1.f / (1.f + expf(-x));
+    return s * (1.f + x * (1.f - s));
+}
 __device__ __forceinline__ float gelu_exact_grad(float x)
 {
     float cdf = 0.5f * (1.f + erff(x * SQRT1_2));
@@ -151,6 +160,8 @@ __device__ __forceinline__ float binary_value(kn_binary_op op, float x, float y,
         return x * gelu_exact_grad(y);
     case KN_BINARY_GELU_TANH_BACKWARD:
         return x * gelu_tanh_grad(y);
+    case KN_BINARY_SILU_BACKWARD:
+        return x * silu_grad(y);
     case KN_BINARY_POW_BACKWARD:
         return x * alpha * powf(y, alpha - 1.f);
     case KN_BINARY_CLAMP_BACKWARD:
@@ -189,6 +200,8 @@ __device__ __forceinline__ float unary_value(kn_unary_op op, float x, float alph
         return gelu_exact(x);
     case KN_UNARY_GELU_TANH:
         return gelu_tanh(x);
+    case KN_UNARY_SILU:
+        return silu(x);
     case KN_UNARY_POW:
         if (alpha == 2.f) return x * x;
         if (alpha == 0.5f) return sqrtf(x);

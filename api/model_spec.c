@@ -15,7 +15,6 @@
 
 #define MAX_LAYERS 1000
 #define MAX_SAMPLE_NUMEL (1LL << 31)
-#define MAX_ARGS 32 /* arguments of one layer */
 
 static const char *const MODEL_FIELDS[] = {"name", "input_shape", "layers", NULL};
 
@@ -160,11 +159,11 @@ static bool parse_layer_args(kapi_errors *errors, const cJSON *obj, const char *
 {
     int before = errors->count;
     kn_layer_defaults(row->kind, &layer->options);
-    bool given[MAX_ARGS] = {false};
-    for (int i = 0; row->args && row->args[i].name && i < MAX_ARGS; i++)
+    bool given[KN_LAYER_MAX_ARGS] = {false};
+    for (int i = 0; row->args && row->args[i].name && i < KN_LAYER_MAX_ARGS; i++)
         given[i] = parse_arg(errors, obj, path, &row->args[i], &layer->options) == KAPI_OK;
     /* an absent argument whose default is another's value (a pool's stride) */
-    for (int i = 0; row->args && row->args[i].name && i < MAX_ARGS; i++) {
+    for (int i = 0; row->args && row->args[i].name && i < KN_LAYER_MAX_ARGS; i++) {
         const kn_layer_arg *a = &row->args[i];
         const kn_layer_arg *from = a->default_from ? kn_layer_arg_find(row, a->default_from) : NULL;
         if (from && !given[i])
@@ -238,9 +237,9 @@ static bool parse_layer(kapi_errors *errors, const cJSON *obj, const char *path,
     }
     layer->kind = known->kind;
     layer->type = known->name;
-    const char *fields[MAX_ARGS + 2] = {"type"};
+    const char *fields[KN_LAYER_MAX_ARGS + 2] = {"type"};
     int n = 1;
-    for (int i = 0; known->args && known->args[i].name && n <= MAX_ARGS; i++)
+    for (int i = 0; known->args && known->args[i].name && n <= KN_LAYER_MAX_ARGS; i++)
         fields[n++] = known->args[i].name;
     fields[n] = NULL;
     bool fields_ok = kapi__check_fields(errors, obj, path, fields);

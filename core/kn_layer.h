@@ -65,6 +65,9 @@ typedef struct kn_layer_arg {
                                    expected ..." when not the type's own description */
 } kn_layer_arg;
 
+/* The most arguments one layer takes (nn.TransformerEncoderLayer has 8). */
+#define KN_LAYER_MAX_ARGS 32
+
 /* Spec limits on sizes (features, channels, input dims) and windows (kernel_size,
  * stride, padding, dilation, output_size). */
 #define KN_ARG_MAX_SIZE 100000000

@@ -37,6 +37,9 @@ Test(layers, every_kind_has_one_well_formed_row)
         int least = row->min_inputs ? row->min_inputs : 1;
         int most = row->max_inputs ? row->max_inputs : 1;
         cr_assert(least >= 1 && least <= most, "%s takes %d to %d inputs", row->name, least, most);
+        int n_args = 0;
+        for (const kn_layer_arg *a = row->args; a && a->name; a++) n_args++;
+        cr_assert_lt(n_args, KN_LAYER_MAX_ARGS, "%s has too many arguments", row->name);
         for (const kn_layer_arg *a = row->args; a && a->name; a++) {
             const char *what = a->name;
             cr_assert_eq(kn_layer_arg_find(row, a->name), a, "%s.%s is given twice", row->name,

@@ -45,33 +45,16 @@ char *kapi_errors_to_json(const kapi_errors *errors, const char *code);
 /* ---- model spec ------------------------------------------------------------------- */
 typedef struct kapi_layer_spec {
     kn_module_kind kind;
-    const char *type; /* as written: "conv2d" */
-    /* arguments (torch.nn's names), defaults filled */
-    int64_t out_features; /* linear */
-    int64_t out_channels; /* conv2d */
-    int kernel_size[2];   /* conv2d, pools */
-    kn_conv2d_args conv;  /* stride, padding, dilation, groups */
-    bool bias;            /* linear, conv2d (default true) */
-    kn_pool2d_args pool;
-    int output_size[2];     /* adaptive_avg_pool2d */
-    int start_dim, end_dim; /* flatten, counted with the batch dim as torch does */
-    int dim;                /* softmax */
-    double negative_slope;  /* leaky_relu */
-    kn_gelu_approximation approximate;
-    double p;             /* dropout */
-    double eps, momentum; /* norms */
-    bool affine, track_running_stats, elementwise_affine;
-    int64_t normalized_shape[KN_MAX_DIMS];
-    int normalized_ndim;
-    int64_t num_embeddings, embedding_dim;
-    bool inplace; /* relu, leaky_relu, dropout: accepted, no effect */
-    /* linear in_features, conv2d in_channels, batch_norm num_features: inferred from
-     * the input; given_in_features is what the spec wrote (0: absent) and must agree */
-    int64_t in_features, given_in_features;
+    const char *type; /* the layer table's name: "conv2d" */
+    /* torch.nn's arguments as the layer table describes them (kn_layer.h), defaults
+     * filled; the ones inferred from the input (in_features, in_channels, num_features,
+     * normalized_shape) are 0 until shape inference fills them in */
+    kn_layer_options options;
     /* inferred from input_shape (without the batch dim) */
     int64_t in_shape[KN_MAX_DIMS], out_shape[KN_MAX_DIMS];
     int in_ndim, out_ndim;
     int64_t parameter_count;
+    int64_t buffer_bytes; /* running statistics */
 } kapi_layer_spec;
 
 typedef struct kapi_model_spec {

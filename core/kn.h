@@ -261,6 +261,7 @@ kn_tensor *kn_leaky_relu(kn_tensor *a, double negative_slope);
 kn_tensor *kn_gelu(kn_tensor *a, kn_gelu_approximation approximate);
 kn_tensor *kn_tanh(kn_tensor *a);
 kn_tensor *kn_sigmoid(kn_tensor *a);
+kn_tensor *kn_silu(kn_tensor *a); /* x * sigmoid(x), torch.nn.functional.silu */
 kn_tensor *kn_softmax(kn_tensor *a, int dim);
 kn_tensor *kn_log_softmax(kn_tensor *a, int dim);
 

@@ -132,10 +132,10 @@ void *kn__device_alloc(kn_device device, size_t nbytes);
 void kn__device_free(kn_device device, void *ptr, size_t nbytes);
 /* The elementwise kernels on the CPU or on a CUDA device; an error (set) when the device
  * is not available or the kernel fails. Operands point into memory on that device. */
-kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_binary(kn_device device, kn_binary_op op, const int64_t *shape, int ndim,
                             kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                             float beta);
-kn_status kn__kernel_unary(kn_device device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_unary(kn_device device, kn_unary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta);
 kn_status kn__kernel_copy(kn_device device, const int64_t *shape, int ndim, size_t elem_size,
                           kn_cpu_operand out, kn_cpu_operand in);

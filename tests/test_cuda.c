@@ -212,6 +212,7 @@ Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
         {"sigmoid", kn_sigmoid, false},
         {"gelu", gelu_exact, false},
         {"gelu_tanh", gelu_tanh, false},
+        {"silu", kn_silu, false},
         {"clamp", clamp, false},
         {"pow3", pow3, false},
         {"pow0.5", pow_half, true},

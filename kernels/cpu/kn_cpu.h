@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kn_cpu_ops.h"
+#include "../kn_ops.h"
 
 /* ---- thread pool ----------------------------------------------------------------- */
 typedef void (*kn_cpu_range_fn)(void *context, int64_t begin, int64_t end);
@@ -22,12 +22,12 @@ int kn_cpu_get_num_threads(void);
 /* Elements of simple elementwise work under which ops stay single-threaded. */
 #define KN_CPU_GRAIN_ELEMENTWISE 32768
 
-/* ---- elementwise (the op enums and kn_cpu_operand are in kn_cpu_ops.h) --------- */
+/* ---- elementwise (the op enums and kn_cpu_operand are in ../kn_ops.h) --------- */
 /* out = op(a, b) over shape; all float32. Parallel above the grain. */
-void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_binary(kn_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                    kn_cpu_operand a, kn_cpu_operand b, float alpha, float beta);
 /* out = op(a) over shape; all float32 (a unused for FILL). */
-void kn_cpu_unary(kn_cpu_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_unary(kn_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                   kn_cpu_operand a, float alpha, float beta);
 /* out = cond ? a : b (cond float32 or int64 per cond_is_int64). */
 void kn_cpu_where(const int64_t *shape, int ndim, kn_cpu_operand out, kn_cpu_operand cond,

@@ -1,9 +1,9 @@
 /*
  * kn_cuda_reduce.h — the CUDA module's second table: reductions, softmax and the fused
  * losses, exported as kn_cuda_reduce_v1 next to kn_cuda_backend_v1 and resolved by
- * core/device.c (kn__cuda_reduce). Same conventions as kn_cuda_backend.h: device
- * pointers, work in order on the device's stream, NULL on success or a message naming
- * the op.
+ * core/tensor/device.c (core/kn_cuda.h hands it to the ops). Same conventions as
+ * kn_cuda_backend.h: device pointers, work in order on the device's stream, NULL on
+ * success or a message naming the op.
  *
  * Reductions see their input as a contiguous [outer, reduce, inner] block, exactly as
  * kernels/cpu/kn_cpu_reduce.h: element (o, r, i) at x[(o * reduce + r) * inner + i],
@@ -63,7 +63,7 @@ typedef struct kn_cuda_reduce {
      * the first out of [0, c) (n when none); result is a device buffer of two int64. */
     const char *(*check_targets)(int device, const int64_t *t, int64_t n, int64_t c, int64_t ignore,
                                  int64_t *result);
-    /* Cross entropy per position (loss, lse), as core/ops_loss.c. */
+    /* Cross entropy per position (loss, lse), as core/ops/ops_loss.c. */
     const char *(*cross_entropy)(int device, const float *x, const int64_t *t, float *loss,
                                  float *lse, int64_t n, int64_t c, int64_t s, int64_t ignore,
                                  float smoothing);

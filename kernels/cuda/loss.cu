@@ -1,6 +1,6 @@
 /*
  * loss.cu — the CUDA module's fused losses (kn_cuda_reduce.h), with the formulas of
- * core/ops_loss.c: cross entropy as one pass per target position (row max, sum of
+ * core/ops/ops_loss.c: cross entropy as one pass per target position (row max, sum of
  * exponentials, lse; NaN logits make the loss NaN; label smoothing; ignore_index gives 0
  * and no gradient), nll on log-probabilities, mse and binary cross entropy with logits
  * (max(x, 0) - x t + log1p(exp(-|x|)), which never overflows), each with its backward,

@@ -168,10 +168,11 @@ static double forward_cost(const kapi_model_spec *spec)
     double cost = 0;
     for (int i = 0; i < spec->n_layers; i++) {
         const kapi_layer_spec *l = &spec->layers[i];
-        double window = 1;
-        if (l->kind == KN_MODULE_CONV2D || l->kind == KN_MODULE_MAX_POOL2D ||
-            l->kind == KN_MODULE_AVG_POOL2D)
-            window = (double)l->kernel_size[0] * l->kernel_size[1];
+        const int *k = l->kind == KN_MODULE_CONV2D       ? l->options.conv2d.kernel_size
+                       : l->kind == KN_MODULE_MAX_POOL2D ? l->options.max_pool2d.kernel_size
+                       : l->kind == KN_MODULE_AVG_POOL2D ? l->options.avg_pool2d.kernel_size
+                                                         : NULL;
+        double window = k ? (double)k[0] * k[1] : 1;
         double touched =
             (double)numel_of(l->in_shape, l->in_ndim) + (double)numel_of(l->out_shape, l->out_ndim);
         cost += touched * (1 + (double)l->parameter_count + window);

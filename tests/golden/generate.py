@@ -149,6 +149,7 @@ UNARY = [
     ("leaky_relu", R, lambda a: F.leaky_relu(a, 0.1)),
     ("gelu_exact", R, lambda a: F.gelu(a)),
     ("gelu_tanh", R, lambda a: F.gelu(a, approximate="tanh")),
+    ("silu", R, F.silu),
     ("tanh", R, torch.tanh),
     ("sigmoid", R, torch.sigmoid),
 ]
@@ -423,6 +424,7 @@ case("exp_0d", inputs(a=R()), torch.exp)
 case("tanh_large", inputs(a=big(20, 3, 4)), torch.tanh)
 case("sigmoid_large", inputs(a=big(40, 3, 4)), torch.sigmoid)
 case("gelu_large", inputs(a=big(10, 3, 4)), F.gelu)
+case("silu_large", inputs(a=big(40, 3, 4)), F.silu)
 case("softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.softmax(a, -1))
 case("log_softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.log_softmax(a, -1))
 case("softmax_slice", inputs(base=R(3, 8)), lambda base: F.softmax(base[:, 1::2], -1))

@@ -19,7 +19,7 @@
  * GEMM per group and chunk. Pooling always keeps int64 indices there.
  */
 #include "kn_internal.h"
-#include "kn_cuda_conv_ops.h"
+#include "kn_cuda.h"
 #include "../kernels/cpu/kn_cpu_linalg.h"
 
 #include <string.h>
@@ -279,7 +279,7 @@ static float *cuda_scratch(kn_device device, int64_t floats)
 static bool conv_forward_cuda(const conv_plan *p, kn_device dev, const float *x, const float *w,
                               const float *bias, float *out)
 {
-    const kn_cuda_conv_backend *be = kn__conv_backend(dev, "conv2d");
+    const kn_cuda_conv_backend *be = kn__cuda_conv(dev, "conv2d");
     if (!be) return false;
     if (p->n == 0 || p->o == 0 || p->l == 0) return true;
     int64_t shape[3] = {p->n, p->o, p->l};
@@ -294,7 +294,7 @@ static bool conv_forward_cuda(const conv_plan *p, kn_device dev, const float *x,
     bool ok = col != NULL;
     for (int64_t i0 = 0; ok && i0 < p->n; i0 += chunk) {
         int64_t count = p->n - i0 < chunk ? p->n - i0 : chunk, ld = count * p->l;
-        ok = kn__conv_status(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) == KN_OK;
+        ok = kn__cuda_error(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) == KN_OK;
         for (int64_t gi = 0; ok && gi < p->groups; gi++) /* out_g = W_g · col_g, per image */
             ok = kn__kernel_sgemm(dev, false, false, p->og, p->l, p->k, 1.f, w + gi * p->og * p->k,
                                   p->k, 0, col + gi * p->k * ld, ld, p->l, bias ? 1.f : 0.f,
@@ -316,7 +316,7 @@ static bool cuda_zero(kn_device dev, float *p, int64_t n)
 static bool conv_backward_cuda(const conv_plan *p, kn_device dev, const float *x, const float *w,
                                kn_tensor *gout, float *gx, float *gw, float *gb)
 {
-    const kn_cuda_conv_backend *be = kn__conv_backend(dev, "conv2d backward");
+    const kn_cuda_conv_backend *be = kn__cuda_conv(dev, "conv2d backward");
     if (!be) return false;
     int64_t rows = p->c * p->g.kernel_h * p->g.kernel_w, image = p->c * p->g.height * p->g.width;
     bool ok = true;
@@ -348,7 +348,7 @@ static bool conv_backward_cuda(const conv_plan *p, kn_device dev, const float *x
         kn_cpu_operand src = {(void *)(g + i0 * p->o * p->l), {p->o * p->l, p->l, 1}};
         ok = kn__kernel_copy(dev, shape, 3, sizeof(float), dst, src) == KN_OK;
         if (ok && gw) { /* gW_g (+)= gt_g · col_gᵀ */
-            ok = kn__conv_status(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) ==
+            ok = kn__cuda_error(be->im2col(dev.index, &p->g, x + i0 * image, count, col, ld)) ==
                  KN_OK;
             for (int64_t gi = 0; ok && gi < p->groups; gi++)
                 ok = kn__kernel_sgemm(dev, false, true, p->og, p->k, ld, 1.f, gt + gi * p->og * ld,
@@ -361,7 +361,7 @@ static bool conv_backward_cuda(const conv_plan *p, kn_device dev, const float *x
                                       p->k, 0, gt + gi * p->og * ld, ld, 0, 0.f,
                                       dcol + gi * p->k * ld, ld, 0, 1) == KN_OK;
             if (ok)
-                ok = kn__conv_status(
+                ok = kn__cuda_error(
                          be->col2im(dev.index, &p->g, dcol, ld, count, gx + i0 * image)) == KN_OK;
         }
     }
@@ -420,7 +420,7 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
         return NULL;
     conv_plan p;
     if (!conv_setup(x, weight, bias, args, &p)) return NULL;
-    if (x->device.type != KN_DEVICE_CPU && !kn__conv_backend(x->device, "conv2d")) return NULL;
+    if (x->device.type != KN_DEVICE_CPU && !kn__cuda_conv(x->device, "conv2d")) return NULL;
     int64_t shape[4] = {p.n, p.o, p.g.out_h, p.g.out_w};
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
@@ -545,11 +545,11 @@ static kn_status max_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
     if (grad->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "max_pool2d backward");
+        const kn_cuda_conv_backend *be = kn__cuda_conv(grad->device, "max_pool2d backward");
         if (!be) return kn_last_status();
-        kn_status status = kn__conv_status(
-            be->max_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd),
-                                    kn__data_ptr(node->saved[0]), kn__data_ptr(gx)));
+        kn_status status =
+            kn__cuda_error(be->max_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd),
+                                                   kn__data_ptr(node->saved[0]), kn__data_ptr(gx)));
         if (status != KN_OK) return status;
     } else if (node->iargs[14])
         kn_cpu_max_pool2d_2x2_backward(&g, kn__data_ptr(gd), kn__data_ptr(node->saved[0]),
@@ -571,7 +571,7 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
      * int64 element of a tensor only backward reads) rather than an int64 index. */
     bool on_cuda = x->device.type != KN_DEVICE_CPU;
     bool two_by_two = !on_cuda && kn_cpu_max_pool2d_is_2x2(&g);
-    const kn_cuda_conv_backend *be = on_cuda ? kn__conv_backend(x->device, "max_pool2d") : NULL;
+    const kn_cuda_conv_backend *be = on_cuda ? kn__cuda_conv(x->device, "max_pool2d") : NULL;
     if (on_cuda && !be) return NULL; /* before any allocation: nothing to release */
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     int64_t packed = (g.planes * g.out_h * g.out_w + 7) / 8;
@@ -579,8 +579,8 @@ kn_tensor *kn_max_pool2d(kn_tensor *x, kn_pool2d_args args)
         two_by_two ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : pool_output(x, &g, KN_INT64);
     bool ok = xd && out && indices;
     if (ok && on_cuda)
-        ok = kn__conv_status(be->max_pool2d(x->device.index, &g, kn__data_ptr(xd),
-                                            kn__data_ptr(out), kn__data_ptr(indices))) == KN_OK;
+        ok = kn__cuda_error(be->max_pool2d(x->device.index, &g, kn__data_ptr(xd), kn__data_ptr(out),
+                                           kn__data_ptr(indices))) == KN_OK;
     else if (ok && two_by_two)
         kn_cpu_max_pool2d_2x2(&g, kn__data_ptr(xd), kn__data_ptr(out), kn__data_ptr(indices));
     else if (ok)
@@ -615,9 +615,9 @@ static kn_status avg_pool2d_backward(kn_node *node, kn_tensor *grad, kn_tensor *
     kn_tensor *gx = kn__result(kn__empty_raw(in->shape, in->ndim, KN_FLOAT32, grad->device));
     if (!gd || !gx) return kn_last_status();
     if (grad->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "avg_pool2d backward");
+        const kn_cuda_conv_backend *be = kn__cuda_conv(grad->device, "avg_pool2d backward");
         if (!be) return kn_last_status();
-        kn_status status = kn__conv_status(
+        kn_status status = kn__cuda_error(
             be->avg_pool2d_backward(grad->device.index, &g, kn__data_ptr(gd), kn__data_ptr(gx)));
         if (status != KN_OK) return status;
     } else {
@@ -634,12 +634,12 @@ kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
         !pool_setup("avg_pool2d", x, args, false, &g))
         return NULL;
     bool on_cuda = x->device.type != KN_DEVICE_CPU;
-    const kn_cuda_conv_backend *be = on_cuda ? kn__conv_backend(x->device, "avg_pool2d") : NULL;
+    const kn_cuda_conv_backend *be = on_cuda ? kn__cuda_conv(x->device, "avg_pool2d") : NULL;
     if (on_cuda && !be) return NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *out = pool_output(x, &g, KN_FLOAT32);
     bool ok = xd && out;
     if (ok && on_cuda)
-        ok = kn__conv_status(
+        ok = kn__cuda_error(
                  be->avg_pool2d(x->device.index, &g, kn__data_ptr(xd), kn__data_ptr(out))) == KN_OK;
     else if (ok)
         kn_cpu_avg_pool2d(&g, kn__data_ptr(xd), kn__data_ptr(out));

@@ -1,5 +1,5 @@
 /*
- * optim_kernels.c — the fused update loops of SGD, Adam/AdamW and RMSprop: one pass over a
+ * optim.c — the fused update loops of SGD, Adam/AdamW and RMSprop: one pass over a
  * parameter's contiguous float32 data, its gradient and its state, with no temporaries.
  *
  * Each loop repeats torch 1.13's single-tensor sequence of in-place ops element by element
@@ -13,7 +13,7 @@
  * blocks: a vectorised pass writes the values to take the root of into a small buffer,
  * block_sqrt takes the roots with SSE, and a second vectorised pass updates parameters.
  */
-#include "optim_kernels.h"
+#include "kn_cpu_optim.h"
 #include "kn_cpu.h"
 
 #include <math.h>
@@ -98,7 +98,7 @@ CLONES static void sgd_range(void *arg, int64_t b, int64_t e)
 #undef SGD_MOM
 }
 
-void kn__optim_sgd(const kn__optim_args *a, int64_t n)
+void kn_cpu_optim_sgd(const kn_cpu_optim_args *a, int64_t n)
 {
     ctx c = {
         .p = a->param,
@@ -175,7 +175,7 @@ CLONES static void adam_range(void *arg, int64_t b, int64_t e)
 #undef ADAM_AMS
 }
 
-void kn__optim_adam(const kn__optim_args *a, int64_t n)
+void kn_cpu_optim_adam(const kn_cpu_optim_args *a, int64_t n)
 {
     double step = (double)a->step;
     double bias_correction1 = 1 - pow(a->beta1, step);
@@ -267,7 +267,7 @@ CLONES static void rmsprop_range(void *arg, int64_t b, int64_t e)
 #undef RMS_MOM
 }
 
-void kn__optim_rmsprop(const kn__optim_args *a, int64_t n)
+void kn_cpu_optim_rmsprop(const kn_cpu_optim_args *a, int64_t n)
 {
     ctx c = {
         .p = a->param,

@@ -6,29 +6,17 @@
  * (kernels/cuda/blaslt.cu). Backward: grad_x = g·W and grad_W = gᵀ·x through cuBLAS,
  * with the bias gradient (the column sums of g) reduced in grad_W's product by a
  * cublasLt epilogue when W needs a gradient. Where cublasLt has no algorithm for a
- * shape (or the module has no kn_cuda_blaslt_v1 table), the same results come from
- * cuBLAS's sgemm: the bias copied into every row of y first and the product added to
- * it, the bias gradient summed on its own. Every product uses TF32 exactly when the
- * calling thread allows it (kn_set_allow_tf32).
+ * shape, the same results come from cuBLAS's sgemm: the bias copied into every row of y
+ * first and the product added to it, the bias gradient summed on its own. Every product
+ * uses TF32 exactly when the calling thread allows it (kn_set_allow_tf32).
  *
  * Operands: x (and g) are used as [rows, features] matrices when contiguous, else
  * copied; W as it is when row- or column-major, else copied.
  */
 #include "kn_internal.h"
-#include "kn_cuda_blaslt.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 
 #include <string.h>
-
-extern const void *kn__cuda_blaslt_table; /* device.c */
-
-/* The module's cublasLt table, or NULL (then every product takes the sgemm path). */
-static const kn_cuda_blaslt *blaslt(void)
-{
-    const kn_cuda_blaslt *t = kn__cuda_blaslt_table;
-    if (!t || t->abi != KN_CUDA_BLASLT_ABI || t->size != sizeof(kn_cuda_blaslt)) return NULL;
-    return t;
-}
 
 /* W [out, in] as a BLAS operand: row_major (element (o, i) at o * ld + i) or column-
  * major (at i * ld + o). False when neither (the caller copies W). */
@@ -80,7 +68,7 @@ static kn_status forward_product(kn_device dev, int64_t rows, int64_t in_f, int6
     bool wt_trans = w_row_major;
     int64_t ldx = in_f > 0 ? in_f : 1;
     if (bias) {
-        const kn_cuda_blaslt *lt = blaslt();
+        const kn_cuda_blaslt *lt = kn__cuda_blaslt(dev, "linear");
         if (lt) {
             bool done = false;
             kn_status st =
@@ -142,7 +130,7 @@ static kn_status linear_cuda_backward(kn_node *node, kn_tensor *g, kn_tensor **g
     if (need_w) { /* [out, in] = gᵀ[out, rows] · x[rows, in], maybe with the bias sums */
         kn_tensor *xc = kn__result(kn__contiguous_raw(x));
         kn_tensor *gw = kn__result(kn__empty_raw(w->shape, 2, KN_FLOAT32, dev));
-        const kn_cuda_blaslt *lt = need_b ? blaslt() : NULL;
+        const kn_cuda_blaslt *lt = need_b ? kn__cuda_blaslt(dev, "linear backward") : NULL;
         kn_tensor *gb = lt ? kn__result(kn__empty_raw(&out_f, 1, KN_FLOAT32, dev)) : NULL;
         if (!xc || !gw || (lt && !gb)) return kn_last_status();
         const float *xp = kn__data_ptr(xc);

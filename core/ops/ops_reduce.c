@@ -11,7 +11,7 @@
  */
 #include "kn_internal.h"
 #include "kn_cpu_reduce.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 
 #include <math.h>
 #include <stdlib.h>

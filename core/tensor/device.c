@@ -11,9 +11,7 @@
  * loaded: that answer takes a millisecond instead of seconds.
  */
 #include "kn_internal.h"
-#include "kn_cuda_backend.h"
-#include "kn_cuda_host_core.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -33,14 +31,10 @@
 /* ---- loading the module ------------------------------------------------------------ */
 
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
-static const kn_cuda_backend *cuda; /* NULL unless loaded with at least one device */
+static kn__cuda_module module;      /* every table, once loaded with at least one device */
+static const kn_cuda_backend *cuda; /* module.backend then, else NULL */
 static int cuda_devices;
-static char cuda_reason[1024];            /* why cuda is not available, or what is there */
-static const kn_cuda_reduce *cuda_reduce; /* reductions, softmax, losses (or NULL) */
-const void *kn__cuda_conv_table;          /* kn_cuda_conv_v1's table (kn_cuda_conv.h), or NULL */
-static const kn_cuda_host *cuda_host;     /* pinned memory, events, graphs (or NULL) */
-const void *kn__cuda_train_table;         /* kn_cuda_train_v1's table (kn_cuda_train.h), or NULL */
-const void *kn__cuda_blaslt_table;        /* kn_cuda_blaslt_v1's (kn_cuda_blaslt.h), or NULL */
+static char cuda_reason[1024]; /* why cuda is not available, or what is there */
 
 static void *open_module(char *error, size_t size)
 {
@@ -77,6 +71,17 @@ static void *open_module(char *error, size_t size)
     return handle;
 }
 
+/* The table the module exports as symbol (NULL when it has none). */
+static const void *table(void *handle, const char *symbol)
+{
+    const void *(*entry)(void);
+    *(void **)&entry = dlsym(handle, symbol);
+    return entry ? entry() : NULL;
+}
+
+/* t when the module built it with this build's version and layout of its type. */
+#define CHECKED(t, ABI) ((t) && (t)->abi == (ABI) && (t)->size == sizeof *(t) ? (t) : NULL)
+
 static void load_cuda(void)
 {
     /* No driver library, no device: the CUDA runtime opens this same soname by the same
@@ -95,43 +100,45 @@ static void load_cuda(void)
                  "the CUDA module " MODULE_NAME " could not be loaded: %s", error);
         return;
     }
-    kn_cuda_backend_fn entry;
-    *(void **)&entry = dlsym(handle, KN_CUDA_BACKEND_SYMBOL);
-    const kn_cuda_backend *backend = entry ? entry() : NULL;
-    if (!backend || backend->abi != KN_CUDA_BACKEND_ABI ||
-        backend->size != sizeof(kn_cuda_backend)) {
+    const kn_cuda_backend *backend = table(handle, KN_CUDA_BACKEND_SYMBOL);
+    const kn_cuda_reduce *reduce = table(handle, KN_CUDA_REDUCE_SYMBOL);
+    const kn_cuda_conv_backend *conv = table(handle, KN_CUDA_CONV_SYMBOL);
+    const kn_cuda_train *train = table(handle, KN_CUDA_TRAIN_SYMBOL);
+    const kn_cuda_blaslt *blaslt = table(handle, KN_CUDA_BLASLT_SYMBOL);
+    const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
+    kn__cuda_module m = {
+        .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
+        .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
+        .conv = CHECKED(conv, KN_CUDA_CONV_ABI),
+        .train = CHECKED(train, KN_CUDA_TRAIN_ABI),
+        .blaslt = CHECKED(blaslt, KN_CUDA_BLASLT_ABI),
+        .host = CHECKED(host, KN_CUDA_HOST_ABI),
+    };
+    const char *missing = !m.backend  ? KN_CUDA_BACKEND_SYMBOL
+                          : !m.reduce ? KN_CUDA_REDUCE_SYMBOL
+                          : !m.conv   ? KN_CUDA_CONV_SYMBOL
+                          : !m.train  ? KN_CUDA_TRAIN_SYMBOL
+                          : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
+                          : !m.host   ? KN_CUDA_HOST_SYMBOL
+                                      : NULL;
+    if (missing) {
         snprintf(cuda_reason, sizeof cuda_reason,
-                 "the CUDA module " MODULE_NAME " does not match this build (%s)",
-                 backend ? "another interface version" : "no " KN_CUDA_BACKEND_SYMBOL);
+                 "the CUDA module " MODULE_NAME " does not match this build (no %s of this "
+                 "build's version)",
+                 missing);
         dlclose(handle);
         return;
     }
     int count = 0;
-    const char *message = backend->device_count(&count);
+    const char *message = m.backend->device_count(&count);
     if (message || count <= 0) {
         snprintf(cuda_reason, sizeof cuda_reason, "no CUDA device: %s",
                  message ? message : "cudaGetDeviceCount says 0");
         return; /* the module stays loaded: unloading the CUDA runtime is not safe */
     }
-    const void *(*conv_entry)(void);
-    *(void **)&conv_entry = dlsym(handle, "kn_cuda_conv_v1");
-    kn__cuda_conv_table = conv_entry ? conv_entry() : NULL;
-    *(void **)&conv_entry = dlsym(handle, "kn_cuda_train_v1");
-    kn__cuda_train_table = conv_entry ? conv_entry() : NULL;
-    *(void **)&conv_entry = dlsym(handle, "kn_cuda_blaslt_v1");
-    kn__cuda_blaslt_table = conv_entry ? conv_entry() : NULL;
-    kn_cuda_host_fn host_entry;
-    *(void **)&host_entry = dlsym(handle, KN_CUDA_HOST_SYMBOL);
-    const kn_cuda_host *host = host_entry ? host_entry() : NULL;
-    if (host && host->abi == KN_CUDA_HOST_ABI && host->size == sizeof(kn_cuda_host))
-        cuda_host = host;
-    cuda = backend;
+    module = m;
+    cuda = m.backend;
     cuda_devices = count;
-    kn_cuda_reduce_fn reduce_entry;
-    *(void **)&reduce_entry = dlsym(handle, KN_CUDA_REDUCE_SYMBOL);
-    const kn_cuda_reduce *reduce = reduce_entry ? reduce_entry() : NULL;
-    if (reduce && reduce->abi == KN_CUDA_REDUCE_ABI && reduce->size == sizeof(kn_cuda_reduce))
-        cuda_reduce = reduce;
     snprintf(cuda_reason, sizeof cuda_reason, "%d CUDA device%s", count, count == 1 ? "" : "s");
 }
 
@@ -185,22 +192,9 @@ static kn_status module_error(const char *message)
     return kn__error(status, "%s", message);
 }
 
-const kn_cuda_reduce *kn__cuda_reduce(kn_device device, const char *op)
+const kn__cuda_module *kn__cuda(kn_device device, const char *op)
 {
-    if (!backend_for(device, op)) return NULL;
-    if (!cuda_reduce)
-        kn__error(KN_ERR_DEVICE, "%s: the CUDA module " MODULE_NAME " has no %s", op,
-                  KN_CUDA_REDUCE_SYMBOL);
-    return cuda_reduce;
-}
-
-const kn_cuda_host *kn__cuda_host(kn_device device, const char *op)
-{
-    if (!backend_for(device, op)) return NULL;
-    if (!cuda_host)
-        kn__error(KN_ERR_DEVICE, "%s: the CUDA module " MODULE_NAME " has no %s", op,
-                  KN_CUDA_HOST_SYMBOL);
-    return cuda_host;
+    return backend_for(device, op) ? &module : NULL;
 }
 
 static __thread bool capturing;
@@ -273,7 +267,7 @@ void kn__device_free(kn_device device, void *ptr, size_t nbytes)
 
 /* ---- kernels: CPU or CUDA by device ------------------------------------------------- */
 
-kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_binary(kn_device device, kn_binary_op op, const int64_t *shape, int ndim,
                             kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                             float beta)
 {
@@ -286,7 +280,7 @@ kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t
     return module_error(be->binary(device.index, op, shape, ndim, out, a, b, alpha, beta));
 }
 
-kn_status kn__kernel_unary(kn_device device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_unary(kn_device device, kn_unary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta)
 {
     if (device.type == KN_DEVICE_CPU) {

@@ -9,7 +9,7 @@
  * back), so an out-of-range index fails with the same message as on the CPU.
  */
 #include "kn_internal.h"
-#include "kn_cuda_conv_ops.h"
+#include "kn_cuda.h"
 #include "../kernels/cpu/kn_cpu_gather.h"
 
 #include <string.h>
@@ -231,8 +231,8 @@ static kn_tensor *index_add_backward(const kn_node_input *in, kn_tensor *grad, k
     kn_tensor *g = grad_in ? contiguous_raw(grad) : NULL;
     if (!g) return NULL;
     if (grad->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "index_select backward");
-        kn_status status = be ? kn__conv_status(be->index_add(
+        const kn_cuda_conv_backend *be = kn__cuda_conv(grad->device, "index_select backward");
+        kn_status status = be ? kn__cuda_error(be->index_add(
                                     grad->device.index, kn__data_ptr(grad_in), kn__data_ptr(g),
                                     kn__data_ptr(index), kn_numel(index), outer, in_size, inner))
                               : kn_last_status();
@@ -278,9 +278,9 @@ static kn_tensor *select_rows(const char *name, kn_tensor *t, int dim, kn_tensor
     int64_t outer, inner, size = t->ndim ? t->shape[dim] : 1;
     split_at(t->shape, t->ndim, dim, &outer, &inner);
     if (t->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(t->device, name);
+        const kn_cuda_conv_backend *be = kn__cuda_conv(t->device, name);
         kn_status status =
-            be ? kn__conv_status(be->index_select(
+            be ? kn__cuda_error(be->index_select(
                      t->device.index, kn_dtype_size(t->dtype), kn__data_ptr(out), kn__data_ptr(src),
                      kn__data_ptr(idx), kn_numel(idx), outer, size, inner))
                : kn_last_status();
@@ -392,9 +392,9 @@ static kn_status gather_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     int ndim = as_rank1(grad, shape, grad_strides); /* grad has the index's shape */
     as_rank1(grad_in, in_shape, in_strides);
     if (grad->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(grad->device, "gather backward");
+        const kn_cuda_conv_backend *be = kn__cuda_conv(grad->device, "gather backward");
         if (!be) return kn_last_status();
-        kn_status status = kn__conv_status(be->scatter_add(
+        kn_status status = kn__cuda_error(be->scatter_add(
             grad->device.index, shape, ndim, (int)node->iargs[0], kn__data_ptr(grad_in), in_strides,
             kn__data_ptr(grad), grad_strides, kn__data_ptr(index)));
         if (status != KN_OK) return status;
@@ -437,10 +437,10 @@ kn_tensor *kn_gather(kn_tensor *t, int dim, kn_tensor *index)
     int ndim = as_rank1(index, shape, strides);
     as_rank1(t, in_shape, strides);
     if (t->device.type != KN_DEVICE_CPU) {
-        const kn_cuda_conv_backend *be = kn__conv_backend(t->device, "gather");
-        if (!be || kn__conv_status(be->gather(t->device.index, kn_dtype_size(t->dtype), shape, ndim,
-                                              dim, kn__data_ptr(out), kn__data_ptr(t), strides,
-                                              kn__data_ptr(idx))) != KN_OK) {
+        const kn_cuda_conv_backend *be = kn__cuda_conv(t->device, "gather");
+        if (!be || kn__cuda_error(be->gather(t->device.index, kn_dtype_size(t->dtype), shape, ndim,
+                                             dim, kn__data_ptr(out), kn__data_ptr(t), strides,
+                                             kn__data_ptr(idx))) != KN_OK) {
             kn_release(idx);
             kn_release(out);
             return NULL;

@@ -7,8 +7,7 @@
  * position come back to the host.
  */
 #include "kn_internal.h"
-#include "kn_cuda_reduce_ops.h"
-#include "kn_cuda_host_core.h"
+#include "kn_cuda.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,11 +1,12 @@
 /*
- * kn_cpu_ops.h — the elementwise op codes and the strided operand that both kernel
- * back ends take: kernels/cpu (kn_cpu.h) and the CUDA module (kernels/cuda), so the
- * engine hands the same description of an op to either. Plain C, no inline code, so
+ * kn_ops.h — the elementwise op codes and the strided operand that both kernel back
+ * ends take: kernels/cpu (kn_cpu.h) and the CUDA module (kernels/cuda), so the engine
+ * hands the same description of an op to either. A new elementwise op adds its code
+ * here and its formula to both back ends (docs/adding-a-layer.md). Plain C, no inline code, so
  * nvcc includes it as it is.
  */
-#ifndef KN_CPU_OPS_H
-#define KN_CPU_OPS_H
+#ifndef KN_OPS_H
+#define KN_OPS_H
 
 #include <stdint.h>
 
@@ -26,10 +27,11 @@ typedef enum {
     KN_BINARY_SIGMOID_BACKWARD,    /* b = output: grad * y * (1 - y) */
     KN_BINARY_GELU_BACKWARD,       /* b = input */
     KN_BINARY_GELU_TANH_BACKWARD,  /* b = input */
+    KN_BINARY_SILU_BACKWARD,       /* b = input: grad * s * (1 + x * (1 - s)), s = sigmoid(x) */
     KN_BINARY_POW_BACKWARD,        /* b = input: grad * alpha * x^(alpha-1) */
     KN_BINARY_CLAMP_BACKWARD,      /* b = input: grad where lo <= x <= hi (alpha, beta) */
     KN_BINARY_COUNT
-} kn_cpu_binary_op;
+} kn_binary_op;
 
 typedef enum {
     KN_UNARY_COPY,
@@ -45,13 +47,14 @@ typedef enum {
     KN_UNARY_SIGMOID,
     KN_UNARY_GELU,
     KN_UNARY_GELU_TANH,
+    KN_UNARY_SILU,       /* x * sigmoid(x) */
     KN_UNARY_POW,        /* alpha = exponent */
     KN_UNARY_CLAMP,      /* alpha = lo, beta = hi */
     KN_UNARY_ADD_SCALAR, /* alpha */
     KN_UNARY_MUL_SCALAR, /* alpha */
     KN_UNARY_FILL,       /* alpha */
     KN_UNARY_COUNT
-} kn_cpu_unary_op;
+} kn_unary_op;
 
 /* One operand of the iterator: base pointer at the first element and element strides
  * already broadcast to the iteration shape (0 on broadcast dims). */

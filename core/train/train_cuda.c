@@ -34,9 +34,9 @@
  * in between, e.g. the partial batch, gives parameters gradients of its own), so the
  * eager optimizer step after a replay reads what the replay wrote.
  */
-#include "kn_cuda_host_core.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 #include "kn_internal.h"
+#include "kn_layer.h"
 #include "kn_train_internal.h"
 
 #include <math.h>
@@ -80,41 +80,6 @@ struct kn__train_cuda {
 
 /* ---- which runs can be captured -------------------------------------------------------- */
 
-/* Layers whose CUDA forward and backward never need the host during a step. */
-static const char *host_bound_layer(const kn_module *m)
-{
-    switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL:
-        for (int i = 0; i < m->n_children; i++) {
-            const char *why = host_bound_layer(m->children[i]);
-            if (why) return why;
-        }
-        return NULL;
-    case KN_MODULE_LINEAR:
-    case KN_MODULE_CONV2D:
-    case KN_MODULE_MAX_POOL2D:
-    case KN_MODULE_AVG_POOL2D:
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
-    case KN_MODULE_FLATTEN:
-    case KN_MODULE_RELU:
-    case KN_MODULE_LEAKY_RELU:
-    case KN_MODULE_GELU:
-    case KN_MODULE_TANH:
-    case KN_MODULE_SIGMOID:
-    case KN_MODULE_SOFTMAX:
-    case KN_MODULE_LAYER_NORM:
-        return NULL;
-    case KN_MODULE_DROPOUT:
-        return m->p > 0 ? "Dropout draws its mask on the cpu at every step" : NULL;
-    case KN_MODULE_BATCH_NORM1D:
-    case KN_MODULE_BATCH_NORM2D:
-        return "BatchNorm counts batches on the cpu";
-    case KN_MODULE_EMBEDDING:
-        return "Embedding checks its indices on the host";
-    }
-    return "a layer of unknown kind";
-}
-
 static void graph_off(kn__train_cuda *tc, const char *why)
 {
     tc->state = GRAPH_OFF;
@@ -130,7 +95,8 @@ static void decide_graph(kn__train_cuda *tc)
         snprintf(tc->note, sizeof tc->note, "pinned staging; no graph (cuda_graph is off)");
         return;
     }
-    const char *why = host_bound_layer(tc->t->model);
+    /* each layer's row says whether its step can be captured (kn_layer.h) */
+    const char *why = kn_layer_host_bound(tc->t->model);
     if (why) return graph_off(tc, why);
     if (c->loss != KN_LOSS_CROSS_ENTROPY && c->loss != KN_LOSS_NLL)
         return graph_off(tc, "mse and bce_with_logits build their one-hot targets on the cpu");

@@ -5,7 +5,7 @@
  * On a CUDA device the module's kernels (kernels/cuda/conv.cu) do the same.
  */
 #include "kn_internal.h"
-#include "kn_cuda_conv_ops.h"
+#include "kn_cuda.h"
 
 #include <string.h>
 
@@ -79,9 +79,9 @@ static kn_status adaptive_backward(kn_node *node, kn_tensor *grad, kn_tensor **g
     if (!gd || !gx) return kn_last_status();
     if (grad->device.type != KN_DEVICE_CPU) {
         const kn_cuda_conv_backend *be =
-            kn__conv_backend(grad->device, "adaptive_avg_pool2d backward");
+            kn__cuda_conv(grad->device, "adaptive_avg_pool2d backward");
         if (!be) return kn_last_status();
-        kn_status status = kn__conv_status(
+        kn_status status = kn__cuda_error(
             be->adaptive_avg_pool2d_backward(grad->device.index, d.planes, d.h, d.w, d.oh, d.ow,
                                              kn__data_ptr(gd), kn__data_ptr(gx)));
         if (status != KN_OK) return status;
@@ -120,14 +120,13 @@ kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_wi
     plane_dims d = dims_of(x->shape, x->ndim, output_height, output_width);
     bool on_cuda = x->device.type != KN_DEVICE_CPU;
     const kn_cuda_conv_backend *be =
-        on_cuda ? kn__conv_backend(x->device, "adaptive_avg_pool2d") : NULL;
+        on_cuda ? kn__cuda_conv(x->device, "adaptive_avg_pool2d") : NULL;
     if (on_cuda && !be) return NULL;
     kn_tensor *xd = kn__contiguous_raw(x);
     kn_tensor *out = kn__empty_raw(shape, x->ndim, KN_FLOAT32, x->device);
     bool ok = xd && out;
     if (ok && on_cuda)
-        ok =
-            kn__conv_status(be->adaptive_avg_pool2d(x->device.index, d.planes, d.h, d.w, d.oh, d.ow,
+        ok = kn__cuda_error(be->adaptive_avg_pool2d(x->device.index, d.planes, d.h, d.w, d.oh, d.ow,
                                                     kn__data_ptr(xd), kn__data_ptr(out))) == KN_OK;
     else if (ok && kn_numel(out) > 0)
         pool_forward(&d, kn__data_ptr(xd), kn__data_ptr(out));

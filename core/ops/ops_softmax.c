@@ -7,7 +7,7 @@
  */
 #include "kn_internal.h"
 #include "kn_cpu_reduce.h"
-#include "kn_cuda_reduce_ops.h"
+#include "kn_cuda.h"
 
 static void split_at(const kn_tensor *t, int dim, int64_t *outer, int64_t *size, int64_t *inner)
 {

@@ -6,7 +6,7 @@
  * flag; kernels/cuda/optim.cu), each wait returning one number, and scaled there.
  */
 #include "kn_optim.h"
-#include "kn_cuda_train_core.h"
+#include "kn_cuda.h"
 #include "kn_internal.h"
 
 #include <math.h>
@@ -85,8 +85,8 @@ kn_status kn_clip_grad_norm(kn_tensor *const *params, int count, double max_norm
         double squares = 0;
         if (c->device.type == KN_DEVICE_CUDA) {
             const kn_cuda_train *t = kn__cuda_train(c->device, "clip_grad_norm");
-            kn_status s = t ? kn__cuda_status(t->sum_squares(c->device.index, kn__data_ptr(c),
-                                                             kn_numel(c), &squares))
+            kn_status s = t ? kn__cuda_error(t->sum_squares(c->device.index, kn__data_ptr(c),
+                                                            kn_numel(c), &squares))
                             : kn_last_status();
             if (s != KN_OK) {
                 kn_release(c);
@@ -131,8 +131,8 @@ bool kn_grads_finite(kn_tensor *const *params, int count)
         if (c->device.type == KN_DEVICE_CUDA) {
             const kn_cuda_train *t = kn__cuda_train(c->device, "grads_finite");
             /* a device that cannot answer counts as not finite: the step is skipped */
-            if (!t || kn__cuda_status(t->all_finite(c->device.index, kn__data_ptr(c), kn_numel(c),
-                                                    &ok)) != KN_OK)
+            if (!t || kn__cuda_error(t->all_finite(c->device.index, kn__data_ptr(c), kn_numel(c),
+                                                   &ok)) != KN_OK)
                 ok = false;
         } else {
             ok = all_finite(kn__data_ptr(c), kn_numel(c));

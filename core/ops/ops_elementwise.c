@@ -4,7 +4,7 @@
  * use. Each op: shape rule, forward through kernels/cpu/elementwise.c, backward.
  */
 #include "kn_internal.h"
-#include "kn_cuda_conv_ops.h"
+#include "kn_cuda.h"
 
 #include <math.h>
 #include <string.h>
@@ -22,7 +22,7 @@ static kn_cpu_operand operand(const kn_tensor *t, const int64_t *shape, int ndim
 
 /* ---- binary ---------------------------------------------------------------------- */
 
-static kn_tensor *binary_forward(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b,
+static kn_tensor *binary_forward(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b,
                                  float alpha)
 {
     kn_tensor *inputs[2] = {a, b};
@@ -92,8 +92,8 @@ kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b)
     return add_like("sub", a, b, -1.0);
 }
 
-static kn_tensor *mul_like(const char *name, kn_cpu_binary_op op, kn_backward_fn backward,
-                           kn_tensor *a, kn_tensor *b)
+static kn_tensor *mul_like(const char *name, kn_binary_op op, kn_backward_fn backward, kn_tensor *a,
+                           kn_tensor *b)
 {
     kn_tensor *out = binary_forward(name, op, a, b, 0.f);
     if (!out) return NULL;
@@ -120,7 +120,7 @@ kn_tensor *kn_div(kn_tensor *a, kn_tensor *b)
     return mul_like("div", KN_BINARY_DIV, div_backward, a, b);
 }
 
-static kn_tensor *compare(const char *name, kn_cpu_binary_op op, kn_tensor *a, kn_tensor *b)
+static kn_tensor *compare(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b)
 {
     return kn__result(binary_forward(name, op, a, b, 0.f));
 }
@@ -143,8 +143,8 @@ kn_tensor *kn_lt(kn_tensor *a, kn_tensor *b)
 /* What backward needs of a unary op: its input (x), its output (y), or neither. */
 typedef enum { SAVE_NOTHING, SAVE_INPUT, SAVE_OUTPUT } unary_save;
 
-static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, float alpha,
-                           float beta, kn_backward_fn backward, unary_save save)
+static kn_tensor *unary_op(const char *name, kn_unary_op op, kn_tensor *a, float alpha, float beta,
+                           kn_backward_fn backward, unary_save save)
 {
     if (!kn__check_inputs(name, &a, 1) || !kn__check_float(name, a)) return NULL;
     kn_tensor *out = kn__empty_raw(a->shape, a->ndim, KN_FLOAT32, a->device);
@@ -170,8 +170,8 @@ static kn_tensor *unary_op(const char *name, kn_cpu_unary_op op, kn_tensor *a, f
 }
 
 /* grad_input = op(grad, saved) with one of the fused backward kernels. */
-static kn_tensor *fused_backward(kn_cpu_binary_op op, kn_tensor *grad, kn_tensor *saved,
-                                 float alpha, float beta)
+static kn_tensor *fused_backward(kn_binary_op op, kn_tensor *grad, kn_tensor *saved, float alpha,
+                                 float beta)
 {
     int64_t shape[KN_MAX_DIMS];
     int ndim;
@@ -203,6 +203,7 @@ FUSED_BACKWARD(tanh_backward, KN_BINARY_TANH_BACKWARD)
 FUSED_BACKWARD(sigmoid_backward, KN_BINARY_SIGMOID_BACKWARD)
 FUSED_BACKWARD(gelu_backward, KN_BINARY_GELU_BACKWARD)
 FUSED_BACKWARD(gelu_tanh_backward, KN_BINARY_GELU_TANH_BACKWARD)
+FUSED_BACKWARD(silu_backward, KN_BINARY_SILU_BACKWARD)
 FUSED_BACKWARD(pow_backward, KN_BINARY_POW_BACKWARD)
 FUSED_BACKWARD(clamp_backward, KN_BINARY_CLAMP_BACKWARD)
 
@@ -290,6 +291,10 @@ kn_tensor *kn_tanh(kn_tensor *a)
 kn_tensor *kn_sigmoid(kn_tensor *a)
 {
     return unary_op("sigmoid", KN_UNARY_SIGMOID, a, 0, 0, sigmoid_backward, SAVE_OUTPUT);
+}
+kn_tensor *kn_silu(kn_tensor *a)
+{
+    return unary_op("silu", KN_UNARY_SILU, a, 0, 0, silu_backward, SAVE_INPUT);
 }
 
 kn_tensor *kn_leaky_relu(kn_tensor *a, double negative_slope)
@@ -380,14 +385,13 @@ kn_tensor *kn_where(kn_tensor *cond, kn_tensor *a, kn_tensor *b)
         !kn__broadcast_shapes("where", cond->shape, cond->ndim, ab, ab_ndim, shape, &ndim))
         return NULL;
     const kn_cuda_conv_backend *be = NULL;
-    if (a->device.type != KN_DEVICE_CPU && !(be = kn__conv_backend(a->device, "where")))
-        return NULL;
+    if (a->device.type != KN_DEVICE_CPU && !(be = kn__cuda_conv(a->device, "where"))) return NULL;
     kn_tensor *out = kn__empty_raw(shape, ndim, KN_FLOAT32, a->device);
     if (!out) return NULL;
     if (be) {
-        if (kn__conv_status(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
-                                      operand(cond, shape, ndim), cond->dtype == KN_INT64,
-                                      operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
+        if (kn__cuda_error(be->where(a->device.index, shape, ndim, operand(out, shape, ndim),
+                                     operand(cond, shape, ndim), cond->dtype == KN_INT64,
+                                     operand(a, shape, ndim), operand(b, shape, ndim))) != KN_OK) {
             kn_release(out);
             return NULL;
         }

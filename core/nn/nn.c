@@ -1,170 +1,61 @@
 /*
- * nn.c — what every module shares: freeing, forward dispatch to the engine's ops,
- * train/eval, and the named views of parameters and buffers (parameters, state_dict,
- * load_state_dict, to) under PyTorch's dotted names. Constructors live in nn_init.c,
- * shape inference and the repr in nn_shape.c.
+ * nn.c — what every module shares: freeing, forward through its row of the layer
+ * table, train/eval, which modules a CUDA graph can capture, and the named views of
+ * parameters and buffers (parameters, state_dict, load_state_dict, to) under PyTorch's
+ * dotted names. Making modules is in nn_init.c, shapes and the repr in nn_shape.c, each
+ * kind's own code in layer_*.c.
  */
-#include "kn_internal.h"
-#include "kn_nn.h"
+#include "nn_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 const char *kn_module_kind_name(kn_module_kind kind)
 {
-    static const char *const names[] = {
-        [KN_MODULE_SEQUENTIAL] = "sequential",
-        [KN_MODULE_LINEAR] = "linear",
-        [KN_MODULE_CONV2D] = "conv2d",
-        [KN_MODULE_MAX_POOL2D] = "max_pool2d",
-        [KN_MODULE_AVG_POOL2D] = "avg_pool2d",
-        [KN_MODULE_ADAPTIVE_AVG_POOL2D] = "adaptive_avg_pool2d",
-        [KN_MODULE_FLATTEN] = "flatten",
-        [KN_MODULE_RELU] = "relu",
-        [KN_MODULE_LEAKY_RELU] = "leaky_relu",
-        [KN_MODULE_GELU] = "gelu",
-        [KN_MODULE_TANH] = "tanh",
-        [KN_MODULE_SIGMOID] = "sigmoid",
-        [KN_MODULE_SOFTMAX] = "softmax",
-        [KN_MODULE_DROPOUT] = "dropout",
-        [KN_MODULE_BATCH_NORM1D] = "batch_norm1d",
-        [KN_MODULE_BATCH_NORM2D] = "batch_norm2d",
-        [KN_MODULE_LAYER_NORM] = "layer_norm",
-        [KN_MODULE_EMBEDDING] = "embedding",
-    };
-    if ((unsigned)kind >= sizeof names / sizeof *names || !names[kind]) return "unknown";
-    return names[kind];
+    const kn_layer_type *row = kn_layer_of(kind);
+    return row ? row->name : "unknown";
 }
 
 void kn_module_free(kn_module *m)
 {
     if (!m) return;
-    for (int i = 0; i < m->n_tensors; i++) kn_release(m->tensors[i]);
+    for (int i = 0; i < m->n_tensors; i++) kn_release(m->tensors[i].tensor);
     for (int i = 0; i < m->n_children; i++) kn_module_free(m->children[i]);
+    free(m->tensors);
     free(m->children);
+    free(m->child_names);
     free(m);
 }
 
-/* The module's own tensor registered under name, or NULL (e.g. bias=False). */
-static kn_tensor *own(const kn_module *m, const char *name)
+kn_tensor *kn__module_tensor(const kn_module *m, const char *name)
 {
     for (int i = 0; i < m->n_tensors; i++)
-        if (strcmp(m->tensor_names[i], name) == 0) return m->tensors[i];
+        if (strcmp(m->tensors[i].name, name) == 0) return m->tensors[i].tensor;
     return NULL;
 }
 
 /* ---- forward ---------------------------------------------------------------------- */
 
-static kn_tensor *batch_norm_forward(kn_module *m, kn_tensor *x)
-{
-    if (m->kind == KN_MODULE_BATCH_NORM1D && x->ndim != 2 && x->ndim != 3)
-        return kn__error_null(KN_ERR_SHAPE,
-                              "BatchNorm1d: expected a 2-D [N, C] or 3-D [N, C, L] input, got %s",
-                              kn__shape(x));
-    if (m->kind == KN_MODULE_BATCH_NORM2D && x->ndim != 4)
-        return kn__error_null(
-            KN_ERR_SHAPE, "BatchNorm2d: expected a 4-D [N, C, H, W] input, got %s", kn__shape(x));
-    if (x->shape[1] != m->in_features)
-        return kn__error_null(KN_ERR_SHAPE, "%s: expected %lld channels in dim 1, got input %s",
-                              m->type_name, (long long)m->in_features, kn__shape(x));
-    kn_tensor *count = own(m, "num_batches_tracked");
-    if (count && count->device.type != KN_DEVICE_CPU)
-        return kn__error_null(KN_ERR_DEVICE,
-                              "%s: num_batches_tracked must stay on the cpu (kn_module_to keeps "
-                              "it there), got it on another device",
-                              m->type_name);
-    bool update = m->training && m->track_running_stats;
-    double factor = m->momentum;
-    if (update && m->momentum < 0) /* momentum=None: cumulative moving average */
-        factor = 1.0 / (double)(kn_data_i64(count)[0] + 1);
-    /* Batch statistics in training and whenever no running statistics are kept. */
-    kn_tensor *y =
-        kn_batch_norm(x, own(m, "running_mean"), own(m, "running_var"), own(m, "weight"),
-                      own(m, "bias"), m->training || !m->track_running_stats, factor, m->eps);
-    if (y && update) kn_data_i64(count)[0] += 1;
-    return y;
-}
-
-static kn_tensor *layer_norm_forward(kn_module *m, kn_tensor *x)
-{
-    int n = m->normalized_ndim;
-    bool fits = x->ndim >= n;
-    for (int i = 0; fits && i < n; i++) fits = x->shape[x->ndim - n + i] == m->normalized_shape[i];
-    if (!fits)
-        return kn__error_null(KN_ERR_SHAPE,
-                              "LayerNorm: normalized_shape is %s, so the input must end in those "
-                              "dims, got %s",
-                              kn__shape_of(m->normalized_shape, n), kn__shape(x));
-    return kn_layer_norm(x, n, own(m, "weight"), own(m, "bias"), m->eps);
-}
-
-/* Runs the children in order; each intermediate result is dropped as soon as the next
- * layer has used it (the graph keeps what backward needs). */
-static kn_tensor *sequential_forward(kn_module *m, kn_tensor *x)
-{
-    kn_tensor *current = kn_retain(x); /* our own reference */
-    for (int i = 0; i < m->n_children; i++) {
-        kn_scope_begin();
-        kn_tensor *y = kn_retain(kn_module_forward(m->children[i], current));
-        kn_scope_end();
-        kn_release(current);
-        current = y;
-        if (!y) {
-            char message[512];
-            snprintf(message, sizeof message, "%s", kn_last_error());
-            return kn__error_null(kn_last_status(), "layer %d (%s): %s", i,
-                                  kn_module_kind_name(m->children[i]->kind), message);
-        }
-    }
-    return kn_autorelease(current);
-}
-
-kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x)
+kn_tensor *kn_module_forward_n(kn_module *m, kn_tensor *const *inputs, int n)
 {
     if (!m) return kn__error_null(KN_ERR_NULL, "module_forward: module is NULL");
-    if (!x) {
+    int least = m->layer->min_inputs ? m->layer->min_inputs : 1;
+    int most = m->layer->max_inputs ? m->layer->max_inputs : 1;
+    if (n < least || n > most || !inputs)
+        return kn__error_null(KN_ERR_VALUE, "%s: takes %d to %d inputs, got %d", m->type_name,
+                              least, most, inputs ? n : 0);
+    for (int i = 0; i < n; i++) {
+        if (inputs[i]) continue;
         if (kn_last_status() == KN_OK)
             kn__error(KN_ERR_NULL, "module_forward: input of %s is NULL", m->type_name);
         return NULL;
     }
-    switch (m->kind) {
-    case KN_MODULE_SEQUENTIAL:
-        return sequential_forward(m, x);
-    case KN_MODULE_LINEAR:
-        return kn_linear(x, own(m, "weight"), own(m, "bias"));
-    case KN_MODULE_CONV2D:
-        return kn_conv2d(x, own(m, "weight"), own(m, "bias"), m->conv);
-    case KN_MODULE_MAX_POOL2D:
-        return kn_max_pool2d(x, m->pool);
-    case KN_MODULE_AVG_POOL2D:
-        return kn_avg_pool2d(x, m->pool);
-    case KN_MODULE_ADAPTIVE_AVG_POOL2D:
-        return kn_adaptive_avg_pool2d(x, m->output_size[0], m->output_size[1]);
-    case KN_MODULE_FLATTEN:
-        return kn_flatten(x, m->start_dim, m->end_dim);
-    case KN_MODULE_RELU:
-        return kn_relu(x);
-    case KN_MODULE_LEAKY_RELU:
-        return kn_leaky_relu(x, m->negative_slope);
-    case KN_MODULE_GELU:
-        return kn_gelu(x, m->approximate);
-    case KN_MODULE_TANH:
-        return kn_tanh(x);
-    case KN_MODULE_SIGMOID:
-        return kn_sigmoid(x);
-    case KN_MODULE_SOFTMAX:
-        return kn_softmax(x, m->dim);
-    case KN_MODULE_DROPOUT:
-        return kn_dropout(x, m->p, m->training, m->dropout_generator);
-    case KN_MODULE_BATCH_NORM1D:
-    case KN_MODULE_BATCH_NORM2D:
-        return batch_norm_forward(m, x);
-    case KN_MODULE_LAYER_NORM:
-        return layer_norm_forward(m, x);
-    case KN_MODULE_EMBEDDING:
-        return kn_embedding(own(m, "weight"), x);
-    }
-    return kn__error_null(KN_ERR_VALUE, "module_forward: unknown module kind %d", (int)m->kind);
+    return m->layer->forward(m, inputs, n);
+}
+
+kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x)
+{
+    return kn_module_forward_n(m, &x, 1);
 }
 
 void kn_module_train(kn_module *m, bool training)
@@ -172,6 +63,19 @@ void kn_module_train(kn_module *m, bool training)
     if (!m) return;
     m->training = training;
     for (int i = 0; i < m->n_children; i++) kn_module_train(m->children[i], training);
+}
+
+/* ---- CUDA-graph capture ------------------------------------------------------------- */
+
+const char *kn_layer_host_bound(const kn_module *m)
+{
+    const kn_layer_type *row = m->layer;
+    const char *why = row->host_bound_if ? row->host_bound_if(m)
+                      : row->capturable  ? NULL
+                      : row->host_bound  ? row->host_bound
+                                         : "a layer not known to be capturable";
+    for (int i = 0; !why && i < m->n_children; i++) why = kn_layer_host_bound(m->children[i]);
+    return why;
 }
 
 /* ---- named tensors ---------------------------------------------------------------- */
@@ -182,11 +86,11 @@ typedef struct {
     bool buffers, failed;
 } collection;
 
-/* Appends m's tensors (and its children's, prefixed "i.") in registration order. */
+/* Appends m's tensors (and its children's, prefixed "name.") in registration order. */
 static void collect(const kn_module *m, const char *prefix, collection *c)
 {
     for (int i = 0; i < m->n_tensors && !c->failed; i++) {
-        if (m->tensor_is_buffer[i] && !c->buffers) continue;
+        if (m->tensors[i].is_buffer && !c->buffers) continue;
         if (c->count == c->capacity) {
             int capacity = c->capacity ? 2 * c->capacity : 16;
             kn_named_tensor *grown = realloc(c->items, sizeof *grown * (size_t)capacity);
@@ -199,13 +103,13 @@ static void collect(const kn_module *m, const char *prefix, collection *c)
             c->capacity = capacity;
         }
         kn_named_tensor *e = &c->items[c->count++];
-        snprintf(e->name, sizeof e->name, "%s%s", prefix, m->tensor_names[i]);
-        e->tensor = m->tensors[i];
-        e->is_buffer = m->tensor_is_buffer[i];
+        snprintf(e->name, sizeof e->name, "%s%s", prefix, m->tensors[i].name);
+        e->tensor = m->tensors[i].tensor;
+        e->is_buffer = m->tensors[i].is_buffer;
     }
     for (int i = 0; i < m->n_children && !c->failed; i++) {
         char child_prefix[96];
-        snprintf(child_prefix, sizeof child_prefix, "%s%d.", prefix, i);
+        snprintf(child_prefix, sizeof child_prefix, "%s%s.", prefix, m->child_names[i]);
         collect(m->children[i], child_prefix, c);
     }
 }
@@ -240,7 +144,7 @@ int64_t kn_module_parameter_count(const kn_module *m)
     if (!m) return 0;
     int64_t total = 0;
     for (int i = 0; i < m->n_tensors; i++)
-        if (!m->tensor_is_buffer[i]) total += kn_numel(m->tensors[i]);
+        if (!m->tensors[i].is_buffer) total += kn_numel(m->tensors[i].tensor);
     for (int i = 0; i < m->n_children; i++) total += kn_module_parameter_count(m->children[i]);
     return total;
 }
@@ -248,7 +152,7 @@ int64_t kn_module_parameter_count(const kn_module *m)
 void kn_module_zero_grad(kn_module *m)
 {
     if (!m) return;
-    for (int i = 0; i < m->n_tensors; i++) kn_zero_grad(m->tensors[i]);
+    for (int i = 0; i < m->n_tensors; i++) kn_zero_grad(m->tensors[i].tensor);
     for (int i = 0; i < m->n_children; i++) kn_module_zero_grad(m->children[i]);
 }
 
@@ -355,13 +259,13 @@ kn_status kn_module_load_state_dict(kn_module *m, const kn_named_tensor *entries
     return status;
 }
 
-/* Whether kn_module_to moves m's tensor i. BatchNorm's num_batches_tracked stays on the
- * CPU: it is a host-side counter (the forward reads it for momentum=None and adds 1),
- * and keeping it there saves a device round trip per step; the state dict and
+/* Whether kn_module_to moves m's tensor i: all but the host's counters. BatchNorm's
+ * num_batches_tracked stays on the CPU: the forward reads it for momentum=None and adds
+ * 1 there, and keeping it there saves a device round trip per step; the state dict and
  * checkpoints name and save it as before. */
 static bool moves(const kn_module *m, int i)
 {
-    return strcmp(m->tensor_names[i], "num_batches_tracked") != 0;
+    return !m->tensors[i].host;
 }
 
 /* Every tensor slot of m and its children that moves, for moving them in place. */
@@ -376,7 +280,7 @@ static int count_tensors(const kn_module *m)
 static void gather_slots(kn_module *m, kn_tensor ***slots, int *n)
 {
     for (int i = 0; i < m->n_tensors; i++)
-        if (moves(m, i)) slots[(*n)++] = &m->tensors[i];
+        if (moves(m, i)) slots[(*n)++] = &m->tensors[i].tensor;
     for (int i = 0; i < m->n_children; i++) gather_slots(m->children[i], slots, n);
 }
 

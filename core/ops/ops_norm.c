@@ -8,43 +8,15 @@
  * device, so a training step never waits for the GPU here.
  */
 #include "kn_internal.h"
-#include "kn_cuda_train_core.h"
+#include "kn_cuda.h"
 #include "../kernels/cpu/kn_cpu_norm.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the CUDA training table (kn_cuda_train_core.h) ------------------------------------ */
-
-extern const void *kn__cuda_train_table; /* device.c */
-
-const kn_cuda_train *kn__cuda_train(kn_device device, const char *op)
-{
-    char name[32];
-    kn_device_str(device, name, sizeof name);
-    if (device.type != KN_DEVICE_CUDA)
-        return kn__error_null(KN_ERR_DEVICE, "%s: %s is not a CUDA device", op, name);
-    if (!kn_device_available(device))
-        return kn__error_null(KN_ERR_DEVICE, "%s: device %s is not available (%s)", op, name,
-                              kn_cuda_status());
-    const kn_cuda_train *t = kn__cuda_train_table;
-    if (!t || t->size != sizeof(kn_cuda_train))
-        return kn__error_null(KN_ERR_DEVICE,
-                              "%s: the CUDA module has no training kernels matching this build "
-                              "(kn_cuda_train_v1)",
-                              op);
-    return t;
-}
-
-kn_status kn__cuda_status(const char *message)
-{
-    if (!message) return KN_OK;
-    kn_status status = strncmp(message, "out of memory", 13) == 0 ? KN_ERR_MEMORY : KN_ERR_DEVICE;
-    return kn__error(status, "%s", message);
-}
-
-kn_cuda_fvec kn__cuda_fvec(kn_tensor *t)
+/* A float32 vector for the CUDA module: data pointer and stride of dim 0 (NULL-safe). */
+static kn_cuda_fvec fvec(kn_tensor *t)
 {
     kn_cuda_fvec v = {NULL, 0};
     if (t) {
@@ -94,7 +66,7 @@ static kn_status layer_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
                   (node->inputs[2].needs_grad && !db);
     if (!failed && is_cuda(x)) {
         const kn_cuda_train *t = kn__cuda_train(x->device, "layer_norm backward");
-        failed = !t || kn__cuda_status(t->layer_norm_backward(
+        failed = !t || kn__cuda_error(t->layer_norm_backward(
                            x->device.index, f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d),
                            f32(dx), f32(dw), f32(db), rows, cols)) != KN_OK;
     } else if (!failed) {
@@ -165,9 +137,9 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
         return NULL;
     }
     if (cols > 0 && cuda) {
-        if (kn__cuda_status(cuda->layer_norm_forward(x->device.index, f32(xd), f32(wd), f32(bd),
-                                                     f32(out), f32(mean), f32(rstd), rows, cols,
-                                                     (float)eps)) != KN_OK) {
+        if (kn__cuda_error(cuda->layer_norm_forward(x->device.index, f32(xd), f32(wd), f32(bd),
+                                                    f32(out), f32(mean), f32(rstd), rows, cols,
+                                                    (float)eps)) != KN_OK) {
             release_all(all, 6);
             return NULL;
         }
@@ -222,9 +194,9 @@ static kn_status batch_norm_backward_cuda(kn_node *node, kn_tensor *grad, kn_ten
         (node->inputs[2].needs_grad && !db))
         status = kn_last_status();
     else
-        status = kn__cuda_status(t->batch_norm_backward(
+        status = kn__cuda_error(t->batch_norm_backward(
             x->device.index, f32(dy), f32(x), f32(node->saved[2]), f32(node->saved[3]),
-            kn__cuda_fvec(weight), n, c, s, node->iargs[3] != 0, f32(dx), f32(dw), f32(db)));
+            fvec(weight), n, c, s, node->iargs[3] != 0, f32(dx), f32(dw), f32(db)));
     kn_release(dy);
     if (status != KN_OK) {
         kn_tensor *all[3] = {dx, dw, db};
@@ -383,10 +355,10 @@ static kn_tensor *batch_norm_cuda(const kn_cuda_train *cuda, kn_tensor *x, kn_te
                          kn__empty_raw(cshape, 1, KN_FLOAT32, x->device),
                          kn__empty_raw(cshape, 1, KN_FLOAT32, x->device)};
     if (!all[0] || !all[1] || !all[2] || !all[3] ||
-        kn__cuda_status(cuda->batch_norm_forward(
-            x->device.index, f32(all[0]), dims.n, dims.c, dims.s, training, momentum, eps,
-            kn__cuda_fvec(running_mean), kn__cuda_fvec(running_var), kn__cuda_fvec(weight),
-            kn__cuda_fvec(bias), f32(all[1]), f32(all[2]), f32(all[3]))) != KN_OK) {
+        kn__cuda_error(cuda->batch_norm_forward(x->device.index, f32(all[0]), dims.n, dims.c,
+                                                dims.s, training, momentum, eps, fvec(running_mean),
+                                                fvec(running_var), fvec(weight), fvec(bias),
+                                                f32(all[1]), f32(all[2]), f32(all[3]))) != KN_OK) {
         release_all(all, 4);
         return NULL;
     }

@@ -1,6 +1,6 @@
 /*
  * optim.c — the optimizers of kn_optim.h: options and their checks, lazily created
- * per-parameter state, the step (one fused loop per parameter, see optim_kernels.c) and
+ * per-parameter state, the step (one fused loop per parameter, see kernels/cpu/optim.c) and
  * the state export / import used by checkpoints. Learning-rate schedules and gradient
  * clipping are in lr_schedule.c and clip_grad.c.
  *
@@ -15,8 +15,8 @@
  */
 #include "kn_optim.h"
 #include "kn_internal.h"
-#include "kn_cuda_train_core.h"
-#include "optim_kernels.h"
+#include "kn_cuda.h"
+#include "kn_cpu_optim.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -324,7 +324,7 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             return kn_last_status();
         }
         int64_t step = ++opt->steps[i];
-        kn__optim_args a = {
+        kn_cpu_optim_args a = {
             .param = kn__data_ptr(p),
             .grad = kn__data_ptr(g),
             .lr = o->lr,
@@ -338,9 +338,9 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.dampening = o->dampening;
             a.nesterov = o->nesterov;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_sgd(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_sgd(p->device.index, &a, kn_numel(p)));
             else
-                kn__optim_sgd(&a, kn_numel(p));
+                kn_cpu_optim_sgd(&a, kn_numel(p));
             break;
         case KN_OPTIM_ADAM:
         case KN_OPTIM_ADAMW:
@@ -353,9 +353,9 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.step = step;
             a.decoupled = o->kind == KN_OPTIM_ADAMW;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_adam(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_adam(p->device.index, &a, kn_numel(p)));
             else
-                kn__optim_adam(&a, kn_numel(p));
+                kn_cpu_optim_adam(&a, kn_numel(p));
             break;
         case KN_OPTIM_RMSPROP:
             a.square_avg = slot_data(opt, i, SLOT_SQUARE_AVG);
@@ -364,9 +364,9 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             a.alpha = o->alpha;
             a.eps = o->eps;
             if (cuda)
-                status = kn__cuda_status(cuda->optim_rmsprop(p->device.index, &a, kn_numel(p)));
+                status = kn__cuda_error(cuda->optim_rmsprop(p->device.index, &a, kn_numel(p)));
             else
-                kn__optim_rmsprop(&a, kn_numel(p));
+                kn_cpu_optim_rmsprop(&a, kn_numel(p));
             break;
         }
         kn_release(g);

@@ -43,6 +43,33 @@ char *kapi_errors_to_text(const kapi_errors *errors);
 char *kapi_errors_to_json(const kapi_errors *errors, const char *code);
 
 /* ---- model spec ------------------------------------------------------------------- */
+#define KAPI_NODE_NAME_MAX 80 /* a node's path in the model ("blocks.11.mlp.fc") */
+#define KAPI_MAX_TIES 4       /* weight ties of one node */
+#define KAPI_MAX_BLOCKS 64    /* block definitions in one graph spec */
+
+/* A graph's input or one output of a node: a value flowing through the model. */
+typedef struct kapi_value_spec {
+    /* how the spec refers to it: an input's name ("tokens"), a node's ("ln_f"), one of
+     * a node's outputs ("qkv:1"); a chain's input and output are "input" and "output" */
+    char name[KAPI_NODE_NAME_MAX + 8];
+    int64_t shape[KN_MAX_DIMS]; /* per sample, without the batch dim */
+    int ndim;
+    kn_dtype dtype;
+} kapi_value_spec;
+
+/* A parameter of a node that is another node's ("weight" is "wte.weight"). */
+typedef struct kapi_tie_spec {
+    char parameter[32];
+    char to[KAPI_NODE_NAME_MAX + 32];
+} kapi_tie_spec;
+
+/* A container the model's module tree has at path, and its class ("blocks":
+ * "ModuleList", "blocks.0": "Block"). */
+typedef struct kapi_container_spec {
+    char path[KAPI_NODE_NAME_MAX];
+    char class_name[48];
+} kapi_container_spec;
+
 typedef struct kapi_layer_spec {
     kn_module_kind kind;
     const char *type; /* the layer table's name: "conv2d" */
@@ -55,6 +82,14 @@ typedef struct kapi_layer_spec {
     int in_ndim, out_ndim;
     int64_t parameter_count;
     int64_t buffer_bytes; /* running statistics */
+    /* ---- graph specs (issue 12) ---- */
+    /* the module's path in the model: its state-dict prefix ("blocks.0.attn"; a
+     * chain's layers are "0", "1", ...) */
+    char name[KAPI_NODE_NAME_MAX];
+    int n_inputs, inputs[KN_GRAPH_MAX_INPUTS]; /* value ids (kapi_model_spec.values) */
+    int first_output, n_outputs;               /* its outputs: values first_output.. */
+    int n_ties;                                /* parameters shared with other nodes' */
+    kapi_tie_spec ties[KAPI_MAX_TIES];
 } kapi_layer_spec;
 
 typedef struct kapi_model_spec {
@@ -66,18 +101,34 @@ typedef struct kapi_model_spec {
     int64_t parameter_count;
     int64_t output_shape[KN_MAX_DIMS];
     int output_ndim;
+    /* ---- graph specs (issue 12) ---- */
+    /* Every spec has values: its inputs (values[0..n_inputs)), and the outputs of its
+     * layers or nodes; outputs[] are the model's outputs. A chain has one input and one
+     * output; input_shape and output_shape above are the first input's and output's. */
+    bool graph; /* nodes (a graph) rather than layers (a chain) */
+    int n_inputs, n_values;
+    kapi_value_spec *values;
+    int n_outputs, outputs[KN_GRAPH_MAX_INPUTS];
+    /* a graph's nodes are listed in layers[] in the order their modules are registered
+     * (the spec's order, blocks expanded in place); run_order[] is the order they run */
+    int *run_order;
+    int n_containers;
+    kapi_container_spec *containers;
 } kapi_model_spec;
 
 kapi_model_spec *kapi_model_spec_parse(const char *json, size_t length, kapi_errors *errors);
 void kapi_model_spec_free(kapi_model_spec *spec);
-/* A Sequential of the layers, initialised as PyTorch would (gen NULL: default). */
+/* A Sequential of the layers (a chain), or a graph (kn_graph_new) of the nodes, their
+ * modules registered in the spec's order, initialised as PyTorch would (gen NULL:
+ * default). */
 kn_module *kapi_model_build(const kapi_model_spec *spec, kn_generator *gen);
 /* Bytes a training step needs at batch_size: parameters, gradients, optimizer state
  * (Adam: 2 per parameter) and activations kept for backward. An estimate. */
 int64_t kapi_model_training_memory(const kapi_model_spec *spec, int64_t batch_size,
                                    kn_optimizer_kind optimizer);
 /* {"valid": true, "name", "parameter_count", "output_shape", "training_memory_bytes",
- *  "layers": [{"type", "output_shape", "parameters"}...]} */
+ *  "layers": [{"type", "output_shape", "parameters"}...]}; a graph's has "inputs",
+ *  "outputs" and "nodes": [{"name", "type", "inputs", "output_shape", "parameters"}...] */
 char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_size);
 
 /* ---- job spec --------------------------------------------------------------------- */

@@ -43,7 +43,23 @@ extern "C" {
     X(BATCH_NORM1D, batch_norm1d)                                                                  \
     X(BATCH_NORM2D, batch_norm2d)                                                                  \
     X(LAYER_NORM, layer_norm)                                                                      \
-    X(EMBEDDING, embedding)
+    X(EMBEDDING, embedding)                                                                        \
+    /* ---- graph (issue 12): containers, then the structure nodes of graph specs */               \
+    X(GRAPH, graph)                                                                                \
+    X(MODULE, module)                                                                              \
+    X(ADD, add)                                                                                    \
+    X(MUL, mul)                                                                                    \
+    X(CONCAT, concat)                                                                              \
+    X(SPLIT, split)                                                                                \
+    X(CHUNK, chunk)                                                                                \
+    X(RESHAPE, reshape)                                                                            \
+    X(PERMUTE, permute)                                                                            \
+    X(TRANSPOSE, transpose)                                                                        \
+    X(MATMUL, matmul)                                                                              \
+    X(IDENTITY, identity)                                                                          \
+    X(MEAN, mean)                                                                                  \
+    X(SLICE, slice)                                                                                \
+    X(SELECT, select)
 
 #define KN__MODULE_KIND(id, name) KN_MODULE_##id,
 typedef enum { KN_LAYER_KINDS(KN__MODULE_KIND) KN_MODULE_KIND_COUNT } kn_module_kind;
@@ -127,6 +143,53 @@ typedef struct kn_embedding_options {
     int64_t num_embeddings, embedding_dim;
 } kn_embedding_options;
 
+/* ---- graph (issue 12) ---- */
+/* A container's class as its repr names it: "ModuleList", a block's name ("Block");
+ * empty: "Module". */
+typedef struct kn_container_options {
+    char class_name[48];
+} kn_container_options;
+
+/* Dims here count the batch dim, as torch's do (dim 1 is a sequence's time dim in
+ * [N, T, C]); the batch dim itself is never split, joined, moved or reduced. */
+typedef struct kn_concat_options {
+    int64_t dim;
+} kn_concat_options;
+
+typedef struct kn_split_options {
+    kn_int_list split_size_or_sections; /* one size (the last part may be smaller) or sizes */
+    int64_t dim;
+} kn_split_options;
+
+typedef struct kn_chunk_options {
+    int64_t chunks, dim;
+} kn_chunk_options;
+
+typedef struct kn_reshape_options {
+    kn_int_list shape; /* one sample's shape (no batch dim); one size may be -1 */
+} kn_reshape_options;
+
+typedef struct kn_permute_options {
+    kn_int_list dims; /* of the batched input; dims[0] is 0 (the batch dim stays first) */
+} kn_permute_options;
+
+typedef struct kn_transpose_options {
+    int64_t dim0, dim1;
+} kn_transpose_options;
+
+typedef struct kn_mean_options {
+    kn_int_list dim;
+    bool keepdim;
+} kn_mean_options;
+
+typedef struct kn_slice_options {
+    int64_t dim, start, end, step; /* x[:, start:end:step] along dim, Python's bounds */
+} kn_slice_options;
+
+typedef struct kn_select_options {
+    int64_t dim, index; /* x[:, index] along dim (the dim goes away) */
+} kn_select_options;
+
 /* One layer's options: the member its kind reads (relu: activation; batch_norm1d and
  * batch_norm2d: batch_norm). Kinds without arguments (tanh, sigmoid) read none. */
 typedef union kn_layer_options {
@@ -144,6 +207,17 @@ typedef union kn_layer_options {
     kn_batch_norm_options batch_norm;
     kn_layer_norm_options layer_norm;
     kn_embedding_options embedding;
+    /* ---- graph (issue 12) ---- */
+    kn_container_options container; /* graph, module */
+    kn_concat_options concat;
+    kn_split_options split;
+    kn_chunk_options chunk;
+    kn_reshape_options reshape;
+    kn_permute_options permute;
+    kn_transpose_options transpose;
+    kn_mean_options mean;
+    kn_slice_options slice;
+    kn_select_options select;
 } kn_layer_options;
 
 typedef struct kn_module kn_module;
@@ -163,6 +237,7 @@ typedef struct kn_module_tensor {
     kn_tensor *tensor;
     bool is_buffer; /* in the state dict, never optimized */
     bool host;      /* stays on the cpu when the module moves (num_batches_tracked) */
+    bool shared;    /* tied: another slot holds the same tensor (kn_module_tie) */
 } kn_module_tensor;
 
 #define KN_MODULE_NAME_MAX 32 /* a child's name: "0", "self_attn" */
@@ -181,6 +256,7 @@ struct kn_module {
     kn_module **children;
     char (*child_names)[KN_MODULE_NAME_MAX];
     kn_generator *dropout_generator; /* borrowed; NULL = default generator */
+    struct kn_graph *graph;          /* a graph's plan (kn_graph_new), owned; else NULL */
 };
 
 /* ---- constructors (gen NULL means the default generator) ------------------------- */
@@ -267,6 +343,63 @@ int64_t kn_init_fan_in(const kn_tensor *weight);
 /* x [N, C, H, W] or [C, H, W]; output cell i averages rows floor(i*H/out) up to
  * ceil((i+1)*H/out) (and likewise for columns), as PyTorch does. Differentiable. */
 kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_width);
+
+/* ---- graphs (issue 12): models beyond a chain --------------------------------------
+ * A graph is a container that runs its nodes in order: each node calls a module of the
+ * graph's module tree on values (the graph's inputs and earlier nodes' outputs), as a
+ * torch module's forward() calls the modules its __init__ registered. The module tree
+ * gives the state-dict names: a module registered at "blocks.0.attn" has the parameter
+ * "blocks.0.attn.in_proj_weight"; containers on the way ("blocks", "blocks.0") are made
+ * as needed (kn_module_container_new gives them a class name: "ModuleList", "Block").
+ * Intermediate values are released after their last reader ran. */
+
+/* The most inputs and outputs of one module call (a graph's, add's inputs, split's
+ * outputs). */
+#define KN_GRAPH_MAX_INPUTS 16
+#define KN_LAYER_MAX_OUTPUTS 64
+
+/* An empty graph (no inputs, nodes or outputs yet); the caller owns it. */
+kn_module *kn_graph_new(void);
+/* A container of modules that is not called itself (torch's nn.Module / nn.ModuleList
+ * used as a namespace); class_name is what its repr says (NULL: "Module"). */
+kn_module *kn_module_container_new(const char *class_name);
+/* Registers child at a dotted path under root ("mlp.fc": the child "fc" of root's child
+ * "mlp", which is made as a container when missing). root takes ownership of child,
+ * also on failure. Errors: an empty or too long segment, a path taken, a path through a
+ * module that is not a container. */
+kn_status kn_module_add(kn_module *root, const char *path, kn_module *child);
+/* The module at a dotted path under root ("" is root), borrowed; NULL when none. */
+kn_module *kn_module_find(const kn_module *root, const char *path);
+
+/* Declares the graph's next input; returns its value id (inputs are 0, 1, ...) or -1. */
+int kn_graph_add_input(kn_module *graph, const char *name, kn_dtype dtype);
+/* Adds a node that calls the module at path (registered under the graph) on the values
+ * inputs[0..n_inputs) and gives n_outputs values; returns the id of its first output
+ * (the others follow it) or -1. A module may be called by several nodes (its weights are
+ * then shared, as a torch module called twice). */
+int kn_graph_add_node(kn_module *graph, const char *path, const int *inputs, int n_inputs,
+                      int n_outputs);
+/* The graph's outputs, in order: value ids. Ends the graph's construction: each value's
+ * last reader is computed here, and a value no node reads that is not an output is an
+ * error naming it. */
+kn_status kn_graph_set_outputs(kn_module *graph, const int *values, int n_values);
+/* Counts of a graph's inputs and outputs; 0 for any other module. */
+int kn_graph_input_count(const kn_module *graph);
+int kn_graph_output_count(const kn_module *graph);
+
+/* Runs m on n inputs and stores its outputs (one reference each, in the open scope)
+ * in outputs[0..*n_outputs), at most capacity of them: a graph gives its outputs, split
+ * and chunk their parts, every other layer one output. */
+kn_status kn_module_forward_outputs(kn_module *m, kn_tensor *const *inputs, int n,
+                                    kn_tensor **outputs, int capacity, int *n_outputs);
+
+/* Weight tying: makes the tensor at state-dict name `name` (a parameter of a module under
+ * root: "lm_head.weight") the very tensor at `to` ("wte.weight"), as torch's
+ * `model.lm_head.weight = model.wte.weight`: one parameter, listed under both names by
+ * kn_module_state_dict (as torch's state_dict does) and once by kn_module_parameters
+ * (under its first name), so an optimizer updates it once with the gradients of both
+ * uses summed. Shapes must agree. */
+kn_status kn_module_tie(kn_module *root, const char *name, const char *to);
 
 #ifdef __cplusplus
 }

@@ -69,4 +69,24 @@ bool kn__shape_batched_dim(kn_layer_shape *s, const char *field, int64_t dim, in
 bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], const int padding[2],
                       const int dilation[2], bool ceil_mode);
 
+/* ---- graph (issue 12) ------------------------------------------------------------------ */
+
+struct kn_graph;
+/* Frees a graph's plan (layer_graph.c); NULL-safe. */
+void kn__graph_free(struct kn_graph *g);
+/* The output shapes of a graph for inputs in[0..n_in) (layer_graph.c): out[0..*n_out),
+ * room for KN_GRAPH_MAX_INPUTS. Errors name the node. */
+kn_status kn__graph_shape(const kn_module *m, const kn_layer_io *in, int n_in, kn_layer_io *out,
+                          int *n_out);
+/* One module's output for one input (nn_shape.c): a Sequential's through its children, a
+ * layer's through its row; where names the module in errors (NULL: its kind). */
+kn_status kn__module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
+                           const char *where);
+/* Rows' parameter_shape for weight ties in specs (layer_graph.c): Linear's weight
+ * [out, in] and bias [out], Embedding's weight [num, dim]. */
+bool kn__linear_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);
+bool kn__embedding_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);
+/* The dtype a graph's first input has (KN_FLOAT32 for none). */
+kn_dtype kn__graph_input_dtype(const kn_module *m);
+
 #endif

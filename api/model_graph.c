@@ -469,8 +469,12 @@ static bool check_names(graph_parse *gp, gscope *scope)
             if (strcmp(scope->inputs[i], scope->inputs[j]) == 0) {
                 char list_path[KAPI_PATH_MAX];
                 kapi__path(list_path, scope->path, "inputs");
-                kapi__path_index(path, list_path, i);
-                if (scope == &gp->top) kapi__path(path, path, "name");
+                char item[KAPI_PATH_MAX];
+                kapi__path_index(item, list_path, i);
+                if (scope == &gp->top)
+                    kapi__path(path, item, "name");
+                else
+                    snprintf(path, sizeof path, "%s", item);
                 kapi_errors_add(gp->errors, path, "duplicate input name \"%s\"", scope->inputs[i]);
                 ok = false;
             }
@@ -575,8 +579,9 @@ static bool resolve_refs(graph_parse *gp, gscope *scope)
     return ok;
 }
 
-/* "a -> b -> c -> a" for a cycle through node start (each feeds the next). */
-static void describe_cycle(const gscope *scope, int start, const bool *left, char *out, size_t size)
+/* "a -> b -> c -> a" for a cycle upstream of node start (each feeds the next); returns
+ * the node it is written from, the cycle's earliest listed one. */
+static int describe_cycle(const gscope *scope, int start, const bool *left, char *out, size_t size)
 {
     int path[KAPI_GRAPH_MAX_NODES + 1], n = 0;
     bool seen[KAPI_GRAPH_MAX_NODES] = {false};
@@ -594,12 +599,19 @@ static void describe_cycle(const gscope *scope, int start, const bool *left, cha
     }
     int first = 0;
     while (path[first] != at) first++;
+    /* path[first..n) goes against the data: written backwards it follows the data */
+    int from = first;
+    for (int i = first; i < n; i++)
+        if (path[i] < path[from]) from = i;
     size_t used = 0;
     out[0] = '\0';
-    /* path[first..n) goes against the data: print it reversed, closing the loop */
-    for (int i = n - 1; i >= first && used < size; i--)
-        used += (size_t)snprintf(out + used, size - used, "%s -> ", scope->nodes[path[i]].name);
-    if (used < size) snprintf(out + used, size - used, "%s", scope->nodes[path[n - 1]].name);
+    for (int k = 0; k <= n - first && used < size; k++) {
+        int i = from - k;
+        if (i < first) i += n - first;
+        used += (size_t)snprintf(out + used, size - used, "%s%s", k ? " -> " : "",
+                                 scope->nodes[path[i]].name);
+    }
+    return path[from];
 }
 
 /* An order in which every node comes after the nodes it reads (the listed order among
@@ -636,10 +648,10 @@ static bool sort_nodes(graph_parse *gp, gscope *scope)
         int start = 0;
         while (!left[start]) start++;
         char cycle[600];
-        describe_cycle(scope, start, left, cycle, sizeof cycle);
-        kapi_errors_add(gp->errors, scope->nodes[start].path,
+        int in_cycle = describe_cycle(scope, start, left, cycle, sizeof cycle);
+        kapi_errors_add(gp->errors, scope->nodes[in_cycle].path,
                         "node \"%s\" is in a cycle: %s (each feeds the next)",
-                        scope->nodes[start].name, cycle);
+                        scope->nodes[in_cycle].name, cycle);
     }
     free(left);
     return done == n;

@@ -244,7 +244,7 @@ Test(layers, named_children_many_tensors_and_inputs)
     kn_tensor *x = kn_ones(KN_SHAPE(1, 2), KN_FLOAT32);
     kn_tensor *two[2] = {x, x};
     cr_assert_null(kn_module_forward_n(block->children[0], two, 2));
-    cr_assert(strstr(kn_last_error(), "Linear: takes 1 to 1 inputs, got 2"), "%s", kn_last_error());
+    cr_assert(strstr(kn_last_error(), "Linear: takes 1 input, got 2"), "%s", kn_last_error());
     cr_assert_not_null(kn_module_forward_n(block->children[0], two, 1));
     kn_module_free(m);
     kn_scope_end();

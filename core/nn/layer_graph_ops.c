@@ -660,13 +660,15 @@ static bool slice_shape(kn_layer_shape *s)
     int64_t size = s->inputs[0].shape[dim - 1];
     int64_t start = clamp_bound(o->start, size), end = clamp_bound(o->end, size);
     int64_t length = end > start ? (end - start + o->step - 1) / o->step : 0;
-    char shape[128];
+    char shape[128], written_end[32] = "None";
+    if (o->end < KN_ARG_MAX_SIZE)
+        snprintf(written_end, sizeof written_end, "%lld", (long long)o->end);
     if (length == 0)
         return kn__shape_fail(s, NULL,
-                              "takes nothing from dim %d of %s (start %lld, end %lld, step %lld "
-                              "over %lld)",
+                              "takes nothing from dim %d of %s: [%lld:%s:%lld] of its %lld "
+                              "elements is empty",
                               dim, batched(&s->inputs[0], shape, sizeof shape), (long long)o->start,
-                              (long long)o->end, (long long)o->step, (long long)size);
+                              written_end, (long long)o->step, (long long)size);
     s->output.shape[dim - 1] = length;
     return true;
 }

@@ -47,8 +47,9 @@ static bool callable_on(const kn_module *m, kn_tensor *const *inputs, int n)
     int least = m->layer->min_inputs ? m->layer->min_inputs : 1;
     int most = m->layer->max_inputs ? m->layer->max_inputs : 1;
     if (n < least || n > most || !inputs) {
-        kn__error(KN_ERR_VALUE, "%s: takes %d to %d inputs, got %d", m->type_name, least, most,
-                  inputs ? n : 0);
+        char takes[48];
+        kn__error(KN_ERR_VALUE, "%s: takes %s, got %d", m->type_name,
+                  kn__inputs_text(least, most, takes, sizeof takes), inputs ? n : 0);
         return false;
     }
     for (int i = 0; i < n; i++) {

@@ -82,6 +82,8 @@ kn_status kn__graph_shape(const kn_module *m, const kn_layer_io *in, int n_in, k
  * layer's through its row; where names the module in errors (NULL: its kind). */
 kn_status kn__module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
                            const char *where);
+/* "1 input", "2 to 16 inputs": how many inputs a row takes, for errors. */
+const char *kn__inputs_text(int least, int most, char *buf, size_t size);
 /* Rows' parameter_shape for weight ties in specs (layer_graph.c): Linear's weight
  * [out, in] and bias [out], Embedding's weight [num, dim]. */
 bool kn__linear_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);

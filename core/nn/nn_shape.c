@@ -105,6 +105,15 @@ bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], co
                           padding[1], dilation[0], dilation[1]);
 }
 
+const char *kn__inputs_text(int least, int most, char *buf, size_t size)
+{
+    if (least == most)
+        snprintf(buf, size, "%d input%s", least, least == 1 ? "" : "s");
+    else
+        snprintf(buf, size, "%d to %d inputs", least, most);
+    return buf;
+}
+
 /* ---- kn_layer_infer ------------------------------------------------------------------ */
 
 bool kn_layer_infer(kn_layer_shape *s)
@@ -116,8 +125,10 @@ bool kn_layer_infer(kn_layer_shape *s)
     s->message[0] = '\0';
     s->parameter_count = 0;
     s->buffer_bytes = 0;
+    char takes[48];
     if (s->n_inputs < least || s->n_inputs > most)
-        return kn__shape_fail(s, NULL, "takes %d to %d inputs, got %d", least, most, s->n_inputs);
+        return kn__shape_fail(s, NULL, "takes %s, got %d",
+                              kn__inputs_text(least, most, takes, sizeof takes), s->n_inputs);
     bool any_dtype = row->flags & KN_LAYER_ANY_DTYPE;
     for (int i = 0; i < s->n_inputs; i++) {
         if (any_dtype && s->inputs[i].dtype != s->inputs[0].dtype)

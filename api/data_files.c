@@ -174,10 +174,27 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     return ds;
 }
 
+bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors)
+{
+    if (spec->n_inputs <= 1) return true;
+    char names[300] = "";
+    size_t used = 0;
+    for (int i = 0; i < spec->n_inputs && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 spec->values[i].name);
+    kapi_errors_add(errors, what,
+                    "the model has %d inputs (%s) but a dataset feeds one: train a model of "
+                    "several inputs from C (kn_module_forward_n) until datasets hold named "
+                    "inputs (docs/model-spec.md, \"Data for graph models\")",
+                    spec->n_inputs, names);
+    return false;
+}
+
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors)
 {
     char have[96], want[96];
+    if (!kapi_model_takes_one_input(spec, what, errors)) return false;
     const kn_tensor *x = ds->inputs;
     int64_t sample = 1, needed = 1;
     for (int i = 1; i < x->ndim; i++) sample *= x->shape[i];

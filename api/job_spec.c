@@ -455,6 +455,7 @@ static void check_data_against_model(kapi_errors *errors, const kapi_job_spec *j
 {
     const kapi_model_spec *m = job->model;
     const kapi_data_spec *d = &job->data;
+    if (m && !kapi_model_takes_one_input(m, "model.inputs", errors)) return;
     if (!m || d->channels <= 1) return;
     if (d->channels != m->input_shape[0]) {
         char shape[96], counts[48] = "1 value";

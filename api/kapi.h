@@ -180,6 +180,9 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
  * ("data.train"). Returns false with errors added. */
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors);
+/* A dataset feeds one input: false with an error at `what` naming the inputs of a graph
+ * that has several. */
+bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors);
 /* Reads a whole file, gunzipping when it starts with gzip's magic. malloc'd. */
 void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors);
 /* What kapi_read_file does to a gzip file's bytes, in memory (uploads, fuzz targets):

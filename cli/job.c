@@ -81,6 +81,12 @@ int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what)
     }
     /* IDX images come as [N, 28, 28]; the model may want [N, 1, 28, 28] or [N, 784] */
     const kapi_model_spec *m = job->model_spec;
+    kapi_errors errors = {0};
+    if (!kapi_model_takes_one_input(m, what, &errors)) {
+        kcli_print_errors(&errors);
+        kapi_errors_free(&errors);
+        return KCLI_EXIT_SPEC;
+    }
     int64_t want = 1, have = 1;
     for (int i = 0; i < m->input_ndim; i++) want *= m->input_shape[i];
     for (int i = 1; i < ds->inputs->ndim; i++) have *= ds->inputs->shape[i];

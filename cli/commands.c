@@ -282,9 +282,47 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
     return ds;
 }
 
+/* Prints an output that is not a [N, classes] float: each sample's values, flattened. */
+static int print_values(kn_tensor *output, int64_t first, bool json)
+{
+    kn_tensor *p = kn_contiguous(kn_to(output, kn_cpu()));
+    if (!p) return KCLI_EXIT_RUNTIME;
+    int64_t n = p->ndim > 0 ? p->shape[0] : 1, row = n ? kn_numel(p) / n : 0;
+    double *v = malloc(sizeof *v * (size_t)(row ? row : 1));
+    if (!v) return KCLI_EXIT_RUNTIME;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t index[KN_MAX_DIMS] = {i};
+        for (int64_t k = 0; k < row; k++) { /* row-major within the sample */
+            int64_t flat = k;
+            for (int d = p->ndim - 1; d >= 1; d--) {
+                index[d] = flat % p->shape[d];
+                flat /= p->shape[d];
+            }
+            v[k] = kn_get(p, index);
+        }
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "index", (double)(first + i));
+            cJSON *arr = cJSON_AddArrayToObject(o, "output");
+            for (int64_t k = 0; k < row; k++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[k]));
+            char *text = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (text) printf("%s\n", text);
+            free(text);
+        } else {
+            printf("%lld\t-", (long long)(first + i));
+            for (int64_t k = 0; k < row; k++) printf("\t%.6g", v[k]);
+            printf("\n");
+        }
+    }
+    free(v);
+    return 0;
+}
+
 /* Prints the batch's probabilities, one line (or JSON object) per sample. */
 static int print_predictions(kn_tensor *probs, int64_t first, bool json)
 {
+    if (probs->ndim != 2 || probs->dtype != KN_FLOAT32) return print_values(probs, first, json);
     kn_tensor *p = kn_contiguous(kn_to(probs, kn_cpu()));
     if (!p) return KCLI_EXIT_RUNTIME;
     int64_t n = p->shape[0], c = p->ndim == 2 ? p->shape[1] : 1;
@@ -341,9 +379,12 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
             fprintf(stderr, "error: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
         } else {
+            /* a graph's first output is its prediction (kn_module_forward gives it) */
             kn_tensor *logits =
                 kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n), job.device));
-            kn_tensor *probs = logits && logits->ndim == 2 ? kn_softmax(logits, 1) : logits;
+            kn_tensor *probs = logits && logits->ndim == 2 && logits->dtype == KN_FLOAT32
+                                   ? kn_softmax(logits, 1)
+                                   : logits;
             if (!probs) {
                 fprintf(stderr, "error: %s\n", kn_last_error());
                 rc = KCLI_EXIT_RUNTIME;

@@ -22,7 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <cJSON.h>
 
 #define ASSERT_OK(call) cr_assert_eq((call), KN_OK, "%s", kn_last_error())
 #define ASSERT_NEAR(t, want, n, rtol, atol)                                                        \
@@ -655,4 +657,98 @@ Test(graph, a_residual_net_from_a_graph_spec_trains)
     free(ys);
     kapi_model_spec_free(spec);
     kn_scope_end();
+}
+
+/* ---- the command line ----------------------------------------------------------------------- */
+
+/* kiln validate, train and predict on a job whose inline model is a graph spec. */
+Test(graph, kiln_validates_trains_and_predicts_a_graph_job)
+{
+    char kiln[512];
+    snprintf(kiln, sizeof kiln, "%s/kiln", KILN_BINARY_DIR);
+    if (access(kiln, X_OK) != 0) cr_skip_test("%s is not built", kiln);
+    char dir[128], path[256];
+    snprintf(dir, sizeof dir, "/tmp/kiln-test-graph-cli-%d", (int)getpid());
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof path, "%s/train.csv", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "a,b,c,d,e,f,label\n");
+    for (int i = 0; i < 120; i++) {
+        double a = sin(i * 1.7), b = cos(i * 0.9);
+        fprintf(f, "%g,%g,%g,%g,%g,%g,%d\n", a, b, a * b, a - b, 0.5, -a,
+                a > 0 ? (b > 0 ? 2 : 1) : 0);
+    }
+    fclose(f);
+    snprintf(path, sizeof path, "%s/job.json", dir);
+    f = fopen(path, "w");
+    fprintf(f,
+            "{\"model\": %s, \"data\": {\"train\": {\"format\": \"csv\", \"path\": \"train.csv\"}, "
+            "\"test\": {\"format\": \"csv\", \"path\": \"train.csv\"}}, \"epochs\": 2, "
+            "\"batch_size\": 16}",
+            RESIDUAL);
+    fclose(f);
+    char command[1024], out[4096] = "";
+    snprintf(command, sizeof command, "'%s' validate --json '%s/job.json'", kiln, dir);
+    FILE *p = popen(command, "r");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s", out);
+    cr_assert(strstr(out, "\"nodes\":[{\"name\":\"stem\",\"type\":\"linear\""), "%s", out);
+    cr_assert(strstr(out, "{\"name\":\"res.2.sum\",\"type\":\"add\",\"inputs\":[\"res.1.sum\","
+                          "\"res.2.fc2\"]"),
+              "%s", out);
+    snprintf(command, sizeof command, "'%s' train '%s/job.json' --out '%s/run' > /dev/null", kiln,
+             dir, dir);
+    cr_assert_eq(system(command), 0, "kiln train failed");
+    snprintf(command, sizeof command,
+             "'%s' predict '%s/run/model.safetensors' '%s/job.json' --limit 3 --json", kiln, dir,
+             dir);
+    p = popen(command, "r");
+    n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s", out);
+    int lines = 0;
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"), lines++) {
+        cJSON *o = cJSON_Parse(line);
+        cr_assert(o && cJSON_IsNumber(cJSON_GetObjectItem(o, "class")), "%s", line);
+        cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "probabilities")), 3);
+        cJSON_Delete(o);
+    }
+    cr_assert_eq(lines, 3);
+
+    /* an output that is not [N, classes]: each sample's values */
+    const char *grid = "{\"name\": \"grid\", \"inputs\": [{\"name\": \"x\", \"shape\": [6]}], "
+                       "\"nodes\": [{\"name\": \"fc\", \"type\": \"linear\", \"out_features\": 6}, "
+                       "{\"name\": \"grid\", \"type\": \"reshape\", \"shape\": [2, 3]}], "
+                       "\"outputs\": [\"grid\"]}";
+    snprintf(path, sizeof path, "%s/grid.json", dir);
+    f = fopen(path, "w");
+    fprintf(f,
+            "{\"model\": %s, \"data\": {\"test\": {\"format\": \"csv\", \"path\": "
+            "\"train.csv\"}, \"train\": {\"format\": \"csv\", \"path\": \"train.csv\"}}}",
+            grid);
+    fclose(f);
+    kapi_errors errors = {0};
+    kapi_model_spec *spec = kapi_model_spec_parse(grid, strlen(grid), &errors);
+    cr_assert_not_null(spec);
+    kn_module *m = kapi_model_build(spec, NULL);
+    snprintf(path, sizeof path, "%s/grid.safetensors", dir);
+    ASSERT_OK(kn_module_save_weights(m, path));
+    kn_module_free(m);
+    kapi_model_spec_free(spec);
+    snprintf(command, sizeof command, "'%s' predict '%s' '%s/grid.json' --limit 2 --json", kiln,
+             path, dir);
+    p = popen(command, "r");
+    n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s", out);
+    lines = 0;
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"), lines++) {
+        cJSON *o = cJSON_Parse(line);
+        cr_assert(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "output")) == 6, "%s", line);
+        cJSON_Delete(o);
+    }
+    cr_assert_eq(lines, 2);
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    cr_assert_eq(system(command), 0);
 }

@@ -489,6 +489,49 @@ case("embedding_noncontig_indices", inputs(weight=R(5, 3),
      lambda weight, ibase: F.embedding(ibase.t(), weight))
 
 
+# ---- graph (issue 12) ---------------------------------------------------------------------------
+# The structure nodes of graph specs on batched tensors (dim 0 is the batch), as torch's
+# functions; several outputs are combined into "out" the way the C test combines them.
+
+case("graph_add3_broadcast", inputs(a=R(2, 3, 4), b=R(2, 1, 4), c=R(2, 3, 1)),
+     lambda a, b, c: a + b + c)
+case("graph_mul_broadcast", inputs(a=R(2, 3, 4), b=R(2, 3, 1)), lambda a, b: a * b)
+case("graph_concat_noncontig", inputs(abase=R(2, 4, 3), b=R(2, 3, 2)),
+     lambda abase, b: torch.cat([abase.transpose(1, 2), b], -1))
+case("graph_split_sections", inputs(x=R(2, 3, 6)),
+     lambda x: (lambda p: p[0].sum(-1, keepdim=True) * p[2].mean(-1, keepdim=True) + p[1])(
+         x.split([1, 2, 3], -1)))
+case("graph_chunk_uneven", inputs(x=R(2, 5, 4)),
+     lambda x: (lambda p: {"out": p[0] + p[1], "part2": p[2]})(x.chunk(3, 1)))
+case("graph_reshape_noncontig", inputs(base=R(2, 4, 8)),
+     lambda base: base.transpose(1, 2).reshape(2, 8, 2, 2))
+case("graph_permute4", inputs(x=R(2, 3, 4, 5)), lambda x: x.permute(0, 2, 3, 1))
+case("graph_transpose_neg", inputs(x=R(2, 3, 4)), lambda x: x.transpose(-1, 1))
+case("graph_matmul_broadcast", inputs(abase=R(2, 2, 4, 3), b=R(2, 1, 4, 5)),
+     lambda abase, b: abase.transpose(-1, -2) @ b)
+case("graph_mean_dims", inputs(x=R(2, 3, 4, 5)), lambda x: x.mean(dim=(1, 3)))
+case("graph_mean_keepdim", inputs(x=R(2, 3, 4)), lambda x: x.mean(dim=-1, keepdim=True))
+case("graph_slice_step", inputs(x=R(2, 7, 3)), lambda x: x[:, -5:6:2])
+case("graph_select_last", inputs(x=R(2, 5, 3)), lambda x: x[:, -1])
+
+
+def attention_block(x, qkv_weight, qkv_bias, proj_weight, proj_bias):
+    """A block of structure nodes only: x + proj(attention(x)), two heads, no scaling."""
+    n, t, c = x.shape
+    q, k, v = F.linear(x, qkv_weight, qkv_bias).split(c, dim=-1)
+    q = q.reshape(n, t, 2, c // 2).transpose(1, 2)
+    k = k.reshape(n, t, 2, c // 2).permute(0, 2, 3, 1)
+    v = v.reshape(n, t, 2, -1).transpose(1, 2)
+    y = (torch.softmax(q @ k, dim=-1) @ v).transpose(1, 2).reshape(n, t, c)
+    return x + F.linear(y, proj_weight, proj_bias)
+
+
+case("graph_attention_block",
+     inputs(x=R(2, 4, 8), qkv_weight=lambda: randn(24, 8) * 0.3, qkv_bias=R(24),
+            proj_weight=lambda: randn(8, 8) * 0.3, proj_bias=R(8)),
+     attention_block)
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(DATA, exist_ok=True)

@@ -752,3 +752,62 @@ Test(graph, kiln_validates_trains_and_predicts_a_graph_job)
     snprintf(command, sizeof command, "rm -rf '%s'", dir);
     cr_assert_eq(system(command), 0);
 }
+
+/* A model whose second layer shares the first's weight trains (the shared weight gets
+ * one update per step), and its checkpoint restores into a fresh model with the tie. */
+Test(graph, a_tied_model_trains_and_its_checkpoint_round_trips)
+{
+    static const char TIED[] =
+        "{\"name\": \"tied\", \"inputs\": [{\"name\": \"x\", \"shape\": [6]}], \"nodes\": ["
+        "{\"name\": \"fc1\", \"type\": \"linear\", \"out_features\": 6},"
+        "{\"name\": \"act\", \"type\": \"tanh\"},"
+        "{\"name\": \"fc2\", \"type\": \"linear\", \"out_features\": 6, \"tie\": {\"weight\": "
+        "\"fc1.weight\"}},"
+        "{\"name\": \"head\", \"type\": \"linear\", \"out_features\": 3}], \"outputs\": "
+        "[\"head\"]}";
+    kn_scope_begin();
+    kapi_errors errors = {0};
+    kapi_model_spec *spec = kapi_model_spec_parse(TIED, strlen(TIED), &errors);
+    cr_assert_not_null(spec);
+    cr_assert_eq(spec->parameter_count, 36 + 6 + 6 + 18 + 3);
+    kn_module *m = kapi_model_build(spec, NULL);
+    cr_assert_eq(kn_module_parameter_count(m), spec->parameter_count);
+    int64_t count = 64;
+    kn_tensor *x = kn_test_uniform(KN_SHAPE(count, 6), -1, 1, 9);
+    int64_t ys[64];
+    float xs[64 * 6];
+    ASSERT_OK(kn_copy_to_floats(x, xs));
+    for (int i = 0; i < count; i++)
+        ys[i] = xs[i * 6] > xs[i * 6 + 1] ? 1 : xs[i * 6 + 2] > 0 ? 2 : 0;
+    kn_dataset *ds = kn_dataset_new(x, kn_from_int64s(ys, KN_SHAPE(count)));
+    kn_train_config config = kn_train_config_defaults();
+    config.batch_size = 16;
+    config.epochs = 2;
+    kn_trainer *t = kn_trainer_new(m, &config);
+    kn_train_summary summary;
+    ASSERT_OK(kn_trainer_run(t, ds, NULL, NULL, &summary));
+    kn_tensor *w1 = kn_module_find(m, "fc1")->tensors[0].tensor;
+    cr_assert_eq(kn_module_find(m, "fc2")->tensors[0].tensor, w1, "still tied after training");
+    char path[256];
+    temp_path(path, sizeof path, "tied.safetensors");
+    ASSERT_OK(kn_trainer_save_checkpoint(t, path));
+    kn_module *fresh = kapi_model_build(spec, NULL);
+    kn_trainer *t2 = kn_trainer_new(fresh, &config);
+    ASSERT_OK(kn_trainer_load_checkpoint(t2, path));
+    kn_tensor *w = kn_module_find(fresh, "fc1")->tensors[0].tensor;
+    cr_assert_eq(kn_module_find(fresh, "fc2")->tensors[0].tensor, w, "tied after loading");
+    float a[36], b[36];
+    ASSERT_OK(kn_copy_to_floats(w1, a));
+    ASSERT_OK(kn_copy_to_floats(w, b));
+    cr_assert_eq(memcmp(a, b, sizeof a), 0, "the checkpoint's weight");
+    cr_assert_eq(kn_trainer_step(t2), kn_trainer_step(t));
+    unlink(path);
+    kn_trainer_free(t2);
+    kn_trainer_free(t);
+    kn_module_free(fresh);
+    kn_module_free(m);
+    kn_dataset_free(ds);
+    kapi_model_spec_free(spec);
+    kapi_errors_free(&errors);
+    kn_scope_end();
+}

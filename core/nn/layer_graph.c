@@ -351,6 +351,14 @@ static kn_status check_inputs(const struct kn_graph *g, kn_tensor *const *x, int
     return KN_OK;
 }
 
+/* The error of a node's module, prefixed with the node: "node blocks.3.attn (linear): ". */
+static kn_status node_failed(const graph_node *node, kn_status status)
+{
+    char message[512];
+    snprintf(message, sizeof message, "%s", kn_last_error());
+    return kn__error(status, "node %s (%s): %s", node->path, node->module->layer->name, message);
+}
+
 /* Releases the values node k was the last to read (and the outputs of k nobody reads). */
 static void release_after(const struct kn_graph *g, int k, kn_tensor **values)
 {
@@ -396,10 +404,7 @@ static kn_status run(kn_module *m, kn_tensor *const *x, int n, kn_tensor **out)
             values[node->first_output + j] = kn_retain(outs[j]);
         kn_scope_end();
         if (status != KN_OK) {
-            char message[512];
-            snprintf(message, sizeof message, "%s", kn_last_error());
-            status = kn__error(status, "node %s (%s): %s", node->path, node->module->layer->name,
-                               message);
+            status = node_failed(node, status);
             break;
         }
         release_after(g, k, values);
@@ -480,10 +485,7 @@ kn_status kn__graph_shape(const kn_module *m, const kn_layer_io *in, int n_in, k
             status = kn__error(KN_ERR_VALUE, "gives %d outputs, the graph reads %d", count,
                                node->n_outputs);
         if (status != KN_OK) {
-            char message[512];
-            snprintf(message, sizeof message, "%s", kn_last_error());
-            status = kn__error(status, "node %s (%s): %s", node->path, node->module->layer->name,
-                               message);
+            status = node_failed(node, status);
             break;
         }
         memcpy(values + node->first_output, outs, sizeof *outs * (size_t)count);

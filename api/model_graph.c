@@ -429,6 +429,11 @@ static const char *where(const gscope *scope)
     return scope->name[0] ? "the block" : "the model";
 }
 
+static const char *block_name(const graph_parse *gp, const gnode *node)
+{
+    return node->block >= 0 ? gp->blocks[node->block].name : "?";
+}
+
 /* Names: unique among the inputs and nodes, and no node inside another's module. */
 static bool check_names(graph_parse *gp, gscope *scope)
 {
@@ -447,7 +452,6 @@ static bool check_names(graph_parse *gp, gscope *scope)
         for (int j = 0; j < i && a->ok; j++) {
             const gnode *b = &scope->nodes[j];
             if (!b->name[0]) continue;
-            const char *what = b->row ? b->row->name : "block instance";
             if (strcmp(a->name, b->name) == 0) {
                 kapi_errors_add(gp->errors, path, "duplicate name \"%s\" (%s has it)", a->name,
                                 b->path);
@@ -455,11 +459,16 @@ static bool check_names(graph_parse *gp, gscope *scope)
             } else if (inside(a->name, b->name) || inside(b->name, a->name)) {
                 const gnode *outer = inside(a->name, b->name) ? b : a;
                 const gnode *inner = outer == b ? a : b;
-                kapi_errors_add(gp->errors, path,
-                                "\"%s\" would be a module inside \"%s\" (%s), a %s, which holds "
-                                "no modules of the spec's",
-                                inner->name, outer->name, outer->path,
-                                outer->row ? outer->row->name : what);
+                if (outer->row)
+                    kapi_errors_add(gp->errors, path,
+                                    "\"%s\" would be a module inside \"%s\" (%s), a %s, which "
+                                    "holds no modules",
+                                    inner->name, outer->name, outer->path, outer->row->name);
+                else
+                    kapi_errors_add(gp->errors, path,
+                                    "\"%s\" would be a module inside \"%s\" (%s), an instance "
+                                    "of block %s, which holds only the block's",
+                                    inner->name, outer->name, outer->path, block_name(gp, outer));
                 a->ok = ok = false;
             }
         }

@@ -110,3 +110,163 @@ Test(golden_attention, attention_qkv_causal_padding)
     golden_backward(g, out, ATTENTION_TOL, "qkv", qkv, NULL);
     GOLDEN_END();
 }
+
+/* ---- the layers, with torch's parameters loaded by name ------------------------------------- */
+
+static const char *const MHA_NAMES[] = {"in_proj_weight", "in_proj_bias", "out_proj.weight",
+                                        "out_proj.bias", NULL};
+static const char *const TEL_NAMES[] = {
+    "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+    "self_attn.out_proj.bias",  "linear1.weight",         "linear1.bias",
+    "linear2.weight",           "linear2.bias",           "norm1.weight",
+    "norm1.bias",               "norm2.weight",           "norm2.bias",
+    NULL};
+
+/* Loads the fixture's parameters into m strictly, by their state-dict names, and moves m
+ * to the device the golden inputs are on. */
+static void load_params(kn_golden *g, kn_module *m, const char *const *names)
+{
+    cr_assert_not_null(m, "%s", kn_last_error());
+    kn_named_tensor entries[16];
+    int n = 0;
+    for (; names[n]; n++) {
+        snprintf(entries[n].name, sizeof entries[n].name, "%s", names[n]);
+        entries[n].tensor = kn_golden_tensor(g, names[n]);
+        entries[n].is_buffer = false;
+    }
+    cr_assert_eq(kn_module_load_state_dict(m, entries, n, true), KN_OK, "%s", kn_last_error());
+#ifdef KN_GOLDEN_CUDA
+    cr_assert_eq(kn_module_to(m, kn_test_cuda0), KN_OK, "%s", kn_last_error());
+#endif
+}
+
+/* The module's parameter grads against the fixture's grad_<name>. */
+static void check_param_grads(kn_golden *g, kn_module *m)
+{
+    int n;
+    kn_named_tensor *params = kn_module_parameters(m, &n);
+    for (int i = 0; i < n; i++) {
+        char entry[128];
+        snprintf(entry, sizeof entry, "grad_%s", params[i].name);
+        cr_assert_not_null(params[i].tensor->grad, "%s has no grad", params[i].name);
+        golden_check(g, params[i].tensor->grad, entry, ATTENTION_TOL);
+    }
+    free(params);
+}
+
+static void mha_case(const char *name, int64_t e, int64_t heads, bool causal, bool cross,
+                     bool padded)
+{
+    GOLDEN_BEGIN(name);
+    kn_module *m = kn_multi_head_attention_new(e, heads, 0.0, true, causal, NULL);
+    load_params(g, m, MHA_NAMES);
+    kn_tensor *in[4];
+    int n = 0;
+    if (cross) {
+        in[n++] = golden_leaf(g, "query");
+        in[n++] = golden_leaf(g, "key");
+        in[n++] = golden_leaf(g, "value");
+    } else {
+        in[n++] = golden_leaf(g, "x");
+    }
+    if (padded) in[n++] = golden_input(g, "pad");
+    kn_tensor *out = kn_module_forward_n(m, in, n);
+    cr_assert_not_null(out, "%s", kn_last_error());
+    golden_check(g, out, "out", ATTENTION_TOL);
+    if (cross)
+        golden_backward(g, out, ATTENTION_TOL, "query", in[0], "key", in[1], "value", in[2], NULL);
+    else
+        golden_backward(g, out, ATTENTION_TOL, "x", in[0], NULL);
+    check_param_grads(g, m);
+    kn_module_free(m);
+    GOLDEN_END();
+}
+
+Test(golden_attention, mha_self)
+{
+    mha_case("mha_self", 8, 2, false, false, false);
+}
+Test(golden_attention, mha_causal_padding)
+{
+    mha_case("mha_causal_padding", 12, 3, true, false, true);
+}
+Test(golden_attention, mha_cross)
+{
+    mha_case("mha_cross", 8, 4, false, true, false);
+}
+
+static void tel_case(const char *name, kn_transformer_encoder_layer_options o, bool padded)
+{
+    GOLDEN_BEGIN(name);
+    o.dropout = 0.0;
+    o.layer_norm_eps = 1e-5;
+    o.batch_first = true;
+    kn_module *m = kn_transformer_encoder_layer_new(&o, NULL);
+    load_params(g, m, TEL_NAMES);
+    kn_tensor *in[2] = {golden_leaf(g, "x"), padded ? golden_input(g, "pad") : NULL};
+    kn_tensor *out = kn_module_forward_n(m, in, padded ? 2 : 1);
+    cr_assert_not_null(out, "%s", kn_last_error());
+    golden_check(g, out, "out", ATTENTION_TOL);
+    golden_backward(g, out, ATTENTION_TOL, "x", in[0], NULL);
+    check_param_grads(g, m);
+    kn_module_free(m);
+    GOLDEN_END();
+}
+
+Test(golden_attention, tel_post_relu)
+{
+    tel_case("tel_post_relu", (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2,
+                                                                      .dim_feedforward = 12},
+             false);
+}
+Test(golden_attention, tel_pre_gelu_causal)
+{
+    tel_case("tel_pre_gelu_causal",
+             (kn_transformer_encoder_layer_options){.d_model = 8,
+                                                    .nhead = 4,
+                                                    .dim_feedforward = 16,
+                                                    .activation = KN_TRANSFORMER_GELU,
+                                                    .norm_first = true,
+                                                    .is_causal = true},
+             false);
+}
+Test(golden_attention, tel_post_padding)
+{
+    tel_case("tel_post_padding", (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2,
+                                                                         .dim_feedforward = 12},
+             true);
+}
+
+/* kn_manual_seed(1234), then the modules torch made after torch.manual_seed(1234): the
+ * same numbers (torch's draws in torch's order), bit for bit. */
+static void check_state(kn_golden *g, const kn_module *m, const char *prefix)
+{
+    int n;
+    kn_named_tensor *state = kn_module_state_dict(m, &n);
+    for (int i = 0; i < n; i++) {
+        char entry[160];
+        snprintf(entry, sizeof entry, "%s.%s", prefix, state[i].name);
+        cr_assert(kn_golden_has(g, entry), "torch has no %s", entry);
+        KN_ASSERT_GOLDEN(g, state[i].tensor, entry, 0.0, 0.0);
+    }
+    free(state);
+}
+
+Test(golden_attention, init_matches_torch_for_a_seed)
+{
+    GOLDEN_BEGIN("attention_init_seed1234");
+    kn_manual_seed(1234);
+    kn_module *mha = kn_multi_head_attention_new(12, 3, 0.0, true, false, NULL);
+    kn_layer_options o;
+    kn_layer_defaults(KN_MODULE_TRANSFORMER_ENCODER_LAYER, &o);
+    o.transformer_encoder_layer.d_model = 8;
+    o.transformer_encoder_layer.nhead = 2;
+    o.transformer_encoder_layer.dim_feedforward = 24;
+    kn_module *tel = kn_transformer_encoder_layer_new(&o.transformer_encoder_layer, NULL);
+    cr_assert(mha && tel, "%s", kn_last_error());
+    check_state(g, mha, "mha");
+    check_state(g, tel, "tel");
+    kn_module_free(mha);
+    kn_module_free(tel);
+    GOLDEN_END();
+}

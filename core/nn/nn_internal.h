@@ -69,4 +69,17 @@ bool kn__shape_batched_dim(kn_layer_shape *s, const char *field, int64_t dim, in
 bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], const int padding[2],
                       const int dilation[2], bool ceil_mode);
 
+/* ---- attention (issue 12): incremental decoding (kv_cache.c) -------------------------- */
+
+typedef struct kn__kv_slot kn__kv_slot;
+/* m's slot in the key/value cache of the incremental forward running on this thread,
+ * or NULL (no such forward, or m not in its model). */
+kn__kv_slot *kn__kv_slot_of(const kn_module *m);
+/* Self-attention during an incremental forward: appends the new positions' keys and
+ * values (from qkv [N, T_new, 3E], the in_proj output) and their padding (int64
+ * [N, T_new], or NULL for none) to slot, and attends the new queries over every cached
+ * position. Returns [N, T_new, E] (the open scope's), or NULL with the error set. */
+kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding,
+                         int64_t num_heads, const kn_attention_args *args);
+
 #endif

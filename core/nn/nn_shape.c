@@ -118,7 +118,7 @@ bool kn_layer_infer(kn_layer_shape *s)
     s->buffer_bytes = 0;
     if (s->n_inputs < least || s->n_inputs > most)
         return kn__shape_fail(s, NULL, "takes %d to %d inputs, got %d", least, most, s->n_inputs);
-    for (int i = 0; i < s->n_inputs; i++)
+    for (int i = 0; i < s->n_inputs && !(row->flags & KN_LAYER_OWN_DTYPES); i++)
         if (s->inputs[i].dtype != row->input_dtype)
             return kn__shape_fail(s, NULL, "expects %s inputs, got a %s input",
                                   kn_dtype_name(row->input_dtype),

@@ -562,9 +562,15 @@ case("attention_qkv_causal_padding",
 MHA_NAMES = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
 
 
+# Parameters of the size a trained model has (weights ~ 1/sqrt(fan_in)): randn weights
+# make the softmax so peaked that float32 itself is off by 1e-4 in the gradients.
+def W(rows, cols):
+    return big(1 / math.sqrt(cols), rows, cols)
+
+
 def mha_params(e):
-    return {"in_proj_weight": R(3 * e, e), "in_proj_bias": R(3 * e),
-            "out_proj.weight": R(e, e), "out_proj.bias": R(e)}
+    return {"in_proj_weight": W(3 * e, e), "in_proj_bias": big(0.1, 3 * e),
+            "out_proj.weight": W(e, e), "out_proj.bias": big(0.1, e)}
 
 
 def mha_ref(heads, causal=False, cross=False, with_pad=False):
@@ -604,10 +610,10 @@ TEL_NAMES = ["self_attn." + n for n in MHA_NAMES] + [
 
 
 def tel_params(d, ff):
-    return {"self_attn.in_proj_weight": R(3 * d, d), "self_attn.in_proj_bias": R(3 * d),
-            "self_attn.out_proj.weight": R(d, d), "self_attn.out_proj.bias": R(d),
-            "linear1.weight": R(ff, d), "linear1.bias": R(ff),
-            "linear2.weight": R(d, ff), "linear2.bias": R(d),
+    return {"self_attn.in_proj_weight": W(3 * d, d), "self_attn.in_proj_bias": big(0.1, 3 * d),
+            "self_attn.out_proj.weight": W(d, d), "self_attn.out_proj.bias": big(0.1, d),
+            "linear1.weight": W(ff, d), "linear1.bias": big(0.1, ff),
+            "linear2.weight": W(d, ff), "linear2.bias": big(0.1, d),
             "norm1.weight": R(d), "norm1.bias": R(d), "norm2.weight": R(d), "norm2.bias": R(d)}
 
 

@@ -79,7 +79,8 @@ Test(golden_attention, sdpa_noncontig)
     GOLDEN_BEGIN("sdpa_noncontig");
     kn_tensor *qb = golden_leaf(g, "qbase"), *kb = golden_leaf(g, "kbase");
     kn_tensor *vb = golden_leaf(g, "vbase");
-    kn_tensor *q = kn_transpose(qb, 1, 2), *k = kn_transpose(kb, 1, 2), *v = kn_transpose(vb, -1, -2);
+    kn_tensor *q = kn_transpose(qb, 1, 2), *k = kn_transpose(kb, 1, 2),
+              *v = kn_transpose(vb, -1, -2);
     cr_assert(!kn_is_contiguous(q) && !kn_is_contiguous(v));
     kn_tensor *out =
         kn_scaled_dot_product_attention(q, k, v, &(kn_attention_args){.is_causal = true});
@@ -115,12 +116,19 @@ Test(golden_attention, attention_qkv_causal_padding)
 
 static const char *const MHA_NAMES[] = {"in_proj_weight", "in_proj_bias", "out_proj.weight",
                                         "out_proj.bias", NULL};
-static const char *const TEL_NAMES[] = {
-    "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-    "self_attn.out_proj.bias",  "linear1.weight",         "linear1.bias",
-    "linear2.weight",           "linear2.bias",           "norm1.weight",
-    "norm1.bias",               "norm2.weight",           "norm2.bias",
-    NULL};
+static const char *const TEL_NAMES[] = {"self_attn.in_proj_weight",
+                                        "self_attn.in_proj_bias",
+                                        "self_attn.out_proj.weight",
+                                        "self_attn.out_proj.bias",
+                                        "linear1.weight",
+                                        "linear1.bias",
+                                        "linear2.weight",
+                                        "linear2.bias",
+                                        "norm1.weight",
+                                        "norm1.bias",
+                                        "norm2.weight",
+                                        "norm2.bias",
+                                        NULL};
 
 /* Loads the fixture's parameters into m strictly, by their state-dict names, and moves m
  * to the device the golden inputs are on. */
@@ -215,9 +223,10 @@ static void tel_case(const char *name, kn_transformer_encoder_layer_options o, b
 
 Test(golden_attention, tel_post_relu)
 {
-    tel_case("tel_post_relu", (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2,
-                                                                      .dim_feedforward = 12},
-             false);
+    tel_case(
+        "tel_post_relu",
+        (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2, .dim_feedforward = 12},
+        false);
 }
 Test(golden_attention, tel_pre_gelu_causal)
 {
@@ -232,9 +241,10 @@ Test(golden_attention, tel_pre_gelu_causal)
 }
 Test(golden_attention, tel_post_padding)
 {
-    tel_case("tel_post_padding", (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2,
-                                                                         .dim_feedforward = 12},
-             true);
+    tel_case(
+        "tel_post_padding",
+        (kn_transformer_encoder_layer_options){.d_model = 8, .nhead = 2, .dim_feedforward = 12},
+        true);
 }
 
 /* kn_manual_seed(1234), then the modules torch made after torch.manual_seed(1234): the

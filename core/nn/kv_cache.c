@@ -159,8 +159,8 @@ static kn_tensor *heads(kn_tensor *x, int64_t num_heads)
     return kn_transpose(kn_view(x, shape, 4), 1, 2);
 }
 
-kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding,
-                         int64_t num_heads, const kn_attention_args *args)
+kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding, int64_t num_heads,
+                         const kn_attention_args *args)
 {
     if (!qkv) return NULL;
     kn_kv_cache *c = slot->cache;
@@ -178,8 +178,8 @@ kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding,
                               "self-attention got %lld (its input must keep the model input's "
                               "positions)",
                               who, (long long)c->appending, (long long)t);
-    if (padding && (padding->dtype != KN_INT64 || padding->ndim != 2 ||
-                    padding->shape[0] != n || padding->shape[1] != t))
+    if (padding && (padding->dtype != KN_INT64 || padding->ndim != 2 || padding->shape[0] != n ||
+                    padding->shape[1] != t))
         return kn__error_null(KN_ERR_SHAPE,
                               "%s: expected the key-padding mask of the new positions as int64 "
                               "[%lld, %lld], got %s %s",
@@ -188,8 +188,7 @@ kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding,
     if (ensure_buffers(slot, n, e, qkv->device, padding != NULL) != KN_OK) return NULL;
     kn_scope_begin();
     kn_status st = kn_copy_(kn_narrow(slot->keys, 1, len, t), kn_narrow(qkv, 2, e, e));
-    if (st == KN_OK)
-        st = kn_copy_(kn_narrow(slot->values, 1, len, t), kn_narrow(qkv, 2, 2 * e, e));
+    if (st == KN_OK) st = kn_copy_(kn_narrow(slot->values, 1, len, t), kn_narrow(qkv, 2, 2 * e, e));
     if (st == KN_OK && slot->padding)
         st = padding ? kn_copy_(kn_narrow(slot->padding, 1, len, t), padding)
                      : kn_fill_(kn_narrow(slot->padding, 1, len, t), 0);

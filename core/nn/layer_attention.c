@@ -153,7 +153,8 @@ static kn_tensor *project_heads(kn_module *m, kn_tensor *x, int part)
 {
     const kn_multi_head_attention_options *o = &m->options.multi_head_attention;
     int64_t e = o->embed_dim, h = o->num_heads;
-    kn_tensor *w = kn__module_tensor(m, "in_proj_weight"), *b = kn__module_tensor(m, "in_proj_bias");
+    kn_tensor *w = kn__module_tensor(m, "in_proj_weight"),
+              *b = kn__module_tensor(m, "in_proj_bias");
     kn_tensor *y = kn_linear(x, rows_of(w, part * e, e), rows_of(b, part * e, e));
     if (!y) return NULL;
     return kn_transpose(kn_view(y, (int64_t[]){y->shape[0], y->shape[1], h, e / h}, 4), 1, 2);
@@ -189,9 +190,9 @@ static kn_tensor *mha_attend(kn_module *m, kn_tensor *query, kn_tensor *key, kn_
         attended = slot ? kn__kv_attend(slot, qkv, mask, o->num_heads, &args)
                         : kn_attention_qkv(qkv, o->num_heads, &args);
     } else {
-        kn_tensor *heads = kn_scaled_dot_product_attention(
-            project_heads(m, query, 0), project_heads(m, key, 1), project_heads(m, value, 2),
-            &args);
+        kn_tensor *heads =
+            kn_scaled_dot_product_attention(project_heads(m, query, 0), project_heads(m, key, 1),
+                                            project_heads(m, value, 2), &args);
         attended = heads ? kn_reshape(kn_transpose(heads, 1, 2),
                                       (int64_t[]){query->shape[0], query->shape[1], e}, 3)
                          : NULL;
@@ -237,8 +238,8 @@ const kn_layer_type kn__layer_multi_head_attention = {
 kn_module *kn_multi_head_attention_new(int64_t embed_dim, int64_t num_heads, double dropout,
                                        bool bias, bool is_causal, kn_generator *gen)
 {
-    kn_layer_options o = {.multi_head_attention = {embed_dim, num_heads, dropout, bias, true,
-                                                   is_causal}};
+    kn_layer_options o = {
+        .multi_head_attention = {embed_dim, num_heads, dropout, bias, true, is_causal}};
     return kn_module_new(KN_MODULE_MULTI_HEAD_ATTENTION, &o, gen);
 }
 
@@ -284,19 +285,27 @@ static kn_status tel_init(kn_module *m, kn_generator *gen)
                          o->activation);
     int64_t d = o->d_model, ff = o->dim_feedforward;
     /* made in torch's order, so the draws are torch's */
-    static const char *const names[TEL_CHILDREN] = {"self_attn", "linear1", "dropout", "linear2",
-                                                     "norm1",     "norm2",   "dropout1", "dropout2"};
+    static const char *const names[TEL_CHILDREN] = {"self_attn", "linear1", "dropout",  "linear2",
+                                                    "norm1",     "norm2",   "dropout1", "dropout2"};
     for (int i = 0; i < TEL_CHILDREN; i++) {
         kn_module *child = NULL;
         switch (i) {
         case SELF_ATTN:
             child = kn_multi_head_attention_new(d, o->nhead, o->dropout, true, o->is_causal, gen);
             break;
-        case LINEAR1: child = kn_linear_new(d, ff, true, gen); break;
-        case LINEAR2: child = kn_linear_new(ff, d, true, gen); break;
+        case LINEAR1:
+            child = kn_linear_new(d, ff, true, gen);
+            break;
+        case LINEAR2:
+            child = kn_linear_new(ff, d, true, gen);
+            break;
         case NORM1:
-        case NORM2: child = kn_layer_norm_new(&d, 1, o->layer_norm_eps, true); break;
-        default: child = kn_dropout_new(o->dropout); break;
+        case NORM2:
+            child = kn_layer_norm_new(&d, 1, o->layer_norm_eps, true);
+            break;
+        default:
+            child = kn_dropout_new(o->dropout);
+            break;
         }
         if (!child || kn__module_child(m, names[i], child) != KN_OK) return kn_last_status();
     }

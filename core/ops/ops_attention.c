@@ -87,8 +87,7 @@ static bool read_args(const char *op, const kn_attention_args *args, const kn_te
         return false;
     }
     if (m->ndim != 2 || m->shape[0] != batch || m->shape[1] != kv_len) {
-        kn__error(KN_ERR_SHAPE,
-                  "%s: key_padding_mask must be [%lld, %lld] ([batch, keys]), got %s",
+        kn__error(KN_ERR_SHAPE, "%s: key_padding_mask must be [%lld, %lld] ([batch, keys]), got %s",
                   op, (long long)batch, (long long)kv_len, kn__shape(m));
         return false;
     }

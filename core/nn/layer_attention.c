@@ -124,7 +124,7 @@ static bool mha_shape(kn_layer_shape *s)
     if (!check_batch_first(s, o->batch_first)) return false;
     if (e % o->num_heads)
         return kn__shape_fail(s, "num_heads",
-                              "expected a divisor of embed_dim (%lld) (each head takes embed_dim / "
+                              "expected a divisor of embed_dim %lld (each head takes embed_dim / "
                               "num_heads features), got %lld",
                               (long long)e, (long long)o->num_heads);
     int64_t keys = s->inputs[0].shape[0];
@@ -321,7 +321,7 @@ static bool tel_shape(kn_layer_shape *s)
     if (!check_batch_first(s, o->batch_first)) return false;
     if (d % o->nhead)
         return kn__shape_fail(s, "nhead",
-                              "expected a divisor of d_model (%lld) (each head takes d_model / "
+                              "expected a divisor of d_model %lld (each head takes d_model / "
                               "nhead features), got %lld",
                               (long long)d, (long long)o->nhead);
     if (s->n_inputs == 2 && !mask_input(s, 1, s->inputs[0].shape[0])) return false;

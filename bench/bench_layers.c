@@ -2,11 +2,12 @@
  * bench_layers.c — the Fashion-MNIST CNN's conv and pool layers at batch 64, Kiln beside
  * PyTorch in one run: forward alone (no grad), forward + backward (weight, bias and,
  * where the real model needs it, input grads), and the whole training step (forward,
- * cross_entropy, backward, Adam). Also causal self-attention at nanoGPT's shape (batch
- * 12, T 64, 4 heads of 32): the attention op alone (sdpa) and with its projections (mha,
- * nanoGPT's CausalSelfAttention on the torch side). Kiln and PyTorch (bench/bench_layers_torch.py
- * run by /usr/bin/python3) take turns for several rounds and each figure is the median over the
- * rounds, so load from other processes on the machine hits both sides alike.
+ * cross_entropy, backward, Adam). Kiln and PyTorch (bench/bench_layers_torch.py run by
+ * /usr/bin/python3) take turns for several rounds and each figure is the median over
+ * the rounds, so load from other processes on the machine hits both sides alike.
+ * Attention (issue 12): causal self-attention at nanoGPT's shape (batch 12, T 64, 4
+ * heads of 32), the op alone (sdpa) and with its projections (mha; nanoGPT's
+ * CausalSelfAttention on the torch side).
  *
  * Usage: bench_layers [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]
  * (--only: one of conv1, pool1, conv2, pool2, step, sdpa, mha, Kiln only: for profiling)

@@ -327,7 +327,7 @@ typedef struct kn_kv_cache kn_kv_cache;
  * error set when max_len < 1 or model has no MultiheadAttention. Free with
  * kn_kv_cache_free. */
 kn_kv_cache *kn_kv_cache_new(const kn_module *model, int64_t max_len);
-void kn_kv_cache_free(kn_kv_cache *cache); /* NULL-safe */
+void kn_kv_cache_free(kn_kv_cache *cache);             /* NULL-safe */
 int64_t kn_kv_cache_length(const kn_kv_cache *cache);  /* positions cached */
 int64_t kn_kv_cache_max_len(const kn_kv_cache *cache); /* as made */
 /* Forgets every position (the memory stays for the next sequence, of any batch size). */

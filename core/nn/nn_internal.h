@@ -79,7 +79,7 @@ kn__kv_slot *kn__kv_slot_of(const kn_module *m);
  * values (from qkv [N, T_new, 3E], the in_proj output) and their padding (int64
  * [N, T_new], or NULL for none) to slot, and attends the new queries over every cached
  * position. Returns [N, T_new, E] (the open scope's), or NULL with the error set. */
-kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding,
-                         int64_t num_heads, const kn_attention_args *args);
+kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding, int64_t num_heads,
+                         const kn_attention_args *args);
 
 #endif

@@ -124,8 +124,9 @@ static void load_cuda(void)
                           : !m.train  ? KN_CUDA_TRAIN_SYMBOL
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
-                          : !m.attention ? KN_CUDA_ATTENTION_SYMBOL /* issue 12 */
                                       : NULL;
+    /* ---- attention (issue 12) ---- */
+    if (!missing && !m.attention) missing = KN_CUDA_ATTENTION_SYMBOL;
     if (missing) {
         snprintf(cuda_reason, sizeof cuda_reason,
                  "the CUDA module " MODULE_NAME " does not match this build (no %s of this "

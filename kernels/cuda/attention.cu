@@ -15,9 +15,9 @@
 
 #include <math.h>
 
-#define ROWS 64                 /* threads per block: one row each */
+#define ROWS 64 /* threads per block: one row each */
 #define MAX_DIM KN_CUDA_ATTENTION_MAX_DIM
-#define SHARED_FLOATS 12288     /* 48 KiB of tiles */
+#define SHARED_FLOATS 12288 /* 48 KiB of tiles */
 
 static unsigned blocks_for(int64_t items)
 {
@@ -314,7 +314,8 @@ static const kn_cuda_attention attention_table = {
     attention_backward,
 };
 
-extern "C" __attribute__((visibility("default"))) const kn_cuda_attention *kn_cuda_attention_v1(void)
+extern "C" __attribute__((visibility("default"))) const kn_cuda_attention *
+kn_cuda_attention_v1(void)
 {
     return &attention_table;
 }

@@ -270,6 +270,22 @@ Test(attention, bad_inputs_are_refused_with_a_message)
 
 /* ---- the layers ------------------------------------------------------------------------- */
 
+/* A GPT's block: pre-norm, GELU, causal. */
+static kn_transformer_encoder_layer_options pre_norm_gelu_causal(int64_t d, int64_t heads,
+                                                                 int64_t ff, double dropout)
+{
+    kn_transformer_encoder_layer_options o = {.d_model = d,
+                                              .nhead = heads,
+                                              .dim_feedforward = ff,
+                                              .dropout = dropout,
+                                              .activation = KN_TRANSFORMER_GELU,
+                                              .layer_norm_eps = 1e-5,
+                                              .batch_first = true,
+                                              .norm_first = true,
+                                              .is_causal = true};
+    return o;
+}
+
 typedef struct module_setup {
     kn_module *m;
     int n_inputs;
@@ -313,14 +329,7 @@ Test(attention, layers_pass_finite_differences)
     kn_scope_begin();
     kn_module *mha = kn_multi_head_attention_new(8, 2, 0.0, true, true, NULL);
     gradcheck_module(mha, true);
-    kn_transformer_encoder_layer_options o = {.d_model = 8,
-                                              .nhead = 2,
-                                              .dim_feedforward = 6,
-                                              .activation = KN_TRANSFORMER_GELU,
-                                              .layer_norm_eps = 1e-5,
-                                              .batch_first = true,
-                                              .norm_first = true,
-                                              .is_causal = true};
+    kn_transformer_encoder_layer_options o = pre_norm_gelu_causal(8, 2, 6, 0.0);
     kn_module *tel = kn_transformer_encoder_layer_new(&o, NULL);
     gradcheck_module(tel, false);
     kn_module_free(mha);
@@ -533,15 +542,7 @@ Test(attention, torch_loads_kiln_weights_strictly_and_back)
     kn_scope_begin();
     const char *dir = scratch();
     char path[512], cmd[1400];
-    kn_transformer_encoder_layer_options o = {.d_model = 16,
-                                              .nhead = 4,
-                                              .dim_feedforward = 24,
-                                              .dropout = 0.1,
-                                              .activation = KN_TRANSFORMER_GELU,
-                                              .layer_norm_eps = 1e-5,
-                                              .batch_first = true,
-                                              .norm_first = true,
-                                              .is_causal = true};
+    kn_transformer_encoder_layer_options o = pre_norm_gelu_causal(16, 4, 24, 0.1);
     kn_module *tel = kn_transformer_encoder_layer_new(&o, NULL);
     kn_module *mha = kn_multi_head_attention_new(16, 2, 0.0, true, true, NULL);
     kn_module_train(tel, false);

@@ -114,35 +114,19 @@ Test(golden_attention, attention_qkv_causal_padding)
 
 /* ---- the layers, with torch's parameters loaded by name ------------------------------------- */
 
-static const char *const MHA_NAMES[] = {"in_proj_weight", "in_proj_bias", "out_proj.weight",
-                                        "out_proj.bias", NULL};
-static const char *const TEL_NAMES[] = {"self_attn.in_proj_weight",
-                                        "self_attn.in_proj_bias",
-                                        "self_attn.out_proj.weight",
-                                        "self_attn.out_proj.bias",
-                                        "linear1.weight",
-                                        "linear1.bias",
-                                        "linear2.weight",
-                                        "linear2.bias",
-                                        "norm1.weight",
-                                        "norm1.bias",
-                                        "norm2.weight",
-                                        "norm2.bias",
-                                        NULL};
-
-/* Loads the fixture's parameters into m strictly, by their state-dict names, and moves m
- * to the device the golden inputs are on. */
-static void load_params(kn_golden *g, kn_module *m, const char *const *names)
+/* Loads the fixture's tensors named as m's state-dict entries into m, strictly, and
+ * moves m to the device the golden inputs are on. */
+static void load_params(kn_golden *g, kn_module *m)
 {
     cr_assert_not_null(m, "%s", kn_last_error());
-    kn_named_tensor entries[16];
-    int n = 0;
-    for (; names[n]; n++) {
-        snprintf(entries[n].name, sizeof entries[n].name, "%s", names[n]);
-        entries[n].tensor = kn_golden_tensor(g, names[n]);
-        entries[n].is_buffer = false;
+    int n;
+    kn_named_tensor *entries = kn_module_state_dict(m, &n);
+    for (int i = 0; i < n; i++) {
+        entries[i].tensor = kn_golden_tensor(g, entries[i].name);
+        cr_assert_not_null(entries[i].tensor, "the fixture has no %s", entries[i].name);
     }
     cr_assert_eq(kn_module_load_state_dict(m, entries, n, true), KN_OK, "%s", kn_last_error());
+    free(entries);
 #ifdef KN_GOLDEN_CUDA
     cr_assert_eq(kn_module_to(m, kn_test_cuda0), KN_OK, "%s", kn_last_error());
 #endif
@@ -167,7 +151,7 @@ static void mha_case(const char *name, int64_t e, int64_t heads, bool causal, bo
 {
     GOLDEN_BEGIN(name);
     kn_module *m = kn_multi_head_attention_new(e, heads, 0.0, true, causal, NULL);
-    load_params(g, m, MHA_NAMES);
+    load_params(g, m);
     kn_tensor *in[4];
     int n = 0;
     if (cross) {
@@ -210,7 +194,7 @@ static void tel_case(const char *name, kn_transformer_encoder_layer_options o, b
     o.layer_norm_eps = 1e-5;
     o.batch_first = true;
     kn_module *m = kn_transformer_encoder_layer_new(&o, NULL);
-    load_params(g, m, TEL_NAMES);
+    load_params(g, m);
     kn_tensor *in[2] = {golden_leaf(g, "x"), padded ? golden_input(g, "pad") : NULL};
     kn_tensor *out = kn_module_forward_n(m, in, padded ? 2 : 1);
     cr_assert_not_null(out, "%s", kn_last_error());

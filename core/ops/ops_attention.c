@@ -167,6 +167,34 @@ static void release_all(kn_tensor **ts, int n)
     for (int i = 0; i < n; i++) kn_release(ts[i]);
 }
 
+/* Runs the forward of p on device; when inputs need grad, records the node (backward,
+ * saving held[0..n_held) and p). held holds one reference each (NULL allowed), out among
+ * them at out_at: all are released but out, which is the result (the open scope's). */
+static kn_tensor *forward_and_record(const char *op, const kn_attention_problem *p,
+                                     kn_device device, kn_tensor *const *inputs, int n_inputs,
+                                     kn_backward_fn backward, kn_tensor **held, int n_held,
+                                     int out_at)
+{
+    kn_tensor *out = held[out_at];
+    if (run_forward(device, p) != KN_OK) {
+        release_all(held, n_held);
+        return NULL;
+    }
+    if (kn__needs_grad(inputs, n_inputs)) {
+        kn_node *node = kn__node_new(op, backward, inputs, n_inputs);
+        if (!node) {
+            release_all(held, n_held);
+            return NULL;
+        }
+        for (int i = 0; i < n_held; i++) kn__node_save(node, held[i]);
+        save_problem(node, p);
+        kn__node_attach(out, node);
+    }
+    held[out_at] = NULL;
+    release_all(held, n_held);
+    return kn__result(out);
+}
+
 /* ---- scaled_dot_product_attention ---------------------------------------------------------- */
 
 /* saved: q, k, v, out, lse, mask (each with its last dim contiguous) */
@@ -273,24 +301,8 @@ kn_tensor *kn_scaled_dot_product_attention(kn_tensor *q, kn_tensor *k, kn_tensor
     p.v = operand(vc);
     p.out = operand(out);
     p.lse = kn__data_ptr(lse);
-    if (run_forward(q->device, &p) != KN_OK) {
-        release_all(all, 6);
-        return NULL;
-    }
     kn_tensor *inputs[3] = {q, k, v};
-    if (kn__needs_grad(inputs, 3)) {
-        kn_node *node = kn__node_new(op, sdpa_backward, inputs, 3);
-        if (!node) {
-            release_all(all, 6);
-            return NULL;
-        }
-        for (int i = 0; i < 6; i++) kn__node_save(node, all[i]);
-        save_problem(node, &p);
-        kn__node_attach(out, node);
-    }
-    all[3] = NULL; /* out is the result */
-    release_all(all, 6);
-    return kn__result(out);
+    return forward_and_record(op, &p, q->device, inputs, 3, sdpa_backward, all, 6, 3);
 }
 
 /* ---- the packed projection of self-attention ------------------------------------------------ */
@@ -386,21 +398,5 @@ kn_tensor *kn_attention_qkv(kn_tensor *qkv, int64_t num_heads, const kn_attentio
     split_qkv(&p, x);
     p.out = heads_operand(out, p.head_dim);
     p.lse = kn__data_ptr(lse);
-    if (run_forward(qkv->device, &p) != KN_OK) {
-        release_all(all, 4);
-        return NULL;
-    }
-    if (kn__needs_grad(&qkv, 1)) {
-        kn_node *node = kn__node_new(op, qkv_backward, &qkv, 1);
-        if (!node) {
-            release_all(all, 4);
-            return NULL;
-        }
-        for (int i = 0; i < 4; i++) kn__node_save(node, all[i]);
-        save_problem(node, &p);
-        kn__node_attach(out, node);
-    }
-    all[1] = NULL; /* out is the result */
-    release_all(all, 4);
-    return kn__result(out);
+    return forward_and_record(op, &p, qkv->device, &qkv, 1, qkv_backward, all, 4, 1);
 }

@@ -55,83 +55,30 @@ static float *at(const kn_attention_operand *o, int64_t b, int64_t h, int64_t t)
     return o->data + b * o->batch_stride + h * o->head_stride + t * o->row_stride;
 }
 
-/* ---- the two kernels ------------------------------------------------------------------ */
+/* ---- the kernel ----------------------------------------------------------------------- */
 
-/* s[r][0 .. VW*NV) = scale * sum_d a_r[d] bt[d][...] for r < rows (<= R); bt is packed
- * [d_len][BK]. Missing rows repeat the last one and are not stored. */
-#define DEFINE_NT(R, NV)                                                                           \
-    INLINE void nt_##R##_##NV(const float *const *a, int rows, const float *bt, int64_t d_len,     \
-                              float scale, float *s)                                               \
-    {                                                                                              \
-        const float *ar[R];                                                                        \
-        vf acc[R][NV];                                                                             \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                        \
-        {                                                                                          \
-            ar[r] = a[r < rows ? r : rows - 1];                                                    \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};              \
-        }                                                                                          \
-        for (int64_t d = 0; d < d_len; d++) {                                                      \
-            vf bv[NV];                                                                             \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
-                VLOAD(bv[v], bt + d * BK + v * VW);                                                \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
-            {                                                                                      \
-                float x = ar[r][d];                                                                \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];       \
-            }                                                                                      \
-        }                                                                                          \
-        for (int r = 0; r < rows; r++) _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)        \
-            {                                                                                      \
-                vf t = acc[r][v] * scale;                                                          \
-                VSTORE(s + r * BK + v * VW, t);                                                    \
-            }                                                                                      \
-    }
-DEFINE_NT(8, 1)
-DEFINE_NT(8, 2)
-DEFINE_NT(4, 3)
-DEFINE_NT(4, 4)
-
-/* s [rows][ncol] (row stride BK) = scale * A Bt: A's rows are pointers (d_len floats
- * each), bt the key block packed [d_len][BK]; ncol a multiple of VW up to BK. */
-INLINE void nt_block(const float *const *a, int rows, const float *bt, int64_t d_len, int64_t ncol,
-                     float scale, float *s)
-{
-    int nv = (int)(ncol / VW), step = nv <= 2 ? 8 : 4;
-    for (int r0 = 0; r0 < rows; r0 += step) {
-        int n = rows - r0 < step ? rows - r0 : step;
-        const float *const *ar = a + r0;
-        float *sr = s + r0 * BK;
-        switch (nv) {
-        case 1:
-            nt_8_1(ar, n, bt, d_len, scale, sr);
-            break;
-        case 2:
-            nt_8_2(ar, n, bt, d_len, scale, sr);
-            break;
-        case 3:
-            nt_4_3(ar, n, bt, d_len, scale, sr);
-            break;
-        default:
-            nt_4_4(ar, n, bt, d_len, scale, sr);
-            break;
-        }
-    }
-}
-
-/* c[r][0 .. VW*NV) += sum_k a[r][k] b[k][...] for r < rows (<= R), k < inner: each
- * element adds its terms to its old value in the order of k. */
-#define DEFINE_NN(R, NV)                                                                           \
-    INLINE void nn_##R##_##NV(const float *a, int64_t lda, int rows, const float *b, int64_t ldb,  \
-                              int64_t inner, float *c, int64_t ldc)                                \
+/* c[r][0 .. VW*NV) for r < rows (<= R): the sum over k < inner of a_r[k] b[k][...] (b with
+ * row stride ldb), added in the order of k to c's old value when accumulate, else
+ * started from zero and times scale. a_r are row pointers; missing rows repeat the last
+ * one and are not stored. */
+#define DEFINE_TILE(R, NV)                                                                         \
+    INLINE void tile_##R##_##NV(const float *const *a, int rows, const float *b, int64_t ldb,      \
+                                int64_t inner, float scale, bool accumulate, float *c,             \
+                                int64_t ldc)                                                       \
     {                                                                                              \
         const float *ar[R];                                                                        \
         vf acc[R][NV];                                                                             \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                        \
         {                                                                                          \
             int rr = r < rows ? r : rows - 1;                                                      \
-            ar[r] = a + rr * lda;                                                                  \
+            ar[r] = a[rr];                                                                         \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
-                VLOAD(acc[r][v], c + rr * ldc + v * VW);                                           \
+            {                                                                                      \
+                if (accumulate)                                                                    \
+                    VLOAD(acc[r][v], c + rr * ldc + v * VW);                                       \
+                else                                                                               \
+                    acc[r][v] = (vf){0};                                                           \
+            }                                                                                      \
         }                                                                                          \
         for (int64_t k = 0; k < inner; k++) {                                                      \
             vf bv[NV];                                                                             \
@@ -143,42 +90,62 @@ INLINE void nt_block(const float *const *a, int rows, const float *bt, int64_t d
                 _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];       \
             }                                                                                      \
         }                                                                                          \
-        for (int r = 0; r < rows; r++)                                                             \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
-                VSTORE(c + r * ldc + v * VW, acc[r][v]);                                           \
+        for (int r = 0; r < rows; r++) _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)        \
+            {                                                                                      \
+                vf t = accumulate ? acc[r][v] : acc[r][v] * scale;                                 \
+                VSTORE(c + r * ldc + v * VW, t);                                                   \
+            }                                                                                      \
     }
-DEFINE_NN(8, 1)
-DEFINE_NN(8, 2)
-DEFINE_NN(4, 3)
-DEFINE_NN(4, 4)
+DEFINE_TILE(8, 1)
+DEFINE_TILE(8, 2)
+DEFINE_TILE(4, 3)
+DEFINE_TILE(4, 4)
 
-/* c [rows][width] += a [rows][inner] b [inner][width]; width a multiple of VW, b and c
- * with row strides ldb, ldc (multiples of VW too). */
-INLINE void nn_block(const float *a, int64_t lda, int64_t rows, const float *b, int64_t ldb,
-                     int64_t inner, int64_t width, float *c, int64_t ldc)
+/* c [rows][width] = scale * A B, or c += A B when accumulate: A's rows are pointers
+ * (inner floats each), B [inner][width] with row stride ldb, width a multiple of VW
+ * (and ldb, ldc too). Register tiles of 8 rows by 1-2 vectors or 4 rows by 3-4. */
+INLINE void gemm(const float *const *a, int64_t rows, const float *b, int64_t ldb, int64_t inner,
+                 int64_t width, float scale, bool accumulate, float *c, int64_t ldc)
 {
     for (int64_t w0 = 0; w0 < width; w0 += 4 * VW) {
         int nv = (int)min64(4, (width - w0) / VW), step = nv <= 2 ? 8 : 4;
         for (int64_t r0 = 0; r0 < rows; r0 += step) {
             int n = (int)min64(step, rows - r0);
-            const float *ar = a + r0 * lda;
+            const float *const *ar = a + r0;
             float *cr = c + r0 * ldc + w0;
             switch (nv) {
             case 1:
-                nn_8_1(ar, lda, n, b + w0, ldb, inner, cr, ldc);
+                tile_8_1(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             case 2:
-                nn_8_2(ar, lda, n, b + w0, ldb, inner, cr, ldc);
+                tile_8_2(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             case 3:
-                nn_4_3(ar, lda, n, b + w0, ldb, inner, cr, ldc);
+                tile_4_3(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             default:
-                nn_4_4(ar, lda, n, b + w0, ldb, inner, cr, ldc);
+                tile_4_4(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             }
         }
     }
+}
+
+/* NT: s [rows][ncol] (row stride BK) = scale * A Bt, A's rows pointers of d_len floats,
+ * bt a key block packed [d_len][BK]. */
+INLINE void nt_block(const float *const *a, int rows, const float *bt, int64_t d_len, int64_t ncol,
+                     float scale, float *s)
+{
+    gemm(a, rows, bt, BK, d_len, ncol, scale, false, s, BK);
+}
+
+/* NN: c [rows][width] += a [rows][inner] (row stride lda, rows <= BK) b [inner][width]. */
+INLINE void nn_block(const float *a, int64_t lda, int64_t rows, const float *b, int64_t ldb,
+                     int64_t inner, int64_t width, float *c, int64_t ldc)
+{
+    const float *ar[BK];
+    for (int64_t r = 0; r < rows; r++) ar[r] = a + r * lda;
+    gemm(ar, rows, b, ldb, inner, width, 1.f, true, c, ldc);
 }
 
 /* ---- row helpers ---------------------------------------------------------------------- */
@@ -368,37 +335,6 @@ INLINE void forward_block(const kn_attention_problem *p, int64_t b, int64_t h, i
     }
 }
 
-typedef struct task_context {
-    const kn_attention_problem *p;
-    int64_t blocks; /* query or key blocks per (batch, head) */
-    bool want_dq, want_dkdv;
-    int failed; /* set (atomically) by a task that had no scratch */
-} task_context;
-
-CLONES static void forward_tasks(void *context, int64_t begin, int64_t end)
-{
-    task_context *t = context;
-    const kn_attention_problem *p = t->p;
-    scratch w = scratch_new(p, 0);
-    if (!w.block) {
-        __atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int64_t task = begin; task < end; task++) {
-        int64_t bh = task / t->blocks, i0 = task % t->blocks * BQ;
-        forward_block(p, bh / p->heads, bh % p->heads, i0, (int)min64(BQ, p->q_len - i0), &w);
-    }
-    free(w.block);
-}
-
-bool kn_cpu_attention_forward(const kn_attention_problem *p)
-{
-    task_context t = {.p = p, .blocks = (p->q_len + BQ - 1) / BQ};
-    int64_t tasks = p->batch * p->heads * t.blocks;
-    kn_cpu_parallel_for(tasks, 1, forward_tasks, &t);
-    return !t.failed;
-}
-
 /* ---- backward ------------------------------------------------------------------------- */
 
 /* The per-query-block inputs of the backward: row pointers into Q and dO, lse, delta =
@@ -499,92 +435,106 @@ INLINE void key_block_task(const kn_attention_problem *p, int64_t b, int64_t h, 
     store_rows(&p->grad_v, b, h, j0, nk, p->value_dim, w->dv, dvp);
 }
 
-/* Tasks of whole (batch, head) pairs: every gradient in one sweep. */
-CLONES static void pair_tasks(void *context, int64_t begin, int64_t end)
+/* Every gradient of (b, h) in one sweep over its key blocks (dq: a [q_len][dp]
+ * accumulator, or NULL when dQ is not wanted). */
+INLINE void pair_task(const kn_attention_problem *p, int64_t b, int64_t h, float *dq, scratch *w)
 {
-    task_context *t = context;
-    const kn_attention_problem *p = t->p;
     const int64_t dp = round_up(p->head_dim);
-    scratch w = scratch_new(p, p->q_len);
-    if (!w.block) {
-        __atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int64_t bh = begin; bh < end; bh++) {
-        int64_t b = bh / p->heads, h = bh % p->heads;
-        float *dq = t->want_dq ? w.dq : NULL;
-        if (dq) memset(dq, 0, sizeof(float) * (size_t)(p->q_len * dp));
-        for (int64_t j0 = 0; j0 < p->kv_len; j0 += BK) key_block_task(p, b, h, j0, dq, &w);
-        if (dq) store_rows(&p->grad_q, b, h, 0, p->q_len, p->head_dim, dq, dp);
-    }
-    free(w.block);
+    if (dq) memset(dq, 0, sizeof(float) * (size_t)(p->q_len * dp));
+    for (int64_t j0 = 0; j0 < p->kv_len; j0 += BK) key_block_task(p, b, h, j0, dq, w);
+    if (dq) store_rows(&p->grad_q, b, h, 0, p->q_len, p->head_dim, dq, dp);
 }
 
-/* Tasks of (batch, head, key block): dK and dV. */
-CLONES static void key_tasks(void *context, int64_t begin, int64_t end)
+/* dQ of query block i0 of (b, h), from every key block it sees. */
+INLINE void query_block_task(const kn_attention_problem *p, int64_t b, int64_t h, int64_t i0,
+                             scratch *w)
 {
-    task_context *t = context;
-    const kn_attention_problem *p = t->p;
-    scratch w = scratch_new(p, 0);
-    if (!w.block) {
-        __atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int64_t task = begin; task < end; task++) {
-        int64_t bh = task / t->blocks;
-        key_block_task(p, bh / p->heads, bh % p->heads, task % t->blocks * BK, NULL, &w);
-    }
-    free(w.block);
-}
-
-/* Tasks of (batch, head, query block): dQ. */
-CLONES static void query_tasks(void *context, int64_t begin, int64_t end)
-{
-    task_context *t = context;
-    const kn_attention_problem *p = t->p;
     const int64_t dp = round_up(p->head_dim);
-    scratch w = scratch_new(p, BQ);
-    if (!w.block) {
-        __atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
     const float *qr[BQ], *dor[BQ];
+    int rows = (int)min64(BQ, p->q_len - i0);
+    memset(w->dq, 0, sizeof(float) * (size_t)(rows * dp));
+    prepare_queries(p, b, h, i0, rows, false, qr, dor, w);
+    int64_t kend = key_end(p, i0, rows);
+    for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+        int64_t nk = min64(BK, p->kv_len - j0), ncol = round_up(nk);
+        const float *bias = prepare_keys(p, b, h, j0, nk, ncol, true, w);
+        backward_block(p, b, h, i0, rows, j0, ncol, bias, qr, dor, w->dq, false, w);
+    }
+    store_rows(&p->grad_q, b, h, i0, rows, p->head_dim, w->dq, dp);
+}
+
+/* ---- the tasks ------------------------------------------------------------------------ */
+
+typedef enum {
+    FORWARD, /* (batch, head, query block): out and lse */
+    PAIRS,   /* (batch, head): every gradient */
+    KEYS,    /* (batch, head, key block): dK and dV */
+    QUERIES, /* (batch, head, query block): dQ */
+} task_kind;
+
+typedef struct task_context {
+    const kn_attention_problem *p;
+    task_kind kind;
+    int64_t blocks; /* tasks per (batch, head) */
+    bool want_dq;   /* PAIRS */
+    int failed;     /* set (atomically) by a range that had no scratch */
+} task_context;
+
+/* One range of tasks, with one scratch allocation (made per range, not per task). */
+CLONES static void run_tasks(void *context, int64_t begin, int64_t end)
+{
+    task_context *t = context;
+    const kn_attention_problem *p = t->p;
+    scratch w = scratch_new(p, t->kind == PAIRS ? p->q_len : t->kind == QUERIES ? BQ : 0);
+    if (!w.block) {
+        __atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t task = begin; task < end; task++) {
         int64_t bh = task / t->blocks, b = bh / p->heads, h = bh % p->heads;
-        int64_t i0 = task % t->blocks * BQ;
-        int rows = (int)min64(BQ, p->q_len - i0);
-        memset(w.dq, 0, sizeof(float) * (size_t)(rows * dp));
-        prepare_queries(p, b, h, i0, rows, false, qr, dor, &w);
-        int64_t kend = key_end(p, i0, rows);
-        for (int64_t j0 = 0; j0 < kend; j0 += BK) {
-            int64_t nk = min64(BK, p->kv_len - j0), ncol = round_up(nk);
-            const float *bias = prepare_keys(p, b, h, j0, nk, ncol, true, &w);
-            backward_block(p, b, h, i0, rows, j0, ncol, bias, qr, dor, w.dq, false, &w);
+        int64_t block = task % t->blocks;
+        switch (t->kind) {
+        case FORWARD:
+            forward_block(p, b, h, block * BQ, (int)min64(BQ, p->q_len - block * BQ), &w);
+            break;
+        case PAIRS:
+            pair_task(p, b, h, t->want_dq ? w.dq : NULL, &w);
+            break;
+        case KEYS:
+            key_block_task(p, b, h, block * BK, NULL, &w);
+            break;
+        case QUERIES:
+            query_block_task(p, b, h, block * BQ, &w);
+            break;
         }
-        store_rows(&p->grad_q, b, h, i0, rows, p->head_dim, w.dq, dp);
     }
     free(w.block);
+}
+
+/* Runs blocks tasks of kind per (batch, head) over the pool; false when out of memory. */
+static bool run(const kn_attention_problem *p, task_kind kind, int64_t blocks, bool want_dq)
+{
+    task_context t = {.p = p, .kind = kind, .blocks = blocks, .want_dq = want_dq};
+    kn_cpu_parallel_for(p->batch * p->heads * blocks, 1, run_tasks, &t);
+    return !t.failed;
+}
+
+bool kn_cpu_attention_forward(const kn_attention_problem *p)
+{
+    return run(p, FORWARD, (p->q_len + BQ - 1) / BQ, false);
 }
 
 bool kn_cpu_attention_backward(const kn_attention_problem *p)
 {
     int64_t pairs = p->batch * p->heads;
     int64_t key_blocks = (p->kv_len + BK - 1) / BK, query_blocks = (p->q_len + BQ - 1) / BQ;
-    task_context t = {.p = p,
-                      .want_dq = p->grad_q.data != NULL,
-                      .want_dkdv = p->grad_k.data != NULL || p->grad_v.data != NULL};
+    bool want_dq = p->grad_q.data != NULL;
+    bool want_dkdv = p->grad_k.data != NULL || p->grad_v.data != NULL;
     if (pairs == 0) return true;
-    if (t.want_dkdv && (key_blocks <= 1 || pairs >= 4 * kn_cpu_get_num_threads())) {
-        kn_cpu_parallel_for(pairs, 1, pair_tasks, &t);
-        return !t.failed;
-    }
-    if (t.want_dkdv) {
-        t.blocks = key_blocks;
-        kn_cpu_parallel_for(pairs * key_blocks, 1, key_tasks, &t);
-    }
-    if (t.want_dq && !t.failed) {
-        t.blocks = query_blocks;
-        kn_cpu_parallel_for(pairs * query_blocks, 1, query_tasks, &t);
-    }
-    return !t.failed;
+    /* whole pairs when there are enough of them to share out (or one key block each);
+     * else the keys' pass then the queries' pass, which split finer */
+    if (want_dkdv && (key_blocks <= 1 || pairs >= 4 * kn_cpu_get_num_threads()))
+        return run(p, PAIRS, 1, want_dq);
+    if (want_dkdv && !run(p, KEYS, key_blocks, false)) return false;
+    return !want_dq || run(p, QUERIES, query_blocks, false);
 }

@@ -60,6 +60,13 @@ __device__ static float drop_factor(const kn_attention_problem &p, int64_t b, in
     return (uint32_t)(z >> 40) >= p.dropout_threshold ? p.dropout_scale : 0.f;
 }
 
+__device__ static float dot(const float *a, const float *b, int64_t n)
+{
+    float sum = 0.f;
+    for (int64_t d = 0; d < n; d++) sum += a[d] * b[d];
+    return sum;
+}
+
 /* Copies rows [t0, t0 + n) of o (width floats each) of (b, h) into tile, by the block. */
 __device__ static void load_tile(const kn_attention_operand &o, int64_t b, int64_t h, int64_t t0,
                                  int n, int64_t width, float *tile)
@@ -101,11 +108,7 @@ __global__ static void forward_kernel(kn_attention_problem p, int64_t row_blocks
             float tile_max = -INFINITY;
             for (int c = 0; c < n; c++) {
                 float x = -INFINITY;
-                if (visible(p, b, i, j0 + c)) {
-                    x = 0.f;
-                    for (int64_t d = 0; d < D; d++) x += q[d] * ks[c * D + d];
-                    x *= p.scale;
-                }
+                if (visible(p, b, i, j0 + c)) x = dot(q, ks + c * D, D) * p.scale;
                 s[c] = x;
                 tile_max = fmaxf(tile_max, x);
             }
@@ -139,19 +142,18 @@ __global__ static void delta_kernel(kn_attention_problem p, float *delta)
     GRID_STRIDE(r, p.batch * p.heads * p.q_len)
     {
         int64_t bh = r / p.q_len, b = bh / p.heads, h = bh % p.heads, i = r % p.q_len;
-        const float *o = row_of(p.out, b, h, i), *g = row_of(p.grad_out, b, h, i);
-        float sum = 0.f;
-        for (int64_t d = 0; d < p.value_dim; d++) sum += g[d] * o[d];
-        delta[r] = sum;
+        delta[r] = dot(row_of(p.grad_out, b, h, i), row_of(p.out, b, h, i), p.value_dim);
     }
 }
 
-/* The weight of (i, j) and dS: p_ij (before dropout) from lse, then
- * ds = scale * p (dP * keep - delta); *pd = p * keep (the dropped weight). */
+/* (i, j)'s weight and dS from q_i, k_j, dO_i, v_j: the weight p_ij (before dropout) from
+ * lse, then ds = scale * p (dP * keep - delta) with dP = dO_i . v_j; *pd = p * keep (the
+ * dropped weight). */
 __device__ static float weight_grad(const kn_attention_problem &p, int64_t b, int64_t h, int64_t i,
-                                    int64_t j, float score, float lse, float dp, float delta,
-                                    float *pd)
+                                    int64_t j, const float *q, const float *k, const float *g,
+                                    const float *v, float lse, float delta, float *pd)
 {
+    float score = dot(q, k, p.head_dim), dp = dot(g, v, p.value_dim);
     float w = visible(p, b, i, j) ? expf(score * p.scale - lse) : 0.f;
     float keep = drop_factor(p, b, h, i, j);
     *pd = w * keep;
@@ -188,10 +190,9 @@ __global__ static void key_kernel(kn_attention_problem p, const float *delta, in
             for (int r = 0; r < n; r++) {
                 int64_t i = i0 + r;
                 if (!visible(p, b, i, j)) continue;
-                float score = 0.f, dp = 0.f, pd;
-                for (int64_t d = 0; d < D; d++) score += qs[r * D + d] * k[d];
-                for (int64_t d = 0; d < Dv; d++) dp += gs[r * Dv + d] * v[d];
-                float ds = weight_grad(p, b, h, i, j, score, lse[i], dp, dl[i], &pd);
+                float pd;
+                float ds =
+                    weight_grad(p, b, h, i, j, qs + r * D, k, gs + r * Dv, v, lse[i], dl[i], &pd);
                 for (int64_t d = 0; d < Dv; d++) dv[d] += pd * gs[r * Dv + d];
                 for (int64_t d = 0; d < D; d++) dk[d] += ds * qs[r * D + d];
             }
@@ -240,10 +241,8 @@ __global__ static void query_kernel(kn_attention_problem p, const float *delta, 
             for (int c = 0; c < n; c++) {
                 int64_t j = j0 + c;
                 if (!visible(p, b, i, j)) continue;
-                float score = 0.f, dp = 0.f, pd;
-                for (int64_t d = 0; d < D; d++) score += q[d] * ks[c * D + d];
-                for (int64_t d = 0; d < Dv; d++) dp += g[d] * vs[c * Dv + d];
-                float ds = weight_grad(p, b, h, i, j, score, lse, dp, dl, &pd);
+                float pd;
+                float ds = weight_grad(p, b, h, i, j, q, ks + c * D, g, vs + c * Dv, lse, dl, &pd);
                 for (int64_t d = 0; d < D; d++) dq[d] += ds * ks[c * D + d];
             }
         }

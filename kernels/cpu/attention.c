@@ -57,14 +57,14 @@ static float *at(const kn_attention_operand *o, int64_t b, int64_t h, int64_t t)
 
 /* ---- the kernel ----------------------------------------------------------------------- */
 
-/* c[r][0 .. VW*NV) for r < rows (<= R): the sum over k < inner of a_r[k] b[k][...] (b with
- * row stride ldb), added in the order of k to c's old value when accumulate, else
- * started from zero and times scale. a_r are row pointers; missing rows repeat the last
- * one and are not stored. */
+/* c[r][0 .. VW*NV) for r < rows (<= R): the sum over k < inner of a_r[k * sa] b[k][...]
+ * (b with row stride ldb), added in the order of k to c's old value when accumulate, else
+ * started from zero and times scale. a_r are row pointers (sa > 1 reads a column of a
+ * row-major block: A transposed); missing rows repeat the last one and are not stored. */
 #define DEFINE_TILE(R, NV)                                                                         \
-    INLINE void tile_##R##_##NV(const float *const *a, int rows, const float *b, int64_t ldb,      \
-                                int64_t inner, float scale, bool accumulate, float *c,             \
-                                int64_t ldc)                                                       \
+    INLINE void tile_##R##_##NV(const float *const *a, int64_t sa, int rows, const float *b,       \
+                                int64_t ldb, int64_t inner, float scale, bool accumulate,          \
+                                float *c, int64_t ldc)                                             \
     {                                                                                              \
         const float *ar[R];                                                                        \
         vf acc[R][NV];                                                                             \
@@ -86,7 +86,7 @@ static float *at(const kn_attention_operand *o, int64_t b, int64_t h, int64_t t)
                 VLOAD(bv[v], b + k * ldb + v * VW);                                                \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
             {                                                                                      \
-                float x = ar[r][k];                                                                \
+                float x = ar[r][k * sa];                                                           \
                 _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];       \
             }                                                                                      \
         }                                                                                          \
@@ -104,8 +104,8 @@ DEFINE_TILE(4, 4)
 /* c [rows][width] = scale * A B, or c += A B when accumulate: A's rows are pointers
  * (inner floats each), B [inner][width] with row stride ldb, width a multiple of VW
  * (and ldb, ldc too). Register tiles of 8 rows by 1-2 vectors or 4 rows by 3-4. */
-INLINE void gemm(const float *const *a, int64_t rows, const float *b, int64_t ldb, int64_t inner,
-                 int64_t width, float scale, bool accumulate, float *c, int64_t ldc)
+INLINE void gemm(const float *const *a, int64_t sa, int64_t rows, const float *b, int64_t ldb,
+                 int64_t inner, int64_t width, float scale, bool accumulate, float *c, int64_t ldc)
 {
     for (int64_t w0 = 0; w0 < width; w0 += 4 * VW) {
         int nv = (int)min64(4, (width - w0) / VW), step = nv <= 2 ? 8 : 4;
@@ -115,16 +115,16 @@ INLINE void gemm(const float *const *a, int64_t rows, const float *b, int64_t ld
             float *cr = c + r0 * ldc + w0;
             switch (nv) {
             case 1:
-                tile_8_1(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
+                tile_8_1(ar, sa, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             case 2:
-                tile_8_2(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
+                tile_8_2(ar, sa, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             case 3:
-                tile_4_3(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
+                tile_4_3(ar, sa, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             default:
-                tile_4_4(ar, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
+                tile_4_4(ar, sa, n, b + w0, ldb, inner, scale, accumulate, cr, ldc);
                 break;
             }
         }
@@ -136,16 +136,18 @@ INLINE void gemm(const float *const *a, int64_t rows, const float *b, int64_t ld
 INLINE void nt_block(const float *const *a, int rows, const float *bt, int64_t d_len, int64_t ncol,
                      float scale, float *s)
 {
-    gemm(a, rows, bt, BK, d_len, ncol, scale, false, s, BK);
+    gemm(a, 1, rows, bt, BK, d_len, ncol, scale, false, s, BK);
 }
 
-/* NN: c [rows][width] += a [rows][inner] (row stride lda, rows <= BK) b [inner][width]. */
-INLINE void nn_block(const float *a, int64_t lda, int64_t rows, const float *b, int64_t ldb,
-                     int64_t inner, int64_t width, float *c, int64_t ldc)
+/* NN: c [rows][width] += A [rows][inner] b [inner][width], A's element (r, k) at
+ * a[r * lda + k * sa] (sa 1: a row-major block; lda 1, sa its row stride: that block
+ * transposed); rows <= BK. */
+INLINE void nn_block(const float *a, int64_t lda, int64_t sa, int64_t rows, const float *b,
+                     int64_t ldb, int64_t inner, int64_t width, float *c, int64_t ldc)
 {
     const float *ar[BK];
     for (int64_t r = 0; r < rows; r++) ar[r] = a + r * lda;
-    gemm(ar, rows, b, ldb, inner, width, 1.f, true, c, ldc);
+    gemm(ar, sa, rows, b, ldb, inner, width, 1.f, true, c, ldc);
 }
 
 /* ---- row helpers ---------------------------------------------------------------------- */
@@ -191,19 +193,24 @@ static void pack_transposed(const kn_attention_operand *o, int64_t b, int64_t h,
         for (int64_t c = n; c < ncol; c++) dst[d * BK + c] = 0.f;
 }
 
-/* dst[c][0 .. width) = row c (d_len floats, then zeros), for c < n; zero rows up to rows. */
-static void pack_rows(const kn_attention_operand *o, int64_t b, int64_t h, int64_t t0, int64_t n,
-                      int64_t rows, int64_t d_len, int64_t width, float *dst)
+/* Rows of an operand as the kernel's B: whole vectors, row stride ld. */
+typedef struct rows_view {
+    const float *data;
+    int64_t ld;
+} rows_view;
+
+/* Rows [t0, t0 + n) of o (d_len floats each) as a B of width floats a row: read in
+ * place when a row is whole vectors (d_len == width: head dims 16, 32, 64, ...), else
+ * copied into buf with zeros after each row. */
+static rows_view rows_of(const kn_attention_operand *o, int64_t b, int64_t h, int64_t t0, int64_t n,
+                         int64_t d_len, int64_t width, float *buf)
 {
-    for (int64_t c = 0; c < rows; c++) {
-        float *row = dst + c * width;
-        int64_t copied = 0;
-        if (c < n) {
-            memcpy(row, at(o, b, h, t0 + c), sizeof(float) * (size_t)d_len);
-            copied = d_len;
-        }
-        memset(row + copied, 0, sizeof(float) * (size_t)(width - copied));
+    if (d_len == width) return (rows_view){at(o, b, h, t0), o->row_stride};
+    for (int64_t c = 0; c < n; c++) {
+        memcpy(buf + c * width, at(o, b, h, t0 + c), sizeof(float) * (size_t)d_len);
+        memset(buf + c * width + d_len, 0, sizeof(float) * (size_t)(width - d_len));
     }
+    return (rows_view){buf, width};
 }
 
 /* The additive mask of a key block: 0 for a key that exists and is not padding, -inf
@@ -253,7 +260,8 @@ INLINE void dropout_row(const kn_attention_problem *p, int64_t b, int64_t h, int
 typedef struct scratch {
     float *block;
     float *kt, *vt, *kp, *vp, *qp, *dop; /* packed operands */
-    float *s, *dp, *pt, *dst;            /* blocks of the attention matrix */
+    rows_view kb, qb, gb;                /* K, Q, dO rows as B operands (in kp, qp, dop) */
+    float *s, *dp;                       /* blocks of the attention matrix */
     float *acc, *dk, *dv, *dq;           /* accumulators */
     float *m, *l, *lse, *delta, *bias;   /* per row / per key */
 } scratch;
@@ -264,18 +272,17 @@ static scratch scratch_new(const kn_attention_problem *p, int64_t dq_rows)
 {
     int64_t dp = round_up(p->head_dim), dvp = round_up(p->value_dim);
     int64_t d_max = p->head_dim > p->value_dim ? p->head_dim : p->value_dim;
-    int64_t sizes[] = {d_max * BK, d_max * BK, BK * dp, BK * dvp, BQ * dp, BQ * dvp, BQ * BK,
-                       BQ * BK,    BK * BQ,    BK * BQ, BQ * dvp, BK * dp, BK * dvp, dq_rows * dp,
-                       BQ,         BQ,         BQ,      BQ,       BK};
+    int64_t sizes[] = {d_max * BK, d_max * BK, BK * dp,  BK * dvp, BQ * dp,  BQ * dvp,
+                       BQ * BK,    BQ * BK,    BQ * dvp, BK * dp,  BK * dvp, dq_rows * dp,
+                       BQ,         BQ,         BQ,       BQ,       BK};
     enum { N = sizeof sizes / sizeof sizes[0] };
     int64_t total = 0;
     for (int i = 0; i < N; i++) total += round_up(sizes[i]);
     scratch w = {0};
     w.block = aligned_alloc(64, sizeof(float) * (size_t)(total > 0 ? total : VW));
     if (!w.block) return w;
-    float **slots[N] = {&w.kt, &w.vt, &w.kp,  &w.vp,    &w.qp,  &w.dop, &w.s,
-                        &w.dp, &w.pt, &w.dst, &w.acc,   &w.dk,  &w.dv,  &w.dq,
-                        &w.m,  &w.l,  &w.lse, &w.delta, &w.bias};
+    float **slots[N] = {&w.kt, &w.vt, &w.kp, &w.vp, &w.qp, &w.dop, &w.s,     &w.dp,  &w.acc,
+                        &w.dk, &w.dv, &w.dq, &w.m,  &w.l,  &w.lse, &w.delta, &w.bias};
     float *next = w.block;
     for (int i = 0; i < N; i++) {
         *slots[i] = next;
@@ -302,13 +309,13 @@ INLINE void forward_block(const kn_attention_problem *p, int64_t b, int64_t h, i
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
         int64_t nk = min64(BK, kend - j0), ncol = round_up(nk);
         pack_transposed(&p->k, b, h, j0, nk, ncol, p->head_dim, w->kt);
-        pack_rows(&p->v, b, h, j0, nk, ncol, p->value_dim, dvp, w->vp);
+        rows_view vb = rows_of(&p->v, b, h, j0, nk, p->value_dim, dvp, w->vp);
         const float *bias = key_bias(p, b, j0, nk, ncol, w->bias) ? w->bias : NULL;
         nt_block(qr, rows, w->kt, p->head_dim, ncol, p->scale, w->s);
         for (int r = 0; r < rows; r++) {
             float *s = w->s + r * BK;
             mask_row(p, i0 + r, j0, ncol, bias, s);
-            float m_new = fmaxf(w->m[r], row_max(s, ncol));
+            float tile_max = row_max(s, ncol), m_new = w->m[r] > tile_max ? w->m[r] : tile_max;
             if (m_new == -INFINITY) { /* nothing visible yet: no weight */
                 memset(s, 0, sizeof(float) * (size_t)ncol);
                 continue;
@@ -323,7 +330,7 @@ INLINE void forward_block(const kn_attention_problem *p, int64_t b, int64_t h, i
                 for (int64_t d = 0; d < dvp; d++) acc[d] *= correction;
             }
         }
-        nn_block(w->s, BK, rows, w->vp, dvp, ncol, dvp, w->acc, dvp);
+        nn_block(w->s, BK, 1, rows, vb.data, vb.ld, nk, dvp, w->acc, dvp);
     }
     float *lse = p->lse + (b * p->heads + h) * p->q_len + i0;
     for (int r = 0; r < rows; r++) {
@@ -353,8 +360,8 @@ INLINE void prepare_queries(const kn_attention_problem *p, int64_t b, int64_t h,
         w->lse[r] = lse[r];
     }
     if (pack) {
-        pack_rows(&p->q, b, h, i0, rows, rows, p->head_dim, round_up(p->head_dim), w->qp);
-        pack_rows(&p->grad_out, b, h, i0, rows, rows, p->value_dim, round_up(p->value_dim), w->dop);
+        w->qb = rows_of(&p->q, b, h, i0, rows, p->head_dim, round_up(p->head_dim), w->qp);
+        w->gb = rows_of(&p->grad_out, b, h, i0, rows, p->value_dim, round_up(p->value_dim), w->dop);
     }
 }
 
@@ -365,14 +372,14 @@ INLINE const float *prepare_keys(const kn_attention_problem *p, int64_t b, int64
 {
     pack_transposed(&p->k, b, h, j0, nk, ncol, p->head_dim, w->kt);
     pack_transposed(&p->v, b, h, j0, nk, ncol, p->value_dim, w->vt);
-    if (want_dq) pack_rows(&p->k, b, h, j0, nk, ncol, p->head_dim, round_up(p->head_dim), w->kp);
+    if (want_dq) w->kb = rows_of(&p->k, b, h, j0, nk, p->head_dim, round_up(p->head_dim), w->kp);
     return key_bias(p, b, j0, nk, ncol, w->bias) ? w->bias : NULL;
 }
 
 /* One (query block, key block) pair: dS and P rebuilt, then dQ (into dq, row stride dp)
  * and / or dK, dV (into w->dk, w->dv) accumulated. */
 INLINE void backward_block(const kn_attention_problem *p, int64_t b, int64_t h, int64_t i0,
-                           int rows, int64_t j0, int64_t ncol, const float *bias,
+                           int rows, int64_t j0, int64_t nk, int64_t ncol, const float *bias,
                            const float *const *qr, const float *const *dor, float *dq,
                            bool want_dkdv, scratch *w)
 {
@@ -393,15 +400,10 @@ INLINE void backward_block(const kn_attention_problem *p, int64_t b, int64_t h, 
         }
     }
     /* w->dp now holds dS (scaled), w->s holds P (dropped) */
-    if (dq) nn_block(w->dp, BK, rows, w->kp, dp, ncol, dp, dq, dp);
-    if (want_dkdv) {
-        for (int r = 0; r < rows; r++)
-            for (int64_t c = 0; c < ncol; c++) {
-                w->pt[c * BQ + r] = w->s[r * BK + c];
-                w->dst[c * BQ + r] = w->dp[r * BK + c];
-            }
-        nn_block(w->pt, BQ, ncol, w->dop, dvp, rows, dvp, w->dv, dvp);
-        nn_block(w->dst, BQ, ncol, w->qp, dp, rows, dp, w->dk, dp);
+    if (dq) nn_block(w->dp, BK, 1, rows, w->kb.data, w->kb.ld, nk, dp, dq, dp);
+    if (want_dkdv) { /* dV += P^T dO, dK += dS^T Q: the blocks read by columns */
+        nn_block(w->s, 1, BK, ncol, w->gb.data, w->gb.ld, rows, dvp, w->dv, dvp);
+        nn_block(w->dp, 1, BK, ncol, w->qb.data, w->qb.ld, rows, dp, w->dk, dp);
     }
 }
 
@@ -428,8 +430,8 @@ INLINE void key_block_task(const kn_attention_problem *p, int64_t b, int64_t h, 
         int rows = (int)min64(BQ, p->q_len - i0);
         if (key_end(p, i0, rows) <= j0) continue; /* no query of the block sees these keys */
         prepare_queries(p, b, h, i0, rows, true, qr, dor, w);
-        backward_block(p, b, h, i0, rows, j0, ncol, bias, qr, dor, dq ? dq + i0 * dp : NULL, true,
-                       w);
+        backward_block(p, b, h, i0, rows, j0, nk, ncol, bias, qr, dor, dq ? dq + i0 * dp : NULL,
+                       true, w);
     }
     store_rows(&p->grad_k, b, h, j0, nk, p->head_dim, w->dk, dp);
     store_rows(&p->grad_v, b, h, j0, nk, p->value_dim, w->dv, dvp);
@@ -458,7 +460,7 @@ INLINE void query_block_task(const kn_attention_problem *p, int64_t b, int64_t h
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
         int64_t nk = min64(BK, p->kv_len - j0), ncol = round_up(nk);
         const float *bias = prepare_keys(p, b, h, j0, nk, ncol, true, w);
-        backward_block(p, b, h, i0, rows, j0, ncol, bias, qr, dor, w->dq, false, w);
+        backward_block(p, b, h, i0, rows, j0, nk, ncol, bias, qr, dor, w->dq, false, w);
     }
     store_rows(&p->grad_q, b, h, i0, rows, p->head_dim, w->dq, dp);
 }

@@ -25,8 +25,9 @@ extern "C" {
 
 /* ---- errors --------------------------------------------------------------------- */
 typedef struct kapi_error {
-    char path[160];    /* "layers[3].kernel_size", "" for the document itself */
-    char message[400]; /* "expected a positive integer, got -2" */
+    char path[160];     /* "layers[3].kernel_size", "" for the document itself */
+    char message[1024]; /* "expected a positive integer, got -2"; room for the list of
+                           every layer type an unknown type is told */
 } kapi_error;
 
 typedef struct kapi_errors {

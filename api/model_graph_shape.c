@@ -169,8 +169,11 @@ static bool check_dtypes(expansion *x, const gnode *node, const char *full, cons
 {
     const kn_layer_type *row = node->row;
     if (row->flags & KN_LAYER_ANY_DTYPE) return true; /* one dtype: kn_layer_infer */
+    /* a row that checks its own dtypes (attention's int64 key-padding mask after the
+     * sequence) takes input_dtype first: its rule says what the others must be */
+    int n = row->flags & KN_LAYER_OWN_DTYPES ? 1 : node->n_refs;
     char path[KAPI_PATH_MAX];
-    for (int i = 0; i < node->n_refs; i++) {
+    for (int i = 0; i < n; i++) {
         if (ins[i].dtype == row->input_dtype) continue;
         input_path(node, i, path);
         const char *source = x->values[in[i]].name;

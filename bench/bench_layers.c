@@ -5,12 +5,16 @@
  * cross_entropy, backward, Adam). Kiln and PyTorch (bench/bench_layers_torch.py run by
  * /usr/bin/python3) take turns for several rounds and each figure is the median over
  * the rounds, so load from other processes on the machine hits both sides alike.
+ * Attention (issue 12): causal self-attention at nanoGPT's shape (batch 12, T 64, 4
+ * heads of 32), the op alone (sdpa) and with its projections (mha; nanoGPT's
+ * CausalSelfAttention on the torch side).
  *
  * Usage: bench_layers [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]
- * (--only: one of conv1, pool1, conv2, pool2, step, Kiln only: for profiling)
+ * (--only: one of conv1, pool1, conv2, pool2, step, sdpa, mha, Kiln only: for profiling)
  * Run from the repository root (or set KILN_SOURCE_DIR) so the Python script is found.
  */
 #include "kn.h"
+#include "kn_nn.h"
 #include "kn_optim.h"
 
 #include <cblas.h>
@@ -19,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { MAX_ROWS = 16, MAX_ROUNDS = 15 };
+enum { MAX_ROWS = 32, MAX_ROUNDS = 15 };
 
 static int quick;
 static const char *only; /* --only NAME: one layer (conv1, pool1, conv2, pool2, step) */
@@ -212,6 +216,77 @@ static void bench_step(void)
     kn_release(m.y);
 }
 
+/* ---- attention (issue 12): nanoGPT's shape ------------------------------------------- */
+
+enum { ATTN_B = 12, ATTN_T = 64, ATTN_H = 4, ATTN_D = 32, ATTN_E = ATTN_H * ATTN_D };
+
+typedef struct attention_bench {
+    kn_tensor *q, *k, *v, *g; /* [B, H, T, D] */
+    kn_tensor *x, *gx;        /* [B, T, E] */
+    kn_module *mha;
+    bool grad;
+} attention_bench;
+
+static kn_tensor *attention_forward(attention_bench *a, bool layer)
+{
+    if (layer) return kn_module_forward(a->mha, a->x);
+    return kn_scaled_dot_product_attention(a->q, a->k, a->v, &(kn_attention_args){.is_causal = 1});
+}
+
+static bool run_attention(attention_bench *a, bool layer)
+{
+    if (a->grad) {
+        kn_tensor *leaves[4] = {a->q, a->k, a->v, a->x};
+        for (int i = 0; i < 4; i++) kn_zero_grad(leaves[i]);
+        kn_module_zero_grad(a->mha);
+    }
+    kn_scope_begin();
+    if (!a->grad) kn_no_grad_begin();
+    kn_tensor *out = attention_forward(a, layer);
+    bool ok = out && (!a->grad || kn_backward(out, layer ? a->gx : a->g, false) == KN_OK);
+    if (!a->grad) kn_no_grad_end();
+    kn_scope_end();
+    return ok;
+}
+
+static bool run_sdpa(void *context)
+{
+    return run_attention(context, false);
+}
+
+static bool run_mha(void *context)
+{
+    return run_attention(context, true);
+}
+
+static void bench_attention(void)
+{
+    if (only && strcmp(only, "sdpa") && strcmp(only, "mha")) return;
+    kn_scope_begin();
+    int64_t heads[4] = {ATTN_B, ATTN_H, ATTN_T, ATTN_D}, seq[3] = {ATTN_B, ATTN_T, ATTN_E};
+    attention_bench a = {.q = uniform(heads, 4, 1, true),
+                         .k = uniform(heads, 4, 1, true),
+                         .v = uniform(heads, 4, 1, true),
+                         .g = kn_rand(heads, 4, NULL),
+                         .x = uniform(seq, 3, 1, true),
+                         .gx = kn_rand(seq, 3, NULL),
+                         .mha = kn_multi_head_attention_new(ATTN_E, ATTN_H, 0.0, true, true, NULL)};
+    if (!a.mha) {
+        fprintf(stderr, "bench_layers: attention: %s\n", kn_last_error());
+        kn_scope_end();
+        return;
+    }
+    for (int grad = 0; grad < 2; grad++) {
+        a.grad = grad;
+        if (!only || !strcmp(only, "sdpa"))
+            record(grad ? "sdpa.fwdbwd" : "sdpa.fwd", false, measure(run_sdpa, &a));
+        if (!only || !strcmp(only, "mha"))
+            record(grad ? "mha.fwdbwd" : "mha.fwd", false, measure(run_mha, &a));
+    }
+    kn_module_free(a.mha);
+    kn_scope_end();
+}
+
 static void kiln_round(void)
 {
     bench_layer("conv1", 1, 28, 16, false);
@@ -219,6 +294,7 @@ static void kiln_round(void)
     bench_layer("conv2", 16, 14, 32, true);
     bench_layer("pool2", 32, 14, 0, true);
     bench_step();
+    bench_attention();
 }
 
 static bool torch_round(int threads)

@@ -1,13 +1,16 @@
 #!/usr/bin/python3
 """bench_layers_torch.py — PyTorch's side of bench_layers.c: the Fashion-MNIST CNN's conv
 and pool layers at batch 64, forward alone and forward + backward, and the whole training
-step (forward, cross_entropy, backward, Adam). Same timing method as bench_layers.c
+step (forward, cross_entropy, backward, Adam); causal self-attention at nanoGPT's shape as
+nanoGPT computes it on torch 1.13 (no flash attention there: q k^T, masked_fill, softmax,
+@ v), alone (sdpa) and in its CausalSelfAttention module (mha). Same timing method as bench_layers.c
 (warm-up, runs of ~50 ms, median of the runs). Prints one line per measurement,
 "<name> <median microseconds>", which bench_layers reads.
 
 Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--threads N] [--quick]
 """
 import argparse
+import math
 import statistics
 import time
 
@@ -53,6 +56,45 @@ def layer(name, make_input, op, params, quick):
     print(f"{name}.fwdbwd {measure(fwd_bwd, quick) * 1e6:.1f}", flush=True)
 
 
+def attention(quick):
+    """nanoGPT's CausalSelfAttention (model.py) with dropout 0, batch 12, T 64, n_embd 128,
+    4 heads: the attention alone on q, k, v [B, H, T, D], then the whole module."""
+    b, t, h, d = 12, 64, 4, 32
+    e = h * d
+    bias = torch.tril(torch.ones(t, t)).view(1, 1, t, t)
+
+    def sdpa(q, k, v):
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(bias[:, :, :t, :t] == 0, float("-inf"))
+        return F.softmax(att, dim=-1) @ v
+
+    qkv = [(torch.rand(b, h, t, d) * 2 - 1).requires_grad_() for _ in range(3)]
+    g = torch.rand(b, h, t, d)
+
+    def fwd():
+        with torch.no_grad():
+            sdpa(*qkv)
+
+    def fwd_bwd():
+        for p in qkv:
+            p.grad = None
+        sdpa(*qkv).backward(g)
+
+    print(f"sdpa.fwd {measure(fwd, quick) * 1e6:.1f}", flush=True)
+    print(f"sdpa.fwdbwd {measure(fwd_bwd, quick) * 1e6:.1f}", flush=True)
+
+    c_attn, c_proj = nn.Linear(e, 3 * e), nn.Linear(e, e)
+
+    def block(x):
+        q, k, v = c_attn(x).split(e, dim=2)
+        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))
+        y = sdpa(q, k, v).transpose(1, 2).contiguous().view(b, t, e)
+        return c_proj(y)
+
+    layer("mha", lambda: (torch.rand(b, t, e) * 2 - 1).requires_grad_(), block,
+          list(c_attn.parameters()) + list(c_proj.parameters()), quick)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -83,6 +125,7 @@ def main():
         opt.step()
 
     print(f"step {measure(step, args.quick) * 1e6:.1f}", flush=True)
+    attention(args.quick)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ extern "C" {
     X(IDENTITY, identity)                                                                          \
     X(MEAN, mean)                                                                                  \
     X(SLICE, slice)                                                                                \
-    X(SELECT, select)
+    X(SELECT, select)                                                                              \
+    /* ---- attention (issue 12) ---- */                                                           \
+    X(MULTI_HEAD_ATTENTION, multi_head_attention)                                                  \
+    X(TRANSFORMER_ENCODER_LAYER, transformer_encoder_layer)
 
 #define KN__MODULE_KIND(id, name) KN_MODULE_##id,
 typedef enum { KN_LAYER_KINDS(KN__MODULE_KIND) KN_MODULE_KIND_COUNT } kn_module_kind;
@@ -189,6 +192,25 @@ typedef struct kn_slice_options {
 typedef struct kn_select_options {
     int64_t dim, index; /* x[:, index] along dim (the dim goes away) */
 } kn_select_options;
+/* ---- attention (issue 12) ---- */
+typedef struct kn_multi_head_attention_options {
+    int64_t embed_dim, num_heads;
+    double dropout; /* on the attention weights, when training */
+    bool bias;
+    bool batch_first; /* must be true: Kiln's inputs are [N, L, E] (torch's batch_first) */
+    bool is_causal;   /* Kiln's: query i sees keys j <= i (torch passes a mask per call) */
+} kn_multi_head_attention_options;
+
+typedef enum { KN_TRANSFORMER_RELU = 0, KN_TRANSFORMER_GELU = 1 } kn_transformer_activation;
+
+typedef struct kn_transformer_encoder_layer_options {
+    int64_t d_model, nhead, dim_feedforward;
+    double dropout;
+    int activation; /* a kn_transformer_activation */
+    double layer_norm_eps;
+    bool batch_first, norm_first;
+    bool is_causal; /* Kiln's: torch passes src_mask / is_causal per call */
+} kn_transformer_encoder_layer_options;
 
 /* One layer's options: the member its kind reads (relu: activation; batch_norm1d and
  * batch_norm2d: batch_norm). Kinds without arguments (tanh, sigmoid) read none. */
@@ -218,6 +240,9 @@ typedef union kn_layer_options {
     kn_mean_options mean;
     kn_slice_options slice;
     kn_select_options select;
+    /* ---- attention (issue 12) ---- */
+    kn_multi_head_attention_options multi_head_attention;
+    kn_transformer_encoder_layer_options transformer_encoder_layer;
 } kn_layer_options;
 
 typedef struct kn_module kn_module;
@@ -400,6 +425,57 @@ kn_status kn_module_forward_outputs(kn_module *m, kn_tensor *const *inputs, int 
  * (under its first name), so an optimizer updates it once with the gradients of both
  * uses summed. Shapes must agree. */
 kn_status kn_module_tie(kn_module *root, const char *name, const char *to);
+/* ---- attention (issue 12) -------------------------------------------------------- */
+/* nn.MultiheadAttention(embed_dim, num_heads, dropout, bias, batch_first=True) with
+ * Kiln's is_causal: in_proj_weight [3E, E], in_proj_bias [3E], out_proj (a Linear,
+ * "NonDynamicallyQuantizableLinear" as torch names it), initialised as torch does. Its
+ * forward takes x (self-attention), x and a key-padding mask (int64 [N, L], nonzero =
+ * padding), query/key/value, or those and a mask; [N, L, E] (or unbatched [L, E]) in and
+ * out. It returns the output only (torch's need_weights=False). */
+kn_module *kn_multi_head_attention_new(int64_t embed_dim, int64_t num_heads, double dropout,
+                                       bool bias, bool is_causal, kn_generator *gen);
+/* nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+ * layer_norm_eps, batch_first=True, norm_first) with Kiln's is_causal; children self_attn,
+ * linear1, dropout, linear2, norm1, norm2, dropout1, dropout2 as torch's. Takes x, or x
+ * and a key-padding mask. */
+kn_module *kn_transformer_encoder_layer_new(const kn_transformer_encoder_layer_options *options,
+                                            kn_generator *gen);
+/* torch.nn.init.xavier_uniform_ (in place, no grad). */
+kn_status kn_init_xavier_uniform_(kn_tensor *t, double gain, kn_generator *gen);
+
+/* Incremental decoding (generation): a key/value cache holds one slot per
+ * MultiheadAttention module of a model (those inside TransformerEncoderLayers too), each
+ * the keys and values of up to max_len positions. kn_module_forward_incremental feeds
+ * the next positions of a sequence: every self-attention module attends over its cached
+ * positions plus the new ones (causally when it is causal) and appends the new ones, so
+ * each step costs its new positions, not the window. For a causal model the outputs
+ * equal the full forward's outputs at those positions. The cache is found through the
+ * thread running the forward, so one model serves any number of caches (one per
+ * generation) on any threads, one forward per cache at a time. */
+typedef struct kn_kv_cache kn_kv_cache;
+/* A cache for model (borrowed: it must outlive the cache, and keep its structure);
+ * memory is taken at the first forward, for its batch size and device. NULL with the
+ * error set when max_len < 1 or model has no MultiheadAttention. Free with
+ * kn_kv_cache_free. */
+kn_kv_cache *kn_kv_cache_new(const kn_module *model, int64_t max_len);
+void kn_kv_cache_free(kn_kv_cache *cache);             /* NULL-safe */
+int64_t kn_kv_cache_length(const kn_kv_cache *cache);  /* positions cached */
+int64_t kn_kv_cache_max_len(const kn_kv_cache *cache); /* as made */
+/* Forgets every position (the memory stays for the next sequence, of any batch size). */
+void kn_kv_cache_reset(kn_kv_cache *cache);
+/* Runs model on the next positions of the sequence, inputs [N, T_new, ...] (the sequence
+ * dim after the batch dim: token ids [N, T_new] or features [N, T_new, E]), without
+ * recording gradients; the result ([N, T_new, ...], the open scope's) is the model's
+ * output at those positions. Errors (nothing is appended then): more positions than
+ * max_len in all, another batch size than the cached positions', an incremental forward
+ * already running on this thread. */
+kn_tensor *kn_module_forward_incremental(kn_module *model, kn_kv_cache *cache, kn_tensor *x);
+kn_tensor *kn_module_forward_incremental_n(kn_module *model, kn_kv_cache *cache,
+                                           kn_tensor *const *inputs, int n);
+/* The position in the sequence of the first input position of the incremental forward
+ * running on this thread (the positions cached before it), 0 outside one: what a
+ * positional layer adds to its input's positions. */
+int64_t kn_incremental_position(void);
 
 #ifdef __cplusplus
 }

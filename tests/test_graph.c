@@ -489,15 +489,21 @@ Test(graph, a_graph_spec_builds_and_its_shapes_are_the_forward_s)
     kn_scope_end();
 }
 
-/* Runs tests/golden/check_graph_torch.py MODE FILE...; 77 means no torch. */
-static int run_torch(const char *mode, const char *a, const char *b)
+/* Runs tests/golden/check_graph_torch.py MODE FILE FILE MODEL (tiny-lm, gpt); 77 means
+ * no torch. */
+static int run_torch_model(const char *mode, const char *a, const char *b, const char *model)
 {
     char command[1536];
     snprintf(command, sizeof command,
-             "/usr/bin/python3 '%s/tests/golden/check_graph_torch.py' %s '%s' '%s'",
-             KILN_SOURCE_DIR, mode, a, b);
+             "/usr/bin/python3 '%s/tests/golden/check_graph_torch.py' %s '%s' '%s' %s",
+             KILN_SOURCE_DIR, mode, a, b, model);
     int rc = system(command);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static int run_torch(const char *mode, const char *a, const char *b)
+{
+    return run_torch_model(mode, a, b, "tiny-lm");
 }
 
 static void temp_path(char *out, size_t size, const char *name)
@@ -598,6 +604,145 @@ Test(graph, torch_weights_load_strictly_into_a_graph_spec_s_model)
     kn_module_free(m);
     kapi_model_spec_free(spec);
     kn_scope_end();
+}
+
+/* ---- attention layers as graph nodes ---------------------------------------------------- */
+
+/* model-graph-gpt.json's inputs for n samples: tokens, and a key-padding mask (nonzero =
+ * padding) that pads the tail of every other sample (each query still sees key 0). */
+static void gpt_inputs(int64_t n, kn_tensor **tokens, kn_tensor **padding, kn_tensor **targets)
+{
+    int64_t ids[8 * 8], next[8 * 8], pad[8 * 8];
+    cr_assert_leq(n, 8);
+    for (int64_t i = 0; i < n * 8; i++) {
+        ids[i] = (i * 7 + 3) % 20;
+        next[i] = (i * 7 + 10) % 20; /* the next position's token */
+        pad[i] = i / 8 % 2 == 1 && i % 8 >= 5;
+    }
+    *tokens = kn_from_int64s(ids, KN_SHAPE(n, 8));
+    *padding = kn_from_int64s(pad, KN_SHAPE(n, 8));
+    if (targets) *targets = kn_from_int64s(next, KN_SHAPE(n, 8));
+}
+
+/* Next-token cross-entropy of logits [N, T, V] (torch's cross_entropy on [N, V, T]). */
+static kn_tensor *lm_loss(kn_tensor *logits, kn_tensor *targets)
+{
+    return kn_cross_entropy(kn_transpose(logits, 1, 2), targets, KN_REDUCTION_MEAN,
+                            KN_DEFAULT_IGNORE_INDEX, 0.0);
+}
+
+/* A GPT-like graph of transformer_encoder_layer nodes (causal, a key-padding mask as a
+ * second int64 input, the head tied to the embedding): shapes inferred per node equal
+ * the forward's, a few training steps (dropout on) lower the loss, incremental decoding
+ * with a key/value cache gives the full forward's logits, and the weights load strictly
+ * into the torch module of nn.TransformerEncoderLayer blocks with the same outputs, and
+ * back. */
+Test(graph, a_gpt_graph_of_transformer_layers_trains_decodes_and_loads_into_torch)
+{
+    kn_scope_begin();
+    kapi_model_spec *spec = spec_file("tests/specs/valid/model-graph-gpt.json");
+    cr_assert(spec->graph);
+    kn_generator *gen = kn_generator_new(7);
+    kn_module *m = kapi_model_build(spec, gen);
+    cr_assert_not_null(m, "%s", kn_last_error());
+    cr_assert_eq(kn_module_parameter_count(m), spec->parameter_count);
+    cr_assert_eq(kn_module_find(m, "lm_head")->tensors[0].tensor,
+                 kn_module_find(m, "wte")->tensors[0].tensor, "tied");
+    cr_assert_not_null(kn_module_find(m, "h.1.self_attn.out_proj"));
+    const kapi_value_spec *out = &spec->values[spec->outputs[0]];
+    cr_assert(out->ndim == 2 && out->shape[0] == 8 && out->shape[1] == 20, "%s", out->name);
+
+    char init[256], weights[256], io[256];
+    temp_path(init, sizeof init, "gpt-init.safetensors");
+    temp_path(weights, sizeof weights, "gpt-weights.safetensors");
+    temp_path(io, sizeof io, "gpt-io.safetensors");
+    ASSERT_OK(kn_module_save_weights(m, init));
+
+    kn_tensor *tokens, *padding, *targets;
+    gpt_inputs(4, &tokens, &padding, &targets);
+    kn_tensor *inputs[2] = {tokens, padding};
+    kn_tensor *logits;
+    int count;
+    kn_module_train(m, false);
+    kn_no_grad_begin();
+    ASSERT_OK(kn_module_forward_outputs(m, inputs, 2, &logits, 1, &count));
+    kn_no_grad_end();
+    cr_assert(logits->ndim == 3 && logits->shape[0] == 4 && logits->shape[1] == 8 &&
+              logits->shape[2] == 20);
+    float before = kn_item(lm_loss(logits, targets));
+
+    /* training mode: the layers' dropout draws (from the default generator) */
+    kn_module_train(m, true);
+    kn_optimizer *opt = sgd(m, 0.1);
+    for (int step = 0; step < 5; step++) {
+        kn_scope_begin();
+        kn_module_zero_grad(m);
+        ASSERT_OK(kn_module_forward_outputs(m, inputs, 2, &logits, 1, &count));
+        ASSERT_OK(kn_backward(lm_loss(logits, targets), NULL, false));
+        ASSERT_OK(kn_optimizer_step(opt));
+        kn_scope_end();
+    }
+    kn_optimizer_free(opt);
+    kn_module_train(m, false);
+    kn_no_grad_begin();
+    ASSERT_OK(kn_module_forward_outputs(m, inputs, 2, &logits, 1, &count));
+    kn_no_grad_end();
+    float after = kn_item(lm_loss(logits, targets));
+    cr_assert(isfinite(after) && after < before, "loss %g -> %g", before, after);
+
+    /* the key/value cache: a prefill of 3 positions, then one at a time */
+    kn_kv_cache *cache = kn_kv_cache_new(m, 8);
+    cr_assert_not_null(cache, "%s", kn_last_error());
+    for (int64_t start = 0, len = 3; start < 8; start += len, len = 1) {
+        kn_scope_begin();
+        kn_tensor *part[2] = {kn_narrow(tokens, 1, start, len), kn_narrow(padding, 1, start, len)};
+        kn_tensor *y = kn_module_forward_incremental_n(m, cache, part, 2);
+        cr_assert_not_null(y, "%s", kn_last_error());
+        float diff = kn_item(kn_max_all(kn_abs(kn_sub(y, kn_narrow(logits, 1, start, len)))));
+        cr_assert_leq(diff, 1e-4, "positions %lld+%lld differ from the full forward by %g",
+                      (long long)start, (long long)len, diff);
+        kn_scope_end();
+    }
+    cr_assert_eq(kn_kv_cache_length(cache), 8);
+    kn_kv_cache_free(cache);
+
+    /* torch: the initial weights are torch.manual_seed(7)'s, the trained ones load
+     * strictly and give the same logits */
+    ASSERT_OK(kn_module_save_weights(m, weights));
+    const char *names[] = {"tokens", "padding", "lm_head"};
+    kn_tensor *tensors[] = {tokens, padding, logits};
+    ASSERT_OK(kn_safetensors_save(io, names, tensors, 3, NULL, 0));
+    int rc = run_torch_model("load", init, weights, "gpt");
+    if (rc != 77) rc = rc == 0 ? run_torch_model("outputs", weights, io, "gpt") : rc;
+    if (rc == 0) rc = run_torch_model("save", weights, io, "gpt");
+    if (rc == 0) { /* the reverse: torch's weights, strictly, give torch's logits */
+        kn_module *back = kapi_model_build(spec, NULL);
+        ASSERT_OK(kn_module_load_weights(back, weights, true));
+        cr_assert_eq(kn_module_find(back, "lm_head")->tensors[0].tensor,
+                     kn_module_find(back, "wte")->tensors[0].tensor, "still tied");
+        kn_module_train(back, false);
+        kn_safetensors *file = kn_safetensors_load(io);
+        cr_assert_not_null(file, "%s", kn_last_error());
+        kn_tensor *theirs[2] = {kn_safetensors_get(file, "tokens"),
+                                kn_safetensors_get(file, "padding")};
+        kn_no_grad_begin();
+        ASSERT_OK(kn_module_forward_outputs(back, theirs, 2, &logits, 1, &count));
+        kn_no_grad_end();
+        float diff =
+            kn_item(kn_max_all(kn_abs(kn_sub(logits, kn_safetensors_get(file, "lm_head")))));
+        cr_assert_leq(diff, 1e-4, "torch's logits differ from Kiln's by %g", diff);
+        kn_safetensors_free(file);
+        kn_module_free(back);
+    }
+    unlink(init);
+    unlink(weights);
+    unlink(io);
+    kn_module_free(m);
+    kn_generator_free(gen);
+    kapi_model_spec_free(spec);
+    kn_scope_end();
+    if (rc == 77) cr_skip_test("/usr/bin/python3 has no torch");
+    cr_assert_eq(rc, 0, "torch disagrees (its message is above)");
 }
 
 /* ---- training ----------------------------------------------------------------------------- */

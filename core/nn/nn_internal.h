@@ -90,5 +90,17 @@ bool kn__linear_parameter_shape(const kn_layer_options *o, const char *name, kn_
 bool kn__embedding_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);
 /* The dtype a graph's first input has (KN_FLOAT32 for none). */
 kn_dtype kn__graph_input_dtype(const kn_module *m);
+/* ---- attention (issue 12): incremental decoding (kv_cache.c) -------------------------- */
+
+typedef struct kn__kv_slot kn__kv_slot;
+/* m's slot in the key/value cache of the incremental forward running on this thread,
+ * or NULL (no such forward, or m not in its model). */
+kn__kv_slot *kn__kv_slot_of(const kn_module *m);
+/* Self-attention during an incremental forward: appends the new positions' keys and
+ * values (from qkv [N, T_new, 3E], the in_proj output) and their padding (int64
+ * [N, T_new], or NULL for none) to slot, and attends the new queries over every cached
+ * position. Returns [N, T_new, E] (the open scope's), or NULL with the error set. */
+kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding, int64_t num_heads,
+                         const kn_attention_args *args);
 
 #endif

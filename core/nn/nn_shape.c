@@ -130,7 +130,8 @@ bool kn_layer_infer(kn_layer_shape *s)
         return kn__shape_fail(s, NULL, "takes %s, got %d",
                               kn__inputs_text(least, most, takes, sizeof takes), s->n_inputs);
     bool any_dtype = row->flags & KN_LAYER_ANY_DTYPE;
-    for (int i = 0; i < s->n_inputs; i++) {
+    bool own_dtypes = row->flags & KN_LAYER_OWN_DTYPES;
+    for (int i = 0; i < s->n_inputs && !own_dtypes; i++) {
         if (any_dtype && s->inputs[i].dtype != s->inputs[0].dtype)
             return kn__shape_fail(s, NULL, "expects inputs of one dtype, got %s and %s",
                                   kn_dtype_name(s->inputs[0].dtype),

@@ -106,6 +106,8 @@ static void load_cuda(void)
     const kn_cuda_train *train = table(handle, KN_CUDA_TRAIN_SYMBOL);
     const kn_cuda_blaslt *blaslt = table(handle, KN_CUDA_BLASLT_SYMBOL);
     const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
+    /* ---- attention (issue 12) ---- */
+    const kn_cuda_attention *attention = table(handle, KN_CUDA_ATTENTION_SYMBOL);
     kn__cuda_module m = {
         .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
         .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
@@ -113,6 +115,8 @@ static void load_cuda(void)
         .train = CHECKED(train, KN_CUDA_TRAIN_ABI),
         .blaslt = CHECKED(blaslt, KN_CUDA_BLASLT_ABI),
         .host = CHECKED(host, KN_CUDA_HOST_ABI),
+        /* ---- attention (issue 12) ---- */
+        .attention = CHECKED(attention, KN_CUDA_ATTENTION_ABI),
     };
     const char *missing = !m.backend  ? KN_CUDA_BACKEND_SYMBOL
                           : !m.reduce ? KN_CUDA_REDUCE_SYMBOL
@@ -121,6 +125,8 @@ static void load_cuda(void)
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
                                       : NULL;
+    /* ---- attention (issue 12) ---- */
+    if (!missing && !m.attention) missing = KN_CUDA_ATTENTION_SYMBOL;
     if (missing) {
         snprintf(cuda_reason, sizeof cuda_reason,
                  "the CUDA module " MODULE_NAME " does not match this build (no %s of this "

@@ -7,6 +7,7 @@
  */
 #include "kn_internal.h"
 #include "kn_train_internal.h"
+#include "kn_layer.h" /* the rows' flags: which modules draw random numbers */
 
 #include <math.h>
 #include <stdio.h>
@@ -496,7 +497,8 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
 static int lend_generator(kn_module *m, kn_generator *gen, kn_module **lent, int capacity, int n)
 {
     if (!m) return n;
-    if (m->kind == KN_MODULE_DROPOUT && !m->dropout_generator) {
+    bool draws = m->kind == KN_MODULE_DROPOUT || (m->layer->flags & KN_LAYER_RANDOM);
+    if (draws && !m->dropout_generator) {
         if (n < capacity) {
             m->dropout_generator = gen;
             lent[n] = m;

@@ -49,6 +49,18 @@ enum {
     ST_METRIC_PUT,
     ST_METRIC_QUERY,
     ST_METRIC_NAMES,
+    /* registry.c */
+    ST_VERSION_ADD,
+    ST_VERSION_GET,
+    ST_VERSION_LIST,
+    ST_VERSION_DELETE,
+    ST_ALIAS_SET,
+    ST_ALIAS_GET,
+    ST_ALIAS_LIST,
+    ST_ALIAS_DELETE,
+    ST_MODEL_JOBS,
+    ST_LOG_APPEND,
+    ST_LOG_QUERY,
     ST_COUNT
 };
 

@@ -117,6 +117,31 @@ static const struct {
      "    AND substr(requested_device, 6) NOT GLOB '*[^0-9]*';"
      "DROP INDEX jobs_queue;"
      "CREATE INDEX jobs_queue_device ON jobs(state, priority DESC, seq, requested_device);"},
+    {5, "model versions, aliases and job logs",
+     /* Uploaded weights (a job's version is the job itself) and aliases naming a version;
+      * both go with their model (the server refuses to delete a model that has versions
+      * unless asked to delete everything). A job's log lines are numbered per job. */
+     "CREATE TABLE model_versions ("
+     "  model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,"
+     "  version TEXT NOT NULL,"
+     "  path TEXT NOT NULL,"
+     "  bytes INTEGER NOT NULL,"
+     "  created_at REAL NOT NULL,"
+     "  info_json TEXT,"
+     "  PRIMARY KEY (model, version)) WITHOUT ROWID;"
+     "CREATE TABLE model_aliases ("
+     "  model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,"
+     "  alias TEXT NOT NULL,"
+     "  version TEXT NOT NULL,"
+     "  updated_at REAL NOT NULL,"
+     "  PRIMARY KEY (model, alias)) WITHOUT ROWID;"
+     "CREATE TABLE job_logs ("
+     "  job_id TEXT NOT NULL,"
+     "  seq INTEGER NOT NULL,"
+     "  time REAL NOT NULL,"
+     "  level TEXT NOT NULL,"
+     "  message TEXT NOT NULL,"
+     "  PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"},
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 

@@ -39,6 +39,7 @@ static const char *const JOB_FIELDS[] = {"model",
                                          "resume_from",
                                          "init_weights",
                                          "submission_id",
+                                         "name",
                                          NULL};
 static const char *const DATA_FIELDS[] = {"train", "test",      "dataset", "validation_split",
                                           "scale", "normalize", NULL};
@@ -60,6 +61,7 @@ static const char *const COSINE_FIELDS[] = {
 static const char *const CONSTANT_FIELDS[] = {"type", "warmup_steps", "warmup_start_factor", NULL};
 static const char *const VALIDATION_FIELDS[] = {"every_steps", "batch_size", NULL};
 static const char *const EARLY_STOPPING_FIELDS[] = {"patience", "min_delta", NULL};
+static const char *const INIT_WEIGHTS_FIELDS[] = {"version", "alias", "job", NULL};
 
 static const char *const NO_PATHS =
     "file paths are not accepted here: upload the data as a dataset and reference it by "
@@ -68,6 +70,67 @@ static const char *const NO_PATHS =
 static const char *const NO_WEIGHT_PATHS =
     "file paths are not accepted here: only the command line (kiln train) reads local "
     "checkpoints and weights";
+
+/* "init_weights": {"version": V[, "alias": A]} or {"job": ID}, for the server. */
+static void parse_init_weights(kapi_errors *errors, const cJSON *init, bool allow_paths,
+                               kapi_job_spec *job)
+{
+    if (allow_paths) {
+        kapi_errors_add(errors, "init_weights",
+                        "a version or job lives on a server: kiln train takes a local weights "
+                        "file (a string); download a version with kiln weights");
+        return;
+    }
+    kapi__check_fields(errors, init, "init_weights", INIT_WEIGHTS_FIELDS);
+    const cJSON *version = cJSON_GetObjectItemCaseSensitive(init, "version");
+    const cJSON *alias = cJSON_GetObjectItemCaseSensitive(init, "alias");
+    const cJSON *from_job = cJSON_GetObjectItemCaseSensitive(init, "job");
+    if (!version == !from_job) {
+        kapi_errors_add(errors, "init_weights",
+                        "expected one of \"version\" (a version or alias of the job's model) "
+                        "and \"job\" (a succeeded job's id)");
+        return;
+    }
+    if (version)
+        kapi__check_name(errors, "init_weights.version", version, job->init_version,
+                         sizeof job->init_version);
+    if (alias && !version)
+        kapi_errors_add(errors, "init_weights.alias", "an alias goes with a version");
+    else if (alias)
+        kapi__check_name(errors, "init_weights.alias", alias, job->init_alias,
+                         sizeof job->init_alias);
+    if (from_job) {
+        bool ok = cJSON_IsString(from_job) && !strncmp(from_job->valuestring, "job_", 4) &&
+                  strlen(from_job->valuestring) < sizeof job->init_job;
+        if (ok)
+            snprintf(job->init_job, sizeof job->init_job, "%s", from_job->valuestring);
+        else {
+            char got[120];
+            kapi__describe(from_job, got, sizeof got);
+            kapi_errors_add(errors, "init_weights.job", "expected a job id (\"job_...\"), got %s",
+                            got);
+        }
+    }
+}
+
+/* "name": a run's label, 1-127 bytes of printable text (spaces allowed). */
+static void parse_run_name(kapi_errors *errors, const cJSON *value, char *out, size_t size)
+{
+    bool ok = cJSON_IsString(value) && value->valuestring[0] && strlen(value->valuestring) < size;
+    for (const unsigned char *c = ok ? (const unsigned char *)value->valuestring : NULL; c && *c;
+         c++)
+        if (*c < 0x20 || *c == 0x7f) ok = false;
+    if (!ok) {
+        char got[120];
+        kapi__describe(value, got, sizeof got);
+        kapi_errors_add(errors, "name",
+                        "expected a run name of 1 to %zu characters without control "
+                        "characters, got %s",
+                        size - 1, got);
+        return;
+    }
+    snprintf(out, size, "%s", value->valuestring);
+}
 
 /* torch.optim's defaults (SGD's lr has none in torch: 0.01 here). */
 static kn_optimizer_options optimizer_defaults(kn_optimizer_kind kind)
@@ -521,8 +584,17 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
 
     get_path(errors, root, "resume_from", "", options.allow_paths, false, NO_WEIGHT_PATHS,
              job->resume_from, sizeof job->resume_from);
-    get_path(errors, root, "init_weights", "", options.allow_paths, false, NO_WEIGHT_PATHS,
-             job->init_weights, sizeof job->init_weights);
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "init_weights");
+    if (cJSON_IsObject(init))
+        parse_init_weights(errors, init, options.allow_paths, job);
+    else
+        get_path(errors, root, "init_weights", "", options.allow_paths, false,
+                 "expected {\"version\": \"...\"} (a version or alias of the model) or "
+                 "{\"job\": \"...\"} (a succeeded job); only the command line (kiln train) "
+                 "reads local weights files",
+                 job->init_weights, sizeof job->init_weights);
+    const cJSON *run_name = cJSON_GetObjectItemCaseSensitive(root, "name");
+    if (run_name) parse_run_name(errors, run_name, job->run_name, sizeof job->run_name);
     if (cJSON_GetObjectItemCaseSensitive(root, "resume_from") &&
         cJSON_GetObjectItemCaseSensitive(root, "init_weights"))
         kapi_errors_add(errors, "init_weights",

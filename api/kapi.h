@@ -127,6 +127,11 @@ typedef struct kapi_job_spec {
     bool allow_tf32;        /* CUDA products may use TF32 (kn_set_allow_tf32); default off */
     char resume_from[512];  /* CLI: a checkpoint path */
     char init_weights[512]; /* CLI: safetensors weights to start from */
+    /* server: "init_weights": {"version": V} (a version or alias of the job's model; the
+     * server pins an alias to its version at submission, keeping the alias beside it) or
+     * {"job": ID} (a succeeded job's final weights). "" when absent. */
+    char init_version[64], init_alias[64], init_job[40];
+    char run_name[128]; /* "name": a label for the run in lists and charts, "" when absent */
     char submission_id[128];
 } kapi_job_spec;
 

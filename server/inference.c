@@ -2,9 +2,11 @@
  * inference.c — the Open Inference Protocol v2 (KServe/Triton REST) routes and the
  * model cache behind them.
  *
- * A model's versions are its succeeded jobs (newest first, the default); a version is
- * loaded from the job's spec and its final weights and kept in a small LRU cache keyed
- * by (model, version). Concurrent requests to one loaded version are batched: each
+ * A model's versions are its succeeded jobs and its uploaded weights, and its aliases
+ * name versions (server/versions.c resolves them; the default is the alias "default",
+ * else the newest version); a version is loaded from its spec and weights and kept in a
+ * small LRU cache keyed by (model, version). Deleting a version or a model forgets its
+ * entries (ksrv_model_cache_forget), so a name uploaded again is loaded afresh. Concurrent requests to one loaded version are batched: each
  * request enqueues its samples; one thread becomes the leader, takes what is queued,
  * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
  * rows; the others wait on a condition variable, and those that arrived during the
@@ -18,7 +20,7 @@
  * with a shape [N, ...] whose per-sample element count matches the model's input_shape
  * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
  */
-#include "ksrv.h"
+#include "registry.h"
 
 #include "kapi.h"
 
@@ -49,7 +51,8 @@ typedef struct infer_request {
 } infer_request;
 
 typedef struct cache_entry {
-    char model[128], version[40];
+    char model[128], version[64];
+    bool stale; /* forgotten while in use: never found again, freed when let go */
     kapi_model_spec *spec;
     kn_module *module;
     int64_t in_numel, out_numel;
@@ -109,39 +112,6 @@ void ksrv_model_cache_free(ksrv_model_cache *cache)
     free(cache);
 }
 
-/* The model spec a version (a job) was trained with: inline, or the stored model it
- * named. NULL with a message. */
-static kapi_model_spec *version_spec(kstore *store, const char *version, char *error, size_t size)
-{
-    kstore_job job;
-    memset(&job, 0, sizeof job);
-    if (kstore_job_get(store, version, &job) != KSTORE_OK) {
-        snprintf(error, size, "unknown version \"%s\"", version);
-        return NULL;
-    }
-    kapi_errors errors = {0};
-    kapi_job_parse_options options = {.allow_paths = false};
-    kapi_job_spec *spec =
-        job.spec_json ? kapi_job_spec_parse(job.spec_json, strlen(job.spec_json), options, &errors)
-                      : NULL;
-    kapi_model_spec *model = NULL;
-    if (spec && spec->model) {
-        model = spec->model;
-        spec->model = NULL; /* taken over */
-    } else if (spec) {
-        kstore_model m;
-        memset(&m, 0, sizeof m);
-        if (kstore_model_get(store, job.model_name, &m) == KSTORE_OK)
-            model = kapi_model_spec_parse(m.spec_json, strlen(m.spec_json), &errors);
-        kstore_model_free(&m);
-    }
-    if (!model) snprintf(error, size, "the model spec of version %s cannot be read", version);
-    kapi_errors_free(&errors);
-    kapi_job_spec_free(spec);
-    kstore_job_free(&job);
-    return model;
-}
-
 static int64_t numel(const int64_t *shape, int ndim)
 {
     int64_t n = 1;
@@ -149,10 +119,11 @@ static int64_t numel(const int64_t *shape, int ndim)
     return n;
 }
 
-/* Builds a version's module from its spec and final weights, in eval mode. */
-static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *model,
-                               const char *version, char *error, size_t size)
+/* Builds a version's module from its spec and weights, in eval mode. */
+static cache_entry *entry_load(ksrv_server *server, kstore *store, const kstore_version *v,
+                               char *error, size_t size)
 {
+    const char *model = v->model, *version = v->version;
     cache_entry *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(error, size, "out of memory");
@@ -161,16 +132,10 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
     snprintf(e->model, sizeof e->model, "%.127s", model);
-    snprintf(e->version, sizeof e->version, "%.39s", version);
-    e->spec = version_spec(store, version, error, size);
-    if (!e->spec) goto fail;
-    kstore_checkpoint weights;
+    snprintf(e->version, sizeof e->version, "%.63s", version);
     char path[1024];
-    if (kstore_checkpoint_latest(store, version, "final", &weights) != KSTORE_OK ||
-        !ksrv_data_path(server, weights.path, path, sizeof path)) {
-        snprintf(error, size, "version %s has no final weights", version);
-        goto fail;
-    }
+    e->spec = ksrv_version_spec(server, store, v, path, sizeof path, error, size);
+    if (!e->spec) goto fail;
     /* a private generator: the initial values are overwritten by the weights */
     kn_generator *gen = kn_generator_new(0);
     e->module = gen ? kapi_model_build(e->spec, gen) : NULL;
@@ -194,12 +159,13 @@ fail:
 
 /* The cached entry of (model, version), loaded when missing; the caller holds a
  * reference until entry_release. */
-static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char *model,
-                              const char *version, char *error, size_t size)
+static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const kstore_version *v,
+                              char *error, size_t size)
 {
+    const char *model = v->model, *version = v->version;
     pthread_mutex_lock(&cache->lock);
     for (cache_entry *e = cache->entries; e; e = e->next) {
-        if (!strcmp(e->model, model) && !strcmp(e->version, version)) {
+        if (!e->stale && !strcmp(e->model, model) && !strcmp(e->version, version)) {
             e->refs++;
             e->last_used = ++cache->clock;
             pthread_mutex_unlock(&cache->lock);
@@ -209,13 +175,13 @@ static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char
     pthread_mutex_unlock(&cache->lock);
 
     /* loading happens outside the lock; a racing load of the same version loses */
-    cache_entry *loaded = entry_load(cache->server, store, model, version, error, size);
+    cache_entry *loaded = entry_load(cache->server, store, v, error, size);
     if (!loaded) return NULL;
     pthread_mutex_lock(&cache->lock);
     cache_entry *found = NULL;
     int count = 0;
     for (cache_entry *e = cache->entries; e; e = e->next, count++)
-        if (!strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
+        if (!e->stale && !strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
     if (found) {
         entry_free(loaded);
         loaded = found;
@@ -242,10 +208,35 @@ static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char
     return loaded;
 }
 
+/* Unlinks and frees e (the cache's lock held; nobody holds e). */
+static void entry_drop(ksrv_model_cache *cache, cache_entry *e)
+{
+    for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            entry_free(e);
+            return;
+        }
+}
+
 static void entry_release(ksrv_model_cache *cache, cache_entry *e)
 {
     pthread_mutex_lock(&cache->lock);
-    e->refs--;
+    if (--e->refs == 0 && e->stale) entry_drop(cache, e);
+    pthread_mutex_unlock(&cache->lock);
+}
+
+void ksrv_model_cache_forget(ksrv_model_cache *cache, const char *model, const char *version)
+{
+    if (!cache) return;
+    pthread_mutex_lock(&cache->lock);
+    for (cache_entry *e = cache->entries, *next; e; e = next) {
+        next = e->next;
+        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0))
+            continue;
+        e->stale = true;
+        if (e->refs == 0) entry_drop(cache, e);
+    }
     pthread_mutex_unlock(&cache->lock);
 }
 
@@ -354,46 +345,18 @@ static void infer_batched(cache_entry *e, infer_request *req, ksrv_stats *stats)
 
 /* ---- versions ------------------------------------------------------------------------ */
 
-/* The version to serve (given, or the newest) into out; false with a 404 response. */
-static bool resolve_version(kstore *store, const char *model, const char *given, char out[40],
-                            int *n_versions, ksrv_response *response)
+/* The version to serve (given: a version or alias; NULL: the default) into *out; false
+ * with a 404 (or 500) response, whose message says "unknown model" for a model that does
+ * not exist. */
+static bool resolve_version(kstore *store, const char *model, const char *given,
+                            kstore_version *out, ksrv_response *response)
 {
-    char(*ids)[40] = NULL;
-    int count = 0;
-    if (kstore_model_versions(store, model, &ids, &count) != KSTORE_OK) {
-        ksrv_respond_v2_error(response, 500, "reading the versions of %s: %s", model,
-                              kstore_last_error(store));
-        return false;
-    }
-    if (n_versions) *n_versions = count;
-    bool ok = false;
-    if (given) {
-        for (int i = 0; i < count && !ok; i++)
-            if (!strcmp(ids[i], given)) {
-                memcpy(out, ids[i], 40);
-                ok = true;
-            }
-        if (!ok)
-            ksrv_respond_v2_error(response, 404, "unknown version \"%s\" of model \"%s\"", given,
-                                  model);
-    } else if (count > 0) {
-        snprintf(out, 40, "%s", ids[0]);
-        ok = true;
-    } else {
-        kstore_model m;
-        memset(&m, 0, sizeof m);
-        bool exists = kstore_model_get(store, model, &m) == KSTORE_OK;
-        kstore_model_free(&m);
-        if (exists)
-            ksrv_respond_v2_error(response, 404,
-                                  "model \"%s\" has no version yet: no job of it "
-                                  "has succeeded",
-                                  model);
-        else
-            ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", model);
-    }
-    free(ids);
-    return ok;
+    char alias[64], message[512];
+    ksrv_resolve_status s = ksrv_resolve_version(store, model, given, out, alias, message,
+                                                 sizeof message);
+    if (s == KSRV_RESOLVED) return true;
+    ksrv_respond_v2_error(response, s == KSRV_RESOLVE_ERROR ? 500 : 404, "%s", message);
+    return false;
 }
 
 static kstore *store_or_500(ksrv_server *server, ksrv_response *response)
@@ -438,15 +401,21 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
     const char *name = request->params[0];
     kstore *store = store_or_500(server, response);
     if (!store) return;
-    char(*ids)[40] = NULL;
+    kstore_version *list = NULL;
     int count = 0;
-    if (kstore_model_versions(store, name, &ids, &count) != KSTORE_OK) {
+    if (kstore_version_list(store, name, &list, &count) != KSTORE_OK) {
         ksrv_respond_v2_error(response, 500, "%s", kstore_last_error(store));
         return;
     }
-    /* the newest version's spec; a model never trained describes itself */
-    char error[256] = "";
-    kapi_model_spec *spec = count > 0 ? version_spec(store, ids[0], error, sizeof error) : NULL;
+    /* the default version's spec; a model never trained describes itself */
+    char error[512] = "", alias[64], path[1024];
+    kstore_version v;
+    kapi_model_spec *spec = NULL;
+    if (count > 0 &&
+        ksrv_resolve_version(store, name, NULL, &v, alias, error, sizeof error) == KSRV_RESOLVED) {
+        spec = ksrv_version_spec(server, store, &v, path, sizeof path, error, sizeof error);
+        kstore_version_free(&v);
+    }
     if (!spec) {
         kstore_model m;
         memset(&m, 0, sizeof m);
@@ -458,21 +427,22 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
         kstore_model_free(&m);
     }
     if (!spec) {
-        free(ids);
+        kstore_version_list_free(list, count);
         ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", name);
         return;
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
     cJSON *versions = cJSON_AddArrayToObject(o, "versions");
-    for (int i = 0; i < count; i++) cJSON_AddItemToArray(versions, cJSON_CreateString(ids[i]));
+    for (int i = 0; i < count; i++)
+        cJSON_AddItemToArray(versions, cJSON_CreateString(list[i].version));
     cJSON_AddStringToObject(o, "platform", "kiln");
     cJSON *inputs = cJSON_AddArrayToObject(o, "inputs");
     cJSON_AddItemToArray(inputs, tensor_meta("input", spec->input_shape, spec->input_ndim));
     cJSON *outputs = cJSON_AddArrayToObject(o, "outputs");
     cJSON_AddItemToArray(outputs, tensor_meta("output", spec->output_shape, spec->output_ndim));
     kapi_model_spec_free(spec);
-    free(ids);
+    kstore_version_list_free(list, count);
     ksrv_respond_json(response, 200, o);
 }
 
@@ -481,9 +451,9 @@ void ksrv_handle_v2_model_ready(ksrv_server *server, ksrv_request *request, ksrv
     const char *name = request->params[0];
     kstore *store = store_or_500(server, response);
     if (!store) return;
-    char version[40];
-    int count = 0;
-    bool ready = resolve_version(store, name, NULL, version, &count, response);
+    kstore_version version;
+    bool ready = resolve_version(store, name, NULL, &version, response);
+    kstore_version_free(&version);
     /* an unknown model keeps its 404 (and a store failure its 500) */
     if (!ready && (response->status != 404 || strstr(response->body, "unknown model"))) return;
     cJSON *o = cJSON_CreateObject();
@@ -766,18 +736,21 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
     const char *model = request->params[0];
     const char *given = request->n_params > 1 ? request->params[1] : NULL;
     kstore *store = store_or_500(server, response);
-    char version[40];
-    if (!store || !resolve_version(store, model, given, version, NULL, response)) return;
+    kstore_version version;
+    if (!store || !resolve_version(store, model, given, &version, response)) return;
     cJSON *body = ksrv_parse_body(request, response);
     if (!body) {
+        kstore_version_free(&version);
         v2_body_error(response);
         return;
     }
     char error[512] = "";
-    cache_entry *e = cache_get(server->models, store, model, version, error, sizeof error);
+    cache_entry *e = cache_get(server->models, store, &version, error, sizeof error);
+    kstore_version_free(&version);
     if (!e) {
         cJSON_Delete(body);
-        ksrv_respond_v2_error(response, 500, "loading %s version %s: %s", model, version, error);
+        ksrv_respond_v2_error(response, 500, "loading %s version %s: %s", model, version.version,
+                              error);
         return;
     }
     parsed_infer p = {0};

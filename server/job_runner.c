@@ -5,7 +5,10 @@
  * normalised and shaped as cli/job.c does it (through the same kapi/kn functions), and
  * the trainer run with callbacks that write metrics, progress and checkpoints to the
  * store and obey cancel, pause and server shutdown. A checkpoint in the store makes the
- * run resume with the same step counter and data order.
+ * run resume with the same step counter and data order; without one, "init_weights" (a
+ * version of the model, or a succeeded job) gives the starting weights. What happens is
+ * written to the job's own log (server/job_log.c): start and device, each evaluation,
+ * checkpoints, warnings, the end or the error with its step.
  *
  * Engine state shared between workers: the default generator (initial weights, dropout,
  * and the RNG state saved in checkpoints) and the thread count of the engine's pool and
@@ -16,6 +19,7 @@
  */
 #include "job_runner.h"
 #include "job_memory.h"
+#include "registry.h"
 
 #include "kapi.h"
 #include "kn_train.h"
@@ -95,7 +99,6 @@ static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const c
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    ksrv_log(KSRV_LOG_WARN, "job %s: failed (%s) %s", r->job->id, code, message);
     /* engine messages name files by their paths: users see them relative to the data
      * directory ("jobs/<id>/..."), not where the server keeps it */
     char root[600];
@@ -104,6 +107,11 @@ static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const c
         if (root[n - 1] != '/' && n + 1 < sizeof root) strcat(root, "/");
         replace_path(message, sizeof message, root, "");
     }
+    if (step >= 0)
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_ERROR, "failed at step %lld: %s: %s",
+                     (long long)step, code, message);
+    else
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_ERROR, "failed: %s: %s", code, message);
     if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_FAILED, code, message, step) !=
         KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording the failure: %s", r->job->id,
@@ -168,7 +176,8 @@ static char *latest_metrics_json(const job_run *r)
 static void store_warn(job_run *r, const char *what)
 {
     if (!r->store_failed)
-        ksrv_log(KSRV_LOG_WARN, "job %s: %s: %s", r->job->id, what, kstore_last_error(r->store));
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "%s: %s", what,
+                     kstore_last_error(r->store));
     r->store_failed = true; /* log once; the next write may succeed */
 }
 
@@ -250,7 +259,8 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
         return KN_ERR_VALUE;
     }
     r->last_checkpoint_step = step;
-    ksrv_log(KSRV_LOG_DEBUG, "job %s: checkpoint at step %lld", r->job->id, (long long)step);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "checkpoint at step %lld (%lld bytes)",
+                 (long long)step, (long long)c.bytes);
     prune_checkpoints(r);
     return KN_OK;
 }
@@ -274,6 +284,10 @@ static kn_status on_step(void *context, const kn_step_info *info)
     r->loss[r->n_points] = (kstore_metric_point){info->step, wall, info->loss};
     r->lr[r->n_points] = (kstore_metric_point){info->step, wall, info->lr};
     r->n_points++;
+    if (info->skipped)
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN,
+                     "step %lld: the loss is not finite (%g): the step was skipped",
+                     (long long)info->step, info->loss);
     if (r->n_points >= FLUSH_STEPS || now - r->last_flush >= FLUSH_SECONDS) flush(r);
 
     if (*r->stopping) {
@@ -287,8 +301,8 @@ static kn_status on_step(void *context, const kn_step_info *info)
     if (r->stop == STOP_NONE) return KN_OK;
     flush(r);
     if (r->stop != STOP_CANCEL && save_checkpoint(r, r->trainer, info->step) != KN_OK)
-        ksrv_log(KSRV_LOG_ERROR, "job %s: checkpoint at step %lld: %s", r->job->id,
-                 (long long)info->step, kn_last_error());
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "checkpoint at step %lld failed: %s",
+                     (long long)info->step, kn_last_error());
     return KN_ERR_VALUE; /* stops kn_trainer_run; r->stop says why */
 }
 
@@ -300,6 +314,11 @@ static kn_status on_eval(void *context, const kn_eval_result *result)
     r->eval_accuracy = result->accuracy;
     add_metric(r, "loss", result->step, result->loss);
     add_metric(r, "accuracy", result->step, result->accuracy);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                 "evaluation at step %lld (epoch %lld): %s_loss %.6g, %s_accuracy %.4f on %lld "
+                 "samples",
+                 (long long)result->step, (long long)result->epoch + 1, r->eval_prefix,
+                 result->loss, r->eval_prefix, result->accuracy, (long long)result->count);
     return KN_OK;
 }
 
@@ -308,12 +327,54 @@ static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
     job_run *r = context;
     kn_status st = save_checkpoint(r, trainer, step);
     if (st != KN_OK) /* a missed checkpoint is not worth failing the job for */
-        ksrv_log(KSRV_LOG_WARN, "job %s: checkpoint at step %lld: %s", r->job->id, (long long)step,
-                 kn_last_error());
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "checkpoint at step %lld failed: %s",
+                     (long long)step, kn_last_error());
     return KN_OK;
 }
 
 /* ---- set-up ------------------------------------------------------------------------ */
+
+/* "init_weights": the pinned version of the job's model, or a succeeded job's final
+ * weights, loaded strictly into model (before it moves to its device). False after
+ * writing the failure. */
+static bool load_init_weights(job_run *r, const kapi_job_spec *spec,
+                              const kapi_model_spec *model_spec, kn_module *model)
+{
+    const char *model_name = spec->model_name[0] ? spec->model_name : model_spec->name;
+    kstore_version v;
+    kstore_status s;
+    if (spec->init_version[0]) {
+        s = kstore_version_get(r->store, model_name, spec->init_version, &v);
+    } else {
+        kstore_job from;
+        s = kstore_job_get(r->store, spec->init_job, &from);
+        if (s == KSTORE_OK) s = kstore_version_get(r->store, from.model_name, from.id, &v);
+        if (s == KSTORE_OK || s == KSTORE_NOT_FOUND) kstore_job_free(&from);
+    }
+    const char *field = spec->init_version[0] ? "init_weights.version" : "init_weights.job";
+    const char *name = spec->init_version[0] ? spec->init_version : spec->init_job;
+    if (s != KSTORE_OK) {
+        fail(r, "invalid_spec", -1, "%s: %s", field,
+             s == KSTORE_NOT_FOUND ? "it is gone (deleted since the job was queued)"
+                                   : kstore_last_error(r->store));
+        return false;
+    }
+    char path[1024];
+    bool ok = v.path[0] && ksrv_data_path(r->server, v.path, path, sizeof path);
+    if (!ok)
+        fail(r, "invalid_spec", -1, "%s: %s has no weights", field, name);
+    else if (kn_module_load_weights(model, path, true) != KN_OK) {
+        ok = false;
+        fail(r, "invalid_spec", -1, "%s: loading %s: %s", field, name, kn_last_error());
+    } else {
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "initial weights: %s %s%s%s%s (%s)",
+                     spec->init_version[0] ? "version" : "job", name,
+                     spec->init_alias[0] ? " (alias " : "", spec->init_alias,
+                     spec->init_alias[0] ? ")" : "", v.path);
+    }
+    kstore_version_free(&v);
+    return ok;
+}
 
 /* The model spec: inline, or the stored model of that name. */
 static kapi_model_spec *resolve_model(job_run *r, const kapi_job_spec *spec, bool *owned)
@@ -482,6 +543,9 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
         add_metric(r, "loss", r->step, e.loss);
         add_metric(r, "accuracy", r->step, e.accuracy);
         r->eval_prefix = prefix;
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                     "test at step %lld: test_loss %.6g, test_accuracy %.4f on %lld samples",
+                     (long long)r->step, e.loss, e.accuracy, (long long)e.count);
     }
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
@@ -498,12 +562,13 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
         return fail(r, "internal", -1, "recording the weights: %s", kstore_last_error(r->store));
     r->eta = 0;
     flush(r);
+    /* the last line before the state: a follower that sees the end has seen it */
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                 "succeeded at step %lld (%.0f samples/s): weights %s (%lld bytes)",
+                 (long long)r->step, r->samples_per_second, rel, (long long)c.bytes);
     if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1) != KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording success: %s", r->job->id,
                  kstore_last_error(r->store));
-    else
-        ksrv_log(KSRV_LOG_INFO, "job %s: succeeded at step %lld (%.0f samples/s)", r->job->id,
-                 (long long)r->step, r->samples_per_second);
     return KSRV_RUN_FINISHED;
 }
 
@@ -512,19 +577,24 @@ static ksrv_run_outcome after_stop(job_run *r)
 {
     switch (r->stop) {
     case STOP_CANCEL:
-        ksrv_log(KSRV_LOG_INFO, "job %s: canceled at step %lld", r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "canceled at step %lld",
+                     (long long)r->step);
         if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_CANCELED, NULL, NULL, -1) !=
             KSTORE_OK)
             store_warn(r, "recording the cancel");
         return KSRV_RUN_FINISHED;
     case STOP_PAUSE:
-        ksrv_log(KSRV_LOG_INFO, "job %s: paused at step %lld", r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                     "paused at step %lld (checkpointed; resume continues from there)",
+                     (long long)r->step);
         if (kstore_job_set_paused(r->store, r->job->id) != KSTORE_OK)
             store_warn(r, "recording the pause");
         return KSRV_RUN_PAUSED;
     case STOP_SHUTDOWN:
-        ksrv_log(KSRV_LOG_INFO, "job %s: stopped at step %lld for shutdown (resumes at start)",
-                 r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                     "stopped at step %lld: the server is shutting down (the job resumes when "
+                     "it starts again)",
+                     (long long)r->step);
         return KSRV_RUN_STOPPED;
     default:
         break;
@@ -619,6 +689,12 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, engine_code(), -1, "building the model: %s", kn_last_error());
         goto done;
     }
+    /* a checkpoint (a resumed job) holds the weights; else init_weights gives them */
+    kstore_checkpoint latest;
+    bool resuming = kstore_checkpoint_latest(store, job->id, "checkpoint", &latest) == KSTORE_OK;
+    if (!resuming && (spec->init_version[0] || spec->init_job[0]) &&
+        !load_init_weights(r, spec, model_spec, model))
+        goto done;
     if (device.type != KN_DEVICE_CPU && kn_module_to(model, device) != KN_OK) {
         /* CUDA out of memory (the message gives the sizes) is the job's, not the device's */
         const char *code =
@@ -660,8 +736,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, "invalid_spec", -1, "train: %s", kn_last_error());
         goto done;
     }
-    kstore_checkpoint latest;
-    if (kstore_checkpoint_latest(store, job->id, "checkpoint", &latest) == KSTORE_OK) {
+    if (resuming) {
         char path[1024];
         if (!ksrv_data_path(server, latest.path, path, sizeof path) ||
             kn_trainer_load_checkpoint(r->trainer, path) != KN_OK) {
@@ -669,7 +744,8 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
             goto done;
         }
         r->last_checkpoint_step = latest.step;
-        ksrv_log(KSRV_LOG_INFO, "job %s: resuming from step %lld", job->id, (long long)latest.step);
+        ksrv_job_log(store, job->id, KSRV_JOB_INFO, "resuming from the checkpoint at step %lld",
+                     (long long)latest.step);
     }
     if (*stopping) { /* shutdown began while loading: stay running, resume at start */
         outcome = KSRV_RUN_STOPPED;
@@ -678,9 +754,16 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     r->first_step = r->step = kn_trainer_step(r->trainer);
     r->start = r->last_flush = r->last_poll = mono_now();
     char device_name[32];
-    ksrv_log(KSRV_LOG_INFO, "job %s: training %s on %lld samples, %s, from step %lld", job->id,
-             model_spec->name[0] ? model_spec->name : "model", (long long)train->count,
-             kn_device_str(device, device_name, sizeof device_name), (long long)r->first_step);
+    ksrv_job_log(store, job->id, KSRV_JOB_INFO,
+                 "started on %s (worker %s, %d engine threads): model %s (%lld parameters), "
+                 "dataset %s: %lld training samples%s, %lld test samples, %lld steps from step "
+                 "%lld",
+                 kn_device_str(device, device_name, sizeof device_name), job->device,
+                 kn_get_num_threads(), model_spec->name[0] ? model_spec->name : "(inline)",
+                 (long long)kn_module_parameter_count(model), spec->data.dataset,
+                 (long long)train->count, validation ? " (a validation split held out)" : "",
+                 test ? (long long)test->count : 0LL, (long long)job->total_steps,
+                 (long long)r->first_step);
 
     kn_train_callbacks callbacks = {
         .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};

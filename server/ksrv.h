@@ -208,6 +208,8 @@ void ksrv_metrics_cache_release(void *handle);
 /* Keeps a copy of body under key with its entity tag (see ksrv_response.etag). */
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag);
 void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
+/* Drops a job's cached answers (its keys start with "<job_id>|"): the job was deleted. */
+void ksrv_metrics_cache_forget(const char *job_id);
 
 /* ---- files under the data directory ---------------------------------------------------- */
 /* data_dir + "/" + relative, into out (size bytes); false when it does not fit. */

@@ -38,6 +38,9 @@ double ksrv_monotonic(void);
 
 /* mkdir -p with mode for the folders it creates. */
 bool ksrv_mkdirs(const char *path, mode_t mode);
+/* Removes data_dir/relative and the files in it (a flat folder: datasets/<name>,
+ * jobs/<id>, models/<name>); nothing when it is absent or the path climbs out. */
+void ksrv_remove_folder(const ksrv_server *server, const char *relative);
 
 /* Maps a store status to an HTTP error response (404 with what, 409, 503, 500). */
 void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_status status,

@@ -18,6 +18,10 @@ bool ksrv_query_int(const ksrv_request *request, ksrv_response *response, const 
 bool ksrv_query_bool(const ksrv_request *request, ksrv_response *response, const char *name,
                      bool *out);
 
+/* 1 (with the job's id) when match takes a queued, running or paused job, 0 when it
+ * takes none, -1 on a store error. */
+int ksrv_active_job_find(kstore *store, bool (*match)(const kstore_job *job, void *context),
+                         void *context, char job_id[40]);
 /* 1 (with the job's id) when a queued, running or paused job names this model or
  * dataset, 0 when none, -1 on a store error. */
 int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,

@@ -13,7 +13,6 @@
 #include "ksrv_http.h"
 #include "routes_v1.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -149,24 +148,6 @@ void ksrv_handle_datasets_get(ksrv_server *server, ksrv_request *request, ksrv_r
     if (store) respond_dataset(response, store, request->params[0], 200);
 }
 
-/* Removes data_dir/datasets/<name> and the files in it (it has no subfolders). */
-static void remove_dataset_files(ksrv_server *server, const char *name)
-{
-    char folder[600], relative[300];
-    snprintf(relative, sizeof relative, "datasets/%s", name);
-    if (!ksrv_data_path(server, relative, folder, sizeof folder)) return;
-    DIR *dir = opendir(folder);
-    if (!dir) return;
-    for (struct dirent *e; (e = readdir(dir));) {
-        if (e->d_name[0] == '.') continue;
-        char path[900];
-        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
-        unlink(path);
-    }
-    closedir(dir);
-    rmdir(folder);
-}
-
 void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
                                  ksrv_response *response)
 {
@@ -189,7 +170,9 @@ void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
         ksrv_respond_store_error(response, store, s, "dataset");
         return;
     }
-    if (ksrv_valid_name(name)) remove_dataset_files(server, name);
+    char folder[300];
+    snprintf(folder, sizeof folder, "datasets/%s", name);
+    if (ksrv_valid_name(name)) ksrv_remove_folder(server, folder);
     ksrv_log(KSRV_LOG_INFO, "dataset %s deleted", name);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "deleted", name);

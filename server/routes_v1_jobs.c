@@ -8,6 +8,7 @@
  */
 #include "job_memory.h"
 #include "ksrv_http.h"
+#include "registry.h"
 #include "routes_v1.h"
 
 #include <math.h>
@@ -31,10 +32,38 @@ static cJSON *time_or_null(double t)
     return t > 0 ? cJSON_CreateNumber(t) : cJSON_CreateNull();
 }
 
+/* The run's name and the recipe a list shows beside it (the spec with its defaults). */
+static void add_recipe(cJSON *o, const kstore_job *j)
+{
+    kapi_errors errors = {0};
+    kapi_job_parse_options options = {.allow_paths = false};
+    kapi_job_spec *spec =
+        j->spec_json ? kapi_job_spec_parse(j->spec_json, strlen(j->spec_json), options, &errors)
+                     : NULL;
+    kapi_errors_free(&errors);
+    cJSON_AddItemToObject(o, "name", spec && spec->run_name[0]
+                                         ? cJSON_CreateString(spec->run_name)
+                                         : cJSON_CreateNull());
+    if (spec) {
+        const kn_train_config *t = &spec->train;
+        cJSON *h = cJSON_AddObjectToObject(o, "hyperparameters");
+        cJSON_AddStringToObject(h, "optimizer", kn_optimizer_kind_name(t->optimizer.kind));
+        cJSON_AddNumberToObject(h, "lr", t->optimizer.lr);
+        cJSON_AddNumberToObject(h, "batch_size", (double)t->batch_size);
+        if (t->max_steps > 0)
+            cJSON_AddNumberToObject(h, "max_steps", (double)t->max_steps);
+        else
+            cJSON_AddNumberToObject(h, "epochs", (double)t->epochs);
+        cJSON_AddNumberToObject(h, "seed", (double)t->seed);
+    }
+    kapi_job_spec_free(spec);
+}
+
 static cJSON *job_json(const kstore_job *j)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", j->id);
+    add_recipe(o, j);
     cJSON_AddStringToObject(o, "state", kstore_job_state_name(j->state));
     cJSON_AddStringToObject(o, "model", j->model_name);
     cJSON_AddStringToObject(o, "dataset", j->dataset_name);
@@ -141,6 +170,87 @@ static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kstor
     return false;
 }
 
+/* "init_weights": the version (or alias) or job must exist, have weights, and hold weights
+ * of the job's model. An alias is pinned here: the stored spec names the version it named
+ * now, and the alias beside it, so a job queued for an hour still starts from what was
+ * asked for. False with the response set. */
+static bool check_init_weights(ksrv_server *server, kstore *store, const kapi_job_spec *spec,
+                               const kstore_model *stored, cJSON *root, ksrv_response *response)
+{
+    if (!spec->init_version[0] && !spec->init_job[0]) return true;
+    const char *model_name = spec->model_name[0] ? spec->model_name : spec->model->name;
+    const char *field = spec->init_version[0] ? "init_weights.version" : "init_weights.job";
+    kstore_version v;
+    char alias[64] = "", message[512];
+    memset(&v, 0, sizeof v);
+    if (spec->init_version[0]) {
+        ksrv_resolve_status rs = ksrv_resolve_version(store, model_name, spec->init_version, &v,
+                                                      alias, message, sizeof message);
+        if (rs != KSRV_RESOLVED) {
+            if (rs == KSRV_RESOLVE_ERROR)
+                ksrv_respond_error(response, 500, "internal", NULL, "%s", message);
+            else
+                ksrv_respond_error(response, 404, "version_not_found", field, "%s: %s", field,
+                                   message);
+            return false;
+        }
+    } else {
+        kstore_job from;
+        kstore_status s = kstore_job_get(store, spec->init_job, &from);
+        if (s == KSTORE_NOT_FOUND) {
+            ksrv_respond_error(response, 404, "job_not_found", field, "%s: no job %s", field,
+                               spec->init_job);
+            return false;
+        }
+        if (s != KSTORE_OK) {
+            ksrv_respond_store_error(response, store, s, "job");
+            return false;
+        }
+        bool succeeded = from.state == KSTORE_JOB_SUCCEEDED;
+        if (succeeded) s = kstore_version_get(store, from.model_name, from.id, &v);
+        if (!succeeded || s != KSTORE_OK) {
+            ksrv_respond_error(response, 400, "invalid_spec", field,
+                               "%s: job %s is %s: only a succeeded job has final weights to "
+                               "start from",
+                               field, from.id, kstore_job_state_name(from.state));
+            kstore_job_free(&from);
+            return false;
+        }
+        kstore_job_free(&from);
+    }
+    char path[1024], why[256];
+    kapi_model_spec *source = ksrv_version_spec(server, store, &v, path, sizeof path, message,
+                                                sizeof message);
+    kapi_model_spec *parsed = NULL;
+    const kapi_model_spec *target = spec->model;
+    if (!target && stored->spec_json) {
+        kapi_errors errors = {0};
+        parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
+        kapi_errors_free(&errors);
+        target = parsed;
+    }
+    bool ok = false;
+    if (!source)
+        ksrv_respond_error(response, 400, "invalid_spec", field, "%s: %s", field, message);
+    else if (target && !ksrv_specs_share_weights(source, target, why, sizeof why))
+        ksrv_respond_error(response, 400, "invalid_spec", field,
+                           "%s: the weights of %s are for another model: its %s", field,
+                           v.version, why);
+    else
+        ok = true;
+    if (ok && spec->init_version[0]) { /* pin the alias to its version */
+        cJSON *init = cJSON_CreateObject();
+        cJSON_AddStringToObject(init, "version", v.version);
+        const char *through = alias[0] ? alias : spec->init_alias;
+        if (through[0]) cJSON_AddStringToObject(init, "alias", through);
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "init_weights", init);
+    }
+    kapi_model_spec_free(source);
+    kapi_model_spec_free(parsed);
+    kstore_version_free(&v);
+    return ok;
+}
+
 void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     long long priority = 0;
@@ -203,6 +313,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     }
     ksrv_job_memory need;
     if (!job_fits(server, spec, &model, samples, response, &need)) goto done;
+    if (!check_init_weights(server, store, spec, &model, root, response)) goto done;
     if (validate_only) {
         /* every check a submission gets, nothing queued (the dashboard's submit form) */
         cJSON *out = cJSON_CreateObject();
@@ -239,8 +350,9 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         goto done;
     }
     if (created) {
-        ksrv_log(KSRV_LOG_INFO, "job %s queued (model %s, dataset %s)", job.id, model_name,
-                 spec->data.dataset);
+        ksrv_job_log(store, job.id, KSRV_JOB_INFO, "queued: model %s, dataset %s, priority %lld%s%s",
+                     model_name, spec->data.dataset, priority,
+                     spec->run_name[0] ? ", name " : "", spec->run_name);
         cJSON *out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "id", job.id);
         cJSON_AddStringToObject(out, "state", kstore_job_state_name(job.state));
@@ -321,8 +433,10 @@ static void change(ksrv_server *server, ksrv_request *request, ksrv_response *re
     memset(&j, 0, sizeof j);
     kstore_status s = fn(store, request->params[0], &j);
     if (s == KSTORE_OK) {
-        ksrv_log(KSRV_LOG_INFO, "job %s: %s -> %s%s", j.id, verb, kstore_job_state_name(j.state),
-                 j.cancel_requested || j.pause_requested ? " (requested)" : "");
+        ksrv_job_log(store, j.id, KSRV_JOB_INFO, "%s: %s%s", verb, kstore_job_state_name(j.state),
+                     j.cancel_requested || j.pause_requested ? " (requested: the worker stops "
+                                                               "at its next step)"
+                                                             : "");
         ksrv_respond_json(response, 200, job_json(&j));
         if (server->workers && !strcmp(verb, "resume")) ksrv_workers_notify(server->workers);
     } else if (s == KSTORE_CONFLICT) {
@@ -499,8 +613,8 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
                               wanted_names ? wanted_names : "*", after_step, max_points,
                               accepts_gzip ? "gzip" : "identity");
     bool keyed = key_length > 0 && (size_t)key_length < sizeof key;
-    /* Only finished jobs are cached and jobs are never deleted, so a hit needs no
-     * look-up of the job. */
+    /* Only finished jobs are cached, and deleting a model's jobs (DELETE /v1/models/{name}
+     * ?force=true) forgets theirs, so a hit needs no look-up of the job. */
     if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) return;
     kstore *store = ksrv_store_or_500(server, response);
     kstore_job j;

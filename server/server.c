@@ -9,6 +9,7 @@
 #include "job_memory.h"
 #include "ksrv_http.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,24 @@ bool ksrv_mkdirs(const char *path, mode_t mode)
     if (mkdir(buffer, mode) != 0 && errno != EEXIST) return false;
     struct stat st;
     return stat(buffer, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void ksrv_remove_folder(const ksrv_server *server, const char *relative)
+{
+    char folder[600];
+    if (!relative[0] || strstr(relative, "..") ||
+        !ksrv_data_path(server, relative, folder, sizeof folder))
+        return;
+    DIR *dir = opendir(folder);
+    if (!dir) return;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char path[900];
+        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
+        unlink(path);
+    }
+    closedir(dir);
+    rmdir(folder);
 }
 
 bool ksrv_data_path(const ksrv_server *server, const char *relative, char *out, size_t size)

@@ -4,9 +4,11 @@
 set -euo pipefail
 
 # dataset-fashion-mnist: the data the examples, tests and benchmarks train on
-# (/usr/share/datasets/fashion-mnist/).
+# (/usr/share/datasets/fashion-mnist/). libcurl4-openssl-dev: the kiln client's HTTP
+# (https, proxies, keep-alive).
 packages=(build-essential cmake pkg-config libopenblas-dev libcriterion-dev
-          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev dataset-fashion-mnist)
+          libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev libcurl4-openssl-dev
+          dataset-fashion-mnist)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

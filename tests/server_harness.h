@@ -2,7 +2,7 @@
  * server_harness.h — what the tests that drive a real kilnd share (test_server_api.c,
  * test_full_server_fmnist.c): a temporary directory, the built kilnd started on a free
  * loopback port with its data directory there, requests over the kiln client's own
- * HTTP code (cli/http_client.c, compiled in here), and a clean stop that surfaces any
+ * HTTP code (cli/khttp.h over libcurl, the kiln_http library), and a clean stop that surfaces any
  * sanitizer report from the daemon's log. Header-only (static) so each test has its own.
  * Debugging: KILN_KEEP_TEST_DIR=1 keeps the directory (and kilnd.log); KILN_TEST_GDB=1
  * runs kilnd under gdb, so a crash leaves its backtrace in the log.
@@ -10,7 +10,18 @@
 #ifndef KILN_SERVER_HARNESS_H
 #define KILN_SERVER_HARNESS_H
 
-#include "../cli/http_client.c"
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* nftw, mkdtemp */
+#endif
+#include "khttp.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cJSON.h>
 #include <criterion/criterion.h>

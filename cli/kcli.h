@@ -10,6 +10,7 @@
 #include "kn_train.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 
 /* Exit codes: 0 success, 1 a runtime error, 2 a usage or spec error. */
 #define KCLI_EXIT_RUNTIME 1
@@ -50,14 +51,40 @@ int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_validate(const char *path, const kcli_options *options);
 
+/* ---- the progress bar (progress_bar.c) ---------------------------------------------- */
+typedef struct kcli_bar {
+    FILE *out;
+    bool tty;  /* a terminal: one line redrawn in place */
+    bool open; /* a bar is on screen */
+    double last_draw;
+} kcli_bar;
+
+typedef struct kcli_bar_state {
+    const char *label; /* "running", "epoch", ... (may be NULL) */
+    int64_t step, total;
+    int64_t epoch, epochs; /* epoch counted from 0; epochs 0: unknown; epoch < 0: none */
+    double loss;           /* NaN: none yet */
+    double samples_per_second, eta_seconds; /* eta < 0: unknown */
+    const char *note;      /* appended, e.g. "(skipped)" */
+} kcli_bar_state;
+
+/* enabled false (--quiet) never draws. */
+void kcli_bar_init(kcli_bar *bar, FILE *out, bool enabled);
+/* Redraws the bar on a terminal (throttled unless force); nothing elsewhere. */
+void kcli_bar_draw(kcli_bar *bar, const kcli_bar_state *state, bool force);
+/* A plain line (ends a drawn bar first): for logs and pipes. */
+void kcli_bar_line(kcli_bar *bar, const kcli_bar_state *state);
+/* Ends a drawn bar's line. */
+void kcli_bar_end(kcli_bar *bar);
+/* "1:02:03", "2:03", or "?" for unknown. */
+void kcli_format_duration(double seconds, char *out, size_t size);
+
 /* ---- progress (progress.c) ---------------------------------------------------------- */
 typedef struct kcli_progress {
     const kcli_options *options;
-    bool tty;           /* stderr is a terminal: one line redrawn with \r */
-    bool line_open;     /* a progress bar is on screen */
+    kcli_bar bar;       /* stderr */
     int64_t first_step; /* the step the run started at (resumed runs) */
     double start;       /* seconds */
-    double last_draw;
     volatile int *interrupted;
     kn_trainer *trainer; /* for checkpoints */
     int64_t checkpoints_written;

@@ -29,6 +29,7 @@ bool kcli_request(const kcli_args *a, const char *method, const char *path, cons
                        .base_url = a->url,
                        .path = path,
                        .token = a->token,
+                       .ca_file = a->ca_file,
                        .body = body,
                        .body_length = body ? strlen(body) : 0,
                        .body_file = body_file,

@@ -359,6 +359,7 @@ static int follow_log(const kcli_args *a, const char *id)
                                  .base_url = a->url,
                                  .path = path,
                                  .token = a->token,
+                                 .ca_file = a->ca_file,
                                  .on_data = on_events,
                                  .on_data_context = &r,
                                  .timeout_seconds = 60};
@@ -461,6 +462,7 @@ int kcli_cmd_weights(kcli_args *a)
                            .base_url = a->url,
                            .path = path,
                            .token = a->token,
+                           .ca_file = a->ca_file,
                            .out_file = part,
                            .resume = true,
                            .timeout_seconds = 60};

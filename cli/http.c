@@ -269,6 +269,7 @@ bool khttp_do(const khttp_request *request, khttp_response *response, char *erro
     curl_easy_setopt(handle, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(handle, CURLOPT_LOW_SPEED_TIME, (long)(timeout + 0.999));
     curl_easy_setopt(handle, CURLOPT_USERAGENT, "kiln/" "0.1");
+    if (request->ca_file) curl_easy_setopt(handle, CURLOPT_CAINFO, request->ca_file);
     const char *method = request->method ? request->method : "GET";
     if (request->body_file) {
         body_file = fopen(request->body_file, "rb");

@@ -35,6 +35,7 @@ typedef struct kcli_args {
     /* client commands */
     const char *url;  /* --url, else $KILN_URL, else http://127.0.0.1:8080 */
     char token[512];  /* --token-file FILE, else $KILN_TOKEN */
+    const char *ca_file; /* --cacert FILE, else $KILN_CACERT: a private CA for https */
     bool follow, validate_only, force, remove, read_stdin, softmax, lenient;
     const char *state, *output, *format, *version, *strip_prefix, *names;
     long long priority, step, after, max_points;

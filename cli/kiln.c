@@ -27,6 +27,7 @@ enum {
     OPT_LOG_EVERY,
     OPT_URL,
     OPT_TOKEN_FILE,
+    OPT_CACERT,
     OPT_STATE,
     OPT_PRIORITY,
     OPT_VALIDATE_ONLY,
@@ -68,6 +69,8 @@ static const option_spec OPTIONS[] = {
      "kilnd's address (default $KILN_URL, else http://127.0.0.1:8080; https works)"},
     {"token-file", required_argument, OPT_TOKEN_FILE, "FILE",
      "the bearer token (default: $KILN_TOKEN)"},
+    {"cacert", required_argument, OPT_CACERT, "FILE",
+     "PEM certificates to trust for https (default: $KILN_CACERT, else the system's)"},
     {"follow", no_argument, OPT_FOLLOW, NULL, "keep showing what happens until the job ends"},
     {"state", required_argument, OPT_STATE, "S",
      "queued, running, paused, succeeded, failed or canceled"},
@@ -114,7 +117,7 @@ static const option_spec OPTIONS[] = {
 };
 #define N_OPTIONS ((int)(sizeof OPTIONS / sizeof OPTIONS[0]))
 
-static const char CLIENT_OPTIONS[] = "url token-file json";
+static const char CLIENT_OPTIONS[] = "url token-file cacert json";
 static const char UPLOAD_FILES[] = "train-inputs train-images train-labels train-targets "
                                    "test-inputs test-images test-labels test-targets train-csv "
                                    "test-csv";
@@ -263,7 +266,7 @@ static void print_help(void)
     }
     printf("\nclient commands take --url URL (default $KILN_URL, else http://127.0.0.1:8080;\n"
            "https and proxies from http_proxy/https_proxy work), --token-file FILE (default\n"
-           "$KILN_TOKEN) and --json.\n"
+           "$KILN_TOKEN), --cacert FILE (a private CA) and --json.\n"
            "A CHECKPOINT is a checkpoint or weights file (safetensors) written by kiln train\n"
            "--out or downloaded with kiln weights, or a PyTorch state_dict saved with\n"
            "safetensors.torch.save_file.\n"
@@ -314,6 +317,7 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
         if ((integer_ok = parse_integer(value, 0, &v))) a->local.log_every = v;
         break;
     case OPT_URL: a->url = value; break;
+    case OPT_CACERT: a->ca_file = value; break;
     case OPT_TOKEN_FILE:
         if (!read_token(value, a->token, sizeof a->token)) return KCLI_EXIT_RUNTIME;
         break;
@@ -472,6 +476,8 @@ int main(int argc, char **argv)
     if (c->client) {
         const char *env = getenv("KILN_URL");
         if (!a.url) a.url = env && env[0] ? env : "http://127.0.0.1:8080";
+        if (!a.ca_file && getenv("KILN_CACERT") && getenv("KILN_CACERT")[0])
+            a.ca_file = getenv("KILN_CACERT");
         if (!a.token[0] && getenv("KILN_TOKEN"))
             snprintf(a.token, sizeof a.token, "%s", getenv("KILN_TOKEN"));
     }

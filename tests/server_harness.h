@@ -301,6 +301,65 @@ H_FN const cJSON *h_series(const cJSON *doc, const char *name)
     return NULL;
 }
 
+/* A small tabular problem: sample i of 4 features is class i % 3, around its class's
+ * centre with noise from an LCG (deterministic in seed and i). */
+#define H_BLOB_FEATURES 4
+#define H_BLOB_CLASSES 3
+H_FN int h_blob(uint32_t seed, int i, float x[H_BLOB_FEATURES])
+{
+    static const float centres[H_BLOB_CLASSES][H_BLOB_FEATURES] = {
+        {2, 0, 0, 1}, {0, 2, 0, -1}, {0, 0, 2, 0}};
+    uint32_t s = seed * 2654435761u + (uint32_t)i * 40503u + 7;
+    int label = i % H_BLOB_CLASSES;
+    for (int k = 0; k < H_BLOB_FEATURES; k++) {
+        s = s * 1664525u + 1013904223u;
+        x[k] = centres[label][k] + ((float)(s >> 8) / 16777216.0f - 0.5f);
+    }
+    return label;
+}
+
+/* n blobs as CSV: x0..x3 and a label column. */
+H_FN void h_write_blobs_csv(const char *path, uint32_t seed, int n)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("x0,x1,x2,x3,label\n", f);
+    for (int i = 0; i < n; i++) {
+        float x[H_BLOB_FEATURES];
+        int label = h_blob(seed, i, x);
+        fprintf(f, "%.6f,%.6f,%.6f,%.6f,%d\n", x[0], x[1], x[2], x[3], label);
+    }
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* Writes an NPY (version 1) file: descr "<f4" or "<i8", C order. */
+H_FN void h_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
+                      const void *data, size_t bytes)
+{
+    char dims[128] = "";
+    for (int i = 0; i < ndim; i++) {
+        size_t n = strlen(dims);
+        snprintf(dims + n, sizeof dims - n, "%lld%s", (long long)shape[i],
+                 ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+    }
+    char header[256];
+    int n = snprintf(header, sizeof header,
+                     "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
+    int total = 10 + n + 1;
+    int padded = (total + 63) / 64 * 64;
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    uint16_t length = (uint16_t)(padded - 10);
+    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+    fputc(length & 0xff, f);
+    fputc(length >> 8, f);
+    fwrite(header, 1, (size_t)n, f);
+    for (int i = total; i < padded; i++) fputc(' ', f);
+    fputc('\n', f);
+    fwrite(data, 1, bytes, f);
+    cr_assert_eq(fclose(f), 0);
+}
+
 /* Writes an IDX file: images (ndim 3, type 0x08) or labels (ndim 1). */
 H_FN void h_write_idx(const char *path, const uint8_t *data, int ndim, const int32_t *dims)
 {

@@ -41,39 +41,12 @@ TestSuite(server_registry, .fini = teardown, .timeout = 300);
 
 #define N_TRAIN 300
 #define N_TEST 90
-#define FEATURES 4
-#define CLASSES 3
+#define FEATURES H_BLOB_FEATURES
+#define CLASSES H_BLOB_CLASSES
 
 static const char MODEL[] = "{\"name\": \"blobs\", \"input_shape\": [4], \"layers\": ["
                             "{\"type\": \"linear\", \"out_features\": 16}, {\"type\": \"relu\"},"
                             " {\"type\": \"linear\", \"out_features\": 3}]}";
-
-/* Sample i: class i % 3 around its centre, with noise from a small LCG. */
-static int blob(uint32_t seed, int i, float x[FEATURES])
-{
-    static const float centres[CLASSES][FEATURES] = {
-        {2, 0, 0, 1}, {0, 2, 0, -1}, {0, 0, 2, 0}};
-    uint32_t s = seed * 2654435761u + (uint32_t)i * 40503u + 7;
-    int label = i % CLASSES;
-    for (int k = 0; k < FEATURES; k++) {
-        s = s * 1664525u + 1013904223u;
-        x[k] = centres[label][k] + ((float)(s >> 8) / 16777216.0f - 0.5f);
-    }
-    return label;
-}
-
-static void write_csv(const char *path, uint32_t seed, int n)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs("x0,x1,x2,x3,label\n", f);
-    for (int i = 0; i < n; i++) {
-        float x[FEATURES];
-        int label = blob(seed, i, x);
-        fprintf(f, "%.6f,%.6f,%.6f,%.6f,%d\n", x[0], x[1], x[2], x[3], label);
-    }
-    cr_assert_eq(fclose(f), 0);
-}
 
 /* Starts kilnd with extra flags, uploads the blobs dataset and stores the model. */
 static void start(const char *const *extra)
@@ -84,7 +57,7 @@ static void start(const char *const *extra)
     for (int i = 0; i < 2; i++) {
         char file[512], path[256];
         snprintf(file, sizeof file, "%s/%s.csv", H.files_dir, roles[i]);
-        write_csv(file, (uint32_t)i + 1, i ? N_TEST : N_TRAIN);
+        h_write_blobs_csv(file, (uint32_t)i + 1, i ? N_TEST : N_TRAIN);
         snprintf(path, sizeof path, "/v1/datasets/blobs/files/%s?format=csv", roles[i]);
         khttp_response r = h_request_full(&H, "PUT", path, NULL, 0, file, NULL, NULL);
         cr_assert(r.status == 200 || r.status == 201, "PUT %s: %d %s", path, r.status, r.body);
@@ -153,7 +126,7 @@ static void infer(const char *path, int n, const float *x, float *out, char *ver
 static void served(const char *path, char version[64])
 {
     float x[FEATURES], out[CLASSES];
-    blob(9, 0, x);
+    h_blob(9, 0, x);
     infer(path, 1, x, out, version);
 }
 
@@ -341,7 +314,7 @@ Test(server_registry, upload_weights)
     cJSON_Delete(doc);
     khttp_response_free(&r);
     float x[10 * FEATURES], want[10 * CLASSES], got[10 * CLASSES];
-    for (int i = 0; i < 10; i++) blob(11, i, x + i * FEATURES);
+    for (int i = 0; i < 10; i++) h_blob(11, i, x + i * FEATURES);
     snprintf(path, sizeof path, "/v2/models/blobs/versions/%s/infer", job);
     infer(path, 10, x, want, NULL);
     infer("/v2/models/blobs/versions/copy/infer", 10, x, got, NULL);

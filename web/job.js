@@ -1,8 +1,9 @@
 // job.js — one job: its curves growing live (the event stream, or polling with
 // after_step when streaming fails), smoothing and log axis controls, its state and
-// error, checkpoints with download links, and its spec.
+// error, its run name and recipe, checkpoints with download links, its own log (lines
+// streamed as they are written) and its spec.
 import { api, download, el, errorText, fmtBytes, fmtDuration, fmtNum, getToken, jobEvents,
-  num, terminal } from './api.js';
+  jobLog, num, terminal } from './api.js';
 import { chartsAvailable, color, groupOf, GROUP_TITLES, LineChart, Series } from './chart.js';
 
 // The first load asks the server for at most this many points per series (min/max
@@ -45,6 +46,8 @@ export function jobView(root, id) {
   const chartBox = el('div', { class: 'charts', id: 'charts' });
   const ckptBody = el('tbody');
   const specPre = el('pre', { id: 'job-spec' });
+  const logPre = el('pre', { id: 'job-log' });
+  let logStream = null, logTimer = null, lastLine = 0;
   const noCharts = chartsAvailable() ? '' : el('div', { class: 'note' },
     'This kilnd was built without the chart library (npm was missing): curves are not drawn.');
   root.append(title, info, errorBox,
@@ -57,6 +60,7 @@ export function jobView(root, id) {
     el('h2', {}, 'Checkpoints'),
     el('table', { id: 'checkpoints' }, el('thead', {}, el('tr', {},
       el('th', {}, 'Step'), el('th', {}, 'Kind'), el('th', {}, 'Size'), el('th', {}, 'Download'))), ckptBody),
+    el('h2', {}, 'Log'), logPre,
     el('h2', {}, 'Spec'), specPre);
 
   function showError(text) {
@@ -71,7 +75,11 @@ export function jobView(root, id) {
     badge.textContent = j.state;
     const p = j.progress || { step: j.step, total_steps: j.total_steps, epoch: j.epoch };
     const m = j.metrics || {};
-    const rows = [['Model', j.model], ['Dataset', j.dataset], ['Device', j.device],
+    const h = j.hyperparameters || {};
+    const recipe = h.optimizer ? `${h.optimizer}, lr ${fmtNum(h.lr)}, batch ${h.batch_size}, ` +
+      (h.epochs != null ? `${h.epochs} epochs` : `${h.max_steps} steps`) : null;
+    const rows = [['Name', j.name], ['Model', j.model], ['Dataset', j.dataset], ['Recipe', recipe],
+      ['Device', j.device],
       ['Step', `${p.step} / ${p.total_steps || '?'} (epoch ${p.epoch})`],
       ['ETA', j.state === 'running' ? fmtDuration(j.eta_seconds) : ''],
       ['Samples/s', fmtNum(j.samples_per_second, 3)],
@@ -129,6 +137,42 @@ export function jobView(root, id) {
     });
   }
 
+  // ---- the log --------------------------------------------------------------------------
+  function addLine(line) {
+    if (line.seq <= lastLine) return;
+    lastLine = line.seq;
+    const atBottom = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+    const time = new Date(line.time * 1000).toISOString().replace('T', ' ').slice(0, 23);
+    logPre.append(el('div', { class: line.level, 'data-seq': line.seq },
+      `${time} ${line.level.padEnd(5)} ${line.message}`));
+    if (atBottom) logPre.scrollTop = logPre.scrollHeight;
+  }
+
+  // Reads what is there, page by page; then follows a live job (or polls if streams fail).
+  async function loadLog(follow) {
+    for (;;) {
+      const r = await api('GET', `/v1/jobs/${id}/logs?after=${lastLine}&limit=1000`);
+      if (stopped || !r.ok) return;
+      r.data.lines.forEach(addLine);
+      if (!r.data.more) {
+        if (terminal(r.data.state) || !follow) return;
+        break;
+      }
+    }
+    logStream = jobLog(id, lastLine, {
+      log: addLine,
+      end: () => { logStream = null; },
+      fail: () => { logStream = null; pollLog(); },
+    });
+  }
+
+  async function pollLog() {
+    const r = await api('GET', `/v1/jobs/${id}/logs?after=${lastLine}&limit=1000`);
+    if (stopped) return;
+    if (r.ok) r.data.lines.forEach(addLine);
+    if (!(r.ok && terminal(r.data.state) && !r.data.more)) logTimer = setTimeout(pollLog, 2000);
+  }
+
   const lastStep = () => Math.max(-1, ...[...series.values()].map((s) => s.last));
 
   async function poll() {
@@ -153,6 +197,7 @@ export function jobView(root, id) {
     showJob(j.data);
     if (m.ok) addPoints(m.data.series);
     if (c.ok) c.data.checkpoints.forEach(addCheckpoint);
+    loadLog(!terminal(j.data.state));
     if (terminal(j.data.state)) return;
     liveNote.textContent = 'live';
     stream = jobEvents(id, lastStep(), {
@@ -171,7 +216,9 @@ export function jobView(root, id) {
   return () => {
     stopped = true;
     if (stream) stream.close();
+    if (logStream) logStream.close();
     clearTimeout(pollTimer);
+    clearTimeout(logTimer);
     cancelAnimationFrame(frame);
     window.removeEventListener('resize', onResize);
     for (const c of charts.values()) c.destroy();

@@ -4,7 +4,7 @@
  *
  * A model's versions are its succeeded jobs and its uploaded weights, and its aliases
  * name versions (server/versions.c resolves them; the default is the alias "default",
- * else the newest version); a version is loaded from its spec and weights and kept in a
+ * else the newest succeeded job); a version is loaded from its spec and weights and kept in a
  * small LRU cache keyed by (model, version). Deleting a version or a model forgets its
  * entries (ksrv_model_cache_forget), so a name uploaded again is loaded afresh. Concurrent requests to one loaded version are batched: each
  * request enqueues its samples; one thread becomes the leader, takes what is queued,

@@ -7,7 +7,7 @@
  * A version is a succeeded job of the model (its id) or a weights file uploaded under a
  * name. An alias names one version; the v2 routes and "init_weights" take an alias
  * wherever they take a version. The default version is the alias "default" when set,
- * else the newest version.
+ * else the newest succeeded job (the newest upload for a model with uploads only).
  */
 #ifndef KSRV_REGISTRY_H
 #define KSRV_REGISTRY_H

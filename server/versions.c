@@ -3,9 +3,10 @@
  * resolution of "production" or "job_..." or nothing (the default) into one version, and
  * the spec and weights file a version is served or warm-started with.
  *
- * The default version is the alias "default" when the model has one; otherwise the newest
- * version of either kind (a job's finish or an upload's time), which for a model without
- * uploads is its newest succeeded job, as before aliases existed.
+ * The default version is the alias "default" when the model has one; otherwise its newest
+ * succeeded job, as before versions could be uploaded (an upload never changes what a
+ * model serves by itself: point an alias at it), or, for a model with uploads only, its
+ * newest upload.
  */
 #include "registry.h"
 
@@ -37,7 +38,7 @@ static int model_exists(kstore *store, const char *model)
     return s == KSTORE_OK ? 1 : s == KSTORE_NOT_FOUND ? 0 : -1;
 }
 
-/* The newest version, or NO_MODEL / NO_VERSION. */
+/* The default without an alias, or NO_MODEL / NO_VERSION. */
 static ksrv_resolve_status newest(kstore *store, const char *model, kstore_version *out,
                                   char *message, size_t size)
 {
@@ -48,8 +49,13 @@ static ksrv_resolve_status newest(kstore *store, const char *model, kstore_versi
         return KSRV_RESOLVE_ERROR;
     }
     if (n > 0) {
-        *out = list[0];
-        for (int i = 1; i < n; i++) kstore_version_free(&list[i]);
+        /* the newest succeeded job; a model with uploads only serves its newest upload */
+        int pick = 0;
+        for (int i = n - 1; i >= 0; i--)
+            if (list[i].from_job) pick = i;
+        *out = list[pick];
+        for (int i = 0; i < n; i++)
+            if (i != pick) kstore_version_free(&list[i]);
         free(list);
         return KSRV_RESOLVED;
     }

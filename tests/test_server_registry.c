@@ -2,7 +2,8 @@
  * test_server_registry.c — kilnd's model registry and job logs over real HTTP (the built
  * daemon on a free loopback port, tests/server_harness.h):
  *   versions_aliases_default: a model's versions are its succeeded jobs and uploads; the
- *                    default is the newest until the alias "default" says otherwise; v2
+ *                    default is the newest job (or, with uploads only, the newest upload)
+ *                    until the alias "default" says otherwise; v2
  *                    routes serve aliases; aliases move, resolve through each other, are
  *                    refused for missing versions and bad or taken names, and are deleted.
  *   upload_weights:  safetensors uploads checked against the spec: strict, a wrapper's
@@ -321,7 +322,7 @@ Test(server_registry, upload_weights)
     for (int i = 0; i < 10 * CLASSES; i++) cr_assert_float_eq(got[i], want[i], 1e-6);
     char version[64];
     served("/v2/models/blobs/infer", version);
-    cr_assert_str_eq(version, "copy", "the newest version, uploaded after the job");
+    cr_assert_str_eq(version, job, "an upload does not replace the newest job by itself");
     r = upload("copy", "", original);
     cr_assert_eq(r.status, 409, "versions are immutable: %s", r.body);
     khttp_response_free(&r);
@@ -467,7 +468,7 @@ Test(server_registry, delete_model)
     cJSON_Delete(doc);
     char version[64];
     served("/v2/models/blobs/infer", version); /* nothing was deleted */
-    cr_assert_str_eq(version, "v1");
+    cr_assert_str_eq(version, b);
 
     /* a job that has not finished blocks even ?force=true */
     cJSON *queued = h_json(&H, "POST", "/v1/jobs?priority=-5",
@@ -782,9 +783,11 @@ Test(server_registry, torch_upload_alias_finetune)
     r = upload("torch-v1", "?strip_prefix=net.", weights);
     cr_assert_eq(r.status, 201, "%s", r.body);
     khttp_response_free(&r);
+    char version[64];
+    served("/v2/models/blobs/infer", version);
+    cr_assert_str_eq(version, "torch-v1", "a model with uploads only serves its newest upload");
     cJSON_Delete(h_json(&H, "PUT", "/v1/models/blobs/aliases/production",
                         "{\"version\": \"torch-v1\"}", 201));
-    char version[64];
     infer("/v2/models/blobs/versions/production/infer", n, x, got, version);
     cr_assert_str_eq(version, "torch-v1");
     float before[8 * CLASSES];

@@ -17,30 +17,18 @@
 #define MAX_STEPS 1000000000000LL
 #define MAX_SEED 9007199254740991LL /* 2^53 - 1: larger integers are not exact in JSON */
 
-static const char *const JOB_FIELDS[] = {"model",
-                                         "data",
-                                         "loss",
-                                         "optimizer",
-                                         "lr_schedule",
-                                         "batch_size",
-                                         "epochs",
-                                         "max_steps",
-                                         "seed",
-                                         "shuffle",
-                                         "drop_last",
-                                         "device",
-                                         "allow_tf32",
-                                         "cuda_graph",
-                                         "validation",
-                                         "checkpoint_every_steps",
-                                         "grad_clip_norm",
-                                         "skip_non_finite",
-                                         "early_stopping",
-                                         "resume_from",
-                                         "init_weights",
-                                         "submission_id",
-                                         "name",
-                                         NULL};
+static const char *const JOB_FIELDS[] = {"model",          "data",
+                                         "loss",           "optimizer",
+                                         "lr_schedule",    "batch_size",
+                                         "epochs",         "max_steps",
+                                         "seed",           "shuffle",
+                                         "drop_last",      "device",
+                                         "allow_tf32",     "cuda_graph",
+                                         "validation",     "checkpoint_every_steps",
+                                         "grad_clip_norm", "skip_non_finite",
+                                         "early_stopping", "resume_from",
+                                         "init_weights",   "submission_id",
+                                         "name",           NULL};
 static const char *const DATA_FIELDS[] = {"train", "test",      "dataset", "validation_split",
                                           "scale", "normalize", NULL};
 static const char *const IDX_FIELDS[] = {"format", "images", "labels", NULL};

@@ -113,8 +113,7 @@ double kcli_number(const cJSON *o, const char *name, double fallback)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     if (!cJSON_IsNumber(v))
-        v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "progress"),
-                                             name);
+        v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "progress"), name);
     return cJSON_IsNumber(v) ? v->valuedouble : fallback;
 }
 

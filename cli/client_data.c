@@ -29,8 +29,8 @@ static const char *file_format(const char *path)
 int kcli_cmd_upload(kcli_args *a)
 {
     const char *const *f = a->files;
-    bool arrays = f[KCLI_TRAIN_INPUTS] || f[KCLI_TRAIN_LABELS] || f[KCLI_TEST_INPUTS] ||
-                  f[KCLI_TEST_LABELS];
+    bool arrays =
+        f[KCLI_TRAIN_INPUTS] || f[KCLI_TRAIN_LABELS] || f[KCLI_TEST_INPUTS] || f[KCLI_TEST_LABELS];
     bool tables = f[KCLI_TRAIN_CSV] || f[KCLI_TEST_CSV];
     if (arrays == tables)
         return kcli_usage_error(a, "give inputs and labels (--train-inputs ...) or tables "
@@ -111,8 +111,8 @@ int kcli_cmd_upload(kcli_args *a)
 
 static void print_dataset(const cJSON *d)
 {
-    printf("dataset %s%s%s\n", kcli_string(d, "name"),
-           kcli_string(d, "description")[0] ? ": " : "", kcli_string(d, "description"));
+    printf("dataset %s%s%s\n", kcli_string(d, "name"), kcli_string(d, "description")[0] ? ": " : "",
+           kcli_string(d, "description"));
     const cJSON *file;
     cJSON_ArrayForEach(file, cJSON_GetObjectItemCaseSensitive(d, "files"))
     {

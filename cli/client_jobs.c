@@ -434,8 +434,7 @@ int kcli_cmd_metrics(kcli_args *a)
             const cJSON *p;
             cJSON_ArrayForEach(p, series)
             {
-                printf("%s\t%.0f\t%.9g\n", series->string,
-                       cJSON_GetArrayItem(p, 0)->valuedouble,
+                printf("%s\t%.0f\t%.9g\n", series->string, cJSON_GetArrayItem(p, 0)->valuedouble,
                        metric_value(cJSON_GetArrayItem(p, 2)));
             }
         }

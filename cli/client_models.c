@@ -103,9 +103,8 @@ int kcli_cmd_create_model(kcli_args *a)
     char *body = kcli_read_all(a->positional[0], &size);
     if (!body) return KCLI_EXIT_RUNTIME;
     int rc = 0;
-    cJSON *doc = kcli_expect(a, "POST",
-                             a->validate_only ? "/v1/models?validate_only=true" : "/v1/models",
-                             body, 0, &rc);
+    cJSON *doc = kcli_expect(
+        a, "POST", a->validate_only ? "/v1/models?validate_only=true" : "/v1/models", body, 0, &rc);
     free(body);
     if (!doc) return rc;
     if (a->local.json)
@@ -265,7 +264,8 @@ int kcli_cmd_upload_weights(kcli_args *a)
     return rc;
 }
 
-/* ---- infer ------------------------------------------------------------------------------------ */
+/* ---- infer ------------------------------------------------------------------------------------
+ */
 
 /* Inputs as rows of floats. */
 typedef struct rows {
@@ -281,9 +281,12 @@ static bool all_numeric(const char *line)
         if (end == p) return false;
         p = end;
         while (*p == ' ' || *p == '\t') p++;
-        if (*p == ',') p++;
-        else if (*p && *p != '\r' && *p != '\n') return false;
-        else break;
+        if (*p == ',')
+            p++;
+        else if (*p && *p != '\r' && *p != '\n')
+            return false;
+        else
+            break;
     }
     return true;
 }
@@ -377,9 +380,8 @@ static bool json_rows(const cJSON *doc, int64_t width, rows *out, char *error, s
         bool ok = true;
         flatten(row, out->values + (int64_t)i * width, &count, width, &ok);
         if (!ok || count != width) {
-            snprintf(error, size, "row %d: expected %lld numbers, got %s%lld", i,
-                     (long long)width, ok ? "" : "something else than numbers among ",
-                     (long long)count);
+            snprintf(error, size, "row %d: expected %lld numbers, got %s%lld", i, (long long)width,
+                     ok ? "" : "something else than numbers among ", (long long)count);
             return false;
         }
     }
@@ -476,8 +478,9 @@ static int infer_rows(kcli_args *a, const char *path, const rows *in)
         cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)n));
         cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)in->width));
         cJSON_AddStringToObject(input, "datatype", "FP32");
-        cJSON_AddItemToObject(input, "data", cJSON_CreateFloatArray(in->values + first * in->width,
-                                                                    (int)(n * in->width)));
+        cJSON_AddItemToObject(
+            input, "data",
+            cJSON_CreateFloatArray(in->values + first * in->width, (int)(n * in->width)));
         char *text = cJSON_PrintUnformatted(body);
         cJSON_Delete(body);
         int rc = 0;
@@ -516,8 +519,8 @@ int kcli_cmd_infer(kcli_args *a)
     if (size >= 2 && (unsigned char)data[0] == 0x1f && (unsigned char)data[1] == 0x8b) {
         kapi_errors errors = {0};
         size_t plain_size = 0;
-        char *plain = kapi_gunzip(data, size, a->read_stdin ? "stdin" : source, &plain_size,
-                                  &errors);
+        char *plain =
+            kapi_gunzip(data, size, a->read_stdin ? "stdin" : source, &plain_size, &errors);
         free(data);
         if (!plain) {
             kcli_print_errors(&errors);

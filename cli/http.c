@@ -78,8 +78,8 @@ typedef struct transfer {
     const khttp_request *request;
     khttp_response *response;
     CURL *handle;
-    FILE *out;          /* out_file, opened when a 2xx arrives */
-    long resume_from;   /* bytes of out_file already there */
+    FILE *out;        /* out_file, opened when a 2xx arrives */
+    long resume_from; /* bytes of out_file already there */
     char *body;
     size_t length, capacity, cap;
     bool too_big, write_failed, status_known, streaming;
@@ -268,15 +268,16 @@ bool khttp_do(const khttp_request *request, khttp_response *response, char *erro
      * (server-sent events, a big download) does not */
     curl_easy_setopt(handle, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(handle, CURLOPT_LOW_SPEED_TIME, (long)(timeout + 0.999));
-    curl_easy_setopt(handle, CURLOPT_USERAGENT, "kiln/" "0.1");
+    curl_easy_setopt(handle, CURLOPT_USERAGENT,
+                     "kiln/"
+                     "0.1");
     if (request->ca_file) curl_easy_setopt(handle, CURLOPT_CAINFO, request->ca_file);
     const char *method = request->method ? request->method : "GET";
     if (request->body_file) {
         body_file = fopen(request->body_file, "rb");
         struct stat st;
         if (!body_file || fstat(fileno(body_file), &st) != 0) {
-            snprintf(error, error_size, "cannot read %s: %s", request->body_file,
-                     strerror(errno));
+            snprintf(error, error_size, "cannot read %s: %s", request->body_file, strerror(errno));
             if (body_file) fclose(body_file);
             curl_slist_free_all(headers);
             return false;
@@ -308,10 +309,12 @@ bool khttp_do(const khttp_request *request, khttp_response *response, char *erro
     if (body_file) fclose(body_file);
     curl_slist_free_all(headers);
     /* a request refused early (413 before the whole body was sent) still answered */
-    bool answered = status > 0 && (rc == CURLE_OK || rc == CURLE_SEND_ERROR) && !t.write_failed &&
-                    !t.too_big;
+    bool answered =
+        status > 0 && (rc == CURLE_OK || rc == CURLE_SEND_ERROR) && !t.write_failed && !t.too_big;
     if (!answered) {
-        const char *why = t.error[0] ? t.error : curl_error[0] ? curl_error : curl_easy_strerror(rc);
+        const char *why = t.error[0]      ? t.error
+                          : curl_error[0] ? curl_error
+                                          : curl_easy_strerror(rc);
         snprintf(error, error_size, "%s: %s", url, why);
         free(t.body);
         response->status = 0;

@@ -65,7 +65,7 @@ typedef struct kcli_bar_state {
     int64_t epoch, epochs; /* epoch counted from 0; epochs 0: unknown; epoch < 0: none */
     double loss;           /* NaN: none yet */
     double samples_per_second, eta_seconds; /* eta < 0: unknown */
-    const char *note;      /* appended, e.g. "(skipped)" */
+    const char *note;                       /* appended, e.g. "(skipped)" */
 } kcli_bar_state;
 
 /* enabled false (--quiet) never draws. */

@@ -33,8 +33,8 @@ typedef struct kcli_args {
     int n_positional;
     kcli_options local; /* --json, --quiet, --out, --input, --limit, --threads, --log-every */
     /* client commands */
-    const char *url;  /* --url, else $KILN_URL, else http://127.0.0.1:8080 */
-    char token[512];  /* --token-file FILE, else $KILN_TOKEN */
+    const char *url;     /* --url, else $KILN_URL, else http://127.0.0.1:8080 */
+    char token[512];     /* --token-file FILE, else $KILN_TOKEN */
     const char *ca_file; /* --cacert FILE, else $KILN_CACERT: a private CA for https */
     bool follow, validate_only, force, remove, read_stdin, softmax, lenient;
     const char *state, *output, *format, *version, *strip_prefix, *names;
@@ -63,7 +63,8 @@ double kcli_number(const cJSON *o, const char *name, double fallback);
 /* A string member, "" when absent. */
 const char *kcli_string(const cJSON *o, const char *name);
 /* "kiln CMD: message" and a pointer to --help; returns 2. */
-int kcli_usage_error(const kcli_args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int kcli_usage_error(const kcli_args *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* A whole file (or stdin for "-") into memory, NUL-terminated; NULL after printing why. */
 char *kcli_read_all(const char *path, size_t *size);
 

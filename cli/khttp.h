@@ -35,9 +35,9 @@ typedef struct khttp_request {
                                   (206 appends; a 200 starts the file over) */
     khttp_on_data on_data;     /* stream a 2xx body here instead (out_file NULL) */
     void *on_data_context;
-    const char *ca_file;       /* PEM certificates to trust for https (NULL: the system's) */
-    double timeout_seconds;    /* connect, and no byte for this long; 0: 30 s */
-    size_t max_body_bytes;     /* in-memory response cap; 0: 256 MiB */
+    const char *ca_file;    /* PEM certificates to trust for https (NULL: the system's) */
+    double timeout_seconds; /* connect, and no byte for this long; 0: 30 s */
+    size_t max_body_bytes;  /* in-memory response cap; 0: 256 MiB */
 } khttp_request;
 
 typedef struct khttp_response {

@@ -101,8 +101,7 @@ static const option_spec OPTIONS[] = {
      "training labels or targets: IDX or NPY [N] (or [N, K])"},
     {"train-targets", required_argument, OPT_FILE_FIRST + KCLI_TRAIN_LABELS, "FILE",
      "the same as --train-labels"},
-    {"test-inputs", required_argument, OPT_FILE_FIRST + KCLI_TEST_INPUTS, "FILE",
-     "test inputs"},
+    {"test-inputs", required_argument, OPT_FILE_FIRST + KCLI_TEST_INPUTS, "FILE", "test inputs"},
     {"test-images", required_argument, OPT_FILE_FIRST + KCLI_TEST_INPUTS, "FILE",
      "the same as --test-inputs"},
     {"test-labels", required_argument, OPT_FILE_FIRST + KCLI_TEST_LABELS, "FILE",
@@ -132,7 +131,7 @@ typedef struct command {
     const char *name;
     const char *arguments; /* as in the usage line */
     int min_args, max_args;
-    bool client; /* takes --url and --token-file */
+    bool client;         /* takes --url and --token-file */
     const char *options; /* space-separated long names (besides help) */
     int (*run)(kcli_args *a);
     const char *summary;
@@ -154,8 +153,7 @@ static const command COMMANDS[] = {
      "With --follow, a progress bar until the job ends: exit 0 succeeded, 1 failed or "
      "canceled."},
     {"jobs", "", 0, 0, true, "state limit", kcli_cmd_jobs, "list jobs, newest first", NULL},
-    {"job", "ID", 1, 1, true, "", kcli_cmd_job, "one job: state, progress, metrics, error",
-     NULL},
+    {"job", "ID", 1, 1, true, "", kcli_cmd_job, "one job: state, progress, metrics, error", NULL},
     {"cancel", "ID", 1, 1, true, "", kcli_cmd_cancel, "cancel a job", NULL},
     {"pause", "ID", 1, 1, true, "", kcli_cmd_cancel, "pause a job (it checkpoints)", NULL},
     {"resume", "ID", 1, 1, true, "", kcli_cmd_cancel, "resume a paused job", NULL},
@@ -303,10 +301,18 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
     long long v = 0;
     bool integer_ok = true;
     switch (o->id) {
-    case OPT_JSON: a->local.json = true; break;
-    case OPT_QUIET: a->local.quiet = true; break;
-    case OPT_OUT: a->local.out_dir = value; break;
-    case OPT_INPUT: a->local.input = value; break;
+    case OPT_JSON:
+        a->local.json = true;
+        break;
+    case OPT_QUIET:
+        a->local.quiet = true;
+        break;
+    case OPT_OUT:
+        a->local.out_dir = value;
+        break;
+    case OPT_INPUT:
+        a->local.input = value;
+        break;
     case OPT_LIMIT:
         if ((integer_ok = parse_integer(value, 0, &v))) a->local.limit = v;
         break;
@@ -316,28 +322,66 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
     case OPT_LOG_EVERY:
         if ((integer_ok = parse_integer(value, 0, &v))) a->local.log_every = v;
         break;
-    case OPT_URL: a->url = value; break;
-    case OPT_CACERT: a->ca_file = value; break;
+    case OPT_URL:
+        a->url = value;
+        break;
+    case OPT_CACERT:
+        a->ca_file = value;
+        break;
     case OPT_TOKEN_FILE:
         if (!read_token(value, a->token, sizeof a->token)) return KCLI_EXIT_RUNTIME;
         break;
-    case OPT_FOLLOW: a->follow = true; break;
-    case OPT_STATE: a->state = value; break;
-    case OPT_PRIORITY: integer_ok = parse_integer(value, -1000000, &a->priority); break;
-    case OPT_VALIDATE_ONLY: a->validate_only = true; break;
-    case OPT_FORCE: a->force = true; break;
-    case OPT_DELETE: a->remove = true; break;
-    case OPT_STEP: integer_ok = parse_integer(value, 0, &a->step); break;
-    case OPT_AFTER: integer_ok = parse_integer(value, 0, &a->after); break;
-    case OPT_NAMES: a->names = value; break;
-    case OPT_MAX_POINTS: integer_ok = parse_integer(value, 1, &a->max_points); break;
-    case OPT_VERSION: a->version = value; break;
-    case OPT_STDIN: a->read_stdin = true; break;
-    case OPT_FORMAT: a->format = value; break;
-    case OPT_SOFTMAX: a->softmax = true; break;
-    case OPT_STRIP_PREFIX: a->strip_prefix = value; break;
-    case OPT_NO_STRICT: a->lenient = true; break;
-    case OPT_OUTPUT: a->output = value; break;
+    case OPT_FOLLOW:
+        a->follow = true;
+        break;
+    case OPT_STATE:
+        a->state = value;
+        break;
+    case OPT_PRIORITY:
+        integer_ok = parse_integer(value, -1000000, &a->priority);
+        break;
+    case OPT_VALIDATE_ONLY:
+        a->validate_only = true;
+        break;
+    case OPT_FORCE:
+        a->force = true;
+        break;
+    case OPT_DELETE:
+        a->remove = true;
+        break;
+    case OPT_STEP:
+        integer_ok = parse_integer(value, 0, &a->step);
+        break;
+    case OPT_AFTER:
+        integer_ok = parse_integer(value, 0, &a->after);
+        break;
+    case OPT_NAMES:
+        a->names = value;
+        break;
+    case OPT_MAX_POINTS:
+        integer_ok = parse_integer(value, 1, &a->max_points);
+        break;
+    case OPT_VERSION:
+        a->version = value;
+        break;
+    case OPT_STDIN:
+        a->read_stdin = true;
+        break;
+    case OPT_FORMAT:
+        a->format = value;
+        break;
+    case OPT_SOFTMAX:
+        a->softmax = true;
+        break;
+    case OPT_STRIP_PREFIX:
+        a->strip_prefix = value;
+        break;
+    case OPT_NO_STRICT:
+        a->lenient = true;
+        break;
+    case OPT_OUTPUT:
+        a->output = value;
+        break;
     default:
         if (o->id >= OPT_FILE_FIRST && o->id < OPT_FILE_FIRST + KCLI_UPLOAD_FILES) {
             a->files[o->id - OPT_FILE_FIRST] = value;
@@ -405,8 +449,7 @@ static int parse(const command *c, int argc, char **argv, kcli_args *a)
             return kcli_usage_error(a, "unexpected argument %s", argv[i]);
         a->positional[a->n_positional++] = argv[i];
     }
-    if (a->n_positional < c->min_args)
-        return kcli_usage_error(a, "expected %s", c->arguments);
+    if (a->n_positional < c->min_args) return kcli_usage_error(a, "expected %s", c->arguments);
     return 0;
 }
 
@@ -466,8 +509,7 @@ int main(int argc, char **argv)
     }
     const command *c = find_command(name);
     if (!c) {
-        fprintf(stderr, "kiln: unknown command \"%s\"\nrun `kiln --help` for the commands\n",
-                name);
+        fprintf(stderr, "kiln: unknown command \"%s\"\nrun `kiln --help` for the commands\n", name);
         return KCLI_EXIT_SPEC;
     }
     kcli_args a = {.command = c->name, .local = {.log_every = 100}};

@@ -1,7 +1,8 @@
 /*
  * progress.c — what `kiln train` shows while the trainer runs: the progress bar
- * (progress_bar.c) on a terminal, otherwise a plain line every N steps; evaluations as text or, with --json, one JSON object each
- * on stdout; checkpoints written to --out DIR every checkpoint_every_steps.
+ * (progress_bar.c) on a terminal, otherwise a plain line every N steps; evaluations as text or,
+ * with --json, one JSON object each on stdout; checkpoints written to --out DIR every
+ * checkpoint_every_steps.
  */
 #include "kcli.h"
 
@@ -64,9 +65,9 @@ static kn_status on_step(void *context, const kn_step_info *info)
                       : 0,
         .loss = info->loss,
         .samples_per_second = info->samples_per_second,
-        .eta_seconds = done > 0 ? (now - p->start) / (double)done *
-                                      (double)(info->total_steps - info->step)
-                                : -1,
+        .eta_seconds =
+            done > 0 ? (now - p->start) / (double)done * (double)(info->total_steps - info->step)
+                     : -1,
         .note = info->skipped ? "(non-finite, skipped)" : NULL};
     if (p->bar.tty)
         kcli_bar_draw(&p->bar, &s, last);

@@ -68,8 +68,8 @@ void kcli_bar_draw(kcli_bar *bar, const kcli_bar_state *s, bool force)
     for (int i = 0; i < BAR_WIDTH; i++) cells[i] = i < filled ? '#' : '.';
     cells[BAR_WIDTH] = '\0';
     describe(s, text, sizeof text);
-    fprintf(bar->out, "\r\033[K%s [%s] %3.0f%% %s", s->label ? s->label : "", cells,
-            100 * fraction, text);
+    fprintf(bar->out, "\r\033[K%s [%s] %3.0f%% %s", s->label ? s->label : "", cells, 100 * fraction,
+            text);
     fflush(bar->out);
     bar->open = true;
 }

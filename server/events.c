@@ -37,8 +37,8 @@ typedef struct series_cursor {
 typedef struct stream {
     ksrv_sse *sse; /* the stream being polled, for append_event */
     char job_id[40];
-    int64_t base_after;  /* where series first seen start */
-    int64_t watermark;   /* the id of the events */
+    int64_t base_after; /* where series first seen start */
+    int64_t watermark;  /* the id of the events */
     series_cursor series[MAX_SERIES];
     int n_series;
     struct {
@@ -86,8 +86,10 @@ static void poll_metrics(stream *s, kstore *store)
         series_cursor *c = cursor_for(s, names[i]);
         kstore_metric_point *points = NULL;
         int count = 0;
-        if (!c || kstore_metrics_query(store, s->job_id, names[i], c->after, BACKLOG_POINTS,
-                                       &points, &count) != KSTORE_OK || count == 0) {
+        if (!c ||
+            kstore_metrics_query(store, s->job_id, names[i], c->after, BACKLOG_POINTS, &points,
+                                 &count) != KSTORE_OK ||
+            count == 0) {
             free(points);
             continue;
         }
@@ -123,8 +125,8 @@ static void poll_checkpoints(stream *s, kstore *store)
                    !strcmp(s->sent_checkpoints[k].kind, list[i].kind);
         if (seen || s->n_checkpoints == MAX_CHECKPOINTS_TRACKED) continue;
         s->sent_checkpoints[s->n_checkpoints].step = list[i].step;
-        snprintf(s->sent_checkpoints[s->n_checkpoints].kind,
-                 sizeof s->sent_checkpoints[0].kind, "%s", list[i].kind);
+        snprintf(s->sent_checkpoints[s->n_checkpoints].kind, sizeof s->sent_checkpoints[0].kind,
+                 "%s", list[i].kind);
         s->n_checkpoints++;
         cJSON *c = cJSON_CreateObject();
         cJSON_AddNumberToObject(c, "step", (double)list[i].step);
@@ -157,8 +159,8 @@ static void append_state(stream *s, const kstore_job *j)
     cJSON_AddNumberToObject(o, "step", (double)j->step);
     cJSON_AddNumberToObject(o, "total_steps", (double)j->total_steps);
     cJSON_AddNumberToObject(o, "epoch", (double)j->epoch);
-    cJSON_AddItemToObject(o, "eta_seconds", j->eta_seconds >= 0 ? number(j->eta_seconds)
-                                                                : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "eta_seconds",
+                          j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON_AddItemToObject(o, "samples_per_second", number(j->samples_per_second));
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
@@ -168,9 +170,9 @@ static void append_state(stream *s, const kstore_job *j)
         cJSON *e = cJSON_AddObjectToObject(o, "error");
         cJSON_AddStringToObject(e, "code", j->error_code);
         cJSON_AddStringToObject(e, "message", j->error_message ? j->error_message : "");
-        cJSON_AddItemToObject(e, "step", j->error_step >= 0
-                                             ? cJSON_CreateNumber((double)j->error_step)
-                                             : cJSON_CreateNull());
+        cJSON_AddItemToObject(e, "step",
+                              j->error_step >= 0 ? cJSON_CreateNumber((double)j->error_step)
+                                                 : cJSON_CreateNull());
     }
     append_event(s, "state", o);
 }
@@ -241,12 +243,14 @@ void ksrv_handle_jobs_events(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore_job_free(&j);
 
     int64_t after = -1;
-    const char *last_id = MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND,
-                                                      "Last-Event-ID");
+    const char *last_id =
+        MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "Last-Event-ID");
     const char *query = ksrv_query(request, "after_step");
     if (last_id && last_id[0]) {
-        if (!parse_step(last_id, &after)) after = -1; /* not one of ours: start over */
-        else if (after >= 0) after--;                  /* that step's other series */
+        if (!parse_step(last_id, &after))
+            after = -1; /* not one of ours: start over */
+        else if (after >= 0)
+            after--; /* that step's other series */
     } else if (query && !parse_step(query, &after)) {
         ksrv_respond_error(response, 400, "invalid_query", "after_step",
                            "after_step: expected an integer >= -1, got \"%.40s\"", query);

@@ -6,10 +6,10 @@
  * name versions (server/versions.c resolves them; the default is the alias "default",
  * else the newest succeeded job); a version is loaded from its spec and weights and kept in a
  * small LRU cache keyed by (model, version). Deleting a version or a model forgets its
- * entries (ksrv_model_cache_forget), so a name uploaded again is loaded afresh. Concurrent requests to one loaded version are batched: each
- * request enqueues its samples; one thread becomes the leader, takes what is queued,
- * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
- * rows; the others wait on a condition variable, and those that arrived during the
+ * entries (ksrv_model_cache_forget), so a name uploaded again is loaded afresh. Concurrent requests
+ * to one loaded version are batched: each request enqueues its samples; one thread becomes the
+ * leader, takes what is queued, stacks all inputs, runs one forward (eval mode, no grad) and hands
+ * each request its rows; the others wait on a condition variable, and those that arrived during the
  * forward make the next batch. No request waits for others to come: a lone request runs
  * at once, and under load the batches grow by themselves (Triton's dynamic batcher with
  * no queue delay).
@@ -232,8 +232,7 @@ void ksrv_model_cache_forget(ksrv_model_cache *cache, const char *model, const c
     pthread_mutex_lock(&cache->lock);
     for (cache_entry *e = cache->entries, *next; e; e = next) {
         next = e->next;
-        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0))
-            continue;
+        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0)) continue;
         e->stale = true;
         if (e->refs == 0) entry_drop(cache, e);
     }
@@ -352,8 +351,8 @@ static bool resolve_version(kstore *store, const char *model, const char *given,
                             kstore_version *out, ksrv_response *response)
 {
     char alias[64], message[512];
-    ksrv_resolve_status s = ksrv_resolve_version(store, model, given, out, alias, message,
-                                                 sizeof message);
+    ksrv_resolve_status s =
+        ksrv_resolve_version(store, model, given, out, alias, message, sizeof message);
     if (s == KSRV_RESOLVED) return true;
     ksrv_respond_v2_error(response, s == KSRV_RESOLVE_ERROR ? 500 : 404, "%s", message);
     return false;

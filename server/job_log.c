@@ -125,14 +125,7 @@ static void respond_text(ksrv_response *response, const kstore_log_line *lines, 
                          (int)((lines[i].time - (double)seconds) * 1000), lines[i].level,
                          lines[i].message);
     }
-    if (t.failed || !t.data) {
-        free(t.data);
-        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    response->status = 200;
-    response->body = t.data;
-    response->content_type = "text/plain; charset=utf-8";
+    ksrv_respond_text(response, &t, "text/plain; charset=utf-8");
 }
 
 void ksrv_handle_jobs_logs(ksrv_server *server, ksrv_request *request, ksrv_response *response)
@@ -173,8 +166,8 @@ void ksrv_handle_jobs_logs(ksrv_server *server, ksrv_request *request, ksrv_resp
         snprintf(f->job_id, sizeof f->job_id, "%.39s", id);
         f->after = after;
         /* a reconnecting EventSource says where it was */
-        const char *last_id = MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND,
-                                                          "Last-Event-ID");
+        const char *last_id =
+            MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "Last-Event-ID");
         char *end = NULL;
         long long resumed = last_id && last_id[0] ? strtoll(last_id, &end, 10) : -1;
         if (end && !*end && resumed >= 0) f->after = resumed;

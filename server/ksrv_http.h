@@ -57,6 +57,8 @@ typedef struct ksrv_text {
 void ksrv_text_put(ksrv_text *t, const char *bytes, size_t n);
 void ksrv_text_printf(ksrv_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ksrv_text_json_string(ksrv_text *t, const char *s); /* s as a JSON string literal */
+/* A 200 with t's text as the body (taken) and content_type; a 500 when t failed. */
+void ksrv_respond_text(ksrv_response *response, ksrv_text *t, const char *content_type);
 /* A finite number as the shortest decimal that reads back as the same value: a value
  * that is exactly a float (losses, weights: the engine computes in float32) reads back
  * as that float, any other double as that double. Returns the length written to out,

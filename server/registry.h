@@ -42,8 +42,9 @@ ksrv_resolve_status ksrv_resolve_version(kstore *store, const char *model, const
 /* The model spec a version runs with and the absolute path of its weights: a job's own
  * spec (inline, or the stored model it named), an upload's the stored model's. NULL with
  * message. The caller frees the spec. */
-kapi_model_spec *ksrv_version_spec(ksrv_server *server, kstore *store, const kstore_version *version,
-                                   char *path, size_t path_size, char *message, size_t size);
+kapi_model_spec *ksrv_version_spec(ksrv_server *server, kstore *store,
+                                   const kstore_version *version, char *path, size_t path_size,
+                                   char *message, size_t size);
 
 /* Whether weights trained for spec a load into spec b: the same layers, kinds, shapes and
  * parameters (what the state dicts' names and shapes follow from). False with why. */

@@ -224,14 +224,7 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                      "# TYPE kilnd_inference_batched_requests_total counter\n"
                      "kilnd_inference_batched_requests_total %llu\n",
                      (unsigned long long)batches, (unsigned long long)batched);
-    if (t.failed) {
-        free(t.data);
-        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    response->status = 200;
-    response->body = t.data;
-    response->content_type = "text/plain; version=0.0.4";
+    ksrv_respond_text(response, &t, "text/plain; version=0.0.4");
 }
 
 /* ---- models ------------------------------------------------------------------------ */

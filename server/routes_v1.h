@@ -24,7 +24,6 @@ int ksrv_active_job_find(kstore *store, bool (*match)(const kstore_job *job, voi
                          void *context, char job_id[40]);
 /* 1 (with the job's id) when a queued, running or paused job names this model or
  * dataset, 0 when none, -1 on a store error. */
-int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
-                          char job_id[40]);
+int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40]);
 
 #endif

@@ -41,9 +41,9 @@ static void add_recipe(cJSON *o, const kstore_job *j)
         j->spec_json ? kapi_job_spec_parse(j->spec_json, strlen(j->spec_json), options, &errors)
                      : NULL;
     kapi_errors_free(&errors);
-    cJSON_AddItemToObject(o, "name", spec && spec->run_name[0]
-                                         ? cJSON_CreateString(spec->run_name)
-                                         : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "name",
+                          spec && spec->run_name[0] ? cJSON_CreateString(spec->run_name)
+                                                    : cJSON_CreateNull());
     if (spec) {
         const kn_train_config *t = &spec->train;
         cJSON *h = cJSON_AddObjectToObject(o, "hyperparameters");
@@ -219,8 +219,8 @@ static bool check_init_weights(ksrv_server *server, kstore *store, const kapi_jo
         kstore_job_free(&from);
     }
     char path[1024], why[256];
-    kapi_model_spec *source = ksrv_version_spec(server, store, &v, path, sizeof path, message,
-                                                sizeof message);
+    kapi_model_spec *source =
+        ksrv_version_spec(server, store, &v, path, sizeof path, message, sizeof message);
     kapi_model_spec *parsed = NULL;
     const kapi_model_spec *target = spec->model;
     if (!target && stored->spec_json) {
@@ -234,8 +234,8 @@ static bool check_init_weights(ksrv_server *server, kstore *store, const kapi_jo
         ksrv_respond_error(response, 400, "invalid_spec", field, "%s: %s", field, message);
     else if (target && !ksrv_specs_share_weights(source, target, why, sizeof why))
         ksrv_respond_error(response, 400, "invalid_spec", field,
-                           "%s: the weights of %s are for another model: its %s", field,
-                           v.version, why);
+                           "%s: the weights of %s are for another model: its %s", field, v.version,
+                           why);
     else
         ok = true;
     if (ok && spec->init_version[0]) { /* pin the alias to its version */
@@ -350,9 +350,10 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         goto done;
     }
     if (created) {
-        ksrv_job_log(store, job.id, KSRV_JOB_INFO, "queued: model %s, dataset %s, priority %lld%s%s",
-                     model_name, spec->data.dataset, priority,
-                     spec->run_name[0] ? ", name " : "", spec->run_name);
+        ksrv_job_log(store, job.id, KSRV_JOB_INFO,
+                     "queued: model %s, dataset %s, priority %lld%s%s", model_name,
+                     spec->data.dataset, priority, spec->run_name[0] ? ", name " : "",
+                     spec->run_name);
         cJSON *out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "id", job.id);
         cJSON_AddStringToObject(out, "state", kstore_job_state_name(job.state));

@@ -82,9 +82,9 @@ void ksrv_model_registry_json(kstore *store, const char *model, cJSON *o, bool b
     } else {
         cJSON *list = cJSON_AddArrayToObject(o, "versions");
         for (int i = 0; i < n_versions; i++)
-            cJSON_AddItemToArray(list, version_json(&versions[i], aliases, n_aliases,
-                                                    has_default && !strcmp(resolved.version,
-                                                                           versions[i].version)));
+            cJSON_AddItemToArray(
+                list, version_json(&versions[i], aliases, n_aliases,
+                                   has_default && !strcmp(resolved.version, versions[i].version)));
     }
     if (has_default) kstore_version_free(&resolved);
     kstore_version_list_free(versions, n_versions);
@@ -126,8 +126,8 @@ static void init_weights_of(const kstore_job *job, char version[64], char from_j
 
 typedef struct dependency {
     const char *model;
-    const char *version;       /* NULL: any of the model's (a model delete) */
-    char **model_jobs;         /* the model's jobs, for {"job": ...} from other models */
+    const char *version; /* NULL: any of the model's (a model delete) */
+    char **model_jobs;   /* the model's jobs, for {"job": ...} from other models */
     int n_model_jobs;
 } dependency;
 
@@ -495,8 +495,9 @@ static bool in_state(const kn_named_tensor *state, int n, const char *name)
 /* Maps the file's names (prefix stripped) onto the state dict; false when out of memory or a
  * name is too long (message set). A Kiln checkpoint's optimizer entries are ignored, as
  * kn_module_load_weights does. */
-static bool match_names(const kn_safetensors *file, const char *prefix, const kn_named_tensor *state,
-                        int n_state, matched *m, char *message, size_t size)
+static bool match_names(const kn_safetensors *file, const char *prefix,
+                        const kn_named_tensor *state, int n_state, matched *m, char *message,
+                        size_t size)
 {
     memset(m, 0, sizeof *m);
     size_t n_prefix = prefix ? strlen(prefix) : 0;
@@ -548,7 +549,8 @@ static void prefix_hint(const matched *m, const kn_named_tensor *state, int n_st
         fits += in_state(state, n_state, m->unexpected[i] + n);
     }
     if (fits > 0)
-        snprintf(out, size, "; the file's names look saved from a wrapper module: try ?strip_prefix=%.*s",
+        snprintf(out, size,
+                 "; the file's names look saved from a wrapper module: try ?strip_prefix=%.*s",
                  (int)n, m->unexpected[0]);
 }
 
@@ -695,8 +697,8 @@ void ksrv_handle_models_weights_upload(ksrv_server *server, ksrv_request *reques
     } else if (!ksrv_data_path(server, "models", folder, sizeof folder) ||
                snprintf(folder + strlen(folder), sizeof folder - strlen(folder), "/%s", model) <
                    0 ||
-               !ksrv_mkdirs(folder, 0700) || !ksrv_data_path(server, relative, target,
-                                                              sizeof target)) {
+               !ksrv_mkdirs(folder, 0700) ||
+               !ksrv_data_path(server, relative, target, sizeof target)) {
         ksrv_respond_error(response, 500, "internal", NULL, "cannot make the model's folder: %s",
                            strerror(errno));
     } else {
@@ -752,8 +754,7 @@ static cJSON *alias_json(const kstore_alias *a)
     return o;
 }
 
-void ksrv_handle_models_aliases(ksrv_server *server, ksrv_request *request,
-                                ksrv_response *response)
+void ksrv_handle_models_aliases(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     kstore *store = ksrv_store_or_500(server, response);
     if (!store || !model_or_404(store, request->params[0], response)) return;
@@ -867,8 +868,8 @@ void ksrv_handle_models_alias_delete(ksrv_server *server, ksrv_request *request,
     kstore_alias a;
     kstore_status s = kstore_alias_get(store, model, alias, &a);
     if (s == KSTORE_NOT_FOUND) {
-        ksrv_respond_error(response, 404, "not_found", NULL, "model %s has no alias \"%s\"",
-                           model, alias);
+        ksrv_respond_error(response, 404, "not_found", NULL, "model %s has no alias \"%s\"", model,
+                           alias);
         return;
     }
     if (s == KSTORE_OK) s = kstore_alias_delete(store, model, alias);

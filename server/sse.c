@@ -22,28 +22,14 @@ struct ksrv_sse {
     void *context;
     void (*free_context)(void *);
     double started, last_write;
-    bool ended, failed;
-    char *pending;
-    size_t length, offset, capacity;
+    bool ended;
+    ksrv_text pending; /* what is still to send, from offset on */
+    size_t offset;
 };
 
 static void append(ksrv_sse *s, const char *text, size_t n)
 {
-    if (s->failed) return;
-    if (s->length + n + 1 > s->capacity) {
-        size_t capacity = s->capacity ? s->capacity : 4096;
-        while (capacity < s->length + n + 1) capacity *= 2;
-        char *grown = realloc(s->pending, capacity);
-        if (!grown) {
-            s->failed = true;
-            return;
-        }
-        s->pending = grown;
-        s->capacity = capacity;
-    }
-    memcpy(s->pending + s->length, text, n);
-    s->length += n;
-    s->pending[s->length] = '\0';
+    ksrv_text_put(&s->pending, text, n);
 }
 
 void ksrv_sse_event(ksrv_sse *s, const char *event, int64_t id, cJSON *data)
@@ -51,13 +37,13 @@ void ksrv_sse_event(ksrv_sse *s, const char *event, int64_t id, cJSON *data)
     char *text = cJSON_PrintUnformatted(data);
     cJSON_Delete(data);
     if (!text) {
-        s->failed = true;
+        s->pending.failed = true;
         return;
     }
     char head[128];
-    int n = id >= 0 ? snprintf(head, sizeof head, "id: %lld\nevent: %s\ndata: ", (long long)id,
-                               event)
-                    : snprintf(head, sizeof head, "event: %s\ndata: ", event);
+    int n = id >= 0
+                ? snprintf(head, sizeof head, "id: %lld\nevent: %s\ndata: ", (long long)id, event)
+                : snprintf(head, sizeof head, "event: %s\ndata: ", event);
     append(s, head, (size_t)n);
     append(s, text, strlen(text));
     append(s, "\n\n", 2);
@@ -83,19 +69,19 @@ static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     ksrv_sse *s = cls;
-    if (s->offset == s->length) {
-        s->offset = s->length = 0;
-        if (s->ended || s->failed || s->server->stopping ||
+    if (s->offset == s->pending.length) {
+        s->offset = s->pending.length = 0;
+        if (s->ended || s->pending.failed || s->server->stopping ||
             ksrv_monotonic() - s->started > KSRV_SSE_SECONDS)
             return MHD_CONTENT_READER_END_OF_STREAM;
         poll_once(s);
-        if (s->length == 0 && !s->ended) {
+        if (s->pending.length == 0 && !s->ended) {
             struct timespec pause = {0, POLL_SLEEP_MS * 1000000L};
             nanosleep(&pause, NULL);
             if (!s->server->stopping) poll_once(s);
         }
-        if (s->failed) return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (s->length == 0 && !s->ended) {
+        if (s->pending.failed) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (s->pending.length == 0 && !s->ended) {
             /* nothing new: a comment line (a keep-alive every 15 s, a bare one between) */
             if (ksrv_monotonic() - s->last_write >= KEEPALIVE_SECONDS)
                 append(s, ": keep-alive\n\n", 14);
@@ -103,11 +89,11 @@ static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max)
                 append(s, ":\n", 2);
         }
         s->last_write = ksrv_monotonic();
-        if (s->length == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (s->pending.length == 0) return MHD_CONTENT_READER_END_OF_STREAM;
     }
-    size_t n = s->length - s->offset;
+    size_t n = s->pending.length - s->offset;
     if (n > max) n = max;
-    memcpy(buf, s->pending + s->offset, n);
+    memcpy(buf, s->pending.data + s->offset, n);
     s->offset += n;
     return (ssize_t)n;
 }
@@ -116,7 +102,7 @@ static void free_stream(void *cls)
 {
     ksrv_sse *s = cls;
     if (s->free_context) s->free_context(s->context);
-    free(s->pending);
+    free(s->pending.data);
     free(s);
 }
 
@@ -139,8 +125,8 @@ void ksrv_sse_respond(ksrv_server *server, ksrv_response *response, int retry_ms
     char retry[32];
     int n = snprintf(retry, sizeof retry, "retry: %d\n\n", retry_ms);
     append(s, retry, (size_t)n);
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
-                                                               read_stream, s, free_stream);
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, read_stream, s, free_stream);
     if (!r) {
         free_stream(s);
         ksrv_respond_error(response, 500, "internal", NULL, "cannot create the stream");

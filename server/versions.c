@@ -8,6 +8,7 @@
  * model serves by itself: point an alias at it), or, for a model with uploads only, its
  * newest upload.
  */
+#include "ksrv_http.h"
 #include "registry.h"
 
 #include <stdio.h>
@@ -16,26 +17,26 @@
 
 bool ksrv_valid_version_name(const char *name)
 {
-    size_t n = name ? strlen(name) : 0;
-    if (n == 0 || n > KSRV_VERSION_NAME_MAX || name[0] == '.' || name[0] == '-' ||
-        !strncmp(name, "job_", 4))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    /* a model's name rules, shorter, and two prefixes kept for other things */
+    return name && strlen(name) <= KSRV_VERSION_NAME_MAX && name[0] != '-' &&
+           strncmp(name, "job_", 4) != 0 && ksrv_valid_name(name);
 }
 
-/* Whether the model exists; -1 on a store error. */
-static int model_exists(kstore *store, const char *model)
+/* Why nothing was found for model: it does not exist (NO_MODEL, "unknown model"), or it
+ * does and what was asked is missing (NO_VERSION, with the caller's message kept), or
+ * the store failed. */
+static ksrv_resolve_status nothing_for(kstore *store, const char *model, char *message, size_t size)
 {
     kstore_model m;
     kstore_status s = kstore_model_get(store, model, &m);
     kstore_model_free(&m);
-    return s == KSTORE_OK ? 1 : s == KSTORE_NOT_FOUND ? 0 : -1;
+    if (s == KSTORE_OK) return KSRV_NO_VERSION;
+    if (s == KSTORE_NOT_FOUND) {
+        snprintf(message, size, "unknown model \"%s\"", model);
+        return KSRV_NO_MODEL;
+    }
+    snprintf(message, size, "reading model %s: %s", model, kstore_last_error(store));
+    return KSRV_RESOLVE_ERROR;
 }
 
 /* The default without an alias, or NO_MODEL / NO_VERSION. */
@@ -60,20 +61,11 @@ static ksrv_resolve_status newest(kstore *store, const char *model, kstore_versi
         return KSRV_RESOLVED;
     }
     free(list);
-    int exists = model_exists(store, model);
-    if (exists < 0) {
-        snprintf(message, size, "reading model %s: %s", model, kstore_last_error(store));
-        return KSRV_RESOLVE_ERROR;
-    }
-    if (!exists) {
-        snprintf(message, size, "unknown model \"%s\"", model);
-        return KSRV_NO_MODEL;
-    }
     snprintf(message, size,
              "model \"%s\" has no version yet: no job of it has succeeded and no weights "
              "were uploaded",
              model);
-    return KSRV_NO_VERSION;
+    return nothing_for(store, model, message, size);
 }
 
 ksrv_resolve_status ksrv_resolve_version(kstore *store, const char *model, const char *given,
@@ -101,15 +93,6 @@ ksrv_resolve_status ksrv_resolve_version(kstore *store, const char *model, const
                  kstore_last_error(store));
         return KSRV_RESOLVE_ERROR;
     }
-    int exists = model_exists(store, model);
-    if (exists < 0) {
-        snprintf(message, size, "reading model %s: %s", model, kstore_last_error(store));
-        return KSRV_RESOLVE_ERROR;
-    }
-    if (!exists) {
-        snprintf(message, size, "unknown model \"%s\"", model);
-        return KSRV_NO_MODEL;
-    }
     if (alias[0])
         snprintf(message, size, "alias \"%s\" of model \"%s\" names version \"%s\", which is gone",
                  alias, model, name);
@@ -118,7 +101,7 @@ ksrv_resolve_status ksrv_resolve_version(kstore *store, const char *model, const
                  "unknown version \"%s\" of model \"%s\" (not an alias, an uploaded version "
                  "or a succeeded job of it)",
                  name, model);
-    return KSRV_NO_VERSION;
+    return nothing_for(store, model, message, size);
 }
 
 /* The model spec a job trained: inline, or the stored model it named. */
@@ -153,8 +136,9 @@ static kapi_model_spec *job_spec(kstore *store, const char *job_id, char *messag
     return model;
 }
 
-kapi_model_spec *ksrv_version_spec(ksrv_server *server, kstore *store, const kstore_version *version,
-                                   char *path, size_t path_size, char *message, size_t size)
+kapi_model_spec *ksrv_version_spec(ksrv_server *server, kstore *store,
+                                   const kstore_version *version, char *path, size_t path_size,
+                                   char *message, size_t size)
 {
     if (!version->path[0] || !ksrv_data_path(server, version->path, path, path_size)) {
         snprintf(message, size, "version %s has no final weights", version->version);
@@ -184,9 +168,8 @@ bool ksrv_specs_share_weights(const kapi_model_spec *a, const kapi_model_spec *b
     for (int i = 0; i < a->n_layers; i++) {
         const kapi_layer_spec *x = &a->layers[i], *y = &b->layers[i];
         bool same = x->kind == y->kind && x->parameter_count == y->parameter_count &&
-                    x->in_ndim == y->in_ndim && x->out_ndim == y->out_ndim &&
-                    x->bias == y->bias && x->affine == y->affine &&
-                    x->track_running_stats == y->track_running_stats &&
+                    x->in_ndim == y->in_ndim && x->out_ndim == y->out_ndim && x->bias == y->bias &&
+                    x->affine == y->affine && x->track_running_stats == y->track_running_stats &&
                     x->elementwise_affine == y->elementwise_affine;
         for (int d = 0; same && d < x->in_ndim; d++) same = x->in_shape[d] == y->in_shape[d];
         for (int d = 0; same && d < x->out_ndim; d++) same = x->out_shape[d] == y->out_shape[d];

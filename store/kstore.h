@@ -257,7 +257,7 @@ typedef struct kstore_version {
     char model[128];
     char version[64];
     bool from_job;
-    char path[512];    /* the weights, relative to the data directory ("" if a job has none) */
+    char path[512]; /* the weights, relative to the data directory ("" if a job has none) */
     int64_t bytes;
     double created_at; /* the upload, or the job's finish */
     char *info_json;   /* uploads: what the upload reported (JSON), or NULL */
@@ -299,8 +299,7 @@ typedef struct kstore_job_ref {
     char id[40];
     kstore_job_state state;
 } kstore_job_ref;
-kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref **out,
-                                int *count);
+kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref **out, int *count);
 /* Deletes a model with all of it in one transaction: its jobs with their metrics,
  * checkpoints and log lines, its versions and aliases. CONFLICT (naming the job) while a
  * job of it is queued, running or paused. *job_ids and *paths get the deleted jobs and
@@ -310,8 +309,8 @@ kstore_status kstore_model_delete_all(kstore *store, const char *model, char ***
 
 /* ---- a job's own log (registry.c) ------------------------------------------------------ */
 typedef struct kstore_log_line {
-    int64_t seq; /* 1, 2, ... per job */
-    double time; /* unix seconds */
+    int64_t seq;   /* 1, 2, ... per job */
+    double time;   /* unix seconds */
     char level[8]; /* "info", "warn", "error" */
     char *message;
 } kstore_log_line;

@@ -19,53 +19,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *column_text(sqlite3_stmt *st, int col)
-{
-    const char *text = (const char *)sqlite3_column_text(st, col);
-    return text ? text : "";
-}
-
-/* Grows *items (of size bytes each) to hold n + 1; false when out of memory. */
-static bool grow(void **items, int *cap, int n, size_t size)
-{
-    if (n < *cap) return true;
-    int grown = *cap ? *cap * 2 : 16;
-    void *p = realloc(*items, (size_t)grown * size);
-    if (!p) return false;
-    memset((char *)p + (size_t)*cap * size, 0, (size_t)(grown - *cap) * size);
-    *items = p;
-    *cap = grown;
-    return true;
-}
-
 /* ---- versions ----------------------------------------------------------------------- */
 
 /* Every version of model ?1, both kinds, newest first; ?2 NULL or one version's name. A
  * job's weights are its newest final checkpoint. */
-#define VERSIONS_SQL                                                                            \
-    "SELECT version, from_job, path, bytes, created_at, info_json FROM ("                      \
-    " SELECT j.id AS version, 1 AS from_job, coalesce(c.path, '') AS path,"                   \
-    "   coalesce(c.bytes, 0) AS bytes, coalesce(j.finished_at, 0) AS created_at,"             \
-    "   NULL AS info_json, j.seq AS tie"                                                        \
-    " FROM jobs j LEFT JOIN checkpoints c ON c.job_id = j.id AND c.kind = 'final'"             \
-    "   AND c.step = (SELECT max(step) FROM checkpoints WHERE job_id = j.id AND kind = 'final')" \
-    " WHERE j.model_name = ?1 AND j.state = 'succeeded' AND (?2 IS NULL OR j.id = ?2)"        \
-    " UNION ALL"                                                                                \
-    " SELECT version, 0, path, bytes, created_at, info_json, 0 FROM model_versions"            \
-    " WHERE model = ?1 AND (?2 IS NULL OR version = ?2))"                                       \
+#define VERSIONS_SQL                                                                               \
+    "SELECT version, from_job, path, bytes, created_at, info_json FROM ("                          \
+    " SELECT j.id AS version, 1 AS from_job, coalesce(c.path, '') AS path,"                        \
+    "   coalesce(c.bytes, 0) AS bytes, coalesce(j.finished_at, 0) AS created_at,"                  \
+    "   NULL AS info_json, j.seq AS tie"                                                           \
+    " FROM jobs j LEFT JOIN checkpoints c ON c.job_id = j.id AND c.kind = 'final'"                 \
+    "   AND c.step = (SELECT max(step) FROM checkpoints WHERE job_id = j.id AND kind = 'final')"   \
+    " WHERE j.model_name = ?1 AND j.state = 'succeeded' AND (?2 IS NULL OR j.id = ?2)"             \
+    " UNION ALL"                                                                                   \
+    " SELECT version, 0, path, bytes, created_at, info_json, 0 FROM model_versions"                \
+    " WHERE model = ?1 AND (?2 IS NULL OR version = ?2))"                                          \
     " ORDER BY created_at DESC, tie DESC, version DESC"
 
 static bool row_to_version(sqlite3_stmt *st, const char *model, kstore_version *out)
 {
     memset(out, 0, sizeof *out);
     kstore__copy(out->model, sizeof out->model, model);
-    kstore__copy(out->version, sizeof out->version, column_text(st, 0));
+    kstore__copy(out->version, sizeof out->version, kstore__column_text(st, 0));
     out->from_job = sqlite3_column_int(st, 1) != 0;
-    kstore__copy(out->path, sizeof out->path, column_text(st, 2));
+    kstore__copy(out->path, sizeof out->path, kstore__column_text(st, 2));
     out->bytes = sqlite3_column_int64(st, 3);
     out->created_at = sqlite3_column_double(st, 4);
     if (sqlite3_column_type(st, 5) == SQLITE_NULL) return true;
-    out->info_json = strdup(column_text(st, 5));
+    out->info_json = strdup(kstore__column_text(st, 5));
     return out->info_json != NULL;
 }
 
@@ -83,7 +64,7 @@ static kstore_status query_versions(kstore *s, int statement, const char *model,
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list) ||
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list) ||
             !row_to_version(st, model ? model : "", &list[n])) {
             kstore__set_error(s, "out of memory listing versions");
             status = KSTORE_ERROR;
@@ -223,9 +204,9 @@ kstore_status kstore_alias_set(kstore *store, const char *model, const char *ali
 static void row_to_alias(sqlite3_stmt *st, kstore_alias *out)
 {
     memset(out, 0, sizeof *out);
-    kstore__copy(out->model, sizeof out->model, column_text(st, 0));
-    kstore__copy(out->alias, sizeof out->alias, column_text(st, 1));
-    kstore__copy(out->version, sizeof out->version, column_text(st, 2));
+    kstore__copy(out->model, sizeof out->model, kstore__column_text(st, 0));
+    kstore__copy(out->alias, sizeof out->alias, kstore__column_text(st, 1));
+    kstore__copy(out->version, sizeof out->version, kstore__column_text(st, 2));
     out->updated_at = sqlite3_column_double(st, 3);
 }
 
@@ -269,7 +250,7 @@ kstore_status kstore_alias_list(kstore *store, const char *model, kstore_alias *
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list)) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list)) {
             kstore__set_error(s, "out of memory listing aliases");
             status = KSTORE_ERROR;
             break;
@@ -292,8 +273,8 @@ kstore_status kstore_alias_delete(kstore *store, const char *model, const char *
     kstore *s = store;
     kstore_status status = kstore__sync(s, SYNC_FULL);
     if (status) return status;
-    sqlite3_stmt *st = kstore__stmt(s, ST_ALIAS_DELETE,
-                                    "DELETE FROM model_aliases WHERE model = ? AND alias = ?");
+    sqlite3_stmt *st =
+        kstore__stmt(s, ST_ALIAS_DELETE, "DELETE FROM model_aliases WHERE model = ? AND alias = ?");
     if (!st) return KSTORE_ERROR;
     sqlite3_bind_text(st, 1, model ? model : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, alias ? alias : "", -1, SQLITE_TRANSIENT);
@@ -308,8 +289,7 @@ kstore_status kstore_alias_delete(kstore *store, const char *model, const char *
 
 /* ---- a model's jobs, and deleting it all ---------------------------------------------- */
 
-kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref **out,
-                                int *count)
+kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref **out, int *count)
 {
     kstore *s = store;
     *out = NULL;
@@ -323,13 +303,13 @@ kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list)) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list)) {
             kstore__set_error(s, "out of memory listing a model's jobs");
             status = KSTORE_ERROR;
             break;
         }
-        kstore__copy(list[n].id, sizeof list[n].id, column_text(st, 0));
-        kstore_job_state_parse(column_text(st, 1), &list[n].state);
+        kstore__copy(list[n].id, sizeof list[n].id, kstore__column_text(st, 0));
+        kstore_job_state_parse(kstore__column_text(st, 1), &list[n].state);
         n++;
     }
     if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing a model's jobs");
@@ -354,8 +334,8 @@ static kstore_status collect(kstore *s, const char *sql, const char *model, char
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list) ||
-            !(list[n] = strdup(column_text(st, 0)))) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list) ||
+            !(list[n] = strdup(kstore__column_text(st, 0)))) {
             kstore__set_error(s, "out of memory deleting a model");
             status = KSTORE_ERROR;
             break;
@@ -395,8 +375,8 @@ kstore_status kstore_model_delete_all(kstore *store, const char *model, char ***
         status = KSTORE_CONFLICT;
         goto fail;
     }
-    if ((status = collect(s, "SELECT id FROM jobs WHERE model_name = ? ORDER BY seq", model,
-                          &jobs, &n)) ||
+    if ((status = collect(s, "SELECT id FROM jobs WHERE model_name = ? ORDER BY seq", model, &jobs,
+                          &n)) ||
         (status = collect(s, "SELECT path FROM model_versions WHERE model = ?", model, &files,
                           &n_files)))
         goto fail;
@@ -494,15 +474,15 @@ kstore_status kstore_job_log_query(kstore *store, const char *job_id, int64_t af
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list) ||
-            !(list[n].message = strdup(column_text(st, 3)))) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list) ||
+            !(list[n].message = strdup(kstore__column_text(st, 3)))) {
             kstore__set_error(s, "out of memory reading a log");
             status = KSTORE_ERROR;
             break;
         }
         list[n].seq = sqlite3_column_int64(st, 0);
         list[n].time = sqlite3_column_double(st, 1);
-        kstore__copy(list[n].level, sizeof list[n].level, column_text(st, 2));
+        kstore__copy(list[n].level, sizeof list[n].level, kstore__column_text(st, 2));
         n++;
     }
     if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "reading a log");

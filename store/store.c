@@ -253,6 +253,24 @@ char *kstore__dup_column(sqlite3_stmt *st, int col)
     return strdup(text ? text : "");
 }
 
+const char *kstore__column_text(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    return text ? text : "";
+}
+
+bool kstore__grow(void **items, int *cap, int n, size_t size)
+{
+    if (n < *cap) return true;
+    int grown = *cap ? *cap * 2 : 16;
+    void *p = realloc(*items, (size_t)grown * size);
+    if (!p) return false;
+    memset((char *)p + (size_t)*cap * size, 0, (size_t)(grown - *cap) * size);
+    *items = p;
+    *cap = grown;
+    return true;
+}
+
 kstore_status kstore__check_name(kstore *s, const char *what, const char *name, size_t cap)
 {
     if (!name || !name[0]) {

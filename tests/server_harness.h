@@ -157,6 +157,18 @@ H_FN char *h_slurp(const char *path, size_t *size)
     return data;
 }
 
+/* Runs a shell command; its output (stdout, and stderr when the command says 2>&1) into
+ * out. Returns the exit status (-1 when it did not exit). */
+H_FN int h_run(const char *command, char *out, size_t size)
+{
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p, "popen %s", command);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 /* Sends sig and waits for the exit (SIGKILL after 20 s). */
 H_FN int h_signal_wait(harness *h, int sig)
 {
@@ -340,7 +352,9 @@ H_FN void h_write_npy(const char *path, const char *descr, const int64_t *shape,
     for (int i = 0; i < ndim; i++) {
         size_t n = strlen(dims);
         snprintf(dims + n, sizeof dims - n, "%lld%s", (long long)shape[i],
-                 ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+                 ndim == 1      ? ","
+                 : i + 1 < ndim ? ", "
+                                : "");
     }
     char header[256];
     int n = snprintf(header, sizeof header,

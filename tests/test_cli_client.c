@@ -44,12 +44,7 @@ static int kiln(const char *env, const char *args, char *out, size_t size)
     char command[4096];
     snprintf(command, sizeof command, "KILN_URL=%s %s %s/kiln %s 2>&1",
              H.url[0] ? H.url : "http://127.0.0.1:1", env ? env : "", KILN_BINARY_DIR, args);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return h_run(command, out, size);
 }
 
 static void write_text(const char *path, const char *text)
@@ -66,7 +61,7 @@ Test(cli, options_and_help)
     static char out[65536];
     cr_assert_eq(kiln(NULL, "--help", out, sizeof out), 0);
     cr_assert(strstr(out, "upload-weights") && strstr(out, "infer MODEL"), "%s", out);
-    const char *commands[] = {"train", "submit", "jobs",    "logs",   "weights", "infer",
+    const char *commands[] = {"train", "submit", "jobs",   "logs",   "weights",       "infer",
                               "alias", "upload", "models", "health", "upload-weights"};
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
         char args[128];
@@ -244,7 +239,8 @@ Test(cli, registry_round_trip)
     cr_assert_eq(kiln(NULL, args, out, sizeof out), 2, "%s", out);
 }
 
-/* ---- https and proxies ------------------------------------------------------------------------ */
+/* ---- https and proxies ------------------------------------------------------------------------
+ */
 
 /* Starts tests/http_proxies.py MODE ...; returns its port. */
 static int start_proxy(const char *const *args, const char *log)
@@ -345,7 +341,8 @@ Test(cli, https_and_proxies)
     free(text);
 }
 
-/* ---- keep-alive ------------------------------------------------------------------------------- */
+/* ---- keep-alive -------------------------------------------------------------------------------
+ */
 Test(cli, keep_alive)
 {
     h_start(&H, (const char *const[]){"--log-level", "warn", NULL});

@@ -412,12 +412,7 @@ static int run_kiln(const char *args, char *out, size_t size)
 {
     char command[4096];
     snprintf(command, sizeof command, "%s/kiln %s --url %s 2>&1", KILN_BINARY_DIR, args, H.url);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return h_run(command, out, size);
 }
 
 Test(server_api, client_commands)

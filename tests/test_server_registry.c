@@ -198,6 +198,27 @@ static const cJSON *find_version(const cJSON *model, const char *version)
     return NULL;
 }
 
+/* Queues a job that would run for hours (extra: more fields); its id into id. */
+static void long_job(const char *extra, char id[64])
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"model\": \"blobs\", \"data\": {\"dataset\": \"blobs\"}, \"max_steps\": "
+             "100000000%s}",
+             extra);
+    cJSON *doc = h_json(&H, "POST", "/v1/jobs", body, 202);
+    snprintf(id, 64, "%s", h_string(doc, "id"));
+    cJSON_Delete(doc);
+}
+
+static void cancel_and_wait(const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
+    cJSON_Delete(h_wait_job(&H, id, 60));
+}
+
 /* ---- versions, aliases, the default ------------------------------------------------------ */
 Test(server_registry, versions_aliases_default)
 {
@@ -365,9 +386,9 @@ Test(server_registry, upload_weights)
     cr_assert_eq(r.status, 201, "%s", r.body);
     doc = cJSON_Parse(r.body);
     const cJSON *info = cJSON_GetObjectItemCaseSensitive(doc, "upload");
-    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(info, "missing_keys"), 0)
-                         ->valuestring,
-                     "2.bias");
+    cr_assert_str_eq(
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(info, "missing_keys"), 0)->valuestring,
+        "2.bias");
     cr_assert_str_eq(
         cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(info, "unexpected_keys"), 0)
             ->valuestring,
@@ -404,8 +425,8 @@ Test(server_registry, upload_weights)
     expect_error("PUT", "/v1/models/blobs/versions/x/weights?strip_prefix=", NULL, 400,
                  "invalid_query");
     expect_error("PUT", "/v1/models/nope/versions/x/weights", NULL, 404, "not_found");
-    cJSON_Delete(h_json(&H, "PUT", "/v1/models/blobs/aliases/live", "{\"version\": \"copy\"}",
-                        201));
+    cJSON_Delete(
+        h_json(&H, "PUT", "/v1/models/blobs/aliases/live", "{\"version\": \"copy\"}", 201));
     r = upload("live", "", original);
     cr_assert_eq(r.status, 409, "a version cannot take an alias's name: %s", r.body);
     khttp_response_free(&r);
@@ -415,8 +436,7 @@ Test(server_registry, upload_weights)
     /* deleting: an alias holds it; force drops the alias; a job is not deletable here */
     expect_error("DELETE", "/v1/models/blobs/versions/copy", NULL, 409, "version_has_aliases");
     doc = h_json(&H, "DELETE", "/v1/models/blobs/versions/copy?force=true", NULL, 200);
-    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "aliases_deleted"),
-                                        0)
+    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "aliases_deleted"), 0)
                          ->valuestring,
                      "live");
     cJSON_Delete(doc);
@@ -453,8 +473,8 @@ Test(server_registry, delete_model)
     khttp_response r = upload("v1", "", original);
     cr_assert_eq(r.status, 201, "%s", r.body);
     khttp_response_free(&r);
-    cJSON_Delete(h_json(&H, "PUT", "/v1/models/blobs/aliases/production", "{\"version\": \"v1\"}",
-                        201));
+    cJSON_Delete(
+        h_json(&H, "PUT", "/v1/models/blobs/aliases/production", "{\"version\": \"v1\"}", 201));
 
     cJSON *doc = h_json(&H, "DELETE", "/v1/models/blobs", NULL, 409);
     const cJSON *error = cJSON_GetObjectItemCaseSensitive(doc, "error");
@@ -471,17 +491,10 @@ Test(server_registry, delete_model)
     cr_assert_str_eq(version, b);
 
     /* a job that has not finished blocks even ?force=true */
-    cJSON *queued = h_json(&H, "POST", "/v1/jobs?priority=-5",
-                           "{\"model\": \"blobs\", \"data\": {\"dataset\": \"blobs\"}, "
-                           "\"max_steps\": 100000000}",
-                           202);
     char running[64];
-    snprintf(running, sizeof running, "%s", h_string(queued, "id"));
-    cJSON_Delete(queued);
+    long_job("", running);
     expect_error("DELETE", "/v1/models/blobs?force=true", NULL, 409, "model_in_use");
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", running);
-    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
-    cJSON_Delete(h_wait_job(&H, running, 60));
+    cancel_and_wait(running);
 
     /* metrics of a finished job are cached: the delete must forget them */
     snprintf(path, sizeof path, "/v1/jobs/%s/metrics", a);
@@ -543,9 +556,8 @@ Test(server_registry, init_weights)
     char path[256];
     snprintf(path, sizeof path, "/v1/jobs/%s", warm);
     cJSON *full = h_json(&H, "GET", path, NULL, 200);
-    const cJSON *init =
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(full, "spec"),
-                                         "init_weights");
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(full, "spec"), "init_weights");
     cr_assert_str_eq(h_string(init, "version"), base);
     cr_assert_str_eq(h_string(init, "alias"), "production");
     cJSON_Delete(full);
@@ -594,8 +606,8 @@ Test(server_registry, init_weights)
              "{\"job\": \"%s\"}}",
              failed);
     cJSON *doc = h_json(&H, "POST", "/v1/jobs", spec, 400);
-    cr_assert(strstr(h_string(cJSON_GetObjectItemCaseSensitive(doc, "error"), "message"),
-                     "failed"));
+    cr_assert(
+        strstr(h_string(cJSON_GetObjectItemCaseSensitive(doc, "error"), "message"), "failed"));
     cJSON_Delete(doc);
     snprintf(spec, sizeof spec,
              "{\"model\": {\"name\": \"wide\", \"input_shape\": [4], \"layers\": [{\"type\": "
@@ -615,17 +627,10 @@ Test(server_registry, init_weights)
     r = upload("v1", "", original);
     cr_assert_eq(r.status, 201, "%s", r.body);
     khttp_response_free(&r);
-    doc = h_json(&H, "POST", "/v1/jobs",
-                 "{\"model\": \"blobs\", \"data\": {\"dataset\": \"blobs\"}, \"max_steps\": "
-                 "100000000, \"init_weights\": {\"version\": \"v1\"}}",
-                 202);
     char holder[64];
-    snprintf(holder, sizeof holder, "%s", h_string(doc, "id"));
-    cJSON_Delete(doc);
+    long_job(", \"init_weights\": {\"version\": \"v1\"}", holder);
     expect_error("DELETE", "/v1/models/blobs/versions/v1", NULL, 409, "version_in_use");
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", holder);
-    cJSON_Delete(h_json(&H, "POST", path, NULL, 200));
-    cJSON_Delete(h_wait_job(&H, holder, 60));
+    cancel_and_wait(holder);
     cJSON_Delete(h_json(&H, "DELETE", "/v1/models/blobs/versions/v1", NULL, 200));
 }
 
@@ -643,7 +648,7 @@ Test(server_registry, job_logs)
     const cJSON *lines = cJSON_GetObjectItemCaseSensitive(doc, "lines");
     int n = cJSON_GetArraySize(lines);
     cr_assert_geq(n, 6);
-    static const char *const EXPECTED[] = {"queued: model blobs", "started on cpu",
+    static const char *const EXPECTED[] = {"queued: model blobs",   "started on cpu",
                                            "evaluation at step 10", "checkpoint at step 10",
                                            "evaluation at step 20", "succeeded at step"};
     int at = 0;
@@ -743,12 +748,7 @@ static int torch_script(const char *command, const char *weights, const char *io
     char line[2048];
     snprintf(line, sizeof line, "/usr/bin/python3 %s/tests/torch_registry.py %s %s %s",
              KILN_SOURCE_DIR, command, weights, io);
-    FILE *p = popen(line, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return h_run(line, out, size);
 }
 
 Test(server_registry, torch_upload_alias_finetune)
@@ -772,8 +772,7 @@ Test(server_registry, torch_upload_alias_finetune)
     int n = cJSON_GetArraySize(inputs) / FEATURES;
     cr_assert_eq(n, 8);
     float x[8 * FEATURES], got[8 * CLASSES];
-    for (int i = 0; i < n * FEATURES; i++)
-        x[i] = (float)cJSON_GetArrayItem(inputs, i)->valuedouble;
+    for (int i = 0; i < n * FEATURES; i++) x[i] = (float)cJSON_GetArrayItem(inputs, i)->valuedouble;
 
     /* the names are net.0.weight, ...: strict refuses them, strip_prefix maps them */
     khttp_response r = upload("torch-v1", "", weights);

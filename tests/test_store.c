@@ -7,7 +7,8 @@
  * every transition legal and illegal, requeue at start-up, flags, progress), metric
  * series (replace not duplicate, after_step, downsampling properties, NaN and inf),
  * checkpoints and model versions (succeeded jobs and uploads), aliases, deleting a model
- * with everything of it, and jobs' log lines (numbered per job, capped). Each test uses its own temporary directory.
+ * with everything of it, and jobs' log lines (numbered per job, capped). Each test uses its own
+ * temporary directory.
  */
 #define _GNU_SOURCE
 #include "kstore.h"

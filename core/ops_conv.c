@@ -1,12 +1,9 @@
 /*
- * ops_conv.c — kn_conv2d (im2col + GEMM, with stride, padding, dilation and groups)
- * and 2-D max / average pooling, forward and backward.
- *
- * Convolution goes image by image: unfold one image into columns [C*kH*kW, H'*W'],
- * then per group out_g = W_g · col_g straight into the output, with the batch split
- * over the engine's threads (one column buffer each). A 1x1, stride-1, unpadded
- * convolution needs no unfolding: the input already is the column matrix. The bias
- * gradient is a lane-parallel sum (kn_cpu_conv_bias_grad), not a serial chain.
+ * ops_conv.c — kn_conv2d (with stride, padding, dilation and groups) and 2-D max /
+ * average pooling, forward and backward: shapes, errors and autograd here, the
+ * arithmetic in the kernels. On the CPU, kernels/cpu/conv.c picks the method per layer:
+ * a direct convolution that reads the padded image in place of unfolded columns
+ * (stride 1, dilation 1, one group: conv_direct.c), else im2col + GEMM image by image.
  *
  * max_pool2d with a 2x2 window and stride 2 (no padding, no clipped window) takes the
  * AVX-512 fast path of pool.c, which records each max as a byte (its place in the
@@ -27,7 +24,6 @@
 typedef struct conv_plan {
     kn_cpu_conv_geometry g;
     int64_t n, c, o, groups, cg, og, k, l; /* k = cg*kH*kW columns rows per group */
-    bool direct;                           /* 1x1 stride 1 unpadded: no im2col */
 } conv_plan;
 
 /* Sets the error and evaluates to false. */
@@ -106,153 +102,23 @@ static bool conv_setup(kn_tensor *x, kn_tensor *w, kn_tensor *bias, kn_conv2d_ar
     p->og = o / groups;
     p->k = p->cg * g->kernel_h * g->kernel_w;
     p->l = g->out_h * g->out_w;
-    p->direct = g->kernel_h == 1 && g->kernel_w == 1 && stride[0] == 1 && stride[1] == 1 &&
-                pad[0] == 0 && pad[1] == 0;
     return true;
 }
 
-/* ---- the per-image work, parallel over slices of the batch ------------------------
- * Each slice (one per thread) unfolds its images one at a time into its own column
- * buffer and runs single-threaded GEMMs on them; weight gradients are summed per slice
- * and the slices' partial sums added at the end. With one slice (one thread or one
- * image), OpenBLAS threads the GEMMs itself instead. */
-
-typedef struct conv_job {
-    const conv_plan *p;
-    int64_t slices;
-    const float *x, *w, *bias, *gout;
-    float *out, *gx, *gw_parts; /* gw_parts: slices x [O, K] */
-    float *buffers;             /* slices x 2 column buffers */
-    int64_t buffer_floats;      /* per column buffer */
-} conv_job;
-
-/* The column matrix [C*kH*kW, L] (row stride L) of image i: the input itself when no
- * unfolding is needed. */
-static const float *image_cols(const conv_plan *p, const float *x, int64_t i, float *buf)
-{
-    const float *image = x + i * p->c * p->g.height * p->g.width;
-    if (p->direct) return image;
-    kn_cpu_im2col(&p->g, image, 1, buf, p->l);
-    return buf;
-}
-
-static void slice_bounds(const conv_job *job, int64_t s, int64_t *begin, int64_t *end)
-{
-    *begin = job->p->n * s / job->slices;
-    *end = job->p->n * (s + 1) / job->slices;
-}
-
-/* Slice s's two column buffers; NULL for a direct convolution, which has none (an offset
- * from NULL, even 0, is undefined behaviour). */
-static float *slice_buffer(const conv_job *job, int64_t s)
-{
-    return job->buffers ? job->buffers + s * 2 * job->buffer_floats : NULL;
-}
-
-static void forward_slices(void *context, int64_t s0, int64_t s1)
-{
-    const conv_job *job = context;
-    const conv_plan *p = job->p;
-    for (int64_t s = s0; s < s1; s++) {
-        float *buf = slice_buffer(job, s);
-        int64_t begin, end;
-        slice_bounds(job, s, &begin, &end);
-        for (int64_t i = begin; i < end; i++) {
-            const float *col = image_cols(p, job->x, i, buf);
-            float *out = job->out + i * p->o * p->l;
-            if (job->bias)
-                for (int64_t oc = 0; oc < p->o; oc++)
-                    for (int64_t j = 0; j < p->l; j++) out[oc * p->l + j] = job->bias[oc];
-            for (int64_t gi = 0; gi < p->groups; gi++)
-                kn_cpu_gemm(false, false, p->og, p->l, p->k, 1.f, job->w + gi * p->og * p->k, p->k,
-                            col + gi * p->k * p->l, p->l, job->bias ? 1.f : 0.f,
-                            out + gi * p->og * p->l, p->l);
-        }
-    }
-}
-
-static void backward_slices(void *context, int64_t s0, int64_t s1)
-{
-    const conv_job *job = context;
-    const conv_plan *p = job->p;
-    for (int64_t s = s0; s < s1; s++) {
-        float *buf = slice_buffer(job, s), *dbuf = buf ? buf + job->buffer_floats : NULL;
-        float *gw = job->gw_parts ? job->gw_parts + s * p->o * p->k : NULL;
-        int64_t begin, end;
-        slice_bounds(job, s, &begin, &end);
-        for (int64_t i = begin; i < end; i++) {
-            const float *g = job->gout + i * p->o * p->l;
-            if (gw) {
-                const float *col = image_cols(p, job->x, i, buf);
-                for (int64_t gi = 0; gi < p->groups; gi++) /* gW_g += g_g · col_gᵀ */
-                    kn_cpu_gemm(false, true, p->og, p->k, p->l, 1.f, g + gi * p->og * p->l, p->l,
-                                col + gi * p->k * p->l, p->l, i == begin ? 0.f : 1.f,
-                                gw + gi * p->og * p->k, p->k);
-            }
-            if (!job->gx) continue;
-            float *gx = job->gx + i * p->c * p->g.height * p->g.width;
-            float *dcol = p->direct ? gx : dbuf; /* dL/dcol = W_gᵀ · g_g, then folded back */
-            for (int64_t gi = 0; gi < p->groups; gi++)
-                kn_cpu_gemm(true, false, p->k, p->l, p->og, 1.f, job->w + gi * p->og * p->k, p->k,
-                            g + gi * p->og * p->l, p->l, 0.f, dcol + gi * p->k * p->l, p->l);
-            if (!p->direct) kn_cpu_col2im(&p->g, dcol, p->l, 1, gx);
-        }
-    }
-}
-
-/* Runs fn over slices of the batch with per-slice buffers; false when out of memory. */
-static bool run_slices(conv_job *job, kn_cpu_range_fn fn, bool weight_parts)
-{
-    const conv_plan *p = job->p;
-    int64_t threads = kn_cpu_get_num_threads();
-    job->slices = p->n < threads ? p->n : threads;
-    if (job->slices < 1) return true;
-    job->buffer_floats = p->direct ? 0 : p->c * p->g.kernel_h * p->g.kernel_w * p->l;
-    size_t buffer_bytes = sizeof(float) * (size_t)(job->slices * 2 * job->buffer_floats);
-    size_t parts_bytes = weight_parts ? sizeof(float) * (size_t)(job->slices * p->o * p->k) : 0;
-    job->buffers = buffer_bytes ? kn__alloc(buffer_bytes) : NULL;
-    job->gw_parts = parts_bytes ? kn__alloc(parts_bytes) : NULL;
-    if ((buffer_bytes && !job->buffers) || (parts_bytes && !job->gw_parts)) {
-        if (job->buffers) kn__free(job->buffers, buffer_bytes);
-        if (job->gw_parts) kn__free(job->gw_parts, parts_bytes);
-        kn__error(KN_ERR_MEMORY, "conv2d: out of memory for %zu bytes of columns", buffer_bytes);
-        return false;
-    }
-    if (job->slices > 1) {
-        int blas_threads = kn_cpu_blas_single_threaded();
-        kn_cpu_parallel_for(job->slices, 1, fn, job);
-        kn_cpu_blas_restore(blas_threads);
-    } else {
-        fn(job, 0, 1);
-    }
-    if (job->buffers) kn__free(job->buffers, buffer_bytes);
-    job->buffers = NULL;
-    return true;
-}
+/* ---- convolution on the CPU: kernels/cpu/conv.c picks the method per layer ---------- */
 
 static bool conv_forward(const conv_plan *p, const float *x, const float *w, const float *bias,
                          float *out)
 {
-    conv_job job = {.p = p, .x = x, .w = w, .bias = bias, .out = out};
-    return run_slices(&job, forward_slices, false);
+    if (kn_cpu_conv2d_forward(&p->g, p->n, p->o, p->groups, x, w, bias, out)) return true;
+    return FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
 }
 
 static bool conv_backward_buffers(const conv_plan *p, const float *x, const float *w,
                                   const float *gout, float *gx, float *gw, float *gb)
 {
-    int64_t l = p->l;
-    if (gb) kn_cpu_conv_bias_grad(gout, p->n, p->o, l, gb);
-    if (!gx && !gw) return true;
-    conv_job job = {.p = p, .x = x, .w = w, .gout = gout, .gx = gx};
-    if (!run_slices(&job, backward_slices, gw != NULL)) return false;
-    if (gw) {
-        int64_t size = p->o * p->k;
-        memset(gw, 0, sizeof(float) * (size_t)size);
-        for (int64_t s = 0; s < job.slices; s++)
-            kn_cpu_sum_rows(job.gw_parts + s * size, 1, size, size, gw, true);
-        if (job.gw_parts) kn__free(job.gw_parts, sizeof(float) * (size_t)(job.slices * size));
-    }
-    return true;
+    if (kn_cpu_conv2d_backward(&p->g, p->n, p->o, p->groups, x, w, gout, gx, gw, gb)) return true;
+    return FAIL(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
 }
 
 /* ---- convolution on a CUDA device ------------------------------------------------- */

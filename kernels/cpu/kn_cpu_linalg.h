@@ -1,6 +1,6 @@
 /*
  * kn_cpu_linalg.h — raw CPU kernels for the linear-algebra and spatial ops: the GEMM
- * wrapper over OpenBLAS, im2col/col2im for convolution, and 2-D max/avg pooling.
+ * (the engine's own, sgemm.c), im2col/col2im for convolution, and 2-D max/avg pooling.
  * Buffers only: no tensors, no autograd. All matrices are row-major float32.
  */
 #ifndef KN_CPU_LINALG_H
@@ -9,19 +9,21 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* ---- gemm.c ---------------------------------------------------------------------- */
+/* ---- gemm.c, sgemm.c ---------------------------------------------------------------- */
 /* C[m, n] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T as trans_x says; A is
  * [m, k] (or [k, m] when trans_a) with row stride lda, likewise B. beta == 0 ignores C's
- * old contents (NaNs included). k == 0 gives beta * C. */
+ * old contents (NaNs included). k == 0 gives beta * C. Runs on the engine's scheduler;
+ * every element is one FMA chain in k order, so results do not depend on the thread
+ * count (sgemm.c). */
 void kn_cpu_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                  int64_t ldc);
+/* The engine's GEMM itself (k > 0): C = alpha op(A) op(B), or C += it when accumulate. */
+void kn_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, bool accumulate,
+                  float *c, int64_t ldc);
 /* Dot product of two strided vectors. */
 float kn_cpu_dot(int64_t n, const float *x, int64_t incx, const float *y, int64_t incy);
-/* Makes OpenBLAS single-threaded (for a parallel region whose tasks each call GEMM) and
- * returns the previous thread count for kn_cpu_blas_restore. */
-int kn_cpu_blas_single_threaded(void);
-void kn_cpu_blas_restore(int previous);
 /* Fills each of the m rows of c (row stride ldc) with the n values of row. */
 void kn_cpu_fill_rows(float *c, int64_t m, int64_t n, int64_t ldc, const float *row);
 /* out[j] (+)= sum_i x[i, j] over m rows of x (row stride ldx); accumulate adds to out. */
@@ -35,6 +37,29 @@ typedef struct kn_cpu_conv_geometry {
     int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
     int64_t out_h, out_w;
 } kn_cpu_conv_geometry;
+
+/* y [n, o, out_h, out_w] = conv2d(x [n, C, H, W], w [o, C/groups, kH, kW]) + bias (or
+ * NULL), every buffer contiguous; the method is chosen per layer (conv.c). false: out of
+ * memory (y is then undefined). */
+bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
+                           const float *x, const float *w, const float *bias, float *y);
+/* The gradients each of gx [n, C, H, W], gw (as w) and gb [o] that is not NULL, from
+ * gout [n, o, out_h, out_w]; all overwritten. false: out of memory. */
+bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
+                            const float *x, const float *w, const float *gout, float *gx, float *gw,
+                            float *gb);
+
+/* ---- conv_direct.c: stride 1, dilation 1, one group, no unfolding ------------------ */
+bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups);
+bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
+                                const float *x, const float *w, const float *bias, float *y);
+bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
+                                       int64_t out_channels, const float *gout, const float *w,
+                                       float *gx);
+/* gw [o, C, kH, kW] and gb [o] (or NULL) overwritten. */
+bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
+                                        int64_t out_channels, const float *x, const float *gout,
+                                        float *gw, float *gb);
 
 /* Unfolds images [count, C, H, W] (contiguous) into col rows (c, ki, kj) and columns
  * (image, oh, ow): col[(c*kH + ki)*kW + kj][i*L + l] with L = out_h*out_w and row

@@ -17,6 +17,7 @@
  * (or set KILN_SOURCE_DIR) so the rows and the Python script are found.
  */
 #include "kn.h"
+#include "kn_nn.h"
 #include "kn_optim.h"
 
 #include <stdio.h>
@@ -280,12 +281,12 @@ static void bench_layer(row *r)
     kn_scope_end();
 }
 
-/* ---- Kiln's training steps -------------------------------------------------------------- */
+/* ---- Kiln's training steps --------------------------------------------------------------
+ * The models as kiln train builds them: torch.nn-style modules in a Sequential (which
+ * runs conv -> relu -> pool as one op where it fuses), PyTorch's default init. */
 
 typedef struct model {
-    bool cnn;
-    kn_tensor *p[8]; /* weights and biases, layer by layer */
-    int n_params;
+    kn_module *net;
     kn_tensor *x, *y;
     kn_optimizer *opt;
 } model;
@@ -295,55 +296,62 @@ static bool train_step(void *context)
     model *m = context;
     kn_optimizer_zero_grad(m->opt);
     kn_scope_begin();
-    kn_tensor *logits;
-    if (m->cnn) {
-        kn_conv2d_args same = {.padding = {1, 1}};
-        kn_pool2d_args pool = {.kernel_size = {2, 2}};
-        kn_tensor *h = kn_max_pool2d(kn_relu(kn_conv2d(m->x, m->p[0], m->p[1], same)), pool);
-        h = kn_max_pool2d(kn_relu(kn_conv2d(h, m->p[2], m->p[3], same)), pool);
-        h = kn_relu(kn_linear(kn_flatten(h, 1, -1), m->p[4], m->p[5]));
-        logits = kn_linear(h, m->p[6], m->p[7]);
-    } else {
-        kn_tensor *h = kn_relu(kn_linear(kn_flatten(m->x, 1, -1), m->p[0], m->p[1]));
-        h = kn_relu(kn_linear(h, m->p[2], m->p[3]));
-        logits = kn_linear(h, m->p[4], m->p[5]);
-    }
-    kn_tensor *loss =
-        kn_cross_entropy(logits, m->y, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
+    kn_tensor *loss = kn_cross_entropy(kn_module_forward(m->net, m->x), m->y, KN_REDUCTION_MEAN,
+                                       KN_DEFAULT_IGNORE_INDEX, 0.0);
     bool ok = loss && kn_backward(loss, NULL, false) == KN_OK;
     kn_scope_end();
     return ok && kn_optimizer_step(m->opt) == KN_OK;
 }
 
+static kn_module *build(bool cnn)
+{
+    kn_generator *gen = kn_generator_new(0);
+    kn_module *m = kn_sequential_new();
+    if (cnn) {
+        const int k3[2] = {3, 3};
+        kn_conv2d_args same = {.padding = {1, 1}};
+        kn_pool2d_args pool = {.kernel_size = {2, 2}};
+        kn_sequential_append(m, kn_conv2d_new(1, 16, k3, same, true, gen));
+        kn_sequential_append(m, kn_relu_new());
+        kn_sequential_append(m, kn_max_pool2d_new(pool));
+        kn_sequential_append(m, kn_conv2d_new(16, 32, k3, same, true, gen));
+        kn_sequential_append(m, kn_relu_new());
+        kn_sequential_append(m, kn_max_pool2d_new(pool));
+        kn_sequential_append(m, kn_flatten_new(1, -1));
+        kn_sequential_append(m, kn_linear_new(1568, 128, true, gen));
+        kn_sequential_append(m, kn_relu_new());
+        kn_sequential_append(m, kn_linear_new(128, 10, true, gen));
+    } else {
+        kn_sequential_append(m, kn_flatten_new(1, -1));
+        kn_sequential_append(m, kn_linear_new(784, 256, true, gen));
+        kn_sequential_append(m, kn_relu_new());
+        kn_sequential_append(m, kn_linear_new(256, 128, true, gen));
+        kn_sequential_append(m, kn_relu_new());
+        kn_sequential_append(m, kn_linear_new(128, 10, true, gen));
+    }
+    kn_generator_free(gen);
+    return m;
+}
+
 static void bench_step(row *r)
 {
     char which[16];
-    model m = {.cnn = !strcmp(option_text(r, "model", which, sizeof which), "cnn")};
-    typedef struct param {
-        int64_t shape[4];
-        int ndim;
-        double fan_in; /* PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
-    } param;
-    static const param cnn[8] = {
-        {{16, 1, 3, 3}, 4, 9},  {{16}, 1, 9},     {{32, 16, 3, 3}, 4, 144}, {{32}, 1, 144},
-        {{128, 1568}, 2, 1568}, {{128}, 1, 1568}, {{10, 128}, 2, 128},      {{10}, 1, 128}};
-    static const param mlp[6] = {{{256, 784}, 2, 784}, {{256}, 1, 784},     {{128, 256}, 2, 256},
-                                 {{128}, 1, 256},      {{10, 128}, 2, 128}, {{10}, 1, 128}};
-    m.n_params = m.cnn ? 8 : 6;
-    for (int i = 0; i < m.n_params; i++) {
-        const param *p = m.cnn ? &cnn[i] : &mlp[i];
-        m.p[i] = uniform(p->shape, p->ndim, 1.0 / __builtin_sqrt(p->fan_in), true);
-    }
+    model m = {.net = build(!strcmp(option_text(r, "model", which, sizeof which), "cnn"))};
+    int count;
+    kn_named_tensor *named = kn_module_parameters(m.net, &count);
+    kn_tensor *params[16];
+    for (int i = 0; i < count && i < 16; i++) params[i] = named[i].tensor;
+    free(named);
     m.x = kn_rand(r->shape, r->ndim, NULL);
     m.y = class_targets(r->shape[0], 10);
-    m.opt = kn_optimizer_new(m.p, m.n_params, kn_optimizer_defaults(KN_OPTIM_ADAM));
+    m.opt = kn_optimizer_new(params, count < 16 ? count : 16, kn_optimizer_defaults(KN_OPTIM_ADAM));
     if (!m.opt) {
         fprintf(stderr, "bench_layers: optimizer: %s\n", kn_last_error());
     } else {
         record(r, 1, false, measure(train_step, &m));
         kn_optimizer_free(m.opt);
     }
-    for (int i = 0; i < m.n_params; i++) kn_release(m.p[i]);
+    kn_module_free(m.net);
     kn_release(m.x);
     kn_release(m.y);
 }

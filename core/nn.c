@@ -98,6 +98,24 @@ static kn_tensor *layer_norm_forward(kn_module *m, kn_tensor *x)
     return kn_layer_norm(x, n, own(m, "weight"), own(m, "bias"), m->eps);
 }
 
+/* Children i.. that run as one op: conv2d -> relu (-> max_pool2d) where ops_conv.c fuses
+ * them (the same values and gradients as one by one); the number of children *y is the
+ * output of, 0 when they do not fuse here. */
+static int fused_children(kn_module *m, int i, kn_tensor *x, kn_tensor **y)
+{
+    kn_module **c = m->children;
+    if (i + 1 >= m->n_children || c[i]->kind != KN_MODULE_CONV2D ||
+        c[i + 1]->kind != KN_MODULE_RELU)
+        return 0;
+    kn_tensor *w = own(c[i], "weight"), *b = own(c[i], "bias");
+    const kn_pool2d_args *pool =
+        i + 2 < m->n_children && c[i + 2]->kind == KN_MODULE_MAX_POOL2D ? &c[i + 2]->pool : NULL;
+    if (pool && !kn__conv2d_relu_pool_fusable(x, w, b, c[i]->conv, pool)) pool = NULL;
+    if (!kn__conv2d_relu_pool_fusable(x, w, b, c[i]->conv, pool)) return 0;
+    *y = kn__conv2d_relu_pool(x, w, b, c[i]->conv, pool);
+    return pool ? 3 : 2;
+}
+
 /* Runs the children in order; each intermediate result is dropped as soon as the next
  * layer has used it (the graph keeps what backward needs). */
 static kn_tensor *sequential_forward(kn_module *m, kn_tensor *x)
@@ -105,7 +123,9 @@ static kn_tensor *sequential_forward(kn_module *m, kn_tensor *x)
     kn_tensor *current = kn_retain(x); /* our own reference */
     for (int i = 0; i < m->n_children; i++) {
         kn_scope_begin();
-        kn_tensor *y = kn_retain(kn_module_forward(m->children[i], current));
+        kn_tensor *fused = NULL;
+        int ran = fused_children(m, i, current, &fused);
+        kn_tensor *y = kn_retain(ran ? fused : kn_module_forward(m->children[i], current));
         kn_scope_end();
         kn_release(current);
         current = y;
@@ -115,6 +135,7 @@ static kn_tensor *sequential_forward(kn_module *m, kn_tensor *x)
             return kn__error_null(kn_last_status(), "layer %d (%s): %s", i,
                                   kn_module_kind_name(m->children[i]->kind), message);
         }
+        if (ran) i += ran - 1;
     }
     return kn_autorelease(current);
 }

@@ -243,15 +243,21 @@ static void plan_to_node(const conv_plan *p, kn_node *node)
     memcpy(node->iargs, values, sizeof values);
 }
 
-static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+static kn_conv2d_args args_from_node(const kn_node *node)
+{
+    return (kn_conv2d_args){{(int)node->iargs[0], (int)node->iargs[1]},
+                            {(int)node->iargs[2], (int)node->iargs[3]},
+                            {(int)node->iargs[4], (int)node->iargs[5]},
+                            (int)node->iargs[6]};
+}
+
+/* grads of x, w (saved[0], saved[1]) and the bias input from the gradient of the
+ * convolution's output. */
+static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
     kn_tensor *x = node->saved[0], *w = node->saved[1];
-    kn_conv2d_args args = {{(int)node->iargs[0], (int)node->iargs[1]},
-                           {(int)node->iargs[2], (int)node->iargs[3]},
-                           {(int)node->iargs[4], (int)node->iargs[5]},
-                           (int)node->iargs[6]};
     conv_plan p;
-    if (!conv_setup(x, w, NULL, args, &p)) return kn_last_status();
+    if (!conv_setup(x, w, NULL, args_from_node(node), &p)) return kn_last_status();
     bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
     bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
     kn_tensor *xd = kn__result(kn__contiguous_raw(x)), *wd = kn__result(kn__contiguous_raw(w));
@@ -274,6 +280,11 @@ static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     grads[1] = gw;
     if (need_b) grads[2] = gb;
     return KN_OK;
+}
+
+static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    return conv_grads(node, grad, grads);
 }
 
 kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d_args args)
@@ -523,5 +534,149 @@ kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
         geometry_to_node(&g, node);
         kn__node_attach(out, node);
     }
+    return kn__result(out);
+}
+
+/* ---- conv2d, relu and a 2x2 max_pool2d as one op ----------------------------------------
+ * A CNN's conv -> relu -> pool, fused where the convolution takes the direct kernels:
+ * relu and the pool run on each image's sums while they are in the cache (the
+ * epilogue of kernels/cpu/conv_direct.c), so neither the convolution's output nor the
+ * relu's is ever written out. Values and gradients are bit for bit the three ops': the
+ * same sums, kn_relu's expression, pool.c's 2x2 kernels. Backward: the pooled gradient
+ * where the pooled output is > 0 (where relu passed it: relu's backward), spread to the
+ * maxima by the 2x2 pool backward, then the convolution's backward. Without the pool,
+ * conv -> relu alone saves the relu's pass and its output. */
+
+/* The 2x2 pool of kn_max_pool2d's fast path over [n, o, h, w], or false. */
+static bool pool_2x2(const kn_pool2d_args *a, int64_t planes, int64_t h, int64_t w,
+                     kn_cpu_pool_geometry *g)
+{
+    if (a->kernel_size[0] != 2 || a->kernel_size[1] != 2 || a->padding[0] || a->padding[1] ||
+        or_default(a->stride[0], 2) != 2 || or_default(a->stride[1], 2) != 2 ||
+        or_default(a->dilation[0], 1) != 1 || or_default(a->dilation[1], 1) != 1)
+        return false;
+    *g = (kn_cpu_pool_geometry){.planes = planes,
+                                .height = h,
+                                .width = w,
+                                .out_h = pool_out_size(h, 2, 0, 2, 1, a->ceil_mode),
+                                .out_w = pool_out_size(w, 2, 0, 2, 1, a->ceil_mode),
+                                .kernel_h = 2,
+                                .kernel_w = 2,
+                                .stride_h = 2,
+                                .stride_w = 2,
+                                .dilation_h = 1,
+                                .dilation_w = 1};
+    return g->out_h >= 1 && g->out_w >= 1 && kn_cpu_max_pool2d_is_2x2(g);
+}
+
+/* Whether kn__conv2d_relu_pool runs fused for these inputs (else it runs the three ops);
+ * sets no error. */
+static bool fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_conv2d_args args,
+                    const kn_pool2d_args *pool, conv_plan *p, kn_cpu_pool_geometry *g)
+{
+    if (!x || !w || x->device.type != KN_DEVICE_CPU || w->device.type != KN_DEVICE_CPU ||
+        x->dtype != KN_FLOAT32 || w->dtype != KN_FLOAT32 ||
+        (b && (b->device.type != KN_DEVICE_CPU || b->dtype != KN_FLOAT32)))
+        return false;
+    kn_tensor *inputs[3] = {x, w, b};
+    if (!kn__check_inputs("conv2d", inputs, b ? 3 : 2)) return false;
+    /* an error set here is set again, the same, by the three ops that run instead */
+    if (!conv_setup(x, w, b, args, p) || !kn_cpu_conv_direct_ok(&p->g, p->groups) || p->n < 1)
+        return false;
+    return !pool || pool_2x2(pool, p->n * p->o, p->g.out_h, p->g.out_w, g);
+}
+
+bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_conv2d_args args,
+                                  const kn_pool2d_args *pool)
+{
+    conv_plan p;
+    kn_cpu_pool_geometry g;
+    return fusable(x, w, b, args, pool, &p, &g);
+}
+
+static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *y = node->saved[2]; /* the op's output: pooled, or relu'd */
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
+    kn_tensor *masked = kn__result(kn__empty_raw(y->shape, y->ndim, KN_FLOAT32, y->device));
+    if (!gd || !masked) return kn_last_status();
+    int64_t n = kn_numel(y);
+    kn_cpu_operand out = {kn__data_ptr(masked), {1}}, g = {kn__data_ptr(gd), {1}};
+    kn_cpu_operand saved = {kn__data_ptr(y), {1}};
+    kn_cpu_binary(KN_BINARY_RELU_BACKWARD, &n, 1, out, g, saved, 0.f, 0.f); /* relu's */
+    if (!node->iargs[7]) return conv_grads(node, masked, grads);
+    kn_cpu_pool_geometry pg = {.planes = node->iargs[8],
+                               .height = node->iargs[9],
+                               .width = node->iargs[10],
+                               .out_h = y->shape[2],
+                               .out_w = y->shape[3],
+                               .kernel_h = 2,
+                               .kernel_w = 2,
+                               .stride_h = 2,
+                               .stride_w = 2,
+                               .dilation_h = 1,
+                               .dilation_w = 1};
+    int64_t shape[4] = {y->shape[0], y->shape[1], pg.height, pg.width};
+    kn_tensor *dense = kn__result(kn__empty_raw(shape, 4, KN_FLOAT32, y->device));
+    if (!dense) return kn_last_status();
+    kn_cpu_max_pool2d_2x2_backward(&pg, kn__data_ptr(masked), kn__data_ptr(node->saved[3]),
+                                   kn__data_ptr(dense));
+    return conv_grads(node, dense, grads);
+}
+
+kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                kn_conv2d_args args, const kn_pool2d_args *pool)
+{
+    conv_plan p;
+    kn_cpu_pool_geometry g;
+    if (!fusable(x, weight, bias, args, pool, &p, &g)) { /* the three ops, errors and all */
+        kn_tensor *y = kn_relu(kn_conv2d(x, weight, bias, args));
+        return pool ? kn_max_pool2d(y, *pool) : y;
+    }
+    kn_tensor *inputs[3] = {x, weight, bias};
+    int n_inputs = bias ? 3 : 2;
+    int64_t shape[4] = {p.n, p.o, pool ? g.out_h : p.g.out_h, pool ? g.out_w : p.g.out_w};
+    int64_t packed = (p.n * p.o * g.out_h * g.out_w + 7) / 8; /* kn_max_pool2d's byte form */
+    kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
+    kn_tensor *which = pool ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : NULL;
+    kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
+    kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
+    bool ok = out && xd && wd && (!bias || bd) && (!pool || which);
+    if (ok) {
+        kn_cpu_conv_epilogue e = {.relu = true,
+                                  .pool = pool ? &g : NULL,
+                                  .pooled = pool ? kn__data_ptr(out) : NULL,
+                                  .which = pool ? kn__data_ptr(which) : NULL};
+        ok = kn_cpu_conv_direct_forward(&p.g, p.n, p.o, kn__data_ptr(xd), kn__data_ptr(wd),
+                                        bd ? kn__data_ptr(bd) : NULL, &e,
+                                        pool ? NULL : kn__data_ptr(out)) ||
+             FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
+    }
+    kn_release(xd);
+    kn_release(wd);
+    kn_release(bd);
+    kn_node *node = ok && kn__needs_grad(inputs, n_inputs)
+                        ? kn__node_new(pool ? "conv2d_relu_max_pool2d" : "conv2d_relu",
+                                       conv2d_relu_pool_backward, inputs, n_inputs)
+                        : NULL;
+    if (ok && kn__needs_grad(inputs, n_inputs) && !node) ok = false;
+    if (!ok) {
+        kn_release(out);
+        kn_release(which);
+        return NULL;
+    }
+    if (node) {
+        plan_to_node(&p, node);
+        node->iargs[7] = pool != NULL;
+        node->iargs[8] = g.planes;
+        node->iargs[9] = p.g.out_h;
+        node->iargs[10] = p.g.out_w;
+        kn__node_save(node, x);
+        kn__node_save(node, weight);
+        kn__node_save(node, out);
+        kn__node_save(node, which);
+        kn__node_attach(out, node);
+    }
+    kn_release(which);
     return kn__result(out);
 }

@@ -259,7 +259,7 @@ bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, 
                            const float *x, const float *w, const float *bias, float *y)
 {
     if (n <= 0 || o <= 0 || g->out_h <= 0 || g->out_w <= 0) return true;
-    if (kn_cpu_conv_direct_ok(g, groups)) return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, y);
+    if (kn_cpu_conv_direct_ok(g, groups)) return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y);
     conv_job job;
     setup_job(&job, g, n, o, groups);
     job.x = x;

@@ -41,8 +41,9 @@ typedef struct direct_conv {
     float *apack;                            /* weights packed in MR-row panels */
     const float *in, *bias, *gout;
     float *out;
-    int64_t count; /* images */
-    int failed;    /* a task found no memory for its scratch */
+    const kn_cpu_conv_epilogue *epilogue; /* relu and 2x2 max pool after the sum, or NULL */
+    int64_t count;                        /* images */
+    int failed;                           /* a task found no memory for its scratch */
     /* weight gradient */
     int64_t slices;
     float *partial; /* [slices][kdim][cout] (rows form) or [slices][cout][kdim] (dot
@@ -153,14 +154,34 @@ static void forward_images(void *context, int64_t begin, int64_t end)
                        yv + q * mr * d->lv + v, d->lv, m, nv, false);
             }
         }
-        float *out = d->out + i * d->cout * out_plane;
+        const kn_cpu_conv_epilogue *e = d->epilogue;
+        bool relu = e && e->relu, pool = e && e->pool;
+        /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
+        float *out = pool ? kn_cpu_scratch(KN_CPU_SCRATCH_CONV_ACT, d->cout * out_plane)
+                          : d->out + i * d->cout * out_plane;
+        if (!out) {
+            __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
         for (int64_t o = 0; o < d->cout; o++) {
             float b = d->bias ? d->bias[o] : 0.f;
             for (int64_t r = 0; r < d->ho; r++) {
                 const float *src = yv + o * d->lv + r * d->wp;
                 float *dst = out + o * out_plane + r * d->wo;
-                for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
+                if (relu) /* kn_relu's expression: NaN stays NaN */
+                    for (int64_t c = 0; c < d->wo; c++) {
+                        float v = src[c] + b;
+                        dst[c] = v < 0.f ? 0.f : v;
+                    }
+                else
+                    for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
             }
+        }
+        if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
+            kn_cpu_pool_geometry g = *e->pool;
+            g.planes = d->cout;
+            int64_t pooled = d->cout * g.out_h * g.out_w;
+            kn_cpu_max_pool2d_2x2(&g, out, e->pooled + i * pooled, e->which + i * pooled);
         }
     }
 }
@@ -172,7 +193,8 @@ static bool run_forward(direct_conv *d)
 }
 
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
-                                const float *x, const float *w, const float *bias, float *y)
+                                const float *x, const float *w, const float *bias,
+                                const kn_cpu_conv_epilogue *epilogue, float *y)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
@@ -180,6 +202,7 @@ bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, in
     d.in = x;
     d.count = count;
     d.bias = bias;
+    d.epilogue = epilogue;
     d.out = y;
     bool ok = make_offsets(&d) && pack_weights(&d, w) && run_forward(&d);
     release(&d);

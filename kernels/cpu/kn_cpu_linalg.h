@@ -51,8 +51,21 @@ bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o,
 
 /* ---- conv_direct.c: stride 1, dilation 1, one group, no unfolding ------------------ */
 bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups);
+/* What a forward does to each image's sums before they leave the cache: relu (kn_relu's
+ * values), then, with pool (a 2x2 geometry, kn_cpu_max_pool2d_is_2x2; its planes are set
+ * per image), the 2x2 max pool into pooled and which ([count, O, out_h/2, out_w/2]) in
+ * place of writing y. Bit for bit what kn_relu and kn_max_pool2d give. */
+typedef struct kn_cpu_conv_epilogue {
+    bool relu;
+    const struct kn_cpu_pool_geometry *pool;
+    float *pooled;
+    uint8_t *which;
+} kn_cpu_conv_epilogue;
+/* y [count, O, out_h, out_w] = conv(x, w) + bias (NULL: none), then the epilogue (NULL:
+ * none; y unused when it pools). false: out of memory. */
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
-                                const float *x, const float *w, const float *bias, float *y);
+                                const float *x, const float *w, const float *bias,
+                                const kn_cpu_conv_epilogue *epilogue, float *y);
 bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
                                        int64_t out_channels, const float *gout, const float *w,
                                        float *gx);

@@ -65,6 +65,7 @@ enum {
     KN_CPU_SCRATCH_GEMM_SHARED, /* the caller's packs shared by every tile */
     KN_CPU_SCRATCH_CONV_IN,     /* a convolution's padded image or columns */
     KN_CPU_SCRATCH_CONV_OUT,    /* its virtual output, transposed gradient or dcol */
+    KN_CPU_SCRATCH_CONV_ACT,    /* one image's activations before a fused pool */
     KN_CPU_SCRATCH_SLOTS
 };
 float *kn_cpu_scratch(int slot, int64_t floats);

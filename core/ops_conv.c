@@ -594,17 +594,10 @@ bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_c
     return fusable(x, w, b, args, pool, &p, &g);
 }
 
-static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+/* The dense gradient the 2x2 pool's backward writes (for a bias without its weight). */
+static kn_tensor *pool_backward_dense(const kn_node *node, kn_tensor *pooled_grad)
 {
-    kn_tensor *y = node->saved[2]; /* the op's output: pooled, or relu'd */
-    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
-    kn_tensor *masked = kn__result(kn__empty_raw(y->shape, y->ndim, KN_FLOAT32, y->device));
-    if (!gd || !masked) return kn_last_status();
-    int64_t n = kn_numel(y);
-    kn_cpu_operand out = {kn__data_ptr(masked), {1}}, g = {kn__data_ptr(gd), {1}};
-    kn_cpu_operand saved = {kn__data_ptr(y), {1}};
-    kn_cpu_binary(KN_BINARY_RELU_BACKWARD, &n, 1, out, g, saved, 0.f, 0.f); /* relu's */
-    if (!node->iargs[7]) return conv_grads(node, masked, grads);
+    kn_tensor *y = node->saved[2];
     kn_cpu_pool_geometry pg = {.planes = node->iargs[8],
                                .height = node->iargs[9],
                                .width = node->iargs[10],
@@ -618,10 +611,54 @@ static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_te
                                .dilation_w = 1};
     int64_t shape[4] = {y->shape[0], y->shape[1], pg.height, pg.width};
     kn_tensor *dense = kn__result(kn__empty_raw(shape, 4, KN_FLOAT32, y->device));
-    if (!dense) return kn_last_status();
-    kn_cpu_max_pool2d_2x2_backward(&pg, kn__data_ptr(masked), kn__data_ptr(node->saved[3]),
-                                   kn__data_ptr(dense));
-    return conv_grads(node, dense, grads);
+    if (dense)
+        kn_cpu_max_pool2d_2x2_backward(&pg, kn__data_ptr(pooled_grad), kn__data_ptr(node->saved[3]),
+                                       kn__data_ptr(dense));
+    return dense;
+}
+
+static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *y = node->saved[2]; /* the op's output: pooled, or relu'd */
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
+    kn_tensor *masked = kn__result(kn__empty_raw(y->shape, y->ndim, KN_FLOAT32, y->device));
+    if (!gd || !masked) return kn_last_status();
+    int64_t n = kn_numel(y);
+    kn_cpu_operand out = {kn__data_ptr(masked), {1}}, g = {kn__data_ptr(gd), {1}};
+    kn_cpu_operand saved = {kn__data_ptr(y), {1}};
+    kn_cpu_binary(KN_BINARY_RELU_BACKWARD, &n, 1, out, g, saved, 0.f, 0.f); /* relu's */
+    if (!node->iargs[7]) return conv_grads(node, masked, grads);
+    bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
+    bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
+    if (need_b && !need_w) { /* the bias's sum is over the dense gradient: make it */
+        kn_tensor *dense = pool_backward_dense(node, masked);
+        return dense ? conv_grads(node, dense, grads) : kn_last_status();
+    }
+    /* the convolution's backward reads the pooled gradient and the maxima's places in
+     * place of the dense gradient (3/4 zeros) the pool's backward would write */
+    kn_tensor *x = node->saved[0], *w = node->saved[1];
+    conv_plan p;
+    if (!conv_setup(x, w, NULL, args_from_node(node), &p)) return kn_last_status();
+    kn_tensor *xd = kn__result(kn__contiguous_raw(x)), *wd = kn__result(kn__contiguous_raw(w));
+    kn_tensor *gx = need_x ? kn__result(kn__empty_raw(x->shape, 4, KN_FLOAT32, x->device)) : NULL;
+    kn_tensor *gw = need_w ? kn__result(kn__empty_raw(w->shape, 4, KN_FLOAT32, w->device)) : NULL;
+    kn_tensor *gb = need_b ? kn__result(kn__empty_raw(&p.o, 1, KN_FLOAT32, w->device)) : NULL;
+    if (!xd || !wd || (need_x && !gx) || (need_w && !gw) || (need_b && !gb))
+        return kn_last_status();
+    kn_cpu_conv_planes planes = {.pooled = kn__data_ptr(masked),
+                                 .which = kn__data_ptr(node->saved[3]),
+                                 .pooled_h = y->shape[2],
+                                 .pooled_w = y->shape[3]};
+    if ((gw &&
+         !kn_cpu_conv_direct_backward_weight(&p.g, p.n, p.o, kn__data_ptr(xd), &planes,
+                                             kn__data_ptr(gw), gb ? kn__data_ptr(gb) : NULL)) ||
+        (gx && !kn_cpu_conv_direct_backward_input(&p.g, p.n, p.o, &planes, kn__data_ptr(wd),
+                                                  kn__data_ptr(gx))))
+        return kn__error(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
+    grads[0] = gx;
+    grads[1] = gw;
+    if (need_b) grads[2] = gb;
+    return KN_OK;
 }
 
 kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,

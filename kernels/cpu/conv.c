@@ -259,7 +259,8 @@ bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, 
                            const float *x, const float *w, const float *bias, float *y)
 {
     if (n <= 0 || o <= 0 || g->out_h <= 0 || g->out_w <= 0) return true;
-    if (kn_cpu_conv_direct_ok(g, groups)) return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y);
+    if (kn_cpu_conv_direct_ok(g, groups))
+        return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y);
     conv_job job;
     setup_job(&job, g, n, o, groups);
     job.x = x;
@@ -275,12 +276,13 @@ bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o,
 {
     int64_t l = g->out_h * g->out_w;
     bool direct = kn_cpu_conv_direct_ok(g, groups);
+    kn_cpu_conv_planes planes = {.dense = gout};
     if (gw && direct) { /* the bias gradient comes with the weight gradient */
-        if (!kn_cpu_conv_direct_backward_weight(g, n, o, x, gout, gw, gb)) return false;
+        if (!kn_cpu_conv_direct_backward_weight(g, n, o, x, &planes, gw, gb)) return false;
         gb = NULL;
     }
     if (gb) kn_cpu_conv_bias_grad(gout, n, o, l, gb);
-    if (gx && direct && !kn_cpu_conv_direct_backward_input(g, n, o, gout, w, gx)) return false;
+    if (gx && direct && !kn_cpu_conv_direct_backward_input(g, n, o, &planes, w, gx)) return false;
     if (direct || (!gx && !gw)) return true;
     conv_job job;
     setup_job(&job, g, n, o, groups);

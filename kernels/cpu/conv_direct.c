@@ -39,7 +39,9 @@ typedef struct direct_conv {
     int64_t kdim;                            /* cin*kh*kw weight steps */
     int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
     float *apack;                            /* weights packed in MR-row panels */
-    const float *in, *bias, *gout;
+    kn_cpu_conv_planes in;   /* the input images (forward's x, or the padded gout) */
+    kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
+    const float *bias;
     float *out;
     const kn_cpu_conv_epilogue *epilogue; /* relu and 2x2 max pool after the sum, or NULL */
     int64_t count;                        /* images */
@@ -120,14 +122,37 @@ static void release(direct_conv *d)
     free(d->partial);
 }
 
-/* image [cin, h, w] into dst [cin, hp, wp] with zero borders and zero slack after. */
-static void pad_image(const direct_conv *d, const float *image, float *dst)
+/* Channel c of image i of src, [rows, cols] (rows*cols floats): in place when src is
+ * dense, else spread into tmp from the pooled gradient (each value to its window's max,
+ * zero elsewhere: what the 2x2 pool's backward writes). */
+static const float *plane_of(const kn_cpu_conv_planes *src, int64_t i, int64_t c, int64_t channels,
+                             int64_t rows, int64_t cols, float *tmp)
+{
+    int64_t index = i * channels + c;
+    if (src->dense) return src->dense + index * rows * cols;
+    memset(tmp, 0, sizeof(float) * (size_t)(rows * cols));
+    int64_t ph = src->pooled_h, pw = src->pooled_w;
+    const float *g = src->pooled + index * ph * pw;
+    const uint8_t *which = src->which + index * ph * pw;
+    for (int64_t r = 0; r < ph; r++)
+        for (int64_t q = 0; q < pw; q++) {
+            int at = which[r * pw + q]; /* dh*2 + dw */
+            tmp[(2 * r + (at >> 1)) * cols + 2 * q + (at & 1)] = g[r * pw + q];
+        }
+    return tmp;
+}
+
+/* Image i of d->in [cin, h, w] into dst [cin, hp, wp], zero borders and zero slack after
+ * (tmp: h*w floats for a pooled source). */
+static void pad_image(const direct_conv *d, int64_t i, float *dst, float *tmp)
 {
     memset(dst, 0, sizeof(float) * (size_t)padded_floats(d));
-    for (int64_t c = 0; c < d->cin; c++)
+    for (int64_t c = 0; c < d->cin; c++) {
+        const float *plane = plane_of(&d->in, i, c, d->cin, d->h, d->w, tmp);
         for (int64_t r = 0; r < d->h; r++)
-            memcpy(dst + c * d->plane + (r + d->ph) * d->wp + d->pw, image + (c * d->h + r) * d->w,
+            memcpy(dst + c * d->plane + (r + d->ph) * d->wp + d->pw, plane + r * d->w,
                    sizeof(float) * (size_t)d->w);
+    }
 }
 
 /* ---- forward (and the input gradient, which is one) --------------------------------- */
@@ -140,12 +165,13 @@ static void forward_images(void *context, int64_t begin, int64_t end)
     int64_t panels = (d->cout + mr - 1) / mr, out_plane = d->ho * d->wo;
     float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *yv = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, d->cout * d->lv);
-    if (!xpad || !yv) {
+    float *tmp = d->in.dense ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->h * d->w);
+    if (!xpad || !yv || (!d->in.dense && !tmp)) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     for (int64_t i = begin; i < end; i++) {
-        pad_image(d, d->in + i * d->cin * d->h * d->w, xpad);
+        pad_image(d, i, xpad, tmp);
         for (int64_t v = 0; v < d->lv; v += nr) {
             int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
             for (int64_t q = 0; q < panels; q++) {
@@ -199,7 +225,7 @@ bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, in
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
-    d.in = x;
+    d.in = (kn_cpu_conv_planes){.dense = x};
     d.count = count;
     d.bias = bias;
     d.epilogue = epilogue;
@@ -210,15 +236,15 @@ bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, in
 }
 
 bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
-                                       int64_t out_channels, const float *gout, const float *w,
-                                       float *gx)
+                                       int64_t out_channels, const kn_cpu_conv_planes *gout,
+                                       const float *w, float *gx)
 {
     /* the forward of gout [count, O, oh, ow] padded by k - 1 - pad, with weights
      * wr[c, (o, ki, kj)] = w[o, c, kh-1-ki, kw-1-kj] */
     int64_t c = g->channels, o = out_channels, kh = g->kernel_h, kw = g->kernel_w;
     direct_conv d;
     setup(&d, o, g->out_h, g->out_w, kh - 1 - g->pad_h, kw - 1 - g->pad_w, kh, kw, c);
-    d.in = gout;
+    d.in = *gout;
     d.count = count;
     d.out = gx;
     float *wr = malloc(sizeof(float) * (size_t)(c * o * kh * kw));
@@ -238,41 +264,43 @@ bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t co
 
 /* ---- weight and bias gradient ------------------------------------------------------- */
 
-/* Adds each channel's sum of one image's gout [cout, ho*wo] to bias_sum. */
-static void add_bias_sums(const direct_conv *d, const float *g, float *bias_sum)
+/* *sum += the lane-parallel sum of a plane (kn_cpu_conv_bias_grad's order). */
+static void add_plane_sum(const float *plane, int64_t n, float *sum)
 {
-    float sums[256];
-    for (int64_t o0 = 0; o0 < d->cout; o0 += 256) {
-        int64_t count = d->cout - o0 < 256 ? d->cout - o0 : 256;
-        kn_cpu_conv_bias_grad(g + o0 * d->ho * d->wo, 1, count, d->ho * d->wo, sums);
-        for (int64_t o = 0; o < count; o++) bias_sum[o0 + o] += sums[o];
-    }
+    float s;
+    kn_cpu_conv_bias_grad(plane, 1, 1, n, &s);
+    *sum += s;
 }
 
-/* Rows form: gout of one image [cout, ho, wo] into NR-column panels [panels][lv][NR],
- * gt[v][o], zero in the dropped columns and past cout. */
-static void transpose_gout(const direct_conv *d, const float *g, float *gt)
+/* Rows form: image i's gout into NR-column panels [panels][lv][NR], gt[v][o], zero in the
+ * dropped columns and past cout; each channel's sum added to bias_sum (or NULL). */
+static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
 {
     int nr = d->uk->nr;
     int64_t panels = (d->cout + nr - 1) / nr;
     memset(gt, 0, sizeof(float) * (size_t)(panels * d->lv * nr));
     for (int64_t o = 0; o < d->cout; o++) {
+        const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
+        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
         float *col = gt + (o / nr) * d->lv * nr + o % nr;
-        const float *src = g + o * d->ho * d->wo;
         for (int64_t r = 0; r < d->ho; r++)
             for (int64_t c = 0; c < d->wo; c++) col[(r * d->wp + c) * nr] = src[r * d->wo + c];
     }
 }
 
-/* Dot form: gout of one image in virtual layout [cout][lv], zero in the dropped columns. */
-static void virtual_gout(const direct_conv *d, const float *g, float *gv)
+/* Dot form: image i's gout in virtual layout [cout][lv], zero in the dropped columns;
+ * each channel's sum added to bias_sum (or NULL). */
+static void virtual_gout(const direct_conv *d, int64_t i, float *gv, float *tmp, float *bias_sum)
 {
-    for (int64_t o = 0; o < d->cout; o++)
+    for (int64_t o = 0; o < d->cout; o++) {
+        const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
+        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
         for (int64_t r = 0; r < d->ho; r++) {
             float *dst = gv + o * d->lv + r * d->wp;
-            memcpy(dst, g + (o * d->ho + r) * d->wo, sizeof(float) * (size_t)d->wo);
+            memcpy(dst, src + r * d->wo, sizeof(float) * (size_t)d->wo);
             memset(dst + d->wo, 0, sizeof(float) * (size_t)(d->wp - d->wo));
         }
+    }
 }
 
 /* Rows form: part[kdim][cout] += the image's products, MR steps x NR channels a tile. */
@@ -319,7 +347,8 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
     direct_conv *d = context;
     float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
-    if (!xpad || !gbuf) {
+    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->ho * d->wo + d->h * d->w);
+    if (!xpad || !gbuf || !tmp) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -330,14 +359,13 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
         memset(part, 0, sizeof(float) * (size_t)(d->kdim * d->cout));
         memset(bias_part, 0, sizeof(float) * (size_t)d->cout);
         for (int64_t i = i0; i < i1; i++) {
-            const float *g = d->gout + i * d->cout * d->ho * d->wo;
-            pad_image(d, d->in + i * d->cin * d->h * d->w, xpad);
-            if (d->want_bias) add_bias_sums(d, g, bias_part);
+            pad_image(d, i, xpad, tmp);
+            float *bias = d->want_bias ? bias_part : NULL;
             if (d->dot_form) {
-                virtual_gout(d, g, gbuf);
+                virtual_gout(d, i, gbuf, tmp, bias);
                 weight_grad_dots(d, xpad, gbuf, part);
             } else {
-                transpose_gout(d, g, gbuf);
+                transpose_gout(d, i, gbuf, tmp, bias);
                 weight_grad_rows(d, xpad, gbuf, part);
             }
         }
@@ -362,14 +390,14 @@ static bool weight_grad_form(const direct_conv *d)
 }
 
 bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
-                                        int64_t out_channels, const float *x, const float *gout,
-                                        float *gw, float *gb)
+                                        int64_t out_channels, const float *x,
+                                        const kn_cpu_conv_planes *gout, float *gw, float *gb)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
-    d.in = x;
-    d.gout = gout;
+    d.in = (kn_cpu_conv_planes){.dense = x};
+    d.gout = *gout;
     d.want_bias = gb != NULL;
     int64_t per_slice = d.kdim * d.cout + d.cout;
     d.slices = count < MAX_SLICES ? count : MAX_SLICES;

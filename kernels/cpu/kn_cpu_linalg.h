@@ -66,13 +66,23 @@ typedef struct kn_cpu_conv_epilogue {
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
                                 const float *x, const float *w, const float *bias,
                                 const kn_cpu_conv_epilogue *epilogue, float *y);
+/* A convolution's output gradient [count, O, out_h, out_w]: dense, or (after a fused 2x2
+ * pool) the pooled gradient [count, O, pooled_h, pooled_w] with each window's max place
+ * (dh*2 + dw), standing for the dense gradient the pool's backward would write. */
+typedef struct kn_cpu_conv_planes {
+    const float *dense;
+    const float *pooled;
+    const uint8_t *which;
+    int64_t pooled_h, pooled_w;
+} kn_cpu_conv_planes;
+/* gx [count, C, H, W] overwritten. */
 bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
-                                       int64_t out_channels, const float *gout, const float *w,
-                                       float *gx);
+                                       int64_t out_channels, const kn_cpu_conv_planes *gout,
+                                       const float *w, float *gx);
 /* gw [o, C, kH, kW] and gb [o] (or NULL) overwritten. */
 bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
-                                        int64_t out_channels, const float *x, const float *gout,
-                                        float *gw, float *gb);
+                                        int64_t out_channels, const float *x,
+                                        const kn_cpu_conv_planes *gout, float *gw, float *gb);
 
 /* Unfolds images [count, C, H, W] (contiguous) into col rows (c, ki, kj) and columns
  * (image, oh, ow): col[(c*kH + ki)*kW + kj][i*L + l] with L = out_h*out_w and row

@@ -66,6 +66,7 @@ enum {
     KN_CPU_SCRATCH_CONV_IN,     /* a convolution's padded image or columns */
     KN_CPU_SCRATCH_CONV_OUT,    /* its virtual output, transposed gradient or dcol */
     KN_CPU_SCRATCH_CONV_ACT,    /* one image's activations before a fused pool */
+    KN_CPU_SCRATCH_CONV_PLANE,  /* a gradient plane spread from a fused pool's */
     KN_CPU_SCRATCH_SLOTS
 };
 float *kn_cpu_scratch(int slot, int64_t floats);

@@ -10,12 +10,17 @@ Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--rows 
 [--threads N] [--quick]
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist"))
+from torch_fmnist import model_for  # noqa: E402  the models, as bench/fmnist trains them
 
 
 def measure(fn, quick):
@@ -90,15 +95,6 @@ def bench_layer(row, quick):
     name = f"{row['model']}.{row['layer']}"
     print(f"{name} fwd {measure(fwd, quick) * 1e6:.1f}", flush=True)
     print(f"{name} fwdbwd {measure(fwd_bwd, quick) * 1e6:.1f}", flush=True)
-
-
-def model_for(name):
-    if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(),
-                             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def bench_step(row, quick):

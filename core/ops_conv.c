@@ -547,6 +547,23 @@ kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
  * maxima by the 2x2 pool backward, then the convolution's backward. Without the pool,
  * conv -> relu alone saves the relu's pass and its output. */
 
+/* The geometry of a 2x2, stride-2 max pool over planes of h x w with out_h x out_w out. */
+static kn_cpu_pool_geometry two_by_two(int64_t planes, int64_t h, int64_t w, int64_t out_h,
+                                       int64_t out_w)
+{
+    return (kn_cpu_pool_geometry){.planes = planes,
+                                  .height = h,
+                                  .width = w,
+                                  .out_h = out_h,
+                                  .out_w = out_w,
+                                  .kernel_h = 2,
+                                  .kernel_w = 2,
+                                  .stride_h = 2,
+                                  .stride_w = 2,
+                                  .dilation_h = 1,
+                                  .dilation_w = 1};
+}
+
 /* The 2x2 pool of kn_max_pool2d's fast path over [n, o, h, w], or false. */
 static bool pool_2x2(const kn_pool2d_args *a, int64_t planes, int64_t h, int64_t w,
                      kn_cpu_pool_geometry *g)
@@ -555,17 +572,8 @@ static bool pool_2x2(const kn_pool2d_args *a, int64_t planes, int64_t h, int64_t
         or_default(a->stride[0], 2) != 2 || or_default(a->stride[1], 2) != 2 ||
         or_default(a->dilation[0], 1) != 1 || or_default(a->dilation[1], 1) != 1)
         return false;
-    *g = (kn_cpu_pool_geometry){.planes = planes,
-                                .height = h,
-                                .width = w,
-                                .out_h = pool_out_size(h, 2, 0, 2, 1, a->ceil_mode),
-                                .out_w = pool_out_size(w, 2, 0, 2, 1, a->ceil_mode),
-                                .kernel_h = 2,
-                                .kernel_w = 2,
-                                .stride_h = 2,
-                                .stride_w = 2,
-                                .dilation_h = 1,
-                                .dilation_w = 1};
+    *g = two_by_two(planes, h, w, pool_out_size(h, 2, 0, 2, 1, a->ceil_mode),
+                    pool_out_size(w, 2, 0, 2, 1, a->ceil_mode));
     return g->out_h >= 1 && g->out_w >= 1 && kn_cpu_max_pool2d_is_2x2(g);
 }
 
@@ -598,17 +606,8 @@ bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_c
 static kn_tensor *pool_backward_dense(const kn_node *node, kn_tensor *pooled_grad)
 {
     kn_tensor *y = node->saved[2];
-    kn_cpu_pool_geometry pg = {.planes = node->iargs[8],
-                               .height = node->iargs[9],
-                               .width = node->iargs[10],
-                               .out_h = y->shape[2],
-                               .out_w = y->shape[3],
-                               .kernel_h = 2,
-                               .kernel_w = 2,
-                               .stride_h = 2,
-                               .stride_w = 2,
-                               .dilation_h = 1,
-                               .dilation_w = 1};
+    kn_cpu_pool_geometry pg =
+        two_by_two(node->iargs[8], node->iargs[9], node->iargs[10], y->shape[2], y->shape[3]);
     int64_t shape[4] = {y->shape[0], y->shape[1], pg.height, pg.width};
     kn_tensor *dense = kn__result(kn__empty_raw(shape, 4, KN_FLOAT32, y->device));
     if (dense)

@@ -23,10 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KC 256              /* k steps per block */
-#define MC_PANELS 16        /* MR-row panels per block of A */
-#define NC_MAX 512          /* columns of B packed at once, per task */
-#define PARALLEL_WORK 65536 /* multiply-adds under which a product stays on one thread */
+#define KC 256       /* k steps per block */
+#define MC_PANELS 16 /* MR-row panels per block of A */
+#define NC_MAX 512   /* columns of B packed at once, per task */
+#define PARALLEL_WORK                                                                              \
+    (1 << 20) /* multiply-adds (~8 us on one core) under which a product                           \
+               * stays on one thread: below, waking a helper costs more */
 
 /* ---- micro-kernels ------------------------------------------------------------------ */
 

@@ -333,8 +333,15 @@ kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *tar
                                                kn_reduction reduction);
 
 /* ---- runtime --------------------------------------------------------------------- */
-void kn_set_num_threads(int n); /* the engine's pool and OpenBLAS; <= 0 means all cores */
+/* The cores the engine uses, all threads together (torch.set_num_threads); <= 0 means
+ * all cores (or $KN_NUM_THREADS). Threads that compute at once divide them between
+ * them (kernels/cpu/parallel.c). */
+void kn_set_num_threads(int n);
 int kn_get_num_threads(void);
+/* The most of those cores the calling thread's ops use; 0 (the default): an equal share
+ * among the threads computing at the time. Per thread: each kilnd worker sets its own. */
+void kn_set_thread_share(int n);
+int kn_get_thread_share(void);
 /* torch.backends.cuda.matmul.allow_tf32: whether the CUDA matrix products this thread
  * issues (matmul, linear, the convolution GEMMs) may round their fp32 inputs to TF32
  * on tensor cores (about 10 mantissa bits, much faster). Off by default. Per calling

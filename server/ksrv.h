@@ -34,7 +34,7 @@ typedef struct ksrv_config {
     char log_level[16];         /* --log-level: error, warn, info (default), debug */
     char token_file[512];       /* --token-file: 0600 file with the bearer token */
     char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
-    int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
+    int threads_per_worker;     /* --threads-per-worker: most engine threads a job uses */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
     size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
     int model_cache_entries;    /* --model-cache-entries: loaded inference versions, default 4 */

@@ -134,7 +134,9 @@ static void decide_graph(kn__train_cuda *tc)
     const char *why = host_bound_layer(tc->t->model);
     if (why) return graph_off(tc, why);
     if (c->loss != KN_LOSS_CROSS_ENTROPY && c->loss != KN_LOSS_NLL)
-        return graph_off(tc, "mse and bce_with_logits build their one-hot targets on the cpu");
+        return graph_off(tc, "only cross_entropy and nll are captured (the other losses build "
+                             "their targets or weights on the host)");
+    if (c->class_weight) return graph_off(tc, "class weights normalise the mean on the host");
     /* one full batch must come at least WARMUP_STEPS + 1 times */
     if (tc->train->count < tc->batch_size) return graph_off(tc, "no full batch");
     tc->grads = calloc((size_t)(tc->t->n_params > 0 ? tc->t->n_params : 1), sizeof *tc->grads);
@@ -376,7 +378,7 @@ static void record_step(kn__train_cuda *tc, const staging_slot *s, char *why, si
                 return;
             }
     }
-    kn_tensor *loss = kn_train_loss(c->loss, logits, tc->y_in, c->label_smoothing);
+    kn_tensor *loss = kn_train_loss_config(c, logits, tc->y_in);
     kn_tensor *flag = NULL;
     bool ok = loss && kn_backward(loss, NULL, false) == KN_OK;
     if (ok && tc->with_flag) {

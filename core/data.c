@@ -182,6 +182,21 @@ kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
                                int channels)
 {
     if (!ds) return kn__error(KN_ERR_NULL, "dataset_normalize: dataset is NULL");
+    kn_tensor *x = ds->inputs;
+    /* One channel covers every element, whatever the layout ([N, H, W] images). */
+    if (channels > 1 && x->shape[1] != channels)
+        return kn__error(KN_ERR_SHAPE,
+                         "dataset_normalize: %d channels of mean/std but inputs %s have %lld in "
+                         "dim 1",
+                         channels, kn__shape(x), (long long)x->shape[1]);
+    return kn_normalize_floats(kn__data_ptr(x), ds->count, row_elements(x), scale, mean, std,
+                               channels);
+}
+
+kn_status kn_normalize_floats(float *data, int64_t count, int64_t sample, double scale,
+                              const double *mean, const double *std, int channels)
+{
+    if (!data && count * sample > 0) return kn__error(KN_ERR_NULL, "dataset_normalize: no data");
     if (!isfinite(scale) || scale == 0)
         return kn__error(KN_ERR_VALUE,
                          "dataset_normalize: scale must be finite and non-zero, got %g", scale);
@@ -191,30 +206,27 @@ kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
     if (channels > 0 && (!mean || !std))
         return kn__error(KN_ERR_NULL, "dataset_normalize: %d channels but mean or std is NULL",
                          channels);
-    kn_tensor *x = ds->inputs;
-    /* One channel covers every element, whatever the layout ([N, H, W] images). */
-    if (channels > 1 && x->shape[1] != channels)
+    if (count < 0 || sample < 0 || (channels > 1 && sample % channels))
         return kn__error(KN_ERR_SHAPE,
-                         "dataset_normalize: %d channels of mean/std but inputs %s have %lld in "
-                         "dim 1",
-                         channels, kn__shape(x), (long long)x->shape[1]);
+                         "dataset_normalize: %lld samples of %lld values do not split into %d "
+                         "channels",
+                         (long long)count, (long long)sample, channels);
     for (int c = 0; c < channels; c++) {
         if (!isfinite(mean[c]))
             return kn__error(KN_ERR_VALUE, "dataset_normalize: mean[%d] must be finite, got %g", c,
                              mean[c]);
-        if (!(std[c] > 0) || !isfinite(std[c]))
+        if (!(std[c] > 0) || !isfinite(std[c]) || !((float)std[c] > 0))
             return kn__error(KN_ERR_VALUE, "dataset_normalize: std[%d] must be > 0, got %g", c,
                              std[c]);
     }
-    float *data = kn__data_ptr(x);
-    int64_t total = kn_numel(x);
+    int64_t total = count * sample;
     /* float arithmetic, as torchvision's Normalize does on float32 tensors */
     const float s = (float)scale;
     if (s != 1.0f)
         for (int64_t i = 0; i < total; i++) data[i] *= s;
     if (channels == 0) return KN_OK;
-    int64_t inner = channels == 1 ? total : row_elements(x) / channels;
-    int64_t outer = channels == 1 ? 1 : ds->count;
+    int64_t inner = channels == 1 ? total : sample / channels;
+    int64_t outer = channels == 1 ? 1 : count;
     for (int64_t n = 0; n < outer; n++) {
         for (int c = 0; c < channels; c++) {
             float m = (float)mean[c], sd = (float)std[c];

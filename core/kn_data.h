@@ -40,6 +40,11 @@ void kn_dataset_free(kn_dataset *ds);
  * inputs [N, channels, ...]. std must be > 0, scale finite and non-zero. */
 kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean, const double *std,
                                int channels);
+/* The same arithmetic on count samples of sample floats in place (inference applies a
+ * job's preprocessing with it, so served inputs get the training data's very floats);
+ * arguments as checked by kn_dataset_normalize. */
+kn_status kn_normalize_floats(float *data, int64_t count, int64_t sample, double scale,
+                              const double *mean, const double *std, int channels);
 
 /* Per-channel mean and standard deviation of the inputs (the population's, as
  * scikit-learn's StandardScaler; double accumulation), in the layout of

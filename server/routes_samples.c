@@ -227,7 +227,10 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     if (e) return e;
 
     kapi_errors errors = {0};
-    kn_dataset *parsed = kapi_load_data_source(&source, &errors);
+    /* labels as numbers whatever the task (class indices read as floats print as integers);
+     * a CSV without a "label" column has none */
+    kapi_load_options load = {.task = KN_TASK_REGRESSION, .allow_unlabeled = true};
+    kn_dataset *parsed = kapi_load_data(&source, load, &errors);
     if (!parsed) {
         /* the message names a file under the data directory: say which split instead */
         ksrv_respond_error(response, 422, "invalid_data", "split",
@@ -248,7 +251,8 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     e->ds = parsed;
     size_t numel = 1;
     for (int d = 0; d < parsed->inputs->ndim; d++) numel *= (size_t)parsed->inputs->shape[d];
-    e->bytes = numel * sizeof(float) + (size_t)parsed->count * sizeof(int64_t);
+    e->bytes = numel * sizeof(float) +
+               (parsed->labels ? (size_t)kn_numel(parsed->labels) * sizeof(float) : 0);
     return cache_put(e);
 }
 
@@ -293,7 +297,8 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
     int64_t first = offset < ds->count ? offset : ds->count;
     int64_t last = first + limit < ds->count ? first + limit : ds->count;
     const float *x = kn_data_f32(inputs);
-    const int64_t *y = kn_data_i64(ds->labels);
+    const float *y = ds->labels ? kn_data_f32(ds->labels) : NULL;
+    int64_t k = ds->labels && ds->labels->ndim == 2 ? ds->labels->shape[1] : 1;
 
     ksrv_text t = {0};
     ksrv_text_printf(&t, "{\"dataset\":");
@@ -304,8 +309,17 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
         ksrv_text_printf(&t, "%s%lld", d > 1 ? "," : "", (long long)inputs->shape[d]);
     ksrv_text_printf(&t, "],\"samples\":[");
     for (int64_t i = first; i < last && !t.failed; i++) {
-        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":%lld,\"data\":[", i > first ? "," : "",
-                         (long long)i, (long long)y[i]);
+        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":", i > first ? "," : "", (long long)i);
+        if (!y)
+            ksrv_text_printf(&t, "null");
+        else if (k == 1)
+            append_float(&t, y[i]);
+        for (int64_t j = 0; y && k > 1 && j < k; j++) {
+            ksrv_text_printf(&t, j ? "," : "[");
+            append_float(&t, y[i * k + j]);
+            if (j == k - 1) ksrv_text_printf(&t, "]");
+        }
+        ksrv_text_printf(&t, ",\"data\":[");
         const float *sample = x + i * per;
         for (int64_t k = 0; k < per; k++) {
             if (k) ksrv_text_printf(&t, ",");

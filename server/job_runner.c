@@ -52,10 +52,15 @@ typedef struct job_run {
     double last_flush, last_poll, start;
     int64_t first_step, step, epoch, total_steps;
     double samples_per_second, eta;
-    double latest_loss, latest_lr, eval_loss;
-    kapi_metric eval_metrics[KAPI_MAX_METRICS]; /* the latest evaluation's, by task */
-    int n_eval_metrics;
-    bool has_eval;
+    double latest_loss, latest_lr;
+    /* the latest evaluation of the validation data (eval_prefix), and the final one of a
+     * test set that was not the validation data */
+    struct eval_numbers {
+        bool has;
+        double loss;
+        kapi_metric metrics[KAPI_MAX_METRICS];
+        int n_metrics;
+    } eval, test;
     char *evaluation; /* the final evaluation's details (JSON), for the job's "evaluation" */
     char *evaluation_pending; /* the latest evaluation's, until the run ends */
     int64_t last_checkpoint_step;
@@ -158,13 +163,16 @@ static char *latest_metrics_json(const job_run *r)
         cJSON_AddNumberToObject(o, "loss", r->latest_loss);
         cJSON_AddNumberToObject(o, "lr", r->latest_lr);
     }
-    if (r->has_eval) {
+    const struct eval_numbers *sets[2] = {&r->eval, &r->test};
+    const char *prefixes[2] = {r->eval_prefix, "test"};
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]->has) continue;
         char name[64];
-        snprintf(name, sizeof name, "%s_loss", r->eval_prefix);
-        cJSON_AddNumberToObject(o, name, r->eval_loss);
-        for (int i = 0; i < r->n_eval_metrics; i++) {
-            snprintf(name, sizeof name, "%s_%s", r->eval_prefix, r->eval_metrics[i].name);
-            cJSON_AddNumberToObject(o, name, r->eval_metrics[i].value);
+        snprintf(name, sizeof name, "%s_loss", prefixes[k]);
+        cJSON_AddNumberToObject(o, name, sets[k]->loss);
+        for (int i = 0; i < sets[k]->n_metrics; i++) {
+            snprintf(name, sizeof name, "%s_%s", prefixes[k], sets[k]->metrics[i].name);
+            cJSON_AddNumberToObject(o, name, sets[k]->metrics[i].value);
         }
     }
     /* the end of the run: the confusion matrix or per-label F1 (routes_v1_jobs.c shows it
@@ -305,14 +313,15 @@ static kn_status on_step(void *context, const kn_step_info *info)
 
 /* An evaluation's loss and the task's metrics as <prefix>_<name> series; the details of
  * the latest are kept for the end of the run. */
-static void record_eval(job_run *r, const kn_eval_result *result, int64_t step)
+static void record_eval(job_run *r, const kn_eval_result *result, int64_t step,
+                        struct eval_numbers *numbers)
 {
-    r->has_eval = true;
-    r->eval_loss = result->loss;
-    r->n_eval_metrics = kapi_eval_metrics(result, r->eval_metrics);
+    numbers->has = true;
+    numbers->loss = result->loss;
+    numbers->n_metrics = kapi_eval_metrics(result, numbers->metrics);
     add_metric(r, "loss", step, result->loss);
-    for (int i = 0; i < r->n_eval_metrics; i++)
-        add_metric(r, r->eval_metrics[i].name, step, r->eval_metrics[i].value);
+    for (int i = 0; i < numbers->n_metrics; i++)
+        add_metric(r, numbers->metrics[i].name, step, numbers->metrics[i].value);
     char *details = kapi_eval_details_json(result);
     if (details) {
         cJSON *o = cJSON_Parse(details);
@@ -328,7 +337,8 @@ static void record_eval(job_run *r, const kn_eval_result *result, int64_t step)
 
 static kn_status on_eval(void *context, const kn_eval_result *result)
 {
-    record_eval(context, result, result->step);
+    job_run *r = context;
+    record_eval(r, result, result->step, &r->eval);
     return KN_OK;
 }
 
@@ -470,7 +480,7 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
             return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
         const char *prefix = r->eval_prefix;
         r->eval_prefix = "test";
-        record_eval(r, &e, r->step);
+        record_eval(r, &e, r->step, &r->test);
         r->eval_prefix = prefix;
         kn_eval_result_clear(&e);
     }

@@ -160,17 +160,19 @@ static bool labels_fit(ksrv_server *server, const kapi_job_spec *spec, const kap
         if (!source.present || bytes > SUBMIT_CHECK_BYTES) continue;
         kapi_errors found = {0};
         kn_tensor *labels = kapi_load_labels(&source, spec->train.task, &found);
-        char what[64];
-        snprintf(what, sizeof what, "data.dataset (%s %s)", splits[i],
-                 labels && labels->dtype == KN_FLOAT32 ? "targets" : "labels");
-        if (labels) kapi_check_labels(labels, model, &spec->train, what, &found);
+        if (labels) kapi_check_labels(labels, model, &spec->train, "data.dataset", &found);
+        const char *kind = labels && labels->dtype == KN_FLOAT32 ? "targets" : "labels";
         kn_release(labels);
-        /* the loader names the stored file: the user knows it as the dataset's split */
+        /* the loader names the stored file, the checks the field: the user knows the data
+         * as the dataset's split ("the train targets: ...") */
         for (int e = 0; e < found.count; e++) {
             const char *path = found.items[e].path;
-            bool file = !strcmp(path, source.inputs_path) || !strcmp(path, source.labels_path);
-            kapi_errors_add(&errors, file ? "data.dataset" : path, "%s%s%s", file ? splits[i] : "",
-                            file ? " split: " : "", found.items[e].message);
+            if (strcmp(path, "data.dataset") && strcmp(path, source.inputs_path) &&
+                strcmp(path, source.labels_path))
+                kapi_errors_add(&errors, path, "%s", found.items[e].message);
+            else
+                kapi_errors_add(&errors, "data.dataset", "the %s %s: %s", splits[i], kind,
+                                found.items[e].message);
         }
         kapi_errors_free(&found);
     }

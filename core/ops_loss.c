@@ -546,9 +546,11 @@ static bool check_class_weight(const char *op, const kn_tensor *input, const kn_
     return true;
 }
 
-/* The mean's divisor with class weights: the sum of weight[target] over the counted targets
- * (torch's weighted mean), read on the host. w and t contiguous. */
-static bool weighted_divisor(kn_tensor *w, kn_tensor *t, int64_t ignore_index, class_dims *dims)
+/* With class weights, read on the host: the mean's divisor, the sum of weight[target] over
+ * the counted targets (torch's weighted mean), and *total the sum of all the weights (the
+ * label smoothing term's). w and t contiguous. */
+static bool weight_sums(kn_tensor *w, kn_tensor *t, int64_t ignore_index, class_dims *dims,
+                        double *total)
 {
     int64_t c = kn_numel(w), n = kn_numel(t);
     float *wh = malloc(sizeof(float) * (size_t)(c > 0 ? c : 1));
@@ -567,13 +569,15 @@ static bool weighted_divisor(kn_tensor *w, kn_tensor *t, int64_t ignore_index, c
         memcpy(wh, f32(w), sizeof(float) * (size_t)c);
     }
     const int64_t *tv = th ? th : i64(t);
-    double total = 0;
+    double divisor = 0;
     for (int64_t i = 0; st == KN_OK && i < n; i++)
-        if (tv[i] != ignore_index) total += wh[tv[i]]; /* checked in [0, c) already */
+        if (tv[i] != ignore_index) divisor += wh[tv[i]]; /* checked in [0, c) already */
+    *total = 0;
+    for (int64_t j = 0; j < c; j++) *total += wh[j];
     free(wh);
     free(th);
     if (st != KN_OK) return false;
-    dims->divisor = total;
+    dims->divisor = divisor;
     return true;
 }
 
@@ -810,23 +814,6 @@ static kn_status cross_entropy_backward(kn_node *node, kn_tensor *grad, kn_tenso
     return KN_OK;
 }
 
-/* The sum of the class weights (a host read of the weights on CUDA). */
-static bool weight_total(kn_tensor *w, double *total)
-{
-    int64_t c = kn_numel(w);
-    float *wh = malloc(sizeof(float) * (size_t)(c > 0 ? c : 1));
-    if (!wh) {
-        kn__error(KN_ERR_MEMORY, "loss: out of memory");
-        return false;
-    }
-    kn_status st = on_cuda(w) ? kn__copy_to_host(w, 0, wh, sizeof(float) * (size_t)c) : KN_OK;
-    if (!on_cuda(w)) memcpy(wh, f32(w), sizeof(float) * (size_t)c);
-    *total = 0;
-    for (int64_t j = 0; j < c; j++) *total += wh[j];
-    free(wh);
-    return st == KN_OK;
-}
-
 kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction reduction,
                             int64_t ignore_index, double label_smoothing)
 {
@@ -856,7 +843,7 @@ kn_tensor *kn_cross_entropy_weighted(kn_tensor *logits, kn_tensor *target, kn_te
     kn_tensor *lse = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, logits->device);
     double w_total = (double)dims.c;
     bool ok = x && t && losses && lse && (!weight || w);
-    if (ok && w) ok = weighted_divisor(w, t, ignore_index, &dims) && weight_total(w, &w_total);
+    if (ok && w) ok = weight_sums(w, t, ignore_index, &dims, &w_total);
     if (!ok) {
         kn_release(x);
         kn_release(t);
@@ -984,7 +971,8 @@ kn_tensor *kn_nll_loss_weighted(kn_tensor *log_probs, kn_tensor *target, kn_tens
     kn_tensor *w = weight ? kn__contiguous_raw(weight) : NULL;
     kn_tensor *losses = kn__empty_raw(target->shape, target->ndim, KN_FLOAT32, log_probs->device);
     bool ok = t && losses && (!weight || w);
-    if (ok && w) ok = weighted_divisor(w, t, ignore_index, &dims);
+    double w_total = 0;
+    if (ok && w) ok = weight_sums(w, t, ignore_index, &dims, &w_total);
     if (!ok) {
         kn_release(t);
         kn_release(w);

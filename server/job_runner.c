@@ -381,7 +381,7 @@ static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *spl
                            const kapi_data_spec *data, kapi_data_source *out)
 {
     char message[600];
-    if (ksrv_dataset_source(r->server, ds, split, data, out, message, sizeof message)) return true;
+    if (!ksrv_dataset_source(r->server, ds, split, data, out, message, sizeof message)) return true;
     fail(r, "data_error", -1, "%s", message);
     return false;
 }

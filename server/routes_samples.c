@@ -141,65 +141,37 @@ void ksrv_samples_cache_clear(void)
 }
 
 /* ---- finding and parsing a split ------------------------------------------------------ */
-/* The source of split from the dataset's files, as the workers read them, and the
- * cache key (absolute paths, sizes, mtimes). false with the response set. */
+/* The source of split from the dataset's files, as the workers read them
+ * (ksrv_dataset_source), and the cache key (absolute paths, sizes, mtimes). false with
+ * the response set. */
 static bool split_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
                          kapi_data_source *out, char *key, size_t key_size, ksrv_response *response)
 {
-    memset(out, 0, sizeof *out);
-    size_t n = strlen(split), used = (size_t)snprintf(key, key_size, "%s", split);
-    for (int i = 0; i < ds->n_files; i++) {
-        const kstore_dataset_file *f = &ds->files[i];
-        if (strncmp(f->role, split, n) != 0) continue;
-        const char *rest = f->role + n;
-        char *target = NULL;
-        if (!strcmp(rest, "") || !strcmp(rest, "_images") || !strcmp(rest, "_inputs") ||
-            !strcmp(rest, "_csv"))
-            target = out->inputs_path;
-        else if (!strcmp(rest, "_labels"))
-            target = out->labels_path;
-        if (!target) continue;
-        if (!strcmp(f->format, "idx"))
-            out->format = KAPI_FORMAT_IDX;
-        else if (!strcmp(f->format, "npy"))
-            out->format = KAPI_FORMAT_NPY;
-        else if (!strcmp(f->format, "csv"))
-            out->format = KAPI_FORMAT_CSV;
-        else {
-            ksrv_respond_error(response, 422, "invalid_data", NULL,
-                               "dataset %s: file %s has format %s, which cannot be read", ds->name,
-                               f->role, f->format);
-            return false;
-        }
-        if (!ksrv_data_path(server, f->path, target, sizeof out->inputs_path)) {
-            ksrv_respond_error(response, 500, "internal", NULL,
-                               "dataset %s: file %s: path too "
-                               "long",
-                               ds->name, f->role);
-            return false;
-        }
-        struct stat st;
-        long long mtime = stat(target, &st) == 0
-                              ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
-                              : -1;
-        if (used < key_size)
-            used += (size_t)snprintf(key + used, key_size - used, "|%s|%lld|%lld", target,
-                                     (long long)f->bytes, mtime);
-        out->present = true;
+    char message[600];
+    const char *code = ksrv_dataset_source(server, ds, split, NULL, out, message, sizeof message);
+    if (code) {
+        ksrv_respond_error(response, strcmp(code, "internal") ? 422 : 500, code,
+                           strcmp(code, "dataset_incomplete") ? NULL : "split", "%s", message);
+        return false;
     }
     if (!out->present) {
         ksrv_respond_error(response, 404, "split_not_found", "split", "dataset %s has no %s files",
                            ds->name, split);
         return false;
     }
-    if (out->format != KAPI_FORMAT_CSV && (!out->inputs_path[0] || !out->labels_path[0])) {
-        ksrv_respond_error(response, 422, "dataset_incomplete", "split",
-                           "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels",
-                           ds->name, split, split, split, split);
-        return false;
+    size_t n = strlen(split), used = (size_t)snprintf(key, key_size, "%s", split);
+    for (int i = 0; i < ds->n_files && used < key_size; i++) {
+        const kstore_dataset_file *f = &ds->files[i];
+        char path[1024];
+        struct stat st;
+        if (strncmp(f->role, split, n) != 0 || !ksrv_data_path(server, f->path, path, sizeof path))
+            continue;
+        long long mtime = stat(path, &st) == 0
+                              ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
+                              : -1;
+        used += (size_t)snprintf(key + used, key_size - used, "|%s|%lld|%lld", path,
+                                 (long long)f->bytes, mtime);
     }
-    if (out->format == KAPI_FORMAT_CSV)
-        snprintf(out->label_column, sizeof out->label_column, "label");
     if (used >= key_size) {
         ksrv_respond_error(response, 500, "internal", NULL, "dataset %s: too many files", ds->name);
         return false;

@@ -200,9 +200,9 @@ void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
 
 /* ---- what training reads ------------------------------------------------------------ */
 
-bool ksrv_dataset_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
-                         const kapi_data_spec *data, kapi_data_source *out, char *message,
-                         size_t size)
+const char *ksrv_dataset_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
+                                const kapi_data_spec *data, kapi_data_source *out, char *message,
+                                size_t size)
 {
     memset(out, 0, sizeof *out);
     /* a CSV's target columns are the job's to name (default "label") */
@@ -230,11 +230,11 @@ bool ksrv_dataset_source(ksrv_server *server, const kstore_dataset *ds, const ch
         } else {
             snprintf(message, size, "dataset %s: file %s has format %s, which training cannot read",
                      ds->name, f->role, f->format);
-            return false;
+            return "invalid_data";
         }
         if (!ksrv_data_path(server, f->path, target, sizeof out->inputs_path)) {
             snprintf(message, size, "dataset %s: file %s: path too long", ds->name, f->role);
-            return false;
+            return "internal";
         }
         out->present = true;
     }
@@ -242,9 +242,9 @@ bool ksrv_dataset_source(ksrv_server *server, const kstore_dataset *ds, const ch
         (!out->inputs_path[0] || !out->labels_path[0])) {
         snprintf(message, size, "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels",
                  ds->name, split, split, split, split);
-        return false;
+        return "dataset_incomplete";
     }
-    return true;
+    return NULL;
 }
 
 /* ---- uploads ------------------------------------------------------------------------ */

@@ -144,8 +144,8 @@ static bool labels_fit(ksrv_server *server, const kapi_job_spec *spec, const kap
     for (int i = 0; i < 2 && errors.count == 0; i++) {
         kapi_data_source source;
         char message[600];
-        if (!ksrv_dataset_source(server, dataset, splits[i], &spec->data, &source, message,
-                                 sizeof message)) {
+        if (ksrv_dataset_source(server, dataset, splits[i], &spec->data, &source, message,
+                                sizeof message)) {
             kapi_errors_add(&errors, "data.dataset", "%s", message);
             break;
         }

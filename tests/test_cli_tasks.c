@@ -194,23 +194,12 @@ Test(cli_tasks, float_labels_refused_for_classification)
               "%s", out);
 }
 
-/* An .npy of float32 [n, k]. */
+/* An .npy of float32 [n, k] in the test's folder. */
 static void write_npy(const char *name, const float *v, int n, int k)
 {
-    char path[512], dict[128];
+    char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", n,
-             k);
-    size_t len = strlen(dict) + 1, padded = (10 + len + 63) / 64 * 64 - 10;
-    FILE *f = fopen(path, "wb");
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc((int)(padded & 0xff), f);
-    fputc((int)(padded >> 8), f);
-    fputs(dict, f);
-    for (size_t i = strlen(dict); i + 1 < padded; i++) fputc(' ', f);
-    fputc('\n', f);
-    fwrite(v, sizeof *v, (size_t)n * (size_t)k, f);
-    fclose(f);
+    cr_assert(kn_test_write_npy(path, "<f4", (int64_t[]){n, k}, 2, v), "%s", path);
 }
 
 Test(cli_tasks, multilabel_npy_and_unlabeled_predict)

@@ -12,6 +12,8 @@
  */
 #include "server_harness.h"
 
+#include "kn_test.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -102,8 +104,9 @@ static double job_metric(const char *id, const char *name)
     return v;
 }
 
-/* The raw test rows of a float64 .npy the script wrote, [n, k]. */
-static double *read_npy_f8(const char *file, int64_t *n, int64_t *k)
+/* The data of an .npy the script wrote (8-byte elements, malloc'd) and its shape [n, k]
+ * (k 1 for [n]). */
+static void *read_npy(const char *file, int64_t *n, int64_t *k)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", H.files_dir, file);
@@ -117,24 +120,9 @@ static double *read_npy_f8(const char *file, int64_t *n, int64_t *k)
     int got = sscanf(shape + 10, "%lld, %lld", &a, &b);
     *n = a;
     *k = got == 2 ? b : 1;
-    double *v = malloc(sizeof *v * (size_t)(*n * *k));
-    memcpy(v, bytes + 10 + len, sizeof *v * (size_t)(*n * *k));
-    free(bytes);
-    return v;
-}
-
-/* The int64 labels of an .npy the script wrote. */
-static int64_t *read_npy_i8(const char *file, int64_t *n)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", H.files_dir, file);
-    size_t size = 0;
-    unsigned char *bytes = (unsigned char *)h_slurp(path, &size);
-    cr_assert(bytes && size > 10);
-    size_t len = (size_t)bytes[8] | (size_t)bytes[9] << 8;
-    *n = (int64_t)((size - 10 - len) / 8);
-    int64_t *v = malloc(sizeof *v * (size_t)*n);
-    memcpy(v, bytes + 10 + len, sizeof *v * (size_t)*n);
+    cr_assert_eq(size - 10 - len, (size_t)(*n * *k) * 8, "%s", file);
+    void *v = malloc(size - 10 - len);
+    memcpy(v, bytes + 10 + len, size - 10 - len);
     free(bytes);
     return v;
 }
@@ -170,6 +158,17 @@ static cJSON *torch_forward(const char *id, const char *x_file)
     snprintf(weights, sizeof weights, "%s/%s.safetensors", H.files_dir, id);
     khttp_response r = h_request(&H, "GET", path, NULL);
     cr_assert_eq(r.status, 200);
+    /* the whole file: as many bytes as the job's final weights */
+    snprintf(path, sizeof path, "/v1/jobs/%s/checkpoints", id);
+    cJSON *list = h_json(&H, "GET", path, NULL, 200);
+    double bytes = -1;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(
+                              list, "checkpoints")) if (!strcmp(h_string(c, "kind"), "final"))
+        bytes = h_number(c, "bytes");
+    cJSON_Delete(list);
+    cr_assert_eq((double)r.body_length, bytes, "downloaded %zu bytes of %.0f", r.body_length,
+                 bytes);
     FILE *f = fopen(weights, "wb");
     cr_assert_eq(fwrite(r.body, 1, r.body_length, f), r.body_length);
     fclose(f);
@@ -213,9 +212,9 @@ Test(full_sklearn, diabetes_and_breast_cancer_match_pytorch, .fini = teardown, .
     cr_expect_gt(accuracy, 0.9);
 
     /* raw test rows served: the job's preprocessing is applied by kilnd */
-    int64_t n, k, n_labels;
-    double *x = read_npy_f8("cancer_x_test.npy", &n, &k);
-    int64_t *labels = read_npy_i8("cancer_y_test.npy", &n_labels);
+    int64_t n, k, n_labels, one;
+    double *x = read_npy("cancer_x_test.npy", &n, &k);
+    int64_t *labels = read_npy("cancer_y_test.npy", &n_labels, &one);
     cr_assert_eq(n_labels, n);
     cJSON *served = infer("cancer", cls, x, n, k);
     cJSON *expected = torch_forward(cls, "cancer_x_test.npy");
@@ -262,23 +261,9 @@ Test(full_sklearn, diabetes_and_breast_cancer_match_pytorch, .fini = teardown, .
     /* as the dataset read them: float32 */
     for (int i = 0; i < m; i++)
         for (int j = 0; j < 10; j++) rows[i][j] = (float)rows[i][j];
-    {
-        char path[512];
-        snprintf(path, sizeof path, "%s/diabetes_x_test.npy", H.files_dir);
-        FILE *f = fopen(path, "wb");
-        char dict[96];
-        snprintf(dict, sizeof dict, "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, 10), }",
-                 m);
-        size_t len = strlen(dict) + 1, padded = (10 + len + 63) / 64 * 64 - 10;
-        fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-        fputc((int)(padded & 0xff), f);
-        fputc((int)(padded >> 8), f);
-        fputs(dict, f);
-        for (size_t i = strlen(dict); i + 1 < padded; i++) fputc(' ', f);
-        fputc('\n', f);
-        fwrite(rows, sizeof(double), (size_t)m * 10, f);
-        fclose(f);
-    }
+    char npy[512];
+    snprintf(npy, sizeof npy, "%s/diabetes_x_test.npy", H.files_dir);
+    cr_assert(kn_test_write_npy(npy, "<f8", (int64_t[]){m, 10}, 2, rows));
     served = infer("diabetes", reg, &rows[0][0], m, 10);
     expected = torch_forward(reg, "diabetes_x_test.npy");
     double sq = 0, mean = 0, var = 0;

@@ -31,24 +31,8 @@ static void write_text(const char *path, const char *text)
 /* An .npy file of float64 values in shape (n,) or (n, k). */
 static void write_npy_f8(const char *path, const double *v, int64_t n, int64_t k)
 {
-    char dict[128];
-    if (k > 0)
-        snprintf(dict, sizeof dict,
-                 "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld, %lld), }", (long long)n,
-                 (long long)k);
-    else
-        snprintf(dict, sizeof dict, "{'descr': '<f8', 'fortran_order': False, 'shape': (%lld,), }",
-                 (long long)n);
-    size_t len = strlen(dict) + 1, padded = (10 + len + 63) / 64 * 64 - 10;
-    FILE *f = fopen(path, "wb");
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc((int)(padded & 0xff), f);
-    fputc((int)(padded >> 8), f);
-    fputs(dict, f);
-    for (size_t i = strlen(dict); i + 1 < padded; i++) fputc(' ', f);
-    fputc('\n', f);
-    fwrite(v, sizeof *v, (size_t)(n * (k > 0 ? k : 1)), f);
-    fclose(f);
+    int64_t shape[2] = {n, k};
+    cr_assert(kn_test_write_npy(path, "<f8", shape, k > 0 ? 2 : 1, v), "%s", path);
 }
 
 static kapi_job_spec *job(const char *json, bool cli)

@@ -28,8 +28,13 @@ const char KCLI_CLIENT_USAGE[] =
     "                                          succeeded, failed, canceled)\n"
     "  cancel ID                               cancel a job\n"
     "  upload NAME --train-images F --train-labels F [--test-images F --test-labels F]\n"
+    "  upload NAME --train-inputs X.npy --train-labels Y.npy [--test-inputs ... --test-labels "
+    "...]\n"
     "  upload NAME --train-csv F [--test-csv F]\n"
-    "                                          create dataset NAME and stream the files\n"
+    "                                          create dataset NAME and stream the files (IDX\n"
+    "                                          or NPY; labels are classes, or float targets\n"
+    "                                          [N] / [N, K]; a CSV's target columns are named\n"
+    "                                          by the job: label_column, target_columns)\n"
     "  health                                  is kilnd ready? (GET /v2/health/ready, no\n"
     "                                          token needed): exit 0 ready, 1 stopping or\n"
     "                                          unreachable (a container's HEALTHCHECK)\n"
@@ -44,13 +49,17 @@ typedef struct client {
     const char *state;
     const char *positional[2];
     int n_positional;
-    const char *files[6]; /* train_images, train_labels, test_images, test_labels, csv x2 */
+    /* train_images, train_labels, test_images, test_labels, csv x2, train/test_inputs */
+    const char *files[8];
 } client;
 
-static const char *FILE_FLAGS[6] = {"--train-images", "--train-labels", "--test-images",
-                                    "--test-labels",  "--train-csv",    "--test-csv"};
-static const char *FILE_ROLES[6] = {"train_images", "train_labels", "test_images",
-                                    "test_labels",  "train",        "test"};
+#define N_FILES 8
+static const char *FILE_FLAGS[N_FILES] = {"--train-images", "--train-labels", "--test-images",
+                                          "--test-labels",  "--train-csv",    "--test-csv",
+                                          "--train-inputs", "--test-inputs"};
+static const char *FILE_ROLES[N_FILES] = {"train_images", "train_labels", "test_images",
+                                          "test_labels",  "train",        "test",
+                                          "train_inputs", "test_inputs"};
 
 bool kcli_is_client_command(const char *command)
 {
@@ -437,16 +446,20 @@ static int cancel(const client *c)
 static int upload(const client *c)
 {
     const char *name = c->positional[0];
-    bool idx = c->files[0] || c->files[1] || c->files[2] || c->files[3];
+    const char *train_inputs = c->files[0] ? c->files[0] : c->files[6];
+    const char *test_inputs = c->files[2] ? c->files[2] : c->files[7];
+    bool arrays = train_inputs || c->files[1] || test_inputs || c->files[3];
     bool csv = c->files[4] || c->files[5];
-    if (idx == csv)
-        return usage("upload takes IDX files (--train-images ...) or CSV files "
-                     "(--train-csv ...)%s",
+    if (arrays == csv)
+        return usage("upload takes IDX or NPY files (--train-images or --train-inputs, "
+                     "--train-labels ...) or CSV files (--train-csv ...)%s",
                      "");
-    if (idx && (!c->files[0] || !c->files[1]))
-        return usage("upload needs --train-images and --train-labels%s", "");
-    if (idx && (!c->files[2] != !c->files[3]))
-        return usage("--test-images and --test-labels go together%s", "");
+    if ((c->files[0] && c->files[6]) || (c->files[2] && c->files[7]))
+        return usage("give --train-images or --train-inputs (and the test ones), not both%s", "");
+    if (arrays && (!train_inputs || !c->files[1]))
+        return usage("upload needs --train-images (or --train-inputs) and --train-labels%s", "");
+    if (arrays && (!test_inputs != !c->files[3]))
+        return usage("--test-images (or --test-inputs) and --test-labels go together%s", "");
     if (csv && !c->files[4]) return usage("upload needs --train-csv%s", "");
     char escaped[400], path[600];
     if (!khttp_escape(name, escaped, sizeof escaped)) return usage("bad dataset name", "");
@@ -465,10 +478,11 @@ static int upload(const client *c)
         return rc;
     }
     khttp_response_free(&r);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < N_FILES; i++) {
         if (!c->files[i]) continue;
-        snprintf(path, sizeof path, "/v1/datasets/%s/files/%s?format=%s", escaped, FILE_ROLES[i],
-                 i < 4 ? "idx" : "csv");
+        /* a CSV is named as such; IDX and NPY files say what they are by their magic */
+        snprintf(path, sizeof path, "/v1/datasets/%s/files/%s%s", escaped, FILE_ROLES[i],
+                 i == 4 || i == 5 ? "?format=csv" : "");
         double t0 = now_seconds();
         if (!request(c, "PUT", path, NULL, c->files[i], "application/octet-stream", &r)) return 1;
         if (r.status >= 300) {
@@ -529,7 +543,7 @@ int kcli_client_main(int argc, char **argv)
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
         int file = -1;
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < N_FILES; k++)
             if (strcmp(a, FILE_FLAGS[k]) == 0) file = k;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(KCLI_CLIENT_USAGE, stdout);

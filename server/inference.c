@@ -17,10 +17,12 @@
  * at once, and under load the batches grow by themselves (Triton's dynamic batcher with
  * no queue delay).
  *
- * Outputs are the model's raw outputs (logits for a classifier). A request-level
- * "parameters": {"softmax": true} turns each row of a [N, classes] output into
- * probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted to float32),
- * with a shape [N, ...] whose per-sample element count matches the model's input_shape
+ * Inputs are raw, like the training data: the preprocessing the job applied (scale,
+ * normalize; in the weights' metadata) is applied to them here, unless the request says
+ * "parameters": {"preprocessed": true}. Outputs are the model's raw outputs (logits for a
+ * classifier). A request-level "parameters": {"softmax": true} turns each row of a
+ * [N, classes] output into probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted
+ * to float32), with a shape [N, ...] whose per-sample element count matches the model's input_shape
  * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
  */
 #include "ksrv.h"
@@ -57,6 +59,7 @@ typedef struct cache_entry {
     char model[128], version[40];
     kapi_model_spec *spec;
     kn_module *module;
+    kapi_preprocessing preprocessing; /* from the weights' metadata: raw inputs are applied it */
     int64_t in_numel, out_numel;
     size_t bytes; /* parameters and buffers: what the byte bound counts */
     int refs;     /* requests holding it (cache lock): never freed while > 0 */
@@ -113,6 +116,7 @@ static void entry_free(cache_entry *e)
     if (!e) return;
     kn_module_free(e->module);
     kapi_model_spec_free(e->spec);
+    kapi_preprocessing_free(&e->preprocessing);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->cond);
     free(e);
@@ -201,6 +205,15 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
     }
     if (kn_module_load_weights(e->module, path, true) != KN_OK) {
         snprintf(error, size, "loading the weights of version %s: %s", version, kn_last_error());
+        goto fail;
+    }
+    /* what the job did to its inputs travels in the weights (none in files from elsewhere) */
+    kapi_errors errors = {0};
+    bool found = false;
+    if (!kapi_load_preprocessing(path, &e->preprocessing, &found, &errors)) {
+        snprintf(error, size, "reading the preprocessing of version %s: %s", version,
+                 errors.count ? errors.items[0].message : "unreadable");
+        kapi_errors_free(&errors);
         goto fail;
     }
     kn_module_train(e->module, false);
@@ -626,6 +639,7 @@ typedef struct parsed_infer {
     float *data;
     int64_t n;
     bool softmax;
+    bool preprocessed; /* the inputs are already as the model takes them */
     const char *id;
 } parsed_infer;
 
@@ -666,6 +680,13 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         return false;
     }
     p->softmax = softmax && cJSON_IsTrue(softmax);
+    const cJSON *preprocessed =
+        params ? cJSON_GetObjectItemCaseSensitive(params, "preprocessed") : NULL;
+    if (preprocessed && !cJSON_IsBool(preprocessed)) {
+        snprintf(error, size, "parameters.preprocessed: expected true or false");
+        return false;
+    }
+    p->preprocessed = preprocessed && cJSON_IsTrue(preprocessed);
     const cJSON *outputs = cJSON_GetObjectItemCaseSensitive(body, "outputs");
     if (outputs) {
         if (!cJSON_IsArray(outputs)) {
@@ -851,6 +872,9 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
     parsed_infer p = {0};
     if (!parse_infer(body, e, &p, error, sizeof error)) {
         ksrv_respond_v2_error(response, 400, "%s", error);
+    } else if (!p.preprocessed &&
+               kapi_preprocess(&e->preprocessing, p.data, p.n, e->in_numel) != KN_OK) {
+        ksrv_respond_v2_error(response, 500, "preprocessing the inputs: %s", kn_last_error());
     } else {
         infer_request req = {.input = p.data, .n = p.n};
         infer_batched(e, &req, &server->stats);

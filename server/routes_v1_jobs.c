@@ -52,7 +52,11 @@ static cJSON *job_json(const kstore_job *j)
     cJSON_AddItemToObject(o, "eta_seconds",
                           j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
+    /* the final evaluation's details (confusion matrix, per-label F1) travel with the
+     * latest metrics (job_runner.c) but are the job's own field */
+    cJSON *evaluation = cJSON_DetachItemFromObjectCaseSensitive(metrics, "evaluation");
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
+    if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
     cJSON_AddItemToObject(o, "created_at", time_or_null(j->created_at));
@@ -124,27 +128,84 @@ static int64_t estimate_total_steps(const kapi_job_spec *spec, int64_t samples)
     return per_epoch * t->epochs;
 }
 
+/* The job's model spec: inline, or the stored model's (valid when stored); *parsed is
+ * the caller's to free. NULL when there is none to read. */
+static const kapi_model_spec *job_model(const kapi_job_spec *spec, const kstore_model *stored,
+                                        kapi_model_spec **parsed)
+{
+    *parsed = NULL;
+    if (spec->model) return spec->model;
+    if (!stored->spec_json) return NULL;
+    kapi_errors errors = {0};
+    *parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
+    kapi_errors_free(&errors);
+    return *parsed;
+}
+
+/* Labels files up to this size are read at submission to check them against the model
+ * and the task; bigger ones are checked by the worker when the job starts. */
+#define SUBMIT_CHECK_BYTES ((int64_t)64 << 20)
+
+/* The dataset's labels (or targets) against the model and the task, as the worker would
+ * find them: false with a 400 naming the field (data.dataset, loss.weight, ...). */
+static bool labels_fit(ksrv_server *server, const kapi_job_spec *spec, const kapi_model_spec *model,
+                       const kstore_dataset *dataset, ksrv_response *response)
+{
+    static const char *const splits[2] = {"train", "test"};
+    kapi_errors errors = {0};
+    for (int i = 0; i < 2 && errors.count == 0; i++) {
+        kapi_data_source source;
+        char message[600];
+        if (ksrv_dataset_source(server, dataset, splits[i], &spec->data, &source, message,
+                                sizeof message)) {
+            kapi_errors_add(&errors, "data.dataset", "%s", message);
+            break;
+        }
+        int64_t bytes = 0;
+        size_t n = strlen(splits[i]);
+        for (int f = 0; f < dataset->n_files; f++) {
+            const char *role = dataset->files[f].role;
+            if (!strncmp(role, splits[i], n) &&
+                (source.format == KAPI_FORMAT_CSV || !strcmp(role + n, "_labels")))
+                bytes += dataset->files[f].bytes;
+        }
+        if (!source.present || bytes > SUBMIT_CHECK_BYTES) continue;
+        kapi_errors found = {0};
+        kn_tensor *labels = kapi_load_labels(&source, spec->train.task, &found);
+        if (labels) kapi_check_labels(labels, model, &spec->train, "data.dataset", &found);
+        const char *kind = labels && labels->dtype == KN_FLOAT32 ? "targets" : "labels";
+        kn_release(labels);
+        /* the loader names the stored file, the checks the field: the user knows the data
+         * as the dataset's split ("the train targets: ...") */
+        for (int e = 0; e < found.count; e++) {
+            const char *path = found.items[e].path;
+            if (strcmp(path, "data.dataset") && strcmp(path, source.inputs_path) &&
+                strcmp(path, source.labels_path))
+                kapi_errors_add(&errors, path, "%s", found.items[e].message);
+            else
+                kapi_errors_add(&errors, "data.dataset", "the %s %s: %s", splits[i], kind,
+                                found.items[e].message);
+        }
+        kapi_errors_free(&found);
+    }
+    bool ok = errors.count == 0;
+    if (!ok) ksrv_respond_validation(response, 400, "invalid_data", &errors, "");
+    kapi_errors_free(&errors);
+    return ok;
+}
+
 /* Whether the job fits this server's per-job memory (job_memory.h); false with the 400
- * response set. need gets the estimate. A stored model's spec was valid when stored. */
-static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kstore_model *stored,
+ * response set. need gets the estimate. */
+static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kapi_model_spec *model,
                      int64_t samples, ksrv_response *response, ksrv_job_memory *need)
 {
     memset(need, 0, sizeof *need);
-    kapi_model_spec *parsed = NULL;
-    const kapi_model_spec *model = spec->model;
-    if (!model && stored->spec_json) {
-        kapi_errors errors = {0};
-        parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
-        kapi_errors_free(&errors);
-        model = parsed;
-    }
     if (!model) return true; /* nothing to estimate: the worker reports the spec */
     /* where it will train, as choose_device decides: auto is a GPU when there is one */
     const char *device = spec->device;
     bool on_gpu =
         !strncmp(device, "cuda", 4) || (!strcmp(device, "auto") && kn_cuda_device_count() > 0);
     *need = ksrv_job_memory_needed(spec, model, samples, on_gpu);
-    kapi_model_spec_free(parsed);
     char message[512];
     const char *path = "";
     if (ksrv_job_fits_memory(*need, server->job_memory_limit, spec, message, sizeof message, &path))
@@ -169,6 +230,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore *store = spec ? ksrv_store_or_500(server, response) : NULL;
     kstore_model model;
     kstore_dataset dataset;
+    kapi_model_spec *parsed_model = NULL;
     memset(&model, 0, sizeof model);
     memset(&dataset, 0, sizeof dataset);
     char *spec_json = NULL;
@@ -214,7 +276,9 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         goto done;
     }
     ksrv_job_memory need;
-    if (!job_fits(server, spec, &model, samples, response, &need)) goto done;
+    const kapi_model_spec *model_spec = job_model(spec, &model, &parsed_model);
+    if (!job_fits(server, spec, model_spec, samples, response, &need)) goto done;
+    if (model_spec && !labels_fit(server, spec, model_spec, &dataset, response)) goto done;
     if (validate_only) {
         /* every check a submission gets, nothing queued (the dashboard's submit form) */
         cJSON *out = cJSON_CreateObject();
@@ -279,6 +343,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore_job_free(&job);
 done:
     free(spec_json);
+    kapi_model_spec_free(parsed_model);
     kstore_model_free(&model);
     kstore_dataset_free(&dataset);
     kapi_job_spec_free(spec);

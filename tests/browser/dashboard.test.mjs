@@ -2,7 +2,8 @@
 // driven by playwright-core) against a running kilnd. Run by
 // tests/test_browser_dashboard.c:  node dashboard.test.mjs <kilnd url> <artifacts dir> [big job id]
 // Checks: the jobs table lists a running job; its loss curve appears and grows (points
-// counted before and after); its state turns to succeeded; the cancel button cancels a
+// counted before and after); its state turns to succeeded and its final evaluation shows
+// the confusion matrix; the cancel button cancels a
 // second job; the submit form shows a validation error at the right field; the
 // inference panel shows probabilities; no console errors. Writes jobs.png and job.png
 // and prints the time to first paint of a job page with 100,000 points per series.
@@ -91,6 +92,14 @@ async function mainFlow(context, page) {
   await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'succeeded',
     null, { timeout: Math.max(1000, deadline - Date.now() - 60_000) });
   check(true, 'the job page shows succeeded');
+  await page.waitForSelector('#confusion tbody tr');
+  const cells = await page.$$eval('#confusion tbody tr', (rows) => rows.map((r) =>
+    [...r.querySelectorAll('td')].map((td) => Number(td.dataset.count))));
+  const counted = cells.flat().reduce((a, b) => a + b, 0);
+  const diagonal = cells.reduce((a, row, i) => a + row[i], 0);
+  check(cells.length === 4 && cells.every((r) => r.length === 4) && counted === 128,
+    `the final evaluation shows a 4 x 4 confusion matrix of the 128 validation samples (${counted})`);
+  check(diagonal / counted > 0.9, `most of it on the diagonal (${diagonal} of ${counted})`);
   await page.waitForSelector('#checkpoints a[href$="/weights"]');
   check(true, 'the checkpoints table links the final weights');
   await page.waitForTimeout(300);

@@ -43,6 +43,13 @@ bool kapi__check_fields(kapi_errors *errors, const cJSON *obj, const char *path,
 /* The closest candidate within a small edit distance, or NULL. */
 const char *kapi__suggest(const char *given, const char *const *candidates);
 
+/* What an integer in [min, max] is called after "expected": "a positive integer", "a
+ * non-negative integer", "an integer from -8 to 7"; and a number in a range: "a finite
+ * number", "a finite number > 0", "a number in [0, 1]". */
+void kapi__int_description(int64_t min, int64_t max, char *buf, size_t size);
+void kapi__number_description(double min, bool min_inclusive, double max, bool max_inclusive,
+                              char *buf, size_t size);
+
 int kapi__get_int(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
                   int64_t min, int64_t max, int64_t *out);
 /* An integer value (not a field): same rules, path given whole. */

@@ -9,6 +9,8 @@
 #include "kapi.h"
 #include "kn_train.h"
 
+#include <cJSON.h>
+
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -35,16 +37,30 @@ typedef struct kcli_job {
     kn_module *model;
     kn_device device;
     kn_dataset *train, *test, *validation; /* any may be NULL */
+    kapi_preprocessing preprocessing;      /* what the data got (train) or gets (eval, predict) */
 } kcli_job;
 
 /* Reads and validates the job (errors printed as "path: message"), builds the model.
- * Data is loaded when want_train/want_test. Returns 0 or an exit code. */
+ * Data is loaded when want_train/want_test, checked against the model and the task; with
+ * want_train every split is preprocessed (job->preprocessing), otherwise the test data is
+ * raw until kcli_job_apply_preprocessing. Returns 0 or an exit code. */
 int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_test);
 void kcli_job_close(kcli_job *job);
-/* Scales/normalises as the job says and reshapes samples to the model's input_shape. */
-int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what);
+/* job->preprocessing for a weights file: the one it carries, else the job's (normalize
+ * "auto" measured again on the training data). 0 or an exit code. */
+int kcli_job_preprocessing(kcli_job *job, const char *weights);
+/* Scales and normalises ds in place with job->preprocessing. */
+int kcli_job_apply_preprocessing(const kcli_job *job, kn_dataset *ds, const char *what);
+/* Loads src as the job's task takes it, labels optional, fitted to the model's input. */
+int kcli_job_load_unlabeled(kcli_job *job, const kapi_data_source *src, const char *what,
+                            kn_dataset **out);
 /* Prints kapi errors as "path: message" lines on stderr. */
 void kcli_print_errors(const kapi_errors *errors);
+
+/* An evaluation's metrics (kapi_eval_metrics) into o as prefix + name, or as text
+ * ("accuracy 0.9012, precision ..."). */
+void kcli_metrics_json(cJSON *o, const char *prefix, const kn_eval_result *r);
+void kcli_metrics_text(char *out, size_t size, const kn_eval_result *r);
 
 int kcli_train(const char *job_path, const kcli_options *options);
 int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *options);

@@ -142,10 +142,12 @@ static const command COMMANDS[] = {
     {"train", "JOB.json", 1, 1, false, "json quiet out threads log-every", run_train,
      "train a model as the job says", NULL},
     {"eval", "CHECKPOINT JOB.json", 2, 2, false, "json threads", run_eval,
-     "loss and accuracy of weights on the job's test data", NULL},
+     "loss and the task's metrics of weights on the job's test data", NULL},
     {"predict", "CHECKPOINT JOB.json", 2, 2, false, "json input limit threads", run_predict,
-     "class probabilities and argmax for each input",
-     "Inputs: --input FILE in the job's data format, else the job's test inputs."},
+     "classes and probabilities, labels, or values for each raw input",
+     "Inputs: --input FILE in the job's data format (labels optional: a CSV without its\n"
+     "label column, an NPY of inputs alone), else the job's test inputs. They are raw, like\n"
+     "the training data: the preprocessing stored in CHECKPOINT is applied to them."},
     {"validate", "MODEL_OR_JOB.json", 1, 1, false, "json", run_validate,
      "check a spec; parameter count and training memory estimate", NULL},
     {"submit", "JOB.json", 1, 1, true, "follow priority validate-only", kcli_cmd_submit,
@@ -198,7 +200,9 @@ static const command COMMANDS[] = {
     {"datasets", "[NAME]", 0, 1, true, "", kcli_cmd_datasets,
      "list datasets, or show one with its files", NULL},
     {"delete-dataset", "NAME", 1, 1, true, "", kcli_cmd_delete_dataset, "delete a dataset", NULL},
-    {"health", "", 0, 0, true, "", kcli_cmd_health, "the server's state, devices and queue", NULL},
+    {"health", "", 0, 0, true, "", kcli_cmd_health, "is kilnd ready? its state, devices and queue",
+     "GET /v2/health/ready, which needs no token (the details need it): exit 0 ready, 1\n"
+     "stopping or unreachable, never 2 (a container's HEALTHCHECK runs it)."},
 };
 #define N_COMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
 
@@ -445,6 +449,9 @@ static int parse(const command *c, int argc, char **argv, kcli_args *a)
         if (rc) return rc;
     }
     for (int i = optind; i < argc; i++) {
+        if (c->max_args == 0)
+            return kcli_usage_error(a, "unexpected argument %s: %s takes no argument", argv[i],
+                                    c->name);
         if (a->n_positional == 4 || a->n_positional >= c->max_args)
             return kcli_usage_error(a, "unexpected argument %s", argv[i]);
         a->positional[a->n_positional++] = argv[i];

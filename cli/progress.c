@@ -86,7 +86,7 @@ static kn_status on_eval(void *context, const kn_eval_result *r)
         cJSON_AddNumberToObject(o, "step", (double)r->step);
         cJSON_AddNumberToObject(o, "epoch", (double)r->epoch);
         cJSON_AddNumberToObject(o, "loss", r->loss);
-        cJSON_AddNumberToObject(o, "accuracy", r->accuracy);
+        kcli_metrics_json(o, "", r);
         cJSON_AddNumberToObject(o, "count", (double)r->count);
         char *text = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
@@ -95,9 +95,10 @@ static kn_status on_eval(void *context, const kn_eval_result *r)
         fflush(stdout);
     } else if (!p->options->quiet) {
         kcli_progress_finish(p);
-        fprintf(stderr, "eval  epoch %lld step %lld: loss %.4f accuracy %.4f (%lld samples)\n",
-                (long long)r->epoch + 1, (long long)r->step, r->loss, r->accuracy,
-                (long long)r->count);
+        char metrics[256];
+        kcli_metrics_text(metrics, sizeof metrics, r);
+        fprintf(stderr, "eval  epoch %lld step %lld: loss %.4f, %s (%lld samples)\n",
+                (long long)r->epoch + 1, (long long)r->step, r->loss, metrics, (long long)r->count);
     }
     return KN_OK;
 }

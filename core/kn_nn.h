@@ -3,6 +3,9 @@
  * register them under PyTorch's state_dict names ("0.weight", "3.running_mean"), are
  * initialised exactly as PyTorch initialises them, and switch between train and eval.
  *
+ * Every kind of layer is one row of the layer table (kn_layer.h): its options, shape
+ * rule, initialisation, forward and repr; the functions here dispatch through it.
+ *
  * Ownership: kn_*_new returns a module the caller owns and frees with kn_module_free
  * (NULL with kn_last_error() on bad arguments). A module owns one reference to each of
  * its parameters and buffers; kn_sequential_append takes ownership of the child.
@@ -17,32 +20,134 @@
 extern "C" {
 #endif
 
-typedef enum {
-    KN_MODULE_SEQUENTIAL,
-    KN_MODULE_LINEAR,
-    KN_MODULE_CONV2D,
-    KN_MODULE_MAX_POOL2D,
-    KN_MODULE_AVG_POOL2D,
-    KN_MODULE_ADAPTIVE_AVG_POOL2D,
-    KN_MODULE_FLATTEN,
-    KN_MODULE_RELU,
-    KN_MODULE_LEAKY_RELU,
-    KN_MODULE_GELU,
-    KN_MODULE_TANH,
-    KN_MODULE_SIGMOID,
-    KN_MODULE_SOFTMAX,
-    KN_MODULE_DROPOUT,
-    KN_MODULE_BATCH_NORM1D,
-    KN_MODULE_BATCH_NORM2D,
-    KN_MODULE_LAYER_NORM,
-    KN_MODULE_EMBEDDING,
-} kn_module_kind;
+/* The layer kinds, one line each: X(ID, name) gives KN_MODULE_<ID> and the row
+ * kn__layer_<name> that defines the kind (core/nn/layer_*.c; see kn_layer.h). The
+ * order is the spec's list of layer types. A new layer is a line here, its options
+ * below when it takes arguments, and its row (docs/adding-a-layer.md). */
+#define KN_LAYER_KINDS(X)                                                                          \
+    X(SEQUENTIAL, sequential)                                                                      \
+    X(LINEAR, linear)                                                                              \
+    X(CONV2D, conv2d)                                                                              \
+    X(MAX_POOL2D, max_pool2d)                                                                      \
+    X(AVG_POOL2D, avg_pool2d)                                                                      \
+    X(ADAPTIVE_AVG_POOL2D, adaptive_avg_pool2d)                                                    \
+    X(FLATTEN, flatten)                                                                            \
+    X(RELU, relu)                                                                                  \
+    X(LEAKY_RELU, leaky_relu)                                                                      \
+    X(GELU, gelu)                                                                                  \
+    X(SILU, silu)                                                                                  \
+    X(TANH, tanh)                                                                                  \
+    X(SIGMOID, sigmoid)                                                                            \
+    X(SOFTMAX, softmax)                                                                            \
+    X(DROPOUT, dropout)                                                                            \
+    X(BATCH_NORM1D, batch_norm1d)                                                                  \
+    X(BATCH_NORM2D, batch_norm2d)                                                                  \
+    X(LAYER_NORM, layer_norm)                                                                      \
+    X(EMBEDDING, embedding)
 
-/* parameters + buffers of one layer: BatchNorm has weight, bias, running_mean,
- * running_var and num_batches_tracked (an int64 scalar, as in PyTorch's state_dict) */
-#define KN_MODULE_MAX_TENSORS 5
+#define KN__MODULE_KIND(id, name) KN_MODULE_##id,
+typedef enum { KN_LAYER_KINDS(KN__MODULE_KIND) KN_MODULE_KIND_COUNT } kn_module_kind;
+#undef KN__MODULE_KIND
+
+/* ---- layer options: the constructor arguments of each torch.nn class, under torch's
+ * names (as torch's C++ frontend has LinearOptions, Conv2dOptions). The layer table
+ * describes each field (type, default, range) for the spec parser. ------------------ */
+
+/* A short list of integers (normalized_shape): size[0..n). */
+typedef struct kn_int_list {
+    int64_t size[KN_MAX_DIMS];
+    int n;
+} kn_int_list;
+
+typedef struct kn_linear_options {
+    int64_t in_features, out_features;
+    bool bias;
+} kn_linear_options;
+
+typedef struct kn_conv2d_options {
+    int64_t in_channels, out_channels;
+    int kernel_size[2], stride[2], padding[2], dilation[2];
+    int64_t groups;
+    bool bias;
+} kn_conv2d_options;
+
+typedef struct kn_max_pool2d_options {
+    int kernel_size[2], stride[2], padding[2], dilation[2];
+    bool ceil_mode;
+} kn_max_pool2d_options;
+
+typedef struct kn_avg_pool2d_options {
+    int kernel_size[2], stride[2], padding[2];
+    bool ceil_mode, count_include_pad;
+} kn_avg_pool2d_options;
+
+typedef struct kn_adaptive_avg_pool2d_options {
+    int output_size[2];
+} kn_adaptive_avg_pool2d_options;
+
+typedef struct kn_flatten_options {
+    int64_t start_dim, end_dim; /* counted with the batch dim, as torch counts them */
+} kn_flatten_options;
+
+typedef struct kn_activation_options {
+    bool inplace; /* accepted for torch's sake; Kiln never computes in place */
+} kn_activation_options;
+
+typedef struct kn_leaky_relu_options {
+    double negative_slope;
+    bool inplace;
+} kn_leaky_relu_options;
+
+typedef struct kn_gelu_options {
+    int approximate; /* a kn_gelu_approximation */
+} kn_gelu_options;
+
+typedef struct kn_softmax_options {
+    int64_t dim; /* counted with the batch dim */
+} kn_softmax_options;
+
+typedef struct kn_dropout_options {
+    double p;
+    bool inplace;
+} kn_dropout_options;
+
+typedef struct kn_batch_norm_options {
+    int64_t num_features;
+    double eps, momentum; /* momentum < 0: PyTorch's None (a cumulative average) */
+    bool affine, track_running_stats;
+} kn_batch_norm_options;
+
+typedef struct kn_layer_norm_options {
+    kn_int_list normalized_shape;
+    double eps;
+    bool elementwise_affine;
+} kn_layer_norm_options;
+
+typedef struct kn_embedding_options {
+    int64_t num_embeddings, embedding_dim;
+} kn_embedding_options;
+
+/* One layer's options: the member its kind reads (relu: activation; batch_norm1d and
+ * batch_norm2d: batch_norm). Kinds without arguments (tanh, sigmoid) read none. */
+typedef union kn_layer_options {
+    kn_linear_options linear;
+    kn_conv2d_options conv2d;
+    kn_max_pool2d_options max_pool2d;
+    kn_avg_pool2d_options avg_pool2d;
+    kn_adaptive_avg_pool2d_options adaptive_avg_pool2d;
+    kn_flatten_options flatten;
+    kn_activation_options activation;
+    kn_leaky_relu_options leaky_relu;
+    kn_gelu_options gelu;
+    kn_softmax_options softmax;
+    kn_dropout_options dropout;
+    kn_batch_norm_options batch_norm;
+    kn_layer_norm_options layer_norm;
+    kn_embedding_options embedding;
+} kn_layer_options;
 
 typedef struct kn_module kn_module;
+struct kn_layer_type;
 
 /* A named tensor: a parameter or buffer seen from the root ("3.running_mean").
  * tensor is borrowed from the module. */
@@ -52,34 +157,39 @@ typedef struct kn_named_tensor {
     bool is_buffer; /* running stats: saved and loaded, never optimized */
 } kn_named_tensor;
 
+/* A tensor a module owns, under its own name ("weight", "weight_ih_l0"). */
+typedef struct kn_module_tensor {
+    char name[48];
+    kn_tensor *tensor;
+    bool is_buffer; /* in the state dict, never optimized */
+    bool host;      /* stays on the cpu when the module moves (num_batches_tracked) */
+} kn_module_tensor;
+
+#define KN_MODULE_NAME_MAX 32 /* a child's name: "0", "self_attn" */
+
 struct kn_module {
     kn_module_kind kind;
-    const char *type_name; /* torch.nn's class name: "Linear", "Conv2d", ... */
+    const struct kn_layer_type *layer; /* the kind's row in the layer table */
+    const char *type_name;             /* torch.nn's class name: "Linear", "Conv2d", ... */
     bool training;
+    kn_layer_options options; /* as given, PyTorch's defaults filled in */
     /* own tensors, in PyTorch's registration order (weight before bias) */
-    int n_tensors;
-    const char *tensor_names[KN_MODULE_MAX_TENSORS];
-    kn_tensor *tensors[KN_MODULE_MAX_TENSORS];
-    bool tensor_is_buffer[KN_MODULE_MAX_TENSORS];
-    /* children (Sequential) */
+    int n_tensors, tensors_capacity;
+    kn_module_tensor *tensors;
+    /* children, named as in PyTorch's state_dict: "0", "1" in a Sequential */
     int n_children, children_capacity;
     kn_module **children;
-    /* layer configuration */
-    int64_t in_features, out_features; /* linear, conv channels, embedding sizes */
-    kn_conv2d_args conv;
-    int kernel_size[2];
-    kn_pool2d_args pool;
-    int output_size[2];          /* adaptive pool */
-    int start_dim, end_dim, dim; /* flatten; softmax dim */
-    double negative_slope, p, eps, momentum;
-    kn_gelu_approximation approximate;
-    int normalized_ndim;
-    int64_t normalized_shape[KN_MAX_DIMS];
-    bool has_bias, affine, track_running_stats;
+    char (*child_names)[KN_MODULE_NAME_MAX];
     kn_generator *dropout_generator; /* borrowed; NULL = default generator */
 };
 
 /* ---- constructors (gen NULL means the default generator) ------------------------- */
+/* Any kind from its options (NULL: every argument at its default, kn_layer_defaults),
+ * checked and initialised as PyTorch does; the kind-specific constructors below are
+ * shorthands for it. */
+kn_module *kn_module_new(kn_module_kind kind, const kn_layer_options *options, kn_generator *gen);
+/* PyTorch's defaults for kind's options; arguments without one (in_features) are 0. */
+void kn_layer_defaults(kn_module_kind kind, kn_layer_options *options);
 kn_module *kn_sequential_new(void);
 /* Appends child (the sequential takes ownership, also on failure). */
 kn_status kn_sequential_append(kn_module *sequential, kn_module *child);
@@ -93,6 +203,7 @@ kn_module *kn_flatten_new(int start_dim, int end_dim); /* torch default: 1, -1 *
 kn_module *kn_relu_new(void);
 kn_module *kn_leaky_relu_new(double negative_slope);
 kn_module *kn_gelu_new(kn_gelu_approximation approximate);
+kn_module *kn_silu_new(void);
 kn_module *kn_tanh_new(void);
 kn_module *kn_sigmoid_new(void);
 kn_module *kn_softmax_new(int dim);
@@ -115,11 +226,15 @@ const char *kn_module_kind_name(kn_module_kind kind);
 
 /* ---- use ------------------------------------------------------------------------- */
 kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x);
+/* The same for a layer of several inputs (n of them, as its row allows). */
+kn_tensor *kn_module_forward_n(kn_module *m, kn_tensor *const *inputs, int n);
 void kn_module_train(kn_module *m, bool training); /* recursive, like module.train() */
 /* The output shape for an input of in_shape (no batch dim), computed without running
- * the layers; an error names the layer index and the shapes (used by spec validation):
- * "layer 7 (linear): expects a 1-D input of 1568 features, got [32, 7, 7] — add a
- * flatten". Flatten/Softmax dims count the batch dim, as in torch. */
+ * the layers by the same shape rules as spec validation; an error names the layer, the
+ * argument when one is at fault, and the shapes: "layer 6 (linear): expects a 1-D
+ * input, got [32, 7, 7] — add a flatten", "layer 0 (conv2d): in_channels: expected 3
+ * (inferred from the input [3, 28, 28]), got 1". Flatten/Softmax dims count the batch
+ * dim, as in torch. */
 kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, int in_ndim,
                                  int64_t *out_shape, int *out_ndim);
 

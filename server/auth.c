@@ -1,16 +1,22 @@
 /*
  * auth.c — who may talk to kilnd. A page in a browser can reach a localhost port, so
  * every request's Host must name this server (its listen address, localhost or
- * 127.0.0.1 with the port, or an allowed origin's host) and an Origin, when sent, must
- * be one of those as http://host:port or listed in --allowed-origins: otherwise 403
- * (DNS rebinding and cross-site requests stop here). With --token-file, every route but
- * /v2/health/... also needs "Authorization: Bearer <token>", compared in constant time.
+ * 127.0.0.1 with the port, a name in --allowed-hosts, an allowed origin's host, and on a
+ * wildcard listen (0.0.0.0, ::) one of this machine's addresses with the port) and an
+ * Origin, when sent, must be one of those as http://host:port or listed in
+ * --allowed-origins: otherwise 403 (DNS rebinding and cross-site requests stop here).
+ * With --token-file, every route but /v2/health/... also needs "Authorization: Bearer
+ * <token>", compared in constant time; kilnd refuses to listen on an address other than
+ * loopback without one unless --insecure-no-token says so (ksrv_auth_listen_check).
  */
 #define _GNU_SOURCE /* asprintf */
 #include "ksrv_http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,9 +63,13 @@ bool ksrv_auth_load(ksrv_server *server, char **error)
     while (n > 0 && (buffer[n - 1] == '\n' || buffer[n - 1] == '\r' || buffer[n - 1] == ' ' ||
                      buffer[n - 1] == '\t'))
         buffer[--n] = '\0';
-    if (n == 0 || (size_t)n >= sizeof server->token || strpbrk(buffer, " \t\r\n")) {
-        *error = fail("--token-file %s: expected one token of 1 to 255 characters without "
-                      "spaces%s", path, "");
+    if (n < KSRV_MIN_TOKEN_LENGTH || (size_t)n >= sizeof server->token ||
+        strpbrk(buffer, " \t\r\n")) {
+        char range[64];
+        snprintf(range, sizeof range, "%d to %zu", KSRV_MIN_TOKEN_LENGTH, sizeof server->token - 1);
+        *error = fail("--token-file %s: expected one token of %s characters without spaces "
+                      "(a short token is guessed: try `openssl rand -hex 32`)",
+                      path, range);
         return false;
     }
     memcpy(server->token, buffer, (size_t)n + 1);
@@ -80,6 +90,119 @@ static bool wildcard_listen(const ksrv_server *server)
 {
     const char *a = server->config.listen_address;
     return !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
+}
+
+static bool host_is_ours(const ksrv_server *server, const char *host, size_t length);
+static bool host_of_allowed_origin(const ksrv_server *server, const char *host);
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.x.y.z: only this machine can connect. */
+bool ksrv_loopback_address(const char *address)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, address, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, address, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
+char *ksrv_auth_listen_check(const ksrv_config *config, bool have_token)
+{
+    if (have_token || config->insecure_no_token || ksrv_loopback_address(config->listen_address))
+        return NULL;
+    return fail("--listen %s reaches beyond this machine: give a --token-file (every route "
+                "but /v2/health then needs it), or --insecure-no-token to serve %s to anyone "
+                "who can reach it",
+                config->listen_address, "kilnd");
+}
+
+/* Splits a Host value into its host ("[v6]" keeps its brackets) and port (-1 when none);
+ * false when it is not host[:port]. */
+static bool split_host(const char *host, size_t length, char *name, size_t size, int *port)
+{
+    const char *end = host + length;
+    const char *colon = NULL;
+    if (length > 0 && host[0] == '[') {
+        const char *close = memchr(host, ']', length);
+        if (!close) return false;
+        colon = close + 1 < end ? close + 1 : NULL;
+        if (colon && *colon != ':') return false;
+    } else {
+        colon = memchr(host, ':', length);
+    }
+    size_t name_length = colon ? (size_t)(colon - host) : length;
+    if (name_length == 0 || name_length >= size) return false;
+    memcpy(name, host, name_length);
+    name[name_length] = '\0';
+    *port = -1;
+    if (colon) {
+        char *stop;
+        long p = strtol(colon + 1, &stop, 10);
+        if (stop != end || colon + 1 == end || p < 0 || p > 65535) return false;
+        *port = (int)p;
+    }
+    return true;
+}
+
+/* Is host ("name" or "name:port") in --allowed-hosts? An entry without a port takes any. */
+static bool host_listed(const ksrv_server *server, const char *host, size_t length)
+{
+    char name[256];
+    int port;
+    if (!split_host(host, length, name, sizeof name, &port)) return false;
+    const char *list = server->config.allowed_hosts;
+    while (*list) {
+        while (*list == ',' || *list == ' ') list++;
+        size_t n = strcspn(list, ", ");
+        char entry[256];
+        int entry_port;
+        if (n && split_host(list, n, entry, sizeof entry, &entry_port) &&
+            !strcasecmp(entry, name) && (entry_port < 0 || entry_port == port))
+            return true;
+        list += n;
+    }
+    return false;
+}
+
+/* On a wildcard listen: is host one of this machine's addresses, with our port? */
+static bool host_is_machine_address(const ksrv_server *server, const char *host, size_t length)
+{
+    char name[128];
+    int port;
+    if (!split_host(host, length, name, sizeof name, &port)) return false;
+    if (port != server->port && !(port < 0 && server->port == 80)) return false;
+    /* the form a browser sends: dotted IPv4, or IPv6 in brackets */
+    char bare[128];
+    bool v6 = name[0] == '[';
+    snprintf(bare, sizeof bare, "%.*s", (int)strlen(name) - (v6 ? 2 : 0), name + (v6 ? 1 : 0));
+    char *zone = strchr(bare, '%');
+    if (zone) *zone = '\0';
+    struct in_addr want4;
+    struct in6_addr want6;
+    if (v6 ? inet_pton(AF_INET6, bare, &want6) != 1 : inet_pton(AF_INET, bare, &want4) != 1)
+        return false;
+    /* read each time: addresses come and go (DHCP, VPNs), and only a Host nothing else
+     * matched gets here */
+    struct ifaddrs *list = NULL;
+    if (getifaddrs(&list) != 0) return false;
+    bool found = false;
+    for (struct ifaddrs *i = list; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr) continue;
+        if (!v6 && i->ifa_addr->sa_family == AF_INET)
+            found = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr == want4.s_addr;
+        else if (v6 && i->ifa_addr->sa_family == AF_INET6)
+            found = !memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, &want6, sizeof want6);
+    }
+    freeifaddrs(list);
+    return found;
+}
+
+bool ksrv_auth_host_allowed(const ksrv_server *server, const char *host)
+{
+    size_t length = strlen(host);
+    return host_is_ours(server, host, length) || host_listed(server, host, length) ||
+           host_of_allowed_origin(server, host) ||
+           (wildcard_listen(server) && host_is_machine_address(server, host, length));
 }
 
 /* host:port forms that name this server. */
@@ -135,9 +258,9 @@ static bool origin_allowed(const ksrv_server *server, const char *origin, const 
     if (origin_listed(server, origin, length)) return true;
     if (length > 7 && !strncasecmp(origin, "http://", 7)) {
         if (host_is_ours(server, origin + 7, length - 7)) return true;
-        /* listening on every address: a same-origin page (Origin == Host) is ours */
-        if (wildcard_listen(server) && host && strlen(host) == length - 7 &&
-            !strncasecmp(origin + 7, host, length - 7))
+        /* a same-origin page (Origin == Host) is ours when its Host is */
+        if (host && strlen(host) == length - 7 && !strncasecmp(origin + 7, host, length - 7) &&
+            ksrv_auth_host_allowed(server, host))
             return true;
     }
     return false;
@@ -154,11 +277,10 @@ bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *
 {
     struct MHD_Connection *c = request->connection;
     const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
-    /* HTTP/1.0 clients may omit Host; browsers always send it */
-    if (host && !wildcard_listen(server) && !host_is_ours(server, host, strlen(host)) &&
-        !host_of_allowed_origin(server, host)) {
+    /* HTTP/1.0 clients may omit Host (http.c refuses HTTP/1.1 without); browsers send it */
+    if (host && !ksrv_auth_host_allowed(server, host)) {
         ksrv_respond_error(response, 403, "forbidden_host", NULL,
-                           "Host \"%.100s\" does not name this server", host);
+                           "Host \"%.100s\" does not name this server (see --allowed-hosts)", host);
         return false;
     }
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");

@@ -163,7 +163,10 @@ static void append_state(stream *s, const kstore_job *j)
                           j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON_AddItemToObject(o, "samples_per_second", number(j->samples_per_second));
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
+    /* as in GET /v1/jobs/{id}: the final evaluation is the job's own field */
+    cJSON *evaluation = cJSON_DetachItemFromObjectCaseSensitive(metrics, "evaluation");
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
+    if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
     if (j->error_code[0]) {

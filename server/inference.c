@@ -4,20 +4,28 @@
  *
  * A model's versions are its succeeded jobs and its uploaded weights, and its aliases
  * name versions (server/versions.c resolves them; the default is the alias "default",
- * else the newest succeeded job); a version is loaded from its spec and weights and kept in a
- * small LRU cache keyed by (model, version). Deleting a version or a model forgets its
- * entries (ksrv_model_cache_forget), so a name uploaded again is loaded afresh. Concurrent requests
- * to one loaded version are batched: each request enqueues its samples; one thread becomes the
- * leader, takes what is queued, stacks all inputs, runs one forward (eval mode, no grad) and hands
- * each request its rows; the others wait on a condition variable, and those that arrived during the
+ * else the newest succeeded job); a version is loaded from its spec and weights and kept
+ * in an LRU cache keyed by (model, version), bounded in entries (--model-cache-entries)
+ * and in the bytes of their parameters and buffers (--model-cache-bytes). A request holds
+ * (pins) the entry it uses from the look-up to its answer: eviction takes only entries
+ * nobody holds, so the cache may run over its bounds while every entry is in use and
+ * shrinks back as they are let go (the last holder of an entry over the bounds frees it).
+ * Deleting a version or a model forgets its entries (ksrv_model_cache_forget): they are
+ * never found again and go when their last holder lets them go, so a name uploaded again
+ * is loaded afresh. Concurrent requests to one loaded version are batched: each
+ * request enqueues its samples; one thread becomes the leader, takes what is queued,
+ * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
+ * rows; the others wait on a condition variable, and those that arrived during the
  * forward make the next batch. No request waits for others to come: a lone request runs
  * at once, and under load the batches grow by themselves (Triton's dynamic batcher with
  * no queue delay).
  *
- * Outputs are the model's raw outputs (logits for a classifier). A request-level
- * "parameters": {"softmax": true} turns each row of a [N, classes] output into
- * probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted to float32),
- * with a shape [N, ...] whose per-sample element count matches the model's input_shape
+ * Inputs are raw, like the training data: the preprocessing the job applied (scale,
+ * normalize; in the weights' metadata) is applied to them here, unless the request says
+ * "parameters": {"preprocessed": true}. Outputs are the model's raw outputs (logits for a
+ * classifier). A request-level "parameters": {"softmax": true} turns each row of a
+ * [N, classes] output into probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted
+ * to float32), with a shape [N, ...] whose per-sample element count matches the model's input_shape
  * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
  */
 #include "registry.h"
@@ -25,13 +33,13 @@
 #include "kapi.h"
 
 #include <cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define CACHE_CAPACITY 4
 #define MAX_BATCH_SAMPLES 4096
 #define MAX_REQUEST_VALUES (64LL << 20)
 
@@ -55,8 +63,10 @@ typedef struct cache_entry {
     bool stale; /* forgotten while in use: never found again, freed when let go */
     kapi_model_spec *spec;
     kn_module *module;
+    kapi_preprocessing preprocessing; /* from the weights' metadata: raw inputs are applied it */
     int64_t in_numel, out_numel;
-    int refs;
+    size_t bytes; /* parameters and buffers: what the byte bound counts */
+    int refs;     /* requests holding it (cache lock): never freed while > 0 */
     uint64_t last_used;
     /* batching */
     pthread_mutex_t lock;
@@ -71,6 +81,10 @@ struct ksrv_model_cache {
     pthread_mutex_t lock;
     cache_entry *entries;
     uint64_t clock;
+    uint64_t forgets; /* ksrv_model_cache_forget calls: a load that spans one is stale */
+    int max_entries;
+    size_t max_bytes;
+    ksrv_model_cache_stats stats; /* entries and bytes held now, loads, evictions */
 };
 
 static double mono_now(void)
@@ -87,8 +101,19 @@ ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server)
     ksrv_model_cache *cache = calloc(1, sizeof *cache);
     if (!cache) return NULL;
     cache->server = server;
+    cache->max_entries =
+        server->config.model_cache_entries > 0 ? server->config.model_cache_entries : 4;
+    cache->max_bytes = server->config.model_cache_bytes;
     pthread_mutex_init(&cache->lock, NULL);
     return cache;
+}
+
+ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache)
+{
+    pthread_mutex_lock(&cache->lock);
+    ksrv_model_cache_stats stats = cache->stats;
+    pthread_mutex_unlock(&cache->lock);
+    return stats;
 }
 
 static void entry_free(cache_entry *e)
@@ -96,6 +121,7 @@ static void entry_free(cache_entry *e)
     if (!e) return;
     kn_module_free(e->module);
     kapi_model_spec_free(e->spec);
+    kapi_preprocessing_free(&e->preprocessing);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->cond);
     free(e);
@@ -148,17 +174,70 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const kstore_
         snprintf(error, size, "loading the weights of version %s: %s", version, kn_last_error());
         goto fail;
     }
+    /* what the job did to its inputs travels in the weights (none in files from elsewhere) */
+    kapi_errors errors = {0};
+    bool found = false;
+    if (!kapi_load_preprocessing(path, &e->preprocessing, &found, &errors)) {
+        snprintf(error, size, "reading the preprocessing of version %s: %s", version,
+                 errors.count ? errors.items[0].message : "unreadable");
+        kapi_errors_free(&errors);
+        goto fail;
+    }
     kn_module_train(e->module, false);
     e->in_numel = numel(e->spec->input_shape, e->spec->input_ndim);
     e->out_numel = numel(e->spec->output_shape, e->spec->output_ndim);
+    int n_state = 0;
+    kn_named_tensor *state = kn_module_state_dict(e->module, &n_state);
+    for (int i = 0; i < n_state; i++)
+        e->bytes += (size_t)kn_numel(state[i].tensor) * kn_dtype_size(state[i].tensor->dtype);
+    free(state);
     return e;
 fail:
     entry_free(e);
     return NULL;
 }
 
-/* The cached entry of (model, version), loaded when missing; the caller holds a
- * reference until entry_release. */
+static bool over_bounds(const ksrv_model_cache *cache)
+{
+    return cache->stats.entries > cache->max_entries ||
+           (cache->max_bytes > 0 && cache->stats.bytes > cache->max_bytes);
+}
+
+/* Unlinks *p onto *victims (for entry_free outside the lock). Cache lock held. */
+static void unlink_entry(ksrv_model_cache *cache, cache_entry **p, cache_entry **victims)
+{
+    cache_entry *gone = *p;
+    *p = gone->next;
+    cache->stats.entries--;
+    cache->stats.bytes -= gone->bytes;
+    gone->next = *victims;
+    *victims = gone;
+}
+
+/* Unlinks least recently used entries that nobody holds while the cache is over its
+ * bounds; they go on *victims. Cache lock held. */
+static void evict(ksrv_model_cache *cache, cache_entry **victims)
+{
+    while (over_bounds(cache)) {
+        cache_entry **victim = NULL;
+        for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
+            if ((*p)->refs == 0 && (!victim || (*p)->last_used < (*victim)->last_used)) victim = p;
+        if (!victim) return; /* every entry is in use: the last release shrinks it */
+        unlink_entry(cache, victim, victims);
+        cache->stats.evictions++;
+    }
+}
+
+static void free_victims(cache_entry *victims)
+{
+    for (cache_entry *e = victims, *next; e; e = next) {
+        next = e->next;
+        entry_free(e);
+    }
+}
+
+/* The cached entry of (model, version), loaded when missing, held for the caller until
+ * entry_release: it is pinned (refs > 0) before anything can be evicted. */
 static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const kstore_version *v,
                               char *error, size_t size)
 {
@@ -172,71 +251,73 @@ static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const ksto
             return e;
         }
     }
+    uint64_t forgets = cache->forgets;
     pthread_mutex_unlock(&cache->lock);
 
     /* loading happens outside the lock; a racing load of the same version loses */
     cache_entry *loaded = entry_load(cache->server, store, v, error, size);
     if (!loaded) return NULL;
+    cache_entry *victims = NULL, *found = NULL;
     pthread_mutex_lock(&cache->lock);
-    cache_entry *found = NULL;
-    int count = 0;
-    for (cache_entry *e = cache->entries; e; e = e->next, count++)
+    for (cache_entry *e = cache->entries; e && !found; e = e->next)
         if (!e->stale && !strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
     if (found) {
-        entry_free(loaded);
+        loaded->next = victims; /* the duplicate is freed below, outside the lock */
+        victims = loaded;
         loaded = found;
     } else {
+        /* a version forgotten while it loaded (deleted, uploaded again) may have been
+         * read before or after: this request gets what it read, nobody else does */
+        loaded->stale = cache->forgets != forgets;
         loaded->next = cache->entries;
         cache->entries = loaded;
-        count++;
-        /* evict the least recently used entries nobody holds */
-        while (count > CACHE_CAPACITY) {
-            cache_entry **victim = NULL;
-            for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
-                if ((*p)->refs == 0 && (!victim || (*p)->last_used < (*victim)->last_used))
-                    victim = p;
-            if (!victim) break;
-            cache_entry *gone = *victim;
-            *victim = gone->next;
-            entry_free(gone);
-            count--;
-        }
+        cache->stats.entries++;
+        cache->stats.bytes += loaded->bytes;
+        cache->stats.loads++;
     }
-    loaded->refs++;
+    loaded->refs++; /* pinned before the eviction below can see it */
     loaded->last_used = ++cache->clock;
+    evict(cache, &victims);
     pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
     return loaded;
-}
-
-/* Unlinks and frees e (the cache's lock held; nobody holds e). */
-static void entry_drop(ksrv_model_cache *cache, cache_entry *e)
-{
-    for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
-        if (*p == e) {
-            *p = e->next;
-            entry_free(e);
-            return;
-        }
 }
 
 static void entry_release(ksrv_model_cache *cache, cache_entry *e)
 {
+    cache_entry *victims = NULL;
     pthread_mutex_lock(&cache->lock);
-    if (--e->refs == 0 && e->stale) entry_drop(cache, e);
+    if (--e->refs == 0 && e->stale)
+        for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
+            if (*p == e) {
+                unlink_entry(cache, p, &victims);
+                break;
+            }
+    evict(cache, &victims); /* what was kept over the bounds while in use */
     pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
 }
 
 void ksrv_model_cache_forget(ksrv_model_cache *cache, const char *model, const char *version)
 {
     if (!cache) return;
+    cache_entry *victims = NULL;
     pthread_mutex_lock(&cache->lock);
-    for (cache_entry *e = cache->entries, *next; e; e = next) {
-        next = e->next;
-        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0)) continue;
-        e->stale = true;
-        if (e->refs == 0) entry_drop(cache, e);
+    cache->forgets++;
+    for (cache_entry **p = &cache->entries; *p;) {
+        cache_entry *e = *p;
+        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0)) {
+            p = &e->next;
+            continue;
+        }
+        e->stale = true; /* never found again; held ones go at their last release */
+        if (e->refs == 0)
+            unlink_entry(cache, p, &victims);
+        else
+            p = &e->next;
     }
     pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
 }
 
 /* ---- batching --------------------------------------------------------------------- */
@@ -501,6 +582,19 @@ static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, fl
         return false;
     }
     double v = node->valuedouble;
+    /* the model computes in float32: 1e400 (read as infinity) and 1e39 (finite, but not
+     * as a float) would come back as null outputs */
+    if (!isfinite(v) || fabs(v) > FLT_MAX) {
+        snprintf(error, size,
+                 "inputs[0].data[%lld]: %s is not a finite float32 value (at most %g in "
+                 "magnitude)",
+                 (long long)*count,
+                 isnan(v)   ? "NaN"
+                 : isinf(v) ? "an infinity"
+                            : "a number",
+                 (double)FLT_MAX);
+        return false;
+    }
     if (cls != DT_FLOAT && v != floor(v)) {
         snprintf(error, size, "inputs[0].data: %s data must be integers, found %g", datatype, v);
         return false;
@@ -529,6 +623,7 @@ typedef struct parsed_infer {
     float *data;
     int64_t n;
     bool softmax;
+    bool preprocessed; /* the inputs are already as the model takes them */
     const char *id;
 } parsed_infer;
 
@@ -569,6 +664,13 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         return false;
     }
     p->softmax = softmax && cJSON_IsTrue(softmax);
+    const cJSON *preprocessed =
+        params ? cJSON_GetObjectItemCaseSensitive(params, "preprocessed") : NULL;
+    if (preprocessed && !cJSON_IsBool(preprocessed)) {
+        snprintf(error, size, "parameters.preprocessed: expected true or false");
+        return false;
+    }
+    p->preprocessed = preprocessed && cJSON_IsTrue(preprocessed);
     const cJSON *outputs = cJSON_GetObjectItemCaseSensitive(body, "outputs");
     if (outputs) {
         if (!cJSON_IsArray(outputs)) {
@@ -594,8 +696,10 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
     const cJSON *in = inputs->child;
     if (!only_keys(in, input_keys, 5, "inputs[0]", error, size)) return false;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
-    if (!cJSON_IsString(name)) {
-        snprintf(error, size, "inputs[0].name: expected a string (\"input\")");
+    if (!cJSON_IsString(name) || strcmp(name->valuestring, "input") != 0) {
+        snprintf(error, size, "inputs[0].name: the model has one input, named \"input\"%s%.60s%s",
+                 cJSON_IsString(name) ? ", got \"" : "",
+                 cJSON_IsString(name) ? name->valuestring : "", cJSON_IsString(name) ? "\"" : "");
         return false;
     }
     const cJSON *datatype = cJSON_GetObjectItemCaseSensitive(in, "datatype");
@@ -755,6 +859,9 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
     parsed_infer p = {0};
     if (!parse_infer(body, e, &p, error, sizeof error)) {
         ksrv_respond_v2_error(response, 400, "%s", error);
+    } else if (!p.preprocessed &&
+               kapi_preprocess(&e->preprocessing, p.data, p.n, e->in_numel) != KN_OK) {
+        ksrv_respond_v2_error(response, 500, "preprocessing the inputs: %s", kn_last_error());
     } else {
         infer_request req = {.input = p.data, .n = p.n};
         infer_batched(e, &req, &server->stats);

@@ -34,9 +34,17 @@ typedef struct ksrv_config {
     char log_level[16];         /* --log-level: error, warn, info (default), debug */
     char token_file[512];       /* --token-file: 0600 file with the bearer token */
     char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
-    int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
+    int threads_per_worker;     /* --threads-per-worker: most engine threads a job uses */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
     size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
+    int model_cache_entries;    /* --model-cache-entries: loaded inference versions, default 4 */
+    size_t model_cache_bytes;   /* --model-cache-bytes: their parameters, default 1 GiB */
+    int max_connections;        /* --max-connections: open HTTP connections, default 1024 */
+    int max_connections_per_ip; /* --max-connections-per-ip: default 64, 0: no limit */
+    int header_timeout;         /* --header-timeout: seconds to send a request's headers (10) */
+    int idle_timeout;           /* --idle-timeout: seconds a connection may stay silent (120) */
+    char allowed_hosts[1024];   /* --allowed-hosts: extra Host names (wildcard listens) */
+    bool insecure_no_token;     /* --insecure-no-token: serve a non-loopback address openly */
 } ksrv_config;
 
 void ksrv_config_defaults(ksrv_config *config);
@@ -52,6 +60,7 @@ void ksrv_log(ksrv_log_level level, const char *fmt, ...) __attribute__((format(
 /* ---- the server ------------------------------------------------------------------ */
 typedef struct ksrv_workers ksrv_workers;
 typedef struct ksrv_model_cache ksrv_model_cache;
+typedef struct ksrv_conn_guard ksrv_conn_guard;
 
 /* Counters for GET /metrics (atomics; read without locks). */
 typedef struct ksrv_stats {
@@ -70,6 +79,8 @@ typedef struct ksrv_stats {
     /* forward passes of the inference batcher and the requests they served: the mean
      * batch is their ratio */
     uint64_t infer_batches, infer_batched_requests;
+    /* connections cut for sending their headers too slowly (server/conn_guard.c) */
+    uint64_t header_timeouts;
 } ksrv_stats;
 
 typedef struct ksrv_server {
@@ -84,6 +95,7 @@ typedef struct ksrv_server {
     double started_at;
     int64_t job_memory_limit; /* bytes one job may use (job_memory.h) */
     volatile int stopping;
+    ksrv_conn_guard *guard; /* the header deadline of the HTTP connections */
 } ksrv_server;
 
 /* Starts everything (store migrated, running jobs requeued, workers, HTTP). NULL with
@@ -199,6 +211,12 @@ int ksrv_workers_busy(ksrv_workers *workers);
 /* ---- the inference cache (server/inference.c) ---------------------------------------- */
 ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server);
 void ksrv_model_cache_free(ksrv_model_cache *cache);
+typedef struct ksrv_model_cache_stats {
+    int entries;               /* loaded versions now (over the bounds only while in use) */
+    size_t bytes;              /* their parameters and buffers */
+    uint64_t loads, evictions; /* since the start */
+} ksrv_model_cache_stats;
+ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache);
 
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
 /* The cached body for key, shared: *data and *size stay valid until the returned handle

@@ -44,11 +44,29 @@ void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_sta
         snprintf(response->header_name, sizeof response->header_name, "Retry-After");
         snprintf(response->header_value, sizeof response->header_value, "1");
         break;
+    case KSTORE_FULL:
+        ksrv_log(KSRV_LOG_ERROR, "store full on %s: %s", what, detail);
+        ksrv_respond_error(response, 507, "insufficient_storage", NULL,
+                           "the data directory is full: the %s change was not saved; deleting "
+                           "datasets frees space",
+                           what);
+        break;
     default:
         ksrv_log(KSRV_LOG_ERROR, "store error on %s: %s", what, detail);
         ksrv_respond_error(response, 500, "internal", NULL, "storage error: %s", detail);
         break;
     }
+}
+
+kstore_status ksrv_store_delete(ksrv_server *server, kstore *store,
+                                kstore_status (*delete_op)(kstore *store, void *context),
+                                void *context)
+{
+    kstore_status status = delete_op(store, context);
+    if (status == KSTORE_FULL && ksrv_space_reserve_release(server))
+        status = delete_op(store, context);
+    if (status == KSTORE_OK) ksrv_space_reserve_make(server); /* again, when there is room */
+    return status;
 }
 
 kstore *ksrv_store_or_500(ksrv_server *server, ksrv_response *response)
@@ -169,6 +187,7 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                          (unsigned long long)s->requests[i].count);
     uint64_t buckets[12], count = s->infer_count;
     uint64_t batches = s->infer_batches, batched = s->infer_batched_requests;
+    uint64_t header_timeouts = s->header_timeouts;
     double sum = s->infer_sum;
     memcpy(buckets, s->infer_buckets, sizeof buckets);
     pthread_mutex_unlock(&s->lock);
@@ -192,7 +211,8 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
     char next[40];
     if (kstore_job_list(store, &running, NULL, 1000, &jobs, &n, next) == KSTORE_OK) {
         for (int i = 0; i < n; i++)
-            ksrv_text_printf(&t, "kilnd_job_samples_per_second{job=\"%s\",device=\"%s\"} %.6g\n",
+            /* job_id, not job: Prometheus gives every scraped series the target's job */
+            ksrv_text_printf(&t, "kilnd_job_samples_per_second{job_id=\"%s\",device=\"%s\"} %.6g\n",
                              jobs[i].id, jobs[i].device,
                              isfinite(jobs[i].samples_per_second) ? jobs[i].samples_per_second
                                                                   : 0.0);
@@ -224,6 +244,26 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                      "# TYPE kilnd_inference_batched_requests_total counter\n"
                      "kilnd_inference_batched_requests_total %llu\n",
                      (unsigned long long)batches, (unsigned long long)batched);
+    ksrv_model_cache_stats cache = ksrv_model_cache_get_stats(server->models);
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_inference_cache_entries Model versions loaded for inference.\n"
+                     "# TYPE kilnd_inference_cache_entries gauge\n"
+                     "kilnd_inference_cache_entries %d\n"
+                     "# HELP kilnd_inference_cache_bytes Their parameters and buffers.\n"
+                     "# TYPE kilnd_inference_cache_bytes gauge\n"
+                     "kilnd_inference_cache_bytes %zu\n"
+                     "# HELP kilnd_inference_cache_loads_total Versions loaded from disk.\n"
+                     "# TYPE kilnd_inference_cache_loads_total counter\n"
+                     "kilnd_inference_cache_loads_total %llu\n"
+                     "# HELP kilnd_inference_cache_evictions_total Versions let go for room.\n"
+                     "# TYPE kilnd_inference_cache_evictions_total counter\n"
+                     "kilnd_inference_cache_evictions_total %llu\n"
+                     "# HELP kilnd_http_header_timeouts_total Connections cut for not sending "
+                     "their headers within --header-timeout.\n"
+                     "# TYPE kilnd_http_header_timeouts_total counter\n"
+                     "kilnd_http_header_timeouts_total %llu\n",
+                     cache.entries, cache.bytes, (unsigned long long)cache.loads,
+                     (unsigned long long)cache.evictions, (unsigned long long)header_timeouts);
     ksrv_respond_text(response, &t, "text/plain; version=0.0.4");
 }
 

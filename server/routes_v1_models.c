@@ -174,6 +174,19 @@ static void remove_model_files(ksrv_server *server, const char *model, char **jo
     ksrv_model_cache_forget(server->models, model, NULL);
 }
 
+/* kstore_model_delete_all's arguments, for ksrv_store_delete */
+typedef struct {
+    const char *name;
+    char **jobs, **paths;
+    int n_jobs, n_paths;
+} model_delete;
+
+static kstore_status delete_model(kstore *store, void *context)
+{
+    model_delete *d = context;
+    return kstore_model_delete_all(store, d->name, &d->jobs, &d->n_jobs, &d->paths, &d->n_paths);
+}
+
 void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
     bool force = false;
@@ -241,9 +254,8 @@ void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_
         ksrv_respond_json(response, 409, root);
         goto done;
     }
-    char **deleted_jobs = NULL, **paths = NULL;
-    int n_deleted = 0, n_paths = 0;
-    s = kstore_model_delete_all(store, name, &deleted_jobs, &n_deleted, &paths, &n_paths);
+    model_delete deleted = {.name = name};
+    s = ksrv_store_delete(server, store, delete_model, &deleted);
     if (s == KSTORE_CONFLICT) { /* a job was queued meanwhile */
         ksrv_respond_error(response, 409, "model_in_use", NULL, "%s", kstore_last_error(store));
         goto done;
@@ -252,18 +264,18 @@ void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_
         ksrv_respond_store_error(response, store, s, "model");
         goto done;
     }
-    remove_model_files(server, name, deleted_jobs, n_deleted);
+    remove_model_files(server, name, deleted.jobs, deleted.n_jobs);
     ksrv_log(KSRV_LOG_INFO, "model %s deleted with %d jobs and %d uploaded versions", name,
-             n_deleted, n_paths);
+             deleted.n_jobs, deleted.n_paths);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "deleted", name);
     cJSON *list = cJSON_AddArrayToObject(root, "jobs");
-    for (int i = 0; i < n_deleted; i++)
-        cJSON_AddItemToArray(list, cJSON_CreateString(deleted_jobs[i]));
-    cJSON_AddNumberToObject(root, "versions", n_paths);
+    for (int i = 0; i < deleted.n_jobs; i++)
+        cJSON_AddItemToArray(list, cJSON_CreateString(deleted.jobs[i]));
+    cJSON_AddNumberToObject(root, "versions", deleted.n_paths);
     ksrv_respond_json(response, 200, root);
-    kstore_strings_free(deleted_jobs, n_deleted);
-    kstore_strings_free(paths, n_paths);
+    kstore_strings_free(deleted.jobs, deleted.n_jobs);
+    kstore_strings_free(deleted.paths, deleted.n_paths);
 done:
     free(jobs);
     free(uploads);

@@ -167,10 +167,11 @@ bool ksrv_specs_share_weights(const kapi_model_spec *a, const kapi_model_spec *b
     }
     for (int i = 0; i < a->n_layers; i++) {
         const kapi_layer_spec *x = &a->layers[i], *y = &b->layers[i];
+        /* same kind and shapes: a bias, an affine transform or running statistics that one
+         * has and the other lacks change the parameter or buffer count */
         bool same = x->kind == y->kind && x->parameter_count == y->parameter_count &&
-                    x->in_ndim == y->in_ndim && x->out_ndim == y->out_ndim && x->bias == y->bias &&
-                    x->affine == y->affine && x->track_running_stats == y->track_running_stats &&
-                    x->elementwise_affine == y->elementwise_affine;
+                    x->buffer_bytes == y->buffer_bytes && x->in_ndim == y->in_ndim &&
+                    x->out_ndim == y->out_ndim;
         for (int d = 0; same && d < x->in_ndim; d++) same = x->in_shape[d] == y->in_shape[d];
         for (int d = 0; same && d < x->out_ndim; d++) same = x->out_shape[d] == y->out_shape[d];
         if (!same) {

@@ -162,11 +162,12 @@ kstore_status kstore_dataset_create(kstore *store, const char *name, const char 
     return status;
 }
 
-kstore_status kstore_dataset_add_file(kstore *store, const char *name,
-                                      const kstore_dataset_file *file)
+/* Both kstore_dataset_add_file*: create says whether a missing dataset is made. */
+static kstore_status add_file(kstore *s, const char *name, const kstore_dataset_file *file,
+                              bool create)
 {
-    kstore *s = store;
-    kstore_status status = kstore__begin(s, SYNC_FULL);
+    kstore_status status = kstore__check_name(s, "a dataset's name", name, 128);
+    if (status || (status = kstore__begin(s, SYNC_FULL))) return status;
     if (status) return status;
     /* The existence check and the write share one transaction, so a concurrent delete
      * cannot leave a file row behind (the foreign key would refuse it too). */
@@ -181,6 +182,19 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
              : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                  : kstore__db_fail(s, "reading a dataset");
     sqlite3_reset(st);
+    if (status == KSTORE_NOT_FOUND && create) {
+        st = kstore__stmt(s, ST_DATASET_CREATE,
+                          "INSERT INTO datasets (name, description, created_at)"
+                          " VALUES (?, ?, ?)");
+        if (!st) {
+            kstore__rollback(s);
+            return KSTORE_ERROR;
+        }
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, "", -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 3, kstore__now());
+        status = kstore__run(s, st, "creating a dataset");
+    }
     if (status == KSTORE_NOT_FOUND) kstore__set_error(s, "no dataset named '%s'", name ? name : "");
     if (status) {
         kstore__rollback(s);
@@ -204,6 +218,18 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
         return status;
     }
     return KSTORE_OK;
+}
+
+kstore_status kstore_dataset_add_file(kstore *store, const char *name,
+                                      const kstore_dataset_file *file)
+{
+    return add_file(store, name, file, false);
+}
+
+kstore_status kstore_dataset_add_file_creating(kstore *store, const char *name,
+                                               const kstore_dataset_file *file)
+{
+    return add_file(store, name, file, true);
 }
 
 static kstore_status load_files(kstore *s, kstore_dataset *d)

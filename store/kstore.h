@@ -34,6 +34,7 @@ typedef enum {
     KSTORE_CONFLICT, /* duplicate name, illegal state transition */
     KSTORE_BUSY,     /* the database stayed locked past the timeout */
     KSTORE_ERROR,    /* anything else: I/O, corruption, out of memory */
+    KSTORE_FULL,     /* the disk (or quota) is full: nothing was written */
 } kstore_status;
 
 typedef struct kstore kstore;
@@ -85,6 +86,11 @@ typedef struct kstore_dataset {
 kstore_status kstore_dataset_create(kstore *store, const char *name, const char *description);
 kstore_status kstore_dataset_add_file(kstore *store, const char *name,
                                       const kstore_dataset_file *file); /* replaces a role */
+/* The same, creating the dataset (no description) in the same transaction when it does
+ * not exist: a dataset made by an upload exists once its first file does, so an upload
+ * that fails or is cut off by a crash leaves no empty dataset behind. */
+kstore_status kstore_dataset_add_file_creating(kstore *store, const char *name,
+                                               const kstore_dataset_file *file);
 kstore_status kstore_dataset_get(kstore *store, const char *name, kstore_dataset *out);
 kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *count);
 kstore_status kstore_dataset_delete(kstore *store, const char *name);

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "kstore_impl.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,12 +158,18 @@ kstore_status kstore__db_fail(kstore *s, const char *what)
 {
     int rc = sqlite3_extended_errcode(s->db);
     kstore__set_error(s, "%s: %s", what, sqlite3_errmsg(s->db));
+    /* an I/O error that was a full disk (growing the WAL index, say) is a full disk */
+    int system_errno = sqlite3_system_errno(s->db);
+    if ((rc & 0xff) == SQLITE_IOERR && (system_errno == ENOSPC || system_errno == EDQUOT))
+        return KSTORE_FULL;
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
         return KSTORE_BUSY;
     case SQLITE_CONSTRAINT:
         return KSTORE_CONFLICT;
+    case SQLITE_FULL:
+        return KSTORE_FULL;
     default:
         return KSTORE_ERROR;
     }

@@ -7,7 +7,8 @@ writes to PORT_FILE once listening; both log one line per connection to LOG_FILE
         plain http to 127.0.0.1:TARGET_PORT (kilnd behind nginx, as users deploy it)
   forward PORT_FILE LOG_FILE
         a forward HTTP proxy (what http_proxy= points at): reads the request line's
-        absolute URL, connects there and relays the bytes both ways
+        absolute URL, connects there and relays the bytes both ways; one request per
+        connection (it asks the upstream to close after it)
 
 Only the standard library; stops when killed.
 """
@@ -93,8 +94,14 @@ def main():
             hostport, _, path = url.split("://", 1)[1].partition("/")
             host, _, port = hostport.partition(":")
             upstream = socket.create_connection((host, int(port or 80)))
-            rest = head.split(b"\r\n", 1)[1]
-            relay(client, upstream, ("%s /%s %s\r\n" % (method, path, version)).encode() + rest)
+            # one request per connection (this proxy reads only the first): the upstream
+            # closes after it, and so does the client's side
+            headers = [h for h in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+                       if not h.lower().startswith((b"connection:", b"proxy-connection:"))]
+            body = head.split(b"\r\n\r\n", 1)[1]
+            first = ("%s /%s %s\r\n" % (method, path, version)).encode()
+            first += b"\r\n".join(headers + [b"Connection: close"]) + b"\r\n\r\n" + body
+            relay(client, upstream, first)
     serve(port_file, handle, port)
 
 

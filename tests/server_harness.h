@@ -15,6 +15,7 @@
 #endif
 #include "khttp.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -341,36 +342,6 @@ H_FN void h_write_blobs_csv(const char *path, uint32_t seed, int n)
         int label = h_blob(seed, i, x);
         fprintf(f, "%.6f,%.6f,%.6f,%.6f,%d\n", x[0], x[1], x[2], x[3], label);
     }
-    cr_assert_eq(fclose(f), 0);
-}
-
-/* Writes an NPY (version 1) file: descr "<f4" or "<i8", C order. */
-H_FN void h_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
-                      const void *data, size_t bytes)
-{
-    char dims[128] = "";
-    for (int i = 0; i < ndim; i++) {
-        size_t n = strlen(dims);
-        snprintf(dims + n, sizeof dims - n, "%lld%s", (long long)shape[i],
-                 ndim == 1      ? ","
-                 : i + 1 < ndim ? ", "
-                                : "");
-    }
-    char header[256];
-    int n = snprintf(header, sizeof header,
-                     "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
-    int total = 10 + n + 1;
-    int padded = (total + 63) / 64 * 64;
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f);
-    uint16_t length = (uint16_t)(padded - 10);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc(length & 0xff, f);
-    fputc(length >> 8, f);
-    fwrite(header, 1, (size_t)n, f);
-    for (int i = total; i < padded; i++) fputc(' ', f);
-    fputc('\n', f);
-    fwrite(data, 1, bytes, f);
     cr_assert_eq(fclose(f), 0);
 }
 

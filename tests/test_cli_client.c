@@ -15,6 +15,8 @@
  */
 #include "server_harness.h"
 
+#include "kn_test.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 
@@ -123,8 +125,8 @@ Test(cli, registry_round_trip)
     for (int i = 0; i < 90; i++) y[i] = h_blob(2, i, x + i * H_BLOB_FEATURES);
     snprintf(x_npy, sizeof x_npy, "%s/x.npy", H.files_dir);
     snprintf(y_npy, sizeof y_npy, "%s/y.npy", H.files_dir);
-    h_write_npy(x_npy, "<f4", (int64_t[]){90, H_BLOB_FEATURES}, 2, x, sizeof x);
-    h_write_npy(y_npy, "<i8", (int64_t[]){90}, 1, y, sizeof y);
+    cr_assert(kn_test_write_npy(x_npy, "<f4", (int64_t[]){90, H_BLOB_FEATURES}, 2, x));
+    cr_assert(kn_test_write_npy(y_npy, "<i8", (int64_t[]){90}, 1, y));
     snprintf(args, sizeof args, "upload blobs-npy --train-inputs %s --train-labels %s", x_npy,
              y_npy);
     cr_assert_eq(kiln(NULL, args, out, sizeof out), 0, "%s", out);
@@ -335,8 +337,10 @@ Test(cli, https_and_proxies)
     int forward = start_proxy((const char *const[]){"forward", NULL}, log);
     snprintf(env, sizeof env, "http_proxy=http://127.0.0.1:%d no_proxy= NO_PROXY=", forward);
     cr_assert_eq(kiln(env, "health", out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "kilnd ") && strstr(out, ": ok"), "the details came too: %s", out);
     text = h_slurp(log, &size);
-    cr_assert(text && strstr(text, "proxied GET http://127.0.0.1:") && strstr(text, "/v1/health"),
+    cr_assert(text && strstr(text, "proxied GET http://127.0.0.1:") &&
+                  strstr(text, "/v2/health/ready") && strstr(text, "/v1/health"),
               "%s", text ? text : "the proxy saw nothing");
     free(text);
 }

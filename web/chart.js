@@ -160,10 +160,16 @@ export class LineChart {
 
 // Groups a job's series names into charts: losses together, accuracies together,
 // the learning rate alone, anything else alone.
+// One chart per kind of number: the validation and test series of a metric share it
+// (val_r2 and test_r2); accuracy and exact match share one, the macro precision, recall
+// and F1 another.
 export function groupOf(name) {
   if (/loss/.test(name)) return 'loss';
-  if (/acc/.test(name)) return 'accuracy';
   if (name === 'lr' || /learning_rate/.test(name)) return 'lr';
-  return name;
+  const base = name.replace(/^(val|test)_/, '');
+  if (/acc|^exact_match$/.test(base)) return 'accuracy';
+  if (/^precision$|^recall$|^f1$/.test(base)) return 'f1';
+  return base;
 }
-export const GROUP_TITLES = { loss: 'Loss', accuracy: 'Accuracy', lr: 'Learning rate' };
+export const GROUP_TITLES = { loss: 'Loss', accuracy: 'Accuracy', f1: 'Precision, recall, F1 (macro)',
+  lr: 'Learning rate', mse: 'Mean squared error', mae: 'Mean absolute error', r2: 'R²' };

@@ -3,11 +3,12 @@
 // tests/test_browser_dashboard.c:  node dashboard.test.mjs <kilnd url> <artifacts dir> [big job id]
 // Checks: the jobs table lists a running job with its run name and hyperparameters and
 // sorts by a column; its loss curve appears and grows (points counted before and after);
-// its log shows live; its state turns to succeeded; the compare view draws the
-// single-point test metrics and labels runs by name; the cancel button cancels a second
-// job; the submit template names this server's model and dataset and validates; the
-// submit form shows a validation error at the right field; the inference panel shows
-// probabilities; no console errors. Writes jobs.png and job.png
+// its log shows live; its state turns to succeeded and its final evaluation shows the
+// confusion matrix; the compare view draws the single-point test metrics and labels runs
+// by name; the cancel button cancels a second job; the submit template names this
+// server's model and dataset and validates; the submit form shows a validation error at
+// the right field; the inference panel shows probabilities; no console errors. Writes
+// jobs.png and job.png
 // and prints the time to first paint of a job page with 100,000 points per series.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
@@ -110,6 +111,14 @@ async function mainFlow(context, page) {
   await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'succeeded',
     null, { timeout: Math.max(1000, deadline - Date.now() - 60_000) });
   check(true, 'the job page shows succeeded');
+  await page.waitForSelector('#confusion tbody tr');
+  const confusion = await page.$$eval('#confusion tbody tr', (rows) => rows.map((r) =>
+    [...r.querySelectorAll('td')].map((td) => Number(td.dataset.count))));
+  const counted = confusion.flat().reduce((a, b) => a + b, 0);
+  const diagonal = confusion.reduce((a, row, i) => a + row[i], 0);
+  check(confusion.length === 4 && confusion.every((r) => r.length === 4) && counted === 128,
+    `the final evaluation shows a 4 x 4 confusion matrix of the 128 validation samples (${counted})`);
+  check(diagonal / counted > 0.9, `most of it on the diagonal (${diagonal} of ${counted})`);
   await page.waitForSelector('#checkpoints a[href$="/weights"]');
   check(true, 'the checkpoints table links the final weights');
   await page.waitForFunction(() => /succeeded at step/.test(document.getElementById('job-log')?.textContent));

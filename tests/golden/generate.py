@@ -149,6 +149,7 @@ UNARY = [
     ("leaky_relu", R, lambda a: F.leaky_relu(a, 0.1)),
     ("gelu_exact", R, lambda a: F.gelu(a)),
     ("gelu_tanh", R, lambda a: F.gelu(a, approximate="tanh")),
+    ("silu", R, F.silu),
     ("tanh", R, torch.tanh),
     ("sigmoid", R, torch.sigmoid),
 ]
@@ -367,6 +368,63 @@ case("nll_loss_ignore_index", inputs(log_probs=R(6, 4), target=IGNORED),
 case("nll_loss_3d", inputs(log_probs=R(2, 4, 3), target=I(4, 2, 3)),
      lambda log_probs, target: F.nll_loss(log_probs, target))
 
+# Regression losses: both input and target are differentiable, as in PyTorch. Inputs are
+# drawn at twice the unit scale so both branches of smooth_l1 / huber are taken.
+def R2(*shape):
+    return lambda: randn(*shape) * 2
+
+
+for red in REDUCTIONS:
+    case("l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.l1_loss(input, target, reduction=red))
+    case("smooth_l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.smooth_l1_loss(input, target, reduction=red))
+    case("huber_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.huber_loss(input, target, reduction=red))
+    case("cross_entropy_weighted_" + red,
+         inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda logits, target, weight, red=red: F.cross_entropy(
+             logits, target, weight=weight, reduction=red), nograd={"weight"})
+    case("nll_loss_weighted_" + red,
+         inputs(log_probs=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda log_probs, target, weight, red=red: F.nll_loss(
+             log_probs, target, weight=weight, reduction=red), nograd={"weight"})
+    case("bce_logits_pos_weight_" + red,
+         inputs(logits=R2(3, 4), target=lambda: torch.rand(3, 4), pos_weight=P(4)),
+         lambda logits, target, pos_weight, red=red: F.binary_cross_entropy_with_logits(
+             logits, target, pos_weight=pos_weight, reduction=red), nograd={"pos_weight"})
+case("smooth_l1_loss_beta_0_5", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.5))
+case("smooth_l1_loss_beta_0", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.0))
+case("huber_loss_delta_2", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.huber_loss(input, target, delta=2.0))
+# A regression head [N, 1] against targets [N, 1] of another scale.
+case("mse_loss_column", inputs(input=R(5, 1), target=lambda: randn(5, 1) * 50 + 150),
+     lambda input, target: F.mse_loss(input, target))
+# Binary classification: one logit, 0/1 targets; multi-label [N, K] with a pos_weight of 1
+# element (broadcast over every label).
+case("bce_logits_binary", inputs(logits=R2(6, 1), target=lambda: torch.randint(0, 2, (6, 1)).float()),
+     lambda logits, target: F.binary_cross_entropy_with_logits(logits, target),
+     nograd={"target"})
+case("bce_logits_multilabel_pos_weight_1",
+     inputs(logits=R2(4, 3), target=lambda: torch.randint(0, 2, (4, 3)).float(),
+            pos_weight=lambda: torch.tensor([3.0])),
+     lambda logits, target, pos_weight: F.binary_cross_entropy_with_logits(
+         logits, target, pos_weight=pos_weight), nograd={"target", "pos_weight"})
+case("cross_entropy_weighted_smoothing",
+     inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.2), nograd={"weight"})
+case("cross_entropy_weighted_ignore",
+     inputs(logits=R(6, 4), target=IGNORED, weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight),
+     nograd={"weight"})
+case("cross_entropy_weighted_3d",
+     inputs(logits=R(2, 4, 3), target=I(4, 2, 3), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.1), nograd={"weight"})
+
 # ---- views and joins -------------------------------------------------------------------------
 
 case("view", inputs(a=R(2, 6)), lambda a: a.view(3, 4))
@@ -423,6 +481,7 @@ case("exp_0d", inputs(a=R()), torch.exp)
 case("tanh_large", inputs(a=big(20, 3, 4)), torch.tanh)
 case("sigmoid_large", inputs(a=big(40, 3, 4)), torch.sigmoid)
 case("gelu_large", inputs(a=big(10, 3, 4)), F.gelu)
+case("silu_large", inputs(a=big(40, 3, 4)), F.silu)
 case("softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.softmax(a, -1))
 case("log_softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.log_softmax(a, -1))
 case("softmax_slice", inputs(base=R(3, 8)), lambda base: F.softmax(base[:, 1::2], -1))

@@ -645,9 +645,15 @@ static bool check_and_write(ksrv_request *request, ksrv_response *response,
         ksrv_respond_error(response, 400, "weights_mismatch", NULL,
                            "the weights do not fit the model: %s", kn_last_error());
     } else if (kn_module_save_weights(module, target) != KN_OK) {
-        ksrv_respond_error(response, 500, "internal", NULL, "writing the weights: %s",
-                           kn_last_error());
+        /* a full disk is a 507, as for any other write (safetensors_save leaves errno) */
+        int error_number = errno;
+        if (error_number == ENOSPC || error_number == EDQUOT)
+            ksrv_respond_write_error(response, error_number, "the weights");
+        else
+            ksrv_respond_error(response, 500, "internal", NULL, "writing the weights: %s",
+                               kn_last_error());
     } else {
+        chmod(target, 0600); /* as checkpoints and a job's weights */
         cJSON_AddItemToObject(info, "missing_keys", string_array(m.missing, m.n_missing));
         cJSON_AddItemToObject(info, "unexpected_keys", string_array(m.unexpected, m.n_unexpected));
         cJSON_AddNumberToObject(info, "tensors", m.n_entries);
@@ -711,8 +717,7 @@ void ksrv_handle_models_weights_upload(ksrv_server *server, ksrv_request *reques
                    0 ||
                !ksrv_mkdirs(folder, 0700) ||
                !ksrv_data_path(server, relative, target, sizeof target)) {
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot make the model's folder: %s",
-                           strerror(errno));
+        ksrv_respond_write_error(response, errno, "the model's folder");
     } else {
         cJSON_AddBoolToObject(info, "strict", strict);
         cJSON_AddItemToObject(info, "strip_prefix",

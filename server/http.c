@@ -207,19 +207,36 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body)
     response->content_type = "application/json";
 }
 
+static cJSON *error_json(cJSON **error, const char *code, const char *path, const char *fmt,
+                         va_list args)
+{
+    char message[2048];
+    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", message);
+    if (path) cJSON_AddStringToObject(e, "path", path);
+    if (error) *error = e;
+    return root;
+}
+
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    cJSON *root = error_json(error, code, path, fmt, args);
+    va_end(args);
+    return root;
+}
+
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...)
 {
-    char message[1024];
     va_list args;
     va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = error_json(NULL, code, path, fmt, args);
     va_end(args);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", code);
-    cJSON_AddStringToObject(error, "message", message);
-    if (path) cJSON_AddStringToObject(error, "path", path);
     ksrv_respond_json(response, status, root);
 }
 
@@ -290,13 +307,10 @@ static void syntax_error(ksrv_response *response, const char *body, size_t offse
         else
             column++;
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", "malformed_json");
-    char message[256];
-    snprintf(message, sizeof message, "%s at offset %zu (line %d, column %d)", what, offset, line,
-             column);
-    cJSON_AddStringToObject(error, "message", message);
+    cJSON *error;
+    cJSON *root =
+        ksrv_error_json(&error, "malformed_json", NULL, "%s at offset %zu (line %d, column %d)",
+                        what, offset, line, column);
     cJSON_AddNumberToObject(error, "offset", (double)offset);
     cJSON_AddNumberToObject(error, "line", line);
     cJSON_AddNumberToObject(error, "column", column);

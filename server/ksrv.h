@@ -147,6 +147,10 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body);
 /* {"error": {"code", "message", "path"?}} — the v1 error body. */
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The same body (path may be NULL), for an answer that adds its own fields to the error
+ * object (*error: "state", "jobs", ...); the caller owns it (ksrv_respond_json takes it). */
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* {"error": "..."} — the Open Inference Protocol's error body (v2 routes). */
 void ksrv_respond_v2_error(ksrv_response *response, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

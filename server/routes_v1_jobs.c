@@ -428,16 +428,12 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         if (server->workers) ksrv_workers_notify(server->workers);
     } else if (!same_spec(job.spec_json, spec_json)) {
         /* the id names another submission: answering with its job would hide the mistake */
-        cJSON *out = cJSON_CreateObject();
-        cJSON *e = cJSON_AddObjectToObject(out, "error");
-        cJSON_AddStringToObject(e, "code", "conflict");
-        char message[400];
-        snprintf(message, sizeof message,
-                 "submission_id \"%s\" was given to job %s, whose spec differs: a retry "
-                 "sends the same spec; a new job needs a new submission_id",
-                 spec->submission_id, job.id);
-        cJSON_AddStringToObject(e, "message", message);
-        cJSON_AddStringToObject(e, "path", "submission_id");
+        cJSON *e;
+        cJSON *out = ksrv_error_json(&e, "conflict", "submission_id",
+                                     "submission_id \"%s\" was given to job %s, whose spec "
+                                     "differs: a retry sends the same spec; a new job needs a "
+                                     "new submission_id",
+                                     spec->submission_id, job.id);
         cJSON_AddStringToObject(e, "job_id", job.id);
         ksrv_respond_json(response, 409, out);
     } else {
@@ -528,12 +524,9 @@ static void change(ksrv_server *server, ksrv_request *request, ksrv_response *re
         memset(&now, 0, sizeof now);
         if (kstore_job_get(store, request->params[0], &now) == KSTORE_OK)
             state = kstore_job_state_name(now.state);
-        cJSON *root = cJSON_CreateObject();
-        cJSON *e = cJSON_AddObjectToObject(root, "error");
-        cJSON_AddStringToObject(e, "code", "illegal_transition");
-        char message[200];
-        snprintf(message, sizeof message, "cannot %s a job that is %s", verb, state);
-        cJSON_AddStringToObject(e, "message", message);
+        cJSON *e;
+        cJSON *root = ksrv_error_json(&e, "illegal_transition", NULL, "cannot %s a job that is %s",
+                                      verb, state);
         cJSON_AddStringToObject(e, "state", state);
         ksrv_respond_json(response, 409, root);
         kstore_job_free(&now);

@@ -235,17 +235,14 @@ void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_
         char job_names[400], upload_names[400];
         name_list(job_names, sizeof job_names, jobs, n_refs);
         name_list(upload_names, sizeof upload_names, uploads, n_uploads);
-        cJSON *root = cJSON_CreateObject();
-        cJSON *e = cJSON_AddObjectToObject(root, "error");
-        cJSON_AddStringToObject(e, "code", "model_not_empty");
-        char message[1400];
-        snprintf(message, sizeof message,
-                 "model %.127s has %d job%s%s%s%s and %d uploaded version%s%s%s%s: deleting it "
-                 "with ?force=true deletes them too (their metrics, checkpoints and weights)",
-                 name, n_refs, n_refs == 1 ? "" : "s", n_refs ? " (" : "", job_names,
-                 n_refs ? ")" : "", n_uploads, n_uploads == 1 ? "" : "s", n_uploads ? " (" : "",
-                 upload_names, n_uploads ? ")" : "");
-        cJSON_AddStringToObject(e, "message", message);
+        cJSON *e;
+        cJSON *root = ksrv_error_json(
+            &e, "model_not_empty", NULL,
+            "model %.127s has %d job%s%s%s%s and %d uploaded version%s%s%s%s: deleting it with "
+            "?force=true deletes them too (their metrics, checkpoints and weights)",
+            name, n_refs, n_refs == 1 ? "" : "s", n_refs ? " (" : "", job_names, n_refs ? ")" : "",
+            n_uploads, n_uploads == 1 ? "" : "s", n_uploads ? " (" : "", upload_names,
+            n_uploads ? ")" : "");
         cJSON *list = cJSON_AddArrayToObject(e, "jobs");
         for (int i = 0; i < n_refs; i++) cJSON_AddItemToArray(list, cJSON_CreateString(jobs[i]));
         list = cJSON_AddArrayToObject(e, "versions");
@@ -579,17 +576,14 @@ static void respond_mismatch(ksrv_response *response, const matched *m, const ch
     char missing[400], unexpected[400];
     name_list(missing, sizeof missing, (char *const *)m->missing, m->n_missing);
     name_list(unexpected, sizeof unexpected, (char *const *)m->unexpected, m->n_unexpected);
-    char message[1200];
-    snprintf(message, sizeof message,
-             "the weights do not match the model: %d missing key%s%s%s%s, %d unexpected key%s%s%s%s"
-             "%s (?strict=false loads what matches)",
-             m->n_missing, m->n_missing == 1 ? "" : "s", m->n_missing ? " (" : "", missing,
-             m->n_missing ? ")" : "", m->n_unexpected, m->n_unexpected == 1 ? "" : "s",
-             m->n_unexpected ? " (" : "", unexpected, m->n_unexpected ? ")" : "", hint);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *e = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(e, "code", "weights_mismatch");
-    cJSON_AddStringToObject(e, "message", message);
+    cJSON *e;
+    cJSON *root = ksrv_error_json(
+        &e, "weights_mismatch", NULL,
+        "the weights do not match the model: %d missing key%s%s%s%s, %d unexpected key%s%s%s%s"
+        "%s (?strict=false loads what matches)",
+        m->n_missing, m->n_missing == 1 ? "" : "s", m->n_missing ? " (" : "", missing,
+        m->n_missing ? ")" : "", m->n_unexpected, m->n_unexpected == 1 ? "" : "s",
+        m->n_unexpected ? " (" : "", unexpected, m->n_unexpected ? ")" : "", hint);
     cJSON_AddItemToObject(e, "missing_keys", string_array(m->missing, m->n_missing));
     cJSON_AddItemToObject(e, "unexpected_keys", string_array(m->unexpected, m->n_unexpected));
     ksrv_respond_json(response, 400, root);

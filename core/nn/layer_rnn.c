@@ -71,8 +71,8 @@ static kn_status rnn_init(kn_module *m, kn_generator *gen)
     KN__CHECK_POSITIVE(m, "hidden_size", o->hidden_size);
     KN__CHECK_POSITIVE(m, "num_layers", o->num_layers);
     if (o->num_layers > RNN_MAX_LAYERS)
-        return kn__error(KN_ERR_VALUE, "%s: num_layers must be at most %d, got %lld",
-                         m->type_name, RNN_MAX_LAYERS, (long long)o->num_layers);
+        return kn__error(KN_ERR_VALUE, "%s: num_layers must be at most %d, got %lld", m->type_name,
+                         RNN_MAX_LAYERS, (long long)o->num_layers);
     if (!(o->dropout >= 0 && o->dropout <= 1))
         return kn__error(KN_ERR_VALUE,
                          "%s: dropout should be a number in range [0, 1] representing the "
@@ -118,8 +118,9 @@ static bool rnn_shape(kn_layer_shape *s)
     if (in->ndim != 2)
         return kn__shape_fail(s, NULL, "expects a [sequence, features] input, got %s%s",
                               kn__shape_of(in->shape, in->ndim),
-                              in->ndim == 1 ? " — give each step a features dim, e.g. "
-                                              "input_shape [T, 1], or put an embedding first"
+                              in->ndim == 1 ? " — give each step a features dim (input_shape "
+                                              "[T, 1]) or put an embedding first; an lstm or "
+                                              "gru before it must hand on its \"sequence\""
                                             : "");
     if (!kn__shape_infer(s, "input_size", &o->input_size, in->shape[1])) return false;
     int64_t D = directions(o), H = o->hidden_size, G = gates_of(s->type->kind) * H;
@@ -129,9 +130,8 @@ static bool rnn_shape(kn_layer_shape *s)
         count += (double)D * ((double)G * (width + (double)H) + (o->bias ? 2.0 * (double)G : 0));
     }
     if (count > 9e15) /* beyond exact integers in a double, and far beyond any model */
-        return kn__shape_fail(s, "hidden_size",
-                              "%lld with %lld layers would make %.3g parameters", (long long)H,
-                              (long long)o->num_layers, count);
+        return kn__shape_fail(s, "hidden_size", "%lld with %lld layers would make %.3g parameters",
+                              (long long)H, (long long)o->num_layers, count);
     s->parameter_count = (int64_t)count;
     if (o->output == KN_RNN_OUTPUT_LAST) {
         s->output.shape[0] = D * H;

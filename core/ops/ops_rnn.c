@@ -55,8 +55,8 @@ static void release_all(kn_tensor **ts, int n)
 
 /* C [m, n] = op(A) op(B) + beta C, row-major (kn_cpu_gemm's contract) on dev. */
 static kn_status gemm(kn_device dev, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                      const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-                      int64_t ldc)
+                      const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                      float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0) return KN_OK;
     if (dev.type == KN_DEVICE_CPU) {
@@ -69,8 +69,8 @@ static kn_status gemm(kn_device dev, bool trans_a, bool trans_b, int64_t m, int6
         kn_cpu_operand out = {c, {ldc, 1}};
         return kn__kernel_fill(dev, (int64_t[]){m, n}, 2, sizeof zero, out, &zero);
     }
-    return kn__kernel_sgemm(dev, trans_a, trans_b, m, n, k, 1.f, a, lda, 0, b, ldb, 0, beta, c,
-                            ldc, 0, 1);
+    return kn__kernel_sgemm(dev, trans_a, trans_b, m, n, k, 1.f, a, lda, 0, b, ldb, 0, beta, c, ldc,
+                            0, 1);
 }
 
 static kn_status step_forward(kn_device dev, kn_rnn_mode mode, const kn_cpu_rnn_step *s)
@@ -166,8 +166,11 @@ static kn_tensor *previous_states(const rnn_dims *d, kn_tensor *out, kn_tensor *
  * iargs: mode, reverse, N, T, I, H */
 static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
-    rnn_dims d = {.mode = (kn_rnn_mode)node->iargs[0], .reverse = node->iargs[1] != 0,
-                  .n = node->iargs[2], .t = node->iargs[3], .in = node->iargs[4],
+    rnn_dims d = {.mode = (kn_rnn_mode)node->iargs[0],
+                  .reverse = node->iargs[1] != 0,
+                  .n = node->iargs[2],
+                  .t = node->iargs[3],
+                  .in = node->iargs[4],
                   .hidden = node->iargs[5]};
     d.gates = (d.mode == KN_RNN_LSTM ? 4 : 3) * d.hidden;
     int64_t N = d.n, T = d.t, I = d.in, H = d.hidden, G = d.gates;
@@ -219,8 +222,8 @@ static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
         st = step_backward(dev, d.mode, &b);
         /* the gradient of the state this step started from, through W_hh */
         if (st == KN_OK && (s > 0 || (need[1] && h0)))
-            st = gemm(dev, false, false, N, H, G, dgh + at * G, T * G, f32(whh), H, lstm ? 0.f : 1.f,
-                      dh, H);
+            st = gemm(dev, false, false, N, H, G, dgh + at * G, T * G, f32(whh), H,
+                      lstm ? 0.f : 1.f, dh, H);
     }
 
     if (st == KN_OK && need[0] && (t[6] = kn__empty_raw((int64_t[]){N, T, I}, 3, KN_FLOAT32, dev)))
@@ -268,8 +271,8 @@ static bool check_shapes(const char *op, kn_tensor *x, kn_tensor *h0, kn_tensor 
 {
     int k = d->mode == KN_RNN_LSTM ? 4 : 3;
     if (x->ndim != 3) {
-        kn__error(KN_ERR_SHAPE, "%s: expected a 3-D input [batch, sequence, features], got %s",
-                  op, kn__shape(x));
+        kn__error(KN_ERR_SHAPE, "%s: expected a 3-D input [batch, sequence, features], got %s", op,
+                  kn__shape(x));
         return false;
     }
     if (x->shape[1] == 0 || x->shape[2] == 0) {
@@ -342,15 +345,16 @@ static kn_tensor *rnn(kn_rnn_mode mode, kn_tensor *x, kn_tensor *h0, kn_tensor *
     t[10] = kn__empty_raw((int64_t[]){N, T, G}, 3, KN_FLOAT32, dev);
     t[11] = kn__empty_raw((int64_t[]){N, G}, 2, KN_FLOAT32, dev);
     kn_status st = t[7] && t[8] && (t[9] || !lstm) && t[10] && t[11] ? KN_OK : kn_last_status();
-    float *out = f32(t[7]), *act = f32(t[8]), *cell = f32(t[9]), *gx = f32(t[10]),
-          *gh = f32(t[11]);
+    float *out = f32(t[7]), *act = f32(t[8]), *cell = f32(t[9]), *gx = f32(t[10]), *gh = f32(t[11]);
 
-    if (st == KN_OK) st = gemm(dev, false, true, N * T, G, I, f32(t[0]), I, f32(t[1]), I, 0.f, gx, G);
+    if (st == KN_OK)
+        st = gemm(dev, false, true, N * T, G, I, f32(t[0]), I, f32(t[1]), I, 0.f, gx, G);
     for (int64_t s = 0; st == KN_OK && s < T; s++) {
         int64_t at = step_at(&d, s), before = s > 0 ? step_at(&d, s - 1) : -1;
         const float *h_prev = before >= 0 ? out + before * H : f32(t[5]);
         int64_t h_prev_ld = before >= 0 ? T * H : H;
-        if (h_prev) st = gemm(dev, false, true, N, G, H, h_prev, h_prev_ld, f32(t[2]), H, 0.f, gh, G);
+        if (h_prev)
+            st = gemm(dev, false, true, N, G, H, h_prev, h_prev_ld, f32(t[2]), H, 0.f, gh, G);
         kn_cpu_rnn_step step = {
             .batch = N,
             .hidden = H,

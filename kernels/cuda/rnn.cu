@@ -170,8 +170,7 @@ static const char *step_backward(int device, kn_rnn_mode mode, const kn_cpu_rnn_
 
 /* A block of SUM_COLS x SUM_LANES threads per SUM_COLS columns: each lane sums every
  * SUM_LANES-th row, then the lanes are added in a fixed order (deterministic). */
-__global__ void sum_rows_kernel(const float *x, int64_t rows, int64_t cols, int64_t ld,
-                                float *out)
+__global__ void sum_rows_kernel(const float *x, int64_t rows, int64_t cols, int64_t ld, float *out)
 {
     __shared__ float partial[SUM_LANES][SUM_COLS];
     int64_t j = (int64_t)blockIdx.x * SUM_COLS + threadIdx.x;

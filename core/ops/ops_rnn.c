@@ -6,7 +6,7 @@
  * Forward, for x [N, T, I], hidden H, gate width G (4H LSTM, 3H GRU):
  *   gx [N*T, G] = x W_ih^T                       one GEMM over every step
  *   for each step t (T-1 down to 0 when reverse):
- *     gh [N, G] = h_prev W_hh^T                  one GEMM per step (none from a zero state)
+ *     gh [N, G] = h_prev W_hh^T                  one GEMM per step
  *     gates, state update, h_t                   one fused kernel (kernels/cpu/rnn.c)
  * h_t is written straight into the output [N, T, H]; the step before is read back from
  * it (row stride T*H), so no state is copied. Saved for backward: the gate activations
@@ -182,17 +182,23 @@ static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
     bool need[7];
     for (int i = 0; i < 7; i++) need[i] = node->inputs[i].needs_grad;
 
-    /* scratch: 0 dy, 1 dgx, 2 dgh (GRU), 3 dh, 4 dc (LSTM), 5 H_prev;
-     * results: 6 dx, 7 dh0, 8 dc0, 9 dw_ih, 10 dw_hh, 11 db_ih, 12 db_hh */
-    kn_tensor *t[13] = {0};
+    /* scratch: 0 dy, 1 dgx, 2 dgh (GRU), 3 dh, 4 dc (LSTM), 5 H_prev, 13 zeros [N, H]
+     * (the initial state when none was given); results: 6 dx, 7 dh0, 8 dc0, 9 dw_ih,
+     * 10 dw_hh, 11 db_ih, 12 db_hh */
+    kn_tensor *t[14] = {0};
     int64_t ng[3] = {N, T, G}, nh[2] = {N, H};
     t[0] = kn__contiguous_raw(grad);
     t[1] = kn__empty_raw(ng, 3, KN_FLOAT32, dev);
     t[2] = lstm ? kn_retain(t[1]) : kn__empty_raw(ng, 3, KN_FLOAT32, dev);
     t[3] = zeros(nh, 2, dev);
     t[4] = lstm ? zeros(nh, 2, dev) : NULL;
-    kn_status st = t[0] && t[1] && t[2] && t[3] && (t[4] || !lstm) ? KN_OK : kn_last_status();
+    kn_tensor *first = lstm ? c0 : h0; /* what the first step's kernel reads */
+    t[13] = first ? NULL : zeros(nh, 2, dev);
+    kn_status st = t[0] && t[1] && t[2] && t[3] && (t[4] || !lstm) && (t[13] || first)
+                       ? KN_OK
+                       : kn_last_status();
     float *dy = f32(t[0]), *dgx = f32(t[1]), *dgh = f32(t[2]), *dh = f32(t[3]), *dc = f32(t[4]);
+    const float *state0 = first ? f32(first) : f32(t[13]);
 
     for (int64_t s = T - 1; st == KN_OK && s >= 0; s--) {
         int64_t at = step_at(&d, s), before = s > 0 ? step_at(&d, s - 1) : -1;
@@ -213,10 +219,10 @@ static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
         if (lstm) {
             b.c = f32(cell) + at * H;
             b.c_ld = T * H;
-            b.c_prev = before >= 0 ? f32(cell) + before * H : f32(c0);
+            b.c_prev = before >= 0 ? f32(cell) + before * H : state0;
             b.c_prev_ld = before >= 0 ? T * H : H;
         } else {
-            b.h_prev = before >= 0 ? f32(out) + before * H : f32(h0);
+            b.h_prev = before >= 0 ? f32(out) + before * H : state0;
             b.h_prev_ld = before >= 0 ? T * H : H;
         }
         st = step_backward(dev, d.mode, &b);
@@ -243,7 +249,7 @@ static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
                    (need[5] && !t[11]) || (need[6] && !t[12]);
     if (st == KN_OK && missing) st = kn_last_status();
     if (st != KN_OK) {
-        release_all(t, 13);
+        release_all(t, 14);
         return st;
     }
     static const int result_of_input[7] = {6, 7, 8, 9, 10, 11, 12};
@@ -251,7 +257,7 @@ static kn_status rnn_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
         grads[i] = kn__result(t[result_of_input[i]]);
         t[result_of_input[i]] = NULL;
     }
-    release_all(t, 13);
+    release_all(t, 14);
     return KN_OK;
 }
 
@@ -330,12 +336,13 @@ static kn_tensor *rnn(kn_rnn_mode mode, kn_tensor *x, kn_tensor *h0, kn_tensor *
     bool lstm = mode == KN_RNN_LSTM;
 
     /* 0 x, 1 w_ih, 2 w_hh, 3 b_ih, 4 b_hh, 5 h0, 6 c0 (contiguous); 7 out, 8 act,
-     * 9 cell (LSTM); scratch 10 gx, 11 gh */
-    kn_tensor *t[12] = {0};
+     * 9 cell (LSTM); scratch 10 gx, 11 gh, 12 zeros [N, H] (no h0 or c0), 13 zeros [G]
+     * (no bias): the kernels read every operand */
+    kn_tensor *t[14] = {0};
     kn_tensor *given[7] = {x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h0, c0};
     for (int i = 0; i < 7; i++) {
         if (given[i] && !(t[i] = kn__contiguous_raw(given[i]))) {
-            release_all(t, 12);
+            release_all(t, 14);
             return NULL;
         }
     }
@@ -344,26 +351,32 @@ static kn_tensor *rnn(kn_rnn_mode mode, kn_tensor *x, kn_tensor *h0, kn_tensor *
     t[9] = lstm ? kn__empty_raw((int64_t[]){N, T, H}, 3, KN_FLOAT32, dev) : NULL;
     t[10] = kn__empty_raw((int64_t[]){N, T, G}, 3, KN_FLOAT32, dev);
     t[11] = kn__empty_raw((int64_t[]){N, G}, 2, KN_FLOAT32, dev);
-    kn_status st = t[7] && t[8] && (t[9] || !lstm) && t[10] && t[11] ? KN_OK : kn_last_status();
+    bool zero_state = !h0 || (lstm && !c0), zero_bias = !w.b_ih || !w.b_hh;
+    if (zero_state) t[12] = zeros((int64_t[]){N, H}, 2, dev);
+    if (zero_bias) t[13] = zeros(&G, 1, dev);
+    kn_status st = t[7] && t[8] && (t[9] || !lstm) && t[10] && t[11] && (t[12] || !zero_state) &&
+                           (t[13] || !zero_bias)
+                       ? KN_OK
+                       : kn_last_status();
     float *out = f32(t[7]), *act = f32(t[8]), *cell = f32(t[9]), *gx = f32(t[10]), *gh = f32(t[11]);
+    const float *h_first = t[5] ? f32(t[5]) : f32(t[12]), *c_first = t[6] ? f32(t[6]) : f32(t[12]);
 
     if (st == KN_OK)
         st = gemm(dev, false, true, N * T, G, I, f32(t[0]), I, f32(t[1]), I, 0.f, gx, G);
     for (int64_t s = 0; st == KN_OK && s < T; s++) {
         int64_t at = step_at(&d, s), before = s > 0 ? step_at(&d, s - 1) : -1;
-        const float *h_prev = before >= 0 ? out + before * H : f32(t[5]);
+        const float *h_prev = before >= 0 ? out + before * H : h_first;
         int64_t h_prev_ld = before >= 0 ? T * H : H;
-        if (h_prev)
-            st = gemm(dev, false, true, N, G, H, h_prev, h_prev_ld, f32(t[2]), H, 0.f, gh, G);
+        st = gemm(dev, false, true, N, G, H, h_prev, h_prev_ld, f32(t[2]), H, 0.f, gh, G);
         kn_cpu_rnn_step step = {
             .batch = N,
             .hidden = H,
             .gx = gx + at * G,
             .gx_ld = T * G,
-            .gh = h_prev ? gh : NULL,
+            .gh = gh,
             .gh_ld = G,
-            .b_ih = f32(t[3]),
-            .b_hh = f32(t[4]),
+            .b_ih = t[3] ? f32(t[3]) : f32(t[13]),
+            .b_hh = t[4] ? f32(t[4]) : f32(t[13]),
             .h_prev = h_prev,
             .h_prev_ld = h_prev_ld,
             .h = out + at * H,
@@ -372,7 +385,7 @@ static kn_tensor *rnn(kn_rnn_mode mode, kn_tensor *x, kn_tensor *h0, kn_tensor *
             .act_ld = T * 4 * H,
         };
         if (lstm) {
-            step.c_prev = before >= 0 ? cell + before * H : f32(t[6]);
+            step.c_prev = before >= 0 ? cell + before * H : c_first;
             step.c_prev_ld = before >= 0 ? T * H : H;
             step.c = cell + at * H;
             step.c_ld = T * H;
@@ -394,7 +407,7 @@ static kn_tensor *rnn(kn_rnn_mode mode, kn_tensor *x, kn_tensor *h0, kn_tensor *
     }
     kn_tensor *result = st == KN_OK ? t[7] : NULL;
     if (result) t[7] = NULL;
-    release_all(t, 12);
+    release_all(t, 14);
     return kn__result(result);
 }
 

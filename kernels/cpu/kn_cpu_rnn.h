@@ -9,7 +9,9 @@
  * Every operand is a [batch, width] matrix given by its first element and its row
  * stride (ld, in elements): row n starts at ptr + n * ld. An [N, T, width] tensor at
  * step t is then ptr + t * width with ld T * width. G is the gate width: 4 * hidden
- * (LSTM: i, f, g, o) or 3 * hidden (GRU: r, z, n), torch's gate order.
+ * (LSTM: i, f, g, o) or 3 * hidden (GRU: r, z, n), torch's gate order. Every operand is
+ * given (a zero state or a layer without bias is a buffer of zeros), except those of the
+ * other mode, so the loops have no branch.
  */
 #ifndef KN_CPU_RNN_H
 #define KN_CPU_RNN_H
@@ -30,12 +32,12 @@ typedef struct kn_cpu_rnn_step {
     int64_t batch, hidden;
     const float *gx; /* x_t W_ih^T [batch, G], no bias */
     int64_t gx_ld;
-    const float *gh; /* h_prev W_hh^T [batch, G], no bias; NULL: h_prev is zero */
+    const float *gh; /* h_prev W_hh^T [batch, G], no bias */
     int64_t gh_ld;
-    const float *b_ih, *b_hh; /* [G] each, or NULL (bias=False) */
-    const float *h_prev;      /* GRU: [batch, hidden]; NULL: zero */
+    const float *b_ih, *b_hh; /* [G] each (zeros for bias=False) */
+    const float *h_prev;      /* GRU: [batch, hidden] */
     int64_t h_prev_ld;
-    const float *c_prev; /* LSTM: [batch, hidden]; NULL: zero */
+    const float *c_prev; /* LSTM: [batch, hidden] */
     int64_t c_prev_ld;
     float *h; /* out: [batch, hidden] */
     int64_t h_ld;
@@ -59,11 +61,11 @@ typedef struct kn_cpu_rnn_grad_step {
     int64_t act_ld;
     const float *c; /* LSTM: the step's cell state */
     int64_t c_ld;
-    const float *c_prev; /* LSTM: NULL: zero */
+    const float *c_prev; /* LSTM */
     int64_t c_prev_ld;
-    const float *h_prev; /* GRU: NULL: zero */
+    const float *h_prev; /* GRU */
     int64_t h_prev_ld;
-    const float *dh_out; /* the gradient of the step's output; NULL: zero */
+    const float *dh_out; /* the gradient of the step's output */
     int64_t dh_out_ld;
     float *dh_rec;
     float *dc_rec; /* LSTM */

@@ -1,139 +1,135 @@
 /*
  * rnn.c — the gate math of one LSTM or GRU time step on the CPU (kn_cpu_rnn.h): bias
  * adds, the gate nonlinearities and the state update fused in one pass over the batch,
- * and the matching backward. The formulas and their order are torch 1.13's CPU cells
- * (aten/src/ATen/native/RNN.cpp: LSTMCell, GRUCell with pre-computed input gates).
- * Parallel over the batch rows when a step is large enough to pay for the pool.
+ * and the matching backward: loops over each row's units around the unit math of
+ * ../kn_rnn_cell.h (shared with the CUDA module). Parallel over the batch rows when a
+ * step is large enough to pay for the pool.
  */
-#include "kn_cpu_rnn.h"
-#include "kn_cpu.h"
+/* Floating-point exceptions are never looked at: without this GCC keeps the float-to-int
+ * conversion and the selects of the exp polynomial as branches, and the unit loops stay
+ * scalar (about 4x slower here). */
+#pragma GCC optimize("no-trapping-math")
 
-#include <math.h>
+#include "kn_cpu.h"
+#include "kn_cpu_rnn.h"
+#include "../kn_rnn_cell.h"
 
 /* Rows per task: a step costs a few transcendental functions per hidden unit. */
 #define GRAIN_UNITS 4096
 
-static inline float sigmoid(float x)
-{
-    return 1.f / (1.f + expf(-x));
-}
+/* One row of a step each; the loop over the row's units vectorises (restrict on the
+ * parameters: the outputs never overlap the inputs). */
 
-static inline const float *row(const float *p, int64_t ld, int64_t n)
-{
-    return p ? p + n * ld : NULL;
-}
+/* A gate's pre-activation at column k: torch adds the hidden side (with its bias) to the
+ * input side (with its bias). */
+#define PRE(k) ((gh[k] + bh[k]) + (gx[k] + bi[k]))
 
-/* The gate pre-activation q (0-based) of unit j: torch adds the hidden side (with its
- * bias) to the input side (with its bias). */
-static inline float pre(const kn_cpu_rnn_step *s, const float *gx, const float *gh, int64_t k)
-{
-    float hidden = gh ? gh[k] : 0.f;
-    if (s->b_hh) hidden += s->b_hh[k];
-    float input = gx[k];
-    if (s->b_ih) input += s->b_ih[k];
-    return hidden + input;
-}
+/* Inlined into each clone below, so each gets its own vector width. */
+#define ROW_INLINE static inline __attribute__((always_inline))
 
-static void lstm_forward_rows(void *context, int64_t begin, int64_t end)
+ROW_INLINE void lstm_row(int64_t H, const float *restrict gx, const float *restrict gh,
+                         const float *restrict bi, const float *restrict bh,
+                         const float *restrict cp, float *restrict h, float *restrict c,
+                         float *restrict a)
 {
-    const kn_cpu_rnn_step *s = context;
-    int64_t H = s->hidden;
-    for (int64_t n = begin; n < end; n++) {
-        const float *gx = row(s->gx, s->gx_ld, n), *gh = row(s->gh, s->gh_ld, n);
-        const float *cp = row(s->c_prev, s->c_prev_ld, n);
-        float *h = s->h + n * s->h_ld, *c = s->c + n * s->c_ld, *a = s->act + n * s->act_ld;
-        for (int64_t j = 0; j < H; j++) {
-            float i = sigmoid(pre(s, gx, gh, j));
-            float f = sigmoid(pre(s, gx, gh, H + j));
-            float g = tanhf(pre(s, gx, gh, 2 * H + j));
-            float o = sigmoid(pre(s, gx, gh, 3 * H + j));
-            float cy = f * (cp ? cp[j] : 0.f) + i * g;
-            c[j] = cy;
-            h[j] = o * tanhf(cy);
-            a[j] = i;
-            a[H + j] = f;
-            a[2 * H + j] = g;
-            a[3 * H + j] = o;
-        }
+    for (int64_t j = 0; j < H; j++) {
+        kn_rnn_lstm_values v =
+            kn_rnn_lstm_cell(PRE(j), PRE(H + j), PRE(2 * H + j), PRE(3 * H + j), cp[j]);
+        c[j] = v.c;
+        h[j] = v.h;
+        a[j] = v.i;
+        a[H + j] = v.f;
+        a[2 * H + j] = v.g;
+        a[3 * H + j] = v.o;
     }
 }
 
-static void gru_forward_rows(void *context, int64_t begin, int64_t end)
+ROW_INLINE void gru_row(int64_t H, const float *restrict gx, const float *restrict gh,
+                        const float *restrict bi, const float *restrict bh,
+                        const float *restrict hp, float *restrict h, float *restrict a)
 {
-    const kn_cpu_rnn_step *s = context;
-    int64_t H = s->hidden;
-    for (int64_t n = begin; n < end; n++) {
-        const float *gx = row(s->gx, s->gx_ld, n), *gh = row(s->gh, s->gh_ld, n);
-        const float *hp = row(s->h_prev, s->h_prev_ld, n);
-        float *h = s->h + n * s->h_ld, *a = s->act + n * s->act_ld;
-        for (int64_t j = 0; j < H; j++) {
-            float r = sigmoid(pre(s, gx, gh, j));
-            float z = sigmoid(pre(s, gx, gh, H + j));
-            float hn = gh ? gh[2 * H + j] : 0.f;
-            if (s->b_hh) hn += s->b_hh[2 * H + j];
-            float in = gx[2 * H + j];
-            if (s->b_ih) in += s->b_ih[2 * H + j];
-            float nv = tanhf(in + hn * r);
-            float prev = hp ? hp[j] : 0.f;
-            h[j] = (prev - nv) * z + nv;
-            a[j] = r;
-            a[H + j] = z;
-            a[2 * H + j] = nv;
-            a[3 * H + j] = hn;
-        }
+    for (int64_t j = 0; j < H; j++) {
+        float hn = gh[2 * H + j] + bh[2 * H + j];
+        kn_rnn_gru_values v =
+            kn_rnn_gru_cell(PRE(j), PRE(H + j), gx[2 * H + j] + bi[2 * H + j], hn, hp[j]);
+        h[j] = v.h;
+        a[j] = v.r;
+        a[H + j] = v.z;
+        a[2 * H + j] = v.n;
+        a[3 * H + j] = hn;
     }
 }
 
-static void lstm_backward_rows(void *context, int64_t begin, int64_t end)
+ROW_INLINE void lstm_grad_row(int64_t H, const float *restrict a, const float *restrict c,
+                              const float *restrict cp, const float *restrict dy,
+                              float *restrict dh, float *restrict dc, float *restrict d)
+{
+    for (int64_t j = 0; j < H; j++) {
+        kn_rnn_lstm_grads g = kn_rnn_lstm_cell_backward(a[j], a[H + j], a[2 * H + j], a[3 * H + j],
+                                                        c[j], cp[j], dh[j] + dy[j], dc[j]);
+        d[j] = g.di;
+        d[H + j] = g.df;
+        d[2 * H + j] = g.dg;
+        d[3 * H + j] = g.d_o;
+        dc[j] = g.dc_prev;
+    }
+}
+
+ROW_INLINE void gru_grad_row(int64_t H, const float *restrict a, const float *restrict hp,
+                             const float *restrict dy, float *restrict dh, float *restrict dx,
+                             float *restrict dhh)
+{
+    for (int64_t j = 0; j < H; j++) {
+        kn_rnn_gru_grads g = kn_rnn_gru_cell_backward(a[j], a[H + j], a[2 * H + j], a[3 * H + j],
+                                                      hp[j], dh[j] + dy[j]);
+        dx[j] = g.dr;
+        dx[H + j] = g.dz;
+        dx[2 * H + j] = g.dn;
+        dhh[j] = g.dr;
+        dhh[H + j] = g.dz;
+        dhh[2 * H + j] = g.dhn;
+        dh[j] = g.dh_prev;
+    }
+}
+
+/* Rows [begin, end) of a step, for the pool; cloned for the vector widths. */
+#define KN_RNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+KN_RNN_CLONES static void lstm_forward_rows(void *context, int64_t begin, int64_t end)
+{
+    const kn_cpu_rnn_step *s = context;
+    for (int64_t n = begin; n < end; n++)
+        lstm_row(s->hidden, s->gx + n * s->gx_ld, s->gh + n * s->gh_ld, s->b_ih, s->b_hh,
+                 s->c_prev + n * s->c_prev_ld, s->h + n * s->h_ld, s->c + n * s->c_ld,
+                 s->act + n * s->act_ld);
+}
+
+KN_RNN_CLONES static void gru_forward_rows(void *context, int64_t begin, int64_t end)
+{
+    const kn_cpu_rnn_step *s = context;
+    for (int64_t n = begin; n < end; n++)
+        gru_row(s->hidden, s->gx + n * s->gx_ld, s->gh + n * s->gh_ld, s->b_ih, s->b_hh,
+                s->h_prev + n * s->h_prev_ld, s->h + n * s->h_ld, s->act + n * s->act_ld);
+}
+
+KN_RNN_CLONES static void lstm_backward_rows(void *context, int64_t begin, int64_t end)
 {
     const kn_cpu_rnn_grad_step *s = context;
     int64_t H = s->hidden;
-    for (int64_t n = begin; n < end; n++) {
-        const float *a = s->act + n * s->act_ld, *c = s->c + n * s->c_ld;
-        const float *cp = row(s->c_prev, s->c_prev_ld, n), *dy = row(s->dh_out, s->dh_out_ld, n);
-        float *dh_rec = s->dh_rec + n * H, *dc_rec = s->dc_rec + n * H;
-        float *d = s->dgx + n * s->dgx_ld;
-        for (int64_t j = 0; j < H; j++) {
-            float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-            float tc = tanhf(c[j]);
-            float dh = dh_rec[j] + (dy ? dy[j] : 0.f);
-            float dc = dc_rec[j] + dh * o * (1.f - tc * tc);
-            float cprev = cp ? cp[j] : 0.f;
-            d[j] = dc * g * i * (1.f - i);
-            d[H + j] = dc * cprev * f * (1.f - f);
-            d[2 * H + j] = dc * i * (1.f - g * g);
-            d[3 * H + j] = dh * tc * o * (1.f - o);
-            dc_rec[j] = dc * f;
-        }
-    }
+    for (int64_t n = begin; n < end; n++)
+        lstm_grad_row(H, s->act + n * s->act_ld, s->c + n * s->c_ld, s->c_prev + n * s->c_prev_ld,
+                      s->dh_out + n * s->dh_out_ld, s->dh_rec + n * H, s->dc_rec + n * H,
+                      s->dgx + n * s->dgx_ld);
 }
 
-static void gru_backward_rows(void *context, int64_t begin, int64_t end)
+KN_RNN_CLONES static void gru_backward_rows(void *context, int64_t begin, int64_t end)
 {
     const kn_cpu_rnn_grad_step *s = context;
     int64_t H = s->hidden;
-    for (int64_t n = begin; n < end; n++) {
-        const float *a = s->act + n * s->act_ld;
-        const float *hp = row(s->h_prev, s->h_prev_ld, n), *dy = row(s->dh_out, s->dh_out_ld, n);
-        float *dh_rec = s->dh_rec + n * H;
-        float *dx = s->dgx + n * s->dgx_ld, *dhh = s->dgh + n * s->dgh_ld;
-        for (int64_t j = 0; j < H; j++) {
-            float r = a[j], z = a[H + j], nv = a[2 * H + j], hn = a[3 * H + j];
-            float dh = dh_rec[j] + (dy ? dy[j] : 0.f);
-            float prev = hp ? hp[j] : 0.f;
-            /* h = (prev - n) * z + n */
-            float dn = dh * (1.f - z) * (1.f - nv * nv);
-            float dz = dh * (prev - nv) * z * (1.f - z);
-            float dr = dn * hn * r * (1.f - r);
-            dx[j] = dr;
-            dx[H + j] = dz;
-            dx[2 * H + j] = dn;
-            dhh[j] = dr;
-            dhh[H + j] = dz;
-            dhh[2 * H + j] = dn * r;
-            dh_rec[j] = dh * z;
-        }
-    }
+    for (int64_t n = begin; n < end; n++)
+        gru_grad_row(H, s->act + n * s->act_ld, s->h_prev + n * s->h_prev_ld,
+                     s->dh_out + n * s->dh_out_ld, s->dh_rec + n * H, s->dgx + n * s->dgx_ld,
+                     s->dgh + n * s->dgh_ld);
 }
 
 static int64_t grain_rows(int64_t hidden)

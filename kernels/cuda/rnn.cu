@@ -1,14 +1,13 @@
 /*
  * rnn.cu — the CUDA module's recurrent-layer kernels (kn_cuda_rnn.h): one LSTM or GRU
- * time step forward and backward with the formulas and the order of operations of
- * kernels/cpu/rnn.c (torch 1.13's cells), one thread per (row, hidden unit), and the
+ * time step forward and backward, one thread per (row, hidden unit) around the unit
+ * math that kernels/cpu/rnn.c runs too (../kn_rnn_cell.h: torch 1.13's cells), and the
  * column sums of the bias gradients. The GEMMs around each step are cuBLAS calls that
  * core/ops/ops_rnn.c issues on the same stream, so a step never waits for the host.
  */
 #include "kn_cuda_internal.h"
 #include "kn_cuda_rnn.h"
-
-#include <math.h>
+#include "../kn_rnn_cell.h"
 
 #define THREADS 256
 #define MAX_BLOCKS 65535
@@ -25,21 +24,7 @@ static const char *launched(const char *op)
     return kn_cuda_check(cudaGetLastError(), op);
 }
 
-__device__ __forceinline__ float sigmoid(float x)
-{
-    return 1.f / (1.f + expf(-x));
-}
-
-/* The pre-activation at gate column k: hidden side (with its bias) plus input side. */
-__device__ __forceinline__ float pre(const kn_cpu_rnn_step &s, const float *gx, const float *gh,
-                                     int64_t k)
-{
-    float hidden = gh ? gh[k] : 0.f;
-    if (s.b_hh) hidden += s.b_hh[k];
-    float input = gx[k];
-    if (s.b_ih) input += s.b_ih[k];
-    return hidden + input;
-}
+/* One thread per unit of every row, around the unit math of kn_rnn_cell.h. */
 
 __global__ void lstm_forward_kernel(kn_cpu_rnn_step s)
 {
@@ -47,20 +32,21 @@ __global__ void lstm_forward_kernel(kn_cpu_rnn_step s)
     GRID_STRIDE(e, s.batch * H)
     {
         int64_t n = e / H, j = e % H;
-        const float *gx = s.gx + n * s.gx_ld, *gh = s.gh ? s.gh + n * s.gh_ld : NULL;
-        float i = sigmoid(pre(s, gx, gh, j));
-        float f = sigmoid(pre(s, gx, gh, H + j));
-        float g = tanhf(pre(s, gx, gh, 2 * H + j));
-        float o = sigmoid(pre(s, gx, gh, 3 * H + j));
-        float cp = s.c_prev ? s.c_prev[n * s.c_prev_ld + j] : 0.f;
-        float cy = f * cp + i * g;
-        s.c[n * s.c_ld + j] = cy;
-        s.h[n * s.h_ld + j] = o * tanhf(cy);
+        const float *gx = s.gx + n * s.gx_ld, *gh = s.gh + n * s.gh_ld;
+        float pre[4];
+        for (int q = 0; q < 4; q++) {
+            int64_t k = q * H + j;
+            pre[q] = (gh[k] + s.b_hh[k]) + (gx[k] + s.b_ih[k]);
+        }
+        kn_rnn_lstm_values v =
+            kn_rnn_lstm_cell(pre[0], pre[1], pre[2], pre[3], s.c_prev[n * s.c_prev_ld + j]);
+        s.c[n * s.c_ld + j] = v.c;
+        s.h[n * s.h_ld + j] = v.h;
         float *a = s.act + n * s.act_ld;
-        a[j] = i;
-        a[H + j] = f;
-        a[2 * H + j] = g;
-        a[3 * H + j] = o;
+        a[j] = v.i;
+        a[H + j] = v.f;
+        a[2 * H + j] = v.g;
+        a[3 * H + j] = v.o;
     }
 }
 
@@ -70,20 +56,18 @@ __global__ void gru_forward_kernel(kn_cpu_rnn_step s)
     GRID_STRIDE(e, s.batch * H)
     {
         int64_t n = e / H, j = e % H;
-        const float *gx = s.gx + n * s.gx_ld, *gh = s.gh ? s.gh + n * s.gh_ld : NULL;
-        float r = sigmoid(pre(s, gx, gh, j));
-        float z = sigmoid(pre(s, gx, gh, H + j));
-        float hn = gh ? gh[2 * H + j] : 0.f;
-        if (s.b_hh) hn += s.b_hh[2 * H + j];
-        float in = gx[2 * H + j];
-        if (s.b_ih) in += s.b_ih[2 * H + j];
-        float nv = tanhf(in + hn * r);
-        float prev = s.h_prev ? s.h_prev[n * s.h_prev_ld + j] : 0.f;
-        s.h[n * s.h_ld + j] = (prev - nv) * z + nv;
+        const float *gx = s.gx + n * s.gx_ld, *gh = s.gh + n * s.gh_ld;
+        const float *bi = s.b_ih, *bh = s.b_hh;
+        float pr = (gh[j] + bh[j]) + (gx[j] + bi[j]);
+        float pz = (gh[H + j] + bh[H + j]) + (gx[H + j] + bi[H + j]);
+        float hn = gh[2 * H + j] + bh[2 * H + j];
+        kn_rnn_gru_values v = kn_rnn_gru_cell(pr, pz, gx[2 * H + j] + bi[2 * H + j], hn,
+                                              s.h_prev[n * s.h_prev_ld + j]);
+        s.h[n * s.h_ld + j] = v.h;
         float *a = s.act + n * s.act_ld;
-        a[j] = r;
-        a[H + j] = z;
-        a[2 * H + j] = nv;
+        a[j] = v.r;
+        a[H + j] = v.z;
+        a[2 * H + j] = v.n;
         a[3 * H + j] = hn;
     }
 }
@@ -95,17 +79,16 @@ __global__ void lstm_backward_kernel(kn_cpu_rnn_grad_step s)
     {
         int64_t n = e / H, j = e % H;
         const float *a = s.act + n * s.act_ld;
-        float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-        float tc = tanhf(s.c[n * s.c_ld + j]);
-        float dh = s.dh_rec[e] + (s.dh_out ? s.dh_out[n * s.dh_out_ld + j] : 0.f);
-        float dc = s.dc_rec[e] + dh * o * (1.f - tc * tc);
-        float cprev = s.c_prev ? s.c_prev[n * s.c_prev_ld + j] : 0.f;
+        kn_rnn_lstm_grads g =
+            kn_rnn_lstm_cell_backward(a[j], a[H + j], a[2 * H + j], a[3 * H + j],
+                                      s.c[n * s.c_ld + j], s.c_prev[n * s.c_prev_ld + j],
+                                      s.dh_rec[e] + s.dh_out[n * s.dh_out_ld + j], s.dc_rec[e]);
         float *d = s.dgx + n * s.dgx_ld;
-        d[j] = dc * g * i * (1.f - i);
-        d[H + j] = dc * cprev * f * (1.f - f);
-        d[2 * H + j] = dc * i * (1.f - g * g);
-        d[3 * H + j] = dh * tc * o * (1.f - o);
-        s.dc_rec[e] = dc * f;
+        d[j] = g.di;
+        d[H + j] = g.df;
+        d[2 * H + j] = g.dg;
+        d[3 * H + j] = g.d_o;
+        s.dc_rec[e] = g.dc_prev;
     }
 }
 
@@ -116,20 +99,17 @@ __global__ void gru_backward_kernel(kn_cpu_rnn_grad_step s)
     {
         int64_t n = e / H, j = e % H;
         const float *a = s.act + n * s.act_ld;
-        float r = a[j], z = a[H + j], nv = a[2 * H + j], hn = a[3 * H + j];
-        float dh = s.dh_rec[e] + (s.dh_out ? s.dh_out[n * s.dh_out_ld + j] : 0.f);
-        float prev = s.h_prev ? s.h_prev[n * s.h_prev_ld + j] : 0.f;
-        float dn = dh * (1.f - z) * (1.f - nv * nv);
-        float dz = dh * (prev - nv) * z * (1.f - z);
-        float dr = dn * hn * r * (1.f - r);
+        kn_rnn_gru_grads g = kn_rnn_gru_cell_backward(a[j], a[H + j], a[2 * H + j], a[3 * H + j],
+                                                      s.h_prev[n * s.h_prev_ld + j],
+                                                      s.dh_rec[e] + s.dh_out[n * s.dh_out_ld + j]);
         float *dx = s.dgx + n * s.dgx_ld, *dhh = s.dgh + n * s.dgh_ld;
-        dx[j] = dr;
-        dx[H + j] = dz;
-        dx[2 * H + j] = dn;
-        dhh[j] = dr;
-        dhh[H + j] = dz;
-        dhh[2 * H + j] = dn * r;
-        s.dh_rec[e] = dh * z;
+        dx[j] = g.dr;
+        dx[H + j] = g.dz;
+        dx[2 * H + j] = g.dn;
+        dhh[j] = g.dr;
+        dhh[H + j] = g.dz;
+        dhh[2 * H + j] = g.dhn;
+        s.dh_rec[e] = g.dh_prev;
     }
 }
 

@@ -1,7 +1,7 @@
 /*
  * test_golden_rnn.c — the recurrent layers against PyTorch 1.13 fixtures
  * (tests/golden/generate.py, section "rnn"): the one-layer ops kn_lstm and kn_gru with
- * initial states, both directions, with and without biases; whole nn.LSTM / nn.GRU
+ * initial states, both directions, with and without biases, with saturated gates; whole nn.LSTM / nn.GRU
  * modules (several layers, bidirectional, no bias, a non-contiguous input, torch's
  * sequence-first layout, dropout between layers in training, the "last" output against
  * torch's h_n) with their parameters loaded by state_dict name; forward and every
@@ -69,6 +69,14 @@ Test(golden_rnn, gru_layer_reverse)
 Test(golden_rnn, gru_layer_nobias)
 {
     layer_case("gru_layer_nobias", false, false, false);
+}
+Test(golden_rnn, lstm_layer_large)
+{
+    layer_case("lstm_layer_large", true, false, true);
+}
+Test(golden_rnn, gru_layer_large)
+{
+    layer_case("gru_layer_large", false, true, true);
 }
 
 /* ---- whole modules ------------------------------------------------------------------------ */

@@ -14,6 +14,7 @@
 #include "kn_safetensors.h"
 #include "kn_test.h"
 #include "kn_train.h"
+#include "../kn_rnn_cell.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -35,6 +36,34 @@
 static kn_tensor *leaf(const int64_t *shape, int ndim, double scale, uint64_t seed)
 {
     return kn_set_requires_grad(kn_test_uniform(shape, ndim, -scale, scale, seed), true);
+}
+
+/* ---- the CPU's vectorisable tanh and sigmoid ------------------------------------------ */
+
+/* Within a few ulp of libm's in double everywhere: tiny values (the series), the switch
+ * at 0.3, the saturated ends, infinities and NaN. */
+Test(rnn, cpu_tanh_and_sigmoid_are_within_a_few_ulp)
+{
+    double worst_tanh = 0, worst_sigmoid = 0;
+    for (int i = -400000; i <= 400000; i++) {
+        float x = (float)i * 1e-4f; /* [-40, 40] */
+        if (i % 2) x = ldexpf((float)i, -40); /* and tiny ones */
+        double t = tanh((double)x), s = 1.0 / (1.0 + exp(-(double)x));
+        double et = fabs(kn_rnn_tanhf(x) - t) / fmax(fabs(t), 1e-38);
+        double es = fabs(kn_rnn_sigmoid(x) - s) / fmax(s, 1e-38);
+        if (x != 0) worst_tanh = fmax(worst_tanh, et);
+        if (s > 1e-30) worst_sigmoid = fmax(worst_sigmoid, es);
+    }
+    cr_log_info("relative error: tanh %.3g, sigmoid %.3g", worst_tanh, worst_sigmoid);
+    cr_assert_lt(worst_tanh, 6e-7, "tanh: relative error %g", worst_tanh); /* 5 ulp */
+    cr_assert_lt(worst_sigmoid, 6e-7, "sigmoid: relative error %g", worst_sigmoid);
+    cr_assert_eq(kn_rnn_tanhf(INFINITY), 1.f);
+    cr_assert_eq(kn_rnn_tanhf(-INFINITY), -1.f);
+    cr_assert_eq(kn_rnn_tanhf(0.f), 0.f);
+    cr_assert(isnan(kn_rnn_tanhf(NAN)) && isnan(kn_rnn_sigmoid(NAN)));
+    /* exp saturates at e^88.7 (kn_cpu_expf_inline): a denormal, not 0, below -88.7 */
+    cr_assert(kn_rnn_sigmoid(-INFINITY) >= 0.f && kn_rnn_sigmoid(-INFINITY) < 1e-38f);
+    cr_assert_eq(kn_rnn_sigmoid(INFINITY), 1.f);
 }
 
 /* ---- finite differences -------------------------------------------------------------- */

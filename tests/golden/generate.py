@@ -535,6 +535,9 @@ case("gru_layer", inputs(**GRU_LAYER), gru_layer(False))
 case("gru_layer_reverse", inputs(**GRU_LAYER), gru_layer(True))
 case("gru_layer_nobias", inputs(x=R(2, 4, 3), h0=R(2, 5), w_ih=small(15, 3), w_hh=small(15, 5)),
      gru_layer(False, bias=False))
+# saturated gates (pre-activations of tens): sigmoid and tanh at their flat ends
+case("lstm_layer_large", inputs(**dict(LSTM_LAYER, x=big(15, 3, 5, 4))), lstm_layer(False))
+case("gru_layer_large", inputs(**dict(GRU_LAYER, x=big(15, 3, 5, 4))), gru_layer(True))
 
 
 def rnn_module(name, mode, x, hidden, x_view=None, output="sequence", train=False, **kw):

@@ -113,34 +113,28 @@ __global__ void gru_backward_kernel(kn_cpu_rnn_grad_step s)
     }
 }
 
-static const char *step_forward(int device, kn_rnn_mode mode, const kn_cpu_rnn_step *s)
+/* One step's kernel (S: the forward or the backward struct) over its batch x hidden units. */
+template <typename S>
+static const char *launch(int device, const char *op, void (*kernel)(S), const S *s)
 {
-    const char *op = mode == KN_RNN_LSTM ? "lstm" : "gru";
     cudaStream_t stream;
     const char *error = kn_cuda_enter(device, op, &stream, NULL);
     if (error) return error;
     if (s->batch <= 0 || s->hidden <= 0) return NULL;
-    unsigned blocks = blocks_for(s->batch * s->hidden);
-    if (mode == KN_RNN_LSTM)
-        lstm_forward_kernel<<<blocks, THREADS, 0, stream>>>(*s);
-    else
-        gru_forward_kernel<<<blocks, THREADS, 0, stream>>>(*s);
+    kernel<<<blocks_for(s->batch * s->hidden), THREADS, 0, stream>>>(*s);
     return launched(op);
+}
+
+static const char *step_forward(int device, kn_rnn_mode mode, const kn_cpu_rnn_step *s)
+{
+    if (mode == KN_RNN_LSTM) return launch(device, "lstm", lstm_forward_kernel, s);
+    return launch(device, "gru", gru_forward_kernel, s);
 }
 
 static const char *step_backward(int device, kn_rnn_mode mode, const kn_cpu_rnn_grad_step *s)
 {
-    const char *op = mode == KN_RNN_LSTM ? "lstm backward" : "gru backward";
-    cudaStream_t stream;
-    const char *error = kn_cuda_enter(device, op, &stream, NULL);
-    if (error) return error;
-    if (s->batch <= 0 || s->hidden <= 0) return NULL;
-    unsigned blocks = blocks_for(s->batch * s->hidden);
-    if (mode == KN_RNN_LSTM)
-        lstm_backward_kernel<<<blocks, THREADS, 0, stream>>>(*s);
-    else
-        gru_backward_kernel<<<blocks, THREADS, 0, stream>>>(*s);
-    return launched(op);
+    if (mode == KN_RNN_LSTM) return launch(device, "lstm backward", lstm_backward_kernel, s);
+    return launch(device, "gru backward", gru_backward_kernel, s);
 }
 
 /* ---- column sums ------------------------------------------------------------------------- */

@@ -374,6 +374,20 @@ bool kn_get_allow_tf32(void);
 kn_alloc_stats kn_get_alloc_stats(void);
 void kn_empty_cache(void); /* returns cached blocks to the system */
 
+/* ---- recurrent layers (issue 12) ------------------------------------------------------ */
+/* One layer and one direction of torch's nn.LSTM / nn.GRU, batch first. Weights as torch
+ * names them: w_ih [G, input], w_hh [G, hidden], b_ih and b_hh [G] or NULL (bias=False),
+ * with G = 4 * hidden for an LSTM (gates i, f, g, o) and 3 * hidden for a GRU (r, z, n). */
+typedef struct kn_rnn_weights {
+    kn_tensor *w_ih, *w_hh, *b_ih, *b_hh;
+} kn_rnn_weights;
+/* x [N, T, input] (any strides, T >= 1); h0, c0 [N, hidden] or NULL for zeros; reverse
+ * runs from step T-1 down to 0 (a bidirectional layer's _reverse direction). Returns the
+ * hidden state of every step, [N, T, hidden] (torch's output of a one-layer module);
+ * differentiable in every tensor. kn_gru is the same without a cell state. */
+kn_tensor *kn_lstm(kn_tensor *x, kn_tensor *h0, kn_tensor *c0, kn_rnn_weights w, bool reverse);
+kn_tensor *kn_gru(kn_tensor *x, kn_tensor *h0, kn_rnn_weights w, bool reverse);
+
 #ifdef __cplusplus
 }
 #endif

@@ -148,6 +148,8 @@ bool kn_layer_infer(kn_layer_shape *s);
 
 enum {
     KN_LAYER_CONTAINER = 1 << 0, /* holds other modules (Sequential): not a spec layer */
+    KN_LAYER_RANDOM = 1 << 1,    /* draws random numbers in training (dropout masks) from
+                                    m->dropout_generator: a trainer lends it the run's */
 };
 
 typedef struct kn_layer_type {

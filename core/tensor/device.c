@@ -121,6 +121,10 @@ static void load_cuda(void)
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
                                       : NULL;
+    /* ---- rnn (issue 12) */
+    const kn_cuda_rnn *rnn = table(handle, KN_CUDA_RNN_SYMBOL);
+    m.rnn = CHECKED(rnn, KN_CUDA_RNN_ABI);
+    if (!missing && !m.rnn) missing = KN_CUDA_RNN_SYMBOL;
     if (missing) {
         snprintf(cuda_reason, sizeof cuda_reason,
                  "the CUDA module " MODULE_NAME " does not match this build (no %s of this "

@@ -7,6 +7,7 @@
  * batches and the captured step are in train_cuda.c.
  */
 #include "kn_internal.h"
+#include "kn_layer.h"
 #include "kn_train_internal.h"
 
 #include <math.h>
@@ -565,12 +566,13 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
     return st;
 }
 
-/* Points the dropout modules of m that have no generator at gen, recording them in lent
- * (up to capacity). Returns how many there are (capacity 0: only counts them). */
+/* Points the modules of m that draw random numbers (KN_LAYER_RANDOM: dropout, and the
+ * recurrent layers' dropout between layers) and have no generator at gen, recording them
+ * in lent (up to capacity). Returns how many there are (capacity 0: only counts them). */
 static int lend_generator(kn_module *m, kn_generator *gen, kn_module **lent, int capacity, int n)
 {
     if (!m) return n;
-    if (m->kind == KN_MODULE_DROPOUT && !m->dropout_generator) {
+    if ((m->layer->flags & KN_LAYER_RANDOM) && !m->dropout_generator) {
         if (n < capacity) {
             m->dropout_generator = gen;
             lent[n] = m;

@@ -135,6 +135,11 @@ char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_si
 /* ---- job spec --------------------------------------------------------------------- */
 typedef enum { KAPI_FORMAT_IDX, KAPI_FORMAT_CSV, KAPI_FORMAT_NPY } kapi_data_format;
 
+/* The most normalisation channels, CSV target columns and loss weights a job may give. */
+#define KAPI_MAX_CHANNELS 1000000
+#define KAPI_MAX_TARGET_COLUMNS 1024
+#define KAPI_MAX_WEIGHTS 1000000
+
 /* A local data source (the CLI's; the server replaces paths by dataset names). */
 typedef struct kapi_data_source {
     bool present;
@@ -142,6 +147,9 @@ typedef struct kapi_data_source {
     char inputs_path[512];  /* idx/npy: "images"/"inputs"; csv: "path" */
     char labels_path[512];  /* idx/npy: "labels" */
     char label_column[128]; /* csv (default "label") */
+    /* csv: the target columns, comma-separated (a header name has no comma); "" reads
+     * label_column alone */
+    char target_columns[4096];
 } kapi_data_source;
 
 typedef struct kapi_data_spec {
@@ -149,8 +157,12 @@ typedef struct kapi_data_spec {
     char dataset[128];       /* by name (server) instead of train/test sources */
     double validation_split; /* 0: none */
     double scale;            /* default 1 */
-    int channels;            /* normalisation channels, 0: none */
-    double mean[16], std[16];
+    int channels;            /* normalisation channels, 0: none (or auto) */
+    double *mean, *std;      /* channels values each, owned by the job spec */
+    bool normalize_auto;     /* "normalize": "auto": from the training split at the start */
+    /* a dataset's CSV files (server): which columns are the targets, as in a csv source */
+    char label_column[128];
+    char target_columns[4096];
 } kapi_data_spec;
 
 typedef struct kapi_job_spec {
@@ -162,7 +174,15 @@ typedef struct kapi_job_spec {
     bool allow_tf32;        /* CUDA products may use TF32 (kn_set_allow_tf32); default off */
     char resume_from[512];  /* CLI: a checkpoint path */
     char init_weights[512]; /* CLI: safetensors weights to start from */
+    /* server: "init_weights": {"version": V} (a version or alias of the job's model; the
+     * server pins an alias to its version at submission, keeping the alias beside it) or
+     * {"job": ID} (a succeeded job's final weights). "" when absent. */
+    char init_version[64], init_alias[64], init_job[40];
+    char run_name[128]; /* "name": a label for the run in lists and charts, "" when absent */
     char submission_id[128];
+    bool task_given;     /* "task" was in the spec (else inferred from the loss) */
+    float *class_weight; /* loss.weight, owned (train.class_weight points here) */
+    float *pos_weight;   /* loss.pos_weight, owned (train.pos_weight points here) */
 } kapi_job_spec;
 
 typedef struct kapi_job_parse_options {
@@ -173,7 +193,21 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
                                    kapi_errors *errors);
 void kapi_job_spec_free(kapi_job_spec *spec);
 
+/* How a source is loaded: the labels a task takes, and whether they may be missing. */
+typedef struct kapi_load_options {
+    /* classification (and AUTO): int64 class labels [N] (float targets are refused: class
+     * labels must be integers); regression and multilabel: float32 targets [N, K]
+     * (integers converted) */
+    kn_task task;
+    /* inputs alone (kiln predict): a CSV without its target columns, an NPY/IDX source
+     * without a labels file give a dataset without labels */
+    bool allow_unlabeled;
+} kapi_load_options;
+
 /* Loads a data source (gzip or plain files) into a dataset; errors name the file. */
+kn_dataset *kapi_load_data(const kapi_data_source *source, kapi_load_options options,
+                           kapi_errors *errors);
+/* kapi_load_data for classification. */
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors);
 /* Makes a loaded dataset fit a model: inputs reshaped to [N, input_shape...] when the
  * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]), and labels
@@ -184,6 +218,78 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
 /* A dataset feeds one input: false with an error at `what` naming the inputs of a graph
  * that has several. */
 bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors);
+/* The same for a job's task and loss (train: its config): class labels within the
+ * model's classes (0/1 for one output with bce_with_logits) and as many class weights as
+ * classes; float targets [N] or [N, K] of the model's output width (made [N, K]), in
+ * [0, 1] for bce_with_logits, pos_weight of 1 or K values. Errors name the data at
+ * `what` and the fields to change. */
+bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_train_config *train,
+                          const char *what, kapi_errors *errors);
+/* The label checks of kapi_dataset_fit_job alone (labels as kapi_load_labels gives them). */
+bool kapi_check_labels(const kn_tensor *labels, const kapi_model_spec *spec,
+                       const kn_train_config *train, const char *what, kapi_errors *errors);
+/* The labels of a source without its inputs (NPY/IDX: the labels file only; a CSV is
+ * parsed whole), as the task takes them: the caller owns the tensor (kn_release). */
+kn_tensor *kapi_load_labels(const kapi_data_source *source, kn_task task, kapi_errors *errors);
+
+/* ---- evaluation metrics by task ------------------------------------------------------ */
+#define KAPI_MAX_METRICS 8
+typedef struct kapi_metric {
+    const char *name; /* static */
+    double value;
+} kapi_metric;
+
+/* An evaluation's metrics as the task names them (classification: accuracy, precision,
+ * recall, f1; regression: mse, mae, r2; multilabel: exact_match, f1), those that apply;
+ * returns how many. */
+int kapi_eval_metrics(const kn_eval_result *result, kapi_metric out[KAPI_MAX_METRICS]);
+/* {"task", "count", "loss", "metrics": {...}, "confusion_matrix": [[...]] (row: true
+ * class), "label_f1": [...]} (malloc'd): the end of a job. */
+char *kapi_eval_details_json(const kn_eval_result *result);
+
+/* ---- preprocessing that travels with the weights ------------------------------------ */
+/* What a job did to its inputs before the model saw them: x * scale, then per channel
+ * (x - mean[c]) / std[c] in float32, channels as kn_dataset_normalize counts them (1:
+ * every element; more: dim 0 of a sample). Written into the weights' safetensors
+ * metadata under "kiln.preprocessing" as JSON:
+ *   {"version": 1, "input_shape": [30],
+ *    "steps": [{"type": "scale", "factor": 0.5},
+ *              {"type": "normalize", "mean": [...], "std": [...]}]}
+ * a list of steps in the order applied, so later kinds (a text vocabulary) add a step
+ * type; readers refuse a step type they do not know rather than serve wrong inputs.
+ * "kiln.task" holds the task ("classification", "regression", "multilabel"). */
+typedef struct kapi_preprocessing {
+    double scale;       /* 1: none */
+    int channels;       /* 0: no normalisation */
+    double *mean, *std; /* channels values each, owned */
+    kn_task task;       /* what the outputs are (KN_TASK_AUTO: not recorded) */
+} kapi_preprocessing;
+
+void kapi_preprocessing_free(kapi_preprocessing *p); /* the arrays; p itself is the caller's */
+bool kapi_preprocessing_is_identity(const kapi_preprocessing *p);
+/* The JSON of "kiln.preprocessing" (malloc'd), for a model of input_shape. */
+char *kapi_preprocessing_to_json(const kapi_preprocessing *p, const kapi_model_spec *model);
+/* Parses it back (errors at path "kiln.preprocessing"): false with errors added. */
+bool kapi_preprocessing_from_json(const char *json, kapi_preprocessing *out, kapi_errors *errors);
+/* Applies it in place to n samples laid out as the model's input (in_numel floats each). */
+kn_status kapi_preprocess(const kapi_preprocessing *p, float *x, int64_t n, int64_t in_numel);
+/* The final weights with the preprocessing and task in their metadata; false with an
+ * error at path. */
+bool kapi_save_weights(const kn_module *model, const char *path, const kapi_preprocessing *p,
+                       const kapi_model_spec *spec, kapi_errors *errors);
+/* Reads a weights file's preprocessing: *found false (and *out the identity) when it has
+ * none (a file from elsewhere); false with errors added when it is unreadable. */
+bool kapi_load_preprocessing(const char *path, kapi_preprocessing *out, bool *found,
+                             kapi_errors *errors);
+
+/* A job's data made ready to train, as kiln train and kilnd do it: *train (loaded and
+ * fitted, owned) split into train and validation when the job asks, then every split
+ * scaled and normalised, with "normalize": "auto" computing mean and std per channel
+ * (input_shape[0]) from the training part only, after scaling. validation and test may be
+ * NULL; *out gets the preprocessing applied. false with errors added (at "data..."). */
+bool kapi_prepare_data(const kapi_job_spec *job, const kapi_model_spec *model, kn_dataset **train,
+                       kn_dataset **validation, kn_dataset **test, kapi_preprocessing *out,
+                       kapi_errors *errors);
 /* Reads a whole file, gunzipping when it starts with gzip's magic. malloc'd. */
 void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors);
 /* What kapi_read_file does to a gzip file's bytes, in memory (uploads, fuzz targets):

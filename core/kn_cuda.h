@@ -21,6 +21,8 @@
 #include "../kernels/cuda/kn_cuda_host.h"
 #include "../kernels/cuda/kn_cuda_reduce.h"
 #include "../kernels/cuda/kn_cuda_train.h"
+/* ---- rnn (issue 12) */
+#include "../kernels/cuda/kn_cuda_rnn.h"
 /* ---- attention (issue 12) ---- */
 #include "../kernels/cuda/kn_cuda_attention.h"
 
@@ -32,6 +34,8 @@ typedef struct kn__cuda_module {
     const kn_cuda_train *train;       /* norms, optimizer steps, clipping */
     const kn_cuda_blaslt *blaslt;     /* cublasLt products with a fused bias */
     const kn_cuda_host *host;         /* pinned memory, events, graphs */
+    /* ---- rnn (issue 12) */
+    const kn_cuda_rnn *rnn; /* lstm and gru time steps, bias-gradient sums */
     /* ---- attention (issue 12) ---- */
     const kn_cuda_attention *attention; /* fused scaled-dot-product attention */
 } kn__cuda_module;
@@ -65,6 +69,13 @@ static inline const kn_cuda_host *kn__cuda_host(kn_device device, const char *op
 {
     const kn__cuda_module *m = kn__cuda(device, op);
     return m ? m->host : NULL;
+}
+
+/* ---- rnn (issue 12) */
+static inline const kn_cuda_rnn *kn__cuda_rnn(kn_device device, const char *op)
+{
+    const kn__cuda_module *m = kn__cuda(device, op);
+    return m ? m->rnn : NULL;
 }
 
 /* ---- attention (issue 12) ---- */

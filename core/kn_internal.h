@@ -150,6 +150,14 @@ kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t
 /* kn_linear on a CUDA device (ops_linear_cuda.c), inputs already checked; the result
  * belongs to the open scope, NULL with the error set. */
 kn_tensor *kn__linear_cuda(kn_tensor *x, kn_tensor *weight, kn_tensor *bias);
+/* relu(conv2d(x, w, b)), then max_pool2d(., *pool) unless pool is NULL, as one op where
+ * the convolution takes the CPU's direct kernels and the pool is 2x2 (ops_conv.c), else
+ * the ops one by one; the same values and gradients either way. _fusable: whether it
+ * fuses (no error set). For Sequential, which sees the layers that follow each other. */
+kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                kn_conv2d_args args, const kn_pool2d_args *pool);
+bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                  kn_conv2d_args args, const kn_pool2d_args *pool);
 /* nbytes from a CUDA tensor's storage, starting at its element `element`, to host dst. */
 kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes);
 /* kn__sum_to_shape for a gradient on a CUDA device. */

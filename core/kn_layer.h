@@ -156,15 +156,14 @@ bool kn_layer_infer(kn_layer_shape *s);
 
 enum {
     KN_LAYER_CONTAINER = 1 << 0, /* holds other modules (Sequential): not a spec layer */
-    KN_LAYER_ANY_DTYPE = 1 << 1, /* inputs of any one dtype, output of the same (views,
+    KN_LAYER_RANDOM = 1 << 1,    /* draws random numbers in training (dropout masks) from
+                                    m->dropout_generator: a trainer lends it the run's */
+    KN_LAYER_ANY_DTYPE = 1 << 2, /* inputs of any one dtype, output of the same (views,
                                     joins: slicing token indices keeps them int64) */
     /* ---- attention (issue 12) ---- */
     /* the shape rule checks its inputs' dtypes itself (attention takes float sequences
      * and an int64 key-padding mask): kn_layer_infer does not require input_dtype */
-    KN_LAYER_OWN_DTYPES = 1 << 2,
-    /* draws from m->dropout_generator when training, as Dropout does (attention's dropout
-     * on its weights): the trainer lends it the run's generator */
-    KN_LAYER_RANDOM = 1 << 3,
+    KN_LAYER_OWN_DTYPES = 1 << 3,
 };
 
 typedef struct kn_layer_type {

@@ -44,6 +44,9 @@ extern "C" {
     X(BATCH_NORM2D, batch_norm2d)                                                                  \
     X(LAYER_NORM, layer_norm)                                                                      \
     X(EMBEDDING, embedding)                                                                        \
+    /* ---- rnn (issue 12) */                                                                      \
+    X(LSTM, lstm)                                                                                  \
+    X(GRU, gru)                                                                                    \
     /* ---- graph (issue 12): containers, then the structure nodes of graph specs */               \
     X(GRAPH, graph)                                                                                \
     X(MODULE, module)                                                                              \
@@ -146,6 +149,19 @@ typedef struct kn_embedding_options {
     int64_t num_embeddings, embedding_dim;
 } kn_embedding_options;
 
+/* ---- rnn (issue 12) */
+/* What a recurrent layer hands on: torch's output (every step's hidden state) or, for
+ * sequence classification, the final hidden state of each direction. */
+typedef enum { KN_RNN_OUTPUT_SEQUENCE = 0, KN_RNN_OUTPUT_LAST = 1 } kn_rnn_output;
+
+typedef struct kn_rnn_options { /* nn.LSTM, nn.GRU */
+    int64_t input_size, hidden_size, num_layers;
+    bool bias;
+    bool batch_first; /* Kiln's default is true: its data is [N, T, features] */
+    double dropout;   /* between layers, in training */
+    bool bidirectional;
+    int output; /* a kn_rnn_output (Kiln's; torch has no such argument) */
+} kn_rnn_options;
 /* ---- graph (issue 12) ---- */
 /* A container's class as its repr names it: "ModuleList", a block's name ("Block");
  * empty: "Module". */
@@ -229,6 +245,8 @@ typedef union kn_layer_options {
     kn_batch_norm_options batch_norm;
     kn_layer_norm_options layer_norm;
     kn_embedding_options embedding;
+    /* ---- rnn (issue 12) */
+    kn_rnn_options rnn; /* lstm, gru */
     /* ---- graph (issue 12) ---- */
     kn_container_options container; /* graph, module */
     kn_concat_options concat;
@@ -320,6 +338,14 @@ kn_module *kn_batch_norm2d_new(int64_t num_features, double eps, double momentum
 kn_module *kn_layer_norm_new(const int64_t *normalized_shape, int ndim, double eps,
                              bool elementwise_affine);
 kn_module *kn_embedding_new(int64_t num_embeddings, int64_t embedding_dim, kn_generator *gen);
+/* ---- rnn (issue 12) */
+/* nn.LSTM(input_size, hidden_size, num_layers, bidirectional=...) with Kiln's other
+ * defaults (bias, batch_first, no dropout, output "sequence"); kn_module_new with a
+ * kn_rnn_options for the rest. */
+kn_module *kn_lstm_new(int64_t input_size, int64_t hidden_size, int64_t num_layers,
+                       bool bidirectional, kn_generator *gen);
+kn_module *kn_gru_new(int64_t input_size, int64_t hidden_size, int64_t num_layers,
+                      bool bidirectional, kn_generator *gen);
 
 void kn_module_free(kn_module *m); /* NULL-safe; frees children */
 /* The spec's name of a kind: "linear", "conv2d", "max_pool2d", "batch_norm1d", ... */

@@ -250,10 +250,11 @@ header=$(od -An -t u8 -N 8 "$out/weights.safetensors" | tr -d ' ')
 if [ "$weights_bytes" -le 1000 ] || [ "$header" -le 0 ] || [ "$header" -ge "$weights_bytes" ]; then
     fail "the weights are not a safetensors file ($weights_bytes bytes)"
 fi
-# inference on the 128 test images: most must come out right
+# inference on the 128 test images, sent raw as a user has them (kilnd applies the job's
+# preprocessing, its scale here): most must come out right
 input=$(api GET /v2/models/quads | jq -r '.inputs[0].name')
 jq -c --arg name "$input" '{id: "ctest", inputs: [{name: $name, shape: [(.inputs | length), 1, 8, 8],
-    datatype: "FP32", data: [.inputs[][][][] / 255]}]}' "$out/test.json" >"$out/infer.json"
+    datatype: "FP32", data: [.inputs[][][][]]}]}' "$out/test.json" >"$out/infer.json"
 api POST /v2/models/quads/infer -H 'Content-Type: application/json' --data-binary "@$out/infer.json" \
     >"$out/infer-out.json"
 accuracy=$(jq -r --slurpfile t "$out/test.json" '.outputs[0].data as $d | $t[0].labels as $l
@@ -315,16 +316,24 @@ done
 podman stop -t 30 "$tag" >/dev/null 2>>"$out/podman.log"
 exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$tag")
 [ "$exit_code" = 0 ] || { podman logs "$tag" | tail; fail "kilnd exited with $exit_code on podman stop"; }
-stopped=$(podman logs "$tag" 2>&1 | grep -o "job $long: stopped at step [0-9]*" | grep -o '[0-9]*$' || true)
-[ -n "$stopped" ] || { podman logs "$tag" | tail; fail "kilnd did not checkpoint job $long on SIGTERM (had it finished?)"; }
-say "podman stop at step >= $step: kilnd (PID 1) got SIGTERM, checkpointed $long at step $stopped, exit 0"
+# the job's own log (GET /v1/jobs/{id}/logs, kept on the volume) says where it stopped
+# and where it went on from; read once kilnd is back
+job_log_step() { # pattern: the step in the job log's last line matching "pattern N"
+    api GET "/v1/jobs/$long/logs?format=text" | grep -o "$1 [0-9]*" | tail -1 | grep -o '[0-9]*$' || true
+}
+podman logs "$tag" >"$out/kilnd-1.log" 2>&1
+grep -q "job $long: stopped at step" "$out/kilnd-1.log" ||
+    { podman logs "$tag" | tail; fail "kilnd did not stop job $long on SIGTERM (had it finished?)"; }
 podman start "$tag" >/dev/null 2>>"$out/podman.log" || { cat "$out/podman.log"; fail "podman start"; }
 port=$(podman port "$tag" 8080 | head -1 | sed 's/.*://')
 URL=http://127.0.0.1:$port
 wait_ready "$tag"
+stopped=$(job_log_step "stopped at step")
+[ -n "$stopped" ] || fail "job $long's log has no 'stopped at step' line"
+say "podman stop at step >= $step: kilnd (PID 1) got SIGTERM, stopped $long at step $stopped, exit 0"
 resumed=""
 for _ in $(seq 1 60); do
-    resumed=$(podman logs "$tag" 2>&1 | grep -o "job $long: resuming from step [0-9]*" | grep -o '[0-9]*$' || true)
+    resumed=$(job_log_step "resuming from the checkpoint at step")
     [ -n "$resumed" ] && break
     sleep 0.5
 done

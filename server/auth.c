@@ -1,10 +1,12 @@
 /*
  * auth.c — who may talk to kilnd. A page in a browser can reach a localhost port, so
- * every request's Host must name this server (its listen address, localhost or
- * 127.0.0.1 with the port, a name in --allowed-hosts, an allowed origin's host, and on a
- * wildcard listen (0.0.0.0, ::) one of this machine's addresses with the port) and an
- * Origin, when sent, must be one of those as http://host:port or listed in
- * --allowed-origins: otherwise 403 (DNS rebinding and cross-site requests stop here).
+ * every request's Host must be one DNS rebinding cannot produce (an address literal such as
+ * 127.0.0.1 or [::1], or localhost, with any port: the port a client used is not kilnd's
+ * behind a published container port, a NAT or an SSH tunnel) or name this server (its
+ * listen address with the port, a name in --allowed-hosts, an allowed origin's host),
+ * and an Origin, when sent, must be http://<one of kilnd's own host:port forms>, the
+ * page's own Host, or listed in --allowed-origins: otherwise 403 (DNS rebinding and
+ * cross-site requests stop here).
  * With --token-file, every route but /v2/health/... also needs "Authorization: Bearer
  * <token>", compared in constant time; kilnd refuses to listen on an address other than
  * loopback without one unless --insecure-no-token says so (ksrv_auth_listen_check).
@@ -15,7 +17,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,12 +85,6 @@ static bool same_token(const char *given, const char *expected)
     for (size_t i = 0; i < expected_length; i++)
         diff |= (unsigned char)expected[i] ^ (unsigned char)(i < given_length ? given[i] : 0);
     return diff == 0;
-}
-
-static bool wildcard_listen(const ksrv_server *server)
-{
-    const char *a = server->config.listen_address;
-    return !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
 }
 
 static bool host_is_ours(const ksrv_server *server, const char *host, size_t length);
@@ -164,45 +159,33 @@ static bool host_listed(const ksrv_server *server, const char *host, size_t leng
     return false;
 }
 
-/* On a wildcard listen: is host one of this machine's addresses, with our port? */
-static bool host_is_machine_address(const ksrv_server *server, const char *host, size_t length)
+/* A Host that DNS rebinding cannot produce: the attack needs a name whose DNS answer the
+ * attacker controls, so an address literal (dotted IPv4, IPv6 in brackets: the forms a
+ * browser sends) or localhost is safe with any port. The port is not checked because it
+ * is the client's view: behind `docker run -p 9000:8080`, a NAT or an SSH tunnel the
+ * Host says 9000 while kilnd listens on 8080. */
+static bool host_cannot_be_rebound(const char *host, size_t length)
 {
     char name[128];
     int port;
     if (!split_host(host, length, name, sizeof name, &port)) return false;
-    if (port != server->port && !(port < 0 && server->port == 80)) return false;
-    /* the form a browser sends: dotted IPv4, or IPv6 in brackets */
+    if (!strcasecmp(name, "localhost")) return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    size_t n = strlen(name);
+    if (name[0] != '[') return inet_pton(AF_INET, name, &a4) == 1;
     char bare[128];
-    bool v6 = name[0] == '[';
-    snprintf(bare, sizeof bare, "%.*s", (int)strlen(name) - (v6 ? 2 : 0), name + (v6 ? 1 : 0));
+    snprintf(bare, sizeof bare, "%.*s", (int)n - 2, name + 1);
     char *zone = strchr(bare, '%');
     if (zone) *zone = '\0';
-    struct in_addr want4;
-    struct in6_addr want6;
-    if (v6 ? inet_pton(AF_INET6, bare, &want6) != 1 : inet_pton(AF_INET, bare, &want4) != 1)
-        return false;
-    /* read each time: addresses come and go (DHCP, VPNs), and only a Host nothing else
-     * matched gets here */
-    struct ifaddrs *list = NULL;
-    if (getifaddrs(&list) != 0) return false;
-    bool found = false;
-    for (struct ifaddrs *i = list; i && !found; i = i->ifa_next) {
-        if (!i->ifa_addr) continue;
-        if (!v6 && i->ifa_addr->sa_family == AF_INET)
-            found = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr == want4.s_addr;
-        else if (v6 && i->ifa_addr->sa_family == AF_INET6)
-            found = !memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, &want6, sizeof want6);
-    }
-    freeifaddrs(list);
-    return found;
+    return inet_pton(AF_INET6, bare, &a6) == 1;
 }
 
 bool ksrv_auth_host_allowed(const ksrv_server *server, const char *host)
 {
     size_t length = strlen(host);
-    return host_is_ours(server, host, length) || host_listed(server, host, length) ||
-           host_of_allowed_origin(server, host) ||
-           (wildcard_listen(server) && host_is_machine_address(server, host, length));
+    return host_cannot_be_rebound(host, length) || host_is_ours(server, host, length) ||
+           host_listed(server, host, length) || host_of_allowed_origin(server, host);
 }
 
 /* host:port forms that name this server. */

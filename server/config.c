@@ -25,7 +25,7 @@ void ksrv_config_defaults(ksrv_config *config)
     config->max_upload_bytes = (size_t)2 << 30;
     config->queue_capacity = 1000;
     snprintf(config->log_level, sizeof config->log_level, "info");
-    config->threads_per_worker = 0; /* 0: all cores */
+    config->threads_per_worker = 0; /* 0: an equal share of the cores among running jobs */
     config->checkpoint_every_steps = 500;
     config->model_cache_entries = 4;
     config->model_cache_bytes = (size_t)1 << 30;

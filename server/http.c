@@ -1,12 +1,13 @@
 /*
  * http.c — kilnd's HTTP layer on libmicrohttpd: the daemon (internal thread pool over
  * epoll, select where epoll is missing), the route table, request bodies (JSON bodies
- * buffered up to max_body_bytes; dataset uploads streamed to a temporary file under
+ * buffered up to max_body_bytes; dataset and weights uploads streamed to a temporary file under
  * data_dir/tmp up to max_upload_bytes, never held in memory), JSON and file responses,
  * one log line and one counter per request.
  */
 #define _GNU_SOURCE /* mkostemp, asprintf */
 #include "ksrv_http.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +38,20 @@ static const route ROUTES[] = {
     {"GET", "/v1/models", ksrv_handle_models_list, BODY_NONE},
     {"GET", "/v1/models/{name}", ksrv_handle_models_get, BODY_NONE},
     {"DELETE", "/v1/models/{name}", ksrv_handle_models_delete, BODY_NONE},
+    {"GET", "/v1/models/{name}/versions", ksrv_handle_models_versions, BODY_NONE},
+    {"GET", "/v1/models/{name}/versions/{version}", ksrv_handle_models_version_get, BODY_NONE},
+    {"DELETE", "/v1/models/{name}/versions/{version}", ksrv_handle_models_version_delete,
+     BODY_NONE},
+    {"PUT", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_upload,
+     BODY_UPLOAD},
+    {"POST", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_upload,
+     BODY_UPLOAD},
+    {"GET", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_download,
+     BODY_NONE},
+    {"GET", "/v1/models/{name}/aliases", ksrv_handle_models_aliases, BODY_NONE},
+    {"GET", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_get, BODY_NONE},
+    {"PUT", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_put, BODY_JSON},
+    {"DELETE", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_delete, BODY_NONE},
     {"POST", "/v1/datasets", ksrv_handle_datasets_create, BODY_JSON},
     {"GET", "/v1/datasets", ksrv_handle_datasets_list, BODY_NONE},
     {"GET", "/v1/datasets/{name}", ksrv_handle_datasets_get, BODY_NONE},
@@ -56,6 +71,7 @@ static const route ROUTES[] = {
     {"GET", "/v1/jobs/{id}/checkpoints/{step}", ksrv_handle_jobs_checkpoint_download, BODY_NONE},
     {"GET", "/v1/jobs/{id}/weights", ksrv_handle_jobs_weights, BODY_NONE},
     {"GET", "/v1/jobs/{id}/events", ksrv_handle_jobs_events, BODY_NONE},
+    {"GET", "/v1/jobs/{id}/logs", ksrv_handle_jobs_logs, BODY_NONE},
     {"GET", "/", ksrv_handle_web_index, BODY_NONE},
     {"GET", "/ui/{file}", ksrv_handle_web_asset, BODY_NONE},
     {"GET", "/v2/health/live", ksrv_handle_v2_live, BODY_NONE},
@@ -191,19 +207,36 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body)
     response->content_type = "application/json";
 }
 
+static cJSON *error_json(cJSON **error, const char *code, const char *path, const char *fmt,
+                         va_list args)
+{
+    char message[2048];
+    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", message);
+    if (path) cJSON_AddStringToObject(e, "path", path);
+    if (error) *error = e;
+    return root;
+}
+
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    cJSON *root = error_json(error, code, path, fmt, args);
+    va_end(args);
+    return root;
+}
+
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...)
 {
-    char message[1024];
     va_list args;
     va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = error_json(NULL, code, path, fmt, args);
     va_end(args);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", code);
-    cJSON_AddStringToObject(error, "message", message);
-    if (path) cJSON_AddStringToObject(error, "path", path);
     ksrv_respond_json(response, status, root);
 }
 
@@ -274,13 +307,10 @@ static void syntax_error(ksrv_response *response, const char *body, size_t offse
         else
             column++;
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", "malformed_json");
-    char message[256];
-    snprintf(message, sizeof message, "%s at offset %zu (line %d, column %d)", what, offset, line,
-             column);
-    cJSON_AddStringToObject(error, "message", message);
+    cJSON *error;
+    cJSON *root =
+        ksrv_error_json(&error, "malformed_json", NULL, "%s at offset %zu (line %d, column %d)",
+                        what, offset, line, column);
     cJSON_AddNumberToObject(error, "offset", (double)offset);
     cJSON_AddNumberToObject(error, "line", line);
     cJSON_AddNumberToObject(error, "column", column);

@@ -2,14 +2,17 @@
  * inference.c — the Open Inference Protocol v2 (KServe/Triton REST) routes and the
  * model cache behind them.
  *
- * A model's versions are its succeeded jobs (newest first, the default); a version is
- * loaded from the job's spec and its final weights and kept in an LRU cache keyed by
- * (model, version), bounded in entries (--model-cache-entries) and in the bytes of their
- * parameters and buffers (--model-cache-bytes). A request holds (pins) the entry it uses
- * from the look-up to its answer: eviction takes only entries nobody holds, so the cache
- * may run over its bounds while every entry is in use and shrinks back as they are let
- * go (the last holder of an entry over the bounds frees it). Concurrent requests to one
- * loaded version are batched: each
+ * A model's versions are its succeeded jobs and its uploaded weights, and its aliases
+ * name versions (server/versions.c resolves them; the default is the alias "default",
+ * else the newest succeeded job); a version is loaded from its spec and weights and kept
+ * in an LRU cache keyed by (model, version), bounded in entries (--model-cache-entries)
+ * and in the bytes of their parameters and buffers (--model-cache-bytes). A request holds
+ * (pins) the entry it uses from the look-up to its answer: eviction takes only entries
+ * nobody holds, so the cache may run over its bounds while every entry is in use and
+ * shrinks back as they are let go (the last holder of an entry over the bounds frees it).
+ * Deleting a version or a model forgets its entries (ksrv_model_cache_forget): they are
+ * never found again and go when their last holder lets them go, so a name uploaded again
+ * is loaded afresh. Concurrent requests to one loaded version are batched: each
  * request enqueues its samples; one thread becomes the leader, takes what is queued,
  * stacks all inputs, runs one forward (eval mode, no grad) and hands each request its
  * rows; the others wait on a condition variable, and those that arrived during the
@@ -17,18 +20,21 @@
  * at once, and under load the batches grow by themselves (Triton's dynamic batcher with
  * no queue delay).
  *
- * Outputs are the model's raw outputs (logits for a classifier). A request-level
- * "parameters": {"softmax": true} turns each row of a [N, classes] output into
- * probabilities. A model's inputs and outputs are its spec's values: a chain has one
- * input, "input", and one output, "output"; a graph its named inputs and outputs (each
- * request gives every input by name, all with the same N, and may ask for some of the
- * outputs). A float32 input may be sent as FP32, FP64 or any INT/UINT type (converted);
- * an int64 input (token indices) as any INT/UINT type, kept exact; each with a shape
- * [N, ...] whose per-sample element count matches the input's shape (so [N, 784] feeds
- * a [1, 28, 28] model); data is flat or nested, row-major. Outputs come back as FP32, or
- * INT64 for an int64 output.
+ * Inputs are raw, like the training data: the preprocessing the job applied (scale,
+ * normalize; in the weights' metadata) is applied to them here, unless the request says
+ * "parameters": {"preprocessed": true}. Outputs are the model's raw outputs (logits for a
+ * classifier). A request-level "parameters": {"softmax": true} turns each row of a
+ * [N, classes] output into probabilities. A model's inputs and outputs are its spec's
+ * values: a chain has one input, "input", and one output, "output"; a graph its named
+ * inputs and outputs (each request gives every input by name, all with the same N, and
+ * may ask for some of the outputs). A float32 input may be sent as FP32, FP64 or any
+ * INT/UINT type (converted); an int64 input (token indices) as any INT/UINT type, kept
+ * exact; each with a shape [N, ...] whose per-sample element count matches the input's
+ * shape (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
+ * Outputs come back as FP32, or INT64 for an int64 output. A job's preprocessing is of
+ * its one float32 input (a dataset feeds one input): a model that has it has one.
  */
-#include "ksrv.h"
+#include "registry.h"
 
 #include "kapi.h"
 
@@ -61,9 +67,11 @@ typedef struct infer_request {
 } infer_request;
 
 typedef struct cache_entry {
-    char model[128], version[40];
+    char model[128], version[64];
+    bool stale; /* forgotten while in use: never found again, freed when let go */
     kapi_model_spec *spec;
     kn_module *module;
+    kapi_preprocessing preprocessing; /* from the weights' metadata: raw inputs are applied it */
     int64_t in_numel[KN_GRAPH_MAX_INPUTS], out_numel[KN_GRAPH_MAX_INPUTS]; /* per sample */
     size_t bytes; /* parameters and buffers: what the byte bound counts */
     int refs;     /* requests holding it (cache lock): never freed while > 0 */
@@ -81,6 +89,7 @@ struct ksrv_model_cache {
     pthread_mutex_t lock;
     cache_entry *entries;
     uint64_t clock;
+    uint64_t forgets; /* ksrv_model_cache_forget calls: a load that spans one is stale */
     int max_entries;
     size_t max_bytes;
     ksrv_model_cache_stats stats; /* entries and bytes held now, loads, evictions */
@@ -120,6 +129,7 @@ static void entry_free(cache_entry *e)
     if (!e) return;
     kn_module_free(e->module);
     kapi_model_spec_free(e->spec);
+    kapi_preprocessing_free(&e->preprocessing);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->cond);
     free(e);
@@ -136,39 +146,6 @@ void ksrv_model_cache_free(ksrv_model_cache *cache)
     free(cache);
 }
 
-/* The model spec a version (a job) was trained with: inline, or the stored model it
- * named. NULL with a message. */
-static kapi_model_spec *version_spec(kstore *store, const char *version, char *error, size_t size)
-{
-    kstore_job job;
-    memset(&job, 0, sizeof job);
-    if (kstore_job_get(store, version, &job) != KSTORE_OK) {
-        snprintf(error, size, "unknown version \"%s\"", version);
-        return NULL;
-    }
-    kapi_errors errors = {0};
-    kapi_job_parse_options options = {.allow_paths = false};
-    kapi_job_spec *spec =
-        job.spec_json ? kapi_job_spec_parse(job.spec_json, strlen(job.spec_json), options, &errors)
-                      : NULL;
-    kapi_model_spec *model = NULL;
-    if (spec && spec->model) {
-        model = spec->model;
-        spec->model = NULL; /* taken over */
-    } else if (spec) {
-        kstore_model m;
-        memset(&m, 0, sizeof m);
-        if (kstore_model_get(store, job.model_name, &m) == KSTORE_OK)
-            model = kapi_model_spec_parse(m.spec_json, strlen(m.spec_json), &errors);
-        kstore_model_free(&m);
-    }
-    if (!model) snprintf(error, size, "the model spec of version %s cannot be read", version);
-    kapi_errors_free(&errors);
-    kapi_job_spec_free(spec);
-    kstore_job_free(&job);
-    return model;
-}
-
 static int64_t numel(const int64_t *shape, int ndim)
 {
     int64_t n = 1;
@@ -176,10 +153,11 @@ static int64_t numel(const int64_t *shape, int ndim)
     return n;
 }
 
-/* Builds a version's module from its spec and final weights, in eval mode. */
-static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *model,
-                               const char *version, char *error, size_t size)
+/* Builds a version's module from its spec and weights, in eval mode. */
+static cache_entry *entry_load(ksrv_server *server, kstore *store, const kstore_version *v,
+                               char *error, size_t size)
 {
+    const char *model = v->model, *version = v->version;
     cache_entry *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(error, size, "out of memory");
@@ -188,16 +166,10 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
     snprintf(e->model, sizeof e->model, "%.127s", model);
-    snprintf(e->version, sizeof e->version, "%.39s", version);
-    e->spec = version_spec(store, version, error, size);
-    if (!e->spec) goto fail;
-    kstore_checkpoint weights;
+    snprintf(e->version, sizeof e->version, "%.63s", version);
     char path[1024];
-    if (kstore_checkpoint_latest(store, version, "final", &weights) != KSTORE_OK ||
-        !ksrv_data_path(server, weights.path, path, sizeof path)) {
-        snprintf(error, size, "version %s has no final weights", version);
-        goto fail;
-    }
+    e->spec = ksrv_version_spec(server, store, v, path, sizeof path, error, size);
+    if (!e->spec) goto fail;
     /* a private generator: the initial values are overwritten by the weights */
     kn_generator *gen = kn_generator_new(0);
     e->module = gen ? kapi_model_build(e->spec, gen) : NULL;
@@ -210,8 +182,26 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
         snprintf(error, size, "loading the weights of version %s: %s", version, kn_last_error());
         goto fail;
     }
-    kn_module_train(e->module, false);
+    /* what the job did to its inputs travels in the weights (none in files from elsewhere) */
+    kapi_errors errors = {0};
+    bool found = false;
+    if (!kapi_load_preprocessing(path, &e->preprocessing, &found, &errors)) {
+        snprintf(error, size, "reading the preprocessing of version %s: %.360s", version,
+                 errors.count ? errors.items[0].message : "unreadable");
+        kapi_errors_free(&errors);
+        goto fail;
+    }
     const kapi_model_spec *spec = e->spec;
+    if (!kapi_preprocessing_is_identity(&e->preprocessing) &&
+        (spec->n_inputs != 1 || spec->values[0].dtype != KN_FLOAT32)) {
+        snprintf(error, size,
+                 "version %s: its weights' preprocessing (kiln.preprocessing) is of one float32 "
+                 "input, but the model has %d input%s, the first %s",
+                 version, spec->n_inputs, spec->n_inputs == 1 ? "" : "s",
+                 kn_dtype_name(spec->values[0].dtype));
+        goto fail;
+    }
+    kn_module_train(e->module, false);
     for (int i = 0; i < spec->n_inputs; i++)
         e->in_numel[i] = numel(spec->values[i].shape, spec->values[i].ndim);
     for (int j = 0; j < spec->n_outputs; j++)
@@ -234,8 +224,19 @@ static bool over_bounds(const ksrv_model_cache *cache)
            (cache->max_bytes > 0 && cache->stats.bytes > cache->max_bytes);
 }
 
+/* Unlinks *p onto *victims (for entry_free outside the lock). Cache lock held. */
+static void unlink_entry(ksrv_model_cache *cache, cache_entry **p, cache_entry **victims)
+{
+    cache_entry *gone = *p;
+    *p = gone->next;
+    cache->stats.entries--;
+    cache->stats.bytes -= gone->bytes;
+    gone->next = *victims;
+    *victims = gone;
+}
+
 /* Unlinks least recently used entries that nobody holds while the cache is over its
- * bounds; they go on *victims, for entry_free outside the lock. Cache lock held. */
+ * bounds; they go on *victims. Cache lock held. */
 static void evict(ksrv_model_cache *cache, cache_entry **victims)
 {
     while (over_bounds(cache)) {
@@ -243,13 +244,8 @@ static void evict(ksrv_model_cache *cache, cache_entry **victims)
         for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
             if ((*p)->refs == 0 && (!victim || (*p)->last_used < (*victim)->last_used)) victim = p;
         if (!victim) return; /* every entry is in use: the last release shrinks it */
-        cache_entry *gone = *victim;
-        *victim = gone->next;
-        cache->stats.entries--;
-        cache->stats.bytes -= gone->bytes;
+        unlink_entry(cache, victim, victims);
         cache->stats.evictions++;
-        gone->next = *victims;
-        *victims = gone;
     }
 }
 
@@ -263,32 +259,37 @@ static void free_victims(cache_entry *victims)
 
 /* The cached entry of (model, version), loaded when missing, held for the caller until
  * entry_release: it is pinned (refs > 0) before anything can be evicted. */
-static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const char *model,
-                              const char *version, char *error, size_t size)
+static cache_entry *cache_get(ksrv_model_cache *cache, kstore *store, const kstore_version *v,
+                              char *error, size_t size)
 {
+    const char *model = v->model, *version = v->version;
     pthread_mutex_lock(&cache->lock);
     for (cache_entry *e = cache->entries; e; e = e->next) {
-        if (!strcmp(e->model, model) && !strcmp(e->version, version)) {
+        if (!e->stale && !strcmp(e->model, model) && !strcmp(e->version, version)) {
             e->refs++;
             e->last_used = ++cache->clock;
             pthread_mutex_unlock(&cache->lock);
             return e;
         }
     }
+    uint64_t forgets = cache->forgets;
     pthread_mutex_unlock(&cache->lock);
 
     /* loading happens outside the lock; a racing load of the same version loses */
-    cache_entry *loaded = entry_load(cache->server, store, model, version, error, size);
+    cache_entry *loaded = entry_load(cache->server, store, v, error, size);
     if (!loaded) return NULL;
     cache_entry *victims = NULL, *found = NULL;
     pthread_mutex_lock(&cache->lock);
     for (cache_entry *e = cache->entries; e && !found; e = e->next)
-        if (!strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
+        if (!e->stale && !strcmp(e->model, model) && !strcmp(e->version, version)) found = e;
     if (found) {
         loaded->next = victims; /* the duplicate is freed below, outside the lock */
         victims = loaded;
         loaded = found;
     } else {
+        /* a version forgotten while it loaded (deleted, uploaded again) may have been
+         * read before or after: this request gets what it read, nobody else does */
+        loaded->stale = cache->forgets != forgets;
         loaded->next = cache->entries;
         cache->entries = loaded;
         cache->stats.entries++;
@@ -307,8 +308,35 @@ static void entry_release(ksrv_model_cache *cache, cache_entry *e)
 {
     cache_entry *victims = NULL;
     pthread_mutex_lock(&cache->lock);
-    e->refs--;
+    if (--e->refs == 0 && e->stale)
+        for (cache_entry **p = &cache->entries; *p; p = &(*p)->next)
+            if (*p == e) {
+                unlink_entry(cache, p, &victims);
+                break;
+            }
     evict(cache, &victims); /* what was kept over the bounds while in use */
+    pthread_mutex_unlock(&cache->lock);
+    free_victims(victims);
+}
+
+void ksrv_model_cache_forget(ksrv_model_cache *cache, const char *model, const char *version)
+{
+    if (!cache) return;
+    cache_entry *victims = NULL;
+    pthread_mutex_lock(&cache->lock);
+    cache->forgets++;
+    for (cache_entry **p = &cache->entries; *p;) {
+        cache_entry *e = *p;
+        if (strcmp(e->model, model) != 0 || (version && strcmp(e->version, version) != 0)) {
+            p = &e->next;
+            continue;
+        }
+        e->stale = true; /* never found again; held ones go at their last release */
+        if (e->refs == 0)
+            unlink_entry(cache, p, &victims);
+        else
+            p = &e->next;
+    }
     pthread_mutex_unlock(&cache->lock);
     free_victims(victims);
 }
@@ -454,46 +482,18 @@ static void infer_batched(cache_entry *e, infer_request *req, ksrv_stats *stats)
 
 /* ---- versions ------------------------------------------------------------------------ */
 
-/* The version to serve (given, or the newest) into out; false with a 404 response. */
-static bool resolve_version(kstore *store, const char *model, const char *given, char out[40],
-                            int *n_versions, ksrv_response *response)
+/* The version to serve (given: a version or alias; NULL: the default) into *out; false
+ * with a 404 (or 500) response, whose message says "unknown model" for a model that does
+ * not exist. */
+static bool resolve_version(kstore *store, const char *model, const char *given,
+                            kstore_version *out, ksrv_response *response)
 {
-    char(*ids)[40] = NULL;
-    int count = 0;
-    if (kstore_model_versions(store, model, &ids, &count) != KSTORE_OK) {
-        ksrv_respond_v2_error(response, 500, "reading the versions of %s: %s", model,
-                              kstore_last_error(store));
-        return false;
-    }
-    if (n_versions) *n_versions = count;
-    bool ok = false;
-    if (given) {
-        for (int i = 0; i < count && !ok; i++)
-            if (!strcmp(ids[i], given)) {
-                memcpy(out, ids[i], 40);
-                ok = true;
-            }
-        if (!ok)
-            ksrv_respond_v2_error(response, 404, "unknown version \"%s\" of model \"%s\"", given,
-                                  model);
-    } else if (count > 0) {
-        snprintf(out, 40, "%s", ids[0]);
-        ok = true;
-    } else {
-        kstore_model m;
-        memset(&m, 0, sizeof m);
-        bool exists = kstore_model_get(store, model, &m) == KSTORE_OK;
-        kstore_model_free(&m);
-        if (exists)
-            ksrv_respond_v2_error(response, 404,
-                                  "model \"%s\" has no version yet: no job of it "
-                                  "has succeeded",
-                                  model);
-        else
-            ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", model);
-    }
-    free(ids);
-    return ok;
+    char alias[64], message[512];
+    ksrv_resolve_status s =
+        ksrv_resolve_version(store, model, given, out, alias, message, sizeof message);
+    if (s == KSRV_RESOLVED) return true;
+    ksrv_respond_v2_error(response, s == KSRV_RESOLVE_ERROR ? 500 : 404, "%s", message);
+    return false;
 }
 
 static kstore *store_or_500(ksrv_server *server, ksrv_response *response)
@@ -545,15 +545,21 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
     const char *name = request->params[0];
     kstore *store = store_or_500(server, response);
     if (!store) return;
-    char(*ids)[40] = NULL;
+    kstore_version *list = NULL;
     int count = 0;
-    if (kstore_model_versions(store, name, &ids, &count) != KSTORE_OK) {
+    if (kstore_version_list(store, name, &list, &count) != KSTORE_OK) {
         ksrv_respond_v2_error(response, 500, "%s", kstore_last_error(store));
         return;
     }
-    /* the newest version's spec; a model never trained describes itself */
-    char error[256] = "";
-    kapi_model_spec *spec = count > 0 ? version_spec(store, ids[0], error, sizeof error) : NULL;
+    /* the default version's spec; a model never trained describes itself */
+    char error[512] = "", alias[64], path[1024];
+    kstore_version v;
+    kapi_model_spec *spec = NULL;
+    if (count > 0 &&
+        ksrv_resolve_version(store, name, NULL, &v, alias, error, sizeof error) == KSRV_RESOLVED) {
+        spec = ksrv_version_spec(server, store, &v, path, sizeof path, error, sizeof error);
+        kstore_version_free(&v);
+    }
     if (!spec) {
         kstore_model m;
         memset(&m, 0, sizeof m);
@@ -565,14 +571,15 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
         kstore_model_free(&m);
     }
     if (!spec) {
-        free(ids);
+        kstore_version_list_free(list, count);
         ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", name);
         return;
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
     cJSON *versions = cJSON_AddArrayToObject(o, "versions");
-    for (int i = 0; i < count; i++) cJSON_AddItemToArray(versions, cJSON_CreateString(ids[i]));
+    for (int i = 0; i < count; i++)
+        cJSON_AddItemToArray(versions, cJSON_CreateString(list[i].version));
     cJSON_AddStringToObject(o, "platform", "kiln");
     cJSON *inputs = cJSON_AddArrayToObject(o, "inputs");
     for (int i = 0; i < spec->n_inputs; i++)
@@ -581,7 +588,7 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
     for (int j = 0; j < spec->n_outputs; j++)
         cJSON_AddItemToArray(outputs, tensor_meta(&spec->values[spec->outputs[j]]));
     kapi_model_spec_free(spec);
-    free(ids);
+    kstore_version_list_free(list, count);
     ksrv_respond_json(response, 200, o);
 }
 
@@ -590,9 +597,9 @@ void ksrv_handle_v2_model_ready(ksrv_server *server, ksrv_request *request, ksrv
     const char *name = request->params[0];
     kstore *store = store_or_500(server, response);
     if (!store) return;
-    char version[40];
-    int count = 0;
-    bool ready = resolve_version(store, name, NULL, version, &count, response);
+    kstore_version version;
+    bool ready = resolve_version(store, name, NULL, &version, response);
+    kstore_version_free(&version);
     /* an unknown model keeps its 404 (and a store failure its 500) */
     if (!ready && (response->status != 404 || strstr(response->body, "unknown model"))) return;
     cJSON *o = cJSON_CreateObject();
@@ -703,6 +710,7 @@ typedef struct parsed_infer {
     int64_t n;
     bool softmax;
     bool want[KN_GRAPH_MAX_INPUTS];
+    bool preprocessed; /* the inputs are already as the model takes them */
     const char *id;
 } parsed_infer;
 
@@ -904,6 +912,13 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         return false;
     }
     p->softmax = softmax && cJSON_IsTrue(softmax);
+    const cJSON *preprocessed =
+        params ? cJSON_GetObjectItemCaseSensitive(params, "preprocessed") : NULL;
+    if (preprocessed && !cJSON_IsBool(preprocessed)) {
+        snprintf(error, size, "parameters.preprocessed: expected true or false");
+        return false;
+    }
+    p->preprocessed = preprocessed && cJSON_IsTrue(preprocessed);
     if (!parse_outputs(cJSON_GetObjectItemCaseSensitive(body, "outputs"), e, p, error, size))
         return false;
     const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(body, "inputs");
@@ -1011,23 +1026,29 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
     const char *model = request->params[0];
     const char *given = request->n_params > 1 ? request->params[1] : NULL;
     kstore *store = store_or_500(server, response);
-    char version[40];
-    if (!store || !resolve_version(store, model, given, version, NULL, response)) return;
+    kstore_version version;
+    if (!store || !resolve_version(store, model, given, &version, response)) return;
     cJSON *body = ksrv_parse_body(request, response);
     if (!body) {
+        kstore_version_free(&version);
         v2_body_error(response);
         return;
     }
     char error[512] = "";
-    cache_entry *e = cache_get(server->models, store, model, version, error, sizeof error);
+    cache_entry *e = cache_get(server->models, store, &version, error, sizeof error);
+    kstore_version_free(&version);
     if (!e) {
         cJSON_Delete(body);
-        ksrv_respond_v2_error(response, 500, "loading %s version %s: %s", model, version, error);
+        ksrv_respond_v2_error(response, 500, "loading %s version %s: %s", model, version.version,
+                              error);
         return;
     }
     parsed_infer p = {0};
     if (!parse_infer(body, e, &p, error, sizeof error)) {
         ksrv_respond_v2_error(response, 400, "%s", error);
+    } else if (!p.preprocessed &&
+               kapi_preprocess(&e->preprocessing, p.data[0], p.n, e->in_numel[0]) != KN_OK) {
+        ksrv_respond_v2_error(response, 500, "preprocessing the inputs: %s", kn_last_error());
     } else {
         infer_request req = {.n = p.n};
         memcpy(req.inputs, p.data, sizeof req.inputs);

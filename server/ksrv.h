@@ -34,7 +34,7 @@ typedef struct ksrv_config {
     char log_level[16];         /* --log-level: error, warn, info (default), debug */
     char token_file[512];       /* --token-file: 0600 file with the bearer token */
     char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
-    int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
+    int threads_per_worker;     /* --threads-per-worker: most engine threads a job uses */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
     size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
     int model_cache_entries;    /* --model-cache-entries: loaded inference versions, default 4 */
@@ -147,6 +147,10 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body);
 /* {"error": {"code", "message", "path"?}} — the v1 error body. */
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The same body (path may be NULL), for an answer that adds its own fields to the error
+ * object (*error: "state", "jobs", ...); the caller owns it (ksrv_respond_json takes it). */
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* {"error": "..."} — the Open Inference Protocol's error body (v2 routes). */
 void ksrv_respond_v2_error(ksrv_response *response, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -226,6 +230,8 @@ void ksrv_metrics_cache_release(void *handle);
 /* Keeps a copy of body under key with its entity tag (see ksrv_response.etag). */
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag);
 void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
+/* Drops a job's cached answers (its keys start with "<job_id>|"): the job was deleted. */
+void ksrv_metrics_cache_forget(const char *job_id);
 
 /* ---- files under the data directory ---------------------------------------------------- */
 /* data_dir + "/" + relative, into out (size bytes); false when it does not fit. */

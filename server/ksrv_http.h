@@ -64,6 +64,9 @@ bool ksrv_space_reserve_release(ksrv_server *server);
 
 /* mkdir -p with mode for the folders it creates. */
 bool ksrv_mkdirs(const char *path, mode_t mode);
+/* Removes data_dir/relative and the files in it (a flat folder: datasets/<name>,
+ * jobs/<id>, models/<name>); nothing when it is absent or the path climbs out. */
+void ksrv_remove_folder(const ksrv_server *server, const char *relative);
 
 /* A file that could not be written (errno): 507 insufficient_storage when the disk or
  * quota is full, else 500; what names it ("the request body"). */
@@ -83,6 +86,8 @@ typedef struct ksrv_text {
 void ksrv_text_put(ksrv_text *t, const char *bytes, size_t n);
 void ksrv_text_printf(ksrv_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ksrv_text_json_string(ksrv_text *t, const char *s); /* s as a JSON string literal */
+/* A 200 with t's text as the body (taken) and content_type; a 500 when t failed. */
+void ksrv_respond_text(ksrv_response *response, ksrv_text *t, const char *content_type);
 /* The length of the longest prefix of text that is well-formed UTF-8. */
 size_t ksrv_utf8_valid_length(const char *text, size_t length);
 /* Replaces each byte of *json (cJSON's output: NUL-terminated, malloc'd) that is not part

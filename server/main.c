@@ -36,7 +36,7 @@ static const char HELP[] =
     "                                                      every route but /v2/health/* needs\n"
     "  --allowed-origins LIST     KILND_ALLOWED_ORIGINS    extra origins allowed to call, e.g.\n"
     "                                                      http://dash.local:3000\n"
-    "  --threads-per-worker N     KILND_THREADS_PER_WORKER engine threads per worker (0: all)\n"
+    "  --threads-per-worker N     KILND_THREADS_PER_WORKER most cores a job uses (0: fair share)\n"
     "  --checkpoint-every-steps N KILND_CHECKPOINT_EVERY_STEPS  default checkpoint period (500)\n"
     "  --max-job-memory N         KILND_MAX_JOB_MEMORY     memory one job may use, K/M/G ok;\n"
     "                                                      bigger jobs are refused (0: 80% of\n"

@@ -1,14 +1,11 @@
 /*
  * routes_v1.c — the v1 routes that are not datasets or jobs: GET /v1/health, GET /metrics
- * (Prometheus text) and the models (create, validate_only, list, get, delete), plus the
- * helpers every v1 route file shares (store errors, names, validation error bodies).
- *
- * Deleting a model that a queued, running or paused job names answers 409 model_in_use:
- * such a job looks its model up by name when it starts or resumes. Finished jobs do not
- * hold a model: after the delete their weights stay downloadable, but inference on the
- * model name answers 404.
+ * (Prometheus text) and the models (create, validate_only, list, get; their versions,
+ * aliases and deletion are in routes_v1_models.c), plus the helpers every v1 route file
+ * shares (store errors, names, validation error bodies, active jobs).
  */
 #include "ksrv_http.h"
+#include "registry.h"
 #include "routes_v1.h"
 
 #include "kapi.h"
@@ -62,12 +59,12 @@ void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_sta
 }
 
 kstore_status ksrv_store_delete(ksrv_server *server, kstore *store,
-                                kstore_status (*delete_named)(kstore *, const char *),
-                                const char *name)
+                                kstore_status (*delete_op)(kstore *store, void *context),
+                                void *context)
 {
-    kstore_status status = delete_named(store, name);
+    kstore_status status = delete_op(store, context);
     if (status == KSTORE_FULL && ksrv_space_reserve_release(server))
-        status = delete_named(store, name);
+        status = delete_op(store, context);
     if (status == KSTORE_OK) ksrv_space_reserve_make(server); /* again, when there is room */
     return status;
 }
@@ -267,14 +264,7 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                      "kilnd_http_header_timeouts_total %llu\n",
                      cache.entries, cache.bytes, (unsigned long long)cache.loads,
                      (unsigned long long)cache.evictions, (unsigned long long)header_timeouts);
-    if (t.failed) {
-        free(t.data);
-        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    response->status = 200;
-    response->body = t.data;
-    response->content_type = "text/plain; version=0.0.4";
+    ksrv_respond_text(response, &t, "text/plain; version=0.0.4");
 }
 
 /* ---- models ------------------------------------------------------------------------ */
@@ -372,6 +362,7 @@ void ksrv_handle_models_list(ksrv_server *server, ksrv_request *request, ksrv_re
         cJSON_AddStringToObject(o, "name", models[i].name);
         cJSON_AddNumberToObject(o, "parameter_count", (double)models[i].parameter_count);
         cJSON_AddNumberToObject(o, "created_at", models[i].created_at);
+        ksrv_model_registry_json(store, models[i].name, o, true);
         cJSON_AddItemToArray(list, o);
     }
     kstore_model_list_free(models, n);
@@ -389,11 +380,14 @@ void ksrv_handle_models_get(ksrv_server *server, ksrv_request *request, ksrv_res
         ksrv_respond_store_error(response, store, status, "model");
         return;
     }
-    ksrv_respond_json(response, 200, model_json(&m));
+    cJSON *o = model_json(&m);
+    ksrv_model_registry_json(store, m.name, o, false);
+    ksrv_respond_json(response, 200, o);
     kstore_model_free(&m);
 }
 
-int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40])
+int ksrv_active_job_find(kstore *store, bool (*match)(const kstore_job *job, void *context),
+                         void *context, char job_id[40])
 {
     static const kstore_job_state active[] = {KSTORE_JOB_QUEUED, KSTORE_JOB_RUNNING,
                                               KSTORE_JOB_PAUSED};
@@ -408,8 +402,7 @@ int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
                 return -1;
             bool found = false;
             for (int i = 0; i < n && !found; i++)
-                if ((model && !strcmp(jobs[i].model_name, model)) ||
-                    (dataset && !strcmp(jobs[i].dataset_name, dataset))) {
+                if (match(&jobs[i], context)) {
                     snprintf(job_id, 40, "%s", jobs[i].id);
                     found = true;
                 }
@@ -422,30 +415,19 @@ int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
     return 0;
 }
 
-void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+typedef struct names_pair {
+    const char *model, *dataset;
+} names_pair;
+
+static bool uses_model_or_dataset(const kstore_job *job, void *context)
 {
-    kstore *store = ksrv_store_or_500(server, response);
-    if (!store) return;
-    char job_id[40] = "";
-    int used = ksrv_active_job_using(store, request->params[0], NULL, job_id);
-    if (used < 0) {
-        ksrv_respond_store_error(response, store, KSTORE_ERROR, "model");
-        return;
-    }
-    if (used) {
-        ksrv_respond_error(response, 409, "model_in_use", NULL,
-                           "model %s is used by job %s, which has not finished (cancel it first)",
-                           request->params[0], job_id);
-        return;
-    }
-    kstore_status status =
-        ksrv_store_delete(server, store, kstore_model_delete, request->params[0]);
-    if (status != KSTORE_OK) {
-        ksrv_respond_store_error(response, store, status, "model");
-        return;
-    }
-    ksrv_log(KSRV_LOG_INFO, "model %s deleted", request->params[0]);
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "deleted", request->params[0]);
-    ksrv_respond_json(response, 200, root);
+    const names_pair *p = context;
+    return (p->model && !strcmp(job->model_name, p->model)) ||
+           (p->dataset && !strcmp(job->dataset_name, p->dataset));
+}
+
+int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40])
+{
+    names_pair p = {model, dataset};
+    return ksrv_active_job_find(store, uses_model_or_dataset, &p, job_id);
 }

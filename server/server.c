@@ -38,6 +38,24 @@ bool ksrv_mkdirs(const char *path, mode_t mode)
     return stat(buffer, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+void ksrv_remove_folder(const ksrv_server *server, const char *relative)
+{
+    char folder[600];
+    if (!relative[0] || strstr(relative, "..") ||
+        !ksrv_data_path(server, relative, folder, sizeof folder))
+        return;
+    DIR *dir = opendir(folder);
+    if (!dir) return;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char path[900];
+        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
+        unlink(path);
+    }
+    closedir(dir);
+    rmdir(folder);
+}
+
 bool ksrv_data_path(const ksrv_server *server, const char *relative, char *out, size_t size)
 {
     int n = snprintf(out, size, "%s/%s", server->config.data_dir, relative);

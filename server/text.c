@@ -160,3 +160,17 @@ int ksrv_format_number(char out[32], double v)
         return shortest(out, v, 6, 9, true);
     return shortest(out, v, 15, 17, false);
 }
+
+void ksrv_respond_text(ksrv_response *response, ksrv_text *t, const char *content_type)
+{
+    if (t->failed || !t->data) {
+        free(t->data);
+        t->data = NULL;
+        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    response->status = 200;
+    response->body = t->data;
+    response->content_type = content_type;
+    t->data = NULL;
+}

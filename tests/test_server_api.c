@@ -111,12 +111,16 @@ static void submit(harness *h, const char *spec, char id[64])
     cJSON_Delete(doc);
 }
 
-/* An infer request body for test samples [first, first + n), as the model's inputs
- * (scaled), and the same values into x. */
-static char *infer_body(const char *input_name, int first, int n, float *x, int *labels)
+/* An infer request body for test samples [first, first + n): raw pixels, as the training
+ * data (the server applies the job's scale), or with preprocessed the model's inputs
+ * (scaled) with "parameters": {"preprocessed": true}; the model's inputs into x. */
+static char *infer_body(const char *input_name, int first, int n, float *x, int *labels,
+                        bool preprocessed)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "id", "req-42");
+    if (preprocessed)
+        cJSON_AddBoolToObject(cJSON_AddObjectToObject(root, "parameters"), "preprocessed", true);
     cJSON *input = cJSON_CreateObject();
     cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "inputs"), input);
     cJSON_AddStringToObject(input, "name", input_name);
@@ -128,8 +132,9 @@ static char *infer_body(const char *input_name, int first, int n, float *x, int 
     for (int i = 0; i < n; i++) {
         labels[i] = sample(8, first + i, pixels);
         for (int p = 0; p < PIXELS; p++) {
-            x[i * PIXELS + p] = (float)(pixels[p] * SCALE);
-            cJSON_AddItemToArray(data, cJSON_CreateNumber(x[i * PIXELS + p]));
+            x[i * PIXELS + p] = (float)pixels[p] * (float)SCALE; /* as kn_dataset_normalize */
+            cJSON_AddItemToArray(data,
+                                 cJSON_CreateNumber(preprocessed ? x[i * PIXELS + p] : pixels[p]));
         }
     }
     char *text = cJSON_PrintUnformatted(root);
@@ -138,11 +143,11 @@ static char *infer_body(const char *input_name, int first, int n, float *x, int 
 }
 
 /* Infers n test samples; returns the accuracy and fills logits (n x 4). */
-static double infer(harness *h, const char *path, const char *input_name, int n, float *x,
-                    float *logits)
+static double infer_as(harness *h, const char *path, const char *input_name, int n, float *x,
+                       float *logits, bool preprocessed)
 {
     int labels[N_TEST];
-    char *body = infer_body(input_name, 0, n, x, labels);
+    char *body = infer_body(input_name, 0, n, x, labels, preprocessed);
     cJSON *doc = h_json(h, "POST", path, body, 200);
     free(body);
     cr_assert_str_eq(h_string(doc, "id"), "req-42", "the request id is echoed");
@@ -166,6 +171,14 @@ static double infer(harness *h, const char *path, const char *input_name, int n,
     }
     cJSON_Delete(doc);
     return (double)correct / n;
+}
+
+/* Infers n raw test samples; returns the accuracy and fills logits (n x 4), x the model's
+ * inputs. */
+static double infer(harness *h, const char *path, const char *input_name, int n, float *x,
+                    float *logits)
+{
+    return infer_as(h, path, input_name, n, x, logits, false);
 }
 
 /* Steps of series `name` must be unique and increasing; returns how many points. */
@@ -376,6 +389,10 @@ Test(server_api, end_to_end)
     snprintf(path, sizeof path, "/v2/models/quads/versions/%s/infer", id);
     infer(&H, path, input_name, 64, x, logits_v);
     for (int i = 0; i < 64 * 4; i++) cr_assert_float_eq(logits[i], logits_v[i], 1e-6);
+    /* raw pixels scaled by the server (the job's scale, from the weights' metadata) are the
+     * inputs a client that scales them itself sends with "preprocessed": true */
+    infer_as(&H, path, input_name, 64, x, logits_v, true);
+    for (int i = 0; i < 64 * 4; i++) cr_assert_float_eq(logits[i], logits_v[i], 0);
 
     kapi_errors errors = {0};
     kapi_model_spec *ms = kapi_model_spec_parse(MODEL, strlen(MODEL), &errors);
@@ -412,12 +429,7 @@ static int run_kiln(const char *args, char *out, size_t size)
 {
     char command[4096];
     snprintf(command, sizeof command, "%s/kiln %s --url %s 2>&1", KILN_BINARY_DIR, args, H.url);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return h_run(command, out, size);
 }
 
 Test(server_api, client_commands)

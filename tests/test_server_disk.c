@@ -2,8 +2,9 @@
  * test_server_disk.c — kilnd on a full disk and after a crash (issue 11, items 6-8): the
  * built daemon with its data directory on a small tmpfs mounted for the test (skipped,
  * saying why, where mount is not permitted: it needs root or CAP_SYS_ADMIN).
- *   full_disk_writes_507_and_deletes_work: with the disk filled, an upload and a new model
- *       answer 507 insufficient_storage, and deleting a dataset, then a model, succeeds;
+ *   full_disk_writes_507_and_deletes_work: with the disk filled, an upload, a new model and
+ *       a model's uploaded weights answer 507 insufficient_storage, and deleting a dataset,
+ *       then a model, succeeds;
  *   checkpoint_that_cannot_be_written_fails_the_job: checkpoints bigger than the room
  *       left fail the job at the first one (checkpoint_failed, its step);
  *   crash_mid_upload_leaves_nothing (no mount): kill -9 during an upload leaves its
@@ -135,6 +136,22 @@ Test(disk, full_disk_writes_507_and_deletes_work)
     cr_expect_eq(status, 507, "a model on a full disk: %d %s", status, body);
     cr_expect_eq(status_of("GET", "/v1/datasets/more", NULL, NULL, 0), 404,
                  "the refused upload left a dataset");
+    /* weights for model m (linear 4 -> 2) as a version: 507 too, and no version */
+    char weights[512];
+    const char *header =
+        "{\"0.weight\":{\"dtype\":\"F32\",\"shape\":[2,4],\"data_offsets\":[0,"
+        "32]},\"0.bias\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[32,40]}}";
+    uint64_t header_length = strlen(header);
+    memcpy(weights, &header_length, 8);
+    memcpy(weights + 8, header, header_length);
+    memset(weights + 8 + header_length, 0, 40);
+    khttp_response r = h_request_full(&H, "PUT", "/v1/models/m/versions/v1/weights", weights,
+                                      8 + header_length + 40, NULL, NULL, NULL);
+    cr_expect_eq(r.status, 507, "weights uploaded to a full disk: %d %s", r.status,
+                 r.body ? r.body : "");
+    khttp_response_free(&r);
+    cr_expect_eq(status_of("GET", "/v1/models/m/versions/v1", NULL, body, sizeof body), 404,
+                 "a version from the refused upload: %s", body);
 
     /* a delete frees space on a full disk */
     status = status_of("DELETE", "/v1/datasets/big", NULL, body, sizeof body);

@@ -274,8 +274,20 @@ Test(http, datasets)
     expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1, 2], [3]], "
                                                         "\"labels\": [0, 1]}"),
                  400, "invalid_data");
-    expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [-1]}"),
+    expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [\"a\"]}"),
                  400, "invalid_data");
+    /* regression and multi-label targets: any finite numbers, or rows of them */
+    r = post("/v1/datasets/inline/files/train", "{\"inputs\": [[1], [2]], \"labels\": [-1.5, 68]}");
+    cr_expect_eq(r.status, 201, "%s", r.body);
+    reply_free(&r);
+    r = post("/v1/datasets/inline/files/train",
+             "{\"inputs\": [[1], [2]], \"labels\": [[0, 1, 1], [1, 0, 0]]}");
+    cr_expect_eq(r.status, 201, "%s", r.body);
+    reply_free(&r);
+    r = post("/v1/datasets/inline/files/train",
+             "{\"inputs\": [[1], [2]], \"labels\": [[0, 1], [1]]}");
+    cr_expect(strstr(r.body, "labels[1]: expected a row of 2 finite numbers"), "%s", r.body);
+    expect_error(r, 400, "invalid_data");
     /* a missing value in a CSV: refused at upload, naming the sample, line and feature */
     const char *csv = "a,b,label\n1,2,0\nnan,3,1\n";
     r = http("PUT", "/v1/datasets/holes/files/train", NULL, csv, strlen(csv));

@@ -325,6 +325,21 @@ static kapi_job_spec *parse_job(const char *relative, bool allow_paths)
     return job;
 }
 
+Test(spec, init_weights_and_run_name)
+{
+    kapi_job_spec *job = parse_job("tests/specs/valid/job-init-weights-version.json", false);
+    cr_expect_str_eq(job->init_version, "production");
+    cr_expect_str_eq(job->init_job, "");
+    cr_expect_str_eq(job->init_weights, "");
+    cr_expect_str_eq(job->run_name, "lr 0.01 baseline (\xc3\xa9)");
+    kapi_job_spec_free(job);
+    job = parse_job("tests/specs/valid/job-init-weights-job.json", false);
+    cr_expect_str_eq(job->init_job, "job_0123456789abcdef");
+    cr_expect_str_eq(job->init_version, "");
+    cr_expect_str_eq(job->run_name, "");
+    kapi_job_spec_free(job);
+}
+
 Test(spec, job_fields_land_in_the_train_config)
 {
     kapi_job_spec *job = parse_job("tests/specs/valid/job-server.json", false);

@@ -335,46 +335,57 @@ static bool npy_header(const char *header, size_t len, char *descr, size_t descr
     return true;
 }
 
-kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
+/* The header of an NPY file: its element kind, shape and where the data starts (checked
+ * to be exactly shape's bytes). false with the error set. */
+static bool npy_open(const unsigned char *b, size_t size, element_kind *kind, int64_t *shape,
+                     int *ndim, const unsigned char **data)
 {
-    const unsigned char *b = bytes;
-    if (!b) return kn__error_null(KN_ERR_NULL, "npy: no data");
-    if (size < 10 || memcmp(b, "\x93NUMPY", 6) != 0)
-        return kn__error_null(KN_ERR_VALUE,
-                              "npy: bad magic: the file must start with "
-                              "\"\\x93NUMPY\" (%zu bytes given)",
-                              size);
+    if (!b) {
+        kn__error(KN_ERR_NULL, "npy: no data");
+        return false;
+    }
+    if (size < 10 || memcmp(b, "\x93NUMPY", 6) != 0) {
+        kn__error(KN_ERR_VALUE,
+                  "npy: bad magic: the file must start with \"\\x93NUMPY\" (%zu bytes given)",
+                  size);
+        return false;
+    }
     int major = b[6];
     size_t len, start;
     if (major == 1) {
         len = (size_t)b[8] | (size_t)b[9] << 8;
         start = 10;
     } else if (major == 2 || major == 3) {
-        if (size < 12) return kn__error_null(KN_ERR_VALUE, "npy: truncated header length");
+        if (size < 12) {
+            kn__error(KN_ERR_VALUE, "npy: truncated header length");
+            return false;
+        }
         len = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
         start = 12;
     } else {
-        return kn__error_null(KN_ERR_VALUE,
-                              "npy: format version %d.%d is not supported "
-                              "(expected 1, 2 or 3)",
-                              major, b[7]);
+        kn__error(KN_ERR_VALUE, "npy: format version %d.%d is not supported (expected 1, 2 or 3)",
+                  major, b[7]);
+        return false;
     }
-    if (len > size - start)
-        return kn__error_null(KN_ERR_VALUE,
-                              "npy: header of %zu bytes but the file has only %zu "
-                              "after the magic",
-                              len, size - start);
+    if (len > size - start) {
+        kn__error(KN_ERR_VALUE,
+                  "npy: header of %zu bytes but the file has only %zu after the magic", len,
+                  size - start);
+        return false;
+    }
     /* A NUL-terminated copy keeps strtoll inside the header whatever the file holds. */
     char *header = malloc(len + 1);
-    if (!header) return kn__error_null(KN_ERR_MEMORY, "npy: out of memory");
+    if (!header) {
+        kn__error(KN_ERR_MEMORY, "npy: out of memory");
+        return false;
+    }
     memcpy(header, b + start, len);
     header[len] = '\0';
     char descr[32] = "";
-    int64_t shape[KN_MAX_DIMS];
-    int ndim = -1;
-    bool ok = npy_header(header, len, descr, sizeof descr, shape, &ndim);
+    *ndim = -1;
+    bool ok = npy_header(header, len, descr, sizeof descr, shape, ndim);
     free(header);
-    if (!ok) return NULL;
+    if (!ok) return false;
     static const struct {
         const char *descr;
         element_kind kind;
@@ -384,25 +395,54 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
     int found = -1;
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (strcmp(descr, types[i].descr) == 0) found = (int)i;
-    if (found < 0)
-        return kn__error_null(KN_ERR_DTYPE,
-                              "npy: dtype '%s' is not supported (expected "
-                              "little-endian '<f4', '<f8', '<i8', '<i4', '|u1' or '|i1')",
-                              descr);
+    if (found < 0) {
+        kn__error(KN_ERR_DTYPE,
+                  "npy: dtype '%s' is not supported (expected little-endian '<f4', '<f8', '<i8', "
+                  "'<i4', '|u1' or '|i1')",
+                  descr);
+        return false;
+    }
+    *kind = types[found].kind;
+    int64_t want = checked_bytes(shape, *ndim, element_size(*kind));
+    size_t have = size - start - len;
+    if (want < 0 || (uint64_t)want != have) {
+        kn__error(KN_ERR_SHAPE,
+                  "npy: header says shape %s of '%s' = %lld bytes of data, file has %zu",
+                  kn__shape_of(shape, *ndim), descr, (long long)want, have);
+        return false;
+    }
+    *data = b + start + len;
+    return true;
+}
+
+kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
+{
+    element_kind k;
+    int64_t shape[KN_MAX_DIMS];
+    int ndim;
+    const unsigned char *data;
+    if (!npy_open(bytes, size, &k, shape, &ndim, &data)) return NULL;
     if (as_labels && ndim != 1)
         return kn__error_null(KN_ERR_SHAPE,
                               "npy: labels must have 1 dimension, the file has "
                               "shape %s",
                               kn__shape_of(shape, ndim));
-    element_kind k = types[found].kind;
-    int64_t want = checked_bytes(shape, ndim, element_size(k));
-    size_t have = size - start - len;
-    if (want < 0 || (uint64_t)want != have)
+    return kn__result(convert(data, k, false, shape, ndim, as_labels, "npy"));
+}
+
+kn_tensor *kn_parse_npy_targets(const void *bytes, size_t size)
+{
+    element_kind k;
+    int64_t shape[KN_MAX_DIMS];
+    int ndim;
+    const unsigned char *data;
+    if (!npy_open(bytes, size, &k, shape, &ndim, &data)) return NULL;
+    if (ndim != 1 && ndim != 2)
         return kn__error_null(KN_ERR_SHAPE,
-                              "npy: header says shape %s of '%s' = %lld bytes of "
-                              "data, file has %zu",
-                              kn__shape_of(shape, ndim), descr, (long long)want, have);
-    return kn__result(convert(b + start + len, k, false, shape, ndim, as_labels, "npy"));
+                              "npy: targets must be [N] or [N, K], the file has shape %s",
+                              kn__shape_of(shape, ndim));
+    /* integers stay integers (class labels), floats stay floats: the task decides */
+    return kn__result(convert(data, k, false, shape, ndim, !element_is_float(k), "npy"));
 }
 
 /* ---- CSV -------------------------------------------------------------------------- */
@@ -437,12 +477,55 @@ static int count_fields(const char *line)
     return n;
 }
 
-kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, kn_tensor **inputs,
-                       kn_tensor **labels)
+/* Which columns are targets: role[j] is -1 for a feature, else the target's position in
+ * columns. false with the error set when a named column is missing (not an error when
+ * optional and none of them is there: *found 0). */
+static bool csv_roles(char **names, int ncols, const char *const *columns, int n_columns,
+                      bool optional, int *role, int *found)
+{
+    for (int j = 0; j < ncols; j++) role[j] = -1;
+    *found = 0;
+    int missing = -1;
+    for (int k = 0; k < n_columns; k++) {
+        int at = -1;
+        for (int j = 0; j < ncols && at < 0; j++)
+            if (strcmp(names[j], columns[k]) == 0) at = j;
+        if (at < 0) {
+            if (missing < 0) missing = k;
+            continue;
+        }
+        if (role[at] >= 0) {
+            kn__error(KN_ERR_VALUE, "csv: column '%s' is named twice as a target", columns[k]);
+            return false;
+        }
+        role[at] = k;
+        (*found)++;
+    }
+    if (missing < 0 || (optional && *found == 0)) {
+        if (*found == 0) /* nothing found: every column is a feature */
+            for (int j = 0; j < ncols; j++) role[j] = -1;
+        return true;
+    }
+    char cols[256];
+    size_t used = 0;
+    for (int j = 0; j < ncols && used < sizeof cols; j++)
+        used += (size_t)snprintf(cols + used, sizeof cols - used, j ? ", '%s'" : "'%s'", names[j]);
+    kn__error(KN_ERR_VALUE, "csv line 1: no column named '%s' in the header (columns: %s)",
+              columns[missing], cols);
+    return false;
+}
+
+/* The parser behind kn_parse_csv (integer, one label column) and kn_parse_csv_targets
+ * (float targets, any number of columns, optional). */
+static kn_status parse_csv(const char *text, size_t size, const char *const *columns, int n_columns,
+                           bool integer, bool optional, kn_tensor **inputs, kn_tensor **labels)
 {
     if (!inputs || !labels) return kn__error(KN_ERR_NULL, "csv: NULL output pointer");
     *inputs = *labels = NULL;
-    if (!text || !label_column) return kn__error(KN_ERR_NULL, "csv: no text or label column");
+    if (!text || (n_columns > 0 && !columns))
+        return kn__error(KN_ERR_NULL, "csv: no text or label column");
+    for (int k = 0; k < n_columns; k++)
+        if (!columns[k]) return kn__error(KN_ERR_NULL, "csv: label column %d is NULL", k);
     if (memchr(text, '\0', size)) return kn__error(KN_ERR_VALUE, "csv: the text has a NUL byte");
     /* One writable NUL-terminated copy lets strtod/strtoll and the splitter work in place. */
     char *buf = malloc(size + 1);
@@ -452,7 +535,8 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
 
     kn_status status = KN_OK;
     char **fields = NULL, **names = NULL;
-    float *x = NULL;
+    int *role = NULL;
+    float *x = NULL, *yf = NULL;
     int64_t *y = NULL;
     int64_t rows = 0;
     char *line = buf, *next;
@@ -464,43 +548,38 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
     int ncols = count_fields(line);
     fields = malloc(sizeof *fields * (size_t)ncols);
     names = malloc(sizeof *names * (size_t)ncols);
-    if (!fields || !names) {
+    role = malloc(sizeof *role * (size_t)ncols);
+    if (!fields || !names || !role) {
         status = kn__error(KN_ERR_MEMORY, "csv: out of memory");
         goto done;
     }
     split_fields(line, names, ncols);
-    int label = -1;
-    for (int j = 0; j < ncols; j++)
-        if (strcmp(names[j], label_column) == 0) label = j;
-    if (label < 0) {
-        char cols[256];
-        size_t used = 0;
-        for (int j = 0; j < ncols && used < sizeof cols; j++)
-            used +=
-                (size_t)snprintf(cols + used, sizeof cols - used, j ? ", '%s'" : "'%s'", names[j]);
-        status = kn__error(KN_ERR_VALUE,
-                           "csv line 1: no column named '%s' in the header "
-                           "(columns: %s)",
-                           label_column, cols);
+    int ntargets = 0;
+    if (!csv_roles(names, ncols, columns, n_columns, optional, role, &ntargets)) {
+        status = kn_last_status();
         goto done;
     }
-    int nfeat = ncols - 1;
+    int nfeat = ncols - ntargets;
     if (nfeat < 1) {
         status = kn__error(KN_ERR_SHAPE,
-                           "csv line 1: the header has only the label column '%s', "
+                           "csv line 1: the header has only the label column%s '%s', "
                            "no features",
-                           label_column);
+                           ntargets > 1 ? "s" : "", n_columns ? columns[0] : "");
         goto done;
     }
     /* Every row kept has ncols - 1 commas, so the commas after the header bound the rows.
      * (Lines bound them too, but lines x columns can be the square of the text's size: a
-     * 90 KB file of 30,000 commas then 30,000 newlines asked for 3.6 GB.) */
+     * 90 KB file of 30,000 commas then 30,000 newlines asked for 3.6 GB.) A one-column file
+     * has no commas: its lines bound it. */
     int64_t max_rows = 0;
-    for (const char *c = next; c && *c; c++) max_rows += *c == ',';
-    max_rows /= ncols - 1;
+    for (const char *c = next; c && *c; c++) max_rows += ncols > 1 ? *c == ',' : *c == '\n';
+    max_rows /= ncols > 1 ? ncols - 1 : 1;
     x = malloc(sizeof *x * (size_t)nfeat * (size_t)(max_rows + 1));
-    y = malloc(sizeof *y * (size_t)(max_rows + 1));
-    if (!x || !y) {
+    if (integer)
+        y = malloc(sizeof *y * (size_t)(max_rows + 1));
+    else if (ntargets)
+        yf = malloc(sizeof *yf * (size_t)ntargets * (size_t)(max_rows + 1));
+    if (!x || (integer && !y) || (ntargets && !integer && !yf)) {
         status = kn__error(KN_ERR_MEMORY, "csv: out of memory for %lld rows", (long long)max_rows);
         goto done;
     }
@@ -519,12 +598,17 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
                                (long long)line_no, ncols, n);
             goto done;
         }
+        if (rows > max_rows) { /* only a one-column file without a final newline gets here */
+            status = kn__error(KN_ERR_VALUE, "csv line %lld: more rows than expected",
+                               (long long)line_no);
+            goto done;
+        }
         split_fields(line, fields, ncols);
         float *row = x + rows * nfeat;
         for (int j = 0, f = 0; j < ncols; j++) {
             char *end;
             errno = 0;
-            if (j == label) {
+            if (role[j] >= 0 && integer) {
                 long long v = strtoll(fields[j], &end, 10);
                 if (end == fields[j] || *end || errno) {
                     status = kn__error(KN_ERR_VALUE,
@@ -543,7 +627,10 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
                                        (long long)line_no, names[j], fields[j]);
                     goto done;
                 }
-                row[f++] = (float)v;
+                if (role[j] >= 0)
+                    yf[rows * ntargets + role[j]] = (float)v;
+                else
+                    row[f++] = (float)v;
             }
         }
         rows++;
@@ -553,21 +640,46 @@ kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, 
         goto done;
     }
     kn_tensor *xt = kn__empty_raw((int64_t[]){rows, nfeat}, 2, KN_FLOAT32, kn_cpu());
-    kn_tensor *yt = xt ? kn__empty_raw(&rows, 1, KN_INT64, kn_cpu()) : NULL;
-    if (!yt) {
+    kn_tensor *yt = NULL;
+    if (xt && integer)
+        yt = kn__empty_raw(&rows, 1, KN_INT64, kn_cpu());
+    else if (xt && ntargets)
+        yt = kn__empty_raw((int64_t[]){rows, ntargets}, 2, KN_FLOAT32, kn_cpu());
+    if (!xt || ((integer || ntargets) && !yt)) {
         kn_release(xt);
         status = kn_last_status() ? kn_last_status() : KN_ERR_MEMORY;
         goto done;
     }
     memcpy(kn__data_ptr(xt), x, sizeof *x * (size_t)(rows * nfeat));
-    memcpy(kn__data_ptr(yt), y, sizeof *y * (size_t)rows);
+    if (integer) memcpy(kn__data_ptr(yt), y, sizeof *y * (size_t)rows);
+    if (yf) memcpy(kn__data_ptr(yt), yf, sizeof *yf * (size_t)(rows * ntargets));
     *inputs = kn__result(xt);
-    *labels = kn__result(yt);
+    *labels = yt ? kn__result(yt) : NULL;
 done:
     free(buf);
     free(fields);
     free(names);
+    free(role);
     free(x);
     free(y);
+    free(yf);
     return status;
+}
+
+kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, kn_tensor **inputs,
+                       kn_tensor **labels)
+{
+    if (!label_column) {
+        if (inputs && labels) *inputs = *labels = NULL;
+        return kn__error(KN_ERR_NULL, "csv: no text or label column");
+    }
+    return parse_csv(text, size, &label_column, 1, true, false, inputs, labels);
+}
+
+kn_status kn_parse_csv_targets(const char *text, size_t size, const char *const *columns,
+                               int n_columns, bool optional, kn_tensor **inputs,
+                               kn_tensor **targets)
+{
+    if (n_columns < 0) return kn__error(KN_ERR_VALUE, "csv: %d target columns", n_columns);
+    return parse_csv(text, size, columns, n_columns, false, optional, inputs, targets);
 }

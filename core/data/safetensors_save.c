@@ -244,6 +244,7 @@ kn_status kn_safetensors_save(const char *path, const char *const *names, kn_ten
         unlink(tmp);
         status = kn__error(KN_ERR_VALUE, "safetensors_save %s: writing failed: %s", path,
                            strerror(saved_errno));
+        errno = saved_errno; /* for callers that tell a full disk apart (kilnd: 507) */
         goto done;
     }
     if (sync_folder(path) != 0)

@@ -266,6 +266,7 @@ const kn_layer_type kn__layer_dropout = {
     .kind = KN_MODULE_DROPOUT,
     .name = "dropout",
     .torch_name = "Dropout",
+    .flags = KN_LAYER_RANDOM,
     .args = DROPOUT_ARGS,
     .host_bound_if = dropout_host_bound,
     .init = dropout_init,

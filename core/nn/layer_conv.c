@@ -88,9 +88,8 @@ static bool conv2d_shape(kn_layer_shape *s)
     return true;
 }
 
-static kn_tensor *conv2d_forward(kn_module *m, kn_tensor *const *x, int n)
+kn_conv2d_args kn__conv2d_args(const kn_module *m)
 {
-    (void)n;
     const kn_conv2d_options *o = &m->options.conv2d;
     kn_conv2d_args args = {.groups = (int)o->groups};
     for (int i = 0; i < 2; i++) {
@@ -98,7 +97,14 @@ static kn_tensor *conv2d_forward(kn_module *m, kn_tensor *const *x, int n)
         args.padding[i] = o->padding[i];
         args.dilation[i] = o->dilation[i];
     }
-    return kn_conv2d(x[0], kn__module_tensor(m, "weight"), kn__module_tensor(m, "bias"), args);
+    return args;
+}
+
+static kn_tensor *conv2d_forward(kn_module *m, kn_tensor *const *x, int n)
+{
+    (void)n;
+    return kn_conv2d(x[0], kn__module_tensor(m, "weight"), kn__module_tensor(m, "bias"),
+                     kn__conv2d_args(m));
 }
 
 static void conv2d_describe(const kn_module *m, char *buf, size_t size)
@@ -173,7 +179,7 @@ static const kn_layer_arg AVG_POOL2D_ARGS[] = {
 };
 
 /* The arguments of both pools: the kernel op's form of them. */
-static kn_pool2d_args pool_args(const kn_module *m)
+kn_pool2d_args kn__pool2d_args(const kn_module *m)
 {
     kn_pool2d_args a = {.dilation = {1, 1}};
     const int *k, *s, *p;
@@ -243,18 +249,18 @@ static bool pool_shape(kn_layer_shape *s)
 static kn_tensor *max_pool2d_forward(kn_module *m, kn_tensor *const *x, int n)
 {
     (void)n;
-    return kn_max_pool2d(x[0], pool_args(m));
+    return kn_max_pool2d(x[0], kn__pool2d_args(m));
 }
 
 static kn_tensor *avg_pool2d_forward(kn_module *m, kn_tensor *const *x, int n)
 {
     (void)n;
-    return kn_avg_pool2d(x[0], pool_args(m));
+    return kn_avg_pool2d(x[0], kn__pool2d_args(m));
 }
 
 static void pool_describe(const kn_module *m, char *buf, size_t size)
 {
-    kn_pool2d_args p = pool_args(m);
+    kn_pool2d_args p = kn__pool2d_args(m);
     kn__repr_pair(buf, size, "kernel_size", p.kernel_size, false);
     kn__repr_add(buf, size, ", ");
     kn__repr_pair(buf, size, "stride", p.stride, false);

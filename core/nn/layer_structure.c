@@ -9,6 +9,30 @@
 /* ---- sequential: nn.Sequential ------------------------------------------------------
  * x -> children[0] -> ... -> children[n-1]; no arguments, no parameters of its own. */
 
+/* Children i.. that run as one op: conv2d -> relu (-> 2x2 max_pool2d) where ops_conv.c
+ * fuses them (the same values and gradients as one by one, without writing the conv's
+ * and the relu's outputs); returns how many children *y is the output of, 0 when they
+ * do not fuse here. */
+static int fused_children(kn_module *m, int i, kn_tensor *x, kn_tensor **y)
+{
+    kn_module **c = m->children;
+    if (i + 1 >= m->n_children || c[i]->kind != KN_MODULE_CONV2D ||
+        c[i + 1]->kind != KN_MODULE_RELU)
+        return 0;
+    kn_tensor *w = kn__module_tensor(c[i], "weight"), *b = kn__module_tensor(c[i], "bias");
+    kn_conv2d_args conv = kn__conv2d_args(c[i]);
+    kn_pool2d_args pool_args;
+    const kn_pool2d_args *pool = NULL;
+    if (i + 2 < m->n_children && c[i + 2]->kind == KN_MODULE_MAX_POOL2D) {
+        pool_args = kn__pool2d_args(c[i + 2]);
+        pool = &pool_args;
+        if (!kn__conv2d_relu_pool_fusable(x, w, b, conv, pool)) pool = NULL;
+    }
+    if (!kn__conv2d_relu_pool_fusable(x, w, b, conv, pool)) return 0;
+    *y = kn__conv2d_relu_pool(x, w, b, conv, pool);
+    return pool ? 3 : 2;
+}
+
 /* Runs the children in order; each intermediate result is dropped as soon as the next
  * layer has used it (the graph keeps what backward needs). */
 static kn_tensor *sequential_forward(kn_module *m, kn_tensor *const *x, int n)
@@ -17,7 +41,9 @@ static kn_tensor *sequential_forward(kn_module *m, kn_tensor *const *x, int n)
     kn_tensor *current = kn_retain(x[0]); /* our own reference */
     for (int i = 0; i < m->n_children; i++) {
         kn_scope_begin();
-        kn_tensor *y = kn_retain(kn_module_forward(m->children[i], current));
+        kn_tensor *fused = NULL;
+        int ran = fused_children(m, i, current, &fused);
+        kn_tensor *y = kn_retain(ran ? fused : kn_module_forward(m->children[i], current));
         kn_scope_end();
         kn_release(current);
         current = y;
@@ -27,6 +53,7 @@ static kn_tensor *sequential_forward(kn_module *m, kn_tensor *const *x, int n)
             return kn__error_null(kn_last_status(), "layer %d (%s): %s", i,
                                   m->children[i]->layer->name, message);
         }
+        if (ran) i += ran - 1;
     }
     return kn_autorelease(current);
 }

@@ -31,6 +31,10 @@ kn_status kn__module_child(kn_module *m, const char *name, kn_module *child);
 /* The module's own tensor registered as name, or NULL (bias=False). */
 kn_tensor *kn__module_tensor(const kn_module *m, const char *name);
 
+/* The op arguments of a conv2d module and of a max/avg pool module (layer_conv.c). */
+kn_conv2d_args kn__conv2d_args(const kn_module *m);
+kn_pool2d_args kn__pool2d_args(const kn_module *m);
+
 /* For init functions: KN_ERR_VALUE naming the class when value is not positive. */
 #define KN__CHECK_POSITIVE(m, name, value)                                                         \
     do {                                                                                           \

@@ -1,12 +1,9 @@
 /*
- * ops_conv.c — kn_conv2d (im2col + GEMM, with stride, padding, dilation and groups)
- * and 2-D max / average pooling, forward and backward.
- *
- * Convolution goes image by image: unfold one image into columns [C*kH*kW, H'*W'],
- * then per group out_g = W_g · col_g straight into the output, with the batch split
- * over the engine's threads (one column buffer each). A 1x1, stride-1, unpadded
- * convolution needs no unfolding: the input already is the column matrix. The bias
- * gradient is a lane-parallel sum (kn_cpu_conv_bias_grad), not a serial chain.
+ * ops_conv.c — kn_conv2d (with stride, padding, dilation and groups) and 2-D max /
+ * average pooling, forward and backward: shapes, errors and autograd here, the
+ * arithmetic in the kernels. On the CPU, kernels/cpu/conv.c picks the method per layer:
+ * a direct convolution that reads the padded image in place of unfolded columns
+ * (stride 1, dilation 1, one group: conv_direct.c), else im2col + GEMM image by image.
  *
  * max_pool2d with a 2x2 window and stride 2 (no padding, no clipped window) takes the
  * AVX-512 fast path of pool.c, which records each max as a byte (its place in the
@@ -27,7 +24,6 @@
 typedef struct conv_plan {
     kn_cpu_conv_geometry g;
     int64_t n, c, o, groups, cg, og, k, l; /* k = cg*kH*kW columns rows per group */
-    bool direct;                           /* 1x1 stride 1 unpadded: no im2col */
 } conv_plan;
 
 /* Sets the error and evaluates to false. */
@@ -106,153 +102,23 @@ static bool conv_setup(kn_tensor *x, kn_tensor *w, kn_tensor *bias, kn_conv2d_ar
     p->og = o / groups;
     p->k = p->cg * g->kernel_h * g->kernel_w;
     p->l = g->out_h * g->out_w;
-    p->direct = g->kernel_h == 1 && g->kernel_w == 1 && stride[0] == 1 && stride[1] == 1 &&
-                pad[0] == 0 && pad[1] == 0;
     return true;
 }
 
-/* ---- the per-image work, parallel over slices of the batch ------------------------
- * Each slice (one per thread) unfolds its images one at a time into its own column
- * buffer and runs single-threaded GEMMs on them; weight gradients are summed per slice
- * and the slices' partial sums added at the end. With one slice (one thread or one
- * image), OpenBLAS threads the GEMMs itself instead. */
-
-typedef struct conv_job {
-    const conv_plan *p;
-    int64_t slices;
-    const float *x, *w, *bias, *gout;
-    float *out, *gx, *gw_parts; /* gw_parts: slices x [O, K] */
-    float *buffers;             /* slices x 2 column buffers */
-    int64_t buffer_floats;      /* per column buffer */
-} conv_job;
-
-/* The column matrix [C*kH*kW, L] (row stride L) of image i: the input itself when no
- * unfolding is needed. */
-static const float *image_cols(const conv_plan *p, const float *x, int64_t i, float *buf)
-{
-    const float *image = x + i * p->c * p->g.height * p->g.width;
-    if (p->direct) return image;
-    kn_cpu_im2col(&p->g, image, 1, buf, p->l);
-    return buf;
-}
-
-static void slice_bounds(const conv_job *job, int64_t s, int64_t *begin, int64_t *end)
-{
-    *begin = job->p->n * s / job->slices;
-    *end = job->p->n * (s + 1) / job->slices;
-}
-
-/* Slice s's two column buffers; NULL for a direct convolution, which has none (an offset
- * from NULL, even 0, is undefined behaviour). */
-static float *slice_buffer(const conv_job *job, int64_t s)
-{
-    return job->buffers ? job->buffers + s * 2 * job->buffer_floats : NULL;
-}
-
-static void forward_slices(void *context, int64_t s0, int64_t s1)
-{
-    const conv_job *job = context;
-    const conv_plan *p = job->p;
-    for (int64_t s = s0; s < s1; s++) {
-        float *buf = slice_buffer(job, s);
-        int64_t begin, end;
-        slice_bounds(job, s, &begin, &end);
-        for (int64_t i = begin; i < end; i++) {
-            const float *col = image_cols(p, job->x, i, buf);
-            float *out = job->out + i * p->o * p->l;
-            if (job->bias)
-                for (int64_t oc = 0; oc < p->o; oc++)
-                    for (int64_t j = 0; j < p->l; j++) out[oc * p->l + j] = job->bias[oc];
-            for (int64_t gi = 0; gi < p->groups; gi++)
-                kn_cpu_gemm(false, false, p->og, p->l, p->k, 1.f, job->w + gi * p->og * p->k, p->k,
-                            col + gi * p->k * p->l, p->l, job->bias ? 1.f : 0.f,
-                            out + gi * p->og * p->l, p->l);
-        }
-    }
-}
-
-static void backward_slices(void *context, int64_t s0, int64_t s1)
-{
-    const conv_job *job = context;
-    const conv_plan *p = job->p;
-    for (int64_t s = s0; s < s1; s++) {
-        float *buf = slice_buffer(job, s), *dbuf = buf ? buf + job->buffer_floats : NULL;
-        float *gw = job->gw_parts ? job->gw_parts + s * p->o * p->k : NULL;
-        int64_t begin, end;
-        slice_bounds(job, s, &begin, &end);
-        for (int64_t i = begin; i < end; i++) {
-            const float *g = job->gout + i * p->o * p->l;
-            if (gw) {
-                const float *col = image_cols(p, job->x, i, buf);
-                for (int64_t gi = 0; gi < p->groups; gi++) /* gW_g += g_g · col_gᵀ */
-                    kn_cpu_gemm(false, true, p->og, p->k, p->l, 1.f, g + gi * p->og * p->l, p->l,
-                                col + gi * p->k * p->l, p->l, i == begin ? 0.f : 1.f,
-                                gw + gi * p->og * p->k, p->k);
-            }
-            if (!job->gx) continue;
-            float *gx = job->gx + i * p->c * p->g.height * p->g.width;
-            float *dcol = p->direct ? gx : dbuf; /* dL/dcol = W_gᵀ · g_g, then folded back */
-            for (int64_t gi = 0; gi < p->groups; gi++)
-                kn_cpu_gemm(true, false, p->k, p->l, p->og, 1.f, job->w + gi * p->og * p->k, p->k,
-                            g + gi * p->og * p->l, p->l, 0.f, dcol + gi * p->k * p->l, p->l);
-            if (!p->direct) kn_cpu_col2im(&p->g, dcol, p->l, 1, gx);
-        }
-    }
-}
-
-/* Runs fn over slices of the batch with per-slice buffers; false when out of memory. */
-static bool run_slices(conv_job *job, kn_cpu_range_fn fn, bool weight_parts)
-{
-    const conv_plan *p = job->p;
-    int64_t threads = kn_cpu_get_num_threads();
-    job->slices = p->n < threads ? p->n : threads;
-    if (job->slices < 1) return true;
-    job->buffer_floats = p->direct ? 0 : p->c * p->g.kernel_h * p->g.kernel_w * p->l;
-    size_t buffer_bytes = sizeof(float) * (size_t)(job->slices * 2 * job->buffer_floats);
-    size_t parts_bytes = weight_parts ? sizeof(float) * (size_t)(job->slices * p->o * p->k) : 0;
-    job->buffers = buffer_bytes ? kn__alloc(buffer_bytes) : NULL;
-    job->gw_parts = parts_bytes ? kn__alloc(parts_bytes) : NULL;
-    if ((buffer_bytes && !job->buffers) || (parts_bytes && !job->gw_parts)) {
-        if (job->buffers) kn__free(job->buffers, buffer_bytes);
-        if (job->gw_parts) kn__free(job->gw_parts, parts_bytes);
-        kn__error(KN_ERR_MEMORY, "conv2d: out of memory for %zu bytes of columns", buffer_bytes);
-        return false;
-    }
-    if (job->slices > 1) {
-        int blas_threads = kn_cpu_blas_single_threaded();
-        kn_cpu_parallel_for(job->slices, 1, fn, job);
-        kn_cpu_blas_restore(blas_threads);
-    } else {
-        fn(job, 0, 1);
-    }
-    if (job->buffers) kn__free(job->buffers, buffer_bytes);
-    job->buffers = NULL;
-    return true;
-}
+/* ---- convolution on the CPU: kernels/cpu/conv.c picks the method per layer ---------- */
 
 static bool conv_forward(const conv_plan *p, const float *x, const float *w, const float *bias,
                          float *out)
 {
-    conv_job job = {.p = p, .x = x, .w = w, .bias = bias, .out = out};
-    return run_slices(&job, forward_slices, false);
+    if (kn_cpu_conv2d_forward(&p->g, p->n, p->o, p->groups, x, w, bias, out)) return true;
+    return FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
 }
 
 static bool conv_backward_buffers(const conv_plan *p, const float *x, const float *w,
                                   const float *gout, float *gx, float *gw, float *gb)
 {
-    int64_t l = p->l;
-    if (gb) kn_cpu_conv_bias_grad(gout, p->n, p->o, l, gb);
-    if (!gx && !gw) return true;
-    conv_job job = {.p = p, .x = x, .w = w, .gout = gout, .gx = gx};
-    if (!run_slices(&job, backward_slices, gw != NULL)) return false;
-    if (gw) {
-        int64_t size = p->o * p->k;
-        memset(gw, 0, sizeof(float) * (size_t)size);
-        for (int64_t s = 0; s < job.slices; s++)
-            kn_cpu_sum_rows(job.gw_parts + s * size, 1, size, size, gw, true);
-        if (job.gw_parts) kn__free(job.gw_parts, sizeof(float) * (size_t)(job.slices * size));
-    }
-    return true;
+    if (kn_cpu_conv2d_backward(&p->g, p->n, p->o, p->groups, x, w, gout, gx, gw, gb)) return true;
+    return FAIL(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
 }
 
 /* ---- convolution on a CUDA device ------------------------------------------------- */
@@ -377,15 +243,21 @@ static void plan_to_node(const conv_plan *p, kn_node *node)
     memcpy(node->iargs, values, sizeof values);
 }
 
-static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+static kn_conv2d_args args_from_node(const kn_node *node)
+{
+    return (kn_conv2d_args){{(int)node->iargs[0], (int)node->iargs[1]},
+                            {(int)node->iargs[2], (int)node->iargs[3]},
+                            {(int)node->iargs[4], (int)node->iargs[5]},
+                            (int)node->iargs[6]};
+}
+
+/* grads of x, w (saved[0], saved[1]) and the bias input from the gradient of the
+ * convolution's output. */
+static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
     kn_tensor *x = node->saved[0], *w = node->saved[1];
-    kn_conv2d_args args = {{(int)node->iargs[0], (int)node->iargs[1]},
-                           {(int)node->iargs[2], (int)node->iargs[3]},
-                           {(int)node->iargs[4], (int)node->iargs[5]},
-                           (int)node->iargs[6]};
     conv_plan p;
-    if (!conv_setup(x, w, NULL, args, &p)) return kn_last_status();
+    if (!conv_setup(x, w, NULL, args_from_node(node), &p)) return kn_last_status();
     bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
     bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
     kn_tensor *xd = kn__result(kn__contiguous_raw(x)), *wd = kn__result(kn__contiguous_raw(w));
@@ -408,6 +280,11 @@ static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **gra
     grads[1] = gw;
     if (need_b) grads[2] = gb;
     return KN_OK;
+}
+
+static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    return conv_grads(node, grad, grads);
 }
 
 kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d_args args)
@@ -657,5 +534,185 @@ kn_tensor *kn_avg_pool2d(kn_tensor *x, kn_pool2d_args args)
         geometry_to_node(&g, node);
         kn__node_attach(out, node);
     }
+    return kn__result(out);
+}
+
+/* ---- conv2d, relu and a 2x2 max_pool2d as one op ----------------------------------------
+ * A CNN's conv -> relu -> pool, fused where the convolution takes the direct kernels:
+ * relu and the pool run on each image's sums while they are in the cache (the
+ * epilogue of kernels/cpu/conv_direct.c), so neither the convolution's output nor the
+ * relu's is ever written out. Values and gradients are bit for bit the three ops': the
+ * same sums, kn_relu's expression, pool.c's 2x2 kernels. Backward: the pooled gradient
+ * where the pooled output is > 0 (where relu passed it: relu's backward), spread to the
+ * maxima by the 2x2 pool backward, then the convolution's backward. Without the pool,
+ * conv -> relu alone saves the relu's pass and its output. */
+
+/* The geometry of a 2x2, stride-2 max pool over planes of h x w with out_h x out_w out. */
+static kn_cpu_pool_geometry two_by_two(int64_t planes, int64_t h, int64_t w, int64_t out_h,
+                                       int64_t out_w)
+{
+    return (kn_cpu_pool_geometry){.planes = planes,
+                                  .height = h,
+                                  .width = w,
+                                  .out_h = out_h,
+                                  .out_w = out_w,
+                                  .kernel_h = 2,
+                                  .kernel_w = 2,
+                                  .stride_h = 2,
+                                  .stride_w = 2,
+                                  .dilation_h = 1,
+                                  .dilation_w = 1};
+}
+
+/* The 2x2 pool of kn_max_pool2d's fast path over [n, o, h, w], or false. */
+static bool pool_2x2(const kn_pool2d_args *a, int64_t planes, int64_t h, int64_t w,
+                     kn_cpu_pool_geometry *g)
+{
+    if (a->kernel_size[0] != 2 || a->kernel_size[1] != 2 || a->padding[0] || a->padding[1] ||
+        or_default(a->stride[0], 2) != 2 || or_default(a->stride[1], 2) != 2 ||
+        or_default(a->dilation[0], 1) != 1 || or_default(a->dilation[1], 1) != 1)
+        return false;
+    *g = two_by_two(planes, h, w, pool_out_size(h, 2, 0, 2, 1, a->ceil_mode),
+                    pool_out_size(w, 2, 0, 2, 1, a->ceil_mode));
+    return g->out_h >= 1 && g->out_w >= 1 && kn_cpu_max_pool2d_is_2x2(g);
+}
+
+/* Whether kn__conv2d_relu_pool runs fused for these inputs (else it runs the three ops);
+ * sets no error. */
+static bool fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_conv2d_args args,
+                    const kn_pool2d_args *pool, conv_plan *p, kn_cpu_pool_geometry *g)
+{
+    if (!x || !w || x->device.type != KN_DEVICE_CPU || w->device.type != KN_DEVICE_CPU ||
+        x->dtype != KN_FLOAT32 || w->dtype != KN_FLOAT32 ||
+        (b && (b->device.type != KN_DEVICE_CPU || b->dtype != KN_FLOAT32)))
+        return false;
+    kn_tensor *inputs[3] = {x, w, b};
+    if (!kn__check_inputs("conv2d", inputs, b ? 3 : 2)) return false;
+    /* an error set here is set again, the same, by the three ops that run instead */
+    if (!conv_setup(x, w, b, args, p) || !kn_cpu_conv_direct_ok(&p->g, p->groups) || p->n < 1)
+        return false;
+    return !pool || pool_2x2(pool, p->n * p->o, p->g.out_h, p->g.out_w, g);
+}
+
+bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *w, kn_tensor *b, kn_conv2d_args args,
+                                  const kn_pool2d_args *pool)
+{
+    conv_plan p;
+    kn_cpu_pool_geometry g;
+    return fusable(x, w, b, args, pool, &p, &g);
+}
+
+/* The dense gradient the 2x2 pool's backward writes (for a bias without its weight). */
+static kn_tensor *pool_backward_dense(const kn_node *node, kn_tensor *pooled_grad)
+{
+    kn_tensor *y = node->saved[2];
+    kn_cpu_pool_geometry pg =
+        two_by_two(node->iargs[8], node->iargs[9], node->iargs[10], y->shape[2], y->shape[3]);
+    int64_t shape[4] = {y->shape[0], y->shape[1], pg.height, pg.width};
+    kn_tensor *dense = kn__result(kn__empty_raw(shape, 4, KN_FLOAT32, y->device));
+    if (dense)
+        kn_cpu_max_pool2d_2x2_backward(&pg, kn__data_ptr(pooled_grad), kn__data_ptr(node->saved[3]),
+                                       kn__data_ptr(dense));
+    return dense;
+}
+
+static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+{
+    kn_tensor *y = node->saved[2]; /* the op's output: pooled, or relu'd */
+    kn_tensor *gd = kn__result(kn__contiguous_raw(grad));
+    kn_tensor *masked = kn__result(kn__empty_raw(y->shape, y->ndim, KN_FLOAT32, y->device));
+    if (!gd || !masked) return kn_last_status();
+    int64_t n = kn_numel(y);
+    kn_cpu_operand out = {kn__data_ptr(masked), {1}}, g = {kn__data_ptr(gd), {1}};
+    kn_cpu_operand saved = {kn__data_ptr(y), {1}};
+    kn_cpu_binary(KN_BINARY_RELU_BACKWARD, &n, 1, out, g, saved, 0.f, 0.f); /* relu's */
+    if (!node->iargs[7]) return conv_grads(node, masked, grads);
+    bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
+    bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
+    if (need_b && !need_w) { /* the bias's sum is over the dense gradient: make it */
+        kn_tensor *dense = pool_backward_dense(node, masked);
+        return dense ? conv_grads(node, dense, grads) : kn_last_status();
+    }
+    /* the convolution's backward reads the pooled gradient and the maxima's places in
+     * place of the dense gradient (3/4 zeros) the pool's backward would write */
+    kn_tensor *x = node->saved[0], *w = node->saved[1];
+    conv_plan p;
+    if (!conv_setup(x, w, NULL, args_from_node(node), &p)) return kn_last_status();
+    kn_tensor *xd = kn__result(kn__contiguous_raw(x)), *wd = kn__result(kn__contiguous_raw(w));
+    kn_tensor *gx = need_x ? kn__result(kn__empty_raw(x->shape, 4, KN_FLOAT32, x->device)) : NULL;
+    kn_tensor *gw = need_w ? kn__result(kn__empty_raw(w->shape, 4, KN_FLOAT32, w->device)) : NULL;
+    kn_tensor *gb = need_b ? kn__result(kn__empty_raw(&p.o, 1, KN_FLOAT32, w->device)) : NULL;
+    if (!xd || !wd || (need_x && !gx) || (need_w && !gw) || (need_b && !gb))
+        return kn_last_status();
+    kn_cpu_conv_planes planes = {.pooled = kn__data_ptr(masked),
+                                 .which = kn__data_ptr(node->saved[3]),
+                                 .pooled_h = y->shape[2],
+                                 .pooled_w = y->shape[3]};
+    if ((gw &&
+         !kn_cpu_conv_direct_backward_weight(&p.g, p.n, p.o, kn__data_ptr(xd), &planes,
+                                             kn__data_ptr(gw), gb ? kn__data_ptr(gb) : NULL)) ||
+        (gx && !kn_cpu_conv_direct_backward_input(&p.g, p.n, p.o, &planes, kn__data_ptr(wd),
+                                                  kn__data_ptr(gx))))
+        return kn__error(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
+    grads[0] = gx;
+    grads[1] = gw;
+    if (need_b) grads[2] = gb;
+    return KN_OK;
+}
+
+kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                kn_conv2d_args args, const kn_pool2d_args *pool)
+{
+    conv_plan p;
+    kn_cpu_pool_geometry g;
+    if (!fusable(x, weight, bias, args, pool, &p, &g)) { /* the three ops, errors and all */
+        kn_tensor *y = kn_relu(kn_conv2d(x, weight, bias, args));
+        return pool ? kn_max_pool2d(y, *pool) : y;
+    }
+    kn_tensor *inputs[3] = {x, weight, bias};
+    int n_inputs = bias ? 3 : 2;
+    int64_t shape[4] = {p.n, p.o, pool ? g.out_h : p.g.out_h, pool ? g.out_w : p.g.out_w};
+    int64_t packed = (p.n * p.o * g.out_h * g.out_w + 7) / 8; /* kn_max_pool2d's byte form */
+    kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
+    kn_tensor *which = pool ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : NULL;
+    kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
+    kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
+    bool ok = out && xd && wd && (!bias || bd) && (!pool || which);
+    if (ok) {
+        kn_cpu_conv_epilogue e = {.relu = true,
+                                  .pool = pool ? &g : NULL,
+                                  .pooled = pool ? kn__data_ptr(out) : NULL,
+                                  .which = pool ? kn__data_ptr(which) : NULL};
+        ok = kn_cpu_conv_direct_forward(&p.g, p.n, p.o, kn__data_ptr(xd), kn__data_ptr(wd),
+                                        bd ? kn__data_ptr(bd) : NULL, &e,
+                                        pool ? NULL : kn__data_ptr(out)) ||
+             FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
+    }
+    kn_release(xd);
+    kn_release(wd);
+    kn_release(bd);
+    kn_node *node = ok && kn__needs_grad(inputs, n_inputs)
+                        ? kn__node_new(pool ? "conv2d_relu_max_pool2d" : "conv2d_relu",
+                                       conv2d_relu_pool_backward, inputs, n_inputs)
+                        : NULL;
+    if (ok && kn__needs_grad(inputs, n_inputs) && !node) ok = false;
+    if (!ok) {
+        kn_release(out);
+        kn_release(which);
+        return NULL;
+    }
+    if (node) {
+        plan_to_node(&p, node);
+        node->iargs[7] = pool != NULL;
+        node->iargs[8] = g.planes;
+        node->iargs[9] = p.g.out_h;
+        node->iargs[10] = p.g.out_w;
+        kn__node_save(node, x);
+        kn__node_save(node, weight);
+        kn__node_save(node, out);
+        kn__node_save(node, which);
+        kn__node_attach(out, node);
+    }
+    kn_release(which);
     return kn__result(out);
 }

@@ -125,6 +125,10 @@ static void load_cuda(void)
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
                                       : NULL;
+    /* ---- rnn (issue 12) */
+    const kn_cuda_rnn *rnn = table(handle, KN_CUDA_RNN_SYMBOL);
+    m.rnn = CHECKED(rnn, KN_CUDA_RNN_ABI);
+    if (!missing && !m.rnn) missing = KN_CUDA_RNN_SYMBOL;
     /* ---- attention (issue 12) ---- */
     if (!missing && !m.attention) missing = KN_CUDA_ATTENTION_SYMBOL;
     if (missing) {

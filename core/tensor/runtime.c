@@ -1,21 +1,28 @@
 /*
- * runtime.c — the engine's settings: how many threads its own pool and OpenBLAS use
- * (process-wide), and whether CUDA products may use TF32 (per thread).
+ * runtime.c — the engine's settings: how many cores its scheduler uses (process-wide)
+ * and the calling thread's share of them, and whether CUDA products may use TF32 (per
+ * thread).
  */
 #include "kn_internal.h"
-
-/* OpenBLAS's own setter; declared here so the engine needs no OpenBLAS header. */
-void openblas_set_num_threads(int num_threads);
 
 void kn_set_num_threads(int n)
 {
     kn_cpu_set_num_threads(n);
-    openblas_set_num_threads(kn_cpu_get_num_threads());
 }
 
 int kn_get_num_threads(void)
 {
     return kn_cpu_get_num_threads();
+}
+
+void kn_set_thread_share(int n)
+{
+    kn_cpu_set_thread_share(n);
+}
+
+int kn_get_thread_share(void)
+{
+    return kn_cpu_get_thread_share();
 }
 
 /* Per thread, not per process: kilnd runs one job per worker thread, and one job's

@@ -1,13 +1,14 @@
 /*
  * train.c — the training loop shared by the CLI and the server: batches in an order
  * fixed by (seed, epoch), forward, loss, backward, optional clipping, an optimizer step
- * at the scheduled learning rate, evaluation, early stopping and the callbacks. Also
- * kn_evaluate and kn_train_loss. Checkpoints are in checkpoint.c; on a CUDA device the
- * staging of batches and the captured step are in train_cuda.c.
+ * at the scheduled learning rate, evaluation, early stopping and the callbacks. Also the
+ * loss of a batch as the task takes its labels (kn_train_loss_config). Evaluation and its
+ * metrics are in evaluate.c, checkpoints in checkpoint.c; on a CUDA device the staging of
+ * batches and the captured step are in train_cuda.c.
  */
 #include "kn_internal.h"
+#include "kn_layer.h"
 #include "kn_train_internal.h"
-#include "kn_layer.h" /* the rows' flags: which modules draw random numbers */
 
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@ kn_train_config kn_train_config_defaults(void)
     kn_train_config c;
     memset(&c, 0, sizeof c);
     c.loss = KN_LOSS_CROSS_ENTROPY;
+    c.smooth_l1_beta = 1.0; /* torch's defaults */
+    c.huber_delta = 1.0;
     c.optimizer = kn_optimizer_defaults(KN_OPTIM_ADAM);
     c.lr_schedule.kind = KN_LR_CONSTANT;
     c.lr_schedule.gamma = 0.1;
@@ -61,6 +64,30 @@ static kn_status check_config(const kn_train_config *c)
     if (!(c->label_smoothing >= 0 && c->label_smoothing <= 1))
         return kn__error(KN_ERR_VALUE, "label_smoothing: expected a number in [0, 1], got %g",
                          c->label_smoothing);
+    if ((unsigned)c->loss > KN_LOSS_HUBER || (unsigned)c->task > KN_TASK_MULTILABEL)
+        return kn__error(KN_ERR_VALUE, "loss %d or task %d is not one of the kinds", (int)c->loss,
+                         (int)c->task);
+    if (!(c->smooth_l1_beta >= 0) || !isfinite(c->smooth_l1_beta))
+        return kn__error(KN_ERR_VALUE, "smooth_l1 beta: expected a finite number >= 0, got %g",
+                         c->smooth_l1_beta);
+    if (!(c->huber_delta > 0) || !isfinite(c->huber_delta))
+        return kn__error(KN_ERR_VALUE, "huber delta: expected a finite number > 0, got %g",
+                         c->huber_delta);
+    const struct {
+        const char *name;
+        const float *values;
+        int64_t count;
+    } weights[2] = {{"class_weight", c->class_weight, c->class_weight_count},
+                    {"pos_weight", c->pos_weight, c->pos_weight_count}};
+    for (int k = 0; k < 2; k++) {
+        if (weights[k].count < 0 || (weights[k].count > 0 && !weights[k].values))
+            return kn__error(KN_ERR_VALUE, "%s: %lld values but no array", weights[k].name,
+                             (long long)weights[k].count);
+        for (int64_t i = 0; weights[k].values && i < weights[k].count; i++)
+            if (!(weights[k].values[i] >= 0) || !isfinite(weights[k].values[i]))
+                return kn__error(KN_ERR_VALUE, "%s[%lld]: expected a finite number >= 0, got %g",
+                                 weights[k].name, (long long)i, (double)weights[k].values[i]);
+    }
     return KN_OK;
 }
 
@@ -120,8 +147,48 @@ int64_t kn_trainer_step(const kn_trainer *t)
 
 /* ---- losses ------------------------------------------------------------------------ */
 
-/* One-hot float targets [N, C] for the losses that compare with probabilities. */
-static kn_tensor *one_hot(kn_tensor *labels, const kn_tensor *logits)
+kn_task kn_task_of_loss(kn_loss_kind loss)
+{
+    switch (loss) {
+    case KN_LOSS_CROSS_ENTROPY:
+    case KN_LOSS_NLL:
+        return KN_TASK_CLASSIFICATION;
+    case KN_LOSS_BCE_WITH_LOGITS:
+        return KN_TASK_MULTILABEL;
+    case KN_LOSS_MSE:
+    case KN_LOSS_L1:
+    case KN_LOSS_SMOOTH_L1:
+    case KN_LOSS_HUBER:
+        break;
+    }
+    return KN_TASK_REGRESSION;
+}
+
+const char *kn_task_name(kn_task task)
+{
+    switch (task) {
+    case KN_TASK_CLASSIFICATION:
+        return "classification";
+    case KN_TASK_REGRESSION:
+        return "regression";
+    case KN_TASK_MULTILABEL:
+        return "multilabel";
+    case KN_TASK_AUTO:
+        break;
+    }
+    return "auto";
+}
+
+const char *kn_loss_name(kn_loss_kind loss)
+{
+    static const char *const names[] = {"cross_entropy", "nll",  "mse", "bce_with_logits", "l1",
+                                        "smooth_l1",     "huber"};
+    return (unsigned)loss < sizeof names / sizeof names[0] ? names[loss] : "unknown";
+}
+
+/* Float targets [N, K] for the losses that compare values: one-hot rows for [N, C] outputs,
+ * or the 0/1 labels themselves for one output (binary bce). */
+static kn_tensor *class_targets(kn_tensor *labels, const kn_tensor *logits)
 {
     if (logits->ndim != 2)
         return kn__error_null(KN_ERR_SHAPE,
@@ -137,103 +204,104 @@ static kn_tensor *one_hot(kn_tensor *labels, const kn_tensor *logits)
     if (!cpu_labels || !target) return NULL;
     const int64_t *l = kn_data_i64(cpu_labels);
     float *dst = kn_data_f32(target);
+    int64_t classes = c == 1 ? 2 : c; /* one output: a binary label, 0 or 1 */
     for (int64_t i = 0; i < n; i++) {
-        if (l[i] < 0 || l[i] >= c)
-            return kn__error_null(KN_ERR_VALUE,
-                                  "loss: label %lld of sample %lld is outside "
-                                  "[0, %lld)",
-                                  (long long)l[i], (long long)i, (long long)c);
-        dst[i * c + l[i]] = 1.0f;
+        if (l[i] < 0 || l[i] >= classes)
+            return kn__error_null(KN_ERR_VALUE, "loss: label %lld out of range for %lld classes",
+                                  (long long)l[i], (long long)classes);
+        if (c == 1)
+            dst[i] = (float)l[i];
+        else
+            dst[i * c + l[i]] = 1.0f;
     }
-    return kn_to(target, logits->device);
+    return logits->device.type == KN_DEVICE_CPU ? target : kn_to(target, logits->device);
+}
+
+/* A borrowed float array as a tensor on device (NULL when there is none). */
+static kn_tensor *weights_on(const float *values, int64_t count, kn_device device, bool *failed)
+{
+    *failed = false;
+    if (!values || count <= 0) return NULL;
+    kn_tensor *t = kn_from_floats(values, &count, 1);
+    if (t && device.type != KN_DEVICE_CPU) t = kn_to(t, device);
+    *failed = t == NULL;
+    return t;
+}
+
+kn_tensor *kn_train_loss_config(const kn_train_config *c, kn_tensor *outputs, kn_tensor *labels)
+{
+    if (!c) return kn__error_null(KN_ERR_NULL, "loss: config is NULL");
+    if (!outputs || !labels) return NULL; /* the error of the op that failed stands */
+    bool failed = false;
+    if (labels->dtype == KN_INT64) {
+        switch (c->loss) {
+        case KN_LOSS_CROSS_ENTROPY:
+        case KN_LOSS_NLL: {
+            kn_tensor *w =
+                weights_on(c->class_weight, c->class_weight_count, outputs->device, &failed);
+            if (failed) return NULL;
+            return c->loss == KN_LOSS_CROSS_ENTROPY
+                       ? kn_cross_entropy_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
+                                                   KN_DEFAULT_IGNORE_INDEX, c->label_smoothing)
+                       : kn_nll_loss_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
+                                              KN_DEFAULT_IGNORE_INDEX);
+        }
+        case KN_LOSS_MSE:
+        case KN_LOSS_BCE_WITH_LOGITS:
+            labels = class_targets(labels, outputs);
+            if (!labels) return NULL;
+            break;
+        default:
+            return kn__error_null(KN_ERR_VALUE,
+                                  "loss: %s compares float targets, not class labels (int64)",
+                                  kn_loss_name(c->loss));
+        }
+    } else if (c->loss == KN_LOSS_CROSS_ENTROPY || c->loss == KN_LOSS_NLL) {
+        return kn__error_null(KN_ERR_DTYPE, "loss: %s takes int64 class labels, got %s targets %s",
+                              kn_loss_name(c->loss), kn_dtype_name(labels->dtype),
+                              kn__shape(labels));
+    } else if (labels->ndim == 1 && outputs->ndim == 2 && outputs->shape[1] == 1 &&
+               labels->shape[0] == outputs->shape[0]) {
+        /* targets [N] for outputs [N, 1]: never broadcast to [N, N] */
+        labels = kn_reshape(labels, KN_SHAPE(labels->shape[0], 1));
+    }
+    switch (c->loss) {
+    case KN_LOSS_MSE:
+        return kn_mse_loss(outputs, labels, KN_REDUCTION_MEAN);
+    case KN_LOSS_L1:
+        return kn_l1_loss(outputs, labels, KN_REDUCTION_MEAN);
+    case KN_LOSS_SMOOTH_L1:
+        return kn_smooth_l1_loss(outputs, labels, KN_REDUCTION_MEAN, c->smooth_l1_beta);
+    case KN_LOSS_HUBER:
+        return kn_huber_loss(outputs, labels, KN_REDUCTION_MEAN, c->huber_delta);
+    case KN_LOSS_BCE_WITH_LOGITS: {
+        kn_tensor *pw = weights_on(c->pos_weight, c->pos_weight_count, outputs->device, &failed);
+        if (failed) return NULL;
+        return kn_binary_cross_entropy_with_logits_pos_weight(outputs, labels, pw,
+                                                              KN_REDUCTION_MEAN);
+    }
+    default:
+        break;
+    }
+    return kn__error_null(KN_ERR_VALUE, "loss: unknown kind %d", (int)c->loss);
 }
 
 kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels,
                          double label_smoothing)
 {
-    if (!logits || !labels) return NULL;
-    switch (loss) {
-    case KN_LOSS_CROSS_ENTROPY:
-        return kn_cross_entropy(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX,
-                                label_smoothing);
-    case KN_LOSS_NLL:
-        return kn_nll_loss(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX);
-    case KN_LOSS_MSE:
-        return kn_mse_loss(logits, one_hot(labels, logits), KN_REDUCTION_MEAN);
-    case KN_LOSS_BCE_WITH_LOGITS:
-        return kn_binary_cross_entropy_with_logits(logits, one_hot(labels, logits),
-                                                   KN_REDUCTION_MEAN);
-    }
-    return kn__error_null(KN_ERR_VALUE, "loss: unknown kind %d", (int)loss);
+    kn_train_config c = kn_train_config_defaults();
+    c.loss = loss;
+    c.label_smoothing = label_smoothing;
+    return kn_train_loss_config(&c, logits, labels);
 }
 
-/* ---- evaluation -------------------------------------------------------------------- */
-
-static kn_device model_device(kn_module *model)
+kn_device kn__module_device(kn_module *model)
 {
     int n = 0;
     kn_named_tensor *p = kn_module_state_dict(model, &n);
     kn_device d = n > 0 && p ? p[0].tensor->device : kn_cpu();
     free(p);
     return d;
-}
-
-/* Sums the loss (weighted by batch size) and correct predictions of one batch. */
-static kn_status eval_batch(kn_module *model, kn_tensor *x, kn_tensor *y, kn_loss_kind loss,
-                            double *loss_sum, int64_t *correct)
-{
-    kn_tensor *logits = kn_module_forward(model, x);
-    kn_tensor *l = kn_train_loss(loss, logits, y, 0.0);
-    if (!l) return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
-    *loss_sum += (double)kn_item(l) * (double)y->shape[0];
-    if (logits->ndim == 2) {
-        kn_tensor *pred = kn_contiguous(kn_to(kn_argmax(logits, 1, false), kn_cpu()));
-        kn_tensor *yc = kn_contiguous(kn_to(y, kn_cpu()));
-        if (!pred || !yc) return kn_last_status();
-        const int64_t *p = kn_data_i64(pred), *t = kn_data_i64(yc);
-        for (int64_t i = 0; i < y->shape[0]; i++) *correct += p[i] == t[i];
-    }
-    return KN_OK;
-}
-
-kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
-                      kn_eval_result *result)
-{
-    if (!model || !ds || !result)
-        return kn__error(KN_ERR_NULL, "kn_evaluate: model, dataset and result are required");
-    if (ds->count <= 0) return kn__error(KN_ERR_VALUE, "evaluate: the dataset is empty");
-    if (batch_size <= 0) batch_size = 1000;
-    bool was_training = model->training;
-    kn_module_train(model, false);
-    kn_no_grad_begin();
-    kn_device device = model_device(model);
-    double loss_sum = 0;
-    int64_t correct = 0;
-    kn_status st = KN_OK;
-    kn_scope_begin();
-    kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
-    int64_t batches = kn_batches_per_epoch(ds->count, batch_size, false);
-    if (!order) st = kn_last_status();
-    for (int64_t b = 0; st == KN_OK && b < batches; b++) {
-        kn_scope_begin();
-        kn_tensor *x = NULL, *y = NULL;
-        st = kn_dataset_batch(ds, order, b, batch_size, &x, &y);
-        if (st == KN_OK && device.type != KN_DEVICE_CPU) {
-            x = kn_to(x, device);
-            y = kn_to(y, device);
-        }
-        if (st == KN_OK) st = eval_batch(model, x, y, loss, &loss_sum, &correct);
-        kn_scope_end();
-    }
-    kn_scope_end();
-    kn_no_grad_end();
-    kn_module_train(model, was_training);
-    if (st != KN_OK) return st;
-    memset(result, 0, sizeof *result);
-    result->count = ds->count;
-    result->loss = loss_sum / (double)ds->count;
-    result->accuracy = (double)correct / (double)ds->count;
-    return KN_OK;
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */
@@ -306,7 +374,7 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         kn_tensor *x = NULL, *y = NULL;
         if ((st = load_batch(rs, order, &x, &y)) != KN_OK) return step_error(st, step_no);
         rs->samples += y->shape[0];
-        loss = kn_train_loss(c->loss, kn_module_forward(t->model, x), y, c->label_smoothing);
+        loss = kn_train_loss_config(c, kn_module_forward(t->model, x), y);
         if (!loss) return step_error(kn_last_status(), step_no);
         /* the host gathers the next batch while the device computes the loss */
         kn__train_cuda_prefetch(rs->cuda, order, t->epoch, t->batch_in_epoch + 1);
@@ -362,14 +430,16 @@ static kn_status run_eval(run_state *rs, int64_t epoch)
 {
     kn_trainer *t = rs->t;
     kn_eval_result r;
-    kn_status st =
-        kn_evaluate(t->model, rs->validation, t->config.loss, t->config.eval_batch_size, &r);
+    kn_status st = kn_evaluate_config(t->model, rs->validation, &t->config, &r);
     if (st != KN_OK) return st;
     r.step = t->step;
     r.epoch = epoch;
     rs->last_eval_step = t->step;
     rs->summary->has_validation = true;
     rs->summary->final_validation = r;
+    /* the arrays are the callback's to copy: the summary keeps the numbers */
+    rs->summary->final_validation.confusion = NULL;
+    rs->summary->final_validation.label_f1 = NULL;
     if (t->config.early_stopping_patience > 0) {
         if (r.loss < t->best_val_loss - t->config.early_stopping_min_delta) {
             t->best_val_loss = r.loss;
@@ -378,8 +448,9 @@ static kn_status run_eval(run_state *rs, int64_t epoch)
             rs->stop_early = true;
         }
     }
-    if (rs->cb && rs->cb->on_eval) return rs->cb->on_eval(rs->cb->context, &r);
-    return KN_OK;
+    if (rs->cb && rs->cb->on_eval) st = rs->cb->on_eval(rs->cb->context, &r);
+    kn_eval_result_clear(&r);
+    return st;
 }
 
 static bool planned_done(const run_state *rs)
@@ -436,13 +507,16 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
     memset(summary, 0, sizeof *summary);
     if (!t || !train)
         return kn__error(KN_ERR_NULL, "kn_trainer_run: trainer and training data are required");
+    if (!train->labels || (validation && !validation->labels))
+        return kn__error(KN_ERR_VALUE, "train: the %s data has no labels",
+                         train->labels ? "validation" : "training");
     const kn_train_config *c = &t->config;
     run_state rs = {.t = t,
                     .train = train,
                     .validation = validation,
                     .cb = callbacks,
                     .summary = summary,
-                    .device = model_device(t->model),
+                    .device = kn__module_device(t->model),
                     .last_eval_step = -1};
     rs.bpe = kn_batches_per_epoch(train->count, c->batch_size, c->drop_last);
     if (rs.bpe <= 0)
@@ -492,13 +566,13 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
     return st;
 }
 
-/* Points the dropout modules of m that have no generator at gen, recording them in lent
- * (up to capacity). Returns how many there are (capacity 0: only counts them). */
+/* Points the modules of m that draw random numbers (KN_LAYER_RANDOM: dropout, and the
+ * recurrent layers' dropout between layers) and have no generator at gen, recording them
+ * in lent (up to capacity). Returns how many there are (capacity 0: only counts them). */
 static int lend_generator(kn_module *m, kn_generator *gen, kn_module **lent, int capacity, int n)
 {
     if (!m) return n;
-    bool draws = m->kind == KN_MODULE_DROPOUT || (m->layer->flags & KN_LAYER_RANDOM);
-    if (draws && !m->dropout_generator) {
+    if ((m->layer->flags & KN_LAYER_RANDOM) && !m->dropout_generator) {
         if (n < capacity) {
             m->dropout_generator = gen;
             lent[n] = m;

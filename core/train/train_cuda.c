@@ -50,7 +50,7 @@
 
 typedef struct staging_slot {
     float *x;                   /* pinned: batch_size x row floats */
-    int64_t *y;                 /* pinned: batch_size labels */
+    void *y;                    /* pinned: batch_size samples' labels (their dtype) */
     void *event;                /* recorded after the copies that read this slot */
     bool pending;               /* event recorded since the last wait */
     int64_t epoch, batch, rows; /* what it holds; batch -1: nothing */
@@ -64,6 +64,7 @@ struct kn__train_cuda {
     kn_device device;
     const kn_cuda_host *h;
     int64_t batch_size, row, bpe;
+    size_t label_bytes; /* one sample's labels */
     staging_slot slots[STAGING_SLOTS];
     int last_slot;
     /* the graph */
@@ -99,7 +100,9 @@ static void decide_graph(kn__train_cuda *tc)
     const char *why = kn_layer_host_bound(tc->t->model);
     if (why) return graph_off(tc, why);
     if (c->loss != KN_LOSS_CROSS_ENTROPY && c->loss != KN_LOSS_NLL)
-        return graph_off(tc, "mse and bce_with_logits build their one-hot targets on the cpu");
+        return graph_off(tc, "only cross_entropy and nll are captured (the other losses build "
+                             "their targets or weights on the host)");
+    if (c->class_weight) return graph_off(tc, "class weights normalise the mean on the host");
     /* one full batch must come at least WARMUP_STEPS + 1 times */
     if (tc->train->count < tc->batch_size) return graph_off(tc, "no full batch");
     tc->grads = calloc((size_t)(tc->t->n_params > 0 ? tc->t->n_params : 1), sizeof *tc->grads);
@@ -129,6 +132,14 @@ static int64_t row_elements(const kn_dataset *ds)
     return n;
 }
 
+/* The bytes of one sample's labels: an int64 class, or a row of float targets. */
+static size_t label_bytes(const kn_dataset *ds)
+{
+    size_t n = kn_dtype_size(ds->labels->dtype);
+    for (int d = 1; d < ds->labels->ndim; d++) n *= (size_t)ds->labels->shape[d];
+    return n;
+}
+
 static kn_status host_error(const char *message)
 {
     return kn__cuda_error(message);
@@ -153,6 +164,7 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
     tc->h = h;
     tc->batch_size = t->config.batch_size;
     tc->row = row_elements(train);
+    tc->label_bytes = label_bytes(train);
     tc->bpe = batches_per_epoch;
     tc->last_slot = STAGING_SLOTS - 1;
     /* a batch is never larger than the dataset */
@@ -162,7 +174,7 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
         staging_slot *s = &tc->slots[i];
         s->batch = -1;
         error = h->host_alloc((size_t)(rows * tc->row) * sizeof(float), (void **)&s->x);
-        if (!error) error = h->host_alloc((size_t)rows * sizeof(int64_t), (void **)&s->y);
+        if (!error) error = h->host_alloc((size_t)rows * tc->label_bytes, &s->y);
         if (!error) error = h->event_new(device.index, &s->event);
     }
     if (error) {
@@ -251,7 +263,7 @@ static kn_status upload(kn__train_cuda *tc, staging_slot *s, kn_tensor *x, kn_te
     const char *error =
         h->copy_h2d_async(dev, kn__data_ptr(x), s->x, (size_t)(s->rows * tc->row) * sizeof(float));
     if (!error)
-        error = h->copy_h2d_async(dev, kn__data_ptr(y), s->y, (size_t)s->rows * sizeof(int64_t));
+        error = h->copy_h2d_async(dev, kn__data_ptr(y), s->y, (size_t)s->rows * tc->label_bytes);
     kn_status st = host_error(error);
     /* even after a failed copy the first one may be queued: the slot is busy until the
      * event passes, or, without an event, until the device is idle */
@@ -274,7 +286,12 @@ kn_status kn__train_cuda_batch(kn__train_cuda *tc, kn_tensor *order, int64_t epo
     memcpy(shape, tc->train->inputs->shape, sizeof shape);
     shape[0] = s->rows;
     kn_tensor *xd = kn__empty_raw(shape, tc->train->inputs->ndim, KN_FLOAT32, tc->device);
-    kn_tensor *yd = xd ? kn__empty_raw(&s->rows, 1, KN_INT64, tc->device) : NULL;
+    int64_t yshape[KN_MAX_DIMS];
+    memcpy(yshape, tc->train->labels->shape, sizeof yshape);
+    yshape[0] = s->rows;
+    kn_tensor *yd =
+        xd ? kn__empty_raw(yshape, tc->train->labels->ndim, tc->train->labels->dtype, tc->device)
+           : NULL;
     st = yd ? upload(tc, s, xd, yd) : kn_last_status();
     if (st != KN_OK) {
         kn_release(xd);
@@ -319,14 +336,15 @@ static void record_step(kn__train_cuda *tc, const staging_slot *s, char *why, si
     if (logits) {
         /* the loss trusts the labels while capturing (ops_loss.c): check them here */
         tc->classes = logits->shape[1];
+        const int64_t *y = s->y; /* a captured run has class labels (decide_graph) */
         for (int64_t j = 0; j < s->rows; j++)
-            if (s->y[j] < 0 || s->y[j] >= tc->classes) {
-                snprintf(why, size, "label %lld of the batch is outside [0, %lld)",
-                         (long long)s->y[j], (long long)tc->classes);
+            if (y[j] < 0 || y[j] >= tc->classes) {
+                snprintf(why, size, "label %lld of the batch is outside [0, %lld)", (long long)y[j],
+                         (long long)tc->classes);
                 return;
             }
     }
-    kn_tensor *loss = kn_train_loss(c->loss, logits, tc->y_in, c->label_smoothing);
+    kn_tensor *loss = kn_train_loss_config(c, logits, tc->y_in);
     kn_tensor *flag = NULL;
     bool ok = loss && kn_backward(loss, NULL, false) == KN_OK;
     if (ok && tc->with_flag) {
@@ -455,8 +473,9 @@ kn_status kn__train_cuda_graph_step(kn__train_cuda *tc, kn_tensor *order, int64_
     if (tc->state == GRAPH_WARMING) {
         if (!capture(tc, s)) return KN_OK; /* eager, from the same staged batch */
     } else {
+        const int64_t *y = s->y;
         for (int64_t j = 0; j < rows; j++) /* the eager step reports a bad label */
-            if (s->y[j] < 0 || s->y[j] >= tc->classes) return KN_OK;
+            if (y[j] < 0 || y[j] >= tc->classes) return KN_OK;
         /* the parameters' gradients are the graph's again (an eager step may have made
          * its own), so the optimizer reads what the replay writes */
         for (int i = 0; i < t->n_params; i++) {

@@ -11,6 +11,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,17 +114,24 @@ void fuzz_check_dataset(kn_tensor *inputs, kn_tensor *labels)
     if ((!inputs || !labels) && (given->ndim < 1 || given->shape[0] > kn_numel(given) + 4096))
         return;
     kn_scope_begin();
-    if (!inputs && labels->ndim == 1) inputs = kn_zeros(KN_SHAPE(labels->shape[0], 1), KN_FLOAT32);
+    if (!inputs && labels->ndim >= 1) inputs = kn_zeros(KN_SHAPE(labels->shape[0], 1), KN_FLOAT32);
     if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
     kn_clear_error();
     kn_dataset *ds = kn_dataset_new(inputs, labels);
     if (ds) {
         FUZZ_CHECK(ds->count == inputs->shape[0] && ds->count >= 1, "dataset of %lld samples",
                    (long long)ds->count);
-        const int64_t *y = kn__data_ptr(ds->labels);
-        for (int64_t i = 0; i < ds->count; i++)
-            FUZZ_CHECK(y[i] >= 0 && y[i] < ds->num_classes, "label %lld outside [0, %lld)",
-                       (long long)y[i], (long long)ds->num_classes);
+        if (ds->labels->dtype == KN_INT64) {
+            const int64_t *y = kn__data_ptr(ds->labels);
+            for (int64_t i = 0; i < ds->count; i++)
+                FUZZ_CHECK(y[i] >= 0 && y[i] < ds->num_classes, "label %lld outside [0, %lld)",
+                           (long long)y[i], (long long)ds->num_classes);
+        } else {
+            /* float targets: finite, as the dataset checks them */
+            const float *y = kn__data_ptr(ds->labels);
+            for (int64_t i = 0; i < kn_numel(ds->labels); i++)
+                FUZZ_CHECK(isfinite(y[i]), "target %lld is %g", (long long)i, (double)y[i]);
+        }
         kn_dataset_free(ds);
     } else {
         fuzz_check_kn_error("kn_dataset_new");

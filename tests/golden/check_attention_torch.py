@@ -10,13 +10,11 @@ an input and torch's output) for Kiln to load strictly. The configurations are t
 test's:
     tel: d_model 16, nhead 4, dim_feedforward 24, gelu, norm_first, causal, eval mode
     mha: embed_dim 16, num_heads 2, causal
-Safetensors are read and written by hand (no safetensors package on Debian).
+Safetensors are read and written by tests/golden/torch_safetensors.py.
 
 Usage: /usr/bin/python3 check_attention_torch.py DIR    (exit status 77: no torch)
 """
-import json
 import os
-import struct
 import sys
 
 try:
@@ -25,33 +23,7 @@ except ImportError:
     print("check_attention_torch: torch is not installed")
     sys.exit(77)
 
-
-def load(path):
-    data = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-    header.pop("__metadata__", None)
-    body, out = data[8 + n:], {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        assert info["dtype"] == "F32", f"{name}: {info['dtype']}"
-        out[name] = torch.frombuffer(bytearray(body[begin:end]),
-                                     dtype=torch.float32).reshape(info["shape"]).clone()
-    return out
-
-
-def save(path, tensors):
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        raw = tensors[name].detach().contiguous().to(torch.float32).numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+from torch_safetensors import load, save  # noqa: E402  (after torch: exit 77 first)
 
 
 def causal(t):

@@ -16,8 +16,6 @@ ModuleList of blocks, the head's weight tied to the embedding's), and three chec
 
 Exit status 0 when the check holds, 1 (with a message) when not, 77 without torch.
 """
-import json
-import struct
 import sys
 
 try:
@@ -26,6 +24,8 @@ try:
 except ImportError:
     print("check_graph_torch: torch is not installed")
     sys.exit(77)
+
+from torch_safetensors import load, save  # noqa: E402  (after torch: exit 77 first)
 
 T, C, HEADS, VOCAB = 8, 16, 2, 20
 
@@ -135,38 +135,6 @@ MODELS = {"tiny-lm": TinyLM, "gpt": GPT}
 def fail(message):
     print("check_graph_torch: " + message)
     sys.exit(1)
-
-
-DTYPES = {"F32": torch.float32, "I64": torch.int64}
-
-
-def load(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, e in header.items():
-        a, b = e["data_offsets"]
-        t = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=DTYPES[e["dtype"]])
-        out[name] = t.reshape(e["shape"])
-    return out
-
-
-def save(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().contiguous()
-        data = t.numpy().tobytes()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        header[name] = {"dtype": dtype, "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def main():

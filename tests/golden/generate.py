@@ -368,6 +368,63 @@ case("nll_loss_ignore_index", inputs(log_probs=R(6, 4), target=IGNORED),
 case("nll_loss_3d", inputs(log_probs=R(2, 4, 3), target=I(4, 2, 3)),
      lambda log_probs, target: F.nll_loss(log_probs, target))
 
+# Regression losses: both input and target are differentiable, as in PyTorch. Inputs are
+# drawn at twice the unit scale so both branches of smooth_l1 / huber are taken.
+def R2(*shape):
+    return lambda: randn(*shape) * 2
+
+
+for red in REDUCTIONS:
+    case("l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.l1_loss(input, target, reduction=red))
+    case("smooth_l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.smooth_l1_loss(input, target, reduction=red))
+    case("huber_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.huber_loss(input, target, reduction=red))
+    case("cross_entropy_weighted_" + red,
+         inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda logits, target, weight, red=red: F.cross_entropy(
+             logits, target, weight=weight, reduction=red), nograd={"weight"})
+    case("nll_loss_weighted_" + red,
+         inputs(log_probs=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda log_probs, target, weight, red=red: F.nll_loss(
+             log_probs, target, weight=weight, reduction=red), nograd={"weight"})
+    case("bce_logits_pos_weight_" + red,
+         inputs(logits=R2(3, 4), target=lambda: torch.rand(3, 4), pos_weight=P(4)),
+         lambda logits, target, pos_weight, red=red: F.binary_cross_entropy_with_logits(
+             logits, target, pos_weight=pos_weight, reduction=red), nograd={"pos_weight"})
+case("smooth_l1_loss_beta_0_5", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.5))
+case("smooth_l1_loss_beta_0", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.0))
+case("huber_loss_delta_2", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.huber_loss(input, target, delta=2.0))
+# A regression head [N, 1] against targets [N, 1] of another scale.
+case("mse_loss_column", inputs(input=R(5, 1), target=lambda: randn(5, 1) * 50 + 150),
+     lambda input, target: F.mse_loss(input, target))
+# Binary classification: one logit, 0/1 targets; multi-label [N, K] with a pos_weight of 1
+# element (broadcast over every label).
+case("bce_logits_binary", inputs(logits=R2(6, 1), target=lambda: torch.randint(0, 2, (6, 1)).float()),
+     lambda logits, target: F.binary_cross_entropy_with_logits(logits, target),
+     nograd={"target"})
+case("bce_logits_multilabel_pos_weight_1",
+     inputs(logits=R2(4, 3), target=lambda: torch.randint(0, 2, (4, 3)).float(),
+            pos_weight=lambda: torch.tensor([3.0])),
+     lambda logits, target, pos_weight: F.binary_cross_entropy_with_logits(
+         logits, target, pos_weight=pos_weight), nograd={"target", "pos_weight"})
+case("cross_entropy_weighted_smoothing",
+     inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.2), nograd={"weight"})
+case("cross_entropy_weighted_ignore",
+     inputs(logits=R(6, 4), target=IGNORED, weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight),
+     nograd={"weight"})
+case("cross_entropy_weighted_3d",
+     inputs(logits=R(2, 4, 3), target=I(4, 2, 3), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.1), nograd={"weight"})
+
 # ---- views and joins -------------------------------------------------------------------------
 
 case("view", inputs(a=R(2, 6)), lambda a: a.view(3, 4))
@@ -489,6 +546,123 @@ case("embedding_noncontig_indices", inputs(weight=R(5, 3),
      lambda weight, ibase: F.embedding(ibase.t(), weight))
 
 
+# ---- rnn (issue 12) --------------------------------------------------------------------------
+# One layer of nn.LSTM / nn.GRU as Kiln's ops kn_lstm / kn_gru (batch first, with initial
+# states; a reverse direction is the forward one over the flipped sequence), and whole
+# modules through torch._VF.lstm / gru (what nn.LSTM.forward calls) with the parameters
+# as inputs under their state_dict names, so the C side loads them into a module.
+
+def small(*shape):
+    return lambda: torch.randn(shape) * 0.4
+
+
+def vf_lstm(x, h0, c0, params, bias=True, layers=1, dropout=0.0, train=False, bidir=False,
+            batch_first=True):
+    return torch._VF.lstm(x, (h0, c0), params, bias, layers, dropout, train, bidir, batch_first)
+
+
+def vf_gru(x, h0, params, bias=True, layers=1, dropout=0.0, train=False, bidir=False,
+           batch_first=True):
+    return torch._VF.gru(x, h0, params, bias, layers, dropout, train, bidir, batch_first)
+
+
+def lstm_layer(reverse):
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        xs = x.flip(1) if reverse else x
+        out = vf_lstm(xs, h0[None], c0[None], [w_ih, w_hh, b_ih, b_hh])[0]
+        return out.flip(1) if reverse else out
+    return fn
+
+
+def gru_layer(reverse, bias=True):
+    def fn(x, h0, w_ih, w_hh, *biases):
+        xs = x.flip(1) if reverse else x
+        out = vf_gru(xs, h0[None], [w_ih, w_hh, *biases], bias=bias)[0]
+        return out.flip(1) if reverse else out
+    return fn
+
+
+LSTM_LAYER = dict(x=R(3, 5, 4), h0=R(3, 6), c0=R(3, 6), w_ih=small(24, 4), w_hh=small(24, 6),
+                  b_ih=small(24), b_hh=small(24))
+GRU_LAYER = dict(x=R(3, 5, 4), h0=R(3, 6), w_ih=small(18, 4), w_hh=small(18, 6), b_ih=small(18),
+                 b_hh=small(18))
+case("lstm_layer", inputs(**LSTM_LAYER), lstm_layer(False))
+case("lstm_layer_reverse", inputs(**LSTM_LAYER), lstm_layer(True))
+case("gru_layer", inputs(**GRU_LAYER), gru_layer(False))
+case("gru_layer_reverse", inputs(**GRU_LAYER), gru_layer(True))
+case("gru_layer_nobias", inputs(x=R(2, 4, 3), h0=R(2, 5), w_ih=small(15, 3), w_hh=small(15, 5)),
+     gru_layer(False, bias=False))
+# saturated gates (pre-activations of tens): sigmoid and tanh at their flat ends
+case("lstm_layer_large", inputs(**dict(LSTM_LAYER, x=big(15, 3, 5, 4))), lstm_layer(False))
+case("gru_layer_large", inputs(**dict(GRU_LAYER, x=big(15, 3, 5, 4))), gru_layer(True))
+
+
+def rnn_module(name, mode, x, hidden, x_view=None, output="sequence", train=False, **kw):
+    """A case for a whole nn.LSTM / nn.GRU: input "x" (the module gets x_view(x)), and
+    the parameters of a freshly made module under their state_dict names."""
+    cls = torch.nn.LSTM if mode == "lstm" else torch.nn.GRU
+    layers, bidir = kw.get("num_layers", 1), kw.get("bidirectional", False)
+    batch_first, bias = kw.get("batch_first", False), kw.get("bias", True)
+    D = 2 if bidir else 1
+
+    def make():
+        values = {"x": x()}
+        module = cls(values["x"].shape[-1], hidden, **kw)
+        values.update((k, v.detach().clone()) for k, v in module.named_parameters())
+        return values
+
+    def fn(x, *params):
+        xin = x_view(x) if x_view else x
+        n = xin.shape[0 if batch_first else 1]
+        h0 = torch.zeros(layers * D, n, hidden)
+        args = dict(bias=bias, layers=layers, dropout=kw.get("dropout", 0.0), train=train,
+                    bidir=bidir, batch_first=batch_first)
+        if mode == "lstm":
+            out, h, _ = vf_lstm(xin, h0, h0, list(params), **args)
+        else:
+            out, h = vf_gru(xin, h0, list(params), **args)
+        if output == "last":  # the final hidden state of each direction: h_n[-D:]
+            return torch.cat([h[i] for i in range(layers * D - D, layers * D)], -1)
+        return out
+
+    case(name, make, fn)
+
+
+rnn_module("lstm_module_2layer_bidir", "lstm", R(2, 5, 3), 4, num_layers=2, bidirectional=True,
+           batch_first=True)
+rnn_module("gru_module_2layer_bidir", "gru", R(2, 5, 3), 4, num_layers=2, bidirectional=True,
+           batch_first=True)
+rnn_module("lstm_module_3layer_nobias", "lstm", R(3, 4, 2), 3, num_layers=3, bias=False,
+           batch_first=True)
+# x [T, N, F] given as x.transpose(0, 1): a batch-first input that is not contiguous
+rnn_module("lstm_module_noncontig", "lstm", R(6, 2, 3), 5, x_view=lambda x: x.transpose(0, 1),
+           batch_first=True)
+rnn_module("gru_module_noncontig", "gru", R(6, 2, 3), 5, x_view=lambda x: x.transpose(0, 1),
+           num_layers=2, batch_first=True)
+# torch's default layout, [T, N, F] (a module made in C with batch_first false)
+rnn_module("gru_module_seq_first", "gru", R(5, 2, 3), 4, bidirectional=True)
+# dropout 1 between layers in training: deterministic (the second layer sees zeros)
+rnn_module("lstm_module_dropout1_train", "lstm", R(2, 4, 3), 3, num_layers=2, dropout=1.0,
+           train=True, batch_first=True)
+rnn_module("lstm_module_last_bidir", "lstm", R(3, 5, 2), 4, output="last", num_layers=2,
+           bidirectional=True, batch_first=True)
+rnn_module("gru_module_last", "gru", R(3, 5, 2), 4, output="last", batch_first=True)
+
+
+def rnn_init(cls, seed, *args, **kw):
+    """The parameters of cls(*args, **kw) made right after torch.manual_seed(seed)."""
+    def fn():
+        torch.manual_seed(seed)
+        module = cls(*args, **kw)
+        values = {k: v.detach().clone() for k, v in module.named_parameters()}
+        values["out"] = values["weight_ih_l0"]
+        return values
+    return fn
+
+
+case("lstm_init", inputs(), rnn_init(torch.nn.LSTM, 1234, 3, 5, num_layers=2,
+                                     bidirectional=True))
+case("gru_init", inputs(), rnn_init(torch.nn.GRU, 99, 4, 7, bias=False))
 # ---- graph (issue 12) ---------------------------------------------------------------------------
 # The structure nodes of graph specs on batched tensors (dim 0 is the batch), as torch's
 # functions; several outputs are combined into "out" the way the C test combines them.

@@ -5,7 +5,8 @@
  * a request gives several inputs by name in any order, INT64 inputs stay exact, outputs
  * can be chosen by name, and the values are the model's own (computed here through the
  * engine); a chain with an embedding first takes INT64 too. Bad requests get a 400
- * naming the input or output at fault.
+ * naming the input or output at fault; weights whose preprocessing does not fit the
+ * model (several inputs) are refused when they load.
  */
 #define _GNU_SOURCE
 #include "kn_test_http.h"
@@ -266,4 +267,30 @@ Test(server_graph, a_chain_with_an_embedding_takes_int64_indices)
     cr_expect_str_eq(cJSON_GetObjectItem(out, "name")->valuestring, "output");
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItem(out, "data")), 3);
     cJSON_Delete(doc);
+}
+
+/* A job's preprocessing is of its one float32 input (a dataset feeds one): weights that
+ * carry one for a model of several inputs are refused when the version loads, with a
+ * message, rather than scaling the wrong input or the token indices. */
+Test(server_graph, a_preprocessing_for_a_model_of_several_inputs_is_refused)
+{
+    cJSON_Delete(json_reply("POST", "/v1/models", TWO_INPUTS, 201));
+    char id[40], path[700];
+    kn_test_server_add_version(&T, "two", TWO_INPUTS, 3, id);
+    snprintf(path, sizeof path, "%s/jobs/%s/model.safetensors", T.config.data_dir, id);
+    kapi_errors errors = {0};
+    kapi_model_spec *spec = kapi_model_spec_parse(TWO_INPUTS, strlen(TWO_INPUTS), &errors);
+    cr_assert_not_null(spec);
+    kn_module *module = kn_test_build_model(TWO_INPUTS, 3);
+    kapi_preprocessing scaled = {.scale = 0.5, .task = KN_TASK_CLASSIFICATION};
+    cr_assert(kapi_save_weights(module, path, &scaled, spec, &errors), "%s",
+              errors.count ? errors.items[0].message : "");
+    kn_module_free(module);
+    kapi_model_spec_free(spec);
+    kn_test_reply r = request("POST", "/v2/models/two/infer", INFER_BODY);
+    cr_expect_eq(r.status, 500, "status %d: %s", r.status, r.body);
+    cr_expect(strstr(r.body, "preprocessing (kiln.preprocessing) is of one float32 input, but "
+                             "the model has 2 inputs"),
+              "%s", r.body);
+    kn_test_reply_free(&r);
 }

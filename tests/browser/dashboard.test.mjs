@@ -66,7 +66,10 @@ async function setup(nJobs = 2) {
   const steps = Number(process.env.KILN_DASHBOARD_STEPS || (nJobs === 2 ? 6000 : 3000));
   const a = await call('POST', '/v1/jobs', spec(steps, 'run a'));
   if (nJobs === 1) return { a: a.id };
-  const b = await call('POST', '/v1/jobs', spec(steps, 'run b')); // queued behind a: one worker
+  // queued behind a (one worker) and canceled from the table later: long enough that it is
+  // still running then however fast the machine (with a's length it could end first: a
+  // flaky 'cancel button never enabled' on a machine that sped up mid-test)
+  const b = await call('POST', '/v1/jobs', spec(steps * 100, 'run b'));
   return { a: a.id, b: b.id };
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# run.sh — installs what is missing, builds Kiln (Release) into build/, and starts kilnd
+# run.sh — installs what is missing, builds kilnd and kiln (Release) into build/, and starts kilnd
 # on 127.0.0.1:8080 with its database and files under ./data. Extra arguments go to
 # kilnd (build/kilnd --help lists them; each flag also reads a KILND_* variable):
 #   ./run.sh                         listen on 127.0.0.1:8080, data in ./data
@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 
 ./scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc 2>/dev/null || echo 2)"
+# only what this script serves: the daemon (with the CUDA module it loads, when nvcc was
+# found) and the command line; ./test.sh builds the tests, fuzz targets and benchmarks
+cmake --build build -j "$(nproc 2>/dev/null || echo 2)" --target kilnd kiln
 mkdir -p data
 # exec: kilnd takes this process's place, so Ctrl-C and SIGTERM reach it directly (it
 # checkpoints running jobs and exits within 10 seconds).

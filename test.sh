@@ -23,6 +23,11 @@ for arg in "$@"; do
     esac
 done
 
+# --full adds PyTorch and scikit-learn for the comparisons; without them those skip
+if [ "$full" = 1 ]; then
+    ./scripts/install-deps.sh --full ||
+        echo "test.sh: python3-torch/python3-sklearn unavailable; the PyTorch comparisons will skip" >&2
+fi
 ./scripts/install-deps.sh
 # chromium and the pinned npm packages for the dashboard and its browser tests; a
 # failure here (no network) leaves those tests to skip, saying why

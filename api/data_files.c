@@ -1,7 +1,9 @@
 /*
- * data_files.c — local data for the CLI: whole files read (and gunzipped when they
- * start with gzip's magic), parsed by core's IDX/NPY/CSV readers into a dataset, and a
- * dataset fitted to a model's input_shape. Errors name the file.
+ * data_files.c — local data for the CLI and the server's workers: whole files read (and
+ * gunzipped when they start with gzip's magic), parsed by core's IDX/NPY/CSV readers into
+ * a dataset with the labels its task takes (class indices, or float targets), and a
+ * dataset fitted to a model: inputs to its input_shape, labels to its outputs. Errors
+ * name the file, or the field to change.
  */
 #include "kapi_internal.h"
 
@@ -124,7 +126,8 @@ void *kapi_read_file(const char *path, size_t *size, kapi_errors *errors)
     return raw;
 }
 
-/* Reads and parses one file of a source; the tensor belongs to the open scope. */
+/* Reads and parses one file of a source (inputs, class labels or targets as stored); the
+ * tensor belongs to the open scope. */
 static kn_tensor *load_tensor(const char *path, kapi_data_format format, bool as_labels,
                               kapi_errors *errors)
 {
@@ -132,13 +135,118 @@ static kn_tensor *load_tensor(const char *path, kapi_data_format format, bool as
     void *bytes = kapi_read_file(path, &size, errors);
     if (!bytes) return NULL;
     kn_tensor *t = format == KAPI_FORMAT_IDX ? kn_parse_idx(bytes, size, as_labels)
-                                             : kn_parse_npy(bytes, size, as_labels);
+                   : as_labels               ? kn_parse_npy_targets(bytes, size)
+                                             : kn_parse_npy(bytes, size, false);
     free(bytes);
     if (!t) kapi_errors_add(errors, path, "%s", kn_last_error());
     return t;
 }
 
-kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors)
+/* The target columns of a CSV source: target_columns split at commas, or label_column
+ * ("label" when unset). names is overwritten (it holds the split copy). */
+static int csv_columns(const kapi_data_source *source, char *names, size_t size,
+                       const char **columns, int max)
+{
+    const char *list = source->target_columns[0] ? source->target_columns
+                       : source->label_column[0] ? source->label_column
+                                                 : "label";
+    snprintf(names, size, "%s", list);
+    int n = 0;
+    for (char *p = names; p && n < max;) {
+        columns[n++] = p;
+        p = strchr(p, ',');
+        if (p) *p++ = '\0';
+    }
+    return n;
+}
+
+/* Whether the header line of a CSV text names column. */
+static bool csv_has_column(const char *text, size_t size, const char *column)
+{
+    const char *end = memchr(text, '\n', size);
+    size_t n = end ? (size_t)(end - text) : size, len = strlen(column);
+    for (size_t i = 0; i + len <= n; i++) {
+        if ((i > 0 && text[i - 1] != ',' && text[i - 1] != '"' && text[i - 1] != ' ') ||
+            memcmp(text + i, column, len) != 0)
+            continue;
+        size_t j = i + len;
+        while (j < n && (text[j] == '"' || text[j] == ' ' || text[j] == '\r')) j++;
+        if (j == n || text[j] == ',') return true;
+    }
+    return false;
+}
+
+static const char *const FLOAT_AS_CLASSES =
+    "class labels must be integers: save them as integers (y.astype(np.int64)), or for "
+    "regression targets set \"task\": \"regression\" with a regression loss such as \"mse\"";
+
+/* A CSV source's inputs and labels as the task takes them (scope rule). */
+static void load_csv(const kapi_data_source *source, kapi_load_options options, kn_tensor **inputs,
+                     kn_tensor **labels, kapi_errors *errors)
+{
+    size_t size = 0;
+    char *text = kapi_read_file(source->inputs_path, &size, errors);
+    if (!text) return;
+    char names[sizeof source->target_columns];
+    const char *columns[KAPI_MAX_TARGET_COLUMNS];
+    int n = csv_columns(source, names, sizeof names, columns, KAPI_MAX_TARGET_COLUMNS);
+    bool classes = options.task == KN_TASK_AUTO || options.task == KN_TASK_CLASSIFICATION;
+    kn_status st;
+    if (classes && n == 1 && (!options.allow_unlabeled || csv_has_column(text, size, columns[0])))
+        st = kn_parse_csv(text, size, columns[0], inputs, labels);
+    else
+        st = kn_parse_csv_targets(text, size, columns, classes ? 0 : n, options.allow_unlabeled,
+                                  inputs, labels);
+    if (st != KN_OK) {
+        bool float_label = classes && strstr(kn_last_error(), "expected an integer label");
+        kapi_errors_add(errors, source->inputs_path, "%s%s%s", kn_last_error(),
+                        float_label ? ": " : "", float_label ? FLOAT_AS_CLASSES : "");
+    }
+    free(text);
+}
+
+/* Labels as stored made what the task takes: int64 [N] classes, or float32 [N, K]. NULL
+ * with an error at path. */
+static kn_tensor *conform_labels(kn_tensor *labels, kn_task task, const char *path,
+                                 kapi_errors *errors)
+{
+    char shape[96];
+    kn_shape_str(labels->shape, labels->ndim, shape, sizeof shape);
+    if (task == KN_TASK_AUTO || task == KN_TASK_CLASSIFICATION) {
+        if (labels->dtype != KN_INT64) {
+            kapi_errors_add(errors, path,
+                            "targets are %s %s but task classification needs integer class "
+                            "labels: %s",
+                            kn_dtype_name(labels->dtype), shape, FLOAT_AS_CLASSES);
+            return NULL;
+        }
+        if (labels->ndim == 2 && labels->shape[1] == 1)
+            return kn_reshape(labels, KN_SHAPE(labels->shape[0]));
+        if (labels->ndim != 1) {
+            kapi_errors_add(errors, path,
+                            "class labels must be [N], the file has %s (for multi-label targets "
+                            "set \"task\": \"multilabel\" with bce_with_logits)",
+                            shape);
+            return NULL;
+        }
+        return labels;
+    }
+    int64_t n = labels->shape[0], k = labels->ndim == 2 ? labels->shape[1] : 1;
+    if (labels->dtype == KN_FLOAT32) return kn_reshape(labels, KN_SHAPE(n, k));
+    kn_tensor *out = kn_empty(KN_SHAPE(n, k), KN_FLOAT32);
+    kn_tensor *in = kn_contiguous(labels);
+    if (!out || !in) {
+        kapi_errors_add(errors, path, "%s", kn_last_error());
+        return NULL;
+    }
+    const int64_t *src = kn_data_i64(in);
+    float *dst = kn_data_f32(out);
+    for (int64_t i = 0; i < n * k; i++) dst[i] = (float)src[i];
+    return out;
+}
+
+kn_dataset *kapi_load_data(const kapi_data_source *source, kapi_load_options options,
+                           kapi_errors *errors)
 {
     if (!source || !source->present) {
         kapi_errors_add(errors, "", "no data source given");
@@ -148,19 +256,19 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     kn_scope_begin();
     kn_tensor *inputs = NULL, *labels = NULL;
     const char *blame = source->inputs_path;
+    int before = errors->count;
     if (source->format == KAPI_FORMAT_CSV) {
-        size_t size = 0;
-        char *text = kapi_read_file(source->inputs_path, &size, errors);
-        if (text) {
-            if (kn_parse_csv(text, size, source->label_column, &inputs, &labels) != KN_OK)
-                kapi_errors_add(errors, source->inputs_path, "%s", kn_last_error());
-            free(text);
-        }
+        load_csv(source, options, &inputs, &labels, errors);
+        if (labels && options.task != KN_TASK_AUTO && options.task != KN_TASK_CLASSIFICATION)
+            labels = conform_labels(labels, options.task, source->inputs_path, errors);
     } else {
         inputs = load_tensor(source->inputs_path, source->format, false, errors);
-        labels = inputs ? load_tensor(source->labels_path, source->format, true, errors) : NULL;
+        bool want = !options.allow_unlabeled || source->labels_path[0];
+        labels =
+            inputs && want ? load_tensor(source->labels_path, source->format, true, errors) : NULL;
+        if (labels) labels = conform_labels(labels, options.task, source->labels_path, errors);
     }
-    if (inputs && labels) {
+    if (inputs && errors->count == before) {
         /* the dataset takes its own references; the scope drops ours */
         ds = kn_dataset_new(inputs, labels);
         /* its messages say which side is wrong ("dataset: inputs must be finite ...",
@@ -174,10 +282,34 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     return ds;
 }
 
-bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
-                            kapi_errors *errors)
+bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors)
+{
+    if (spec->n_inputs <= 1) return true;
+    char names[300] = "";
+    size_t used = 0;
+    for (int i = 0; i < spec->n_inputs && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 spec->values[i].name);
+    kapi_errors_add(errors, what,
+                    "the model has %d inputs (%s) but a dataset feeds one: train a model of "
+                    "several inputs from C (kn_module_forward_n) until datasets hold named "
+                    "inputs (docs/model-spec.md, \"Data for graph models\")",
+                    spec->n_inputs, names);
+    return false;
+}
+
+kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors)
+{
+    kapi_load_options options = {.task = KN_TASK_CLASSIFICATION};
+    return kapi_load_data(source, options, errors);
+}
+
+/* Inputs reshaped to [N, input_shape...] when the sample sizes agree. */
+static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
+                       kapi_errors *errors)
 {
     char have[96], want[96];
+    if (!kapi_model_takes_one_input(spec, what, errors)) return false;
     const kn_tensor *x = ds->inputs;
     int64_t sample = 1, needed = 1;
     for (int i = 1; i < x->ndim; i++) sample *= x->shape[i];
@@ -190,13 +322,7 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
                         have, (long long)sample, want, (long long)needed);
         return false;
     }
-    bool ok = true;
-    if (spec->output_ndim == 1 && ds->num_classes > spec->output_shape[0]) {
-        kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
-                        (long long)(ds->num_classes - 1), (long long)spec->output_shape[0]);
-        ok = false;
-    }
-    if (x->ndim - 1 == spec->input_ndim && strcmp(have, want) == 0) return ok;
+    if (x->ndim - 1 == spec->input_ndim && strcmp(have, want) == 0) return true;
     int64_t shape[KN_MAX_DIMS];
     shape[0] = x->shape[0];
     memcpy(shape + 1, spec->input_shape, sizeof(int64_t) * (size_t)spec->input_ndim);
@@ -209,5 +335,156 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
     }
     kn_release(ds->inputs);
     ds->inputs = reshaped;
+    return true;
+}
+
+bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
+                            kapi_errors *errors)
+{
+    bool ok = true;
+    if (spec->output_ndim == 1 && ds->num_classes > spec->output_shape[0]) {
+        kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
+                        (long long)(ds->num_classes - 1), (long long)spec->output_shape[0]);
+        ok = false;
+    }
+    return fit_inputs(ds, spec, what, errors) && ok;
+}
+
+/* Float targets [N] or [N, K]: width = the model's outputs, in [0, 1] for bce. */
+static bool check_targets(const kn_tensor *y, const kapi_model_spec *spec, const kn_train_config *c,
+                          const char *what, kapi_errors *errors)
+{
+    char out_shape[96];
+    kn_shape_str(spec->output_shape, spec->output_ndim, out_shape, sizeof out_shape);
+    int64_t width = 1;
+    for (int i = 0; i < spec->output_ndim; i++) width *= spec->output_shape[i];
+    int64_t k = y->ndim == 2 ? y->shape[1] : 1;
+    if (k != width) {
+        kapi_errors_add(errors, what,
+                        "targets have %lld value%s per sample but the model outputs %lld "
+                        "(output_shape %s): task %s compares them one to one (the last "
+                        "layer's out_features, or the target columns, must change)",
+                        (long long)k, k == 1 ? "" : "s", (long long)width, out_shape,
+                        kn_task_name(c->task));
+        return false;
+    }
+    if (c->loss == KN_LOSS_BCE_WITH_LOGITS) {
+        kn_tensor *yc = kn_contiguous((kn_tensor *)y);
+        const float *t = yc ? kn_data_f32(yc) : NULL;
+        for (int64_t i = 0; t && i < kn_numel(yc); i++)
+            if (!(t[i] >= 0 && t[i] <= 1)) {
+                kapi_errors_add(errors, what,
+                                "bce_with_logits takes targets in [0, 1] (0/1 labels or "
+                                "probabilities): sample %lld has %g at target %lld",
+                                (long long)(i / k), (double)t[i], (long long)(i % k));
+                return false;
+            }
+    }
+    if (c->pos_weight && c->pos_weight_count != 1 && c->pos_weight_count != k) {
+        kapi_errors_add(errors, "loss.pos_weight",
+                        "expected 1 or %lld values (one per target of %s), got %lld", (long long)k,
+                        what, (long long)c->pos_weight_count);
+        return false;
+    }
+    return true;
+}
+
+/* Class labels: within the model's classes (0/1 for one output with bce). */
+static bool check_classes(const kn_tensor *y, const kapi_model_spec *spec, const kn_train_config *c,
+                          const char *what, kapi_errors *errors)
+{
+    if (spec->output_ndim != 1) return true; /* [N, C, d...] outputs: the loss checks */
+    kn_tensor *yc = kn_contiguous((kn_tensor *)y);
+    if (!yc) {
+        kapi_errors_add(errors, what, "%s", kn_last_error());
+        return false;
+    }
+    int64_t max_label = -1;
+    for (int64_t i = 0; i < kn_numel(yc); i++)
+        if (kn_data_i64(yc)[i] > max_label) max_label = kn_data_i64(yc)[i];
+    int64_t outputs = spec->output_shape[0];
+    bool binary = outputs == 1 && c->loss == KN_LOSS_BCE_WITH_LOGITS;
+    int64_t classes = binary ? 2 : outputs;
+    if (max_label >= classes) {
+        if (binary)
+            kapi_errors_add(errors, what,
+                            "labels go up to %lld but one output with bce_with_logits takes "
+                            "binary labels 0 and 1",
+                            (long long)max_label);
+        else
+            kapi_errors_add(errors, what,
+                            "labels go up to %lld but the model outputs %lld classes (the last "
+                            "layer's out_features must be at least %lld%s)",
+                            (long long)max_label, (long long)outputs, (long long)max_label + 1,
+                            max_label + 1 > 2 * outputs + 10
+                                ? "; if these are values to predict, set \"task\": "
+                                  "\"regression\" with a regression loss such as \"mse\""
+                                : "");
+        return false;
+    }
+    if (c->class_weight && c->class_weight_count != outputs) {
+        kapi_errors_add(errors, "loss.weight",
+                        "expected one weight per class: %lld (the model's outputs), got %lld",
+                        (long long)outputs, (long long)c->class_weight_count);
+        return false;
+    }
+    return true;
+}
+
+bool kapi_check_labels(const kn_tensor *labels, const kapi_model_spec *spec,
+                       const kn_train_config *train, const char *what, kapi_errors *errors)
+{
+    kn_scope_begin();
+    bool ok = labels->dtype == KN_INT64 ? check_classes(labels, spec, train, what, errors)
+                                        : check_targets(labels, spec, train, what, errors);
+    kn_scope_end();
     return ok;
+}
+
+bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_train_config *train,
+                          const char *what, kapi_errors *errors)
+{
+    if (!fit_inputs(ds, spec, what, errors)) return false;
+    kn_tensor *y = ds->labels;
+    if (!y) return true;
+    char path[KAPI_PATH_MAX];
+    snprintf(path, sizeof path, "%s (%s)", what, y->dtype == KN_INT64 ? "labels" : "targets");
+    if (!kapi_check_labels(y, spec, train, path, errors)) return false;
+    if (y->dtype == KN_INT64 || y->ndim == 2) return true;
+    /* targets [N] of one output: a column, as the outputs [N, 1] */
+    kn_scope_begin();
+    kn_tensor *column = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
+    kn_scope_end();
+    if (!column) {
+        kapi_errors_add(errors, path, "%s", kn_last_error());
+        return false;
+    }
+    kn_release(ds->labels);
+    ds->labels = column;
+    return true;
+}
+
+kn_tensor *kapi_load_labels(const kapi_data_source *source, kn_task task, kapi_errors *errors)
+{
+    if (!source || !source->present) {
+        kapi_errors_add(errors, "", "no data source given");
+        return NULL;
+    }
+    kn_tensor *labels = NULL;
+    kapi_load_options options = {.task = task};
+    int before = errors->count;
+    kn_scope_begin();
+    if (source->format == KAPI_FORMAT_CSV) {
+        kn_tensor *inputs = NULL;
+        load_csv(source, options, &inputs, &labels, errors);
+    } else {
+        labels = load_tensor(source->labels_path, source->format, true, errors);
+    }
+    if (labels)
+        labels = conform_labels(
+            labels, task,
+            source->format == KAPI_FORMAT_CSV ? source->inputs_path : source->labels_path, errors);
+    kn_tensor *out = labels && errors->count == before ? kn_retain(labels) : NULL;
+    kn_scope_end();
+    return out;
 }

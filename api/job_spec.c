@@ -1,6 +1,7 @@
 /*
- * job_spec.c — the job spec's parser: model (inline or by name), data sources, loss,
- * optimizer, schedule and the training knobs, read into kapi_job_spec / kn_train_config
+ * job_spec.c — the job spec's parser: model (inline or by name), data sources and their
+ * target columns, normalisation (given or "auto"), the task and its loss (weights, beta,
+ * delta), optimizer, schedule and the training knobs, read into kapi_job_spec / kn_train_config
  * with torch's defaults, every problem reported at its JSON path. Local file paths are
  * accepted only when the caller allows them (the CLI); the server takes dataset names.
  */
@@ -28,14 +29,19 @@ static const char *const JOB_FIELDS[] = {"model",          "data",
                                          "grad_clip_norm", "skip_non_finite",
                                          "early_stopping", "resume_from",
                                          "init_weights",   "submission_id",
+                                         "task",           "name",
                                          "distributed",    NULL};
-static const char *const DATA_FIELDS[] = {"train", "test",      "dataset", "validation_split",
-                                          "scale", "normalize", NULL};
+static const char *const DATA_FIELDS[] = {"train", "test",      "dataset",      "validation_split",
+                                          "scale", "normalize", "label_column", "target_columns",
+                                          NULL};
 static const char *const IDX_FIELDS[] = {"format", "images", "labels", NULL};
-static const char *const CSV_FIELDS[] = {"format", "path", "label_column", NULL};
+static const char *const CSV_FIELDS[] = {"format", "path", "label_column", "target_columns", NULL};
 static const char *const NPY_FIELDS[] = {"format", "inputs", "labels", NULL};
 static const char *const NORMALIZE_FIELDS[] = {"mean", "std", NULL};
-static const char *const LOSS_FIELDS[] = {"type", "label_smoothing", NULL};
+static const char *const LOSS_FIELDS[] = {"type", "label_smoothing", "weight", "pos_weight",
+                                          "beta", "delta",           NULL};
+static const char *const LOSS_NAMES =
+    "\"cross_entropy\", \"nll\", \"mse\", \"l1\", \"smooth_l1\", \"huber\" or \"bce_with_logits\"";
 static const char *const SGD_FIELDS[] = {"type",     "lr",           "momentum", "dampening",
                                          "nesterov", "weight_decay", NULL};
 static const char *const ADAM_FIELDS[] = {"type",         "lr",      "betas", "eps",
@@ -53,6 +59,7 @@ static const char *const DISTRIBUTED_FIELDS[] = {"processes",     "devices",    
                                                  "bucket_cap_mb", "max_restarts", NULL};
 #define MAX_RESTARTS 1000
 #define MAX_BUCKET_MB 65536
+static const char *const INIT_WEIGHTS_FIELDS[] = {"version", "alias", "job", NULL};
 
 static const char *const NO_PATHS =
     "file paths are not accepted here: upload the data as a dataset and reference it by "
@@ -61,6 +68,67 @@ static const char *const NO_PATHS =
 static const char *const NO_WEIGHT_PATHS =
     "file paths are not accepted here: only the command line (kiln train) reads local "
     "checkpoints and weights";
+
+/* "init_weights": {"version": V[, "alias": A]} or {"job": ID}, for the server. */
+static void parse_init_weights(kapi_errors *errors, const cJSON *init, bool allow_paths,
+                               kapi_job_spec *job)
+{
+    if (allow_paths) {
+        kapi_errors_add(errors, "init_weights",
+                        "a version or job lives on a server: kiln train takes a local weights "
+                        "file (a string); download a version with kiln weights");
+        return;
+    }
+    kapi__check_fields(errors, init, "init_weights", INIT_WEIGHTS_FIELDS);
+    const cJSON *version = cJSON_GetObjectItemCaseSensitive(init, "version");
+    const cJSON *alias = cJSON_GetObjectItemCaseSensitive(init, "alias");
+    const cJSON *from_job = cJSON_GetObjectItemCaseSensitive(init, "job");
+    if (!version == !from_job) {
+        kapi_errors_add(errors, "init_weights",
+                        "expected one of \"version\" (a version or alias of the job's model) "
+                        "and \"job\" (a succeeded job's id)");
+        return;
+    }
+    if (version)
+        kapi__check_name(errors, "init_weights.version", version, job->init_version,
+                         sizeof job->init_version);
+    if (alias && !version)
+        kapi_errors_add(errors, "init_weights.alias", "an alias goes with a version");
+    else if (alias)
+        kapi__check_name(errors, "init_weights.alias", alias, job->init_alias,
+                         sizeof job->init_alias);
+    if (from_job) {
+        bool ok = cJSON_IsString(from_job) && !strncmp(from_job->valuestring, "job_", 4) &&
+                  strlen(from_job->valuestring) < sizeof job->init_job;
+        if (ok)
+            snprintf(job->init_job, sizeof job->init_job, "%s", from_job->valuestring);
+        else {
+            char got[120];
+            kapi__describe(from_job, got, sizeof got);
+            kapi_errors_add(errors, "init_weights.job", "expected a job id (\"job_...\"), got %s",
+                            got);
+        }
+    }
+}
+
+/* "name": a run's label, 1-127 bytes of printable text (spaces allowed). */
+static void parse_run_name(kapi_errors *errors, const cJSON *value, char *out, size_t size)
+{
+    bool ok = cJSON_IsString(value) && value->valuestring[0] && strlen(value->valuestring) < size;
+    for (const unsigned char *c = ok ? (const unsigned char *)value->valuestring : NULL; c && *c;
+         c++)
+        if (*c < 0x20 || *c == 0x7f) ok = false;
+    if (!ok) {
+        char got[120];
+        kapi__describe(value, got, sizeof got);
+        kapi_errors_add(errors, "name",
+                        "expected a run name of 1 to %zu characters without control "
+                        "characters, got %s",
+                        size - 1, got);
+        return;
+    }
+    snprintf(out, size, "%s", value->valuestring);
+}
 
 /* torch.optim's defaults (SGD's lr has none in torch: 0.01 here). */
 static kn_optimizer_options optimizer_defaults(kn_optimizer_kind kind)
@@ -75,22 +143,6 @@ static kn_optimizer_options optimizer_defaults(kn_optimizer_kind kind)
     o.alpha = 0.99;
     o.weight_decay = kind == KN_OPTIM_ADAMW ? 1e-2 : 0;
     return o;
-}
-
-static kn_train_config train_defaults(void)
-{
-    kn_train_config c;
-    memset(&c, 0, sizeof c);
-    c.loss = KN_LOSS_CROSS_ENTROPY;
-    c.optimizer = optimizer_defaults(KN_OPTIM_ADAM);
-    c.lr_schedule.kind = KN_LR_CONSTANT;
-    c.lr_schedule.gamma = 0.1;
-    c.lr_schedule.warmup_start_factor = 1.0 / 3.0; /* torch's LinearLR */
-    c.batch_size = 64;
-    c.epochs = 1;
-    c.shuffle = true;
-    c.eval_batch_size = 1000;
-    return c;
 }
 
 /* An object field (absent: NULL; present but not an object: an error, NULL). */
@@ -125,6 +177,57 @@ static void get_path(kapi_errors *errors, const cJSON *obj, const char *key, con
     kapi__get_string(errors, obj, key, prefix, out, size);
 }
 
+/* label_column (a string) or target_columns (a list of column names, kept comma-separated:
+ * a CSV header name has no comma), not both. */
+static void parse_columns(kapi_errors *errors, const cJSON *obj, const char *prefix, char *label,
+                          size_t label_size, char *targets, size_t targets_size)
+{
+    char path[KAPI_PATH_MAX], item[KAPI_PATH_MAX], got[120];
+    int has_label = kapi__get_string(errors, obj, "label_column", prefix, label, label_size);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(obj, "target_columns");
+    if (!list) return;
+    kapi__path(path, prefix, "target_columns");
+    if (has_label != KAPI_ABSENT) {
+        kapi_errors_add(errors, path,
+                        "give either label_column (one column) or target_columns, not both");
+        return;
+    }
+    int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
+    if (n < 1 || n > KAPI_MAX_TARGET_COLUMNS) {
+        kapi__describe(list, got, sizeof got);
+        kapi_errors_add(errors, path, "expected a list of 1 to %d column names, got %s",
+                        KAPI_MAX_TARGET_COLUMNS, got);
+        return;
+    }
+    size_t used = 0;
+    int i = 0;
+    for (const cJSON *c = list->child; c; c = c->next, i++) {
+        kapi__path_index(item, path, i);
+        const char *name = cJSON_IsString(c) ? c->valuestring : NULL;
+        if (!name || !name[0] || strchr(name, ',') || strchr(name, '\n')) {
+            kapi__describe(c, got, sizeof got);
+            kapi_errors_add(errors, item,
+                            "expected a column name (a non-empty string without commas), got %s",
+                            got);
+            return;
+        }
+        for (const cJSON *d = list->child; d != c; d = d->next)
+            if (!strcmp(d->valuestring, name)) {
+                kapi_errors_add(errors, item, "column \"%.60s\" is named twice", name);
+                return;
+            }
+        size_t len = strlen(name);
+        if (used + len + 2 > targets_size) {
+            kapi_errors_add(errors, path, "the column names are longer than %zu characters in all",
+                            targets_size - 1);
+            return;
+        }
+        if (used) targets[used++] = ',';
+        memcpy(targets + used, name, len + 1);
+        used += len;
+    }
+}
+
 static void parse_source(kapi_errors *errors, const cJSON *obj, const char *path, bool allow_paths,
                          kapi_data_source *source)
 {
@@ -157,40 +260,50 @@ static void parse_source(kapi_errors *errors, const cJSON *obj, const char *path
         kapi__check_fields(errors, obj, path, CSV_FIELDS);
         get_path(errors, obj, "path", path, allow_paths, true, NO_PATHS, source->inputs_path,
                  sizeof source->inputs_path);
-        kapi__get_string(errors, obj, "label_column", path, source->label_column,
-                         sizeof source->label_column);
+        parse_columns(errors, obj, path, source->label_column, sizeof source->label_column,
+                      source->target_columns, sizeof source->target_columns);
     } else {
         kapi__describe(format, got, sizeof got);
         kapi_errors_add(errors, field, "expected \"idx\", \"csv\" or \"npy\", got %s", got);
     }
 }
 
-/* A list of 1..16 numbers (normalize.mean / .std); returns the count or -1. */
+/* A list of 1..max numbers >= min (normalize.mean / .std, loss weights) into a malloc'd
+ * array; returns the count, or -1 (*out NULL) with an error added. */
 static int number_list(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
-                       double min, bool min_inclusive, double *out)
+                       double min, bool min_inclusive, int max, const char *what, double **out)
 {
     const cJSON *value = cJSON_GetObjectItemCaseSensitive(obj, key);
     char path[KAPI_PATH_MAX], item[KAPI_PATH_MAX], got[120];
     kapi__path(path, prefix, key);
+    *out = NULL;
     if (!value) {
-        kapi__missing(errors, prefix, key, "a list of numbers, one per channel");
+        kapi__missing(errors, prefix, key, what);
         return -1;
     }
     int n = cJSON_IsArray(value) ? cJSON_GetArraySize(value) : 0;
-    if (n < 1 || n > 16) {
+    if (n < 1 || n > max) {
         kapi__describe(value, got, sizeof got);
-        kapi_errors_add(errors, path,
-                        "expected a list of 1 to 16 numbers (one per channel), got %s", got);
+        kapi_errors_add(errors, path, "expected %s (1 to %d numbers), got %s", what, max, got);
+        return -1;
+    }
+    *out = malloc(sizeof **out * (size_t)n);
+    if (!*out) {
+        kapi_errors_add(errors, path, "out of memory");
         return -1;
     }
     bool ok = true;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    for (const cJSON *c = value->child; c; c = c->next, i++) {
         kapi__path_index(item, path, i);
-        if (kapi__number_value(errors, cJSON_GetArrayItem(value, i), item, min, min_inclusive,
-                               INFINITY, false, &out[i]) != KAPI_OK)
+        if (kapi__number_value(errors, c, item, min, min_inclusive, INFINITY, false, &(*out)[i]) !=
+            KAPI_OK)
             ok = false;
     }
-    return ok ? n : -1;
+    if (ok) return n;
+    free(*out);
+    *out = NULL;
+    return -1;
 }
 
 static void parse_data(kapi_errors *errors, const cJSON *data, bool allow_paths,
@@ -220,56 +333,188 @@ static void parse_data(kapi_errors *errors, const cJSON *data, bool allow_paths,
     kapi__get_number(errors, data, "validation_split", "data", 0, true, 1, false,
                      &spec->validation_split);
     kapi__get_number(errors, data, "scale", "data", 0, false, INFINITY, false, &spec->scale);
-    const cJSON *normalize = get_object(errors, data, "normalize", "data",
-                                        "an object {\"mean\": [...], \"std\": [...]}", NULL);
-    if (normalize) {
+    const cJSON *normalize = cJSON_GetObjectItemCaseSensitive(data, "normalize");
+    if (cJSON_IsString(normalize) && strcmp(normalize->valuestring, "auto") == 0) {
+        spec->normalize_auto = true;
+    } else if (normalize && !cJSON_IsObject(normalize)) {
+        char got[120];
+        kapi__describe(normalize, got, sizeof got);
+        kapi_errors_add(errors, "data.normalize",
+                        "expected \"auto\" or an object {\"mean\": [...], \"std\": [...]}, got %s",
+                        got);
+    } else if (normalize) {
         kapi__check_fields(errors, normalize, "data.normalize", NORMALIZE_FIELDS);
-        int n_mean =
-            number_list(errors, normalize, "mean", "data.normalize", -INFINITY, false, spec->mean);
-        int n_std = number_list(errors, normalize, "std", "data.normalize", 0, false, spec->std);
+        const char *what = "a list of numbers, one per channel (or one for all)";
+        int n_mean = number_list(errors, normalize, "mean", "data.normalize", -INFINITY, false,
+                                 KAPI_MAX_CHANNELS, what, &spec->mean);
+        int n_std = number_list(errors, normalize, "std", "data.normalize", 0, false,
+                                KAPI_MAX_CHANNELS, what, &spec->std);
         if (n_mean > 0 && n_std > 0 && n_mean != n_std)
             kapi_errors_add(errors, "data.normalize.std",
                             "expected as many values as mean (%d), got %d", n_mean, n_std);
         else if (n_mean > 0 && n_std > 0)
             spec->channels = n_mean;
     }
+    if (cJSON_GetObjectItemCaseSensitive(data, "label_column") ||
+        cJSON_GetObjectItemCaseSensitive(data, "target_columns")) {
+        if (!dataset)
+            kapi_errors_add(errors,
+                            cJSON_GetObjectItemCaseSensitive(data, "label_column")
+                                ? "data.label_column"
+                                : "data.target_columns",
+                            "names the columns of a dataset's CSV files: with train/test sources, "
+                            "give it in the csv source");
+        else
+            parse_columns(errors, data, "data", spec->label_column, sizeof spec->label_column,
+                          spec->target_columns, sizeof spec->target_columns);
+    }
 }
 
-static void parse_loss(kapi_errors *errors, const cJSON *value, kn_train_config *c)
+static const struct {
+    const char *name;
+    kn_loss_kind kind;
+} LOSSES[] = {{"cross_entropy", KN_LOSS_CROSS_ENTROPY},
+              {"nll", KN_LOSS_NLL},
+              {"mse", KN_LOSS_MSE},
+              {"l1", KN_LOSS_L1},
+              {"smooth_l1", KN_LOSS_SMOOTH_L1},
+              {"huber", KN_LOSS_HUBER},
+              {"bce_with_logits", KN_LOSS_BCE_WITH_LOGITS}};
+
+/* A loss weight list as floats (job->... owns it, c points at it). */
+static int weight_list(kapi_errors *errors, const cJSON *obj, const char *key, const char *what,
+                       float **out)
 {
+    double *values = NULL;
+    int n = number_list(errors, obj, key, "loss", 0, true, KAPI_MAX_WEIGHTS, what, &values);
+    if (n > 0) {
+        *out = malloc(sizeof **out * (size_t)n);
+        if (*out) {
+            for (int i = 0; i < n; i++) (*out)[i] = (float)values[i];
+        } else {
+            kapi_errors_add(errors, "loss", "out of memory");
+            n = -1;
+        }
+    }
+    free(values);
+    return n;
+}
+
+static void parse_loss(kapi_errors *errors, const cJSON *value, kapi_job_spec *job)
+{
+    kn_train_config *c = &job->train;
     char got[120];
     const cJSON *type = value;
     if (cJSON_IsObject(value)) {
         kapi__check_fields(errors, value, "loss", LOSS_FIELDS);
         type = cJSON_GetObjectItemCaseSensitive(value, "type");
         if (!type) {
-            kapi__missing(errors, "loss", "type",
-                          "\"cross_entropy\", \"nll\", \"mse\" or \"bce_with_logits\"");
+            kapi__missing(errors, "loss", "type", LOSS_NAMES);
             return;
         }
     }
     const char *name = cJSON_IsString(type) ? type->valuestring : NULL;
-    if (name && strcmp(name, "cross_entropy") == 0) {
-        c->loss = KN_LOSS_CROSS_ENTROPY;
-    } else if (name && strcmp(name, "nll") == 0) {
-        c->loss = KN_LOSS_NLL;
-    } else if (name && strcmp(name, "mse") == 0) {
-        c->loss = KN_LOSS_MSE;
-    } else if (name && strcmp(name, "bce_with_logits") == 0) {
-        c->loss = KN_LOSS_BCE_WITH_LOGITS;
-    } else {
+    int found = -1;
+    for (size_t i = 0; name && i < sizeof LOSSES / sizeof LOSSES[0]; i++)
+        if (strcmp(name, LOSSES[i].name) == 0) found = (int)i;
+    if (found < 0) {
         kapi__describe(type, got, sizeof got);
-        kapi_errors_add(errors, type == value ? "loss" : "loss.type",
-                        "expected \"cross_entropy\", \"nll\", \"mse\" or \"bce_with_logits\"%s, "
-                        "got %s",
-                        type == value ? " (or an object with a type)" : "", got);
+        kapi_errors_add(errors, type == value ? "loss" : "loss.type", "expected %s%s, got %s",
+                        LOSS_NAMES, type == value ? " (or an object with a type)" : "", got);
         return;
     }
+    c->loss = LOSSES[found].kind;
     if (!cJSON_IsObject(value)) return;
-    if (kapi__get_number(errors, value, "label_smoothing", "loss", 0, true, 1, true,
-                         &c->label_smoothing) == KAPI_OK &&
-        c->loss != KN_LOSS_CROSS_ENTROPY)
-        kapi_errors_add(errors, "loss.label_smoothing", "only cross_entropy takes label_smoothing");
+    /* each parameter belongs to one loss (weight to two) */
+    const struct {
+        const char *key;
+        bool allowed;
+        const char *owner;
+    } params[] = {
+        {"label_smoothing", c->loss == KN_LOSS_CROSS_ENTROPY, "cross_entropy"},
+        {"weight", c->loss == KN_LOSS_CROSS_ENTROPY || c->loss == KN_LOSS_NLL,
+         "cross_entropy and nll"},
+        {"pos_weight", c->loss == KN_LOSS_BCE_WITH_LOGITS, "bce_with_logits"},
+        {"beta", c->loss == KN_LOSS_SMOOTH_L1, "smooth_l1"},
+        {"delta", c->loss == KN_LOSS_HUBER, "huber"},
+    };
+    for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
+        if (!cJSON_GetObjectItemCaseSensitive(value, params[i].key) || params[i].allowed) continue;
+        char path[KAPI_PATH_MAX];
+        kapi__path(path, "loss", params[i].key);
+        kapi_errors_add(errors, path, "only %s take%s %s (the loss is %s)", params[i].owner,
+                        strchr(params[i].owner, ' ') ? "" : "s", params[i].key, name);
+        return;
+    }
+    kapi__get_number(errors, value, "label_smoothing", "loss", 0, true, 1, true,
+                     &c->label_smoothing);
+    kapi__get_number(errors, value, "beta", "loss", 0, true, INFINITY, false, &c->smooth_l1_beta);
+    kapi__get_number(errors, value, "delta", "loss", 0, false, INFINITY, false, &c->huber_delta);
+    if (cJSON_GetObjectItemCaseSensitive(value, "weight")) {
+        int n = weight_list(errors, value, "weight", "a weight >= 0 per class", &job->class_weight);
+        if (n > 0) {
+            c->class_weight = job->class_weight;
+            c->class_weight_count = n;
+        }
+    }
+    if (cJSON_GetObjectItemCaseSensitive(value, "pos_weight")) {
+        int n = weight_list(errors, value, "pos_weight",
+                            "a weight >= 0 per output (or one for all)", &job->pos_weight);
+        if (n > 0) {
+            c->pos_weight = job->pos_weight;
+            c->pos_weight_count = n;
+        }
+    }
+}
+
+/* "task", or the loss's task; the loss must suit it. */
+static void parse_task(kapi_errors *errors, const cJSON *root, kapi_job_spec *job)
+{
+    kn_train_config *c = &job->train;
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(root, "task");
+    if (!task) {
+        c->task = kn_task_of_loss(c->loss);
+        return;
+    }
+    const char *name = cJSON_IsString(task) ? task->valuestring : "";
+    if (!strcmp(name, "classification")) {
+        c->task = KN_TASK_CLASSIFICATION;
+    } else if (!strcmp(name, "regression")) {
+        c->task = KN_TASK_REGRESSION;
+    } else if (!strcmp(name, "multilabel")) {
+        c->task = KN_TASK_MULTILABEL;
+    } else {
+        char got[120];
+        kapi__describe(task, got, sizeof got);
+        kapi_errors_add(errors, "task",
+                        "expected \"classification\", \"regression\" or \"multilabel\", got %s",
+                        got);
+        return;
+    }
+    job->task_given = true;
+    const char *loss = kn_loss_name(c->loss);
+    switch (c->task) {
+    case KN_TASK_CLASSIFICATION:
+        if (c->loss == KN_LOSS_L1 || c->loss == KN_LOSS_SMOOTH_L1 || c->loss == KN_LOSS_HUBER)
+            kapi_errors_add(errors, "loss",
+                            "%s is a regression loss: task classification takes cross_entropy or "
+                            "nll (or mse and bce_with_logits on one-hot labels)",
+                            loss);
+        break;
+    case KN_TASK_REGRESSION:
+        if (kn_task_of_loss(c->loss) != KN_TASK_REGRESSION)
+            kapi_errors_add(errors, "loss",
+                            "%s does not fit task regression: use mse, l1, smooth_l1 or huber",
+                            loss);
+        break;
+    default:
+        if (c->loss != KN_LOSS_BCE_WITH_LOGITS)
+            kapi_errors_add(errors, "loss",
+                            "%s does not fit task multilabel: use bce_with_logits (one output "
+                            "per label)",
+                            loss);
+        break;
+    }
 }
 
 static void parse_optimizer(kapi_errors *errors, const cJSON *obj, kn_optimizer_options *o)
@@ -444,8 +689,8 @@ static void parse_training(kapi_errors *errors, const cJSON *root, kapi_job_spec
     }
 }
 
-/* "distributed": the processes of one job and how they train together. */
-/* The command line may leave processes to its --processes; the server needs it here. */
+/* "distributed": the processes of one job and how they train together.
+ * The command line may leave processes to its --processes; the server needs it here. */
 static void parse_distributed(kapi_errors *errors, const cJSON *obj, kapi_job_spec *job,
                               bool require_processes)
 {
@@ -500,20 +745,51 @@ bool kapi_job_check_distributed(const kapi_job_spec *job, kapi_errors *errors)
     return errors->count == before;
 }
 
-/* Cross-checks between the data and an inline model. */
+/* The columns a task reads from a CSV: classification one integer label column. */
+static void check_columns(kapi_errors *errors, const kapi_job_spec *job)
+{
+    const char *paths[3] = {"data.train.target_columns", "data.test.target_columns",
+                            "data.target_columns"};
+    const char *lists[3] = {job->data.train.target_columns, job->data.test.target_columns,
+                            job->data.target_columns};
+    if (job->train.task != KN_TASK_CLASSIFICATION) return;
+    for (int i = 0; i < 3; i++)
+        if (strchr(lists[i], ','))
+            kapi_errors_add(errors, paths[i],
+                            "task classification reads one integer label column: give it as "
+                            "label_column (several target columns are for regression or "
+                            "multilabel)");
+}
+
+/* Cross-checks between the data, the loss and an inline model. */
 static void check_data_against_model(kapi_errors *errors, const kapi_job_spec *job)
 {
     const kapi_model_spec *m = job->model;
     const kapi_data_spec *d = &job->data;
-    if (!m || d->channels <= 1) return;
-    if (d->channels != m->input_shape[0]) {
-        char shape[96], counts[48] = "1 value";
+    if (!m || !kapi_model_takes_one_input(m, "model.inputs", errors)) return;
+    char shape[96];
+    kn_shape_str(m->input_shape, m->input_ndim, shape, sizeof shape);
+    if (d->channels > 1 && d->channels != m->input_shape[0]) {
+        char counts[48] = "1 value";
         if (m->input_shape[0] > 1)
             snprintf(counts, sizeof counts, "1 or %lld values", (long long)m->input_shape[0]);
         kapi_errors_add(errors, "data.normalize.mean",
-                        "expected %s (one per channel of input_shape %s), got %d", counts,
-                        kn_shape_str(m->input_shape, m->input_ndim, shape, sizeof shape),
+                        "expected %s (one per channel of input_shape %s), got %d", counts, shape,
                         d->channels);
+    }
+    if (m->output_ndim != 1) return;
+    int64_t outputs = m->output_shape[0];
+    const kn_train_config *c = &job->train;
+    if (c->class_weight && c->class_weight_count != outputs)
+        kapi_errors_add(errors, "loss.weight",
+                        "expected one weight per class: %lld (the model's outputs), got %lld",
+                        (long long)outputs, (long long)c->class_weight_count);
+    if (c->pos_weight && c->pos_weight_count != 1 && c->pos_weight_count != outputs) {
+        char counts[48] = "1 value";
+        if (outputs > 1) snprintf(counts, sizeof counts, "1 or %lld values", (long long)outputs);
+        kapi_errors_add(errors, "loss.pos_weight",
+                        "expected %s (one per output of the model), got %lld", counts,
+                        (long long)c->pos_weight_count);
     }
 }
 
@@ -529,7 +805,7 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
         kapi_errors_add(errors, "", "out of memory");
         return NULL;
     }
-    job->train = train_defaults();
+    job->train = kn_train_config_defaults();
     job->data.scale = 1;
     snprintf(job->device, sizeof job->device, "cpu");
     kapi__check_fields(errors, root, "", JOB_FIELDS);
@@ -558,7 +834,8 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
                       "an object with train (and test) sources or a dataset name");
 
     const cJSON *loss = cJSON_GetObjectItemCaseSensitive(root, "loss");
-    if (loss) parse_loss(errors, loss, &job->train);
+    if (loss) parse_loss(errors, loss, job);
+    parse_task(errors, root, job);
     const cJSON *optimizer =
         get_object(errors, root, "optimizer", "",
                    "an object such as {\"type\": \"adam\", \"lr\": 0.001}", NULL);
@@ -571,8 +848,17 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
 
     get_path(errors, root, "resume_from", "", options.allow_paths, false, NO_WEIGHT_PATHS,
              job->resume_from, sizeof job->resume_from);
-    get_path(errors, root, "init_weights", "", options.allow_paths, false, NO_WEIGHT_PATHS,
-             job->init_weights, sizeof job->init_weights);
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "init_weights");
+    if (cJSON_IsObject(init))
+        parse_init_weights(errors, init, options.allow_paths, job);
+    else
+        get_path(errors, root, "init_weights", "", options.allow_paths, false,
+                 "expected {\"version\": \"...\"} (a version or alias of the model) or "
+                 "{\"job\": \"...\"} (a succeeded job); only the command line (kiln train) "
+                 "reads local weights files",
+                 job->init_weights, sizeof job->init_weights);
+    const cJSON *run_name = cJSON_GetObjectItemCaseSensitive(root, "name");
+    if (run_name) parse_run_name(errors, run_name, job->run_name, sizeof job->run_name);
     if (cJSON_GetObjectItemCaseSensitive(root, "resume_from") &&
         cJSON_GetObjectItemCaseSensitive(root, "init_weights"))
         kapi_errors_add(errors, "init_weights",
@@ -582,6 +868,7 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
     if (submission)
         kapi__check_name(errors, "submission_id", submission, job->submission_id,
                          sizeof job->submission_id);
+    check_columns(errors, job);
     check_data_against_model(errors, job);
     const cJSON *distributed =
         get_object(errors, root, "distributed", "", "an object such as {\"processes\": 2}", NULL);
@@ -601,5 +888,9 @@ void kapi_job_spec_free(kapi_job_spec *spec)
 {
     if (!spec) return;
     kapi_model_spec_free(spec->model);
+    free(spec->data.mean);
+    free(spec->data.std);
+    free(spec->class_weight);
+    free(spec->pos_weight);
     free(spec);
 }

@@ -8,6 +8,7 @@
 #define KAPI_INTERNAL_H
 
 #include "kapi.h"
+#include "kn_layer.h"
 
 #include <cJSON.h>
 
@@ -43,6 +44,13 @@ bool kapi__check_fields(kapi_errors *errors, const cJSON *obj, const char *path,
 /* The closest candidate within a small edit distance, or NULL. */
 const char *kapi__suggest(const char *given, const char *const *candidates);
 
+/* What an integer in [min, max] is called after "expected": "a positive integer", "a
+ * non-negative integer", "an integer from -8 to 7"; and a number in a range: "a finite
+ * number", "a finite number > 0", "a number in [0, 1]". */
+void kapi__int_description(int64_t min, int64_t max, char *buf, size_t size);
+void kapi__number_description(double min, bool min_inclusive, double max, bool max_inclusive,
+                              char *buf, size_t size);
+
 int kapi__get_int(kapi_errors *errors, const cJSON *obj, const char *key, const char *prefix,
                   int64_t min, int64_t max, int64_t *out);
 /* An integer value (not a field): same rules, path given whole. */
@@ -69,5 +77,28 @@ bool kapi__check_name(kapi_errors *errors, const char *path, const cJSON *value,
  * "model"). Returns NULL when it added errors. */
 kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefix,
                                             kapi_errors *errors);
+
+/* ---- model specs' pieces the graph parser shares (model_spec.c) ------------------------ */
+
+/* "unknown layer type ..." at field, with a suggestion and the spec's layer types; with
+ * blocks (a NULL-terminated list of a graph's block names), "layer or block type" and
+ * the blocks too. */
+void kapi__unknown_type(kapi_errors *errors, const char *field, const cJSON *type,
+                        const char *const *blocks);
+/* A layer object's fields: "type", extra (NULL-terminated, may be NULL) and row's
+ * arguments, each checked and read into options (torch's defaults for the absent). */
+bool kapi__layer_fields(kapi_errors *errors, const cJSON *obj, const char *path,
+                        const kn_layer_type *row, const char *const *extra,
+                        kn_layer_options *options);
+/* One sample's shape (input_shape's rules) at path into shape[0..*ndim). */
+bool kapi__sample_shape(kapi_errors *errors, const cJSON *value, const char *path, int64_t *shape,
+                        int *ndim);
+
+/* A graph spec (model_graph.c): inputs, blocks, nodes, outputs read from root into spec,
+ * shapes inferred node by node. False with errors added. */
+bool kapi__graph_from_json(const cJSON *root, const char *prefix, kapi_model_spec *spec,
+                           kapi_errors *errors);
+/* A chain's values (its input and output) once its shapes are known (model_shape.c). */
+bool kapi__chain_values(kapi_model_spec *spec);
 
 #endif

@@ -269,7 +269,7 @@ void kapi__missing(kapi_errors *errors, const char *prefix, const char *key, con
     kapi_errors_add(errors, path, "required field missing: expected %s", what);
 }
 
-static void int_description(int64_t min, int64_t max, char *buf, size_t size)
+void kapi__int_description(int64_t min, int64_t max, char *buf, size_t size)
 {
     (void)max;
     if (min == 1)
@@ -284,7 +284,7 @@ int kapi__int_value(kapi_errors *errors, const cJSON *value, const char *path, i
                     int64_t max, int64_t *out)
 {
     char what[96], got[120];
-    int_description(min, max, what, sizeof what);
+    kapi__int_description(min, max, what, sizeof what);
     if (!cJSON_IsNumber(value) || !isfinite(value->valuedouble) ||
         value->valuedouble != floor(value->valuedouble) || value->valuedouble < (double)min) {
         kapi__describe(value, got, sizeof got);
@@ -314,8 +314,8 @@ int kapi__get_int(kapi_errors *errors, const cJSON *obj, const char *key, const 
     return kapi__int_value(errors, value, path, min, max, out);
 }
 
-static void number_description(double min, bool min_inclusive, double max, bool max_inclusive,
-                               char *buf, size_t size)
+void kapi__number_description(double min, bool min_inclusive, double max, bool max_inclusive,
+                              char *buf, size_t size)
 {
     char lo[40], hi[40];
     kapi__format_number(min, lo, sizeof lo);
@@ -341,7 +341,7 @@ int kapi__number_value(kapi_errors *errors, const cJSON *value, const char *path
     }
     if (!ok) {
         char what[96], got[120];
-        number_description(min, min_inclusive, max, max_inclusive, what, sizeof what);
+        kapi__number_description(min, min_inclusive, max, max_inclusive, what, sizeof what);
         kapi__describe(value, got, sizeof got);
         kapi_errors_add(errors, path, "expected %s, got %s", what, got);
         return KAPI_BAD;

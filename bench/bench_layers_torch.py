@@ -1,19 +1,29 @@
 #!/usr/bin/python3
-"""bench_layers_torch.py — PyTorch's side of bench_layers.c: the Fashion-MNIST CNN's conv
-and pool layers at batch 64, forward alone and forward + backward, and the whole training
-step (forward, cross_entropy, backward, Adam). Same timing method as bench_layers.c
-(warm-up, runs of ~50 ms, median of the runs). Prints one line per measurement,
-"<name> <median microseconds>", which bench_layers reads.
+"""bench_layers_torch.py — PyTorch's side of bench_layers.c: the rows of
+bench/bench_layers.rows (every layer of the Fashion-MNIST CNN and MLP at batch 64,
+forward alone and forward + backward, and each model's whole training step: forward,
+cross_entropy, backward, Adam). Attention (issue 12) as nanoGPT computes it on torch 1.13
+(no flash attention there: q k^T, masked_fill, softmax, @ v), alone (sdpa) and in its
+CausalSelfAttention module (mha). Same timing method as bench_layers.c (warm-up, runs of
+~50 ms, median of the runs). Prints one line per measurement, "<model>.<layer> fwd|fwdbwd
+<median microseconds>", which bench_layers reads.
 
-Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--threads N] [--quick]
+Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--rows FILE]
+[--threads N] [--quick]
 """
 import argparse
+import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist"))
+from torch_fmnist import model_for  # noqa: E402  the models, as bench/fmnist trains them
 
 
 def measure(fn, quick):
@@ -33,12 +43,74 @@ def measure(fn, quick):
     return statistics.median(times)
 
 
-def layer(name, make_input, op, params, quick):
-    """Times op(x) under no_grad, then forward + backward of op(x) with a fixed grad."""
-    x = make_input()
+def read_rows(path):
+    rows = []
+    for line in open(path):
+        if not line.strip() or line.startswith("#"):
+            continue
+        model, layer, kind, shape, options, grad = line.split()
+        opts = {} if options == "-" else dict(kv.split("=") for kv in options.split(","))
+        rows.append({"model": model, "layer": layer, "kind": kind,
+                     "shape": [int(v) for v in shape.split("x")], "options": opts,
+                     "input_grad": grad == "yes"})
+    return rows
+
+
+def nano_attention(q, k, v, causal):
+    t = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+    if causal:
+        att = att.masked_fill(torch.tril(torch.ones(t, t)) == 0, float("-inf"))
+    return F.softmax(att, dim=-1) @ v
+
+
+def layer_op(row):
+    """(op, parameters) for a row, as the model runs it."""
+    kind, o, shape = row["kind"], row["options"], row["shape"]
+    if kind == "conv2d":
+        m = nn.Conv2d(shape[1], int(o["out"]), int(o["k"]), padding=int(o.get("p", 0)))
+        return m, list(m.parameters())
+    if kind == "linear":
+        m = nn.Linear(shape[-1], int(o["out"]))
+        return m, list(m.parameters())
+    if kind == "max_pool2d":
+        k = int(o.get("k", 2))
+        return (lambda x: F.max_pool2d(x, k)), []
+    if kind == "relu":
+        return F.relu, []
+    if kind == "cross_entropy":
+        target = torch.arange(shape[0]) % shape[1]
+        return (lambda x: F.cross_entropy(x, target)), []
+    # ---- attention (issue 12): nanoGPT's CausalSelfAttention (model.py), dropout 0
+    if kind == "sdpa":  # x: the queries [B, H, T, D]; keys and values alike
+        k, v = ((torch.rand(shape) * 2 - 1).requires_grad_() for _ in range(2))
+        causal = int(o.get("causal", 0))
+        return (lambda q: nano_attention(q, k, v, causal)), [k, v]
+    if kind == "mha":  # x: [B, T, E]
+        b, t, e = shape
+        h = int(o["heads"])
+        causal = int(o.get("causal", 0))
+        c_attn, c_proj = nn.Linear(e, 3 * e), nn.Linear(e, e)
+
+        def block(x):
+            q, k, v = c_attn(x).split(e, dim=2)
+            q, k, v = (z.view(b, t, h, e // h).transpose(1, 2) for z in (q, k, v))
+            y = nano_attention(q, k, v, causal).transpose(1, 2).contiguous().view(b, t, e)
+            return c_proj(y)
+
+        return block, list(c_attn.parameters()) + list(c_proj.parameters())
+    raise SystemExit(f"bench_layers_torch.py: unknown kind {kind}")
+
+
+def bench_layer(row, quick):
+    op, params = layer_op(row)
+    x = torch.rand(row["shape"])
+    if row["kind"] != "cross_entropy":
+        x = x * 2 - 1
+    x.requires_grad_(row["input_grad"])
     with torch.no_grad():
         out = op(x)
-    g = torch.rand_like(out)
+    g = torch.rand_like(out) if out.dim() else None
 
     def fwd():
         with torch.no_grad():
@@ -49,40 +121,38 @@ def layer(name, make_input, op, params, quick):
             p.grad = None
         op(x).backward(g)
 
-    print(f"{name}.fwd {measure(fwd, quick) * 1e6:.1f}", flush=True)
-    print(f"{name}.fwdbwd {measure(fwd_bwd, quick) * 1e6:.1f}", flush=True)
+    name = f"{row['model']}.{row['layer']}"
+    print(f"{name} fwd {measure(fwd, quick) * 1e6:.1f}", flush=True)
+    print(f"{name} fwdbwd {measure(fwd_bwd, quick) * 1e6:.1f}", flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    n = 64
-    conv1, conv2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
-    layer("conv1", lambda: torch.rand(n, 1, 28, 28), conv1, list(conv1.parameters()), args.quick)
-    layer("pool1", lambda: torch.rand(n, 16, 28, 28).requires_grad_(),
-          lambda x: F.max_pool2d(x, 2), [], args.quick)
-    layer("conv2", lambda: torch.rand(n, 16, 14, 14).requires_grad_(), conv2,
-          list(conv2.parameters()), args.quick)
-    layer("pool2", lambda: torch.rand(n, 32, 14, 14).requires_grad_(),
-          lambda x: F.max_pool2d(x, 2), [], args.quick)
-
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10))
+def bench_step(row, quick):
+    model = model_for(row["options"]["model"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(n, 1, 28, 28)
-    y = torch.randint(0, 10, (n,))
+    x = torch.rand(row["shape"])
+    y = torch.arange(row["shape"][0]) % 10
 
     def step():
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    print(f"step {measure(step, args.quick) * 1e6:.1f}", flush=True)
+    print(f"{row['model']}.{row['layer']} fwdbwd {measure(step, quick) * 1e6:.1f}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="bench/bench_layers.rows")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    for row in read_rows(args.rows):
+        if row["kind"] == "step":
+            bench_step(row, args.quick)
+        else:
+            bench_layer(row, args.quick)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    kn_set_num_threads(threads); /* the engine's pool and OpenBLAS */
+    kn_set_num_threads(threads);       /* the engine's scheduler (its own GEMM) */
+    openblas_set_num_threads(threads); /* the reference: OpenBLAS with as many threads */
     kn_generator *gen = kn_generator_new(0);
     if (!gen) {
         fprintf(stderr, "bench_ops: %s\n", kn_last_error());

@@ -51,24 +51,86 @@ static void print_json(cJSON *o)
     fflush(stdout);
 }
 
-/* The final weights and a checkpoint in dir. In a distributed run every rank calls it
- * (the checkpoint is a collective) and rank 0 writes. */
-static int save_outputs(kn_trainer *trainer, const char *dir, bool quiet, const kcli_rank *rank)
+/* The weights (with the job's preprocessing in their metadata) and a checkpoint. In a
+ * distributed run every rank calls it (the checkpoint is a collective) and rank 0 writes
+ * the weights. */
+static int save_outputs(const kcli_job *job, kn_trainer *trainer, const char *dir, bool quiet,
+                        const kcli_rank *rank)
 {
     char *weights = kcli_join(dir, "model.safetensors");
     char *checkpoint = kcli_join(dir, "checkpoint.safetensors");
     int rc = 0;
+    kapi_errors errors = {0};
     if (!weights || !checkpoint ||
-        (rank->rank == 0 && kn_module_save_weights(kn_trainer_model(trainer), weights) != KN_OK) ||
+        (rank->rank == 0 && !kapi_save_weights(kn_trainer_model(trainer), weights,
+                                               &job->preprocessing, job->model_spec, &errors)) ||
         kn_trainer_save_checkpoint(trainer, checkpoint) != KN_OK) {
-        fprintf(stderr, "error: --out %s: %s\n", dir, kn_last_error());
+        fprintf(stderr, "error: --out %s: %s\n", dir,
+                errors.count ? errors.items[0].message : kn_last_error());
         rc = KCLI_EXIT_RUNTIME;
     } else if (!quiet) {
         fprintf(stderr, "wrote %s and %s\n", weights, checkpoint);
     }
     free(weights);
     free(checkpoint);
+    kapi_errors_free(&errors);
     return rc;
+}
+
+/* The task's metrics into o under prefix ("test_accuracy"), or as text ("accuracy 0.9").
+ * Also used by the progress lines of evaluations. */
+void kcli_metrics_json(cJSON *o, const char *prefix, const kn_eval_result *r)
+{
+    kapi_metric m[KAPI_MAX_METRICS];
+    int n = kapi_eval_metrics(r, m);
+    char name[64];
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, m[i].name);
+        cJSON_AddNumberToObject(o, name, m[i].value);
+    }
+}
+
+void kcli_metrics_text(char *out, size_t size, const kn_eval_result *r)
+{
+    kapi_metric m[KAPI_MAX_METRICS];
+    int n = kapi_eval_metrics(r, m);
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n && used < size; i++)
+        used += (size_t)snprintf(out + used, size - used, "%s%s %.4f", i ? ", " : "", m[i].name,
+                                 m[i].value);
+}
+
+/* The details at the end: the confusion matrix, or each label's F1. */
+static void print_details(const kn_eval_result *r)
+{
+    if (r->confusion && r->classes <= 30) {
+        printf("confusion matrix (rows: true class, columns: predicted)\n");
+        for (int64_t i = 0; i < r->classes; i++) {
+            printf("%4lld |", (long long)i);
+            for (int64_t j = 0; j < r->classes; j++)
+                printf(" %6lld", (long long)r->confusion[i * r->classes + j]);
+            printf("\n");
+        }
+    }
+    if (r->label_f1) {
+        printf("f1 per label:");
+        for (int64_t k = 0; k < r->classes; k++)
+            printf(" %lld: %.4f", (long long)k, r->label_f1[k]);
+        printf("\n");
+    }
+}
+
+static void add_details(cJSON *o, const kn_eval_result *r)
+{
+    char *text = kapi_eval_details_json(r);
+    cJSON *details = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const cJSON *matrix = cJSON_GetObjectItemCaseSensitive(details, "confusion_matrix");
+    const cJSON *f1 = cJSON_GetObjectItemCaseSensitive(details, "label_f1");
+    if (matrix) cJSON_AddItemToObject(o, "confusion_matrix", cJSON_Duplicate(matrix, true));
+    if (f1) cJSON_AddItemToObject(o, "label_f1", cJSON_Duplicate(f1, true));
+    cJSON_Delete(details);
 }
 
 /* The end of the summary's JSON and text: a distributed run's world and its waiting. */
@@ -81,7 +143,8 @@ static void add_world(cJSON *o, const kn_train_summary *summary)
 
 /* A distributed run stopped by a signal on the ranks: what rank 0 was asked decides
  * (a pause saves a checkpoint for kilnd, Ctrl-C the outputs of --out). */
-static int stopped_rank(kn_trainer *trainer, const kcli_options *options, kcli_rank *rank)
+static int stopped_rank(const kcli_job *job, kn_trainer *trainer, const kcli_options *options,
+                        kcli_rank *rank)
 {
     int reason = kcli_rank_agree_stop(rank, interrupted);
     int64_t step = kn_trainer_step(trainer);
@@ -100,7 +163,7 @@ static int stopped_rank(kn_trainer *trainer, const kcli_options *options, kcli_r
             }
             free(path);
         } else {
-            rc = save_outputs(trainer, options->out_dir, options->quiet, rank);
+            rc = save_outputs(job, trainer, options->out_dir, options->quiet, rank);
         }
     }
     if (rank->rank == 0 && options->events) {
@@ -121,6 +184,7 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
     kcli_rank rank = {0};
     int rc = kcli_job_open(&job, job_path, true, true);
     kn_trainer *trainer = NULL;
+    kn_eval_result test = {0};
     bool tf32_before = kn_get_allow_tf32(); /* the job's choice until it is done */
     if (rc == 0 && kn_dist_launched()) rc = kcli_rank_join(&rank, &job, options, &interrupted);
     if (rc != 0) goto done;
@@ -170,7 +234,7 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
     signal(SIGINT, SIG_DFL);
     kcli_progress_finish(&progress);
     if (st != KN_OK && rank.dist && summary.stopped) {
-        rc = stopped_rank(trainer, options, &rank);
+        rc = stopped_rank(&job, trainer, options, &rank);
         goto done;
     }
     if (st != KN_OK) {
@@ -180,20 +244,15 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
             fprintf(stderr, "error: %s\n", kn_last_error());
         /* what was trained so far is still worth keeping */
         if (interrupted && options->out_dir)
-            save_outputs(trainer, options->out_dir, options->quiet, &rank);
+            save_outputs(&job, trainer, options->out_dir, options->quiet, &rank);
         rc = interrupted ? 130 : KCLI_EXIT_RUNTIME;
         goto done;
     }
 
-    /* the test set's numbers (rank 0's): the last validation when that was the test set */
+    /* the test set's numbers (rank 0's), with its confusion matrix (or per-label F1) */
     bool has_test = job.test != NULL && rank.rank == 0;
-    kn_eval_result test = {0};
-    if (has_test && job.validation == job.test && summary.has_validation &&
-        summary.final_validation.step == summary.steps) {
-        test = summary.final_validation;
-    } else if (has_test) {
-        st = kn_evaluate(job.model, job.test, job.spec->train.loss, job.spec->train.eval_batch_size,
-                         &test);
+    if (has_test) {
+        st = kn_evaluate_config(job.model, job.test, &job.spec->train, &test);
         if (st != KN_OK) {
             fprintf(stderr, "error: evaluating data.test: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
@@ -201,7 +260,7 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
         }
     }
     if (options->out_dir)
-        rc = save_outputs(trainer, options->out_dir, options->quiet || options->json, &rank);
+        rc = save_outputs(&job, trainer, options->out_dir, options->quiet || options->json, &rank);
 
     if (rank.rank != 0) {
         /* rank 0 reports */
@@ -212,12 +271,13 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
         cJSON_AddNumberToObject(o, "epochs_completed", (double)summary.epochs_completed);
         cJSON_AddNumberToObject(o, "train_seconds", summary.train_seconds);
         cJSON_AddNumberToObject(o, "samples_per_second", summary.samples_per_second);
+        cJSON_AddStringToObject(o, "task", kn_task_name(job.spec->train.task));
         if (has_test) {
             cJSON_AddNumberToObject(o, "test_loss", test.loss);
-            cJSON_AddNumberToObject(o, "test_accuracy", test.accuracy);
+            kcli_metrics_json(o, "test_", &test);
+            add_details(o, &test);
         } else {
             cJSON_AddNullToObject(o, "test_loss");
-            cJSON_AddNullToObject(o, "test_accuracy");
         }
         cJSON_AddBoolToObject(o, "stopped_early", summary.stopped_early);
         cJSON_AddNumberToObject(o, "skipped_steps", (double)summary.skipped_steps);
@@ -243,11 +303,16 @@ int kcli_train(const char *job_path, const kcli_options *options_given)
         if (summary.cuda_note[0])
             printf("cuda: %s; %lld steps replayed from a graph\n", summary.cuda_note,
                    (long long)summary.graph_steps);
-        if (has_test)
-            printf("test loss %.4f, accuracy %.4f (%lld samples)\n", test.loss, test.accuracy,
+        if (has_test) {
+            char metrics[256];
+            kcli_metrics_text(metrics, sizeof metrics, &test);
+            printf("test loss %.4f, %s (%lld samples)\n", test.loss, metrics,
                    (long long)test.count);
+            print_details(&test);
+        }
     }
 done:
+    kn_eval_result_clear(&test);
     kn_trainer_free(trainer);
     kcli_job_close(&job);
     kn_set_allow_tf32(tf32_before);
@@ -257,6 +322,7 @@ done:
 
 int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *options)
 {
+    kn_eval_result r = {0};
     kcli_job job;
     int rc = kcli_job_open(&job, job_path, false, true);
     if (rc != 0) goto done;
@@ -270,31 +336,38 @@ int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *
         rc = KCLI_EXIT_RUNTIME;
         goto done;
     }
-    kn_eval_result r;
-    if (kn_evaluate(job.model, job.test, job.spec->train.loss, job.spec->train.eval_batch_size,
-                    &r) != KN_OK) {
+    if ((rc = kcli_job_preprocessing(&job, checkpoint)) != 0 ||
+        (rc = kcli_job_apply_preprocessing(&job, job.test, "data.test")) != 0)
+        goto done;
+    if (kn_evaluate_config(job.model, job.test, &job.spec->train, &r) != KN_OK) {
         fprintf(stderr, "error: %s\n", kn_last_error());
         rc = KCLI_EXIT_RUNTIME;
         goto done;
     }
     if (options->json) {
         cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "task", kn_task_name(job.spec->train.task));
         cJSON_AddNumberToObject(o, "test_loss", r.loss);
-        cJSON_AddNumberToObject(o, "test_accuracy", r.accuracy);
+        kcli_metrics_json(o, "test_", &r);
         cJSON_AddNumberToObject(o, "count", (double)r.count);
+        add_details(o, &r);
         print_json(o);
         cJSON_Delete(o);
     } else {
-        printf("test loss %.4f, accuracy %.4f (%lld samples)\n", r.loss, r.accuracy,
-               (long long)r.count);
+        char metrics[256];
+        kcli_metrics_text(metrics, sizeof metrics, &r);
+        printf("test loss %.4f, %s (%lld samples)\n", r.loss, metrics, (long long)r.count);
+        print_details(&r);
     }
 done:
+    kn_eval_result_clear(&r);
     kcli_job_close(&job);
     return rc;
 }
 
-/* The inputs to predict: --input FILE in the job's data format, else the job's test
- * (or training) inputs. Labels are not needed: a file without them gets zeros. */
+/* The inputs to predict on, raw (the preprocessing is applied after): --input FILE in the
+ * job's data format (a CSV with or without its target columns, an NPY of inputs alone, IDX
+ * images), else the job's test (or training) data. Labels are not needed. */
 static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, int *rc)
 {
     const kapi_data_spec *d = &job->spec->data;
@@ -304,80 +377,146 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
         *rc = KCLI_EXIT_SPEC;
         return NULL;
     }
-    kn_tensor *inputs = NULL, *labels = NULL;
-    kapi_errors errors = {0};
     if (options->input) {
-        size_t size = 0;
-        char *bytes = kapi_read_file(options->input, &size, &errors);
-        if (bytes) {
-            if (src.present && src.format == KAPI_FORMAT_CSV)
-                kn_parse_csv(bytes, size, src.label_column[0] ? src.label_column : "label", &inputs,
-                             &labels);
-            else if (src.present && src.format == KAPI_FORMAT_NPY)
-                inputs = kn_parse_npy(bytes, size, false);
-            else
-                inputs = kn_parse_idx(bytes, size, false);
-            if (!inputs) fprintf(stderr, "--input %s: %s\n", options->input, kn_last_error());
+        /* the file alone, read as the job's data format reads inputs */
+        kapi_data_format format = src.present ? src.format : KAPI_FORMAT_NPY;
+        kapi_data_source input = {.present = true, .format = format};
+        snprintf(input.inputs_path, sizeof input.inputs_path, "%s", options->input);
+        if (format == KAPI_FORMAT_CSV) {
+            memcpy(input.label_column, src.label_column, sizeof input.label_column);
+            memcpy(input.target_columns, src.target_columns, sizeof input.target_columns);
         }
-        free(bytes);
-    } else {
-        kn_dataset *ds = kapi_load_data_source(&src, &errors);
-        if (ds) {
-            inputs = kn_retain(ds->inputs);
-            kn_dataset_free(ds);
-        }
+        src = input;
     }
-    if (errors.count) kcli_print_errors(&errors);
-    kapi_errors_free(&errors);
-    if (!inputs) {
-        kn_release(labels);
-        *rc = KCLI_EXIT_RUNTIME;
-        return NULL;
-    }
-    if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
-    kn_dataset *ds = kn_dataset_new(inputs, labels);
-    kn_release(inputs);
-    kn_release(labels);
-    if (!ds) {
-        fprintf(stderr, "predict: %s\n", kn_last_error());
-        *rc = KCLI_EXIT_RUNTIME;
-        return NULL;
-    }
-    *rc = kcli_prepare_dataset(job, ds, options->input ? "--input" : "data");
-    if (*rc) {
+    kn_dataset *ds = NULL;
+    *rc = kcli_job_load_unlabeled(job, &src, options->input ? "--input" : "data", &ds);
+    if (*rc == 0) *rc = kcli_job_apply_preprocessing(job, ds, options->input ? "--input" : "data");
+    if (*rc != 0) {
         kn_dataset_free(ds);
         return NULL;
     }
     return ds;
 }
 
-/* Prints the batch's probabilities, one line (or JSON object) per sample. */
-static int print_predictions(kn_tensor *probs, int64_t first, bool json)
+/* Prints an output that is not a [N, classes] float: each sample's values, flattened. */
+static int print_values(kn_tensor *output, int64_t first, bool json)
 {
-    kn_tensor *p = kn_contiguous(kn_to(probs, kn_cpu()));
+    kn_tensor *p = kn_contiguous(kn_to(output, kn_cpu()));
     if (!p) return KCLI_EXIT_RUNTIME;
-    int64_t n = p->shape[0], c = p->ndim == 2 ? p->shape[1] : 1;
-    const float *v = kn_data_f32(p);
+    int64_t n = p->ndim > 0 ? p->shape[0] : 1, row = n ? kn_numel(p) / n : 0;
+    double *v = malloc(sizeof *v * (size_t)(row ? row : 1));
+    if (!v) return KCLI_EXIT_RUNTIME;
     for (int64_t i = 0; i < n; i++) {
-        int64_t best = 0;
-        for (int64_t k = 1; k < c; k++)
-            if (v[i * c + k] > v[i * c + best]) best = k;
+        int64_t index[KN_MAX_DIMS] = {i};
+        for (int64_t k = 0; k < row; k++) { /* row-major within the sample */
+            int64_t flat = k;
+            for (int d = p->ndim - 1; d >= 1; d--) {
+                index[d] = flat % p->shape[d];
+                flat /= p->shape[d];
+            }
+            v[k] = kn_get(p, index);
+        }
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "index", (double)(first + i));
-            cJSON_AddNumberToObject(o, "class", (double)best);
-            cJSON *arr = cJSON_AddArrayToObject(o, "probabilities");
-            for (int64_t k = 0; k < c; k++)
-                cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[i * c + k]));
+            cJSON *arr = cJSON_AddArrayToObject(o, "output");
+            for (int64_t k = 0; k < row; k++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[k]));
             char *text = cJSON_PrintUnformatted(o);
             cJSON_Delete(o);
             if (text) printf("%s\n", text);
             free(text);
         } else {
-            printf("%lld\t%lld", (long long)(first + i), (long long)best);
-            for (int64_t k = 0; k < c; k++) printf("\t%.4f", v[i * c + k]);
+            printf("%lld\t-", (long long)(first + i));
+            for (int64_t k = 0; k < row; k++) printf("\t%.6g", v[k]);
             printf("\n");
         }
+    }
+    free(v);
+    return 0;
+}
+
+static double sigmoid(double x)
+{
+    return 1.0 / (1.0 + exp(-x));
+}
+
+/* One line (or JSON object) per sample, as the task reads its outputs: classes with their
+ * probabilities (softmax; one output: the sigmoid of the positive class), regression
+ * values, multi-label labels over 0.5 with each probability. */
+static int print_predictions(kn_tensor *outputs, int64_t first, kn_task task, bool json)
+{
+    /* a graph's output of another kind (int64, a sequence's [N, T, V]) */
+    if (outputs->dtype != KN_FLOAT32 || (task != KN_TASK_REGRESSION && outputs->ndim > 2))
+        return print_values(outputs, first, json);
+    kn_tensor *p = kn_contiguous(kn_to(outputs, kn_cpu()));
+    if (!p) return KCLI_EXIT_RUNTIME;
+    int64_t n = p->shape[0], c = kn_numel(p) / (n > 0 ? n : 1);
+    const float *v = kn_data_f32(p);
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = v + i * c;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "index", (double)(first + i));
+        if (!json) printf("%lld", (long long)(first + i));
+        if (task == KN_TASK_REGRESSION) {
+            cJSON *values = cJSON_AddArrayToObject(o, "values");
+            for (int64_t k = 0; k < c; k++) {
+                cJSON_AddItemToArray(values, cJSON_CreateNumber(row[k]));
+                if (!json) printf("\t%.6g", (double)row[k]);
+            }
+        } else if (task == KN_TASK_MULTILABEL) {
+            cJSON *labels = cJSON_AddArrayToObject(o, "labels");
+            cJSON *probs = cJSON_AddArrayToObject(o, "probabilities");
+            char text[1024] = "";
+            size_t used = 0;
+            for (int64_t k = 0; k < c; k++) {
+                double prob = sigmoid(row[k]);
+                cJSON_AddItemToArray(probs, cJSON_CreateNumber(prob));
+                if (prob <= 0.5) continue;
+                cJSON_AddItemToArray(labels, cJSON_CreateNumber((double)k));
+                if (used < sizeof text)
+                    used += (size_t)snprintf(text + used, sizeof text - used, "%s%lld",
+                                             used ? "," : "", (long long)k);
+            }
+            if (!json) {
+                printf("\t%s", text[0] ? text : "-");
+                for (int64_t k = 0; k < c; k++) printf("\t%.4f", sigmoid(row[k]));
+            }
+        } else {
+            /* one output: a binary classifier (bce); else softmax over the classes */
+            double probs[2], *prob = probs, max = row[0], sum = 0;
+            int64_t classes = c == 1 ? 2 : c, best = 0;
+            if (c > 1 && !(prob = malloc(sizeof *prob * (size_t)c))) {
+                cJSON_Delete(o);
+                kn_release(p);
+                return KCLI_EXIT_RUNTIME;
+            }
+            if (c == 1) {
+                probs[1] = sigmoid(row[0]);
+                probs[0] = 1 - probs[1];
+            } else {
+                for (int64_t k = 1; k < c; k++) max = row[k] > max ? row[k] : max;
+                for (int64_t k = 0; k < c; k++) sum += prob[k] = exp((double)row[k] - max);
+                for (int64_t k = 0; k < c; k++) prob[k] /= sum;
+            }
+            for (int64_t k = 1; k < classes; k++)
+                if (prob[k] > prob[best]) best = k;
+            cJSON_AddNumberToObject(o, "class", (double)best);
+            cJSON *arr = cJSON_AddArrayToObject(o, "probabilities");
+            if (!json) printf("\t%lld", (long long)best);
+            for (int64_t k = 0; k < classes; k++) {
+                cJSON_AddItemToArray(arr, cJSON_CreateNumber(prob[k]));
+                if (!json) printf("\t%.4f", prob[k]);
+            }
+            if (prob != probs) free(prob);
+        }
+        if (json) {
+            char *text = cJSON_PrintUnformatted(o);
+            if (text) printf("%s\n", text);
+            free(text);
+        } else {
+            printf("\n");
+        }
+        cJSON_Delete(o);
     }
     return 0;
 }
@@ -393,12 +532,17 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
         rc = KCLI_EXIT_RUNTIME;
         goto done;
     }
+    if ((rc = kcli_job_preprocessing(&job, checkpoint)) != 0) goto done;
     ds = predict_inputs(&job, options, &rc);
     if (!ds) goto done;
+    kn_task task = job.spec->train.task;
     int64_t count = options->limit > 0 && options->limit < ds->count ? options->limit : ds->count;
     kn_module_train(job.model, false);
     kn_no_grad_begin();
-    if (!options->json) printf("# index\tclass\tprobabilities...\n");
+    if (!options->json)
+        printf("%s\n", task == KN_TASK_REGRESSION   ? "# index\tvalues..."
+                       : task == KN_TASK_MULTILABEL ? "# index\tlabels\tprobabilities..."
+                                                    : "# index\tclass\tprobabilities...");
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
     const int64_t batch = 1000;
@@ -410,14 +554,14 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
             fprintf(stderr, "error: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
         } else {
-            kn_tensor *logits =
+            /* a graph's first output is its prediction (kn_module_forward gives it) */
+            kn_tensor *outputs =
                 kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n), job.device));
-            kn_tensor *probs = logits && logits->ndim == 2 ? kn_softmax(logits, 1) : logits;
-            if (!probs) {
+            if (!outputs) {
                 fprintf(stderr, "error: %s\n", kn_last_error());
                 rc = KCLI_EXIT_RUNTIME;
             } else {
-                rc = print_predictions(probs, b * batch, options->json);
+                rc = print_predictions(outputs, b * batch, task, options->json);
             }
         }
         kn_scope_end();

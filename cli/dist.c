@@ -3,12 +3,12 @@
  *
  * The launcher (kcli_train_launch) checks the job for N processes and the hosts
  * (--hostfile, or this machine with a slot per core or GPU) before anything starts, then
- * runs mpirun with this same program and the same arguments; Ctrl-C asks every rank to
+ * runs mpirun with this same program training the same job; Ctrl-C asks every rank to
  * stop after the same step and save what --out asks for (a second one ends them at once).
  *
  * Each rank is `kiln train` started by mpirun (kcli_rank_*): it joins the communicator
  * (MPI, or NCCL on its own GPU: cuda:<local rank>), trains its shard with the others
- * (core/dist_ddp.c), and only rank 0 evaluates, prints progress and the summary, writes
+ * (core/dist/dist_ddp.c), and only rank 0 evaluates, prints progress and the summary, writes
  * files and emits events. SIGUSR1 (which mpirun passes on to every rank) stops the run
  * after an agreed step with a checkpoint, SIGUSR2 without one: what kilnd sends for a
  * pause and a cancel. A rank that fails takes the others down (kn_dist_abort) with its
@@ -112,7 +112,36 @@ static int choose_hosts(const kcli_options *options, bool on_gpus, kapi_hosts *h
     return 0;
 }
 
-int kcli_train_launch(const char *job_path, const kcli_options *options, int argc, char **argv)
+/* The rank's command line: this program's train with the launcher's options less
+ * --processes and --hostfile (the number arguments in text[2]). */
+static void rank_program(const char **program, char text[2][24], const char *self,
+                         const char *job_path, const kcli_options *options)
+{
+    int count = 0;
+    program[count++] = self;
+    program[count++] = "train";
+    program[count++] = job_path;
+    if (options->events)
+        program[count++] = "--events";
+    else if (options->json)
+        program[count++] = "--json";
+    if (options->quiet) program[count++] = "--quiet";
+    if (options->out_dir) {
+        program[count++] = "--out";
+        program[count++] = options->out_dir;
+    }
+    if (options->threads) {
+        snprintf(text[0], sizeof text[0], "%d", options->threads);
+        program[count++] = "--threads";
+        program[count++] = text[0];
+    }
+    snprintf(text[1], sizeof text[1], "%lld", (long long)options->log_every);
+    program[count++] = "--log-every";
+    program[count++] = text[1];
+    program[count] = NULL;
+}
+
+int kcli_train_launch(const char *job_path, const kcli_options *options)
 {
     if (!kn_dist_built()) {
         fprintf(stderr, "--processes: %s\n", kn_dist_unavailable());
@@ -148,21 +177,14 @@ int kcli_train_launch(const char *job_path, const kcli_options *options, int arg
     if (isatty(STDERR_FILENO)) setenv("KILN_PROGRESS_TTY", "1", 1);
     kapi_hosts_free(&hosts);
 
-    /* this program again, with the same arguments but the launcher's own */
+    /* this program again as a rank: train the same job with the options that were given,
+     * less the launcher's own (built from what was parsed, however it was spelled) */
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     self[n > 0 ? n : 0] = '\0';
-    const char **program = calloc((size_t)argc + 1, sizeof *program);
-    if (!program) return KCLI_EXIT_RUNTIME;
-    int count = 0;
-    program[count++] = n > 0 ? self : argv[0];
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--processes") || !strcmp(argv[i], "--hostfile")) {
-            i++;
-            continue;
-        }
-        program[count++] = argv[i];
-    }
+    const char *program[16];
+    char numbers[2][24];
+    rank_program(program, numbers, n > 0 ? self : "kiln", job_path, options);
     static const char *const exported[] = {
         "KILN_NUM_THREADS", "KILN_PROGRESS_TTY", "OPENBLAS_NUM_THREADS", "KILN_CUDA_MODULE",
         "ASAN_OPTIONS",     "LSAN_OPTIONS",      "UBSAN_OPTIONS",        NULL};
@@ -173,7 +195,6 @@ int kcli_train_launch(const char *job_path, const kcli_options *options, int arg
                           .export_env = exported,
                           .program = program};
     char **args = kapi_mpirun_argv(&launch);
-    free(program);
     if (!args) {
         if (!options->hostfile) unlink(own_hostfile);
         return KCLI_EXIT_RUNTIME;

@@ -2,8 +2,10 @@
  * job.c — turning a job file into something to run, for train, eval and predict: the
  * spec parsed and validated (errors as "path: message", exit 2), a model referenced by
  * file loaded, the model built on the job's device from the job's seed, and the data
- * loaded, scaled, normalised and shaped as the model's input_shape. Relative paths in a
- * job are tried as given, then next to the job file.
+ * loaded as the task takes it, checked against the model, split, scaled and normalised
+ * (kapi_prepare_data, as kilnd does); eval and predict take the preprocessing from the
+ * weights file when it carries it. Relative paths in a job are tried as given, then next
+ * to the job file.
  */
 #include "kcli.h"
 
@@ -72,56 +74,84 @@ static int load_model_file(kcli_job *job, const char *job_dir)
     return KCLI_EXIT_SPEC;
 }
 
-int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what)
-{
-    const kapi_data_spec *d = &job->spec->data;
-    if (kn_dataset_normalize(ds, d->scale, d->mean, d->std, d->channels) != KN_OK) {
-        fprintf(stderr, "%s: %s\n", what, kn_last_error());
-        return KCLI_EXIT_RUNTIME;
-    }
-    /* IDX images come as [N, 28, 28]; the model may want [N, 1, 28, 28] or [N, 784] */
-    const kapi_model_spec *m = job->model_spec;
-    int64_t want = 1, have = 1;
-    for (int i = 0; i < m->input_ndim; i++) want *= m->input_shape[i];
-    for (int i = 1; i < ds->inputs->ndim; i++) have *= ds->inputs->shape[i];
-    char a[128], b[128];
-    if (want != have) {
-        fprintf(stderr, "%s: samples of shape %s do not fit the model's input_shape %s\n", what,
-                kn_shape_str(ds->inputs->shape + 1, ds->inputs->ndim - 1, a, sizeof a),
-                kn_shape_str(m->input_shape, m->input_ndim, b, sizeof b));
-        return KCLI_EXIT_SPEC;
-    }
-    int64_t shape[KN_MAX_DIMS + 1];
-    shape[0] = ds->count;
-    for (int i = 0; i < m->input_ndim; i++) shape[i + 1] = m->input_shape[i];
-    kn_tensor *reshaped = kn_reshape(ds->inputs, shape, m->input_ndim + 1);
-    if (!reshaped) {
-        fprintf(stderr, "%s: %s\n", what, kn_last_error());
-        return KCLI_EXIT_RUNTIME;
-    }
-    kn_release(ds->inputs);
-    ds->inputs = reshaped;
-    if (m->output_ndim == 1 && ds->num_classes > m->output_shape[0]) {
-        fprintf(stderr, "%s: labels go up to %lld but the model has %lld outputs\n", what,
-                (long long)ds->num_classes - 1, (long long)m->output_shape[0]);
-        return KCLI_EXIT_SPEC;
-    }
-    return 0;
-}
-
+/* Loads a source as the job's task takes it and fits it to the model (inputs reshaped,
+ * labels checked); unlabeled data is allowed for predict. */
 static int load_source(kcli_job *job, const kapi_data_source *src, const char *what,
-                       kn_dataset **out)
+                       bool allow_unlabeled, kn_dataset **out)
 {
     kapi_errors errors = {0};
-    *out = kapi_load_data_source(src, &errors);
-    if (!*out) {
-        if (errors.count == 0) fprintf(stderr, "%s: %s\n", what, kn_last_error());
+    kapi_load_options load = {.task = job->spec->train.task, .allow_unlabeled = allow_unlabeled};
+    *out = kapi_load_data(src, load, &errors);
+    int rc = *out ? 0 : KCLI_EXIT_RUNTIME;
+    if (*out && !kapi_dataset_fit_job(*out, job->model_spec, &job->spec->train, what, &errors))
+        rc = KCLI_EXIT_SPEC;
+    if (!*out && errors.count == 0) fprintf(stderr, "%s: %s\n", what, kn_last_error());
+    kcli_print_errors(&errors);
+    kapi_errors_free(&errors);
+    return rc;
+}
+
+int kcli_job_preprocessing(kcli_job *job, const char *weights)
+{
+    kapi_errors errors = {0};
+    bool found = false;
+    kapi_preprocessing_free(&job->preprocessing);
+    if (weights && !kapi_load_preprocessing(weights, &job->preprocessing, &found, &errors)) {
         kcli_print_errors(&errors);
         kapi_errors_free(&errors);
         return KCLI_EXIT_RUNTIME;
     }
+    if (found) return 0;
+    /* a file without it (a checkpoint, weights from elsewhere): the job's own, with "auto"
+     * measured again on its training data exactly as training did */
+    const kapi_data_spec *d = &job->spec->data;
+    if (!d->normalize_auto) {
+        kapi_preprocessing *p = &job->preprocessing;
+        p->scale = d->scale;
+        p->task = job->spec->train.task;
+        if (d->channels > 0) {
+            p->mean = malloc(sizeof(double) * (size_t)d->channels);
+            p->std = malloc(sizeof(double) * (size_t)d->channels);
+            if (!p->mean || !p->std) return KCLI_EXIT_RUNTIME;
+            memcpy(p->mean, d->mean, sizeof(double) * (size_t)d->channels);
+            memcpy(p->std, d->std, sizeof(double) * (size_t)d->channels);
+            p->channels = d->channels;
+        }
+        return 0;
+    }
+    if (!d->train.present) {
+        fprintf(stderr, "data.normalize: \"auto\" needs the training data (data.train) or "
+                        "weights that carry their preprocessing (written by kiln train)\n");
+        return KCLI_EXIT_SPEC;
+    }
+    kn_dataset *train = NULL, *validation = NULL;
+    int rc = load_source(job, &d->train, "data.train", false, &train);
+    if (rc == 0 && !kapi_prepare_data(job->spec, job->model_spec, &train, &validation, NULL,
+                                      &job->preprocessing, &errors)) {
+        kcli_print_errors(&errors);
+        rc = KCLI_EXIT_RUNTIME;
+    }
     kapi_errors_free(&errors);
-    return kcli_prepare_dataset(job, *out, what);
+    kn_dataset_free(train);
+    kn_dataset_free(validation);
+    return rc;
+}
+
+int kcli_job_apply_preprocessing(const kcli_job *job, kn_dataset *ds, const char *what)
+{
+    const kapi_preprocessing *p = &job->preprocessing;
+    if (kapi_preprocessing_is_identity(p)) return 0;
+    if (kn_dataset_normalize(ds, p->scale, p->mean, p->std, p->channels) != KN_OK) {
+        fprintf(stderr, "%s: %s\n", what, kn_last_error());
+        return KCLI_EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+int kcli_job_load_unlabeled(kcli_job *job, const kapi_data_source *src, const char *what,
+                            kn_dataset **out)
+{
+    return load_source(job, src, what, true, out);
 }
 
 static int choose_device(kcli_job *job)
@@ -201,27 +231,24 @@ int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_te
     }
 
     const kapi_data_spec *d = &job->spec->data;
-    if (want_train) {
-        if (!d->train.present) {
-            fprintf(stderr, "data.train: required field missing: expected the training data "
-                            "(local files on the command line)\n");
-            return KCLI_EXIT_SPEC;
-        }
-        rc = load_source(job, &d->train, "data.train", &job->train);
-        if (rc == 0 && d->validation_split > 0) {
-            kn_dataset *train = NULL, *val = NULL;
-            if (kn_dataset_split(job->train, d->validation_split, job->spec->train.seed, &train,
-                                 &val) != KN_OK) {
-                fprintf(stderr, "data.validation_split: %s\n", kn_last_error());
-                return KCLI_EXIT_RUNTIME;
-            }
-            kn_dataset_free(job->train);
-            job->train = train;
-            job->validation = val;
-        }
+    if (want_train && !d->train.present) {
+        fprintf(stderr, "data.train: required field missing: expected the training data "
+                        "(local files on the command line)\n");
+        return KCLI_EXIT_SPEC;
     }
+    if (want_train) rc = load_source(job, &d->train, "data.train", false, &job->train);
     if (rc == 0 && want_test && d->test.present)
-        rc = load_source(job, &d->test, "data.test", &job->test);
+        rc = load_source(job, &d->test, "data.test", false, &job->test);
+    if (rc == 0 && want_train) {
+        /* split, scale, normalise ("auto" measured on the training part) */
+        kapi_errors errors = {0};
+        if (!kapi_prepare_data(job->spec, job->model_spec, &job->train, &job->validation,
+                               &job->test, &job->preprocessing, &errors)) {
+            kcli_print_errors(&errors);
+            rc = KCLI_EXIT_RUNTIME;
+        }
+        kapi_errors_free(&errors);
+    }
     if (rc == 0 && !job->validation) job->validation = job->test; /* borrowed: freed as test */
     return rc;
 }
@@ -234,5 +261,6 @@ void kcli_job_close(kcli_job *job)
     kn_module_free(job->model);
     kapi_model_spec_free(job->model_owned);
     kapi_job_spec_free(job->spec);
+    kapi_preprocessing_free(&job->preprocessing);
     memset(job, 0, sizeof *job);
 }

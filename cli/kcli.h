@@ -9,7 +9,10 @@
 #include "kapi.h"
 #include "kn_train.h"
 
+#include <cJSON.h>
+
 #include <stdbool.h>
+#include <stdio.h>
 
 /* Exit codes: 0 success, 1 a runtime error, 2 a usage or spec error. */
 #define KCLI_EXIT_RUNTIME 1
@@ -43,23 +46,38 @@ typedef struct kcli_job {
     kn_module *model;
     kn_device device;
     kn_dataset *train, *test, *validation; /* any may be NULL */
+    kapi_preprocessing preprocessing;      /* what the data got (train) or gets (eval, predict) */
 } kcli_job;
 
 /* Reads and validates the job (errors printed as "path: message"), builds the model.
- * Data is loaded when want_train/want_test. Returns 0 or an exit code. */
+ * Data is loaded when want_train/want_test, checked against the model and the task; with
+ * want_train every split is preprocessed (job->preprocessing), otherwise the test data is
+ * raw until kcli_job_apply_preprocessing. Returns 0 or an exit code. */
 int kcli_job_open(kcli_job *job, const char *path, bool want_train, bool want_test);
 void kcli_job_close(kcli_job *job);
-/* Scales/normalises as the job says and reshapes samples to the model's input_shape. */
-int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what);
+/* job->preprocessing for a weights file: the one it carries, else the job's (normalize
+ * "auto" measured again on the training data). 0 or an exit code. */
+int kcli_job_preprocessing(kcli_job *job, const char *weights);
+/* Scales and normalises ds in place with job->preprocessing. */
+int kcli_job_apply_preprocessing(const kcli_job *job, kn_dataset *ds, const char *what);
+/* Loads src as the job's task takes it, labels optional, fitted to the model's input. */
+int kcli_job_load_unlabeled(kcli_job *job, const kapi_data_source *src, const char *what,
+                            kn_dataset **out);
 /* Prints kapi errors as "path: message" lines on stderr. */
 void kcli_print_errors(const kapi_errors *errors);
+
+/* An evaluation's metrics (kapi_eval_metrics) into o as prefix + name, or as text
+ * ("accuracy 0.9012, precision ..."). */
+void kcli_metrics_json(cJSON *o, const char *prefix, const kn_eval_result *r);
+void kcli_metrics_text(char *out, size_t size, const kn_eval_result *r);
 
 int kcli_train(const char *job_path, const kcli_options *options);
 
 /* ---- distributed runs (dist.c) --------------------------------------------------------- */
-/* kiln train --processes N: checks the job and the hosts, runs mpirun with this program
- * and argv (less --processes and --hostfile), waits; returns the exit code. */
-int kcli_train_launch(const char *job_path, const kcli_options *options, int argc, char **argv);
+/* kiln train --processes N: checks the job and the hosts, runs mpirun with this program's
+ * train and the same options (less --processes and --hostfile), waits; returns the exit
+ * code. */
+int kcli_train_launch(const char *job_path, const kcli_options *options);
 
 /* This process as a rank of a run started by mpirun (kn_dist_launched()). */
 typedef struct kcli_rank {
@@ -79,14 +97,40 @@ int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_validate(const char *path, const kcli_options *options);
 
+/* ---- the progress bar (progress_bar.c) ---------------------------------------------- */
+typedef struct kcli_bar {
+    FILE *out;
+    bool tty;  /* a terminal: one line redrawn in place */
+    bool open; /* a bar is on screen */
+    double last_draw;
+} kcli_bar;
+
+typedef struct kcli_bar_state {
+    const char *label; /* "running", "epoch", ... (may be NULL) */
+    int64_t step, total;
+    int64_t epoch, epochs; /* epoch counted from 0; epochs 0: unknown; epoch < 0: none */
+    double loss;           /* NaN: none yet */
+    double samples_per_second, eta_seconds; /* eta < 0: unknown */
+    const char *note;                       /* appended, e.g. "(skipped)" */
+} kcli_bar_state;
+
+/* enabled false (--quiet) never draws. */
+void kcli_bar_init(kcli_bar *bar, FILE *out, bool enabled);
+/* Redraws the bar on a terminal (throttled unless force); nothing elsewhere. */
+void kcli_bar_draw(kcli_bar *bar, const kcli_bar_state *state, bool force);
+/* A plain line (ends a drawn bar first): for logs and pipes. */
+void kcli_bar_line(kcli_bar *bar, const kcli_bar_state *state);
+/* Ends a drawn bar's line. */
+void kcli_bar_end(kcli_bar *bar);
+/* "1:02:03", "2:03", or "?" for unknown. */
+void kcli_format_duration(double seconds, char *out, size_t size);
+
 /* ---- progress (progress.c) ---------------------------------------------------------- */
 typedef struct kcli_progress {
     const kcli_options *options;
-    bool tty;           /* stderr is a terminal: one line redrawn with \r */
-    bool line_open;     /* a progress bar is on screen */
+    kcli_bar bar;       /* stderr */
     int64_t first_step; /* the step the run started at (resumed runs) */
     double start;       /* seconds */
-    double last_draw;
     volatile int *interrupted;
     kn_trainer *trainer; /* for checkpoints */
     int64_t checkpoints_written;

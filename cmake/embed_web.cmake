@@ -88,9 +88,12 @@ function(kiln_web_embed target)
       OUTPUT ${stamp} ${npm_dir}/node_modules/uplot/dist/${uplot_css}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${npm_dir}
       COMMAND ${CMAKE_COMMAND} -E copy ${web}/package.json ${web}/package-lock.json ${npm_dir}
-      # a failed download (no network) must not fail the build: the charts go missing
-      COMMAND sh -c "${KILN_NPM} ci --no-audit --no-fund --loglevel=error || echo 'npm ci failed: the dashboard is built without uPlot' >&2"
-      WORKING_DIRECTORY ${npm_dir}
+      # a failed download (no network) must not fail the build: the charts go missing.
+      # Not WORKING_DIRECTORY: make enters it before the first command, which is the one
+      # that creates it (a fresh clone has no build/web-npm); cmake -E chdir enters it
+      # for this command only, once it exists.
+      COMMAND ${CMAKE_COMMAND} -E chdir ${npm_dir}
+              sh -c "${KILN_NPM} ci --no-audit --no-fund --loglevel=error || echo 'npm ci failed: the dashboard is built without uPlot' >&2"
       DEPENDS ${web}/package.json ${web}/package-lock.json
       COMMENT "npm ci for the dashboard's chart library (uPlot, pinned in web/package-lock.json)"
       VERBATIM)

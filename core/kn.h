@@ -262,6 +262,7 @@ kn_tensor *kn_leaky_relu(kn_tensor *a, double negative_slope);
 kn_tensor *kn_gelu(kn_tensor *a, kn_gelu_approximation approximate);
 kn_tensor *kn_tanh(kn_tensor *a);
 kn_tensor *kn_sigmoid(kn_tensor *a);
+kn_tensor *kn_silu(kn_tensor *a); /* x * sigmoid(x), torch.nn.functional.silu */
 kn_tensor *kn_softmax(kn_tensor *a, int dim);
 kn_tensor *kn_log_softmax(kn_tensor *a, int dim);
 
@@ -323,18 +324,47 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
 /* ---- losses ---------------------------------------------------------------------- */
 typedef enum { KN_REDUCTION_MEAN = 0, KN_REDUCTION_SUM = 1, KN_REDUCTION_NONE = 2 } kn_reduction;
 #define KN_DEFAULT_IGNORE_INDEX (-100)
+/* Elementwise losses, input and target of one shape, both differentiable (as in torch). */
 kn_tensor *kn_mse_loss(kn_tensor *input, kn_tensor *target, kn_reduction reduction);
+kn_tensor *kn_l1_loss(kn_tensor *input, kn_tensor *target, kn_reduction reduction);
+/* F.smooth_l1_loss: 0.5 d^2 / beta where |d| < beta, else |d| - beta / 2; beta >= 0. */
+kn_tensor *kn_smooth_l1_loss(kn_tensor *input, kn_tensor *target, kn_reduction reduction,
+                             double beta);
+/* F.huber_loss: 0.5 d^2 where |d| < delta, else delta (|d| - delta / 2); delta > 0. */
+kn_tensor *kn_huber_loss(kn_tensor *input, kn_tensor *target, kn_reduction reduction, double delta);
 /* logits [N, C] or [N, C, d...], target int64 [N] or [N, d...] of class indices. */
 kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction reduction,
                             int64_t ignore_index, double label_smoothing);
+/* The same with class weights: weight float32 [C] on the logits' device (NULL: none), not
+ * differentiated; the mean divides by the sum of weight[target] (torch's). */
+kn_tensor *kn_cross_entropy_weighted(kn_tensor *logits, kn_tensor *target, kn_tensor *weight,
+                                     kn_reduction reduction, int64_t ignore_index,
+                                     double label_smoothing);
 kn_tensor *kn_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction reduction,
                        int64_t ignore_index);
+kn_tensor *kn_nll_loss_weighted(kn_tensor *log_probs, kn_tensor *target, kn_tensor *weight,
+                                kn_reduction reduction, int64_t ignore_index);
+/* The target (same shape as logits, values in [0, 1]) gets a gradient only when it
+ * requires one, as in torch. */
 kn_tensor *kn_binary_cross_entropy_with_logits(kn_tensor *logits, kn_tensor *target,
                                                kn_reduction reduction);
+/* With pos_weight (float32 [C] or [1] on the logits' device, broadcast over the last dim;
+ * NULL: none), not differentiated: the positive term of element (.., c) is weighted by
+ * pos_weight[c], as F.binary_cross_entropy_with_logits(pos_weight=). */
+kn_tensor *kn_binary_cross_entropy_with_logits_pos_weight(kn_tensor *logits, kn_tensor *target,
+                                                          kn_tensor *pos_weight,
+                                                          kn_reduction reduction);
 
 /* ---- runtime --------------------------------------------------------------------- */
-void kn_set_num_threads(int n); /* the engine's pool and OpenBLAS; <= 0 means all cores */
+/* The cores the engine uses, all threads together (torch.set_num_threads); <= 0 means
+ * all cores (or $KN_NUM_THREADS). Threads that compute at once divide them between
+ * them (kernels/cpu/parallel.c). */
+void kn_set_num_threads(int n);
 int kn_get_num_threads(void);
+/* The most of those cores the calling thread's ops use; 0 (the default): an equal share
+ * among the threads computing at the time. Per thread: each kilnd worker sets its own. */
+void kn_set_thread_share(int n);
+int kn_get_thread_share(void);
 /* torch.backends.cuda.matmul.allow_tf32: whether the CUDA matrix products this thread
  * issues (matmul, linear, the convolution GEMMs) may round their fp32 inputs to TF32
  * on tensor cores (about 10 mantissa bits, much faster). Off by default. Per calling
@@ -344,6 +374,50 @@ bool kn_get_allow_tf32(void);
 
 kn_alloc_stats kn_get_alloc_stats(void);
 void kn_empty_cache(void); /* returns cached blocks to the system */
+
+/* ---- recurrent layers (issue 12) ------------------------------------------------------ */
+/* One layer and one direction of torch's nn.LSTM / nn.GRU, batch first. Weights as torch
+ * names them: w_ih [G, input], w_hh [G, hidden], b_ih and b_hh [G] or NULL (bias=False),
+ * with G = 4 * hidden for an LSTM (gates i, f, g, o) and 3 * hidden for a GRU (r, z, n). */
+typedef struct kn_rnn_weights {
+    kn_tensor *w_ih, *w_hh, *b_ih, *b_hh;
+} kn_rnn_weights;
+/* x [N, T, input] (any strides, T >= 1); h0, c0 [N, hidden] or NULL for zeros; reverse
+ * runs from step T-1 down to 0 (a bidirectional layer's _reverse direction). Returns the
+ * hidden state of every step, [N, T, hidden] (torch's output of a one-layer module);
+ * differentiable in every tensor. kn_gru is the same without a cell state. */
+kn_tensor *kn_lstm(kn_tensor *x, kn_tensor *h0, kn_tensor *c0, kn_rnn_weights w, bool reverse);
+kn_tensor *kn_gru(kn_tensor *x, kn_tensor *h0, kn_rnn_weights w, bool reverse);
+/* ---- attention (issue 12: the attention family) ----------------------------------- */
+/* What scaled_dot_product_attention may take besides q, k and v; {0} is torch's default
+ * (no mask, no dropout, scale 1/sqrt(E)). */
+typedef struct kn_attention_args {
+    bool is_causal; /* query i sees keys j <= i + causal_offset */
+    /* 0 is torch's is_causal (the triangle from the top left); S - L makes the queries
+     * the last L positions of the keys' sequence, as when decoding against a key/value
+     * cache of S - L positions */
+    int64_t causal_offset;
+    /* int64 [N, S] (N the batch dim of q): nonzero keys are ignored (torch's boolean
+     * key_padding_mask, True = padding); NULL: none */
+    kn_tensor *key_padding_mask;
+    double dropout_p;        /* on the attention weights (applied whenever > 0) */
+    kn_generator *generator; /* the dropout's; NULL: the default generator */
+    double scale;            /* of q k^T; 0: 1/sqrt(E) */
+} kn_attention_args;
+/* torch.nn.functional.scaled_dot_product_attention (torch 2.x; torch 1.13 spells it out
+ * as softmax(q k^T * scale + mask) v): q [N, H, L, E], k [N, H, S, E], v [N, H, S, Ev]
+ * -> [N, H, L, Ev] (or the same without the head dim H). args may be NULL. Fused: the
+ * forward and backward never hold more than a block of rows of the [L, S] weights, so
+ * memory grows with L + S, not L * S. A query that sees no key at all (every key padded)
+ * gets zeros where torch 1.13 gives NaN. Differentiable in q, k and v. */
+kn_tensor *kn_scaled_dot_product_attention(kn_tensor *q, kn_tensor *k, kn_tensor *v,
+                                           const kn_attention_args *args);
+/* The same on the packed projection nn.MultiheadAttention makes for self-attention:
+ * qkv [N, T, 3E] holds q, k and v side by side, each [N, T, num_heads, E / num_heads],
+ * and the result is [N, T, E], the heads side by side, ready for out_proj. The kernel
+ * reads the heads where they are and the backward writes one [N, T, 3E] gradient: no
+ * copies either way. */
+kn_tensor *kn_attention_qkv(kn_tensor *qkv, int64_t num_heads, const kn_attention_args *args);
 
 #ifdef __cplusplus
 }

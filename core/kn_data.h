@@ -1,7 +1,9 @@
 /*
  * kn_data.h — in-memory datasets and the batches a training loop draws from them.
  *
- * A dataset is a float32 tensor of inputs [N, ...] and an int64 tensor of labels [N].
+ * A dataset is a float32 tensor of inputs [N, ...] and its labels: int64 class indices
+ * [N] (classification), float32 targets [N] or [N, K] (regression, binary and multi-label
+ * tasks), or none (inputs to predict on).
  * Batch order is a pure function of (seed, epoch): the permutation of epoch e comes
  * from a generator seeded with a mix of the two, so a run is reproducible and a run
  * resumed at epoch e, batch b continues the very same sequence.
@@ -21,13 +23,14 @@ extern "C" {
 
 typedef struct kn_dataset {
     kn_tensor *inputs; /* float32 [N, ...] */
-    kn_tensor *labels; /* int64 [N] */
+    kn_tensor *labels; /* int64 [N], float32 [N] or [N, K], or NULL (unlabeled) */
     int64_t count;
-    int64_t num_classes; /* 1 + the largest label */
+    int64_t num_classes; /* int64 labels: 1 + the largest label; otherwise 0 */
 } kn_dataset;
 
 /* Checks shapes, dtypes, label range (0 <= label < INT64_MAX), N >= 1 and finiteness of
- * inputs (an error names the first bad sample and its value). CPU tensors only. */
+ * inputs and of float targets (an error names the first bad sample and its value). CPU
+ * tensors only. labels may be NULL: an unlabeled dataset, whose batches have no labels. */
 kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels);
 void kn_dataset_free(kn_dataset *ds);
 
@@ -37,6 +40,18 @@ void kn_dataset_free(kn_dataset *ds);
  * inputs [N, channels, ...]. std must be > 0, scale finite and non-zero. */
 kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean, const double *std,
                                int channels);
+/* The same arithmetic on count samples of sample floats in place (inference applies a
+ * job's preprocessing with it, so served inputs get the training data's very floats);
+ * arguments as checked by kn_dataset_normalize. */
+kn_status kn_normalize_floats(float *data, int64_t count, int64_t sample, double scale,
+                              const double *mean, const double *std, int channels);
+
+/* Per-channel mean and standard deviation of the inputs (the population's, as
+ * scikit-learn's StandardScaler; double accumulation), in the layout of
+ * kn_dataset_normalize: channels 1 is every element, channels > 1 is dim 1. mean and std
+ * hold channels values; a channel without spread gets std 1, so normalising only centres
+ * it. */
+kn_status kn_dataset_channel_stats(const kn_dataset *ds, int channels, double *mean, double *std);
 
 /* Splits off the last floor(fraction * N) samples of a seeded permutation as validation:
  * *train and *validation are new datasets (copies, samples in their original order,
@@ -52,7 +67,7 @@ kn_tensor *kn_epoch_order(int64_t count, uint64_t seed, int64_t epoch, bool shuf
 /* Batch b of an order (any 1-D int64 tensor of sample indices; the last batch is
  * smaller when batch_size does not divide it; with drop_last, ask only for the first
  * kn_batches_per_epoch(..., true) batches): inputs and labels gathered into new
- * contiguous tensors (scope rule). */
+ * contiguous tensors (scope rule); *labels is NULL for an unlabeled dataset. */
 kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
                            int64_t batch_size, kn_tensor **inputs, kn_tensor **labels);
 int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last);
@@ -65,12 +80,22 @@ kn_tensor *kn_parse_idx(const void *bytes, size_t size, bool as_labels);
 /* NPY v1/v2/v3: little-endian <f4 <f8 <i8 <i4 <i2 <u2 |u1 |i1, C order. float32 or int64
  * out (labels must be 1-D and integral). */
 kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels);
+/* Targets of any task as stored: [N] or [N, K]; integer dtypes give int64 (class labels,
+ * 0/1 multi-label), float dtypes float32 (the caller decides what the task accepts). */
+kn_tensor *kn_parse_npy_targets(const void *bytes, size_t size);
 /* CSV with a header line: label_column names the label (integer) column, the rest are
  * float features (strtod: "nan" parses, kn_dataset_new refuses it). Blank lines are
  * skipped, ragged rows refused. Errors name the line and column. *inputs float32 [N, F],
  * *labels int64 [N] (scope rule). */
 kn_status kn_parse_csv(const char *text, size_t size, const char *label_column, kn_tensor **inputs,
                        kn_tensor **labels);
+/* The same with float targets: the n_columns named columns (in that order) are *targets,
+ * float32 [N, n_columns], every other column a feature. n_columns 0, or optional with
+ * none of the columns in the header, gives *targets NULL and every column as a feature
+ * (inputs to predict on); optional with only some of them is still an error. */
+kn_status kn_parse_csv_targets(const char *text, size_t size, const char *const *columns,
+                               int n_columns, bool optional, kn_tensor **inputs,
+                               kn_tensor **targets);
 
 #ifdef __cplusplus
 }

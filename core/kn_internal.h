@@ -132,10 +132,10 @@ void *kn__device_alloc(kn_device device, size_t nbytes);
 void kn__device_free(kn_device device, void *ptr, size_t nbytes);
 /* The elementwise kernels on the CPU or on a CUDA device; an error (set) when the device
  * is not available or the kernel fails. Operands point into memory on that device. */
-kn_status kn__kernel_binary(kn_device device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_binary(kn_device device, kn_binary_op op, const int64_t *shape, int ndim,
                             kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                             float beta);
-kn_status kn__kernel_unary(kn_device device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+kn_status kn__kernel_unary(kn_device device, kn_unary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta);
 kn_status kn__kernel_copy(kn_device device, const int64_t *shape, int ndim, size_t elem_size,
                           kn_cpu_operand out, kn_cpu_operand in);
@@ -150,6 +150,14 @@ kn_status kn__kernel_sgemm(kn_device device, bool trans_a, bool trans_b, int64_t
 /* kn_linear on a CUDA device (ops_linear_cuda.c), inputs already checked; the result
  * belongs to the open scope, NULL with the error set. */
 kn_tensor *kn__linear_cuda(kn_tensor *x, kn_tensor *weight, kn_tensor *bias);
+/* relu(conv2d(x, w, b)), then max_pool2d(., *pool) unless pool is NULL, as one op where
+ * the convolution takes the CPU's direct kernels and the pool is 2x2 (ops_conv.c), else
+ * the ops one by one; the same values and gradients either way. _fusable: whether it
+ * fuses (no error set). For Sequential, which sees the layers that follow each other. */
+kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                kn_conv2d_args args, const kn_pool2d_args *pool);
+bool kn__conv2d_relu_pool_fusable(kn_tensor *x, kn_tensor *weight, kn_tensor *bias,
+                                  kn_conv2d_args args, const kn_pool2d_args *pool);
 /* nbytes from a CUDA tensor's storage, starting at its element `element`, to host dst. */
 kn_status kn__copy_to_host(const kn_tensor *t, int64_t element, void *dst, size_t nbytes);
 /* kn__sum_to_shape for a gradient on a CUDA device. */

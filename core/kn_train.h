@@ -14,21 +14,55 @@
 #include "kn_data.h"
 #include "kn_nn.h"
 #include "kn_optim.h"
+#include "kn_safetensors.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* How a loss meets the labels: float targets (regression, multi-label) are compared as
+ * they are, with the outputs' shape; int64 class labels go to cross_entropy and nll as
+ * indices, and to mse and bce_with_logits one-hot ([N, C] outputs), or as 0/1 to
+ * bce_with_logits with one output (binary classification). */
 typedef enum {
     KN_LOSS_CROSS_ENTROPY,
     KN_LOSS_NLL,
-    KN_LOSS_MSE,             /* against one-hot labels */
-    KN_LOSS_BCE_WITH_LOGITS, /* against one-hot labels */
+    KN_LOSS_MSE,
+    KN_LOSS_BCE_WITH_LOGITS,
+    KN_LOSS_L1,
+    KN_LOSS_SMOOTH_L1,
+    KN_LOSS_HUBER,
 } kn_loss_kind;
+
+/* What the model learns, which decides the labels it takes and the metrics it gets. */
+typedef enum {
+    KN_TASK_AUTO = 0,       /* from the labels: int64 is classification, else from the loss */
+    KN_TASK_CLASSIFICATION, /* int64 class labels [N]; outputs [N, C] (or [N, 1] with bce) */
+    KN_TASK_REGRESSION,     /* float targets [N, K] of the outputs' shape */
+    KN_TASK_MULTILABEL,     /* float 0/1 targets [N, K] (K = 1: binary), bce_with_logits */
+} kn_task;
+
+/* The task a loss implies when none is given: cross_entropy and nll classify,
+ * bce_with_logits is multi-label (binary with one output), the others regress. */
+kn_task kn_task_of_loss(kn_loss_kind loss);
+/* "classification", "regression", "multilabel" ("auto" for KN_TASK_AUTO). */
+const char *kn_task_name(kn_task task);
+/* "cross_entropy", "nll", "mse", "bce_with_logits", "l1", "smooth_l1", "huber". */
+const char *kn_loss_name(kn_loss_kind loss);
 
 typedef struct kn_train_config {
     kn_loss_kind loss;
+    kn_task task;           /* KN_TASK_AUTO: from the labels and the loss */
     double label_smoothing; /* cross_entropy */
+    double smooth_l1_beta;  /* smooth_l1 (default 1) */
+    double huber_delta;     /* huber (default 1) */
+    /* Borrowed (they must outlive the runs), NULL: none. cross_entropy and nll weigh class
+     * c by class_weight[c] (count: the model's classes); bce_with_logits weighs the positive
+     * term of output k by pos_weight[k] (count: 1 or the outputs). */
+    const float *class_weight;
+    int64_t class_weight_count;
+    const float *pos_weight;
+    int64_t pos_weight_count;
     kn_optimizer_options optimizer;
     kn_lr_schedule lr_schedule;
     int64_t batch_size; /* > 0 */
@@ -91,12 +125,30 @@ typedef struct kn_step_info {
     double communication_seconds;
 } kn_step_info;
 
+/* An evaluation: the loss and the metrics of the task (NaN where they do not apply).
+ *   classification: accuracy; precision, recall and f1 averaged over the classes that
+ *     occur in the labels or the predictions (scikit-learn's macro average); the
+ *     confusion matrix (row: true class, column: predicted), classes x classes.
+ *   regression: mse, mae and r2 averaged over the K targets (scikit-learn's uniform
+ *     average; r2 of a constant target is 1 when predicted exactly, else 0).
+ *   multilabel: accuracy is the exact match (every label of a sample right, scikit-learn's
+ *     subset accuracy), f1 the macro average of label_f1 (classes labels), a prediction
+ *     being output > 0 (probability > 0.5). */
 typedef struct kn_eval_result {
     int64_t step, epoch;
     double loss;
     double accuracy;
     int64_t count;
+    kn_task task;
+    double precision, recall, f1;
+    double mse, mae, r2;
+    int64_t classes;    /* classification: C (binary with one output: 2); multilabel: K */
+    int64_t *confusion; /* classes x classes (classification), owned: kn_eval_result_clear */
+    double *label_f1;   /* classes values (multilabel), owned: kn_eval_result_clear */
 } kn_eval_result;
+
+/* Frees confusion and label_f1 (NULL-safe) and sets them to NULL. */
+void kn_eval_result_clear(kn_eval_result *result);
 
 typedef struct kn_trainer kn_trainer;
 
@@ -115,7 +167,7 @@ typedef struct kn_train_summary {
     double train_seconds;
     double samples_per_second;
     bool has_validation;
-    kn_eval_result final_validation;
+    kn_eval_result final_validation; /* without confusion and label_f1: copy them in on_eval */
     bool stopped_early;
     bool stopped;          /* a callback stopped the run (on some rank, for distributed runs) */
     int64_t skipped_steps; /* non-finite steps skipped (skip_non_finite) */
@@ -135,10 +187,19 @@ kn_module *kn_trainer_model(kn_trainer *trainer);
 kn_optimizer *kn_trainer_optimizer(kn_trainer *trainer);
 int64_t kn_trainer_step(const kn_trainer *trainer);
 
-/* Loss and accuracy of model over a dataset, in eval mode, without grad. */
+/* Loss and the task's metrics of model over a dataset, in eval mode, without grad, as the
+ * trainer evaluates (config's loss, its parameters and eval_batch_size); *result's
+ * confusion or label_f1 belong to the caller (kn_eval_result_clear). */
+kn_status kn_evaluate_config(kn_module *model, const kn_dataset *ds, const kn_train_config *config,
+                             kn_eval_result *result);
+/* The same with a loss's defaults, result without confusion and label_f1. */
 kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
                       kn_eval_result *result);
-/* The loss of a batch of logits against int64 labels (one-hot for mse/bce). */
+/* The loss of a batch of outputs against its labels as config says (kind, task, weights,
+ * label smoothing, beta, delta): see kn_loss_kind for how labels are taken. */
+kn_tensor *kn_train_loss_config(const kn_train_config *config, kn_tensor *outputs,
+                                kn_tensor *labels);
+/* kn_train_loss_config with the loss's defaults and label_smoothing. */
 kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels,
                          double label_smoothing);
 
@@ -154,6 +215,9 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *trainer, const char *path);
 kn_status kn_trainer_load_checkpoint(kn_trainer *trainer, const char *path);
 /* Weights only (PyTorch state_dict names), e.g. to fine-tune from a PyTorch model. */
 kn_status kn_module_save_weights(const kn_module *model, const char *path);
+/* The same with string metadata (unique keys; "format": "pt" is always written). */
+kn_status kn_module_save_weights_meta(const kn_module *model, const char *path,
+                                      const kn_safetensors_meta *metadata, int count);
 kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict);
 
 #ifdef __cplusplus

@@ -90,9 +90,13 @@ void kn__train_cuda_prefetch(kn__train_cuda *tc, kn_tensor *order, int64_t epoch
  * (a host read of the logits, refused inside the capture), to check the eager fallback. */
 extern bool kn__train_cuda_test_fail_capture;
 
+/* train.c: the device of a model's first parameter or buffer (the cpu when it has none). */
+kn_device kn__module_device(kn_module *model);
+
 /* data.c: gathers batch batch_index of order into caller memory (inputs: rows x the
- * sample size floats, labels: rows int64), as kn_dataset_batch does. */
+ * sample size floats, labels: rows x a sample's labels, in their dtype), as
+ * kn_dataset_batch does. */
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                             int64_t batch_size, float *inputs, int64_t *labels, int64_t *rows);
+                             int64_t batch_size, float *inputs, void *labels, int64_t *rows);
 
 #endif

@@ -1,16 +1,23 @@
 /*
  * auth.c — who may talk to kilnd. A page in a browser can reach a localhost port, so
- * every request's Host must name this server (its listen address, localhost or
- * 127.0.0.1 with the port, or an allowed origin's host) and an Origin, when sent, must
- * be one of those as http://host:port or listed in --allowed-origins: otherwise 403
- * (DNS rebinding and cross-site requests stop here). With --token-file, every route but
- * /v2/health/... also needs "Authorization: Bearer <token>", compared in constant time.
+ * every request's Host must be one DNS rebinding cannot produce (an address literal such as
+ * 127.0.0.1 or [::1], or localhost, with any port: the port a client used is not kilnd's
+ * behind a published container port, a NAT or an SSH tunnel) or name this server (its
+ * listen address with the port, a name in --allowed-hosts, an allowed origin's host),
+ * and an Origin, when sent, must be http://<one of kilnd's own host:port forms>, the
+ * page's own Host, or listed in --allowed-origins: otherwise 403 (DNS rebinding and
+ * cross-site requests stop here).
+ * With --token-file, every route but /v2/health/... also needs "Authorization: Bearer
+ * <token>", compared in constant time; kilnd refuses to listen on an address other than
+ * loopback without one unless --insecure-no-token says so (ksrv_auth_listen_check).
  */
 #define _GNU_SOURCE /* asprintf */
 #include "ksrv_http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,9 +64,13 @@ bool ksrv_auth_load(ksrv_server *server, char **error)
     while (n > 0 && (buffer[n - 1] == '\n' || buffer[n - 1] == '\r' || buffer[n - 1] == ' ' ||
                      buffer[n - 1] == '\t'))
         buffer[--n] = '\0';
-    if (n == 0 || (size_t)n >= sizeof server->token || strpbrk(buffer, " \t\r\n")) {
-        *error = fail("--token-file %s: expected one token of 1 to 255 characters without "
-                      "spaces%s", path, "");
+    if (n < KSRV_MIN_TOKEN_LENGTH || (size_t)n >= sizeof server->token ||
+        strpbrk(buffer, " \t\r\n")) {
+        char range[64];
+        snprintf(range, sizeof range, "%d to %zu", KSRV_MIN_TOKEN_LENGTH, sizeof server->token - 1);
+        *error = fail("--token-file %s: expected one token of %s characters without spaces "
+                      "(a short token is guessed: try `openssl rand -hex 32`)",
+                      path, range);
         return false;
     }
     memcpy(server->token, buffer, (size_t)n + 1);
@@ -76,10 +87,105 @@ static bool same_token(const char *given, const char *expected)
     return diff == 0;
 }
 
-static bool wildcard_listen(const ksrv_server *server)
+static bool host_is_ours(const ksrv_server *server, const char *host, size_t length);
+static bool host_of_allowed_origin(const ksrv_server *server, const char *host);
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.x.y.z: only this machine can connect. */
+bool ksrv_loopback_address(const char *address)
 {
-    const char *a = server->config.listen_address;
-    return !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, address, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, address, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
+char *ksrv_auth_listen_check(const ksrv_config *config, bool have_token)
+{
+    if (have_token || config->insecure_no_token || ksrv_loopback_address(config->listen_address))
+        return NULL;
+    return fail("--listen %s reaches beyond this machine: give a --token-file (every route "
+                "but /v2/health then needs it), or --insecure-no-token to serve %s to anyone "
+                "who can reach it",
+                config->listen_address, "kilnd");
+}
+
+/* Splits a Host value into its host ("[v6]" keeps its brackets) and port (-1 when none);
+ * false when it is not host[:port]. */
+static bool split_host(const char *host, size_t length, char *name, size_t size, int *port)
+{
+    const char *end = host + length;
+    const char *colon = NULL;
+    if (length > 0 && host[0] == '[') {
+        const char *close = memchr(host, ']', length);
+        if (!close) return false;
+        colon = close + 1 < end ? close + 1 : NULL;
+        if (colon && *colon != ':') return false;
+    } else {
+        colon = memchr(host, ':', length);
+    }
+    size_t name_length = colon ? (size_t)(colon - host) : length;
+    if (name_length == 0 || name_length >= size) return false;
+    memcpy(name, host, name_length);
+    name[name_length] = '\0';
+    *port = -1;
+    if (colon) {
+        char *stop;
+        long p = strtol(colon + 1, &stop, 10);
+        if (stop != end || colon + 1 == end || p < 0 || p > 65535) return false;
+        *port = (int)p;
+    }
+    return true;
+}
+
+/* Is host ("name" or "name:port") in --allowed-hosts? An entry without a port takes any. */
+static bool host_listed(const ksrv_server *server, const char *host, size_t length)
+{
+    char name[256];
+    int port;
+    if (!split_host(host, length, name, sizeof name, &port)) return false;
+    const char *list = server->config.allowed_hosts;
+    while (*list) {
+        while (*list == ',' || *list == ' ') list++;
+        size_t n = strcspn(list, ", ");
+        char entry[256];
+        int entry_port;
+        if (n && split_host(list, n, entry, sizeof entry, &entry_port) &&
+            !strcasecmp(entry, name) && (entry_port < 0 || entry_port == port))
+            return true;
+        list += n;
+    }
+    return false;
+}
+
+/* A Host that DNS rebinding cannot produce: the attack needs a name whose DNS answer the
+ * attacker controls, so an address literal (dotted IPv4, IPv6 in brackets: the forms a
+ * browser sends) or localhost is safe with any port. The port is not checked because it
+ * is the client's view: behind `docker run -p 9000:8080`, a NAT or an SSH tunnel the
+ * Host says 9000 while kilnd listens on 8080. */
+static bool host_cannot_be_rebound(const char *host, size_t length)
+{
+    char name[128];
+    int port;
+    if (!split_host(host, length, name, sizeof name, &port)) return false;
+    if (!strcasecmp(name, "localhost")) return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    size_t n = strlen(name);
+    if (name[0] != '[') return inet_pton(AF_INET, name, &a4) == 1;
+    char bare[128];
+    snprintf(bare, sizeof bare, "%.*s", (int)n - 2, name + 1);
+    char *zone = strchr(bare, '%');
+    if (zone) *zone = '\0';
+    return inet_pton(AF_INET6, bare, &a6) == 1;
+}
+
+bool ksrv_auth_host_allowed(const ksrv_server *server, const char *host)
+{
+    size_t length = strlen(host);
+    return host_cannot_be_rebound(host, length) || host_is_ours(server, host, length) ||
+           host_listed(server, host, length) || host_of_allowed_origin(server, host);
 }
 
 /* host:port forms that name this server. */
@@ -135,9 +241,9 @@ static bool origin_allowed(const ksrv_server *server, const char *origin, const 
     if (origin_listed(server, origin, length)) return true;
     if (length > 7 && !strncasecmp(origin, "http://", 7)) {
         if (host_is_ours(server, origin + 7, length - 7)) return true;
-        /* listening on every address: a same-origin page (Origin == Host) is ours */
-        if (wildcard_listen(server) && host && strlen(host) == length - 7 &&
-            !strncasecmp(origin + 7, host, length - 7))
+        /* a same-origin page (Origin == Host) is ours when its Host is */
+        if (host && strlen(host) == length - 7 && !strncasecmp(origin + 7, host, length - 7) &&
+            ksrv_auth_host_allowed(server, host))
             return true;
     }
     return false;
@@ -154,11 +260,10 @@ bool ksrv_auth_check(ksrv_server *server, ksrv_request *request, ksrv_response *
 {
     struct MHD_Connection *c = request->connection;
     const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
-    /* HTTP/1.0 clients may omit Host; browsers always send it */
-    if (host && !wildcard_listen(server) && !host_is_ours(server, host, strlen(host)) &&
-        !host_of_allowed_origin(server, host)) {
+    /* HTTP/1.0 clients may omit Host (http.c refuses HTTP/1.1 without); browsers send it */
+    if (host && !ksrv_auth_host_allowed(server, host)) {
         ksrv_respond_error(response, 403, "forbidden_host", NULL,
-                           "Host \"%.100s\" does not name this server", host);
+                           "Host \"%.100s\" does not name this server (see --allowed-hosts)", host);
         return false;
     }
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");

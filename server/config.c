@@ -25,8 +25,15 @@ void ksrv_config_defaults(ksrv_config *config)
     config->max_upload_bytes = (size_t)2 << 30;
     config->queue_capacity = 1000;
     snprintf(config->log_level, sizeof config->log_level, "info");
-    config->threads_per_worker = 0; /* 0: all cores */
+    config->threads_per_worker = 0; /* 0: an equal share of the cores among running jobs */
     config->checkpoint_every_steps = 500;
+    config->model_cache_entries = 4;
+    config->model_cache_bytes = (size_t)1 << 30;
+    config->max_connections = 1024;
+    /* one address may hold this many: a flood from one client leaves the rest room */
+    config->max_connections_per_ip = 64;
+    config->header_timeout = 10;
+    config->idle_timeout = 120;
 }
 
 static char *format_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -41,7 +48,7 @@ static char *format_error(const char *fmt, ...)
     return message;
 }
 
-typedef enum { OPT_STRING, OPT_INT, OPT_SIZE } option_type;
+typedef enum { OPT_STRING, OPT_INT, OPT_SIZE, OPT_BOOL } option_type;
 
 typedef struct option {
     const char *flag, *env;
@@ -62,6 +69,11 @@ typedef struct option {
     {                                                                                              \
         f, e, OPT_SIZE, offsetof(ksrv_config, field), 0, lo, 0                                     \
     }
+/* a switch: "--flag" alone is true; "--flag=false" and the variable take true/false/1/0 */
+#define BOOL(f, e, field)                                                                          \
+    {                                                                                              \
+        f, e, OPT_BOOL, offsetof(ksrv_config, field), 0, 0, 0                                      \
+    }
 
 static const option OPTIONS[] = {
     STR("--listen", "KILND_LISTEN", listen_address),
@@ -80,6 +92,15 @@ static const option OPTIONS[] = {
     INT("--checkpoint-every-steps", "KILND_CHECKPOINT_EVERY_STEPS", checkpoint_every_steps, 1,
         1000000000),
     SIZE("--max-job-memory", "KILND_MAX_JOB_MEMORY", max_job_memory, 0),
+    INT("--model-cache-entries", "KILND_MODEL_CACHE_ENTRIES", model_cache_entries, 1, 100000),
+    SIZE("--model-cache-bytes", "KILND_MODEL_CACHE_BYTES", model_cache_bytes, 1024),
+    INT("--max-connections", "KILND_MAX_CONNECTIONS", max_connections, 16, 1000000),
+    INT("--max-connections-per-ip", "KILND_MAX_CONNECTIONS_PER_IP", max_connections_per_ip, 0,
+        1000000),
+    INT("--header-timeout", "KILND_HEADER_TIMEOUT", header_timeout, 1, 3600),
+    INT("--idle-timeout", "KILND_IDLE_TIMEOUT", idle_timeout, 1, 86400),
+    STR("--allowed-hosts", "KILND_ALLOWED_HOSTS", allowed_hosts),
+    BOOL("--insecure-no-token", "KILND_INSECURE_NO_TOKEN", insecure_no_token),
     STR("--hostfile", "KILND_HOSTFILE", hostfile),
     STR("--kiln", "KILND_KILN", kiln_path),
 };
@@ -113,6 +134,13 @@ static char *apply(ksrv_config *config, const option *o, const char *name, const
         if (strlen(value) >= o->size)
             return format_error("%s: value too long (at most %zu characters)", name, o->size - 1);
         memcpy(field, value, strlen(value) + 1);
+        return NULL;
+    }
+    if (o->type == OPT_BOOL) {
+        bool on = !strcmp(value, "true") || !strcmp(value, "1");
+        if (!on && strcmp(value, "false") && strcmp(value, "0"))
+            return format_error("%s: expected true or false, got \"%s\"", name, value);
+        *(bool *)field = on;
         return NULL;
     }
     if (o->type == OPT_SIZE) {
@@ -172,6 +200,7 @@ char *ksrv_config_parse(ksrv_config *config, int argc, char **argv, bool *show_h
                 o = &OPTIONS[k];
         if (!o) return format_error("unknown option \"%s\" (see --help)", arg);
         const char *value = eq ? eq + 1 : NULL;
+        if (!value && o->type == OPT_BOOL) value = "true"; /* a switch takes no value */
         if (!value) {
             if (i + 1 >= argc) return format_error("%s needs a value", o->flag);
             value = argv[++i];

@@ -16,7 +16,7 @@
  * Supervision:
  *   - cancel, pause and kilnd's shutdown reach every rank through mpirun, which forwards
  *     SIGUSR2 (stop) and SIGUSR1 (checkpoint, then stop) to all of them; the ranks agree
- *     on the step (core/dist_ddp.c). Ranks that do not stop in time are killed (SIGTERM
+ *     on the step (core/dist/dist_ddp.c). Ranks that do not stop in time are killed (SIGTERM
  *     to mpirun, then SIGKILL to its process group);
  *   - a rank that dies takes the others with it (kn_dist_abort, or mpirun's own rule);
  *     the job fails with that rank's exit status or signal and its last message, or is
@@ -360,6 +360,32 @@ static void on_step_event(launch *l, const cJSON *e)
     if (cb->on_step) cb->on_step(cb->context, &info);
 }
 
+/* An evaluation as `kiln train --json` prints it (kcli_metrics_json: the loss and the
+ * task's metrics under prefix) back into a result; what is absent is NaN. The task is
+ * the one whose metrics are there (kapi_eval_metrics names them). */
+static kn_eval_result eval_from_json(const cJSON *e, const char *prefix)
+{
+    char name[64];
+#define METRIC(m) (snprintf(name, sizeof name, "%s%s", prefix, m), number(e, name, NAN))
+    kn_eval_result r = {.step = (int64_t)number(e, "step", 0),
+                        .epoch = (int64_t)number(e, "epoch", 0),
+                        .loss = METRIC("loss"),
+                        .count = (int64_t)number(e, "count", 0),
+                        .precision = METRIC("precision"),
+                        .recall = METRIC("recall"),
+                        .f1 = METRIC("f1"),
+                        .mse = METRIC("mse"),
+                        .mae = METRIC("mae"),
+                        .r2 = METRIC("r2")};
+    double accuracy = METRIC("accuracy"), exact_match = METRIC("exact_match");
+#undef METRIC
+    r.task = !isnan(r.mse)         ? KN_TASK_REGRESSION
+             : !isnan(exact_match) ? KN_TASK_MULTILABEL
+                                   : KN_TASK_CLASSIFICATION;
+    r.accuracy = r.task == KN_TASK_MULTILABEL ? exact_match : accuracy;
+    return r;
+}
+
 /* One line of rank 0's stdout: a JSON event. */
 static void on_event(launch *l, const char *text)
 {
@@ -390,11 +416,7 @@ static void on_event(launch *l, const char *text)
     } else if (!strcmp(name, "step")) {
         on_step_event(l, e);
     } else if (!strcmp(name, "eval")) {
-        kn_eval_result r = {.step = (int64_t)number(e, "step", 0),
-                            .epoch = (int64_t)number(e, "epoch", 0),
-                            .loss = number(e, "loss", NAN),
-                            .accuracy = number(e, "accuracy", NAN),
-                            .count = (int64_t)number(e, "count", 0)};
+        kn_eval_result r = eval_from_json(e, "");
         if (cb->on_eval) cb->on_eval(cb->context, &r);
     } else if (!strcmp(name, "checkpoint")) {
         if (cb->on_checkpoint) cb->on_checkpoint(cb->context, NULL, (int64_t)number(e, "step", 0));
@@ -403,9 +425,9 @@ static void on_event(launch *l, const char *text)
         l->summary = true;
         res->steps = (int64_t)number(e, "steps", (double)l->last_step);
         res->samples_per_second = number(e, "samples_per_second", 0);
-        res->test_loss = number(e, "test_loss", NAN);
-        res->test_accuracy = number(e, "test_accuracy", NAN);
-        res->has_test = !isnan(res->test_loss);
+        res->test = eval_from_json(e, "test_");
+        res->test.step = res->steps;
+        res->has_test = !isnan(res->test.loss);
         l->communication_seconds = number(e, "communication_seconds", l->communication_seconds);
         l->dirty = true;
     } else if (!strcmp(name, "stopped")) {

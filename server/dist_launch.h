@@ -50,11 +50,11 @@ typedef struct ksrv_dist_result {
     ksrv_dist_end end;
     int64_t steps;
     double samples_per_second;
-    bool has_test; /* rank 0 evaluated the test set apart from validation */
-    double test_loss, test_accuracy;
-    char code[48];      /* failed: non_finite_loss, out_of_memory, data_error, rank_failed */
-    char message[1024]; /* failed: which rank, how it ended and what it said */
-    int64_t step;       /* failed: the last step reported, -1 */
+    bool has_test;       /* rank 0 evaluated the test set apart from validation */
+    kn_eval_result test; /* its loss and the task's metrics (no confusion matrix) */
+    char code[48];       /* failed: non_finite_loss, out_of_memory, data_error, rank_failed */
+    char message[1024];  /* failed: which rank, how it ended and what it said */
+    int64_t step;        /* failed: the last step reported, -1 */
 } ksrv_dist_result;
 
 /* Runs the job to its end (relaunching after a rank's death, up to max_restarts). */

@@ -12,24 +12,18 @@
  * series after that step; the one step before it is sent again because series of one
  * step commit separately, and the client drops points it has.
  *
- * The stream is a libmicrohttpd callback response: each call polls the store through
- * the calling MHD thread's own handle, and when nothing is new sleeps at most POLL_SLEEP
- * once before answering a one-line comment (returning 0 would make MHD spin), so one
- * stream holds its MHD thread for at most POLL_SLEEP at a time and never more than that
- * one thread. Streams end after STREAM_SECONDS; EventSource reconnects by itself.
+ * The stream (server/sse.c) polls the store through the calling MHD thread's own handle
+ * and holds that thread for at most a short sleep at a time; streams end after
+ * KSRV_SSE_SECONDS and EventSource reconnects by itself.
  */
 #define _GNU_SOURCE
-#include "ksrv_http.h"
+#include "sse.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#define POLL_SLEEP_MS 100
-#define STREAM_SECONDS 60.0
-#define KEEPALIVE_SECONDS 15.0
 #define STATE_MIN_INTERVAL 0.25 /* step-only changes, at most 4 per second */
 #define BACKLOG_POINTS 5000     /* per series and event: a long backlog is downsampled */
 #define MAX_SERIES 32
@@ -41,10 +35,10 @@ typedef struct series_cursor {
 } series_cursor;
 
 typedef struct stream {
-    ksrv_server *server;
+    ksrv_sse *sse; /* the stream being polled, for append_event */
     char job_id[40];
-    int64_t base_after;  /* where series first seen start */
-    int64_t watermark;   /* the id of the events */
+    int64_t base_after; /* where series first seen start */
+    int64_t watermark;  /* the id of the events */
     series_cursor series[MAX_SERIES];
     int n_series;
     struct {
@@ -55,48 +49,13 @@ typedef struct stream {
     bool state_sent;
     kstore_job_state last_state;
     int64_t last_step;
-    double last_state_time, started, last_write;
-    bool ended;
-    char *pending;
-    size_t length, offset, capacity;
-    bool failed;
+    double last_state_time;
 } stream;
 
-static void append(stream *s, const char *text, size_t n)
-{
-    if (s->failed) return;
-    if (s->length + n + 1 > s->capacity) {
-        size_t capacity = s->capacity ? s->capacity : 4096;
-        while (capacity < s->length + n + 1) capacity *= 2;
-        char *grown = realloc(s->pending, capacity);
-        if (!grown) {
-            s->failed = true;
-            return;
-        }
-        s->pending = grown;
-        s->capacity = capacity;
-    }
-    memcpy(s->pending + s->length, text, n);
-    s->length += n;
-    s->pending[s->length] = '\0';
-}
-
-/* One event; data is one line of JSON (cJSON's unformatted print has no newline). */
+/* One event, its id the watermark. */
 static void append_event(stream *s, const char *event, cJSON *data)
 {
-    char *text = cJSON_PrintUnformatted(data);
-    cJSON_Delete(data);
-    if (!text) {
-        s->failed = true;
-        return;
-    }
-    char head[128];
-    int n = snprintf(head, sizeof head, "id: %lld\nevent: %s\ndata: ", (long long)s->watermark,
-                     event);
-    append(s, head, (size_t)n);
-    append(s, text, strlen(text));
-    append(s, "\n\n", 2);
-    free(text);
+    ksrv_sse_event(s->sse, event, s->watermark, data);
 }
 
 static cJSON *number(double v)
@@ -127,8 +86,10 @@ static void poll_metrics(stream *s, kstore *store)
         series_cursor *c = cursor_for(s, names[i]);
         kstore_metric_point *points = NULL;
         int count = 0;
-        if (!c || kstore_metrics_query(store, s->job_id, names[i], c->after, BACKLOG_POINTS,
-                                       &points, &count) != KSTORE_OK || count == 0) {
+        if (!c ||
+            kstore_metrics_query(store, s->job_id, names[i], c->after, BACKLOG_POINTS, &points,
+                                 &count) != KSTORE_OK ||
+            count == 0) {
             free(points);
             continue;
         }
@@ -164,8 +125,8 @@ static void poll_checkpoints(stream *s, kstore *store)
                    !strcmp(s->sent_checkpoints[k].kind, list[i].kind);
         if (seen || s->n_checkpoints == MAX_CHECKPOINTS_TRACKED) continue;
         s->sent_checkpoints[s->n_checkpoints].step = list[i].step;
-        snprintf(s->sent_checkpoints[s->n_checkpoints].kind,
-                 sizeof s->sent_checkpoints[0].kind, "%s", list[i].kind);
+        snprintf(s->sent_checkpoints[s->n_checkpoints].kind, sizeof s->sent_checkpoints[0].kind,
+                 "%s", list[i].kind);
         s->n_checkpoints++;
         cJSON *c = cJSON_CreateObject();
         cJSON_AddNumberToObject(c, "step", (double)list[i].step);
@@ -198,11 +159,14 @@ static void append_state(stream *s, const kstore_job *j)
     cJSON_AddNumberToObject(o, "step", (double)j->step);
     cJSON_AddNumberToObject(o, "total_steps", (double)j->total_steps);
     cJSON_AddNumberToObject(o, "epoch", (double)j->epoch);
-    cJSON_AddItemToObject(o, "eta_seconds", j->eta_seconds >= 0 ? number(j->eta_seconds)
-                                                                : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "eta_seconds",
+                          j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON_AddItemToObject(o, "samples_per_second", number(j->samples_per_second));
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
+    /* as in GET /v1/jobs/{id}: the final evaluation is the job's own field */
+    cJSON *evaluation = cJSON_DetachItemFromObjectCaseSensitive(metrics, "evaluation");
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
+    if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
     cJSON *distributed = j->distributed_json ? cJSON_Parse(j->distributed_json) : NULL;
@@ -211,21 +175,18 @@ static void append_state(stream *s, const kstore_job *j)
         cJSON *e = cJSON_AddObjectToObject(o, "error");
         cJSON_AddStringToObject(e, "code", j->error_code);
         cJSON_AddStringToObject(e, "message", j->error_message ? j->error_message : "");
-        cJSON_AddItemToObject(e, "step", j->error_step >= 0
-                                             ? cJSON_CreateNumber((double)j->error_step)
-                                             : cJSON_CreateNull());
+        cJSON_AddItemToObject(e, "step",
+                              j->error_step >= 0 ? cJSON_CreateNumber((double)j->error_step)
+                                                 : cJSON_CreateNull());
     }
     append_event(s, "state", o);
 }
 
-/* Appends whatever is new; sets ended when the job is gone or finished and sent. */
-static void poll_job(stream *s)
+/* Appends whatever is new; ends the stream when the job is gone or finished and sent. */
+static void poll_job(ksrv_sse *sse, void *context, kstore *store)
 {
-    kstore *store = ksrv_thread_store(s->server);
-    if (!store) {
-        s->ended = true;
-        return;
-    }
+    stream *s = context;
+    s->sse = sse;
     kstore_job j;
     memset(&j, 0, sizeof j);
     kstore_status status = kstore_job_get(store, s->job_id, &j);
@@ -236,7 +197,7 @@ static void poll_job(stream *s)
             cJSON_AddStringToObject(o, "message", "the job is gone");
             append_event(s, "end", o);
         }
-        s->ended = true;
+        ksrv_sse_end(sse);
         return;
     }
     /* the job is read first: when it is terminal, every metric it wrote is committed */
@@ -254,48 +215,9 @@ static void poll_job(stream *s)
     }
     if (terminal(j.state)) {
         append_event(s, "end", cJSON_CreateObject());
-        s->ended = true;
+        ksrv_sse_end(sse);
     }
     kstore_job_free(&j);
-}
-
-static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max)
-{
-    (void)pos;
-    stream *s = cls;
-    if (s->offset == s->length) {
-        s->offset = s->length = 0;
-        if (s->ended || s->failed || s->server->stopping ||
-            ksrv_monotonic() - s->started > STREAM_SECONDS)
-            return MHD_CONTENT_READER_END_OF_STREAM;
-        poll_job(s);
-        if (s->length == 0 && !s->ended) {
-            struct timespec pause = {0, POLL_SLEEP_MS * 1000000L};
-            nanosleep(&pause, NULL);
-            if (!s->server->stopping) poll_job(s);
-        }
-        if (s->failed) return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (s->length == 0) {
-            /* nothing new: a comment line (a keep-alive every 15 s, a bare one between) */
-            double now = ksrv_monotonic();
-            if (now - s->last_write >= KEEPALIVE_SECONDS) append(s, ": keep-alive\n\n", 14);
-            else append(s, ":\n", 2);
-        }
-        s->last_write = ksrv_monotonic();
-        if (s->length == 0) return MHD_CONTENT_READER_END_OF_STREAM;
-    }
-    size_t n = s->length - s->offset;
-    if (n > max) n = max;
-    memcpy(buf, s->pending + s->offset, n);
-    s->offset += n;
-    return (ssize_t)n;
-}
-
-static void free_stream(void *cls)
-{
-    stream *s = cls;
-    free(s->pending);
-    free(s);
 }
 
 /* A non-negative step from a header or query value; false when malformed. */
@@ -326,12 +248,14 @@ void ksrv_handle_jobs_events(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore_job_free(&j);
 
     int64_t after = -1;
-    const char *last_id = MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND,
-                                                      "Last-Event-ID");
+    const char *last_id =
+        MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND, "Last-Event-ID");
     const char *query = ksrv_query(request, "after_step");
     if (last_id && last_id[0]) {
-        if (!parse_step(last_id, &after)) after = -1; /* not one of ours: start over */
-        else if (after >= 0) after--;                  /* that step's other series */
+        if (!parse_step(last_id, &after))
+            after = -1; /* not one of ours: start over */
+        else if (after >= 0)
+            after--; /* that step's other series */
     } else if (query && !parse_step(query, &after)) {
         ksrv_respond_error(response, 400, "invalid_query", "after_step",
                            "after_step: expected an integer >= -1, got \"%.40s\"", query);
@@ -342,23 +266,8 @@ void ksrv_handle_jobs_events(ksrv_server *server, ksrv_request *request, ksrv_re
         ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
         return;
     }
-    s->server = server;
     snprintf(s->job_id, sizeof s->job_id, "%.39s", request->params[0]);
     s->base_after = after;
     s->watermark = after < 0 ? 0 : after;
-    s->started = s->last_write = ksrv_monotonic();
-    /* retry: how soon EventSource reconnects after the stream's bounded end */
-    append(s, "retry: 1000\n\n", 13);
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
-                                                               read_stream, s, free_stream);
-    if (!r) {
-        free_stream(s);
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot create the stream");
-        return;
-    }
-    MHD_add_response_header(r, "Cache-Control", "no-cache");
-    MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* proxies: do not buffer */
-    response->status = 200;
-    response->content_type = "text/event-stream";
-    response->prepared = r;
+    ksrv_sse_respond(server, response, 1000, poll_job, s, free);
 }

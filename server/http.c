@@ -1,12 +1,13 @@
 /*
  * http.c — kilnd's HTTP layer on libmicrohttpd: the daemon (internal thread pool over
  * epoll, select where epoll is missing), the route table, request bodies (JSON bodies
- * buffered up to max_body_bytes; dataset uploads streamed to a temporary file under
+ * buffered up to max_body_bytes; dataset and weights uploads streamed to a temporary file under
  * data_dir/tmp up to max_upload_bytes, never held in memory), JSON and file responses,
  * one log line and one counter per request.
  */
 #define _GNU_SOURCE /* mkostemp, asprintf */
 #include "ksrv_http.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +38,20 @@ static const route ROUTES[] = {
     {"GET", "/v1/models", ksrv_handle_models_list, BODY_NONE},
     {"GET", "/v1/models/{name}", ksrv_handle_models_get, BODY_NONE},
     {"DELETE", "/v1/models/{name}", ksrv_handle_models_delete, BODY_NONE},
+    {"GET", "/v1/models/{name}/versions", ksrv_handle_models_versions, BODY_NONE},
+    {"GET", "/v1/models/{name}/versions/{version}", ksrv_handle_models_version_get, BODY_NONE},
+    {"DELETE", "/v1/models/{name}/versions/{version}", ksrv_handle_models_version_delete,
+     BODY_NONE},
+    {"PUT", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_upload,
+     BODY_UPLOAD},
+    {"POST", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_upload,
+     BODY_UPLOAD},
+    {"GET", "/v1/models/{name}/versions/{version}/weights", ksrv_handle_models_weights_download,
+     BODY_NONE},
+    {"GET", "/v1/models/{name}/aliases", ksrv_handle_models_aliases, BODY_NONE},
+    {"GET", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_get, BODY_NONE},
+    {"PUT", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_put, BODY_JSON},
+    {"DELETE", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_delete, BODY_NONE},
     {"POST", "/v1/datasets", ksrv_handle_datasets_create, BODY_JSON},
     {"GET", "/v1/datasets", ksrv_handle_datasets_list, BODY_NONE},
     {"GET", "/v1/datasets/{name}", ksrv_handle_datasets_get, BODY_NONE},
@@ -54,6 +71,7 @@ static const route ROUTES[] = {
     {"GET", "/v1/jobs/{id}/checkpoints/{step}", ksrv_handle_jobs_checkpoint_download, BODY_NONE},
     {"GET", "/v1/jobs/{id}/weights", ksrv_handle_jobs_weights, BODY_NONE},
     {"GET", "/v1/jobs/{id}/events", ksrv_handle_jobs_events, BODY_NONE},
+    {"GET", "/v1/jobs/{id}/logs", ksrv_handle_jobs_logs, BODY_NONE},
     {"GET", "/", ksrv_handle_web_index, BODY_NONE},
     {"GET", "/ui/{file}", ksrv_handle_web_asset, BODY_NONE},
     {"GET", "/v2/health/live", ksrv_handle_v2_live, BODY_NONE},
@@ -69,11 +87,13 @@ static const route ROUTES[] = {
 typedef struct request_state {
     ksrv_request request;
     const route *route;
+    const char *version; /* "HTTP/1.1", ... */
     double started;
     char *body;
     size_t body_length, body_capacity;
     int upload_fd;
     char upload_path[600];
+    int write_errno; /* why storing the body failed (ENOSPC: 507) */
     bool too_large, write_failed, responded;
 } request_state;
 
@@ -136,21 +156,24 @@ static bool match(const char *pattern, const char *path, ksrv_request *request)
     return true;
 }
 
-/* The route for method + path; *path_known says whether another method would match. */
+/* The route for method + path; *path_known says whether another method would match.
+ * HEAD takes the GET route: libmicrohttpd sends the headers of its answer, not the body. */
 static const route *find_route(const char *method, const char *path, ksrv_request *request,
                                bool *path_known, char *allow, size_t allow_size)
 {
     *path_known = false;
     allow[0] = '\0';
     const route *found = NULL;
+    const char *wanted = !strcmp(method, "HEAD") ? "GET" : method;
     for (size_t i = 0; i < N_ROUTES; i++) {
         ksrv_request scratch;
         if (!match(ROUTES[i].pattern, path, &scratch)) continue;
         *path_known = true;
         size_t used = strlen(allow);
         if (!strstr(allow, ROUTES[i].method))
-            snprintf(allow + used, allow_size - used, "%s%s", used ? ", " : "", ROUTES[i].method);
-        if (!found && !strcmp(ROUTES[i].method, method)) {
+            snprintf(allow + used, allow_size - used, "%s%s%s", used ? ", " : "", ROUTES[i].method,
+                     !strcmp(ROUTES[i].method, "GET") ? ", HEAD" : "");
+        if (!found && !strcmp(ROUTES[i].method, wanted)) {
             found = &ROUTES[i];
             request->n_params = scratch.n_params;
             memcpy(request->params, scratch.params, sizeof request->params);
@@ -170,6 +193,11 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body)
     response->status = status;
     response->body = body ? cJSON_PrintUnformatted(body) : NULL;
     cJSON_Delete(body);
+    /* a name from the URL (%FF) may be echoed in a message: the body stays UTF-8 */
+    if (response->body && !ksrv_json_repair_utf8(&response->body)) {
+        free(response->body);
+        response->body = NULL;
+    }
     if (!response->body) {
         /* out of memory while printing: a fixed body still says what happened */
         response->status = 500;
@@ -179,19 +207,36 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body)
     response->content_type = "application/json";
 }
 
+static cJSON *error_json(cJSON **error, const char *code, const char *path, const char *fmt,
+                         va_list args)
+{
+    char message[2048];
+    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", message);
+    if (path) cJSON_AddStringToObject(e, "path", path);
+    if (error) *error = e;
+    return root;
+}
+
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    cJSON *root = error_json(error, code, path, fmt, args);
+    va_end(args);
+    return root;
+}
+
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...)
 {
-    char message[1024];
     va_list args;
     va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
+    cJSON *root = error_json(NULL, code, path, fmt, args);
     va_end(args);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", code);
-    cJSON_AddStringToObject(error, "message", message);
-    if (path) cJSON_AddStringToObject(error, "path", path);
     ksrv_respond_json(response, status, root);
 }
 
@@ -262,17 +307,87 @@ static void syntax_error(ksrv_response *response, const char *body, size_t offse
         else
             column++;
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "code", "malformed_json");
-    char message[256];
-    snprintf(message, sizeof message, "%s at offset %zu (line %d, column %d)", what, offset, line,
-             column);
-    cJSON_AddStringToObject(error, "message", message);
+    cJSON *error;
+    cJSON *root =
+        ksrv_error_json(&error, "malformed_json", NULL, "%s at offset %zu (line %d, column %d)",
+                        what, offset, line, column);
     cJSON_AddNumberToObject(error, "offset", (double)offset);
     cJSON_AddNumberToObject(error, "line", line);
     cJSON_AddNumberToObject(error, "column", column);
     ksrv_respond_json(response, 400, root);
+}
+
+/* ---- strings cut at NUL ------------------------------------------------------------ */
+/* cJSON decodes the escape \u0000 into a NUL byte and keeps NUL-terminated strings, so
+ * {"model": "victim\u0000zzz"} would read as "victim": a body with such a string is
+ * refused, naming where it is. The scan runs on text cJSON has parsed (valid JSON, at most
+ * CJSON_NESTING_LIMIT deep), and only when the escape occurs at all. */
+
+typedef struct json_frame {
+    bool object;
+    int index;       /* arrays: the element being read */
+    const char *key; /* objects: the key being read (raw text), NULL before the first */
+    size_t key_length;
+} json_frame;
+
+static void frames_path(const json_frame *stack, int depth, char *path, size_t size)
+{
+    size_t used = 0;
+    path[0] = '\0';
+    for (int d = 0; d < depth && used + 1 < size; d++) {
+        int n = stack[d].object
+                    ? snprintf(path + used, size - used, "%s%.*s", used ? "." : "",
+                               (int)stack[d].key_length, stack[d].key ? stack[d].key : "")
+                    : snprintf(path + used, size - used, "[%d]", stack[d].index);
+        if (n < 0) break;
+        used += (size_t)n < size - used ? (size_t)n : size - used - 1;
+    }
+}
+
+/* The path of the first string (a key or a value) holding \u0000; false when none. */
+static bool find_nul_escape(const char *text, size_t length, char *path, size_t size)
+{
+    if (!memmem(text, length, "\\u0000", 6)) return false;
+    json_frame *stack = malloc(sizeof *stack * (CJSON_NESTING_LIMIT + 2));
+    if (!stack) {
+        snprintf(path, size, "%s", "");
+        return true; /* cannot say where: refused all the same */
+    }
+    int depth = 0;
+    bool expect_key = false, found = false;
+    for (size_t i = 0; i < length && !found; i++) {
+        char c = text[i];
+        if ((c == '{' || c == '[') && depth <= CJSON_NESTING_LIMIT) {
+            stack[depth++] = (json_frame){.object = c == '{'};
+            expect_key = c == '{';
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            depth--;
+            expect_key = false;
+        } else if (c == ',' && depth > 0) {
+            stack[depth - 1].index++;
+            expect_key = stack[depth - 1].object;
+        } else if (c == ':') {
+            expect_key = false;
+        } else if (c == '"') {
+            size_t start = ++i;
+            bool nul = false;
+            for (; i < length && text[i] != '"'; i++)
+                if (text[i] == '\\') {
+                    nul |= i + 5 < length && !memcmp(text + i + 1, "u0000", 5);
+                    i++; /* the escaped character (\" does not end the string) */
+                }
+            if (expect_key && depth > 0) {
+                stack[depth - 1].key = text + start;
+                stack[depth - 1].key_length = i - start;
+            }
+            if (nul) {
+                frames_path(stack, depth, path, size);
+                found = true;
+            }
+        }
+    }
+    free(stack);
+    return found;
 }
 
 cJSON *ksrv_parse_body(const ksrv_request *request, ksrv_response *response)
@@ -285,6 +400,12 @@ cJSON *ksrv_parse_body(const ksrv_request *request, ksrv_response *response)
     if (nul) {
         syntax_error(response, request->body, (size_t)(nul - request->body),
                      "NUL byte in the body");
+        return NULL;
+    }
+    /* JSON is UTF-8 (RFC 8259): other bytes would be echoed into answers that are not */
+    size_t valid = ksrv_utf8_valid_length(request->body, request->body_length);
+    if (valid < request->body_length) {
+        syntax_error(response, request->body, valid, "invalid UTF-8");
         return NULL;
     }
     /* length + 1 takes in the terminating NUL, which makes cJSON refuse trailing data */
@@ -305,6 +426,13 @@ cJSON *ksrv_parse_body(const ksrv_request *request, ksrv_response *response)
     if (find_duplicate(root, "", path, sizeof path)) {
         cJSON_Delete(root);
         ksrv_respond_error(response, 400, "duplicate_key", path, "duplicate key \"%s\"", path);
+        return NULL;
+    }
+    if (find_nul_escape(request->body, request->body_length, path, sizeof path)) {
+        cJSON_Delete(root);
+        ksrv_respond_error(response, 400, "invalid_value", path,
+                           "%s%sa string may not hold a NUL character (\\u0000)", path,
+                           path[0] ? ": " : "");
         return NULL;
     }
     return root;
@@ -370,11 +498,24 @@ static bool open_upload(ksrv_server *server, request_state *state)
         return false;
     state->upload_fd = mkostemp(state->upload_path, O_CLOEXEC);
     if (state->upload_fd < 0) {
+        state->write_errno = errno;
         ksrv_log(KSRV_LOG_ERROR, "cannot create %s: %s", state->upload_path, strerror(errno));
         state->upload_path[0] = '\0';
         return false;
     }
     return true;
+}
+
+void ksrv_respond_write_error(ksrv_response *r, int error_number, const char *what)
+{
+    if (error_number == ENOSPC || error_number == EDQUOT)
+        ksrv_respond_error(r, 507, "insufficient_storage", NULL,
+                           "the data directory is full: cannot store %s (%s); deleting "
+                           "datasets frees space",
+                           what, strerror(error_number));
+    else
+        ksrv_respond_error(r, 500, "internal", NULL, "cannot store %s%s%s", what,
+                           error_number ? ": " : "", error_number ? strerror(error_number) : "");
 }
 
 /* Takes a chunk of the body: appended to the buffer or the upload file, or dropped once
@@ -399,7 +540,9 @@ static void take_chunk(ksrv_server *server, request_state *state, const char *da
             ssize_t n = write(state->upload_fd, data, size);
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0) {
-                ksrv_log(KSRV_LOG_ERROR, "writing %s: %s", state->upload_path, strerror(errno));
+                state->write_errno = n < 0 ? errno : ENOSPC;
+                ksrv_log(KSRV_LOG_ERROR, "writing %s: %s", state->upload_path,
+                         strerror(state->write_errno));
                 state->write_failed = true;
                 return;
             }
@@ -413,6 +556,7 @@ static void take_chunk(ksrv_server *server, request_state *state, const char *da
         while (capacity < state->body_length + size + 1) capacity *= 2;
         char *grown = realloc(state->body, capacity);
         if (!grown) {
+            state->write_errno = ENOMEM;
             state->write_failed = true;
             return;
         }
@@ -424,12 +568,53 @@ static void take_chunk(ksrv_server *server, request_state *state, const char *da
     state->body[state->body_length] = '\0';
 }
 
+typedef struct length_headers {
+    int count;
+    bool differ;
+    const char *first;
+} length_headers;
+
+static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    length_headers *seen = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0) return MHD_YES;
+    if (seen->count++ == 0)
+        seen->first = value;
+    else if (strcmp(seen->first, value ? value : "") != 0)
+        seen->differ = true;
+    return MHD_YES;
+}
+
+/* What libmicrohttpd lets through and HTTP/1.1 (RFC 9112) forbids: a request without Host,
+ * Content-Length headers that disagree (which length frames the body?). */
+static bool well_formed(request_state *state, ksrv_response *r)
+{
+    struct MHD_Connection *c = state->request.connection;
+    if (state->version && !strcmp(state->version, MHD_HTTP_VERSION_1_1) &&
+        !MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)) {
+        ksrv_respond_error(r, 400, "missing_host", NULL, "an HTTP/1.1 request needs a Host header");
+        return false;
+    }
+    length_headers seen = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_length, &seen);
+    if (seen.differ) {
+        ksrv_respond_error(r, 400, "invalid_header", "Content-Length",
+                           "the request has %d Content-Length headers that differ", seen.count);
+        return false;
+    }
+    return true;
+}
+
 static enum MHD_Result first_call(ksrv_server *server, request_state *state)
 {
     ksrv_request *request = &state->request;
     ksrv_response r;
     response_init(&r);
-    if (!ksrv_auth_check(server, request, &r)) return respond_now(server, state, &r);
+    ksrv_conn_guard_headers_done(server->guard, request->connection);
+    if (!well_formed(state, &r) || !ksrv_auth_check(server, request, &r))
+        return respond_now(server, state, &r);
 
     bool path_known;
     char allow[64];
@@ -470,17 +655,49 @@ static enum MHD_Result first_call(ksrv_server *server, request_state *state)
         return respond_now(server, state, &r);
     }
     if (state->route->body == BODY_UPLOAD && !open_upload(server, state)) {
-        ksrv_respond_error(&r, 500, "internal", NULL, "cannot create a temporary upload file");
+        ksrv_respond_write_error(&r, state->write_errno, "the request body");
         return respond_now(server, state, &r);
     }
     return MHD_YES;
+}
+
+/* A chunked body has no length to refuse it by up front: it is refused the moment it
+ * passes the limit, without reading the rest. libmicrohttpd (0.9.75) queues no answer in
+ * the middle of a body (MHD_queue_response wants the headers or the whole request), so
+ * the 413 is written to the socket here, best effort and without blocking, before
+ * returning MHD_NO, which makes libmicrohttpd close the connection. A client still
+ * sending may see the connection reset rather than read the answer. */
+static enum MHD_Result refuse_mid_body(ksrv_server *server, request_state *state)
+{
+    size_t limit = state->route->body == BODY_UPLOAD ? server->config.max_upload_bytes
+                                                     : server->config.max_body_bytes;
+    ksrv_response r;
+    response_init(&r);
+    ksrv_respond_error(&r, 413, "body_too_large", NULL,
+                       "the body is over the limit of %zu bytes: refused without reading the rest",
+                       limit);
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(state->request.connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     strlen(r.body));
+    if (info && n > 0 && send(info->connect_fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n)
+        (void)send(info->connect_fd, r.body, strlen(r.body), MSG_NOSIGNAL | MSG_DONTWAIT);
+    state->responded = true;
+    ksrv_stats_count(&server->stats, state->request.route, 413);
+    ksrv_log(KSRV_LOG_INFO, "%s %s 413 %.1fms (body over %zu bytes: connection closed)",
+             state->request.method, state->request.path, (ksrv_monotonic() - state->started) * 1e3,
+             limit);
+    free(r.body);
+    return MHD_NO;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
     ksrv_server *server = cls;
     request_state *state = *con_cls;
     if (!state) {
@@ -488,6 +705,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         if (!state) return MHD_NO;
         state->upload_fd = -1;
         state->started = ksrv_monotonic();
+        state->version = version;
         state->request.method = method;
         state->request.path = url;
         state->request.connection = connection;
@@ -501,7 +719,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
     if (*upload_data_size > 0) {
         take_chunk(server, state, upload_data, *upload_data_size);
         *upload_data_size = 0;
-        return MHD_YES;
+        return state->too_large ? refuse_mid_body(server, state) : MHD_YES;
     }
 
     /* the whole body is in: run the handler */
@@ -513,7 +731,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         ksrv_respond_error(&r, 413, "body_too_large", NULL,
                            "the body is over the limit of %zu bytes", limit);
     } else if (state->write_failed) {
-        ksrv_respond_error(&r, 500, "internal", NULL, "cannot store the request body");
+        ksrv_respond_write_error(&r, state->write_errno, "the request body");
     } else {
         if (state->route->body == BODY_UPLOAD) {
             close(state->upload_fd);
@@ -534,7 +752,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
 static void on_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)cls, (void)connection, (void)code;
+    (void)code;
+    ksrv_server *server = cls;
+    ksrv_conn_guard_request_done(server->guard, connection);
     request_state *state = *con_cls;
     if (!state) return;
     if (state->upload_fd >= 0) close(state->upload_fd);
@@ -553,6 +773,35 @@ static void on_mhd_log(void *cls, const char *fmt, va_list args)
     size_t n = strlen(message);
     while (n && message[n - 1] == '\n') message[--n] = '\0';
     ksrv_log(KSRV_LOG_DEBUG, "libmicrohttpd: %s", message);
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Decodes %XX in the URL and its query, except %00: libmicrohttpd hands both over as C
+ * strings, where a decoded NUL would cut "victim%00zzz" to "victim". Left as "%00", the
+ * name is simply unknown (404) or invalid (400). Returns the decoded length. */
+static size_t unescape(void *cls, struct MHD_Connection *connection, char *s)
+{
+    (void)cls, (void)connection;
+    char *out = s;
+    for (const char *in = s; *in;) {
+        int hi, lo;
+        if (in[0] == '%' && (hi = hex_digit(in[1])) >= 0 && (lo = hex_digit(in[2])) >= 0 &&
+            (hi || lo)) {
+            *out++ = (char)(hi * 16 + lo);
+            in += 3;
+        } else {
+            *out++ = *in++;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
 }
 
 bool ksrv_http_start(ksrv_server *server, char **error)
@@ -580,15 +829,25 @@ bool ksrv_http_start(ksrv_server *server, char **error)
         return false;
     }
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES) flags |= MHD_USE_EPOLL;
+    server->guard = ksrv_conn_guard_start(config->header_timeout, &server->stats);
+    if (!server->guard) {
+        if (asprintf(error, "cannot start the connection guard thread") < 0) *error = NULL;
+        return false;
+    }
     server->daemon = MHD_start_daemon(
         flags, (uint16_t)config->port, NULL, NULL, on_request, server, MHD_OPTION_SOCK_ADDR,
         address, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)config->http_threads,
         /* MHD zeroes a connection's whole pool after every request: at 256 KB that memset
          * was a third of a small request's cost. 32 KB (MHD's default) holds any sane
          * header block; bodies are streamed to handlers in pieces, whatever this size. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u,
-        MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)config->max_connections,
+        /* one client cannot take every connection: the others (health checks) still get in */
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)config->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)config->idle_timeout, MHD_OPTION_NOTIFY_CONNECTION,
+        ksrv_conn_guard_notify, server->guard, MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        MHD_OPTION_END);
     if (!server->daemon) {
         if (asprintf(error, "cannot listen on %s:%d (in use, or not an address of this host?)",
                      config->listen_address, config->port) < 0)
@@ -605,4 +864,6 @@ void ksrv_http_stop(ksrv_server *server)
 {
     if (server->daemon) MHD_stop_daemon(server->daemon);
     server->daemon = NULL;
+    ksrv_conn_guard_stop(server->guard); /* after the daemon: no connection is left */
+    server->guard = NULL;
 }

@@ -5,7 +5,10 @@
  * normalised and shaped as cli/job.c does it (through the same kapi/kn functions), and
  * the trainer run with callbacks that write metrics, progress and checkpoints to the
  * store and obey cancel, pause and server shutdown. A checkpoint in the store makes the
- * run resume with the same step counter and data order.
+ * run resume with the same step counter and data order; without one, "init_weights" (a
+ * version of the model, or a succeeded job) gives the starting weights. What happens is
+ * written to the job's own log (server/job_log.c): start and device, each evaluation,
+ * checkpoints, warnings, the end or the error with its step.
  *
  * Engine state shared between workers: the default generator (initial weights, dropout,
  * and the RNG state saved in checkpoints) and the thread count of the engine's pool and
@@ -17,6 +20,8 @@
 #include "job_runner.h"
 #include "dist_launch.h"
 #include "job_memory.h"
+#include "registry.h"
+#include "routes_v1.h"
 
 #include "kapi.h"
 #include "kn_train.h"
@@ -37,7 +42,13 @@
 #define POLL_SECONDS 0.2
 #define DEFAULT_CHECKPOINT_EVERY 500
 
-typedef enum { STOP_NONE, STOP_CANCEL, STOP_PAUSE, STOP_SHUTDOWN } stop_reason;
+typedef enum {
+    STOP_NONE,
+    STOP_CANCEL,
+    STOP_PAUSE,
+    STOP_SHUTDOWN,
+    STOP_CHECKPOINT_FAILED, /* the job fails: docs/job-spec.md says why */
+} stop_reason;
 
 typedef struct job_run {
     ksrv_server *server;
@@ -52,11 +63,21 @@ typedef struct job_run {
     double last_flush, last_poll, start;
     int64_t first_step, step, epoch, total_steps;
     double samples_per_second, eta;
-    double latest_loss, latest_lr, eval_loss, eval_accuracy;
-    bool has_eval;
+    double latest_loss, latest_lr;
+    /* the latest evaluation of the validation data (eval_prefix), and the final one of a
+     * test set that was not the validation data */
+    struct eval_numbers {
+        bool has;
+        double loss;
+        kapi_metric metrics[KAPI_MAX_METRICS];
+        int n_metrics;
+    } eval, test;
+    char *evaluation; /* the final evaluation's details (JSON), for the job's "evaluation" */
+    char *evaluation_pending; /* the latest evaluation's, until the run ends */
     int64_t last_checkpoint_step;
     stop_reason stop;
     bool store_failed;
+    char checkpoint_error[512]; /* why the last checkpoint could not be saved */
 } job_run;
 
 static double mono_now(void)
@@ -96,7 +117,6 @@ static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const c
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    ksrv_log(KSRV_LOG_WARN, "job %s: failed (%s) %s", r->job->id, code, message);
     /* engine messages name files by their paths: users see them relative to the data
      * directory ("jobs/<id>/..."), not where the server keeps it */
     char root[600];
@@ -105,6 +125,11 @@ static ksrv_run_outcome fail(job_run *r, const char *code, int64_t step, const c
         if (root[n - 1] != '/' && n + 1 < sizeof root) strcat(root, "/");
         replace_path(message, sizeof message, root, "");
     }
+    if (step >= 0)
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_ERROR, "failed at step %lld: %s: %s",
+                     (long long)step, code, message);
+    else
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_ERROR, "failed: %s: %s", code, message);
     if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_FAILED, code, message, step) !=
         KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording the failure: %s", r->job->id,
@@ -134,14 +159,16 @@ static bool job_file(job_run *r, const char *name, char *relative, size_t rsize,
     return n > 0 && (size_t)n < rsize && ksrv_data_path(r->server, relative, absolute, asize);
 }
 
+/* The job's folder, 0700 as the data directory: checkpoints hold the model's weights. */
 static bool make_job_dir(job_run *r)
 {
     char rel[128], path[1024];
     if (!ksrv_data_path(r->server, "jobs", path, sizeof path)) return false;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) return false;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) return false;
     snprintf(rel, sizeof rel, "jobs/%s", r->job->id);
     if (!ksrv_data_path(r->server, rel, path, sizeof path)) return false;
-    return mkdir(path, 0755) == 0 || errno == EEXIST;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) return false;
+    return chmod(path, 0700) == 0; /* one an older kilnd made 0755 */
 }
 
 /* ---- metrics and progress ---------------------------------------------------------- */
@@ -154,13 +181,22 @@ static char *latest_metrics_json(const job_run *r)
         cJSON_AddNumberToObject(o, "loss", r->latest_loss);
         cJSON_AddNumberToObject(o, "lr", r->latest_lr);
     }
-    if (r->has_eval) {
-        char name[32];
-        snprintf(name, sizeof name, "%s_loss", r->eval_prefix);
-        cJSON_AddNumberToObject(o, name, r->eval_loss);
-        snprintf(name, sizeof name, "%s_accuracy", r->eval_prefix);
-        cJSON_AddNumberToObject(o, name, r->eval_accuracy);
+    const struct eval_numbers *sets[2] = {&r->eval, &r->test};
+    const char *prefixes[2] = {r->eval_prefix, "test"};
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]->has) continue;
+        char name[64];
+        snprintf(name, sizeof name, "%s_loss", prefixes[k]);
+        cJSON_AddNumberToObject(o, name, sets[k]->loss);
+        for (int i = 0; i < sets[k]->n_metrics; i++) {
+            snprintf(name, sizeof name, "%s_%s", prefixes[k], sets[k]->metrics[i].name);
+            cJSON_AddNumberToObject(o, name, sets[k]->metrics[i].value);
+        }
     }
+    /* the end of the run: the confusion matrix or per-label F1 (routes_v1_jobs.c shows it
+     * as the job's "evaluation") */
+    cJSON *evaluation = r->evaluation ? cJSON_Parse(r->evaluation) : NULL;
+    if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return text;
@@ -169,7 +205,8 @@ static char *latest_metrics_json(const job_run *r)
 static void store_warn(job_run *r, const char *what)
 {
     if (!r->store_failed)
-        ksrv_log(KSRV_LOG_WARN, "job %s: %s: %s", r->job->id, what, kstore_last_error(r->store));
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "%s: %s", what,
+                     kstore_last_error(r->store));
     r->store_failed = true; /* log once; the next write may succeed */
 }
 
@@ -192,7 +229,7 @@ static void flush(job_run *r)
 
 static void add_metric(job_run *r, const char *suffix, int64_t step, double value)
 {
-    char name[32];
+    char name[64];
     snprintf(name, sizeof name, "%s_%s", r->eval_prefix, suffix);
     kstore_metric_point p = {.step = step, .wall_time = wall_now(), .value = value};
     if (kstore_metrics_append(r->store, r->job->id, name, &p, 1) != KSTORE_OK)
@@ -231,18 +268,32 @@ static void prune_checkpoints(job_run *r)
     free(list);
 }
 
+/* Saves and records a checkpoint; on failure r->checkpoint_error says why. */
 static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
 {
     if (step == r->last_checkpoint_step) return KN_OK;
     flush(r); /* the metrics up to the checkpoint are durable before it is */
     char name[64], rel[256], path[1024];
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
-    if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) return KN_ERR_VALUE;
-    /* no trainer: a distributed job's rank 0 wrote the file (dist_launch.c) */
-    kn_status st = trainer ? kn_trainer_save_checkpoint(trainer, path)
-                           : access(path, R_OK) == 0 ? KN_OK
-                                                     : KN_ERR_VALUE;
-    if (st != KN_OK) return st;
+    if (!job_file(r, name, rel, sizeof rel, path, sizeof path)) {
+        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "the path is too long");
+        return KN_ERR_VALUE;
+    }
+    if (!trainer) { /* a distributed job's rank 0 wrote the file (dist_launch.c) */
+        if (access(path, R_OK) != 0) {
+            snprintf(r->checkpoint_error, sizeof r->checkpoint_error,
+                     "rank 0 reported %s but it cannot be read: %s", rel, strerror(errno));
+            return KN_ERR_VALUE;
+        }
+    } else {
+        kn_status st = kn_trainer_save_checkpoint(trainer, path);
+        if (st != KN_OK) {
+            snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "%s", kn_last_error());
+            unlink(path); /* a partial file is not a checkpoint */
+            return st;
+        }
+    }
+    chmod(path, 0600);
     struct stat sb;
     kstore_checkpoint c = {
         .step = step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
@@ -250,11 +301,14 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
     snprintf(c.kind, sizeof c.kind, "checkpoint");
     snprintf(c.path, sizeof c.path, "%s", rel);
     if (kstore_checkpoint_add(r->store, &c) != KSTORE_OK) {
-        store_warn(r, "recording a checkpoint");
+        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "recording it: %s",
+                 kstore_last_error(r->store));
+        unlink(path);
         return KN_ERR_VALUE;
     }
     r->last_checkpoint_step = step;
-    ksrv_log(KSRV_LOG_DEBUG, "job %s: checkpoint at step %lld", r->job->id, (long long)step);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "checkpoint at step %lld (%lld bytes)",
+                 (long long)step, (long long)c.bytes);
     prune_checkpoints(r);
     return KN_OK;
 }
@@ -278,6 +332,10 @@ static kn_status on_step(void *context, const kn_step_info *info)
     r->loss[r->n_points] = (kstore_metric_point){info->step, wall, info->loss};
     r->lr[r->n_points] = (kstore_metric_point){info->step, wall, info->lr};
     r->n_points++;
+    if (info->skipped)
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN,
+                     "step %lld: the loss is not finite (%g): the step was skipped",
+                     (long long)info->step, info->loss);
     if (r->n_points >= FLUSH_STEPS || now - r->last_flush >= FLUSH_SECONDS) flush(r);
 
     if (*r->stopping) {
@@ -292,33 +350,123 @@ static kn_status on_step(void *context, const kn_step_info *info)
     flush(r);
     /* a distributed job's ranks checkpoint themselves when asked (no trainer here) */
     if (r->stop != STOP_CANCEL && r->trainer && save_checkpoint(r, r->trainer, info->step) != KN_OK)
-        ksrv_log(KSRV_LOG_ERROR, "job %s: checkpoint at step %lld: %s", r->job->id,
-                 (long long)info->step, kn_last_error());
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "checkpoint at step %lld failed: %s",
+                     (long long)info->step, r->checkpoint_error);
     return KN_ERR_VALUE; /* stops kn_trainer_run; r->stop says why */
+}
+
+/* An evaluation's loss and the task's metrics as <prefix>_<name> series; the details of
+ * the latest are kept for the end of the run. */
+static void record_eval(job_run *r, const kn_eval_result *result, int64_t step,
+                        struct eval_numbers *numbers)
+{
+    numbers->has = true;
+    numbers->loss = result->loss;
+    numbers->n_metrics = kapi_eval_metrics(result, numbers->metrics);
+    add_metric(r, "loss", step, result->loss);
+    for (int i = 0; i < numbers->n_metrics; i++)
+        add_metric(r, numbers->metrics[i].name, step, numbers->metrics[i].value);
+    /* the job's log: "evaluation at step 20 (epoch 2): val_loss 0.31, val_accuracy 0.9,
+     * ... on 128 samples" (the test set's: "test at step 40: test_loss ...") */
+    char line[1024];
+    size_t n = 0;
+    if (numbers == &r->test)
+        n = (size_t)snprintf(line, sizeof line, "test at step %lld: ", (long long)step);
+    else
+        n = (size_t)snprintf(line, sizeof line,
+                             "evaluation at step %lld (epoch %lld): ", (long long)step,
+                             (long long)result->epoch + 1);
+    n += (size_t)snprintf(line + n, sizeof line - n, "%s_loss %.6g", r->eval_prefix, result->loss);
+    for (int i = 0; i < numbers->n_metrics && n < sizeof line; i++)
+        n += (size_t)snprintf(line + n, sizeof line - n, ", %s_%s %.4g", r->eval_prefix,
+                              numbers->metrics[i].name, numbers->metrics[i].value);
+    if (n < sizeof line)
+        snprintf(line + n, sizeof line - n, " on %lld samples", (long long)result->count);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "%s", line);
+    char *details = kapi_eval_details_json(result);
+    if (details) {
+        cJSON *o = cJSON_Parse(details);
+        cJSON_AddStringToObject(o, "split", r->eval_prefix);
+        cJSON_AddNumberToObject(o, "step", (double)step);
+        char *text = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        free(details);
+        free(r->evaluation_pending);
+        r->evaluation_pending = text;
+    }
 }
 
 static kn_status on_eval(void *context, const kn_eval_result *result)
 {
     job_run *r = context;
-    r->has_eval = true;
-    r->eval_loss = result->loss;
-    r->eval_accuracy = result->accuracy;
-    add_metric(r, "loss", result->step, result->loss);
-    add_metric(r, "accuracy", result->step, result->accuracy);
+    record_eval(r, result, result->step, &r->eval);
     return KN_OK;
 }
 
+/* A checkpoint that cannot be written stops the job, which fails with checkpoint_failed
+ * at that step (after_stop): training on would look fine until a restart or a pause threw
+ * the unsaved steps away, and on a full disk the final weights would fail too, after all
+ * the compute. docs/job-spec.md gives the reasons to users. */
 static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
 {
     job_run *r = context;
-    kn_status st = save_checkpoint(r, trainer, step);
-    if (st != KN_OK) /* a missed checkpoint is not worth failing the job for */
-        ksrv_log(KSRV_LOG_WARN, "job %s: checkpoint at step %lld: %s", r->job->id, (long long)step,
-                 kn_last_error());
-    return KN_OK;
+    if (save_checkpoint(r, trainer, step) == KN_OK) return KN_OK;
+    r->stop = STOP_CHECKPOINT_FAILED;
+    r->step = step;
+    return KN_ERR_VALUE; /* stops kn_trainer_run */
 }
 
 /* ---- set-up ------------------------------------------------------------------------ */
+
+/* "init_weights": the file of the pinned version of the job's model, or of a succeeded
+ * job's final weights, into path. False after writing the failure. */
+static bool init_weights_path(job_run *r, const kapi_job_spec *spec,
+                              const kapi_model_spec *model_spec, char *path, size_t size)
+{
+    const char *model_name = spec->model_name[0] ? spec->model_name : model_spec->name;
+    kstore_version v;
+    kstore_status s;
+    if (spec->init_version[0]) {
+        s = kstore_version_get(r->store, model_name, spec->init_version, &v);
+    } else {
+        kstore_job from;
+        s = kstore_job_get(r->store, spec->init_job, &from);
+        if (s == KSTORE_OK) s = kstore_version_get(r->store, from.model_name, from.id, &v);
+        if (s == KSTORE_OK || s == KSTORE_NOT_FOUND) kstore_job_free(&from);
+    }
+    const char *field = spec->init_version[0] ? "init_weights.version" : "init_weights.job";
+    const char *name = spec->init_version[0] ? spec->init_version : spec->init_job;
+    if (s != KSTORE_OK) {
+        fail(r, "invalid_spec", -1, "%s: %s", field,
+             s == KSTORE_NOT_FOUND ? "it is gone (deleted since the job was queued)"
+                                   : kstore_last_error(r->store));
+        return false;
+    }
+    bool ok = v.path[0] && ksrv_data_path(r->server, v.path, path, size);
+    if (!ok)
+        fail(r, "invalid_spec", -1, "%s: %s has no weights", field, name);
+    else
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "initial weights: %s %s%s%s%s (%s)",
+                     spec->init_version[0] ? "version" : "job", name,
+                     spec->init_alias[0] ? " (alias " : "", spec->init_alias,
+                     spec->init_alias[0] ? ")" : "", v.path);
+    kstore_version_free(&v);
+    return ok;
+}
+
+/* init_weights_path's file loaded strictly into model (before it moves to its device).
+ * False after writing the failure. */
+static bool load_init_weights(job_run *r, const kapi_job_spec *spec,
+                              const kapi_model_spec *model_spec, kn_module *model)
+{
+    char path[1024];
+    if (!init_weights_path(r, spec, model_spec, path, sizeof path)) return false;
+    if (kn_module_load_weights(model, path, true) == KN_OK) return true;
+    fail(r, "invalid_spec", -1, "%s: loading %s: %s",
+         spec->init_version[0] ? "init_weights.version" : "init_weights.job",
+         spec->init_version[0] ? spec->init_version : spec->init_job, kn_last_error());
+    return false;
+}
 
 /* The model spec: inline, or the stored model of that name. */
 static kapi_model_spec *resolve_model(job_run *r, const kapi_job_spec *spec, bool *owned)
@@ -341,54 +489,17 @@ static kapi_model_spec *resolve_model(job_run *r, const kapi_job_spec *spec, boo
     return model;
 }
 
-/* The sources of one split ("train", "test") from the dataset's files. */
+/* The sources of one split ("train", "test") from the dataset's files; false after
+ * writing the failure. */
 static bool dataset_source(job_run *r, const kstore_dataset *ds, const char *split,
-                           kapi_data_source *out)
+                           const kapi_data_spec *data, kapi_data_source *out)
 {
-    memset(out, 0, sizeof *out);
-    size_t n = strlen(split);
-    for (int i = 0; i < ds->n_files; i++) {
-        const kstore_dataset_file *f = &ds->files[i];
-        if (strncmp(f->role, split, n) != 0) continue;
-        const char *rest = f->role + n;
-        char *target = NULL;
-        if (!strcmp(rest, "") || !strcmp(rest, "_images") || !strcmp(rest, "_inputs") ||
-            !strcmp(rest, "_csv"))
-            target = out->inputs_path;
-        else if (!strcmp(rest, "_labels"))
-            target = out->labels_path;
-        if (!target) continue;
-        if (!strcmp(f->format, "idx")) {
-            out->format = KAPI_FORMAT_IDX;
-        } else if (!strcmp(f->format, "npy")) {
-            out->format = KAPI_FORMAT_NPY;
-        } else if (!strcmp(f->format, "csv")) {
-            out->format = KAPI_FORMAT_CSV;
-        } else {
-            fail(r, "data_error", -1,
-                 "dataset %s: file %s has format %s, which training cannot read", ds->name, f->role,
-                 f->format);
-            return false;
-        }
-        if (!ksrv_data_path(r->server, f->path, target, sizeof out->inputs_path)) {
-            fail(r, "data_error", -1, "dataset %s: file %s: path too long", ds->name, f->role);
-            return false;
-        }
-        out->present = true;
-    }
-    if (out->present && out->format != KAPI_FORMAT_CSV &&
-        (!out->inputs_path[0] || !out->labels_path[0])) {
-        fail(r, "data_error", -1,
-             "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels", ds->name, split,
-             split, split, split);
-        return false;
-    }
-    if (out->format == KAPI_FORMAT_CSV)
-        snprintf(out->label_column, sizeof out->label_column, "label");
-    return true;
+    char message[600];
+    if (!ksrv_dataset_source(r->server, ds, split, data, out, message, sizeof message)) return true;
+    fail(r, "data_error", -1, "%s", message);
+    return false;
 }
 
-/* Loads, normalises and shapes one split; NULL after writing the failure. */
 /* The engine names the files it read by their paths under the data directory: a user of
  * the server knows them as a dataset's files, and the server's paths are not theirs to
  * see. Each error is put at `what` ("data.train"), its file named "dataset/file". */
@@ -410,11 +521,14 @@ static void name_files(kapi_errors *errors, const kapi_data_source *source, cons
     }
 }
 
+/* Loads one split as the task takes it and fits it to the model (shaped, labels checked);
+ * NULL after writing the failure. Preprocessing comes later (kapi_prepare_data). */
 static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_model_spec *model,
                               const kapi_data_source *source, const char *what)
 {
     kapi_errors errors = {0};
-    kn_dataset *ds = kapi_load_data_source(source, &errors);
+    kapi_load_options load = {.task = spec->train.task};
+    kn_dataset *ds = kapi_load_data(source, load, &errors);
     if (!ds) {
         if (errors.count == 0) kapi_errors_add(&errors, what, "%s", kn_last_error());
         name_files(&errors, source, spec->data.dataset, what);
@@ -422,14 +536,7 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
         kapi_errors_free(&errors);
         return NULL;
     }
-    const kapi_data_spec *d = &spec->data;
-    if (kn_dataset_normalize(ds, d->scale, d->mean, d->std, d->channels) != KN_OK) {
-        fail(r, "data_error", -1, "%s: %s", what, kn_last_error());
-        kn_dataset_free(ds);
-        kapi_errors_free(&errors);
-        return NULL;
-    }
-    if (!kapi_dataset_fit_model(ds, model, what, &errors)) {
+    if (!kapi_dataset_fit_job(ds, model, &spec->train, what, &errors)) {
         fail_errors(r, "data_error", &errors);
         kn_dataset_free(ds);
         ds = NULL;
@@ -475,16 +582,17 @@ static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worke
 
 /* The end of a successful run whose final weights are in the job's model.safetensors:
  * the test set's numbers (NULL: none apart from validation), the weights recorded, the
- * final metrics, succeeded. */
+ * final metrics and evaluation details, succeeded. */
 static ksrv_run_outcome record_success(job_run *r, const kn_eval_result *test)
 {
     if (test) {
         const char *prefix = r->eval_prefix;
         r->eval_prefix = "test";
-        add_metric(r, "loss", r->step, test->loss);
-        add_metric(r, "accuracy", r->step, test->accuracy);
+        record_eval(r, test, r->step, &r->test);
         r->eval_prefix = prefix;
     }
+    r->evaluation = r->evaluation_pending;
+    r->evaluation_pending = NULL;
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
         return fail(r, "internal", -1, "the data directory path is too long");
@@ -498,31 +606,44 @@ static ksrv_run_outcome record_success(job_run *r, const kn_eval_result *test)
         return fail(r, "internal", -1, "recording the weights: %s", kstore_last_error(r->store));
     r->eta = 0;
     flush(r);
+    /* the last line before the state: a follower that sees the end has seen it */
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                 "succeeded at step %lld (%.0f samples/s): weights %s (%lld bytes)",
+                 (long long)r->step, r->samples_per_second, rel, (long long)c.bytes);
     if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1) != KSTORE_OK)
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording success: %s", r->job->id,
                  kstore_last_error(r->store));
-    else
-        ksrv_log(KSRV_LOG_INFO, "job %s: succeeded at step %lld (%.0f samples/s)", r->job->id,
-                 (long long)r->step, r->samples_per_second);
     return KSRV_RUN_FINISHED;
 }
 
 /* The end of a local run: a test evaluation when the test set was not the validation
- * set, the final weights written, then recorded. */
-static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_job_spec *spec,
-                                       const kn_dataset *test, bool test_was_validation)
+ * set, the final weights written with the job's preprocessing in their metadata, then
+ * recorded. */
+static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
+                                       const kapi_model_spec *model_spec, const kapi_job_spec *spec,
+                                       const kn_dataset *test, bool test_was_validation,
+                                       const kapi_preprocessing *preprocessing)
 {
-    kn_eval_result e;
+    kn_eval_result e = {0};
     bool tested = test && !test_was_validation;
-    if (tested &&
-        kn_evaluate(model, test, spec->train.loss, spec->train.eval_batch_size, &e) != KN_OK)
+    if (tested && kn_evaluate_config(model, test, &spec->train, &e) != KN_OK)
         return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
     char rel[256], path[1024];
-    if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
-        return fail(r, "internal", -1, "the data directory path is too long");
-    if (kn_module_save_weights(model, path) != KN_OK)
-        return fail(r, engine_code(), -1, "writing the weights: %s", kn_last_error());
-    return record_success(r, tested ? &e : NULL);
+    ksrv_run_outcome o;
+    kapi_errors errors = {0};
+    if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path)) {
+        o = fail(r, "internal", -1, "the data directory path is too long");
+    } else if (!kapi_save_weights(model, path, preprocessing, model_spec, &errors)) {
+        unlink(path);
+        o = fail(r, engine_code(), r->step, "writing the weights: %s",
+                 errors.count ? errors.items[0].message : kn_last_error());
+        kapi_errors_free(&errors);
+    } else {
+        chmod(path, 0600);
+        o = record_success(r, tested ? &e : NULL);
+    }
+    kn_eval_result_clear(&e);
+    return o;
 }
 
 /* After kn_trainer_run returned an error: why it stopped. */
@@ -530,20 +651,35 @@ static ksrv_run_outcome after_stop(job_run *r)
 {
     switch (r->stop) {
     case STOP_CANCEL:
-        ksrv_log(KSRV_LOG_INFO, "job %s: canceled at step %lld", r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "canceled at step %lld",
+                     (long long)r->step);
         if (kstore_job_finish(r->store, r->job->id, KSTORE_JOB_CANCELED, NULL, NULL, -1) !=
             KSTORE_OK)
             store_warn(r, "recording the cancel");
         return KSRV_RUN_FINISHED;
     case STOP_PAUSE:
-        ksrv_log(KSRV_LOG_INFO, "job %s: paused at step %lld", r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                     "paused at step %lld (checkpointed; resume continues from there)",
+                     (long long)r->step);
         if (kstore_job_set_paused(r->store, r->job->id) != KSTORE_OK)
             store_warn(r, "recording the pause");
         return KSRV_RUN_PAUSED;
     case STOP_SHUTDOWN:
-        ksrv_log(KSRV_LOG_INFO, "job %s: stopped at step %lld for shutdown (resumes at start)",
-                 r->job->id, (long long)r->step);
+        ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                     "stopped at step %lld: the server is shutting down (the job resumes when "
+                     "it starts again)",
+                     (long long)r->step);
         return KSRV_RUN_STOPPED;
+    case STOP_CHECKPOINT_FAILED: {
+        char last[64] = "no checkpoint was written";
+        if (r->last_checkpoint_step >= 0)
+            snprintf(last, sizeof last, "the last checkpoint is at step %lld",
+                     (long long)r->last_checkpoint_step);
+        return fail(r, "checkpoint_failed", r->step,
+                    "the checkpoint at step %lld could not be written: %s; training stopped "
+                    "rather than go on without one (%s)",
+                    (long long)r->step, r->checkpoint_error, last);
+    }
     default:
         break;
     }
@@ -561,8 +697,8 @@ static ksrv_run_outcome after_stop(job_run *r)
  * The ranks train (dist_launch.c); this side records what rank 0 reports through the same
  * callbacks a local trainer drives, and ends the job as a local run would. */
 static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
-                                        const kapi_data_source *train,
-                                        const kapi_data_source *test)
+                                        const kapi_model_spec *model_spec,
+                                        const kapi_data_source *train, const kapi_data_source *test)
 {
     kstore_model stored = {0};
     if (!spec->model && kstore_model_get(r->store, spec->model_name, &stored) != KSTORE_OK)
@@ -575,6 +711,17 @@ static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
                                            train, test, every, error, sizeof error);
     kstore_model_free(&stored);
     if (!rank_spec) return fail(r, "internal", -1, "%s", error);
+    /* the ranks read init_weights as the command line does: a file (a resumed job's
+     * checkpoint has the weights, and each launch's resume_from wins over it) */
+    cJSON_DeleteItemFromObjectCaseSensitive(rank_spec, "init_weights");
+    if (spec->init_version[0] || spec->init_job[0]) {
+        char path[1024];
+        if (!init_weights_path(r, spec, model_spec, path, sizeof path)) {
+            cJSON_Delete(rank_spec);
+            return KSRV_RUN_FINISHED;
+        }
+        cJSON_AddStringToObject(rank_spec, "init_weights", path);
+    }
     if (!make_job_dir(r)) {
         cJSON_Delete(rank_spec);
         return fail(r, "internal", -1, "creating the job's folder: %s", strerror(errno));
@@ -585,6 +732,9 @@ static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
     r->start = r->last_flush = r->last_poll = mono_now();
     ksrv_log(KSRV_LOG_INFO, "job %s: training on %d processes (%s) from step %lld", r->job->id,
              spec->distributed.processes, spec->distributed.devices, (long long)r->first_step);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                 "training on %d processes (%s) through mpirun, from step %lld",
+                 spec->distributed.processes, spec->distributed.devices, (long long)r->first_step);
     kn_train_callbacks callbacks = {
         .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
     ksrv_dist_job job = {.server = r->server,
@@ -600,8 +750,7 @@ static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
     switch (result.end) {
     case KSRV_DIST_SUCCEEDED: {
         r->step = result.steps;
-        kn_eval_result test_result = {.loss = result.test_loss, .accuracy = result.test_accuracy};
-        return record_success(r, result.has_test ? &test_result : NULL);
+        return record_success(r, result.has_test ? &result.test : NULL);
     }
     case KSRV_DIST_CANCELED:
         r->stop = STOP_CANCEL;
@@ -641,6 +790,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     kn_module *model = NULL;
     kn_generator *generator = NULL;
     kn_dataset *train = NULL, *validation = NULL, *test = NULL;
+    kapi_preprocessing preprocessing = {.scale = 1};
     bool tf32_before = kn_get_allow_tf32(); /* the job's choice, on this thread, until done */
 
     kapi_errors errors = {0};
@@ -672,8 +822,8 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     }
     have_dataset = true;
     kapi_data_source train_source, test_source;
-    if (!dataset_source(r, &dataset, "train", &train_source) ||
-        !dataset_source(r, &dataset, "test", &test_source))
+    if (!dataset_source(r, &dataset, "train", &spec->data, &train_source) ||
+        !dataset_source(r, &dataset, "test", &spec->data, &test_source))
         goto done;
     if (!train_source.present) {
         outcome = fail(r, "data_error", -1, "dataset %s has no training files", dataset.name);
@@ -693,7 +843,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     if (spec->distributed.processes > 0) { /* ranks of kiln train through mpirun */
-        outcome = run_distributed(r, spec, &train_source, &test_source);
+        outcome = run_distributed(r, spec, model_spec, &train_source, &test_source);
         goto done;
     }
     /* The job's own generator, as torch.manual_seed(seed) before building: it decides
@@ -705,6 +855,12 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, engine_code(), -1, "building the model: %s", kn_last_error());
         goto done;
     }
+    /* a checkpoint (a resumed job) holds the weights; else init_weights gives them */
+    kstore_checkpoint latest;
+    bool resuming = kstore_checkpoint_latest(store, job->id, "checkpoint", &latest) == KSTORE_OK;
+    if (!resuming && (spec->init_version[0] || spec->init_job[0]) &&
+        !load_init_weights(r, spec, model_spec, model))
+        goto done;
     if (device.type != KN_DEVICE_CPU && kn_module_to(model, device) != KN_OK) {
         /* CUDA out of memory (the message gives the sizes) is the job's, not the device's */
         const char *code =
@@ -718,18 +874,12 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         test = load_split(r, spec, model_spec, &test_source, "data.test");
         if (!test) goto done;
     }
-    if (spec->data.validation_split > 0) {
-        kn_dataset *part = NULL;
-        if (kn_dataset_split(train, spec->data.validation_split, spec->train.seed, &part,
-                             &validation) != KN_OK) {
-            outcome = fail(r, "data_error", -1, "data.validation_split: %s", kn_last_error());
-            goto done;
-        }
-        kn_dataset_free(train);
-        train = part;
-    } else if (test) {
-        r->eval_prefix = "test";
+    /* split, scale and normalise ("auto" measured on the training part only) */
+    if (!kapi_prepare_data(spec, model_spec, &train, &validation, &test, &preprocessing, &errors)) {
+        outcome = fail_errors(r, "data_error", &errors);
+        goto done;
     }
+    if (!validation && test) r->eval_prefix = "test";
     if (!make_job_dir(r)) {
         outcome = fail(r, "internal", -1, "creating the job's folder: %s", strerror(errno));
         goto done;
@@ -746,8 +896,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, "invalid_spec", -1, "train: %s", kn_last_error());
         goto done;
     }
-    kstore_checkpoint latest;
-    if (kstore_checkpoint_latest(store, job->id, "checkpoint", &latest) == KSTORE_OK) {
+    if (resuming) {
         char path[1024];
         if (!ksrv_data_path(server, latest.path, path, sizeof path) ||
             kn_trainer_load_checkpoint(r->trainer, path) != KN_OK) {
@@ -755,7 +904,8 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
             goto done;
         }
         r->last_checkpoint_step = latest.step;
-        ksrv_log(KSRV_LOG_INFO, "job %s: resuming from step %lld", job->id, (long long)latest.step);
+        ksrv_job_log(store, job->id, KSRV_JOB_INFO, "resuming from the checkpoint at step %lld",
+                     (long long)latest.step);
     }
     if (*stopping) { /* shutdown began while loading: stay running, resume at start */
         outcome = KSRV_RUN_STOPPED;
@@ -764,9 +914,16 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     r->first_step = r->step = kn_trainer_step(r->trainer);
     r->start = r->last_flush = r->last_poll = mono_now();
     char device_name[32];
-    ksrv_log(KSRV_LOG_INFO, "job %s: training %s on %lld samples, %s, from step %lld", job->id,
-             model_spec->name[0] ? model_spec->name : "model", (long long)train->count,
-             kn_device_str(device, device_name, sizeof device_name), (long long)r->first_step);
+    ksrv_job_log(store, job->id, KSRV_JOB_INFO,
+                 "started on %s (worker %s, %d engine threads): model %s (%lld parameters), "
+                 "dataset %s: %lld training samples%s, %lld test samples, %lld steps from step "
+                 "%lld",
+                 kn_device_str(device, device_name, sizeof device_name), job->device,
+                 kn_get_num_threads(), model_spec->name[0] ? model_spec->name : "(inline)",
+                 (long long)kn_module_parameter_count(model), spec->data.dataset,
+                 (long long)train->count, validation ? " (a validation split held out)" : "",
+                 test ? (long long)test->count : 0LL, (long long)job->total_steps,
+                 (long long)r->first_step);
 
     kn_train_callbacks callbacks = {
         .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
@@ -778,7 +935,7 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     r->step = summary.steps;
-    outcome = finish_success(r, model, spec, test, !validation);
+    outcome = finish_success(r, model, model_spec, spec, test, !validation, &preprocessing);
 
 done:
     kapi_errors_free(&errors);
@@ -788,6 +945,9 @@ done:
     kn_dataset_free(test);
     kn_module_free(model);
     kn_generator_free(generator);
+    kapi_preprocessing_free(&preprocessing);
+    free(r->evaluation);
+    free(r->evaluation_pending);
     if (have_dataset) kstore_dataset_free(&dataset);
     if (model_owned) kapi_model_spec_free(model_spec);
     kapi_job_spec_free(spec);

@@ -34,9 +34,17 @@ typedef struct ksrv_config {
     char log_level[16];         /* --log-level: error, warn, info (default), debug */
     char token_file[512];       /* --token-file: 0600 file with the bearer token */
     char allowed_origins[1024]; /* --allowed-origins: comma-separated extra origins */
-    int threads_per_worker;     /* --threads-per-worker: engine threads, default all cores */
+    int threads_per_worker;     /* --threads-per-worker: most engine threads a job uses */
     int checkpoint_every_steps; /* default for jobs that do not say, 0: 500 */
     size_t max_job_memory;      /* --max-job-memory: bytes one job may use; 0: 80% of RAM */
+    int model_cache_entries;    /* --model-cache-entries: loaded inference versions, default 4 */
+    size_t model_cache_bytes;   /* --model-cache-bytes: their parameters, default 1 GiB */
+    int max_connections;        /* --max-connections: open HTTP connections, default 1024 */
+    int max_connections_per_ip; /* --max-connections-per-ip: default 64, 0: no limit */
+    int header_timeout;         /* --header-timeout: seconds to send a request's headers (10) */
+    int idle_timeout;           /* --idle-timeout: seconds a connection may stay silent (120) */
+    char allowed_hosts[1024];   /* --allowed-hosts: extra Host names (wildcard listens) */
+    bool insecure_no_token;     /* --insecure-no-token: serve a non-loopback address openly */
     char hostfile[512];         /* --hostfile: where distributed jobs run (Open MPI's format) */
     char kiln_path[512];        /* --kiln: the program of a distributed job's ranks */
 } ksrv_config;
@@ -54,6 +62,7 @@ void ksrv_log(ksrv_log_level level, const char *fmt, ...) __attribute__((format(
 /* ---- the server ------------------------------------------------------------------ */
 typedef struct ksrv_workers ksrv_workers;
 typedef struct ksrv_model_cache ksrv_model_cache;
+typedef struct ksrv_conn_guard ksrv_conn_guard;
 typedef struct ksrv_dist ksrv_dist;
 
 /* Counters for GET /metrics (atomics; read without locks). */
@@ -73,6 +82,8 @@ typedef struct ksrv_stats {
     /* forward passes of the inference batcher and the requests they served: the mean
      * batch is their ratio */
     uint64_t infer_batches, infer_batched_requests;
+    /* connections cut for sending their headers too slowly (server/conn_guard.c) */
+    uint64_t header_timeouts;
 } ksrv_stats;
 
 typedef struct ksrv_server {
@@ -88,6 +99,7 @@ typedef struct ksrv_server {
     int64_t job_memory_limit; /* bytes one job may use (job_memory.h) */
     ksrv_dist *dist;          /* distributed jobs: hosts, the ranks' program (dist_launch.h) */
     volatile int stopping;
+    ksrv_conn_guard *guard; /* the header deadline of the HTTP connections */
 } ksrv_server;
 
 /* Starts everything (store migrated, running jobs requeued, workers, HTTP). NULL with
@@ -139,6 +151,10 @@ void ksrv_respond_json(ksrv_response *response, int status, cJSON *body);
 /* {"error": {"code", "message", "path"?}} — the v1 error body. */
 void ksrv_respond_error(ksrv_response *response, int status, const char *code, const char *path,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The same body (path may be NULL), for an answer that adds its own fields to the error
+ * object (*error: "state", "jobs", ...); the caller owns it (ksrv_respond_json takes it). */
+cJSON *ksrv_error_json(cJSON **error, const char *code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* {"error": "..."} — the Open Inference Protocol's error body (v2 routes). */
 void ksrv_respond_v2_error(ksrv_response *response, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -203,6 +219,12 @@ int ksrv_workers_busy(ksrv_workers *workers);
 /* ---- the inference cache (server/inference.c) ---------------------------------------- */
 ksrv_model_cache *ksrv_model_cache_new(ksrv_server *server);
 void ksrv_model_cache_free(ksrv_model_cache *cache);
+typedef struct ksrv_model_cache_stats {
+    int entries;               /* loaded versions now (over the bounds only while in use) */
+    size_t bytes;              /* their parameters and buffers */
+    uint64_t loads, evictions; /* since the start */
+} ksrv_model_cache_stats;
+ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache);
 
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
 /* The cached body for key, shared: *data and *size stay valid until the returned handle
@@ -212,6 +234,8 @@ void ksrv_metrics_cache_release(void *handle);
 /* Keeps a copy of body under key with its entity tag (see ksrv_response.etag). */
 void ksrv_metrics_cache_put(const char *key, const char *body, size_t size, const char *etag);
 void ksrv_metrics_cache_clear(void); /* ksrv_stop: frees everything */
+/* Drops a job's cached answers (its keys start with "<job_id>|"): the job was deleted. */
+void ksrv_metrics_cache_forget(const char *job_id);
 
 /* ---- files under the data directory ---------------------------------------------------- */
 /* data_dir + "/" + relative, into out (size bytes); false when it does not fit. */

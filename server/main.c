@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char HELP[] =
@@ -34,11 +36,26 @@ static const char HELP[] =
     "                                                      every route but /v2/health/* needs\n"
     "  --allowed-origins LIST     KILND_ALLOWED_ORIGINS    extra origins allowed to call, e.g.\n"
     "                                                      http://dash.local:3000\n"
-    "  --threads-per-worker N     KILND_THREADS_PER_WORKER engine threads per worker (0: all)\n"
+    "  --threads-per-worker N     KILND_THREADS_PER_WORKER most cores a job uses (0: fair share)\n"
     "  --checkpoint-every-steps N KILND_CHECKPOINT_EVERY_STEPS  default checkpoint period (500)\n"
     "  --max-job-memory N         KILND_MAX_JOB_MEMORY     memory one job may use, K/M/G ok;\n"
     "                                                      bigger jobs are refused (0: 80% of\n"
     "                                                      RAM or of the container's limit)\n"
+    "  --model-cache-entries N    KILND_MODEL_CACHE_ENTRIES  model versions inference keeps\n"
+    "                                                      loaded (4)\n"
+    "  --model-cache-bytes N      KILND_MODEL_CACHE_BYTES  and their parameters' bytes (1G)\n"
+    "  --max-connections N        KILND_MAX_CONNECTIONS    open HTTP connections (1024)\n"
+    "  --max-connections-per-ip N KILND_MAX_CONNECTIONS_PER_IP  from one address (64, 0: no\n"
+    "                                                      limit; raise it behind a proxy)\n"
+    "  --header-timeout S         KILND_HEADER_TIMEOUT     seconds a connection has to send a\n"
+    "                                                      request's headers (10)\n"
+    "  --idle-timeout S           KILND_IDLE_TIMEOUT       seconds a silent connection is kept\n"
+    "                                                      (120)\n"
+    "  --allowed-hosts LIST       KILND_ALLOWED_HOSTS      extra Host names that address this\n"
+    "                                                      server: kiln.lan, kiln.lan:8080\n"
+    "  --insecure-no-token        KILND_INSECURE_NO_TOKEN  serve an address other than loopback\n"
+    "                                                      without --token-file (refused\n"
+    "                                                      otherwise)\n"
     "  --hostfile FILE            KILND_HOSTFILE           machines for distributed jobs, Open\n"
     "                                                      MPI's format (HOST slots=N); checked\n"
     "                                                      at start (default: this machine, a\n"
@@ -47,7 +64,8 @@ static const char HELP[] =
     "                                                      run (default: kiln beside kilnd)\n"
     "  -h, --help                 this text\n"
     "\n"
-    "Set --token-file before listening on any address other than 127.0.0.1.\n";
+    "On an address other than loopback (127.0.0.1, ::1) kilnd needs --token-file (a token of\n"
+    "16 characters or more), or --insecure-no-token.\n";
 
 static int stop_pipe[2] = {-1, -1};
 
@@ -77,6 +95,16 @@ int main(int argc, char **argv)
         return 0;
     }
     ksrv_log_set_level(config.log_level);
+    /* everything kilnd writes (database, checkpoints, weights, uploads) is its user's
+     * alone, whatever the umask it was started with */
+    umask(077);
+    /* each connection is a descriptor: a soft limit of 1024 (a common default) would stop
+     * accepting before --max-connections */
+    struct rlimit files;
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
 
     /* Threads made before main (OpenBLAS's) may take the signal, so a mask and sigwait
      * are not enough: the handler, whichever thread runs it, writes to a pipe that this

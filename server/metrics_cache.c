@@ -111,3 +111,13 @@ void ksrv_metrics_cache_clear(void)
         if (entries[i].key) drop(&entries[i]);
     pthread_mutex_unlock(&cache_lock);
 }
+
+void ksrv_metrics_cache_forget(const char *job_id)
+{
+    size_t n = strlen(job_id);
+    pthread_mutex_lock(&cache_lock);
+    for (int i = 0; i < CACHE_ENTRIES; i++)
+        if (entries[i].key && !strncmp(entries[i].key, job_id, n) && entries[i].key[n] == '|')
+            drop(&entries[i]);
+    pthread_mutex_unlock(&cache_lock);
+}

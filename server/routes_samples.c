@@ -141,65 +141,37 @@ void ksrv_samples_cache_clear(void)
 }
 
 /* ---- finding and parsing a split ------------------------------------------------------ */
-/* The source of split from the dataset's files, as the workers read them, and the
- * cache key (absolute paths, sizes, mtimes). false with the response set. */
+/* The source of split from the dataset's files, as the workers read them
+ * (ksrv_dataset_source), and the cache key (absolute paths, sizes, mtimes). false with
+ * the response set. */
 static bool split_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
                          kapi_data_source *out, char *key, size_t key_size, ksrv_response *response)
 {
-    memset(out, 0, sizeof *out);
-    size_t n = strlen(split), used = (size_t)snprintf(key, key_size, "%s", split);
-    for (int i = 0; i < ds->n_files; i++) {
-        const kstore_dataset_file *f = &ds->files[i];
-        if (strncmp(f->role, split, n) != 0) continue;
-        const char *rest = f->role + n;
-        char *target = NULL;
-        if (!strcmp(rest, "") || !strcmp(rest, "_images") || !strcmp(rest, "_inputs") ||
-            !strcmp(rest, "_csv"))
-            target = out->inputs_path;
-        else if (!strcmp(rest, "_labels"))
-            target = out->labels_path;
-        if (!target) continue;
-        if (!strcmp(f->format, "idx"))
-            out->format = KAPI_FORMAT_IDX;
-        else if (!strcmp(f->format, "npy"))
-            out->format = KAPI_FORMAT_NPY;
-        else if (!strcmp(f->format, "csv"))
-            out->format = KAPI_FORMAT_CSV;
-        else {
-            ksrv_respond_error(response, 422, "invalid_data", NULL,
-                               "dataset %s: file %s has format %s, which cannot be read", ds->name,
-                               f->role, f->format);
-            return false;
-        }
-        if (!ksrv_data_path(server, f->path, target, sizeof out->inputs_path)) {
-            ksrv_respond_error(response, 500, "internal", NULL,
-                               "dataset %s: file %s: path too "
-                               "long",
-                               ds->name, f->role);
-            return false;
-        }
-        struct stat st;
-        long long mtime = stat(target, &st) == 0
-                              ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
-                              : -1;
-        if (used < key_size)
-            used += (size_t)snprintf(key + used, key_size - used, "|%s|%lld|%lld", target,
-                                     (long long)f->bytes, mtime);
-        out->present = true;
+    char message[600];
+    const char *code = ksrv_dataset_source(server, ds, split, NULL, out, message, sizeof message);
+    if (code) {
+        ksrv_respond_error(response, strcmp(code, "internal") ? 422 : 500, code,
+                           strcmp(code, "dataset_incomplete") ? NULL : "split", "%s", message);
+        return false;
     }
     if (!out->present) {
         ksrv_respond_error(response, 404, "split_not_found", "split", "dataset %s has no %s files",
                            ds->name, split);
         return false;
     }
-    if (out->format != KAPI_FORMAT_CSV && (!out->inputs_path[0] || !out->labels_path[0])) {
-        ksrv_respond_error(response, 422, "dataset_incomplete", "split",
-                           "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels",
-                           ds->name, split, split, split, split);
-        return false;
+    size_t n = strlen(split), used = (size_t)snprintf(key, key_size, "%s", split);
+    for (int i = 0; i < ds->n_files && used < key_size; i++) {
+        const kstore_dataset_file *f = &ds->files[i];
+        char path[1024];
+        struct stat st;
+        if (strncmp(f->role, split, n) != 0 || !ksrv_data_path(server, f->path, path, sizeof path))
+            continue;
+        long long mtime = stat(path, &st) == 0
+                              ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
+                              : -1;
+        used += (size_t)snprintf(key + used, key_size - used, "|%s|%lld|%lld", path,
+                                 (long long)f->bytes, mtime);
     }
-    if (out->format == KAPI_FORMAT_CSV)
-        snprintf(out->label_column, sizeof out->label_column, "label");
     if (used >= key_size) {
         ksrv_respond_error(response, 500, "internal", NULL, "dataset %s: too many files", ds->name);
         return false;
@@ -227,7 +199,10 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     if (e) return e;
 
     kapi_errors errors = {0};
-    kn_dataset *parsed = kapi_load_data_source(&source, &errors);
+    /* labels as numbers whatever the task (class indices read as floats print as integers);
+     * a CSV without a "label" column has none */
+    kapi_load_options load = {.task = KN_TASK_REGRESSION, .allow_unlabeled = true};
+    kn_dataset *parsed = kapi_load_data(&source, load, &errors);
     if (!parsed) {
         /* the message names a file under the data directory: say which split instead */
         ksrv_respond_error(response, 422, "invalid_data", "split",
@@ -248,7 +223,8 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     e->ds = parsed;
     size_t numel = 1;
     for (int d = 0; d < parsed->inputs->ndim; d++) numel *= (size_t)parsed->inputs->shape[d];
-    e->bytes = numel * sizeof(float) + (size_t)parsed->count * sizeof(int64_t);
+    e->bytes = numel * sizeof(float) +
+               (parsed->labels ? (size_t)kn_numel(parsed->labels) * sizeof(float) : 0);
     return cache_put(e);
 }
 
@@ -293,7 +269,8 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
     int64_t first = offset < ds->count ? offset : ds->count;
     int64_t last = first + limit < ds->count ? first + limit : ds->count;
     const float *x = kn_data_f32(inputs);
-    const int64_t *y = kn_data_i64(ds->labels);
+    const float *y = ds->labels ? kn_data_f32(ds->labels) : NULL;
+    int64_t k = ds->labels && ds->labels->ndim == 2 ? ds->labels->shape[1] : 1;
 
     ksrv_text t = {0};
     ksrv_text_printf(&t, "{\"dataset\":");
@@ -304,8 +281,17 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
         ksrv_text_printf(&t, "%s%lld", d > 1 ? "," : "", (long long)inputs->shape[d]);
     ksrv_text_printf(&t, "],\"samples\":[");
     for (int64_t i = first; i < last && !t.failed; i++) {
-        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":%lld,\"data\":[", i > first ? "," : "",
-                         (long long)i, (long long)y[i]);
+        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":", i > first ? "," : "", (long long)i);
+        if (!y)
+            ksrv_text_printf(&t, "null");
+        else if (k == 1)
+            append_float(&t, y[i]);
+        for (int64_t j = 0; y && k > 1 && j < k; j++) {
+            ksrv_text_printf(&t, j ? "," : "[");
+            append_float(&t, y[i * k + j]);
+            if (j == k - 1) ksrv_text_printf(&t, "]");
+        }
+        ksrv_text_printf(&t, ",\"data\":[");
         const float *sample = x + i * per;
         for (int64_t k = 0; k < per; k++) {
             if (k) ksrv_text_printf(&t, ",");

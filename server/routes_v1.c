@@ -1,14 +1,11 @@
 /*
  * routes_v1.c — the v1 routes that are not datasets or jobs: GET /v1/health, GET /metrics
- * (Prometheus text) and the models (create, validate_only, list, get, delete), plus the
- * helpers every v1 route file shares (store errors, names, validation error bodies).
- *
- * Deleting a model that a queued, running or paused job names answers 409 model_in_use:
- * such a job looks its model up by name when it starts or resumes. Finished jobs do not
- * hold a model: after the delete their weights stay downloadable, but inference on the
- * model name answers 404.
+ * (Prometheus text) and the models (create, validate_only, list, get; their versions,
+ * aliases and deletion are in routes_v1_models.c), plus the helpers every v1 route file
+ * shares (store errors, names, validation error bodies, active jobs).
  */
 #include "ksrv_http.h"
+#include "registry.h"
 #include "routes_v1.h"
 
 #include "kapi.h"
@@ -47,11 +44,29 @@ void ksrv_respond_store_error(ksrv_response *response, kstore *store, kstore_sta
         snprintf(response->header_name, sizeof response->header_name, "Retry-After");
         snprintf(response->header_value, sizeof response->header_value, "1");
         break;
+    case KSTORE_FULL:
+        ksrv_log(KSRV_LOG_ERROR, "store full on %s: %s", what, detail);
+        ksrv_respond_error(response, 507, "insufficient_storage", NULL,
+                           "the data directory is full: the %s change was not saved; deleting "
+                           "datasets frees space",
+                           what);
+        break;
     default:
         ksrv_log(KSRV_LOG_ERROR, "store error on %s: %s", what, detail);
         ksrv_respond_error(response, 500, "internal", NULL, "storage error: %s", detail);
         break;
     }
+}
+
+kstore_status ksrv_store_delete(ksrv_server *server, kstore *store,
+                                kstore_status (*delete_op)(kstore *store, void *context),
+                                void *context)
+{
+    kstore_status status = delete_op(store, context);
+    if (status == KSTORE_FULL && ksrv_space_reserve_release(server))
+        status = delete_op(store, context);
+    if (status == KSTORE_OK) ksrv_space_reserve_make(server); /* again, when there is room */
+    return status;
 }
 
 kstore *ksrv_store_or_500(ksrv_server *server, ksrv_response *response)
@@ -73,7 +88,7 @@ void ksrv_respond_validation(ksrv_response *response, int status, const char *co
         const char *p = errors->items[i].path;
         snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] && p[0] ? "." : "", p);
         if (i == 0) {
-            char message[640];
+            char message[sizeof path + sizeof errors->items[i].message + 2];
             snprintf(message, sizeof message, "%s%s%s", path, path[0] ? ": " : "",
                      errors->items[i].message);
             cJSON_AddStringToObject(error, "message", message);
@@ -172,6 +187,7 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                          (unsigned long long)s->requests[i].count);
     uint64_t buckets[12], count = s->infer_count;
     uint64_t batches = s->infer_batches, batched = s->infer_batched_requests;
+    uint64_t header_timeouts = s->header_timeouts;
     double sum = s->infer_sum;
     memcpy(buckets, s->infer_buckets, sizeof buckets);
     pthread_mutex_unlock(&s->lock);
@@ -195,7 +211,8 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
     char next[40];
     if (kstore_job_list(store, &running, NULL, 1000, &jobs, &n, next) == KSTORE_OK) {
         for (int i = 0; i < n; i++)
-            ksrv_text_printf(&t, "kilnd_job_samples_per_second{job=\"%s\",device=\"%s\"} %.6g\n",
+            /* job_id, not job: Prometheus gives every scraped series the target's job */
+            ksrv_text_printf(&t, "kilnd_job_samples_per_second{job_id=\"%s\",device=\"%s\"} %.6g\n",
                              jobs[i].id, jobs[i].device,
                              isfinite(jobs[i].samples_per_second) ? jobs[i].samples_per_second
                                                                   : 0.0);
@@ -227,14 +244,27 @@ void ksrv_handle_prometheus(ksrv_server *server, ksrv_request *request, ksrv_res
                      "# TYPE kilnd_inference_batched_requests_total counter\n"
                      "kilnd_inference_batched_requests_total %llu\n",
                      (unsigned long long)batches, (unsigned long long)batched);
-    if (t.failed) {
-        free(t.data);
-        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    response->status = 200;
-    response->body = t.data;
-    response->content_type = "text/plain; version=0.0.4";
+    ksrv_model_cache_stats cache = ksrv_model_cache_get_stats(server->models);
+    ksrv_text_printf(&t,
+                     "# HELP kilnd_inference_cache_entries Model versions loaded for inference.\n"
+                     "# TYPE kilnd_inference_cache_entries gauge\n"
+                     "kilnd_inference_cache_entries %d\n"
+                     "# HELP kilnd_inference_cache_bytes Their parameters and buffers.\n"
+                     "# TYPE kilnd_inference_cache_bytes gauge\n"
+                     "kilnd_inference_cache_bytes %zu\n"
+                     "# HELP kilnd_inference_cache_loads_total Versions loaded from disk.\n"
+                     "# TYPE kilnd_inference_cache_loads_total counter\n"
+                     "kilnd_inference_cache_loads_total %llu\n"
+                     "# HELP kilnd_inference_cache_evictions_total Versions let go for room.\n"
+                     "# TYPE kilnd_inference_cache_evictions_total counter\n"
+                     "kilnd_inference_cache_evictions_total %llu\n"
+                     "# HELP kilnd_http_header_timeouts_total Connections cut for not sending "
+                     "their headers within --header-timeout.\n"
+                     "# TYPE kilnd_http_header_timeouts_total counter\n"
+                     "kilnd_http_header_timeouts_total %llu\n",
+                     cache.entries, cache.bytes, (unsigned long long)cache.loads,
+                     (unsigned long long)cache.evictions, (unsigned long long)header_timeouts);
+    ksrv_respond_text(response, &t, "text/plain; version=0.0.4");
 }
 
 /* ---- models ------------------------------------------------------------------------ */
@@ -332,6 +362,7 @@ void ksrv_handle_models_list(ksrv_server *server, ksrv_request *request, ksrv_re
         cJSON_AddStringToObject(o, "name", models[i].name);
         cJSON_AddNumberToObject(o, "parameter_count", (double)models[i].parameter_count);
         cJSON_AddNumberToObject(o, "created_at", models[i].created_at);
+        ksrv_model_registry_json(store, models[i].name, o, true);
         cJSON_AddItemToArray(list, o);
     }
     kstore_model_list_free(models, n);
@@ -349,11 +380,14 @@ void ksrv_handle_models_get(ksrv_server *server, ksrv_request *request, ksrv_res
         ksrv_respond_store_error(response, store, status, "model");
         return;
     }
-    ksrv_respond_json(response, 200, model_json(&m));
+    cJSON *o = model_json(&m);
+    ksrv_model_registry_json(store, m.name, o, false);
+    ksrv_respond_json(response, 200, o);
     kstore_model_free(&m);
 }
 
-int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40])
+int ksrv_active_job_find(kstore *store, bool (*match)(const kstore_job *job, void *context),
+                         void *context, char job_id[40])
 {
     static const kstore_job_state active[] = {KSTORE_JOB_QUEUED, KSTORE_JOB_RUNNING,
                                               KSTORE_JOB_PAUSED};
@@ -368,8 +402,7 @@ int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
                 return -1;
             bool found = false;
             for (int i = 0; i < n && !found; i++)
-                if ((model && !strcmp(jobs[i].model_name, model)) ||
-                    (dataset && !strcmp(jobs[i].dataset_name, dataset))) {
+                if (match(&jobs[i], context)) {
                     snprintf(job_id, 40, "%s", jobs[i].id);
                     found = true;
                 }
@@ -382,29 +415,19 @@ int ksrv_active_job_using(kstore *store, const char *model, const char *dataset,
     return 0;
 }
 
-void ksrv_handle_models_delete(ksrv_server *server, ksrv_request *request, ksrv_response *response)
+typedef struct names_pair {
+    const char *model, *dataset;
+} names_pair;
+
+static bool uses_model_or_dataset(const kstore_job *job, void *context)
 {
-    kstore *store = ksrv_store_or_500(server, response);
-    if (!store) return;
-    char job_id[40] = "";
-    int used = ksrv_active_job_using(store, request->params[0], NULL, job_id);
-    if (used < 0) {
-        ksrv_respond_store_error(response, store, KSTORE_ERROR, "model");
-        return;
-    }
-    if (used) {
-        ksrv_respond_error(response, 409, "model_in_use", NULL,
-                           "model %s is used by job %s, which has not finished (cancel it first)",
-                           request->params[0], job_id);
-        return;
-    }
-    kstore_status status = kstore_model_delete(store, request->params[0]);
-    if (status != KSTORE_OK) {
-        ksrv_respond_store_error(response, store, status, "model");
-        return;
-    }
-    ksrv_log(KSRV_LOG_INFO, "model %s deleted", request->params[0]);
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "deleted", request->params[0]);
-    ksrv_respond_json(response, 200, root);
+    const names_pair *p = context;
+    return (p->model && !strcmp(job->model_name, p->model)) ||
+           (p->dataset && !strcmp(job->dataset_name, p->dataset));
+}
+
+int ksrv_active_job_using(kstore *store, const char *model, const char *dataset, char job_id[40])
+{
+    names_pair p = {model, dataset};
+    return ksrv_active_job_find(store, uses_model_or_dataset, &p, job_id);
 }

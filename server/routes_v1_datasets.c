@@ -3,17 +3,21 @@
  *
  * PUT or POST /v1/datasets/{name}/files/{role}[?format=idx|csv|npy|json] takes one file,
  * streamed by http.c to a temporary file (never the whole body in memory), checks it
- * with the engine's parsers (IDX plain or gzip, CSV with a "label" column, NPY) to count
- * its samples, and moves it to data_dir/datasets/<name>/<role>.<format>. The dataset is
- * created on its first upload. A JSON body {"inputs": [[...]], "labels": [...]} (role
- * "train" or "test") is stored as the NPY pair <role>_inputs/<role>_labels. Roles are
- * what the workers read: train, test (CSV), {train,test}_{images,inputs,labels}.
- * Requests name datasets and roles only: no server path or URL is ever accepted.
+ * with the engine's parsers (IDX plain or gzip, CSV of numbers with a header, NPY whose
+ * labels are integer classes or float targets [N] / [N, K]) to count its samples, and
+ * moves it to data_dir/datasets/<name>/<role>.<format>. The dataset is created with its
+ * first file, in the transaction that records it (an upload refused or cut off by a crash
+ * leaves no empty dataset). A delete removes the files before the record: on a full disk
+ * they are the room its commit needs. A JSON body {"inputs": [[...]], "labels": [...]}
+ * (role "train" or "test"; labels class indices, float targets or rows of targets) is
+ * stored as the NPY pair <role>_inputs/<role>_labels. Roles are what the workers read:
+ * train, test (CSV), {train,test}_{images,inputs,labels}; ksrv_dataset_source turns them
+ * into a source. Requests name datasets and roles only: no server path or URL is ever
+ * accepted.
  */
 #include "ksrv_http.h"
 #include "routes_v1.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -149,22 +153,9 @@ void ksrv_handle_datasets_get(ksrv_server *server, ksrv_request *request, ksrv_r
     if (store) respond_dataset(response, store, request->params[0], 200);
 }
 
-/* Removes data_dir/datasets/<name> and the files in it (it has no subfolders). */
-static void remove_dataset_files(ksrv_server *server, const char *name)
+static kstore_status delete_dataset(kstore *store, void *name)
 {
-    char folder[600], relative[300];
-    snprintf(relative, sizeof relative, "datasets/%s", name);
-    if (!ksrv_data_path(server, relative, folder, sizeof folder)) return;
-    DIR *dir = opendir(folder);
-    if (!dir) return;
-    for (struct dirent *e; (e = readdir(dir));) {
-        if (e->d_name[0] == '.') continue;
-        char path[900];
-        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
-        unlink(path);
-    }
-    closedir(dir);
-    rmdir(folder);
+    return kstore_dataset_delete(store, name);
 }
 
 void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
@@ -184,16 +175,68 @@ void ksrv_handle_datasets_delete(ksrv_server *server, ksrv_request *request,
                                job_id);
         return;
     }
-    kstore_status s = kstore_dataset_delete(store, name);
+    /* the files first: on a full disk, they are the room the delete needs to commit */
+    char folder[300];
+    snprintf(folder, sizeof folder, "datasets/%s", name);
+    if (ksrv_valid_name(name)) ksrv_remove_folder(server, folder);
+    kstore_status s = ksrv_store_delete(server, store, delete_dataset, (void *)name);
     if (s != KSTORE_OK) {
         ksrv_respond_store_error(response, store, s, "dataset");
         return;
     }
-    if (ksrv_valid_name(name)) remove_dataset_files(server, name);
     ksrv_log(KSRV_LOG_INFO, "dataset %s deleted", name);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "deleted", name);
     ksrv_respond_json(response, 200, root);
+}
+
+/* ---- what training reads ------------------------------------------------------------ */
+
+const char *ksrv_dataset_source(ksrv_server *server, const kstore_dataset *ds, const char *split,
+                                const kapi_data_spec *data, kapi_data_source *out, char *message,
+                                size_t size)
+{
+    memset(out, 0, sizeof *out);
+    /* a CSV's target columns are the job's to name (default "label") */
+    snprintf(out->label_column, sizeof out->label_column, "%s",
+             data && data->label_column[0] ? data->label_column : "label");
+    if (data) snprintf(out->target_columns, sizeof out->target_columns, "%s", data->target_columns);
+    size_t n = strlen(split);
+    for (int i = 0; i < ds->n_files; i++) {
+        const kstore_dataset_file *f = &ds->files[i];
+        if (strncmp(f->role, split, n) != 0) continue;
+        const char *rest = f->role + n;
+        char *target = NULL;
+        if (!strcmp(rest, "") || !strcmp(rest, "_images") || !strcmp(rest, "_inputs") ||
+            !strcmp(rest, "_csv"))
+            target = out->inputs_path;
+        else if (!strcmp(rest, "_labels"))
+            target = out->labels_path;
+        if (!target) continue;
+        if (!strcmp(f->format, "idx")) {
+            out->format = KAPI_FORMAT_IDX;
+        } else if (!strcmp(f->format, "npy")) {
+            out->format = KAPI_FORMAT_NPY;
+        } else if (!strcmp(f->format, "csv")) {
+            out->format = KAPI_FORMAT_CSV;
+        } else {
+            snprintf(message, size, "dataset %s: file %s has format %s, which training cannot read",
+                     ds->name, f->role, f->format);
+            return "invalid_data";
+        }
+        if (!ksrv_data_path(server, f->path, target, sizeof out->inputs_path)) {
+            snprintf(message, size, "dataset %s: file %s: path too long", ds->name, f->role);
+            return "internal";
+        }
+        out->present = true;
+    }
+    if (out->present && out->format != KAPI_FORMAT_CSV &&
+        (!out->inputs_path[0] || !out->labels_path[0])) {
+        snprintf(message, size, "dataset %s: %s needs both %s_images (or %s_inputs) and %s_labels",
+                 ds->name, split, split, split, split);
+        return "dataset_incomplete";
+    }
+    return NULL;
 }
 
 /* ---- uploads ------------------------------------------------------------------------ */
@@ -270,10 +313,12 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
     kn_clear_error();
     bool ok = false;
     if (!strcmp(format, "csv")) {
+        /* every column a number: which are targets is the job's to say (label_column,
+         * target_columns), so all of them must be finite */
         kn_tensor *inputs = NULL, *labels_t = NULL;
         bool finite = true;
-        if (kn_parse_csv(data, length, "label", &inputs, &labels_t) == KN_OK) {
-            *samples = labels_t->shape[0];
+        if (kn_parse_csv_targets(data, length, NULL, 0, false, &inputs, &labels_t) == KN_OK) {
+            *samples = inputs->shape[0];
             ok = finite = finite_inputs(inputs, true, message, size);
         }
         kn_release(inputs);
@@ -283,14 +328,17 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
             return false;
         }
     } else {
+        /* NPY labels keep their dtype: integer classes, or float targets [N] / [N, K] */
         kn_tensor *t = !strcmp(format, "idx") ? kn_parse_idx(data, length, labels)
-                                              : kn_parse_npy(data, length, labels);
+                       : labels               ? kn_parse_npy_targets(data, length)
+                                              : kn_parse_npy(data, length, false);
         bool finite = true;
         if (t) {
             *samples = t->ndim > 0 ? t->shape[0] : 1;
             ok = t->ndim > 0;
             if (!ok) kn_clear_error();
-            if (ok && !labels) ok = finite = finite_inputs(t, false, message, size);
+            if (ok && (!labels || t->dtype == KN_FLOAT32))
+                ok = finite = finite_inputs(t, false, message, size);
         }
         kn_release(t);
         if (!finite) {
@@ -307,7 +355,8 @@ static bool check_file(const char *path, const char *format, bool labels, int64_
     return ok;
 }
 
-/* Moves a checked file into the dataset's folder and records it. */
+/* Moves a checked file into the dataset's folder and records it (the dataset with it,
+ * when this is its first file). */
 static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *response, const char *name,
                       const char *role, const char *format, const char *from, int64_t bytes,
                       int64_t samples)
@@ -323,32 +372,16 @@ static bool keep_file(ksrv_server *server, kstore *store, ksrv_response *respons
     snprintf(relative, sizeof relative, "datasets/%s", name);
     if (!ksrv_data_path(server, relative, folder, sizeof folder) || !ksrv_mkdirs(folder, 0700) ||
         !ksrv_data_path(server, file.path, target, sizeof target) || rename(from, target) != 0) {
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot store the file: %s",
-                           strerror(errno));
+        ksrv_respond_write_error(response, errno, "the file");
         return false;
     }
-    kstore_status s = kstore_dataset_add_file(store, name, &file);
+    kstore_status s = kstore_dataset_add_file_creating(store, name, &file);
     if (s != KSTORE_OK) {
         unlink(target);
         ksrv_respond_store_error(response, store, s, "dataset");
         return false;
     }
     return true;
-}
-
-static bool ensure_dataset(kstore *store, ksrv_response *response, const char *name)
-{
-    kstore_dataset d;
-    memset(&d, 0, sizeof d);
-    kstore_status s = kstore_dataset_get(store, name, &d);
-    if (s == KSTORE_OK) {
-        kstore_dataset_free(&d);
-        return true;
-    }
-    if (s == KSTORE_NOT_FOUND) s = kstore_dataset_create(store, name, "");
-    if (s == KSTORE_OK || s == KSTORE_CONFLICT) return true; /* a racing upload made it */
-    ksrv_respond_store_error(response, store, s, "dataset");
-    return false;
 }
 
 /* JSON arrays: nested numbers into a flat float buffer with their shape. */
@@ -467,6 +500,7 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     const char *path = NULL;
     flat f = {0};
     int64_t *labels = NULL;
+    double *values = NULL;
     const cJSON *inputs = NULL, *labels_json = NULL;
     for (const cJSON *c = root->child; c; c = c->next) {
         if (!strcmp(c->string, "inputs"))
@@ -493,29 +527,58 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     int64_t n = path ? 0 : f.shape[0];
     if (!path && (!cJSON_IsArray(labels_json) || cJSON_GetArraySize(labels_json) != n)) {
         path = "labels";
-        snprintf(message, sizeof message, "labels: expected an array of %lld class indices",
+        snprintf(message, sizeof message,
+                 "labels: expected an array of %lld class indices, target values or rows of "
+                 "targets",
                  (long long)n);
     }
-    if (!path && !(labels = malloc((size_t)n * sizeof *labels))) {
+    /* class indices stay int64; a non-integer or negative value, or rows of K values,
+     * make float targets (regression, multi-label) */
+    const cJSON *first = path ? NULL : labels_json->child;
+    int64_t k = cJSON_IsArray(first) ? cJSON_GetArraySize(first) : 0;
+    if (!path && (k > 0 || !cJSON_IsNumber(first)) && (k < 1 || k > 1000000)) {
+        path = "labels";
+        snprintf(message, sizeof message, "labels[0]: expected a number or a non-empty row");
+    }
+    int64_t per = k > 0 ? k : 1;
+    if (!path && !(values = malloc((size_t)(n * per) * sizeof *values))) {
         path = "";
         snprintf(message, sizeof message, "out of memory");
     }
+    bool integral = k == 0;
     int64_t i = 0;
     for (const cJSON *c = path ? NULL : labels_json->child; c; c = c->next, i++) {
-        double v = c->valuedouble;
-        if (!cJSON_IsNumber(c) || v < 0 || v > 1e9 || v != floor(v)) {
+        const cJSON *v = k > 0 ? (cJSON_IsArray(c) ? c->child : NULL) : c;
+        int64_t j = 0;
+        for (; v && j < per && cJSON_IsNumber(v) && isfinite(v->valuedouble);
+             v = k > 0 ? v->next : NULL, j++) {
+            double x = v->valuedouble;
+            integral = integral && x >= 0 && x <= 1e15 && x == floor(x);
+            values[i * per + j] = x;
+        }
+        if (j != per || (k > 0 && v) || (k > 0 && !cJSON_IsArray(c))) {
             path = "labels";
-            snprintf(message, sizeof message, "labels[%lld]: expected a class index >= 0",
-                     (long long)i);
+            if (k > 0)
+                snprintf(message, sizeof message,
+                         "labels[%lld]: expected a row of %lld finite numbers like labels[0]",
+                         (long long)i, (long long)k);
+            else
+                snprintf(message, sizeof message, "labels[%lld]: expected a finite number",
+                         (long long)i);
             break;
         }
-        labels[i] = (int64_t)v;
     }
+    if (!path && integral && !(labels = malloc((size_t)n * sizeof *labels))) {
+        path = "";
+        snprintf(message, sizeof message, "out of memory");
+    }
+    for (i = 0; !path && integral && i < n; i++) labels[i] = (int64_t)values[i];
     cJSON_Delete(root);
     if (path) {
         ksrv_respond_error(response, 400, "invalid_data", path, "%s", message);
         free(f.values);
         free(labels);
+        free(values);
         return;
     }
     /* both files go through tmp/ and are renamed into place */
@@ -526,12 +589,15 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     int fd1 = ok ? mkstemp(inputs_tmp) : -1, fd2 = ok ? mkstemp(labels_tmp) : -1;
     if (fd1 >= 0) close(fd1);
     if (fd2 >= 0) close(fd2);
+    errno = 0;
     ok = fd1 >= 0 && fd2 >= 0 &&
          write_npy(inputs_tmp, "<f4", f.shape, f.ndim, f.values, (size_t)f.count * sizeof(float)) &&
-         write_npy(labels_tmp, "<i8", &n, 1, labels, (size_t)n * sizeof *labels);
+         (integral ? write_npy(labels_tmp, "<i8", &n, 1, labels, (size_t)n * sizeof *labels)
+                   : write_npy(labels_tmp, "<f8", (int64_t[]){n, k}, k > 0 ? 2 : 1, values,
+                               (size_t)(n * per) * sizeof *values));
     struct stat st1, st2;
     if (!ok || stat(inputs_tmp, &st1) || stat(labels_tmp, &st2)) {
-        ksrv_respond_error(response, 500, "internal", NULL, "cannot write the data files");
+        ksrv_respond_write_error(response, errno, "the data files");
     } else if (keep_file(server, store, response, name, role, "npy", inputs_tmp, st1.st_size, n)) {
         snprintf(role, sizeof role, "%s_labels", split);
         if (keep_file(server, store, response, name, role, "npy", labels_tmp, st2.st_size, n)) {
@@ -550,6 +616,7 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     if (fd2 >= 0) unlink(labels_tmp);
     free(f.values);
     free(labels);
+    free(values);
 }
 
 void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
@@ -594,7 +661,7 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
         return;
     }
     kstore *store = ksrv_store_or_500(server, response);
-    if (!store || !ensure_dataset(store, response, name)) return;
+    if (!store) return;
     if (!strcmp(format, "json")) {
         upload_json(server, store, request, response, name, role);
         return;

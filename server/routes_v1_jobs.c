@@ -9,8 +9,11 @@
 #include "dist_launch.h"
 #include "job_memory.h"
 #include "ksrv_http.h"
+#include "registry.h"
 #include "routes_v1.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,10 +35,38 @@ static cJSON *time_or_null(double t)
     return t > 0 ? cJSON_CreateNumber(t) : cJSON_CreateNull();
 }
 
+/* The run's name and the recipe a list shows beside it (the spec with its defaults). */
+static void add_recipe(cJSON *o, const kstore_job *j)
+{
+    kapi_errors errors = {0};
+    kapi_job_parse_options options = {.allow_paths = false};
+    kapi_job_spec *spec =
+        j->spec_json ? kapi_job_spec_parse(j->spec_json, strlen(j->spec_json), options, &errors)
+                     : NULL;
+    kapi_errors_free(&errors);
+    cJSON_AddItemToObject(o, "name",
+                          spec && spec->run_name[0] ? cJSON_CreateString(spec->run_name)
+                                                    : cJSON_CreateNull());
+    if (spec) {
+        const kn_train_config *t = &spec->train;
+        cJSON *h = cJSON_AddObjectToObject(o, "hyperparameters");
+        cJSON_AddStringToObject(h, "optimizer", kn_optimizer_kind_name(t->optimizer.kind));
+        cJSON_AddNumberToObject(h, "lr", t->optimizer.lr);
+        cJSON_AddNumberToObject(h, "batch_size", (double)t->batch_size);
+        if (t->max_steps > 0)
+            cJSON_AddNumberToObject(h, "max_steps", (double)t->max_steps);
+        else
+            cJSON_AddNumberToObject(h, "epochs", (double)t->epochs);
+        cJSON_AddNumberToObject(h, "seed", (double)t->seed);
+    }
+    kapi_job_spec_free(spec);
+}
+
 static cJSON *job_json(const kstore_job *j)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", j->id);
+    add_recipe(o, j);
     cJSON_AddStringToObject(o, "state", kstore_job_state_name(j->state));
     cJSON_AddStringToObject(o, "model", j->model_name);
     cJSON_AddStringToObject(o, "dataset", j->dataset_name);
@@ -51,7 +82,11 @@ static cJSON *job_json(const kstore_job *j)
     cJSON_AddItemToObject(o, "eta_seconds",
                           j->eta_seconds >= 0 ? number(j->eta_seconds) : cJSON_CreateNull());
     cJSON *metrics = j->latest_metrics_json ? cJSON_Parse(j->latest_metrics_json) : NULL;
+    /* the final evaluation's details (confusion matrix, per-label F1) travel with the
+     * latest metrics (job_runner.c) but are the job's own field */
+    cJSON *evaluation = cJSON_DetachItemFromObjectCaseSensitive(metrics, "evaluation");
     cJSON_AddItemToObject(o, "metrics", metrics ? metrics : cJSON_CreateObject());
+    if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
     cJSON *distributed = j->distributed_json ? cJSON_Parse(j->distributed_json) : NULL;
@@ -85,6 +120,16 @@ static bool load_job(kstore *store, ksrv_request *request, ksrv_response *respon
 }
 
 /* ---- submit ------------------------------------------------------------------------- */
+/* Whether two job specs (JSON texts) say the same: keys in any order, same values. */
+static bool same_spec(const char *stored, const char *given)
+{
+    cJSON *a = stored ? cJSON_Parse(stored) : NULL, *b = given ? cJSON_Parse(given) : NULL;
+    bool same = a && b && cJSON_Compare(a, b, true);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    return same;
+}
+
 /* Does the dataset have what training reads, and how many training samples? */
 static bool dataset_ready(const kstore_dataset *d, int64_t *train_samples)
 {
@@ -115,33 +160,162 @@ static int64_t estimate_total_steps(const kapi_job_spec *spec, int64_t samples)
     return per_epoch * t->epochs;
 }
 
+/* The job's model spec: inline, or the stored model's (valid when stored); *parsed is
+ * the caller's to free. NULL when there is none to read. */
+static const kapi_model_spec *job_model(const kapi_job_spec *spec, const kstore_model *stored,
+                                        kapi_model_spec **parsed)
+{
+    *parsed = NULL;
+    if (spec->model) return spec->model;
+    if (!stored->spec_json) return NULL;
+    kapi_errors errors = {0};
+    *parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
+    kapi_errors_free(&errors);
+    return *parsed;
+}
+
+/* Labels files up to this size are read at submission to check them against the model
+ * and the task; bigger ones are checked by the worker when the job starts. */
+#define SUBMIT_CHECK_BYTES ((int64_t)64 << 20)
+
+/* The dataset's labels (or targets) against the model and the task, as the worker would
+ * find them: false with a 400 naming the field (data.dataset, loss.weight, ...). */
+static bool labels_fit(ksrv_server *server, const kapi_job_spec *spec, const kapi_model_spec *model,
+                       const kstore_dataset *dataset, ksrv_response *response)
+{
+    static const char *const splits[2] = {"train", "test"};
+    kapi_errors errors = {0};
+    for (int i = 0; i < 2 && errors.count == 0; i++) {
+        kapi_data_source source;
+        char message[600];
+        if (ksrv_dataset_source(server, dataset, splits[i], &spec->data, &source, message,
+                                sizeof message)) {
+            kapi_errors_add(&errors, "data.dataset", "%s", message);
+            break;
+        }
+        int64_t bytes = 0;
+        size_t n = strlen(splits[i]);
+        for (int f = 0; f < dataset->n_files; f++) {
+            const char *role = dataset->files[f].role;
+            if (!strncmp(role, splits[i], n) &&
+                (source.format == KAPI_FORMAT_CSV || !strcmp(role + n, "_labels")))
+                bytes += dataset->files[f].bytes;
+        }
+        if (!source.present || bytes > SUBMIT_CHECK_BYTES) continue;
+        kapi_errors found = {0};
+        kn_tensor *labels = kapi_load_labels(&source, spec->train.task, &found);
+        if (labels) kapi_check_labels(labels, model, &spec->train, "data.dataset", &found);
+        const char *kind = labels && labels->dtype == KN_FLOAT32 ? "targets" : "labels";
+        kn_release(labels);
+        /* the loader names the stored file, the checks the field: the user knows the data
+         * as the dataset's split ("the train targets: ...") */
+        for (int e = 0; e < found.count; e++) {
+            const char *path = found.items[e].path;
+            if (strcmp(path, "data.dataset") && strcmp(path, source.inputs_path) &&
+                strcmp(path, source.labels_path))
+                kapi_errors_add(&errors, path, "%s", found.items[e].message);
+            else
+                kapi_errors_add(&errors, "data.dataset", "the %s %s: %s", splits[i], kind,
+                                found.items[e].message);
+        }
+        kapi_errors_free(&found);
+    }
+    bool ok = errors.count == 0;
+    if (!ok) ksrv_respond_validation(response, 400, "invalid_data", &errors, "");
+    kapi_errors_free(&errors);
+    return ok;
+}
+
 /* Whether the job fits this server's per-job memory (job_memory.h); false with the 400
- * response set. need gets the estimate. A stored model's spec was valid when stored. */
-static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kstore_model *stored,
+ * response set. need gets the estimate. */
+static bool job_fits(ksrv_server *server, const kapi_job_spec *spec, const kapi_model_spec *model,
                      int64_t samples, ksrv_response *response, ksrv_job_memory *need)
 {
     memset(need, 0, sizeof *need);
-    kapi_model_spec *parsed = NULL;
-    const kapi_model_spec *model = spec->model;
-    if (!model && stored->spec_json) {
-        kapi_errors errors = {0};
-        parsed = kapi_model_spec_parse(stored->spec_json, strlen(stored->spec_json), &errors);
-        kapi_errors_free(&errors);
-        model = parsed;
-    }
     if (!model) return true; /* nothing to estimate: the worker reports the spec */
     /* where it will train, as choose_device decides: auto is a GPU when there is one */
     const char *device = spec->device;
     bool on_gpu =
         !strncmp(device, "cuda", 4) || (!strcmp(device, "auto") && kn_cuda_device_count() > 0);
     *need = ksrv_job_memory_needed(spec, model, samples, on_gpu);
-    kapi_model_spec_free(parsed);
     char message[512];
     const char *path = "";
     if (ksrv_job_fits_memory(*need, server->job_memory_limit, spec, message, sizeof message, &path))
         return true;
     ksrv_respond_error(response, 400, "insufficient_memory", path, "%s: %s", path, message);
     return false;
+}
+
+/* "init_weights": the version (or alias) or job must exist, have weights, and hold weights
+ * of the job's model. An alias is pinned here: the stored spec names the version it named
+ * now, and the alias beside it, so a job queued for an hour still starts from what was
+ * asked for. False with the response set. */
+static bool check_init_weights(ksrv_server *server, kstore *store, const kapi_job_spec *spec,
+                               const kapi_model_spec *target, cJSON *root, ksrv_response *response)
+{
+    if (!spec->init_version[0] && !spec->init_job[0]) return true;
+    const char *model_name = spec->model_name[0] ? spec->model_name : spec->model->name;
+    const char *field = spec->init_version[0] ? "init_weights.version" : "init_weights.job";
+    kstore_version v;
+    char alias[64] = "", message[512];
+    memset(&v, 0, sizeof v);
+    if (spec->init_version[0]) {
+        ksrv_resolve_status rs = ksrv_resolve_version(store, model_name, spec->init_version, &v,
+                                                      alias, message, sizeof message);
+        if (rs != KSRV_RESOLVED) {
+            if (rs == KSRV_RESOLVE_ERROR)
+                ksrv_respond_error(response, 500, "internal", NULL, "%s", message);
+            else
+                ksrv_respond_error(response, 404, "version_not_found", field, "%s: %s", field,
+                                   message);
+            return false;
+        }
+    } else {
+        kstore_job from;
+        kstore_status s = kstore_job_get(store, spec->init_job, &from);
+        if (s == KSTORE_NOT_FOUND) {
+            ksrv_respond_error(response, 404, "job_not_found", field, "%s: no job %s", field,
+                               spec->init_job);
+            return false;
+        }
+        if (s != KSTORE_OK) {
+            ksrv_respond_store_error(response, store, s, "job");
+            return false;
+        }
+        bool succeeded = from.state == KSTORE_JOB_SUCCEEDED;
+        if (succeeded) s = kstore_version_get(store, from.model_name, from.id, &v);
+        if (!succeeded || s != KSTORE_OK) {
+            ksrv_respond_error(response, 400, "invalid_spec", field,
+                               "%s: job %s is %s: only a succeeded job has final weights to "
+                               "start from",
+                               field, from.id, kstore_job_state_name(from.state));
+            kstore_job_free(&from);
+            return false;
+        }
+        kstore_job_free(&from);
+    }
+    char path[1024], why[256];
+    kapi_model_spec *source =
+        ksrv_version_spec(server, store, &v, path, sizeof path, message, sizeof message);
+    bool ok = false;
+    if (!source)
+        ksrv_respond_error(response, 400, "invalid_spec", field, "%s: %s", field, message);
+    else if (target && !ksrv_specs_share_weights(source, target, why, sizeof why))
+        ksrv_respond_error(response, 400, "invalid_spec", field,
+                           "%s: the weights of %s are for another model: its %s", field, v.version,
+                           why);
+    else
+        ok = true;
+    if (ok && spec->init_version[0]) { /* pin the alias to its version */
+        cJSON *init = cJSON_CreateObject();
+        cJSON_AddStringToObject(init, "version", v.version);
+        const char *through = alias[0] ? alias : spec->init_alias;
+        if (through[0]) cJSON_AddStringToObject(init, "alias", through);
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "init_weights", init);
+    }
+    kapi_model_spec_free(source);
+    kstore_version_free(&v);
+    return ok;
 }
 
 void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_response *response)
@@ -160,6 +334,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore *store = spec ? ksrv_store_or_500(server, response) : NULL;
     kstore_model model;
     kstore_dataset dataset;
+    kapi_model_spec *parsed_model = NULL;
     memset(&model, 0, sizeof model);
     memset(&dataset, 0, sizeof dataset);
     char *spec_json = NULL;
@@ -205,8 +380,11 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         goto done;
     }
     ksrv_job_memory need;
-    if (!job_fits(server, spec, &model, samples, response, &need)) goto done;
+    const kapi_model_spec *model_spec = job_model(spec, &model, &parsed_model);
+    if (!job_fits(server, spec, model_spec, samples, response, &need)) goto done;
     if (!ksrv_dist_check(server, spec, response)) goto done; /* distributed: slots, MPI */
+    if (model_spec && !labels_fit(server, spec, model_spec, &dataset, response)) goto done;
+    if (!check_init_weights(server, store, spec, model_spec, root, response)) goto done;
     if (validate_only) {
         /* every check a submission gets, nothing queued (the dashboard's submit form) */
         cJSON *out = cJSON_CreateObject();
@@ -243,13 +421,25 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
         goto done;
     }
     if (created) {
-        ksrv_log(KSRV_LOG_INFO, "job %s queued (model %s, dataset %s)", job.id, model_name,
-                 spec->data.dataset);
+        ksrv_job_log(store, job.id, KSRV_JOB_INFO,
+                     "queued: model %s, dataset %s, priority %lld%s%s", model_name,
+                     spec->data.dataset, priority, spec->run_name[0] ? ", name " : "",
+                     spec->run_name);
         cJSON *out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "id", job.id);
         cJSON_AddStringToObject(out, "state", kstore_job_state_name(job.state));
         ksrv_respond_json(response, 202, out);
         if (server->workers) ksrv_workers_notify(server->workers);
+    } else if (!same_spec(job.spec_json, spec_json)) {
+        /* the id names another submission: answering with its job would hide the mistake */
+        cJSON *e;
+        cJSON *out = ksrv_error_json(&e, "conflict", "submission_id",
+                                     "submission_id \"%s\" was given to job %s, whose spec "
+                                     "differs: a retry sends the same spec; a new job needs a "
+                                     "new submission_id",
+                                     spec->submission_id, job.id);
+        cJSON_AddStringToObject(e, "job_id", job.id);
+        ksrv_respond_json(response, 409, out);
     } else {
         /* a retried submission: the job it made the first time */
         ksrv_respond_json(response, 200, job_json(&job));
@@ -257,6 +447,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     kstore_job_free(&job);
 done:
     free(spec_json);
+    kapi_model_spec_free(parsed_model);
     kstore_model_free(&model);
     kstore_dataset_free(&dataset);
     kapi_job_spec_free(spec);
@@ -325,8 +516,10 @@ static void change(ksrv_server *server, ksrv_request *request, ksrv_response *re
     memset(&j, 0, sizeof j);
     kstore_status s = fn(store, request->params[0], &j);
     if (s == KSTORE_OK) {
-        ksrv_log(KSRV_LOG_INFO, "job %s: %s -> %s%s", j.id, verb, kstore_job_state_name(j.state),
-                 j.cancel_requested || j.pause_requested ? " (requested)" : "");
+        ksrv_job_log(store, j.id, KSRV_JOB_INFO, "%s: %s%s", verb, kstore_job_state_name(j.state),
+                     j.cancel_requested || j.pause_requested ? " (requested: the worker stops "
+                                                               "at its next step)"
+                                                             : "");
         ksrv_respond_json(response, 200, job_json(&j));
         if (server->workers && !strcmp(verb, "resume")) ksrv_workers_notify(server->workers);
     } else if (s == KSTORE_CONFLICT) {
@@ -335,12 +528,9 @@ static void change(ksrv_server *server, ksrv_request *request, ksrv_response *re
         memset(&now, 0, sizeof now);
         if (kstore_job_get(store, request->params[0], &now) == KSTORE_OK)
             state = kstore_job_state_name(now.state);
-        cJSON *root = cJSON_CreateObject();
-        cJSON *e = cJSON_AddObjectToObject(root, "error");
-        cJSON_AddStringToObject(e, "code", "illegal_transition");
-        char message[200];
-        snprintf(message, sizeof message, "cannot %s a job that is %s", verb, state);
-        cJSON_AddStringToObject(e, "message", message);
+        cJSON *e;
+        cJSON *root = ksrv_error_json(&e, "illegal_transition", NULL, "cannot %s a job that is %s",
+                                      verb, state);
         cJSON_AddStringToObject(e, "state", state);
         ksrv_respond_json(response, 409, root);
         kstore_job_free(&now);
@@ -482,6 +672,64 @@ static void respond_final(ksrv_response *response, const char *key, char *body, 
     set_encoding(response, gzip);
 }
 
+/* names=: at most this many distinct series per request (repeats count once). */
+#define MAX_METRIC_NAMES 64
+#define MAX_METRIC_NAME_LENGTH 128
+/* The most points one answer holds (about 35 bytes each): a longer history is read in
+ * pages (after_step) or downsampled (max_points). */
+#define MAX_ANSWER_POINTS 1000000
+/* the names joined by commas: never cut, so two lists never share a cache key */
+#define JOINED_NAMES_SIZE (MAX_METRIC_NAMES * (MAX_METRIC_NAME_LENGTH + 1) + 1)
+
+/* The distinct names of names= in their first order, into *out (malloc'd array of malloc'd
+ * strings, kstore_strings_free) and *joined ("a,b": the cache key's part); false with a
+ * 400 (or 500) response. */
+static bool parse_names(const char *wanted, char ***out, int *count, char joined[JOINED_NAMES_SIZE],
+                        ksrv_response *response)
+{
+    char **names = calloc(MAX_METRIC_NAMES, sizeof *names);
+    int n = 0;
+    joined[0] = '\0';
+    size_t used = 0;
+    if (!names) {
+        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+        return false;
+    }
+    for (const char *at = wanted; *at;) {
+        size_t length = strcspn(at, ",");
+        bool seen = length == 0;
+        for (int i = 0; i < n && !seen; i++)
+            seen = strlen(names[i]) == length && !memcmp(names[i], at, length);
+        if (!seen && (length > MAX_METRIC_NAME_LENGTH || n == MAX_METRIC_NAMES)) {
+            kstore_strings_free(names, n);
+            if (length > MAX_METRIC_NAME_LENGTH)
+                ksrv_respond_error(response, 400, "invalid_query", "names",
+                                   "names: a series name has at most %d characters",
+                                   MAX_METRIC_NAME_LENGTH);
+            else
+                ksrv_respond_error(response, 400, "invalid_query", "names",
+                                   "names: at most %d different series per request",
+                                   MAX_METRIC_NAMES);
+            return false;
+        }
+        if (!seen) {
+            if (!(names[n] = strndup(at, length))) {
+                kstore_strings_free(names, n);
+                ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+                return false;
+            }
+            used += (size_t)snprintf(joined + used, JOINED_NAMES_SIZE - used, "%s%s", n ? "," : "",
+                                     names[n]);
+            n++;
+        }
+        at += length;
+        if (*at == ',') at++;
+    }
+    *out = names;
+    *count = n;
+    return true;
+}
+
 /* Written by hand, not through cJSON: dashboards poll this with thousands of points. */
 void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_response *response)
 {
@@ -489,7 +737,14 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
     if (!ksrv_query_int(request, response, "after_step", -1, (long long)1 << 62, &after_step) ||
         !ksrv_query_int(request, response, "max_points", 0, 1000000, &max_points))
         return;
-    const char *wanted_names = ksrv_query(request, "names");
+    /* names=loss,loss,... once made one answer hold a series per repeat: repeats count once */
+    char **names = NULL;
+    int n_names = 0;
+    char joined[JOINED_NAMES_SIZE];
+    const char *wanted = ksrv_query(request, "names");
+    bool named = wanted && wanted[0];
+    if (named && !parse_names(wanted, &names, &n_names, joined, response)) return;
+    const char *wanted_names = named ? joined : NULL;
     /* Browsers ask for gzip; a 10,000-point series shrinks about fourfold. Only finished
      * jobs' (cached) answers are compressed: compressing live ones would cost each poll. */
     const char *encodings =
@@ -503,32 +758,29 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
                               wanted_names ? wanted_names : "*", after_step, max_points,
                               accepts_gzip ? "gzip" : "identity");
     bool keyed = key_length > 0 && (size_t)key_length < sizeof key;
-    /* Only finished jobs are cached and jobs are never deleted, so a hit needs no
-     * look-up of the job. */
-    if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) return;
+    /* Only finished jobs are cached, and deleting a model's jobs (DELETE /v1/models/{name}
+     * ?force=true) forgets theirs, so a hit needs no look-up of the job. */
+    if (keyed && respond_shared(response, key, accepts_gzip, if_none_match)) {
+        kstore_strings_free(names, n_names);
+        return;
+    }
     kstore *store = ksrv_store_or_500(server, response);
     kstore_job j;
-    if (!store || !load_job(store, request, response, &j)) return;
+    if (!store || !load_job(store, request, response, &j)) {
+        kstore_strings_free(names, n_names);
+        return;
+    }
     /* a finished job's series are final: its answers can be kept and sent again */
     bool final = keyed && (j.state == KSTORE_JOB_SUCCEEDED || j.state == KSTORE_JOB_FAILED ||
                            j.state == KSTORE_JOB_CANCELED);
     bool gzip = final && accepts_gzip;
     kstore_job_free(&j);
 
-    char **names = NULL;
-    int n_names = 0;
-    const char *wanted = ksrv_query(request, "names");
-    if (wanted && wanted[0]) {
-        char *copy = strdup(wanted);
-        names = calloc(strlen(wanted) / 2 + 2, sizeof *names);
-        for (char *save = NULL, *t = copy && names ? strtok_r(copy, ",", &save) : NULL; t;
-             t = strtok_r(NULL, ",", &save))
-            if (t[0]) names[n_names++] = strdup(t);
-        free(copy);
-    } else if (kstore_metrics_names(store, request->params[0], &names, &n_names) != KSTORE_OK) {
+    if (!named && kstore_metrics_names(store, request->params[0], &names, &n_names) != KSTORE_OK) {
         ksrv_respond_store_error(response, store, KSTORE_ERROR, "metrics");
         return;
     }
+    int64_t total_points = 0;
     ksrv_text b = {0};
     ksrv_text_put(&b, "{\"job_id\":", 10);
     ksrv_text_json_string(&b, request->params[0]);
@@ -541,6 +793,18 @@ void ksrv_handle_jobs_metrics(ksrv_server *server, ksrv_request *request, ksrv_r
                                  &points, &count) != KSTORE_OK) {
             b.failed = true;
             break;
+        }
+        total_points += count;
+        if (total_points > MAX_ANSWER_POINTS) {
+            free(points);
+            free(b.data);
+            kstore_strings_free(names, n_names);
+            ksrv_respond_error(response, 400, "too_many_points", NULL,
+                               "the answer would hold more than %d points: ask for fewer "
+                               "names, a page at a time (after_step) or downsampled "
+                               "(max_points)",
+                               MAX_ANSWER_POINTS);
+            return;
         }
         if (i) ksrv_text_put(&b, ",", 1);
         ksrv_text_json_string(&b, names[i]);
@@ -638,10 +902,11 @@ void ksrv_handle_jobs_checkpoint_download(ksrv_server *server, ksrv_request *req
                                           ksrv_response *response)
 {
     char *end;
+    errno = 0;
     long long step = strtoll(request->params[1], &end, 10);
-    if (*end || step < 0) {
+    if (!request->params[1][0] || *end || step < 0 || errno == ERANGE) {
         ksrv_respond_error(response, 400, "invalid_value", "step",
-                           "step: expected a non-negative integer, got \"%.40s\"",
+                           "step: expected an integer in [0, %lld], got \"%.40s\"", LLONG_MAX,
                            request->params[1]);
         return;
     }

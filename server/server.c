@@ -1,16 +1,20 @@
 /*
  * server.c — kilnd's lifetime: ksrv_start makes the data directory (0700) and its
- * folders, migrates the store, requeues jobs a crash or shutdown left running, loads the
- * token, starts the workers, the model cache and the HTTP daemon; ksrv_stop undoes it in
- * the reverse order (HTTP first so no new job arrives while the workers checkpoint).
- * Also the per-thread store handles and paths under the data directory.
+ * folders, removes what a crash left in tmp/ (uploads cut off mid-way), keeps a space
+ * reserve, migrates the store (kiln.db is 0600), requeues jobs a crash or shutdown left
+ * running, loads the token and refuses a non-loopback address without one, starts the
+ * workers, the model cache and the HTTP daemon; ksrv_stop undoes it in the reverse order
+ * (HTTP first so no new job arrives while the workers checkpoint). Also the per-thread
+ * store handles and paths under the data directory.
  */
 #define _GNU_SOURCE /* asprintf */
 #include "dist_launch.h"
 #include "job_memory.h"
 #include "ksrv_http.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,10 +39,108 @@ bool ksrv_mkdirs(const char *path, mode_t mode)
     return stat(buffer, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+void ksrv_remove_folder(const ksrv_server *server, const char *relative)
+{
+    char folder[600];
+    if (!relative[0] || strstr(relative, "..") ||
+        !ksrv_data_path(server, relative, folder, sizeof folder))
+        return;
+    DIR *dir = opendir(folder);
+    if (!dir) return;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char path[900];
+        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
+        unlink(path);
+    }
+    closedir(dir);
+    rmdir(folder);
+}
+
 bool ksrv_data_path(const ksrv_server *server, const char *relative, char *out, size_t size)
 {
     int n = snprintf(out, size, "%s/%s", server->config.data_dir, relative);
     return n >= 0 && (size_t)n < size;
+}
+
+/* ---- the space reserve ---------------------------------------------------------------- */
+/* SQLite needs room in its write-ahead log to commit anything, a delete included: on a
+ * full disk, the API could not free space. kilnd keeps this much in a file of its own
+ * and gives it up for a delete that the disk refused (ksrv_space_reserve_release). */
+#define SPACE_RESERVE_BYTES (256 * 1024)
+#define SPACE_RESERVE_NAME "space-reserve"
+
+void ksrv_space_reserve_make(ksrv_server *server)
+{
+    char path[600];
+    struct stat st;
+    if (!ksrv_data_path(server, SPACE_RESERVE_NAME, path, sizeof path)) return;
+    if (stat(path, &st) == 0 && st.st_blocks * 512 >= SPACE_RESERVE_BYTES) return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return;
+    /* allocated blocks, not a hole: a sparse file would give nothing back */
+    int error = posix_fallocate(fd, 0, SPACE_RESERVE_BYTES);
+    close(fd);
+    if (error) {
+        unlink(path); /* no room for it now: made again after a delete frees some */
+        ksrv_log(KSRV_LOG_WARN, "cannot keep the %d KiB space reserve in %s: %s",
+                 SPACE_RESERVE_BYTES / 1024, server->config.data_dir, strerror(error));
+    }
+}
+
+bool ksrv_space_reserve_release(ksrv_server *server)
+{
+    char path[600];
+    if (!ksrv_data_path(server, SPACE_RESERVE_NAME, path, sizeof path) || unlink(path) != 0)
+        return false;
+    ksrv_log(KSRV_LOG_WARN,
+             "the data directory %s is full: its space reserve was given up "
+             "so that a delete can commit",
+             server->config.data_dir);
+    return true;
+}
+
+/* Uploads a crash cut off mid-way leave their temporary files in tmp/: nothing else
+ * writes there, and nothing is in flight before the daemon starts. */
+static void clean_tmp(ksrv_server *server)
+{
+    char folder[600];
+    if (!ksrv_data_path(server, "tmp", folder, sizeof folder)) return;
+    DIR *dir = opendir(folder);
+    if (!dir) return;
+    int removed = 0;
+    long long bytes = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        struct stat st;
+        if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode))
+            continue;
+        if (unlinkat(dirfd(dir), e->d_name, 0) == 0) {
+            removed++;
+            bytes += st.st_size;
+        }
+    }
+    closedir(dir);
+    if (removed)
+        ksrv_log(KSRV_LOG_INFO, "removed %d temporary file%s (%.1f MB) left in tmp/ by a crash",
+                 removed, removed == 1 ? "" : "s", (double)bytes / 1e6);
+}
+
+/* kiln.db (and the WAL files SQLite makes with its mode) readable by kilnd's user only,
+ * also when an older kilnd created it with the umask's mode. */
+static bool private_database(const char *db_path)
+{
+    int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return false;
+    bool ok = fchmod(fd, 0600) == 0;
+    close(fd);
+    static const char *const suffixes[] = {"-wal", "-shm"};
+    for (int i = 0; i < 2; i++) {
+        char path[640];
+        snprintf(path, sizeof path, "%s%s", db_path, suffixes[i]);
+        if (chmod(path, 0600) != 0 && errno != ENOENT) ok = false;
+    }
+    return ok;
 }
 
 /* ---- one store handle per thread ------------------------------------------------------ */
@@ -130,6 +232,14 @@ ksrv_server *ksrv_start(const ksrv_config *config, char **error)
                             message("--data-dir %s: path too long%s", config->data_dir, ""));
     char *problem = NULL;
     if (!ksrv_auth_load(server, &problem)) return start_failed(server, error, problem);
+    if ((problem = ksrv_auth_listen_check(config, server->token[0] != '\0')))
+        return start_failed(server, error, problem);
+    clean_tmp(server);
+    ksrv_space_reserve_make(server);
+    if (!private_database(server->db_path))
+        return start_failed(
+            server, error,
+            message("cannot create %s with mode 0600: %s", server->db_path, strerror(errno)));
 
     /* opening migrates; a crash or shutdown may have left jobs running */
     kstore *store = kstore_open(server->db_path, &problem);
@@ -163,11 +273,8 @@ ksrv_server *ksrv_start(const ksrv_config *config, char **error)
                 server, error, problem ? problem : message("cannot start the workers%s%s", "", ""));
     }
     if (!ksrv_http_start(server, &problem)) return start_failed(server, error, problem);
-    if (server->token[0] == '\0' && strcmp(config->listen_address, "127.0.0.1") &&
-        strcmp(config->listen_address, "::1"))
-        ksrv_log(KSRV_LOG_WARN,
-                 "listening on %s without --token-file: anyone who can reach "
-                 "this address can drive kilnd",
+    if (server->token[0] == '\0' && !ksrv_loopback_address(config->listen_address))
+        ksrv_log(KSRV_LOG_WARN, "--insecure-no-token: anyone who can reach %s can drive kilnd",
                  config->listen_address);
     return server;
 }

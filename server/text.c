@@ -61,12 +61,75 @@ void ksrv_text_json_string(ksrv_text *t, const char *s)
 {
     cJSON *j = cJSON_CreateString(s);
     char *printed = j ? cJSON_PrintUnformatted(j) : NULL;
-    if (printed)
+    if (printed && ksrv_json_repair_utf8(&printed))
         ksrv_text_put(t, printed, strlen(printed));
     else
         t->failed = true;
     free(printed);
     cJSON_Delete(j);
+}
+
+/* The length of the sequence starting at s (at most n bytes) when it is one well-formed
+ * UTF-8 character (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF), else 0. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+    if (s[0] < 0x80) return 1;
+    size_t length = s[0] >= 0xC2 && s[0] <= 0xDF   ? 2
+                    : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
+                    : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4
+                                                   : 0;
+    if (length == 0 || length > n) return 0;
+    for (size_t i = 1; i < length; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (s[0] == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
+    if (s[0] == 0xED && s[1] > 0x9F) return 0; /* surrogates */
+    if (s[0] == 0xF0 && s[1] < 0x90) return 0; /* overlong */
+    if (s[0] == 0xF4 && s[1] > 0x8F) return 0; /* over U+10FFFF */
+    return length;
+}
+
+size_t ksrv_utf8_valid_length(const char *text, size_t length)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t at = 0;
+    while (at < length) {
+        if (s[at] < 0x80) { /* ASCII runs, the common case, one byte at a time */
+            at++;
+            continue;
+        }
+        size_t n = utf8_char(s + at, length - at);
+        if (n == 0) return at;
+        at += n;
+    }
+    return length;
+}
+
+bool ksrv_json_repair_utf8(char **json)
+{
+    size_t length = strlen(*json);
+    size_t valid = ksrv_utf8_valid_length(*json, length);
+    if (valid == length) return true;
+    /* cJSON writes bytes >= 0x80 only inside strings, so an escape may take their place */
+    ksrv_text out = {0};
+    const unsigned char *s = (const unsigned char *)*json;
+    ksrv_text_put(&out, *json, valid);
+    for (size_t at = valid; at < length;) {
+        size_t n = s[at] < 0x80 ? 1 : utf8_char(s + at, length - at);
+        if (n == 0) {
+            ksrv_text_put(&out, "\\ufffd", 6);
+            at++;
+        } else {
+            ksrv_text_put(&out, (const char *)s + at, n);
+            at += n;
+        }
+    }
+    if (out.failed) {
+        free(out.data);
+        return false;
+    }
+    free(*json);
+    *json = out.data;
+    return true;
 }
 
 /* The first precision that reads back, unless %g chose an exponent for a large whole
@@ -96,4 +159,18 @@ int ksrv_format_number(char out[32], double v)
     if (isfinite(v) && fabs(v) <= FLT_MAX && (double)(float)v == v)
         return shortest(out, v, 6, 9, true);
     return shortest(out, v, 15, 17, false);
+}
+
+void ksrv_respond_text(ksrv_response *response, ksrv_text *t, const char *content_type)
+{
+    if (t->failed || !t->data) {
+        free(t->data);
+        t->data = NULL;
+        ksrv_respond_error(response, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    response->status = 200;
+    response->body = t->data;
+    response->content_type = content_type;
+    t->data = NULL;
 }

@@ -9,8 +9,9 @@
  *
  * Stopping sets a flag the trainer's step callback sees: the running job checkpoints
  * and returns, staying "running" in the store so the next start requeues and resumes
- * it. Engine state shared by all workers (default generator, thread counts of the
- * engine pool and OpenBLAS) is process-wide; see job_runner.c.
+ * it. The engine's default generator is shared by all workers (see job_runner.c); its
+ * cores are divided between the jobs computing at the time, each worker's capped by
+ * --threads-per-worker (kn_set_thread_share, per thread).
  */
 #define _GNU_SOURCE /* pthread_timedjoin_np */
 #include "job_runner.h"
@@ -139,6 +140,9 @@ static void *worker_main(void *arg)
     ksrv_workers *pool = w->pool;
     ksrv_server *server = pool->server;
     ksrv_log(KSRV_LOG_DEBUG, "worker %d: started on %s", w->index, w->device_name);
+    /* this thread's jobs use at most this many of the engine's cores (0: an equal share
+     * with the other jobs computing at the time; kernels/cpu/parallel.c) */
+    kn_set_thread_share(server->config.threads_per_worker);
     while (!pool->stopping) {
         pthread_mutex_lock(&pool->lock);
         uint64_t seen = pool->generation;
@@ -259,8 +263,6 @@ ksrv_workers *ksrv_workers_start(ksrv_server *server, char **error)
         return NULL;
     }
     plan_claims(pool);
-    if (server->config.threads_per_worker > 0) /* process-wide: the engine pool, OpenBLAS */
-        kn_set_num_threads(server->config.threads_per_worker);
     for (int i = 0; i < n; i++) {
         if (pthread_create(&items[i].thread, NULL, worker_main, &items[i]) != 0) {
             *error = strdup("could not start a worker thread");

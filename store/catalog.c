@@ -10,25 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *column_text(sqlite3_stmt *st, int col)
-{
-    const char *text = (const char *)sqlite3_column_text(st, col);
-    return text ? text : "";
-}
-
-/* A growable array for list results. */
-static bool grow(void **items, int *cap, int n, size_t size)
-{
-    if (n < *cap) return true;
-    int grown = *cap ? *cap * 2 : 16;
-    void *p = realloc(*items, (size_t)grown * size);
-    if (!p) return false;
-    memset((char *)p + (size_t)*cap * size, 0, (size_t)(grown - *cap) * size);
-    *items = p;
-    *cap = grown;
-    return true;
-}
-
 /* ---- models ------------------------------------------------------------------------ */
 
 kstore_status kstore_model_put(kstore *store, const char *name, const char *spec_json,
@@ -58,8 +39,8 @@ kstore_status kstore_model_put(kstore *store, const char *name, const char *spec
 static bool row_to_model(sqlite3_stmt *st, kstore_model *out)
 {
     memset(out, 0, sizeof *out);
-    kstore__copy(out->name, sizeof out->name, column_text(st, 0));
-    out->spec_json = strdup(column_text(st, 1));
+    kstore__copy(out->name, sizeof out->name, kstore__column_text(st, 0));
+    out->spec_json = strdup(kstore__column_text(st, 1));
     out->parameter_count = sqlite3_column_int64(st, 2);
     out->created_at = sqlite3_column_double(st, 3);
     return out->spec_json != NULL;
@@ -102,7 +83,8 @@ kstore_status kstore_model_list(kstore *store, kstore_model **out, int *count)
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&models, &cap, n, sizeof *models) || !row_to_model(st, &models[n])) {
+        if (!kstore__grow((void **)&models, &cap, n, sizeof *models) ||
+            !row_to_model(st, &models[n])) {
             kstore__set_error(s, "out of memory listing models");
             status = KSTORE_ERROR;
             break;
@@ -180,11 +162,12 @@ kstore_status kstore_dataset_create(kstore *store, const char *name, const char 
     return status;
 }
 
-kstore_status kstore_dataset_add_file(kstore *store, const char *name,
-                                      const kstore_dataset_file *file)
+/* Both kstore_dataset_add_file*: create says whether a missing dataset is made. */
+static kstore_status add_file(kstore *s, const char *name, const kstore_dataset_file *file,
+                              bool create)
 {
-    kstore *s = store;
-    kstore_status status = kstore__begin(s, SYNC_FULL);
+    kstore_status status = kstore__check_name(s, "a dataset's name", name, 128);
+    if (status || (status = kstore__begin(s, SYNC_FULL))) return status;
     if (status) return status;
     /* The existence check and the write share one transaction, so a concurrent delete
      * cannot leave a file row behind (the foreign key would refuse it too). */
@@ -199,6 +182,19 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
              : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                  : kstore__db_fail(s, "reading a dataset");
     sqlite3_reset(st);
+    if (status == KSTORE_NOT_FOUND && create) {
+        st = kstore__stmt(s, ST_DATASET_CREATE,
+                          "INSERT INTO datasets (name, description, created_at)"
+                          " VALUES (?, ?, ?)");
+        if (!st) {
+            kstore__rollback(s);
+            return KSTORE_ERROR;
+        }
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, "", -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 3, kstore__now());
+        status = kstore__run(s, st, "creating a dataset");
+    }
     if (status == KSTORE_NOT_FOUND) kstore__set_error(s, "no dataset named '%s'", name ? name : "");
     if (status) {
         kstore__rollback(s);
@@ -224,6 +220,18 @@ kstore_status kstore_dataset_add_file(kstore *store, const char *name,
     return KSTORE_OK;
 }
 
+kstore_status kstore_dataset_add_file(kstore *store, const char *name,
+                                      const kstore_dataset_file *file)
+{
+    return add_file(store, name, file, false);
+}
+
+kstore_status kstore_dataset_add_file_creating(kstore *store, const char *name,
+                                               const kstore_dataset_file *file)
+{
+    return add_file(store, name, file, true);
+}
+
 static kstore_status load_files(kstore *s, kstore_dataset *d)
 {
     sqlite3_stmt *st = kstore__stmt(s, ST_DATASET_FILES,
@@ -234,15 +242,15 @@ static kstore_status load_files(kstore *s, kstore_dataset *d)
     int cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&d->files, &cap, d->n_files, sizeof *d->files)) {
+        if (!kstore__grow((void **)&d->files, &cap, d->n_files, sizeof *d->files)) {
             kstore__set_error(s, "out of memory reading dataset files");
             status = KSTORE_ERROR;
             break;
         }
         kstore_dataset_file *f = &d->files[d->n_files++];
-        kstore__copy(f->role, sizeof f->role, column_text(st, 0));
-        kstore__copy(f->format, sizeof f->format, column_text(st, 1));
-        kstore__copy(f->path, sizeof f->path, column_text(st, 2));
+        kstore__copy(f->role, sizeof f->role, kstore__column_text(st, 0));
+        kstore__copy(f->format, sizeof f->format, kstore__column_text(st, 1));
+        kstore__copy(f->path, sizeof f->path, kstore__column_text(st, 2));
         f->bytes = sqlite3_column_int64(st, 3);
         f->samples = sqlite3_column_int64(st, 4);
     }
@@ -255,9 +263,9 @@ static kstore_status load_files(kstore *s, kstore_dataset *d)
 static kstore_status row_to_dataset(kstore *s, sqlite3_stmt *st, kstore_dataset *out)
 {
     memset(out, 0, sizeof *out);
-    kstore__copy(out->name, sizeof out->name, column_text(st, 0));
+    kstore__copy(out->name, sizeof out->name, kstore__column_text(st, 0));
     if (sqlite3_column_type(st, 1) != SQLITE_NULL &&
-        !(out->description = strdup(column_text(st, 1)))) {
+        !(out->description = strdup(kstore__column_text(st, 1)))) {
         kstore__set_error(s, "out of memory reading a dataset");
         return KSTORE_ERROR;
     }
@@ -303,7 +311,7 @@ kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *coun
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list)) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list)) {
             kstore__set_error(s, "out of memory listing datasets");
             status = KSTORE_ERROR;
             break;
@@ -398,10 +406,10 @@ kstore_status kstore_checkpoint_delete(kstore *store, const char *job_id, const 
 static void row_to_checkpoint(sqlite3_stmt *st, kstore_checkpoint *out)
 {
     memset(out, 0, sizeof *out);
-    kstore__copy(out->job_id, sizeof out->job_id, column_text(st, 0));
-    kstore__copy(out->kind, sizeof out->kind, column_text(st, 1));
+    kstore__copy(out->job_id, sizeof out->job_id, kstore__column_text(st, 0));
+    kstore__copy(out->kind, sizeof out->kind, kstore__column_text(st, 1));
     out->step = sqlite3_column_int64(st, 2);
-    kstore__copy(out->path, sizeof out->path, column_text(st, 3));
+    kstore__copy(out->path, sizeof out->path, kstore__column_text(st, 3));
     out->bytes = sqlite3_column_int64(st, 4);
     out->created_at = sqlite3_column_double(st, 5);
 }
@@ -421,7 +429,7 @@ kstore_status kstore_checkpoint_list(kstore *store, const char *job_id, kstore_c
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&list, &cap, n, sizeof *list)) {
+        if (!kstore__grow((void **)&list, &cap, n, sizeof *list)) {
             kstore__set_error(s, "out of memory listing checkpoints");
             status = KSTORE_ERROR;
             break;
@@ -479,12 +487,12 @@ kstore_status kstore_model_versions(kstore *store, const char *model_name, char 
     int n = 0, cap = 0, rc;
     kstore_status status = KSTORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!grow((void **)&ids, &cap, n, sizeof *ids)) {
+        if (!kstore__grow((void **)&ids, &cap, n, sizeof *ids)) {
             kstore__set_error(s, "out of memory listing model versions");
             status = KSTORE_ERROR;
             break;
         }
-        kstore__copy(ids[n++], 40, column_text(st, 0));
+        kstore__copy(ids[n++], 40, kstore__column_text(st, 0));
     }
     if (!status && rc != SQLITE_DONE) status = kstore__db_fail(s, "listing model versions");
     sqlite3_reset(st);

@@ -60,24 +60,18 @@ static kstore_status bind_text_or_null(sqlite3_stmt *st, int i, const char *text
     return rc == SQLITE_OK ? KSTORE_OK : KSTORE_ERROR;
 }
 
-static const char *column_text(sqlite3_stmt *st, int col)
-{
-    const char *text = (const char *)sqlite3_column_text(st, col);
-    return text ? text : "";
-}
-
 /* Fills *out from a row of JOB_COLUMNS; false when out of memory. */
 static bool row_to_job(sqlite3_stmt *st, kstore_job *out)
 {
     memset(out, 0, sizeof *out);
-    kstore__copy(out->id, sizeof out->id, column_text(st, 0));
-    kstore_job_state_parse(column_text(st, 1), &out->state);
+    kstore__copy(out->id, sizeof out->id, kstore__column_text(st, 0));
+    kstore_job_state_parse(kstore__column_text(st, 1), &out->state);
     out->priority = sqlite3_column_int(st, 2);
-    kstore__copy(out->model_name, sizeof out->model_name, column_text(st, 3));
-    kstore__copy(out->dataset_name, sizeof out->dataset_name, column_text(st, 4));
-    kstore__copy(out->submission_id, sizeof out->submission_id, column_text(st, 5));
-    kstore__copy(out->device, sizeof out->device, column_text(st, 7));
-    kstore__copy(out->requested_device, sizeof out->requested_device, column_text(st, 24));
+    kstore__copy(out->model_name, sizeof out->model_name, kstore__column_text(st, 3));
+    kstore__copy(out->dataset_name, sizeof out->dataset_name, kstore__column_text(st, 4));
+    kstore__copy(out->submission_id, sizeof out->submission_id, kstore__column_text(st, 5));
+    kstore__copy(out->device, sizeof out->device, kstore__column_text(st, 7));
+    kstore__copy(out->requested_device, sizeof out->requested_device, kstore__column_text(st, 24));
     out->created_at = sqlite3_column_double(st, 8);
     out->started_at = sqlite3_column_double(st, 9); /* NULL reads as 0: "not yet" */
     out->finished_at = sqlite3_column_double(st, 10);
@@ -89,7 +83,7 @@ static bool row_to_job(sqlite3_stmt *st, kstore_job *out)
     out->eta_seconds = sqlite3_column_double(st, 16);
     out->cancel_requested = sqlite3_column_int(st, 17) != 0;
     out->pause_requested = sqlite3_column_int(st, 18) != 0;
-    kstore__copy(out->error_code, sizeof out->error_code, column_text(st, 19));
+    kstore__copy(out->error_code, sizeof out->error_code, kstore__column_text(st, 19));
     out->error_step = sqlite3_column_int64(st, 21);
     out->spec_json = kstore__dup_column(st, 6);
     out->error_message = kstore__dup_column(st, 20);
@@ -400,7 +394,7 @@ static kstore_status select_next(kstore *s, const char *accepts, const char *poo
     bind_text_or_null(st, 1, accepts);
     bind_text_or_null(st, 2, pool);
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) kstore__copy(id, 40, column_text(st, 0));
+    if (rc == SQLITE_ROW) kstore__copy(id, 40, kstore__column_text(st, 0));
     kstore_status status = rc == SQLITE_ROW    ? KSTORE_OK
                            : rc == SQLITE_DONE ? KSTORE_NOT_FOUND
                                                : kstore__db_fail(s, "finding a queued job");

@@ -1,6 +1,7 @@
 /*
- * kstore.h — Kiln's durable state in SQLite: models, datasets, jobs and their state
- * machine, metrics series and checkpoints. Schema versioned with migrations.
+ * kstore.h — Kiln's durable state in SQLite: models (with their versions and aliases),
+ * datasets, jobs and their state machine, their log lines, metrics series and
+ * checkpoints. Schema versioned with migrations.
  *
  * Threads: one kstore handle (one SQLite connection, opened without SQLite's mutex) per
  * thread; open as many as there are threads on the same file. A handle may move to
@@ -33,6 +34,7 @@ typedef enum {
     KSTORE_CONFLICT, /* duplicate name, illegal state transition */
     KSTORE_BUSY,     /* the database stayed locked past the timeout */
     KSTORE_ERROR,    /* anything else: I/O, corruption, out of memory */
+    KSTORE_FULL,     /* the disk (or quota) is full: nothing was written */
 } kstore_status;
 
 typedef struct kstore kstore;
@@ -84,6 +86,11 @@ typedef struct kstore_dataset {
 kstore_status kstore_dataset_create(kstore *store, const char *name, const char *description);
 kstore_status kstore_dataset_add_file(kstore *store, const char *name,
                                       const kstore_dataset_file *file); /* replaces a role */
+/* The same, creating the dataset (no description) in the same transaction when it does
+ * not exist: a dataset made by an upload exists once its first file does, so an upload
+ * that fails or is cut off by a crash leaves no empty dataset behind. */
+kstore_status kstore_dataset_add_file_creating(kstore *store, const char *name,
+                                               const kstore_dataset_file *file);
 kstore_status kstore_dataset_get(kstore *store, const char *name, kstore_dataset *out);
 kstore_status kstore_dataset_list(kstore *store, kstore_dataset **out, int *count);
 kstore_status kstore_dataset_delete(kstore *store, const char *name);
@@ -253,6 +260,80 @@ kstore_status kstore_checkpoint_latest(kstore *store, const char *job_id, const 
  * *job_ids malloc'd (free()). */
 kstore_status kstore_model_versions(kstore *store, const char *model_name, char (**job_ids)[40],
                                     int *count);
+
+/* ---- versions and aliases (registry.c) ---------------------------------------------- */
+/* A version of a model: a succeeded job (version = the job's id, weights = its final
+ * checkpoint) or a weights file uploaded under a name. */
+typedef struct kstore_version {
+    char model[128];
+    char version[64];
+    bool from_job;
+    char path[512]; /* the weights, relative to the data directory ("" if a job has none) */
+    int64_t bytes;
+    double created_at; /* the upload, or the job's finish */
+    char *info_json;   /* uploads: what the upload reported (JSON), or NULL */
+} kstore_version;
+
+/* Every version of a model, both kinds, newest first. */
+kstore_status kstore_version_list(kstore *store, const char *model, kstore_version **out,
+                                  int *count);
+/* One version by name (a succeeded job's id or an uploaded name); NOT_FOUND when neither. */
+kstore_status kstore_version_get(kstore *store, const char *model, const char *version,
+                                 kstore_version *out);
+/* Records an uploaded version (from_job ignored; created_at 0: now). CONFLICT when the
+ * name is taken, NOT_FOUND when the model does not exist. */
+kstore_status kstore_version_add(kstore *store, const kstore_version *version);
+/* Forgets an uploaded version (the caller removes its file). NOT_FOUND when absent. */
+kstore_status kstore_version_delete(kstore *store, const char *model, const char *version);
+void kstore_version_free(kstore_version *version); /* the strings inside */
+void kstore_version_list_free(kstore_version *versions, int count);
+
+typedef struct kstore_alias {
+    char model[128];
+    char alias[64];
+    char version[64];
+    double updated_at;
+} kstore_alias;
+
+/* Points alias at version (created or moved); the caller checks that the version exists.
+ * NOT_FOUND when the model does not exist. */
+kstore_status kstore_alias_set(kstore *store, const char *model, const char *alias,
+                               const char *version);
+kstore_status kstore_alias_get(kstore *store, const char *model, const char *alias,
+                               kstore_alias *out);
+kstore_status kstore_alias_list(kstore *store, const char *model, kstore_alias **out,
+                                int *count); /* by name; free() */
+kstore_status kstore_alias_delete(kstore *store, const char *model, const char *alias);
+
+/* Every job that names a model (any state), newest first; free(). */
+typedef struct kstore_job_ref {
+    char id[40];
+    kstore_job_state state;
+} kstore_job_ref;
+kstore_status kstore_model_jobs(kstore *store, const char *model, kstore_job_ref **out, int *count);
+/* Deletes a model with all of it in one transaction: its jobs with their metrics,
+ * checkpoints and log lines, its versions and aliases. CONFLICT (naming the job) while a
+ * job of it is queued, running or paused. *job_ids and *paths get the deleted jobs and
+ * the uploaded versions' files, whose files the caller removes (kstore_strings_free). */
+kstore_status kstore_model_delete_all(kstore *store, const char *model, char ***job_ids,
+                                      int *n_jobs, char ***paths, int *n_paths);
+
+/* ---- a job's own log (registry.c) ------------------------------------------------------ */
+typedef struct kstore_log_line {
+    int64_t seq;   /* 1, 2, ... per job */
+    double time;   /* unix seconds */
+    char level[8]; /* "info", "warn", "error" */
+    char *message;
+} kstore_log_line;
+
+/* Appends a line. Once the job has max_info_lines lines (> 0), further "info" lines are
+ * dropped (*seq 0); other levels are always kept. *seq (may be NULL) gets the number. */
+kstore_status kstore_job_log_append(kstore *store, const char *job_id, const char *level,
+                                    const char *message, int64_t max_info_lines, int64_t *seq);
+/* Lines with seq > after_seq, ascending, at most limit (<= 0: 1000). */
+kstore_status kstore_job_log_query(kstore *store, const char *job_id, int64_t after_seq, int limit,
+                                   kstore_log_line **out, int *count);
+void kstore_job_log_free(kstore_log_line *lines, int count);
 
 #ifdef __cplusplus
 }

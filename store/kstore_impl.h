@@ -50,6 +50,18 @@ enum {
     ST_METRIC_PUT,
     ST_METRIC_QUERY,
     ST_METRIC_NAMES,
+    /* registry.c */
+    ST_VERSION_ADD,
+    ST_VERSION_GET,
+    ST_VERSION_LIST,
+    ST_VERSION_DELETE,
+    ST_ALIAS_SET,
+    ST_ALIAS_GET,
+    ST_ALIAS_LIST,
+    ST_ALIAS_DELETE,
+    ST_MODEL_JOBS,
+    ST_LOG_APPEND,
+    ST_LOG_QUERY,
     ST_COUNT
 };
 
@@ -57,7 +69,7 @@ enum { SYNC_NORMAL = 1, SYNC_FULL = 2 };
 
 struct kstore {
     sqlite3 *db;
-    int sync;                  /* the connection's current PRAGMA synchronous */
+    int sync; /* the connection's current PRAGMA synchronous */
     sqlite3_stmt *stmts[ST_COUNT];
     char error[512];
 };
@@ -79,8 +91,12 @@ void kstore__rollback(kstore *s);
 kstore_status kstore__run(kstore *s, sqlite3_stmt *st, const char *what);
 
 double kstore__now(void);
-void kstore__copy(char *dst, size_t cap, const char *src); /* NULL copies "" */
-char *kstore__dup_column(sqlite3_stmt *st, int col);      /* NULL for SQL NULL */
+void kstore__copy(char *dst, size_t cap, const char *src);  /* NULL copies "" */
+char *kstore__dup_column(sqlite3_stmt *st, int col);        /* NULL for SQL NULL */
+const char *kstore__column_text(sqlite3_stmt *st, int col); /* "" for SQL NULL */
+/* Grows *items (of size bytes each, *cap of them) to hold n + 1, zeroing what it adds;
+ * false when out of memory (*items untouched). For list results. */
+bool kstore__grow(void **items, int *cap, int n, size_t size);
 /* Names longer than the fixed fields of kstore.h are refused rather than truncated. */
 kstore_status kstore__check_name(kstore *s, const char *what, const char *name, size_t cap);
 

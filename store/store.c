@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "kstore_impl.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,7 +118,32 @@ static const struct {
      "    AND substr(requested_device, 6) NOT GLOB '*[^0-9]*';"
      "DROP INDEX jobs_queue;"
      "CREATE INDEX jobs_queue_device ON jobs(state, priority DESC, seq, requested_device);"},
-    {5, "distributed jobs",
+    {5, "model versions, aliases and job logs",
+     /* Uploaded weights (a job's version is the job itself) and aliases naming a version;
+      * both go with their model (the server refuses to delete a model that has versions
+      * unless asked to delete everything). A job's log lines are numbered per job. */
+     "CREATE TABLE model_versions ("
+     "  model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,"
+     "  version TEXT NOT NULL,"
+     "  path TEXT NOT NULL,"
+     "  bytes INTEGER NOT NULL,"
+     "  created_at REAL NOT NULL,"
+     "  info_json TEXT,"
+     "  PRIMARY KEY (model, version)) WITHOUT ROWID;"
+     "CREATE TABLE model_aliases ("
+     "  model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,"
+     "  alias TEXT NOT NULL,"
+     "  version TEXT NOT NULL,"
+     "  updated_at REAL NOT NULL,"
+     "  PRIMARY KEY (model, alias)) WITHOUT ROWID;"
+     "CREATE TABLE job_logs ("
+     "  job_id TEXT NOT NULL,"
+     "  seq INTEGER NOT NULL,"
+     "  time REAL NOT NULL,"
+     "  level TEXT NOT NULL,"
+     "  message TEXT NOT NULL,"
+     "  PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"},
+    {6, "distributed jobs",
      /* A distributed job's processes as its supervisor last saw them (JSON: world size,
       * restarts, each rank's host, pid and samples/s); NULL for other jobs. */
      "ALTER TABLE jobs ADD COLUMN distributed_json TEXT;"},
@@ -136,12 +162,18 @@ kstore_status kstore__db_fail(kstore *s, const char *what)
 {
     int rc = sqlite3_extended_errcode(s->db);
     kstore__set_error(s, "%s: %s", what, sqlite3_errmsg(s->db));
+    /* an I/O error that was a full disk (growing the WAL index, say) is a full disk */
+    int system_errno = sqlite3_system_errno(s->db);
+    if ((rc & 0xff) == SQLITE_IOERR && (system_errno == ENOSPC || system_errno == EDQUOT))
+        return KSTORE_FULL;
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
         return KSTORE_BUSY;
     case SQLITE_CONSTRAINT:
         return KSTORE_CONFLICT;
+    case SQLITE_FULL:
+        return KSTORE_FULL;
     default:
         return KSTORE_ERROR;
     }
@@ -230,6 +262,24 @@ char *kstore__dup_column(sqlite3_stmt *st, int col)
     if (sqlite3_column_type(st, col) == SQLITE_NULL) return NULL;
     const char *text = (const char *)sqlite3_column_text(st, col);
     return strdup(text ? text : "");
+}
+
+const char *kstore__column_text(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    return text ? text : "";
+}
+
+bool kstore__grow(void **items, int *cap, int n, size_t size)
+{
+    if (n < *cap) return true;
+    int grown = *cap ? *cap * 2 : 16;
+    void *p = realloc(*items, (size_t)grown * size);
+    if (!p) return false;
+    memset((char *)p + (size_t)*cap * size, 0, (size_t)(grown - *cap) * size);
+    *items = p;
+    *cap = grown;
+    return true;
 }
 
 kstore_status kstore__check_name(kstore *s, const char *what, const char *name, size_t cap)

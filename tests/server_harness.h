@@ -2,7 +2,7 @@
  * server_harness.h — what the tests that drive a real kilnd share (test_server_api.c,
  * test_full_server_fmnist.c): a temporary directory, the built kilnd started on a free
  * loopback port with its data directory there, requests over the kiln client's own
- * HTTP code (cli/http_client.c, compiled in here), and a clean stop that surfaces any
+ * HTTP code (cli/khttp.h over libcurl, the kiln_http library), and a clean stop that surfaces any
  * sanitizer report from the daemon's log. Header-only (static) so each test has its own.
  * Debugging: KILN_KEEP_TEST_DIR=1 keeps the directory (and kilnd.log); KILN_TEST_GDB=1
  * runs kilnd under gdb, so a crash leaves its backtrace in the log.
@@ -10,7 +10,19 @@
 #ifndef KILN_SERVER_HARNESS_H
 #define KILN_SERVER_HARNESS_H
 
-#include "../cli/http_client.c"
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* nftw, mkdtemp */
+#endif
+#include "khttp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cJSON.h>
 #include <criterion/criterion.h>
@@ -144,6 +156,18 @@ H_FN char *h_slurp(const char *path, size_t *size)
     }
     fclose(f);
     return data;
+}
+
+/* Runs a shell command; its output (stdout, and stderr when the command says 2>&1) into
+ * out. Returns the exit status (-1 when it did not exit). */
+H_FN int h_run(const char *command, char *out, size_t size)
+{
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p, "popen %s", command);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /* Sends sig and waits for the exit (SIGKILL after 20 s). */
@@ -288,6 +312,37 @@ H_FN const cJSON *h_series(const cJSON *doc, const char *name)
         }
     }
     return NULL;
+}
+
+/* A small tabular problem: sample i of 4 features is class i % 3, around its class's
+ * centre with noise from an LCG (deterministic in seed and i). */
+#define H_BLOB_FEATURES 4
+#define H_BLOB_CLASSES 3
+H_FN int h_blob(uint32_t seed, int i, float x[H_BLOB_FEATURES])
+{
+    static const float centres[H_BLOB_CLASSES][H_BLOB_FEATURES] = {
+        {2, 0, 0, 1}, {0, 2, 0, -1}, {0, 0, 2, 0}};
+    uint32_t s = seed * 2654435761u + (uint32_t)i * 40503u + 7;
+    int label = i % H_BLOB_CLASSES;
+    for (int k = 0; k < H_BLOB_FEATURES; k++) {
+        s = s * 1664525u + 1013904223u;
+        x[k] = centres[label][k] + ((float)(s >> 8) / 16777216.0f - 0.5f);
+    }
+    return label;
+}
+
+/* n blobs as CSV: x0..x3 and a label column. */
+H_FN void h_write_blobs_csv(const char *path, uint32_t seed, int n)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("x0,x1,x2,x3,label\n", f);
+    for (int i = 0; i < n; i++) {
+        float x[H_BLOB_FEATURES];
+        int label = h_blob(seed, i, x);
+        fprintf(f, "%.6f,%.6f,%.6f,%.6f,%d\n", x[0], x[1], x[2], x[3], label);
+    }
+    cr_assert_eq(fclose(f), 0);
 }
 
 /* Writes an IDX file: images (ndim 3, type 0x08) or labels (ndim 1). */

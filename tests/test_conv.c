@@ -217,6 +217,188 @@ Test(conv2d, gradcheck)
                    (conv_case){CONV(.padding = {1, 1}), false}, 60);
 }
 
+/* ---- gradients against a double-precision reference -------------------------------- */
+
+typedef struct conv_grads {
+    double *gx, *gw, *gb;
+} conv_grads;
+
+/* gx, gw, gb of sum(conv(x, w, b) * g) in double, by scattering each output's gradient. */
+static conv_grads reference_grads(kn_tensor *x, kn_tensor *w, kn_tensor *g, kn_conv2d_args a)
+{
+    int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t o = w->shape[0], cg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
+    int64_t oh = g->shape[2], ow = g->shape[3];
+    int sh = a.stride[0] ? a.stride[0] : 1, sw = a.stride[1] ? a.stride[1] : 1;
+    int dh = a.dilation[0] ? a.dilation[0] : 1, dw = a.dilation[1] ? a.dilation[1] : 1;
+    int groups = a.groups ? a.groups : 1;
+    int64_t og = o / groups;
+    conv_grads r = {calloc((size_t)kn_numel(x), sizeof(double)),
+                    calloc((size_t)kn_numel(w), sizeof(double)), calloc((size_t)o, sizeof(double))};
+    const float *xv = kn_data_f32(x), *wv = kn_data_f32(w), *gv = kn_data_f32(g);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t oc = 0; oc < o; oc++)
+            for (int64_t p = 0; p < oh; p++)
+                for (int64_t q = 0; q < ow; q++) {
+                    double gval = gv[((i * o + oc) * oh + p) * ow + q];
+                    r.gb[oc] += gval;
+                    for (int64_t cq = 0; cq < cg; cq++) {
+                        int64_t ic = (oc / og) * cg + cq;
+                        for (int64_t u = 0; u < kh; u++)
+                            for (int64_t v = 0; v < kw; v++) {
+                                int64_t ih = p * sh - a.padding[0] + u * dh;
+                                int64_t iw = q * sw - a.padding[1] + v * dw;
+                                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                                int64_t xi = ((i * c + ic) * h + ih) * wd + iw;
+                                int64_t wi = ((oc * cg + cq) * kh + u) * kw + v;
+                                r.gx[xi] += wv[wi] * gval;
+                                r.gw[wi] += xv[xi] * gval;
+                            }
+                    }
+                }
+    return r;
+}
+
+static void assert_close_to(kn_tensor *t, const double *want, const char *what, const char *label)
+{
+    int64_t n = kn_numel(t);
+    const float *got = kn_data_f32(t);
+    double scale = 0;
+    for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(fabs(got[i] - want[i]) <= 1e-5 * scale + 1e-5, "%s, %s[%lld] = %.7g, want %.7g",
+                  label, what, (long long)i, got[i], want[i]);
+}
+
+static void check_grads(const int64_t *xs, int xn, const int64_t *ws, int wn, kn_conv2d_args a,
+                        const char *label)
+{
+    (void)xn;
+    (void)wn;
+    kn_scope_begin();
+    kn_tensor *x = kn_set_requires_grad(kn_test_uniform(xs, 4, -1, 1, 21), true);
+    kn_tensor *w = kn_set_requires_grad(kn_test_uniform(ws, 4, -1, 1, 22), true);
+    kn_tensor *b = kn_set_requires_grad(kn_test_uniform(ws, 1, -1, 1, 23), true);
+    kn_tensor *y = kn_conv2d(x, w, b, a);
+    cr_assert_not_null(y, "%s: %s", label, kn_last_error());
+    kn_tensor *g = kn_test_uniform(y->shape, 4, -1, 1, 24);
+    cr_assert_eq(kn_backward(y, g, false), KN_OK, "%s: %s", label, kn_last_error());
+    conv_grads r = reference_grads(x, w, g, a);
+    assert_close_to(kn_grad(x), r.gx, "grad x", label);
+    assert_close_to(kn_grad(w), r.gw, "grad w", label);
+    assert_close_to(kn_grad(b), r.gb, "grad b", label);
+    free(r.gx);
+    free(r.gw);
+    free(r.gb);
+    kn_scope_end();
+}
+
+/* Every shape once per weight-gradient form of the direct kernels (and the im2col path
+ * for the strided, dilated and grouped ones). */
+static void check_grad_shapes(void)
+{
+    check_grads(KN_SHAPE(64, 16, 14, 14), KN_SHAPE(32, 16, 3, 3), CONV(.padding = {1, 1}), "conv2");
+    check_grads(KN_SHAPE(37, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), "conv1");
+    check_grads(KN_SHAPE(3, 5, 11, 9), KN_SHAPE(20, 5, 5, 5), CONV(.padding = {2, 2}), "5x5 pad 2");
+    check_grads(KN_SHAPE(2, 3, 8, 10), KN_SHAPE(9, 3, 3, 3), CONV(.groups = 1), "3x3 unpadded");
+    check_grads(KN_SHAPE(2, 4, 7, 9), KN_SHAPE(6, 4, 2, 3), CONV(.padding = {1, 0}),
+                "2x3 pad (1, 0)");
+    check_grads(KN_SHAPE(3, 7, 5, 6), KN_SHAPE(33, 7, 1, 1), CONV(.groups = 1), "1x1, 33 outputs");
+    check_grads(KN_SHAPE(17, 3, 9, 8), KN_SHAPE(4, 3, 3, 3),
+                CONV(.stride = {2, 2}, .padding = {1, 1}), "stride 2 (im2col)");
+    check_grads(KN_SHAPE(18, 4, 9, 9), KN_SHAPE(6, 2, 3, 3),
+                CONV(.padding = {2, 2}, .dilation = {2, 2}, .groups = 2),
+                "dilated, grouped (im2col)");
+}
+
+Test(conv2d, gradients_match_reference_rows_form)
+{
+    setenv("KN_CONV_WGRAD", "rows", 1);
+    check_grad_shapes();
+}
+
+Test(conv2d, gradients_match_reference_dot_form)
+{
+    setenv("KN_CONV_WGRAD", "dot", 1);
+    check_grad_shapes();
+}
+
+Test(conv2d, gradients_match_reference_each_layers_choice)
+{
+    check_grad_shapes();
+}
+
+/* ---- the same bits for any thread count ----------------------------------------------- */
+
+typedef struct conv_run {
+    float *y, *gx, *gw, *gb;
+    int64_t ny, nx, nw, nb;
+} conv_run;
+
+static conv_run run_conv(const int64_t *xs, const int64_t *ws, kn_conv2d_args a, int threads)
+{
+    kn_set_num_threads(threads);
+    kn_scope_begin();
+    kn_tensor *x = kn_set_requires_grad(kn_test_uniform(xs, 4, -1, 1, 31), true);
+    kn_tensor *w = kn_set_requires_grad(kn_test_uniform(ws, 4, -1, 1, 32), true);
+    kn_tensor *b = kn_set_requires_grad(kn_test_uniform(ws, 1, -1, 1, 33), true);
+    kn_tensor *y = kn_conv2d(x, w, b, a);
+    cr_assert_not_null(y);
+    cr_assert_eq(kn_backward(y, kn_test_uniform(y->shape, 4, -1, 1, 34), false), KN_OK);
+    conv_run r = {NULL, NULL, NULL, NULL, kn_numel(y), kn_numel(x), kn_numel(w), kn_numel(b)};
+    r.y = malloc(sizeof(float) * (size_t)r.ny);
+    r.gx = malloc(sizeof(float) * (size_t)r.nx);
+    r.gw = malloc(sizeof(float) * (size_t)r.nw);
+    r.gb = malloc(sizeof(float) * (size_t)r.nb);
+    kn_copy_to_floats(y, r.y);
+    kn_copy_to_floats(kn_grad(x), r.gx);
+    kn_copy_to_floats(kn_grad(w), r.gw);
+    kn_copy_to_floats(kn_grad(b), r.gb);
+    kn_scope_end();
+    return r;
+}
+
+static void free_run(conv_run *r)
+{
+    free(r->y);
+    free(r->gx);
+    free(r->gw);
+    free(r->gb);
+}
+
+static void check_thread_invariance(const int64_t *xs, int xn, const int64_t *ws, int wn,
+                                    kn_conv2d_args a, const char *label)
+{
+    (void)xn;
+    (void)wn;
+    conv_run one = run_conv(xs, ws, a, 1);
+    for (int t = 2; t <= 4; t++) {
+        conv_run more = run_conv(xs, ws, a, t);
+        cr_assert_eq(memcmp(one.y, more.y, sizeof(float) * (size_t)one.ny), 0, "%s: y, %d threads",
+                     label, t);
+        cr_assert_eq(memcmp(one.gx, more.gx, sizeof(float) * (size_t)one.nx), 0,
+                     "%s: grad x, %d threads", label, t);
+        cr_assert_eq(memcmp(one.gw, more.gw, sizeof(float) * (size_t)one.nw), 0,
+                     "%s: grad w, %d threads", label, t);
+        cr_assert_eq(memcmp(one.gb, more.gb, sizeof(float) * (size_t)one.nb), 0,
+                     "%s: grad b, %d threads", label, t);
+        free_run(&more);
+    }
+    free_run(&one);
+}
+
+Test(conv2d, same_bits_for_any_thread_count)
+{
+    check_thread_invariance(KN_SHAPE(64, 16, 14, 14), KN_SHAPE(32, 16, 3, 3),
+                            CONV(.padding = {1, 1}), "conv2");
+    check_thread_invariance(KN_SHAPE(37, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}),
+                            "conv1");
+    check_thread_invariance(KN_SHAPE(19, 3, 9, 8), KN_SHAPE(4, 3, 3, 3),
+                            CONV(.stride = {2, 2}, .padding = {1, 1}), "stride 2 (im2col)");
+    check_thread_invariance(KN_SHAPE(1, 3, 40, 40), KN_SHAPE(8, 3, 3, 3), CONV(.stride = {2, 2}),
+                            "one image (im2col, parallel GEMMs)");
+}
+
 Test(conv2d, errors_name_the_shapes)
 {
     kn_scope_begin();

@@ -15,11 +15,47 @@
 #include "kn_test_cuda.h"
 
 #include <criterion/criterion.h>
+#include <dlfcn.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- everywhere ---------------------------------------------------------------------- */
+
+/* Without the driver library the answer comes at once, without loading the module, the
+ * CUDA runtime or cuBLAS (seconds in every process that asks). */
+Test(cuda, no_driver_is_known_without_loading_the_runtime)
+{
+    void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (driver) {
+        dlclose(driver);
+        cr_skip_test("the CUDA driver library is installed here");
+    }
+    cr_assert_eq(kn_cuda_device_count(), 0);
+    cr_assert(strstr(kn_cuda_status(), "libcuda.so.1"), "%s", kn_cuda_status());
+    FILE *maps = fopen("/proc/self/maps", "r");
+    cr_assert_not_null(maps);
+    char line[1024];
+    while (fgets(line, sizeof line, maps))
+        cr_assert(!strstr(line, "libcudart") && !strstr(line, "libcublas") &&
+                      !strstr(line, "libkiln_cuda"),
+                  "loaded anyway: %s", line);
+    fclose(maps);
+}
+
+/* The runner asked once, before the tests (kn_test_cuda.h), and passed its answer to each
+ * test; it is what this process finds for itself. */
+Test(cuda, the_runners_probe_agrees_with_this_process)
+{
+    const char *probe = getenv(KN_TEST_CUDA_PROBE);
+    cr_assert_not_null(probe, KN_TEST_CUDA_PROBE " is not set: the runner did not probe");
+    char *rest = NULL;
+    long count = strtol(probe, &rest, 10);
+    cr_assert(rest != probe && *rest == ' ', "%s", probe);
+    cr_assert_eq(count, kn_cuda_device_count(), "%s", probe);
+    cr_assert_str_eq(rest + 1, kn_cuda_status());
+}
 
 Test(cuda, status_and_availability_agree)
 {
@@ -176,6 +212,7 @@ Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
         {"sigmoid", kn_sigmoid, false},
         {"gelu", gelu_exact, false},
         {"gelu_tanh", gelu_tanh, false},
+        {"silu", kn_silu, false},
         {"clamp", clamp, false},
         {"pow3", pow3, false},
         {"pow0.5", pow_half, true},

@@ -1,5 +1,5 @@
 /*
- * test_cuda_graph.c — the trainer's CUDA side (core/train_cuda.c): pinned staging and the
+ * test_cuda_graph.c — the trainer's CUDA side (core/train/train_cuda.c): pinned staging and the
  * captured training step ("cuda_graph"). With a device: the Fashion-MNIST-shaped MLP and
  * CNN on synthetic data train to the same per-step losses and parameters with the graph
  * on and off (Adam, SGD with momentum and a step schedule, clipping, an epoch whose last
@@ -11,7 +11,7 @@
  * kernels with the same arguments, so they agree bit for bit in practice).
  */
 #include "kapi.h"
-#include "kn_cuda_host_core.h"
+#include "kn_cuda.h"
 #include "kn_internal.h"
 #include "kn_nn.h"
 #include "kn_train.h"

@@ -48,15 +48,18 @@ Test(dataset, new_validates_inputs_and_labels)
     ASSERT_ERROR_HAS("at least 2 dims, got [3]");
     cr_assert_null(kn_dataset_new(kn_zeros(KN_SHAPE(3, 2), KN_INT64), y));
     ASSERT_ERROR_HAS("inputs must be float32, got int64");
-    cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(3), KN_FLOAT32)));
-    ASSERT_ERROR_HAS("labels must be int64, got float32");
     cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(3, 1), KN_INT64)));
-    ASSERT_ERROR_HAS("labels must be [N], got [3, 1]");
+    ASSERT_ERROR_HAS("labels must be int64 class indices [N] or float32 targets [N] or [N, K], "
+                     "got int64 [3, 1]");
+    cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(3, 2, 2), KN_FLOAT32)));
+    ASSERT_ERROR_HAS("got float32 [3, 2, 2]");
     cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(4), KN_INT64)));
     ASSERT_ERROR_HAS("inputs have 3 samples [3, 2] but labels have 4");
     cr_assert_null(kn_dataset_new(x, kn_from_int64s((int64_t[]){0, -1, 1}, KN_SHAPE(3))));
     ASSERT_ERROR_HAS("labels must be >= 0, sample 1 has -1");
-    cr_assert_null(kn_dataset_new(x, NULL));
+    cr_assert_null(kn_dataset_new(x, kn_from_floats((float[]){1, 2, NAN}, KN_SHAPE(3))));
+    ASSERT_ERROR_HAS("targets must be finite, sample 2 has nan at target 0");
+    cr_assert_null(kn_dataset_new(NULL, y));
     kn_tensor *bad = kn_from_floats((float[]){0, 1, 2, 3, NAN, 5}, KN_SHAPE(3, 2));
     cr_assert_null(kn_dataset_new(bad, y));
     ASSERT_ERROR_HAS("inputs must be finite, sample 2 has nan at element 0");
@@ -261,6 +264,92 @@ Test(batch, an_epoch_of_batches_covers_every_sample_once)
     }
     for (int64_t i = 0; i < n; i++)
         cr_assert_eq(seen[i], 1, "sample %ld seen %d times", (long)i, seen[i]);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+/* Regression and multi-label targets: float32 [N] or [N, K], kept through split and batch. */
+Test(dataset, float_targets_split_and_batch)
+{
+    kn_scope_begin();
+    kn_tensor *x = kn_from_floats((float[]){0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, KN_SHAPE(5, 2));
+    kn_tensor *y =
+        kn_from_floats((float[]){0.5f, -1, 1.5f, -2, 2.5f, -3, 3.5f, -4, 4.5f, -5}, KN_SHAPE(5, 2));
+    kn_dataset *ds = kn_dataset_new(x, y);
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    cr_assert_eq(ds->num_classes, 0);
+    cr_assert_eq(ds->labels->dtype, KN_FLOAT32);
+    kn_tensor *order = kn_from_int64s((int64_t[]){4, 0, 2, 1, 3}, KN_SHAPE(5));
+    kn_tensor *bx, *by;
+    cr_assert_eq(kn_dataset_batch(ds, order, 0, 2, &bx, &by), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(by->ndim, 2);
+    cr_assert_eq(by->shape[0], 2);
+    cr_assert_eq(by->shape[1], 2);
+    const float *t = kn_data_f32(by), *f = kn_data_f32(bx);
+    cr_assert(t[0] == 4.5f && t[1] == -5 && t[2] == 0.5f && t[3] == -1);
+    cr_assert(f[0] == 8 && f[1] == 9 && f[2] == 0 && f[3] == 1);
+    kn_dataset *train = NULL, *val = NULL;
+    cr_assert_eq(kn_dataset_split(ds, 0.4, 3, &train, &val), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(val->count, 2);
+    cr_assert_eq(val->labels->ndim, 2);
+    /* each validation sample keeps its own targets: x = 2i, 2i + 1 and y = i + 0.5, -(i + 1) */
+    for (int64_t i = 0; i < val->count; i++) {
+        float x0 = kn_data_f32(val->inputs)[2 * i];
+        cr_assert_float_eq(kn_data_f32(val->labels)[2 * i], x0 / 2 + 0.5f, 0);
+        cr_assert_float_eq(kn_data_f32(val->labels)[2 * i + 1], -(x0 / 2 + 1), 0);
+    }
+    kn_dataset_free(train);
+    kn_dataset_free(val);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+/* Inputs alone (kiln predict on unlabeled data): batches carry no labels. */
+Test(dataset, unlabeled)
+{
+    kn_scope_begin();
+    kn_dataset *ds = kn_dataset_new(kn_zeros(KN_SHAPE(3, 2), KN_FLOAT32), NULL);
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    kn_tensor *bx, *by = kn_zeros(KN_SHAPE(1), KN_FLOAT32);
+    cr_assert_eq(kn_dataset_batch(ds, kn_arange(3), 0, 2, &bx, &by), KN_OK, "%s", kn_last_error());
+    cr_assert_null(by);
+    cr_assert_eq(bx->shape[0], 2);
+    kn_dataset *train = NULL, *val = NULL;
+    cr_assert_eq(kn_dataset_split(ds, 0.34, 0, &train, &val), KN_OK, "%s", kn_last_error());
+    cr_assert_null(val->labels);
+    kn_dataset_free(train);
+    kn_dataset_free(val);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+/* "normalize": "auto": the population mean and std of each channel, in double. */
+Test(dataset, channel_stats)
+{
+    kn_scope_begin();
+    /* [4, 3]: feature 0 = 1, 2, 3, 4; feature 1 constant 7; feature 2 = 1e6 + 0, 2, 0, 2 */
+    kn_tensor *x = kn_from_floats((float[]){1, 7, 1e6f, 2, 7, 1e6f + 2, 3, 7, 1e6f, 4, 7, 1e6f + 2},
+                                  KN_SHAPE(4, 3));
+    kn_dataset *ds = kn_dataset_new(x, NULL);
+    double mean[3], std[3];
+    cr_assert_eq(kn_dataset_channel_stats(ds, 3, mean, std), KN_OK, "%s", kn_last_error());
+    cr_assert_float_eq(mean[0], 2.5, 1e-12);
+    cr_assert_float_eq(std[0], sqrt(1.25), 1e-12);
+    cr_assert_float_eq(mean[1], 7, 1e-12);
+    cr_assert_float_eq(std[1], 1, 0); /* no spread: only centred */
+    cr_assert_float_eq(mean[2], 1e6 + 1, 1e-9);
+    cr_assert_float_eq(std[2], 1, 1e-12);
+    cr_assert_eq(kn_dataset_channel_stats(ds, 1, mean, std), KN_OK);
+    cr_assert_neq(kn_dataset_channel_stats(ds, 2, mean, std), KN_OK);
+    ASSERT_ERROR_HAS("2 channels but inputs [4, 3] have 3 in dim 1");
+    /* normalising with them gives mean 0 and std 1 per feature */
+    cr_assert_eq(kn_dataset_channel_stats(ds, 3, mean, std), KN_OK);
+    cr_assert_eq(kn_dataset_normalize(ds, 1, mean, std, 3), KN_OK, "%s", kn_last_error());
+    double after_mean[3], after_std[3];
+    cr_assert_eq(kn_dataset_channel_stats(ds, 3, after_mean, after_std), KN_OK);
+    for (int c = 0; c < 3; c++) cr_assert_float_eq(after_mean[c], 0, 1e-6);
+    cr_assert_float_eq(after_std[0], 1, 1e-6);
+    cr_assert_float_eq(after_std[2], 1, 1e-6);
     kn_dataset_free(ds);
     kn_scope_end();
 }

@@ -318,3 +318,78 @@ Test(csv, nan_features_parse_but_the_dataset_refuses_them)
     ASSERT_ERROR_HAS("labels must be >= 0, sample 0 has -1");
     kn_scope_end();
 }
+
+/* ---- targets: regression and multi-label ------------------------------------------------ */
+
+/* Float targets keep their values (68.5 stays 68.5, not 68), integer ones stay classes. */
+Test(npy, targets_keep_their_dtype)
+{
+    kn_scope_begin();
+    unsigned char buf[256];
+    size_t n = npy(buf, 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }",
+                   (double[]){68.5, 151, -2.25}, 24);
+    kn_tensor *t = kn_parse_npy_targets(buf, n);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    cr_assert_eq(t->dtype, KN_FLOAT32);
+    KN_ASSERT_CLOSE(t, {68.5f, 151, -2.25f});
+    n = npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
+            (float[]){0, 1, 1, 1, 0, 0}, 24);
+    t = kn_parse_npy_targets(buf, n);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    KN_ASSERT_SHAPE(t, KN_SHAPE(2, 3));
+    n = npy(buf, 1, "{'descr': '|i1', 'fortran_order': False, 'shape': (2, 2), }",
+            (signed char[]){0, 1, 1, 0}, 4);
+    t = kn_parse_npy_targets(buf, n);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    cr_assert_eq(t->dtype, KN_INT64);
+    KN_ASSERT_SHAPE(t, KN_SHAPE(2, 2));
+    n = npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 2), }",
+            (float[]){0, 1, 2, 3}, 16);
+    cr_assert_null(kn_parse_npy_targets(buf, n));
+    ASSERT_ERROR_HAS("targets must be [N] or [N, K], the file has shape [1, 2, 2]");
+    kn_scope_end();
+}
+
+static kn_status csv_targets(const char *text, const char *const *columns, int n, bool optional,
+                             kn_tensor **x, kn_tensor **y)
+{
+    return kn_parse_csv_targets(text, strlen(text), columns, n, optional, x, y);
+}
+
+Test(csv, float_targets_and_several_columns)
+{
+    kn_scope_begin();
+    kn_tensor *x, *y;
+    const char *target[] = {"target"};
+    cr_assert_eq(csv_targets("age,target,bmi\n0.5,151.0,1\n-1,68.5,2\n", target, 1, false, &x, &y),
+                 KN_OK, "%s", kn_last_error());
+    KN_ASSERT_SHAPE(y, KN_SHAPE(2, 1));
+    KN_ASSERT_CLOSE(y, {151, 68.5f});
+    KN_ASSERT_CLOSE(x, {0.5f, 1, -1, 2});
+    /* several targets, in the order they are named, wherever they are */
+    const char *two[] = {"b", "a"};
+    cr_assert_eq(csv_targets("a,x,b\n1,2,3\n4,5,6\n", two, 2, false, &x, &y), KN_OK, "%s",
+                 kn_last_error());
+    KN_ASSERT_SHAPE(y, KN_SHAPE(2, 2));
+    KN_ASSERT_CLOSE(y, {3, 1, 6, 4});
+    KN_ASSERT_CLOSE(x, {2, 5});
+    cr_assert_neq(csv_targets("a,x\n1,2\n", two, 2, false, &x, &y), KN_OK);
+    ASSERT_ERROR_HAS("no column named 'b' in the header (columns: 'a', 'x')");
+    cr_assert_neq(csv_targets("a,b\n1,2\n", two, 2, false, &x, &y), KN_OK);
+    ASSERT_ERROR_HAS("only the label columns 'b', no features");
+    cr_assert_neq(csv_targets("target,x\nabc,2\n", target, 1, false, &x, &y), KN_OK);
+    ASSERT_ERROR_HAS("csv line 2, column 'target': expected a number, got 'abc'");
+    /* inputs to predict on: without the target column every column is a feature */
+    cr_assert_eq(csv_targets("age,bmi\n0.5,1\n", target, 1, true, &x, &y), KN_OK, "%s",
+                 kn_last_error());
+    cr_assert_null(y);
+    KN_ASSERT_SHAPE(x, KN_SHAPE(1, 2));
+    cr_assert_eq(csv_targets("age,target,bmi\n0.5,3,1\n", target, 1, true, &x, &y), KN_OK);
+    KN_ASSERT_SHAPE(x, KN_SHAPE(1, 2));
+    cr_assert_not_null(y);
+    cr_assert_neq(csv_targets("a,x\n1,2\n", two, 2, true, &x, &y), KN_OK); /* half of them */
+    cr_assert_eq(csv_targets("x\n1\n2\n3", NULL, 0, false, &x, &y), KN_OK, "%s", kn_last_error());
+    KN_ASSERT_SHAPE(x, KN_SHAPE(3, 1));
+    cr_assert_null(y);
+    kn_scope_end();
+}

@@ -160,6 +160,7 @@ UNARY_TESTS(relu, kn_relu(a))
 UNARY_TESTS(leaky_relu, kn_leaky_relu(a, 0.1))
 UNARY_TESTS(gelu_exact, kn_gelu(a, KN_GELU_EXACT))
 UNARY_TESTS(gelu_tanh, kn_gelu(a, KN_GELU_TANH))
+UNARY_TESTS(silu, kn_silu(a))
 UNARY_TESTS(tanh, kn_tanh(a))
 UNARY_TESTS(sigmoid, kn_sigmoid(a))
 
@@ -168,6 +169,7 @@ UNARY_TEST(exp_0d, kn_exp(a))
 UNARY_TEST(tanh_large, kn_tanh(a))
 UNARY_TEST(sigmoid_large, kn_sigmoid(a))
 UNARY_TEST(gelu_large, kn_gelu(a, KN_GELU_EXACT))
+UNARY_TEST(silu_large, kn_silu(a))
 
 /* ---- where and comparisons ---------------------------------------------------------------- */
 

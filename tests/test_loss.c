@@ -419,3 +419,156 @@ Test(nll_loss, values_and_gradcheck)
         isnan(kn_item(kn_nll_loss(lp, kn_full(KN_SHAPE(4), 3, KN_INT64), KN_REDUCTION_MEAN, 3))));
     kn_scope_end();
 }
+
+/* ---- l1, smooth_l1, huber, weights, pos_weight: finite differences and torch's edges ------ */
+
+typedef struct reg_case {
+    int kind; /* 0 l1, 1 smooth_l1, 2 huber, 3 bce with pos_weight, 4 weighted ce, 5 weighted nll */
+    kn_reduction reduction;
+    double param;
+    kn_tensor *extra;  /* pos_weight or class weights */
+    kn_tensor *target; /* class targets */
+    double smoothing;
+} reg_case;
+
+static kn_tensor *reg_fn(kn_tensor **in, void *context)
+{
+    reg_case *c = context;
+    switch (c->kind) {
+    case 0:
+        return kn_l1_loss(in[0], in[1], c->reduction);
+    case 1:
+        return kn_smooth_l1_loss(in[0], in[1], c->reduction, c->param);
+    case 2:
+        return kn_huber_loss(in[0], in[1], c->reduction, c->param);
+    case 3:
+        return kn_binary_cross_entropy_with_logits_pos_weight(in[0], in[1], c->extra, c->reduction);
+    case 4:
+        return kn_cross_entropy_weighted(in[0], c->target, c->extra, c->reduction, -100,
+                                         c->smoothing);
+    default:
+        return kn_nll_loss_weighted(in[0], c->target, c->extra, c->reduction, -100);
+    }
+}
+
+Test(regression_losses, gradcheck_every_reduction)
+{
+    kn_scope_begin();
+    /* |x - t| spread over [0, 4): both branches of smooth_l1 (beta 1, 0.5) and huber (delta 1,
+     * 2), far from the kinks at the finite-difference step */
+    kn_tensor *x = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(3, 5), -2, 2, 21), true);
+    kn_tensor *t = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(3, 5), -2, 2, 22), true);
+    const struct {
+        int kind;
+        double param;
+    } cases[] = {{0, 0}, {1, 1.0}, {1, 0.5}, {2, 1.0}, {2, 2.0}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int r = 0; r < 3; r++) {
+            reg_case c = {
+                .kind = cases[k].kind, .reduction = REDUCTIONS[r], .param = cases[k].param};
+            kn_tensor *in[2] = {x, t};
+            KN_ASSERT_GRADCHECK(reg_fn, in, 2, &c);
+        }
+    kn_scope_end();
+}
+
+/* torch 1.13 on d = x - t in {-2, -1, -0.5, 0, 0.5, 1, 2}: the gradient at the branch points
+ * (|d| = beta, d = 0) is torch's, including smooth_l1's -1 at d = 0 when beta is 0. */
+Test(regression_losses, branch_points_match_torch)
+{
+    kn_scope_begin();
+    static const float d[7] = {-2, -1, -0.5f, 0, 0.5f, 1, 2};
+    struct {
+        int kind;
+        double param;
+        float value[7], grad[7];
+    } want[] = {
+        {0, 0, {2, 1, 0.5f, 0, 0.5f, 1, 2}, {-1, -1, -1, 0, 1, 1, 1}},
+        {1, 1, {1.5f, 0.5f, 0.125f, 0, 0.125f, 0.5f, 1.5f}, {-1, -1, -0.5f, 0, 0.5f, 1, 1}},
+        {1, 0, {2, 1, 0.5f, 0, 0.5f, 1, 2}, {-1, -1, -1, -1, 1, 1, 1}},
+        {2, 1, {1.5f, 0.5f, 0.125f, 0, 0.125f, 0.5f, 1.5f}, {-1, -1, -0.5f, 0, 0.5f, 1, 1}},
+        {2,
+         0.5,
+         {0.875f, 0.375f, 0.125f, 0, 0.125f, 0.375f, 0.875f},
+         {-0.5f, -0.5f, -0.5f, 0, 0.5f, 0.5f, 0.5f}},
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        kn_tensor *x = leaf(d, KN_SHAPE(7));
+        kn_tensor *t = kn_set_requires_grad(kn_zeros(KN_SHAPE(7), KN_FLOAT32), true);
+        reg_case c = {.kind = want[k].kind, .reduction = KN_REDUCTION_NONE, .param = want[k].param};
+        kn_tensor *in[2] = {x, t};
+        kn_tensor *out = reg_fn(in, &c);
+        ASSERT_CLOSE(out, want[k].value, 1e-6, 1e-7);
+        cr_assert_eq(kn_backward(kn_sum_all(out), NULL, false), KN_OK, "%s", kn_last_error());
+        ASSERT_CLOSE(x->grad, want[k].grad, 1e-6, 1e-7);
+        float neg[7];
+        for (int i = 0; i < 7; i++) neg[i] = -want[k].grad[i];
+        ASSERT_CLOSE(t->grad, neg, 1e-6, 1e-7);
+    }
+    kn_scope_end();
+}
+
+Test(regression_losses, errors_name_the_parameter)
+{
+    kn_scope_begin();
+    kn_tensor *a = kn_zeros(KN_SHAPE(2, 3), KN_FLOAT32);
+    cr_assert_null(kn_smooth_l1_loss(a, a, KN_REDUCTION_MEAN, -1));
+    cr_assert(strstr(kn_last_error(), "beta") && strstr(kn_last_error(), "-1"), "%s",
+              kn_last_error());
+    cr_assert_null(kn_huber_loss(a, a, KN_REDUCTION_MEAN, 0));
+    cr_assert(strstr(kn_last_error(), "delta"), "%s", kn_last_error());
+    cr_assert_null(kn_huber_loss(a, a, KN_REDUCTION_MEAN, NAN));
+    cr_assert_null(kn_l1_loss(a, kn_zeros(KN_SHAPE(3, 2), KN_FLOAT32), KN_REDUCTION_MEAN));
+    cr_assert(strstr(kn_last_error(), "l1_loss") && strstr(kn_last_error(), "[3, 2]"), "%s",
+              kn_last_error());
+    /* pos_weight must broadcast over the last dim */
+    cr_assert_null(kn_binary_cross_entropy_with_logits_pos_weight(
+        a, a, kn_ones(KN_SHAPE(2), KN_FLOAT32), KN_REDUCTION_MEAN));
+    cr_assert(strstr(kn_last_error(), "pos_weight") && strstr(kn_last_error(), "[3]"), "%s",
+              kn_last_error());
+    /* class weights must have one value per class */
+    cr_assert_null(kn_cross_entropy_weighted(a, kn_zeros(KN_SHAPE(2), KN_INT64),
+                                             kn_ones(KN_SHAPE(2), KN_FLOAT32), KN_REDUCTION_MEAN,
+                                             -100, 0));
+    cr_assert(strstr(kn_last_error(), "weight") && strstr(kn_last_error(), "3 classes"), "%s",
+              kn_last_error());
+    cr_assert_null(kn_nll_loss_weighted(a, kn_zeros(KN_SHAPE(2), KN_INT64),
+                                        kn_ones(KN_SHAPE(3), KN_INT64), KN_REDUCTION_MEAN, -100));
+    kn_scope_end();
+}
+
+Test(weighted_losses, gradcheck_every_reduction)
+{
+    kn_scope_begin();
+    kn_tensor *x = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(3, 4), -4, 4, 31), true);
+    kn_tensor *t = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(3, 4), 0, 1, 32), true);
+    kn_tensor *pw = kn_test_uniform(KN_SHAPE(4), 0.5, 3, 33);
+    kn_tensor *z = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(5, 4), -3, 3, 34), true);
+    kn_tensor *lp = kn_set_requires_grad(kn_test_uniform(KN_SHAPE(5, 4), -3, 0, 35), true);
+    kn_tensor *w = kn_test_uniform(KN_SHAPE(4), 0.2, 2, 36);
+    kn_tensor *classes = kn_from_int64s((int64_t[]){3, 0, -100, 1, 3}, KN_SHAPE(5));
+    for (int r = 0; r < 3; r++) {
+        reg_case bce = {.kind = 3, .reduction = REDUCTIONS[r], .extra = pw};
+        kn_tensor *in[2] = {x, t};
+        KN_ASSERT_GRADCHECK(reg_fn, in, 2, &bce);
+        for (int smooth = 0; smooth < 2; smooth++) {
+            reg_case ce = {.kind = 4,
+                           .reduction = REDUCTIONS[r],
+                           .extra = w,
+                           .target = classes,
+                           .smoothing = smooth * 0.3};
+            KN_ASSERT_GRADCHECK(reg_fn, &z, 1, &ce);
+        }
+        reg_case nll = {.kind = 5, .reduction = REDUCTIONS[r], .extra = w, .target = classes};
+        KN_ASSERT_GRADCHECK(reg_fn, &lp, 1, &nll);
+    }
+    /* weights of 1 are the unweighted loss; pos_weight of 1 is plain bce */
+    kn_tensor *ones = kn_ones(KN_SHAPE(4), KN_FLOAT32);
+    cr_assert_float_eq(
+        kn_item(kn_cross_entropy_weighted(z, classes, ones, KN_REDUCTION_MEAN, -100, 0.1)),
+        kn_item(kn_cross_entropy(z, classes, KN_REDUCTION_MEAN, -100, 0.1)), 1e-6);
+    cr_assert_float_eq(
+        kn_item(kn_binary_cross_entropy_with_logits_pos_weight(x, t, ones, KN_REDUCTION_SUM)),
+        kn_item(kn_binary_cross_entropy_with_logits(x, t, KN_REDUCTION_SUM)), 1e-5);
+    kn_scope_end();
+}

@@ -532,21 +532,23 @@ Test(nn_shape, cnn_infers_and_explains)
 
     m = fmnist_cnn(false);
     assert_shape_error(m, KN_SHAPE(1, 28, 28),
-                       "layer 6 (linear): expects a 1-D input of 1568 features, got [32, 7, 7] "
-                       "— add a flatten");
+                       "layer 6 (linear): expects a 1-D input, got [32, 7, 7] — add a flatten");
     kn_module_free(m);
 
     m = fmnist_cnn(true);
     assert_shape_error(m, KN_SHAPE(3, 28, 28),
-                       "layer 0 (conv2d): expects 1 input channels, got [3, 28, 28]");
+                       "layer 0 (conv2d): in_channels: expected 3 (inferred from the input "
+                       "[3, 28, 28]), got 1");
     assert_shape_error(m, KN_SHAPE(1, 28, 28, 1),
-                       "layer 0 (conv2d): expects a 3-D input [channels, height, width], got "
+                       "layer 0 (conv2d): expects a [channels, height, width] input, got "
                        "[1, 28, 28, 1]");
     assert_shape_error(m, KN_SHAPE(1, 2, 2),
-                       "layer 5 (max_pool2d): the input [32, 1, 1] is too small for a 2x2 "
-                       "kernel (the output would be empty)");
+                       "layer 5 (max_pool2d): would output [32, 0, 0] from the input [32, 1, 1]: "
+                       "the input is too small for kernel_size [2, 2] (stride [2, 2], padding "
+                       "[0, 0], dilation [1, 1])");
     assert_shape_error(m, KN_SHAPE(1, 32, 32),
-                       "layer 7 (linear): expects a 1-D input of 1568 features, got [2048]");
+                       "layer 7 (linear): in_features: expected 2048 (inferred from the input "
+                       "[2048]), got 1568");
     kn_module_free(m);
     kn_scope_end();
 }
@@ -556,15 +558,16 @@ Test(nn_shape, single_layers)
     int64_t out[KN_MAX_DIMS];
     int n;
     kn_module *m = kn_linear_new(4, 5, true, NULL);
-    assert_shape_error(m, KN_SHAPE(3), "linear: expects a 1-D input of 4 features, got [3]");
+    assert_shape_error(m, KN_SHAPE(3),
+                       "linear: in_features: expected 3 (inferred from the input [3]), got 4");
     ASSERT_OK(kn_module_output_shape(m, KN_SHAPE(7, 4), out, &n)); /* torch: [*, in] */
     cr_assert(n == 2 && out[0] == 7 && out[1] == 5);
     kn_module_free(m);
 
     m = kn_flatten_new(0, -1);
     assert_shape_error(m, KN_SHAPE(2, 3),
-                       "flatten: start_dim 0 would merge the batch dim into the features; use "
-                       "start_dim >= 1");
+                       "flatten: start_dim: dim 0 is the batch dim of the batched input [N, 2, 3]: "
+                       "expected a dim from 1 to 2 (or from -2 to -1)");
     kn_module_free(m);
     m = kn_flatten_new(2, 3);
     ASSERT_OK(kn_module_output_shape(m, KN_SHAPE(2, 3, 4, 5), out, &n));
@@ -590,17 +593,20 @@ Test(nn_shape, single_layers)
 
     m = kn_batch_norm2d_new(4, 1e-5, 0.1, true, true);
     assert_shape_error(m, KN_SHAPE(4, 5),
-                       "batch_norm2d: expects a 3-D input [4, height, width], got [4, 5]");
+                       "batch_norm2d: expects a [channels, height, width] input, got [4, 5] — give "
+                       "input_shape a channel dim, e.g. [1, H, W]");
     kn_module_free(m);
 
     m = kn_softmax_new(2);
     assert_shape_error(m, KN_SHAPE(10),
-                       "softmax: dim 2 is out of range for an input [10] (2 dims with the "
-                       "batch dim)");
+                       "softmax: dim: expected an integer from -2 to 1 (the batched input [N, 10] "
+                       "has 2 dims), got 2");
     kn_module_free(m);
 
     m = kn_layer_norm_new((int64_t[]){4}, 1, 1e-5, true);
-    assert_shape_error(m, KN_SHAPE(3, 5), "layer_norm: expects an input ending in [4], got [3, 5]");
+    assert_shape_error(m, KN_SHAPE(3, 5),
+                       "layer_norm: normalized_shape: expected the trailing dims "
+                       "of the input [3, 5], got [4]");
     kn_module_free(m);
 }
 

@@ -111,12 +111,16 @@ static void submit(harness *h, const char *spec, char id[64])
     cJSON_Delete(doc);
 }
 
-/* An infer request body for test samples [first, first + n), as the model's inputs
- * (scaled), and the same values into x. */
-static char *infer_body(const char *input_name, int first, int n, float *x, int *labels)
+/* An infer request body for test samples [first, first + n): raw pixels, as the training
+ * data (the server applies the job's scale), or with preprocessed the model's inputs
+ * (scaled) with "parameters": {"preprocessed": true}; the model's inputs into x. */
+static char *infer_body(const char *input_name, int first, int n, float *x, int *labels,
+                        bool preprocessed)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "id", "req-42");
+    if (preprocessed)
+        cJSON_AddBoolToObject(cJSON_AddObjectToObject(root, "parameters"), "preprocessed", true);
     cJSON *input = cJSON_CreateObject();
     cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "inputs"), input);
     cJSON_AddStringToObject(input, "name", input_name);
@@ -128,8 +132,9 @@ static char *infer_body(const char *input_name, int first, int n, float *x, int 
     for (int i = 0; i < n; i++) {
         labels[i] = sample(8, first + i, pixels);
         for (int p = 0; p < PIXELS; p++) {
-            x[i * PIXELS + p] = (float)(pixels[p] * SCALE);
-            cJSON_AddItemToArray(data, cJSON_CreateNumber(x[i * PIXELS + p]));
+            x[i * PIXELS + p] = (float)pixels[p] * (float)SCALE; /* as kn_dataset_normalize */
+            cJSON_AddItemToArray(data,
+                                 cJSON_CreateNumber(preprocessed ? x[i * PIXELS + p] : pixels[p]));
         }
     }
     char *text = cJSON_PrintUnformatted(root);
@@ -138,11 +143,11 @@ static char *infer_body(const char *input_name, int first, int n, float *x, int 
 }
 
 /* Infers n test samples; returns the accuracy and fills logits (n x 4). */
-static double infer(harness *h, const char *path, const char *input_name, int n, float *x,
-                    float *logits)
+static double infer_as(harness *h, const char *path, const char *input_name, int n, float *x,
+                       float *logits, bool preprocessed)
 {
     int labels[N_TEST];
-    char *body = infer_body(input_name, 0, n, x, labels);
+    char *body = infer_body(input_name, 0, n, x, labels, preprocessed);
     cJSON *doc = h_json(h, "POST", path, body, 200);
     free(body);
     cr_assert_str_eq(h_string(doc, "id"), "req-42", "the request id is echoed");
@@ -166,6 +171,14 @@ static double infer(harness *h, const char *path, const char *input_name, int n,
     }
     cJSON_Delete(doc);
     return (double)correct / n;
+}
+
+/* Infers n raw test samples; returns the accuracy and fills logits (n x 4), x the model's
+ * inputs. */
+static double infer(harness *h, const char *path, const char *input_name, int n, float *x,
+                    float *logits)
+{
+    return infer_as(h, path, input_name, n, x, logits, false);
 }
 
 /* Steps of series `name` must be unique and increasing; returns how many points. */
@@ -376,6 +389,10 @@ Test(server_api, end_to_end)
     snprintf(path, sizeof path, "/v2/models/quads/versions/%s/infer", id);
     infer(&H, path, input_name, 64, x, logits_v);
     for (int i = 0; i < 64 * 4; i++) cr_assert_float_eq(logits[i], logits_v[i], 1e-6);
+    /* raw pixels scaled by the server (the job's scale, from the weights' metadata) are the
+     * inputs a client that scales them itself sends with "preprocessed": true */
+    infer_as(&H, path, input_name, 64, x, logits_v, true);
+    for (int i = 0; i < 64 * 4; i++) cr_assert_float_eq(logits[i], logits_v[i], 0);
 
     kapi_errors errors = {0};
     kapi_model_spec *ms = kapi_model_spec_parse(MODEL, strlen(MODEL), &errors);
@@ -412,12 +429,7 @@ static int run_kiln(const char *args, char *out, size_t size)
 {
     char command[4096];
     snprintf(command, sizeof command, "%s/kiln %s --url %s 2>&1", KILN_BINARY_DIR, args, H.url);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return h_run(command, out, size);
 }
 
 Test(server_api, client_commands)
@@ -472,6 +484,29 @@ Test(server_api, client_commands)
     snprintf(args, sizeof args, "submit %s", path);
     cr_assert_eq(run_kiln(args, out, sizeof out), 2, "%s", out);
     cr_assert(strstr(out, "batch_size"), "the path is named: %s", out);
+}
+
+/* `kiln health` (the containers' HEALTHCHECK): no token needed even when kilnd has one,
+ * exit 0 while kilnd is up, 1 (never 2, which HEALTHCHECK reserves) once it is gone. */
+Test(server_api, health_command)
+{
+    h_make_root(&H);
+    char token_path[400], out[4096];
+    snprintf(token_path, sizeof token_path, "%s/token", H.root);
+    int fd = open(token_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "health-test-token\n", 18), 18);
+    close(fd);
+    h_start(&H, (const char *const[]){"--token-file", token_path, NULL});
+    cr_assert_eq(run_kiln("health", out, sizeof out), 0, "kiln health: %s", out);
+    cr_assert(strstr(out, "ready"), "%s", out);
+    cr_assert_eq(run_kiln("jobs", out, sizeof out), 2, "the API still needs the token: %s", out);
+    cr_assert_eq(run_kiln("health now", out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "takes no argument"), "%s", out);
+    int status = h_signal_wait(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kilnd exit status %d", status);
+    cr_assert_eq(run_kiln("health", out, sizeof out), 1, "kiln health with kilnd stopped: %s", out);
+    cr_assert(strstr(out, "not reachable"), "%s", out);
 }
 
 /* ---- bad requests ---------------------------------------------------------------------- */
@@ -644,9 +679,9 @@ Test(server_api, bad_requests)
     char token_path[512];
     snprintf(token_path, sizeof token_path, "%s/token", H.root);
     int fd = open(token_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    cr_assert(fd >= 0 && write(fd, "s3cret-token\n", 13) == 13);
+    cr_assert(fd >= 0 && write(fd, "s3cret-token-0123\n", 18) == 18);
     close(fd);
-    snprintf(H.token, sizeof H.token, "s3cret-token");
+    snprintf(H.token, sizeof H.token, "s3cret-token-0123");
     h_start(&H, (const char *const[]){"--log-level", "error", "--token-file", token_path,
                                       "--max-body-bytes", "65536", NULL});
     write_dataset(&H);
@@ -677,7 +712,7 @@ Test(server_api, bad_requests)
     H.token[0] = '\0';
     cJSON_Delete(h_json(&H, "GET", "/v2/health/live", NULL, 200));
     cJSON_Delete(h_json(&H, "GET", "/v2/health/ready", NULL, 200));
-    snprintf(H.token, sizeof H.token, "s3cret-token");
+    snprintf(H.token, sizeof H.token, "s3cret-token-0123");
     static float x[N_TEST * PIXELS], logits[N_TEST * 4];
     infer(&H, "/v2/models/quads/infer", "input", 4, x, logits);
     cr_assert(!failures[0], "requests not answered as expected:\n%s", failures);

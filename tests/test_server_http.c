@@ -274,8 +274,20 @@ Test(http, datasets)
     expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1, 2], [3]], "
                                                         "\"labels\": [0, 1]}"),
                  400, "invalid_data");
-    expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [-1]}"),
+    expect_error(post("/v1/datasets/inline/files/test", "{\"inputs\": [[1]], \"labels\": [\"a\"]}"),
                  400, "invalid_data");
+    /* regression and multi-label targets: any finite numbers, or rows of them */
+    r = post("/v1/datasets/inline/files/train", "{\"inputs\": [[1], [2]], \"labels\": [-1.5, 68]}");
+    cr_expect_eq(r.status, 201, "%s", r.body);
+    reply_free(&r);
+    r = post("/v1/datasets/inline/files/train",
+             "{\"inputs\": [[1], [2]], \"labels\": [[0, 1, 1], [1, 0, 0]]}");
+    cr_expect_eq(r.status, 201, "%s", r.body);
+    reply_free(&r);
+    r = post("/v1/datasets/inline/files/train",
+             "{\"inputs\": [[1], [2]], \"labels\": [[0, 1], [1]]}");
+    cr_expect(strstr(r.body, "labels[1]: expected a row of 2 finite numbers"), "%s", r.body);
+    expect_error(r, 400, "invalid_data");
     /* a missing value in a CSV: refused at upload, naming the sample, line and feature */
     const char *csv = "a,b,label\n1,2,0\nnan,3,1\n";
     r = http("PUT", "/v1/datasets/holes/files/train", NULL, csv, strlen(csv));
@@ -445,7 +457,7 @@ static void write_token(const char *path, mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     cr_assert_geq(fd, 0);
-    cr_assert_eq(write(fd, "s3cret-token\n", 13), 13);
+    cr_assert_eq(write(fd, "s3cret-token-0123\n", 18), 18);
     close(fd);
     chmod(path, mode);
 }
@@ -464,11 +476,11 @@ Test(http, token, .init = NULL, .fini = teardown)
     start(&config);
 
     expect_error(get("/v1/health"), 401, "unauthorized");
-    expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret-tokeN\r\n", NULL, 0), 401,
-                 "unauthorized");
+    expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret-token-012X\r\n", NULL, 0),
+                 401, "unauthorized");
     expect_error(http("GET", "/v1/health", "Authorization: Bearer s3cret\r\n", NULL, 0), 401,
                  "unauthorized");
-    reply r = http("GET", "/v1/health", "Authorization: Bearer s3cret-token\r\n", NULL, 0);
+    reply r = http("GET", "/v1/health", "Authorization: Bearer s3cret-token-0123\r\n", NULL, 0);
     cr_expect_eq(r.status, 200, "%s", r.body);
     reply_free(&r);
     r = get("/v2/health/live"); /* open without a token */

@@ -6,7 +6,9 @@
  * requested device of older jobs, concurrent claims from two handles,
  * every transition legal and illegal, requeue at start-up, flags, progress), metric
  * series (replace not duplicate, after_step, downsampling properties, NaN and inf),
- * checkpoints and model versions. Each test uses its own temporary directory.
+ * checkpoints and model versions (succeeded jobs and uploads), aliases, deleting a model
+ * with everything of it, and jobs' log lines (numbered per job, capped). Each test uses its own
+ * temporary directory.
  */
 #define _GNU_SOURCE
 #include "kstore.h"
@@ -575,6 +577,10 @@ Test(store, migration_backfills_requested_device)
     }
     cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_queue_device'"), 1);
     cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_queue'"), 0);
+    /* and the later steps on the same old file: the registry's tables */
+    cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE name IN"
+                         " ('model_versions', 'model_aliases', 'job_logs')"),
+                 3);
 
     /* The claims use the backfilled column: a cuda:0 worker next to a CPU one gets job_a
      * (and job_d, auto; job_e is cuda:1, which no worker of this pool owns). */
@@ -586,6 +592,41 @@ Test(store, migration_backfills_requested_device)
     claim_expect(&f, "job_e");
     kstore_job j;
     cr_assert_eq(kstore_job_claim(S, "w", &f, &j), KSTORE_NOT_FOUND);
+}
+
+/* A database at schema 5 (main's registry and job logs, before the distributed jobs'
+ * column) takes step 6 when opened: its jobs stay, with no distributed_json, and the
+ * column then holds what the supervisor writes. */
+Test(store, migration_adds_distributed_column_to_v5)
+{
+    kstore_job j;
+    new_job(S, 0, NULL, &j);
+    char id[40];
+    snprintf(id, sizeof id, "%s", j.id);
+    kstore_job_free(&j);
+    cr_assert_eq(kstore_schema_version(S), 6);
+    kstore_close(S);
+    S = NULL;
+    /* back to version 5 as a server without distributed jobs left it */
+    raw_exec("ALTER TABLE jobs DROP COLUMN distributed_json;"
+             "DELETE FROM schema_migrations WHERE version = 6;");
+    cr_assert_eq(raw_int("SELECT max(version) FROM schema_migrations"), 5);
+    cr_assert_eq(raw_int("SELECT count(*) FROM pragma_table_info('jobs')"
+                         " WHERE name = 'distributed_json'"),
+                 0);
+
+    char *error = NULL;
+    S = kstore_open(db_path, &error);
+    cr_assert_not_null(S, "open: %s", error ? error : "?");
+    cr_assert_eq(kstore_schema_version(S), 6);
+    cr_assert_eq(raw_int("SELECT count(*) FROM schema_migrations WHERE version = 6"), 1);
+    cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+    cr_assert_null(j.distributed_json);
+    kstore_job_free(&j);
+    cr_assert_eq(kstore_job_set_distributed(S, id, "{\"world_size\":2}"), KSTORE_OK);
+    cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+    cr_assert_str_eq(j.distributed_json, "{\"world_size\":2}");
+    kstore_job_free(&j);
 }
 
 #define CONCURRENT_JOBS 120
@@ -1110,4 +1151,170 @@ Test(store, model_versions)
     cr_assert_eq(kstore_model_versions(S, "none", &versions, &n), KSTORE_OK);
     cr_assert_eq(n, 0);
     free(versions);
+}
+
+/* ---- versions, aliases, a model's deletion, job logs (registry.c) -------------------------- */
+
+/* A succeeded job of model with a final checkpoint of bytes at path; its id into id. */
+static void succeeded_job(const char *model, const char *path, int64_t bytes, char id[40])
+{
+    kstore_job j;
+    cr_assert_eq(kstore_job_create(S, "{}", model, "d", NULL, NULL, 0, 1, &j, NULL), KSTORE_OK);
+    snprintf(id, 40, "%s", j.id);
+    kstore_job_free(&j);
+    cr_assert_eq(kstore_job_claim(S, "cpu", NULL, &j), KSTORE_OK);
+    kstore_job_free(&j);
+    kstore_checkpoint c = {.step = 1, .bytes = bytes, .kind = "final"};
+    snprintf(c.job_id, sizeof c.job_id, "%s", id);
+    snprintf(c.path, sizeof c.path, "%s", path);
+    cr_assert_eq(kstore_checkpoint_add(S, &c), KSTORE_OK);
+    cr_assert_eq(kstore_job_finish(S, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1), KSTORE_OK);
+}
+
+Test(store, versions_both_kinds_newest_first)
+{
+    cr_assert_eq(kstore_model_put(S, "m", "{}", 10), KSTORE_OK);
+    char job[40];
+    succeeded_job("m", "jobs/x/model.safetensors", 123, job);
+    kstore_version v = {.model = "m", .version = "torch-1", .path = "models/m/torch-1", .bytes = 7};
+    v.info_json = "{\"strict\": true}";
+    cr_assert_eq(kstore_version_add(S, &v), KSTORE_OK);
+    cr_assert_eq(kstore_version_add(S, &v), KSTORE_CONFLICT, "names are unique per model");
+    kstore_version other = {.model = "nope", .version = "v", .path = "p"};
+    cr_assert_eq(kstore_version_add(S, &other), KSTORE_NOT_FOUND);
+    cr_assert(strstr(kstore_last_error(S), "nope"), "%s", kstore_last_error(S));
+
+    kstore_version *list;
+    int n;
+    cr_assert_eq(kstore_version_list(S, "m", &list, &n), KSTORE_OK);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(list[0].version, "torch-1"); /* uploaded after the job finished */
+    cr_assert(!list[0].from_job);
+    cr_assert_str_eq(list[0].info_json, "{\"strict\": true}");
+    cr_assert_str_eq(list[1].version, job);
+    cr_assert(list[1].from_job);
+    cr_assert_str_eq(list[1].path, "jobs/x/model.safetensors");
+    cr_assert_eq(list[1].bytes, 123);
+    kstore_version_list_free(list, n);
+
+    kstore_version got;
+    cr_assert_eq(kstore_version_get(S, "m", job, &got), KSTORE_OK);
+    cr_assert(got.from_job);
+    kstore_version_free(&got);
+    cr_assert_eq(kstore_version_get(S, "m", "torch-2", &got), KSTORE_NOT_FOUND);
+    cr_assert_eq(kstore_version_get(S, "other", job, &got), KSTORE_NOT_FOUND,
+                 "a job is a version of its own model only");
+    cr_assert_eq(kstore_version_delete(S, "m", job), KSTORE_NOT_FOUND, "jobs are not uploads");
+    cr_assert_eq(kstore_version_delete(S, "m", "torch-1"), KSTORE_OK);
+    cr_assert_eq(kstore_version_get(S, "m", "torch-1", &got), KSTORE_NOT_FOUND);
+}
+
+Test(store, aliases_set_move_delete)
+{
+    cr_assert_eq(kstore_model_put(S, "m", "{}", 10), KSTORE_OK);
+    cr_assert_eq(kstore_alias_set(S, "m", "production", "v1"), KSTORE_OK);
+    cr_assert_eq(kstore_alias_set(S, "m", "default", "v1"), KSTORE_OK);
+    cr_assert_eq(kstore_alias_set(S, "m", "production", "v2"), KSTORE_OK); /* moved */
+    cr_assert_eq(kstore_alias_set(S, "nope", "production", "v2"), KSTORE_NOT_FOUND);
+    kstore_alias a;
+    cr_assert_eq(kstore_alias_get(S, "m", "production", &a), KSTORE_OK);
+    cr_assert_str_eq(a.version, "v2");
+    cr_assert_gt(a.updated_at, 0);
+    kstore_alias *list;
+    int n;
+    cr_assert_eq(kstore_alias_list(S, "m", &list, &n), KSTORE_OK);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(list[0].alias, "default");
+    cr_assert_str_eq(list[1].alias, "production");
+    free(list);
+    cr_assert_eq(kstore_alias_delete(S, "m", "production"), KSTORE_OK);
+    cr_assert_eq(kstore_alias_delete(S, "m", "production"), KSTORE_NOT_FOUND);
+    cr_assert_eq(kstore_alias_get(S, "m", "production", &a), KSTORE_NOT_FOUND);
+    /* a plain delete of the model takes its aliases along (foreign key cascade) */
+    cr_assert_eq(kstore_model_delete(S, "m"), KSTORE_OK);
+    cr_assert_eq(raw_int("SELECT count(*) FROM model_aliases"), 0);
+}
+
+Test(store, model_delete_all_takes_everything)
+{
+    cr_assert_eq(kstore_model_put(S, "m", "{}", 10), KSTORE_OK);
+    cr_assert_eq(kstore_model_put(S, "keep", "{}", 10), KSTORE_OK);
+    char a[40], b[40], kept[40];
+    succeeded_job("m", "jobs/a/model.safetensors", 1, a);
+    succeeded_job("m", "jobs/b/model.safetensors", 1, b);
+    succeeded_job("keep", "jobs/k/model.safetensors", 1, kept);
+    kstore_metric_point p = {.step = 1, .wall_time = 1, .value = 0.5};
+    cr_assert_eq(kstore_metrics_append(S, a, "loss", &p, 1), KSTORE_OK);
+    cr_assert_eq(kstore_metrics_append(S, kept, "loss", &p, 1), KSTORE_OK);
+    cr_assert_eq(kstore_job_log_append(S, a, "info", "hello", 0, NULL), KSTORE_OK);
+    kstore_version v = {.model = "m", .version = "up", .path = "models/m/up.safetensors"};
+    cr_assert_eq(kstore_version_add(S, &v), KSTORE_OK);
+    cr_assert_eq(kstore_alias_set(S, "m", "production", "up"), KSTORE_OK);
+
+    kstore_job_ref *refs;
+    int n_refs;
+    cr_assert_eq(kstore_model_jobs(S, "m", &refs, &n_refs), KSTORE_OK);
+    cr_assert_eq(n_refs, 2);
+    cr_assert_str_eq(refs[0].id, b); /* newest first */
+    cr_assert_eq(refs[0].state, KSTORE_JOB_SUCCEEDED);
+    free(refs);
+
+    /* a queued job of the model blocks it */
+    kstore_job q;
+    cr_assert_eq(kstore_job_create(S, "{}", "m", "d", NULL, NULL, 0, 1, &q, NULL), KSTORE_OK);
+    char **jobs, **paths;
+    int n_jobs, n_paths;
+    cr_assert_eq(kstore_model_delete_all(S, "m", &jobs, &n_jobs, &paths, &n_paths),
+                 KSTORE_CONFLICT);
+    cr_assert(strstr(kstore_last_error(S), q.id), "%s", kstore_last_error(S));
+    cr_assert_eq(raw_int("SELECT count(*) FROM jobs WHERE model_name = 'm'"), 3, "nothing went");
+    cr_assert_eq(kstore_job_cancel(S, q.id, NULL), KSTORE_OK);
+    kstore_job_free(&q);
+
+    cr_assert_eq(kstore_model_delete_all(S, "m", &jobs, &n_jobs, &paths, &n_paths), KSTORE_OK);
+    cr_assert_eq(n_jobs, 3);
+    cr_assert_eq(n_paths, 1);
+    cr_assert_str_eq(paths[0], "models/m/up.safetensors");
+    kstore_strings_free(jobs, n_jobs);
+    kstore_strings_free(paths, n_paths);
+    cr_assert_eq(raw_int("SELECT count(*) FROM jobs"), 1);
+    cr_assert_eq(raw_int("SELECT count(*) FROM metrics"), 1);
+    cr_assert_eq(raw_int("SELECT count(*) FROM checkpoints"), 1);
+    cr_assert_eq(raw_int("SELECT count(*) FROM job_logs"), 0);
+    cr_assert_eq(raw_int("SELECT count(*) FROM model_versions"), 0);
+    cr_assert_eq(raw_int("SELECT count(*) FROM model_aliases"), 0);
+    cr_assert_eq(raw_int("SELECT count(*) FROM models"), 1);
+    cr_assert_eq(kstore_model_delete_all(S, "m", &jobs, &n_jobs, &paths, &n_paths),
+                 KSTORE_NOT_FOUND);
+}
+
+Test(store, job_log_numbered_and_capped)
+{
+    int64_t seq = -1;
+    cr_assert_eq(kstore_job_log_append(S, "job_a", "info", "one", 3, &seq), KSTORE_OK);
+    cr_assert_eq(seq, 1);
+    cr_assert_eq(kstore_job_log_append(S, "job_b", "info", "other job", 3, &seq), KSTORE_OK);
+    cr_assert_eq(seq, 1, "numbered per job");
+    cr_assert_eq(kstore_job_log_append(S, "job_a", "info", "two", 3, &seq), KSTORE_OK);
+    cr_assert_eq(kstore_job_log_append(S, "job_a", "info", "three", 3, &seq), KSTORE_OK);
+    cr_assert_eq(seq, 3);
+    cr_assert_eq(kstore_job_log_append(S, "job_a", "info", "dropped", 3, &seq), KSTORE_OK);
+    cr_assert_eq(seq, 0, "info lines past the cap are dropped");
+    cr_assert_eq(kstore_job_log_append(S, "job_a", "error", "kept", 3, &seq), KSTORE_OK);
+    cr_assert_eq(seq, 4, "errors are always kept");
+    cr_assert_eq(kstore_job_log_append(S, "", "info", "x", 0, &seq), KSTORE_ERROR);
+
+    kstore_log_line *lines;
+    int n;
+    cr_assert_eq(kstore_job_log_query(S, "job_a", 0, 0, &lines, &n), KSTORE_OK);
+    cr_assert_eq(n, 4);
+    cr_assert_str_eq(lines[0].message, "one");
+    cr_assert_str_eq(lines[3].message, "kept");
+    cr_assert_str_eq(lines[3].level, "error");
+    cr_assert_gt(lines[0].time, 1e9);
+    kstore_job_log_free(lines, n);
+    cr_assert_eq(kstore_job_log_query(S, "job_a", 2, 1, &lines, &n), KSTORE_OK);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(lines[0].seq, 3);
+    kstore_job_log_free(lines, n);
 }

@@ -3,7 +3,8 @@
  * deterministic, a run resumed from a mid-epoch checkpoint ends with the very same
  * weights as an uninterrupted one (dropout included; also with the run's own generator,
  * which concurrent runs keep apart), non-finite losses name the step
- * or are skipped, early stopping, and the losses from labels.
+ * or are skipped, early stopping, the losses from labels, and the tasks: classification,
+ * regression and multi-label metrics against scikit-learn, each task learned.
  */
 #include "kn_data.h"
 #include "kn_nn.h"
@@ -489,5 +490,255 @@ Test(train, losses_from_labels)
     kn_tensor *bad = kn_from_int64s((int64_t[]){1, 5}, KN_SHAPE(2));
     cr_assert_null(kn_train_loss(KN_LOSS_MSE, logits, bad, 0));
     cr_assert(strstr(kn_last_error(), "label 5") != NULL, "%s", kn_last_error());
+    kn_scope_end();
+}
+
+/* ---- tasks: the labels each loss takes and the metrics of each task ------------------------- */
+
+/* A model whose outputs are its inputs ([N, K] stays [N, K]): the metrics of given outputs. */
+static kn_module *identity_model(void)
+{
+    kn_module *m = kn_sequential_new();
+    cr_assert_eq(kn_sequential_append(m, kn_flatten_new(1, -1)), KN_OK, "%s", kn_last_error());
+    return m;
+}
+
+static kn_eval_result evaluate_outputs(kn_tensor *outputs, kn_tensor *labels, kn_loss_kind loss,
+                                       kn_task task)
+{
+    kn_dataset *ds = kn_dataset_new(outputs, labels);
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    kn_module *m = identity_model();
+    kn_train_config c = kn_train_config_defaults();
+    c.loss = loss;
+    c.task = task;
+    c.eval_batch_size = 3; /* several batches: the metrics accumulate */
+    kn_eval_result r;
+    cr_assert_eq(kn_evaluate_config(m, ds, &c, &r), KN_OK, "%s", kn_last_error());
+    kn_module_free(m);
+    kn_dataset_free(ds);
+    return r;
+}
+
+/* scikit-learn 1.2: accuracy_score, precision_recall_fscore_support(average="macro") over the
+ * classes seen (class 3 is neither a label nor a prediction), confusion_matrix. */
+Test(train_tasks, classification_metrics_match_scikit_learn)
+{
+    kn_scope_begin();
+    kn_tensor *out = kn_from_floats((float[]){2, 1, 0, -1, 0, 3, 1, 0, 1, 0, 2, 0, 0, 0, 5, 1,
+                                              4, 0, 0, 0,  0, 2, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0},
+                                    KN_SHAPE(8, 4));
+    kn_tensor *y = kn_from_int64s((int64_t[]){0, 1, 2, 2, 1, 1, 0, 0}, KN_SHAPE(8));
+    kn_eval_result r = evaluate_outputs(out, y, KN_LOSS_CROSS_ENTROPY, KN_TASK_AUTO);
+    cr_assert_eq(r.task, KN_TASK_CLASSIFICATION);
+    cr_assert_float_eq(r.accuracy, 0.75, 1e-12);
+    cr_assert_float_eq(r.precision, 0.7777777777777777, 1e-12);
+    cr_assert_float_eq(r.recall, 0.7777777777777777, 1e-12);
+    cr_assert_float_eq(r.f1, 0.7555555555555555, 1e-12);
+    cr_assert(isnan(r.mse) && isnan(r.r2));
+    cr_assert_eq(r.classes, 4);
+    const int64_t want[16] = {2, 0, 1, 0, 1, 2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0};
+    cr_assert_not_null(r.confusion);
+    cr_assert_eq(memcmp(r.confusion, want, sizeof want), 0);
+    kn_eval_result_clear(&r);
+    cr_assert_null(r.confusion);
+    /* kn_evaluate gives the numbers without the matrix */
+    kn_dataset *ds = kn_dataset_new(out, y);
+    kn_module *m = identity_model();
+    cr_assert_eq(kn_evaluate(m, ds, KN_LOSS_CROSS_ENTROPY, 5, &r), KN_OK, "%s", kn_last_error());
+    cr_assert_null(r.confusion);
+    cr_assert_float_eq(r.f1, 0.7555555555555555, 1e-12);
+    kn_module_free(m);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+/* scikit-learn: mean_squared_error, mean_absolute_error, r2_score (uniform average). */
+Test(train_tasks, regression_metrics_match_scikit_learn)
+{
+    kn_scope_begin();
+    kn_tensor *out = kn_from_floats((float[]){1, 10, 2, 20, 3, 30, 4, 40, 5, 50}, KN_SHAPE(5, 2));
+    kn_tensor *t =
+        kn_from_floats((float[]){1.5f, 12, 2, 18, 2.5f, 33, 4, 40, 6, 45}, KN_SHAPE(5, 2));
+    kn_eval_result r = evaluate_outputs(out, t, KN_LOSS_MSE, KN_TASK_AUTO);
+    cr_assert_eq(r.task, KN_TASK_REGRESSION);
+    cr_assert_float_eq(r.mse, 4.35, 1e-9);
+    cr_assert_float_eq(r.mae, 1.4, 1e-9);
+    cr_assert_float_eq(r.r2, 0.9173983385823521, 1e-9);
+    cr_assert_float_eq(r.loss, 4.35, 1e-6); /* the mse loss is the mse */
+    cr_assert(isnan(r.accuracy));
+    /* a constant target predicted exactly scores 1, otherwise 0 (scikit-learn) */
+    kn_eval_result c =
+        evaluate_outputs(kn_full(KN_SHAPE(4, 1), 3, KN_FLOAT32),
+                         kn_full(KN_SHAPE(4), 3, KN_FLOAT32), KN_LOSS_L1, KN_TASK_REGRESSION);
+    cr_assert_float_eq(c.r2, 1, 0);
+    cr_assert_float_eq(c.mae, 0, 0);
+    kn_scope_end();
+}
+
+/* scikit-learn: f1_score(average=None / "macro") and accuracy_score (exact match) of
+ * predictions output > 0. */
+Test(train_tasks, multilabel_metrics_match_scikit_learn)
+{
+    kn_scope_begin();
+    kn_tensor *out =
+        kn_from_floats((float[]){1, -1, 2, -1, -2, 3, 0.5f, 0.5f, -1, -3, 1, 1}, KN_SHAPE(4, 3));
+    kn_tensor *t = kn_from_floats((float[]){1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0}, KN_SHAPE(4, 3));
+    kn_eval_result r = evaluate_outputs(out, t, KN_LOSS_BCE_WITH_LOGITS, KN_TASK_AUTO);
+    cr_assert_eq(r.task, KN_TASK_MULTILABEL);
+    cr_assert_float_eq(r.accuracy, 0.5, 1e-12);
+    cr_assert_float_eq(r.f1, 0.8222222222222223, 1e-12);
+    cr_assert_eq(r.classes, 3);
+    cr_assert_not_null(r.label_f1);
+    cr_assert_float_eq(r.label_f1[0], 1, 1e-12);
+    cr_assert_float_eq(r.label_f1[1], 2.0 / 3, 1e-12);
+    cr_assert_float_eq(r.label_f1[2], 0.8, 1e-12);
+    kn_eval_result_clear(&r);
+    kn_scope_end();
+}
+
+/* One logit and bce on class labels: binary classification, a 2 x 2 confusion matrix. */
+Test(train_tasks, binary_one_logit)
+{
+    kn_scope_begin();
+    kn_tensor *out = kn_from_floats((float[]){2, -1, 0.5f, -3, 1}, KN_SHAPE(5, 1));
+    kn_tensor *y = kn_from_int64s((int64_t[]){1, 0, 0, 0, 1}, KN_SHAPE(5));
+    /* torch: F.binary_cross_entropy_with_logits(out, y.float().unsqueeze(1)) */
+    KN_ASSERT_CLOSE(kn_train_loss(KN_LOSS_BCE_WITH_LOGITS, out, y, 0), {0.3552231193f});
+    kn_eval_result r = evaluate_outputs(out, y, KN_LOSS_BCE_WITH_LOGITS, KN_TASK_CLASSIFICATION);
+    cr_assert_eq(r.classes, 2);
+    cr_assert_float_eq(r.accuracy, 0.8, 1e-12);
+    const int64_t want[4] = {2, 1, 0, 2};
+    cr_assert_eq(memcmp(r.confusion, want, sizeof want), 0);
+    kn_eval_result_clear(&r);
+    cr_assert_null(kn_train_loss(KN_LOSS_BCE_WITH_LOGITS, out,
+                                 kn_from_int64s((int64_t[]){1, 0, 2, 0, 1}, KN_SHAPE(5)), 0));
+    cr_assert(strstr(kn_last_error(), "label 2 out of range for 2 classes"), "%s", kn_last_error());
+    kn_scope_end();
+}
+
+Test(train_tasks, loss_refuses_the_wrong_labels)
+{
+    kn_scope_begin();
+    kn_tensor *out = kn_zeros(KN_SHAPE(3, 2), KN_FLOAT32);
+    cr_assert_null(kn_train_loss(KN_LOSS_CROSS_ENTROPY, out, kn_zeros(KN_SHAPE(3), KN_FLOAT32), 0));
+    cr_assert(strstr(kn_last_error(), "cross_entropy takes int64 class labels, got float32"), "%s",
+              kn_last_error());
+    cr_assert_null(kn_train_loss(KN_LOSS_HUBER, out, kn_zeros(KN_SHAPE(3), KN_INT64), 0));
+    cr_assert(strstr(kn_last_error(), "huber compares float targets"), "%s", kn_last_error());
+    /* [N] targets for [N, 1] outputs are a column, never broadcast to [N, N] */
+    kn_tensor *col = kn_from_floats((float[]){1, 2, 3}, KN_SHAPE(3, 1));
+    KN_ASSERT_CLOSE(
+        kn_train_loss(KN_LOSS_MSE, col, kn_from_floats((float[]){1, 2, 5}, KN_SHAPE(3)), 0),
+        {4.0f / 3});
+    kn_scope_end();
+}
+
+/* Linear regression learned with each regression loss: R^2 close to 1. */
+Test(train_tasks, regression_learns)
+{
+    kn_scope_begin();
+    int64_t n = 256;
+    kn_generator *gen = kn_generator_new(11);
+    kn_tensor *x = kn_randn(KN_SHAPE(n, 2), gen);
+    kn_tensor *y = kn_zeros(KN_SHAPE(n, 1), KN_FLOAT32);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = kn_data_f32(x) + 2 * i;
+        kn_data_f32(y)[i] = 150 + 30 * xi[0] - 20 * xi[1]; /* diabetes-like scale */
+    }
+    kn_dataset *ds = kn_dataset_new(x, y);
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    const kn_loss_kind losses[] = {KN_LOSS_MSE, KN_LOSS_L1, KN_LOSS_SMOOTH_L1, KN_LOSS_HUBER};
+    for (size_t k = 0; k < sizeof losses / sizeof losses[0]; k++) {
+        kn_module *m = kn_sequential_new();
+        cr_assert_eq(kn_sequential_append(m, kn_linear_new(2, 1, true, gen)), KN_OK);
+        kn_train_config c = kn_train_config_defaults();
+        c.loss = losses[k];
+        c.optimizer.lr = 5;
+        c.lr_schedule.kind = KN_LR_COSINE;
+        c.lr_schedule.t_max = 600;
+        c.batch_size = 32;
+        c.max_steps = 600;
+        kn_trainer *t = kn_trainer_new(m, &c);
+        cr_assert_not_null(t, "%s", kn_last_error());
+        kn_train_summary s;
+        cr_assert_eq(kn_trainer_run(t, ds, ds, NULL, &s), KN_OK, "%s", kn_last_error());
+        cr_assert_eq(s.final_validation.task, KN_TASK_REGRESSION);
+        cr_assert_gt(s.final_validation.r2, 0.99, "%s: r2 %g", kn_loss_name(losses[k]),
+                     s.final_validation.r2);
+        cr_assert_lt(s.final_validation.mae, 3, "%s: mae %g", kn_loss_name(losses[k]),
+                     s.final_validation.mae);
+        kn_trainer_free(t);
+        kn_module_free(m);
+    }
+    kn_generator_free(gen);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+/* Three independent labels x_k > 0 learned with bce_with_logits and a pos_weight. */
+static kn_status copy_label_f1(void *context, const kn_eval_result *r)
+{
+    double *f1 = context;
+    for (int64_t k = 0; k < r->classes && r->label_f1; k++) f1[k] = r->label_f1[k];
+    return KN_OK;
+}
+
+Test(train_tasks, multilabel_learns)
+{
+    kn_scope_begin();
+    int64_t n = 300;
+    kn_generator *gen = kn_generator_new(5);
+    kn_tensor *x = kn_randn(KN_SHAPE(n, 3), gen);
+    kn_tensor *y = kn_zeros(KN_SHAPE(n, 3), KN_FLOAT32);
+    for (int64_t i = 0; i < n * 3; i++) kn_data_f32(y)[i] = kn_data_f32(x)[i] > 0.3f;
+    kn_dataset *ds = kn_dataset_new(x, y);
+    kn_module *m = kn_sequential_new();
+    kn_sequential_append(m, kn_linear_new(3, 3, true, gen));
+    kn_train_config c = kn_train_config_defaults();
+    c.loss = KN_LOSS_BCE_WITH_LOGITS;
+    const float pw[3] = {1.5f, 1.5f, 1.5f};
+    c.pos_weight = pw;
+    c.pos_weight_count = 3;
+    c.optimizer.lr = 0.1;
+    c.epochs = 30;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    double f1[3] = {0};
+    kn_train_callbacks cb = {.context = f1, .on_eval = copy_label_f1};
+    kn_train_summary s;
+    cr_assert_eq(kn_trainer_run(t, ds, ds, &cb, &s), KN_OK, "%s", kn_last_error());
+    cr_assert_eq(s.final_validation.task, KN_TASK_MULTILABEL);
+    cr_assert_null(s.final_validation.label_f1); /* the summary keeps numbers only */
+    cr_assert_gt(s.final_validation.accuracy, 0.85, "exact match %g", s.final_validation.accuracy);
+    for (int k = 0; k < 3; k++) cr_assert_gt(f1[k], 0.9, "label %d f1 %g", k, f1[k]);
+    kn_trainer_free(t);
+    kn_module_free(m);
+    kn_generator_free(gen);
+    kn_dataset_free(ds);
+    kn_scope_end();
+}
+
+Test(train_tasks, config_and_data_are_checked)
+{
+    kn_scope_begin();
+    kn_module *m = small_model(1, false);
+    kn_train_config c = small_config();
+    c.huber_delta = 0;
+    cr_assert_null(kn_trainer_new(m, &c));
+    cr_assert(strstr(kn_last_error(), "huber delta"), "%s", kn_last_error());
+    c = small_config();
+    const float w[3] = {1, -1, 1};
+    c.class_weight = w;
+    c.class_weight_count = 3;
+    cr_assert_null(kn_trainer_new(m, &c));
+    cr_assert(strstr(kn_last_error(), "class_weight[1]"), "%s", kn_last_error());
+    c = small_config();
+    kn_trainer *t = kn_trainer_new(m, &c);
+    kn_dataset *unlabeled = kn_dataset_new(kn_zeros(KN_SHAPE(8, 4), KN_FLOAT32), NULL);
+    cr_assert_neq(kn_trainer_run(t, unlabeled, NULL, NULL, NULL), KN_OK);
+    cr_assert(strstr(kn_last_error(), "training data has no labels"), "%s", kn_last_error());
+    kn_trainer_free(t);
+    kn_dataset_free(unlabeled);
+    kn_module_free(m);
     kn_scope_end();
 }

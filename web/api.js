@@ -1,6 +1,7 @@
 // api.js — talking to kilnd: JSON requests with the bearer token (kept in
-// localStorage), the job event stream (EventSource; a fetch-based reader when a token
-// must be sent, since EventSource cannot send headers), and formatting helpers.
+// localStorage), event streams (a job's progress and its log: EventSource, or a
+// fetch-based reader when a token must be sent, since EventSource cannot send headers),
+// and formatting helpers.
 
 const TOKEN_KEY = 'kiln.token';
 export const getToken = () => localStorage.getItem(TOKEN_KEY) || '';
@@ -48,10 +49,12 @@ export function errorText(r) {
 export const num = (v) => typeof v === 'number' ? v : v === 'Infinity' ? Infinity :
   v === '-Infinity' ? -Infinity : v == null ? null : NaN;
 
-// Opens /v1/jobs/{id}/events after afterStep. handlers: metrics, state, checkpoint,
-// end, fail (the stream is unusable: poll instead). Returns {close}.
-export function jobEvents(id, afterStep, handlers) {
-  const url = `/v1/jobs/${encodeURIComponent(id)}/events?after_step=${afterStep}`;
+// A server-sent event stream at url: handlers[type](data) for each event of `types`,
+// end when the server says "end", fail when the stream is unusable (poll instead).
+// EventSource when no token is needed; with a token, the same protocol read through
+// fetch, which can send headers. Reconnects (the server ends streams after a minute)
+// carry Last-Event-ID. Returns {close}.
+export function eventStream(url, types, handlers) {
   const dispatch = (type, data) => {
     let parsed;
     try { parsed = JSON.parse(data); } catch { return; }
@@ -60,17 +63,15 @@ export function jobEvents(id, afterStep, handlers) {
   if (!getToken() && typeof EventSource !== 'undefined') {
     const es = new EventSource(url);
     let ended = false;
-    for (const type of ['metrics', 'state', 'checkpoint'])
-      es.addEventListener(type, (e) => dispatch(type, e.data));
+    for (const type of types) es.addEventListener(type, (e) => dispatch(type, e.data));
     es.addEventListener('end', (e) => { ended = true; es.close(); dispatch('end', e.data); });
     es.onerror = () => {
-      // CONNECTING: EventSource reconnects by itself with Last-Event-ID (the server ends
-      // streams after a minute); CLOSED: it gave up, so poll
+      // CONNECTING: EventSource reconnects by itself with Last-Event-ID; CLOSED: it gave
+      // up, so poll
       if (!ended && es.readyState === EventSource.CLOSED && handlers.fail) handlers.fail();
     };
     return { close: () => { ended = true; es.close(); } };
   }
-  // With a token: the same protocol read through fetch, which can send headers.
   const controller = new AbortController();
   let lastId = '', closed = false, failures = 0;
   const run = async () => {
@@ -98,7 +99,7 @@ export function jobEvents(id, afterStep, handlers) {
               else if (line.startsWith('event: ')) type = line.slice(7);
               else if (line.startsWith('data: ')) data += line.slice(6);
             }
-            if (data) dispatch(type, data);
+            if (data && (types.includes(type) || type === 'end')) dispatch(type, data);
             if (type === 'end') ended = true;
           }
         }
@@ -113,6 +114,18 @@ export function jobEvents(id, afterStep, handlers) {
   run();
   return { close: () => { closed = true; controller.abort(); } };
 }
+
+// A job's progress after afterStep: metrics, state, checkpoint, end, fail.
+export const jobEvents = (id, afterStep, handlers) => eventStream(
+  `/v1/jobs/${encodeURIComponent(id)}/events?after_step=${afterStep}`,
+  ['metrics', 'state', 'checkpoint'], handlers);
+
+// A job's log lines after line `after`, as they are written: log, end, fail.
+export const jobLog = (id, after, handlers) => eventStream(
+  `/v1/jobs/${encodeURIComponent(id)}/logs?follow=true&after=${after}`, ['log'], handlers);
+
+// A run's label in lists and legends: its name, else its model and the id's end.
+export const runLabel = (job) => job.name || `${job.model} ${job.id.slice(-6)}`;
 
 // ---- formatting --------------------------------------------------------------------
 export function fmtNum(v, digits = 4) {

@@ -1,6 +1,7 @@
 // chart.js — metric series and their charts on uPlot: TensorBoard-style smoothing (a
 // debiased exponential moving average), linear or log y axis, series of different
-// steps on one step axis, and a bounded number of points however long the run.
+// steps on one step axis, series of a single point drawn as points, and a bounded
+// number of points however long the run.
 
 export const chartsAvailable = () => typeof window.uPlot === 'function';
 
@@ -77,6 +78,9 @@ function align(list) {
   return [Array.from(xs), ...ys];
 }
 
+// A line of one or two points (a final test metric) is drawn as points, unsmoothed.
+const fewPoints = (line) => line.series.x.length <= 2;
+
 // One chart: lines = [{label, series: Series, color}].
 export class LineChart {
   constructor(container, title, key) {
@@ -104,10 +108,10 @@ export class LineChart {
     const w = this.options.smoothing, log = this.options.log;
     const clean = (y) => y.map((v) => v == null || !isFinite(v) || (log && v <= 0) ? null : v);
     const out = [x];
-    for (const y of ys) {
+    ys.forEach((y, i) => {
       out.push(clean(y));
-      if (w > 0) out.push(clean(ema(y, w)));
-    }
+      if (w > 0 && !fewPoints(this.lines[i])) out.push(clean(ema(y, w)));
+    });
     return out;
   }
 
@@ -116,8 +120,8 @@ export class LineChart {
     for (const l of this.lines) points += l.series.x.length;
     this.box.dataset.points = String(points);
     if (!chartsAvailable()) return;
-    const shape = JSON.stringify([this.lines.map((l) => l.label), this.options.log,
-      this.options.smoothing > 0]);
+    const shape = JSON.stringify([this.lines.map((l) => [l.label, fewPoints(l)]),
+      this.options.log, this.options.smoothing > 0]);
     const data = this.data();
     if (this.plot && shape === this.shape) {
       this.plot.setData(data);
@@ -128,16 +132,22 @@ export class LineChart {
     const smooth = this.options.smoothing > 0;
     const series = [{ label: 'step' }];
     for (const l of this.lines) {
-      series.push({ label: l.label + (smooth ? ' (raw)' : ''), stroke: l.color,
-        width: smooth ? 1 : 1.5, alpha: smooth ? 0.3 : 1, spanGaps: true, points: { show: false } });
-      if (smooth) series.push({ label: l.label, stroke: l.color, width: 2, spanGaps: true,
+      // a series of one or two points (a final test metric) has no line to speak of:
+      // draw its points, or it would look empty
+      const few = fewPoints(l);
+      const points = few ? { show: true, size: 8, fill: l.color } : { show: false };
+      series.push({ label: l.label + (smooth && !few ? ' (raw)' : ''), stroke: l.color,
+        width: smooth && !few ? 1 : 1.5, alpha: smooth && !few ? 0.3 : 1, spanGaps: true, points });
+      if (smooth && !few) series.push({ label: l.label, stroke: l.color, width: 2, spanGaps: true,
         points: { show: false } });
     }
     const width = Math.max(300, this.box.clientWidth - 14);
     this.plot = new window.uPlot({
       width, height: 260, series, legend: { live: true },
       cursor: { drag: { x: true, y: false } },
-      scales: { x: { time: false }, y: this.options.log ? { distr: 3 } : {} },
+      // one step on the x axis (single points at the same step) still needs a width
+      scales: { x: { time: false, range: (u, min, max) => min === max ? [min - 1, max + 1] : [min, max] },
+        y: this.options.log ? { distr: 3 } : {} },
       axes: [{ stroke: '#888', grid: { stroke: 'rgba(128,128,128,.15)' } },
         { stroke: '#888', grid: { stroke: 'rgba(128,128,128,.15)' }, size: 60 }],
     }, data, this.plotBox);
@@ -150,10 +160,16 @@ export class LineChart {
 
 // Groups a job's series names into charts: losses together, accuracies together,
 // the learning rate alone, anything else alone.
+// One chart per kind of number: the validation and test series of a metric share it
+// (val_r2 and test_r2); accuracy and exact match share one, the macro precision, recall
+// and F1 another.
 export function groupOf(name) {
   if (/loss/.test(name)) return 'loss';
-  if (/acc/.test(name)) return 'accuracy';
   if (name === 'lr' || /learning_rate/.test(name)) return 'lr';
-  return name;
+  const base = name.replace(/^(val|test)_/, '');
+  if (/acc|^exact_match$/.test(base)) return 'accuracy';
+  if (/^precision$|^recall$|^f1$/.test(base)) return 'f1';
+  return base;
 }
-export const GROUP_TITLES = { loss: 'Loss', accuracy: 'Accuracy', lr: 'Learning rate' };
+export const GROUP_TITLES = { loss: 'Loss', accuracy: 'Accuracy', f1: 'Precision, recall, F1 (macro)',
+  lr: 'Learning rate', mse: 'Mean squared error', mae: 'Mean absolute error', r2: 'R²' };

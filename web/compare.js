@@ -1,6 +1,8 @@
 // compare.js — several jobs' curves overlaid, one chart per metric (loss, val_loss,
-// val_accuracy, lr, ...), with the same smoothing and log controls as a job page.
-import { api, el, errorText, num } from './api.js';
+// val_accuracy, lr, ...), with the same smoothing and log controls as a job page. Runs
+// are labelled by their name ("name" in the job), else by model and short id; final
+// metrics of one point each (test_accuracy, test_loss) show as points.
+import { api, el, errorText, num, runLabel } from './api.js';
 import { color, LineChart, Series } from './chart.js';
 
 export function compareView(root, params) {
@@ -25,13 +27,15 @@ export function compareView(root, params) {
   async function load() {
     const list = await api('GET', '/v1/jobs?limit=200');
     if (stopped) return;
+    const labels = new Map();
     if (list.ok) {
+      for (const j of list.data.jobs) labels.set(j.id, runLabel(j));
       picker.replaceChildren(el('span', { class: 'muted' }, 'Jobs:'), ...list.data.jobs.map((j) => {
         const box = el('input', { type: 'checkbox', checked: ids.includes(j.id), onchange: () => {
           const next = box.checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
           location.hash = '#/compare?ids=' + next.join(',');
         } });
-        return el('label', { title: j.model }, box, ' ' + j.id.slice(-6) + ' ' + j.model);
+        return el('label', { title: `${j.id} (${j.model})`, 'data-job': j.id }, box, ' ' + runLabel(j));
       }));
     }
     const byMetric = new Map();
@@ -43,7 +47,8 @@ export function compareView(root, params) {
         const s = new Series();
         s.append(points, num);
         if (!byMetric.has(name)) byMetric.set(name, []);
-        byMetric.get(name).push({ label: ids[i].slice(-6), series: s, color: color(i) });
+        byMetric.get(name).push({ label: labels.get(ids[i]) || ids[i].slice(-6), series: s,
+          color: color(i) });
       }
     });
     for (const [name, lines] of [...byMetric].sort()) {

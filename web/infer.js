@@ -2,10 +2,11 @@
 // it an input — drawn on a canvas (downsampled to the model's height x width) for image
 // models, typed numbers otherwise — or pick one of its dataset's test samples (a strip
 // of thumbnails from GET /v1/datasets/{name}/samples; the true label is shown next to
-// the prediction) — and see the class probabilities as bars
-// (POST /v2/models/{model}/versions/{job}/infer with "parameters": {"softmax": true}).
-// The job's preprocessing (data.scale, data.normalize from its spec) is applied here to
-// drawn and picked inputs alike, as training applied it.
+// the prediction) — and see what the model says, as its task reads its outputs: class
+// probabilities as bars (softmax; one output: the sigmoid of the positive class), each
+// label's probability for a multi-label model, the values of a regression
+// (POST /v2/models/{model}/versions/{job}/infer). Inputs go raw, like the training data:
+// kilnd applies the job's preprocessing (scale, normalize) kept with its weights.
 import { api, el, errorText } from './api.js';
 
 const SAMPLES = 16;
@@ -23,7 +24,7 @@ export function inferView(root, params) {
     stripTitle, strip,
     el('div', { class: 'split' }, inputBox, probs));
 
-  let current = null; // {job, model, shape, inputName, prep, getInput}
+  let current = null; // {job, model, shape, inputName, task, getInput}
   let stopped = false, chosen = 0;
 
   async function load() {
@@ -59,9 +60,8 @@ export function inferView(root, params) {
     const shape = (modelSpec && modelSpec.input_shape) ||
       (meta.ok ? meta.data.inputs[0].shape.slice(1) : [1]);
     const data = spec.data || {};
-    current = { id, model: j.data.model, shape, inputName,
-      prep: { scale: data.scale ?? 1, mean: data.normalize?.mean, std: data.normalize?.std } };
-    message.textContent = `input ${JSON.stringify(shape)}`;
+    current = { id, model: j.data.model, shape, inputName, task: taskOf(spec) };
+    message.textContent = `input ${JSON.stringify(shape)}, ${current.task}`;
     if (shape.length >= 2) imageInput(shape); else vectorInput(shape);
     loadSamples(j.data.dataset || data.dataset, seq);
   }
@@ -170,21 +170,17 @@ export function inferView(root, params) {
   async function run(sample) {
     if (!current || !(sample || current.getInput)) return;
     if (!sample) strip.querySelectorAll('.picked').forEach((e) => e.classList.remove('picked'));
-    const raw = sample ? sample.data : current.getInput();
-    const { scale, mean, std } = current.prep;
-    const channels = current.shape.length === 3 ? current.shape[0] : 1;
-    const per = raw.length / channels;
-    const data = raw.map((v, i) => {
-      let x = v * scale;
-      const c = Math.floor(i / per);
-      if (mean && std) x = (x - mean[Math.min(c, mean.length - 1)]) / std[Math.min(c, std.length - 1)];
-      return x;
-    });
-    const body = { id: 'dashboard', parameters: { softmax: true },
+    const data = sample ? sample.data : current.getInput();
+    const softmax = current.task === 'classification';
+    const body = { id: 'dashboard', parameters: { softmax },
       inputs: [{ name: current.inputName, datatype: 'FP32', shape: [1, ...current.shape], data }] };
     const r = await api('POST', `/v2/models/${encodeURIComponent(current.model)}/versions/${current.id}/infer`, body);
     if (!r.ok) { message.textContent = errorText(r); return; }
-    const out = r.data.outputs[0].data;
+    let out = r.data.outputs[0].data;
+    if (current.task === 'regression') return showValues(out, sample);
+    if (current.task === 'multilabel') return showLabels(out.map(sigmoid), sample);
+    // one output (binary with bce_with_logits): the sigmoid is the positive class's
+    if (out.length === 1) out = [1 - sigmoid(r.data.outputs[0].data[0]), sigmoid(r.data.outputs[0].data[0])];
     const best = out.indexOf(Math.max(...out));
     const truth = sample ? el('div', { id: 'true-label', 'data-label': sample.label,
       class: sample.label === best ? 'ok' : 'bad' },
@@ -197,6 +193,36 @@ export function inferView(root, params) {
         el('span', { class: 'num' }, (p * 100).toFixed(1) + '%'))));
   }
 
+  function showValues(out, sample) {
+    const truth = sample ? el('div', { id: 'true-label', 'data-label': JSON.stringify(sample.label) },
+      `True value ${JSON.stringify(sample.label)} (sample #${sample.index})`) : null;
+    probs.replaceChildren(el('h2', {}, out.length === 1 ? 'Predicted value' : 'Predicted values'), truth,
+      ...out.map((v, i) => el('div', { class: 'row', 'data-output': i },
+        el('span', { class: 'label' }, String(i)), el('span', { class: 'num value' }, fmtValue(v)))));
+  }
+
+  function showLabels(p, sample) {
+    const on = p.map((v, i) => (v > 0.5 ? i : -1)).filter((i) => i >= 0);
+    const truth = sample ? el('div', { id: 'true-label', 'data-label': JSON.stringify(sample.label) },
+      `True labels ${JSON.stringify(sample.label)} (sample #${sample.index})`) : null;
+    probs.replaceChildren(el('h2', {}, `Predicted labels: ${on.length ? on.join(', ') : 'none'}`), truth,
+      ...p.map((v, i) => el('div', { class: 'row' + (v > 0.5 ? ' top' : ''), 'data-class': i },
+        el('span', { class: 'label' }, String(i)),
+        el('div', { class: 'pbar', style: `width:${Math.max(1, v * 300).toFixed(0)}px` }),
+        el('span', { class: 'num' }, (v * 100).toFixed(1) + '%'))));
+  }
+
   load();
   return () => { stopped = true; };
+}
+
+const sigmoid = (x) => 1 / (1 + Math.exp(-x));
+const fmtValue = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(4) : v.toFixed(4));
+
+// The job's task: "task" in its spec, else its loss's (as kilnd infers it).
+export function taskOf(spec) {
+  if (spec.task) return spec.task;
+  const loss = typeof spec.loss === 'object' && spec.loss ? spec.loss.type : spec.loss || 'cross_entropy';
+  if (loss === 'cross_entropy' || loss === 'nll') return 'classification';
+  return loss === 'bce_with_logits' ? 'multilabel' : 'regression';
 }

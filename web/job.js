@@ -1,8 +1,10 @@
 // job.js — one job: its curves growing live (the event stream, or polling with
 // after_step when streaming fails), smoothing and log axis controls, its state and
-// error, checkpoints with download links, and its spec.
+// error, its run name and recipe, the final evaluation (metrics of its task, the confusion
+// matrix of a classifier or each label's F1), checkpoints with download links, its own log
+// (lines streamed as they are written) and its spec.
 import { api, download, el, errorText, fmtBytes, fmtDuration, fmtNum, getToken, jobEvents,
-  num, terminal } from './api.js';
+  jobLog, num, terminal } from './api.js';
 import { chartsAvailable, color, groupOf, GROUP_TITLES, LineChart, Series } from './chart.js';
 
 // The first load asks the server for at most this many points per series (min/max
@@ -44,7 +46,10 @@ export function jobView(root, id) {
   const liveNote = el('span', { class: 'muted', id: 'live' });
   const chartBox = el('div', { class: 'charts', id: 'charts' });
   const ckptBody = el('tbody');
+  const evaluationBox = el('div', { id: 'evaluation' });
   const specPre = el('pre', { id: 'job-spec' });
+  const logPre = el('pre', { id: 'job-log' });
+  let logStream = null, logTimer = null, lastLine = 0;
   const noCharts = chartsAvailable() ? '' : el('div', { class: 'note' },
     'This kilnd was built without the chart library (npm was missing): curves are not drawn.');
   root.append(title, info, errorBox,
@@ -53,10 +58,11 @@ export function jobView(root, id) {
       el('label', {}, logBox, ' log scale'),
       el('a', { href: '#/compare?ids=' + id }, 'Compare…'),
       el('a', { href: '#/infer?job=' + id }, 'Try it…'), liveNote),
-    noCharts, chartBox,
+    noCharts, chartBox, evaluationBox,
     el('h2', {}, 'Checkpoints'),
     el('table', { id: 'checkpoints' }, el('thead', {}, el('tr', {},
       el('th', {}, 'Step'), el('th', {}, 'Kind'), el('th', {}, 'Size'), el('th', {}, 'Download'))), ckptBody),
+    el('h2', {}, 'Log'), logPre,
     el('h2', {}, 'Spec'), specPre);
 
   function showError(text) {
@@ -82,12 +88,16 @@ export function jobView(root, id) {
     badge.textContent = j.state;
     const p = j.progress || { step: j.step, total_steps: j.total_steps, epoch: j.epoch };
     const m = j.metrics || {};
-    const rows = [['Model', j.model], ['Dataset', j.dataset], ['Device', j.device],
+    const h = j.hyperparameters || {};
+    const recipe = h.optimizer ? `${h.optimizer}, lr ${fmtNum(h.lr)}, batch ${h.batch_size}, ` +
+      (h.epochs != null ? `${h.epochs} epochs` : `${h.max_steps} steps`) : null;
+    const rows = [['Name', j.name], ['Model', j.model], ['Dataset', j.dataset], ['Recipe', recipe],
+      ['Device', j.device],
       ['Step', `${p.step} / ${p.total_steps || '?'} (epoch ${p.epoch})`],
       ['ETA', j.state === 'running' ? fmtDuration(j.eta_seconds) : ''],
       ['Samples/s', fmtNum(j.samples_per_second, 3)],
       ...distributedRows(j.distributed),
-      ...Object.entries(m).map(([k, v]) => [k, fmtNum(v)])];
+      ...Object.entries(m).filter(([, v]) => typeof v !== 'object').map(([k, v]) => [k, fmtNum(v)])];
     info.replaceChildren(...rows.filter((r) => r[1] != null && r[1] !== undefined)
       .flatMap(([k, v]) => [el('span', { class: 'muted' }, k), el('span', { 'data-key': k }, String(v))]));
     if (j.error) showError(`${j.error.code} at step ${j.error.step ?? '?'}: ${j.error.message}`);
@@ -96,6 +106,38 @@ export function jobView(root, id) {
     resume.disabled = !(j.state === 'paused' || j.pause_requested);
     cancel.disabled = terminal(j.state) || j.cancel_requested;
     if (j.spec && !specPre.textContent) specPre.textContent = JSON.stringify(j.spec, null, 2);
+    if (j.evaluation) showEvaluation(j.evaluation);
+  }
+
+  // The end of the run: the task's metrics, then the confusion matrix (rows: true class,
+  // columns: predicted; each cell shaded by its share of the row) or each label's F1.
+  function showEvaluation(e) {
+    const metrics = Object.entries(e.metrics || {}).map(([k, v]) => `${k} ${fmtNum(v)}`).join(' · ');
+    const parts = [el('h2', {}, `Final evaluation (${e.split === 'val' ? 'validation' : e.split || 'test'} data, ` +
+      `${e.count} samples, ${e.task})`), el('div', { class: 'muted', id: 'evaluation-metrics' },
+      `loss ${fmtNum(e.loss)} · ${metrics}`)];
+    const matrix = e.confusion_matrix;
+    if (Array.isArray(matrix) && matrix.length) {
+      const n = matrix.length;
+      const head = el('tr', {}, el('th', {}, 'true \\ predicted'),
+        ...matrix.map((_, c) => el('th', { class: 'num' }, String(c))));
+      const rows = matrix.map((row, t) => {
+        const total = row.reduce((a, b) => a + b, 0) || 1;
+        return el('tr', { 'data-class': t }, el('th', {}, String(t)), ...row.map((v, p) => el('td', {
+          class: 'num cm' + (p === t ? ' diag' : ''), 'data-count': v,
+          style: `--share:${(v / total).toFixed(3)}` }, String(v))));
+      });
+      parts.push(el('table', { id: 'confusion', class: 'confusion' + (n > 20 ? ' dense' : '') },
+        el('thead', {}, head), el('tbody', {}, ...rows)));
+    }
+    if (Array.isArray(e.label_f1)) {
+      parts.push(el('table', { id: 'label-f1', class: 'confusion' },
+        el('thead', {}, el('tr', {}, el('th', {}, 'label'), el('th', {}, 'F1'))),
+        el('tbody', {}, ...e.label_f1.map((f, k) => el('tr', { 'data-label': k },
+          el('td', {}, String(k)),
+          el('td', { class: 'num cm', style: `--share:${Number(f).toFixed(3)}` }, fmtNum(f)))))));
+    }
+    evaluationBox.replaceChildren(...parts);
   }
 
   function addCheckpoint(c) {
@@ -141,6 +183,42 @@ export function jobView(root, id) {
     });
   }
 
+  // ---- the log --------------------------------------------------------------------------
+  function addLine(line) {
+    if (line.seq <= lastLine) return;
+    lastLine = line.seq;
+    const atBottom = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+    const time = new Date(line.time * 1000).toISOString().replace('T', ' ').slice(0, 23);
+    logPre.append(el('div', { class: line.level, 'data-seq': line.seq },
+      `${time} ${line.level.padEnd(5)} ${line.message}`));
+    if (atBottom) logPre.scrollTop = logPre.scrollHeight;
+  }
+
+  // Reads what is there, page by page; then follows a live job (or polls if streams fail).
+  async function loadLog(follow) {
+    for (;;) {
+      const r = await api('GET', `/v1/jobs/${id}/logs?after=${lastLine}&limit=1000`);
+      if (stopped || !r.ok) return;
+      r.data.lines.forEach(addLine);
+      if (!r.data.more) {
+        if (terminal(r.data.state) || !follow) return;
+        break;
+      }
+    }
+    logStream = jobLog(id, lastLine, {
+      log: addLine,
+      end: () => { logStream = null; },
+      fail: () => { logStream = null; pollLog(); },
+    });
+  }
+
+  async function pollLog() {
+    const r = await api('GET', `/v1/jobs/${id}/logs?after=${lastLine}&limit=1000`);
+    if (stopped) return;
+    if (r.ok) r.data.lines.forEach(addLine);
+    if (!(r.ok && terminal(r.data.state) && !r.data.more)) logTimer = setTimeout(pollLog, 2000);
+  }
+
   const lastStep = () => Math.max(-1, ...[...series.values()].map((s) => s.last));
 
   async function poll() {
@@ -165,6 +243,7 @@ export function jobView(root, id) {
     showJob(j.data);
     if (m.ok) addPoints(m.data.series);
     if (c.ok) c.data.checkpoints.forEach(addCheckpoint);
+    loadLog(!terminal(j.data.state));
     if (terminal(j.data.state)) return;
     liveNote.textContent = 'live';
     stream = jobEvents(id, lastStep(), {
@@ -183,7 +262,9 @@ export function jobView(root, id) {
   return () => {
     stopped = true;
     if (stream) stream.close();
+    if (logStream) logStream.close();
     clearTimeout(pollTimer);
+    clearTimeout(logTimer);
     cancelAnimationFrame(frame);
     window.removeEventListener('resize', onResize);
     for (const c of charts.values()) c.destroy();

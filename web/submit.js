@@ -1,6 +1,8 @@
 // submit.js — a job spec to paste or edit, validated by the server
 // (POST /v1/jobs?validate_only=true runs every check a submission gets, the inline
-// model's included) with each message shown at its field, then submitted.
+// model's included) with each message shown at its field, then submitted. The template
+// names a model and a dataset this server has (the newest of each), so it validates as
+// it stands; the draft is kept in localStorage.
 import { api, el, errorText } from './api.js';
 
 // 1536 -> "1.5 KiB", as kilnd's own messages write sizes
@@ -11,14 +13,28 @@ function bytesText(n) {
   return `${u ? n.toFixed(1) : n} ${units[u]}`;
 }
 
-const TEMPLATE = {
-  model: 'my-model',
-  data: { dataset: 'my-dataset', validation_split: 0.1, scale: 1 / 255 },
+// A job for model and dataset (names on this server, or placeholders when it has none).
+const template = (model, dataset) => ({
+  name: `${model} on ${dataset}`,
+  model,
+  data: { dataset, validation_split: 0.1 },
   loss: { type: 'cross_entropy' },
   optimizer: { type: 'adam', lr: 0.001 },
   batch_size: 64,
   epochs: 1,
-};
+});
+
+// The newest model and dataset of the server; a note when one of them is missing.
+async function serverTemplate() {
+  const [m, d] = await Promise.all([api('GET', '/v1/models'), api('GET', '/v1/datasets')]);
+  const newest = (r, key) => (r.ok && r.data[key].length
+    ? r.data[key].reduce((a, b) => (b.created_at > a.created_at ? b : a)).name : null);
+  const model = newest(m, 'models'), dataset = newest(d, 'datasets');
+  const missing = [!model && 'a model (POST /v1/models)', !dataset && 'a dataset (kiln upload)']
+    .filter(Boolean);
+  return { spec: template(model || 'my-model', dataset || 'my-dataset'),
+    note: missing.length ? `This server has no ${missing.join(' and no ')} yet: the template names placeholders.` : '' };
+}
 
 // Every path in a JSON value: "a", "a.b", "a.b[0]", ... with its depth and leaf text.
 function paths(value, prefix = '', depth = 0, out = []) {
@@ -36,15 +52,25 @@ function paths(value, prefix = '', depth = 0, out = []) {
 
 export function submitView(root) {
   const area = el('textarea', { id: 'spec', spellcheck: 'false' });
-  area.value = localStorage.getItem('kiln.draft') || JSON.stringify(TEMPLATE, null, 2);
+  area.value = localStorage.getItem('kiln.draft') || '';
   const fields = el('div', { class: 'fields', id: 'fields' });
   const result = el('div', { id: 'submit-result' });
   const validate = el('button', { id: 'validate', onclick: () => check(false) }, 'Validate');
   const submit = el('button', { id: 'submit', class: 'primary', onclick: () => check(true) }, 'Submit');
+  const reset = el('button', { id: 'template', onclick: () => fillTemplate() }, 'New from template');
   root.append(el('h1', {}, 'Submit a job'),
-    el('div', { class: 'toolbar' }, validate, submit, el('span', { class: 'muted' },
+    el('div', { class: 'toolbar' }, validate, submit, reset, el('span', { class: 'muted' },
       'The spec is checked by kilnd: messages appear next to their fields.')),
     result, el('div', { class: 'split' }, area, fields));
+
+  async function fillTemplate() {
+    const { spec, note } = await serverTemplate();
+    area.value = JSON.stringify(spec, null, 2);
+    localStorage.removeItem('kiln.draft');
+    result.className = note ? 'note' : '';
+    result.textContent = note;
+    render(spec, []);
+  }
 
   // Renders the spec's fields, with the server's errors attached where they point.
   function render(spec, errors) {
@@ -111,7 +137,8 @@ export function submitView(root) {
     result.replaceChildren('Submitted: ', el('a', { href: '#/job/' + s.data.id }, s.data.id));
   }
 
-  try { render(JSON.parse(area.value), []); } catch { /* shown on validate */ }
+  if (!area.value) fillTemplate();
+  else try { render(JSON.parse(area.value), []); } catch { /* shown on validate */ }
   area.addEventListener('input', () => {
     try { render(JSON.parse(area.value), []); } catch { /* keep the last rendering */ }
   });

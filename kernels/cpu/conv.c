@@ -1,11 +1,23 @@
 /*
- * conv.c — im2col and col2im, the unfold/fold pair that turns a 2-D convolution into
- * one matrix product. Each (image, channel) pair is an independent work item, so both
- * directions run in parallel without write conflicts.
+ * conv.c — 2-D convolution on the CPU: the entry points that pick a method per layer,
+ * and the general method, im2col + GEMM, for what the direct kernels (conv_direct.c:
+ * stride 1, dilation 1, one group) do not take.
+ *
+ * im2col goes image by image: unfold one image into columns [C*kH*kW, H'*W'] (in the
+ * thread's scratch), then per group out_g = W_g · col_g straight into the output. Images
+ * are the parallel tasks, and weight gradients are summed per fixed slice of the batch,
+ * the slices added in order, so results do not depend on the thread count. A 1x1,
+ * stride-1, unpadded convolution needs no unfolding: the input already is the column
+ * matrix. A batch of one image runs its GEMMs in parallel instead.
+ *
+ * im2col and col2im themselves (also used by the CUDA backend's reference) unfold and
+ * fold any number of images; each (image, channel) pair is an independent work item.
  */
 #include "kn_cpu.h"
 #include "kn_cpu_linalg.h"
+#include "kn_cpu_ukernel.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Output columns [lo, hi) whose input column ow*stride + offset lies in [0, size). */
@@ -131,4 +143,168 @@ kn_cpu_conv_bias_grad(const float *grad, int64_t n, int64_t channels, int64_t l,
         for (int k = 0; k < LANES; k++) sum += acc[k];
         gb[oc] = sum;
     }
+}
+
+/* ---- im2col + GEMM, image by image ---------------------------------------------------- */
+
+#define MAX_SLICES 16
+
+typedef struct conv_job {
+    const kn_cpu_conv_geometry *g;
+    int64_t n, o, groups, cg, og, k, l; /* k = cg*kH*kW rows per group, l = out_h*out_w */
+    bool unfold;                        /* false: 1x1, stride 1, unpadded */
+    const float *x, *w, *bias, *gout;
+    float *out, *gx, *gw_parts; /* gw_parts: slices x [O, K] */
+    int64_t slices;
+    int failed;
+} conv_job;
+
+/* The column matrix [C*kH*kW, L] (row stride L) of image i: the input itself when no
+ * unfolding is needed; NULL when the scratch cannot be had. */
+static const float *image_cols(conv_job *job, int64_t i)
+{
+    const kn_cpu_conv_geometry *g = job->g;
+    const float *image = job->x + i * g->channels * g->height * g->width;
+    if (!job->unfold) return image;
+    float *col = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, job->groups * job->k * job->l);
+    if (col) kn_cpu_im2col(g, image, 1, col, job->l);
+    return col;
+}
+
+static void forward_images(void *context, int64_t begin, int64_t end)
+{
+    conv_job *job = context;
+    for (int64_t i = begin; i < end; i++) {
+        const float *col = image_cols(job, i);
+        if (!col) {
+            __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        float *out = job->out + i * job->o * job->l;
+        if (job->bias)
+            for (int64_t oc = 0; oc < job->o; oc++)
+                for (int64_t j = 0; j < job->l; j++) out[oc * job->l + j] = job->bias[oc];
+        for (int64_t gi = 0; gi < job->groups; gi++)
+            kn_cpu_gemm(false, false, job->og, job->l, job->k, 1.f, job->w + gi * job->og * job->k,
+                        job->k, col + gi * job->k * job->l, job->l, job->bias ? 1.f : 0.f,
+                        out + gi * job->og * job->l, job->l);
+    }
+}
+
+static void input_grad_images(void *context, int64_t begin, int64_t end)
+{
+    conv_job *job = context;
+    const kn_cpu_conv_geometry *g = job->g;
+    for (int64_t i = begin; i < end; i++) {
+        const float *gout = job->gout + i * job->o * job->l;
+        float *gx = job->gx + i * g->channels * g->height * g->width;
+        float *dcol = job->unfold
+                          ? kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, job->groups * job->k * job->l)
+                          : gx; /* dL/dcol = W_gᵀ · g_g, then folded back */
+        if (!dcol) {
+            __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        for (int64_t gi = 0; gi < job->groups; gi++)
+            kn_cpu_gemm(true, false, job->k, job->l, job->og, 1.f, job->w + gi * job->og * job->k,
+                        job->k, gout + gi * job->og * job->l, job->l, 0.f,
+                        dcol + gi * job->k * job->l, job->l);
+        if (job->unfold) kn_cpu_col2im(g, dcol, job->l, 1, gx);
+    }
+}
+
+static void weight_grad_slices(void *context, int64_t begin, int64_t end)
+{
+    conv_job *job = context;
+    for (int64_t s = begin; s < end; s++) {
+        float *gw = job->gw_parts + s * job->o * job->k;
+        int64_t i0 = job->n * s / job->slices, i1 = job->n * (s + 1) / job->slices;
+        for (int64_t i = i0; i < i1; i++) {
+            const float *gout = job->gout + i * job->o * job->l, *col = image_cols(job, i);
+            if (!col) {
+                __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+                return;
+            }
+            for (int64_t gi = 0; gi < job->groups; gi++) /* gW_g += g_g · col_gᵀ */
+                kn_cpu_gemm(false, true, job->og, job->k, job->l, 1.f, gout + gi * job->og * job->l,
+                            job->l, col + gi * job->k * job->l, job->l, i == i0 ? 0.f : 1.f,
+                            gw + gi * job->og * job->k, job->k);
+        }
+    }
+}
+
+static void setup_job(conv_job *job, const kn_cpu_conv_geometry *g, int64_t n, int64_t o,
+                      int64_t groups)
+{
+    *job = (conv_job){.g = g, .n = n, .o = o, .groups = groups};
+    job->cg = g->channels / groups;
+    job->og = o / groups;
+    job->k = job->cg * g->kernel_h * g->kernel_w;
+    job->l = g->out_h * g->out_w;
+    job->unfold = !(g->kernel_h == 1 && g->kernel_w == 1 && g->stride_h == 1 && g->stride_w == 1 &&
+                    g->pad_h == 0 && g->pad_w == 0);
+}
+
+/* Images as tasks; one image alone runs on the caller, its GEMMs in parallel. */
+static bool run_images(conv_job *job, int64_t tasks, kn_cpu_range_fn fn)
+{
+    if (tasks > 1)
+        kn_cpu_parallel_for(tasks, 1, fn, job);
+    else if (tasks == 1)
+        fn(job, 0, 1);
+    return !job->failed;
+}
+
+bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
+                           const float *x, const float *w, const float *bias, float *y)
+{
+    if (n <= 0 || o <= 0 || g->out_h <= 0 || g->out_w <= 0) return true;
+    if (kn_cpu_conv_direct_ok(g, groups))
+        return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y);
+    conv_job job;
+    setup_job(&job, g, n, o, groups);
+    job.x = x;
+    job.w = w;
+    job.bias = bias;
+    job.out = y;
+    return run_images(&job, n, forward_images);
+}
+
+bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
+                            const float *x, const float *w, const float *gout, float *gx, float *gw,
+                            float *gb)
+{
+    int64_t l = g->out_h * g->out_w;
+    bool direct = kn_cpu_conv_direct_ok(g, groups);
+    kn_cpu_conv_planes planes = {.dense = gout};
+    if (gw && direct) { /* the bias gradient comes with the weight gradient */
+        if (!kn_cpu_conv_direct_backward_weight(g, n, o, x, &planes, gw, gb)) return false;
+        gb = NULL;
+    }
+    if (gb) kn_cpu_conv_bias_grad(gout, n, o, l, gb);
+    if (gx && direct && !kn_cpu_conv_direct_backward_input(g, n, o, &planes, w, gx)) return false;
+    if (direct || (!gx && !gw)) return true;
+    conv_job job;
+    setup_job(&job, g, n, o, groups);
+    job.x = x;
+    job.w = w;
+    job.gout = gout;
+    job.gx = gx;
+    if (gx && !run_images(&job, n, input_grad_images)) return false;
+    if (!gw) return true;
+    int64_t size = o * job.k;
+    job.slices = n < MAX_SLICES ? n : MAX_SLICES;
+    if (job.slices < 1) {
+        memset(gw, 0, sizeof(float) * (size_t)size);
+        return true;
+    }
+    job.gw_parts = malloc(sizeof(float) * (size_t)(job.slices * size));
+    bool ok = job.gw_parts && run_images(&job, job.slices, weight_grad_slices);
+    if (ok) { /* the slices' partial sums, in slice order */
+        memcpy(gw, job.gw_parts, sizeof(float) * (size_t)size);
+        for (int64_t s = 1; s < job.slices; s++)
+            kn_cpu_sum_rows(job.gw_parts + s * size, 1, size, size, gw, true);
+    }
+    free(job.gw_parts);
+    return ok;
 }

@@ -145,6 +145,16 @@ static inline float gelu_tanh(float x)
 {
     return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
 }
+/* torch's CPU formulas: x / (1 + exp(-x)), and its gradient from the same sigmoid */
+static inline float silu(float x)
+{
+    return x / (1.f + expf(-x));
+}
+static inline float silu_grad(float x)
+{
+    float s = 1.f / (1.f + expf(-x));
+    return s * (1.f + x * (1.f - s));
+}
 static inline float gelu_exact_grad(float x)
 {
     float cdf = 0.5f * (1.f + erff(x * SQRT1_2));
@@ -165,7 +175,7 @@ static inline float gelu_tanh_grad(float x)
 /* ---- binary --------------------------------------------------------------------------- */
 
 typedef struct binary_context {
-    kn_cpu_binary_op op;
+    kn_binary_op op;
     float alpha, beta;
 } binary_context;
 
@@ -248,6 +258,9 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_BINARY_GELU_TANH_BACKWARD:
         BINARY_LOOP(x * gelu_tanh_grad(y));
         break;
+    case KN_BINARY_SILU_BACKWARD:
+        BINARY_LOOP(x * silu_grad(y));
+        break;
     case KN_BINARY_POW_BACKWARD:
         BINARY_LOOP(x * alpha * powf(y, alpha - 1.f));
         break;
@@ -260,7 +273,7 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     (void)beta;
 }
 
-void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_binary(kn_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                    kn_cpu_operand a, kn_cpu_operand b, float alpha, float beta)
 {
     binary_context context = {op, alpha, beta};
@@ -276,7 +289,7 @@ void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_o
 /* ---- unary ---------------------------------------------------------------------------- */
 
 typedef struct unary_context {
-    kn_cpu_unary_op op;
+    kn_unary_op op;
     float alpha, beta;
 } unary_context;
 
@@ -343,6 +356,9 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_UNARY_GELU_TANH:
         UNARY_LOOP(gelu_tanh(x));
         break;
+    case KN_UNARY_SILU:
+        UNARY_LOOP(silu(x));
+        break;
     case KN_UNARY_POW:
         if (alpha == 2.f)
             UNARY_LOOP(x * x);
@@ -373,7 +389,7 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     (void)beta;
 }
 
-void kn_cpu_unary(kn_cpu_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_unary(kn_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                   kn_cpu_operand a, float alpha, float beta)
 {
     unary_context context = {op, alpha, beta};

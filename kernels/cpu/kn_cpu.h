@@ -10,24 +10,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kn_cpu_ops.h"
+#include "../kn_ops.h"
 
-/* ---- thread pool ----------------------------------------------------------------- */
+/* ---- the scheduler (parallel.c) ------------------------------------------------------ */
 typedef void (*kn_cpu_range_fn)(void *context, int64_t begin, int64_t end);
-/* Runs fn over [0, n) split in contiguous chunks. Runs inline (one call fn(ctx,0,n))
- * when n < 2 * grain, when one thread is configured, or when called from a worker. */
+/* Runs fn over [0, n) split in contiguous chunks of at least grain elements, on the
+ * calling thread and as many of the pool's workers as its share of the cores allows
+ * (see parallel.c). Runs inline (one call fn(ctx,0,n)) when n < 2 * grain, when the
+ * share is one thread, or when called from inside a region. How [0, n) is cut depends
+ * on the load: fn's results must not. */
 void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *context);
+/* The cores the engine uses, all callers together; <= 0: all cores (or KN_NUM_THREADS). */
 void kn_cpu_set_num_threads(int n);
 int kn_cpu_get_num_threads(void);
+/* The most threads the calling thread's regions use (0: an equal share of
+ * kn_cpu_get_num_threads among the threads running regions at the time). Per thread. */
+void kn_cpu_set_thread_share(int n);
+int kn_cpu_get_thread_share(void);
+/* Threads a region started now by the calling thread would get (1 inside a region). */
+int kn_cpu_current_share(void);
 /* Elements of simple elementwise work under which ops stay single-threaded. */
 #define KN_CPU_GRAIN_ELEMENTWISE 32768
 
-/* ---- elementwise (the op enums and kn_cpu_operand are in kn_cpu_ops.h) --------- */
+/* ---- elementwise (the op enums and kn_cpu_operand are in ../kn_ops.h) --------- */
 /* out = op(a, b) over shape; all float32. Parallel above the grain. */
-void kn_cpu_binary(kn_cpu_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_binary(kn_binary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                    kn_cpu_operand a, kn_cpu_operand b, float alpha, float beta);
 /* out = op(a) over shape; all float32 (a unused for FILL). */
-void kn_cpu_unary(kn_cpu_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
+void kn_cpu_unary(kn_unary_op op, const int64_t *shape, int ndim, kn_cpu_operand out,
                   kn_cpu_operand a, float alpha, float beta);
 /* out = cond ? a : b (cond float32 or int64 per cond_is_int64). */
 void kn_cpu_where(const int64_t *shape, int ndim, kn_cpu_operand out, kn_cpu_operand cond,

@@ -3,7 +3,7 @@
  *
  * Every kernel sees its input as a contiguous [outer, reduce, inner] block: element
  * (o, r, i) is at x[(o * reduce + r) * inner + i], and results for (o, i) go to
- * out[o * inner + i]. The op layer (core/ops_reduce.c, core/ops_softmax.c) arranges
+ * out[o * inner + i]. The op layer (core/ops/ops_reduce.c, core/ops/ops_softmax.c) arranges
  * tensors into that form. All kernels split large work over the thread pool and give
  * the same bits whatever the thread count.
  */

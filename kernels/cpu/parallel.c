@@ -1,77 +1,181 @@
 /*
- * parallel.c — the engine's small thread pool: kn_cpu_parallel_for splits a range over
- * the calling thread and (threads - 1) workers. Workers spin briefly after each job
- * before sleeping on a condition variable, so back-to-back ops of a training step pay
- * a wake-up only when the pool has been idle. One parallel region runs at a time;
- * a call made while the pool is busy (another thread, or nested) runs inline.
+ * parallel.c — the engine's one scheduler for every core. A process has one pool of
+ * worker threads (threads - 1 of them); any thread that calls kn_cpu_parallel_for is a
+ * "caller" and runs a region with the help of as many workers as its share allows.
+ *
+ * Shares: a caller that ran a region within the last ACTIVE_WINDOW_NS is active (it is
+ * using a core: its own). The cores are divided between the active callers: with T
+ * threads and A active callers each region gets T / A threads (the first T % A callers
+ * by slot one more), its own included, and never more than the caller's cap
+ * (kn_cpu_set_thread_share; kilnd's --threads-per-worker). So two training jobs on a
+ * 2-core machine run one thread each instead of taking turns with both, and one job alone
+ * gets both cores back within ACTIVE_WINDOW_NS of the other one finishing.
+ *
+ * A region is cut into parts (a few per thread, never smaller than the grain) that the
+ * caller and its helpers claim one at a time from one atomic ticket: a helper that wakes
+ * late finds less to do instead of holding the caller up, and a caller whose helpers are
+ * all busy elsewhere just runs every part itself. Kernels must not depend on how a range
+ * is cut (results are the same bits for any thread count); reductions cut their work into
+ * tasks of their own.
+ *
+ * Waiting: idle workers spin briefly (the gap between two ops of a training step) and
+ * then sleep on a futex, and only spin while some core is free of callers: when every
+ * core has an active caller, no worker takes cycles from them. A caller whose parts are
+ * all claimed spins for the last ones briefly, then sleeps until the last helper wakes it.
+ * A call made inside a region (nested, or from a worker) runs inline.
  */
+#define _GNU_SOURCE
 #include "kn_cpu.h"
 
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_THREADS 64
-#define SPIN_ITERATIONS 4000 /* ~100 us of pause on this machine: covers the gap between ops */
+#define MAX_CALLERS 64
+#define PARTS_PER_THREAD 4          /* parts a helper may take over from a late or preempted one */
+#define SPIN_ITERATIONS 4000        /* ~100 us of pause: covers the gap between two ops */
+#define ACTIVE_WINDOW_NS 50000000LL /* 50 ms without a region: the caller is idle */
+#define MAX_PARTS 0xfff0            /* below the ticket's 16-bit part counter's CLOSED */
+#define CLOSED 0xffff               /* a ticket's next part while its region is set up */
 
-typedef struct pool {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    pthread_mutex_t region; /* held by the thread running a parallel region */
-    int threads;            /* including the caller */
-    int started;            /* workers running */
-    /* the current job */
+/* One caller's slot: its current region and whether it is active. The ticket packs the
+ * region's generation (32 bits), the next part to claim (16) and the helpers that joined
+ * (16), so joining, claiming and telling regions apart is one compare-and-swap. */
+typedef struct caller {
+    uint64_t ticket;
     kn_cpu_range_fn fn;
     void *context;
     int64_t n, chunk;
-    int parts;
-    unsigned generation; /* bumped per job; workers wait for a change */
-    int remaining;       /* parts not finished yet */
+    int parts, max_helpers;
+    uint32_t done;     /* parts finished (futex word the caller may sleep on) */
+    uint32_t sleeping; /* the caller sleeps on done */
+    int used;          /* the slot belongs to a live thread */
+    int in_region;
+    int64_t last_ns; /* end of the caller's last region */
+} caller;
+
+typedef struct pool {
+    pthread_mutex_t start_lock; /* starting workers */
+    int threads;                /* T: the cores the engine may use, callers included */
+    int started;                /* workers running */
+    uint32_t seq;               /* bumped when a region wants helpers (futex word) */
+    int sleepers;               /* workers asleep on seq */
+    int active;                 /* active callers at the last region start */
+    caller callers[MAX_CALLERS];
 } pool;
 
-static pool the_pool = {PTHREAD_MUTEX_INITIALIZER,
-                        PTHREAD_COND_INITIALIZER,
-                        PTHREAD_MUTEX_INITIALIZER,
-                        0,
-                        0,
-                        NULL,
-                        NULL,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0};
-static _Thread_local int worker_index = -1; /* >= 1 on workers */
+static pool the_pool = {.start_lock = PTHREAD_MUTEX_INITIALIZER};
+static _Thread_local int inside = 0;       /* running a part, or a worker: nest inline */
+static _Thread_local caller *my_slot;      /* this thread's caller slot, once it has one */
+static _Thread_local int thread_share = 0; /* this thread's cap; 0: a fair share */
+static pthread_key_t slot_key;
+static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
 
-static void run_part(pool *p, int part)
+#define TICKET(gen, next, joined) (((uint64_t)(gen) << 32) | ((uint64_t)(next) << 16) | (joined))
+#define TICKET_GEN(t) ((uint32_t)((t) >> 32))
+#define TICKET_NEXT(t) ((int)(((t) >> 16) & 0xffff))
+#define TICKET_JOINED(t) ((int)((t)&0xffff))
+
+static void futex_wait(uint32_t *word, uint32_t expected)
 {
-    int64_t begin = (int64_t)part * p->chunk;
-    int64_t end = begin + p->chunk < p->n ? begin + p->chunk : p->n;
-    if (begin < end) p->fn(p->context, begin, end);
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(uint32_t *word, int count)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void run_part(caller *c, int part)
+{
+    int64_t begin = (int64_t)part * c->chunk;
+    int64_t end = begin + c->chunk < c->n ? begin + c->chunk : c->n;
+    if (begin < end) c->fn(c->context, begin, end);
+    if (__atomic_add_fetch(&c->done, 1, __ATOMIC_SEQ_CST) == (uint32_t)c->parts &&
+        __atomic_load_n(&c->sleeping, __ATOMIC_SEQ_CST))
+        futex_wake(&c->done, 1);
+}
+
+/* Claims the next part of generation gen; joining (a helper's first claim) also counts
+ * the helper against the region's max_helpers. -1 when there is nothing (left) to take. */
+static int claim(caller *c, uint32_t gen, bool join)
+{
+    uint64_t t = __atomic_load_n(&c->ticket, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (TICKET_GEN(t) != gen) return -1;
+        int next = TICKET_NEXT(t), joined = TICKET_JOINED(t);
+        /* parts and max_helpers of generation gen: written before its ticket was stored */
+        if (next >= __atomic_load_n(&c->parts, __ATOMIC_RELAXED) ||
+            (join && joined >= __atomic_load_n(&c->max_helpers, __ATOMIC_RELAXED)))
+            return -1;
+        uint64_t want = TICKET(gen, next + 1, joined + (join ? 1 : 0));
+        if (__atomic_compare_exchange_n(&c->ticket, &t, want, true, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return next;
+    }
+}
+
+/* A helper's work on caller c's region: join, then take parts until none are left. */
+static bool help(caller *c)
+{
+    uint64_t t = __atomic_load_n(&c->ticket, __ATOMIC_ACQUIRE);
+    uint32_t gen = TICKET_GEN(t);
+    int part = claim(c, gen, true);
+    if (part < 0) return false;
+    do run_part(c, part);
+    while ((part = claim(c, gen, false)) >= 0);
+    return true;
+}
+
+/* Some region that still takes a helper, or NULL. */
+static caller *find_region(pool *p)
+{
+    for (int i = 0; i < MAX_CALLERS; i++) {
+        caller *c = &p->callers[i];
+        if (!__atomic_load_n(&c->in_region, __ATOMIC_ACQUIRE)) continue;
+        uint64_t t = __atomic_load_n(&c->ticket, __ATOMIC_ACQUIRE);
+        if (TICKET_NEXT(t) < __atomic_load_n(&c->parts, __ATOMIC_RELAXED) &&
+            TICKET_JOINED(t) < __atomic_load_n(&c->max_helpers, __ATOMIC_RELAXED))
+            return c;
+    }
+    return NULL;
 }
 
 static void *worker_main(void *arg)
 {
+    (void)arg;
     pool *p = &the_pool;
-    worker_index = (int)(intptr_t)arg;
-    unsigned seen = 0;
+    inside = 1;
     for (;;) {
-        unsigned generation;
+        uint32_t seen = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
+        caller *c = find_region(p);
+        if (c) {
+            help(c);
+            continue;
+        }
+        /* spin only while some core has no active caller: otherwise the spin takes
+         * cycles from a caller that is computing */
         int spins = 0;
-        while ((generation = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen &&
-               spins < SPIN_ITERATIONS) {
+        while (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) == seen && spins < SPIN_ITERATIONS &&
+               __atomic_load_n(&p->active, __ATOMIC_RELAXED) < p->threads) {
             __builtin_ia32_pause();
             spins++;
         }
-        if (generation == seen) {
-            pthread_mutex_lock(&p->lock);
-            while ((generation = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen)
-                pthread_cond_wait(&p->wake, &p->lock);
-            pthread_mutex_unlock(&p->lock);
-        }
-        seen = generation;
-        if (worker_index < p->parts) run_part(p, worker_index);
-        __atomic_sub_fetch(&p->remaining, 1, __ATOMIC_ACQ_REL);
+        if (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) != seen) continue;
+        __atomic_add_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
+        if (!find_region(p)) futex_wait(&p->seq, seen);
+        __atomic_sub_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
     }
     return NULL;
 }
@@ -79,39 +183,134 @@ static void *worker_main(void *arg)
 static int default_threads(void)
 {
     const char *env = getenv("KN_NUM_THREADS");
-    if (env && atoi(env) > 0) return atoi(env);
+    if (env && atoi(env) > 0) return atoi(env) > MAX_THREADS ? MAX_THREADS : atoi(env);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    return cores > 0 ? (int)cores : 1;
+    if (cores < 1) return 1;
+    return cores > MAX_THREADS ? MAX_THREADS : (int)cores;
 }
 
 int kn_cpu_get_num_threads(void)
 {
-    if (the_pool.threads == 0) the_pool.threads = default_threads();
-    return the_pool.threads;
+    int t = __atomic_load_n(&the_pool.threads, __ATOMIC_ACQUIRE);
+    if (t == 0) {
+        int zero = 0;
+        t = default_threads();
+        if (!__atomic_compare_exchange_n(&the_pool.threads, &zero, t, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            t = zero;
+    }
+    return t;
 }
 
 void kn_cpu_set_num_threads(int n)
 {
-    pthread_mutex_lock(&the_pool.region);
     int wanted = n > 0 ? n : default_threads();
-    the_pool.threads = wanted > MAX_THREADS ? MAX_THREADS : wanted;
-    pthread_mutex_unlock(&the_pool.region);
+    __atomic_store_n(&the_pool.threads, wanted > MAX_THREADS ? MAX_THREADS : wanted,
+                     __ATOMIC_RELEASE);
 }
 
-/* Starts workers up to threads - 1; called with the region held. */
-static void ensure_workers(pool *p)
+void kn_cpu_set_thread_share(int n)
 {
-    while (p->started < p->threads - 1) {
+    thread_share = n > 0 ? n : 0;
+}
+
+int kn_cpu_get_thread_share(void)
+{
+    return thread_share;
+}
+
+/* Starts workers up to threads - 1. */
+static void ensure_workers(pool *p, int threads)
+{
+    if (__atomic_load_n(&p->started, __ATOMIC_ACQUIRE) >= threads - 1) return;
+    pthread_mutex_lock(&p->start_lock);
+    while (p->started < threads - 1) {
         pthread_t thread;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed =
-            pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)(p->started + 1));
+        int failed = pthread_create(&thread, &attr, worker_main, NULL);
         pthread_attr_destroy(&attr);
         if (failed) break;
-        p->started++;
+        __atomic_add_fetch(&p->started, 1, __ATOMIC_RELEASE);
     }
+    pthread_mutex_unlock(&p->start_lock);
+}
+
+static void release_slot(void *slot)
+{
+    caller *c = slot;
+    __atomic_store_n(&c->last_ns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->used, 0, __ATOMIC_RELEASE);
+}
+
+static void make_slot_key(void)
+{
+    pthread_key_create(&slot_key, release_slot);
+}
+
+/* This thread's caller slot, taken on its first region and given back when it exits;
+ * NULL when all MAX_CALLERS slots are taken (then its regions run inline). */
+static caller *slot(pool *p)
+{
+    if (my_slot) return my_slot;
+    pthread_once(&slot_key_once, make_slot_key);
+    for (int i = 0; i < MAX_CALLERS; i++) {
+        int free_slot = 0;
+        if (__atomic_compare_exchange_n(&p->callers[i].used, &free_slot, 1, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            my_slot = &p->callers[i];
+            pthread_setspecific(slot_key, my_slot);
+            return my_slot;
+        }
+    }
+    return NULL;
+}
+
+/* Threads this caller's region may use now, its own included: its part of the cores
+ * among the active callers, capped by its share setting. Counts the active callers. */
+static int fair_share(pool *p, caller *self, int threads, int64_t now)
+{
+    int active = 0, rank = 0;
+    for (int i = 0; i < MAX_CALLERS; i++) {
+        caller *c = &p->callers[i];
+        if (c == self) {
+            rank = active++;
+            continue;
+        }
+        if (!__atomic_load_n(&c->used, __ATOMIC_ACQUIRE)) continue;
+        if (__atomic_load_n(&c->in_region, __ATOMIC_ACQUIRE) ||
+            now - __atomic_load_n(&c->last_ns, __ATOMIC_RELAXED) < ACTIVE_WINDOW_NS)
+            active++;
+    }
+    __atomic_store_n(&p->active, active, __ATOMIC_RELAXED);
+    int share = threads / active + (rank < threads % active ? 1 : 0);
+    if (thread_share > 0 && share > thread_share) share = thread_share;
+    return share > 0 ? share : 1;
+}
+
+int kn_cpu_current_share(void)
+{
+    pool *p = &the_pool;
+    int threads = kn_cpu_get_num_threads();
+    if (inside || threads <= 1) return 1;
+    caller *self = slot(p);
+    if (!self) return 1;
+    return fair_share(p, self, threads, now_ns());
+}
+
+/* Waits until every part of the caller's region is done. */
+static void wait_done(caller *c)
+{
+    uint32_t parts = (uint32_t)c->parts;
+    for (int spins = 0; spins < SPIN_ITERATIONS; spins++) {
+        if (__atomic_load_n(&c->done, __ATOMIC_ACQUIRE) == parts) return;
+        __builtin_ia32_pause();
+    }
+    __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);
+    uint32_t done;
+    while ((done = __atomic_load_n(&c->done, __ATOMIC_SEQ_CST)) != parts)
+        futex_wait(&c->done, done);
 }
 
 void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *context)
@@ -120,31 +319,43 @@ void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *con
     pool *p = &the_pool;
     int threads = kn_cpu_get_num_threads();
     if (grain < 1) grain = 1;
-    if (threads <= 1 || n < 2 * grain || worker_index >= 0 || pthread_mutex_trylock(&p->region)) {
+    caller *c = inside ? NULL : slot(p);
+    if (!c) { /* nested, or no slot left */
         fn(context, 0, n);
         return;
     }
-    ensure_workers(p);
-    int parts = p->started + 1;
-    if ((int64_t)parts > n / grain) parts = (int)(n / grain);
-    if (parts < 2) {
-        pthread_mutex_unlock(&p->region);
+    int64_t now = now_ns();
+    int share = threads > 1 ? fair_share(p, c, threads, now) : 1;
+    int64_t parts = n / grain;
+    if (parts > (int64_t)share * PARTS_PER_THREAD) parts = (int64_t)share * PARTS_PER_THREAD;
+    if (parts > MAX_PARTS) parts = MAX_PARTS;
+    inside = 1;
+    if (share < 2 || parts < 2) {
+        __atomic_store_n(&c->in_region, 1, __ATOMIC_RELEASE);
         fn(context, 0, n);
-        return;
+    } else {
+        ensure_workers(p, threads);
+        /* close the last region's ticket first: a helper that read it before must not
+         * claim a part of it against this region's fields */
+        uint32_t gen = TICKET_GEN(c->ticket) + 1;
+        __atomic_store_n(&c->ticket, TICKET(gen, CLOSED, 0), __ATOMIC_SEQ_CST);
+        c->fn = fn;
+        c->context = context;
+        c->n = n;
+        c->chunk = (n + parts - 1) / parts;
+        __atomic_store_n(&c->parts, (int)((n + c->chunk - 1) / c->chunk), __ATOMIC_RELAXED);
+        __atomic_store_n(&c->max_helpers, share - 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->done, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->sleeping, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->ticket, TICKET(gen, 0, 0), __ATOMIC_RELEASE);
+        __atomic_store_n(&c->in_region, 1, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&p->seq, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&p->sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake(&p->seq, share - 1);
+        int part;
+        while ((part = claim(c, gen, false)) >= 0) run_part(c, part);
+        wait_done(c);
     }
-    p->fn = fn;
-    p->context = context;
-    p->n = n;
-    p->chunk = (n + parts - 1) / parts;
-    p->parts = parts;
-    __atomic_store_n(&p->remaining, p->started, __ATOMIC_RELEASE);
-    pthread_mutex_lock(&p->lock);
-    __atomic_add_fetch(&p->generation, 1, __ATOMIC_ACQ_REL);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-    worker_index = 0;
-    run_part(p, 0);
-    worker_index = -1;
-    while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) > 0) __builtin_ia32_pause();
-    pthread_mutex_unlock(&p->region);
+    inside = 0;
+    __atomic_store_n(&c->last_ns, now_ns(), __ATOMIC_RELAXED);
+    __atomic_store_n(&c->in_region, 0, __ATOMIC_RELEASE);
 }

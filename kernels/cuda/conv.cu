@@ -1,6 +1,6 @@
 /*
  * conv.cu — the CUDA module's convolution and pooling kernels: im2col / col2im for the
- * GEMM convolution (the GEMMs themselves go through cuBLAS from core/ops_conv.c), 2-D
+ * GEMM convolution (the GEMMs themselves go through cuBLAS from core/ops/ops_conv.c), 2-D
  * max and average pooling and adaptive average pooling, forward and backward.
  *
  * Every kernel is a grid-stride loop over int64 element numbers, one thread an output

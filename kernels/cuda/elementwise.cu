@@ -1,6 +1,6 @@
 /*
  * elementwise.cu — the CUDA module's elementwise kernels over strided operands: the
- * binary and unary ops of kernels/cpu/kn_cpu_ops.h (same op codes, same formulas as
+ * binary and unary ops of kernels/kn_ops.h (same op codes, same formulas as
  * kernels/cpu/elementwise.c), and strided copy and fill of any element size.
  *
  * Each launch describes its operands by an iteration shape and element strides (0 on
@@ -102,6 +102,15 @@ __device__ __forceinline__ float gelu_tanh(float x)
 {
     return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
 }
+__device__ __forceinline__ float silu(float x)
+{
+    return x / (1.f + expf(-x));
+}
+__device__ __forceinline__ float silu_grad(float x)
+{
+    float s = 1.f / (1.f + expf(-x));
+    return s * (1.f + x * (1.f - s));
+}
 __device__ __forceinline__ float gelu_exact_grad(float x)
 {
     float cdf = 0.5f * (1.f + erff(x * SQRT1_2));
@@ -119,7 +128,7 @@ __device__ __forceinline__ float gelu_tanh_grad(float x)
     return left_d + right_d;
 }
 
-__device__ __forceinline__ float binary_value(kn_cpu_binary_op op, float x, float y, float alpha,
+__device__ __forceinline__ float binary_value(kn_binary_op op, float x, float y, float alpha,
                                               float beta)
 {
     switch (op) {
@@ -151,6 +160,8 @@ __device__ __forceinline__ float binary_value(kn_cpu_binary_op op, float x, floa
         return x * gelu_exact_grad(y);
     case KN_BINARY_GELU_TANH_BACKWARD:
         return x * gelu_tanh_grad(y);
+    case KN_BINARY_SILU_BACKWARD:
+        return x * silu_grad(y);
     case KN_BINARY_POW_BACKWARD:
         return x * alpha * powf(y, alpha - 1.f);
     case KN_BINARY_CLAMP_BACKWARD:
@@ -160,7 +171,7 @@ __device__ __forceinline__ float binary_value(kn_cpu_binary_op op, float x, floa
     }
 }
 
-__device__ __forceinline__ float unary_value(kn_cpu_unary_op op, float x, float alpha, float beta)
+__device__ __forceinline__ float unary_value(kn_unary_op op, float x, float alpha, float beta)
 {
     switch (op) {
     case KN_UNARY_COPY:
@@ -189,6 +200,8 @@ __device__ __forceinline__ float unary_value(kn_cpu_unary_op op, float x, float 
         return gelu_exact(x);
     case KN_UNARY_GELU_TANH:
         return gelu_tanh(x);
+    case KN_UNARY_SILU:
+        return silu(x);
     case KN_UNARY_POW:
         if (alpha == 2.f) return x * x;
         if (alpha == 0.5f) return sqrtf(x);
@@ -210,7 +223,7 @@ __device__ __forceinline__ float unary_value(kn_cpu_unary_op op, float x, float 
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
-__global__ void binary_kernel(geometry g, kn_cpu_binary_op op, float *out, const float *a,
+__global__ void binary_kernel(geometry g, kn_binary_op op, float *out, const float *a,
                               const float *b, float alpha, float beta)
 {
     GRID_STRIDE(i, g.numel)
@@ -221,8 +234,8 @@ __global__ void binary_kernel(geometry g, kn_cpu_binary_op op, float *out, const
     }
 }
 
-__global__ void unary_kernel(geometry g, kn_cpu_unary_op op, float *out, const float *a,
-                             float alpha, float beta)
+__global__ void unary_kernel(geometry g, kn_unary_op op, float *out, const float *a, float alpha,
+                             float beta)
 {
     GRID_STRIDE(i, g.numel)
     {
@@ -259,7 +272,7 @@ static const char *finish(const char *op)
     return kn_cuda_check(cudaGetLastError(), op);
 }
 
-const char *kn_cuda_binary(int device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+const char *kn_cuda_binary(int device, kn_binary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                            float beta)
 {
@@ -278,7 +291,7 @@ const char *kn_cuda_binary(int device, kn_cpu_binary_op op, const int64_t *shape
     return finish("binary");
 }
 
-const char *kn_cuda_unary(int device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+const char *kn_cuda_unary(int device, kn_unary_op op, const int64_t *shape, int ndim,
                           kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta)
 {
     cudaStream_t stream;

@@ -4,7 +4,7 @@
  * scatter_add, and where over strided broadcast operands; and the kn_cuda_conv_v1
  * table that exports them with conv.cu's kernels.
  *
- * Indices are checked on the host before these run (core/ops_index.c). The
+ * Indices are checked on the host before these run (core/ops/ops_index.c). The
  * scatter-adding backwards use atomicAdd, so repeated indices sum in an unspecified
  * order (float rounding only); all loops are grid-stride over int64 element numbers.
  */

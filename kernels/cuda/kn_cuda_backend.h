@@ -1,5 +1,5 @@
 /*
- * kn_cuda_backend.h — the contract between the engine (core/device.c) and the CUDA
+ * kn_cuda_backend.h — the contract between the engine (core/tensor/device.c) and the CUDA
  * module libkiln_cuda.so, which the engine loads at run time with dlopen so that the
  * same binaries run on machines without a GPU or a CUDA driver.
  *
@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../cpu/kn_cpu_ops.h"
+#include "../kn_ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,10 +62,10 @@ typedef struct kn_cuda_backend {
     /* ---- elementwise kernels: kn_cpu_binary / kn_cpu_unary / kn_cpu_copy semantics ----
      * Operands carry element strides already broadcast to shape (0 on broadcast dims);
      * ndim <= KN_CPU_MAX_DIMS. */
-    const char *(*binary)(int device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+    const char *(*binary)(int device, kn_binary_op op, const int64_t *shape, int ndim,
                           kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                           float beta);
-    const char *(*unary)(int device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+    const char *(*unary)(int device, kn_unary_op op, const int64_t *shape, int ndim,
                          kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta);
     /* Strided copy of elem_size-byte elements (1, 2, 4 or 8). */
     const char *(*copy)(int device, const int64_t *shape, int ndim, size_t elem_size,

@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "../cpu/kn_cpu_linalg.h"
-#include "../cpu/kn_cpu_ops.h"
+#include "../kn_ops.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -2,8 +2,8 @@
  * kn_cuda_host.h — the CUDA module's host-side table, kn_cuda_host_v1: page-locked
  * ("pinned") host memory, events on a device's stream, copies that do not wait, and CUDA
  * graphs (capture of the device's stream into a graph with its own memory pool, replay).
- * core/device.c resolves it next to kn_cuda_backend_v1; core/train_cuda.c uses it for
- * the trainer's staging buffers and captured training steps.
+ * core/tensor/device.c resolves it next to kn_cuda_backend_v1; core/train/train_cuda.c
+ * uses it for the trainer's staging buffers and captured training steps.
  *
  * As in kn_cuda_backend.h: pointers are device pointers unless named host, work runs in
  * order on the device's one stream, and every function that can fail returns NULL or a

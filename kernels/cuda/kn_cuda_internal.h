@@ -24,10 +24,10 @@ const char *kn_cuda_enter(int device, const char *op, cudaStream_t *stream, cubl
          i += (int64_t)gridDim.x * blockDim.x)
 
 /* Kernels (elementwise.cu; sum_to in sum_to.cu). */
-const char *kn_cuda_binary(int device, kn_cpu_binary_op op, const int64_t *shape, int ndim,
+const char *kn_cuda_binary(int device, kn_binary_op op, const int64_t *shape, int ndim,
                            kn_cpu_operand out, kn_cpu_operand a, kn_cpu_operand b, float alpha,
                            float beta);
-const char *kn_cuda_unary(int device, kn_cpu_unary_op op, const int64_t *shape, int ndim,
+const char *kn_cuda_unary(int device, kn_unary_op op, const int64_t *shape, int ndim,
                           kn_cpu_operand out, kn_cpu_operand a, float alpha, float beta);
 const char *kn_cuda_copy(int device, const int64_t *shape, int ndim, size_t elem_size,
                          kn_cpu_operand out, kn_cpu_operand in);

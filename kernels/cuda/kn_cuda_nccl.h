@@ -1,6 +1,6 @@
 /*
  * kn_cuda_nccl.h — the CUDA module's NCCL table, kn_cuda_nccl_v1: the collectives of a
- * distributed run between CUDA devices, one device per process (core/dist_mpi.c makes
+ * distributed run between CUDA devices, one device per process (core/dist/dist_mpi.c makes
  * the communicator, bootstrapped over MPI, and calls these).
  *
  * Streams. Broadcasts run on the device's stream, in order with everything else. An

@@ -76,21 +76,23 @@ const char *kn_cuda_softmax_backward(int device, const float *g, const float *y,
 
 const char *kn_cuda_check_targets(int device, const int64_t *t, int64_t n, int64_t c,
                                   int64_t ignore, int64_t *result);
-const char *kn_cuda_cross_entropy(int device, const float *x, const int64_t *t, float *loss,
-                                  float *lse, int64_t n, int64_t c, int64_t s, int64_t ignore,
-                                  float smoothing);
+const char *kn_cuda_cross_entropy(int device, const float *x, const int64_t *t, const float *weight,
+                                  float weight_total, float *loss, float *lse, int64_t n, int64_t c,
+                                  int64_t s, int64_t ignore, float smoothing);
 const char *kn_cuda_cross_entropy_backward(int device, const float *x, const int64_t *t,
+                                           const float *weight, float weight_total,
                                            const float *lse, float *dx, int64_t n, int64_t c,
                                            int64_t s, int64_t ignore, float smoothing,
                                            kn_cuda_upstream up);
-const char *kn_cuda_nll(int device, const float *lp, const int64_t *t, float *loss, int64_t n,
-                        int64_t c, int64_t s, int64_t ignore);
-const char *kn_cuda_nll_backward(int device, const int64_t *t, float *dx, int64_t n, int64_t c,
-                                 int64_t s, int64_t ignore, kn_cuda_upstream up);
-const char *kn_cuda_pointwise_loss(int device, kn_cuda_loss_kind kind, const float *x,
+const char *kn_cuda_nll(int device, const float *lp, const int64_t *t, const float *weight,
+                        float *loss, int64_t n, int64_t c, int64_t s, int64_t ignore);
+const char *kn_cuda_nll_backward(int device, const int64_t *t, const float *weight, float *dx,
+                                 int64_t n, int64_t c, int64_t s, int64_t ignore,
+                                 kn_cuda_upstream up);
+const char *kn_cuda_pointwise_loss(int device, kn_cuda_pointwise_loss_args args, const float *x,
                                    const float *t, float *out, int64_t n);
-const char *kn_cuda_pointwise_loss_backward(int device, kn_cuda_loss_kind kind, const float *x,
-                                            const float *t, float *dx, float *dt, int64_t n,
-                                            kn_cuda_upstream up);
+const char *kn_cuda_pointwise_loss_backward(int device, kn_cuda_pointwise_loss_args args,
+                                            const float *x, const float *t, float *dx, float *dt,
+                                            int64_t n, kn_cuda_upstream up);
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * kn_cuda_train.h — the CUDA module's second table, kn_cuda_train_v1: the kernels of
  * training that are not elementwise (layer norm and batch norm forward and backward, the
- * fused optimizer steps, and the reductions of gradient clipping). core/device.c
- * resolves it next to kn_cuda_backend_v1; core/kn_cuda_train_core.h hands it to the ops.
+ * fused optimizer steps, and the reductions of gradient clipping). core/tensor/device.c
+ * resolves it next to kn_cuda_backend_v1; core/kn_cuda.h hands it to the ops.
  *
  * As in kn_cuda_backend.h, pointers are device pointers unless named host, work runs on
  * the device's stream, and every function returns NULL or a message naming the op (one
@@ -15,12 +15,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../core/optim_kernels.h"
+#include "../cpu/kn_cpu_optim.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+#define KN_CUDA_TRAIN_ABI 1
 #define KN_CUDA_TRAIN_SYMBOL "kn_cuda_train_v1"
 
 /* A float32 vector with an element stride; ptr NULL when absent. */
@@ -30,6 +31,7 @@ typedef struct kn_cuda_fvec {
 } kn_cuda_fvec;
 
 typedef struct kn_cuda_train {
+    int abi;     /* KN_CUDA_TRAIN_ABI */
     size_t size; /* sizeof(kn_cuda_train) as the module was built */
 
     /* kn_cpu_layer_norm_forward / _backward semantics (contiguous rows x cols; weight
@@ -54,11 +56,11 @@ typedef struct kn_cuda_train {
                                        int64_t n, int64_t c, int64_t s, bool training, float *dx,
                                        float *dweight, float *dbias);
 
-    /* kn__optim_sgd / _adam / _rmsprop on one parameter of n elements (device pointers
+    /* kn_cpu_optim_sgd / _adam / _rmsprop on one parameter of n elements (device pointers
      * in *a, the struct itself on the host). */
-    const char *(*optim_sgd)(int device, const kn__optim_args *a, int64_t n);
-    const char *(*optim_adam)(int device, const kn__optim_args *a, int64_t n);
-    const char *(*optim_rmsprop)(int device, const kn__optim_args *a, int64_t n);
+    const char *(*optim_sgd)(int device, const kn_cpu_optim_args *a, int64_t n);
+    const char *(*optim_adam)(int device, const kn_cpu_optim_args *a, int64_t n);
+    const char *(*optim_rmsprop)(int device, const kn_cpu_optim_args *a, int64_t n);
 
     /* Sum of squares of n contiguous floats in double (waits for the result). */
     const char *(*sum_squares)(int device, const float *x, int64_t n, double *host_out);

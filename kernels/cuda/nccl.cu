@@ -4,7 +4,7 @@
  * all-reduces on a second stream per device so that they overlap the backward pass.
  *
  * Built with NCCL when CMake finds it beside the toolkit (KN_HAVE_NCCL); otherwise the
- * table is there and every entry says that NCCL is missing, so core/dist_mpi.c can tell
+ * table is there and every entry says that NCCL is missing, so core/dist/dist_mpi.c can tell
  * the user why a distributed GPU run is refused.
  */
 #include "kn_cuda_internal.h"

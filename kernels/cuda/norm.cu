@@ -1,6 +1,6 @@
 /*
  * norm.cu — layer norm and batch norm on a CUDA device, forward and fused analytic
- * backward, with the formulas of kernels/cpu/norm.c and core/ops_norm.c.
+ * backward, with the formulas of kernels/cpu/norm.c and core/ops/ops_norm.c.
  *
  * Layer norm: one block per row (rows striding over the grid), sums in float as on the
  * CPU; the weight and bias gradients one thread per column. Batch norm: one block per
@@ -325,7 +325,7 @@ __global__ void bn_grad_kernel(const float *dy, const float *x, const float *mea
     }
 }
 
-/* dx = p*dy + q*(x-mean) + r per channel (core/ops_norm.c's batch_norm_backward). */
+/* dx = p*dy + q*(x-mean) + r per channel (core/ops/ops_norm.c's batch_norm_backward). */
 __global__ void bn_coef_kernel(const double *sum_dy, const double *sum_dyx, const float *rstd,
                                kn_cuda_fvec w, int64_t c, double count, bool training, float *dw,
                                float *db, float *p, float *q, float *r)

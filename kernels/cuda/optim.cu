@@ -3,7 +3,7 @@
  * the reductions of gradient clipping; exports the module's training table,
  * kn_cuda_train_v1 (with the norm kernels of norm.cu).
  *
- * The update kernels repeat core/optim_kernels.c element by element: the scalars are
+ * The update kernels repeat kernels/cpu/optim.c element by element: the scalars are
  * rounded to float on the host exactly as there, fmaf stands where the CPU loop has
  * FMA, and every other product, quotient and sum uses the _rn intrinsics so nvcc does
  * not contract them (sqrtf and division are IEEE-rounded in nvcc's default mode), so a
@@ -29,7 +29,7 @@ static unsigned blocks_for(int64_t items)
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
          i += (int64_t)gridDim.x * blockDim.x)
 
-/* The scalars of optim_kernels.c's ctx, rounded the same way. */
+/* The scalars of kernels/cpu/optim.c's ctx, rounded the same way. */
 typedef struct scalars {
     float neg_lr, wd, momentum, one_minus_dampening;
     float beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, neg_step_size, decay;
@@ -112,7 +112,7 @@ __global__ void rmsprop_kernel(buffers b, scalars c, int64_t n)
     }
 }
 
-static buffers buffers_of(const kn__optim_args *a)
+static buffers buffers_of(const kn_cpu_optim_args *a)
 {
     buffers b = {a->param,   a->grad,       a->buf,     a->exp_avg,
                  a->exp_avg_sq, a->max_exp_avg_sq, a->grad_avg};
@@ -120,7 +120,7 @@ static buffers buffers_of(const kn__optim_args *a)
     return b;
 }
 
-static const char *optim_sgd(int device, const kn__optim_args *a, int64_t n)
+static const char *optim_sgd(int device, const kn_cpu_optim_args *a, int64_t n)
 {
     cudaStream_t stream;
     const char *error = kn_cuda_enter(device, "sgd step", &stream, NULL);
@@ -138,7 +138,7 @@ static const char *optim_sgd(int device, const kn__optim_args *a, int64_t n)
     return kn_cuda_check(cudaGetLastError(), "sgd step");
 }
 
-static const char *optim_adam(int device, const kn__optim_args *a, int64_t n)
+static const char *optim_adam(int device, const kn_cpu_optim_args *a, int64_t n)
 {
     const char *op = a->decoupled ? "adamw step" : "adam step";
     cudaStream_t stream;
@@ -164,7 +164,7 @@ static const char *optim_adam(int device, const kn__optim_args *a, int64_t n)
     return kn_cuda_check(cudaGetLastError(), op);
 }
 
-static const char *optim_rmsprop(int device, const kn__optim_args *a, int64_t n)
+static const char *optim_rmsprop(int device, const kn_cpu_optim_args *a, int64_t n)
 {
     cudaStream_t stream;
     const char *error = kn_cuda_enter(device, "rmsprop step", &stream, NULL);
@@ -292,9 +292,16 @@ extern "C" const char *kn_cuda_batch_norm_backward(int, const float *, const flo
                                                    float *, float *);
 
 static const kn_cuda_train train_table = {
-    sizeof(kn_cuda_train),      kn_cuda_layer_norm_forward, kn_cuda_layer_norm_backward,
-    kn_cuda_batch_norm_forward, kn_cuda_batch_norm_backward, optim_sgd,
-    optim_adam,                 optim_rmsprop,               sum_squares,
+    KN_CUDA_TRAIN_ABI,
+    sizeof(kn_cuda_train),
+    kn_cuda_layer_norm_forward,
+    kn_cuda_layer_norm_backward,
+    kn_cuda_batch_norm_forward,
+    kn_cuda_batch_norm_backward,
+    optim_sgd,
+    optim_adam,
+    optim_rmsprop,
+    sum_squares,
     all_finite,
 };
 

@@ -5,7 +5,7 @@
  * symbol, kn_cuda_backend_v1.
  *
  * The allocator keeps freed blocks in per-device, per-size-class free lists (the
- * classes of core/alloc.c: 512-byte steps up to 4 KiB, then four classes per power of
+ * classes of core/tensor/alloc.c: 512-byte steps up to 4 KiB, then four classes per power of
  * two), so a training loop that asks for the same sizes every step stops calling
  * cudaMalloc after its first step. When cudaMalloc fails, the cache is returned to
  * CUDA and the allocation tried once more before "out of memory" is reported.

@@ -1,10 +1,14 @@
 // dashboard.test.mjs — the dashboard in a real browser (Debian's chromium, headless,
 // driven by playwright-core) against a running kilnd. Run by
 // tests/test_browser_dashboard.c:  node dashboard.test.mjs <kilnd url> <artifacts dir> [big job id]
-// Checks: the jobs table lists a running job; its loss curve appears and grows (points
-// counted before and after); its state turns to succeeded; the cancel button cancels a
-// second job; the submit form shows a validation error at the right field; the
-// inference panel shows probabilities; no console errors. Writes jobs.png and job.png
+// Checks: the jobs table lists a running job with its run name and hyperparameters and
+// sorts by a column; its loss curve appears and grows (points counted before and after);
+// its log shows live; its state turns to succeeded and its final evaluation shows the
+// confusion matrix; the compare view draws the single-point test metrics and labels runs
+// by name; the cancel button cancels a second job; the submit template names this
+// server's model and dataset and validates; the submit form shows a validation error at
+// the right field; the inference panel shows probabilities; no console errors. Writes
+// jobs.png and job.png
 // and prints the time to first paint of a job page with 100,000 points per series.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
@@ -56,13 +60,16 @@ async function setup(nJobs = 2) {
   await call('POST', '/v1/models', { name: 'quads', input_shape: [1, 8, 8], layers: [
     { type: 'flatten' }, { type: 'linear', out_features: 256 }, { type: 'relu' },
     { type: 'linear', out_features: 256 }, { type: 'relu' }, { type: 'linear', out_features: 4 }] });
-  const spec = (steps) => ({ model: 'quads', data: { dataset: 'quads', scale: 1 / 255, validation_split: 0.25 },
+  const spec = (steps, name) => ({ name, model: 'quads', data: { dataset: 'quads', scale: 1 / 255, validation_split: 0.25 },
     optimizer: { type: 'adam', lr: 0.002 }, batch_size: 16, max_steps: steps,
     validation: { every_steps: 250 }, checkpoint_every_steps: 1000 });
   const steps = Number(process.env.KILN_DASHBOARD_STEPS || (nJobs === 2 ? 6000 : 3000));
-  const a = await call('POST', '/v1/jobs', spec(steps));
+  const a = await call('POST', '/v1/jobs', spec(steps, 'run a'));
   if (nJobs === 1) return { a: a.id };
-  const b = await call('POST', '/v1/jobs', spec(steps)); // queued behind a: one worker
+  // queued behind a (one worker) and canceled from the table later: long enough that it is
+  // still running then however fast the machine (with a's length it could end first: a
+  // flaky 'cancel button never enabled' on a machine that sped up mid-test)
+  const b = await call('POST', '/v1/jobs', spec(steps * 100, 'run b'));
   return { a: a.id, b: b.id };
 }
 
@@ -74,8 +81,22 @@ async function mainFlow(context, page) {
   page.on('response', (r) => { if (r.status() === 400 && r.url().includes('validate_only=true')) expected400++; });
   // jobs table lists the running job
   await page.goto(url + '/#/jobs');
+  await page.evaluate(() => localStorage.removeItem('kiln.jobs.sort'));
+  await page.reload();
   await page.waitForSelector(`tr[data-job="${jobs.a}"]`);
   check(true, 'the jobs table lists the job');
+  const cells = await page.$$eval(`tr[data-job="${jobs.a}"] td`, (t) => t.map((e) => e.textContent));
+  check(cells.includes('run a') && cells.includes('adam') && cells.includes('0.002') && cells.includes('16'),
+    `the row shows the run name and its optimizer, lr and batch size (${cells.slice(2, 14).join(' | ')})`);
+  const order = () => page.$$eval('#jobs tbody tr', (r) => r.map((e) => e.dataset.job));
+  await page.waitForSelector(`tr[data-job="${jobs.b}"]`);
+  check((await order())[0] === jobs.b, 'newest first by default');
+  await page.click('th[data-sort="name"]');
+  check((await order())[0] === jobs.a, 'a click on Name sorts by name, ascending');
+  await page.click('th[data-sort="name"]');
+  check((await order())[0] === jobs.b && await page.getAttribute('th[data-sort="name"]', 'data-dir') === 'desc',
+    'a second click sorts the other way');
+  await page.evaluate(() => localStorage.removeItem('kiln.jobs.sort'));
 
   // its curve appears and grows
   await page.goto(url + '/#/job/' + jobs.a);
@@ -87,14 +108,35 @@ async function mainFlow(context, page) {
   const after = await points();
   check(after > before, `the loss curve grows live (${before} -> ${after} points)`);
   check(await page.$('[data-chart="loss"] canvas') !== null, 'the loss chart is drawn (uPlot canvas)');
+  await page.waitForFunction(() => /started on cpu/.test(document.getElementById('job-log')?.textContent));
+  check(true, 'the job page shows its log while it runs');
 
   await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'succeeded',
     null, { timeout: Math.max(1000, deadline - Date.now() - 60_000) });
   check(true, 'the job page shows succeeded');
+  await page.waitForSelector('#confusion tbody tr');
+  const confusion = await page.$$eval('#confusion tbody tr', (rows) => rows.map((r) =>
+    [...r.querySelectorAll('td')].map((td) => Number(td.dataset.count))));
+  const counted = confusion.flat().reduce((a, b) => a + b, 0);
+  const diagonal = confusion.reduce((a, row, i) => a + row[i], 0);
+  check(confusion.length === 4 && confusion.every((r) => r.length === 4) && counted === 128,
+    `the final evaluation shows a 4 x 4 confusion matrix of the 128 validation samples (${counted})`);
+  check(diagonal / counted > 0.9, `most of it on the diagonal (${diagonal} of ${counted})`);
   await page.waitForSelector('#checkpoints a[href$="/weights"]');
   check(true, 'the checkpoints table links the final weights');
+  await page.waitForFunction(() => /succeeded at step/.test(document.getElementById('job-log')?.textContent));
+  check(true, 'the log follows the job to its end');
+
   await page.waitForTimeout(300);
   await page.screenshot({ path: artifacts + '/job.png', fullPage: true });
+  // the compare view: single-point series drawn, runs labelled by their names
+  await page.goto(url + '/#/compare?ids=' + jobs.a);
+  await page.waitForSelector('[data-chart="test_accuracy"] canvas');
+  const single = await page.$eval('[data-chart="test_accuracy"]', (e) => Number(e.dataset.points));
+  const legend = await page.textContent('[data-chart="test_accuracy"]');
+  check(single === 1 && legend.includes('run a'),
+    `the compare view draws test_accuracy's single point, labelled "run a" (${single} point)`);
+  await page.screenshot({ path: artifacts + '/compare.png', fullPage: true });
 
   // cancel the second job from the table
   await page.goto(url + '/#/jobs');
@@ -106,6 +148,18 @@ async function mainFlow(context, page) {
   await page.waitForFunction((sel) => document.querySelector(sel + ' .badge')?.textContent === 'canceled', row);
   check(true, 'the cancel button cancels the second job');
   await page.screenshot({ path: artifacts + '/jobs.png', fullPage: true });
+
+  // the template names this server's model and dataset, and validates as it is
+  await page.goto(url + '/#/submit');
+  await page.evaluate(() => localStorage.removeItem('kiln.draft'));
+  await page.reload();
+  await page.waitForFunction(() => document.getElementById('spec').value.includes('"quads"'));
+  const template = JSON.parse(await page.inputValue('#spec'));
+  check(template.model === 'quads' && template.data.dataset === 'quads',
+    `the submit template names model ${template.model} and dataset ${template.data.dataset}`);
+  await page.click('#validate');
+  await page.waitForSelector('#submit-result.ok-box');
+  check(true, 'the template validates on this server');
 
   // a broken spec: the error appears at its field
   await page.goto(url + '/#/submit');

@@ -149,6 +149,7 @@ UNARY = [
     ("leaky_relu", R, lambda a: F.leaky_relu(a, 0.1)),
     ("gelu_exact", R, lambda a: F.gelu(a)),
     ("gelu_tanh", R, lambda a: F.gelu(a, approximate="tanh")),
+    ("silu", R, F.silu),
     ("tanh", R, torch.tanh),
     ("sigmoid", R, torch.sigmoid),
 ]
@@ -367,6 +368,63 @@ case("nll_loss_ignore_index", inputs(log_probs=R(6, 4), target=IGNORED),
 case("nll_loss_3d", inputs(log_probs=R(2, 4, 3), target=I(4, 2, 3)),
      lambda log_probs, target: F.nll_loss(log_probs, target))
 
+# Regression losses: both input and target are differentiable, as in PyTorch. Inputs are
+# drawn at twice the unit scale so both branches of smooth_l1 / huber are taken.
+def R2(*shape):
+    return lambda: randn(*shape) * 2
+
+
+for red in REDUCTIONS:
+    case("l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.l1_loss(input, target, reduction=red))
+    case("smooth_l1_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.smooth_l1_loss(input, target, reduction=red))
+    case("huber_loss_" + red, inputs(input=R2(3, 4), target=R2(3, 4)),
+         lambda input, target, red=red: F.huber_loss(input, target, reduction=red))
+    case("cross_entropy_weighted_" + red,
+         inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda logits, target, weight, red=red: F.cross_entropy(
+             logits, target, weight=weight, reduction=red), nograd={"weight"})
+    case("nll_loss_weighted_" + red,
+         inputs(log_probs=R(6, 4), target=I(4, 6), weight=P(4)),
+         lambda log_probs, target, weight, red=red: F.nll_loss(
+             log_probs, target, weight=weight, reduction=red), nograd={"weight"})
+    case("bce_logits_pos_weight_" + red,
+         inputs(logits=R2(3, 4), target=lambda: torch.rand(3, 4), pos_weight=P(4)),
+         lambda logits, target, pos_weight, red=red: F.binary_cross_entropy_with_logits(
+             logits, target, pos_weight=pos_weight, reduction=red), nograd={"pos_weight"})
+case("smooth_l1_loss_beta_0_5", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.5))
+case("smooth_l1_loss_beta_0", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.smooth_l1_loss(input, target, beta=0.0))
+case("huber_loss_delta_2", inputs(input=R2(3, 4), target=R2(3, 4)),
+     lambda input, target: F.huber_loss(input, target, delta=2.0))
+# A regression head [N, 1] against targets [N, 1] of another scale.
+case("mse_loss_column", inputs(input=R(5, 1), target=lambda: randn(5, 1) * 50 + 150),
+     lambda input, target: F.mse_loss(input, target))
+# Binary classification: one logit, 0/1 targets; multi-label [N, K] with a pos_weight of 1
+# element (broadcast over every label).
+case("bce_logits_binary", inputs(logits=R2(6, 1), target=lambda: torch.randint(0, 2, (6, 1)).float()),
+     lambda logits, target: F.binary_cross_entropy_with_logits(logits, target),
+     nograd={"target"})
+case("bce_logits_multilabel_pos_weight_1",
+     inputs(logits=R2(4, 3), target=lambda: torch.randint(0, 2, (4, 3)).float(),
+            pos_weight=lambda: torch.tensor([3.0])),
+     lambda logits, target, pos_weight: F.binary_cross_entropy_with_logits(
+         logits, target, pos_weight=pos_weight), nograd={"target", "pos_weight"})
+case("cross_entropy_weighted_smoothing",
+     inputs(logits=R(6, 4), target=I(4, 6), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.2), nograd={"weight"})
+case("cross_entropy_weighted_ignore",
+     inputs(logits=R(6, 4), target=IGNORED, weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight),
+     nograd={"weight"})
+case("cross_entropy_weighted_3d",
+     inputs(logits=R(2, 4, 3), target=I(4, 2, 3), weight=P(4)),
+     lambda logits, target, weight: F.cross_entropy(logits, target, weight=weight,
+                                                    label_smoothing=0.1), nograd={"weight"})
+
 # ---- views and joins -------------------------------------------------------------------------
 
 case("view", inputs(a=R(2, 6)), lambda a: a.view(3, 4))
@@ -423,6 +481,7 @@ case("exp_0d", inputs(a=R()), torch.exp)
 case("tanh_large", inputs(a=big(20, 3, 4)), torch.tanh)
 case("sigmoid_large", inputs(a=big(40, 3, 4)), torch.sigmoid)
 case("gelu_large", inputs(a=big(10, 3, 4)), F.gelu)
+case("silu_large", inputs(a=big(40, 3, 4)), F.silu)
 case("softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.softmax(a, -1))
 case("log_softmax_large", inputs(a=big(50, 2, 5)), lambda a: F.log_softmax(a, -1))
 case("softmax_slice", inputs(base=R(3, 8)), lambda base: F.softmax(base[:, 1::2], -1))
@@ -485,6 +544,334 @@ case("reshape_expanded", inputs(base=R(3, 1)), lambda base: base.expand(3, 4).re
 case("embedding_noncontig_indices", inputs(weight=R(5, 3),
                                            ibase=lambda: torch.tensor([[0, 4], [3, 3], [1, 0]])),
      lambda weight, ibase: F.embedding(ibase.t(), weight))
+
+
+# ---- rnn (issue 12) --------------------------------------------------------------------------
+# One layer of nn.LSTM / nn.GRU as Kiln's ops kn_lstm / kn_gru (batch first, with initial
+# states; a reverse direction is the forward one over the flipped sequence), and whole
+# modules through torch._VF.lstm / gru (what nn.LSTM.forward calls) with the parameters
+# as inputs under their state_dict names, so the C side loads them into a module.
+
+def small(*shape):
+    return lambda: torch.randn(shape) * 0.4
+
+
+def vf_lstm(x, h0, c0, params, bias=True, layers=1, dropout=0.0, train=False, bidir=False,
+            batch_first=True):
+    return torch._VF.lstm(x, (h0, c0), params, bias, layers, dropout, train, bidir, batch_first)
+
+
+def vf_gru(x, h0, params, bias=True, layers=1, dropout=0.0, train=False, bidir=False,
+           batch_first=True):
+    return torch._VF.gru(x, h0, params, bias, layers, dropout, train, bidir, batch_first)
+
+
+def lstm_layer(reverse):
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        xs = x.flip(1) if reverse else x
+        out = vf_lstm(xs, h0[None], c0[None], [w_ih, w_hh, b_ih, b_hh])[0]
+        return out.flip(1) if reverse else out
+    return fn
+
+
+def gru_layer(reverse, bias=True):
+    def fn(x, h0, w_ih, w_hh, *biases):
+        xs = x.flip(1) if reverse else x
+        out = vf_gru(xs, h0[None], [w_ih, w_hh, *biases], bias=bias)[0]
+        return out.flip(1) if reverse else out
+    return fn
+
+
+LSTM_LAYER = dict(x=R(3, 5, 4), h0=R(3, 6), c0=R(3, 6), w_ih=small(24, 4), w_hh=small(24, 6),
+                  b_ih=small(24), b_hh=small(24))
+GRU_LAYER = dict(x=R(3, 5, 4), h0=R(3, 6), w_ih=small(18, 4), w_hh=small(18, 6), b_ih=small(18),
+                 b_hh=small(18))
+case("lstm_layer", inputs(**LSTM_LAYER), lstm_layer(False))
+case("lstm_layer_reverse", inputs(**LSTM_LAYER), lstm_layer(True))
+case("gru_layer", inputs(**GRU_LAYER), gru_layer(False))
+case("gru_layer_reverse", inputs(**GRU_LAYER), gru_layer(True))
+case("gru_layer_nobias", inputs(x=R(2, 4, 3), h0=R(2, 5), w_ih=small(15, 3), w_hh=small(15, 5)),
+     gru_layer(False, bias=False))
+# saturated gates (pre-activations of tens): sigmoid and tanh at their flat ends
+case("lstm_layer_large", inputs(**dict(LSTM_LAYER, x=big(15, 3, 5, 4))), lstm_layer(False))
+case("gru_layer_large", inputs(**dict(GRU_LAYER, x=big(15, 3, 5, 4))), gru_layer(True))
+
+
+def rnn_module(name, mode, x, hidden, x_view=None, output="sequence", train=False, **kw):
+    """A case for a whole nn.LSTM / nn.GRU: input "x" (the module gets x_view(x)), and
+    the parameters of a freshly made module under their state_dict names."""
+    cls = torch.nn.LSTM if mode == "lstm" else torch.nn.GRU
+    layers, bidir = kw.get("num_layers", 1), kw.get("bidirectional", False)
+    batch_first, bias = kw.get("batch_first", False), kw.get("bias", True)
+    D = 2 if bidir else 1
+
+    def make():
+        values = {"x": x()}
+        module = cls(values["x"].shape[-1], hidden, **kw)
+        values.update((k, v.detach().clone()) for k, v in module.named_parameters())
+        return values
+
+    def fn(x, *params):
+        xin = x_view(x) if x_view else x
+        n = xin.shape[0 if batch_first else 1]
+        h0 = torch.zeros(layers * D, n, hidden)
+        args = dict(bias=bias, layers=layers, dropout=kw.get("dropout", 0.0), train=train,
+                    bidir=bidir, batch_first=batch_first)
+        if mode == "lstm":
+            out, h, _ = vf_lstm(xin, h0, h0, list(params), **args)
+        else:
+            out, h = vf_gru(xin, h0, list(params), **args)
+        if output == "last":  # the final hidden state of each direction: h_n[-D:]
+            return torch.cat([h[i] for i in range(layers * D - D, layers * D)], -1)
+        return out
+
+    case(name, make, fn)
+
+
+rnn_module("lstm_module_2layer_bidir", "lstm", R(2, 5, 3), 4, num_layers=2, bidirectional=True,
+           batch_first=True)
+rnn_module("gru_module_2layer_bidir", "gru", R(2, 5, 3), 4, num_layers=2, bidirectional=True,
+           batch_first=True)
+rnn_module("lstm_module_3layer_nobias", "lstm", R(3, 4, 2), 3, num_layers=3, bias=False,
+           batch_first=True)
+# x [T, N, F] given as x.transpose(0, 1): a batch-first input that is not contiguous
+rnn_module("lstm_module_noncontig", "lstm", R(6, 2, 3), 5, x_view=lambda x: x.transpose(0, 1),
+           batch_first=True)
+rnn_module("gru_module_noncontig", "gru", R(6, 2, 3), 5, x_view=lambda x: x.transpose(0, 1),
+           num_layers=2, batch_first=True)
+# torch's default layout, [T, N, F] (a module made in C with batch_first false)
+rnn_module("gru_module_seq_first", "gru", R(5, 2, 3), 4, bidirectional=True)
+# dropout 1 between layers in training: deterministic (the second layer sees zeros)
+rnn_module("lstm_module_dropout1_train", "lstm", R(2, 4, 3), 3, num_layers=2, dropout=1.0,
+           train=True, batch_first=True)
+rnn_module("lstm_module_last_bidir", "lstm", R(3, 5, 2), 4, output="last", num_layers=2,
+           bidirectional=True, batch_first=True)
+rnn_module("gru_module_last", "gru", R(3, 5, 2), 4, output="last", batch_first=True)
+
+
+def rnn_init(cls, seed, *args, **kw):
+    """The parameters of cls(*args, **kw) made right after torch.manual_seed(seed)."""
+    def fn():
+        torch.manual_seed(seed)
+        module = cls(*args, **kw)
+        values = {k: v.detach().clone() for k, v in module.named_parameters()}
+        values["out"] = values["weight_ih_l0"]
+        return values
+    return fn
+
+
+case("lstm_init", inputs(), rnn_init(torch.nn.LSTM, 1234, 3, 5, num_layers=2,
+                                     bidirectional=True))
+case("gru_init", inputs(), rnn_init(torch.nn.GRU, 99, 4, 7, bias=False))
+# ---- graph (issue 12) ---------------------------------------------------------------------------
+# The structure nodes of graph specs on batched tensors (dim 0 is the batch), as torch's
+# functions; several outputs are combined into "out" the way the C test combines them.
+
+case("graph_add3_broadcast", inputs(a=R(2, 3, 4), b=R(2, 1, 4), c=R(2, 3, 1)),
+     lambda a, b, c: a + b + c)
+case("graph_mul_broadcast", inputs(a=R(2, 3, 4), b=R(2, 3, 1)), lambda a, b: a * b)
+case("graph_concat_noncontig", inputs(abase=R(2, 4, 3), b=R(2, 3, 2)),
+     lambda abase, b: torch.cat([abase.transpose(1, 2), b], -1))
+case("graph_split_sections", inputs(x=R(2, 3, 6)),
+     lambda x: (lambda p: p[0].sum(-1, keepdim=True) * p[2].mean(-1, keepdim=True) + p[1])(
+         x.split([1, 2, 3], -1)))
+case("graph_chunk_uneven", inputs(x=R(2, 5, 4)),
+     lambda x: (lambda p: {"out": p[0] + p[1], "part2": p[2]})(x.chunk(3, 1)))
+case("graph_reshape_noncontig", inputs(base=R(2, 4, 8)),
+     lambda base: base.transpose(1, 2).reshape(2, 8, 2, 2))
+case("graph_permute4", inputs(x=R(2, 3, 4, 5)), lambda x: x.permute(0, 2, 3, 1))
+case("graph_transpose_neg", inputs(x=R(2, 3, 4)), lambda x: x.transpose(-1, 1))
+case("graph_matmul_broadcast", inputs(abase=R(2, 2, 4, 3), b=R(2, 1, 4, 5)),
+     lambda abase, b: abase.transpose(-1, -2) @ b)
+case("graph_mean_dims", inputs(x=R(2, 3, 4, 5)), lambda x: x.mean(dim=(1, 3)))
+case("graph_mean_keepdim", inputs(x=R(2, 3, 4)), lambda x: x.mean(dim=-1, keepdim=True))
+case("graph_slice_step", inputs(x=R(2, 7, 3)), lambda x: x[:, -5:6:2])
+case("graph_select_last", inputs(x=R(2, 5, 3)), lambda x: x[:, -1])
+
+
+def attention_block(x, qkv_weight, qkv_bias, proj_weight, proj_bias):
+    """A block of structure nodes only: x + proj(attention(x)), two heads, no scaling."""
+    n, t, c = x.shape
+    q, k, v = F.linear(x, qkv_weight, qkv_bias).split(c, dim=-1)
+    q = q.reshape(n, t, 2, c // 2).transpose(1, 2)
+    k = k.reshape(n, t, 2, c // 2).permute(0, 2, 3, 1)
+    v = v.reshape(n, t, 2, -1).transpose(1, 2)
+    y = (torch.softmax(q @ k, dim=-1) @ v).transpose(1, 2).reshape(n, t, c)
+    return x + F.linear(y, proj_weight, proj_bias)
+
+
+case("graph_attention_block",
+     inputs(x=R(2, 4, 8), qkv_weight=lambda: randn(24, 8) * 0.3, qkv_bias=R(24),
+            proj_weight=lambda: randn(8, 8) * 0.3, proj_bias=R(8)),
+     attention_block)
+# ---- attention (issue 12) ------------------------------------------------------------------
+# scaled_dot_product_attention against the formula torch 1.13 spells out, softmax(q k^T
+# * scale + mask) v (checked here against torch's own F._scaled_dot_product_attention
+# where that takes the case), then nn.MultiheadAttention and nn.TransformerEncoderLayer
+# through torch's modules, and their initialisation for a seed.
+
+import math
+
+
+def sdpa_ref(q, k, v, causal=False, offset=0, pad=None, scale=None):
+    """softmax(q k^T * scale + mask) v; causal: key j hidden from query i when j > i +
+    offset; pad [N, S]: nonzero keys hidden."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.transpose(-2, -1) * scale
+    if causal:
+        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(diagonal=offset)
+        s = s.masked_fill(~allowed, float("-inf"))
+    if pad is not None:
+        hidden = pad.bool().view(pad.shape[0], *([1] * (q.dim() - 2)), pad.shape[1])
+        s = s.masked_fill(hidden, float("-inf"))
+    out = torch.softmax(s, -1) @ v
+    if pad is None and offset == 0 and scale == 1 / math.sqrt(q.shape[-1]):
+        torch_out, _ = F._scaled_dot_product_attention(q, k, v, None, 0.0, False, causal)
+        assert torch.allclose(out, torch_out, rtol=0, atol=1e-6), "sdpa_ref != torch's sdpa"
+    return out
+
+
+def pad_mask(*rows):
+    return lambda: torch.tensor(rows, dtype=torch.int64)
+
+
+case("sdpa_basic", inputs(q=R(2, 3, 5, 8), k=R(2, 3, 7, 8), v=R(2, 3, 7, 6)), sdpa_ref)
+case("sdpa_causal", inputs(q=R(2, 2, 9, 5), k=R(2, 2, 9, 5), v=R(2, 2, 9, 5)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True))
+case("sdpa_causal_offset", inputs(q=R(1, 2, 3, 4), k=R(1, 2, 8, 4), v=R(1, 2, 8, 4)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True, offset=5))
+case("sdpa_padding", inputs(q=R(3, 2, 6, 4), k=R(3, 2, 6, 4), v=R(3, 2, 6, 4),
+                            pad=pad_mask([0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1])),
+     lambda q, k, v, pad: sdpa_ref(q, k, v, pad=pad))
+case("sdpa_causal_padding", inputs(q=R(2, 2, 5, 4), k=R(2, 2, 5, 4), v=R(2, 2, 5, 4),
+                                   pad=pad_mask([0, 1, 0, 0, 1], [0, 0, 0, 1, 1])),
+     lambda q, k, v, pad: sdpa_ref(q, k, v, causal=True, pad=pad))
+# Longer than one query block (32) and one key block (64), head dims not a multiple of 16.
+case("sdpa_long_causal", inputs(q=R(1, 2, 100, 20), k=R(1, 2, 100, 20), v=R(1, 2, 100, 20)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True))
+case("sdpa_long_cross", inputs(q=R(2, 1, 70, 9), k=R(2, 1, 150, 9), v=R(2, 1, 150, 33)),
+     sdpa_ref)
+case("sdpa_3d", inputs(q=R(2, 5, 3), k=R(2, 4, 3), v=R(2, 4, 2)), sdpa_ref)
+case("sdpa_scale", inputs(q=R(1, 2, 4, 6), k=R(1, 2, 4, 6), v=R(1, 2, 4, 6)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True, scale=0.3))
+case("sdpa_large_scores", inputs(q=big(6, 2, 2, 8, 4), k=big(6, 2, 2, 8, 4), v=R(2, 2, 8, 4)),
+     sdpa_ref)
+# Heads read in place from [N, L, H, E] (strided rows), and a last dim that is strided.
+case("sdpa_noncontig", inputs(qbase=R(2, 5, 3, 4), kbase=R(2, 6, 3, 4), vbase=R(2, 3, 5, 6)),
+     lambda qbase, kbase, vbase: sdpa_ref(qbase.transpose(1, 2), kbase.transpose(1, 2),
+                                          vbase.transpose(-1, -2), causal=True))
+
+
+def qkv_ref(qkv, heads, **kw):
+    n, t, e3 = qkv.shape
+    q, k, v = qkv.view(n, t, 3, heads, e3 // 3 // heads).permute(2, 0, 3, 1, 4)
+    return sdpa_ref(q, k, v, **kw).transpose(1, 2).reshape(n, t, e3 // 3)
+
+
+case("attention_qkv", inputs(qkv=R(2, 7, 24)), lambda qkv: qkv_ref(qkv, 2))
+case("attention_qkv_causal_padding",
+     inputs(qkv=R(2, 40, 36), pad=lambda: (torch.arange(40) >= torch.tensor([[33], [40]])).long()),
+     lambda qkv, pad: qkv_ref(qkv, 3, causal=True, pad=pad))
+
+
+MHA_NAMES = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+
+
+# Parameters of the size a trained model has (weights ~ 1/sqrt(fan_in)): randn weights
+# make the softmax so peaked that float32 itself is off by 1e-4 in the gradients.
+def W(rows, cols):
+    return big(1 / math.sqrt(cols), rows, cols)
+
+
+def mha_params(e):
+    return {"in_proj_weight": W(3 * e, e), "in_proj_bias": big(0.1, 3 * e),
+            "out_proj.weight": W(e, e), "out_proj.bias": big(0.1, e)}
+
+
+def mha_ref(heads, causal=False, cross=False, with_pad=False):
+    """nn.MultiheadAttention(batch_first=True) with the case's parameters, through
+    torch.nn.utils.stateless.functional_call so the gradients reach them."""
+    from torch.nn.utils import stateless
+
+    def fn(*args):
+        if cross:
+            query, key, value, *rest = args
+        else:
+            query, *rest = args
+            key = value = query
+        pad = rest.pop(0).bool() if with_pad else None
+        e = query.shape[-1]
+        m = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+        mask = None
+        if causal:
+            mask = torch.ones(query.shape[1], key.shape[1], dtype=torch.bool).triu(1)
+        out, _ = stateless.functional_call(m, dict(zip(MHA_NAMES, rest)), (query, key, value),
+                                           {"key_padding_mask": pad, "attn_mask": mask,
+                                            "need_weights": False})
+        return out
+    return fn
+
+
+case("mha_self", inputs(x=R(2, 6, 8), **mha_params(8)), mha_ref(2))
+case("mha_causal_padding", inputs(x=R(2, 5, 12), pad=pad_mask([0, 0, 0, 1, 1], [0, 0, 0, 0, 0]),
+                                  **mha_params(12)),
+     mha_ref(3, causal=True, with_pad=True))
+case("mha_cross", inputs(query=R(2, 4, 8), key=R(2, 6, 8), value=R(2, 6, 8), **mha_params(8)),
+     mha_ref(4, cross=True))
+
+TEL_NAMES = ["self_attn." + n for n in MHA_NAMES] + [
+    "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
+    "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"]
+
+
+def tel_params(d, ff):
+    return {"self_attn.in_proj_weight": W(3 * d, d), "self_attn.in_proj_bias": big(0.1, 3 * d),
+            "self_attn.out_proj.weight": W(d, d), "self_attn.out_proj.bias": big(0.1, d),
+            "linear1.weight": W(ff, d), "linear1.bias": big(0.1, ff),
+            "linear2.weight": W(d, ff), "linear2.bias": big(0.1, d),
+            "norm1.weight": R(d), "norm1.bias": R(d), "norm2.weight": R(d), "norm2.bias": R(d)}
+
+
+def tel_ref(heads, ff, activation="relu", norm_first=False, causal=False, with_pad=False):
+    """nn.TransformerEncoderLayer(batch_first=True, dropout=0) in training mode (torch's
+    eval fast path is another kernel), the case's parameters through functional_call."""
+    from torch.nn.utils import stateless
+
+    def fn(x, *rest):
+        rest = list(rest)
+        pad = rest.pop(0).bool() if with_pad else None
+        m = torch.nn.TransformerEncoderLayer(x.shape[-1], heads, ff, dropout=0.0,
+                                             activation=activation, batch_first=True,
+                                             norm_first=norm_first, layer_norm_eps=1e-5)
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1) if causal else None
+        return stateless.functional_call(m, dict(zip(TEL_NAMES, rest)), (x,),
+                                         {"src_mask": mask, "src_key_padding_mask": pad})
+    return fn
+
+
+case("tel_post_relu", inputs(x=R(2, 5, 8), **tel_params(8, 12)), tel_ref(2, 12))
+case("tel_pre_gelu_causal", inputs(x=R(2, 6, 8), **tel_params(8, 16)),
+     tel_ref(4, 16, activation="gelu", norm_first=True, causal=True))
+case("tel_post_padding", inputs(x=R(2, 5, 8), pad=pad_mask([0, 0, 0, 1, 1], [0, 0, 0, 0, 1]),
+                                **tel_params(8, 12)),
+     tel_ref(2, 12, with_pad=True))
+
+
+def seeded_modules():
+    """The state dicts of torch's modules made right after torch.manual_seed(1234):
+    Kiln's modules made after kn_manual_seed(1234) must hold the same numbers."""
+    out = {}
+    torch.manual_seed(1234)
+    for key, value in torch.nn.MultiheadAttention(12, 3, batch_first=True).state_dict().items():
+        out["mha." + key] = value
+    for key, value in torch.nn.TransformerEncoderLayer(
+            8, 2, 24, batch_first=True).state_dict().items():
+        out["tel." + key] = value
+    out["out"] = torch.zeros(1)
+    return out
+
+
+case("attention_init_seed1234", inputs(), seeded_modules)
 
 
 def main():

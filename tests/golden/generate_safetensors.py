@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Writes tests/golden/data/safetensors_from_python.safetensors for tests/test_safetensors.c.
+"""Writes tests/golden/data/safetensors_from_python.safetensors for tests/test_safetensors.c,
+and is the safetensors module of the other Python helpers (write, read).
 
 python3-safetensors is not packaged, so this writes the format by hand exactly as the
 python library lays it out: an 8-byte little-endian header length, a JSON header (no
@@ -42,6 +43,25 @@ def write(path, tensors, metadata):
     text += b" " * ((8 - len(text) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+READ_DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64,
+               "I32": torch.int32, "U8": torch.uint8}
+
+
+def read(path):
+    """The tensors of a safetensors file (F32, F64 and integer dtypes), by name."""
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    header.pop("__metadata__", None)
+    body = data[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        t = torch.frombuffer(bytearray(body[begin:end]), dtype=READ_DTYPES[info["dtype"]])
+        tensors[name] = t.reshape(info["shape"]).clone()
+    return tensors
 
 
 def main():

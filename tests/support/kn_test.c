@@ -348,3 +348,31 @@ kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1)
     strides[d0] = t->strides[d1], strides[d1] = t->strides[d0];
     return kn_autorelease(kn__view_raw(t, shape, strides, t->ndim, t->offset));
 }
+
+bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
+                       const void *data)
+{
+    char dims[160] = "", dict[256];
+    size_t count = 1, used = 0;
+    for (int i = 0; i < ndim; i++) {
+        used += (size_t)snprintf(dims + used, sizeof dims - used, "%lld%s", (long long)shape[i],
+                                 ndim == 1      ? ","
+                                 : i + 1 < ndim ? ", "
+                                                : "");
+        count *= (size_t)shape[i];
+    }
+    snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr,
+             dims);
+    size_t len = strlen(dict) + 1, padded = (10 + len + 63) / 64 * 64 - 10;
+    size_t element = (size_t)(descr[2] - '0');
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+    fputc((int)(padded & 0xff), f);
+    fputc((int)(padded >> 8), f);
+    fputs(dict, f);
+    for (size_t i = strlen(dict); i + 1 < padded; i++) fputc(' ', f);
+    fputc('\n', f);
+    bool ok = fwrite(data, element, count, f) == count;
+    return fclose(f) == 0 && ok;
+}

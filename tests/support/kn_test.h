@@ -97,5 +97,9 @@ kn_tensor *kn_test_scalar(float value);
 /* A view of t with dims d0 and d1 swapped, made with kn__view_raw rather than the view
  * ops so that the op under test is the only one involved; handed to the open scope. */
 kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
+/* Writes an .npy file as numpy does (version 1, header padded to 64 bytes): data in shape,
+ * descr "<f4", "<f8", "<i8" (little-endian, C order). false when it cannot be written. */
+bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
+                       const void *data);
 
 #endif

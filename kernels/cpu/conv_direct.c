@@ -1,0 +1,434 @@
+/*
+ * conv_direct.c — 2-D convolution with stride 1, dilation 1 and one group (the CNNs'
+ * 3x3 "same" layers), forward, input gradient and weight gradient, with no unfolding.
+ *
+ * The trick: pad an image once into planes of width wp = W + 2*pad_w, and index the
+ * outputs "virtually" as v = oh*wp + ow over ho rows of wp. Then the column of the
+ * unfolded matrix for weight step (c, ki, kj) is the padded plane itself, shifted by
+ * c*hp*wp + ki*wp + kj: the GEMM micro-kernel (kn_cpu_ukernel.h) reads its B rows
+ * straight out of the padded image, and im2col never happens. The wp - wo columns past
+ * each output row are computed and dropped (wp/wo: 16/14 for a 14-wide map).
+ *
+ *   forward      y[o, v]  = sum over (c,ki,kj) of W[o, c,ki,kj] * xpad[c*hp*wp + ki*wp + kj + v]
+ *   input grad   the forward of gout padded by (k - 1 - pad), with W's taps reversed and
+ *                its in/out channels swapped: a full convolution, no col2im
+ *   weight grad  gW[o, c,ki,kj] = sum over images and v of gout[o, v] * xpad[shift + v]:
+ *                the row-pointer kernel with A the shifted padded rows, B gout transposed
+ *                to [v, o] (zero in the dropped columns)
+ *
+ * Work is per image (forward, input gradient) or per fixed slice of the batch (weight
+ * and bias gradient: a partial sum per slice, added in slice order), so results do not
+ * depend on the thread count.
+ */
+#include "kn_cpu.h"
+#include "kn_cpu_linalg.h"
+#include "kn_cpu_ukernel.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Partial sums of the weight gradient: at most this many slices of the batch and this
+ * many floats for all of them. */
+#define MAX_SLICES 16
+#define PARTIAL_FLOATS ((int64_t)4 << 20)
+
+typedef struct direct_conv {
+    const kn_cpu_ukernel *uk;
+    int64_t cin, h, w, ph, pw, kh, kw, cout; /* one image in, the padding, the taps */
+    int64_t hp, wp, plane, ho, wo, lv;       /* padded planes; outputs; ho*wp virtual */
+    int64_t kdim;                            /* cin*kh*kw weight steps */
+    int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
+    float *apack;                            /* weights packed in MR-row panels */
+    kn_cpu_conv_planes in;   /* the input images (forward's x, or the padded gout) */
+    kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
+    const float *bias;
+    float *out;
+    const kn_cpu_conv_epilogue *epilogue; /* relu and 2x2 max pool after the sum, or NULL */
+    int64_t count;                        /* images */
+    int failed;                           /* a task found no memory for its scratch */
+    /* weight gradient */
+    int64_t slices;
+    float *partial; /* [slices][kdim][cout] (rows form) or [slices][cout][kdim] (dot
+                     * form) gradient, then [slices][cout] bias */
+    bool want_bias;
+    bool dot_form; /* the weight gradient by dot products (see weight_grad_form) */
+} direct_conv;
+
+bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups)
+{
+    return groups == 1 && g->stride_h == 1 && g->stride_w == 1 && g->dilation_h == 1 &&
+           g->dilation_w == 1 && g->pad_h < g->kernel_h && g->pad_w < g->kernel_w && g->out_h > 0 &&
+           g->out_w > 0;
+}
+
+static void setup(direct_conv *d, int64_t cin, int64_t h, int64_t w, int64_t ph, int64_t pw,
+                  int64_t kh, int64_t kw, int64_t cout)
+{
+    *d = (direct_conv){.uk = kn_cpu_ukernel_get(),
+                       .cin = cin,
+                       .h = h,
+                       .w = w,
+                       .ph = ph,
+                       .pw = pw,
+                       .kh = kh,
+                       .kw = kw,
+                       .cout = cout};
+    d->hp = h + 2 * ph;
+    d->wp = w + 2 * pw;
+    d->plane = d->hp * d->wp;
+    d->ho = d->hp - kh + 1;
+    d->wo = d->wp - kw + 1;
+    d->lv = d->ho * d->wp;
+    d->kdim = cin * kh * kw;
+}
+
+/* Floats of one padded image, with the slack the last tile of a forward reads past it. */
+static int64_t padded_floats(const direct_conv *d)
+{
+    return d->cin * d->plane + d->uk->nr + d->kw + d->wp;
+}
+
+static bool make_offsets(direct_conv *d)
+{
+    d->offsets = malloc(sizeof(int32_t) * (size_t)d->kdim);
+    if (!d->offsets) return false;
+    for (int64_t c = 0, k = 0; c < d->cin; c++)
+        for (int64_t ki = 0; ki < d->kh; ki++)
+            for (int64_t kj = 0; kj < d->kw; kj++)
+                d->offsets[k++] = (int32_t)(c * d->plane + ki * d->wp + kj);
+    return true;
+}
+
+/* Packs weights [cout, kdim] (row-major) into MR-row panels. */
+static bool pack_weights(direct_conv *d, const float *w)
+{
+    int mr = d->uk->mr;
+    int64_t panels = (d->cout + mr - 1) / mr;
+    d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(panels * mr * d->kdim)) + 63) & ~63ul);
+    if (!d->apack) return false;
+    for (int64_t q = 0; q < panels; q++) {
+        int64_t o = q * mr;
+        int m = d->cout - o < mr ? (int)(d->cout - o) : mr;
+        kn_cpu_pack_a(d->uk, w + o * d->kdim, d->kdim, 1, m, d->kdim, 1.f,
+                      d->apack + q * mr * d->kdim);
+    }
+    return true;
+}
+
+static void release(direct_conv *d)
+{
+    free(d->offsets);
+    free(d->apack);
+    free(d->partial);
+}
+
+/* Channel c of image i of src, [rows, cols] (rows*cols floats): in place when src is
+ * dense, else spread into tmp from the pooled gradient (each value to its window's max,
+ * zero elsewhere: what the 2x2 pool's backward writes). */
+static const float *plane_of(const kn_cpu_conv_planes *src, int64_t i, int64_t c, int64_t channels,
+                             int64_t rows, int64_t cols, float *tmp)
+{
+    int64_t index = i * channels + c;
+    if (src->dense) return src->dense + index * rows * cols;
+    memset(tmp, 0, sizeof(float) * (size_t)(rows * cols));
+    int64_t ph = src->pooled_h, pw = src->pooled_w;
+    const float *g = src->pooled + index * ph * pw;
+    const uint8_t *which = src->which + index * ph * pw;
+    for (int64_t r = 0; r < ph; r++)
+        for (int64_t q = 0; q < pw; q++) {
+            int at = which[r * pw + q]; /* dh*2 + dw */
+            tmp[(2 * r + (at >> 1)) * cols + 2 * q + (at & 1)] = g[r * pw + q];
+        }
+    return tmp;
+}
+
+/* Image i of d->in [cin, h, w] into dst [cin, hp, wp], zero borders and zero slack after
+ * (tmp: h*w floats for a pooled source). */
+static void pad_image(const direct_conv *d, int64_t i, float *dst, float *tmp)
+{
+    memset(dst, 0, sizeof(float) * (size_t)padded_floats(d));
+    for (int64_t c = 0; c < d->cin; c++) {
+        const float *plane = plane_of(&d->in, i, c, d->cin, d->h, d->w, tmp);
+        for (int64_t r = 0; r < d->h; r++)
+            memcpy(dst + c * d->plane + (r + d->ph) * d->wp + d->pw, plane + r * d->w,
+                   sizeof(float) * (size_t)d->w);
+    }
+}
+
+/* ---- forward (and the input gradient, which is one) --------------------------------- */
+
+static void forward_images(void *context, int64_t begin, int64_t end)
+{
+    direct_conv *d = context;
+    const kn_cpu_ukernel *uk = d->uk;
+    int mr = uk->mr, nr = uk->nr;
+    int64_t panels = (d->cout + mr - 1) / mr, out_plane = d->ho * d->wo;
+    float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
+    float *yv = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, d->cout * d->lv);
+    float *tmp = d->in.dense ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->h * d->w);
+    if (!xpad || !yv || (!d->in.dense && !tmp)) {
+        __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t i = begin; i < end; i++) {
+        pad_image(d, i, xpad, tmp);
+        for (int64_t v = 0; v < d->lv; v += nr) {
+            int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
+            for (int64_t q = 0; q < panels; q++) {
+                int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
+                uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
+                       yv + q * mr * d->lv + v, d->lv, m, nv, false);
+            }
+        }
+        const kn_cpu_conv_epilogue *e = d->epilogue;
+        bool relu = e && e->relu, pool = e && e->pool;
+        /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
+        float *out = pool ? kn_cpu_scratch(KN_CPU_SCRATCH_CONV_ACT, d->cout * out_plane)
+                          : d->out + i * d->cout * out_plane;
+        if (!out) {
+            __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        for (int64_t o = 0; o < d->cout; o++) {
+            float b = d->bias ? d->bias[o] : 0.f;
+            for (int64_t r = 0; r < d->ho; r++) {
+                const float *src = yv + o * d->lv + r * d->wp;
+                float *dst = out + o * out_plane + r * d->wo;
+                if (relu) /* kn_relu's expression: NaN stays NaN */
+                    for (int64_t c = 0; c < d->wo; c++) {
+                        float v = src[c] + b;
+                        dst[c] = v < 0.f ? 0.f : v;
+                    }
+                else
+                    for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
+            }
+        }
+        if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
+            kn_cpu_pool_geometry g = *e->pool;
+            g.planes = d->cout;
+            int64_t pooled = d->cout * g.out_h * g.out_w;
+            kn_cpu_max_pool2d_2x2(&g, out, e->pooled + i * pooled, e->which + i * pooled);
+        }
+    }
+}
+
+static bool run_forward(direct_conv *d)
+{
+    kn_cpu_parallel_for(d->count, 1, forward_images, d);
+    return !d->failed;
+}
+
+bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
+                                const float *x, const float *w, const float *bias,
+                                const kn_cpu_conv_epilogue *epilogue, float *y)
+{
+    direct_conv d;
+    setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
+          out_channels);
+    d.in = (kn_cpu_conv_planes){.dense = x};
+    d.count = count;
+    d.bias = bias;
+    d.epilogue = epilogue;
+    d.out = y;
+    bool ok = make_offsets(&d) && pack_weights(&d, w) && run_forward(&d);
+    release(&d);
+    return ok;
+}
+
+bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
+                                       int64_t out_channels, const kn_cpu_conv_planes *gout,
+                                       const float *w, float *gx)
+{
+    /* the forward of gout [count, O, oh, ow] padded by k - 1 - pad, with weights
+     * wr[c, (o, ki, kj)] = w[o, c, kh-1-ki, kw-1-kj] */
+    int64_t c = g->channels, o = out_channels, kh = g->kernel_h, kw = g->kernel_w;
+    direct_conv d;
+    setup(&d, o, g->out_h, g->out_w, kh - 1 - g->pad_h, kw - 1 - g->pad_w, kh, kw, c);
+    d.in = *gout;
+    d.count = count;
+    d.out = gx;
+    float *wr = malloc(sizeof(float) * (size_t)(c * o * kh * kw));
+    bool ok = wr != NULL;
+    if (ok)
+        for (int64_t ci = 0; ci < c; ci++)
+            for (int64_t oi = 0; oi < o; oi++)
+                for (int64_t ki = 0; ki < kh; ki++)
+                    for (int64_t kj = 0; kj < kw; kj++)
+                        wr[((ci * o + oi) * kh + ki) * kw + kj] =
+                            w[((oi * c + ci) * kh + (kh - 1 - ki)) * kw + (kw - 1 - kj)];
+    ok = ok && make_offsets(&d) && pack_weights(&d, wr) && run_forward(&d);
+    free(wr);
+    release(&d);
+    return ok;
+}
+
+/* ---- weight and bias gradient ------------------------------------------------------- */
+
+/* *sum += the lane-parallel sum of a plane (kn_cpu_conv_bias_grad's order). */
+static void add_plane_sum(const float *plane, int64_t n, float *sum)
+{
+    float s;
+    kn_cpu_conv_bias_grad(plane, 1, 1, n, &s);
+    *sum += s;
+}
+
+/* Rows form: image i's gout into NR-column panels [panels][lv][NR], gt[v][o], zero in the
+ * dropped columns and past cout; each channel's sum added to bias_sum (or NULL). */
+static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
+{
+    int nr = d->uk->nr;
+    int64_t panels = (d->cout + nr - 1) / nr;
+    memset(gt, 0, sizeof(float) * (size_t)(panels * d->lv * nr));
+    for (int64_t o = 0; o < d->cout; o++) {
+        const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
+        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
+        float *col = gt + (o / nr) * d->lv * nr + o % nr;
+        for (int64_t r = 0; r < d->ho; r++)
+            for (int64_t c = 0; c < d->wo; c++) col[(r * d->wp + c) * nr] = src[r * d->wo + c];
+    }
+}
+
+/* Dot form: image i's gout in virtual layout [cout][lv], zero in the dropped columns;
+ * each channel's sum added to bias_sum (or NULL). */
+static void virtual_gout(const direct_conv *d, int64_t i, float *gv, float *tmp, float *bias_sum)
+{
+    for (int64_t o = 0; o < d->cout; o++) {
+        const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
+        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
+        for (int64_t r = 0; r < d->ho; r++) {
+            float *dst = gv + o * d->lv + r * d->wp;
+            memcpy(dst, src + r * d->wo, sizeof(float) * (size_t)d->wo);
+            memset(dst + d->wo, 0, sizeof(float) * (size_t)(d->wp - d->wo));
+        }
+    }
+}
+
+/* Rows form: part[kdim][cout] += the image's products, MR steps x NR channels a tile. */
+static void weight_grad_rows(const direct_conv *d, const float *xpad, const float *gt, float *part)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    int mr = uk->mr, nr = uk->nr;
+    for (int64_t p = 0; p * mr < d->kdim; p++) {
+        int m = d->kdim - p * mr < mr ? (int)(d->kdim - p * mr) : mr;
+        for (int64_t q = 0; q * nr < d->cout; q++) {
+            int n = d->cout - q * nr < nr ? (int)(d->cout - q * nr) : nr;
+            uk->rows_fn(d->lv, xpad, d->offsets + p * mr, gt + q * d->lv * nr,
+                        part + p * mr * d->cout + q * nr, d->cout, m, n, true);
+        }
+    }
+}
+
+/* Dot form: part[cout][kdim] += the image's dot products, 4 x 4 a block. */
+static void weight_grad_dots(const direct_conv *d, const float *xpad, const float *gv, float *part)
+{
+    kn_cpu_dot_fn dot = kn_cpu_dot_kernel();
+    for (int64_t o = 0; o < d->cout; o += KN_CPU_DOT_MR) {
+        int m = d->cout - o < KN_CPU_DOT_MR ? (int)(d->cout - o) : KN_CPU_DOT_MR;
+        const float *ar[KN_CPU_DOT_MR];
+        for (int i = 0; i < KN_CPU_DOT_MR; i++) ar[i] = gv + (o + (i < m ? i : 0)) * d->lv;
+        for (int64_t k = 0; k < d->kdim; k += KN_CPU_DOT_NR) {
+            int n = d->kdim - k < KN_CPU_DOT_NR ? (int)(d->kdim - k) : KN_CPU_DOT_NR;
+            const float *br[KN_CPU_DOT_NR];
+            for (int j = 0; j < KN_CPU_DOT_NR; j++) br[j] = xpad + d->offsets[k + (j < n ? j : 0)];
+            dot(d->lv, ar, br, 1.f, part + o * d->kdim + k, d->kdim, m, n, true);
+        }
+    }
+}
+
+/* Floats of the per-image gradient buffer each form needs. */
+static int64_t gout_floats(const direct_conv *d)
+{
+    int nr = d->uk->nr;
+    return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->lv * nr;
+}
+
+static void weight_slices(void *context, int64_t begin, int64_t end)
+{
+    direct_conv *d = context;
+    float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
+    float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
+    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->ho * d->wo + d->h * d->w);
+    if (!xpad || !gbuf || !tmp) {
+        __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t s = begin; s < end; s++) {
+        int64_t i0 = d->count * s / d->slices, i1 = d->count * (s + 1) / d->slices;
+        float *part = d->partial + s * d->kdim * d->cout;
+        float *bias_part = d->partial + d->slices * d->kdim * d->cout + s * d->cout;
+        memset(part, 0, sizeof(float) * (size_t)(d->kdim * d->cout));
+        memset(bias_part, 0, sizeof(float) * (size_t)d->cout);
+        for (int64_t i = i0; i < i1; i++) {
+            pad_image(d, i, xpad, tmp);
+            float *bias = d->want_bias ? bias_part : NULL;
+            if (d->dot_form) {
+                virtual_gout(d, i, gbuf, tmp, bias);
+                weight_grad_dots(d, xpad, gbuf, part);
+            } else {
+                transpose_gout(d, i, gbuf, tmp, bias);
+                weight_grad_rows(d, xpad, gbuf, part);
+            }
+        }
+    }
+}
+
+/* The rows form keeps the FMA units busiest, but computes whole MR x NR tiles: with few
+ * weight steps or channels (a first layer: 9 steps, 16 channels) most of a tile is
+ * padding, and the dot form (4 x 4 blocks, about half the rows form's speed on full
+ * tiles) wastes less. */
+static bool weight_grad_form(const direct_conv *d)
+{
+    const char *force = getenv("KN_CONV_WGRAD");
+    if (force && !strcmp(force, "dot")) return true;
+    if (force && !strcmp(force, "rows")) return false;
+    int mr = d->uk->mr, nr = d->uk->nr;
+    double rows_use = (double)d->kdim / (double)(((d->kdim + mr - 1) / mr) * mr) * (double)d->cout /
+                      (double)(((d->cout + nr - 1) / nr) * nr);
+    double dot_use = (double)d->kdim / (double)(((d->kdim + 3) / 4) * 4) * (double)d->cout /
+                     (double)(((d->cout + 3) / 4) * 4);
+    return dot_use * 0.5 > rows_use;
+}
+
+bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
+                                        int64_t out_channels, const float *x,
+                                        const kn_cpu_conv_planes *gout, float *gw, float *gb)
+{
+    direct_conv d;
+    setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
+          out_channels);
+    d.in = (kn_cpu_conv_planes){.dense = x};
+    d.gout = *gout;
+    d.want_bias = gb != NULL;
+    int64_t per_slice = d.kdim * d.cout + d.cout;
+    d.slices = count < MAX_SLICES ? count : MAX_SLICES;
+    if (d.slices * per_slice > PARTIAL_FLOATS) d.slices = PARTIAL_FLOATS / per_slice;
+    if (d.slices < 1) d.slices = 1;
+    d.count = count;
+    d.dot_form = weight_grad_form(&d);
+    d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
+    bool ok = d.partial && make_offsets(&d) &&
+              kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d)) &&
+              kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(&d));
+    if (ok) kn_cpu_parallel_for(d.slices, 1, weight_slices, &d);
+    ok = ok && !d.failed;
+    if (ok) {
+        /* the slices' partial sums, in slice order, into gw [cout][kdim] */
+        for (int64_t k = 0; k < d.kdim; k++)
+            for (int64_t o = 0; o < d.cout; o++) {
+                int64_t at = d.dot_form ? o * d.kdim + k : k * d.cout + o;
+                float sum = 0.f;
+                for (int64_t s = 0; s < d.slices; s++) sum += d.partial[s * d.kdim * d.cout + at];
+                gw[o * d.kdim + k] = sum;
+            }
+        if (gb) {
+            const float *bias_parts = d.partial + d.slices * d.kdim * d.cout;
+            for (int64_t o = 0; o < d.cout; o++) {
+                float sum = 0.f;
+                for (int64_t s = 0; s < d.slices; s++) sum += bias_parts[s * d.cout + o];
+                gb[o] = sum;
+            }
+        }
+    }
+    release(&d);
+    return ok;
+}

@@ -1,0 +1,223 @@
+/*
+ * test_parallel.c — the engine's scheduler (kernels/cpu/parallel.c): every index of a
+ * range runs exactly once for any length, grain and thread count; nested regions run
+ * inline; several threads running regions at once all finish, each getting its share
+ * of the cores (one thread each when callers fill the cores, the share cap obeyed), and
+ * a caller left alone gets every core back once the others have been idle a while.
+ */
+#include "kn_cpu.h"
+#include "kn.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct marks {
+    int *hits;
+    int64_t n;
+} marks;
+
+static void mark_range(void *context, int64_t begin, int64_t end)
+{
+    marks *m = context;
+    for (int64_t i = begin; i < end; i++) __atomic_add_fetch(&m->hits[i], 1, __ATOMIC_RELAXED);
+}
+
+static void check_once(int64_t n, int64_t grain)
+{
+    marks m = {calloc((size_t)(n > 0 ? n : 1), sizeof(int)), n};
+    kn_cpu_parallel_for(n, grain, mark_range, &m);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert_eq(m.hits[i], 1, "n=%lld grain=%lld: index %lld ran %d times", (long long)n,
+                     (long long)grain, (long long)i, m.hits[i]);
+    free(m.hits);
+}
+
+Test(parallel, every_index_once)
+{
+    const int64_t lengths[] = {0, 1, 2, 3, 7, 64, 1000, 4097, 100003};
+    const int64_t grains[] = {1, 2, 3, 100, 1 << 20};
+    for (int t = 1; t <= 5; t++) {
+        kn_cpu_set_num_threads(t);
+        for (size_t i = 0; i < sizeof lengths / sizeof *lengths; i++)
+            for (size_t g = 0; g < sizeof grains / sizeof *grains; g++)
+                check_once(lengths[i], grains[g]);
+    }
+}
+
+/* ---- nesting -------------------------------------------------------------------------- */
+
+static void inner_range(void *context, int64_t begin, int64_t end)
+{
+    int64_t *sum = context;
+    for (int64_t i = begin; i < end; i++) __atomic_add_fetch(sum, i, __ATOMIC_RELAXED);
+}
+
+static void outer_range(void *context, int64_t begin, int64_t end)
+{
+    for (int64_t i = begin; i < end; i++) {
+        int64_t sum = 0;
+        kn_cpu_parallel_for(1000, 1, inner_range, &sum); /* runs inline */
+        cr_assert_eq(sum, 999 * 1000 / 2);
+        cr_assert_eq(kn_cpu_current_share(), 1, "a nested region gets one thread");
+        __atomic_add_fetch((int64_t *)context, 1, __ATOMIC_RELAXED);
+    }
+}
+
+Test(parallel, nested_regions_run_inline)
+{
+    kn_cpu_set_num_threads(3);
+    int64_t done = 0;
+    kn_cpu_parallel_for(64, 1, outer_range, &done);
+    cr_assert_eq(done, 64);
+}
+
+/* ---- several callers ------------------------------------------------------------------ */
+
+/* Records which threads ran parts of a region (by address of a thread-local). */
+static _Thread_local char thread_tag;
+
+typedef struct distinct {
+    const void *seen[64];
+    int count;
+    pthread_mutex_t lock;
+} distinct;
+
+static void note_thread(void *context, int64_t begin, int64_t end)
+{
+    distinct *d = context;
+    volatile double x = 0; /* a little work so helpers have time to join */
+    for (int64_t i = begin; i < end; i++)
+        for (int k = 0; k < 2000; k++) x += (double)k;
+    pthread_mutex_lock(&d->lock);
+    bool known = false;
+    for (int i = 0; i < d->count; i++) known |= d->seen[i] == &thread_tag;
+    if (!known && d->count < 64) d->seen[d->count++] = &thread_tag;
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* The most threads seen in one region over a few tries. */
+static int threads_in_region(void)
+{
+    int most = 0;
+    for (int tries = 0; tries < 20; tries++) {
+        distinct d = {.lock = PTHREAD_MUTEX_INITIALIZER};
+        kn_cpu_parallel_for(256, 1, note_thread, &d);
+        if (d.count > most) most = d.count;
+    }
+    return most;
+}
+
+typedef struct busy_caller {
+    int stop;
+    int64_t regions;
+    int64_t errors;
+} busy_caller;
+
+static void sum_range(void *context, int64_t begin, int64_t end)
+{
+    int64_t *sum = context;
+    int64_t local = 0;
+    for (int64_t i = begin; i < end; i++) local += i;
+    __atomic_add_fetch(sum, local, __ATOMIC_RELAXED);
+}
+
+static void *keep_computing(void *arg)
+{
+    busy_caller *b = arg;
+    while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+        int64_t sum = 0;
+        kn_cpu_parallel_for(20000, 100, sum_range, &sum);
+        if (sum != (int64_t)19999 * 20000 / 2) b->errors++;
+        b->regions++;
+    }
+    return NULL;
+}
+
+Test(parallel, callers_at_once_all_finish_right)
+{
+    kn_cpu_set_num_threads(3);
+    busy_caller b[4] = {{0}};
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, keep_computing, &b[i]), 0);
+    usleep(300 * 1000);
+    for (int i = 0; i < 4; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
+        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
+                     (long long)b[i].regions);
+    }
+}
+
+Test(parallel, cores_are_divided_between_callers)
+{
+    kn_cpu_set_num_threads(2);
+    cr_assert_eq(threads_in_region(), 2, "one caller alone uses both threads");
+    /* another thread computing: one thread each */
+    busy_caller other = {0};
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, keep_computing, &other), 0);
+    usleep(20 * 1000);
+    cr_assert_eq(kn_cpu_current_share(), 1);
+    cr_assert_eq(threads_in_region(), 1, "with two callers on two threads, each runs alone");
+    __atomic_store_n(&other.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(thread, NULL);
+    /* the other caller has gone: both threads again once it has been idle 50 ms */
+    usleep(120 * 1000);
+    cr_assert_eq(kn_cpu_current_share(), 2);
+    cr_assert_eq(threads_in_region(), 2);
+}
+
+Test(parallel, more_cores_are_split_evenly)
+{
+    kn_cpu_set_num_threads(4);
+    busy_caller other = {0};
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, keep_computing, &other), 0);
+    usleep(20 * 1000);
+    cr_assert_eq(kn_cpu_current_share(), 2, "4 threads, 2 callers: 2 each");
+    __atomic_store_n(&other.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(thread, NULL);
+}
+
+Test(parallel, the_share_caps_a_caller)
+{
+    kn_cpu_set_num_threads(3);
+    cr_assert_eq(kn_get_thread_share(), 0);
+    kn_set_thread_share(1);
+    cr_assert_eq(kn_get_thread_share(), 1);
+    cr_assert_eq(kn_cpu_current_share(), 1);
+    cr_assert_eq(threads_in_region(), 1);
+    kn_set_thread_share(2);
+    cr_assert_eq(kn_cpu_current_share(), 2);
+    cr_assert_leq(threads_in_region(), 2);
+    kn_set_thread_share(0);
+    cr_assert_eq(kn_cpu_current_share(), 3);
+    kn_set_thread_share(-4); /* <= 0: no cap */
+    cr_assert_eq(kn_get_thread_share(), 0);
+}
+
+/* Threads that come and go (each one region, then exit) give their slots back: many
+ * more of them than the scheduler has slots all still run their regions. */
+static void *one_region(void *arg)
+{
+    int64_t *sum = arg;
+    kn_cpu_parallel_for(10000, 10, sum_range, sum);
+    return NULL;
+}
+
+Test(parallel, exited_callers_give_their_slot_back)
+{
+    kn_cpu_set_num_threads(2);
+    for (int i = 0; i < 200; i++) {
+        int64_t sum = 0;
+        pthread_t thread;
+        cr_assert_eq(pthread_create(&thread, NULL, one_region, &sum), 0);
+        pthread_join(thread, NULL);
+        cr_assert_eq(sum, (int64_t)9999 * 10000 / 2);
+    }
+}

@@ -125,6 +125,27 @@ Test(dist, cnn_batch_norm_two_ranks_match_one)
     assert_equivalent("cnn.json");
 }
 
+/* A small transformer (issue 15 asks for one once graph models landed): each sample's 64
+ * features as a sequence of 8 tokens of 8, one post-norm encoder layer (self-attention,
+ * layer norms, the feed-forward), then a linear head. Dropout 0: dropout draws from a
+ * stream per rank, so with it the runs differ by design. SGD, not Adam: with Adam the
+ * runs ended 1.8e-2 apart, worst in in_proj_bias, most
+ * likely its keys' part, whose gradient is zero up to rounding (softmax ignores a
+ * constant added to every score) and which Adam's division by its own tiny second
+ * moment turns into lr-sized steps of noise; SGD leaves such noise at its own size. */
+Test(dist, transformer_two_ranks_match_one)
+{
+    write_text("transformer.json",
+               "{\"model\": {\"name\": \"transformer\", \"input_shape\": [8, 8], \"layers\": ["
+               "{\"type\": \"transformer_encoder_layer\", \"nhead\": 2, \"dim_feedforward\": 16,"
+               " \"dropout\": 0}, {\"type\": \"flatten\"},"
+               " {\"type\": \"linear\", \"out_features\": 4}]},"
+               " \"data\": {\"train\": {\"format\": \"npy\", \"inputs\": \"x.npy\", \"labels\": "
+               "\"y.npy\"}}, \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.05, \"momentum\": 0.9},"
+               " \"batch_size\": 32, \"max_steps\": 100, \"seed\": 5}");
+    assert_equivalent("transformer.json");
+}
+
 /* NCCL: the MLP with one GPU per rank (the CUDA module's NCCL, bootstrapped over MPI). */
 Test(dist, mlp_two_gpus_match_one)
 {

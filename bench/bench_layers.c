@@ -29,31 +29,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_timing.h"
+
 enum { MAX_ROWS = 64, MAX_ROUNDS = 15 };
 
 static int quick;
 static const char *only;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *values, int n)
-{
-    double v[MAX_ROUNDS];
-    memcpy(v, values, sizeof(double) * (size_t)n);
-    qsort(v, (size_t)n, sizeof(double), compare_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static double minimum(const double *v, int n)
 {
@@ -62,29 +43,10 @@ static double minimum(const double *v, int n)
     return m;
 }
 
-typedef bool (*bench_fn)(void *context);
-
 /* Median microseconds per iteration (same method as bench_layers_torch.py), or -1. */
 static double measure(bench_fn fn, void *context)
 {
-    double start = now_s();
-    int warm = 0;
-    do {
-        if (!fn(context)) return -1;
-        warm++;
-    } while (warm < 2 || now_s() - start < (quick ? 0.02 : 0.1));
-    double per_iter = (now_s() - start) / warm;
-    int iters = (int)((quick ? 0.01 : 0.05) / per_iter);
-    if (iters < 1) iters = 1;
-    int runs = quick ? 3 : 5;
-    double times[5];
-    for (int r = 0; r < runs; r++) {
-        double t0 = now_s();
-        for (int i = 0; i < iters; i++)
-            if (!fn(context)) return -1;
-        times[r] = (now_s() - t0) / iters;
-    }
-    return median(times, runs) * 1e6;
+    return bench_measure(fn, context, quick ? 0.02 : 0.1, quick ? 0.01 : 0.05, quick ? 3 : 5);
 }
 
 /* ---- the rows (bench/bench_layers.rows) ------------------------------------------------ */
@@ -424,11 +386,11 @@ static figures figures_of(const row *r, int which)
 {
     figures f = {-1, -1, -1, -1};
     if (r->n_kiln[which]) {
-        f.k = median(r->kiln[which], r->n_kiln[which]);
+        f.k = bench_median(r->kiln[which], r->n_kiln[which]);
         f.kmin = minimum(r->kiln[which], r->n_kiln[which]);
     }
     if (r->n_torch[which]) {
-        f.t = median(r->torch[which], r->n_torch[which]);
+        f.t = bench_median(r->torch[which], r->n_torch[which]);
         f.tmin = minimum(r->torch[which], r->n_torch[which]);
     }
     return f;

@@ -515,9 +515,15 @@ static char scratch_dir[256];
 
 static const char *scratch(void)
 {
-    snprintf(scratch_dir, sizeof scratch_dir, "/tmp/kiln_attention_XXXXXX");
-    cr_assert_not_null(mkdtemp(scratch_dir));
+    cr_assert(kn_test_temp_dir("kiln-attention", scratch_dir, sizeof scratch_dir), "mkdtemp in /tmp");
     return scratch_dir;
+}
+
+/* the test's fini: the folder goes however the test ended (it was left in /tmp before) */
+static void remove_scratch(void)
+{
+    kn_test_remove_dir(scratch_dir);
+    scratch_dir[0] = '\0';
 }
 
 static void save_module(const char *path, const kn_module *m, kn_tensor *x)
@@ -536,7 +542,7 @@ static void save_module(const char *path, const kn_module *m, kn_tensor *x)
     free(sd);
 }
 
-Test(attention, torch_loads_kiln_weights_strictly_and_back)
+Test(attention, torch_loads_kiln_weights_strictly_and_back, .fini = remove_scratch)
 {
     if (access("/usr/bin/python3", X_OK) != 0) cr_skip_test("/usr/bin/python3 is not available");
     kn_scope_begin();

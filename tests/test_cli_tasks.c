@@ -22,15 +22,12 @@ static char dir[256];
 
 static void setup(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/kiln-cli-tasks-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    cr_assert(kn_test_temp_dir("kiln-cli-tasks", dir, sizeof dir), "mkdtemp in /tmp");
 }
 
 static void teardown(void)
 {
-    char command[512];
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    if (dir[0] && system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    kn_test_remove_dir(dir);
 }
 
 TestSuite(cli_tasks, .init = setup, .fini = teardown, .timeout = 300);

@@ -101,5 +101,10 @@ kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
  * descr "<f4", "<f8", "<i8" (little-endian, C order). false when it cannot be written. */
 bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
                        const void *data);
+/* A new empty directory /tmp/<prefix>-XXXXXX (mkdtemp) written into out (size >= 32 +
+ * strlen(prefix)); false when it cannot be made. Remove it with kn_test_remove_dir. */
+bool kn_test_temp_dir(const char *prefix, char *out, size_t size);
+/* Removes dir and everything under it without following links; nothing for "". */
+void kn_test_remove_dir(const char *dir);
 
 #endif

@@ -265,7 +265,13 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
         *rc = KCLI_EXIT_RUNTIME;
         return NULL;
     }
-    if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
+    if (!labels) { /* placeholders of the shape the model's output takes: [N] or [N, T] */
+        const kapi_model_spec *m = job->model_spec;
+        int64_t shape[KN_MAX_DIMS] = {inputs->shape[0]};
+        int ndim = m->output_ndim > 0 ? m->output_ndim : 1;
+        for (int i = 1; i < ndim; i++) shape[i] = m->output_shape[i - 1];
+        labels = kn_zeros(shape, ndim, KN_INT64);
+    }
     kn_dataset *ds = kn_dataset_new(inputs, labels);
     kn_release(inputs);
     kn_release(labels);

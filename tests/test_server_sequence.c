@@ -6,8 +6,9 @@
  * -100 for positions the loss skips), jobs with inline models submitted, polled to
  * success, their loss falling and their test accuracy high; the samples route shows the
  * tokens and the labels per position as stored; a job whose labels do not fit the
- * model's output fails with data_error naming data.train. The built kilnd over real
- * HTTP (tests/server_harness.h).
+ * model's output fails with data_error naming data.train; the trained classifier is
+ * served by v2 infer from INT64 tokens (float data and tokens outside the embedding get
+ * 400). The built kilnd over real HTTP (tests/server_harness.h).
  */
 #include "server_harness.h"
 
@@ -138,6 +139,65 @@ static void expect_learnt(cJSON *job)
     cr_assert_gt(accuracy, 0.95, "test accuracy %g", accuracy);
 }
 
+/* v2 infer of the trained classifier: INT64 tokens in, the test accuracy out; float
+ * data and tokens outside the embedding are refused with 400, batched or not. */
+static void expect_served(const char *model)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v2/models/%s", model);
+    cJSON *meta = h_json(&H, "GET", path, NULL, 200);
+    const cJSON *input = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(meta, "inputs"), 0);
+    cr_assert_str_eq(h_string(input, "datatype"), "INT64");
+    cJSON_Delete(meta);
+    enum { N = 64 };
+    int64_t tokens[N * SEQ], labels[N];
+    uint64_t seed = 99; /* the first test samples, as write_split drew them */
+    for (int i = 0; i < N; i++) {
+        labels[i] = 0;
+        for (int t = 0; t < SEQ; t++) {
+            tokens[i * SEQ + t] = (int64_t)(lcg(&seed) % VOCAB);
+            labels[i] |= tokens[i * SEQ + t] == 7;
+        }
+    }
+    char body[16384];
+    int used = snprintf(body, sizeof body,
+                        "{\"inputs\": [{\"name\": \"input\", \"shape\": [%d, %d], "
+                        "\"datatype\": \"INT64\", \"data\": [",
+                        N, SEQ);
+    for (int i = 0; i < N * SEQ; i++)
+        used += snprintf(body + used, sizeof body - (size_t)used, "%s%lld", i ? "," : "",
+                         (long long)tokens[i]);
+    snprintf(body + used, sizeof body - (size_t)used, "]}]}");
+    snprintf(path, sizeof path, "/v2/models/%s/infer", model);
+    cJSON *answer = h_json(&H, "POST", path, body, 200);
+    const cJSON *out = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(answer, "outputs"), 0);
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(out, "data");
+    cr_assert_eq(cJSON_GetArraySize(data), N * 2);
+    int correct = 0;
+    for (int i = 0; i < N; i++) {
+        double no = cJSON_GetArrayItem(data, 2 * i)->valuedouble;
+        double yes = cJSON_GetArrayItem(data, 2 * i + 1)->valuedouble;
+        correct += (yes > no) == (labels[i] == 1);
+    }
+    cr_assert_geq(correct, N * 95 / 100, "%d of %d right", correct, N);
+    cJSON_Delete(answer);
+    const char *bad[] = {
+        "{\"inputs\": [{\"name\": \"input\", \"shape\": [1, 8], \"datatype\": \"FP32\", "
+        "\"data\": [1, 2, 3, 4, 5, 6, 7, 8]}]}",
+        "{\"inputs\": [{\"name\": \"input\", \"shape\": [1, 8], \"datatype\": \"INT64\", "
+        "\"data\": [1, 2, 3, 4, 5, 6, 7, 12]}]}",
+    };
+    const char *why[] = {"expected INT64 (or another integer type), got FP32",
+                         "inputs[0].data[7]: token 12 is outside the embedding's 12 rows (0 to "
+                         "11)"};
+    for (int k = 0; k < 2; k++) {
+        khttp_response r = h_request(&H, "POST", path, bad[k]);
+        cr_assert_eq(r.status, 400, "%d %s", r.status, r.body);
+        cr_assert(strstr(r.body, why[k]), "%s", r.body);
+        khttp_response_free(&r);
+    }
+}
+
 Test(server_sequence, embedding_models_train_on_uploaded_int64_tokens)
 {
     h_start(&H, (const char *const[]){"--log-level", "warn", NULL});
@@ -149,6 +209,7 @@ Test(server_sequence, embedding_models_train_on_uploaded_int64_tokens)
     cJSON *job = run_job(CLASSIFIER, "seven", 400, 0.02);
     expect_learnt(job);
     cJSON_Delete(job);
+    expect_served("seven");
     job = run_job(TAGGER, "tags", 600, 0.01);
     expect_learnt(job);
     cJSON_Delete(job);

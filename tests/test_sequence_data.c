@@ -403,12 +403,14 @@ Test(sequence_data, evaluation_skips_ignored_positions)
 
 /* ---- kiln train ------------------------------------------------------------------------------ */
 
+/* dir/name-inputs.npy (descr '<i8' or '<i4') and dir/name-labels.npy: one class per
+ * sequence, or per position ([n, SEQ]). */
 static void write_tokens(const char *dir, const char *name, int64_t n, uint64_t seed,
-                         const char *descr)
+                         const char *descr, bool per_position)
 {
     int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
-    int64_t *labels = malloc(sizeof(int64_t) * (size_t)n);
-    make_tokens(n, seed, tokens, labels, NULL);
+    int64_t *labels = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
+    make_tokens(n, seed, tokens, per_position ? NULL : labels, per_position ? labels : NULL);
     char path[600];
     snprintf(path, sizeof path, "%s/%s-inputs.npy", dir, name);
     if (strcmp(descr, "<i4") == 0) { /* np.int32 as some tokenisers give */
@@ -422,21 +424,32 @@ static void write_tokens(const char *dir, const char *name, int64_t n, uint64_t 
                                sizeof(int64_t) * (size_t)(n * SEQ));
     }
     snprintf(path, sizeof path, "%s/%s-labels.npy", dir, name);
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){n}, 1, labels, sizeof(int64_t) * (size_t)n);
+    if (per_position)
+        kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, labels,
+                               sizeof(int64_t) * (size_t)(n * SEQ));
+    else
+        kn_test_write_npy_file(path, "<i8", (int64_t[]){n}, 1, labels, sizeof(int64_t) * (size_t)n);
     free(tokens);
     free(labels);
 }
 
-Test(sequence_data, kiln_train_trains_an_embedding_model_on_npy_tokens)
+/* Runs kiln with args; its output (stdout and stderr) into out; the exit status. */
+static int run_kiln(const char *args, char *out, size_t size)
 {
-    char kiln[512];
-    snprintf(kiln, sizeof kiln, "%s/kiln", KILN_BINARY_DIR);
-    if (access(kiln, X_OK) != 0) cr_skip_test("%s is not built", kiln);
-    char dir[512], path[700], command[2048];
-    snprintf(dir, sizeof dir, "%s/seq-cli-%d", KILN_BINARY_DIR, (int)getpid());
-    mkdir(dir, 0700);
-    write_tokens(dir, "train", 1024, 11, "<i8");
-    write_tokens(dir, "test", 256, 99, "<i4");
+    char command[2048];
+    snprintf(command, sizeof command, "%s/kiln %s 2>&1", KILN_BINARY_DIR, args);
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* dir/job.json: model on dir's train and test NPY files. */
+static void write_job(const char *dir, const char *model, int steps, double lr)
+{
+    char path[600];
     snprintf(path, sizeof path, "%s/job.json", dir);
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
@@ -444,24 +457,74 @@ Test(sequence_data, kiln_train_trains_an_embedding_model_on_npy_tokens)
             "{\"model\": %s, \"data\": {\"train\": {\"format\": \"npy\", \"inputs\": "
             "\"train-inputs.npy\", \"labels\": \"train-labels.npy\"}, \"test\": {\"format\": "
             "\"npy\", \"inputs\": \"test-inputs.npy\", \"labels\": \"test-labels.npy\"}, "
-            "\"validation_split\": 0.1}, \"optimizer\": {\"type\": \"adam\", \"lr\": 0.02}, "
-            "\"batch_size\": 32, \"max_steps\": 400, \"seed\": 2}",
-            CLASSIFIER);
+            "\"validation_split\": 0.1}, \"optimizer\": {\"type\": \"adam\", \"lr\": %g}, "
+            "\"batch_size\": 32, \"max_steps\": %d, \"seed\": 2}",
+            model, lr, steps);
     fclose(f);
-    snprintf(command, sizeof command, "%s train %s --json --quiet --threads 1 2>&1", kiln, path);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    char out[16384];
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kiln train failed:\n%s", out);
+}
+
+/* The number after "key": in text, which must have it. */
+static double json_number(const char *text, const char *key)
+{
+    char quoted[64];
+    snprintf(quoted, sizeof quoted, "\"%s\":", key);
+    const char *at = strstr(text, quoted);
+    cr_assert_not_null(at, "no %s in %s", key, text);
+    return strtod(at + strlen(quoted), NULL);
+}
+
+Test(sequence_data, kiln_train_trains_an_embedding_model_on_npy_tokens)
+{
+    char kiln[512];
+    snprintf(kiln, sizeof kiln, "%s/kiln", KILN_BINARY_DIR);
+    if (access(kiln, X_OK) != 0) cr_skip_test("%s is not built", kiln);
+    char dir[256], args[1200], out[16384];
+    snprintf(dir, sizeof dir, "%s/seq-cli-%d", KILN_BINARY_DIR, (int)getpid());
+    mkdir(dir, 0700);
+    write_tokens(dir, "train", 1024, 11, "<i8", false);
+    write_tokens(dir, "test", 256, 99, "<i4", false); /* np.int32 as some tokenisers give */
+    write_job(dir, CLASSIFIER, 400, 0.02);
+    snprintf(args, sizeof args, "train %s/job.json --json --quiet --threads 1", dir);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln train failed:\n%s", out);
     const char *summary = strstr(out, "\"event\":\"summary\"");
     cr_assert_not_null(summary, "%s", out);
-    const char *accuracy = strstr(summary, "\"test_accuracy\":");
-    cr_assert_not_null(accuracy, "%s", out);
-    double value = strtod(accuracy + strlen("\"test_accuracy\":"), NULL);
-    cr_assert_gt(value, 0.95, "%s", out);
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    cr_assert_eq(system(command), 0);
+    cr_assert_gt(json_number(summary, "test_accuracy"), 0.95, "%s", out);
+
+    /* a tagger: labels per position, its weights, then eval and predict from them */
+    write_tokens(dir, "train", 1024, 11, "<i8", true);
+    write_tokens(dir, "test", 256, 99, "<i8", true);
+    write_job(dir, TAGGER, 600, 0.01);
+    snprintf(args, sizeof args, "train %s/job.json --json --quiet --threads 1 --out %s/out", dir,
+             dir);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln train failed:\n%s", out);
+    summary = strstr(out, "\"event\":\"summary\"");
+    cr_assert_not_null(summary, "%s", out);
+    double trained = json_number(summary, "test_accuracy");
+    cr_assert_gt(trained, 0.95, "%s", out);
+    snprintf(args, sizeof args, "eval %s/out/model.safetensors %s/job.json --json", dir, dir);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln eval failed:\n%s", out);
+    cr_assert_float_eq(json_number(out, "test_accuracy"), trained, 1e-6, "%s", out);
+    snprintf(args, sizeof args, "predict %s/out/model.safetensors %s/job.json --limit 4 --json",
+             dir, dir);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln predict failed:\n%s", out);
+    int64_t tokens[4 * SEQ], labels[4 * SEQ];
+    make_tokens(4, 99, tokens, NULL, labels);
+    const char *line = out;
+    int right = 0;
+    for (int i = 0; i < 4; i++, line = strchr(line, '\n') + 1) {
+        const char *classes = strstr(line, "\"classes\":[");
+        cr_assert_not_null(classes, "%s", out);
+        classes += strlen("\"classes\":[");
+        for (int t = 0; t < SEQ; t++) {
+            char *end;
+            long c = strtol(classes, &end, 10);
+            cr_assert(end != classes, "%s", out);
+            classes = end + 1;
+            right += t > 0 && c == labels[i * SEQ + t];
+        }
+    }
+    cr_assert_geq(right, 4 * (SEQ - 1) - 1, "%d of %d positions right:\n%s", right, 4 * (SEQ - 1),
+                  out);
+    snprintf(args, sizeof args, "rm -rf '%s'", dir);
+    cr_assert_eq(system(args), 0);
 }

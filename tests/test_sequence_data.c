@@ -9,7 +9,7 @@
 #include "kapi.h"
 #include "kn_data.h"
 #include "kn_test.h"
-#include "kn_test_npy.h"
+#include "kn_test_tokens.h"
 #include "kn_train.h"
 
 #include <criterion/criterion.h>
@@ -25,58 +25,10 @@
     cr_assert(strstr(kn_last_error(), (text)), "error '%s' should mention '%s'", kn_last_error(),  \
               (text))
 
-/* ---- the two tasks -------------------------------------------------------------------------- */
-
-#define VOCAB 12
-#define SEQ 8
-
-static uint64_t lcg(uint64_t *s)
-{
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return *s >> 33;
-}
-
-/* n sequences of SEQ tokens in [0, VOCAB) and, per sequence, whether token 7 occurs (a
- * sequence classification), or per position (3 token + t) % VOCAB with position 0 ignored
- * (every position scored, as a language model's output; the position matters). */
-static void make_tokens(int64_t n, uint64_t seed, int64_t *tokens, int64_t *has_seven,
-                        int64_t *per_position)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t seven = 0;
-        for (int t = 0; t < SEQ; t++) {
-            int64_t token = (int64_t)(lcg(&seed) % VOCAB);
-            tokens[i * SEQ + t] = token;
-            seven |= token == 7;
-            if (per_position) per_position[i * SEQ + t] = t == 0 ? -100 : (3 * token + t) % VOCAB;
-        }
-        if (has_seven) has_seven[i] = seven;
-    }
-}
-
-static kapi_model_spec *parse_model(const char *json)
-{
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(json, strlen(json), &errors);
-    char *text = kapi_errors_to_text(&errors);
-    cr_assert_not_null(spec, "%s", text);
-    free(text);
-    kapi_errors_free(&errors);
-    return spec;
-}
-
-static const char CLASSIFIER[] =
-    "{\"name\": \"seven\", \"input_shape\": [8], \"layers\": ["
-    "{\"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 8},"
-    "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"out_features\": 2}]}";
-
-static const char TAGGER[] =
-    "{\"name\": \"tagger\", \"input_shape\": [8], \"layers\": ["
-    "{\"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 16},"
-    "{\"type\": \"positional_embedding\", \"num_embeddings\": 8},"
-    "{\"type\": \"linear\", \"in_features\": 16, \"out_features\": 64}, {\"type\": \"elu\"},"
-    "{\"type\": \"dropout\", \"p\": 0.05},"
-    "{\"type\": \"linear\", \"in_features\": 64, \"out_features\": 12}]}";
+#define VOCAB KN_TEST_VOCAB
+#define SEQ KN_TEST_SEQ
+static const char CLASSIFIER[] = KN_TEST_CLASSIFIER;
+static const char TAGGER[] = KN_TEST_TAGGER;
 
 /* ---- files --------------------------------------------------------------------------------- */
 
@@ -138,7 +90,7 @@ Test(sequence_data, datasets_keep_int64_inputs_and_labels_per_position)
     kn_scope_begin();
     enum { N = 10 };
     int64_t tokens[N * SEQ], labels[N * SEQ];
-    make_tokens(N, 3, tokens, NULL, labels);
+    kn_test_make_tokens(N, 3, tokens, NULL, labels);
     kn_dataset *ds = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(N, SEQ)),
                                     kn_from_int64s(labels, KN_SHAPE(N, SEQ)));
     cr_assert_not_null(ds, "%s", kn_last_error());
@@ -209,7 +161,7 @@ Test(sequence_data, labels_are_checked)
 Test(sequence_data, inputs_become_what_the_model_takes)
 {
     kn_scope_begin();
-    kapi_model_spec *classifier = parse_model(CLASSIFIER);
+    kapi_model_spec *classifier = kn_test_parse_model(CLASSIFIER);
     cr_assert_eq(classifier->input_dtype, KN_INT64);
     /* token ids written as floats (a CSV's features) become int64 indices */
     float as_floats[2 * SEQ];
@@ -236,9 +188,9 @@ Test(sequence_data, inputs_become_what_the_model_takes)
     /* int64 features (an '<i8' NPY) for a float model become float32 */
     const char *mlp = "{\"input_shape\": [8], \"layers\": [{\"type\": \"linear\", "
                       "\"out_features\": 2}]}";
-    kapi_model_spec *float_model = parse_model(mlp);
+    kapi_model_spec *float_model = kn_test_parse_model(mlp);
     int64_t tokens[2 * SEQ];
-    make_tokens(2, 1, tokens, NULL, NULL);
+    kn_test_make_tokens(2, 1, tokens, NULL, NULL);
     ds = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(2, SEQ)),
                         kn_from_int64s((int64_t[]){0, 1}, KN_SHAPE(2)));
     cr_assert(kapi_dataset_fit_model(ds, float_model, "data.train", &errors));
@@ -253,10 +205,10 @@ Test(sequence_data, inputs_become_what_the_model_takes)
 Test(sequence_data, labels_must_fit_the_output)
 {
     kn_scope_begin();
-    kapi_model_spec *classifier = parse_model(CLASSIFIER); /* output [2] */
-    kapi_model_spec *tagger = parse_model(TAGGER);         /* output [8, 12] */
+    kapi_model_spec *classifier = kn_test_parse_model(CLASSIFIER); /* output [2] */
+    kapi_model_spec *tagger = kn_test_parse_model(TAGGER);         /* output [8, 12] */
     int64_t tokens[2 * SEQ], has_seven[2], per_position[2 * SEQ];
-    make_tokens(2, 5, tokens, has_seven, per_position);
+    kn_test_make_tokens(2, 5, tokens, has_seven, per_position);
     struct {
         const kapi_model_spec *model;
         bool per_position;
@@ -309,7 +261,8 @@ static kn_dataset *token_dataset(int64_t n, uint64_t seed, bool per_position)
 {
     int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
     int64_t *labels = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
-    make_tokens(n, seed, tokens, per_position ? NULL : labels, per_position ? labels : NULL);
+    kn_test_make_tokens(n, seed, tokens, per_position ? NULL : labels,
+                        per_position ? labels : NULL);
     kn_scope_begin();
     kn_tensor *y = per_position ? kn_from_int64s(labels, KN_SHAPE(n, SEQ))
                                 : kn_from_int64s(labels, KN_SHAPE(n));
@@ -323,7 +276,7 @@ static kn_dataset *token_dataset(int64_t n, uint64_t seed, bool per_position)
 
 static kn_eval_result train_model(const char *json, bool per_position, int64_t steps, double lr)
 {
-    kapi_model_spec *spec = parse_model(json);
+    kapi_model_spec *spec = kn_test_parse_model(json);
     kn_generator *gen = kn_generator_new(1);
     kn_module *m = kapi_model_build(spec, gen);
     kn_dataset *train = token_dataset(1024, 11, per_position);
@@ -372,7 +325,7 @@ Test(sequence_data, a_tagger_trains_on_labels_per_position)
 Test(sequence_data, evaluation_skips_ignored_positions)
 {
     kn_scope_begin();
-    kapi_model_spec *spec = parse_model(TAGGER);
+    kapi_model_spec *spec = kn_test_parse_model(TAGGER);
     kn_module *m = kapi_model_build(spec, NULL);
     kn_dataset *ds = token_dataset(6, 7, true);
     kn_eval_result r;
@@ -410,7 +363,8 @@ static void write_tokens(const char *dir, const char *name, int64_t n, uint64_t 
 {
     int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
     int64_t *labels = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
-    make_tokens(n, seed, tokens, per_position ? NULL : labels, per_position ? labels : NULL);
+    kn_test_make_tokens(n, seed, tokens, per_position ? NULL : labels,
+                        per_position ? labels : NULL);
     char path[600];
     snprintf(path, sizeof path, "%s/%s-inputs.npy", dir, name);
     if (strcmp(descr, "<i4") == 0) { /* np.int32 as some tokenisers give */
@@ -508,7 +462,7 @@ Test(sequence_data, kiln_train_trains_an_embedding_model_on_npy_tokens)
              dir, dir);
     cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln predict failed:\n%s", out);
     int64_t tokens[4 * SEQ], labels[4 * SEQ];
-    make_tokens(4, 99, tokens, NULL, labels);
+    kn_test_make_tokens(4, 99, tokens, NULL, labels);
     const char *line = out;
     int right = 0;
     for (int i = 0; i < 4; i++, line = strchr(line, '\n') + 1) {

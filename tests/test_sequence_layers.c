@@ -12,6 +12,7 @@
 #include "kn_layer.h"
 #include "kn_safetensors.h"
 #include "kn_test.h"
+#include "kn_test_tokens.h"
 #include "nn/nn_internal.h"
 
 #include <criterion/criterion.h>
@@ -336,17 +337,6 @@ static const char SIGNAL_MODEL[] =
     "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"out_features\": 3},"
     "{\"type\": \"log_softmax\", \"dim\": 1}]}";
 
-static kapi_model_spec *parse(const char *json)
-{
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(json, strlen(json), &errors);
-    char *text = kapi_errors_to_text(&errors);
-    cr_assert_not_null(spec, "%s", text);
-    free(text);
-    kapi_errors_free(&errors);
-    return spec;
-}
-
 static void expect_shape(const kapi_layer_spec *layer, const int64_t *shape, int ndim)
 {
     cr_assert_eq(layer->out_ndim, ndim, "%s", layer->type);
@@ -356,7 +346,7 @@ static void expect_shape(const kapi_layer_spec *layer, const int64_t *shape, int
 
 Test(sequence_layers, specs_infer_shapes_parameters_and_memory)
 {
-    kapi_model_spec *tokens = parse(TOKENS_MODEL);
+    kapi_model_spec *tokens = kn_test_parse_model(TOKENS_MODEL);
     cr_assert_eq(tokens->input_dtype, KN_INT64);
     expect_shape(&tokens->layers[1], KN_SHAPE(12, 8));
     cr_assert_eq(tokens->layers[1].options.positional_embedding.embedding_dim, 8, "inferred");
@@ -370,7 +360,7 @@ Test(sequence_layers, specs_infer_shapes_parameters_and_memory)
     cr_assert_eq(kapi_model_training_memory(tokens, 32, KN_OPTIM_ADAM),
                  4 * 788 * 4 + 32 * (8 * 12 + 4 * acts));
 
-    kapi_model_spec *signal = parse(SIGNAL_MODEL);
+    kapi_model_spec *signal = kn_test_parse_model(SIGNAL_MODEL);
     cr_assert_eq(signal->input_dtype, KN_FLOAT32);
     expect_shape(&signal->layers[0], KN_SHAPE(4, 16));
     cr_assert_eq(signal->layers[1].options.group_norm.num_channels, 4, "inferred");
@@ -435,7 +425,7 @@ static void round_trip(const char *json, const char *name)
     char weights[512], io[512];
     temp_path(weights, sizeof weights, "weights.safetensors");
     temp_path(io, sizeof io, "io.safetensors");
-    kapi_model_spec *spec = parse(json);
+    kapi_model_spec *spec = kn_test_parse_model(json);
     /* Kiln to torch: the initial weights for seed 5 are torch's, and give its outputs */
     kn_generator *gen = kn_generator_new(5);
     kn_module *m = kapi_model_build(spec, gen);

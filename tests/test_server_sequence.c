@@ -12,7 +12,7 @@
  */
 #include "server_harness.h"
 
-#include "kn_test_npy.h"
+#include "kn_test_tokens.h"
 
 #include <criterion/criterion.h>
 
@@ -25,31 +25,16 @@ static void teardown(void)
 
 TestSuite(server_sequence, .fini = teardown, .timeout = 300);
 
-#define VOCAB 12
-#define SEQ 8
+#define VOCAB KN_TEST_VOCAB
+#define SEQ KN_TEST_SEQ
 
-static uint64_t lcg(uint64_t *s)
-{
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return *s >> 33;
-}
-
-/* As tests/test_sequence_data.c: whether token 7 occurs, or (3 token + t) % VOCAB per
- * position with position 0 ignored. */
+/* The tokens of a split and both tasks' labels (kn_test_tokens.h). */
 static void write_split(const char *split, int64_t n, uint64_t seed)
 {
     int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
     int64_t *per_sample = malloc(sizeof(int64_t) * (size_t)n);
     int64_t *per_position = malloc(sizeof(int64_t) * (size_t)(n * SEQ));
-    for (int64_t i = 0; i < n; i++) {
-        per_sample[i] = 0;
-        for (int t = 0; t < SEQ; t++) {
-            int64_t token = (int64_t)(lcg(&seed) % VOCAB);
-            tokens[i * SEQ + t] = token;
-            per_sample[i] |= token == 7;
-            per_position[i * SEQ + t] = t == 0 ? -100 : (3 * token + t) % VOCAB;
-        }
-    }
+    kn_test_make_tokens(n, seed, tokens, per_sample, per_position);
     char path[512];
     snprintf(path, sizeof path, "%s/%s-tokens.npy", H.files_dir, split);
     kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, tokens,
@@ -84,17 +69,8 @@ static void upload(const char *name, const char *labels)
     }
 }
 
-static const char CLASSIFIER[] =
-    "{\"name\": \"seven\", \"input_shape\": [8], \"layers\": ["
-    "{\"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 8},"
-    "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"out_features\": 2}]}";
-
-static const char TAGGER[] =
-    "{\"name\": \"tagger\", \"input_shape\": [8], \"layers\": ["
-    "{\"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 16},"
-    "{\"type\": \"positional_embedding\", \"num_embeddings\": 8},"
-    "{\"type\": \"linear\", \"in_features\": 16, \"out_features\": 64}, {\"type\": \"elu\"},"
-    "{\"type\": \"linear\", \"in_features\": 64, \"out_features\": 12}]}";
+static const char CLASSIFIER[] = KN_TEST_CLASSIFIER;
+static const char TAGGER[] = KN_TEST_TAGGER;
 
 /* Submits the model (inline) on dataset, waits for the end; the job document. */
 static cJSON *run_job(const char *model, const char *dataset, int steps, double lr)
@@ -151,14 +127,7 @@ static void expect_served(const char *model)
     cJSON_Delete(meta);
     enum { N = 64 };
     int64_t tokens[N * SEQ], labels[N];
-    uint64_t seed = 99; /* the first test samples, as write_split drew them */
-    for (int i = 0; i < N; i++) {
-        labels[i] = 0;
-        for (int t = 0; t < SEQ; t++) {
-            tokens[i * SEQ + t] = (int64_t)(lcg(&seed) % VOCAB);
-            labels[i] |= tokens[i * SEQ + t] == 7;
-        }
-    }
+    kn_test_make_tokens(N, 99, tokens, labels, NULL); /* the first test samples */
     char body[16384];
     int used = snprintf(body, sizeof body,
                         "{\"inputs\": [{\"name\": \"input\", \"shape\": [%d, %d], "

@@ -54,14 +54,7 @@ static kn_status conv1d_init(kn_module *m, kn_generator *gen)
                          (long long)o->in_channels, (long long)o->out_channels,
                          (long long)o->groups);
     int64_t shape[3] = {o->out_channels, o->in_channels / o->groups, o->kernel_size};
-    kn_tensor *w = kn__module_parameter(m, "weight", shape, 3, 0.0);
-    if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return kn_last_status();
-    if (o->bias) {
-        kn_tensor *b = kn__module_parameter(m, "bias", (int64_t[]){o->out_channels}, 1, 0.0);
-        double bound = 1 / sqrt((double)kn_init_fan_in(w));
-        if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return kn_last_status();
-    }
-    return KN_OK;
+    return kn__module_weight_bias(m, shape, 3, o->bias, gen);
 }
 
 static bool conv1d_shape(kn_layer_shape *s)
@@ -359,12 +352,7 @@ static const kn_layer_arg POSITIONAL_EMBEDDING_ARGS[] = {
 static kn_status positional_embedding_init(kn_module *m, kn_generator *gen)
 {
     const kn_positional_embedding_options *o = &m->options.positional_embedding;
-    KN__CHECK_POSITIVE(m, "num_embeddings", o->num_embeddings);
-    KN__CHECK_POSITIVE(m, "embedding_dim", o->embedding_dim);
-    int64_t shape[2] = {o->num_embeddings, o->embedding_dim};
-    kn_tensor *w = kn__module_parameter(m, "weight", shape, 2, 0.0);
-    if (!w || kn_normal_(w, 0.0, 1.0, gen) != KN_OK) return kn_last_status();
-    return KN_OK;
+    return kn__module_table(m, o->num_embeddings, o->embedding_dim, gen);
 }
 
 static bool positional_embedding_shape(kn_layer_shape *s)

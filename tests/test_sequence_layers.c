@@ -474,3 +474,55 @@ Test(sequence_layers, weights_move_to_and_from_torch_strictly)
     round_trip(TOKENS_MODEL, "tokens");
     round_trip(SIGNAL_MODEL, "signal");
 }
+
+/* ---- int64 tensors in the ops ------------------------------------------------------------ */
+
+Test(sequence_layers, to_dtype_saturates_and_keeps_what_it_can)
+{
+    kn_scope_begin();
+    kn_tensor *x =
+        kn_from_floats((float[]){NAN, INFINITY, -INFINITY, 9.3e18f, -9.3e18f, -0.9f}, KN_SHAPE(6));
+    kn_tensor *i = kn_to_dtype(x, KN_INT64);
+    cr_assert_not_null(i, "%s", kn_last_error());
+    const int64_t want[6] = {INT64_MIN, INT64_MAX, INT64_MIN, INT64_MAX, INT64_MIN, 0};
+    for (int k = 0; k < 6; k++) cr_assert_eq(kn_data_i64(i)[k], want[k], "element %d", k);
+    /* the same dtype is the same tensor, and its gradient still flows */
+    kn_tensor *leaf = kn_set_requires_grad(kn_ones(KN_SHAPE(3), KN_FLOAT32), true);
+    kn_tensor *same = kn_to_dtype(leaf, KN_FLOAT32);
+    cr_assert_eq(same, leaf);
+    ASSERT_OK(kn_backward(kn_sum_all(kn_mul(same, same)), NULL, false));
+    KN_ASSERT_CLOSE(kn_grad(leaf), {2, 2, 2});
+    /* an int64 result never asks for a gradient */
+    cr_assert_not(kn_to_dtype(leaf, KN_INT64)->requires_grad);
+    cr_assert_null(kn_to_dtype(leaf, (kn_dtype)7));
+    ASSERT_ERROR_HAS("to_dtype: unknown dtype 7 (expected float32 or int64)");
+    kn_scope_end();
+}
+
+Test(sequence_layers, int64_arithmetic_is_exact_and_errors_name_the_op)
+{
+    kn_scope_begin();
+    kn_tensor *big = kn_from_int64s((int64_t[]){(int64_t)1 << 53, INT64_MAX}, KN_SHAPE(2));
+    kn_tensor *one = kn_from_int64s((int64_t[]){1}, KN_SHAPE(1));
+    kn_tensor *sum = kn_add(big, one);
+    cr_assert_eq(sum->dtype, KN_INT64);
+    cr_assert_eq(kn_data_i64(sum)[0], ((int64_t)1 << 53) + 1, "exact beyond float's 2^24");
+    cr_assert_eq(kn_data_i64(sum)[1], INT64_MIN, "wraps as torch's");
+    kn_tensor *eq = kn_eq(kn_sub(sum, one), big);
+    KN_ASSERT_CLOSE(eq, {1, 1});
+    /* key padding masks: tokens == pad */
+    kn_tensor *tokens = kn_from_int64s((int64_t[]){5, 0, 0, 3, 9, 0}, KN_SHAPE(2, 3));
+    KN_ASSERT_CLOSE(kn_eq(tokens, kn_zeros(KN_SHAPE(1), KN_INT64)), {0, 1, 1, 0, 0, 1});
+    cr_assert_null(kn_add(tokens, kn_zeros(KN_SHAPE(2), KN_INT64)));
+    ASSERT_ERROR_HAS("add: shapes [2, 3] and [2] cannot be broadcast");
+    cr_assert_null(kn_mul(tokens, NULL));
+    cr_assert_null(kn_sequence_cross_entropy(kn_zeros(KN_SHAPE(2, 3, 4), KN_FLOAT32), tokens,
+                                             KN_REDUCTION_MEAN, -100, 0));
+    ASSERT_ERROR_HAS("cross_entropy: target 5 is out of bounds for 4 classes");
+    cr_assert_null(kn_sequence_cross_entropy(kn_zeros(KN_SHAPE(2, 4, 3), KN_FLOAT32),
+                                             kn_zeros(KN_SHAPE(2, 3), KN_INT64), KN_REDUCTION_MEAN,
+                                             -100, 0));
+    ASSERT_ERROR_HAS("sequence_cross_entropy: target of shape [2, 3] does not match scores of "
+                     "shape [2, 4, 3] (classes on the last dim: expected target shape [2, 4])");
+    kn_scope_end();
+}

@@ -206,6 +206,11 @@ static bool labels_fit_output(const kn_dataset *ds, const kapi_model_spec *spec,
                         labels, output, want);
         return false;
     }
+    if (ds->num_classes == 0) { /* labels per position, all of them -100 */
+        kapi_errors_add(errors, what,
+                        "every label is -100 (ignore_index): no position to learn or score");
+        return false;
+    }
     int64_t classes = spec->output_shape[spec->output_ndim - 1];
     if (ds->num_classes > classes) {
         kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",

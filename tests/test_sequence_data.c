@@ -239,6 +239,17 @@ Test(sequence_data, labels_must_fit_the_output)
         kapi_errors_free(&errors);
         kn_dataset_free(ds);
     }
+    /* nothing to learn */
+    int64_t ignored[2 * SEQ];
+    for (int i = 0; i < 2 * SEQ; i++) ignored[i] = -100;
+    kn_dataset *none = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(2, SEQ)),
+                                      kn_from_int64s(ignored, KN_SHAPE(2, SEQ)));
+    kapi_errors none_errors = {0};
+    cr_assert_not(kapi_dataset_fit_model(none, tagger, "data.train", &none_errors));
+    cr_assert_str_eq(none_errors.items[0].message,
+                     "every label is -100 (ignore_index): no position to learn or score");
+    kapi_errors_free(&none_errors);
+    kn_dataset_free(none);
     /* a label beyond the classes of the last dim */
     per_position[3] = 12;
     kn_dataset *ds = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(2, SEQ)),

@@ -77,4 +77,10 @@ bool kapi__check_name(kapi_errors *errors, const char *path, const cJSON *value,
 kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefix,
                                             kapi_errors *errors);
 
+/* preprocess.c: a model of int64 token inputs (an embedding first, issue 12) takes its
+ * indices as they are: data.scale and data.normalize would make them floats. Adds an
+ * error at the field and returns false when the job asks for either. */
+bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
+                                     kapi_errors *errors);
+
 #endif

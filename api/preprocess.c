@@ -210,12 +210,25 @@ static bool apply(kn_dataset *ds, const kapi_preprocessing *p, const char *what,
     return false;
 }
 
+bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
+                                     kapi_errors *errors)
+{
+    if (!model || model->input_dtype != KN_INT64) return true;
+    bool scaled = data->scale > 0 && data->scale != 1;
+    if (!scaled && !data->normalize_auto && data->channels == 0) return true;
+    kapi_errors_add(errors, scaled ? "data.scale" : "data.normalize",
+                    "the model's first layer takes int64 token indices, which are not scaled or "
+                    "normalised: leave data.scale and data.normalize out");
+    return false;
+}
+
 bool kapi_prepare_data(const kapi_job_spec *job, const kapi_model_spec *model, kn_dataset **train,
                        kn_dataset **validation, kn_dataset **test, kapi_preprocessing *out,
                        kapi_errors *errors)
 {
     const kapi_data_spec *d = &job->data;
     memset(out, 0, sizeof *out);
+    if (!kapi__check_token_preprocessing(d, model, errors)) return false;
     out->scale = d->scale > 0 ? d->scale : 1;
     out->task = job->train.task;
     *validation = NULL;

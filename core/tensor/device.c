@@ -106,6 +106,7 @@ static void load_cuda(void)
     const kn_cuda_train *train = table(handle, KN_CUDA_TRAIN_SYMBOL);
     const kn_cuda_blaslt *blaslt = table(handle, KN_CUDA_BLASLT_SYMBOL);
     const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
+    const kn_cuda_int64 *int64 = table(handle, KN_CUDA_INT64_SYMBOL); /* issue 12 */
     kn__cuda_module m = {
         .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
         .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
@@ -113,6 +114,7 @@ static void load_cuda(void)
         .train = CHECKED(train, KN_CUDA_TRAIN_ABI),
         .blaslt = CHECKED(blaslt, KN_CUDA_BLASLT_ABI),
         .host = CHECKED(host, KN_CUDA_HOST_ABI),
+        .int64 = CHECKED(int64, KN_CUDA_INT64_ABI), /* issue 12 */
     };
     const char *missing = !m.backend  ? KN_CUDA_BACKEND_SYMBOL
                           : !m.reduce ? KN_CUDA_REDUCE_SYMBOL
@@ -120,6 +122,7 @@ static void load_cuda(void)
                           : !m.train  ? KN_CUDA_TRAIN_SYMBOL
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
+                          : !m.int64  ? KN_CUDA_INT64_SYMBOL /* issue 12 */
                                       : NULL;
     /* ---- rnn (issue 12) */
     const kn_cuda_rnn *rnn = table(handle, KN_CUDA_RNN_SYMBOL);

@@ -17,6 +17,7 @@
 
 void kcli_print_errors(const kapi_errors *errors)
 {
+    if (!errors || errors->count == 0) return; /* no stray empty line on stderr */
     char *text = kapi_errors_to_text(errors);
     if (text) fprintf(stderr, "%s\n", text);
     free(text);

@@ -180,6 +180,18 @@ Test(cli_tasks, regression_train_eval_predict)
     cr_assert_eq(kiln("predict run/model.safetensors job.json --limit 2", out, sizeof out, false),
                  0);
     cr_expect(strstr(out, "# index\tvalues"), "%s", out);
+    /* a prediction that went well says nothing on stderr (every data load wrote an empty
+     * line there, which broke a caller reading stdout and stderr together) */
+    char command[1024];
+    snprintf(command, sizeof command,
+             "cd '%s' && %s/kiln predict run/model.safetensors job.json --limit 2 2>&1 >/dev/null",
+             dir, KILN_BINARY_DIR);
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    cr_assert_eq(pclose(p), 0);
+    cr_expect_str_empty(out, "stderr: \"%s\"", out);
 }
 
 Test(cli_tasks, float_labels_refused_for_classification)

@@ -265,6 +265,92 @@ Test(sequence_data, labels_must_fit_the_output)
     kn_scope_end();
 }
 
+/* The union with issue 13's task checks: a job's class labels per position against a
+ * [T, V] output (kapi_check_labels, which kilnd runs at submission), class weights
+ * counted on the classes of the last dim, and no scaling or normalising of token inputs
+ * (they would be floats again after kapi_dataset_fit_job made them int64). */
+Test(sequence_data, jobs_check_labels_per_position_and_keep_tokens_unscaled)
+{
+    kn_scope_begin();
+    kapi_model_spec *tagger = kn_test_parse_model(TAGGER);         /* output [8, 12] */
+    kapi_model_spec *classifier = kn_test_parse_model(CLASSIFIER); /* output [2] */
+    kn_train_config c = kn_train_config_defaults();
+    int64_t tokens[2 * SEQ], per_position[2 * SEQ];
+    kn_test_make_tokens(2, 5, tokens, NULL, per_position);
+    kn_tensor *labels = kn_from_int64s(per_position, KN_SHAPE(2, SEQ));
+    kapi_errors errors = {0};
+    cr_assert(kapi_check_labels(labels, tagger, &c, "data.train (labels)", &errors), "%s",
+              errors.count ? errors.items[0].message : "");
+    cr_assert_not(kapi_check_labels(labels, classifier, &c, "data.train (labels)", &errors));
+    cr_assert_str_eq(errors.items[0].message,
+                     "labels are [8] per sample (a class per position) but the model outputs [2] "
+                     "per sample: expected an output [8, classes], the classes last");
+    kapi_errors_free(&errors);
+    /* [N, K] 0/1 labels for K outputs are most likely multi-label targets: say so */
+    kn_tensor *pairs = kn_from_int64s((int64_t[]){0, 1, 1, 0}, KN_SHAPE(2, 2));
+    cr_assert_not(kapi_check_labels(pairs, classifier, &c, "data.train (labels)", &errors));
+    cr_assert(strstr(errors.items[0].message, "set \"task\": \"multilabel\""), "%s",
+              errors.items[0].message);
+    kapi_errors_free(&errors);
+    /* a label beyond the last dim's classes, with the job's hint */
+    per_position[5] = 12;
+    cr_assert_not(kapi_check_labels(kn_from_int64s(per_position, KN_SHAPE(2, SEQ)), tagger, &c,
+                                    "data.train (labels)", &errors));
+    cr_assert(strstr(errors.items[0].message, "labels go up to 12 but the model outputs 12 "
+                                              "classes"),
+              "%s", errors.items[0].message);
+    kapi_errors_free(&errors);
+
+    /* class weights: one per class of the last dim; scale and normalize refused */
+    struct {
+        const char *extra, *path, *message;
+    } cases[] = {
+        {"\"loss\": {\"type\": \"cross_entropy\", \"weight\": [1, 2]}", "loss.weight",
+         "expected one weight per class: 12 (the model's outputs), got 2"},
+        {"\"data\": {\"train\": {\"format\": \"npy\", \"inputs\": \"x.npy\", \"labels\": "
+         "\"y.npy\"}, \"scale\": 0.5}",
+         "data.scale",
+         "the model's first layer takes int64 token indices, which are not scaled or "
+         "normalised: leave data.scale and data.normalize out"},
+        {"\"data\": {\"train\": {\"format\": \"npy\", \"inputs\": \"x.npy\", \"labels\": "
+         "\"y.npy\"}, \"normalize\": \"auto\"}",
+         "data.normalize", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char json[1024];
+        bool has_data = strstr(cases[i].extra, "\"data\"") != NULL;
+        snprintf(json, sizeof json, "{\"model\": %s, %s%s}", TAGGER, cases[i].extra,
+                 has_data ? ""
+                          : ", \"data\": {\"train\": {\"format\": \"npy\", \"inputs\": "
+                            "\"x.npy\", \"labels\": \"y.npy\"}}");
+        kapi_job_parse_options options = {.allow_paths = true};
+        kapi_job_spec *spec = kapi_job_spec_parse(json, strlen(json), options, &errors);
+        cr_assert_null(spec, "case %zu parsed", i);
+        bool found = false;
+        for (int k = 0; k < errors.count; k++)
+            found = found ||
+                    (strcmp(errors.items[k].path, cases[i].path) == 0 &&
+                     (!cases[i].message || strcmp(errors.items[k].message, cases[i].message) == 0));
+        cr_assert(found, "case %zu: %s: %s", i, errors.items[0].path, errors.items[0].message);
+        kapi_errors_free(&errors);
+    }
+    /* the job's data path itself: kapi_prepare_data refuses before touching the tokens */
+    kapi_job_spec job = {.data = {.scale = 255}};
+    kn_dataset *train = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(2, SEQ)),
+                                       kn_from_int64s(per_position, KN_SHAPE(2, SEQ)));
+    kn_dataset *validation = NULL;
+    kapi_preprocessing pre;
+    cr_assert_not(kapi_prepare_data(&job, tagger, &train, &validation, NULL, &pre, &errors));
+    cr_assert_str_eq(errors.items[0].path, "data.scale");
+    cr_assert_eq(train->inputs->dtype, KN_INT64);
+    cr_assert_eq(kn_data_i64(train->inputs)[3], tokens[3]);
+    kapi_errors_free(&errors);
+    kn_dataset_free(train);
+    kapi_model_spec_free(tagger);
+    kapi_model_spec_free(classifier);
+    kn_scope_end();
+}
+
 /* ---- training ------------------------------------------------------------------------------- */
 
 /* A dataset of n token sequences (int64 [n, SEQ]) with either labels. */

@@ -52,8 +52,8 @@ Test(sequence_data, npy_integer_inputs_stay_int64)
         {"<f4", (float[]){0.5f, 1, 2, 3}, 16, KN_FLOAT32},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        kn_test_write_npy_file(path, cases[i].descr, (int64_t[]){2, 2}, 2, cases[i].data,
-                               cases[i].bytes);
+        cr_assert(kn_test_write_npy(path, cases[i].descr, (int64_t[]){2, 2}, 2, cases[i].data),
+                  "%s", path);
         kapi_errors errors = {0};
         size_t size;
         void *bytes = kapi_read_file(path, &size, &errors);
@@ -64,7 +64,7 @@ Test(sequence_data, npy_integer_inputs_stay_int64)
                      kn_dtype_name(t->dtype));
     }
     /* exact: 2^40 and 2^24 + 1 survive */
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){4}, 1, big, sizeof big);
+    cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){4}, 1, big), "%s", path);
     kapi_errors errors = {0};
     size_t size;
     void *bytes = kapi_read_file(path, &size, &errors);
@@ -73,7 +73,7 @@ Test(sequence_data, npy_integer_inputs_stay_int64)
     cr_assert_eq(kn_data_i64(t)[2], (int64_t)1 << 40);
     cr_assert_eq(kn_data_i64(t)[3], 16777217);
     /* labels per position: [N, T] */
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){2, 2}, 2, big, sizeof big);
+    cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){2, 2}, 2, big), "%s", path);
     bytes = kapi_read_file(path, &size, &errors);
     t = kn_parse_npy(bytes, size, true);
     free(bytes);
@@ -467,19 +467,16 @@ static void write_tokens(const char *dir, const char *name, int64_t n, uint64_t 
     if (strcmp(descr, "<i4") == 0) { /* np.int32 as some tokenisers give */
         int32_t *narrow = malloc(sizeof(int32_t) * (size_t)(n * SEQ));
         for (int64_t i = 0; i < n * SEQ; i++) narrow[i] = (int32_t)tokens[i];
-        kn_test_write_npy_file(path, "<i4", (int64_t[]){n, SEQ}, 2, narrow,
-                               sizeof(int32_t) * (size_t)(n * SEQ));
+        cr_assert(kn_test_write_npy(path, "<i4", (int64_t[]){n, SEQ}, 2, narrow), "%s", path);
         free(narrow);
     } else {
-        kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, tokens,
-                               sizeof(int64_t) * (size_t)(n * SEQ));
+        cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n, SEQ}, 2, tokens), "%s", path);
     }
     snprintf(path, sizeof path, "%s/%s-labels.npy", dir, name);
     if (per_position)
-        kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, labels,
-                               sizeof(int64_t) * (size_t)(n * SEQ));
+        cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n, SEQ}, 2, labels), "%s", path);
     else
-        kn_test_write_npy_file(path, "<i8", (int64_t[]){n}, 1, labels, sizeof(int64_t) * (size_t)n);
+        cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n}, 1, labels), "%s", path);
     free(tokens);
     free(labels);
 }

@@ -37,13 +37,11 @@ static void write_split(const char *split, int64_t n, uint64_t seed)
     kn_test_make_tokens(n, seed, tokens, per_sample, per_position);
     char path[512];
     snprintf(path, sizeof path, "%s/%s-tokens.npy", H.files_dir, split);
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, tokens,
-                           sizeof(int64_t) * (size_t)(n * SEQ));
+    cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n, SEQ}, 2, tokens), "%s", path);
     snprintf(path, sizeof path, "%s/%s-classes.npy", H.files_dir, split);
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){n}, 1, per_sample, sizeof(int64_t) * (size_t)n);
+    cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n}, 1, per_sample), "%s", path);
     snprintf(path, sizeof path, "%s/%s-tags.npy", H.files_dir, split);
-    kn_test_write_npy_file(path, "<i8", (int64_t[]){n, SEQ}, 2, per_position,
-                           sizeof(int64_t) * (size_t)(n * SEQ));
+    cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n, SEQ}, 2, per_position), "%s", path);
     free(tokens);
     free(per_sample);
     free(per_position);

@@ -98,7 +98,8 @@ kn_tensor *kn_test_scalar(float value);
  * ops so that the op under test is the only one involved; handed to the open scope. */
 kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
 /* Writes an .npy file as numpy does (version 1, header padded to 64 bytes): data in shape,
- * descr "<f4", "<f8", "<i8" (little-endian, C order). false when it cannot be written. */
+ * descr "<f4", "<f8", "<i8", "<i4", "<i2", "<u2", "|u1", "|i1" (the digit is the element's
+ * bytes; little-endian, C order). false when it cannot be written. */
 bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
                        const void *data);
 

@@ -1,44 +1,21 @@
 /*
  * kn_test_tokens.h — token data for the tests of issue 12's sequence models
- * (tests/test_sequence_data.c, tests/test_server_sequence.c): NumPy .npy files written as
- * np.save writes them (version 1, C order, little-endian: token matrices '<i8' '<i4',
- * labels per sample or per position), the two toy tasks both tests train on, and the
- * models for them parsed from JSON. Header-only: it uses Criterion's assertions.
+ * (tests/test_sequence_data.c, tests/test_server_sequence.c): the two toy tasks both tests
+ * train on (token matrices, labels per sample or per position; the tests write them as
+ * NumPy files with kn_test_write_npy) and the models for them parsed from JSON.
+ * Header-only: it uses Criterion's assertions.
  */
 #ifndef KN_TEST_TOKENS_H
 #define KN_TEST_TOKENS_H
 
 #include "kapi.h"
+#include "kn_test.h" /* kn_test_write_npy writes the token files */
 
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Writes path with dtype descr ('<i8') and shape; bytes of data follow the header. */
-static __attribute__((unused)) void kn_test_write_npy_file(const char *path, const char *descr,
-                                                           const int64_t *shape, int ndim,
-                                                           const void *data, size_t bytes)
-{
-    char dims[160] = "";
-    for (int i = 0; i < ndim; i++)
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld,", (long long)shape[i]);
-    char header[256];
-    int n = snprintf(header, sizeof header,
-                     "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
-    int pad = (64 - (10 + n + 1) % 64) % 64; /* the data starts 64-byte aligned */
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "%s", path);
-    uint16_t length = (uint16_t)(n + pad + 1);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fwrite(&length, 2, 1, f);
-    fwrite(header, 1, (size_t)n, f);
-    for (int i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    if (bytes) fwrite(data, 1, bytes, f);
-    cr_assert_eq(fclose(f), 0, "%s", path);
-}
 
 /* ---- the two tasks: VOCAB tokens, sequences of SEQ ------------------------------------- */
 

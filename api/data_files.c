@@ -282,6 +282,22 @@ kn_dataset *kapi_load_data(const kapi_data_source *source, kapi_load_options opt
     return ds;
 }
 
+bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors)
+{
+    if (spec->n_inputs <= 1) return true;
+    char names[300] = "";
+    size_t used = 0;
+    for (int i = 0; i < spec->n_inputs && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 spec->values[i].name);
+    kapi_errors_add(errors, what,
+                    "the model has %d inputs (%s) but a dataset feeds one: train a model of "
+                    "several inputs from C (kn_module_forward_n) until datasets hold named "
+                    "inputs (docs/model-spec.md, \"Data for graph models\")",
+                    spec->n_inputs, names);
+    return false;
+}
+
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors)
 {
     kapi_load_options options = {.task = KN_TASK_CLASSIFICATION};
@@ -294,6 +310,7 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
                        kapi_errors *errors)
 {
     char have[96], want[96];
+    if (!kapi_model_takes_one_input(spec, what, errors)) return false;
     const kn_tensor *x = ds->inputs;
     int64_t sample = 1, needed = 1;
     for (int i = 1; i < x->ndim; i++) sample *= x->shape[i];
@@ -308,11 +325,14 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
     }
     /* token indices for an embedding, floats for the rest (an int64 NPY of features) */
     if (kn_dataset_to_dtype(ds, spec->input_dtype) != KN_OK) {
-        kapi_errors_add(errors, what, "%s%s", kn_last_error(),
-                        spec->input_dtype == KN_INT64
-                            ? " (the model's first layer takes int64 token indices: give "
-                              "integer inputs, not scaled or normalised)"
-                            : "");
+        char taker[96];
+        if (spec->input_dtype == KN_INT64)
+            kapi_errors_add(errors, what,
+                            "%s (%s takes int64 token indices: give integer inputs, not scaled "
+                            "or normalised)",
+                            kn_last_error(), kapi__token_taker(spec, taker, sizeof taker));
+        else
+            kapi_errors_add(errors, what, "%s", kn_last_error());
         return false;
     }
     x = ds->inputs;

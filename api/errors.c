@@ -61,7 +61,7 @@ char *kapi_errors_to_json(const kapi_errors *errors, const char *code)
     cJSON *root = cJSON_CreateObject();
     cJSON *error = cJSON_AddObjectToObject(root, "error");
     cJSON_AddStringToObject(error, "code", code);
-    char first[600] = "invalid request";
+    char first[sizeof(kapi_error) + 2] = "invalid request"; /* "path: message" */
     if (errors->count > 0) {
         const kapi_error *e = &errors->items[0];
         snprintf(first, sizeof first, "%s%s%s", e->path, e->path[0] ? ": " : "", e->message);

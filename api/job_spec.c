@@ -18,31 +18,19 @@
 #define MAX_STEPS 1000000000000LL
 #define MAX_SEED 9007199254740991LL /* 2^53 - 1: larger integers are not exact in JSON */
 
-static const char *const JOB_FIELDS[] = {"model",
-                                         "data",
-                                         "loss",
-                                         "optimizer",
-                                         "lr_schedule",
-                                         "batch_size",
-                                         "epochs",
-                                         "max_steps",
-                                         "seed",
-                                         "shuffle",
-                                         "drop_last",
-                                         "device",
-                                         "allow_tf32",
-                                         "cuda_graph",
-                                         "validation",
-                                         "checkpoint_every_steps",
-                                         "grad_clip_norm",
-                                         "skip_non_finite",
-                                         "early_stopping",
-                                         "resume_from",
-                                         "init_weights",
-                                         "submission_id",
-                                         "task",
-                                         "name",
-                                         NULL};
+static const char *const JOB_FIELDS[] = {"model",          "data",
+                                         "loss",           "optimizer",
+                                         "lr_schedule",    "batch_size",
+                                         "epochs",         "max_steps",
+                                         "seed",           "shuffle",
+                                         "drop_last",      "device",
+                                         "allow_tf32",     "cuda_graph",
+                                         "validation",     "checkpoint_every_steps",
+                                         "grad_clip_norm", "skip_non_finite",
+                                         "early_stopping", "resume_from",
+                                         "init_weights",   "submission_id",
+                                         "task",           "name",
+                                         "distributed",    NULL};
 static const char *const DATA_FIELDS[] = {"train", "test",      "dataset",      "validation_split",
                                           "scale", "normalize", "label_column", "target_columns",
                                           NULL};
@@ -67,6 +55,10 @@ static const char *const COSINE_FIELDS[] = {
 static const char *const CONSTANT_FIELDS[] = {"type", "warmup_steps", "warmup_start_factor", NULL};
 static const char *const VALIDATION_FIELDS[] = {"every_steps", "batch_size", NULL};
 static const char *const EARLY_STOPPING_FIELDS[] = {"patience", "min_delta", NULL};
+static const char *const DISTRIBUTED_FIELDS[] = {"processes",     "devices",      "sync_batch_norm",
+                                                 "bucket_cap_mb", "max_restarts", NULL};
+#define MAX_RESTARTS 1000
+#define MAX_BUCKET_MB 65536
 static const char *const INIT_WEIGHTS_FIELDS[] = {"version", "alias", "job", NULL};
 
 static const char *const NO_PATHS =
@@ -667,6 +659,7 @@ static void parse_training(kapi_errors *errors, const cJSON *root, kapi_job_spec
                      &c->grad_clip_norm);
     const cJSON *device = cJSON_GetObjectItemCaseSensitive(root, "device");
     if (device) parse_device(errors, device, job->device, sizeof job->device);
+    job->device_given = device != NULL;
     kapi__get_bool(errors, root, "allow_tf32", "", &job->allow_tf32);
     kapi__get_bool(errors, root, "cuda_graph", "", &c->cuda_graph);
 
@@ -696,6 +689,62 @@ static void parse_training(kapi_errors *errors, const cJSON *root, kapi_job_spec
     }
 }
 
+/* "distributed": the processes of one job and how they train together.
+ * The command line may leave processes to its --processes; the server needs it here. */
+static void parse_distributed(kapi_errors *errors, const cJSON *obj, kapi_job_spec *job,
+                              bool require_processes)
+{
+    const char *p = "distributed";
+    kapi_dist_spec *d = &job->distributed;
+    kapi__check_fields(errors, obj, p, DISTRIBUTED_FIELDS);
+    int64_t processes = 0, restarts = 0;
+    if (kapi__get_int(errors, obj, "processes", p, 1, KAPI_MAX_PROCESSES, &processes) ==
+            KAPI_ABSENT &&
+        require_processes)
+        kapi__missing(errors, p, "processes", "a positive integer (one rank per process)");
+    d->processes = (int)processes;
+    /* one rank per GPU when the job runs on CUDA, else CPU processes */
+    snprintf(d->devices, sizeof d->devices, "%s", strncmp(job->device, "cuda", 4) ? "cpu" : "cuda");
+    const cJSON *devices = cJSON_GetObjectItemCaseSensitive(obj, "devices");
+    if (devices) {
+        const char *v = cJSON_IsString(devices) ? devices->valuestring : NULL;
+        if (v && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) {
+            snprintf(d->devices, sizeof d->devices, "%s", v);
+        } else {
+            char got[120];
+            kapi__describe(devices, got, sizeof got);
+            kapi_errors_add(errors, "distributed.devices",
+                            "expected \"cpu\" or \"cuda\" (one GPU per process), got %s", got);
+        }
+    }
+    kapi__get_bool(errors, obj, "sync_batch_norm", p, &job->train.sync_batch_norm);
+    kapi__get_number(errors, obj, "bucket_cap_mb", p, 0, false, MAX_BUCKET_MB, true,
+                     &job->train.bucket_cap_mb);
+    if (kapi__get_int(errors, obj, "max_restarts", p, 0, MAX_RESTARTS, &restarts) == KAPI_OK)
+        d->max_restarts = (int)restarts;
+}
+
+bool kapi_job_check_distributed(const kapi_job_spec *job, kapi_errors *errors)
+{
+    const kapi_dist_spec *d = &job->distributed;
+    if (d->processes <= 0) return true;
+    int before = errors->count;
+    if (job->train.batch_size % d->processes != 0)
+        kapi_errors_add(errors, "batch_size",
+                        "the global batch of %lld does not divide by distributed.processes "
+                        "(%d): each process takes batch_size / processes samples a step",
+                        (long long)job->train.batch_size, d->processes);
+    if (!strncmp(job->device, "cuda:", 5))
+        kapi_errors_add(errors, "device",
+                        "a distributed job puts each process on a GPU of its own: give "
+                        "\"cuda\" (process r takes cuda:r of its host), not \"%s\"",
+                        job->device);
+    else if (!strcmp(job->device, "cpu") && !strcmp(d->devices, "cuda") && job->device_given)
+        kapi_errors_add(errors, "distributed.devices",
+                        "\"cuda\" contradicts \"device\": \"cpu\"; give one of them");
+    return errors->count == before;
+}
+
 /* The columns a task reads from a CSV: classification one integer label column. */
 static void check_columns(kapi_errors *errors, const kapi_job_spec *job)
 {
@@ -717,7 +766,7 @@ static void check_data_against_model(kapi_errors *errors, const kapi_job_spec *j
 {
     const kapi_model_spec *m = job->model;
     const kapi_data_spec *d = &job->data;
-    if (!m) return;
+    if (!m || !kapi_model_takes_one_input(m, "model.inputs", errors)) return;
     char shape[96];
     kn_shape_str(m->input_shape, m->input_ndim, shape, sizeof shape);
     if (d->channels > 1 && d->channels != m->input_shape[0]) {
@@ -823,6 +872,12 @@ kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_par
                          sizeof job->submission_id);
     check_columns(errors, job);
     check_data_against_model(errors, job);
+    const cJSON *distributed =
+        get_object(errors, root, "distributed", "", "an object such as {\"processes\": 2}", NULL);
+    if (distributed) {
+        parse_distributed(errors, distributed, job, !options.allow_paths);
+        kapi_job_check_distributed(job, errors);
+    }
     cJSON_Delete(root);
     if (errors->count > before) {
         kapi_job_spec_free(job);

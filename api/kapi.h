@@ -25,8 +25,9 @@ extern "C" {
 
 /* ---- errors --------------------------------------------------------------------- */
 typedef struct kapi_error {
-    char path[160];    /* "layers[3].kernel_size", "" for the document itself */
-    char message[400]; /* "expected a positive integer, got -2" */
+    char path[160];     /* "layers[3].kernel_size", "" for the document itself */
+    char message[1024]; /* "expected a positive integer, got -2"; room for the list of
+                           every layer type an unknown type is told */
 } kapi_error;
 
 typedef struct kapi_errors {
@@ -43,6 +44,33 @@ char *kapi_errors_to_text(const kapi_errors *errors);
 char *kapi_errors_to_json(const kapi_errors *errors, const char *code);
 
 /* ---- model spec ------------------------------------------------------------------- */
+#define KAPI_NODE_NAME_MAX 80 /* a node's path in the model ("blocks.11.mlp.fc") */
+#define KAPI_MAX_TIES 4       /* weight ties of one node */
+#define KAPI_MAX_BLOCKS 64    /* block definitions in one graph spec */
+
+/* A graph's input or one output of a node: a value flowing through the model. */
+typedef struct kapi_value_spec {
+    /* how the spec refers to it: an input's name ("tokens"), a node's ("ln_f"), one of
+     * a node's outputs ("qkv:1"); a chain's input and output are "input" and "output" */
+    char name[KAPI_NODE_NAME_MAX + 8];
+    int64_t shape[KN_MAX_DIMS]; /* per sample, without the batch dim */
+    int ndim;
+    kn_dtype dtype;
+} kapi_value_spec;
+
+/* A parameter of a node that is another node's ("weight" is "wte.weight"). */
+typedef struct kapi_tie_spec {
+    char parameter[32];
+    char to[KAPI_NODE_NAME_MAX + 32];
+} kapi_tie_spec;
+
+/* A container the model's module tree has at path, and its class ("blocks":
+ * "ModuleList", "blocks.0": "Block"). */
+typedef struct kapi_container_spec {
+    char path[KAPI_NODE_NAME_MAX];
+    char class_name[48];
+} kapi_container_spec;
+
 typedef struct kapi_layer_spec {
     kn_module_kind kind;
     const char *type; /* the layer table's name: "conv2d" */
@@ -55,6 +83,14 @@ typedef struct kapi_layer_spec {
     int in_ndim, out_ndim;
     int64_t parameter_count;
     int64_t buffer_bytes; /* running statistics */
+    /* ---- graph specs (issue 12) ---- */
+    /* the module's path in the model: its state-dict prefix ("blocks.0.attn"; a
+     * chain's layers are "0", "1", ...) */
+    char name[KAPI_NODE_NAME_MAX];
+    int n_inputs, inputs[KN_GRAPH_MAX_INPUTS]; /* value ids (kapi_model_spec.values) */
+    int first_output, n_outputs;               /* its outputs: values first_output.. */
+    int n_ties;                                /* parameters shared with other nodes' */
+    kapi_tie_spec ties[KAPI_MAX_TIES];
     int64_t saved_elements; /* per sample, kept for backward besides the output (issue 12) */
 } kapi_layer_spec;
 
@@ -62,24 +98,41 @@ typedef struct kapi_model_spec {
     char name[128];
     int64_t input_shape[KN_MAX_DIMS]; /* without the batch dim */
     int input_ndim;
-    kn_dtype input_dtype; /* what the first layer takes: int64 indices for an embedding */
+    kn_dtype input_dtype; /* the first input's: a chain's first layer's (int64 indices for an
+                           * embedding), a graph's first declared input's */
     int n_layers;
     kapi_layer_spec *layers;
     int64_t parameter_count;
     int64_t output_shape[KN_MAX_DIMS];
     int output_ndim;
+    /* ---- graph specs (issue 12) ---- */
+    /* Every spec has values: its inputs (values[0..n_inputs)), and the outputs of its
+     * layers or nodes; outputs[] are the model's outputs. A chain has one input and one
+     * output; input_shape and output_shape above are the first input's and output's. */
+    bool graph; /* nodes (a graph) rather than layers (a chain) */
+    int n_inputs, n_values;
+    kapi_value_spec *values;
+    int n_outputs, outputs[KN_GRAPH_MAX_INPUTS];
+    /* a graph's nodes are listed in layers[] in the order their modules are registered
+     * (the spec's order, blocks expanded in place); run_order[] is the order they run */
+    int *run_order;
+    int n_containers;
+    kapi_container_spec *containers;
 } kapi_model_spec;
 
 kapi_model_spec *kapi_model_spec_parse(const char *json, size_t length, kapi_errors *errors);
 void kapi_model_spec_free(kapi_model_spec *spec);
-/* A Sequential of the layers, initialised as PyTorch would (gen NULL: default). */
+/* A Sequential of the layers (a chain), or a graph (kn_graph_new) of the nodes, their
+ * modules registered in the spec's order, initialised as PyTorch would (gen NULL:
+ * default). */
 kn_module *kapi_model_build(const kapi_model_spec *spec, kn_generator *gen);
 /* Bytes a training step needs at batch_size: parameters, gradients, optimizer state
  * (Adam: 2 per parameter) and activations kept for backward. An estimate. */
 int64_t kapi_model_training_memory(const kapi_model_spec *spec, int64_t batch_size,
                                    kn_optimizer_kind optimizer);
 /* {"valid": true, "name", "parameter_count", "output_shape", "training_memory_bytes",
- *  "layers": [{"type", "output_shape", "parameters"}...]} */
+ *  "layers": [{"type", "output_shape", "parameters"}...]}; a graph's has "inputs",
+ *  "outputs" and "nodes": [{"name", "type", "inputs", "output_shape", "parameters"}...] */
 char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_size);
 
 /* ---- job spec --------------------------------------------------------------------- */
@@ -115,12 +168,25 @@ typedef struct kapi_data_spec {
     char target_columns[4096];
 } kapi_data_spec;
 
+/* "distributed": {"processes": N, "devices": "cpu"|"cuda", "sync_batch_norm": bool,
+ * "bucket_cap_mb": x, "max_restarts": N}: one job across N processes (MPI; NCCL between
+ * GPUs, one per process). sync_batch_norm and bucket_cap_mb land in the job's train
+ * config. */
+typedef struct kapi_dist_spec {
+    int processes;    /* 0: one process (no "distributed") */
+    char devices[8];  /* "cpu" or "cuda" */
+    int max_restarts; /* kilnd: relaunches from the last checkpoint after a rank dies */
+} kapi_dist_spec;
+
+#define KAPI_MAX_PROCESSES 4096
+
 typedef struct kapi_job_spec {
     char model_name[128];   /* a model by reference ("model": "name") */
     kapi_model_spec *model; /* inline model, or NULL */
     kapi_data_spec data;
     kn_train_config train;
     char device[32];        /* "cpu" (default), "cuda", "cuda:N", "auto" */
+    bool device_given;      /* "device" was in the spec */
     bool allow_tf32;        /* CUDA products may use TF32 (kn_set_allow_tf32); default off */
     char resume_from[512];  /* CLI: a checkpoint path */
     char init_weights[512]; /* CLI: safetensors weights to start from */
@@ -133,6 +199,7 @@ typedef struct kapi_job_spec {
     bool task_given;     /* "task" was in the spec (else inferred from the loss) */
     float *class_weight; /* loss.weight, owned (train.class_weight points here) */
     float *pos_weight;   /* loss.pos_weight, owned (train.pos_weight points here) */
+    kapi_dist_spec distributed;
 } kapi_job_spec;
 
 typedef struct kapi_job_parse_options {
@@ -142,6 +209,53 @@ typedef struct kapi_job_parse_options {
 kapi_job_spec *kapi_job_spec_parse(const char *json, size_t length, kapi_job_parse_options options,
                                    kapi_errors *errors);
 void kapi_job_spec_free(kapi_job_spec *spec);
+/* The checks a distributed job needs once its process count is known (the parse runs
+ * them; the CLI again after --processes): the global batch divides by the processes,
+ * one device per process. Returns false with errors added. */
+bool kapi_job_check_distributed(const kapi_job_spec *spec, kapi_errors *errors);
+
+/* ---- where distributed jobs run (dist_hosts.c) ---------------------------------------- */
+typedef struct kapi_host {
+    char name[256];
+    int slots;  /* processes it takes ("slots=N"; 1 when not given) */
+    int line;   /* in the hostfile */
+    bool local; /* this machine */
+} kapi_host;
+
+typedef struct kapi_hosts {
+    kapi_host *items;
+    int count;
+    int slots; /* the sum */
+    char path[512];
+} kapi_hosts;
+
+typedef enum { KAPI_HOSTS_OK, KAPI_HOSTS_INVALID, KAPI_HOSTS_UNREACHABLE } kapi_hosts_status;
+
+/* Reads an Open MPI hostfile ("HOST slots=N" lines, # comments) and checks that every
+ * host other than this machine resolves and answers on ssh's port within timeout_ms.
+ * The error names the file, the line and why. Free with kapi_hosts_free. */
+kapi_hosts_status kapi_hosts_load(const char *path, kapi_hosts *out, int timeout_ms, char *error,
+                                  size_t error_size);
+/* This machine alone, with that many slots. */
+kapi_hosts_status kapi_hosts_local(int slots, kapi_hosts *out);
+void kapi_hosts_free(kapi_hosts *hosts);
+bool kapi_hosts_all_local(const kapi_hosts *hosts);
+bool kapi_host_is_local(const char *host);
+/* Writes hosts as a hostfile mpirun reads. */
+bool kapi_hosts_write(const kapi_hosts *hosts, const char *path, char *error, size_t error_size);
+
+/* mpirun -np processes --hostfile hostfile [...] program...: the whole command line, a
+ * NULL-terminated malloc'd vector (kapi_argv_free), or NULL when out of memory. */
+typedef struct kapi_launch {
+    const char *mpirun; /* kn_dist_mpirun() */
+    int processes;
+    const char *hostfile;
+    bool oversubscribe;            /* more processes than slots (the CLI, when asked) */
+    const char *const *export_env; /* variables passed on to every rank when set */
+    const char *const *program;    /* NULL-terminated */
+} kapi_launch;
+char **kapi_mpirun_argv(const kapi_launch *launch);
+void kapi_argv_free(char **argv);
 
 /* How a source is loaded: the labels a task takes, and whether they may be missing. */
 typedef struct kapi_load_options {
@@ -168,9 +282,13 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
  * errors added. */
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors);
+/* A dataset feeds one input: false with an error at `what` naming the inputs of a graph
+ * that has several. */
+bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors);
 /* The same for a job's task and loss (train: its config): class labels one per sample or
  * per position as the output has them (the classes last), within the model's classes (0/1
- * for one output with bce_with_logits) and as many class weights as classes; float targets [N] or [N, K] of the model's output width (made [N, K]), in
+ * for one output with bce_with_logits) and as many class weights as classes; float
+ * targets [N] or [N, K] of the model's output width (made [N, K]), in
  * [0, 1] for bce_with_logits, pos_weight of 1 or K values. Errors name the data at
  * `what` and the fields to change. */
 bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_train_config *train,

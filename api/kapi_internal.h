@@ -8,6 +8,7 @@
 #define KAPI_INTERNAL_H
 
 #include "kapi.h"
+#include "kn_layer.h"
 
 #include <cJSON.h>
 
@@ -77,10 +78,35 @@ bool kapi__check_name(kapi_errors *errors, const char *path, const cJSON *value,
 kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefix,
                                             kapi_errors *errors);
 
+/* ---- model specs' pieces the graph parser shares (model_spec.c) ------------------------ */
+
+/* "unknown layer type ..." at field, with a suggestion and the spec's layer types; with
+ * blocks (a NULL-terminated list of a graph's block names), "layer or block type" and
+ * the blocks too. */
+void kapi__unknown_type(kapi_errors *errors, const char *field, const cJSON *type,
+                        const char *const *blocks);
+/* A layer object's fields: "type", extra (NULL-terminated, may be NULL) and row's
+ * arguments, each checked and read into options (torch's defaults for the absent). */
+bool kapi__layer_fields(kapi_errors *errors, const cJSON *obj, const char *path,
+                        const kn_layer_type *row, const char *const *extra,
+                        kn_layer_options *options);
+/* One sample's shape (input_shape's rules) at path into shape[0..*ndim). */
+bool kapi__sample_shape(kapi_errors *errors, const cJSON *value, const char *path, int64_t *shape,
+                        int *ndim);
+
+/* A graph spec (model_graph.c): inputs, blocks, nodes, outputs read from root into spec,
+ * shapes inferred node by node. False with errors added. */
+bool kapi__graph_from_json(const cJSON *root, const char *prefix, kapi_model_spec *spec,
+                           kapi_errors *errors);
+/* A chain's values (its input and output) once its shapes are known (model_shape.c). */
+bool kapi__chain_values(kapi_model_spec *spec);
 /* preprocess.c: a model of int64 token inputs (an embedding first, issue 12) takes its
  * indices as they are: data.scale and data.normalize would make them floats. Adds an
  * error at the field and returns false when the job asks for either. */
 bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
                                      kapi_errors *errors);
+/* What takes a model's int64 tokens, for messages: "the model's first layer" (a chain's
+ * embedding) or "the model's input \"tokens\"" (a graph's int64 input). Returns buf. */
+const char *kapi__token_taker(const kapi_model_spec *model, char *buf, size_t size);
 
 #endif

@@ -99,6 +99,35 @@ bool kapi__infer_shapes(kapi_model_spec *spec, const char *prefix, const bool *l
     return true;
 }
 
+bool kapi__chain_values(kapi_model_spec *spec)
+{
+    /* the input, then each layer's output; the last is the model's "output" */
+    spec->values = calloc((size_t)spec->n_layers + 1, sizeof *spec->values);
+    if (!spec->values) return false;
+    kapi_value_spec *in = &spec->values[0];
+    snprintf(in->name, sizeof in->name, "input");
+    memcpy(in->shape, spec->input_shape, sizeof in->shape);
+    in->ndim = spec->input_ndim;
+    in->dtype = spec->n_layers > 0 ? kn_layer_of(spec->layers[0].kind)->input_dtype : KN_FLOAT32;
+    for (int i = 0; i < spec->n_layers; i++) {
+        kapi_layer_spec *layer = &spec->layers[i];
+        kapi_value_spec *v = &spec->values[i + 1];
+        snprintf(v->name, sizeof v->name, "%s", i + 1 == spec->n_layers ? "output" : layer->name);
+        memcpy(v->shape, layer->out_shape, sizeof v->shape);
+        v->ndim = layer->out_ndim;
+        v->dtype = KN_FLOAT32;
+        layer->n_inputs = 1;
+        layer->inputs[0] = i;
+        layer->first_output = i + 1;
+        layer->n_outputs = 1;
+    }
+    spec->n_values = spec->n_layers + 1;
+    spec->n_inputs = 1;
+    spec->n_outputs = 1;
+    spec->outputs[0] = spec->n_layers;
+    return true;
+}
+
 static int64_t numel_of(const int64_t *shape, int ndim)
 {
     int64_t n = 1;
@@ -134,6 +163,54 @@ static cJSON *shape_json(const int64_t *shape, int ndim)
     return array;
 }
 
+static cJSON *value_json(const kapi_value_spec *v)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", v->name);
+    cJSON_AddItemToObject(o, "shape", shape_json(v->shape, v->ndim));
+    cJSON_AddStringToObject(o, "dtype", kn_dtype_name(v->dtype));
+    return o;
+}
+
+/* A graph's inputs, outputs and nodes (in the order their modules are registered): each
+ * node's inputs by the names of their values, its output shape (one per output when it
+ * has several), parameters (a tied one counts at its first node) and ties. */
+static void graph_summary(const kapi_model_spec *spec, cJSON *root)
+{
+    cJSON *inputs = cJSON_AddArrayToObject(root, "inputs");
+    for (int i = 0; i < spec->n_inputs; i++)
+        cJSON_AddItemToArray(inputs, value_json(&spec->values[i]));
+    cJSON *outputs = cJSON_AddArrayToObject(root, "outputs");
+    for (int i = 0; i < spec->n_outputs; i++)
+        cJSON_AddItemToArray(outputs, value_json(&spec->values[spec->outputs[i]]));
+    cJSON *nodes = cJSON_AddArrayToObject(root, "nodes");
+    for (int i = 0; i < spec->n_layers; i++) {
+        const kapi_layer_spec *layer = &spec->layers[i];
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "name", layer->name);
+        cJSON_AddStringToObject(item, "type", layer->type);
+        cJSON *ins = cJSON_AddArrayToObject(item, "inputs");
+        for (int k = 0; k < layer->n_inputs; k++)
+            cJSON_AddItemToArray(ins, cJSON_CreateString(spec->values[layer->inputs[k]].name));
+        const kapi_value_spec *out = &spec->values[layer->first_output];
+        cJSON_AddItemToObject(item, "output_shape", shape_json(out->shape, out->ndim));
+        if (layer->n_outputs > 1) {
+            cJSON *shapes = cJSON_AddArrayToObject(item, "output_shapes");
+            for (int j = 0; j < layer->n_outputs; j++)
+                cJSON_AddItemToArray(shapes, shape_json(out[j].shape, out[j].ndim));
+        }
+        if (out->dtype != KN_FLOAT32)
+            cJSON_AddStringToObject(item, "dtype", kn_dtype_name(out->dtype));
+        cJSON_AddNumberToObject(item, "parameters", (double)layer->parameter_count);
+        if (layer->n_ties > 0) {
+            cJSON *tie = cJSON_AddObjectToObject(item, "tie");
+            for (int t = 0; t < layer->n_ties; t++)
+                cJSON_AddStringToObject(tie, layer->ties[t].parameter, layer->ties[t].to);
+        }
+        cJSON_AddItemToArray(nodes, item);
+    }
+}
+
 char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_size)
 {
     if (!spec) return NULL;
@@ -146,6 +223,12 @@ char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_si
     cJSON_AddNumberToObject(root, "batch_size", (double)batch_size);
     cJSON_AddNumberToObject(root, "training_memory_bytes",
                             (double)kapi_model_training_memory(spec, batch_size, KN_OPTIM_ADAM));
+    if (spec->graph) {
+        graph_summary(spec, root);
+        char *text = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        return text;
+    }
     cJSON *layers = cJSON_AddArrayToObject(root, "layers");
     for (int i = 0; i < spec->n_layers; i++) {
         const kapi_layer_spec *layer = &spec->layers[i];
@@ -160,9 +243,67 @@ char *kapi_model_spec_summary_json(const kapi_model_spec *spec, int64_t batch_si
     return text;
 }
 
+/* Makes the containers on the way to path that the spec names (a repeat's ModuleList, a
+ * block's copies), in the order a node first needs them, as torch's __init__ would. */
+static kn_status make_containers(kn_module *graph, const kapi_model_spec *spec, const char *path)
+{
+    char prefix[KAPI_NODE_NAME_MAX];
+    for (const char *dot = strchr(path, '.'); dot; dot = strchr(dot + 1, '.')) {
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(dot - path), path);
+        if (kn_module_find(graph, prefix)) continue;
+        const char *class_name = NULL;
+        for (int i = 0; i < spec->n_containers && !class_name; i++)
+            if (strcmp(spec->containers[i].path, prefix) == 0)
+                class_name = spec->containers[i].class_name;
+        kn_status status = kn_module_add(graph, prefix, kn_module_container_new(class_name));
+        if (status != KN_OK) return status;
+    }
+    return KN_OK;
+}
+
+/* A graph spec's model: modules in registration order, nodes in run order, then ties. */
+static kn_module *build_graph(const kapi_model_spec *spec, kn_generator *gen)
+{
+    kn_module *graph = kn_graph_new();
+    kn_status status = graph ? KN_OK : kn_last_status();
+    for (int i = 0; status == KN_OK && i < spec->n_inputs; i++)
+        if (kn_graph_add_input(graph, spec->values[i].name, spec->values[i].dtype) < 0)
+            status = kn_last_status();
+    for (int i = 0; status == KN_OK && i < spec->n_layers; i++) {
+        const kapi_layer_spec *layer = &spec->layers[i];
+        status = make_containers(graph, spec, layer->name);
+        kn_module *m = status == KN_OK ? kn_module_new(layer->kind, &layer->options, gen) : NULL;
+        if (status == KN_OK) status = m ? kn_module_add(graph, layer->name, m) : kn_last_status();
+    }
+    for (int i = 0; status == KN_OK && i < spec->n_layers; i++) {
+        const kapi_layer_spec *layer = &spec->layers[spec->run_order[i]];
+        int first =
+            kn_graph_add_node(graph, layer->name, layer->inputs, layer->n_inputs, layer->n_outputs);
+        if (first < 0)
+            status = kn_last_status();
+        else if (first != layer->first_output)
+            status = KN_ERR_VALUE; /* the spec's value ids are the graph's */
+    }
+    for (int i = 0; status == KN_OK && i < spec->n_layers; i++) {
+        const kapi_layer_spec *layer = &spec->layers[i];
+        for (int t = 0; status == KN_OK && t < layer->n_ties; t++) {
+            char name[KAPI_NODE_NAME_MAX + 40];
+            snprintf(name, sizeof name, "%s.%s", layer->name, layer->ties[t].parameter);
+            status = kn_module_tie(graph, name, layer->ties[t].to);
+        }
+    }
+    if (status == KN_OK) status = kn_graph_set_outputs(graph, spec->outputs, spec->n_outputs);
+    if (status != KN_OK) {
+        kn_module_free(graph);
+        return NULL;
+    }
+    return graph;
+}
+
 kn_module *kapi_model_build(const kapi_model_spec *spec, kn_generator *gen)
 {
     if (!spec) return NULL;
+    if (spec->graph) return build_graph(spec, gen);
     kn_module *model = kn_sequential_new();
     if (!model) return NULL;
     for (int i = 0; i < spec->n_layers; i++) {

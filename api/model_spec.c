@@ -16,7 +16,8 @@
 #define MAX_LAYERS 1000
 #define MAX_SAMPLE_NUMEL (1LL << 31)
 
-static const char *const MODEL_FIELDS[] = {"name", "input_shape", "layers", NULL};
+static const char *const MODEL_FIELDS[] = {"name",   "input_shape", "layers",  "inputs",
+                                           "blocks", "nodes",       "outputs", NULL};
 
 /* Shape inference, in model_shape.c. */
 bool kapi__infer_shapes(kapi_model_spec *spec, const char *prefix, const bool *layer_ok,
@@ -175,12 +176,12 @@ static bool parse_layer_args(kapi_errors *errors, const cJSON *obj, const char *
 
 /* ---- one layer ------------------------------------------------------------------------- */
 
-/* "unknown layer type ..." with a suggestion and the spec's layer types. */
-static void unknown_type(kapi_errors *errors, const char *field, const cJSON *type)
+void kapi__unknown_type(kapi_errors *errors, const char *field, const cJSON *type,
+                        const char *const *blocks)
 {
-    const char *names[KN_MODULE_KIND_COUNT + 1];
+    const char *names[KN_MODULE_KIND_COUNT + KAPI_MAX_BLOCKS + 1];
     int n = 0;
-    char list[1024] = "";
+    char list[1024] = "", block_list[600] = "";
     size_t used = 0;
     for (int i = 0; i < KN_MODULE_KIND_COUNT; i++) {
         const kn_layer_type *row = kn_layer_at(i);
@@ -190,12 +191,38 @@ static void unknown_type(kapi_errors *errors, const char *field, const cJSON *ty
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", n > 1 ? ", " : "",
                                      row->name);
     }
+    used = 0;
+    for (int i = 0; blocks && blocks[i] && i < KAPI_MAX_BLOCKS; i++) {
+        names[n++] = blocks[i];
+        if (used < sizeof block_list)
+            used += (size_t)snprintf(block_list + used, sizeof block_list - used, "%s%s",
+                                     i ? ", " : "; blocks: ", blocks[i]);
+    }
     names[n] = NULL;
     const char *suggestion = kapi__suggest(type->valuestring, names);
     char hint[64] = "", got[120];
     if (suggestion) snprintf(hint, sizeof hint, " (did you mean %s?)", suggestion);
     kapi__describe(type, got, sizeof got);
-    kapi_errors_add(errors, field, "unknown layer type %s%s; known types: %s", got, hint, list);
+    kapi_errors_add(errors, field, "unknown %s %s%s; known types: %s%s",
+                    blocks ? "layer or block type" : "layer type", got, hint, list, block_list);
+}
+
+bool kapi__layer_fields(kapi_errors *errors, const cJSON *obj, const char *path,
+                        const kn_layer_type *row, const char *const *extra,
+                        kn_layer_options *options)
+{
+    const char *fields[KN_LAYER_MAX_ARGS + 16] = {"type"};
+    int n = 1;
+    for (int i = 0; extra && extra[i] && n < 15; i++) fields[n++] = extra[i];
+    for (int i = 0; row->args && row->args[i].name && n <= KN_LAYER_MAX_ARGS + 14; i++)
+        fields[n++] = row->args[i].name;
+    fields[n] = NULL;
+    bool fields_ok = kapi__check_fields(errors, obj, path, fields);
+    kapi_layer_spec layer;
+    memset(&layer, 0, sizeof layer);
+    bool args_ok = parse_layer_args(errors, obj, path, row, &layer);
+    *options = layer.options;
+    return fields_ok && args_ok;
 }
 
 /* Type and arguments of layers[index]; false when anything was wrong. */
@@ -222,7 +249,7 @@ static bool parse_layer(kapi_errors *errors, const cJSON *obj, const char *path,
     } else {
         known = kn_layer_find(type->valuestring);
         if (known && (known->flags & KN_LAYER_CONTAINER)) known = NULL;
-        if (!known) unknown_type(errors, field, type);
+        if (!known) kapi__unknown_type(errors, field, type, NULL);
     }
     if (!known) {
         /* without a type the fields cannot be checked, except for a miswritten "type" */
@@ -237,27 +264,27 @@ static bool parse_layer(kapi_errors *errors, const cJSON *obj, const char *path,
     }
     layer->kind = known->kind;
     layer->type = known->name;
-    const char *fields[KN_LAYER_MAX_ARGS + 2] = {"type"};
-    int n = 1;
-    for (int i = 0; known->args && known->args[i].name && n <= KN_LAYER_MAX_ARGS; i++)
-        fields[n++] = known->args[i].name;
-    fields[n] = NULL;
-    bool fields_ok = kapi__check_fields(errors, obj, path, fields);
-    bool args_ok = parse_layer_args(errors, obj, path, known, layer);
-    return fields_ok && args_ok;
+    return kapi__layer_fields(errors, obj, path, known, NULL, &layer->options);
 }
 
 static bool parse_input_shape(kapi_errors *errors, const cJSON *root, const char *prefix,
                               kapi_model_spec *spec)
 {
     const cJSON *value = cJSON_GetObjectItemCaseSensitive(root, "input_shape");
-    char path[KAPI_PATH_MAX], item_path[KAPI_PATH_MAX], got[120];
+    char path[KAPI_PATH_MAX];
     kapi__path(path, prefix, "input_shape");
     if (!value) {
         kapi__missing(errors, prefix, "input_shape",
                       "the shape of one sample without the batch dim, e.g. [1, 28, 28]");
         return false;
     }
+    return kapi__sample_shape(errors, value, path, spec->input_shape, &spec->input_ndim);
+}
+
+bool kapi__sample_shape(kapi_errors *errors, const cJSON *value, const char *path, int64_t *shape,
+                        int *ndim)
+{
+    char item_path[KAPI_PATH_MAX], got[120];
     int n = cJSON_IsArray(value) ? cJSON_GetArraySize(value) : -1;
     if (n < 1 || n > KN_MAX_DIMS - 1) {
         kapi__describe(value, got, sizeof got);
@@ -272,10 +299,10 @@ static bool parse_input_shape(kapi_errors *errors, const cJSON *root, const char
     for (int i = 0; i < n; i++) {
         kapi__path_index(item_path, path, i);
         if (kapi__int_value(errors, cJSON_GetArrayItem(value, i), item_path, 1, KN_ARG_MAX_SIZE,
-                            &spec->input_shape[i]) != KAPI_OK)
+                            &shape[i]) != KAPI_OK)
             ok = false;
         else
-            numel *= (double)spec->input_shape[i];
+            numel *= (double)shape[i];
     }
     if (ok && numel > (double)MAX_SAMPLE_NUMEL) {
         kapi__describe(value, got, sizeof got);
@@ -283,8 +310,37 @@ static bool parse_input_shape(kapi_errors *errors, const cJSON *root, const char
                         (long long)MAX_SAMPLE_NUMEL, got, numel);
         ok = false;
     }
-    if (ok) spec->input_ndim = n;
+    if (ok) *ndim = n;
     return ok;
+}
+
+/* A graph spec has nodes (and inputs, outputs, blocks) instead of layers. */
+static bool is_graph(const cJSON *root)
+{
+    static const char *const GRAPH_FIELDS[] = {"nodes", "inputs", "outputs", "blocks"};
+    for (int i = 0; i < 4; i++)
+        if (cJSON_GetObjectItemCaseSensitive(root, GRAPH_FIELDS[i])) return true;
+    return false;
+}
+
+/* A graph spec: a chain's fields are errors (each names what a graph has instead). */
+static void graph_spec(const cJSON *root, const char *prefix, kapi_model_spec *spec,
+                       kapi_errors *errors)
+{
+    char path[KAPI_PATH_MAX];
+    if (cJSON_GetObjectItemCaseSensitive(root, "layers")) {
+        kapi__path(path, prefix, "layers");
+        kapi_errors_add(errors, path,
+                        "a model has either \"layers\" (a chain) or \"nodes\" (a graph with "
+                        "\"inputs\" and \"outputs\"), not both");
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "input_shape")) {
+        kapi__path(path, prefix, "input_shape");
+        kapi_errors_add(errors, path,
+                        "a graph declares its inputs in \"inputs\" ([{\"name\": \"x\", "
+                        "\"shape\": [784]}]), not input_shape");
+    }
+    kapi__graph_from_json(root, prefix, spec, errors);
 }
 
 kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefix,
@@ -303,6 +359,15 @@ kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefi
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
     kapi__path(path, prefix, "name");
     if (name) kapi__check_name(errors, path, name, spec->name, sizeof spec->name);
+
+    if (is_graph(root)) {
+        graph_spec(root, prefix, spec, errors);
+        if (errors->count > before) {
+            kapi_model_spec_free(spec);
+            return NULL;
+        }
+        return spec;
+    }
 
     bool shape_ok = parse_input_shape(errors, root, prefix, spec);
 
@@ -332,7 +397,11 @@ kapi_model_spec *kapi__model_spec_from_json(const cJSON *root, const char *prefi
                 kapi__path_index(layer_path, path, i);
                 layer_ok[i] = parse_layer(errors, item, layer_path, &spec->layers[i]);
             }
-            if (shape_ok) kapi__infer_shapes(spec, prefix, layer_ok, errors);
+            for (i = 0; i < n; i++)
+                snprintf(spec->layers[i].name, sizeof spec->layers[i].name, "%d", i);
+            if (shape_ok && kapi__infer_shapes(spec, prefix, layer_ok, errors) &&
+                !kapi__chain_values(spec))
+                kapi_errors_add(errors, path, "out of memory");
             free(layer_ok);
         }
     }
@@ -356,5 +425,8 @@ void kapi_model_spec_free(kapi_model_spec *spec)
 {
     if (!spec) return;
     free(spec->layers);
+    free(spec->values);
+    free(spec->run_order);
+    free(spec->containers);
     free(spec);
 }

@@ -210,15 +210,26 @@ static bool apply(kn_dataset *ds, const kapi_preprocessing *p, const char *what,
     return false;
 }
 
+const char *kapi__token_taker(const kapi_model_spec *model, char *buf, size_t size)
+{
+    if (model->graph)
+        snprintf(buf, size, "the model's input \"%s\"", model->values[0].name);
+    else
+        snprintf(buf, size, "the model's first layer");
+    return buf;
+}
+
 bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
                                      kapi_errors *errors)
 {
     if (!model || model->input_dtype != KN_INT64) return true;
     bool scaled = data->scale > 0 && data->scale != 1;
     if (!scaled && !data->normalize_auto && data->channels == 0) return true;
+    char taker[96];
     kapi_errors_add(errors, scaled ? "data.scale" : "data.normalize",
-                    "the model's first layer takes int64 token indices, which are not scaled or "
-                    "normalised: leave data.scale and data.normalize out");
+                    "%s takes int64 token indices, which are not scaled or normalised: leave "
+                    "data.scale and data.normalize out",
+                    kapi__token_taker(model, taker, sizeof taker));
     return false;
 }
 

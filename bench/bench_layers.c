@@ -7,6 +7,10 @@
  * turns for several rounds and each figure is the median over the rounds, so load from
  * other processes hits both sides alike; the minimum over the rounds is printed too.
  *
+ * Attention (issue 12): causal self-attention at nanoGPT's shape (batch 12, T 64, 4 heads
+ * of 32), the op alone (gpt.sdpa) and with its projections (gpt.mha; nanoGPT's
+ * CausalSelfAttention on the torch side).
+ *
  * Prints a table, then one JSON line per row: {"model", "layer", "kind",
  * "kiln_fwd_us", "torch_fwd_us", "fwd_ratio", "kiln_fwdbwd_us", "torch_fwdbwd_us",
  * "fwdbwd_ratio", "kiln_fwdbwd_min_us", "torch_fwdbwd_min_us", "threads", "loadavg_*"}
@@ -25,31 +29,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_timing.h"
+
 enum { MAX_ROWS = 64, MAX_ROUNDS = 15 };
 
 static int quick;
 static const char *only;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *values, int n)
-{
-    double v[MAX_ROUNDS];
-    memcpy(v, values, sizeof(double) * (size_t)n);
-    qsort(v, (size_t)n, sizeof(double), compare_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static double minimum(const double *v, int n)
 {
@@ -58,29 +43,10 @@ static double minimum(const double *v, int n)
     return m;
 }
 
-typedef bool (*bench_fn)(void *context);
-
 /* Median microseconds per iteration (same method as bench_layers_torch.py), or -1. */
 static double measure(bench_fn fn, void *context)
 {
-    double start = now_s();
-    int warm = 0;
-    do {
-        if (!fn(context)) return -1;
-        warm++;
-    } while (warm < 2 || now_s() - start < (quick ? 0.02 : 0.1));
-    double per_iter = (now_s() - start) / warm;
-    int iters = (int)((quick ? 0.01 : 0.05) / per_iter);
-    if (iters < 1) iters = 1;
-    int runs = quick ? 3 : 5;
-    double times[5];
-    for (int r = 0; r < runs; r++) {
-        double t0 = now_s();
-        for (int i = 0; i < iters; i++)
-            if (!fn(context)) return -1;
-        times[r] = (now_s() - t0) / iters;
-    }
-    return median(times, runs) * 1e6;
+    return bench_measure(fn, context, quick ? 0.02 : 0.1, quick ? 0.01 : 0.05, quick ? 3 : 5);
 }
 
 /* ---- the rows (bench/bench_layers.rows) ------------------------------------------------ */
@@ -191,6 +157,9 @@ static bool selected(const row *r)
 typedef struct layer {
     const row *r;
     kn_tensor *x, *w, *b, *target, *grad; /* w, b NULL without parameters */
+    /* ---- attention (issue 12) ---- */
+    kn_tensor *k, *v;  /* sdpa's keys and values (x is the queries) */
+    kn_module *module; /* mha: a MultiheadAttention */
 } layer;
 
 static kn_tensor *uniform(const int64_t *shape, int ndim, double bound, bool grad)
@@ -215,6 +184,11 @@ static kn_tensor *layer_forward(const layer *l)
     if (!strcmp(kind, "linear")) return kn_linear(l->x, l->w, l->b);
     if (!strcmp(kind, "cross_entropy"))
         return kn_cross_entropy(l->x, l->target, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
+    /* ---- attention (issue 12) ---- */
+    if (!strcmp(kind, "sdpa"))
+        return kn_scaled_dot_product_attention(
+            l->x, l->k, l->v, &(kn_attention_args){.is_causal = option(l->r, "causal", 0)});
+    if (!strcmp(kind, "mha")) return kn_module_forward(l->module, l->x);
     return NULL;
 }
 
@@ -234,6 +208,9 @@ static bool run_forward_backward(void *context)
     if (l->r->input_grad) kn_zero_grad(l->x);
     if (l->w) kn_zero_grad(l->w);
     if (l->b) kn_zero_grad(l->b);
+    if (l->k) kn_zero_grad(l->k);
+    if (l->v) kn_zero_grad(l->v);
+    if (l->module) kn_module_zero_grad(l->module);
     kn_scope_begin();
     kn_tensor *out = layer_forward(l);
     bool ok = out && kn_backward(out, l->grad, false) == KN_OK;
@@ -267,6 +244,14 @@ static void bench_layer(row *r)
         l.b = uniform(&out, 1, bound, true);
     } else if (!strcmp(r->kind, "cross_entropy")) {
         l.target = class_targets(r->shape[0], r->shape[1]);
+    } else if (!strcmp(r->kind, "sdpa")) { /* x, k, v: [B, H, T, D] */
+        l.k = uniform(r->shape, r->ndim, 1, true);
+        l.v = uniform(r->shape, r->ndim, 1, true);
+    } else if (!strcmp(r->kind, "mha")) { /* x: [B, T, E] */
+        l.module = kn_multi_head_attention_new(r->shape[2], option(r, "heads", 1), 0.0, true,
+                                               option(r, "causal", 0), NULL);
+        if (!l.module)
+            fprintf(stderr, "bench_layers: %s.%s: %s\n", r->model, r->layer, kn_last_error());
     }
     kn_no_grad_begin();
     kn_tensor *y = layer_forward(&l);
@@ -278,6 +263,7 @@ static void bench_layer(row *r)
         record(r, 0, false, measure(run_forward, &l));
         record(r, 1, false, measure(run_forward_backward, &l));
     }
+    kn_module_free(l.module);
     kn_scope_end();
 }
 
@@ -400,11 +386,11 @@ static figures figures_of(const row *r, int which)
 {
     figures f = {-1, -1, -1, -1};
     if (r->n_kiln[which]) {
-        f.k = median(r->kiln[which], r->n_kiln[which]);
+        f.k = bench_median(r->kiln[which], r->n_kiln[which]);
         f.kmin = minimum(r->kiln[which], r->n_kiln[which]);
     }
     if (r->n_torch[which]) {
-        f.t = median(r->torch[which], r->n_torch[which]);
+        f.t = bench_median(r->torch[which], r->n_torch[which]);
         f.tmin = minimum(r->torch[which], r->n_torch[which]);
     }
     return f;

@@ -2,7 +2,9 @@
 """bench_layers_torch.py — PyTorch's side of bench_layers.c: the rows of
 bench/bench_layers.rows (every layer of the Fashion-MNIST CNN and MLP at batch 64,
 forward alone and forward + backward, and each model's whole training step: forward,
-cross_entropy, backward, Adam). Same timing method as bench_layers.c (warm-up, runs of
+cross_entropy, backward, Adam). Attention (issue 12) as nanoGPT computes it on torch 1.13
+(no flash attention there: q k^T, masked_fill, softmax, @ v), alone (sdpa) and in its
+CausalSelfAttention module (mha). Same timing method as bench_layers.c (warm-up, runs of
 ~50 ms, median of the runs). Prints one line per measurement, "<model>.<layer> fwd|fwdbwd
 <median microseconds>", which bench_layers reads.
 
@@ -10,6 +12,7 @@ Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--rows 
 [--threads N] [--quick]
 """
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -53,6 +56,14 @@ def read_rows(path):
     return rows
 
 
+def nano_attention(q, k, v, causal):
+    t = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+    if causal:
+        att = att.masked_fill(torch.tril(torch.ones(t, t)) == 0, float("-inf"))
+    return F.softmax(att, dim=-1) @ v
+
+
 def layer_op(row):
     """(op, parameters) for a row, as the model runs it."""
     kind, o, shape = row["kind"], row["options"], row["shape"]
@@ -70,6 +81,24 @@ def layer_op(row):
     if kind == "cross_entropy":
         target = torch.arange(shape[0]) % shape[1]
         return (lambda x: F.cross_entropy(x, target)), []
+    # ---- attention (issue 12): nanoGPT's CausalSelfAttention (model.py), dropout 0
+    if kind == "sdpa":  # x: the queries [B, H, T, D]; keys and values alike
+        k, v = ((torch.rand(shape) * 2 - 1).requires_grad_() for _ in range(2))
+        causal = int(o.get("causal", 0))
+        return (lambda q: nano_attention(q, k, v, causal)), [k, v]
+    if kind == "mha":  # x: [B, T, E]
+        b, t, e = shape
+        h = int(o["heads"])
+        causal = int(o.get("causal", 0))
+        c_attn, c_proj = nn.Linear(e, 3 * e), nn.Linear(e, e)
+
+        def block(x):
+            q, k, v = c_attn(x).split(e, dim=2)
+            q, k, v = (z.view(b, t, h, e // h).transpose(1, 2) for z in (q, k, v))
+            y = nano_attention(q, k, v, causal).transpose(1, 2).contiguous().view(b, t, e)
+            return c_proj(y)
+
+        return block, list(c_attn.parameters()) + list(c_proj.parameters())
     raise SystemExit(f"bench_layers_torch.py: unknown kind {kind}")
 
 

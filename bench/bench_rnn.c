@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_timing.h"
+
 enum { N_CASES = 6, MAX_ROUNDS = 15 };
 
 static int quick;
@@ -34,25 +36,6 @@ static const struct {
     {"lstm2_bidir_fwd", true, false, 16, 50, 32, 64, 2, true},
     {"lstm2_bidir_fwd_bwd", true, true, 16, 50, 32, 64, 2, true},
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), compare_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 typedef struct bench_case {
     kn_module *m;
@@ -77,27 +60,16 @@ static bool run(const bench_case *c)
     return ok;
 }
 
+static bool run_case(void *context)
+{
+    return run(context);
+}
+
 /* Median microseconds per iteration (same method as bench_rnn_torch.py), or -1. */
 static double measure(const bench_case *c)
 {
-    double start = now_s();
-    int warm = 0;
-    do {
-        if (!run(c)) return -1;
-        warm++;
-    } while (warm < 2 || now_s() - start < (quick ? 0.05 : 0.2));
-    double per_iter = (now_s() - start) / warm;
-    int iters = (int)((quick ? 0.05 : 0.2) / per_iter);
-    if (iters < 1) iters = 1;
-    int runs = quick ? 3 : 5;
-    double times[5];
-    for (int r = 0; r < runs; r++) {
-        double t0 = now_s();
-        for (int i = 0; i < iters; i++)
-            if (!run(c)) return -1;
-        times[r] = (now_s() - t0) / iters;
-    }
-    return median(times, runs) * 1e6;
+    return bench_measure(run_case, (void *)c, quick ? 0.05 : 0.2, quick ? 0.05 : 0.2,
+                         quick ? 3 : 5);
 }
 
 static double kiln_case(int i)
@@ -174,9 +146,9 @@ int main(int argc, char **argv)
     printf("%-22s %12s %12s %10s   (median of %d rounds, %d threads)\n", "case", "kiln ms",
            "pytorch ms", "kiln/pyt", rounds, threads);
     for (int i = 0; i < N_CASES; i++) {
-        double k = median(kiln[i], rounds) / 1e3;
+        double k = bench_median(kiln[i], rounds) / 1e3;
         if (n_py) {
-            double p = median(py[i], n_py) / 1e3;
+            double p = bench_median(py[i], n_py) / 1e3;
             printf("%-22s %12.3f %12.3f %9.2fx\n", CASES[i].name, k, p, p / k);
         } else {
             printf("%-22s %12.3f %12s\n", CASES[i].name, k, "-");

@@ -5,6 +5,8 @@
  */
 #include "kcli.h"
 
+#include "kn_dist.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -49,16 +51,19 @@ static void print_json(cJSON *o)
     fflush(stdout);
 }
 
-/* The weights (with the job's preprocessing in their metadata) and a checkpoint. */
-static int save_outputs(const kcli_job *job, kn_trainer *trainer, const char *dir, bool quiet)
+/* The weights (with the job's preprocessing in their metadata) and a checkpoint. In a
+ * distributed run every rank calls it (the checkpoint is a collective) and rank 0 writes
+ * the weights. */
+static int save_outputs(const kcli_job *job, kn_trainer *trainer, const char *dir, bool quiet,
+                        const kcli_rank *rank)
 {
     char *weights = kcli_join(dir, "model.safetensors");
     char *checkpoint = kcli_join(dir, "checkpoint.safetensors");
     int rc = 0;
     kapi_errors errors = {0};
     if (!weights || !checkpoint ||
-        !kapi_save_weights(kn_trainer_model(trainer), weights, &job->preprocessing, job->model_spec,
-                           &errors) ||
+        (rank->rank == 0 && !kapi_save_weights(kn_trainer_model(trainer), weights,
+                                               &job->preprocessing, job->model_spec, &errors)) ||
         kn_trainer_save_checkpoint(trainer, checkpoint) != KN_OK) {
         fprintf(stderr, "error: --out %s: %s\n", dir,
                 errors.count ? errors.items[0].message : kn_last_error());
@@ -128,13 +133,60 @@ static void add_details(cJSON *o, const kn_eval_result *r)
     cJSON_Delete(details);
 }
 
-int kcli_train(const char *job_path, const kcli_options *options)
+/* The end of the summary's JSON and text: a distributed run's world and its waiting. */
+static void add_world(cJSON *o, const kn_train_summary *summary)
 {
+    if (summary->world_size <= 1) return;
+    cJSON_AddNumberToObject(o, "world_size", summary->world_size);
+    cJSON_AddNumberToObject(o, "communication_seconds", summary->communication_seconds);
+}
+
+/* A distributed run stopped by a signal on the ranks: what rank 0 was asked decides
+ * (a pause saves a checkpoint for kilnd, Ctrl-C the outputs of --out). */
+static int stopped_rank(const kcli_job *job, kn_trainer *trainer, const kcli_options *options,
+                        kcli_rank *rank)
+{
+    int reason = kcli_rank_agree_stop(rank, interrupted);
+    int64_t step = kn_trainer_step(trainer);
+    int rc = 0;
+    if (reason == KCLI_STOP_SAVE && options->out_dir) {
+        if (options->events) { /* as kilnd names the checkpoints of its jobs */
+            char name[64];
+            snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
+            char *path = kcli_join(options->out_dir, name);
+            if (!path || kn_trainer_save_checkpoint(trainer, path) != KN_OK) {
+                fprintf(stderr, "error: checkpoint at step %lld: %s\n", (long long)step,
+                        kn_last_error());
+                rc = KCLI_EXIT_RUNTIME;
+            } else if (rank->rank == 0) {
+                kcli_print_checkpoint_event(step, path);
+            }
+            free(path);
+        } else {
+            rc = save_outputs(job, trainer, options->out_dir, options->quiet, rank);
+        }
+    }
+    if (rank->rank == 0 && options->events) {
+        printf("{\"event\":\"stopped\",\"reason\":\"%s\",\"step\":%lld}\n",
+               reason == KCLI_STOP_SAVE ? "pause" : "cancel", (long long)step);
+        fflush(stdout);
+    } else if (rank->rank == 0 && !options->quiet) {
+        fprintf(stderr, "interrupted at step %lld\n", (long long)step);
+    }
+    return rc;
+}
+
+int kcli_train(const char *job_path, const kcli_options *options_given)
+{
+    kcli_options local_options = *options_given; /* a rank other than 0 is quiet */
+    kcli_options *options = &local_options;
     kcli_job job;
+    kcli_rank rank = {0};
     int rc = kcli_job_open(&job, job_path, true, true);
     kn_trainer *trainer = NULL;
     kn_eval_result test = {0};
     bool tf32_before = kn_get_allow_tf32(); /* the job's choice until it is done */
+    if (rc == 0 && kn_dist_launched()) rc = kcli_rank_join(&rank, &job, options, &interrupted);
     if (rc != 0) goto done;
     kn_set_allow_tf32(job.spec->allow_tf32);
     if (options->out_dir && make_dirs(options->out_dir) != 0) {
@@ -161,11 +213,14 @@ int kcli_train(const char *job_path, const kcli_options *options)
         goto done;
     }
     if (!options->quiet && !options->json) {
-        char device[32];
-        fprintf(stderr, "training %s (%lld parameters) on %lld samples, %s, %d threads\n",
+        char device[32], world[96] = "";
+        if (rank.dist)
+            snprintf(world, sizeof world, " per process, %d processes (%s)", rank.world,
+                     kn_dist_backend(rank.dist));
+        fprintf(stderr, "training %s (%lld parameters) on %lld samples, %s, %d threads%s\n",
                 job.model_spec->name[0] ? job.model_spec->name : "model",
                 (long long)kn_module_parameter_count(job.model), (long long)job.train->count,
-                kn_device_str(job.device, device, sizeof device), kn_get_num_threads());
+                kn_device_str(job.device, device, sizeof device), kn_get_num_threads(), world);
     }
 
     kcli_progress progress;
@@ -173,9 +228,15 @@ int kcli_train(const char *job_path, const kcli_options *options)
     kn_train_callbacks callbacks = kcli_progress_callbacks(&progress);
     signal(SIGINT, on_sigint);
     kn_train_summary summary;
-    kn_status st = kn_trainer_run(trainer, job.train, job.validation, &callbacks, &summary);
+    /* only rank 0 evaluates */
+    kn_status st = kn_trainer_run(trainer, job.train, rank.rank == 0 ? job.validation : NULL,
+                                  &callbacks, &summary);
     signal(SIGINT, SIG_DFL);
     kcli_progress_finish(&progress);
+    if (st != KN_OK && rank.dist && summary.stopped) {
+        rc = stopped_rank(&job, trainer, options, &rank);
+        goto done;
+    }
     if (st != KN_OK) {
         if (interrupted)
             fprintf(stderr, "interrupted at step %lld\n", (long long)kn_trainer_step(trainer));
@@ -183,13 +244,13 @@ int kcli_train(const char *job_path, const kcli_options *options)
             fprintf(stderr, "error: %s\n", kn_last_error());
         /* what was trained so far is still worth keeping */
         if (interrupted && options->out_dir)
-            save_outputs(&job, trainer, options->out_dir, options->quiet);
+            save_outputs(&job, trainer, options->out_dir, options->quiet, &rank);
         rc = interrupted ? 130 : KCLI_EXIT_RUNTIME;
         goto done;
     }
 
-    /* the test set's numbers, with its confusion matrix (or per-label F1) */
-    bool has_test = job.test != NULL;
+    /* the test set's numbers (rank 0's), with its confusion matrix (or per-label F1) */
+    bool has_test = job.test != NULL && rank.rank == 0;
     if (has_test) {
         st = kn_evaluate_config(job.model, job.test, &job.spec->train, &test);
         if (st != KN_OK) {
@@ -199,9 +260,11 @@ int kcli_train(const char *job_path, const kcli_options *options)
         }
     }
     if (options->out_dir)
-        rc = save_outputs(&job, trainer, options->out_dir, options->quiet || options->json);
+        rc = save_outputs(&job, trainer, options->out_dir, options->quiet || options->json, &rank);
 
-    if (options->json) {
+    if (rank.rank != 0) {
+        /* rank 0 reports */
+    } else if (options->json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "event", "summary");
         cJSON_AddNumberToObject(o, "steps", (double)summary.steps);
@@ -222,12 +285,19 @@ int kcli_train(const char *job_path, const kcli_options *options)
             cJSON_AddStringToObject(o, "cuda", summary.cuda_note);
             cJSON_AddNumberToObject(o, "graph_steps", (double)summary.graph_steps);
         }
+        add_world(o, &summary);
         print_json(o);
         cJSON_Delete(o);
     } else {
         printf("steps %lld, %.1f s training, %.0f samples/s%s\n", (long long)summary.steps,
                summary.train_seconds, summary.samples_per_second,
                summary.stopped_early ? ", stopped early" : "");
+        if (summary.world_size > 1)
+            printf("%d processes; %.2f s waiting for communication (%.1f%% of training)\n",
+                   summary.world_size, summary.communication_seconds,
+                   summary.train_seconds > 0
+                       ? 100.0 * summary.communication_seconds / summary.train_seconds
+                       : 0.0);
         if (summary.skipped_steps)
             printf("skipped %lld non-finite steps\n", (long long)summary.skipped_steps);
         if (summary.cuda_note[0])
@@ -246,6 +316,7 @@ done:
     kn_trainer_free(trainer);
     kcli_job_close(&job);
     kn_set_allow_tf32(tf32_before);
+    kcli_rank_leave(&rank, rc);
     return rc;
 }
 
@@ -327,6 +398,43 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
     return ds;
 }
 
+/* Prints an output that is not a [N, classes] float: each sample's values, flattened. */
+static int print_values(kn_tensor *output, int64_t first, bool json)
+{
+    kn_tensor *p = kn_contiguous(kn_to(output, kn_cpu()));
+    if (!p) return KCLI_EXIT_RUNTIME;
+    int64_t n = p->ndim > 0 ? p->shape[0] : 1, row = n ? kn_numel(p) / n : 0;
+    double *v = malloc(sizeof *v * (size_t)(row ? row : 1));
+    if (!v) return KCLI_EXIT_RUNTIME;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t index[KN_MAX_DIMS] = {i};
+        for (int64_t k = 0; k < row; k++) { /* row-major within the sample */
+            int64_t flat = k;
+            for (int d = p->ndim - 1; d >= 1; d--) {
+                index[d] = flat % p->shape[d];
+                flat /= p->shape[d];
+            }
+            v[k] = kn_get(p, index);
+        }
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "index", (double)(first + i));
+            cJSON *arr = cJSON_AddArrayToObject(o, "output");
+            for (int64_t k = 0; k < row; k++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[k]));
+            char *text = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (text) printf("%s\n", text);
+            free(text);
+        } else {
+            printf("%lld\t-", (long long)(first + i));
+            for (int64_t k = 0; k < row; k++) printf("\t%.6g", v[k]);
+            printf("\n");
+        }
+    }
+    free(v);
+    return 0;
+}
+
 static double sigmoid(double x)
 {
     return 1.0 / (1.0 + exp(-x));
@@ -337,6 +445,9 @@ static double sigmoid(double x)
  * values, multi-label labels over 0.5 with each probability. */
 static int print_predictions(kn_tensor *outputs, int64_t first, kn_task task, bool json)
 {
+    /* a graph's output of another kind (int64, a sequence's [N, T, V]) */
+    if (outputs->dtype != KN_FLOAT32 || (task != KN_TASK_REGRESSION && outputs->ndim > 2))
+        return print_values(outputs, first, json);
     kn_tensor *p = kn_contiguous(kn_to(outputs, kn_cpu()));
     if (!p) return KCLI_EXIT_RUNTIME;
     int64_t n = p->shape[0], c = kn_numel(p) / (n > 0 ? n : 1);
@@ -488,6 +599,7 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
             fprintf(stderr, "error: %s\n", kn_last_error());
             rc = KCLI_EXIT_RUNTIME;
         } else {
+            /* a graph's first output is its prediction (kn_module_forward gives it) */
             kn_tensor *outputs =
                 kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n), job.device));
             if (!outputs) {

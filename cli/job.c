@@ -76,7 +76,7 @@ static int load_model_file(kcli_job *job, const char *job_dir)
 }
 
 /* Loads a source as the job's task takes it and fits it to the model (inputs reshaped,
- * labels checked); unlabeled data is allowed for predict. */
+ * labels checked); for predict (allow_unlabeled) the labels are dropped unread. */
 static int load_source(kcli_job *job, const kapi_data_source *src, const char *what,
                        bool allow_unlabeled, kn_dataset **out)
 {
@@ -84,6 +84,10 @@ static int load_source(kcli_job *job, const kapi_data_source *src, const char *w
     kapi_load_options load = {.task = job->spec->train.task, .allow_unlabeled = allow_unlabeled};
     *out = kapi_load_data(src, load, &errors);
     int rc = *out ? 0 : KCLI_EXIT_RUNTIME;
+    if (*out && allow_unlabeled) { /* predict reads the inputs only: labels are not checked */
+        kn_release((*out)->labels);
+        (*out)->labels = NULL;
+    }
     if (*out && !kapi_dataset_fit_job(*out, job->model_spec, &job->spec->train, what, &errors))
         rc = KCLI_EXIT_SPEC;
     if (!*out && errors.count == 0) fprintf(stderr, "%s: %s\n", what, kn_last_error());
@@ -158,6 +162,13 @@ int kcli_job_load_unlabeled(kcli_job *job, const kapi_data_source *src, const ch
 static int choose_device(kcli_job *job)
 {
     const char *name = job->spec->device[0] ? job->spec->device : "cpu";
+    if (kcli_rank_device(job->spec, &job->device)) { /* a rank of a job with a GPU each */
+        if (kn_device_available(job->device)) return 0;
+        char device[32];
+        fprintf(stderr, "distributed.devices: this rank's device %s is not available (%s)\n",
+                kn_device_str(job->device, device, sizeof device), kn_cuda_status());
+        return KCLI_EXIT_RUNTIME;
+    }
     if (strcmp(name, "auto") == 0) {
         kn_device cuda = {KN_DEVICE_CUDA, 0};
         job->device = kn_device_available(cuda) ? cuda : kn_cpu();

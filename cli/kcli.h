@@ -22,11 +22,20 @@ typedef struct kcli_options {
     bool json;
     bool quiet;
     const char *out_dir;
-    const char *input; /* predict */
-    int64_t limit;     /* predict: at most this many samples (0: all) */
-    int threads;       /* 0: KILN_NUM_THREADS or every core */
-    int64_t log_every; /* plain progress lines every N steps */
+    const char *input;    /* predict */
+    int64_t limit;        /* predict: at most this many samples (0: all) */
+    int threads;          /* 0: KILN_NUM_THREADS or every core */
+    int64_t log_every;    /* plain progress lines every N steps */
+    int processes;        /* train --processes N: N ranks through mpirun (dist.c) */
+    const char *hostfile; /* train --hostfile F */
+    bool events;          /* train --events: --json plus a line per step and checkpoint */
+    bool tty;             /* draw the progress bar although stderr is a pipe (a rank) */
 } kcli_options;
+
+/* Why a run was asked to stop: Ctrl-C or SIGUSR1 (save a checkpoint, as --out says),
+ * SIGUSR2 (a cancel: nothing saved). */
+#define KCLI_STOP_SAVE 1
+#define KCLI_STOP_CANCEL 2
 
 /* A job ready to run: the spec, the model built and on its device, the data loaded,
  * scaled, normalised and shaped as the model's input. */
@@ -63,6 +72,27 @@ void kcli_metrics_json(cJSON *o, const char *prefix, const kn_eval_result *r);
 void kcli_metrics_text(char *out, size_t size, const kn_eval_result *r);
 
 int kcli_train(const char *job_path, const kcli_options *options);
+
+/* ---- distributed runs (dist.c) --------------------------------------------------------- */
+/* kiln train --processes N: checks the job and the hosts, runs mpirun with this program's
+ * train and the same options (less --processes and --hostfile), waits; returns the exit
+ * code. */
+int kcli_train_launch(const char *job_path, const kcli_options *options);
+
+/* This process as a rank of a run started by mpirun (kn_dist_launched()). */
+typedef struct kcli_rank {
+    struct kn_dist *dist; /* NULL: not a rank */
+    int rank, world;
+} kcli_rank;
+/* The device of a rank of a job with one GPU per process: cuda:<local rank>. */
+bool kcli_rank_device(const kapi_job_spec *spec, kn_device *device);
+/* Joins the job's communicator (after kcli_job_open): sets the job's train.dist, makes
+ * ranks other than 0 quiet, and routes SIGUSR1/SIGUSR2 to *stop. Returns an exit code. */
+int kcli_rank_join(kcli_rank *rank, kcli_job *job, kcli_options *options, volatile int *stop);
+/* After an agreed stop: rank 0's reason (KCLI_STOP_*), the same on every rank. */
+int kcli_rank_agree_stop(kcli_rank *rank, int stop);
+/* Leaves the job: a failing rank (rc not 0 or 130) takes every rank down with it. */
+void kcli_rank_leave(kcli_rank *rank, int rc);
 int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_validate(const char *path, const kcli_options *options);
@@ -109,6 +139,8 @@ typedef struct kcli_progress {
 void kcli_progress_init(kcli_progress *p, const kcli_options *options, kn_trainer *trainer,
                         volatile int *interrupted);
 kn_train_callbacks kcli_progress_callbacks(kcli_progress *p);
+/* --events: {"event": "checkpoint", "step", "path"} on stdout. */
+void kcli_print_checkpoint_event(int64_t step, const char *path);
 /* Ends the progress bar line, if one is drawn. */
 void kcli_progress_finish(kcli_progress *p);
 /* "DIR/name", malloc'd. */

@@ -7,11 +7,23 @@
  * Exit codes: 0 success, 1 runtime error, 2 usage or spec error.
  */
 #include "kclient.h"
+#include "kn_dist.h"
 
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if KN_SANITIZE
+/* Sanitized builds: Open MPI's libraries keep allocations until exit by design and have no
+ * frame pointers, so a leak report's stack stops at the libc frame that allocated unless
+ * the whole stack is unwound; with it, tests/lsan-mpi.supp tells MPI's leaks from ours. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+    return "fast_unwind_on_malloc=0";
+}
+#endif
 
 /* ---- options ----------------------------------------------------------------------------- */
 enum {
@@ -43,6 +55,9 @@ enum {
     OPT_SOFTMAX,
     OPT_STRIP_PREFIX,
     OPT_NO_STRICT,
+    OPT_PROCESSES,
+    OPT_HOSTFILE,
+    OPT_EVENTS,
     OPT_FILE_FIRST, /* the upload files: OPT_FILE_FIRST + KCLI_TRAIN_INPUTS, ... */
 };
 
@@ -65,6 +80,11 @@ static const option_spec OPTIONS[] = {
      "CPU threads (default: $KILN_NUM_THREADS, else every core)"},
     {"log-every", required_argument, OPT_LOG_EVERY, "N",
      "a progress line every N steps when not on a terminal (default 100)"},
+    {"processes", required_argument, OPT_PROCESSES, "N",
+     "N processes through mpirun, data-parallel (one GPU each on cuda)"},
+    {"hostfile", required_argument, OPT_HOSTFILE, "F",
+     "with --processes: the machines, Open MPI's format (default: this one)"},
+    {"events", no_argument, OPT_EVENTS, NULL, "--json plus one object per step and checkpoint"},
     {"url", required_argument, OPT_URL, "URL",
      "kilnd's address (default $KILN_URL, else http://127.0.0.1:8080; https works)"},
     {"token-file", required_argument, OPT_TOKEN_FILE, "FILE",
@@ -139,8 +159,11 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
-    {"train", "JOB.json", 1, 1, false, "json quiet out threads log-every", run_train,
-     "train a model as the job says", NULL},
+    {"train", "JOB.json", 1, 1, false, "json quiet out threads log-every processes hostfile events",
+     run_train, "train a model as the job says",
+     "--processes N runs N processes through mpirun, data-parallel: MPI between CPU\n"
+     "processes, NCCL between GPUs with \"distributed\": {\"devices\": \"cuda\"}. --hostfile F\n"
+     "names the machines (HOST slots=N lines); default this machine, a slot per core."},
     {"eval", "CHECKPOINT JOB.json", 2, 2, false, "json threads", run_eval,
      "loss and the task's metrics of weights on the job's test data", NULL},
     {"predict", "CHECKPOINT JOB.json", 2, 2, false, "json input limit threads", run_predict,
@@ -326,6 +349,18 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
     case OPT_LOG_EVERY:
         if ((integer_ok = parse_integer(value, 0, &v))) a->local.log_every = v;
         break;
+    case OPT_PROCESSES:
+        if (!parse_integer(value, 1, &v) || v > KAPI_MAX_PROCESSES)
+            return kcli_usage_error(a, "--processes: expected an integer from 1 to %d, got \"%s\"",
+                                    KAPI_MAX_PROCESSES, value);
+        a->local.processes = (int)v;
+        break;
+    case OPT_HOSTFILE:
+        a->local.hostfile = value;
+        break;
+    case OPT_EVENTS:
+        a->local.json = a->local.events = true;
+        break;
     case OPT_URL:
         a->url = value;
         break;
@@ -393,6 +428,9 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
         }
         return kcli_usage_error(a, "option --%s is not handled", o->name);
     }
+    if (!integer_ok && o->id == OPT_PROCESSES)
+        return kcli_usage_error(a, "--processes: expected an integer from 1 to %d, got \"%s\"",
+                                KAPI_MAX_PROCESSES, value);
     if (!integer_ok)
         return kcli_usage_error(a, "--%s: expected an integer%s, got \"%s\"", o->name,
                                 o->id == OPT_PRIORITY ? "" : " >= 0", value);
@@ -470,6 +508,12 @@ static void set_threads(const kcli_args *a)
 
 static int run_train(kcli_args *a)
 {
+    if (a->local.hostfile && !a->local.processes)
+        return kcli_usage_error(a, "--hostfile needs --processes N");
+    if (a->local.processes && kn_dist_launched())
+        return kcli_usage_error(a, "--processes: this process is already a rank of an mpirun job");
+    /* the launcher only waits: its ranks take the threads (dist.c) */
+    if (a->local.processes) return kcli_train_launch(a->positional[0], &a->local);
     set_threads(a);
     return kcli_train(a->positional[0], &a->local);
 }

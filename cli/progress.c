@@ -7,6 +7,7 @@
 #include "kcli.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,8 @@ void kcli_progress_init(kcli_progress *p, const kcli_options *options, kn_traine
     memset(p, 0, sizeof *p);
     p->options = options;
     kcli_bar_init(&p->bar, stderr, !options->quiet);
+    /* a rank's stderr is mpirun's pipe: the launcher says whether it ends on a terminal */
+    if (options->tty && !options->quiet) p->bar.tty = true;
     p->first_step = kn_trainer_step(trainer);
     p->start = kcli_now();
     p->trainer = trainer;
@@ -46,9 +49,46 @@ void kcli_progress_finish(kcli_progress *p)
     kcli_bar_end(&p->bar);
 }
 
+/* --events: one JSON object per step on stdout (what kilnd reads from its ranks). */
+static void print_step_event(const kn_step_info *info)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "step");
+    cJSON_AddNumberToObject(o, "step", (double)info->step);
+    cJSON_AddNumberToObject(o, "total_steps", (double)info->total_steps);
+    cJSON_AddNumberToObject(o, "epoch", (double)info->epoch);
+    cJSON_AddNumberToObject(o, "batch_in_epoch", (double)info->batch_in_epoch);
+    cJSON_AddNumberToObject(o, "batches_per_epoch", (double)info->batches_per_epoch);
+    /* a non-finite loss has no JSON number: null, and "skipped" says why */
+    if (isfinite(info->loss))
+        cJSON_AddNumberToObject(o, "loss", info->loss);
+    else
+        cJSON_AddStringToObject(o, "loss",
+                                isnan(info->loss) ? "NaN"
+                                : info->loss > 0  ? "Infinity"
+                                                  : "-Infinity");
+    cJSON_AddNumberToObject(o, "lr", info->lr);
+    cJSON_AddNumberToObject(o, "samples_per_second", info->samples_per_second);
+    cJSON_AddNumberToObject(o, "elapsed_seconds", info->elapsed_seconds);
+    cJSON_AddBoolToObject(o, "skipped", info->skipped);
+    cJSON_AddNumberToObject(o, "world_size", info->world_size);
+    if (info->rank_samples_per_second) {
+        cJSON *ranks = cJSON_AddArrayToObject(o, "rank_samples_per_second");
+        for (int r = 0; r < info->world_size; r++)
+            cJSON_AddItemToArray(ranks, cJSON_CreateNumber(info->rank_samples_per_second[r]));
+        cJSON_AddNumberToObject(o, "communication_seconds", info->communication_seconds);
+    }
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (text) printf("%s\n", text);
+    free(text);
+    fflush(stdout);
+}
+
 static kn_status on_step(void *context, const kn_step_info *info)
 {
     kcli_progress *p = context;
+    if (p->options->events) print_step_event(info);
     if (p->interrupted && *p->interrupted)
         return KN_ERR_VALUE; /* the caller reports the interruption */
     if (p->options->quiet) return KN_OK;
@@ -111,13 +151,28 @@ static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
     snprintf(name, sizeof name, "checkpoint-%lld.safetensors", (long long)step);
     char *path = kcli_join(p->options->out_dir, name);
     if (!path) return KN_ERR_MEMORY;
-    kn_status st = kn_trainer_save_checkpoint(trainer, path);
+    kn_status st = kn_trainer_save_checkpoint(trainer, path); /* every rank: a collective */
     if (st == KN_OK) {
         p->checkpoints_written++;
-        if (!p->options->quiet && !p->bar.tty) fprintf(stderr, "checkpoint %s\n", path);
+        if (!p->options->quiet && !p->bar.tty && !p->options->events)
+            fprintf(stderr, "checkpoint %s\n", path);
+        if (p->options->events) kcli_print_checkpoint_event(step, path);
     }
     free(path);
     return st;
+}
+
+void kcli_print_checkpoint_event(int64_t step, const char *path)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "checkpoint");
+    cJSON_AddNumberToObject(o, "step", (double)step);
+    cJSON_AddStringToObject(o, "path", path);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (text) printf("%s\n", text);
+    free(text);
+    fflush(stdout);
 }
 
 kn_train_callbacks kcli_progress_callbacks(kcli_progress *p)

@@ -1,7 +1,8 @@
 /*
  * validate.c — `kiln validate`: a model or job spec checked as the server would check
  * it, with the parameter count, output shape, training memory estimate and layer table
- * (or the JSON summary with --json); errors as "path: message" lines, exit 2.
+ * (a graph's: its inputs, nodes and outputs), or the JSON summary with --json; errors as
+ * "path: message" lines, exit 2.
  */
 #include "kcli.h"
 
@@ -10,9 +11,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A graph's nodes: name, type, inputs, output shape(s), parameters (and ties). */
+static void print_nodes(const kapi_model_spec *m)
+{
+    char shape[128], inputs[256];
+    for (int i = 0; i < m->n_inputs; i++)
+        printf("input %s: %s %s\n", m->values[i].name,
+               kn_shape_str(m->values[i].shape, m->values[i].ndim, shape, sizeof shape),
+               kn_dtype_name(m->values[i].dtype));
+    printf("  %-28s %-20s %-24s %-18s %s\n", "node", "type", "inputs", "output shape",
+           "parameters");
+    for (int i = 0; i < m->n_layers; i++) {
+        const kapi_layer_spec *l = &m->layers[i];
+        size_t used = 0;
+        inputs[0] = '\0';
+        for (int k = 0; k < l->n_inputs && used < sizeof inputs; k++)
+            used += (size_t)snprintf(inputs + used, sizeof inputs - used, "%s%s", k ? ", " : "",
+                                     m->values[l->inputs[k]].name);
+        const kapi_value_spec *out = &m->values[l->first_output];
+        kn_shape_str(out->shape, out->ndim, shape, sizeof shape);
+        if (l->n_outputs > 1)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " x%d", l->n_outputs);
+        printf("  %-28s %-20s %-24s %-18s %lld", l->name, l->type, inputs, shape,
+               (long long)l->parameter_count);
+        for (int t = 0; t < l->n_ties; t++)
+            printf(" (%s is %s)", l->ties[t].parameter, l->ties[t].to);
+        printf("\n");
+    }
+    for (int i = 0; i < m->n_outputs; i++) {
+        const kapi_value_spec *out = &m->values[m->outputs[i]];
+        printf("output %s: %s %s\n", out->name,
+               kn_shape_str(out->shape, out->ndim, shape, sizeof shape), kn_dtype_name(out->dtype));
+    }
+}
+
 static void print_layers(const kapi_model_spec *m)
 {
     char shape[128];
+    if (m->graph) {
+        print_nodes(m);
+        return;
+    }
     printf("  %-4s %-22s %-18s %s\n", "#", "layer", "output shape", "parameters");
     for (int i = 0; i < m->n_layers; i++) {
         const kapi_layer_spec *l = &m->layers[i];
@@ -42,9 +81,11 @@ int kcli_validate(const char *path, const kcli_options *options)
         kapi_errors_free(&errors);
         return KCLI_EXIT_RUNTIME;
     }
-    /* a model spec has "layers" at the top; anything else is read as a job */
+    /* a model spec has "layers" (a chain) or "nodes" (a graph) at the top; anything else
+     * is read as a job */
     cJSON *doc = cJSON_ParseWithLength(text, size);
-    bool is_model = doc && cJSON_GetObjectItemCaseSensitive(doc, "layers") != NULL;
+    bool is_model = doc && (cJSON_GetObjectItemCaseSensitive(doc, "layers") != NULL ||
+                            cJSON_GetObjectItemCaseSensitive(doc, "nodes") != NULL);
     cJSON_Delete(doc);
     kapi_model_spec *model = NULL;
     kapi_job_spec *job = NULL;

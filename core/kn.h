@@ -53,6 +53,7 @@ typedef enum {
     KN_ERR_VALUE,    /* an argument value out of range */
     KN_ERR_MEMORY,   /* an allocation failed */
     KN_ERR_AUTOGRAD, /* misuse of autograd (freed graph, no grad_fn, ...) */
+    KN_ERR_DIST,     /* distributed runs: unavailable, or a collective failed (kn_dist.h) */
 } kn_status;
 
 typedef struct kn_storage kn_storage;
@@ -387,6 +388,36 @@ typedef struct kn_rnn_weights {
  * differentiable in every tensor. kn_gru is the same without a cell state. */
 kn_tensor *kn_lstm(kn_tensor *x, kn_tensor *h0, kn_tensor *c0, kn_rnn_weights w, bool reverse);
 kn_tensor *kn_gru(kn_tensor *x, kn_tensor *h0, kn_rnn_weights w, bool reverse);
+/* ---- attention (issue 12: the attention family) ----------------------------------- */
+/* What scaled_dot_product_attention may take besides q, k and v; {0} is torch's default
+ * (no mask, no dropout, scale 1/sqrt(E)). */
+typedef struct kn_attention_args {
+    bool is_causal; /* query i sees keys j <= i + causal_offset */
+    /* 0 is torch's is_causal (the triangle from the top left); S - L makes the queries
+     * the last L positions of the keys' sequence, as when decoding against a key/value
+     * cache of S - L positions */
+    int64_t causal_offset;
+    /* int64 [N, S] (N the batch dim of q): nonzero keys are ignored (torch's boolean
+     * key_padding_mask, True = padding); NULL: none */
+    kn_tensor *key_padding_mask;
+    double dropout_p;        /* on the attention weights (applied whenever > 0) */
+    kn_generator *generator; /* the dropout's; NULL: the default generator */
+    double scale;            /* of q k^T; 0: 1/sqrt(E) */
+} kn_attention_args;
+/* torch.nn.functional.scaled_dot_product_attention (torch 2.x; torch 1.13 spells it out
+ * as softmax(q k^T * scale + mask) v): q [N, H, L, E], k [N, H, S, E], v [N, H, S, Ev]
+ * -> [N, H, L, Ev] (or the same without the head dim H). args may be NULL. Fused: the
+ * forward and backward never hold more than a block of rows of the [L, S] weights, so
+ * memory grows with L + S, not L * S. A query that sees no key at all (every key padded)
+ * gets zeros where torch 1.13 gives NaN. Differentiable in q, k and v. */
+kn_tensor *kn_scaled_dot_product_attention(kn_tensor *q, kn_tensor *k, kn_tensor *v,
+                                           const kn_attention_args *args);
+/* The same on the packed projection nn.MultiheadAttention makes for self-attention:
+ * qkv [N, T, 3E] holds q, k and v side by side, each [N, T, num_heads, E / num_heads],
+ * and the result is [N, T, E], the heads side by side, ready for out_proj. The kernel
+ * reads the heads where they are and the backward writes one [N, T, 3E] gradient: no
+ * copies either way. */
+kn_tensor *kn_attention_qkv(kn_tensor *qkv, int64_t num_heads, const kn_attention_args *args);
 
 /* ---- sequence layers and int64 data (issue 12) ------------------------------------- */
 /* t as dtype (torch's Tensor.to(dtype)), on t's device: t itself (a new reference) when it

@@ -19,10 +19,13 @@
 #include "../kernels/cuda/kn_cuda_blaslt.h"
 #include "../kernels/cuda/kn_cuda_conv.h"
 #include "../kernels/cuda/kn_cuda_host.h"
+#include "../kernels/cuda/kn_cuda_nccl.h"
 #include "../kernels/cuda/kn_cuda_reduce.h"
 #include "../kernels/cuda/kn_cuda_train.h"
 /* ---- rnn (issue 12) */
 #include "../kernels/cuda/kn_cuda_rnn.h"
+/* ---- attention (issue 12) ---- */
+#include "../kernels/cuda/kn_cuda_attention.h"
 /* ---- sequence layers (issue 12) ---- */
 #include "../kernels/cuda/kn_cuda_int64.h"
 
@@ -36,6 +39,10 @@ typedef struct kn__cuda_module {
     const kn_cuda_host *host;         /* pinned memory, events, graphs */
     /* ---- rnn (issue 12) */
     const kn_cuda_rnn *rnn; /* lstm and gru time steps, bias-gradient sums */
+    /* ---- attention (issue 12) ---- */
+    const kn_cuda_attention *attention; /* fused scaled-dot-product attention */
+    /* ---- distributed (issue 15) ---- */
+    const kn_cuda_nccl *nccl; /* NCCL collectives (dist/dist_mpi.c); NULL when absent */
     /* ---- sequence layers (issue 12) ---- */
     const kn_cuda_int64 *int64; /* dtype conversion, int64 arithmetic and comparisons */
 } kn__cuda_module;
@@ -76,6 +83,13 @@ static inline const kn_cuda_rnn *kn__cuda_rnn(kn_device device, const char *op)
 {
     const kn__cuda_module *m = kn__cuda(device, op);
     return m ? m->rnn : NULL;
+}
+
+/* ---- attention (issue 12) ---- */
+static inline const kn_cuda_attention *kn__cuda_attention(kn_device device, const char *op)
+{
+    const kn__cuda_module *m = kn__cuda(device, op);
+    return m ? m->attention : NULL;
 }
 
 /* ---- sequence layers (issue 12) ---- */

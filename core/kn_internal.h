@@ -180,6 +180,28 @@ kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim);
 /* The binary op op (ADD, SUB, MUL, DIV, EQ, GT, LT) on operands of which one or both are
  * int64, with torch's promotion (see kn_to_dtype in kn.h); name is the public op's. */
 kn_tensor *kn__int64_binary(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b);
+/* An observer of the backward passes of this thread (dist_ddp.c: the all-reduce of
+ * gradients in buckets as they become ready). leaf_ready is called once per leaf of the
+ * graph, as soon as every node that feeds its .grad has run (the leaf may have no .grad
+ * when no gradient reached it); after_node after each node. A non-OK return stops the
+ * backward with that status. NULL: no observer (the default; nothing is counted). */
+typedef struct kn__backward_hooks {
+    void *context;
+    kn_status (*leaf_ready)(void *context, kn_tensor *leaf);
+    kn_status (*after_node)(void *context);
+} kn__backward_hooks;
+void kn__set_backward_hooks(const kn__backward_hooks *hooks); /* borrowed until unset */
+
+/* Synchronised batch norm (dist_ddp.c, "sync_batch_norm"): while set on a thread, batch
+ * norm in training mode there combines its per-channel statistics with every rank's
+ * (count, mean and biased variance in, the global ones out), and its backward the sums
+ * of the gradient (sum of dy and of dy * (x - mean), this rank's in, everyone's out). */
+typedef struct kn__bn_sync {
+    void *context;
+    kn_status (*stats)(void *context, int64_t channels, double *count, double *mean, double *var);
+    kn_status (*grad_sums)(void *context, int64_t channels, double *sum_dy, double *sum_dyx);
+} kn__bn_sync;
+void kn__set_bn_sync(const kn__bn_sync *sync); /* borrowed until unset; NULL: off */
 
 /* ---- thread-local grad mode ------------------------------------------------------ */
 extern _Thread_local int kn__no_grad_depth;

@@ -140,6 +140,14 @@ typedef struct kn_layer_shape {
      * got [32, 7, 7]"): a spec error prefixes the type, "layers[7]: linear expects ..." */
     const char *field;
     char message[400];
+    /* ---- graph (issue 12) ---- */
+    /* a rule with several outputs (split, chunk) sets n_outputs > 1 and outputs[]; the
+     * others leave n_outputs 0 and kn_layer_infer copies output into outputs[0] */
+    int n_outputs;
+    kn_layer_io outputs[KN_LAYER_MAX_OUTPUTS];
+    /* set for a graph spec's node, where [T, C] sequences are the norm: a rule that
+     * guards a chain against a missing flatten (linear on a multi-dim input) lets it be */
+    bool in_graph;
 } kn_layer_shape;
 
 /* Fills s->output, parameter_count, buffer_bytes from s->type, options and inputs, or
@@ -153,6 +161,12 @@ enum {
     KN_LAYER_CONTAINER = 1 << 0, /* holds other modules (Sequential): not a spec layer */
     KN_LAYER_RANDOM = 1 << 1,    /* draws random numbers in training (dropout masks) from
                                     m->dropout_generator: a trainer lends it the run's */
+    KN_LAYER_ANY_DTYPE = 1 << 2, /* inputs of any one dtype, output of the same (views,
+                                    joins: slicing token indices keeps them int64) */
+    /* ---- attention (issue 12) ---- */
+    /* the shape rule checks its inputs' dtypes itself (attention takes float sequences
+     * and an int64 key-padding mask): kn_layer_infer does not require input_dtype */
+    KN_LAYER_OWN_DTYPES = 1 << 3,
 };
 
 typedef struct kn_layer_type {
@@ -186,6 +200,17 @@ typedef struct kn_layer_type {
     /* torch's extra_repr: "in_features=3, out_features=4, bias=True" (children are
      * listed by kn_module_describe). NULL: nothing. */
     void (*describe)(const kn_module *m, char *buf, size_t size);
+    /* ---- graph (issue 12) ---- */
+    /* Several outputs (split, chunk): stores them in outputs[0..*n_outputs), at most
+     * KN_LAYER_MAX_OUTPUTS, one reference each in the open scope; forward gives the
+     * first. NULL: forward's one output. */
+    kn_status (*forward_outputs)(kn_module *m, kn_tensor *const *inputs, int n, kn_tensor **outputs,
+                                 int *n_outputs);
+    /* The shape of the parameter `name` a module with these options (inferred arguments
+     * filled in) registers, for checking weight ties in a spec before anything is
+     * allocated; false when it has none of that name. NULL: its parameters cannot be
+     * tied in a spec. */
+    bool (*parameter_shape)(const kn_layer_options *options, const char *name, kn_layer_io *out);
 } kn_layer_type;
 
 /* The row of kind, or NULL for a kind out of range. */

@@ -47,6 +47,25 @@ extern "C" {
     /* ---- rnn (issue 12) */                                                                      \
     X(LSTM, lstm)                                                                                  \
     X(GRU, gru)                                                                                    \
+    /* ---- graph (issue 12): containers, then the structure nodes of graph specs */               \
+    X(GRAPH, graph)                                                                                \
+    X(MODULE, module)                                                                              \
+    X(ADD, add)                                                                                    \
+    X(MUL, mul)                                                                                    \
+    X(CONCAT, concat)                                                                              \
+    X(SPLIT, split)                                                                                \
+    X(CHUNK, chunk)                                                                                \
+    X(RESHAPE, reshape)                                                                            \
+    X(PERMUTE, permute)                                                                            \
+    X(TRANSPOSE, transpose)                                                                        \
+    X(MATMUL, matmul)                                                                              \
+    X(IDENTITY, identity)                                                                          \
+    X(MEAN, mean)                                                                                  \
+    X(SLICE, slice)                                                                                \
+    X(SELECT, select)                                                                              \
+    /* ---- attention (issue 12) ---- */                                                           \
+    X(MULTI_HEAD_ATTENTION, multi_head_attention)                                                  \
+    X(TRANSFORMER_ENCODER_LAYER, transformer_encoder_layer)                                        \
     /* ---- sequence layers (issue 12) ---- */                                                     \
     X(CONV1D, conv1d)                                                                              \
     X(ELU, elu)                                                                                    \
@@ -149,6 +168,71 @@ typedef struct kn_rnn_options { /* nn.LSTM, nn.GRU */
     bool bidirectional;
     int output; /* a kn_rnn_output (Kiln's; torch has no such argument) */
 } kn_rnn_options;
+/* ---- graph (issue 12) ---- */
+/* A container's class as its repr names it: "ModuleList", a block's name ("Block");
+ * empty: "Module". */
+typedef struct kn_container_options {
+    char class_name[48];
+} kn_container_options;
+
+/* Dims here count the batch dim, as torch's do (dim 1 is a sequence's time dim in
+ * [N, T, C]); the batch dim itself is never split, joined, moved or reduced. */
+typedef struct kn_concat_options {
+    int64_t dim;
+} kn_concat_options;
+
+typedef struct kn_split_options {
+    kn_int_list split_size_or_sections; /* one size (the last part may be smaller) or sizes */
+    int64_t dim;
+} kn_split_options;
+
+typedef struct kn_chunk_options {
+    int64_t chunks, dim;
+} kn_chunk_options;
+
+typedef struct kn_reshape_options {
+    kn_int_list shape; /* one sample's shape (no batch dim); one size may be -1 */
+} kn_reshape_options;
+
+typedef struct kn_permute_options {
+    kn_int_list dims; /* of the batched input; dims[0] is 0 (the batch dim stays first) */
+} kn_permute_options;
+
+typedef struct kn_transpose_options {
+    int64_t dim0, dim1;
+} kn_transpose_options;
+
+typedef struct kn_mean_options {
+    kn_int_list dim;
+    bool keepdim;
+} kn_mean_options;
+
+typedef struct kn_slice_options {
+    int64_t dim, start, end, step; /* x[:, start:end:step] along dim, Python's bounds */
+} kn_slice_options;
+
+typedef struct kn_select_options {
+    int64_t dim, index; /* x[:, index] along dim (the dim goes away) */
+} kn_select_options;
+/* ---- attention (issue 12) ---- */
+typedef struct kn_multi_head_attention_options {
+    int64_t embed_dim, num_heads;
+    double dropout; /* on the attention weights, when training */
+    bool bias;
+    bool batch_first; /* must be true: Kiln's inputs are [N, L, E] (torch's batch_first) */
+    bool is_causal;   /* Kiln's: query i sees keys j <= i (torch passes a mask per call) */
+} kn_multi_head_attention_options;
+
+typedef enum { KN_TRANSFORMER_RELU = 0, KN_TRANSFORMER_GELU = 1 } kn_transformer_activation;
+
+typedef struct kn_transformer_encoder_layer_options {
+    int64_t d_model, nhead, dim_feedforward;
+    double dropout;
+    int activation; /* a kn_transformer_activation */
+    double layer_norm_eps;
+    bool batch_first, norm_first;
+    bool is_causal; /* Kiln's: torch passes src_mask / is_causal per call */
+} kn_transformer_encoder_layer_options;
 
 /* ---- sequence layers (issue 12) ---- */
 typedef struct kn_conv1d_options {
@@ -192,6 +276,20 @@ typedef union kn_layer_options {
     kn_embedding_options embedding;
     /* ---- rnn (issue 12) */
     kn_rnn_options rnn; /* lstm, gru */
+    /* ---- graph (issue 12) ---- */
+    kn_container_options container; /* graph, module */
+    kn_concat_options concat;
+    kn_split_options split;
+    kn_chunk_options chunk;
+    kn_reshape_options reshape;
+    kn_permute_options permute;
+    kn_transpose_options transpose;
+    kn_mean_options mean;
+    kn_slice_options slice;
+    kn_select_options select;
+    /* ---- attention (issue 12) ---- */
+    kn_multi_head_attention_options multi_head_attention;
+    kn_transformer_encoder_layer_options transformer_encoder_layer;
     /* ---- sequence layers (issue 12); log_softmax reads softmax ---- */
     kn_conv1d_options conv1d;
     kn_elu_options elu;
@@ -216,6 +314,7 @@ typedef struct kn_module_tensor {
     kn_tensor *tensor;
     bool is_buffer; /* in the state dict, never optimized */
     bool host;      /* stays on the cpu when the module moves (num_batches_tracked) */
+    bool shared;    /* tied: another slot holds the same tensor (kn_module_tie) */
 } kn_module_tensor;
 
 #define KN_MODULE_NAME_MAX 32 /* a child's name: "0", "self_attn" */
@@ -234,6 +333,7 @@ struct kn_module {
     kn_module **children;
     char (*child_names)[KN_MODULE_NAME_MAX];
     kn_generator *dropout_generator; /* borrowed; NULL = default generator */
+    struct kn_graph *graph;          /* a graph's plan (kn_graph_new), owned; else NULL */
 };
 
 /* ---- constructors (gen NULL means the default generator) ------------------------- */
@@ -337,6 +437,114 @@ int64_t kn_init_fan_in(const kn_tensor *weight);
 /* x [N, C, H, W] or [C, H, W]; output cell i averages rows floor(i*H/out) up to
  * ceil((i+1)*H/out) (and likewise for columns), as PyTorch does. Differentiable. */
 kn_tensor *kn_adaptive_avg_pool2d(kn_tensor *x, int output_height, int output_width);
+
+/* ---- graphs (issue 12): models beyond a chain --------------------------------------
+ * A graph is a container that runs its nodes in order: each node calls a module of the
+ * graph's module tree on values (the graph's inputs and earlier nodes' outputs), as a
+ * torch module's forward() calls the modules its __init__ registered. The module tree
+ * gives the state-dict names: a module registered at "blocks.0.attn" has the parameter
+ * "blocks.0.attn.in_proj_weight"; containers on the way ("blocks", "blocks.0") are made
+ * as needed (kn_module_container_new gives them a class name: "ModuleList", "Block").
+ * Intermediate values are released after their last reader ran. */
+
+/* The most inputs and outputs of one module call (a graph's, add's inputs, split's
+ * outputs). */
+#define KN_GRAPH_MAX_INPUTS 16
+#define KN_LAYER_MAX_OUTPUTS 64
+
+/* An empty graph (no inputs, nodes or outputs yet); the caller owns it. */
+kn_module *kn_graph_new(void);
+/* A container of modules that is not called itself (torch's nn.Module / nn.ModuleList
+ * used as a namespace); class_name is what its repr says (NULL: "Module"). */
+kn_module *kn_module_container_new(const char *class_name);
+/* Registers child at a dotted path under root ("mlp.fc": the child "fc" of root's child
+ * "mlp", which is made as a container when missing). root takes ownership of child,
+ * also on failure. Errors: an empty or too long segment, a path taken, a path through a
+ * module that is not a container. */
+kn_status kn_module_add(kn_module *root, const char *path, kn_module *child);
+/* The module at a dotted path under root ("" is root), borrowed; NULL when none. */
+kn_module *kn_module_find(const kn_module *root, const char *path);
+
+/* Declares the graph's next input; returns its value id (inputs are 0, 1, ...) or -1. */
+int kn_graph_add_input(kn_module *graph, const char *name, kn_dtype dtype);
+/* Adds a node that calls the module at path (registered under the graph) on the values
+ * inputs[0..n_inputs) and gives n_outputs values; returns the id of its first output
+ * (the others follow it) or -1. A module may be called by several nodes (its weights are
+ * then shared, as a torch module called twice). */
+int kn_graph_add_node(kn_module *graph, const char *path, const int *inputs, int n_inputs,
+                      int n_outputs);
+/* The graph's outputs, in order: value ids. Ends the graph's construction: each value's
+ * last reader is computed here, and a value no node reads that is not an output is an
+ * error naming it. */
+kn_status kn_graph_set_outputs(kn_module *graph, const int *values, int n_values);
+/* Counts of a graph's inputs and outputs; 0 for any other module. */
+int kn_graph_input_count(const kn_module *graph);
+int kn_graph_output_count(const kn_module *graph);
+
+/* Runs m on n inputs and stores its outputs (one reference each, in the open scope)
+ * in outputs[0..*n_outputs), at most capacity of them: a graph gives its outputs, split
+ * and chunk their parts, every other layer one output. */
+kn_status kn_module_forward_outputs(kn_module *m, kn_tensor *const *inputs, int n,
+                                    kn_tensor **outputs, int capacity, int *n_outputs);
+
+/* Weight tying: makes the tensor at state-dict name `name` (a parameter of a module under
+ * root: "lm_head.weight") the very tensor at `to` ("wte.weight"), as torch's
+ * `model.lm_head.weight = model.wte.weight`: one parameter, listed under both names by
+ * kn_module_state_dict (as torch's state_dict does) and once by kn_module_parameters
+ * (under its first name), so an optimizer updates it once with the gradients of both
+ * uses summed. Shapes must agree. */
+kn_status kn_module_tie(kn_module *root, const char *name, const char *to);
+/* ---- attention (issue 12) -------------------------------------------------------- */
+/* nn.MultiheadAttention(embed_dim, num_heads, dropout, bias, batch_first=True) with
+ * Kiln's is_causal: in_proj_weight [3E, E], in_proj_bias [3E], out_proj (a Linear,
+ * "NonDynamicallyQuantizableLinear" as torch names it), initialised as torch does. Its
+ * forward takes x (self-attention), x and a key-padding mask (int64 [N, L], nonzero =
+ * padding), query/key/value, or those and a mask; [N, L, E] (or unbatched [L, E]) in and
+ * out. It returns the output only (torch's need_weights=False). */
+kn_module *kn_multi_head_attention_new(int64_t embed_dim, int64_t num_heads, double dropout,
+                                       bool bias, bool is_causal, kn_generator *gen);
+/* nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+ * layer_norm_eps, batch_first=True, norm_first) with Kiln's is_causal; children self_attn,
+ * linear1, dropout, linear2, norm1, norm2, dropout1, dropout2 as torch's. Takes x, or x
+ * and a key-padding mask. */
+kn_module *kn_transformer_encoder_layer_new(const kn_transformer_encoder_layer_options *options,
+                                            kn_generator *gen);
+/* torch.nn.init.xavier_uniform_ (in place, no grad). */
+kn_status kn_init_xavier_uniform_(kn_tensor *t, double gain, kn_generator *gen);
+
+/* Incremental decoding (generation): a key/value cache holds one slot per
+ * MultiheadAttention module of a model (those inside TransformerEncoderLayers too), each
+ * the keys and values of up to max_len positions. kn_module_forward_incremental feeds
+ * the next positions of a sequence: every self-attention module attends over its cached
+ * positions plus the new ones (causally when it is causal) and appends the new ones, so
+ * each step costs its new positions, not the window. For a causal model the outputs
+ * equal the full forward's outputs at those positions. The cache is found through the
+ * thread running the forward, so one model serves any number of caches (one per
+ * generation) on any threads, one forward per cache at a time. */
+typedef struct kn_kv_cache kn_kv_cache;
+/* A cache for model (borrowed: it must outlive the cache, and keep its structure);
+ * memory is taken at the first forward, for its batch size and device. NULL with the
+ * error set when max_len < 1 or model has no MultiheadAttention. Free with
+ * kn_kv_cache_free. */
+kn_kv_cache *kn_kv_cache_new(const kn_module *model, int64_t max_len);
+void kn_kv_cache_free(kn_kv_cache *cache);             /* NULL-safe */
+int64_t kn_kv_cache_length(const kn_kv_cache *cache);  /* positions cached */
+int64_t kn_kv_cache_max_len(const kn_kv_cache *cache); /* as made */
+/* Forgets every position (the memory stays for the next sequence, of any batch size). */
+void kn_kv_cache_reset(kn_kv_cache *cache);
+/* Runs model on the next positions of the sequence, inputs [N, T_new, ...] (the sequence
+ * dim after the batch dim: token ids [N, T_new] or features [N, T_new, E]), without
+ * recording gradients; the result ([N, T_new, ...], the open scope's) is the model's
+ * output at those positions. Errors (nothing is appended then): more positions than
+ * max_len in all, another batch size than the cached positions', an incremental forward
+ * already running on this thread. */
+kn_tensor *kn_module_forward_incremental(kn_module *model, kn_kv_cache *cache, kn_tensor *x);
+kn_tensor *kn_module_forward_incremental_n(kn_module *model, kn_kv_cache *cache,
+                                           kn_tensor *const *inputs, int n);
+/* The position in the sequence of the first input position of the incremental forward
+ * running on this thread (the positions cached before it), 0 outside one: what a
+ * positional layer adds to its input's positions. */
+int64_t kn_incremental_position(void);
 
 #ifdef __cplusplus
 }

@@ -89,6 +89,17 @@ typedef struct kn_train_config {
      * as torch's global generator. Give each of several trainers that run at once its
      * own: the default is not thread-safe. */
     kn_generator *generator;
+    /* Borrowed: the communicator of a distributed run (kn_dist.h), NULL for one process.
+     * Data-parallel as torch's DistributedDataParallel: batch_size is the global batch
+     * (it must divide by the world size), each rank trains on its shard of every epoch's
+     * order, and gradients are averaged over the ranks in buckets of bucket_cap_mb (0:
+     * 25) during the backward pass. Every rank calls kn_trainer_run with the same
+     * config; only rank 0 evaluates (give the validation set there) and reports on_eval,
+     * while on_step and on_checkpoint run on every rank; a callback's stop on any rank
+     * stops every rank after the next step. */
+    struct kn_dist *dist;
+    bool sync_batch_norm; /* batch norm statistics over the global batch (SyncBatchNorm) */
+    double bucket_cap_mb;
 } kn_train_config;
 
 /* Defaults as a user expects: cross_entropy, Adam(1e-3), batch 64, 1 epoch, seed 0,
@@ -106,6 +117,12 @@ typedef struct kn_step_info {
     double samples_per_second; /* since the run started */
     double elapsed_seconds;
     bool skipped; /* non-finite, skipped */
+    /* distributed runs (1 and NULL otherwise): loss and samples_per_second above are the
+     * global batch's; each rank's own samples/s, and this rank's time waiting for the
+     * communication so far */
+    int world_size;
+    const double *rank_samples_per_second; /* world_size values; borrowed for the call */
+    double communication_seconds;
 } kn_step_info;
 
 /* An evaluation: the loss and the metrics of the task (NaN where they do not apply).
@@ -152,9 +169,12 @@ typedef struct kn_train_summary {
     bool has_validation;
     kn_eval_result final_validation; /* without confusion and label_f1: copy them in on_eval */
     bool stopped_early;
+    bool stopped;          /* a callback stopped the run (on some rank, for distributed runs) */
     int64_t skipped_steps; /* non-finite steps skipped (skip_non_finite) */
     int64_t graph_steps;   /* steps replayed from a CUDA graph (cuda_graph) */
     char cuda_note[256];   /* CUDA runs: staging and graph, what happened ("" otherwise) */
+    int world_size;        /* processes (1 without config.dist) */
+    double communication_seconds; /* waiting for the other ranks (distributed runs) */
 } kn_train_summary;
 
 kn_trainer *kn_trainer_new(kn_module *model, const kn_train_config *config);
@@ -192,7 +212,10 @@ kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels
  * "optimizer.<name>", and metadata step, epoch, batch_in_epoch, seed, rng state.
  * Written atomically. Loading restores all of it so kn_trainer_run resumes where the
  * checkpoint was taken; a checkpoint that is refused (corrupt, or not this model's or
- * optimizer's) leaves the trainer, its model and its generator as they were. */
+ * optimizer's) leaves the trainer, its model and its generator as they were.
+ * Distributed runs (config.dist): saving is a collective (every rank calls it, rank 0
+ * writes the file with every rank's generator state and the world size, and every rank
+ * gets rank 0's status); a checkpoint resumes only on as many processes as wrote it. */
 kn_status kn_trainer_save_checkpoint(kn_trainer *trainer, const char *path);
 kn_status kn_trainer_load_checkpoint(kn_trainer *trainer, const char *path);
 /* Weights only (PyTorch state_dict names), e.g. to fine-tune from a PyTorch model. */

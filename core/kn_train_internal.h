@@ -21,7 +21,36 @@ struct kn_trainer {
     /* early stopping */
     double best_val_loss; /* INFINITY before the first evaluation */
     int64_t evals_without_improvement;
+    int64_t rank_batch_size; /* while a distributed run runs: batch_size / world size */
 };
+
+/* checkpoint.c: the generator a run draws from (config.generator, else the default). */
+kn_generator *kn__trainer_generator(const kn_trainer *t);
+
+/* ---- dist_ddp.c: data-parallel training over config.dist --------------------------------
+ * kn__ddp_new checks the batch against the world size, broadcasts rank 0's parameters and
+ * buffers, plans the gradient buckets and turns synchronised batch norm on when asked;
+ * *has_validation becomes rank 0's answer (only rank 0 evaluates). */
+typedef struct kn__ddp kn__ddp;
+kn__ddp *kn__ddp_new(kn_trainer *t, bool *has_validation);
+void kn__ddp_free(kn__ddp *ddp);
+/* This rank's share of an epoch's order (DistributedSampler) and its length. */
+kn_tensor *kn__ddp_shard(kn__ddp *ddp, kn_tensor *order, bool drop_last);
+int64_t kn__ddp_shard_count(const kn__ddp *ddp, int64_t count, bool drop_last);
+/* The backward of loss with the gradients averaged over the ranks; *global_loss is the
+ * loss of the global batch. A stop requested before (kn__ddp_request_stop) on any rank
+ * is agreed on every rank by the time it returns (kn__ddp_stop_agreed). */
+kn_status kn__ddp_backward(kn__ddp *ddp, kn_tensor *loss, double local_loss, int64_t rows,
+                           double local_samples_per_second, double *global_loss);
+void kn__ddp_request_stop(kn__ddp *ddp);
+bool kn__ddp_stop_agreed(const kn__ddp *ddp);
+/* Rank 0's value of *flag on every rank (early stopping). */
+kn_status kn__ddp_share_flag(kn__ddp *ddp, bool *flag);
+int kn__ddp_rank(const kn__ddp *ddp);
+int kn__ddp_world(const kn__ddp *ddp);
+const double *kn__ddp_rank_samples_per_second(const kn__ddp *ddp);
+double kn__ddp_communication_seconds(const kn__ddp *ddp);
+int kn__ddp_buckets(const kn__ddp *ddp);
 
 /* ---- train_cuda.c: the CUDA side of one kn_trainer_run ---------------------------------
  * Batches are gathered on the host into page-locked staging buffers (a ring of two) and

@@ -5,11 +5,13 @@ set -euo pipefail
 
 # dataset-fashion-mnist: the data the examples, tests and benchmarks train on
 # (/usr/share/datasets/fashion-mnist/). libcurl4-openssl-dev: the kiln client's HTTP
-# (https, proxies, keep-alive). With --full (./test.sh --full), also what the long runs
+# (https, proxies, keep-alive). openmpi-bin and libopenmpi-dev: distributed training
+# (mpirun starts the processes; MPI carries their collectives). With --full
+# (./test.sh --full), also what the long runs
 # compare against: PyTorch and scikit-learn's bundled data sets (tests/full/).
 packages=(build-essential cmake pkg-config libopenblas-dev libcriterion-dev
           libmicrohttpd-dev libcjson-dev libsqlite3-dev zlib1g-dev libcurl4-openssl-dev
-          dataset-fashion-mnist)
+          dataset-fashion-mnist openmpi-bin libopenmpi-dev)
 [ "${1:-}" = --full ] && packages+=(python3-torch python3-sklearn)
 missing=()
 for package in "${packages[@]}"; do

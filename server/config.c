@@ -101,6 +101,8 @@ static const option OPTIONS[] = {
     INT("--idle-timeout", "KILND_IDLE_TIMEOUT", idle_timeout, 1, 86400),
     STR("--allowed-hosts", "KILND_ALLOWED_HOSTS", allowed_hosts),
     BOOL("--insecure-no-token", "KILND_INSECURE_NO_TOKEN", insecure_no_token),
+    STR("--hostfile", "KILND_HOSTFILE", hostfile),
+    STR("--kiln", "KILND_KILN", kiln_path),
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
 

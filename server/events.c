@@ -169,6 +169,8 @@ static void append_state(stream *s, const kstore_job *j)
     if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
+    cJSON *distributed = j->distributed_json ? cJSON_Parse(j->distributed_json) : NULL;
+    if (distributed) cJSON_AddItemToObject(o, "distributed", distributed);
     if (j->error_code[0]) {
         cJSON *e = cJSON_AddObjectToObject(o, "error");
         cJSON_AddStringToObject(e, "code", j->error_code);

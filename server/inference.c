@@ -24,11 +24,16 @@
  * normalize; in the weights' metadata) is applied to them here, unless the request says
  * "parameters": {"preprocessed": true}. Outputs are the model's raw outputs (logits for a
  * classifier). A request-level "parameters": {"softmax": true} turns each row of a
- * [N, classes] output into probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted
- * to float32), with a shape [N, ...] whose per-sample element count matches the model's input_shape
- * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major. A model
- * whose first layer is an embedding takes integer types only (its metadata says INT64),
- * each value a row of the embedding, and gets them as int64 indices.
+ * [N, classes] output into probabilities. A model's inputs and outputs are its spec's
+ * values: a chain has one input, "input", and one output, "output"; a graph its named
+ * inputs and outputs (each request gives every input by name, all with the same N, and
+ * may ask for some of the outputs). A float32 input may be sent as FP32, FP64 or any
+ * INT/UINT type (converted); an int64 input (token indices) as any INT/UINT type, kept
+ * exact, and within the rows of an embedding that reads it; each with a shape [N, ...]
+ * whose per-sample element count matches the input's shape (so [N, 784] feeds a
+ * [1, 28, 28] model); data is flat or nested, row-major.
+ * Outputs come back as FP32, or INT64 for an int64 output. A job's preprocessing is of
+ * its one float32 input (a dataset feeds one input): a model that has it has one.
  */
 #include "registry.h"
 
@@ -51,10 +56,12 @@
 static const double ksrv_infer_bucket_bounds[11] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                     0.1,   0.25,   0.5,   1,    10};
 
+/* A request's samples: for each model input, n rows of its values (float or int64, as
+ * the input's dtype); for each model output, the leader's malloc'd rows. */
 typedef struct infer_request {
-    const float *input;
-    int64_t n;     /* samples */
-    float *output; /* n * out_numel, malloc'd by the leader */
+    void *inputs[KN_GRAPH_MAX_INPUTS];
+    int64_t n; /* samples */
+    void *outputs[KN_GRAPH_MAX_INPUTS];
     char error[256];
     bool done;
     struct infer_request *next;
@@ -66,7 +73,7 @@ typedef struct cache_entry {
     kapi_model_spec *spec;
     kn_module *module;
     kapi_preprocessing preprocessing; /* from the weights' metadata: raw inputs are applied it */
-    int64_t in_numel, out_numel;
+    int64_t in_numel[KN_GRAPH_MAX_INPUTS], out_numel[KN_GRAPH_MAX_INPUTS]; /* per sample */
     size_t bytes; /* parameters and buffers: what the byte bound counts */
     int refs;     /* requests holding it (cache lock): never freed while > 0 */
     uint64_t last_used;
@@ -180,14 +187,27 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const kstore_
     kapi_errors errors = {0};
     bool found = false;
     if (!kapi_load_preprocessing(path, &e->preprocessing, &found, &errors)) {
-        snprintf(error, size, "reading the preprocessing of version %s: %s", version,
+        snprintf(error, size, "reading the preprocessing of version %s: %.360s", version,
                  errors.count ? errors.items[0].message : "unreadable");
         kapi_errors_free(&errors);
         goto fail;
     }
+    const kapi_model_spec *spec = e->spec;
+    if (!kapi_preprocessing_is_identity(&e->preprocessing) &&
+        (spec->n_inputs != 1 || spec->values[0].dtype != KN_FLOAT32)) {
+        snprintf(error, size,
+                 "version %s: its weights' preprocessing (kiln.preprocessing) is of one float32 "
+                 "input, but the model has %d input%s, the first %s",
+                 version, spec->n_inputs, spec->n_inputs == 1 ? "" : "s",
+                 kn_dtype_name(spec->values[0].dtype));
+        goto fail;
+    }
     kn_module_train(e->module, false);
-    e->in_numel = numel(e->spec->input_shape, e->spec->input_ndim);
-    e->out_numel = numel(e->spec->output_shape, e->spec->output_ndim);
+    for (int i = 0; i < spec->n_inputs; i++)
+        e->in_numel[i] = numel(spec->values[i].shape, spec->values[i].ndim);
+    for (int j = 0; j < spec->n_outputs; j++)
+        e->out_numel[j] =
+            numel(spec->values[spec->outputs[j]].shape, spec->values[spec->outputs[j]].ndim);
     int n_state = 0;
     kn_named_tensor *state = kn_module_state_dict(e->module, &n_state);
     for (int i = 0; i < n_state; i++)
@@ -324,54 +344,88 @@ void ksrv_model_cache_forget(ksrv_model_cache *cache, const char *model, const c
 
 /* ---- batching --------------------------------------------------------------------- */
 
+/* The model's input i (kapi_value_spec) and output j. */
+static const kapi_value_spec *input_value(const cache_entry *e, int i)
+{
+    return &e->spec->values[i];
+}
+
+static const kapi_value_spec *output_value(const cache_entry *e, int j)
+{
+    return &e->spec->values[e->spec->outputs[j]];
+}
+
+/* Input i of the batch: every request's rows stacked into one [total, ...] tensor. */
+static kn_tensor *stack_input(const cache_entry *e, int i, infer_request *batch, int64_t total)
+{
+    const kapi_value_spec *v = input_value(e, i);
+    int64_t shape[KN_MAX_DIMS + 1];
+    shape[0] = total;
+    memcpy(shape + 1, v->shape, sizeof(int64_t) * (size_t)v->ndim);
+    kn_tensor *x = kn_empty(shape, v->ndim + 1, v->dtype);
+    if (!x) return NULL;
+    size_t row = (size_t)e->in_numel[i] * kn_dtype_size(v->dtype);
+    char *at = v->dtype == KN_INT64 ? (char *)kn_data_i64(x) : (char *)kn_data_f32(x);
+    for (infer_request *r = batch; r; r = r->next) {
+        memcpy(at, r->inputs[i], row * (size_t)r->n);
+        at += row * (size_t)r->n;
+    }
+    return x;
+}
+
+/* Output j of the batch handed out: each request gets a malloc'd copy of its rows. */
+static bool hand_out(const cache_entry *e, int j, kn_tensor *y, infer_request *batch, int64_t total,
+                     char *error, size_t size)
+{
+    const kapi_value_spec *v = output_value(e, j);
+    y = y ? kn_contiguous(kn_to(y, kn_cpu())) : NULL;
+    if (!y) {
+        snprintf(error, size, "forward: %s", kn_last_error());
+        return false;
+    }
+    if (kn_numel(y) != total * e->out_numel[j] || y->dtype != v->dtype) {
+        snprintf(error, size, "the model gave %lld %s values for %lld samples of \"%s\"",
+                 (long long)kn_numel(y), kn_dtype_name(y->dtype), (long long)total, v->name);
+        return false;
+    }
+    size_t row = (size_t)e->out_numel[j] * kn_dtype_size(v->dtype);
+    const char *at = v->dtype == KN_INT64 ? (char *)kn_data_i64(y) : (char *)kn_data_f32(y);
+    for (infer_request *r = batch; r; r = r->next) {
+        r->outputs[j] = malloc(row * (size_t)r->n + 1);
+        if (!r->outputs[j]) {
+            snprintf(r->error, sizeof r->error, "out of memory");
+        } else {
+            memcpy(r->outputs[j], at, row * (size_t)r->n);
+        }
+        at += row * (size_t)r->n;
+    }
+    return true;
+}
+
 /* One forward over the requests of a batch; each gets its rows or an error. */
 static void run_batch(cache_entry *e, infer_request *batch)
 {
+    const kapi_model_spec *spec = e->spec;
     int64_t total = 0;
     for (infer_request *r = batch; r; r = r->next) total += r->n;
     char error[256] = "";
-    float *stacked = malloc((size_t)(total * e->in_numel) * sizeof(float));
-    float *out = NULL;
-    if (!stacked) {
-        snprintf(error, sizeof error, "out of memory");
-    } else {
-        int64_t at = 0;
-        for (infer_request *r = batch; r; r = r->next) {
-            memcpy(stacked + at * e->in_numel, r->input,
-                   (size_t)(r->n * e->in_numel) * sizeof(float));
-            at += r->n;
-        }
-        int64_t shape[KN_MAX_DIMS + 1];
-        shape[0] = total;
-        memcpy(shape + 1, e->spec->input_shape, sizeof(int64_t) * (size_t)e->spec->input_ndim);
-        kn_no_grad_begin();
-        kn_scope_begin();
-        /* token indices for an embedding (issue 12): checked integers, exact below 2^24 */
-        kn_tensor *x = kn_to_dtype(kn_from_floats(stacked, shape, e->spec->input_ndim + 1),
-                                   e->spec->input_dtype);
-        kn_tensor *y = kn_contiguous(kn_module_forward(e->module, x));
-        if (!y) {
-            snprintf(error, sizeof error, "forward: %s", kn_last_error());
-        } else if (kn_numel(y) != total * e->out_numel || y->dtype != KN_FLOAT32) {
-            snprintf(error, sizeof error, "the model gave %lld values for %lld samples",
-                     (long long)kn_numel(y), (long long)total);
-        } else {
-            out = kn_data_f32(y);
-            int64_t at2 = 0;
-            for (infer_request *r = batch; r; r = r->next) {
-                r->output = malloc((size_t)(r->n * e->out_numel) * sizeof(float));
-                if (r->output)
-                    memcpy(r->output, out + at2 * e->out_numel,
-                           (size_t)(r->n * e->out_numel) * sizeof(float));
-                else
-                    snprintf(r->error, sizeof r->error, "out of memory");
-                at2 += r->n;
-            }
-        }
-        kn_scope_end();
-        kn_no_grad_end();
-        free(stacked);
-    }
+    kn_no_grad_begin();
+    kn_scope_begin();
+    kn_tensor *x[KN_GRAPH_MAX_INPUTS], *y[KN_GRAPH_MAX_INPUTS];
+    int n_out = 0;
+    for (int i = 0; i < spec->n_inputs && !error[0]; i++)
+        if (!(x[i] = stack_input(e, i, batch, total)))
+            snprintf(error, sizeof error, "stacking the inputs: %s", kn_last_error());
+    if (!error[0] && kn_module_forward_outputs(e->module, x, spec->n_inputs, y, KN_GRAPH_MAX_INPUTS,
+                                               &n_out) != KN_OK)
+        snprintf(error, sizeof error, "forward: %s", kn_last_error());
+    else if (!error[0] && n_out != spec->n_outputs)
+        snprintf(error, sizeof error, "the model gave %d outputs, its spec says %d", n_out,
+                 spec->n_outputs);
+    for (int j = 0; j < spec->n_outputs && !error[0]; j++)
+        hand_out(e, j, y[j], batch, total, error, sizeof error);
+    kn_scope_end();
+    kn_no_grad_end();
     if (error[0])
         for (infer_request *r = batch; r; r = r->next)
             snprintf(r->error, sizeof r->error, "%s", error);
@@ -469,14 +523,21 @@ void ksrv_handle_v2_ready(ksrv_server *server, ksrv_request *request, ksrv_respo
     ksrv_respond_json(response, 200, o);
 }
 
-static cJSON *tensor_meta(const char *name, const int64_t *shape, int ndim, kn_dtype dtype)
+/* The v2 datatype of a value: FP32, or INT64 for indices. */
+static const char *datatype_of(const kapi_value_spec *v)
+{
+    return v->dtype == KN_INT64 ? "INT64" : "FP32";
+}
+
+static cJSON *tensor_meta(const kapi_value_spec *v)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddStringToObject(o, "datatype", dtype == KN_INT64 ? "INT64" : "FP32");
+    cJSON_AddStringToObject(o, "name", v->name);
+    cJSON_AddStringToObject(o, "datatype", datatype_of(v));
     cJSON *s = cJSON_AddArrayToObject(o, "shape");
     cJSON_AddItemToArray(s, cJSON_CreateNumber(-1));
-    for (int i = 0; i < ndim; i++) cJSON_AddItemToArray(s, cJSON_CreateNumber((double)shape[i]));
+    for (int i = 0; i < v->ndim; i++)
+        cJSON_AddItemToArray(s, cJSON_CreateNumber((double)v->shape[i]));
     return o;
 }
 
@@ -522,11 +583,11 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
         cJSON_AddItemToArray(versions, cJSON_CreateString(list[i].version));
     cJSON_AddStringToObject(o, "platform", "kiln");
     cJSON *inputs = cJSON_AddArrayToObject(o, "inputs");
-    cJSON_AddItemToArray(
-        inputs, tensor_meta("input", spec->input_shape, spec->input_ndim, spec->input_dtype));
+    for (int i = 0; i < spec->n_inputs; i++)
+        cJSON_AddItemToArray(inputs, tensor_meta(&spec->values[i]));
     cJSON *outputs = cJSON_AddArrayToObject(o, "outputs");
-    cJSON_AddItemToArray(outputs,
-                         tensor_meta("output", spec->output_shape, spec->output_ndim, KN_FLOAT32));
+    for (int j = 0; j < spec->n_outputs; j++)
+        cJSON_AddItemToArray(outputs, tensor_meta(&spec->values[spec->outputs[j]]));
     kapi_model_spec_free(spec);
     kstore_version_list_free(list, count);
     ksrv_respond_json(response, 200, o);
@@ -568,19 +629,26 @@ static bool parse_datatype(const char *name, dtype_class *out)
     return false;
 }
 
-/* Flattens nested number arrays row-major into out (capacity values). */
-static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, float *out,
-                    int64_t capacity, int64_t *count, char *error, size_t size)
+/* Where flattened values go: float32 rows, or int64 rows (indices, kept exact). */
+typedef struct flat_out {
+    kn_dtype dtype;
+    void *data;
+    int64_t capacity, count;
+    const char *where; /* "inputs[1]" */
+} flat_out;
+
+/* Flattens nested number arrays row-major into out. */
+static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, flat_out *out,
+                    char *error, size_t size)
 {
     if (cJSON_IsArray(node)) {
         for (const cJSON *c = node->child; c; c = c->next)
-            if (!flatten(c, cls, datatype, out, capacity, count, error, size)) return false;
+            if (!flatten(c, cls, datatype, out, error, size)) return false;
         return true;
     }
     if (!cJSON_IsNumber(node)) {
-        snprintf(error, size,
-                 "inputs[0].data: expected numbers (flat or nested arrays), found "
-                 "a %s",
+        snprintf(error, size, "%s.data: expected numbers (flat or nested arrays), found a %s",
+                 out->where,
                  cJSON_IsString(node) ? "string"
                  : cJSON_IsBool(node) ? "boolean"
                  : cJSON_IsNull(node) ? "null"
@@ -592,9 +660,8 @@ static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, fl
      * as a float) would come back as null outputs */
     if (!isfinite(v) || fabs(v) > FLT_MAX) {
         snprintf(error, size,
-                 "inputs[0].data[%lld]: %s is not a finite float32 value (at most %g in "
-                 "magnitude)",
-                 (long long)*count,
+                 "%s.data[%lld]: %s is not a finite float32 value (at most %g in magnitude)",
+                 out->where, (long long)out->count,
                  isnan(v)   ? "NaN"
                  : isinf(v) ? "an infinity"
                             : "a number",
@@ -602,16 +669,29 @@ static bool flatten(const cJSON *node, dtype_class cls, const char *datatype, fl
         return false;
     }
     if (cls != DT_FLOAT && v != floor(v)) {
-        snprintf(error, size, "inputs[0].data: %s data must be integers, found %g", datatype, v);
-        return false;
-    }
-    if (cls == DT_UINT && v < 0) {
-        snprintf(error, size, "inputs[0].data: %s data must not be negative, found %g", datatype,
+        snprintf(error, size, "%s.data: %s data must be integers, found %g", out->where, datatype,
                  v);
         return false;
     }
-    if (*count < capacity) out[*count] = (float)v;
-    (*count)++; /* counted past capacity so the mismatch can say how many there were */
+    if (cls == DT_UINT && v < 0) {
+        snprintf(error, size, "%s.data: %s data must not be negative, found %g", out->where,
+                 datatype, v);
+        return false;
+    }
+    /* JSON numbers are doubles: integers beyond 2^53 did not arrive exactly */
+    if (out->dtype == KN_INT64 && fabs(v) > 9007199254740992.0) {
+        snprintf(error, size,
+                 "%s.data[%lld]: %g is beyond the integers a JSON number holds exactly (2^53)",
+                 out->where, (long long)out->count, v);
+        return false;
+    }
+    if (out->count < out->capacity) {
+        if (out->dtype == KN_INT64)
+            ((int64_t *)out->data)[out->count] = (int64_t)v;
+        else
+            ((float *)out->data)[out->count] = (float)v;
+    }
+    out->count++; /* counted past capacity so the mismatch can say how many there were */
     return true;
 }
 
@@ -624,14 +704,21 @@ static void shape_text(const int64_t *shape, int ndim, bool batch, char *out, si
     kn_shape_str(full, n, out, size);
 }
 
-/* The parsed request: one input as float32 [n, in_numel]. */
+/* The parsed request: each model input's rows (float32 or int64, as the input is), and
+ * which outputs to answer with. */
 typedef struct parsed_infer {
-    float *data;
+    void *data[KN_GRAPH_MAX_INPUTS];
     int64_t n;
     bool softmax;
+    bool want[KN_GRAPH_MAX_INPUTS];
     bool preprocessed; /* the inputs are already as the model takes them */
     const char *id;
 } parsed_infer;
+
+static void parsed_free(parsed_infer *p)
+{
+    for (int i = 0; i < KN_GRAPH_MAX_INPUTS; i++) free(p->data[i]);
+}
 
 static bool only_keys(const cJSON *o, const char *const *keys, int n, const char *where,
                       char *error, size_t size)
@@ -647,48 +734,202 @@ static bool only_keys(const cJSON *o, const char *const *keys, int n, const char
     return true;
 }
 
-/* A model whose first layer takes int64 indices (issue 12: an embedding) takes integer
- * data of its range, as torch's nn.Embedding refuses float indices: checked here so that
- * one request's bad token never fails the others batched with it. */
-static bool token_indices(const cache_entry *e, const parsed_infer *p, const char *datatype,
-                          dtype_class cls, char *error, size_t size)
+/* "tokens, features": the names of the model's inputs (or outputs). */
+static const char *value_names(const cache_entry *e, bool outputs, char *buf, size_t size)
 {
-    if (e->spec->input_dtype != KN_INT64) return true;
-    if (cls == DT_FLOAT) {
-        snprintf(error, size,
-                 "inputs[0].datatype: the model takes token indices (its first layer is an "
-                 "embedding): expected INT64 (or another integer type), got %s",
-                 datatype);
+    const kapi_model_spec *spec = e->spec;
+    int n = outputs ? spec->n_outputs : spec->n_inputs;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? ", " : "",
+                                 (outputs ? output_value(e, i) : input_value(e, i))->name);
+    return buf;
+}
+
+/* "outputs": [{"name": ...}]: which of the model's outputs to answer with. */
+static bool parse_outputs(const cJSON *outputs, const cache_entry *e, parsed_infer *p, char *error,
+                          size_t size)
+{
+    const kapi_model_spec *spec = e->spec;
+    char names[512];
+    for (int j = 0; j < spec->n_outputs; j++) p->want[j] = !outputs;
+    if (!outputs) return true;
+    if (!cJSON_IsArray(outputs) || cJSON_GetArraySize(outputs) < 1) {
+        snprintf(error, size, "outputs: expected an array of {\"name\": ...} naming %s",
+                 value_names(e, true, names, sizeof names));
         return false;
     }
-    const kapi_layer_spec *first = &e->spec->layers[0];
-    int64_t vocab =
-        first->kind == KN_MODULE_EMBEDDING ? first->options.embedding.num_embeddings : INT64_MAX;
-    for (int64_t i = 0; i < p->n * e->in_numel; i++) {
-        double v = p->data[i];
-        if (v >= 16777216.0) { /* the values travel as float32 here */
-            snprintf(error, size,
-                     "inputs[0].data[%lld]: token %.0f is beyond 16777215, the largest index "
-                     "this route carries exactly",
-                     (long long)i, v);
+    int k = 0;
+    for (const cJSON *o = outputs->child; o; o = o->next, k++) {
+        const cJSON *n = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "name") : NULL;
+        int found = -1;
+        for (int j = 0; cJSON_IsString(n) && j < spec->n_outputs && found < 0; j++)
+            if (!strcmp(n->valuestring, output_value(e, j)->name)) found = j;
+        if (found < 0) {
+            if (spec->n_outputs == 1)
+                snprintf(error, size, "outputs: the model has one output, named \"%s\"",
+                         output_value(e, 0)->name);
+            else
+                snprintf(error, size, "outputs[%d].name: expected one of the model's outputs (%s)",
+                         k, value_names(e, true, names, sizeof names));
             return false;
         }
-        if (v < 0 || v >= (double)vocab) {
-            snprintf(error, size,
-                     "inputs[0].data[%lld]: token %.0f is outside the embedding's %lld rows "
-                     "(0 to %lld)",
-                     (long long)i, v, (long long)vocab, (long long)vocab - 1);
-            return false;
-        }
+        p->want[found] = true;
     }
     return true;
+}
+
+/* The rows of the embeddings that read model input `which` straight (a chain's first
+ * layer, or graph nodes taking the input): the index bound of each of its values, or -1
+ * when no embedding reads it (a key-padding mask, or indices a node rearranges first). */
+static int64_t embedding_rows(const cache_entry *e, int which)
+{
+    const kapi_model_spec *spec = e->spec;
+    int64_t rows = -1;
+    for (int l = 0; l < spec->n_layers; l++) {
+        const kapi_layer_spec *layer = &spec->layers[l];
+        if (layer->kind != KN_MODULE_EMBEDDING) continue;
+        for (int k = 0; k < layer->n_inputs; k++) {
+            int64_t n = layer->options.embedding.num_embeddings;
+            if (layer->inputs[k] == which && (rows < 0 || n < rows)) rows = n;
+        }
+    }
+    return rows;
+}
+
+/* Token indices outside the embedding are refused here, as torch's nn.Embedding refuses
+ * them, so that one request's bad token never fails the others batched with it. */
+static bool tokens_in_range(const cache_entry *e, int which, const int64_t *data, int64_t count,
+                            const char *where, char *error, size_t size)
+{
+    int64_t rows = embedding_rows(e, which);
+    for (int64_t i = 0; rows >= 0 && i < count; i++)
+        if (data[i] < 0 || data[i] >= rows) {
+            snprintf(error, size,
+                     "%s.data[%lld]: token %lld is outside the embedding's %lld rows (0 to %lld)",
+                     where, (long long)i, (long long)data[i], (long long)rows, (long long)rows - 1);
+            return false;
+        }
+    return true;
+}
+
+/* One input object of the request (inputs[k]): its name picks the model's input, its
+ * rows go to p->data[that input]. */
+static bool parse_input(const cJSON *in, int k, const cache_entry *e, parsed_infer *p, char *error,
+                        size_t size)
+{
+    static const char *const input_keys[] = {"name", "shape", "datatype", "data", "parameters"};
+    const kapi_model_spec *spec = e->spec;
+    char where[32], names[512];
+    snprintf(where, sizeof where, "inputs[%d]", k);
+    if (!cJSON_IsObject(in)) {
+        snprintf(error, size, "%s: expected an input object", where);
+        return false;
+    }
+    if (!only_keys(in, input_keys, 5, where, error, size)) return false;
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
+    int which = -1;
+    for (int i = 0; cJSON_IsString(name) && i < spec->n_inputs && which < 0; i++)
+        if (!strcmp(name->valuestring, input_value(e, i)->name)) which = i;
+    if (which < 0 && spec->n_inputs == 1) {
+        snprintf(error, size, "%s.name: the model has one input, named \"%s\"%s%.60s%s", where,
+                 input_value(e, 0)->name, cJSON_IsString(name) ? ", got \"" : "",
+                 cJSON_IsString(name) ? name->valuestring : "", cJSON_IsString(name) ? "\"" : "");
+        return false;
+    }
+    if (which < 0) {
+        snprintf(error, size, "%s.name: expected one of the model's inputs (%s)%s%.60s%s", where,
+                 value_names(e, false, names, sizeof names), cJSON_IsString(name) ? ", got \"" : "",
+                 cJSON_IsString(name) ? name->valuestring : "", cJSON_IsString(name) ? "\"" : "");
+        return false;
+    }
+    if (p->data[which]) {
+        snprintf(error, size, "%s.name: input \"%s\" is given twice", where, name->valuestring);
+        return false;
+    }
+    const kapi_value_spec *v = input_value(e, which);
+    const cJSON *datatype = cJSON_GetObjectItemCaseSensitive(in, "datatype");
+    dtype_class cls;
+    if (!cJSON_IsString(datatype) || !parse_datatype(datatype->valuestring, &cls)) {
+        snprintf(error, size, "%s.datatype: expected %s, got %s", where,
+                 v->dtype == KN_INT64 ? "INT64 (or INT8..INT32, UINT8..UINT64)"
+                                      : "FP32 (or FP64, INT8..INT64, UINT8..UINT64)",
+                 cJSON_IsString(datatype) ? datatype->valuestring : "no string");
+        return false;
+    }
+    if (v->dtype == KN_INT64 && cls == DT_FLOAT) {
+        snprintf(error, size,
+                 "%s.datatype: input \"%s\" takes int64 indices: expected INT64 (or another "
+                 "integer type), got %s",
+                 where, v->name, datatype->valuestring);
+        return false;
+    }
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(in, "shape");
+    int64_t dims[KN_MAX_DIMS + 1];
+    int ndim = 0;
+    bool shape_ok = cJSON_IsArray(shape) && cJSON_GetArraySize(shape) >= 1 &&
+                    cJSON_GetArraySize(shape) <= KN_MAX_DIMS + 1;
+    for (const cJSON *d = shape_ok ? shape->child : NULL; d; d = d->next) {
+        if (!cJSON_IsNumber(d) || d->valuedouble != floor(d->valuedouble) || d->valuedouble < 0 ||
+            d->valuedouble > (double)MAX_REQUEST_VALUES) {
+            shape_ok = false;
+            break;
+        }
+        dims[ndim++] = (int64_t)d->valuedouble;
+    }
+    if (!shape_ok) {
+        snprintf(error, size, "%s.shape: expected an array of 1 to %d non-negative integers", where,
+                 KN_MAX_DIMS + 1);
+        return false;
+    }
+    char want[128], got[128];
+    shape_text(v->shape, v->ndim, true, want, sizeof want);
+    kn_shape_str(dims, ndim, got, sizeof got);
+    int64_t per_sample = 1;
+    for (int i = 1; i < ndim && per_sample <= MAX_REQUEST_VALUES; i++) per_sample *= dims[i];
+    if (ndim < 2 || dims[0] < 1 || per_sample != e->in_numel[which]) {
+        snprintf(error, size, "%s.shape: expected %s (or [N, %lld]), got %s", where, want,
+                 (long long)e->in_numel[which], got);
+        return false;
+    }
+    if (dims[0] * per_sample > MAX_REQUEST_VALUES) {
+        snprintf(error, size, "%s.shape: %s is more than %lld values", where, got,
+                 (long long)MAX_REQUEST_VALUES);
+        return false;
+    }
+    if (p->n && dims[0] != p->n) {
+        snprintf(error, size, "%s.shape: %lld samples, but the inputs before have %lld", where,
+                 (long long)dims[0], (long long)p->n);
+        return false;
+    }
+    p->n = dims[0];
+    int64_t need = p->n * per_sample;
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(in, "data");
+    if (!cJSON_IsArray(data)) {
+        snprintf(error, size, "%s.data: expected an array of %lld numbers", where, (long long)need);
+        return false;
+    }
+    p->data[which] = malloc((size_t)need * kn_dtype_size(v->dtype));
+    if (!p->data[which]) {
+        snprintf(error, size, "out of memory");
+        return false;
+    }
+    flat_out out = {.dtype = v->dtype, .data = p->data[which], .capacity = need, .where = where};
+    if (!flatten(data, cls, datatype->valuestring, &out, error, size)) return false;
+    if (out.count != need) {
+        snprintf(error, size, "%s.data: shape %s needs %lld values, got %lld", where, got,
+                 (long long)need, (long long)out.count);
+        return false;
+    }
+    return v->dtype != KN_INT64 ||
+           tokens_in_range(e, which, p->data[which], need, where, error, size);
 }
 
 static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p, char *error,
                         size_t size)
 {
     static const char *const top_keys[] = {"id", "parameters", "inputs", "outputs"};
-    static const char *const input_keys[] = {"name", "shape", "datatype", "data", "parameters"};
     if (!only_keys(body, top_keys, 4, "request", error, size)) return false;
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(body, "id");
     if (id && !cJSON_IsString(id)) {
@@ -714,100 +955,28 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
         return false;
     }
     p->preprocessed = preprocessed && cJSON_IsTrue(preprocessed);
-    const cJSON *outputs = cJSON_GetObjectItemCaseSensitive(body, "outputs");
-    if (outputs) {
-        if (!cJSON_IsArray(outputs)) {
-            snprintf(error, size, "outputs: expected an array of {\"name\": \"output\"}");
-            return false;
-        }
-        for (const cJSON *o = outputs->child; o; o = o->next) {
-            const cJSON *n = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "name") : NULL;
-            if (!cJSON_IsString(n) || strcmp(n->valuestring, "output") != 0) {
-                snprintf(error, size, "outputs: the model has one output, named \"output\"");
-                return false;
-            }
-        }
-    }
+    if (!parse_outputs(cJSON_GetObjectItemCaseSensitive(body, "outputs"), e, p, error, size))
+        return false;
     const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(body, "inputs");
-    if (!cJSON_IsArray(inputs) || cJSON_GetArraySize(inputs) != 1 ||
-        !cJSON_IsObject(inputs->child)) {
-        snprintf(error, size,
-                 "inputs: expected an array with one input object (the model has "
-                 "one input, \"input\")");
+    int n_inputs = e->spec->n_inputs;
+    char names[512];
+    if (!cJSON_IsArray(inputs) || cJSON_GetArraySize(inputs) != n_inputs) {
+        if (n_inputs == 1)
+            snprintf(error, size,
+                     "inputs: expected an array with one input object (the model has one "
+                     "input, \"%s\")",
+                     input_value(e, 0)->name);
+        else
+            snprintf(error, size,
+                     "inputs: expected an array of %d input objects, one for each of the "
+                     "model's inputs (%s)",
+                     n_inputs, value_names(e, false, names, sizeof names));
         return false;
     }
-    const cJSON *in = inputs->child;
-    if (!only_keys(in, input_keys, 5, "inputs[0]", error, size)) return false;
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
-    if (!cJSON_IsString(name) || strcmp(name->valuestring, "input") != 0) {
-        snprintf(error, size, "inputs[0].name: the model has one input, named \"input\"%s%.60s%s",
-                 cJSON_IsString(name) ? ", got \"" : "",
-                 cJSON_IsString(name) ? name->valuestring : "", cJSON_IsString(name) ? "\"" : "");
-        return false;
-    }
-    const cJSON *datatype = cJSON_GetObjectItemCaseSensitive(in, "datatype");
-    dtype_class cls;
-    if (!cJSON_IsString(datatype) || !parse_datatype(datatype->valuestring, &cls)) {
-        snprintf(error, size,
-                 "inputs[0].datatype: expected FP32 (or FP64, INT8..INT64, "
-                 "UINT8..UINT64), got %s",
-                 cJSON_IsString(datatype) ? datatype->valuestring : "no string");
-        return false;
-    }
-    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(in, "shape");
-    int64_t dims[KN_MAX_DIMS + 1];
-    int ndim = 0;
-    bool shape_ok = cJSON_IsArray(shape) && cJSON_GetArraySize(shape) >= 1 &&
-                    cJSON_GetArraySize(shape) <= KN_MAX_DIMS + 1;
-    for (const cJSON *d = shape_ok ? shape->child : NULL; d; d = d->next) {
-        if (!cJSON_IsNumber(d) || d->valuedouble != floor(d->valuedouble) || d->valuedouble < 0 ||
-            d->valuedouble > (double)MAX_REQUEST_VALUES) {
-            shape_ok = false;
-            break;
-        }
-        dims[ndim++] = (int64_t)d->valuedouble;
-    }
-    if (!shape_ok) {
-        snprintf(error, size,
-                 "inputs[0].shape: expected an array of 1 to %d non-negative "
-                 "integers",
-                 KN_MAX_DIMS + 1);
-        return false;
-    }
-    char want[128], got[128];
-    shape_text(e->spec->input_shape, e->spec->input_ndim, true, want, sizeof want);
-    kn_shape_str(dims, ndim, got, sizeof got);
-    int64_t per_sample = 1;
-    for (int i = 1; i < ndim && per_sample <= MAX_REQUEST_VALUES; i++) per_sample *= dims[i];
-    if (ndim < 2 || dims[0] < 1 || per_sample != e->in_numel) {
-        snprintf(error, size, "inputs[0].shape: expected %s (or [N, %lld]), got %s", want,
-                 (long long)e->in_numel, got);
-        return false;
-    }
-    if (dims[0] * per_sample > MAX_REQUEST_VALUES) {
-        snprintf(error, size, "inputs[0].shape: %s is more than %lld values", got,
-                 (long long)MAX_REQUEST_VALUES);
-        return false;
-    }
-    p->n = dims[0];
-    int64_t need = p->n * e->in_numel, have = 0;
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(in, "data");
-    if (!cJSON_IsArray(data)) {
-        snprintf(error, size, "inputs[0].data: expected an array of %lld numbers", (long long)need);
-        return false;
-    }
-    p->data = malloc((size_t)need * sizeof(float));
-    if (!p->data) {
-        snprintf(error, size, "out of memory");
-        return false;
-    }
-    if (!flatten(data, cls, datatype->valuestring, p->data, need, &have, error, size)) return false;
-    if (have != need) {
-        snprintf(error, size, "inputs[0].data: shape %s needs %lld values, got %lld", got,
-                 (long long)need, (long long)have);
-        return false;
-    }
-    return token_indices(e, p, datatype->valuestring, cls, error, size);
+    int k = 0;
+    for (const cJSON *in = inputs->child; in; in = in->next, k++)
+        if (!parse_input(in, k, e, p, error, size)) return false;
+    return true;
 }
 
 /* A float as the shortest decimal that reads back as the same float. */
@@ -818,35 +987,46 @@ static double float_number(float f)
     return strtod(buf, NULL);
 }
 
-static cJSON *infer_response(const cache_entry *e, const parsed_infer *p, float *out)
+/* Each row of a [n, classes] float output as probabilities (the request's softmax). */
+static void softmax_rows(float *out, int64_t n, int64_t classes)
 {
-    int64_t classes = e->out_numel;
-    if (p->softmax && e->spec->output_ndim == 1) {
-        for (int64_t i = 0; i < p->n; i++) {
-            float *row = out + i * classes, max = row[0];
-            for (int64_t k = 1; k < classes; k++) max = row[k] > max ? row[k] : max;
-            double sum = 0;
-            for (int64_t k = 0; k < classes; k++) sum += exp((double)(row[k] - max));
-            for (int64_t k = 0; k < classes; k++)
-                row[k] = (float)(exp((double)(row[k] - max)) / sum);
-        }
+    for (int64_t i = 0; i < n; i++) {
+        float *row = out + i * classes, max = row[0];
+        for (int64_t k = 1; k < classes; k++) max = row[k] > max ? row[k] : max;
+        double sum = 0;
+        for (int64_t k = 0; k < classes; k++) sum += exp((double)(row[k] - max));
+        for (int64_t k = 0; k < classes; k++) row[k] = (float)(exp((double)(row[k] - max)) / sum);
     }
+}
+
+static cJSON *infer_response(const cache_entry *e, const parsed_infer *p, void *const *outs)
+{
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model_name", e->model);
     cJSON_AddStringToObject(o, "model_version", e->version);
     if (p->id) cJSON_AddStringToObject(o, "id", p->id);
     cJSON *outputs = cJSON_AddArrayToObject(o, "outputs");
-    cJSON *t = cJSON_CreateObject();
-    cJSON_AddItemToArray(outputs, t);
-    cJSON_AddStringToObject(t, "name", "output");
-    cJSON *shape = cJSON_AddArrayToObject(t, "shape");
-    cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)p->n));
-    for (int i = 0; i < e->spec->output_ndim; i++)
-        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)e->spec->output_shape[i]));
-    cJSON_AddStringToObject(t, "datatype", "FP32");
-    cJSON *data = cJSON_AddArrayToObject(t, "data");
-    for (int64_t i = 0; i < p->n * classes; i++)
-        cJSON_AddItemToArray(data, cJSON_CreateNumber(float_number(out[i])));
+    for (int j = 0; j < e->spec->n_outputs; j++) {
+        if (!p->want[j]) continue;
+        const kapi_value_spec *v = output_value(e, j);
+        int64_t count = p->n * e->out_numel[j];
+        if (p->softmax && v->ndim == 1 && v->dtype == KN_FLOAT32)
+            softmax_rows(outs[j], p->n, e->out_numel[j]);
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddItemToArray(outputs, t);
+        cJSON_AddStringToObject(t, "name", v->name);
+        cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)p->n));
+        for (int i = 0; i < v->ndim; i++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)v->shape[i]));
+        cJSON_AddStringToObject(t, "datatype", datatype_of(v));
+        cJSON *data = cJSON_AddArrayToObject(t, "data");
+        for (int64_t i = 0; i < count; i++)
+            cJSON_AddItemToArray(
+                data, cJSON_CreateNumber(v->dtype == KN_INT64
+                                             ? (double)((const int64_t *)outs[j])[i]
+                                             : float_number(((const float *)outs[j])[i])));
+    }
     return o;
 }
 
@@ -903,18 +1083,21 @@ void ksrv_handle_v2_infer(ksrv_server *server, ksrv_request *request, ksrv_respo
     if (!parse_infer(body, e, &p, error, sizeof error)) {
         ksrv_respond_v2_error(response, 400, "%s", error);
     } else if (!p.preprocessed &&
-               kapi_preprocess(&e->preprocessing, p.data, p.n, e->in_numel) != KN_OK) {
+               kapi_preprocess(&e->preprocessing, p.data[0], p.n, e->in_numel[0]) != KN_OK) {
         ksrv_respond_v2_error(response, 500, "preprocessing the inputs: %s", kn_last_error());
     } else {
-        infer_request req = {.input = p.data, .n = p.n};
+        infer_request req = {.n = p.n};
+        memcpy(req.inputs, p.data, sizeof req.inputs);
         infer_batched(e, &req, &server->stats);
-        if (req.error[0] || !req.output)
+        bool answered = !req.error[0];
+        for (int j = 0; answered && j < e->spec->n_outputs; j++) answered = req.outputs[j];
+        if (!answered)
             ksrv_respond_v2_error(response, 500, "%s", req.error[0] ? req.error : "no output");
         else
-            ksrv_respond_json(response, 200, infer_response(e, &p, req.output));
-        free(req.output);
+            ksrv_respond_json(response, 200, infer_response(e, &p, req.outputs));
+        for (int j = 0; j < KN_GRAPH_MAX_INPUTS; j++) free(req.outputs[j]);
     }
-    free(p.data);
+    parsed_free(&p);
     entry_release(server->models, e); /* after the response: it reads e's names */
     cJSON_Delete(body);
     record_latency(&server->stats, mono_now() - start);

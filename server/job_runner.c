@@ -18,6 +18,7 @@
  * bit-reproducible). The data order is always reproducible (seed, epoch).
  */
 #include "job_runner.h"
+#include "dist_launch.h"
 #include "job_memory.h"
 #include "registry.h"
 #include "routes_v1.h"
@@ -278,11 +279,19 @@ static kn_status save_checkpoint(job_run *r, kn_trainer *trainer, int64_t step)
         snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "the path is too long");
         return KN_ERR_VALUE;
     }
-    kn_status st = kn_trainer_save_checkpoint(trainer, path);
-    if (st != KN_OK) {
-        snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "%s", kn_last_error());
-        unlink(path); /* a partial file is not a checkpoint */
-        return st;
+    if (!trainer) { /* a distributed job's rank 0 wrote the file (dist_launch.c) */
+        if (access(path, R_OK) != 0) {
+            snprintf(r->checkpoint_error, sizeof r->checkpoint_error,
+                     "rank 0 reported %s but it cannot be read: %s", rel, strerror(errno));
+            return KN_ERR_VALUE;
+        }
+    } else {
+        kn_status st = kn_trainer_save_checkpoint(trainer, path);
+        if (st != KN_OK) {
+            snprintf(r->checkpoint_error, sizeof r->checkpoint_error, "%s", kn_last_error());
+            unlink(path); /* a partial file is not a checkpoint */
+            return st;
+        }
     }
     chmod(path, 0600);
     struct stat sb;
@@ -339,7 +348,8 @@ static kn_status on_step(void *context, const kn_step_info *info)
     }
     if (r->stop == STOP_NONE) return KN_OK;
     flush(r);
-    if (r->stop != STOP_CANCEL && save_checkpoint(r, r->trainer, info->step) != KN_OK)
+    /* a distributed job's ranks checkpoint themselves when asked (no trainer here) */
+    if (r->stop != STOP_CANCEL && r->trainer && save_checkpoint(r, r->trainer, info->step) != KN_OK)
         ksrv_job_log(r->store, r->job->id, KSRV_JOB_WARN, "checkpoint at step %lld failed: %s",
                      (long long)info->step, r->checkpoint_error);
     return KN_ERR_VALUE; /* stops kn_trainer_run; r->stop says why */
@@ -408,11 +418,10 @@ static kn_status on_checkpoint(void *context, kn_trainer *trainer, int64_t step)
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
-/* "init_weights": the pinned version of the job's model, or a succeeded job's final
- * weights, loaded strictly into model (before it moves to its device). False after
- * writing the failure. */
-static bool load_init_weights(job_run *r, const kapi_job_spec *spec,
-                              const kapi_model_spec *model_spec, kn_module *model)
+/* "init_weights": the file of the pinned version of the job's model, or of a succeeded
+ * job's final weights, into path. False after writing the failure. */
+static bool init_weights_path(job_run *r, const kapi_job_spec *spec,
+                              const kapi_model_spec *model_spec, char *path, size_t size)
 {
     const char *model_name = spec->model_name[0] ? spec->model_name : model_spec->name;
     kstore_version v;
@@ -433,21 +442,30 @@ static bool load_init_weights(job_run *r, const kapi_job_spec *spec,
                                    : kstore_last_error(r->store));
         return false;
     }
-    char path[1024];
-    bool ok = v.path[0] && ksrv_data_path(r->server, v.path, path, sizeof path);
+    bool ok = v.path[0] && ksrv_data_path(r->server, v.path, path, size);
     if (!ok)
         fail(r, "invalid_spec", -1, "%s: %s has no weights", field, name);
-    else if (kn_module_load_weights(model, path, true) != KN_OK) {
-        ok = false;
-        fail(r, "invalid_spec", -1, "%s: loading %s: %s", field, name, kn_last_error());
-    } else {
+    else
         ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO, "initial weights: %s %s%s%s%s (%s)",
                      spec->init_version[0] ? "version" : "job", name,
                      spec->init_alias[0] ? " (alias " : "", spec->init_alias,
                      spec->init_alias[0] ? ")" : "", v.path);
-    }
     kstore_version_free(&v);
     return ok;
+}
+
+/* init_weights_path's file loaded strictly into model (before it moves to its device).
+ * False after writing the failure. */
+static bool load_init_weights(job_run *r, const kapi_job_spec *spec,
+                              const kapi_model_spec *model_spec, kn_module *model)
+{
+    char path[1024];
+    if (!init_weights_path(r, spec, model_spec, path, sizeof path)) return false;
+    if (kn_module_load_weights(model, path, true) == KN_OK) return true;
+    fail(r, "invalid_spec", -1, "%s: loading %s: %s",
+         spec->init_version[0] ? "init_weights.version" : "init_weights.job",
+         spec->init_version[0] ? spec->init_version : spec->init_job, kn_last_error());
+    return false;
 }
 
 /* The model spec: inline, or the stored model of that name. */
@@ -562,38 +580,22 @@ static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worke
     return true;
 }
 
-/* The end of a successful run: a test evaluation when the test set was not the
- * validation set, the final weights with the job's preprocessing in their metadata, the
+/* The end of a successful run whose final weights are in the job's model.safetensors:
+ * the test set's numbers (NULL: none apart from validation), the weights recorded, the
  * final metrics and evaluation details, succeeded. */
-static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
-                                       const kapi_model_spec *model_spec, const kapi_job_spec *spec,
-                                       const kn_dataset *test, bool test_was_validation,
-                                       const kapi_preprocessing *preprocessing)
+static ksrv_run_outcome record_success(job_run *r, const kn_eval_result *test)
 {
-    if (test && !test_was_validation) {
-        kn_eval_result e;
-        if (kn_evaluate_config(model, test, &spec->train, &e) != KN_OK)
-            return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
+    if (test) {
         const char *prefix = r->eval_prefix;
         r->eval_prefix = "test";
-        record_eval(r, &e, r->step, &r->test);
+        record_eval(r, test, r->step, &r->test);
         r->eval_prefix = prefix;
-        kn_eval_result_clear(&e);
     }
     r->evaluation = r->evaluation_pending;
     r->evaluation_pending = NULL;
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
         return fail(r, "internal", -1, "the data directory path is too long");
-    kapi_errors errors = {0};
-    if (!kapi_save_weights(model, path, preprocessing, model_spec, &errors)) {
-        unlink(path);
-        ksrv_run_outcome o = fail(r, engine_code(), r->step, "writing the weights: %s",
-                                  errors.count ? errors.items[0].message : kn_last_error());
-        kapi_errors_free(&errors);
-        return o;
-    }
-    chmod(path, 0600);
     struct stat sb;
     kstore_checkpoint c = {
         .step = r->step, .bytes = stat(path, &sb) == 0 ? sb.st_size : -1, .created_at = wall_now()};
@@ -612,6 +614,36 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
         ksrv_log(KSRV_LOG_ERROR, "job %s: recording success: %s", r->job->id,
                  kstore_last_error(r->store));
     return KSRV_RUN_FINISHED;
+}
+
+/* The end of a local run: a test evaluation when the test set was not the validation
+ * set, the final weights written with the job's preprocessing in their metadata, then
+ * recorded. */
+static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
+                                       const kapi_model_spec *model_spec, const kapi_job_spec *spec,
+                                       const kn_dataset *test, bool test_was_validation,
+                                       const kapi_preprocessing *preprocessing)
+{
+    kn_eval_result e = {0};
+    bool tested = test && !test_was_validation;
+    if (tested && kn_evaluate_config(model, test, &spec->train, &e) != KN_OK)
+        return fail(r, engine_code(), -1, "evaluating the test set: %s", kn_last_error());
+    char rel[256], path[1024];
+    ksrv_run_outcome o;
+    kapi_errors errors = {0};
+    if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path)) {
+        o = fail(r, "internal", -1, "the data directory path is too long");
+    } else if (!kapi_save_weights(model, path, preprocessing, model_spec, &errors)) {
+        unlink(path);
+        o = fail(r, engine_code(), r->step, "writing the weights: %s",
+                 errors.count ? errors.items[0].message : kn_last_error());
+        kapi_errors_free(&errors);
+    } else {
+        chmod(path, 0600);
+        o = record_success(r, tested ? &e : NULL);
+    }
+    kn_eval_result_clear(&e);
+    return o;
 }
 
 /* After kn_trainer_run returned an error: why it stopped. */
@@ -661,6 +693,82 @@ static ksrv_run_outcome after_stop(job_run *r)
     return fail(r, code, step, "%s", message);
 }
 
+/* ---- distributed jobs ----------------------------------------------------------------------
+ * The ranks train (dist_launch.c); this side records what rank 0 reports through the same
+ * callbacks a local trainer drives, and ends the job as a local run would. */
+static ksrv_run_outcome run_distributed(job_run *r, const kapi_job_spec *spec,
+                                        const kapi_model_spec *model_spec,
+                                        const kapi_data_source *train, const kapi_data_source *test)
+{
+    kstore_model stored = {0};
+    if (!spec->model && kstore_model_get(r->store, spec->model_name, &stored) != KSTORE_OK)
+        return fail(r, "invalid_spec", -1, "model: no such model");
+    char error[256];
+    int every = r->server->config.checkpoint_every_steps > 0
+                    ? r->server->config.checkpoint_every_steps
+                    : DEFAULT_CHECKPOINT_EVERY;
+    cJSON *rank_spec = ksrv_dist_rank_spec(r->job->spec_json, spec->model ? NULL : stored.spec_json,
+                                           train, test, every, error, sizeof error);
+    kstore_model_free(&stored);
+    if (!rank_spec) return fail(r, "internal", -1, "%s", error);
+    /* the ranks read init_weights as the command line does: a file (a resumed job's
+     * checkpoint has the weights, and each launch's resume_from wins over it) */
+    cJSON_DeleteItemFromObjectCaseSensitive(rank_spec, "init_weights");
+    if (spec->init_version[0] || spec->init_job[0]) {
+        char path[1024];
+        if (!init_weights_path(r, spec, model_spec, path, sizeof path)) {
+            cJSON_Delete(rank_spec);
+            return KSRV_RUN_FINISHED;
+        }
+        cJSON_AddStringToObject(rank_spec, "init_weights", path);
+    }
+    if (!make_job_dir(r)) {
+        cJSON_Delete(rank_spec);
+        return fail(r, "internal", -1, "creating the job's folder: %s", strerror(errno));
+    }
+    kstore_checkpoint latest;
+    if (kstore_checkpoint_latest(r->store, r->job->id, "checkpoint", &latest) == KSTORE_OK)
+        r->last_checkpoint_step = r->first_step = r->step = latest.step;
+    r->start = r->last_flush = r->last_poll = mono_now();
+    ksrv_log(KSRV_LOG_INFO, "job %s: training on %d processes (%s) from step %lld", r->job->id,
+             spec->distributed.processes, spec->distributed.devices, (long long)r->first_step);
+    ksrv_job_log(r->store, r->job->id, KSRV_JOB_INFO,
+                 "training on %d processes (%s) through mpirun, from step %lld",
+                 spec->distributed.processes, spec->distributed.devices, (long long)r->first_step);
+    kn_train_callbacks callbacks = {
+        .context = r, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_checkpoint};
+    ksrv_dist_job job = {.server = r->server,
+                         .store = r->store,
+                         .job = r->job,
+                         .spec = spec,
+                         .rank_spec = rank_spec,
+                         .callbacks = &callbacks,
+                         .stopping = r->stopping};
+    ksrv_dist_result result;
+    ksrv_dist_run(&job, &result);
+    cJSON_Delete(rank_spec);
+    switch (result.end) {
+    case KSRV_DIST_SUCCEEDED: {
+        r->step = result.steps;
+        return record_success(r, result.has_test ? &result.test : NULL);
+    }
+    case KSRV_DIST_CANCELED:
+        r->stop = STOP_CANCEL;
+        break;
+    case KSRV_DIST_PAUSED:
+        r->stop = STOP_PAUSE;
+        break;
+    case KSRV_DIST_SHUTDOWN:
+        r->stop = STOP_SHUTDOWN;
+        break;
+    case KSRV_DIST_FAILED:
+        flush(r);
+        return fail(r, result.code, result.step, "%s", result.message);
+    }
+    flush(r);
+    return after_stop(r);
+}
+
 ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_job *job,
                               kn_device worker_device, volatile int *stopping)
 {
@@ -695,8 +803,9 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     kn_set_allow_tf32(spec->allow_tf32);
-    kn_device device;
-    if (!choose_device(r, spec, worker_device, &device)) goto done;
+    kn_device device = kn_cpu(); /* a distributed job's ranks choose their own */
+    if (spec->distributed.processes == 0 && !choose_device(r, spec, worker_device, &device))
+        goto done;
     model_spec = resolve_model(r, spec, &model_owned);
     if (!model_spec) goto done;
     if (!spec->data.dataset[0]) {
@@ -731,6 +840,10 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     if (!ksrv_job_fits_memory(need, server->job_memory_limit, spec, memory_message,
                               sizeof memory_message, &memory_path)) {
         outcome = fail(r, "out_of_memory", -1, "%s: %s", memory_path, memory_message);
+        goto done;
+    }
+    if (spec->distributed.processes > 0) { /* ranks of kiln train through mpirun */
+        outcome = run_distributed(r, spec, model_spec, &train_source, &test_source);
         goto done;
     }
     /* The job's own generator, as torch.manual_seed(seed) before building: it decides

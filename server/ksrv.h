@@ -45,6 +45,8 @@ typedef struct ksrv_config {
     int idle_timeout;           /* --idle-timeout: seconds a connection may stay silent (120) */
     char allowed_hosts[1024];   /* --allowed-hosts: extra Host names (wildcard listens) */
     bool insecure_no_token;     /* --insecure-no-token: serve a non-loopback address openly */
+    char hostfile[512];         /* --hostfile: where distributed jobs run (Open MPI's format) */
+    char kiln_path[512];        /* --kiln: the program of a distributed job's ranks */
 } ksrv_config;
 
 void ksrv_config_defaults(ksrv_config *config);
@@ -61,6 +63,7 @@ void ksrv_log(ksrv_log_level level, const char *fmt, ...) __attribute__((format(
 typedef struct ksrv_workers ksrv_workers;
 typedef struct ksrv_model_cache ksrv_model_cache;
 typedef struct ksrv_conn_guard ksrv_conn_guard;
+typedef struct ksrv_dist ksrv_dist;
 
 /* Counters for GET /metrics (atomics; read without locks). */
 typedef struct ksrv_stats {
@@ -94,6 +97,7 @@ typedef struct ksrv_server {
     ksrv_stats stats;
     double started_at;
     int64_t job_memory_limit; /* bytes one job may use (job_memory.h) */
+    ksrv_dist *dist;          /* distributed jobs: hosts, the ranks' program (dist_launch.h) */
     volatile int stopping;
     ksrv_conn_guard *guard; /* the header deadline of the HTTP connections */
 } ksrv_server;

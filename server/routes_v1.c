@@ -88,7 +88,7 @@ void ksrv_respond_validation(ksrv_response *response, int status, const char *co
         const char *p = errors->items[i].path;
         snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] && p[0] ? "." : "", p);
         if (i == 0) {
-            char message[640];
+            char message[sizeof path + sizeof errors->items[i].message + 2];
             snprintf(message, sizeof message, "%s%s%s", path, path[0] ? ": " : "",
                      errors->items[i].message);
             cJSON_AddStringToObject(error, "message", message);

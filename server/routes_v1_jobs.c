@@ -6,6 +6,7 @@
  * written as one of the strings "NaN", "Infinity" or "-Infinity" (never null), so a
  * diverging loss stays visible.
  */
+#include "dist_launch.h"
 #include "job_memory.h"
 #include "ksrv_http.h"
 #include "registry.h"
@@ -88,6 +89,8 @@ static cJSON *job_json(const kstore_job *j)
     if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON_AddBoolToObject(o, "pause_requested", j->pause_requested);
+    cJSON *distributed = j->distributed_json ? cJSON_Parse(j->distributed_json) : NULL;
+    if (distributed) cJSON_AddItemToObject(o, "distributed", distributed); /* dist_launch.c */
     cJSON_AddItemToObject(o, "created_at", time_or_null(j->created_at));
     cJSON_AddItemToObject(o, "started_at", time_or_null(j->started_at));
     cJSON_AddItemToObject(o, "finished_at", time_or_null(j->finished_at));
@@ -379,6 +382,7 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     ksrv_job_memory need;
     const kapi_model_spec *model_spec = job_model(spec, &model, &parsed_model);
     if (!job_fits(server, spec, model_spec, samples, response, &need)) goto done;
+    if (!ksrv_dist_check(server, spec, response)) goto done; /* distributed: slots, MPI */
     if (model_spec && !labels_fit(server, spec, model_spec, &dataset, response)) goto done;
     if (!check_init_weights(server, store, spec, model_spec, root, response)) goto done;
     if (validate_only) {

@@ -8,6 +8,7 @@
  * store handles and paths under the data directory.
  */
 #define _GNU_SOURCE /* asprintf */
+#include "dist_launch.h"
 #include "job_memory.h"
 #include "ksrv_http.h"
 
@@ -260,6 +261,8 @@ ksrv_server *ksrv_start(const ksrv_config *config, char **error)
     ksrv_log(KSRV_LOG_INFO, "a job may use %.1f GiB (%s); bigger ones are refused",
              (double)server->job_memory_limit / (1 << 30),
              config->max_job_memory ? "--max-job-memory" : "80% of this machine's memory");
+    /* distributed jobs: an unreachable --hostfile host refuses the start */
+    if ((problem = ksrv_dist_start(server))) return start_failed(server, error, problem);
     server->models = ksrv_model_cache_new(server);
     if (!server->models)
         return start_failed(server, error, message("cannot create the model cache%s%s", "", ""));
@@ -283,6 +286,7 @@ void ksrv_stop(ksrv_server *server)
     ksrv_http_stop(server);
     if (server->workers) ksrv_workers_stop(server->workers, STOP_TIMEOUT_SECONDS);
     server->workers = NULL;
+    ksrv_dist_stop(server);
     if (server->models) ksrv_model_cache_free(server->models);
     ksrv_metrics_cache_clear();
     ksrv_samples_cache_clear();

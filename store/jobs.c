@@ -22,7 +22,7 @@
     "id, state, priority, model_name, dataset_name, submission_id, spec_json, device, "            \
     "created_at, started_at, finished_at, updated_at, step, total_steps, epoch, "                  \
     "samples_per_second, eta_seconds, cancel_requested, pause_requested, error_code, "             \
-    "error_message, error_step, latest_metrics_json, seq, requested_device"
+    "error_message, error_step, latest_metrics_json, seq, requested_device, distributed_json"
 
 #define LIST_DEFAULT_LIMIT 100
 #define LIST_MAX_LIMIT 1000
@@ -88,8 +88,10 @@ static bool row_to_job(sqlite3_stmt *st, kstore_job *out)
     out->spec_json = kstore__dup_column(st, 6);
     out->error_message = kstore__dup_column(st, 20);
     out->latest_metrics_json = kstore__dup_column(st, 22);
+    out->distributed_json = kstore__dup_column(st, 25);
     if (!out->spec_json || (!out->error_message && sqlite3_column_type(st, 20) != SQLITE_NULL) ||
-        (!out->latest_metrics_json && sqlite3_column_type(st, 22) != SQLITE_NULL)) {
+        (!out->latest_metrics_json && sqlite3_column_type(st, 22) != SQLITE_NULL) ||
+        (!out->distributed_json && sqlite3_column_type(st, 25) != SQLITE_NULL)) {
         kstore_job_free(out);
         return false;
     }
@@ -102,7 +104,9 @@ void kstore_job_free(kstore_job *job)
     free(job->spec_json);
     free(job->error_message);
     free(job->latest_metrics_json);
+    free(job->distributed_json);
     job->spec_json = job->error_message = job->latest_metrics_json = NULL;
+    job->distributed_json = NULL;
 }
 
 void kstore_job_list_free(kstore_job *jobs, int count)
@@ -477,6 +481,24 @@ kstore_status kstore_job_progress(kstore *store, const char *id, int64_t step, i
                       kstore_job_state_name(job.state));
     kstore_job_free(&job);
     return KSTORE_CONFLICT;
+}
+
+kstore_status kstore_job_set_distributed(kstore *store, const char *id, const char *json)
+{
+    kstore *s = store;
+    kstore_status status = kstore__sync(s, SYNC_NORMAL);
+    if (status) return status;
+    sqlite3_stmt *st =
+        kstore__stmt(s, ST_JOB_SET_DISTRIBUTED,
+                     "UPDATE jobs SET distributed_json = ?2, updated_at = ?3 WHERE id = ?1");
+    if (!st) return KSTORE_ERROR;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 2, json);
+    sqlite3_bind_double(st, 3, kstore__now());
+    if ((status = kstore__run(s, st, "recording the job's processes"))) return status;
+    if (sqlite3_changes(s->db) == 1) return KSTORE_OK;
+    kstore__set_error(s, "no job %s", id);
+    return KSTORE_NOT_FOUND;
 }
 
 /* Sets state and flags; finished_at is set when the new state is terminal. Inside the

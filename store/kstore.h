@@ -129,6 +129,7 @@ typedef struct kstore_job {
     char *error_message;       /* NULL when none */
     int64_t error_step;        /* -1 when none */
     char *latest_metrics_json; /* {"loss": x, "val_accuracy": y, ...} or NULL */
+    char *distributed_json;    /* a distributed job's processes (kstore_job_set_distributed) */
 } kstore_job;
 
 /* Creates a queued job. With a submission_id that exists already, returns KSTORE_OK
@@ -198,6 +199,10 @@ kstore_status kstore_job_finish(kstore *store, const char *id, kstore_job_state 
  * becomes canceled and one with a pending pause becomes paused. Returns how many jobs
  * left the running state, -1 on error. */
 int kstore_job_requeue_running(kstore *store);
+/* A distributed job's processes as its supervisor sees them (JSON text, NULL clears):
+ * world size, restarts, each rank's host, pid and samples/s. Any state; NOT_FOUND when
+ * there is no such job. */
+kstore_status kstore_job_set_distributed(kstore *store, const char *id, const char *json);
 /* Reads the flags a worker polls between steps. */
 kstore_status kstore_job_flags(kstore *store, const char *id, bool *cancel_requested,
                                bool *pause_requested);

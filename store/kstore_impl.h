@@ -45,6 +45,7 @@ enum {
     ST_JOB_SET_STATE,
     ST_JOB_FINISH,
     ST_JOB_FLAGS,
+    ST_JOB_SET_DISTRIBUTED,
     /* metrics.c */
     ST_METRIC_PUT,
     ST_METRIC_QUERY,

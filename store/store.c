@@ -143,6 +143,10 @@ static const struct {
      "  level TEXT NOT NULL,"
      "  message TEXT NOT NULL,"
      "  PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"},
+    {6, "distributed jobs",
+     /* A distributed job's processes as its supervisor last saw them (JSON: world size,
+      * restarts, each rank's host, pid and samples/s); NULL for other jobs. */
+     "ALTER TABLE jobs ADD COLUMN distributed_json TEXT;"},
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 

@@ -64,6 +64,14 @@ static void write_big_job(const char *data_dir, char id[40])
     cr_assert_eq(kstore_job_progress(store, id, BIG_POINTS, 10, BIG_POINTS, 5000, 0,
                                      "{\"loss\":0.09,\"val_accuracy\":0.99}"),
                  KSTORE_OK);
+    /* trained on two processes: the page shows the world size and each rank's rate */
+    cr_assert_eq(kstore_job_set_distributed(
+                     store, id,
+                     "{\"processes\":2,\"world_size\":2,\"devices\":\"cpu\",\"backend\":\"mpi\","
+                     "\"restarts\":1,\"max_restarts\":2,\"ranks\":[{\"rank\":0,\"host\":\"node1\","
+                     "\"pid\":10,\"samples_per_second\":2500},{\"rank\":1,\"host\":\"node2\","
+                     "\"pid\":11,\"samples_per_second\":2400}]}"),
+                 KSTORE_OK);
     cr_assert_eq(kstore_job_finish(store, id, KSTORE_JOB_SUCCEEDED, NULL, NULL, -1), KSTORE_OK);
     kstore_close(store);
 }

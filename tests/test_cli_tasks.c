@@ -22,15 +22,12 @@ static char dir[256];
 
 static void setup(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/kiln-cli-tasks-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    cr_assert(kn_test_temp_dir("kiln-cli-tasks", dir, sizeof dir), "mkdtemp in /tmp");
 }
 
 static void teardown(void)
 {
-    char command[512];
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    if (dir[0] && system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    kn_test_remove_dir(dir);
 }
 
 TestSuite(cli_tasks, .init = setup, .fini = teardown, .timeout = 300);
@@ -41,12 +38,7 @@ static int kiln(const char *args, char *out, size_t size, bool merge)
     char command[2048];
     snprintf(command, sizeof command, "cd '%s' && %s/kiln %s%s", dir, KILN_BINARY_DIR, args,
              merge ? " 2>&1" : " 2>/dev/null");
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return kn_test_run(command, out, size);
 }
 
 static void write_file(const char *name, const char *text)

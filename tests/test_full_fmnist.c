@@ -9,6 +9,13 @@
  * 1.13 with the same recipe gave 0.8638, 0.8699, 0.8690, 0.8496, 0.8552 for seeds 0-4
  * (bench/fmnist/torch_fmnist.py cnn --seed N). The test holds Kiln to the bottom of
  * PyTorch's own range, 0.85.
+ *
+ * The ResNet (examples/fmnist-resnet.json: a graph spec, three residual BasicBlocks with
+ * batch norm, trained 2 epochs): torch 1.13 with the same recipe, init and batch order
+ * (bench/fmnist/torch_fmnist.py resnet --epochs 2 --seed N) gave 0.8968 and 0.8937 for
+ * seeds 0 and 1. The test holds Kiln to 0.88; how close Kiln comes to PyTorch on the same
+ * seed (within 0.5 points, issue 12) is measured side by side by
+ * `bench/fmnist/run.sh --only resnet --epochs 2`, never asserted on time here.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -78,4 +85,12 @@ Test(full_fmnist, cnn_five_epochs, .timeout = 3600)
     fclose(out);
     double accuracy = train_job(target);
     cr_assert_geq(accuracy, 0.90, "CNN 5-epoch test accuracy %.4f < 0.90", accuracy);
+}
+
+/* The residual CNN: a graph spec with a repeated block, add nodes and batch norm, whose
+ * running statistics evaluate the test set. */
+Test(full_fmnist, resnet_two_epochs, .timeout = 3600)
+{
+    double accuracy = train_example("fmnist-resnet.json");
+    cr_assert_geq(accuracy, 0.88, "ResNet 2-epoch test accuracy %.4f < 0.88", accuracy);
 }

@@ -80,11 +80,16 @@ Test(layers, modules_from_defaults)
         bool needs = false;
         for (const kn_layer_arg *a = row->args; a && a->name; a++)
             needs = needs || (a->flags & (KN_ARG_REQUIRED | KN_ARG_INFERRED));
-        if (needs || row->input_dtype != KN_FLOAT32) continue;
+        /* a graph runs nothing until it has nodes; a plain container is never called */
+        bool empty_container =
+            (row->flags & KN_LAYER_CONTAINER) && row->kind != KN_MODULE_SEQUENTIAL;
+        if (needs || row->input_dtype != KN_FLOAT32 || empty_container) continue;
         kn_module *m = kn_module_new(row->kind, NULL, NULL);
         cr_assert_not_null(m, "%s: %s", row->name, kn_last_error());
         cr_assert_str_eq(m->type_name, row->torch_name);
-        kn_tensor *y = kn_module_forward(m, kn_ones(KN_SHAPE(2, 3, 4), KN_FLOAT32));
+        kn_tensor *x = kn_ones(KN_SHAPE(2, 4, 4), KN_FLOAT32);
+        kn_tensor *inputs[] = {x, x}; /* add, mul, matmul: as many as the row takes at least */
+        kn_tensor *y = kn_module_forward_n(m, inputs, row->min_inputs ? row->min_inputs : 1);
         cr_assert_not_null(y, "%s: %s", row->name, kn_last_error());
         char *repr = kn_module_describe(m);
         cr_assert(repr && strncmp(repr, row->torch_name, strlen(row->torch_name)) == 0, "%s", repr);
@@ -239,7 +244,7 @@ Test(layers, named_children_many_tensors_and_inputs)
     kn_tensor *x = kn_ones(KN_SHAPE(1, 2), KN_FLOAT32);
     kn_tensor *two[2] = {x, x};
     cr_assert_null(kn_module_forward_n(block->children[0], two, 2));
-    cr_assert(strstr(kn_last_error(), "Linear: takes 1 to 1 inputs, got 2"), "%s", kn_last_error());
+    cr_assert(strstr(kn_last_error(), "Linear: takes 1 input, got 2"), "%s", kn_last_error());
     cr_assert_not_null(kn_module_forward_n(block->children[0], two, 1));
     kn_module_free(m);
     kn_scope_end();

@@ -486,12 +486,7 @@ static int run_kiln(const char *args, char *out, size_t size)
 {
     char command[2048];
     snprintf(command, sizeof command, "%s/kiln %s 2>&1", KILN_BINARY_DIR, args);
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return kn_test_run(command, out, size);
 }
 
 /* dir/job.json: model on dir's train and test NPY files. */

@@ -384,6 +384,102 @@ Test(sequence_layers, specs_infer_shapes_parameters_and_memory)
     kapi_model_spec_free(signal);
 }
 
+/* The same layers as the nodes of a graph spec (issue 12's graph specs): the int64 input
+ * is the model's (the data path keeps the tokens int64 for it), parameter counts and the
+ * training-memory estimate (group_norm's saved values, 8-byte tokens) are the chain's, the
+ * graph gives the chain's outputs for the same seed, and a sequence longer than the
+ * positional table is an error naming the node, at validation and at run time. */
+static const char TOKENS_GRAPH[] =
+    "{\"name\": \"tokens\", \"inputs\": [{\"name\": \"tokens\", \"shape\": [12], \"dtype\": "
+    "\"int64\"}], \"nodes\": ["
+    "{\"name\": \"wte\", \"type\": \"embedding\", \"num_embeddings\": 20, \"embedding_dim\": 8},"
+    "{\"name\": \"wpe\", \"type\": \"positional_embedding\", \"num_embeddings\": 16},"
+    "{\"name\": \"ln\", \"type\": \"layer_norm\"},"
+    "{\"name\": \"fc\", \"type\": \"linear\", \"out_features\": 16},"
+    "{\"name\": \"act\", \"type\": \"elu\", \"alpha\": 0.5},"
+    "{\"name\": \"drop\", \"type\": \"dropout\", \"p\": 0.1},"
+    "{\"name\": \"head\", \"type\": \"linear\", \"out_features\": 20},"
+    "{\"name\": \"logp\", \"type\": \"log_softmax\", \"dim\": -1}], \"outputs\": [\"logp\"]}";
+
+static const char SIGNAL_GRAPH[] =
+    "{\"name\": \"signal\", \"inputs\": [{\"name\": \"x\", \"shape\": [2, 16]}], \"nodes\": ["
+    "{\"name\": \"c1\", \"type\": \"conv1d\", \"out_channels\": 4, \"kernel_size\": 3, "
+    "\"padding\": 1},"
+    "{\"name\": \"gn\", \"type\": \"group_norm\", \"num_groups\": 2},"
+    "{\"name\": \"act\", \"type\": \"elu\"},"
+    "{\"name\": \"c2\", \"type\": \"conv1d\", \"out_channels\": 6, \"kernel_size\": 3, \"stride\": "
+    "2, \"dilation\": 2, \"groups\": 2, \"bias\": false},"
+    "{\"name\": \"flat\", \"type\": \"flatten\"}, {\"name\": \"fc\", \"type\": \"linear\", "
+    "\"out_features\": 3},"
+    "{\"name\": \"logp\", \"type\": \"log_softmax\", \"dim\": 1}], \"outputs\": [\"logp\"]}";
+
+/* chain and graph built from one seed give the same output for x */
+static void expect_same_model(const char *chain_json, const char *graph_json, kn_tensor *x)
+{
+    kapi_model_spec *chain = kn_test_parse_model(chain_json);
+    kapi_model_spec *graph = kn_test_parse_model(graph_json);
+    cr_assert(graph->graph);
+    cr_assert_eq(graph->input_dtype, chain->input_dtype);
+    cr_assert_eq(graph->parameter_count, chain->parameter_count);
+    for (int i = 0; i < chain->n_layers; i++)
+        cr_expect_eq(graph->layers[i].saved_elements, chain->layers[i].saved_elements, "%d", i);
+    cr_assert_eq(kapi_model_training_memory(graph, 32, KN_OPTIM_ADAM),
+                 kapi_model_training_memory(chain, 32, KN_OPTIM_ADAM));
+    kn_generator *g1 = kn_generator_new(3), *g2 = kn_generator_new(3);
+    kn_module *a = kapi_model_build(chain, g1), *b = kapi_model_build(graph, g2);
+    cr_assert(a && b, "%s", kn_last_error());
+    kn_module_train(a, false);
+    kn_module_train(b, false);
+    kn_tensor *ya = kn_module_forward(a, x), *yb = kn_module_forward(b, x);
+    cr_assert(ya && yb, "%s", kn_last_error());
+    KN_ASSERT_SHAPE(yb, ya->shape, ya->ndim);
+    float *want = malloc(sizeof(float) * (size_t)kn_numel(ya));
+    ASSERT_OK(kn_copy_to_floats(ya, want));
+    char msg[256];
+    cr_assert(kn_test_close(yb, want, kn_numel(ya), 1e-6, 1e-7, msg, sizeof msg), "%s", msg);
+    free(want);
+    kn_module_free(a);
+    kn_module_free(b);
+    kn_generator_free(g1);
+    kn_generator_free(g2);
+    kapi_model_spec_free(chain);
+    kapi_model_spec_free(graph);
+}
+
+Test(sequence_layers, the_layers_work_as_graph_nodes)
+{
+    kn_scope_begin();
+    int64_t tokens[2 * 20];
+    for (int i = 0; i < 40; i++) tokens[i] = (i * 7) % 20;
+    expect_same_model(TOKENS_MODEL, TOKENS_GRAPH, kn_from_int64s(tokens, KN_SHAPE(2, 12)));
+    float signal[2 * 2 * 16];
+    for (int i = 0; i < 64; i++) signal[i] = (float)((i * 37) % 11) / 5.0f - 1.0f;
+    expect_same_model(SIGNAL_MODEL, SIGNAL_GRAPH, kn_from_floats(signal, KN_SHAPE(2, 2, 16)));
+
+    /* a longer sequence than wpe's 16 rows, at run time */
+    kapi_model_spec *spec = kn_test_parse_model(TOKENS_GRAPH);
+    kn_module *m = kapi_model_build(spec, NULL);
+    cr_assert_not_null(m, "%s", kn_last_error());
+    cr_assert_null(kn_module_forward(m, kn_from_int64s(tokens, KN_SHAPE(2, 20))));
+    ASSERT_ERROR_HAS("wpe");
+    ASSERT_ERROR_HAS("PositionalEmbedding: the input [2, 20, 8] has 20 positions, more than "
+                     "num_embeddings (16)");
+    kn_module_free(m);
+    kapi_model_spec_free(spec);
+    /* and at validation (tests/specs/invalid/model-graph-positional-too-long.json too) */
+    char *longer = strdup(TOKENS_GRAPH);
+    memcpy(strstr(longer, "[12]"), "[20]", 4);
+    kapi_errors errors = {0};
+    cr_assert_null(kapi_model_spec_parse(longer, strlen(longer), &errors));
+    cr_assert_str_eq(errors.items[0].path, "nodes[1].num_embeddings");
+    cr_assert(strstr(errors.items[0].message, "node wpe: expected at least the input's 20 "
+                                              "positions (input [20, 8]), got 16"),
+              "%s", errors.items[0].message);
+    kapi_errors_free(&errors);
+    free(longer);
+    kn_scope_end();
+}
+
 /* ---- the torch modules: weights both ways ---------------------------------------------------- */
 
 static bool have_torch(void)

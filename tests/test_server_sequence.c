@@ -8,7 +8,9 @@
  * tokens and the labels per position as stored; a job whose labels do not fit the
  * model's output is refused at submission (400 invalid_data at data.dataset); the trained
  * classifier is served by v2 infer from INT64 tokens (float data and tokens outside the
- * embedding get 400). The built kilnd over real HTTP (tests/server_harness.h).
+ * embedding get 400); the tagger as a graph spec (named int64 input, a transformer layer)
+ * trains on the same tokens and is served by its input's name. The built kilnd over real
+ * HTTP (tests/server_harness.h).
  */
 #include "server_harness.h"
 
@@ -69,6 +71,7 @@ static void upload(const char *name, const char *labels)
 
 static const char CLASSIFIER[] = KN_TEST_CLASSIFIER;
 static const char TAGGER[] = KN_TEST_TAGGER;
+static const char GRAPH_TAGGER[] = KN_TEST_GRAPH_TAGGER;
 
 /* Submits the model (inline) on dataset, waits for the end; the job document. */
 static cJSON *run_job(const char *model, const char *dataset, int steps, double lr)
@@ -165,6 +168,56 @@ static void expect_served(const char *model)
     }
 }
 
+/* The tagger as a graph spec (named int64 input, attention): the same uploaded int64
+ * tokens train it (the data path keeps them int64 for the graph's input as for a chain's),
+ * v2 infer takes its input by name and refuses a token outside wte's rows, and
+ * data.scale is refused for it as for the chain, naming the input. */
+static void expect_graph_tagger(void)
+{
+    cJSON *job = run_job(GRAPH_TAGGER, "tags", 300, 0.01);
+    expect_learnt(job);
+    cJSON_Delete(job);
+    const char *path = "/v2/models/graph-tagger/infer";
+    cJSON *answer = h_json(&H, "POST", path,
+                           "{\"inputs\": [{\"name\": \"tokens\", \"shape\": [1, 8], \"datatype\": "
+                           "\"INT64\", \"data\": [1, 2, 3, 4, 5, 6, 7, 8]}]}",
+                           200);
+    const cJSON *out = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(answer, "outputs"), 0);
+    cr_assert_str_eq(h_string(out, "name"), "head");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(out, "data");
+    cr_assert_eq(cJSON_GetArraySize(data), SEQ * VOCAB);
+    for (int t = 1; t < SEQ; t++) { /* the learnt tag of each position: (3 token + t) % 12 */
+        int best = 0;
+        for (int v = 1; v < VOCAB; v++)
+            if (cJSON_GetArrayItem(data, t * VOCAB + v)->valuedouble >
+                cJSON_GetArrayItem(data, t * VOCAB + best)->valuedouble)
+                best = v;
+        cr_expect_eq(best, (3 * (t + 1) + t) % VOCAB, "position %d", t);
+    }
+    cJSON_Delete(answer);
+    khttp_response r = h_request(&H, "POST", path,
+                                 "{\"inputs\": [{\"name\": \"tokens\", \"shape\": [1, 8], "
+                                 "\"datatype\": \"INT32\", \"data\": [1, 2, 3, 4, 5, 6, 7, 12]}]}");
+    cr_assert_eq(r.status, 400, "%d %s", r.status, r.body);
+    cr_assert(strstr(r.body, "inputs[0].data[7]: token 12 is outside the embedding's 12 rows (0 "
+                             "to 11)"),
+              "%s", r.body);
+    khttp_response_free(&r);
+    char spec[2048];
+    snprintf(
+        spec, sizeof spec,
+        "{\"model\": %s, \"data\": {\"dataset\": \"tags\", \"scale\": 0.5}, \"max_steps\": 10}",
+        GRAPH_TAGGER);
+    cJSON *refused = h_json(&H, "POST", "/v1/jobs", spec, 400);
+    char *text = cJSON_PrintUnformatted(refused);
+    cr_assert(strstr(text, "data.scale") &&
+                  strstr(text, "the model's input \\\"tokens\\\" takes int64 token indices, which "
+                               "are not scaled or normalised"),
+              "%s", text);
+    free(text);
+    cJSON_Delete(refused);
+}
+
 Test(server_sequence, embedding_models_train_on_uploaded_int64_tokens)
 {
     h_start(&H, (const char *const[]){"--log-level", "warn", NULL});
@@ -180,6 +233,7 @@ Test(server_sequence, embedding_models_train_on_uploaded_int64_tokens)
     job = run_job(TAGGER, "tags", 600, 0.01);
     expect_learnt(job);
     cJSON_Delete(job);
+    expect_graph_tagger();
 
     /* the samples as stored: integer tokens, labels per position with the ignored ones */
     cJSON *page = h_json(&H, "GET", "/v1/datasets/tags/samples?split=test&limit=2", NULL, 200);

@@ -498,6 +498,43 @@ Test(spec, examples_load_fashion_mnist_test_set)
     kn_scope_end();
 }
 
+/* examples/fmnist-resnet.json: a graph spec whose modules carry torch's nested names
+ * (bench/fmnist/torch_fmnist.py's ResNet loads them strictly), trained as the other
+ * examples are; runs without the dataset (the model and the recipe only). */
+Test(spec, resnet_example_is_the_torch_module)
+{
+    kn_scope_begin();
+    kapi_job_spec *job = parse_job("examples/fmnist-resnet.json", true);
+    cr_assert_not_null(job->model);
+    cr_assert(job->model->graph);
+    cr_expect_eq(job->model->parameter_count, 22042);
+    cr_expect_eq(job->train.optimizer.kind, KN_OPTIM_ADAM);
+    cr_expect_float_eq(job->train.optimizer.lr, 1e-3, 0);
+    cr_expect_eq(job->train.batch_size, 64);
+    cr_expect_eq(job->train.epochs, 2);
+    kn_generator *gen = kn_generator_new(0);
+    kn_module *m = kapi_model_build(job->model, gen);
+    cr_assert_not_null(m, "%s", kn_last_error());
+    int n;
+    kn_named_tensor *state = kn_module_state_dict(m, &n);
+    /* stem conv + bn (weight, bias, 3 buffers), 3 blocks of 2 convs and 2 bns, fc */
+    cr_assert_eq(n, 1 + 5 + 3 * (2 + 2 * 5) + 2);
+    cr_expect_str_eq(state[0].name, "stem.conv.weight");
+    cr_expect_str_eq(state[6].name, "layers.0.conv1.weight");
+    cr_expect_str_eq(state[n - 3].name, "layers.2.bn2.num_batches_tracked");
+    cr_expect_str_eq(state[n - 2].name, "fc.weight");
+    KN_ASSERT_SHAPE(state[n - 2].tensor, ((int64_t[]){10, 784}), 2);
+    free(state);
+    kn_tensor *x = kn_zeros(KN_SHAPE(2, 1, 28, 28), KN_FLOAT32);
+    kn_tensor *y = kn_module_forward(m, x);
+    cr_assert_not_null(y, "%s", kn_last_error());
+    KN_ASSERT_SHAPE(y, ((int64_t[]){2, 10}), 2);
+    kn_module_free(m);
+    kn_generator_free(gen);
+    kapi_job_spec_free(job);
+    kn_scope_end();
+}
+
 /* A temporary directory for file tests. */
 static void temp_path(char *out, size_t size, const char *name)
 {

@@ -594,6 +594,41 @@ Test(store, migration_backfills_requested_device)
     cr_assert_eq(kstore_job_claim(S, "w", &f, &j), KSTORE_NOT_FOUND);
 }
 
+/* A database at schema 5 (main's registry and job logs, before the distributed jobs'
+ * column) takes step 6 when opened: its jobs stay, with no distributed_json, and the
+ * column then holds what the supervisor writes. */
+Test(store, migration_adds_distributed_column_to_v5)
+{
+    kstore_job j;
+    new_job(S, 0, NULL, &j);
+    char id[40];
+    snprintf(id, sizeof id, "%s", j.id);
+    kstore_job_free(&j);
+    cr_assert_eq(kstore_schema_version(S), 6);
+    kstore_close(S);
+    S = NULL;
+    /* back to version 5 as a server without distributed jobs left it */
+    raw_exec("ALTER TABLE jobs DROP COLUMN distributed_json;"
+             "DELETE FROM schema_migrations WHERE version = 6;");
+    cr_assert_eq(raw_int("SELECT max(version) FROM schema_migrations"), 5);
+    cr_assert_eq(raw_int("SELECT count(*) FROM pragma_table_info('jobs')"
+                         " WHERE name = 'distributed_json'"),
+                 0);
+
+    char *error = NULL;
+    S = kstore_open(db_path, &error);
+    cr_assert_not_null(S, "open: %s", error ? error : "?");
+    cr_assert_eq(kstore_schema_version(S), 6);
+    cr_assert_eq(raw_int("SELECT count(*) FROM schema_migrations WHERE version = 6"), 1);
+    cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+    cr_assert_null(j.distributed_json);
+    kstore_job_free(&j);
+    cr_assert_eq(kstore_job_set_distributed(S, id, "{\"world_size\":2}"), KSTORE_OK);
+    cr_assert_eq(kstore_job_get(S, id, &j), KSTORE_OK);
+    cr_assert_str_eq(j.distributed_json, "{\"world_size\":2}");
+    kstore_job_free(&j);
+}
+
 #define CONCURRENT_JOBS 120
 
 typedef struct {

@@ -70,6 +70,17 @@ export function jobView(root, id) {
     errorBox.textContent = text;
   }
 
+  // a distributed job: its world size and each rank's share of the samples/s
+  function distributedRows(d) {
+    if (!d) return [];
+    const ranks = d.ranks || [];
+    return [['Processes', `${d.world_size || d.processes} × ${d.devices}` +
+        (d.backend ? ` (${d.backend})` : '') +
+        (d.max_restarts ? `, restarts ${d.restarts}/${d.max_restarts}` : '')],
+      ['Per-rank samples/s', ranks.map((r) => `${r.rank}: ${fmtNum(r.samples_per_second, 3)}` +
+        (r.host ? ` (${r.host})` : '')).join(', ')]];
+  }
+
   function showJob(j) {
     job = j;
     const badge = document.getElementById('job-state') || title.querySelector('.badge');
@@ -85,6 +96,7 @@ export function jobView(root, id) {
       ['Step', `${p.step} / ${p.total_steps || '?'} (epoch ${p.epoch})`],
       ['ETA', j.state === 'running' ? fmtDuration(j.eta_seconds) : ''],
       ['Samples/s', fmtNum(j.samples_per_second, 3)],
+      ...distributedRows(j.distributed),
       ...Object.entries(m).filter(([, v]) => typeof v !== 'object').map(([k, v]) => [k, fmtNum(v)])];
     info.replaceChildren(...rows.filter((r) => r[1] != null && r[1] !== undefined)
       .flatMap(([k, v]) => [el('span', { class: 'muted' }, k), el('span', { 'data-key': k }, String(v))]));

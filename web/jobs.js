@@ -120,7 +120,8 @@ export function jobsView(root, params) {
     c.loss.textContent = fmtNum(m.loss);
     c.accuracy.textContent = fmtNum(accuracyOf(m));
     c.sps.textContent = job.samples_per_second ? fmtNum(job.samples_per_second, 3) : '';
-    c.device.textContent = job.device || '';
+    const world = job.distributed && (job.distributed.world_size || job.distributed.processes);
+    c.device.textContent = (job.device || '') + (world ? ` ×${world}` : '');
     c.age.textContent = fmtAge(job.created_at);
     c.age.title = job.error ? job.error.message : '';
     const [pause, resume, cancel] = c.actions.querySelectorAll('button');

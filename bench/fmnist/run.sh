@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # bench/fmnist/run.sh — Fashion-MNIST, same recipe, same machine: `kiln train` on
-# examples/fmnist-{mlp,cnn}.json and the same recipes in plain PyTorch
+# examples/fmnist-{mlp,cnn,resnet}.json and the same recipes in plain PyTorch
 # (bench/fmnist/torch_fmnist.py), each in its own process under /usr/bin/time -v.
 # Prints training samples/s for each, the ratio, test accuracy and peak RSS, then one
 # JSON line per row (with the load average before and after: the figures are only worth
 # comparing on a quiet machine). Raw output is kept in build-bench/fmnist-* (--out DIR).
-#   usage: bench/fmnist/run.sh [--threads N] [--only mlp|cnn] [--epochs N]
+#   usage: bench/fmnist/run.sh [--threads N] [--only mlp|cnn|resnet] [--epochs N]
 #            [--device cpu|cuda] [--batch N] [--data DIR] [--kiln PATH] [--max-steps N]
 #            [--tf32] [--cuda-graph] [--out DIR] [--summary FILE] [--jobs N [--kilnd PATH]]
 # --jobs N trains through kilnd instead (bench/fmnist/kilnd_jobs.py; the CNN unless
@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-usage="usage: $0 [--threads N] [--only mlp|cnn] [--epochs N] [--device cpu|cuda] [--batch N]
+usage="usage: $0 [--threads N] [--only mlp|cnn|resnet] [--epochs N] [--device cpu|cuda] [--batch N]
        [--data DIR] [--kiln PATH] [--max-steps N] [--tf32] [--cuda-graph] [--out DIR]
        [--summary FILE] [--jobs N [--kilnd PATH]]"
 threads=2
@@ -69,14 +69,9 @@ if [ "$jobs" -gt 0 ]; then
 fi
 data="$(cd "$data" && pwd)" || die "--data $data: no such folder"
 
-# the Python that has torch: $PYTHON, else the first that imports it
-python=""
-for p in "${PYTHON:-}" python3 /usr/bin/python3; do
-    [ -n "$p" ] || continue
-    if "$p" -c 'import torch' 2>/dev/null; then python="$p"; break; fi
-    [ -z "${PYTHON:-}" ] || die "\$PYTHON=$PYTHON cannot import torch"
-done
-[ -n "$python" ] || die "no python3 with torch (set \$PYTHON)"
+# the Python that has torch (bench/common.sh); kiln (and kilnd for --jobs) built here
+. bench/common.sh
+bench_python torch
 
 mkdir -p "$build"
 targets=kiln
@@ -106,28 +101,8 @@ timed() {
 
 # The example job with this run's data folder, batch, device, length and switches.
 write_job() { # model, extra JSON object merged in, output path
-    "$python" - "examples/fmnist-$1.json" "$data" "$batch" "$device" "$epochs" "$max_steps" \
-        "$tf32" "$2" "$3" <<'PY'
-import json, sys
-
-src, data, batch, device, epochs, max_steps, tf32, extra, out = sys.argv[1:]
-j = json.load(open(src))
-for split, prefix in (("train", "train"), ("test", "t10k")):
-    j["data"][split]["images"] = f"{data}/{prefix}-images-idx3-ubyte.gz"
-    j["data"][split]["labels"] = f"{data}/{prefix}-labels-idx1-ubyte.gz"
-j["batch_size"] = int(batch)
-if int(max_steps) > 0:
-    j.pop("epochs", None)
-    j["max_steps"] = int(max_steps)
-else:
-    j["epochs"] = int(epochs)
-if device != "cpu":
-    j["device"] = device
-if tf32 == "1":
-    j["allow_tf32"] = True
-j.update(json.loads(extra))
-json.dump(j, open(out, "w"), indent=1)
-PY
+    "$python" bench/fmnist/write_job.py "examples/fmnist-$1.json" "$data" "$batch" "$device" \
+        "$epochs" "$max_steps" "$tf32" "$2" "$3"
 }
 
 run_kiln() { # model, tag, extra JSON
@@ -228,7 +203,7 @@ if cuda:  # the issue's GPU targets: Kiln/PyTorch samples/s at batch 64 and 512
     target = {64: 1.5, 512: 1.0}.get(batch)
     targets = {m: target for m in models}
 else:  # issue 14: the CNN at >= 3x PyTorch's samples/s, the MLP staying >= 6x
-    targets = {"mlp": 6.0, "cnn": 3.0}
+    targets = {"mlp": 6.0, "cnn": 3.0, "resnet": 2.5}
 rows, notes = [], []
 for m in models:
     torch = last_json(f"{build}/fmnist-{m}-torch.jsonl", "samples_per_second")

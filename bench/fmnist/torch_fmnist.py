@@ -11,7 +11,7 @@ torch.randperm drawn on the GPU and batches are gathered there by indexing; TF32
 for matmul and for cuDNN (whose default is on) so both sides do fp32 math, unless --tf32
 allows it on both; the clock is read after torch.cuda.synchronize().
 
-usage: python3 bench/fmnist/torch_fmnist.py mlp|cnn [--epochs N] [--threads N]
+usage: python3 bench/fmnist/torch_fmnist.py mlp|cnn|resnet [--epochs N] [--threads N]
            [--device cpu|cuda] [--batch N] [--data DIR] [--tf32] [--max-steps N]
 """
 import argparse
@@ -40,7 +40,51 @@ def load(data, split):
     return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
 
 
+class BasicBlock(nn.Module):
+    """examples/fmnist-resnet.json's block: conv-bn-relu-conv-bn, plus the input, relu."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(x + y)
+
+
+class ResNet(nn.Module):
+    """examples/fmnist-resnet.json as a torch module: the same modules registered in the
+    same order (so the same draws initialise them and the state-dict names are Kiln's:
+    stem.conv.weight, stem.bn.*, layers.0.conv1.weight, ..., fc.bias)."""
+
+    def __init__(self, channels=16, blocks=3):
+        super().__init__()
+        self.stem = nn.Module()
+        self.stem.conv = nn.Conv2d(1, channels, 3, padding=1, bias=False)
+        self.stem.bn = nn.BatchNorm2d(channels)
+        self.stem.relu = nn.ReLU()
+        self.stem.pool = nn.MaxPool2d(2)
+        self.layers = nn.ModuleList([BasicBlock(channels) for _ in range(blocks)])
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(channels * 7 * 7, 10)
+
+    def forward(self, x):
+        s = self.stem
+        x = s.pool(s.relu(s.bn(s.conv(x))))
+        for block in self.layers:
+            x = block(x)
+        return self.fc(self.flat(self.pool(x)))
+
+
 def model_for(name):
+    if name == "resnet":
+        return ResNet()
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(),
                              nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
@@ -77,9 +121,22 @@ def kiln_epoch_order(count, seed, epoch):
     return torch.randperm(count, generator=gen)
 
 
+def evaluate(model, x, y):
+    """Mean cross-entropy and accuracy over (x, y), in batches of 1000, in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(x), 1000):
+            logits = model(x[i:i + 1000])
+            yb = y[i:i + 1000]
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["mlp", "cnn"])
+    ap.add_argument("model", choices=["mlp", "cnn", "resnet"])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -135,19 +192,11 @@ def main():
             steps += 1
             samples += len(idx)
         seconds += clock(device) - start
-    model.eval()
-    with torch.no_grad():
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(x_test), 1000):
-            logits = model(x_test[i:i + 1000])
-            yb = y_test[i:i + 1000]
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
+    test_loss, test_accuracy = evaluate(model, x_test, y_test)
     print(json.dumps({"impl": "pytorch", "model": args.model, "device": args.device, **info,
                       "batch": batch, "steps": steps,
                       "train_seconds": seconds, "samples_per_second": samples / seconds,
-                      "test_loss": loss_sum / len(x_test),
-                      "test_accuracy": correct / len(x_test)}))
+                      "test_loss": test_loss, "test_accuracy": test_accuracy}))
 
 
 if __name__ == "__main__":

@@ -24,14 +24,15 @@ static kn_status linear_init(kn_module *m, kn_generator *gen)
     return kn__module_weight_bias(m, (int64_t[]){o->out_features, o->in_features}, 2, o->bias, gen);
 }
 
-/* Linear applies to the last dim; a multi-dim input is almost always a missing flatten,
- * so it is allowed only when in_features says it is meant. */
+/* Linear applies to the last dim; in a chain, a multi-dim input is almost always a
+ * missing flatten, so it is allowed only when in_features says it is meant (a graph's
+ * sequences [T, C] need no such word). */
 static bool linear_shape(kn_layer_shape *s)
 {
     kn_linear_options *o = &s->options->linear;
     const kn_layer_io *in = &s->inputs[0];
     int n = in->ndim;
-    if (n == 0 || (n != 1 && o->in_features != in->shape[n - 1]))
+    if (n == 0 || (n != 1 && !s->in_graph && o->in_features != in->shape[n - 1]))
         return kn__shape_fail(s, NULL, "expects a 1-D input, got %s%s", kn__shape_of(in->shape, n),
                               n > 1 ? " — add a flatten" : "");
     int64_t last = in->shape[n - 1];
@@ -64,6 +65,7 @@ const kn_layer_type kn__layer_linear = {
     .shape = linear_shape,
     .forward = linear_forward,
     .describe = linear_describe,
+    .parameter_shape = kn__linear_parameter_shape,
 };
 
 kn_module *kn_linear_new(int64_t in_features, int64_t out_features, bool bias, kn_generator *gen)
@@ -124,6 +126,7 @@ const kn_layer_type kn__layer_embedding = {
     .shape = embedding_shape,
     .forward = embedding_forward,
     .describe = embedding_describe,
+    .parameter_shape = kn__embedding_parameter_shape,
 };
 
 kn_module *kn_embedding_new(int64_t num_embeddings, int64_t embedding_dim, kn_generator *gen)

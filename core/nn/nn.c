@@ -21,6 +21,7 @@ void kn_module_free(kn_module *m)
     if (!m) return;
     for (int i = 0; i < m->n_tensors; i++) kn_release(m->tensors[i].tensor);
     for (int i = 0; i < m->n_children; i++) kn_module_free(m->children[i]);
+    kn__graph_free(m->graph);
     free(m->tensors);
     free(m->children);
     free(m->child_names);
@@ -36,26 +37,69 @@ kn_tensor *kn__module_tensor(const kn_module *m, const char *name)
 
 /* ---- forward ---------------------------------------------------------------------- */
 
-kn_tensor *kn_module_forward_n(kn_module *m, kn_tensor *const *inputs, int n)
+/* Whether m can be called on these n inputs; the error set when not. */
+static bool callable_on(const kn_module *m, kn_tensor *const *inputs, int n)
 {
-    if (!m) return kn__error_null(KN_ERR_NULL, "module_forward: module is NULL");
+    if (!m) {
+        kn__error(KN_ERR_NULL, "module_forward: module is NULL");
+        return false;
+    }
     int least = m->layer->min_inputs ? m->layer->min_inputs : 1;
     int most = m->layer->max_inputs ? m->layer->max_inputs : 1;
-    if (n < least || n > most || !inputs)
-        return kn__error_null(KN_ERR_VALUE, "%s: takes %d to %d inputs, got %d", m->type_name,
-                              least, most, inputs ? n : 0);
+    if (n < least || n > most || !inputs) {
+        char takes[48];
+        kn__error(KN_ERR_VALUE, "%s: takes %s, got %d", m->type_name,
+                  kn__inputs_text(least, most, takes, sizeof takes), inputs ? n : 0);
+        return false;
+    }
     for (int i = 0; i < n; i++) {
         if (inputs[i]) continue;
         if (kn_last_status() == KN_OK)
             kn__error(KN_ERR_NULL, "module_forward: input of %s is NULL", m->type_name);
-        return NULL;
+        return false;
     }
-    return m->layer->forward(m, inputs, n);
+    return true;
+}
+
+kn_tensor *kn_module_forward_n(kn_module *m, kn_tensor *const *inputs, int n)
+{
+    return callable_on(m, inputs, n) ? m->layer->forward(m, inputs, n) : NULL;
 }
 
 kn_tensor *kn_module_forward(kn_module *m, kn_tensor *x)
 {
     return kn_module_forward_n(m, &x, 1);
+}
+
+kn_status kn_module_forward_outputs(kn_module *m, kn_tensor *const *inputs, int n,
+                                    kn_tensor **outputs, int capacity, int *n_outputs)
+{
+    if (!outputs || !n_outputs)
+        return kn__error(KN_ERR_NULL, "module_forward_outputs: %s is NULL",
+                         outputs ? "n_outputs" : "outputs");
+    *n_outputs = 0;
+    if (!callable_on(m, inputs, n))
+        return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
+    if (m->layer->forward_outputs) {
+        kn_tensor *all[KN_LAYER_MAX_OUTPUTS];
+        int count = 0;
+        kn_status status = m->layer->forward_outputs(m, inputs, n, all, &count);
+        if (status != KN_OK) return status;
+        if (count > capacity)
+            return kn__error(KN_ERR_VALUE, "%s: gives %d outputs, room was made for %d",
+                             m->type_name, count, capacity);
+        for (int i = 0; i < count; i++) outputs[i] = all[i];
+        *n_outputs = count;
+        return KN_OK;
+    }
+    kn_tensor *y = m->layer->forward(m, inputs, n);
+    if (!y) return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
+    if (capacity < 1)
+        return kn__error(KN_ERR_VALUE, "%s: gives 1 output, room was made for %d", m->type_name,
+                         capacity);
+    outputs[0] = y;
+    *n_outputs = 1;
+    return KN_OK;
 }
 
 void kn_module_train(kn_module *m, bool training)
@@ -86,11 +130,21 @@ typedef struct {
     bool buffers, failed;
 } collection;
 
+static bool listed(const collection *c, const kn_tensor *t)
+{
+    for (int i = 0; i < c->count; i++)
+        if (c->items[i].tensor == t) return true;
+    return false;
+}
+
 /* Appends m's tensors (and its children's, prefixed "name.") in registration order. */
 static void collect(const kn_module *m, const char *prefix, collection *c)
 {
     for (int i = 0; i < m->n_tensors && !c->failed; i++) {
         if (m->tensors[i].is_buffer && !c->buffers) continue;
+        /* a tied tensor is one parameter, listed under its first name (torch's
+         * named_parameters); the state dict lists every name, as torch's does */
+        if (m->tensors[i].shared && !c->buffers && listed(c, m->tensors[i].tensor)) continue;
         if (c->count == c->capacity) {
             int capacity = c->capacity ? 2 * c->capacity : 16;
             kn_named_tensor *grown = realloc(c->items, sizeof *grown * (size_t)capacity);
@@ -141,11 +195,11 @@ kn_named_tensor *kn_module_state_dict(const kn_module *m, int *count)
 
 int64_t kn_module_parameter_count(const kn_module *m)
 {
-    if (!m) return 0;
+    int n = 0;
+    kn_named_tensor *parameters = m ? kn_module_parameters(m, &n) : NULL;
     int64_t total = 0;
-    for (int i = 0; i < m->n_tensors; i++)
-        if (!m->tensors[i].is_buffer) total += kn_numel(m->tensors[i].tensor);
-    for (int i = 0; i < m->n_children; i++) total += kn_module_parameter_count(m->children[i]);
+    for (int i = 0; i < n; i++) total += kn_numel(parameters[i].tensor); /* tied ones once */
+    free(parameters);
     return total;
 }
 
@@ -308,6 +362,12 @@ kn_status kn_module_to(kn_module *m, kn_device device)
     kn_scope_begin();
     for (int i = 0; i < n && status == KN_OK; i++) {
         kn_tensor *t = *slots[i];
+        int same = 0; /* a tied tensor moves once, and stays one tensor */
+        while (same < i && *slots[same] != t) same++;
+        if (same < i) {
+            moved[i] = kn_retain(moved[same]);
+            continue;
+        }
         kn_tensor *copy = kn_to(t, device);
         if (copy && copy != t) { /* a new leaf with the parameter's flag */
             copy = kn_detach(copy);
@@ -328,4 +388,45 @@ kn_status kn_module_to(kn_module *m, kn_device device)
     free(slots);
     free(moved);
     return status;
+}
+
+/* ---- weight tying ------------------------------------------------------------------- */
+
+/* The slot of the tensor at a state-dict name ("lm_head.weight") under root, or NULL
+ * with the error set. */
+static kn_module_tensor *slot_at(const kn_module *root, const char *name, const char *what)
+{
+    const char *dot = strrchr(name, '.');
+    char path[96];
+    snprintf(path, sizeof path, "%.*s", dot ? (int)(dot - name) : 0, name);
+    const char *own = dot ? dot + 1 : name;
+    kn_module *m = kn_module_find(root, path);
+    for (int i = 0; m && i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i].name, own) == 0) return &m->tensors[i];
+    kn__error(KN_ERR_VALUE, "tie: no %s \"%s\" in the module", what, name);
+    return NULL;
+}
+
+kn_status kn_module_tie(kn_module *root, const char *name, const char *to)
+{
+    if (!root || !name || !to)
+        return kn__error(KN_ERR_NULL, "tie: %s is NULL", !root ? "module" : "a name");
+    kn_module_tensor *slot = slot_at(root, name, "tensor");
+    kn_module_tensor *source = slot ? slot_at(root, to, "tensor") : NULL;
+    if (!slot || !source) return kn_last_status();
+    if (slot->is_buffer || source->is_buffer)
+        return kn__error(KN_ERR_VALUE, "tie: \"%s\" is a buffer; only parameters can be tied",
+                         slot->is_buffer ? name : to);
+    if (slot == source)
+        return kn__error(KN_ERR_VALUE, "tie: \"%s\" cannot be tied to itself", name);
+    if (!kn__same_shape(slot->tensor, source->tensor))
+        return kn__error(KN_ERR_SHAPE, "tie: \"%s\" has shape %s but \"%s\" has %s", name,
+                         kn__shape(slot->tensor), to, kn__shape(source->tensor));
+    if (!kn_device_equal(slot->tensor->device, source->tensor->device))
+        return kn__error(KN_ERR_DEVICE, "tie: \"%s\" and \"%s\" are on different devices", name,
+                         to);
+    kn_release(slot->tensor);
+    slot->tensor = kn_retain(source->tensor);
+    slot->shared = source->shared = true;
+    return KN_OK;
 }

@@ -51,6 +51,20 @@ kn_status kn_init_kaiming_uniform_(kn_tensor *t, double a, kn_generator *gen)
     return kn_init_uniform_(t, -bound, bound, gen);
 }
 
+/* ---- attention (issue 12) ---- */
+/* xavier_uniform_ (torch/nn/init.py): the bound a = gain sqrt(2 / (fan_in + fan_out))
+ * sqrt(3) in the same double operations, fan_out = dim 0 times the receptive field. */
+kn_status kn_init_xavier_uniform_(kn_tensor *t, double gain, kn_generator *gen)
+{
+    if (!t) return kn__error(KN_ERR_NULL, "xavier_uniform_: tensor is NULL");
+    int64_t fan_in = kn_init_fan_in(t);
+    if (fan_in < 0) return kn_last_status();
+    int64_t fan_out = fan_in ? kn_numel(t) / fan_in : 0;
+    double std = gain * sqrt(2.0 / (double)(fan_in + fan_out));
+    double a = sqrt(3.0) * std;
+    return kn_init_uniform_(t, -a, a, gen);
+}
+
 /* ---- defaults ------------------------------------------------------------------------ */
 
 void kn_layer_defaults(kn_module_kind kind, kn_layer_options *options)

@@ -81,4 +81,38 @@ bool kn__shape_batched_dim(kn_layer_shape *s, const char *field, int64_t dim, in
 bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], const int padding[2],
                       const int dilation[2], bool ceil_mode);
 
+/* ---- graph (issue 12) ------------------------------------------------------------------ */
+
+struct kn_graph;
+/* Frees a graph's plan (layer_graph.c); NULL-safe. */
+void kn__graph_free(struct kn_graph *g);
+/* The output shapes of a graph for inputs in[0..n_in) (layer_graph.c): out[0..*n_out),
+ * room for KN_GRAPH_MAX_INPUTS. Errors name the node. */
+kn_status kn__graph_shape(const kn_module *m, const kn_layer_io *in, int n_in, kn_layer_io *out,
+                          int *n_out);
+/* One module's output for one input (nn_shape.c): a Sequential's through its children, a
+ * layer's through its row; where names the module in errors (NULL: its kind). */
+kn_status kn__module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
+                           const char *where);
+/* "1 input", "2 to 16 inputs": how many inputs a row takes, for errors. */
+const char *kn__inputs_text(int least, int most, char *buf, size_t size);
+/* Rows' parameter_shape for weight ties in specs (layer_graph.c): Linear's weight
+ * [out, in] and bias [out], Embedding's weight [num, dim]. */
+bool kn__linear_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);
+bool kn__embedding_parameter_shape(const kn_layer_options *o, const char *name, kn_layer_io *out);
+/* The dtype a graph's first input has (KN_FLOAT32 for none). */
+kn_dtype kn__graph_input_dtype(const kn_module *m);
+/* ---- attention (issue 12): incremental decoding (kv_cache.c) -------------------------- */
+
+typedef struct kn__kv_slot kn__kv_slot;
+/* m's slot in the key/value cache of the incremental forward running on this thread,
+ * or NULL (no such forward, or m not in its model). */
+kn__kv_slot *kn__kv_slot_of(const kn_module *m);
+/* Self-attention during an incremental forward: appends the new positions' keys and
+ * values (from qkv [N, T_new, 3E], the in_proj output) and their padding (int64
+ * [N, T_new], or NULL for none) to slot, and attends the new queries over every cached
+ * position. Returns [N, T_new, E] (the open scope's), or NULL with the error set. */
+kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding, int64_t num_heads,
+                         const kn_attention_args *args);
+
 #endif

@@ -105,6 +105,15 @@ bool kn__shape_window(kn_layer_shape *s, const int k[2], const int stride[2], co
                           padding[1], dilation[0], dilation[1]);
 }
 
+const char *kn__inputs_text(int least, int most, char *buf, size_t size)
+{
+    if (least == most)
+        snprintf(buf, size, "%d input%s", least, least == 1 ? "" : "s");
+    else
+        snprintf(buf, size, "%d to %d inputs", least, most);
+    return buf;
+}
+
 /* ---- kn_layer_infer ------------------------------------------------------------------ */
 
 bool kn_layer_infer(kn_layer_shape *s)
@@ -117,25 +126,49 @@ bool kn_layer_infer(kn_layer_shape *s)
     s->parameter_count = 0;
     s->buffer_bytes = 0;
     s->saved_elements = 0;
+    char takes[48];
     if (s->n_inputs < least || s->n_inputs > most)
-        return kn__shape_fail(s, NULL, "takes %d to %d inputs, got %d", least, most, s->n_inputs);
-    for (int i = 0; i < s->n_inputs; i++)
-        if (s->inputs[i].dtype != row->input_dtype)
+        return kn__shape_fail(s, NULL, "takes %s, got %d",
+                              kn__inputs_text(least, most, takes, sizeof takes), s->n_inputs);
+    bool any_dtype = row->flags & KN_LAYER_ANY_DTYPE;
+    bool own_dtypes = row->flags & KN_LAYER_OWN_DTYPES;
+    for (int i = 0; i < s->n_inputs && !own_dtypes; i++) {
+        if (any_dtype && s->inputs[i].dtype != s->inputs[0].dtype)
+            return kn__shape_fail(s, NULL, "expects inputs of one dtype, got %s and %s",
+                                  kn_dtype_name(s->inputs[0].dtype),
+                                  kn_dtype_name(s->inputs[i].dtype));
+        if (!any_dtype && s->inputs[i].dtype != row->input_dtype)
             return kn__shape_fail(s, NULL, "expects %s inputs, got a %s input",
                                   kn_dtype_name(row->input_dtype),
                                   kn_dtype_name(s->inputs[i].dtype));
+    }
     s->output = s->inputs[0];
-    s->output.dtype = KN_FLOAT32;
-    return row->shape ? row->shape(s) : true;
+    if (!any_dtype) s->output.dtype = KN_FLOAT32;
+    s->n_outputs = 0;
+    if (row->shape && !row->shape(s)) return false;
+    if (s->n_outputs <= 1) { /* one output: the rule set s->output */
+        s->n_outputs = 1;
+        s->outputs[0] = s->output;
+    } else {
+        s->output = s->outputs[0];
+    }
+    return true;
 }
 
 /* ---- kn_module_output_shape ---------------------------------------------------------- */
 
 /* out for in at m. A failure names where it happened: where (the layer, "layer 6
  * (linear)" in a Sequential, NULL for the module asked about), then the argument. */
-static kn_status module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
-                              const char *where)
+kn_status kn__module_shape(const kn_module *m, const kn_layer_io *in, kn_layer_io *out,
+                           const char *where)
 {
+    if (m->kind == KN_MODULE_GRAPH) {
+        kn_layer_io outs[KN_GRAPH_MAX_INPUTS];
+        int n_out = 0;
+        if (kn__graph_shape(m, in, 1, outs, &n_out) != KN_OK) return kn_last_status();
+        *out = outs[0];
+        return KN_OK;
+    }
     if (m->kind == KN_MODULE_SEQUENTIAL) {
         kn_layer_io current = *in;
         for (int i = 0; i < m->n_children; i++) {
@@ -143,7 +176,7 @@ static kn_status module_shape(const kn_module *m, const kn_layer_io *in, kn_laye
             char at[96];
             snprintf(at, sizeof at, "layer %d (%s)", i, child->layer->name);
             kn_layer_io next;
-            if (module_shape(child, &current, &next, at) != KN_OK) {
+            if (kn__module_shape(child, &current, &next, at) != KN_OK) {
                 if (!where) return kn_last_status();
                 char message[512];
                 snprintf(message, sizeof message, "%s", kn_last_error());
@@ -168,7 +201,7 @@ static kn_status module_shape(const kn_module *m, const kn_layer_io *in, kn_laye
 static kn_dtype input_dtype(const kn_module *m)
 {
     while (m->kind == KN_MODULE_SEQUENTIAL && m->n_children > 0) m = m->children[0];
-    return m->layer->input_dtype;
+    return m->kind == KN_MODULE_GRAPH ? kn__graph_input_dtype(m) : m->layer->input_dtype;
 }
 
 kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, int in_ndim,
@@ -187,7 +220,7 @@ kn_status kn_module_output_shape(const kn_module *m, const int64_t *in_shape, in
                              kn__shape_of(in_shape, in_ndim));
     kn_layer_io in = {.ndim = in_ndim, .dtype = input_dtype(m)}, out;
     memcpy(in.shape, in_shape, sizeof(int64_t) * (size_t)in_ndim);
-    if (module_shape(m, &in, &out, NULL) != KN_OK) return kn_last_status();
+    if (kn__module_shape(m, &in, &out, NULL) != KN_OK) return kn_last_status();
     memcpy(out_shape, out.shape, sizeof(int64_t) * (size_t)out.ndim);
     *out_ndim = out.ndim;
     return KN_OK;

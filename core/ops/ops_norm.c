@@ -173,6 +173,14 @@ typedef struct bn_dims {
     int64_t n, c, s;
 } bn_dims;
 
+/* Synchronised batch norm (kn__set_bn_sync): the statistics of the global batch. */
+static _Thread_local const kn__bn_sync *bn_sync;
+
+void kn__set_bn_sync(const kn__bn_sync *sync)
+{
+    bn_sync = sync;
+}
+
 /* saved: x (contiguous), weight, mean, rstd (per channel: batch stats when training,
  * running stats in eval); iargs: n, c, s, training */
 static kn_status batch_norm_backward_cuda(kn_node *node, kn_tensor *grad, kn_tensor **grads)
@@ -231,6 +239,13 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
         kn_cpu_batch_norm_grad_sums(f32(dy), f32(x), mean, n, c, s, sum_dy, sum_dyx);
     else
         for (int64_t ch = 0; ch < 2 * c; ch++) sums[ch] = 0;
+    /* synchronised statistics (iargs[4]: the global count) came from every rank's batch */
+    int64_t global_count = node->iargs[4];
+    if (global_count > 0 && !bn_sync) {
+        status = kn__error(KN_ERR_VALUE, "batch_norm backward: its statistics were synchronised "
+                                         "over the ranks, but no distributed run is active");
+        goto done;
+    }
     if (node->inputs[1].needs_grad || node->inputs[2].needs_grad) {
         int64_t shape[1] = {c};
         dw = node->inputs[1].needs_grad ? kn__empty_raw(shape, 1, KN_FLOAT32, x->device) : NULL;
@@ -239,11 +254,16 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
             status = kn_last_status();
             goto done;
         }
+        /* this rank's share: the ranks' gradients are averaged afterwards, as every
+         * parameter's are (SyncBatchNorm does the same) */
         for (int64_t ch = 0; ch < c; ch++) {
             if (dw) f32(dw)[ch] = (float)(sum_dyx[ch] * rstd[ch]);
             if (db) f32(db)[ch] = (float)sum_dy[ch];
         }
     }
+    if (global_count > 0 && node->inputs[0].needs_grad &&
+        (status = bn_sync->grad_sums(bn_sync->context, c, sum_dy, sum_dyx)) != KN_OK)
+        goto done;
     if (node->inputs[0].needs_grad) {
         dx = kn__empty_raw(x->shape, x->ndim, KN_FLOAT32, x->device);
         if (!dx) {
@@ -256,7 +276,7 @@ static kn_status batch_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
         float *p = coef, *q = coef + c, *r = coef + 2 * c;
         const float *w = weight ? f32(weight) : NULL;
         int64_t wstride = weight ? weight->strides[0] : 0;
-        double count = (double)(n * s);
+        double count = global_count > 0 ? (double)global_count : (double)(n * s);
         for (int64_t ch = 0; ch < c; ch++) {
             double scale = (w ? w[ch * wstride] : 1.0) * rstd[ch];
             p[ch] = (float)scale;
@@ -294,11 +314,11 @@ static bool check_channel_vector(const char *what, const kn_tensor *t, const kn_
     return false;
 }
 
-/* running = (1 - momentum) * running + momentum * batch, the variance unbiased. */
+/* running = (1 - momentum) * running + momentum * batch, the variance unbiased (over
+ * count values: the batch's, or the global batch's when synchronised). */
 static void update_running(kn_tensor *running_mean, kn_tensor *running_var, const double *mean,
-                           const double *var, bn_dims dims, double momentum)
+                           const double *var, bn_dims dims, double count, double momentum)
 {
-    double count = (double)(dims.n * dims.s);
     double unbias = count > 1 ? count / (count - 1) : NAN;
     if (running_mean) {
         float *rm = f32(running_mean);
@@ -318,7 +338,7 @@ static void update_running(kn_tensor *running_mean, kn_tensor *running_var, cons
 
 /* The history of out = all[1] (all: xd, out, mean_t, rstd_t, released here). */
 static kn_tensor *batch_norm_finish(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, bool training,
-                                    bn_dims dims, kn_tensor **all)
+                                    bn_dims dims, int64_t global_count, kn_tensor **all)
 {
     kn_tensor *out = all[1];
     kn_tensor *inputs[3] = {x, weight, bias};
@@ -336,6 +356,7 @@ static kn_tensor *batch_norm_finish(kn_tensor *x, kn_tensor *weight, kn_tensor *
         node->iargs[1] = dims.c;
         node->iargs[2] = dims.s;
         node->iargs[3] = training;
+        node->iargs[4] = global_count; /* 0: this rank's batch alone */
         kn__node_attach(out, node);
     }
     all[1] = NULL; /* out is the result */
@@ -362,7 +383,7 @@ static kn_tensor *batch_norm_cuda(const kn_cuda_train *cuda, kn_tensor *x, kn_te
         release_all(all, 4);
         return NULL;
     }
-    return batch_norm_finish(x, weight, bias, training, dims, all);
+    return batch_norm_finish(x, weight, bias, training, dims, 0, all);
 }
 
 kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *running_var,
@@ -401,6 +422,10 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
                               "evaluation mode (input %s)",
                               kn__shape(x));
 
+    if (cuda && training && bn_sync)
+        return kn__error_null(KN_ERR_DEVICE,
+                              "batch_norm: sync_batch_norm runs on the cpu only in this version "
+                              "(input on a CUDA device); turn it off to keep per-rank statistics");
     if (cuda)
         return batch_norm_cuda(cuda, x, running_mean, running_var, weight, bias, training, momentum,
                                eps, dims);
@@ -423,11 +448,23 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     }
     double *mean = stats, *var = stats + c;
     bool empty = dims.n * dims.s == 0;
+    double values = (double)(dims.n * dims.s);
+    int64_t global_count = 0;
     if (training) {
         if (!empty)
             kn_cpu_batch_norm_stats(f32(xd), dims.n, c, dims.s, mean, var);
         else
             for (int64_t ch = 0; ch < c; ch++) mean[ch] = var[ch] = NAN;
+        if (bn_sync) { /* every rank's batch: the global mean and variance */
+            if (bn_sync->stats(bn_sync->context, c, &values, mean, var) != KN_OK) {
+                release_all(all, 4);
+                free(stats);
+                free(coef);
+                return NULL;
+            }
+            global_count = (int64_t)values;
+            empty = false;
+        }
     } else {
         for (int64_t ch = 0; ch < c; ch++) {
             mean[ch] = f32(running_mean)[ch * running_mean->strides[0]];
@@ -445,12 +482,13 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
         scale[ch] = (float)(w * rs);
         shift[ch] = (float)b;
     }
-    if (!empty)
+    if (dims.n * dims.s > 0)
         kn_cpu_batch_norm_affine(NULL, f32(xd), NULL, scale, f32(mean_t), shift, f32(out), dims.n,
                                  c, dims.s);
-    if (training && !empty) update_running(running_mean, running_var, mean, var, dims, momentum);
+    if (training && !empty)
+        update_running(running_mean, running_var, mean, var, dims, values, momentum);
     free(stats);
     free(coef);
 
-    return batch_norm_finish(x, weight, bias, training, dims, all);
+    return batch_norm_finish(x, weight, bias, training, dims, global_count, all);
 }

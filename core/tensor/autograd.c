@@ -265,8 +265,94 @@ static uint64_t next_mark(void)
     return __atomic_add_fetch(&mark, 1, __ATOMIC_RELAXED);
 }
 
-/* Collects every node reachable from root and counts, for each, the edges into it. */
-static kn_status collect(kn_node *root, node_list *all, uint64_t mark)
+/* ---- the backward observer (kn__set_backward_hooks) ----------------------------------- */
+
+static _Thread_local const kn__backward_hooks *backward_hooks;
+
+void kn__set_backward_hooks(const kn__backward_hooks *hooks)
+{
+    backward_hooks = hooks;
+}
+
+/* The edges into each leaf of one backward pass, counted only when an observer wants to
+ * know when a leaf's gradient is complete: open addressing on the leaf's address. */
+typedef struct leaf_counts {
+    kn_tensor **keys;
+    int *counts;
+    size_t capacity, used;
+} leaf_counts;
+
+static size_t leaf_hash(const kn_tensor *leaf, size_t capacity)
+{
+    uint64_t h = (uint64_t)(uintptr_t)leaf * 0x9e3779b97f4a7c15ULL;
+    return (size_t)(h >> 17) & (capacity - 1);
+}
+
+static int *leaf_slot(const leaf_counts *m, const kn_tensor *leaf)
+{
+    if (!m->capacity) return NULL;
+    for (size_t i = leaf_hash(leaf, m->capacity);; i = (i + 1) & (m->capacity - 1)) {
+        if (m->keys[i] == leaf) return &m->counts[i];
+        if (!m->keys[i]) return NULL;
+    }
+}
+
+static bool leaf_count_add(leaf_counts *m, kn_tensor *leaf)
+{
+    int *slot = leaf_slot(m, leaf);
+    if (slot) {
+        (*slot)++;
+        return true;
+    }
+    if (2 * (m->used + 1) > m->capacity) { /* grow: at most half full */
+        leaf_counts bigger = {.capacity = m->capacity ? 2 * m->capacity : 64};
+        bigger.keys = calloc(bigger.capacity, sizeof *bigger.keys);
+        bigger.counts = calloc(bigger.capacity, sizeof *bigger.counts);
+        if (!bigger.keys || !bigger.counts) {
+            free(bigger.keys);
+            free(bigger.counts);
+            return false;
+        }
+        for (size_t i = 0; i < m->capacity; i++) {
+            if (!m->keys[i]) continue;
+            size_t j = leaf_hash(m->keys[i], bigger.capacity);
+            while (bigger.keys[j]) j = (j + 1) & (bigger.capacity - 1);
+            bigger.keys[j] = m->keys[i];
+            bigger.counts[j] = m->counts[i];
+        }
+        bigger.used = m->used;
+        free(m->keys);
+        free(m->counts);
+        *m = bigger;
+    }
+    size_t i = leaf_hash(leaf, m->capacity);
+    while (m->keys[i]) i = (i + 1) & (m->capacity - 1);
+    m->keys[i] = leaf;
+    m->counts[i] = 1;
+    m->used++;
+    return true;
+}
+
+/* After node has run (or passed its turn): its leaves' counts drop, and the observer
+ * hears of each leaf that nothing else feeds any more. */
+static kn_status notify_observer(kn_node *node, leaf_counts *counts)
+{
+    const kn__backward_hooks *h = backward_hooks;
+    for (int i = 0; i < node->n_inputs; i++) {
+        kn_node_input *in = &node->inputs[i];
+        if (!in->leaf || !in->needs_grad) continue;
+        int *left = leaf_slot(counts, in->leaf);
+        if (left && --*left == 0 && h->leaf_ready) {
+            kn_status st = h->leaf_ready(h->context, in->leaf);
+            if (st != KN_OK) return st;
+        }
+    }
+    return h->after_node ? h->after_node(h->context) : KN_OK;
+}
+
+/* Collects every node reachable from root and counts, for each, the edges into it (and
+ * into each leaf, when counts is given). */
+static kn_status collect(kn_node *root, node_list *all, uint64_t mark, leaf_counts *counts)
 {
     node_list stack = {0};
     root->visit_mark = mark;
@@ -276,7 +362,12 @@ static kn_status collect(kn_node *root, node_list *all, uint64_t mark)
     while (status == KN_OK && stack.count > 0) {
         kn_node *node = stack.items[--stack.count];
         for (int i = 0; i < node->n_inputs; i++) {
-            kn_node *next = node->inputs[i].node;
+            kn_node_input *in = &node->inputs[i];
+            if (counts && in->leaf && in->needs_grad && !leaf_count_add(counts, in->leaf)) {
+                status = KN_ERR_MEMORY;
+                break;
+            }
+            kn_node *next = in->node;
             if (!next) continue;
             if (next->visit_mark != mark) {
                 next->visit_mark = mark;
@@ -343,13 +434,17 @@ static kn_status call_backward(kn_node *node, kn_tensor *grad_output, bool retai
     return status;
 }
 
-static kn_status run_node(kn_node *node, bool retain_graph, node_list *ready)
+static kn_status run_node(kn_node *node, bool retain_graph, node_list *ready, leaf_counts *counts)
 {
     kn_tensor *grad_output = node->pending_grad;
     node->pending_grad = NULL;
     if (grad_output) { /* else no gradient flowed here: just pass the turn on */
         kn_status status = call_backward(node, grad_output, retain_graph);
         kn_release(grad_output);
+        if (status != KN_OK) return status;
+    }
+    if (counts) {
+        kn_status status = notify_observer(node, counts);
         if (status != KN_OK) return status;
     }
     for (int i = 0; i < node->n_inputs; i++) {
@@ -388,12 +483,16 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
     }
     if (!t->grad_fn) { /* backward on a leaf: its own gradient */
         kn_status status = accumulate_leaf(t, grad);
+        if (status == KN_OK && backward_hooks && backward_hooks->leaf_ready)
+            status = backward_hooks->leaf_ready(backward_hooks->context, t);
         kn_scope_end();
         return status;
     }
     kn_no_grad_begin();
     node_list all = {0}, ready = {0};
-    kn_status status = collect(t->grad_fn, &all, next_mark());
+    leaf_counts counts = {0};
+    leaf_counts *observed = backward_hooks ? &counts : NULL;
+    kn_status status = collect(t->grad_fn, &all, next_mark(), observed);
     if (status == KN_OK) {
         t->grad_fn->pending_grad = kn_retain(grad);
         if (!list_push(&ready, t->grad_fn))
@@ -401,7 +500,7 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
     }
     while (status == KN_OK && ready.count > 0) {
         kn_node *node = ready.items[--ready.count];
-        status = run_node(node, retain_graph, &ready);
+        status = run_node(node, retain_graph, &ready, observed);
     }
     /* On failure, drop what was accumulated but never consumed. */
     for (size_t i = 0; i < all.count; i++) {
@@ -410,6 +509,8 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
     }
     free(all.items);
     free(ready.items);
+    free(counts.keys);
+    free(counts.counts);
     kn_no_grad_end();
     kn_scope_end();
     return status;

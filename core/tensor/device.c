@@ -106,7 +106,10 @@ static void load_cuda(void)
     const kn_cuda_train *train = table(handle, KN_CUDA_TRAIN_SYMBOL);
     const kn_cuda_blaslt *blaslt = table(handle, KN_CUDA_BLASLT_SYMBOL);
     const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
-    const kn_cuda_int64 *int64 = table(handle, KN_CUDA_INT64_SYMBOL); /* issue 12 */
+    /* ---- attention (issue 12) ---- */
+    const kn_cuda_attention *attention = table(handle, KN_CUDA_ATTENTION_SYMBOL);
+    /* ---- sequence layers (issue 12) ---- */
+    const kn_cuda_int64 *int64 = table(handle, KN_CUDA_INT64_SYMBOL);
     kn__cuda_module m = {
         .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
         .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
@@ -114,8 +117,15 @@ static void load_cuda(void)
         .train = CHECKED(train, KN_CUDA_TRAIN_ABI),
         .blaslt = CHECKED(blaslt, KN_CUDA_BLASLT_ABI),
         .host = CHECKED(host, KN_CUDA_HOST_ABI),
-        .int64 = CHECKED(int64, KN_CUDA_INT64_ABI), /* issue 12 */
+        /* ---- attention (issue 12) ---- */
+        .attention = CHECKED(attention, KN_CUDA_ATTENTION_ABI),
+        /* ---- sequence layers (issue 12) ---- */
+        .int64 = CHECKED(int64, KN_CUDA_INT64_ABI),
     };
+    /* ---- distributed (issue 15) ---- */
+    /* optional: only distributed runs on GPUs need it, and they say when it is missing */
+    const kn_cuda_nccl *nccl = table(handle, KN_CUDA_NCCL_SYMBOL);
+    m.nccl = CHECKED(nccl, KN_CUDA_NCCL_ABI);
     const char *missing = !m.backend  ? KN_CUDA_BACKEND_SYMBOL
                           : !m.reduce ? KN_CUDA_REDUCE_SYMBOL
                           : !m.conv   ? KN_CUDA_CONV_SYMBOL
@@ -128,6 +138,8 @@ static void load_cuda(void)
     const kn_cuda_rnn *rnn = table(handle, KN_CUDA_RNN_SYMBOL);
     m.rnn = CHECKED(rnn, KN_CUDA_RNN_ABI);
     if (!missing && !m.rnn) missing = KN_CUDA_RNN_SYMBOL;
+    /* ---- attention (issue 12) ---- */
+    if (!missing && !m.attention) missing = KN_CUDA_ATTENTION_SYMBOL;
     if (missing) {
         snprintf(cuda_reason, sizeof cuda_reason,
                  "the CUDA module " MODULE_NAME " does not match this build (no %s of this "

@@ -5,9 +5,12 @@
  * checkpoint); optimizer state goes under "optimizer.<name>"; the position of the run
  * (step, epoch, batch_in_epoch, seed), early-stopping state and the default generator's
  * state (hex) go into the metadata, so a resumed run continues the same sequence, dropout
- * masks included.
+ * masks included. A distributed run's checkpoint also names its world size and holds the
+ * generator state of every rank ("rng_state" rank 0's, "rng_state.rank<r>" the others'):
+ * it resumes on that many processes, each with its own dropout stream.
  */
 #include "kn_internal.h"
+#include "kn_dist.h"
 #include "kn_safetensors.h"
 #include "kn_train_internal.h"
 
@@ -166,24 +169,44 @@ kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict
 
 /* The generator whose state a checkpoint keeps: the run's (config.generator), else the
  * process-wide default. */
-static kn_generator *run_generator(const kn_trainer *t)
+kn_generator *kn__trainer_generator(const kn_trainer *t)
 {
     return t->config.generator ? t->config.generator : kn_default_generator();
 }
 
-kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
+/* The metadata key of rank r's generator state. */
+static void rng_key(int rank, char *key, size_t size)
 {
-    if (!t || !path)
-        return kn__error(KN_ERR_NULL, "kn_trainer_save_checkpoint: trainer and path are required");
-    size_t state_size = kn_generator_state_size();
-    unsigned char *state = malloc(state_size ? state_size : 1);
-    if (!state) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
-    kn_generator_get_state(run_generator(t), state);
-    char *rng = hex_encode(state, state_size);
-    free(state);
-    if (!rng) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    if (rank == 0)
+        snprintf(key, size, "rng_state");
+    else
+        snprintf(key, size, "rng_state.rank%d", rank);
+}
 
-    char step[32], epoch[32], batch[32], seed[32], skipped[32], batch_size[32], best[40], bad[32];
+/* Writes the file (rank 0's part of a distributed save). states: world x state_size. */
+static kn_status write_checkpoint(kn_trainer *t, const char *path, const unsigned char *states,
+                                  int world)
+{
+    size_t state_size = kn_generator_state_size();
+    int n_meta = 13 + world - 1;
+    kn_safetensors_meta *meta = calloc((size_t)n_meta, sizeof *meta);
+    char(*keys)[32] = calloc((size_t)world, sizeof *keys);
+    char **rng = calloc((size_t)world, sizeof *rng);
+    kn_status st = meta && keys && rng ? KN_OK : KN_ERR_MEMORY;
+    for (int r = 0; st == KN_OK && r < world; r++) {
+        rng_key(r, keys[r], sizeof keys[r]);
+        if (!(rng[r] = hex_encode(states + (size_t)r * state_size, state_size))) st = KN_ERR_MEMORY;
+    }
+    if (st != KN_OK) {
+        for (int r = 0; rng && r < world; r++) free(rng[r]);
+        free(rng);
+        free(keys);
+        free(meta);
+        return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+    }
+
+    char step[32], epoch[32], batch[32], seed[32], skipped[32], batch_size[32], best[40], bad[32],
+        world_size[16];
     snprintf(step, sizeof step, "%" PRId64, t->step);
     snprintf(epoch, sizeof epoch, "%" PRId64, t->epoch);
     snprintf(batch, sizeof batch, "%" PRId64, t->batch_in_epoch);
@@ -192,7 +215,8 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
     snprintf(batch_size, sizeof batch_size, "%" PRId64, t->config.batch_size);
     snprintf(best, sizeof best, "%.17g", t->best_val_loss); /* "inf" before any eval */
     snprintf(bad, sizeof bad, "%" PRId64, t->evals_without_improvement);
-    const kn_safetensors_meta meta[] = {
+    snprintf(world_size, sizeof world_size, "%d", world);
+    const kn_safetensors_meta fixed[] = {
         {"format", "pt"},
         {"kiln_format", CHECKPOINT_FORMAT},
         {"step", step},
@@ -204,18 +228,62 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
         {"best_val_loss", best},
         {"evals_without_improvement", bad},
         {"optimizer", (char *)kn_optimizer_kind_name(t->config.optimizer.kind)},
-        {"rng_state", rng},
+        {"world_size", world_size},
     };
+    int n = 0;
+    for (; n < (int)(sizeof fixed / sizeof *fixed); n++) meta[n] = fixed[n];
+    for (int r = 0; r < world; r++) meta[n++] = (kn_safetensors_meta){keys[r], rng[r]};
     int n_opt = 0;
     kn_optimizer_state_entry *opt = kn_optimizer_state(t->optimizer, &n_opt);
-    kn_status st = KN_OK;
     if (!opt && n_opt > 0)
         st = kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
     else
-        st = save_state(t->model, path, opt, n_opt, meta, (int)(sizeof meta / sizeof *meta));
+        st = save_state(t->model, path, opt, n_opt, meta, n);
     free(opt);
+    for (int r = 0; r < world; r++) free(rng[r]);
     free(rng);
+    free(keys);
+    free(meta);
     return st;
+}
+
+kn_status kn_trainer_save_checkpoint(kn_trainer *t, const char *path)
+{
+    if (!t || !path)
+        return kn__error(KN_ERR_NULL, "kn_trainer_save_checkpoint: trainer and path are required");
+    kn_dist *dist = t->config.dist;
+    int world = kn_dist_world_size(dist), rank = kn_dist_rank(dist);
+    size_t state_size = kn_generator_state_size();
+    unsigned char *states = malloc(state_size * (size_t)(world + 1) + 1);
+    if (!states) {
+        if (!dist) return kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
+        kn_dist_abort(dist, 1); /* the other ranks would wait for this one forever */
+    }
+    unsigned char *mine = states + state_size * (size_t)world;
+    kn_generator_get_state(kn__trainer_generator(t), mine);
+    if (!dist) {
+        kn_status st = write_checkpoint(t, path, mine, 1);
+        free(states);
+        return st;
+    }
+    /* a collective: every rank's state to every rank, rank 0 writes, rank 0's word back */
+    kn_status st = kn_dist_allgather(dist, mine, states, state_size);
+    struct {
+        int status;
+        char message[500];
+    } result = {0};
+    if (st == KN_OK && rank == 0) {
+        result.status = write_checkpoint(t, path, states, world);
+        if (result.status != KN_OK)
+            snprintf(result.message, sizeof result.message, "%s", kn_last_error());
+    }
+    free(states);
+    if (st != KN_OK) return st;
+    if ((st = kn_dist_broadcast(dist, &result, sizeof result, 0)) != KN_OK) return st;
+    if (result.status != KN_OK)
+        return rank == 0 ? (kn_status)result.status
+                         : kn__error((kn_status)result.status, "rank 0: %s", result.message);
+    return KN_OK;
 }
 
 /* Reads an integer metadata field; errors name the file and the key. */
@@ -277,7 +345,11 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     kn_status st = KN_OK;
     const char *format = kn_safetensors_get_meta(file, "kiln_format");
     const char *opt_kind = kn_safetensors_get_meta(file, "optimizer");
-    const char *rng = kn_safetensors_get_meta(file, "rng_state");
+    int world = kn_dist_world_size(t->config.dist), rank = kn_dist_rank(t->config.dist);
+    char key[32];
+    rng_key(rank, key, sizeof key);
+    const char *rng = kn_safetensors_get_meta(file, key);
+    const char *world_text = kn_safetensors_get_meta(file, "world_size");
     const char *best = kn_safetensors_get_meta(file, "best_val_loss");
     uint64_t seed = 0;
     int64_t step = 0, epoch = 0, batch = 0, skipped = 0, batch_size = 0, bad = 0;
@@ -304,6 +376,15 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     if (st == KN_OK) st = meta_int(file, path, "skipped_steps", &skipped);
     if (st == KN_OK) st = meta_int(file, path, "batch_size", &batch_size);
     if (st == KN_OK) st = meta_int(file, path, "evals_without_improvement", &bad);
+    int64_t written_by = 1; /* checkpoints before distributed runs came from one process */
+    if (st == KN_OK && world_text) st = meta_int(file, path, "world_size", &written_by);
+    if (st == KN_OK && written_by != world)
+        st = kn__error(KN_ERR_VALUE,
+                       "checkpoint %s: written by a run of %lld process%s, this run has %d: resume "
+                       "it on %lld (each rank's data shard and random stream depend on the "
+                       "number), or start a new run from its weights (init_weights)",
+                       path, (long long)written_by, written_by == 1 ? "" : "es", world,
+                       (long long)written_by);
     if (st == KN_OK && batch_size != t->config.batch_size)
         st = kn__error(KN_ERR_VALUE,
                        "checkpoint %s: taken with batch_size %lld, the job has "
@@ -319,10 +400,8 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
     unsigned char *state = malloc(state_size ? state_size : 1);
     if (st == KN_OK && !state) st = kn__error(KN_ERR_MEMORY, "checkpoint %s: out of memory", path);
     if (st == KN_OK && (!rng || !hex_decode(rng, state, state_size)))
-        st = kn__error(KN_ERR_VALUE,
-                       "checkpoint %s: metadata \"rng_state\": expected %zu "
-                       "hex digits",
-                       path, 2 * state_size);
+        st = kn__error(KN_ERR_VALUE, "checkpoint %s: metadata \"%s\": expected %zu hex digits",
+                       path, key, 2 * state_size);
     /* Nothing is changed until everything has been read and checked: the generator
      * state and the model entries are checked first, and the optimizer's load, which
      * checks its own, comes before the model's, so that only running out of memory can
@@ -334,13 +413,13 @@ kn_status kn_trainer_load_checkpoint(kn_trainer *t, const char *path)
         if (st != KN_OK) {
             char message[512];
             snprintf(message, sizeof message, "%s", kn_last_error());
-            st = kn__error(st, "checkpoint %s: metadata \"rng_state\": %s", path, message);
+            st = kn__error(st, "checkpoint %s: metadata \"%s\": %s", path, key, message);
         }
     }
     if (st == KN_OK) st = load_model_entries(t->model, file, path, true, true);
     if (st == KN_OK) st = load_optimizer(t, file, path);
     if (st == KN_OK) st = load_model_entries(t->model, file, path, true, false);
-    if (st == KN_OK) st = kn_generator_set_state(run_generator(t), state, state_size);
+    if (st == KN_OK) st = kn_generator_set_state(kn__trainer_generator(t), state, state_size);
     if (st == KN_OK) {
         t->step = step;
         t->epoch = epoch;

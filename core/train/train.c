@@ -7,6 +7,7 @@
  * batches and the captured step are in train_cuda.c.
  */
 #include "kn_internal.h"
+#include "kn_dist.h"
 #include "kn_layer.h"
 #include "kn_train_internal.h"
 
@@ -64,6 +65,13 @@ static kn_status check_config(const kn_train_config *c)
     if (!(c->label_smoothing >= 0 && c->label_smoothing <= 1))
         return kn__error(KN_ERR_VALUE, "label_smoothing: expected a number in [0, 1], got %g",
                          c->label_smoothing);
+    if (!(c->bucket_cap_mb >= 0))
+        return kn__error(KN_ERR_VALUE, "bucket_cap_mb: expected >= 0, got %g", c->bucket_cap_mb);
+    if (c->dist && c->batch_size % kn_dist_world_size(c->dist) != 0)
+        return kn__error(KN_ERR_VALUE,
+                         "batch_size: the global batch of %lld does not divide by the %d "
+                         "processes (each takes batch_size / processes samples a step)",
+                         (long long)c->batch_size, kn_dist_world_size(c->dist));
     if ((unsigned)c->loss > KN_LOSS_HUBER || (unsigned)c->task > KN_TASK_MULTILABEL)
         return kn__error(KN_ERR_VALUE, "loss %d or task %d is not one of the kinds", (int)c->loss,
                          (int)c->task);
@@ -315,7 +323,11 @@ typedef struct run_state {
     const kn_train_callbacks *cb;
     kn_train_summary *summary;
     kn_device device;
-    kn__train_cuda *cuda; /* CUDA: pinned staging and the graph (NULL: batches via kn_to) */
+    kn__train_cuda *cuda;  /* CUDA: pinned staging and the graph (NULL: batches via kn_to) */
+    kn__ddp *ddp;          /* distributed runs (dist_ddp.c), else NULL */
+    bool has_validation;   /* rank 0's, in a distributed run: only rank 0 evaluates */
+    int64_t batch_size;    /* this rank's: the global batch / world size */
+    kn_status stop_status; /* distributed: the stop a callback asked for, agreed later */
     int64_t bpe, total_steps;
     double train_seconds; /* batches only: evaluation and callbacks excluded */
     int64_t samples;
@@ -342,8 +354,7 @@ static kn_status load_batch(run_state *rs, kn_tensor *order, kn_tensor **x, kn_t
 {
     kn_trainer *t = rs->t;
     if (rs->cuda) return kn__train_cuda_batch(rs->cuda, order, t->epoch, t->batch_in_epoch, x, y);
-    kn_status st =
-        kn_dataset_batch(rs->train, order, t->batch_in_epoch, t->config.batch_size, x, y);
+    kn_status st = kn_dataset_batch(rs->train, order, t->batch_in_epoch, rs->batch_size, x, y);
     if (st == KN_OK && rs->device.type != KN_DEVICE_CPU) {
         *x = kn_to(*x, rs->device);
         *y = kn_to(*y, rs->device);
@@ -369,6 +380,7 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         return step_error(st, step_no);
     kn_tensor *loss = NULL;
     double value;
+    int64_t rows = 0;
     if (g.ran) {
         rs->samples += g.rows;
         value = g.loss;
@@ -376,12 +388,18 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         kn_optimizer_zero_grad(t->optimizer);
         kn_tensor *x = NULL, *y = NULL;
         if ((st = load_batch(rs, order, &x, &y)) != KN_OK) return step_error(st, step_no);
-        rs->samples += y->shape[0];
+        rows = y->shape[0];
+        rs->samples += rows;
         loss = kn_train_loss_config(c, kn_module_forward(t->model, x), y);
         if (!loss) return step_error(kn_last_status(), step_no);
         /* the host gathers the next batch while the device computes the loss */
         kn__train_cuda_prefetch(rs->cuda, order, t->epoch, t->batch_in_epoch + 1);
         value = kn_item(loss);
+    }
+    if (rs->ddp) { /* backward with the ranks' gradients averaged; the global batch's loss */
+        double sps = rs->train_seconds > 0 ? (double)rs->samples / rs->train_seconds : 0;
+        if ((st = kn__ddp_backward(rs->ddp, loss, value, rows, sps, &value)) != KN_OK)
+            return step_error(st, step_no);
     }
     *loss_out = value;
     if (!isfinite(value)) {
@@ -392,7 +410,8 @@ static kn_status train_batch(run_state *rs, kn_tensor *order, double *loss_out, 
         return kn__error(KN_ERR_VALUE, "step %lld: loss is %s", (long long)step_no,
                          non_finite_name(value));
     }
-    if (!g.ran && (st = kn_backward(loss, NULL, false)) != KN_OK) return step_error(st, step_no);
+    if (!g.ran && !rs->ddp && (st = kn_backward(loss, NULL, false)) != KN_OK)
+        return step_error(st, step_no);
     bool finite;
     double norm = 0;
     if (c->grad_clip_norm > 0) {
@@ -428,11 +447,33 @@ static kn_status drain(run_state *rs)
     return st;
 }
 
+/* What a callback's status does: a stop (any status but KN_OK) ends one process's run at
+ * once; a distributed rank asks the others, and every rank stops after the step whose
+ * all-reduce carried the request (kn__ddp_stop_agreed). */
+static kn_status callback_status(run_state *rs, kn_status st)
+{
+    if (st == KN_OK) return KN_OK;
+    if (!rs->ddp) {
+        rs->summary->stopped = true;
+        return st;
+    }
+    if (rs->stop_status == KN_OK) {
+        rs->stop_status = st;
+        kn__ddp_request_stop(rs->ddp);
+    }
+    return KN_OK;
+}
+
 /* Evaluates on the validation set, reports it and updates early stopping. */
 static kn_status run_eval(run_state *rs, int64_t epoch)
 {
     kn_trainer *t = rs->t;
     kn_eval_result r;
+    if (rs->ddp && kn__ddp_rank(rs->ddp) != 0) { /* rank 0 evaluates and decides */
+        rs->last_eval_step = t->step;
+        return t->config.early_stopping_patience > 0 ? kn__ddp_share_flag(rs->ddp, &rs->stop_early)
+                                                     : KN_OK;
+    }
     kn_status st = kn_evaluate_config(t->model, rs->validation, &t->config, &r);
     if (st != KN_OK) return st;
     r.step = t->step;
@@ -450,8 +491,10 @@ static kn_status run_eval(run_state *rs, int64_t epoch)
         } else if (++t->evals_without_improvement >= t->config.early_stopping_patience) {
             rs->stop_early = true;
         }
+        if (rs->ddp) st = kn__ddp_share_flag(rs->ddp, &rs->stop_early);
     }
-    if (rs->cb && rs->cb->on_eval) st = rs->cb->on_eval(rs->cb->context, &r);
+    if (st == KN_OK && rs->cb && rs->cb->on_eval)
+        st = callback_status(rs, rs->cb->on_eval(rs->cb->context, &r));
     kn_eval_result_clear(&r);
     return st;
 }
@@ -484,15 +527,31 @@ static kn_status after_batch(run_state *rs, double loss, bool skipped, double ru
         .samples_per_second = rs->train_seconds > 0 ? rs->samples / rs->train_seconds : 0,
         .elapsed_seconds = now_seconds() - run_start,
         .skipped = skipped,
+        .world_size = rs->ddp ? kn__ddp_world(rs->ddp) : 1,
     };
+    if (rs->ddp) { /* the global batch's rate: the sum of the ranks' */
+        info.rank_samples_per_second = kn__ddp_rank_samples_per_second(rs->ddp);
+        info.communication_seconds = kn__ddp_communication_seconds(rs->ddp);
+        info.samples_per_second = 0;
+        for (int r = 0; r < info.world_size; r++)
+            info.samples_per_second += info.rank_samples_per_second[r];
+    }
     if (epoch_end) {
         t->epoch++;
         t->batch_in_epoch = 0;
         rs->summary->epochs_completed++;
     }
     kn_status st = KN_OK;
-    if (rs->cb && rs->cb->on_step) st = rs->cb->on_step(rs->cb->context, &info);
-    bool eval = rs->validation &&
+    if (rs->cb && rs->cb->on_step)
+        st = callback_status(rs, rs->cb->on_step(rs->cb->context, &info));
+    if (st == KN_OK && rs->ddp && kn__ddp_stop_agreed(rs->ddp)) {
+        rs->summary->stopped = true; /* every rank, after this same step */
+        st = rs->stop_status != KN_OK
+                 ? rs->stop_status
+                 : kn__error(KN_ERR_VALUE, "stopped at step %lld: another rank asked to stop",
+                             (long long)t->step);
+    }
+    bool eval = rs->has_validation &&
                 ((c->eval_every_steps > 0 && t->step % c->eval_every_steps == 0) || epoch_end);
     bool checkpoint = c->checkpoint_every_steps > 0 && t->step % c->checkpoint_every_steps == 0 &&
                       rs->cb && rs->cb->on_checkpoint;
@@ -521,11 +580,17 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
                     .summary = summary,
                     .device = kn__module_device(t->model),
                     .last_eval_step = -1};
-    rs.bpe = kn_batches_per_epoch(train->count, c->batch_size, c->drop_last);
+    /* a distributed rank takes its shard of each epoch, batch_size / world size at a time */
+    int world = kn_dist_world_size(c->dist);
+    rs.batch_size = c->batch_size / world;
+    int64_t count = c->drop_last ? train->count / world : (train->count + world - 1) / world;
+    rs.bpe = kn_batches_per_epoch(count, rs.batch_size, c->drop_last);
     if (rs.bpe <= 0)
         return kn__error(KN_ERR_VALUE, "train: %lld samples give no batch of %lld%s",
                          (long long)train->count, (long long)c->batch_size,
                          c->drop_last ? " with drop_last" : "");
+    rs.has_validation = validation != NULL;
+    if (c->dist && !(rs.ddp = kn__ddp_new(t, &rs.has_validation))) return kn_last_status();
     rs.total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * rs.bpe;
     /* a checkpoint taken at the end of an epoch resumes at the next one */
     if (t->batch_in_epoch >= rs.bpe) {
@@ -540,6 +605,7 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
     while (st == KN_OK && !rs.stop_early && !planned_done(&rs)) {
         kn_scope_begin();
         kn_tensor *order = kn_epoch_order(train->count, c->seed, t->epoch, c->shuffle);
+        if (rs.ddp) order = kn__ddp_shard(rs.ddp, order, c->drop_last);
         if (!order) st = kn_last_status() ? kn_last_status() : KN_ERR_NULL;
         int64_t epoch = t->epoch;
         while (st == KN_OK && !rs.stop_early && !planned_done(&rs) && t->epoch == epoch) {
@@ -559,13 +625,21 @@ static kn_status run(kn_trainer *t, const kn_dataset *train, const kn_dataset *v
     kn__train_cuda_free(rs.cuda, summary->cuda_note, sizeof summary->cuda_note,
                         &summary->graph_steps);
     /* the final evaluation, unless the last step was just evaluated */
-    if (st == KN_OK && validation && rs.last_eval_step != t->step)
+    if (st == KN_OK && rs.has_validation && rs.last_eval_step != t->step)
         st = run_eval(&rs, t->epoch > 0 && t->batch_in_epoch == 0 ? t->epoch - 1 : t->epoch);
     summary->steps = t->step;
     summary->train_seconds = rs.train_seconds;
     summary->samples_per_second = rs.train_seconds > 0 ? rs.samples / rs.train_seconds : 0;
     summary->stopped_early = rs.stop_early;
     summary->skipped_steps = t->skipped_steps;
+    summary->world_size = world;
+    if (rs.ddp) {
+        summary->communication_seconds = kn__ddp_communication_seconds(rs.ddp);
+        const double *sps = kn__ddp_rank_samples_per_second(rs.ddp);
+        summary->samples_per_second = 0;
+        for (int r = 0; r < world; r++) summary->samples_per_second += sps[r];
+        kn__ddp_free(rs.ddp);
+    }
     return st;
 }
 

@@ -99,6 +99,8 @@ static void decide_graph(kn__train_cuda *tc)
         snprintf(tc->note, sizeof tc->note, "pinned staging; no graph (cuda_graph is off)");
         return;
     }
+    /* a distributed step all-reduces its gradients between its nodes (dist/dist_ddp.c) */
+    if (c->dist) return graph_off(tc, "distributed runs step eagerly");
     /* each layer's row says whether its step can be captured (kn_layer.h) */
     const char *why = kn_layer_host_bound(tc->t->model);
     if (why) return graph_off(tc, why);
@@ -180,7 +182,7 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
     tc->train = train;
     tc->device = device;
     tc->h = h;
-    tc->batch_size = t->config.batch_size;
+    tc->batch_size = t->rank_batch_size > 0 ? t->rank_batch_size : t->config.batch_size;
     tc->row_bytes = (size_t)row_elements(train->inputs) * kn_dtype_size(train->inputs->dtype);
     tc->label_row = row_elements(train->labels);
     tc->label_bytes = (size_t)tc->label_row * kn_dtype_size(train->labels->dtype);

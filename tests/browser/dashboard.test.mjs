@@ -66,7 +66,10 @@ async function setup(nJobs = 2) {
   const steps = Number(process.env.KILN_DASHBOARD_STEPS || (nJobs === 2 ? 6000 : 3000));
   const a = await call('POST', '/v1/jobs', spec(steps, 'run a'));
   if (nJobs === 1) return { a: a.id };
-  const b = await call('POST', '/v1/jobs', spec(steps, 'run b')); // queued behind a: one worker
+  // queued behind a (one worker) and canceled from the table later: long enough that it is
+  // still running then however fast the machine (with a's length it could end first: a
+  // flaky 'cancel button never enabled' on a machine that sped up mid-test)
+  const b = await call('POST', '/v1/jobs', spec(steps * 100, 'run b'));
   return { a: a.id, b: b.id };
 }
 
@@ -211,6 +214,10 @@ async function mainFlow(context, page) {
     const shown = await fresh.$eval('[data-chart="loss"]', (e) => e.dataset.points);
     console.log(`first paint of a job page with 100,000 points per series: ${ms} ms ` +
       `(the loss chart holds ${shown} points after the server's max_points downsampling)`);
+    const processes = await fresh.textContent('[data-key="Processes"]');
+    const perRank = await fresh.textContent('[data-key="Per-rank samples/s"]');
+    check(/^2 × cpu \(mpi\), restarts 1\/2$/.test(processes) && /0: 2,?500 \(node1\), 1: 2,?400 \(node2\)/.test(perRank),
+      `a distributed job shows its world size ("${processes}") and each rank's samples/s ("${perRank}")`);
     await fresh.screenshot({ path: artifacts + '/job-100k.png', fullPage: true });
     await fresh.close();
   }

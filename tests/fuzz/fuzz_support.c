@@ -219,34 +219,95 @@ static void check_built_model(const kapi_model_spec *spec)
     int64_t count = kn_module_parameter_count(model);
     FUZZ_CHECK(count == spec->parameter_count, "the model has %lld parameters, the spec says %lld",
                (long long)count, (long long)spec->parameter_count);
-    int64_t in[KN_MAX_DIMS], out[KN_MAX_DIMS];
-    int out_ndim = 0;
-    in[0] = 2;
-    memcpy(in + 1, spec->input_shape, sizeof *in * (size_t)spec->input_ndim);
-    kn_status st =
-        kn_module_output_shape(model, spec->input_shape, spec->input_ndim, out + 1, &out_ndim);
-    FUZZ_CHECK(st == KN_OK, "the engine refuses a valid spec's input: %s", kn_last_error());
-    FUZZ_CHECK(same_shape(out + 1, out_ndim, spec->output_shape, spec->output_ndim),
-               "the engine and the spec disagree on the output shape");
+    int64_t out[KN_MAX_DIMS];
+    int out_ndim = spec->output_ndim;
+    memcpy(out + 1, spec->output_shape, sizeof *out * (size_t)out_ndim);
+    if (spec->n_inputs == 1) { /* kn_module_output_shape takes one input */
+        kn_status st =
+            kn_module_output_shape(model, spec->input_shape, spec->input_ndim, out + 1, &out_ndim);
+        FUZZ_CHECK(st == KN_OK, "the engine refuses a valid spec's input: %s", kn_last_error());
+        FUZZ_CHECK(same_shape(out + 1, out_ndim, spec->output_shape, spec->output_ndim),
+                   "the engine and the spec disagree on the output shape");
+    }
     out[0] = 2; /* the batch the forward pass below runs */
     out_ndim++;
     if (forward_cost(spec) <= FORWARD_MAX_COST) {
         kn_module_train(model, false);
         kn_scope_begin();
         kn_no_grad_begin();
-        kn_tensor *x = kn_zeros(in, spec->input_ndim + 1, spec->input_dtype);
-        kn_tensor *y = kn_module_forward(model, x);
+        /* zeros of every input, of its dtype (0 is a valid index) */
+        kn_tensor *x[KN_GRAPH_MAX_INPUTS], *y[KN_GRAPH_MAX_INPUTS];
+        for (int i = 0; i < spec->n_inputs; i++) {
+            const kapi_value_spec *v = &spec->values[i];
+            int64_t shape[KN_MAX_DIMS] = {2};
+            memcpy(shape + 1, v->shape, sizeof *shape * (size_t)v->ndim);
+            x[i] = kn_zeros(shape, v->ndim + 1, v->dtype);
+        }
+        int n_out = 0;
+        kn_status forward =
+            kn_module_forward_outputs(model, x, spec->n_inputs, y, KN_GRAPH_MAX_INPUTS, &n_out);
         kn_no_grad_end();
-        FUZZ_CHECK(y, "a valid spec's model fails forward: %s", kn_last_error());
-        FUZZ_CHECK(same_shape(y->shape, y->ndim, out, out_ndim),
+        FUZZ_CHECK(forward == KN_OK, "a valid spec's model fails forward: %s", kn_last_error());
+        FUZZ_CHECK(n_out == spec->n_outputs, "forward gives %d outputs, the spec says %d", n_out,
+                   spec->n_outputs);
+        FUZZ_CHECK(same_shape(y[0]->shape, y[0]->ndim, out, out_ndim),
                    "forward gives a different shape from kn_module_output_shape");
+        for (int j = 0; j < n_out; j++) {
+            const kapi_value_spec *v = &spec->values[spec->outputs[j]];
+            FUZZ_CHECK(y[j]->ndim == v->ndim + 1 && y[j]->dtype == v->dtype &&
+                           same_shape(y[j]->shape + 1, y[j]->ndim - 1, v->shape, v->ndim),
+                       "output %s of the forward is not the spec's", v->name);
+        }
         kn_scope_end();
     }
     kn_module_free(model);
 }
 
+/* A graph's nodes read values that exist and made before them in the run, with the
+ * shapes those values have; parameters add up; outputs are values. */
+static void check_graph(const kapi_model_spec *spec)
+{
+    FUZZ_CHECK(spec->n_inputs >= 1 && spec->n_outputs >= 1 && spec->run_order,
+               "a graph without inputs, outputs or a run order");
+    int64_t parameters = 0;
+    int made = spec->n_inputs; /* values made so far, in the run order */
+    for (int r = 0; r < spec->n_layers; r++) {
+        int i = spec->run_order[r];
+        FUZZ_CHECK(i >= 0 && i < spec->n_layers, "run_order[%d] is %d", r, i);
+        const kapi_layer_spec *l = &spec->layers[i];
+        FUZZ_CHECK(l->first_output == made, "%s's outputs are values %d.., made so far %d", l->name,
+                   l->first_output, made);
+        for (int k = 0; k < l->n_inputs; k++)
+            FUZZ_CHECK(l->inputs[k] >= 0 && l->inputs[k] < made, "%s reads value %d of %d", l->name,
+                       l->inputs[k], made);
+        const kapi_value_spec *in = &spec->values[l->inputs[0]];
+        FUZZ_CHECK(same_shape(l->in_shape, l->in_ndim, in->shape, in->ndim),
+                   "%s's input shape is not its first input's", l->name);
+        made += l->n_outputs;
+        FUZZ_CHECK(made <= spec->n_values, "%s makes values past %d", l->name, spec->n_values);
+        parameters += l->parameter_count;
+    }
+    FUZZ_CHECK(made == spec->n_values, "the nodes make %d values, the spec has %d", made,
+               spec->n_values);
+    for (int j = 0; j < spec->n_outputs; j++)
+        FUZZ_CHECK(spec->outputs[j] >= spec->n_inputs && spec->outputs[j] < spec->n_values,
+                   "output %d is value %d", j, spec->outputs[j]);
+    FUZZ_CHECK(parameters == spec->parameter_count, "nodes add up to %lld parameters, spec %lld",
+               (long long)parameters, (long long)spec->parameter_count);
+    const kapi_value_spec *out = &spec->values[spec->outputs[0]];
+    FUZZ_CHECK(same_shape(spec->output_shape, spec->output_ndim, out->shape, out->ndim),
+               "output_shape is not the first output's");
+}
+
 void fuzz_check_model_spec(const kapi_model_spec *spec)
 {
+    if (spec->graph) {
+        check_graph(spec);
+        FUZZ_CHECK(kapi_model_training_memory(spec, 1, KN_OPTIM_ADAM) > 0, "training memory <= 0");
+        check_summary(spec);
+        if (spec->parameter_count <= BUILD_MAX_PARAMETERS) check_built_model(spec);
+        return;
+    }
     FUZZ_CHECK(spec->input_ndim >= 1 && spec->input_ndim < KN_MAX_DIMS, "input_ndim %d",
                spec->input_ndim);
     FUZZ_CHECK(spec->n_layers >= 1 && spec->layers, "a valid spec without layers");

@@ -663,6 +663,215 @@ def rnn_init(cls, seed, *args, **kw):
 case("lstm_init", inputs(), rnn_init(torch.nn.LSTM, 1234, 3, 5, num_layers=2,
                                      bidirectional=True))
 case("gru_init", inputs(), rnn_init(torch.nn.GRU, 99, 4, 7, bias=False))
+# ---- graph (issue 12) ---------------------------------------------------------------------------
+# The structure nodes of graph specs on batched tensors (dim 0 is the batch), as torch's
+# functions; several outputs are combined into "out" the way the C test combines them.
+
+case("graph_add3_broadcast", inputs(a=R(2, 3, 4), b=R(2, 1, 4), c=R(2, 3, 1)),
+     lambda a, b, c: a + b + c)
+case("graph_mul_broadcast", inputs(a=R(2, 3, 4), b=R(2, 3, 1)), lambda a, b: a * b)
+case("graph_concat_noncontig", inputs(abase=R(2, 4, 3), b=R(2, 3, 2)),
+     lambda abase, b: torch.cat([abase.transpose(1, 2), b], -1))
+case("graph_split_sections", inputs(x=R(2, 3, 6)),
+     lambda x: (lambda p: p[0].sum(-1, keepdim=True) * p[2].mean(-1, keepdim=True) + p[1])(
+         x.split([1, 2, 3], -1)))
+case("graph_chunk_uneven", inputs(x=R(2, 5, 4)),
+     lambda x: (lambda p: {"out": p[0] + p[1], "part2": p[2]})(x.chunk(3, 1)))
+case("graph_reshape_noncontig", inputs(base=R(2, 4, 8)),
+     lambda base: base.transpose(1, 2).reshape(2, 8, 2, 2))
+case("graph_permute4", inputs(x=R(2, 3, 4, 5)), lambda x: x.permute(0, 2, 3, 1))
+case("graph_transpose_neg", inputs(x=R(2, 3, 4)), lambda x: x.transpose(-1, 1))
+case("graph_matmul_broadcast", inputs(abase=R(2, 2, 4, 3), b=R(2, 1, 4, 5)),
+     lambda abase, b: abase.transpose(-1, -2) @ b)
+case("graph_mean_dims", inputs(x=R(2, 3, 4, 5)), lambda x: x.mean(dim=(1, 3)))
+case("graph_mean_keepdim", inputs(x=R(2, 3, 4)), lambda x: x.mean(dim=-1, keepdim=True))
+case("graph_slice_step", inputs(x=R(2, 7, 3)), lambda x: x[:, -5:6:2])
+case("graph_select_last", inputs(x=R(2, 5, 3)), lambda x: x[:, -1])
+
+
+def attention_block(x, qkv_weight, qkv_bias, proj_weight, proj_bias):
+    """A block of structure nodes only: x + proj(attention(x)), two heads, no scaling."""
+    n, t, c = x.shape
+    q, k, v = F.linear(x, qkv_weight, qkv_bias).split(c, dim=-1)
+    q = q.reshape(n, t, 2, c // 2).transpose(1, 2)
+    k = k.reshape(n, t, 2, c // 2).permute(0, 2, 3, 1)
+    v = v.reshape(n, t, 2, -1).transpose(1, 2)
+    y = (torch.softmax(q @ k, dim=-1) @ v).transpose(1, 2).reshape(n, t, c)
+    return x + F.linear(y, proj_weight, proj_bias)
+
+
+case("graph_attention_block",
+     inputs(x=R(2, 4, 8), qkv_weight=lambda: randn(24, 8) * 0.3, qkv_bias=R(24),
+            proj_weight=lambda: randn(8, 8) * 0.3, proj_bias=R(8)),
+     attention_block)
+# ---- attention (issue 12) ------------------------------------------------------------------
+# scaled_dot_product_attention against the formula torch 1.13 spells out, softmax(q k^T
+# * scale + mask) v (checked here against torch's own F._scaled_dot_product_attention
+# where that takes the case), then nn.MultiheadAttention and nn.TransformerEncoderLayer
+# through torch's modules, and their initialisation for a seed.
+
+import math
+
+
+def sdpa_ref(q, k, v, causal=False, offset=0, pad=None, scale=None):
+    """softmax(q k^T * scale + mask) v; causal: key j hidden from query i when j > i +
+    offset; pad [N, S]: nonzero keys hidden."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.transpose(-2, -1) * scale
+    if causal:
+        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(diagonal=offset)
+        s = s.masked_fill(~allowed, float("-inf"))
+    if pad is not None:
+        hidden = pad.bool().view(pad.shape[0], *([1] * (q.dim() - 2)), pad.shape[1])
+        s = s.masked_fill(hidden, float("-inf"))
+    out = torch.softmax(s, -1) @ v
+    if pad is None and offset == 0 and scale == 1 / math.sqrt(q.shape[-1]):
+        torch_out, _ = F._scaled_dot_product_attention(q, k, v, None, 0.0, False, causal)
+        assert torch.allclose(out, torch_out, rtol=0, atol=1e-6), "sdpa_ref != torch's sdpa"
+    return out
+
+
+def pad_mask(*rows):
+    return lambda: torch.tensor(rows, dtype=torch.int64)
+
+
+case("sdpa_basic", inputs(q=R(2, 3, 5, 8), k=R(2, 3, 7, 8), v=R(2, 3, 7, 6)), sdpa_ref)
+case("sdpa_causal", inputs(q=R(2, 2, 9, 5), k=R(2, 2, 9, 5), v=R(2, 2, 9, 5)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True))
+case("sdpa_causal_offset", inputs(q=R(1, 2, 3, 4), k=R(1, 2, 8, 4), v=R(1, 2, 8, 4)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True, offset=5))
+case("sdpa_padding", inputs(q=R(3, 2, 6, 4), k=R(3, 2, 6, 4), v=R(3, 2, 6, 4),
+                            pad=pad_mask([0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1])),
+     lambda q, k, v, pad: sdpa_ref(q, k, v, pad=pad))
+case("sdpa_causal_padding", inputs(q=R(2, 2, 5, 4), k=R(2, 2, 5, 4), v=R(2, 2, 5, 4),
+                                   pad=pad_mask([0, 1, 0, 0, 1], [0, 0, 0, 1, 1])),
+     lambda q, k, v, pad: sdpa_ref(q, k, v, causal=True, pad=pad))
+# Longer than one query block (32) and one key block (64), head dims not a multiple of 16.
+case("sdpa_long_causal", inputs(q=R(1, 2, 100, 20), k=R(1, 2, 100, 20), v=R(1, 2, 100, 20)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True))
+case("sdpa_long_cross", inputs(q=R(2, 1, 70, 9), k=R(2, 1, 150, 9), v=R(2, 1, 150, 33)),
+     sdpa_ref)
+case("sdpa_3d", inputs(q=R(2, 5, 3), k=R(2, 4, 3), v=R(2, 4, 2)), sdpa_ref)
+case("sdpa_scale", inputs(q=R(1, 2, 4, 6), k=R(1, 2, 4, 6), v=R(1, 2, 4, 6)),
+     lambda q, k, v: sdpa_ref(q, k, v, causal=True, scale=0.3))
+case("sdpa_large_scores", inputs(q=big(6, 2, 2, 8, 4), k=big(6, 2, 2, 8, 4), v=R(2, 2, 8, 4)),
+     sdpa_ref)
+# Heads read in place from [N, L, H, E] (strided rows), and a last dim that is strided.
+case("sdpa_noncontig", inputs(qbase=R(2, 5, 3, 4), kbase=R(2, 6, 3, 4), vbase=R(2, 3, 5, 6)),
+     lambda qbase, kbase, vbase: sdpa_ref(qbase.transpose(1, 2), kbase.transpose(1, 2),
+                                          vbase.transpose(-1, -2), causal=True))
+
+
+def qkv_ref(qkv, heads, **kw):
+    n, t, e3 = qkv.shape
+    q, k, v = qkv.view(n, t, 3, heads, e3 // 3 // heads).permute(2, 0, 3, 1, 4)
+    return sdpa_ref(q, k, v, **kw).transpose(1, 2).reshape(n, t, e3 // 3)
+
+
+case("attention_qkv", inputs(qkv=R(2, 7, 24)), lambda qkv: qkv_ref(qkv, 2))
+case("attention_qkv_causal_padding",
+     inputs(qkv=R(2, 40, 36), pad=lambda: (torch.arange(40) >= torch.tensor([[33], [40]])).long()),
+     lambda qkv, pad: qkv_ref(qkv, 3, causal=True, pad=pad))
+
+
+MHA_NAMES = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+
+
+# Parameters of the size a trained model has (weights ~ 1/sqrt(fan_in)): randn weights
+# make the softmax so peaked that float32 itself is off by 1e-4 in the gradients.
+def W(rows, cols):
+    return big(1 / math.sqrt(cols), rows, cols)
+
+
+def mha_params(e):
+    return {"in_proj_weight": W(3 * e, e), "in_proj_bias": big(0.1, 3 * e),
+            "out_proj.weight": W(e, e), "out_proj.bias": big(0.1, e)}
+
+
+def mha_ref(heads, causal=False, cross=False, with_pad=False):
+    """nn.MultiheadAttention(batch_first=True) with the case's parameters, through
+    torch.nn.utils.stateless.functional_call so the gradients reach them."""
+    from torch.nn.utils import stateless
+
+    def fn(*args):
+        if cross:
+            query, key, value, *rest = args
+        else:
+            query, *rest = args
+            key = value = query
+        pad = rest.pop(0).bool() if with_pad else None
+        e = query.shape[-1]
+        m = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+        mask = None
+        if causal:
+            mask = torch.ones(query.shape[1], key.shape[1], dtype=torch.bool).triu(1)
+        out, _ = stateless.functional_call(m, dict(zip(MHA_NAMES, rest)), (query, key, value),
+                                           {"key_padding_mask": pad, "attn_mask": mask,
+                                            "need_weights": False})
+        return out
+    return fn
+
+
+case("mha_self", inputs(x=R(2, 6, 8), **mha_params(8)), mha_ref(2))
+case("mha_causal_padding", inputs(x=R(2, 5, 12), pad=pad_mask([0, 0, 0, 1, 1], [0, 0, 0, 0, 0]),
+                                  **mha_params(12)),
+     mha_ref(3, causal=True, with_pad=True))
+case("mha_cross", inputs(query=R(2, 4, 8), key=R(2, 6, 8), value=R(2, 6, 8), **mha_params(8)),
+     mha_ref(4, cross=True))
+
+TEL_NAMES = ["self_attn." + n for n in MHA_NAMES] + [
+    "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
+    "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"]
+
+
+def tel_params(d, ff):
+    return {"self_attn.in_proj_weight": W(3 * d, d), "self_attn.in_proj_bias": big(0.1, 3 * d),
+            "self_attn.out_proj.weight": W(d, d), "self_attn.out_proj.bias": big(0.1, d),
+            "linear1.weight": W(ff, d), "linear1.bias": big(0.1, ff),
+            "linear2.weight": W(d, ff), "linear2.bias": big(0.1, d),
+            "norm1.weight": R(d), "norm1.bias": R(d), "norm2.weight": R(d), "norm2.bias": R(d)}
+
+
+def tel_ref(heads, ff, activation="relu", norm_first=False, causal=False, with_pad=False):
+    """nn.TransformerEncoderLayer(batch_first=True, dropout=0) in training mode (torch's
+    eval fast path is another kernel), the case's parameters through functional_call."""
+    from torch.nn.utils import stateless
+
+    def fn(x, *rest):
+        rest = list(rest)
+        pad = rest.pop(0).bool() if with_pad else None
+        m = torch.nn.TransformerEncoderLayer(x.shape[-1], heads, ff, dropout=0.0,
+                                             activation=activation, batch_first=True,
+                                             norm_first=norm_first, layer_norm_eps=1e-5)
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1) if causal else None
+        return stateless.functional_call(m, dict(zip(TEL_NAMES, rest)), (x,),
+                                         {"src_mask": mask, "src_key_padding_mask": pad})
+    return fn
+
+
+case("tel_post_relu", inputs(x=R(2, 5, 8), **tel_params(8, 12)), tel_ref(2, 12))
+case("tel_pre_gelu_causal", inputs(x=R(2, 6, 8), **tel_params(8, 16)),
+     tel_ref(4, 16, activation="gelu", norm_first=True, causal=True))
+case("tel_post_padding", inputs(x=R(2, 5, 8), pad=pad_mask([0, 0, 0, 1, 1], [0, 0, 0, 0, 1]),
+                                **tel_params(8, 12)),
+     tel_ref(2, 12, with_pad=True))
+
+
+def seeded_modules():
+    """The state dicts of torch's modules made right after torch.manual_seed(1234):
+    Kiln's modules made after kn_manual_seed(1234) must hold the same numbers."""
+    out = {}
+    torch.manual_seed(1234)
+    for key, value in torch.nn.MultiheadAttention(12, 3, batch_first=True).state_dict().items():
+        out["mha." + key] = value
+    for key, value in torch.nn.TransformerEncoderLayer(
+            8, 2, 24, batch_first=True).state_dict().items():
+        out["tel." + key] = value
+    out["out"] = torch.zeros(1)
+    return out
+
+
+case("attention_init_seed1234", inputs(), seeded_modules)
 
 
 # ---- sequence layers (issue 12) -------------------------------------------------------------

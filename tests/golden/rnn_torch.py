@@ -11,47 +11,18 @@ GRU handing on its last state, a linear head):
 
 Usage: /usr/bin/python3 rnn_torch.py KILN_WEIGHTS KILN_IO TORCH_WEIGHTS TORCH_IO
 Exit status 0: ok; 1: a difference (printed); 77: no torch here (the test skips).
-Safetensors are read and written by hand: the python package need not be installed.
+Safetensors are read and written by tests/golden/torch_safetensors.py.
 """
-import json
-import struct
 import sys
 
 try:
-    import numpy as np
     import torch
     import torch.nn as nn
 except ImportError:
     print("rnn_torch: torch is not installed")
     sys.exit(77)
 
-
-def load(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, e in header.items():
-        dtype = {"F32": np.float32, "I64": np.int64}[e["dtype"]]
-        a, b = e["data_offsets"]
-        array = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dtype).reshape(e["shape"])
-        out[name] = torch.from_numpy(array.copy())
-    return out
-
-
-def save(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        data = tensors[name].detach().contiguous().numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+from torch_safetensors import load, save  # noqa: E402  (after torch: exit 77 first)
 
 
 class Sequence(nn.LSTM):

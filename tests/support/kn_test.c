@@ -7,13 +7,16 @@
  *   uint32 name_length, name bytes, uint32 dtype (0 float32, 1 int64), uint32 ndim,
  *   int64 shape[ndim], then numel elements of the dtype.
  */
+#define _XOPEN_SOURCE 700 /* nftw, mkdtemp */
 #include "kn_test.h"
 #include "kn_internal.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 bool kn_test_close(const kn_tensor *t, const float *want, int64_t n, double rtol, double atol,
                    char *message, size_t size)
@@ -375,4 +378,36 @@ bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape
     fputc('\n', f);
     bool ok = fwrite(data, element, count, f) == count;
     return fclose(f) == 0 && ok;
+}
+
+bool kn_test_temp_dir(const char *prefix, char *out, size_t size)
+{
+    int n = snprintf(out, size, "/tmp/%s-XXXXXX", prefix);
+    if (n < 0 || (size_t)n >= size || !mkdtemp(out)) {
+        if (size) out[0] = '\0';
+        return false;
+    }
+    return true;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void kn_test_remove_dir(const char *dir)
+{
+    if (dir && dir[0]) nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int kn_test_run(const char *command, char *out, size_t size)
+{
+    out[0] = '\0';
+    FILE *p = popen(command, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

@@ -102,5 +102,14 @@ kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
  * bytes; little-endian, C order). false when it cannot be written. */
 bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
                        const void *data);
+/* A new empty directory /tmp/<prefix>-XXXXXX (mkdtemp) written into out (size >= 32 +
+ * strlen(prefix)); false when it cannot be made. Remove it with kn_test_remove_dir. */
+bool kn_test_temp_dir(const char *prefix, char *out, size_t size);
+/* Removes dir and everything under it without following links; nothing for "". */
+void kn_test_remove_dir(const char *dir);
+/* Runs a shell command (popen); its output (stdout, and stderr when the command says
+ * 2>&1) into out, NUL-terminated, cut at size - 1 bytes. Returns the exit status, -1 when
+ * it did not exit or could not start. */
+int kn_test_run(const char *command, char *out, size_t size);
 
 #endif

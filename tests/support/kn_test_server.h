@@ -10,10 +10,11 @@
 #define KN_TEST_SERVER_H
 
 #include "kapi.h"
+#include "kn_test.h"
+#include "kn_test_spec.h"
 #include "ksrv.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +29,7 @@ typedef struct kn_test_server {
 /* A new temporary directory and the test defaults in t->config. */
 static __attribute__((unused)) void kn_test_server_config(kn_test_server *t)
 {
-    snprintf(t->root, sizeof t->root, "/tmp/kiln-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(t->root));
+    cr_assert(kn_test_temp_dir("kiln-test", t->root, sizeof t->root), "mkdtemp in /tmp");
     ksrv_config_defaults(&t->config);
     snprintf(t->config.data_dir, sizeof t->config.data_dir, "%s/data", t->root);
     t->config.port = 0;
@@ -47,28 +47,19 @@ static __attribute__((unused)) void kn_test_server_start(kn_test_server *t)
     cr_assert_gt(t->server->port, 0);
 }
 
-static int kn_test_server_remove(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 /* Stops the server (when started) and removes the directory; safe to call twice. */
 static __attribute__((unused)) void kn_test_server_stop(kn_test_server *t)
 {
     ksrv_stop(t->server);
     t->server = NULL;
-    if (t->root[0]) nftw(t->root, kn_test_server_remove, 16, FTW_DEPTH | FTW_PHYS);
+    kn_test_remove_dir(t->root);
     t->root[0] = '\0';
 }
 
 /* The module of a model spec (JSON text), initialised from seed. */
 static __attribute__((unused)) kn_module *kn_test_build_model(const char *model_json, uint64_t seed)
 {
-    kapi_errors errors = {0};
-    kapi_model_spec *model = kapi_model_spec_parse(model_json, strlen(model_json), &errors);
-    cr_assert_not_null(model, "the test's model spec");
-    kapi_errors_free(&errors);
+    kapi_model_spec *model = kn_test_parse_model(model_json);
     kn_generator *gen = kn_generator_new(seed);
     kn_module *module = kapi_model_build(model, gen);
     kn_generator_free(gen);

@@ -9,7 +9,8 @@
 #define KN_TEST_TOKENS_H
 
 #include "kapi.h"
-#include "kn_test.h" /* kn_test_write_npy writes the token files */
+#include "kn_test.h"      /* kn_test_write_npy writes the token files */
+#include "kn_test_spec.h" /* kn_test_parse_model for the models below */
 
 #include <criterion/criterion.h>
 #include <stdint.h>
@@ -62,16 +63,18 @@ static __attribute__((unused)) void kn_test_make_tokens(int64_t n, uint64_t seed
     "{\"type\": \"dropout\", \"p\": 0.05},"                                                        \
     "{\"type\": \"linear\", \"in_features\": 64, \"out_features\": 12}]}"
 
-/* A model spec that must parse (the errors are the failure message). */
-static __attribute__((unused)) kapi_model_spec *kn_test_parse_model(const char *json)
-{
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(json, strlen(json), &errors);
-    char *text = kapi_errors_to_text(&errors);
-    cr_assert_not_null(spec, "%s", text);
-    free(text);
-    kapi_errors_free(&errors);
-    return spec;
-}
+/* The tagger as a graph spec: named int64 input "tokens", nodes wte, wpe, a causal
+ * pre-norm transformer_encoder_layer h0 (issue 12's graph specs and attention), ln_f and
+ * the head. */
+#define KN_TEST_GRAPH_TAGGER                                                                       \
+    "{\"name\": \"graph-tagger\", \"inputs\": [{\"name\": \"tokens\", \"shape\": [8], "            \
+    "\"dtype\": \"int64\"}], \"nodes\": ["                                                         \
+    "{\"name\": \"wte\", \"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 16}," \
+    "{\"name\": \"wpe\", \"type\": \"positional_embedding\", \"num_embeddings\": 8},"              \
+    "{\"name\": \"h0\", \"type\": \"transformer_encoder_layer\", \"nhead\": 2, "                   \
+    "\"dim_feedforward\": 64, \"dropout\": 0.0, \"activation\": \"gelu\", \"norm_first\": true, "  \
+    "\"is_causal\": true},"                                                                        \
+    "{\"name\": \"ln_f\", \"type\": \"layer_norm\"},"                                              \
+    "{\"name\": \"head\", \"type\": \"linear\", \"out_features\": 12}], \"outputs\": [\"head\"]}"
 
 #endif

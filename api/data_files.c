@@ -205,8 +205,8 @@ static void load_csv(const kapi_data_source *source, kapi_load_options options, 
     free(text);
 }
 
-/* Labels as stored made what the task takes: int64 [N] classes, or float32 [N, K]. NULL
- * with an error at path. */
+/* Labels as stored made what the task takes: int64 classes [N] (or [N, T, ...] per
+ * position), or float32 [N, K]. NULL with an error at path. */
 static kn_tensor *conform_labels(kn_tensor *labels, kn_task task, const char *path,
                                  kapi_errors *errors)
 {
@@ -220,16 +220,16 @@ static kn_tensor *conform_labels(kn_tensor *labels, kn_task task, const char *pa
                             kn_dtype_name(labels->dtype), shape, FLOAT_AS_CLASSES);
             return NULL;
         }
+        /* a column of labels is one per sample; [N, T, ...] are labels per position, which
+         * the model's output must have (kapi_check_labels) */
         if (labels->ndim == 2 && labels->shape[1] == 1)
             return kn_reshape(labels, KN_SHAPE(labels->shape[0]));
-        if (labels->ndim != 1) {
-            kapi_errors_add(errors, path,
-                            "class labels must be [N], the file has %s (for multi-label targets "
-                            "set \"task\": \"multilabel\" with bce_with_logits)",
-                            shape);
-            return NULL;
-        }
         return labels;
+    }
+    if (labels->ndim != 1 && labels->ndim != 2) {
+        kapi_errors_add(errors, path, "task %s takes targets [N] or [N, K], the file has %s",
+                        kn_task_name(task), shape);
+        return NULL;
     }
     int64_t n = labels->shape[0], k = labels->ndim == 2 ? labels->shape[1] : 1;
     if (labels->dtype == KN_FLOAT32) return kn_reshape(labels, KN_SHAPE(n, k));
@@ -304,7 +304,8 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     return kapi_load_data(source, options, errors);
 }
 
-/* Inputs reshaped to [N, input_shape...] when the sample sizes agree. */
+/* Inputs made the model's input dtype and reshaped to [N, input_shape...] when the sample
+ * sizes agree. */
 static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                        kapi_errors *errors)
 {
@@ -322,6 +323,19 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
                         have, (long long)sample, want, (long long)needed);
         return false;
     }
+    /* token indices for an embedding, floats for the rest (an int64 NPY of features) */
+    if (kn_dataset_to_dtype(ds, spec->input_dtype) != KN_OK) {
+        char taker[96];
+        if (spec->input_dtype == KN_INT64)
+            kapi_errors_add(errors, what,
+                            "%s (%s takes int64 token indices: give integer inputs, not scaled "
+                            "or normalised)",
+                            kn_last_error(), kapi__token_taker(spec, taker, sizeof taker));
+        else
+            kapi_errors_add(errors, what, "%s", kn_last_error());
+        return false;
+    }
+    x = ds->inputs;
     if (x->ndim - 1 == spec->input_ndim && strcmp(have, want) == 0) return true;
     int64_t shape[KN_MAX_DIMS];
     shape[0] = x->shape[0];
@@ -338,14 +352,65 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
     return true;
 }
 
+/* Class labels against the model's output per sample (issue 12): the classes are its last
+ * dim, so labels [N] go with an output [C] and labels per position [N, T, ...] with
+ * [T, ..., V]. max_label is the largest label, -1 when every one is ignore_index (-100). */
+static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
+                                   const kapi_model_spec *spec, const char *what,
+                                   kapi_errors *errors)
+{
+    int label_ndim = y->ndim - 1;
+    char labels[96], output[96], want[96];
+    kn_shape_str(y->shape + 1, label_ndim, labels, sizeof labels);
+    kn_shape_str(spec->output_shape, spec->output_ndim, output, sizeof output);
+    bool fits = spec->output_ndim == label_ndim + 1;
+    for (int d = 0; fits && d < label_ndim; d++) fits = y->shape[d + 1] == spec->output_shape[d];
+    if (!fits && label_ndim == 0) {
+        /* the positions: the output without its last dim, the classes */
+        kn_shape_str(spec->output_shape, spec->output_ndim - 1, want, sizeof want);
+        kapi_errors_add(errors, what,
+                        "labels are one class per sample but the model outputs %s per sample: "
+                        "end the model in an output [classes] (e.g. a flatten and a linear), or "
+                        "give labels per position [N, %s",
+                        output, spec->output_ndim > 1 ? want + 1 : "...]");
+        return false;
+    }
+    if (!fits) {
+        /* the labels' shape and one more dim for the classes */
+        snprintf(want, sizeof want, "%.*s, classes]", (int)strlen(labels) - 1, labels);
+        kapi_errors_add(errors, what,
+                        "labels are %s per sample (a class per position) but the model outputs "
+                        "%s per sample: expected an output %s, the classes last%s",
+                        labels, output, want,
+                        spec->output_ndim == 1 && label_ndim == 1 &&
+                                y->shape[1] == spec->output_shape[0]
+                            ? " (for multi-label targets set \"task\": \"multilabel\" with "
+                              "bce_with_logits)"
+                            : "");
+        return false;
+    }
+    if (max_label < 0) { /* labels per position, all of them -100 */
+        kapi_errors_add(errors, what,
+                        "every label is -100 (ignore_index): no position to learn or score");
+        return false;
+    }
+    return true;
+}
+
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors)
 {
     bool ok = true;
-    if (spec->output_ndim == 1 && ds->num_classes > spec->output_shape[0]) {
-        kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
-                        (long long)(ds->num_classes - 1), (long long)spec->output_shape[0]);
-        ok = false;
+    const kn_tensor *y = ds->labels;
+    if (y && y->dtype == KN_INT64) {
+        ok = class_labels_fit_shape(y, ds->num_classes - 1, spec, what, errors);
+        /* the shapes fit: the output has its classes as a last dim */
+        int64_t classes = ok ? spec->output_shape[spec->output_ndim - 1] : 0;
+        if (ok && ds->num_classes > classes) {
+            kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
+                            (long long)(ds->num_classes - 1), (long long)classes);
+            ok = false;
+        }
     }
     return fit_inputs(ds, spec, what, errors) && ok;
 }
@@ -389,11 +454,11 @@ static bool check_targets(const kn_tensor *y, const kapi_model_spec *spec, const
     return true;
 }
 
-/* Class labels: within the model's classes (0/1 for one output with bce). */
+/* Class labels: one per sample or per position as the output has them (the classes
+ * last), within the model's classes (0/1 for one output with bce). */
 static bool check_classes(const kn_tensor *y, const kapi_model_spec *spec, const kn_train_config *c,
                           const char *what, kapi_errors *errors)
 {
-    if (spec->output_ndim != 1) return true; /* [N, C, d...] outputs: the loss checks */
     kn_tensor *yc = kn_contiguous((kn_tensor *)y);
     if (!yc) {
         kapi_errors_add(errors, what, "%s", kn_last_error());
@@ -402,7 +467,8 @@ static bool check_classes(const kn_tensor *y, const kapi_model_spec *spec, const
     int64_t max_label = -1;
     for (int64_t i = 0; i < kn_numel(yc); i++)
         if (kn_data_i64(yc)[i] > max_label) max_label = kn_data_i64(yc)[i];
-    int64_t outputs = spec->output_shape[0];
+    if (!class_labels_fit_shape(y, max_label, spec, what, errors)) return false;
+    int64_t outputs = spec->output_shape[spec->output_ndim - 1];
     bool binary = outputs == 1 && c->loss == KN_LOSS_BCE_WITH_LOGITS;
     int64_t classes = binary ? 2 : outputs;
     if (max_label >= classes) {

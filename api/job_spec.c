@@ -799,13 +799,15 @@ static void check_data_against_model(kapi_errors *errors, const kapi_job_spec *j
                         "expected %s (one per channel of input_shape %s), got %d", counts, shape,
                         d->channels);
     }
-    if (m->output_ndim != 1) return;
-    int64_t outputs = m->output_shape[0];
+    kapi__check_token_preprocessing(d, m, errors);
+    /* the classes are the output's last dim ([T, V] per sample for labels per position) */
+    int64_t outputs = m->output_ndim > 0 ? m->output_shape[m->output_ndim - 1] : 1;
     const kn_train_config *c = &job->train;
     if (c->class_weight && c->class_weight_count != outputs)
         kapi_errors_add(errors, "loss.weight",
                         "expected one weight per class: %lld (the model's outputs), got %lld",
                         (long long)outputs, (long long)c->class_weight_count);
+    if (m->output_ndim != 1) return;
     if (c->pos_weight && c->pos_weight_count != 1 && c->pos_weight_count != outputs) {
         char counts[48] = "1 value";
         if (outputs > 1) snprintf(counts, sizeof counts, "1 or %lld values", (long long)outputs);

@@ -91,12 +91,15 @@ typedef struct kapi_layer_spec {
     int first_output, n_outputs;               /* its outputs: values first_output.. */
     int n_ties;                                /* parameters shared with other nodes' */
     kapi_tie_spec ties[KAPI_MAX_TIES];
+    int64_t saved_elements; /* per sample, kept for backward besides the output (issue 12) */
 } kapi_layer_spec;
 
 typedef struct kapi_model_spec {
     char name[128];
     int64_t input_shape[KN_MAX_DIMS]; /* without the batch dim */
     int input_ndim;
+    kn_dtype input_dtype; /* the first input's: a chain's first layer's (int64 indices for an
+                           * embedding), a graph's first declared input's */
     int n_layers;
     kapi_layer_spec *layers;
     int64_t parameter_count;
@@ -271,17 +274,21 @@ kn_dataset *kapi_load_data(const kapi_data_source *source, kapi_load_options opt
 /* kapi_load_data for classification. */
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors);
 /* Makes a loaded dataset fit a model: inputs reshaped to [N, input_shape...] when the
- * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]), and labels
- * checked against a 1-D output's class count. Errors are reported at path `what`
- * ("data.train"). Returns false with errors added. */
+ * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]) and converted
+ * to the model's input dtype (int64 token indices for an embedding, float32 otherwise;
+ * kn_dataset_to_dtype), and labels checked against the output: one per sample for an
+ * output [C], one per position for [T, V] (the classes are the last dim), each below the
+ * class count. Errors are reported at path `what` ("data.train"). Returns false with
+ * errors added. */
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors);
 /* A dataset feeds one input: false with an error at `what` naming the inputs of a graph
  * that has several. */
 bool kapi_model_takes_one_input(const kapi_model_spec *spec, const char *what, kapi_errors *errors);
-/* The same for a job's task and loss (train: its config): class labels within the
- * model's classes (0/1 for one output with bce_with_logits) and as many class weights as
- * classes; float targets [N] or [N, K] of the model's output width (made [N, K]), in
+/* The same for a job's task and loss (train: its config): class labels one per sample or
+ * per position as the output has them (the classes last), within the model's classes (0/1
+ * for one output with bce_with_logits) and as many class weights as classes; float
+ * targets [N] or [N, K] of the model's output width (made [N, K]), in
  * [0, 1] for bce_with_logits, pos_weight of 1 or K values. Errors name the data at
  * `what` and the fields to change. */
 bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_train_config *train,

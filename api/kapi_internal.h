@@ -100,5 +100,13 @@ bool kapi__graph_from_json(const cJSON *root, const char *prefix, kapi_model_spe
                            kapi_errors *errors);
 /* A chain's values (its input and output) once its shapes are known (model_shape.c). */
 bool kapi__chain_values(kapi_model_spec *spec);
+/* preprocess.c: a model of int64 token inputs (an embedding first, issue 12) takes its
+ * indices as they are: data.scale and data.normalize would make them floats. Adds an
+ * error at the field and returns false when the job asks for either. */
+bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
+                                     kapi_errors *errors);
+/* What takes a model's int64 tokens, for messages: "the model's first layer" (a chain's
+ * embedding) or "the model's input \"tokens\"" (a graph's int64 input). Returns buf. */
+const char *kapi__token_taker(const kapi_model_spec *model, char *buf, size_t size);
 
 #endif

@@ -253,6 +253,7 @@ static bool infer_layer(expansion *x, const gnode *node, const char *full, const
     layer->out_ndim = s.outputs[0].ndim;
     layer->parameter_count = s.parameter_count;
     layer->buffer_bytes = s.buffer_bytes;
+    layer->saved_elements = s.saved_elements;
     layer->n_inputs = node->n_refs;
     memcpy(layer->inputs, in, sizeof(int) * (size_t)node->n_refs);
     layer->first_output = x->n_values;
@@ -536,6 +537,7 @@ bool kapi__graph_expand(graph_parse *gp, kapi_model_spec *spec)
         const kapi_value_spec *in = &spec->values[0], *out = &spec->values[spec->outputs[0]];
         memcpy(spec->input_shape, in->shape, sizeof spec->input_shape);
         spec->input_ndim = in->ndim;
+        spec->input_dtype = in->dtype; /* what a dataset feeds (int64 tokens stay int64) */
         memcpy(spec->output_shape, out->shape, sizeof spec->output_shape);
         spec->output_ndim = out->ndim;
     }

@@ -210,12 +210,36 @@ static bool apply(kn_dataset *ds, const kapi_preprocessing *p, const char *what,
     return false;
 }
 
+const char *kapi__token_taker(const kapi_model_spec *model, char *buf, size_t size)
+{
+    if (model->graph)
+        snprintf(buf, size, "the model's input \"%s\"", model->values[0].name);
+    else
+        snprintf(buf, size, "the model's first layer");
+    return buf;
+}
+
+bool kapi__check_token_preprocessing(const kapi_data_spec *data, const kapi_model_spec *model,
+                                     kapi_errors *errors)
+{
+    if (!model || model->input_dtype != KN_INT64) return true;
+    bool scaled = data->scale > 0 && data->scale != 1;
+    if (!scaled && !data->normalize_auto && data->channels == 0) return true;
+    char taker[96];
+    kapi_errors_add(errors, scaled ? "data.scale" : "data.normalize",
+                    "%s takes int64 token indices, which are not scaled or normalised: leave "
+                    "data.scale and data.normalize out",
+                    kapi__token_taker(model, taker, sizeof taker));
+    return false;
+}
+
 bool kapi_prepare_data(const kapi_job_spec *job, const kapi_model_spec *model, kn_dataset **train,
                        kn_dataset **validation, kn_dataset **test, kapi_preprocessing *out,
                        kapi_errors *errors)
 {
     const kapi_data_spec *d = &job->data;
     memset(out, 0, sizeof *out);
+    if (!kapi__check_token_preprocessing(d, model, errors)) return false;
     out->scale = d->scale > 0 ? d->scale : 1;
     out->task = job->train.task;
     *validation = NULL;

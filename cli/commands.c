@@ -521,6 +521,47 @@ static int print_predictions(kn_tensor *outputs, int64_t first, kn_task task, bo
     return 0;
 }
 
+/* Outputs with a class per position ([N, T, V], issue 12): per sample, the argmax of every
+ * position (the last dim's classes), and with --json the probabilities per position. */
+static int print_sequence_predictions(kn_tensor *probs, int64_t first, bool json)
+{
+    kn_tensor *p = kn_contiguous(kn_to(probs, kn_cpu()));
+    if (!p) return KCLI_EXIT_RUNTIME;
+    int64_t n = p->shape[0], c = p->shape[p->ndim - 1], positions = kn_numel(p) / (n * c);
+    const float *v = kn_data_f32(p);
+    for (int64_t i = 0; i < n; i++) {
+        cJSON *o = json ? cJSON_CreateObject() : NULL;
+        cJSON *classes = o ? cJSON_AddArrayToObject(o, "classes") : NULL;
+        cJSON *rows = o ? cJSON_AddArrayToObject(o, "probabilities") : NULL;
+        if (o) cJSON_AddNumberToObject(o, "index", (double)(first + i));
+        if (!json) printf("%lld\t", (long long)(first + i));
+        for (int64_t t = 0; t < positions; t++) {
+            const float *row = v + (i * positions + t) * c;
+            int64_t best = 0;
+            for (int64_t k = 1; k < c; k++)
+                if (row[k] > row[best]) best = k;
+            if (!json) {
+                printf("%s%lld", t ? " " : "", (long long)best);
+                continue;
+            }
+            cJSON_AddItemToArray(classes, cJSON_CreateNumber((double)best));
+            cJSON *probabilities = cJSON_CreateArray();
+            for (int64_t k = 0; k < c; k++)
+                cJSON_AddItemToArray(probabilities, cJSON_CreateNumber(row[k]));
+            cJSON_AddItemToArray(rows, probabilities);
+        }
+        if (json) {
+            char *text = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (text) printf("%s\n", text);
+            free(text);
+        } else {
+            printf("\n");
+        }
+    }
+    return 0;
+}
+
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options)
 {
     kcli_job job;
@@ -539,9 +580,13 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
     int64_t count = options->limit > 0 && options->limit < ds->count ? options->limit : ds->count;
     kn_module_train(job.model, false);
     kn_no_grad_begin();
+    /* outputs with a class per position ([N, T, V], issue 12) */
+    bool sequence =
+        task != KN_TASK_REGRESSION && task != KN_TASK_MULTILABEL && job.model_spec->output_ndim > 1;
     if (!options->json)
         printf("%s\n", task == KN_TASK_REGRESSION   ? "# index\tvalues..."
                        : task == KN_TASK_MULTILABEL ? "# index\tlabels\tprobabilities..."
+                       : sequence                   ? "# index\tclass of each position"
                                                     : "# index\tclass\tprobabilities...");
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
@@ -560,6 +605,11 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
             if (!outputs) {
                 fprintf(stderr, "error: %s\n", kn_last_error());
                 rc = KCLI_EXIT_RUNTIME;
+            } else if (sequence) {
+                kn_tensor *probs = kn_softmax(outputs, -1);
+                rc = probs ? print_sequence_predictions(probs, b * batch, options->json)
+                           : KCLI_EXIT_RUNTIME;
+                if (!probs) fprintf(stderr, "error: %s\n", kn_last_error());
             } else {
                 rc = print_predictions(outputs, b * batch, task, options->json);
             }

@@ -17,6 +17,7 @@
 
 void kcli_print_errors(const kapi_errors *errors)
 {
+    if (!errors || errors->count == 0) return; /* no stray empty line on stderr */
     char *text = kapi_errors_to_text(errors);
     if (text) fprintf(stderr, "%s\n", text);
     free(text);
@@ -75,7 +76,7 @@ static int load_model_file(kcli_job *job, const char *job_dir)
 }
 
 /* Loads a source as the job's task takes it and fits it to the model (inputs reshaped,
- * labels checked); unlabeled data is allowed for predict. */
+ * labels checked); for predict (allow_unlabeled) the labels are dropped unread. */
 static int load_source(kcli_job *job, const kapi_data_source *src, const char *what,
                        bool allow_unlabeled, kn_dataset **out)
 {
@@ -83,6 +84,10 @@ static int load_source(kcli_job *job, const kapi_data_source *src, const char *w
     kapi_load_options load = {.task = job->spec->train.task, .allow_unlabeled = allow_unlabeled};
     *out = kapi_load_data(src, load, &errors);
     int rc = *out ? 0 : KCLI_EXIT_RUNTIME;
+    if (*out && allow_unlabeled) { /* predict reads the inputs only: labels are not checked */
+        kn_release((*out)->labels);
+        (*out)->labels = NULL;
+    }
     if (*out && !kapi_dataset_fit_job(*out, job->model_spec, &job->spec->train, what, &errors))
         rc = KCLI_EXIT_SPEC;
     if (!*out && errors.count == 0) fprintf(stderr, "%s: %s\n", what, kn_last_error());

@@ -189,14 +189,19 @@ int64_t kn_trainer_step(const kn_trainer *trainer);
 
 /* Loss and the task's metrics of model over a dataset, in eval mode, without grad, as the
  * trainer evaluates (config's loss, its parameters and eval_batch_size); *result's
- * confusion or label_f1 belong to the caller (kn_eval_result_clear). */
+ * confusion or label_f1 belong to the caller (kn_eval_result_clear). With labels per
+ * position ([N, T] against outputs [N, T, V]) loss and accuracy are over the positions,
+ * the ignored ones (KN_DEFAULT_IGNORE_INDEX) left out. */
 kn_status kn_evaluate_config(kn_module *model, const kn_dataset *ds, const kn_train_config *config,
                              kn_eval_result *result);
 /* The same with a loss's defaults, result without confusion and label_f1. */
 kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
                       kn_eval_result *result);
 /* The loss of a batch of outputs against its labels as config says (kind, task, weights,
- * label smoothing, beta, delta): see kn_loss_kind for how labels are taken. */
+ * label smoothing, beta, delta): see kn_loss_kind for how labels are taken. For class
+ * labels the classes are the outputs' last dim: [N, C] against [N], or [N, T, V] against
+ * [N, T] for cross entropy and nll (kn_sequence_cross_entropy), positions labelled -100
+ * ignored. */
 kn_tensor *kn_train_loss_config(const kn_train_config *config, kn_tensor *outputs,
                                 kn_tensor *labels);
 /* kn_train_loss_config with the loss's defaults and label_smoothing. */

@@ -94,9 +94,9 @@ extern bool kn__train_cuda_test_fail_capture;
 kn_device kn__module_device(kn_module *model);
 
 /* data.c: gathers batch batch_index of order into caller memory (inputs: rows x the
- * sample size floats, labels: rows x a sample's labels, in their dtype), as
- * kn_dataset_batch does. */
+ * sample's elements of the inputs' dtype, labels: rows x a sample's labels, in their
+ * dtype), as kn_dataset_batch does. */
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                             int64_t batch_size, float *inputs, void *labels, int64_t *rows);
+                             int64_t batch_size, void *inputs, void *labels, int64_t *rows);
 
 #endif

@@ -29,8 +29,9 @@
  * inputs and outputs (each request gives every input by name, all with the same N, and
  * may ask for some of the outputs). A float32 input may be sent as FP32, FP64 or any
  * INT/UINT type (converted); an int64 input (token indices) as any INT/UINT type, kept
- * exact; each with a shape [N, ...] whose per-sample element count matches the input's
- * shape (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
+ * exact, and within the rows of an embedding that reads it; each with a shape [N, ...]
+ * whose per-sample element count matches the input's shape (so [N, 784] feeds a
+ * [1, 28, 28] model); data is flat or nested, row-major.
  * Outputs come back as FP32, or INT64 for an int64 output. A job's preprocessing is of
  * its one float32 input (a dataset feeds one input): a model that has it has one.
  */
@@ -779,6 +780,40 @@ static bool parse_outputs(const cJSON *outputs, const cache_entry *e, parsed_inf
     return true;
 }
 
+/* The rows of the embeddings that read model input `which` straight (a chain's first
+ * layer, or graph nodes taking the input): the index bound of each of its values, or -1
+ * when no embedding reads it (a key-padding mask, or indices a node rearranges first). */
+static int64_t embedding_rows(const cache_entry *e, int which)
+{
+    const kapi_model_spec *spec = e->spec;
+    int64_t rows = -1;
+    for (int l = 0; l < spec->n_layers; l++) {
+        const kapi_layer_spec *layer = &spec->layers[l];
+        if (layer->kind != KN_MODULE_EMBEDDING) continue;
+        for (int k = 0; k < layer->n_inputs; k++) {
+            int64_t n = layer->options.embedding.num_embeddings;
+            if (layer->inputs[k] == which && (rows < 0 || n < rows)) rows = n;
+        }
+    }
+    return rows;
+}
+
+/* Token indices outside the embedding are refused here, as torch's nn.Embedding refuses
+ * them, so that one request's bad token never fails the others batched with it. */
+static bool tokens_in_range(const cache_entry *e, int which, const int64_t *data, int64_t count,
+                            const char *where, char *error, size_t size)
+{
+    int64_t rows = embedding_rows(e, which);
+    for (int64_t i = 0; rows >= 0 && i < count; i++)
+        if (data[i] < 0 || data[i] >= rows) {
+            snprintf(error, size,
+                     "%s.data[%lld]: token %lld is outside the embedding's %lld rows (0 to %lld)",
+                     where, (long long)i, (long long)data[i], (long long)rows, (long long)rows - 1);
+            return false;
+        }
+    return true;
+}
+
 /* One input object of the request (inputs[k]): its name picks the model's input, its
  * rows go to p->data[that input]. */
 static bool parse_input(const cJSON *in, int k, const cache_entry *e, parsed_infer *p, char *error,
@@ -887,7 +922,8 @@ static bool parse_input(const cJSON *in, int k, const cache_entry *e, parsed_inf
                  (long long)need, (long long)out.count);
         return false;
     }
-    return true;
+    return v->dtype != KN_INT64 ||
+           tokens_in_range(e, which, p->data[which], need, where, error, size);
 }
 
 static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p, char *error,

@@ -221,9 +221,7 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     }
     snprintf(e->key, sizeof e->key, "%s", key);
     e->ds = parsed;
-    size_t numel = 1;
-    for (int d = 0; d < parsed->inputs->ndim; d++) numel *= (size_t)parsed->inputs->shape[d];
-    e->bytes = numel * sizeof(float) +
+    e->bytes = (size_t)kn_numel(parsed->inputs) * kn_dtype_size(parsed->inputs->dtype) +
                (parsed->labels ? (size_t)kn_numel(parsed->labels) * sizeof(float) : 0);
     return cache_put(e);
 }
@@ -268,7 +266,11 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
     for (int d = 1; d < inputs->ndim; d++) per *= inputs->shape[d];
     int64_t first = offset < ds->count ? offset : ds->count;
     int64_t last = first + limit < ds->count ? first + limit : ds->count;
-    const float *x = kn_data_f32(inputs);
+    /* float32 features, or int64 token indices (issue 12) */
+    const float *x = inputs->dtype == KN_FLOAT32 ? kn_data_f32(inputs) : NULL;
+    const int64_t *tokens = inputs->dtype == KN_INT64 ? kn_data_i64(inputs) : NULL;
+    /* labels as float32 [N, K] (read as regression targets): a class per sample, a row of
+     * targets, or labels per position [N, T] (-100 where ignored) */
     const float *y = ds->labels ? kn_data_f32(ds->labels) : NULL;
     int64_t k = ds->labels && ds->labels->ndim == 2 ? ds->labels->shape[1] : 1;
 
@@ -292,10 +294,12 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
             if (j == k - 1) ksrv_text_printf(&t, "]");
         }
         ksrv_text_printf(&t, ",\"data\":[");
-        const float *sample = x + i * per;
-        for (int64_t k = 0; k < per; k++) {
-            if (k) ksrv_text_printf(&t, ",");
-            append_float(&t, sample[k]);
+        for (int64_t j = 0; j < per; j++) {
+            if (j) ksrv_text_printf(&t, ",");
+            if (tokens)
+                ksrv_text_printf(&t, "%lld", (long long)tokens[i * per + j]);
+            else
+                append_float(&t, x[i * per + j]);
         }
         ksrv_text_printf(&t, "]}");
     }

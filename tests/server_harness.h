@@ -14,6 +14,7 @@
 #define _GNU_SOURCE /* nftw, mkdtemp */
 #endif
 #include "khttp.h"
+#include "kn_test.h" /* kn_test_run */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -162,12 +163,7 @@ H_FN char *h_slurp(const char *path, size_t *size)
  * out. Returns the exit status (-1 when it did not exit). */
 H_FN int h_run(const char *command, char *out, size_t size)
 {
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p, "popen %s", command);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return kn_test_run(command, out, size);
 }
 
 /* Sends sig and waits for the exit (SIGKILL after 20 s). */

@@ -38,12 +38,7 @@ static int kiln(const char *args, char *out, size_t size, bool merge)
     char command[2048];
     snprintf(command, sizeof command, "cd '%s' && %s/kiln %s%s", dir, KILN_BINARY_DIR, args,
              merge ? " 2>&1" : " 2>/dev/null");
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return kn_test_run(command, out, size);
 }
 
 static void write_file(const char *name, const char *text)
@@ -177,6 +172,18 @@ Test(cli_tasks, regression_train_eval_predict)
     cr_assert_eq(kiln("predict run/model.safetensors job.json --limit 2", out, sizeof out, false),
                  0);
     cr_expect(strstr(out, "# index\tvalues"), "%s", out);
+    /* a prediction that went well says nothing on stderr (every data load wrote an empty
+     * line there, which broke a caller reading stdout and stderr together) */
+    char command[1024];
+    snprintf(command, sizeof command,
+             "cd '%s' && %s/kiln predict run/model.safetensors job.json --limit 2 2>&1 >/dev/null",
+             dir, KILN_BINARY_DIR);
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    cr_assert_eq(pclose(p), 0);
+    cr_expect_str_empty(out, "stderr: \"%s\"", out);
 }
 
 Test(cli_tasks, float_labels_refused_for_classification)

@@ -46,11 +46,14 @@ Test(dataset, new_validates_inputs_and_labels)
 
     cr_assert_null(kn_dataset_new(kn_zeros(KN_SHAPE(3), KN_FLOAT32), y));
     ASSERT_ERROR_HAS("at least 2 dims, got [3]");
-    cr_assert_null(kn_dataset_new(kn_zeros(KN_SHAPE(3, 2), KN_INT64), y));
-    ASSERT_ERROR_HAS("inputs must be float32, got int64");
-    cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(3, 1), KN_INT64)));
-    ASSERT_ERROR_HAS("labels must be int64 class indices [N] or float32 targets [N] or [N, K], "
-                     "got int64 [3, 1]");
+    /* int64 inputs (token indices) and labels per position [N, T] are datasets too */
+    ds = kn_dataset_new(kn_zeros(KN_SHAPE(3, 2), KN_INT64), kn_zeros(KN_SHAPE(3, 1), KN_INT64));
+    cr_assert_not_null(ds, "%s", kn_last_error());
+    cr_assert_eq(ds->inputs->dtype, KN_INT64);
+    kn_dataset_free(ds);
+    cr_assert_null(kn_dataset_new(x, kn_zeros(NULL, 0, KN_INT64)));
+    ASSERT_ERROR_HAS("labels must be int64 class indices [N] (a class per sample) or [N, T, ...] "
+                     "(a class per position), or float32 targets [N] or [N, K], got int64 []");
     cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(3, 2, 2), KN_FLOAT32)));
     ASSERT_ERROR_HAS("got float32 [3, 2, 2]");
     cr_assert_null(kn_dataset_new(x, kn_zeros(KN_SHAPE(4), KN_INT64)));

@@ -14,6 +14,7 @@
 #include "kn_optim.h"
 #include "kn_safetensors.h"
 #include "kn_test.h"
+#include "kn_test_spec.h"
 #include "kn_train.h"
 
 #include <criterion/criterion.h>
@@ -765,12 +766,7 @@ static const char RESIDUAL[] =
 Test(graph, a_residual_net_from_a_graph_spec_trains)
 {
     kn_scope_begin();
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(RESIDUAL, strlen(RESIDUAL), &errors);
-    char *report = kapi_errors_to_text(&errors);
-    cr_assert_not_null(spec, "%s", report);
-    free(report);
-    kapi_errors_free(&errors);
+    kapi_model_spec *spec = kn_test_parse_model(RESIDUAL);
     /* three classes by the sign pattern of two features */
     int64_t count = 240;
     float *xs = malloc(sizeof *xs * (size_t)count * 6);
@@ -861,7 +857,8 @@ Test(graph, kiln_validates_trains_and_predicts_a_graph_job)
     }
     cr_assert_eq(lines, 3);
 
-    /* an output that is not [N, classes]: each sample's values */
+    /* an output [N, T, classes] of a classification job: a class per position (issue 12's
+     * sequence models), with the probabilities of each */
     const char *grid = "{\"name\": \"grid\", \"inputs\": [{\"name\": \"x\", \"shape\": [6]}], "
                        "\"nodes\": [{\"name\": \"fc\", \"type\": \"linear\", \"out_features\": 6}, "
                        "{\"name\": \"grid\", \"type\": \"reshape\", \"shape\": [2, 3]}], "
@@ -890,7 +887,11 @@ Test(graph, kiln_validates_trains_and_predicts_a_graph_job)
     lines = 0;
     for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"), lines++) {
         cJSON *o = cJSON_Parse(line);
-        cr_assert(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "output")) == 6, "%s", line);
+        const cJSON *rows = cJSON_GetObjectItem(o, "probabilities");
+        cr_assert(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "classes")) == 2 &&
+                      cJSON_GetArraySize(rows) == 2 &&
+                      cJSON_GetArraySize(cJSON_GetArrayItem(rows, 1)) == 3,
+                  "%s", line);
         cJSON_Delete(o);
     }
     cr_assert_eq(lines, 2);

@@ -13,6 +13,7 @@
 #include "kn_nn.h"
 #include "kn_safetensors.h"
 #include "kn_test.h"
+#include "kn_test_spec.h"
 #include "kn_train.h"
 #include "../kn_rnn_cell.h"
 
@@ -406,22 +407,11 @@ Test(rnn, dropout_between_layers_only_in_training_and_from_the_modules_generator
 
 /* ---- specs and training ------------------------------------------------------------- */
 
-static kapi_model_spec *parse(const char *json)
-{
-    kapi_errors errors = {0};
-    kapi_model_spec *spec = kapi_model_spec_parse(json, strlen(json), &errors);
-    char *text = kapi_errors_to_text(&errors);
-    cr_assert_not_null(spec, "%s", text ? text : "");
-    free(text);
-    kapi_errors_free(&errors);
-    return spec;
-}
-
 Test(rnn, specs_infer_shapes_and_build)
 {
     kn_scope_begin();
     /* docs/model-spec.md's sequence classifier: 137,861 parameters in torch */
-    kapi_model_spec *spec = parse(
+    kapi_model_spec *spec = kn_test_parse_model(
         "{\"name\": \"seq-classifier\", \"input_shape\": [32, 8], \"layers\": [{\"type\": "
         "\"lstm\", \"hidden_size\": 64, \"num_layers\": 2, \"bidirectional\": true, "
         "\"dropout\": 0.1, \"output\": \"last\"}, {\"type\": \"linear\", \"out_features\": 5}]}");
@@ -437,10 +427,11 @@ Test(rnn, specs_infer_shapes_and_build)
     kapi_model_spec_free(spec);
 
     /* tokens through an embedding, a GRU's sequence, a per-step head */
-    spec = parse("{\"input_shape\": [12], \"layers\": [{\"type\": \"embedding\", "
-                 "\"num_embeddings\": 50, \"embedding_dim\": 6}, {\"type\": \"gru\", "
-                 "\"hidden_size\": 5, \"input_size\": 6, \"bidirectional\": true}, {\"type\": "
-                 "\"linear\", \"in_features\": 10, \"out_features\": 50}]}");
+    spec = kn_test_parse_model(
+        "{\"input_shape\": [12], \"layers\": [{\"type\": \"embedding\", "
+        "\"num_embeddings\": 50, \"embedding_dim\": 6}, {\"type\": \"gru\", "
+        "\"hidden_size\": 5, \"input_size\": 6, \"bidirectional\": true}, {\"type\": "
+        "\"linear\", \"in_features\": 10, \"out_features\": 50}]}");
     cr_assert_eq(spec->layers[1].out_ndim, 2);
     cr_assert_eq(spec->layers[1].out_shape[0], 12);
     cr_assert_eq(spec->layers[1].out_shape[1], 10);
@@ -483,7 +474,7 @@ static void learns(const char *layer)
              "{\"input_shape\": [8, 3], \"layers\": [{\"type\": \"%s\", \"hidden_size\": 32, "
              "\"output\": \"last\"}, {\"type\": \"linear\", \"out_features\": 2}]}",
              layer);
-    kapi_model_spec *spec = parse(json);
+    kapi_model_spec *spec = kn_test_parse_model(json);
     kn_generator *gen = kn_generator_new(1);
     kn_module *m = kapi_model_build(spec, gen);
     kn_dataset *train = sign_of_first_step(512, 21), *test = sign_of_first_step(256, 22);
@@ -591,7 +582,7 @@ Test(rnn, weights_load_into_torch_strictly_and_back)
     temp_path(kiln_io, sizeof kiln_io, "kiln_io.safetensors");
     temp_path(torch_weights, sizeof torch_weights, "torch.safetensors");
     temp_path(torch_io, sizeof torch_io, "torch_io.safetensors");
-    kapi_model_spec *spec = parse(RNN_SPEC);
+    kapi_model_spec *spec = kn_test_parse_model(RNN_SPEC);
     kn_manual_seed(42);
     kn_module *m = kapi_model_build(spec, NULL);
     kn_module_train(m, false);

@@ -220,6 +220,7 @@ Test(cache, eight_threads_over_five_hundred_versions)
 {
     start(4, 0);
     add_versions(MODELS, VERSIONS);
+    infer_body(); /* before any thread sends it */
     pthread_t threads[THREADS];
     caller callers[THREADS];
     for (int t = 0; t < THREADS; t++) {

@@ -11,6 +11,7 @@
  * Every wait is bounded in time.
  */
 #include "kapi.h"
+#include "kn_test.h"
 #include "ksrv.h"
 #include "worker.h"
 
@@ -116,29 +117,6 @@ static kstore *store(void)
     return s;
 }
 
-static void write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
-                      const void *data, size_t bytes)
-{
-    char dims[64] = "";
-    for (int i = 0; i < ndim; i++)
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld,", (long long)shape[i]);
-    char header[128];
-    int n = snprintf(header, sizeof header,
-                     "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
-    int total = 10 + n + 1;
-    int pad = (64 - total % 64) % 64;
-    FILE *f = fopen(path, "wb");
-    cr_assert(f);
-    uint16_t hlen = (uint16_t)(n + pad + 1);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fwrite(&hlen, 2, 1, f);
-    fwrite(header, 1, (size_t)n, f);
-    for (int i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    fwrite(data, 1, bytes, f);
-    fclose(f);
-}
-
 /* Three separable blobs: class k has feature k shifted by +3. */
 static void add_dataset(const char *name)
 {
@@ -168,10 +146,9 @@ static void add_dataset(const char *name)
             snprintf(f.path, sizeof f.path, "datasets/%s/%s.npy", name, f.role);
             snprintf(path, sizeof path, "%s/%s", data_dir, f.path);
             if (k == 0)
-                write_npy(path, "<f4", (int64_t[]){n, FEATURES}, 2, in,
-                          sizeof(float) * (size_t)(n * FEATURES));
+                cr_assert(kn_test_write_npy(path, "<f4", (int64_t[]){n, FEATURES}, 2, in));
             else
-                write_npy(path, "<i8", (int64_t[]){n}, 1, labels, sizeof(int64_t) * (size_t)n);
+                cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){n}, 1, labels));
             struct stat sb;
             stat(path, &sb);
             f.bytes = sb.st_size;
@@ -662,9 +639,9 @@ Test(server_worker, non_finite_data_fails_without_server_paths)
         snprintf(f.path, sizeof f.path, "datasets/holes/%s.npy", roles[k]);
         snprintf(path, sizeof path, "%s/%s", data_dir, f.path);
         if (k == 0)
-            write_npy(path, "<f4", (int64_t[]){4, FEATURES}, 2, in, sizeof in);
+            cr_assert(kn_test_write_npy(path, "<f4", (int64_t[]){4, FEATURES}, 2, in));
         else
-            write_npy(path, "<i8", (int64_t[]){4}, 1, labels, sizeof labels);
+            cr_assert(kn_test_write_npy(path, "<i8", (int64_t[]){4}, 1, labels));
         struct stat sb;
         stat(path, &sb);
         f.bytes = sb.st_size;

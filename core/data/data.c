@@ -43,6 +43,22 @@ static int64_t row_elements(const kn_tensor *inputs)
     return n;
 }
 
+/* The bytes of one sample of t [N, ...] (inputs of either dtype; labels [N], [N, T, ...] or
+ * [N, K]); 0 for NULL (an unlabeled dataset). */
+static size_t sample_bytes(const kn_tensor *t)
+{
+    return t ? (size_t)row_elements(t) * kn_dtype_size(t->dtype) : 0;
+}
+
+/* An unregistered cpu tensor of t's dtype and sample shape with n samples. */
+static kn_tensor *samples_like(const kn_tensor *t, int64_t n)
+{
+    int64_t shape[KN_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[0] = n;
+    return kn__empty_raw(shape, t->ndim, t->dtype, kn_cpu());
+}
+
 static const char *dtype_of(const kn_tensor *t)
 {
     return kn_dtype_name(t->dtype);
@@ -62,30 +78,32 @@ static kn_status check_finite(const float *data, int64_t count, int64_t row)
     return KN_OK;
 }
 
-/* The bytes of one sample's labels (0 for an unlabeled dataset). */
-static size_t label_row_bytes(const kn_tensor *labels)
+/* Class labels, count samples of per_sample each (1, or the positions of labels per
+ * position): >= 0 and < INT64_MAX (num_classes, the largest + 1, must fit); a position's
+ * label may also be ignore_index, which the losses skip as torch's do. Returns the
+ * largest (-1 when every position is ignored), or -2 after setting the error. */
+static int64_t check_classes(const int64_t *label, int64_t count, int64_t per_sample)
 {
-    if (!labels) return 0;
-    size_t n = labels->dtype == KN_INT64 ? sizeof(int64_t) : sizeof(float);
-    for (int d = 1; d < labels->ndim; d++) n *= (size_t)labels->shape[d];
-    return n;
-}
-
-/* Class labels: >= 0 and < INT64_MAX (num_classes, the largest + 1, must fit). Returns the
- * largest, or -2 after setting the error. */
-static int64_t check_classes(const int64_t *label, int64_t count)
-{
-    int64_t max_label = -1;
-    for (int64_t i = 0; i < count; i++) {
-        if (label[i] < 0) {
-            kn__error(KN_ERR_VALUE, "dataset: labels must be >= 0, sample %lld has %lld",
-                      (long long)i, (long long)label[i]);
+    int64_t max_label = -1, total = count * per_sample;
+    bool per_position = per_sample > 1;
+    for (int64_t i = 0; i < total; i++) {
+        bool ignored = per_position && label[i] == KN_DEFAULT_IGNORE_INDEX;
+        if (label[i] < 0 && !ignored) {
+            if (per_position)
+                kn__error(KN_ERR_VALUE,
+                          "dataset: labels must be >= 0 or %d (ignore_index: a position the loss "
+                          "skips), sample %lld has %lld at position %lld",
+                          KN_DEFAULT_IGNORE_INDEX, (long long)(i / per_sample), (long long)label[i],
+                          (long long)(i % per_sample));
+            else
+                kn__error(KN_ERR_VALUE, "dataset: labels must be >= 0, sample %lld has %lld",
+                          (long long)i, (long long)label[i]);
             return -2;
         }
         if (label[i] == INT64_MAX) {
             kn__error(KN_ERR_VALUE,
                       "dataset: labels must be < %lld (class indices), sample %lld has %lld",
-                      (long long)INT64_MAX, (long long)i, (long long)label[i]);
+                      (long long)INT64_MAX, (long long)(i / per_sample), (long long)label[i]);
             return -2;
         }
         if (label[i] > max_label) max_label = label[i];
@@ -108,19 +126,22 @@ static kn_status check_labels(const kn_tensor *inputs, const kn_tensor *labels)
 {
     if (labels->device.type != KN_DEVICE_CPU)
         return kn__error(KN_ERR_DEVICE, "dataset: inputs and labels must be on the cpu");
-    bool classes = labels->dtype == KN_INT64 && labels->ndim == 1;
+    /* int64 [N]: a class per sample; int64 [N, T, ...]: a class per position (a sequence's
+     * tokens); float32 [N] or [N, K]: targets of regression, binary and multi-label tasks */
+    bool classes = labels->dtype == KN_INT64 && labels->ndim >= 1;
     bool targets = labels->dtype == KN_FLOAT32 && (labels->ndim == 1 || labels->ndim == 2);
     if (!classes && !targets)
         return kn__error(labels->dtype == KN_INT64 || labels->dtype == KN_FLOAT32 ? KN_ERR_SHAPE
                                                                                   : KN_ERR_DTYPE,
-                         "dataset: labels must be int64 class indices [N] or float32 targets [N] "
-                         "or [N, K], got %s %s",
+                         "dataset: labels must be int64 class indices [N] (a class per sample) "
+                         "or [N, T, ...] (a class per position), or float32 targets [N] or "
+                         "[N, K], got %s %s",
                          dtype_of(labels), kn__shape(labels));
     if (labels->shape[0] != inputs->shape[0])
         return kn__error(KN_ERR_SHAPE, "dataset: inputs have %lld samples %s but labels have %lld",
                          (long long)inputs->shape[0], kn__shape(inputs),
                          (long long)labels->shape[0]);
-    if (labels->ndim == 2 && labels->shape[1] == 0)
+    if (targets && labels->ndim == 2 && labels->shape[1] == 0)
         return kn__error(KN_ERR_SHAPE, "dataset: targets %s have no columns", kn__shape(labels));
     return KN_OK;
 }
@@ -130,8 +151,8 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
     if (!inputs) return kn__error_null(KN_ERR_NULL, "dataset: inputs is NULL");
     if (inputs->device.type != KN_DEVICE_CPU)
         return kn__error_null(KN_ERR_DEVICE, "dataset: inputs and labels must be on the cpu");
-    if (inputs->dtype != KN_FLOAT32)
-        return kn__error_null(KN_ERR_DTYPE, "dataset: inputs must be float32, got %s",
+    if (inputs->dtype != KN_FLOAT32 && inputs->dtype != KN_INT64)
+        return kn__error_null(KN_ERR_DTYPE, "dataset: inputs must be float32 or int64, got %s",
                               dtype_of(inputs));
     if (inputs->ndim < 2)
         return kn__error_null(KN_ERR_SHAPE,
@@ -150,13 +171,14 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
     int64_t max_label = -1;
     bool ok = true;
     if (y && y->dtype == KN_INT64) {
-        max_label = check_classes(kn__data_ptr(y), count);
+        max_label = check_classes(kn__data_ptr(y), count, row_elements(y));
         ok = max_label >= -1;
     } else if (y) {
-        ok = check_finite_targets(kn__data_ptr(y), count, (int64_t)(label_row_bytes(y) / 4)) ==
-             KN_OK;
+        ok = check_finite_targets(kn__data_ptr(y), count, row_elements(y)) == KN_OK;
     }
-    ok = ok && check_finite(kn__data_ptr(x), count, row_elements(x)) == KN_OK;
+    /* int64 inputs (token indices) are finite by construction */
+    ok = ok &&
+         (x->dtype != KN_FLOAT32 || check_finite(kn__data_ptr(x), count, row_elements(x)) == KN_OK);
     kn_dataset *ds = ok ? malloc(sizeof *ds) : NULL;
     if (!ds) {
         kn_release(x);
@@ -189,6 +211,16 @@ kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
                          "dataset_normalize: %d channels of mean/std but inputs %s have %lld in "
                          "dim 1",
                          channels, kn__shape(x), (long long)x->shape[1]);
+    /* int64 inputs (token indices) stay int64 unless there is arithmetic to do; the
+     * arguments are checked (on no data) before they are converted, so a refused call
+     * leaves them as they were */
+    if (x->dtype == KN_INT64) {
+        kn_status st = kn_normalize_floats(NULL, 0, row_elements(x), scale, mean, std, channels);
+        if (st != KN_OK || ((float)scale == 1.0f && channels == 0)) return st;
+        st = kn_dataset_to_dtype(ds, KN_FLOAT32);
+        if (st != KN_OK) return st;
+        x = ds->inputs;
+    }
     return kn_normalize_floats(kn__data_ptr(x), ds->count, row_elements(x), scale, mean, std,
                                channels);
 }
@@ -237,6 +269,12 @@ kn_status kn_normalize_floats(float *data, int64_t count, int64_t sample, double
     return KN_OK;
 }
 
+/* Element i of float32 or int64 data, as a double (int64 token inputs have stats too). */
+static double value_at(const void *data, kn_dtype dtype, int64_t i)
+{
+    return dtype == KN_INT64 ? (double)((const int64_t *)data)[i] : ((const float *)data)[i];
+}
+
 kn_status kn_dataset_channel_stats(const kn_dataset *ds, int channels, double *mean, double *std)
 {
     if (!ds || !mean || !std) return kn__error(KN_ERR_NULL, "dataset_channel_stats: NULL argument");
@@ -245,7 +283,8 @@ kn_status kn_dataset_channel_stats(const kn_dataset *ds, int channels, double *m
         return kn__error(KN_ERR_SHAPE,
                          "dataset_channel_stats: %d channels but inputs %s have %lld in dim 1",
                          channels, kn__shape(x), (long long)x->shape[1]);
-    const float *data = kn__data_ptr((kn_tensor *)x);
+    const void *data = kn__data_ptr((kn_tensor *)x);
+    kn_dtype dtype = x->dtype;
     int64_t inner = channels == 1 ? kn_numel(x) : row_elements(x) / channels;
     int64_t outer = channels == 1 ? 1 : ds->count;
     double n = (double)(inner * outer);
@@ -253,13 +292,16 @@ kn_status kn_dataset_channel_stats(const kn_dataset *ds, int channels, double *m
     for (int c = 0; c < channels; c++) {
         double sum = 0;
         for (int64_t o = 0; o < outer; o++) {
-            const float *p = data + (o * channels + c) * inner;
-            for (int64_t i = 0; i < inner; i++) sum += p[i];
+            int64_t at = (o * channels + c) * inner;
+            for (int64_t i = 0; i < inner; i++) sum += value_at(data, dtype, at + i);
         }
         double m = sum / n, squares = 0;
         for (int64_t o = 0; o < outer; o++) {
-            const float *p = data + (o * channels + c) * inner;
-            for (int64_t i = 0; i < inner; i++) squares += ((double)p[i] - m) * ((double)p[i] - m);
+            int64_t at = (o * channels + c) * inner;
+            for (int64_t i = 0; i < inner; i++) {
+                double d = value_at(data, dtype, at + i) - m;
+                squares += d * d;
+            }
         }
         double sd = sqrt(squares / n);
         mean[c] = m;
@@ -270,40 +312,59 @@ kn_status kn_dataset_channel_stats(const kn_dataset *ds, int channels, double *m
     return KN_OK;
 }
 
-/* An unregistered tensor of labels' dtype and sample shape with n samples. */
-static kn_tensor *labels_like(const kn_tensor *labels, int64_t n)
+/* Integral float32 values that fit int64 (2^63 is exactly representable in float). */
+static bool integral(float v)
 {
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, labels->shape, sizeof shape);
-    shape[0] = n;
-    return kn__empty_raw(shape, labels->ndim, labels->dtype, kn_cpu());
+    return v == floorf(v) && v >= -9223372036854775808.0f && v < 9223372036854775808.0f;
+}
+
+kn_status kn_dataset_to_dtype(kn_dataset *ds, kn_dtype dtype)
+{
+    if (!ds) return kn__error(KN_ERR_NULL, "dataset_to_dtype: dataset is NULL");
+    if (dtype != KN_FLOAT32 && dtype != KN_INT64)
+        return kn__error(KN_ERR_DTYPE, "dataset_to_dtype: unknown dtype %d", (int)dtype);
+    kn_tensor *x = ds->inputs;
+    if (x->dtype == dtype) return KN_OK;
+    int64_t total = kn_numel(x), row = row_elements(x);
+    if (dtype == KN_INT64) {
+        const float *v = kn__data_ptr(x);
+        for (int64_t i = 0; i < total; i++)
+            if (!integral(v[i]))
+                return kn__error(KN_ERR_VALUE,
+                                 "dataset: inputs must be integers to be int64 indices, sample "
+                                 "%lld has %g at element %lld of the sample",
+                                 (long long)(i / row), (double)v[i], (long long)(i % row));
+    }
+    kn_scope_begin();
+    kn_tensor *converted = kn_retain(kn_to_dtype(x, dtype));
+    kn_scope_end();
+    if (!converted) return kn_last_status();
+    kn_release(ds->inputs);
+    ds->inputs = converted;
+    return KN_OK;
 }
 
 /* A new dataset with the samples whose keep[i] equals want, in their original order. */
 static kn_dataset *subset(const kn_dataset *ds, const unsigned char *keep, unsigned char want,
                           int64_t n)
 {
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, ds->inputs->shape, sizeof shape);
-    shape[0] = n;
-    kn_tensor *x = kn__empty_raw(shape, ds->inputs->ndim, KN_FLOAT32, kn_cpu());
-    kn_tensor *y = x && ds->labels ? labels_like(ds->labels, n) : NULL;
+    kn_tensor *x = samples_like(ds->inputs, n);
+    kn_tensor *y = x && ds->labels ? samples_like(ds->labels, n) : NULL;
     kn_dataset *out = x && (y || !ds->labels) ? malloc(sizeof *out) : NULL;
     if (!out) {
         kn_release(x);
         kn_release(y);
         return kn__error_null(KN_ERR_MEMORY, "dataset_split: out of memory");
     }
-    int64_t row = row_elements(ds->inputs);
-    size_t label_bytes = label_row_bytes(ds->labels);
-    const float *src = kn__data_ptr(ds->inputs);
+    size_t row = sample_bytes(ds->inputs), label_bytes = sample_bytes(ds->labels);
+    const char *src = kn__data_ptr(ds->inputs);
     const char *src_labels = y ? kn__data_ptr(ds->labels) : NULL;
-    float *dst = kn__data_ptr(x);
+    char *dst = kn__data_ptr(x);
     char *dst_labels = y ? kn__data_ptr(y) : NULL;
     int64_t j = 0;
     for (int64_t i = 0; i < ds->count; i++) {
         if (keep[i] != want) continue;
-        memcpy(dst + j * row, src + i * row, (size_t)row * sizeof(float));
+        memcpy(dst + (size_t)j * row, src + (size_t)i * row, row);
         if (y)
             memcpy(dst_labels + (size_t)j * label_bytes, src_labels + (size_t)i * label_bytes,
                    label_bytes);
@@ -422,13 +483,12 @@ static kn_status batch_range(const kn_dataset *ds, kn_tensor *order, int64_t bat
 /* Copies rows order[start .. start + n) of the dataset to dst and dst_labels (labels only
  * when the dataset has them). */
 static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t start, int64_t n,
-                             float *dst, void *dst_labels)
+                             void *dst, void *dst_labels)
 {
     const int64_t *idx = (const int64_t *)order->storage->data + order->offset;
     int64_t stride = order->strides[0];
-    int64_t row = row_elements(ds->inputs);
-    size_t row_bytes = (size_t)row * sizeof(float), label_bytes = label_row_bytes(ds->labels);
-    const float *src = kn__data_ptr(ds->inputs);
+    size_t row = sample_bytes(ds->inputs), label_bytes = sample_bytes(ds->labels);
+    const char *src = kn__data_ptr(ds->inputs);
     const char *src_labels = ds->labels ? kn__data_ptr(ds->labels) : NULL;
     for (int64_t j = 0; j < n; j++) {
         int64_t i = idx[(start + j) * stride];
@@ -436,7 +496,7 @@ static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t sta
             return kn__error(KN_ERR_VALUE,
                              "dataset_batch: order[%lld] = %lld is out of range for %lld samples",
                              (long long)(start + j), (long long)i, (long long)ds->count);
-        memcpy(dst + j * row, src + i * row, row_bytes);
+        memcpy((char *)dst + (size_t)j * row, src + (size_t)i * row, row);
         if (src_labels)
             memcpy((char *)dst_labels + (size_t)j * label_bytes,
                    src_labels + (size_t)i * label_bytes, label_bytes);
@@ -452,11 +512,8 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
     int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
     if (st != KN_OK) return st;
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, ds->inputs->shape, sizeof shape);
-    shape[0] = n;
-    kn_tensor *x = kn__empty_raw(shape, ds->inputs->ndim, KN_FLOAT32, kn_cpu());
-    kn_tensor *y = x && ds->labels ? labels_like(ds->labels, n) : NULL;
+    kn_tensor *x = samples_like(ds->inputs, n);
+    kn_tensor *y = x && ds->labels ? samples_like(ds->labels, n) : NULL;
     if (!x || (ds->labels && !y)) {
         kn_release(x);
         return kn_last_status() ? kn_last_status() : KN_ERR_MEMORY;
@@ -473,7 +530,7 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
 }
 
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                             int64_t batch_size, float *inputs, void *labels, int64_t *rows)
+                             int64_t batch_size, void *inputs, void *labels, int64_t *rows)
 {
     int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);

@@ -125,6 +125,7 @@ bool kn_layer_infer(kn_layer_shape *s)
     s->message[0] = '\0';
     s->parameter_count = 0;
     s->buffer_bytes = 0;
+    s->saved_elements = 0;
     char takes[48];
     if (s->n_inputs < least || s->n_inputs > most)
         return kn__shape_fail(s, NULL, "takes %s, got %d",

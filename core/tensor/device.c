@@ -108,6 +108,8 @@ static void load_cuda(void)
     const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
     /* ---- attention (issue 12) ---- */
     const kn_cuda_attention *attention = table(handle, KN_CUDA_ATTENTION_SYMBOL);
+    /* ---- sequence layers (issue 12) ---- */
+    const kn_cuda_int64 *int64 = table(handle, KN_CUDA_INT64_SYMBOL);
     kn__cuda_module m = {
         .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
         .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
@@ -117,6 +119,8 @@ static void load_cuda(void)
         .host = CHECKED(host, KN_CUDA_HOST_ABI),
         /* ---- attention (issue 12) ---- */
         .attention = CHECKED(attention, KN_CUDA_ATTENTION_ABI),
+        /* ---- sequence layers (issue 12) ---- */
+        .int64 = CHECKED(int64, KN_CUDA_INT64_ABI),
     };
     /* ---- distributed (issue 15) ---- */
     /* optional: only distributed runs on GPUs need it, and they say when it is missing */
@@ -128,6 +132,7 @@ static void load_cuda(void)
                           : !m.train  ? KN_CUDA_TRAIN_SYMBOL
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
+                          : !m.int64  ? KN_CUDA_INT64_SYMBOL /* issue 12 */
                                       : NULL;
     /* ---- rnn (issue 12) */
     const kn_cuda_rnn *rnn = table(handle, KN_CUDA_RNN_SYMBOL);

@@ -5,7 +5,10 @@
  *
  *   classification: a confusion matrix (prediction: the argmax, or output > 0 for one
  *     output with bce), from which accuracy and scikit-learn's macro precision, recall and
- *     F1 (over the classes seen in labels or predictions) follow.
+ *     F1 (over the classes seen in labels or predictions) follow. With labels per position
+ *     ([N, T] against outputs [N, T, V], issue 12) every position is a prediction, and the
+ *     positions labelled ignore_index (-100) count for nothing: neither in the metrics nor
+ *     in the mean loss, which is weighted by the labels each batch counted.
  *   regression: per target column the squared and absolute errors and the running mean
  *     and sum of squares of the targets (Welford's update, stable for targets far from
  *     zero), giving MSE, MAE and R^2 averaged over the columns.
@@ -22,7 +25,7 @@
 typedef struct metrics {
     kn_task task;
     int64_t k;          /* classification: classes; regression, multilabel: columns */
-    int64_t count;      /* samples seen */
+    int64_t count;      /* samples seen (classification: labels counted) */
     int64_t correct;    /* classification: right predictions */
     int64_t *confusion; /* k x k (NULL beyond 65536 classes) */
     /* regression: per column */
@@ -65,7 +68,8 @@ static kn_status metrics_init(metrics *m, int64_t k)
               : kn__error(KN_ERR_MEMORY, "evaluate: out of memory for %lld columns", (long long)k);
 }
 
-/* One batch: outputs [n, k] (float, cpu, contiguous), labels int64 [n] or float [n, k]. */
+/* One batch: outputs [n, k] (float, cpu, contiguous), labels int64 [n] or float [n, k];
+ * class labels equal to ignore_index are skipped (labels per position, flattened). */
 static kn_status metrics_add(metrics *m, const float *out, const void *labels, int64_t n, int64_t k)
 {
     if (m->task == KN_TASK_CLASSIFICATION) {
@@ -73,6 +77,7 @@ static kn_status metrics_add(metrics *m, const float *out, const void *labels, i
         int64_t classes = k == 1 ? 2 : k;
         if (m->k == 0 && metrics_init(m, classes) != KN_OK) return kn_last_status();
         for (int64_t i = 0; i < n; i++) {
+            if (y[i] == KN_DEFAULT_IGNORE_INDEX) continue;
             const float *row = out + i * k;
             int64_t best = 0;
             if (k == 1) {
@@ -86,8 +91,8 @@ static kn_status metrics_add(metrics *m, const float *out, const void *labels, i
                                  (long long)y[i], (long long)classes);
             m->correct += best == y[i];
             if (m->confusion) m->confusion[y[i] * classes + best]++;
+            m->count++;
         }
-        m->count += n;
         return KN_OK;
     }
     if (m->k == 0 && metrics_init(m, k) != KN_OK) return kn_last_status();
@@ -131,7 +136,8 @@ static kn_status metrics_finish(metrics *m, kn_eval_result *r, bool keep_arrays)
     r->classes = m->k;
     int64_t k = m->k;
     double n = (double)m->count;
-    if (m->task == KN_TASK_CLASSIFICATION) r->accuracy = ratio((double)m->correct, n);
+    /* no label counted (every position ignored): NaN, as torch's mean over no targets */
+    if (m->task == KN_TASK_CLASSIFICATION) r->accuracy = n > 0 ? (double)m->correct / n : NAN;
     if (m->task == KN_TASK_CLASSIFICATION && m->confusion) {
         int64_t seen = 0;
         double p_sum = 0, r_sum = 0, f_sum = 0;
@@ -200,20 +206,39 @@ static kn_task resolve_task(kn_task task, kn_loss_kind loss, const kn_tensor *la
     return loss == KN_LOSS_BCE_WITH_LOGITS ? KN_TASK_MULTILABEL : KN_TASK_REGRESSION;
 }
 
-/* Sums the loss (weighted by batch size) and adds the batch to the metrics. */
+/* What the loss of a batch is weighted by: its samples, or for class labels the labels
+ * it counted (all but the positions ignore_index marks, which the mean loss skips). */
+static int64_t counted_labels(const kn_tensor *labels_cpu)
+{
+    if (labels_cpu->dtype != KN_INT64) return labels_cpu->shape[0];
+    const int64_t *t = kn_data_i64((kn_tensor *)labels_cpu);
+    int64_t n = kn_numel(labels_cpu), counted = 0;
+    for (int64_t i = 0; i < n; i++) counted += t[i] != KN_DEFAULT_IGNORE_INDEX;
+    return counted;
+}
+
+/* Sums the loss (weighted by the batch's counted labels, added to *weight) and adds the
+ * batch to the metrics. */
 static kn_status eval_batch(kn_module *model, const kn_train_config *c, kn_tensor *x, kn_tensor *y,
-                            double *loss_sum, metrics *m)
+                            double *loss_sum, int64_t *weight, metrics *m)
 {
     kn_tensor *outputs = kn_module_forward(model, x);
     kn_tensor *l = kn_train_loss_config(c, outputs, y);
     if (!l) return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
-    int64_t n = y->shape[0];
-    *loss_sum += (double)kn_item(l) * (double)n;
-    if (outputs->ndim != 2) return KN_OK; /* metrics are for [N, K] outputs; the loss counts */
-    kn_tensor *o = kn_contiguous(kn_to(outputs, kn_cpu()));
     kn_tensor *t = kn_contiguous(kn_to(y, kn_cpu()));
-    if (!o || !t) return kn_last_status();
-    int64_t k = outputs->shape[1];
+    if (!t) return kn_last_status();
+    int64_t n = y->shape[0], counted = counted_labels(t);
+    if (counted > 0) *loss_sum += (double)kn_item(l) * (double)counted;
+    *weight += counted;
+    /* class labels per position: outputs [N, T, ..., V] are numel(labels) rows of V */
+    bool per_position = m->task == KN_TASK_CLASSIFICATION && t->dtype == KN_INT64 && y->ndim > 1 &&
+                        outputs->ndim == y->ndim + 1;
+    if (outputs->ndim != 2 && !per_position)
+        return KN_OK; /* metrics are for [N, K] outputs; the loss counts */
+    kn_tensor *o = kn_contiguous(kn_to(outputs, kn_cpu()));
+    if (!o) return kn_last_status();
+    int64_t k = outputs->shape[outputs->ndim - 1];
+    if (per_position) n = kn_numel(t);
     if (m->task != KN_TASK_CLASSIFICATION && kn_numel(t) != n * k)
         return kn__error(KN_ERR_SHAPE, "evaluate: targets %s do not match outputs %s", kn__shape(y),
                          kn__shape(outputs));
@@ -239,6 +264,7 @@ static kn_status evaluate(kn_module *model, const kn_dataset *ds, const kn_train
     kn_no_grad_begin();
     kn_device device = kn__module_device(model);
     double loss_sum = 0;
+    int64_t weight = 0;
     metrics m = {.task = resolve_task(config->task, config->loss, ds->labels)};
     kn_status st = KN_OK;
     kn_scope_begin();
@@ -253,7 +279,7 @@ static kn_status evaluate(kn_module *model, const kn_dataset *ds, const kn_train
             x = kn_to(x, device);
             y = kn_to(y, device);
         }
-        if (st == KN_OK) st = eval_batch(model, config, x, y, &loss_sum, &m);
+        if (st == KN_OK) st = eval_batch(model, config, x, y, &loss_sum, &weight, &m);
         kn_scope_end();
     }
     kn_scope_end();
@@ -262,7 +288,8 @@ static kn_status evaluate(kn_module *model, const kn_dataset *ds, const kn_train
     memset(result, 0, sizeof *result);
     if (st == KN_OK) {
         result->count = ds->count;
-        result->loss = loss_sum / (double)ds->count;
+        /* nothing but ignored positions: NaN, as torch's mean over no targets */
+        result->loss = weight > 0 ? loss_sum / (double)weight : NAN;
         st = metrics_finish(&m, result, keep_arrays);
     }
     metrics_free(&m);

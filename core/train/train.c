@@ -248,11 +248,14 @@ kn_tensor *kn_train_loss_config(const kn_train_config *c, kn_tensor *outputs, kn
             kn_tensor *w =
                 weights_on(c->class_weight, c->class_weight_count, outputs->device, &failed);
             if (failed) return NULL;
+            /* the classes are the outputs' last dim: [N, C] against [N], or a sequence
+             * model's [N, T, V] against labels per position [N, T] (issue 12) */
             return c->loss == KN_LOSS_CROSS_ENTROPY
-                       ? kn_cross_entropy_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
-                                                   KN_DEFAULT_IGNORE_INDEX, c->label_smoothing)
-                       : kn_nll_loss_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
-                                              KN_DEFAULT_IGNORE_INDEX);
+                       ? kn_sequence_cross_entropy_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
+                                                            KN_DEFAULT_IGNORE_INDEX,
+                                                            c->label_smoothing)
+                       : kn_sequence_nll_loss_weighted(outputs, labels, w, KN_REDUCTION_MEAN,
+                                                       KN_DEFAULT_IGNORE_INDEX);
         }
         case KN_LOSS_MSE:
         case KN_LOSS_BCE_WITH_LOGITS:

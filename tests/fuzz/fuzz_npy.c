@@ -1,8 +1,9 @@
 /*
  * fuzz_npy.c — NPY uploads (numpy's format, also what kilnd writes for JSON arrays) as
- * kilnd checks them: gunzipped when gzip, then kn_parse_npy as inputs (float32) and as
- * labels (int64, 1-D), and kn_parse_npy_targets as a job's targets (int64 or float32,
- * [N] or [N, K]). A parsed tensor's storage must cover its shape.
+ * kilnd checks them: gunzipped when gzip, then kn_parse_npy as inputs (float32, or int64
+ * for integers wider than a byte) and as labels (int64, [N] or [N, T, ...]), and
+ * kn_parse_npy_targets as a job's targets (int64 [N, ...] or float32 [N] or [N, K]). A
+ * parsed tensor's storage must cover its shape.
  */
 #include "fuzz.h"
 
@@ -22,8 +23,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fuzz_check_tensor(t, t->dtype);
             FUZZ_CHECK(t->dtype == KN_INT64 || t->dtype == KN_FLOAT32, "targets of dtype %d",
                        (int)t->dtype);
-            FUZZ_CHECK(t->ndim == 1 || t->ndim == 2, "targets with %d dims", t->ndim);
-            if (t->dtype == KN_FLOAT32 || t->ndim == 1) fuzz_check_dataset(NULL, t);
+            FUZZ_CHECK(t->ndim == 1 || t->ndim == 2 || (t->dtype == KN_INT64 && t->ndim >= 1),
+                       "targets of %s with %d dims", kn_dtype_name(t->dtype), t->ndim);
+            fuzz_check_dataset(NULL, t);
         } else {
             fuzz_check_kn_error("kn_parse_npy_targets");
         }

@@ -123,9 +123,13 @@ void fuzz_check_dataset(kn_tensor *inputs, kn_tensor *labels)
                    (long long)ds->count);
         if (ds->labels->dtype == KN_INT64) {
             const int64_t *y = kn__data_ptr(ds->labels);
-            for (int64_t i = 0; i < ds->count; i++)
-                FUZZ_CHECK(y[i] >= 0 && y[i] < ds->num_classes, "label %lld outside [0, %lld)",
-                           (long long)y[i], (long long)ds->num_classes);
+            /* labels per position ([N, T]) may be -100, a position the loss skips */
+            bool per_position = ds->labels->ndim > 1;
+            for (int64_t i = 0; i < kn_numel(ds->labels); i++)
+                FUZZ_CHECK((y[i] >= 0 && y[i] < ds->num_classes) ||
+                               (per_position && y[i] == KN_DEFAULT_IGNORE_INDEX),
+                           "label %lld outside [0, %lld)", (long long)y[i],
+                           (long long)ds->num_classes);
         } else {
             /* float targets: finite, as the dataset checks them */
             const float *y = kn__data_ptr(ds->labels);
@@ -181,6 +185,7 @@ static double forward_cost(const kapi_model_spec *spec)
                        : l->kind == KN_MODULE_AVG_POOL2D ? l->options.avg_pool2d.kernel_size
                                                          : NULL;
         double window = k ? (double)k[0] * k[1] : 1;
+        if (l->kind == KN_MODULE_CONV1D) window = (double)l->options.conv1d.kernel_size;
         double touched =
             (double)numel_of(l->in_shape, l->in_ndim) + (double)numel_of(l->out_shape, l->out_ndim);
         cost += touched * (1 + (double)l->parameter_count + window);
@@ -441,8 +446,9 @@ static void parse_array(const uint8_t *data, size_t size, bool as_labels, fuzz_a
     kn_scope_begin();
     kn_tensor *t = parse(data, size, as_labels);
     if (t) {
-        fuzz_check_tensor(t, as_labels ? KN_INT64 : KN_FLOAT32);
-        FUZZ_CHECK(!as_labels || t->ndim == 1, "labels with %d dims", t->ndim);
+        /* inputs: float32, or int64 indices (NPY integers); labels int64 [N] or [N, T] */
+        fuzz_check_tensor(t, as_labels || t->dtype == KN_INT64 ? KN_INT64 : KN_FLOAT32);
+        FUZZ_CHECK(!as_labels || t->ndim >= 1, "labels with %d dims", t->ndim);
         if (check) check(t, data, size, as_labels);
         if (as_labels)
             fuzz_check_dataset(NULL, t);

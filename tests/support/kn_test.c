@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 bool kn_test_close(const kn_tensor *t, const float *want, int64_t n, double rtol, double atol,
                    char *message, size_t size)
@@ -398,4 +399,15 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 void kn_test_remove_dir(const char *dir)
 {
     if (dir && dir[0]) nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int kn_test_run(const char *command, char *out, size_t size)
+{
+    out[0] = '\0';
+    FILE *p = popen(command, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

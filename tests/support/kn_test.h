@@ -98,7 +98,8 @@ kn_tensor *kn_test_scalar(float value);
  * ops so that the op under test is the only one involved; handed to the open scope. */
 kn_tensor *kn_test_transposed(kn_tensor *t, int d0, int d1);
 /* Writes an .npy file as numpy does (version 1, header padded to 64 bytes): data in shape,
- * descr "<f4", "<f8", "<i8" (little-endian, C order). false when it cannot be written. */
+ * descr "<f4", "<f8", "<i8", "<i4", "<i2", "<u2", "|u1", "|i1" (the digit is the element's
+ * bytes; little-endian, C order). false when it cannot be written. */
 bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape, int ndim,
                        const void *data);
 /* A new empty directory /tmp/<prefix>-XXXXXX (mkdtemp) written into out (size >= 32 +
@@ -106,5 +107,9 @@ bool kn_test_write_npy(const char *path, const char *descr, const int64_t *shape
 bool kn_test_temp_dir(const char *prefix, char *out, size_t size);
 /* Removes dir and everything under it without following links; nothing for "". */
 void kn_test_remove_dir(const char *dir);
+/* Runs a shell command (popen); its output (stdout, and stderr when the command says
+ * 2>&1) into out, NUL-terminated, cut at size - 1 bytes. Returns the exit status, -1 when
+ * it did not exit or could not start. */
+int kn_test_run(const char *command, char *out, size_t size);
 
 #endif

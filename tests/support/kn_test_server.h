@@ -11,6 +11,7 @@
 
 #include "kapi.h"
 #include "kn_test.h"
+#include "kn_test_spec.h"
 #include "ksrv.h"
 
 #include <criterion/criterion.h>
@@ -58,10 +59,7 @@ static __attribute__((unused)) void kn_test_server_stop(kn_test_server *t)
 /* The module of a model spec (JSON text), initialised from seed. */
 static __attribute__((unused)) kn_module *kn_test_build_model(const char *model_json, uint64_t seed)
 {
-    kapi_errors errors = {0};
-    kapi_model_spec *model = kapi_model_spec_parse(model_json, strlen(model_json), &errors);
-    cr_assert_not_null(model, "the test's model spec");
-    kapi_errors_free(&errors);
+    kapi_model_spec *model = kn_test_parse_model(model_json);
     kn_generator *gen = kn_generator_new(seed);
     kn_module *module = kapi_model_build(model, gen);
     kn_generator_free(gen);

@@ -30,7 +30,8 @@ full the oldest half is dropped and the rest fed again). Both must give the same
 Prints one JSON line: {"impl": "pytorch", "iters", "batch", "block", "threads",
 "tokens_per_second", "train_seconds", "first_loss", "last_loss", "val_loss",
 "generate_tokens", "generate_tokens_per_second_cache", "generate_tokens_per_second_no_cache",
-"losses": [every 100th step's loss]}. Training time counts the steps only (batch
+"losses": [every 100th step's loss], "peak_rss_mb"} (the process's peak resident set,
+torch's libraries included: what running it costs). Training time counts the steps only (batch
 gathering, forward, loss, backward, clipping, the optimizer step), not evaluation.
 
 usage: python3 bench/gpt/torch_gpt.py DATA [--iters N] [--threads N] [--seed N]
@@ -39,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import time
 
 import numpy as np
@@ -214,7 +216,8 @@ def main():
         "generate_tokens_per_second_cache": GENERATE / t_cache,
         "generate_tokens_per_second_no_cache": GENERATE / t_plain,
         "generate_same_tokens": with_cache == no_cache,
-        "generated_head": with_cache[:16], "losses": losses}))
+        "generated_head": with_cache[:16], "losses": losses,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 if __name__ == "__main__":

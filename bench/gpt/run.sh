@@ -118,6 +118,16 @@ print(f"peak RSS: {kiln['peak_rss_mb']:.0f} MB vs {torch['peak_rss_mb']:.0f} MB 
 for name, r in (("kiln", kiln), ("pytorch", torch)):
     if not r["generate_same_tokens"]:
         print(f"WARNING: {name}'s tokens with and without the cache differ")
+chars = meta["chars"]
+
+
+def text(ids):  # the characters of token ids (one a token; '?' past the listed ones)
+    return "".join(chars[i] if i < len(chars) else "?" for i in ids)
+
+
+for name, r in (("kiln", kiln), ("pytorch", torch)):
+    print(f"{name} continues the val split's first {r['block'] // 2} tokens with: "
+          f"{text(r['generated_head'])!r}")
 if kiln["generated_head"] != torch["generated_head"]:
     print("note: the two sides' greedy tokens differ (expected once the weights drift "
           "apart in float rounding over many steps)")

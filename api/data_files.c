@@ -174,6 +174,52 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     return ds;
 }
 
+/* Labels against the model's output per sample (issue 12): the classes are its last dim,
+ * so labels [N] go with an output [C] and labels per position [N, T] with [T, V]; every
+ * label must be below the class count. */
+static bool labels_fit_output(const kn_dataset *ds, const kapi_model_spec *spec, const char *what,
+                              kapi_errors *errors)
+{
+    const kn_tensor *y = ds->labels;
+    int label_ndim = y->ndim - 1;
+    char labels[96], output[96], want[96];
+    kn_shape_str(y->shape + 1, label_ndim, labels, sizeof labels);
+    kn_shape_str(spec->output_shape, spec->output_ndim, output, sizeof output);
+    bool fits = spec->output_ndim == label_ndim + 1;
+    for (int d = 0; fits && d < label_ndim; d++) fits = y->shape[d + 1] == spec->output_shape[d];
+    if (!fits && label_ndim == 0) {
+        /* the positions: the output without its last dim, the classes */
+        kn_shape_str(spec->output_shape, spec->output_ndim - 1, want, sizeof want);
+        kapi_errors_add(errors, what,
+                        "labels are one class per sample but the model outputs %s per sample: "
+                        "end the model in an output [classes] (e.g. a flatten and a linear), or "
+                        "give labels per position [N, %s",
+                        output, spec->output_ndim > 1 ? want + 1 : "...]");
+        return false;
+    }
+    if (!fits) {
+        /* the labels' shape and one more dim for the classes */
+        snprintf(want, sizeof want, "%.*s, classes]", (int)strlen(labels) - 1, labels);
+        kapi_errors_add(errors, what,
+                        "labels are %s per sample (a class per position) but the model outputs "
+                        "%s per sample: expected an output %s, the classes last",
+                        labels, output, want);
+        return false;
+    }
+    if (ds->num_classes == 0) { /* labels per position, all of them -100 */
+        kapi_errors_add(errors, what,
+                        "every label is -100 (ignore_index): no position to learn or score");
+        return false;
+    }
+    int64_t classes = spec->output_shape[spec->output_ndim - 1];
+    if (ds->num_classes > classes) {
+        kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
+                        (long long)(ds->num_classes - 1), (long long)classes);
+        return false;
+    }
+    return true;
+}
+
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors)
 {
@@ -190,12 +236,17 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
                         have, (long long)sample, want, (long long)needed);
         return false;
     }
-    bool ok = true;
-    if (spec->output_ndim == 1 && ds->num_classes > spec->output_shape[0]) {
-        kapi_errors_add(errors, what, "labels go up to %lld but the model outputs %lld classes",
-                        (long long)(ds->num_classes - 1), (long long)spec->output_shape[0]);
-        ok = false;
+    bool ok = labels_fit_output(ds, spec, what, errors);
+    /* token indices for an embedding, floats for the rest (an int64 NPY of features) */
+    if (kn_dataset_to_dtype(ds, spec->input_dtype) != KN_OK) {
+        kapi_errors_add(errors, what, "%s%s", kn_last_error(),
+                        spec->input_dtype == KN_INT64
+                            ? " (the model's first layer takes int64 token indices: give "
+                              "integer inputs, not scaled or normalised)"
+                            : "");
+        return false;
     }
+    x = ds->inputs;
     if (x->ndim - 1 == spec->input_ndim && strcmp(have, want) == 0) return ok;
     int64_t shape[KN_MAX_DIMS];
     shape[0] = x->shape[0];

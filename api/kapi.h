@@ -55,12 +55,14 @@ typedef struct kapi_layer_spec {
     int in_ndim, out_ndim;
     int64_t parameter_count;
     int64_t buffer_bytes; /* running statistics */
+    int64_t saved_elements; /* per sample, kept for backward besides the output (issue 12) */
 } kapi_layer_spec;
 
 typedef struct kapi_model_spec {
     char name[128];
     int64_t input_shape[KN_MAX_DIMS]; /* without the batch dim */
     int input_ndim;
+    kn_dtype input_dtype; /* what the first layer takes: int64 indices for an embedding */
     int n_layers;
     kapi_layer_spec *layers;
     int64_t parameter_count;
@@ -124,9 +126,12 @@ void kapi_job_spec_free(kapi_job_spec *spec);
 /* Loads a data source (gzip or plain files) into a dataset; errors name the file. */
 kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *errors);
 /* Makes a loaded dataset fit a model: inputs reshaped to [N, input_shape...] when the
- * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]), and labels
- * checked against a 1-D output's class count. Errors are reported at path `what`
- * ("data.train"). Returns false with errors added. */
+ * sample sizes agree ([N, 28, 28] IDX images for input_shape [1, 28, 28]) and converted
+ * to the model's input dtype (int64 token indices for an embedding, float32 otherwise;
+ * kn_dataset_to_dtype), and labels checked against the output: one per sample for an
+ * output [C], one per position for [T, V] (the classes are the last dim), each below the
+ * class count. Errors are reported at path `what` ("data.train"). Returns false with
+ * errors added. */
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors);
 /* Reads a whole file, gunzipping when it starts with gzip's magic. malloc'd. */

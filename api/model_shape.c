@@ -47,6 +47,7 @@ static bool infer_layer(kapi_errors *errors, const char *path, int index, kapi_l
     *out = s.output;
     layer->parameter_count = s.parameter_count;
     layer->buffer_bytes = s.buffer_bytes;
+    layer->saved_elements = s.saved_elements;
     return true;
 }
 
@@ -91,6 +92,8 @@ bool kapi__infer_shapes(kapi_model_spec *spec, const char *prefix, const bool *l
         return false;
     }
     spec->parameter_count = (int64_t)parameters;
+    spec->input_dtype =
+        spec->n_layers > 0 ? kn_layer_of(spec->layers[0].kind)->input_dtype : KN_FLOAT32;
     memcpy(spec->output_shape, io.shape, sizeof io.shape);
     spec->output_ndim = io.ndim;
     return true;
@@ -110,14 +113,17 @@ int64_t kapi_model_training_memory(const kapi_model_spec *spec, int64_t batch_si
     /* float32 everywhere: weights + gradients + optimizer state per parameter */
     int64_t states = optimizer == KN_OPTIM_ADAM || optimizer == KN_OPTIM_ADAMW ? 2 : 1;
     int64_t bytes = 4 * spec->parameter_count * (2 + states);
-    /* the input batch, then each layer's output kept for backward and its gradient */
-    int64_t activations = numel_of(spec->input_shape, spec->input_ndim);
+    /* the input batch (int64 indices take 8 bytes each, and have no gradient), then each
+     * layer's output kept for backward and its gradient */
+    int64_t input =
+        numel_of(spec->input_shape, spec->input_ndim) * (int64_t)kn_dtype_size(spec->input_dtype);
+    int64_t activations = 0;
     for (int i = 0; i < spec->n_layers; i++) {
         const kapi_layer_spec *layer = &spec->layers[i];
-        activations += 2 * numel_of(layer->out_shape, layer->out_ndim);
+        activations += 2 * numel_of(layer->out_shape, layer->out_ndim) + layer->saved_elements;
         bytes += layer->buffer_bytes; /* running statistics */
     }
-    return bytes + 4 * batch_size * activations;
+    return bytes + batch_size * (input + 4 * activations);
 }
 
 static cJSON *shape_json(const int64_t *shape, int ndim)

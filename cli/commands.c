@@ -265,7 +265,13 @@ static kn_dataset *predict_inputs(kcli_job *job, const kcli_options *options, in
         *rc = KCLI_EXIT_RUNTIME;
         return NULL;
     }
-    if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
+    if (!labels) { /* placeholders of the shape the model's output takes: [N] or [N, T] */
+        const kapi_model_spec *m = job->model_spec;
+        int64_t shape[KN_MAX_DIMS] = {inputs->shape[0]};
+        int ndim = m->output_ndim > 0 ? m->output_ndim : 1;
+        for (int i = 1; i < ndim; i++) shape[i] = m->output_shape[i - 1];
+        labels = kn_zeros(shape, ndim, KN_INT64);
+    }
     kn_dataset *ds = kn_dataset_new(inputs, labels);
     kn_release(inputs);
     kn_release(labels);
@@ -313,6 +319,47 @@ static int print_predictions(kn_tensor *probs, int64_t first, bool json)
     return 0;
 }
 
+/* Outputs with a class per position ([N, T, V], issue 12): per sample, the argmax of every
+ * position (the last dim's classes), and with --json the probabilities per position. */
+static int print_sequence_predictions(kn_tensor *probs, int64_t first, bool json)
+{
+    kn_tensor *p = kn_contiguous(kn_to(probs, kn_cpu()));
+    if (!p) return KCLI_EXIT_RUNTIME;
+    int64_t n = p->shape[0], c = p->shape[p->ndim - 1], positions = kn_numel(p) / (n * c);
+    const float *v = kn_data_f32(p);
+    for (int64_t i = 0; i < n; i++) {
+        cJSON *o = json ? cJSON_CreateObject() : NULL;
+        cJSON *classes = o ? cJSON_AddArrayToObject(o, "classes") : NULL;
+        cJSON *rows = o ? cJSON_AddArrayToObject(o, "probabilities") : NULL;
+        if (o) cJSON_AddNumberToObject(o, "index", (double)(first + i));
+        if (!json) printf("%lld\t", (long long)(first + i));
+        for (int64_t t = 0; t < positions; t++) {
+            const float *row = v + (i * positions + t) * c;
+            int64_t best = 0;
+            for (int64_t k = 1; k < c; k++)
+                if (row[k] > row[best]) best = k;
+            if (!json) {
+                printf("%s%lld", t ? " " : "", (long long)best);
+                continue;
+            }
+            cJSON_AddItemToArray(classes, cJSON_CreateNumber((double)best));
+            cJSON *probabilities = cJSON_CreateArray();
+            for (int64_t k = 0; k < c; k++)
+                cJSON_AddItemToArray(probabilities, cJSON_CreateNumber(row[k]));
+            cJSON_AddItemToArray(rows, probabilities);
+        }
+        if (json) {
+            char *text = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (text) printf("%s\n", text);
+            free(text);
+        } else {
+            printf("\n");
+        }
+    }
+    return 0;
+}
+
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options)
 {
     kcli_job job;
@@ -329,7 +376,10 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
     int64_t count = options->limit > 0 && options->limit < ds->count ? options->limit : ds->count;
     kn_module_train(job.model, false);
     kn_no_grad_begin();
-    if (!options->json) printf("# index\tclass\tprobabilities...\n");
+    bool sequence = job.model_spec->output_ndim > 1; /* a class per position */
+    if (!options->json)
+        printf(sequence ? "# index\tclass of each position\n"
+                        : "# index\tclass\tprobabilities...\n");
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
     const int64_t batch = 1000;
@@ -343,10 +393,12 @@ int kcli_predict(const char *checkpoint, const char *job_path, const kcli_option
         } else {
             kn_tensor *logits =
                 kn_module_forward(job.model, kn_to(kn_narrow(x, 0, 0, n), job.device));
-            kn_tensor *probs = logits && logits->ndim == 2 ? kn_softmax(logits, 1) : logits;
+            kn_tensor *probs = logits && logits->ndim >= 2 ? kn_softmax(logits, -1) : logits;
             if (!probs) {
                 fprintf(stderr, "error: %s\n", kn_last_error());
                 rc = KCLI_EXIT_RUNTIME;
+            } else if (sequence) {
+                rc = print_sequence_predictions(probs, b * batch, options->json);
             } else {
                 rc = print_predictions(probs, b * batch, options->json);
             }

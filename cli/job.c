@@ -79,34 +79,13 @@ int kcli_prepare_dataset(const kcli_job *job, kn_dataset *ds, const char *what)
         fprintf(stderr, "%s: %s\n", what, kn_last_error());
         return KCLI_EXIT_RUNTIME;
     }
-    /* IDX images come as [N, 28, 28]; the model may want [N, 1, 28, 28] or [N, 784] */
-    const kapi_model_spec *m = job->model_spec;
-    int64_t want = 1, have = 1;
-    for (int i = 0; i < m->input_ndim; i++) want *= m->input_shape[i];
-    for (int i = 1; i < ds->inputs->ndim; i++) have *= ds->inputs->shape[i];
-    char a[128], b[128];
-    if (want != have) {
-        fprintf(stderr, "%s: samples of shape %s do not fit the model's input_shape %s\n", what,
-                kn_shape_str(ds->inputs->shape + 1, ds->inputs->ndim - 1, a, sizeof a),
-                kn_shape_str(m->input_shape, m->input_ndim, b, sizeof b));
-        return KCLI_EXIT_SPEC;
-    }
-    int64_t shape[KN_MAX_DIMS + 1];
-    shape[0] = ds->count;
-    for (int i = 0; i < m->input_ndim; i++) shape[i + 1] = m->input_shape[i];
-    kn_tensor *reshaped = kn_reshape(ds->inputs, shape, m->input_ndim + 1);
-    if (!reshaped) {
-        fprintf(stderr, "%s: %s\n", what, kn_last_error());
-        return KCLI_EXIT_RUNTIME;
-    }
-    kn_release(ds->inputs);
-    ds->inputs = reshaped;
-    if (m->output_ndim == 1 && ds->num_classes > m->output_shape[0]) {
-        fprintf(stderr, "%s: labels go up to %lld but the model has %lld outputs\n", what,
-                (long long)ds->num_classes - 1, (long long)m->output_shape[0]);
-        return KCLI_EXIT_SPEC;
-    }
-    return 0;
+    /* IDX images come as [N, 28, 28]; the model may want [N, 1, 28, 28] or [N, 784];
+     * token indices stay int64 for an embedding (kilnd fits its data the same way) */
+    kapi_errors errors = {0};
+    bool fits = kapi_dataset_fit_model(ds, job->model_spec, what, &errors);
+    if (!fits) kcli_print_errors(&errors);
+    kapi_errors_free(&errors);
+    return fits ? 0 : KCLI_EXIT_SPEC;
 }
 
 static int load_source(kcli_job *job, const kapi_data_source *src, const char *what,

@@ -375,6 +375,44 @@ kn_tensor *kn_scaled_dot_product_attention(kn_tensor *q, kn_tensor *k, kn_tensor
  * reads the heads where they are and the backward writes one [N, T, 3E] gradient: no
  * copies either way. */
 kn_tensor *kn_attention_qkv(kn_tensor *qkv, int64_t num_heads, const kn_attention_args *args);
+/* ---- sequence layers and int64 data (issue 12) ------------------------------------- */
+/* t as dtype (torch's Tensor.to(dtype)), on t's device: t itself (a new reference) when it
+ * already has that dtype, else a new contiguous tensor. float32 to int64 truncates toward
+ * zero as torch does; NaN and values beyond int64's range become INT64_MIN or INT64_MAX
+ * (no error: torch gives the same on x86). Neither direction records a gradient (an
+ * int64 tensor never requires one). */
+kn_tensor *kn_to_dtype(kn_tensor *t, kn_dtype dtype);
+/* int64 operands of kn_add, kn_sub, kn_mul, kn_div, kn_eq, kn_gt and kn_lt follow torch's
+ * type promotion: two int64 tensors add, subtract and multiply in int64 (wrapping as
+ * torch's do) and compare exactly (float32 0/1, as every comparison here); an int64 and
+ * a float32 tensor compute in float32, the int64 one converted first; kn_div divides in
+ * float32 (torch's true division). */
+/* torch.nn.functional.elu: x where x > 0, alpha * (exp(x) - 1) elsewhere. */
+kn_tensor *kn_elu(kn_tensor *a, double alpha);
+/* Zero fields take PyTorch's defaults (stride 1, padding 0, dilation 1, groups 1). */
+typedef struct kn_conv1d_args {
+    int stride, padding, dilation, groups;
+} kn_conv1d_args;
+/* x [N, C, L] or [C, L], weight [O, C/groups, K], bias [O] or NULL -> [N, O, L'] (or
+ * [O, L']), L' = floor((L + 2 padding - dilation (K - 1) - 1) / stride) + 1: torch's
+ * F.conv1d, computed as a conv2d of height 1. */
+kn_tensor *kn_conv1d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv1d_args args);
+/* torch's F.group_norm: x [N, C, *] normalised over each of num_groups groups of C /
+ * num_groups channels (and the trailing dims) with the biased variance; then scaled by
+ * weight [C] and shifted by bias [C] per channel (either may be NULL). */
+kn_tensor *kn_group_norm(kn_tensor *x, int64_t num_groups, kn_tensor *weight, kn_tensor *bias,
+                         double eps);
+/* Cross-entropy (and NLL of log-probabilities) with the classes on the LAST dim, as a
+ * language model's logits [N, T, V] against int64 targets [N, T]: nanoGPT's
+ * F.cross_entropy(logits.view(-1, V), targets.view(-1)). logits [..., V], target [...]
+ * (the logits' shape without the last dim; any rank, also [N, V] against [N]). Targets
+ * equal to ignore_index count for nothing: the mean is over the others, and a batch of
+ * nothing but ignored targets has a NaN mean (0 for sum), as in torch 1.13. reduction
+ * none gives the target's shape. */
+kn_tensor *kn_sequence_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction reduction,
+                                     int64_t ignore_index, double label_smoothing);
+kn_tensor *kn_sequence_nll_loss(kn_tensor *log_probs, kn_tensor *target, kn_reduction reduction,
+                                int64_t ignore_index);
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,8 @@
 #include "../kernels/cuda/kn_cuda_train.h"
 /* ---- attention (issue 12) ---- */
 #include "../kernels/cuda/kn_cuda_attention.h"
+/* ---- sequence layers (issue 12) ---- */
+#include "../kernels/cuda/kn_cuda_int64.h"
 
 /* The loaded module: every table present and of this build's version. */
 typedef struct kn__cuda_module {
@@ -34,6 +36,8 @@ typedef struct kn__cuda_module {
     const kn_cuda_host *host;         /* pinned memory, events, graphs */
     /* ---- attention (issue 12) ---- */
     const kn_cuda_attention *attention; /* fused scaled-dot-product attention */
+    /* ---- sequence layers (issue 12) ---- */
+    const kn_cuda_int64 *int64; /* dtype conversion, int64 arithmetic and comparisons */
 } kn__cuda_module;
 
 /* The module for device (an available CUDA device), or NULL with the error set naming
@@ -72,6 +76,13 @@ static inline const kn_cuda_attention *kn__cuda_attention(kn_device device, cons
 {
     const kn__cuda_module *m = kn__cuda(device, op);
     return m ? m->attention : NULL;
+}
+
+/* ---- sequence layers (issue 12) ---- */
+static inline const kn_cuda_int64 *kn__cuda_int64(kn_device device, const char *op)
+{
+    const kn__cuda_module *m = kn__cuda(device, op);
+    return m ? m->int64 : NULL;
 }
 
 /* A module message as the engine's error (set): KN_OK for NULL, KN_ERR_MEMORY for a

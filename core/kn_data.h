@@ -1,7 +1,10 @@
 /*
  * kn_data.h — in-memory datasets and the batches a training loop draws from them.
  *
- * A dataset is a float32 tensor of inputs [N, ...] and an int64 tensor of labels [N].
+ * A dataset is a tensor of inputs [N, ...], float32 (features, images) or int64 (token
+ * indices for an embedding: [N, T] token matrices), and an int64 tensor of class labels:
+ * [N], one per sample, or [N, T, ...], one per position (a sequence's tokens), where a
+ * position may be KN_DEFAULT_IGNORE_INDEX (-100) for the loss to skip, as torch's.
  * Batch order is a pure function of (seed, epoch): the permutation of epoch e comes
  * from a generator seeded with a mix of the two, so a run is reproducible and a run
  * resumed at epoch e, batch b continues the very same sequence.
@@ -20,23 +23,30 @@ extern "C" {
 #endif
 
 typedef struct kn_dataset {
-    kn_tensor *inputs; /* float32 [N, ...] */
-    kn_tensor *labels; /* int64 [N] */
+    kn_tensor *inputs; /* float32 or int64 [N, ...] */
+    kn_tensor *labels; /* int64 [N] or [N, T, ...] */
     int64_t count;
     int64_t num_classes; /* 1 + the largest label */
 } kn_dataset;
 
-/* Checks shapes, dtypes, label range (0 <= label < INT64_MAX), N >= 1 and finiteness of
- * inputs (an error names the first bad sample and its value). CPU tensors only. */
+/* Checks shapes, dtypes, label range (0 <= label < INT64_MAX; -100 also in labels per
+ * position), N >= 1 and finiteness of float inputs (an error names the first bad sample
+ * and its value). CPU tensors only. */
 kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels);
 void kn_dataset_free(kn_dataset *ds);
 
 /* In place (the inputs tensor given to kn_dataset_new sees it when it was contiguous):
- * x = x * scale, then (x - mean[c]) / std[c] in float32 when channels > 0. channels == 1
+ * x = x * scale, then (x - mean[c]) / std[c] in float32 when channels > 0; int64 inputs
+ * become float32 first, unless there is nothing to do (scale 1, no channels). channels == 1
  * applies mean[0]/std[0] to every element ([N, H, W] images); channels > 1 needs
  * inputs [N, channels, ...]. std must be > 0, scale finite and non-zero. */
 kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean, const double *std,
                                int channels);
+
+/* The inputs as dtype (ds->inputs replaced; labels untouched): int64 to float32 always
+ * (rounded as torch's .float()), float32 to int64 only when every value is an integer
+ * in int64's range (else an error naming the first sample and element that is not). */
+kn_status kn_dataset_to_dtype(kn_dataset *ds, kn_dtype dtype);
 
 /* Splits off the last floor(fraction * N) samples of a seeded permutation as validation:
  * *train and *validation are new datasets (copies, samples in their original order,
@@ -62,8 +72,10 @@ int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last);
  * tensor (images) or, with as_labels, an int64 tensor. Errors name the offending header
  * field or the size mismatch. */
 kn_tensor *kn_parse_idx(const void *bytes, size_t size, bool as_labels);
-/* NPY v1/v2/v3: little-endian <f4 <f8 <i8 <i4 <i2 <u2 |u1 |i1, C order. float32 or int64
- * out (labels must be 1-D and integral). */
+/* NPY v1/v2/v3: little-endian <f4 <f8 <i8 <i4 <i2 <u2 |u1 |i1, C order. Labels come out
+ * int64 ([N], or [N, T, ...] for labels per position; float files must hold integers).
+ * Inputs keep integers as integers: <i8 <i4 <i2 <u2 give int64 (token indices stay
+ * exact), while floats and bytes (|u1 |i1: images) give float32. */
 kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels);
 /* CSV with a header line: label_column names the label (integer) column, the rest are
  * float features (strtod: "nan" parses, kn_dataset_new refuses it). Blank lines are

@@ -168,6 +168,11 @@ void kn__node_release(kn_node *node);
 /* Sums grad over broadcast dims so it has the given shape (used by the engine). */
 kn_tensor *kn__sum_to_shape(kn_tensor *grad, const int64_t *shape, int ndim);
 
+/* ---- int64 operands (ops/ops_dtype.c; sequence layers, issue 12) -------------------- */
+/* The binary op op (ADD, SUB, MUL, DIV, EQ, GT, LT) on operands of which one or both are
+ * int64, with torch's promotion (see kn_to_dtype in kn.h); name is the public op's. */
+kn_tensor *kn__int64_binary(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b);
+
 /* ---- thread-local grad mode ------------------------------------------------------ */
 extern _Thread_local int kn__no_grad_depth;
 

@@ -132,6 +132,9 @@ typedef struct kn_layer_shape {
     kn_layer_io output;      /* preset to the first input's shape, float32 */
     int64_t parameter_count; /* what the layer's parameters will count */
     int64_t buffer_bytes;    /* what its buffers will take (running statistics) */
+    /* issue 12: float32 elements per sample its ops keep for backward besides its output
+     * and its input (group_norm's normalised values), for the training-memory estimate */
+    int64_t saved_elements;
     /* when the input does not fit: the argument at fault (NULL: the layer itself) and
      * the message. A message about the layer starts with a verb ("expects a 1-D input,
      * got [32, 7, 7]"): a spec error prefixes the type, "layers[7]: linear expects ..." */

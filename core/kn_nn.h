@@ -46,7 +46,13 @@ extern "C" {
     X(EMBEDDING, embedding)                                                                        \
     /* ---- attention (issue 12) ---- */                                                           \
     X(MULTI_HEAD_ATTENTION, multi_head_attention)                                                  \
-    X(TRANSFORMER_ENCODER_LAYER, transformer_encoder_layer)
+    X(TRANSFORMER_ENCODER_LAYER, transformer_encoder_layer)                                        \
+    /* ---- sequence layers (issue 12) ---- */                                                     \
+    X(CONV1D, conv1d)                                                                              \
+    X(ELU, elu)                                                                                    \
+    X(LOG_SOFTMAX, log_softmax)                                                                    \
+    X(GROUP_NORM, group_norm)                                                                      \
+    X(POSITIONAL_EMBEDDING, positional_embedding)
 
 #define KN__MODULE_KIND(id, name) KN_MODULE_##id,
 typedef enum { KN_LAYER_KINDS(KN__MODULE_KIND) KN_MODULE_KIND_COUNT } kn_module_kind;
@@ -149,6 +155,28 @@ typedef struct kn_transformer_encoder_layer_options {
     bool batch_first, norm_first;
     bool is_causal; /* Kiln's: torch passes src_mask / is_causal per call */
 } kn_transformer_encoder_layer_options;
+/* ---- sequence layers (issue 12) ---- */
+typedef struct kn_conv1d_options {
+    int64_t in_channels, out_channels, kernel_size, stride, padding, dilation, groups;
+    bool bias;
+} kn_conv1d_options;
+
+typedef struct kn_elu_options {
+    double alpha;
+    bool inplace;
+} kn_elu_options;
+
+typedef struct kn_group_norm_options {
+    int64_t num_groups, num_channels;
+    double eps;
+    bool affine;
+} kn_group_norm_options;
+
+/* A learned table of positions (nanoGPT's wpe = nn.Embedding(block_size, n_embd)) whose
+ * rows 0..T-1 are added to an input [N, T, embedding_dim]. */
+typedef struct kn_positional_embedding_options {
+    int64_t num_embeddings, embedding_dim;
+} kn_positional_embedding_options;
 
 /* One layer's options: the member its kind reads (relu: activation; batch_norm1d and
  * batch_norm2d: batch_norm). Kinds without arguments (tanh, sigmoid) read none. */
@@ -170,6 +198,11 @@ typedef union kn_layer_options {
     /* ---- attention (issue 12) ---- */
     kn_multi_head_attention_options multi_head_attention;
     kn_transformer_encoder_layer_options transformer_encoder_layer;
+    /* ---- sequence layers (issue 12); log_softmax reads softmax ---- */
+    kn_conv1d_options conv1d;
+    kn_elu_options elu;
+    kn_group_norm_options group_norm;
+    kn_positional_embedding_options positional_embedding;
 } kn_layer_options;
 
 typedef struct kn_module kn_module;
@@ -245,6 +278,15 @@ kn_module *kn_batch_norm2d_new(int64_t num_features, double eps, double momentum
 kn_module *kn_layer_norm_new(const int64_t *normalized_shape, int ndim, double eps,
                              bool elementwise_affine);
 kn_module *kn_embedding_new(int64_t num_embeddings, int64_t embedding_dim, kn_generator *gen);
+/* ---- sequence layers (issue 12) ---- */
+kn_module *kn_conv1d_new(int64_t in_channels, int64_t out_channels, int64_t kernel_size,
+                         kn_conv1d_args args, bool bias, kn_generator *gen);
+kn_module *kn_elu_new(double alpha);
+kn_module *kn_log_softmax_new(int dim);
+kn_module *kn_group_norm_new(int64_t num_groups, int64_t num_channels, double eps, bool affine);
+/* weight [num_embeddings, embedding_dim] drawn from N(0, 1) as nn.Embedding's. */
+kn_module *kn_positional_embedding_new(int64_t num_embeddings, int64_t embedding_dim,
+                                       kn_generator *gen);
 
 void kn_module_free(kn_module *m); /* NULL-safe; frees children */
 /* The spec's name of a kind: "linear", "conv2d", "max_pool2d", "batch_norm1d", ... */

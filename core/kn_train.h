@@ -115,10 +115,14 @@ kn_module *kn_trainer_model(kn_trainer *trainer);
 kn_optimizer *kn_trainer_optimizer(kn_trainer *trainer);
 int64_t kn_trainer_step(const kn_trainer *trainer);
 
-/* Loss and accuracy of model over a dataset, in eval mode, without grad. */
+/* Loss and accuracy of model over a dataset, in eval mode, without grad. With labels per
+ * position ([N, T] against outputs [N, T, V]) both are over the positions, the ignored
+ * ones (KN_DEFAULT_IGNORE_INDEX) left out. */
 kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss, int64_t batch_size,
                       kn_eval_result *result);
-/* The loss of a batch of logits against int64 labels (one-hot for mse/bce). */
+/* The loss of a batch of logits against int64 labels (one-hot for mse/bce). The classes
+ * are the logits' last dim: [N, C] against [N], or [N, T, V] against [N, T] for cross
+ * entropy and nll (kn_sequence_cross_entropy), positions labelled -100 ignored. */
 kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels,
                          double label_smoothing);
 

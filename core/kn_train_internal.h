@@ -62,8 +62,9 @@ void kn__train_cuda_prefetch(kn__train_cuda *tc, kn_tensor *order, int64_t epoch
 extern bool kn__train_cuda_test_fail_capture;
 
 /* data.c: gathers batch batch_index of order into caller memory (inputs: rows x the
- * sample size floats, labels: rows int64), as kn_dataset_batch does. */
+ * sample's elements of the inputs' dtype, labels: rows x the sample's labels, int64), as
+ * kn_dataset_batch does. */
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                             int64_t batch_size, float *inputs, int64_t *labels, int64_t *rows);
+                             int64_t batch_size, void *inputs, int64_t *labels, int64_t *rows);
 
 #endif

@@ -30,6 +30,8 @@ typedef enum {
     KN_BINARY_SILU_BACKWARD,       /* b = input: grad * s * (1 + x * (1 - s)), s = sigmoid(x) */
     KN_BINARY_POW_BACKWARD,        /* b = input: grad * alpha * x^(alpha-1) */
     KN_BINARY_CLAMP_BACKWARD,      /* b = input: grad where lo <= x <= hi (alpha, beta) */
+    /* ---- sequence layers (issue 12) ---- */
+    KN_BINARY_ELU_BACKWARD, /* b = input: grad if x > 0, else grad * alpha * exp(x) */
     KN_BINARY_COUNT
 } kn_binary_op;
 
@@ -53,6 +55,8 @@ typedef enum {
     KN_UNARY_ADD_SCALAR, /* alpha */
     KN_UNARY_MUL_SCALAR, /* alpha */
     KN_UNARY_FILL,       /* alpha */
+    /* ---- sequence layers (issue 12) ---- */
+    KN_UNARY_ELU, /* x if x > 0, else alpha * (exp(x) - 1) */
     KN_UNARY_COUNT
 } kn_unary_op;
 

@@ -21,7 +21,9 @@
  * "parameters": {"softmax": true} turns each row of a [N, classes] output into
  * probabilities. Inputs may be FP32, FP64 or any INT/UINT type (converted to float32),
  * with a shape [N, ...] whose per-sample element count matches the model's input_shape
- * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major.
+ * (so [N, 784] feeds a [1, 28, 28] model); data is flat or nested, row-major. A model
+ * whose first layer is an embedding takes integer types only (its metadata says INT64),
+ * each value a row of the embedding, and gets them as int64 indices.
  */
 #include "ksrv.h"
 
@@ -326,7 +328,9 @@ static void run_batch(cache_entry *e, infer_request *batch)
         memcpy(shape + 1, e->spec->input_shape, sizeof(int64_t) * (size_t)e->spec->input_ndim);
         kn_no_grad_begin();
         kn_scope_begin();
-        kn_tensor *x = kn_from_floats(stacked, shape, e->spec->input_ndim + 1);
+        /* token indices for an embedding (issue 12): checked integers, exact below 2^24 */
+        kn_tensor *x = kn_to_dtype(kn_from_floats(stacked, shape, e->spec->input_ndim + 1),
+                                   e->spec->input_dtype);
         kn_tensor *y = kn_contiguous(kn_module_forward(e->module, x));
         if (!y) {
             snprintf(error, sizeof error, "forward: %s", kn_last_error());
@@ -475,11 +479,11 @@ void ksrv_handle_v2_ready(ksrv_server *server, ksrv_request *request, ksrv_respo
     ksrv_respond_json(response, 200, o);
 }
 
-static cJSON *tensor_meta(const char *name, const int64_t *shape, int ndim)
+static cJSON *tensor_meta(const char *name, const int64_t *shape, int ndim, kn_dtype dtype)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddStringToObject(o, "datatype", "FP32");
+    cJSON_AddStringToObject(o, "datatype", dtype == KN_INT64 ? "INT64" : "FP32");
     cJSON *s = cJSON_AddArrayToObject(o, "shape");
     cJSON_AddItemToArray(s, cJSON_CreateNumber(-1));
     for (int i = 0; i < ndim; i++) cJSON_AddItemToArray(s, cJSON_CreateNumber((double)shape[i]));
@@ -521,9 +525,11 @@ void ksrv_handle_v2_model(ksrv_server *server, ksrv_request *request, ksrv_respo
     for (int i = 0; i < count; i++) cJSON_AddItemToArray(versions, cJSON_CreateString(ids[i]));
     cJSON_AddStringToObject(o, "platform", "kiln");
     cJSON *inputs = cJSON_AddArrayToObject(o, "inputs");
-    cJSON_AddItemToArray(inputs, tensor_meta("input", spec->input_shape, spec->input_ndim));
+    cJSON_AddItemToArray(
+        inputs, tensor_meta("input", spec->input_shape, spec->input_ndim, spec->input_dtype));
     cJSON *outputs = cJSON_AddArrayToObject(o, "outputs");
-    cJSON_AddItemToArray(outputs, tensor_meta("output", spec->output_shape, spec->output_ndim));
+    cJSON_AddItemToArray(outputs,
+                         tensor_meta("output", spec->output_shape, spec->output_ndim, KN_FLOAT32));
     kapi_model_spec_free(spec);
     free(ids);
     ksrv_respond_json(response, 200, o);
@@ -637,6 +643,43 @@ static bool only_keys(const cJSON *o, const char *const *keys, int n, const char
         for (int i = 0; i < n && !known; i++) known = !strcmp(c->string, keys[i]);
         if (!known) {
             snprintf(error, size, "%s: unknown field \"%s\"", where, c->string);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A model whose first layer takes int64 indices (issue 12: an embedding) takes integer
+ * data of its range, as torch's nn.Embedding refuses float indices: checked here so that
+ * one request's bad token never fails the others batched with it. */
+static bool token_indices(const cache_entry *e, const parsed_infer *p, const char *datatype,
+                          dtype_class cls, char *error, size_t size)
+{
+    if (e->spec->input_dtype != KN_INT64) return true;
+    if (cls == DT_FLOAT) {
+        snprintf(error, size,
+                 "inputs[0].datatype: the model takes token indices (its first layer is an "
+                 "embedding): expected INT64 (or another integer type), got %s",
+                 datatype);
+        return false;
+    }
+    const kapi_layer_spec *first = &e->spec->layers[0];
+    int64_t vocab =
+        first->kind == KN_MODULE_EMBEDDING ? first->options.embedding.num_embeddings : INT64_MAX;
+    for (int64_t i = 0; i < p->n * e->in_numel; i++) {
+        double v = p->data[i];
+        if (v >= 16777216.0) { /* the values travel as float32 here */
+            snprintf(error, size,
+                     "inputs[0].data[%lld]: token %.0f is beyond 16777215, the largest index "
+                     "this route carries exactly",
+                     (long long)i, v);
+            return false;
+        }
+        if (v < 0 || v >= (double)vocab) {
+            snprintf(error, size,
+                     "inputs[0].data[%lld]: token %.0f is outside the embedding's %lld rows "
+                     "(0 to %lld)",
+                     (long long)i, v, (long long)vocab, (long long)vocab - 1);
             return false;
         }
     }
@@ -759,7 +802,7 @@ static bool parse_infer(const cJSON *body, const cache_entry *e, parsed_infer *p
                  (long long)need, (long long)have);
         return false;
     }
-    return true;
+    return token_indices(e, p, datatype->valuestring, cls, error, size);
 }
 
 /* A float as the shortest decimal that reads back as the same float. */

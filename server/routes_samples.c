@@ -246,9 +246,8 @@ static entry *load_split(ksrv_server *server, kstore *store, const char *name, c
     }
     snprintf(e->key, sizeof e->key, "%s", key);
     e->ds = parsed;
-    size_t numel = 1;
-    for (int d = 0; d < parsed->inputs->ndim; d++) numel *= (size_t)parsed->inputs->shape[d];
-    e->bytes = numel * sizeof(float) + (size_t)parsed->count * sizeof(int64_t);
+    e->bytes = (size_t)kn_numel(parsed->inputs) * kn_dtype_size(parsed->inputs->dtype) +
+               (size_t)kn_numel(parsed->labels) * sizeof(int64_t);
     return cache_put(e);
 }
 
@@ -288,11 +287,14 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
 
     const kn_dataset *ds = e->ds;
     kn_tensor *inputs = ds->inputs;
-    int64_t per = 1;
+    int64_t per = 1, labels_per = 1;
     for (int d = 1; d < inputs->ndim; d++) per *= inputs->shape[d];
+    for (int d = 1; d < ds->labels->ndim; d++) labels_per *= ds->labels->shape[d];
     int64_t first = offset < ds->count ? offset : ds->count;
     int64_t last = first + limit < ds->count ? first + limit : ds->count;
-    const float *x = kn_data_f32(inputs);
+    /* float32 features, or int64 token indices (issue 12) */
+    const float *x = inputs->dtype == KN_FLOAT32 ? kn_data_f32(inputs) : NULL;
+    const int64_t *tokens = inputs->dtype == KN_INT64 ? kn_data_i64(inputs) : NULL;
     const int64_t *y = kn_data_i64(ds->labels);
 
     ksrv_text t = {0};
@@ -304,12 +306,21 @@ void ksrv_handle_datasets_samples(ksrv_server *server, ksrv_request *request,
         ksrv_text_printf(&t, "%s%lld", d > 1 ? "," : "", (long long)inputs->shape[d]);
     ksrv_text_printf(&t, "],\"samples\":[");
     for (int64_t i = first; i < last && !t.failed; i++) {
-        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":%lld,\"data\":[", i > first ? "," : "",
-                         (long long)i, (long long)y[i]);
-        const float *sample = x + i * per;
+        ksrv_text_printf(&t, "%s{\"index\":%lld,\"label\":", i > first ? "," : "", (long long)i);
+        if (ds->labels->ndim == 1) { /* a class per sample, or a list: one per position */
+            ksrv_text_printf(&t, "%lld", (long long)y[i]);
+        } else {
+            for (int64_t k = 0; k < labels_per; k++)
+                ksrv_text_printf(&t, "%s%lld", k ? "," : "[", (long long)y[i * labels_per + k]);
+            ksrv_text_printf(&t, "%s", labels_per ? "]" : "[]");
+        }
+        ksrv_text_printf(&t, ",\"data\":[");
         for (int64_t k = 0; k < per; k++) {
             if (k) ksrv_text_printf(&t, ",");
-            append_float(&t, sample[k]);
+            if (tokens)
+                ksrv_text_printf(&t, "%lld", (long long)tokens[i * per + k]);
+            else
+                append_float(&t, x[i * per + k]);
         }
         ksrv_text_printf(&t, "]}");
     }

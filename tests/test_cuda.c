@@ -193,6 +193,11 @@ static kn_tensor *clone(kn_tensor *a)
 {
     return kn_clone(a);
 }
+/* ---- sequence layers (issue 12) ---- */
+static kn_tensor *elu(kn_tensor *a)
+{
+    return kn_elu(a, 0.7);
+}
 
 Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
 {
@@ -220,6 +225,7 @@ Test(cuda, unary_ops_forward_and_backward_match_the_cpu)
         {"mul_scalar", mul_scalar, false},
         {"leaky_relu", leaky, false},
         {"clone", clone, false},
+        {"elu", elu, false}, /* sequence layers (issue 12) */
     };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         kn_scope_begin();

@@ -234,8 +234,10 @@ Test(npy, malformed_files_are_refused)
     ASSERT_ERROR_HAS("header says shape [2, 3] of '<f4' = 24 bytes of data, file has 20");
     cr_assert_null(kn_parse_npy(buf, 30, false));
     ASSERT_ERROR_HAS("header of 118 bytes but the file has only 20 after the magic");
+    n = npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", data, 4);
     cr_assert_null(kn_parse_npy(buf, n, true));
-    ASSERT_ERROR_HAS("labels must have 1 dimension, the file has shape [2, 3]");
+    ASSERT_ERROR_HAS("labels must be [N] or [N, T, ...] (a class per position), the file has "
+                     "shape []");
     n = npy(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", data, 24);
     cr_assert_null(kn_parse_npy(buf, n, false));
     ASSERT_ERROR_HAS("'shape' must be a tuple of sizes");

@@ -131,9 +131,12 @@ static void teardown(void)
     server = NULL;
 }
 
+/* Built once and never rewritten: the threads of the round-robin test send it while
+ * others start (rewriting it cut it short at its "data": [, a race of the test). */
 static char *infer_body(void)
 {
     static char body[1024];
+    if (body[0]) return body;
     int at = snprintf(body, sizeof body,
                       "{\"inputs\": [{\"name\": \"input\", \"shape\": [%d, %d], \"datatype\": "
                       "\"FP32\", \"data\": [",
@@ -217,6 +220,7 @@ Test(cache, eight_threads_over_five_hundred_versions)
 {
     start(4, 0);
     add_versions(MODELS, VERSIONS);
+    infer_body(); /* before any thread sends it */
     pthread_t threads[THREADS];
     caller callers[THREADS];
     for (int t = 0; t < THREADS; t++) {

@@ -43,6 +43,21 @@ static int64_t row_elements(const kn_tensor *inputs)
     return n;
 }
 
+/* The bytes of one sample of t [N, ...] (inputs of either dtype, labels [N] or [N, T]). */
+static size_t sample_bytes(const kn_tensor *t)
+{
+    return (size_t)row_elements(t) * kn_dtype_size(t->dtype);
+}
+
+/* An unregistered cpu tensor of t's dtype and sample shape with n samples. */
+static kn_tensor *samples_like(const kn_tensor *t, int64_t n)
+{
+    int64_t shape[KN_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[0] = n;
+    return kn__empty_raw(shape, t->ndim, t->dtype, kn_cpu());
+}
+
 static const char *dtype_of(const kn_tensor *t)
 {
     return kn_dtype_name(t->dtype);
@@ -68,8 +83,8 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
         return kn__error_null(KN_ERR_NULL, "dataset: %s is NULL", inputs ? "labels" : "inputs");
     if (inputs->device.type != KN_DEVICE_CPU || labels->device.type != KN_DEVICE_CPU)
         return kn__error_null(KN_ERR_DEVICE, "dataset: inputs and labels must be on the cpu");
-    if (inputs->dtype != KN_FLOAT32)
-        return kn__error_null(KN_ERR_DTYPE, "dataset: inputs must be float32, got %s",
+    if (inputs->dtype != KN_FLOAT32 && inputs->dtype != KN_INT64)
+        return kn__error_null(KN_ERR_DTYPE, "dataset: inputs must be float32 or int64, got %s",
                               dtype_of(inputs));
     if (inputs->ndim < 2)
         return kn__error_null(KN_ERR_SHAPE,
@@ -78,8 +93,10 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
     if (labels->dtype != KN_INT64)
         return kn__error_null(KN_ERR_DTYPE, "dataset: labels must be int64, got %s",
                               dtype_of(labels));
-    if (labels->ndim != 1)
-        return kn__error_null(KN_ERR_SHAPE, "dataset: labels must be [N], got %s",
+    if (labels->ndim < 1)
+        return kn__error_null(KN_ERR_SHAPE,
+                              "dataset: labels must be [N] (a class per sample) or [N, T, ...] (a "
+                              "class per position), got %s",
                               kn__shape(labels));
     if (labels->shape[0] != inputs->shape[0])
         return kn__error_null(
@@ -95,11 +112,20 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
     }
     int64_t count = inputs->shape[0];
     const int64_t *label = kn__data_ptr(y);
-    int64_t max_label = -1;
-    for (int64_t i = 0; i < count; i++) {
-        if (label[i] < 0) {
+    int64_t max_label = -1, per_sample = row_elements(y), total = count * per_sample;
+    for (int64_t i = 0; i < total; i++) {
+        /* a position's label may be ignore_index: the losses skip it, as torch's do */
+        bool ignored = y->ndim > 1 && label[i] == KN_DEFAULT_IGNORE_INDEX;
+        if (label[i] < 0 && !ignored) {
             kn_release(x);
             kn_release(y);
+            if (y->ndim > 1)
+                return kn__error_null(KN_ERR_VALUE,
+                                      "dataset: labels must be >= 0 or %d (ignore_index: a "
+                                      "position the loss skips), sample %lld has %lld at "
+                                      "position %lld",
+                                      KN_DEFAULT_IGNORE_INDEX, (long long)(i / per_sample),
+                                      (long long)label[i], (long long)(i % per_sample));
             return kn__error_null(KN_ERR_VALUE,
                                   "dataset: labels must be >= 0, sample %lld has %lld",
                                   (long long)i, (long long)label[i]);
@@ -110,11 +136,12 @@ kn_dataset *kn_dataset_new(kn_tensor *inputs, kn_tensor *labels)
             return kn__error_null(KN_ERR_VALUE,
                                   "dataset: labels must be < %lld (class indices), sample %lld "
                                   "has %lld",
-                                  (long long)INT64_MAX, (long long)i, (long long)label[i]);
+                                  (long long)INT64_MAX, (long long)(i / per_sample),
+                                  (long long)label[i]);
         }
         if (label[i] > max_label) max_label = label[i];
     }
-    if (check_finite(kn__data_ptr(x), count, row_elements(x)) != KN_OK) {
+    if (x->dtype == KN_FLOAT32 && check_finite(kn__data_ptr(x), count, row_elements(x)) != KN_OK) {
         kn_release(x);
         kn_release(y);
         return NULL;
@@ -168,6 +195,13 @@ kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
             return kn__error(KN_ERR_VALUE, "dataset_normalize: std[%d] must be > 0, got %g", c,
                              std[c]);
     }
+    /* int64 inputs (token indices) stay int64 unless there is arithmetic to do */
+    if (x->dtype == KN_INT64) {
+        if ((float)scale == 1.0f && channels == 0) return KN_OK;
+        kn_status st = kn_dataset_to_dtype(ds, KN_FLOAT32);
+        if (st != KN_OK) return st;
+        x = ds->inputs;
+    }
     float *data = kn__data_ptr(x);
     int64_t total = kn_numel(x);
     /* float arithmetic, as torchvision's Normalize does on float32 tensors */
@@ -187,31 +221,59 @@ kn_status kn_dataset_normalize(kn_dataset *ds, double scale, const double *mean,
     return KN_OK;
 }
 
+/* Integral float32 values that fit int64 (2^63 is exactly representable in float). */
+static bool integral(float v)
+{
+    return v == floorf(v) && v >= -9223372036854775808.0f && v < 9223372036854775808.0f;
+}
+
+kn_status kn_dataset_to_dtype(kn_dataset *ds, kn_dtype dtype)
+{
+    if (!ds) return kn__error(KN_ERR_NULL, "dataset_to_dtype: dataset is NULL");
+    if (dtype != KN_FLOAT32 && dtype != KN_INT64)
+        return kn__error(KN_ERR_DTYPE, "dataset_to_dtype: unknown dtype %d", (int)dtype);
+    kn_tensor *x = ds->inputs;
+    if (x->dtype == dtype) return KN_OK;
+    int64_t total = kn_numel(x), row = row_elements(x);
+    if (dtype == KN_INT64) {
+        const float *v = kn__data_ptr(x);
+        for (int64_t i = 0; i < total; i++)
+            if (!integral(v[i]))
+                return kn__error(KN_ERR_VALUE,
+                                 "dataset: inputs must be integers to be int64 indices, sample "
+                                 "%lld has %g at element %lld of the sample",
+                                 (long long)(i / row), (double)v[i], (long long)(i % row));
+    }
+    kn_scope_begin();
+    kn_tensor *converted = kn_retain(kn_to_dtype(x, dtype));
+    kn_scope_end();
+    if (!converted) return kn_last_status();
+    kn_release(ds->inputs);
+    ds->inputs = converted;
+    return KN_OK;
+}
+
 /* A new dataset with the samples whose keep[i] equals want, in their original order. */
 static kn_dataset *subset(const kn_dataset *ds, const unsigned char *keep, unsigned char want,
                           int64_t n)
 {
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, ds->inputs->shape, sizeof shape);
-    shape[0] = n;
-    kn_tensor *x = kn__empty_raw(shape, ds->inputs->ndim, KN_FLOAT32, kn_cpu());
-    kn_tensor *y = x ? kn__empty_raw(&n, 1, KN_INT64, kn_cpu()) : NULL;
+    kn_tensor *x = samples_like(ds->inputs, n);
+    kn_tensor *y = x ? samples_like(ds->labels, n) : NULL;
     kn_dataset *out = y ? malloc(sizeof *out) : NULL;
     if (!out) {
         kn_release(x);
         kn_release(y);
         return kn__error_null(KN_ERR_MEMORY, "dataset_split: out of memory");
     }
-    int64_t row = row_elements(ds->inputs);
-    const float *src = kn__data_ptr(ds->inputs);
-    const int64_t *src_labels = kn__data_ptr(ds->labels);
-    float *dst = kn__data_ptr(x);
-    int64_t *dst_labels = kn__data_ptr(y);
+    size_t row = sample_bytes(ds->inputs), label_row = sample_bytes(ds->labels);
+    const char *src = kn__data_ptr(ds->inputs), *src_labels = kn__data_ptr(ds->labels);
+    char *dst = kn__data_ptr(x), *dst_labels = kn__data_ptr(y);
     int64_t j = 0;
     for (int64_t i = 0; i < ds->count; i++) {
         if (keep[i] != want) continue;
-        memcpy(dst + j * row, src + i * row, (size_t)row * sizeof(float));
-        dst_labels[j++] = src_labels[i];
+        memcpy(dst + (size_t)j * row, src + (size_t)i * row, row);
+        memcpy(dst_labels + (size_t)j * label_row, src_labels + (size_t)i * label_row, label_row);
+        j++;
     }
     out->inputs = x;
     out->labels = y;
@@ -325,22 +387,21 @@ static kn_status batch_range(const kn_dataset *ds, kn_tensor *order, int64_t bat
 
 /* Copies rows order[start .. start + n) of the dataset to dst and dst_labels. */
 static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t start, int64_t n,
-                             float *dst, int64_t *dst_labels)
+                             void *dst, void *dst_labels)
 {
     const int64_t *idx = (const int64_t *)order->storage->data + order->offset;
     int64_t stride = order->strides[0];
-    int64_t row = row_elements(ds->inputs);
-    size_t row_bytes = (size_t)row * sizeof(float);
-    const float *src = kn__data_ptr(ds->inputs);
-    const int64_t *src_labels = kn__data_ptr(ds->labels);
+    size_t row = sample_bytes(ds->inputs), label_row = sample_bytes(ds->labels);
+    const char *src = kn__data_ptr(ds->inputs), *src_labels = kn__data_ptr(ds->labels);
     for (int64_t j = 0; j < n; j++) {
         int64_t i = idx[(start + j) * stride];
         if (i < 0 || i >= ds->count)
             return kn__error(KN_ERR_VALUE,
                              "dataset_batch: order[%lld] = %lld is out of range for %lld samples",
                              (long long)(start + j), (long long)i, (long long)ds->count);
-        memcpy(dst + j * row, src + i * row, row_bytes);
-        dst_labels[j] = src_labels[i];
+        memcpy((char *)dst + (size_t)j * row, src + (size_t)i * row, row);
+        memcpy((char *)dst_labels + (size_t)j * label_row, src_labels + (size_t)i * label_row,
+               label_row);
     }
     return KN_OK;
 }
@@ -353,11 +414,8 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
     int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);
     if (st != KN_OK) return st;
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, ds->inputs->shape, sizeof shape);
-    shape[0] = n;
-    kn_tensor *x = kn__empty_raw(shape, ds->inputs->ndim, KN_FLOAT32, kn_cpu());
-    kn_tensor *y = x ? kn__empty_raw(&n, 1, KN_INT64, kn_cpu()) : NULL;
+    kn_tensor *x = samples_like(ds->inputs, n);
+    kn_tensor *y = x ? samples_like(ds->labels, n) : NULL;
     if (!y) {
         kn_release(x);
         return kn_last_status() ? kn_last_status() : KN_ERR_MEMORY;
@@ -374,7 +432,7 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
 }
 
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
-                             int64_t batch_size, float *inputs, int64_t *labels, int64_t *rows)
+                             int64_t batch_size, void *inputs, int64_t *labels, int64_t *rows)
 {
     int64_t start = 0, n = 0;
     kn_status st = batch_range(ds, order, batch_index, batch_size, &start, &n);

@@ -84,15 +84,16 @@ static int64_t read_int64(const unsigned char *p, bool big_endian)
 }
 
 /* Converts count elements into a new unregistered tensor of the given shape: float32,
- * or int64 labels (integral values only). fmt names the format in errors. */
+ * or int64 (from float elements only when integral: labels). fmt names the format in
+ * errors. */
 static kn_tensor *convert(const unsigned char *data, element_kind k, bool big_endian,
-                          const int64_t *shape, int ndim, bool as_labels, const char *fmt)
+                          const int64_t *shape, int ndim, bool as_int64, const char *fmt)
 {
-    kn_tensor *t = kn__empty_raw(shape, ndim, as_labels ? KN_INT64 : KN_FLOAT32, kn_cpu());
+    kn_tensor *t = kn__empty_raw(shape, ndim, as_int64 ? KN_INT64 : KN_FLOAT32, kn_cpu());
     if (!t) return NULL;
     int64_t n = kn_numel(t);
     size_t size = element_size(k);
-    if (!as_labels) {
+    if (!as_int64) {
         float *out = kn__data_ptr(t);
         if (k == EL_U8) {
             for (int64_t i = 0; i < n; i++) out[i] = data[i]; /* the common case: images */
@@ -389,12 +390,14 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
                               "npy: dtype '%s' is not supported (expected "
                               "little-endian '<f4', '<f8', '<i8', '<i4', '|u1' or '|i1')",
                               descr);
-    if (as_labels && ndim != 1)
+    if (as_labels && ndim < 1)
         return kn__error_null(KN_ERR_SHAPE,
-                              "npy: labels must have 1 dimension, the file has "
-                              "shape %s",
+                              "npy: labels must be [N] or [N, T, ...] (a class per position), "
+                              "the file has shape %s",
                               kn__shape_of(shape, ndim));
     element_kind k = types[found].kind;
+    /* integers wider than a byte are indices: they stay exact, as int64 */
+    bool integers = k == EL_I64 || k == EL_I32 || k == EL_I16 || k == EL_U16;
     int64_t want = checked_bytes(shape, ndim, element_size(k));
     size_t have = size - start - len;
     if (want < 0 || (uint64_t)want != have)
@@ -402,7 +405,8 @@ kn_tensor *kn_parse_npy(const void *bytes, size_t size, bool as_labels)
                               "npy: header says shape %s of '%s' = %lld bytes of "
                               "data, file has %zu",
                               kn__shape_of(shape, ndim), descr, (long long)want, have);
-    return kn__result(convert(b + start + len, k, false, shape, ndim, as_labels, "npy"));
+    return kn__result(
+        convert(b + start + len, k, false, shape, ndim, as_labels || integers, "npy"));
 }
 
 /* ---- CSV -------------------------------------------------------------------------- */

@@ -57,14 +57,7 @@ static kn_status conv2d_init(kn_module *m, kn_generator *gen)
                          (long long)o->groups);
     int64_t shape[4] = {o->out_channels, o->in_channels / o->groups, o->kernel_size[0],
                         o->kernel_size[1]};
-    kn_tensor *w = kn__module_parameter(m, "weight", shape, 4, 0.0);
-    if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return kn_last_status();
-    if (o->bias) {
-        kn_tensor *b = kn__module_parameter(m, "bias", (int64_t[]){o->out_channels}, 1, 0.0);
-        double bound = 1 / sqrt((double)kn_init_fan_in(w));
-        if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return kn_last_status();
-    }
-    return KN_OK;
+    return kn__module_weight_bias(m, shape, 4, o->bias, gen);
 }
 
 static bool conv2d_shape(kn_layer_shape *s)

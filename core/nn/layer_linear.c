@@ -21,15 +21,7 @@ static kn_status linear_init(kn_module *m, kn_generator *gen)
     const kn_linear_options *o = &m->options.linear;
     KN__CHECK_POSITIVE(m, "in_features", o->in_features);
     KN__CHECK_POSITIVE(m, "out_features", o->out_features);
-    kn_tensor *w =
-        kn__module_parameter(m, "weight", (int64_t[]){o->out_features, o->in_features}, 2, 0.0);
-    if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return kn_last_status();
-    if (o->bias) {
-        kn_tensor *b = kn__module_parameter(m, "bias", (int64_t[]){o->out_features}, 1, 0.0);
-        double bound = 1 / sqrt((double)o->in_features);
-        if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return kn_last_status();
-    }
-    return KN_OK;
+    return kn__module_weight_bias(m, (int64_t[]){o->out_features, o->in_features}, 2, o->bias, gen);
 }
 
 /* Linear applies to the last dim; a multi-dim input is almost always a missing flatten,
@@ -93,12 +85,7 @@ static const kn_layer_arg EMBEDDING_ARGS[] = {
 static kn_status embedding_init(kn_module *m, kn_generator *gen)
 {
     const kn_embedding_options *o = &m->options.embedding;
-    KN__CHECK_POSITIVE(m, "num_embeddings", o->num_embeddings);
-    KN__CHECK_POSITIVE(m, "embedding_dim", o->embedding_dim);
-    kn_tensor *w =
-        kn__module_parameter(m, "weight", (int64_t[]){o->num_embeddings, o->embedding_dim}, 2, 0.0);
-    if (!w || kn_normal_(w, 0.0, 1.0, gen) != KN_OK) return kn_last_status();
-    return KN_OK;
+    return kn__module_table(m, o->num_embeddings, o->embedding_dim, gen);
 }
 
 static bool embedding_shape(kn_layer_shape *s)

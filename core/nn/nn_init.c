@@ -223,3 +223,26 @@ kn_status kn_sequential_append(kn_module *sequential, kn_module *child)
     }
     return kn__module_child(sequential, NULL, child);
 }
+
+/* ---- parameter sets several rows register ------------------------------------------ */
+
+kn_status kn__module_weight_bias(kn_module *m, const int64_t *shape, int ndim, bool bias,
+                                 kn_generator *gen)
+{
+    kn_tensor *w = kn__module_parameter(m, "weight", shape, ndim, 0.0);
+    if (!w || kn_init_kaiming_uniform_(w, sqrt(5.0), gen) != KN_OK) return kn_last_status();
+    if (!bias) return KN_OK;
+    kn_tensor *b = kn__module_parameter(m, "bias", shape, 1, 0.0); /* [out] */
+    double bound = 1 / sqrt((double)kn_init_fan_in(w));
+    if (!b || kn_init_uniform_(b, -bound, bound, gen) != KN_OK) return kn_last_status();
+    return KN_OK;
+}
+
+kn_status kn__module_table(kn_module *m, int64_t rows, int64_t dim, kn_generator *gen)
+{
+    KN__CHECK_POSITIVE(m, "num_embeddings", rows);
+    KN__CHECK_POSITIVE(m, "embedding_dim", dim);
+    kn_tensor *w = kn__module_parameter(m, "weight", (int64_t[]){rows, dim}, 2, 0.0);
+    if (!w || kn_normal_(w, 0.0, 1.0, gen) != KN_OK) return kn_last_status();
+    return KN_OK;
+}

@@ -28,6 +28,14 @@ kn_tensor *kn__module_buffer(kn_module *m, const char *name, const int64_t *shap
  * also on failure. */
 kn_status kn__module_child(kn_module *m, const char *name, kn_module *child);
 
+/* torch's reset_parameters of nn.Linear and nn.ConvNd: "weight" of shape [out, ...] drawn
+ * kaiming_uniform(a=sqrt(5)), then (with bias) "bias" [out] uniform in +-1/sqrt(fan_in). */
+kn_status kn__module_weight_bias(kn_module *m, const int64_t *shape, int ndim, bool bias,
+                                 kn_generator *gen);
+/* nn.Embedding's table: "weight" [rows, dim] drawn N(0, 1), after checking both sizes are
+ * positive under nn.Embedding's names (num_embeddings, embedding_dim). */
+kn_status kn__module_table(kn_module *m, int64_t rows, int64_t dim, kn_generator *gen);
+
 /* The module's own tensor registered as name, or NULL (bias=False). */
 kn_tensor *kn__module_tensor(const kn_module *m, const char *name);
 

@@ -116,6 +116,7 @@ bool kn_layer_infer(kn_layer_shape *s)
     s->message[0] = '\0';
     s->parameter_count = 0;
     s->buffer_bytes = 0;
+    s->saved_elements = 0;
     if (s->n_inputs < least || s->n_inputs > most)
         return kn__shape_fail(s, NULL, "takes %d to %d inputs, got %d", least, most, s->n_inputs);
     for (int i = 0; i < s->n_inputs && !(row->flags & KN_LAYER_OWN_DTYPES); i++)

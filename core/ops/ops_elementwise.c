@@ -66,8 +66,16 @@ static kn_status div_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
     return KN_OK;
 }
 
+/* Whether an operand is int64: ops_dtype.c computes those (issue 12). */
+static bool any_int64(const kn_tensor *a, const kn_tensor *b)
+{
+    return a && b && (a->dtype == KN_INT64 || b->dtype == KN_INT64);
+}
+
 static kn_tensor *add_like(const char *name, kn_tensor *a, kn_tensor *b, double sign)
 {
+    if (any_int64(a, b))
+        return kn__int64_binary(name, sign > 0 ? KN_BINARY_ADD : KN_BINARY_SUB, a, b);
     kn_tensor *out = binary_forward(name, KN_BINARY_ADD_SCALED, a, b, (float)sign);
     if (!out) return NULL;
     kn_tensor *inputs[2] = {a, b};
@@ -95,6 +103,7 @@ kn_tensor *kn_sub(kn_tensor *a, kn_tensor *b)
 static kn_tensor *mul_like(const char *name, kn_binary_op op, kn_backward_fn backward, kn_tensor *a,
                            kn_tensor *b)
 {
+    if (any_int64(a, b)) return kn__int64_binary(name, op, a, b);
     kn_tensor *out = binary_forward(name, op, a, b, 0.f);
     if (!out) return NULL;
     kn_tensor *inputs[2] = {a, b};
@@ -122,6 +131,7 @@ kn_tensor *kn_div(kn_tensor *a, kn_tensor *b)
 
 static kn_tensor *compare(const char *name, kn_binary_op op, kn_tensor *a, kn_tensor *b)
 {
+    if (any_int64(a, b)) return kn__int64_binary(name, op, a, b);
     return kn__result(binary_forward(name, op, a, b, 0.f));
 }
 
@@ -490,4 +500,13 @@ kn_status kn_copy_(kn_tensor *dst, kn_tensor *src)
     return kn__kernel_copy(dst->device, dst->shape, dst->ndim, kn_dtype_size(dst->dtype),
                            operand(dst, dst->shape, dst->ndim),
                            operand(src, dst->shape, dst->ndim));
+}
+
+/* ---- sequence layers (issue 12) ---------------------------------------------------- */
+
+FUSED_BACKWARD(elu_backward, KN_BINARY_ELU_BACKWARD)
+
+kn_tensor *kn_elu(kn_tensor *a, double alpha)
+{
+    return unary_op("elu", KN_UNARY_ELU, a, (float)alpha, 0, elu_backward, SAVE_INPUT);
 }

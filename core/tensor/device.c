@@ -108,6 +108,7 @@ static void load_cuda(void)
     const kn_cuda_host *host = table(handle, KN_CUDA_HOST_SYMBOL);
     /* ---- attention (issue 12) ---- */
     const kn_cuda_attention *attention = table(handle, KN_CUDA_ATTENTION_SYMBOL);
+    const kn_cuda_int64 *int64 = table(handle, KN_CUDA_INT64_SYMBOL); /* issue 12 */
     kn__cuda_module m = {
         .backend = CHECKED(backend, KN_CUDA_BACKEND_ABI),
         .reduce = CHECKED(reduce, KN_CUDA_REDUCE_ABI),
@@ -117,6 +118,7 @@ static void load_cuda(void)
         .host = CHECKED(host, KN_CUDA_HOST_ABI),
         /* ---- attention (issue 12) ---- */
         .attention = CHECKED(attention, KN_CUDA_ATTENTION_ABI),
+        .int64 = CHECKED(int64, KN_CUDA_INT64_ABI), /* issue 12 */
     };
     const char *missing = !m.backend  ? KN_CUDA_BACKEND_SYMBOL
                           : !m.reduce ? KN_CUDA_REDUCE_SYMBOL
@@ -124,6 +126,7 @@ static void load_cuda(void)
                           : !m.train  ? KN_CUDA_TRAIN_SYMBOL
                           : !m.blaslt ? KN_CUDA_BLASLT_SYMBOL
                           : !m.host   ? KN_CUDA_HOST_SYMBOL
+                          : !m.int64  ? KN_CUDA_INT64_SYMBOL /* issue 12 */
                                       : NULL;
     /* ---- attention (issue 12) ---- */
     if (!missing && !m.attention) missing = KN_CUDA_ATTENTION_SYMBOL;

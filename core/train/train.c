@@ -153,11 +153,13 @@ kn_tensor *kn_train_loss(kn_loss_kind loss, kn_tensor *logits, kn_tensor *labels
 {
     if (!logits || !labels) return NULL;
     switch (loss) {
+    /* the classes are the outputs' last dim: [N, C] against [N], or a sequence model's
+     * [N, T, V] against labels per position [N, T] (issue 12) */
     case KN_LOSS_CROSS_ENTROPY:
-        return kn_cross_entropy(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX,
-                                label_smoothing);
+        return kn_sequence_cross_entropy(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX,
+                                         label_smoothing);
     case KN_LOSS_NLL:
-        return kn_nll_loss(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX);
+        return kn_sequence_nll_loss(logits, labels, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX);
     case KN_LOSS_MSE:
         return kn_mse_loss(logits, one_hot(labels, logits), KN_REDUCTION_MEAN);
     case KN_LOSS_BCE_WITH_LOGITS:
@@ -178,20 +180,34 @@ static kn_device model_device(kn_module *model)
     return d;
 }
 
-/* Sums the loss (weighted by batch size) and correct predictions of one batch. */
+/* What one evaluation batch adds up: the loss weighted by the labels it counted, and
+ * the predictions (the logits' argmax on the last dim) that equal their label. */
+typedef struct eval_sums {
+    double loss;
+    int64_t labels, correct;
+} eval_sums;
+
+/* The batch's counted labels: all of them, but the positions ignore_index marks (labels
+ * per position, issue 12), which the mean loss and the accuracy skip. */
 static kn_status eval_batch(kn_module *model, kn_tensor *x, kn_tensor *y, kn_loss_kind loss,
-                            double *loss_sum, int64_t *correct)
+                            eval_sums *sums)
 {
     kn_tensor *logits = kn_module_forward(model, x);
     kn_tensor *l = kn_train_loss(loss, logits, y, 0.0);
     if (!l) return kn_last_status() != KN_OK ? kn_last_status() : KN_ERR_NULL;
-    *loss_sum += (double)kn_item(l) * (double)y->shape[0];
-    if (logits->ndim == 2) {
-        kn_tensor *pred = kn_contiguous(kn_to(kn_argmax(logits, 1, false), kn_cpu()));
-        kn_tensor *yc = kn_contiguous(kn_to(y, kn_cpu()));
-        if (!pred || !yc) return kn_last_status();
-        const int64_t *p = kn_data_i64(pred), *t = kn_data_i64(yc);
-        for (int64_t i = 0; i < y->shape[0]; i++) *correct += p[i] == t[i];
+    kn_tensor *yc = kn_contiguous(kn_to(y, kn_cpu()));
+    if (!yc) return kn_last_status();
+    const int64_t *t = kn_data_i64(yc);
+    int64_t n = kn_numel(yc), counted = 0;
+    for (int64_t i = 0; i < n; i++) counted += t[i] != KN_DEFAULT_IGNORE_INDEX;
+    if (counted > 0) sums->loss += (double)kn_item(l) * (double)counted;
+    sums->labels += counted;
+    if (logits->ndim == y->ndim + 1) {
+        kn_tensor *pred = kn_contiguous(kn_to(kn_argmax(logits, -1, false), kn_cpu()));
+        if (!pred) return kn_last_status();
+        const int64_t *p = kn_data_i64(pred);
+        for (int64_t i = 0; i < n; i++)
+            sums->correct += t[i] != KN_DEFAULT_IGNORE_INDEX && p[i] == t[i];
     }
     return KN_OK;
 }
@@ -207,8 +223,7 @@ kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
     kn_module_train(model, false);
     kn_no_grad_begin();
     kn_device device = model_device(model);
-    double loss_sum = 0;
-    int64_t correct = 0;
+    eval_sums sums = {0};
     kn_status st = KN_OK;
     kn_scope_begin();
     kn_tensor *order = kn_epoch_order(ds->count, 0, 0, false);
@@ -222,7 +237,7 @@ kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
             x = kn_to(x, device);
             y = kn_to(y, device);
         }
-        if (st == KN_OK) st = eval_batch(model, x, y, loss, &loss_sum, &correct);
+        if (st == KN_OK) st = eval_batch(model, x, y, loss, &sums);
         kn_scope_end();
     }
     kn_scope_end();
@@ -231,8 +246,9 @@ kn_status kn_evaluate(kn_module *model, const kn_dataset *ds, kn_loss_kind loss,
     if (st != KN_OK) return st;
     memset(result, 0, sizeof *result);
     result->count = ds->count;
-    result->loss = loss_sum / (double)ds->count;
-    result->accuracy = (double)correct / (double)ds->count;
+    /* nothing but ignored positions: NaN, as torch's mean over no targets */
+    result->loss = sums.labels > 0 ? sums.loss / (double)sums.labels : NAN;
+    result->accuracy = sums.labels > 0 ? (double)sums.correct / (double)sums.labels : NAN;
     return KN_OK;
 }
 

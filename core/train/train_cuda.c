@@ -25,7 +25,8 @@
  * never enter this file), models with layers whose step needs the host (dropout with
  * p > 0 draws its mask on the cpu; batch norm counts batches on the cpu; embedding
  * checks indices on the host), the mse / bce losses (their one-hot targets are built
- * on the cpu), a batch whose labels are out of range (the eager step reports it), and
+ * on the cpu), a batch whose labels are out of range (the eager step reports it) or
+ * have positions to ignore (the replay's loss would count them), and
  * everything after a capture failure (one line on stderr, then eager to the end).
  *
  * Memory: the graph's pool (kernels/cuda/graph.cu) keeps every block the captured step
@@ -49,8 +50,8 @@
 #define WARMUP_STEPS 2 /* eager full-batch steps before the capture */
 
 typedef struct staging_slot {
-    float *x;                   /* pinned: batch_size x row floats */
-    int64_t *y;                 /* pinned: batch_size labels */
+    void *x;                    /* pinned: batch_size x row_bytes of inputs (any dtype) */
+    int64_t *y;                 /* pinned: batch_size x label_row labels */
     void *event;                /* recorded after the copies that read this slot */
     bool pending;               /* event recorded since the last wait */
     int64_t epoch, batch, rows; /* what it holds; batch -1: nothing */
@@ -63,7 +64,9 @@ struct kn__train_cuda {
     const kn_dataset *train;
     kn_device device;
     const kn_cuda_host *h;
-    int64_t batch_size, row, bpe;
+    int64_t batch_size, bpe;
+    size_t row_bytes;  /* one sample's inputs (float32 or int64) */
+    int64_t label_row; /* one sample's labels: 1, or T for labels per position */
     staging_slot slots[STAGING_SLOTS];
     int last_slot;
     /* the graph */
@@ -74,7 +77,7 @@ struct kn__train_cuda {
     float *result;          /* pinned: loss, gradient flag */
     kn_tensor *x_in, *y_in; /* the graph's inputs (device), owned */
     kn_tensor **grads;      /* per parameter: the gradient the graph writes (owned refs) */
-    int64_t classes;        /* the logits' classes: labels are checked against it */
+    int64_t classes;        /* the logits' classes (last dim): labels are checked against it */
     bool with_flag;         /* the graph computes the gradient flag (no clipping) */
 };
 
@@ -122,11 +125,33 @@ static void graph_log(const kn__train_cuda *tc, const char *fmt, ...)
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
-static int64_t row_elements(const kn_dataset *ds)
+static int64_t row_elements(const kn_tensor *t)
 {
     int64_t n = 1;
-    for (int d = 1; d < ds->inputs->ndim; d++) n *= ds->inputs->shape[d];
+    for (int d = 1; d < t->ndim; d++) n *= t->shape[d];
     return n;
+}
+
+/* The labels of a staged batch are class indices the graph can take: a replay's loss
+ * trusts them (ops_loss.c), so a label out of [0, classes), or an ignored position, makes
+ * the step eager (which reports the bad label, or skips the ignored position). */
+static bool labels_in_range(const kn__train_cuda *tc, const staging_slot *s, int64_t *bad)
+{
+    for (int64_t j = 0; j < s->rows * tc->label_row; j++)
+        if (s->y[j] < 0 || s->y[j] >= tc->classes) {
+            *bad = s->y[j];
+            return false;
+        }
+    return true;
+}
+
+/* A device tensor of the dataset's sample shape (inputs or labels) for rows samples. */
+static kn_tensor *batch_like(const kn_tensor *t, int64_t rows, kn_device device)
+{
+    int64_t shape[KN_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[0] = rows;
+    return kn__empty_raw(shape, t->ndim, t->dtype, device);
 }
 
 static kn_status host_error(const char *message)
@@ -152,7 +177,8 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
     tc->device = device;
     tc->h = h;
     tc->batch_size = t->config.batch_size;
-    tc->row = row_elements(train);
+    tc->row_bytes = (size_t)row_elements(train->inputs) * kn_dtype_size(train->inputs->dtype);
+    tc->label_row = row_elements(train->labels);
     tc->bpe = batches_per_epoch;
     tc->last_slot = STAGING_SLOTS - 1;
     /* a batch is never larger than the dataset */
@@ -161,8 +187,9 @@ kn__train_cuda *kn__train_cuda_new(kn_trainer *t, const kn_dataset *train, kn_de
     for (int i = 0; i < STAGING_SLOTS && !error; i++) {
         staging_slot *s = &tc->slots[i];
         s->batch = -1;
-        error = h->host_alloc((size_t)(rows * tc->row) * sizeof(float), (void **)&s->x);
-        if (!error) error = h->host_alloc((size_t)rows * sizeof(int64_t), (void **)&s->y);
+        error = h->host_alloc((size_t)rows * tc->row_bytes, &s->x);
+        if (!error)
+            error = h->host_alloc((size_t)(rows * tc->label_row) * sizeof(int64_t), (void **)&s->y);
         if (!error) error = h->event_new(device.index, &s->event);
     }
     if (error) {
@@ -249,9 +276,10 @@ static kn_status upload(kn__train_cuda *tc, staging_slot *s, kn_tensor *x, kn_te
     const kn_cuda_host *h = tc->h;
     int dev = tc->device.index;
     const char *error =
-        h->copy_h2d_async(dev, kn__data_ptr(x), s->x, (size_t)(s->rows * tc->row) * sizeof(float));
+        h->copy_h2d_async(dev, kn__data_ptr(x), s->x, (size_t)s->rows * tc->row_bytes);
     if (!error)
-        error = h->copy_h2d_async(dev, kn__data_ptr(y), s->y, (size_t)s->rows * sizeof(int64_t));
+        error = h->copy_h2d_async(dev, kn__data_ptr(y), s->y,
+                                  (size_t)(s->rows * tc->label_row) * sizeof(int64_t));
     kn_status st = host_error(error);
     /* even after a failed copy the first one may be queued: the slot is busy until the
      * event passes, or, without an event, until the device is idle */
@@ -270,11 +298,8 @@ kn_status kn__train_cuda_batch(kn__train_cuda *tc, kn_tensor *order, int64_t epo
     staging_slot *s;
     kn_status st = stage(tc, order, epoch, batch_index, &s);
     if (st != KN_OK) return st;
-    int64_t shape[KN_MAX_DIMS];
-    memcpy(shape, tc->train->inputs->shape, sizeof shape);
-    shape[0] = s->rows;
-    kn_tensor *xd = kn__empty_raw(shape, tc->train->inputs->ndim, KN_FLOAT32, tc->device);
-    kn_tensor *yd = xd ? kn__empty_raw(&s->rows, 1, KN_INT64, tc->device) : NULL;
+    kn_tensor *xd = batch_like(tc->train->inputs, s->rows, tc->device);
+    kn_tensor *yd = xd ? batch_like(tc->train->labels, s->rows, tc->device) : NULL;
     st = yd ? upload(tc, s, xd, yd) : kn_last_status();
     if (st != KN_OK) {
         kn_release(xd);
@@ -312,19 +337,20 @@ static void record_step(kn__train_cuda *tc, const staging_slot *s, char *why, si
         snprintf(why, size, "%s", kn_last_error());
         return;
     }
-    if (logits && logits->ndim != 2) {
-        snprintf(why, size, "the model's output is %s, not [N, classes]", kn__shape(logits));
+    if (logits && logits->ndim != tc->y_in->ndim + 1) {
+        snprintf(why, size, "the model's output is %s, not [N, ..., classes] for labels %s",
+                 kn__shape(logits), kn__shape(tc->y_in));
         return;
     }
     if (logits) {
         /* the loss trusts the labels while capturing (ops_loss.c): check them here */
-        tc->classes = logits->shape[1];
-        for (int64_t j = 0; j < s->rows; j++)
-            if (s->y[j] < 0 || s->y[j] >= tc->classes) {
-                snprintf(why, size, "label %lld of the batch is outside [0, %lld)",
-                         (long long)s->y[j], (long long)tc->classes);
-                return;
-            }
+        tc->classes = logits->shape[logits->ndim - 1];
+        int64_t bad;
+        if (!labels_in_range(tc, s, &bad)) {
+            snprintf(why, size, "label %lld of the batch is outside [0, %lld)", (long long)bad,
+                     (long long)tc->classes);
+            return;
+        }
     }
     kn_tensor *loss = kn_train_loss(c->loss, logits, tc->y_in, c->label_smoothing);
     kn_tensor *flag = NULL;
@@ -367,11 +393,8 @@ static bool capture(kn__train_cuda *tc, staging_slot *s)
     if (!error && !tc->result_event) error = h->event_new(dev, &tc->result_event);
     if (!error && !tc->pool) error = h->pool_new(dev, &tc->pool);
     if (!error && !tc->x_in) {
-        int64_t shape[KN_MAX_DIMS];
-        memcpy(shape, tc->train->inputs->shape, sizeof shape);
-        shape[0] = tc->batch_size;
-        tc->x_in = kn__empty_raw(shape, tc->train->inputs->ndim, KN_FLOAT32, tc->device);
-        tc->y_in = kn__empty_raw(&tc->batch_size, 1, KN_INT64, tc->device);
+        tc->x_in = batch_like(tc->train->inputs, tc->batch_size, tc->device);
+        tc->y_in = batch_like(tc->train->labels, tc->batch_size, tc->device);
         if (!tc->x_in || !tc->y_in) error = kn_last_error();
     }
     if (error) snprintf(why, sizeof why, "%s", error);
@@ -455,8 +478,8 @@ kn_status kn__train_cuda_graph_step(kn__train_cuda *tc, kn_tensor *order, int64_
     if (tc->state == GRAPH_WARMING) {
         if (!capture(tc, s)) return KN_OK; /* eager, from the same staged batch */
     } else {
-        for (int64_t j = 0; j < rows; j++) /* the eager step reports a bad label */
-            if (s->y[j] < 0 || s->y[j] >= tc->classes) return KN_OK;
+        int64_t bad;
+        if (!labels_in_range(tc, s, &bad)) return KN_OK; /* the eager step reports it */
         /* the parameters' gradients are the graph's again (an eager step may have made
          * its own), so the optimizer reads what the replay writes */
         for (int i = 0; i < t->n_params; i++) {

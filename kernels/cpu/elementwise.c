@@ -267,6 +267,11 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_BINARY_CLAMP_BACKWARD:
         BINARY_LOOP((y >= alpha && y <= beta) ? x : 0.f);
         break;
+    /* ---- sequence layers (issue 12) ---- */
+    case KN_BINARY_ELU_BACKWARD: /* torch's elu_backward from the input: x <= 0 is the
+                                    exponential side, so the gradient at 0 is alpha */
+        BINARY_LOOP(y > 0.f ? x : x * alpha * expf(y));
+        break;
     case KN_BINARY_COUNT:
         break;
     }
@@ -382,6 +387,10 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
         break;
     case KN_UNARY_FILL:
         for (int64_t i = 0; i < n; i++) out[i * so] = alpha;
+        break;
+    /* ---- sequence layers (issue 12) ---- */
+    case KN_UNARY_ELU: /* expm1 keeps the small negative values exact */
+        UNARY_LOOP(x > 0.f ? x : alpha * expm1f(x));
         break;
     case KN_UNARY_COUNT:
         break;

@@ -166,6 +166,9 @@ __device__ __forceinline__ float binary_value(kn_binary_op op, float x, float y,
         return x * alpha * powf(y, alpha - 1.f);
     case KN_BINARY_CLAMP_BACKWARD:
         return (y >= alpha && y <= beta) ? x : 0.f;
+    /* ---- sequence layers (issue 12) ---- */
+    case KN_BINARY_ELU_BACKWARD:
+        return y > 0.f ? x : x * alpha * expf(y);
     default:
         return 0.f;
     }
@@ -216,6 +219,9 @@ __device__ __forceinline__ float unary_value(kn_unary_op op, float x, float alph
         return x * alpha;
     case KN_UNARY_FILL:
         return alpha;
+    /* ---- sequence layers (issue 12) ---- */
+    case KN_UNARY_ELU:
+        return x > 0.f ? x : alpha * expm1f(x);
     default:
         return 0.f;
     }

@@ -113,7 +113,7 @@ void fuzz_check_dataset(kn_tensor *inputs, kn_tensor *labels)
     if ((!inputs || !labels) && (given->ndim < 1 || given->shape[0] > kn_numel(given) + 4096))
         return;
     kn_scope_begin();
-    if (!inputs && labels->ndim == 1) inputs = kn_zeros(KN_SHAPE(labels->shape[0], 1), KN_FLOAT32);
+    if (!inputs && labels->ndim >= 1) inputs = kn_zeros(KN_SHAPE(labels->shape[0], 1), KN_FLOAT32);
     if (!labels) labels = kn_zeros(KN_SHAPE(inputs->shape[0]), KN_INT64);
     kn_clear_error();
     kn_dataset *ds = kn_dataset_new(inputs, labels);
@@ -121,9 +121,12 @@ void fuzz_check_dataset(kn_tensor *inputs, kn_tensor *labels)
         FUZZ_CHECK(ds->count == inputs->shape[0] && ds->count >= 1, "dataset of %lld samples",
                    (long long)ds->count);
         const int64_t *y = kn__data_ptr(ds->labels);
-        for (int64_t i = 0; i < ds->count; i++)
-            FUZZ_CHECK(y[i] >= 0 && y[i] < ds->num_classes, "label %lld outside [0, %lld)",
-                       (long long)y[i], (long long)ds->num_classes);
+        /* labels per position ([N, T]) may be -100, a position the loss skips */
+        bool per_position = ds->labels->ndim > 1;
+        for (int64_t i = 0; i < kn_numel(ds->labels); i++)
+            FUZZ_CHECK((y[i] >= 0 && y[i] < ds->num_classes) ||
+                           (per_position && y[i] == KN_DEFAULT_IGNORE_INDEX),
+                       "label %lld outside [0, %lld)", (long long)y[i], (long long)ds->num_classes);
         kn_dataset_free(ds);
     } else {
         fuzz_check_kn_error("kn_dataset_new");
@@ -173,6 +176,7 @@ static double forward_cost(const kapi_model_spec *spec)
                        : l->kind == KN_MODULE_AVG_POOL2D ? l->options.avg_pool2d.kernel_size
                                                          : NULL;
         double window = k ? (double)k[0] * k[1] : 1;
+        if (l->kind == KN_MODULE_CONV1D) window = (double)l->options.conv1d.kernel_size;
         double touched =
             (double)numel_of(l->in_shape, l->in_ndim) + (double)numel_of(l->out_shape, l->out_ndim);
         cost += touched * (1 + (double)l->parameter_count + window);
@@ -221,8 +225,7 @@ static void check_built_model(const kapi_model_spec *spec)
         kn_module_train(model, false);
         kn_scope_begin();
         kn_no_grad_begin();
-        bool indices = spec->layers[0].kind == KN_MODULE_EMBEDDING;
-        kn_tensor *x = kn_zeros(in, spec->input_ndim + 1, indices ? KN_INT64 : KN_FLOAT32);
+        kn_tensor *x = kn_zeros(in, spec->input_ndim + 1, spec->input_dtype);
         kn_tensor *y = kn_module_forward(model, x);
         kn_no_grad_end();
         FUZZ_CHECK(y, "a valid spec's model fails forward: %s", kn_last_error());
@@ -373,8 +376,9 @@ static void parse_array(const uint8_t *data, size_t size, bool as_labels, fuzz_a
     kn_scope_begin();
     kn_tensor *t = parse(data, size, as_labels);
     if (t) {
-        fuzz_check_tensor(t, as_labels ? KN_INT64 : KN_FLOAT32);
-        FUZZ_CHECK(!as_labels || t->ndim == 1, "labels with %d dims", t->ndim);
+        /* inputs: float32, or int64 indices (NPY integers); labels int64 [N] or [N, T] */
+        fuzz_check_tensor(t, as_labels || t->dtype == KN_INT64 ? KN_INT64 : KN_FLOAT32);
+        FUZZ_CHECK(!as_labels || t->ndim >= 1, "labels with %d dims", t->ndim);
         if (check) check(t, data, size, as_labels);
         if (as_labels)
             fuzz_check_dataset(NULL, t);

@@ -98,6 +98,10 @@ def npy_seeds():
     write("npy", "big-endian", npy(">f4", [1], struct.pack(">f", 1)))
     write("npy", "f4-nan", npy("<f4", [1, 2], struct.pack("<2f", float("nan"), 1)))
     write("npy", "f4-2x3.gz", gz(npy("<f4", [2, 3], struct.pack("<6f", 0, 1, 2, 3, 4, 5))))
+    # ---- sequence data (issue 12): token matrices and labels per position ----
+    write("npy", "i8-tokens-2x4", npy("<i8", [2, 4], struct.pack("<8q", 0, 5, 11, 2, 7, 7, 1, 0)))
+    write("npy", "i8-labels-per-position",
+          npy("<i8", [2, 3], struct.pack("<6q", -100, 3, 1, -100, 0, 2)))
 
 
 # ---- CSV ------------------------------------------------------------------------------

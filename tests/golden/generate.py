@@ -657,6 +657,120 @@ def seeded_modules():
 
 
 case("attention_init_seed1234", inputs(), seeded_modules)
+# ---- sequence layers (issue 12) -------------------------------------------------------------
+# conv1d, elu, group_norm, the learned positional embedding (x + wpe(arange(T))), dtype
+# conversion and int64 arithmetic, and cross entropy with the classes on the last dim
+# (nanoGPT's F.cross_entropy(logits.view(-1, V), targets.view(-1))). tests/test_golden_sequence.c.
+
+case("elu", inputs(a=R(3, 4)), F.elu)
+case("elu_alpha", inputs(a=R(3, 4)), lambda a: F.elu(a, alpha=0.3))
+case("elu_large", inputs(a=big(20, 3, 4)), lambda a: F.elu(a, alpha=1.5))
+case("elu_noncontig", inputs(base=R(4, 3)), lambda base: F.elu(base.t()))
+
+case("conv1d_plain", inputs(x=R(2, 2, 7), weight=R(3, 2, 3), bias=R(3)), F.conv1d)
+case("conv1d_stride2_pad1", inputs(x=R(2, 2, 8), weight=R(4, 2, 3), bias=R(4)),
+     lambda x, weight, bias: F.conv1d(x, weight, bias, stride=2, padding=1))
+case("conv1d_dilation2", inputs(x=R(1, 3, 9), weight=R(2, 3, 3), bias=R(2)),
+     lambda x, weight, bias: F.conv1d(x, weight, bias, dilation=2, padding=2))
+case("conv1d_groups2", inputs(x=R(2, 4, 6), weight=R(6, 2, 2), bias=R(6)),
+     lambda x, weight, bias: F.conv1d(x, weight, bias, groups=2))
+case("conv1d_nobias", inputs(x=R(2, 3, 5), weight=R(2, 3, 1)),
+     lambda x, weight: F.conv1d(x, weight, None))
+case("conv1d_unbatched", inputs(x=R(2, 6), weight=R(3, 2, 3), bias=R(3)),
+     lambda x, weight, bias: F.conv1d(x, weight, bias, padding=1))
+# Channels-last storage, as token embeddings [N, T, C] transposed to [N, C, T].
+case("conv1d_noncontig", inputs(xbase=R(2, 7, 3), weight=R(4, 3, 3), bias=R(4)),
+     lambda xbase, weight, bias: F.conv1d(xbase.transpose(1, 2), weight, bias, padding=1))
+
+case("group_norm_affine", inputs(x=R(2, 4, 3, 2), weight=R(4), bias=R(4)),
+     lambda x, weight, bias: F.group_norm(x, 2, weight, bias, 1e-5))
+case("group_norm_plain", inputs(x=R(3, 6, 5)), lambda x: F.group_norm(x, 3, eps=1e-5))
+case("group_norm_2d", inputs(x=R(4, 6), weight=R(6), bias=R(6)),
+     lambda x, weight, bias: F.group_norm(x, 2, weight, bias, 1e-5))
+case("group_norm_instance", inputs(x=R(2, 3, 4), weight=R(3), bias=R(3)),
+     lambda x, weight, bias: F.group_norm(x, 3, weight, bias, 1e-3))
+case("group_norm_one_group", inputs(x=R(2, 4, 3), weight=R(4), bias=R(4)),
+     lambda x, weight, bias: F.group_norm(x, 1, weight, bias, 1e-5))
+case("group_norm_noncontig", inputs(xbase=R(2, 3, 2, 4), weight=R(4), bias=R(4)),
+     lambda xbase, weight, bias: F.group_norm(xbase.permute(0, 3, 1, 2), 2, weight, bias, 1e-5))
+
+
+def positional(x, weight):
+    """nanoGPT: x + wpe(pos) with pos = arange(T); wpe's weight is the table."""
+    return x + F.embedding(torch.arange(x.shape[-2]), weight)
+
+
+case("positional_embedding", inputs(x=R(2, 3, 4), weight=R(5, 4)), positional)
+case("positional_embedding_full", inputs(x=R(2, 5, 4), weight=R(5, 4)), positional)
+case("positional_embedding_noncontig", inputs(xbase=R(3, 2, 4), weight=R(6, 4)),
+     lambda xbase, weight: positional(xbase.transpose(0, 1), weight))
+
+ROUNDING = lambda: torch.tensor([[-2.7, -1.0, -0.5, 0.0], [0.49, 1.5, 2.99, 1e6]])
+case("to_int64", inputs(a=ROUNDING), lambda a: a.to(torch.int64), nograd={"a"})
+case("to_int64_noncontig", inputs(base=ROUNDING), lambda base: base.t().to(torch.int64),
+     nograd={"base"})
+case("to_float32", inputs(a=lambda: torch.tensor([[-3, 0, 7], [16777217, -100, 2]])),
+     lambda a: a.to(torch.float32))
+
+INTS = lambda: torch.randint(-5, 6, (3, 4))
+ROW = lambda: torch.randint(-5, 6, (4,))
+for op_name, op in [("add", torch.add), ("sub", torch.sub), ("mul", torch.mul),
+                    ("eq", torch.eq), ("gt", torch.gt), ("lt", torch.lt)]:
+    case("int64_%s_bcast" % op_name, inputs(a=INTS, b=ROW),
+         lambda a, b, op=op: op(a, b).to(torch.float32) if op in (torch.eq, torch.gt, torch.lt)
+         else op(a, b))
+case("int64_add_noncontig", inputs(abase=lambda: torch.randint(-5, 6, (4, 3)), b=INTS),
+     lambda abase, b: abase.t() + b)
+case("int64_div", inputs(a=INTS, b=lambda: torch.randint(1, 6, (3, 4))), torch.div)
+# int64 with float32 computes in float32; the float side gets its gradient.
+case("int64_mul_float", inputs(a=INTS, b=R(3, 4)), torch.mul)
+case("int64_lt_float", inputs(a=INTS, b=R(4)), lambda a, b: (a < b).to(torch.float32))
+
+
+def seq_targets(vocab, *shape, ignored=()):
+    def make():
+        t = torch.randint(0, vocab, shape)
+        for pos in ignored:
+            t[pos] = -100
+        return t
+    return make
+
+
+def seq_ce(logits, target, **kw):
+    v = logits.shape[-1]
+    out = F.cross_entropy(logits.reshape(-1, v), target.reshape(-1), **kw)
+    return out.reshape(target.shape) if kw.get("reduction") == "none" else out
+
+
+def seq_nll(log_probs, target, **kw):
+    v = log_probs.shape[-1]
+    out = F.nll_loss(log_probs.reshape(-1, v), target.reshape(-1), **kw)
+    return out.reshape(target.shape) if kw.get("reduction") == "none" else out
+
+
+SEQ_IGNORED = ((0, 1), (1, 4), (1, 0))
+for red in REDUCTIONS:
+    case("seq_cross_entropy_" + red,
+         inputs(logits=R(2, 5, 7), target=seq_targets(7, 2, 5, ignored=SEQ_IGNORED)),
+         lambda logits, target, red=red: seq_ce(logits, target, reduction=red))
+    case("seq_nll_loss_" + red,
+         inputs(log_probs=R(2, 5, 7), target=seq_targets(7, 2, 5, ignored=SEQ_IGNORED)),
+         lambda log_probs, target, red=red: seq_nll(log_probs, target, reduction=red))
+case("seq_cross_entropy_smoothing",
+     inputs(logits=R(2, 5, 7), target=seq_targets(7, 2, 5, ignored=SEQ_IGNORED)),
+     lambda logits, target: seq_ce(logits, target, label_smoothing=0.1))
+case("seq_cross_entropy_all_ignored", inputs(logits=R(2, 3, 4), target=lambda: torch.full(
+    (2, 3), -100)), lambda logits, target: seq_ce(logits, target))
+case("seq_cross_entropy_all_ignored_sum", inputs(logits=R(2, 3, 4), target=lambda: torch.full(
+    (2, 3), -100)), lambda logits, target: seq_ce(logits, target, reduction="sum"))
+case("seq_cross_entropy_custom_ignore", inputs(logits=R(3, 4, 5), target=I(5, 3, 4)),
+     lambda logits, target: seq_ce(logits, target, ignore_index=2))
+# [N, V, T] storage transposed to [N, T, V]: torch's layout for F.cross_entropy, this one's.
+case("seq_cross_entropy_noncontig",
+     inputs(lbase=R(2, 7, 5), target=seq_targets(7, 2, 5, ignored=SEQ_IGNORED)),
+     lambda lbase, target: seq_ce(lbase.transpose(1, 2), target))
+case("seq_cross_entropy_4d", inputs(logits=R(2, 2, 3, 6), target=I(6, 2, 2, 3)),
+     lambda logits, target: seq_ce(logits, target))
 
 
 def main():

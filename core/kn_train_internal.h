@@ -66,5 +66,8 @@ extern bool kn__train_cuda_test_fail_capture;
  * kn_dataset_batch does. */
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
                              int64_t batch_size, void *inputs, int64_t *labels, int64_t *rows);
+/* Whether ds holds the windows of a token stream (kn_dataset_windows): its inputs and
+ * labels are views of one storage. */
+bool kn__dataset_is_windows(const kn_dataset *ds);
 
 #endif

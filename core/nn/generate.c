@@ -1,0 +1,165 @@
+/*
+ * generate.c — text generation from a language model (nanoGPT's generate): the next
+ * token drawn from the model's logits at the last position, divided by the temperature,
+ * cut to the top_k most likely, softmaxed and sampled with a seeded generator (or the
+ * argmax when not sampling), appended, and again.
+ *
+ * The context is the last block_size tokens at most. With a key/value cache (any model
+ * with MultiheadAttention, kv_cache.c) each new token costs one position: the prompt is
+ * prefilled once, then every token is fed alone. When the context would pass block_size
+ * the oldest half of the window is dropped and the rest prefilled again (the positions
+ * of a learned table are absolute, so the cached keys cannot be shifted): a token past
+ * the window sees between block_size / 2 and block_size tokens, and costs on average
+ * about two positions. Without a cache (no_cache, or a model without attention) the same
+ * context is recomputed whole for each token, so both ways give the same tokens; within
+ * the window the result is nanoGPT's exactly (its crop idx[:, -block_size:]).
+ */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A double in [0, 1) with 53 random bits. */
+static double uniform(kn_generator *gen)
+{
+    uint64_t a = kn_generator_next_u32(gen) >> 5, b = kn_generator_next_u32(gen) >> 6;
+    return ((double)a * 67108864.0 + (double)b) / 9007199254740992.0;
+}
+
+static int descending(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* The next token from logits[v] (v = vocabulary; scratch has v floats). */
+static int64_t pick(const float *logits, int64_t v, const kn_generate_options *o, float *scratch,
+                    double *weights, kn_generator *gen)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < v; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (!o->do_sample) return best;
+    /* top_k: keep the logits >= the k-th largest (ties at the cut stay, as torch's
+     * logits[logits < v[:, [-1]]] = -inf keeps them) */
+    float cut = -INFINITY;
+    if (o->top_k > 0 && o->top_k < v) {
+        memcpy(scratch, logits, sizeof(float) * (size_t)v);
+        qsort(scratch, (size_t)v, sizeof(float), descending);
+        cut = scratch[o->top_k - 1];
+    }
+    double top = logits[best] / o->temperature, total = 0;
+    for (int64_t i = 0; i < v; i++) {
+        weights[i] = logits[i] >= cut ? exp(logits[i] / o->temperature - top) : 0;
+        total += weights[i];
+    }
+    double u = uniform(gen) * total, sum = 0;
+    int64_t last = best;
+    for (int64_t i = 0; i < v; i++) {
+        if (weights[i] == 0) continue;
+        sum += weights[i];
+        last = i;
+        if (u < sum) return i;
+    }
+    return last; /* u fell past the rounding of the sum */
+}
+
+/* The model's logits at the last of positions tokens[start..len) into *out (made at the
+ * first call, *vocab floats): fed whole (a prefill, or every time without a cache), or
+ * only tokens[len - 1] with a cache. */
+static kn_status step_logits(kn_module *model, kn_kv_cache *cache, const int64_t *tokens,
+                             int64_t start, int64_t len, bool whole, float **out, int64_t *vocab)
+{
+    kn_scope_begin();
+    int64_t from = whole || !cache ? start : len - 1, n = len - from;
+    kn_tensor *x = kn_from_int64s(tokens + from, (int64_t[]){1, n}, 2);
+    kn_tensor *y = NULL;
+    if (x && cache) {
+        if (whole) kn_kv_cache_reset(cache);
+        y = kn_module_forward_incremental(model, cache, x);
+    } else if (x) {
+        kn_no_grad_begin();
+        y = kn_module_forward(model, x);
+        kn_no_grad_end();
+    }
+    kn_status st = y ? KN_OK : kn_last_status();
+    if (y && (y->ndim != 3 || y->shape[0] != 1 || y->shape[1] != n || y->dtype != KN_FLOAT32 ||
+              y->shape[2] < 1))
+        st = kn__error(KN_ERR_SHAPE,
+                       "generate: expected the model's output as logits [1, %lld, vocabulary] "
+                       "for a [1, %lld] input, got %s %s",
+                       (long long)n, (long long)n, kn_dtype_name(y->dtype), kn__shape(y));
+    if (st == KN_OK && !*out) {
+        *vocab = y->shape[2];
+        *out = malloc(sizeof(float) * (size_t)*vocab);
+        if (!*out) st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
+    }
+    if (st == KN_OK) {
+        kn_tensor *last = kn_narrow(y, 1, n - 1, 1);
+        st = last ? kn_copy_to_floats(last, *out) : kn_last_status();
+    }
+    kn_scope_end();
+    return st;
+}
+
+kn_status kn_generate(kn_module *model, const int64_t *prompt, int64_t n_prompt,
+                      const kn_generate_options *o, const kn_generate_callbacks *callbacks,
+                      int64_t *out, int64_t *count)
+{
+    if (count) *count = 0;
+    if (!model || !prompt || !o || !count || (!out && o->max_new_tokens > 0))
+        return kn__error(KN_ERR_NULL, "generate: NULL argument");
+    if (n_prompt < 1) return kn__error(KN_ERR_VALUE, "generate: the prompt has no tokens");
+    if (o->max_new_tokens < 0 || o->block_size < 1 || o->top_k < 0 ||
+        (o->do_sample && !(o->temperature > 0 && isfinite(o->temperature))))
+        return kn__error(KN_ERR_VALUE,
+                         "generate: expected max_new_tokens >= 0 (got %lld), block_size >= 1 "
+                         "(got %lld), top_k >= 0 (got %lld) and, when sampling, a finite "
+                         "temperature > 0 (got %g)",
+                         (long long)o->max_new_tokens, (long long)o->block_size,
+                         (long long)o->top_k, o->temperature);
+    if (o->max_new_tokens == 0) return KN_OK;
+    int64_t b = o->block_size, keep = b / 2 > 0 ? b / 2 : 1;
+    /* the prompt's last block_size tokens, then room for every new one */
+    int64_t first = n_prompt > b ? n_prompt - b : 0, len = n_prompt - first, start = 0;
+    int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(len + o->max_new_tokens));
+    kn_generator *gen = kn_generator_new(o->seed);
+    kn_kv_cache *cache = NULL;
+    bool cached = !o->no_cache && kn__module_has_attention(model);
+    if (cached) cache = kn_kv_cache_new(model, b);
+    float *logits = NULL, *scratch = NULL;
+    double *weights = NULL;
+    int64_t vocab = 0;
+    kn_status st = KN_OK;
+    if (cached && !cache)
+        st = kn_last_status();
+    else if (!tokens || !gen)
+        st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
+    if (st == KN_OK) {
+        memcpy(tokens, prompt + first, sizeof(int64_t) * (size_t)len);
+        st = step_logits(model, cache, tokens, start, len, true, &logits, &vocab);
+    }
+    if (st == KN_OK) {
+        scratch = malloc(sizeof(float) * (size_t)vocab);
+        weights = malloc(sizeof(double) * (size_t)vocab);
+        if (!scratch || !weights) st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
+    }
+    for (int64_t i = 0; st == KN_OK && i < o->max_new_tokens; i++) {
+        int64_t next = pick(logits, vocab, o, scratch, weights, gen);
+        out[i] = tokens[len++] = next;
+        *count = i + 1;
+        if (callbacks && callbacks->on_token) st = callbacks->on_token(callbacks->context, next, i);
+        if (st != KN_OK || i + 1 == o->max_new_tokens) break;
+        bool shift = len - start > b;
+        if (shift) start = len - keep;
+        st = step_logits(model, cache, tokens, start, len, shift, &logits, &vocab);
+    }
+    kn_kv_cache_free(cache);
+    kn_generator_free(gen);
+    free(tokens);
+    free(logits);
+    free(scratch);
+    free(weights);
+    return st;
+}

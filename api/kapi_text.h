@@ -94,6 +94,61 @@ char *kapi_tokenizer_to_json(const kapi_tokenizer *tokenizer);
 kapi_tokenizer *kapi_tokenizer_from_json(const char *json, size_t length, const char *path,
                                          kapi_errors *errors);
 
+/* ---- a language model's data ---------------------------------------------------------- */
+/* A text as a language model trains on it (nanoGPT's prepare.py and get_batch): the whole
+ * text tokenised, its first 1 - validation_split part the training windows (stride 1,
+ * drawn shuffled) and the rest the validation windows (stride block_size, every position
+ * scored once, or spaced further apart so that there are at most validation_windows). */
+typedef struct kapi_text_data {
+    kapi_tokenizer *tokenizer;
+    kn_dataset *train, *validation; /* validation NULL when validation_split is 0 */
+    int64_t tokens, train_tokens, validation_tokens;
+} kapi_text_data;
+
+/* The most validation windows by default: nanoGPT's eval_iters 200 x batch 12. */
+#define KAPI_DEFAULT_VALIDATION_WINDOWS 2400
+
+/* Builds *out from text (size bytes). Errors at path (the field that names the text,
+ * "data.dataset" or a file) and at "data.validation_split" when a part is too short for
+ * one window. false with errors added, *out cleared. */
+bool kapi_text_data_make(const char *text, size_t size, kapi_tokenizer_kind kind,
+                         int64_t block_size, double validation_split, int64_t validation_windows,
+                         const char *path, kapi_text_data *out, kapi_errors *errors);
+/* kapi_text_data_make of a file (gzip or plain). */
+bool kapi_text_data_load(const char *file, kapi_tokenizer_kind kind, int64_t block_size,
+                         double validation_split, int64_t validation_windows, kapi_text_data *out,
+                         kapi_errors *errors);
+void kapi_text_data_free(kapi_text_data *data); /* what it holds; NULL-safe */
+
+/* ---- a generate request ------------------------------------------------------------ */
+/* The most tokens one request may ask for. */
+#define KAPI_MAX_NEW_TOKENS 100000
+
+/* POST /v1/models/{name}/generate's body, kiln generate's options:
+ *   {"prompt": "...", "max_new_tokens": 200, "do_sample": true, "temperature": 1.0,
+ *    "top_k": 40, "seed": 1, "stream": false, "use_cache": true}
+ * prompt required and non-empty; max_new_tokens 0..KAPI_MAX_NEW_TOKENS (default 200);
+ * temperature finite and > 0 when sampling (default 1); top_k >= 1 (absent: every
+ * token); seed 0..2^53 (absent: seed_given false, the caller picks one and reports it). */
+typedef struct kapi_generate_request {
+    char *prompt; /* malloc'd, NUL-terminated, prompt_size bytes before the NUL */
+    size_t prompt_size;
+    int64_t max_new_tokens;
+    bool do_sample;
+    double temperature;
+    int64_t top_k; /* 0: absent */
+    uint64_t seed;
+    bool seed_given;
+    bool stream;
+    bool use_cache;
+} kapi_generate_request;
+
+/* Parses a request; false with errors added (each at its field). *out is cleared on
+ * failure; free with kapi_generate_request_free. */
+bool kapi_generate_request_parse(const char *json, size_t length, kapi_generate_request *out,
+                                 kapi_errors *errors);
+void kapi_generate_request_free(kapi_generate_request *request);
+
 #ifdef __cplusplus
 }
 #endif

@@ -185,3 +185,82 @@ Test(text, the_vocabulary_round_trips_through_json)
         kapi_errors_free(&e);
     }
 }
+
+/* nanoGPT's split: the first 90% trains (windows at every offset), the last 10%
+ * validates (windows every block_size tokens, or further apart past a cap). */
+Test(text, a_text_becomes_training_and_validation_windows)
+{
+    char text[1001];
+    for (int i = 0; i < 1000; i++) text[i] = "abcdefg\n"[i % 8];
+    text[1000] = 0;
+    kapi_errors e = {0};
+    kapi_text_data d;
+    cr_assert(kapi_text_data_make(text, 1000, KAPI_TOKENIZER_CHARS, 8, 0.1, 0, "t", &d, &e), "%s",
+              first_error(&e));
+    cr_assert_eq(d.tokenizer->vocab_size, 8);
+    cr_assert_eq(d.train_tokens, 900);
+    cr_assert_eq(d.validation_tokens, 100);
+    cr_assert_eq(d.train->count, 900 - 8);
+    cr_assert_eq(d.validation->count, (100 - 9) / 8 + 1);
+    kapi_text_data_free(&d);
+    cr_assert(kapi_text_data_make(text, 1000, KAPI_TOKENIZER_BYTES, 8, 0.5, 10, "t", &d, &e));
+    cr_assert_eq(d.tokenizer->vocab_size, 256);
+    cr_assert_eq(d.validation->count, 10, "at most validation_windows");
+    kapi_text_data_free(&d);
+    cr_assert(kapi_text_data_make(text, 1000, KAPI_TOKENIZER_CHARS, 8, 0, 0, "t", &d, &e));
+    cr_assert_null(d.validation);
+    kapi_text_data_free(&d);
+    cr_assert_not(kapi_text_data_make(text, 1000, KAPI_TOKENIZER_CHARS, 200, 0.1, 0, "t", &d, &e));
+    cr_assert_str_eq(e.items[0].path, "data.validation_split");
+    cr_assert_str_eq(first_error(&e),
+                     "the text has 1000 tokens: 900 to train on and 100 to validate, and each "
+                     "part needs at least block_size + 1 = 201 (the model's input is 200 tokens)");
+    cr_assert_null(d.tokenizer);
+    kapi_errors_free(&e);
+}
+
+Test(text, a_generate_request_and_its_errors)
+{
+    kapi_errors e = {0};
+    kapi_generate_request r;
+    const char *ok = "{\"prompt\": \"ROMEO:\", \"max_new_tokens\": 5, \"temperature\": 0.8, "
+                     "\"top_k\": 40, \"seed\": 1, \"stream\": true}";
+    cr_assert(kapi_generate_request_parse(ok, strlen(ok), &r, &e), "%s", first_error(&e));
+    cr_assert_str_eq(r.prompt, "ROMEO:");
+    cr_assert_eq(r.max_new_tokens, 5);
+    cr_assert_eq(r.top_k, 40);
+    cr_assert(r.seed_given && r.seed == 1 && r.stream && r.do_sample && r.use_cache);
+    kapi_generate_request_free(&r);
+    const char *defaults = "{\"prompt\": \"x\"}";
+    cr_assert(kapi_generate_request_parse(defaults, strlen(defaults), &r, &e));
+    cr_assert(r.max_new_tokens == 200 && r.temperature == 1.0 && r.top_k == 0 && !r.seed_given);
+    kapi_generate_request_free(&r);
+    const char *greedy = "{\"prompt\": \"x\", \"do_sample\": false, \"temperature\": 0}";
+    cr_assert(kapi_generate_request_parse(greedy, strlen(greedy), &r, &e), "%s", first_error(&e));
+    kapi_generate_request_free(&r);
+
+    struct {
+        const char *json, *path, *message;
+    } bad[] = {
+        {"{\"prompt\": \"x\", \"max_new_tokens\": -1}", "max_new_tokens",
+         "expected a non-negative integer, got -1"},
+        {"{\"prompt\": \"x\", \"temperature\": 0}", "temperature",
+         "expected a finite number > 0 when sampling (do_sample is true; \"do_sample\": false "
+         "picks the most likely token), got 0"},
+        {"{\"prompt\": \"x\", \"top_k\": 0}", "top_k",
+         "expected a positive integer, got 0 (leave top_k out to sample from every token)"},
+        {"{\"prompt\": \"\"}", "prompt",
+         "expected a non-empty string (the text to continue), got \"\""},
+        {"{\"max_new_tokens\": 3}", "prompt", NULL},
+        {"{\"prompt\": \"x\", \"seed\": 1.5}", "seed", NULL},
+        {"{\"prompt\": \"x\", \"temprature\": 1}", "temprature", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_not(kapi_generate_request_parse(bad[i].json, strlen(bad[i].json), &r, &e),
+                      "case %zu", i);
+        cr_assert_str_eq(e.items[0].path, bad[i].path, "case %zu", i);
+        if (bad[i].message) cr_assert_str_eq(first_error(&e), bad[i].message, "case %zu", i);
+        cr_assert_null(r.prompt);
+        kapi_errors_free(&e);
+    }
+}

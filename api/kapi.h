@@ -101,6 +101,9 @@ typedef struct kapi_data_spec {
     double scale;            /* default 1 */
     int channels;            /* normalisation channels, 0: none */
     double mean[16], std[16];
+    /* ---- language models (issue 12) ---- */
+    char tokenizer[16];         /* "chars" or "bytes" for a text dataset; "" when not given */
+    int64_t validation_windows; /* validation windows at most (KAPI_DEFAULT_VALIDATION_WINDOWS) */
 } kapi_data_spec;
 
 typedef struct kapi_job_spec {

@@ -94,6 +94,14 @@ char *kapi_tokenizer_to_json(const kapi_tokenizer *tokenizer);
 kapi_tokenizer *kapi_tokenizer_from_json(const char *json, size_t length, const char *path,
                                          kapi_errors *errors);
 
+/* The safetensors metadata key of a text model's tokenizer (kapi_tokenizer_to_json): a
+ * weights file carrying it is a text model, whose generation encodes and decodes with it. */
+#define KAPI_META_TOKENIZER "kiln.tokenizer"
+/* The tokenizer of a weights file: NULL with *found false when the file has none (not a
+ * text model), NULL with errors added (at path) when it cannot be read. */
+kapi_tokenizer *kapi_load_tokenizer(const char *weights, const char *path, bool *found,
+                                    kapi_errors *errors);
+
 /* ---- a language model's data ---------------------------------------------------------- */
 /* A text as a language model trains on it (nanoGPT's prepare.py and get_batch): the whole
  * text tokenised, its first 1 - validation_split part the training windows (stride 1,

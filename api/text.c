@@ -7,6 +7,7 @@
  */
 #include "kapi_internal.h"
 #include "kapi_text.h"
+#include "kn_safetensors.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -428,5 +429,26 @@ kapi_tokenizer *kapi_tokenizer_from_json(const char *json, size_t length, const 
         }
     }
     cJSON_Delete(o);
+    return t;
+}
+
+kapi_tokenizer *kapi_load_tokenizer(const char *weights, const char *path, bool *found,
+                                    kapi_errors *errors)
+{
+    *found = false;
+    kn_safetensors *file = kn_safetensors_load(weights);
+    if (!file) {
+        kapi_errors_add(errors, path, "%s", kn_last_error());
+        return NULL;
+    }
+    const char *json = kn_safetensors_get_meta(file, KAPI_META_TOKENIZER);
+    kapi_tokenizer *t = NULL;
+    if (json) {
+        *found = true;
+        char p[KAPI_PATH_MAX];
+        snprintf(p, sizeof p, "%s." KAPI_META_TOKENIZER, path);
+        t = kapi_tokenizer_from_json(json, strlen(json), p, errors);
+    }
+    kn_safetensors_free(file);
     return t;
 }

@@ -418,6 +418,18 @@ typedef struct kn_generate_callbacks {
 kn_status kn_generate(kn_module *model, const int64_t *prompt, int64_t n_prompt,
                       const kn_generate_options *options, const kn_generate_callbacks *callbacks,
                       int64_t *out, int64_t *count);
+/* The same one token at a time (a stream): kn_generation_new checks the options and runs
+ * the prompt (NULL with the error set: bad options, a prompt the model refuses); each
+ * kn_generation_next draws the next token into *token and runs the model on it, ready
+ * for the one after (an error there still gives the token, and ends the generation).
+ * The model is borrowed: it must outlive the generation, which any thread may step, one
+ * at a time. Free with kn_generation_free (NULL-safe). */
+typedef struct kn_generation kn_generation;
+kn_generation *kn_generation_new(kn_module *model, const int64_t *prompt, int64_t n_prompt,
+                                 const kn_generate_options *options);
+kn_status kn_generation_next(kn_generation *generation, int64_t *token);
+int64_t kn_generation_remaining(const kn_generation *generation); /* tokens still to make */
+void kn_generation_free(kn_generation *generation);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
 #include "kn_data.h"
 #include "kn_nn.h"
 #include "kn_optim.h"
+#include "kn_safetensors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -135,6 +136,9 @@ kn_status kn_trainer_save_checkpoint(kn_trainer *trainer, const char *path);
 kn_status kn_trainer_load_checkpoint(kn_trainer *trainer, const char *path);
 /* Weights only (PyTorch state_dict names), e.g. to fine-tune from a PyTorch model. */
 kn_status kn_module_save_weights(const kn_module *model, const char *path);
+/* The same with string metadata (unique keys; "format": "pt" is always written). */
+kn_status kn_module_save_weights_meta(const kn_module *model, const char *path,
+                                      const kn_safetensors_meta *metadata, int count);
 kn_status kn_module_load_weights(kn_module *model, const char *path, bool strict);
 
 #ifdef __cplusplus

@@ -18,6 +18,7 @@
 #include "job_memory.h"
 
 #include "kapi.h"
+#include "kapi_text.h"
 #include "kn_train.h"
 
 #include <cJSON.h>
@@ -63,6 +64,10 @@ typedef struct job_run {
     stop_reason stop;
     bool store_failed;
     char checkpoint_error[512]; /* why the last checkpoint could not be saved */
+    /* a language model's job (issue 12): its tokenizer goes with the weights, and the
+     * window's tokens turn samples/s into tokens/s */
+    kapi_tokenizer *tokenizer;
+    int64_t block_size;
 } job_run;
 
 static double mono_now(void)
@@ -168,7 +173,14 @@ static char *latest_metrics_json(const job_run *r)
         cJSON_AddNumberToObject(o, name, r->eval_loss);
         snprintf(name, sizeof name, "%s_accuracy", r->eval_prefix);
         cJSON_AddNumberToObject(o, name, r->eval_accuracy);
+        if (r->tokenizer) {
+            snprintf(name, sizeof name, "%s_perplexity", r->eval_prefix);
+            cJSON_AddNumberToObject(o, name, exp(r->eval_loss));
+        }
     }
+    if (r->tokenizer && r->step > 0)
+        cJSON_AddNumberToObject(o, "tokens_per_second",
+                                r->samples_per_second * (double)r->block_size);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return text;
@@ -320,6 +332,7 @@ static kn_status on_eval(void *context, const kn_eval_result *result)
     r->eval_accuracy = result->accuracy;
     add_metric(r, "loss", result->step, result->loss);
     add_metric(r, "accuracy", result->step, result->accuracy);
+    if (r->tokenizer) add_metric(r, "perplexity", result->step, exp(result->loss));
     return KN_OK;
 }
 
@@ -459,6 +472,88 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
 /* The device the job runs on, or false after writing device_unavailable. "auto" is the
  * worker's GPU when it has one, else cuda:0 when this machine has a CUDA device, else
  * the CPU; "cuda" without an index is the worker's GPU when it has one. */
+/* A language model's job (issue 12): the dataset's train_text tokenised as data.tokenizer
+ * says (chars by default), nanoGPT's split and windows of the model's input length. The
+ * model takes [block_size] token ids and gives [block_size, vocabulary] logits at least as
+ * wide as the text's vocabulary. false after writing the failure. */
+static bool load_text(job_run *r, const kapi_job_spec *spec, const kapi_model_spec *model,
+                      const kstore_dataset *ds, const kstore_dataset_file *file, kn_dataset **train,
+                      kn_dataset **validation)
+{
+    if (!file) {
+        fail(r, "invalid_spec", -1,
+             "data.tokenizer: dataset %s has no train_text (upload one with PUT "
+             "/v1/datasets/%s/files/train_text?format=text)",
+             ds->name, ds->name);
+        return false;
+    }
+    if (model->input_ndim != 1 || model->output_ndim != 2) {
+        fail(r, "invalid_spec", -1,
+             "model.input_shape: a language model takes [block_size] token ids and gives "
+             "[block_size, vocabulary] logits; this model takes %d dims and gives %d",
+             model->input_ndim, model->output_ndim);
+        return false;
+    }
+    kapi_tokenizer_kind kind = KAPI_TOKENIZER_CHARS;
+    if (spec->data.tokenizer[0]) kapi_tokenizer_kind_parse(spec->data.tokenizer, &kind);
+    char path[1024];
+    if (!ksrv_data_path(r->server, file->path, path, sizeof path)) {
+        fail(r, "data_error", -1, "dataset %s: train_text: path too long", ds->name);
+        return false;
+    }
+    kapi_errors errors = {0};
+    size_t size = 0;
+    char *text = kapi_read_file(path, &size, &errors);
+    kapi_text_data td = {0};
+    /* errors name the dataset's file, never the server's path */
+    char where[200];
+    snprintf(where, sizeof where, "data.dataset (%s/train_text)", ds->name);
+    kapi_errors_free(&errors);
+    if (!text) {
+        fail(r, "data_error", -1, "%s: cannot be read back", where);
+        return false;
+    }
+    bool ok =
+        kapi_text_data_make(text, size, kind, model->input_shape[0], spec->data.validation_split,
+                            spec->data.validation_windows, where, &td, &errors);
+    free(text);
+    if (!ok) {
+        fail_errors(r, "data_error", &errors);
+        kapi_errors_free(&errors);
+        return false;
+    }
+    int64_t vocab = td.tokenizer->vocab_size, logits = model->output_shape[1];
+    if (logits < vocab) {
+        fail(r, "invalid_spec", -1,
+             "model: the text's %s tokenizer has %lld tokens but the model gives %lld logits a "
+             "position (its last layer's out_features, and the embedding's num_embeddings, "
+             "must be at least %lld)",
+             kapi_tokenizer_kind_name(kind), (long long)vocab, (long long)logits, (long long)vocab);
+        kapi_text_data_free(&td);
+        return false;
+    }
+    if (model->n_layers > 0 && model->layers[0].kind == KN_MODULE_EMBEDDING &&
+        model->layers[0].options.embedding.num_embeddings < vocab) {
+        fail(r, "invalid_spec", -1,
+             "model.layers[0].num_embeddings: expected at least the text's %lld tokens (%s "
+             "tokenizer), got %lld",
+             (long long)vocab, kapi_tokenizer_kind_name(kind),
+             (long long)model->layers[0].options.embedding.num_embeddings);
+        kapi_text_data_free(&td);
+        return false;
+    }
+    ksrv_log(KSRV_LOG_INFO,
+             "job %s: text of %lld tokens (%s, vocabulary %lld): %lld to train on, %lld to "
+             "validate",
+             r->job->id, (long long)td.tokens, kapi_tokenizer_kind_name(kind), (long long)vocab,
+             (long long)td.train_tokens, (long long)td.validation_tokens);
+    *train = td.train;
+    *validation = td.validation;
+    r->tokenizer = td.tokenizer;
+    r->block_size = model->input_shape[0];
+    return true;
+}
+
 static bool choose_device(job_run *r, const kapi_job_spec *spec, kn_device worker, kn_device *out)
 {
     const char *name = spec->device[0] ? spec->device : "cpu";
@@ -509,7 +604,13 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model, const kapi_
     char rel[256], path[1024];
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path))
         return fail(r, "internal", -1, "the data directory path is too long");
-    if (kn_module_save_weights(model, path) != KN_OK) {
+    char *tokenizer = r->tokenizer ? kapi_tokenizer_to_json(r->tokenizer) : NULL;
+    kn_safetensors_meta meta[] = {{KAPI_META_TOKENIZER, tokenizer}};
+    kn_status saved = r->tokenizer && !tokenizer
+                          ? KN_ERR_MEMORY
+                          : kn_module_save_weights_meta(model, path, meta, tokenizer ? 1 : 0);
+    free(tokenizer);
+    if (saved != KN_OK) {
         unlink(path);
         return fail(r, engine_code(), r->step, "writing the weights: %s", kn_last_error());
     }
@@ -625,11 +726,15 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     have_dataset = true;
+    const kstore_dataset_file *text_file = NULL;
+    for (int i = 0; i < dataset.n_files; i++)
+        if (!strcmp(dataset.files[i].role, "train_text")) text_file = &dataset.files[i];
+    bool text_job = text_file || spec->data.tokenizer[0];
     kapi_data_source train_source, test_source;
     if (!dataset_source(r, &dataset, "train", &train_source) ||
         !dataset_source(r, &dataset, "test", &test_source))
         goto done;
-    if (!train_source.present) {
+    if (!train_source.present && !text_job) {
         outcome = fail(r, "data_error", -1, "dataset %s has no training files", dataset.name);
         goto done;
     }
@@ -662,13 +767,17 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, code, -1, "device: %s", kn_last_error());
         goto done;
     }
-    train = load_split(r, spec, model_spec, &train_source, "data.train");
-    if (!train) goto done;
-    if (test_source.present) {
+    if (text_job) {
+        if (!load_text(r, spec, model_spec, &dataset, text_file, &train, &validation)) goto done;
+    } else {
+        train = load_split(r, spec, model_spec, &train_source, "data.train");
+        if (!train) goto done;
+    }
+    if (test_source.present && !text_job) {
         test = load_split(r, spec, model_spec, &test_source, "data.test");
         if (!test) goto done;
     }
-    if (spec->data.validation_split > 0) {
+    if (spec->data.validation_split > 0 && !text_job) {
         kn_dataset *part = NULL;
         if (kn_dataset_split(train, spec->data.validation_split, spec->train.seed, &part,
                              &validation) != KN_OK) {
@@ -736,6 +845,7 @@ done:
     kn_dataset_free(train);
     kn_dataset_free(validation);
     kn_dataset_free(test);
+    kapi_tokenizer_free(r->tokenizer);
     kn_module_free(model);
     kn_generator_free(generator);
     if (have_dataset) kstore_dataset_free(&dataset);

@@ -103,63 +103,125 @@ static kn_status step_logits(kn_module *model, kn_kv_cache *cache, const int64_t
     return st;
 }
 
+struct kn_generation {
+    kn_module *model;
+    kn_generate_options o;
+    kn_kv_cache *cache; /* NULL: the context is recomputed whole */
+    kn_generator *gen;
+    int64_t *tokens; /* the context's tokens and every new one */
+    int64_t len, start, keep, made;
+    int64_t vocab;
+    float *logits, *scratch; /* vocab each: the next token's logits */
+    double *weights;
+    bool failed;
+};
+
+void kn_generation_free(kn_generation *g)
+{
+    if (!g) return;
+    kn_kv_cache_free(g->cache);
+    kn_generator_free(g->gen);
+    free(g->tokens);
+    free(g->logits);
+    free(g->scratch);
+    free(g->weights);
+    free(g);
+}
+
+kn_generation *kn_generation_new(kn_module *model, const int64_t *prompt, int64_t n_prompt,
+                                 const kn_generate_options *o)
+{
+    if (!model || !prompt || !o) return kn__error_null(KN_ERR_NULL, "generate: NULL argument");
+    if (n_prompt < 1) return kn__error_null(KN_ERR_VALUE, "generate: the prompt has no tokens");
+    if (o->max_new_tokens < 0 || o->block_size < 1 || o->top_k < 0 ||
+        (o->do_sample && !(o->temperature > 0 && isfinite(o->temperature))))
+        return kn__error_null(KN_ERR_VALUE,
+                              "generate: expected max_new_tokens >= 0 (got %lld), block_size >= "
+                              "1 (got %lld), top_k >= 0 (got %lld) and, when sampling, a finite "
+                              "temperature > 0 (got %g)",
+                              (long long)o->max_new_tokens, (long long)o->block_size,
+                              (long long)o->top_k, o->temperature);
+    kn_generation *g = calloc(1, sizeof *g);
+    if (!g) return kn__error_null(KN_ERR_MEMORY, "generate: out of memory");
+    g->model = model;
+    g->o = *o;
+    int64_t b = o->block_size;
+    g->keep = b / 2 > 0 ? b / 2 : 1;
+    /* the prompt's last block_size tokens, then room for every new one */
+    int64_t first = n_prompt > b ? n_prompt - b : 0;
+    g->len = n_prompt - first;
+    g->tokens = malloc(sizeof(int64_t) * (size_t)(g->len + o->max_new_tokens));
+    g->gen = kn_generator_new(o->seed);
+    if (!g->tokens || !g->gen) {
+        kn_generation_free(g);
+        return kn__error_null(KN_ERR_MEMORY, "generate: out of memory");
+    }
+    memcpy(g->tokens, prompt + first, sizeof(int64_t) * (size_t)g->len);
+    if (!o->no_cache && kn__module_has_attention(model) &&
+        !(g->cache = kn_kv_cache_new(model, b))) {
+        kn_generation_free(g);
+        return NULL;
+    }
+    if (o->max_new_tokens == 0) return g;
+    /* the prompt's forward tells the vocabulary, then the buffers fit it */
+    kn_status st = step_logits(model, g->cache, g->tokens, 0, g->len, true, &g->logits, &g->vocab);
+    if (st == KN_OK) {
+        g->scratch = malloc(sizeof(float) * (size_t)g->vocab);
+        g->weights = malloc(sizeof(double) * (size_t)g->vocab);
+        if (!g->scratch || !g->weights) st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
+    }
+    if (st != KN_OK) {
+        kn_generation_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+kn_status kn_generation_next(kn_generation *g, int64_t *token)
+{
+    if (!g || !token) return kn__error(KN_ERR_NULL, "generate: NULL argument");
+    if (g->failed) return kn__error(KN_ERR_VALUE, "generate: an earlier step failed");
+    if (g->made >= g->o.max_new_tokens)
+        return kn__error(KN_ERR_VALUE, "generate: all %lld tokens are made",
+                         (long long)g->o.max_new_tokens);
+    int64_t next = pick(g->logits, g->vocab, &g->o, g->scratch, g->weights, g->gen);
+    g->tokens[g->len++] = next;
+    *token = next;
+    if (++g->made == g->o.max_new_tokens) return KN_OK;
+    /* the logits of the token after it, now: an error is this step's, not the next's */
+    bool shift = g->len - g->start > g->o.block_size;
+    if (shift) g->start = g->len - g->keep;
+    kn_status st =
+        step_logits(g->model, g->cache, g->tokens, g->start, g->len, shift, &g->logits, &g->vocab);
+    g->failed = st != KN_OK;
+    return st;
+}
+
+int64_t kn_generation_remaining(const kn_generation *g)
+{
+    return g ? g->o.max_new_tokens - g->made : 0;
+}
+
 kn_status kn_generate(kn_module *model, const int64_t *prompt, int64_t n_prompt,
                       const kn_generate_options *o, const kn_generate_callbacks *callbacks,
                       int64_t *out, int64_t *count)
 {
     if (count) *count = 0;
-    if (!model || !prompt || !o || !count || (!out && o->max_new_tokens > 0))
+    if (!count || (!out && o && o->max_new_tokens > 0))
         return kn__error(KN_ERR_NULL, "generate: NULL argument");
-    if (n_prompt < 1) return kn__error(KN_ERR_VALUE, "generate: the prompt has no tokens");
-    if (o->max_new_tokens < 0 || o->block_size < 1 || o->top_k < 0 ||
-        (o->do_sample && !(o->temperature > 0 && isfinite(o->temperature))))
-        return kn__error(KN_ERR_VALUE,
-                         "generate: expected max_new_tokens >= 0 (got %lld), block_size >= 1 "
-                         "(got %lld), top_k >= 0 (got %lld) and, when sampling, a finite "
-                         "temperature > 0 (got %g)",
-                         (long long)o->max_new_tokens, (long long)o->block_size,
-                         (long long)o->top_k, o->temperature);
-    if (o->max_new_tokens == 0) return KN_OK;
-    int64_t b = o->block_size, keep = b / 2 > 0 ? b / 2 : 1;
-    /* the prompt's last block_size tokens, then room for every new one */
-    int64_t first = n_prompt > b ? n_prompt - b : 0, len = n_prompt - first, start = 0;
-    int64_t *tokens = malloc(sizeof(int64_t) * (size_t)(len + o->max_new_tokens));
-    kn_generator *gen = kn_generator_new(o->seed);
-    kn_kv_cache *cache = NULL;
-    bool cached = !o->no_cache && kn__module_has_attention(model);
-    if (cached) cache = kn_kv_cache_new(model, b);
-    float *logits = NULL, *scratch = NULL;
-    double *weights = NULL;
-    int64_t vocab = 0;
+    kn_generation *g = kn_generation_new(model, prompt, n_prompt, o);
+    if (!g) return kn_last_status();
     kn_status st = KN_OK;
-    if (cached && !cache)
-        st = kn_last_status();
-    else if (!tokens || !gen)
-        st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
-    if (st == KN_OK) {
-        memcpy(tokens, prompt + first, sizeof(int64_t) * (size_t)len);
-        st = step_logits(model, cache, tokens, start, len, true, &logits, &vocab);
-    }
-    if (st == KN_OK) {
-        scratch = malloc(sizeof(float) * (size_t)vocab);
-        weights = malloc(sizeof(double) * (size_t)vocab);
-        if (!scratch || !weights) st = kn__error(KN_ERR_MEMORY, "generate: out of memory");
-    }
-    for (int64_t i = 0; st == KN_OK && i < o->max_new_tokens; i++) {
-        int64_t next = pick(logits, vocab, o, scratch, weights, gen);
-        out[i] = tokens[len++] = next;
+    for (int64_t i = 0; i < o->max_new_tokens; i++) {
+        int64_t next = 0;
+        kn_status step = kn_generation_next(g, &next); /* next is made even when it fails */
+        out[i] = next;
         *count = i + 1;
-        if (callbacks && callbacks->on_token) st = callbacks->on_token(callbacks->context, next, i);
-        if (st != KN_OK || i + 1 == o->max_new_tokens) break;
-        bool shift = len - start > b;
-        if (shift) start = len - keep;
-        st = step_logits(model, cache, tokens, start, len, shift, &logits, &vocab);
+        if (callbacks && callbacks->on_token &&
+            (st = callbacks->on_token(callbacks->context, next, i)) != KN_OK)
+            break;
+        if ((st = step) != KN_OK) break;
     }
-    kn_kv_cache_free(cache);
-    kn_generator_free(gen);
-    free(tokens);
-    free(logits);
-    free(scratch);
-    free(weights);
+    kn_generation_free(g);
     return st;
 }

@@ -99,11 +99,26 @@ static kn_status save_state(const kn_module *model, const char *path,
 
 kn_status kn_module_save_weights(const kn_module *model, const char *path)
 {
+    return kn_module_save_weights_meta(model, path, NULL, 0);
+}
+
+kn_status kn_module_save_weights_meta(const kn_module *model, const char *path,
+                                      const kn_safetensors_meta *metadata, int count)
+{
     if (!model || !path)
         return kn__error(KN_ERR_NULL, "kn_module_save_weights: model and path are required");
+    if (count < 0 || (count > 0 && !metadata))
+        return kn__error(KN_ERR_VALUE, "kn_module_save_weights: %d metadata entries", count);
+    kn_safetensors_meta *meta = malloc(sizeof *meta * (size_t)(count + 1));
+    if (!meta) return kn__error(KN_ERR_MEMORY, "kn_module_save_weights: out of memory");
     /* safetensors.torch.save_file writes this; some readers look for it */
-    const kn_safetensors_meta meta[] = {{"format", "pt"}};
-    return save_state(model, path, NULL, 0, meta, 1);
+    meta[0] = (kn_safetensors_meta){"format", "pt"};
+    int n = 1;
+    for (int i = 0; i < count; i++)
+        if (strcmp(metadata[i].key, "format") != 0) meta[n++] = metadata[i];
+    kn_status st = save_state(model, path, NULL, 0, meta, n);
+    free(meta);
+    return st;
 }
 
 /* Loads the model entries of an open file (those not under "optimizer."), or with

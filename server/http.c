@@ -37,6 +37,10 @@ static const route ROUTES[] = {
     {"GET", "/v1/models", ksrv_handle_models_list, BODY_NONE},
     {"GET", "/v1/models/{name}", ksrv_handle_models_get, BODY_NONE},
     {"DELETE", "/v1/models/{name}", ksrv_handle_models_delete, BODY_NONE},
+    /* ---- generation (issue 12) ---- */
+    {"POST", "/v1/models/{name}/generate", ksrv_handle_models_generate, BODY_JSON},
+    {"POST", "/v1/models/{name}/versions/{version}/generate", ksrv_handle_models_generate,
+     BODY_JSON},
     {"POST", "/v1/datasets", ksrv_handle_datasets_create, BODY_JSON},
     {"GET", "/v1/datasets", ksrv_handle_datasets_list, BODY_NONE},
     {"GET", "/v1/datasets/{name}", ksrv_handle_datasets_get, BODY_NONE},

@@ -28,6 +28,7 @@
 #include "ksrv.h"
 
 #include "kapi.h"
+#include "kapi_text.h"
 
 #include <cJSON.h>
 #include <float.h>
@@ -59,6 +60,7 @@ typedef struct cache_entry {
     char model[128], version[40];
     kapi_model_spec *spec;
     kn_module *module;
+    kapi_tokenizer *tokenizer; /* a text model's (its weights' kiln.tokenizer); else NULL */
     int64_t in_numel, out_numel;
     size_t bytes; /* parameters and buffers: what the byte bound counts */
     int refs;     /* requests holding it (cache lock): never freed while > 0 */
@@ -112,6 +114,7 @@ ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache)
 
 static void entry_free(cache_entry *e)
 {
+    if (e) kapi_tokenizer_free(e->tokenizer);
     if (!e) return;
     kn_module_free(e->module);
     kapi_model_spec_free(e->spec);
@@ -205,6 +208,16 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const char *m
         snprintf(error, size, "loading the weights of version %s: %s", version, kn_last_error());
         goto fail;
     }
+    kapi_errors errors = {0};
+    bool text_model = false;
+    e->tokenizer = kapi_load_tokenizer(path, "weights", &text_model, &errors);
+    if (text_model && !e->tokenizer) {
+        snprintf(error, size, "the tokenizer of version %s: %s", version,
+                 errors.count ? errors.items[0].message : "unreadable");
+        kapi_errors_free(&errors);
+        goto fail;
+    }
+    kapi_errors_free(&errors);
     kn_module_train(e->module, false);
     e->in_numel = numel(e->spec->input_shape, e->spec->input_ndim);
     e->out_numel = numel(e->spec->output_shape, e->spec->output_ndim);
@@ -412,45 +425,73 @@ static void infer_batched(cache_entry *e, infer_request *req, ksrv_stats *stats)
 /* ---- versions ------------------------------------------------------------------------ */
 
 /* The version to serve (given, or the newest) into out; false with a 404 response. */
-static bool resolve_version(kstore *store, const char *model, const char *given, char out[40],
-                            int *n_versions, ksrv_response *response)
+/* The version `given` names (NULL: the newest) into out; else the HTTP status (404, 500)
+ * with message. */
+static int find_version(kstore *store, const char *model, const char *given, char out[40],
+                        int *n_versions, char *message, size_t size)
 {
     char(*ids)[40] = NULL;
     int count = 0;
     if (kstore_model_versions(store, model, &ids, &count) != KSTORE_OK) {
-        ksrv_respond_v2_error(response, 500, "reading the versions of %s: %s", model,
-                              kstore_last_error(store));
-        return false;
+        snprintf(message, size, "reading the versions of %s: %s", model, kstore_last_error(store));
+        return 500;
     }
     if (n_versions) *n_versions = count;
-    bool ok = false;
+    int status = 0;
     if (given) {
-        for (int i = 0; i < count && !ok; i++)
+        status = 404;
+        for (int i = 0; i < count && status; i++)
             if (!strcmp(ids[i], given)) {
                 memcpy(out, ids[i], 40);
-                ok = true;
+                status = 0;
             }
-        if (!ok)
-            ksrv_respond_v2_error(response, 404, "unknown version \"%s\" of model \"%s\"", given,
-                                  model);
+        if (status) snprintf(message, size, "unknown version \"%s\" of model \"%s\"", given, model);
     } else if (count > 0) {
         snprintf(out, 40, "%s", ids[0]);
-        ok = true;
     } else {
         kstore_model m;
         memset(&m, 0, sizeof m);
         bool exists = kstore_model_get(store, model, &m) == KSTORE_OK;
         kstore_model_free(&m);
+        status = 404;
         if (exists)
-            ksrv_respond_v2_error(response, 404,
-                                  "model \"%s\" has no version yet: no job of it "
-                                  "has succeeded",
-                                  model);
+            snprintf(message, size, "model \"%s\" has no version yet: no job of it has succeeded",
+                     model);
         else
-            ksrv_respond_v2_error(response, 404, "unknown model \"%s\"", model);
+            snprintf(message, size, "unknown model \"%s\"", model);
     }
     free(ids);
-    return ok;
+    return status;
+}
+
+static bool resolve_version(kstore *store, const char *model, const char *given, char out[40],
+                            int *n_versions, ksrv_response *response)
+{
+    char message[400];
+    int status = find_version(store, model, given, out, n_versions, message, sizeof message);
+    if (status) ksrv_respond_v2_error(response, status, "%s", message);
+    return status == 0;
+}
+
+int ksrv_model_hold(ksrv_server *server, kstore *store, const char *model, const char *version,
+                    ksrv_held_model *out, char *message, size_t size)
+{
+    memset(out, 0, sizeof *out);
+    int status = find_version(store, model, version, out->version, NULL, message, size);
+    if (status) return status;
+    cache_entry *e = cache_get(server->models, store, model, out->version, message, size);
+    if (!e) return 500;
+    out->entry = e;
+    out->module = e->module;
+    out->spec = e->spec;
+    out->tokenizer = e->tokenizer;
+    return 0;
+}
+
+void ksrv_model_release(ksrv_server *server, ksrv_held_model *held)
+{
+    if (held && held->entry) entry_release(server->models, held->entry);
+    if (held) held->entry = NULL;
 }
 
 static kstore *store_or_500(ksrv_server *server, ksrv_response *response)

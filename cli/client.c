@@ -29,6 +29,7 @@ const char KCLI_CLIENT_USAGE[] =
     "  cancel ID                               cancel a job\n"
     "  upload NAME --train-images F --train-labels F [--test-images F --test-labels F]\n"
     "  upload NAME --train-csv F [--test-csv F]\n"
+    "  upload NAME --train-text F                (a language model's text, gzip or plain)\n"
     "                                          create dataset NAME and stream the files\n"
     "  health                                  is kilnd ready? (GET /v2/health/ready, no\n"
     "                                          token needed): exit 0 ready, 1 stopping or\n"
@@ -44,13 +45,16 @@ typedef struct client {
     const char *state;
     const char *positional[2];
     int n_positional;
-    const char *files[6]; /* train_images, train_labels, test_images, test_labels, csv x2 */
+    /* train_images, train_labels, test_images, test_labels, csv x2, train_text */
+    const char *files[7];
 } client;
 
-static const char *FILE_FLAGS[6] = {"--train-images", "--train-labels", "--test-images",
-                                    "--test-labels",  "--train-csv",    "--test-csv"};
-static const char *FILE_ROLES[6] = {"train_images", "train_labels", "test_images",
-                                    "test_labels",  "train",        "test"};
+static const char *FILE_FLAGS[7] = {"--train-images", "--train-labels", "--test-images",
+                                    "--test-labels",  "--train-csv",    "--test-csv",
+                                    "--train-text"};
+static const char *FILE_ROLES[7] = {"train_images", "train_labels", "test_images", "test_labels",
+                                    "train",        "test",         "train_text"};
+static const char *FILE_FORMATS[7] = {"idx", "idx", "idx", "idx", "csv", "csv", "text"};
 
 bool kcli_is_client_command(const char *command)
 {
@@ -439,9 +443,10 @@ static int upload(const client *c)
     const char *name = c->positional[0];
     bool idx = c->files[0] || c->files[1] || c->files[2] || c->files[3];
     bool csv = c->files[4] || c->files[5];
-    if (idx == csv)
-        return usage("upload takes IDX files (--train-images ...) or CSV files "
-                     "(--train-csv ...)%s",
+    bool text = c->files[6] != NULL;
+    if (idx + csv + text != 1)
+        return usage("upload takes IDX files (--train-images ...), CSV files (--train-csv ...) "
+                     "or a text (--train-text F)%s",
                      "");
     if (idx && (!c->files[0] || !c->files[1]))
         return usage("upload needs --train-images and --train-labels%s", "");
@@ -465,10 +470,10 @@ static int upload(const client *c)
         return rc;
     }
     khttp_response_free(&r);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         if (!c->files[i]) continue;
         snprintf(path, sizeof path, "/v1/datasets/%s/files/%s?format=%s", escaped, FILE_ROLES[i],
-                 i < 4 ? "idx" : "csv");
+                 FILE_FORMATS[i]);
         double t0 = now_seconds();
         if (!request(c, "PUT", path, NULL, c->files[i], "application/octet-stream", &r)) return 1;
         if (r.status >= 300) {
@@ -484,7 +489,11 @@ static int upload(const client *c)
             double samples = job_number(doc, "samples", -1), bytes = job_number(doc, "bytes", -1);
             printf("%s: %s uploaded", FILE_ROLES[i], c->files[i]);
             if (bytes >= 0) printf(", %.0f bytes", bytes);
-            if (samples >= 0) printf(", %.0f samples", samples);
+            if (samples >= 0 && i != 6) printf(", %.0f samples", samples);
+            double characters = job_number(doc, "characters", -1);
+            if (characters >= 0)
+                printf(", %.0f characters, %.0f distinct", characters,
+                       job_number(doc, "vocab_size", -1));
             printf(" (%.1f s)\n", now_seconds() - t0);
         }
         cJSON_Delete(doc);
@@ -529,7 +538,7 @@ int kcli_client_main(int argc, char **argv)
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
         int file = -1;
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < 7; k++)
             if (strcmp(a, FILE_FLAGS[k]) == 0) file = k;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(KCLI_CLIENT_USAGE, stdout);

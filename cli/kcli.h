@@ -23,6 +23,10 @@ typedef struct kcli_options {
     int64_t limit;     /* predict: at most this many samples (0: all) */
     int threads;       /* 0: KILN_NUM_THREADS or every core */
     int64_t log_every; /* plain progress lines every N steps */
+    /* generate: --prompt, --max-new-tokens, --temperature, --top-k, --seed as given (NULL
+     * when absent), --greedy, --no-cache */
+    const char *generate_values[5];
+    bool greedy, no_cache;
 } kcli_options;
 
 /* A job ready to run: the spec, the model built and on its device, the data loaded,
@@ -49,6 +53,9 @@ int kcli_train(const char *job_path, const kcli_options *options);
 int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_validate(const char *path, const kcli_options *options);
+/* kiln generate (generate.c, issue 12); its value flags, in generate_values' order */
+extern const char *const KCLI_GENERATE_FLAGS[5];
+int kcli_generate(const char *checkpoint, const char *job_path, const kcli_options *options);
 
 /* ---- progress (progress.c) ---------------------------------------------------------- */
 typedef struct kcli_progress {

@@ -22,6 +22,10 @@ static const char USAGE[] =
     "                                          class probabilities and argmax for each\n"
     "                                          input (FILE in the job's data format;\n"
     "                                          default: the job's test inputs)\n"
+    "  generate CHECKPOINT JOB.json --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
+    "           [--top-k K] [--seed S] [--greedy] [--no-cache] [--json]\n"
+    "                                          text from a text model's weights (as POST\n"
+    "                                          /v1/models/NAME/generate)\n"
     "  validate MODEL_OR_JOB.json [--json]     check a spec; print parameter count and\n"
     "                                          training memory estimate\n"
     "\n"
@@ -150,6 +154,23 @@ int kcli_validate(const char *path, const kcli_options *options)
     return rc;
 }
 
+/* kiln generate's options (kcli_options.generate_values: the names of
+ * KCLI_GENERATE_FLAGS). Advances *i past a value; false when a is not one of them. */
+static bool generate_flag(const char *a, const char *value, kcli_options *options, int *i)
+{
+    if (!strcmp(a, "--greedy") || !strcmp(a, "--no-cache")) {
+        *(!strcmp(a, "--greedy") ? &options->greedy : &options->no_cache) = true;
+        return true;
+    }
+    for (int k = 0; k < 5; k++) {
+        if (strcmp(a, KCLI_GENERATE_FLAGS[k]) != 0) continue;
+        options->generate_values[k] = value ? value : "";
+        if (value) (*i)++;
+        return true;
+    }
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     kcli_options options = {.log_every = 100};
@@ -184,6 +205,8 @@ int main(int argc, char **argv)
                 options.log_every = v;
             else
                 options.limit = v;
+        } else if (generate_flag(a, has_value ? argv[i + 1] : NULL, &options, &i)) {
+            continue;
         } else if (a[0] == '-' && a[1]) {
             return usage_error("unknown option %s", a);
         } else if (n_positional < 3) {
@@ -204,7 +227,7 @@ int main(int argc, char **argv)
     struct {
         const char *name;
         int args;
-    } commands[] = {{"train", 1}, {"eval", 2}, {"predict", 2}, {"validate", 1}};
+    } commands[] = {{"train", 1}, {"eval", 2}, {"predict", 2}, {"generate", 2}, {"validate", 1}};
     for (size_t c = 0; c < sizeof commands / sizeof *commands; c++) {
         if (strcmp(command, commands[c].name) != 0) continue;
         if (n_positional - 1 != commands[c].args)
@@ -215,6 +238,8 @@ int main(int argc, char **argv)
         if (strcmp(command, "eval") == 0) return kcli_eval(positional[1], positional[2], &options);
         if (strcmp(command, "predict") == 0)
             return kcli_predict(positional[1], positional[2], &options);
+        if (strcmp(command, "generate") == 0)
+            return kcli_generate(positional[1], positional[2], &options);
         return kcli_validate(positional[1], &options);
     }
     return usage_error("unknown command \"%s\"", command);

@@ -24,6 +24,22 @@ static void teardown(void)
 
 TestSuite(server_generate, .fini = teardown, .timeout = 300);
 
+/* The built kiln with args (and --url for the client commands); its exit status, output in
+ * out. */
+static int run_kiln(const char *args, char *out, size_t size)
+{
+    char command[4096];
+    bool client = !strncmp(args, "upload", 6);
+    snprintf(command, sizeof command, "%s/kiln %s%s%s 2>&1", KILN_BINARY_DIR, args,
+             client ? " --url " : "", client ? H.url : "");
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 static const char LINE[] = "to be, or not to be, that is the question.\n";
 
 /* The training text, gzipped to a file; returns its path. */
@@ -108,16 +124,17 @@ Test(server_generate, a_gpt_trains_on_a_text_and_writes)
 {
     h_start(&H, (const char *const[]){"--log-level", "warn", NULL});
     const char *text = write_text();
-    cJSON_Delete(h_json(&H, "POST", "/v1/datasets", "{\"name\": \"play\"}", 201));
-    khttp_response up = h_request_full(&H, "PUT", "/v1/datasets/play/files/train_text?format=text",
-                                       NULL, 0, text, NULL, NULL);
-    cr_assert_eq(up.status, 201, "%s", up.body);
-    cJSON *u = cJSON_Parse(up.body);
+    char args[2048], out[16384];
+    snprintf(args, sizeof args, "upload play --train-text %s --json", text);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln upload: %s", out);
+    cJSON *u = cJSON_Parse(out);
+    cr_assert_not_null(u, "%s", out);
+    cr_assert_str_eq(h_string(u, "role"), "train_text");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(u, "gzip")));
     cr_assert_eq(h_number(u, "characters"), 80 * (double)strlen(LINE));
     int vocab = (int)h_number(u, "vocab_size");
     cr_assert_eq(vocab, 16); /* sorted(set("to be, or not ... question.\n")) */
     cJSON_Delete(u);
-    khttp_response_free(&up);
 
     cJSON *job = train("gpt", vocab, "chars");
     char *dump = cJSON_PrintUnformatted(job);
@@ -198,6 +215,39 @@ Test(server_generate, a_gpt_trains_on_a_text_and_writes)
     cr_assert_str_eq(h_string(d, "text"), a);
     cJSON_Delete(d);
     khttp_response_free(&s);
+
+    /* kiln generate with the job's weights gives the server's text */
+    snprintf(path, sizeof path, "/v1/jobs/%s/weights", version);
+    khttp_response w = h_request(&H, "GET", path, NULL);
+    cr_assert_eq(w.status, 200);
+    char weights[512], job_file[512];
+    snprintf(weights, sizeof weights, "%s/gpt.safetensors", H.files_dir);
+    snprintf(job_file, sizeof job_file, "%s/gpt.json", H.files_dir);
+    FILE *f = fopen(weights, "wb");
+    fwrite(w.body, 1, w.body_length, f);
+    fclose(f);
+    khttp_response_free(&w);
+    f = fopen(job_file, "w");
+    char model[1024];
+    snprintf(model, sizeof model, GPT, "gpt", vocab, vocab);
+    fprintf(f, "{\"model\": %s, \"data\": {\"dataset\": \"play\"}}", model);
+    fclose(f);
+    snprintf(args, sizeof args,
+             "generate %s %s --prompt 'to be' --max-new-tokens 40 --temperature 0.8 --top-k 5 "
+             "--seed 7 --json",
+             weights, job_file);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 0, "kiln generate: %s", out);
+    cJSON *local = cJSON_Parse(out);
+    cr_assert_not_null(local, "%s", out);
+    cr_assert_str_eq(h_string(local, "text"), a);
+    cJSON_Delete(local);
+    snprintf(args, sizeof args, "generate %s %s --prompt 'to be' --top-k 0", weights, job_file);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "top_k: expected a positive integer, got 0"), "%s", out);
+    snprintf(args, sizeof args, "generate %s %s --prompt 'to be!'", weights, job_file);
+    cr_assert_eq(run_kiln(args, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "prompt: '!' (U+0021) at byte 5 is not in the model's vocabulary"), "%s",
+              out);
 
     /* a seed drawn by the server is given back, and repeats the text */
     cJSON *drawn = NULL;

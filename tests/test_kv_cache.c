@@ -263,8 +263,9 @@ Test(kv_cache, a_positional_embedding_adds_the_cached_offset)
     kn_kv_cache *cache = kn_kv_cache_new(m, 20);
     cr_assert_not_null(kn_module_forward_incremental(m, cache, tokens(1, 12, 11, 1)));
     cr_assert_null(kn_module_forward_incremental(m, cache, tokens(1, 1, 11, 1)));
-    cr_assert_str_eq(kn_last_error(), "PositionalEmbedding: positions 12..12 of the sequence (12 "
-                                      "cached, input [1, 1, 16]) go past num_embeddings (12)");
+    cr_assert_str_eq(kn_last_error(),
+                     "layer 1 (positional_embedding): PositionalEmbedding: positions 12..12 of "
+                     "the sequence (12 cached, input [1, 1, 16]) go past num_embeddings (12)");
     cr_assert_eq(kn_kv_cache_length(cache), 12);
     kn_kv_cache_free(cache);
     kn_module_free(m);

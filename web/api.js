@@ -161,3 +161,41 @@ export async function download(url, filename) {
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   return true;
 }
+
+// A POST whose answer is server-sent events (generate with "stream": true): each event
+// handed to onEvent(type, data) as it arrives. Resolves to {ok: true} at the end of the
+// stream, or to api()'s {ok: false, status, data} when the server refused the request.
+export async function postEvents(path, body, onEvent) {
+  let response;
+  try {
+    response = await fetch(path, { method: 'POST', headers: headers({ 'Content-Type': 'application/json' }),
+      body: JSON.stringify(body) });
+  } catch (e) {
+    return { ok: false, status: 0, data: { error: { message: String(e) } } };
+  }
+  if (!response.ok || !response.body) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    return { ok: false, status: response.status, data };
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let type = 'message', data = '';
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event: ')) type = line.slice(7);
+        else if (line.startsWith('data: ')) data += line.slice(6);
+      }
+      if (data) { try { onEvent(type, JSON.parse(data)); } catch { /* not JSON: skip */ } }
+    }
+  }
+  return { ok: true };
+}

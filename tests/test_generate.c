@@ -303,9 +303,11 @@ Test(generate, a_graph_with_a_padding_input_generates)
     kn_scope_begin();
     kapi_errors errors = {0};
     size_t size = 0;
-    char *json =
+    char *bytes =
         kapi_read_file(KILN_SOURCE_DIR "/tests/specs/valid/model-graph-gpt.json", &size, &errors);
-    cr_assert_not_null(json);
+    cr_assert_not_null(bytes);
+    char *json = strndup(bytes, size); /* the file's bytes, NUL-terminated */
+    free(bytes);
     kn_module *m = graph_model(json);
     free(json);
     cr_assert_eq(kn_graph_input_count(m), 2);

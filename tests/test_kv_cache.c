@@ -236,3 +236,38 @@ Test(kv_cache, a_module_run_twice_is_refused)
     kn_module_free(m);
     kn_scope_end();
 }
+
+/* nanoGPT's shape: token and learned position embeddings, causal layers, a head. In an
+ * incremental forward the positional table adds the rows of the positions after the
+ * cached ones, so each step equals the full forward at its position; past the table it
+ * is an error naming the positions, and nothing is appended. */
+Test(kv_cache, a_positional_embedding_adds_the_cached_offset)
+{
+    kn_scope_begin();
+    kn_module *m = kn_sequential_new();
+    ASSERT_OK(kn_sequential_append(m, kn_embedding_new(11, 16, NULL)));
+    ASSERT_OK(kn_sequential_append(m, kn_positional_embedding_new(12, 16, NULL)));
+    kn_transformer_encoder_layer_options o = {.d_model = 16,
+                                              .nhead = 2,
+                                              .dim_feedforward = 64,
+                                              .activation = KN_TRANSFORMER_GELU,
+                                              .layer_norm_eps = 1e-5,
+                                              .batch_first = true,
+                                              .norm_first = true,
+                                              .is_causal = true};
+    ASSERT_OK(kn_sequential_append(m, kn_transformer_encoder_layer_new(&o, NULL)));
+    ASSERT_OK(kn_sequential_append(m, kn_linear_new(16, 11, false, NULL)));
+    kn_module_train(m, false);
+    check_incremental(m, tokens(2, 12, 11, 5), 3);
+
+    kn_kv_cache *cache = kn_kv_cache_new(m, 20);
+    cr_assert_not_null(kn_module_forward_incremental(m, cache, tokens(1, 12, 11, 1)));
+    cr_assert_null(kn_module_forward_incremental(m, cache, tokens(1, 1, 11, 1)));
+    cr_assert_str_eq(kn_last_error(),
+                     "layer 1 (positional_embedding): PositionalEmbedding: positions 12..12 of "
+                     "the sequence (12 cached, input [1, 1, 16]) go past num_embeddings (12)");
+    cr_assert_eq(kn_kv_cache_length(cache), 12);
+    kn_kv_cache_free(cache);
+    kn_module_free(m);
+    kn_scope_end();
+}

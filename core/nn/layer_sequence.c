@@ -391,13 +391,23 @@ static kn_tensor *positional_embedding_forward(kn_module *m, kn_tensor *const *i
                               "PositionalEmbedding: expected embeddings of %lld values in the "
                               "last dim, got input %s",
                               (long long)o->embedding_dim, kn__shape(x));
-    if (positions > o->num_embeddings)
+    /* In an incremental forward (generation with a key/value cache) the input holds the
+     * positions after the cached ones. */
+    int64_t first = kn_incremental_position();
+    if (first + positions > o->num_embeddings) {
+        if (first > 0)
+            return kn__error_null(KN_ERR_SHAPE,
+                                  "PositionalEmbedding: positions %lld..%lld of the sequence "
+                                  "(%lld cached, input %s) go past num_embeddings (%lld)",
+                                  (long long)first, (long long)(first + positions - 1),
+                                  (long long)first, kn__shape(x), (long long)o->num_embeddings);
         return kn__error_null(KN_ERR_SHAPE,
                               "PositionalEmbedding: the input %s has %lld positions, more than "
                               "num_embeddings (%lld)",
                               kn__shape(x), (long long)positions, (long long)o->num_embeddings);
+    }
     kn_tensor *weight = kn__module_tensor(m, "weight");
-    return kn_add(x, kn_narrow(weight, 0, 0, positions));
+    return kn_add(x, kn_narrow(weight, 0, first, positions));
 }
 
 static void positional_embedding_describe(const kn_module *m, char *buf, size_t size)

@@ -6,6 +6,7 @@
  * accepted only when the caller allows them (the CLI); the server takes dataset names.
  */
 #include "kapi_internal.h"
+#include "kapi_text.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -31,9 +32,10 @@ static const char *const JOB_FIELDS[] = {"model",          "data",
                                          "init_weights",   "submission_id",
                                          "task",           "name",
                                          "distributed",    NULL};
-static const char *const DATA_FIELDS[] = {"train", "test",      "dataset",      "validation_split",
-                                          "scale", "normalize", "label_column", "target_columns",
-                                          NULL};
+static const char *const DATA_FIELDS[] = {"train", "test", "dataset", "validation_split", "scale",
+                                          "normalize", "label_column", "target_columns",
+                                          /* ---- language models (issue 12) ---- */
+                                          "tokenizer", "validation_windows", NULL};
 static const char *const IDX_FIELDS[] = {"format", "images", "labels", NULL};
 static const char *const CSV_FIELDS[] = {"format", "path", "label_column", "target_columns", NULL};
 static const char *const NPY_FIELDS[] = {"format", "inputs", "labels", NULL};
@@ -333,6 +335,23 @@ static void parse_data(kapi_errors *errors, const cJSON *data, bool allow_paths,
 
     kapi__get_number(errors, data, "validation_split", "data", 0, true, 1, false,
                      &spec->validation_split);
+    /* a language model's text (issue 12) */
+    const cJSON *tokenizer = cJSON_GetObjectItemCaseSensitive(data, "tokenizer");
+    kapi_tokenizer_kind kind;
+    if (tokenizer &&
+        (!cJSON_IsString(tokenizer) || !kapi_tokenizer_kind_parse(tokenizer->valuestring, &kind))) {
+        char got[120];
+        kapi__describe(tokenizer, got, sizeof got);
+        kapi_errors_add(errors, "data.tokenizer",
+                        "expected \"chars\" (the characters of the text) or \"bytes\" (256 "
+                        "byte values), got %s",
+                        got);
+    } else if (tokenizer) {
+        snprintf(spec->tokenizer, sizeof spec->tokenizer, "%s", tokenizer->valuestring);
+    }
+    spec->validation_windows = KAPI_DEFAULT_VALIDATION_WINDOWS;
+    kapi__get_int(errors, data, "validation_windows", "data", 1, INT64_MAX,
+                  &spec->validation_windows);
     kapi__get_number(errors, data, "scale", "data", 0, false, INFINITY, false, &spec->scale);
     const cJSON *normalize = cJSON_GetObjectItemCaseSensitive(data, "normalize");
     if (cJSON_IsString(normalize) && strcmp(normalize->valuestring, "auto") == 0) {

@@ -128,6 +128,12 @@ void kapi_model_spec_free(kapi_model_spec *spec);
 kn_module *kapi_model_build(const kapi_model_spec *spec, kn_generator *gen);
 /* Bytes a training step needs at batch_size: parameters, gradients, optimizer state
  * (Adam: 2 per parameter) and activations kept for backward. An estimate. */
+/* The rows of the embeddings that read model input `input` directly (a chain's first
+ * layer, or graph nodes taking the input): the smallest num_embeddings, the bound of
+ * every index the input may hold; -1 when no embedding reads it (a key-padding mask, or
+ * indices a node rearranges first). *layer (may be NULL) gets that embedding's index in
+ * spec->layers. */
+int64_t kapi_model_input_rows(const kapi_model_spec *spec, int input, int *layer);
 int64_t kapi_model_training_memory(const kapi_model_spec *spec, int64_t batch_size,
                                    kn_optimizer_kind optimizer);
 /* {"valid": true, "name", "parameter_count", "output_shape", "training_memory_bytes",
@@ -166,6 +172,9 @@ typedef struct kapi_data_spec {
     /* a dataset's CSV files (server): which columns are the targets, as in a csv source */
     char label_column[128];
     char target_columns[4096];
+    /* ---- language models (issue 12) ---- */
+    char tokenizer[16];         /* "chars" or "bytes" for a text dataset; "" when not given */
+    int64_t validation_windows; /* validation windows at most (KAPI_DEFAULT_VALIDATION_WINDOWS) */
 } kapi_data_spec;
 
 /* "distributed": {"processes": N, "devices": "cpu"|"cuda", "sync_batch_norm": bool,
@@ -341,10 +350,13 @@ char *kapi_preprocessing_to_json(const kapi_preprocessing *p, const kapi_model_s
 bool kapi_preprocessing_from_json(const char *json, kapi_preprocessing *out, kapi_errors *errors);
 /* Applies it in place to n samples laid out as the model's input (in_numel floats each). */
 kn_status kapi_preprocess(const kapi_preprocessing *p, float *x, int64_t n, int64_t in_numel);
-/* The final weights with the preprocessing and task in their metadata; false with an
- * error at path. */
+/* The final weights with the preprocessing and task in their metadata, and a text model's
+ * tokenizer (NULL: none; kapi_text.h's kiln.tokenizer, issue 12); false with an error at
+ * path. */
+struct kapi_tokenizer;
 bool kapi_save_weights(const kn_module *model, const char *path, const kapi_preprocessing *p,
-                       const kapi_model_spec *spec, kapi_errors *errors);
+                       const kapi_model_spec *spec, const struct kapi_tokenizer *tokenizer,
+                       kapi_errors *errors);
 /* Reads a weights file's preprocessing: *found false (and *out the identity) when it has
  * none (a file from elsewhere); false with errors added when it is unreadable. */
 bool kapi_load_preprocessing(const char *path, kapi_preprocessing *out, bool *found,

@@ -128,6 +128,22 @@ bool kapi__chain_values(kapi_model_spec *spec)
     return true;
 }
 
+int64_t kapi_model_input_rows(const kapi_model_spec *spec, int input, int *layer)
+{
+    int64_t rows = -1;
+    for (int l = 0; l < spec->n_layers; l++) {
+        const kapi_layer_spec *e = &spec->layers[l];
+        if (e->kind != KN_MODULE_EMBEDDING) continue;
+        for (int k = 0; k < e->n_inputs; k++) {
+            int64_t n = e->options.embedding.num_embeddings;
+            if (e->inputs[k] != input || (rows >= 0 && n >= rows)) continue;
+            rows = n;
+            if (layer) *layer = l;
+        }
+    }
+    return rows;
+}
+
 static int64_t numel_of(const int64_t *shape, int ndim)
 {
     int64_t n = 1;

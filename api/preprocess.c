@@ -6,6 +6,7 @@
  * so a downloaded weights file is self-contained and clients send raw inputs.
  */
 #include "kapi_internal.h"
+#include "kapi_text.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -154,19 +155,26 @@ kn_status kapi_preprocess(const kapi_preprocessing *p, float *x, int64_t n, int6
 }
 
 bool kapi_save_weights(const kn_module *model, const char *path, const kapi_preprocessing *p,
-                       const kapi_model_spec *spec, kapi_errors *errors)
+                       const kapi_model_spec *spec, const kapi_tokenizer *tokenizer,
+                       kapi_errors *errors)
 {
     char *json = kapi_preprocessing_to_json(p, spec);
-    if (!json) {
+    char *vocabulary = tokenizer ? kapi_tokenizer_to_json(tokenizer) : NULL;
+    if (!json || (tokenizer && !vocabulary)) {
+        free(json);
+        free(vocabulary);
         kapi_errors_add(errors, path, "out of memory");
         return false;
     }
     char task[32];
     snprintf(task, sizeof task, "%s", p ? kn_task_name(p->task) : "auto");
-    kn_safetensors_meta meta[2] = {{META_PREPROCESSING, json}, {META_TASK, task}};
-    int count = p && p->task != KN_TASK_AUTO ? 2 : 1;
+    kn_safetensors_meta meta[3] = {{META_PREPROCESSING, json}};
+    int count = 1;
+    if (p && p->task != KN_TASK_AUTO) meta[count++] = (kn_safetensors_meta){META_TASK, task};
+    if (vocabulary) meta[count++] = (kn_safetensors_meta){KAPI_META_TOKENIZER, vocabulary};
     kn_status st = kn_module_save_weights_meta(model, path, meta, count);
     free(json);
+    free(vocabulary);
     if (st != KN_OK) kapi_errors_add(errors, path, "%s", kn_last_error());
     return st == KN_OK;
 }

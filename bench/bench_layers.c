@@ -1,29 +1,37 @@
 /*
- * bench_layers.c — every layer of the Fashion-MNIST CNN and MLP (bench/bench_layers.rows,
- * batch 64), Kiln beside PyTorch in one run: forward alone (no grad), forward + backward
- * (weight, bias and, where the model needs it, input gradients), and each model's whole
- * training step (forward, cross_entropy, backward, Adam). Kiln and PyTorch
- * (bench/bench_layers_torch.py, run by /usr/bin/python3, reading the same rows) take
- * turns for several rounds and each figure is the median over the rounds, so load from
- * other processes hits both sides alike; the minimum over the rounds is printed too.
+ * bench_layers.c — every layer of the Fashion-MNIST CNN, MLP and ResNet (batch 64) and of
+ * the character GPT (batch 12 x 64 tokens, n_embd 128, 4 heads, 4 layers), at the shapes
+ * those models run (bench/bench_layers.rows), Kiln beside PyTorch in one run: forward
+ * alone (no grad), forward + backward (weight, bias and, where the model needs it, input
+ * gradients), and each Fashion-MNIST model's whole training step (forward, cross_entropy,
+ * backward, Adam; the model built from examples/fmnist-<model>.json as kiln train builds
+ * it). Kiln and PyTorch (bench/bench_layers_torch.py, run by /usr/bin/python3, reading
+ * the same rows) take turns for several rounds and each figure is the median over the
+ * rounds, so load from other processes hits both sides alike; the minimum over the
+ * rounds is printed too.
  *
  * Attention (issue 12): causal self-attention at nanoGPT's shape (batch 12, T 64, 4 heads
  * of 32), the op alone (gpt.sdpa) and with its projections (gpt.mha; nanoGPT's
- * CausalSelfAttention on the torch side).
+ * CausalSelfAttention on the torch side); the GPT's own layers (gpt.attn, gpt.block) are
+ * torch's nn.MultiheadAttention and nn.TransformerEncoderLayer, as bench/gpt/torch_gpt.py
+ * builds them.
  *
  * Prints a table, then one JSON line per row: {"model", "layer", "kind",
  * "kiln_fwd_us", "torch_fwd_us", "fwd_ratio", "kiln_fwdbwd_us", "torch_fwdbwd_us",
- * "fwdbwd_ratio", "kiln_fwdbwd_min_us", "torch_fwdbwd_min_us", "threads", "loadavg_*"}
+ * "fwdbwd_ratio", "kiln_fwdbwd_min_us", "torch_fwdbwd_min_us", "fwdbwd_min_ratio",
+ * "threads", "loadavg_*"}
  * (ratio = PyTorch's time / Kiln's: above 1, Kiln is faster; steps have no fwd).
  *
  * Usage: bench_layers [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]
  * (--only model.layer or model: Kiln only, for profiling). Run from the repository root
  * (or set KILN_SOURCE_DIR) so the rows and the Python script are found.
  */
+#include "kapi.h"
 #include "kn.h"
 #include "kn_nn.h"
 #include "kn_optim.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +43,7 @@ enum { MAX_ROWS = 64, MAX_ROUNDS = 15 };
 
 static int quick;
 static const char *only;
+static const char *source_dir = "."; /* the repository root: rows, examples, scripts */
 
 static double minimum(const double *v, int n)
 {
@@ -52,7 +61,7 @@ static double measure(bench_fn fn, void *context)
 /* ---- the rows (bench/bench_layers.rows) ------------------------------------------------ */
 
 typedef struct row {
-    char model[16], layer[24], kind[24], options[64];
+    char model[16], layer[24], kind[32], options[64];
     int64_t shape[4];
     int ndim;
     bool input_grad;
@@ -78,6 +87,19 @@ static bool parse_shape(const char *text, row *r)
     return r->ndim > 0;
 }
 
+static bool known_kind(const char *name); /* the kinds table below, or "step" */
+
+/* "64x16x14x14", in a static buffer. */
+static const char *shape_text(const row *r)
+{
+    static char text[64];
+    int n = 0;
+    for (int d = 0; d < r->ndim && n < (int)sizeof text; d++)
+        n += snprintf(text + n, sizeof text - (size_t)n, d ? "x%lld" : "%lld",
+                      (long long)r->shape[d]);
+    return text;
+}
+
 static bool load_rows(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -92,13 +114,18 @@ static bool load_rows(const char *path)
         if (line[0] == '#' || strspn(line, " \t\r\n") == strlen(line)) continue;
         row r = {0};
         char shape[64], grad[8];
-        if (sscanf(line, "%15s %23s %23s %63s %63s %7s", r.model, r.layer, r.kind, shape, r.options,
+        if (sscanf(line, "%15s %23s %31s %63s %63s %7s", r.model, r.layer, r.kind, shape, r.options,
                    grad) != 6 ||
             !parse_shape(shape, &r) || n_rows == MAX_ROWS) {
             fprintf(stderr,
                     "bench_layers: %s:%d: expected 'model layer kind NxCxHxW options "
                     "yes|no'\n",
                     path, number);
+            fclose(f);
+            return false;
+        }
+        if (!known_kind(r.kind)) {
+            fprintf(stderr, "bench_layers: %s:%d: unknown kind '%s'\n", path, number, r.kind);
             fclose(f);
             return false;
         }
@@ -148,18 +175,25 @@ static bool selected(const row *r)
 {
     if (!only) return true;
     char name[48];
-    snprintf(name, sizeof name, "%s.%s", r->model, r->layer);
+    snprintf(name, sizeof name, "%.15s.%.23s", r->model, r->layer);
     return !strcmp(only, name) || !strcmp(only, r->model);
 }
 
-/* ---- Kiln's layers ---------------------------------------------------------------------- */
+/* ---- Kiln's layers ----------------------------------------------------------------------
+ * One entry per kind (the rows' third column): setup makes what the layer needs besides
+ * its input (parameters, more inputs, a module; the input itself when it is not a float
+ * tensor of the row's shape), forward runs it as the model runs it in training. The
+ * layers torch runs as a module (normalisations, embedding, attention) run as Kiln's
+ * module, in training mode, so both sides pay the same module overhead. */
 
 typedef struct layer {
     const row *r;
-    kn_tensor *x, *w, *b, *target, *grad; /* w, b NULL without parameters */
-    /* ---- attention (issue 12) ---- */
-    kn_tensor *k, *v;  /* sdpa's keys and values (x is the queries) */
-    kn_module *module; /* mha: a MultiheadAttention */
+    kn_tensor *x;        /* the input: float32, or int64 token ids (embedding) */
+    kn_tensor *w, *b;    /* conv2d and linear: weight and bias (NULL without one) */
+    kn_tensor *extra[2]; /* more inputs with gradients: add's other term, sdpa's k and v */
+    kn_tensor *target;   /* cross_entropy: the classes */
+    kn_module *module;   /* a layer that runs as a module, else NULL */
+    kn_tensor *grad;     /* the output's gradient (NULL for a loss: gradient 1) */
 } layer;
 
 static kn_tensor *uniform(const int64_t *shape, int ndim, double bound, bool grad)
@@ -169,34 +203,209 @@ static kn_tensor *uniform(const int64_t *shape, int ndim, double bound, bool gra
     return grad ? kn_set_requires_grad(t, true) : t;
 }
 
-static kn_tensor *layer_forward(const layer *l)
+/* int64 values i % classes for i = 0.. over shape (class targets, token ids). */
+static kn_tensor *cyclic_indices(const int64_t *shape, int ndim, int64_t classes)
 {
-    const char *kind = l->r->kind;
-    if (!strcmp(kind, "conv2d")) {
-        int p = (int)option(l->r, "p", 0);
-        return kn_conv2d(l->x, l->w, l->b, (kn_conv2d_args){.padding = {p, p}});
-    }
-    if (!strcmp(kind, "max_pool2d")) {
-        int k = (int)option(l->r, "k", 2);
-        return kn_max_pool2d(l->x, (kn_pool2d_args){.kernel_size = {k, k}});
-    }
-    if (!strcmp(kind, "relu")) return kn_relu(l->x);
-    if (!strcmp(kind, "linear")) return kn_linear(l->x, l->w, l->b);
-    if (!strcmp(kind, "cross_entropy"))
-        return kn_cross_entropy(l->x, l->target, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
-    /* ---- attention (issue 12) ---- */
-    if (!strcmp(kind, "sdpa"))
-        return kn_scaled_dot_product_attention(
-            l->x, l->k, l->v, &(kn_attention_args){.is_causal = option(l->r, "causal", 0)});
-    if (!strcmp(kind, "mha")) return kn_module_forward(l->module, l->x);
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    int64_t *values = malloc(sizeof(int64_t) * (size_t)n);
+    if (!values) return NULL;
+    for (int64_t i = 0; i < n; i++) values[i] = i % classes;
+    kn_tensor *t = kn_from_int64s(values, shape, ndim);
+    free(values);
+    return t;
+}
+
+static int64_t last_dim(const row *r)
+{
+    return r->shape[r->ndim - 1];
+}
+
+/* conv2d, linear: weight and (unless bias=0) bias, PyTorch's default init bounds. */
+static bool setup_conv2d(layer *l)
+{
+    int64_t in = l->r->shape[1], out = option(l->r, "out", 0), k = option(l->r, "k", 3);
+    int64_t shape[4] = {out, in, k, k};
+    double bound = 1.0 / sqrt((double)(in * k * k));
+    l->w = uniform(shape, 4, bound, true);
+    if (option(l->r, "bias", 1)) l->b = uniform(&out, 1, bound, true);
+    return true;
+}
+
+static bool setup_linear(layer *l)
+{
+    int64_t out = option(l->r, "out", 0), shape[2] = {out, last_dim(l->r)};
+    double bound = 1.0 / sqrt((double)shape[1]);
+    l->w = uniform(shape, 2, bound, true);
+    if (option(l->r, "bias", 1)) l->b = uniform(&out, 1, bound, true);
+    return true;
+}
+
+static bool setup_add(layer *l) /* the residual: both terms get gradients */
+{
+    l->extra[0] = uniform(l->r->shape, l->r->ndim, 1, l->r->input_grad);
+    return true;
+}
+
+static bool setup_cross_entropy(layer *l) /* logits [..., classes]: one class per row */
+{
+    int64_t rows = 1;
+    for (int d = 0; d < l->r->ndim - 1; d++) rows *= l->r->shape[d];
+    l->target = cyclic_indices(&rows, 1, last_dim(l->r));
+    return l->target != NULL;
+}
+
+static bool setup_sdpa(layer *l) /* x is the queries [B, H, T, D]; keys, values alike */
+{
+    l->extra[0] = uniform(l->r->shape, l->r->ndim, 1, true);
+    l->extra[1] = uniform(l->r->shape, l->r->ndim, 1, true);
+    return true;
+}
+
+static bool setup_attention(layer *l) /* x [B, T, E] */
+{
+    l->module = kn_multi_head_attention_new(last_dim(l->r), option(l->r, "heads", 1), 0.0, true,
+                                            option(l->r, "causal", 0), NULL);
+    return l->module != NULL;
+}
+
+static bool setup_transformer(layer *l) /* x [B, T, E]; GELU and norm_first unless 0 */
+{
+    kn_layer_options o;
+    kn_layer_defaults(KN_MODULE_TRANSFORMER_ENCODER_LAYER, &o);
+    o.transformer_encoder_layer.d_model = last_dim(l->r);
+    o.transformer_encoder_layer.nhead = option(l->r, "heads", 1);
+    o.transformer_encoder_layer.dim_feedforward = option(l->r, "ff", 2048);
+    o.transformer_encoder_layer.dropout = 0.0;
+    o.transformer_encoder_layer.activation =
+        option(l->r, "gelu", 1) ? KN_TRANSFORMER_GELU : KN_TRANSFORMER_RELU;
+    o.transformer_encoder_layer.norm_first = option(l->r, "norm_first", 1);
+    o.transformer_encoder_layer.batch_first = true;
+    o.transformer_encoder_layer.is_causal = option(l->r, "causal", 0);
+    l->module = kn_module_new(KN_MODULE_TRANSFORMER_ENCODER_LAYER, &o, NULL);
+    return l->module != NULL;
+}
+
+static bool setup_batch_norm2d(layer *l) /* nn.BatchNorm2d(C): eps 1e-5, momentum 0.1 */
+{
+    l->module = kn_batch_norm2d_new(l->r->shape[1], 1e-5, 0.1, true, true);
+    return l->module != NULL;
+}
+
+static bool setup_layer_norm(layer *l) /* nn.LayerNorm(last dim) */
+{
+    int64_t normalized = last_dim(l->r);
+    l->module = kn_layer_norm_new(&normalized, 1, 1e-5, true);
+    return l->module != NULL;
+}
+
+static bool setup_embedding(layer *l) /* the row's shape is the token ids' */
+{
+    l->module = kn_embedding_new(option(l->r, "vocab", 0), option(l->r, "dim", 0), NULL);
+    l->x = cyclic_indices(l->r->shape, l->r->ndim, option(l->r, "vocab", 1));
+    return l->module && l->x;
+}
+
+static kn_tensor *forward_conv2d(const layer *l)
+{
+    int p = (int)option(l->r, "p", 0);
+    return kn_conv2d(l->x, l->w, l->b, (kn_conv2d_args){.padding = {p, p}});
+}
+
+static kn_tensor *forward_max_pool2d(const layer *l)
+{
+    int k = (int)option(l->r, "k", 2);
+    return kn_max_pool2d(l->x, (kn_pool2d_args){.kernel_size = {k, k}});
+}
+
+static kn_tensor *forward_adaptive_avg_pool2d(const layer *l)
+{
+    int out = (int)option(l->r, "out", 1);
+    return kn_adaptive_avg_pool2d(l->x, out, out);
+}
+
+static kn_tensor *forward_relu(const layer *l)
+{
+    return kn_relu(l->x);
+}
+
+static kn_tensor *forward_gelu(const layer *l)
+{
+    return kn_gelu(l->x, KN_GELU_EXACT);
+}
+
+static kn_tensor *forward_add(const layer *l)
+{
+    return kn_add(l->x, l->extra[0]);
+}
+
+static kn_tensor *forward_linear(const layer *l)
+{
+    return kn_linear(l->x, l->w, l->b);
+}
+
+/* Logits [N, C], or [N, T, C] viewed as [N*T, C] as the GPT computes its loss. */
+static kn_tensor *forward_cross_entropy(const layer *l)
+{
+    int64_t flat[2] = {-1, last_dim(l->r)};
+    kn_tensor *logits = l->r->ndim > 2 ? kn_reshape(l->x, flat, 2) : l->x;
+    return kn_cross_entropy(logits, l->target, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
+}
+
+static kn_tensor *forward_sdpa(const layer *l)
+{
+    return kn_scaled_dot_product_attention(
+        l->x, l->extra[0], l->extra[1],
+        &(kn_attention_args){.is_causal = option(l->r, "causal", 0)});
+}
+
+static kn_tensor *forward_module(const layer *l)
+{
+    return kn_module_forward(l->module, l->x);
+}
+
+typedef struct layer_kind {
+    const char *name;
+    bool (*setup)(layer *l); /* NULL: nothing besides the input */
+    kn_tensor *(*forward)(const layer *l);
+} layer_kind;
+
+static const layer_kind kinds[] = {
+    {"conv2d", setup_conv2d, forward_conv2d},
+    {"max_pool2d", NULL, forward_max_pool2d},
+    {"adaptive_avg_pool2d", NULL, forward_adaptive_avg_pool2d},
+    {"batch_norm2d", setup_batch_norm2d, forward_module},
+    {"relu", NULL, forward_relu},
+    {"gelu", NULL, forward_gelu},
+    {"add", setup_add, forward_add},
+    {"linear", setup_linear, forward_linear},
+    {"cross_entropy", setup_cross_entropy, forward_cross_entropy},
+    {"embedding", setup_embedding, forward_module},
+    {"layer_norm", setup_layer_norm, forward_module},
+    {"sdpa", setup_sdpa, forward_sdpa},
+    {"mha", setup_attention, forward_module},
+    {"multi_head_attention", setup_attention, forward_module},
+    {"transformer_encoder_layer", setup_transformer, forward_module},
+};
+
+static const layer_kind *kind_of(const char *name)
+{
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (!strcmp(kinds[i].name, name)) return &kinds[i];
     return NULL;
+}
+
+static bool known_kind(const char *name)
+{
+    return kind_of(name) || !strcmp(name, "step");
 }
 
 static bool run_forward(void *context)
 {
+    const layer *l = context;
     kn_scope_begin();
     kn_no_grad_begin();
-    bool ok = layer_forward(context) != NULL;
+    bool ok = kind_of(l->r->kind)->forward(l) != NULL;
     kn_no_grad_end();
     kn_scope_end();
     return ok;
@@ -206,60 +415,34 @@ static bool run_forward_backward(void *context)
 {
     const layer *l = context;
     if (l->r->input_grad) kn_zero_grad(l->x);
-    if (l->w) kn_zero_grad(l->w);
-    if (l->b) kn_zero_grad(l->b);
-    if (l->k) kn_zero_grad(l->k);
-    if (l->v) kn_zero_grad(l->v);
+    kn_tensor *params[] = {l->w, l->b, l->extra[0], l->extra[1]};
+    for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
+        if (params[i]) kn_zero_grad(params[i]);
     if (l->module) kn_module_zero_grad(l->module);
     kn_scope_begin();
-    kn_tensor *out = layer_forward(l);
+    kn_tensor *out = kind_of(l->r->kind)->forward(l);
     bool ok = out && kn_backward(out, l->grad, false) == KN_OK;
     kn_scope_end();
     return ok;
 }
 
-static kn_tensor *class_targets(int64_t n, int64_t classes)
-{
-    int64_t *labels = malloc(sizeof(int64_t) * (size_t)n);
-    for (int64_t i = 0; i < n; i++) labels[i] = i % classes;
-    kn_tensor *t = kn_from_int64s(labels, &n, 1);
-    free(labels);
-    return t;
-}
-
 static void bench_layer(row *r)
 {
+    const layer_kind *kind = kind_of(r->kind);
     kn_scope_begin();
-    layer l = {.r = r, .x = uniform(r->shape, r->ndim, 1, r->input_grad)};
-    int64_t in = r->shape[1], out = option(r, "out", 0), k = option(r, "k", 3);
-    if (!strcmp(r->kind, "conv2d")) {
-        int64_t ws[4] = {out, in, k, k};
-        double bound = 1.0 / __builtin_sqrt((double)(in * k * k));
-        l.w = uniform(ws, 4, bound, true);
-        l.b = uniform(&out, 1, bound, true);
-    } else if (!strcmp(r->kind, "linear")) {
-        int64_t ws[2] = {out, r->shape[r->ndim - 1]};
-        double bound = 1.0 / __builtin_sqrt((double)ws[1]);
-        l.w = uniform(ws, 2, bound, true);
-        l.b = uniform(&out, 1, bound, true);
-    } else if (!strcmp(r->kind, "cross_entropy")) {
-        l.target = class_targets(r->shape[0], r->shape[1]);
-    } else if (!strcmp(r->kind, "sdpa")) { /* x, k, v: [B, H, T, D] */
-        l.k = uniform(r->shape, r->ndim, 1, true);
-        l.v = uniform(r->shape, r->ndim, 1, true);
-    } else if (!strcmp(r->kind, "mha")) { /* x: [B, T, E] */
-        l.module = kn_multi_head_attention_new(r->shape[2], option(r, "heads", 1), 0.0, true,
-                                               option(r, "causal", 0), NULL);
-        if (!l.module)
-            fprintf(stderr, "bench_layers: %s.%s: %s\n", r->model, r->layer, kn_last_error());
+    layer l = {.r = r};
+    bool ok = !kind->setup || kind->setup(&l);
+    if (ok && !l.x) l.x = uniform(r->shape, r->ndim, 1, r->input_grad);
+    kn_tensor *y = NULL;
+    if (ok) {
+        kn_no_grad_begin();
+        y = kind->forward(&l);
+        kn_no_grad_end();
     }
-    kn_no_grad_begin();
-    kn_tensor *y = layer_forward(&l);
-    kn_no_grad_end();
     if (!y) {
         fprintf(stderr, "bench_layers: %s.%s: %s\n", r->model, r->layer, kn_last_error());
     } else {
-        l.grad = y->ndim ? kn_rand(y->shape, y->ndim, NULL) : NULL; /* a loss: grad 1 */
+        l.grad = y->ndim ? kn_rand(y->shape, y->ndim, NULL) : NULL;
         record(r, 0, false, measure(run_forward, &l));
         record(r, 1, false, measure(run_forward_backward, &l));
     }
@@ -268,8 +451,10 @@ static void bench_layer(row *r)
 }
 
 /* ---- Kiln's training steps --------------------------------------------------------------
- * The models as kiln train builds them: torch.nn-style modules in a Sequential (which
- * runs conv -> relu -> pool as one op where it fuses), PyTorch's default init. */
+ * The example models (examples/fmnist-<model>.json) built as kiln train builds them
+ * (kapi_model_build after kn_manual_seed(0): a Sequential, which runs conv -> relu ->
+ * pool as one op where it fuses, or a graph), then forward, cross_entropy, backward and
+ * Adam, as the trainer steps. */
 
 typedef struct model {
     kn_module *net;
@@ -289,48 +474,49 @@ static bool train_step(void *context)
     return ok && kn_optimizer_step(m->opt) == KN_OK;
 }
 
-static kn_module *build(bool cnn)
+/* The model of examples/fmnist-<name>.json, or NULL (the error printed). */
+static kn_module *example_model(const char *name)
 {
-    kn_generator *gen = kn_generator_new(0);
-    kn_module *m = kn_sequential_new();
-    if (cnn) {
-        const int k3[2] = {3, 3};
-        kn_conv2d_args same = {.padding = {1, 1}};
-        kn_pool2d_args pool = {.kernel_size = {2, 2}};
-        kn_sequential_append(m, kn_conv2d_new(1, 16, k3, same, true, gen));
-        kn_sequential_append(m, kn_relu_new());
-        kn_sequential_append(m, kn_max_pool2d_new(pool));
-        kn_sequential_append(m, kn_conv2d_new(16, 32, k3, same, true, gen));
-        kn_sequential_append(m, kn_relu_new());
-        kn_sequential_append(m, kn_max_pool2d_new(pool));
-        kn_sequential_append(m, kn_flatten_new(1, -1));
-        kn_sequential_append(m, kn_linear_new(1568, 128, true, gen));
-        kn_sequential_append(m, kn_relu_new());
-        kn_sequential_append(m, kn_linear_new(128, 10, true, gen));
+    char path[1024];
+    snprintf(path, sizeof path, "%s/examples/fmnist-%s.json", source_dir, name);
+    kapi_errors errors = {0};
+    size_t size = 0;
+    char *text = kapi_read_file(path, &size, &errors);
+    kapi_job_spec *job =
+        text ? kapi_job_spec_parse(text, size, (kapi_job_parse_options){.allow_paths = true},
+                                   &errors)
+             : NULL;
+    free(text);
+    kn_module *net = NULL;
+    if (job && job->model) {
+        kn_manual_seed(0);
+        net = kapi_model_build(job->model, NULL);
+        if (!net) fprintf(stderr, "bench_layers: %s: %s\n", path, kn_last_error());
     } else {
-        kn_sequential_append(m, kn_flatten_new(1, -1));
-        kn_sequential_append(m, kn_linear_new(784, 256, true, gen));
-        kn_sequential_append(m, kn_relu_new());
-        kn_sequential_append(m, kn_linear_new(256, 128, true, gen));
-        kn_sequential_append(m, kn_relu_new());
-        kn_sequential_append(m, kn_linear_new(128, 10, true, gen));
+        char *message = kapi_errors_to_text(&errors);
+        fprintf(stderr, "bench_layers: %s: %s\n", path, message ? message : "no inline model");
+        free(message);
     }
-    kn_generator_free(gen);
-    return m;
+    kapi_job_spec_free(job);
+    kapi_errors_free(&errors);
+    return net;
 }
 
 static void bench_step(row *r)
 {
     char which[16];
-    model m = {.net = build(!strcmp(option_text(r, "model", which, sizeof which), "cnn"))};
+    model m = {.net = example_model(option_text(r, "model", which, sizeof which))};
+    if (!m.net) return;
     int count;
     kn_named_tensor *named = kn_module_parameters(m.net, &count);
-    kn_tensor *params[16];
-    for (int i = 0; i < count && i < 16; i++) params[i] = named[i].tensor;
+    kn_tensor **params = malloc(sizeof(kn_tensor *) * (size_t)(count > 0 ? count : 1));
+    for (int i = 0; params && i < count; i++) params[i] = named[i].tensor;
     free(named);
+    int64_t n = r->shape[0];
     m.x = kn_rand(r->shape, r->ndim, NULL);
-    m.y = class_targets(r->shape[0], 10);
-    m.opt = kn_optimizer_new(params, count < 16 ? count : 16, kn_optimizer_defaults(KN_OPTIM_ADAM));
+    m.y = cyclic_indices(&n, 1, 10);
+    m.opt = params ? kn_optimizer_new(params, count, kn_optimizer_defaults(KN_OPTIM_ADAM)) : NULL;
+    free(params);
     if (!m.opt) {
         fprintf(stderr, "bench_layers: optimizer: %s\n", kn_last_error());
     } else {
@@ -354,13 +540,13 @@ static void kiln_round(void)
 }
 
 /* PyTorch's round: "model.layer fwd|fwdbwd microseconds" lines. */
-static bool torch_round(const char *dir, int threads)
+static bool torch_round(int threads)
 {
     char command[1024];
     snprintf(command, sizeof command,
              "/usr/bin/python3 %s/bench/bench_layers_torch.py --rows %s/bench/bench_layers.rows "
              "--threads %d%s",
-             dir, dir, threads, quick ? " --quick" : "");
+             source_dir, source_dir, threads, quick ? " --quick" : "");
     FILE *pipe = popen(command, "r");
     if (!pipe) return false;
     char name[64], which[16];
@@ -404,10 +590,16 @@ static void print_cell(double us)
         printf(" %10.1f", us);
 }
 
-static void print_ratio(const figures *f)
+/* PyTorch's time / Kiln's, or -1 when either is missing. */
+static double ratio(double kiln, double torch)
 {
-    if (f->k > 0 && f->t > 0)
-        printf(" %7.2fx", f->t / f->k);
+    return kiln > 0 && torch > 0 ? torch / kiln : -1;
+}
+
+static void print_ratio(double r)
+{
+    if (r > 0)
+        printf(" %7.2fx", r);
     else
         printf(" %8s", "");
 }
@@ -420,42 +612,53 @@ static void json_number(const char *key, double v)
         printf(", \"%s\": %.1f", key, v);
 }
 
-static void json_ratio(const char *key, const figures *f)
+static void json_ratio(const char *key, double r)
 {
-    if (f->k > 0 && f->t > 0)
-        printf(", \"%s\": %.3f", key, f->t / f->k);
+    if (r > 0)
+        printf(", \"%s\": %.3f", key, r);
     else
         printf(", \"%s\": null", key);
 }
 
 static void print_report(int threads, const char *load_before, const char *load_after)
 {
-    printf("\nbatch 64, %d threads, median us over rounds (load %s -> %s); ratio = PyTorch's "
-           "time / Kiln's (> 1: Kiln faster)\n",
+    printf("\nshapes of bench/bench_layers.rows, %d threads, median us over rounds and the "
+           "minimum (load %s -> %s); ratio = PyTorch's time / Kiln's (> 1: Kiln faster); '<' "
+           "marks forward + backward below 1.0x (issue 14's target) by the medians, '<<' by "
+           "the minima too\n",
            threads, load_before, load_after);
-    printf("%-12s %10s %10s %8s %10s %10s %8s %10s %10s\n", "layer", "kiln fwd", "torch fwd",
-           "ratio", "kiln f+b", "torch f+b", "ratio", "kiln min", "torch min");
+    int below = 0, below_min = 0;
+    printf("%-20s %10s %10s %8s %10s %10s %8s %10s %10s %8s\n", "layer", "kiln fwd", "torch fwd",
+           "ratio", "kiln f+b", "torch f+b", "ratio", "kiln min", "torch min", "ratio");
     for (int i = 0; i < n_rows; i++) {
         const row *r = &rows[i];
         if (!selected(r)) continue;
         figures f = figures_of(r, 0), b = figures_of(r, 1);
+        double median_ratio = ratio(b.k, b.t), min_ratio = ratio(b.kmin, b.tmin);
         char name[48];
         snprintf(name, sizeof name, "%s.%s", r->model, r->layer);
-        printf("%-12s", name);
+        printf("%-20s", name);
         print_cell(f.k);
         print_cell(f.t);
-        print_ratio(&f);
+        print_ratio(ratio(f.k, f.t));
         print_cell(b.k);
         print_cell(b.t);
-        print_ratio(&b);
+        print_ratio(median_ratio);
         print_cell(b.kmin);
         print_cell(b.tmin);
+        print_ratio(min_ratio);
+        bool slow = median_ratio > 0 && median_ratio < 1, slow_min = slow && min_ratio < 1;
+        below += slow;
+        below_min += slow_min;
+        printf(" %-2s", slow_min ? "<<" : slow ? "<" : "");
         if (!strcmp(r->kind, "step") && b.k > 0)
-            printf("   %.0f / %.0f samples/s", (double)r->shape[0] * 1e6 / b.k,
+            printf("  %.0f / %.0f samples/s", (double)r->shape[0] * 1e6 / b.k,
                    b.t > 0 ? (double)r->shape[0] * 1e6 / b.t : 0.0);
         printf("\n");
     }
-    printf("\n");
+    printf("%d row(s) below 1.0x forward + backward by the medians, %d of them by the minima "
+           "too\n\n",
+           below, below_min);
     for (int i = 0; i < n_rows; i++) {
         const row *r = &rows[i];
         if (!selected(r)) continue;
@@ -464,12 +667,13 @@ static void print_report(int threads, const char *load_before, const char *load_
                r->kind);
         json_number("kiln_fwd_us", f.k);
         json_number("torch_fwd_us", f.t);
-        json_ratio("fwd_ratio", &f);
+        json_ratio("fwd_ratio", ratio(f.k, f.t));
         json_number("kiln_fwdbwd_us", b.k);
         json_number("torch_fwdbwd_us", b.t);
-        json_ratio("fwdbwd_ratio", &b);
+        json_ratio("fwdbwd_ratio", ratio(b.k, b.t));
         json_number("kiln_fwdbwd_min_us", b.kmin);
         json_number("torch_fwdbwd_min_us", b.tmin);
+        json_ratio("fwdbwd_min_ratio", ratio(b.kmin, b.tmin));
         printf(", \"threads\": %d, \"loadavg_before\": \"%s\", \"loadavg_after\": \"%s\"}\n",
                threads, load_before, load_after);
     }
@@ -492,7 +696,7 @@ static void read_load(char *out, size_t size)
 int main(int argc, char **argv)
 {
     int threads = 2, rounds = 3;
-    bool with_torch = true;
+    bool with_torch = true, list = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             threads = atoi(argv[++i]);
@@ -505,20 +709,38 @@ int main(int argc, char **argv)
             quick = 1;
         } else if (!strcmp(argv[i], "--no-torch")) {
             with_torch = false;
+        } else if (!strcmp(argv[i], "--list")) {
+            list = true;
         } else {
             fprintf(stderr,
                     "usage: %s [--threads N] [--rounds R] [--quick] [--no-torch] "
-                    "[--only model.layer|model]\n",
+                    "[--only model.layer|model] [--list]\n"
+                    "models: cnn, mlp, resnet (Fashion-MNIST, batch 64), gpt (the character "
+                    "GPT, 12 x 64 tokens); --list prints every row (bench/bench_layers.rows)\n",
                     argv[0]);
             return 2;
         }
     }
     if (rounds < 1) rounds = 1;
     if (rounds > MAX_ROUNDS) rounds = MAX_ROUNDS;
-    const char *dir = getenv("KILN_SOURCE_DIR") ? getenv("KILN_SOURCE_DIR") : ".";
+    if (getenv("KILN_SOURCE_DIR")) source_dir = getenv("KILN_SOURCE_DIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/bench/bench_layers.rows", dir);
+    snprintf(path, sizeof path, "%s/bench/bench_layers.rows", source_dir);
     if (!load_rows(path)) return 1;
+    int matching = 0;
+    for (int i = 0; i < n_rows; i++) {
+        if (!selected(&rows[i])) continue;
+        matching++;
+        if (list)
+            printf("%s.%s %s %s %s\n", rows[i].model, rows[i].layer, rows[i].kind,
+                   shape_text(&rows[i]), rows[i].options);
+    }
+    if (list) return 0;
+    if (!matching) {
+        fprintf(stderr, "bench_layers: --only %s: no such model or row (--list shows them)\n",
+                only);
+        return 2;
+    }
     kn_set_num_threads(threads);
     kn_manual_seed(0);
     char load_before[64], load_after[64];
@@ -528,7 +750,7 @@ int main(int argc, char **argv)
         kiln_round();
         if (with_torch) {
             fprintf(stderr, "round %d/%d: torch\n", r + 1, rounds);
-            if (!torch_round(dir, threads)) {
+            if (!torch_round(threads)) {
                 fprintf(stderr, "bench_layers: PyTorch run failed; Kiln only\n");
                 with_torch = false;
             }

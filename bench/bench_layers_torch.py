@@ -1,12 +1,16 @@
 #!/usr/bin/python3
 """bench_layers_torch.py — PyTorch's side of bench_layers.c: the rows of
-bench/bench_layers.rows (every layer of the Fashion-MNIST CNN and MLP at batch 64,
-forward alone and forward + backward, and each model's whole training step: forward,
-cross_entropy, backward, Adam). Attention (issue 12) as nanoGPT computes it on torch 1.13
-(no flash attention there: q k^T, masked_fill, softmax, @ v), alone (sdpa) and in its
-CausalSelfAttention module (mha). Same timing method as bench_layers.c (warm-up, runs of
-~50 ms, median of the runs). Prints one line per measurement, "<model>.<layer> fwd|fwdbwd
-<median microseconds>", which bench_layers reads.
+bench/bench_layers.rows (every layer of the Fashion-MNIST CNN, MLP and ResNet at batch 64
+and of the character GPT at batch 12 x 64 tokens, forward alone and forward + backward,
+and each Fashion-MNIST model's whole training step: forward, cross_entropy, backward,
+Adam). Each layer is the torch module or function the model uses (bench/fmnist/
+torch_fmnist.py, bench/gpt/torch_gpt.py), in training mode. Attention (issue 12) as
+nanoGPT computes it on torch 1.13 (no flash attention there: q k^T, masked_fill, softmax,
+@ v), alone (sdpa) and in its CausalSelfAttention module (mha); the GPT's own attention
+and block (multi_head_attention, transformer_encoder_layer) are nn.MultiheadAttention and
+nn.TransformerEncoderLayer with torch_gpt.py's causal mask. Same timing method as
+bench_layers.c (warm-up, runs of ~50 ms, median of the runs). Prints one line per
+measurement, "<model>.<layer> fwd|fwdbwd <median microseconds>", which bench_layers reads.
 
 Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--rows FILE]
 [--threads N] [--quick]
@@ -64,28 +68,61 @@ def nano_attention(q, k, v, causal):
     return F.softmax(att, dim=-1) @ v
 
 
+def causal_mask(t):
+    """torch_gpt.py's mask: -inf above the diagonal."""
+    return torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+
+
+def cyclic_indices(shape, classes):
+    """int64 values i % classes over shape (class targets, token ids), as Kiln's side."""
+    n = math.prod(shape)
+    return (torch.arange(n) % classes).view(shape)
+
+
+def module_op(m):
+    return m, list(m.parameters())
+
+
 def layer_op(row):
-    """(op, parameters) for a row, as the model runs it."""
+    """(op, parameters, input) for a row, as the model runs it; input None: a float
+    tensor of the row's shape."""
     kind, o, shape = row["kind"], row["options"], row["shape"]
+    bias = int(o.get("bias", 1)) != 0
     if kind == "conv2d":
-        m = nn.Conv2d(shape[1], int(o["out"]), int(o["k"]), padding=int(o.get("p", 0)))
-        return m, list(m.parameters())
+        return module_op(nn.Conv2d(shape[1], int(o["out"]), int(o["k"]),
+                                   padding=int(o.get("p", 0)), bias=bias)) + (None,)
     if kind == "linear":
-        m = nn.Linear(shape[-1], int(o["out"]))
-        return m, list(m.parameters())
+        return module_op(nn.Linear(shape[-1], int(o["out"]), bias=bias)) + (None,)
     if kind == "max_pool2d":
         k = int(o.get("k", 2))
-        return (lambda x: F.max_pool2d(x, k)), []
+        return (lambda x: F.max_pool2d(x, k)), [], None
+    if kind == "adaptive_avg_pool2d":
+        out = int(o.get("out", 1))
+        return (lambda x: F.adaptive_avg_pool2d(x, out)), [], None
+    if kind == "batch_norm2d":
+        return module_op(nn.BatchNorm2d(shape[1])) + (None,)
+    if kind == "layer_norm":
+        return module_op(nn.LayerNorm(shape[-1])) + (None,)
     if kind == "relu":
-        return F.relu, []
-    if kind == "cross_entropy":
-        target = torch.arange(shape[0]) % shape[1]
-        return (lambda x: F.cross_entropy(x, target)), []
+        return F.relu, [], None
+    if kind == "gelu":
+        return F.gelu, [], None
+    if kind == "add":  # the residual: both terms get gradients
+        other = (torch.rand(shape) * 2 - 1).requires_grad_(row["input_grad"])
+        return (lambda x: x + other), [other], None
+    if kind == "embedding":  # the row's shape is the token ids'
+        vocab = int(o["vocab"])
+        m = nn.Embedding(vocab, int(o["dim"]))
+        return m, list(m.parameters()), cyclic_indices(shape, vocab)
+    if kind == "cross_entropy":  # [N, C], or [N, T, C] viewed as the GPT views it
+        classes = shape[-1]
+        target = cyclic_indices([math.prod(shape[:-1])], classes)
+        return (lambda x: F.cross_entropy(x.view(-1, classes), target)), [], None
     # ---- attention (issue 12): nanoGPT's CausalSelfAttention (model.py), dropout 0
     if kind == "sdpa":  # x: the queries [B, H, T, D]; keys and values alike
         k, v = ((torch.rand(shape) * 2 - 1).requires_grad_() for _ in range(2))
         causal = int(o.get("causal", 0))
-        return (lambda q: nano_attention(q, k, v, causal)), [k, v]
+        return (lambda q: nano_attention(q, k, v, causal)), [k, v], None
     if kind == "mha":  # x: [B, T, E]
         b, t, e = shape
         h = int(o["heads"])
@@ -98,16 +135,29 @@ def layer_op(row):
             y = nano_attention(q, k, v, causal).transpose(1, 2).contiguous().view(b, t, e)
             return c_proj(y)
 
-        return block, list(c_attn.parameters()) + list(c_proj.parameters())
+        return block, list(c_attn.parameters()) + list(c_proj.parameters()), None
+    # ---- the GPT's layers as bench/gpt/torch_gpt.py builds them (x: [B, T, E])
+    mask = causal_mask(shape[1]) if int(o.get("causal", 0)) else None
+    if kind == "multi_head_attention":
+        m = nn.MultiheadAttention(shape[-1], int(o["heads"]), batch_first=True)
+        return (lambda x: m(x, x, x, attn_mask=mask, need_weights=False)[0],
+                list(m.parameters()), None)
+    if kind == "transformer_encoder_layer":
+        m = nn.TransformerEncoderLayer(shape[-1], int(o["heads"]), int(o["ff"]), 0.0,
+                                       "gelu" if int(o.get("gelu", 1)) else "relu",
+                                       batch_first=True,
+                                       norm_first=bool(int(o.get("norm_first", 1))))
+        return (lambda x: m(x, src_mask=mask)), list(m.parameters()), None
     raise SystemExit(f"bench_layers_torch.py: unknown kind {kind}")
 
 
 def bench_layer(row, quick):
-    op, params = layer_op(row)
-    x = torch.rand(row["shape"])
-    if row["kind"] != "cross_entropy":
-        x = x * 2 - 1
-    x.requires_grad_(row["input_grad"])
+    op, params, x = layer_op(row)
+    if x is None:
+        x = torch.rand(row["shape"])
+        if row["kind"] != "cross_entropy":
+            x = x * 2 - 1
+        x.requires_grad_(row["input_grad"])
     with torch.no_grad():
         out = op(x)
     g = torch.rand_like(out) if out.dim() else None
@@ -118,7 +168,7 @@ def bench_layer(row, quick):
 
     def fwd_bwd():
         for p in params + [x]:
-            p.grad = None
+            p.grad = None  # an int64 x (token ids) has none
         op(x).backward(g)
 
     name = f"{row['model']}.{row['layer']}"

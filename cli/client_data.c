@@ -1,7 +1,8 @@
 /*
  * client_data.c — the kiln client's dataset commands and health: upload (creates the
  * dataset, then streams each file; IDX, NPY and CSV recognised from the file's first
- * bytes, so inputs and labels may be either IDX or NPY), datasets, delete-dataset, health.
+ * bytes, so inputs and labels may be either IDX or NPY; a language model's text as it
+ * is), datasets, delete-dataset, health.
  */
 #include "kclient.h"
 
@@ -32,9 +33,12 @@ int kcli_cmd_upload(kcli_args *a)
     bool arrays =
         f[KCLI_TRAIN_INPUTS] || f[KCLI_TRAIN_LABELS] || f[KCLI_TEST_INPUTS] || f[KCLI_TEST_LABELS];
     bool tables = f[KCLI_TRAIN_CSV] || f[KCLI_TEST_CSV];
-    if (arrays == tables)
-        return kcli_usage_error(a, "give inputs and labels (--train-inputs ...) or tables "
-                                   "(--train-csv ...), not both");
+    bool text = f[KCLI_TRAIN_TEXT] != NULL;
+    if (arrays + tables + text != 1)
+        return kcli_usage_error(a,
+                                "give inputs and labels (--train-inputs ...), tables "
+                                "(--train-csv ...) or a text (--train-text F)%s",
+                                arrays + tables + text ? ": one kind, not several" : "");
     if (arrays && (!f[KCLI_TRAIN_INPUTS] || !f[KCLI_TRAIN_LABELS]))
         return kcli_usage_error(a, "--train-inputs and --train-labels go together");
     if (arrays && !f[KCLI_TEST_INPUTS] != !f[KCLI_TEST_LABELS])
@@ -44,10 +48,11 @@ int kcli_cmd_upload(kcli_args *a)
     const char *formats[KCLI_UPLOAD_FILES] = {0};
     for (int i = 0; i < KCLI_UPLOAD_FILES; i++) {
         if (!f[i]) continue;
-        if (!(formats[i] = file_format(f[i]))) {
+        if (!(formats[i] = i == KCLI_TRAIN_TEXT ? "text" : file_format(f[i]))) {
             perror(f[i]);
             return KCLI_EXIT_RUNTIME;
         }
+        if (i == KCLI_TRAIN_TEXT) continue; /* any bytes are a text; kilnd reads them */
         bool table = i == KCLI_TRAIN_CSV || i == KCLI_TEST_CSV;
         if (table != !strcmp(formats[i], "csv"))
             return kcli_usage_error(a, "%s is %s: %s", f[i], formats[i],
@@ -71,12 +76,14 @@ int kcli_cmd_upload(kcli_args *a)
         return rc;
     }
     khttp_response_free(&r);
-    static const char *const SPLIT[KCLI_UPLOAD_FILES] = {"train", "train", "test",
-                                                         "test",  "train", "test"};
+    static const char *const SPLIT[KCLI_UPLOAD_FILES] = {"train", "train", "test", "test",
+                                                         "train", "test",  "train"};
     for (int i = 0; i < KCLI_UPLOAD_FILES; i++) {
         if (!f[i]) continue;
         char role[32];
-        if (i == KCLI_TRAIN_CSV || i == KCLI_TEST_CSV)
+        if (i == KCLI_TRAIN_TEXT)
+            snprintf(role, sizeof role, "train_text");
+        else if (i == KCLI_TRAIN_CSV || i == KCLI_TEST_CSV)
             snprintf(role, sizeof role, "%s", SPLIT[i]);
         else if (i == KCLI_TRAIN_LABELS || i == KCLI_TEST_LABELS)
             snprintf(role, sizeof role, "%s_labels", SPLIT[i]);
@@ -100,7 +107,11 @@ int kcli_cmd_upload(kcli_args *a)
             double samples = kcli_number(doc, "samples", -1), bytes = kcli_number(doc, "bytes", -1);
             printf("%s: %s uploaded (%s", role, f[i], formats[i]);
             if (bytes >= 0) printf(", %.0f bytes", bytes);
-            if (samples >= 0) printf(", %.0f samples", samples);
+            if (samples >= 0 && i != KCLI_TRAIN_TEXT) printf(", %.0f samples", samples);
+            double characters = kcli_number(doc, "characters", -1);
+            if (characters >= 0)
+                printf(", %.0f characters, %.0f distinct", characters,
+                       kcli_number(doc, "vocab_size", -1));
             printf(", %.1f s)\n", kcli_now() - t0);
             cJSON_Delete(doc);
         }

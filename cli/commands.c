@@ -62,8 +62,9 @@ static int save_outputs(const kcli_job *job, kn_trainer *trainer, const char *di
     int rc = 0;
     kapi_errors errors = {0};
     if (!weights || !checkpoint ||
-        (rank->rank == 0 && !kapi_save_weights(kn_trainer_model(trainer), weights,
-                                               &job->preprocessing, job->model_spec, &errors)) ||
+        (rank->rank == 0 &&
+         !kapi_save_weights(kn_trainer_model(trainer), weights, &job->preprocessing,
+                            job->model_spec, NULL, &errors)) ||
         kn_trainer_save_checkpoint(trainer, checkpoint) != KN_OK) {
         fprintf(stderr, "error: --out %s: %s\n", dir,
                 errors.count ? errors.items[0].message : kn_last_error());

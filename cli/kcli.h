@@ -30,6 +30,10 @@ typedef struct kcli_options {
     const char *hostfile; /* train --hostfile F */
     bool events;          /* train --events: --json plus a line per step and checkpoint */
     bool tty;             /* draw the progress bar although stderr is a pipe (a rank) */
+    /* generate: --prompt, --max-new-tokens, --temperature, --top-k, --seed as given (NULL
+     * when absent), --greedy, --no-cache */
+    const char *generate_values[5];
+    bool greedy, no_cache;
 } kcli_options;
 
 /* Why a run was asked to stop: Ctrl-C or SIGUSR1 (save a checkpoint, as --out says),
@@ -96,6 +100,8 @@ void kcli_rank_leave(kcli_rank *rank, int rc);
 int kcli_eval(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_predict(const char *checkpoint, const char *job_path, const kcli_options *options);
 int kcli_validate(const char *path, const kcli_options *options);
+/* kiln generate (generate.c, issue 12) */
+int kcli_generate(const char *checkpoint, const char *job_path, const kcli_options *options);
 
 /* ---- the progress bar (progress_bar.c) ---------------------------------------------- */
 typedef struct kcli_bar {

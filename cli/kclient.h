@@ -24,6 +24,7 @@ enum {
     KCLI_TEST_LABELS,
     KCLI_TRAIN_CSV,
     KCLI_TEST_CSV,
+    KCLI_TRAIN_TEXT, /* a language model's text (issue 12) */
     KCLI_UPLOAD_FILES
 };
 

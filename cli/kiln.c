@@ -58,6 +58,10 @@ enum {
     OPT_PROCESSES,
     OPT_HOSTFILE,
     OPT_EVENTS,
+    /* generate (issue 12): --prompt .. --seed are kcli_options.generate_values[0..4] */
+    OPT_GENERATE_FIRST,
+    OPT_GREEDY = OPT_GENERATE_FIRST + 5,
+    OPT_NO_CACHE,
     OPT_FILE_FIRST, /* the upload files: OPT_FILE_FIRST + KCLI_TRAIN_INPUTS, ... */
 };
 
@@ -131,6 +135,19 @@ static const option_spec OPTIONS[] = {
     {"train-csv", required_argument, OPT_FILE_FIRST + KCLI_TRAIN_CSV, "FILE",
      "training table: CSV with a header (a label column, or target columns)"},
     {"test-csv", required_argument, OPT_FILE_FIRST + KCLI_TEST_CSV, "FILE", "test table"},
+    {"train-text", required_argument, OPT_FILE_FIRST + KCLI_TRAIN_TEXT, "FILE",
+     "a language model's text: UTF-8 or any bytes, plain or gzip"},
+    {"prompt", required_argument, OPT_GENERATE_FIRST, "TEXT", "the text to continue"},
+    {"max-new-tokens", required_argument, OPT_GENERATE_FIRST + 1, "N",
+     "tokens to generate (default 200)"},
+    {"temperature", required_argument, OPT_GENERATE_FIRST + 2, "T",
+     "divides the logits before sampling (default 1)"},
+    {"top-k", required_argument, OPT_GENERATE_FIRST + 3, "K", "sample among the K most likely"},
+    {"seed", required_argument, OPT_GENERATE_FIRST + 4, "S",
+     "the sampling seed (default: drawn, and printed)"},
+    {"greedy", no_argument, OPT_GREEDY, NULL, "the most likely token each time (no sampling)"},
+    {"no-cache", no_argument, OPT_NO_CACHE, NULL,
+     "recompute the context for each token (no key/value cache; the same tokens)"},
     {"output", required_argument, OPT_OUTPUT, "FILE", "where to write it"},
     {"help", no_argument, OPT_HELP, NULL, "this help"},
 };
@@ -139,13 +156,14 @@ static const option_spec OPTIONS[] = {
 static const char CLIENT_OPTIONS[] = "url token-file cacert json";
 static const char UPLOAD_FILES[] = "train-inputs train-images train-labels train-targets "
                                    "test-inputs test-images test-labels test-targets train-csv "
-                                   "test-csv";
+                                   "test-csv train-text";
 
 /* ---- commands ---------------------------------------------------------------------------- */
 static int run_train(kcli_args *a);
 static int run_eval(kcli_args *a);
 static int run_predict(kcli_args *a);
 static int run_validate(kcli_args *a);
+static int run_generate(kcli_args *a);
 
 typedef struct command {
     const char *name;
@@ -173,6 +191,12 @@ static const command COMMANDS[] = {
      "the training data: the preprocessing stored in CHECKPOINT is applied to them."},
     {"validate", "MODEL_OR_JOB.json", 1, 1, false, "json", run_validate,
      "check a spec; parameter count and training memory estimate", NULL},
+    {"generate", "CHECKPOINT JOB.json", 2, 2, false,
+     "json threads prompt max-new-tokens temperature top-k seed greedy no-cache", run_generate,
+     "text from a text model's weights, as POST /v1/models/NAME/generate",
+     "CHECKPOINT is the final weights of a text job run by kilnd (kiln weights ID -o\n"
+     "FILE): its metadata holds the tokenizer. The text is printed as it is made; --json\n"
+     "prints the server's answer instead."},
     {"submit", "JOB.json", 1, 1, true, "follow priority validate-only", kcli_cmd_submit,
      "POST a job (model inline or by name, data by dataset name)",
      "With --follow, a progress bar until the job ends: exit 0 succeeded, 1 failed or "
@@ -219,7 +243,8 @@ static const command COMMANDS[] = {
      "create dataset NAME (if needed) and stream its files",
      "Inputs and labels: IDX (plain or gzip) or NPY, e.g. --train-inputs x.npy\n"
      "--train-labels y.npy [--test-inputs ... --test-labels ...]; or tables: --train-csv F\n"
-     "[--test-csv F]. Formats are recognised from the files."},
+     "[--test-csv F]; or a language model's text: --train-text F. Formats are recognised\n"
+     "from the files."},
     {"datasets", "[NAME]", 0, 1, true, "", kcli_cmd_datasets,
      "list datasets, or show one with its files", NULL},
     {"delete-dataset", "NAME", 1, 1, true, "", kcli_cmd_delete_dataset, "delete a dataset", NULL},
@@ -421,7 +446,17 @@ static int take_option(kcli_args *a, const option_spec *o, const char *value)
     case OPT_OUTPUT:
         a->output = value;
         break;
+    case OPT_GREEDY:
+        a->local.greedy = true;
+        break;
+    case OPT_NO_CACHE:
+        a->local.no_cache = true;
+        break;
     default:
+        if (o->id >= OPT_GENERATE_FIRST && o->id < OPT_GREEDY) {
+            a->local.generate_values[o->id - OPT_GENERATE_FIRST] = value;
+            break;
+        }
         if (o->id >= OPT_FILE_FIRST && o->id < OPT_FILE_FIRST + KCLI_UPLOAD_FILES) {
             a->files[o->id - OPT_FILE_FIRST] = value;
             break;
@@ -533,6 +568,12 @@ static int run_predict(kcli_args *a)
 static int run_validate(kcli_args *a)
 {
     return kcli_validate(a->positional[0], &a->local);
+}
+
+static int run_generate(kcli_args *a)
+{
+    set_threads(a);
+    return kcli_generate(a->positional[0], a->positional[1], &a->local);
 }
 
 int main(int argc, char **argv)

@@ -83,6 +83,19 @@ kn_status kn_dataset_batch(const kn_dataset *ds, kn_tensor *order, int64_t batch
                            int64_t batch_size, kn_tensor **inputs, kn_tensor **labels);
 int64_t kn_batches_per_epoch(int64_t count, int64_t batch_size, bool drop_last);
 
+/* ---- language models (issue 12) ------------------------------------------------------ */
+/* A language model's dataset, nanoGPT's get_batch: the windows of one int64 token
+ * stream [L]. Sample i is stream[i * stride : i * stride + block_size] (inputs, [N, T]
+ * token ids) with the next token of each position as its labels (stream shifted by one),
+ * count = (L - block_size - 1) / stride + 1, num_classes 1 + the largest token. The
+ * samples are overlapping views of the stream (it is copied once if strided), so a
+ * corpus of L tokens takes 8 L bytes whatever the windows. Stride 1 with shuffled epochs
+ * gives nanoGPT's random windows (each at most once an epoch); stride block_size scores
+ * every position once (validation). Such a dataset is not split (split the stream) and
+ * stays int64 (kn_dataset_to_dtype refuses). Errors: fewer than block_size + 1 tokens,
+ * a negative token, a stream that is not cpu int64 [L]. */
+kn_dataset *kn_dataset_windows(kn_tensor *stream, int64_t block_size, int64_t stride);
+
 /* ---- file formats (bytes already in memory; gzip is the caller's business) ---------- */
 /* IDX (MNIST's format): ubyte/byte/short/int/float/double payloads. Returns a float32
  * tensor (images) or, with as_labels, an int64 tensor. Errors name the offending header

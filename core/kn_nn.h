@@ -480,6 +480,8 @@ kn_status kn_graph_set_outputs(kn_module *graph, const int *values, int n_values
 /* Counts of a graph's inputs and outputs; 0 for any other module. */
 int kn_graph_input_count(const kn_module *graph);
 int kn_graph_output_count(const kn_module *graph);
+/* The dtype a graph's input i was declared with; KN_FLOAT32 for any other module or i. */
+kn_dtype kn_graph_input_dtype(const kn_module *graph, int i);
 
 /* Runs m on n inputs and stores its outputs (one reference each, in the open scope)
  * in outputs[0..*n_outputs), at most capacity of them: a graph gives its outputs, split
@@ -545,6 +547,49 @@ kn_tensor *kn_module_forward_incremental_n(kn_module *model, kn_kv_cache *cache,
  * running on this thread (the positions cached before it), 0 outside one: what a
  * positional layer adds to its input's positions. */
 int64_t kn_incremental_position(void);
+
+/* ---- generation (issue 12) ------------------------------------------------------------ */
+/* nanoGPT's generate for a language model (token ids [1, T] in, logits [1, T, V] out, in
+ * eval mode): each new token is drawn from the logits at the last position divided by
+ * temperature, cut to the top_k largest (ties at the cut kept), softmaxed and sampled
+ * with a generator seeded by seed (the same seed, model and prompt give the same
+ * tokens), or their argmax without do_sample. The context is at most block_size tokens:
+ * a longer prompt keeps its last block_size; past the window the oldest half is dropped
+ * and the rest fed again. A model with MultiheadAttention decodes with a key/value cache
+ * (each token one position); no_cache recomputes the same context whole each token (the
+ * same tokens, for reference and benchmarks). */
+typedef struct kn_generate_options {
+    int64_t max_new_tokens; /* >= 0 */
+    bool do_sample;         /* false: greedy (argmax); temperature and top_k unused */
+    double temperature;     /* > 0 when sampling */
+    int64_t top_k;          /* 0: every token */
+    uint64_t seed;
+    int64_t block_size; /* the model's window (its positional table) */
+    bool no_cache;
+} kn_generate_options;
+typedef struct kn_generate_callbacks {
+    void *context;
+    /* each token as it is drawn (index 0-based among the new ones); non-KN_OK stops */
+    kn_status (*on_token)(void *context, int64_t token, int64_t index);
+} kn_generate_callbacks;
+/* Generates into out (room for max_new_tokens) and sets *count to the tokens made, also
+ * when a callback or an error stopped it early (its status is returned). callbacks may
+ * be NULL. */
+kn_status kn_generate(kn_module *model, const int64_t *prompt, int64_t n_prompt,
+                      const kn_generate_options *options, const kn_generate_callbacks *callbacks,
+                      int64_t *out, int64_t *count);
+/* The same one token at a time (a stream): kn_generation_new checks the options and runs
+ * the prompt (NULL with the error set: bad options, a prompt the model refuses); each
+ * kn_generation_next draws the next token into *token and runs the model on it, ready
+ * for the one after (an error there still gives the token, and ends the generation).
+ * The model is borrowed: it must outlive the generation, which any thread may step, one
+ * at a time. Free with kn_generation_free (NULL-safe). */
+typedef struct kn_generation kn_generation;
+kn_generation *kn_generation_new(kn_module *model, const int64_t *prompt, int64_t n_prompt,
+                                 const kn_generate_options *options);
+kn_status kn_generation_next(kn_generation *generation, int64_t *token);
+int64_t kn_generation_remaining(const kn_generation *generation); /* tokens still to make */
+void kn_generation_free(kn_generation *generation);
 
 #ifdef __cplusplus
 }

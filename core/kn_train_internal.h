@@ -98,5 +98,8 @@ kn_device kn__module_device(kn_module *model);
  * dtype), as kn_dataset_batch does. */
 kn_status kn__dataset_gather(const kn_dataset *ds, kn_tensor *order, int64_t batch_index,
                              int64_t batch_size, void *inputs, void *labels, int64_t *rows);
+/* Whether ds holds the windows of a token stream (kn_dataset_windows): its inputs and
+ * labels are views of one storage. */
+bool kn__dataset_is_windows(const kn_dataset *ds);
 
 #endif

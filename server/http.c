@@ -52,6 +52,10 @@ static const route ROUTES[] = {
     {"GET", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_get, BODY_NONE},
     {"PUT", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_put, BODY_JSON},
     {"DELETE", "/v1/models/{name}/aliases/{alias}", ksrv_handle_models_alias_delete, BODY_NONE},
+    /* ---- generation (issue 12) ---- */
+    {"POST", "/v1/models/{name}/generate", ksrv_handle_models_generate, BODY_JSON},
+    {"POST", "/v1/models/{name}/versions/{version}/generate", ksrv_handle_models_generate,
+     BODY_JSON},
     {"POST", "/v1/datasets", ksrv_handle_datasets_create, BODY_JSON},
     {"GET", "/v1/datasets", ksrv_handle_datasets_list, BODY_NONE},
     {"GET", "/v1/datasets/{name}", ksrv_handle_datasets_get, BODY_NONE},

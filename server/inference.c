@@ -38,6 +38,7 @@
 #include "registry.h"
 
 #include "kapi.h"
+#include "kapi_text.h"
 
 #include <cJSON.h>
 #include <float.h>
@@ -73,6 +74,7 @@ typedef struct cache_entry {
     kapi_model_spec *spec;
     kn_module *module;
     kapi_preprocessing preprocessing; /* from the weights' metadata: raw inputs are applied it */
+    kapi_tokenizer *tokenizer;        /* a text model's (its weights' kiln.tokenizer); else NULL */
     int64_t in_numel[KN_GRAPH_MAX_INPUTS], out_numel[KN_GRAPH_MAX_INPUTS]; /* per sample */
     size_t bytes; /* parameters and buffers: what the byte bound counts */
     int refs;     /* requests holding it (cache lock): never freed while > 0 */
@@ -128,6 +130,7 @@ ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache)
 static void entry_free(cache_entry *e)
 {
     if (!e) return;
+    kapi_tokenizer_free(e->tokenizer);
     kn_module_free(e->module);
     kapi_model_spec_free(e->spec);
     kapi_preprocessing_free(&e->preprocessing);
@@ -192,6 +195,17 @@ static cache_entry *entry_load(ksrv_server *server, kstore *store, const kstore_
         kapi_errors_free(&errors);
         goto fail;
     }
+    kapi_errors_free(&errors);
+    /* a text model's tokenizer (issue 12) travels in the weights too */
+    bool text_model = false;
+    e->tokenizer = kapi_load_tokenizer(path, "weights", &text_model, &errors);
+    if (text_model && !e->tokenizer) {
+        snprintf(error, size, "the tokenizer of version %s: %.360s", version,
+                 errors.count ? errors.items[0].message : "unreadable");
+        kapi_errors_free(&errors);
+        goto fail;
+    }
+    kapi_errors_free(&errors);
     const kapi_model_spec *spec = e->spec;
     if (!kapi_preprocessing_is_identity(&e->preprocessing) &&
         (spec->n_inputs != 1 || spec->values[0].dtype != KN_FLOAT32)) {
@@ -497,6 +511,35 @@ static bool resolve_version(kstore *store, const char *model, const char *given,
     return false;
 }
 
+int ksrv_model_hold(ksrv_server *server, kstore *store, const char *model, const char *version,
+                    ksrv_held_model *out, char *message, size_t size)
+{
+    memset(out, 0, sizeof *out);
+    kstore_version v;
+    memset(&v, 0, sizeof v);
+    char alias[64];
+    ksrv_resolve_status s = ksrv_resolve_version(store, model, version, &v, alias, message, size);
+    if (s != KSRV_RESOLVED) {
+        kstore_version_free(&v);
+        return s == KSRV_RESOLVE_ERROR ? 500 : 404;
+    }
+    snprintf(out->version, sizeof out->version, "%s", v.version);
+    cache_entry *e = cache_get(server->models, store, &v, message, size);
+    kstore_version_free(&v);
+    if (!e) return 500;
+    out->entry = e;
+    out->module = e->module;
+    out->spec = e->spec;
+    out->tokenizer = e->tokenizer;
+    return 0;
+}
+
+void ksrv_model_release(ksrv_server *server, ksrv_held_model *held)
+{
+    if (held && held->entry) entry_release(server->models, held->entry);
+    if (held) held->entry = NULL;
+}
+
 static kstore *store_or_500(ksrv_server *server, ksrv_response *response)
 {
     kstore *store = ksrv_thread_store(server);
@@ -780,30 +823,12 @@ static bool parse_outputs(const cJSON *outputs, const cache_entry *e, parsed_inf
     return true;
 }
 
-/* The rows of the embeddings that read model input `which` straight (a chain's first
- * layer, or graph nodes taking the input): the index bound of each of its values, or -1
- * when no embedding reads it (a key-padding mask, or indices a node rearranges first). */
-static int64_t embedding_rows(const cache_entry *e, int which)
-{
-    const kapi_model_spec *spec = e->spec;
-    int64_t rows = -1;
-    for (int l = 0; l < spec->n_layers; l++) {
-        const kapi_layer_spec *layer = &spec->layers[l];
-        if (layer->kind != KN_MODULE_EMBEDDING) continue;
-        for (int k = 0; k < layer->n_inputs; k++) {
-            int64_t n = layer->options.embedding.num_embeddings;
-            if (layer->inputs[k] == which && (rows < 0 || n < rows)) rows = n;
-        }
-    }
-    return rows;
-}
-
 /* Token indices outside the embedding are refused here, as torch's nn.Embedding refuses
  * them, so that one request's bad token never fails the others batched with it. */
 static bool tokens_in_range(const cache_entry *e, int which, const int64_t *data, int64_t count,
                             const char *where, char *error, size_t size)
 {
-    int64_t rows = embedding_rows(e, which);
+    int64_t rows = kapi_model_input_rows(e->spec, which, NULL);
     for (int64_t i = 0; rows >= 0 && i < count; i++)
         if (data[i] < 0 || data[i] >= rows) {
             snprintf(error, size,

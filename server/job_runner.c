@@ -24,6 +24,7 @@
 #include "routes_v1.h"
 
 #include "kapi.h"
+#include "kapi_text.h"
 #include "kn_train.h"
 
 #include <cJSON.h>
@@ -78,6 +79,10 @@ typedef struct job_run {
     stop_reason stop;
     bool store_failed;
     char checkpoint_error[512]; /* why the last checkpoint could not be saved */
+    /* a language model's job (issue 12): its tokenizer goes with the weights, and the
+     * window's tokens turn samples/s into tokens/s */
+    kapi_tokenizer *tokenizer;
+    int64_t block_size;
 } job_run;
 
 static double mono_now(void)
@@ -197,6 +202,10 @@ static char *latest_metrics_json(const job_run *r)
      * as the job's "evaluation") */
     cJSON *evaluation = r->evaluation ? cJSON_Parse(r->evaluation) : NULL;
     if (evaluation) cJSON_AddItemToObject(o, "evaluation", evaluation);
+    /* a language model's speed in its own unit (issue 12) */
+    if (r->tokenizer && r->step > 0)
+        cJSON_AddNumberToObject(o, "tokens_per_second",
+                                r->samples_per_second * (double)r->block_size);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return text;
@@ -363,6 +372,9 @@ static void record_eval(job_run *r, const kn_eval_result *result, int64_t step,
     numbers->has = true;
     numbers->loss = result->loss;
     numbers->n_metrics = kapi_eval_metrics(result, numbers->metrics);
+    /* a language model's perplexity, exp(mean cross-entropy per token) (issue 12) */
+    if (r->tokenizer && numbers->n_metrics < KAPI_MAX_METRICS)
+        numbers->metrics[numbers->n_metrics++] = (kapi_metric){"perplexity", exp(result->loss)};
     add_metric(r, "loss", step, result->loss);
     for (int i = 0; i < numbers->n_metrics; i++)
         add_metric(r, numbers->metrics[i].name, step, numbers->metrics[i].value);
@@ -545,6 +557,95 @@ static kn_dataset *load_split(job_run *r, const kapi_job_spec *spec, const kapi_
     return ds;
 }
 
+/* A language model's job (issue 12): the dataset's train_text tokenised as data.tokenizer
+ * says (chars by default), nanoGPT's split and windows of the model's input length. The
+ * model takes [block_size] token ids and gives [block_size, vocabulary] logits at least as
+ * wide as the text's vocabulary. false after writing the failure. */
+static bool load_text(job_run *r, const kapi_job_spec *spec, const kapi_model_spec *model,
+                      const kstore_dataset *ds, const kstore_dataset_file *file, kn_dataset **train,
+                      kn_dataset **validation)
+{
+    if (!file) {
+        fail(r, "invalid_spec", -1,
+             "data.tokenizer: dataset %s has no train_text (upload one with PUT "
+             "/v1/datasets/%s/files/train_text?format=text)",
+             ds->name, ds->name);
+        return false;
+    }
+    if (model->input_ndim != 1 || model->output_ndim != 2 || model->input_dtype != KN_INT64) {
+        fail(r, "invalid_spec", -1,
+             "%s: a language model takes [block_size] int64 token ids (an embedding reads "
+             "them) and gives [block_size, vocabulary] logits; this model takes %d dims of %s "
+             "and gives %d",
+             model->graph ? "model.inputs" : "model.input_shape", model->input_ndim,
+             kn_dtype_name(model->input_dtype), model->output_ndim);
+        return false;
+    }
+    kapi_tokenizer_kind kind = KAPI_TOKENIZER_CHARS;
+    if (spec->data.tokenizer[0]) kapi_tokenizer_kind_parse(spec->data.tokenizer, &kind);
+    char path[1024];
+    if (!ksrv_data_path(r->server, file->path, path, sizeof path)) {
+        fail(r, "data_error", -1, "dataset %s: train_text: path too long", ds->name);
+        return false;
+    }
+    kapi_errors errors = {0};
+    size_t size = 0;
+    char *text = kapi_read_file(path, &size, &errors);
+    kapi_text_data td = {0};
+    /* errors name the dataset's file, never the server's path */
+    char where[200];
+    snprintf(where, sizeof where, "data.dataset (%s/train_text)", ds->name);
+    kapi_errors_free(&errors);
+    if (!text) {
+        fail(r, "data_error", -1, "%s: cannot be read back", where);
+        return false;
+    }
+    bool ok =
+        kapi_text_data_make(text, size, kind, model->input_shape[0], spec->data.validation_split,
+                            spec->data.validation_windows, where, &td, &errors);
+    free(text);
+    if (!ok) {
+        fail_errors(r, "data_error", &errors);
+        kapi_errors_free(&errors);
+        return false;
+    }
+    int64_t vocab = td.tokenizer->vocab_size, logits = model->output_shape[1];
+    if (logits < vocab) {
+        fail(r, "invalid_spec", -1,
+             "model: the text's %s tokenizer has %lld tokens but the model gives %lld logits a "
+             "position (its last layer's out_features, and the embedding's num_embeddings, "
+             "must be at least %lld)",
+             kapi_tokenizer_kind_name(kind), (long long)vocab, (long long)logits, (long long)vocab);
+        kapi_text_data_free(&td);
+        return false;
+    }
+    int embedding = -1; /* the embedding that reads the tokens (a chain's layers[0]) */
+    int64_t rows = kapi_model_input_rows(model, 0, &embedding);
+    if (rows >= 0 && rows < vocab) {
+        char field[KAPI_NODE_NAME_MAX + 64];
+        if (model->graph)
+            snprintf(field, sizeof field, "model (node %s).num_embeddings",
+                     model->layers[embedding].name);
+        else
+            snprintf(field, sizeof field, "model.layers[%d].num_embeddings", embedding);
+        fail(r, "invalid_spec", -1,
+             "%s: expected at least the text's %lld tokens (%s tokenizer), got %lld", field,
+             (long long)vocab, kapi_tokenizer_kind_name(kind), (long long)rows);
+        kapi_text_data_free(&td);
+        return false;
+    }
+    ksrv_log(KSRV_LOG_INFO,
+             "job %s: text of %lld tokens (%s, vocabulary %lld): %lld to train on, %lld to "
+             "validate",
+             r->job->id, (long long)td.tokens, kapi_tokenizer_kind_name(kind), (long long)vocab,
+             (long long)td.train_tokens, (long long)td.validation_tokens);
+    *train = td.train;
+    *validation = td.validation;
+    r->tokenizer = td.tokenizer;
+    r->block_size = model->input_shape[0];
+    return true;
+}
+
 /* The device the job runs on, or false after writing device_unavailable. "auto" is the
  * worker's GPU when it has one, else cuda:0 when this machine has a CUDA device, else
  * the CPU; "cuda" without an index is the worker's GPU when it has one. */
@@ -633,7 +734,7 @@ static ksrv_run_outcome finish_success(job_run *r, kn_module *model,
     kapi_errors errors = {0};
     if (!job_file(r, "model.safetensors", rel, sizeof rel, path, sizeof path)) {
         o = fail(r, "internal", -1, "the data directory path is too long");
-    } else if (!kapi_save_weights(model, path, preprocessing, model_spec, &errors)) {
+    } else if (!kapi_save_weights(model, path, preprocessing, model_spec, r->tokenizer, &errors)) {
         unlink(path);
         o = fail(r, engine_code(), r->step, "writing the weights: %s",
                  errors.count ? errors.items[0].message : kn_last_error());
@@ -821,11 +922,15 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         goto done;
     }
     have_dataset = true;
+    const kstore_dataset_file *text_file = NULL;
+    for (int i = 0; i < dataset.n_files; i++)
+        if (!strcmp(dataset.files[i].role, "train_text")) text_file = &dataset.files[i];
+    bool text_job = text_file || spec->data.tokenizer[0];
     kapi_data_source train_source, test_source;
     if (!dataset_source(r, &dataset, "train", &spec->data, &train_source) ||
         !dataset_source(r, &dataset, "test", &spec->data, &test_source))
         goto done;
-    if (!train_source.present) {
+    if (!train_source.present && !text_job) {
         outcome = fail(r, "data_error", -1, "dataset %s has no training files", dataset.name);
         goto done;
     }
@@ -840,6 +945,12 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
     if (!ksrv_job_fits_memory(need, server->job_memory_limit, spec, memory_message,
                               sizeof memory_message, &memory_path)) {
         outcome = fail(r, "out_of_memory", -1, "%s: %s", memory_path, memory_message);
+        goto done;
+    }
+    if (spec->distributed.processes > 0 && text_job) {
+        outcome = fail(r, "invalid_spec", -1,
+                       "distributed: a language model's text (data.tokenizer, train_text) trains "
+                       "in one process: leave distributed out");
         goto done;
     }
     if (spec->distributed.processes > 0) { /* ranks of kiln train through mpirun */
@@ -868,14 +979,22 @@ ksrv_run_outcome ksrv_job_run(ksrv_server *server, kstore *store, const kstore_j
         outcome = fail(r, code, -1, "device: %s", kn_last_error());
         goto done;
     }
-    train = load_split(r, spec, model_spec, &train_source, "data.train");
-    if (!train) goto done;
-    if (test_source.present) {
+    if (text_job) {
+        if (!load_text(r, spec, model_spec, &dataset, text_file, &train, &validation)) goto done;
+    } else {
+        train = load_split(r, spec, model_spec, &train_source, "data.train");
+        if (!train) goto done;
+    }
+    if (test_source.present && !text_job) {
         test = load_split(r, spec, model_spec, &test_source, "data.test");
         if (!test) goto done;
     }
-    /* split, scale and normalise ("auto" measured on the training part only) */
-    if (!kapi_prepare_data(spec, model_spec, &train, &validation, &test, &preprocessing, &errors)) {
+    /* split, scale and normalise ("auto" measured on the training part only); a text's
+     * windows come split from load_text (nanoGPT's first 90% / last 10%), tokens unscaled */
+    if (text_job) {
+        preprocessing.task = spec->train.task;
+    } else if (!kapi_prepare_data(spec, model_spec, &train, &validation, &test, &preprocessing,
+                                  &errors)) {
         outcome = fail_errors(r, "data_error", &errors);
         goto done;
     }
@@ -943,6 +1062,7 @@ done:
     kn_dataset_free(train);
     kn_dataset_free(validation);
     kn_dataset_free(test);
+    kapi_tokenizer_free(r->tokenizer);
     kn_module_free(model);
     kn_generator_free(generator);
     kapi_preprocessing_free(&preprocessing);

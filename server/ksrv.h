@@ -195,6 +195,8 @@ void ksrv_handle_jobs_checkpoint_download(ksrv_server *, ksrv_request *, ksrv_re
 void ksrv_handle_jobs_weights(ksrv_server *, ksrv_request *, ksrv_response *);
 /* GET /v1/jobs/{id}/events: server-sent events (server/events.c) */
 void ksrv_handle_jobs_events(ksrv_server *, ksrv_request *, ksrv_response *);
+/* POST /v1/models/{name}[/versions/{version}]/generate (server/generate.c, issue 12) */
+void ksrv_handle_models_generate(ksrv_server *, ksrv_request *, ksrv_response *);
 /* The embedded dashboard (server/routes_web.c): GET / and GET /ui/{file} */
 void ksrv_handle_web_index(ksrv_server *, ksrv_request *, ksrv_response *);
 void ksrv_handle_web_asset(ksrv_server *, ksrv_request *, ksrv_response *);
@@ -225,6 +227,22 @@ typedef struct ksrv_model_cache_stats {
     uint64_t loads, evictions; /* since the start */
 } ksrv_model_cache_stats;
 ksrv_model_cache_stats ksrv_model_cache_get_stats(ksrv_model_cache *cache);
+/* ---- generation (issue 12) ---- */
+/* A version of a model held from the inference cache (loaded when missing) until
+ * ksrv_model_release: its module (eval mode, shared: forwards without grad only), spec and
+ * tokenizer (NULL: not a text model). */
+typedef struct ksrv_held_model {
+    char version[64];
+    struct kn_module *module;
+    const struct kapi_model_spec *spec;
+    const struct kapi_tokenizer *tokenizer;
+    void *entry;
+} ksrv_held_model;
+/* 0, or the HTTP status (404: no such model, version or alias; 500) with message. version
+ * (a version, a job id or an alias: ksrv_resolve_version) NULL: the model's default. */
+int ksrv_model_hold(ksrv_server *server, kstore *store, const char *model, const char *version,
+                    ksrv_held_model *out, char *message, size_t size);
+void ksrv_model_release(ksrv_server *server, ksrv_held_model *held);
 
 /* ---- finished jobs' metrics responses (server/metrics_cache.c) ------------------------ */
 /* The cached body for key, shared: *data and *size stay valid until the returned handle

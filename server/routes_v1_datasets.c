@@ -18,6 +18,8 @@
 #include "ksrv_http.h"
 #include "routes_v1.h"
 
+#include "kapi_text.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -32,7 +34,8 @@
  * bigger ones only get their header checked. */
 #define FULL_CHECK_BYTES ((int64_t)256 << 20)
 
-static const char *const ROLES[] = {"train",
+static const char *const ROLES[] = {"train_text", /* a language model's text (issue 12) */
+                                    "train",
                                     "test",
                                     "train_csv",
                                     "test_csv",
@@ -619,6 +622,63 @@ static void upload_json(ksrv_server *server, kstore *store, ksrv_request *reques
     free(values);
 }
 
+/* A language model's text (issue 12): any bytes (the bytes tokenizer takes them all);
+ * samples counts the bytes, and UTF-8 text also gets its characters and the size of its
+ * chars vocabulary (what "tokenizer": "chars" would make of it) in the answer. */
+static void upload_text(ksrv_server *server, ksrv_request *request, ksrv_response *response,
+                        const char *name, bool gzipped)
+{
+    kstore *store = ksrv_store_or_500(server, response);
+    if (!store) return;
+    int64_t characters = -1, vocab = -1, bytes = -1;
+    if ((int64_t)request->upload_bytes <= FULL_CHECK_BYTES) {
+        kapi_errors errors = {0};
+        size_t length = 0;
+        char *text = kapi_read_file(request->upload_path, &length, &errors);
+        if (!text) {
+            ksrv_respond_error(response, 400, "invalid_data", NULL, "%s",
+                               errors.count ? errors.items[0].message : "cannot read the upload");
+            kapi_errors_free(&errors);
+            return;
+        }
+        kapi_errors_free(&errors);
+        bytes = (int64_t)length;
+        kapi_tokenizer *t =
+            length ? kapi_tokenizer_for_text(KAPI_TOKENIZER_CHARS, text, length, "", &errors)
+                   : NULL;
+        if (t) {
+            kapi_text_check_utf8(text, length, "", &characters, &errors);
+            vocab = t->vocab_size;
+        }
+        kapi_tokenizer_free(t);
+        kapi_errors_free(&errors);
+        free(text);
+        if (length == 0) {
+            ksrv_respond_error(response, 400, "invalid_data", NULL,
+                               "the text is empty: a language model needs text to learn");
+            return;
+        }
+    }
+    if (!keep_file(server, store, response, name, "train_text", "text", request->upload_path,
+                   (int64_t)request->upload_bytes, bytes))
+        return;
+    request->upload_path = NULL; /* kept: http.c must not remove it */
+    ksrv_log(KSRV_LOG_INFO, "dataset %s: train_text stored (%s%zu bytes, %lld characters)", name,
+             gzipped ? "gzip, " : "", request->upload_bytes, (long long)characters);
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "dataset", name);
+    cJSON_AddStringToObject(out, "role", "train_text");
+    cJSON_AddStringToObject(out, "format", "text");
+    cJSON_AddBoolToObject(out, "gzip", gzipped);
+    cJSON_AddNumberToObject(out, "bytes", (double)request->upload_bytes);
+    cJSON_AddNumberToObject(out, "samples", (double)bytes);
+    if (characters >= 0) {
+        cJSON_AddNumberToObject(out, "characters", (double)characters);
+        cJSON_AddNumberToObject(out, "vocab_size", (double)vocab);
+    }
+    ksrv_respond_json(response, 201, out);
+}
+
 void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
                                  ksrv_response *response)
 {
@@ -629,10 +689,11 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
         return;
     }
     if (!known_role(role)) {
-        ksrv_respond_error(response, 400, "invalid_role", "role",
-                           "unknown role %s (expected train, test, train_csv, test_csv, "
-                           "{train,test}_images, {train,test}_inputs, {train,test}_labels)",
-                           role);
+        ksrv_respond_error(
+            response, 400, "invalid_role", "role",
+            "unknown role %s (expected train_text, train, test, train_csv, test_csv, "
+            "{train,test}_images, {train,test}_inputs, {train,test}_labels)",
+            role);
         return;
     }
     if (request->upload_bytes == 0) {
@@ -645,11 +706,23 @@ void ksrv_handle_datasets_upload(ksrv_server *server, ksrv_request *request,
     const char *content_type = MHD_lookup_connection_value(request->connection, MHD_HEADER_KIND,
                                                            MHD_HTTP_HEADER_CONTENT_TYPE);
     const char *format = ksrv_query(request, "format");
-    if (!format) format = n > 0 ? sniff(head, n, content_type) : "csv";
+    bool text_role = !strcmp(role, "train_text");
+    if (!format) format = text_role ? "text" : n > 0 ? sniff(head, n, content_type) : "csv";
+    if (text_role || !strcmp(format, "text")) {
+        if (!text_role || strcmp(format, "text")) {
+            ksrv_respond_error(response, 400, "invalid_role", "role",
+                               "a language model's text goes to the role train_text with "
+                               "format=text, not %s with format=%.40s",
+                               role, format);
+            return;
+        }
+        upload_text(server, request, response, name, gzipped);
+        return;
+    }
     if (strcmp(format, "idx") && strcmp(format, "csv") && strcmp(format, "npy") &&
         strcmp(format, "json")) {
         ksrv_respond_error(response, 400, "invalid_query", "format",
-                           "format: expected idx, csv, npy or json, got \"%.40s\"", format);
+                           "format: expected idx, csv, npy, json or text, got \"%.40s\"", format);
         return;
     }
     bool table = !strcmp(role, "train") || !strcmp(role, "test") || !strcmp(role, "train_csv") ||

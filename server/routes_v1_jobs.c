@@ -145,6 +145,9 @@ static bool dataset_ready(const kstore_dataset *d, int64_t *train_samples)
         } else if (!strcmp(role, "train_labels")) {
             labels = true;
             *train_samples = d->files[i].samples;
+        } else if (!strcmp(role, "train_text")) { /* a language model's (issue 12) */
+            table = true;
+            *train_samples = d->files[i].samples; /* about one window a token */
         }
     }
     return table || (inputs && labels);
@@ -373,10 +376,11 @@ void ksrv_handle_jobs_create(ksrv_server *server, ksrv_request *request, ksrv_re
     }
     int64_t samples = -1;
     if (!dataset_ready(&dataset, &samples)) {
-        ksrv_respond_error(response, 400, "dataset_incomplete", "data.dataset",
-                           "data.dataset: dataset %s has no training data yet (upload train, "
-                           "or train_images and train_labels)",
-                           dataset.name);
+        ksrv_respond_error(
+            response, 400, "dataset_incomplete", "data.dataset",
+            "data.dataset: dataset %s has no training data yet (upload train_text, train, "
+            "or train_images and train_labels)",
+            dataset.name);
         goto done;
     }
     ksrv_job_memory need;

@@ -31,6 +31,13 @@ static ksrv_resolve_status nothing_for(kstore *store, const char *model, char *m
     kstore_status s = kstore_model_get(store, model, &m);
     kstore_model_free(&m);
     if (s == KSTORE_OK) return KSRV_NO_VERSION;
+    /* a model known by its jobs only (their specs inline) exists too */
+    kstore_version *list = NULL;
+    int n = 0;
+    if (s == KSTORE_NOT_FOUND && kstore_version_list(store, model, &list, &n) == KSTORE_OK) {
+        kstore_version_list_free(list, n);
+        if (n > 0) return KSRV_NO_VERSION;
+    }
     if (s == KSTORE_NOT_FOUND) {
         snprintf(message, size, "unknown model \"%s\"", model);
         return KSRV_NO_MODEL;

@@ -310,6 +310,22 @@ H_FN const cJSON *h_series(const cJSON *doc, const char *name)
     return NULL;
 }
 
+/* The last value of job id's metric series name (GET .../metrics?names=name), and in
+ * *first (may be NULL) its first; fails the test when the series has no point. */
+H_FN double h_series_end(harness *h, const char *id, const char *name, double *first)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/jobs/%s/metrics?names=%s", id, name);
+    cJSON *m = h_json(h, "GET", path, NULL, 200);
+    const cJSON *points = h_series(m, name);
+    int n = cJSON_GetArraySize(points);
+    cr_assert_gt(n, 0, "no %s points", name);
+    if (first) *first = cJSON_GetArrayItem(cJSON_GetArrayItem(points, 0), 2)->valuedouble;
+    double value = cJSON_GetArrayItem(cJSON_GetArrayItem(points, n - 1), 2)->valuedouble;
+    cJSON_Delete(m);
+    return value;
+}
+
 /* A small tabular problem: sample i of 4 features is class i % 3, around its class's
  * centre with noise from an LCG (deterministic in seed and i). */
 #define H_BLOB_FEATURES 4

@@ -91,7 +91,9 @@ Test(cli, options_and_help)
         {"infer blobs", "give a FILE of inputs or --stdin"},
         {"submit --priority=high job.json", "--priority: expected an integer"},
         {"nonsense", "unknown command"},
-        {"upload d --train-csv a.csv --train-inputs x.npy", "not both"},
+        {"upload d --train-csv a.csv --train-inputs x.npy", "one kind, not several"},
+        {"upload d --train-text t.txt --train-csv a.csv", "one kind, not several"},
+        {"upload d", "or a text (--train-text F)"},
     };
     for (size_t i = 0; i < sizeof BAD / sizeof *BAD; i++) {
         cr_assert_eq(kiln(NULL, BAD[i].args, out, sizeof out), 2, "%s: %s", BAD[i].args, out);

@@ -3,7 +3,8 @@
  * a small model's forward against torch, train/eval (dropout, batch norm and its
  * num_batches_tracked), load_state_dict errors, output shape inference and its
  * messages, the repr, module_to, and kn_adaptive_avg_pool2d (values, gradient,
- * gradcheck). Expected numbers come from tests/golden/nn_expected.py (torch 1.13).
+ * gradcheck, the bits of the uniform-window path). Expected numbers come from
+ * tests/golden/nn_expected.py (torch 1.13).
  */
 #include "kn_nn.h"
 #include "kn_test.h"
@@ -660,6 +661,69 @@ Test(nn_adaptive, values_and_gradient_match_torch)
                                  4.41666651f,
                                  2.75f});
     kn_scope_end();
+}
+
+/* PyTorch's window rule, one plane after another, in the order the op sums: the
+ * reference for the bits of the uniform-window path (avg_pool2d's kernel). */
+static void adaptive_reference(const float *x, const float *gy, int64_t planes, int64_t h,
+                               int64_t w, int64_t oh, int64_t ow, float *y, float *gx)
+{
+    memset(gx, 0, sizeof(float) * (size_t)(planes * h * w));
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t i = 0; i < oh; i++)
+            for (int64_t j = 0; j < ow; j++) {
+                int64_t h0 = i * h / oh, h1 = ((i + 1) * h + oh - 1) / oh;
+                int64_t w0 = j * w / ow, w1 = ((j + 1) * w + ow - 1) / ow;
+                float sum = 0.f, count = (float)((h1 - h0) * (w1 - w0));
+                for (int64_t r = h0; r < h1; r++)
+                    for (int64_t c = w0; c < w1; c++) sum += x[(p * h + r) * w + c];
+                y[(p * oh + i) * ow + j] = sum / count;
+                float g = gy[(p * oh + i) * ow + j] / count;
+                for (int64_t r = h0; r < h1; r++)
+                    for (int64_t c = w0; c < w1; c++) gx[(p * h + r) * w + c] += g;
+            }
+}
+
+/* Windows that tile the plane (the ResNet's 14x14 -> 7x7) run as avg_pool2d: the same
+ * bits as the window rule, forward and backward, on more planes than one thread takes. */
+Test(nn_adaptive, uniform_windows_same_bits_as_the_window_rule)
+{
+    const int64_t cases[][4] = {{14, 14, 7, 7}, {12, 12, 4, 3}, {6, 9, 1, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        kn_scope_begin();
+        int64_t n = 64, ch = 16, h = cases[c][0], w = cases[c][1], oh = cases[c][2],
+                ow = cases[c][3], planes = n * ch;
+        kn_tensor *x =
+            kn_set_requires_grad(kn_test_uniform(KN_SHAPE(n, ch, h, w), -1, 1, 5 + c), true);
+        kn_tensor *gy = kn_test_uniform(KN_SHAPE(n, ch, oh, ow), -1, 1, 9 + c);
+        kn_tensor *y = kn_adaptive_avg_pool2d(x, (int)oh, (int)ow);
+        cr_assert_not_null(y, "%s", kn_last_error());
+        ASSERT_OK(kn_backward(y, gy, false));
+        float *xv = malloc(sizeof(float) * (size_t)(planes * h * w)),
+              *gyv = malloc(sizeof(float) * (size_t)(planes * oh * ow)),
+              *want_y = malloc(sizeof(float) * (size_t)(planes * oh * ow)),
+              *want_gx = malloc(sizeof(float) * (size_t)(planes * h * w)),
+              *got_y = malloc(sizeof(float) * (size_t)(planes * oh * ow)),
+              *got_gx = malloc(sizeof(float) * (size_t)(planes * h * w));
+        kn_copy_to_floats(x, xv);
+        kn_copy_to_floats(gy, gyv);
+        kn_copy_to_floats(y, got_y);
+        kn_copy_to_floats(kn_grad(x), got_gx);
+        adaptive_reference(xv, gyv, planes, h, w, oh, ow, want_y, want_gx);
+        cr_assert_eq(memcmp(got_y, want_y, sizeof(float) * (size_t)(planes * oh * ow)), 0,
+                     "%lldx%lld -> %lldx%lld: values differ", (long long)h, (long long)w,
+                     (long long)oh, (long long)ow);
+        cr_assert_eq(memcmp(got_gx, want_gx, sizeof(float) * (size_t)(planes * h * w)), 0,
+                     "%lldx%lld -> %lldx%lld: gradients differ", (long long)h, (long long)w,
+                     (long long)oh, (long long)ow);
+        free(xv);
+        free(gyv);
+        free(want_y);
+        free(want_gx);
+        free(got_y);
+        free(got_gx);
+        kn_scope_end();
+    }
 }
 
 static kn_tensor *adaptive_fn(kn_tensor **inputs, void *context)

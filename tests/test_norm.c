@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Generated with PyTorch 1.13 (inputs rounded to 4 decimals). */
@@ -208,6 +209,94 @@ Test(layer_norm, gradcheck)
     kn_tensor *int_[3] = {xt, w3, NULL};
     ln_case transposed = {1, true};
     KN_ASSERT_GRADCHECK(ln_fn, int_, 3, &transposed);
+    kn_scope_end();
+}
+
+/* The backward kernel against a double reference and for 1-3 threads: the GPT's
+ * [768, 128], a width with a scalar tail (37), one long row per block (3 x 5000, the
+ * partials capped at 64 blocks: 9000 x 5), with and without the affine parameters, and
+ * dx alone. Same bits for every thread count (the blocks depend on the shape only). */
+static void ln_backward_case(int64_t rows, int64_t cols, bool affine, bool params_grad)
+{
+    int64_t shape[2] = {rows, cols}, pshape[1] = {cols};
+    kn_manual_seed((uint64_t)(rows * 131 + cols));
+    kn_tensor *x = kn_randn(shape, 2, NULL), *gy = kn_randn(shape, 2, NULL);
+    kn_tensor *w = affine ? kn_randn(pshape, 1, NULL) : NULL;
+    kn_tensor *b = affine ? kn_randn(pshape, 1, NULL) : NULL;
+    float *ref[3] = {NULL, NULL, NULL};
+    int threads_before = kn_get_num_threads();
+    for (int threads = 1; threads <= 3; threads++) {
+        kn_set_num_threads(threads);
+        kn_tensor *xl = kn_set_requires_grad(kn_detach(x), true);
+        kn_tensor *wl = w ? kn_set_requires_grad(kn_detach(w), params_grad) : NULL;
+        kn_tensor *bl = b ? kn_set_requires_grad(kn_detach(b), params_grad) : NULL;
+        kn_tensor *y = kn_layer_norm(xl, 1, wl, bl, 1e-5);
+        cr_assert_not_null(y, "%s", kn_last_error());
+        cr_assert_eq(kn_backward(y, gy, false), KN_OK, "%s", kn_last_error());
+        kn_tensor *got[3] = {xl->grad, wl && params_grad ? wl->grad : NULL,
+                             bl && params_grad ? bl->grad : NULL};
+        int64_t sizes[3] = {rows * cols, cols, cols};
+        for (int k = 0; k < 3; k++) {
+            if (!got[k]) continue;
+            const float *g = kn_data_f32(got[k]);
+            if (!ref[k]) {
+                ref[k] = malloc(sizeof(float) * (size_t)sizes[k]);
+                memcpy(ref[k], g, sizeof(float) * (size_t)sizes[k]);
+            } else {
+                cr_assert(memcmp(ref[k], g, sizeof(float) * (size_t)sizes[k]) == 0,
+                          "[%lld, %lld] grad %d: other bits with %d threads", (long long)rows,
+                          (long long)cols, k, threads);
+            }
+        }
+    }
+    kn_set_num_threads(threads_before);
+    /* the reference in double: dx = rstd (g - mean g - xhat mean(g xhat)), g = gy w */
+    const float *xv = kn_data_f32(x), *gv = kn_data_f32(gy);
+    const float *wv = w ? kn_data_f32(w) : NULL;
+    double *dw = calloc((size_t)cols, sizeof(double)), *db = calloc((size_t)cols, sizeof(double));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = xv + r * cols, *gr = gv + r * cols;
+        double m = 0, v = 0, sg = 0, sgx = 0;
+        for (int64_t j = 0; j < cols; j++) m += xr[j];
+        m /= (double)cols;
+        for (int64_t j = 0; j < cols; j++) v += (xr[j] - m) * (xr[j] - m);
+        double rs = 1 / sqrt(v / (double)cols + 1e-5);
+        for (int64_t j = 0; j < cols; j++) {
+            double g = gr[j] * (wv ? wv[j] : 1.0), xh = (xr[j] - m) * rs;
+            sg += g;
+            sgx += g * xh;
+            dw[j] += gr[j] * xh;
+            db[j] += gr[j];
+        }
+        for (int64_t j = 0; j < cols; j++) {
+            double g = gr[j] * (wv ? wv[j] : 1.0), xh = (xr[j] - m) * rs;
+            double want = rs * (g - sg / (double)cols - xh * sgx / (double)cols);
+            float have = ref[0][r * cols + j];
+            cr_assert(fabs(have - want) <= 1e-4 + 1e-4 * fabs(want),
+                      "[%lld, %lld] dx[%lld, %lld] = %g, want %g", (long long)rows, (long long)cols,
+                      (long long)r, (long long)j, have, want);
+        }
+    }
+    for (int64_t j = 0; affine && params_grad && j < cols; j++) {
+        double tol = 1e-4 * sqrt((double)rows);
+        cr_assert(fabs(ref[1][j] - dw[j]) <= tol * (1 + fabs(dw[j])), "dweight[%lld]",
+                  (long long)j);
+        cr_assert(fabs(ref[2][j] - db[j]) <= tol * (1 + fabs(db[j])), "dbias[%lld]", (long long)j);
+    }
+    free(dw);
+    free(db);
+    for (int k = 0; k < 3; k++) free(ref[k]);
+}
+
+Test(layer_norm, backward_same_bits_for_any_thread_count)
+{
+    kn_scope_begin();
+    ln_backward_case(768, 128, true, true);
+    ln_backward_case(1000, 37, true, true);
+    ln_backward_case(3, 5000, true, true);
+    ln_backward_case(9000, 5, true, true);
+    ln_backward_case(700, 64, false, false);
+    ln_backward_case(700, 64, true, false);
     kn_scope_end();
 }
 

@@ -283,7 +283,7 @@ Test(server_graph, a_preprocessing_for_a_model_of_several_inputs_is_refused)
     cr_assert_not_null(spec);
     kn_module *module = kn_test_build_model(TWO_INPUTS, 3);
     kapi_preprocessing scaled = {.scale = 0.5, .task = KN_TASK_CLASSIFICATION};
-    cr_assert(kapi_save_weights(module, path, &scaled, spec, &errors), "%s",
+    cr_assert(kapi_save_weights(module, path, &scaled, spec, NULL, &errors), "%s",
               errors.count ? errors.items[0].message : "");
     kn_module_free(module);
     kapi_model_spec_free(spec);

@@ -89,30 +89,15 @@ static cJSON *run_job(const char *model, const char *dataset, int steps, double 
     return h_wait_job(&H, id, 120);
 }
 
-/* The last value of series name, and (first) its first. */
-static double last_value(const char *id, const char *name, double *first)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/v1/jobs/%s/metrics?names=%s", id, name);
-    cJSON *m = h_json(&H, "GET", path, NULL, 200);
-    const cJSON *points = h_series(m, name);
-    int n = cJSON_GetArraySize(points);
-    cr_assert_gt(n, 0, "no %s points", name);
-    if (first) *first = cJSON_GetArrayItem(cJSON_GetArrayItem(points, 0), 2)->valuedouble;
-    double value = cJSON_GetArrayItem(cJSON_GetArrayItem(points, n - 1), 2)->valuedouble;
-    cJSON_Delete(m);
-    return value;
-}
-
 static void expect_learnt(cJSON *job)
 {
     char *text = cJSON_PrintUnformatted(job);
     cr_assert_str_eq(h_string(job, "state"), "succeeded", "%s", text);
     free(text);
     const char *id = h_string(job, "id");
-    double first, loss = last_value(id, "loss", &first);
+    double first, loss = h_series_end(&H, id, "loss", &first);
     cr_assert_lt(loss, first / 4, "loss %g after %g", loss, first);
-    double accuracy = last_value(id, "test_accuracy", NULL);
+    double accuracy = h_series_end(&H, id, "test_accuracy", NULL);
     cr_assert_gt(accuracy, 0.95, "test accuracy %g", accuracy);
 }
 

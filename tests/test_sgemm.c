@@ -88,10 +88,13 @@ static void check_against_reference(const product *p)
     free(c);
 }
 
-/* Sizes around the tiles (8 x 32, 6 x 16, 4 x 8, 4 x 4 dots) and the 256-step k block. */
+/* Sizes around the tiles (8 x 32, 6 x 16, 4 x 8, 4 x 4 dots), the 256-step k block and
+ * the 256 rows from which A·Bᵀ packs instead of running dots (255 x 9 x 40 by dots,
+ * 256 x 9 x 40 packed; 768 x 65 x 128: the GPT's lm_head). */
 static const int64_t SIZES[][3] = {{1, 1, 1},     {3, 5, 7},     {8, 32, 16},   {9, 33, 17},
                                    {17, 65, 255}, {16, 31, 256}, {13, 47, 257}, {64, 128, 600},
-                                   {130, 70, 40}, {5, 300, 3},   {300, 2, 33},  {64, 10, 128}};
+                                   {130, 70, 40}, {5, 300, 3},   {300, 2, 33},  {64, 10, 128},
+                                   {255, 9, 40},  {256, 9, 40},  {768, 65, 128}};
 
 static void check_all_layouts(void)
 {

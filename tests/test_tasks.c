@@ -302,7 +302,7 @@ Test(tasks, preprocessing_travels_with_the_weights)
     char path[256];
     temp_path(path, sizeof path, "w.safetensors");
     kapi_errors errors = {0};
-    cr_assert(kapi_save_weights(module, path, &p, m, &errors));
+    cr_assert(kapi_save_weights(module, path, &p, m, NULL, &errors));
     kapi_preprocessing back;
     bool found = false;
     cr_assert(kapi_load_preprocessing(path, &back, &found, &errors), "%s",

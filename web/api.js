@@ -82,27 +82,12 @@ export function eventStream(url, types, handlers) {
         response = await fetch(url, { headers: h, signal: controller.signal });
         if (!response.ok || !response.body) throw new Error('HTTP ' + response.status);
         failures = 0;
-        const reader = response.body.getReader();
-        const decoder = new TextDecoder();
-        let buffer = '', ended = false;
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += decoder.decode(value, { stream: true });
-          let cut;
-          while ((cut = buffer.indexOf('\n\n')) >= 0) {
-            const block = buffer.slice(0, cut);
-            buffer = buffer.slice(cut + 2);
-            let type = 'message', data = '';
-            for (const line of block.split('\n')) {
-              if (line.startsWith('id: ')) lastId = line.slice(4);
-              else if (line.startsWith('event: ')) type = line.slice(7);
-              else if (line.startsWith('data: ')) data += line.slice(6);
-            }
-            if (data && (types.includes(type) || type === 'end')) dispatch(type, data);
-            if (type === 'end') ended = true;
-          }
-        }
+        let ended = false;
+        await readEvents(response, (type, data, id) => {
+          if (id) lastId = id;
+          if (data && (types.includes(type) || type === 'end')) dispatch(type, data);
+          if (type === 'end') ended = true;
+        });
         if (ended) return;
       } catch (e) {
         if (closed) return;
@@ -173,4 +158,50 @@ export async function download(url, filename) {
   a.click();
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   return true;
+}
+
+// A POST whose answer is server-sent events (generate with "stream": true): each event
+// handed to onEvent(type, data) as it arrives. Resolves to {ok: true} at the end of the
+// stream, or to api()'s {ok: false, status, data} when the server refused the request.
+export async function postEvents(path, body, onEvent) {
+  let response;
+  try {
+    response = await fetch(path, { method: 'POST', headers: headers({ 'Content-Type': 'application/json' }),
+      body: JSON.stringify(body) });
+  } catch (e) {
+    return { ok: false, status: 0, data: { error: { message: String(e) } } };
+  }
+  if (!response.ok || !response.body) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    return { ok: false, status: response.status, data };
+  }
+  await readEvents(response, (type, data) => {
+    if (data) { try { onEvent(type, JSON.parse(data)); } catch { /* not JSON: skip */ } }
+  });
+  return { ok: true };
+}
+
+// Reads a server-sent event stream to its end: onBlock(type, data, id) for each event.
+async function readEvents(response, onBlock) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let type = 'message', data = '', id = '';
+      for (const line of block.split('\n')) {
+        if (line.startsWith('id: ')) id = line.slice(4);
+        else if (line.startsWith('event: ')) type = line.slice(7);
+        else if (line.startsWith('data: ')) data += line.slice(6);
+      }
+      onBlock(type, data, id);
+    }
+  }
 }

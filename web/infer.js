@@ -6,8 +6,11 @@
 // probabilities as bars (softmax; one output: the sigmoid of the positive class), each
 // label's probability for a multi-label model, the values of a regression
 // (POST /v2/models/{model}/versions/{job}/infer). Inputs go raw, like the training data:
-// kilnd applies the job's preprocessing (scale, normalize) kept with its weights.
-import { api, el, errorText } from './api.js';
+// kilnd applies the job's preprocessing (scale, normalize) kept with its weights. A text
+// model (a job trained on a dataset's train_text) gets a prompt box instead: its
+// continuation streamed token by token from POST /v1/models/{model}/versions/{job}/generate
+// with "stream": true.
+import { api, el, errorText, postEvents } from './api.js';
 
 const SAMPLES = 16;
 
@@ -61,6 +64,14 @@ export function inferView(root, params) {
       (meta.ok ? meta.data.inputs[0].shape.slice(1) : [1]);
     const data = spec.data || {};
     current = { id, model: j.data.model, shape, inputName, task: taskOf(spec) };
+    const metrics = j.data.metrics || {};
+    if (data.tokenizer || 'tokens_per_second' in metrics) {
+      message.textContent = `text model, window ${shape[0]} tokens`;
+      predict.textContent = 'Generate';
+      textInput();
+      return;
+    }
+    predict.textContent = 'Predict';
     message.textContent = `input ${JSON.stringify(shape)}, ${current.task}`;
     if (shape.length >= 2) imageInput(shape); else vectorInput(shape);
     loadSamples(j.data.dataset || data.dataset, seq);
@@ -166,8 +177,45 @@ export function inferView(root, params) {
     current.getInput = () => text.value.split(/[\s,]+/).filter(Boolean).map(Number);
   }
 
+  // A prompt and the sampling knobs; run() streams the continuation into #generated.
+  function textInput() {
+    const prompt = el('textarea', { id: 'prompt', style: 'min-height:80px' });
+    const field = (id, label, value, attrs) => {
+      const input = el('input', Object.assign({ id, type: 'number', value, style: 'width:6em' }, attrs));
+      return [input, el('label', {}, label + ' ', input)];
+    };
+    const [tokens, tokensLabel] = field('max-new-tokens', 'tokens', 200, { min: 0 });
+    const [temperature, temperatureLabel] = field('temperature', 'temperature', 0.8, { step: 0.1, min: 0 });
+    const [topK, topKLabel] = field('top-k', 'top k', 40, { min: 1 });
+    const [seed, seedLabel] = field('seed', 'seed', 1, { min: 0 });
+    inputBox.replaceChildren(el('div', { class: 'muted' }, 'Prompt'), prompt,
+      el('div', { class: 'toolbar' }, tokensLabel, temperatureLabel, topKLabel, seedLabel));
+    current.getRequest = () => {
+      const body = { prompt: prompt.value, max_new_tokens: Number(tokens.value),
+        temperature: Number(temperature.value), stream: true };
+      if (topK.value !== '') body.top_k = Number(topK.value);
+      if (seed.value !== '') body.seed = Number(seed.value);
+      return body;
+    };
+  }
+
+  async function generate() {
+    const out = el('pre', { id: 'generated', class: 'generated' });
+    const status = el('div', { class: 'muted', id: 'generate-status' }, 'generating…');
+    probs.replaceChildren(el('h2', {}, 'Continuation'), out, status);
+    const r = await postEvents(`/v1/models/${encodeURIComponent(current.model)}/versions/${current.id}/generate`,
+      current.getRequest(), (type, data) => {
+        if (type === 'token') out.textContent += data.text;
+        else if (type === 'done') status.textContent =
+          `${data.tokens.length} tokens, ${data.tokens_per_second.toFixed(0)} tokens/s, seed ${data.seed}`;
+        else if (type === 'error') status.textContent = 'error: ' + data.message;
+      });
+    if (!r.ok) { status.textContent = errorText(r); message.textContent = errorText(r); }
+  }
+
   // sample: a picked {index, label, data} (values as stored); none: the drawn input.
   async function run(sample) {
+    if (current && current.getRequest) return generate();
     if (!current || !(sample || current.getInput)) return;
     if (!sample) strip.querySelectorAll('.picked').forEach((e) => e.classList.remove('picked'));
     const data = sample ? sample.data : current.getInput();

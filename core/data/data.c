@@ -50,6 +50,13 @@ static size_t sample_bytes(const kn_tensor *t)
     return t ? (size_t)row_elements(t) * kn_dtype_size(t->dtype) : 0;
 }
 
+/* The bytes from one sample of t to the next: sample_bytes, or less for the overlapping
+ * windows of a token stream (data_windows.c); 0 for NULL. */
+static size_t sample_pitch(const kn_tensor *t)
+{
+    return t ? (size_t)t->strides[0] * kn_dtype_size(t->dtype) : 0;
+}
+
 /* An unregistered cpu tensor of t's dtype and sample shape with n samples. */
 static kn_tensor *samples_like(const kn_tensor *t, int64_t n)
 {
@@ -325,6 +332,11 @@ kn_status kn_dataset_to_dtype(kn_dataset *ds, kn_dtype dtype)
         return kn__error(KN_ERR_DTYPE, "dataset_to_dtype: unknown dtype %d", (int)dtype);
     kn_tensor *x = ds->inputs;
     if (x->dtype == dtype) return KN_OK;
+    if (kn__dataset_is_windows(ds))
+        return kn__error(KN_ERR_DTYPE,
+                         "dataset_to_dtype: the samples are token windows of a language model's "
+                         "text: they stay int64 token ids (the model must start with an "
+                         "embedding)");
     int64_t total = kn_numel(x), row = row_elements(x);
     if (dtype == KN_INT64) {
         const float *v = kn__data_ptr(x);
@@ -356,7 +368,8 @@ static kn_dataset *subset(const kn_dataset *ds, const unsigned char *keep, unsig
         kn_release(y);
         return kn__error_null(KN_ERR_MEMORY, "dataset_split: out of memory");
     }
-    size_t row = sample_bytes(ds->inputs), label_bytes = sample_bytes(ds->labels);
+    size_t row = sample_bytes(ds->inputs), label_row = sample_bytes(ds->labels);
+    size_t pitch = sample_pitch(ds->inputs), label_pitch = sample_pitch(ds->labels);
     const char *src = kn__data_ptr(ds->inputs);
     const char *src_labels = y ? kn__data_ptr(ds->labels) : NULL;
     char *dst = kn__data_ptr(x);
@@ -364,10 +377,10 @@ static kn_dataset *subset(const kn_dataset *ds, const unsigned char *keep, unsig
     int64_t j = 0;
     for (int64_t i = 0; i < ds->count; i++) {
         if (keep[i] != want) continue;
-        memcpy(dst + (size_t)j * row, src + (size_t)i * row, row);
+        memcpy(dst + (size_t)j * row, src + (size_t)i * pitch, row);
         if (y)
-            memcpy(dst_labels + (size_t)j * label_bytes, src_labels + (size_t)i * label_bytes,
-                   label_bytes);
+            memcpy(dst_labels + (size_t)j * label_row, src_labels + (size_t)i * label_pitch,
+                   label_row);
         j++;
     }
     out->inputs = x;
@@ -384,6 +397,11 @@ kn_status kn_dataset_split(const kn_dataset *ds, double fraction, uint64_t seed,
 {
     if (!ds || !train || !validation) return kn__error(KN_ERR_NULL, "dataset_split: NULL argument");
     *train = *validation = NULL;
+    if (kn__dataset_is_windows(ds))
+        return kn__error(KN_ERR_VALUE,
+                         "dataset_split: the samples are overlapping windows of one token "
+                         "stream: split the stream instead (nanoGPT's first and last parts), "
+                         "then make the windows of each part");
     if (!(fraction > 0 && fraction < 1))
         return kn__error(KN_ERR_VALUE, "dataset_split: fraction must be in (0, 1), got %g",
                          fraction);
@@ -487,7 +505,8 @@ static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t sta
 {
     const int64_t *idx = (const int64_t *)order->storage->data + order->offset;
     int64_t stride = order->strides[0];
-    size_t row = sample_bytes(ds->inputs), label_bytes = sample_bytes(ds->labels);
+    size_t row = sample_bytes(ds->inputs), label_row = sample_bytes(ds->labels);
+    size_t pitch = sample_pitch(ds->inputs), label_pitch = sample_pitch(ds->labels);
     const char *src = kn__data_ptr(ds->inputs);
     const char *src_labels = ds->labels ? kn__data_ptr(ds->labels) : NULL;
     for (int64_t j = 0; j < n; j++) {
@@ -496,10 +515,10 @@ static kn_status gather_rows(const kn_dataset *ds, kn_tensor *order, int64_t sta
             return kn__error(KN_ERR_VALUE,
                              "dataset_batch: order[%lld] = %lld is out of range for %lld samples",
                              (long long)(start + j), (long long)i, (long long)ds->count);
-        memcpy((char *)dst + (size_t)j * row, src + (size_t)i * row, row);
+        memcpy((char *)dst + (size_t)j * row, src + (size_t)i * pitch, row);
         if (src_labels)
-            memcpy((char *)dst_labels + (size_t)j * label_bytes,
-                   src_labels + (size_t)i * label_bytes, label_bytes);
+            memcpy((char *)dst_labels + (size_t)j * label_row, src_labels + (size_t)i * label_pitch,
+                   label_row);
     }
     return KN_OK;
 }

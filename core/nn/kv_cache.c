@@ -52,6 +52,11 @@ static int collect(const kn_module *m, kn__kv_slot *slots, int n)
     return n;
 }
 
+bool kn__module_has_attention(const kn_module *model)
+{
+    return model && collect(model, NULL, 0) > 0;
+}
+
 kn_kv_cache *kn_kv_cache_new(const kn_module *model, int64_t max_len)
 {
     if (!model) return kn__error_null(KN_ERR_NULL, "kv_cache_new: model is NULL");

@@ -322,6 +322,12 @@ int kn_graph_output_count(const kn_module *graph)
     return graph && graph->graph ? graph->graph->n_outputs : 0;
 }
 
+kn_dtype kn_graph_input_dtype(const kn_module *graph, int i)
+{
+    bool valid = graph && graph->graph && i >= 0 && i < graph->graph->n_inputs;
+    return valid ? graph->graph->inputs[i].dtype : KN_FLOAT32;
+}
+
 kn_dtype kn__graph_input_dtype(const kn_module *m)
 {
     return m->graph && m->graph->n_inputs > 0 ? m->graph->inputs[0].dtype : KN_FLOAT32;

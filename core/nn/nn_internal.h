@@ -115,4 +115,8 @@ kn__kv_slot *kn__kv_slot_of(const kn_module *m);
 kn_tensor *kn__kv_attend(kn__kv_slot *slot, kn_tensor *qkv, kn_tensor *padding, int64_t num_heads,
                          const kn_attention_args *args);
 
+/* ---- generation (issue 12) ---- */
+/* Whether model holds a MultiheadAttention module anywhere (a key/value cache serves it). */
+bool kn__module_has_attention(const kn_module *model);
+
 #endif

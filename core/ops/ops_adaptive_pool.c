@@ -2,10 +2,14 @@
  * ops_adaptive_pool.c — kn_adaptive_avg_pool2d, forward and backward. Output cell i
  * covers input rows floor(i*H/oh) .. ceil((i+1)*H/oh) (exclusive), PyTorch's start/end
  * rule, so windows may overlap or differ in size when H is not a multiple of oh.
+ * When they do not (H a multiple of oh and W of ow: the ResNet's 14x14 -> 7x7), the op is
+ * avg_pool2d with kernel = stride = H/oh, W/ow, and runs as kernels/cpu/pool.c's, parallel
+ * over planes: the same sums in the same order and the same divisor, so the same bits.
  * On a CUDA device the module's kernels (kernels/cuda/conv.cu) do the same.
  */
 #include "kn_internal.h"
 #include "kn_cuda.h"
+#include "../kernels/cpu/kn_cpu_linalg.h"
 
 #include <string.h>
 
@@ -24,8 +28,33 @@ typedef struct {
     int64_t planes, h, w, oh, ow;
 } plane_dims;
 
+/* Windows of one size that tile the plane: the average pool of that kernel and stride
+ * into *g. */
+static bool uniform_windows(const plane_dims *d, kn_cpu_pool_geometry *g)
+{
+    if (d->h % d->oh || d->w % d->ow) return false;
+    int64_t kh = d->h / d->oh, kw = d->w / d->ow;
+    *g = (kn_cpu_pool_geometry){.planes = d->planes,
+                                .height = d->h,
+                                .width = d->w,
+                                .out_h = d->oh,
+                                .out_w = d->ow,
+                                .kernel_h = kh,
+                                .kernel_w = kw,
+                                .stride_h = kh,
+                                .stride_w = kw,
+                                .dilation_h = 1,
+                                .dilation_w = 1};
+    return true;
+}
+
 static void pool_forward(const plane_dims *d, const float *x, float *y)
 {
+    kn_cpu_pool_geometry g;
+    if (uniform_windows(d, &g)) {
+        kn_cpu_avg_pool2d(&g, x, y);
+        return;
+    }
     for (int64_t p = 0; p < d->planes; p++) {
         const float *xp = x + p * d->h * d->w;
         float *yp = y + p * d->oh * d->ow;
@@ -45,6 +74,11 @@ static void pool_forward(const plane_dims *d, const float *x, float *y)
 /* Each output gradient is spread evenly over its window (windows may overlap). */
 static void pool_backward(const plane_dims *d, const float *gy, float *gx)
 {
+    kn_cpu_pool_geometry g;
+    if (uniform_windows(d, &g)) {
+        kn_cpu_avg_pool2d_backward(&g, gy, gx);
+        return;
+    }
     if (d->planes * d->h * d->w == 0) return;
     memset(gx, 0, sizeof(float) * (size_t)(d->planes * d->h * d->w));
     for (int64_t p = 0; p < d->planes; p++) {

@@ -69,9 +69,11 @@ static kn_status layer_norm_backward(kn_node *node, kn_tensor *grad, kn_tensor *
         failed = !t || kn__cuda_error(t->layer_norm_backward(
                            x->device.index, f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d),
                            f32(dx), f32(dw), f32(db), rows, cols)) != KN_OK;
-    } else if (!failed) {
-        kn_cpu_layer_norm_backward(f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d), f32(dx),
-                                   f32(dw), f32(db), rows, cols);
+    } else if (!failed &&
+               !kn_cpu_layer_norm_backward(f32(dy), f32(x), f32(mean), f32(rstd), f32(weight_d),
+                                           f32(dx), f32(dw), f32(db), rows, cols)) {
+        failed = true;
+        kn__error(KN_ERR_MEMORY, "layer_norm backward: out of memory for the per-block sums");
     }
     kn_release(dy);
     kn_release(weight_d);
@@ -107,8 +109,7 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *weight, k
     int count = 1;
     if (weight) present[count++] = weight;
     if (bias) present[count++] = bias;
-    if (!kn__check_inputs("layer_norm", present, count) ||
-        !kn__check_float("layer_norm", x))
+    if (!kn__check_inputs("layer_norm", present, count) || !kn__check_float("layer_norm", x))
         return NULL;
     const kn_cuda_train *cuda = NULL;
     if (is_cuda(x) && !(cuda = kn__cuda_train(x->device, "layer_norm"))) return NULL;
@@ -395,8 +396,7 @@ kn_tensor *kn_batch_norm(kn_tensor *x, kn_tensor *running_mean, kn_tensor *runni
     int count = 1;
     for (int i = 0; i < 4; i++)
         if (optional[i]) present[count++] = optional[i];
-    if (!kn__check_inputs("batch_norm", present, count) ||
-        !kn__check_float("batch_norm", x))
+    if (!kn__check_inputs("batch_norm", present, count) || !kn__check_float("batch_norm", x))
         return NULL;
     const kn_cuda_train *cuda = NULL;
     if (is_cuda(x) && !(cuda = kn__cuda_train(x->device, "batch_norm"))) return NULL;

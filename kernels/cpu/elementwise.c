@@ -129,6 +129,12 @@ float kn_cpu_expf(float x)
     return fast_expf(x);
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default"))) void kn_cpu_erff_n(const float *x,
+                                                                                float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = kn_cpu_erff_inline(x[i]);
+}
+
 static inline float sigmoidf(float x)
 {
     return 1.f / (1.f + expf(-x));
@@ -139,7 +145,7 @@ static inline float sigmoidf(float x)
 
 static inline float gelu_exact(float x)
 {
-    return 0.5f * x * (1.f + erff(x * SQRT1_2));
+    return 0.5f * x * (1.f + kn_cpu_erff_inline(x * SQRT1_2));
 }
 static inline float gelu_tanh(float x)
 {
@@ -157,8 +163,8 @@ static inline float silu_grad(float x)
 }
 static inline float gelu_exact_grad(float x)
 {
-    float cdf = 0.5f * (1.f + erff(x * SQRT1_2));
-    float pdf = expf(-0.5f * x * x) * 0.39894228040143267794f;
+    float cdf = 0.5f * (1.f + kn_cpu_erff_inline(x * SQRT1_2));
+    float pdf = fast_expf(-0.5f * x * x) * 0.39894228040143267794f;
     return cdf + x * pdf;
 }
 static inline float gelu_tanh_grad(float x)

@@ -5,13 +5,16 @@
 #ifndef KN_CPU_NORM_H
 #define KN_CPU_NORM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* x, y [rows, cols]; weight/bias [cols] or NULL; writes mean[rows] and rstd[rows]. */
 void kn_cpu_layer_norm_forward(const float *x, const float *weight, const float *bias, float *y,
                                float *mean, float *rstd, int64_t rows, int64_t cols, float eps);
-/* dx, dweight, dbias may each be NULL (not wanted); weight may be NULL (ones). */
-void kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *mean,
+/* dx, dweight, dbias may each be NULL (not wanted); weight may be NULL (ones). The same
+ * bits for any thread count. false: out of memory for the per-block sums (nothing
+ * useful written). */
+bool kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *weight, float *dx, float *dweight,
                                 float *dbias, int64_t rows, int64_t cols);
 

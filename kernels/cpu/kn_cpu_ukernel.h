@@ -67,6 +67,7 @@ enum {
     KN_CPU_SCRATCH_CONV_OUT,    /* its virtual output, transposed gradient or dcol */
     KN_CPU_SCRATCH_CONV_ACT,    /* one image's activations before a fused pool */
     KN_CPU_SCRATCH_CONV_PLANE,  /* a gradient plane spread from a fused pool's */
+    KN_CPU_SCRATCH_NORM,        /* layer norm backward's per-block dweight/dbias sums */
     KN_CPU_SCRATCH_SLOTS
 };
 float *kn_cpu_scratch(int slot, int64_t floats);

@@ -9,6 +9,8 @@
  */
 #include "kn_cpu.h"
 #include "kn_cpu_norm.h"
+#include "kn_cpu_ukernel.h"
+#include "kn_cpu_vec.h"
 
 #include <math.h>
 #include <string.h>
@@ -26,8 +28,8 @@ static int64_t grain_for(int64_t work_per_item)
 /* ---- layer norm ------------------------------------------------------------------------ */
 
 typedef struct ln_ctx {
-    const float *x, *weight, *bias, *dy, *mean, *rstd;
-    float *y, *mean_out, *rstd_out, *dx, *dweight, *dbias;
+    const float *x, *weight, *bias;
+    float *y, *mean_out, *rstd_out;
     int64_t rows, cols;
     float eps;
 } ln_ctx;
@@ -91,100 +93,127 @@ void kn_cpu_layer_norm_forward(const float *x, const float *weight, const float 
     kn_cpu_parallel_for(rows, grain_for(cols), ln_forward_rows, &c);
 }
 
-/* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * weight. */
-CLONES static void ln_backward_rows(void *arg, int64_t begin, int64_t end)
+/* ---- layer norm backward ---------------------------------------------------------------
+ * One parallel region over fixed blocks of rows. Per row, in 16-float vectors:
+ *   g = dy * weight, sum_g = sum(g), sum_gx = sum(g * (x - mean)) * rstd,
+ *   dx = rstd * (g - sum_g / n - (x - mean) * rstd * sum_gx / n);
+ * and each block adds its rows' dy * xhat and dy into its own partial dweight / dbias
+ * (rows in order). The partials are then added in block order. The blocks depend on the
+ * shape only, so the bits are the same for any thread count; before, dx, dweight and
+ * dbias were three regions, and the row sums compiled to scalar horizontal adds. */
+
+typedef struct ln_back {
+    const float *x, *weight, *dy, *mean, *rstd;
+    float *dx;
+    float *parts; /* [blocks][2][cols]: dweight then dbias partials, or NULL */
+    bool want_dw, want_db;
+    int64_t rows, cols, block_rows;
+} ln_back;
+
+/* Rows per block: ~8K elements, at most 64 blocks (the partials stay <= 128 rows). */
+static int64_t ln_block_rows(int64_t rows, int64_t cols)
 {
-    const ln_ctx *c = arg;
-    int64_t n = c->cols;
+    int64_t b = 8192 / (cols > 0 ? cols : 1);
+    int64_t min_b = (rows + 63) / 64;
+    if (b < min_b) b = min_b;
+    return b > 0 ? b : 1;
+}
+
+CLONES static void ln_backward_blocks(void *arg, int64_t begin, int64_t end)
+{
+    const ln_back *c = arg;
+    int64_t n = c->cols, nv = n - n % W;
     const float *w = c->weight;
-    for (int64_t r = begin; r < end; r++) {
-        const float *x = c->x + r * n, *dy = c->dy + r * n;
-        float *dx = c->dx + r * n;
-        float m = c->mean[r], rs = c->rstd[r];
-        float acc_g[LANES] = {0}, acc_gx[LANES] = {0};
-        float sum_g = 0.f, sum_gx = 0.f;
-        int64_t j = 0;
-        /* two versions: `w ? dy*w : dy` in one loop would become masked loads from NULL */
-        if (w) {
-            for (; j + LANES <= n; j += LANES)
-                for (int k = 0; k < LANES; k++) {
-                    float g = dy[j + k] * w[j + k];
-                    acc_g[k] += g;
-                    acc_gx[k] += g * (x[j + k] - m);
+    float inv_n = 1.f / (float)n;
+    for (int64_t blk = begin; blk < end; blk++) {
+        int64_t r0 = blk * c->block_rows, r1 = r0 + c->block_rows;
+        if (r1 > c->rows) r1 = c->rows;
+        float *pw = c->parts ? c->parts + blk * 2 * n : NULL, *pb = pw ? pw + n : NULL;
+        if (pw) memset(pw, 0, sizeof(float) * 2 * (size_t)n);
+        for (int64_t r = r0; r < r1; r++) {
+            const float *x = c->x + r * n, *dy = c->dy + r * n;
+            float m = c->mean[r], rs = c->rstd[r];
+            if (c->dx) {
+                vf acc_g = splat(0.f), acc_gx = splat(0.f);
+                float sum_g = 0.f, sum_gx = 0.f;
+                int64_t j = 0;
+                for (; j < nv; j += W) {
+                    vf g = w ? load(dy + j) * load(w + j) : load(dy + j);
+                    acc_g += g;
+                    acc_gx += g * (load(x + j) - m);
                 }
-            for (; j < n; j++) {
-                sum_g += dy[j] * w[j];
-                sum_gx += dy[j] * w[j] * (x[j] - m);
+                for (; j < n; j++) {
+                    float g = w ? dy[j] * w[j] : dy[j];
+                    sum_g += g;
+                    sum_gx += g * (x[j] - m);
+                }
+                sum_g += hsum(acc_g);
+                sum_gx = (sum_gx + hsum(acc_gx)) * rs;
+                float a = sum_g * inv_n, b = sum_gx * inv_n * rs;
+                float *dx = c->dx + r * n;
+                for (j = 0; j < nv; j += W) {
+                    vf g = w ? load(dy + j) * load(w + j) : load(dy + j);
+                    store(dx + j, rs * (g - a - (load(x + j) - m) * b));
+                }
+                for (; j < n; j++) {
+                    float g = w ? dy[j] * w[j] : dy[j];
+                    dx[j] = rs * (g - a - (x[j] - m) * b);
+                }
             }
-        } else {
-            for (; j + LANES <= n; j += LANES)
-                for (int k = 0; k < LANES; k++) {
-                    acc_g[k] += dy[j + k];
-                    acc_gx[k] += dy[j + k] * (x[j + k] - m);
+            if (pw) {
+                int64_t j = 0;
+                for (; j < nv; j += W) {
+                    vf d = load(dy + j);
+                    if (c->want_dw) store(pw + j, load(pw + j) + d * ((load(x + j) - m) * rs));
+                    if (c->want_db) store(pb + j, load(pb + j) + d);
                 }
-            for (; j < n; j++) {
-                sum_g += dy[j];
-                sum_gx += dy[j] * (x[j] - m);
+                for (; j < n; j++) {
+                    pw[j] += dy[j] * ((x[j] - m) * rs);
+                    pb[j] += dy[j];
+                }
             }
         }
-        sum_g += lane_sum(acc_g);
-        sum_gx = (sum_gx + lane_sum(acc_gx)) * rs;
-        float a = sum_g / (float)n, b = sum_gx / (float)n;
-        if (w)
-            for (j = 0; j < n; j++) dx[j] = rs * (dy[j] * w[j] - a - (x[j] - m) * rs * b);
-        else
-            for (j = 0; j < n; j++) dx[j] = rs * (dy[j] - a - (x[j] - m) * rs * b);
     }
 }
 
-/* Column chunks: every thread owns its columns of dweight and dbias. */
-CLONES static void ln_param_cols(void *arg, int64_t begin, int64_t end)
-{
-    const ln_ctx *c = arg;
-    int64_t n = c->cols, len = end - begin;
-    float *dw = c->dweight ? c->dweight + begin : NULL;
-    float *db = c->dbias ? c->dbias + begin : NULL;
-    if (dw) memset(dw, 0, sizeof(float) * (size_t)len);
-    if (db) memset(db, 0, sizeof(float) * (size_t)len);
-    for (int64_t r = 0; r < c->rows; r++) {
-        const float *x = c->x + r * n + begin, *dy = c->dy + r * n + begin;
-        float m = c->mean[r], rs = c->rstd[r];
-        if (dw && db)
-            for (int64_t j = 0; j < len; j++) {
-                dw[j] += dy[j] * (x[j] - m) * rs;
-                db[j] += dy[j];
-            }
-        else if (dw)
-            for (int64_t j = 0; j < len; j++) dw[j] += dy[j] * (x[j] - m) * rs;
-        else
-            for (int64_t j = 0; j < len; j++) db[j] += dy[j];
-    }
-}
-
-void kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *mean,
+bool kn_cpu_layer_norm_backward(const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *weight, float *dx, float *dweight,
                                 float *dbias, int64_t rows, int64_t cols)
 {
-    ln_ctx c = {.x = x,
-                .weight = weight,
-                .dy = dy,
-                .mean = mean,
-                .rstd = rstd,
-                .dx = dx,
-                .dweight = dweight,
-                .dbias = dbias,
-                .rows = rows,
-                .cols = cols};
-    if (dx) kn_cpu_parallel_for(rows, grain_for(cols), ln_backward_rows, &c);
-    if (dweight || dbias) {
-        if (rows == 0) {
-            if (dweight) memset(dweight, 0, sizeof(float) * (size_t)cols);
-            if (dbias) memset(dbias, 0, sizeof(float) * (size_t)cols);
-            return;
-        }
-        int64_t grain = grain_for(rows);
-        kn_cpu_parallel_for(cols, grain < 16 ? 16 : grain, ln_param_cols, &c);
+    if (rows == 0 || cols == 0) {
+        if (dweight) memset(dweight, 0, sizeof(float) * (size_t)cols);
+        if (dbias) memset(dbias, 0, sizeof(float) * (size_t)cols);
+        return true;
     }
+    ln_back c = {.x = x,
+                 .weight = weight,
+                 .dy = dy,
+                 .mean = mean,
+                 .rstd = rstd,
+                 .dx = dx,
+                 .want_dw = dweight != NULL,
+                 .want_db = dbias != NULL,
+                 .rows = rows,
+                 .cols = cols,
+                 .block_rows = ln_block_rows(rows, cols)};
+    int64_t blocks = (rows + c.block_rows - 1) / c.block_rows;
+    if (dweight || dbias) {
+        /* blocks <= 64, so this is at most 128 rows of floats */
+        c.parts = kn_cpu_scratch(KN_CPU_SCRATCH_NORM, blocks * 2 * cols);
+        if (!c.parts) return false;
+    }
+    kn_cpu_parallel_for(blocks, 1, ln_backward_blocks, &c);
+    if (!c.parts) return true;
+    for (int64_t j = 0; j < cols; j++) {
+        float sw = c.parts[j], sb = c.parts[cols + j];
+        for (int64_t blk = 1; blk < blocks; blk++) {
+            sw += c.parts[blk * 2 * cols + j];
+            sb += c.parts[(blk * 2 + 1) * cols + j];
+        }
+        if (dweight) dweight[j] = sw;
+        if (dbias) dbias[j] = sb;
+    }
+    return true;
 }
 
 /* ---- batch norm ------------------------------------------------------------------------ */

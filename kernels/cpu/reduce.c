@@ -11,6 +11,7 @@
  */
 #include "kn_cpu_reduce.h"
 #include "kn_cpu.h"
+#include "kn_cpu_vec.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,44 +35,9 @@ static int64_t grain_for(int64_t per_task, int64_t elements)
     return g > 0 ? g : 1;
 }
 
-/* ---- 8-float vectors ------------------------------------------------------------------
- * GCC's vector extensions: the row loops are reductions (and exp has selects) that the
- * auto-vectoriser leaves scalar without -ffast-math, so they are written 8 lanes at a
- * time. Each target clone compiles them to its own instructions (2 x SSE by default). */
-#define W 16
-/* The helpers taking and returning vectors are always inlined, so no call ever crosses
- * the ABI that -Wpsabi warns about. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#define VINLINE static inline __attribute__((always_inline))
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-
-VINLINE vf load(const float *p)
-{
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-VINLINE void store(float *p, vf v)
-{
-    memcpy(p, &v, sizeof v);
-}
-VINLINE vf splat(float x)
-{
-    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-}
-VINLINE vf vselect(vi mask, vf a, vf b)
-{
-    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
-}
-VINLINE float hsum(vf v)
-{
-    float s = 0.f;
-    for (int k = 0; k < W; k++) s += v[k];
-    return s;
-}
-
+/* ---- 16-float vectors (kn_cpu_vec.h) ----------------------------------------------------
+ * The row loops are reductions (and exp has selects) that the auto-vectoriser leaves
+ * scalar without -ffast-math, so they are written 16 lanes at a time. */
 /* kn_cpu_expf_inline (kn_cpu.h) written with GCC vector types, 8 lanes at a time, for
  * the loops the compiler does not vectorise by itself; same polynomial and results. */
 VINLINE vf vexp(vf x)

@@ -23,9 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KC 256       /* k steps per block */
-#define MC_PANELS 16 /* MR-row panels per block of A */
-#define NC_MAX 512   /* columns of B packed at once, per task */
+#define KC 256        /* k steps per block */
+#define MC_PANELS 16  /* MR-row panels per block of A */
+#define NC_MAX 512    /* columns of B packed at once, per task */
+#define DOT_MAX_M 256 /* A·Bᵀ with fewer rows runs as dot products (see below) */
 #define PARALLEL_WORK                                                                              \
     (1 << 20) /* multiply-adds (~8 us on one core) under which a product                           \
                * stays on one thread: below, waking a helper costs more */
@@ -244,7 +245,11 @@ static void pack_b(int nr, const float *b, int64_t rs, int64_t cs, int n, int64_
  * element: as slow as the product itself when m is a batch of 64), so this layout
  * (linear's forward, x·Wᵀ) runs 4 x 4 dot products at a time along k instead: 16 vector
  * accumulators, each summed across its lanes in a fixed tree at the end. No packing, and
- * still one fixed order per element. */
+ * still one fixed order per element. From DOT_MAX_M rows on, the transpose is paid once
+ * for many row panels and the lane sums (16 trees per 4 x 4 block, as many scalar adds
+ * as the block's FMAs when k is 128) dominate instead, so those products pack: the GPT's
+ * x·Wᵀ at [768, 128] x [128, 512] took 1.7 ms as dots, 0.47 ms packed (2 threads,
+ * bench_layers gpt.ffn1). The choice depends on the shape only, never on the threads. */
 
 #define DOT_BODY(VT, VW)                                                                           \
     VT acc[KN_CPU_DOT_MR][KN_CPU_DOT_NR];                                                          \
@@ -471,7 +476,7 @@ void kn_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
                       .ldc = ldc};
     gemm_plan *p = &plan;
     int mr = uk->mr, nr = uk->nr;
-    if (!trans_a && trans_b && k >= 16) {
+    if (!trans_a && trans_b && k >= 16 && m < DOT_MAX_M) {
         p->dot = kn_cpu_dot_kernel();
         mr = KN_CPU_DOT_MR;
         nr = KN_CPU_DOT_NR;

@@ -7,8 +7,8 @@
 // confusion matrix; the compare view draws the single-point test metrics and labels runs
 // by name; the cancel button cancels a second job; the submit template names this
 // server's model and dataset and validates; the submit form shows a validation error at
-// the right field; the inference panel shows probabilities; no console errors. Writes
-// jobs.png and job.png
+// the right field; the inference panel shows probabilities; a text model's prompt box
+// streams a continuation; no console errors. Writes jobs.png and job.png
 // and prints the time to first paint of a job page with 100,000 points per series.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
@@ -199,6 +199,8 @@ async function mainFlow(context, page) {
     `a picked test image shows probabilities (${picked.join('% ')}%) and its true label ("${truth}")`);
   check(picked.indexOf(Math.max(...picked)) === label, 'the trained model classifies the picked image right');
 
+  await textModelFlow(page);
+
   // first paint of a job page with 100,000 points per series
   if (bigJob) {
     const fresh = await context.newPage();
@@ -223,6 +225,40 @@ async function mainFlow(context, page) {
   }
 
   return (t) => expected400 > 0 && /Failed to load resource: the server responded with a status of 400/.test(t);
+}
+
+// A text model (issue 12): a small GPT trained on an uploaded text gets a prompt box,
+// and its continuation streams into the page token by token.
+async function textModelFlow(page) {
+  const headers = TOKEN ? { Authorization: 'Bearer ' + TOKEN } : {};
+  const text = 'to be, or not to be, that is the question.\n'.repeat(40);
+  const up = await fetch(url + '/v1/datasets/play/files/train_text?format=text',
+    { method: 'PUT', headers, body: text });
+  check(up.status === 201, `a text uploads as a dataset's train_text (${up.status})`);
+  const vocab = (await up.json()).vocab_size;
+  const model = { name: 'gpt', input_shape: [16], layers: [
+    { type: 'embedding', num_embeddings: vocab, embedding_dim: 32 },
+    { type: 'positional_embedding', num_embeddings: 16 },
+    { type: 'transformer_encoder_layer', nhead: 4, dim_feedforward: 64, dropout: 0,
+      activation: 'gelu', norm_first: true, is_causal: true },
+    { type: 'layer_norm' }, { type: 'linear', in_features: 32, out_features: vocab, bias: false }] };
+  const job = await call('POST', '/v1/jobs', { model, data: { dataset: 'play', tokenizer: 'chars',
+    validation_split: 0.1 }, optimizer: { type: 'adamw', lr: 0.003 }, batch_size: 12, max_steps: 150 });
+  for (;;) {
+    const j = await call('GET', '/v1/jobs/' + job.id);
+    if (j.state === 'succeeded') break;
+    if (['failed', 'canceled'].includes(j.state)) throw new Error('the text job ended ' + j.state);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await page.goto(url + '/#/infer?job=' + job.id);
+  await page.waitForSelector('#prompt');
+  check((await page.textContent('#predict')) === 'Generate', 'a text model gets a prompt box and a Generate button');
+  await page.fill('#prompt', 'to be');
+  await page.fill('#max-new-tokens', '30');
+  await page.click('#predict');
+  await page.waitForFunction(() => /tokens\/s/.test(document.getElementById('generate-status')?.textContent || ''));
+  const generated = await page.textContent('#generated');
+  check(generated.length === 30, `the continuation streams in (${JSON.stringify(generated)})`);
 }
 
 // The token run: everything the page asks for once the token is entered must carry it.

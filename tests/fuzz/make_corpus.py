@@ -214,16 +214,27 @@ def trained_seeds(kiln):
     write("safetensors", "small-model-checkpoint", checkpoint)
 
 
+def text_seeds():
+    """Text uploads (issue 12): UTF-8, a gzip one, and what a chars tokenizer refuses."""
+    write("text", "shakespeare", b"First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    write("text", "utf8", "caf\u00e9 \u20ac \U0001f525\n".encode())
+    write("text", "overlong", b"ab\xc0\xafcd")
+    write("text", "truncated", b"ok\xe2\x82")
+    write("text", "nul", b"a\0b")
+    write("text", "python.gz", gz(b"def f(x):\n    return x\n"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kiln", help="the kiln binary, for the weights and checkpoint seeds")
     args = parser.parse_args()
     for target in ("safetensors", "idx", "npy", "csv", "model_spec", "job_spec", "weights",
-                   "checkpoint"):
+                   "checkpoint", "text"):
         os.makedirs(os.path.join(CORPUS, target), exist_ok=True)
     idx_seeds()
     npy_seeds()
     csv_seeds()
+    text_seeds()
     safetensors_seeds()
     spec_seeds()
     if args.kiln:

@@ -1,0 +1,175 @@
+/*
+ * test_erf.c — the engine's vectorised erf (kn_cpu_erff_inline, kernels/cpu/kn_cpu.h),
+ * which exact GELU and its gradient use in place of libm's scalar erff: its error against
+ * erf in double over a dense sweep of every float range (denormals, the switch at 1, the
+ * clamp at 3.92, the tails, +-inf, NaN, signed zeros), and GELU's values and gradient
+ * being the same bits for any thread count.
+ */
+#include "kn.h"
+#include "kn_cpu.h"
+
+#include <criterion/criterion.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Error of got in units of the float spacing at erf(x) (the spacing of the correctly
+ * rounded result; denormal results use the denormal spacing). */
+static double ulp_error(float x, float got)
+{
+    double want = erf((double)x);
+    float rounded = (float)want;
+    double spacing = (double)nextafterf(fabsf(rounded), INFINITY) - (double)fabsf(rounded);
+    if (fabsf(rounded) == 1.f) spacing = 0x1p-24; /* just below 1, where results land */
+    return fabs((double)got - want) / spacing;
+}
+
+#define CHUNK 65536
+
+/* Every 61st bit pattern of the positive floats (~35M values, both signs checked by
+ * oddness below), in chunks so the vectorised body and the scalar tail both run. */
+Test(erf, within_two_ulp_of_erf_in_double_over_all_floats)
+{
+    float *x = malloc(sizeof(float) * CHUNK), *y = malloc(sizeof(float) * CHUNK);
+    double worst = 0;
+    float worst_x = 0;
+    uint64_t checked = 0;
+    for (uint64_t u = 0; u < 0x7f800000u;) {
+        int n = 0;
+        for (; n < CHUNK - 3 && u < 0x7f800000u; u += 61) x[n++] = from_bits((uint32_t)u);
+        kn_cpu_erff_n(x, y, n);
+        for (int i = 0; i < n; i++) {
+            double e = ulp_error(x[i], y[i]);
+            if (!(e <= worst)) {
+                worst = e;
+                worst_x = x[i];
+            }
+        }
+        checked += (uint64_t)n;
+    }
+    cr_assert(checked > 30000000);
+    cr_log_info("erf: max error %.3f ulp at x = %.9g over %llu floats", worst, worst_x,
+                (unsigned long long)checked);
+    cr_assert(worst <= 2.0, "max error %.3f ulp at x = %.9g", worst, worst_x);
+    free(x);
+    free(y);
+}
+
+/* Every float where the pieces meet or the result leaves (0, 1), and every denormal. */
+Test(erf, every_float_near_the_switches)
+{
+    static const float ranges[][2] = {
+        {0.f, 0x1p-124f}, /* the denormals and the first normals: erf ~ 2x/sqrt(pi) */
+        {0.95f, 1.05f},   /* the polynomial / exp(log erfc) switch */
+        {3.8f, 4.1f},     /* erf reaching 1, the clamp at 3.92 */
+    };
+    float *x = malloc(sizeof(float) * CHUNK), *y = malloc(sizeof(float) * CHUNK);
+    for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+        float v = ranges[r][0];
+        while (v <= ranges[r][1]) {
+            int n = 0;
+            for (; n < CHUNK && v <= ranges[r][1]; v = nextafterf(v, INFINITY)) x[n++] = v;
+            kn_cpu_erff_n(x, y, n);
+            for (int i = 0; i < n; i++) {
+                double e = ulp_error(x[i], y[i]);
+                cr_assert(e <= 2.0, "x = %.9g: got %.9g, erf %.9g (%.3f ulp)", x[i], y[i],
+                          erf((double)x[i]), e);
+            }
+        }
+    }
+    free(x);
+    free(y);
+}
+
+Test(erf, odd_and_the_special_values)
+{
+    enum { N = 37 };
+    float x[N], y[N], neg[N], yneg[N];
+    for (int i = 0; i < N; i++) x[i] = ldexpf(1.f + (float)i / 8.f, i - 20); /* 1e-6 .. 1e5 */
+    x[0] = FLT_TRUE_MIN;
+    x[1] = FLT_MIN;
+    x[2] = FLT_MAX;
+    x[3] = 3.92f;
+    for (int i = 0; i < N; i++) neg[i] = -x[i];
+    kn_cpu_erff_n(x, y, N);
+    kn_cpu_erff_n(neg, yneg, N);
+    for (int i = 0; i < N; i++) {
+        cr_assert(yneg[i] == -y[i], "erf(-x) != -erf(x) at x = %.9g", x[i]);
+        cr_assert(ulp_error(x[i], y[i]) <= 2.0, "x = %.9g: %.9g", x[i], y[i]);
+    }
+    cr_assert(y[2] == 1.f && yneg[2] == -1.f, "erf(+-FLT_MAX) = +-1");
+    cr_assert(y[0] > 0.f, "erf of the smallest denormal is the smallest denormal, not 0");
+
+    float s[6] = {INFINITY, -INFINITY, NAN, -NAN, 0.f, -0.f}, ys[6];
+    kn_cpu_erff_n(s, ys, 6);
+    cr_assert(ys[0] == 1.f && ys[1] == -1.f, "erf(+-inf) = +-1, got %g %g", ys[0], ys[1]);
+    cr_assert(isnan(ys[2]) && isnan(ys[3]), "NaN in, NaN out");
+    cr_assert(ys[4] == 0.f && !signbit(ys[4]), "erf(+0) = +0");
+    cr_assert(ys[5] == 0.f && signbit(ys[5]), "erf(-0) = -0");
+}
+
+/* GELU and its gradient (kn_gelu, exact and tanh) over 200003 values: the same bits with
+ * 1, 2 and 3 threads, and within float rounding of the formulas in double with libm. */
+Test(erf, gelu_same_bits_for_any_thread_count)
+{
+    enum { N = 200003 };
+    float *data = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++) data[i] = -12.f + 24.f * (float)i / (float)(N - 1);
+    int threads_before = kn_get_num_threads();
+    for (int mode = 0; mode < 2; mode++) {
+        kn_gelu_approximation approx = mode ? KN_GELU_TANH : KN_GELU_EXACT;
+        float *ref_y = NULL, *ref_g = NULL;
+        for (int threads = 1; threads <= 3; threads++) {
+            kn_set_num_threads(threads);
+            kn_scope_begin();
+            int64_t shape[1] = {N};
+            kn_tensor *x = kn_from_floats(data, shape, 1);
+            kn_set_requires_grad(x, true);
+            kn_tensor *y = kn_gelu(x, approx);
+            cr_assert(y, "%s", kn_last_error());
+            kn_tensor *loss = kn_sum_all(kn_mul(y, y));
+            cr_assert(kn_backward(loss, NULL, false) == KN_OK, "%s", kn_last_error());
+            const float *yv = kn_data_f32(y), *gv = kn_data_f32(kn_grad(x));
+            if (!ref_y) {
+                ref_y = malloc(sizeof(float) * N);
+                ref_g = malloc(sizeof(float) * N);
+                memcpy(ref_y, yv, sizeof(float) * N);
+                memcpy(ref_g, gv, sizeof(float) * N);
+                for (int i = 0; i < N; i++) {
+                    double v = data[i], want, dwant;
+                    if (mode == 0) {
+                        double cdf = 0.5 * (1 + erf(v * M_SQRT1_2));
+                        want = v * cdf;
+                        dwant = cdf + v * exp(-0.5 * v * v) / sqrt(2 * M_PI);
+                    } else {
+                        double in = sqrt(2 / M_PI) * (v + 0.044715 * v * v * v), t = tanh(in);
+                        want = 0.5 * v * (1 + t);
+                        dwant = 0.5 * (1 + t) +
+                                0.5 * v * (1 - t * t) * sqrt(2 / M_PI) * (1 + 3 * 0.044715 * v * v);
+                    }
+                    dwant *= 2 * want;
+                    cr_assert(fabs(yv[i] - want) <= 1e-6 + 1e-6 * fabs(want),
+                              "gelu(%.9g) = %.9g, want %.9g", data[i], yv[i], want);
+                    cr_assert(fabs(gv[i] - dwant) <= 1e-5 + 1e-5 * fabs(dwant),
+                              "gelu'(%.9g) gives %.9g, want %.9g", data[i], gv[i], dwant);
+                }
+            } else {
+                cr_assert(memcmp(ref_y, yv, sizeof(float) * N) == 0, "values, %d threads", threads);
+                cr_assert(memcmp(ref_g, gv, sizeof(float) * N) == 0, "grad, %d threads", threads);
+            }
+            kn_scope_end();
+        }
+        free(ref_y);
+        free(ref_g);
+    }
+    kn_set_num_threads(threads_before);
+    free(data);
+}

@@ -44,12 +44,13 @@ static const char *const LOSS_FIELDS[] = {"type", "label_smoothing", "weight", "
                                           "beta", "delta",           NULL};
 static const char *const LOSS_NAMES =
     "\"cross_entropy\", \"nll\", \"mse\", \"l1\", \"smooth_l1\", \"huber\" or \"bce_with_logits\"";
-static const char *const SGD_FIELDS[] = {"type",     "lr",           "momentum", "dampening",
-                                         "nesterov", "weight_decay", NULL};
-static const char *const ADAM_FIELDS[] = {"type",         "lr",      "betas", "eps",
-                                          "weight_decay", "amsgrad", NULL};
-static const char *const RMSPROP_FIELDS[] = {"type",         "lr",       "alpha",    "eps",
-                                             "weight_decay", "momentum", "centered", NULL};
+static const char *const SGD_FIELDS[] = {
+    "type", "lr", "momentum", "dampening", "nesterov", "weight_decay", "weight_decay_params", NULL};
+static const char *const ADAM_FIELDS[] = {
+    "type", "lr", "betas", "eps", "weight_decay", "weight_decay_params", "amsgrad", NULL};
+static const char *const RMSPROP_FIELDS[] = {"type",     "lr",           "alpha",
+                                             "eps",      "weight_decay", "weight_decay_params",
+                                             "momentum", "centered",     NULL};
 static const char *const STEP_FIELDS[] = {"type",         "step_size",           "gamma",
                                           "warmup_steps", "warmup_start_factor", NULL};
 static const char *const COSINE_FIELDS[] = {
@@ -536,6 +537,26 @@ static void parse_task(kapi_errors *errors, const cJSON *root, kapi_job_spec *jo
     }
 }
 
+/* "weight_decay_params": "all" (every parameter, the default) or "matrices" (parameters
+ * of 2+ dimensions only: nanoGPT's decay / no-decay groups). */
+static void parse_decay_params(kapi_errors *errors, const cJSON *obj, kn_optimizer_options *o)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "weight_decay_params");
+    if (!v) return;
+    if (cJSON_IsString(v) && !strcmp(v->valuestring, "all")) {
+        o->weight_decay_params = KN_DECAY_ALL;
+    } else if (cJSON_IsString(v) && !strcmp(v->valuestring, "matrices")) {
+        o->weight_decay_params = KN_DECAY_MATRICES;
+    } else {
+        char got[120];
+        kapi__describe(v, got, sizeof got);
+        kapi_errors_add(errors, "optimizer.weight_decay_params",
+                        "expected \"all\" or \"matrices\" (parameters of 2 or more dimensions: "
+                        "weights and embeddings, not biases or norm parameters), got %s",
+                        got);
+    }
+}
+
 static void parse_optimizer(kapi_errors *errors, const cJSON *obj, kn_optimizer_options *o)
 {
     const char *p = "optimizer";
@@ -568,6 +589,7 @@ static void parse_optimizer(kapi_errors *errors, const cJSON *obj, kn_optimizer_
     kapi__check_fields(errors, obj, p, fields);
     kapi__get_number(errors, obj, "lr", p, 0, true, INFINITY, false, &o->lr);
     kapi__get_number(errors, obj, "weight_decay", p, 0, true, INFINITY, false, &o->weight_decay);
+    parse_decay_params(errors, obj, o);
     if (o->kind == KN_OPTIM_SGD) {
         kapi__get_number(errors, obj, "momentum", p, 0, true, INFINITY, false, &o->momentum);
         kapi__get_number(errors, obj, "dampening", p, -INFINITY, false, INFINITY, false,

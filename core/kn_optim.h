@@ -22,6 +22,15 @@ typedef enum {
     KN_OPTIM_RMSPROP,
 } kn_optimizer_kind;
 
+/* Which parameters weight_decay applies to. KN_DECAY_MATRICES is nanoGPT's two
+ * parameter groups (configure_optimizers: decay where p.dim() >= 2, none elsewhere):
+ * weights and embeddings decay; biases, normalisation weights and biases (1-D) and 0-d
+ * parameters do not. torch's equivalent is two param_groups with weight_decay wd and 0. */
+typedef enum {
+    KN_DECAY_ALL,      /* every parameter (torch's single param group; the default) */
+    KN_DECAY_MATRICES, /* only parameters of 2 or more dimensions */
+} kn_weight_decay_params;
+
 /* Every field an optimizer reads; kn_optimizer_defaults fills PyTorch's defaults for
  * the kind (SGD lr has no default in torch: 0.01 here; Adam 1e-3, betas (0.9, 0.999),
  * eps 1e-8; AdamW the same with weight_decay 0.01; RMSprop lr 0.01, alpha 0.99,
@@ -38,7 +47,9 @@ typedef enum {
  *            avg = sqrt(s - a^2) + eps, else sqrt(s) + eps; momentum > 0: buf = momentum buf
  *            + g / avg, p -= lr buf; else p -= lr g / avg
  * t is the parameter's own step count (a parameter without .grad at a step does not
- * advance it, as in torch). State tensors are created on a parameter's first step. */
+ * advance it, as in torch). State tensors are created on a parameter's first step.
+ * wd is weight_decay for the parameters weight_decay_params selects and 0 for the others
+ * (the decay terms then vanish exactly, as in torch's param group without decay). */
 typedef struct kn_optimizer_options {
     kn_optimizer_kind kind;
     double lr;
@@ -46,6 +57,8 @@ typedef struct kn_optimizer_options {
     double dampening;    /* SGD */
     bool nesterov;       /* SGD */
     double weight_decay; /* all; AdamW decoupled */
+    /* which parameters weight_decay applies to (KN_DECAY_ALL, 0, by default) */
+    kn_weight_decay_params weight_decay_params;
     double beta1, beta2; /* Adam, AdamW */
     double eps;          /* Adam, AdamW, RMSprop */
     bool amsgrad;        /* Adam, AdamW */

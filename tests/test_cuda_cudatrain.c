@@ -191,16 +191,18 @@ Test(cudatrain, dropout_masks_are_the_same_on_both_devices)
     kn_scope_end();
 }
 
-/* n steps of the optimizer on a CPU and a CUDA copy of one parameter, same gradients. */
-static void optimizer_case(const char *what, kn_optimizer_options o)
+/* n steps of the optimizer on a CPU and a CUDA copy of one parameter of ndim (1 or 2)
+ * dimensions, same gradients. */
+static void optimizer_case_nd(const char *what, kn_optimizer_options o, int ndim)
 {
     const int64_t shape[2] = {37, 129};
+    const int64_t *s = ndim == 2 ? shape : (const int64_t[]){37 * 129};
     kn_tensor *pc, *pg;
-    twin(kn_test_randn(shape, 2, 40), &pc, &pg);
+    twin(kn_test_randn(s, ndim, 40), &pc, &pg);
     kn_optimizer *oc = kn_optimizer_new(&pc, 1, o), *og = kn_optimizer_new(&pg, 1, o);
     cr_assert(oc && og, "%s: %s", what, kn_last_error());
     for (int step = 0; step < 4; step++) {
-        kn_tensor *g = kn_test_randn(shape, 2, 50 + step);
+        kn_tensor *g = kn_test_randn(s, ndim, 50 + step);
         kn_zero_grad(pc);
         kn_zero_grad(pg);
         pc->grad = kn_retain(kn_clone(g));
@@ -222,6 +224,11 @@ static void optimizer_case(const char *what, kn_optimizer_options o)
     free(eg);
     kn_optimizer_free(oc);
     kn_optimizer_free(og);
+}
+
+static void optimizer_case(const char *what, kn_optimizer_options o)
+{
+    optimizer_case_nd(what, o, 2);
 }
 
 Test(cudatrain, optimizer_steps_match_the_cpu)
@@ -247,6 +254,14 @@ Test(cudatrain, optimizer_steps_match_the_cpu)
     optimizer_case("rmsprop", o);
     o.centered = true, o.momentum = 0.5, o.weight_decay = 0.01;
     optimizer_case("rmsprop centered momentum", o);
+    /* decay on matrices only: a 2-D parameter decays, a 1-D one does not, on both devices */
+    o = kn_optimizer_defaults(KN_OPTIM_ADAMW);
+    o.weight_decay = 0.1, o.weight_decay_params = KN_DECAY_MATRICES;
+    optimizer_case_nd("adamw matrices 2-D", o, 2);
+    optimizer_case_nd("adamw matrices 1-D", o, 1);
+    o = kn_optimizer_defaults(KN_OPTIM_SGD);
+    o.weight_decay = 0.1, o.momentum = 0.9, o.weight_decay_params = KN_DECAY_MATRICES;
+    optimizer_case_nd("sgd matrices 1-D", o, 1);
     kn_scope_end();
 }
 

@@ -6,8 +6,10 @@
  * summed, one optimizer update), the structure rows' finite differences, a graph spec
  * built and run (shapes from inference agree with the forward's), a graph spec's weights
  * loaded strictly into the equivalent torch module with the same outputs and the
- * reverse (tests/golden/check_graph_torch.py; skipped without torch), and a small
- * residual net from a graph spec that trains.
+ * reverse (tests/golden/check_graph_torch.py; skipped without torch), examples/
+ * chargpt.json as bench/gpt/torch_gpt.py's module (recipe, names, shapes, torch's init,
+ * a strict load with the same logits), and a small residual net from a graph spec that
+ * trains.
  */
 #include "kapi.h"
 #include "kn_layer.h"
@@ -223,20 +225,25 @@ Test(graph, module_tree_paths)
 
 /* ---- weight tying ------------------------------------------------------------------------- */
 
-/* SGD over m's parameters (each once, as kn_module_parameters lists them). */
-static kn_optimizer *sgd(const kn_module *m, double lr)
+/* An optimizer over m's parameters (each once, as kn_module_parameters lists them). */
+static kn_optimizer *optimizer_for(const kn_module *m, kn_optimizer_options o)
 {
     int n;
     kn_named_tensor *named = kn_module_parameters(m, &n);
     kn_tensor **params = malloc(sizeof *params * (size_t)n);
     for (int i = 0; i < n; i++) params[i] = named[i].tensor;
-    kn_optimizer_options o = kn_optimizer_defaults(KN_OPTIM_SGD);
-    o.lr = lr;
     kn_optimizer *opt = kn_optimizer_new(params, n, o);
     cr_assert_not_null(opt, "%s", kn_last_error());
     free(params);
     free(named);
     return opt;
+}
+
+static kn_optimizer *sgd(const kn_module *m, double lr)
+{
+    kn_optimizer_options o = kn_optimizer_defaults(KN_OPTIM_SGD);
+    o.lr = lr;
+    return optimizer_for(m, o);
 }
 
 /* tokens -> wte (Embedding 5x3) -> head (Linear 3->5, no bias, its weight wte's). */
@@ -632,6 +639,29 @@ static kn_tensor *lm_loss(kn_tensor *logits, kn_tensor *targets)
                             KN_DEFAULT_IGNORE_INDEX, 0.0);
 }
 
+/* steps of opt (freed here) on the next-token loss of m's logits on inputs, then the
+ * logits in eval mode without gradients (the open scope's). */
+static kn_tensor *lm_steps_then_logits(kn_module *m, kn_optimizer *opt, kn_tensor *const *inputs,
+                                       int n_inputs, kn_tensor *targets, int steps)
+{
+    kn_tensor *logits;
+    int count;
+    for (int step = 0; step < steps; step++) {
+        kn_scope_begin();
+        kn_module_zero_grad(m);
+        ASSERT_OK(kn_module_forward_outputs(m, inputs, n_inputs, &logits, 1, &count));
+        ASSERT_OK(kn_backward(lm_loss(logits, targets), NULL, false));
+        ASSERT_OK(kn_optimizer_step(opt));
+        kn_scope_end();
+    }
+    kn_optimizer_free(opt);
+    kn_module_train(m, false);
+    kn_no_grad_begin();
+    ASSERT_OK(kn_module_forward_outputs(m, inputs, n_inputs, &logits, 1, &count));
+    kn_no_grad_end();
+    return logits;
+}
+
 /* A GPT-like graph of transformer_encoder_layer nodes (causal, a key-padding mask as a
  * second int64 input, the head tied to the embedding): shapes inferred per node equal
  * the forward's, a few training steps (dropout on) lower the loss, incremental decoding
@@ -674,20 +704,7 @@ Test(graph, a_gpt_graph_of_transformer_layers_trains_decodes_and_loads_into_torc
 
     /* training mode: the layers' dropout draws (from the default generator) */
     kn_module_train(m, true);
-    kn_optimizer *opt = sgd(m, 0.1);
-    for (int step = 0; step < 5; step++) {
-        kn_scope_begin();
-        kn_module_zero_grad(m);
-        ASSERT_OK(kn_module_forward_outputs(m, inputs, 2, &logits, 1, &count));
-        ASSERT_OK(kn_backward(lm_loss(logits, targets), NULL, false));
-        ASSERT_OK(kn_optimizer_step(opt));
-        kn_scope_end();
-    }
-    kn_optimizer_free(opt);
-    kn_module_train(m, false);
-    kn_no_grad_begin();
-    ASSERT_OK(kn_module_forward_outputs(m, inputs, 2, &logits, 1, &count));
-    kn_no_grad_end();
+    logits = lm_steps_then_logits(m, sgd(m, 0.1), inputs, 2, targets, 5);
     float after = kn_item(lm_loss(logits, targets));
     cr_assert(isfinite(after) && after < before, "loss %g -> %g", before, after);
 
@@ -741,6 +758,103 @@ Test(graph, a_gpt_graph_of_transformer_layers_trains_decodes_and_loads_into_torc
     kn_module_free(m);
     kn_generator_free(gen);
     kapi_model_spec_free(spec);
+    kn_scope_end();
+    if (rc == 77) cr_skip_test("/usr/bin/python3 has no torch");
+    cr_assert_eq(rc, 0, "torch disagrees (its message is above)");
+}
+
+/* examples/chargpt.json, nanoGPT's CPU shakespeare_char model and recipe as a job: it
+ * parses with the recipe bench/gpt/torch_gpt.py runs (AdamW with decay on matrices only,
+ * clipping, nanoGPT's get_lr as a warmup + cosine schedule), builds with torch's state-dict
+ * names and shapes, and (with torch) torch.manual_seed(7) initialises torch_gpt.py's
+ * CharGPT with Kiln's seed-7 values, Kiln's weights after two steps load strictly into it
+ * and give Kiln's logits. */
+Test(graph, chargpt_example_is_torch_gpt_s_module)
+{
+    kn_scope_begin();
+    char path[512];
+    snprintf(path, sizeof path, "%s/examples/chargpt.json", KILN_SOURCE_DIR);
+    char *text = slurp(path);
+    kapi_errors errors = {0};
+    kapi_job_spec *job = kapi_job_spec_parse(
+        text, strlen(text), (kapi_job_parse_options){.allow_paths = true}, &errors);
+    char *report = kapi_errors_to_text(&errors);
+    cr_assert_not_null(job, "examples/chargpt.json: %s", report);
+    free(report);
+    free(text);
+    const kapi_model_spec *spec = job->model;
+    cr_assert(spec && spec->graph);
+    const int64_t d = 128, ff = 512, v = 256, block = 64;
+    const int64_t layer_params = 4 * d * d + 4 * d + 2 * d * ff + ff + 5 * d;
+    cr_expect_eq(spec->parameter_count, v * d + block * d + 4 * layer_params + 2 * d + v * d);
+    cr_expect_eq(spec->input_shape[0], block);
+
+    /* the recipe: torch_gpt.py's constants */
+    const kn_train_config *c = &job->train;
+    cr_expect_eq(c->optimizer.kind, KN_OPTIM_ADAMW);
+    cr_expect_float_eq(c->optimizer.lr, 1e-3, 0);
+    cr_expect_float_eq(c->optimizer.beta1, 0.9, 0);
+    cr_expect_float_eq(c->optimizer.beta2, 0.99, 0);
+    cr_expect_float_eq(c->optimizer.eps, 1e-8, 0);
+    cr_expect_float_eq(c->optimizer.weight_decay, 0.1, 0);
+    cr_expect_eq(c->optimizer.weight_decay_params, KN_DECAY_MATRICES);
+    cr_expect_eq(c->batch_size, 12);
+    cr_expect_eq(c->max_steps, 2000);
+    cr_expect_float_eq(c->grad_clip_norm, 1.0, 0);
+    cr_expect_eq(c->loss, KN_LOSS_CROSS_ENTROPY);
+    /* nanoGPT's get_lr (warmup_iters 100, lr_decay_iters = max_iters 2000, min_lr 1e-4) */
+    for (int64_t it = 0; it < 2000; it += 7) {
+        double want = it < 100
+                          ? 1e-3 * (double)(it + 1) / 101
+                          : 1e-4 + 0.5 * (1 + cos(acos(-1.0) * (double)(it - 100) / 1900)) * 9e-4;
+        double got = kn_lr_at(&c->lr_schedule, c->optimizer.lr, it);
+        cr_assert_float_eq(got, want, 1e-15, "lr at %lld: %.17g, nanoGPT %.17g", (long long)it, got,
+                           want);
+    }
+
+    kn_generator *gen = kn_generator_new(7);
+    kn_module *m = kapi_model_build(spec, gen);
+    cr_assert_not_null(m, "%s", kn_last_error());
+    int n;
+    kn_named_tensor *state = kn_module_state_dict(m, &n);
+    cr_assert_eq(n, 2 + 4 * 12 + 2 + 1, "%d entries", n);
+    cr_expect_str_eq(state[0].name, "wte.weight");
+    KN_ASSERT_SHAPE(state[0].tensor, ((int64_t[]){v, d}), 2);
+    cr_expect_str_eq(state[1].name, "wpe.weight");
+    KN_ASSERT_SHAPE(state[1].tensor, ((int64_t[]){block, d}), 2);
+    cr_expect_str_eq(state[2].name, "h.0.self_attn.in_proj_weight");
+    KN_ASSERT_SHAPE(state[2].tensor, ((int64_t[]){3 * d, d}), 2);
+    cr_expect_str_eq(state[n - 3].name, "ln_f.weight");
+    cr_expect_str_eq(state[n - 1].name, "lm_head.weight");
+    KN_ASSERT_SHAPE(state[n - 1].tensor, ((int64_t[]){v, d}), 2);
+    free(state);
+
+    char init[256], weights[256], io[256];
+    temp_path(init, sizeof init, "chargpt-init.safetensors");
+    temp_path(weights, sizeof weights, "chargpt-weights.safetensors");
+    temp_path(io, sizeof io, "chargpt-io.safetensors");
+    ASSERT_OK(kn_module_save_weights(m, init));
+    /* two steps of the example's optimizer on a next-token loss, off the initial values */
+    int64_t ids[3 * 65];
+    for (int i = 0; i < 3 * 65; i++) ids[i] = (i * 37 + i / 5) % v;
+    kn_tensor *all = kn_from_int64s(ids, KN_SHAPE(3, 65));
+    kn_tensor *tokens = kn_contiguous(kn_narrow(all, 1, 0, block));
+    kn_tensor *targets = kn_contiguous(kn_narrow(all, 1, 1, block));
+    kn_tensor *logits =
+        lm_steps_then_logits(m, optimizer_for(m, c->optimizer), &tokens, 1, targets, 2);
+    KN_ASSERT_SHAPE(logits, ((int64_t[]){3, block, v}), 3);
+    ASSERT_OK(kn_module_save_weights(m, weights));
+    const char *names[] = {"tokens", "lm_head"};
+    kn_tensor *tensors[] = {tokens, logits};
+    ASSERT_OK(kn_safetensors_save(io, names, tensors, 2, NULL, 0));
+    int rc = run_torch_model("load", init, weights, "chargpt");
+    if (rc != 77) rc = rc == 0 ? run_torch_model("outputs", weights, io, "chargpt") : rc;
+    unlink(init);
+    unlink(weights);
+    unlink(io);
+    kn_module_free(m);
+    kn_generator_free(gen);
+    kapi_job_spec_free(job);
     kn_scope_end();
     if (rc == 77) cr_skip_test("/usr/bin/python3 has no torch");
     cr_assert_eq(rc, 0, "torch disagrees (its message is above)");

@@ -101,10 +101,32 @@ static optim_case make_case(int k)
         o = opts(KN_OPTIM_RMSPROP), o.lr = 0.02, o.centered = true;
         c = (optim_case){"rmsprop_centered_plain", o, {0}, optim_rmsprop_centered_plain};
         break;
+    /* weight_decay_params "matrices" against torch's two param groups (decay on the 2-D
+     * parameters 0 and 2, none on the 1-D parameter 1) */
+    case 15:
+        o = opts(KN_OPTIM_ADAMW), o.lr = 0.02, o.beta2 = 0.99, o.weight_decay = 0.1,
+        o.weight_decay_params = KN_DECAY_MATRICES;
+        c = (optim_case){"adamw_matrices", o, {0}, optim_adamw_matrices};
+        break;
+    case 16:
+        o = opts(KN_OPTIM_ADAM), o.lr = 0.05, o.weight_decay = 0.1,
+        o.weight_decay_params = KN_DECAY_MATRICES;
+        c = (optim_case){"adam_matrices", o, {0}, optim_adam_matrices};
+        break;
+    case 17:
+        o = opts(KN_OPTIM_SGD), o.lr = 0.05, o.momentum = 0.9, o.weight_decay = 0.05,
+        o.weight_decay_params = KN_DECAY_MATRICES;
+        c = (optim_case){"sgd_matrices", o, {0}, optim_sgd_matrices};
+        break;
+    case 18:
+        o = opts(KN_OPTIM_RMSPROP), o.lr = 0.01, o.momentum = 0.5, o.weight_decay = 0.01,
+        o.weight_decay_params = KN_DECAY_MATRICES;
+        c = (optim_case){"rmsprop_matrices", o, {0}, optim_rmsprop_matrices};
+        break;
     }
     return c;
 }
-#define NCASES 15
+#define NCASES 19
 
 /* Parameters holding `values` (OPTIM_NUMEL floats), requiring grad, owned by the scope. */
 static void make_params(kn_tensor **params, const float *values)
@@ -408,6 +430,8 @@ Test(optim, invalid_options_name_the_field)
     expect_error(o, "rmsprop: momentum");
     o = kn_optimizer_defaults(KN_OPTIM_SGD), o.kind = (kn_optimizer_kind)42;
     expect_error(o, "optimizer: unknown kind 42");
+    o = kn_optimizer_defaults(KN_OPTIM_ADAMW), o.weight_decay_params = (kn_weight_decay_params)7;
+    expect_error(o, "adamw: weight_decay_params must be KN_DECAY_ALL or KN_DECAY_MATRICES, got 7");
 }
 
 Test(optim, invalid_parameters)

@@ -409,6 +409,8 @@ Test(spec, job_fields_land_in_the_train_config)
     cr_expect_eq(c->optimizer.kind, KN_OPTIM_RMSPROP);
     cr_expect_float_eq(c->optimizer.alpha, 0.9, 0);
     cr_expect(c->optimizer.centered);
+    cr_expect_float_eq(c->optimizer.weight_decay, 0.01, 0);
+    cr_expect_eq(c->optimizer.weight_decay_params, KN_DECAY_MATRICES);
     cr_expect_eq(c->lr_schedule.warmup_steps, 10);
     cr_expect_str_eq(job->init_weights, "torch.safetensors");
     kapi_job_spec_free(job);
@@ -427,6 +429,7 @@ Test(spec, job_defaults_are_torchs)
     cr_expect_float_eq(c->optimizer.beta2, 0.999, 0);
     cr_expect_float_eq(c->optimizer.eps, 1e-8, 0);
     cr_expect_float_eq(c->optimizer.weight_decay, 0, 0);
+    cr_expect_eq(c->optimizer.weight_decay_params, KN_DECAY_ALL);
     cr_expect_eq(c->lr_schedule.kind, KN_LR_CONSTANT);
     cr_expect_eq(c->batch_size, 64);
     cr_expect_eq(c->epochs, 1);

@@ -205,6 +205,11 @@ Test(train, resume_mid_epoch_gives_the_same_weights)
     kn_dataset *train = blobs(100, 1);
     kn_train_config c = small_config();
     c.checkpoint_every_steps = 6; /* step 6 is batch 2 of epoch 1 (4 batches an epoch) */
+    /* nanoGPT's optimizer: decay on the weights, not the biases (the resumed run must
+     * decay the same parameters to end with the same weights) */
+    c.optimizer = kn_optimizer_defaults(KN_OPTIM_ADAMW);
+    c.optimizer.lr = 1e-2, c.optimizer.weight_decay = 0.1;
+    c.optimizer.weight_decay_params = KN_DECAY_MATRICES;
 
     /* uninterrupted */
     kn_module *a = small_model(5, true);

@@ -22,15 +22,18 @@ Evaluation: the mean cross-entropy over 240 windows of the validation split (nan
 eval_iters 20 x batch 12) at evenly spaced starts, the same windows on both sides, so the
 final val loss is compared without sampling noise.
 
-Generation: 500 new tokens, greedy, from the first token of the validation split, with a
-window of 64: without a cache (nanoGPT's generate: the last 64 tokens recomputed for every
-new token) and with a key/value cache (each new token one position; when the window is
-full the oldest half is dropped and the rest fed again). Both must give the same tokens.
+Generation: 500 new tokens, greedy, after a prompt of the validation split's first 32
+tokens (one token, often a space of an indented line, makes a greedy model repeat it),
+with a window of 64: a context that would pass 64 tokens keeps its newest 32 (a key/value
+cache holds absolute positions, so it cannot slide one token at a time as nanoGPT's
+generate does). With a key/value cache each new token is one position and a drop refills
+it; without, each token recomputes its context. Both must give the same tokens.
 
 Prints one JSON line: {"impl": "pytorch", "iters", "batch", "block", "threads",
 "tokens_per_second", "train_seconds", "first_loss", "last_loss", "val_loss",
 "generate_tokens", "generate_tokens_per_second_cache", "generate_tokens_per_second_no_cache",
-"losses": [every 100th step's loss]}. Training time counts the steps only (batch
+"losses": [every 100th step's loss], "peak_rss_mb"} (the process's peak resident set,
+torch's libraries included: what running it costs). Training time counts the steps only (batch
 gathering, forward, loss, backward, clipping, the optimizer step), not evaluation.
 
 usage: python3 bench/gpt/torch_gpt.py DATA [--iters N] [--threads N] [--seed N]
@@ -39,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import time
 
 import numpy as np
@@ -48,7 +52,7 @@ import torch.nn.functional as F
 
 BLOCK, BATCH, N_LAYER, N_HEAD, N_EMBD = 64, 12, 4, 4, 128
 LR, MIN_LR, WARMUP, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, 1e-4, 100, (0.9, 0.99), 0.1, 1.0
-EVAL_WINDOWS, GENERATE = 240, 500
+EVAL_WINDOWS, GENERATE, PROMPT = 240, 500, BLOCK // 2
 
 
 class CharGPT(nn.Module):
@@ -137,26 +141,30 @@ def val_loss(model, val):
 
 
 @torch.no_grad()
-def generate(model, first, count, cached):
-    """count greedy tokens after the token first; returns (tokens, seconds)."""
+def generate(model, prompt, count, cached):
+    """count greedy tokens after the list of tokens prompt (at most BLOCK); returns (tokens,
+    seconds). The context of each new token is the tokens since `base`; when it would pass
+    BLOCK tokens the oldest are dropped, keeping the newest BLOCK // 2 (positions are
+    absolute, so cached keys cannot slide along). With the cache each token is one position
+    and a drop refills the cache with the kept tokens; without it each token recomputes its
+    whole context. Same contexts, so the same tokens."""
     model.eval()
-    idx = [first]
+    idx, base = list(prompt), 0
+    cache = [[] for _ in model.h]
     start = time.perf_counter()
-    if not cached:
-        for _ in range(count):
-            logits = model(torch.tensor([idx[-BLOCK:]]))
-            idx.append(int(logits[0, -1].argmax()))
-    else:
-        cache = [[] for _ in model.h]
-        logits = model.forward_cached(torch.tensor([idx]), cache)
-        for _ in range(count):
-            idx.append(int(logits[0, -1].argmax()))
-            if len(cache[0][0][0, 0]) == BLOCK:  # full: keep the newest half, feed again
+    for _ in range(count):
+        drop = len(idx) - base > BLOCK
+        if drop:
+            base = len(idx) - BLOCK // 2
+        if not cached:
+            logits = model(torch.tensor([idx[base:]]))
+        else:
+            if drop:
                 cache = [[] for _ in model.h]
-                logits = model.forward_cached(torch.tensor([idx[-(BLOCK // 2):]]), cache)
-            else:
-                logits = model.forward_cached(torch.tensor([idx[-1:]]), cache)
-    return idx[1:], time.perf_counter() - start
+            done = cache[0][0].shape[2] if cache[0] else 0
+            logits = model.forward_cached(torch.tensor([idx[base + done:]]), cache)
+        idx.append(int(logits[0, -1].argmax()))
+    return idx[len(prompt):], time.perf_counter() - start
 
 
 def main():
@@ -201,9 +209,9 @@ def main():
         if it % 100 == 0 or it == args.iters - 1:
             losses.append([it, value])
     vloss = val_loss(model, val)
-    first = int(val[0])
-    no_cache, t_plain = generate(model, first, GENERATE, cached=False)
-    with_cache, t_cache = generate(model, first, GENERATE, cached=True)
+    prompt = [int(t) for t in val[:PROMPT]]
+    no_cache, t_plain = generate(model, prompt, GENERATE, cached=False)
+    with_cache, t_cache = generate(model, prompt, GENERATE, cached=True)
     tokens = args.iters * BATCH * BLOCK
     print(json.dumps({
         "impl": "pytorch", "iters": args.iters, "batch": BATCH, "block": BLOCK,
@@ -214,7 +222,8 @@ def main():
         "generate_tokens_per_second_cache": GENERATE / t_cache,
         "generate_tokens_per_second_no_cache": GENERATE / t_plain,
         "generate_same_tokens": with_cache == no_cache,
-        "generated_head": with_cache[:16], "losses": losses}))
+        "generated_head": with_cache[:64], "losses": losses,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 if __name__ == "__main__":

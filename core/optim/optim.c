@@ -129,6 +129,12 @@ static bool check_options(const kn_optimizer_options *o)
     }
     if (!check_min(name, "lr", o->lr, 0) || !check_min(name, "weight_decay", o->weight_decay, 0))
         return false;
+    if (o->weight_decay_params != KN_DECAY_ALL && o->weight_decay_params != KN_DECAY_MATRICES) {
+        kn__error(KN_ERR_VALUE,
+                  "%s: weight_decay_params must be KN_DECAY_ALL or KN_DECAY_MATRICES, got %d", name,
+                  (int)o->weight_decay_params);
+        return false;
+    }
     switch (o->kind) {
     case KN_OPTIM_SGD:
         if (!check_min(name, "momentum", o->momentum, 0)) return false;
@@ -251,6 +257,13 @@ const kn_optimizer_options *kn_optimizer_options_of(const kn_optimizer *opt)
 
 /* ---- step --------------------------------------------------------------------------- */
 
+/* The weight decay parameter p gets: nanoGPT's groups leave parameters of fewer than two
+ * dimensions (biases, norm parameters) undecayed. */
+static double decay_of(const kn_optimizer_options *o, const kn_tensor *p)
+{
+    return o->weight_decay_params == KN_DECAY_MATRICES && p->ndim < 2 ? 0.0 : o->weight_decay;
+}
+
 static kn_tensor *state_zeros(const kn_tensor *like)
 {
     kn_tensor *t = kn__empty_raw(like->shape, like->ndim, KN_FLOAT32, like->device);
@@ -328,7 +341,7 @@ kn_status kn_optimizer_step(kn_optimizer *opt)
             .param = kn__data_ptr(p),
             .grad = kn__data_ptr(g),
             .lr = o->lr,
-            .weight_decay = o->weight_decay,
+            .weight_decay = decay_of(o, p),
             .momentum = o->momentum,
         };
         switch (o->kind) {

@@ -22,6 +22,15 @@ SHAPES = [(2, 3), (3,), (2, 2)]
 STEPS = 4
 GRAD_SCALES = [1.0, 0.3, 2.0, 0.5]  # varying magnitudes make amsgrad's max matter
 
+
+
+def matrices(params, wd):
+    """nanoGPT's configure_optimizers groups: weight decay wd on the parameters of 2+
+    dims, none on the rest (Kiln's weight_decay_params "matrices")."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
 # name, constructor, skip: (step, param) pairs whose gradient is None at that step.
 # The C test has the same table (options spelled out there).
 OPTIM_CASES = [
@@ -48,6 +57,13 @@ OPTIM_CASES = [
      lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, centered=True, momentum=0.5,
                                    weight_decay=0.01), ()),
     ("rmsprop_centered_plain", lambda p: torch.optim.RMSprop(p, lr=0.02, centered=True), ()),
+    ("adamw_matrices",
+     lambda p: torch.optim.AdamW(matrices(p, 0.1), lr=0.02, betas=(0.9, 0.99)), ()),
+    ("adam_matrices", lambda p: torch.optim.Adam(matrices(p, 0.1), lr=0.05), ()),
+    ("sgd_matrices",
+     lambda p: torch.optim.SGD(matrices(p, 0.05), lr=0.05, momentum=0.9), ()),
+    ("rmsprop_matrices",
+     lambda p: torch.optim.RMSprop(matrices(p, 0.01), lr=0.01, momentum=0.5), ()),
 ]
 
 SCHED_STEPS = 30

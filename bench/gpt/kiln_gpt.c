@@ -22,11 +22,11 @@
  *              which is nanoGPT's get_lr with lr_decay_iters = iters
  *   val loss   the mean cross-entropy over 240 windows of the val split at evenly
  *              spaced starts (torch_gpt.py's eval_starts), in eval mode
- *   generate   500 greedy tokens after the val split's first 32 tokens, window 64 (a
- *              context that would pass 64 tokens keeps its newest 32): with kn_kv_cache
- *              (one position a token, a refill after a drop) and without (each token
- *              recomputes its context); both must give the same tokens
- *              (generate_same_tokens)
+ *   generate   500 greedy tokens after the val split's first 32 tokens by kn_generate,
+ *              window 64 (a context that would pass 64 tokens keeps its newest 32):
+ *              with the key/value cache (one position a token, a refill after a drop)
+ *              and without (each token recomputes its context); both must give the
+ *              same tokens (generate_same_tokens), as torch_gpt.py's two paths do
  * Training time counts the steps only (drawing the batch, forward, loss, backward,
  * clipping, the optimizer step), as torch_gpt.py's does.
  *
@@ -199,59 +199,22 @@ static double val_loss(kn_module *m, kn_tensor *val, int64_t block, int64_t batc
     return total / (double)(EVAL_WINDOWS * block);
 }
 
-/* The id of the largest of the last position's logits ([1, t, V]); the first on ties,
- * as torch's argmax. */
-static int64_t last_argmax(kn_tensor *logits)
-{
-    if (!logits) die("generation: %s", kn_last_error());
-    kn_tensor *c = kn_contiguous(logits);
-    int64_t t = c->shape[1], v = c->shape[2];
-    const float *row = kn_data_f32(c) + (t - 1) * v;
-    int64_t best = 0;
-    for (int64_t j = 1; j < v; j++)
-        if (row[j] > row[best]) best = j;
-    return best;
-}
-
-/* count greedy tokens after the n_prompt (<= block) tokens of prompt into out[0..count);
- * returns the seconds taken. The context of each new token is the tokens since `base`;
- * when it would pass `block` tokens the oldest are dropped, keeping the newest block/2
- * (positions are absolute, so cached keys cannot slide along). With the cache each token
- * is one position and a drop refills the cache with the kept tokens; without it each
- * token recomputes its whole context. Same contexts, so the same tokens. */
+/* count greedy tokens after the n_prompt tokens of prompt into out[0..count) with
+ * kn_generate, Kiln's own generation (window block: a context that would pass it keeps
+ * its newest block/2 tokens), with the key/value cache or recomputing each token's
+ * context; returns the seconds taken. */
 static double generate(kn_module *m, const int64_t *prompt, int64_t n_prompt, int64_t block,
                        bool cached, int64_t *out, int count)
 {
-    int64_t *idx = malloc(sizeof *idx * (size_t)(n_prompt + count));
-    memcpy(idx, prompt, sizeof *idx * (size_t)n_prompt);
-    int64_t len = n_prompt, base = 0;
-    kn_kv_cache *cache = cached ? kn_kv_cache_new(m, block) : NULL;
-    if (cached && !cache) die("kv cache: %s", kn_last_error());
+    kn_generate_options o = {.max_new_tokens = count, .block_size = block, .no_cache = !cached};
+    int64_t made = 0;
     kn_module_train(m, false);
-    kn_no_grad_begin();
     double start = now_seconds();
-    for (int i = 0; i < count; i++) {
-        kn_scope_begin();
-        bool drop = len - base > block;
-        if (drop) base = len - block / 2;
-        kn_tensor *logits;
-        if (!cached) { /* [1, len - base] -> [1, len - base, V] */
-            logits = kn_module_forward(m, kn_from_int64s(idx + base, KN_SHAPE(1, len - base)));
-        } else { /* the positions not cached yet: the prompt, one token, or a refill */
-            if (drop) kn_kv_cache_reset(cache);
-            int64_t from = base + kn_kv_cache_length(cache);
-            logits = kn_module_forward_incremental(
-                m, cache, kn_from_int64s(idx + from, KN_SHAPE(1, len - from)));
-        }
-        idx[len++] = last_argmax(logits);
-        kn_scope_end();
-    }
+    kn_status st = kn_generate(m, prompt, n_prompt, &o, NULL, out, &made);
     double seconds = now_seconds() - start;
-    kn_no_grad_end();
     kn_module_train(m, true);
-    kn_kv_cache_free(cache);
-    memcpy(out, idx + n_prompt, sizeof *out * (size_t)count);
-    free(idx);
+    if (st != KN_OK || made != count)
+        die("generation (%s the cache): %s", cached ? "with" : "without", kn_last_error());
     return seconds;
 }
 

@@ -487,8 +487,10 @@ static int print_predictions(kn_tensor *outputs, int64_t first, kn_task task, bo
             double probs[2], *prob = probs, max = row[0], sum = 0;
             int64_t classes = c == 1 ? 2 : c, best = 0;
             if (c > 1 && !(prob = malloc(sizeof *prob * (size_t)c))) {
+                /* p belongs to the caller's scope: releasing it here released it twice */
+                fprintf(stderr, "error: out of memory for %lld class probabilities\n",
+                        (long long)c);
                 cJSON_Delete(o);
-                kn_release(p);
                 return KCLI_EXIT_RUNTIME;
             }
             if (c == 1) {

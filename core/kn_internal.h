@@ -100,6 +100,10 @@ kn_tensor *kn__view_raw(kn_tensor *t, const int64_t *shape, const int64_t *strid
                         int64_t offset);
 /* Hands out's reference to the innermost scope, if any. Returns out. NULL-safe. */
 kn_tensor *kn__result(kn_tensor *out);
+/* Whether t's one reference is the innermost scope's and no other handle shares its
+ * storage: nothing but that scope can see t or its memory, so a caller may keep t
+ * (retain it) instead of copying it before the scope ends. */
+bool kn__scope_owns_alone(const kn_tensor *t);
 void kn__contiguous_strides(const int64_t *shape, int ndim, int64_t *strides);
 void *kn__data_ptr(const kn_tensor *t); /* address of the first element */
 /* Normalises a possibly negative dim for a tensor of rank ndim; error names op. */

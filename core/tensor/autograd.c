@@ -241,11 +241,39 @@ static kn_status accumulate(kn_tensor **slot, kn_tensor *grad)
     return KN_OK;
 }
 
-/* Leaves keep their own .grad: the first gradient is copied (so .grad never aliases a
- * tensor of the graph), later ones are added in place, as PyTorch does. */
-static kn_status accumulate_leaf(kn_tensor *leaf, kn_tensor *grad)
+/* Whether a leaf's first gradient can become its .grad as it is, as PyTorch's
+ * AccumulateGrad steals a gradient nothing else holds: the gradient is float32, on the
+ * leaf's device, of its shape with exactly contiguous strides over the whole of its own
+ * storage (the layout a copy would have), with no history or .grad of its own, and the
+ * innermost scope (the backward's) holds its only reference and nothing shares its
+ * memory. Anything that is not a fresh result of this backward step fails the last test:
+ * a gradient given to kn_backward, a node's grad_output passed on unchanged (held by the
+ * engine, not the scope), a view of either (shares the storage), a saved tensor. */
+static bool adoptable(const kn_tensor *leaf, const kn_tensor *grad)
+{
+    if (grad->dtype != KN_FLOAT32 || grad->device.type != leaf->device.type ||
+        grad->device.index != leaf->device.index || !kn__same_shape(grad, leaf) ||
+        grad->offset != 0 || grad->grad_fn || grad->requires_grad || grad->grad)
+        return false;
+    int64_t strides[KN_MAX_DIMS];
+    kn__contiguous_strides(grad->shape, grad->ndim, strides);
+    if (grad->ndim && memcmp(strides, grad->strides, sizeof(int64_t) * (size_t)grad->ndim) != 0)
+        return false;
+    if (grad->storage->nbytes != (size_t)kn_numel(grad) * sizeof(float)) return false;
+    return kn__scope_owns_alone(grad);
+}
+
+/* Leaves keep their own .grad, which never aliases a tensor the graph or the caller can
+ * still see: the first gradient is adopted when `may_adopt` and adoptable() say nothing
+ * else can reach it, else copied; later ones are added in place, as PyTorch does.
+ * may_adopt is false when the caller will hand the same tensor on elsewhere. */
+static kn_status accumulate_leaf(kn_tensor *leaf, kn_tensor *grad, bool may_adopt)
 {
     if (!leaf->grad) {
+        if (may_adopt && adoptable(leaf, grad)) {
+            leaf->grad = kn_retain(grad);
+            return KN_OK;
+        }
         kn_tensor *copy = kn__empty_raw(leaf->shape, leaf->ndim, KN_FLOAT32, leaf->device);
         if (!copy) return kn_last_status();
         kn_status status = kn_copy_(copy, grad);
@@ -385,11 +413,22 @@ static kn_status collect(kn_node *root, node_list *all, uint64_t mark, leaf_coun
     return status;
 }
 
+/* Whether the backward gave input i's gradient tensor to a later input too: the engine
+ * routes that one after i, so input i's leaf must not make it its .grad (a later add
+ * in place would change what the other input received). */
+static bool handed_on(kn_tensor *const *grads, const kn_node *node, int i)
+{
+    for (int j = i + 1; j < node->n_inputs; j++)
+        if (node->inputs[j].needs_grad && grads[j] == grads[i]) return true;
+    return false;
+}
+
 /* Runs one node's backward and routes each input's gradient to its leaf or node. */
 static kn_status call_backward(kn_node *node, kn_tensor *grad_output, bool retain_graph)
 {
     if (node->retain_target) {
-        kn_status status = accumulate_leaf(node->retain_target, grad_output);
+        /* grad_output is the engine's and goes on to the node's backward: copied */
+        kn_status status = accumulate_leaf(node->retain_target, grad_output, false);
         if (status != KN_OK) return status;
     }
     if (node->saved_freed)
@@ -421,7 +460,7 @@ static kn_status call_backward(kn_node *node, kn_tensor *grad_output, bool retai
             }
         }
         if (in->leaf)
-            status = accumulate_leaf(in->leaf, g);
+            status = accumulate_leaf(in->leaf, g, !handed_on(grads, node, i));
         else if (in->node)
             status = accumulate(&in->node->pending_grad, g);
     }
@@ -482,7 +521,7 @@ kn_status kn_backward(kn_tensor *t, kn_tensor *grad, bool retain_graph)
         return kn_last_status();
     }
     if (!t->grad_fn) { /* backward on a leaf: its own gradient */
-        kn_status status = accumulate_leaf(t, grad);
+        kn_status status = accumulate_leaf(t, grad, true); /* kn_ones_like's is adoptable */
         if (status == KN_OK && backward_hooks && backward_hooks->leaf_ready)
             status = backward_hooks->leaf_ready(backward_hooks->context, t);
         kn_scope_end();

@@ -367,6 +367,19 @@ kn_tensor *kn__result(kn_tensor *out)
     return kn_autorelease(out);
 }
 
+bool kn__scope_owns_alone(const kn_tensor *t)
+{
+    if (!t || scope_count == 0) return false;
+    if (__atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE) != 1 ||
+        __atomic_load_n(&t->storage->refcount, __ATOMIC_ACQUIRE) != 1)
+        return false;
+    /* newest first: the tensor asked about is usually among the last results */
+    const scope *s = &scopes[scope_count - 1];
+    for (size_t i = s->count; i-- > 0;)
+        if (s->items[i] == t) return true;
+    return false;
+}
+
 kn_tensor *kn_scope_escape(kn_tensor *t)
 {
     kn_retain(t);

@@ -52,6 +52,9 @@ typedef struct direct_conv {
                      * form) gradient, then [slices][cout] bias */
     bool want_bias;
     bool dot_form; /* the weight gradient by dot products (see weight_grad_form) */
+    /* the rows form's tile: the micro-kernel's, or its narrow one for few channels */
+    int wmr, wnr;
+    kn_cpu_ukernel_rows_fn wrows;
 } direct_conv;
 
 bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups)
@@ -276,7 +279,7 @@ static void add_plane_sum(const float *plane, int64_t n, float *sum)
  * dropped columns and past cout; each channel's sum added to bias_sum (or NULL). */
 static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
 {
-    int nr = d->uk->nr;
+    int nr = d->wnr;
     int64_t panels = (d->cout + nr - 1) / nr;
     memset(gt, 0, sizeof(float) * (size_t)(panels * d->lv * nr));
     for (int64_t o = 0; o < d->cout; o++) {
@@ -306,14 +309,13 @@ static void virtual_gout(const direct_conv *d, int64_t i, float *gv, float *tmp,
 /* Rows form: part[kdim][cout] += the image's products, MR steps x NR channels a tile. */
 static void weight_grad_rows(const direct_conv *d, const float *xpad, const float *gt, float *part)
 {
-    const kn_cpu_ukernel *uk = d->uk;
-    int mr = uk->mr, nr = uk->nr;
+    int mr = d->wmr, nr = d->wnr;
     for (int64_t p = 0; p * mr < d->kdim; p++) {
         int m = d->kdim - p * mr < mr ? (int)(d->kdim - p * mr) : mr;
         for (int64_t q = 0; q * nr < d->cout; q++) {
             int n = d->cout - q * nr < nr ? (int)(d->cout - q * nr) : nr;
-            uk->rows_fn(d->lv, xpad, d->offsets + p * mr, gt + q * d->lv * nr,
-                        part + p * mr * d->cout + q * nr, d->cout, m, n, true);
+            d->wrows(d->lv, xpad, d->offsets + p * mr, gt + q * d->lv * nr,
+                     part + p * mr * d->cout + q * nr, d->cout, m, n, true);
         }
     }
 }
@@ -338,7 +340,7 @@ static void weight_grad_dots(const direct_conv *d, const float *xpad, const floa
 /* Floats of the per-image gradient buffer each form needs. */
 static int64_t gout_floats(const direct_conv *d)
 {
-    int nr = d->uk->nr;
+    int nr = d->wnr;
     return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->lv * nr;
 }
 
@@ -381,7 +383,7 @@ static bool weight_grad_form(const direct_conv *d)
     const char *force = getenv("KN_CONV_WGRAD");
     if (force && !strcmp(force, "dot")) return true;
     if (force && !strcmp(force, "rows")) return false;
-    int mr = d->uk->mr, nr = d->uk->nr;
+    int mr = d->uk->mr, nr = d->uk->nr; /* measured against the wide tile */
     double rows_use = (double)d->kdim / (double)(((d->kdim + mr - 1) / mr) * mr) * (double)d->cout /
                       (double)(((d->cout + nr - 1) / nr) * nr);
     double dot_use = (double)d->kdim / (double)(((d->kdim + 3) / 4) * 4) * (double)d->cout /
@@ -404,6 +406,11 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     if (d.slices * per_slice > PARTIAL_FLOATS) d.slices = PARTIAL_FLOATS / per_slice;
     if (d.slices < 1) d.slices = 1;
     d.count = count;
+    /* few channels: the narrow tile, so no half-empty tiles (same bits either way) */
+    bool narrow = out_channels <= d.uk->narrow_nr;
+    d.wmr = narrow ? d.uk->narrow_mr : d.uk->mr;
+    d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
+    d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;
     d.dot_form = weight_grad_form(&d);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&

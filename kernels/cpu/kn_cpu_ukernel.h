@@ -34,6 +34,12 @@ typedef struct kn_cpu_ukernel {
     int mr, nr;
     kn_cpu_ukernel_fn fn;
     kn_cpu_ukernel_rows_fn rows_fn;
+    /* A rows kernel of narrow_mr x narrow_nr (one vector wide) for products with at most
+     * narrow_nr columns, where the MR x NR tile would compute half of its columns for
+     * nothing (a 16-channel convolution's weight gradient on the 8 x 32 tile). Each
+     * element is the same FMA chain as in rows_fn, so the choice changes no bits. */
+    int narrow_mr, narrow_nr;
+    kn_cpu_ukernel_rows_fn narrow_rows_fn;
     const char *name; /* the instruction set: "avx512", "avx2" or "generic" */
 } kn_cpu_ukernel;
 

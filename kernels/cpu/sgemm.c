@@ -111,6 +111,7 @@ typedef float v8f __attribute__((vector_size(32)));
 #define AVX2 __attribute__((target("avx2,fma")))
 AVX512 static void uk_avx512(UKERNEL_ARGS) { UKERNEL_BODY(v16f, 16, 8, 2) }
 AVX512 static void uk_rows_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 8, 2) }
+AVX512 static void uk_rows_narrow_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 12, 1) }
 AVX2 static void uk_avx2(UKERNEL_ARGS) { UKERNEL_BODY(v8f, 8, 6, 2) }
 AVX2 static void uk_rows_avx2(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 6, 2) }
 #endif
@@ -121,10 +122,10 @@ static void uk_rows_generic(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 4, 1)
 
 static const kn_cpu_ukernel KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {8, 32, uk_avx512, uk_rows_avx512, "avx512"},
-    {6, 16, uk_avx2, uk_rows_avx2, "avx2"},
+    {8, 32, uk_avx512, uk_rows_avx512, 12, 16, uk_rows_narrow_avx512, "avx512"},
+    {6, 16, uk_avx2, uk_rows_avx2, 6, 16, uk_rows_avx2, "avx2"},
 #endif
-    {4, 8, uk_generic, uk_rows_generic, "generic"},
+    {4, 8, uk_generic, uk_rows_generic, 4, 8, uk_rows_generic, "generic"},
 };
 
 static const kn_cpu_ukernel *chosen;

@@ -38,8 +38,9 @@ typedef struct direct_conv {
     int64_t hp, wp, plane, ho, wo, lv;       /* padded planes; outputs; ho*wp virtual */
     int64_t kdim;                            /* cin*kh*kw weight steps */
     int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
-    float *apack;                            /* weights packed in MR-row panels */
-    kn_cpu_conv_planes in;   /* the input images (forward's x, or the padded gout) */
+    float *apack;          /* weights packed in MR-row panels, or [cout/pchunk][kdim][pchunk] */
+    int pchunk;            /* forward by pixel rows, this many channels a tile; 0: MR x NR tiles */
+    kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
     const float *bias;
     float *out;
@@ -102,9 +103,39 @@ static bool make_offsets(direct_conv *d)
     return true;
 }
 
-/* Packs weights [cout, kdim] (row-major) into MR-row panels. */
+/* The forward's form: pixel rows (kn_cpu_pixels_fn: a tile of PR positions of one output
+ * row x NC channels) where this ISA has them, the channels fill whole tiles and the
+ * tiles would be no emptier than the MR x NR tiles over the virtual columns; else 0.
+ * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests. With 16
+ * channels the MR x NR tiles stay: a 16-channel pixel tile issues one broadcast per FMA
+ * and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
+static int pixel_chunk(const direct_conv *d)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    const char *force = getenv("KN_CONV_FORWARD");
+    if ((force && !strcmp(force, "tiles")) || !uk->pixels_fn || d->cout % uk->pixels_nc) return 0;
+    int64_t pr = uk->pixels_pr, nr = uk->nr;
+    double pixel_use = (double)d->wo / (double)(((d->wo + pr - 1) / pr) * pr);
+    double tile_use = (double)(d->ho * d->wo) / (double)(((d->lv + nr - 1) / nr) * nr);
+    if (pixel_use < tile_use && !(force && !strcmp(force, "pixels"))) return 0;
+    return uk->pixels_nc;
+}
+
+/* Packs weights [cout, kdim] (row-major) for the forward's form: MR-row panels, or
+ * [cout/pchunk][kdim][pchunk] for pixel rows. */
 static bool pack_weights(direct_conv *d, const float *w)
 {
+    d->pchunk = pixel_chunk(d);
+    if (d->pchunk) {
+        int64_t chunk = d->pchunk;
+        d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(d->cout * d->kdim)) + 63) & ~63ul);
+        if (!d->apack) return false;
+        for (int64_t q = 0; q < d->cout / chunk; q++)
+            for (int64_t k = 0; k < d->kdim; k++)
+                for (int64_t j = 0; j < chunk; j++)
+                    d->apack[(q * d->kdim + k) * chunk + j] = w[(q * chunk + j) * d->kdim + k];
+        return true;
+    }
     int mr = d->uk->mr;
     int64_t panels = (d->cout + mr - 1) / mr;
     d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(panels * mr * d->kdim)) + 63) & ~63ul);
@@ -175,14 +206,23 @@ static void forward_images(void *context, int64_t begin, int64_t end)
     }
     for (int64_t i = begin; i < end; i++) {
         pad_image(d, i, xpad, tmp);
-        for (int64_t v = 0; v < d->lv; v += nr) {
-            int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
-            for (int64_t q = 0; q < panels; q++) {
-                int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
-                uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
-                       yv + q * mr * d->lv + v, d->lv, m, nv, false);
+        if (d->pchunk) /* sums at yv[(r*wo + c)*cout + o] */
+            for (int64_t r = 0; r < d->ho; r++)
+                for (int64_t c = 0; c < d->wo; c += uk->pixels_pr) {
+                    int m = d->wo - c < uk->pixels_pr ? (int)(d->wo - c) : uk->pixels_pr;
+                    for (int64_t o = 0; o < d->cout; o += d->pchunk)
+                        uk->pixels_fn(d->kdim, d->apack + o * d->kdim, xpad + r * d->wp + c,
+                                      d->offsets, yv + (r * d->wo + c) * d->cout + o, d->cout, m);
+                }
+        else /* sums at yv[o*lv + r*wp + c] */
+            for (int64_t v = 0; v < d->lv; v += nr) {
+                int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
+                for (int64_t q = 0; q < panels; q++) {
+                    int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
+                    uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
+                           yv + q * mr * d->lv + v, d->lv, m, nv, false);
+                }
             }
-        }
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
         /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
@@ -195,15 +235,16 @@ static void forward_images(void *context, int64_t begin, int64_t end)
         for (int64_t o = 0; o < d->cout; o++) {
             float b = d->bias ? d->bias[o] : 0.f;
             for (int64_t r = 0; r < d->ho; r++) {
-                const float *src = yv + o * d->lv + r * d->wp;
                 float *dst = out + o * out_plane + r * d->wo;
-                if (relu) /* kn_relu's expression: NaN stays NaN */
-                    for (int64_t c = 0; c < d->wo; c++) {
-                        float v = src[c] + b;
-                        dst[c] = v < 0.f ? 0.f : v;
-                    }
-                else
+                if (d->pchunk) /* the sums at yv[(r*wo + c)*cout + o] */
+                    for (int64_t c = 0; c < d->wo; c++)
+                        dst[c] = yv[(r * d->wo + c) * d->cout + o] + b;
+                else { /* at yv[o*lv + r*wp + c]: contiguous, so the loop vectorises */
+                    const float *src = yv + o * d->lv + r * d->wp;
                     for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
+                }
+                if (relu) /* kn_relu's expression: NaN stays NaN */
+                    for (int64_t c = 0; c < d->wo; c++) dst[c] = dst[c] < 0.f ? 0.f : dst[c];
             }
         }
         if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */

@@ -30,6 +30,15 @@ typedef void (*kn_cpu_ukernel_rows_fn)(int64_t kc, const float *a, const int32_t
                                        const float *b, float *c, int64_t ldc, int m, int n,
                                        bool accumulate);
 
+/* The pixel-row form of a convolution's forward: a tile of PR consecutive output
+ * positions x NC output channels,
+ *   acc[i][j] = sum over k < kc, in order, of x[xoff[k] + i] * w[k*NC + j]
+ * (w packed [kc][NC]), stored c[i*ldc + j] for i < m (all PR positions are read).
+ * Each element is the same FMA chain as the MR x NR tile's, so it changes no bits; it
+ * wastes no "virtual" columns and its weight loads are aligned. */
+typedef void (*kn_cpu_pixels_fn)(int64_t kc, const float *w, const float *x, const int32_t *xoff,
+                                 float *c, int64_t ldc, int m);
+
 typedef struct kn_cpu_ukernel {
     int mr, nr;
     kn_cpu_ukernel_fn fn;
@@ -40,6 +49,9 @@ typedef struct kn_cpu_ukernel {
      * element is the same FMA chain as in rows_fn, so the choice changes no bits. */
     int narrow_mr, narrow_nr;
     kn_cpu_ukernel_rows_fn narrow_rows_fn;
+    /* the pixel-row kernel (NULL: none for this ISA) and its tile */
+    int pixels_pr, pixels_nc;
+    kn_cpu_pixels_fn pixels_fn;
     const char *name; /* the instruction set: "avx512", "avx2" or "generic" */
 } kn_cpu_ukernel;
 

@@ -92,6 +92,24 @@
     }                                                                                              \
     UKERNEL_STORE(VT, VW, MR, NV)
 
+/* The pixel-row form (kn_cpu_pixels_fn): positions along x, channels along the vector. */
+#define UKERNEL_PIXELS_BODY(VT, VW, PR, NV)                                                        \
+    VT acc[PR][NV];                                                                                \
+    for (int i = 0; i < PR; i++)                                                                   \
+        for (int j = 0; j < NV; j++) acc[i][j] = (VT){0};                                          \
+    for (int64_t k = 0; k < kc; k++) {                                                             \
+        const float *xk = x + xoff[k], *wk = w + k * (NV * VW);                                    \
+        VT wv[NV];                                                                                 \
+        for (int j = 0; j < NV; j++) memcpy(&wv[j], wk + j * VW, sizeof(VT));                      \
+        for (int i = 0; i < PR; i++)                                                               \
+            for (int j = 0; j < NV; j++) acc[i][j] += xk[i] * wv[j];                               \
+    }                                                                                              \
+    for (int i = 0; i < m; i++)                                                                    \
+        for (int j = 0; j < NV; j++) memcpy(c + i * ldc + j * VW, &acc[i][j], sizeof(VT));
+
+#define UKERNEL_PIXELS_ARGS                                                                        \
+    int64_t kc, const float *w, const float *x, const int32_t *xoff, float *c, int64_t ldc, int m
+
 #define UKERNEL_ARGS                                                                               \
     int64_t kc, const float *a, const float *b, const int32_t *boff, float *c, int64_t ldc, int m, \
         int n, bool accumulate
@@ -112,6 +130,7 @@ typedef float v8f __attribute__((vector_size(32)));
 AVX512 static void uk_avx512(UKERNEL_ARGS) { UKERNEL_BODY(v16f, 16, 8, 2) }
 AVX512 static void uk_rows_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 8, 2) }
 AVX512 static void uk_rows_narrow_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 12, 1) }
+AVX512 static void uk_pixels32_avx512(UKERNEL_PIXELS_ARGS) { UKERNEL_PIXELS_BODY(v16f, 16, 14, 2) }
 AVX2 static void uk_avx2(UKERNEL_ARGS) { UKERNEL_BODY(v8f, 8, 6, 2) }
 AVX2 static void uk_rows_avx2(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 6, 2) }
 #endif
@@ -122,10 +141,11 @@ static void uk_rows_generic(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 4, 1)
 
 static const kn_cpu_ukernel KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {8, 32, uk_avx512, uk_rows_avx512, 12, 16, uk_rows_narrow_avx512, "avx512"},
-    {6, 16, uk_avx2, uk_rows_avx2, 6, 16, uk_rows_avx2, "avx2"},
+    {8, 32, uk_avx512, uk_rows_avx512, 12, 16, uk_rows_narrow_avx512, 14, 32, uk_pixels32_avx512,
+     "avx512"},
+    {6, 16, uk_avx2, uk_rows_avx2, 6, 16, uk_rows_avx2, 0, 0, NULL, "avx2"},
 #endif
-    {4, 8, uk_generic, uk_rows_generic, 4, 8, uk_rows_generic, "generic"},
+    {4, 8, uk_generic, uk_rows_generic, 4, 8, uk_rows_generic, 0, 0, NULL, "generic"},
 };
 
 static const kn_cpu_ukernel *chosen;

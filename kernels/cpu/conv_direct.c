@@ -423,7 +423,7 @@ static bool weight_grad_form(const direct_conv *d)
 {
     const char *force = getenv("KN_CONV_WGRAD");
     if (force && !strcmp(force, "dot")) return true;
-    if (force && !strcmp(force, "rows")) return false;
+    if (force && (!strcmp(force, "rows") || !strcmp(force, "rows-wide"))) return false;
     int mr = d->uk->mr, nr = d->uk->nr; /* measured against the wide tile */
     double rows_use = (double)d->kdim / (double)(((d->kdim + mr - 1) / mr) * mr) * (double)d->cout /
                       (double)(((d->cout + nr - 1) / nr) * nr);
@@ -447,8 +447,10 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     if (d.slices * per_slice > PARTIAL_FLOATS) d.slices = PARTIAL_FLOATS / per_slice;
     if (d.slices < 1) d.slices = 1;
     d.count = count;
-    /* few channels: the narrow tile, so no half-empty tiles (same bits either way) */
-    bool narrow = out_channels <= d.uk->narrow_nr;
+    /* few channels: the narrow tile, so no half-empty tiles (same bits either way;
+     * KN_CONV_WGRAD=rows-wide keeps the MR x NR tile, for tests) */
+    const char *force = getenv("KN_CONV_WGRAD");
+    bool narrow = out_channels <= d.uk->narrow_nr && !(force && !strcmp(force, "rows-wide"));
     d.wmr = narrow ? d.uk->narrow_mr : d.uk->mr;
     d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
     d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;

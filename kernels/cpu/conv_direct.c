@@ -13,8 +13,11 @@
  *   input grad   the forward of gout padded by (k - 1 - pad), with W's taps reversed and
  *                its in/out channels swapped: a full convolution, no col2im
  *   weight grad  gW[o, c,ki,kj] = sum over images and v of gout[o, v] * xpad[shift + v]:
- *                the row-pointer kernel with A the shifted padded rows, B gout transposed
- *                to [v, o] (zero in the dropped columns)
+ *                the row-pointer kernel with A the shifted padded rows read output row
+ *                by output row (the dropped columns skipped), B gout transposed to [v, o];
+ *                or dot products over the virtual layout (few weight steps or channels)
+ *   forward by pixel rows, for 32k channels: a tile of 14 positions of an output row x
+ *                32 channels (kn_cpu_pixels_fn), no dropped columns
  *
  * Work is per image (forward, input gradient) or per fixed slice of the batch (weight
  * and bias gradient: a partial sum per slice, added in slice order), so results do not
@@ -316,19 +319,18 @@ static void add_plane_sum(const float *plane, int64_t n, float *sum)
     *sum += s;
 }
 
-/* Rows form: image i's gout into NR-column panels [panels][lv][NR], gt[v][o], zero in the
- * dropped columns and past cout; each channel's sum added to bias_sum (or NULL). */
+/* Rows form: image i's gout into NR-column panels [panels][ho*wo][NR], gt[v][o], zero
+ * past cout; each channel's sum added to bias_sum (or NULL). */
 static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
 {
     int nr = d->wnr;
-    int64_t panels = (d->cout + nr - 1) / nr;
-    memset(gt, 0, sizeof(float) * (size_t)(panels * d->lv * nr));
+    int64_t panels = (d->cout + nr - 1) / nr, plane = d->ho * d->wo;
+    if (d->cout % nr) memset(gt, 0, sizeof(float) * (size_t)(panels * plane * nr));
     for (int64_t o = 0; o < d->cout; o++) {
         const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
-        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
-        float *col = gt + (o / nr) * d->lv * nr + o % nr;
-        for (int64_t r = 0; r < d->ho; r++)
-            for (int64_t c = 0; c < d->wo; c++) col[(r * d->wp + c) * nr] = src[r * d->wo + c];
+        if (bias_sum) add_plane_sum(src, plane, &bias_sum[o]);
+        float *col = gt + (o / nr) * plane * nr + o % nr;
+        for (int64_t v = 0; v < plane; v++) col[v * nr] = src[v];
     }
 }
 
@@ -355,7 +357,7 @@ static void weight_grad_rows(const direct_conv *d, const float *xpad, const floa
         int m = d->kdim - p * mr < mr ? (int)(d->kdim - p * mr) : mr;
         for (int64_t q = 0; q * nr < d->cout; q++) {
             int n = d->cout - q * nr < nr ? (int)(d->cout - q * nr) : nr;
-            d->wrows(d->lv, xpad, d->offsets + p * mr, gt + q * d->lv * nr,
+            d->wrows(d->ho, d->wo, d->wp, xpad, d->offsets + p * mr, gt + q * d->ho * d->wo * nr,
                      part + p * mr * d->cout + q * nr, d->cout, m, n, true);
         }
     }
@@ -382,7 +384,7 @@ static void weight_grad_dots(const direct_conv *d, const float *xpad, const floa
 static int64_t gout_floats(const direct_conv *d)
 {
     int nr = d->wnr;
-    return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->lv * nr;
+    return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->ho * d->wo * nr;
 }
 
 static void weight_slices(void *context, int64_t begin, int64_t end)

@@ -22,13 +22,16 @@
 typedef void (*kn_cpu_ukernel_fn)(int64_t kc, const float *a, const float *b, const int32_t *boff,
                                   float *c, int64_t ldc, int m, int n, bool accumulate);
 
-/* The same tile with A's rows given by offsets and B packed:
- *   acc[i][j] = sum over k < kc, in order, of a[aoff[i] + k] * b[k*NR + j]
+/* The same tile with A's rows given by offsets, read in segs segments of len steps
+ * each stride apart, and B packed:
+ *   acc[i][j] = sum over s < segs, k < len, in order, of
+ *               a[aoff[i] + s*stride + k] * b[(s*len + k)*NR + j]
  * (rows i >= m are not read). A convolution's weight gradient: A the shifted rows of
- * its padded input, B its output gradient transposed. */
-typedef void (*kn_cpu_ukernel_rows_fn)(int64_t kc, const float *a, const int32_t *aoff,
-                                       const float *b, float *c, int64_t ldc, int m, int n,
-                                       bool accumulate);
+ * its padded input (a segment per output row, so the padded plane's extra columns are
+ * skipped), B its output gradient transposed. */
+typedef void (*kn_cpu_ukernel_rows_fn)(int64_t segs, int64_t len, int64_t stride, const float *a,
+                                       const int32_t *aoff, const float *b, float *c, int64_t ldc,
+                                       int m, int n, bool accumulate);
 
 /* The pixel-row form of a convolution's forward: a tile of PR consecutive output
  * positions x NC output channels,

@@ -75,20 +75,24 @@
     }                                                                                              \
     UKERNEL_STORE(VT, VW, MR, NV)
 
-/* The row-pointer form: A's rows are a + aoff[i], read along k (a convolution's shifted
- * input rows), B a packed panel. */
+/* The row-pointer form: A's rows are a + aoff[i], read along k in segments (a
+ * convolution's shifted input rows), B a packed panel. */
 #define UKERNEL_ROWS_BODY(VT, VW, MR, NV)                                                          \
     VT acc[MR][NV];                                                                                \
     const float *ar[MR];                                                                           \
     for (int i = 0; i < MR; i++) ar[i] = a + aoff[i < m ? i : 0];                                  \
     for (int i = 0; i < MR; i++)                                                                   \
         for (int j = 0; j < NV; j++) acc[i][j] = (VT){0};                                          \
-    for (int64_t k = 0; k < kc; k++) {                                                             \
-        const float *bk = b + k * (NV * VW);                                                       \
-        VT bv[NV];                                                                                 \
-        for (int j = 0; j < NV; j++) memcpy(&bv[j], bk + j * VW, sizeof(VT));                      \
-        for (int i = 0; i < MR; i++)                                                               \
-            for (int j = 0; j < NV; j++) acc[i][j] += ar[i][k] * bv[j];                            \
+    for (int64_t s = 0; s < segs; s++) {                                                           \
+        for (int64_t k = 0; k < len; k++) {                                                        \
+            const float *bk = b + k * (NV * VW);                                                   \
+            VT bv[NV];                                                                             \
+            for (int j = 0; j < NV; j++) memcpy(&bv[j], bk + j * VW, sizeof(VT));                  \
+            for (int i = 0; i < MR; i++)                                                           \
+                for (int j = 0; j < NV; j++) acc[i][j] += ar[i][k] * bv[j];                        \
+        }                                                                                          \
+        b += len * (NV * VW);                                                                      \
+        for (int i = 0; i < MR; i++) ar[i] += stride;                                              \
     }                                                                                              \
     UKERNEL_STORE(VT, VW, MR, NV)
 
@@ -114,8 +118,8 @@
     int64_t kc, const float *a, const float *b, const int32_t *boff, float *c, int64_t ldc, int m, \
         int n, bool accumulate
 #define UKERNEL_ROWS_ARGS                                                                          \
-    int64_t kc, const float *a, const int32_t *aoff, const float *b, float *c, int64_t ldc, int m, \
-        int n, bool accumulate
+    int64_t segs, int64_t len, int64_t stride, const float *a, const int32_t *aoff,                \
+        const float *b, float *c, int64_t ldc, int m, int n, bool accumulate
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"

@@ -194,12 +194,68 @@ static void pad_image(const direct_conv *d, int64_t i, float *dst, float *tmp)
 
 /* ---- forward (and the input gradient, which is one) --------------------------------- */
 
+/* One image's sums at yv[o*lv + r*wp + c]: MR x NR tiles over the virtual columns. */
+static void sums_by_tiles(const direct_conv *d, const float *xpad, float *yv)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    int mr = uk->mr, nr = uk->nr;
+    int64_t panels = (d->cout + mr - 1) / mr;
+    for (int64_t v = 0; v < d->lv; v += nr) {
+        int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
+        for (int64_t q = 0; q < panels; q++) {
+            int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
+            uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
+                   yv + q * mr * d->lv + v, d->lv, m, nv, false);
+        }
+    }
+}
+
+/* One image's sums at yv[(r*wo + c)*cout + o]: pixel-row tiles. */
+static void sums_by_pixel_rows(const direct_conv *d, const float *xpad, float *yv)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    for (int64_t r = 0; r < d->ho; r++)
+        for (int64_t c = 0; c < d->wo; c += uk->pixels_pr) {
+            int m = d->wo - c < uk->pixels_pr ? (int)(d->wo - c) : uk->pixels_pr;
+            for (int64_t o = 0; o < d->cout; o += d->pchunk)
+                uk->pixels_fn(d->kdim, d->apack + o * d->kdim, xpad + r * d->wp + c, d->offsets,
+                              yv + (r * d->wo + c) * d->cout + o, d->cout, m);
+        }
+}
+
+/* One image's sums plus the bias (and relu) into out [cout][ho][wo]. */
+static void bias_relu(const direct_conv *d, const float *yv, float *out, bool relu)
+{
+    int64_t out_plane = d->ho * d->wo, cout = d->cout;
+    if (d->pchunk) { /* the sums at yv[p*cout + o] */
+        for (int64_t o = 0; o < cout; o++) {
+            float b = d->bias ? d->bias[o] : 0.f, *dst = out + o * out_plane;
+            for (int64_t p = 0; p < out_plane; p++) dst[p] = yv[p * cout + o] + b;
+            if (relu) /* kn_relu's expression: NaN stays NaN */
+                for (int64_t p = 0; p < out_plane; p++) dst[p] = dst[p] < 0.f ? 0.f : dst[p];
+        }
+        return;
+    }
+    for (int64_t o = 0; o < cout; o++) { /* the sums at yv[o*lv + r*wp + c] */
+        float b = d->bias ? d->bias[o] : 0.f;
+        for (int64_t r = 0; r < d->ho; r++) {
+            const float *src = yv + o * d->lv + r * d->wp;
+            float *dst = out + o * out_plane + r * d->wo;
+            if (relu)
+                for (int64_t c = 0; c < d->wo; c++) {
+                    float v = src[c] + b;
+                    dst[c] = v < 0.f ? 0.f : v;
+                }
+            else
+                for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
+        }
+    }
+}
+
 static void forward_images(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
-    const kn_cpu_ukernel *uk = d->uk;
-    int mr = uk->mr, nr = uk->nr;
-    int64_t panels = (d->cout + mr - 1) / mr, out_plane = d->ho * d->wo;
+    int64_t out_plane = d->ho * d->wo;
     float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *yv = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, d->cout * d->lv);
     float *tmp = d->in.dense ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->h * d->w);
@@ -209,23 +265,10 @@ static void forward_images(void *context, int64_t begin, int64_t end)
     }
     for (int64_t i = begin; i < end; i++) {
         pad_image(d, i, xpad, tmp);
-        if (d->pchunk) /* sums at yv[(r*wo + c)*cout + o] */
-            for (int64_t r = 0; r < d->ho; r++)
-                for (int64_t c = 0; c < d->wo; c += uk->pixels_pr) {
-                    int m = d->wo - c < uk->pixels_pr ? (int)(d->wo - c) : uk->pixels_pr;
-                    for (int64_t o = 0; o < d->cout; o += d->pchunk)
-                        uk->pixels_fn(d->kdim, d->apack + o * d->kdim, xpad + r * d->wp + c,
-                                      d->offsets, yv + (r * d->wo + c) * d->cout + o, d->cout, m);
-                }
-        else /* sums at yv[o*lv + r*wp + c] */
-            for (int64_t v = 0; v < d->lv; v += nr) {
-                int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
-                for (int64_t q = 0; q < panels; q++) {
-                    int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
-                    uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
-                           yv + q * mr * d->lv + v, d->lv, m, nv, false);
-                }
-            }
+        if (d->pchunk)
+            sums_by_pixel_rows(d, xpad, yv);
+        else
+            sums_by_tiles(d, xpad, yv);
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
         /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
@@ -235,21 +278,7 @@ static void forward_images(void *context, int64_t begin, int64_t end)
             __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
             return;
         }
-        for (int64_t o = 0; o < d->cout; o++) {
-            float b = d->bias ? d->bias[o] : 0.f;
-            for (int64_t r = 0; r < d->ho; r++) {
-                float *dst = out + o * out_plane + r * d->wo;
-                if (d->pchunk) /* the sums at yv[(r*wo + c)*cout + o] */
-                    for (int64_t c = 0; c < d->wo; c++)
-                        dst[c] = yv[(r * d->wo + c) * d->cout + o] + b;
-                else { /* at yv[o*lv + r*wp + c]: contiguous, so the loop vectorises */
-                    const float *src = yv + o * d->lv + r * d->wp;
-                    for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
-                }
-                if (relu) /* kn_relu's expression: NaN stays NaN */
-                    for (int64_t c = 0; c < d->wo; c++) dst[c] = dst[c] < 0.f ? 0.f : dst[c];
-            }
-        }
+        bias_relu(d, yv, out, relu);
         if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
             kn_cpu_pool_geometry g = *e->pool;
             g.planes = d->cout;

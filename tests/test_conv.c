@@ -420,6 +420,18 @@ static void free_run(conv_run *r)
     free(r->gb);
 }
 
+/* y and every gradient of two runs, bit for bit. */
+static void assert_same_bits(const conv_run *one, const conv_run *other, const char *label)
+{
+    cr_assert_eq(memcmp(one->y, other->y, sizeof(float) * (size_t)one->ny), 0, "%s: y", label);
+    cr_assert_eq(memcmp(one->gx, other->gx, sizeof(float) * (size_t)one->nx), 0, "%s: grad x",
+                 label);
+    cr_assert_eq(memcmp(one->gw, other->gw, sizeof(float) * (size_t)one->nw), 0, "%s: grad w",
+                 label);
+    cr_assert_eq(memcmp(one->gb, other->gb, sizeof(float) * (size_t)one->nb), 0, "%s: grad b",
+                 label);
+}
+
 static void check_thread_invariance(const int64_t *xs, int xn, const int64_t *ws, int wn,
                                     kn_conv2d_args a, const char *label)
 {
@@ -428,14 +440,9 @@ static void check_thread_invariance(const int64_t *xs, int xn, const int64_t *ws
     conv_run one = run_conv(xs, ws, a, 1);
     for (int t = 2; t <= 4; t++) {
         conv_run more = run_conv(xs, ws, a, t);
-        cr_assert_eq(memcmp(one.y, more.y, sizeof(float) * (size_t)one.ny), 0, "%s: y, %d threads",
-                     label, t);
-        cr_assert_eq(memcmp(one.gx, more.gx, sizeof(float) * (size_t)one.nx), 0,
-                     "%s: grad x, %d threads", label, t);
-        cr_assert_eq(memcmp(one.gw, more.gw, sizeof(float) * (size_t)one.nw), 0,
-                     "%s: grad w, %d threads", label, t);
-        cr_assert_eq(memcmp(one.gb, more.gb, sizeof(float) * (size_t)one.nb), 0,
-                     "%s: grad b, %d threads", label, t);
+        char what[128];
+        snprintf(what, sizeof what, "%s, %d threads", label, t);
+        assert_same_bits(&one, &more, what);
         free_run(&more);
     }
     free_run(&one);
@@ -458,10 +465,7 @@ static void check_forms_same_bits(const int64_t *xs, int xn, const int64_t *ws, 
     (void)wn;
     conv_run one = run_forms(xs, ws, a, "tiles", "rows-wide");
     conv_run other = run_forms(xs, ws, a, "pixels", "rows");
-    cr_assert_eq(memcmp(one.y, other.y, sizeof(float) * (size_t)one.ny), 0, "%s: y", label);
-    cr_assert_eq(memcmp(one.gx, other.gx, sizeof(float) * (size_t)one.nx), 0, "%s: grad x", label);
-    cr_assert_eq(memcmp(one.gw, other.gw, sizeof(float) * (size_t)one.nw), 0, "%s: grad w", label);
-    cr_assert_eq(memcmp(one.gb, other.gb, sizeof(float) * (size_t)one.nb), 0, "%s: grad b", label);
+    assert_same_bits(&one, &other, label);
     free_run(&one);
     free_run(&other);
 }

@@ -328,6 +328,60 @@ Test(conv2d, gradients_match_reference_each_layers_choice)
     check_grad_shapes();
 }
 
+/* Shapes for the narrow weight-gradient tile (<= 16 output channels) and the pixel-row
+ * forward (32k output channels, or 32k input channels for the input gradient), with
+ * tails: rows of 29 and 7 (pixel tiles of 14), 1 and 3 input channels, weight steps not
+ * a multiple of the tile's 12, padding 0 and 2, one image. */
+static void check_tile_shapes(void)
+{
+    check_grads(KN_SHAPE(5, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}),
+                "resnet 16->16");
+    check_grads(KN_SHAPE(3, 3, 11, 29), KN_SHAPE(32, 3, 3, 3), CONV(.padding = {1, 1}),
+                "3->32, rows of 29");
+    check_grads(KN_SHAPE(1, 1, 7, 7), KN_SHAPE(64, 1, 5, 5), CONV(.padding = {2, 2}),
+                "1->64 5x5 pad 2, rows of 7, one image");
+    check_grads(KN_SHAPE(2, 32, 9, 9), KN_SHAPE(16, 32, 3, 3), CONV(.padding = {0, 0}),
+                "32->16 unpadded (pixel-row input gradient)");
+    check_grads(KN_SHAPE(2, 3, 10, 12), KN_SHAPE(12, 3, 3, 3), CONV(.padding = {1, 1}),
+                "3->12 (narrow, partial)");
+    check_grads(KN_SHAPE(3, 5, 6, 8), KN_SHAPE(1, 5, 3, 3), CONV(.padding = {1, 1}), "5->1");
+    check_grads(KN_SHAPE(2, 4, 9, 9), KN_SHAPE(17, 4, 3, 3), CONV(.padding = {2, 2}),
+                "4->17 pad 2 (wide)");
+}
+
+Test(conv2d, new_tiles_match_reference_each_form)
+{
+    const char *forward[] = {"pixels", "tiles", NULL};
+    const char *wgrad[] = {"rows", "rows-wide", NULL};
+    for (int f = 0; f < 3; f++)
+        for (int g = 0; g < 3; g++) {
+            if (forward[f])
+                setenv("KN_CONV_FORWARD", forward[f], 1);
+            else
+                unsetenv("KN_CONV_FORWARD");
+            if (wgrad[g])
+                setenv("KN_CONV_WGRAD", wgrad[g], 1);
+            else
+                unsetenv("KN_CONV_WGRAD");
+            check_tile_shapes();
+        }
+}
+
+/* The kernels each instruction set falls back to (criterion runs each test in a process
+ * of its own, so KN_GEMM_ISA is read afresh). */
+Test(conv2d, new_tile_shapes_on_avx2)
+{
+    setenv("KN_GEMM_ISA", "avx2", 1);
+    check_tile_shapes();
+    check_grad_shapes();
+}
+
+Test(conv2d, new_tile_shapes_on_generic)
+{
+    setenv("KN_GEMM_ISA", "generic", 1);
+    check_tile_shapes();
+}
+
 /* ---- the same bits for any thread count ----------------------------------------------- */
 
 typedef struct conv_run {
@@ -366,6 +420,18 @@ static void free_run(conv_run *r)
     free(r->gb);
 }
 
+/* y and every gradient of two runs, bit for bit. */
+static void assert_same_bits(const conv_run *one, const conv_run *other, const char *label)
+{
+    cr_assert_eq(memcmp(one->y, other->y, sizeof(float) * (size_t)one->ny), 0, "%s: y", label);
+    cr_assert_eq(memcmp(one->gx, other->gx, sizeof(float) * (size_t)one->nx), 0, "%s: grad x",
+                 label);
+    cr_assert_eq(memcmp(one->gw, other->gw, sizeof(float) * (size_t)one->nw), 0, "%s: grad w",
+                 label);
+    cr_assert_eq(memcmp(one->gb, other->gb, sizeof(float) * (size_t)one->nb), 0, "%s: grad b",
+                 label);
+}
+
 static void check_thread_invariance(const int64_t *xs, int xn, const int64_t *ws, int wn,
                                     kn_conv2d_args a, const char *label)
 {
@@ -374,23 +440,54 @@ static void check_thread_invariance(const int64_t *xs, int xn, const int64_t *ws
     conv_run one = run_conv(xs, ws, a, 1);
     for (int t = 2; t <= 4; t++) {
         conv_run more = run_conv(xs, ws, a, t);
-        cr_assert_eq(memcmp(one.y, more.y, sizeof(float) * (size_t)one.ny), 0, "%s: y, %d threads",
-                     label, t);
-        cr_assert_eq(memcmp(one.gx, more.gx, sizeof(float) * (size_t)one.nx), 0,
-                     "%s: grad x, %d threads", label, t);
-        cr_assert_eq(memcmp(one.gw, more.gw, sizeof(float) * (size_t)one.nw), 0,
-                     "%s: grad w, %d threads", label, t);
-        cr_assert_eq(memcmp(one.gb, more.gb, sizeof(float) * (size_t)one.nb), 0,
-                     "%s: grad b, %d threads", label, t);
+        char what[128];
+        snprintf(what, sizeof what, "%s, %d threads", label, t);
+        assert_same_bits(&one, &more, what);
         free_run(&more);
     }
     free_run(&one);
+}
+
+/* The pixel-row forward and the MR x NR tiles, and the narrow and wide weight-gradient
+ * tiles, compute each value as the same chain of FMAs: the same bits. */
+static conv_run run_forms(const int64_t *xs, const int64_t *ws, kn_conv2d_args a,
+                          const char *forward, const char *wgrad)
+{
+    setenv("KN_CONV_FORWARD", forward, 1);
+    setenv("KN_CONV_WGRAD", wgrad, 1);
+    return run_conv(xs, ws, a, 2);
+}
+
+static void check_forms_same_bits(const int64_t *xs, int xn, const int64_t *ws, int wn,
+                                  kn_conv2d_args a, const char *label)
+{
+    (void)xn;
+    (void)wn;
+    conv_run one = run_forms(xs, ws, a, "tiles", "rows-wide");
+    conv_run other = run_forms(xs, ws, a, "pixels", "rows");
+    assert_same_bits(&one, &other, label);
+    free_run(&one);
+    free_run(&other);
+}
+
+Test(conv2d, every_tile_form_gives_the_same_bits)
+{
+    check_forms_same_bits(KN_SHAPE(8, 16, 14, 14), KN_SHAPE(32, 16, 3, 3), CONV(.padding = {1, 1}),
+                          "16->32");
+    check_forms_same_bits(KN_SHAPE(8, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}),
+                          "16->16");
+    check_forms_same_bits(KN_SHAPE(3, 32, 11, 29), KN_SHAPE(32, 32, 3, 3), CONV(.padding = {2, 2}),
+                          "32->32 pad 2, rows of 29");
+    check_forms_same_bits(KN_SHAPE(2, 3, 9, 7), KN_SHAPE(12, 3, 3, 3), CONV(.padding = {0, 0}),
+                          "3->12 unpadded");
 }
 
 Test(conv2d, same_bits_for_any_thread_count)
 {
     check_thread_invariance(KN_SHAPE(64, 16, 14, 14), KN_SHAPE(32, 16, 3, 3),
                             CONV(.padding = {1, 1}), "conv2");
+    check_thread_invariance(KN_SHAPE(64, 16, 14, 14), KN_SHAPE(16, 16, 3, 3),
+                            CONV(.padding = {1, 1}), "resnet 16->16");
     check_thread_invariance(KN_SHAPE(37, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}),
                             "conv1");
     check_thread_invariance(KN_SHAPE(19, 3, 9, 8), KN_SHAPE(4, 3, 3, 3),

@@ -13,8 +13,11 @@
  *   input grad   the forward of gout padded by (k - 1 - pad), with W's taps reversed and
  *                its in/out channels swapped: a full convolution, no col2im
  *   weight grad  gW[o, c,ki,kj] = sum over images and v of gout[o, v] * xpad[shift + v]:
- *                the row-pointer kernel with A the shifted padded rows, B gout transposed
- *                to [v, o] (zero in the dropped columns)
+ *                the row-pointer kernel with A the shifted padded rows read output row
+ *                by output row (the dropped columns skipped), B gout transposed to [v, o];
+ *                or dot products over the virtual layout (few weight steps or channels)
+ *   forward by pixel rows, for 32k channels: a tile of 14 positions of an output row x
+ *                32 channels (kn_cpu_pixels_fn), no dropped columns
  *
  * Work is per image (forward, input gradient) or per fixed slice of the batch (weight
  * and bias gradient: a partial sum per slice, added in slice order), so results do not
@@ -38,8 +41,9 @@ typedef struct direct_conv {
     int64_t hp, wp, plane, ho, wo, lv;       /* padded planes; outputs; ho*wp virtual */
     int64_t kdim;                            /* cin*kh*kw weight steps */
     int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
-    float *apack;                            /* weights packed in MR-row panels */
-    kn_cpu_conv_planes in;   /* the input images (forward's x, or the padded gout) */
+    float *apack;          /* weights packed in MR-row panels, or [cout/pchunk][kdim][pchunk] */
+    int pchunk;            /* forward by pixel rows, this many channels a tile; 0: MR x NR tiles */
+    kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
     const float *bias;
     float *out;
@@ -52,6 +56,9 @@ typedef struct direct_conv {
                      * form) gradient, then [slices][cout] bias */
     bool want_bias;
     bool dot_form; /* the weight gradient by dot products (see weight_grad_form) */
+    /* the rows form's tile: the micro-kernel's, or its narrow one for few channels */
+    int wmr, wnr;
+    kn_cpu_ukernel_rows_fn wrows;
 } direct_conv;
 
 bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups)
@@ -99,9 +106,39 @@ static bool make_offsets(direct_conv *d)
     return true;
 }
 
-/* Packs weights [cout, kdim] (row-major) into MR-row panels. */
+/* The forward's form: pixel rows (kn_cpu_pixels_fn: a tile of PR positions of one output
+ * row x NC channels) where this ISA has them, the channels fill whole tiles and the
+ * tiles would be no emptier than the MR x NR tiles over the virtual columns; else 0.
+ * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests. With 16
+ * channels the MR x NR tiles stay: a 16-channel pixel tile issues one broadcast per FMA
+ * and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
+static int pixel_chunk(const direct_conv *d)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    const char *force = getenv("KN_CONV_FORWARD");
+    if ((force && !strcmp(force, "tiles")) || !uk->pixels_fn || d->cout % uk->pixels_nc) return 0;
+    int64_t pr = uk->pixels_pr, nr = uk->nr;
+    double pixel_use = (double)d->wo / (double)(((d->wo + pr - 1) / pr) * pr);
+    double tile_use = (double)(d->ho * d->wo) / (double)(((d->lv + nr - 1) / nr) * nr);
+    if (pixel_use < tile_use && !(force && !strcmp(force, "pixels"))) return 0;
+    return uk->pixels_nc;
+}
+
+/* Packs weights [cout, kdim] (row-major) for the forward's form: MR-row panels, or
+ * [cout/pchunk][kdim][pchunk] for pixel rows. */
 static bool pack_weights(direct_conv *d, const float *w)
 {
+    d->pchunk = pixel_chunk(d);
+    if (d->pchunk) {
+        int64_t chunk = d->pchunk;
+        d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(d->cout * d->kdim)) + 63) & ~63ul);
+        if (!d->apack) return false;
+        for (int64_t q = 0; q < d->cout / chunk; q++)
+            for (int64_t k = 0; k < d->kdim; k++)
+                for (int64_t j = 0; j < chunk; j++)
+                    d->apack[(q * d->kdim + k) * chunk + j] = w[(q * chunk + j) * d->kdim + k];
+        return true;
+    }
     int mr = d->uk->mr;
     int64_t panels = (d->cout + mr - 1) / mr;
     d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(panels * mr * d->kdim)) + 63) & ~63ul);
@@ -157,12 +194,68 @@ static void pad_image(const direct_conv *d, int64_t i, float *dst, float *tmp)
 
 /* ---- forward (and the input gradient, which is one) --------------------------------- */
 
+/* One image's sums at yv[o*lv + r*wp + c]: MR x NR tiles over the virtual columns. */
+static void sums_by_tiles(const direct_conv *d, const float *xpad, float *yv)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    int mr = uk->mr, nr = uk->nr;
+    int64_t panels = (d->cout + mr - 1) / mr;
+    for (int64_t v = 0; v < d->lv; v += nr) {
+        int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
+        for (int64_t q = 0; q < panels; q++) {
+            int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
+            uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
+                   yv + q * mr * d->lv + v, d->lv, m, nv, false);
+        }
+    }
+}
+
+/* One image's sums at yv[(r*wo + c)*cout + o]: pixel-row tiles. */
+static void sums_by_pixel_rows(const direct_conv *d, const float *xpad, float *yv)
+{
+    const kn_cpu_ukernel *uk = d->uk;
+    for (int64_t r = 0; r < d->ho; r++)
+        for (int64_t c = 0; c < d->wo; c += uk->pixels_pr) {
+            int m = d->wo - c < uk->pixels_pr ? (int)(d->wo - c) : uk->pixels_pr;
+            for (int64_t o = 0; o < d->cout; o += d->pchunk)
+                uk->pixels_fn(d->kdim, d->apack + o * d->kdim, xpad + r * d->wp + c, d->offsets,
+                              yv + (r * d->wo + c) * d->cout + o, d->cout, m);
+        }
+}
+
+/* One image's sums plus the bias (and relu) into out [cout][ho][wo]. */
+static void bias_relu(const direct_conv *d, const float *yv, float *out, bool relu)
+{
+    int64_t out_plane = d->ho * d->wo, cout = d->cout;
+    if (d->pchunk) { /* the sums at yv[p*cout + o] */
+        for (int64_t o = 0; o < cout; o++) {
+            float b = d->bias ? d->bias[o] : 0.f, *dst = out + o * out_plane;
+            for (int64_t p = 0; p < out_plane; p++) dst[p] = yv[p * cout + o] + b;
+            if (relu) /* kn_relu's expression: NaN stays NaN */
+                for (int64_t p = 0; p < out_plane; p++) dst[p] = dst[p] < 0.f ? 0.f : dst[p];
+        }
+        return;
+    }
+    for (int64_t o = 0; o < cout; o++) { /* the sums at yv[o*lv + r*wp + c] */
+        float b = d->bias ? d->bias[o] : 0.f;
+        for (int64_t r = 0; r < d->ho; r++) {
+            const float *src = yv + o * d->lv + r * d->wp;
+            float *dst = out + o * out_plane + r * d->wo;
+            if (relu)
+                for (int64_t c = 0; c < d->wo; c++) {
+                    float v = src[c] + b;
+                    dst[c] = v < 0.f ? 0.f : v;
+                }
+            else
+                for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
+        }
+    }
+}
+
 static void forward_images(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
-    const kn_cpu_ukernel *uk = d->uk;
-    int mr = uk->mr, nr = uk->nr;
-    int64_t panels = (d->cout + mr - 1) / mr, out_plane = d->ho * d->wo;
+    int64_t out_plane = d->ho * d->wo;
     float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *yv = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, d->cout * d->lv);
     float *tmp = d->in.dense ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->h * d->w);
@@ -172,14 +265,10 @@ static void forward_images(void *context, int64_t begin, int64_t end)
     }
     for (int64_t i = begin; i < end; i++) {
         pad_image(d, i, xpad, tmp);
-        for (int64_t v = 0; v < d->lv; v += nr) {
-            int nv = d->lv - v < nr ? (int)(d->lv - v) : nr;
-            for (int64_t q = 0; q < panels; q++) {
-                int m = d->cout - q * mr < mr ? (int)(d->cout - q * mr) : mr;
-                uk->fn(d->kdim, d->apack + q * mr * d->kdim, xpad + v, d->offsets,
-                       yv + q * mr * d->lv + v, d->lv, m, nv, false);
-            }
-        }
+        if (d->pchunk)
+            sums_by_pixel_rows(d, xpad, yv);
+        else
+            sums_by_tiles(d, xpad, yv);
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
         /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
@@ -189,20 +278,7 @@ static void forward_images(void *context, int64_t begin, int64_t end)
             __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
             return;
         }
-        for (int64_t o = 0; o < d->cout; o++) {
-            float b = d->bias ? d->bias[o] : 0.f;
-            for (int64_t r = 0; r < d->ho; r++) {
-                const float *src = yv + o * d->lv + r * d->wp;
-                float *dst = out + o * out_plane + r * d->wo;
-                if (relu) /* kn_relu's expression: NaN stays NaN */
-                    for (int64_t c = 0; c < d->wo; c++) {
-                        float v = src[c] + b;
-                        dst[c] = v < 0.f ? 0.f : v;
-                    }
-                else
-                    for (int64_t c = 0; c < d->wo; c++) dst[c] = src[c] + b;
-            }
-        }
+        bias_relu(d, yv, out, relu);
         if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
             kn_cpu_pool_geometry g = *e->pool;
             g.planes = d->cout;
@@ -272,19 +348,18 @@ static void add_plane_sum(const float *plane, int64_t n, float *sum)
     *sum += s;
 }
 
-/* Rows form: image i's gout into NR-column panels [panels][lv][NR], gt[v][o], zero in the
- * dropped columns and past cout; each channel's sum added to bias_sum (or NULL). */
+/* Rows form: image i's gout into NR-column panels [panels][ho*wo][NR], gt[v][o], zero
+ * past cout; each channel's sum added to bias_sum (or NULL). */
 static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
 {
-    int nr = d->uk->nr;
-    int64_t panels = (d->cout + nr - 1) / nr;
-    memset(gt, 0, sizeof(float) * (size_t)(panels * d->lv * nr));
+    int nr = d->wnr;
+    int64_t panels = (d->cout + nr - 1) / nr, plane = d->ho * d->wo;
+    if (d->cout % nr) memset(gt, 0, sizeof(float) * (size_t)(panels * plane * nr));
     for (int64_t o = 0; o < d->cout; o++) {
         const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
-        if (bias_sum) add_plane_sum(src, d->ho * d->wo, &bias_sum[o]);
-        float *col = gt + (o / nr) * d->lv * nr + o % nr;
-        for (int64_t r = 0; r < d->ho; r++)
-            for (int64_t c = 0; c < d->wo; c++) col[(r * d->wp + c) * nr] = src[r * d->wo + c];
+        if (bias_sum) add_plane_sum(src, plane, &bias_sum[o]);
+        float *col = gt + (o / nr) * plane * nr + o % nr;
+        for (int64_t v = 0; v < plane; v++) col[v * nr] = src[v];
     }
 }
 
@@ -306,14 +381,13 @@ static void virtual_gout(const direct_conv *d, int64_t i, float *gv, float *tmp,
 /* Rows form: part[kdim][cout] += the image's products, MR steps x NR channels a tile. */
 static void weight_grad_rows(const direct_conv *d, const float *xpad, const float *gt, float *part)
 {
-    const kn_cpu_ukernel *uk = d->uk;
-    int mr = uk->mr, nr = uk->nr;
+    int mr = d->wmr, nr = d->wnr;
     for (int64_t p = 0; p * mr < d->kdim; p++) {
         int m = d->kdim - p * mr < mr ? (int)(d->kdim - p * mr) : mr;
         for (int64_t q = 0; q * nr < d->cout; q++) {
             int n = d->cout - q * nr < nr ? (int)(d->cout - q * nr) : nr;
-            uk->rows_fn(d->lv, xpad, d->offsets + p * mr, gt + q * d->lv * nr,
-                        part + p * mr * d->cout + q * nr, d->cout, m, n, true);
+            d->wrows(d->ho, d->wo, d->wp, xpad, d->offsets + p * mr, gt + q * d->ho * d->wo * nr,
+                     part + p * mr * d->cout + q * nr, d->cout, m, n, true);
         }
     }
 }
@@ -338,8 +412,8 @@ static void weight_grad_dots(const direct_conv *d, const float *xpad, const floa
 /* Floats of the per-image gradient buffer each form needs. */
 static int64_t gout_floats(const direct_conv *d)
 {
-    int nr = d->uk->nr;
-    return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->lv * nr;
+    int nr = d->wnr;
+    return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->ho * d->wo * nr;
 }
 
 static void weight_slices(void *context, int64_t begin, int64_t end)
@@ -380,8 +454,8 @@ static bool weight_grad_form(const direct_conv *d)
 {
     const char *force = getenv("KN_CONV_WGRAD");
     if (force && !strcmp(force, "dot")) return true;
-    if (force && !strcmp(force, "rows")) return false;
-    int mr = d->uk->mr, nr = d->uk->nr;
+    if (force && (!strcmp(force, "rows") || !strcmp(force, "rows-wide"))) return false;
+    int mr = d->uk->mr, nr = d->uk->nr; /* measured against the wide tile */
     double rows_use = (double)d->kdim / (double)(((d->kdim + mr - 1) / mr) * mr) * (double)d->cout /
                       (double)(((d->cout + nr - 1) / nr) * nr);
     double dot_use = (double)d->kdim / (double)(((d->kdim + 3) / 4) * 4) * (double)d->cout /
@@ -404,6 +478,13 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     if (d.slices * per_slice > PARTIAL_FLOATS) d.slices = PARTIAL_FLOATS / per_slice;
     if (d.slices < 1) d.slices = 1;
     d.count = count;
+    /* few channels: the narrow tile, so no half-empty tiles (same bits either way;
+     * KN_CONV_WGRAD=rows-wide keeps the MR x NR tile, for tests) */
+    const char *force = getenv("KN_CONV_WGRAD");
+    bool narrow = out_channels <= d.uk->narrow_nr && !(force && !strcmp(force, "rows-wide"));
+    d.wmr = narrow ? d.uk->narrow_mr : d.uk->mr;
+    d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
+    d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;
     d.dot_form = weight_grad_form(&d);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&

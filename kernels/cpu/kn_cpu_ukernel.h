@@ -22,18 +22,39 @@
 typedef void (*kn_cpu_ukernel_fn)(int64_t kc, const float *a, const float *b, const int32_t *boff,
                                   float *c, int64_t ldc, int m, int n, bool accumulate);
 
-/* The same tile with A's rows given by offsets and B packed:
- *   acc[i][j] = sum over k < kc, in order, of a[aoff[i] + k] * b[k*NR + j]
+/* The same tile with A's rows given by offsets, read in segs segments of len steps
+ * each stride apart, and B packed:
+ *   acc[i][j] = sum over s < segs, k < len, in order, of
+ *               a[aoff[i] + s*stride + k] * b[(s*len + k)*NR + j]
  * (rows i >= m are not read). A convolution's weight gradient: A the shifted rows of
- * its padded input, B its output gradient transposed. */
-typedef void (*kn_cpu_ukernel_rows_fn)(int64_t kc, const float *a, const int32_t *aoff,
-                                       const float *b, float *c, int64_t ldc, int m, int n,
-                                       bool accumulate);
+ * its padded input (a segment per output row, so the padded plane's extra columns are
+ * skipped), B its output gradient transposed. */
+typedef void (*kn_cpu_ukernel_rows_fn)(int64_t segs, int64_t len, int64_t stride, const float *a,
+                                       const int32_t *aoff, const float *b, float *c, int64_t ldc,
+                                       int m, int n, bool accumulate);
+
+/* The pixel-row form of a convolution's forward: a tile of PR consecutive output
+ * positions x NC output channels,
+ *   acc[i][j] = sum over k < kc, in order, of x[xoff[k] + i] * w[k*NC + j]
+ * (w packed [kc][NC]), stored c[i*ldc + j] for i < m (all PR positions are read).
+ * Each element is the same FMA chain as the MR x NR tile's, so it changes no bits; it
+ * wastes no "virtual" columns and its weight loads are aligned. */
+typedef void (*kn_cpu_pixels_fn)(int64_t kc, const float *w, const float *x, const int32_t *xoff,
+                                 float *c, int64_t ldc, int m);
 
 typedef struct kn_cpu_ukernel {
     int mr, nr;
     kn_cpu_ukernel_fn fn;
     kn_cpu_ukernel_rows_fn rows_fn;
+    /* A rows kernel of narrow_mr x narrow_nr (one vector wide) for products with at most
+     * narrow_nr columns, where the MR x NR tile would compute half of its columns for
+     * nothing (a 16-channel convolution's weight gradient on the 8 x 32 tile). Each
+     * element is the same FMA chain as in rows_fn, so the choice changes no bits. */
+    int narrow_mr, narrow_nr;
+    kn_cpu_ukernel_rows_fn narrow_rows_fn;
+    /* the pixel-row kernel (NULL: none for this ISA) and its tile */
+    int pixels_pr, pixels_nc;
+    kn_cpu_pixels_fn pixels_fn;
     const char *name; /* the instruction set: "avx512", "avx2" or "generic" */
 } kn_cpu_ukernel;
 

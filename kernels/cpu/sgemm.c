@@ -75,29 +75,51 @@
     }                                                                                              \
     UKERNEL_STORE(VT, VW, MR, NV)
 
-/* The row-pointer form: A's rows are a + aoff[i], read along k (a convolution's shifted
- * input rows), B a packed panel. */
+/* The row-pointer form: A's rows are a + aoff[i], read along k in segments (a
+ * convolution's shifted input rows), B a packed panel. */
 #define UKERNEL_ROWS_BODY(VT, VW, MR, NV)                                                          \
     VT acc[MR][NV];                                                                                \
     const float *ar[MR];                                                                           \
     for (int i = 0; i < MR; i++) ar[i] = a + aoff[i < m ? i : 0];                                  \
     for (int i = 0; i < MR; i++)                                                                   \
         for (int j = 0; j < NV; j++) acc[i][j] = (VT){0};                                          \
-    for (int64_t k = 0; k < kc; k++) {                                                             \
-        const float *bk = b + k * (NV * VW);                                                       \
-        VT bv[NV];                                                                                 \
-        for (int j = 0; j < NV; j++) memcpy(&bv[j], bk + j * VW, sizeof(VT));                      \
-        for (int i = 0; i < MR; i++)                                                               \
-            for (int j = 0; j < NV; j++) acc[i][j] += ar[i][k] * bv[j];                            \
+    for (int64_t s = 0; s < segs; s++) {                                                           \
+        for (int64_t k = 0; k < len; k++) {                                                        \
+            const float *bk = b + k * (NV * VW);                                                   \
+            VT bv[NV];                                                                             \
+            for (int j = 0; j < NV; j++) memcpy(&bv[j], bk + j * VW, sizeof(VT));                  \
+            for (int i = 0; i < MR; i++)                                                           \
+                for (int j = 0; j < NV; j++) acc[i][j] += ar[i][k] * bv[j];                        \
+        }                                                                                          \
+        b += len * (NV * VW);                                                                      \
+        for (int i = 0; i < MR; i++) ar[i] += stride;                                              \
     }                                                                                              \
     UKERNEL_STORE(VT, VW, MR, NV)
+
+/* The pixel-row form (kn_cpu_pixels_fn): positions along x, channels along the vector. */
+#define UKERNEL_PIXELS_BODY(VT, VW, PR, NV)                                                        \
+    VT acc[PR][NV];                                                                                \
+    for (int i = 0; i < PR; i++)                                                                   \
+        for (int j = 0; j < NV; j++) acc[i][j] = (VT){0};                                          \
+    for (int64_t k = 0; k < kc; k++) {                                                             \
+        const float *xk = x + xoff[k], *wk = w + k * (NV * VW);                                    \
+        VT wv[NV];                                                                                 \
+        for (int j = 0; j < NV; j++) memcpy(&wv[j], wk + j * VW, sizeof(VT));                      \
+        for (int i = 0; i < PR; i++)                                                               \
+            for (int j = 0; j < NV; j++) acc[i][j] += xk[i] * wv[j];                               \
+    }                                                                                              \
+    for (int i = 0; i < m; i++)                                                                    \
+        for (int j = 0; j < NV; j++) memcpy(c + i * ldc + j * VW, &acc[i][j], sizeof(VT));
+
+#define UKERNEL_PIXELS_ARGS                                                                        \
+    int64_t kc, const float *w, const float *x, const int32_t *xoff, float *c, int64_t ldc, int m
 
 #define UKERNEL_ARGS                                                                               \
     int64_t kc, const float *a, const float *b, const int32_t *boff, float *c, int64_t ldc, int m, \
         int n, bool accumulate
 #define UKERNEL_ROWS_ARGS                                                                          \
-    int64_t kc, const float *a, const int32_t *aoff, const float *b, float *c, int64_t ldc, int m, \
-        int n, bool accumulate
+    int64_t segs, int64_t len, int64_t stride, const float *a, const int32_t *aoff,                \
+        const float *b, float *c, int64_t ldc, int m, int n, bool accumulate
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -111,6 +133,8 @@ typedef float v8f __attribute__((vector_size(32)));
 #define AVX2 __attribute__((target("avx2,fma")))
 AVX512 static void uk_avx512(UKERNEL_ARGS) { UKERNEL_BODY(v16f, 16, 8, 2) }
 AVX512 static void uk_rows_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 8, 2) }
+AVX512 static void uk_rows_narrow_avx512(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v16f, 16, 12, 1) }
+AVX512 static void uk_pixels32_avx512(UKERNEL_PIXELS_ARGS) { UKERNEL_PIXELS_BODY(v16f, 16, 14, 2) }
 AVX2 static void uk_avx2(UKERNEL_ARGS) { UKERNEL_BODY(v8f, 8, 6, 2) }
 AVX2 static void uk_rows_avx2(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 6, 2) }
 #endif
@@ -121,10 +145,11 @@ static void uk_rows_generic(UKERNEL_ROWS_ARGS) { UKERNEL_ROWS_BODY(v8f, 8, 4, 1)
 
 static const kn_cpu_ukernel KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {8, 32, uk_avx512, uk_rows_avx512, "avx512"},
-    {6, 16, uk_avx2, uk_rows_avx2, "avx2"},
+    {8, 32, uk_avx512, uk_rows_avx512, 12, 16, uk_rows_narrow_avx512, 14, 32, uk_pixels32_avx512,
+     "avx512"},
+    {6, 16, uk_avx2, uk_rows_avx2, 6, 16, uk_rows_avx2, 0, 0, NULL, "avx2"},
 #endif
-    {4, 8, uk_generic, uk_rows_generic, "generic"},
+    {4, 8, uk_generic, uk_rows_generic, 4, 8, uk_rows_generic, 0, 0, NULL, "generic"},
 };
 
 static const kn_cpu_ukernel *chosen;

@@ -46,24 +46,27 @@ VINLINE vf erf_head(vf a)
     p = p * t + 1.283791661e-01f;
     return a + a * p;
 }
-/* erf for |z| >= 1: 1 - exp(Q(|z| - 1)), Q a degree-8 fit of log(erfc) on [1, 3.95];
- * |z| is clamped to [1, 3.92] (erf rounds to 1 past 3.92, so +-inf gives +-1), which
- * bounds Q to [-17, -1.8]: 2^k is one normal float and exp needs no range checks. NaN
- * stays NaN through the selects. Unsigned, as erf_head. */
-VINLINE vf erf_tail(vf a)
+/* Horner's rule for the tails' degree-8 polynomials (coefficients from the highest
+ * degree) in u = |z| - 1, |z| clamped to [1, 3.92]: past 3.92 erf rounds to 1, and the
+ * clamp keeps huge or infinite |z| finite. NaN stays NaN through the selects. */
+VINLINE vf tail_poly(vf a, const float c[9])
 {
     vf u = vselect(a < 1.f, splat(1.f), a);
     u = vselect(u > 3.92f, splat(3.92f), u);
     u = u - 1.f;
-    vf q = splat(1.620104513e-06f);
-    q = q * u - 3.272914182e-05f;
-    q = q * u + 3.189656127e-04f;
-    q = q * u - 2.050656127e-03f;
-    q = q * u + 1.007201057e-02f;
-    q = q * u - 4.157068580e-02f;
-    q = q * u - 8.431069255e-01f;
-    q = q * u - 2.638967276e+00f;
-    q = q * u - 1.849605560e+00f;
+    vf p = splat(c[0]);
+    for (int i = 1; i < 9; i++) p = p * u + c[i];
+    return p;
+}
+/* erf for |z| >= 1: 1 - exp(Q(|z| - 1)), Q a degree-8 fit of log(erfc) on [1, 3.95].
+ * The clamp (+-inf gives +-1) bounds Q to [-17, -1.8]: 2^k is one normal float and exp
+ * needs no range checks. Unsigned, as erf_head. */
+VINLINE vf erf_tail(vf a)
+{
+    static const float Q[9] = {1.620104513e-06f,  -3.272914182e-05f, 3.189656127e-04f,
+                               -2.050656127e-03f, 1.007201057e-02f,  -4.157068580e-02f,
+                               -8.431069255e-01f, -2.638967276e+00f, -1.849605560e+00f};
+    vf q = tail_poly(a, Q);
     vi k;
     vf p = vexp_parts(q, &k);
     return 1.f - p * (vf)((vu)(k + 127) << 23);
@@ -103,22 +106,13 @@ VINLINE vf gelu_exact(vf x, bool tail)
 }
 /* erfc(a) exp(a^2) for a = |z| >= 1: R(a - 1), R a degree-8 minimax fit on [1, 3.92]
  * weighted for the absolute error of erfc (9.8e-9 in float arithmetic, 0.16 ulp of 1).
- * a is clamped to [1, 3.92] as in erf_tail, so that huge or infinite a stays finite. */
+ * a is clamped as in erf_tail (tail_poly). */
 VINLINE vf erfc_scaled_tail(vf a)
 {
-    vf u = vselect(a < 1.f, splat(1.f), a);
-    u = vselect(u > 3.92f, splat(3.92f), u);
-    u = u - 1.f;
-    vf r = splat(1.068430283e-04f);
-    r = r * u - 1.057054382e-03f;
-    r = r * u + 4.911279306e-03f;
-    r = r * u - 1.511014439e-02f;
-    r = r * u + 3.687497228e-02f;
-    r = r * u - 7.905334234e-02f;
-    r = r * u + 1.543505490e-01f;
-    r = r * u - 2.732110620e-01f;
-    r = r * u + 4.275835752e-01f;
-    return r;
+    static const float R[9] = {1.068430283e-04f,  -1.057054382e-03f, 4.911279306e-03f,
+                               -1.511014439e-02f, 3.687497228e-02f,  -7.905334234e-02f,
+                               1.543505490e-01f,  -2.732110620e-01f, 4.275835752e-01f};
+    return tail_poly(a, R);
 }
 /* d/dx: Phi(x) + x phi(x). With z = x / sqrt 2, exp(-z^2) is exp(-x^2 / 2), the
  * Gaussian's exp: for |z| >= 1, Phi = 1 - erfc(|z|) / 2 (x > 0) or erfc(|z|) / 2 (x < 0)

@@ -23,7 +23,8 @@
  * (ratio = PyTorch's time / Kiln's: above 1, Kiln is faster; steps have no fwd).
  *
  * Usage: bench_layers [--threads N] [--rounds R] [--quick] [--no-torch] [--only NAME]
- * (--only model.layer or model: Kiln only, for profiling). Run from the repository root
+ * (--only model.layer or model: that row or that model's rows, Kiln beside PyTorch;
+ * add --no-torch for Kiln alone, as for perf record). Run from the repository root
  * (or set KILN_SOURCE_DIR) so the rows and the Python script are found.
  */
 #include "kapi.h"
@@ -543,10 +544,12 @@ static void kiln_round(void)
 static bool torch_round(int threads)
 {
     char command[1024];
+    /* only was matched against the rows already, so it is one of their names: no quoting */
     snprintf(command, sizeof command,
              "/usr/bin/python3 %s/bench/bench_layers_torch.py --rows %s/bench/bench_layers.rows "
-             "--threads %d%s",
-             source_dir, source_dir, threads, quick ? " --quick" : "");
+             "--threads %d%s%s%s",
+             source_dir, source_dir, threads, quick ? " --quick" : "", only ? " --only " : "",
+             only ? only : "");
     FILE *pipe = popen(command, "r");
     if (!pipe) return false;
     char name[64], which[16];
@@ -704,7 +707,6 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             only = argv[++i];
-            with_torch = false;
         } else if (!strcmp(argv[i], "--quick")) {
             quick = 1;
         } else if (!strcmp(argv[i], "--no-torch")) {
@@ -715,6 +717,8 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: %s [--threads N] [--rounds R] [--quick] [--no-torch] "
                     "[--only model.layer|model] [--list]\n"
+                    "--only: that row or that model's rows, Kiln beside PyTorch (add "
+                    "--no-torch for Kiln alone)\n"
                     "models: cnn, mlp, resnet (Fashion-MNIST, batch 64), gpt (the character "
                     "GPT, 12 x 64 tokens); --list prints every row (bench/bench_layers.rows)\n",
                     argv[0]);

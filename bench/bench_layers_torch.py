@@ -13,7 +13,8 @@ bench_layers.c (warm-up, runs of ~50 ms, median of the runs). Prints one line pe
 measurement, "<model>.<layer> fwd|fwdbwd <median microseconds>", which bench_layers reads.
 
 Run with Debian's PyTorch: /usr/bin/python3 bench/bench_layers_torch.py [--rows FILE]
-[--threads N] [--quick]
+[--threads N] [--quick] [--only model.layer|model]
+(--only: that row, or that model's rows, as bench_layers --only selects them)
 """
 import argparse
 import math
@@ -195,10 +196,13 @@ def main():
     ap.add_argument("--rows", default="bench/bench_layers.rows")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="model.layer or model: only those rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for row in read_rows(args.rows):
+        if args.only and args.only not in (row["model"], f"{row['model']}.{row['layer']}"):
+            continue
         if row["kind"] == "step":
             bench_step(row, args.quick)
         else:

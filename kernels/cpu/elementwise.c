@@ -129,28 +129,11 @@ float kn_cpu_expf(float x)
     return fast_expf(x);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void kn_cpu_erff_n(const float *x,
-                                                                                float *y, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = kn_cpu_erff_inline(x[i]);
-}
-
 static inline float sigmoidf(float x)
 {
     return 1.f / (1.f + expf(-x));
 }
 
-#define SQRT1_2 0.70710678118654752440f
-#define SQRT2_PI 0.79788456080286535588f
-
-static inline float gelu_exact(float x)
-{
-    return 0.5f * x * (1.f + kn_cpu_erff_inline(x * SQRT1_2));
-}
-static inline float gelu_tanh(float x)
-{
-    return 0.5f * x * (1.f + tanhf(SQRT2_PI * (x + 0.044715f * x * x * x)));
-}
 /* torch's CPU formulas: x / (1 + exp(-x)), and its gradient from the same sigmoid */
 static inline float silu(float x)
 {
@@ -160,22 +143,6 @@ static inline float silu_grad(float x)
 {
     float s = 1.f / (1.f + expf(-x));
     return s * (1.f + x * (1.f - s));
-}
-static inline float gelu_exact_grad(float x)
-{
-    float cdf = 0.5f * (1.f + kn_cpu_erff_inline(x * SQRT1_2));
-    float pdf = fast_expf(-0.5f * x * x) * 0.39894228040143267794f;
-    return cdf + x * pdf;
-}
-static inline float gelu_tanh_grad(float x)
-{
-    float inner = SQRT2_PI * (x + 0.044715f * x * x * x);
-    float t = tanhf(inner);
-    float left = 0.5f * x, right = 1.f + t;
-    float left_d = 0.5f * right;
-    float inner_d = SQRT2_PI * (1.f + 3.f * 0.044715f * x * x);
-    float right_d = left * (1.f - t * t) * inner_d;
-    return left_d + right_d;
 }
 
 /* ---- binary --------------------------------------------------------------------------- */
@@ -258,11 +225,9 @@ binary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_BINARY_SIGMOID_BACKWARD:
         BINARY_LOOP(x * y * (1.f - y));
         break;
-    case KN_BINARY_GELU_BACKWARD:
-        BINARY_LOOP(x * gelu_exact_grad(y));
-        break;
+    case KN_BINARY_GELU_BACKWARD: /* gelu.c: vector code for every stride */
     case KN_BINARY_GELU_TANH_BACKWARD:
-        BINARY_LOOP(x * gelu_tanh_grad(y));
+        kn_cpu_gelu_backward(out, so, a, sa, b, sb, n, c->op == KN_BINARY_GELU_TANH_BACKWARD);
         break;
     case KN_BINARY_SILU_BACKWARD:
         BINARY_LOOP(x * silu_grad(y));
@@ -361,11 +326,9 @@ unary_inner(void *arg, char **ptrs, const int64_t *strides, int64_t n)
     case KN_UNARY_SIGMOID:
         UNARY_LOOP(sigmoidf(x));
         break;
-    case KN_UNARY_GELU:
-        UNARY_LOOP(gelu_exact(x));
-        break;
+    case KN_UNARY_GELU: /* gelu.c: vector code for every stride */
     case KN_UNARY_GELU_TANH:
-        UNARY_LOOP(gelu_tanh(x));
+        kn_cpu_gelu(out, so, a, sa, n, c->op == KN_UNARY_GELU_TANH);
         break;
     case KN_UNARY_SILU:
         UNARY_LOOP(silu(x));

@@ -77,43 +77,15 @@ static inline float kn_cpu_expf_inline(float x)
 }
 float kn_cpu_expf(float x);
 
-/* Vectorisable erff used by exact GELU and its gradient (max error ~1.5 ulp against erf
- * in double over all floats: tests/test_erf.c sweeps them). libm's erff is a scalar call
- * that stops the loops around it from vectorising (GELU was 3-10x slower than torch).
- * Branch-free so loops over it vectorise under target_clones:
- *   |x| < 1:  erf = x + x * P(x^2), P a degree-6 minimax fit of erf(x)/x - 1;
- *   |x| >= 1: erf = 1 - exp(Q(|x| - 1)), Q a degree-8 fit of log(erfc) on [1, 3.95];
- *             |x| is clamped to 3.92, past which erf rounds to 1 (so +-inf gives +-1).
- * Odd (erf(-0) = -0, the sign is copied back) and NaN in gives NaN out. */
-static inline float kn_cpu_erff_inline(float x)
-{
-    float a = fabsf(x);
-    float t = a * a;
-    float p = 7.889070548e-05f;
-    p = p * t - 8.020828245e-04f;
-    p = p * t + 5.189533811e-03f;
-    p = p * t - 2.685444430e-02f;
-    p = p * t + 1.128360033e-01f;
-    p = p * t - 3.761262596e-01f;
-    p = p * t + 1.283791661e-01f; /* 2/sqrt(pi) - 1: adding x exactly keeps ~1 ulp */
-    float small = a + a * p;
-    float u = a < 1.f ? 1.f : a; /* NaN stays NaN through both selects */
-    u = u > 3.92f ? 3.92f : u;
-    u = u - 1.f;
-    float q = 1.620104513e-06f;
-    q = q * u - 3.272914182e-05f;
-    q = q * u + 3.189656127e-04f;
-    q = q * u - 2.050656127e-03f;
-    q = q * u + 1.007201057e-02f;
-    q = q * u - 4.157068580e-02f;
-    q = q * u - 8.431069255e-01f;
-    q = q * u - 2.638967276e+00f;
-    q = q * u - 1.849605560e+00f;
-    float large = 1.f - kn_cpu_expf_inline(q);
-    return copysignf(a < 1.f ? small : large, x);
-}
-/* y[i] = kn_cpu_erff_inline(x[i]) for i < n, compiled as the elementwise kernels are
- * (target_clones, vectorised body and scalar tail), so tests measure the code GELU runs. */
+/* GELU over n floats (gelu.c): out[i * so] = gelu(x[i * sx]), strides in floats, exact
+ * (0.5 x (1 + erf(x / sqrt 2))) or the tanh form. Vector code for every element, so the
+ * same bits for any strides and any split of [0, n). */
+void kn_cpu_gelu(float *out, int64_t so, const float *x, int64_t sx, int64_t n, bool tanh_approx);
+/* out[i * so] = grad[i * sg] * gelu'(x[i * sx]), the same forms. */
+void kn_cpu_gelu_backward(float *out, int64_t so, const float *grad, int64_t sg, const float *x,
+                          int64_t sx, int64_t n, bool tanh_approx);
+/* y[i] = erf(x[i]) for i < n: the erf exact GELU uses (gelu.c; max error ~1.1 ulp against
+ * erf in double over all floats, tests/test_erf.c sweeps them). Odd, NaN gives NaN. */
 void kn_cpu_erff_n(const float *x, float *y, int64_t n);
 
 #endif

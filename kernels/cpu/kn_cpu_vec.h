@@ -46,4 +46,38 @@ VINLINE float hsum(vf v)
     return s;
 }
 
+/* kn_cpu_expf_inline (kn_cpu.h) written with GCC vector types, 16 lanes at a time, for
+ * the loops the compiler does not vectorise by itself; same polynomial and results.
+ * vexp_parts is its core for x already in range: exp(x) = p * 2^k, k returned apart so
+ * callers whose x is bounded scale by 2^k in one step (kernels/cpu/gelu.c). */
+VINLINE vf vexp_parts(vf x, vi *k_out)
+{
+    vf k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+    vf r = x - k * 0.693145751953125f;
+    r = r - k * 1.428606765330187045e-06f;
+    vf p = splat(1.f / 5040.f);
+    p = p * r + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    *k_out = __builtin_convertvector(k, vi);
+    return p;
+}
+VINLINE vf vexp(vf x)
+{
+    vi under = x < -103.9f;
+    x = vselect(x > 88.7f, splat(88.7f), x);
+    x = vselect(under, splat(-103.9f), x);
+    vi ki;
+    vf p = vexp_parts(x, &ki);
+    /* 2^k in two halves so k down to -150 stays representable; unsigned shifts because
+     * a NaN gives a garbage k (p is NaN then anyway) */
+    vi k1 = ki >> 1, k2 = ki - k1;
+    vf s1 = (vf)((vu)(k1 + 127) << 23), s2 = (vf)((vu)(k2 + 127) << 23);
+    return vselect(under, splat(0.f), p * s1 * s2);
+}
+
 #endif

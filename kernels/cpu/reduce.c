@@ -37,33 +37,7 @@ static int64_t grain_for(int64_t per_task, int64_t elements)
 
 /* ---- 16-float vectors (kn_cpu_vec.h) ----------------------------------------------------
  * The row loops are reductions (and exp has selects) that the auto-vectoriser leaves
- * scalar without -ffast-math, so they are written 16 lanes at a time. */
-/* kn_cpu_expf_inline (kn_cpu.h) written with GCC vector types, 8 lanes at a time, for
- * the loops the compiler does not vectorise by itself; same polynomial and results. */
-VINLINE vf vexp(vf x)
-{
-    vi under = x < -103.9f;
-    x = vselect(x > 88.7f, splat(88.7f), x);
-    x = vselect(under, splat(-103.9f), x);
-    vf k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    vf r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    vf p = splat(1.f / 5040.f);
-    p = p * r + 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    /* 2^k in two halves so k down to -150 stays representable; unsigned shifts because
-     * a NaN gives a garbage k (p is NaN then anyway) */
-    vi ki = __builtin_convertvector(k, vi);
-    vi k1 = ki >> 1, k2 = ki - k1;
-    vf s1 = (vf)((vu)(k1 + 127) << 23), s2 = (vf)((vu)(k2 + 127) << 23);
-    return vselect(under, splat(0.f), p * s1 * s2);
-}
-
+ * scalar without -ffast-math, so they are written 16 lanes at a time (vexp is there). */
 static inline float fast_expf(float x)
 {
     return kn_cpu_expf_inline(x);

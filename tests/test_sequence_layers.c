@@ -59,7 +59,7 @@ static void module_case(kn_module *m, const char *fixture, const char *input, do
     cr_assert_not_null(out, "%s: %s", fixture, kn_last_error());
     KN_ASSERT_GOLDEN(g, out, "out", rtol, atol);
     ASSERT_OK(kn_backward(out, kn_golden_tensor(g, "grad_out"), false));
-    char entry[64];
+    char entry[sizeof "grad_" + sizeof params[0].name]; /* any parameter name fits */
     snprintf(entry, sizeof entry, "grad_%s", input);
     KN_ASSERT_GOLDEN(g, kn_grad(x), entry, rtol, atol);
     for (int i = 0; i < n; i++) {

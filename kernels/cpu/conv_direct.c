@@ -450,11 +450,24 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
  * weight steps or channels (a first layer: 9 steps, 16 channels) most of a tile is
  * padding, and the dot form (4 x 4 blocks, about half the rows form's speed on full
  * tiles) wastes less. */
-static bool weight_grad_form(const direct_conv *d)
+/* The weight gradient's form as KN_CONV_WGRAD forces it, for tests: read once a call, so
+ * the tile width and the form below agree on it. */
+typedef enum { WGRAD_CHOSEN, WGRAD_DOT, WGRAD_ROWS, WGRAD_ROWS_WIDE } wgrad_force;
+
+static wgrad_force wgrad_forced(void)
 {
     const char *force = getenv("KN_CONV_WGRAD");
-    if (force && !strcmp(force, "dot")) return true;
-    if (force && (!strcmp(force, "rows") || !strcmp(force, "rows-wide"))) return false;
+    if (!force) return WGRAD_CHOSEN;
+    if (!strcmp(force, "dot")) return WGRAD_DOT;
+    if (!strcmp(force, "rows")) return WGRAD_ROWS;
+    if (!strcmp(force, "rows-wide")) return WGRAD_ROWS_WIDE;
+    return WGRAD_CHOSEN;
+}
+
+static bool weight_grad_form(const direct_conv *d, wgrad_force force)
+{
+    if (force == WGRAD_DOT) return true;
+    if (force == WGRAD_ROWS || force == WGRAD_ROWS_WIDE) return false;
     int mr = d->uk->mr, nr = d->uk->nr; /* measured against the wide tile */
     double rows_use = (double)d->kdim / (double)(((d->kdim + mr - 1) / mr) * mr) * (double)d->cout /
                       (double)(((d->cout + nr - 1) / nr) * nr);
@@ -480,12 +493,12 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     d.count = count;
     /* few channels: the narrow tile, so no half-empty tiles (same bits either way;
      * KN_CONV_WGRAD=rows-wide keeps the MR x NR tile, for tests) */
-    const char *force = getenv("KN_CONV_WGRAD");
-    bool narrow = out_channels <= d.uk->narrow_nr && !(force && !strcmp(force, "rows-wide"));
+    wgrad_force force = wgrad_forced();
+    bool narrow = out_channels <= d.uk->narrow_nr && force != WGRAD_ROWS_WIDE;
     d.wmr = narrow ? d.uk->narrow_mr : d.uk->mr;
     d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
     d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;
-    d.dot_form = weight_grad_form(&d);
+    d.dot_form = weight_grad_form(&d, force);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&
               kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d)) &&

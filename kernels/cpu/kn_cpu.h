@@ -46,6 +46,22 @@ void kn_cpu_where(const int64_t *shape, int ndim, kn_cpu_operand out, kn_cpu_ope
 /* Strided copy of elem_size-byte elements (any dtype). */
 void kn_cpu_copy(const int64_t *shape, int ndim, size_t elem_size, kn_cpu_operand out,
                  kn_cpu_operand in);
+/* exp's steps, written once for float and for GCC vectors (kn_cpu_vec.h's vexp_parts),
+ * so the scalar and vector forms stay the same arithmetic: k = round(x / ln2), the
+ * remainder r = x - k ln2 in two parts, and the degree-7 polynomial of r. */
+#define KN_CPU_EXP_ROUND(x) (((x)*1.44269504088896341f + 12582912.f) - 12582912.f)
+#define KN_CPU_EXP_REMAINDER(x, k) (((x) - (k)*0.693145751953125f) - (k)*1.428606765330187045e-06f)
+#define KN_CPU_EXP_POLY(p, r)                                                                      \
+    do {                                                                                           \
+        (p) = 1.f / 5040.f * (r) + 1.f / 720.f;                                                    \
+        (p) = (p) * (r) + 1.f / 120.f;                                                             \
+        (p) = (p) * (r) + 1.f / 24.f;                                                              \
+        (p) = (p) * (r) + 1.f / 6.f;                                                               \
+        (p) = (p) * (r) + 0.5f;                                                                    \
+        (p) = (p) * (r) + 1.f;                                                                     \
+        (p) = (p) * (r) + 1.f;                                                                     \
+    } while (0)
+
 /* Vectorisable expf used by exp and softmax (max relative error ~2 ulp).
  * Range reduction to [-ln2/2, ln2/2] and a degree-7 polynomial, branch-free so loops
  * over it vectorise (rounding by the 1.5*2^23 trick, not a libm call); saturates like
@@ -55,17 +71,10 @@ static inline float kn_cpu_expf_inline(float x)
     bool underflow = x < -103.9f; /* exp is below the smallest denormal: exactly 0 */
     x = x > 88.7f ? 88.7f : x;
     x = underflow ? -103.9f : x;
-    float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    float r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    float p = 1.f / 5040.f;
-    p = p * r + 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
+    float k = KN_CPU_EXP_ROUND(x);
+    float r = KN_CPU_EXP_REMAINDER(x, k);
+    float p;
+    KN_CPU_EXP_POLY(p, r);
     /* 2^k in two halves so k down to -150 stays representable */
     int ki = k == k ? (int)k : 0;
     int k1 = ki / 2, k2 = ki - k1;

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kn_cpu.h" /* exp's steps, shared with the scalar form */
+
 #define W 16
 /* The helpers taking and returning vectors are always inlined, so no call ever crosses
  * the ABI that -Wpsabi warns about. */
@@ -52,17 +54,10 @@ VINLINE float hsum(vf v)
  * callers whose x is bounded scale by 2^k in one step (kernels/cpu/gelu.c). */
 VINLINE vf vexp_parts(vf x, vi *k_out)
 {
-    vf k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    vf r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    vf p = splat(1.f / 5040.f);
-    p = p * r + 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
+    vf k = KN_CPU_EXP_ROUND(x);
+    vf r = KN_CPU_EXP_REMAINDER(x, k);
+    vf p;
+    KN_CPU_EXP_POLY(p, r);
     *k_out = __builtin_convertvector(k, vi);
     return p;
 }

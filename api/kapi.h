@@ -43,6 +43,13 @@ char *kapi_errors_to_text(const kapi_errors *errors);
 /* {"error": {"code": code, "message": first, "details": [{"path", "message"}...]}} */
 char *kapi_errors_to_json(const kapi_errors *errors, const char *code);
 
+/* A JSON item (cJSON) for an integer, written with all its digits. cJSON writes numbers
+ * with 15 significant digits whenever they read back within its tolerance, which changes
+ * the last digit of about one in five integers above 10^15 (a 53-bit seed given back to
+ * repeat a generation). The caller adds the item to an object, which then owns it; NULL
+ * when out of memory. */
+struct cJSON *kapi_json_integer(int64_t value);
+
 /* ---- model spec ------------------------------------------------------------------- */
 #define KAPI_NODE_NAME_MAX 80 /* a node's path in the model ("blocks.11.mlp.fc") */
 #define KAPI_MAX_TIES 4       /* weight ties of one node */

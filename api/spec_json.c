@@ -50,6 +50,13 @@ void kapi__format_number(double value, char *buf, size_t size)
     if (strtod(buf, NULL) != value) snprintf(buf, size, "%.17g", value);
 }
 
+struct cJSON *kapi_json_integer(int64_t value)
+{
+    char text[24];
+    snprintf(text, sizeof text, "%lld", (long long)value);
+    return cJSON_CreateRaw(text);
+}
+
 /* Appends to a bounded buffer; returns false once it is full. */
 static bool append(char *buf, size_t size, size_t *used, const char *text)
 {

@@ -144,7 +144,7 @@ int kcli_generate(const char *checkpoint, const char *job_path, const kcli_optio
         for (int64_t i = 0; i < count; i++)
             cJSON_AddItemToArray(tokens, cJSON_CreateNumber((double)out[i]));
         cJSON_AddNumberToObject(o_json, "prompt_tokens", (double)n_prompt);
-        cJSON_AddNumberToObject(o_json, "seed", (double)request.seed);
+        cJSON_AddItemToObject(o_json, "seed", kapi_json_integer((int64_t)request.seed));
         cJSON_AddNumberToObject(o_json, "seconds", seconds);
         cJSON_AddNumberToObject(o_json, "tokens_per_second",
                                 seconds > 0 ? (double)count / seconds : 0);

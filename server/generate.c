@@ -69,7 +69,7 @@ static cJSON *answer_json(const generation_run *g)
     for (int64_t i = 0; i < g->count; i++)
         cJSON_AddItemToArray(tokens, cJSON_CreateNumber((double)g->tokens[i]));
     cJSON_AddNumberToObject(o, "prompt_tokens", (double)g->prompt_tokens);
-    cJSON_AddNumberToObject(o, "seed", (double)g->request.seed);
+    cJSON_AddItemToObject(o, "seed", kapi_json_integer((int64_t)g->request.seed));
     double seconds = ksrv_monotonic() - g->started;
     cJSON_AddNumberToObject(o, "seconds", seconds);
     cJSON_AddNumberToObject(o, "tokens_per_second", seconds > 0 ? (double)g->count / seconds : 0);

@@ -57,7 +57,7 @@ static void add_recipe(cJSON *o, const kstore_job *j)
             cJSON_AddNumberToObject(h, "max_steps", (double)t->max_steps);
         else
             cJSON_AddNumberToObject(h, "epochs", (double)t->epochs);
-        cJSON_AddNumberToObject(h, "seed", (double)t->seed);
+        cJSON_AddItemToObject(h, "seed", kapi_json_integer((int64_t)t->seed));
     }
     kapi_job_spec_free(spec);
 }

@@ -307,6 +307,15 @@ static bool setup_embedding(layer *l) /* the row's shape is the token ids' */
     return l->module && l->x;
 }
 
+/* nanoGPT's x + wpe(arange(T)): positions= the table's rows (the model's window), the
+ * input [B, T, E] the token embeddings (their gradient flows on to wte) */
+static bool setup_positional_embedding(layer *l)
+{
+    l->module = kn_positional_embedding_new(option(l->r, "positions", l->r->shape[1]),
+                                            last_dim(l->r), NULL);
+    return l->module != NULL;
+}
+
 static kn_tensor *forward_conv2d(const layer *l)
 {
     int p = (int)option(l->r, "p", 0);
@@ -382,6 +391,7 @@ static const layer_kind kinds[] = {
     {"linear", setup_linear, forward_linear},
     {"cross_entropy", setup_cross_entropy, forward_cross_entropy},
     {"embedding", setup_embedding, forward_module},
+    {"positional_embedding", setup_positional_embedding, forward_module},
     {"layer_norm", setup_layer_norm, forward_module},
     {"sdpa", setup_sdpa, forward_sdpa},
     {"mha", setup_attention, forward_module},

@@ -115,6 +115,10 @@ def layer_op(row):
         vocab = int(o["vocab"])
         m = nn.Embedding(vocab, int(o["dim"]))
         return m, list(m.parameters()), cyclic_indices(shape, vocab)
+    if kind == "positional_embedding":  # nanoGPT: x + wpe(arange(T)), x [B, T, E]
+        wpe = nn.Embedding(int(o.get("positions", shape[1])), shape[-1])
+        pos = torch.arange(shape[1])
+        return (lambda x: x + wpe(pos)), list(wpe.parameters()), None
     if kind == "cross_entropy":  # [N, C], or [N, T, C] viewed as the GPT views it
         classes = shape[-1]
         target = cyclic_indices([math.prod(shape[:-1])], classes)

@@ -13,7 +13,13 @@ the test-set evaluation after the last step stays out). Prints one JSON line per
 was training (from the last job's first step to the first job's last step) over that
 time: what the machine did while they shared it.
 
+With --kiln PATH --rounds R the job alone runs R times, each right after `kiln train`
+on the same job file (printed as {"impl": "kiln", "phase": "train", "round": r, ...}), so
+the two are compared at the same moment R times over instead of once, minutes apart:
+this VM's speed drifts by 20% over an evening, and one pair can land on either side of it.
+
 usage: kilnd_jobs.py --kilnd PATH --job FILE --jobs N --threads T --data DIR --out DIR
+                     [--kiln PATH --rounds R]
 (FILE: a kiln train job; its "data" is replaced by the uploaded dataset, the rest kept).
 """
 import argparse
@@ -134,6 +140,19 @@ def run_phase(url, job_file, count, batch, phase):
             "per_job": per_job}
 
 
+def kiln_train(kiln, job_file, threads):
+    """`kiln train` on the job file: its summary line's samples/s (the trainer's figure,
+    which is also what run.sh's single `kiln train` row reports)."""
+    out = subprocess.run([kiln, "train", job_file, "--json", "--quiet", "--threads",
+                          str(threads)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"kilnd_jobs: kiln train {job_file} failed: {out.stderr[-1000:]}")
+    rows = [json.loads(l) for l in out.stdout.splitlines() if l.strip().startswith("{")]
+    summary = [r for r in rows if r.get("event") == "summary"][-1]
+    return {"impl": "kiln", "phase": "train", "samples_per_second": summary["samples_per_second"],
+            "train_seconds": summary["train_seconds"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kilnd", required=True)
@@ -142,16 +161,29 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--kiln", help="alternate `kiln train` with the job alone")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit("kilnd_jobs: --rounds must be at least 1")
     batch = json.load(open(args.job)).get("batch_size", 64)
     work = tempfile.mkdtemp(prefix="kiln-bench-jobs-")
     proc = None
     try:
         proc, url = start_kilnd(args.kilnd, args.jobs, args.threads, work)
         upload(url, args.data)
-        for phase, count in (("alone", 1), ("together", args.jobs)):
-            print(f"bench/fmnist: kilnd, {count} job(s) at once ...", file=sys.stderr)
-            print(json.dumps(run_phase(url, args.job, count, batch, phase)), flush=True)
+        for r in range(args.rounds):
+            if args.kiln:
+                print(f"bench/fmnist: round {r + 1}/{args.rounds}: kiln train ...",
+                      file=sys.stderr)
+                print(json.dumps(dict(kiln_train(args.kiln, args.job, args.threads), round=r)),
+                      flush=True)
+            print(f"bench/fmnist: round {r + 1}/{args.rounds}: kilnd, the job alone ...",
+                  file=sys.stderr)
+            print(json.dumps(dict(run_phase(url, args.job, 1, batch, "alone"), round=r)),
+                  flush=True)
+        print(f"bench/fmnist: kilnd, {args.jobs} jobs at once ...", file=sys.stderr)
+        print(json.dumps(run_phase(url, args.job, args.jobs, batch, "together")), flush=True)
     finally:
         if proc:
             proc.terminate()

@@ -7,12 +7,14 @@
 # comparing on a quiet machine). Raw output is kept in build-bench/fmnist-* (--out DIR).
 #   usage: bench/fmnist/run.sh [--threads N] [--only mlp|cnn|resnet] [--epochs N]
 #            [--device cpu|cuda] [--batch N] [--data DIR] [--kiln PATH] [--max-steps N]
-#            [--tf32] [--cuda-graph] [--out DIR] [--summary FILE] [--jobs N [--kilnd PATH]]
+#            [--tf32] [--cuda-graph] [--out DIR] [--summary FILE]
+#            [--jobs N [--kilnd PATH] [--rounds R]]
 # --jobs N trains through kilnd instead (bench/fmnist/kilnd_jobs.py; the CNN unless
-# --only says otherwise): `kiln train` on the job, then one kilnd (--workers N, the
-# engine on --threads cores) running the job alone and N copies at once. Its rows: the
-# job through kilnd against `kiln train` (target >= 0.95x) and the N jobs' summed
-# samples/s against the job alone (target >= 0.9x).
+# --only says otherwise): one kilnd (--workers N, the engine on --threads cores) runs
+# the job alone R times (--rounds, default 3), each right after `kiln train` on the same
+# job, then N copies at once. Its rows: the job through kilnd against `kiln train`
+# (target >= 0.95x; medians of the rounds, each round's ratio listed) and the N jobs'
+# summed samples/s against the job alone (target >= 0.9x).
 # The Kiln side runs a copy of the example job with the data folder, batch_size, device
 # (and epochs or max_steps) changed; --tf32 allows TF32 on both sides ("allow_tf32" in
 # the job), --cuda-graph adds a "kiln+graph" row (the job again with "cuda_graph": true).
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/../.."
 
 usage="usage: $0 [--threads N] [--only mlp|cnn|resnet] [--epochs N] [--device cpu|cuda] [--batch N]
        [--data DIR] [--kiln PATH] [--max-steps N] [--tf32] [--cuda-graph] [--out DIR]
-       [--summary FILE] [--jobs N [--kilnd PATH]]"
+       [--summary FILE] [--jobs N [--kilnd PATH] [--rounds R]]"
 threads=2
 models="mlp cnn"
 epochs=1
@@ -39,6 +41,7 @@ build="build-bench"
 summary=""
 jobs=0
 kilnd=""
+rounds=3
 only=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +59,7 @@ while [ $# -gt 0 ]; do
         --summary) summary="$2"; shift 2 ;;
         --jobs) jobs="$2"; shift 2 ;;
         --kilnd) kilnd="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
         *) echo "$usage" >&2; exit 2 ;;
     esac
 done
@@ -63,6 +67,7 @@ die() { echo "bench/fmnist: $*" >&2; exit 1; }
 case "$device" in cpu | cuda) ;; *) die "--device must be cpu or cuda" ;; esac
 [ "$device" = cuda ] || [ "$tf32$cuda_graph" = 00 ] || die "--tf32 and --cuda-graph need --device cuda"
 case "$jobs" in '' | *[!0-9]*) die "--jobs must be a whole number" ;; esac
+case "$rounds" in '' | 0 | *[!0-9]*) die "--rounds must be a positive whole number" ;; esac
 if [ "$jobs" -gt 0 ]; then
     [ "$device" = cpu ] || die "--jobs runs on the CPU only"
     [ -n "$only" ] || models=cnn
@@ -122,7 +127,7 @@ for m in $models; do
     if [ "$jobs" -gt 0 ]; then
         "$python" bench/fmnist/kilnd_jobs.py --kilnd "$kilnd" --job "$build/fmnist-$m-kiln.json" \
             --jobs "$jobs" --threads "$threads" --data "$data" --out "$build" \
-            >"$build/fmnist-$m-kilnd.jsonl"
+            --kiln "$kiln" --rounds "$rounds" >"$build/fmnist-$m-kilnd.jsonl"
         continue
     fi
     [ "$cuda_graph" = 0 ] || run_kiln "$m" graph '{"cuda_graph": true}'
@@ -137,6 +142,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "")
 "$python" - "$build" "$threads" "$epochs" "$device" "$batch" "$max_steps" "$tf32" \
     "$cuda_graph" "$summary" "$jobs" "$load_before" "$load_after" $models <<'PY'
 import json, os, sys
+from statistics import median
 
 build, threads, epochs, device, batch, max_steps, tf32, graph, summary, jobs = sys.argv[1:11]
 load = {"loadavg_before": sys.argv[11], "loadavg_after": sys.argv[12]}
@@ -163,29 +169,41 @@ if jobs > 0:  # kilnd: the job alone against `kiln train`, then N at once agains
           f"{jobs} workers (load {load['loadavg_before']} -> {load['loadavg_after']})")
     print(f"{'model':6} {'run':26} {'samples/s':>10} {'trainer':>10} {'ratio':>7} {'target':>7}")
     for m in models:
-        train = last_json(f"{build}/fmnist-{m}-kiln.jsonl", "samples_per_second")
         rows = [json.loads(l) for l in open(f"{build}/fmnist-{m}-kilnd.jsonl") if l.strip()]
-        alone = next(r for r in rows if r["phase"] == "alone")
+        trains = [r for r in rows if r["phase"] == "train"]
+        alones = [r for r in rows if r["phase"] == "alone"]
         together = next(r for r in rows if r["phase"] == "together")
-        base = train["samples_per_second"]
+        # the medians of the rounds (each `kiln train` right before its kilnd run)
+        base = median([r["samples_per_second"] for r in trains])
+        alone = {"samples_per_second": median([r["samples_per_second"] for r in alones]),
+                 "trainer_samples_per_second":
+                     median([r["trainer_samples_per_second"] for r in alones])}
+        per_round = [a["samples_per_second"] / t["samples_per_second"]
+                     for t, a in zip(trains, alones)]
+        train = {"train_seconds": median([r["train_seconds"] for r in trains])}
         lines = [("kiln train", base, base, None, None),
                  ("kilnd, 1 job", alone["samples_per_second"],
                   alone["trainer_samples_per_second"], alone["samples_per_second"] / base, 0.95),
                  (f"kilnd, {jobs} jobs (summed)", together["samples_per_second"],
                   together["trainer_samples_per_second"],
-                  together["samples_per_second"] / alone["samples_per_second"], 0.9)]
+                  together["samples_per_second"] / alone["samples_per_second"]
+                  if together["samples_per_second"] else None, 0.9)]
         for name, rate, trainer, ratio, target in lines:
-            print(f"{m:6} {name:26} {rate:10.0f} {trainer:10.0f} "
+            # None: the jobs never trained at the same time (too short a run)
+            rate = f"{rate:10.0f}" if rate else f"{'no overlap':>10}"
+            print(f"{m:6} {name:26} {rate} {trainer:10.0f} "
                   f"{(f'{ratio:.2f}x' if ratio else ''):>7} {(f'{target:.2f}x' if target else ''):>7}")
-        print("(samples/s: steps over wall time, metric writes and checkpoints included; "
-              "trainer: the trainer's own figure, without them; ratios: kilnd 1 job / kiln "
-              "train, N jobs summed / 1 job)")
+        print(f"(samples/s: steps over wall time, metric writes and checkpoints included; "
+              f"trainer: the trainer's own figure, without them; kiln train and kilnd 1 job: "
+              f"medians of {len(trains)} rounds, kilnd right after kiln train in each, the "
+              f"rounds' ratios {', '.join(f'{r:.2f}x' for r in per_round)}; ratios: kilnd "
+              f"1 job / kiln train, N jobs summed / 1 job)")
         out = [dict({"model": m, "impl": "kiln", "mode": "train", "threads": int(threads),
                      "samples_per_second": base, "train_seconds": train["train_seconds"]}, **load),
                dict({"model": m, "impl": "kilnd", "mode": "alone", "threads": int(threads),
                      "samples_per_second": alone["samples_per_second"],
                      "trainer_samples_per_second": alone["trainer_samples_per_second"],
-                     "ratio": lines[1][3], "target": 0.95}, **load),
+                     "ratio": lines[1][3], "round_ratios": per_round, "target": 0.95}, **load),
                dict({"model": m, "impl": "kilnd", "mode": "together", "jobs": jobs,
                      "threads": int(threads), "samples_per_second": together["samples_per_second"],
                      "trainer_samples_per_second": together["trainer_samples_per_second"],

@@ -478,18 +478,24 @@ static bool train_step(void *context)
     model *m = context;
     kn_optimizer_zero_grad(m->opt);
     kn_scope_begin();
-    kn_tensor *loss = kn_cross_entropy(kn_module_forward(m->net, m->x), m->y, KN_REDUCTION_MEAN,
-                                       KN_DEFAULT_IGNORE_INDEX, 0.0);
+    kn_tensor *out = kn_module_forward(m->net, m->x);
+    /* a language model's logits [B, T, V] are B*T rows of V classes, as the GPT trains */
+    if (out && out->ndim > 2) out = kn_reshape(out, KN_SHAPE(-1, out->shape[out->ndim - 1]));
+    kn_tensor *loss = kn_cross_entropy(out, m->y, KN_REDUCTION_MEAN, KN_DEFAULT_IGNORE_INDEX, 0.0);
     bool ok = loss && kn_backward(loss, NULL, false) == KN_OK;
     kn_scope_end();
     return ok && kn_optimizer_step(m->opt) == KN_OK;
 }
 
-/* The model of examples/fmnist-<name>.json, or NULL (the error printed). */
+/* The model of examples/fmnist-<name>.json (examples/chargpt.json for "gpt"), or NULL (the
+ * error printed). */
 static kn_module *example_model(const char *name)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/examples/fmnist-%s.json", source_dir, name);
+    if (!strcmp(name, "gpt"))
+        snprintf(path, sizeof path, "%s/examples/chargpt.json", source_dir);
+    else
+        snprintf(path, sizeof path, "%s/examples/fmnist-%s.json", source_dir, name);
     kapi_errors errors = {0};
     size_t size = 0;
     char *text = kapi_read_file(path, &size, &errors);
@@ -523,9 +529,21 @@ static void bench_step(row *r)
     kn_tensor **params = malloc(sizeof(kn_tensor *) * (size_t)(count > 0 ? count : 1));
     for (int i = 0; params && i < count; i++) params[i] = named[i].tensor;
     free(named);
-    int64_t n = r->shape[0];
-    m.x = kn_rand(r->shape, r->ndim, NULL);
-    m.y = cyclic_indices(&n, 1, 10);
+    /* tokens=V: the input is int64 token ids below V (the GPT), else uniform floats;
+     * the targets are one class per row of the output's last dim */
+    int64_t tokens = option(r, "tokens", 0);
+    m.x = tokens > 0 ? cyclic_indices(r->shape, r->ndim, tokens) : kn_rand(r->shape, r->ndim, NULL);
+    int64_t classes = 0, rows = 0;
+    kn_no_grad_begin();
+    kn_scope_begin();
+    kn_tensor *probe = m.x ? kn_module_forward(m.net, m.x) : NULL;
+    if (probe) {
+        classes = probe->shape[probe->ndim - 1];
+        rows = kn_numel(probe) / classes;
+    }
+    kn_scope_end();
+    kn_no_grad_end();
+    if (classes > 0) m.y = cyclic_indices(&rows, 1, classes); /* outside the scope: kept */
     m.opt = params ? kn_optimizer_new(params, count, kn_optimizer_defaults(KN_OPTIM_ADAM)) : NULL;
     free(params);
     if (!m.opt) {

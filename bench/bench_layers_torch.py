@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist"))
 from torch_fmnist import model_for  # noqa: E402  the models, as bench/fmnist trains them
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpt"))
+from torch_gpt import CharGPT  # noqa: E402  examples/chargpt.json's model, as bench/gpt trains it
 
 
 def measure(fn, quick):
@@ -182,14 +184,19 @@ def bench_layer(row, quick):
 
 
 def bench_step(row, quick):
-    model = model_for(row["options"]["model"])
+    """tokens=V: the input is int64 token ids below V (the GPT: examples/chargpt.json,
+    vocab 256), else uniform floats; one class target per row of the output's last dim."""
+    name, tokens = row["options"]["model"], int(row["options"].get("tokens", 0))
+    model = CharGPT(256) if name == "gpt" else model_for(name)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(row["shape"])
-    y = torch.arange(row["shape"][0]) % 10
+    x = cyclic_indices(row["shape"], tokens) if tokens else torch.rand(row["shape"])
+    with torch.no_grad():
+        classes = model(x).shape[-1]
+    y = cyclic_indices([math.prod(row["shape"])] if tokens else [row["shape"][0]], classes)
 
     def step():
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x).view(-1, classes), y).backward()
         opt.step()
 
     print(f"{row['model']}.{row['layer']} fwdbwd {measure(step, quick) * 1e6:.1f}", flush=True)

@@ -352,9 +352,17 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
     return true;
 }
 
+/* Whether the model outputs one position of classes per sample ([1, V]): labels [N] are
+ * then that position's, as a file's column [N, 1] read as one label per sample is. */
+static bool one_position_output(const kapi_model_spec *spec)
+{
+    return spec->output_ndim == 2 && spec->output_shape[0] == 1;
+}
+
 /* Class labels against the model's output per sample (issue 12): the classes are its last
  * dim, so labels [N] go with an output [C] and labels per position [N, T, ...] with
- * [T, ..., V]. max_label is the largest label, -1 when every one is ignore_index (-100). */
+ * [T, ..., V] (labels [N] with [1, V] too: one position). max_label is the largest label,
+ * -1 when every one is ignore_index (-100). */
 static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
                                    const kapi_model_spec *spec, const char *what,
                                    kapi_errors *errors)
@@ -363,7 +371,8 @@ static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
     char labels[96], output[96], want[96];
     kn_shape_str(y->shape + 1, label_ndim, labels, sizeof labels);
     kn_shape_str(spec->output_shape, spec->output_ndim, output, sizeof output);
-    bool fits = spec->output_ndim == label_ndim + 1;
+    bool fits =
+        spec->output_ndim == label_ndim + 1 || (label_ndim == 0 && one_position_output(spec));
     for (int d = 0; fits && d < label_ndim; d++) fits = y->shape[d + 1] == spec->output_shape[d];
     if (!fits && label_ndim == 0) {
         /* the positions: the output without its last dim, the classes */
@@ -397,6 +406,25 @@ static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
     return true;
 }
 
+/* Labels [N] for a model of one output position ([1, V]) become [N, 1], labels per
+ * position as the trainer and the evaluation pair them with the outputs [N, 1, V]. */
+static bool labels_to_positions(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
+                                kapi_errors *errors)
+{
+    kn_tensor *y = ds->labels;
+    if (!y || y->dtype != KN_INT64 || y->ndim != 1 || !one_position_output(spec)) return true;
+    kn_scope_begin();
+    kn_tensor *positions = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
+    kn_scope_end();
+    if (!positions) {
+        kapi_errors_add(errors, what, "%s", kn_last_error());
+        return false;
+    }
+    kn_release(ds->labels);
+    ds->labels = positions;
+    return true;
+}
+
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                             kapi_errors *errors)
 {
@@ -412,7 +440,7 @@ bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const c
             ok = false;
         }
     }
-    return fit_inputs(ds, spec, what, errors) && ok;
+    return fit_inputs(ds, spec, what, errors) && ok && labels_to_positions(ds, spec, what, errors);
 }
 
 /* Float targets [N] or [N, K]: width = the model's outputs, in [0, 1] for bce. */
@@ -516,7 +544,8 @@ bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_
     char path[KAPI_PATH_MAX];
     snprintf(path, sizeof path, "%s (%s)", what, y->dtype == KN_INT64 ? "labels" : "targets");
     if (!kapi_check_labels(y, spec, train, path, errors)) return false;
-    if (y->dtype == KN_INT64 || y->ndim == 2) return true;
+    if (y->dtype == KN_INT64) return labels_to_positions(ds, spec, path, errors);
+    if (y->ndim == 2) return true;
     /* targets [N] of one output: a column, as the outputs [N, 1] */
     kn_scope_begin();
     kn_tensor *column = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));

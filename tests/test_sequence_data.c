@@ -571,3 +571,63 @@ Test(sequence_data, kiln_train_trains_an_embedding_model_on_npy_tokens)
     snprintf(args, sizeof args, "rm -rf '%s'", dir);
     cr_assert_eq(system(args), 0);
 }
+
+/* A model of one output position ([1, V]: a tagger over sequences of one token) takes
+ * labels [N], which a file's column [N, 1] is read as: they are the position's labels,
+ * paired with the outputs [N, 1, V] (they were refused before, "give labels per position
+ * [N, 1]", though the file had exactly that). */
+Test(sequence_data, one_position_models_take_labels_per_sample)
+{
+    kn_scope_begin();
+    const char *one = "{\"name\": \"one\", \"input_shape\": [1], \"layers\": ["
+                      "{\"type\": \"embedding\", \"num_embeddings\": 12, \"embedding_dim\": 16},"
+                      "{\"type\": \"linear\", \"in_features\": 16, \"out_features\": 12}]}";
+    kapi_model_spec *spec = kn_test_parse_model(one);
+    cr_assert_eq(spec->output_ndim, 2);
+    cr_assert_eq(spec->output_shape[0], 1);
+    enum { N = 240 };
+    int64_t tokens[N], labels[N];
+    for (int i = 0; i < N; i++) {
+        tokens[i] = i % 12;
+        labels[i] = (tokens[i] + 3) % 12; /* a function of the token */
+    }
+    kn_tensor *y = kn_from_int64s(labels, KN_SHAPE(N));
+    kapi_errors errors = {0};
+    kn_train_config c = kn_train_config_defaults();
+    /* the submission's check (kilnd's) accepts them */
+    cr_assert(kapi_check_labels(y, spec, &c, "data.train", &errors), "%s",
+              errors.count ? errors.items[0].message : "");
+    kn_dataset *ds = kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(N, 1)), y);
+    cr_assert(kapi_dataset_fit_job(ds, spec, &c, "data.train", &errors), "%s",
+              errors.count ? errors.items[0].message : "");
+    cr_assert_eq(ds->labels->ndim, 2);
+    cr_assert_eq(ds->labels->shape[1], 1);
+    kn_dataset *test =
+        kn_dataset_new(kn_from_int64s(tokens, KN_SHAPE(N, 1)), kn_from_int64s(labels, KN_SHAPE(N)));
+    cr_assert(kapi_dataset_fit_model(test, spec, "data.test", &errors), "%s",
+              errors.count ? errors.items[0].message : "");
+    cr_assert_eq(test->labels->ndim, 2);
+    /* and the model learns the mapping from them */
+    kn_generator *gen = kn_generator_new(1);
+    kn_module *m = kapi_model_build(spec, gen);
+    c.optimizer.lr = 0.05;
+    c.batch_size = 24;
+    c.max_steps = 200;
+    c.generator = gen;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    kn_train_summary summary;
+    ASSERT_OK(kn_trainer_run(t, ds, test, NULL, &summary));
+    kn_eval_result r;
+    ASSERT_OK(kn_evaluate(m, test, KN_LOSS_CROSS_ENTROPY, 64, &r));
+    cr_assert_gt(r.accuracy, 0.99, "accuracy %g", r.accuracy);
+    kn_eval_result_clear(&r);
+    kn_trainer_free(t);
+    kn_dataset_free(ds);
+    kn_dataset_free(test);
+    kn_module_free(m);
+    kn_generator_free(gen);
+    kapi_model_spec_free(spec);
+    kapi_errors_free(&errors);
+    kn_scope_end();
+}

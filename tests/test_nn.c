@@ -533,7 +533,8 @@ Test(nn_shape, cnn_infers_and_explains)
 
     m = fmnist_cnn(false);
     assert_shape_error(m, KN_SHAPE(1, 28, 28),
-                       "layer 6 (linear): expects a 1-D input, got [32, 7, 7] — add a flatten");
+                       "layer 6 (linear): expects a 1-D input, got [32, 7, 7] — add a flatten, or "
+                       "set in_features: 7 to apply it to the last dim as nn.Linear does");
     kn_module_free(m);
 
     m = fmnist_cnn(true);

@@ -32,9 +32,16 @@ static bool linear_shape(kn_layer_shape *s)
     kn_linear_options *o = &s->options->linear;
     const kn_layer_io *in = &s->inputs[0];
     int n = in->ndim;
-    if (n == 0 || (n != 1 && !s->in_graph && o->in_features != in->shape[n - 1]))
+    if (n == 0 || (n != 1 && !s->in_graph && o->in_features != in->shape[n - 1])) {
+        char hint[128] = "";
+        if (n > 1)
+            snprintf(hint, sizeof hint,
+                     " — add a flatten, or set in_features: %lld to apply it to the last dim "
+                     "as nn.Linear does",
+                     (long long)in->shape[n - 1]);
         return kn__shape_fail(s, NULL, "expects a 1-D input, got %s%s", kn__shape_of(in->shape, n),
-                              n > 1 ? " — add a flatten" : "");
+                              hint);
+    }
     int64_t last = in->shape[n - 1];
     if (!kn__shape_infer(s, "in_features", &o->in_features, last)) return false;
     s->output.shape[n - 1] = o->out_features;

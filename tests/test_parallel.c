@@ -113,6 +113,7 @@ static int threads_in_region(void)
 }
 
 typedef struct busy_caller {
+    int64_t n; /* each region's length, grain 100 (0: 20000) */
     int stop;
     int64_t regions;
     int64_t errors;
@@ -130,29 +131,35 @@ static void *keep_computing(void *arg)
 {
     busy_caller *b = arg;
     while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
-        int64_t sum = 0;
-        kn_cpu_parallel_for(20000, 100, sum_range, &sum);
-        if (sum != (int64_t)19999 * 20000 / 2) b->errors++;
+        int64_t n = b->n ? b->n : 20000, sum = 0;
+        kn_cpu_parallel_for(n, 100, sum_range, &sum);
+        if (sum != (n - 1) * n / 2) b->errors++;
         b->regions++;
     }
     return NULL;
+}
+
+/* Runs count callers at once for ms milliseconds: all of them run regions, all right. */
+static void run_callers(busy_caller *b, int count, int ms)
+{
+    pthread_t threads[8];
+    for (int i = 0; i < count; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, keep_computing, &b[i]), 0);
+    usleep((useconds_t)ms * 1000);
+    for (int i = 0; i < count; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < count; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
+        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
+                     (long long)b[i].regions);
+    }
 }
 
 Test(parallel, callers_at_once_all_finish_right)
 {
     kn_cpu_set_num_threads(3);
     busy_caller b[4] = {{0}};
-    pthread_t threads[4];
-    for (int i = 0; i < 4; i++)
-        cr_assert_eq(pthread_create(&threads[i], NULL, keep_computing, &b[i]), 0);
-    usleep(300 * 1000);
-    for (int i = 0; i < 4; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
-    for (int i = 0; i < 4; i++) {
-        pthread_join(threads[i], NULL);
-        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
-        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
-                     (long long)b[i].regions);
-    }
+    run_callers(b, 4, 300);
 }
 
 Test(parallel, cores_are_divided_between_callers)
@@ -271,35 +278,13 @@ Test(parallel, a_large_region_wakes_its_share)
     cr_assert_gt(helped, 0, "large regions after a sleep never got a helper");
 }
 
-/* Two callers running small regions at once (each the other's only competition for the
- * one worker) both finish with the right sums. */
-static void *small_regions(void *arg)
-{
-    busy_caller *b = arg;
-    while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
-        int64_t sum = 0;
-        kn_cpu_parallel_for(300, 100, sum_range, &sum);
-        if (sum != (int64_t)299 * 300 / 2) b->errors++;
-        b->regions++;
-    }
-    return NULL;
-}
-
-Test(parallel, two_callers_of_small_regions_finish_right)
+/* Two callers at once, one of small regions (3 grains: they wake nobody) and one of
+ * large ones, the one worker between them: both finish with the right sums. */
+Test(parallel, two_callers_of_small_and_large_regions_finish_right)
 {
     kn_cpu_set_num_threads(2);
-    busy_caller b[2] = {{0}};
-    pthread_t threads[2];
-    cr_assert_eq(pthread_create(&threads[0], NULL, small_regions, &b[0]), 0);
-    cr_assert_eq(pthread_create(&threads[1], NULL, keep_computing, &b[1]), 0);
-    usleep(200 * 1000);
-    for (int i = 0; i < 2; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
-    for (int i = 0; i < 2; i++) {
-        pthread_join(threads[i], NULL);
-        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
-        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
-                     (long long)b[i].regions);
-    }
+    busy_caller b[2] = {{.n = 300}, {0}};
+    run_callers(b, 2, 200);
 }
 
 /* ---- same bits ------------------------------------------------------------------------ */

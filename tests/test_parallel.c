@@ -3,7 +3,9 @@
  * range runs exactly once for any length, grain and thread count; nested regions run
  * inline; several threads running regions at once all finish, each getting its share
  * of the cores (one thread each when callers fill the cores, the share cap obeyed), and
- * a caller left alone gets every core back once the others have been idle a while.
+ * a caller left alone gets every core back once the others have been idle a while; a
+ * small region wakes no sleeping worker, a large one wakes at most the workers its share
+ * lacks, and ops give the same bits whether their regions ran inline or shared.
  */
 #include "kn_cpu.h"
 #include "kn.h"
@@ -111,6 +113,7 @@ static int threads_in_region(void)
 }
 
 typedef struct busy_caller {
+    int64_t n; /* each region's length, grain 100 (0: 20000) */
     int stop;
     int64_t regions;
     int64_t errors;
@@ -128,29 +131,35 @@ static void *keep_computing(void *arg)
 {
     busy_caller *b = arg;
     while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
-        int64_t sum = 0;
-        kn_cpu_parallel_for(20000, 100, sum_range, &sum);
-        if (sum != (int64_t)19999 * 20000 / 2) b->errors++;
+        int64_t n = b->n ? b->n : 20000, sum = 0;
+        kn_cpu_parallel_for(n, 100, sum_range, &sum);
+        if (sum != (n - 1) * n / 2) b->errors++;
         b->regions++;
     }
     return NULL;
+}
+
+/* Runs count callers at once for ms milliseconds: all of them run regions, all right. */
+static void run_callers(busy_caller *b, int count, int ms)
+{
+    pthread_t threads[8];
+    for (int i = 0; i < count; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, keep_computing, &b[i]), 0);
+    usleep((useconds_t)ms * 1000);
+    for (int i = 0; i < count; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < count; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
+        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
+                     (long long)b[i].regions);
+    }
 }
 
 Test(parallel, callers_at_once_all_finish_right)
 {
     kn_cpu_set_num_threads(3);
     busy_caller b[4] = {{0}};
-    pthread_t threads[4];
-    for (int i = 0; i < 4; i++)
-        cr_assert_eq(pthread_create(&threads[i], NULL, keep_computing, &b[i]), 0);
-    usleep(300 * 1000);
-    for (int i = 0; i < 4; i++) __atomic_store_n(&b[i].stop, 1, __ATOMIC_RELEASE);
-    for (int i = 0; i < 4; i++) {
-        pthread_join(threads[i], NULL);
-        cr_assert_eq(b[i].errors, 0, "caller %d: %lld wrong sums", i, (long long)b[i].errors);
-        cr_assert_gt(b[i].regions, 10, "caller %d ran only %lld regions", i,
-                     (long long)b[i].regions);
-    }
+    run_callers(b, 4, 300);
 }
 
 Test(parallel, cores_are_divided_between_callers)
@@ -219,5 +228,99 @@ Test(parallel, exited_callers_give_their_slot_back)
         cr_assert_eq(pthread_create(&thread, NULL, one_region, &sum), 0);
         pthread_join(thread, NULL);
         cr_assert_eq(sum, (int64_t)9999 * 10000 / 2);
+    }
+}
+
+/* ---- waking workers ------------------------------------------------------------------- */
+
+static uint64_t wakes_now(void)
+{
+    kn_cpu_pool_counts counts;
+    kn_cpu_pool_counts_get(&counts);
+    return counts.wakes;
+}
+
+/* A region of a few grains wakes nobody: once the workers have gone to sleep (they spin
+ * well under a millisecond), it runs on the caller alone, every index once. */
+Test(parallel, a_small_region_wakes_no_worker)
+{
+    kn_cpu_set_num_threads(2);
+    int alone = 0;
+    for (int tries = 0; tries < 20; tries++) {
+        usleep(20 * 1000); /* the worker spins out and sleeps */
+        uint64_t before = wakes_now();
+        distinct d = {.lock = PTHREAD_MUTEX_INITIALIZER};
+        kn_cpu_parallel_for(3, 1, note_thread, &d); /* 3 grains */
+        cr_assert_eq(wakes_now(), before, "a 3-grain region woke a sleeping worker");
+        alone += d.count == 1;
+        check_once(3 * 1000, 1000);
+        cr_assert_eq(wakes_now(), before, "a 3-grain region woke a sleeping worker");
+    }
+    cr_assert_gt(alone, 0, "a small region never ran on the caller alone");
+}
+
+/* A large region after the workers slept wakes them (at most share - 1 per region: each
+ * worker once), and they help. */
+Test(parallel, a_large_region_wakes_its_share)
+{
+    kn_cpu_set_num_threads(3);
+    int helped = 0;
+    for (int tries = 0; tries < 10; tries++) {
+        usleep(20 * 1000);
+        uint64_t before = wakes_now();
+        distinct d = {.lock = PTHREAD_MUTEX_INITIALIZER};
+        kn_cpu_parallel_for(2560, 1, note_thread, &d); /* some milliseconds */
+        uint64_t woken = wakes_now() - before;
+        cr_assert_leq(woken, 2, "one region of a 3-thread share woke %llu workers",
+                      (unsigned long long)woken);
+        helped += d.count > 1;
+    }
+    cr_assert_gt(helped, 0, "large regions after a sleep never got a helper");
+}
+
+/* Two callers at once, one of small regions (3 grains: they wake nobody) and one of
+ * large ones, the one worker between them: both finish with the right sums. */
+Test(parallel, two_callers_of_small_and_large_regions_finish_right)
+{
+    kn_cpu_set_num_threads(2);
+    busy_caller b[2] = {{.n = 300}, {0}};
+    run_callers(b, 2, 200);
+}
+
+/* ---- same bits ------------------------------------------------------------------------ */
+
+/* Ops whose regions are small (run inline) or large (shared) give the same bits at 1, 2
+ * and 3 threads: exp elementwise, softmax over rows and a full sum, at sizes from below
+ * one grain to many. */
+Test(parallel, ops_give_the_same_bits_for_any_thread_count)
+{
+    const int64_t rows[] = {1, 40, 300, 1100, 5000};
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        int64_t shape[2] = {rows[r], 100};
+        float *first[3] = {NULL, NULL, NULL};
+        int64_t count = rows[r] * 100 + rows[r] * 100 + 1;
+        for (int t = 1; t <= 3; t++) {
+            kn_cpu_set_num_threads(t);
+            kn_scope_begin();
+            kn_generator *gen = kn_generator_new(7);
+            kn_tensor *x = kn_randn(shape, 2, gen);
+            kn_tensor *outs[3] = {kn_exp(x), kn_softmax(x, 1), kn_sum_all(x)};
+            float *all = malloc((size_t)count * sizeof(float)), *at = all;
+            for (int o = 0; o < 3; o++) {
+                int64_t n = o == 2 ? 1 : rows[r] * 100;
+                memcpy(at, kn_data_f32(outs[o]), (size_t)n * sizeof(float));
+                at += n;
+            }
+            kn_generator_free(gen);
+            kn_scope_end();
+            if (t == 1) {
+                first[0] = all;
+                continue;
+            }
+            cr_assert_eq(memcmp(all, first[0], (size_t)count * sizeof(float)), 0,
+                         "rows=%lld: %d threads differ from 1", (long long)rows[r], t);
+            free(all);
+        }
+        free(first[0]);
     }
 }

@@ -18,8 +18,9 @@ typedef void (*kn_cpu_range_fn)(void *context, int64_t begin, int64_t end);
 /* Runs fn over [0, n) split in contiguous chunks of at least grain elements, on the
  * calling thread and as many of the pool's workers as its share of the cores allows
  * (see parallel.c). Runs inline (one call fn(ctx,0,n)) when n < 2 * grain, when the
- * share is one thread, or when called from inside a region. How [0, n) is cut depends
- * on the load: fn's results must not. */
+ * share is one thread, or when called from inside a region; a region of only a few
+ * grains wakes no sleeping worker (only workers already awake may help). How [0, n) is
+ * cut depends on the load: fn's results must not. */
 void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *context);
 /* The cores the engine uses, all callers together; <= 0: all cores (or KN_NUM_THREADS). */
 void kn_cpu_set_num_threads(int n);
@@ -30,6 +31,15 @@ void kn_cpu_set_thread_share(int n);
 int kn_cpu_get_thread_share(void);
 /* Threads a region started now by the calling thread would get (1 inside a region). */
 int kn_cpu_current_share(void);
+/* What the scheduler has done since the process started, all callers together (each
+ * figure read on its own, not one snapshot): to see how often regions get help and how
+ * many futex wake-ups they cost (bench_layers prints them; tests check them). */
+typedef struct kn_cpu_pool_counts {
+    uint64_t regions; /* top-level regions run (nested and slotless ones not counted) */
+    uint64_t helped;  /* of them, regions in which a worker ran a part */
+    uint64_t wakes;   /* sleeping workers woken with a FUTEX_WAKE */
+} kn_cpu_pool_counts;
+void kn_cpu_pool_counts_get(kn_cpu_pool_counts *out);
 /* Elements of simple elementwise work under which ops stay single-threaded. */
 #define KN_CPU_GRAIN_ELEMENTWISE 32768
 

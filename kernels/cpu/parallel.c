@@ -19,10 +19,17 @@
  * tasks of their own.
  *
  * Waiting: idle workers spin briefly (the gap between two ops of a training step) and
- * then sleep on a futex, and only spin while some core is free of callers: when every
- * core has an active caller, no worker takes cycles from them. A caller whose parts are
- * all claimed spins for the last ones briefly, then sleeps until the last helper wakes it.
- * A call made inside a region (nested, or from a worker) runs inline.
+ * then sleep on a futex of their own, and only spin while some core is free of callers:
+ * when every core has an active caller, no worker takes cycles from them. A region wakes
+ * at most the sleeping workers its share still lacks after the spinning ones, and each
+ * sleeping worker once: the caller that flips its word from asleep to awake makes the
+ * one FUTEX_WAKE, so regions that follow while it is on its way make no system call.
+ * A small region (fewer than WAKE_GRAINS grains) wakes nobody: waking a worker costs
+ * the caller a system call and the worker arrives later than the caller finishes such a
+ * region alone (tens of microseconds on a VM, where a wake-up is an interrupt), so it
+ * runs on the caller and on workers already awake. A caller whose parts are all claimed
+ * spins for the last ones briefly, then sleeps until the last helper wakes it. A call
+ * made inside a region (nested, or from a worker) runs inline.
  */
 #define _GNU_SOURCE
 #include "kn_cpu.h"
@@ -37,7 +44,8 @@
 #define MAX_THREADS 64
 #define MAX_CALLERS 64
 #define PARTS_PER_THREAD 4          /* parts a helper may take over from a late or preempted one */
-#define SPIN_ITERATIONS 4000        /* ~100 us of pause: covers the gap between two ops */
+#define SPIN_ITERATIONS 4000        /* ~75 us of pause: covers the gap between two ops */
+#define WAKE_GRAINS 4               /* grains of work below which a region wakes nobody */
 #define ACTIVE_WINDOW_NS 50000000LL /* 50 ms without a region: the caller is idle */
 #define MAX_PARTS 0xfff0            /* below the ticket's 16-bit part counter's CLOSED */
 #define CLOSED 0xffff               /* a ticket's next part while its region is set up */
@@ -55,17 +63,26 @@ typedef struct caller {
     uint32_t sleeping; /* the caller sleeps on done */
     int used;          /* the slot belongs to a live thread */
     int in_region;
-    int64_t last_ns; /* end of the caller's last region */
+    int64_t last_ns;           /* end of the caller's last region */
+    kn_cpu_pool_counts counts; /* written by this caller only, read by kn_cpu_pool_counts_get */
 } caller;
+
+/* A worker's futex word, one cache line each: 1 from when it goes to sleep until a
+ * caller (or the worker itself, finding work) flips it back to 0. */
+typedef struct worker {
+    uint32_t asleep;
+    char pad[64 - sizeof(uint32_t)];
+} worker;
 
 typedef struct pool {
     pthread_mutex_t start_lock; /* starting workers */
     int threads;                /* T: the cores the engine may use, callers included */
     int started;                /* workers running */
-    uint32_t seq;               /* bumped when a region wants helpers (futex word) */
-    int sleepers;               /* workers asleep on seq */
+    uint32_t seq;               /* bumped when a region is published (spinning workers watch it) */
+    int spinning;               /* workers awake without a region: they join the next one */
     int active;                 /* active callers at the last region start */
     caller callers[MAX_CALLERS];
+    worker workers[MAX_THREADS];
 } pool;
 
 static pool the_pool = {.start_lock = PTHREAD_MUTEX_INITIALIZER};
@@ -95,6 +112,13 @@ static int64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Adds to one of a caller's counts (only its caller writes it; kn_cpu_pool_counts_get reads). */
+static void count(uint64_t *counter, int add)
+{
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + (uint64_t)add,
+                     __ATOMIC_RELAXED);
 }
 
 static void run_part(caller *c, int part)
@@ -154,11 +178,11 @@ static caller *find_region(pool *p)
 
 static void *worker_main(void *arg)
 {
-    (void)arg;
+    worker *w = arg;
     pool *p = &the_pool;
     inside = 1;
     for (;;) {
-        uint32_t seen = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
+        uint32_t seen = __atomic_load_n(&p->seq, __ATOMIC_SEQ_CST);
         caller *c = find_region(p);
         if (c) {
             help(c);
@@ -166,18 +190,45 @@ static void *worker_main(void *arg)
         }
         /* spin only while some core has no active caller: otherwise the spin takes
          * cycles from a caller that is computing */
+        __atomic_add_fetch(&p->spinning, 1, __ATOMIC_SEQ_CST);
         int spins = 0;
         while (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) == seen && spins < SPIN_ITERATIONS &&
                __atomic_load_n(&p->active, __ATOMIC_RELAXED) < p->threads) {
             __builtin_ia32_pause();
             spins++;
         }
+        __atomic_sub_fetch(&p->spinning, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) != seen) continue;
-        __atomic_add_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
-        if (!find_region(p)) futex_wait(&p->seq, seen);
-        __atomic_sub_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
+        /* asleep first, then look again: a caller bumps seq before it reads the words,
+         * so either it sees this one asleep or this worker sees its seq */
+        __atomic_store_n(&w->asleep, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&p->seq, __ATOMIC_SEQ_CST) != seen) {
+            uint32_t one =
+                1; /* take it back, unless a caller already did (then its wake is spurious) */
+            __atomic_compare_exchange_n(&w->asleep, &one, 0, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_RELAXED);
+            continue;
+        }
+        while (__atomic_load_n(&w->asleep, __ATOMIC_SEQ_CST)) futex_wait(&w->asleep, 1);
     }
     return NULL;
+}
+
+/* Wakes up to wanted sleeping workers, each with one FUTEX_WAKE; returns how many. */
+static int wake_workers(pool *p, int wanted)
+{
+    int started = __atomic_load_n(&p->started, __ATOMIC_ACQUIRE), woken = 0;
+    for (int i = 0; i < started && woken < wanted; i++) {
+        worker *w = &p->workers[i];
+        uint32_t one = 1;
+        if (__atomic_load_n(&w->asleep, __ATOMIC_SEQ_CST) &&
+            __atomic_compare_exchange_n(&w->asleep, &one, 0, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_RELAXED)) {
+            futex_wake(&w->asleep, 1);
+            woken++;
+        }
+    }
+    return woken;
 }
 
 static int default_threads(void)
@@ -229,7 +280,7 @@ static void ensure_workers(pool *p, int threads)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, worker_main, NULL);
+        int failed = pthread_create(&thread, &attr, worker_main, &p->workers[p->started]);
         pthread_attr_destroy(&attr);
         if (failed) break;
         __atomic_add_fetch(&p->started, 1, __ATOMIC_RELEASE);
@@ -287,6 +338,17 @@ static int fair_share(pool *p, caller *self, int threads, int64_t now)
     int share = threads / active + (rank < threads % active ? 1 : 0);
     if (thread_share > 0 && share > thread_share) share = thread_share;
     return share > 0 ? share : 1;
+}
+
+void kn_cpu_pool_counts_get(kn_cpu_pool_counts *out)
+{
+    *out = (kn_cpu_pool_counts){0};
+    for (int i = 0; i < MAX_CALLERS; i++) {
+        const kn_cpu_pool_counts *c = &the_pool.callers[i].counts;
+        out->regions += __atomic_load_n(&c->regions, __ATOMIC_RELAXED);
+        out->helped += __atomic_load_n(&c->helped, __ATOMIC_RELAXED);
+        out->wakes += __atomic_load_n(&c->wakes, __ATOMIC_RELAXED);
+    }
 }
 
 int kn_cpu_current_share(void)
@@ -350,11 +412,17 @@ void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *con
         __atomic_store_n(&c->ticket, TICKET(gen, 0, 0), __ATOMIC_RELEASE);
         __atomic_store_n(&c->in_region, 1, __ATOMIC_RELEASE);
         __atomic_add_fetch(&p->seq, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&p->sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake(&p->seq, share - 1);
+        /* spinning workers come by themselves; only a region worth the wait wakes more */
+        int wanted = share - 1 - __atomic_load_n(&p->spinning, __ATOMIC_SEQ_CST);
+        if (wanted > 0 && n / grain >= WAKE_GRAINS)
+            count(&c->counts.wakes, wake_workers(p, wanted));
         int part;
         while ((part = claim(c, gen, false)) >= 0) run_part(c, part);
         wait_done(c);
+        if (TICKET_JOINED(__atomic_load_n(&c->ticket, __ATOMIC_ACQUIRE)) > 0)
+            count(&c->counts.helped, 1);
     }
+    count(&c->counts.regions, 1);
     inside = 0;
     __atomic_store_n(&c->last_ns, now_ns(), __ATOMIC_RELAXED);
     __atomic_store_n(&c->in_region, 0, __ATOMIC_RELEASE);

@@ -4,6 +4,7 @@
  * chunked batches) against a naive reference, gradient checks including stride,
  * padding, dilation, groups, ceil_mode and padding in pools, and error messages.
  */
+#include "kn_internal.h"
 #include "kn_test.h"
 
 #include <criterion/criterion.h>
@@ -347,6 +348,16 @@ static void check_tile_shapes(void)
     check_grads(KN_SHAPE(3, 5, 6, 8), KN_SHAPE(1, 5, 3, 3), CONV(.padding = {1, 1}), "5->1");
     check_grads(KN_SHAPE(2, 4, 9, 9), KN_SHAPE(17, 4, 3, 3), CONV(.padding = {2, 2}),
                 "4->17 pad 2 (wide)");
+    /* one input channel, 3x3: rows of 28 (16 + a tail of 12), of 40 (two vectors and 8),
+     * of 5 (a tail alone), one output channel */
+    check_grads(KN_SHAPE(6, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}),
+                "1->16 28x28");
+    check_grads(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3), CONV(.padding = {1, 1}),
+                "1->7, rows of 40");
+    check_grads(KN_SHAPE(4, 1, 7, 7), KN_SHAPE(3, 1, 3, 3), CONV(.padding = {0, 0}),
+                "1->3 unpadded, rows of 5");
+    check_grads(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3), CONV(.padding = {2, 2}),
+                "1->1 pad 2, rows of 19");
 }
 
 Test(conv2d, new_tiles_match_reference_each_form)
@@ -480,6 +491,59 @@ Test(conv2d, every_tile_form_gives_the_same_bits)
                           "32->32 pad 2, rows of 29");
     check_forms_same_bits(KN_SHAPE(2, 3, 9, 7), KN_SHAPE(12, 3, 3, 3), CONV(.padding = {0, 0}),
                           "3->12 unpadded");
+}
+
+/* One input channel's own forward (3x3, AVX-512) against the MR x NR tiles: the same
+ * chains, the same bits, through the tails of a row and with the fused relu. */
+static void check_one_channel_same_bits(const int64_t *xs, int xn, const int64_t *ws, int wn,
+                                        kn_conv2d_args a, const char *label)
+{
+    (void)xn;
+    (void)wn;
+    conv_run one = run_forms(xs, ws, a, "tiles", "rows");
+    unsetenv("KN_CONV_FORWARD");
+    conv_run other = run_conv(xs, ws, a, 2);
+    assert_same_bits(&one, &other, label);
+    free_run(&one);
+    free_run(&other);
+}
+
+static void fused_relu_bits(const int64_t *xs, int xn, const int64_t *ws, int wn, kn_conv2d_args a,
+                            float *y, int64_t n)
+{
+    (void)xn;
+    (void)wn;
+    kn_scope_begin();
+    kn_tensor *x = kn_test_uniform(xs, 4, -1, 1, 41), *w = kn_test_uniform(ws, 4, -1, 1, 42);
+    kn_tensor *b = kn_test_uniform(ws, 1, -1, 1, 43);
+    ((float *)kn__data_ptr(x))[100] = NAN; /* relu keeps NaN */
+    kn_tensor *out = kn__conv2d_relu_pool(x, w, b, a, NULL);
+    cr_assert_not_null(out, "%s", kn_last_error());
+    cr_assert_eq(kn_numel(out), n);
+    kn_copy_to_floats(out, y);
+    kn_scope_end();
+}
+
+Test(conv2d, one_channel_forward_gives_the_tiles_bits)
+{
+    check_one_channel_same_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3),
+                                CONV(.padding = {1, 1}), "1->16 28x28");
+    check_one_channel_same_bits(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3),
+                                CONV(.padding = {1, 1}), "1->7, rows of 40");
+    check_one_channel_same_bits(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3),
+                                CONV(.padding = {2, 2}), "1->1 pad 2");
+    check_one_channel_same_bits(KN_SHAPE(3, 4, 8, 8), KN_SHAPE(1, 4, 3, 3), CONV(.padding = {1, 1}),
+                                "4->1 (its input gradient)");
+    int64_t n = 5 * 16 * 28 * 28;
+    float *tiles = malloc(sizeof(float) * (size_t)n), *own = malloc(sizeof(float) * (size_t)n);
+    setenv("KN_CONV_FORWARD", "tiles", 1);
+    fused_relu_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), tiles,
+                    n);
+    unsetenv("KN_CONV_FORWARD");
+    fused_relu_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), own, n);
+    cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 1->16");
+    free(tiles);
+    free(own);
 }
 
 Test(conv2d, same_bits_for_any_thread_count)

@@ -29,6 +29,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 /* Partial sums of the weight gradient: at most this many slices of the batch and this
  * many floats for all of them. */
@@ -43,6 +46,8 @@ typedef struct direct_conv {
     int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
     float *apack;          /* weights packed in MR-row panels, or [cout/pchunk][kdim][pchunk] */
     int pchunk;            /* forward by pixel rows, this many channels a tile; 0: MR x NR tiles */
+    const float *weights;  /* the one-channel forms: the weights as given, [cout][kh*kw] */
+    bool one_channel;      /* the forward by one_channel_forward (see there) */
     kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
     const float *bias;
@@ -124,10 +129,59 @@ static int pixel_chunk(const direct_conv *d)
     return uk->pixels_nc;
 }
 
+/* ---- one input channel, 3x3 (a first layer: 1 -> 16 at 28x28) ----------------------
+ * With kdim = 9 the MR x NR tiles run 9 steps per tile, so their stores and the
+ * epilogue's pass from the virtual layout to the output cost as much as the FMAs. Here
+ * the 9 shifted input vectors of 16 output columns stay in registers across every output
+ * channel, and each channel's sums get the bias (and relu) and go straight into the
+ * output: no virtual layout, no second pass. Each output is the tiles' FMA chain in the
+ * same step order from zero, plus the bias, then kn_relu's expression: the same bits. */
+static bool one_channel_ok(const direct_conv *d, const char *force)
+{
+    return d->cin == 1 && d->kh == 3 && d->kw == 3 && !strcmp(d->uk->name, "avx512") &&
+           !(force && (!strcmp(force, "tiles") || !strcmp(force, "pixels")));
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    int64_t wo = d->wo, wp = d->wp, plane = d->ho * d->wo;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < d->ho; r++)
+        for (int64_t c = 0; c < wo; c += 16) {
+            __mmask16 mask = wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+            const float *x0 = xpad + r * wp + c;
+            __m512 xv[9];
+            for (int ki = 0; ki < 3; ki++)
+                for (int kj = 0; kj < 3; kj++)
+                    xv[ki * 3 + kj] = _mm512_maskz_loadu_ps(mask, x0 + ki * wp + kj);
+            float *dst = out + r * wo + c;
+            for (int64_t o = 0; o < d->cout; o++, dst += plane) {
+                const float *wk = d->weights + o * 9;
+                __m512 acc = zero;
+                for (int t = 0; t < 9; t++)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], acc);
+                acc = _mm512_add_ps(acc, _mm512_set1_ps(d->bias ? d->bias[o] : 0.f));
+                if (relu) acc = _mm512_max_ps(zero, acc); /* 0 > v ? 0 : v: NaN stays */
+                _mm512_mask_storeu_ps(dst, mask, acc);
+            }
+        }
+}
+#else
+static void one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    (void)d, (void)xpad, (void)out, (void)relu; /* one_channel_ok is false off x86 */
+}
+#endif
+
 /* Packs weights [cout, kdim] (row-major) for the forward's form: MR-row panels, or
  * [cout/pchunk][kdim][pchunk] for pixel rows. */
 static bool pack_weights(direct_conv *d, const float *w)
 {
+    d->weights = w;
+    d->one_channel = one_channel_ok(d, getenv("KN_CONV_FORWARD"));
+    if (d->one_channel) return true;
     d->pchunk = pixel_chunk(d);
     if (d->pchunk) {
         int64_t chunk = d->pchunk;
@@ -265,10 +319,6 @@ static void forward_images(void *context, int64_t begin, int64_t end)
     }
     for (int64_t i = begin; i < end; i++) {
         pad_image(d, i, xpad, tmp);
-        if (d->pchunk)
-            sums_by_pixel_rows(d, xpad, yv);
-        else
-            sums_by_tiles(d, xpad, yv);
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
         /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
@@ -278,7 +328,15 @@ static void forward_images(void *context, int64_t begin, int64_t end)
             __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
             return;
         }
-        bias_relu(d, yv, out, relu);
+        if (d->one_channel) {
+            one_channel_forward(d, xpad, out, relu);
+        } else {
+            if (d->pchunk)
+                sums_by_pixel_rows(d, xpad, yv);
+            else
+                sums_by_tiles(d, xpad, yv);
+            bias_relu(d, yv, out, relu);
+        }
         if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
             kn_cpu_pool_geometry g = *e->pool;
             g.planes = d->cout;

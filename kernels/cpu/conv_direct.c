@@ -60,7 +60,9 @@ typedef struct direct_conv {
     float *partial; /* [slices][kdim][cout] (rows form) or [slices][cout][kdim] (dot
                      * form) gradient, then [slices][cout] bias */
     bool want_bias;
-    bool dot_form; /* the weight gradient by dot products (see weight_grad_form) */
+    bool dot_form;          /* the weight gradient by dot products (see weight_grad_form) */
+    bool one_channel_wgrad; /* ... or by one_channel_weight_grad; both sum into
+                             * [cout][kdim], the rows form into [kdim][cout] */
     /* the rows form's tile: the micro-kernel's, or its narrow one for few channels */
     int wmr, wnr;
     kn_cpu_ukernel_rows_fn wrows;
@@ -467,10 +469,77 @@ static void weight_grad_dots(const direct_conv *d, const float *xpad, const floa
     }
 }
 
+/* One input channel, 3x3 (AVX-512): acc[o][t][lane] += gout[o][r][c + lane] * xpad[r*wp
+ * + c + lane + (t/3)*wp + t%3] over every output row r and vector of 16 columns c (the
+ * row's tail masked to zero on both sides, so an inf or NaN past it adds nothing), two
+ * channels at a time with the 9 input vectors in registers. Sums over the whole slice
+ * stay in acc, per lane; the slice's end adds the lanes in a fixed order. No gradient
+ * copy (the dense planes are read in place), no dropped columns. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+one_channel_weight_grad(const direct_conv *d, int64_t i, const float *xpad, float *tmp,
+                        float *bias_sum, float *acc)
+{
+    int64_t wo = d->wo, wp = d->wp, plane = d->ho * d->wo;
+    for (int64_t o = 0; o < d->cout; o += 2) {
+        bool two = o + 1 < d->cout;
+        const float *g0 = plane_of(&d->gout, i, o, d->cout, d->ho, wo, tmp);
+        const float *g1 = two ? plane_of(&d->gout, i, o + 1, d->cout, d->ho, wo, tmp + plane) : g0;
+        if (bias_sum) {
+            add_plane_sum(g0, plane, &bias_sum[o]);
+            if (two) add_plane_sum(g1, plane, &bias_sum[o + 1]);
+        }
+        float *acc0 = acc + o * 9 * 16, *acc1 = two ? acc0 + 9 * 16 : acc0;
+        __m512 a0[9], a1[9];
+        for (int t = 0; t < 9; t++) {
+            a0[t] = _mm512_loadu_ps(acc0 + t * 16);
+            a1[t] = _mm512_loadu_ps(acc1 + t * 16);
+        }
+        for (int64_t r = 0; r < d->ho; r++)
+            for (int64_t c = 0; c < wo; c += 16) {
+                __mmask16 mask =
+                    wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+                const float *x0 = xpad + r * wp + c;
+                __m512 v0 = _mm512_maskz_loadu_ps(mask, g0 + r * wo + c);
+                __m512 v1 = _mm512_maskz_loadu_ps(mask, g1 + r * wo + c);
+                for (int ki = 0; ki < 3; ki++)
+                    for (int kj = 0; kj < 3; kj++) {
+                        __m512 xv = _mm512_maskz_loadu_ps(mask, x0 + ki * wp + kj);
+                        a0[ki * 3 + kj] = _mm512_fmadd_ps(v0, xv, a0[ki * 3 + kj]);
+                        a1[ki * 3 + kj] = _mm512_fmadd_ps(v1, xv, a1[ki * 3 + kj]);
+                    }
+            }
+        for (int t = 0; t < 9; t++) { /* acc1 last: with one channel left it is acc0 */
+            _mm512_storeu_ps(acc0 + t * 16, a0[t]);
+            if (two) _mm512_storeu_ps(acc1 + t * 16, a1[t]);
+        }
+    }
+}
+
+/* part[o][t] = the lanes of acc[o][t] added in a fixed order. */
+__attribute__((target("avx512f"))) static void one_channel_lanes(const direct_conv *d,
+                                                                 const float *acc, float *part)
+{
+    for (int64_t k = 0; k < d->cout * 9; k++)
+        part[k] = _mm512_reduce_add_ps(_mm512_loadu_ps(acc + k * 16));
+}
+#else
+static void one_channel_weight_grad(const direct_conv *d, int64_t i, const float *xpad, float *tmp,
+                                    float *bias_sum, float *acc)
+{
+    (void)d, (void)i, (void)xpad, (void)tmp, (void)bias_sum, (void)acc; /* x86 only */
+}
+static void one_channel_lanes(const direct_conv *d, const float *acc, float *part)
+{
+    (void)d, (void)acc, (void)part;
+}
+#endif
+
 /* Floats of the per-image gradient buffer each form needs. */
 static int64_t gout_floats(const direct_conv *d)
 {
     int nr = d->wnr;
+    if (d->one_channel_wgrad) return d->cout * 9 * 16; /* the slice's lane sums */
     return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->ho * d->wo * nr;
 }
 
@@ -479,7 +548,7 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
     direct_conv *d = context;
     float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
-    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->ho * d->wo + d->h * d->w);
+    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, 2 * d->ho * d->wo + d->h * d->w);
     if (!xpad || !gbuf || !tmp) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -490,10 +559,13 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
         float *bias_part = d->partial + d->slices * d->kdim * d->cout + s * d->cout;
         memset(part, 0, sizeof(float) * (size_t)(d->kdim * d->cout));
         memset(bias_part, 0, sizeof(float) * (size_t)d->cout);
+        if (d->one_channel_wgrad) memset(gbuf, 0, sizeof(float) * (size_t)gout_floats(d));
         for (int64_t i = i0; i < i1; i++) {
             pad_image(d, i, xpad, tmp);
             float *bias = d->want_bias ? bias_part : NULL;
-            if (d->dot_form) {
+            if (d->one_channel_wgrad) {
+                one_channel_weight_grad(d, i, xpad, tmp, bias, gbuf);
+            } else if (d->dot_form) {
                 virtual_gout(d, i, gbuf, tmp, bias);
                 weight_grad_dots(d, xpad, gbuf, part);
             } else {
@@ -501,6 +573,7 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
                 weight_grad_rows(d, xpad, gbuf, part);
             }
         }
+        if (d->one_channel_wgrad) one_channel_lanes(d, gbuf, part);
     }
 }
 
@@ -557,6 +630,7 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
     d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;
     d.dot_form = weight_grad_form(&d, force);
+    d.one_channel_wgrad = force == WGRAD_CHOSEN && one_channel_ok(&d, NULL);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&
               kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d)) &&
@@ -567,7 +641,7 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
         /* the slices' partial sums, in slice order, into gw [cout][kdim] */
         for (int64_t k = 0; k < d.kdim; k++)
             for (int64_t o = 0; o < d.cout; o++) {
-                int64_t at = d.dot_form ? o * d.kdim + k : k * d.cout + o;
+                int64_t at = d.dot_form || d.one_channel_wgrad ? o * d.kdim + k : k * d.cout + o;
                 float sum = 0.f;
                 for (int64_t s = 0; s < d.slices; s++) sum += d.partial[s * d.kdim * d.cout + at];
                 gw[o * d.kdim + k] = sum;

@@ -4,6 +4,7 @@
  * chunked batches) against a naive reference, gradient checks including stride,
  * padding, dilation, groups, ceil_mode and padding in pools, and error messages.
  */
+#include "kn_cpu_linalg.h"
 #include "kn_internal.h"
 #include "kn_test.h"
 
@@ -544,6 +545,64 @@ Test(conv2d, one_channel_forward_gives_the_tiles_bits)
     cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 1->16");
     free(tiles);
     free(own);
+}
+
+/* The weight gradient from the images the forward kept padded, and from x padded again:
+ * the same bits (kernel level: kn_conv2d always keeps them when the weight needs a
+ * gradient). */
+static void check_kept_padding(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+                               int64_t pad, const char *label)
+{
+    kn_cpu_conv_geometry g = {.channels = c,
+                              .height = h,
+                              .width = w,
+                              .kernel_h = k,
+                              .kernel_w = k,
+                              .stride_h = 1,
+                              .stride_w = 1,
+                              .pad_h = pad,
+                              .pad_w = pad,
+                              .dilation_h = 1,
+                              .dilation_w = 1,
+                              .out_h = h + 2 * pad - k + 1,
+                              .out_w = w + 2 * pad - k + 1};
+    cr_assert(kn_cpu_conv_direct_ok(&g, 1), "%s", label);
+    int64_t nx = n * c * h * w, nw = o * c * k * k, ny = n * o * g.out_h * g.out_w;
+    int64_t np = n * kn_cpu_conv_direct_padded_floats(&g);
+    float *x = malloc(sizeof(float) * (size_t)nx), *wt = malloc(sizeof(float) * (size_t)nw);
+    float *y = malloc(sizeof(float) * (size_t)ny), *gy = malloc(sizeof(float) * (size_t)ny);
+    float *padded = malloc(sizeof(float) * (size_t)np);
+    float *gw_kept = malloc(sizeof(float) * (size_t)nw),
+          *gw_again = malloc(sizeof(float) * (size_t)nw);
+    float gb_kept[64], gb_again[64];
+    for (int64_t i = 0; i < nx; i++) x[i] = (float)((i * 37) % 101) / 50.f - 1.f;
+    for (int64_t i = 0; i < nw; i++) wt[i] = (float)((i * 13) % 29) / 14.f - 1.f;
+    for (int64_t i = 0; i < ny; i++) gy[i] = (float)((i * 7) % 23) / 11.f - 1.f;
+    for (int64_t i = 0; i < np; i++) padded[i] = NAN; /* every float the forward must write */
+    cr_assert(kn_cpu_conv2d_forward(&g, n, o, 1, x, wt, NULL, y, padded), "%s", label);
+    cr_assert(kn_cpu_conv2d_backward(&g, n, o, 1, x, padded, wt, gy, NULL, gw_kept, gb_kept));
+    cr_assert(kn_cpu_conv2d_backward(&g, n, o, 1, x, NULL, wt, gy, NULL, gw_again, gb_again));
+    cr_assert_eq(memcmp(gw_kept, gw_again, sizeof(float) * (size_t)nw), 0, "%s: grad w", label);
+    cr_assert_eq(memcmp(gb_kept, gb_again, sizeof(float) * (size_t)o), 0, "%s: grad b", label);
+    free(x);
+    free(wt);
+    free(y);
+    free(gy);
+    free(padded);
+    free(gw_kept);
+    free(gw_again);
+}
+
+Test(conv2d, weight_gradient_from_the_kept_padding)
+{
+    kn_set_num_threads(2);
+    check_kept_padding(9, 16, 14, 14, 16, 3, 1, "16->16 (rows form, narrow)");
+    check_kept_padding(5, 16, 14, 14, 32, 3, 1, "16->32 (rows form)");
+    check_kept_padding(7, 1, 28, 28, 16, 3, 1, "1->16 (one channel)");
+    check_kept_padding(3, 3, 9, 11, 4, 5, 2, "3->4 5x5 pad 2 (dot form)");
+    check_kept_padding(2, 2, 6, 7, 3, 3, 0, "2->3 unpadded");
+    setenv("KN_CONV_WGRAD", "dot", 1);
+    check_kept_padding(4, 16, 14, 14, 16, 3, 1, "16->16, dot form");
 }
 
 Test(conv2d, same_bits_for_any_thread_count)

@@ -19,6 +19,9 @@
  *   forward by pixel rows, for 32k channels: a tile of 14 positions of an output row x
  *                32 channels (kn_cpu_pixels_fn), no dropped columns
  *
+ * The forward can keep each padded image (kn_cpu_conv_direct_padded_floats a one) for
+ * the weight gradient, which then reads x there instead of padding it again.
+ *
  * Work is per image (forward, input gradient) or per fixed slice of the batch (weight
  * and bias gradient: a partial sum per slice, added in slice order), so results do not
  * depend on the thread count.
@@ -50,6 +53,8 @@ typedef struct direct_conv {
     bool one_channel;      /* the forward by one_channel_forward (see there) */
     kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
+    float *keep;             /* forward: each padded image kept at keep + i*padded_floats */
+    const float *padded;     /* weight gradient: the images as the forward kept them */
     const float *bias;
     float *out;
     const kn_cpu_conv_epilogue *epilogue; /* relu and 2x2 max pool after the sum, or NULL */
@@ -100,6 +105,13 @@ static void setup(direct_conv *d, int64_t cin, int64_t h, int64_t w, int64_t ph,
 static int64_t padded_floats(const direct_conv *d)
 {
     return d->cin * d->plane + d->uk->nr + d->kw + d->wp;
+}
+
+int64_t kn_cpu_conv_direct_padded_floats(const kn_cpu_conv_geometry *g)
+{
+    direct_conv d;
+    setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w, 1);
+    return padded_floats(&d);
 }
 
 static bool make_offsets(direct_conv *d)
@@ -320,6 +332,7 @@ static void forward_images(void *context, int64_t begin, int64_t end)
         return;
     }
     for (int64_t i = begin; i < end; i++) {
+        if (d->keep) xpad = d->keep + i * padded_floats(d); /* for the weight gradient */
         pad_image(d, i, xpad, tmp);
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
@@ -356,12 +369,13 @@ static bool run_forward(direct_conv *d)
 
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
                                 const float *x, const float *w, const float *bias,
-                                const kn_cpu_conv_epilogue *epilogue, float *y)
+                                const kn_cpu_conv_epilogue *epilogue, float *y, float *padded)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
     d.in = (kn_cpu_conv_planes){.dense = x};
+    d.keep = padded;
     d.count = count;
     d.bias = bias;
     d.epilogue = epilogue;
@@ -546,10 +560,10 @@ static int64_t gout_floats(const direct_conv *d)
 static void weight_slices(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
-    float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
+    float *xpad = d->padded ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
     float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, 2 * d->ho * d->wo + d->h * d->w);
-    if (!xpad || !gbuf || !tmp) {
+    if ((!d->padded && !xpad) || !gbuf || !tmp) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -561,16 +575,20 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
         memset(bias_part, 0, sizeof(float) * (size_t)d->cout);
         if (d->one_channel_wgrad) memset(gbuf, 0, sizeof(float) * (size_t)gout_floats(d));
         for (int64_t i = i0; i < i1; i++) {
-            pad_image(d, i, xpad, tmp);
+            const float *xin = xpad;
+            if (d->padded) /* as the forward padded it */
+                xin = d->padded + i * padded_floats(d);
+            else
+                pad_image(d, i, xpad, tmp);
             float *bias = d->want_bias ? bias_part : NULL;
             if (d->one_channel_wgrad) {
-                one_channel_weight_grad(d, i, xpad, tmp, bias, gbuf);
+                one_channel_weight_grad(d, i, xin, tmp, bias, gbuf);
             } else if (d->dot_form) {
                 virtual_gout(d, i, gbuf, tmp, bias);
-                weight_grad_dots(d, xpad, gbuf, part);
+                weight_grad_dots(d, xin, gbuf, part);
             } else {
                 transpose_gout(d, i, gbuf, tmp, bias);
-                weight_grad_rows(d, xpad, gbuf, part);
+                weight_grad_rows(d, xin, gbuf, part);
             }
         }
         if (d->one_channel_wgrad) one_channel_lanes(d, gbuf, part);
@@ -608,13 +626,14 @@ static bool weight_grad_form(const direct_conv *d, wgrad_force force)
 }
 
 bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
-                                        int64_t out_channels, const float *x,
+                                        int64_t out_channels, const float *x, const float *padded,
                                         const kn_cpu_conv_planes *gout, float *gw, float *gb)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
     d.in = (kn_cpu_conv_planes){.dense = x};
+    d.padded = padded;
     d.gout = *gout;
     d.want_bias = gb != NULL;
     int64_t per_slice = d.kdim * d.cout + d.cout;
@@ -633,7 +652,7 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     d.one_channel_wgrad = force == WGRAD_CHOSEN && one_channel_ok(&d, NULL);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&
-              kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d)) &&
+              (padded || kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d))) &&
               kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(&d));
     if (ok) kn_cpu_parallel_for(d.slices, 1, weight_slices, &d);
     ok = ok && !d.failed;

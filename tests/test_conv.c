@@ -359,6 +359,11 @@ static void check_tile_shapes(void)
                 "1->3 unpadded, rows of 5");
     check_grads(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3), CONV(.padding = {2, 2}),
                 "1->1 pad 2, rows of 19");
+    /* padded rows of 16: an odd number of rows, a partial panel, 5x5 */
+    check_grads(KN_SHAPE(3, 12, 13, 14), KN_SHAPE(13, 12, 3, 3), CONV(.padding = {1, 1}),
+                "12->13 13x14");
+    check_grads(KN_SHAPE(2, 5, 12, 12), KN_SHAPE(6, 5, 5, 5), CONV(.padding = {2, 2}),
+                "5->6 5x5 pad 2, 12x12");
 }
 
 Test(conv2d, new_tiles_match_reference_each_form)
@@ -494,9 +499,11 @@ Test(conv2d, every_tile_form_gives_the_same_bits)
                           "3->12 unpadded");
 }
 
-/* One input channel's own forward (3x3, AVX-512) against the MR x NR tiles: the same
- * chains, the same bits, through the tails of a row and with the fused relu. */
-static void check_one_channel_same_bits(const int64_t *xs, int xn, const int64_t *ws, int wn,
+/* The forwards that store straight into the output (AVX-512: one input channel 3x3, and
+ * the tiles over padded rows of 16) against the MR x NR tiles through the virtual
+ * layout: the same chains, the same bits, through a row's tails, an odd number of
+ * rows, partial panels and the fused relu. */
+static void check_own_forward_same_bits(const int64_t *xs, int xn, const int64_t *ws, int wn,
                                         kn_conv2d_args a, const char *label)
 {
     (void)xn;
@@ -525,16 +532,22 @@ static void fused_relu_bits(const int64_t *xs, int xn, const int64_t *ws, int wn
     kn_scope_end();
 }
 
-Test(conv2d, one_channel_forward_gives_the_tiles_bits)
+Test(conv2d, own_forwards_give_the_tiles_bits)
 {
-    check_one_channel_same_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3),
+    check_own_forward_same_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3),
                                 CONV(.padding = {1, 1}), "1->16 28x28");
-    check_one_channel_same_bits(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3),
+    check_own_forward_same_bits(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3),
                                 CONV(.padding = {1, 1}), "1->7, rows of 40");
-    check_one_channel_same_bits(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3),
+    check_own_forward_same_bits(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3),
                                 CONV(.padding = {2, 2}), "1->1 pad 2");
-    check_one_channel_same_bits(KN_SHAPE(3, 4, 8, 8), KN_SHAPE(1, 4, 3, 3), CONV(.padding = {1, 1}),
+    check_own_forward_same_bits(KN_SHAPE(3, 4, 8, 8), KN_SHAPE(1, 4, 3, 3), CONV(.padding = {1, 1}),
                                 "4->1 (its input gradient)");
+    check_own_forward_same_bits(KN_SHAPE(6, 16, 14, 14), KN_SHAPE(16, 16, 3, 3),
+                                CONV(.padding = {1, 1}), "16->16 14x14 (rows of 16)");
+    check_own_forward_same_bits(KN_SHAPE(3, 12, 13, 14), KN_SHAPE(13, 12, 3, 3),
+                                CONV(.padding = {1, 1}), "12->13 13x14 (odd rows, partial panel)");
+    check_own_forward_same_bits(KN_SHAPE(2, 5, 12, 12), KN_SHAPE(6, 5, 5, 5),
+                                CONV(.padding = {2, 2}), "5->6 5x5 pad 2 (rows of 16, wo 12)");
     int64_t n = 5 * 16 * 28 * 28;
     float *tiles = malloc(sizeof(float) * (size_t)n), *own = malloc(sizeof(float) * (size_t)n);
     setenv("KN_CONV_FORWARD", "tiles", 1);
@@ -543,6 +556,14 @@ Test(conv2d, one_channel_forward_gives_the_tiles_bits)
     unsetenv("KN_CONV_FORWARD");
     fused_relu_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), own, n);
     cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 1->16");
+    n = 3 * 16 * 14 * 14;
+    setenv("KN_CONV_FORWARD", "tiles", 1);
+    fused_relu_bits(KN_SHAPE(3, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}), tiles,
+                    n);
+    unsetenv("KN_CONV_FORWARD");
+    fused_relu_bits(KN_SHAPE(3, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}), own,
+                    n);
+    cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 16->16");
     free(tiles);
     free(own);
 }

@@ -51,6 +51,7 @@ typedef struct direct_conv {
     int pchunk;            /* forward by pixel rows, this many channels a tile; 0: MR x NR tiles */
     const float *weights;  /* the one-channel forms: the weights as given, [cout][kh*kw] */
     bool one_channel;      /* the forward by one_channel_forward (see there) */
+    bool rows_of_16;       /* the MR x NR tiles stored by tiles_into_rows_of_16 */
     kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
     float *keep;             /* forward: each padded image kept at keep + i*padded_floats */
@@ -128,9 +129,10 @@ static bool make_offsets(direct_conv *d)
 /* The forward's form: pixel rows (kn_cpu_pixels_fn: a tile of PR positions of one output
  * row x NC channels) where this ISA has them, the channels fill whole tiles and the
  * tiles would be no emptier than the MR x NR tiles over the virtual columns; else 0.
- * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests. With 16
- * channels the MR x NR tiles stay: a 16-channel pixel tile issues one broadcast per FMA
- * and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
+ * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests ("tiles"
+ * also through the virtual layout, not one_channel_forward or tiles_into_rows_of_16,
+ * which give the same bits again). With 16 channels the MR x NR tiles stay: a 16-channel pixel tile
+ * issues one broadcast per FMA and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
 static int pixel_chunk(const direct_conv *d)
 {
     const kn_cpu_ukernel *uk = d->uk;
@@ -197,6 +199,9 @@ static bool pack_weights(direct_conv *d, const float *w)
     d->one_channel = one_channel_ok(d, getenv("KN_CONV_FORWARD"));
     if (d->one_channel) return true;
     d->pchunk = pixel_chunk(d);
+    const char *force = getenv("KN_CONV_FORWARD");
+    d->rows_of_16 = !d->pchunk && d->wp == 16 && !strcmp(d->uk->name, "avx512") && d->uk->mr == 8 &&
+                    d->uk->nr == 32 && !(force && !strcmp(force, "tiles"));
     if (d->pchunk) {
         int64_t chunk = d->pchunk;
         d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(d->cout * d->kdim)) + 63) & ~63ul);
@@ -320,6 +325,53 @@ static void bias_relu(const direct_conv *d, const float *yv, float *out, bool re
     }
 }
 
+/* Padded rows of 16 (a 14-wide map, 3x3, pad 1) with AVX-512: each vector of the
+ * virtual layout is one output row (14 values and the 2 dropped), so the 8 x 32 tile
+ * (the micro-kernel's: the same FMA chains from zero in step order, the same bits) can
+ * add the bias, apply relu and store its rows straight into the output, masked to 14:
+ * no virtual output in between and no epilogue pass over it. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+tiles_into_rows_of_16(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    int64_t wo = d->wo, plane = d->ho * d->wo, panels = (d->cout + 7) / 8;
+    const __mmask16 keep = (__mmask16)((1u << wo) - 1);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t v = 0; v < d->lv; v += 32) {
+        int rows = d->lv - v >= 32 ? 2 : 1; /* the slack covers the second vector's reads */
+        for (int64_t q = 0; q < panels; q++) {
+            int m = d->cout - q * 8 < 8 ? (int)(d->cout - q * 8) : 8;
+            const float *a = d->apack + q * 8 * d->kdim;
+            __m512 acc[8][2];
+            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = zero;
+            for (int64_t k = 0; k < d->kdim; k++) {
+                const float *b = xpad + d->offsets[k] + v;
+                __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+                for (int i = 0; i < 8; i++) {
+                    __m512 ai = _mm512_set1_ps(a[k * 8 + i]);
+                    acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+                }
+            }
+            for (int i = 0; i < m; i++) {
+                int64_t o = q * 8 + i;
+                __m512 bias = _mm512_set1_ps(d->bias ? d->bias[o] : 0.f);
+                for (int j = 0; j < rows; j++) {
+                    __m512 y = _mm512_add_ps(acc[i][j], bias);
+                    if (relu) y = _mm512_max_ps(zero, y); /* 0 > y ? 0 : y: NaN stays */
+                    _mm512_mask_storeu_ps(out + o * plane + (v / 16 + j) * wo, keep, y);
+                }
+            }
+        }
+    }
+}
+#else
+static void tiles_into_rows_of_16(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    (void)d, (void)xpad, (void)out, (void)relu; /* rows_of_16 is false off x86 */
+}
+#endif
+
 static void forward_images(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
@@ -345,6 +397,8 @@ static void forward_images(void *context, int64_t begin, int64_t end)
         }
         if (d->one_channel) {
             one_channel_forward(d, xpad, out, relu);
+        } else if (d->rows_of_16) {
+            tiles_into_rows_of_16(d, xpad, out, relu);
         } else {
             if (d->pchunk)
                 sums_by_pixel_rows(d, xpad, yv);

@@ -695,7 +695,8 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
     int64_t shape[4] = {p.n, p.o, pool ? g.out_h : p.g.out_h, pool ? g.out_w : p.g.out_w};
-    int64_t packed = (p.n * p.o * g.out_h * g.out_w + 7) / 8; /* kn_max_pool2d's byte form */
+    /* kn_max_pool2d's byte form; g is set only with a pool (conv -> relu reads none) */
+    int64_t packed = pool ? (p.n * p.o * g.out_h * g.out_w + 7) / 8 : 0;
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *which = pool ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);

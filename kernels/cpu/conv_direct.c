@@ -151,7 +151,9 @@ static int pixel_chunk(const direct_conv *d)
  * the 9 shifted input vectors of 16 output columns stay in registers across every output
  * channel, and each channel's sums get the bias (and relu) and go straight into the
  * output: no virtual layout, no second pass. Each output is the tiles' FMA chain in the
- * same step order from zero, plus the bias, then kn_relu's expression: the same bits. */
+ * same step order from zero, plus the bias, then kn_relu's expression: the same bits.
+ * The products are written acc += a * b as in the micro-kernel (not _mm512_fmadd_ps), so
+ * that both contract to FMAs, or both do not (-O0), in every build. */
 static bool one_channel_ok(const direct_conv *d, const char *force)
 {
     return d->cin == 1 && d->kh == 3 && d->kw == 3 && !strcmp(d->uk->name, "avx512") &&
@@ -177,7 +179,7 @@ one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool re
                 const float *wk = d->weights + o * 9;
                 __m512 acc = zero;
                 for (int t = 0; t < 9; t++)
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], acc);
+                    acc += _mm512_set1_ps(wk[t]) * xv[t]; /* the tiles' expression */
                 acc = _mm512_add_ps(acc, _mm512_set1_ps(d->bias ? d->bias[o] : 0.f));
                 if (relu) acc = _mm512_max_ps(zero, acc); /* 0 > v ? 0 : v: NaN stays */
                 _mm512_mask_storeu_ps(dst, mask, acc);
@@ -349,8 +351,8 @@ tiles_into_rows_of_16(const direct_conv *d, const float *xpad, float *out, bool 
                 __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
                 for (int i = 0; i < 8; i++) {
                     __m512 ai = _mm512_set1_ps(a[k * 8 + i]);
-                    acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-                    acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+                    acc[i][0] += ai * b0; /* the micro-kernel's expression */
+                    acc[i][1] += ai * b1;
                 }
             }
             for (int i = 0; i < m; i++) {

@@ -4,6 +4,8 @@
  * chunked batches) against a naive reference, gradient checks including stride,
  * padding, dilation, groups, ceil_mode and padding in pools, and error messages.
  */
+#include "kn_cpu_linalg.h"
+#include "kn_internal.h"
 #include "kn_test.h"
 
 #include <criterion/criterion.h>
@@ -347,6 +349,21 @@ static void check_tile_shapes(void)
     check_grads(KN_SHAPE(3, 5, 6, 8), KN_SHAPE(1, 5, 3, 3), CONV(.padding = {1, 1}), "5->1");
     check_grads(KN_SHAPE(2, 4, 9, 9), KN_SHAPE(17, 4, 3, 3), CONV(.padding = {2, 2}),
                 "4->17 pad 2 (wide)");
+    /* one input channel, 3x3: rows of 28 (16 + a tail of 12), of 40 (two vectors and 8),
+     * of 5 (a tail alone), one output channel */
+    check_grads(KN_SHAPE(6, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}),
+                "1->16 28x28");
+    check_grads(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3), CONV(.padding = {1, 1}),
+                "1->7, rows of 40");
+    check_grads(KN_SHAPE(4, 1, 7, 7), KN_SHAPE(3, 1, 3, 3), CONV(.padding = {0, 0}),
+                "1->3 unpadded, rows of 5");
+    check_grads(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3), CONV(.padding = {2, 2}),
+                "1->1 pad 2, rows of 19");
+    /* padded rows of 16: an odd number of rows, a partial panel, 5x5 */
+    check_grads(KN_SHAPE(3, 12, 13, 14), KN_SHAPE(13, 12, 3, 3), CONV(.padding = {1, 1}),
+                "12->13 13x14");
+    check_grads(KN_SHAPE(2, 5, 12, 12), KN_SHAPE(6, 5, 5, 5), CONV(.padding = {2, 2}),
+                "5->6 5x5 pad 2, 12x12");
 }
 
 Test(conv2d, new_tiles_match_reference_each_form)
@@ -480,6 +497,133 @@ Test(conv2d, every_tile_form_gives_the_same_bits)
                           "32->32 pad 2, rows of 29");
     check_forms_same_bits(KN_SHAPE(2, 3, 9, 7), KN_SHAPE(12, 3, 3, 3), CONV(.padding = {0, 0}),
                           "3->12 unpadded");
+}
+
+/* The forwards that store straight into the output (AVX-512: one input channel 3x3, and
+ * the tiles over padded rows of 16) against the MR x NR tiles through the virtual
+ * layout: the same chains, the same bits, through a row's tails, an odd number of
+ * rows, partial panels and the fused relu. */
+static void check_own_forward_same_bits(const int64_t *xs, int xn, const int64_t *ws, int wn,
+                                        kn_conv2d_args a, const char *label)
+{
+    (void)xn;
+    (void)wn;
+    conv_run one = run_forms(xs, ws, a, "tiles", "rows");
+    unsetenv("KN_CONV_FORWARD");
+    conv_run other = run_conv(xs, ws, a, 2);
+    assert_same_bits(&one, &other, label);
+    free_run(&one);
+    free_run(&other);
+}
+
+static void fused_relu_bits(const int64_t *xs, int xn, const int64_t *ws, int wn, kn_conv2d_args a,
+                            float *y, int64_t n)
+{
+    (void)xn;
+    (void)wn;
+    kn_scope_begin();
+    kn_tensor *x = kn_test_uniform(xs, 4, -1, 1, 41), *w = kn_test_uniform(ws, 4, -1, 1, 42);
+    kn_tensor *b = kn_test_uniform(ws, 1, -1, 1, 43);
+    ((float *)kn__data_ptr(x))[100] = NAN; /* relu keeps NaN */
+    kn_tensor *out = kn__conv2d_relu_pool(x, w, b, a, NULL);
+    cr_assert_not_null(out, "%s", kn_last_error());
+    cr_assert_eq(kn_numel(out), n);
+    kn_copy_to_floats(out, y);
+    kn_scope_end();
+}
+
+Test(conv2d, own_forwards_give_the_tiles_bits)
+{
+    check_own_forward_same_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3),
+                                CONV(.padding = {1, 1}), "1->16 28x28");
+    check_own_forward_same_bits(KN_SHAPE(3, 1, 6, 40), KN_SHAPE(7, 1, 3, 3),
+                                CONV(.padding = {1, 1}), "1->7, rows of 40");
+    check_own_forward_same_bits(KN_SHAPE(2, 1, 9, 17), KN_SHAPE(1, 1, 3, 3),
+                                CONV(.padding = {2, 2}), "1->1 pad 2");
+    check_own_forward_same_bits(KN_SHAPE(3, 4, 8, 8), KN_SHAPE(1, 4, 3, 3), CONV(.padding = {1, 1}),
+                                "4->1 (its input gradient)");
+    check_own_forward_same_bits(KN_SHAPE(6, 16, 14, 14), KN_SHAPE(16, 16, 3, 3),
+                                CONV(.padding = {1, 1}), "16->16 14x14 (rows of 16)");
+    check_own_forward_same_bits(KN_SHAPE(3, 12, 13, 14), KN_SHAPE(13, 12, 3, 3),
+                                CONV(.padding = {1, 1}), "12->13 13x14 (odd rows, partial panel)");
+    check_own_forward_same_bits(KN_SHAPE(2, 5, 12, 12), KN_SHAPE(6, 5, 5, 5),
+                                CONV(.padding = {2, 2}), "5->6 5x5 pad 2 (rows of 16, wo 12)");
+    int64_t n = 5 * 16 * 28 * 28;
+    float *tiles = malloc(sizeof(float) * (size_t)n), *own = malloc(sizeof(float) * (size_t)n);
+    setenv("KN_CONV_FORWARD", "tiles", 1);
+    fused_relu_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), tiles,
+                    n);
+    unsetenv("KN_CONV_FORWARD");
+    fused_relu_bits(KN_SHAPE(5, 1, 28, 28), KN_SHAPE(16, 1, 3, 3), CONV(.padding = {1, 1}), own, n);
+    cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 1->16");
+    n = 3 * 16 * 14 * 14;
+    setenv("KN_CONV_FORWARD", "tiles", 1);
+    fused_relu_bits(KN_SHAPE(3, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}), tiles,
+                    n);
+    unsetenv("KN_CONV_FORWARD");
+    fused_relu_bits(KN_SHAPE(3, 16, 14, 14), KN_SHAPE(16, 16, 3, 3), CONV(.padding = {1, 1}), own,
+                    n);
+    cr_assert_eq(memcmp(tiles, own, sizeof(float) * (size_t)n), 0, "conv2d + relu, 16->16");
+    free(tiles);
+    free(own);
+}
+
+/* The weight gradient from the images the forward kept padded, and from x padded again:
+ * the same bits (kernel level: kn_conv2d always keeps them when the weight needs a
+ * gradient). */
+static void check_kept_padding(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+                               int64_t pad, const char *label)
+{
+    kn_cpu_conv_geometry g = {.channels = c,
+                              .height = h,
+                              .width = w,
+                              .kernel_h = k,
+                              .kernel_w = k,
+                              .stride_h = 1,
+                              .stride_w = 1,
+                              .pad_h = pad,
+                              .pad_w = pad,
+                              .dilation_h = 1,
+                              .dilation_w = 1,
+                              .out_h = h + 2 * pad - k + 1,
+                              .out_w = w + 2 * pad - k + 1};
+    cr_assert(kn_cpu_conv_direct_ok(&g, 1), "%s", label);
+    int64_t nx = n * c * h * w, nw = o * c * k * k, ny = n * o * g.out_h * g.out_w;
+    int64_t np = n * kn_cpu_conv_direct_padded_floats(&g);
+    float *x = malloc(sizeof(float) * (size_t)nx), *wt = malloc(sizeof(float) * (size_t)nw);
+    float *y = malloc(sizeof(float) * (size_t)ny), *gy = malloc(sizeof(float) * (size_t)ny);
+    float *padded = malloc(sizeof(float) * (size_t)np);
+    float *gw_kept = malloc(sizeof(float) * (size_t)nw),
+          *gw_again = malloc(sizeof(float) * (size_t)nw);
+    float gb_kept[64], gb_again[64];
+    for (int64_t i = 0; i < nx; i++) x[i] = (float)((i * 37) % 101) / 50.f - 1.f;
+    for (int64_t i = 0; i < nw; i++) wt[i] = (float)((i * 13) % 29) / 14.f - 1.f;
+    for (int64_t i = 0; i < ny; i++) gy[i] = (float)((i * 7) % 23) / 11.f - 1.f;
+    for (int64_t i = 0; i < np; i++) padded[i] = NAN; /* every float the forward must write */
+    cr_assert(kn_cpu_conv2d_forward(&g, n, o, 1, x, wt, NULL, y, padded), "%s", label);
+    cr_assert(kn_cpu_conv2d_backward(&g, n, o, 1, x, padded, wt, gy, NULL, gw_kept, gb_kept));
+    cr_assert(kn_cpu_conv2d_backward(&g, n, o, 1, x, NULL, wt, gy, NULL, gw_again, gb_again));
+    cr_assert_eq(memcmp(gw_kept, gw_again, sizeof(float) * (size_t)nw), 0, "%s: grad w", label);
+    cr_assert_eq(memcmp(gb_kept, gb_again, sizeof(float) * (size_t)o), 0, "%s: grad b", label);
+    free(x);
+    free(wt);
+    free(y);
+    free(gy);
+    free(padded);
+    free(gw_kept);
+    free(gw_again);
+}
+
+Test(conv2d, weight_gradient_from_the_kept_padding)
+{
+    kn_set_num_threads(2);
+    check_kept_padding(9, 16, 14, 14, 16, 3, 1, "16->16 (rows form, narrow)");
+    check_kept_padding(5, 16, 14, 14, 32, 3, 1, "16->32 (rows form)");
+    check_kept_padding(7, 1, 28, 28, 16, 3, 1, "1->16 (one channel)");
+    check_kept_padding(3, 3, 9, 11, 4, 5, 2, "3->4 5x5 pad 2 (dot form)");
+    check_kept_padding(2, 2, 6, 7, 3, 3, 0, "2->3 unpadded");
+    setenv("KN_CONV_WGRAD", "dot", 1);
+    check_kept_padding(4, 16, 14, 14, 16, 3, 1, "16->16, dot form");
 }
 
 Test(conv2d, same_bits_for_any_thread_count)

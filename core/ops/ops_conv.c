@@ -108,16 +108,18 @@ static bool conv_setup(kn_tensor *x, kn_tensor *w, kn_tensor *bias, kn_conv2d_ar
 /* ---- convolution on the CPU: kernels/cpu/conv.c picks the method per layer ---------- */
 
 static bool conv_forward(const conv_plan *p, const float *x, const float *w, const float *bias,
-                         float *out)
+                         float *out, float *padded)
 {
-    if (kn_cpu_conv2d_forward(&p->g, p->n, p->o, p->groups, x, w, bias, out)) return true;
+    if (kn_cpu_conv2d_forward(&p->g, p->n, p->o, p->groups, x, w, bias, out, padded)) return true;
     return FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
 }
 
-static bool conv_backward_buffers(const conv_plan *p, const float *x, const float *w,
-                                  const float *gout, float *gx, float *gw, float *gb)
+static bool conv_backward_buffers(const conv_plan *p, const float *x, const float *padded,
+                                  const float *w, const float *gout, float *gx, float *gw,
+                                  float *gb)
 {
-    if (kn_cpu_conv2d_backward(&p->g, p->n, p->o, p->groups, x, w, gout, gx, gw, gb)) return true;
+    if (kn_cpu_conv2d_backward(&p->g, p->n, p->o, p->groups, x, padded, w, gout, gx, gw, gb))
+        return true;
     return FAIL(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
 }
 
@@ -251,9 +253,25 @@ static kn_conv2d_args args_from_node(const kn_node *node)
                             (int)node->iargs[6]};
 }
 
+/* The forward's padded copy of x for the weight gradient (kernels/cpu/conv_direct.c
+ * pads each image as it goes; keeping them spares the backward a second pass over x):
+ * only on the CPU, for the direct kernels, when the weight needs a gradient, and only
+ * as long as the graph keeps x. NULL when not wanted; an empty result sets the error. */
+static kn_tensor *padded_copy(const conv_plan *p, kn_tensor *x, kn_tensor *w, bool *ok)
+{
+    *ok = true;
+    if (x->device.type != KN_DEVICE_CPU || !kn_cpu_conv_direct_ok(&p->g, p->groups) || p->n < 1 ||
+        !kn__needs_grad(&w, 1))
+        return NULL;
+    int64_t floats = p->n * kn_cpu_conv_direct_padded_floats(&p->g);
+    kn_tensor *t = kn__empty_raw(&floats, 1, KN_FLOAT32, x->device);
+    *ok = t != NULL;
+    return t;
+}
+
 /* grads of x, w (saved[0], saved[1]) and the bias input from the gradient of the
- * convolution's output. */
-static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor **grads)
+ * convolution's output; padded: the forward's padded x (NULL: none kept). */
+static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor *padded, kn_tensor **grads)
 {
     kn_tensor *x = node->saved[0], *w = node->saved[1];
     conv_plan p;
@@ -272,7 +290,8 @@ static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor **grads)
                                 gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
                                 gb ? kn__data_ptr(gb) : NULL))
             return kn_last_status();
-    } else if (!conv_backward_buffers(&p, kn__data_ptr(xd), kn__data_ptr(wd), kn__data_ptr(gd),
+    } else if (!conv_backward_buffers(&p, kn__data_ptr(xd), padded ? kn__data_ptr(padded) : NULL,
+                                      kn__data_ptr(wd), kn__data_ptr(gd),
                                       gx ? kn__data_ptr(gx) : NULL, gw ? kn__data_ptr(gw) : NULL,
                                       gb ? kn__data_ptr(gb) : NULL))
         return kn_last_status();
@@ -284,7 +303,7 @@ static kn_status conv_grads(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 
 static kn_status conv2d_backward(kn_node *node, kn_tensor *grad, kn_tensor **grads)
 {
-    return conv_grads(node, grad, grads);
+    return conv_grads(node, grad, node->saved[2], grads);
 }
 
 kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d_args args)
@@ -302,31 +321,34 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
     kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
-    bool ok = out && xd && wd && (!bias || bd);
+    bool kept;
+    kn_tensor *padded = padded_copy(&p, x, weight, &kept);
+    bool ok = out && xd && wd && (!bias || bd) && kept;
     if (ok && x->device.type != KN_DEVICE_CPU)
         ok = conv_forward_cuda(&p, x->device, kn__data_ptr(xd), kn__data_ptr(wd),
                                bd ? kn__data_ptr(bd) : NULL, kn__data_ptr(out));
     else if (ok)
         ok = conv_forward(&p, kn__data_ptr(xd), kn__data_ptr(wd), bd ? kn__data_ptr(bd) : NULL,
-                          kn__data_ptr(out));
+                          kn__data_ptr(out), padded ? kn__data_ptr(padded) : NULL);
     kn_release(xd);
     kn_release(wd);
     kn_release(bd);
-    if (!ok) {
+    kn_node *node = ok && kn__needs_grad(inputs, n_inputs)
+                        ? kn__node_new("conv2d", conv2d_backward, inputs, n_inputs)
+                        : NULL;
+    if (!ok || (kn__needs_grad(inputs, n_inputs) && !node)) {
         kn_release(out);
+        kn_release(padded);
         return NULL;
     }
-    if (kn__needs_grad(inputs, n_inputs)) {
-        kn_node *node = kn__node_new("conv2d", conv2d_backward, inputs, n_inputs);
-        if (!node) {
-            kn_release(out);
-            return NULL;
-        }
+    if (node) {
         plan_to_node(&p, node);
         kn__node_save(node, x);
         kn__node_save(node, weight);
+        kn__node_save(node, padded); /* NULL when none was kept */
         kn__node_attach(out, node);
     }
+    kn_release(padded);
     return kn__result(out);
 }
 
@@ -626,12 +648,12 @@ static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_te
     kn_cpu_operand out = {kn__data_ptr(masked), {1}}, g = {kn__data_ptr(gd), {1}};
     kn_cpu_operand saved = {kn__data_ptr(y), {1}};
     kn_cpu_binary(KN_BINARY_RELU_BACKWARD, &n, 1, out, g, saved, 0.f, 0.f); /* relu's */
-    if (!node->iargs[7]) return conv_grads(node, masked, grads);
+    if (!node->iargs[7]) return conv_grads(node, masked, node->saved[4], grads);
     bool need_x = node->inputs[0].needs_grad, need_w = node->inputs[1].needs_grad;
     bool need_b = node->n_inputs > 2 && node->inputs[2].needs_grad;
     if (need_b && !need_w) { /* the bias's sum is over the dense gradient: make it */
         kn_tensor *dense = pool_backward_dense(node, masked);
-        return dense ? conv_grads(node, dense, grads) : kn_last_status();
+        return dense ? conv_grads(node, dense, node->saved[4], grads) : kn_last_status();
     }
     /* the convolution's backward reads the pooled gradient and the maxima's places in
      * place of the dense gradient (3/4 zeros) the pool's backward would write */
@@ -649,8 +671,9 @@ static kn_status conv2d_relu_pool_backward(kn_node *node, kn_tensor *grad, kn_te
                                  .pooled_h = y->shape[2],
                                  .pooled_w = y->shape[3]};
     if ((gw &&
-         !kn_cpu_conv_direct_backward_weight(&p.g, p.n, p.o, kn__data_ptr(xd), &planes,
-                                             kn__data_ptr(gw), gb ? kn__data_ptr(gb) : NULL)) ||
+         !kn_cpu_conv_direct_backward_weight(
+             &p.g, p.n, p.o, kn__data_ptr(xd), node->saved[4] ? kn__data_ptr(node->saved[4]) : NULL,
+             &planes, kn__data_ptr(gw), gb ? kn__data_ptr(gb) : NULL)) ||
         (gx && !kn_cpu_conv_direct_backward_input(&p.g, p.n, p.o, &planes, kn__data_ptr(wd),
                                                   kn__data_ptr(gx))))
         return kn__error(KN_ERR_MEMORY, "conv2d backward: out of memory for the work buffers");
@@ -672,20 +695,23 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
     kn_tensor *inputs[3] = {x, weight, bias};
     int n_inputs = bias ? 3 : 2;
     int64_t shape[4] = {p.n, p.o, pool ? g.out_h : p.g.out_h, pool ? g.out_w : p.g.out_w};
-    int64_t packed = (p.n * p.o * g.out_h * g.out_w + 7) / 8; /* kn_max_pool2d's byte form */
+    /* kn_max_pool2d's byte form; g is set only with a pool (conv -> relu reads none) */
+    int64_t packed = pool ? (p.n * p.o * g.out_h * g.out_w + 7) / 8 : 0;
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *which = pool ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
     kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
-    bool ok = out && xd && wd && (!bias || bd) && (!pool || which);
+    bool kept;
+    kn_tensor *padded = padded_copy(&p, x, weight, &kept);
+    bool ok = out && xd && wd && (!bias || bd) && (!pool || which) && kept;
     if (ok) {
         kn_cpu_conv_epilogue e = {.relu = true,
                                   .pool = pool ? &g : NULL,
                                   .pooled = pool ? kn__data_ptr(out) : NULL,
                                   .which = pool ? kn__data_ptr(which) : NULL};
-        ok = kn_cpu_conv_direct_forward(&p.g, p.n, p.o, kn__data_ptr(xd), kn__data_ptr(wd),
-                                        bd ? kn__data_ptr(bd) : NULL, &e,
-                                        pool ? NULL : kn__data_ptr(out)) ||
+        ok = kn_cpu_conv_direct_forward(
+                 &p.g, p.n, p.o, kn__data_ptr(xd), kn__data_ptr(wd), bd ? kn__data_ptr(bd) : NULL,
+                 &e, pool ? NULL : kn__data_ptr(out), padded ? kn__data_ptr(padded) : NULL) ||
              FAIL(KN_ERR_MEMORY, "conv2d: out of memory for the convolution's work buffers");
     }
     kn_release(xd);
@@ -699,6 +725,7 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
     if (!ok) {
         kn_release(out);
         kn_release(which);
+        kn_release(padded);
         return NULL;
     }
     if (node) {
@@ -711,8 +738,10 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
         kn__node_save(node, weight);
         kn__node_save(node, out);
         kn__node_save(node, which);
+        kn__node_save(node, padded); /* NULL when none was kept */
         kn__node_attach(out, node);
     }
     kn_release(which);
+    kn_release(padded);
     return kn__result(out);
 }

@@ -256,11 +256,12 @@ static bool run_images(conv_job *job, int64_t tasks, kn_cpu_range_fn fn)
 }
 
 bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
-                           const float *x, const float *w, const float *bias, float *y)
+                           const float *x, const float *w, const float *bias, float *y,
+                           float *padded)
 {
     if (n <= 0 || o <= 0 || g->out_h <= 0 || g->out_w <= 0) return true;
     if (kn_cpu_conv_direct_ok(g, groups))
-        return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y);
+        return kn_cpu_conv_direct_forward(g, n, o, x, w, bias, NULL, y, padded);
     conv_job job;
     setup_job(&job, g, n, o, groups);
     job.x = x;
@@ -271,14 +272,14 @@ bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, 
 }
 
 bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
-                            const float *x, const float *w, const float *gout, float *gx, float *gw,
-                            float *gb)
+                            const float *x, const float *padded, const float *w, const float *gout,
+                            float *gx, float *gw, float *gb)
 {
     int64_t l = g->out_h * g->out_w;
     bool direct = kn_cpu_conv_direct_ok(g, groups);
     kn_cpu_conv_planes planes = {.dense = gout};
     if (gw && direct) { /* the bias gradient comes with the weight gradient */
-        if (!kn_cpu_conv_direct_backward_weight(g, n, o, x, &planes, gw, gb)) return false;
+        if (!kn_cpu_conv_direct_backward_weight(g, n, o, x, padded, &planes, gw, gb)) return false;
         gb = NULL;
     }
     if (gb) kn_cpu_conv_bias_grad(gout, n, o, l, gb);

@@ -19,6 +19,9 @@
  *   forward by pixel rows, for 32k channels: a tile of 14 positions of an output row x
  *                32 channels (kn_cpu_pixels_fn), no dropped columns
  *
+ * The forward can keep each padded image (kn_cpu_conv_direct_padded_floats a one) for
+ * the weight gradient, which then reads x there instead of padding it again.
+ *
  * Work is per image (forward, input gradient) or per fixed slice of the batch (weight
  * and bias gradient: a partial sum per slice, added in slice order), so results do not
  * depend on the thread count.
@@ -29,6 +32,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 /* Partial sums of the weight gradient: at most this many slices of the batch and this
  * many floats for all of them. */
@@ -43,8 +49,13 @@ typedef struct direct_conv {
     int32_t *offsets;                        /* [kdim]: each step's shift in the planes */
     float *apack;          /* weights packed in MR-row panels, or [cout/pchunk][kdim][pchunk] */
     int pchunk;            /* forward by pixel rows, this many channels a tile; 0: MR x NR tiles */
+    const float *weights;  /* the one-channel forms: the weights as given, [cout][kh*kw] */
+    bool one_channel;      /* the forward by one_channel_forward (see there) */
+    bool rows_of_16;       /* the MR x NR tiles stored by tiles_into_rows_of_16 */
     kn_cpu_conv_planes in; /* the input images (forward's x, or the padded gout) */
     kn_cpu_conv_planes gout; /* the weight gradient's output gradient */
+    float *keep;             /* forward: each padded image kept at keep + i*padded_floats */
+    const float *padded;     /* weight gradient: the images as the forward kept them */
     const float *bias;
     float *out;
     const kn_cpu_conv_epilogue *epilogue; /* relu and 2x2 max pool after the sum, or NULL */
@@ -55,7 +66,9 @@ typedef struct direct_conv {
     float *partial; /* [slices][kdim][cout] (rows form) or [slices][cout][kdim] (dot
                      * form) gradient, then [slices][cout] bias */
     bool want_bias;
-    bool dot_form; /* the weight gradient by dot products (see weight_grad_form) */
+    bool dot_form;          /* the weight gradient by dot products (see weight_grad_form) */
+    bool one_channel_wgrad; /* ... or by one_channel_weight_grad; both sum into
+                             * [cout][kdim], the rows form into [kdim][cout] */
     /* the rows form's tile: the micro-kernel's, or its narrow one for few channels */
     int wmr, wnr;
     kn_cpu_ukernel_rows_fn wrows;
@@ -95,6 +108,13 @@ static int64_t padded_floats(const direct_conv *d)
     return d->cin * d->plane + d->uk->nr + d->kw + d->wp;
 }
 
+int64_t kn_cpu_conv_direct_padded_floats(const kn_cpu_conv_geometry *g)
+{
+    direct_conv d;
+    setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w, 1);
+    return padded_floats(&d);
+}
+
 static bool make_offsets(direct_conv *d)
 {
     d->offsets = malloc(sizeof(int32_t) * (size_t)d->kdim);
@@ -109,9 +129,10 @@ static bool make_offsets(direct_conv *d)
 /* The forward's form: pixel rows (kn_cpu_pixels_fn: a tile of PR positions of one output
  * row x NC channels) where this ISA has them, the channels fill whole tiles and the
  * tiles would be no emptier than the MR x NR tiles over the virtual columns; else 0.
- * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests. With 16
- * channels the MR x NR tiles stay: a 16-channel pixel tile issues one broadcast per FMA
- * and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
+ * Both give the same bits. KN_CONV_FORWARD=tiles|pixels forces one, for tests ("tiles"
+ * also through the virtual layout, not one_channel_forward or tiles_into_rows_of_16,
+ * which give the same bits again). With 16 channels the MR x NR tiles stay: a 16-channel pixel tile
+ * issues one broadcast per FMA and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
 static int pixel_chunk(const direct_conv *d)
 {
     const kn_cpu_ukernel *uk = d->uk;
@@ -124,11 +145,65 @@ static int pixel_chunk(const direct_conv *d)
     return uk->pixels_nc;
 }
 
+/* ---- one input channel, 3x3 (a first layer: 1 -> 16 at 28x28) ----------------------
+ * With kdim = 9 the MR x NR tiles run 9 steps per tile, so their stores and the
+ * epilogue's pass from the virtual layout to the output cost as much as the FMAs. Here
+ * the 9 shifted input vectors of 16 output columns stay in registers across every output
+ * channel, and each channel's sums get the bias (and relu) and go straight into the
+ * output: no virtual layout, no second pass. Each output is the tiles' FMA chain in the
+ * same step order from zero, plus the bias, then kn_relu's expression: the same bits.
+ * The products are written acc += a * b as in the micro-kernel (not _mm512_fmadd_ps), so
+ * that both contract to FMAs, or both do not (-O0), in every build. */
+static bool one_channel_ok(const direct_conv *d, const char *force)
+{
+    return d->cin == 1 && d->kh == 3 && d->kw == 3 && !strcmp(d->uk->name, "avx512") &&
+           !(force && (!strcmp(force, "tiles") || !strcmp(force, "pixels")));
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    int64_t wo = d->wo, wp = d->wp, plane = d->ho * d->wo;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < d->ho; r++)
+        for (int64_t c = 0; c < wo; c += 16) {
+            __mmask16 mask = wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+            const float *x0 = xpad + r * wp + c;
+            __m512 xv[9];
+            for (int ki = 0; ki < 3; ki++)
+                for (int kj = 0; kj < 3; kj++)
+                    xv[ki * 3 + kj] = _mm512_maskz_loadu_ps(mask, x0 + ki * wp + kj);
+            float *dst = out + r * wo + c;
+            for (int64_t o = 0; o < d->cout; o++, dst += plane) {
+                const float *wk = d->weights + o * 9;
+                __m512 acc = zero;
+                for (int t = 0; t < 9; t++)
+                    acc += _mm512_set1_ps(wk[t]) * xv[t]; /* the tiles' expression */
+                acc = _mm512_add_ps(acc, _mm512_set1_ps(d->bias ? d->bias[o] : 0.f));
+                if (relu) acc = _mm512_max_ps(zero, acc); /* 0 > v ? 0 : v: NaN stays */
+                _mm512_mask_storeu_ps(dst, mask, acc);
+            }
+        }
+}
+#else
+static void one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    (void)d, (void)xpad, (void)out, (void)relu; /* one_channel_ok is false off x86 */
+}
+#endif
+
 /* Packs weights [cout, kdim] (row-major) for the forward's form: MR-row panels, or
  * [cout/pchunk][kdim][pchunk] for pixel rows. */
 static bool pack_weights(direct_conv *d, const float *w)
 {
+    d->weights = w;
+    d->one_channel = one_channel_ok(d, getenv("KN_CONV_FORWARD"));
+    if (d->one_channel) return true;
     d->pchunk = pixel_chunk(d);
+    const char *force = getenv("KN_CONV_FORWARD");
+    d->rows_of_16 = !d->pchunk && d->wp == 16 && !strcmp(d->uk->name, "avx512") && d->uk->mr == 8 &&
+                    d->uk->nr == 32 && !(force && !strcmp(force, "tiles"));
     if (d->pchunk) {
         int64_t chunk = d->pchunk;
         d->apack = aligned_alloc(64, ((sizeof(float) * (size_t)(d->cout * d->kdim)) + 63) & ~63ul);
@@ -252,6 +327,53 @@ static void bias_relu(const direct_conv *d, const float *yv, float *out, bool re
     }
 }
 
+/* Padded rows of 16 (a 14-wide map, 3x3, pad 1) with AVX-512: each vector of the
+ * virtual layout is one output row (14 values and the 2 dropped), so the 8 x 32 tile
+ * (the micro-kernel's: the same FMA chains from zero in step order, the same bits) can
+ * add the bias, apply relu and store its rows straight into the output, masked to 14:
+ * no virtual output in between and no epilogue pass over it. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+tiles_into_rows_of_16(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    int64_t wo = d->wo, plane = d->ho * d->wo, panels = (d->cout + 7) / 8;
+    const __mmask16 keep = (__mmask16)((1u << wo) - 1);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t v = 0; v < d->lv; v += 32) {
+        int rows = d->lv - v >= 32 ? 2 : 1; /* the slack covers the second vector's reads */
+        for (int64_t q = 0; q < panels; q++) {
+            int m = d->cout - q * 8 < 8 ? (int)(d->cout - q * 8) : 8;
+            const float *a = d->apack + q * 8 * d->kdim;
+            __m512 acc[8][2];
+            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = zero;
+            for (int64_t k = 0; k < d->kdim; k++) {
+                const float *b = xpad + d->offsets[k] + v;
+                __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+                for (int i = 0; i < 8; i++) {
+                    __m512 ai = _mm512_set1_ps(a[k * 8 + i]);
+                    acc[i][0] += ai * b0; /* the micro-kernel's expression */
+                    acc[i][1] += ai * b1;
+                }
+            }
+            for (int i = 0; i < m; i++) {
+                int64_t o = q * 8 + i;
+                __m512 bias = _mm512_set1_ps(d->bias ? d->bias[o] : 0.f);
+                for (int j = 0; j < rows; j++) {
+                    __m512 y = _mm512_add_ps(acc[i][j], bias);
+                    if (relu) y = _mm512_max_ps(zero, y); /* 0 > y ? 0 : y: NaN stays */
+                    _mm512_mask_storeu_ps(out + o * plane + (v / 16 + j) * wo, keep, y);
+                }
+            }
+        }
+    }
+}
+#else
+static void tiles_into_rows_of_16(const direct_conv *d, const float *xpad, float *out, bool relu)
+{
+    (void)d, (void)xpad, (void)out, (void)relu; /* rows_of_16 is false off x86 */
+}
+#endif
+
 static void forward_images(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
@@ -264,11 +386,8 @@ static void forward_images(void *context, int64_t begin, int64_t end)
         return;
     }
     for (int64_t i = begin; i < end; i++) {
+        if (d->keep) xpad = d->keep + i * padded_floats(d); /* for the weight gradient */
         pad_image(d, i, xpad, tmp);
-        if (d->pchunk)
-            sums_by_pixel_rows(d, xpad, yv);
-        else
-            sums_by_tiles(d, xpad, yv);
         const kn_cpu_conv_epilogue *e = d->epilogue;
         bool relu = e && e->relu, pool = e && e->pool;
         /* the pooled layer's activations stay in this thread's scratch (L2), never in y */
@@ -278,7 +397,17 @@ static void forward_images(void *context, int64_t begin, int64_t end)
             __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
             return;
         }
-        bias_relu(d, yv, out, relu);
+        if (d->one_channel) {
+            one_channel_forward(d, xpad, out, relu);
+        } else if (d->rows_of_16) {
+            tiles_into_rows_of_16(d, xpad, out, relu);
+        } else {
+            if (d->pchunk)
+                sums_by_pixel_rows(d, xpad, yv);
+            else
+                sums_by_tiles(d, xpad, yv);
+            bias_relu(d, yv, out, relu);
+        }
         if (pool) { /* pool.c's own 2x2 kernel over this image's planes (inline: nested) */
             kn_cpu_pool_geometry g = *e->pool;
             g.planes = d->cout;
@@ -296,12 +425,13 @@ static bool run_forward(direct_conv *d)
 
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
                                 const float *x, const float *w, const float *bias,
-                                const kn_cpu_conv_epilogue *epilogue, float *y)
+                                const kn_cpu_conv_epilogue *epilogue, float *y, float *padded)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
     d.in = (kn_cpu_conv_planes){.dense = x};
+    d.keep = padded;
     d.count = count;
     d.bias = bias;
     d.epilogue = epilogue;
@@ -409,20 +539,87 @@ static void weight_grad_dots(const direct_conv *d, const float *xpad, const floa
     }
 }
 
+/* One input channel, 3x3 (AVX-512): acc[o][t][lane] += gout[o][r][c + lane] * xpad[r*wp
+ * + c + lane + (t/3)*wp + t%3] over every output row r and vector of 16 columns c (the
+ * row's tail masked to zero on both sides, so an inf or NaN past it adds nothing), two
+ * channels at a time with the 9 input vectors in registers. Sums over the whole slice
+ * stay in acc, per lane; the slice's end adds the lanes in a fixed order. No gradient
+ * copy (the dense planes are read in place), no dropped columns. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void
+one_channel_weight_grad(const direct_conv *d, int64_t i, const float *xpad, float *tmp,
+                        float *bias_sum, float *acc)
+{
+    int64_t wo = d->wo, wp = d->wp, plane = d->ho * d->wo;
+    for (int64_t o = 0; o < d->cout; o += 2) {
+        bool two = o + 1 < d->cout;
+        const float *g0 = plane_of(&d->gout, i, o, d->cout, d->ho, wo, tmp);
+        const float *g1 = two ? plane_of(&d->gout, i, o + 1, d->cout, d->ho, wo, tmp + plane) : g0;
+        if (bias_sum) {
+            add_plane_sum(g0, plane, &bias_sum[o]);
+            if (two) add_plane_sum(g1, plane, &bias_sum[o + 1]);
+        }
+        float *acc0 = acc + o * 9 * 16, *acc1 = two ? acc0 + 9 * 16 : acc0;
+        __m512 a0[9], a1[9];
+        for (int t = 0; t < 9; t++) {
+            a0[t] = _mm512_loadu_ps(acc0 + t * 16);
+            a1[t] = _mm512_loadu_ps(acc1 + t * 16);
+        }
+        for (int64_t r = 0; r < d->ho; r++)
+            for (int64_t c = 0; c < wo; c += 16) {
+                __mmask16 mask =
+                    wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+                const float *x0 = xpad + r * wp + c;
+                __m512 v0 = _mm512_maskz_loadu_ps(mask, g0 + r * wo + c);
+                __m512 v1 = _mm512_maskz_loadu_ps(mask, g1 + r * wo + c);
+                for (int ki = 0; ki < 3; ki++)
+                    for (int kj = 0; kj < 3; kj++) {
+                        __m512 xv = _mm512_maskz_loadu_ps(mask, x0 + ki * wp + kj);
+                        a0[ki * 3 + kj] = _mm512_fmadd_ps(v0, xv, a0[ki * 3 + kj]);
+                        a1[ki * 3 + kj] = _mm512_fmadd_ps(v1, xv, a1[ki * 3 + kj]);
+                    }
+            }
+        for (int t = 0; t < 9; t++) { /* acc1 last: with one channel left it is acc0 */
+            _mm512_storeu_ps(acc0 + t * 16, a0[t]);
+            if (two) _mm512_storeu_ps(acc1 + t * 16, a1[t]);
+        }
+    }
+}
+
+/* part[o][t] = the lanes of acc[o][t] added in a fixed order. */
+__attribute__((target("avx512f"))) static void one_channel_lanes(const direct_conv *d,
+                                                                 const float *acc, float *part)
+{
+    for (int64_t k = 0; k < d->cout * 9; k++)
+        part[k] = _mm512_reduce_add_ps(_mm512_loadu_ps(acc + k * 16));
+}
+#else
+static void one_channel_weight_grad(const direct_conv *d, int64_t i, const float *xpad, float *tmp,
+                                    float *bias_sum, float *acc)
+{
+    (void)d, (void)i, (void)xpad, (void)tmp, (void)bias_sum, (void)acc; /* x86 only */
+}
+static void one_channel_lanes(const direct_conv *d, const float *acc, float *part)
+{
+    (void)d, (void)acc, (void)part;
+}
+#endif
+
 /* Floats of the per-image gradient buffer each form needs. */
 static int64_t gout_floats(const direct_conv *d)
 {
     int nr = d->wnr;
+    if (d->one_channel_wgrad) return d->cout * 9 * 16; /* the slice's lane sums */
     return d->dot_form ? d->cout * d->lv : ((d->cout + nr - 1) / nr) * d->ho * d->wo * nr;
 }
 
 static void weight_slices(void *context, int64_t begin, int64_t end)
 {
     direct_conv *d = context;
-    float *xpad = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
+    float *xpad = d->padded ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
-    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, d->ho * d->wo + d->h * d->w);
-    if (!xpad || !gbuf || !tmp) {
+    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, 2 * d->ho * d->wo + d->h * d->w);
+    if ((!d->padded && !xpad) || !gbuf || !tmp) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -432,17 +629,25 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
         float *bias_part = d->partial + d->slices * d->kdim * d->cout + s * d->cout;
         memset(part, 0, sizeof(float) * (size_t)(d->kdim * d->cout));
         memset(bias_part, 0, sizeof(float) * (size_t)d->cout);
+        if (d->one_channel_wgrad) memset(gbuf, 0, sizeof(float) * (size_t)gout_floats(d));
         for (int64_t i = i0; i < i1; i++) {
-            pad_image(d, i, xpad, tmp);
+            const float *xin = xpad;
+            if (d->padded) /* as the forward padded it */
+                xin = d->padded + i * padded_floats(d);
+            else
+                pad_image(d, i, xpad, tmp);
             float *bias = d->want_bias ? bias_part : NULL;
-            if (d->dot_form) {
+            if (d->one_channel_wgrad) {
+                one_channel_weight_grad(d, i, xin, tmp, bias, gbuf);
+            } else if (d->dot_form) {
                 virtual_gout(d, i, gbuf, tmp, bias);
-                weight_grad_dots(d, xpad, gbuf, part);
+                weight_grad_dots(d, xin, gbuf, part);
             } else {
                 transpose_gout(d, i, gbuf, tmp, bias);
-                weight_grad_rows(d, xpad, gbuf, part);
+                weight_grad_rows(d, xin, gbuf, part);
             }
         }
+        if (d->one_channel_wgrad) one_channel_lanes(d, gbuf, part);
     }
 }
 
@@ -477,13 +682,14 @@ static bool weight_grad_form(const direct_conv *d, wgrad_force force)
 }
 
 bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
-                                        int64_t out_channels, const float *x,
+                                        int64_t out_channels, const float *x, const float *padded,
                                         const kn_cpu_conv_planes *gout, float *gw, float *gb)
 {
     direct_conv d;
     setup(&d, g->channels, g->height, g->width, g->pad_h, g->pad_w, g->kernel_h, g->kernel_w,
           out_channels);
     d.in = (kn_cpu_conv_planes){.dense = x};
+    d.padded = padded;
     d.gout = *gout;
     d.want_bias = gb != NULL;
     int64_t per_slice = d.kdim * d.cout + d.cout;
@@ -499,9 +705,10 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
     d.wnr = narrow ? d.uk->narrow_nr : d.uk->nr;
     d.wrows = narrow ? d.uk->narrow_rows_fn : d.uk->rows_fn;
     d.dot_form = weight_grad_form(&d, force);
+    d.one_channel_wgrad = force == WGRAD_CHOSEN && one_channel_ok(&d, NULL);
     d.partial = malloc(sizeof(float) * (size_t)(d.slices * per_slice));
     bool ok = d.partial && make_offsets(&d) &&
-              kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d)) &&
+              (padded || kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(&d))) &&
               kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(&d));
     if (ok) kn_cpu_parallel_for(d.slices, 1, weight_slices, &d);
     ok = ok && !d.failed;
@@ -509,7 +716,7 @@ bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t c
         /* the slices' partial sums, in slice order, into gw [cout][kdim] */
         for (int64_t k = 0; k < d.kdim; k++)
             for (int64_t o = 0; o < d.cout; o++) {
-                int64_t at = d.dot_form ? o * d.kdim + k : k * d.cout + o;
+                int64_t at = d.dot_form || d.one_channel_wgrad ? o * d.kdim + k : k * d.cout + o;
                 float sum = 0.f;
                 for (int64_t s = 0; s < d.slices; s++) sum += d.partial[s * d.kdim * d.cout + at];
                 gw[o * d.kdim + k] = sum;

@@ -39,18 +39,24 @@ typedef struct kn_cpu_conv_geometry {
 } kn_cpu_conv_geometry;
 
 /* y [n, o, out_h, out_w] = conv2d(x [n, C, H, W], w [o, C/groups, kH, kW]) + bias (or
- * NULL), every buffer contiguous; the method is chosen per layer (conv.c). false: out of
- * memory (y is then undefined). */
+ * NULL), every buffer contiguous; the method is chosen per layer (conv.c). padded (or
+ * NULL), only where kn_cpu_conv_direct_ok: [n * kn_cpu_conv_direct_padded_floats(g)],
+ * gets each image as the direct kernels pad it, for the backward's weight gradient.
+ * false: out of memory (y is then undefined). */
 bool kn_cpu_conv2d_forward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
-                           const float *x, const float *w, const float *bias, float *y);
+                           const float *x, const float *w, const float *bias, float *y,
+                           float *padded);
 /* The gradients each of gx [n, C, H, W], gw (as w) and gb [o] that is not NULL, from
- * gout [n, o, out_h, out_w]; all overwritten. false: out of memory. */
+ * gout [n, o, out_h, out_w]; all overwritten. padded: what the forward kept of x, or
+ * NULL. false: out of memory. */
 bool kn_cpu_conv2d_backward(const kn_cpu_conv_geometry *g, int64_t n, int64_t o, int64_t groups,
-                            const float *x, const float *w, const float *gout, float *gx, float *gw,
-                            float *gb);
+                            const float *x, const float *padded, const float *w, const float *gout,
+                            float *gx, float *gw, float *gb);
 
 /* ---- conv_direct.c: stride 1, dilation 1, one group, no unfolding ------------------ */
 bool kn_cpu_conv_direct_ok(const kn_cpu_conv_geometry *g, int64_t groups);
+/* Floats of one image of x padded as the direct kernels read it (borders and slack). */
+int64_t kn_cpu_conv_direct_padded_floats(const kn_cpu_conv_geometry *g);
 /* What a forward does to each image's sums before they leave the cache: relu (kn_relu's
  * values), then, with pool (a 2x2 geometry, kn_cpu_max_pool2d_is_2x2; its planes are set
  * per image), the 2x2 max pool into pooled and which ([count, O, out_h/2, out_w/2]) in
@@ -62,10 +68,12 @@ typedef struct kn_cpu_conv_epilogue {
     uint8_t *which;
 } kn_cpu_conv_epilogue;
 /* y [count, O, out_h, out_w] = conv(x, w) + bias (NULL: none), then the epilogue (NULL:
- * none; y unused when it pools). false: out of memory. */
+ * none; y unused when it pools). padded (or NULL): [count *
+ * kn_cpu_conv_direct_padded_floats(g)], gets each padded image, so that the weight
+ * gradient need not pad x again. false: out of memory. */
 bool kn_cpu_conv_direct_forward(const kn_cpu_conv_geometry *g, int64_t count, int64_t out_channels,
                                 const float *x, const float *w, const float *bias,
-                                const kn_cpu_conv_epilogue *epilogue, float *y);
+                                const kn_cpu_conv_epilogue *epilogue, float *y, float *padded);
 /* A convolution's output gradient [count, O, out_h, out_w]: dense, or (after a fused 2x2
  * pool) the pooled gradient [count, O, pooled_h, pooled_w] with each window's max place
  * (dh*2 + dw), standing for the dense gradient the pool's backward would write. */
@@ -79,9 +87,10 @@ typedef struct kn_cpu_conv_planes {
 bool kn_cpu_conv_direct_backward_input(const kn_cpu_conv_geometry *g, int64_t count,
                                        int64_t out_channels, const kn_cpu_conv_planes *gout,
                                        const float *w, float *gx);
-/* gw [o, C, kH, kW] and gb [o] (or NULL) overwritten. */
+/* gw [o, C, kH, kW] and gb [o] (or NULL) overwritten; x read from padded (what the
+ * forward kept) when not NULL. */
 bool kn_cpu_conv_direct_backward_weight(const kn_cpu_conv_geometry *g, int64_t count,
-                                        int64_t out_channels, const float *x,
+                                        int64_t out_channels, const float *x, const float *padded,
                                         const kn_cpu_conv_planes *gout, float *gw, float *gb);
 
 /* Unfolds images [count, C, H, W] (contiguous) into col rows (c, ki, kj) and columns

@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,6 +213,19 @@ Test(layer_norm, gradcheck)
     kn_scope_end();
 }
 
+/* The first thread count's result kept in *ref, the later ones compared bit for bit. */
+static void keep_or_compare_bits(float **ref, const float *got, int64_t count, const char *what,
+                                 int threads)
+{
+    if (!*ref) {
+        *ref = malloc(sizeof(float) * (size_t)count);
+        memcpy(*ref, got, sizeof(float) * (size_t)count);
+    } else {
+        cr_assert(memcmp(*ref, got, sizeof(float) * (size_t)count) == 0,
+                  "%s: other bits with %d threads", what, threads);
+    }
+}
+
 /* The backward kernel against a double reference and for 1-3 threads: the GPT's
  * [768, 128], a width with a scalar tail (37), one long row per block (3 x 5000, the
  * partials capped at 64 blocks: 9000 x 5), with and without the affine parameters, and
@@ -238,15 +252,10 @@ static void ln_backward_case(int64_t rows, int64_t cols, bool affine, bool param
         int64_t sizes[3] = {rows * cols, cols, cols};
         for (int k = 0; k < 3; k++) {
             if (!got[k]) continue;
-            const float *g = kn_data_f32(got[k]);
-            if (!ref[k]) {
-                ref[k] = malloc(sizeof(float) * (size_t)sizes[k]);
-                memcpy(ref[k], g, sizeof(float) * (size_t)sizes[k]);
-            } else {
-                cr_assert(memcmp(ref[k], g, sizeof(float) * (size_t)sizes[k]) == 0,
-                          "[%lld, %lld] grad %d: other bits with %d threads", (long long)rows,
-                          (long long)cols, k, threads);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "[%lld, %lld] grad %d", (long long)rows, (long long)cols,
+                     k);
+            keep_or_compare_bits(&ref[k], kn_data_f32(got[k]), sizes[k], what, threads);
         }
     }
     kn_set_num_threads(threads_before);
@@ -488,15 +497,10 @@ static void bn_kernel_case(int64_t n, int64_t c, int64_t s)
         cr_assert_eq(kn_backward(y, gy, false), KN_OK, "%s", kn_last_error());
         kn_tensor *got[6] = {y, rm, rv, xl->grad, wl->grad, bl->grad};
         for (int k = 0; k < 6; k++) {
-            const float *g = kn_data_f32(got[k]);
-            if (!ref[k]) {
-                ref[k] = malloc(sizeof(float) * (size_t)sizes[k]);
-                memcpy(ref[k], g, sizeof(float) * (size_t)sizes[k]);
-            } else {
-                cr_assert(memcmp(ref[k], g, sizeof(float) * (size_t)sizes[k]) == 0,
-                          "[%lld, %lld, %lld] result %d: other bits with %d threads", (long long)n,
-                          (long long)c, (long long)s, k, threads);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "[%lld, %lld, %lld] result %d", (long long)n, (long long)c,
+                     (long long)s, k);
+            keep_or_compare_bits(&ref[k], kn_data_f32(got[k]), sizes[k], what, threads);
         }
     }
     kn_set_num_threads(threads_before);

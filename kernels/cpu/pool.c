@@ -161,29 +161,42 @@ AVX512 static inline __mmask16 tail_mask(int64_t n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n > 0 ? n : 0)) - 1);
 }
 
+/* The four positions of up to 16 2x2 windows from output column ow of a row pair:
+ * w[0] top-left, w[1] top-right, w[2] bottom-left, w[3] bottom-right (the scan order),
+ * the columns past the row masked off; *m masks the outputs that exist. */
+AVX512 static inline void windows_2x2(const float *in0, const float *in1, int64_t ow, int64_t ow_n,
+                                      __m512 w[4], __mmask16 *m)
+{
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    int64_t left = 2 * (ow_n - ow);
+    __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16);
+    *m = tail_mask(ow_n - ow);
+    __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
+    __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
+    __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
+    __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
+    w[0] = _mm512_permutex2var_ps(t0, even, t1);
+    w[1] = _mm512_permutex2var_ps(t0, odd, t1);
+    w[2] = _mm512_permutex2var_ps(b0, even, b1);
+    w[3] = _mm512_permutex2var_ps(b0, odd, b1);
+}
+
 AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t end)
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i even =
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int64_t r = begin; r < end; r++) {
         int64_t p = r / oh_n, oh = r % oh_n;
         const float *in0 = job->in + (p * H + 2 * oh) * W, *in1 = in0 + W;
         float *out = job->out + r * ow_n;
         uint8_t *which = job->which + r * ow_n;
         for (int64_t ow = 0; ow < ow_n; ow += 16) {
-            int64_t left = 2 * (ow_n - ow);
-            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
-            __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
-            __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
-            __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
-            __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1),
-                   b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1),
-                   d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 w[4];
+            __mmask16 m;
+            windows_2x2(in0, in1, ow, ow_n, w, &m);
+            __m512 a = w[0], b = w[1], c = w[2], d = w[3];
             __m512 best = a;
             __m512i at = _mm512_setzero_si512();
             __mmask16 k =
@@ -354,25 +367,19 @@ AVX512 static void avg_2x2_range_avx512(void *context, int64_t begin, int64_t en
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i even =
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512 four = _mm512_set1_ps(4.f);
     for (int64_t r = begin; r < end; r++) {
         int64_t p = r / oh_n, oh = r % oh_n;
         const float *in0 = job->in + (p * H + 2 * oh) * W, *in1 = in0 + W;
         float *out = job->out + r * ow_n;
         for (int64_t ow = 0; ow < ow_n; ow += 16) {
-            int64_t left = 2 * (ow_n - ow);
-            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
-            __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
-            __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
-            __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
-            __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
-            __m512 sum = _mm512_add_ps(_mm512_setzero_ps(), _mm512_permutex2var_ps(t0, even, t1));
-            sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(t0, odd, t1));
-            sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(b0, even, b1));
-            sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(b0, odd, b1));
+            __m512 w[4];
+            __mmask16 m;
+            windows_2x2(in0, in1, ow, ow_n, w, &m);
+            __m512 sum = _mm512_add_ps(_mm512_setzero_ps(), w[0]);
+            sum = _mm512_add_ps(sum, w[1]);
+            sum = _mm512_add_ps(sum, w[2]);
+            sum = _mm512_add_ps(sum, w[3]);
             _mm512_mask_storeu_ps(out + ow, m, _mm512_div_ps(sum, four));
         }
     }

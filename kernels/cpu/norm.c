@@ -232,15 +232,24 @@ typedef struct bn_ctx {
  * accumulation on every element; the per-channel result depends on n, c, s alone,
  * never on how channels are split over threads. */
 #define BN_SEGMENT 1024
-static inline void fold_segment(double *acc, vf part)
+typedef float vf8 __attribute__((vector_size(32)));
+typedef double vd8 __attribute__((vector_size(64)));
+
+/* acc[0] holds lanes 0-7, acc[1] lanes 8-15, each lane += the float lane widened:
+ * two vector conversions and adds, not sixteen scalar ones. */
+VINLINE void fold_segment(vd8 acc[2], vf part)
 {
-    for (int k = 0; k < LANES; k++) acc[k] += part[k];
+    vf8 lo, hi;
+    memcpy(&lo, &part, sizeof lo);
+    memcpy(&hi, (const char *)&part + sizeof lo, sizeof hi);
+    acc[0] += __builtin_convertvector(lo, vd8);
+    acc[1] += __builtin_convertvector(hi, vd8);
 }
 
-static inline double dlanes_sum(const double *acc)
+static inline double dlanes_sum(const vd8 acc[2])
 {
     double s = 0;
-    for (int k = 0; k < LANES; k++) s += acc[k];
+    for (int k = 0; k < LANES; k++) s += acc[k / 8][k % 8];
     return s;
 }
 
@@ -251,12 +260,22 @@ CLONES static void bn_stats_channels(void *arg, int64_t begin, int64_t end)
     const bn_ctx *b = arg;
     for (int64_t ch = begin; ch < end; ch++) {
         float shift = b->x[ch * b->s];
-        double a1[LANES] = {0}, a2[LANES] = {0};
+        vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
             for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
                 const float *x = b->x + (i * b->c + ch) * b->s + j0;
                 int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
                 vf f1 = splat(0.f), f2 = splat(0.f), vshift = splat(shift);
+                vf e1 = f1, e2 = f2; /* a second chain: the adds' latency, not one chain's */
+                for (; j + 2 * LANES <= len; j += 2 * LANES) {
+                    vf d = load(x + j) - vshift, e = load(x + j + LANES) - vshift;
+                    f1 += d;
+                    f2 += d * d;
+                    e1 += e;
+                    e2 += e * e;
+                }
+                f1 += e1;
+                f2 += e2;
                 for (; j + LANES <= len; j += LANES) {
                     vf d = load(x + j) - vshift;
                     f1 += d;
@@ -320,13 +339,23 @@ CLONES static void bn_grad_channels(void *arg, int64_t begin, int64_t end)
     const bn_ctx *b = arg;
     for (int64_t ch = begin; ch < end; ch++) {
         float m = b->mean_f[ch];
-        double a1[LANES] = {0}, a2[LANES] = {0};
+        vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
             for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
                 int64_t base = (i * b->c + ch) * b->s + j0;
                 const float *x = b->x + base, *dy = b->dy + base;
                 int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
                 vf f1 = splat(0.f), f2 = splat(0.f), vm = splat(m);
+                vf e1 = f1, e2 = f2;
+                for (; j + 2 * LANES <= len; j += 2 * LANES) {
+                    vf g = load(dy + j), h = load(dy + j + LANES);
+                    f1 += g;
+                    f2 += g * (load(x + j) - vm);
+                    e1 += h;
+                    e2 += h * (load(x + j + LANES) - vm);
+                }
+                f1 += e1;
+                f2 += e2;
                 for (; j + LANES <= len; j += LANES) {
                     vf g = load(dy + j);
                     f1 += g;

@@ -761,3 +761,55 @@ Test(pool2d, errors)
     cr_assert(strstr(kn_last_error(), "must be positive"), "%s", kn_last_error());
     kn_scope_end();
 }
+
+/* avg_pool2d 2x2 stride 2 (the ResNet's 14x14 -> 7x7 as its adaptive pool runs it) has
+ * vector kernels: the same bits as the window rule, sum from 0 in scan order over 4
+ * and 0 + g/4 back, on rows longer than one vector (37 wide: 18 outputs), odd last rows
+ * and columns (zero gradient), a plane of 2x2 and signed zeros (0 + -0 is +0). */
+Test(pooling, avg_2x2_same_bits_as_the_window_rule)
+{
+    const int64_t sizes[][4] = {{2, 3, 35, 37}, {1, 2, 2, 2}, {64, 16, 14, 14}, {1, 1, 5, 33}};
+    for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++) {
+        kn_scope_begin();
+        int64_t n = sizes[c][0], ch = sizes[c][1], h = sizes[c][2], w = sizes[c][3];
+        int64_t oh = h / 2, ow = w / 2, planes = n * ch, in_n = planes * h * w,
+                out_n = planes * oh * ow;
+        float *xv = malloc(sizeof(float) * (size_t)in_n),
+              *gv = malloc(sizeof(float) * (size_t)out_n);
+        kn_copy_to_floats(kn_test_uniform(KN_SHAPE(n, ch, h, w), -1, 1, 40 + c), xv);
+        kn_copy_to_floats(kn_test_uniform(KN_SHAPE(n, ch, oh, ow), -1, 1, 50 + c), gv);
+        for (int64_t i = 0; i < 8 && i < in_n; i++) xv[i] = -0.f; /* whole windows of -0 */
+        gv[0] = -0.f;
+        kn_tensor *x = kn_set_requires_grad(kn_from_floats(xv, KN_SHAPE(n, ch, h, w)), true);
+        kn_tensor *y = kn_avg_pool2d(x, POOL(.kernel_size = {2, 2}));
+        cr_assert_not_null(y, "%s", kn_last_error());
+        cr_assert_eq(kn_backward(y, kn_from_floats(gv, KN_SHAPE(n, ch, oh, ow)), false), KN_OK,
+                     "%s", kn_last_error());
+        const float *got_y = kn_data_f32(y), *got_gx = kn_data_f32(kn_grad(x));
+        for (int64_t p = 0; p < planes; p++)
+            for (int64_t r = 0; r < h; r++)
+                for (int64_t q = 0; q < w; q++) {
+                    const float *in = xv + p * h * w;
+                    int64_t i = r / 2, j = q / 2, at = (p * h + r) * w + q;
+                    float want_gx = i < oh && j < ow ? 0.f + gv[(p * oh + i) * ow + j] / 4.f : 0.f;
+                    cr_assert(memcmp(&got_gx[at], &want_gx, 4) == 0,
+                              "%lldx%lld: grad [%lld, %lld, %lld] %g, expected %g", (long long)h,
+                              (long long)w, (long long)p, (long long)r, (long long)q, got_gx[at],
+                              want_gx);
+                    if (r % 2 || q % 2 || i >= oh || j >= ow) continue;
+                    float sum = 0.f;
+                    sum += in[r * w + q];
+                    sum += in[r * w + q + 1];
+                    sum += in[(r + 1) * w + q];
+                    sum += in[(r + 1) * w + q + 1];
+                    float want_y = sum / 4.f;
+                    cr_assert(memcmp(&got_y[(p * oh + i) * ow + j], &want_y, 4) == 0,
+                              "%lldx%lld: value [%lld, %lld, %lld] %g, expected %g", (long long)h,
+                              (long long)w, (long long)p, (long long)i, (long long)j,
+                              got_y[(p * oh + i) * ow + j], want_y);
+                }
+        free(xv);
+        free(gv);
+        kn_scope_end();
+    }
+}

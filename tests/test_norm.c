@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,6 +213,19 @@ Test(layer_norm, gradcheck)
     kn_scope_end();
 }
 
+/* The first thread count's result kept in *ref, the later ones compared bit for bit. */
+static void keep_or_compare_bits(float **ref, const float *got, int64_t count, const char *what,
+                                 int threads)
+{
+    if (!*ref) {
+        *ref = malloc(sizeof(float) * (size_t)count);
+        memcpy(*ref, got, sizeof(float) * (size_t)count);
+    } else {
+        cr_assert(memcmp(*ref, got, sizeof(float) * (size_t)count) == 0,
+                  "%s: other bits with %d threads", what, threads);
+    }
+}
+
 /* The backward kernel against a double reference and for 1-3 threads: the GPT's
  * [768, 128], a width with a scalar tail (37), one long row per block (3 x 5000, the
  * partials capped at 64 blocks: 9000 x 5), with and without the affine parameters, and
@@ -238,15 +252,10 @@ static void ln_backward_case(int64_t rows, int64_t cols, bool affine, bool param
         int64_t sizes[3] = {rows * cols, cols, cols};
         for (int k = 0; k < 3; k++) {
             if (!got[k]) continue;
-            const float *g = kn_data_f32(got[k]);
-            if (!ref[k]) {
-                ref[k] = malloc(sizeof(float) * (size_t)sizes[k]);
-                memcpy(ref[k], g, sizeof(float) * (size_t)sizes[k]);
-            } else {
-                cr_assert(memcmp(ref[k], g, sizeof(float) * (size_t)sizes[k]) == 0,
-                          "[%lld, %lld] grad %d: other bits with %d threads", (long long)rows,
-                          (long long)cols, k, threads);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "[%lld, %lld] grad %d", (long long)rows, (long long)cols,
+                     k);
+            keep_or_compare_bits(&ref[k], kn_data_f32(got[k]), sizes[k], what, threads);
         }
     }
     kn_set_num_threads(threads_before);
@@ -457,5 +466,94 @@ Test(batch_norm, constant_channel_is_finite)
     kn_tensor *y = kn_batch_norm(x, NULL, NULL, NULL, NULL, true, 0.1, 1e-5);
     float zeros[16] = {0};
     ASSERT_CLOSE(y, zeros, 0, 1e-6);
+    kn_scope_end();
+}
+
+/* Batch norm's kernels against a double reference, for 1-3 threads (same bits): planes
+ * of a segment and a tail (s = 1100: 1024 + 76), a tail alone (s = 7), the ResNet's
+ * 14x14 planes, two segments and one value (s = 2049). The data sit at 100 + N(0, 1)
+ * so a statistic summed without the channel's shift, or a dropped tail or segment,
+ * misses the tolerances. */
+static void bn_kernel_case(int64_t n, int64_t c, int64_t s)
+{
+    int64_t numel = n * c * s;
+    kn_manual_seed((uint64_t)(n * 7919 + c * 31 + s));
+    kn_tensor *noise = kn_randn(KN_SHAPE(n, c, s), NULL), *gy = kn_randn(KN_SHAPE(n, c, s), NULL);
+    kn_tensor *w = kn_randn(KN_SHAPE(c), NULL), *b = kn_randn(KN_SHAPE(c), NULL);
+    float *xs = malloc(sizeof(float) * (size_t)numel);
+    for (int64_t i = 0; i < numel; i++) xs[i] = 100.f + (float)(i / s % c) + kn_data_f32(noise)[i];
+    kn_tensor *x = kn_from_floats(xs, KN_SHAPE(n, c, s));
+    float *ref[6] = {NULL};
+    int64_t sizes[6] = {numel, c, c, numel, c, c};
+    int threads_before = kn_get_num_threads();
+    for (int threads = 1; threads <= 3; threads++) {
+        kn_set_num_threads(threads);
+        kn_tensor *xl = kn_set_requires_grad(kn_detach(x), true);
+        kn_tensor *wl = kn_set_requires_grad(kn_detach(w), true);
+        kn_tensor *bl = kn_set_requires_grad(kn_detach(b), true);
+        kn_tensor *rm = kn_zeros(KN_SHAPE(c), KN_FLOAT32), *rv = kn_ones(KN_SHAPE(c), KN_FLOAT32);
+        kn_tensor *y = kn_batch_norm(xl, rm, rv, wl, bl, true, 0.1, 1e-5);
+        cr_assert_not_null(y, "%s", kn_last_error());
+        cr_assert_eq(kn_backward(y, gy, false), KN_OK, "%s", kn_last_error());
+        kn_tensor *got[6] = {y, rm, rv, xl->grad, wl->grad, bl->grad};
+        for (int k = 0; k < 6; k++) {
+            char what[64];
+            snprintf(what, sizeof what, "[%lld, %lld, %lld] result %d", (long long)n, (long long)c,
+                     (long long)s, k);
+            keep_or_compare_bits(&ref[k], kn_data_f32(got[k]), sizes[k], what, threads);
+        }
+    }
+    kn_set_num_threads(threads_before);
+    const float *gv = kn_data_f32(gy), *wv = kn_data_f32(w), *bv = kn_data_f32(b);
+    double count = (double)(n * s);
+    for (int64_t ch = 0; ch < c; ch++) {
+        double m = 0, v = 0, sg = 0, sgx = 0;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < s; j++) m += xs[(i * c + ch) * s + j];
+        m /= count;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < s; j++) {
+                int64_t at = (i * c + ch) * s + j;
+                double d = xs[at] - m;
+                v += d * d;
+                sg += gv[at];
+                sgx += gv[at] * d;
+            }
+        double rstd = 1 / sqrt(v / count + 1e-5);
+        cr_assert(fabs(ref[1][ch] - 0.1 * m) <= 1e-6 * fabs(0.1 * m),
+                  "[%lld, %lld, %lld] "
+                  "running_mean[%lld]",
+                  (long long)n, (long long)c, (long long)s, (long long)ch);
+        double rv_want = 0.9 + 0.1 * v / (count - 1);
+        cr_assert(fabs(ref[2][ch] - rv_want) <= 1e-5 * rv_want,
+                  "[%lld, %lld, %lld] running_var[%lld]: "
+                  "%g, expected %g",
+                  (long long)n, (long long)c, (long long)s, (long long)ch, ref[2][ch], rv_want);
+        cr_assert(fabs(ref[4][ch] - sgx * rstd) <= 1e-4 * (1 + fabs(sgx * rstd)), "dweight[%lld]",
+                  (long long)ch);
+        cr_assert(fabs(ref[5][ch] - sg) <= 1e-4 * (1 + fabs(sg)), "dbias[%lld]", (long long)ch);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < s; j++) {
+                int64_t at = (i * c + ch) * s + j;
+                double xhat = (xs[at] - m) * rstd;
+                double y = xhat * wv[ch] + bv[ch];
+                double dx = wv[ch] * rstd * (gv[at] - sg / count - xhat * sgx * rstd / count);
+                cr_assert(fabs(ref[0][at] - y) <= 2e-4 * (1 + fabs(y)), "y[%lld]: %g, expected %g",
+                          (long long)at, ref[0][at], y);
+                cr_assert(fabs(ref[3][at] - dx) <= 2e-4 * (1 + fabs(dx)),
+                          "dx[%lld]: %g, expected %g", (long long)at, ref[3][at], dx);
+            }
+    }
+    for (int k = 0; k < 6; k++) free(ref[k]);
+    free(xs);
+}
+
+Test(batch_norm, kernels_match_double_reference_same_bits_for_any_thread_count)
+{
+    kn_scope_begin();
+    bn_kernel_case(3, 2, 1100);
+    bn_kernel_case(5, 3, 7);
+    bn_kernel_case(64, 4, 196);
+    bn_kernel_case(2, 3, 2049);
     kn_scope_end();
 }

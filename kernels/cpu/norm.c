@@ -4,8 +4,8 @@
  *
  * Reductions keep several independent accumulators (lanes) so the compiler can
  * vectorise them without reassociating a single sum. Layer norm rows are short, so
- * float lanes suffice; batch norm reduces up to N*H*W values per channel, so its
- * sums are kept in double.
+ * float lanes suffice; batch norm reduces up to N*H*W values per channel: float lanes
+ * over each image's plane, folded into double lanes across the batch.
  */
 #include "kn_cpu.h"
 #include "kn_cpu_norm.h"
@@ -17,7 +17,6 @@
 
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define LANES 16
-#define DLANES 8
 
 static int64_t grain_for(int64_t work_per_item)
 {
@@ -226,10 +225,31 @@ typedef struct bn_ctx {
     int64_t n, c, s;
 } bn_ctx;
 
-static inline double dlane_sum(const double *acc)
+/* Per segment of at most BN_SEGMENT values of a row (one image's plane of the channel):
+ * float lanes, then the segment's lanes added into double lanes. A lane sums at most
+ * BN_SEGMENT / LANES = 64 floats, so its partial sum keeps ~7 digits, and the double
+ * sum over segments and the N rows keeps them. Twice the vector width of double
+ * accumulation on every element; the per-channel result depends on n, c, s alone,
+ * never on how channels are split over threads. */
+#define BN_SEGMENT 1024
+typedef float vf8 __attribute__((vector_size(32)));
+typedef double vd8 __attribute__((vector_size(64)));
+
+/* acc[0] holds lanes 0-7, acc[1] lanes 8-15, each lane += the float lane widened:
+ * two vector conversions and adds, not sixteen scalar ones. */
+VINLINE void fold_segment(vd8 acc[2], vf part)
+{
+    vf8 lo, hi;
+    memcpy(&lo, &part, sizeof lo);
+    memcpy(&hi, (const char *)&part + sizeof lo, sizeof hi);
+    acc[0] += __builtin_convertvector(lo, vd8);
+    acc[1] += __builtin_convertvector(hi, vd8);
+}
+
+static inline double dlanes_sum(const vd8 acc[2])
 {
     double s = 0;
-    for (int k = 0; k < DLANES; k++) s += acc[k];
+    for (int k = 0; k < LANES; k++) s += acc[k / 8][k % 8];
     return s;
 }
 
@@ -240,25 +260,41 @@ CLONES static void bn_stats_channels(void *arg, int64_t begin, int64_t end)
     const bn_ctx *b = arg;
     for (int64_t ch = begin; ch < end; ch++) {
         float shift = b->x[ch * b->s];
-        double a1[DLANES] = {0}, a2[DLANES] = {0};
-        double s1 = 0, s2 = 0;
+        vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
-            const float *x = b->x + (i * b->c + ch) * b->s;
-            int64_t j = 0;
-            for (; j + DLANES <= b->s; j += DLANES)
-                for (int k = 0; k < DLANES; k++) {
-                    double d = (double)x[j + k] - shift;
-                    a1[k] += d;
-                    a2[k] += d * d;
+            for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
+                const float *x = b->x + (i * b->c + ch) * b->s + j0;
+                int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
+                vf f1 = splat(0.f), f2 = splat(0.f), vshift = splat(shift);
+                vf e1 = f1, e2 = f2; /* a second chain: the adds' latency, not one chain's */
+                for (; j + 2 * LANES <= len; j += 2 * LANES) {
+                    vf d = load(x + j) - vshift, e = load(x + j + LANES) - vshift;
+                    f1 += d;
+                    f2 += d * d;
+                    e1 += e;
+                    e2 += e * e;
                 }
-            for (; j < b->s; j++) {
-                double d = (double)x[j] - shift;
-                s1 += d;
-                s2 += d * d;
+                f1 += e1;
+                f2 += e2;
+                for (; j + LANES <= len; j += LANES) {
+                    vf d = load(x + j) - vshift;
+                    f1 += d;
+                    f2 += d * d;
+                }
+                float t1 = 0.f, t2 = 0.f; /* the tail, scalar: keeps f1, f2 in registers */
+                for (; j < len; j++) {
+                    float d = x[j] - shift;
+                    t1 += d;
+                    t2 += d * d;
+                }
+                f1[0] += t1;
+                f2[0] += t2;
+                fold_segment(a1, f1);
+                fold_segment(a2, f2);
             }
         }
-        b->out1[ch] = s1 + dlane_sum(a1); /* shifted sums: the caller finishes them */
-        b->out2[ch] = s2 + dlane_sum(a2);
+        b->out1[ch] = dlanes_sum(a1); /* shifted sums: the caller finishes them */
+        b->out2[ch] = dlanes_sum(a2);
     }
 }
 
@@ -297,29 +333,47 @@ void kn_cpu_batch_norm_stats(const float *x, int64_t n, int64_t c, int64_t s, do
     }
 }
 
+/* Sums of dy and dy*(x - mean) per channel, in segments as bn_stats_channels. */
 CLONES static void bn_grad_channels(void *arg, int64_t begin, int64_t end)
 {
     const bn_ctx *b = arg;
     for (int64_t ch = begin; ch < end; ch++) {
         float m = b->mean_f[ch];
-        double a1[DLANES] = {0}, a2[DLANES] = {0};
-        double s1 = 0, s2 = 0;
+        vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
-            int64_t base = (i * b->c + ch) * b->s;
-            const float *x = b->x + base, *dy = b->dy + base;
-            int64_t j = 0;
-            for (; j + DLANES <= b->s; j += DLANES)
-                for (int k = 0; k < DLANES; k++) {
-                    a1[k] += dy[j + k];
-                    a2[k] += (double)dy[j + k] * (x[j + k] - m);
+            for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
+                int64_t base = (i * b->c + ch) * b->s + j0;
+                const float *x = b->x + base, *dy = b->dy + base;
+                int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
+                vf f1 = splat(0.f), f2 = splat(0.f), vm = splat(m);
+                vf e1 = f1, e2 = f2;
+                for (; j + 2 * LANES <= len; j += 2 * LANES) {
+                    vf g = load(dy + j), h = load(dy + j + LANES);
+                    f1 += g;
+                    f2 += g * (load(x + j) - vm);
+                    e1 += h;
+                    e2 += h * (load(x + j + LANES) - vm);
                 }
-            for (; j < b->s; j++) {
-                s1 += dy[j];
-                s2 += (double)dy[j] * (x[j] - m);
+                f1 += e1;
+                f2 += e2;
+                for (; j + LANES <= len; j += LANES) {
+                    vf g = load(dy + j);
+                    f1 += g;
+                    f2 += g * (load(x + j) - vm);
+                }
+                float t1 = 0.f, t2 = 0.f;
+                for (; j < len; j++) {
+                    t1 += dy[j];
+                    t2 += dy[j] * (x[j] - m);
+                }
+                f1[0] += t1;
+                f2[0] += t2;
+                fold_segment(a1, f1);
+                fold_segment(a2, f2);
             }
         }
-        b->out1[ch] = s1 + dlane_sum(a1);
-        b->out2[ch] = s2 + dlane_sum(a2);
+        b->out1[ch] = dlanes_sum(a1);
+        b->out2[ch] = dlanes_sum(a2);
     }
 }
 

@@ -161,29 +161,42 @@ AVX512 static inline __mmask16 tail_mask(int64_t n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n > 0 ? n : 0)) - 1);
 }
 
+/* The four positions of up to 16 2x2 windows from output column ow of a row pair:
+ * w[0] top-left, w[1] top-right, w[2] bottom-left, w[3] bottom-right (the scan order),
+ * the columns past the row masked off; *m masks the outputs that exist. */
+AVX512 static inline void windows_2x2(const float *in0, const float *in1, int64_t ow, int64_t ow_n,
+                                      __m512 w[4], __mmask16 *m)
+{
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    int64_t left = 2 * (ow_n - ow);
+    __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16);
+    *m = tail_mask(ow_n - ow);
+    __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
+    __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
+    __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
+    __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
+    w[0] = _mm512_permutex2var_ps(t0, even, t1);
+    w[1] = _mm512_permutex2var_ps(t0, odd, t1);
+    w[2] = _mm512_permutex2var_ps(b0, even, b1);
+    w[3] = _mm512_permutex2var_ps(b0, odd, b1);
+}
+
 AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t end)
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i even =
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int64_t r = begin; r < end; r++) {
         int64_t p = r / oh_n, oh = r % oh_n;
         const float *in0 = job->in + (p * H + 2 * oh) * W, *in1 = in0 + W;
         float *out = job->out + r * ow_n;
         uint8_t *which = job->which + r * ow_n;
         for (int64_t ow = 0; ow < ow_n; ow += 16) {
-            int64_t left = 2 * (ow_n - ow);
-            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
-            __m512 t0 = _mm512_maskz_loadu_ps(lo, in0 + 2 * ow);
-            __m512 t1 = _mm512_maskz_loadu_ps(hi, in0 + 2 * ow + 16);
-            __m512 b0 = _mm512_maskz_loadu_ps(lo, in1 + 2 * ow);
-            __m512 b1 = _mm512_maskz_loadu_ps(hi, in1 + 2 * ow + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1),
-                   b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1),
-                   d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 w[4];
+            __mmask16 m;
+            windows_2x2(in0, in1, ow, ow_n, w, &m);
+            __m512 a = w[0], b = w[1], c = w[2], d = w[3];
             __m512 best = a;
             __m512i at = _mm512_setzero_si512();
             __mmask16 k =
@@ -345,8 +358,74 @@ static void avg_range(void *context, int64_t begin, int64_t end)
     }
 }
 
+/* 2x2 stride 2 without padding (the ResNet's 14x14 -> 7x7 adaptive pool): AVX-512 rows
+ * as max_2x2's, the same arithmetic as avg_range's window loop, so the same bits: the
+ * sum starts at 0 and adds the window in scan order, then divides by 4; backward
+ * writes 0 + g / 4 to each of the four inputs (windows do not overlap) and zeroes an
+ * odd last row or column, so no zero fill first. */
+AVX512 static void avg_2x2_range_avx512(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    const __m512 four = _mm512_set1_ps(4.f);
+    for (int64_t r = begin; r < end; r++) {
+        int64_t p = r / oh_n, oh = r % oh_n;
+        const float *in0 = job->in + (p * H + 2 * oh) * W, *in1 = in0 + W;
+        float *out = job->out + r * ow_n;
+        for (int64_t ow = 0; ow < ow_n; ow += 16) {
+            __m512 w[4];
+            __mmask16 m;
+            windows_2x2(in0, in1, ow, ow_n, w, &m);
+            __m512 sum = _mm512_add_ps(_mm512_setzero_ps(), w[0]);
+            sum = _mm512_add_ps(sum, w[1]);
+            sum = _mm512_add_ps(sum, w[2]);
+            sum = _mm512_add_ps(sum, w[3]);
+            _mm512_mask_storeu_ps(out + ow, m, _mm512_div_ps(sum, four));
+        }
+    }
+}
+
+AVX512 static void avg_2x2_backward_range_avx512(void *context, int64_t begin, int64_t end)
+{
+    const pool_job *job = context;
+    int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    const __m512 four = _mm512_set1_ps(4.f);
+    for (int64_t p = begin; p < end; p++) {
+        float *plane = job->out + p * H * W;
+        for (int64_t oh = 0; oh < oh_n; oh++) {
+            float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
+            const float *go = job->in + (p * oh_n + oh) * ow_n;
+            for (int64_t ow = 0; ow < ow_n; ow += 16) {
+                int64_t left = 2 * (ow_n - ow);
+                __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
+                __m512 share = _mm512_add_ps(
+                    _mm512_setzero_ps(), _mm512_div_ps(_mm512_maskz_loadu_ps(m, go + ow), four));
+                __m512 v0 = _mm512_permutex2var_ps(share, first, share);
+                __m512 v1 = _mm512_permutex2var_ps(share, second, share);
+                _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, v0);
+                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, v1);
+                _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, v0);
+                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, v1);
+            }
+            if (W > 2 * ow_n) {
+                gi0[W - 1] = 0.f;
+                gi1[W - 1] = 0.f;
+            }
+        }
+        if (H > 2 * oh_n)
+            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+    }
+}
+
 void kn_cpu_avg_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *out)
 {
+    if (kn_cpu_max_pool2d_is_2x2(g) && have_avx512()) {
+        pool_job job = {.g = g, .in = in, .out = out};
+        kn_cpu_parallel_for(g->planes * g->out_h, row_grain(g), avg_2x2_range_avx512, &job);
+        return;
+    }
     pool_job job = {.g = g, .in = in, .out = out};
     kn_cpu_parallel_for(g->planes, plane_grain(g), avg_range, &job);
 }
@@ -377,5 +456,8 @@ void kn_cpu_avg_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad
                                 float *grad_in)
 {
     pool_job job = {.g = g, .in = grad_out, .out = grad_in};
-    kn_cpu_parallel_for(g->planes, plane_grain(g), avg_backward_range, &job);
+    kn_cpu_parallel_for(g->planes, plane_grain(g),
+                        kn_cpu_max_pool2d_is_2x2(g) && have_avx512() ? avg_2x2_backward_range_avx512
+                                                                     : avg_backward_range,
+                        &job);
 }

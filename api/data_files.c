@@ -406,23 +406,31 @@ static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
     return true;
 }
 
-/* Labels [N] for a model of one output position ([1, V]) become [N, 1], labels per
+/* The dataset's labels [N] as a column [N, 1]: float targets of one output (as the
+ * outputs [N, 1]), or class labels of a model of one output position ([1, V]), labels per
  * position as the trainer and the evaluation pair them with the outputs [N, 1, V]. */
+static bool labels_as_column(kn_dataset *ds, const char *what, kapi_errors *errors)
+{
+    kn_tensor *y = ds->labels;
+    kn_scope_begin();
+    kn_tensor *column = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
+    kn_scope_end();
+    if (!column) {
+        kapi_errors_add(errors, what, "%s", kn_last_error());
+        return false;
+    }
+    kn_release(ds->labels);
+    ds->labels = column;
+    return true;
+}
+
+/* Class labels [N] for a model of one output position become [N, 1] (labels_as_column). */
 static bool labels_to_positions(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
                                 kapi_errors *errors)
 {
     kn_tensor *y = ds->labels;
     if (!y || y->dtype != KN_INT64 || y->ndim != 1 || !one_position_output(spec)) return true;
-    kn_scope_begin();
-    kn_tensor *positions = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
-    kn_scope_end();
-    if (!positions) {
-        kapi_errors_add(errors, what, "%s", kn_last_error());
-        return false;
-    }
-    kn_release(ds->labels);
-    ds->labels = positions;
-    return true;
+    return labels_as_column(ds, what, errors);
 }
 
 bool kapi_dataset_fit_model(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
@@ -545,18 +553,7 @@ bool kapi_dataset_fit_job(kn_dataset *ds, const kapi_model_spec *spec, const kn_
     snprintf(path, sizeof path, "%s (%s)", what, y->dtype == KN_INT64 ? "labels" : "targets");
     if (!kapi_check_labels(y, spec, train, path, errors)) return false;
     if (y->dtype == KN_INT64) return labels_to_positions(ds, spec, path, errors);
-    if (y->ndim == 2) return true;
-    /* targets [N] of one output: a column, as the outputs [N, 1] */
-    kn_scope_begin();
-    kn_tensor *column = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
-    kn_scope_end();
-    if (!column) {
-        kapi_errors_add(errors, path, "%s", kn_last_error());
-        return false;
-    }
-    kn_release(ds->labels);
-    ds->labels = column;
-    return true;
+    return y->ndim == 2 || labels_as_column(ds, path, errors); /* targets [N] of one output */
 }
 
 kn_tensor *kapi_load_labels(const kapi_data_source *source, kn_task task, kapi_errors *errors)

@@ -371,6 +371,28 @@ static kn_dataset *token_dataset(int64_t n, uint64_t seed, bool per_position)
     return ds;
 }
 
+/* Trains m on train (Adam at lr, batch, steps, seed 4, validating on test) and returns
+ * its evaluation on test, which must equal the trainer's final validation. */
+static kn_eval_result run_trainer(kn_module *m, kn_generator *gen, kn_dataset *train,
+                                  kn_dataset *test, double lr, int64_t batch, int64_t steps)
+{
+    kn_train_config c = kn_train_config_defaults();
+    c.optimizer.lr = lr;
+    c.batch_size = batch;
+    c.max_steps = steps;
+    c.seed = 4;
+    c.generator = gen;
+    kn_trainer *t = kn_trainer_new(m, &c);
+    cr_assert_not_null(t, "%s", kn_last_error());
+    kn_train_summary summary;
+    ASSERT_OK(kn_trainer_run(t, train, test, NULL, &summary));
+    kn_eval_result after;
+    ASSERT_OK(kn_evaluate(m, test, KN_LOSS_CROSS_ENTROPY, 128, &after));
+    cr_assert_float_eq(summary.final_validation.loss, after.loss, 1e-5);
+    kn_trainer_free(t);
+    return after;
+}
+
 static kn_eval_result train_model(const char *json, bool per_position, int64_t steps, double lr)
 {
     kapi_model_spec *spec = kn_test_parse_model(json);
@@ -380,22 +402,10 @@ static kn_eval_result train_model(const char *json, bool per_position, int64_t s
     kn_dataset *test = token_dataset(256, 99, per_position);
     kapi_errors errors = {0};
     cr_assert(kapi_dataset_fit_model(train, spec, "data.train", &errors));
-    kn_eval_result before, after;
+    kn_eval_result before;
     ASSERT_OK(kn_evaluate(m, test, KN_LOSS_CROSS_ENTROPY, 128, &before));
-    kn_train_config c = kn_train_config_defaults();
-    c.optimizer.lr = lr;
-    c.batch_size = 32;
-    c.max_steps = steps;
-    c.seed = 4;
-    c.generator = gen;
-    kn_trainer *t = kn_trainer_new(m, &c);
-    cr_assert_not_null(t, "%s", kn_last_error());
-    kn_train_summary summary;
-    ASSERT_OK(kn_trainer_run(t, train, test, NULL, &summary));
-    ASSERT_OK(kn_evaluate(m, test, KN_LOSS_CROSS_ENTROPY, 128, &after));
+    kn_eval_result after = run_trainer(m, gen, train, test, lr, 32, steps);
     cr_assert_lt(after.loss, before.loss / 4, "loss %g -> %g", before.loss, after.loss);
-    cr_assert_float_eq(summary.final_validation.loss, after.loss, 1e-5);
-    kn_trainer_free(t);
     kn_dataset_free(train);
     kn_dataset_free(test);
     kn_module_free(m);
@@ -610,19 +620,9 @@ Test(sequence_data, one_position_models_take_labels_per_sample)
     /* and the model learns the mapping from them */
     kn_generator *gen = kn_generator_new(1);
     kn_module *m = kapi_model_build(spec, gen);
-    c.optimizer.lr = 0.05;
-    c.batch_size = 24;
-    c.max_steps = 200;
-    c.generator = gen;
-    kn_trainer *t = kn_trainer_new(m, &c);
-    cr_assert_not_null(t, "%s", kn_last_error());
-    kn_train_summary summary;
-    ASSERT_OK(kn_trainer_run(t, ds, test, NULL, &summary));
-    kn_eval_result r;
-    ASSERT_OK(kn_evaluate(m, test, KN_LOSS_CROSS_ENTROPY, 64, &r));
+    kn_eval_result r = run_trainer(m, gen, ds, test, 0.05, 24, 200);
     cr_assert_gt(r.accuracy, 0.99, "accuracy %g", r.accuracy);
     kn_eval_result_clear(&r);
-    kn_trainer_free(t);
     kn_dataset_free(ds);
     kn_dataset_free(test);
     kn_module_free(m);

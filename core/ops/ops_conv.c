@@ -256,16 +256,16 @@ static kn_conv2d_args args_from_node(const kn_node *node)
 /* The forward's padded copy of x for the weight gradient (kernels/cpu/conv_direct.c
  * pads each image as it goes; keeping them spares the backward a second pass over x):
  * only on the CPU, for the direct kernels, when the weight needs a gradient, and only
- * as long as the graph keeps x. NULL when not wanted; an empty result sets the error. */
-static kn_tensor *padded_copy(const conv_plan *p, kn_tensor *x, kn_tensor *w, bool *ok)
+ * as long as the graph keeps x. NULL when not wanted, or when there is no memory for it:
+ * a saving, not a need (the backward then pads x itself), so the op goes on without. */
+static kn_tensor *padded_copy(const conv_plan *p, kn_tensor *x, kn_tensor *w)
 {
-    *ok = true;
     if (x->device.type != KN_DEVICE_CPU || !kn_cpu_conv_direct_ok(&p->g, p->groups) || p->n < 1 ||
         !kn__needs_grad(&w, 1))
         return NULL;
     int64_t floats = p->n * kn_cpu_conv_direct_padded_floats(&p->g);
     kn_tensor *t = kn__empty_raw(&floats, 1, KN_FLOAT32, x->device);
-    *ok = t != NULL;
+    if (!t) kn_clear_error();
     return t;
 }
 
@@ -321,9 +321,8 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
     kn_tensor *out = kn__empty_raw(shape, 4, KN_FLOAT32, x->device);
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
     kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
-    bool kept;
-    kn_tensor *padded = padded_copy(&p, x, weight, &kept);
-    bool ok = out && xd && wd && (!bias || bd) && kept;
+    kn_tensor *padded = padded_copy(&p, x, weight);
+    bool ok = out && xd && wd && (!bias || bd);
     if (ok && x->device.type != KN_DEVICE_CPU)
         ok = conv_forward_cuda(&p, x->device, kn__data_ptr(xd), kn__data_ptr(wd),
                                bd ? kn__data_ptr(bd) : NULL, kn__data_ptr(out));
@@ -333,10 +332,9 @@ kn_tensor *kn_conv2d(kn_tensor *x, kn_tensor *weight, kn_tensor *bias, kn_conv2d
     kn_release(xd);
     kn_release(wd);
     kn_release(bd);
-    kn_node *node = ok && kn__needs_grad(inputs, n_inputs)
-                        ? kn__node_new("conv2d", conv2d_backward, inputs, n_inputs)
-                        : NULL;
-    if (!ok || (kn__needs_grad(inputs, n_inputs) && !node)) {
+    bool grad = kn__needs_grad(inputs, n_inputs);
+    kn_node *node = ok && grad ? kn__node_new("conv2d", conv2d_backward, inputs, n_inputs) : NULL;
+    if (!ok || (grad && !node)) {
         kn_release(out);
         kn_release(padded);
         return NULL;
@@ -701,9 +699,8 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
     kn_tensor *which = pool ? kn__empty_raw(&packed, 1, KN_INT64, x->device) : NULL;
     kn_tensor *xd = kn__contiguous_raw(x), *wd = kn__contiguous_raw(weight);
     kn_tensor *bd = bias ? kn__contiguous_raw(bias) : NULL;
-    bool kept;
-    kn_tensor *padded = padded_copy(&p, x, weight, &kept);
-    bool ok = out && xd && wd && (!bias || bd) && (!pool || which) && kept;
+    kn_tensor *padded = padded_copy(&p, x, weight);
+    bool ok = out && xd && wd && (!bias || bd) && (!pool || which);
     if (ok) {
         kn_cpu_conv_epilogue e = {.relu = true,
                                   .pool = pool ? &g : NULL,
@@ -717,12 +714,11 @@ kn_tensor *kn__conv2d_relu_pool(kn_tensor *x, kn_tensor *weight, kn_tensor *bias
     kn_release(xd);
     kn_release(wd);
     kn_release(bd);
-    kn_node *node = ok && kn__needs_grad(inputs, n_inputs)
-                        ? kn__node_new(pool ? "conv2d_relu_max_pool2d" : "conv2d_relu",
-                                       conv2d_relu_pool_backward, inputs, n_inputs)
-                        : NULL;
-    if (ok && kn__needs_grad(inputs, n_inputs) && !node) ok = false;
-    if (!ok) {
+    bool grad = kn__needs_grad(inputs, n_inputs);
+    kn_node *node = ok && grad ? kn__node_new(pool ? "conv2d_relu_max_pool2d" : "conv2d_relu",
+                                              conv2d_relu_pool_backward, inputs, n_inputs)
+                               : NULL;
+    if (!ok || (grad && !node)) {
         kn_release(out);
         kn_release(which);
         kn_release(padded);

@@ -203,8 +203,8 @@ static void *worker_main(void *arg)
          * so either it sees this one asleep or this worker sees its seq */
         __atomic_store_n(&w->asleep, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&p->seq, __ATOMIC_SEQ_CST) != seen) {
-            uint32_t one =
-                1; /* take it back, unless a caller already did (then its wake is spurious) */
+            /* take it back, unless a caller already did (then its wake is spurious) */
+            uint32_t one = 1;
             __atomic_compare_exchange_n(&w->asleep, &one, 0, false, __ATOMIC_SEQ_CST,
                                         __ATOMIC_RELAXED);
             continue;

@@ -5,7 +5,9 @@
  * of the cores (one thread each when callers fill the cores, the share cap obeyed), and
  * a caller left alone gets every core back once the others have been idle a while; a
  * small region wakes no sleeping worker, a large one wakes at most the workers its share
- * lacks, and ops give the same bits whether their regions ran inline or shared.
+ * lacks, each thread takes its own run of a region's parts first (so regions of one size
+ * give each thread the same memory), and ops give the same bits whether their regions ran
+ * inline or shared.
  */
 #include "kn_cpu.h"
 #include "kn.h"
@@ -276,6 +278,65 @@ Test(parallel, a_large_region_wakes_its_share)
         helped += d.count > 1;
     }
     cr_assert_gt(helped, 0, "large regions after a sleep never got a helper");
+}
+
+/* ---- homes: each thread takes its own run of parts first -------------------------- */
+
+enum { HOME_PARTS = 12 };
+
+typedef struct part_owners {
+    pthread_t thread[HOME_PARTS]; /* who ran each part */
+} part_owners;
+
+static void note_owner(void *context, int64_t begin, int64_t end)
+{
+    part_owners *o = context;
+    volatile double x = 1;
+    for (int i = 0; i < 20000; i++) x = x * 1.0000001 + 1e-9; /* ~20 us: helpers join */
+    for (int64_t i = begin; i < end; i++) o->thread[i] = pthread_self();
+}
+
+/* True when the parts of run [first, first + run) that `who` ran (is_caller: the caller's,
+ * else the other threads') come before every part it did not run. */
+static bool ran_a_prefix(const part_owners *o, int first, int run, bool is_caller)
+{
+    bool gap = false;
+    for (int j = first; j < first + run; j++) {
+        bool mine = pthread_equal(o->thread[j], pthread_self()) == is_caller;
+        if (mine && gap) return false;
+        gap = gap || !mine;
+    }
+    return true;
+}
+
+/* The parts are dealt out in one contiguous run per thread of the share (the caller's
+ * first), and a thread takes its own run from the front, others' from the back. So the
+ * caller's parts in its own run are a prefix of it, and with 2 threads the worker's parts
+ * in its run too. One shared ticket, as before, dealt the parts in arrival order (caller
+ * 0, worker 1, caller 2, ...) and failed this. Two regions of the same size then give
+ * each thread the same memory. */
+Test(parallel, each_thread_takes_its_own_run_first)
+{
+    for (int threads = 2; threads <= 3; threads++) {
+        kn_cpu_set_num_threads(threads);
+        int run = 4, helpers_own_first = 0; /* parts per thread, as parallel.c cuts them */
+        for (int region = 0; region < 100; region++) {
+            part_owners o;
+            memset(&o, 0, sizeof o);
+            /* grain 1 and 4 parts per thread: each part is one index */
+            kn_cpu_parallel_for(run * threads, 1, note_owner, &o);
+            cr_assert(ran_a_prefix(&o, 0, run, true),
+                      "%d threads, region %d: the caller's parts of its own run are not a prefix",
+                      threads, region);
+            if (threads == 2)
+                cr_assert(ran_a_prefix(&o, run, run, false),
+                          "2 threads, region %d: the worker's parts of its run are not a prefix",
+                          region);
+            for (int r = 1; r < threads; r++)
+                helpers_own_first += !pthread_equal(o.thread[r * run], pthread_self());
+        }
+        cr_assert_gt(helpers_own_first, 0, "%d threads: no worker ever ran its own run", threads);
+    }
 }
 
 /* Two callers at once, one of small regions (3 grains: they wake nobody) and one of

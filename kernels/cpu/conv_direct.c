@@ -478,14 +478,66 @@ static void add_plane_sum(const float *plane, int64_t n, float *sum)
     *sum += s;
 }
 
+#if defined(__x86_64__)
+/* dst[k * ld + c] = src[c][v + k] for a 16 x 16 block: 16 channel planes from position v
+ * into 16 rows of gt. Three rounds of shuffles (32-bit pairs, 64-bit pairs, 128-bit
+ * lanes twice) instead of 256 scalar stores, each to a line of its own. */
+__attribute__((target("avx512f"))) static void transpose16(const float *const *src, int64_t v,
+                                                           float *dst, int64_t ld)
+{
+    __m512 r[16], t[16];
+    for (int c = 0; c < 16; c++) r[c] = _mm512_loadu_ps(src[c] + v);
+    for (int c = 0; c < 16; c += 2) { /* per 128-bit lane: a0 b0 a1 b1, a2 b2 a3 b3 */
+        t[c] = _mm512_unpacklo_ps(r[c], r[c + 1]);
+        t[c + 1] = _mm512_unpackhi_ps(r[c], r[c + 1]);
+    }
+    for (int c = 0; c < 16; c += 4) { /* a0 b0 c0 d0, a1 .. d1, a2 .. d2, a3 .. d3 */
+        __m512d lo = _mm512_castps_pd(t[c]), hi = _mm512_castps_pd(t[c + 1]);
+        __m512d lo2 = _mm512_castps_pd(t[c + 2]), hi2 = _mm512_castps_pd(t[c + 3]);
+        r[c] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
+        r[c + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
+        r[c + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
+        r[c + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
+    }
+    /* r[j], r[4+j], r[8+j], r[12+j]: channels 0-3, 4-7, 8-11, 12-15 at positions j, j+4,
+     * j+8, j+12 (one per 128-bit lane) */
+    for (int j = 0; j < 4; j++) {
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);      /* positions j, j+8 */
+        __m512 b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);      /* j+4, j+12 */
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88); /* j, j+8 */
+        __m512 e = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd); /* j+4, j+12 */
+        _mm512_storeu_ps(dst + j * ld, _mm512_shuffle_f32x4(a, c, 0x88));
+        _mm512_storeu_ps(dst + (j + 8) * ld, _mm512_shuffle_f32x4(a, c, 0xdd));
+        _mm512_storeu_ps(dst + (j + 4) * ld, _mm512_shuffle_f32x4(b, e, 0x88));
+        _mm512_storeu_ps(dst + (j + 12) * ld, _mm512_shuffle_f32x4(b, e, 0xdd));
+    }
+}
+#endif
+
 /* Rows form: image i's gout into NR-column panels [panels][ho*wo][NR], gt[v][o], zero
- * past cout; each channel's sum added to bias_sum (or NULL). */
+ * past cout; each channel's sum added to bias_sum (or NULL). tmp: 16 planes of ho*wo.
+ * With AVX-512, 16 channels at a time in 16 x 16 blocks (the same values moved). */
 static void transpose_gout(const direct_conv *d, int64_t i, float *gt, float *tmp, float *bias_sum)
 {
     int nr = d->wnr;
-    int64_t panels = (d->cout + nr - 1) / nr, plane = d->ho * d->wo;
+    int64_t panels = (d->cout + nr - 1) / nr, plane = d->ho * d->wo, o = 0;
     if (d->cout % nr) memset(gt, 0, sizeof(float) * (size_t)(panels * plane * nr));
-    for (int64_t o = 0; o < d->cout; o++) {
+#if defined(__x86_64__)
+    if (nr % 16 == 0 && !strcmp(d->uk->name, "avx512"))
+        for (; o + 16 <= d->cout; o += 16) {
+            const float *src[16];
+            for (int c = 0; c < 16; c++) {
+                src[c] = plane_of(&d->gout, i, o + c, d->cout, d->ho, d->wo, tmp + c * plane);
+                if (bias_sum) add_plane_sum(src[c], plane, &bias_sum[o + c]);
+            }
+            float *block = gt + (o / nr) * plane * nr + o % nr; /* within one panel */
+            int64_t v = 0;
+            for (; v + 16 <= plane; v += 16) transpose16(src, v, block + v * nr, nr);
+            for (; v < plane; v++)
+                for (int c = 0; c < 16; c++) block[v * nr + c] = src[c][v];
+        }
+#endif
+    for (; o < d->cout; o++) {
         const float *src = plane_of(&d->gout, i, o, d->cout, d->ho, d->wo, tmp);
         if (bias_sum) add_plane_sum(src, plane, &bias_sum[o]);
         float *col = gt + (o / nr) * plane * nr + o % nr;
@@ -618,7 +670,9 @@ static void weight_slices(void *context, int64_t begin, int64_t end)
     direct_conv *d = context;
     float *xpad = d->padded ? NULL : kn_cpu_scratch(KN_CPU_SCRATCH_CONV_IN, padded_floats(d));
     float *gbuf = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_OUT, gout_floats(d));
-    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, 2 * d->ho * d->wo + d->h * d->w);
+    /* 16 gout planes (transpose_gout) or one input plane (pad_image) */
+    int64_t tmp_floats = 16 * d->ho * d->wo > d->h * d->w ? 16 * d->ho * d->wo : d->h * d->w;
+    float *tmp = kn_cpu_scratch(KN_CPU_SCRATCH_CONV_PLANE, tmp_floats);
     if ((!d->padded && !xpad) || !gbuf || !tmp) {
         __atomic_store_n(&d->failed, 1, __ATOMIC_RELAXED);
         return;

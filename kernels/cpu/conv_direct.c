@@ -242,15 +242,9 @@ static const float *plane_of(const kn_cpu_conv_planes *src, int64_t i, int64_t c
 {
     int64_t index = i * channels + c;
     if (src->dense) return src->dense + index * rows * cols;
-    memset(tmp, 0, sizeof(float) * (size_t)(rows * cols));
     int64_t ph = src->pooled_h, pw = src->pooled_w;
-    const float *g = src->pooled + index * ph * pw;
-    const uint8_t *which = src->which + index * ph * pw;
-    for (int64_t r = 0; r < ph; r++)
-        for (int64_t q = 0; q < pw; q++) {
-            int at = which[r * pw + q]; /* dh*2 + dw */
-            tmp[(2 * r + (at >> 1)) * cols + 2 * q + (at & 1)] = g[r * pw + q];
-        }
+    kn_cpu_max_unpool_2x2_plane(src->pooled + index * ph * pw, src->which + index * ph * pw, ph, pw,
+                                rows, cols, tmp);
     return tmp;
 }
 

@@ -132,6 +132,11 @@ void kn_cpu_max_pool2d_2x2(const kn_cpu_pool_geometry *g, const float *in, float
 /* grad_in [planes, H, W] is overwritten (no separate zero fill). */
 void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
                                     const uint8_t *which, float *grad_in);
+/* One plane of that backward, on the calling thread: grad_out [out_h][out_w] placed where
+ * which says into plane [height][width], every other element zero (the fused conv's
+ * pooled output gradient, unpacked for its backward). */
+void kn_cpu_max_unpool_2x2_plane(const float *grad_out, const uint8_t *which, int64_t out_h,
+                                 int64_t out_w, int64_t height, int64_t width, float *plane);
 void kn_cpu_avg_pool2d(const kn_cpu_pool_geometry *g, const float *in, float *out);
 void kn_cpu_avg_pool2d_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
                                 float *grad_in);

@@ -215,46 +215,45 @@ AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t en
     }
 }
 
+AVX512 static void unpool_2x2_plane_avx512(const float *go_plane, const uint8_t *which_plane,
+                                           int64_t oh_n, int64_t ow_n, int64_t H, int64_t W,
+                                           float *plane)
+{
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    for (int64_t oh = 0; oh < oh_n; oh++) {
+        float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
+        const float *go = go_plane + oh * ow_n;
+        const uint8_t *which = which_plane + oh * ow_n;
+        for (int64_t ow = 0; ow < ow_n; ow += 16) {
+            int64_t left = 2 * (ow_n - ow);
+            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
+            __m512 g = _mm512_maskz_loadu_ps(m, go + ow);
+            __m512i at = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, which + ow));
+            __m512 v0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
+            __m512 v1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
+            __m512 v2 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
+            __m512 v3 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
+            _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(v0, first, v1));
+            _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v0, second, v1));
+            _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(v2, first, v3));
+            _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v2, second, v3));
+        }
+        if (W > 2 * ow_n) {
+            gi0[W - 1] = 0.f;
+            gi1[W - 1] = 0.f;
+        }
+    }
+    if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+}
+
 AVX512 static void max_2x2_backward_range_avx512(void *context, int64_t begin, int64_t end)
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
-    for (int64_t p = begin; p < end; p++) {
-        float *plane = job->out + p * H * W;
-        for (int64_t oh = 0; oh < oh_n; oh++) {
-            float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
-            const float *go = job->in + (p * oh_n + oh) * ow_n;
-            const uint8_t *which = job->which_in + (p * oh_n + oh) * ow_n;
-            for (int64_t ow = 0; ow < ow_n; ow += 16) {
-                int64_t left = 2 * (ow_n - ow);
-                __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
-                __m512 g = _mm512_maskz_loadu_ps(m, go + ow);
-                __m512i at = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, which + ow));
-                __m512 v0 =
-                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
-                __m512 v1 =
-                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
-                __m512 v2 =
-                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
-                __m512 v3 =
-                    _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
-                _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(v0, first, v1));
-                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi,
-                                      _mm512_permutex2var_ps(v0, second, v1));
-                _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(v2, first, v3));
-                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi,
-                                      _mm512_permutex2var_ps(v2, second, v3));
-            }
-            if (W > 2 * ow_n) {
-                gi0[W - 1] = 0.f;
-                gi1[W - 1] = 0.f;
-            }
-        }
-        if (H > 2 * oh_n)
-            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
-    }
+    for (int64_t p = begin; p < end; p++)
+        unpool_2x2_plane_avx512(job->in + p * oh_n * ow_n, job->which_in + p * oh_n * ow_n, oh_n,
+                                ow_n, H, W, job->out + p * H * W);
 }
 
 static bool have_avx512(void)
@@ -274,34 +273,40 @@ void kn_cpu_max_pool2d_2x2(const kn_cpu_pool_geometry *g, const float *in, float
                         have_avx512() ? max_2x2_range_avx512 : max_2x2_range_scalar, &job);
 }
 
+/* One plane of the backward: grad_out [oh_n][ow_n] placed where which says, zero elsewhere,
+ * into plane [H][W] (its odd last row / column, floor mode, zeroed too). */
+static void unpool_2x2_plane_scalar(const float *go, const uint8_t *which, int64_t oh_n,
+                                    int64_t ow_n, int64_t H, int64_t W, float *plane)
+{
+    for (int64_t oh = 0; oh < oh_n; oh++) {
+        float *restrict gi0 = plane + 2 * oh * W, *restrict gi1 = gi0 + W;
+        const float *restrict g_row = go + oh * ow_n;
+        const uint8_t *restrict at_row = which + oh * ow_n;
+        for (int64_t ow = 0; ow < ow_n; ow++) {
+            float g = g_row[ow];
+            int32_t at = at_row[ow];
+            gi0[2 * ow] = select_float(-(int32_t)(at == 0), g, 0.f);
+            gi0[2 * ow + 1] = select_float(-(int32_t)(at == 1), g, 0.f);
+            gi1[2 * ow] = select_float(-(int32_t)(at == 2), g, 0.f);
+            gi1[2 * ow + 1] = select_float(-(int32_t)(at == 3), g, 0.f);
+        }
+        if (W > 2 * ow_n) {
+            gi0[W - 1] = 0.f;
+            gi1[W - 1] = 0.f;
+        }
+    }
+    if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+}
+
 /* Items are planes here: a plane's odd last row / column (floor mode) must be zeroed
  * by whoever owns the plane. */
 static void max_2x2_backward_range_scalar(void *context, int64_t begin, int64_t end)
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    for (int64_t p = begin; p < end; p++) {
-        float *plane = job->out + p * H * W;
-        for (int64_t oh = 0; oh < oh_n; oh++) {
-            float *restrict gi0 = plane + 2 * oh * W, *restrict gi1 = gi0 + W;
-            const float *restrict go = job->in + (p * oh_n + oh) * ow_n;
-            const uint8_t *restrict which = job->which_in + (p * oh_n + oh) * ow_n;
-            for (int64_t ow = 0; ow < ow_n; ow++) {
-                float g = go[ow];
-                int32_t at = which[ow];
-                gi0[2 * ow] = select_float(-(int32_t)(at == 0), g, 0.f);
-                gi0[2 * ow + 1] = select_float(-(int32_t)(at == 1), g, 0.f);
-                gi1[2 * ow] = select_float(-(int32_t)(at == 2), g, 0.f);
-                gi1[2 * ow + 1] = select_float(-(int32_t)(at == 3), g, 0.f);
-            }
-            if (W > 2 * ow_n) {
-                gi0[W - 1] = 0.f;
-                gi1[W - 1] = 0.f;
-            }
-        }
-        if (H > 2 * oh_n)
-            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
-    }
+    for (int64_t p = begin; p < end; p++)
+        unpool_2x2_plane_scalar(job->in + p * oh_n * ow_n, job->which_in + p * oh_n * ow_n, oh_n,
+                                ow_n, H, W, job->out + p * H * W);
 }
 
 void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *grad_out,
@@ -311,6 +316,15 @@ void kn_cpu_max_pool2d_2x2_backward(const kn_cpu_pool_geometry *g, const float *
     kn_cpu_parallel_for(
         g->planes, plane_grain(g),
         have_avx512() ? max_2x2_backward_range_avx512 : max_2x2_backward_range_scalar, &job);
+}
+
+void kn_cpu_max_unpool_2x2_plane(const float *grad_out, const uint8_t *which, int64_t out_h,
+                                 int64_t out_w, int64_t height, int64_t width, float *plane)
+{
+    if (have_avx512())
+        unpool_2x2_plane_avx512(grad_out, which, out_h, out_w, height, width, plane);
+    else
+        unpool_2x2_plane_scalar(grad_out, which, out_h, out_w, height, width, plane);
 }
 
 /* The clipped window of output (oh, ow) and the divisor PyTorch uses for it; returns

@@ -146,12 +146,15 @@ static void count(uint64_t *counter, int add)
                      __ATOMIC_RELAXED);
 }
 
+/* Runs a part and counts it done. Every field is read before the count: once the last
+ * part is counted the caller may set up its next region in them. */
 static void run_part(caller *c, int part)
 {
     int64_t begin = (int64_t)part * c->chunk;
     int64_t end = begin + c->chunk < c->n ? begin + c->chunk : c->n;
+    uint32_t parts = (uint32_t)__atomic_load_n(&c->parts, __ATOMIC_RELAXED);
     if (begin < end) c->fn(c->context, begin, end);
-    if (__atomic_add_fetch(&c->done, 1, __ATOMIC_SEQ_CST) == (uint32_t)c->parts &&
+    if (__atomic_add_fetch(&c->done, 1, __ATOMIC_SEQ_CST) == parts &&
         __atomic_load_n(&c->sleeping, __ATOMIC_SEQ_CST))
         futex_wake(&c->done, 1);
 }
@@ -462,7 +465,7 @@ void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *con
         ensure_workers(p, threads);
         /* close the last region's ticket first: a helper that read it before must not
          * claim a part of it against this region's fields */
-        uint32_t gen = TICKET_GEN(c->ticket) + 1;
+        uint32_t gen = TICKET_GEN(__atomic_load_n(&c->ticket, __ATOMIC_RELAXED)) + 1;
         if (gen == 0) gen = 1; /* 0 is join's "no region" */
         __atomic_store_n(&c->ticket, TICKET(gen, CLOSED, 0), __ATOMIC_SEQ_CST);
         c->fn = fn;

@@ -259,7 +259,8 @@ static void *worker_main(void *arg)
         __atomic_add_fetch(&p->spinning, 1, __ATOMIC_SEQ_CST);
         int spins = 0;
         while (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) == seen && spins < SPIN_ITERATIONS &&
-               __atomic_load_n(&p->active, __ATOMIC_RELAXED) < p->threads) {
+               __atomic_load_n(&p->active, __ATOMIC_RELAXED) <
+                   __atomic_load_n(&p->threads, __ATOMIC_RELAXED)) {
             __builtin_ia32_pause();
             spins++;
         }

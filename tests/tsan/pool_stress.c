@@ -5,7 +5,8 @@
  * runs), nested regions inline, each index checked to run exactly once. Built with
  * -fsanitize=thread from parallel.c alone (CMakeLists.txt, test tsan_pool); a data race
  * makes TSan fail the run (halt_on_error), a lost or repeated index makes it exit 1.
- * Not a Criterion test: Criterion's runner does not start under TSan here.
+ * parallel.c alone, not the engine: the engine's target_clones ifunc resolvers run during
+ * relocation, before TSan's runtime is set up, and crash it (gdb: kn_cpu_gelu[resolver]).
  */
 #include "kn_cpu.h"
 

@@ -110,10 +110,15 @@ write_job() { # model, extra JSON object merged in, output path
         "$epochs" "$max_steps" "$tf32" "$2" "$3"
 }
 
-run_kiln() { # model, tag, extra JSON
+prepare_job() { # model, tag, extra JSON: the job file, checked by kiln validate
     local job="$build/fmnist-$1-$2.json"
     write_job "$1" "$3" "$job"
     "$kiln" validate "$job" >/dev/null || die "$kiln does not accept $job (a field it lacks?)"
+}
+
+run_kiln() { # model, tag, extra JSON
+    local job="$build/fmnist-$1-$2.json"
+    prepare_job "$@"
     echo "bench/fmnist: $1 in Kiln ($2, $device, batch $batch) ..." >&2
     timed "$build/fmnist-$1-$2.time" \
         "$kiln" train "$job" --json --quiet --threads "$threads" >"$build/fmnist-$1-$2.jsonl"
@@ -123,13 +128,14 @@ torch_flags=(--threads "$threads" --epochs "$epochs" --device "$device" --batch 
 [ "$max_steps" = 0 ] || torch_flags+=(--max-steps "$max_steps")
 [ "$tf32" = 0 ] || torch_flags+=(--tf32)
 for m in $models; do
-    run_kiln "$m" kiln '{}'
-    if [ "$jobs" -gt 0 ]; then
+    if [ "$jobs" -gt 0 ]; then # kilnd_jobs.py runs `kiln train` itself, once per round
+        prepare_job "$m" kiln '{}'
         "$python" bench/fmnist/kilnd_jobs.py --kilnd "$kilnd" --job "$build/fmnist-$m-kiln.json" \
             --jobs "$jobs" --threads "$threads" --data "$data" --out "$build" \
             --kiln "$kiln" --rounds "$rounds" >"$build/fmnist-$m-kilnd.jsonl"
         continue
     fi
+    run_kiln "$m" kiln '{}'
     [ "$cuda_graph" = 0 ] || run_kiln "$m" graph '{"cuda_graph": true}'
     echo "bench/fmnist: $m in PyTorch ($device, batch $batch) ..." >&2
     timed "$build/fmnist-$m-torch.time" \

@@ -151,6 +151,16 @@ static void max_2x2_range_scalar(void *context, int64_t begin, int64_t end)
     }
 }
 
+/* Zeroes what no 2x2 window of a plane [H][W] covers (floor mode: an odd last column of
+ * the covered rows, then the rows below), so a backward that writes every window needs
+ * no zero fill first. */
+static void zero_uncovered_2x2(float *plane, int64_t oh_n, int64_t ow_n, int64_t H, int64_t W)
+{
+    if (W > 2 * ow_n)
+        for (int64_t r = 0; r < 2 * oh_n; r++) plane[r * W + W - 1] = 0.f;
+    if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+}
+
 /* AVX-512 versions: the CNN's rows are short (14 and 7 outputs), too short for GCC's
  * vectoriser, so each row is one or two masked vectors: deinterleave even/odd columns
  * with a two-source permute, compare-and-blend in the scan order of the scalar loop. */
@@ -181,6 +191,22 @@ AVX512 static inline void windows_2x2(const float *in0, const float *in1, int64_
     w[1] = _mm512_permutex2var_ps(t0, odd, t1);
     w[2] = _mm512_permutex2var_ps(b0, even, b1);
     w[3] = _mm512_permutex2var_ps(b0, odd, b1);
+}
+
+/* windows_2x2 the other way: the four values w[0..3] (scan order) of up to 16 windows
+ * stored into the row pair gi0, gi1 from output column ow, the columns past the row
+ * masked off. */
+AVX512 static inline void store_windows_2x2(float *gi0, float *gi1, int64_t ow, int64_t ow_n,
+                                            const __m512 w[4])
+{
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    int64_t left = 2 * (ow_n - ow);
+    __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16);
+    _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(w[0], first, w[1]));
+    _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, _mm512_permutex2var_ps(w[0], second, w[1]));
+    _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(w[2], first, w[3]));
+    _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, _mm512_permutex2var_ps(w[2], second, w[3]));
 }
 
 AVX512 static void max_2x2_range_avx512(void *context, int64_t begin, int64_t end)
@@ -219,32 +245,20 @@ AVX512 static void unpool_2x2_plane_avx512(const float *go_plane, const uint8_t 
                                            int64_t oh_n, int64_t ow_n, int64_t H, int64_t W,
                                            float *plane)
 {
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
     for (int64_t oh = 0; oh < oh_n; oh++) {
         float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
         const float *go = go_plane + oh * ow_n;
         const uint8_t *which = which_plane + oh * ow_n;
         for (int64_t ow = 0; ow < ow_n; ow += 16) {
-            int64_t left = 2 * (ow_n - ow);
-            __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
-            __m512 g = _mm512_maskz_loadu_ps(m, go + ow);
+            __mmask16 m = tail_mask(ow_n - ow);
+            __m512 g = _mm512_maskz_loadu_ps(m, go + ow), w[4];
             __m512i at = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, which + ow));
-            __m512 v0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(0)), g);
-            __m512 v1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), g);
-            __m512 v2 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(2)), g);
-            __m512 v3 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(3)), g);
-            _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, _mm512_permutex2var_ps(v0, first, v1));
-            _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v0, second, v1));
-            _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, _mm512_permutex2var_ps(v2, first, v3));
-            _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, _mm512_permutex2var_ps(v2, second, v3));
-        }
-        if (W > 2 * ow_n) {
-            gi0[W - 1] = 0.f;
-            gi1[W - 1] = 0.f;
+            for (int k = 0; k < 4; k++) /* g where the max was, 0 at the other three */
+                w[k] = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(k)), g);
+            store_windows_2x2(gi0, gi1, ow, ow_n, w);
         }
     }
-    if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+    zero_uncovered_2x2(plane, oh_n, ow_n, H, W);
 }
 
 AVX512 static void max_2x2_backward_range_avx512(void *context, int64_t begin, int64_t end)
@@ -290,12 +304,8 @@ static void unpool_2x2_plane_scalar(const float *go, const uint8_t *which, int64
             gi1[2 * ow] = select_float(-(int32_t)(at == 2), g, 0.f);
             gi1[2 * ow + 1] = select_float(-(int32_t)(at == 3), g, 0.f);
         }
-        if (W > 2 * ow_n) {
-            gi0[W - 1] = 0.f;
-            gi1[W - 1] = 0.f;
-        }
     }
-    if (H > 2 * oh_n) memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+    zero_uncovered_2x2(plane, oh_n, ow_n, H, W);
 }
 
 /* Items are planes here: a plane's odd last row / column (floor mode) must be zeroed
@@ -403,8 +413,6 @@ AVX512 static void avg_2x2_backward_range_avx512(void *context, int64_t begin, i
 {
     const pool_job *job = context;
     int64_t H = job->g->height, W = job->g->width, oh_n = job->g->out_h, ow_n = job->g->out_w;
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
     const __m512 four = _mm512_set1_ps(4.f);
     for (int64_t p = begin; p < end; p++) {
         float *plane = job->out + p * H * W;
@@ -412,24 +420,14 @@ AVX512 static void avg_2x2_backward_range_avx512(void *context, int64_t begin, i
             float *gi0 = plane + 2 * oh * W, *gi1 = gi0 + W;
             const float *go = job->in + (p * oh_n + oh) * ow_n;
             for (int64_t ow = 0; ow < ow_n; ow += 16) {
-                int64_t left = 2 * (ow_n - ow);
-                __mmask16 lo = tail_mask(left), hi = tail_mask(left - 16), m = tail_mask(ow_n - ow);
+                __mmask16 m = tail_mask(ow_n - ow);
                 __m512 share = _mm512_add_ps(
                     _mm512_setzero_ps(), _mm512_div_ps(_mm512_maskz_loadu_ps(m, go + ow), four));
-                __m512 v0 = _mm512_permutex2var_ps(share, first, share);
-                __m512 v1 = _mm512_permutex2var_ps(share, second, share);
-                _mm512_mask_storeu_ps(gi0 + 2 * ow, lo, v0);
-                _mm512_mask_storeu_ps(gi0 + 2 * ow + 16, hi, v1);
-                _mm512_mask_storeu_ps(gi1 + 2 * ow, lo, v0);
-                _mm512_mask_storeu_ps(gi1 + 2 * ow + 16, hi, v1);
-            }
-            if (W > 2 * ow_n) {
-                gi0[W - 1] = 0.f;
-                gi1[W - 1] = 0.f;
+                const __m512 w[4] = {share, share, share, share};
+                store_windows_2x2(gi0, gi1, ow, ow_n, w);
             }
         }
-        if (H > 2 * oh_n)
-            memset(plane + 2 * oh_n * W, 0, sizeof(float) * (size_t)((H - 2 * oh_n) * W));
+        zero_uncovered_2x2(plane, oh_n, ow_n, H, W);
     }
 }
 

@@ -521,14 +521,12 @@ static void bn_kernel_case(int64_t n, int64_t c, int64_t s)
             }
         double rstd = 1 / sqrt(v / count + 1e-5);
         cr_assert(fabs(ref[1][ch] - 0.1 * m) <= 1e-6 * fabs(0.1 * m),
-                  "[%lld, %lld, %lld] "
-                  "running_mean[%lld]",
-                  (long long)n, (long long)c, (long long)s, (long long)ch);
+                  "[%lld, %lld, %lld] running_mean[%lld]", (long long)n, (long long)c, (long long)s,
+                  (long long)ch);
         double rv_want = 0.9 + 0.1 * v / (count - 1);
         cr_assert(fabs(ref[2][ch] - rv_want) <= 1e-5 * rv_want,
-                  "[%lld, %lld, %lld] running_var[%lld]: "
-                  "%g, expected %g",
-                  (long long)n, (long long)c, (long long)s, (long long)ch, ref[2][ch], rv_want);
+                  "[%lld, %lld, %lld] running_var[%lld]: %g, expected %g", (long long)n,
+                  (long long)c, (long long)s, (long long)ch, ref[2][ch], rv_want);
         cr_assert(fabs(ref[4][ch] - sgx * rstd) <= 1e-4 * (1 + fabs(sgx * rstd)), "dweight[%lld]",
                   (long long)ch);
         cr_assert(fabs(ref[5][ch] - sg) <= 1e-4 * (1 + fabs(sg)), "dbias[%lld]", (long long)ch);

@@ -253,6 +253,44 @@ static inline double dlanes_sum(const vd8 acc[2])
     return s;
 }
 
+/* One row (an image's plane of a channel) into the channel's double lanes, in segments:
+ * acc1 += a - ka, acc2 += (a - ka) * (b - kb). The statistics take a = b = x and ka =
+ * kb = the shift, the gradient sums a = dy (ka = 0) and b = x, kb = the mean. */
+VINLINE void row_sums(const float *a, float ka, const float *b, float kb, int64_t s, vd8 acc1[2],
+                      vd8 acc2[2])
+{
+    for (int64_t j0 = 0; j0 < s; j0 += BN_SEGMENT) {
+        const float *pa = a + j0, *pb = b + j0;
+        int64_t len = s - j0 < BN_SEGMENT ? s - j0 : BN_SEGMENT, j = 0;
+        vf f1 = splat(0.f), f2 = splat(0.f), va = splat(ka), vb = splat(kb);
+        vf e1 = f1, e2 = f2; /* a second chain: the adds' latency, not one chain's */
+        for (; j + 2 * LANES <= len; j += 2 * LANES) {
+            vf d = load(pa + j) - va, e = load(pa + j + LANES) - va;
+            f1 += d;
+            f2 += d * (load(pb + j) - vb);
+            e1 += e;
+            e2 += e * (load(pb + j + LANES) - vb);
+        }
+        f1 += e1;
+        f2 += e2;
+        for (; j + LANES <= len; j += LANES) {
+            vf d = load(pa + j) - va;
+            f1 += d;
+            f2 += d * (load(pb + j) - vb);
+        }
+        float t1 = 0.f, t2 = 0.f; /* the tail, scalar: keeps f1, f2 in registers */
+        for (; j < len; j++) {
+            float d = pa[j] - ka;
+            t1 += d;
+            t2 += d * (pb[j] - kb);
+        }
+        f1[0] += t1;
+        f2[0] += t2;
+        fold_segment(acc1, f1);
+        fold_segment(acc2, f2);
+    }
+}
+
 /* Sums of d = x - K and d*d per channel, K the channel's first value: the shift keeps
  * the one-pass variance exact enough even for data far from zero. */
 CLONES static void bn_stats_channels(void *arg, int64_t begin, int64_t end)
@@ -262,36 +300,8 @@ CLONES static void bn_stats_channels(void *arg, int64_t begin, int64_t end)
         float shift = b->x[ch * b->s];
         vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
-            for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
-                const float *x = b->x + (i * b->c + ch) * b->s + j0;
-                int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
-                vf f1 = splat(0.f), f2 = splat(0.f), vshift = splat(shift);
-                vf e1 = f1, e2 = f2; /* a second chain: the adds' latency, not one chain's */
-                for (; j + 2 * LANES <= len; j += 2 * LANES) {
-                    vf d = load(x + j) - vshift, e = load(x + j + LANES) - vshift;
-                    f1 += d;
-                    f2 += d * d;
-                    e1 += e;
-                    e2 += e * e;
-                }
-                f1 += e1;
-                f2 += e2;
-                for (; j + LANES <= len; j += LANES) {
-                    vf d = load(x + j) - vshift;
-                    f1 += d;
-                    f2 += d * d;
-                }
-                float t1 = 0.f, t2 = 0.f; /* the tail, scalar: keeps f1, f2 in registers */
-                for (; j < len; j++) {
-                    float d = x[j] - shift;
-                    t1 += d;
-                    t2 += d * d;
-                }
-                f1[0] += t1;
-                f2[0] += t2;
-                fold_segment(a1, f1);
-                fold_segment(a2, f2);
-            }
+            const float *x = b->x + (i * b->c + ch) * b->s;
+            row_sums(x, shift, x, shift, b->s, a1, a2);
         }
         b->out1[ch] = dlanes_sum(a1); /* shifted sums: the caller finishes them */
         b->out2[ch] = dlanes_sum(a2);
@@ -333,44 +343,15 @@ void kn_cpu_batch_norm_stats(const float *x, int64_t n, int64_t c, int64_t s, do
     }
 }
 
-/* Sums of dy and dy*(x - mean) per channel, in segments as bn_stats_channels. */
+/* Sums of dy and dy*(x - mean) per channel (row_sums). */
 CLONES static void bn_grad_channels(void *arg, int64_t begin, int64_t end)
 {
     const bn_ctx *b = arg;
     for (int64_t ch = begin; ch < end; ch++) {
-        float m = b->mean_f[ch];
         vd8 a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
         for (int64_t i = 0; i < b->n; i++) {
-            for (int64_t j0 = 0; j0 < b->s; j0 += BN_SEGMENT) {
-                int64_t base = (i * b->c + ch) * b->s + j0;
-                const float *x = b->x + base, *dy = b->dy + base;
-                int64_t len = b->s - j0 < BN_SEGMENT ? b->s - j0 : BN_SEGMENT, j = 0;
-                vf f1 = splat(0.f), f2 = splat(0.f), vm = splat(m);
-                vf e1 = f1, e2 = f2;
-                for (; j + 2 * LANES <= len; j += 2 * LANES) {
-                    vf g = load(dy + j), h = load(dy + j + LANES);
-                    f1 += g;
-                    f2 += g * (load(x + j) - vm);
-                    e1 += h;
-                    e2 += h * (load(x + j + LANES) - vm);
-                }
-                f1 += e1;
-                f2 += e2;
-                for (; j + LANES <= len; j += LANES) {
-                    vf g = load(dy + j);
-                    f1 += g;
-                    f2 += g * (load(x + j) - vm);
-                }
-                float t1 = 0.f, t2 = 0.f;
-                for (; j < len; j++) {
-                    t1 += dy[j];
-                    t2 += dy[j] * (x[j] - m);
-                }
-                f1[0] += t1;
-                f2[0] += t2;
-                fold_segment(a1, f1);
-                fold_segment(a2, f2);
-            }
+            int64_t base = (i * b->c + ch) * b->s;
+            row_sums(b->dy + base, 0.f, b->x + base, b->mean_f[ch], b->s, a1, a2);
         }
         b->out1[ch] = dlanes_sum(a1);
         b->out2[ch] = dlanes_sum(a2);

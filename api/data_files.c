@@ -304,6 +304,23 @@ kn_dataset *kapi_load_data_source(const kapi_data_source *source, kapi_errors *e
     return kapi_load_data(source, options, errors);
 }
 
+/* *field (a dataset's inputs or labels) replaced by its reshape to shape; false with the
+ * reason under `what` when it does not reshape. */
+static bool reshape_field(kn_tensor **field, const int64_t *shape, int ndim, const char *what,
+                          kapi_errors *errors)
+{
+    kn_scope_begin();
+    kn_tensor *reshaped = kn_retain(kn_reshape(*field, shape, ndim));
+    kn_scope_end();
+    if (!reshaped) {
+        kapi_errors_add(errors, what, "%s", kn_last_error());
+        return false;
+    }
+    kn_release(*field);
+    *field = reshaped;
+    return true;
+}
+
 /* Inputs made the model's input dtype and reshaped to [N, input_shape...] when the sample
  * sizes agree. */
 static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *what,
@@ -340,16 +357,7 @@ static bool fit_inputs(kn_dataset *ds, const kapi_model_spec *spec, const char *
     int64_t shape[KN_MAX_DIMS];
     shape[0] = x->shape[0];
     memcpy(shape + 1, spec->input_shape, sizeof(int64_t) * (size_t)spec->input_ndim);
-    kn_scope_begin();
-    kn_tensor *reshaped = kn_retain(kn_reshape(ds->inputs, shape, spec->input_ndim + 1));
-    kn_scope_end();
-    if (!reshaped) {
-        kapi_errors_add(errors, what, "%s", kn_last_error());
-        return false;
-    }
-    kn_release(ds->inputs);
-    ds->inputs = reshaped;
-    return true;
+    return reshape_field(&ds->inputs, shape, spec->input_ndim + 1, what, errors);
 }
 
 /* Whether the model outputs one position of classes per sample ([1, V]): labels [N] are
@@ -411,17 +419,7 @@ static bool class_labels_fit_shape(const kn_tensor *y, int64_t max_label,
  * position as the trainer and the evaluation pair them with the outputs [N, 1, V]. */
 static bool labels_as_column(kn_dataset *ds, const char *what, kapi_errors *errors)
 {
-    kn_tensor *y = ds->labels;
-    kn_scope_begin();
-    kn_tensor *column = kn_retain(kn_reshape(y, KN_SHAPE(y->shape[0], 1)));
-    kn_scope_end();
-    if (!column) {
-        kapi_errors_add(errors, what, "%s", kn_last_error());
-        return false;
-    }
-    kn_release(ds->labels);
-    ds->labels = column;
-    return true;
+    return reshape_field(&ds->labels, KN_SHAPE(ds->labels->shape[0], 1), what, errors);
 }
 
 /* Class labels [N] for a model of one output position become [N, 1] (labels_as_column). */

@@ -133,10 +133,9 @@ static bool make_offsets(direct_conv *d)
  * also through the virtual layout, not one_channel_forward or tiles_into_rows_of_16,
  * which give the same bits again). With 16 channels the MR x NR tiles stay: a 16-channel pixel tile
  * issues one broadcast per FMA and measured ~7% slower than the 8 x 32 tiles at 16x14x14. */
-static int pixel_chunk(const direct_conv *d)
+static int pixel_chunk(const direct_conv *d, const char *force)
 {
     const kn_cpu_ukernel *uk = d->uk;
-    const char *force = getenv("KN_CONV_FORWARD");
     if ((force && !strcmp(force, "tiles")) || !uk->pixels_fn || d->cout % uk->pixels_nc) return 0;
     int64_t pr = uk->pixels_pr, nr = uk->nr;
     double pixel_use = (double)d->wo / (double)(((d->wo + pr - 1) / pr) * pr);
@@ -161,6 +160,12 @@ static bool one_channel_ok(const direct_conv *d, const char *force)
 }
 
 #if defined(__x86_64__)
+/* The lanes of a row's next vector that exist: n (>= 1) values left in the row. */
+static inline __mmask16 row_mask(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
 __attribute__((target("avx512f,fma"))) static void
 one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool relu)
 {
@@ -168,7 +173,7 @@ one_channel_forward(const direct_conv *d, const float *xpad, float *out, bool re
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t r = 0; r < d->ho; r++)
         for (int64_t c = 0; c < wo; c += 16) {
-            __mmask16 mask = wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+            __mmask16 mask = row_mask(wo - c);
             const float *x0 = xpad + r * wp + c;
             __m512 xv[9];
             for (int ki = 0; ki < 3; ki++)
@@ -197,11 +202,11 @@ static void one_channel_forward(const direct_conv *d, const float *xpad, float *
  * [cout/pchunk][kdim][pchunk] for pixel rows. */
 static bool pack_weights(direct_conv *d, const float *w)
 {
-    d->weights = w;
-    d->one_channel = one_channel_ok(d, getenv("KN_CONV_FORWARD"));
-    if (d->one_channel) return true;
-    d->pchunk = pixel_chunk(d);
     const char *force = getenv("KN_CONV_FORWARD");
+    d->weights = w;
+    d->one_channel = one_channel_ok(d, force);
+    if (d->one_channel) return true;
+    d->pchunk = pixel_chunk(d, force);
     d->rows_of_16 = !d->pchunk && d->wp == 16 && !strcmp(d->uk->name, "avx512") && d->uk->mr == 8 &&
                     d->uk->nr == 32 && !(force && !strcmp(force, "tiles"));
     if (d->pchunk) {
@@ -613,8 +618,7 @@ one_channel_weight_grad(const direct_conv *d, int64_t i, const float *xpad, floa
         }
         for (int64_t r = 0; r < d->ho; r++)
             for (int64_t c = 0; c < wo; c += 16) {
-                __mmask16 mask =
-                    wo - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (wo - c)) - 1);
+                __mmask16 mask = row_mask(wo - c);
                 const float *x0 = xpad + r * wp + c;
                 __m512 v0 = _mm512_maskz_loadu_ps(mask, g0 + r * wo + c);
                 __m512 v1 = _mm512_maskz_loadu_ps(mask, g1 + r * wo + c);

@@ -464,8 +464,9 @@ void kn_cpu_parallel_for(int64_t n, int64_t grain, kn_cpu_range_fn fn, void *con
         fn(context, 0, n);
     } else {
         ensure_workers(p, threads);
-        /* close the last region's ticket first: a helper that read it before must not
-         * claim a part of it against this region's fields */
+        /* close the ticket while the fields are rewritten, so that no helper joins a
+         * region half set up; one that joined the last region cannot claim a part of this
+         * one either, as the home words carry the new generation */
         uint32_t gen = TICKET_GEN(__atomic_load_n(&c->ticket, __ATOMIC_RELAXED)) + 1;
         if (gen == 0) gen = 1; /* 0 is join's "no region" */
         __atomic_store_n(&c->ticket, TICKET(gen, CLOSED, 0), __ATOMIC_SEQ_CST);
